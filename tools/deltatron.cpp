@@ -1,3 +1,50 @@
-// deltatron command-line entry point (placeholder until the score command lands).
+// deltatron command-line entry point: subcommand parsing and one-line error reporting.
+#include <CLI/CLI.hpp>
 #include <cstdio>
-int main() { std::puts("deltatron"); return 0; }
+#include <exception>
+
+#include "core/error.h"
+#include "train/score.h"
+
+using namespace deltatron;
+
+int main(int argc, char** argv) {
+  CLI::App app{"deltatron: train and fine-tune Qwen3.5 models"};
+  app.require_subcommand(1);
+
+  train::ScoreOptions score;
+  std::string device = "cpu";
+  CLI::App* sc = app.add_subcommand(
+      "score", "Score a tokenised dataset: per-sample summed cross-entropy, optional gradients");
+  sc->add_option("--model", score.model_dir, "Hugging Face checkpoint directory")->required();
+  sc->add_option("--data", score.data_path, "JSONL with input_ids and optional labels")
+      ->required();
+  sc->add_option("--output", score.output_path, "output JSONL (index, loss_sum, n_tokens)")
+      ->required();
+  sc->add_option("--grad-out", score.grad_out,
+                 "write d(sum of loss_sum)/d(parameter) as F32 safetensors (HF names)");
+  sc->add_option("--pack-tokens", score.pack_tokens, "token budget per pack (default 8192)")
+      ->check(CLI::PositiveNumber);
+  sc->add_option("--pad-multiple", score.pad_multiple,
+                 "pad every sample in a pack to a multiple of this many tokens (default 1)")
+      ->check(CLI::PositiveNumber);
+  sc->add_option("--device", device, "cpu (cuda arrives with the CUDA backend)")
+      ->check(CLI::IsMember({"cpu"}));
+  sc->add_flag("--quiet", score.quiet, "no progress lines");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (sc->parsed()) train::run_score(score);
+  } catch (const core::Error& e) {
+    std::fprintf(stderr, "deltatron: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "deltatron: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,6 +1,7 @@
 // Host float32 tensor: a shape and a contiguous row-major buffer. The CPU engine's only tensor.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,7 +29,7 @@ struct Tensor {
   std::vector<float> data;
 
   Tensor() = default;
-  explicit Tensor(Shape s) : shape(std::move(s)), data(static_cast<size_t>(numel(shape)), 0.f) {}
+  explicit Tensor(Shape s) : shape(std::move(s)), data(static_cast<size_t>(core::numel(shape)), 0.f) {}
 
   int64_t numel() const { return static_cast<int64_t>(data.size()); }
   float* ptr() { return data.data(); }

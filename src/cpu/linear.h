@@ -1,0 +1,17 @@
+// CPU reference for the bias-free linear layer y = x W^T (BLAS GEMM).
+#pragma once
+
+#include <cstdint>
+
+namespace deltatron::cpu {
+
+// y_NO = x_NI W_OI^T, overwritten.
+template <typename T>
+void linear_fwd(const T* x_NI, const T* W_OI, int64_t N, int64_t I, int64_t O, T* y_NO);
+
+// dx_NI (= or +=) dy_NO W_OI, skipped when nullptr; dW_OI += dy_NO^T x_NI, skipped when nullptr.
+template <typename T>
+void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t I, int64_t O,
+                T* dx_NI, bool accumulate_dx, T* dW_OI);
+
+}  // namespace deltatron::cpu

@@ -1,0 +1,73 @@
+// Builds packs (THD batches) from samples: boundaries, targets, positions, padding mask.
+#include "data/pack.h"
+
+#include "core/error.h"
+
+namespace deltatron::data {
+
+namespace {
+int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+}  // namespace
+
+Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int64_t>& index,
+               int64_t align) {
+  DT_CHECK(align >= 1, "pack alignment must be >= 1, got ", align);
+  DT_CHECK(samples.size() == index.size(), "make_pack: ", samples.size(), " samples but ",
+           index.size(), " indices");
+  Pack p;
+  int64_t total = 0;
+  for (const Sample* s : samples) total += round_up(static_cast<int64_t>(s->input_ids.size()), align);
+  DT_CHECK(total < (int64_t(1) << 31), "pack of ", total, " tokens exceeds the int32 range");
+  p.N = total;
+  p.input_ids.assign(total, 0);
+  p.labels.assign(total, kIgnoreIndex);
+  p.targets.assign(total, kIgnoreIndex);
+  p.position_ids.assign(3 * total, 0);
+  p.is_pad.assign(total, 1);
+  p.cu_seqlens.push_back(0);
+  p.cu_seqlens_padded.push_back(0);
+  int64_t off = 0, real = 0;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const Sample& s = *samples[i];
+    const int64_t len = static_cast<int64_t>(s.input_ids.size());
+    DT_CHECK(s.labels.size() == s.input_ids.size(), "sample ", index[i], ": labels length ",
+             s.labels.size(), " != input_ids length ", len);
+    const int64_t span = round_up(len, align);
+    for (int64_t t = 0; t < span; ++t) {
+      const int64_t n = off + t;
+      const int32_t pos = static_cast<int32_t>(t);
+      for (int r = 0; r < 3; ++r) p.position_ids[r * total + n] = pos;
+      if (t < len) {
+        p.input_ids[n] = s.input_ids[t];
+        p.labels[n] = s.labels[t];
+        p.targets[n] = t + 1 < len ? s.labels[t + 1] : kIgnoreIndex;
+        p.is_pad[n] = 0;
+      }
+    }
+    off += span;
+    real += len;
+    p.cu_seqlens.push_back(static_cast<int32_t>(real));
+    p.cu_seqlens_padded.push_back(static_cast<int32_t>(off));
+    p.sample_index.push_back(index[i]);
+  }
+  return p;
+}
+
+std::vector<std::vector<int64_t>> group_in_order(const std::vector<Sample>& samples,
+                                                 int64_t budget, int64_t align) {
+  DT_CHECK(budget >= 1, "pack token budget must be >= 1, got ", budget);
+  std::vector<std::vector<int64_t>> groups;
+  int64_t used = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(samples.size()); ++i) {
+    const int64_t span = round_up(static_cast<int64_t>(samples[i].input_ids.size()), align);
+    if (groups.empty() || used + span > budget) {
+      groups.emplace_back();
+      used = 0;
+    }
+    groups.back().push_back(i);
+    used += span;
+  }
+  return groups;
+}
+
+}  // namespace deltatron::data

@@ -1,0 +1,29 @@
+// Token-level samples (`{"input_ids": [...], "labels": [...]}` JSONL) and their validation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace deltatron::data {
+
+constexpr int32_t kIgnoreIndex = -100;
+
+// One training/scoring sample in the Hugging Face convention: labels are aligned with
+// input_ids, position t is trained to predict labels[t + 1] of the same sample, and the last
+// token predicts nothing. labels[t] == -100 means token t is not a target (e.g. a prompt token).
+struct Sample {
+  std::vector<int32_t> input_ids;
+  std::vector<int32_t> labels;  // same length as input_ids
+};
+
+// Number of label tokens the sample contributes to the loss: t in [1, L) with labels[t] != -100.
+int64_t count_label_tokens(const Sample& s);
+
+// Reads pre-tokenised JSONL. Each non-blank line is an object with "input_ids" (non-empty array
+// of integers in [0, vocab_size)) and optional "labels" (same length; integers in
+// [0, vocab_size) or -100; defaults to input_ids). Any violation throws core::Error naming
+// "path:line" and the problem.
+std::vector<Sample> read_token_jsonl(const std::string& path, int64_t vocab_size);
+
+}  // namespace deltatron::data

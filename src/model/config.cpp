@@ -1,0 +1,313 @@
+// Parsing and validation of Qwen3.5 config.json (text-only and multimodal), parameter inventory.
+#include "model/config.h"
+
+#include <fstream>
+
+#include "core/error.h"
+
+namespace deltatron::model {
+
+using nlohmann::json;
+
+namespace {
+
+// Typed access to one JSON object of the config; errors name the file and the dotted field.
+struct Fields {
+  const json& j;
+  const std::string& source;
+  std::string prefix;  // "" or "text_config." or "text_config.rope_parameters."
+
+  bool has(const std::string& k) const { return j.contains(k) && !j[k].is_null(); }
+  std::string field(const std::string& k) const { return prefix + k; }
+
+  int64_t as_int(const std::string& k) const {
+    const json& v = j[k];
+    if (!v.is_number_integer())
+      core::fail(source, ": field ", field(k), " must be an integer, got ", v.dump());
+    return v.get<int64_t>();
+  }
+  int64_t req_int(const std::string& k) const {
+    if (!has(k)) core::fail(source, ": missing required field ", field(k));
+    return as_int(k);
+  }
+  int64_t opt_int(const std::string& k, int64_t def) const { return has(k) ? as_int(k) : def; }
+  double opt_num(const std::string& k, double def) const {
+    if (!has(k)) return def;
+    if (!j[k].is_number())
+      core::fail(source, ": field ", field(k), " must be a number, got ", j[k].dump());
+    return j[k].get<double>();
+  }
+  bool opt_bool(const std::string& k, bool def) const {
+    if (!has(k)) return def;
+    if (!j[k].is_boolean())
+      core::fail(source, ": field ", field(k), " must be true or false, got ", j[k].dump());
+    return j[k].get<bool>();
+  }
+  std::string opt_str(const std::string& k, const std::string& def) const {
+    if (!has(k)) return def;
+    if (!j[k].is_string())
+      core::fail(source, ": field ", field(k), " must be a string, got ", j[k].dump());
+    return j[k].get<std::string>();
+  }
+  void positive(const std::string& k, int64_t v) const {
+    if (v <= 0) core::fail(source, ": field ", field(k), " must be positive, got ", v);
+  }
+};
+
+std::vector<LayerType> parse_layer_types(const Fields& f, int64_t num_layers) {
+  std::vector<LayerType> out;
+  if (f.has("layer_types")) {
+    const json& lt = f.j["layer_types"];
+    if (!lt.is_array()) core::fail(f.source, ": field ", f.field("layer_types"), " must be a list");
+    for (size_t i = 0; i < lt.size(); ++i) {
+      const std::string s = lt[i].is_string() ? lt[i].get<std::string>() : lt[i].dump();
+      if (s == "linear_attention" || s == "mamba") {
+        out.push_back(LayerType::linear_attention);
+      } else if (s == "full_attention" || s == "attention") {
+        out.push_back(LayerType::full_attention);
+      } else {
+        core::fail(f.source, ": field ", f.field("layer_types"), "[", i, "] = '", s,
+                   "' is not a known layer type (linear_attention, full_attention)");
+      }
+    }
+    if (static_cast<int64_t>(out.size()) != num_layers)
+      core::fail(f.source, ": field ", f.field("layer_types"), " has ", out.size(),
+                 " entries but num_hidden_layers is ", num_layers);
+  } else {
+    const int64_t interval = f.opt_int("full_attention_interval", 4);
+    f.positive("full_attention_interval", interval);
+    for (int64_t i = 0; i < num_layers; ++i)
+      out.push_back((i + 1) % interval == 0 ? LayerType::full_attention
+                                            : LayerType::linear_attention);
+  }
+  return out;
+}
+
+// rope_parameters (transformers v5), else the legacy rope_scaling dict; rope_theta and
+// partial_rotary_factor fall back to top-level keys of the text config, then to HF defaults.
+void parse_rope(const Fields& f, Config& c) {
+  static const json kEmpty = json::object();
+  const char* key = f.has("rope_parameters") ? "rope_parameters"
+                    : f.has("rope_scaling")  ? "rope_scaling"
+                                             : nullptr;
+  const json& rp_json = key ? f.j[key] : kEmpty;
+  if (key && !rp_json.is_object())
+    core::fail(f.source, ": field ", f.field(key), " must be an object");
+  Fields rp{rp_json, f.source, f.prefix + (key ? std::string(key) + "." : std::string())};
+
+  c.rope_theta = rp.opt_num("rope_theta", f.opt_num("rope_theta", 10000.0));
+  c.partial_rotary_factor =
+      rp.opt_num("partial_rotary_factor", f.opt_num("partial_rotary_factor", 0.25));
+  const std::string type = rp.opt_str("rope_type", rp.opt_str("type", "default"));
+  if (type != "default" && type != "mrope")
+    core::fail(f.source, ": field ", rp.field("rope_type"), " = '", type,
+               "' is not supported (only default rope)");
+  if (!(c.rope_theta > 0))
+    core::fail(f.source, ": field ", rp.field("rope_theta"), " must be positive");
+  if (!(c.partial_rotary_factor > 0 && c.partial_rotary_factor <= 1))
+    core::fail(f.source, ": field ", rp.field("partial_rotary_factor"), " = ",
+               c.partial_rotary_factor, " must be in (0, 1]");
+  const int64_t r = c.rotary_dim();
+  if (r <= 0 || r % 2 != 0 || r > c.head_dim)
+    core::fail(f.source, ": rotary dim head_dim * partial_rotary_factor = ", r,
+               " must be even and in [2, head_dim = ", c.head_dim, "]");
+
+  if (rp.has("mrope_section")) {
+    const json& ms = rp_json["mrope_section"];
+    if (!ms.is_array() || ms.size() != 3)
+      core::fail(f.source, ": field ", rp.field("mrope_section"), " must be a list of 3 integers");
+    int64_t sum = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      if (!ms[i].is_number_integer() || ms[i].get<int64_t>() < 0)
+        core::fail(f.source, ": field ", rp.field("mrope_section"), " = ", ms.dump(),
+                   " must be 3 integers >= 0");
+      c.mrope_section[i] = static_cast<int>(ms[i].get<int64_t>());
+      sum += c.mrope_section[i];
+    }
+    if (sum != r / 2)
+      core::fail(f.source, ": field ", rp.field("mrope_section"), " = ", ms.dump(), " sums to ",
+                 sum, " but rotary_dim / 2 = ", r / 2);
+  } else if (r / 2 == 32) {
+    c.mrope_section = {11, 11, 10};  // HF's default
+  } else {
+    c.mrope_section = {static_cast<int>(r / 2), 0, 0};  // temporal gets every frequency
+  }
+}
+
+}  // namespace
+
+int64_t Config::rotary_dim() const {
+  return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor);
+}
+
+Config parse_config(const json& j, const std::string& source) {
+  if (!j.is_object()) core::fail(source, ": config is not a JSON object");
+  Config c;
+  c.raw = j;
+  Fields top{j, source, ""};
+  if (!top.has("model_type")) core::fail(source, ": missing required field model_type");
+  const std::string mt = top.opt_str("model_type", "");
+
+  const json* text = &j;
+  std::string fprefix;
+  if (mt == "qwen3_5" || mt == "qwen3_5_moe") {
+    c.layout = CheckpointLayout::multimodal;
+    c.prefix = "model.language_model.";
+    c.model_type = mt + "_text";
+    if (!top.has("text_config")) core::fail(source, ": missing required field text_config");
+    if (!j["text_config"].is_object()) core::fail(source, ": field text_config must be an object");
+    text = &j["text_config"];
+    fprefix = "text_config.";
+    Fields tf{*text, source, fprefix};
+    const std::string tmt = tf.opt_str("model_type", c.model_type);
+    if (tmt != c.model_type)
+      core::fail(source, ": field text_config.model_type = '", tmt, "' does not match '", mt,
+                 "' (expected '", c.model_type, "')");
+  } else if (mt == "qwen3_5_text" || mt == "qwen3_5_moe_text") {
+    c.layout = CheckpointLayout::text_only;
+    c.prefix = "model.";
+    c.model_type = mt;
+  } else {
+    core::fail(source, ": unknown model_type '", mt,
+               "' (expected qwen3_5, qwen3_5_moe, qwen3_5_text or qwen3_5_moe_text)");
+  }
+  const bool moe = c.model_type == "qwen3_5_moe_text";
+  const Fields f{*text, source, fprefix};
+
+  c.vocab_size = f.req_int("vocab_size");
+  c.hidden_size = f.req_int("hidden_size");
+  c.num_hidden_layers = f.req_int("num_hidden_layers");
+  c.num_attention_heads = f.req_int("num_attention_heads");
+  c.num_key_value_heads = f.req_int("num_key_value_heads");
+  c.head_dim = f.req_int("head_dim");
+  c.intermediate_size = moe ? 0 : f.req_int("intermediate_size");
+  for (const char* k : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim"})
+    f.positive(k, f.as_int(k));
+  if (!moe) f.positive("intermediate_size", c.intermediate_size);
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    core::fail(source, ": num_attention_heads (", c.num_attention_heads,
+               ") is not divisible by num_key_value_heads (", c.num_key_value_heads, ")");
+  c.rms_norm_eps = f.opt_num("rms_norm_eps", 1e-6);
+  if (!(c.rms_norm_eps > 0))
+    core::fail(source, ": field ", f.field("rms_norm_eps"), " must be positive");
+
+  c.layer_types = parse_layer_types(f, c.num_hidden_layers);
+  bool any_linear = false;
+  for (LayerType t : c.layer_types) any_linear |= t == LayerType::linear_attention;
+  c.linear_conv_kernel_dim = f.opt_int("linear_conv_kernel_dim", 4);
+  f.positive("linear_conv_kernel_dim", c.linear_conv_kernel_dim);
+  if (any_linear) {
+    c.linear_key_head_dim = f.req_int("linear_key_head_dim");
+    c.linear_value_head_dim = f.req_int("linear_value_head_dim");
+    c.linear_num_key_heads = f.req_int("linear_num_key_heads");
+    c.linear_num_value_heads = f.req_int("linear_num_value_heads");
+    for (const char* k : {"linear_key_head_dim", "linear_value_head_dim", "linear_num_key_heads",
+                          "linear_num_value_heads"})
+      f.positive(k, f.as_int(k));
+    if (c.linear_num_value_heads % c.linear_num_key_heads != 0)
+      core::fail(source, ": linear_num_value_heads (", c.linear_num_value_heads,
+                 ") is not divisible by linear_num_key_heads (", c.linear_num_key_heads, ")");
+  } else {
+    c.linear_key_head_dim = f.opt_int("linear_key_head_dim", 128);
+    c.linear_value_head_dim = f.opt_int("linear_value_head_dim", 128);
+    c.linear_num_key_heads = f.opt_int("linear_num_key_heads", 16);
+    c.linear_num_value_heads = f.opt_int("linear_num_value_heads", 32);
+  }
+
+  parse_rope(f, c);
+
+  // The top-level flag is authoritative for the multimodal wrapper (text_config's may be a
+  // stale inherited default).
+  c.tie_word_embeddings = f.opt_bool("tie_word_embeddings", false);
+  if (c.layout == CheckpointLayout::multimodal && top.has("tie_word_embeddings"))
+    c.tie_word_embeddings = top.opt_bool("tie_word_embeddings", false);
+  if (f.has("pad_token_id")) {
+    c.pad_token_id = f.as_int("pad_token_id");
+  } else if (c.layout == CheckpointLayout::multimodal && top.has("pad_token_id")) {
+    c.pad_token_id = top.as_int("pad_token_id");
+  }
+  if (c.pad_token_id && (*c.pad_token_id < 0 || *c.pad_token_id >= c.vocab_size))
+    core::fail(source, ": pad_token_id ", *c.pad_token_id,
+               " is outside [0, vocab_size = ", c.vocab_size, ")");
+
+  if (moe) {
+    c.num_experts = f.opt_int("num_experts", 256);
+    c.num_experts_per_tok = f.opt_int("num_experts_per_tok", 8);
+    c.moe_intermediate_size = f.opt_int("moe_intermediate_size", 512);
+    c.shared_expert_intermediate_size = f.opt_int("shared_expert_intermediate_size", 512);
+    f.positive("num_experts", c.num_experts);
+    f.positive("num_experts_per_tok", c.num_experts_per_tok);
+    f.positive("moe_intermediate_size", c.moe_intermediate_size);
+    if (c.num_experts_per_tok > c.num_experts)
+      core::fail(source, ": num_experts_per_tok (", c.num_experts_per_tok,
+                 ") exceeds num_experts (", c.num_experts, ")");
+    if (c.shared_expert_intermediate_size < 0)
+      core::fail(source, ": field ", f.field("shared_expert_intermediate_size"), " must be >= 0");
+  }
+  c.router_aux_loss_coef = f.opt_num("router_aux_loss_coef", 0.001);
+  c.mtp_num_hidden_layers = f.opt_int("mtp_num_hidden_layers", 0);
+  if (c.mtp_num_hidden_layers < 0)
+    core::fail(source, ": field ", f.field("mtp_num_hidden_layers"), " must be >= 0");
+  return c;
+}
+
+Config load_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) core::fail(path, ": cannot open config");
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    std::string msg = e.what();
+    for (char& ch : msg)
+      if (ch == '\n' || ch == '\r') ch = ' ';
+    core::fail(path, ": bad JSON: ", msg);
+  }
+  return parse_config(j, path);
+}
+
+std::vector<ParamSpec> param_specs(const Config& c) {
+  DT_CHECK(!c.is_moe(), "param_specs: MoE models are not supported yet (", c.model_type, ")");
+  const int64_t H = c.hidden_size, hd = c.head_dim;
+  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  const int64_t Kd = c.linear_num_key_heads * c.linear_key_head_dim;
+  const int64_t Vd = c.linear_num_value_heads * c.linear_value_head_dim;
+  const int64_t nv = c.linear_num_value_heads, conv_C = 2 * Kd + Vd;
+  const int64_t I = c.intermediate_size;
+
+  std::vector<ParamSpec> out;
+  out.push_back({c.name("embed_tokens.weight"), {c.vocab_size, H}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string l = c.name("layers." + std::to_string(i) + ".");
+    out.push_back({l + "input_layernorm.weight", {H}});
+    out.push_back({l + "post_attention_layernorm.weight", {H}});
+    if (c.layer_types.at(i) == LayerType::full_attention) {
+      // q_proj rows interleave query and output gate per head: [2*nh*hd, H].
+      out.push_back({l + "self_attn.q_proj.weight", {2 * nh * hd, H}});
+      out.push_back({l + "self_attn.k_proj.weight", {nkv * hd, H}});
+      out.push_back({l + "self_attn.v_proj.weight", {nkv * hd, H}});
+      out.push_back({l + "self_attn.o_proj.weight", {H, nh * hd}});
+      out.push_back({l + "self_attn.q_norm.weight", {hd}});
+      out.push_back({l + "self_attn.k_norm.weight", {hd}});
+    } else {
+      out.push_back({l + "linear_attn.in_proj_qkv.weight", {conv_C, H}});
+      out.push_back({l + "linear_attn.in_proj_z.weight", {Vd, H}});
+      out.push_back({l + "linear_attn.in_proj_b.weight", {nv, H}});
+      out.push_back({l + "linear_attn.in_proj_a.weight", {nv, H}});
+      out.push_back({l + "linear_attn.conv1d.weight", {conv_C, 1, c.linear_conv_kernel_dim}});
+      out.push_back({l + "linear_attn.dt_bias", {nv}});
+      out.push_back({l + "linear_attn.A_log", {nv}});
+      out.push_back({l + "linear_attn.norm.weight", {c.linear_value_head_dim}});
+      out.push_back({l + "linear_attn.out_proj.weight", {H, Vd}});
+    }
+    out.push_back({l + "mlp.gate_proj.weight", {I, H}});
+    out.push_back({l + "mlp.up_proj.weight", {I, H}});
+    out.push_back({l + "mlp.down_proj.weight", {H, I}});
+  }
+  out.push_back({c.name("norm.weight"), {H}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, H}});
+  return out;
+}
+
+}  // namespace deltatron::model

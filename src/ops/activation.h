@@ -1,0 +1,37 @@
+// Contract for the elementwise activation op family: SwiGLU and the sigmoid output gate.
+//
+// Shape suffixes: N tokens, F FFN width. These ops are elementwise, so they take a flat element
+// count n (= N*F for SwiGLU; any shape for sigmoid_mul). Contiguous float32.
+#pragma once
+
+#include <cstdint>
+
+#include "core/device.h"
+
+namespace deltatron::ops {
+
+// SwiGLU (spec 2.9, 2.10): h = silu(gate) * up, silu(x) = x * sigmoid(x).
+//   gate_NF [n]  in   gate_proj(x)
+//   up_NF   [n]  in   up_proj(x)
+//   h       [n]  out  overwritten
+// Saved for backward: gate and up (the inputs).
+void swiglu_fwd(core::Device dev, const float* gate_NF, const float* up_NF, int64_t n, float* h);
+
+// SwiGLU backward:
+//   dgate = dh * up * silu'(gate),  silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
+//   dup   = dh * silu(gate)
+//   gate, up [n] in;  dh [n] in;  dgate, dup [n] out, OVERWRITTEN (dh may alias either one).
+void swiglu_bwd(core::Device dev, const float* gate, const float* up, const float* dh, int64_t n,
+                float* dgate, float* dup);
+
+// Sigmoid gate (attention output gate, MoE shared-expert gate): out = a * sigmoid(g).
+//   a [n] in;  g [n] in (pre-sigmoid gate logits);  out [n] out, overwritten.
+// Saved for backward: a and g.
+void sigmoid_mul_fwd(core::Device dev, const float* a, const float* g, int64_t n, float* out);
+
+// Sigmoid gate backward: da = dout * s, dg = dout * a * s (1 - s), s = sigmoid(g).
+//   a, g, dout [n] in;  da, dg [n] out, OVERWRITTEN (dout may alias either one).
+void sigmoid_mul_bwd(core::Device dev, const float* a, const float* g, const float* dout, int64_t n,
+                     float* da, float* dg);
+
+}  // namespace deltatron::ops

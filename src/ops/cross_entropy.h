@@ -1,0 +1,36 @@
+// Contract for the per-token cross-entropy op family (LM head loss, spec 2.11).
+//
+// Shape suffixes: N tokens, V vocabulary size. Logits, losses and lse are contiguous float32;
+// targets are int32. The op is per token (reduction "none"): summing, dividing by the number of
+// non-ignored tokens (HF num_items_in_batch) or masking (Megatron loss_mask) is the caller's job,
+// and enters the backward through dloss_N.
+#pragma once
+
+#include <cstdint>
+
+#include "core/device.h"
+
+namespace deltatron::ops {
+
+// Target value that marks a token without loss (HF / PyTorch ignore_index).
+constexpr int32_t kIgnoreIndex = -100;
+
+// Forward:
+//   lse[n]  = log sum_v exp(logits[n,v])                (max-subtracted, summed in double)
+//   loss[n] = lse[n] - logits[n, target[n]],  or 0 when target[n] == -100
+//   logits_NV [N, V] in;  targets_N [N] in: each in [0, V) or -100, else core::Error
+//   loss_N [N] out overwritten;  lse_N [N] out overwritten (also for ignored tokens)
+// Saved for backward: logits_NV, targets_N, lse_N.
+void cross_entropy_fwd(core::Device dev, const float* logits_NV, const int32_t* targets_N,
+                       int64_t N, int64_t V, float* loss_N, float* lse_N);
+
+// Backward:
+//   dlogits[n,v] = dloss[n] * (exp(logits[n,v] - lse[n]) - [v == target[n]])
+//   rows with target -100 are zero.
+//   lse_N [N] in (from the forward);  dloss_N [N] in
+//   dlogits_NV [N, V] out OVERWRITTEN (may alias logits_NV to save a vocabulary-sized buffer)
+void cross_entropy_bwd(core::Device dev, const float* logits_NV, const int32_t* targets_N,
+                       const float* lse_N, const float* dloss_N, int64_t N, int64_t V,
+                       float* dlogits_NV);
+
+}  // namespace deltatron::ops

@@ -1,0 +1,35 @@
+// Contract for the Gated DeltaNet gate op family: beta (write strength), g (log-decay); spec 2.6.
+//
+// Shape suffixes: N tokens, G value heads (linear_num_value_heads). Contiguous float32; the gates
+// run in fp32 in HF as well (spec 2.0).
+#pragma once
+
+#include <cstdint>
+
+#include "core/device.h"
+
+namespace deltatron::ops {
+
+// Forward:
+//   beta[n,h] = sigmoid(b[n,h])
+//   g[n,h]    = -exp(A_log[h]) * softplus(a[n,h] + dt_bias[h])        (<= 0)
+//   softplus(x) = x for x > 20 (PyTorch's threshold), else log1p(exp(x))
+//   b_NG [N, G] in (in_proj_b output);  a_NG [N, G] in (in_proj_a output)
+//   A_log_G [G] in (linear_attn.A_log);  dt_bias_G [G] in (linear_attn.dt_bias)
+//   beta_NG, g_NG [N, G] out, overwritten
+// Saved for backward: the inputs b_NG, a_NG (gates are recomputed).
+void gdn_gates_fwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
+                   const float* dt_bias_G, int64_t N, int64_t G, float* beta_NG, float* g_NG);
+
+// Backward, with u = a + dt_bias and s = sigmoid:
+//   db[n,h]      = dbeta * s(b) (1 - s(b))                     [N, G] out OVERWRITTEN
+//   da[n,h]      = -dg * exp(A_log) * softplus'(u)              [N, G] out OVERWRITTEN
+//                  softplus'(u) = s(u), or 1 for u > 20
+//   dA_log[h]   += sum_n dg * g                                 [G] inout ACCUMULATED
+//   ddt_bias[h] += sum_n da[n,h]                                [G] inout ACCUMULATED
+//   dbeta_NG, dg_NG [N, G] in. Head sums run in a fixed token order (deterministic).
+void gdn_gates_bwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
+                   const float* dt_bias_G, const float* dbeta_NG, const float* dg_NG, int64_t N,
+                   int64_t G, float* db_NG, float* da_NG, float* dA_log_G, float* ddt_bias_G);
+
+}  // namespace deltatron::ops

@@ -1,0 +1,27 @@
+// Contract for the L2 normalisation op family (GDN q and k, spec 2.2 item 3 and 2.6).
+//
+// Shape suffixes: N rows (tokens x key heads), D normalised width (dk). Contiguous float32.
+#pragma once
+
+#include <cstdint>
+
+#include "core/device.h"
+
+namespace deltatron::ops {
+
+// Forward: rstd[n] = 1 / sqrt(sum_d x[n,d]^2 + eps),  y[n,d] = x[n,d] * rstd[n].
+//   The model uses eps = 1e-6 (FLA l2norm). The q scale dk^-0.5 is NOT applied here.
+//   x_ND   [N, D]  in
+//   y_ND   [N, D]  out  overwritten; saved for backward
+//   rstd_N [N]     out  overwritten; saved for backward
+// Saved for backward: y_ND and rstd_N (x is not needed).
+void l2norm_fwd(core::Device dev, const float* x_ND, int64_t N, int64_t D, double eps, float* y_ND,
+                float* rstd_N);
+
+// Backward: dx[n,:] = rstd[n] * (dy[n,:] - y[n,:] * (y[n,:] . dy[n,:])).
+//   y_ND, rstd_N (from l2norm_fwd), dy_ND [N, D]  in
+//   dx_ND [N, D]  out  OVERWRITTEN (may alias dy_ND)
+void l2norm_bwd(core::Device dev, const float* y_ND, const float* rstd_N, const float* dy_ND,
+                int64_t N, int64_t D, float* dx_ND);
+
+}  // namespace deltatron::ops

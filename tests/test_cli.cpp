@@ -1,0 +1,163 @@
+// End-to-end checks of `deltatron score`: results, packing options, and bad-input handling
+// (one-line error naming the culprit, non-zero exit, nothing written).
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "io/checkpoint.h"
+#include "model_fixture.h"
+
+using namespace deltatron;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CliResult {
+  int code;
+  std::string err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary);
+  out << s;
+}
+
+class ScoreCli : public ::testing::Test {
+ protected:
+  fs::path dir_, model_;
+
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("dt_cli_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    model_ = dir_ / "model";
+    io::Checkpoint ck;
+    ck.config = model::parse_config(dt_test::tiny_config_json(), "tiny");
+    ck.config.raw = dt_test::tiny_config_json();
+    ck.params = dt_test::random_params(ck.config, 1);
+    for (const auto& [n, t] : ck.params) ck.param_dtypes[n] = "F32";
+    io::save_checkpoint(model_.string(), ck);
+    write(dir_ / "data.jsonl",
+          "{\"input_ids\": [1, 2, 3, 4, 5]}\n"
+          "{\"input_ids\": [7, 8, 9], \"labels\": [-100, 8, 9]}\n"
+          "\n"
+          "{\"input_ids\": [3]}\n");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  CliResult score(const std::string& args, const fs::path& model = {}) {
+    const fs::path m = model.empty() ? model_ : model;
+    std::string cmd = std::string(DT_BINARY) + " score --quiet --model " + m.string() + " " +
+                      args + " 2> " + (dir_ / "stderr.txt").string();
+    int rc = std::system(cmd.c_str());
+    return {WEXITSTATUS(rc), slurp(dir_ / "stderr.txt")};
+  }
+  // Expects failure with a single-line message containing `needle`, and no output written.
+  void expect_error(const CliResult& r, const std::string& needle) {
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "stderr: " << r.err;
+    EXPECT_FALSE(fs::exists(dir_ / "out.jsonl"));
+    EXPECT_FALSE(fs::exists(dir_ / "g.safetensors"));
+  }
+  std::string out_args(const std::string& data = "data.jsonl") {
+    return "--data " + (dir_ / data).string() + " --output " + (dir_ / "out.jsonl").string() +
+           " --grad-out " + (dir_ / "g.safetensors").string();
+  }
+};
+
+TEST_F(ScoreCli, WritesOneLinePerSampleInOrderAndPackingDoesNotMatter) {
+  CliResult r = score(out_args() + " --pack-tokens 8192 --pad-multiple 8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string packed = slurp(dir_ / "out.jsonl");
+  const std::string g_packed = slurp(dir_ / "g.safetensors");
+  std::vector<nlohmann::json> a;
+  std::istringstream in(packed);
+  for (std::string line; std::getline(in, line);) a.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(a.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[i]["index"], i);
+  EXPECT_EQ(a[0]["n_tokens"], 4);
+  EXPECT_EQ(a[1]["n_tokens"], 2);
+  EXPECT_EQ(a[2]["n_tokens"], 0);
+  EXPECT_EQ(a[2]["loss_sum"], 0.0);
+  EXPECT_GT(a[0]["loss_sum"].get<double>(), 0.0);
+  EXPECT_FALSE(g_packed.empty());
+
+  fs::remove(dir_ / "out.jsonl");
+  fs::remove(dir_ / "g.safetensors");
+  r = score(out_args() + " --pack-tokens 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::istringstream in2(slurp(dir_ / "out.jsonl"));
+  int i = 0;
+  for (std::string line; std::getline(in2, line); ++i) {
+    auto b = nlohmann::json::parse(line);
+    const double x = a[i]["loss_sum"], y = b["loss_sum"];
+    EXPECT_NEAR(x, y, 1e-5 * std::max(1.0, std::abs(y)));
+    EXPECT_EQ(a[i]["n_tokens"], b["n_tokens"]);
+  }
+}
+
+TEST_F(ScoreCli, TokenOutsideVocabulary) {
+  write(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 61]}\n");
+  expect_error(score(out_args("bad.jsonl")), "bad.jsonl:2");
+}
+
+TEST_F(ScoreCli, EmptySample) {
+  write(dir_ / "bad.jsonl", "{\"input_ids\": []}\n");
+  expect_error(score(out_args("bad.jsonl")), "bad.jsonl:1");
+}
+
+TEST_F(ScoreCli, LabelsOfWrongLength) {
+  write(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n");
+  expect_error(score(out_args("bad.jsonl")), "bad.jsonl:1");
+}
+
+TEST_F(ScoreCli, MalformedJsonLine) {
+  write(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, \n");
+  expect_error(score(out_args("bad.jsonl")), "bad.jsonl:2");
+}
+
+TEST_F(ScoreCli, ConfigWithoutRequiredField) {
+  auto j = dt_test::tiny_config_json();
+  j.erase("hidden_size");
+  write(model_ / "config.json", j.dump());
+  expect_error(score(out_args()), "hidden_size");
+}
+
+TEST_F(ScoreCli, TruncatedSafetensors) {
+  const fs::path st = model_ / "model.safetensors";
+  std::string bytes = slurp(st);
+  write(st, bytes.substr(0, bytes.size() / 2));
+  expect_error(score(out_args()), "model.safetensors");
+}
+
+TEST_F(ScoreCli, HeaderLengthPastEndOfFile) {
+  const fs::path st = model_ / "model.safetensors";
+  std::string bytes = slurp(st);
+  uint64_t huge = uint64_t(1) << 40;
+  bytes.replace(0, 8, reinterpret_cast<const char*>(&huge), 8);
+  write(st, bytes);
+  expect_error(score(out_args()), "model.safetensors");
+}
+
+TEST_F(ScoreCli, MissingModelDirectory) {
+  expect_error(score(out_args(), dir_ / "nope"), "nope");
+}
+
+}  // namespace

@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Generates the HF-transformers parity fixtures for deltatron's model golden tests (see README.md).
+
+Each case is a tiny random Qwen3.5 dense text model built with transformers' own classes. For every
+sample alone the script computes, in float64, the summed next-token cross entropy and (summed over
+all samples) the gradient of every text-model parameter, and writes them next to an HF checkpoint
+of the same weights.
+
+HF's Qwen3.5 code casts to float32 in several places even when the model is float64 (RMSNorm,
+gated RMSNorm, RoPE, GDN gate and delta rule, eager softmax, the loss). The reference is therefore
+computed under `Float64Everywhere`, a torch function mode that turns those float32 casts into
+float64 casts and nothing else, while `OnlyFloat64` checks that every ATen op of the forward and
+backward pass produced float64. The unmodified HF path is run as well and must agree to float32
+accuracy (this also proves the mode changed nothing but precision).
+"""
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import re
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from transformers import (
+    Qwen3_5Config,
+    Qwen3_5ForCausalLM,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5TextConfig,
+)
+
+PINNED_TORCH = "2.11"
+PINNED_TRANSFORMERS = "5.17.0"
+IGNORE_INDEX = -100
+VOCAB = 256
+HIDDEN = 32
+INTERMEDIATE = 48
+
+# ----------------------------------------------------------------------------------------------
+# float64 everywhere
+
+
+def _to_f64(x):
+    return torch.float64 if x is torch.float32 else x
+
+
+class Float64Everywhere(TorchFunctionMode):
+    """Rewrites every explicit request for float32 (`.float()`, `.to(torch.float32)`,
+    `softmax(dtype=torch.float32)`, `arange(dtype=torch.float)`) into float64; counts rewrites."""
+
+    def __init__(self):
+        super().__init__()
+        self.rewrites = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if func is torch.Tensor.float:
+            self.rewrites["Tensor.float"] += 1
+            func = torch.Tensor.double
+        new_args = tuple(_to_f64(a) for a in args)
+        new_kwargs = {k: _to_f64(v) for k, v in kwargs.items()}
+        if any(a is not b for a, b in zip(new_args, args)) or any(
+            new_kwargs[k] is not kwargs[k] for k in kwargs
+        ):
+            self.rewrites[f"{name}(float32)"] += 1
+        return func(*new_args, **new_kwargs)
+
+
+class OnlyFloat64(TorchDispatchMode):
+    """Fails on any ATen op (forward or backward) that yields a floating tensor other than f64."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                assert t.dtype == torch.float64, f"{func} produced {t.dtype}"
+        return out
+
+
+def use_float64_rope(model):
+    """Recomputes inv_freq with HF's own function in float64 (HF builds it in float32 at init)."""
+    rotary = model.model.rotary_emb
+    with Float64Everywhere():
+        inv_freq, _ = rotary.compute_default_rope_parameters(rotary.config)
+    assert inv_freq.dtype == torch.float64
+    rotary.inv_freq = inv_freq
+    rotary.original_inv_freq = inv_freq.clone()
+
+
+# ----------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    layout: str  # "text": Qwen3_5ForCausalLM file; "vlm": Qwen3_5ForConditionalGeneration file
+    storage: torch.dtype  # dtype of the weights in the checkpoint
+    seed: int
+    num_layers: int
+    layer_types: list | None  # explicit list, or None to derive from full_attention_interval
+    full_attention_interval: int | None
+    rope_theta: float
+    tied: bool  # the effective (top-level) tie_word_embeddings
+
+
+CASES = [
+    Case(
+        name="dense_text_tied",
+        layout="text",
+        storage=torch.float32,
+        seed=1234,
+        num_layers=5,
+        layer_types=[
+            "full_attention",
+            "linear_attention",
+            "linear_attention",
+            "full_attention",
+            "linear_attention",
+        ],
+        full_attention_interval=None,
+        rope_theta=1e4,
+        tied=True,
+    ),
+    Case(
+        name="dense_vlm_untied",
+        layout="vlm",
+        storage=torch.bfloat16,
+        seed=5678,
+        num_layers=4,
+        layer_types=None,
+        full_attention_interval=2,
+        rope_theta=1e7,
+        tied=False,
+    ),
+]
+
+
+def text_config(case, tie):
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=case.num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=8,
+        linear_conv_kernel_dim=4,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": case.rope_theta,
+            "partial_rotary_factor": 0.25,  # 8 of 32 head dims rotate: 4 frequencies
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+    )
+    if case.layer_types is not None:
+        kw["layer_types"] = list(case.layer_types)
+    else:
+        kw["full_attention_interval"] = case.full_attention_interval
+    return Qwen3_5TextConfig(**kw)
+
+
+VISION_CONFIG = dict(
+    depth=1,
+    hidden_size=16,
+    intermediate_size=32,
+    num_heads=2,
+    in_channels=3,
+    patch_size=2,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    out_hidden_size=HIDDEN,
+    num_position_embeddings=16,
+)
+
+# MTP tensors stored in the VLM file only (spec 3.1); HF ignores them, they take no part in the loss.
+MTP_SHAPES = {
+    "mtp.fc.weight": (HIDDEN, 2 * HIDDEN),
+    "mtp.pre_fc_norm_embedding.weight": (HIDDEN,),
+    "mtp.pre_fc_norm_hidden.weight": (HIDDEN,),
+    "mtp.norm.weight": (HIDDEN,),
+    "mtp.layers.0.input_layernorm.weight": (HIDDEN,),
+    "mtp.layers.0.mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN),
+}
+
+# First tensor of the second shard of the VLM checkpoint.
+SPLIT_AT = "model.language_model.layers.2.mlp.gate_proj.weight"
+
+# ----------------------------------------------------------------------------------------------
+# parameters: every one is redrawn (seeded) well away from HF's init
+
+
+def _normal(gen, shape, mean, std):
+    return mean + std * torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _log_uniform(gen, shape, lo, hi):
+    u = torch.rand(shape, generator=gen, dtype=torch.float64)
+    return math.log(lo) + u * (math.log(hi) - math.log(lo))
+
+
+# (pattern on the parameter name, sampler); the first match wins. Stds make logits clearly
+# non-uniform and GDN decays exp(g) span ~0.4..0.99 so the state survives chunk boundaries.
+PARAM_RULES = [
+    (r"(embed_tokens|lm_head)\.weight$", lambda g, s: _normal(g, s, 0.0, 0.35)),
+    (r"linear_attn\.A_log$", lambda g, s: _log_uniform(g, s, 0.02, 2.0)),  # A in [0.02, 2]
+    (r"linear_attn\.dt_bias$", lambda g, s: _normal(g, s, -0.5, 0.5)),  # init 1
+    (r"linear_attn\.norm\.weight$", lambda g, s: _normal(g, s, 1.0, 0.25)),  # gated: init 1
+    (r"linear_attn\.conv1d\.weight$", lambda g, s: _normal(g, s, 0.0, 0.35)),
+    (r"linear_attn\.in_proj_a\.weight$", lambda g, s: _normal(g, s, 0.0, 0.1)),
+    (r"(layernorm|q_norm|k_norm|model\.norm|language_model\.norm)\.weight$",
+     lambda g, s: _normal(g, s, 0.0, 0.25)),  # zero-centred: init 0
+    (r"\.weight$", lambda g, s: _normal(g, s, 0.0, 0.2)),  # every other Linear
+]
+
+VISION_RULES = [
+    (r"norm\d?\.weight$", lambda g, s: _normal(g, s, 1.0, 0.2)),
+    (r"\.bias$", lambda g, s: _normal(g, s, 0.0, 0.1)),
+    (r".", lambda g, s: _normal(g, s, 0.0, 0.2)),
+]
+
+
+def redraw(named_params, rules, gen, storage):
+    """Assigns every parameter a fresh value, rounded to the storage dtype (so the file is exact)."""
+    for name, p in named_params:
+        sampler = next(fn for pat, fn in rules if re.search(pat, name))
+        old = p.detach().clone()
+        new = sampler(gen, tuple(p.shape)).to(storage).to(torch.float64)
+        with torch.no_grad():
+            p.copy_(new)
+        assert not torch.equal(p.detach(), old.to(p.dtype)), f"{name} was not perturbed"
+
+
+# ----------------------------------------------------------------------------------------------
+# samples
+
+# (length, labels kind); labels kinds: "same" (labels = input_ids), "omit" (no labels key),
+# ("prefix", n) (first n labels -100), "spans" (two -100 spans), "random" (labels != input_ids),
+# "all_ignored".
+SAMPLE_SPECS = [
+    (1, "same"),
+    (2, "same"),
+    (3, ("prefix", 2)),
+    (5, "all_ignored"),
+    (17, ("prefix", 6)),
+    (63, "omit"),
+    (64, "same"),
+    (65, ("prefix", 40)),
+    (100, "random"),
+    (128, "spans"),
+    (130, ("prefix", 70)),
+]
+
+
+def make_samples(seed):
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for length, kind in SAMPLE_SPECS:
+        ids = torch.randint(0, VOCAB, (length,), generator=gen).tolist()
+        if length == 130:  # touch the first and last embedding rows
+            ids[10], ids[11], ids[100] = 0, VOCAB - 1, VOCAB - 1
+        sample = {"input_ids": ids}
+        if kind == "same":
+            sample["labels"] = list(ids)
+        elif kind == "random":
+            sample["labels"] = torch.randint(0, VOCAB, (length,), generator=gen).tolist()
+        elif kind == "all_ignored":
+            sample["labels"] = [IGNORE_INDEX] * length
+        elif kind == "spans":
+            labels = list(ids)
+            labels[0:20] = [IGNORE_INDEX] * 20
+            labels[60:90] = [IGNORE_INDEX] * 30
+            sample["labels"] = labels
+        elif isinstance(kind, tuple) and kind[0] == "prefix":
+            sample["labels"] = [IGNORE_INDEX] * kind[1] + ids[kind[1]:]
+        else:
+            assert kind == "omit"
+        samples.append(sample)
+    return samples
+
+
+def labels_of(sample):
+    return sample.get("labels", sample["input_ids"])
+
+
+# ----------------------------------------------------------------------------------------------
+# reference computation
+
+
+def sample_loss(model, sample):
+    """Returns (loss_sum, n_tokens, logits) for one sample, HF convention (t predicts labels[t+1])."""
+    ids = torch.tensor([sample["input_ids"]])
+    labels = torch.tensor(labels_of(sample))
+    logits = model(input_ids=ids, use_cache=False).logits[0]
+    targets = labels[1:]
+    n_tokens = int((targets != IGNORE_INDEX).sum())
+    loss_sum = F.cross_entropy(logits[:-1], targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, n_tokens, logits
+
+
+def run_reference(model, samples):
+    """Float64 losses and summed gradients, checked to be float64 from end to end."""
+    model.zero_grad(set_to_none=True)
+    f64, check = Float64Everywhere(), OnlyFloat64()
+    results = []
+    with f64, check:
+        for sample in samples:
+            loss_sum, n_tokens, logits = sample_loss(model, sample)
+            assert logits.dtype == torch.float64 and loss_sum.dtype == torch.float64
+            if n_tokens > 0:
+                loss_sum.backward()
+                # HF's own loss (mean over targets) must agree with our sum.
+                hf = model(
+                    input_ids=torch.tensor([sample["input_ids"]]),
+                    labels=torch.tensor([labels_of(sample)]),
+                    use_cache=False,
+                ).loss
+                assert hf.dtype == torch.float64
+                assert math.isclose(hf.item() * n_tokens, loss_sum.item(), rel_tol=1e-13)
+            results.append((loss_sum.item(), n_tokens))
+    assert check.ops > 0 and sum(f64.rewrites.values()) > 0
+    grads = {}
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient"
+        assert p.grad.dtype == torch.float64
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient"
+        assert p.grad.abs().max() > 0, f"{name}: zero gradient"
+        grads[name] = p.grad.detach().clone()
+    model.zero_grad(set_to_none=True)
+    return results, grads, f64.rewrites
+
+
+def run_native(model, samples):
+    """The unmodified HF path on the same float64 weights (float32 islands included)."""
+    model.zero_grad(set_to_none=True)
+    results = []
+    for sample in samples:
+        loss_sum, n_tokens, _ = sample_loss(model, sample)
+        if n_tokens > 0:
+            loss_sum.backward()
+        results.append(loss_sum.item())
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return results, grads
+
+
+def rel_err(a, b):
+    return (a - b).norm().item() / max(b.norm().item(), 1e-300)
+
+
+# ----------------------------------------------------------------------------------------------
+# writing and checking the checkpoints
+
+
+def write_text_checkpoint(model, out_dir, storage):
+    m = copy.deepcopy(model).to(storage)
+    m.save_pretrained(out_dir)
+    (out_dir / "generation_config.json").unlink(missing_ok=True)
+    names = set(load_file(out_dir / "model.safetensors"))
+    assert names == {n for n, _ in model.named_parameters()}, "unexpected tensors in the file"
+    assert "lm_head.weight" not in names
+    return names
+
+
+def check_text_checkpoint(model, out_dir, sample):
+    loaded = Qwen3_5ForCausalLM.from_pretrained(out_dir, dtype=torch.float64, attn_implementation="eager")
+    ref = dict(model.named_parameters())
+    got = dict(loaded.named_parameters())
+    assert set(ref) == set(got)
+    for name in ref:
+        assert torch.equal(ref[name], got[name]), f"{name} differs after reload"
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    compare_logits(model, loaded, sample)
+
+
+def compare_logits(model, loaded, sample):
+    ids = torch.tensor([sample["input_ids"]])
+    with torch.no_grad():
+        a = model(input_ids=ids, use_cache=False).logits
+        b = loaded(input_ids=ids, use_cache=False).logits
+    assert torch.equal(a, b), f"logits differ after reload: {(a - b).abs().max().item()}"
+
+
+def write_vlm_checkpoint(case, model, out_dir, gen):
+    """Multimodal layout: text under model.language_model., lm_head on top, small vision tower and
+    a few mtp.* tensors, 2 shards + index; config as HF saves it, then layer_types replaced by
+    full_attention_interval (HF re-derives the same list; checked below)."""
+    cfg = Qwen3_5Config(
+        text_config=text_config(case, tie=True).to_dict(),  # the top-level flag must win
+        vision_config=dict(VISION_CONFIG),
+        tie_word_embeddings=False,
+    )
+    cfg.architectures = ["Qwen3_5ForConditionalGeneration"]
+    cfg.dtype = case.storage
+    vlm = Qwen3_5ForConditionalGeneration(cfg).to(torch.float64)
+    redraw(((n, p) for n, p in vlm.named_parameters() if n.startswith("model.visual.")),
+           VISION_RULES, gen, case.storage)
+    tensors = {}
+    text = dict(model.named_parameters())
+    for name, p in vlm.named_parameters():
+        if name.startswith("model.visual."):
+            tensors[name] = p.detach()
+        else:
+            tensors[name] = text[hf_text_name(name)].detach()
+    for name, shape in MTP_SHAPES.items():
+        std = 0.2 if name.endswith("proj.weight") or name == "mtp.fc.weight" else 0.25
+        tensors[name] = _normal(gen, shape, 0.0, std)
+    tensors = {n: t.to(case.storage).contiguous() for n, t in tensors.items()}
+
+    # HF state_dict order (visual, language model, lm_head), then mtp; layer 2 straddles the shards.
+    names = list(tensors)
+    split = names.index(SPLIT_AT)
+    shards = [names[:split], names[split:]]
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in shard}, out_dir / fname, metadata={"format": "pt"})
+        weight_map.update({n: fname for n in shard})
+    index = {
+        "metadata": {"total_parameters": sum(t.numel() for t in tensors.values()), "total_size": total},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    cfg.save_pretrained(out_dir)
+    path = out_dir / "config.json"
+    saved = json.loads(path.read_text())
+    saved["text_config"].pop("layer_types")
+    saved["text_config"]["full_attention_interval"] = case.full_attention_interval
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    reloaded = Qwen3_5Config.from_pretrained(out_dir)
+    assert reloaded.text_config.layer_types == model.config.layer_types
+    assert reloaded.tie_word_embeddings is False and reloaded.text_config.tie_word_embeddings is True
+    return tensors
+
+
+def hf_text_name(vlm_name):
+    """model.language_model.X -> model.X (ForCausalLM naming); lm_head stays."""
+    return vlm_name.replace("model.language_model.", "model.", 1)
+
+
+def hf_vlm_name(text_name):
+    return "lm_head.weight" if text_name == "lm_head.weight" else "model.language_model." + text_name[6:]
+
+
+def check_vlm_checkpoint(model, out_dir, samples):
+    loaded, info = Qwen3_5ForConditionalGeneration.from_pretrained(
+        out_dir, dtype=torch.float64, attn_implementation="eager", output_loading_info=True
+    )
+    assert not info["missing_keys"], info["missing_keys"]
+    assert not info["mismatched_keys"], info["mismatched_keys"]
+    assert loaded.lm_head.weight.data_ptr() != loaded.model.language_model.embed_tokens.weight.data_ptr()
+    ref = dict(model.named_parameters())
+    for name, p in loaded.named_parameters():
+        if not name.startswith("model.visual."):
+            assert torch.equal(p, ref[hf_text_name(name)]), f"{name} differs after reload"
+    for sample in samples:
+        compare_logits(model, loaded, sample)
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+
+
+def build_model(case):
+    cfg = text_config(case, tie=case.tied)
+    torch.manual_seed(case.seed)
+    model = Qwen3_5ForCausalLM._from_config(cfg, attn_implementation="eager").to(torch.float64)
+    model.eval()  # no dropout anywhere (attention_dropout = 0 too)
+    gen = torch.Generator().manual_seed(case.seed)
+    redraw(model.named_parameters(), PARAM_RULES, gen, case.storage)
+    return model, gen
+
+
+def generate_case(case, out_root):
+    out_dir = out_root / case.name
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    model, gen = build_model(case)
+    samples = make_samples(case.seed + 1)
+
+    # The checkpoint and the reload checks use the unmodified HF model.
+    if case.layout == "text":
+        checkpoint_names = write_text_checkpoint(model, out_dir, case.storage)
+        check_text_checkpoint(model, out_dir, samples[-1])
+    else:
+        checkpoint_names = set(write_vlm_checkpoint(case, model, out_dir, gen))
+        check_vlm_checkpoint(model, out_dir, samples[-2:])
+
+    native_losses, native_grads = run_native(model, samples)
+    use_float64_rope(model)
+    results, grads, rewrites = run_reference(model, samples)
+
+    loss_rel = max(abs(a - b) / max(abs(b), 1e-300) for a, (b, _) in zip(native_losses, results))
+    grad_rel = max(rel_err(native_grads[n], g) for n, g in grads.items())
+    assert loss_rel < 1e-5 and grad_rel < 1e-4, (loss_rel, grad_rel)
+
+    with open(out_dir / "samples.jsonl", "w") as f:
+        for s in samples:
+            f.write(json.dumps(s, separators=(",", ":")) + "\n")
+    with open(out_dir / "expected.jsonl", "w") as f:
+        for i, (loss_sum, n_tokens) in enumerate(results):
+            f.write(json.dumps({"index": i, "loss_sum": loss_sum, "n_tokens": n_tokens}) + "\n")
+    name_of = (lambda n: n) if case.layout == "text" else hf_vlm_name
+    grads_out = {name_of(n): g.to(torch.float32).contiguous() for n, g in grads.items()}
+    trainable = {n for n in checkpoint_names if not n.startswith(("model.visual.", "mtp."))}
+    assert set(grads_out) == trainable, "gradient names must be the checkpoint's text-model names"
+    save_file(grads_out, out_dir / "grads.safetensors", metadata={"format": "pt"})
+    n_params = sum(p.numel() for p in model.parameters())
+    per_token = [ls / n for ls, n in results if n > 0]
+    mean_per_token = sum(ls for ls, _ in results) / sum(n for _, n in results)
+    assert abs(mean_per_token - math.log(VOCAB)) > 0.5, "logits too close to uniform"
+    return {
+        "case": case.name,
+        "params": n_params,
+        "tensors": len(grads),
+        "samples": len(samples),
+        "tokens_scored": sum(n for _, n in results),
+        "loss_per_token_min": min(per_token),
+        "loss_per_token_max": max(per_token),
+        "loss_per_token_mean": mean_per_token,
+        "log_vocab": math.log(VOCAB),
+        "native_hf_max_rel_loss_diff": loss_rel,
+        "native_hf_max_rel_grad_diff": grad_rel,
+        "float32_casts_rewritten": dict(sorted(rewrites.items())),
+        "bytes": sum(p.stat().st_size for p in out_dir.iterdir()),
+    }
+
+
+def check_environment(allow_other_versions):
+    for mod in ("fla", "causal_conv1d", "kernels"):
+        assert importlib.util.find_spec(mod) is None, f"{mod} is installed: HF would not use its torch path"
+    ok = torch.__version__.startswith(PINNED_TORCH) and transformers.__version__ == PINNED_TRANSFORMERS
+    if not ok:
+        msg = (f"pinned torch {PINNED_TORCH}.*, transformers {PINNED_TRANSFORMERS}; found "
+               f"{torch.__version__}, {transformers.__version__}")
+        if not allow_other_versions:
+            sys.exit(msg + " (pass --allow-other-versions to go on)")
+        print("warning:", msg)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="fixture root, e.g. tests/data/golden")
+    ap.add_argument("--allow-other-versions", action="store_true")
+    args = ap.parse_args()
+    check_environment(args.allow_other_versions)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # fixed reduction order in float64 BLAS/ATen kernels
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    args.out.mkdir(parents=True, exist_ok=True)
+    summaries = [generate_case(case, args.out) for case in CASES]
+    for s in summaries:
+        print(json.dumps(s, indent=1))
+    digest = hashlib.sha256()
+    for path in sorted(p for p in args.out.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(args.out).as_posix().encode() + path.read_bytes())
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"python {sys.version.split()[0]}; fixtures sha256 {digest.hexdigest()}")
+
+
+if __name__ == "__main__":
+    main()

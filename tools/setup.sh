@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs deltatron's build dependencies (Debian/Ubuntu packages) if missing, then builds into
+# ./build. Usage: bash tools/setup.sh   (re-running is cheap: apt is skipped when all are present)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(cmake g++ make libopenblas-dev nlohmann-json3-dev libgtest-dev libcli11-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+JOBS=$(nproc 2>/dev/null || echo 2)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$JOBS"
