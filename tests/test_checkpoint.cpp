@@ -47,7 +47,7 @@ json text_config() {
     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
     "layer_types": ["linear_attention", "full_attention"],
     "linear_conv_kernel_dim": 3, "linear_key_head_dim": 3, "linear_value_head_dim": 4,
-    "linear_num_key_heads": 1, "linear_num_value_heads": 2, "mtp_num_hidden_layers": 1,
+    "linear_num_key_heads": 1, "linear_num_value_heads": 2,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0,
                         "partial_rotary_factor": 0.5}
   })");
@@ -74,10 +74,12 @@ std::vector<uint8_t> random_bytes(size_t n, uint64_t seed) {
   return b;
 }
 
-// A checkpoint with random parameters in mixed dtypes and a few pass-through tensors.
+// A checkpoint with random parameters in mixed dtypes and a few pass-through tensors (mtp.* are
+// pass-through: the config declares no MTP layers).
 io::Checkpoint make_checkpoint(bool multimodal, bool tied) {
   io::Checkpoint ck;
   ck.config = model::parse_config(config_json(multimodal, tied), "test");
+  EXPECT_EQ(ck.config.mtp_num_hidden_layers, 0);
   uint64_t seed = 1;
   for (const auto& s : model::param_specs(ck.config)) {
     core::Tensor t(s.shape);
@@ -268,15 +270,6 @@ TEST(Checkpoint, LoadErrorsNameTheTensor) {
     io::write_safetensors(dir + "/model.safetensors", v);
     expect_error(load, {dir, "'model.norm.weight'", "I32"});
   }
-  // MoE configs are rejected up front.
-  {
-    json moe = text_config();
-    moe["model_type"] = "qwen3_5_moe_text";
-    moe.erase("intermediate_size");
-    fs::remove_all(dir);
-    write_raw_checkpoint(dir, moe, {});
-    expect_error(load, {dir, "MoE models are not supported yet"});
-  }
   // No weights, no config.
   fs::remove_all(dir);
   fs::create_directories(dir);
@@ -312,4 +305,110 @@ TEST(Checkpoint, SaveTensorsF32) {
     EXPECT_EQ(f.to_float(name).data, t.data);
   }
   EXPECT_EQ(dir_entries(d.path), std::vector<std::string>{"grads.safetensors"});
+}
+
+// A dense checkpoint whose config declares one MTP layer and whose files hold it.
+io::Checkpoint make_mtp_checkpoint(bool multimodal) {
+  json cfg = config_json(multimodal, false);
+  (multimodal ? cfg["text_config"] : cfg)["mtp_num_hidden_layers"] = 1;
+  io::Checkpoint ck;
+  ck.config = model::parse_config(cfg, "test");
+  ck.config.mtp_enabled = true;
+  uint64_t seed = 7;
+  for (const auto& s : model::param_specs(ck.config)) {
+    core::Tensor t(s.shape);
+    t.data = dt_test::randn<float>(static_cast<size_t>(t.numel()), seed++);
+    ck.param_dtypes[s.name] = "BF16";
+    ck.params.emplace(s.name, std::move(t));
+  }
+  if (multimodal)
+    ck.passthrough["model.visual.blocks.0.attn.qkv.weight"] = {"BF16", {3, 2}, random_bytes(12, 5)};
+  return ck;
+}
+
+TEST(Checkpoint, MtpTensorsBecomeParameters) {
+  TempDir d;
+  for (bool mm : {false, true}) {
+    const io::Checkpoint ck = make_mtp_checkpoint(mm);
+    ASSERT_EQ(ck.params.count("mtp.layers.0.self_attn.q_proj.weight"), 1u);
+    ASSERT_EQ(ck.params.count("mtp.layers.0.mlp.gate_proj.weight"), 1u);
+    const std::string dir = d / (mm ? "mm" : "text");
+    io::save_checkpoint(dir, ck);
+    const io::Checkpoint back = io::load_checkpoint(dir);
+    EXPECT_TRUE(back.config.mtp_enabled);
+    expect_same(back, ck);
+    for (const auto& kv : back.passthrough) EXPECT_NE(kv.first.rfind("mtp.", 0), 0u) << kv.first;
+    EXPECT_EQ(back.params.at("mtp.fc.weight").shape, (core::Shape{8, 16}));
+    io::save_checkpoint(d / "again", back);
+    EXPECT_EQ(read_all(d / "again/model.safetensors"), read_all(dir + "/model.safetensors"));
+  }
+}
+
+TEST(Checkpoint, MtpErrorsAndIgnoreMtp) {
+  TempDir d;
+  const io::Checkpoint ck = make_mtp_checkpoint(true);
+  const std::string dir = d / "ck";
+  io::save_checkpoint(dir, ck);
+  const json cfg = ck.config.raw;
+
+  // --ignore-mtp: one warning line, mtp.* kept as bytes, not parameters.
+  ::testing::internal::CaptureStderr();
+  const io::Checkpoint ign = io::load_checkpoint(dir, io::LoadOptions{.ignore_mtp = true});
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_FALSE(ign.config.mtp_enabled);
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_NE(err.find("mtp_num_hidden_layers=1"), std::string::npos) << err;
+  EXPECT_NE(err.find(dir), std::string::npos) << err;
+  size_t n_mtp = 0;
+  for (const auto& kv : ck.params) {
+    if (kv.first.rfind("mtp.", 0) != 0) continue;
+    ++n_mtp;
+    EXPECT_EQ(ign.params.count(kv.first), 0u) << kv.first;
+    ASSERT_EQ(ign.passthrough.count(kv.first), 1u) << kv.first;
+    EXPECT_EQ(ign.passthrough.at(kv.first).dtype, "BF16");
+  }
+  EXPECT_EQ(ign.passthrough.size(), n_mtp + 1);  // + the visual tensor
+  // Saving it writes the same bytes back.
+  io::save_checkpoint(d / "ign", ign);
+  EXPECT_EQ(read_all(d / "ign/model.safetensors"), read_all(dir + "/model.safetensors"));
+  // Without MTP in the config, ignore_mtp changes nothing and prints nothing.
+  json no_mtp = cfg;
+  no_mtp["text_config"]["mtp_num_hidden_layers"] = 0;
+  std::ofstream(d / "ign/config.json") << no_mtp.dump();
+  ::testing::internal::CaptureStderr();
+  const io::Checkpoint plain = io::load_checkpoint(d / "ign", io::LoadOptions{.ignore_mtp = true});
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(plain.passthrough.size(), ign.passthrough.size());
+
+  // A missing MTP tensor is named.
+  const std::string bad = d / "bad";
+  auto with = [&](auto&& edit) {
+    std::map<std::string, core::Tensor> t = ck.params;
+    edit(t);
+    fs::remove_all(bad);
+    write_raw_checkpoint(bad, cfg, t);
+  };
+  with([](auto& t) { t.erase("mtp.layers.0.self_attn.k_norm.weight"); });
+  expect_error([&] { io::load_checkpoint(bad); },
+               {bad, "missing tensor 'mtp.layers.0.self_attn.k_norm.weight'", "[4]"});
+  with([](auto& t) { t.at("mtp.fc.weight") = core::Tensor({8, 8}); });
+  expect_error([&] { io::load_checkpoint(bad); }, {bad, "'mtp.fc.weight'", "[8, 8]", "[8, 16]"});
+  with([](auto& t) { t["mtp.layers.1.input_layernorm.weight"] = core::Tensor({8}); });
+  expect_error([&] { io::load_checkpoint(bad); },
+               {bad, "unexpected tensor 'mtp.layers.1.input_layernorm.weight'"});
+  // No mtp.* at all: the error suggests --ignore-mtp, which then loads it.
+  with([](auto& t) {
+    std::erase_if(t, [](const auto& kv) { return kv.first.rfind("mtp.", 0) == 0; });
+  });
+  expect_error([&] { io::load_checkpoint(bad); },
+               {"config declares mtp_num_hidden_layers=1 but " + bad +
+                " has no mtp.* tensors (pass --ignore-mtp to train without MTP)"});
+  ::testing::internal::CaptureStderr();
+  EXPECT_FALSE(io::load_checkpoint(bad, {.ignore_mtp = true}).config.mtp_enabled);
+  ::testing::internal::GetCapturedStderr();
+
+  // A saved checkpoint cannot hold mtp.* both as parameters and as pass-through.
+  io::Checkpoint both = ck;
+  both.passthrough["mtp.extra.weight"] = {"BF16", {1}, {0, 0}};
+  expect_error([&] { io::save_checkpoint(d / "both", both); }, {"mtp.extra.weight", "MTP"});
 }

@@ -227,27 +227,177 @@ TEST(Config, MissingAndInvalidFields) {
   expect_error([&] { model::parse_config(json::array(), kSrc); }, {kSrc});
 }
 
-TEST(Config, MoeParsedOnly) {
+// A small MoE text config: E=4, k=2, F=6, Fs=5.
+json small_moe() {
   json j = small_text();
   j["model_type"] = "qwen3_5_moe_text";
   j.erase("intermediate_size");
   j["num_experts"] = 4;
   j["num_experts_per_tok"] = 2;
-  j["moe_intermediate_size"] = 5;
-  model::Config c = parse(j);
+  j["moe_intermediate_size"] = 6;
+  j["shared_expert_intermediate_size"] = 5;
+  j["router_aux_loss_coef"] = 0.01;
+  return j;
+}
+
+TEST(Config, MoeFieldsAndValidation) {
+  model::Config c = parse(small_moe());
   EXPECT_TRUE(c.is_moe());
+  EXPECT_EQ(c.model_type, "qwen3_5_moe_text");
   EXPECT_EQ(c.intermediate_size, 0);
   EXPECT_EQ(c.num_experts, 4);
-  EXPECT_EQ(c.shared_expert_intermediate_size, 512);  // HF default
+  EXPECT_EQ(c.num_experts_per_tok, 2);
+  EXPECT_EQ(c.moe_intermediate_size, 6);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 5);
+  EXPECT_DOUBLE_EQ(c.router_aux_loss_coef, 0.01);
+  EXPECT_FALSE(c.mtp_enabled);
+
+  // Absent fields take HF's defaults; intermediate_size is not required.
+  json j = small_text();
+  j["model_type"] = "qwen3_5_moe_text";
+  j.erase("intermediate_size");
+  c = parse(j);
+  EXPECT_EQ(c.num_experts, 256);
+  EXPECT_EQ(c.num_experts_per_tok, 8);
+  EXPECT_EQ(c.moe_intermediate_size, 512);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 512);
   EXPECT_DOUBLE_EQ(c.router_aux_loss_coef, 0.001);
-  expect_error([&] { model::param_specs(c); }, {"MoE models are not supported yet"});
+
+  j = small_moe();
+  j["shared_expert_intermediate_size"] = 0;  // no shared expert
+  EXPECT_EQ(parse(j).shared_expert_intermediate_size, 0);
+
+  j = small_moe();
   j["num_experts_per_tok"] = 5;
-  expect_error([&] { parse(j); }, {kSrc, "num_experts_per_tok"});
+  expect_error([&] { parse(j); }, {kSrc, "num_experts_per_tok = 5", "num_experts = 4"});
+  j["num_experts_per_tok"] = 0;
+  expect_error([&] { parse(j); }, {kSrc, "num_experts_per_tok = 0", "num_experts = 4"});
+  j = small_moe();
+  j["num_experts"] = 0;
+  expect_error([&] { parse(j); }, {kSrc, "num_experts", "positive"});
+  j = small_moe();
+  j["moe_intermediate_size"] = 0;
+  expect_error([&] { parse(j); }, {kSrc, "moe_intermediate_size", "positive"});
+  j = small_moe();
+  j["shared_expert_intermediate_size"] = -1;
+  expect_error([&] { parse(j); }, {kSrc, "shared_expert_intermediate_size", ">= 0"});
+  j = small_moe();
+  j["router_aux_loss_coef"] = -0.5;
+  expect_error([&] { parse(j); }, {kSrc, "router_aux_loss_coef", ">= 0"});
+  j = small_moe();
+  j["num_experts"] = 2.5;
+  expect_error([&] { parse(j); }, {kSrc, "num_experts", "integer"});
+
   json m = small_mm();
   m["model_type"] = "qwen3_5_moe";
-  m["text_config"]["model_type"] = "qwen3_5_moe_text";
+  m["text_config"] = small_moe();
+  m["text_config"]["num_experts_per_tok"] = 7;
+  expect_error([&] { parse(m); }, {kSrc, "text_config.num_experts_per_tok = 7", "num_experts = 4"});
+  m["text_config"]["num_experts_per_tok"] = 2;
   EXPECT_EQ(parse(m).model_type, "qwen3_5_moe_text");
-  EXPECT_EQ(parse(m).num_experts, 256);
+  EXPECT_EQ(parse(m).prefix, "model.language_model.");
+  EXPECT_EQ(parse(m).num_experts, 4);
+  m["text_config"]["model_type"] = "qwen3_5_text";
+  expect_error([&] { parse(m); }, {kSrc, "text_config.model_type"});
+}
+
+TEST(Config, MtpLayersFromTextConfigOrTopLevel) {
+  json m = small_mm();
+  EXPECT_EQ(parse(m).mtp_num_hidden_layers, 0);
+  m["mtp_num_hidden_layers"] = 2;  // top level only
+  EXPECT_EQ(parse(m).mtp_num_hidden_layers, 2);
+  m["text_config"]["mtp_num_hidden_layers"] = 1;  // text_config wins
+  EXPECT_EQ(parse(m).mtp_num_hidden_layers, 1);
+  EXPECT_FALSE(parse(m).mtp_enabled);  // the loader decides
+  m["text_config"]["mtp_num_hidden_layers"] = -1;
+  expect_error([&] { parse(m); }, {kSrc, "text_config.mtp_num_hidden_layers", ">= 0"});
+  m["text_config"].erase("mtp_num_hidden_layers");
+  m["mtp_num_hidden_layers"] = "one";
+  expect_error([&] { parse(m); }, {kSrc, "mtp_num_hidden_layers", "integer"});
+}
+
+TEST(Config, ParamSpecsMoe) {
+  for (bool mm : {false, true})
+    for (int64_t Fs : {5, 0}) {
+      json j = small_moe();
+      j["shared_expert_intermediate_size"] = Fs;
+      if (mm) j = json{{"model_type", "qwen3_5_moe"}, {"text_config", j}};
+      const model::Config c = parse(j);
+      const std::string P = mm ? "model.language_model." : "model.";
+      const auto specs = model::param_specs(c);
+      std::map<std::string, core::Shape> m;
+      for (const auto& s : specs) EXPECT_TRUE(m.emplace(s.name, s.shape).second) << s.name;
+      const size_t ffn = Fs > 0 ? 7 : 3;
+      // embed + 3 GDN layers x (2 + 9 + ffn) + 1 attention layer x (2 + 6 + ffn) + norm + head
+      ASSERT_EQ(specs.size(), 1 + 3 * (11 + ffn) + (8 + ffn) + 1 + 1);
+      for (int i = 0; i < 4; ++i) {
+        const std::string f = P + "layers." + std::to_string(i) + ".mlp.";
+        EXPECT_EQ(m.at(f + "gate.weight"), (core::Shape{4, 8}));
+        EXPECT_EQ(m.at(f + "experts.gate_up_proj"), (core::Shape{4, 12, 8}));
+        EXPECT_EQ(m.at(f + "experts.down_proj"), (core::Shape{4, 8, 6}));
+        EXPECT_EQ(m.count(f + "gate_proj.weight"), 0u);
+        EXPECT_EQ(m.count(f + "experts.0.gate_proj.weight"), 0u);
+        if (Fs > 0) {
+          EXPECT_EQ(m.at(f + "shared_expert.gate_proj.weight"), (core::Shape{5, 8}));
+          EXPECT_EQ(m.at(f + "shared_expert.up_proj.weight"), (core::Shape{5, 8}));
+          EXPECT_EQ(m.at(f + "shared_expert.down_proj.weight"), (core::Shape{8, 5}));
+          EXPECT_EQ(m.at(f + "shared_expert_gate.weight"), (core::Shape{1, 8}));
+        } else {
+          EXPECT_EQ(m.count(f + "shared_expert.gate_proj.weight"), 0u);
+          EXPECT_EQ(m.count(f + "shared_expert_gate.weight"), 0u);
+        }
+        const auto mlp = model::mlp_param_specs(c, f);
+        ASSERT_EQ(mlp.size(), ffn);
+        EXPECT_EQ(mlp[0].name, f + "gate.weight");
+      }
+      // The MLP block of layer 0 sits right after its mixer, in mlp_param_specs order.
+      const auto mlp0 = model::mlp_param_specs(c, P + "layers.0.mlp.");
+      for (size_t k = 0; k < mlp0.size(); ++k) EXPECT_EQ(specs[1 + 11 + k].name, mlp0[k].name);
+      EXPECT_EQ(model::expert_module_prefixes(c).size(), 4u);
+      EXPECT_EQ(model::expert_module_prefixes(c)[0], P + "layers.0.mlp.experts.");
+    }
+  EXPECT_TRUE(model::expert_module_prefixes(parse(small_text())).empty());
+}
+
+TEST(Config, ParamSpecsMtp) {
+  for (bool moe : {false, true}) {
+    json j = moe ? small_moe() : small_text();
+    j["mtp_num_hidden_layers"] = 2;
+    model::Config c = parse(j);
+    const size_t base = model::param_specs(c).size();  // MTP not enabled: no mtp.* names
+    c.mtp_enabled = true;
+    const auto specs = model::param_specs(c);
+    const size_t ffn = moe ? 7 : 3, per_layer = 2 + 6 + ffn;
+    ASSERT_EQ(specs.size(), base + 4 + 2 * per_layer);
+    std::map<std::string, core::Shape> m;
+    for (const auto& s : specs) EXPECT_TRUE(m.emplace(s.name, s.shape).second) << s.name;
+    for (size_t k = 0; k < base; ++k) EXPECT_NE(specs[k].name.rfind("mtp.", 0), 0u);
+    EXPECT_EQ(specs[base].name, "mtp.fc.weight");
+    EXPECT_EQ(specs[base].shape, (core::Shape{8, 16}));
+    EXPECT_EQ(specs.back().name, "mtp.norm.weight");
+    EXPECT_EQ(m.at("mtp.pre_fc_norm_embedding.weight"), (core::Shape{8}));
+    EXPECT_EQ(m.at("mtp.pre_fc_norm_hidden.weight"), (core::Shape{8}));
+    for (int jj = 0; jj < 2; ++jj) {
+      const std::string l = "mtp.layers." + std::to_string(jj) + ".";
+      EXPECT_EQ(m.at(l + "input_layernorm.weight"), (core::Shape{8}));
+      EXPECT_EQ(m.at(l + "post_attention_layernorm.weight"), (core::Shape{8}));
+      // Full attention with the main layers' shapes (layer 3 is full attention).
+      for (const char* w : {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"})
+        EXPECT_EQ(m.at(l + "self_attn." + w + ".weight"),
+                  m.at("model.layers.3.self_attn." + std::string(w) + ".weight"))
+            << w;
+      for (const auto& s : model::mlp_param_specs(c, "model.layers.3.mlp."))
+        EXPECT_EQ(m.at(l + "mlp." + s.name.substr(std::string("model.layers.3.mlp.").size())),
+                  s.shape)
+            << s.name;
+    }
+    if (moe) {
+      const auto mods = model::expert_module_prefixes(c);
+      ASSERT_EQ(mods.size(), 6u);
+      EXPECT_EQ(mods[4], "mtp.layers.0.mlp.experts.");
+      EXPECT_EQ(mods[5], "mtp.layers.1.mlp.experts.");
+    }
+  }
 }
 
 TEST(Config, ParamSpecsBothLayouts) {

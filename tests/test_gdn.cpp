@@ -1,13 +1,12 @@
 // Tests of the gated delta rule: recurrent oracle vs finite differences, chunked == recurrent,
 // chunked backward vs finite differences, segment isolation, empty segments, strong decay.
+#include <omp.h>
+
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <vector>
-
-#include <omp.h>
 
 #include "core/error.h"
 #include "cpu/gdn.h"
@@ -88,8 +87,8 @@ Result<T> forward(const Problem<T>& p, Algo algo) {
   r.o.assign(p.N * p.G * p.V, T(-7));  // garbage: the op must overwrite
   r.state.assign((p.cu.size() - 1) * p.G * p.K * p.V, T(-7));
   auto f = algo == Algo::chunk ? cpu::gdn_chunk_fwd<T> : cpu::gdn_recurrent_fwd<T>;
-  f(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), p.seg(), p.N, p.H, p.G, p.K,
-    p.V, p.scale, r.o.data(), r.state.data());
+  f(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), p.seg(), p.N, p.H, p.G, p.K, p.V,
+    p.scale, r.o.data(), r.state.data());
   return r;
 }
 
@@ -102,9 +101,8 @@ Result<T> run(const Problem<T>& p, Algo algo) {
   r.dg.assign(p.g.size(), T(-7));
   r.dbeta.assign(p.beta.size(), T(-7));
   auto b = algo == Algo::chunk ? cpu::gdn_chunk_bwd<T> : cpu::gdn_recurrent_bwd<T>;
-  b(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), p.seg(), p.N, p.H, p.G, p.K,
-    p.V, p.scale, p.dout.data(), r.dq.data(), r.dk.data(), r.dv.data(), r.dg.data(),
-    r.dbeta.data());
+  b(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), p.seg(), p.N, p.H, p.G, p.K, p.V,
+    p.scale, p.dout.data(), r.dq.data(), r.dk.data(), r.dv.data(), r.dg.data(), r.dbeta.data());
   return r;
 }
 
@@ -282,7 +280,8 @@ TEST(Gdn, EmptyAndPaddingSegments) {
 // Strong decay (g down to -50) must stay finite and agree; all exponents are <= 0.
 TEST(Gdn, StrongDecayIsFinite) {
   Problem<double> p = make_problem({130, 20}, 1, 2, 8, 5, 800);
-  for (size_t i = 0; i < p.g.size(); ++i) p.g[i] = i % 3 == 0 ? -20.0 : (i % 3 == 1 ? -50.0 : -1e-3);
+  for (size_t i = 0; i < p.g.size(); ++i)
+    p.g[i] = i % 3 == 0 ? -20.0 : (i % 3 == 1 ? -50.0 : -1e-3);
   const Result<double> rc = run(p, Algo::chunk);
   EXPECT_TRUE(all_finite(rc));
   expect_all_close(rc, run(p, Algo::recurrent), 1e-10, "strong decay double");
@@ -295,10 +294,10 @@ TEST(Gdn, StrongDecayIsFinite) {
 TEST(Gdn, BadShapesThrow) {
   Problem<float> p = cast<float>(make_problem({4}, 2, 3, 4, 3, 900));
   std::vector<float> o(p.N * p.G * p.V);
-  EXPECT_THROW(cpu::gdn_chunk_fwd<float>(p.q.data(), p.k.data(), p.v.data(), p.g.data(),
-                                         p.beta.data(), p.seg(), p.N, p.H, p.G, p.K, p.V,
-                                         p.scale, o.data(), nullptr),
-               deltatron::core::Error);
+  EXPECT_THROW(
+      cpu::gdn_chunk_fwd<float>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(),
+                                p.seg(), p.N, p.H, p.G, p.K, p.V, p.scale, o.data(), nullptr),
+      deltatron::core::Error);
 }
 
 // The ops:: dispatch reaches the CPU code; CUDA is not built.
@@ -310,10 +309,9 @@ TEST(Gdn, OpsDispatch) {
                                 p.g.data(), p.beta.data(), p.seg(), p.N, p.H, p.G, p.K, p.V,
                                 p.scale, o.data(), nullptr);
   EXPECT_EQ(o, want.o);
-  EXPECT_THROW(deltatron::ops::gdn_chunk_fwd(deltatron::core::Device::cuda, p.q.data(),
-                                             p.k.data(), p.v.data(), p.g.data(), p.beta.data(),
-                                             p.seg(), p.N, p.H, p.G, p.K, p.V, p.scale, o.data(),
-                                             nullptr),
+  EXPECT_THROW(deltatron::ops::gdn_chunk_fwd(deltatron::core::Device::cuda, p.q.data(), p.k.data(),
+                                             p.v.data(), p.g.data(), p.beta.data(), p.seg(), p.N,
+                                             p.H, p.G, p.K, p.V, p.scale, o.data(), nullptr),
                deltatron::core::Error);
 }
 
@@ -335,31 +333,6 @@ TEST(Gdn, ChunkDeterministicAcrossThreads) {
     EXPECT_EQ(a.dg, r->dg);
     EXPECT_EQ(a.dbeta, r->dbeta);
   }
-}
-
-// Timing at a real shape (run with --gtest_also_run_disabled_tests).
-void time_shape(int64_t N, int64_t H, int64_t G, int64_t K, int64_t V) {
-  Problem<float> p = cast<float>(make_problem({int(N)}, H, G, K, V, 1000));
-  std::vector<float> o(N * G * V), dq(p.q.size()), dk(p.k.size()), dv(p.v.size());
-  std::vector<float> dg(p.g.size()), db(p.beta.size());
-  for (int rep = 0; rep < 3; ++rep) {
-    auto t0 = std::chrono::steady_clock::now();
-    cpu::gdn_chunk_fwd<float>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(),
-                              p.seg(), N, H, G, K, V, p.scale, o.data(), nullptr);
-    auto t1 = std::chrono::steady_clock::now();
-    cpu::gdn_chunk_bwd<float>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(),
-                              p.seg(), N, H, G, K, V, p.scale, p.dout.data(), dq.data(),
-                              dk.data(), dv.data(), dg.data(), db.data());
-    auto t2 = std::chrono::steady_clock::now();
-    std::printf("N=%ld H=%ld G=%ld K=%ld V=%ld float, %d threads: fwd %.3f s, bwd %.3f s\n",
-                long(N), long(H), long(G), long(K), long(V), omp_get_max_threads(),
-                std::chrono::duration<double>(t1 - t0).count(),
-                std::chrono::duration<double>(t2 - t1).count());
-  }
-}
-
-TEST(Gdn, DISABLED_TimingRealShape) {
-  for (int64_t N : {4096, 8192}) time_shape(N, 16, 32, 128, 128);
 }
 
 }  // namespace

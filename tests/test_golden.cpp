@@ -10,6 +10,7 @@
 #include "data/pack.h"
 #include "data/sample.h"
 #include "io/checkpoint.h"
+#include "io/hf_layout.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test_util.h"
@@ -39,8 +40,14 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
   const auto samples =
       data::read_token_jsonl((dir / "samples.jsonl").string(), ck.config.vocab_size);
 
-  std::vector<double> want_loss;
-  std::vector<int64_t> want_n;
+  // Optional golden.json: {"mtp_scale": s}; grads are then d(sum loss + s * sum mtp_loss).
+  double mtp_scale = 0.0;
+  if (fs::exists(dir / "golden.json")) {
+    std::ifstream meta(dir / "golden.json");
+    mtp_scale = nlohmann::json::parse(meta).value("mtp_scale", 0.0);
+  }
+  std::vector<double> want_loss, want_mtp;
+  std::vector<int64_t> want_n, want_mtp_n;
   std::ifstream in(dir / "expected.jsonl");
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
@@ -48,7 +55,12 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
     ASSERT_EQ(j["index"].get<size_t>(), want_loss.size());
     want_loss.push_back(j["loss_sum"].get<double>());
     want_n.push_back(j["n_tokens"].get<int64_t>());
+    if (j.contains("mtp_loss_sum")) {
+      want_mtp.push_back(j["mtp_loss_sum"].get<double>());
+      want_mtp_n.push_back(j["mtp_n_tokens"].get<int64_t>());
+    }
   }
+  ASSERT_EQ(!want_mtp.empty(), ck.config.mtp_enabled) << "fixture and config disagree on MTP";
   ASSERT_EQ(want_loss.size(), samples.size());
 
   // Every sample in one pack, in reverse order, with alignment padding between samples.
@@ -60,8 +72,10 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
   }
   const data::Pack pack = data::make_pack(members, index, 8);
   model::TensorMap grads = model::zeros_like(ck.params);
+  model::ModelOptions opt;
+  opt.mtp_ce_scale = static_cast<float>(mtp_scale);
   const model::PackLoss got =
-      model::model_fwd_bwd(core::Device::cpu, ck.config, ck.params, pack, &grads);
+      model::model_fwd_bwd(core::Device::cpu, ck.config, ck.params, pack, &grads, opt);
 
   double worst_loss = 0, worst_grad = 0;
   std::string worst_grad_name;
@@ -78,10 +92,24 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
     EXPECT_LE(err, kLossRelTol) << "sample " << i << ": got " << got.loss_sum[s] << " want "
                                 << want_loss[i];
   }
+  for (int s = 0; s < pack.num_samples() && !want_mtp.empty(); ++s) {
+    const int64_t i = pack.sample_index[s];
+    EXPECT_EQ(got.mtp_n_tokens[s], want_mtp_n[i]) << "MTP sample " << i;
+    if (want_mtp_n[i] == 0) {
+      EXPECT_EQ(got.mtp_loss_sum[s], 0.0) << "MTP sample " << i;
+      continue;
+    }
+    const double err = std::abs(got.mtp_loss_sum[s] - want_mtp[i]) / std::abs(want_mtp[i]);
+    worst_loss = std::max(worst_loss, err);
+    EXPECT_LE(err, kLossRelTol) << "MTP sample " << i << ": got " << got.mtp_loss_sum[s]
+                                << " want " << want_mtp[i];
+  }
 
+  // Gradients in the checkpoint's own names and expert layout, as --grad-out writes them.
+  const auto named = io::to_checkpoint_names(ck, grads);
   const io::SafetensorsFile want_grads((dir / "grads.safetensors").string());
-  EXPECT_EQ(want_grads.names().size(), grads.size());
-  for (const auto& [name, g] : grads) {
+  EXPECT_EQ(want_grads.names().size(), named.size());
+  for (const auto& [name, g] : named) {
     ASSERT_TRUE(want_grads.contains(name)) << "fixture lacks gradient " << name;
     const core::Tensor w = want_grads.to_float(name);
     ASSERT_EQ(w.shape, g.shape) << name;

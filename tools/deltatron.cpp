@@ -30,6 +30,19 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   sc->add_option("--device", device, "cpu (cuda arrives with the CUDA backend)")
       ->check(CLI::IsMember({"cpu"}));
+  sc->add_option("--mtp-scale", score.mtp_scale,
+                 "weight of the MTP loss in the gradient objective (default 0.1)");
+  sc->add_flag("--ignore-mtp", score.ignore_mtp,
+               "score without the MTP head even if the config declares one");
+  sc->add_option("--router-aux-coef", score.router.aux_coef,
+                 "load-balancing loss coefficient per MoE layer (default 0: off)");
+  std::string aux_type = "global";
+  sc->add_option("--router-aux-type", aux_type,
+                 "global (counts over the whole dataset), seq (per sample) or micro_batch "
+                 "(per pack)")
+      ->check(CLI::IsMember({"global", "seq", "micro_batch"}));
+  sc->add_option("--z-loss-coef", score.router.z_coef,
+                 "router z-loss coefficient (sum of lse^2 over real tokens; default 0)");
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 
   try {
@@ -38,7 +51,12 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (sc->parsed()) train::run_score(score);
+    if (sc->parsed()) {
+      score.router.aux_type = aux_type == "seq"          ? model::AuxLossType::seq
+                              : aux_type == "micro_batch" ? model::AuxLossType::micro_batch
+                                                          : model::AuxLossType::global;
+      train::run_score(score);
+    }
   } catch (const core::Error& e) {
     std::fprintf(stderr, "deltatron: error: %s\n", e.what());
     return 1;

@@ -22,13 +22,13 @@ constexpr int64_t C = kGdnChunk;
 // Row-major C = alpha op(A) op(B) + beta C with op(A) [m, k], op(B) [k, n].
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* Cm, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              int(m), int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, Cm, int(ldc));
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
+              int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, Cm, int(ldc));
 }
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A,
           int64_t lda, const double* B, int64_t ldb, double beta, double* Cm, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              int(m), int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, Cm, int(ldc));
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
+              int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, Cm, int(ldc));
 }
 
 // e^x for x <= 0, flushed to 0 below e^-60 (float) / e^-600 (double). Strong decays (g of -20 and
@@ -86,20 +86,36 @@ struct Head {
   int64_t ldq, ldv, ldg;          // row strides: H*K (q, k), G*V (v, o, do), G (g, beta)
 };
 
+template <typename T>
+Head<T> head_at(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG, const T* beta_NG,
+                int64_t t0, int64_t h, int64_t j, int64_t H, int64_t G, int64_t K, int64_t V) {
+  return {q_NHK + (t0 * H + h) * K,
+          k_NHK + (t0 * H + h) * K,
+          v_NGV + (t0 * G + j) * V,
+          g_NG + t0 * G + j,
+          beta_NG + t0 * G + j,
+          H * K,
+          G * V,
+          G};
+}
+
 // Per-thread workspace; the chunk quantities of spec 2.7 for the current chunk.
 template <typename T>
 struct Work {
-  std::vector<double> gam, dgam;                     // [C] gamma (cumsum of g), dL/dgamma
-  std::vector<T> eg, egl, bet;                       // [C] e^gamma, e^(gamma_last - gamma), beta
-  std::vector<T> Gam, Mkk, A, Tm, Tb, P, dP, dA;     // [C, C]
-  std::vector<T> U, Vp, dVp, dBu;                    // [C, V]
-  std::vector<T> W, Qs, Kt, dQ, dK, dKt, dW, dBw;    // [C, K]
-  std::vector<T> S, dS, Sin;                         // [K, V]; Sin: [chunks, K, V]
-  Work(int64_t K, int64_t V)
-      : gam(C), dgam(C), eg(C), egl(C), bet(C), Gam(C * C), Mkk(C * C), A(C * C), Tm(C * C),
-        Tb(C * C), P(C * C), dP(C * C), dA(C * C), U(C * V), Vp(C * V), dVp(C * V),
-        dBu(C * V), W(C * K), Qs(C * K), Kt(C * K), dQ(C * K), dK(C * K), dKt(C * K),
-        dW(C * K), dBw(C * K), S(K * V), dS(K * V) {}
+  std::vector<double> gam, dgam;                   // [C] gamma (cumsum of g), dL/dgamma
+  std::vector<T> eg, egl, bet;                     // [C] e^gamma, e^(gamma_last - gamma), beta
+  std::vector<T> Gam, Mkk, A, Tm, Tb, P, dP, dA;   // [C, C]
+  std::vector<T> U, Vp, dVp, dBu;                  // [C, V]
+  std::vector<T> W, Qs, Kt, dQ, dK, dKt, dW, dBw;  // [C, K]
+  std::vector<T> S, dS, Sin;                       // [K, V]; Sin: [chunks, K, V]
+  Work(int64_t K, int64_t V) {
+    for (auto* x : {&gam, &dgam}) x->resize(C);
+    for (auto* x : {&eg, &egl, &bet}) x->resize(C);
+    for (auto* x : {&Gam, &Mkk, &A, &Tm, &Tb, &P, &dP, &dA}) x->resize(C * C);
+    for (auto* x : {&U, &Vp, &dVp, &dBu}) x->resize(C * V);
+    for (auto* x : {&W, &Qs, &Kt, &dQ, &dK, &dKt, &dW, &dBw}) x->resize(C * K);
+    for (auto* x : {&S, &dS}) x->resize(K * V);
+  }
 };
 
 // Chunk rows [r0, r0 + c) of head x with entry state w.S: gamma, Gamma, A = strict_lower(
@@ -158,8 +174,7 @@ void chunk_prepare(Work<T>& w, const Head<T>& x, int64_t r0, int64_t c, int64_t 
 // S_out = e^{gamma_last} S_in + (diag(e^{gamma_last - gamma}) K)^T V', in place on w.S.
 // Leaves Kt = diag(e^{gamma_last - gamma}) K.
 template <typename T>
-void chunk_state_update(Work<T>& w, const Head<T>& x, int64_t r0, int64_t c, int64_t K,
-                        int64_t V) {
+void chunk_state_update(Work<T>& w, const Head<T>& x, int64_t r0, int64_t c, int64_t K, int64_t V) {
   const T* Kc = x.k + r0 * x.ldq;
   for (int64_t i = 0; i < c; ++i) scale_copy(K, w.egl[i], Kc + i * x.ldq, w.Kt.data() + i * K);
   scal(K * V, w.eg[c - 1], w.S.data());
@@ -190,9 +205,9 @@ std::vector<int> segments_longest_first(core::Segments seg) {
 }  // namespace
 
 template <typename T>
-void gdn_chunk_fwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG,
-                   const T* beta_NG, core::Segments seg, int64_t N, int64_t H, int64_t G,
-                   int64_t K, int64_t V, T scale, T* o_NGV, T* state_SGKV) {
+void gdn_chunk_fwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG, const T* beta_NG,
+                   core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
+                   T scale, T* o_NGV, T* state_SGKV) {
   gdn_check_shapes("gdn_chunk_fwd", seg, N, H, G, K, V);
   const int64_t R = G / H, tasks = int64_t(seg.n) * G;
   const std::vector<int> order = segments_longest_first(seg);
@@ -204,8 +219,7 @@ void gdn_chunk_fwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t s = order[task / G], j = task % G, h = j / R;
       const int64_t t0 = seg.cu[s], len = seg.cu[s + 1] - t0;
-      const Head<T> x{q_NHK + (t0 * H + h) * K, k_NHK + (t0 * H + h) * K, v_NGV + (t0 * G + j) * V,
-                      g_NG + t0 * G + j, beta_NG + t0 * G + j, H * K, G * V, G};
+      const Head<T> x = head_at(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, t0, h, j, H, G, K, V);
       T* o = o_NGV + (t0 * G + j) * V;
       std::fill(w.S.begin(), w.S.end(), T(0));
       for (int64_t r0 = 0; r0 < len; r0 += C) {
@@ -228,10 +242,10 @@ void gdn_chunk_fwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG
 // chunk's exit state) through it. dq/dk of value head r = j % R > 0 go to a scratch buffer and
 // are added to the r = 0 head's (which overwrites dq/dk) in a fixed order: deterministic.
 template <typename T>
-void gdn_chunk_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG,
-                   const T* beta_NG, core::Segments seg, int64_t N, int64_t H, int64_t G,
-                   int64_t K, int64_t V, T scale, const T* do_NGV, T* dq_NHK, T* dk_NHK,
-                   T* dv_NGV, T* dg_NG, T* dbeta_NG) {
+void gdn_chunk_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG, const T* beta_NG,
+                   core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
+                   T scale, const T* do_NGV, T* dq_NHK, T* dk_NHK, T* dv_NGV, T* dg_NG,
+                   T* dbeta_NG) {
   gdn_check_shapes("gdn_chunk_bwd", seg, N, H, G, K, V);
   const int64_t R = G / H, X = H * (R - 1), tasks = int64_t(seg.n) * G, KV = K * V;
   const std::vector<int> order = segments_longest_first(seg);
@@ -244,11 +258,11 @@ void gdn_chunk_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t s = order[task / G], j = task % G, h = j / R, r = j % R;
       const int64_t t0 = seg.cu[s], len = seg.cu[s + 1] - t0;
-      const Head<T> x{q_NHK + (t0 * H + h) * K, k_NHK + (t0 * H + h) * K, v_NGV + (t0 * G + j) * V,
-                      g_NG + t0 * G + j, beta_NG + t0 * G + j, H * K, G * V, G};
+      const Head<T> x = head_at(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, t0, h, j, H, G, K, V);
       const T* dO_all = do_NGV + (t0 * G + j) * V;
-      T* dq = r == 0 ? dq_NHK + (t0 * H + h) * K : dq_NXK.data() + (t0 * X + h * (R - 1) + r - 1) * K;
-      T* dk = r == 0 ? dk_NHK + (t0 * H + h) * K : dk_NXK.data() + (t0 * X + h * (R - 1) + r - 1) * K;
+      const int64_t own = (t0 * H + h) * K, scratch = (t0 * X + h * (R - 1) + r - 1) * K;
+      T* dq = r == 0 ? dq_NHK + own : dq_NXK.data() + scratch;
+      T* dk = r == 0 ? dk_NHK + own : dk_NXK.data() + scratch;
       const int64_t ldk = r == 0 ? H * K : X * K;
       const int64_t nch = (len + C - 1) / C;
       // Forward sweep: Sin[ch] = state entering chunk ch.
@@ -375,12 +389,12 @@ void gdn_chunk_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG
   }
 }
 
-#define DT_INSTANTIATE(T)                                                                        \
+#define DT_INSTANTIATE(T)                                                                          \
   template void gdn_chunk_fwd<T>(const T*, const T*, const T*, const T*, const T*, core::Segments, \
-                                 int64_t, int64_t, int64_t, int64_t, int64_t, T, T*, T*);         \
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, T, T*, T*);          \
   template void gdn_chunk_bwd<T>(const T*, const T*, const T*, const T*, const T*, core::Segments, \
-                                 int64_t, int64_t, int64_t, int64_t, int64_t, T, const T*, T*,    \
-                                 T*, T*, T*, T*);
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, T, const T*, T*, T*, \
+                                 T*, T*, T*);
 DT_INSTANTIATE(float)
 DT_INSTANTIATE(double)
 #undef DT_INSTANTIATE

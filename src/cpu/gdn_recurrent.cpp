@@ -105,7 +105,8 @@ void gdn_recurrent_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* 
         // Forward sweep: ckpt[b] = state before token t0 + b * kCkpt.
         std::fill(S.begin(), S.end(), T(0));
         for (int64_t t = t0; t < t1; ++t) {
-          if ((t - t0) % kCkpt == 0) std::copy(S.begin(), S.end(), ckpt.begin() + (t - t0) / kCkpt * KV);
+          if ((t - t0) % kCkpt == 0)
+            std::copy(S.begin(), S.end(), ckpt.begin() + (t - t0) / kCkpt * KV);
           step(S.data(), k_NHK + (t * H + h) * K, v_NGV + (t * G + j) * V,
                std::exp(g_NG[t * G + j]), beta_NG[t * G + j], K, V, u.data(), d.data());
         }
@@ -180,13 +181,13 @@ void gdn_recurrent_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* 
   }
 }
 
-#define DT_INSTANTIATE(T)                                                                      \
-  template void gdn_recurrent_fwd<T>(const T*, const T*, const T*, const T*, const T*,          \
-                                     core::Segments, int64_t, int64_t, int64_t, int64_t,        \
-                                     int64_t, T, T*, T*);                                        \
-  template void gdn_recurrent_bwd<T>(const T*, const T*, const T*, const T*, const T*,          \
-                                     core::Segments, int64_t, int64_t, int64_t, int64_t,        \
-                                     int64_t, T, const T*, T*, T*, T*, T*, T*);
+#define DT_INSTANTIATE(T)                                                                         \
+  template void gdn_recurrent_fwd<T>(const T*, const T*, const T*, const T*, const T*,            \
+                                     core::Segments, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                     T, T*, T*);                                                  \
+  template void gdn_recurrent_bwd<T>(const T*, const T*, const T*, const T*, const T*,            \
+                                     core::Segments, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                     T, const T*, T*, T*, T*, T*, T*);
 DT_INSTANTIATE(float)
 DT_INSTANTIATE(double)
 #undef DT_INSTANTIATE

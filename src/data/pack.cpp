@@ -53,6 +53,17 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
   return p;
 }
 
+std::vector<int32_t> roll_within_segments(const std::vector<int32_t>& values,
+                                          const std::vector<int32_t>& cu, int32_t fill) {
+  DT_CHECK(!cu.empty() && cu.front() == 0 &&
+               cu.back() == static_cast<int32_t>(values.size()),
+           "roll_within_segments: boundaries do not cover the ", values.size(), " values");
+  std::vector<int32_t> out(values.size(), fill);
+  for (size_t s = 0; s + 1 < cu.size(); ++s)
+    for (int32_t t = cu[s]; t + 1 < cu[s + 1]; ++t) out[t] = values[t + 1];
+  return out;
+}
+
 std::vector<std::vector<int64_t>> group_in_order(const std::vector<Sample>& samples,
                                                  int64_t budget, int64_t align) {
   DT_CHECK(budget >= 1, "pack token budget must be >= 1, got ", budget);

@@ -41,6 +41,13 @@ struct Pack {
 Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int64_t>& index,
                int64_t align = 1);
 
+// Shift left by one inside each segment of `cu` (boundaries, cu.back() == values.size()):
+// out[t] = values[t+1] when t+1 lies in t's segment, else `fill` (the last slot of every
+// segment). Used for the MTP inputs and labels, which must never cross a sample boundary:
+// values [1,2,3,4,5] with cu [0,3,5] give [2,3,fill,5,fill].
+std::vector<int32_t> roll_within_segments(const std::vector<int32_t>& values,
+                                          const std::vector<int32_t>& cu, int32_t fill);
+
 // Greedy in-order grouping for scoring: consecutive samples share a pack while the padded
 // total stays <= budget; a sample longer than the budget gets a pack of its own.
 std::vector<std::vector<int64_t>> group_in_order(const std::vector<Sample>& samples,

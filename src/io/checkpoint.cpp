@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 #include <system_error>
@@ -15,48 +17,100 @@ namespace deltatron::io {
 
 namespace fs = std::filesystem;
 
+bool is_mtp_name(const std::string& name) { return name.rfind("mtp.", 0) == 0; }
+
 bool is_passthrough_name(const std::string& name) {
-  return name.rfind("mtp.", 0) == 0 || name.rfind("model.visual.", 0) == 0;
+  return is_mtp_name(name) || name.rfind("model.visual.", 0) == 0;
 }
 
-Checkpoint load_checkpoint(const std::string& dir) {
+bool is_passthrough_name(const std::string& name, const model::Config& c) {
+  return is_passthrough_name(name) && !(c.mtp_enabled && is_mtp_name(name));
+}
+
+namespace {
+
+// Decides config.mtp_enabled from the config, the options and whether the files have mtp.*.
+void resolve_mtp(const std::string& dir, const SafetensorsSet& w, const LoadOptions& opt,
+                 model::Config& c) {
+  c.mtp_enabled = false;
+  if (c.mtp_num_hidden_layers == 0) return;
+  if (opt.ignore_mtp) {
+    std::fprintf(stderr,
+                 "warning: %s: config declares mtp_num_hidden_layers=%lld; ignoring MTP "
+                 "(--ignore-mtp): mtp.* tensors are carried through unchanged, not trained\n",
+                 dir.c_str(), static_cast<long long>(c.mtp_num_hidden_layers));
+    return;
+  }
+  if (std::none_of(w.names().begin(), w.names().end(), is_mtp_name))
+    core::fail("config declares mtp_num_hidden_layers=", c.mtp_num_hidden_layers, " but ", dir,
+               " has no mtp.* tensors (pass --ignore-mtp to train without MTP)");
+  c.mtp_enabled = true;
+}
+
+// Checks one file tensor of the plan: present, the expected shape, a float dtype.
+void check_file_tensor(const std::string& dir, const SafetensorsSet& w, const ParamSource& src,
+                       const model::ParamSpec& f) {
+  if (!w.contains(f.name)) {
+    if (src.how == Assembly::copy)
+      core::fail(dir, ": missing tensor '", f.name, "' (expected shape ", core::shape_str(f.shape),
+                 ")");
+    core::fail(dir, ": ", f.name, " is missing (expected shape ", core::shape_str(f.shape), "; ",
+               src.module.substr(0, src.module.size() - 1), " is stored per expert, ",
+               src.param.shape.at(0), " experts)");
+  }
+  const TensorInfo& ti = w.info(f.name);
+  if (ti.shape != f.shape)
+    core::fail(dir, ": tensor '", f.name, "' has shape ", core::shape_str(ti.shape), ", expected ",
+               core::shape_str(f.shape));
+  if (!dtype_is_float(ti.dtype))
+    core::fail(dir, ": tensor '", f.name, "' has dtype ", ti.dtype, ", expected F32, BF16 or F16");
+}
+
+}  // namespace
+
+Checkpoint load_checkpoint(const std::string& dir) { return load_checkpoint(dir, LoadOptions{}); }
+
+Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
   Checkpoint ck;
   ck.config = model::load_config((fs::path(dir) / "config.json").string());
-  const model::Config& c = ck.config;
-  if (c.is_moe())
-    core::fail(dir, ": MoE models are not supported yet (model_type ", c.model_type, ")");
+  model::Config& c = ck.config;
   const SafetensorsSet w(dir);
-  const std::vector<model::ParamSpec> specs = param_specs(c);
+  resolve_mtp(dir, w, opt, c);
+  ck.expert_formats = detect_expert_formats(c, w.names(), dir);
+  const std::vector<ParamSource> plan = layout_plan(c, ck.expert_formats);
 
   // Check every name, shape and dtype before converting anything.
-  std::set<std::string> expected;
-  for (const model::ParamSpec& s : specs) {
-    expected.insert(s.name);
-    if (!w.contains(s.name))
-      core::fail(dir, ": missing tensor '", s.name, "' (expected shape ", core::shape_str(s.shape),
-                 ")");
-    const TensorInfo& ti = w.info(s.name);
-    if (ti.shape != s.shape)
-      core::fail(dir, ": tensor '", s.name, "' has shape ", core::shape_str(ti.shape),
-                 ", expected ", core::shape_str(s.shape));
-    if (!dtype_is_float(ti.dtype))
-      core::fail(dir, ": tensor '", s.name, "' has dtype ", ti.dtype,
-                 ", expected F32, BF16 or F16");
-  }
+  std::set<std::string> consumed;
+  for (const ParamSource& src : plan)
+    for (const model::ParamSpec& f : src.files) {
+      check_file_tensor(dir, w, src, f);
+      consumed.insert(f.name);
+    }
   for (const std::string& name : w.names()) {
-    if (expected.count(name) || is_passthrough_name(name)) continue;
+    if (consumed.count(name) || is_passthrough_name(name, c)) continue;
     if (name == "lm_head.weight" && c.tie_word_embeddings)
       core::fail(dir, ": unexpected tensor 'lm_head.weight': the config ties word embeddings");
+    const std::string why = explain_unknown_tensor(c, ck.expert_formats, name);
+    if (!why.empty()) core::fail(dir, ": unexpected tensor '", name, "': ", why);
     core::fail(dir, ": unexpected tensor '", name, "': not a parameter of this config (prefix '",
-               c.prefix, "') nor a pass-through (mtp.*, model.visual.*)");
+               c.prefix, "'", c.mtp_enabled ? ", MTP enabled" : "", ") nor a pass-through (",
+               c.mtp_enabled ? "" : "mtp.*, ", "model.visual.*)");
   }
 
-  for (const model::ParamSpec& s : specs) {
-    ck.params.emplace(s.name, w.to_float(s.name));
-    ck.param_dtypes.emplace(s.name, w.info(s.name).dtype);
+  for (const ParamSource& src : plan) {
+    std::vector<core::Tensor> files;
+    std::string dtype;  // common dtype of the sources, F32 when they differ
+    for (const model::ParamSpec& f : src.files) {
+      files.push_back(w.to_float(f.name));
+      const std::string& fd = w.info(f.name).dtype;
+      dtype = dtype.empty() || dtype == fd ? fd : "F32";
+      if (src.how != Assembly::copy) ck.expert_formats.at(src.module).dtypes[f.name] = fd;
+    }
+    ck.params.emplace(src.param.name, assemble_param(src, std::move(files)));
+    ck.param_dtypes.emplace(src.param.name, dtype);
   }
   for (const std::string& name : w.names()) {
-    if (expected.count(name)) continue;
+    if (consumed.count(name)) continue;
     const TensorInfo& ti = w.info(name);
     const auto b = w.bytes(name);
     ck.passthrough.emplace(name, RawTensor{ti.dtype, ti.shape, {b.begin(), b.end()}});
@@ -66,10 +120,26 @@ Checkpoint load_checkpoint(const std::string& dir) {
 
 namespace {
 
-// The tensors of a checkpoint as writer views, after checking them against the config.
-std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const Checkpoint& ck) {
+// The tensors of a checkpoint as writer views under the checkpoint's names and layout, after
+// checking them against the config. Per-expert pieces are split into `owned` (map nodes are
+// stable, so the views' pointers stay valid while `owned` lives).
+std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const Checkpoint& ck,
+                                                   std::map<std::string, core::Tensor>& owned) {
+  std::vector<ParamSource> plan;
+  try {
+    plan = layout_plan(ck.config, ck.expert_formats);
+  } catch (const core::Error& e) {
+    core::fail(dir, ": cannot save: ", e.what());
+  }
+  auto dtype_of = [&](const std::string& name) -> std::string {
+    auto d = ck.param_dtypes.find(name);
+    return d == ck.param_dtypes.end() ? "F32" : d->second;
+  };
   std::map<std::string, TensorView> views;
-  for (const model::ParamSpec& s : param_specs(ck.config)) {
+  std::set<std::string> param_names;
+  for (const ParamSource& src : plan) {
+    const model::ParamSpec& s = src.param;
+    param_names.insert(s.name);
     auto it = ck.params.find(s.name);
     if (it == ck.params.end())
       core::fail(dir, ": cannot save: missing parameter '", s.name, "' (expected shape ",
@@ -79,19 +149,34 @@ std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const
       core::fail(dir, ": cannot save: parameter '", s.name, "' has shape ",
                  core::shape_str(t.shape), " (", t.numel(), " values), expected ",
                  core::shape_str(s.shape));
-    auto d = ck.param_dtypes.find(s.name);
-    const std::string dtype = d == ck.param_dtypes.end() ? "F32" : d->second;
-    if (!dtype_is_float(dtype))
-      core::fail(dir, ": cannot save: parameter '", s.name, "' has dtype ", dtype,
-                 ", expected F32, BF16 or F16");
-    views.emplace(s.name, TensorView{dtype, t.shape, t.ptr(), {}});
+    const ExpertsFormat* fmt =
+        src.how == Assembly::copy ? nullptr : &ck.expert_formats.at(src.module);
+    std::vector<core::Tensor> parts;
+    if (fmt) parts = split_param(src, t);
+    for (size_t k = 0; k < src.files.size(); ++k) {
+      const std::string& fname = src.files[k].name;
+      std::string dtype = dtype_of(s.name);
+      if (fmt) {
+        auto d = fmt->dtypes.find(fname);
+        if (d != fmt->dtypes.end()) dtype = d->second;
+      }
+      if (!dtype_is_float(dtype))
+        core::fail(dir, ": cannot save: tensor '", fname, "' has dtype ", dtype,
+                   ", expected F32, BF16 or F16");
+      const float* data = t.ptr();
+      if (fmt) data = owned.insert_or_assign(fname, std::move(parts[k])).first->second.ptr();
+      views.emplace(fname, TensorView{dtype, src.files[k].shape, data, {}});
+    }
   }
   for (const auto& kv : ck.params)
-    if (!views.count(kv.first))
+    if (!param_names.count(kv.first))
       core::fail(dir, ": cannot save: '", kv.first, "' is not a parameter of this config");
   for (const auto& [name, r] : ck.passthrough) {
     if (!is_passthrough_name(name) || views.count(name))
       core::fail(dir, ": cannot save: '", name, "' is not a pass-through tensor name");
+    if (!is_passthrough_name(name, ck.config))
+      core::fail(dir, ": cannot save: pass-through '", name,
+                 "' is an MTP tensor but config.mtp_enabled is set (MTP tensors are parameters)");
     views.emplace(name, TensorView{r.dtype, r.shape, nullptr, {r.bytes.data(), r.bytes.size()}});
   }
   return views;
@@ -105,11 +190,10 @@ void fs_check(const std::error_code& ec, const std::string& what) {
 }  // namespace
 
 void save_checkpoint(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {
-  if (ck.config.is_moe())
-    core::fail(dir, ": MoE models are not supported yet (model_type ", ck.config.model_type, ")");
   if (!ck.config.raw.is_object())
     core::fail(dir, ": cannot save: config.raw is not the config.json object");
-  const std::map<std::string, TensorView> views = checkpoint_views(dir, ck);
+  std::map<std::string, core::Tensor> owned;  // per-expert pieces split from fused parameters
+  const std::map<std::string, TensorView> views = checkpoint_views(dir, ck, owned);
 
   fs::path target = fs::path(dir).lexically_normal();
   if (target.filename().empty()) target = target.parent_path();  // "a/b/" -> "a/b"

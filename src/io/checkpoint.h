@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/hf_layout.h"
 #include "model/config.h"
 
 namespace deltatron::io {
@@ -19,31 +20,55 @@ struct RawTensor {
 };
 
 struct Checkpoint {
-  model::Config config;
-  std::map<std::string, core::Tensor> params;       // every param_specs() name -> float32
-  std::map<std::string, std::string> param_dtypes;  // file dtype per param (F32/BF16/F16)
-  std::map<std::string, RawTensor> passthrough;     // model.visual.* and mtp.*, bytes untouched
+  model::Config config;  // config.mtp_enabled says whether the mtp.* tensors are parameters
+  std::map<std::string, core::Tensor> params;  // every param_specs() name -> float32 (canonical)
+  // File dtype per param (F32/BF16/F16). For experts assembled from per-expert tensors: their
+  // common dtype (F32 when they differ); the per-tensor dtypes are in expert_formats.
+  std::map<std::string, std::string> param_dtypes;
+  std::map<std::string, RawTensor> passthrough;  // model.visual.* and (MTP off) mtp.*, untouched
+  // Per MoE module as read (io/hf_layout.h): fused or per-expert, with per-expert dtypes. A save
+  // writes each module back in this layout; modules without an entry are written fused.
+  ExpertsFormats expert_formats;
 };
 
-// True for tensors carried through unchanged: "mtp.*" and "model.visual.*".
+// True for the names that may be carried through unchanged: "mtp.*" and "model.visual.*".
 bool is_passthrough_name(const std::string& name);
+// Pass-through under this config: model.visual.* always, mtp.* unless c.mtp_enabled.
+bool is_passthrough_name(const std::string& name, const model::Config& c);
+bool is_mtp_name(const std::string& name);  // "mtp.*"
+
+struct LoadOptions {
+  // Train without the MTP head: mtp.* stay pass-through bytes and config.mtp_enabled is false
+  // (one warning line on stderr when the config declares MTP layers).
+  bool ignore_mtp = false;
+};
 
 // Reads dir/config.json and the weights (model.safetensors or the sharded index). Every check is
-// a one-line core::Error naming the directory and tensor: a MoE config ("not supported yet"),
-// a missing parameter (with the expected shape), a mis-shaped one (both shapes), a parameter
-// whose dtype is not F32/BF16/F16, and an unknown tensor (neither a parameter of this config
-// nor a pass-through; tied models have no lm_head.weight).
+// a one-line core::Error naming the directory and tensor: a missing parameter (with the expected
+// shape), a mis-shaped one (both shapes), a parameter whose dtype is not F32/BF16/F16, and an
+// unknown tensor (neither a parameter of this config nor a pass-through; tied models have no
+// lm_head.weight).
+//  - MoE experts: each module's layout is detected and converted (io/hf_layout.h); errors for a
+//    missing per-expert tensor, a module mixing fused and per-expert tensors, a per-expert index
+//    >= num_experts.
+//  - MTP: when config.mtp_num_hidden_layers > 0 (and not opt.ignore_mtp) the mtp.* tensors are
+//    parameters and config.mtp_enabled is set; a checkpoint without any mtp.* tensor is an error
+//    that suggests --ignore-mtp. Otherwise mtp.* are pass-through. model.visual.* always are.
 Checkpoint load_checkpoint(const std::string& dir);
+Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt);
 
 // Writes the checkpoint to dir: weights sharded at max_shard_bytes (one file model.safetensors
 // when they fit), each parameter in param_dtypes[name] (F32 when absent; BF16 rounds to nearest
-// even), pass-through tensors byte for byte, and config.raw as config.json. Atomic: everything is
+// even) and in the layout of expert_formats (per-expert tensors in their recorded dtypes),
+// pass-through tensors byte for byte, and config.raw as config.json. What load_checkpoint read
+// is written back under the same names, dtypes and bytes. Atomic: everything is
 // built and fsynced in a sibling temporary directory, which is renamed into place; an existing
 // dir is replaced (as a whole, other files included) only after that succeeded.
 void save_checkpoint(const std::string& dir, const Checkpoint& ck,
                      int64_t max_shard_bytes = 5'000'000'000);
 
-// Atomic single-file F32 safetensors of named tensors (used for gradient dumps).
+// Atomic single-file F32 safetensors of named tensors (used for gradient dumps; pass canonical
+// maps through to_checkpoint_names first to get the checkpoint's names and expert layout).
 void save_tensors_f32(const std::string& path, const std::map<std::string, core::Tensor>& t);
 
 }  // namespace deltatron::io

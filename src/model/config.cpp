@@ -1,6 +1,7 @@
 // Parsing and validation of Qwen3.5 config.json (text-only and multimodal), parameter inventory.
 #include "model/config.h"
 
+#include <cmath>
 #include <fstream>
 
 #include "core/error.h"
@@ -237,18 +238,25 @@ Config parse_config(const json& j, const std::string& source) {
     c.moe_intermediate_size = f.opt_int("moe_intermediate_size", 512);
     c.shared_expert_intermediate_size = f.opt_int("shared_expert_intermediate_size", 512);
     f.positive("num_experts", c.num_experts);
-    f.positive("num_experts_per_tok", c.num_experts_per_tok);
+    if (c.num_experts_per_tok < 1 || c.num_experts_per_tok > c.num_experts)
+      core::fail(source, ": field ", f.field("num_experts_per_tok"), " = ", c.num_experts_per_tok,
+                 " must be in [1, num_experts = ", c.num_experts, "]");
     f.positive("moe_intermediate_size", c.moe_intermediate_size);
-    if (c.num_experts_per_tok > c.num_experts)
-      core::fail(source, ": num_experts_per_tok (", c.num_experts_per_tok,
-                 ") exceeds num_experts (", c.num_experts, ")");
     if (c.shared_expert_intermediate_size < 0)
-      core::fail(source, ": field ", f.field("shared_expert_intermediate_size"), " must be >= 0");
+      core::fail(source, ": field ", f.field("shared_expert_intermediate_size"), " = ",
+                 c.shared_expert_intermediate_size, " must be >= 0 (0: no shared expert)");
   }
   c.router_aux_loss_coef = f.opt_num("router_aux_loss_coef", 0.001);
-  c.mtp_num_hidden_layers = f.opt_int("mtp_num_hidden_layers", 0);
+  if (!(c.router_aux_loss_coef >= 0) || !std::isfinite(c.router_aux_loss_coef))
+    core::fail(source, ": field ", f.field("router_aux_loss_coef"), " = ", c.router_aux_loss_coef,
+               " must be finite and >= 0");
+  // Released multimodal configs put it in text_config; accept the top level as well.
+  const Fields& mtp_f = f.has("mtp_num_hidden_layers") ? f : top;
+  c.mtp_num_hidden_layers = mtp_f.opt_int("mtp_num_hidden_layers", 0);
   if (c.mtp_num_hidden_layers < 0)
-    core::fail(source, ": field ", f.field("mtp_num_hidden_layers"), " must be >= 0");
+    core::fail(source, ": field ", mtp_f.field("mtp_num_hidden_layers"), " = ",
+               c.mtp_num_hidden_layers, " must be >= 0");
+  c.mtp_enabled = false;
   return c;
 }
 
@@ -267,46 +275,110 @@ Config load_config(const std::string& path) {
   return parse_config(j, path);
 }
 
-std::vector<ParamSpec> param_specs(const Config& c) {
-  DT_CHECK(!c.is_moe(), "param_specs: MoE models are not supported yet (", c.model_type, ")");
-  const int64_t H = c.hidden_size, hd = c.head_dim;
+namespace {
+
+// Gated full attention of one layer with prefix l ("<layer>."); main layers and MTP layers alike.
+void append_attention(const Config& c, const std::string& l, std::vector<ParamSpec>& out) {
+  const int64_t D = c.hidden_size, hd = c.head_dim;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  // q_proj rows interleave query and output gate per head: [2*nh*hd, D].
+  out.push_back({l + "self_attn.q_proj.weight", {2 * nh * hd, D}});
+  out.push_back({l + "self_attn.k_proj.weight", {nkv * hd, D}});
+  out.push_back({l + "self_attn.v_proj.weight", {nkv * hd, D}});
+  out.push_back({l + "self_attn.o_proj.weight", {D, nh * hd}});
+  out.push_back({l + "self_attn.q_norm.weight", {hd}});
+  out.push_back({l + "self_attn.k_norm.weight", {hd}});
+}
+
+void append_gdn(const Config& c, const std::string& l, std::vector<ParamSpec>& out) {
+  const int64_t D = c.hidden_size;
   const int64_t Kd = c.linear_num_key_heads * c.linear_key_head_dim;
   const int64_t Vd = c.linear_num_value_heads * c.linear_value_head_dim;
   const int64_t nv = c.linear_num_value_heads, conv_C = 2 * Kd + Vd;
-  const int64_t I = c.intermediate_size;
+  out.push_back({l + "linear_attn.in_proj_qkv.weight", {conv_C, D}});
+  out.push_back({l + "linear_attn.in_proj_z.weight", {Vd, D}});
+  out.push_back({l + "linear_attn.in_proj_b.weight", {nv, D}});
+  out.push_back({l + "linear_attn.in_proj_a.weight", {nv, D}});
+  out.push_back({l + "linear_attn.conv1d.weight", {conv_C, 1, c.linear_conv_kernel_dim}});
+  out.push_back({l + "linear_attn.dt_bias", {nv}});
+  out.push_back({l + "linear_attn.A_log", {nv}});
+  out.push_back({l + "linear_attn.norm.weight", {c.linear_value_head_dim}});
+  out.push_back({l + "linear_attn.out_proj.weight", {D, Vd}});
+}
 
+void append_mlp(const Config& c, const std::string& P, std::vector<ParamSpec>& out) {
+  const int64_t D = c.hidden_size;
+  if (!c.is_moe()) {
+    const int64_t F = c.intermediate_size;
+    out.push_back({P + "gate_proj.weight", {F, D}});
+    out.push_back({P + "up_proj.weight", {F, D}});
+    out.push_back({P + "down_proj.weight", {D, F}});
+    return;
+  }
+  const int64_t E = c.num_experts, F = c.moe_intermediate_size;
+  const int64_t Fs = c.shared_expert_intermediate_size;
+  out.push_back({P + "gate.weight", {E, D}});
+  out.push_back({P + "experts.gate_up_proj", {E, 2 * F, D}});
+  out.push_back({P + "experts.down_proj", {E, D, F}});
+  if (Fs > 0) {
+    out.push_back({P + "shared_expert.gate_proj.weight", {Fs, D}});
+    out.push_back({P + "shared_expert.up_proj.weight", {Fs, D}});
+    out.push_back({P + "shared_expert.down_proj.weight", {D, Fs}});
+    out.push_back({P + "shared_expert_gate.weight", {1, D}});
+  }
+}
+
+std::string mtp_layer(int64_t j) { return "mtp.layers." + std::to_string(j) + "."; }
+
+}  // namespace
+
+std::vector<ParamSpec> mlp_param_specs(const Config& c, const std::string& mlp_prefix) {
   std::vector<ParamSpec> out;
-  out.push_back({c.name("embed_tokens.weight"), {c.vocab_size, H}});
+  append_mlp(c, mlp_prefix, out);
+  return out;
+}
+
+std::vector<std::string> expert_module_prefixes(const Config& c) {
+  std::vector<std::string> out;
+  if (!c.is_moe()) return out;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    out.push_back(c.name("layers." + std::to_string(i) + ".mlp.experts."));
+  if (c.mtp_enabled)
+    for (int64_t j = 0; j < c.mtp_num_hidden_layers; ++j)
+      out.push_back(mtp_layer(j) + "mlp.experts.");
+  return out;
+}
+
+std::vector<ParamSpec> param_specs(const Config& c) {
+  const int64_t D = c.hidden_size;
+  std::vector<ParamSpec> out;
+  out.push_back({c.name("embed_tokens.weight"), {c.vocab_size, D}});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string l = c.name("layers." + std::to_string(i) + ".");
-    out.push_back({l + "input_layernorm.weight", {H}});
-    out.push_back({l + "post_attention_layernorm.weight", {H}});
+    out.push_back({l + "input_layernorm.weight", {D}});
+    out.push_back({l + "post_attention_layernorm.weight", {D}});
     if (c.layer_types.at(i) == LayerType::full_attention) {
-      // q_proj rows interleave query and output gate per head: [2*nh*hd, H].
-      out.push_back({l + "self_attn.q_proj.weight", {2 * nh * hd, H}});
-      out.push_back({l + "self_attn.k_proj.weight", {nkv * hd, H}});
-      out.push_back({l + "self_attn.v_proj.weight", {nkv * hd, H}});
-      out.push_back({l + "self_attn.o_proj.weight", {H, nh * hd}});
-      out.push_back({l + "self_attn.q_norm.weight", {hd}});
-      out.push_back({l + "self_attn.k_norm.weight", {hd}});
+      append_attention(c, l, out);
     } else {
-      out.push_back({l + "linear_attn.in_proj_qkv.weight", {conv_C, H}});
-      out.push_back({l + "linear_attn.in_proj_z.weight", {Vd, H}});
-      out.push_back({l + "linear_attn.in_proj_b.weight", {nv, H}});
-      out.push_back({l + "linear_attn.in_proj_a.weight", {nv, H}});
-      out.push_back({l + "linear_attn.conv1d.weight", {conv_C, 1, c.linear_conv_kernel_dim}});
-      out.push_back({l + "linear_attn.dt_bias", {nv}});
-      out.push_back({l + "linear_attn.A_log", {nv}});
-      out.push_back({l + "linear_attn.norm.weight", {c.linear_value_head_dim}});
-      out.push_back({l + "linear_attn.out_proj.weight", {H, Vd}});
+      append_gdn(c, l, out);
     }
-    out.push_back({l + "mlp.gate_proj.weight", {I, H}});
-    out.push_back({l + "mlp.up_proj.weight", {I, H}});
-    out.push_back({l + "mlp.down_proj.weight", {H, I}});
+    append_mlp(c, l + "mlp.", out);
   }
-  out.push_back({c.name("norm.weight"), {H}});
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, H}});
+  out.push_back({c.name("norm.weight"), {D}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, D}});
+  if (c.mtp_enabled && c.mtp_num_hidden_layers > 0) {
+    out.push_back({"mtp.fc.weight", {D, 2 * D}});
+    out.push_back({"mtp.pre_fc_norm_embedding.weight", {D}});
+    out.push_back({"mtp.pre_fc_norm_hidden.weight", {D}});
+    for (int64_t j = 0; j < c.mtp_num_hidden_layers; ++j) {
+      const std::string l = mtp_layer(j);
+      out.push_back({l + "input_layernorm.weight", {D}});
+      out.push_back({l + "post_attention_layernorm.weight", {D}});
+      append_attention(c, l, out);  // MTP layers are always full attention
+      append_mlp(c, l + "mlp.", out);
+    }
+    out.push_back({"mtp.norm.weight", {D}});
+  }
   return out;
 }
 

@@ -33,11 +33,17 @@ struct Config {
   std::array<int, 3> mrope_section{};  // T, H, W frequency counts; sum == rotary_dim() / 2
   bool tie_word_embeddings = false;    // the top-level flag wins over text_config's
   std::optional<int64_t> pad_token_id;
-  // MoE, parsed only (checkpoint loading rejects MoE models for now).
+  // MoE (model_type qwen3_5_moe_text; all 0 for dense). shared_expert_intermediate_size 0 means
+  // the layers have no shared expert.
   int64_t num_experts = 0, num_experts_per_tok = 0, moe_intermediate_size = 0,
           shared_expert_intermediate_size = 0;
   double router_aux_loss_coef = 0.001;
+  // Multi-Token Prediction depth as declared by the config (text_config, else top level).
   int64_t mtp_num_hidden_layers = 0;
+  // True iff mtp_num_hidden_layers > 0 and the mtp.* weights are parameters (trained). Not read
+  // from config.json: io::load_checkpoint sets it (false with LoadOptions::ignore_mtp, where the
+  // mtp.* tensors stay pass-through bytes). param_specs() lists the mtp.* names only when set.
+  bool mtp_enabled = false;
   nlohmann::json raw;  // the whole config.json as read (written back unchanged on save)
 
   // Rotated dims per head: int(head_dim * partial_rotary_factor), truncated as HF does.
@@ -59,6 +65,12 @@ struct Config {
 //    partial_rotary_factor as fallbacks; defaults theta 10000, factor 0.25; rope_type must be
 //    "default" (or legacy "mrope"). mrope_section defaults to HF's [11, 11, 10] when that sums
 //    to rotary_dim/2, otherwise to [rotary_dim/2, 0, 0].
+//  - MoE (qwen3_5_moe_text / qwen3_5_moe): num_experts >= 1, 1 <= num_experts_per_tok <=
+//    num_experts, moe_intermediate_size > 0, shared_expert_intermediate_size >= 0 (0: no shared
+//    expert), router_aux_loss_coef >= 0; absent ones take HF's defaults (256, 8, 512, 512,
+//    0.001). intermediate_size is not read for MoE (stays 0).
+//  - mtp_num_hidden_layers >= 0 (default 0), from the text config or else the top level.
+//    mtp_enabled is left false (the checkpoint loader decides).
 Config parse_config(const nlohmann::json& j, const std::string& source);
 Config load_config(const std::string& path);
 
@@ -67,10 +79,30 @@ struct ParamSpec {
   core::Shape shape;
 };
 
-// Every parameter of the text model (dense FFN for now; the MoE issue extends this), full HF
-// names in the config's layout, in a fixed order: embed_tokens; per layer input_layernorm,
-// post_attention_layernorm, the mixer (self_attn.* or linear_attn.*), mlp.*; the final norm;
-// lm_head.weight (top level, only when the embeddings are untied).
+// Every parameter of the text model, full HF names in the config's layout, in a fixed order:
+// embed_tokens; per layer input_layernorm, post_attention_layernorm, the mixer (self_attn.* or
+// linear_attn.*), mlp.*; the final norm; lm_head.weight (top level, only when the embeddings are
+// untied); then, only when c.mtp_enabled, the MTP module (top level, no language-model prefix).
+//
+// FFN names with P = "<layer>.mlp." (D hidden, F FFN width, E experts, Fs shared width):
+//  - dense: P.gate_proj.weight [F, D], P.up_proj.weight [F, D], P.down_proj.weight [D, F].
+//  - MoE, in the canonical FUSED expert layout (io/hf_layout converts per-expert files):
+//    P.gate.weight [E, D] (router), P.experts.gate_up_proj [E, 2F, D] (rows [0, F) gate,
+//    [F, 2F) up), P.experts.down_proj [E, D, F]; when Fs > 0 also
+//    P.shared_expert.{gate_proj,up_proj}.weight [Fs, D], P.shared_expert.down_proj.weight
+//    [D, Fs], P.shared_expert_gate.weight [1, D].
+// MTP, for j < mtp_num_hidden_layers: mtp.fc.weight [D, 2D], mtp.pre_fc_norm_embedding.weight
+// [D], mtp.pre_fc_norm_hidden.weight [D]; per j mtp.layers.{j}.{input_layernorm,
+// post_attention_layernorm}.weight [D], mtp.layers.{j}.self_attn.* (as a main full-attention
+// layer), mtp.layers.{j}.mlp.* (dense or MoE as above); finally mtp.norm.weight [D].
 std::vector<ParamSpec> param_specs(const Config& c);
+
+// The FFN parameters of one layer whose FFN prefix is `mlp_prefix` ("<layer>.mlp."), in the
+// order param_specs() lists them.
+std::vector<ParamSpec> mlp_param_specs(const Config& c, const std::string& mlp_prefix);
+
+// The routed-expert module prefixes ("<layer>.mlp.experts.") of the parameters: every main layer
+// and, when c.mtp_enabled, every MTP layer. Empty for dense models.
+std::vector<std::string> expert_module_prefixes(const Config& c);
 
 }  // namespace deltatron::model

@@ -1,4 +1,4 @@
-// The Qwen3.5 text model over a pack: forward, per-sample language-model loss, explicit backward.
+// The Qwen3.5 text model over a pack: forward, losses (LM, MTP, router), explicit backward.
 #pragma once
 
 #include <cstdint>
@@ -7,26 +7,43 @@
 #include "core/device.h"
 #include "data/pack.h"
 #include "model/config.h"
+#include "model/lm_head.h"
+#include "model/router_loss.h"
 #include "model/weights.h"
 
 namespace deltatron::model {
 
-// Per-sample results of one pack, in pack order (pack.sample_index maps to the dataset).
-struct PackLoss {
-  std::vector<double> loss_sum;   // sum of token cross-entropies over the sample's label tokens
-  std::vector<int64_t> n_tokens;  // number of those tokens
+// What the backward pass differentiates:
+//   objective = ce_scale * sum_t CE_t  +  mtp_ce_scale * sum_t CE^mtp_t  +  router_scale * R
+// over the pack's label tokens (and MTP label tokens), where R is the sum over MoE layers
+// (trunk and MTP) of the router losses configured in `router`.
+struct ModelOptions {
+  float ce_scale = 1.f;
+  float mtp_ce_scale = 0.1f;
+  RouterLossOptions router;
+  double router_scale = 1.0;
+  const GlobalRouterCounts* global_counts = nullptr;  // required for the global aux loss
 };
 
-// Forward (spec 2.1-2.11) and, when grads != nullptr, backward of
-//   objective = grad_scale * sum over all label tokens of the pack of CE(logits_t, targets_t).
-// Parameter gradients ACCUMULATE into grads (which must hold a zero-initialised buffer for every
-// parameter, see zeros_like). The backward is the forward loop reversed, written out by hand.
-// Logits are never materialised for the whole pack: the head and the loss run over chunks of
-// label-carrying rows only.
-PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& params,
-                       const data::Pack& pack, TensorMap* grads, float grad_scale = 1.f);
+// Per-sample results of one pack, in pack order (pack.sample_index maps to the dataset).
+struct PackLoss {
+  std::vector<double> loss_sum;      // summed CE over the sample's label tokens
+  std::vector<int64_t> n_tokens;     // number of those tokens
+  std::vector<double> mtp_loss_sum;  // summed MTP CE (empty when the model has no MTP)
+  std::vector<int64_t> mtp_n_tokens;
+  double router_loss = 0.0;          // R for this pack (unscaled)
+};
 
-// Name of the output-projection matrix: embed_tokens when tied, else lm_head.weight.
-std::string lm_head_name(const Config& c);
+// Forward and, when grads != nullptr, backward (spec 2-5). Parameter gradients ACCUMULATE into
+// grads, which must hold a zero-initialised buffer for every parameter (see zeros_like). The
+// backward is the forward loop reversed, written out by hand. Logits are never materialised
+// for the whole pack.
+PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& params,
+                       const data::Pack& pack, TensorMap* grads, const ModelOptions& opt = {});
+
+// Forward only, accumulating every MoE layer's top-k counts over the pack's real tokens (the
+// first pass of an exact global aux loss).
+void model_count_routes(core::Device dev, const Config& c, const TensorMap& params,
+                        const data::Pack& pack, GlobalRouterCounts& counts);
 
 }  // namespace deltatron::model

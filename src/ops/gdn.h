@@ -38,10 +38,10 @@ namespace deltatron::ops {
 //   state_SGKV  out, overwritten, may be nullptr: final state S of each segment [S, G, K, V]
 //               (zeros for an empty segment).
 // Saved for backward: nothing beyond the inputs (the backward recomputes the chunk states).
-void gdn_recurrent_fwd(core::Device dev, const float* q_NHK, const float* k_NHK,
-                       const float* v_NGV, const float* g_NG, const float* beta_NG,
-                       core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
-                       float scale, float* o_NGV, float* state_SGKV);
+void gdn_recurrent_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
+                       const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
+                       int64_t H, int64_t G, int64_t K, int64_t V, float scale, float* o_NGV,
+                       float* state_SGKV);
 void gdn_chunk_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
                    const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
                    int64_t H, int64_t G, int64_t K, int64_t V, float scale, float* o_NGV,
@@ -54,11 +54,10 @@ void gdn_chunk_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, con
 //   dk_NHK   dL/dk, summed the same way;
 //   dv_NGV, dg_NG, dbeta_NG   per value head.
 // The chunked version is deterministic (fixed summation order over value heads).
-void gdn_recurrent_bwd(core::Device dev, const float* q_NHK, const float* k_NHK,
-                       const float* v_NGV, const float* g_NG, const float* beta_NG,
-                       core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
-                       float scale, const float* do_NGV, float* dq_NHK, float* dk_NHK,
-                       float* dv_NGV, float* dg_NG, float* dbeta_NG);
+void gdn_recurrent_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
+                       const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
+                       int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,
+                       float* dq_NHK, float* dk_NHK, float* dv_NGV, float* dg_NG, float* dbeta_NG);
 void gdn_chunk_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
                    const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
                    int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,

@@ -1,10 +1,11 @@
-// `deltatron score`: per-sample summed cross-entropy (and optionally parameter gradients).
+// `deltatron score`: per-sample summed cross-entropy (and MTP loss), optional gradients.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "core/device.h"
+#include "model/router_loss.h"
 
 namespace deltatron::train {
 
@@ -12,17 +13,26 @@ struct ScoreOptions {
   std::string model_dir;
   std::string data_path;
   std::string output_path;
-  std::string grad_out;       // empty: no gradients
+  std::string grad_out;        // empty: no gradients
   int64_t pack_tokens = 8192;  // token budget per pack
   int64_t pad_multiple = 1;    // align every sample's span to this multiple
+  double mtp_scale = 0.1;      // weight of the MTP loss in the gradient objective
+  model::RouterLossOptions router;  // off by default (coefficients 0)
+  bool ignore_mtp = false;     // score a checkpoint whose config declares MTP without using it
   core::Device device = core::Device::cpu;
   bool quiet = false;
 };
 
 // Loads the checkpoint and data, scores every sample (packed in input order), then writes
-// output_path (JSONL: {"index", "loss_sum", "n_tokens"} per input line, in order) and, if asked,
-// grad_out (F32 safetensors, HF names: the gradient of the sum of all loss_sum). Everything is
-// validated and computed before anything is written.
+// output_path (JSONL: {"index", "loss_sum", "n_tokens"[, "mtp_loss_sum", "mtp_n_tokens"]} per
+// input line, in order) and, if asked, grad_out (F32 safetensors, the checkpoint's tensor
+// names and expert layout) holding the gradient of
+//   sum_i loss_sum_i + mtp_scale * sum_i mtp_loss_sum_i + sum over MoE layers of router losses.
+// Router losses are sums over the scored dataset: the global aux loss uses the routing counts
+// of the whole dataset (a counting pass runs first), seq_aux sums its per-sample terms, z-loss
+// sums lse^2 over real tokens; so no number depends on how samples are packed, except the
+// micro_batch aux loss, whose definition is per pack. Everything is validated and computed
+// before anything is written.
 void run_score(const ScoreOptions& opt);
 
 }  // namespace deltatron::train

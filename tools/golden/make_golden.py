@@ -120,6 +120,50 @@ class Case:
     full_attention_interval: int | None
     rope_theta: float
     tied: bool  # the effective (top-level) tie_word_embeddings
+    # Sizes and options; the defaults are those of the first two cases.
+    vocab: int = 256
+    hidden: int = 32
+    intermediate: int = 48
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_key_head_dim: int = 16
+    linear_value_head_dim: int = 8
+    linear_conv_kernel_dim: int = 4
+    rms_norm_eps: float = 1e-6
+    partial_rotary_factor: float = 0.25
+    mrope_section: list | None = dataclasses.field(default_factory=lambda: [2, 1, 1])  # None: omitted
+    pad_token_id: int | None = None  # HF: embed_tokens padding_idx (that row gets no lookup gradient)
+    sample_specs: list | None = None  # None: SAMPLE_SPECS
+    # {sample index: {position: token}} applied to the drawn input_ids; None: DEFAULT_SAMPLE_EDITS
+    sample_edits: dict | None = None
+
+
+# dense_text_varied: pad_token_id and its samples (labels kinds: see SAMPLE_SPECS). The pad token is put into six samples (first
+# position, last position, runs, next to -100 spans, as a target); random draws add a few more.
+PAD_VARIED = 77
+VARIED_SAMPLE_SPECS = [
+    (1, "same"),
+    (4, ("mask", [(2, 3)])),  # -100 in the middle
+    (7, "omit"),
+    (33, ("mask", [(10, 12), (32, 33)])),  # -100 in the middle and on the last position
+    (64, "same"),  # one full GDN chunk
+    (65, ("mask", [(30, 31)])),
+    (96, ("random_mask", [(40, 50)])),
+    (127, ("mask", [(1, 64)])),  # no target inside the first chunk
+    (129, ("mask", [(50, 70), (100, 101), (127, 129)])),
+    (200, ("mask", [(60, 70), (120, 140), (190, 195)])),  # a span across the 128 boundary
+]
+VARIED_SAMPLE_EDITS = {
+    2: {0: PAD_VARIED, 6: PAD_VARIED},
+    3: {11: PAD_VARIED, 12: PAD_VARIED, 13: PAD_VARIED},
+    4: {0: PAD_VARIED, 63: PAD_VARIED},
+    6: {45: PAD_VARIED, 70: PAD_VARIED},
+    8: {64: PAD_VARIED, 65: PAD_VARIED, 128: PAD_VARIED},
+    9: {5: 0, 6: 300, 7: 300, 100: PAD_VARIED, 127: PAD_VARIED, 128: PAD_VARIED, 199: PAD_VARIED},
+}
 
 
 CASES = [
@@ -151,34 +195,70 @@ CASES = [
         rope_theta=1e7,
         tied=False,
     ),
+    # Other valid shapes and options: odd vocab, no GQA (3 q / 3 kv heads), head_dim 16 with half of
+    # it rotating, no mrope_section key, GDN with 1 key head shared by 3 value heads and dk = dv = 8,
+    # conv kernel 3, eps 1e-5, F16 weights, untied text layout, pad_token_id set and occurring in
+    # the samples, lengths 1..200 with -100 spans in the middle and at the end.
+    Case(
+        name="dense_text_varied",
+        layout="text",
+        storage=torch.float16,
+        seed=9012,
+        num_layers=3,
+        layer_types=["linear_attention", "linear_attention", "full_attention"],
+        full_attention_interval=None,
+        rope_theta=1e6,
+        tied=False,
+        vocab=301,
+        hidden=48,
+        intermediate=40,
+        num_attention_heads=3,
+        num_key_value_heads=3,
+        head_dim=16,
+        linear_num_key_heads=1,
+        linear_num_value_heads=3,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_conv_kernel_dim=3,
+        rms_norm_eps=1e-5,
+        partial_rotary_factor=0.5,  # 8 of 16 head dims rotate: 4 frequencies
+        mrope_section=None,
+        pad_token_id=PAD_VARIED,
+        sample_specs=VARIED_SAMPLE_SPECS,
+        sample_edits=VARIED_SAMPLE_EDITS,
+    ),
 ]
 
 
 def text_config(case, tie):
+    rope = {
+        "rope_type": "default",
+        "rope_theta": case.rope_theta,
+        "partial_rotary_factor": case.partial_rotary_factor,  # first two cases: 8 of 32 dims rotate
+    }
+    if case.mrope_section is not None:
+        rope["mrope_section"] = list(case.mrope_section)
+    rope["mrope_interleaved"] = True
     kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
+        vocab_size=case.vocab,
+        hidden_size=case.hidden,
+        intermediate_size=case.intermediate,
         num_hidden_layers=case.num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        linear_key_head_dim=16,
-        linear_value_head_dim=8,
-        linear_conv_kernel_dim=4,
+        num_attention_heads=case.num_attention_heads,
+        num_key_value_heads=case.num_key_value_heads,
+        head_dim=case.head_dim,
+        linear_num_key_heads=case.linear_num_key_heads,
+        linear_num_value_heads=case.linear_num_value_heads,
+        linear_key_head_dim=case.linear_key_head_dim,
+        linear_value_head_dim=case.linear_value_head_dim,
+        linear_conv_kernel_dim=case.linear_conv_kernel_dim,
         hidden_act="silu",
-        rms_norm_eps=1e-6,
+        rms_norm_eps=case.rms_norm_eps,
         tie_word_embeddings=tie,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": case.rope_theta,
-            "partial_rotary_factor": 0.25,  # 8 of 32 head dims rotate: 4 frequencies
-            "mrope_section": [2, 1, 1],
-            "mrope_interleaved": True,
-        },
+        rope_parameters=rope,
     )
+    if case.pad_token_id is not None:
+        kw["pad_token_id"] = case.pad_token_id
     if case.layer_types is not None:
         kw["layer_types"] = list(case.layer_types)
     else:
@@ -261,8 +341,9 @@ def redraw(named_params, rules, gen, storage):
 # samples
 
 # (length, labels kind); labels kinds: "same" (labels = input_ids), "omit" (no labels key),
-# ("prefix", n) (first n labels -100), "spans" (two -100 spans), "random" (labels != input_ids),
-# "all_ignored".
+# ("prefix", n) (first n labels -100), "spans" (-100 on [0,20) and [60,90)), "random" (labels !=
+# input_ids), "all_ignored", ("mask", [(a, b), ...]) (= input_ids with -100 on each [a, b)),
+# ("random_mask", [(a, b), ...]) (random labels with -100 on each [a, b)).
 SAMPLE_SPECS = [
     (1, "same"),
     (2, "same"),
@@ -277,19 +358,33 @@ SAMPLE_SPECS = [
     (130, ("prefix", 70)),
 ]
 
+# Sample 10 (length 130) touches the first and last embedding rows.
+DEFAULT_SAMPLE_EDITS = {10: {10: 0, 11: VOCAB - 1, 100: VOCAB - 1}}
 
-def make_samples(seed):
+def make_samples(seed, vocab=VOCAB, specs=None, edits=None):
+    specs = SAMPLE_SPECS if specs is None else specs
+    edits = DEFAULT_SAMPLE_EDITS if edits is None else edits
     gen = torch.Generator().manual_seed(seed)
     samples = []
-    for length, kind in SAMPLE_SPECS:
-        ids = torch.randint(0, VOCAB, (length,), generator=gen).tolist()
-        if length == 130:  # touch the first and last embedding rows
-            ids[10], ids[11], ids[100] = 0, VOCAB - 1, VOCAB - 1
+    for i, (length, kind) in enumerate(specs):
+        ids = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        for pos, tok in edits.get(i, {}).items():
+            assert 0 <= tok < vocab
+            ids[pos] = tok
         sample = {"input_ids": ids}
         if kind == "same":
             sample["labels"] = list(ids)
         elif kind == "random":
-            sample["labels"] = torch.randint(0, VOCAB, (length,), generator=gen).tolist()
+            sample["labels"] = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        elif isinstance(kind, tuple) and kind[0] in ("mask", "random_mask"):
+            if kind[0] == "mask":
+                labels = list(ids)
+            else:
+                labels = torch.randint(0, vocab, (length,), generator=gen).tolist()
+            for a, b in kind[1]:
+                assert 0 <= a < b <= length
+                labels[a:b] = [IGNORE_INDEX] * (b - a)
+            sample["labels"] = labels
         elif kind == "all_ignored":
             sample["labels"] = [IGNORE_INDEX] * length
         elif kind == "spans":
@@ -370,6 +465,33 @@ def run_native(model, samples):
     return results, grads
 
 
+def check_pad_row(case, samples, grads, native_grads):
+    """HF's embed_tokens has padding_idx = pad_token_id: the pad row gets no gradient through the
+    lookup (nn.Embedding zeroes it), even where the pad token occurs in input_ids. Untied, nothing
+    else reaches that row, so it is exactly zero. lm_head's pad row is an ordinary output row (every
+    scored position's softmax reaches it) and is not zero."""
+    if case.pad_token_id is None:
+        return None
+    assert not case.tied, "a tied lm_head would add its own gradient to the pad row"
+    pad = case.pad_token_id
+    in_samples = [i for i, s in enumerate(samples) if pad in s["input_ids"]]
+    occurrences = sum(s["input_ids"].count(pad) for s in samples)
+    as_target = sum(
+        1 for s in samples for t in labels_of(s)[1:] if t == pad
+    )
+    assert len(in_samples) >= 3 and as_target > 0, (in_samples, as_target)
+    embed, head = "model.embed_tokens.weight", "lm_head.weight"
+    for g in (grads, native_grads):
+        assert torch.equal(g[embed][pad], torch.zeros_like(g[embed][pad])), "pad row has a gradient"
+        assert g[head][pad].abs().max() > 0
+    return {
+        "pad_token_id": pad,
+        "samples_with_pad": in_samples,
+        "occurrences_in_input_ids": occurrences,
+        "occurrences_as_scored_target": as_target,
+    }
+
+
 def rel_err(a, b):
     return (a - b).norm().item() / max(b.norm().item(), 1e-300)
 
@@ -378,24 +500,37 @@ def rel_err(a, b):
 # writing and checking the checkpoints
 
 
-def write_text_checkpoint(model, out_dir, storage):
-    m = copy.deepcopy(model).to(storage)
+def write_text_checkpoint(case, model, out_dir):
+    m = copy.deepcopy(model).to(case.storage)
     m.save_pretrained(out_dir)
     (out_dir / "generation_config.json").unlink(missing_ok=True)
-    names = set(load_file(out_dir / "model.safetensors"))
+    tensors = load_file(out_dir / "model.safetensors")
+    names = set(tensors)
     assert names == {n for n, _ in model.named_parameters()}, "unexpected tensors in the file"
-    assert "lm_head.weight" not in names
+    assert ("lm_head.weight" in names) == (not case.tied)
+    assert all(t.dtype == case.storage for t in tensors.values())
+    saved = json.loads((out_dir / "config.json").read_text())
+    assert saved["tie_word_embeddings"] is case.tied and saved["pad_token_id"] == case.pad_token_id
+    assert ("mrope_section" in saved["rope_parameters"]) == (case.mrope_section is not None)
     return names
 
 
-def check_text_checkpoint(model, out_dir, sample):
-    loaded = Qwen3_5ForCausalLM.from_pretrained(out_dir, dtype=torch.float64, attn_implementation="eager")
+def check_text_checkpoint(case, model, out_dir, sample):
+    loaded, info = Qwen3_5ForCausalLM.from_pretrained(
+        out_dir, dtype=torch.float64, attn_implementation="eager", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    assert not info["unexpected_keys"], info["unexpected_keys"]
     ref = dict(model.named_parameters())
     got = dict(loaded.named_parameters())
     assert set(ref) == set(got)
     for name in ref:
         assert torch.equal(ref[name], got[name]), f"{name} differs after reload"
-    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    tied = loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert tied == case.tied
+    assert loaded.model.embed_tokens.padding_idx == case.pad_token_id
+    rotary_dim = int(case.head_dim * case.partial_rotary_factor)  # rope_parameters' factor wins
+    assert loaded.model.rotary_emb.inv_freq.numel() == rotary_dim // 2
     compare_logits(model, loaded, sample)
 
 
@@ -504,12 +639,13 @@ def generate_case(case, out_root):
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     model, gen = build_model(case)
-    samples = make_samples(case.seed + 1)
+    samples = make_samples(case.seed + 1, case.vocab, case.sample_specs, case.sample_edits)
+    assert model.model.embed_tokens.padding_idx == case.pad_token_id
 
     # The checkpoint and the reload checks use the unmodified HF model.
     if case.layout == "text":
-        checkpoint_names = write_text_checkpoint(model, out_dir, case.storage)
-        check_text_checkpoint(model, out_dir, samples[-1])
+        checkpoint_names = write_text_checkpoint(case, model, out_dir)
+        check_text_checkpoint(case, model, out_dir, samples[-1])
     else:
         checkpoint_names = set(write_vlm_checkpoint(case, model, out_dir, gen))
         check_vlm_checkpoint(model, out_dir, samples[-2:])
@@ -521,6 +657,7 @@ def generate_case(case, out_root):
     loss_rel = max(abs(a - b) / max(abs(b), 1e-300) for a, (b, _) in zip(native_losses, results))
     grad_rel = max(rel_err(native_grads[n], g) for n, g in grads.items())
     assert loss_rel < 1e-5 and grad_rel < 1e-4, (loss_rel, grad_rel)
+    pad_info = check_pad_row(case, samples, grads, native_grads)
 
     with open(out_dir / "samples.jsonl", "w") as f:
         for s in samples:
@@ -536,7 +673,18 @@ def generate_case(case, out_root):
     n_params = sum(p.numel() for p in model.parameters())
     per_token = [ls / n for ls, n in results if n > 0]
     mean_per_token = sum(ls for ls, _ in results) / sum(n for _, n in results)
-    assert abs(mean_per_token - math.log(VOCAB)) > 0.5, "logits too close to uniform"
+    assert abs(mean_per_token - math.log(case.vocab)) > 0.5, "logits too close to uniform"
+    embed_name = "model.embed_tokens.weight"
+    zero_rows = int((grads[embed_name].abs().amax(dim=1) == 0).sum())
+    # Untied, an embedding row has a gradient iff its token occurs at or before the last scored
+    # position of some sample, pad_token_id excepted; tied, lm_head reaches every row.
+    reaching = set()
+    for s in samples:
+        scored = [t for t, y in enumerate(labels_of(s)[1:]) if y != IGNORE_INDEX]
+        if scored:
+            reaching.update(s["input_ids"][: scored[-1] + 1])
+    reaching.discard(case.pad_token_id)
+    assert zero_rows == (0 if case.tied else case.vocab - len(reaching)), (zero_rows, len(reaching))
     return {
         "case": case.name,
         "params": n_params,
@@ -546,7 +694,9 @@ def generate_case(case, out_root):
         "loss_per_token_min": min(per_token),
         "loss_per_token_max": max(per_token),
         "loss_per_token_mean": mean_per_token,
-        "log_vocab": math.log(VOCAB),
+        "log_vocab": math.log(case.vocab),
+        "zero_embedding_grad_rows": zero_rows,
+        "pad": pad_info,
         "native_hf_max_rel_loss_diff": loss_rel,
         "native_hf_max_rel_grad_diff": grad_rel,
         "float32_casts_rewritten": dict(sorted(rewrites.items())),
