@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "model_fixture.h"
 
 using namespace deltatron;
@@ -158,6 +159,91 @@ TEST_F(ScoreCli, HeaderLengthPastEndOfFile) {
 
 TEST_F(ScoreCli, MissingModelDirectory) {
   expect_error(score(out_args(), dir_ / "nope"), "nope");
+}
+
+}  // namespace
+
+namespace {
+
+const fs::path kGolden = fs::path(DT_TEST_DATA) / "golden";
+
+// Runs a deltatron command line, returning exit code and stderr.
+CliResult run_cli(const std::string& args, const fs::path& err_file) {
+  std::string cmd = std::string(DT_BINARY) + " " + args + " 2> " + err_file.string();
+  int rc = std::system(cmd.c_str());
+  return {WEXITSTATUS(rc), slurp(err_file)};
+}
+
+// convert keeps every tensor's bytes, name and dtype, and the config's content: a released-
+// style MoE checkpoint (fused trunk experts, per-expert MTP experts, visual tower, BF16, shards).
+TEST_F(ScoreCli, ConvertRoundTripIsByteIdentical) {
+  const fs::path src = kGolden / "moe_vlm_mtp", out = dir_ / "converted";
+  CliResult r = run_cli("convert --model " + src.string() + " --out " + out.string() +
+                            " --max-shard-mb 1",
+                        dir_ / "err.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  io::SafetensorsSet a(src.string()), b(out.string());
+  ASSERT_EQ(a.names(), b.names());
+  for (const auto& name : a.names()) {
+    EXPECT_EQ(a.info(name).dtype, b.info(name).dtype) << name;
+    EXPECT_EQ(a.info(name).shape, b.info(name).shape) << name;
+    auto x = a.bytes(name), y = b.bytes(name);
+    EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << name;
+  }
+  EXPECT_EQ(nlohmann::json::parse(slurp(src / "config.json")),
+            nlohmann::json::parse(slurp(out / "config.json")));
+}
+
+// Changing the expert layout changes names, not numbers.
+TEST_F(ScoreCli, ConvertToPerExpertScoresIdentically) {
+  const fs::path src = kGolden / "moe_text_fused_tied", out = dir_ / "per_expert";
+  ASSERT_EQ(run_cli("convert --model " + src.string() + " --out " + out.string() +
+                        " --experts per-expert",
+                    dir_ / "err.txt")
+                .code,
+            0);
+  io::SafetensorsSet b(out.string());
+  EXPECT_TRUE(b.contains("model.layers.0.mlp.experts.3.down_proj.weight"));
+  EXPECT_FALSE(b.contains("model.layers.0.mlp.experts.down_proj"));
+  const std::string data = (src / "samples.jsonl").string();
+  ASSERT_EQ(score("--data " + data + " --output " + (dir_ / "a.jsonl").string(), src).code, 0);
+  ASSERT_EQ(score("--data " + data + " --output " + (dir_ / "b.jsonl").string(), out).code, 0);
+  EXPECT_EQ(slurp(dir_ / "a.jsonl"), slurp(dir_ / "b.jsonl"));
+}
+
+// A config that declares an MTP layer needs mtp.* tensors, unless --ignore-mtp is given.
+TEST_F(ScoreCli, MtpConfigWithoutMtpTensors) {
+  auto j = dt_test::tiny_config_json();
+  j["mtp_num_hidden_layers"] = 1;
+  write(model_ / "config.json", j.dump());
+  expect_error(score(out_args()), "--ignore-mtp");
+  CliResult r = score(out_args() + " --ignore-mtp");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "out.jsonl"));
+}
+
+// MTP models report the MTP loss per sample.
+TEST_F(ScoreCli, MtpFieldsReported) {
+  const fs::path src = kGolden / "dense_text_mtp";
+  ASSERT_EQ(score("--data " + (src / "samples.jsonl").string() + " --output " +
+                      (dir_ / "out.jsonl").string(),
+                  src)
+                .code,
+            0);
+  std::istringstream in(slurp(dir_ / "out.jsonl"));
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  auto first = nlohmann::json::parse(line);
+  EXPECT_TRUE(first.contains("mtp_loss_sum"));
+  EXPECT_TRUE(first.contains("mtp_n_tokens"));
+}
+
+TEST_F(ScoreCli, TopKLargerThanExpertCount) {
+  auto j = nlohmann::json::parse(slurp(kGolden / "moe_text_fused_tied" / "config.json"));
+  j["num_experts_per_tok"] = 9;
+  fs::copy(kGolden / "moe_text_fused_tied", dir_ / "moe");
+  write(dir_ / "moe" / "config.json", j.dump());
+  expect_error(score(out_args(), dir_ / "moe"), "num_experts_per_tok");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "core/error.h"
+#include "train/convert.h"
 #include "train/score.h"
 
 using namespace deltatron;
@@ -45,6 +46,17 @@ int main(int argc, char** argv) {
                  "router z-loss coefficient (sum of lse^2 over real tokens; default 0)");
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 
+  train::ConvertOptions conv;
+  CLI::App* cv = app.add_subcommand(
+      "convert", "Load a Hugging Face checkpoint and write it back (round trip / re-layout)");
+  cv->add_option("--model", conv.model_dir, "input checkpoint directory")->required();
+  cv->add_option("--out", conv.out_dir, "output checkpoint directory")->required();
+  cv->add_option("--experts", conv.experts, "MoE expert layout: keep, fused or per-expert")
+      ->check(CLI::IsMember({"keep", "fused", "per-expert"}));
+  cv->add_option("--max-shard-mb", conv.max_shard_mb, "largest shard in MB (default 5000)")
+      ->check(CLI::PositiveNumber);
+  cv->add_flag("--ignore-mtp", conv.ignore_mtp, "keep mtp.* as opaque bytes");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -57,6 +69,7 @@ int main(int argc, char** argv) {
                                                           : model::AuxLossType::global;
       train::run_score(score);
     }
+    if (cv->parsed()) train::run_convert(conv);
   } catch (const core::Error& e) {
     std::fprintf(stderr, "deltatron: error: %s\n", e.what());
     return 1;

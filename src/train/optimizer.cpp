@@ -1,0 +1,159 @@
+// AdamW update, weight-decay grouping and deterministic gradient-norm clipping (optimizer.h).
+#include "train/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "core/error.h"
+
+namespace deltatron::train {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Elementwise loops parallelise only when the tensor is large enough to pay for the threads.
+constexpr int64_t kParallelMin = 1 << 15;
+// Block length of the gradient-norm sum: fixed, so the summation order is fixed too.
+constexpr int64_t kNormBlock = 1 << 16;
+
+// Checks that `m` has exactly the names and shapes of `ref`; names the first difference.
+void check_same_layout(const TensorMap& ref, const TensorMap& m, const char* what) {
+  for (const auto& [name, t] : ref) {
+    auto it = m.find(name);
+    DT_CHECK(it != m.end(), what, ": parameter '", name, "' is missing");
+    DT_CHECK(it->second.shape == t.shape, what, ": parameter '", name, "' has shape ",
+             core::shape_str(it->second.shape), ", expected ", core::shape_str(t.shape));
+    DT_CHECK(it->second.numel() == core::numel(t.shape), what, ": parameter '", name, "' has ",
+             it->second.numel(), " values for shape ", core::shape_str(t.shape));
+  }
+  if (m.size() != ref.size())
+    for (const auto& [name, t] : m)
+      DT_CHECK(ref.count(name) != 0, what, ": unexpected parameter '", name,
+               "' (not in the optimizer)");
+}
+
+}  // namespace
+
+bool default_weight_decay(const std::string& name, const core::Shape& shape,
+                          bool decay_embeddings) {
+  if (shape.size() <= 1) return false;
+  if (ends_with(name, "A_log") || ends_with(name, "dt_bias")) return false;
+  if (ends_with(name, "embed_tokens.weight")) return decay_embeddings;
+  return true;
+}
+
+AdamW::AdamW(const TensorMap& params, AdamWOptions opt) : opt_(std::move(opt)) {
+  DT_CHECK(opt_.beta1 >= 0 && opt_.beta1 < 1, "AdamW: beta1 must be in [0, 1), got ", opt_.beta1);
+  DT_CHECK(opt_.beta2 >= 0 && opt_.beta2 < 1, "AdamW: beta2 must be in [0, 1), got ", opt_.beta2);
+  DT_CHECK(opt_.eps >= 0, "AdamW: eps must be >= 0, got ", opt_.eps);
+  DT_CHECK(opt_.weight_decay >= 0, "AdamW: weight_decay must be >= 0, got ", opt_.weight_decay);
+  for (const auto& [name, p] : params) {
+    m_.emplace(name, core::Tensor(p.shape));
+    v_.emplace(name, core::Tensor(p.shape));
+    decay_[name] = opt_.decay_predicate
+                       ? opt_.decay_predicate(name, p.shape)
+                       : default_weight_decay(name, p.shape, opt_.decay_embeddings);
+  }
+}
+
+bool AdamW::decays(const std::string& name) const {
+  auto it = decay_.find(name);
+  DT_CHECK(it != decay_.end(), "AdamW: no parameter named '", name, "'");
+  return it->second;
+}
+
+std::vector<std::string> AdamW::names() const {
+  std::vector<std::string> out;
+  out.reserve(m_.size());
+  for (const auto& kv : m_) out.push_back(kv.first);
+  return out;
+}
+
+void AdamW::step(TensorMap& params, const TensorMap& grads, double lr) {
+  check_same_layout(m_, params, "AdamW step: parameters");
+  check_same_layout(m_, grads, "AdamW step: gradients");
+  ++step_;
+  const double t = static_cast<double>(step_);
+  const double bias_correction1 = 1.0 - std::pow(opt_.beta1, t);
+  const double bias_correction2 = 1.0 - std::pow(opt_.beta2, t);
+  const float beta1 = static_cast<float>(opt_.beta1), beta2 = static_cast<float>(opt_.beta2);
+  const float one_minus_beta1 = static_cast<float>(1.0 - opt_.beta1);
+  const float one_minus_beta2 = static_cast<float>(1.0 - opt_.beta2);
+  const float step_size = static_cast<float>(lr / bias_correction1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  const float eps = static_cast<float>(opt_.eps);
+
+  for (auto& [name, m] : m_) {
+    core::Tensor& v = v_.at(name);
+    float* p = params.at(name).ptr();
+    const float* g = grads.at(name).ptr();
+    float* m_p = m.ptr();
+    float* v_p = v.ptr();
+    const int64_t n = m.numel();
+    const float decay = static_cast<float>(1.0 - lr * (decay_.at(name) ? opt_.weight_decay : 0.0));
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      p[i] *= decay;
+      m_p[i] = beta1 * m_p[i] + one_minus_beta1 * g[i];
+      v_p[i] = beta2 * v_p[i] + one_minus_beta2 * (g[i] * g[i]);
+      const float denom = std::sqrt(v_p[i]) / bc2_sqrt + eps;
+      p[i] -= step_size * (m_p[i] / denom);
+    }
+  }
+}
+
+void AdamW::set_state(int64_t step, TensorMap exp_avg, TensorMap exp_avg_sq) {
+  DT_CHECK(step >= 0, "AdamW: step count must be >= 0, got ", step);
+  check_same_layout(m_, exp_avg, "AdamW state: exp_avg");
+  check_same_layout(m_, exp_avg_sq, "AdamW state: exp_avg_sq");
+  step_ = step;
+  m_ = std::move(exp_avg);
+  v_ = std::move(exp_avg_sq);
+}
+
+double grad_norm(const TensorMap& grads) {
+  // Blocks (tensor, begin, end) in name order; each summed sequentially in double.
+  struct Block {
+    const float* x;
+    int64_t n;
+  };
+  std::vector<Block> blocks;
+  for (const auto& [name, g] : grads)
+    for (int64_t b = 0; b < g.numel(); b += kNormBlock)
+      blocks.push_back({g.ptr() + b, std::min(kNormBlock, g.numel() - b)});
+  std::vector<double> partial(blocks.size(), 0.0);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+#pragma omp parallel for schedule(static) if (nb > 1)
+  for (int64_t b = 0; b < nb; ++b) {
+    double s = 0;
+    for (int64_t i = 0; i < blocks[b].n; ++i) {
+      const double x = blocks[b].x[i];
+      s += x * x;
+    }
+    partial[b] = s;
+  }
+  double total = 0;
+  for (double s : partial) total += s;
+  return std::sqrt(total);
+}
+
+double clip_grad_norm(TensorMap& grads, double max_norm) {
+  const double norm = grad_norm(grads);
+  if (!std::isfinite(norm) || max_norm <= 0) return norm;
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef >= 1.0) return norm;
+  const float c = static_cast<float>(coef);
+  for (auto& [name, g] : grads) {
+    float* x = g.ptr();
+    const int64_t n = g.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) x[i] *= c;
+  }
+  return norm;
+}
+
+}  // namespace deltatron::train

@@ -1,0 +1,173 @@
+// Save and exact restore of the trainer state and AdamW moments (train_state.h).
+#include "train/train_state.h"
+
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/file_util.h"
+#include "io/safetensors.h"
+
+namespace deltatron::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kOptimizerFormat = "deltatron-adamw";
+constexpr const char* kStateFormat = "deltatron-trainer-state";
+constexpr int kStateVersion = 1;
+const std::string kExpAvg = "exp_avg/";
+const std::string kExpAvgSq = "exp_avg_sq/";
+
+std::string exact_text(double x) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%.17g", x);
+  return buf;
+}
+
+std::string existing_file(const std::string& dir, const char* name) {
+  const std::string path = (fs::path(dir) / name).string();
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec))
+    core::fail(path, ": missing (not a deltatron training checkpoint, or an incomplete one)");
+  return path;
+}
+
+// The moments of one kind ("exp_avg/" or "exp_avg_sq/") for exactly the optimizer's parameters.
+TensorMap read_moments(const io::SafetensorsFile& f, const std::string& prefix,
+                       const TensorMap& like) {
+  TensorMap out;
+  for (const auto& [name, ref] : like) {
+    const std::string key = prefix + name;
+    DT_CHECK(f.contains(key), f.path(), ": no '", key, "' for parameter '", name,
+             "' (the checkpoint was saved for a different parameter set)");
+    const io::TensorInfo& ti = f.info(key);
+    DT_CHECK(ti.dtype == "F32", f.path(), ": '", key, "' has dtype ", ti.dtype, ", expected F32");
+    DT_CHECK(ti.shape == ref.shape, f.path(), ": '", key, "' has shape ",
+             core::shape_str(ti.shape), " but parameter '", name, "' has shape ",
+             core::shape_str(ref.shape));
+    out.emplace(name, f.to_float(key));
+  }
+  return out;
+}
+
+const json& field(const json& j, const std::string& path, const char* key) {
+  DT_CHECK(j.contains(key), path, ": field '", key, "' is missing");
+  return j.at(key);
+}
+
+int64_t int_field(const json& j, const std::string& path, const char* key) {
+  const json& x = field(j, path, key);
+  DT_CHECK(x.is_number_integer() && (x.is_number_unsigned() || x.get<int64_t>() >= 0), path,
+           ": field '", key, "' must be an integer >= 0, got ", x.dump());
+  DT_CHECK(!x.is_number_unsigned() || x.get<uint64_t>() <= uint64_t(INT64_MAX), path, ": field '",
+           key, "' is out of range: ", x.dump());
+  return x.get<int64_t>();
+}
+
+}  // namespace
+
+void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer) {
+  std::map<std::string, io::TensorView> views;
+  for (const auto& [name, m] : optimizer.exp_avg())
+    views.emplace(kExpAvg + name, io::TensorView{"F32", m.shape, m.ptr(), {}});
+  for (const auto& [name, v] : optimizer.exp_avg_sq())
+    views.emplace(kExpAvgSq + name, io::TensorView{"F32", v.shape, v.ptr(), {}});
+  const AdamWOptions& o = optimizer.options();
+  const std::map<std::string, std::string> meta = {
+      {"format", kOptimizerFormat},
+      {"step", std::to_string(optimizer.step_count())},
+      {"beta1", exact_text(o.beta1)},
+      {"beta2", exact_text(o.beta2)},
+      {"eps", exact_text(o.eps)},
+      {"weight_decay", exact_text(o.weight_decay)}};
+  io::write_safetensors((fs::path(dir) / kOptimizerFileName).string(), views, meta);
+
+  std::ostringstream rng;
+  rng << state.rng;
+  const json j = {{"format", kStateFormat},     {"version", kStateVersion},
+                  {"step", state.step},         {"rng_seed", state.rng_seed},
+                  {"rng_state", rng.str()},     {"epoch", state.epoch},
+                  {"data_cursor", state.data_cursor}, {"extra", state.extra}};
+  io::write_file_atomic((fs::path(dir) / kTrainerStateFileName).string(), j.dump(2) + "\n");
+}
+
+void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer) {
+  // Trainer state first (small), into a copy: nothing is modified until everything is read.
+  const std::string state_path = existing_file(dir, kTrainerStateFileName);
+  json j;
+  {
+    std::ifstream in(state_path);
+    DT_CHECK(in, state_path, ": cannot open for reading");
+    try {
+      j = json::parse(in);
+    } catch (const json::exception& e) {
+      core::fail(state_path, ": invalid JSON: ", e.what());
+    }
+  }
+  DT_CHECK(j.is_object(), state_path, ": expected a JSON object");
+  DT_CHECK(j.value("format", "") == kStateFormat, state_path, ": field 'format' is not '",
+           kStateFormat, "'");
+  const int64_t version = int_field(j, state_path, "version");
+  DT_CHECK(version == kStateVersion, state_path, ": unsupported version ", version, " (expected ",
+           kStateVersion, ")");
+  TrainState s;
+  s.step = int_field(j, state_path, "step");
+  {
+    const json& seed = field(j, state_path, "rng_seed");
+    DT_CHECK(seed.is_number_unsigned(), state_path,
+             ": field 'rng_seed' must be an unsigned 64-bit integer, got ", seed.dump());
+    s.rng_seed = seed.get<uint64_t>();
+  }
+  s.epoch = int_field(j, state_path, "epoch");
+  s.data_cursor = int_field(j, state_path, "data_cursor");
+  s.extra = j.contains("extra") ? j.at("extra") : json::object();
+  {
+    const json& text = field(j, state_path, "rng_state");
+    DT_CHECK(text.is_string(), state_path, ": field 'rng_state' must be a string");
+    std::istringstream rng(text.get<std::string>());
+    rng >> s.rng;
+    DT_CHECK(!rng.fail(), state_path, ": field 'rng_state' is not a std::mt19937_64 state");
+    rng >> std::ws;
+    DT_CHECK(rng.eof(), state_path, ": field 'rng_state' has trailing data");
+  }
+
+  // Moments: exactly the optimizer's parameters, both kinds, nothing else.
+  const std::string opt_path = existing_file(dir, kOptimizerFileName);
+  const io::SafetensorsFile f(opt_path);
+  const auto& meta = f.metadata();
+  auto fmt = meta.find("format");
+  DT_CHECK(fmt != meta.end() && fmt->second == kOptimizerFormat, opt_path,
+           ": __metadata__.format is not '", kOptimizerFormat, "'");
+  auto st = meta.find("step");
+  DT_CHECK(st != meta.end(), opt_path, ": __metadata__.step is missing");
+  int64_t opt_step = -1;
+  {
+    const std::string& text = st->second;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), opt_step);
+    DT_CHECK(ec == std::errc() && end == text.data() + text.size() && opt_step >= 0, opt_path,
+             ": __metadata__.step '", text, "' is not an integer >= 0");
+  }
+  for (const std::string& key : f.names()) {
+    std::string param;
+    if (key.rfind(kExpAvg, 0) == 0) param = key.substr(kExpAvg.size());
+    else if (key.rfind(kExpAvgSq, 0) == 0) param = key.substr(kExpAvgSq.size());
+    else core::fail(opt_path, ": unexpected tensor '", key, "' (expected exp_avg/ or exp_avg_sq/)");
+    DT_CHECK(optimizer.exp_avg().count(param) != 0, opt_path, ": has moments for parameter '",
+             param, "', which the model does not have");
+  }
+  TensorMap m = read_moments(f, kExpAvg, optimizer.exp_avg());
+  TensorMap v = read_moments(f, kExpAvgSq, optimizer.exp_avg());
+
+  optimizer.set_state(opt_step, std::move(m), std::move(v));
+  state = std::move(s);
+}
+
+}  // namespace deltatron::train

@@ -1,0 +1,44 @@
+// Resumable trainer state: counters, RNG and AdamW moments, saved into a checkpoint directory.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "train/optimizer.h"
+
+namespace deltatron::train {
+
+inline constexpr const char* kOptimizerFileName = "optimizer.safetensors";
+inline constexpr const char* kTrainerStateFileName = "trainer_state.json";
+
+struct TrainState {
+  int64_t step = 0;          // optimizer steps completed; the next step has this index
+  uint64_t rng_seed = 0;     // the seed the run started from (informational)
+  std::mt19937_64 rng;       // the trainer's RNG, saved and restored exactly
+  int64_t epoch = 0;         // passes over the data completed
+  int64_t data_cursor = 0;   // position of the next sample within the epoch
+  nlohmann::json extra = nlohmann::json::object();  // anything else the trainer keeps
+};
+
+// Writes into the existing directory dir (each file atomically):
+//  - optimizer.safetensors: for every parameter p, "exp_avg/<p>" and "exp_avg_sq/<p>" as F32
+//    with p's shape; __metadata__ {"format": "deltatron-adamw", "step": optimizer step count,
+//    "beta1", "beta2", "eps", "weight_decay" (informational, as text)}.
+//  - trainer_state.json: {"format": "deltatron-trainer-state", "version": 1, "step",
+//    "rng_seed", "rng_state" (the std::mt19937_64 in its operator<< text form), "epoch",
+//    "data_cursor", "extra"}.
+void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer);
+
+// Reads what save_train_state wrote and restores it exactly: the moments bit for bit, the step
+// counters, the RNG (its next outputs equal those the saved one would have produced). optimizer
+// must have been built over the same parameters. Errors are one-line core::Errors naming the
+// file and, where there is one, the parameter or field: a missing file, a parameter without
+// moments, moments of a parameter the optimizer lacks, a shape or dtype mismatch, a bad field.
+// On error neither state nor optimizer is modified. Hyperparameters are not compared: the run's
+// current options apply.
+void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer);
+
+}  // namespace deltatron::train
