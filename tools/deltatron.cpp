@@ -5,7 +5,12 @@
 
 #include "core/error.h"
 #include "train/convert.h"
+#include "train/init_cmd.h"
+#include "train/presets.h"
 #include "train/score.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+#include "data/synthetic.h"
 
 using namespace deltatron;
 
@@ -57,6 +62,37 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   cv->add_flag("--ignore-mtp", conv.ignore_mtp, "keep mtp.* as opaque bytes");
 
+  train::InitOptions init;
+  CLI::App* in = app.add_subcommand("init", "Write a random-initialised checkpoint for a preset");
+  in->add_option("--preset", init.preset, "0.8b, 2b, 4b, 9b, 27b, 35b-a3b, 122b-a10b, 397b-a17b, tiny, tiny-moe")
+      ->required();
+  in->add_option("--out", init.out_dir, "output checkpoint directory")->required();
+  in->add_option("--seed", init.seed, "random seed (default 0)");
+  in->add_option("--dtype", init.dtype, "F32, BF16 (default) or F16")
+      ->check(CLI::IsMember({"F32", "BF16", "F16"}));
+  in->add_option("--tokenizer", init.tokenizer, "tokenizer.json to copy into the checkpoint");
+  in->add_flag("--config-only", init.config_only, "write config.json only");
+
+  std::string train_config;
+  bool resume = false;
+  CLI::App* tr = app.add_subcommand(
+      "train", "Train: deltatron train CONFIG.toml [--resume] [--section.key=value ...]");
+  tr->add_option("config", train_config, "TOML training configuration")->required();
+  tr->add_flag("--resume", resume, "continue from the newest complete checkpoint in out_dir");
+  tr->allow_extras();
+
+  std::string gen_out;
+  int64_t gen_n = 1000;
+  int gen_digits = 3;
+  uint64_t gen_seed = 0;
+  CLI::App* gd = app.add_subcommand("gen-data", "Generate the bundled synthetic addition task");
+  gd->add_option("--out", gen_out, "output JSONL")->required();
+  gd->add_option("--n", gen_n, "number of samples")->check(CLI::PositiveNumber);
+  gd->add_option("--digits", gen_digits, "max digits per operand (1-9)")->check(CLI::Range(1, 9));
+  gd->add_option("--seed", gen_seed, "random seed");
+  bool gen_fixed = false;
+  gd->add_flag("--fixed-width", gen_fixed, "zero-pad operands and sums to a fixed width");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -70,6 +106,19 @@ int main(int argc, char** argv) {
       train::run_score(score);
     }
     if (cv->parsed()) train::run_convert(conv);
+    if (in->parsed()) train::run_init(init);
+    if (gd->parsed()) data::write_addition_jsonl(gen_out, gen_n, gen_digits, gen_seed, gen_fixed);
+    if (tr->parsed()) {
+      const train::TrainConfig cfg = train::load_train_config(train_config, tr->remaining());
+      const train::TrainResult r = train::run_train(cfg, resume);
+      std::fprintf(stderr, "train: done: %lld steps, final loss %.4f", 
+                   static_cast<long long>(r.steps_done), r.final_loss);
+      if (r.final_eval_loss >= 0)
+        std::fprintf(stderr, ", held-out loss %.4f, held-out answer accuracy %.1f%%",
+                     r.final_eval_loss, 100 * r.final_eval_accuracy);
+      std::fprintf(stderr, "\n");
+      if (r.interrupted) return 130;
+    }
   } catch (const core::Error& e) {
     std::fprintf(stderr, "deltatron: error: %s\n", e.what());
     return 1;

@@ -1,12 +1,11 @@
-// Qwen ChatML template: renders a {"messages": [...]} conversation into a token plan with loss mask.
+// Qwen ChatML template: renders {"messages": [...]} into a token plan with a loss mask.
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace deltatron::data {
 

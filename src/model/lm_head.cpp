@@ -19,7 +19,8 @@ std::string lm_head_name(const Config& c) {
 
 std::vector<double> lm_head_loss(core::Device dev, const Config& c, const TensorMap& p,
                                  TensorMap* g, int64_t N, const int32_t* targets_N,
-                                 const float* h_ND, float* dh_ND, float grad_scale) {
+                                 const float* h_ND, float* dh_ND, float grad_scale,
+                                 uint8_t* correct_N) {
   const int64_t D = c.hidden_size, V = c.vocab_size;
   const float* W = weight(p, lm_head_name(c)).ptr();
   float* dW = g ? grad(*g, lm_head_name(c)) : nullptr;
@@ -45,6 +46,11 @@ std::vector<double> lm_head_loss(core::Device dev, const Config& c, const Tensor
     ops::linear_fwd(dev, h.data(), W, M, D, V, logits.data());
     ops::cross_entropy_fwd(dev, logits.data(), tgt.data(), M, V, loss.data(), lse.data());
     for (int64_t m = 0; m < M; ++m) loss_N[rows[r0 + m]] = loss[m];
+    if (correct_N)
+      for (int64_t m = 0; m < M; ++m) {
+        const float* row = &logits[m * V];
+        correct_N[rows[r0 + m]] = std::max_element(row, row + V) - row == tgt[m];
+      }
     if (!g) continue;
     dloss.assign(M, grad_scale);
     // dlogits overwrite logits in place (allowed by the cross_entropy_bwd contract).

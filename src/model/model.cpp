@@ -2,6 +2,7 @@
 // and the hand-written reverse pass in exactly the opposite order.
 #include "model/model.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "model/decoder_layer.h"
@@ -42,7 +43,12 @@ void check_supported(const Config& c) {
 void add_router_terms(const Config& c, const ModelOptions& opt, const data::Pack& pack,
                       const DecoderLayer& layer, LayerSaved& s, double& router_loss) {
   if (!c.is_moe() || !opt.router.active()) return;
-  s.router = make_router_terms(opt.router, c, pack, s.moe, layer.moe_prefix(), opt.global_counts);
+  const GlobalRouterCounts* global = opt.global_counts;
+  if (opt.running_counts && opt.router.aux_type == AuxLossType::global) {
+    opt.running_counts->add(layer.moe_prefix(), s.moe, pack, c.num_experts);
+    global = opt.running_counts;
+  }
+  s.router = make_router_terms(opt.router, c, pack, s.moe, layer.moe_prefix(), global);
   s.has_router_terms = true;
   router_loss += MoeBlock{layer.moe_prefix()}.router_loss(s.moe, s.router);
 }
@@ -72,10 +78,15 @@ PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
 
   // Language-model head (its backward runs right away; dhf collects the hidden gradient).
   std::vector<float> dhf(g ? N * D : 0);
+  std::vector<uint8_t> correct(opt.want_correct ? N : 0, 1);
   per_sample(pack,
              lm_head_loss(dev, c, p, g, N, pack.targets.data(), hf.data(), dhf.data(),
-                          opt.ce_scale),
+                          opt.ce_scale, opt.want_correct ? correct.data() : nullptr),
              pack.targets, out.loss_sum, out.n_tokens);
+  for (int s = 0; s < pack.num_samples() && opt.want_correct; ++s)
+    out.exact.push_back(std::all_of(correct.begin() + pack.cu_seqlens_padded[s],
+                                    correct.begin() + pack.cu_seqlens_padded[s + 1],
+                                    [](uint8_t x) { return x != 0; }));
 
   // MTP head: forward, its loss, and its backward (adding into dhf).
   if (c.mtp_enabled) {

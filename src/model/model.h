@@ -22,7 +22,12 @@ struct ModelOptions {
   float mtp_ce_scale = 0.1f;
   RouterLossOptions router;
   double router_scale = 1.0;
-  const GlobalRouterCounts* global_counts = nullptr;  // required for the global aux loss
+  // Global aux loss: either final counts of the whole step or dataset (global_counts), or
+  // running counts (running_counts): this pack's counts are added to them layer by layer before
+  // its terms are built (Megatron's accumulation over the micro-batches of a step).
+  const GlobalRouterCounts* global_counts = nullptr;
+  GlobalRouterCounts* running_counts = nullptr;
+  bool want_correct = false;  // fill PackLoss::exact (teacher-forced exact match per sample)
 };
 
 // Per-sample results of one pack, in pack order (pack.sample_index maps to the dataset).
@@ -32,6 +37,9 @@ struct PackLoss {
   std::vector<double> mtp_loss_sum;  // summed MTP CE (empty when the model has no MTP)
   std::vector<int64_t> mtp_n_tokens;
   double router_loss = 0.0;          // R for this pack (unscaled)
+  // With want_correct: 1 if the argmax prediction is right at every label token of the sample
+  // (equivalently, greedy decoding from the sample's prompt reproduces its labels exactly).
+  std::vector<uint8_t> exact;
 };
 
 // Forward and, when grads != nullptr, backward (spec 2-5). Parameter gradients ACCUMULATE into

@@ -43,12 +43,14 @@ RouterLossTerms make_router_terms(const RouterLossOptions& opt, const Config& c,
   if (opt.aux_coef == 0.0) return t;
 
   std::vector<double> counts, tokens_G;
+  double step_tokens = 0.0;
   if (opt.aux_type == AuxLossType::global) {
     DT_CHECK(global != nullptr, "global router aux loss needs the step's routing counts");
     auto it = global->counts_E.find(moe_prefix);
     DT_CHECK(it != global->counts_E.end(), "no global routing counts for ", moe_prefix);
     counts = it->second;
     tokens_G = {global->tokens.at(moe_prefix)};
+    step_tokens = global->step_tokens;
   } else {
     MoeBlock::count_routes(s, t.group_N, t.num_groups, E, counts, tokens_G);
   }
@@ -56,7 +58,8 @@ RouterLossTerms make_router_terms(const RouterLossOptions& opt, const Config& c,
   for (int64_t g = 0; g < t.num_groups; ++g) {
     const double T = tokens_G[g];
     if (T <= 0) continue;  // a padding-only or empty group contributes nothing
-    t.c_G[g] = w * opt.aux_coef * double(E) / (double(k) * T * T);
+    const double T2 = step_tokens > 0 ? T * step_tokens : T * T;
+    t.c_G[g] = w * opt.aux_coef * double(E) / (double(k) * T2);
     for (int64_t e = 0; e < E; ++e) t.F_GE[g * E + e] = counts[g * E + e];
   }
   return t;

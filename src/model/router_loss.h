@@ -35,6 +35,10 @@ struct RouterLossOptions {
 struct GlobalRouterCounts {
   std::map<std::string, std::vector<double>> counts_E;
   std::map<std::string, double> tokens;
+  // Real tokens of the whole step when the counts are running (accumulated so far): each pack's
+  // coefficient is then coeff*E/(k*tokens_so_far*step_tokens), so the terms of the step's
+  // packs add up to the global loss. 0: the counts are final and tokens is the total.
+  double step_tokens = 0.0;
   void add(const std::string& moe_prefix, const MoeSaved& s, const data::Pack& pack,
            int64_t num_experts);
 };

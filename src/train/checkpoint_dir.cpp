@@ -58,8 +58,10 @@ void fsync_tree(const fs::path& dir) {
   for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const fs::file_status st = it->symlink_status(ec);
     fs_check(ec, it->path().string() + ": cannot stat");
-    if (fs::is_regular_file(st)) fsync_file(it->path().string());
-    else if (fs::is_directory(st)) dirs.push_back(it->path());
+    if (fs::is_regular_file(st))
+      fsync_file(it->path().string());
+    else if (fs::is_directory(st))
+      dirs.push_back(it->path());
   }
   fs_check(ec, dir.string() + ": cannot list directory");
   // Deepest first, so each directory is synced after the entries created inside it.
@@ -169,8 +171,7 @@ std::vector<std::string> prune_checkpoints(const std::string& out_dir, int64_t k
   const fs::path out = out_path(out_dir);
   const size_t n_remove = all.size() - static_cast<size_t>(keep_last);
   for (size_t i = 0; i < n_remove; ++i) {
-    const fs::path doomed =
-        out / (kDeletingPrefix + std::to_string(all[i].step) + "-" + pid_str());
+    const fs::path doomed = out / (kDeletingPrefix + std::to_string(all[i].step) + "-" + pid_str());
     std::error_code ec;
     fs::remove_all(doomed, ec);
     fs_check(ec, doomed.string() + ": cannot remove stale directory");

@@ -25,9 +25,9 @@ std::string checkpoint_dir_name(int64_t step);
 //     out_dir.
 // On any exception the temporary directory is removed (and a moved-aside one put back) and the
 // exception is rethrown: earlier checkpoints are untouched and no checkpoint-<step> appears.
-std::string save_training_checkpoint(const std::string& out_dir, int64_t step,
-                                     const std::function<void(const std::string& tmp_dir)>&
-                                         write_contents);
+std::string save_training_checkpoint(
+    const std::string& out_dir, int64_t step,
+    const std::function<void(const std::string& tmp_dir)>& write_contents);
 
 // A complete checkpoint of out_dir: a directory named checkpoint-<digits> holding the regular
 // file COMPLETE. Temporary (".tmp-*"), moved-aside and deleting (".old-*", ".deleting-*")

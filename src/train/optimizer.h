@@ -26,8 +26,7 @@ using DecayPredicate = std::function<bool(const std::string& name, const core::S
 //    output projection is that same tensor (there is no "lm_head.weight" parameter), so it
 //    follows; an untied "lm_head.weight" is a plain matrix and decays.
 // Everything else (projections, conv1d, router, experts, mtp.fc) decays.
-bool default_weight_decay(const std::string& name, const core::Shape& shape,
-                          bool decay_embeddings);
+bool default_weight_decay(const std::string& name, const core::Shape& shape, bool decay_embeddings);
 
 struct AdamWOptions {
   double beta1 = 0.9;
@@ -46,7 +45,7 @@ struct AdamWOptions {
 //   m    = beta1 * m + (1 - beta1) * g                (exp_avg, fp32)
 //   v    = beta2 * v + (1 - beta2) * g * g            (exp_avg_sq, fp32)
 //   p   -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-// i.e. p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p_old) up to the product lr*wd*update.
+// which is p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p) with p the value before the step.
 // Scalars (bias corrections, step size, decay factor) are computed in double and rounded to
 // float once; the element updates run in float32 in the order above, elementwise, so results
 // do not depend on the number of OpenMP threads.

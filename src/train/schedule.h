@@ -13,10 +13,10 @@ LrDecay parse_lr_decay(const std::string& s);
 const char* lr_decay_name(LrDecay d);
 
 struct ScheduleOptions {
-  double lr = 1e-4;           // peak rate, reached at the end of warmup
-  double min_lr = 0.0;        // cosine floor (unused by constant)
-  int64_t warmup_steps = 0;   // W
-  int64_t total_steps = 0;    // T: length of the run in optimizer steps (cosine only)
+  double lr = 1e-4;          // peak rate, reached at the end of warmup
+  double min_lr = 0.0;       // cosine floor (unused by constant)
+  int64_t warmup_steps = 0;  // W
+  int64_t total_steps = 0;   // T: length of the run in optimizer steps (cosine only)
   LrDecay decay = LrDecay::cosine;
 };
 

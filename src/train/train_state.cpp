@@ -50,9 +50,8 @@ TensorMap read_moments(const io::SafetensorsFile& f, const std::string& prefix,
              "' (the checkpoint was saved for a different parameter set)");
     const io::TensorInfo& ti = f.info(key);
     DT_CHECK(ti.dtype == "F32", f.path(), ": '", key, "' has dtype ", ti.dtype, ", expected F32");
-    DT_CHECK(ti.shape == ref.shape, f.path(), ": '", key, "' has shape ",
-             core::shape_str(ti.shape), " but parameter '", name, "' has shape ",
-             core::shape_str(ref.shape));
+    DT_CHECK(ti.shape == ref.shape, f.path(), ": '", key, "' has shape ", core::shape_str(ti.shape),
+             " but parameter '", name, "' has shape ", core::shape_str(ref.shape));
     out.emplace(name, f.to_float(key));
   }
   return out;
@@ -82,20 +81,17 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
     views.emplace(kExpAvgSq + name, io::TensorView{"F32", v.shape, v.ptr(), {}});
   const AdamWOptions& o = optimizer.options();
   const std::map<std::string, std::string> meta = {
-      {"format", kOptimizerFormat},
-      {"step", std::to_string(optimizer.step_count())},
-      {"beta1", exact_text(o.beta1)},
-      {"beta2", exact_text(o.beta2)},
-      {"eps", exact_text(o.eps)},
-      {"weight_decay", exact_text(o.weight_decay)}};
+      {"format", kOptimizerFormat},   {"step", std::to_string(optimizer.step_count())},
+      {"beta1", exact_text(o.beta1)}, {"beta2", exact_text(o.beta2)},
+      {"eps", exact_text(o.eps)},     {"weight_decay", exact_text(o.weight_decay)}};
   io::write_safetensors((fs::path(dir) / kOptimizerFileName).string(), views, meta);
 
   std::ostringstream rng;
   rng << state.rng;
-  const json j = {{"format", kStateFormat},     {"version", kStateVersion},
-                  {"step", state.step},         {"rng_seed", state.rng_seed},
-                  {"rng_state", rng.str()},     {"epoch", state.epoch},
-                  {"data_cursor", state.data_cursor}, {"extra", state.extra}};
+  const json j = {
+      {"format", kStateFormat},           {"version", kStateVersion}, {"step", state.step},
+      {"rng_seed", state.rng_seed},       {"rng_state", rng.str()},   {"epoch", state.epoch},
+      {"data_cursor", state.data_cursor}, {"extra", state.extra}};
   io::write_file_atomic((fs::path(dir) / kTrainerStateFileName).string(), j.dump(2) + "\n");
 }
 
@@ -113,8 +109,8 @@ void load_train_state(const std::string& dir, TrainState& state, AdamW& optimize
     }
   }
   DT_CHECK(j.is_object(), state_path, ": expected a JSON object");
-  DT_CHECK(j.value("format", "") == kStateFormat, state_path, ": field 'format' is not '",
-           kStateFormat, "'");
+  DT_CHECK(j.contains("format") && j.at("format") == kStateFormat, state_path,
+           ": field 'format' is not '", kStateFormat, "'");
   const int64_t version = int_field(j, state_path, "version");
   DT_CHECK(version == kStateVersion, state_path, ": unsupported version ", version, " (expected ",
            kStateVersion, ")");
@@ -157,9 +153,12 @@ void load_train_state(const std::string& dir, TrainState& state, AdamW& optimize
   }
   for (const std::string& key : f.names()) {
     std::string param;
-    if (key.rfind(kExpAvg, 0) == 0) param = key.substr(kExpAvg.size());
-    else if (key.rfind(kExpAvgSq, 0) == 0) param = key.substr(kExpAvgSq.size());
-    else core::fail(opt_path, ": unexpected tensor '", key, "' (expected exp_avg/ or exp_avg_sq/)");
+    if (key.rfind(kExpAvg, 0) == 0)
+      param = key.substr(kExpAvg.size());
+    else if (key.rfind(kExpAvgSq, 0) == 0)
+      param = key.substr(kExpAvgSq.size());
+    else
+      core::fail(opt_path, ": unexpected tensor '", key, "' (expected exp_avg/ or exp_avg_sq/)");
     DT_CHECK(optimizer.exp_avg().count(param) != 0, opt_path, ": has moments for parameter '",
              param, "', which the model does not have");
   }

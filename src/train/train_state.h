@@ -2,10 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "train/optimizer.h"
 
@@ -15,11 +14,11 @@ inline constexpr const char* kOptimizerFileName = "optimizer.safetensors";
 inline constexpr const char* kTrainerStateFileName = "trainer_state.json";
 
 struct TrainState {
-  int64_t step = 0;          // optimizer steps completed; the next step has this index
-  uint64_t rng_seed = 0;     // the seed the run started from (informational)
-  std::mt19937_64 rng;       // the trainer's RNG, saved and restored exactly
-  int64_t epoch = 0;         // passes over the data completed
-  int64_t data_cursor = 0;   // position of the next sample within the epoch
+  int64_t step = 0;         // optimizer steps completed; the next step has this index
+  uint64_t rng_seed = 0;    // the seed the run started from (informational)
+  std::mt19937_64 rng;      // the trainer's RNG, saved and restored exactly
+  int64_t epoch = 0;        // passes over the data completed
+  int64_t data_cursor = 0;  // position of the next sample within the epoch
   nlohmann::json extra = nlohmann::json::object();  // anything else the trainer keeps
 };
 

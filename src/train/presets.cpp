@@ -1,0 +1,143 @@
+// Preset table: published Qwen3.5 sizes (spec 1.3) and tiny CPU-trainable models.
+#include "train/presets.h"
+
+#include "core/error.h"
+
+namespace deltatron::train {
+
+namespace {
+
+struct Preset {
+  const char* name;
+  int layers, hidden, ffn, shared, experts, topk, heads, kv_heads, lin_k_heads, lin_v_heads;
+  bool tied;
+};
+
+// FFN is intermediate_size (dense) or moe_intermediate_size (MoE, experts > 0). Tie flags for
+// 2b and 4b are uncertain in the public sources (spec 9.1); both are taken as tied.
+constexpr Preset kPresets[] = {
+    {"0.8b", 24, 1024, 3584, 0, 0, 0, 8, 2, 16, 16, true},
+    {"2b", 24, 2048, 6144, 0, 0, 0, 8, 2, 16, 16, true},
+    {"4b", 32, 2560, 9216, 0, 0, 0, 16, 4, 16, 32, true},
+    {"9b", 32, 4096, 12288, 0, 0, 0, 16, 4, 16, 32, false},
+    {"27b", 64, 5120, 17408, 0, 0, 0, 24, 4, 16, 48, false},
+    {"35b-a3b", 40, 2048, 512, 512, 256, 8, 16, 2, 16, 32, false},
+    {"122b-a10b", 48, 3072, 1024, 1024, 256, 8, 32, 2, 16, 64, false},
+    {"397b-a17b", 60, 4096, 1024, 1024, 512, 10, 32, 2, 16, 64, false},
+};
+
+nlohmann::json published(const Preset& p) {
+  nlohmann::json j = {
+      {"model_type", p.experts ? "qwen3_5_moe_text" : "qwen3_5_text"},
+      {"architectures", {p.experts ? "Qwen3_5MoeForCausalLM" : "Qwen3_5ForCausalLM"}},
+      {"vocab_size", 248320},
+      {"hidden_size", p.hidden},
+      {"num_hidden_layers", p.layers},
+      {"num_attention_heads", p.heads},
+      {"num_key_value_heads", p.kv_heads},
+      {"head_dim", 256},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", 1e-6},
+      {"max_position_embeddings", 262144},
+      {"initializer_range", 0.02},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"full_attention_interval", 4},
+      {"linear_conv_kernel_dim", 4},
+      {"linear_key_head_dim", 128},
+      {"linear_value_head_dim", 128},
+      {"linear_num_key_heads", p.lin_k_heads},
+      {"linear_num_value_heads", p.lin_v_heads},
+      {"rope_parameters",
+       {{"rope_type", "default"},
+        {"rope_theta", 10000000.0},
+        {"partial_rotary_factor", 0.25},
+        {"mrope_section", {11, 11, 10}},
+        {"mrope_interleaved", true}}},
+      {"tie_word_embeddings", p.tied},
+      {"mtp_num_hidden_layers", 1},
+      {"eos_token_id", 248044},
+      {"dtype", "bfloat16"},
+  };
+  nlohmann::json layer_types = nlohmann::json::array();
+  for (int i = 0; i < p.layers; ++i)
+    layer_types.push_back((i + 1) % 4 == 0 ? "full_attention" : "linear_attention");
+  j["layer_types"] = layer_types;
+  if (p.experts) {
+    j["num_experts"] = p.experts;
+    j["num_experts_per_tok"] = p.topk;
+    j["moe_intermediate_size"] = p.ffn;
+    j["shared_expert_intermediate_size"] = p.shared;
+    j["router_aux_loss_coef"] = 0.001;
+  } else {
+    j["intermediate_size"] = p.ffn;
+  }
+  return j;
+}
+
+// Tiny models for CPU training on the bundled byte-level tokenizer (259 ids, padded to 264).
+nlohmann::json tiny(bool moe) {
+  nlohmann::json j = {
+      {"model_type", moe ? "qwen3_5_moe_text" : "qwen3_5_text"},
+      {"architectures", {moe ? "Qwen3_5MoeForCausalLM" : "Qwen3_5ForCausalLM"}},
+      {"vocab_size", 264},
+      {"hidden_size", 96},
+      {"num_hidden_layers", 4},
+      {"num_attention_heads", 4},
+      {"num_key_value_heads", 2},
+      {"head_dim", 32},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", 1e-6},
+      {"max_position_embeddings", 4096},
+      {"initializer_range", 0.02},
+      {"full_attention_interval", 4},
+      {"layer_types", {"linear_attention", "linear_attention", "linear_attention", "full_attention"}},
+      {"linear_conv_kernel_dim", 4},
+      {"linear_key_head_dim", 32},
+      {"linear_value_head_dim", 32},
+      {"linear_num_key_heads", 2},
+      {"linear_num_value_heads", 4},
+      {"rope_parameters",
+       {{"rope_type", "default"},
+        {"rope_theta", 10000.0},
+        {"partial_rotary_factor", 0.25},
+        {"mrope_section", {2, 1, 1}},
+        {"mrope_interleaved", true}}},
+      {"tie_word_embeddings", true},
+      {"mtp_num_hidden_layers", moe ? 1 : 0},
+      {"eos_token_id", 256},
+      {"dtype", "float32"},
+  };
+  if (moe) {
+    j["num_experts"] = 8;
+    j["num_experts_per_tok"] = 2;
+    j["moe_intermediate_size"] = 96;
+    j["shared_expert_intermediate_size"] = 96;
+    j["router_aux_loss_coef"] = 0.001;
+  } else {
+    j["intermediate_size"] = 256;
+  }
+  return j;
+}
+
+}  // namespace
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> out;
+  for (const auto& p : kPresets) out.push_back(p.name);
+  out.push_back("tiny");
+  out.push_back("tiny-moe");
+  return out;
+}
+
+nlohmann::json preset_config(const std::string& name) {
+  for (const auto& p : kPresets)
+    if (name == p.name) return published(p);
+  if (name == "tiny") return tiny(false);
+  if (name == "tiny-moe") return tiny(true);
+  std::string names;
+  for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+  core::fail("unknown preset '", name, "' (known: ", names, ")");
+}
+
+}  // namespace deltatron::train

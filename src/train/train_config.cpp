@@ -1,0 +1,168 @@
+// TOML training configuration: parse, override, validate, resolve paths.
+#include "train/train_config.h"
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <toml++/toml.h>
+
+#include "core/error.h"
+
+namespace deltatron::train {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// One setter per known key; each reads a toml node of the right type or fails naming the key.
+using Setter = std::function<void(TrainConfig&, const toml::node&, const std::string&)>;
+
+template <typename T>
+Setter set(T TrainConfig::*field) {
+  return [field](TrainConfig& c, const toml::node& n, const std::string& key) {
+    if constexpr (std::is_same_v<T, std::string>) {
+      auto v = n.value<std::string>();
+      DT_CHECK(v.has_value(), c.source, ": ", key, " must be a string");
+      c.*field = *v;
+    } else if constexpr (std::is_same_v<T, bool>) {
+      auto v = n.value<bool>();
+      DT_CHECK(v.has_value(), c.source, ": ", key, " must be true or false");
+      c.*field = *v;
+    } else if constexpr (std::is_floating_point_v<T>) {
+      auto v = n.value<double>();
+      DT_CHECK(v.has_value(), c.source, ": ", key, " must be a number");
+      c.*field = *v;
+    } else {
+      auto v = n.value<int64_t>();
+      DT_CHECK(v.has_value() && (!std::is_unsigned_v<T> || *v >= 0), c.source, ": ", key,
+               " must be a ", std::is_unsigned_v<T> ? "non-negative " : "", "integer");
+      c.*field = static_cast<T>(*v);
+    }
+  };
+}
+
+const std::map<std::string, Setter>& setters() {
+  static const std::map<std::string, Setter> s = {
+      {"model.path", set(&TrainConfig::model_path)},
+      {"model.preset", set(&TrainConfig::model_preset)},
+      {"model.init_seed", set(&TrainConfig::init_seed)},
+      {"model.ignore_mtp", set(&TrainConfig::ignore_mtp)},
+      {"data.train", set(&TrainConfig::train_path)},
+      {"data.eval", set(&TrainConfig::eval_path)},
+      {"data.eval_fraction", set(&TrainConfig::eval_fraction)},
+      {"data.format", set(&TrainConfig::format)},
+      {"data.tokenizer", set(&TrainConfig::tokenizer)},
+      {"data.loss_on", set(&TrainConfig::loss_on)},
+      {"data.skip_bad_lines", set(&TrainConfig::skip_bad_lines)},
+      {"data.truncate", set(&TrainConfig::truncate)},
+      {"data.cache_dir", set(&TrainConfig::cache_dir)},
+      {"training.out_dir", set(&TrainConfig::out_dir)},
+      {"training.steps", set(&TrainConfig::steps)},
+      {"training.micro_batch_tokens", set(&TrainConfig::micro_batch_tokens)},
+      {"training.grad_accum", set(&TrainConfig::grad_accum)},
+      {"training.divisible_by", set(&TrainConfig::divisible_by)},
+      {"training.shuffle_window", set(&TrainConfig::shuffle_window)},
+      {"training.lr", set(&TrainConfig::lr)},
+      {"training.min_lr", set(&TrainConfig::min_lr)},
+      {"training.warmup_steps", set(&TrainConfig::warmup_steps)},
+      {"training.schedule", set(&TrainConfig::schedule)},
+      {"training.weight_decay", set(&TrainConfig::weight_decay)},
+      {"training.beta1", set(&TrainConfig::beta1)},
+      {"training.beta2", set(&TrainConfig::beta2)},
+      {"training.eps", set(&TrainConfig::eps)},
+      {"training.grad_clip", set(&TrainConfig::grad_clip)},
+      {"training.seed", set(&TrainConfig::seed)},
+      {"training.save_every", set(&TrainConfig::save_every)},
+      {"training.keep_last", set(&TrainConfig::keep_last)},
+      {"training.eval_every", set(&TrainConfig::eval_every)},
+      {"training.log_every", set(&TrainConfig::log_every)},
+      {"training.max_bad_steps", set(&TrainConfig::max_bad_steps)},
+      {"training.mtp_scale", set(&TrainConfig::mtp_scale)},
+      {"training.router_aux_coef", set(&TrainConfig::router_aux_coef)},
+      {"training.router_aux_type", set(&TrainConfig::router_aux_type)},
+      {"training.z_loss_coef", set(&TrainConfig::z_loss_coef)},
+      {"training.answer_accuracy", set(&TrainConfig::answer_accuracy)},
+      {"training.save_dtype", set(&TrainConfig::save_dtype)},
+  };
+  return s;
+}
+
+void apply_table(TrainConfig& c, const toml::table& root) {
+  for (const auto& [section, node] : root) {
+    const std::string sec(section.str());
+    const toml::table* t = node.as_table();
+    DT_CHECK(t != nullptr, c.source, ": top-level key '", sec,
+             "' must be a section ([model], [data] or [training])");
+    for (const auto& [k, v] : *t) {
+      const std::string key = sec + "." + std::string(k.str());
+      auto it = setters().find(key);
+      DT_CHECK(it != setters().end(), c.source, ": unknown setting '", key, "'");
+      it->second(c, v, key);
+    }
+  }
+}
+
+void apply_override(TrainConfig& c, const std::string& ov) {
+  std::string s = ov.rfind("--", 0) == 0 ? ov.substr(2) : ov;
+  const auto eq = s.find('=');
+  DT_CHECK(eq != std::string::npos, "override '", ov, "' must look like section.key=value");
+  const std::string key = s.substr(0, eq), value = s.substr(eq + 1);
+  auto it = setters().find(key);
+  DT_CHECK(it != setters().end(), "override '", ov, "': unknown setting '", key, "'");
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"v", value}};  // a bare string
+  }
+  it->second(c, *parsed.get("v"), key);
+}
+
+std::string resolve(const fs::path& base, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  return (base / p).lexically_normal().string();
+}
+
+}  // namespace
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  TrainConfig c;
+  c.source = path;
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    core::fail(path, ":", src.begin.line, ": ", std::string(e.description()));
+  }
+  apply_table(c, root);
+  for (const auto& ov : overrides) apply_override(c, ov);
+
+  const fs::path base = fs::path(path).parent_path();
+  for (std::string* p : {&c.model_path, &c.train_path, &c.eval_path, &c.tokenizer, &c.cache_dir,
+                         &c.out_dir})
+    *p = resolve(base, *p);
+
+  DT_CHECK(c.model_path.empty() != c.model_preset.empty(), path,
+           ": set exactly one of model.path and model.preset");
+  DT_CHECK(!c.train_path.empty(), path, ": data.train is required");
+  DT_CHECK(!c.out_dir.empty(), path, ": training.out_dir is required");
+  DT_CHECK(c.steps > 0, path, ": training.steps must be positive");
+  DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
+  DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");
+  DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
+  DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
+  DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,
+           ": data.eval_fraction must be in [0, 1)");
+  DT_CHECK(c.router_aux_type == "global" || c.router_aux_type == "seq" ||
+               c.router_aux_type == "micro_batch",
+           path, ": training.router_aux_type must be global, seq or micro_batch");
+  DT_CHECK(c.schedule == "cosine" || c.schedule == "constant", path,
+           ": training.schedule must be cosine or constant");
+  DT_CHECK(c.save_dtype.empty() || c.save_dtype == "F32" || c.save_dtype == "BF16" ||
+               c.save_dtype == "F16",
+           path, ": training.save_dtype must be F32, BF16 or F16");
+  return c;
+}
+
+}  // namespace deltatron::train

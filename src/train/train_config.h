@@ -1,0 +1,60 @@
+// `deltatron train` configuration: a TOML file plus `--section.key=value` overrides.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace deltatron::train {
+
+// Every key, its section and its default. Unknown sections or keys are errors (typos must not
+// pass silently). Paths in the file are relative to the file's directory.
+struct TrainConfig {
+  // [model]
+  std::string model_path;    // HF checkpoint directory, or
+  std::string model_preset;  // a preset (random init, see `deltatron init`)
+  uint64_t init_seed = 0;
+  bool ignore_mtp = false;
+  // [data]
+  std::string train_path;
+  std::string eval_path;       // optional held-out file
+  double eval_fraction = 0.0;  // held-out split of train_path when eval_path is empty
+  std::string format = "auto";         // auto | chat | prompt_completion | text | tokens
+  std::string tokenizer;               // default: <model_path>/tokenizer.json
+  std::string loss_on = "assistant";   // assistant | all | last_assistant (chat)
+  bool skip_bad_lines = false;
+  bool truncate = false;
+  std::string cache_dir;               // default: next to the data file
+  // [training]
+  std::string out_dir;
+  int64_t steps = 100;
+  int64_t micro_batch_tokens = 8192;
+  int64_t grad_accum = 1;
+  int64_t divisible_by = 1;
+  int64_t shuffle_window = 4096;
+  double lr = 1e-4, min_lr = 0.0;
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";  // cosine | constant
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double grad_clip = 1.0;
+  uint64_t seed = 1234;
+  int64_t save_every = 0;  // 0: only at the end
+  int64_t keep_last = 2;
+  int64_t eval_every = 0;  // 0: only at the end
+  int64_t log_every = 10;
+  int64_t max_bad_steps = 10;
+  double mtp_scale = 0.1;
+  double router_aux_coef = -1.0;      // < 0: the model config's router_aux_loss_coef
+  std::string router_aux_type = "global";  // global | seq | micro_batch
+  double z_loss_coef = 0.0;
+  bool answer_accuracy = true;  // report exact-match accuracy of held-out label spans
+  std::string save_dtype = "";  // "" = the dtypes of the loaded checkpoint (F32 for presets)
+
+  std::string source;  // the config file, for messages
+};
+
+// Parses the TOML file, applies overrides ("section.key=value", value parsed as a TOML value,
+// falling back to a string), validates, and resolves relative paths against the file's dir.
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace deltatron::train

@@ -1,0 +1,98 @@
+// Dataset loading, held-out split and eval batching for the trainer.
+#include "train/train_data.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+#include "core/error.h"
+
+namespace deltatron::train {
+
+namespace {
+
+data::DatasetOptions dataset_options(const TrainConfig& cfg) {
+  data::DatasetOptions o;
+  static const std::map<std::string, data::Format> formats = {
+      {"auto", data::Format::auto_detect},
+      {"chat", data::Format::chat},
+      {"tokens", data::Format::tokens},
+      {"prompt_completion", data::Format::prompt_completion},
+      {"text", data::Format::text}};
+  auto f = formats.find(cfg.format);
+  DT_CHECK(f != formats.end(), cfg.source, ": data.format must be auto, chat, tokens, ",
+           "prompt_completion or text, got '", cfg.format, "'");
+  o.format.format = f->second;
+  static const std::map<std::string, data::LossOn> loss_on = {
+      {"assistant", data::LossOn::assistant},
+      {"last_assistant", data::LossOn::last_assistant},
+      {"all", data::LossOn::all}};
+  auto l = loss_on.find(cfg.loss_on);
+  DT_CHECK(l != loss_on.end(), cfg.source,
+           ": data.loss_on must be assistant, last_assistant or all, got '", cfg.loss_on, "'");
+  o.format.chat.loss_on = l->second;
+  o.format.skip_bad_lines = cfg.skip_bad_lines;
+  o.cache_dir = cfg.cache_dir;
+  return o;
+}
+
+std::unique_ptr<data::Dataset> load_set(const std::string& path, const data::Tokenizer& tok,
+                                        const data::DatasetOptions& o, int64_t vocab_size,
+                                        const char* role) {
+  auto ds = std::make_unique<data::Dataset>(data::Dataset::load(path, tok, o));
+  DT_CHECK(ds->size() > 0, path, ": no usable samples (", ds->stats().summary(), ")");
+  DT_CHECK(tok.vocab_size() <= vocab_size, "tokenizer has ", tok.vocab_size(),
+           " ids but the model's vocab_size is ", vocab_size);
+  std::fprintf(stderr, "data: %s %s: %s%s\n", role, path.c_str(), ds->stats().summary().c_str(),
+               ds->from_cache() ? " (cached)" : "");
+  return ds;
+}
+
+}  // namespace
+
+TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size) {
+  const data::DatasetOptions o = dataset_options(cfg);
+  TrainData d;
+  d.train_set = load_set(cfg.train_path, tok, o, vocab_size, "train");
+  std::vector<int64_t> all(d.train_set->size());
+  for (int64_t i = 0; i < d.train_set->size(); ++i) all[i] = i;
+  if (!cfg.eval_path.empty()) {
+    d.eval_set = load_set(cfg.eval_path, tok, o, vocab_size, "eval");
+    d.train_index = all;
+    for (int64_t i = 0; i < d.eval_set->size(); ++i) d.eval_index.push_back(i);
+  } else if (cfg.eval_fraction > 0) {
+    std::vector<int64_t> shuffled = all;
+    std::mt19937_64 rng(cfg.seed ^ 0x5eedu);
+    std::shuffle(shuffled.begin(), shuffled.end(), rng);
+    const int64_t n_eval = std::max<int64_t>(1, int64_t(cfg.eval_fraction * double(all.size())));
+    DT_CHECK(n_eval < static_cast<int64_t>(all.size()), cfg.source,
+             ": data.eval_fraction leaves no training samples");
+    d.eval_index.assign(shuffled.begin(), shuffled.begin() + n_eval);
+    d.train_index.assign(shuffled.begin() + n_eval, shuffled.end());
+    std::sort(d.eval_index.begin(), d.eval_index.end());
+    std::sort(d.train_index.begin(), d.train_index.end());
+  } else {
+    d.train_index = all;
+  }
+  for (int64_t i : d.train_index) d.train_lengths.push_back(d.train_set->length(i));
+  return d;
+}
+
+std::vector<std::vector<int64_t>> eval_batches(const TrainData& d, int64_t budget,
+                                               int64_t divisible_by) {
+  std::vector<std::vector<int64_t>> out;
+  int64_t used = 0;
+  const data::Dataset& ds = d.eval_set ? *d.eval_set : *d.train_set;
+  for (int64_t i : d.eval_index) {
+    const int64_t span = data::padded_length(ds.length(i), budget, divisible_by, true);
+    if (out.empty() || used + span > budget) {
+      out.emplace_back();
+      used = 0;
+    }
+    out.back().push_back(i);
+    used += span;
+  }
+  return out;
+}
+
+}  // namespace deltatron::train

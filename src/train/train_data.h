@@ -1,0 +1,29 @@
+// Training data for `deltatron train`: tokenised train/eval sets and the micro-batch stream.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "data/packing.h"
+#include "data/tokenizer.h"
+#include "train/train_config.h"
+
+namespace deltatron::train {
+
+struct TrainData {
+  std::unique_ptr<data::Dataset> train_set, eval_set;  // eval_set may equal train_set (split)
+  std::vector<int64_t> train_index, eval_index;        // sample ids used for each role
+  std::vector<int64_t> train_lengths;                  // lengths of train_index, in order
+};
+
+// Loads (or builds and caches) the tokenised datasets, splits off eval_fraction if no eval
+// file is given (deterministic for cfg.seed), and prints a one-line summary of each set.
+TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size);
+
+// Eval micro-batches: eval samples in order, greedy in-order packs of at most budget tokens.
+std::vector<std::vector<int64_t>> eval_batches(const TrainData& d, int64_t budget,
+                                               int64_t divisible_by);
+
+}  // namespace deltatron::train

@@ -1,0 +1,203 @@
+// Training: objective invariance under packing / micro-batching, bitwise resume, checkpoint
+// reload, and the trainer's bad-input handling.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "data/pack.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model_fixture.h"
+#include "test_util.h"
+#include "train/checkpoint_dir.h"
+#include "train/objective.h"
+#include "train/presets.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+using namespace deltatron;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kExamples = fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// ---- objective invariance ------------------------------------------------------------------
+
+std::vector<data::Sample> samples_of(const std::vector<int>& lengths, int64_t vocab) {
+  std::mt19937_64 rng(3);
+  std::vector<data::Sample> out;
+  for (int len : lengths) {
+    data::Sample s;
+    for (int t = 0; t < len; ++t) s.input_ids.push_back(int32_t(rng() % vocab));
+    s.labels = s.input_ids;
+    for (int t = 0; t < len / 2; ++t) s.labels[t] = data::kIgnoreIndex;
+    out.push_back(s);
+  }
+  return out;
+}
+
+// Gradient of one optimizer step over the given micro-batch split of the samples.
+model::TensorMap step_grads(const train::TrainConfig& cfg, const model::Config& c,
+                            const model::TensorMap& p, const std::vector<data::Sample>& samples,
+                            const std::vector<std::vector<int64_t>>& split, int64_t align,
+                            double* loss) {
+  std::vector<data::Pack> packs;
+  for (const auto& mb : split) {
+    std::vector<const data::Sample*> m;
+    for (int64_t i : mb) m.push_back(&samples[i]);
+    packs.push_back(data::make_pack(m, mb, align));
+  }
+  const train::StepCounts n = train::count_step(packs, c.mtp_enabled);
+  model::ModelOptions o = train::step_options(cfg, c, n);
+  model::TensorMap g = model::zeros_like(p);
+  double ce = 0;
+  for (const auto& pack : packs)
+    for (double x : model::model_fwd_bwd(core::Device::cpu, c, p, pack, &g, o).loss_sum) ce += x;
+  *loss = ce / double(n.label_tokens);
+  return g;
+}
+
+TEST(Objective, PackingAndMicroBatchingDoNotChangeTheGradient) {
+  model::Config c = model::parse_config(
+      dt_test::tiny_config_json({{"model_type", "qwen3_5_moe_text"},
+                                 {"intermediate_size", nullptr},
+                                 {"num_experts", 4},
+                                 {"num_experts_per_tok", 2},
+                                 {"moe_intermediate_size", 12},
+                                 {"shared_expert_intermediate_size", 10},
+                                 {"mtp_num_hidden_layers", 1}}),
+      "tiny");
+  c.mtp_enabled = true;
+  const model::TensorMap p = dt_test::random_params(c, 5);
+  const auto samples = samples_of({7, 65, 3, 30, 130, 12, 1}, c.vocab_size);
+  train::TrainConfig cfg;
+  cfg.mtp_scale = 0.2;
+  cfg.router_aux_coef = 0.01;
+  cfg.router_aux_type = "seq";
+  cfg.z_loss_coef = 0.001;
+  double l1 = 0, l2 = 0, l3 = 0;
+  const auto a = step_grads(cfg, c, p, samples, {{0, 1, 2, 3, 4, 5, 6}}, 1, &l1);
+  const auto b = step_grads(cfg, c, p, samples, {{4, 0}, {6, 2, 1}, {5, 3}}, 8, &l2);
+  const auto d = step_grads(cfg, c, p, samples, {{0}, {1}, {2}, {3}, {4}, {5}, {6}}, 64, &l3);
+  EXPECT_NEAR(l1, l2, 1e-5 * l1);
+  EXPECT_NEAR(l1, l3, 1e-5 * l1);
+  for (const auto& [name, t] : a) {
+    DT_EXPECT_CLOSE(b.at(name).data, t.data, 1e-5, name + " (3 micro-batches)");
+    DT_EXPECT_CLOSE(d.at(name).data, t.data, 1e-5, name + " (one sample each)");
+  }
+}
+
+// ---- trainer -------------------------------------------------------------------------------
+
+class Trainer : public ::testing::Test {
+ protected:
+  fs::path dir_;
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("dt_train_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A short run of the bundled example (tiny-moe preset: GDN, attention, MoE, MTP).
+  train::TrainConfig config(const std::string& out, std::vector<std::string> extra = {}) {
+    std::vector<std::string> ov = {"training.out_dir=\"" + (dir_ / out).string() + "\"",
+                                   "training.steps=6",
+                                   "training.warmup_steps=2",
+                                   "training.micro_batch_tokens=256",
+                                   "training.grad_accum=2",
+                                   "training.save_every=3",
+                                   "training.keep_last=5",
+                                   "training.eval_every=0",
+                                   "data.cache_dir=\"" + (dir_ / "cache").string() + "\""};
+    ov.insert(ov.end(), extra.begin(), extra.end());
+    return train::load_train_config((kExamples / "addition" / "train_moe.toml").string(), ov);
+  }
+};
+
+std::vector<double> losses(const fs::path& metrics) {
+  std::vector<double> out;
+  std::istringstream in(slurp(metrics));
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+TEST_F(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
+  train::run_train(config("straight"), false);
+  // Second run: the same 6 steps, then drop its last checkpoint and resume from step 3.
+  train::run_train(config("resumed"), false);
+  fs::remove_all(dir_ / "resumed" / train::checkpoint_dir_name(6));
+  std::vector<double> before = losses(dir_ / "resumed" / "metrics.jsonl");
+  train::run_train(config("resumed"), true);
+  const auto straight = losses(dir_ / "straight" / "metrics.jsonl");
+  const auto resumed = losses(dir_ / "resumed" / "metrics.jsonl");
+  ASSERT_EQ(straight.size(), 6u);
+  ASSERT_EQ(resumed.size(), 9u);  // 6 + 3 resumed steps (steps 4-6 logged twice)
+  for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;
+
+  const fs::path a = dir_ / "straight" / train::checkpoint_dir_name(6);
+  const fs::path b = dir_ / "resumed" / train::checkpoint_dir_name(6);
+  const io::Checkpoint ca = io::load_checkpoint(a.string()), cb = io::load_checkpoint(b.string());
+  const io::SafetensorsFile master((a / "training_state" / "master_weights.safetensors").string());
+  for (const auto& [name, t] : ca.params) {
+    EXPECT_EQ(t.data, cb.params.at(name).data) << "resumed weights differ: " << name;
+    EXPECT_EQ(t.data, master.to_float(name).data) << "HF checkpoint != master weights: " << name;
+  }
+  EXPECT_TRUE(fs::exists(a / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(a / train::kCompleteMarker));
+}
+
+TEST_F(Trainer, UnwritableOutputDirFailsBeforeTraining) {
+  EXPECT_THROW(train::run_train(config("x", {"training.out_dir=\"/proc/deltatron\""}), false),
+               core::Error);
+}
+
+TEST_F(Trainer, UnknownSettingIsNamed) {
+  try {
+    config("x", {"training.learning_rate=1"});
+    FAIL() << "no error";
+  } catch (const core::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training.learning_rate"), std::string::npos);
+  }
+}
+
+TEST_F(Trainer, NonFiniteLossSkipsStepsThenStops) {
+  // A checkpoint whose final norm is NaN: every step's loss is NaN.
+  io::Checkpoint ck;
+  const nlohmann::json j = train::preset_config("tiny");
+  ck.config = model::parse_config(j, "cfg");
+  ck.config.raw = j;
+  ck.params = dt_test::random_params(ck.config, 1);
+  ck.params.at(ck.config.name("norm.weight")).data[0] = std::nanf("");
+  io::save_checkpoint((dir_ / "nan_model").string(), ck);
+  train::TrainConfig cfg =
+      config("nan", {"model.preset=\"\"", "model.path=\"" + (dir_ / "nan_model").string() + "\"",
+                     "data.tokenizer=\"" + (kExamples / "tokenizer" / "tokenizer.json").string() +
+                         "\"",
+                     "training.max_bad_steps=2"});
+  try {
+    train::run_train(cfg, false);
+    FAIL() << "no error";
+  } catch (const core::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_bad_steps"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(train::latest_complete_checkpoint((dir_ / "nan").string()).has_value());
+}
+
+}  // namespace
