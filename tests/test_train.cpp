@@ -1,6 +1,12 @@
 // Training: objective invariance under packing / micro-batching, bitwise resume, checkpoint
 // reload, and the trainer's bad-input handling.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <filesystem>
 #include <fstream>
@@ -198,6 +204,87 @@ TEST_F(Trainer, NonFiniteLossSkipsStepsThenStops) {
     EXPECT_NE(std::string(e.what()).find("max_bad_steps"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(train::latest_complete_checkpoint((dir_ / "nan").string()).has_value());
+}
+
+// SIGINT finishes the running step, saves a checkpoint for it and exits with 130; --resume
+// continues from there.
+TEST_F(Trainer, SigintSavesAndResumeContinues) {
+  const fs::path cfg = kExamples / "addition" / "train_moe.toml";
+  const std::string common = " --training.out_dir=" + (dir_ / "run").string() +
+                             " --data.cache_dir=" + (dir_ / "cache").string() +
+                             " --training.micro_batch_tokens=256 --training.eval_every=0"
+                             " --training.warmup_steps=1 --training.save_every=0";
+  const std::string cmd = "exec " + std::string(DT_BINARY) + " train " + cfg.string() + common +
+                          " --training.steps=100000 2> " + (dir_ / "log1").string();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Wait until two steps are logged, then interrupt.
+  const auto t0 = std::chrono::steady_clock::now();
+  while (losses(dir_ / "run" / "metrics.jsonl").size() < 2 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(pid, SIGINT);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << slurp(dir_ / "log1");
+  EXPECT_EQ(WEXITSTATUS(status), 130) << slurp(dir_ / "log1");
+  const int64_t done = static_cast<int64_t>(losses(dir_ / "run" / "metrics.jsonl").size());
+  ASSERT_GE(done, 2);
+  auto latest = train::latest_complete_checkpoint((dir_ / "run").string());
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(fs::path(*latest).filename().string(), train::checkpoint_dir_name(done));
+
+  const std::string resume = std::string(DT_BINARY) + " train " + cfg.string() + common +
+                             " --resume --training.steps=" + std::to_string(done + 2) + " 2> " +
+                             (dir_ / "log2").string();
+  ASSERT_EQ(std::system(resume.c_str()), 0) << slurp(dir_ / "log2");
+  EXPECT_NE(slurp(dir_ / "log2").find("resumed from"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_ / "run" / train::checkpoint_dir_name(done + 2)));
+}
+
+// Bad data lines: an error naming file:line, or with skip_bad_lines counted and skipped;
+// over-long samples: an error naming the sample unless truncate.
+TEST_F(Trainer, BadDataLinesAndOverLongSamples) {
+  const fs::path data = dir_ / "bad.jsonl";
+  {
+    std::ofstream out(data);
+    for (int i = 0; i < 20; ++i)
+      out << R"({"messages": [{"role": "user", "content": "What is 01 + 02?"}, )"
+          << R"({"role": "assistant", "content": "003"}]})" << "\n";
+    out << R"({"messages": [{"role": "user", "content": "no assistant"}]})" << "\n";
+    out << R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "conte)"
+        << "\n";
+  }
+  const std::string train = "data.train=\"" + data.string() + "\"";
+  const std::string noeval = "data.eval=\"\"";
+  try {
+    train::run_train(config("a", {train, noeval}), false);
+    FAIL() << "no error";
+  } catch (const core::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:22"), std::string::npos) << e.what();
+  }
+  const auto r = train::run_train(config("b", {train, noeval, "data.skip_bad_lines=true"}), false);
+  EXPECT_EQ(r.steps_done, 6);
+  {
+    std::ofstream out(data, std::ios::app);
+    out << R"({"text": ")" << std::string(400, 'a') << R"("})" << "\n";
+  }
+  try {
+    train::run_train(config("c", {train, noeval, "data.skip_bad_lines=true", "data.format=\"auto\""}),
+                     false);
+    FAIL() << "no error for an over-long sample";
+  } catch (const core::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:23"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(train::run_train(config("d", {train, noeval, "data.skip_bad_lines=true",
+                                          "data.format=\"auto\"", "data.truncate=true"}),
+                             false)
+                .steps_done,
+            6);
 }
 
 }  // namespace

@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
       "train", "Train: deltatron train CONFIG.toml [--resume] [--section.key=value ...]");
   tr->add_option("config", train_config, "TOML training configuration")->required();
   tr->add_flag("--resume", resume, "continue from the newest complete checkpoint in out_dir");
+  bool skip_bad = false, truncate = false;
+  tr->add_flag("--skip-bad-lines", skip_bad, "count and skip malformed data lines");
+  tr->add_flag("--truncate", truncate, "truncate samples longer than a micro-batch");
   tr->allow_extras();
 
   std::string gen_out;
@@ -109,7 +112,10 @@ int main(int argc, char** argv) {
     if (in->parsed()) train::run_init(init);
     if (gd->parsed()) data::write_addition_jsonl(gen_out, gen_n, gen_digits, gen_seed, gen_fixed);
     if (tr->parsed()) {
-      const train::TrainConfig cfg = train::load_train_config(train_config, tr->remaining());
+      std::vector<std::string> overrides = tr->remaining();
+      if (skip_bad) overrides.push_back("data.skip_bad_lines=true");
+      if (truncate) overrides.push_back("data.truncate=true");
+      const train::TrainConfig cfg = train::load_train_config(train_config, overrides);
       const train::TrainResult r = train::run_train(cfg, resume);
       std::fprintf(stderr, "train: done: %lld steps, final loss %.4f", 
                    static_cast<long long>(r.steps_done), r.final_loss);

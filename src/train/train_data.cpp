@@ -2,7 +2,6 @@
 #include "train/train_data.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <random>
 
 #include "core/error.h"
@@ -37,14 +36,11 @@ data::DatasetOptions dataset_options(const TrainConfig& cfg) {
 }
 
 std::unique_ptr<data::Dataset> load_set(const std::string& path, const data::Tokenizer& tok,
-                                        const data::DatasetOptions& o, int64_t vocab_size,
-                                        const char* role) {
+                                        const data::DatasetOptions& o, int64_t vocab_size) {
   auto ds = std::make_unique<data::Dataset>(data::Dataset::load(path, tok, o));
   DT_CHECK(ds->size() > 0, path, ": no usable samples (", ds->stats().summary(), ")");
   DT_CHECK(tok.vocab_size() <= vocab_size, "tokenizer has ", tok.vocab_size(),
            " ids but the model's vocab_size is ", vocab_size);
-  std::fprintf(stderr, "data: %s %s: %s%s\n", role, path.c_str(), ds->stats().summary().c_str(),
-               ds->from_cache() ? " (cached)" : "");
   return ds;
 }
 
@@ -53,11 +49,11 @@ std::unique_ptr<data::Dataset> load_set(const std::string& path, const data::Tok
 TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size) {
   const data::DatasetOptions o = dataset_options(cfg);
   TrainData d;
-  d.train_set = load_set(cfg.train_path, tok, o, vocab_size, "train");
+  d.train_set = load_set(cfg.train_path, tok, o, vocab_size);
   std::vector<int64_t> all(d.train_set->size());
   for (int64_t i = 0; i < d.train_set->size(); ++i) all[i] = i;
   if (!cfg.eval_path.empty()) {
-    d.eval_set = load_set(cfg.eval_path, tok, o, vocab_size, "eval");
+    d.eval_set = load_set(cfg.eval_path, tok, o, vocab_size);
     d.train_index = all;
     for (int64_t i = 0; i < d.eval_set->size(); ++i) d.eval_index.push_back(i);
   } else if (cfg.eval_fraction > 0) {
