@@ -173,24 +173,6 @@ TEST(TokenizerQwen3, LongWhitespaceRuns) {
   }
 }
 
-// Not a test: the encoder half of tools/tokenizer/check_all_codepoints.py (run with
-// --gtest_also_run_disabled_tests). Reads JSON strings, one per line, from
-// $DT_TOKENIZER_JSONL_IN and writes their ids (encode_batch) to $DT_TOKENIZER_IDS_OUT.
-TEST(TokenizerTool, DISABLED_EncodeJsonl) {
-  const char* tokenizer = std::getenv("DT_TOKENIZER_JSON");
-  const char* in_path = std::getenv("DT_TOKENIZER_JSONL_IN");
-  const char* out_path = std::getenv("DT_TOKENIZER_IDS_OUT");
-  ASSERT_TRUE(tokenizer && in_path && out_path) << "set DT_TOKENIZER_JSON, _JSONL_IN, _IDS_OUT";
-  std::vector<std::string> texts;
-  for (const json& j : read_jsonl(in_path)) texts.push_back(j.get<std::string>());
-  const auto ids = Tokenizer::load(tokenizer).encode_batch(texts);
-  std::ofstream out(out_path);
-  for (const auto& v : ids) {
-    for (size_t i = 0; i < v.size(); ++i) out << (i ? " " : "") << v[i];
-    out << "\n";
-  }
-}
-
 // ---- tiny hand-specified tokenizers ---------------------------------------------------------
 
 TEST(TokenizerTiny, MatchesHf) {

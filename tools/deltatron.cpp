@@ -11,6 +11,10 @@
 #include "train/train_config.h"
 #include "train/trainer.h"
 #include "data/synthetic.h"
+#include "data/tokenizer.h"
+#include "io/file_util.h"
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 using namespace deltatron;
 
@@ -96,6 +100,13 @@ int main(int argc, char** argv) {
   bool gen_fixed = false;
   gd->add_flag("--fixed-width", gen_fixed, "zero-pad operands and sums to a fixed width");
 
+  std::string tk_tokenizer, tk_in, tk_out;
+  CLI::App* tk = app.add_subcommand(
+      "tokenize", "Encode JSON strings (one per line) to space-separated ids, one line each");
+  tk->add_option("--tokenizer", tk_tokenizer, "tokenizer.json")->required();
+  tk->add_option("--in", tk_in, "JSONL of strings")->required();
+  tk->add_option("--out", tk_out, "output: ids per line")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -110,6 +121,27 @@ int main(int argc, char** argv) {
     }
     if (cv->parsed()) train::run_convert(conv);
     if (in->parsed()) train::run_init(init);
+    if (tk->parsed()) {
+      const data::Tokenizer tok = data::Tokenizer::load(tk_tokenizer);
+      std::ifstream in(tk_in);
+      DT_CHECK(in.good(), tk_in, ": cannot open");
+      std::vector<std::string> texts;
+      int64_t line_no = 0;
+      for (std::string line; std::getline(in, line);) {
+        ++line_no;
+        try {
+          texts.push_back(nlohmann::json::parse(line).get<std::string>());
+        } catch (const nlohmann::json::exception& e) {
+          core::fail(tk_in, ":", line_no, ": expected a JSON string (", e.what(), ")");
+        }
+      }
+      std::string out;
+      for (const auto& ids : tok.encode_batch(texts)) {
+        for (size_t i = 0; i < ids.size(); ++i) out += (i ? " " : "") + std::to_string(ids[i]);
+        out += "\n";
+      }
+      io::write_file_atomic(tk_out, out);
+    }
     if (gd->parsed()) data::write_addition_jsonl(gen_out, gen_n, gen_digits, gen_seed, gen_fixed);
     if (tr->parsed()) {
       std::vector<std::string> overrides = tr->remaining();

@@ -5,11 +5,11 @@ For each code point c (surrogates excluded) it encodes a probe that puts c after
 digits, spaces, newlines, an apostrophe and a combining mark, and next to itself; then, for every
 code point that utf8proc decomposes or gives a combining class (read through ctypes), probes of
 its decomposition, reordering and recomposition. HF's ids (encode_batch, added tokens on) are
-compared with deltatron's (test_tokenizer's disabled TokenizerTool.EncodeJsonl, which runs
-Tokenizer::encode_batch: plain text, added tokens off; the probes contain none).
+compared with deltatron's (`deltatron tokenize`, which runs Tokenizer::encode_batch: plain
+text, added tokens off; the probes contain none).
 
 Usage:
-  /tmp/tok-venv/bin/python tools/tokenizer/check_all_codepoints.py BUILD_DIR/test_tokenizer \\
+  /tmp/tok-venv/bin/python tools/tokenizer/check_all_codepoints.py BUILD_DIR/deltatron \\
       TOKENIZER_JSON [more tokenizer.json ...]
 Prints the differing code points grouped in ranges; exits 1 if any.
 """
@@ -87,11 +87,8 @@ def main():
             f.writelines(json.dumps(t) + "\n" for t in texts)
         for path in paths:
             hf = [" ".join(map(str, e.ids)) for e in Tokenizer.from_file(path).encode_batch(texts)]
-            env = dict(os.environ, DT_TOKENIZER_JSON=path, DT_TOKENIZER_JSONL_IN=jin,
-                       DT_TOKENIZER_IDS_OUT=jout)
-            subprocess.run([binary, "--gtest_also_run_disabled_tests",
-                            "--gtest_filter=TokenizerTool.DISABLED_EncodeJsonl"],
-                           env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([binary, "tokenize", "--tokenizer", path, "--in", jin, "--out", jout],
+                           check=True, stdout=subprocess.DEVNULL)
             with open(jout) as f:
                 mine = f.read().split("\n")[:-1]
             assert len(mine) == len(hf), (len(mine), len(hf))
