@@ -1,6 +1,6 @@
 // End to end: the README's training command (the bundled addition example) from scratch.
-// Stated threshold: after its 600-step budget the held-out loss is below 0.8 (measured: ~0.52)
-// and the loss has fallen from the start.
+// Stated threshold: after its 600-step budget the held-out loss is below 0.8
+// and the loss has fallen from the start (measured: held-out loss 0.58, accuracy 20%).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
