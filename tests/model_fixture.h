@@ -1,11 +1,14 @@
-// Tiny random Qwen3.5 models for model-level tests (pack invariance, CLI checks).
+// Tiny random Qwen3.5 models and samples for model-level tests (pack invariance, CLI checks).
 #pragma once
 
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <vector>
 
+#include "data/pack.h"
+#include "data/sample.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -70,6 +73,32 @@ inline deltatron::model::TensorMap random_params(const deltatron::model::Config&
     p.emplace(n, std::move(t));
   }
   return p;
+}
+
+// Samples of the given lengths, ids uniform in [0, vocab) drawn from seed; labels = input_ids
+// except an unlabelled prompt prefix of len / prompt_divisor tokens.
+inline std::vector<deltatron::data::Sample> make_samples(const std::vector<int>& lengths,
+                                                         int64_t vocab, uint64_t seed,
+                                                         int prompt_divisor) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> id(0, static_cast<int>(vocab) - 1);
+  std::vector<deltatron::data::Sample> out;
+  for (int len : lengths) {
+    deltatron::data::Sample s;
+    for (int t = 0; t < len; ++t) s.input_ids.push_back(id(rng));
+    s.labels = s.input_ids;
+    for (int t = 0; t < len / prompt_divisor; ++t) s.labels[t] = deltatron::data::kIgnoreIndex;
+    out.push_back(s);
+  }
+  return out;
+}
+
+// One pack of samples[idx...] with the given alignment.
+inline deltatron::data::Pack pack_of(const std::vector<deltatron::data::Sample>& samples,
+                                     const std::vector<int64_t>& idx, int64_t align) {
+  std::vector<const deltatron::data::Sample*> members;
+  for (int64_t i : idx) members.push_back(&samples[i]);
+  return deltatron::data::make_pack(members, idx, align);
 }
 
 }  // namespace dt_test

@@ -1,5 +1,4 @@
 // Checkpoint directories: save/load round trip, pass-through bytes, dtypes, layout and errors.
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -15,31 +14,10 @@ using nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::path("/tmp") / ("dt-ck-" + std::to_string(::getpid()) + "-" + info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
-
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const core::Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "multi-line message: " << msg;
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message lacks '" << p << "': " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected core::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-}
+using dt_test::dir_entries;
+using dt_test::expect_error;
+using dt_test::read_file;
+using dt_test::TempDir;
 
 json text_config() {
   return json::parse(R"({
@@ -126,18 +104,6 @@ void expect_same(const io::Checkpoint& got, const io::Checkpoint& want) {
   }
 }
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::vector<std::string> dir_entries(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 // Writes config.json and a single model.safetensors of the given tensors (F32) into dir.
 void write_raw_checkpoint(const std::string& dir, const json& cfg,
                           const std::map<std::string, core::Tensor>& tensors) {
@@ -163,8 +129,8 @@ TEST(Checkpoint, RoundTripTextOnly) {
 
   // Re-saving what was loaded reproduces the files byte for byte.
   io::save_checkpoint(d / "again", back);
-  EXPECT_EQ(read_all(d / "again/model.safetensors"), read_all(dir + "/model.safetensors"));
-  EXPECT_EQ(read_all(d / "again/config.json"), read_all(dir + "/config.json"));
+  EXPECT_EQ(read_file(d / "again/model.safetensors"), read_file(dir + "/model.safetensors"));
+  EXPECT_EQ(read_file(d / "again/config.json"), read_file(dir + "/config.json"));
 }
 
 TEST(Checkpoint, RoundTripMultimodalShardedTied) {
@@ -192,13 +158,13 @@ TEST(Checkpoint, SaveReplacesExistingDirectoryOnlyOnSuccess) {
   io::Checkpoint ck = make_checkpoint(false, false);
   io::save_checkpoint(dir, ck, 300);  // sharded first
   std::ofstream(dir + "/stale.txt") << "old";
-  const std::string old_index = read_all(dir + "/model.safetensors.index.json");
+  const std::string old_index = read_file(dir + "/model.safetensors.index.json");
 
   // A failing save (a parameter missing) leaves the existing directory as it was.
   io::Checkpoint broken = ck;
   broken.params.erase("model.norm.weight");
   expect_error([&] { io::save_checkpoint(dir, broken); }, {"model.norm.weight", "missing"});
-  EXPECT_EQ(read_all(dir + "/model.safetensors.index.json"), old_index);
+  EXPECT_EQ(read_file(dir + "/model.safetensors.index.json"), old_index);
   EXPECT_EQ(dir_entries(d.path), std::vector<std::string>{"ck"});
   broken = ck;
   broken.params.at("model.norm.weight") = core::Tensor({9});
@@ -340,7 +306,7 @@ TEST(Checkpoint, MtpTensorsBecomeParameters) {
     for (const auto& kv : back.passthrough) EXPECT_NE(kv.first.rfind("mtp.", 0), 0u) << kv.first;
     EXPECT_EQ(back.params.at("mtp.fc.weight").shape, (core::Shape{8, 16}));
     io::save_checkpoint(d / "again", back);
-    EXPECT_EQ(read_all(d / "again/model.safetensors"), read_all(dir + "/model.safetensors"));
+    EXPECT_EQ(read_file(d / "again/model.safetensors"), read_file(dir + "/model.safetensors"));
   }
 }
 
@@ -370,7 +336,7 @@ TEST(Checkpoint, MtpErrorsAndIgnoreMtp) {
   EXPECT_EQ(ign.passthrough.size(), n_mtp + 1);  // + the visual tensor
   // Saving it writes the same bytes back.
   io::save_checkpoint(d / "ign", ign);
-  EXPECT_EQ(read_all(d / "ign/model.safetensors"), read_all(dir + "/model.safetensors"));
+  EXPECT_EQ(read_file(d / "ign/model.safetensors"), read_file(dir + "/model.safetensors"));
   // Without MTP in the config, ignore_mtp changes nothing and prints nothing.
   json no_mtp = cfg;
   no_mtp["text_config"]["mtp_num_hidden_layers"] = 0;

@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model_fixture.h"
+#include "test_util.h"
 
 using namespace deltatron;
 namespace fs = std::filesystem;
@@ -25,28 +26,16 @@ struct CliResult {
   std::string err;
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary);
-  out << s;
-}
+using dt_test::read_file;
+using dt_test::write_file;
 
 class ScoreCli : public ::testing::Test {
  protected:
-  fs::path dir_, model_;
+  const dt_test::TempDir tmp_{"cli"};
+  const fs::path dir_ = tmp_.path;
+  fs::path model_;
 
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("dt_cli_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     model_ = dir_ / "model";
     io::Checkpoint ck;
     ck.config = model::parse_config(dt_test::tiny_config_json(), "tiny");
@@ -54,20 +43,19 @@ class ScoreCli : public ::testing::Test {
     ck.params = dt_test::random_params(ck.config, 1);
     for (const auto& [n, t] : ck.params) ck.param_dtypes[n] = "F32";
     io::save_checkpoint(model_.string(), ck);
-    write(dir_ / "data.jsonl",
-          "{\"input_ids\": [1, 2, 3, 4, 5]}\n"
-          "{\"input_ids\": [7, 8, 9], \"labels\": [-100, 8, 9]}\n"
-          "\n"
-          "{\"input_ids\": [3]}\n");
+    write_file(dir_ / "data.jsonl",
+               "{\"input_ids\": [1, 2, 3, 4, 5]}\n"
+               "{\"input_ids\": [7, 8, 9], \"labels\": [-100, 8, 9]}\n"
+               "\n"
+               "{\"input_ids\": [3]}\n");
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   CliResult score(const std::string& args, const fs::path& model = {}) {
     const fs::path m = model.empty() ? model_ : model;
     std::string cmd = std::string(DT_BINARY) + " score --quiet --model " + m.string() + " " +
                       args + " 2> " + (dir_ / "stderr.txt").string();
     int rc = std::system(cmd.c_str());
-    return {WEXITSTATUS(rc), slurp(dir_ / "stderr.txt")};
+    return {WEXITSTATUS(rc), read_file(dir_ / "stderr.txt")};
   }
   // Expects failure with a single-line message containing `needle`, and no output written.
   void expect_error(const CliResult& r, const std::string& needle) {
@@ -86,8 +74,8 @@ class ScoreCli : public ::testing::Test {
 TEST_F(ScoreCli, WritesOneLinePerSampleInOrderAndPackingDoesNotMatter) {
   CliResult r = score(out_args() + " --pack-tokens 8192 --pad-multiple 8");
   ASSERT_EQ(r.code, 0) << r.err;
-  const std::string packed = slurp(dir_ / "out.jsonl");
-  const std::string g_packed = slurp(dir_ / "g.safetensors");
+  const std::string packed = read_file(dir_ / "out.jsonl");
+  const std::string g_packed = read_file(dir_ / "g.safetensors");
   std::vector<nlohmann::json> a;
   std::istringstream in(packed);
   for (std::string line; std::getline(in, line);) a.push_back(nlohmann::json::parse(line));
@@ -104,7 +92,7 @@ TEST_F(ScoreCli, WritesOneLinePerSampleInOrderAndPackingDoesNotMatter) {
   fs::remove(dir_ / "g.safetensors");
   r = score(out_args() + " --pack-tokens 1");
   ASSERT_EQ(r.code, 0) << r.err;
-  std::istringstream in2(slurp(dir_ / "out.jsonl"));
+  std::istringstream in2(read_file(dir_ / "out.jsonl"));
   int i = 0;
   for (std::string line; std::getline(in2, line); ++i) {
     auto b = nlohmann::json::parse(line);
@@ -115,45 +103,45 @@ TEST_F(ScoreCli, WritesOneLinePerSampleInOrderAndPackingDoesNotMatter) {
 }
 
 TEST_F(ScoreCli, TokenOutsideVocabulary) {
-  write(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 61]}\n");
+  write_file(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 61]}\n");
   expect_error(score(out_args("bad.jsonl")), "bad.jsonl:2");
 }
 
 TEST_F(ScoreCli, EmptySample) {
-  write(dir_ / "bad.jsonl", "{\"input_ids\": []}\n");
+  write_file(dir_ / "bad.jsonl", "{\"input_ids\": []}\n");
   expect_error(score(out_args("bad.jsonl")), "bad.jsonl:1");
 }
 
 TEST_F(ScoreCli, LabelsOfWrongLength) {
-  write(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n");
+  write_file(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n");
   expect_error(score(out_args("bad.jsonl")), "bad.jsonl:1");
 }
 
 TEST_F(ScoreCli, MalformedJsonLine) {
-  write(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, \n");
+  write_file(dir_ / "bad.jsonl", "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, \n");
   expect_error(score(out_args("bad.jsonl")), "bad.jsonl:2");
 }
 
 TEST_F(ScoreCli, ConfigWithoutRequiredField) {
   auto j = dt_test::tiny_config_json();
   j.erase("hidden_size");
-  write(model_ / "config.json", j.dump());
+  write_file(model_ / "config.json", j.dump());
   expect_error(score(out_args()), "hidden_size");
 }
 
 TEST_F(ScoreCli, TruncatedSafetensors) {
   const fs::path st = model_ / "model.safetensors";
-  std::string bytes = slurp(st);
-  write(st, bytes.substr(0, bytes.size() / 2));
+  std::string bytes = read_file(st);
+  write_file(st, bytes.substr(0, bytes.size() / 2));
   expect_error(score(out_args()), "model.safetensors");
 }
 
 TEST_F(ScoreCli, HeaderLengthPastEndOfFile) {
   const fs::path st = model_ / "model.safetensors";
-  std::string bytes = slurp(st);
+  std::string bytes = read_file(st);
   uint64_t huge = uint64_t(1) << 40;
   bytes.replace(0, 8, reinterpret_cast<const char*>(&huge), 8);
-  write(st, bytes);
+  write_file(st, bytes);
   expect_error(score(out_args()), "model.safetensors");
 }
 
@@ -171,7 +159,7 @@ const fs::path kGolden = fs::path(DT_TEST_DATA) / "golden";
 CliResult run_cli(const std::string& args, const fs::path& err_file) {
   std::string cmd = std::string(DT_BINARY) + " " + args + " 2> " + err_file.string();
   int rc = std::system(cmd.c_str());
-  return {WEXITSTATUS(rc), slurp(err_file)};
+  return {WEXITSTATUS(rc), read_file(err_file)};
 }
 
 // convert keeps every tensor's bytes, name and dtype, and the config's content: a released-
@@ -190,8 +178,8 @@ TEST_F(ScoreCli, ConvertRoundTripIsByteIdentical) {
     auto x = a.bytes(name), y = b.bytes(name);
     EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << name;
   }
-  EXPECT_EQ(nlohmann::json::parse(slurp(src / "config.json")),
-            nlohmann::json::parse(slurp(out / "config.json")));
+  EXPECT_EQ(nlohmann::json::parse(read_file(src / "config.json")),
+            nlohmann::json::parse(read_file(out / "config.json")));
 }
 
 // Changing the expert layout changes names, not numbers.
@@ -208,14 +196,14 @@ TEST_F(ScoreCli, ConvertToPerExpertScoresIdentically) {
   const std::string data = (src / "samples.jsonl").string();
   ASSERT_EQ(score("--data " + data + " --output " + (dir_ / "a.jsonl").string(), src).code, 0);
   ASSERT_EQ(score("--data " + data + " --output " + (dir_ / "b.jsonl").string(), out).code, 0);
-  EXPECT_EQ(slurp(dir_ / "a.jsonl"), slurp(dir_ / "b.jsonl"));
+  EXPECT_EQ(read_file(dir_ / "a.jsonl"), read_file(dir_ / "b.jsonl"));
 }
 
 // A config that declares an MTP layer needs mtp.* tensors, unless --ignore-mtp is given.
 TEST_F(ScoreCli, MtpConfigWithoutMtpTensors) {
   auto j = dt_test::tiny_config_json();
   j["mtp_num_hidden_layers"] = 1;
-  write(model_ / "config.json", j.dump());
+  write_file(model_ / "config.json", j.dump());
   expect_error(score(out_args()), "--ignore-mtp");
   CliResult r = score(out_args() + " --ignore-mtp");
   EXPECT_EQ(r.code, 0) << r.err;
@@ -230,7 +218,7 @@ TEST_F(ScoreCli, MtpFieldsReported) {
                   src)
                 .code,
             0);
-  std::istringstream in(slurp(dir_ / "out.jsonl"));
+  std::istringstream in(read_file(dir_ / "out.jsonl"));
   std::string line;
   ASSERT_TRUE(std::getline(in, line));
   auto first = nlohmann::json::parse(line);
@@ -239,10 +227,10 @@ TEST_F(ScoreCli, MtpFieldsReported) {
 }
 
 TEST_F(ScoreCli, TopKLargerThanExpertCount) {
-  auto j = nlohmann::json::parse(slurp(kGolden / "moe_text_fused_tied" / "config.json"));
+  auto j = nlohmann::json::parse(read_file(kGolden / "moe_text_fused_tied" / "config.json"));
   j["num_experts_per_tok"] = 9;
   fs::copy(kGolden / "moe_text_fused_tied", dir_ / "moe");
-  write(dir_ / "moe" / "config.json", j.dump());
+  write_file(dir_ / "moe" / "config.json", j.dump());
   expect_error(score(out_args(), dir_ / "moe"), "num_experts_per_tok");
 }
 

@@ -1,7 +1,5 @@
 // config.json parsing (text-only and multimodal), validation errors, and the parameter inventory.
-#include <unistd.h>
 
-#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -17,19 +15,7 @@ namespace {
 
 constexpr const char* kSrc = "/cfg/config.json";
 
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const core::Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "multi-line message: " << msg;
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message lacks '" << p << "': " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected core::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-}
+using dt_test::expect_error;
 
 // A small dense text-only config: 4 layers (GDN, GDN, GDN, attention by the default interval).
 json small_text() {
@@ -452,9 +438,8 @@ TEST(Config, ParamSpecsBothLayouts) {
 }
 
 TEST(Config, LoadConfigFromFile) {
-  const std::string dir = "/tmp/dt-cfg-" + std::to_string(::getpid());
-  std::filesystem::create_directories(dir);
-  const std::string path = dir + "/config.json";
+  const dt_test::TempDir dir("cfg");
+  const std::string path = dir / "config.json";
   std::ofstream(path) << small_mm().dump(2);
   EXPECT_EQ(model::load_config(path).prefix, "model.language_model.");
   std::ofstream(path) << "{\"model_type\": \"qwen3_5\",";
@@ -463,6 +448,5 @@ TEST(Config, LoadConfigFromFile) {
   j.erase("head_dim");
   std::ofstream(path) << j.dump();
   expect_error([&] { model::load_config(path); }, {path, "head_dim"});
-  expect_error([&] { model::load_config(dir + "/nope.json"); }, {"nope.json"});
-  std::filesystem::remove_all(dir);
+  expect_error([&] { model::load_config(dir / "nope.json"); }, {"nope.json"});
 }

@@ -9,7 +9,6 @@
 // Qwen3 pre-tokenizer and the Qwen added tokens (<|endoftext|> 384, <|im_start|> 385,
 // <|im_end|> 386, <tool_response> 387, </tool_response> 388, <think> 389, </think> 390).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -22,6 +21,7 @@
 #include "data/formats.h"
 #include "data/packing.h"
 #include "data/tokenizer.h"
+#include "test_util.h"
 
 using namespace deltatron;
 using data::Sample;
@@ -56,21 +56,7 @@ const char* kConversation = R"({"messages": [
   {"role": "user", "content": "And times 3?"},
   {"role": "assistant", "content": "\n12, since 4 x 3 = 12."}]})";
 
-// A scratch directory, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::path(testing::TempDir()) / ("dt_formats_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string write(const std::string& file, const std::string& text) const {
-    const std::string p = (path / file).string();
-    std::ofstream(p, std::ios::binary) << text;
-    return p;
-  }
-};
+using dt_test::TempDir;
 
 // One sample from one JSON line (must produce exactly one).
 Sample one(const std::string& json_line, const data::FormatOptions& opt,

@@ -1,5 +1,4 @@
 // HF layouts of MoE/MTP checkpoints: fused and per-expert experts, consumption, round trip, errors.
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -18,31 +17,8 @@ using nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::path("/tmp") / ("dt-hfl-" + std::to_string(::getpid()) + "-" + info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
-
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const core::Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "multi-line message: " << msg;
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message lacks '" << p << "': " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected core::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-}
+using dt_test::expect_error;
+using dt_test::TempDir;
 
 // Small MoE model: D=8, layers [GDN, attention], E=4, k=2, F=6, shared Fs, one MTP layer.
 json moe_config(bool multimodal, bool tied, int64_t Fs, int64_t mtp_layers = 1) {

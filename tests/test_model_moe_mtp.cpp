@@ -27,26 +27,12 @@ model::Config make_config(const nlohmann::json& overrides, bool mtp) {
   return c;
 }
 
+using dt_test::pack_of;
+
+// Random samples whose first third is an unlabelled prompt.
 std::vector<data::Sample> make_samples(const std::vector<int>& lengths, int64_t vocab,
                                        uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> id(0, static_cast<int>(vocab) - 1);
-  std::vector<data::Sample> out;
-  for (int len : lengths) {
-    data::Sample s;
-    for (int t = 0; t < len; ++t) s.input_ids.push_back(id(rng));
-    s.labels = s.input_ids;
-    for (int t = 0; t < len / 3; ++t) s.labels[t] = data::kIgnoreIndex;  // prompt
-    out.push_back(s);
-  }
-  return out;
-}
-
-data::Pack pack_of(const std::vector<data::Sample>& samples, const std::vector<int64_t>& idx,
-                   int64_t align) {
-  std::vector<const data::Sample*> m;
-  for (int64_t i : idx) m.push_back(&samples[i]);
-  return data::make_pack(m, idx, align);
+  return dt_test::make_samples(lengths, vocab, seed, /*prompt_divisor=*/3);
 }
 
 struct Result {

@@ -10,20 +10,10 @@ using namespace deltatron;
 
 namespace {
 
+// Random samples with an unlabelled prompt prefix (a quarter) on longer samples.
 std::vector<data::Sample> make_samples(const std::vector<int>& lengths, int64_t vocab,
                                        uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> id(0, static_cast<int>(vocab) - 1);
-  std::vector<data::Sample> out;
-  for (int len : lengths) {
-    data::Sample s;
-    for (int t = 0; t < len; ++t) s.input_ids.push_back(id(rng));
-    s.labels = s.input_ids;
-    // A prompt prefix without labels on longer samples.
-    for (int t = 0; t < len / 4; ++t) s.labels[t] = data::kIgnoreIndex;
-    out.push_back(s);
-  }
-  return out;
+  return dt_test::make_samples(lengths, vocab, seed, /*prompt_divisor=*/4);
 }
 
 struct Scored {
@@ -35,9 +25,7 @@ struct Scored {
 Scored score_pack(const model::Config& c, const model::TensorMap& p,
                   const std::vector<data::Sample>& samples, const std::vector<int64_t>& idx,
                   int64_t align) {
-  std::vector<const data::Sample*> members;
-  for (int64_t i : idx) members.push_back(&samples[i]);
-  const data::Pack pack = data::make_pack(members, idx, align);
+  const data::Pack pack = dt_test::pack_of(samples, idx, align);
   Scored r;
   r.grads = model::zeros_like(p);
   r.loss = model::model_fwd_bwd(core::Device::cpu, c, p, pack, &r.grads).loss_sum;

@@ -1,12 +1,10 @@
 // safetensors reader/writer: dtype conversions, round trips, sharding, malformed files, atomicity.
 #include <signal.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -21,56 +19,17 @@ using nlohmann::json;
 
 namespace {
 
-// A fresh directory under /tmp, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::path("/tmp") / ("dt-st-" + std::to_string(::getpid()) + "-" + info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
-
-// Runs f, expecting a one-line core::Error whose message contains every part.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const core::Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "multi-line message: " << msg;
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message lacks '" << p << "': " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected core::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using dt_test::dir_entries;
+using dt_test::expect_error;
+using dt_test::read_file;
+using dt_test::TempDir;
+using dt_test::write_file;
 
 // A file with the given header text (length prefix is correct) and n_data zero data bytes.
 std::string make_file(const std::string& header, size_t n_data) {
   uint64_t n = header.size();
   std::string s(reinterpret_cast<const char*>(&n), 8);
   return s + header + std::string(n_data, '\0');
-}
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::vector<std::string> dir_entries(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 }  // namespace
@@ -173,7 +132,7 @@ TEST(Safetensors, RoundTripF32Bf16F16AndRaw) {
   expect_error([&] { f.info("nope"); }, {path, "nope"});
 
   // Layout: 8-byte aligned header, data in name order, deterministic bytes.
-  const std::string bytes = read_all(path);
+  const std::string bytes = read_file(path);
   uint64_t hlen;
   std::memcpy(&hlen, bytes.data(), 8);
   EXPECT_EQ(hlen % 8, 0u);
@@ -184,7 +143,7 @@ TEST(Safetensors, RoundTripF32Bf16F16AndRaw) {
   }
   EXPECT_EQ(bytes.size(), 8 + hlen + prev_end);
   io::write_safetensors(d / "again.safetensors", t, meta);
-  EXPECT_EQ(read_all(d / "again.safetensors"), bytes);
+  EXPECT_EQ(read_file(d / "again.safetensors"), bytes);
 }
 
 TEST(Safetensors, ShardedRoundTrip) {
@@ -206,7 +165,7 @@ TEST(Safetensors, ShardedRoundTrip) {
   std::snprintf(first, sizeof first, "model-00001-of-%05zu.safetensors", n);
   EXPECT_EQ(files[0], first);
 
-  const json index = json::parse(read_all(d / io::kWeightsIndexName));
+  const json index = json::parse(read_file(d / io::kWeightsIndexName));
   EXPECT_EQ(index["metadata"]["total_size"].get<int64_t>(), total);
   EXPECT_EQ(index["weight_map"].size(), t.size());
 
@@ -250,17 +209,17 @@ TEST(Safetensors, MalformedFilesNameFileAndTensor) {
   const std::string p = d / "bad.safetensors";
   auto open = [&] { io::SafetensorsFile f(p); };
   auto with_header = [&](const std::string& h, size_t n_data) {
-    write_bytes(p, make_file(h, n_data));
+    write_file(p, make_file(h, n_data));
   };
 
-  write_bytes(p, "abcde");
+  write_file(p, "abcde");
   expect_error(open, {p, "5 bytes", "shorter"});
-  write_bytes(p, "");
+  write_file(p, "");
   expect_error(open, {p, "shorter"});
 
   {  // header length past the end
     uint64_t n = 1000;
-    write_bytes(p, std::string(reinterpret_cast<const char*>(&n), 8) + "{}");
+    write_file(p, std::string(reinterpret_cast<const char*>(&n), 8) + "{}");
     expect_error(open, {p, "header length 1000", "past the end"});
   }
   with_header("{\"a\": [1, 2", 0);
@@ -308,7 +267,7 @@ TEST(Safetensors, ShardedIndexErrors) {
                         {{"x", {"F32", {4}, a.data(), {}}}, {"y", {"F32", {4}, a.data(), {}}}});
   const std::string ipath = d / io::kWeightsIndexName;
   auto index = [&](const json& wm) {
-    write_bytes(ipath, json{{"metadata", {{"total_size", 32}}}, {"weight_map", wm}}.dump());
+    write_file(ipath, json{{"metadata", {{"total_size", 32}}}, {"weight_map", wm}}.dump());
   };
   auto open = [&] { io::SafetensorsSet s(dir); };
   index({{"x", "s1.safetensors"}, {"y", "s1.safetensors"}});
@@ -319,9 +278,9 @@ TEST(Safetensors, ShardedIndexErrors) {
   expect_error(open, {ipath, "'z'", "not in its shard", "s1.safetensors"});
   index({{"x", "s1.safetensors"}});
   expect_error(open, {ipath, "'y'", "not mapped"});
-  write_bytes(ipath, "{\"weight_map\": 3}");
+  write_file(ipath, "{\"weight_map\": 3}");
   expect_error(open, {ipath, "weight_map"});
-  write_bytes(ipath, "{nope");
+  write_file(ipath, "{nope");
   expect_error(open, {ipath, "bad JSON"});
 }
 
@@ -355,7 +314,7 @@ TEST(Safetensors, WriterIsAtomic) {
   // untouched and removes the temporary.
   const std::vector<float> small = {1, 2, 3};
   io::write_safetensors(p, {{"x", {"F32", {3}, small.data(), {}}}});
-  const std::string before = read_all(p);
+  const std::string before = read_file(p);
   struct rlimit old {};
   ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
   auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
@@ -372,6 +331,6 @@ TEST(Safetensors, WriterIsAtomic) {
   ::setrlimit(RLIMIT_FSIZE, &old);
   ::signal(SIGXFSZ, old_handler);
   EXPECT_TRUE(threw);
-  EXPECT_EQ(read_all(p), before);
+  EXPECT_EQ(read_file(p), before);
   EXPECT_EQ(dir_entries(d.path), std::vector<std::string>{"t.safetensors"});
 }

@@ -31,12 +31,7 @@ namespace {
 
 const fs::path kExamples = fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using dt_test::read_file;
 
 // ---- objective invariance ------------------------------------------------------------------
 
@@ -108,15 +103,8 @@ TEST(Objective, PackingAndMicroBatchingDoNotChangeTheGradient) {
 
 class Trainer : public ::testing::Test {
  protected:
-  fs::path dir_;
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("dt_train_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  const dt_test::TempDir tmp_{"train"};
+  const fs::path dir_ = tmp_.path;
 
   // A short run of the bundled example (tiny-moe preset: GDN, attention, MoE, MTP).
   train::TrainConfig config(const std::string& out, std::vector<std::string> extra = {}) {
@@ -136,7 +124,7 @@ class Trainer : public ::testing::Test {
 
 std::vector<double> losses(const fs::path& metrics) {
   std::vector<double> out;
-  std::istringstream in(slurp(metrics));
+  std::istringstream in(read_file(metrics));
   for (std::string line; std::getline(in, line);) {
     auto j = nlohmann::json::parse(line);
     if (j.contains("loss")) out.push_back(j["loss"].get<double>());
@@ -230,8 +218,8 @@ TEST_F(Trainer, SigintSavesAndResumeContinues) {
   ::kill(pid, SIGINT);
   int status = 0;
   ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << slurp(dir_ / "log1");
-  EXPECT_EQ(WEXITSTATUS(status), 130) << slurp(dir_ / "log1");
+  ASSERT_TRUE(WIFEXITED(status)) << read_file(dir_ / "log1");
+  EXPECT_EQ(WEXITSTATUS(status), 130) << read_file(dir_ / "log1");
   const int64_t done = static_cast<int64_t>(losses(dir_ / "run" / "metrics.jsonl").size());
   ASSERT_GE(done, 2);
   auto latest = train::latest_complete_checkpoint((dir_ / "run").string());
@@ -241,8 +229,8 @@ TEST_F(Trainer, SigintSavesAndResumeContinues) {
   const std::string resume = std::string(DT_BINARY) + " train " + cfg.string() + common +
                              " --resume --training.steps=" + std::to_string(done + 2) + " 2> " +
                              (dir_ / "log2").string();
-  ASSERT_EQ(std::system(resume.c_str()), 0) << slurp(dir_ / "log2");
-  EXPECT_NE(slurp(dir_ / "log2").find("resumed from"), std::string::npos);
+  ASSERT_EQ(std::system(resume.c_str()), 0) << read_file(dir_ / "log2");
+  EXPECT_NE(read_file(dir_ / "log2").find("resumed from"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir_ / "run" / train::checkpoint_dir_name(done + 2)));
 }
 

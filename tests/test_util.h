@@ -1,15 +1,25 @@
-// Shared test helpers: seeded random data, error metrics that print the worst element, and a
-// central finite-difference driver for double-precision gradient checks.
+// Shared test helpers: seeded random data, error metrics that print the worst element, a
+// central finite-difference driver for double-precision gradient checks, error-message checks,
+// and scratch directories and whole-file reads/writes.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <vector>
+
+#include "core/error.h"
 
 namespace dt_test {
 
@@ -99,5 +109,75 @@ inline double dot(const std::vector<double>& w, const std::vector<double>& y) {
   for (size_t i = 0; i < w.size(); ++i) s += w[i] * y[i];
   return s;
 }
+
+// Runs f, expecting a one-line core::Error whose message contains every part.
+template <typename F>
+void expect_error(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+  } catch (const deltatron::core::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "multi-line message: " << msg;
+    for (const auto& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "message lacks '" << p << "': " << msg;
+    return;
+  }
+  ADD_FAILURE() << "expected core::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
+}
+
+// ---- files ---------------------------------------------------------------------------------
+
+// The whole file as bytes ("" if it cannot be opened).
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Creates or truncates p and writes exactly these bytes.
+inline void write_file(const std::filesystem::path& p, std::string_view bytes) {
+  std::ofstream out(p, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// File names in dir (not recursive), sorted.
+inline std::vector<std::string> dir_entries(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A fresh, empty scratch directory, removed with its contents when it goes out of scope. The
+// name is unique per process, test and instance: <tmp>/dt-<tag>-<pid>-<Suite>.<Test>-<n>.
+struct TempDir {
+  std::filesystem::path path;
+
+  explicit TempDir(const std::string& tag = "test") {
+    static int instances = 0;
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string test = info ? std::string(info->test_suite_name()) + "." + info->name() : "none";
+    std::replace(test.begin(), test.end(), '/', '_');  // parameterised names contain '/'
+    path =
+        std::filesystem::temp_directory_path() / ("dt-" + tag + "-" + std::to_string(::getpid()) +
+                                                  "-" + test + "-" + std::to_string(instances++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string operator/(const std::string& file) const { return (path / file).string(); }
+  // Writes file (relative to the directory) and returns its path.
+  std::string write(const std::string& file, std::string_view bytes) const {
+    const std::string p = *this / file;
+    write_file(p, bytes);
+    return p;
+  }
+};
 
 }  // namespace dt_test

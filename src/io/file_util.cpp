@@ -61,11 +61,11 @@ void fsync_dir(const std::string& dir) {
   if (rc != 0) core::fail(dir, ": fsync of directory failed: ", std::strerror(e));
 }
 
-void write_file_atomic(const std::string& path, const std::string& content) {
+void write_file_atomic(const std::string& path, const std::function<void(OutFile&)>& fill) {
   const std::string tmp = tmp_path_for(path);
   try {
     OutFile f(tmp);
-    f.write(content.data(), content.size());
+    fill(f);
     f.sync_close();
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       core::fail(path, ": cannot rename ", tmp, " into place: ", std::strerror(errno));
@@ -74,6 +74,10 @@ void write_file_atomic(const std::string& path, const std::string& content) {
     throw;
   }
   fsync_dir(std::filesystem::path(path).parent_path().string());
+}
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  write_file_atomic(path, [&](OutFile& f) { f.write(content.data(), content.size()); });
 }
 
 }  // namespace deltatron::io

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 namespace deltatron::io {
@@ -30,8 +31,11 @@ std::string tmp_path_for(const std::string& path);
 // fsync a directory so that renames and creations inside it are durable.
 void fsync_dir(const std::string& dir);
 
-// Writes content to tmp_path_for(path), fsyncs, renames onto path, fsyncs the directory. On any
-// failure the temporary file is removed and path is left as it was.
+// Lets fill write tmp_path_for(path), fsyncs, renames onto path, fsyncs the directory. On any
+// failure (fill's exceptions included) the temporary file is removed and path is left as it was.
+void write_file_atomic(const std::string& path, const std::function<void(OutFile&)>& fill);
+
+// The same with content as the whole file.
 void write_file_atomic(const std::string& path, const std::string& content);
 
 }  // namespace deltatron::io

@@ -332,20 +332,11 @@ void write_safetensors(const std::string& path, const std::map<std::string, Tens
   header.append((8 - header.size() % 8) % 8, ' ');  // data section starts 8-byte aligned
   const uint64_t hlen = header.size();
 
-  const std::string tmp = tmp_path_for(path);
-  try {
-    OutFile f(tmp);
+  write_file_atomic(path, [&](OutFile& f) {
     f.write(&hlen, 8);
     f.write(header.data(), header.size());
     for (const auto& [name, t] : tensors) write_view_data(f, t);
-    f.sync_close();
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      core::fail(path, ": cannot rename ", tmp, " into place: ", std::strerror(errno));
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  fsync_dir(fs::path(path).parent_path().string());
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -237,8 +237,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
       for (double x : l.loss_sum) ce += x;
       for (double x : l.mtp_loss_sum) mtp += x;
       router += l.router_loss;
-      tokens_seen += pack.N;
     }
+    tokens_seen += n.real_tokens;  // real (non-padding) tokens
     const double loss = ce / double(std::max<int64_t>(1, n.label_tokens));
     const double mtp_loss = mtp / double(std::max<int64_t>(1, n.mtp_tokens));
     const double gnorm = clip_grad_norm(grads, cfg.grad_clip);

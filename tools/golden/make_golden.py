@@ -542,20 +542,28 @@ def compare_logits(model, loaded, sample):
     assert torch.equal(a, b), f"logits differ after reload: {(a - b).abs().max().item()}"
 
 
+def build_vlm(config_cls, model_cls, text_cfg, storage, gen):
+    """(config, float64 model) of the multimodal class around text_cfg, untied at the top level,
+    with the tiny vision tower redrawn (seeded by gen, rounded to storage)."""
+    cfg = config_cls(
+        text_config=text_cfg.to_dict(),
+        vision_config=dict(VISION_CONFIG),
+        tie_word_embeddings=False,
+    )
+    cfg.architectures = [model_cls.__name__]
+    cfg.dtype = storage
+    vlm = model_cls(cfg).to(torch.float64)
+    redraw(((n, p) for n, p in vlm.named_parameters() if n.startswith("model.visual.")),
+           VISION_RULES, gen, storage)
+    return cfg, vlm
+
+
 def write_vlm_checkpoint(case, model, out_dir, gen):
     """Multimodal layout: text under model.language_model., lm_head on top, small vision tower and
     a few mtp.* tensors, 2 shards + index; config as HF saves it, then layer_types replaced by
     full_attention_interval (HF re-derives the same list; checked below)."""
-    cfg = Qwen3_5Config(
-        text_config=text_config(case, tie=True).to_dict(),  # the top-level flag must win
-        vision_config=dict(VISION_CONFIG),
-        tie_word_embeddings=False,
-    )
-    cfg.architectures = ["Qwen3_5ForConditionalGeneration"]
-    cfg.dtype = case.storage
-    vlm = Qwen3_5ForConditionalGeneration(cfg).to(torch.float64)
-    redraw(((n, p) for n, p in vlm.named_parameters() if n.startswith("model.visual.")),
-           VISION_RULES, gen, case.storage)
+    cfg, vlm = build_vlm(Qwen3_5Config, Qwen3_5ForConditionalGeneration,
+                         text_config(case, tie=True), case.storage, gen)  # top-level flag must win
     tensors = {}
     text = dict(model.named_parameters())
     for name, p in vlm.named_parameters():
@@ -569,20 +577,7 @@ def write_vlm_checkpoint(case, model, out_dir, gen):
     tensors = {n: t.to(case.storage).contiguous() for n, t in tensors.items()}
 
     # HF state_dict order (visual, language model, lm_head), then mtp; layer 2 straddles the shards.
-    names = list(tensors)
-    split = names.index(SPLIT_AT)
-    shards = [names[:split], names[split:]]
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-00002.safetensors"
-        save_file({n: tensors[n] for n in shard}, out_dir / fname, metadata={"format": "pt"})
-        weight_map.update({n: fname for n in shard})
-    index = {
-        "metadata": {"total_parameters": sum(t.numel() for t in tensors.values()), "total_size": total},
-        "weight_map": dict(sorted(weight_map.items())),
-    }
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_two_shards(tensors, out_dir, SPLIT_AT)
 
     cfg.save_pretrained(out_dir)
     path = out_dir / "config.json"
@@ -594,6 +589,24 @@ def write_vlm_checkpoint(case, model, out_dir, gen):
     assert reloaded.text_config.layer_types == model.config.layer_types
     assert reloaded.tie_word_embeddings is False and reloaded.text_config.tie_word_embeddings is True
     return tensors
+
+
+def write_two_shards(tensors, out_dir, split_at):
+    """Writes tensors (in their dict order) as two safetensors shards, the second starting at
+    split_at, plus model.safetensors.index.json."""
+    names = list(tensors)
+    split = names.index(split_at)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_map = {}
+    for i, shard in enumerate([names[:split], names[split:]]):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in shard}, out_dir / fname, metadata={"format": "pt"})
+        weight_map.update({n: fname for n in shard})
+    index = {
+        "metadata": {"total_parameters": sum(t.numel() for t in tensors.values()), "total_size": total},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def hf_text_name(vlm_name):
@@ -659,12 +672,8 @@ def generate_case(case, out_root):
     assert loss_rel < 1e-5 and grad_rel < 1e-4, (loss_rel, grad_rel)
     pad_info = check_pad_row(case, samples, grads, native_grads)
 
-    with open(out_dir / "samples.jsonl", "w") as f:
-        for s in samples:
-            f.write(json.dumps(s, separators=(",", ":")) + "\n")
-    with open(out_dir / "expected.jsonl", "w") as f:
-        for i, (loss_sum, n_tokens) in enumerate(results):
-            f.write(json.dumps({"index": i, "loss_sum": loss_sum, "n_tokens": n_tokens}) + "\n")
+    expected = [{"loss_sum": loss_sum, "n_tokens": n_tokens} for loss_sum, n_tokens in results]
+    write_samples_and_expected(out_dir, samples, expected)
     name_of = (lambda n: n) if case.layout == "text" else hf_vlm_name
     grads_out = {name_of(n): g.to(torch.float32).contiguous() for n, g in grads.items()}
     trainable = {n for n in checkpoint_names if not n.startswith(("model.visual.", "mtp."))}
@@ -678,11 +687,7 @@ def generate_case(case, out_root):
     zero_rows = int((grads[embed_name].abs().amax(dim=1) == 0).sum())
     # Untied, an embedding row has a gradient iff its token occurs at or before the last scored
     # position of some sample, pad_token_id excepted; tied, lm_head reaches every row.
-    reaching = set()
-    for s in samples:
-        scored = [t for t, y in enumerate(labels_of(s)[1:]) if y != IGNORE_INDEX]
-        if scored:
-            reaching.update(s["input_ids"][: scored[-1] + 1])
+    reaching = tokens_reaching_embedding(samples)
     reaching.discard(case.pad_token_id)
     assert zero_rows == (0 if case.tied else case.vocab - len(reaching)), (zero_rows, len(reaching))
     return {
@@ -702,6 +707,27 @@ def generate_case(case, out_root):
         "float32_casts_rewritten": dict(sorted(rewrites.items())),
         "bytes": sum(p.stat().st_size for p in out_dir.iterdir()),
     }
+
+
+def write_samples_and_expected(out_dir, samples, results):
+    """samples.jsonl (compact) and expected.jsonl ({"index": i, **results[i]} per line)."""
+    with open(out_dir / "samples.jsonl", "w") as f:
+        for s in samples:
+            f.write(json.dumps(s, separators=(",", ":")) + "\n")
+    with open(out_dir / "expected.jsonl", "w") as f:
+        for i, r in enumerate(results):
+            f.write(json.dumps({"index": i, **r}) + "\n")
+
+
+def tokens_reaching_embedding(samples):
+    """Tokens at or before the last scored position of some sample (the embedding rows that the
+    main loss reaches through the lookup)."""
+    reaching = set()
+    for s in samples:
+        scored = [t for t, y in enumerate(labels_of(s)[1:]) if y != IGNORE_INDEX]
+        if scored:
+            reaching.update(s["input_ids"][: scored[-1] + 1])
+    return reaching
 
 
 def check_environment(allow_other_versions):

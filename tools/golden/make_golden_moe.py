@@ -11,24 +11,22 @@ and writes them next to an HF checkpoint of the same weights.
 
 transformers has no MTP module; the MTP reference is assembled from HF's own classes (the text
 decoder layer configured as a full-attention layer, the zero-centred RMSNorm, an nn.Linear fc).
-Precision technique as in make_golden.py (whose helpers are copied here, not imported, because that
-file is edited independently): HF's float32 islands are turned into float64 by a torch function
-mode, inv_freq is recomputed in float64, a dispatch mode asserts that every ATen op of the forward
-and backward produced float64, and the unmodified HF path must agree to float32 accuracy.
+Precision technique as in make_golden.py, whose helpers are imported from the same directory: HF's
+float32 islands are turned into float64 by a torch function mode, inv_freq is recomputed in
+float64, a dispatch mode asserts that every ATen op of the forward and backward produced float64,
+and the unmodified HF path must agree to float32 accuracy.
 """
 
 import argparse
 import copy
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import re
 import shutil
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -37,9 +35,6 @@ import transformers
 import transformers.integrations.moe as moe_integration
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from transformers import (
     Qwen3_5ForCausalLM,
     Qwen3_5MoeConfig,
@@ -56,11 +51,24 @@ from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import (
     Qwen3_5MoeTopKRouter,
 )
 
-PINNED_TORCH = "2.11"
-PINNED_TRANSFORMERS = "5.17.0"
-IGNORE_INDEX = -100
-VOCAB = 256
-HIDDEN = 32
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_golden  # noqa: E402  (same directory)
+from make_golden import (  # noqa: E402
+    HIDDEN,
+    IGNORE_INDEX,
+    VOCAB,
+    Float64Everywhere,
+    OnlyFloat64,
+    _log_uniform,
+    _normal,
+    check_environment,
+    hf_vlm_name,
+    labels_of,
+    redraw,
+    rel_err,
+    use_float64_rope,  # the MTP layer uses the same rotary module
+)
+
 NUM_EXPERTS = 4
 TOP_K = 2
 MOE_INTERMEDIATE = 12
@@ -69,64 +77,6 @@ MTP_SCALE = 0.3  # grads = d/dθ [sum_i loss_sum_i + MTP_SCALE * sum_i mtp_loss_
 MIN_TOPK_GAP = 1e-6  # required gap between the k-th and (k+1)-th router probability, every token
 
 L, FA = "linear_attention", "full_attention"
-
-# ----------------------------------------------------------------------------------------------
-# float64 everywhere (copied from make_golden.py)
-
-
-def _to_f64(x):
-    return torch.float64 if x is torch.float32 else x
-
-
-class Float64Everywhere(TorchFunctionMode):
-    """Rewrites every explicit request for float32 (`.float()`, `.to(torch.float32)`,
-    `softmax(dtype=torch.float32)`, `arange(dtype=torch.float)`) into float64; counts rewrites."""
-
-    def __init__(self):
-        super().__init__()
-        self.rewrites = Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", str(func))
-        if func is torch.Tensor.float:
-            self.rewrites["Tensor.float"] += 1
-            func = torch.Tensor.double
-        new_args = tuple(_to_f64(a) for a in args)
-        new_kwargs = {k: _to_f64(v) for k, v in kwargs.items()}
-        if any(a is not b for a, b in zip(new_args, args)) or any(
-            new_kwargs[k] is not kwargs[k] for k in kwargs
-        ):
-            self.rewrites[f"{name}(float32)"] += 1
-        return func(*new_args, **new_kwargs)
-
-
-class OnlyFloat64(TorchDispatchMode):
-    """Fails on any ATen op (forward or backward) that yields a floating tensor other than f64."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                assert t.dtype == torch.float64, f"{func} produced {t.dtype}"
-        return out
-
-
-def use_float64_rope(model):
-    """Recomputes inv_freq with HF's own function in float64 (HF builds it in float32 at init).
-    The MTP layer uses the same rotary module."""
-    rotary = model.model.rotary_emb
-    with Float64Everywhere():
-        inv_freq, _ = rotary.compute_default_rope_parameters(rotary.config)
-    assert inv_freq.dtype == torch.float64
-    rotary.inv_freq = inv_freq
-    rotary.original_inv_freq = inv_freq.clone()
-
 
 # ----------------------------------------------------------------------------------------------
 # cases
@@ -231,19 +181,6 @@ def text_config(case, layer_types=None, with_mtp_key=True):
     return Qwen3_5TextConfig(**kw)
 
 
-VISION_CONFIG = dict(
-    depth=1,
-    hidden_size=16,
-    intermediate_size=32,
-    num_heads=2,
-    in_channels=3,
-    patch_size=2,
-    temporal_patch_size=2,
-    spatial_merge_size=2,
-    out_hidden_size=HIDDEN,
-    num_position_embeddings=16,
-)
-
 # First tensor of the second shard of the VLM checkpoint (layer 2 straddles the two files).
 SPLIT_AT = "model.language_model.layers.2.mlp.gate.weight"
 
@@ -277,15 +214,6 @@ def mtp_config(case):
 # parameters: every one is redrawn (seeded) well away from HF's init
 
 
-def _normal(gen, shape, mean, std):
-    return mean + std * torch.randn(shape, generator=gen, dtype=torch.float64)
-
-
-def _log_uniform(gen, shape, lo, hi):
-    u = torch.rand(shape, generator=gen, dtype=torch.float64)
-    return math.log(lo) + u * (math.log(hi) - math.log(lo))
-
-
 # (pattern on the parameter name, sampler); the first match wins. Names of MTP parameters carry
 # the `mtp.` prefix here. Router weights are larger than other matrices so that router logits
 # (std ~2) separate the top-k experts clearly.
@@ -304,78 +232,14 @@ PARAM_RULES = [
     (r"\.weight$", lambda g, s: _normal(g, s, 0.0, 0.2)),  # every other Linear (incl. mtp.fc)
 ]
 
-VISION_RULES = [
-    (r"norm\d?\.weight$", lambda g, s: _normal(g, s, 1.0, 0.2)),
-    (r"\.bias$", lambda g, s: _normal(g, s, 0.0, 0.1)),
-    (r".", lambda g, s: _normal(g, s, 0.0, 0.2)),
-]
-
-
-def redraw(named_params, rules, gen, storage):
-    """Assigns every parameter a fresh value, rounded to the storage dtype (so the file is exact)."""
-    for name, p in named_params:
-        sampler = next(fn for pat, fn in rules if re.search(pat, name))
-        old = p.detach().clone()
-        new = sampler(gen, tuple(p.shape)).to(storage).to(torch.float64)
-        with torch.no_grad():
-            p.copy_(new)
-        assert not torch.equal(p.detach(), old.to(p.dtype)), f"{name} was not perturbed"
-
-
 # ----------------------------------------------------------------------------------------------
-# samples (as make_golden.py, plus one sample whose last two labels are -100)
+# samples (make_golden.py's, plus one sample whose last two labels are -100)
 
-SAMPLE_SPECS = [
-    (1, "same"),
-    (2, "same"),
-    (3, ("prefix", 2)),
-    (5, "all_ignored"),
-    (17, ("prefix", 6)),
-    (63, "omit"),
-    (64, "same"),
-    (65, ("prefix", 40)),
-    (100, "random"),
-    (128, "spans"),
-    (130, ("prefix", 70)),
-    (33, ("mask", [(10, 12), (31, 33)])),
-]
-SAMPLE_EDITS = {10: {10: 0, 11: VOCAB - 1, 100: VOCAB - 1}}
+SAMPLE_SPECS = make_golden.SAMPLE_SPECS + [(33, ("mask", [(10, 12), (31, 33)]))]
 
 
 def make_samples(seed):
-    gen = torch.Generator().manual_seed(seed)
-    samples = []
-    for i, (length, kind) in enumerate(SAMPLE_SPECS):
-        ids = torch.randint(0, VOCAB, (length,), generator=gen).tolist()
-        for pos, tok in SAMPLE_EDITS.get(i, {}).items():
-            ids[pos] = tok
-        sample = {"input_ids": ids}
-        if kind == "same":
-            sample["labels"] = list(ids)
-        elif kind == "random":
-            sample["labels"] = torch.randint(0, VOCAB, (length,), generator=gen).tolist()
-        elif kind == "all_ignored":
-            sample["labels"] = [IGNORE_INDEX] * length
-        elif kind == "spans":
-            labels = list(ids)
-            labels[0:20] = [IGNORE_INDEX] * 20
-            labels[60:90] = [IGNORE_INDEX] * 30
-            sample["labels"] = labels
-        elif isinstance(kind, tuple) and kind[0] == "prefix":
-            sample["labels"] = [IGNORE_INDEX] * kind[1] + ids[kind[1]:]
-        elif isinstance(kind, tuple) and kind[0] == "mask":
-            labels = list(ids)
-            for a, b in kind[1]:
-                labels[a:b] = [IGNORE_INDEX] * (b - a)
-            sample["labels"] = labels
-        else:
-            assert kind == "omit"
-        samples.append(sample)
-    return samples
-
-
-def labels_of(sample):
-    return sample.get("labels", sample["input_ids"])
+    return make_golden.make_samples(seed, VOCAB, SAMPLE_SPECS, make_golden.DEFAULT_SAMPLE_EDITS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,10 +433,6 @@ def check_harness(model, mtp, samples):
 # checkpoint names and files
 
 
-def hf_vlm_name(text_name):
-    return "lm_head.weight" if text_name == "lm_head.weight" else "model.language_model." + text_name[6:]
-
-
 def file_tensors(case, named):
     """{parameter name (text-model naming, mtp.* prefixed): tensor} -> {checkpoint name: tensor}:
     VLM prefix for the text model, MTP experts split per expert where the case stores them so
@@ -648,16 +508,8 @@ def write_text_checkpoint(case, model, mtp, out_dir):
 def write_vlm_checkpoint(case, model, mtp, out_dir, gen):
     """Multimodal layout: text under model.language_model., lm_head on top, a complete tiny vision
     tower, mtp.* (experts per expert); 2 shards + index; config as HF saves it."""
-    cfg = Qwen3_5MoeConfig(
-        text_config=text_config(case).to_dict(),
-        vision_config=dict(VISION_CONFIG),
-        tie_word_embeddings=False,
-    )
-    cfg.architectures = ["Qwen3_5MoeForConditionalGeneration"]
-    cfg.dtype = case.storage
-    vlm = Qwen3_5MoeForConditionalGeneration(cfg).to(torch.float64)
-    redraw(((n, p) for n, p in vlm.named_parameters() if n.startswith("model.visual.")),
-           VISION_RULES, gen, case.storage)
+    cfg, vlm = make_golden.build_vlm(Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration,
+                                     text_config(case), case.storage, gen)
     text = file_tensors(case, {n: p.detach() for n, p in all_params(model, mtp)})
     tensors = {}
     for name, p in vlm.named_parameters():  # HF state_dict order: visual, language model, lm_head
@@ -666,19 +518,7 @@ def write_vlm_checkpoint(case, model, mtp, out_dir, gen):
     tensors.update(text)  # then mtp.*
     tensors = {n: t.to(case.storage).contiguous() for n, t in tensors.items()}
 
-    names = list(tensors)
-    split = names.index(SPLIT_AT)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    weight_map = {}
-    for i, shard in enumerate([names[:split], names[split:]]):
-        fname = f"model-{i + 1:05d}-of-00002.safetensors"
-        save_file({n: tensors[n] for n in shard}, out_dir / fname, metadata={"format": "pt"})
-        weight_map.update({n: fname for n in shard})
-    index = {
-        "metadata": {"total_parameters": sum(t.numel() for t in tensors.values()), "total_size": total},
-        "weight_map": dict(sorted(weight_map.items())),
-    }
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    make_golden.write_two_shards(tensors, out_dir, SPLIT_AT)
     cfg.save_pretrained(out_dir)
     saved = json.loads((out_dir / "config.json").read_text())
     assert saved["tie_word_embeddings"] is False and saved["text_config"]["mtp_num_hidden_layers"] == 1
@@ -688,11 +528,7 @@ def write_vlm_checkpoint(case, model, mtp, out_dir, gen):
 
 def compare_logits(model, loaded, samples):
     for sample in samples:
-        ids = torch.tensor([sample["input_ids"]])
-        with torch.no_grad():
-            a = model(input_ids=ids, use_cache=False).logits
-            b = loaded(input_ids=ids, use_cache=False).logits
-        assert torch.equal(a, b), f"logits differ after reload: {(a - b).abs().max().item()}"
+        make_golden.compare_logits(model, loaded, sample)
 
 
 def check_reload(case, model, out_dir, samples):
@@ -737,10 +573,6 @@ def check_reload(case, model, out_dir, samples):
 
 # ----------------------------------------------------------------------------------------------
 # driver
-
-
-def rel_err(a, b):
-    return (a - b).norm().item() / max(b.norm().item(), 1e-300)
 
 
 def build(case):
@@ -861,12 +693,7 @@ def generate_case(case, out_root):
             zero_experts += [f"{name}[{e}]" for e in range(g.shape[0]) if g[e].abs().max() == 0]
     assert not zero_experts, zero_experts
 
-    with open(out_dir / "samples.jsonl", "w") as f:
-        for s in samples:
-            f.write(json.dumps(s, separators=(",", ":")) + "\n")
-    with open(out_dir / "expected.jsonl", "w") as f:
-        for i, r in enumerate(results):
-            f.write(json.dumps({"index": i, **r}) + "\n")
+    make_golden.write_samples_and_expected(out_dir, samples, results)
     save_file(grads_out, out_dir / "grads.safetensors", metadata={"format": "pt"})
     if mtp is not None:
         (out_dir / "golden.json").write_text(json.dumps({"mtp_scale": MTP_SCALE}) + "\n")
@@ -901,11 +728,7 @@ def generate_case(case, out_root):
     else:
         # A row has a gradient iff its token occurs at or before the last main-scored position of
         # some sample (MTP adds no row: its scored e_j = embed(x_{j+1}) has j+1 main-scored too).
-        reaching = set()
-        for s in samples:
-            scored = [t for t, y in enumerate(labels_of(s)[1:]) if y != IGNORE_INDEX]
-            if scored:
-                reaching.update(s["input_ids"][: scored[-1] + 1])
+        reaching = make_golden.tokens_reaching_embedding(samples)
         assert summary["zero_embedding_grad_rows"] == VOCAB - len(reaching)
     if case.moe:
         summary.update(min_topk_prob_gap=gap, routed_token_layer_pairs=routed,
@@ -920,18 +743,6 @@ def generate_case(case, out_root):
         **extra,
     )
     return summary
-
-
-def check_environment(allow_other_versions):
-    for mod in ("fla", "causal_conv1d", "kernels"):
-        assert importlib.util.find_spec(mod) is None, f"{mod} is installed: HF would not use its torch path"
-    ok = torch.__version__.startswith(PINNED_TORCH) and transformers.__version__ == PINNED_TRANSFORMERS
-    if not ok:
-        msg = (f"pinned torch {PINNED_TORCH}.*, transformers {PINNED_TRANSFORMERS}; found "
-               f"{torch.__version__}, {transformers.__version__}")
-        if not allow_other_versions:
-            sys.exit(msg + " (pass --allow-other-versions to go on)")
-        print("warning:", msg)
 
 
 def main():
