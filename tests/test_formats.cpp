@@ -35,18 +35,12 @@ const data::Tokenizer& fixture() {
   return tok;
 }
 
-// The real Qwen3 tokenizer: the copy CMake unpacks into the build when it defines
-// DT_QWEN3_TOKENIZER_JSON, else $DT_QWEN3_TOKENIZER, else the shared data directory.
-std::optional<data::Tokenizer> qwen3() {
-  std::vector<std::string> paths;
-#ifdef DT_QWEN3_TOKENIZER_JSON
-  paths.push_back(DT_QWEN3_TOKENIZER_JSON);
-#endif
-  if (const char* env = std::getenv("DT_QWEN3_TOKENIZER")) paths.push_back(env);
-  paths.push_back("/work/shared/data/qwen3-tokenizer/tokenizer.json");
-  for (const std::string& p : paths)
-    if (fs::exists(p)) return data::Tokenizer::load(p);
-  return std::nullopt;
+// The real Qwen3 tokenizer: the copy CMake unpacks into the build (tests/data/tokenizer/
+// qwen3_tokenizer.tar.xz). Missing is a failure, never a skip.
+data::Tokenizer qwen3() {
+  const std::string path = DT_QWEN3_TOKENIZER_JSON;
+  EXPECT_TRUE(fs::exists(path)) << path << " missing: CMake should have unpacked it";
+  return data::Tokenizer::load(path);
 }
 
 const char* kConversation = R"({"messages": [
@@ -133,8 +127,7 @@ TEST(ChatTemplate, MultiTurnLossOnAll) {
 }
 
 TEST(ChatTemplate, MultiTurnRealQwen3Tokenizer) {
-  std::optional<data::Tokenizer> tok = qwen3();
-  if (!tok) GTEST_SKIP() << "Qwen3 tokenizer.json not on this machine (set DT_QWEN3_TOKENIZER)";
+  const data::Tokenizer tok = qwen3();
   const std::vector<int32_t> ids = {
       151644, 8948, 198, 2610, 525,    264, 10950,  17847,  13,     151645, 198,    151644, 872,
       198,    3838, 374, 220,  17,     10,  17,     30,     151645, 198,    151644, 77091,  198,
@@ -142,7 +135,7 @@ TEST(ChatTemplate, MultiTurnRealQwen3Tokenizer) {
       3039,   220,  18,  30,   151645, 198, 151644, 77091,  271,    16,     17,     11,     2474,
       220,    19,   856, 220,  18,     284, 220,    16,     17,     13,     151645, 198};
   data::FormatOptions opt;
-  Sample s = one(kConversation, opt, *tok);
+  Sample s = one(kConversation, opt, tok);
   expect_ids(s.input_ids, ids, "input_ids");
   std::vector<int32_t> want(ids.size(), data::kIgnoreIndex);
   for (size_t t = 26; t < 34; ++t) want[t] = ids[t];  // "2+2 = 4." <|im_end|>
