@@ -206,7 +206,18 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  std::ofstream metrics(cfg.out_dir + "/metrics.jsonl", std::ios::app);
+  // A fresh run starts a fresh metrics file; a resumed one appends (steps after the checkpoint
+  // it resumed from appear again).
+  std::ofstream metrics(cfg.out_dir + "/metrics.jsonl",
+                        resume_dir.empty() ? std::ios::trunc : std::ios::app);
+  if (resume_dir.empty()) {
+    // A fresh run must not leave an earlier run's checkpoints for a later --resume to pick up.
+    const auto old = complete_checkpoints(cfg.out_dir);
+    if (!old.empty())
+      std::fprintf(stderr, "train: starting fresh in %s: removing %zu checkpoint(s) of an earlier "
+                   "run (use --resume to continue it instead)\n", cfg.out_dir.c_str(), old.size());
+    for (const auto& e : old) fs::remove_all(e.path);
+  }
   const bool tty = ::isatty(STDERR_FILENO);
   TrainResult result;
   int64_t bad_steps = 0;
