@@ -3,6 +3,9 @@
 
 #include "core/error.h"
 #include "cpu/linear.h"
+#ifdef DT_HAVE_CUDA
+#include "cuda/linear.h"
+#endif
 
 namespace deltatron::ops {
 
@@ -12,7 +15,11 @@ void linear_fwd(core::Device dev, const float* x_NI, const float* W_OI, int64_t 
     case core::Device::cpu:
       return cpu::linear_fwd<float>(x_NI, W_OI, N, I, O, y_NO);
     case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::linear_fwd(cuda::DType::f32, x_NI, W_OI, N, I, O, y_NO);
+#else
       core::fail("linear_fwd: CUDA backend not built");
+#endif
   }
   core::fail("linear_fwd: unknown device");
 }
@@ -23,7 +30,12 @@ void linear_bwd(core::Device dev, const float* x_NI, const float* W_OI, const fl
     case core::Device::cpu:
       return cpu::linear_bwd<float>(x_NI, W_OI, dy_NO, N, I, O, dx_NI, accumulate_dx, dW_OI);
     case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::linear_bwd(cuda::DType::f32, x_NI, W_OI, dy_NO, N, I, O, dx_NI, accumulate_dx,
+                              dW_OI);
+#else
       core::fail("linear_bwd: CUDA backend not built");
+#endif
   }
   core::fail("linear_bwd: unknown device");
 }

@@ -1,0 +1,204 @@
+// CUDA linear layer through cuBLASLt, with matmul plans cached by shape and dtype (see linear.h).
+//
+// cuBLASLt is column-major; a row-major [R, C] matrix is a column-major [C, R] one with ld = C.
+// Each row-major product therefore becomes a column-major one with the operands swapped:
+//   fwd: y[N,O] = x W^T      col-major  y'[O,N] = op_T(W'[I,O]) . x'[I,N]      m=O n=N k=I
+//   dx:  dx[N,I] = dy W      col-major dx'[I,N] = W'[I,O] . dy'[O,N]           m=I n=N k=O
+//   dW:  dW[O,I] += dy^T x   col-major dW'[I,O] = x'[I,N] . op_T(dy'[O,N])     m=I n=O k=N
+// (X' is the column-major view of row-major X). beta = 0 overwrites, beta = 1 accumulates.
+// A plan (descriptors + the heuristic's algorithm) depends on the shapes, transposes, dtype,
+// beta and the pointers' alignment, so all of these form the cache key.
+#include "cuda/linear.h"
+
+#include <cublasLt.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/error.h"
+#include "cuda/device.h"
+
+#define DT_CUBLAS_CHECK(call)                                                   \
+  do {                                                                          \
+    cublasStatus_t dt_st_ = (call);                                             \
+    if (dt_st_ != CUBLAS_STATUS_SUCCESS)                                        \
+      ::deltatron::core::fail(__FILE__, ":", __LINE__, ": ", #call,             \
+                              " failed: ", cublasLtGetStatusName(dt_st_), " (", \
+                              cublasLtGetStatusString(dt_st_), ")");            \
+  } while (0)
+
+namespace deltatron::cuda {
+
+namespace {
+
+// 32 MiB: NVIDIA's recommended cuBLASLt workspace on Hopper.
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+struct PlanKey {
+  int64_t m, n, k, lda, ldb, ldc;
+  bool ta, tb, accumulate;
+  DType in;
+  int align_a, align_b, align_c;
+  auto tie() const {
+    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, accumulate, in, align_a, align_b, align_c);
+  }
+  bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
+};
+
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+// Process-wide handle, workspace and plan cache; plans live until exit.
+struct Context {
+  std::mutex mu;
+  cublasLtHandle_t handle = nullptr;
+  DeviceBuffer workspace;
+  std::map<PlanKey, Plan> plans;
+};
+
+Context& context() {
+  static Context* ctx = new Context();  // leaked on purpose: no teardown order issues at exit
+  return *ctx;
+}
+
+// Largest power of two (<= 256) dividing the address: cuBLASLt picks kernels by alignment.
+int alignment(const void* p) {
+  auto v = reinterpret_cast<uintptr_t>(p);
+  int a = 256;
+  while (a > 1 && v % a != 0) a /= 2;
+  return a;
+}
+
+cudaDataType_t cuda_type(DType t) { return t == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+const Plan& get_plan(Context& ctx, const PlanKey& key) {
+  auto it = ctx.plans.find(key);
+  if (it != ctx.plans.end()) return it->second;
+  Plan p;
+  DT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  DT_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  DT_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  // Stored (not op-applied) shapes: A is m x k (k x m when transposed), B is k x n (n x k).
+  const uint64_t a_rows = key.ta ? key.k : key.m, a_cols = key.ta ? key.m : key.k;
+  const uint64_t b_rows = key.tb ? key.n : key.k, b_cols = key.tb ? key.k : key.n;
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(key.in), a_rows, a_cols, key.lda));
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.in), b_rows, b_cols, key.ldb));
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, key.m, key.n, key.ldc));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  DT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  size_t ws = kWorkspaceBytes;
+  uint32_t al_a = key.align_a, al_b = key.align_b, al_c = key.align_c;
+  DT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  DT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  DT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  DT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  DT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, p.op, p.a, p.b, p.c, p.c, pref, 1,
+                                                     &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+    core::fail("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k,
+               key.in == DType::bf16 ? " bf16" : " f32", " (", cublasLtGetStatusName(st), ")");
+  }
+  p.algo = result.algo;
+  return ctx.plans.emplace(key, p).first->second;
+}
+
+// C (m x n, ld = m) = beta * C + op(A) op(B), column-major; see the table at the top.
+void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
+            const void* B, int64_t ldb, bool accumulate, float* C) {
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  if (!ctx.handle) {
+    DT_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
+    ctx.workspace = DeviceBuffer(kWorkspaceBytes, "cuBLASLt workspace");
+  }
+  PlanKey key{m,  n,          k,  lda,          ldb,          m,           ta,
+              tb, accumulate, in, alignment(A), alignment(B), alignment(C)};
+  const Plan& p = get_plan(ctx, key);
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
+                                 &p.algo, ctx.workspace.get(), kWorkspaceBytes, 0));
+}
+
+void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {
+  DT_CHECK(N >= 0 && I >= 0 && O >= 0, op, ": negative shape N=", N, " I=", I, " O=", O);
+}
+
+// A host pointer handed to the CUDA path is a caller bug that would otherwise surface later as
+// an asynchronous illegal-address error; refuse it here (also refuses every pointer when no
+// device is usable). nullptr passes (skipped outputs).
+void check_device_ptr(const char* op, const char* name, const void* p) {
+  if (!p) return;
+  cudaPointerAttributes attr{};
+  cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    core::fail(op, ": cannot inspect pointer ", name, ": ", cudaGetErrorName(err), " (",
+               cudaGetErrorString(err), ")");
+  }
+  DT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, op, ": ", name,
+           " is not device memory");
+}
+
+}  // namespace
+
+void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,
+                float* y_NO) {
+  check_dims("cuda::linear_fwd", N, I, O);
+  check_device_ptr("cuda::linear_fwd", "x_NI", x_NI);
+  check_device_ptr("cuda::linear_fwd", "W_OI", W_OI);
+  check_device_ptr("cuda::linear_fwd", "y_NO", y_NO);
+  if (N == 0 || O == 0) return;
+  if (I == 0) {
+    DT_CUDA_CHECK(cudaMemsetAsync(y_NO, 0, size_t(N * O) * sizeof(float), 0));
+    return;
+  }
+  matmul(in, true, false, O, N, I, W_OI, I, x_NI, I, false, y_NO);
+}
+
+void linear_bwd(DType in, const void* x_NI, const void* W_OI, const void* dy_NO, int64_t N,
+                int64_t I, int64_t O, float* dx_NI, bool accumulate_dx, float* dW_OI) {
+  check_dims("cuda::linear_bwd", N, I, O);
+  check_device_ptr("cuda::linear_bwd", "x_NI", x_NI);
+  check_device_ptr("cuda::linear_bwd", "W_OI", W_OI);
+  check_device_ptr("cuda::linear_bwd", "dy_NO", dy_NO);
+  check_device_ptr("cuda::linear_bwd", "dx_NI", dx_NI);
+  check_device_ptr("cuda::linear_bwd", "dW_OI", dW_OI);
+  if (dx_NI && N > 0 && I > 0) {
+    if (O > 0)
+      matmul(in, false, false, I, N, O, W_OI, I, dy_NO, O, accumulate_dx, dx_NI);
+    else if (!accumulate_dx)
+      DT_CUDA_CHECK(cudaMemsetAsync(dx_NI, 0, size_t(N * I) * sizeof(float), 0));
+  }
+  if (dW_OI && O > 0 && I > 0 && N > 0)
+    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, true, dW_OI);
+}
+
+int64_t linear_plan_count() {
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  return int64_t(ctx.plans.size());
+}
+
+}  // namespace deltatron::cuda

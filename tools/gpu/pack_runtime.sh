@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Bundles the GPU tests of a build, and the shared libraries the GPU machine lacks, into
+# BUILD/runtime/ so they run there with tools/gpu/run_gpu_tests.sh BUILD/runtime.
+#
+# Usage (on the build machine, after building): tools/gpu/pack_runtime.sh [BUILD_DIR]  (default:
+# build). Makes BUILD/runtime/ with
+#   lib/                 every library ldd resolves for the gpu tests and deltatron, except the
+#                        C/C++ runtime every Linux has (glibc, libstdc++, libgcc_s) and the CUDA
+#                        driver and toolkit libraries (on the GPU machine in /usr/local/cuda/lib64)
+#   test_* (gpu tests)   copies of the executables listed in BUILD/gpu_tests.txt
+#   CTestTestfile.cmake  those tests with label gpu and relative paths (the folder can move)
+set -euo pipefail
+build=${1:-build}
+[[ -f $build/gpu_tests.txt ]] ||
+  { echo "pack_runtime: no $build/gpu_tests.txt (build with DT_CUDA=ON first)" >&2; exit 1; }
+out=$build/runtime
+rm -rf "$out"
+mkdir -p "$out/lib"
+bins=()
+[[ -x $build/deltatron ]] && bins+=("$build/deltatron")
+: >"$out/CTestTestfile.cmake"
+while read -r t; do
+  [[ -n $t ]] || continue
+  [[ -x $build/$t ]] || { echo "pack_runtime: $build/$t not built" >&2; exit 1; }
+  cp -f "$build/$t" "$out/$t"
+  bins+=("$build/$t")
+  printf 'add_test(%s "./%s")\nset_tests_properties(%s PROPERTIES LABELS "gpu" RUN_SERIAL ON)\n' \
+    "$t" "$t" "$t" >>"$out/CTestTestfile.cmake"
+done <"$build/gpu_tests.txt"
+skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s)\.so'
+skip_cuda='^(libcuda|libcudart|libcublas|libcublasLt|libnvidia-|libnvrtc|libnvJitLink)\.so'
+ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
+  while read -r name path; do
+    if [[ $name =~ $skip || $name =~ $skip_cuda ]]; then continue; fi
+    cp -L -f "$path" "$out/lib/$name"
+    echo "packed $name <- $path"
+  done
+du -sh "$out"
