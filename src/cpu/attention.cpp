@@ -91,31 +91,16 @@ int64_t max_segment(core::Segments seg) {
   return m;
 }
 
-// Query-row blocks of every (segment, head); cost ~ rows * visible keys.
-std::vector<Item> query_items(core::Segments seg, int64_t heads) {
+// Row blocks of every (segment, head), heaviest first. Query blocks (by_keys = false) cost
+// ~ rows * visible keys; key blocks (by_keys = true) cost ~ rows * queries that see them.
+std::vector<Item> row_items(core::Segments seg, int64_t heads, bool by_keys) {
   std::vector<Item> items;
   for (int s = 0; s < seg.n; ++s) {
     const int64_t a = seg.cu[s], L = seg.cu[s + 1] - a;
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t r0 = 0; r0 < L; r0 += kBlock) {
         const int64_t r1 = std::min(L, r0 + kBlock);
-        items.push_back({a, L, h, r0, r1, double(r1 - r0) * double(r1)});
-      }
-  }
-  std::stable_sort(items.begin(), items.end(),
-                   [](const Item& x, const Item& y) { return x.cost > y.cost; });
-  return items;
-}
-
-// Key-row blocks of every (segment, kv head); cost ~ rows * queries that see them.
-std::vector<Item> key_items(core::Segments seg, int64_t heads) {
-  std::vector<Item> items;
-  for (int s = 0; s < seg.n; ++s) {
-    const int64_t a = seg.cu[s], L = seg.cu[s + 1] - a;
-    for (int64_t j = 0; j < heads; ++j)
-      for (int64_t r0 = 0; r0 < L; r0 += kBlock) {
-        const int64_t r1 = std::min(L, r0 + kBlock);
-        items.push_back({a, L, j, r0, r1, double(r1 - r0) * double(L - r0)});
+        items.push_back({a, L, h, r0, r1, double(r1 - r0) * double(by_keys ? L - r0 : r1)});
       }
   }
   std::stable_sort(items.begin(), items.end(),
@@ -144,7 +129,7 @@ void attention_fwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, core::Segment
                    int64_t H, int64_t J, int64_t K, T scale, T* o_NHK, T* lse_NH) {
   check_args("attention_fwd", seg, N, H, J, K);
   const int64_t G = H / J, Lmax = max_segment(seg);
-  const auto items = query_items(seg, H);
+  const auto items = row_items(seg, H, false);
   run_items<T>(items, size_t(kBlock * Lmax), [&](const Item& it, T* S) {
     const int64_t a = it.a, h = it.head, j = h / G, r0 = it.r0;
     const int64_t nq = it.r1 - r0, nk = it.r1;  // rows r0..r1-1 see keys 0..r1-1
@@ -191,7 +176,7 @@ void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NH
   }
 
   // Pass 1, dQ: a block of query rows against the keys it sees.
-  const auto qitems = query_items(seg, H);
+  const auto qitems = row_items(seg, H, false);
   run_items<T>(qitems, size_t(2 * kBlock * Lmax), [&](const Item& it, T* buf) {
     const int64_t a = it.a, h = it.head, j = h / G, r0 = it.r0;
     const int64_t nq = it.r1 - r0, nk = it.r1;
@@ -214,7 +199,7 @@ void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NH
   });
 
   // Pass 2, dK and dV: a block of key rows against the queries (of all G heads) that see it.
-  const auto kitems = key_items(seg, J);
+  const auto kitems = row_items(seg, J, true);
   run_items<T>(kitems, size_t(2 * kBlock * Lmax + 2 * Lmax), [&](const Item& it, T* buf) {
     const int64_t a = it.a, j = it.head, c0 = it.r0;
     const int64_t nk = it.r1 - c0, nq = it.L - c0;  // queries c0..L-1 can see keys c0..r1-1

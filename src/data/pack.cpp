@@ -64,13 +64,13 @@ std::vector<int32_t> roll_within_segments(const std::vector<int32_t>& values,
   return out;
 }
 
-std::vector<std::vector<int64_t>> group_in_order(const std::vector<Sample>& samples,
+std::vector<std::vector<int64_t>> group_in_order(const std::vector<int64_t>& lengths,
                                                  int64_t budget, int64_t align) {
   DT_CHECK(budget >= 1, "pack token budget must be >= 1, got ", budget);
   std::vector<std::vector<int64_t>> groups;
   int64_t used = 0;
-  for (int64_t i = 0; i < static_cast<int64_t>(samples.size()); ++i) {
-    const int64_t span = round_up(static_cast<int64_t>(samples[i].input_ids.size()), align);
+  for (int64_t i = 0; i < static_cast<int64_t>(lengths.size()); ++i) {
+    const int64_t span = round_up(lengths[i], align);
     if (groups.empty() || used + span > budget) {
       groups.emplace_back();
       used = 0;

@@ -48,9 +48,10 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
 std::vector<int32_t> roll_within_segments(const std::vector<int32_t>& values,
                                           const std::vector<int32_t>& cu, int32_t fill);
 
-// Greedy in-order grouping for scoring: consecutive samples share a pack while the padded
-// total stays <= budget; a sample longer than the budget gets a pack of its own.
-std::vector<std::vector<int64_t>> group_in_order(const std::vector<Sample>& samples,
+// Greedy in-order grouping: consecutive items share a pack while the total of their lengths,
+// each rounded up to a multiple of align, stays <= budget; an item longer than the budget gets
+// a pack of its own. Returns positions into `lengths`.
+std::vector<std::vector<int64_t>> group_in_order(const std::vector<int64_t>& lengths,
                                                  int64_t budget, int64_t align = 1);
 
 }  // namespace deltatron::data

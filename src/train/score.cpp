@@ -20,7 +20,9 @@ namespace {
 std::vector<data::Pack> make_packs(const std::vector<data::Sample>& samples,
                                    const ScoreOptions& opt) {
   std::vector<data::Pack> packs;
-  for (const auto& group : data::group_in_order(samples, opt.pack_tokens, opt.pad_multiple)) {
+  std::vector<int64_t> lengths;
+  for (const auto& s : samples) lengths.push_back(static_cast<int64_t>(s.input_ids.size()));
+  for (const auto& group : data::group_in_order(lengths, opt.pack_tokens, opt.pad_multiple)) {
     std::vector<const data::Sample*> members;
     for (int64_t i : group) members.push_back(&samples[i]);
     packs.push_back(data::make_pack(members, group, opt.pad_multiple));

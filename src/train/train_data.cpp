@@ -76,18 +76,13 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
 
 std::vector<std::vector<int64_t>> eval_batches(const TrainData& d, int64_t budget,
                                                int64_t divisible_by) {
-  std::vector<std::vector<int64_t>> out;
-  int64_t used = 0;
+  // Eval samples longer than a micro-batch are truncated to it (make_dataset_pack's max_len).
   const data::Dataset& ds = d.eval_set ? *d.eval_set : *d.train_set;
-  for (int64_t i : d.eval_index) {
-    const int64_t span = data::padded_length(ds.length(i), budget, divisible_by, true);
-    if (out.empty() || used + span > budget) {
-      out.emplace_back();
-      used = 0;
-    }
-    out.back().push_back(i);
-    used += span;
-  }
+  std::vector<int64_t> lengths;
+  for (int64_t i : d.eval_index) lengths.push_back(std::min(ds.length(i), budget));
+  std::vector<std::vector<int64_t>> out = data::group_in_order(lengths, budget, divisible_by);
+  for (auto& batch : out)
+    for (auto& pos : batch) pos = d.eval_index[pos];
   return out;
 }
 
