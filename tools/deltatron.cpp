@@ -13,17 +13,33 @@
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
 #include "io/file_util.h"
+#ifdef DT_HAVE_CUDA
+#include "gpu/bench.h"
+#endif
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 using namespace deltatron;
+
+#ifdef DT_HAVE_CUDA
+using BenchArgs = gpu::BenchOptions;
+#else
+// Same fields as gpu::BenchOptions, so the command line parses the same without CUDA.
+struct BenchArgs {
+  std::string preset = "2b";
+  int64_t layers = 0, micro_batch_tokens = 8192, warmup = 3, steps = 10;
+  std::string precision = "bf16";
+  bool mtp = false;
+  uint64_t seed = 1;
+  std::string lengths_out, json_out;
+};
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"deltatron: train and fine-tune Qwen3.5 models"};
   app.require_subcommand(1);
 
   train::ScoreOptions score;
-  std::string device = "cpu";
   CLI::App* sc = app.add_subcommand(
       "score", "Score a tokenised dataset: per-sample summed cross-entropy, optional gradients");
   sc->add_option("--model", score.model_dir, "Hugging Face checkpoint directory")->required();
@@ -38,8 +54,11 @@ int main(int argc, char** argv) {
   sc->add_option("--pad-multiple", score.pad_multiple,
                  "pad every sample in a pack to a multiple of this many tokens (default 1)")
       ->check(CLI::PositiveNumber);
-  sc->add_option("--device", device, "cpu (cuda arrives with the CUDA backend)")
-      ->check(CLI::IsMember({"cpu"}));
+  sc->add_option("--device", score.device, "cpu (default) or cuda (one Hopper GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  sc->add_option("--precision", score.precision,
+                 "cuda: bf16 (default; fp32 master weights and accumulation) or fp32 (debug)")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
   sc->add_option("--mtp-scale", score.mtp_scale,
                  "weight of the MTP loss in the gradient objective (default 0.1)");
   sc->add_flag("--ignore-mtp", score.ignore_mtp,
@@ -100,6 +119,24 @@ int main(int argc, char** argv) {
   bool gen_fixed = false;
   gd->add_flag("--fixed-width", gen_fixed, "zero-pad operands and sums to a fixed width");
 
+  BenchArgs bench;
+  CLI::App* bn = app.add_subcommand(
+      "bench", "Training-step throughput of a preset on one GPU (packed SFT-like batches)");
+  bn->add_option("--preset", bench.preset, "model preset (default 2b)");
+  bn->add_option("--layers", bench.layers, "override the number of layers (e.g. 8 for 35b-a3b)")
+      ->check(CLI::PositiveNumber);
+  bn->add_option("--tokens", bench.micro_batch_tokens, "tokens per micro-batch (default 8192)")
+      ->check(CLI::PositiveNumber);
+  bn->add_option("--warmup", bench.warmup, "untimed steps (default 3)")->check(CLI::NonNegativeNumber);
+  bn->add_option("--steps", bench.steps, "timed steps (default 10)")->check(CLI::PositiveNumber);
+  bn->add_option("--precision", bench.precision, "bf16 (default) or fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
+  bn->add_flag("--mtp", bench.mtp, "keep the preset's MTP head");
+  bn->add_option("--seed", bench.seed, "seed of lengths, tokens and weights (default 1)");
+  bn->add_option("--lengths-out", bench.lengths_out,
+                 "write the sample lengths of every step (JSON, for tools/bench/peer_hf.py)");
+  bn->add_option("--json", bench.json_out, "write the results as JSON");
+
   std::string tk_tokenizer, tk_in, tk_out;
   CLI::App* tk = app.add_subcommand(
       "tokenize", "Encode JSON strings (one per line) to space-separated ids, one line each");
@@ -120,6 +157,14 @@ int main(int argc, char** argv) {
       train::run_score(score);
     }
     if (cv->parsed()) train::run_convert(conv);
+    if (bn->parsed()) {
+#ifdef DT_HAVE_CUDA
+      gpu::run_bench(bench);
+#else
+      core::fail("bench needs the CUDA backend; this build has none (configure with nvcc "
+                 "available and -DDT_CUDA=ON)");
+#endif
+    }
     if (in->parsed()) train::run_init(init);
     if (tk->parsed()) {
       const data::Tokenizer tok = data::Tokenizer::load(tk_tokenizer);

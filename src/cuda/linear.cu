@@ -38,10 +38,10 @@ constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 struct PlanKey {
   int64_t m, n, k, lda, ldb, ldc;
   bool ta, tb, accumulate;
-  DType in;
+  DType in, out;
   int align_a, align_b, align_c;
   auto tie() const {
-    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, accumulate, in, align_a, align_b, align_c);
+    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, accumulate, in, out, align_a, align_b, align_c);
   }
   bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
 };
@@ -91,7 +91,7 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
   const uint64_t b_rows = key.tb ? key.n : key.k, b_cols = key.tb ? key.k : key.n;
   DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(key.in), a_rows, a_cols, key.lda));
   DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.in), b_rows, b_cols, key.ldb));
-  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, key.m, key.n, key.ldc));
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(key.out), key.m, key.n, key.ldc));
 
   cublasLtMatmulPreference_t pref = nullptr;
   DT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -118,7 +118,7 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
     cublasLtMatrixLayoutDestroy(p.c);
     cublasLtMatmulDescDestroy(p.op);
     core::fail("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k,
-               key.in == DType::bf16 ? " bf16" : " f32", " (", cublasLtGetStatusName(st), ")");
+               " in ", dtype_name(key.in), " out ", dtype_name(key.out), " (", cublasLtGetStatusName(st), ")");
   }
   p.algo = result.algo;
   return ctx.plans.emplace(key, p).first->second;
@@ -126,15 +126,15 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
 
 // C (m x n, ld = m) = beta * C + op(A) op(B), column-major; see the table at the top.
 void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
-            const void* B, int64_t ldb, bool accumulate, float* C) {
+            const void* B, int64_t ldb, bool accumulate, DType out, void* C) {
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   if (!ctx.handle) {
     DT_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
     ctx.workspace = DeviceBuffer(kWorkspaceBytes, "cuBLASLt workspace");
   }
-  PlanKey key{m,  n,          k,  lda,          ldb,          m,           ta,
-              tb, accumulate, in, alignment(A), alignment(B), alignment(C)};
+  PlanKey key{m,  n,          k,  lda, ldb,          m,            ta,
+              tb, accumulate, in, out, alignment(A), alignment(B), alignment(C)};
   const Plan& p = get_plan(ctx, key);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
@@ -164,35 +164,52 @@ void check_device_ptr(const char* op, const char* name, const void* p) {
 }  // namespace
 
 void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,
-                float* y_NO) {
+                DType out, void* y_NO, bool accumulate) {
   check_dims("cuda::linear_fwd", N, I, O);
   check_device_ptr("cuda::linear_fwd", "x_NI", x_NI);
   check_device_ptr("cuda::linear_fwd", "W_OI", W_OI);
   check_device_ptr("cuda::linear_fwd", "y_NO", y_NO);
   if (N == 0 || O == 0) return;
   if (I == 0) {
-    DT_CUDA_CHECK(cudaMemsetAsync(y_NO, 0, size_t(N * O) * sizeof(float), 0));
+    if (!accumulate) DT_CUDA_CHECK(cudaMemsetAsync(y_NO, 0, size_t(N * O) * dtype_size(out), 0));
     return;
   }
-  matmul(in, true, false, O, N, I, W_OI, I, x_NI, I, false, y_NO);
+  matmul(in, true, false, O, N, I, W_OI, I, x_NI, I, accumulate, out, y_NO);
+}
+
+void linear_bwd_dx(DType in, const void* dy_NO, const void* W_OI, int64_t N, int64_t I, int64_t O,
+                   DType out, void* dx_NI, bool accumulate) {
+  check_dims("cuda::linear_bwd_dx", N, I, O);
+  check_device_ptr("cuda::linear_bwd_dx", "dy_NO", dy_NO);
+  check_device_ptr("cuda::linear_bwd_dx", "W_OI", W_OI);
+  check_device_ptr("cuda::linear_bwd_dx", "dx_NI", dx_NI);
+  if (!dx_NI || N == 0 || I == 0) return;
+  if (O > 0)
+    matmul(in, false, false, I, N, O, W_OI, I, dy_NO, O, accumulate, out, dx_NI);
+  else if (!accumulate)
+    DT_CUDA_CHECK(cudaMemsetAsync(dx_NI, 0, size_t(N * I) * dtype_size(out), 0));
+}
+
+void linear_bwd_dw(DType in, const void* x_NI, const void* dy_NO, int64_t N, int64_t I, int64_t O,
+                   float* dW_OI) {
+  check_dims("cuda::linear_bwd_dw", N, I, O);
+  check_device_ptr("cuda::linear_bwd_dw", "x_NI", x_NI);
+  check_device_ptr("cuda::linear_bwd_dw", "dy_NO", dy_NO);
+  check_device_ptr("cuda::linear_bwd_dw", "dW_OI", dW_OI);
+  if (dW_OI && O > 0 && I > 0 && N > 0)
+    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, true, DType::f32, dW_OI);
+}
+
+void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,
+                float* y_NO) {
+  linear_fwd(in, x_NI, W_OI, N, I, O, DType::f32, y_NO, false);
 }
 
 void linear_bwd(DType in, const void* x_NI, const void* W_OI, const void* dy_NO, int64_t N,
                 int64_t I, int64_t O, float* dx_NI, bool accumulate_dx, float* dW_OI) {
-  check_dims("cuda::linear_bwd", N, I, O);
-  check_device_ptr("cuda::linear_bwd", "x_NI", x_NI);
   check_device_ptr("cuda::linear_bwd", "W_OI", W_OI);
-  check_device_ptr("cuda::linear_bwd", "dy_NO", dy_NO);
-  check_device_ptr("cuda::linear_bwd", "dx_NI", dx_NI);
-  check_device_ptr("cuda::linear_bwd", "dW_OI", dW_OI);
-  if (dx_NI && N > 0 && I > 0) {
-    if (O > 0)
-      matmul(in, false, false, I, N, O, W_OI, I, dy_NO, O, accumulate_dx, dx_NI);
-    else if (!accumulate_dx)
-      DT_CUDA_CHECK(cudaMemsetAsync(dx_NI, 0, size_t(N * I) * sizeof(float), 0));
-  }
-  if (dW_OI && O > 0 && I > 0 && N > 0)
-    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, true, dW_OI);
+  linear_bwd_dx(in, dy_NO, W_OI, N, I, O, DType::f32, dx_NI, accumulate_dx);
+  linear_bwd_dw(in, x_NI, dy_NO, N, I, O, dW_OI);
 }
 
 int64_t linear_plan_count() {

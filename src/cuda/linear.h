@@ -1,16 +1,29 @@
 // CUDA (cuBLASLt) bias-free linear layer: the contract is ops/linear.h; pointers are device memory.
 //
 // Shape suffixes: N tokens, I input features, O output features; row-major, W stored [O, I].
-// Inputs (x, W, dy) are float32 or bfloat16 (`in`); outputs (y, dx, dW) are float32. Products
-// accumulate in float32 (CUBLAS_COMPUTE_32F: no TF32, so float32 inputs give float32 results).
+// Inputs (x, W, dy) are float32 or bfloat16 (`in`); y and dx are stored in `out` (float32 or
+// bfloat16), dW is float32. Products accumulate in float32 (CUBLAS_COMPUTE_32F: no TF32, so
+// float32 inputs give float32 results).
 // Work is queued on the legacy default stream and is asynchronous to the host.
 #pragma once
 
 #include <cstdint>
 
+#include "cuda/dtype.h"
+
 namespace deltatron::cuda {
 
-enum class DType { f32, bf16 };
+// y_NO (= or += when accumulate) x_NI W_OI^T; y stored in `out`.
+void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,
+                DType out, void* y_NO, bool accumulate);
+// dx_NI (= or += when accumulate) dy_NO W_OI; dx stored in `out`.
+void linear_bwd_dx(DType in, const void* dy_NO, const void* W_OI, int64_t N, int64_t I, int64_t O,
+                   DType out, void* dx_NI, bool accumulate);
+// dW_OI += dy_NO^T x_NI (float32).
+void linear_bwd_dw(DType in, const void* x_NI, const void* dy_NO, int64_t N, int64_t I, int64_t O,
+                   float* dW_OI);
+
+// The float32-output forms used by ops/linear.cpp:
 
 // y_NO = x_NI W_OI^T, overwritten.
 void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,

@@ -12,6 +12,7 @@
 #include "io/hf_layout.h"
 #include "io/output_check.h"
 #include "model/model.h"
+#include "train/engine.h"
 
 namespace deltatron::train {
 
@@ -37,10 +38,11 @@ void run_score(const ScoreOptions& opt) {
   if (!opt.grad_out.empty()) io::check_writable_parent(opt.grad_out);
   io::LoadOptions load_opt;
   load_opt.ignore_mtp = opt.ignore_mtp;
-  const io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);
+  io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);
   const model::Config& c = ck.config;
   const std::vector<data::Sample> samples = data::read_token_jsonl(opt.data_path, c.vocab_size);
   const std::vector<data::Pack> packs = make_packs(samples, opt);
+  const auto engine = make_engine(opt.device, opt.precision, c, ck.params);
 
   model::ModelOptions mopt;
   mopt.mtp_ce_scale = static_cast<float>(opt.mtp_scale);
@@ -48,12 +50,12 @@ void run_score(const ScoreOptions& opt) {
   model::GlobalRouterCounts global;
   if (c.is_moe() && opt.router.aux_coef != 0.0 &&
       opt.router.aux_type == model::AuxLossType::global) {
-    for (const auto& pack : packs) model::model_count_routes(opt.device, c, ck.params, pack, global);
+    for (const auto& pack : packs) engine->count_routes(pack, global);
     mopt.global_counts = &global;
   }
 
-  model::TensorMap grads;
-  if (!opt.grad_out.empty()) grads = model::zeros_like(ck.params);
+  const bool with_grads = !opt.grad_out.empty();
+  if (with_grads) engine->zero_grads();
   const size_t S = samples.size();
   std::vector<double> loss_sum(S, 0.0), mtp_loss_sum(S, 0.0);
   std::vector<int64_t> n_tokens(S, 0), mtp_n_tokens(S, 0);
@@ -61,8 +63,7 @@ void run_score(const ScoreOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   size_t done = 0;
   for (const auto& pack : packs) {
-    const model::PackLoss r = model::model_fwd_bwd(
-        opt.device, c, ck.params, pack, opt.grad_out.empty() ? nullptr : &grads, mopt);
+    const model::PackLoss r = engine->fwd_bwd(pack, with_grads, mopt);
     for (int s = 0; s < pack.num_samples(); ++s) {
       const int64_t i = pack.sample_index[s];
       loss_sum[i] = r.loss_sum[s];
@@ -91,8 +92,11 @@ void run_score(const ScoreOptions& opt) {
     }
     out += j.dump() + "\n";
   }
-  if (!opt.grad_out.empty())
+  if (with_grads) {
+    model::TensorMap grads = model::zeros_like(ck.params);
+    engine->grads_to_host(grads);
     io::save_tensors_f32(opt.grad_out, io::to_checkpoint_names(ck, grads));
+  }
   io::write_file_atomic(opt.output_path, out);
 }
 

@@ -19,7 +19,8 @@ struct ScoreOptions {
   double mtp_scale = 0.1;      // weight of the MTP loss in the gradient objective
   model::RouterLossOptions router;  // off by default (coefficients 0)
   bool ignore_mtp = false;     // score a checkpoint whose config declares MTP without using it
-  core::Device device = core::Device::cpu;
+  std::string device = "cpu";     // cpu | cuda
+  std::string precision = "bf16";  // cuda: bf16 | fp32 (debug mode of the same kernels)
   bool quiet = false;
 };
 

@@ -83,6 +83,8 @@ const std::map<std::string, Setter>& setters() {
       {"training.z_loss_coef", set(&TrainConfig::z_loss_coef)},
       {"training.answer_accuracy", set(&TrainConfig::answer_accuracy)},
       {"training.save_dtype", set(&TrainConfig::save_dtype)},
+      {"training.device", set(&TrainConfig::device)},
+      {"training.precision", set(&TrainConfig::precision)},
   };
   return s;
 }
@@ -147,6 +149,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
            ": set exactly one of model.path and model.preset");
   DT_CHECK(!c.train_path.empty(), path, ": data.train is required");
   DT_CHECK(!c.out_dir.empty(), path, ": training.out_dir is required");
+  DT_CHECK(c.device == "cpu" || c.device == "cuda", path, ": training.device must be cpu or cuda, got '",
+           c.device, "'");
+  DT_CHECK(c.precision == "bf16" || c.precision == "fp32", path,
+           ": training.precision must be bf16 or fp32, got '", c.precision, "'");
   DT_CHECK(c.steps > 0, path, ": training.steps must be positive");
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");

@@ -49,6 +49,8 @@ struct TrainConfig {
   double z_loss_coef = 0.0;
   bool answer_accuracy = true;  // report exact-match accuracy of held-out label spans
   std::string save_dtype = "";  // "" = the dtypes of the loaded checkpoint (F32 for presets)
+  std::string device = "cpu";      // cpu | cuda
+  std::string precision = "bf16";  // cuda only: bf16 (activations, compute copies) | fp32 (debug)
 
   std::string source;  // the config file, for messages
 };

@@ -3,6 +3,7 @@
 // log / eval / checkpoint; SIGINT and SIGTERM finish the step, save and stop.
 #include "train/trainer.h"
 
+
 #include <unistd.h>
 
 #include <atomic>
@@ -19,6 +20,7 @@
 #include "model/init.h"
 #include "model/model.h"
 #include "train/checkpoint_dir.h"
+#include "train/engine.h"
 #include "train/objective.h"
 #include "train/optimizer.h"
 #include "train/presets.h"
@@ -78,8 +80,7 @@ struct EvalResult {
   int64_t samples = 0;
 };
 
-EvalResult evaluate(const TrainConfig& cfg, const model::Config& c, const model::TensorMap& p,
-                    const TrainData& d) {
+EvalResult evaluate(const TrainConfig& cfg, Engine& engine, const TrainData& d) {
   EvalResult r;
   if (d.eval_index.empty()) return r;
   const data::Dataset& ds = d.eval_set ? *d.eval_set : *d.train_set;
@@ -90,7 +91,7 @@ EvalResult evaluate(const TrainConfig& cfg, const model::Config& c, const model:
   for (const auto& batch : eval_batches(d, cfg.micro_batch_tokens, cfg.divisible_by)) {
     const data::Pack pack = data::make_dataset_pack(ds, batch, cfg.divisible_by,
                                                     cfg.micro_batch_tokens);
-    const model::PackLoss l = model::model_fwd_bwd(core::Device::cpu, c, p, pack, nullptr, o);
+    const model::PackLoss l = engine.fwd_bwd(pack, false, o);
     for (int s = 0; s < pack.num_samples(); ++s) {
       loss += l.loss_sum[s];
       tokens += l.n_tokens[s];
@@ -191,6 +192,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     std::fprintf(stderr, "train: resumed from %s at step %lld\n", resume_dir.c_str(),
                  static_cast<long long>(st.step));
   }
+  const auto engine = make_engine(cfg.device, cfg.precision, c, ck.params, &opt);
   data::PackingOptions po;
   po.budget = cfg.micro_batch_tokens;
   po.divisible_by = cfg.divisible_by;
@@ -241,10 +243,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     running.step_tokens = double(n.real_tokens);
     mo.running_counts = &running;
 
-    model::TensorMap grads = model::zeros_like(ck.params);
+    engine->zero_grads();
     double ce = 0, mtp = 0, router = 0;
     for (const auto& pack : packs) {
-      const model::PackLoss l = model::model_fwd_bwd(core::Device::cpu, c, ck.params, pack, &grads, mo);
+      const model::PackLoss l = engine->fwd_bwd(pack, true, mo);
       for (double x : l.loss_sum) ce += x;
       for (double x : l.mtp_loss_sum) mtp += x;
       router += l.router_loss;
@@ -252,11 +254,11 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     tokens_seen += n.real_tokens;  // real (non-padding) tokens
     const double loss = ce / double(std::max<int64_t>(1, n.label_tokens));
     const double mtp_loss = mtp / double(std::max<int64_t>(1, n.mtp_tokens));
-    const double gnorm = clip_grad_norm(grads, cfg.grad_clip);
+    const double gnorm = engine->clip(cfg.grad_clip);
     const double lr = learning_rate(so, st.step);
     const bool finite = std::isfinite(loss) && std::isfinite(gnorm) && std::isfinite(router);
     if (finite) {
-      opt.step(ck.params, grads, lr);
+      engine->step(opt, lr);
     } else {
       ++bad_steps;
       std::fprintf(stderr, "\ntrain: step %lld has a non-finite loss or gradient; skipped (%lld/%lld)\n",
@@ -295,7 +297,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     // Evaluate, checkpoint, stop on a signal.
     const bool last = st.step == cfg.steps, stop = g_stop_signal != 0;
     if ((cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last) {
-      const EvalResult e = evaluate(cfg, c, ck.params, d);
+      const EvalResult e = evaluate(cfg, *engine, d);
       if (e.samples > 0) {
         std::fprintf(stderr, "%seval at step %lld: loss %.4f, exact-match accuracy %.1f%% (%lld samples)\n",
                      tty ? "\n" : "", static_cast<long long>(st.step), e.loss, 100 * e.accuracy,
@@ -308,7 +310,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
       }
     }
     if ((cfg.save_every > 0 && st.step % cfg.save_every == 0) || last || stop)
+    {
+      engine->sync_to_host(ck.params, opt);
       save(cfg, ck, st, opt, tok_files);
+    }
     if (stop && !last) {
       std::fprintf(stderr, "train: stopped by signal %d after step %lld; resume with --resume\n",
                    int(g_stop_signal), static_cast<long long>(st.step));

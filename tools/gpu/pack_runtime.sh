@@ -7,8 +7,10 @@
 #   lib/                 every library ldd resolves for the gpu tests and deltatron, except the
 #                        C/C++ runtime every Linux has (glibc, libstdc++, libgcc_s) and the CUDA
 #                        driver and toolkit libraries (on the GPU machine in /usr/local/cuda/lib64)
+#   deltatron            the CLI (bench, score/train --device cuda)
 #   test_* (gpu tests)   copies of the executables listed in BUILD/gpu_tests.txt
 #   CTestTestfile.cmake  those tests with label gpu and relative paths (the folder can move)
+# and BUILD/runtime.tar.xz, the same folder compressed (what travels to the GPU machine).
 set -euo pipefail
 build=${1:-build}
 [[ -f $build/gpu_tests.txt ]] ||
@@ -17,7 +19,7 @@ out=$build/runtime
 rm -rf "$out"
 mkdir -p "$out/lib"
 bins=()
-[[ -x $build/deltatron ]] && bins+=("$build/deltatron")
+if [[ -x $build/deltatron ]]; then cp -f "$build/deltatron" "$out/deltatron"; bins+=("$build/deltatron"); fi
 : >"$out/CTestTestfile.cmake"
 while read -r t; do
   [[ -n $t ]] || continue
@@ -35,4 +37,8 @@ ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
     cp -L -f "$path" "$out/lib/$name"
     echo "packed $name <- $path"
   done
-du -sh "$out"
+strip "$out"/test_* "$out"/deltatron 2>/dev/null || true
+# The GPU machine receives at most 64 MiB per call: also pack the folder as BUILD/runtime.tar.xz
+# (carry that; tools/gpu/run_all.sh unpacks it).
+tar -C "$build" -cf - runtime | xz -T0 -6 >"$build/runtime.tar.xz"
+du -sh "$out" "$build/runtime.tar.xz"

@@ -1,0 +1,274 @@
+// CUDA AdamW step and deterministic sum of squares over tables of tensors (see adamw.h).
+//
+// Both kernels take their tensor table as a kernel parameter (a struct of at most kMaxAdamW /
+// kMaxNorm tensors, under the classic 4 KiB parameter limit) with a prefix of per-tensor block
+// counts: block b belongs to the tensor k with start[k] <= b < start[k+1] (binary search) and
+// owns a fixed chunk of that tensor. Larger tables are split into several launches.
+//
+// AdamW: a block of 256 threads owns kAdamChunk = 2048 consecutive elements; thread j updates
+// elements j, j+256, ... (coalesced), loading all 8 before computing so that each thread keeps
+// 32 loads in flight. The element arithmetic uses __fmul_rn/__fadd_rn/__fdiv_rn/__fsqrt_rn so
+// nvcc cannot contract a*b+c into an FMA: each operation rounds as the CPU's does.
+//
+// Sum of squares: a block of 256 threads owns kNormChunk = 65536 consecutive elements of one
+// tensor; thread j sums x^2 in fp64 over elements j, j+256, ... in order (loading 16 ahead; the
+// zeros padding a short last batch add exactly nothing), then a shuffle tree
+// (fixed pairing) and a fixed combine of the 8 warp sums give the block's partial, written to
+// partial[b]. A second kernel (one block of 1024 threads) sums the partials the same way. No
+// atomics: the result depends only on the element counts and values.
+#include "cuda/adamw.h"
+
+#include <vector>
+
+#include "core/error.h"
+#include "cuda/kernel_util.cuh"
+
+namespace deltatron::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kAdamPerThread = 8;
+constexpr int64_t kAdamChunk = int64_t(kThreads) * kAdamPerThread;  // 2048
+constexpr int64_t kNormChunk = 65536;
+constexpr int kNormBatch = 16;
+constexpr int kMaxAdamW = 48;  // 48 x (5 pointers + n + decay + start) ~ 2.7 KiB of parameters
+constexpr int kMaxNorm = 128;  // 128 x (pointer + n + start) ~ 2.6 KiB
+constexpr int kFinalThreads = 1024;
+
+struct AdamWScalars {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, grad_scale;
+};
+
+struct AdamWTable {
+  int count;
+  int start[kMaxAdamW + 1];  // block prefix
+  float* master[kMaxAdamW];
+  float* m[kMaxAdamW];
+  float* v[kMaxAdamW];
+  const float* grad[kMaxAdamW];
+  void* copy[kMaxAdamW];
+  int64_t n[kMaxAdamW];
+  float decay[kMaxAdamW];
+};
+
+struct NormTable {
+  int count;
+  int start[kMaxNorm + 1];
+  const float* x[kMaxNorm];
+  int64_t n[kMaxNorm];
+};
+
+// k with start[k] <= b < start[k+1], start[0] = 0, k in [0, count).
+__device__ __forceinline__ int table_index(const int* start, int count, int b) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (start[mid] <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) adamw_kernel(const __grid_constant__ AdamWTable tab,
+                                                         const AdamWScalars s) {
+  const int b = blockIdx.x;
+  const int k = table_index(tab.start, tab.count, b);
+  const int64_t n = tab.n[k];
+  const int64_t base = int64_t(b - tab.start[k]) * kAdamChunk + threadIdx.x;
+  float* __restrict__ p = tab.master[k];
+  float* __restrict__ m = tab.m[k];
+  float* __restrict__ v = tab.v[k];
+  const float* __restrict__ grad = tab.grad[k];
+  T* __restrict__ copy = static_cast<T*>(tab.copy[k]);
+  const float decay = tab.decay[k];
+  float pr[kAdamPerThread], mr[kAdamPerThread], vr[kAdamPerThread], gr[kAdamPerThread];
+#pragma unroll
+  for (int j = 0; j < kAdamPerThread; ++j) {
+    const int64_t i = base + int64_t(j) * kThreads;
+    if (i < n) {
+      pr[j] = p[i];
+      mr[j] = m[i];
+      vr[j] = v[i];
+      gr[j] = grad[i];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kAdamPerThread; ++j) {
+    const int64_t i = base + int64_t(j) * kThreads;
+    if (i >= n) break;
+    const float g = __fmul_rn(gr[j], s.grad_scale);
+    float pi = __fmul_rn(pr[j], decay);
+    const float mi = __fadd_rn(__fmul_rn(s.beta1, mr[j]), __fmul_rn(s.one_minus_beta1, g));
+    const float vi =
+        __fadd_rn(__fmul_rn(s.beta2, vr[j]), __fmul_rn(s.one_minus_beta2, __fmul_rn(g, g)));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
+    pi = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+    if (copy) store_f32(copy, i, pi);
+  }
+}
+
+// Fixed-order sum of one double per thread over the block (blockDim.x = kWarps * 32); the result
+// is valid in thread 0.
+template <int kWarps>
+__device__ __forceinline__ double block_sum(double x) {
+  __shared__ double warp_sum[kWarps];
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
+  if (threadIdx.x % 32 == 0) warp_sum[threadIdx.x / 32] = x;
+  __syncthreads();
+  double s = 0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kWarps; ++w) s += warp_sum[w];
+  return s;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    sum_squares_kernel(const __grid_constant__ NormTable tab, double* __restrict__ partial) {
+  const int b = blockIdx.x;
+  const int k = table_index(tab.start, tab.count, b);
+  const int64_t begin = int64_t(b - tab.start[k]) * kNormChunk;
+  const int64_t end = begin + kNormChunk < tab.n[k] ? begin + kNormChunk : tab.n[k];
+  const float* __restrict__ x = tab.x[k];
+  // kNormBatch loads issued before their squares are added (in element order), so each thread
+  // keeps several loads in flight while the fp64 adds form one chain.
+  double acc = 0;
+  for (int64_t i0 = begin + threadIdx.x; i0 < end; i0 += int64_t(kNormBatch) * kThreads) {
+    float v[kNormBatch];
+#pragma unroll
+    for (int j = 0; j < kNormBatch; ++j) {
+      const int64_t i = i0 + int64_t(j) * kThreads;
+      v[j] = i < end ? x[i] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kNormBatch; ++j) acc += double(v[j]) * double(v[j]);
+  }
+  const double s = block_sum<kThreads / 32>(acc);
+  if (threadIdx.x == 0) partial[b] = s;
+}
+
+__global__ void __launch_bounds__(kFinalThreads)
+    sum_partials_kernel(const double* __restrict__ partial, int64_t count, double* __restrict__ out) {
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < count; i += kFinalThreads) acc += partial[i];
+  const double s = block_sum<kFinalThreads / 32>(acc);
+  if (threadIdx.x == 0) *out = s;
+}
+
+AdamWScalars host_scalars(const AdamWStepArgs& a) {
+  DT_CHECK(a.step >= 1, "cuda::adamw_step: step must be >= 1 (1-based), got ", a.step);
+  // As train::AdamW::step: doubles first, each scalar rounded to float once.
+  const double t = static_cast<double>(a.step);
+  const double bias_correction1 = 1.0 - std::pow(a.beta1, t);
+  const double bias_correction2 = 1.0 - std::pow(a.beta2, t);
+  AdamWScalars s;
+  s.beta1 = static_cast<float>(a.beta1);
+  s.beta2 = static_cast<float>(a.beta2);
+  s.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
+  s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+  s.step_size = static_cast<float>(a.lr / bias_correction1);
+  s.bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  s.eps = static_cast<float>(a.eps);
+  s.grad_scale = a.grad_scale;
+  return s;
+}
+
+void launch_adamw(const AdamWTable& tab, const AdamWScalars& s, DType dt) {
+  if (tab.count == 0) return;
+  DT_DISPATCH_DTYPE(dt, T, adamw_kernel<T><<<unsigned(tab.start[tab.count]), kThreads>>>(tab, s));
+  DT_CUDA_LAUNCH_CHECK("adamw_kernel");
+}
+
+constexpr int64_t kMaxBlocksPerLaunch = (int64_t(1) << 31) - 1;
+
+}  // namespace
+
+void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt) {
+  const AdamWScalars s = host_scalars(args);
+  AdamWTable tab{};
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const AdamWTensor& t = tensors[k];
+    DT_CHECK(t.n >= 0, "cuda::adamw_step: tensor ", k, " has n=", t.n);
+    if (t.n == 0) continue;
+    DT_CHECK(t.master && t.m && t.v && t.grad, "cuda::adamw_step: tensor ", k,
+             " lacks a master, moment or gradient pointer");
+    const int64_t blocks = (t.n + kAdamChunk - 1) / kAdamChunk;
+    DT_CHECK(blocks <= kMaxBlocksPerLaunch, "cuda::adamw_step: tensor ", k, " too large (n=", t.n,
+             ")");
+    if (tab.count == kMaxAdamW || tab.start[tab.count] + blocks > kMaxBlocksPerLaunch) {
+      launch_adamw(tab, s, dt);
+      tab = AdamWTable{};
+    }
+    const int c = tab.count++;
+    tab.master[c] = t.master;
+    tab.m[c] = t.m;
+    tab.v[c] = t.v;
+    tab.grad[c] = t.grad;
+    tab.copy[c] = t.compute_copy;
+    tab.n[c] = t.n;
+    tab.decay[c] = static_cast<float>(1.0 - args.lr * t.weight_decay);
+    tab.start[c + 1] = tab.start[c] + int(blocks);
+  }
+  launch_adamw(tab, s, dt);
+}
+
+void adamw_step(float* master, float* m, float* v, const float* grad, int64_t n,
+                const AdamWStepArgs& args, double weight_decay, DType dt, void* compute_copy) {
+  const AdamWTensor t{master, m, v, grad, compute_copy, n, weight_decay};
+  adamw_step_multi(std::span<const AdamWTensor>(&t, 1), args, dt);
+}
+
+double sum_squares_multi(std::span<const float* const> xs, std::span<const int64_t> ns) {
+  DT_CHECK(xs.size() == ns.size(), "cuda::sum_squares: ", xs.size(), " pointers but ", ns.size(),
+           " sizes");
+  // Block counts of every tensor first: the partial buffer holds one double per block.
+  int64_t total_blocks = 0;
+  for (size_t k = 0; k < ns.size(); ++k) {
+    DT_CHECK(ns[k] >= 0, "cuda::sum_squares: tensor ", k, " has n=", ns[k]);
+    DT_CHECK(ns[k] == 0 || xs[k] != nullptr, "cuda::sum_squares: tensor ", k, " is null");
+    total_blocks += (ns[k] + kNormChunk - 1) / kNormChunk;
+  }
+  if (total_blocks == 0) return 0.0;
+  double* partial = nullptr;  // [total_blocks] partials, then the result
+  DT_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial),
+                                size_t(total_blocks + 1) * sizeof(double), 0));
+  int64_t offset = 0;  // first partial of the current launch
+  NormTable tab{};
+  auto launch = [&] {
+    if (tab.count == 0) return;
+    sum_squares_kernel<<<unsigned(tab.start[tab.count]), kThreads>>>(tab, partial + offset);
+    DT_CUDA_LAUNCH_CHECK("sum_squares_kernel");
+    offset += tab.start[tab.count];
+    tab = NormTable{};
+  };
+  for (size_t k = 0; k < ns.size(); ++k) {
+    if (ns[k] == 0) continue;
+    const int64_t blocks = (ns[k] + kNormChunk - 1) / kNormChunk;
+    if (tab.count == kMaxNorm || tab.start[tab.count] + blocks > kMaxBlocksPerLaunch) launch();
+    const int c = tab.count++;
+    tab.x[c] = xs[k];
+    tab.n[c] = ns[k];
+    tab.start[c + 1] = tab.start[c] + int(blocks);
+  }
+  launch();
+  sum_partials_kernel<<<1, kFinalThreads>>>(partial, total_blocks, partial + total_blocks);
+  DT_CUDA_LAUNCH_CHECK("sum_partials_kernel");
+  double result = 0;
+  DT_CUDA_CHECK(cudaMemcpyAsync(&result, partial + total_blocks, sizeof(double),
+                                cudaMemcpyDeviceToHost, 0));
+  DT_CUDA_CHECK(cudaFreeAsync(partial, 0));
+  DT_CUDA_CHECK(cudaStreamSynchronize(0));
+  return result;
+}
+
+double sum_squares(const float* x, int64_t n) {
+  return sum_squares_multi(std::span<const float* const>(&x, 1), std::span<const int64_t>(&n, 1));
+}
+
+}  // namespace deltatron::cuda

@@ -1,0 +1,83 @@
+// CUDA AdamW update (fp32 master, fp32 moments, optional bf16 compute copy) and the deterministic
+// sum of squares behind the global gradient norm: the same arithmetic as train/optimizer.cpp.
+//
+// Every pointer is device memory unless marked host. Updates are queued on the legacy default
+// stream, asynchronous to the host; sum_squares* synchronise (they return a host value).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+
+#include "cuda/dtype.h"
+
+namespace deltatron::cuda {
+
+// The per-step scalars of train::AdamW::step. t = step is 1-based: the optimizer's step count
+// after the increment (the first update has step = 1).
+struct AdamWStepArgs {
+  double lr = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  int64_t step = 1;
+  // Multiplied into every gradient element in fp32 before use (g = grad * grad_scale), as
+  // train::clip_grad_norm scales the gradients in place: pass grad_clip_scale(norm, max_norm).
+  // 1.0f leaves the gradient exactly as it is.
+  float grad_scale = 1.0f;
+};
+
+// One parameter tensor of a multi-tensor step.
+struct AdamWTensor {
+  float* master = nullptr;       // [n] fp32  inout  master weights p
+  float* m = nullptr;            // [n] fp32  inout  exp_avg
+  float* v = nullptr;            // [n] fp32  inout  exp_avg_sq
+  const float* grad = nullptr;   // [n] fp32  in     gradient (unscaled; see grad_scale)
+  void* compute_copy = nullptr;  // [n] dt    out    p after the step rounded (RNE) to dt;
+                                 //                  nullptr skips it
+  int64_t n = 0;
+  double weight_decay = 0;  // the decaying group's weight_decay, 0 for a no-decay tensor
+};
+
+// AdamW step, bitwise the CPU's (train::AdamW::step, torch.optim.AdamW single-tensor path).
+// Host, in double, rounded to float once (exactly as the CPU does):
+//   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t, step_size = float(lr / bc1),
+//   bc2_sqrt = float(sqrt(bc2)), decay = float(1 - lr * weight_decay), eps = float(eps),
+//   beta1, beta2, 1 - beta1, 1 - beta2 each rounded to float.
+// Device, per element in fp32, each operation rounded on its own (no FMA contraction), in this
+// order:
+//   g  = grad * grad_scale
+//   p  = p * decay
+//   m  = beta1 * m + (1 - beta1) * g
+//   v  = beta2 * v + (1 - beta2) * (g * g)
+//   p  = p - step_size * (m / (sqrt(v) / bc2_sqrt + eps))
+//   compute_copy = round_to_dt(p)   (when not nullptr)
+// With the CPU built without FMA contraction (the x86-64 default), results are bitwise equal.
+void adamw_step(float* master, float* m, float* v, const float* grad, int64_t n,
+                const AdamWStepArgs& args, double weight_decay, DType dt, void* compute_copy);
+
+// The same update over many tensors with few launches (up to 48 tensors per launch, passed as
+// kernel parameters; no host->device copies). tensors is a host span; empty tensors are skipped.
+// dt is the storage type of every compute copy.
+void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt);
+
+// sum_i x[i]^2 in fp64, returned to the host (synchronises). Deterministic: fixed blocks of 64 Ki
+// elements (each: 256 threads with strided fp64 sums, then a fixed shuffle tree), block sums added
+// in a fixed tree by one block; the order depends only on n.
+double sum_squares(const float* x, int64_t n);
+
+// sum over tensors k and elements i of xs[k][i]^2, fp64, one synchronisation for all tensors;
+// xs and ns are host spans of equal length (device pointers, element counts). Deterministic as
+// sum_squares. The global gradient norm is sqrt(sum_squares_multi(grads)).
+double sum_squares_multi(std::span<const float* const> xs, std::span<const int64_t> ns);
+
+// train::clip_grad_norm's factor: float(max_norm / (norm + 1e-6)) when max_norm > 0, the norm is
+// finite and that coefficient is < 1; otherwise 1 (no clipping). A non-finite norm means the
+// trainer skips the step altogether (as on the CPU).
+inline float grad_clip_scale(double norm, double max_norm) {
+  if (!std::isfinite(norm) || max_norm <= 0) return 1.0f;
+  const double coef = max_norm / (norm + 1e-6);
+  return coef >= 1.0 ? 1.0f : static_cast<float>(coef);
+}
+
+}  // namespace deltatron::cuda

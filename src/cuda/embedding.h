@@ -1,0 +1,35 @@
+// CUDA token embedding lookup and its deterministic scatter-add backward: contract ops/embedding.h.
+//
+// Shape suffixes: N tokens in the pack, V vocabulary size (248,320), D hidden size (2048).
+// Row-major. Every pointer is device memory; ids are int32. Work is queued on the legacy default
+// stream, asynchronous to the host (no synchronisation).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/dtype.h"
+
+namespace deltatron::cuda {
+
+// Forward: x[n, :] = table[ids[n], :] converted to fp32 (the residual stream is fp32).
+//   ids_N    [N]     int32  in   validated by the caller on the host (ops::embedding_fwd's
+//                                contract); an id outside [0, V) is never read: its row of x is
+//                                set to zeros
+//   table_VD [V, D]  dt     in   embed_tokens.weight (compute copy)
+//   x_ND     [N, D]  fp32   out  overwritten
+void embedding_fwd(DType dt, const int32_t* ids_N, const void* table_VD, int64_t N, int64_t V,
+                   int64_t D, float* x_ND);
+
+// Backward: dtable[ids[n], :] += dx[n, :] for every n (repeated ids sum).
+//   ids_N     [N]     int32  in     ids outside [0, V) are skipped (nothing is written for them)
+//   dx_ND     [N, D]  fp32   in
+//   dtable_VD [V, D]  fp32   inout  ACCUMULATED; rows not looked up are untouched
+// Deterministic: the (id, position) pairs are sorted by id with a stable radix sort (CUB), so each
+// id's rows come in position order; one block per (distinct id, 128-column slice) sums them with
+// 8 warps taking every 8th row and a fixed-order combine of the 8 partials, then adds the sum to
+// the table row once. Bitwise the same run to run, no atomics.
+// Temporary device memory: about 28 N bytes plus CUB's sort workspace, stream-ordered.
+void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D, int64_t V,
+                   float* dtable_VD);
+
+}  // namespace deltatron::cuda

@@ -1,0 +1,43 @@
+// CUDA chunked gated delta rule (Gated DeltaNet core), forward and backward over packed segments.
+//
+// Same contract as ops/gdn.h (gdn_chunk_fwd / gdn_chunk_bwd); every pointer is device memory
+// unless named *_host. Algorithm and backward derivation: docs/ops/gdn.md (chunk C = 64 restarting
+// at each segment start, WY / UT transform). Storage and precision:
+//   q_NHK, k_NHK, v_NGV, o_NGV, do_NGV, dq_NHK, dk_NHK, dv_NGV  in `dt` (bf16, or f32 debug mode);
+//   g_NG, beta_NG, dg_NG, dbeta_NG, state_SGKV                  always float32;
+//   every product accumulates in fp32 (tensor cores, fp32 intermediates kept to ~2^-16 by
+//   splitting them into two bf16 terms; f32 mode splits every operand into three: fp32 accuracy).
+// Shapes: any N >= 0, K and V in [1, 256], G % H == 0; segments may be empty.
+// cu_host: the nseg + 1 boundaries [0, ..., N] on the host; the chunk plan and launch grids are
+// built from it (cu_dev, the same on the device, is accepted for symmetry with the other ops and
+// not read). Work is queued on the legacy default stream, asynchronous to the host; a device
+// workspace is cached between calls (grown on demand, freed at exit; the backward needs about
+// (2 K V + 7 * 64 (K + V)) * 4 bytes per chunk and value head).
+// Deterministic: no atomics; dq/dk are summed over the G/H value heads of a key head in order.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/dtype.h"
+
+namespace deltatron::cuda {
+
+// o_NGV (out, overwritten) = the gated delta rule output per value head, with q scaled by
+// `scale` inside; state_SGKV (out, overwritten, may be nullptr): final fp32 state [nseg, G, K, V]
+// of each segment (zeros for an empty one).
+void gdn_chunk_fwd(DType dt, const void* q_NHK, const void* k_NHK, const void* v_NGV,
+                   const float* g_NG, const float* beta_NG, const int32_t* cu_dev,
+                   const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G, int64_t K,
+                   int64_t V, float scale, void* o_NGV, float* state_SGKV);
+
+// Backward for the loss gradient do_NGV (in); no gradient flows into the final states. All
+// outputs overwritten: dq_NHK (w.r.t. the unscaled q) and dk_NHK summed over the value heads
+// that read each key head; dv_NGV, dg_NG, dbeta_NG per value head. Recomputes the chunk states
+// from the inputs (nothing saved by the forward).
+void gdn_chunk_bwd(DType dt, const void* q_NHK, const void* k_NHK, const void* v_NGV,
+                   const float* g_NG, const float* beta_NG, const int32_t* cu_dev,
+                   const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G, int64_t K,
+                   int64_t V, float scale, const void* do_NGV, void* dq_NHK, void* dk_NHK,
+                   void* dv_NGV, float* dg_NG, float* dbeta_NG);
+
+}  // namespace deltatron::cuda

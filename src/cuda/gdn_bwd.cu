@@ -1,0 +1,695 @@
+// CUDA chunked gated delta rule, backward: reverse state-gradient pass, per-chunk dq/dk kernel,
+// WY (UT-transform) backward kernel and the deterministic sum over value heads sharing a key head.
+//
+// Pipeline (docs/ops/gdn.md, "Chunked backward", step numbers refer to it):
+//   prep (gdn_fwd.cu)          gamma, W, U, P, Tm per chunk-head
+//   states, recompute mode     S_in and V' per chunk-head (sequential over chunks)
+//   gdn_dstate_kernel          dS (= dL/dS_out) and dV' per chunk-head (reverse sequential; 1, 11)
+//   gdn_dqk_kernel             per (chunk-head, 64-column slice of K): steps 2-4, 6, the dB_w half
+//                              of 7-8 and slice partials of dgamma, dbeta and dA
+//   gdn_wy_kernel              per chunk-head: dB_u (7-8), dA and step 9, dg (10)
+//   gdn_sum_heads_kernel       dq, dk summed over the R value heads of each key head, in order
+#include <algorithm>
+
+#include "core/error.h"
+#include "cuda/gdn.h"
+#include "cuda/gdn_common.cuh"
+
+namespace deltatron::cuda::gdn {
+namespace {
+
+// ---- gdn_dstate_kernel -----------------------------------------------------------------------
+// Mirror of the states kernel: one block (4 warps) per (value tile of 32, value head, segment),
+// chunks in reverse order, dS[:, tile] (fp32, KP x 32) in registers (warp w: rows w KP/4 ..).
+// Per chunk, with dS = dL/dS_out (0 after the last chunk of the segment):
+//   (a) store dS; dS -> shared;
+//   (b) dV' = P^T dO + diag(e^{gamma_last - gamma}) K dS  (stored; -dV' kept in shared);
+//   (c) dS = e^{gamma_last} dS + Q^T diag(scale e^gamma) dO;
+//   (d) dS += W^T (-dV')  -> dS_in, the previous chunk's dS_out.
+// cp.async groups: W (into the K buffer) and the previous chunk's P and dO after (b), its Q
+// after (c), its K after (d). Shared memory (bf16, KP = 128): K/W [64][136] fp32, Q [64][136],
+// dS [128][36], P [64][68], dO, scaled dO and -dV' tiles: 112 KB, 2 blocks per SM.
+template <typename T, int KP>
+struct DstateSmem {
+  static constexpr int LDB = KP + 8, LDQ = KP + 8, LDS = 36, LDP = 68, LDO = 40, LDF = 36;
+  float *big, *ss, *ps, *do2, *dvs, *eg, *egl;
+  T *qb, *dos;
+  size_t bytes;
+  __host__ __device__ explicit DstateSmem(unsigned char* base) {
+    Carve c{base};
+    big = c.take<float>(kC * LDB);
+    qb = c.take<T>(kC * LDQ);
+    ss = c.take<float>(KP * LDS);
+    ps = c.take<float>(kC * LDP);
+    dos = c.take<T>(kC * LDO);
+    do2 = c.take<float>(kC * LDF);
+    dvs = c.take<float>(kC * LDF);
+    eg = c.take<float>(kC);
+    egl = c.take<float>(kC);
+    bytes = c.off;
+  }
+};
+
+template <typename T, int KP>
+__global__ void __launch_bounds__(128)
+    gdn_dstate_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  using S = DstateSmem<T, KP>;
+  constexpr int LDB = S::LDB, LDQ = S::LDQ, LDS = S::LDS, LDP = S::LDP, LDO = S::LDO;
+  constexpr int LDF = S::LDF;
+  S s(smem);
+  T* bigT = reinterpret_cast<T*>(s.big);
+  const int vt = blockIdx.x, j = blockIdx.y, z = blockIdx.z, h = j / d.R, v0 = vt * kBV;
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int ch0 = plan.seg_ch0[z], nch = plan.seg_nch[z];
+  const int kd = round_up(d.K, 16), sm0 = warp * (KP / 4);
+  const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
+  auto qk_src = [&](const T* x, int ci) {
+    return x + (int64_t(plan.chunk_t0[ci]) * d.H + h) * d.K;
+  };
+  auto load_k = [&](int ci) {
+    load_tile(bigT, LDB, qk_src(in.k, ci), ldqk, kC, KP, plan.chunk_len[ci], d.K);
+  };
+  auto load_q = [&](int ci) {
+    load_tile(s.qb, LDQ, qk_src(in.q, ci), ldqk, kC, KP, plan.chunk_len[ci], d.K);
+  };
+  auto load_p_do = [&](int ci) {
+    load_tile(s.ps, LDP, w.P + (int64_t(ci) * d.G + j) * kC * kC, kC, kC, kC, kC, kC);
+    load_tile(s.dos, LDO, dout + (int64_t(plan.chunk_t0[ci]) * d.G + j) * d.V + v0, ldv, kC, kBV,
+              plan.chunk_len[ci], d.V - v0);
+  };
+  if (nch > 0) {
+    load_p_do(ch0 + nch - 1);
+    load_k(ch0 + nch - 1);
+    load_q(ch0 + nch - 1);
+  }
+  cp_async_commit();
+  float accD[KP / 64][4][4];
+  acc_zero(accD);
+  for (int n = nch - 1; n >= 0; --n) {
+    const int ci = ch0 + n, c = plan.chunk_len[ci], cd = round_up(c, 16);
+    const int64_t qj = int64_t(ci) * d.G + j;
+    // (a)
+    float* dSq = w.dS + qj * KP * d.VP + v0;
+    acc_each(accD, sm0, 0, [&](int r, int col, float& v) {
+      s.ss[r * LDS + col] = v;
+      dSq[r * d.VP + col] = v;
+    });
+    if (tid < kC) {
+      const double* gq = w.gam + qj * kC;
+      s.eg[tid] = exp_nonpos(gq[tid]);
+      s.egl[tid] = exp_nonpos(gq[kC - 1] - gq[tid]);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    {  // (b)
+      float a1[1][4][4], a2[1][4][4];
+      acc_zero(a1);
+      acc_zero(a2);
+      warp_mma<T>(a1, Opnd<float, false>{s.ps, LDP}, 16 * warp, Opnd<T, false>{s.dos, LDO}, 0,
+                  cd);
+      warp_mma<T>(a2, Opnd<T, true>{bigT, LDB}, 16 * warp, Opnd<float, false>{s.ss, LDS}, 0, kd);
+      acc_each(a2, 16 * warp, 0, [&](int i, int, float& v) { v *= s.egl[i]; });
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a1[0][ni][e] += a2[0][ni][e];
+      float* dVq = w.dVp + qj * kC * d.VP + v0;
+      acc_each(a1, 16 * warp, 0, [&](int i, int col, float& v) {
+        dVq[i * d.VP + col] = v;
+        s.dvs[i * LDF + col] = -v;
+      });
+      for (int e = tid; e < kC * kBV; e += blockDim.x) {
+        const int i = e / kBV, col = e % kBV;
+        s.do2[i * LDF + col] = d.scale * s.eg[i] * to_f32(s.dos[i * LDO + col]);
+      }
+    }
+    __syncthreads();  // K, P, dO reads done
+    load_tile(s.big, LDB, w.W + qj * kC * KP, KP, kC, KP, kC, KP);
+    if (n > 0) load_p_do(ci - 1);
+    cp_async_commit();
+    // (c)
+    const float el = s.eg[kC - 1];
+    acc_each(accD, sm0, 0, [&](int, int, float& v) { v *= el; });
+    warp_mma<T>(accD, Opnd<T, false>{s.qb, LDQ}, sm0, Opnd<float, false>{s.do2, LDF}, 0, cd);
+    __syncthreads();  // Q reads done
+    if (n > 0) load_q(ci - 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // W landed
+    __syncthreads();
+    // (d)
+    warp_mma<T>(accD, Opnd<float, false>{s.big, LDB}, sm0, Opnd<float, false>{s.dvs, LDF}, 0, cd);
+    __syncthreads();  // W reads done
+    if (n > 0) load_k(ci - 1);
+    cp_async_commit();
+  }
+}
+
+// ---- gdn_dqk_kernel --------------------------------------------------------------------------
+// One block (8 warps) per (chunk, value head, 64-column slice kt of K); warp w owns rows
+// 16 (w & 3).. and columns 32 (w >> 2).. of each 64 x 64 product.
+// Phase 1, over V in tiles of 32 (contraction over V):
+//   dQs = dO S_in^T, dKt = V' dS^T, dW = -dV' S_in^T (column slice kt), dP = dO V'^T,
+//   <dS, S_in> over the slice.
+// Phase 2 (64 x 64 products over the chunk's tokens):
+//   dQK = scale dP .* Gamma (j <= i); dQ = diag(scale e^gamma) dQs + dQK K      -> dq scratch
+//   dK  = diag(e^{gl - gamma}) dKt + dQK^T Q + diag(beta e^gamma) Tm^T dW      -> dk scratch
+//   dA slice part = -(Tm^T dW) W^T; row partials of dgamma / dbeta (dP .* P terms in slice 0).
+// Shared memory: phase 1 tiles (S_in, dS, V', dV' fp32, dO) then phase 2 tiles (K, Q slices, dQK,
+// Tm, dW / dB_w, W slice, E) in the same bytes: 111 KB for bf16.
+template <typename T>
+struct DqkSmem1 {  // one set of the phase-1 tiles; two sets back to back (double buffer)
+  static constexpr int LD = 40;
+  float *sin, *ds, *vp, *dvp;
+  T* dO;
+  size_t bytes;
+  __host__ __device__ explicit DqkSmem1(unsigned char* base) {
+    Carve c{base};
+    sin = c.take<float>(kC * LD);
+    ds = c.take<float>(kC * LD);
+    vp = c.take<float>(kC * LD);
+    dvp = c.take<float>(kC * LD);
+    dO = c.take<T>(kC * LD);
+    bytes = c.off;
+  }
+};
+
+template <typename T>
+struct DqkSmem2 {
+  static constexpr int LD = 72, LDE = 65;
+  T *ks, *qs;
+  float *dqk, *tm, *dw, *ws, *es, *redq, *redr, *redb, *rowe, *cole, *frobw, *scal, *eg, *egl, *bs;
+  double* gs;
+  size_t bytes;
+  __host__ __device__ explicit DqkSmem2(unsigned char* base) {
+    Carve c{base};
+    ks = c.take<T>(kC * LD);
+    qs = c.take<T>(kC * LD);
+    dqk = c.take<float>(kC * LD);
+    tm = c.take<float>(kC * LD);
+    dw = c.take<float>(kC * LD);
+    ws = c.take<float>(kC * LD);
+    es = c.take<float>(kC * LDE);
+    redq = c.take<float>(2 * kC);
+    redr = c.take<float>(2 * kC);
+    redb = c.take<float>(2 * kC);
+    rowe = c.take<float>(kC);
+    cole = c.take<float>(kC);
+    frobw = c.take<float>(8);
+    scal = c.take<float>(4);
+    eg = c.take<float>(kC);
+    egl = c.take<float>(kC);
+    bs = c.take<float>(kC);
+    gs = c.take<double>(kC);
+    bytes = c.off;
+  }
+};
+
+template <typename T, int KP>
+__global__ void __launch_bounds__(256)
+    gdn_dqk_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int ci = blockIdx.x, j = blockIdx.y, kt = blockIdx.z, k0 = 64 * kt, h = j / d.R;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+  const int rm = 16 * (warp & 3), half = warp >> 2, cn = 32 * half;
+  const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci];
+  const int64_t qj = int64_t(ci) * d.G + j;
+  const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
+
+  if (k0 >= d.K) {  // a slice of K padding: every product is zero
+    for (int e = tid; e < kC * kC; e += blockDim.x) w.dA[(qj * d.KT + kt) * kC * kC + e] = 0.f;
+    if (tid < kC) {
+      w.gpart[(qj * d.KT + kt) * kC + tid] = 0.f;
+      w.bpart[(qj * d.KT + kt) * kC + tid] = 0.f;
+    }
+    return;
+  }
+  float aQ[1][4][4], aK[1][4][4], aW[1][4][4], aP[1][4][4];
+  acc_zero(aQ);
+  acc_zero(aK);
+  acc_zero(aW);
+  acc_zero(aP);
+  float frob = 0.f;
+  {  // phase 1: contractions over V, tiles double-buffered
+    const DqkSmem1<T> s0(smem), s1(smem + DqkSmem1<T>(nullptr).bytes);
+    constexpr int LD = DqkSmem1<T>::LD;
+    const float* Sq = w.Sin + qj * KP * d.VP + int64_t(k0) * d.VP;
+    const float* dSq = w.dS + qj * KP * d.VP + int64_t(k0) * d.VP;
+    const float* Vq = w.Vp + qj * kC * d.VP;
+    const float* dVq = w.dVp + qj * kC * d.VP;
+    const T* dOq = dout + (int64_t(t0) * d.G + j) * d.V;
+    const int nvt = d.VP / kBV;
+    auto issue = [&](int it) {
+      const bool b = it & 1;
+      const int v0 = it * kBV;
+      load_tile(b ? s1.sin : s0.sin, LD, Sq + v0, d.VP, kC, kBV, kC, kBV);
+      load_tile(b ? s1.ds : s0.ds, LD, dSq + v0, d.VP, kC, kBV, kC, kBV);
+      load_tile(b ? s1.vp : s0.vp, LD, Vq + v0, d.VP, kC, kBV, kC, kBV);
+      load_tile(b ? s1.dvp : s0.dvp, LD, dVq + v0, d.VP, kC, kBV, kC, kBV);
+      load_tile(b ? s1.dO : s0.dO, LD, dOq + v0, ldv, kC, kBV, c, d.V - v0);
+      cp_async_commit();
+    };
+    issue(0);
+    for (int it = 0; it < nvt; ++it) {
+      const bool b = it & 1;
+      if (it + 1 < nvt) {
+        issue(it + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      const float *sin_b = b ? s1.sin : s0.sin, *ds_b = b ? s1.ds : s0.ds;
+      const float *vp_b = b ? s1.vp : s0.vp, *dvp_b = b ? s1.dvp : s0.dvp;
+      const Opnd<float, true> sin{sin_b, LD}, vp{vp_b, LD};
+      const Opnd<T, true> dO{b ? s1.dO : s0.dO, LD};
+      warp_mma<T>(aQ, dO, rm, sin, cn, kBV);
+      warp_mma<T>(aK, vp, rm, Opnd<float, true>{ds_b, LD}, cn, kBV);
+      warp_mma<T>(aW, Opnd<float, true>{dvp_b, LD}, rm, sin, cn, kBV);
+      warp_mma<T>(aP, dO, rm, vp, cn, kBV);
+      for (int e = tid; e < kC * kBV; e += blockDim.x) {
+        const int r = e / kBV, cc = e % kBV;
+        frob += ds_b[r * LD + cc] * sin_b[r * LD + cc];
+      }
+      __syncthreads();
+    }
+  }
+  // phase 2
+  DqkSmem2<T> s(smem);
+  constexpr int LD = DqkSmem2<T>::LD, LDE = DqkSmem2<T>::LDE;
+  load_tile(s.ks, LD, in.k + (int64_t(t0) * d.H + h) * d.K + k0, ldqk, kC, 64, c, d.K - k0);
+  load_tile(s.qs, LD, in.q + (int64_t(t0) * d.H + h) * d.K + k0, ldqk, kC, 64, c, d.K - k0);
+  load_tile(s.tm, LD, w.Tm + qj * kC * kC, kC, kC, kC, kC, kC);
+  load_tile(s.ws, LD, w.W + qj * kC * KP + k0, KP, kC, 64, kC, 64);
+  cp_async_commit();
+  float pv[1][4][4];  // P at this lane's dP positions (loads in flight with the tiles)
+  {
+    const float* Pq = w.P + qj * kC * kC;
+    acc_each(pv, rm, cn, [&](int i, int jj, float& v) { v = Pq[i * kC + jj]; });
+  }
+  if (tid < kC) {
+    const double* gq = w.gam + qj * kC;
+    s.gs[tid] = gq[tid];
+    s.eg[tid] = exp_nonpos(gq[tid]);
+    s.egl[tid] = exp_nonpos(gq[kC - 1] - gq[tid]);
+    s.bs[tid] = tid < c ? in.beta[(t0 + tid) * int64_t(d.G) + j] : 0.f;
+  }
+  {
+    float fr = frob;
+    for (int o = 16; o > 0; o >>= 1) fr += __shfl_xor_sync(0xffffffffu, fr, o);
+    if (lane == 0) s.frobw[warp] = fr;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  // dP -> dQK and E = dP .* P (dgamma); dW
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = rm + g + 8 * (e >> 1), jj = cn + 8 * ni + 2 * (lane & 3) + (e & 1);
+      const float v = aP[0][ni][e];
+      float dqk = 0.f, ev = 0.f;
+      if (jj <= i) {
+        dqk = d.scale * v * exp_nonpos(s.gs[i] - s.gs[jj]);
+        ev = v * pv[0][ni][e];
+      }
+      s.dqk[i * LD + jj] = dqk;
+      s.es[i * LDE + jj] = ev;
+    }
+  acc_each(aW, rm, cn, [&](int i, int kk, float& v) { s.dw[i * LD + kk] = -v; });
+  {  // dgamma_i += Qs_i . dQs_i;  r_i = Kt_i . dKt_i
+    const float2 pq = acc_row_sums(aQ, rm, cn, [&](int i, int kk, float v) {
+      return to_f32(s.qs[i * LD + kk]) * v;
+    });
+    const float2 pr = acc_row_sums(aK, rm, cn, [&](int i, int kk, float v) {
+      return to_f32(s.ks[i * LD + kk]) * v;
+    });
+    if ((lane & 3) == 0) {
+      const int i0 = rm + g, i1 = rm + g + 8;
+      s.redq[half * kC + i0] = d.scale * s.eg[i0] * pq.x;
+      s.redq[half * kC + i1] = d.scale * s.eg[i1] * pq.y;
+      s.redr[half * kC + i0] = s.egl[i0] * pr.x;
+      s.redr[half * kC + i1] = s.egl[i1] * pr.y;
+    }
+  }
+  __syncthreads();
+  const int64_t ldk = int64_t(d.G) * d.K;
+  {  // dQ = diag(scale e^gamma) dQs + dQK K
+    acc_each(aQ, rm, cn, [&](int i, int, float& v) { v *= d.scale * s.eg[i]; });
+    warp_mma<T>(aQ, Opnd<float, true>{s.dqk, LD}, rm, Opnd<T, false>{s.ks, LD}, cn, kC);
+    float* dq = w.dq + (int64_t(t0) * d.G + j) * d.K + k0;
+    acc_each(aQ, rm, cn, [&](int i, int kk, float& v) {
+      if (i < c && k0 + kk < d.K) dq[i * ldk + kk] = v;
+    });
+  }
+  float aB[1][4][4];  // dB_w = Tm^T dW
+  acc_zero(aB);
+  {  // dK = diag(egl) dKt + dQK^T Q + diag(beta e^gamma) dB_w
+    acc_each(aK, rm, cn, [&](int i, int, float& v) { v *= s.egl[i]; });
+    warp_mma<T>(aK, Opnd<float, false>{s.dqk, LD}, rm, Opnd<T, false>{s.qs, LD}, cn, kC);
+    warp_mma<T>(aB, Opnd<float, false>{s.tm, LD}, rm, Opnd<float, false>{s.dw, LD}, cn, kC);
+    const float2 pb = acc_row_sums(aB, rm, cn, [&](int i, int kk, float v) {
+      return to_f32(s.ks[i * LD + kk]) * v;
+    });
+    if ((lane & 3) == 0) {
+      s.redb[half * kC + rm + g] = s.eg[rm + g] * pb.x;
+      s.redb[half * kC + rm + g + 8] = s.eg[rm + g + 8] * pb.y;
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = rm + g + 8 * (e >> 1);
+        aK[0][ni][e] += s.bs[i] * s.eg[i] * aB[0][ni][e];
+      }
+    float* dk = w.dk + (int64_t(t0) * d.G + j) * d.K + k0;
+    acc_each(aK, rm, cn, [&](int i, int kk, float& v) {
+      if (i < c && k0 + kk < d.K) dk[i * ldk + kk] = v;
+    });
+  }
+  __syncthreads();  // every warp is done reading dW
+  acc_each(aB, rm, cn, [&](int i, int kk, float& v) { s.dw[i * LD + kk] = v; });
+  if (tid < kC) {
+    float acc = 0.f;
+    for (int jj = 0; jj < kC; ++jj) acc += s.es[tid * LDE + jj];
+    s.rowe[tid] = acc;
+  } else if (tid < 2 * kC) {
+    float acc = 0.f;
+    for (int i = 0; i < kC; ++i) acc += s.es[i * LDE + tid - kC];
+    s.cole[tid - kC] = acc;
+  }
+  __syncthreads();
+  {  // dA slice part = -dB_w W_slice^T
+    float aA[1][4][4];
+    acc_zero(aA);
+    warp_mma<T>(aA, Opnd<float, true>{s.dw, LD}, rm, Opnd<float, true>{s.ws, LD}, cn, 64);
+    float* dAq = w.dA + (qj * d.KT + kt) * kC * kC;
+    acc_each(aA, rm, cn, [&](int i, int jj, float& v) { dAq[i * kC + jj] = -v; });
+  }
+  if (tid == 0) {
+    float rs = 0.f, fr = 0.f;
+    for (int i = 0; i < kC; ++i) rs += s.redr[i] + s.redr[kC + i];
+    for (int x = 0; x < 8; ++x) fr += s.frobw[x];
+    s.scal[0] = rs + s.eg[kC - 1] * fr;
+  }
+  __syncthreads();
+  if (tid < kC) {
+    const int i = tid;
+    const float bsum = s.redb[i] + s.redb[kC + i];
+    float gp = s.redq[i] + s.redq[kC + i] - (s.redr[i] + s.redr[kC + i]) + s.bs[i] * bsum;
+    if (kt == 0) gp += s.rowe[i] - s.cole[i];
+    if (i == c - 1) gp += s.scal[0];
+    w.gpart[(qj * d.KT + kt) * kC + i] = gp;
+    w.bpart[(qj * d.KT + kt) * kC + i] = bsum;
+  }
+}
+
+// ---- gdn_wy_kernel ---------------------------------------------------------------------------
+// One block (4 warps) per chunk-head; warp w owns rows 16w..16w+15 of every 64-wide product.
+//   Over V in 64-column tiles: dB_u = Tm^T dV', dv = diag(beta) dB_u, dbeta += v . dB_u,
+//     dA_u += dB_u U^T;
+//   dA = strict_lower(-dA_u + sum of the dqk kernel's slice parts);
+//   M = K K^T (recomputed): dbeta_i += sum_j dA_ij M_ij Gamma_ij, E = dA .* A (dgamma),
+//     D = dA .* beta_i Gamma, dk += (D + D^T) K;
+//   dgamma = own + slice partials; dg = reverse cumulative sum of dgamma over the chunk.
+// Shared memory: K (loaded with the first V tile), then the V-loop tiles (Tm, dV', U, V, dB_u)
+// and after the loop (D + D^T, D, E) in the same bytes: 101 KB for bf16 / KP = 128.
+template <typename T, int KP>
+struct WySmem {
+  static constexpr int LD = 72, LDK = KP + 8, LDE = 65;
+  float *eg, *bs, *redb, *redba, *rowe, *cole, *dgam;
+  double* gs;
+  T* ks;
+  float *tm, *dvp, *us, *dbu;  // V loop
+  T* vv;
+  float *da, *dd, *es;  // after the V loop
+  size_t bytes;
+  __host__ __device__ explicit WySmem(unsigned char* base) {
+    Carve c{base};
+    eg = c.take<float>(kC);
+    bs = c.take<float>(kC);
+    redb = c.take<float>(kC);
+    redba = c.take<float>(kC);
+    rowe = c.take<float>(kC);
+    cole = c.take<float>(kC);
+    dgam = c.take<float>(kC);
+    gs = c.take<double>(kC);
+    ks = c.take<T>(kC * LDK);
+    Carve u = c;
+    tm = u.take<float>(kC * LD);
+    dvp = u.take<float>(kC * LD);
+    us = u.take<float>(kC * LD);
+    dbu = u.take<float>(kC * LD);
+    vv = u.take<T>(kC * LD);
+    Carve u2 = c;
+    da = u2.take<float>(kC * LD);
+    dd = u2.take<float>(kC * LD);
+    es = u2.take<float>(kC * LDE);
+    bytes = u.off > u2.off ? u.off : u2.off;
+  }
+};
+
+template <typename T, int KP>
+__global__ void __launch_bounds__(128)
+    gdn_wy_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* dv, float* dg, float* dbeta) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  using S = WySmem<T, KP>;
+  constexpr int LD = S::LD, LDK = S::LDK, LDE = S::LDE;
+  S s(smem);
+  const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+  const int t2 = (lane & 3) * 2;
+  const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci], cd = round_up(c, 16);
+  const int kd = round_up(d.K, 16), rm = 16 * warp;
+  const int64_t qj = int64_t(ci) * d.G + j;
+  const int64_t ldv = int64_t(d.G) * d.V;
+  auto load_vtile = [&](int v0) {
+    const int vc = min(64, d.VP - v0);
+    load_tile(s.dvp, LD, w.dVp + qj * kC * d.VP + v0, d.VP, kC, 64, kC, vc);
+    load_tile(s.us, LD, w.U + qj * kC * d.VP + v0, d.VP, kC, 64, kC, vc);
+    load_tile(s.vv, LD, in.v + (int64_t(t0) * d.G + j) * d.V + v0, ldv, kC, 64, c, d.V - v0);
+  };
+  load_tile(s.tm, LD, w.Tm + qj * kC * kC, kC, kC, kC, kC, kC);
+  load_vtile(0);
+  load_tile(s.ks, LDK, in.k + (int64_t(t0) * d.H + h) * d.K, int64_t(d.H) * d.K, kC, KP, c, d.K);
+  cp_async_commit();
+  if (tid < kC) {
+    const double* gq = w.gam + qj * kC;
+    s.gs[tid] = gq[tid];
+    s.eg[tid] = exp_nonpos(gq[tid]);
+    s.bs[tid] = tid < c ? in.beta[(t0 + tid) * int64_t(d.G) + j] : 0.f;
+  }
+  float aA[1][8][4];  // dA_u = dB_u U^T
+  acc_zero(aA);
+  float bsum0 = 0.f, bsum1 = 0.f;  // v_i . dB_u,i for rows rm + g, rm + g + 8
+  T* dvq = dv + (int64_t(t0) * d.G + j) * d.V;
+  for (int v0 = 0; v0 < d.VP; v0 += 64) {
+    cp_async_wait<0>();
+    __syncthreads();
+    float aB[1][8][4];
+    acc_zero(aB);
+    warp_mma<T>(aB, Opnd<float, false>{s.tm, LD}, rm, Opnd<float, false>{s.dvp, LD}, 0, cd);
+    acc_each(aB, rm, 0, [&](int i, int col, float& v) {
+      if (i < c && v0 + col < d.V) dvq[i * ldv + v0 + col] = from_f32<T>(s.bs[i] * v);
+      s.dbu[i * LD + col] = v;
+    });
+    const float2 pb = acc_row_sums(aB, rm, 0, [&](int i, int col, float v) {
+      return to_f32(s.vv[i * LD + col]) * v;
+    });
+    bsum0 += pb.x;
+    bsum1 += pb.y;
+    __syncthreads();
+    warp_mma<T>(aA, Opnd<float, true>{s.dbu, LD}, rm, Opnd<float, true>{s.us, LD}, 0, 64);
+    __syncthreads();
+    if (v0 + 64 < d.VP) load_vtile(v0 + 64);
+    cp_async_commit();
+  }
+  if ((lane & 3) == 0) {
+    s.redb[rm + g] = bsum0;
+    s.redb[rm + g + 8] = bsum1;
+  }
+  {  // dA (strict lower) = -dA_u + slice parts (all loads first, then the sums)
+    const float* dAp = w.dA + qj * d.KT * kC * kC;
+    float part[8][4];
+#pragma unroll
+    for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+        float acc = 0.f;
+        for (int kt = 0; kt < d.KT; ++kt) acc += dAp[(kt * kC + i) * kC + jj];
+        part[ni][e] = acc;
+      }
+#pragma unroll
+    for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+        aA[0][ni][e] = jj < i ? part[ni][e] - aA[0][ni][e] : 0.f;
+      }
+  }
+  {
+    float aM[1][8][4];
+    acc_zero(aM);
+    warp_mma<T>(aM, Opnd<T, true>{s.ks, LDK}, rm, Opnd<T, true>{s.ks, LDK}, 0, kd);
+    float p0 = 0.f, p1 = 0.f;
+#pragma unroll
+    for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+        const float da = aA[0][ni][e];
+        float ev = 0.f, dv_ = 0.f;
+        if (jj < i) {
+          const float gam = exp_nonpos(s.gs[i] - s.gs[jj]);
+          const float mg = aM[0][ni][e] * gam;
+          if (e < 2)
+            p0 += da * mg;
+          else
+            p1 += da * mg;
+          ev = da * s.bs[i] * mg;
+          dv_ = da * s.bs[i] * gam;
+        }
+        s.es[i * LDE + jj] = ev;
+        s.dd[i * LD + jj] = dv_;
+      }
+    p0 += __shfl_xor_sync(0xffffffffu, p0, 1);
+    p1 += __shfl_xor_sync(0xffffffffu, p1, 1);
+    p0 += __shfl_xor_sync(0xffffffffu, p0, 2);
+    p1 += __shfl_xor_sync(0xffffffffu, p1, 2);
+    if ((lane & 3) == 0) {
+      s.redba[rm + g] = p0;
+      s.redba[rm + g + 8] = p1;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < kC * kC; e += blockDim.x) {
+    const int i = e >> 6, jj = e & 63;
+    s.da[i * LD + jj] = s.dd[i * LD + jj] + s.dd[jj * LD + i];
+  }
+  if (tid < kC) {
+    float acc = 0.f;
+    for (int jj = 0; jj < kC; ++jj) acc += s.es[tid * LDE + jj];
+    s.rowe[tid] = acc;
+  } else if (tid < 2 * kC) {
+    float acc = 0.f;
+    for (int i = 0; i < kC; ++i) acc += s.es[i * LDE + tid - kC];
+    s.cole[tid - kC] = acc;
+  }
+  __syncthreads();
+  {  // dk += (D + D^T) K: the dqk kernel's part is read into registers before the product
+    float* dk = w.dk + (int64_t(t0) * d.G + j) * d.K;
+    const int64_t ldk = int64_t(d.G) * d.K;
+    for (int n0 = 0; n0 < kd; n0 += 64) {
+      float acc[1][8][4];
+      acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
+        v = (i < c && kk < d.K) ? dk[i * ldk + kk] : 0.f;
+      });
+      warp_mma<T>(acc, Opnd<float, true>{s.da, LD}, rm, Opnd<T, false>{s.ks, LDK}, n0, cd);
+      acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
+        if (i < c && kk < d.K) dk[i * ldk + kk] = v;
+      });
+    }
+  }
+  if (tid < kC) {
+    const int i = tid;
+    float gsum = s.rowe[i] - s.cole[i], bsum = s.redb[i] + s.redba[i];
+    for (int kt = 0; kt < d.KT; ++kt) {
+      gsum += w.gpart[(qj * d.KT + kt) * kC + i];
+      bsum += w.bpart[(qj * d.KT + kt) * kC + i];
+    }
+    s.dgam[i] = gsum;
+    if (i < c) dbeta[(t0 + i) * int64_t(d.G) + j] = bsum;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    double acc = 0.0;
+    for (int i = c - 1; i >= 0; --i) {
+      acc += s.dgam[i];
+      dg[(t0 + i) * int64_t(d.G) + j] = float(acc);
+    }
+  }
+}
+
+// dst[t, h, :] = sum_{r < R} src[t, h R + r, :] in order r = 0, 1, ...; one block per token,
+// blockIdx.y selects (dq, dk).
+template <typename T>
+__global__ void gdn_sum_heads_kernel(const float* src0, T* dst0, const float* src1, T* dst1,
+                                     int H, int R, int K) {
+  const int64_t t = blockIdx.x;
+  const int HK = H * K;
+  const float* src = (blockIdx.y ? src1 : src0) + t * HK * R;
+  T* dst = (blockIdx.y ? dst1 : dst0) + t * HK;
+  for (int e = threadIdx.x; e < HK; e += blockDim.x) {
+    const int hh = e / K, kk = e - hh * K;
+    const float* p = src + hh * R * K + kk;
+    float acc = 0.f;
+    for (int r = 0; r < R; ++r) acc += p[r * K];
+    dst[e] = from_f32<T>(acc);
+  }
+}
+
+template <typename K>
+void set_smem(K kernel, size_t bytes) {
+  DT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+template <typename T, int KP>
+void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk, T* dv, float* dg,
+              float* dbeta) {
+  const Plan& plan = st.plan;
+  const Dims& d = st.d;
+  const Work& w = st.w;
+  launch_prep<T, KP>(in, plan, d, w, true);
+  launch_states<T, KP>(in, plan, d, w, nullptr, nullptr);
+  {
+    const size_t smem = DstateSmem<T, KP>(nullptr).bytes;
+    set_smem(gdn_dstate_kernel<T, KP>, smem);
+    gdn_dstate_kernel<T, KP>
+        <<<dim3(d.VP / kBV, d.G, plan.nseg), 128, smem>>>(in, dout, plan, d, w);
+    DT_CUDA_CHECK(cudaGetLastError());
+  }
+  {
+    const size_t s1 = 2 * DqkSmem1<T>(nullptr).bytes, s2 = DqkSmem2<T>(nullptr).bytes;
+    const size_t smem = std::max(s1, s2);
+    set_smem(gdn_dqk_kernel<T, KP>, smem);
+    gdn_dqk_kernel<T, KP><<<dim3(plan.nch, d.G, d.KT), 256, smem>>>(in, dout, plan, d, w);
+    DT_CUDA_CHECK(cudaGetLastError());
+  }
+  {
+    const size_t smem = WySmem<T, KP>(nullptr).bytes;
+    set_smem(gdn_wy_kernel<T, KP>, smem);
+    gdn_wy_kernel<T, KP><<<dim3(plan.nch, d.G), 128, smem>>>(in, plan, d, w, dv, dg, dbeta);
+    DT_CUDA_CHECK(cudaGetLastError());
+  }
+  gdn_sum_heads_kernel<T><<<dim3(unsigned(d.N), 2), 256>>>(w.dq, dq, w.dk, dk, d.H, d.R, d.K);
+  DT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+}  // namespace deltatron::cuda::gdn
+
+namespace deltatron::cuda {
+
+void gdn_chunk_bwd(DType dt, const void* q_NHK, const void* k_NHK, const void* v_NGV,
+                   const float* g_NG, const float* beta_NG, const int32_t* /*cu_dev*/,
+                   const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G, int64_t K,
+                   int64_t V, float scale, const void* do_NGV, void* dq_NHK, void* dk_NHK,
+                   void* dv_NGV, float* dg_NG, float* dbeta_NG) {
+  const gdn::Setup st =
+      gdn::setup("cuda::gdn_chunk_bwd", cu_host, nseg, N, H, G, K, V, scale, true);
+  if (st.plan.nch == 0) return;  // no tokens, no gradients
+  DT_DISPATCH_DTYPE(dt, T, {
+    const gdn::Inputs<T> in{static_cast<const T*>(q_NHK), static_cast<const T*>(k_NHK),
+                            static_cast<const T*>(v_NGV), g_NG, beta_NG};
+    const T* dout = static_cast<const T*>(do_NGV);
+    T *dq = static_cast<T*>(dq_NHK), *dk = static_cast<T*>(dk_NHK), *dv = static_cast<T*>(dv_NGV);
+    if (st.KP == 128)
+      gdn::bwd_impl<T, 128>(in, dout, st, dq, dk, dv, dg_NG, dbeta_NG);
+    else
+      gdn::bwd_impl<T, 256>(in, dout, st, dq, dk, dv, dg_NG, dbeta_NG);
+  });
+}
+
+}  // namespace deltatron::cuda

@@ -1,0 +1,322 @@
+// Internals shared by the CUDA chunked gated delta rule (gdn_fwd.cu, gdn_bwd.cu): the chunk plan,
+// the workspace layout, warp-level tensor-core products with split operands, tile loaders and
+// the launchers of the kernels both directions use. Include only from those two files.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/kernel_util.cuh"
+
+// Legend (see cuda/gdn.h): N tokens, H key heads, G value heads (R = G / H), K key dim, V value
+// dim; KP = K padded (128 or 256, a template parameter), VP = V rounded up to kBV. A "chunk-head"
+// q = ci * G + j is chunk ci for value head j; workspace tiles are indexed by q.
+
+namespace deltatron::cuda::gdn {
+
+constexpr int kC = 64;   // chunk length (cpu::kGdnChunk)
+constexpr int kBV = 32;  // value columns owned by one block of the sequential kernels
+
+// ---- chunk plan (host-built, uploaded) ------------------------------------------------------
+
+// Chunks in segment order; segments also listed longest first for the sequential kernels, so
+// the longest recurrences start first (blockIdx.z = rank in that order).
+struct Plan {
+  const int* chunk_t0;   // [nch] first token of the chunk
+  const int* chunk_len;  // [nch] rows, 1..64
+  const int* seg_ch0;    // [nseg] first chunk of the z-th longest segment
+  const int* seg_nch;    // [nseg] its number of chunks (0 for an empty segment)
+  const int* seg_id;     // [nseg] its index in cu_seqlens
+  int nch, nseg;
+};
+
+struct Dims {
+  int64_t N;
+  int H, G, R, K, V, VP, KT;  // KT = KP / 64 column slices of the backward dq/dk kernel
+  float scale;
+};
+
+template <typename T>
+struct Inputs {
+  const T *q, *k, *v;          // q_NHK, k_NHK, v_NGV
+  const float *g, *beta;       // g_NG, beta_NG
+};
+
+// Device workspace (fp32 unless said otherwise); every tile is dense, zero-padded.
+struct Work {
+  double* gam;  // [q][64] gamma = in-chunk cumulative sum of g (rows >= c repeat the last)
+  float* W;     // [q][64][KP] W = Tm diag(beta e^gamma) K
+  float* U;     // [q][64][VP] U = Tm diag(beta) V
+  float* P;     // [q][64][64] P = scale (Q K^T) .* Gamma, lower triangle with diagonal
+  float* Tm;    // [q][64][64] (I + A)^-1                              (backward only)
+  float* Sin;   // [q][KP][VP] state entering the chunk                (backward only)
+  float* Vp;    // [q][64][VP] V' = U - W S_in                         (backward only)
+  float* dS;    // [q][KP][VP] dL/dS_out of the chunk                  (backward only)
+  float* dVp;   // [q][64][VP] dL/dV'                                  (backward only)
+  float* dA;    // [q][KT][64][64] per-slice parts of -dB_w W^T       (backward only)
+  float* gpart; // [q][KT][64] per-slice parts of dL/dgamma            (backward only)
+  float* bpart; // [q][KT][64] per-slice parts of dL/dbeta             (backward only)
+  float* dq;    // [N][G][K] dq per value head                         (backward only)
+  float* dk;    // [N][G][K] dk per value head                         (backward only)
+};
+
+// ---- small device helpers -------------------------------------------------------------------
+
+// e^x for x <= 0, flushed to 0 below e^-60 like the CPU reference (no subnormal operands).
+__device__ __forceinline__ float exp_nonpos(double x) { return x < -60.0 ? 0.f : expf(float(x)); }
+
+template <typename E>
+__device__ __forceinline__ E from_f32(float x) {
+  if constexpr (std::is_same_v<E, float>)
+    return x;
+  else
+    return __float2bfloat16_rn(x);
+}
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Carves 16-byte aligned arrays out of dynamic shared memory; with base == nullptr (host) it
+// only adds up the size.
+struct Carve {
+  unsigned char* base;
+  size_t off = 0;
+  template <typename E>
+  __host__ __device__ E* take(size_t n) {
+    E* p = reinterpret_cast<E*>(base + off);
+    off += (n * sizeof(E) + 15) / 16 * 16;
+    return p;
+  }
+};
+
+// ---- tile copies global -> shared ----------------------------------------------------------
+//
+// load_tile(dst, ldd, src, lds, rows, cols, rv, cv): block-wide dst[r][c] = src[r][c] for r < rv,
+// c < cv and 0 elsewhere in [rows, cols). When sizes, strides and the source alignment allow,
+// it issues 16-byte cp.async copies (zero-filled outside the valid region) and returns at once:
+// the caller commits them as a group (cp_async_commit) and waits (cp_async_wait<n>) before the
+// __syncthreads that publishes the tile. Otherwise it copies synchronously (8 loads in flight
+// per thread), which the same wait + __syncthreads also covers.
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most n of this thread's committed groups are still in flight.
+template <int n>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+
+template <typename E>
+__device__ void load_tile(E* dst, int ldd, const E* src, int64_t lds, int rows, int cols, int rv,
+                          int cv) {
+  constexpr int VE = 16 / int(sizeof(E));
+  if (cv > cols) cv = cols;
+  const bool vec = cols % VE == 0 && cv % VE == 0 && lds % VE == 0 && ldd % VE == 0 &&
+                   (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+  if (vec) {
+    const int cpr = cols / VE;
+    for (int e = threadIdx.x; e < rows * cpr; e += blockDim.x) {
+      const int r = e / cpr, c = (e - r * cpr) * VE;
+      const bool ok = r < rv && c < cv;
+      cp_async16(dst + r * ldd + c, ok ? src + r * lds + c : src, ok);
+    }
+  } else {
+    const int n = rows * cols, step = int(blockDim.x);
+    for (int e0 = threadIdx.x; e0 < n; e0 += 8 * step) {
+      E val[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int e = e0 + u * step, r = e / cols, c = e - r * cols;
+        val[u] = (e < n && r < rv && c < cv) ? src[r * lds + c] : from_f32<E>(0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int e = e0 + u * step, r = e / cols, c = e - r * cols;
+        if (e < n) dst[r * ldd + c] = val[u];
+      }
+    }
+  }
+}
+
+// ---- warp-level tensor-core products ----------------------------------------------------------
+//
+// mma.sync m16n8k16 bf16 x bf16 -> fp32. An fp32 operand is split into a sum of bf16 terms
+// (hi + mid + ...; each term is the bf16 rounding of what the previous ones left over) and the
+// products of the terms whose orders add up to less than the larger term count are summed:
+// 2 x 2 terms -> 3 products, error ~2^-16 relative; 3 x 3 -> 6 products, ~fp32 accuracy.
+// bf16 storage (inputs q, k, v, do) is exact in one term; fp32 intermediates take 2 terms in bf16
+// mode and every operand 3 terms in f32 debug mode, so f32 mode keeps fp32 accuracy through the
+// same kernels.
+
+// bf16 terms of an operand of element type E when the storage type is T.
+template <typename T, typename E>
+constexpr int kTerms = std::is_same_v<E, __nv_bfloat16> ? 1 : (std::is_same_v<T, float> ? 3 : 2);
+
+// Shared-memory operand indexed (r, k): r is the row m of A or the column n of B, k the
+// contraction index. kKContig: element at p[r * ld + k] (k contiguous), else at p[k * ld + r].
+template <typename E, bool kKContig>
+struct Opnd {
+  const E* p;
+  int ld;
+};
+
+template <int N>
+__device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t (&out)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);  // .x (low half) = x0
+    out[i] = *reinterpret_cast<const uint32_t*>(&h);
+    if (i + 1 < N) {
+      x0 -= __low2float(h);
+      x1 -= __high2float(h);
+    }
+  }
+}
+
+// Elements (r, k) and (r, k + 1) as N packed bf16x2 terms (k even).
+template <int N, typename E, bool KC>
+__device__ __forceinline__ void load_frag(const Opnd<E, KC>& o, int r, int k, uint32_t (&out)[N]) {
+  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
+    static_assert(N == 1, "bf16 operands are exact in one term");
+    if constexpr (KC) {
+      out[0] = *reinterpret_cast<const uint32_t*>(o.p + r * o.ld + k);
+    } else {
+      const uint32_t lo = __bfloat16_as_ushort(o.p[k * o.ld + r]);
+      const uint32_t hi = __bfloat16_as_ushort(o.p[(k + 1) * o.ld + r]);
+      out[0] = lo | (hi << 16);
+    }
+  } else {
+    float2 x;
+    if constexpr (KC)
+      x = *reinterpret_cast<const float2*>(o.p + r * o.ld + k);
+    else
+      x = make_float2(o.p[k * o.ld + r], o.p[(k + 1) * o.ld + r]);
+    split_bf16x2<N>(x.x, x.y, out);
+  }
+}
+
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// acc[mi][ni] += A[m0 + 16 mi + 0..15, 0..kdim) B[0..kdim, n0 + 8 ni + 0..7], kdim % 16 == 0.
+// Accumulator layout (PTX m16n8 C fragment): lane = 4 g + t holds rows g, g + 8 and columns
+// 2t, 2t + 1 of each 16x8 tile: acc[.][.][e] at (g + 8 (e >> 1), 2t + (e & 1)).
+template <typename T, int MT, int NT, typename EA, bool KA, typename EB, bool KB>
+__device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], const Opnd<EA, KA>& a, int m0,
+                                         const Opnd<EB, KB>& b, int n0, int kdim) {
+  constexpr int TA = kTerms<T, EA>, TB = kTerms<T, EB>;
+  constexpr int L = (TA > TB ? TA : TB) - 1;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
+  for (int k0 = 0; k0 < kdim; k0 += 16) {
+    uint32_t af[MT][4][TA], bf[NT][2][TB];
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+      const int r = m0 + 16 * mi + g;
+      load_frag<TA>(a, r, k0 + t2, af[mi][0]);
+      load_frag<TA>(a, r + 8, k0 + t2, af[mi][1]);
+      load_frag<TA>(a, r, k0 + t2 + 8, af[mi][2]);
+      load_frag<TA>(a, r + 8, k0 + t2 + 8, af[mi][3]);
+    }
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni) {
+      const int r = n0 + 8 * ni + g;
+      load_frag<TB>(b, r, k0 + t2, bf[ni][0]);
+      load_frag<TB>(b, r, k0 + t2 + 8, bf[ni][1]);
+    }
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+        for (int ia = TA - 1; ia >= 0; --ia)  // small terms first
+#pragma unroll
+          for (int ib = TB - 1; ib >= 0; --ib)
+            if (ia + ib <= L)
+              mma16816(acc[mi][ni], af[mi][0][ia], af[mi][1][ia], af[mi][2][ia], af[mi][3][ia],
+                       bf[ni][0][ib], bf[ni][1][ib]);
+  }
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void acc_zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+}
+
+// f(row, col, value&) for every accumulator element of this lane (tile origin m0, n0).
+template <int MT, int NT, typename F>
+__device__ __forceinline__ void acc_each(float (&acc)[MT][NT][4], int m0, int n0, F&& f) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        f(m0 + 16 * mi + g + 8 * (e >> 1), n0 + 8 * ni + t2 + (e & 1), acc[mi][ni][e]);
+}
+
+// Sum over this warp's columns of f(row, col, value) for the rows of a [1][NT] accumulator:
+// returns (row m0 + g, row m0 + g + 8) sums, complete in every lane (fixed shuffle order).
+template <int NT, typename F>
+__device__ __forceinline__ float2 acc_row_sums(float (&acc)[1][NT][4], int m0, int n0, F&& f) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int ni = 0; ni < NT; ++ni) {
+    const int c = n0 + 8 * ni + t2;
+    s0 += f(m0 + g, c, acc[0][ni][0]) + f(m0 + g, c + 1, acc[0][ni][1]);
+    s1 += f(m0 + g + 8, c, acc[0][ni][2]) + f(m0 + g + 8, c + 1, acc[0][ni][3]);
+  }
+  s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+  s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+  s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+  s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+  return make_float2(s0, s1);
+}
+
+// ---- host set-up and launchers shared by the forward and the backward (gdn_fwd.cu) ----------
+
+struct Setup {
+  Plan plan;  // plan.nch == 0: no tokens, nothing uploaded or allocated
+  Dims d;
+  Work w;     // backward buffers only when bwd
+  int KP;     // 128 for K <= 128, else 256
+};
+
+// Validates the arguments (core::Error naming `what`), builds the chunk plan from cu_host,
+// uploads it and lays out the cached device workspace.
+Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G,
+            int64_t K, int64_t V, float scale, bool bwd);
+
+// Per chunk-head: gamma, W, U, P into the workspace, and Tm when store_tm.
+template <typename T, int KP>
+void launch_prep(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w,
+                 bool store_tm);
+
+// Sequential state pass over the chunks of each segment, grid (VP / kBV, G, nseg).
+// Forward mode (o != nullptr): o_NGV and, when state != nullptr, the final states.
+// Recompute mode (o == nullptr): Sin and Vp of every chunk into the workspace.
+template <typename T, int KP>
+void launch_states(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w, T* o,
+                   float* state);
+
+}  // namespace deltatron::cuda::gdn

@@ -1,0 +1,248 @@
+// `deltatron bench` (see bench.h). Reports real tokens/s (padding-free: every token is a real
+// token of some sample), model TFLOP/s and MFU, peak GPU memory and a per-stage breakdown.
+//
+// Model FLOPs per step (stated with the results):
+//   6 * T * P_matmul            every weight matrix a token passes through (projections, active
+//                               experts + shared expert + router for MoE, LM head), fwd + bwd
+// + 3 * 4 * H * hd * sum_s L_s (L_s + 1) / 2 per full-attention layer (QK^T and PV, causal)
+// + 3 * 6 * G * dk * dv * T    per Gated DeltaNet layer (state read, write and output per token
+//                               and value head, in the recurrent form)
+// MFU = model FLOP/s / 989.4e12 (H100/H200 SXM dense bf16 peak).
+#include "gpu/bench.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/error.h"
+#include "cuda/device.h"
+#include "data/pack.h"
+#include "gpu/buf.h"
+#include "gpu/profile.h"
+#include "model/config.h"
+#include "train/engine.h"
+#include "train/optimizer.h"
+#include "train/presets.h"
+
+namespace deltatron::gpu {
+
+namespace {
+
+constexpr double kPeakFlops = 989.4e12;
+
+// Fast random weights (speed does not depend on the values): HF-like scales, parallel per
+// tensor chunk, counter-based so the result does not depend on the thread count.
+model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
+  model::TensorMap out;
+  for (const model::ParamSpec& spec : model::param_specs(c)) out.emplace(spec.name, core::Tensor(spec.shape));
+  uint64_t tensor_id = 0;
+  for (auto& [name, t] : out) {
+    const bool ones = name.ends_with("linear_attn.norm.weight") || name.ends_with("dt_bias");
+    const bool alog = name.ends_with("A_log");
+    const bool zero = !ones && !alog && t.shape.size() == 1;
+    float* p = t.ptr();
+    const int64_t n = t.numel();
+    const uint64_t base = (seed + 1) * 0x9E3779B97F4A7C15ull + (++tensor_id) * 0xBF58476D1CE4E5B9ull;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      uint64_t z = base + uint64_t(i) * 0x94D049BB133111EBull;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      // Irwin-Hall(4) on 16-bit parts: mean 2, variance 1/3 -> about N(0, 1).
+      double u = 0;
+      for (int k = 0; k < 4; ++k) u += double((z >> (16 * k)) & 0xFFFF) / 65536.0;
+      const double nrm = (u - 2.0) * std::sqrt(3.0);
+      if (ones) p[i] = 1.f;
+      else if (alog) p[i] = float(std::log(1.0 + 15.0 * (u / 4.0)));
+      else if (zero) p[i] = 0.f;
+      else p[i] = float(0.02 * nrm);
+    }
+  }
+  return out;
+}
+
+// Steps of sample lengths: log-normal (median, sigma) clipped to [min, max], packed greedily in
+// draw order into micro-batches of at most `budget` tokens.
+std::vector<std::vector<int64_t>> draw_lengths(const BenchOptions& o, int64_t nsteps) {
+  std::mt19937_64 rng(o.seed);
+  std::lognormal_distribution<double> ln(std::log(o.median_len), o.sigma);
+  std::vector<std::vector<int64_t>> steps(1);
+  int64_t used = 0;
+  while (int64_t(steps.size()) <= nsteps) {
+    const int64_t L = std::clamp<int64_t>(int64_t(ln(rng)), o.min_len, o.max_len);
+    if (used + L > o.micro_batch_tokens) {
+      steps.emplace_back();
+      used = 0;
+    }
+    steps.back().push_back(L);
+    used += L;
+  }
+  steps.pop_back();
+  return steps;
+}
+
+data::Pack make_random_pack(const std::vector<int64_t>& lens, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, int32_t(vocab - 1));
+  std::vector<data::Sample> samples(lens.size());
+  std::vector<const data::Sample*> ptrs;
+  std::vector<int64_t> index;
+  for (size_t i = 0; i < lens.size(); ++i) {
+    samples[i].input_ids.resize(lens[i]);
+    for (auto& t : samples[i].input_ids) t = tok(rng);
+    samples[i].labels = samples[i].input_ids;
+    ptrs.push_back(&samples[i]);
+    index.push_back(int64_t(i));
+  }
+  return data::make_pack(ptrs, index, 1);
+}
+
+double step_flops(const model::Config& c, const std::vector<int64_t>& lens) {
+  double T = 0, pairs = 0;
+  for (int64_t L : lens) {
+    T += double(L);
+    pairs += double(L) * double(L + 1) / 2;
+  }
+  const double D = c.hidden_size;
+  double pm = double(c.vocab_size) * D;  // LM head
+  const double lin_c = 2.0 * c.linear_num_key_heads * c.linear_key_head_dim +
+                       double(c.linear_num_value_heads) * c.linear_value_head_dim;
+  const double gv = double(c.linear_num_value_heads) * c.linear_value_head_dim;
+  double extra = 0;
+  for (auto t : c.layer_types) {
+    if (t == model::LayerType::full_attention) {
+      const double hk = double(c.num_attention_heads) * c.head_dim;
+      pm += D * 2 * hk + 2 * D * double(c.num_key_value_heads) * c.head_dim + hk * D;
+      extra += 3.0 * 4.0 * hk * pairs;
+    } else {
+      pm += D * (lin_c + gv + 2.0 * c.linear_num_value_heads) + gv * D;
+      extra += 3.0 * 6.0 * c.linear_num_value_heads * double(c.linear_key_head_dim) *
+               c.linear_value_head_dim * T;
+    }
+    if (c.is_moe())
+      pm += D * c.num_experts + double(c.num_experts_per_tok) * 3.0 * D * c.moe_intermediate_size +
+            3.0 * D * c.shared_expert_intermediate_size + D;
+    else
+      pm += 3.0 * D * c.intermediate_size;
+  }
+  return 6.0 * T * pm + extra;
+}
+
+double gib(double b) { return b / double(1ull << 30); }
+
+}  // namespace
+
+void run_bench(const BenchOptions& o) {
+  DT_CHECK(o.steps > 0 && o.warmup >= 0, "bench: --steps must be > 0 and --warmup >= 0");
+  DT_CHECK(o.micro_batch_tokens >= o.max_len, "bench: --tokens (", o.micro_batch_tokens,
+           ") must be at least the longest sample (", o.max_len, ")");
+  cuda::require_hopper();
+  nlohmann::json cj = train::preset_config(o.preset);
+  if (o.layers > 0) {
+    cj["num_hidden_layers"] = o.layers;
+    cj.erase("layer_types");
+  }
+  if (!o.mtp) cj["mtp_num_hidden_layers"] = 0;
+  const model::Config c = model::parse_config(cj, "preset " + o.preset);
+  const auto lens = draw_lengths(o, o.warmup + o.steps + 1);
+  if (!o.lengths_out.empty()) {
+    // The timed steps only: the peer times exactly these batches.
+    const std::vector<std::vector<int64_t>> timed(lens.begin() + o.warmup,
+                                                  lens.begin() + o.warmup + o.steps);
+    nlohmann::json lj = {{"micro_batch_tokens", o.micro_batch_tokens}, {"steps", timed}};
+    std::ofstream(o.lengths_out) << lj.dump() << "\n";
+  }
+
+  size_t free0 = 0, total = 0;
+  DT_CUDA_CHECK(cudaFree(nullptr));
+  DT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+  model::TensorMap params = bench_params(c, o.seed);
+  int64_t nparams = 0;
+  for (const auto& [k, t] : params) nparams += t.numel();
+  train::AdamWOptions ao;
+  ao.weight_decay = 0.1;
+  train::AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
+  auto engine = train::make_engine("cuda", o.precision, c, params, nullptr);
+  params.clear();
+
+  std::fprintf(stderr, "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches\n",
+               o.preset.c_str(),
+               o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
+               double(nparams) / 1e9, o.precision.c_str(),
+               static_cast<long long>(o.micro_batch_tokens));
+  std::vector<double> times, tokens, flops;
+  std::map<std::string, double> stages;
+  for (int64_t s = 0; s < o.warmup + o.steps + 1; ++s) {
+    const bool timed = s >= o.warmup && s < o.warmup + o.steps;
+    const bool profiled = s == o.warmup + o.steps;  // one extra step with stage events
+    const data::Pack pack = make_random_pack(lens[s], c.vocab_size, o.seed * 7919 + uint64_t(s));
+    profile_enable(profiled);
+    DT_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto t0 = std::chrono::steady_clock::now();
+    engine->zero_grads();
+    model::ModelOptions mo;
+    mo.ce_scale = 1.f / float(std::max<int64_t>(1, pack.N - pack.num_samples()));
+    engine->fwd_bwd(pack, true, mo);
+    {
+      Stage st("optimizer (clip + fused AdamW)");
+      engine->clip(1.0);
+      engine->step(opt, 1e-5);
+    }
+    DT_CUDA_CHECK(cudaDeviceSynchronize());
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (profiled) {
+      stages = profile_collect();
+      profile_enable(false);
+      double sum = 0;
+      for (auto& [k, v] : stages) sum += v;
+      stages["other (norms, residual, embedding, casts)"] = dt * 1e3 - sum;
+      stages["total step"] = dt * 1e3;
+    }
+    if (!timed) continue;
+    times.push_back(dt);
+    tokens.push_back(double(pack.N));
+    flops.push_back(step_flops(c, lens[s]));
+  }
+  size_t free1 = 0;
+  DT_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+  std::vector<double> sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  const double med = sorted[sorted.size() / 2];
+  double tok = 0, fl = 0, tsum = 0;
+  for (size_t i = 0; i < times.size(); ++i) tok += tokens[i], fl += flops[i], tsum += times[i];
+  const double tps = tok / tsum, tflops = fl / tsum / 1e12;
+  const double peak = gib(double(free0 - free1));
+  int dev = 0;
+  cudaDeviceProp prop{};
+  DT_CUDA_CHECK(cudaGetDevice(&dev));
+  DT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+
+  std::printf("bench %s: %s, %.3fB params, %lld timed steps of <= %lld tokens (%.0f real tokens/step)\n",
+              o.preset.c_str(), prop.name, double(nparams) / 1e9, static_cast<long long>(o.steps),
+              static_cast<long long>(o.micro_batch_tokens), tok / double(times.size()));
+  std::printf("  real tokens/s        %.0f\n", tps);
+  std::printf("  median step          %.1f ms\n", med * 1e3);
+  std::printf("  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in src/gpu/bench.cpp)\n",
+              tflops, 100.0 * tflops * 1e12 / kPeakFlops);
+  std::printf("  peak GPU memory      %.1f GiB (device memory taken by the run, cudaMemGetInfo)\n", peak);
+  std::printf("  stages of one step (ms):\n");
+  for (auto& [k, v] : stages) std::printf("    %-45s %8.1f\n", k.c_str(), v);
+  if (!o.json_out.empty()) {
+    nlohmann::json j = {{"preset", o.preset},         {"layers", c.num_hidden_layers},
+                        {"gpu", prop.name},           {"params", nparams},
+                        {"precision", o.precision},   {"real_tok_per_s", tps},
+                        {"step_s_median", med},       {"tflops", tflops},
+                        {"mfu", tflops * 1e12 / kPeakFlops}, {"peak_gib", peak},
+                        {"stages_ms", stages}};
+    std::ofstream(o.json_out) << j.dump(1) << "\n";
+  }
+}
+
+}  // namespace deltatron::gpu

@@ -1,0 +1,81 @@
+// The model's parameters on the GPU (see params.h).
+#include "gpu/params.h"
+
+#include <cuda_runtime_api.h>
+
+#include "core/error.h"
+#include "cuda/device.h"
+#include "cuda/pointwise.h"
+
+namespace deltatron::gpu {
+
+namespace {
+// Every tensor starts on a 256-byte boundary (cuBLASLt picks kernels by alignment).
+constexpr int64_t kAlign = 64;
+}
+
+Params::Params(const model::TensorMap& host, DType dt) : dt_(dt) {
+  for (const auto& [name, t] : host) {
+    names_.push_back(name);
+    index_[name] = Entry{total_, t.numel(), t.shape};
+    total_ += (t.numel() + kAlign - 1) / kAlign * kAlign;
+  }
+  master_ = Buf(total_, DType::f32, "fp32 master weights");
+  grad_ = Buf(total_, DType::f32, "fp32 gradients");
+  if (dt_ != DType::f32) compute_ = Buf(total_, dt_, "compute copies of the weights");
+  master_.zero();
+  grad_.zero();
+  upload(host);
+}
+
+const Params::Entry& Params::entry(const std::string& name) const {
+  auto it = index_.find(name);
+  DT_CHECK(it != index_.end(), "model parameter ", name, " is missing");
+  return it->second;
+}
+
+const void* Params::w(const std::string& name) const {
+  const Entry& e = entry(name);
+  const Buf& b = dt_ == DType::f32 ? master_ : compute_;
+  return b.at(e.offset);
+}
+
+float* Params::g(const std::string& name) { return grad_.f32() + entry(name).offset; }
+float* Params::master(const std::string& name) { return master_.f32() + entry(name).offset; }
+
+void Params::upload(const model::TensorMap& host) {
+  for (const auto& [name, t] : host) {
+    const Entry& e = entry(name);
+    DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
+             e.numel);
+    DT_CUDA_CHECK(cudaMemcpy(master_.f32() + e.offset, t.ptr(), size_t(e.numel) * 4,
+                             cudaMemcpyHostToDevice));
+  }
+  sync_compute();
+}
+
+void Params::download(model::TensorMap& host) const {
+  for (auto& [name, t] : host) {
+    const Entry& e = entry(name);
+    DT_CHECK(t.numel() == e.numel, "parameter ", name, " size mismatch on download");
+    DT_CUDA_CHECK(cudaMemcpy(t.ptr(), master_.f32() + e.offset, size_t(e.numel) * 4,
+                             cudaMemcpyDeviceToHost));
+  }
+}
+
+void Params::download_grads(model::TensorMap& host) const {
+  for (auto& [name, t] : host) {
+    const Entry& e = entry(name);
+    DT_CHECK(t.numel() == e.numel, "gradient ", name, " size mismatch on download");
+    DT_CUDA_CHECK(cudaMemcpy(t.ptr(), grad_.f32() + e.offset, size_t(e.numel) * 4,
+                             cudaMemcpyDeviceToHost));
+  }
+}
+
+void Params::zero_grads() { grad_.zero(); }
+
+void Params::sync_compute() {
+  if (dt_ != DType::f32) cuda::cast(DType::f32, master_.get(), dt_, compute_.get(), total_);
+}
+
+}  // namespace deltatron::gpu

@@ -1,0 +1,41 @@
+// Where the model runs for score and train: the CPU reference (host tensors) or one GPU
+// (parameters, gradients and optimizer state resident on the device).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/pack.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "train/optimizer.h"
+
+namespace deltatron::train {
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // model::model_fwd_bwd on this engine; with_grads accumulates into the engine's gradients.
+  virtual model::PackLoss fwd_bwd(const data::Pack& pack, bool with_grads,
+                                  const model::ModelOptions& opt) = 0;
+  virtual void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) = 0;
+  virtual void zero_grads() = 0;
+  // Copies the gradients into `grads` (shaped like the parameters, e.g. model::zeros_like).
+  virtual void grads_to_host(model::TensorMap& grads) = 0;
+  // Global gradient norm before clipping; scales the gradients to max_norm when larger
+  // (train::clip_grad_norm semantics; max_norm <= 0: no clipping).
+  virtual double clip(double max_norm) = 0;
+  // One AdamW update with the optimizer's options and decay groups (its step count advances).
+  virtual void step(AdamW& opt, double lr) = 0;
+  // Makes the host parameters and `opt`'s state current (before saving a checkpoint).
+  virtual void sync_to_host(model::TensorMap& params, AdamW& opt) = 0;
+};
+
+// device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32". The engine keeps references to
+// `params` (cpu) or uploads them (cuda; `opt`'s moments too, for a resumed run). A clear error
+// when CUDA is unavailable: not built, no GPU, or not a Hopper GPU.
+std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
+                                    const model::Config& c, model::TensorMap& params,
+                                    const AdamW* opt = nullptr);
+
+}  // namespace deltatron::train

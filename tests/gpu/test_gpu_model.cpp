@@ -1,0 +1,486 @@
+// GPU model-level parity (label gpu): gpu::Model against the Hugging Face golden fixtures, pack
+// invariance on the GPU, gpu::Model against the CPU reference model with router losses, and the
+// CUDA engine's optimizer steps against the CPU engine (plus bitwise run-to-run determinism).
+//
+// Bounds (docs/tolerances.md): fp32 mode = the CPU bounds (loss 1e-5 relative, gradients 1e-4
+// relative RMS per tensor); bf16 mode (bf16 weights and activations): golden loss 2e-2 and
+// gradients 5e-2, pack invariance loss 1e-2. Every case prints its measured worst numbers.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data/pack.h"
+#include "data/sample.h"
+#include "gpu/model.h"
+#include "gpu_model_fixture.h"
+#include "io/checkpoint.h"
+#include "io/hf_layout.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model_fixture.h"
+#include "test_util.h"
+#include "train/engine.h"
+#include "train/objective.h"
+#include "train/optimizer.h"
+
+using namespace deltatron;
+using dt_gpu_test::compare_grads;
+using dt_gpu_test::mode_name;
+using dt_gpu_test::rel;
+using dt_gpu_test::Scored;
+using dt_gpu_test::Worst;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kLossF32 = 1e-5, kGradF32 = 1e-4;    // the CPU bounds
+constexpr double kLossBf16 = 2e-2, kGradBf16 = 5e-2;  // golden, bf16 mode
+constexpr double kPackLossBf16 = 1e-2;                // pack invariance, bf16 mode
+
+// ---- 1. golden fixtures on the GPU ---------------------------------------------------------
+
+struct GoldenCase {
+  std::string fixture;
+  gpu::DType dt;
+};
+void PrintTo(const GoldenCase& k, std::ostream* os) { *os << k.fixture << " " << mode_name(k.dt); }
+
+std::vector<GoldenCase> golden_cases() {
+  std::vector<std::string> names;
+  const fs::path root = dt_gpu_test::test_data_dir() / "golden";
+  if (fs::is_directory(root))
+    for (const auto& e : fs::directory_iterator(root))
+      if (e.is_directory() && fs::exists(e.path() / "expected.jsonl"))
+        names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  std::vector<GoldenCase> out;
+  for (auto dt : {gpu::DType::f32, gpu::DType::bf16})
+    for (const auto& n : names) out.push_back({n, dt});
+  return out;
+}
+
+class GpuGolden : public ::testing::TestWithParam<GoldenCase> {};
+
+// The same pack and objective as test_golden.cpp (every sample, reverse order, alignment 8).
+TEST_P(GpuGolden, PackedLossesAndGradientsMatchHuggingFace) {
+  const GoldenCase& k = GetParam();
+  const bool f32 = k.dt == gpu::DType::f32;
+  const double loss_tol = f32 ? kLossF32 : kLossBf16, grad_tol = f32 ? kGradF32 : kGradBf16;
+  const fs::path dir = dt_gpu_test::test_data_dir() / "golden" / k.fixture;
+  const io::Checkpoint ck = io::load_checkpoint(dir.string());
+  const auto samples =
+      data::read_token_jsonl((dir / "samples.jsonl").string(), ck.config.vocab_size);
+  double mtp_scale = 0.0;
+  if (fs::exists(dir / "golden.json")) {
+    std::ifstream meta(dir / "golden.json");
+    mtp_scale = nlohmann::json::parse(meta).value("mtp_scale", 0.0);
+  }
+  std::vector<double> want_loss, want_mtp;
+  std::vector<int64_t> want_n, want_mtp_n;
+  std::ifstream in(dir / "expected.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    auto j = nlohmann::json::parse(line);
+    ASSERT_EQ(j["index"].get<size_t>(), want_loss.size());
+    want_loss.push_back(j["loss_sum"].get<double>());
+    want_n.push_back(j["n_tokens"].get<int64_t>());
+    if (j.contains("mtp_loss_sum")) {
+      want_mtp.push_back(j["mtp_loss_sum"].get<double>());
+      want_mtp_n.push_back(j["mtp_n_tokens"].get<int64_t>());
+    }
+  }
+  ASSERT_EQ(!want_mtp.empty(), ck.config.mtp_enabled) << "fixture and config disagree on MTP";
+  ASSERT_EQ(want_loss.size(), samples.size());
+
+  std::vector<const data::Sample*> members;
+  std::vector<int64_t> index;
+  for (int64_t i = static_cast<int64_t>(samples.size()) - 1; i >= 0; --i) {
+    members.push_back(&samples[i]);
+    index.push_back(i);
+  }
+  const data::Pack pack = data::make_pack(members, index, 8);
+  model::ModelOptions opt;
+  opt.mtp_ce_scale = static_cast<float>(mtp_scale);
+  gpu::Model m(ck.config, ck.params, k.dt);
+  const Scored got = dt_gpu_test::score_gpu(m, ck.params, pack, opt);
+
+  Worst loss, grad;
+  for (int s = 0; s < pack.num_samples(); ++s) {
+    const int64_t i = pack.sample_index[s];
+    EXPECT_EQ(got.loss.n_tokens[s], want_n[i]) << "sample " << i;
+    if (want_n[i] == 0) {
+      EXPECT_EQ(got.loss.loss_sum[s], 0.0) << "sample " << i;
+      continue;
+    }
+    const double e = rel(got.loss.loss_sum[s], want_loss[i]);
+    loss.add(e, "sample " + std::to_string(i));
+    EXPECT_LE(e, loss_tol) << "sample " << i << ": got " << got.loss.loss_sum[s] << " want "
+                           << want_loss[i];
+  }
+  for (int s = 0; s < pack.num_samples() && !want_mtp.empty(); ++s) {
+    const int64_t i = pack.sample_index[s];
+    EXPECT_EQ(got.loss.mtp_n_tokens[s], want_mtp_n[i]) << "MTP sample " << i;
+    if (want_mtp_n[i] == 0) {
+      EXPECT_EQ(got.loss.mtp_loss_sum[s], 0.0) << "MTP sample " << i;
+      continue;
+    }
+    const double e = rel(got.loss.mtp_loss_sum[s], want_mtp[i]);
+    loss.add(e, "MTP sample " + std::to_string(i));
+    EXPECT_LE(e, loss_tol) << "MTP sample " << i << ": got " << got.loss.mtp_loss_sum[s] << " want "
+                           << want_mtp[i];
+  }
+
+  const auto named = io::to_checkpoint_names(ck, got.grads);
+  const io::SafetensorsFile want_grads((dir / "grads.safetensors").string());
+  EXPECT_EQ(want_grads.names().size(), named.size());
+  for (const auto& [name, g] : named) {
+    ASSERT_TRUE(want_grads.contains(name)) << "fixture lacks gradient " << name;
+    const core::Tensor w = want_grads.to_float(name);
+    ASSERT_EQ(w.shape, g.shape) << name;
+    const auto r = dt_test::compare(g.data, w.data);
+    grad.add(r.rel_rms, name);
+    EXPECT_LE(r.rel_rms, grad_tol) << name << ": " << r.str();
+  }
+  std::printf("gpu golden %s [%s]: %zu samples, worst loss rel err %s, worst grad rel RMS %s\n",
+              k.fixture.c_str(), mode_name(k.dt), samples.size(), loss.str().c_str(),
+              grad.str().c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GpuGolden, ::testing::ValuesIn(golden_cases()),
+                         [](const auto& info) {
+                           return info.param.fixture + "_" + mode_name(info.param.dt);
+                         });
+
+// ---- 2. pack invariance on the GPU -----------------------------------------------------------
+
+struct PackCase {
+  std::string name;
+  bool moe;  // MoE + MTP with seq aux and z-loss; else the dense config without MTP
+  int64_t align;
+  gpu::DType dt;
+};
+void PrintTo(const PackCase& k, std::ostream* os) { *os << k.name; }
+
+class GpuPackInvariance : public ::testing::TestWithParam<PackCase> {};
+
+// The models, samples and orders of test_model_pack.cpp (dense) and test_model_moe_mtp.cpp (MoE).
+TEST_P(GpuPackInvariance, PackedEqualsSamplesAlone) {
+  const PackCase& k = GetParam();
+  const bool f32 = k.dt == gpu::DType::f32;
+  model::Config c =
+      model::parse_config(dt_test::tiny_config_json(k.moe ? dt_gpu_test::moe_mtp_overrides()
+                                                          : nlohmann::json::object()),
+                          "tiny");
+  c.mtp_enabled = k.moe;
+  const model::TensorMap p = dt_test::random_params(c, k.moe ? 21 : 7);
+  const std::vector<int> lengths = {1, 2, 3, 5, 64, 65, 130};
+  const auto samples = dt_test::make_samples(lengths, c.vocab_size, k.moe ? 4 : 11, k.moe ? 3 : 4);
+  const std::vector<int64_t> order =
+      k.moe ? std::vector<int64_t>{5, 0, 6, 3, 1, 4, 2} : std::vector<int64_t>{4, 0, 6, 2, 1, 5, 3};
+  model::ModelOptions opt;
+  if (k.moe) {
+    opt.mtp_ce_scale = 0.3f;
+    opt.router.aux_coef = 0.05;
+    opt.router.aux_type = model::AuxLossType::seq;
+    opt.router.z_coef = 0.01;
+  }
+  gpu::Model m(c, p, k.dt);
+
+  // Alone: one pack per sample; the model accumulates their gradients (never zeroed between).
+  const int64_t S = static_cast<int64_t>(samples.size());
+  std::vector<double> alone_loss(S), alone_mtp(S);
+  double alone_router = 0;
+  m.params().zero_grads();
+  for (int64_t i = 0; i < S; ++i) {
+    const model::PackLoss l = m.fwd_bwd(dt_test::pack_of(samples, {i}, 1), true, opt);
+    alone_loss[i] = l.loss_sum[0];
+    if (k.moe) alone_mtp[i] = l.mtp_loss_sum[0];
+    alone_router += l.router_loss;
+  }
+  model::TensorMap alone_grads = model::zeros_like(p);
+  m.params().download_grads(alone_grads);
+
+  const Scored packed =
+      dt_gpu_test::score_gpu(m, p, dt_test::pack_of(samples, order, k.align), opt);
+  const double loss_tol = f32 ? kLossF32 : kPackLossBf16;
+  Worst loss, mtp;
+  for (size_t s = 0; s < order.size(); ++s) {
+    const int64_t i = order[s];
+    const std::string who =
+        "sample " + std::to_string(i) + " (len " + std::to_string(lengths[i]) + ")";
+    const double e = rel(packed.loss.loss_sum[s], alone_loss[i]);
+    loss.add(e, who);
+    EXPECT_LE(e, loss_tol) << who << ": packed " << packed.loss.loss_sum[s] << " alone "
+                           << alone_loss[i];
+    if (!k.moe) continue;
+    const double em = rel(packed.loss.mtp_loss_sum[s], alone_mtp[i]);
+    mtp.add(em, who);
+    EXPECT_LE(em, loss_tol) << "MTP " << who << ": packed " << packed.loss.mtp_loss_sum[s]
+                            << " alone " << alone_mtp[i];
+  }
+  double router_err = 0;
+  if (k.moe) {
+    EXPECT_GT(alone_router, 0.0);
+    router_err = rel(packed.loss.router_loss, alone_router);
+    // bf16 mode: measured only (a router top-k flip between the two runs moves it legitimately).
+    if (f32) {
+      EXPECT_LE(router_err, kLossF32)
+          << "router loss: packed " << packed.loss.router_loss << " alone " << alone_router;
+    }
+  }
+  // bf16 mode: gradients measured only (same reason; the brief bounds only the loss there).
+  const Worst grad = compare_grads(packed.grads, alone_grads, f32 ? kGradF32 : -1.0, k.name);
+  std::printf(
+      "gpu pack invariance %s [%s]: worst loss rel err %s, MTP %s, router %.3g, "
+      "worst grad rel RMS %s\n",
+      k.name.c_str(), mode_name(k.dt), loss.str().c_str(), mtp.str().c_str(), router_err,
+      grad.str().c_str());
+}
+
+std::vector<PackCase> pack_cases() {
+  std::vector<PackCase> out;
+  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
+    const std::string d = mode_name(dt);
+    out.push_back({"dense_align8_" + d, false, 8, dt});
+    out.push_back({"dense_align64_" + d, false, 64, dt});
+    out.push_back({"moe_mtp_seq_align1_" + d, true, 1, dt});
+    out.push_back({"moe_mtp_seq_align64_" + d, true, 64, dt});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, GpuPackInvariance, ::testing::ValuesIn(pack_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// ---- 3. GPU model vs the CPU reference model -------------------------------------------------
+
+struct CpuCase {
+  std::string name;
+  model::AuxLossType aux;
+};
+void PrintTo(const CpuCase& k, std::ostream* os) { *os << k.name; }
+
+class GpuVsCpu : public ::testing::TestWithParam<CpuCase> {};
+
+// One random MoE + MTP model; two packs scored in turn (gradients accumulating), with the aux
+// loss of the case and z-loss; global aux uses running counts over both packs, as the trainer.
+TEST_P(GpuVsCpu, LossesRouterLossesAndGradientsMatch) {
+  const CpuCase& k = GetParam();
+  model::Config c =
+      model::parse_config(dt_test::tiny_config_json(dt_gpu_test::moe_mtp_overrides()), "tiny");
+  c.mtp_enabled = true;
+  const model::TensorMap p = dt_test::random_params(c, 13);
+  const std::vector<int> lengths = {1, 2, 3, 5, 64, 65, 130, 17};
+  const auto samples = dt_test::make_samples(lengths, c.vocab_size, 6, 3);
+  const std::vector<data::Pack> packs = {dt_test::pack_of(samples, {5, 0, 6, 3}, 8),
+                                         dt_test::pack_of(samples, {1, 7, 4, 2}, 8)};
+  model::ModelOptions opt;
+  opt.mtp_ce_scale = 0.3f;
+  opt.router.aux_coef = 0.05;
+  opt.router.aux_type = k.aux;
+  opt.router.seq_weight = 1.0 / 8;
+  opt.router.z_coef = 0.01;
+  opt.router.z_weight = 1.0 / 287;  // real tokens of the step
+  model::GlobalRouterCounts run_cpu, run_gpu;
+  run_cpu.step_tokens = run_gpu.step_tokens = 287;
+
+  gpu::Model m(c, p, gpu::DType::f32);
+  m.params().zero_grads();
+  model::TensorMap cpu_grads = model::zeros_like(p);
+  Worst loss, router;
+  for (size_t b = 0; b < packs.size(); ++b) {
+    const data::Pack& pack = packs[b];
+    model::ModelOptions oc = opt, og = opt;
+    if (k.aux == model::AuxLossType::global) {
+      oc.running_counts = &run_cpu;
+      og.running_counts = &run_gpu;
+    }
+    const model::PackLoss want =
+        model::model_fwd_bwd(core::Device::cpu, c, p, pack, &cpu_grads, oc);
+    const model::PackLoss got = m.fwd_bwd(pack, true, og);
+    ASSERT_EQ(got.loss_sum.size(), want.loss_sum.size());
+    ASSERT_EQ(got.mtp_loss_sum.size(), want.mtp_loss_sum.size());
+    for (size_t s = 0; s < want.loss_sum.size(); ++s) {
+      const std::string who =
+          "pack " + std::to_string(b) + " sample " + std::to_string(pack.sample_index[s]);
+      EXPECT_EQ(got.n_tokens[s], want.n_tokens[s]) << who;
+      EXPECT_EQ(got.mtp_n_tokens[s], want.mtp_n_tokens[s]) << who;
+      const double e = rel(got.loss_sum[s], want.loss_sum[s]);
+      const double em = rel(got.mtp_loss_sum[s], want.mtp_loss_sum[s]);
+      loss.add(e, who);
+      loss.add(em, "MTP " + who);
+      EXPECT_LE(e, kLossF32) << who << ": gpu " << got.loss_sum[s] << " cpu " << want.loss_sum[s];
+      EXPECT_LE(em, kLossF32) << "MTP " << who << ": gpu " << got.mtp_loss_sum[s] << " cpu "
+                              << want.mtp_loss_sum[s];
+    }
+    EXPECT_GT(want.router_loss, 0.0);
+    const double er = rel(got.router_loss, want.router_loss);
+    router.add(er, "pack " + std::to_string(b));
+    EXPECT_LE(er, kLossF32) << "router loss, pack " << b << ": gpu " << got.router_loss << " cpu "
+                            << want.router_loss;
+  }
+  model::TensorMap gpu_grads = model::zeros_like(p);
+  m.params().download_grads(gpu_grads);
+  const Worst grad = compare_grads(gpu_grads, cpu_grads, kGradF32, k.name);
+
+  if (k.aux == model::AuxLossType::global) {
+    // The running counts are integers (top-k selections of real tokens): equal exactly.
+    EXPECT_EQ(run_gpu.counts_E, run_cpu.counts_E);
+    EXPECT_EQ(run_gpu.tokens, run_cpu.tokens);
+    EXPECT_GE(run_cpu.counts_E.size(), size_t(c.num_hidden_layers));
+    model::GlobalRouterCounts count_cpu, count_gpu;
+    for (const auto& pack : packs) {
+      model::model_count_routes(core::Device::cpu, c, p, pack, count_cpu);
+      m.count_routes(pack, count_gpu);
+    }
+    EXPECT_EQ(count_gpu.counts_E, count_cpu.counts_E);
+    EXPECT_EQ(count_gpu.tokens, count_cpu.tokens);
+  } else {
+    // Forward only gives the same losses as forward + backward, bit for bit.
+    const model::PackLoss a = m.fwd_bwd(packs[1], false, opt);
+    m.params().zero_grads();
+    const model::PackLoss b = m.fwd_bwd(packs[1], true, opt);
+    EXPECT_EQ(a.loss_sum, b.loss_sum);
+    EXPECT_EQ(a.mtp_loss_sum, b.mtp_loss_sum);
+    EXPECT_EQ(a.router_loss, b.router_loss);
+  }
+  std::printf("gpu vs cpu %s [f32]: worst loss rel err %s, router loss %s, worst grad rel RMS %s\n",
+              k.name.c_str(), loss.str().c_str(), router.str().c_str(), grad.str().c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    RouterLosses, GpuVsCpu,
+    ::testing::Values(CpuCase{"seq_aux_zloss", model::AuxLossType::seq},
+                      CpuCase{"global_running_aux_zloss", model::AuxLossType::global},
+                      CpuCase{"micro_batch_aux_zloss", model::AuxLossType::micro_batch}),
+    [](const auto& info) { return info.param.name; });
+
+// Run to run: the same pack on the same model gives bitwise the same losses and gradients, and
+// so does a second model built from the same parameters (no state leaks between calls).
+TEST(GpuModel, FwdBwdIsBitwiseDeterministic) {
+  model::Config c =
+      model::parse_config(dt_test::tiny_config_json(dt_gpu_test::moe_mtp_overrides()), "tiny");
+  c.mtp_enabled = true;
+  const model::TensorMap p = dt_test::random_params(c, 13);
+  const auto samples = dt_test::make_samples({1, 2, 3, 5, 64, 65, 130}, c.vocab_size, 6, 3);
+  const data::Pack pack = dt_test::pack_of(samples, {5, 0, 6, 3, 1, 4, 2}, 64);
+  model::ModelOptions opt;
+  opt.mtp_ce_scale = 0.3f;
+  opt.router.aux_coef = 0.05;
+  opt.router.aux_type = model::AuxLossType::seq;
+  opt.router.z_coef = 0.01;
+  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
+    gpu::Model m(c, p, dt);
+    const Scored a = dt_gpu_test::score_gpu(m, p, pack, opt);
+    const Scored b = dt_gpu_test::score_gpu(m, p, pack, opt);
+    gpu::Model m2(c, p, dt);
+    const Scored d = dt_gpu_test::score_gpu(m2, p, pack, opt);
+    size_t differing = 0;
+    for (const Scored* x : {&b, &d}) {
+      const char* which = x == &b ? "second call" : "second model";
+      EXPECT_EQ(x->loss.loss_sum, a.loss.loss_sum) << mode_name(dt) << " " << which;
+      EXPECT_EQ(x->loss.mtp_loss_sum, a.loss.mtp_loss_sum) << mode_name(dt) << " " << which;
+      EXPECT_EQ(x->loss.router_loss, a.loss.router_loss) << mode_name(dt) << " " << which;
+      for (const auto& [name, t] : a.grads) {
+        const auto& u = x->grads.at(name).data;
+        if (std::memcmp(t.data.data(), u.data(), u.size() * sizeof(float)) == 0) continue;
+        ++differing;
+        ADD_FAILURE() << mode_name(dt) << " " << which << ": gradient " << name
+                      << " differs: " << dt_test::compare(u, t.data).str();
+      }
+    }
+    std::printf("gpu model determinism [%s]: %zu gradient tensors differ\n", mode_name(dt),
+                differing);
+  }
+}
+
+// ---- 4. engines: optimizer steps -------------------------------------------------------------
+
+struct EngineRun {
+  model::TensorMap params, exp_avg;
+  std::vector<double> loss, grad_norm;
+};
+
+// 3 optimizer steps of two micro-batches each (the trainer's loop: zero_grads, fwd_bwd per pack
+// with the step's options and running global counts, clip(1.0), AdamW step), then sync_to_host.
+EngineRun train_steps(const std::string& device, const std::string& precision) {
+  model::Config c =
+      model::parse_config(dt_test::tiny_config_json(dt_gpu_test::moe_mtp_overrides()), "tiny");
+  c.mtp_enabled = true;
+  EngineRun r;
+  r.params = dt_test::random_params(c, 17);
+  const std::vector<int> lengths = {7, 40, 1, 65, 23, 130, 3, 64, 17, 2, 90, 31};
+  const auto samples = dt_test::make_samples(lengths, c.vocab_size, 9, 3);
+  train::TrainConfig cfg;
+  cfg.mtp_scale = 0.3;
+  cfg.router_aux_coef = 0.05;
+  cfg.router_aux_type = "global";
+  cfg.z_loss_coef = 0.01;
+  train::AdamWOptions ao;
+  ao.beta1 = 0.9;
+  ao.beta2 = 0.95;
+  ao.weight_decay = 0.1;
+  train::AdamW adamw(r.params, ao);
+  const auto engine = train::make_engine(device, precision, c, r.params, &adamw);
+  for (int64_t step = 0; step < 3; ++step) {
+    const int64_t b = 4 * step;
+    const std::vector<data::Pack> packs = {dt_test::pack_of(samples, {b, b + 1}, 8),
+                                           dt_test::pack_of(samples, {b + 2, b + 3}, 8)};
+    const train::StepCounts n = train::count_step(packs, c.mtp_enabled);
+    model::ModelOptions mo = train::step_options(cfg, c, n);
+    model::GlobalRouterCounts running;
+    running.step_tokens = double(n.real_tokens);
+    mo.running_counts = &running;
+    engine->zero_grads();
+    double ce = 0;
+    for (const auto& pack : packs)
+      for (double x : engine->fwd_bwd(pack, true, mo).loss_sum) ce += x;
+    r.loss.push_back(ce / double(n.label_tokens));
+    r.grad_norm.push_back(engine->clip(1.0));
+    engine->step(adamw, 1e-3);
+  }
+  engine->sync_to_host(r.params, adamw);
+  r.exp_avg = adamw.exp_avg();
+  return r;
+}
+
+TEST(GpuEngine, ThreeAdamWStepsMatchCpuEngine) {
+  const EngineRun cpu = train_steps("cpu", "fp32");
+  const EngineRun gpu = train_steps("cuda", "fp32");
+  Worst loss;
+  for (size_t s = 0; s < cpu.loss.size(); ++s) {
+    loss.add(rel(gpu.loss[s], cpu.loss[s]), "step " + std::to_string(s) + " loss");
+    loss.add(rel(gpu.grad_norm[s], cpu.grad_norm[s]), "step " + std::to_string(s) + " grad norm");
+    EXPECT_LE(rel(gpu.loss[s], cpu.loss[s]), kLossF32) << "step " << s << " loss";
+    EXPECT_LE(rel(gpu.grad_norm[s], cpu.grad_norm[s]), kLossF32) << "step " << s << " grad norm";
+  }
+  const Worst params = compare_grads(gpu.params, cpu.params, 1e-5, "parameters after 3 steps");
+  const Worst moments = compare_grads(gpu.exp_avg, cpu.exp_avg, kGradF32, "exp_avg after 3 steps");
+  std::printf(
+      "gpu engine [f32] vs cpu engine, 3 steps: loss / grad norm %s, params rel RMS %s, "
+      "exp_avg rel RMS %s (grad norms %.4g %.4g %.4g)\n",
+      loss.str().c_str(), params.str().c_str(), moments.str().c_str(), cpu.grad_norm[0],
+      cpu.grad_norm[1], cpu.grad_norm[2]);
+}
+
+TEST(GpuEngine, Bf16StepsAreBitwiseDeterministic) {
+  const EngineRun a = train_steps("cuda", "bf16");
+  const EngineRun b = train_steps("cuda", "bf16");
+  EXPECT_EQ(a.loss, b.loss);
+  EXPECT_EQ(a.grad_norm, b.grad_norm);
+  size_t differing = 0;
+  for (const auto& [name, t] : a.params) {
+    const auto& u = b.params.at(name);
+    ASSERT_EQ(t.data.size(), u.data.size()) << name;
+    const bool same = std::memcmp(t.data.data(), u.data.data(), t.data.size() * sizeof(float)) == 0;
+    differing += !same;
+    EXPECT_TRUE(same) << name << " differs between two identical bf16 runs";
+  }
+  std::printf("gpu engine [bf16] determinism: %zu of %zu tensors differ; losses %.6f %.6f %.6f\n",
+              differing, a.params.size(), a.loss[0], a.loss[1], a.loss[2]);
+}
+
+}  // namespace

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+# Peer benchmark: Hugging Face transformers' Qwen3.5 text model training steps (bf16, fused AdamW,
+# SDPA), with flash-linear-attention's Triton kernels (FLA=1) or HF's torch fallback (FLA=0), on
+# the batches of a lengths file shared with deltatron's bench. See docs/peer.md.
+#
+# Environment:
+#   LENGTHS    JSON {"micro_batch_tokens": N, "steps": [[len, ...], ...]} (make_lengths.py);
+#              unset: make_lengths.py's defaults (8 steps, log-normal median 600 sigma 0.8,
+#              clipped to [64, 2048], <= 8192 tokens a step)
+#   SIZE       2b (dense, 24 layers) | moe (Qwen3.5-35B-A3B layer shapes, 8 layers) | tiny
+#   FLA        1 (default): import fla from PEER_DIR (default ./.peer, filled by fetch_peer.sh) | 0
+#   MODES      comma list of packed | packed_cu | padded (default packed). packed: (1, sum L) with
+#              position_ids (what HF's padding-free collator sends by default); packed_cu: also
+#              cu_seq_lens_q/k + max_length_q/k kwargs (FLA then runs varlen, per sample);
+#              padded: (B, PAD_TO) with attention_mask (PAD_TO default 2048)
+#   GC=1       activation checkpointing     WARMUP untimed steps (default: one pass, >= 3)
+#   REPEAT     timed passes over the step list (default 1)
+#   PACKCHECK=1  also measure HF's packing exactness on a tiny fp32 model (per-sample max |diff|)
+#   OUT        folder for peer_hf_<size>_fla<0|1>[_gc].json (default /tmp)
+# Last stdout line: one JSON object (the same as the file).
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.abspath(os.environ.get("PEER_DIR", os.path.join(os.getcwd(), ".peer")))
+FLA = os.environ.get("FLA", "1") == "1"
+if FLA:
+    # before transformers is imported: its package->distribution map and the qwen3_5 module's
+    # kernel choice (made at import time) both look at sys.path then
+    sys.path.insert(0, PEER)
+else:
+    sys.modules["fla"] = None  # torch fallback even where an fla is installed
+sys.path.insert(1, HERE)
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import transformers.utils.import_utils as iu  # noqa: E402
+from make_lengths import lognormal_steps  # noqa: E402
+
+fla_version, fla_patched = None, None
+if FLA:
+    import fla  # noqa: E402
+    fla_version = fla.__version__
+    if not os.path.abspath(fla.__file__).startswith(PEER + os.sep):
+        print(f"# note: fla imported from {fla.__file__}, not {PEER}", flush=True)
+    mark = os.path.join(PEER, "PATCHED_FLA_640")
+    fla_patched = os.path.exists(mark)
+    if fla_patched:
+        print("# WARNING: carried FLA has its Hopper/Triton<3.7.1 guard on chunk_bwd_dqkwg "
+              "disabled (FLA issue #640): gradients may be wrong; numbers are for TIMING ONLY",
+              flush=True)
+from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig  # noqa: E402
+import transformers.models.qwen3_5.modeling_qwen3_5 as mq  # noqa: E402
+
+
+def gdn_impl():
+    """Name of the function HF's qwen3_5 module really calls for the chunked gated delta rule."""
+    seen, todo = set(), [mq.torch_chunk_gated_delta_rule]
+    while todo:
+        f = todo.pop()
+        if id(f) in seen or not callable(f):
+            continue
+        seen.add(id(f))
+        mod = getattr(f, "__module__", "") or ""
+        if mod.startswith("fla"):
+            return f"{mod}.{getattr(f, '__name__', '?')}"
+        for c in getattr(f, "__closure__", None) or ():
+            try:
+                todo.append(c.cell_contents)
+            except ValueError:
+                pass
+    return "torch (transformers fallback)"
+
+
+IMPL = gdn_impl()
+print(f"# transformers {transformers.__version__} torch {torch.__version__} FLA={int(FLA)} "
+      f"fla {fla_version} fla_avail={iu.is_flash_linear_attention_available()} "
+      f"conv1d_avail={iu.is_causal_conv1d_available()} gdn={IMPL}", flush=True)
+if FLA and not IMPL.startswith("fla"):
+    sys.exit("FLA=1 but transformers did not pick up fla's chunk_gated_delta_rule: check PEER_DIR")
+
+dev = "cuda"
+OUT = os.environ.get("OUT", "/tmp")
+SIZE = os.environ.get("SIZE", "2b")
+
+
+def cfg(size):
+    if size == "moe":
+        from transformers import Qwen3_5MoeTextConfig
+        # Qwen3.5-35B-A3B layer shapes, 8 layers instead of 40
+        return Qwen3_5MoeTextConfig(vocab_size=248320, hidden_size=2048, num_hidden_layers=8,
+                                    num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+                                    linear_num_key_heads=16, linear_num_value_heads=32,
+                                    linear_key_head_dim=128, linear_value_head_dim=128,
+                                    num_experts=256, num_experts_per_tok=8,
+                                    moe_intermediate_size=512, shared_expert_intermediate_size=512,
+                                    tie_word_embeddings=False)
+    if size == "tiny":
+        return Qwen3_5TextConfig(vocab_size=512, hidden_size=128, intermediate_size=256,
+                                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                 head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+                                 linear_key_head_dim=32, linear_value_head_dim=32,
+                                 tie_word_embeddings=True)
+    if size != "2b":
+        sys.exit(f"SIZE must be 2b, moe or tiny, got {size}")
+    # Qwen3.5-2B-like text config (shapes close to the published small models)
+    return Qwen3_5TextConfig(vocab_size=248320, hidden_size=2048, intermediate_size=6144,
+                             num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2,
+                             head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
+                             linear_key_head_dim=128, linear_value_head_dim=128,
+                             tie_word_embeddings=True)
+
+
+def cu_kwargs(lens):
+    cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(dev)
+    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
+
+
+def positions(lens):
+    return torch.cat([torch.arange(n, device=dev) for n in lens])[None]
+
+
+res = {"peer": "hf_transformers", "size": SIZE, "fla": FLA, "fla_version": fla_version,
+       "fla_guard_640_disabled": fla_patched, "gdn_impl": IMPL,
+       "transformers": transformers.__version__, "torch": torch.__version__,
+       "gpu": torch.cuda.get_device_name(0), "gc": os.environ.get("GC") == "1"}
+
+# ---- optional: packing exactness (standalone vs packed, per-sample logits, tiny fp32 model) ----
+if os.environ.get("PACKCHECK") == "1":
+    torch.manual_seed(0)
+    c = cfg("tiny")
+    c._attn_implementation = "sdpa"
+    m = Qwen3_5ForCausalLM(c).to(dev).float().eval()
+    lens = [37, 70, 51]
+    seqs = [torch.randint(0, 512, (n,), device=dev) for n in lens]
+
+    def per_sample(logits):
+        off, d = 0, []
+        for n, a in zip(lens, alone):
+            d.append((logits[off:off + n] - a).abs().max().item())
+            off += n
+        return d
+
+    with torch.no_grad():
+        alone = [m(input_ids=s[None]).logits[0] for s in seqs]
+        ids = torch.cat(seqs)[None]
+        res["pack_maxdiff_position_ids"] = per_sample(
+            m(input_ids=ids, position_ids=positions(lens)).logits[0])
+        try:
+            res["pack_maxdiff_cu_seqlens"] = per_sample(
+                m(input_ids=ids, position_ids=positions(lens), **cu_kwargs(lens)).logits[0])
+        except Exception as e:  # report, do not hide
+            res["pack_maxdiff_cu_seqlens"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+    print("# packing max|diff| per sample, position_ids:", res["pack_maxdiff_position_ids"],
+          "cu_seq_lens kwargs:", res["pack_maxdiff_cu_seqlens"], flush=True)
+    del m
+    torch.cuda.empty_cache()
+
+# ---- batches ----
+if os.environ.get("LENGTHS"):
+    with open(os.environ["LENGTHS"]) as f:
+        spec = json.load(f)
+    res["lengths_file"] = os.environ["LENGTHS"]
+else:
+    spec = {"micro_batch_tokens": 8192, "steps": lognormal_steps()}
+    res["lengths_file"] = None
+MBT = int(spec["micro_batch_tokens"])
+STEPS = [[int(n) for n in s] for s in spec["steps"]]
+for i, s in enumerate(STEPS):
+    if not s or min(s) < 1 or sum(s) > MBT:
+        sys.exit(f"lengths: step {i} is empty, has a length < 1, or sums to {sum(s)} > {MBT}")
+PAD_TO = int(os.environ.get("PAD_TO", "2048"))
+res.update(micro_batch_tokens=MBT, steps=len(STEPS), samples=sum(len(s) for s in STEPS),
+           real_tokens=sum(sum(s) for s in STEPS))
+
+# ---- model ----
+c = cfg(SIZE)
+c._attn_implementation = "sdpa"
+torch.manual_seed(0)
+if SIZE == "moe":
+    from transformers import Qwen3_5MoeForCausalLM as LM
+    try:
+        c._experts_implementation = "grouped_mm"
+    except Exception as e:
+        print("# experts impl grouped_mm not settable:", e, flush=True)
+    res["experts_impl"] = getattr(c, "_experts_implementation", None)
+else:
+    LM = Qwen3_5ForCausalLM
+# built on the GPU in bf16 (the shared script built in fp32 on the CPU, then cast: same shapes and
+# init distributions, minutes faster for the 7.75B moe)
+torch.set_default_dtype(torch.bfloat16)
+with torch.device(dev):
+    m = LM(c)
+torch.set_default_dtype(torch.float32)
+m = m.to(torch.bfloat16).train()
+if res["gc"]:
+    m.gradient_checkpointing_enable()
+res["params"] = sum(p.numel() for p in m.parameters())
+opt = torch.optim.AdamW(m.parameters(), lr=1e-5, fused=True)
+gen = torch.Generator(device=dev).manual_seed(1)
+print(f"# {SIZE}: params={res['params'] / 1e9:.3f}B steps={len(STEPS)} samples={res['samples']} "
+      f"real_tokens={res['real_tokens']} micro_batch_tokens={MBT}", flush=True)
+
+
+def step(mode, lens):
+    real = sum(lens)
+    if mode == "padded":
+        if max(lens) > PAD_TO:
+            raise ValueError(f"sample of {max(lens)} tokens > PAD_TO={PAD_TO}")
+        ids = torch.randint(0, c.vocab_size, (len(lens), PAD_TO), device=dev, generator=gen)
+        am = (torch.arange(PAD_TO, device=dev)[None] <
+              torch.tensor(lens, device=dev)[:, None]).long()
+        out = m(input_ids=ids, attention_mask=am, labels=ids.masked_fill(am == 0, -100))
+    else:
+        ids = torch.randint(0, c.vocab_size, (1, real), device=dev, generator=gen)
+        kw = cu_kwargs(lens) if mode == "packed_cu" else {}
+        out = m(input_ids=ids, position_ids=positions(lens), labels=ids.clone(), **kw)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+# Default warm-up: one untimed pass over every step. Triton compiles and autotunes FLA's kernels on
+# first use and specialises some on integer arguments (sequence count, lengths % 16), so a step
+# whose shapes were not seen yet can pay a compile: in a first try with 3 warm-up steps, the mode
+# timed first in a process was 15-20% slower than the same batches timed in a second mode.
+WARMUP = int(os.environ.get("WARMUP", "0")) or max(3, len(STEPS))
+REPEAT = int(os.environ.get("REPEAT", "1"))
+modes = [x for x in os.environ.get("MODES", "packed").split(",") if x]
+res["results"] = {}
+for mode in modes:
+    if mode not in ("packed", "packed_cu", "padded"):
+        sys.exit(f"unknown mode {mode}")
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        for i in range(WARMUP):
+            step(mode, STEPS[i % len(STEPS)])
+        torch.cuda.synchronize()
+        warm_s = time.time() - t0
+        ts, toks = [], 0
+        for _ in range(REPEAT):
+            for lens in STEPS:
+                t = time.perf_counter()
+                step(mode, lens)
+                torch.cuda.synchronize()
+                ts.append(time.perf_counter() - t)
+                toks += sum(lens)
+        med = sorted(ts)[len(ts) // 2]
+        r = dict(tok_per_s=toks / sum(ts), step_s_median=med, step_s_min=min(ts),
+                 step_s_max=max(ts), timed_steps=len(ts), warmup_s=warm_s,
+                 step_s=[round(t, 5) for t in ts],
+                 peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+        print(f"# {mode}: {r['tok_per_s']:.0f} real tok/s, median step {med * 1e3:.1f} ms "
+              f"(min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f}), peak {r['peak_gib']:.1f} GiB, "
+              f"warmup {warm_s:.1f} s", flush=True)
+    except torch.OutOfMemoryError:
+        r = "OOM"
+        print(f"# {mode}: OOM", flush=True)
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+    res["results"][mode] = r
+
+first = res["results"].get(modes[0]) if modes else None
+if isinstance(first, dict):
+    res.update(mode=modes[0], tok_per_s=first["tok_per_s"], step_s_median=first["step_s_median"],
+               peak_gib=first["peak_gib"])
+os.makedirs(OUT, exist_ok=True)
+name = f"peer_hf_{SIZE}_fla{int(FLA)}{'_gc' if res['gc'] else ''}.json"
+with open(os.path.join(OUT, name), "w") as f:
+    json.dump(res, f, indent=1)
+print(json.dumps(res), flush=True)

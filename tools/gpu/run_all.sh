@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command on the GPU machine: GPU tests, the training checks, deltatron's benchmark and the
+# HF + FLA peer on the same batches, with the ratio. Built elsewhere (CPU machine with nvcc):
+#
+#   cmake -S . -B build && cmake --build build -j2 && tools/gpu/pack_runtime.sh build   # here
+#   tools/bench/fetch_peer.sh                                                          # here, once
+#   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
+#
+# Environment: SKIP_TESTS=1, SKIP_TRAIN=1, SKIP_PEER=1, SKIP_MOE=1 skip parts; STEPS (timed bench
+# steps, default 10). Writes bench/peer JSON files to OUT_DIR (default $OUT or /tmp/dt-run).
+set -uo pipefail
+rt=${1:-build/runtime.tar.xz}
+if [[ $rt == *.tar.xz ]]; then  # the compressed bundle made by pack_runtime.sh
+  mkdir -p /tmp/dt-runtime && tar -xJf "$rt" -C /tmp/dt-runtime || exit 1
+  rt=/tmp/dt-runtime/runtime
+fi
+rt=$(cd "$rt" && pwd) || { echo "run_all: no runtime directory" >&2; exit 1; }
+out=${2:-${OUT:-/tmp/dt-run}}
+mkdir -p "$out"
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OMP_WAIT_POLICY=PASSIVE DT_TEST_DATA_DIR="$repo/tests/data"
+status=0
+steps=${STEPS:-10}
+
+if [[ ${SKIP_TESTS:-0} != 1 ]]; then
+  "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1
+fi
+if [[ ${SKIP_TRAIN:-0} != 1 ]]; then
+  "$repo/tools/gpu/check_train.sh" "$rt/deltatron" "$out/train" || status=1
+fi
+
+bench_pair() {  # name, peer SIZE, bench args...
+  local name=$1 size=$2; shift 2
+  echo "== deltatron bench $name"
+  "$rt/deltatron" bench "$@" --steps "$steps" --lengths-out "$out/lengths_$name.json" \
+    --json "$out/bench_$name.json" || { status=1; return; }
+  [[ ${SKIP_PEER:-0} == 1 ]] && return
+  echo "== peer: HF transformers + FLA, same batches ($name)"
+  (cd "$repo" && LENGTHS="$out/lengths_$name.json" SIZE=$size OUT="$out" PYTHONUNBUFFERED=1 \
+     python3 tools/bench/peer_hf.py | tee "$out/peer_$name.log") || { status=1; return; }
+  python3 - "$out/bench_$name.json" "$out/peer_$name.log" <<'PY'
+import json, sys
+ours = json.load(open(sys.argv[1]))
+peer = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
+ptps, pmem = peer["tok_per_s"], peer["peak_gib"]
+print(f"== ratio {ours['preset']}: deltatron {ours['real_tok_per_s']:.0f} tok/s, "
+      f"{ours['peak_gib']:.1f} GiB | peer {ptps:.0f} tok/s, {pmem:.1f} GiB | "
+      f"speed x{ours['real_tok_per_s'] / ptps:.2f}, memory x{ours['peak_gib'] / pmem:.2f}")
+PY
+}
+bench_pair 2b 2b --preset 2b
+[[ ${SKIP_MOE:-0} == 1 ]] || bench_pair moe moe --preset 35b-a3b --layers 8
+echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
+exit $status
