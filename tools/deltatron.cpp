@@ -31,7 +31,7 @@ struct BenchArgs {
   std::string precision = "bf16";
   bool mtp = false;
   uint64_t seed = 1;
-  std::string lengths_out, json_out;
+  std::string lengths_in, lengths_out, json_out;
 };
 #endif
 
@@ -127,12 +127,16 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   bn->add_option("--tokens", bench.micro_batch_tokens, "tokens per micro-batch (default 8192)")
       ->check(CLI::PositiveNumber);
-  bn->add_option("--warmup", bench.warmup, "untimed steps (default 3)")->check(CLI::NonNegativeNumber);
+  bn->add_option("--warmup", bench.warmup, "untimed steps (default 3)")
+      ->check(CLI::NonNegativeNumber);
   bn->add_option("--steps", bench.steps, "timed steps (default 10)")->check(CLI::PositiveNumber);
   bn->add_option("--precision", bench.precision, "bf16 (default) or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   bn->add_flag("--mtp", bench.mtp, "keep the preset's MTP head");
   bn->add_option("--seed", bench.seed, "seed of lengths, tokens and weights (default 1)");
+  bn->add_option("--lengths", bench.lengths_in,
+                 "time these batches: JSON {\"steps\": [[len, ...], ...]} (e.g. "
+                 "tools/bench/lengths_ln600_s0.8_8x8192.json); --steps is then ignored");
   bn->add_option("--lengths-out", bench.lengths_out,
                  "write the sample lengths of every step (JSON, for tools/bench/peer_hf.py)");
   bn->add_option("--json", bench.json_out, "write the results as JSON");

@@ -18,6 +18,7 @@
 // atomics: the result depends only on the element counts and values.
 #include "cuda/adamw.h"
 
+#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -73,8 +74,8 @@ __device__ __forceinline__ int table_index(const int* start, int count, int b) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) adamw_kernel(const __grid_constant__ AdamWTable tab,
-                                                         const AdamWScalars s) {
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(const __grid_constant__ AdamWTable tab, const AdamWScalars s) {
   const int b = blockIdx.x;
   const int k = table_index(tab.start, tab.count, b);
   const int64_t n = tab.n[k];
@@ -154,11 +155,37 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kFinalThreads)
-    sum_partials_kernel(const double* __restrict__ partial, int64_t count, double* __restrict__ out) {
+    sum_partials_kernel(const double* __restrict__ partial, int64_t count,
+                        double* __restrict__ out) {
   double acc = 0;
   for (int64_t i = threadIdx.x; i < count; i += kFinalThreads) acc += partial[i];
   const double s = block_sum<kFinalThreads / 32>(acc);
   if (threadIdx.x == 0) *out = s;
+}
+
+// Process-wide scratch for this file's kernels, grown on demand and never returned (leaked on
+// purpose: no teardown-order issues at exit). Every use is ordered on the legacy default stream,
+// so one buffer serves all calls; growing it frees the old one with cudaFree, which waits for
+// the device, so no queued kernel still uses it. Steady state: no allocation, no synchronisation.
+void* scratch(size_t bytes, const char* what) {
+  static std::mutex mu;
+  static DeviceBuffer* buf = new DeviceBuffer();
+  std::lock_guard<std::mutex> lock(mu);
+  if (buf->bytes() < bytes) {
+    *buf = DeviceBuffer();
+    *buf = DeviceBuffer(bytes + bytes / 4, what);
+  }
+  return buf->get();
+}
+
+// Pinned host slot for the sum of squares (the copy back is then a true DMA, not a staged one).
+double* pinned_result() {
+  static double* p = [] {
+    void* q = nullptr;
+    DT_CUDA_CHECK(cudaMallocHost(&q, sizeof(double)));
+    return static_cast<double*>(q);
+  }();
+  return p;
 }
 
 AdamWScalars host_scalars(const AdamWStepArgs& a) {
@@ -235,9 +262,10 @@ double sum_squares_multi(std::span<const float* const> xs, std::span<const int64
     total_blocks += (ns[k] + kNormChunk - 1) / kNormChunk;
   }
   if (total_blocks == 0) return 0.0;
-  double* partial = nullptr;  // [total_blocks] partials, then the result
-  DT_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial),
-                                size_t(total_blocks + 1) * sizeof(double), 0));
+  static std::mutex mu;  // guards the pinned result slot until it has been read
+  std::lock_guard<std::mutex> lock(mu);
+  double* partial = static_cast<double*>(  // [total_blocks] partials, then the result
+      scratch(size_t(total_blocks + 1) * sizeof(double), "sum_squares partials"));
   int64_t offset = 0;  // first partial of the current launch
   NormTable tab{};
   auto launch = [&] {
@@ -259,12 +287,11 @@ double sum_squares_multi(std::span<const float* const> xs, std::span<const int64
   launch();
   sum_partials_kernel<<<1, kFinalThreads>>>(partial, total_blocks, partial + total_blocks);
   DT_CUDA_LAUNCH_CHECK("sum_partials_kernel");
-  double result = 0;
-  DT_CUDA_CHECK(cudaMemcpyAsync(&result, partial + total_blocks, sizeof(double),
-                                cudaMemcpyDeviceToHost, 0));
-  DT_CUDA_CHECK(cudaFreeAsync(partial, 0));
+  double* result = pinned_result();
+  DT_CUDA_CHECK(
+      cudaMemcpyAsync(result, partial + total_blocks, sizeof(double), cudaMemcpyDeviceToHost, 0));
   DT_CUDA_CHECK(cudaStreamSynchronize(0));
-  return result;
+  return *result;
 }
 
 double sum_squares(const float* x, int64_t n) {

@@ -63,7 +63,9 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs&
 
 // sum_i x[i]^2 in fp64, returned to the host (synchronises). Deterministic: fixed blocks of 64 Ki
 // elements (each: 256 threads with strided fp64 sums, then a fixed shuffle tree), block sums added
-// in a fixed tree by one block; the order depends only on n.
+// in a fixed tree by one block; the order depends only on n. Temporary device memory: 8 bytes per
+// block in a process-wide scratch buffer kept for later calls; the result comes back through a
+// pinned host slot.
 double sum_squares(const float* x, int64_t n);
 
 // sum over tensors k and elements i of xs[k][i]^2, fp64, one synchronisation for all tensors;

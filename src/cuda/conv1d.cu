@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <mutex>
 #include <type_traits>
 
 #include "core/error.h"
@@ -84,6 +85,21 @@ __device__ __forceinline__ void store_vec(T* p, int64_t i, const float (&in)[kV]
 #pragma unroll
   for (int k = 0; k < kV; ++k) r.v[k] = from_f32<T>(in[k]);
   *reinterpret_cast<Pack<T, kV>*>(p + i) = r;
+}
+
+// Process-wide scratch for this file's kernels, grown on demand and never returned (leaked on
+// purpose: no teardown-order issues at exit). Every use is ordered on the legacy default stream,
+// so one buffer serves all calls; growing it frees the old one with cudaFree, which waits for
+// the device, so no queued kernel still uses it. Steady state: no allocation, no synchronisation.
+void* scratch(size_t bytes, const char* what) {
+  static std::mutex mu;
+  static DeviceBuffer* buf = new DeviceBuffer();
+  std::lock_guard<std::mutex> lock(mu);
+  if (buf->bytes() < bytes) {
+    *buf = DeviceBuffer();
+    *buf = DeviceBuffer(bytes + bytes / 4, what);
+  }
+  return buf->get();
 }
 
 // Largest s in [0, nseg) with cu[s] <= t: the segment of token t (the last of several empty
@@ -290,14 +306,30 @@ void dispatch_shape(int64_t W, int V, const char* name, F&& f) {
     f(wc, integral_constant<int, 1>{});
   };
   switch (W) {
-    case 1: by_v(integral_constant<int, 1>{}); break;
-    case 2: by_v(integral_constant<int, 2>{}); break;
-    case 3: by_v(integral_constant<int, 3>{}); break;
-    case 4: by_v(integral_constant<int, 4>{}); break;
-    case 5: by_v(integral_constant<int, 5>{}); break;
-    case 6: by_v(integral_constant<int, 6>{}); break;
-    case 7: by_v(integral_constant<int, 7>{}); break;
-    case 8: by_v(integral_constant<int, 8>{}); break;
+    case 1:
+      by_v(integral_constant<int, 1>{});
+      break;
+    case 2:
+      by_v(integral_constant<int, 2>{});
+      break;
+    case 3:
+      by_v(integral_constant<int, 3>{});
+      break;
+    case 4:
+      by_v(integral_constant<int, 4>{});
+      break;
+    case 5:
+      by_v(integral_constant<int, 5>{});
+      break;
+    case 6:
+      by_v(integral_constant<int, 6>{});
+      break;
+    case 7:
+      by_v(integral_constant<int, 7>{});
+      break;
+    case 8:
+      by_v(integral_constant<int, 8>{});
+      break;
     default:
       core::fail(name, ": kernel width W=", W, " is not supported on CUDA (1..", kMaxW, ")");
   }
@@ -319,11 +351,11 @@ int channel_vector(DType dt, int64_t C, int64_t W, std::initializer_list<const v
 void check_args(const char* name, const int32_t* cu, int nseg, int64_t N, int64_t C, int64_t W) {
   DT_CHECK(N >= 0 && C >= 0 && W >= 1, name, ": bad sizes N=", N, " C=", C, " W=", W);
   DT_CHECK(W <= kMaxW, name, ": kernel width W=", W, " is not supported on CUDA (1..", kMaxW, ")");
-  DT_CHECK(N == 0 || (cu != nullptr && nseg >= 1), name, ": missing segment boundaries (nseg=",
-           nseg, ")");
-  DT_CHECK((N + kTileFwd - 1) / kTileFwd < (int64_t(1) << 31) &&
-               (C + kThreads - 1) / kThreads <= 65535,
-           name, ": sizes too large for the grid (N=", N, " C=", C, ")");
+  DT_CHECK(N == 0 || (cu != nullptr && nseg >= 1), name,
+           ": missing segment boundaries (nseg=", nseg, ")");
+  DT_CHECK(
+      (N + kTileFwd - 1) / kTileFwd < (int64_t(1) << 31) && (C + kThreads - 1) / kThreads <= 65535,
+      name, ": sizes too large for the grid (N=", N, " C=", C, ")");
 }
 
 }  // namespace
@@ -350,24 +382,21 @@ void conv1d_bwd(DType dt, const void* x_NC, const void* w_CW, const int32_t* cu_
   check_args("cuda::conv1d_bwd", cu_dev, nseg, N, C, W);
   if (N == 0 || C == 0) return;
   const int64_t tiles = (N + kTileBwd - 1) / kTileBwd;
-  float* part = nullptr;
-  DT_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&part),
-                                size_t(tiles * C * W) * sizeof(float), 0));
+  float* part =
+      static_cast<float*>(scratch(size_t(tiles * C * W) * sizeof(float), "conv1d_bwd dw partials"));
   const int V = channel_vector(dt, C, W, {x_NC, dy_NC, dx_NC});
   const int64_t threads = C / V;
   const dim3 grid(unsigned(tiles), unsigned((threads + kThreads - 1) / kThreads));
-  DT_DISPATCH_DTYPE(dt, T, dispatch_shape(W, V, "cuda::conv1d_bwd", [&](auto wc, auto vc) {
-                      conv1d_bwd_kernel<T, decltype(wc)::value, decltype(vc)::value>
-                          <<<grid, kThreads>>>(static_cast<const T*>(x_NC),
-                                               static_cast<const T*>(w_CW), cu_dev, nseg,
-                                               static_cast<const T*>(dy_NC), N, C,
-                                               static_cast<T*>(dx_NC), part);
-                    }));
+  DT_DISPATCH_DTYPE(
+      dt, T, dispatch_shape(W, V, "cuda::conv1d_bwd", [&](auto wc, auto vc) {
+        conv1d_bwd_kernel<T, decltype(wc)::value, decltype(vc)::value><<<grid, kThreads>>>(
+            static_cast<const T*>(x_NC), static_cast<const T*>(w_CW), cu_dev, nseg,
+            static_cast<const T*>(dy_NC), N, C, static_cast<T*>(dx_NC), part);
+      }));
   DT_CUDA_LAUNCH_CHECK("conv1d_bwd_kernel");
   const int64_t CW = C * W;
   conv1d_dw_sum_kernel<<<unsigned((CW + 255) / 256), 256>>>(part, tiles, CW, dw_CW);
   DT_CUDA_LAUNCH_CHECK("conv1d_dw_sum_kernel");
-  DT_CUDA_CHECK(cudaFreeAsync(part, 0));
 }
 
 }  // namespace deltatron::cuda

@@ -37,8 +37,8 @@ void conv1d_fwd(DType dt, const void* x_NC, const void* w_CW, const int32_t* cu_
 //   dw_CW [C, W]        fp32   inout  ACCUMULATED (+=). Deterministic: fp32 partial sums over
 //                                     fixed 64-token tiles, then the tiles summed in order by a
 //                                     second kernel (no atomics); bitwise the same run to run.
-// Temporary device memory: ceil(N/64) * C * W fp32 partials (16 MiB at N = C = 8192, W = 4),
-// stream-ordered (cudaMallocAsync on the legacy stream).
+// Temporary device memory: ceil(N/64) * C * W fp32 partials (16 MiB at N = C = 8192, W = 4) in
+// a process-wide scratch buffer kept for later calls (growing it is a cudaFree + cudaMalloc).
 void conv1d_bwd(DType dt, const void* x_NC, const void* w_CW, const int32_t* cu_dev, int nseg,
                 const void* dy_NC, int64_t N, int64_t C, int64_t W, void* dx_NC, float* dw_CW);
 

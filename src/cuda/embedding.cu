@@ -9,23 +9,25 @@
 //      the positions stay in ascending order -- the fixed summation order;
 //   3. cub::DeviceRunLengthEncode::Encode -> distinct ids, run lengths, run count (device);
 //      cub::DeviceScan::ExclusiveSum of the lengths -> run starts;
-//   4. embedding_bwd_rows_kernel: block (b, s) owns the column slice [128 s, 128 s + 128) of
-//      runs b, b + G, b + 2G, ... (G = min(N, 1024) blocks per slice: the run count is known
-//      only on the device, so the blocks stride over it). Per run, warp w (of 8) sums rows
-//      w, w+8, w+16, ... of the run in order (4 rows loaded ahead), lane l owning columns l,
-//      l+32, l+64, l+96 of the slice (coalesced 128-byte loads); the 8 warp partials meet in
-//      shared memory (8 x 128 floats = 4 KiB), thread j < 128 adds them in warp order and does
-//      dtable[id, col] += sum (one writer per element). A long run of one repeated token is
-//      spread over D/128 blocks x 8 warps.
+//   4. runs of at most kLong = 64 rows: embedding_bwd_short_kernel, one warp per (run, column
+//      slice [128 s, 128 s + 128)) -- the warps stride over the run count, which only the device
+//      knows; lane l owns columns l, l+32, l+64, l+96 of the slice (coalesced 128-byte loads)
+//      and adds the run's rows in order (4 rows loaded ahead), then does dtable[id, col] += sum;
+//   5. longer runs (a token repeated many times; at most N/65 of them), listed by
+//      cub::DeviceSelect::Flagged: embedding_bwd_long_kernel, one block of 32 warps per (long
+//      run, slice); warp w sums rows w, w+32, ... in order, the 32 warp partials meet in shared
+//      memory (32 x 128 floats = 16 KiB) and thread j < 128 adds them in warp order.
+//   Every dtable element has exactly one writer, and every sum a fixed order.
 // Numerics: fp32 sums; the result depends only on the ids and dx (bitwise reproducible).
 #include "cuda/embedding.h"
 
+#include <algorithm>
+#include <bit>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
-
-#include <algorithm>
-#include <bit>
+#include <cub/device/device_select.cuh>
+#include <mutex>
 
 #include "core/error.h"
 #include "cuda/kernel_util.cuh"
@@ -35,11 +37,13 @@ namespace deltatron::cuda {
 namespace {
 
 constexpr int kFwdThreads = 256;
-constexpr int kWarps = 8;                 // row streams per block in the backward
-constexpr int kSlice = 128;               // columns per backward block: 32 lanes x 4
+constexpr int kSlice = 128;  // columns per backward warp task: 32 lanes x 4
 constexpr int kPerLane = kSlice / 32;
-constexpr int kBatch = 4;                 // rows per warp loaded ahead in the backward
-constexpr int kRunBlocks = 1024;          // blocks per column slice; each loops over runs
+constexpr int kBatch = 4;          // rows per warp loaded ahead in the backward
+constexpr int kLong = 64;          // runs longer than this take the block kernel
+constexpr int kShortWarps = 8;     // warps per block of the short-run kernel
+constexpr int kShortBlocks = 256;  // blocks per column slice of the short-run kernel (at most)
+constexpr int kLongWarps = 32;     // warps sharing one long run
 
 template <typename T>
 __global__ void __launch_bounds__(kFwdThreads)
@@ -66,68 +70,119 @@ __global__ void embedding_keys_kernel(const int32_t* __restrict__ ids, int64_t N
   vals[n] = int32_t(n);
 }
 
-__global__ void __launch_bounds__(kWarps * 32)
-    embedding_bwd_rows_kernel(const uint32_t* __restrict__ run_id,
-                              const int32_t* __restrict__ run_len,
-                              const int32_t* __restrict__ run_start,
-                              const int32_t* __restrict__ num_runs, const int32_t* __restrict__ pos,
-                              const float* __restrict__ dx, int64_t D, int64_t V,
-                              float* __restrict__ dtable) {
-  __shared__ float part[kWarps][kSlice];
-  const int runs = *num_runs;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t col0 = int64_t(blockIdx.y) * kSlice;
-  for (int r = blockIdx.x; r < runs; r += gridDim.x) {
-    const uint32_t id = run_id[r];
-    if (id >= uint64_t(V)) continue;  // the invalid-id run (uniform over the block)
-    const int start = run_start[r], len = run_len[r];
-    float acc[kPerLane];
+// acc[j] += dx[pos[k], col0 + lane + 32 j] for k = first, first + step, ... < len, in this order;
+// kBatch rows are loaded before they are added so that several loads are in flight.
+__device__ __forceinline__ void add_rows(const int32_t* __restrict__ pos, int first, int len,
+                                         int step, const float* __restrict__ dx, int64_t D,
+                                         int64_t col0, int lane, float (&acc)[kPerLane]) {
+  int k = first;
+  for (; k + (kBatch - 1) * step < len; k += kBatch * step) {
+    float v[kBatch][kPerLane];
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j) acc[j] = 0.f;
-    // Rows k, k+8, k+16, ... in order; kBatch of them loaded before they are added, so a long
-    // run keeps 16 loads per lane in flight (the adds keep the row order).
-    int k = warp;
-    for (; k + (kBatch - 1) * kWarps < len; k += kBatch * kWarps) {
-      float v[kBatch][kPerLane];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const float* row = dx + int64_t(pos[start + k + b * kWarps]) * D;
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j) {
-          const int64_t col = col0 + lane + 32 * j;
-          v[b][j] = col < D ? row[col] : 0.f;
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j) acc[j] += v[b][j];
-    }
-    for (; k < len; k += kWarps) {
-      const float* row = dx + int64_t(pos[start + k]) * D;
+    for (int b = 0; b < kBatch; ++b) {
+      const float* row = dx + int64_t(pos[k + b * step]) * D;
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int64_t col = col0 + lane + 32 * j;
-        if (col < D) acc[j] += row[col];
+        v[b][j] = col < D ? row[col] : 0.f;
       }
     }
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j) part[warp][lane + 32 * j] = acc[j];
-    __syncthreads();
-    if (threadIdx.x < kSlice) {
-      const int64_t col = col0 + threadIdx.x;
-      if (col < D) {
-        float s = part[0][threadIdx.x];
+    for (int b = 0; b < kBatch; ++b)
 #pragma unroll
-        for (int w = 1; w < kWarps; ++w) s += part[w][threadIdx.x];
-        dtable[int64_t(id) * D + col] += s;
-      }
+      for (int j = 0; j < kPerLane; ++j) acc[j] += v[b][j];
+  }
+  for (; k < len; k += step) {
+    const float* row = dx + int64_t(pos[k]) * D;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t col = col0 + lane + 32 * j;
+      if (col < D) acc[j] += row[col];
     }
-    __syncthreads();  // part is reused by the next run
   }
 }
 
-// Carves 256-byte aligned pieces out of one stream-ordered allocation.
+__global__ void __launch_bounds__(kShortWarps * 32)
+    embedding_bwd_short_kernel(const uint32_t* __restrict__ run_id,
+                               const int32_t* __restrict__ run_len,
+                               const int32_t* __restrict__ run_start,
+                               const int32_t* __restrict__ num_runs,
+                               const int32_t* __restrict__ pos, const float* __restrict__ dx,
+                               int64_t D, int64_t V, float* __restrict__ dtable) {
+  const int runs = *num_runs;
+  const int lane = threadIdx.x % 32;
+  const int64_t col0 = int64_t(blockIdx.y) * kSlice;
+  const int warps = gridDim.x * kShortWarps;
+  for (int r = blockIdx.x * kShortWarps + threadIdx.x / 32; r < runs; r += warps) {
+    const int len = run_len[r];
+    const uint32_t id = run_id[r];
+    if (len > kLong || id >= uint64_t(V)) continue;  // long runs; the invalid-id run
+    float acc[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) acc[j] = 0.f;
+    add_rows(pos + run_start[r], 0, len, 1, dx, D, col0, lane, acc);
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t col = col0 + lane + 32 * j;
+      if (col < D) dtable[int64_t(id) * D + col] += acc[j];
+    }
+  }
+}
+
+__global__ void embedding_long_flags_kernel(const uint32_t* __restrict__ run_id,
+                                            const int32_t* __restrict__ run_len,
+                                            const int32_t* __restrict__ num_runs, int n, int64_t V,
+                                            char* __restrict__ flags) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= n) return;
+  flags[r] = r < *num_runs && run_len[r] > kLong && run_id[r] < uint64_t(V);
+}
+
+__global__ void __launch_bounds__(kLongWarps * 32) embedding_bwd_long_kernel(
+    const int32_t* __restrict__ long_runs, const int32_t* __restrict__ num_long,
+    const uint32_t* __restrict__ run_id, const int32_t* __restrict__ run_len,
+    const int32_t* __restrict__ run_start, const int32_t* __restrict__ pos,
+    const float* __restrict__ dx, int64_t D, float* __restrict__ dtable) {
+  if (int(blockIdx.x) >= *num_long) return;
+  const int r = long_runs[blockIdx.x];
+  const uint32_t id = run_id[r];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t col0 = int64_t(blockIdx.y) * kSlice;
+  float acc[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) acc[j] = 0.f;
+  add_rows(pos + run_start[r], warp, run_len[r], kLongWarps, dx, D, col0, lane, acc);
+  __shared__ float part[kLongWarps][kSlice];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) part[warp][lane + 32 * j] = acc[j];
+  __syncthreads();
+  if (threadIdx.x < kSlice) {
+    const int64_t col = col0 + threadIdx.x;
+    if (col < D) {
+      float s = part[0][threadIdx.x];
+#pragma unroll
+      for (int w = 1; w < kLongWarps; ++w) s += part[w][threadIdx.x];
+      dtable[int64_t(id) * D + col] += s;
+    }
+  }
+}
+
+// Process-wide scratch for this file's kernels, grown on demand and never returned (leaked on
+// purpose: no teardown-order issues at exit). Every use is ordered on the legacy default stream,
+// so one buffer serves all calls; growing it frees the old one with cudaFree, which waits for
+// the device, so no queued kernel still uses it. Steady state: no allocation, no synchronisation.
+void* scratch(size_t bytes, const char* what) {
+  static std::mutex mu;
+  static DeviceBuffer* buf = new DeviceBuffer();
+  std::lock_guard<std::mutex> lock(mu);
+  if (buf->bytes() < bytes) {
+    *buf = DeviceBuffer();
+    *buf = DeviceBuffer(bytes + bytes / 4, what);
+  }
+  return buf->get();
+}
+
+// Carves 256-byte aligned pieces out of one allocation.
 struct Carver {
   char* base = nullptr;
   size_t used = 0;
@@ -162,7 +217,7 @@ void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t 
   const int end_bit = std::bit_width(uint32_t(V));  // keys are in [0, V]
 
   // Workspace sizes first (null temp pointers only query), then one allocation for everything.
-  size_t sort_bytes = 0, rle_bytes = 0, scan_bytes = 0;
+  size_t sort_bytes = 0, rle_bytes = 0, scan_bytes = 0, select_bytes = 0;
   DT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, (const uint32_t*)nullptr,
                                                 (uint32_t*)nullptr, (const int32_t*)nullptr,
                                                 (int32_t*)nullptr, n, 0, end_bit, cudaStream_t(0)));
@@ -171,36 +226,53 @@ void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t 
                                                    (int32_t*)nullptr, n, cudaStream_t(0)));
   DT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, (const int32_t*)nullptr,
                                               (int32_t*)nullptr, n, cudaStream_t(0)));
-  const size_t temp_bytes = std::max({sort_bytes, rle_bytes, scan_bytes, size_t(1)});
+  DT_CUDA_CHECK(cub::DeviceSelect::Flagged(nullptr, select_bytes, (const int32_t*)nullptr,
+                                           (const char*)nullptr, (int32_t*)nullptr,
+                                           (int32_t*)nullptr, n, cudaStream_t(0)));
+  const size_t temp_bytes = std::max({sort_bytes, rle_bytes, scan_bytes, select_bytes, size_t(1)});
   const size_t N_ = size_t(n);
-  const size_t total = 7 * ((N_ * 4 + 255) / 256 * 256) + 256 + (temp_bytes + 255) / 256 * 256;
+  auto rounded = [](size_t b) { return (b + 255) / 256 * 256; };
+  const size_t total = 8 * rounded(N_ * 4) + rounded(N_) + 2 * 256 + rounded(temp_bytes);
   Carver ws;
-  DT_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws.base), total, 0));
+  ws.base = static_cast<char*>(scratch(total, "embedding_bwd workspace"));
   uint32_t* keys_in = ws.take<uint32_t>(N_);
   uint32_t* keys = ws.take<uint32_t>(N_);
-  int32_t* pos_in = ws.take<int32_t>(N_);
+  int32_t* pos_in = ws.take<int32_t>(N_);  // 0..N-1, also the run indices to select from
   int32_t* pos = ws.take<int32_t>(N_);
   uint32_t* run_id = ws.take<uint32_t>(N_);
   int32_t* run_len = ws.take<int32_t>(N_);
   int32_t* run_start = ws.take<int32_t>(N_);
+  int32_t* long_runs = ws.take<int32_t>(N_);
+  char* flags = ws.take<char>(N_);
   int32_t* num_runs = ws.take<int32_t>(1);
+  int32_t* num_long = ws.take<int32_t>(1);
   void* temp = ws.take<char>(temp_bytes);
 
-  embedding_keys_kernel<<<unsigned((N + 255) / 256), 256>>>(ids_N, N, V, keys_in, pos_in);
+  const unsigned blocks_n = unsigned((N + 255) / 256);
+  embedding_keys_kernel<<<blocks_n, 256>>>(ids_N, N, V, keys_in, pos_in);
   DT_CUDA_LAUNCH_CHECK("embedding_keys_kernel");
   DT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys_in, keys, pos_in, pos, n, 0,
                                                 end_bit, cudaStream_t(0)));
   // Lengths past the run count stay zero, so the scan reads only initialised values.
   DT_CUDA_CHECK(cudaMemsetAsync(run_len, 0, N_ * sizeof(int32_t), 0));
-  DT_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp, rle_bytes, keys, run_id, run_len,
-                                                   num_runs, n, cudaStream_t(0)));
+  DT_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp, rle_bytes, keys, run_id, run_len, num_runs,
+                                                   n, cudaStream_t(0)));
   DT_CUDA_CHECK(
       cub::DeviceScan::ExclusiveSum(temp, scan_bytes, run_len, run_start, n, cudaStream_t(0)));
-  const dim3 grid(unsigned(std::min(n, kRunBlocks)), unsigned((D + kSlice - 1) / kSlice));
-  embedding_bwd_rows_kernel<<<grid, kWarps * 32>>>(run_id, run_len, run_start, num_runs, pos,
-                                                   dx_ND, D, V, dtable_VD);
-  DT_CUDA_LAUNCH_CHECK("embedding_bwd_rows_kernel");
-  DT_CUDA_CHECK(cudaFreeAsync(ws.base, 0));
+  embedding_long_flags_kernel<<<blocks_n, 256>>>(run_id, run_len, num_runs, n, V, flags);
+  DT_CUDA_LAUNCH_CHECK("embedding_long_flags_kernel");
+  DT_CUDA_CHECK(cub::DeviceSelect::Flagged(temp, select_bytes, pos_in, flags, long_runs, num_long,
+                                           n, cudaStream_t(0)));
+
+  const unsigned slices = unsigned((D + kSlice - 1) / kSlice);
+  const int short_blocks = std::min((n + kShortWarps - 1) / kShortWarps, kShortBlocks);
+  embedding_bwd_short_kernel<<<dim3(unsigned(short_blocks), slices), kShortWarps * 32>>>(
+      run_id, run_len, run_start, num_runs, pos, dx_ND, D, V, dtable_VD);
+  DT_CUDA_LAUNCH_CHECK("embedding_bwd_short_kernel");
+  const int max_long = std::max(1, n / (kLong + 1));
+  embedding_bwd_long_kernel<<<dim3(unsigned(max_long), slices), kLongWarps * 32>>>(
+      long_runs, num_long, run_id, run_len, run_start, pos, dx_ND, D, dtable_VD);
+  DT_CUDA_LAUNCH_CHECK("embedding_bwd_long_kernel");
 }
 
 }  // namespace deltatron::cuda

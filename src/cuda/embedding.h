@@ -25,10 +25,11 @@ void embedding_fwd(DType dt, const int32_t* ids_N, const void* table_VD, int64_t
 //   dx_ND     [N, D]  fp32   in
 //   dtable_VD [V, D]  fp32   inout  ACCUMULATED; rows not looked up are untouched
 // Deterministic: the (id, position) pairs are sorted by id with a stable radix sort (CUB), so each
-// id's rows come in position order; one block per (distinct id, 128-column slice) sums them with
-// 8 warps taking every 8th row and a fixed-order combine of the 8 partials, then adds the sum to
-// the table row once. Bitwise the same run to run, no atomics.
-// Temporary device memory: about 28 N bytes plus CUB's sort workspace, stream-ordered.
+// id's rows come in position order and are summed in that order (one warp per id and 128-column
+// slice; ids repeated more than 64 times are shared by 32 warps whose partials are combined in a
+// fixed order), then added to the table row once. Bitwise the same run to run, no atomics.
+// Temporary device memory: about 33 N bytes plus CUB's workspace, in a process-wide scratch
+// buffer kept for later calls (growing it is a cudaFree + cudaMalloc).
 void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D, int64_t V,
                    float* dtable_VD);
 

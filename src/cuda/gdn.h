@@ -10,9 +10,12 @@
 // Shapes: any N >= 0, K and V in [1, 256], G % H == 0; segments may be empty.
 // cu_host: the nseg + 1 boundaries [0, ..., N] on the host; the chunk plan and launch grids are
 // built from it (cu_dev, the same on the device, is accepted for symmetry with the other ops and
-// not read). Work is queued on the legacy default stream, asynchronous to the host; a device
-// workspace is cached between calls (grown on demand, freed at exit; the backward needs about
-// (2 K V + 7 * 64 (K + V)) * 4 bytes per chunk and value head).
+// not read). Work is queued on the legacy default stream, asynchronous to the host (only the
+// chunk plan, a few KB, is copied from the host); a device workspace is cached between calls
+// (grown on demand, freed at exit). With KP = K rounded up to 128 or 256 and VP = V rounded up
+// to 32, the backward needs about 4 (2 KP VP + 128 KP + 192 VP + 8192) bytes per chunk and
+// value head (more in f32 mode: 3-term planes) plus 8 G K bytes per token: 1.65 GB for N = 8192,
+// G = 32, K = V = 128; the forward about 4 (64 (KP + VP) + 4096) bytes per chunk and head.
 // Deterministic: no atomics; dq/dk are summed over the G/H value heads of a key head in order.
 #pragma once
 

@@ -22,28 +22,35 @@ namespace {
 // Mirror of the states kernel: one block (4 warps) per (value tile of 32, value head, segment),
 // chunks in reverse order, dS[:, tile] (fp32, KP x 32) in registers (warp w: rows w KP/4 ..).
 // Per chunk, with dS = dL/dS_out (0 after the last chunk of the segment):
-//   (a) store dS; dS -> shared;
-//   (b) dV' = P^T dO + diag(e^{gamma_last - gamma}) K dS  (stored; -dV' kept in shared);
+//   (a) store dS; dS -> shared split planes [32][KP] (B operand);
+//   (b) dV' = P^T dO + diag(e^{gamma_last - gamma}) K dS (stored; -dV' -> planes [32][64]);
+//       diag(scale e^gamma) dO -> planes [32][64];
 //   (c) dS = e^{gamma_last} dS + Q^T diag(scale e^gamma) dO;
 //   (d) dS += W^T (-dV')  -> dS_in, the previous chunk's dS_out.
 // cp.async groups: W (into the K buffer) and the previous chunk's P and dO after (b), its Q
-// after (c), its K after (d). Shared memory (bf16, KP = 128): K/W [64][136] fp32, Q [64][136],
-// dS [128][36], P [64][68], dO, scaled dO and -dV' tiles: 112 KB, 2 blocks per SM.
+// after (c), its K after (d). f32 mode with KP = 256 has no room for a separate Q buffer: Q and
+// W then go through the K buffer one after the other. Shared memory (bf16, KP = 128): K/W
+// [64][136] fp32, Q [64][136], dS planes 2 x [32][136], P [64][68] fp32, dO [64][40], 2 x 2
+// planes [32][72]: 111 KB, 2 blocks per SM.
 template <typename T, int KP>
 struct DstateSmem {
-  static constexpr int LDB = KP + 8, LDQ = KP + 8, LDS = 36, LDP = 68, LDO = 40, LDF = 36;
-  float *big, *ss, *ps, *do2, *dvs, *eg, *egl;
+  static constexpr int NF = kFloatTerms<T>;
+  static constexpr bool kQInBig = sizeof(T) == 4 && KP == 256;
+  static constexpr int LDB = KP + 8, LDQ = KP + 8, LDT = KP + 8, LDP = 68, LDO = 40, LDV = 72;
+  static constexpr int PST = kBV * LDT, PSV = kBV * LDV;
+  float *big, *ps, *eg, *egl;
   T *qb, *dos;
+  __nv_bfloat16 *dst, *dop, *dvp;
   size_t bytes;
   __host__ __device__ explicit DstateSmem(unsigned char* base) {
     Carve c{base};
     big = c.take<float>(kC * LDB);
-    qb = c.take<T>(kC * LDQ);
-    ss = c.take<float>(KP * LDS);
+    qb = kQInBig ? nullptr : c.take<T>(kC * LDQ);
+    dst = c.take<__nv_bfloat16>(NF * PST);
     ps = c.take<float>(kC * LDP);
     dos = c.take<T>(kC * LDO);
-    do2 = c.take<float>(kC * LDF);
-    dvs = c.take<float>(kC * LDF);
+    dop = c.take<__nv_bfloat16>(NF * PSV);
+    dvp = c.take<__nv_bfloat16>(NF * PSV);
     eg = c.take<float>(kC);
     egl = c.take<float>(kC);
     bytes = c.off;
@@ -55,12 +62,13 @@ __global__ void __launch_bounds__(128)
     gdn_dstate_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = DstateSmem<T, KP>;
-  constexpr int LDB = S::LDB, LDQ = S::LDQ, LDS = S::LDS, LDP = S::LDP, LDO = S::LDO;
-  constexpr int LDF = S::LDF;
+  constexpr int NF = S::NF, LDB = S::LDB, LDQ = S::LDQ, LDT = S::LDT, LDP = S::LDP;
+  constexpr int LDO = S::LDO, LDV = S::LDV, PST = S::PST, PSV = S::PSV;
+  constexpr bool kQInBig = S::kQInBig;
   S s(smem);
   T* bigT = reinterpret_cast<T*>(s.big);
   const int vt = blockIdx.x, j = blockIdx.y, z = blockIdx.z, h = j / d.R, v0 = vt * kBV;
-  const int tid = threadIdx.x, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int ch0 = plan.seg_ch0[z], nch = plan.seg_nch[z];
   const int kd = round_up(d.K, 16), sm0 = warp * (KP / 4);
   const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
@@ -71,7 +79,11 @@ __global__ void __launch_bounds__(128)
     load_tile(bigT, LDB, qk_src(in.k, ci), ldqk, kC, KP, plan.chunk_len[ci], d.K);
   };
   auto load_q = [&](int ci) {
-    load_tile(s.qb, LDQ, qk_src(in.q, ci), ldqk, kC, KP, plan.chunk_len[ci], d.K);
+    load_tile(kQInBig ? bigT : s.qb, kQInBig ? LDB : LDQ, qk_src(in.q, ci), ldqk, kC, KP,
+              plan.chunk_len[ci], d.K);
+  };
+  auto load_w = [&](int ci) {
+    load_tile(s.big, LDB, w.W + (int64_t(ci) * d.G + j) * kC * KP, KP, kC, KP, kC, KP);
   };
   auto load_p_do = [&](int ci) {
     load_tile(s.ps, LDP, w.P + (int64_t(ci) * d.G + j) * kC * kC, kC, kC, kC, kC, kC);
@@ -81,7 +93,7 @@ __global__ void __launch_bounds__(128)
   if (nch > 0) {
     load_p_do(ch0 + nch - 1);
     load_k(ch0 + nch - 1);
-    load_q(ch0 + nch - 1);
+    if constexpr (!kQInBig) load_q(ch0 + nch - 1);
   }
   cp_async_commit();
   float accD[KP / 64][4][4];
@@ -90,10 +102,11 @@ __global__ void __launch_bounds__(128)
     const int ci = ch0 + n, c = plan.chunk_len[ci], cd = round_up(c, 16);
     const int64_t qj = int64_t(ci) * d.G + j;
     // (a)
-    float* dSq = w.dS + qj * KP * d.VP + v0;
-    acc_each(accD, sm0, 0, [&](int r, int col, float& v) {
-      s.ss[r * LDS + col] = v;
-      dSq[r * d.VP + col] = v;
+    __nv_bfloat16* dSq = w.dS + qj * NF * KP * d.VP + v0;
+    acc_pairs(accD, sm0, 0, [&](int r, int col, float x0, float x1) {
+      store_split<NF>(s.dst, PST, col * LDT + r, x0);
+      store_split<NF>(s.dst, PST, (col + 1) * LDT + r, x1);
+      store_split2<NF>(dSq, int64_t(KP) * d.VP, r * d.VP + col, x0, x1);
     });
     if (tid < kC) {
       const double* gq = w.gam + qj * kC;
@@ -106,39 +119,58 @@ __global__ void __launch_bounds__(128)
       float a1[1][4][4], a2[1][4][4];
       acc_zero(a1);
       acc_zero(a2);
-      warp_mma<T>(a1, Opnd<float, false>{s.ps, LDP}, 16 * warp, Opnd<T, false>{s.dos, LDO}, 0,
-                  cd);
-      warp_mma<T>(a2, Opnd<T, true>{bigT, LDB}, 16 * warp, Opnd<float, false>{s.ss, LDS}, 0, kd);
-      acc_each(a2, 16 * warp, 0, [&](int i, int, float& v) { v *= s.egl[i]; });
+      warp_mma<T>(a1, Opnd<float, false>{s.ps, LDP}, 16 * warp, Opnd<T, false>{s.dos, LDO}, 0, cd);
+      warp_mma<T>(a2, Opnd<T, true>{bigT, LDB}, 16 * warp, Planes<NF, true>{s.dst, LDT, PST}, 0,
+                  kd);
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) a1[0][ni][e] += a2[0][ni][e];
-      float* dVq = w.dVp + qj * kC * d.VP + v0;
-      acc_each(a1, 16 * warp, 0, [&](int i, int col, float& v) {
-        dVq[i * d.VP + col] = v;
-        s.dvs[i * LDF + col] = -v;
+        for (int e = 0; e < 4; ++e) {
+          const int i = 16 * warp + (lane >> 2) + 8 * (e >> 1);
+          const int col = 8 * ni + 2 * (lane & 3) + (e & 1);
+          a1[0][ni][e] += s.egl[i] * a2[0][ni][e];  // dV'
+          store_split<NF>(s.dvp, PSV, col * LDV + i, -a1[0][ni][e]);
+        }
+      __nv_bfloat16* dVq = w.dVp + qj * NF * kC * d.VP + v0;
+      acc_pairs(a1, 16 * warp, 0, [&](int i, int col, float x0, float x1) {
+        store_split2<NF>(dVq, int64_t(kC) * d.VP, i * d.VP + col, x0, x1);
       });
       for (int e = tid; e < kC * kBV; e += blockDim.x) {
-        const int i = e / kBV, col = e % kBV;
-        s.do2[i * LDF + col] = d.scale * s.eg[i] * to_f32(s.dos[i * LDO + col]);
+        const int i = e % kC, col = e / kC;
+        store_split<NF>(s.dop, PSV, col * LDV + i,
+                        d.scale * s.eg[i] * to_f32(s.dos[i * LDO + col]));
       }
     }
     __syncthreads();  // K, P, dO reads done
-    load_tile(s.big, LDB, w.W + qj * kC * KP, KP, kC, KP, kC, KP);
-    if (n > 0) load_p_do(ci - 1);
-    cp_async_commit();
-    // (c)
     const float el = s.eg[kC - 1];
     acc_each(accD, sm0, 0, [&](int, int, float& v) { v *= el; });
-    warp_mma<T>(accD, Opnd<T, false>{s.qb, LDQ}, sm0, Opnd<float, false>{s.do2, LDF}, 0, cd);
-    __syncthreads();  // Q reads done
-    if (n > 0) load_q(ci - 1);
-    cp_async_commit();
-    cp_async_wait<1>();  // W landed
-    __syncthreads();
+    if constexpr (kQInBig) {  // Q, then W, through the K buffer
+      load_q(ci);
+      if (n > 0) load_p_do(ci - 1);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      warp_mma<T>(accD, Opnd<T, false>{bigT, LDB}, sm0, Planes<NF, true>{s.dop, LDV, PSV}, 0, cd);
+      __syncthreads();
+      load_w(ci);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    } else {
+      load_w(ci);
+      if (n > 0) load_p_do(ci - 1);
+      cp_async_commit();
+      // (c)
+      warp_mma<T>(accD, Opnd<T, false>{s.qb, LDQ}, sm0, Planes<NF, true>{s.dop, LDV, PSV}, 0, cd);
+      __syncthreads();  // Q reads done
+      if (n > 0) load_q(ci - 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // W landed
+      __syncthreads();
+    }
     // (d)
-    warp_mma<T>(accD, Opnd<float, false>{s.big, LDB}, sm0, Opnd<float, false>{s.dvs, LDF}, 0, cd);
+    warp_mma<T>(accD, Opnd<float, false>{s.big, LDB}, sm0, Planes<NF, true>{s.dvp, LDV, PSV}, 0,
+                cd);
     __syncthreads();  // W reads done
     if (n > 0) load_k(ci - 1);
     cp_async_commit();
@@ -155,20 +187,23 @@ __global__ void __launch_bounds__(128)
 //   dQK = scale dP .* Gamma (j <= i); dQ = diag(scale e^gamma) dQs + dQK K      -> dq scratch
 //   dK  = diag(e^{gl - gamma}) dKt + dQK^T Q + diag(beta e^gamma) Tm^T dW      -> dk scratch
 //   dA slice part = -(Tm^T dW) W^T; row partials of dgamma / dbeta (dP .* P terms in slice 0).
-// Shared memory: phase 1 tiles (S_in, dS, V', dV' fp32, dO) then phase 2 tiles (K, Q slices, dQK,
-// Tm, dW / dB_w, W slice, E) in the same bytes: 111 KB for bf16.
+// S_in, dS, V', dV' come from the workspace as split planes (ldmatrix operands).
+// Shared memory: two sets of phase-1 tiles (S_in, dS, V', dV' planes, dO; 92 KB for bf16), then
+// phase 2 tiles (K, Q slices, dQK, Tm planes, dW / dB_w, W slice, E) in the same bytes: 111 KB
+// for bf16, 2 blocks per SM.
 template <typename T>
 struct DqkSmem1 {  // one set of the phase-1 tiles; two sets back to back (double buffer)
-  static constexpr int LD = 40;
-  float *sin, *ds, *vp, *dvp;
+  static constexpr int NF = kFloatTerms<T>;
+  static constexpr int LD = 40, PS = kC * LD;  // planes [NF][64][40]
+  __nv_bfloat16 *sin, *ds, *vp, *dvp;
   T* dO;
   size_t bytes;
   __host__ __device__ explicit DqkSmem1(unsigned char* base) {
     Carve c{base};
-    sin = c.take<float>(kC * LD);
-    ds = c.take<float>(kC * LD);
-    vp = c.take<float>(kC * LD);
-    dvp = c.take<float>(kC * LD);
+    sin = c.take<__nv_bfloat16>(NF * PS);
+    ds = c.take<__nv_bfloat16>(NF * PS);
+    vp = c.take<__nv_bfloat16>(NF * PS);
+    dvp = c.take<__nv_bfloat16>(NF * PS);
     dO = c.take<T>(kC * LD);
     bytes = c.off;
   }
@@ -177,8 +212,10 @@ struct DqkSmem1 {  // one set of the phase-1 tiles; two sets back to back (doubl
 template <typename T>
 struct DqkSmem2 {
   static constexpr int LD = 72, LDE = 65;
+  static constexpr int NF = kFloatTerms<T>, PST = kC * LD;
   T *ks, *qs;
-  float *dqk, *tm, *dw, *ws, *es, *redq, *redr, *redb, *rowe, *cole, *frobw, *scal, *eg, *egl, *bs;
+  __nv_bfloat16* tm;  // Tm planes [NF][64][72]
+  float *dqk, *dw, *ws, *es, *redq, *redr, *redb, *rowe, *cole, *frobw, *scal, *eg, *egl, *bs;
   double* gs;
   size_t bytes;
   __host__ __device__ explicit DqkSmem2(unsigned char* base) {
@@ -186,7 +223,7 @@ struct DqkSmem2 {
     ks = c.take<T>(kC * LD);
     qs = c.take<T>(kC * LD);
     dqk = c.take<float>(kC * LD);
-    tm = c.take<float>(kC * LD);
+    tm = c.take<__nv_bfloat16>(NF * PST);
     dw = c.take<float>(kC * LD);
     ws = c.take<float>(kC * LD);
     es = c.take<float>(kC * LDE);
@@ -206,7 +243,7 @@ struct DqkSmem2 {
 };
 
 template <typename T, int KP>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 2)
     gdn_dqk_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int ci = blockIdx.x, j = blockIdx.y, kt = blockIdx.z, k0 = 64 * kt, h = j / d.R;
@@ -231,21 +268,25 @@ __global__ void __launch_bounds__(256)
   acc_zero(aP);
   float frob = 0.f;
   {  // phase 1: contractions over V, tiles double-buffered
-    const DqkSmem1<T> s0(smem), s1(smem + DqkSmem1<T>(nullptr).bytes);
-    constexpr int LD = DqkSmem1<T>::LD;
-    const float* Sq = w.Sin + qj * KP * d.VP + int64_t(k0) * d.VP;
-    const float* dSq = w.dS + qj * KP * d.VP + int64_t(k0) * d.VP;
-    const float* Vq = w.Vp + qj * kC * d.VP;
-    const float* dVq = w.dVp + qj * kC * d.VP;
+    using S1 = DqkSmem1<T>;
+    constexpr int NF = S1::NF, LD = S1::LD, PS = S1::PS;
+    const S1 s0(smem), s1(smem + S1(nullptr).bytes);
+    const int64_t pss = int64_t(KP) * d.VP, psv = int64_t(kC) * d.VP;  // workspace planes
+    const __nv_bfloat16* Sq = w.Sin + qj * NF * pss + int64_t(k0) * d.VP;
+    const __nv_bfloat16* dSq = w.dS + qj * NF * pss + int64_t(k0) * d.VP;
+    const __nv_bfloat16* Vq = w.Vp + qj * NF * psv;
+    const __nv_bfloat16* dVq = w.dVp + qj * NF * psv;
     const T* dOq = dout + (int64_t(t0) * d.G + j) * d.V;
     const int nvt = d.VP / kBV;
     auto issue = [&](int it) {
       const bool b = it & 1;
       const int v0 = it * kBV;
-      load_tile(b ? s1.sin : s0.sin, LD, Sq + v0, d.VP, kC, kBV, kC, kBV);
-      load_tile(b ? s1.ds : s0.ds, LD, dSq + v0, d.VP, kC, kBV, kC, kBV);
-      load_tile(b ? s1.vp : s0.vp, LD, Vq + v0, d.VP, kC, kBV, kC, kBV);
-      load_tile(b ? s1.dvp : s0.dvp, LD, dVq + v0, d.VP, kC, kBV, kC, kBV);
+      for (int i = 0; i < NF; ++i) {
+        load_tile((b ? s1.sin : s0.sin) + i * PS, LD, Sq + i * pss + v0, d.VP, kC, kBV, kC, kBV);
+        load_tile((b ? s1.ds : s0.ds) + i * PS, LD, dSq + i * pss + v0, d.VP, kC, kBV, kC, kBV);
+        load_tile((b ? s1.vp : s0.vp) + i * PS, LD, Vq + i * psv + v0, d.VP, kC, kBV, kC, kBV);
+        load_tile((b ? s1.dvp : s0.dvp) + i * PS, LD, dVq + i * psv + v0, d.VP, kC, kBV, kC, kBV);
+      }
       load_tile(b ? s1.dO : s0.dO, LD, dOq + v0, ldv, kC, kBV, c, d.V - v0);
       cp_async_commit();
     };
@@ -259,17 +300,16 @@ __global__ void __launch_bounds__(256)
         cp_async_wait<0>();
       }
       __syncthreads();
-      const float *sin_b = b ? s1.sin : s0.sin, *ds_b = b ? s1.ds : s0.ds;
-      const float *vp_b = b ? s1.vp : s0.vp, *dvp_b = b ? s1.dvp : s0.dvp;
-      const Opnd<float, true> sin{sin_b, LD}, vp{vp_b, LD};
+      const __nv_bfloat16 *sin_b = b ? s1.sin : s0.sin, *ds_b = b ? s1.ds : s0.ds;
+      const Planes<NF, true> sin{sin_b, LD, PS}, vp{b ? s1.vp : s0.vp, LD, PS};
       const Opnd<T, true> dO{b ? s1.dO : s0.dO, LD};
       warp_mma<T>(aQ, dO, rm, sin, cn, kBV);
-      warp_mma<T>(aK, vp, rm, Opnd<float, true>{ds_b, LD}, cn, kBV);
-      warp_mma<T>(aW, Opnd<float, true>{dvp_b, LD}, rm, sin, cn, kBV);
+      warp_mma<T>(aK, vp, rm, Planes<NF, true>{ds_b, LD, PS}, cn, kBV);
+      warp_mma<T>(aW, Planes<NF, true>{b ? s1.dvp : s0.dvp, LD, PS}, rm, sin, cn, kBV);
       warp_mma<T>(aP, dO, rm, vp, cn, kBV);
       for (int e = tid; e < kC * kBV; e += blockDim.x) {
         const int r = e / kBV, cc = e % kBV;
-        frob += ds_b[r * LD + cc] * sin_b[r * LD + cc];
+        frob += planes_value<NF>(ds_b, PS, r * LD + cc) * planes_value<NF>(sin_b, PS, r * LD + cc);
       }
       __syncthreads();
     }
@@ -279,7 +319,9 @@ __global__ void __launch_bounds__(256)
   constexpr int LD = DqkSmem2<T>::LD, LDE = DqkSmem2<T>::LDE;
   load_tile(s.ks, LD, in.k + (int64_t(t0) * d.H + h) * d.K + k0, ldqk, kC, 64, c, d.K - k0);
   load_tile(s.qs, LD, in.q + (int64_t(t0) * d.H + h) * d.K + k0, ldqk, kC, 64, c, d.K - k0);
-  load_tile(s.tm, LD, w.Tm + qj * kC * kC, kC, kC, kC, kC, kC);
+  constexpr int NF = DqkSmem2<T>::NF, PST = DqkSmem2<T>::PST;
+  for (int i = 0; i < NF; ++i)
+    load_tile(s.tm + i * PST, LD, w.Tm + (qj * NF + i) * kC * kC, kC, kC, kC, kC, kC);
   load_tile(s.ws, LD, w.W + qj * kC * KP + k0, KP, kC, 64, kC, 64);
   cp_async_commit();
   float pv[1][4][4];  // P at this lane's dP positions (loads in flight with the tiles)
@@ -318,12 +360,10 @@ __global__ void __launch_bounds__(256)
     }
   acc_each(aW, rm, cn, [&](int i, int kk, float& v) { s.dw[i * LD + kk] = -v; });
   {  // dgamma_i += Qs_i . dQs_i;  r_i = Kt_i . dKt_i
-    const float2 pq = acc_row_sums(aQ, rm, cn, [&](int i, int kk, float v) {
-      return to_f32(s.qs[i * LD + kk]) * v;
-    });
-    const float2 pr = acc_row_sums(aK, rm, cn, [&](int i, int kk, float v) {
-      return to_f32(s.ks[i * LD + kk]) * v;
-    });
+    const float2 pq = acc_row_sums(
+        aQ, rm, cn, [&](int i, int kk, float v) { return to_f32(s.qs[i * LD + kk]) * v; });
+    const float2 pr = acc_row_sums(
+        aK, rm, cn, [&](int i, int kk, float v) { return to_f32(s.ks[i * LD + kk]) * v; });
     if ((lane & 3) == 0) {
       const int i0 = rm + g, i1 = rm + g + 8;
       s.redq[half * kC + i0] = d.scale * s.eg[i0] * pq.x;
@@ -347,10 +387,9 @@ __global__ void __launch_bounds__(256)
   {  // dK = diag(egl) dKt + dQK^T Q + diag(beta e^gamma) dB_w
     acc_each(aK, rm, cn, [&](int i, int, float& v) { v *= s.egl[i]; });
     warp_mma<T>(aK, Opnd<float, false>{s.dqk, LD}, rm, Opnd<T, false>{s.qs, LD}, cn, kC);
-    warp_mma<T>(aB, Opnd<float, false>{s.tm, LD}, rm, Opnd<float, false>{s.dw, LD}, cn, kC);
-    const float2 pb = acc_row_sums(aB, rm, cn, [&](int i, int kk, float v) {
-      return to_f32(s.ks[i * LD + kk]) * v;
-    });
+    warp_mma<T>(aB, Planes<NF, false>{s.tm, LD, PST}, rm, Opnd<float, false>{s.dw, LD}, cn, kC);
+    const float2 pb = acc_row_sums(
+        aB, rm, cn, [&](int i, int kk, float v) { return to_f32(s.ks[i * LD + kk]) * v; });
     if ((lane & 3) == 0) {
       s.redb[half * kC + rm + g] = s.eg[rm + g] * pb.x;
       s.redb[half * kC + rm + g + 8] = s.eg[rm + g + 8] * pb.y;
@@ -384,7 +423,8 @@ __global__ void __launch_bounds__(256)
     acc_zero(aA);
     warp_mma<T>(aA, Opnd<float, true>{s.dw, LD}, rm, Opnd<float, true>{s.ws, LD}, cn, 64);
     float* dAq = w.dA + (qj * d.KT + kt) * kC * kC;
-    acc_each(aA, rm, cn, [&](int i, int jj, float& v) { dAq[i * kC + jj] = -v; });
+    acc_pairs(aA, rm, cn,
+              [&](int i, int jj, float x0, float x1) { store2(dAq, i * kC + jj, -x0, -x1); });
   }
   if (tid == 0) {
     float rs = 0.f, fr = 0.f;
@@ -412,15 +452,18 @@ __global__ void __launch_bounds__(256)
 //   M = K K^T (recomputed): dbeta_i += sum_j dA_ij M_ij Gamma_ij, E = dA .* A (dgamma),
 //     D = dA .* beta_i Gamma, dk += (D + D^T) K;
 //   dgamma = own + slice partials; dg = reverse cumulative sum of dgamma over the chunk.
-// Shared memory: K (loaded with the first V tile), then the V-loop tiles (Tm, dV', U, V, dB_u)
-// and after the loop (D + D^T, D, E) in the same bytes: 101 KB for bf16 / KP = 128.
+// Tm and dV' are split planes. Shared memory: K (loaded with the first V tile), then the V-loop
+// tiles (Tm, dV', U, V, dB_u) and after the loop (D + D^T, D, E) in the same bytes: 101 KB for
+// bf16 / KP = 128, 2 blocks per SM.
 template <typename T, int KP>
 struct WySmem {
-  static constexpr int LD = 72, LDK = KP + 8, LDE = 65;
+  static constexpr int NF = kFloatTerms<T>;
+  static constexpr int LD = 72, LDK = KP + 8, LDE = 65, PS = kC * LD;
   float *eg, *bs, *redb, *redba, *rowe, *cole, *dgam;
   double* gs;
   T* ks;
-  float *tm, *dvp, *us, *dbu;  // V loop
+  __nv_bfloat16 *tm, *dvp;  // V loop: planes [NF][64][72]
+  float *us, *dbu;
   T* vv;
   float *da, *dd, *es;  // after the V loop
   size_t bytes;
@@ -436,8 +479,8 @@ struct WySmem {
     gs = c.take<double>(kC);
     ks = c.take<T>(kC * LDK);
     Carve u = c;
-    tm = u.take<float>(kC * LD);
-    dvp = u.take<float>(kC * LD);
+    tm = u.take<__nv_bfloat16>(NF * PS);
+    dvp = u.take<__nv_bfloat16>(NF * PS);
     us = u.take<float>(kC * LD);
     dbu = u.take<float>(kC * LD);
     vv = u.take<T>(kC * LD);
@@ -454,7 +497,7 @@ __global__ void __launch_bounds__(128)
     gdn_wy_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* dv, float* dg, float* dbeta) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = WySmem<T, KP>;
-  constexpr int LD = S::LD, LDK = S::LDK, LDE = S::LDE;
+  constexpr int NF = S::NF, LD = S::LD, LDK = S::LDK, LDE = S::LDE, PS = S::PS;
   S s(smem);
   const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
@@ -465,11 +508,13 @@ __global__ void __launch_bounds__(128)
   const int64_t ldv = int64_t(d.G) * d.V;
   auto load_vtile = [&](int v0) {
     const int vc = min(64, d.VP - v0);
-    load_tile(s.dvp, LD, w.dVp + qj * kC * d.VP + v0, d.VP, kC, 64, kC, vc);
+    for (int i = 0; i < NF; ++i)
+      load_tile(s.dvp + i * PS, LD, w.dVp + (qj * NF + i) * kC * d.VP + v0, d.VP, kC, 64, kC, vc);
     load_tile(s.us, LD, w.U + qj * kC * d.VP + v0, d.VP, kC, 64, kC, vc);
     load_tile(s.vv, LD, in.v + (int64_t(t0) * d.G + j) * d.V + v0, ldv, kC, 64, c, d.V - v0);
   };
-  load_tile(s.tm, LD, w.Tm + qj * kC * kC, kC, kC, kC, kC, kC);
+  for (int i = 0; i < NF; ++i)
+    load_tile(s.tm + i * PS, LD, w.Tm + (qj * NF + i) * kC * kC, kC, kC, kC, kC, kC);
   load_vtile(0);
   load_tile(s.ks, LDK, in.k + (int64_t(t0) * d.H + h) * d.K, int64_t(d.H) * d.K, kC, KP, c, d.K);
   cp_async_commit();
@@ -488,14 +533,13 @@ __global__ void __launch_bounds__(128)
     __syncthreads();
     float aB[1][8][4];
     acc_zero(aB);
-    warp_mma<T>(aB, Opnd<float, false>{s.tm, LD}, rm, Opnd<float, false>{s.dvp, LD}, 0, cd);
+    warp_mma<T>(aB, Planes<NF, false>{s.tm, LD, PS}, rm, Planes<NF, false>{s.dvp, LD, PS}, 0, cd);
     acc_each(aB, rm, 0, [&](int i, int col, float& v) {
       if (i < c && v0 + col < d.V) dvq[i * ldv + v0 + col] = from_f32<T>(s.bs[i] * v);
       s.dbu[i * LD + col] = v;
     });
-    const float2 pb = acc_row_sums(aB, rm, 0, [&](int i, int col, float v) {
-      return to_f32(s.vv[i * LD + col]) * v;
-    });
+    const float2 pb = acc_row_sums(
+        aB, rm, 0, [&](int i, int col, float v) { return to_f32(s.vv[i * LD + col]) * v; });
     bsum0 += pb.x;
     bsum1 += pb.y;
     __syncthreads();
@@ -511,15 +555,15 @@ __global__ void __launch_bounds__(128)
   {  // dA (strict lower) = -dA_u + slice parts (all loads first, then the sums)
     const float* dAp = w.dA + qj * d.KT * kC * kC;
     float part[8][4];
+    acc_zero(reinterpret_cast<float(&)[1][8][4]>(part));
+    for (int kt = 0; kt < d.KT; ++kt)  // 32 independent loads per slice
 #pragma unroll
-    for (int ni = 0; ni < 8; ++ni)
+      for (int ni = 0; ni < 8; ++ni)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
-        float acc = 0.f;
-        for (int kt = 0; kt < d.KT; ++kt) acc += dAp[(kt * kC + i) * kC + jj];
-        part[ni][e] = acc;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+          part[ni][e] += dAp[(kt * kC + i) * kC + jj];
+        }
 #pragma unroll
     for (int ni = 0; ni < 8; ++ni)
 #pragma unroll
@@ -582,9 +626,8 @@ __global__ void __launch_bounds__(128)
     const int64_t ldk = int64_t(d.G) * d.K;
     for (int n0 = 0; n0 < kd; n0 += 64) {
       float acc[1][8][4];
-      acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
-        v = (i < c && kk < d.K) ? dk[i * ldk + kk] : 0.f;
-      });
+      acc_each(acc, rm, n0,
+               [&](int i, int kk, float& v) { v = (i < c && kk < d.K) ? dk[i * ldk + kk] : 0.f; });
       warp_mma<T>(acc, Opnd<float, true>{s.da, LD}, rm, Opnd<T, false>{s.ks, LDK}, n0, cd);
       acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
         if (i < c && kk < d.K) dk[i * ldk + kk] = v;
@@ -614,8 +657,8 @@ __global__ void __launch_bounds__(128)
 // dst[t, h, :] = sum_{r < R} src[t, h R + r, :] in order r = 0, 1, ...; one block per token,
 // blockIdx.y selects (dq, dk).
 template <typename T>
-__global__ void gdn_sum_heads_kernel(const float* src0, T* dst0, const float* src1, T* dst1,
-                                     int H, int R, int K) {
+__global__ void gdn_sum_heads_kernel(const float* src0, T* dst0, const float* src1, T* dst1, int H,
+                                     int R, int K) {
   const int64_t t = blockIdx.x;
   const int HK = H * K;
   const float* src = (blockIdx.y ? src1 : src0) + t * HK * R;
@@ -646,8 +689,7 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   {
     const size_t smem = DstateSmem<T, KP>(nullptr).bytes;
     set_smem(gdn_dstate_kernel<T, KP>, smem);
-    gdn_dstate_kernel<T, KP>
-        <<<dim3(d.VP / kBV, d.G, plan.nseg), 128, smem>>>(in, dout, plan, d, w);
+    gdn_dstate_kernel<T, KP><<<dim3(d.VP / kBV, d.G, plan.nseg), 128, smem>>>(in, dout, plan, d, w);
     DT_CUDA_CHECK(cudaGetLastError());
   }
   {
@@ -678,7 +720,8 @@ void gdn_chunk_bwd(DType dt, const void* q_NHK, const void* k_NHK, const void* v
                    int64_t V, float scale, const void* do_NGV, void* dq_NHK, void* dk_NHK,
                    void* dv_NGV, float* dg_NG, float* dbeta_NG) {
   const gdn::Setup st =
-      gdn::setup("cuda::gdn_chunk_bwd", cu_host, nseg, N, H, G, K, V, scale, true);
+      gdn::setup("cuda::gdn_chunk_bwd", cu_host, nseg, N, H, G, K, V, scale, true,
+                 dt == DType::bf16 ? gdn::kFloatTerms<__nv_bfloat16> : gdn::kFloatTerms<float>);
   if (st.plan.nch == 0) return;  // no tokens, no gradients
   DT_DISPATCH_DTYPE(dt, T, {
     const gdn::Inputs<T> in{static_cast<const T*>(q_NHK), static_cast<const T*>(k_NHK),

@@ -41,26 +41,27 @@ struct Dims {
 
 template <typename T>
 struct Inputs {
-  const T *q, *k, *v;          // q_NHK, k_NHK, v_NGV
-  const float *g, *beta;       // g_NG, beta_NG
+  const T *q, *k, *v;     // q_NHK, k_NHK, v_NGV
+  const float *g, *beta;  // g_NG, beta_NG
 };
 
-// Device workspace (fp32 unless said otherwise); every tile is dense, zero-padded.
+// Device workspace; fp32 unless "planes": an fp32 matrix stored pre-split as NF bf16 terms
+// (NF = 2 in bf16 mode, 3 in f32 mode; see warp_mma), term i of the matrix at plane i.
 struct Work {
-  double* gam;  // [q][64] gamma = in-chunk cumulative sum of g (rows >= c repeat the last)
-  float* W;     // [q][64][KP] W = Tm diag(beta e^gamma) K
-  float* U;     // [q][64][VP] U = Tm diag(beta) V
-  float* P;     // [q][64][64] P = scale (Q K^T) .* Gamma, lower triangle with diagonal
-  float* Tm;    // [q][64][64] (I + A)^-1                              (backward only)
-  float* Sin;   // [q][KP][VP] state entering the chunk                (backward only)
-  float* Vp;    // [q][64][VP] V' = U - W S_in                         (backward only)
-  float* dS;    // [q][KP][VP] dL/dS_out of the chunk                  (backward only)
-  float* dVp;   // [q][64][VP] dL/dV'                                  (backward only)
-  float* dA;    // [q][KT][64][64] per-slice parts of -dB_w W^T       (backward only)
-  float* gpart; // [q][KT][64] per-slice parts of dL/dgamma            (backward only)
-  float* bpart; // [q][KT][64] per-slice parts of dL/dbeta             (backward only)
-  float* dq;    // [N][G][K] dq per value head                         (backward only)
-  float* dk;    // [N][G][K] dk per value head                         (backward only)
+  double* gam;         // [q][64] gamma = in-chunk cumulative sum of g (rows >= c repeat the last)
+  float* W;            // [q][64][KP] W = Tm diag(beta e^gamma) K
+  float* U;            // [q][64][VP] U = Tm diag(beta) V
+  float* P;            // [q][64][64] P = scale (Q K^T) .* Gamma, lower triangle with diagonal
+  __nv_bfloat16* Tm;   // planes [q][NF][64][64] (I + A)^-1                 (backward only)
+  __nv_bfloat16* Sin;  // planes [q][NF][KP][VP] state entering the chunk    (backward only)
+  __nv_bfloat16* Vp;   // planes [q][NF][64][VP] V' = U - W S_in             (backward only)
+  __nv_bfloat16* dS;   // planes [q][NF][KP][VP] dL/dS_out of the chunk      (backward only)
+  __nv_bfloat16* dVp;  // planes [q][NF][64][VP] dL/dV'                      (backward only)
+  float* dA;           // [q][KT][64][64] per-slice parts of -dB_w W^T      (backward only)
+  float* gpart;        // [q][KT][64] per-slice parts of dL/dgamma           (backward only)
+  float* bpart;        // [q][KT][64] per-slice parts of dL/dbeta            (backward only)
+  float* dq;           // [N][G][K] dq per value head                        (backward only)
+  float* dk;           // [N][G][K] dk per value head                        (backward only)
 };
 
 // ---- small device helpers -------------------------------------------------------------------
@@ -155,18 +156,77 @@ __device__ void load_tile(E* dst, int ldd, const E* src, int64_t lds, int rows, 
 // bf16 storage (inputs q, k, v, do) is exact in one term; fp32 intermediates take 2 terms in bf16
 // mode and every operand 3 terms in f32 debug mode, so f32 mode keeps fp32 accuracy through the
 // same kernels.
+//
+// Shared-memory operands, indexed (r, k): r is the row m of A or the column n of B, k the
+// contraction index; "k-contiguous" means element (r, k) at p[r * ld + k], else p[k * ld + r].
+//   Opnd<float, KC>   fp32, split into terms per fragment load (2 x 32-bit loads per register);
+//   Opnd<bf16, KC>    bf16 storage, one term, fragments by ldmatrix (.trans when not KC);
+//   Planes<N, KC>     an fp32 matrix stored pre-split as N bf16 planes (term i at p + i * ps),
+//                     fragments by ldmatrix: used for the B operands a kernel writes itself.
+// ldmatrix needs 16-byte aligned rows: ld a multiple of 8 elements, tile origins multiples of 8.
+
+template <typename T>
+constexpr int kFloatTerms = std::is_same_v<T, float> ? 3 : 2;
 
 // bf16 terms of an operand of element type E when the storage type is T.
 template <typename T, typename E>
-constexpr int kTerms = std::is_same_v<E, __nv_bfloat16> ? 1 : (std::is_same_v<T, float> ? 3 : 2);
+constexpr int kTerms = std::is_same_v<E, __nv_bfloat16> ? 1 : kFloatTerms<T>;
 
-// Shared-memory operand indexed (r, k): r is the row m of A or the column n of B, k the
-// contraction index. kKContig: element at p[r * ld + k] (k contiguous), else at p[k * ld + r].
 template <typename E, bool kKContig>
 struct Opnd {
   const E* p;
   int ld;
 };
+
+template <int N, bool kKContig>
+struct Planes {
+  const __nv_bfloat16* p;
+  int ld, ps;  // row stride, plane stride (elements)
+};
+
+template <typename T, typename O>
+struct OpTraits;
+template <typename T, typename E, bool KC>
+struct OpTraits<T, Opnd<E, KC>> {
+  static constexpr int terms = kTerms<T, E>;
+};
+template <typename T, int N, bool KC>
+struct OpTraits<T, Planes<N, KC>> {
+  static constexpr int terms = N;
+};
+
+// Writes x as N bf16 terms: p[i * ps + idx] = term i.
+template <int N>
+__device__ __forceinline__ void store_split(__nv_bfloat16* p, int ps, int idx, float x) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const __nv_bfloat16 h = __float2bfloat16_rn(x);
+    p[i * ps + idx] = h;
+    x -= __bfloat162float(h);
+  }
+}
+
+// Writes the pair (x0, x1) as N bf16x2 terms: term i at p + i * ps + idx (idx even).
+template <int N>
+__device__ __forceinline__ void store_split2(__nv_bfloat16* p, int64_t ps, int64_t idx, float x0,
+                                             float x1) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    *reinterpret_cast<__nv_bfloat162*>(p + i * ps + idx) = h;
+    x0 -= __low2float(h);
+    x1 -= __high2float(h);
+  }
+}
+
+// The fp32 value of element idx of N planes (sum of its terms, small first).
+template <int N>
+__device__ __forceinline__ float planes_value(const __nv_bfloat16* p, int ps, int idx) {
+  float x = 0.f;
+#pragma unroll
+  for (int i = N - 1; i >= 0; --i) x += __bfloat162float(p[i * ps + idx]);
+  return x;
+}
 
 template <int N>
 __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t (&out)[N]) {
@@ -181,26 +241,100 @@ __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t (&out)
   }
 }
 
-// Elements (r, k) and (r, k + 1) as N packed bf16x2 terms (k even).
+// fp32 elements (r, k) and (r, k + 1) as N packed bf16x2 terms (k even).
+template <int N, bool KC>
+__device__ __forceinline__ void load_pair(const Opnd<float, KC>& o, int r, int k,
+                                          uint32_t (&out)[N]) {
+  float2 x;
+  if constexpr (KC)
+    x = *reinterpret_cast<const float2*>(o.p + r * o.ld + k);
+  else
+    x = make_float2(o.p[k * o.ld + r], o.p[(k + 1) * o.ld + r]);
+  split_bf16x2<N>(x.x, x.y, out);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// A fragment of the 16 x 16 tile at (m0, k0) from a bf16 matrix: a[reg][term] for `term`.
+// Lane l addresses row (l & 7) of 8 x 8 matrix q = l >> 3; matrix q is register q of the PTX
+// A fragment: (m + 0, k + 0), (m + 8, k + 0), (m + 0, k + 8), (m + 8, k + 8).
+template <int N, bool KC>
+__device__ __forceinline__ void ldsm_a(const __nv_bfloat16* p, int ld, int m0, int k0, int term,
+                                       uint32_t (&a)[4][N]) {
+  const int lane = threadIdx.x & 31, q = lane >> 3, rr = lane & 7;
+  uint32_t r[4];
+  if constexpr (KC)
+    ldsm_x4(r, p + (m0 + rr + 8 * (q & 1)) * ld + k0 + 8 * (q >> 1), false);
+  else
+    ldsm_x4(r, p + (k0 + rr + 8 * (q >> 1)) * ld + m0 + 8 * (q & 1), true);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) a[i][term] = r[i];
+}
+
+// B fragments of the two 8-column tiles at n0 and n0 + 8 (k0..k0+15): b[tile][reg][term].
+// Matrices: (n + 0, k + 0), (n + 0, k + 8), (n + 8, k + 0), (n + 8, k + 8).
+template <int N, bool KC>
+__device__ __forceinline__ void ldsm_b2(const __nv_bfloat16* p, int ld, int n0, int k0, int term,
+                                        uint32_t (&b0)[2][N], uint32_t (&b1)[2][N]) {
+  const int lane = threadIdx.x & 31, q = lane >> 3, rr = lane & 7;
+  uint32_t r[4];
+  if constexpr (KC)
+    ldsm_x4(r, p + (n0 + rr + 8 * (q >> 1)) * ld + k0 + 8 * (q & 1), false);
+  else
+    ldsm_x4(r, p + (k0 + rr + 8 * (q & 1)) * ld + n0 + 8 * (q >> 1), true);
+  b0[0][term] = r[0];
+  b0[1][term] = r[1];
+  b1[0][term] = r[2];
+  b1[1][term] = r[3];
+}
+
 template <int N, typename E, bool KC>
-__device__ __forceinline__ void load_frag(const Opnd<E, KC>& o, int r, int k, uint32_t (&out)[N]) {
+__device__ __forceinline__ void frag_a(const Opnd<E, KC>& o, int m0, int k0, uint32_t (&a)[4][N]) {
   if constexpr (std::is_same_v<E, __nv_bfloat16>) {
-    static_assert(N == 1, "bf16 operands are exact in one term");
-    if constexpr (KC) {
-      out[0] = *reinterpret_cast<const uint32_t*>(o.p + r * o.ld + k);
-    } else {
-      const uint32_t lo = __bfloat16_as_ushort(o.p[k * o.ld + r]);
-      const uint32_t hi = __bfloat16_as_ushort(o.p[(k + 1) * o.ld + r]);
-      out[0] = lo | (hi << 16);
-    }
+    ldsm_a<N, KC>(o.p, o.ld, m0, k0, 0, a);
   } else {
-    float2 x;
-    if constexpr (KC)
-      x = *reinterpret_cast<const float2*>(o.p + r * o.ld + k);
-    else
-      x = make_float2(o.p[k * o.ld + r], o.p[(k + 1) * o.ld + r]);
-    split_bf16x2<N>(x.x, x.y, out);
+    const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
+    load_pair<N>(o, m0 + g, k0 + t2, a[0]);
+    load_pair<N>(o, m0 + g + 8, k0 + t2, a[1]);
+    load_pair<N>(o, m0 + g, k0 + t2 + 8, a[2]);
+    load_pair<N>(o, m0 + g + 8, k0 + t2 + 8, a[3]);
   }
+}
+template <int N, int NP, bool KC>
+__device__ __forceinline__ void frag_a(const Planes<NP, KC>& o, int m0, int k0,
+                                       uint32_t (&a)[4][N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) ldsm_a<N, KC>(o.p + i * o.ps, o.ld, m0, k0, i, a);
+}
+
+template <int N, typename E, bool KC>
+__device__ __forceinline__ void frag_b2(const Opnd<E, KC>& o, int n0, int k0, uint32_t (&b0)[2][N],
+                                        uint32_t (&b1)[2][N]) {
+  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
+    ldsm_b2<N, KC>(o.p, o.ld, n0, k0, 0, b0, b1);
+  } else {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
+    load_pair<N>(o, n0 + g, k0 + t2, b0[0]);
+    load_pair<N>(o, n0 + g, k0 + t2 + 8, b0[1]);
+    load_pair<N>(o, n0 + 8 + g, k0 + t2, b1[0]);
+    load_pair<N>(o, n0 + 8 + g, k0 + t2 + 8, b1[1]);
+  }
+}
+template <int N, int NP, bool KC>
+__device__ __forceinline__ void frag_b2(const Planes<NP, KC>& o, int n0, int k0,
+                                        uint32_t (&b0)[2][N], uint32_t (&b1)[2][N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) ldsm_b2<N, KC>(o.p + i * o.ps, o.ld, n0, k0, i, b0, b1);
 }
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -212,31 +346,21 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// acc[mi][ni] += A[m0 + 16 mi + 0..15, 0..kdim) B[0..kdim, n0 + 8 ni + 0..7], kdim % 16 == 0.
-// Accumulator layout (PTX m16n8 C fragment): lane = 4 g + t holds rows g, g + 8 and columns
-// 2t, 2t + 1 of each 16x8 tile: acc[.][.][e] at (g + 8 (e >> 1), 2t + (e & 1)).
-template <typename T, int MT, int NT, typename EA, bool KA, typename EB, bool KB>
-__device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], const Opnd<EA, KA>& a, int m0,
-                                         const Opnd<EB, KB>& b, int n0, int kdim) {
-  constexpr int TA = kTerms<T, EA>, TB = kTerms<T, EB>;
+// acc[mi][ni] += A[m0 + 16 mi + 0..15, 0..kdim) B[0..kdim, n0 + 8 ni + 0..7], kdim % 16 == 0,
+// NT even. Accumulator layout (PTX m16n8 C fragment): lane = 4 g + t holds rows g, g + 8 and
+// columns 2t, 2t + 1 of each 16x8 tile: acc[.][.][e] at (g + 8 (e >> 1), 2t + (e & 1)).
+template <typename T, int MT, int NT, typename OA, typename OB>
+__device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], const OA& a, int m0, const OB& b,
+                                         int n0, int kdim) {
+  static_assert(NT % 2 == 0, "B fragments come in pairs of 8-column tiles");
+  constexpr int TA = OpTraits<T, OA>::terms, TB = OpTraits<T, OB>::terms;
   constexpr int L = (TA > TB ? TA : TB) - 1;
-  const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
   for (int k0 = 0; k0 < kdim; k0 += 16) {
     uint32_t af[MT][4][TA], bf[NT][2][TB];
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi) {
-      const int r = m0 + 16 * mi + g;
-      load_frag<TA>(a, r, k0 + t2, af[mi][0]);
-      load_frag<TA>(a, r + 8, k0 + t2, af[mi][1]);
-      load_frag<TA>(a, r, k0 + t2 + 8, af[mi][2]);
-      load_frag<TA>(a, r + 8, k0 + t2 + 8, af[mi][3]);
-    }
+    for (int mi = 0; mi < MT; ++mi) frag_a<TA>(a, m0 + 16 * mi, k0, af[mi]);
 #pragma unroll
-    for (int ni = 0; ni < NT; ++ni) {
-      const int r = n0 + 8 * ni + g;
-      load_frag<TB>(b, r, k0 + t2, bf[ni][0]);
-      load_frag<TB>(b, r, k0 + t2 + 8, bf[ni][1]);
-    }
+    for (int ni = 0; ni < NT; ni += 2) frag_b2<TB>(b, n0 + 8 * ni, k0, bf[ni], bf[ni + 1]);
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -274,6 +398,24 @@ __device__ __forceinline__ void acc_each(float (&acc)[MT][NT][4], int m0, int n0
         f(m0 + 16 * mi + g + 8 * (e >> 1), n0 + 8 * ni + t2 + (e & 1), acc[mi][ni][e]);
 }
 
+// f(row, col, v0, v1) for each pair of horizontally adjacent accumulator elements (col even).
+template <int MT, int NT, typename F>
+__device__ __forceinline__ void acc_pairs(float (&acc)[MT][NT][4], int m0, int n0, F&& f) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+        f(m0 + 16 * mi + g + 8 * hh, n0 + 8 * ni + t2, acc[mi][ni][2 * hh],
+          acc[mi][ni][2 * hh + 1]);
+}
+
+__device__ __forceinline__ void store2(float* p, int64_t idx, float x0, float x1) {
+  *reinterpret_cast<float2*>(p + idx) = make_float2(x0, x1);
+}
+
 // Sum over this warp's columns of f(row, col, value) for the rows of a [1][NT] accumulator:
 // returns (row m0 + g, row m0 + g + 8) sums, complete in every lane (fixed shuffle order).
 template <int NT, typename F>
@@ -298,14 +440,15 @@ __device__ __forceinline__ float2 acc_row_sums(float (&acc)[1][NT][4], int m0, i
 struct Setup {
   Plan plan;  // plan.nch == 0: no tokens, nothing uploaded or allocated
   Dims d;
-  Work w;     // backward buffers only when bwd
-  int KP;     // 128 for K <= 128, else 256
+  Work w;  // backward buffers only when bwd
+  int KP;  // 128 for K <= 128, else 256
 };
 
 // Validates the arguments (core::Error naming `what`), builds the chunk plan from cu_host,
 // uploads it and lays out the cached device workspace.
+// nf: bf16 terms of the workspace planes (2 for bf16 storage, 3 for f32).
 Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G,
-            int64_t K, int64_t V, float scale, bool bwd);
+            int64_t K, int64_t V, float scale, bool bwd, int nf);
 
 // Per chunk-head: gamma, W, U, P into the workspace, and Tm when store_tm.
 template <typename T, int KP>

@@ -89,8 +89,10 @@ __global__ void __launch_bounds__(128)
       s.as[i * LDA + jj] = jj < i ? s.bs[i] * v * exp_nonpos(s.gs[i] - s.gs[jj]) : 0.f;
     });
     float* Pq = w.P + qj * kC * kC;
-    acc_each(ap, 16 * warp, 0, [&](int i, int jj, float& v) {
-      Pq[i * kC + jj] = jj <= i ? d.scale * v * exp_nonpos(s.gs[i] - s.gs[jj]) : 0.f;
+    acc_pairs(ap, 16 * warp, 0, [&](int i, int jj, float v0, float v1) {
+      const float p0 = jj <= i ? d.scale * v0 * exp_nonpos(s.gs[i] - s.gs[jj]) : 0.f;
+      const float p1 = jj + 1 <= i ? d.scale * v1 * exp_nonpos(s.gs[i] - s.gs[jj + 1]) : 0.f;
+      store2(Pq, i * kC + jj, p0, p1);
     });
   }
   __syncthreads();
@@ -107,8 +109,11 @@ __global__ void __launch_bounds__(128)
     const int b0 = 16 * warp, col = lane & 15, half = lane >> 4;
     for (int i = 0; i < 16; ++i) {
       float acc = 0.f;
-      for (int m = half; m < i; m += 2)
-        acc += s.as[(b0 + i) * LDA + b0 + m] * s.ts[(b0 + m) * LDA + b0 + col];
+#pragma unroll
+      for (int m2 = 0; m2 < 16; m2 += 2) {
+        const int m = m2 + half;
+        if (m < i) acc += s.as[(b0 + i) * LDA + b0 + m] * s.ts[(b0 + m) * LDA + b0 + col];
+      }
       acc += __shfl_xor_sync(0xffffffffu, acc, 16);
       if (half == 0) s.ts[(b0 + i) * LDA + b0 + col] = (i == col ? 1.f : 0.f) - acc;
       __syncwarp();
@@ -119,24 +124,35 @@ __global__ void __launch_bounds__(128)
     const int nb = 4 - dist;
     for (int e = tid; e < nb * 256; e += blockDim.x) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, I = b + dist, J = b;
-      float acc = 0.f;
-      for (int m = 16 * J; m < 16 * I; ++m)
-        acc += s.as[(16 * I + r) * LDA + m] * s.ts[m * LDA + 16 * J + cc];
-      s.xsc[(b * 16 + r) * LDX + cc] = acc;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int M = J; M < I; ++M) {
+        const float* a_row = s.as + (16 * I + r) * LDA + 16 * M;
+        const float* t_col = s.ts + (16 * M) * LDA + 16 * J + cc;
+#pragma unroll
+        for (int m = 0; m < 16; ++m) acc[m & 3] += a_row[m] * t_col[m * LDA];
+      }
+      s.xsc[(b * 16 + r) * LDX + cc] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
     __syncthreads();
     for (int e = tid; e < nb * 256; e += blockDim.x) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, I = b + dist, J = b;
-      float acc = 0.f;
-      for (int m = 0; m < 16; ++m)
-        acc += s.ts[(16 * I + r) * LDA + 16 * I + m] * s.xsc[(b * 16 + m) * LDX + cc];
-      s.ts[(16 * I + r) * LDA + 16 * J + cc] = -acc;
+      const float* t_row = s.ts + (16 * I + r) * LDA + 16 * I;
+      const float* x_col = s.xsc + (b * 16) * LDX + cc;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int m = 0; m < 16; ++m) acc[m & 3] += t_row[m] * x_col[m * LDX];
+      s.ts[(16 * I + r) * LDA + 16 * J + cc] = -((acc[0] + acc[1]) + (acc[2] + acc[3]));
     }
     __syncthreads();
   }
-  if (store_tm)
-    for (int e = tid; e < kC * kC; e += blockDim.x)
-      w.Tm[qj * kC * kC + e] = s.ts[(e >> 6) * LDA + (e & 63)];
+  if (store_tm) {
+    constexpr int NF = kFloatTerms<T>;
+    __nv_bfloat16* Tq = w.Tm + qj * NF * kC * kC;
+    for (int e = tid; e < kC * kC / 2; e += blockDim.x) {
+      const int i = e >> 5, jj = 2 * (e & 31);
+      store_split2<NF>(Tq, kC * kC, i * kC + jj, s.ts[i * LDA + jj], s.ts[i * LDA + jj + 1]);
+    }
+  }
   // W = Tm diag(beta e^gamma) K
   for (int e = tid; e < kC * kC; e += blockDim.x) {
     const int i = e >> 6, jj = e & 63;
@@ -151,7 +167,8 @@ __global__ void __launch_bounds__(128)
       if (n0 < kd)
         warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, 16 * warp, Opnd<T, false>{s.ks, LDK}, n0,
                     cd);
-      acc_each(acc, 16 * warp, n0, [&](int i, int col, float& v) { Wq[i * KP + col] = v; });
+      acc_pairs(acc, 16 * warp, n0,
+                [&](int i, int col, float v0, float v1) { store2(Wq, i * KP + col, v0, v1); });
     }
   }
   __syncthreads();  // every warp is done with the K tile
@@ -171,10 +188,10 @@ __global__ void __launch_bounds__(128)
     const int v0 = 64 * i;
     float acc[1][8][4];
     acc_zero(acc);
-    warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, 16 * warp, Opnd<T, false>{(i & 1) ? s.ks : s.xs, LDK},
-                0, cd);
-    acc_each(acc, 16 * warp, 0, [&](int i2, int col, float& v) {
-      if (v0 + col < d.VP) Uq[i2 * d.VP + v0 + col] = v;
+    warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, 16 * warp,
+                Opnd<T, false>{(i & 1) ? s.ks : s.xs, LDK}, 0, cd);
+    acc_pairs(acc, 16 * warp, 0, [&](int i2, int col, float x0, float x1) {
+      if (v0 + col < d.VP) store2(Uq, i2 * d.VP + v0 + col, x0, x1);
     });
     __syncthreads();
     if (i + 2 < nvt) load_v(i + 2);
@@ -185,27 +202,33 @@ __global__ void __launch_bounds__(128)
 // One block (4 warps) per (value tile of kBV = 32 columns, value head, segment), segments longest
 // first; it walks the chunks of its segment in order carrying S[:, tile] (fp32, KP x 32) in
 // registers: warp w owns rows w KP/4 .. (w+1) KP/4. Per chunk:
-//   (a) S -> shared (B operand);
-//   (b) V' = U - W S (warp w: rows 16w..16w+15 of the 64 x 32 tile);
+//   (a) S -> shared as split bf16 planes, transposed ([32][KP]: the B operand, k-contiguous);
+//   (b) V' = U - W S (warp w: rows 16w..16w+15 of the 64 x 32 tile; U read into registers);
+//       V' and V'' = diag(e^{gamma_last - gamma}) V' -> shared planes [32][64];
 //   (c) forward only: O = diag(scale e^gamma) Q S + P V';
-//   (d) S = e^{gamma_last} S + K^T diag(e^{gamma_last - gamma}) V'.
+//   (d) S = e^{gamma_last} S + K^T V''.
 // Recompute mode (backward) skips (c) and stores S_in and V' instead.
 // Loads are cp.async groups issued as soon as their buffer is free, so they overlap the
 // previous phase: forward: K into the W buffer after (b), the next Q and P after (c), the next
-// W and U after (d); recompute: the next W after (b), the next K and U after (d).
-// Shared memory (bf16, KP = 128): W/K [64][136] fp32, S [128][36], U/V' [64][36], and Q
-// [64][136], P [64][72] (forward) or K [64][136] (recompute): 99 KB / 80 KB, 2 blocks per SM.
+// W after (d); recompute: the next W after (b), the next K after (d).
+// Shared memory (bf16, KP = 128): W/K [64][136] fp32, S planes 2 x [32][136], V' and V'' planes
+// 2 x [32][72] each, Q [64][136] and P [64][72] (forward) or K [64][136] (recompute): 107 KB /
+// 80 KB, 2 blocks per SM. Four syncs per chunk.
 template <typename T, int KP, bool kFwd>
 struct StatesSmem {
-  static constexpr int LDB = KP + 8, LDQ = KP + 8, LDS = 36, LDU = 36, LDP = 72;
-  float *wk, *ss, *us, *ps, *eg, *egl;
+  static constexpr int NF = kFloatTerms<T>;
+  static constexpr int LDB = KP + 8, LDQ = KP + 8, LDT = KP + 8, LDV = 72, LDP = 72;
+  static constexpr int PST = kBV * LDT, PSV = kBV * LDV;  // plane strides
+  float *wk, *ps, *eg, *egl;
+  __nv_bfloat16 *st, *vt, *vt2;
   T* qk;  // forward: Q; recompute: K
   size_t bytes;
   __host__ __device__ explicit StatesSmem(unsigned char* base) {
     Carve c{base};
     wk = c.take<float>(kC * LDB);
-    ss = c.take<float>(KP * LDS);
-    us = c.take<float>(kC * LDU);
+    st = c.take<__nv_bfloat16>(NF * PST);
+    vt = kFwd ? c.take<__nv_bfloat16>(NF * PSV) : nullptr;
+    vt2 = c.take<__nv_bfloat16>(NF * PSV);
     qk = c.take<T>(kC * LDQ);
     ps = kFwd ? c.take<float>(kC * LDP) : nullptr;
     eg = c.take<float>(kC);
@@ -219,7 +242,8 @@ __global__ void __launch_bounds__(128)
     gdn_states_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* o, float* state) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = StatesSmem<T, KP, kFwd>;
-  constexpr int LDB = S::LDB, LDQ = S::LDQ, LDS = S::LDS, LDU = S::LDU, LDP = S::LDP;
+  constexpr int NF = S::NF, LDB = S::LDB, LDQ = S::LDQ, LDT = S::LDT, LDV = S::LDV;
+  constexpr int LDP = S::LDP, PST = S::PST, PSV = S::PSV;
   S s(smem);
   T* wkT = reinterpret_cast<T*>(s.wk);
   const int vt = blockIdx.x, j = blockIdx.y, z = blockIdx.z, h = j / d.R, v0 = vt * kBV;
@@ -233,9 +257,6 @@ __global__ void __launch_bounds__(128)
   auto load_w = [&](int ci) {
     load_tile(s.wk, LDB, w.W + (int64_t(ci) * d.G + j) * kC * KP, KP, kC, KP, kC, KP);
   };
-  auto load_u = [&](int ci) {
-    load_tile(s.us, LDU, w.U + (int64_t(ci) * d.G + j) * kC * d.VP + v0, d.VP, kC, kBV, kC, kBV);
-  };
   auto load_qk = [&](int ci) {  // Q (forward) or K (recompute) into s.qk
     load_tile(s.qk, LDQ, qk_src(kFwd ? in.q : in.k, ci), ldqk, kC, KP, plan.chunk_len[ci], d.K);
   };
@@ -244,7 +265,6 @@ __global__ void __launch_bounds__(128)
   };
   if (nch > 0) {
     load_w(ch0);
-    load_u(ch0);
     load_qk(ch0);
     if constexpr (kFwd) load_p(ch0);
   }
@@ -256,10 +276,18 @@ __global__ void __launch_bounds__(128)
     const int64_t qj = int64_t(ci) * d.G + j;
     const bool more = n + 1 < nch;
     // (a)
-    acc_each(accS, sm0, 0, [&](int r, int col, float& v) { s.ss[r * LDS + col] = v; });
+    float ureg[1][4][4];  // U at this lane's V' positions
+    {
+      const float* Uq = w.U + qj * kC * d.VP + v0;
+      acc_each(ureg, 16 * warp, 0, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
+    }
+    acc_each(accS, sm0, 0,
+             [&](int r, int col, float& v) { store_split<NF>(s.st, PST, col * LDT + r, v); });
     if constexpr (!kFwd) {
-      float* Sq = w.Sin + qj * KP * d.VP + v0;
-      acc_each(accS, sm0, 0, [&](int r, int col, float& v) { Sq[r * d.VP + col] = v; });
+      __nv_bfloat16* Sq = w.Sin + qj * NF * KP * d.VP + v0;
+      acc_pairs(accS, sm0, 0, [&](int r, int col, float x0, float x1) {
+        store_split2<NF>(Sq, int64_t(KP) * d.VP, r * d.VP + col, x0, x1);
+      });
     }
     if (tid < kC) {
       const double* gq = w.gam + qj * kC;
@@ -268,19 +296,30 @@ __global__ void __launch_bounds__(128)
     }
     cp_async_wait<0>();
     __syncthreads();
+    const Planes<NF, true> sop{s.st, LDT, PST};
     {  // (b) V' = U - W S
       float acc[1][4][4];
       acc_zero(acc);
-      warp_mma<T>(acc, Opnd<float, true>{s.wk, LDB}, 16 * warp, Opnd<float, false>{s.ss, LDS}, 0,
-                  kd);
-      acc_each(acc, 16 * warp, 0, [&](int i, int col, float& v) { s.us[i * LDU + col] -= v; });
+      warp_mma<T>(acc, Opnd<float, true>{s.wk, LDB}, 16 * warp, sop, 0, kd);
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int lane = tid & 31;
+          const int i = 16 * warp + (lane >> 2) + 8 * (e >> 1);
+          const int col = 8 * ni + 2 * (lane & 3) + (e & 1);
+          acc[0][ni][e] = ureg[0][ni][e] - acc[0][ni][e];  // V'
+          if constexpr (kFwd) store_split<NF>(s.vt, PSV, col * LDV + i, acc[0][ni][e]);
+          store_split<NF>(s.vt2, PSV, col * LDV + i, s.egl[i] * acc[0][ni][e]);
+        }
       if constexpr (!kFwd) {
-        float* Vq = w.Vp + qj * kC * d.VP + v0;
-        acc_each(acc, 16 * warp, 0,
-                 [&](int i, int col, float&) { Vq[i * d.VP + col] = s.us[i * LDU + col]; });
+        __nv_bfloat16* Vq = w.Vp + qj * NF * kC * d.VP + v0;
+        acc_pairs(acc, 16 * warp, 0, [&](int i, int col, float x0, float x1) {
+          store_split2<NF>(Vq, int64_t(kC) * d.VP, i * d.VP + col, x0, x1);
+        });
       }
     }
-    __syncthreads();  // W and V' complete
+    __syncthreads();  // W reads done; V', V'' complete
     const T* kt;      // K tile for (d)
     if constexpr (kFwd) {
       load_tile(wkT, LDB, qk_src(in.k, ci), ldqk, kC, KP, c, d.K);
@@ -288,15 +327,15 @@ __global__ void __launch_bounds__(128)
       // (c) O = diag(scale e^gamma) Q S + P V'
       float acc[1][4][4];
       acc_zero(acc);
-      warp_mma<T>(acc, Opnd<T, true>{s.qk, LDQ}, 16 * warp, Opnd<float, false>{s.ss, LDS}, 0, kd);
+      warp_mma<T>(acc, Opnd<T, true>{s.qk, LDQ}, 16 * warp, sop, 0, kd);
       acc_each(acc, 16 * warp, 0, [&](int i, int, float& v) { v *= d.scale * s.eg[i]; });
-      warp_mma<T>(acc, Opnd<float, true>{s.ps, LDP}, 16 * warp, Opnd<float, false>{s.us, LDU}, 0,
+      warp_mma<T>(acc, Opnd<float, true>{s.ps, LDP}, 16 * warp, Planes<NF, true>{s.vt, LDV, PSV}, 0,
                   cd);
       T* oq = o + (int64_t(t0) * d.G + j) * d.V + v0;
       acc_each(acc, 16 * warp, 0, [&](int i, int col, float& v) {
         if (i < c && v0 + col < d.V) oq[int64_t(i) * d.G * d.V + col] = from_f32<T>(v);
       });
-      __syncthreads();  // Q, P and V' reads done
+      __syncthreads();  // Q and P reads done
       if (more) {
         load_qk(ci + 1);
         load_p(ci + 1);
@@ -308,22 +347,17 @@ __global__ void __launch_bounds__(128)
       cp_async_commit();
       kt = s.qk;
     }
-    // (d) S = e^{gamma_last} S + K^T diag(e^{gamma_last - gamma}) V'
-    for (int e = tid; e < kC * kBV; e += blockDim.x) {
-      const int i = e / kBV, col = e % kBV;
-      s.us[i * LDU + col] *= s.egl[i];
-    }
+    // (d) S = e^{gamma_last} S + K^T V''
     cp_async_wait<1>();  // forward: K landed (the next Q, P may be in flight)
     __syncthreads();
     const float el = s.eg[kC - 1];
     acc_each(accS, sm0, 0, [&](int, int, float& v) { v *= el; });
-    warp_mma<T>(accS, Opnd<T, false>{kt, kFwd ? LDB : LDQ}, sm0, Opnd<float, false>{s.us, LDU}, 0,
-                cd);
+    warp_mma<T>(accS, Opnd<T, false>{kt, kFwd ? LDB : LDQ}, sm0, Planes<NF, true>{s.vt2, LDV, PSV},
+                0, cd);
     __syncthreads();  // K and V'' reads done
     if (more) {
       if constexpr (kFwd) load_w(ci + 1);
       if constexpr (!kFwd) load_qk(ci + 1);
-      load_u(ci + 1);
     }
     cp_async_commit();
   }
@@ -370,11 +404,10 @@ void launch_states(const Inputs<T>& in, const Plan& plan, const Dims& d, const W
   DT_CUDA_CHECK(cudaGetLastError());
 }
 
-#define DT_GDN_INSTANTIATE(T, KP)                                                        \
-  template void launch_prep<T, KP>(const Inputs<T>&, const Plan&, const Dims&, const Work&, \
-                                   bool);                                                \
-  template void launch_states<T, KP>(const Inputs<T>&, const Plan&, const Dims&, const Work&, \
-                                     T*, float*);
+#define DT_GDN_INSTANTIATE(T, KP)                                                                  \
+  template void launch_prep<T, KP>(const Inputs<T>&, const Plan&, const Dims&, const Work&, bool); \
+  template void launch_states<T, KP>(const Inputs<T>&, const Plan&, const Dims&, const Work&, T*,  \
+                                     float*);
 DT_GDN_INSTANTIATE(float, 128)
 DT_GDN_INSTANTIATE(float, 256)
 DT_GDN_INSTANTIATE(__nv_bfloat16, 128)
@@ -382,7 +415,7 @@ DT_GDN_INSTANTIATE(__nv_bfloat16, 256)
 #undef DT_GDN_INSTANTIATE
 
 Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G,
-            int64_t K, int64_t V, float scale, bool bwd) {
+            int64_t K, int64_t V, float scale, bool bwd, int nf) {
   DT_CHECK(N >= 0 && H > 0 && G > 0 && G <= 65535, what, ": bad sizes N=", N, " H=", H, " G=", G);
   DT_CHECK(G % H == 0, what, ": value heads G=", G, " not a multiple of key heads H=", H);
   DT_CHECK(K >= 1 && K <= 256 && V >= 1 && V <= 256, what, ": head dims K=", K, " V=", V,
@@ -444,14 +477,15 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
   const size_t o_gam = reserve(NQ * kC * sizeof(double));
   const size_t o_W = reserve(NQ * kC * KP * 4), o_U = reserve(NQ * kC * VP * 4);
   const size_t o_P = reserve(NQ * kC * kC * 4);
-  size_t o_Tm = 0, o_Sin = 0, o_Vp = 0, o_dS = 0, o_dVp = 0, o_dA = 0, o_gp = 0, o_bp = 0,
-         o_dq = 0, o_dk = 0;
+  size_t o_Tm = 0, o_Sin = 0, o_Vp = 0, o_dS = 0, o_dVp = 0, o_dA = 0, o_gp = 0, o_bp = 0, o_dq = 0,
+         o_dk = 0;
   if (bwd) {
-    o_Tm = reserve(NQ * kC * kC * 4);
-    o_Sin = reserve(NQ * KP * VP * 4);
-    o_Vp = reserve(NQ * kC * VP * 4);
-    o_dS = reserve(NQ * KP * VP * 4);
-    o_dVp = reserve(NQ * kC * VP * 4);
+    const size_t pb = size_t(nf) * 2;  // bytes per element of a planes buffer
+    o_Tm = reserve(NQ * kC * kC * pb);
+    o_Sin = reserve(NQ * KP * VP * pb);
+    o_Vp = reserve(NQ * kC * VP * pb);
+    o_dS = reserve(NQ * KP * VP * pb);
+    o_dVp = reserve(NQ * kC * VP * pb);
     o_dA = reserve(NQ * KT * kC * kC * 4);
     o_gp = reserve(NQ * KT * kC * 4);
     o_bp = reserve(NQ * KT * kC * 4);
@@ -467,19 +501,20 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
   DT_CUDA_CHECK(cudaMemcpyAsync(base + o_int, ints.data(), ints.size() * sizeof(int),
                                 cudaMemcpyHostToDevice, 0));
   const int* ip = reinterpret_cast<const int*>(base + o_int);
-  st.plan = Plan{ip, ip + nch, ip + 2 * nch, ip + 2 * nch + nseg, ip + 2 * nch + 2 * nseg,
-                 nch, nseg};
+  st.plan =
+      Plan{ip, ip + nch, ip + 2 * nch, ip + 2 * nch + nseg, ip + 2 * nch + 2 * nseg, nch, nseg};
   auto f = [&](size_t o) { return reinterpret_cast<float*>(base + o); };
   st.w.gam = reinterpret_cast<double*>(base + o_gam);
   st.w.W = f(o_W);
   st.w.U = f(o_U);
   st.w.P = f(o_P);
   if (bwd) {
-    st.w.Tm = f(o_Tm);
-    st.w.Sin = f(o_Sin);
-    st.w.Vp = f(o_Vp);
-    st.w.dS = f(o_dS);
-    st.w.dVp = f(o_dVp);
+    auto b = [&](size_t o) { return reinterpret_cast<__nv_bfloat16*>(base + o); };
+    st.w.Tm = b(o_Tm);
+    st.w.Sin = b(o_Sin);
+    st.w.Vp = b(o_Vp);
+    st.w.dS = b(o_dS);
+    st.w.dVp = b(o_dVp);
     st.w.dA = f(o_dA);
     st.w.gpart = f(o_gp);
     st.w.bpart = f(o_bp);
@@ -498,7 +533,7 @@ void gdn_chunk_fwd(DType dt, const void* q_NHK, const void* k_NHK, const void* v
                    const int32_t* cu_host, int nseg, int64_t N, int64_t H, int64_t G, int64_t K,
                    int64_t V, float scale, void* o_NGV, float* state_SGKV) {
   const gdn::Setup st =
-      gdn::setup("cuda::gdn_chunk_fwd", cu_host, nseg, N, H, G, K, V, scale, false);
+      gdn::setup("cuda::gdn_chunk_fwd", cu_host, nseg, N, H, G, K, V, scale, false, 0);
   if (st.plan.nch == 0) {  // no tokens: only (zero) states to write
     if (state_SGKV && nseg > 0)
       DT_CUDA_CHECK(cudaMemsetAsync(state_SGKV, 0, size_t(nseg) * G * K * V * sizeof(float), 0));

@@ -116,7 +116,7 @@ void moe_gather(DType dt, const void* x_ND, const int32_t* rows_R, const float* 
 //   y[n,:] (= or += when accumulate) sum_j s_nj src[pos[n*K+j], :],  s = w_NK[n*K+j] or 1.
 //   src_PD [N*K, D] dt_src in (rows in permuted order);  pos_NK [N*K] int32 in (moe_permute);
 //   w_NK [N*K] fp32 in or nullptr;  y_ND [N, D] in `dt_y` (e.g. f32 for the residual stream),
-//   overwritten or ACCUMULATED. Needs K <= 1024.
+//   overwritten or ACCUMULATED. Needs K <= 64.
 void moe_scatter_add(DType dt_src, const void* src_PD, const int32_t* pos_NK, const float* w_NK,
                      int64_t N, int64_t K, int64_t D, DType dt_y, void* y_ND, bool accumulate);
 

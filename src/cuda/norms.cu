@@ -476,8 +476,9 @@ void check_shape(const char* op, int64_t N, int64_t D) {
 }
 
 // Grow-only fp32 scratch for the weight-gradient partials, one per device. All work is on the
-// legacy default stream, so a kernel that reads it finishes before the next op's kernels start;
-// growing frees the old buffer with cudaFree, which waits for the device. One host thread.
+// legacy default stream, so a kernel that reads it finishes before the next op's kernels start.
+// Growing waits for the device first (queued kernels may still use the old buffer); that
+// happens only on the first calls, while the largest shape is not yet seen. One host thread.
 float* partials(int64_t n) {
   static std::mutex mu;
   static auto* bufs = new std::map<int, DeviceBuffer>();  // leaked: no teardown-order issues
@@ -486,7 +487,10 @@ float* partials(int64_t n) {
   std::lock_guard<std::mutex> lock(mu);
   DeviceBuffer& b = (*bufs)[dev];
   const size_t bytes = size_t(n) * sizeof(float);
-  if (b.bytes() < bytes) b = DeviceBuffer(bytes, "norm weight-gradient partials");
+  if (b.bytes() < bytes) {
+    if (b.get()) DT_CUDA_CHECK(cudaDeviceSynchronize());
+    b = DeviceBuffer(bytes, "norm weight-gradient partials");
+  }
   return static_cast<float*>(b.get());
 }
 

@@ -8,7 +8,9 @@
 // 16-byte aligned pointers; any other size or offset takes a scalar path).
 // Work is queued on the legacy default stream, asynchronous to the host.
 // Weight gradients are deterministic: per-block partial column sums into a workspace owned by
-// this file (grown on demand, one per device), then a fixed-order sum (cuda::col_sum_add).
+// this file (one per device), then a fixed-order sum (cuda::col_sum_add). The workspace only
+// grows; a backward call that grows it (the first ones, <= 512 x D floats) synchronizes the
+// device once. Single host thread per device.
 #pragma once
 
 #include <cstdint>

@@ -339,8 +339,8 @@ void launch_map(const char* name, DType dt, int64_t n, std::initializer_list<con
   DT_CUDA_LAUNCH_CHECK(name);
 }
 
-// Grow-only fp32 scratch for the GDN gate partial sums, one per device (see norms.cu: all work
-// is on the legacy default stream; growing frees the old buffer with cudaFree, which waits).
+// Grow-only fp32 scratch for the GDN gate partial sums, one per device (as in norms.cu: all
+// work is on the legacy default stream; growing waits for the device before freeing).
 float* gate_partials(int64_t n) {
   static std::mutex mu;
   static auto* bufs = new std::map<int, DeviceBuffer>();  // leaked: no teardown-order issues
@@ -349,7 +349,10 @@ float* gate_partials(int64_t n) {
   std::lock_guard<std::mutex> lock(mu);
   DeviceBuffer& b = (*bufs)[dev];
   const size_t bytes = size_t(n) * sizeof(float);
-  if (b.bytes() < bytes) b = DeviceBuffer(bytes, "GDN gate partial sums");
+  if (b.bytes() < bytes) {
+    if (b.get()) DT_CUDA_CHECK(cudaDeviceSynchronize());
+    b = DeviceBuffer(bytes, "GDN gate partial sums");
+  }
   return static_cast<float*>(b.get());
 }
 

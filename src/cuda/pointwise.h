@@ -44,7 +44,8 @@ void gdn_gates_fwd(DType dt, const void* b_NG, const void* a_NG, const void* A_l
 // With u = a + dt_bias, s = sigmoid:
 //   db = dbeta s(b) (1 - s(b));  da = -dg exp(A_log) softplus'(u)     [N, G] dt out OVERWRITTEN
 //   dA_log[h] += sum_n dg g;  ddt_bias[h] += sum_n da (the fp32 values) [G] fp32 inout ACCUMULATED
-//   dbeta_NG, dg_NG [N, G] fp32 in. Head sums: per-block partials, then a fixed-order sum.
+//   dbeta_NG, dg_NG [N, G] fp32 in. Head sums: per-block partials (a workspace owned by this
+//   file, grown on the first calls, which synchronizes the device once), then a fixed-order sum.
 void gdn_gates_bwd(DType dt, const void* b_NG, const void* a_NG, const void* A_log_G,
                    const void* dt_bias_G, const float* dbeta_NG, const float* dg_NG, int64_t N,
                    int64_t G, void* db_NG, void* da_NG, float* dA_log_G, float* ddt_bias_G);

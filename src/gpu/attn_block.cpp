@@ -15,8 +15,12 @@ struct Dims {
   float scale;
   int sec[3];
   Dims(const Ctx& cx)
-      : N(cx.N()), D(cx.c.hidden_size), H(cx.c.num_attention_heads),
-        J(cx.c.num_key_value_heads), K(cx.c.head_dim), R(cx.c.rotary_dim()),
+      : N(cx.N()),
+        D(cx.c.hidden_size),
+        H(cx.c.num_attention_heads),
+        J(cx.c.num_key_value_heads),
+        K(cx.c.head_dim),
+        R(cx.c.rotary_dim()),
         scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(cx.c.head_dim)))),
         sec{cx.c.mrope_section[0], cx.c.mrope_section[1], cx.c.mrope_section[2]} {}
 };
@@ -62,8 +66,7 @@ void attn_fwd(const Ctx& cx, const std::string& pf, const void* x, float* resid,
                    resid, true);
 }
 
-void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const void* dy,
-              void* dx) {
+void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const void* dy, void* dx) {
   const Dims d(cx);
   const DType dt = cx.dt();
   const int64_t N = d.N, H = d.H, J = d.J, K = d.K;
@@ -73,8 +76,7 @@ void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const vo
   Buf dgate = cx.act(N * H * K, "attention d(gate)");
   {
     Buf dgated = cx.act(N * H * K, "attention d(gated)");
-    cuda::linear_bwd_dx(dt, dy, p.w(pf + "o_proj.weight"), N, H * K, d.D, dt, dgated.get(),
-                        false);
+    cuda::linear_bwd_dx(dt, dy, p.w(pf + "o_proj.weight"), N, H * K, d.D, dt, dgated.get(), false);
     cuda::linear_bwd_dw(dt, s.gated.get(), dy, N, H * K, d.D, p.g(pf + "o_proj.weight"));
     cuda::sigmoid_mul_bwd(dt, s.a.get(), s.gate.get(), dgated.get(), N * H * K, da.get(),
                           dgate.get());

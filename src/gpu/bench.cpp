@@ -40,7 +40,8 @@ constexpr double kPeakFlops = 989.4e12;
 // tensor chunk, counter-based so the result does not depend on the thread count.
 model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
   model::TensorMap out;
-  for (const model::ParamSpec& spec : model::param_specs(c)) out.emplace(spec.name, core::Tensor(spec.shape));
+  for (const model::ParamSpec& spec : model::param_specs(c))
+    out.emplace(spec.name, core::Tensor(spec.shape));
   uint64_t tensor_id = 0;
   for (auto& [name, t] : out) {
     const bool ones = name.ends_with("linear_attn.norm.weight") || name.ends_with("dt_bias");
@@ -48,7 +49,8 @@ model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
     const bool zero = !ones && !alog && t.shape.size() == 1;
     float* p = t.ptr();
     const int64_t n = t.numel();
-    const uint64_t base = (seed + 1) * 0x9E3779B97F4A7C15ull + (++tensor_id) * 0xBF58476D1CE4E5B9ull;
+    const uint64_t base =
+        (seed + 1) * 0x9E3779B97F4A7C15ull + (++tensor_id) * 0xBF58476D1CE4E5B9ull;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       uint64_t z = base + uint64_t(i) * 0x94D049BB133111EBull;
@@ -59,10 +61,14 @@ model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
       double u = 0;
       for (int k = 0; k < 4; ++k) u += double((z >> (16 * k)) & 0xFFFF) / 65536.0;
       const double nrm = (u - 2.0) * std::sqrt(3.0);
-      if (ones) p[i] = 1.f;
-      else if (alog) p[i] = float(std::log(1.0 + 15.0 * (u / 4.0)));
-      else if (zero) p[i] = 0.f;
-      else p[i] = float(0.02 * nrm);
+      if (ones)
+        p[i] = 1.f;
+      else if (alog)
+        p[i] = float(std::log(1.0 + 15.0 * (u / 4.0)));
+      else if (zero)
+        p[i] = 0.f;
+      else
+        p[i] = float(0.02 * nrm);
     }
   }
   return out;
@@ -151,11 +157,42 @@ void run_bench(const BenchOptions& o) {
   }
   if (!o.mtp) cj["mtp_num_hidden_layers"] = 0;
   const model::Config c = model::parse_config(cj, "preset " + o.preset);
-  const auto lens = draw_lengths(o, o.warmup + o.steps + 1);
+  std::vector<std::vector<int64_t>> lens;
+  if (!o.lengths_in.empty()) {
+    // A lengths file (tools/bench/make_lengths.py, or --lengths-out): its steps are the timed
+    // ones; warm-up and the profiled step reuse them from the start, as the peer script does.
+    std::ifstream in(o.lengths_in);
+    DT_CHECK(in.good(), o.lengths_in, ": cannot open");
+    nlohmann::json lj;
+    try {
+      lj = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      core::fail(o.lengths_in, ": not valid JSON (", e.what(), ")");
+    }
+    DT_CHECK(lj.contains("steps") && lj["steps"].is_array() && !lj["steps"].empty(), o.lengths_in,
+             ": expected {\"steps\": [[len, ...], ...]}");
+    const auto file_steps = lj["steps"].get<std::vector<std::vector<int64_t>>>();
+    for (const auto& st : file_steps) {
+      int64_t sum = 0;
+      for (int64_t L : st) {
+        DT_CHECK(L > 0, o.lengths_in, ": sample lengths must be positive");
+        sum += L;
+      }
+      DT_CHECK(sum <= o.micro_batch_tokens, o.lengths_in, ": a step has ", sum,
+               " tokens, more than --tokens ", o.micro_batch_tokens);
+    }
+    const int64_t n = int64_t(file_steps.size());
+    for (int64_t s = 0; s < o.warmup; ++s) lens.push_back(file_steps[s % n]);
+    for (int64_t s = 0; s < n; ++s) lens.push_back(file_steps[s]);
+    lens.push_back(file_steps[0]);
+  } else {
+    lens = draw_lengths(o, o.warmup + o.steps + 1);
+  }
+  const int64_t timed_steps = int64_t(lens.size()) - o.warmup - 1;
   if (!o.lengths_out.empty()) {
     // The timed steps only: the peer times exactly these batches.
     const std::vector<std::vector<int64_t>> timed(lens.begin() + o.warmup,
-                                                  lens.begin() + o.warmup + o.steps);
+                                                  lens.begin() + o.warmup + timed_steps);
     nlohmann::json lj = {{"micro_batch_tokens", o.micro_batch_tokens}, {"steps", timed}};
     std::ofstream(o.lengths_out) << lj.dump() << "\n";
   }
@@ -172,16 +209,16 @@ void run_bench(const BenchOptions& o) {
   auto engine = train::make_engine("cuda", o.precision, c, params, nullptr);
   params.clear();
 
-  std::fprintf(stderr, "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches\n",
-               o.preset.c_str(),
-               o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
-               double(nparams) / 1e9, o.precision.c_str(),
-               static_cast<long long>(o.micro_batch_tokens));
+  std::fprintf(
+      stderr, "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches\n", o.preset.c_str(),
+      o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
+      double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens));
   std::vector<double> times, tokens, flops;
   std::map<std::string, double> stages;
-  for (int64_t s = 0; s < o.warmup + o.steps + 1; ++s) {
-    const bool timed = s >= o.warmup && s < o.warmup + o.steps;
-    const bool profiled = s == o.warmup + o.steps;  // one extra step with stage events
+  double last_loss = 0;
+  for (int64_t s = 0; s < o.warmup + timed_steps + 1; ++s) {
+    const bool timed = s >= o.warmup && s < o.warmup + timed_steps;
+    const bool profiled = s == o.warmup + timed_steps;  // one extra step with stage events
     const data::Pack pack = make_random_pack(lens[s], c.vocab_size, o.seed * 7919 + uint64_t(s));
     profile_enable(profiled);
     DT_CUDA_CHECK(cudaDeviceSynchronize());
@@ -189,7 +226,12 @@ void run_bench(const BenchOptions& o) {
     engine->zero_grads();
     model::ModelOptions mo;
     mo.ce_scale = 1.f / float(std::max<int64_t>(1, pack.N - pack.num_samples()));
-    engine->fwd_bwd(pack, true, mo);
+    const model::PackLoss pl = engine->fwd_bwd(pack, true, mo);
+    double lsum = 0;
+    int64_t lcount = 0;
+    for (int i = 0; i < pack.num_samples(); ++i) lsum += pl.loss_sum[i], lcount += pl.n_tokens[i];
+    last_loss = lsum / double(std::max<int64_t>(1, lcount));
+    DT_CHECK(std::isfinite(last_loss), "bench: step ", s, " has a non-finite loss");
     {
       Stage st("optimizer (clip + fused AdamW)");
       engine->clip(1.0);
@@ -224,22 +266,33 @@ void run_bench(const BenchOptions& o) {
   DT_CUDA_CHECK(cudaGetDevice(&dev));
   DT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
 
-  std::printf("bench %s: %s, %.3fB params, %lld timed steps of <= %lld tokens (%.0f real tokens/step)\n",
-              o.preset.c_str(), prop.name, double(nparams) / 1e9, static_cast<long long>(o.steps),
-              static_cast<long long>(o.micro_batch_tokens), tok / double(times.size()));
+  std::printf(
+      "bench %s: %s, %.3fB params, %lld timed steps of <= %lld tokens (%.0f real tokens/step)\n",
+      o.preset.c_str(), prop.name, double(nparams) / 1e9, static_cast<long long>(times.size()),
+      static_cast<long long>(o.micro_batch_tokens), tok / double(times.size()));
+  if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
+  std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
+              last_loss, std::log(double(c.vocab_size)));
   std::printf("  real tokens/s        %.0f\n", tps);
   std::printf("  median step          %.1f ms\n", med * 1e3);
-  std::printf("  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in src/gpu/bench.cpp)\n",
-              tflops, 100.0 * tflops * 1e12 / kPeakFlops);
-  std::printf("  peak GPU memory      %.1f GiB (device memory taken by the run, cudaMemGetInfo)\n", peak);
+  std::printf(
+      "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in src/gpu/bench.cpp)\n",
+      tflops, 100.0 * tflops * 1e12 / kPeakFlops);
+  std::printf("  peak GPU memory      %.1f GiB (device memory taken by the run, cudaMemGetInfo)\n",
+              peak);
   std::printf("  stages of one step (ms):\n");
   for (auto& [k, v] : stages) std::printf("    %-45s %8.1f\n", k.c_str(), v);
   if (!o.json_out.empty()) {
-    nlohmann::json j = {{"preset", o.preset},         {"layers", c.num_hidden_layers},
-                        {"gpu", prop.name},           {"params", nparams},
-                        {"precision", o.precision},   {"real_tok_per_s", tps},
-                        {"step_s_median", med},       {"tflops", tflops},
-                        {"mfu", tflops * 1e12 / kPeakFlops}, {"peak_gib", peak},
+    nlohmann::json j = {{"preset", o.preset},
+                        {"layers", c.num_hidden_layers},
+                        {"gpu", prop.name},
+                        {"params", nparams},
+                        {"precision", o.precision},
+                        {"real_tok_per_s", tps},
+                        {"step_s_median", med},
+                        {"tflops", tflops},
+                        {"mfu", tflops * 1e12 / kPeakFlops},
+                        {"peak_gib", peak},
                         {"stages_ms", stages}};
     std::ofstream(o.json_out) << j.dump(1) << "\n";
   }

@@ -9,16 +9,17 @@ namespace deltatron::gpu {
 
 struct BenchOptions {
   std::string preset = "2b";
-  int64_t layers = 0;                // > 0: override num_hidden_layers (e.g. 35b-a3b with 8)
+  int64_t layers = 0;  // > 0: override num_hidden_layers (e.g. 35b-a3b with 8)
   int64_t micro_batch_tokens = 8192;
-  int64_t warmup = 3, steps = 10;    // untimed, timed optimizer steps (one micro-batch each)
-  std::string precision = "bf16";    // bf16 | fp32
-  bool mtp = false;                  // keep the preset's MTP head (off by default, like the peer)
+  int64_t warmup = 3, steps = 10;  // untimed, timed optimizer steps (one micro-batch each)
+  std::string precision = "bf16";  // bf16 | fp32
+  bool mtp = false;                // keep the preset's MTP head (off by default, like the peer)
   double median_len = 600, sigma = 0.8;
   int64_t min_len = 64, max_len = 2048;
   uint64_t seed = 1;
-  std::string lengths_out;           // write the per-step sample lengths (JSON) for the peer
-  std::string json_out;              // write the results (JSON)
+  std::string lengths_in;   // read the steps' sample lengths (JSON) instead of drawing
+  std::string lengths_out;  // write the per-step sample lengths (JSON) for the peer
+  std::string json_out;     // write the results (JSON)
 };
 
 void run_bench(const BenchOptions& opt);

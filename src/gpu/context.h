@@ -18,7 +18,9 @@ struct DevPack {
   int nseg;
   Buf ids, targets, pos3, cu;
   explicit DevPack(const data::Pack& p)
-      : host(p), N(p.N), nseg(p.num_samples()),
+      : host(p),
+        N(p.N),
+        nseg(p.num_samples()),
         ids(upload_i32(p.input_ids.data(), p.N, "pack input_ids")),
         targets(upload_i32(p.targets.data(), p.N, "pack targets")),
         pos3(upload_i32(p.position_ids.data(), 3 * p.N, "pack position_ids")),

@@ -69,9 +69,8 @@ class GpuEngine final : public train::Engine {
       t.m = m_.f32() + e.offset;
       t.v = v_.f32() + e.offset;
       t.grad = p.grad_flat() + e.offset;
-      t.compute_copy = p.dt() == DType::f32
-                           ? nullptr
-                           : static_cast<char*>(p.compute_flat()) + e.offset * 2;
+      t.compute_copy =
+          p.dt() == DType::f32 ? nullptr : static_cast<char*>(p.compute_flat()) + e.offset * 2;
       t.n = e.numel;
       t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;
       ts.push_back(t);
@@ -94,16 +93,16 @@ class GpuEngine final : public train::Engine {
     Params& p = model_.params();
     for (const auto& [name, t] : host) {
       const auto& e = p.entry(name);
-      DT_CUDA_CHECK(cudaMemcpy(dst.f32() + e.offset, t.ptr(), size_t(e.numel) * 4,
-                               cudaMemcpyHostToDevice));
+      DT_CUDA_CHECK(
+          cudaMemcpy(dst.f32() + e.offset, t.ptr(), size_t(e.numel) * 4, cudaMemcpyHostToDevice));
     }
   }
   void download_named(const Buf& src, model::TensorMap& host) {
     Params& p = model_.params();
     for (auto& [name, t] : host) {
       const auto& e = p.entry(name);
-      DT_CUDA_CHECK(cudaMemcpy(t.ptr(), src.f32() + e.offset, size_t(e.numel) * 4,
-                               cudaMemcpyDeviceToHost));
+      DT_CUDA_CHECK(
+          cudaMemcpy(t.ptr(), src.f32() + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
     }
   }
 
@@ -116,8 +115,7 @@ class GpuEngine final : public train::Engine {
 }  // namespace
 
 std::unique_ptr<train::Engine> make_gpu_engine(bool fp32, const model::Config& c,
-                                               model::TensorMap& params,
-                                               const train::AdamW* opt) {
+                                               model::TensorMap& params, const train::AdamW* opt) {
   return std::make_unique<GpuEngine>(fp32, c, params, opt);
 }
 

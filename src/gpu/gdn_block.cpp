@@ -17,10 +17,16 @@ struct Dims {
   int64_t N, D, H, G, K, V, C, W, HK, GV;
   float scale;
   Dims(const Ctx& cx)
-      : N(cx.N()), D(cx.c.hidden_size), H(cx.c.linear_num_key_heads),
-        G(cx.c.linear_num_value_heads), K(cx.c.linear_key_head_dim),
-        V(cx.c.linear_value_head_dim), C(2 * H * K + G * V), W(cx.c.linear_conv_kernel_dim),
-        HK(H * K), GV(G * V),
+      : N(cx.N()),
+        D(cx.c.hidden_size),
+        H(cx.c.linear_num_key_heads),
+        G(cx.c.linear_num_value_heads),
+        K(cx.c.linear_key_head_dim),
+        V(cx.c.linear_value_head_dim),
+        C(2 * H * K + G * V),
+        W(cx.c.linear_conv_kernel_dim),
+        HK(H * K),
+        GV(G * V),
         scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)))) {}
 };
 }  // namespace
@@ -35,8 +41,8 @@ void gdn_fwd(const Ctx& cx, const std::string& pf, const void* x, float* resid, 
   cuda::linear_fwd(dt, x, p.w(pf + "in_proj_qkv.weight"), N, d.D, d.C, dt, s.qkv.get(), false);
   {
     Buf c = cx.act(N * d.C, "GDN conv output");
-    cuda::conv1d_fwd(dt, s.qkv.get(), p.w(pf + "conv1d.weight"), cx.pk.cu.i32(), cx.pk.nseg, N,
-                     d.C, d.W, c.get());
+    cuda::conv1d_fwd(dt, s.qkv.get(), p.w(pf + "conv1d.weight"), cx.pk.cu.i32(), cx.pk.nseg, N, d.C,
+                     d.W, c.get());
     Buf q_raw = cx.act(N * d.HK, "GDN q (raw)");
     Buf k_raw = cx.act(N * d.HK, "GDN k (raw)");
     s.v = cx.act(N * d.GV, "GDN v");
@@ -61,9 +67,9 @@ void gdn_fwd(const Ctx& cx, const std::string& pf, const void* x, float* resid, 
   cuda::gdn_gates_fwd(dt, s.b.get(), s.a.get(), p.w(pf + "A_log"), p.w(pf + "dt_bias"), N, d.G,
                       s.beta.f32(), s.g.f32());
   s.o = cx.act(N * d.GV, "GDN core output");
-  cuda::gdn_chunk_fwd(dt, s.q.get(), s.k.get(), s.v.get(), s.g.f32(), s.beta.f32(),
-                      cx.pk.cu.i32(), cx.pk.cu_host(), cx.pk.nseg, N, d.H, d.G, d.K, d.V, d.scale,
-                      s.o.get(), nullptr);
+  cuda::gdn_chunk_fwd(dt, s.q.get(), s.k.get(), s.v.get(), s.g.f32(), s.beta.f32(), cx.pk.cu.i32(),
+                      cx.pk.cu_host(), cx.pk.nseg, N, d.H, d.G, d.K, d.V, d.scale, s.o.get(),
+                      nullptr);
   s.yn = cx.act(N * d.GV, "GDN gated norm output");
   s.rstd_o = cx.f32(N * d.G, "GDN norm rstd");
   cuda::rmsnorm_gated_fwd(dt, s.o.get(), s.z.get(), p.w(pf + "norm.weight"), N * d.G, d.V,
@@ -85,8 +91,7 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const void
     cuda::linear_bwd_dx(dt, dy, p.w(pf + "out_proj.weight"), N, d.GV, d.D, dt, dyn.get(), false);
     cuda::linear_bwd_dw(dt, s.yn.get(), dy, N, d.GV, d.D, p.g(pf + "out_proj.weight"));
     cuda::rmsnorm_gated_bwd(dt, s.o.get(), s.z.get(), p.w(pf + "norm.weight"), s.rstd_o.f32(),
-                            dyn.get(), N * d.G, d.V, do_.get(), dz.get(),
-                            p.g(pf + "norm.weight"));
+                            dyn.get(), N * d.G, d.V, do_.get(), dz.get(), p.g(pf + "norm.weight"));
   }
   Buf dc = cx.act(N * d.C, "GDN d(conv output)");
   Buf db = cx.act(N * d.G, "GDN db");
@@ -98,8 +103,8 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const void
     Buf dg = cx.f32(N * d.G, "GDN dg");
     Buf dbeta = cx.f32(N * d.G, "GDN dbeta");
     cuda::gdn_chunk_bwd(dt, s.q.get(), s.k.get(), s.v.get(), s.g.f32(), s.beta.f32(),
-                        cx.pk.cu.i32(), cx.pk.cu_host(), cx.pk.nseg, N, d.H, d.G, d.K, d.V,
-                        d.scale, do_.get(), dq.get(), dk.get(), dv.get(), dg.f32(), dbeta.f32());
+                        cx.pk.cu.i32(), cx.pk.cu_host(), cx.pk.nseg, N, d.H, d.G, d.K, d.V, d.scale,
+                        do_.get(), dq.get(), dk.get(), dv.get(), dg.f32(), dbeta.f32());
     do_ = Buf();
     cuda::gdn_gates_bwd(dt, s.b.get(), s.a.get(), p.w(pf + "A_log"), p.w(pf + "dt_bias"),
                         dbeta.f32(), dg.f32(), N, d.G, db.get(), da.get(), p.g(pf + "A_log"),
@@ -113,8 +118,8 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const void
     cuda::copy_cols(dt, dv.get(), d.GV, 0, dc.get(), d.C, 2 * d.HK, N, d.GV);
   }
   Buf dqkv = cx.act(N * d.C, "GDN d(qkv projection)");
-  cuda::conv1d_bwd(dt, s.qkv.get(), p.w(pf + "conv1d.weight"), cx.pk.cu.i32(), cx.pk.nseg,
-                   dc.get(), N, d.C, d.W, dqkv.get(), p.g(pf + "conv1d.weight"));
+  cuda::conv1d_bwd(dt, s.qkv.get(), p.w(pf + "conv1d.weight"), cx.pk.cu.i32(), cx.pk.nseg, dc.get(),
+                   N, d.C, d.W, dqkv.get(), p.g(pf + "conv1d.weight"));
   dc = Buf();
   cuda::linear_bwd_dx(dt, dqkv.get(), p.w(pf + "in_proj_qkv.weight"), N, d.D, d.C, dt, dx, false);
   cuda::linear_bwd_dw(dt, s.x, dqkv.get(), N, d.D, d.C, p.g(pf + "in_proj_qkv.weight"));

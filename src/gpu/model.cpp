@@ -119,14 +119,16 @@ void check_targets(const model::Config& c, const data::Pack& pack) {
 double planned_activation_bytes(const model::Config& c, int64_t N, DType dt) {
   const double e = double(cuda::dtype_size(dt)), D = double(c.hidden_size);
   double per_layer = N * D * (8 + 2 * e);  // x_in, h (fp32), n1, n2
-  const double gdn = N * (2.0 * (2 * c.linear_num_key_heads * c.linear_key_head_dim +
-                                 c.linear_num_value_heads * c.linear_value_head_dim) +
-                          4.0 * c.linear_num_value_heads * c.linear_value_head_dim) * e;
-  const double attn = N * (6.0 * c.num_attention_heads + 3.0 * c.num_key_value_heads) *
-                      c.head_dim * e;
-  const double ffn = c.is_moe() ? N * double(c.num_experts_per_tok) * 3.0 *
-                                      c.moe_intermediate_size * e
-                                : N * 3.0 * c.intermediate_size * e;
+  const double gdn = N *
+                     (2.0 * (2 * c.linear_num_key_heads * c.linear_key_head_dim +
+                             c.linear_num_value_heads * c.linear_value_head_dim) +
+                      4.0 * c.linear_num_value_heads * c.linear_value_head_dim) *
+                     e;
+  const double attn =
+      N * (6.0 * c.num_attention_heads + 3.0 * c.num_key_value_heads) * c.head_dim * e;
+  const double ffn = c.is_moe()
+                         ? N * double(c.num_experts_per_tok) * 3.0 * c.moe_intermediate_size * e
+                         : N * 3.0 * c.intermediate_size * e;
   double total = 0;
   for (auto t : c.layer_types)
     total += per_layer + ffn + (t == model::LayerType::full_attention ? attn : gdn);
@@ -137,8 +139,9 @@ double planned_activation_bytes(const model::Config& c, int64_t N, DType dt) {
 
 Model::Model(const model::Config& c, const model::TensorMap& host_params, DType dt)
     : c_(c), params_((cuda::require_hopper(), host_params), dt) {
-  DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1, "mtp_num_hidden_layers = ",
-           c_.mtp_num_hidden_layers, " is not supported (Qwen3.5 uses 1)");
+  DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1,
+           "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
+           " is not supported (Qwen3.5 uses 1)");
 }
 
 model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
@@ -202,11 +205,10 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
     mtp_layer().fwd(cx, r.f32(), ms);
     add_router_terms(cx, opt, mtp_layer().moe_prefix(), ms.moe, out.router_loss);
     Buf m = cx.act(N * D, "MTP norm output"), rstd_m = cx.f32(N, "MTP norm rstd");
-    cuda::rmsnorm_fwd(DType::f32, r.get(), dt, params_.w("mtp.norm.weight"), N, D,
-                      c.rms_norm_eps, m.get(), rstd_m.f32());
+    cuda::rmsnorm_fwd(DType::f32, r.get(), dt, params_.w("mtp.norm.weight"), N, D, c.rms_norm_eps,
+                      m.get(), rstd_m.f32());
     Buf dm = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buf();
-    per_sample(pack,
-               head_loss(cx, m.get(), tgt_d, opt.mtp_ce_scale, with_grads, dm.get(), nullptr),
+    per_sample(pack, head_loss(cx, m.get(), tgt_d, opt.mtp_ce_scale, with_grads, dm.get(), nullptr),
                targets, out.mtp_loss_sum, out.mtp_n_tokens);
     if (with_grads) {
       Buf dr = cx.f32(N * D, "MTP residual gradient");
@@ -216,10 +218,11 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
       Buf dr_dt = cx.act(N * D, "MTP residual gradient (compute dtype)");
       cuda::cast(DType::f32, dr.get(), dt, dr_dt.get(), N * D);
       Buf dcat = cx.act(N * 2 * D, "MTP concat gradient");
-      cuda::linear_bwd_dx(dt, dr_dt.get(), params_.w("mtp.fc.weight"), N, 2 * D, D, dt,
-                          dcat.get(), false);
+      cuda::linear_bwd_dx(dt, dr_dt.get(), params_.w("mtp.fc.weight"), N, 2 * D, D, dt, dcat.get(),
+                          false);
       cuda::linear_bwd_dw(dt, in.cat.get(), dr_dt.get(), N, 2 * D, D, params_.g("mtp.fc.weight"));
-      Buf dne = cx.act(N * D, "MTP d(normed embedding)"), dnh = cx.act(N * D, "MTP d(normed hidden)");
+      Buf dne = cx.act(N * D, "MTP d(normed embedding)"),
+          dnh = cx.act(N * D, "MTP d(normed hidden)");
       cuda::copy_cols(dt, dcat.get(), 2 * D, 0, dne.get(), D, 0, N, D);
       cuda::copy_cols(dt, dcat.get(), 2 * D, D, dnh.get(), D, 0, N, D);
       cuda::rmsnorm_bwd(dt, hf.get(), dt, params_.w("mtp.pre_fc_norm_hidden.weight"),
@@ -259,8 +262,8 @@ void Model::count_routes(const data::Pack& pack, model::GlobalRouterCounts& coun
   const Ctx cx{c, params_, pk};
   const DType dt = params_.dt();
   Buf x = cx.f32(N * D, "residual stream");
-  cuda::embedding_fwd(dt, pk.ids.i32(), params_.w(c.name("embed_tokens.weight")), N,
-                      c.vocab_size, D, x.f32());
+  cuda::embedding_fwd(dt, pk.ids.i32(), params_.w(c.name("embed_tokens.weight")), N, c.vocab_size,
+                      D, x.f32());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerSaved s;
     trunk_layer(c, i).fwd(cx, x.f32(), s);
@@ -269,8 +272,8 @@ void Model::count_routes(const data::Pack& pack, model::GlobalRouterCounts& coun
   if (!c.mtp_enabled) return;
   // The MTP layer's routes: rerun the head's forward (inputs as in fwd_bwd).
   Buf hf = cx.act(N * D, "final norm output"), rstd = cx.f32(N, "final norm rstd");
-  cuda::rmsnorm_fwd(DType::f32, x.get(), dt, params_.w(c.name("norm.weight")), N, D,
-                    c.rms_norm_eps, hf.get(), rstd.f32());
+  cuda::rmsnorm_fwd(DType::f32, x.get(), dt, params_.w(c.name("norm.weight")), N, D, c.rms_norm_eps,
+                    hf.get(), rstd.f32());
   const auto ids = data::roll_within_segments(pack.input_ids, pack.cu_seqlens_padded, 0);
   Buf ids_d = upload_i32(ids.data(), N, "MTP input ids");
   MtpInput in = mtp_input(cx, ids_d, hf.get());

@@ -17,8 +17,12 @@ namespace {
 struct Dims {
   int64_t N, D, E, K, F, S, P;
   explicit Dims(const Ctx& cx)
-      : N(cx.N()), D(cx.c.hidden_size), E(cx.c.num_experts), K(cx.c.num_experts_per_tok),
-        F(cx.c.moe_intermediate_size), S(cx.c.shared_expert_intermediate_size),
+      : N(cx.N()),
+        D(cx.c.hidden_size),
+        E(cx.c.num_experts),
+        K(cx.c.num_experts_per_tok),
+        F(cx.c.moe_intermediate_size),
+        S(cx.c.shared_expert_intermediate_size),
         P(cx.N() * cx.c.num_experts_per_tok) {}
 };
 
@@ -65,16 +69,16 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const void* x, float* resid, 
   s.logits = cx.f32(d.N * d.E, "router logits");
   {
     Buf x32 = to_f32(cx, x, d.N * d.D, "router input (fp32)");
-    cuda::linear_fwd(DType::f32, x32.get(), p.master(pf + "gate.weight"), d.N, d.D, d.E,
-                     DType::f32, s.logits.get(), false);
+    cuda::linear_fwd(DType::f32, x32.get(), p.master(pf + "gate.weight"), d.N, d.D, d.E, DType::f32,
+                     s.logits.get(), false);
   }
   s.probs = cx.f32(d.N * d.E, "router probabilities");
   s.lse = cx.f32(d.N, "router lse");
   s.topk_idx = Buf(d.N * d.K, DType::f32, "router top-k experts");
   s.topk_w = cx.f32(d.N * d.K, "router top-k weights");
   Buf bad(1, DType::f32, "router bad-token flag");
-  cuda::moe_router_fwd(s.logits.f32(), d.N, d.E, d.K, s.probs.f32(), s.lse.f32(),
-                       s.topk_idx.i32(), s.topk_w.f32(), bad.i32());
+  cuda::moe_router_fwd(s.logits.f32(), d.N, d.E, d.K, s.probs.f32(), s.lse.f32(), s.topk_idx.i32(),
+                       s.topk_w.f32(), bad.i32());
   s.offsets_E1.assign(d.E + 1, 0);
   s.rows_P = Buf(d.P, DType::f32, "expert-major slot order");
   s.pos = Buf(d.P, DType::f32, "slot positions");
@@ -97,8 +101,8 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const void* x, float* resid, 
   cuda::swiglu_fwd(dt, s.gate.get(), s.up.get(), d.P * d.F, h.get());
   {
     Buf out = cx.act(d.P * d.D, "expert outputs");
-    cuda::grouped_linear_fwd(dt, h.get(), p.w(pf + "experts.down_proj"), s.offsets_E1.data(),
-                             d.E, d.F, d.D, out.get());
+    cuda::grouped_linear_fwd(dt, h.get(), p.w(pf + "experts.down_proj"), s.offsets_E1.data(), d.E,
+                             d.F, d.D, out.get());
     cuda::moe_scatter_add(dt, out.get(), s.pos.i32(), s.topk_w.f32(), d.N, d.K, d.D, DType::f32,
                           resid, true);
   }
@@ -114,8 +118,8 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const void* x, float* resid, 
     cuda::linear_fwd(dt, x, p.w(sp + "gate_proj.weight"), d.N, d.D, d.S, dt, s.sgate.get(), false);
     cuda::linear_fwd(dt, x, p.w(sp + "up_proj.weight"), d.N, d.D, d.S, dt, s.sup.get(), false);
     cuda::swiglu_fwd(dt, s.sgate.get(), s.sup.get(), d.N * d.S, hs.get());
-    cuda::linear_fwd(dt, hs.get(), p.w(sp + "down_proj.weight"), d.N, d.S, d.D, dt,
-                     s.sout.get(), false);
+    cuda::linear_fwd(dt, hs.get(), p.w(sp + "down_proj.weight"), d.N, d.S, d.D, dt, s.sout.get(),
+                     false);
     cuda::linear_fwd(dt, x, p.w(pf + "shared_expert_gate.weight"), d.N, d.D, 1, DType::f32,
                      s.slogit.get(), false);
     cuda::moe_shared_gate_fwd(dt, s.sout.get(), s.slogit.f32(), d.N, d.D, DType::f32, resid);
@@ -144,11 +148,12 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const void
                                s.offsets_E1.data(), d.E, d.F, d.D, nullptr,
                                p.g(pf + "experts.down_proj"));
     }
-    cuda::moe_expert_weight_bwd(dt, h.get(), g.get(), s.rows_P.i32(), s.topk_w.f32(), d.P, d.K,
-                                d.F, dw.f32(), g.get());
+    cuda::moe_expert_weight_bwd(dt, h.get(), g.get(), s.rows_P.i32(), s.topk_w.f32(), d.P, d.K, d.F,
+                                dw.f32(), g.get());
     Buf dgu = cx.act(d.P * 2 * d.F, "expert gate/up gradient");
     {
-      Buf dgate = cx.act(d.P * d.F, "expert gate gradient"), dup = cx.act(d.P * d.F, "expert up gradient");
+      Buf dgate = cx.act(d.P * d.F, "expert gate gradient"),
+          dup = cx.act(d.P * d.F, "expert up gradient");
       cuda::swiglu_bwd(dt, s.gate.get(), s.up.get(), g.get(), d.P * d.F, dgate.get(), dup.get());
       cuda::copy_cols(dt, dgate.get(), d.F, 0, dgu.get(), 2 * d.F, 0, d.P, d.F);
       cuda::copy_cols(dt, dup.get(), d.F, 0, dgu.get(), 2 * d.F, d.F, d.P, d.F);
@@ -174,7 +179,8 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const void
     cuda::cast(DType::f32, dlogit.get(), dt, dlogit_dt.get(), d.N);
     cuda::linear_bwd_dx(dt, dlogit_dt.get(), p.w(pf + "shared_expert_gate.weight"), d.N, d.D, 1,
                         DType::f32, dx32.get(), true);
-    cuda::linear_bwd_dw(dt, s.x, dlogit_dt.get(), d.N, d.D, 1, p.g(pf + "shared_expert_gate.weight"));
+    cuda::linear_bwd_dw(dt, s.x, dlogit_dt.get(), d.N, d.D, 1,
+                        p.g(pf + "shared_expert_gate.weight"));
     Buf hs = cx.act(d.N * d.S, "shared expert hidden");
     cuda::swiglu_fwd(dt, s.sgate.get(), s.sup.get(), d.N * d.S, hs.get());
     Buf dh = cx.act(d.N * d.S, "shared expert hidden gradient");
@@ -200,8 +206,8 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const void
     const int32_t* grp = t.group_N.empty() ? nullptr : groups.i32();
     if (t.num_groups > 0) {
       dprobs = cx.f32(d.N * d.E, "router probability gradient");
-      cuda::moe_aux_loss_bwd(grp, d.N, d.E, t.num_groups, t.F_GE.data(), t.c_G.data(),
-                             s.loss_scale, dprobs.f32());
+      cuda::moe_aux_loss_bwd(grp, d.N, d.E, t.num_groups, t.F_GE.data(), t.c_G.data(), s.loss_scale,
+                             dprobs.f32());
     }
     if (t.z_coef != 0) {
       dlse = cx.f32(d.N, "router lse gradient");

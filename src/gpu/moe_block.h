@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "gpu/context.h"
-#include "model/moe_block.h"
 #include "model/model.h"
+#include "model/moe_block.h"
 #include "model/router_loss.h"
 
 namespace deltatron::gpu {
@@ -17,9 +17,9 @@ struct MoeSaved {
   const void* x = nullptr;
   Buf logits, probs, lse, topk_idx, topk_w;  // router (fp32; topk_idx int32)
   std::vector<int64_t> offsets_E1;           // host: expert e owns rows [off[e], off[e+1])
-  Buf rows_P, pos;                           // permuted row -> slot n*K + j, and its inverse (int32)
-  Buf gate, up;                              // routed expert pre-activations (dt)
-  Buf sgate, sup, sout, slogit;              // shared expert (dt; slogit fp32)
+  Buf rows_P, pos;               // permuted row -> slot n*K + j, and its inverse (int32)
+  Buf gate, up;                  // routed expert pre-activations (dt)
+  Buf sgate, sup, sout, slogit;  // shared expert (dt; slogit fp32)
   // Router losses: the router outputs on the host (N, E, K, probs, lse, top-k) and this layer's
   // terms; has_terms when the driver attached them.
   model::MoeSaved host;

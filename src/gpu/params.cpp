@@ -12,7 +12,7 @@ namespace deltatron::gpu {
 namespace {
 // Every tensor starts on a 256-byte boundary (cuBLASLt picks kernels by alignment).
 constexpr int64_t kAlign = 64;
-}
+}  // namespace
 
 Params::Params(const model::TensorMap& host, DType dt) : dt_(dt) {
   for (const auto& [name, t] : host) {
@@ -48,8 +48,8 @@ void Params::upload(const model::TensorMap& host) {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
-    DT_CUDA_CHECK(cudaMemcpy(master_.f32() + e.offset, t.ptr(), size_t(e.numel) * 4,
-                             cudaMemcpyHostToDevice));
+    DT_CUDA_CHECK(
+        cudaMemcpy(master_.f32() + e.offset, t.ptr(), size_t(e.numel) * 4, cudaMemcpyHostToDevice));
   }
   sync_compute();
 }
@@ -58,8 +58,8 @@ void Params::download(model::TensorMap& host) const {
   for (auto& [name, t] : host) {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " size mismatch on download");
-    DT_CUDA_CHECK(cudaMemcpy(t.ptr(), master_.f32() + e.offset, size_t(e.numel) * 4,
-                             cudaMemcpyDeviceToHost));
+    DT_CUDA_CHECK(
+        cudaMemcpy(t.ptr(), master_.f32() + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
   }
 }
 
@@ -67,8 +67,8 @@ void Params::download_grads(model::TensorMap& host) const {
   for (auto& [name, t] : host) {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "gradient ", name, " size mismatch on download");
-    DT_CUDA_CHECK(cudaMemcpy(t.ptr(), grad_.f32() + e.offset, size_t(e.numel) * 4,
-                             cudaMemcpyDeviceToHost));
+    DT_CUDA_CHECK(
+        cudaMemcpy(t.ptr(), grad_.f32() + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
   }
 }
 

@@ -11,7 +11,7 @@ void swiglu_fwd(core::Device dev, const float* gate_NF, const float* up_NF, int6
     case core::Device::cpu:
       return cpu::swiglu_fwd<float>(gate_NF, up_NF, n, h);
     case core::Device::cuda:
-      core::fail("swiglu_fwd: CUDA backend not built");
+      core::fail("swiglu_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("swiglu_fwd: unknown device");
 }
@@ -22,7 +22,7 @@ void swiglu_bwd(core::Device dev, const float* gate, const float* up, const floa
     case core::Device::cpu:
       return cpu::swiglu_bwd<float>(gate, up, dh, n, dgate, dup);
     case core::Device::cuda:
-      core::fail("swiglu_bwd: CUDA backend not built");
+      core::fail("swiglu_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("swiglu_bwd: unknown device");
 }
@@ -32,7 +32,7 @@ void sigmoid_mul_fwd(core::Device dev, const float* a, const float* g, int64_t n
     case core::Device::cpu:
       return cpu::sigmoid_mul_fwd<float>(a, g, n, out);
     case core::Device::cuda:
-      core::fail("sigmoid_mul_fwd: CUDA backend not built");
+      core::fail("sigmoid_mul_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("sigmoid_mul_fwd: unknown device");
 }
@@ -43,7 +43,7 @@ void sigmoid_mul_bwd(core::Device dev, const float* a, const float* g, const flo
     case core::Device::cpu:
       return cpu::sigmoid_mul_bwd<float>(a, g, dout, n, da, dg);
     case core::Device::cuda:
-      core::fail("sigmoid_mul_bwd: CUDA backend not built");
+      core::fail("sigmoid_mul_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("sigmoid_mul_bwd: unknown device");
 }

@@ -13,7 +13,7 @@ void attention_fwd(core::Device dev, const float* q_NHK, const float* k_NJK, con
     case core::Device::cpu:
       return cpu::attention_fwd<float>(q_NHK, k_NJK, v_NJK, seg, N, H, J, K, scale, o_NHK, lse_NH);
     case core::Device::cuda:
-      core::fail("attention_fwd: CUDA backend not built");
+      core::fail("attention_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("attention_fwd: unknown device");
 }
@@ -27,7 +27,7 @@ void attention_bwd(core::Device dev, const float* q_NHK, const float* k_NJK, con
       return cpu::attention_bwd<float>(q_NHK, k_NJK, v_NJK, o_NHK, lse_NH, do_NHK, seg, N, H, J, K,
                                        scale, dq_NHK, dk_NJK, dv_NJK);
     case core::Device::cuda:
-      core::fail("attention_bwd: CUDA backend not built");
+      core::fail("attention_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("attention_bwd: unknown device");
 }

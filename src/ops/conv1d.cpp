@@ -12,7 +12,7 @@ void conv1d_fwd(core::Device dev, const float* x_NC, const float* w_CW, core::Se
     case core::Device::cpu:
       return cpu::conv1d_fwd<float>(x_NC, w_CW, seg, N, C, W, y_NC);
     case core::Device::cuda:
-      core::fail("conv1d_fwd: CUDA backend not built");
+      core::fail("conv1d_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("conv1d_fwd: unknown device");
 }
@@ -23,7 +23,7 @@ void conv1d_bwd(core::Device dev, const float* x_NC, const float* w_CW, core::Se
     case core::Device::cpu:
       return cpu::conv1d_bwd<float>(x_NC, w_CW, seg, dy_NC, N, C, W, dx_NC, dw_CW);
     case core::Device::cuda:
-      core::fail("conv1d_bwd: CUDA backend not built");
+      core::fail("conv1d_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("conv1d_bwd: unknown device");
 }

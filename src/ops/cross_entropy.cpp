@@ -14,7 +14,7 @@ void cross_entropy_fwd(core::Device dev, const float* logits_NV, const int32_t* 
     case core::Device::cpu:
       return cpu::cross_entropy_fwd<float>(logits_NV, targets_N, N, V, loss_N, lse_N);
     case core::Device::cuda:
-      core::fail("cross_entropy_fwd: CUDA backend not built");
+      core::fail("cross_entropy_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("cross_entropy_fwd: unknown device");
 }
@@ -26,7 +26,7 @@ void cross_entropy_bwd(core::Device dev, const float* logits_NV, const int32_t* 
     case core::Device::cpu:
       return cpu::cross_entropy_bwd<float>(logits_NV, targets_N, lse_N, dloss_N, N, V, dlogits_NV);
     case core::Device::cuda:
-      core::fail("cross_entropy_bwd: CUDA backend not built");
+      core::fail("cross_entropy_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("cross_entropy_bwd: unknown device");
 }

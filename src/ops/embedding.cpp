@@ -12,7 +12,7 @@ void embedding_fwd(core::Device dev, const int32_t* ids_N, const float* table_VD
     case core::Device::cpu:
       return cpu::embedding_fwd<float>(ids_N, table_VD, N, V, D, x_ND);
     case core::Device::cuda:
-      core::fail("embedding_fwd: CUDA backend not built");
+      core::fail("embedding_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("embedding_fwd: unknown device");
 }
@@ -23,7 +23,7 @@ void embedding_bwd(core::Device dev, const int32_t* ids_N, const float* dx_ND, i
     case core::Device::cpu:
       return cpu::embedding_bwd<float>(ids_N, dx_ND, N, D, dtable_VD);
     case core::Device::cuda:
-      core::fail("embedding_bwd: CUDA backend not built");
+      core::fail("embedding_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("embedding_bwd: unknown device");
 }

@@ -15,7 +15,7 @@ void gdn_recurrent_fwd(core::Device dev, const float* q_NHK, const float* k_NHK,
       return cpu::gdn_recurrent_fwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
                                            scale, o_NGV, state_SGKV);
     case core::Device::cuda:
-      core::fail("gdn_recurrent_fwd: CUDA backend not built");
+      core::fail("gdn_recurrent_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
 }
 
@@ -28,7 +28,7 @@ void gdn_chunk_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, con
       return cpu::gdn_chunk_fwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
                                        scale, o_NGV, state_SGKV);
     case core::Device::cuda:
-      core::fail("gdn_chunk_fwd: CUDA backend not built");
+      core::fail("gdn_chunk_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
 }
 
@@ -41,7 +41,7 @@ void gdn_recurrent_bwd(core::Device dev, const float* q_NHK, const float* k_NHK,
       return cpu::gdn_recurrent_bwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
                                            scale, do_NGV, dq_NHK, dk_NHK, dv_NGV, dg_NG, dbeta_NG);
     case core::Device::cuda:
-      core::fail("gdn_recurrent_bwd: CUDA backend not built");
+      core::fail("gdn_recurrent_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
 }
 
@@ -54,7 +54,7 @@ void gdn_chunk_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, con
       return cpu::gdn_chunk_bwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
                                        scale, do_NGV, dq_NHK, dk_NHK, dv_NGV, dg_NG, dbeta_NG);
     case core::Device::cuda:
-      core::fail("gdn_chunk_bwd: CUDA backend not built");
+      core::fail("gdn_chunk_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
 }
 

@@ -12,7 +12,7 @@ void gdn_gates_fwd(core::Device dev, const float* b_NG, const float* a_NG, const
     case core::Device::cpu:
       return cpu::gdn_gates_fwd<float>(b_NG, a_NG, A_log_G, dt_bias_G, N, G, beta_NG, g_NG);
     case core::Device::cuda:
-      core::fail("gdn_gates_fwd: CUDA backend not built");
+      core::fail("gdn_gates_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("gdn_gates_fwd: unknown device");
 }
@@ -25,7 +25,7 @@ void gdn_gates_bwd(core::Device dev, const float* b_NG, const float* a_NG, const
       return cpu::gdn_gates_bwd<float>(b_NG, a_NG, A_log_G, dt_bias_G, dbeta_NG, dg_NG, N, G, db_NG,
                                        da_NG, dA_log_G, ddt_bias_G);
     case core::Device::cuda:
-      core::fail("gdn_gates_bwd: CUDA backend not built");
+      core::fail("gdn_gates_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("gdn_gates_bwd: unknown device");
 }

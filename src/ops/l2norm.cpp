@@ -12,7 +12,7 @@ void l2norm_fwd(core::Device dev, const float* x_ND, int64_t N, int64_t D, doubl
     case core::Device::cpu:
       return cpu::l2norm_fwd<float>(x_ND, N, D, eps, y_ND, rstd_N);
     case core::Device::cuda:
-      core::fail("l2norm_fwd: CUDA backend not built");
+      core::fail("l2norm_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("l2norm_fwd: unknown device");
 }
@@ -23,7 +23,7 @@ void l2norm_bwd(core::Device dev, const float* y_ND, const float* rstd_N, const 
     case core::Device::cpu:
       return cpu::l2norm_bwd<float>(y_ND, rstd_N, dy_ND, N, D, dx_ND);
     case core::Device::cuda:
-      core::fail("l2norm_bwd: CUDA backend not built");
+      core::fail("l2norm_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("l2norm_bwd: unknown device");
 }

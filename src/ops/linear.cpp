@@ -18,7 +18,7 @@ void linear_fwd(core::Device dev, const float* x_NI, const float* W_OI, int64_t 
 #ifdef DT_HAVE_CUDA
       return cuda::linear_fwd(cuda::DType::f32, x_NI, W_OI, N, I, O, y_NO);
 #else
-      core::fail("linear_fwd: CUDA backend not built");
+      core::fail("linear_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
 #endif
   }
   core::fail("linear_fwd: unknown device");
@@ -34,7 +34,7 @@ void linear_bwd(core::Device dev, const float* x_NI, const float* W_OI, const fl
       return cuda::linear_bwd(cuda::DType::f32, x_NI, W_OI, dy_NO, N, I, O, dx_NI, accumulate_dx,
                               dW_OI);
 #else
-      core::fail("linear_bwd: CUDA backend not built");
+      core::fail("linear_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
 #endif
   }
   core::fail("linear_bwd: unknown device");

@@ -12,7 +12,7 @@ namespace deltatron::ops {
     case core::Device::cpu:                        \
       return cpu_call;                             \
     case core::Device::cuda:                       \
-      core::fail(name ": CUDA backend not built"); \
+      core::fail(name ": host-pointer op, no CUDA path (the GPU model is src/gpu)"); \
   }                                                \
   core::fail(name ": unknown device")
 

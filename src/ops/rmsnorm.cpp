@@ -12,7 +12,7 @@ void rmsnorm_fwd(core::Device dev, const float* x_ND, const float* w_D, int64_t 
     case core::Device::cpu:
       return cpu::rmsnorm_fwd<float>(x_ND, w_D, N, D, eps, y_ND, rstd_N);
     case core::Device::cuda:
-      core::fail("rmsnorm_fwd: CUDA backend not built");
+      core::fail("rmsnorm_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("rmsnorm_fwd: unknown device");
 }
@@ -23,7 +23,7 @@ void rmsnorm_bwd(core::Device dev, const float* x_ND, const float* w_D, const fl
     case core::Device::cpu:
       return cpu::rmsnorm_bwd<float>(x_ND, w_D, rstd_N, dy_ND, N, D, dx_ND, dw_D);
     case core::Device::cuda:
-      core::fail("rmsnorm_bwd: CUDA backend not built");
+      core::fail("rmsnorm_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("rmsnorm_bwd: unknown device");
 }
@@ -34,7 +34,7 @@ void rmsnorm_gated_fwd(core::Device dev, const float* x_ND, const float* z_ND, c
     case core::Device::cpu:
       return cpu::rmsnorm_gated_fwd<float>(x_ND, z_ND, w_D, N, D, eps, y_ND, rstd_N);
     case core::Device::cuda:
-      core::fail("rmsnorm_gated_fwd: CUDA backend not built");
+      core::fail("rmsnorm_gated_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("rmsnorm_gated_fwd: unknown device");
 }
@@ -47,7 +47,7 @@ void rmsnorm_gated_bwd(core::Device dev, const float* x_ND, const float* z_ND, c
       return cpu::rmsnorm_gated_bwd<float>(x_ND, z_ND, w_D, rstd_N, dy_ND, N, D, dx_ND, dz_ND,
                                            dw_D);
     case core::Device::cuda:
-      core::fail("rmsnorm_gated_bwd: CUDA backend not built");
+      core::fail("rmsnorm_gated_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("rmsnorm_gated_bwd: unknown device");
 }

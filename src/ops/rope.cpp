@@ -12,7 +12,7 @@ void rope_fwd(core::Device dev, float* x_NHK, const int32_t* pos_3N, int64_t N, 
     case core::Device::cpu:
       return cpu::rope_fwd<float>(x_NHK, pos_3N, N, H, K, R, theta, mrope_section);
     case core::Device::cuda:
-      core::fail("rope_fwd: CUDA backend not built");
+      core::fail("rope_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("rope_fwd: unknown device");
 }
@@ -23,7 +23,7 @@ void rope_bwd(core::Device dev, float* dx_NHK, const int32_t* pos_3N, int64_t N,
     case core::Device::cpu:
       return cpu::rope_bwd<float>(dx_NHK, pos_3N, N, H, K, R, theta, mrope_section);
     case core::Device::cuda:
-      core::fail("rope_bwd: CUDA backend not built");
+      core::fail("rope_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
   }
   core::fail("rope_bwd: unknown device");
 }

@@ -50,8 +50,9 @@ std::unique_ptr<Engine> make_engine(const std::string& device, const std::string
   return gpu::make_gpu_engine(precision == "fp32", c, params, opt);
 #else
   (void)opt;
-  core::fail("--device cuda: this build has no CUDA backend (configure with nvcc available and "
-             "-DDT_CUDA=ON); use --device cpu");
+  core::fail(
+      "--device cuda: this build has no CUDA backend (configure with nvcc available and "
+      "-DDT_CUDA=ON); use --device cpu");
 #endif
 }
 

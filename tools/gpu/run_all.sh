@@ -6,8 +6,10 @@
 #   tools/bench/fetch_peer.sh                                                          # here, once
 #   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
 #
-# Environment: SKIP_TESTS=1, SKIP_TRAIN=1, SKIP_PEER=1, SKIP_MOE=1 skip parts; STEPS (timed bench
-# steps, default 10). Writes bench/peer JSON files to OUT_DIR (default $OUT or /tmp/dt-run).
+# Environment: PARTS (default "tests memcheck train bench-2b peer-2b bench-moe peer-moe"; one
+# GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
+# default tools/bench/lengths_ln600_s0.8_8x8192.json). Writes JSON results to OUT_DIR (default
+# $OUT or /tmp/dt-run).
 set -uo pipefail
 rt=${1:-build/runtime.tar.xz}
 if [[ $rt == *.tar.xz ]]; then  # the compressed bundle made by pack_runtime.sh
@@ -21,24 +23,25 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=PASSIVE DT_TEST_DATA_DIR="$repo/tests/data"
 status=0
-steps=${STEPS:-10}
+parts=" ${PARTS:-tests memcheck train bench-2b peer-2b bench-moe peer-moe} "
+lengths=${LENGTHS:-$repo/tools/bench/lengths_ln600_s0.8_8x8192.json}
+has() { [[ $parts == *" $1 "* ]]; }
 
-if [[ ${SKIP_TESTS:-0} != 1 ]]; then
-  "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1
-fi
-if [[ ${SKIP_TRAIN:-0} != 1 ]]; then
-  "$repo/tools/gpu/check_train.sh" "$rt/deltatron" "$out/train" || status=1
-fi
+if has tests; then NO_MEMCHECK=1 "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1; fi
+if has memcheck; then NO_CTEST=1 "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1; fi
+if has train; then "$repo/tools/gpu/check_train.sh" "$rt/deltatron" "$out/train" || status=1; fi
 
-bench_pair() {  # name, peer SIZE, bench args...
-  local name=$1 size=$2; shift 2
+bench() {  # name, bench args...
+  local name=$1; shift
   echo "== deltatron bench $name"
-  "$rt/deltatron" bench "$@" --steps "$steps" --lengths-out "$out/lengths_$name.json" \
-    --json "$out/bench_$name.json" || { status=1; return; }
-  [[ ${SKIP_PEER:-0} == 1 ]] && return
+  "$rt/deltatron" bench "$@" --lengths "$lengths" --json "$out/bench_$name.json" || status=1
+}
+peer() {  # name, peer SIZE
+  local name=$1 size=$2
   echo "== peer: HF transformers + FLA, same batches ($name)"
-  (cd "$repo" && LENGTHS="$out/lengths_$name.json" SIZE=$size OUT="$out" PYTHONUNBUFFERED=1 \
+  (cd "$repo" && LENGTHS="$lengths" SIZE=$size OUT="$out" PYTHONUNBUFFERED=1 \
      python3 tools/bench/peer_hf.py | tee "$out/peer_$name.log") || { status=1; return; }
+  [[ -f $out/bench_$name.json ]] || return
   python3 - "$out/bench_$name.json" "$out/peer_$name.log" <<'PY'
 import json, sys
 ours = json.load(open(sys.argv[1]))
@@ -49,7 +52,9 @@ print(f"== ratio {ours['preset']}: deltatron {ours['real_tok_per_s']:.0f} tok/s,
       f"speed x{ours['real_tok_per_s'] / ptps:.2f}, memory x{ours['peak_gib'] / pmem:.2f}")
 PY
 }
-bench_pair 2b 2b --preset 2b
-[[ ${SKIP_MOE:-0} == 1 ]] || bench_pair moe moe --preset 35b-a3b --layers 8
+has bench-2b && bench 2b --preset 2b
+has peer-2b && peer 2b 2b
+has bench-moe && bench moe --preset 35b-a3b --layers 8
+has peer-moe && peer moe moe
 echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status
