@@ -29,7 +29,7 @@ struct BenchArgs {
   std::string preset = "2b";
   int64_t layers = 0, micro_batch_tokens = 8192, warmup = 3, steps = 10;
   std::string precision = "bf16";
-  bool mtp = false;
+  bool mtp = false, recompute = false;
   uint64_t seed = 1;
   std::string lengths_in, lengths_out, json_out;
 };
@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
   bn->add_option("--precision", bench.precision, "bf16 (default) or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   bn->add_flag("--mtp", bench.mtp, "keep the preset's MTP head");
+  bn->add_flag("--recompute", bench.recompute, "activation recomputation per layer");
   bn->add_option("--seed", bench.seed, "seed of lengths, tokens and weights (default 1)");
   bn->add_option("--lengths", bench.lengths_in,
                  "time these batches: JSON {\"steps\": [[len, ...], ...]} (e.g. "

@@ -206,7 +206,7 @@ void run_bench(const BenchOptions& o) {
   train::AdamWOptions ao;
   ao.weight_decay = 0.1;
   train::AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
-  auto engine = train::make_engine("cuda", o.precision, c, params, nullptr);
+  auto engine = train::make_engine("cuda", o.precision, c, params, nullptr, o.recompute);
   params.clear();
 
   std::fprintf(

@@ -14,6 +14,7 @@ struct BenchOptions {
   int64_t warmup = 3, steps = 10;  // untimed, timed optimizer steps (one micro-batch each)
   std::string precision = "bf16";  // bf16 | fp32
   bool mtp = false;                // keep the preset's MTP head (off by default, like the peer)
+  bool recompute = false;          // activation recomputation per layer
   double median_len = 600, sigma = 0.8;
   int64_t min_len = 64, max_len = 2048;
   uint64_t seed = 1;

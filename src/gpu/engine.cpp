@@ -37,6 +37,7 @@ class GpuEngine final : public train::Engine {
   void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) override {
     model_.count_routes(pack, counts);
   }
+  void set_recompute(bool on) { model_.set_recompute(on); }
   void zero_grads() override { model_.params().zero_grads(); }
   void grads_to_host(model::TensorMap& grads) override { model_.params().download_grads(grads); }
 
@@ -115,8 +116,11 @@ class GpuEngine final : public train::Engine {
 }  // namespace
 
 std::unique_ptr<train::Engine> make_gpu_engine(bool fp32, const model::Config& c,
-                                               model::TensorMap& params, const train::AdamW* opt) {
-  return std::make_unique<GpuEngine>(fp32, c, params, opt);
+                                               model::TensorMap& params, const train::AdamW* opt,
+                                               bool recompute) {
+  auto e = std::make_unique<GpuEngine>(fp32, c, params, opt);
+  e->set_recompute(recompute);
+  return e;
 }
 
 }  // namespace deltatron::gpu

@@ -2,6 +2,8 @@
 // losses, and the reverse pass in exactly the opposite order (mirrors src/model/model.cpp).
 #include "gpu/model.h"
 
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <memory>
 #include <sstream>
@@ -104,6 +106,31 @@ MtpInput mtp_input(const Ctx& cx, const Buf& ids, const void* hf) {
   return m;
 }
 
+// Activation recomputation: after a layer's forward only its fp32 input (and the router-loss
+// terms, which depend on running counts and must not be rebuilt) is kept; the backward reruns
+// the layer's forward from that input first. The kernels are deterministic, so the rerun
+// reproduces the dropped activations bitwise and the gradients equal the stored-activation ones.
+void keep_only_input(LayerSaved& s) {
+  LayerSaved slim;
+  slim.x_in = std::move(s.x_in);
+  slim.moe.terms = std::move(s.moe.terms);
+  slim.moe.has_terms = s.moe.has_terms;
+  slim.moe.loss_scale = s.moe.loss_scale;
+  s = std::move(slim);
+}
+
+void recompute_layer(const Ctx& cx, const Layer& layer, LayerSaved& s) {
+  const int64_t n = cx.N() * cx.c.hidden_size;
+  Buf x = cx.f32(n, "recomputed layer input");
+  DT_CUDA_CHECK(cudaMemcpyAsync(x.get(), s.x_in.get(), size_t(n) * 4, cudaMemcpyDeviceToDevice, 0));
+  LayerSaved full;
+  layer.fwd(cx, x.f32(), full);
+  full.moe.terms = std::move(s.moe.terms);
+  full.moe.has_terms = s.moe.has_terms;
+  full.moe.loss_scale = s.moe.loss_scale;
+  s = std::move(full);
+}
+
 void check_targets(const model::Config& c, const data::Pack& pack) {
   for (int64_t n = 0; n < pack.N; ++n) {
     const int32_t id = pack.input_ids[n], t = pack.targets[n];
@@ -154,8 +181,8 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
     hint.precision(3);
     hint << "this pack has " << N << " tokens and its activations need about "
          << planned_activation_bytes(c, N, params_.dt()) / double(1ull << 30)
-         << " GiB; lower the micro-batch token budget (train.micro_batch_tokens, "
-            "--pack-tokens) to fit";
+         << " GiB; lower the micro-batch token budget (training.micro_batch_tokens, "
+            "--pack-tokens) or set training.recompute = true to fit";
     set_oom_hint(hint.str());
   }
   DevPack pk(pack);
@@ -172,6 +199,7 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
     saved[i] = std::make_unique<LayerSaved>();
     trunk_layer(c, i).fwd(cx, x.f32(), *saved[i]);
     add_router_terms(cx, opt, trunk_layer(c, i).moe_prefix(), saved[i]->moe, out.router_loss);
+    if (recompute_ && with_grads) keep_only_input(*saved[i]);
   }
   Buf hf = cx.act(N * D, "final norm output");
   Buf rstd_f = cx.f32(N, "final norm rstd");
@@ -245,6 +273,7 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
   dhf = Buf();
   hf = Buf();
   for (int64_t i = L - 1; i >= 0; --i) {
+    if (recompute_) recompute_layer(cx, trunk_layer(c, i), *saved[i]);
     trunk_layer(c, i).bwd(cx, *saved[i], dx.f32());
     saved[i].reset();
   }

@@ -24,12 +24,17 @@ class Model {
   // model::model_count_routes on the GPU.
   void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts);
 
+  // Activation recomputation per layer: the forward keeps only each layer's input, the backward
+  // reruns the layer's forward first (about one extra trunk forward; bitwise-equal gradients).
+  void set_recompute(bool on) { recompute_ = on; }
+
   Params& params() { return params_; }
   const model::Config& config() const { return c_; }
 
  private:
   model::Config c_;
   Params params_;
+  bool recompute_ = false;
 };
 
 }  // namespace deltatron::gpu

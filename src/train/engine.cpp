@@ -41,15 +41,16 @@ class CpuEngine final : public Engine {
 
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
-                                    const AdamW* opt) {
+                                    const AdamW* opt, bool recompute) {
   if (device == "cpu") return std::make_unique<CpuEngine>(c, params);
   DT_CHECK(device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
 #ifdef DT_HAVE_CUDA
-  return gpu::make_gpu_engine(precision == "fp32", c, params, opt);
+  return gpu::make_gpu_engine(precision == "fp32", c, params, opt, recompute);
 #else
   (void)opt;
+  (void)recompute;
   core::fail(
       "--device cuda: this build has no CUDA backend (configure with nvcc available and "
       "-DDT_CUDA=ON); use --device cpu");

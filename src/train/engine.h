@@ -34,8 +34,9 @@ class Engine {
 // device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32". The engine keeps references to
 // `params` (cpu) or uploads them (cuda; `opt`'s moments too, for a resumed run). A clear error
 // when CUDA is unavailable: not built, no GPU, or not a Hopper GPU.
+// recompute (cuda): activation recomputation per layer (gpu::Model::set_recompute).
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
-                                    const AdamW* opt = nullptr);
+                                    const AdamW* opt = nullptr, bool recompute = false);
 
 }  // namespace deltatron::train

@@ -85,6 +85,7 @@ const std::map<std::string, Setter>& setters() {
       {"training.save_dtype", set(&TrainConfig::save_dtype)},
       {"training.device", set(&TrainConfig::device)},
       {"training.precision", set(&TrainConfig::precision)},
+      {"training.recompute", set(&TrainConfig::recompute)},
   };
   return s;
 }

@@ -51,6 +51,7 @@ struct TrainConfig {
   std::string save_dtype = "";  // "" = the dtypes of the loaded checkpoint (F32 for presets)
   std::string device = "cpu";      // cpu | cuda
   std::string precision = "bf16";  // cuda only: bf16 (activations, compute copies) | fp32 (debug)
+  bool recompute = false;          // cuda only: recompute each layer's activations in the backward
 
   std::string source;  // the config file, for messages
 };

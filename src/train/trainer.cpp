@@ -192,7 +192,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     std::fprintf(stderr, "train: resumed from %s at step %lld\n", resume_dir.c_str(),
                  static_cast<long long>(st.step));
   }
-  const auto engine = make_engine(cfg.device, cfg.precision, c, ck.params, &opt);
+  const auto engine = make_engine(cfg.device, cfg.precision, c, ck.params, &opt, cfg.recompute);
   data::PackingOptions po;
   po.budget = cfg.micro_batch_tokens;
   po.divisible_by = cfg.divisible_by;

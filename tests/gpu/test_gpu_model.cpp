@@ -527,6 +527,43 @@ TEST(GpuModel, FwdBwdIsBitwiseDeterministic) {
   }
 }
 
+// Activation recomputation reruns each layer's forward from its saved input: with deterministic
+// kernels the losses and gradients must equal the stored-activation run bitwise (MoE + MTP,
+// router losses with running global counts, which the rerun must not count twice).
+TEST(GpuModel, RecomputeGivesBitwiseEqualGradients) {
+  model::Config c =
+      model::parse_config(dt_test::tiny_config_json(dt_gpu_test::moe_mtp_overrides()), "tiny");
+  c.mtp_enabled = true;
+  const model::TensorMap p = dt_test::random_params(c, 17);
+  const auto samples = dt_test::make_samples({1, 2, 3, 5, 64, 65, 130}, c.vocab_size, 6, 3);
+  const data::Pack pack = dt_test::pack_of(samples, {5, 0, 6, 3, 1, 4, 2}, 8);
+  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
+    Scored r[2];
+    for (int recompute = 0; recompute < 2; ++recompute) {
+      model::GlobalRouterCounts running;
+      running.step_tokens = double(pack.N);
+      model::ModelOptions opt;
+      opt.mtp_ce_scale = 0.3f;
+      opt.router.aux_coef = 0.05;
+      opt.router.aux_type = model::AuxLossType::global;
+      opt.router.z_coef = 0.01;
+      opt.running_counts = &running;
+      gpu::Model m(c, p, dt);
+      m.set_recompute(recompute == 1);
+      r[recompute] = dt_gpu_test::score_gpu(m, p, pack, opt);
+    }
+    EXPECT_EQ(r[1].loss.loss_sum, r[0].loss.loss_sum) << mode_name(dt);
+    EXPECT_EQ(r[1].loss.mtp_loss_sum, r[0].loss.mtp_loss_sum) << mode_name(dt);
+    EXPECT_EQ(r[1].loss.router_loss, r[0].loss.router_loss) << mode_name(dt);
+    for (const auto& [name, t] : r[0].grads) {
+      const auto& u = r[1].grads.at(name).data;
+      EXPECT_EQ(std::memcmp(t.data.data(), u.data(), u.size() * sizeof(float)), 0)
+          << mode_name(dt) << ": gradient " << name << " differs with recomputation: "
+          << dt_test::compare(u, t.data).str();
+    }
+  }
+}
+
 // ---- 4. engines: optimizer steps -------------------------------------------------------------
 
 struct EngineRun {
