@@ -163,21 +163,6 @@ __global__ void __launch_bounds__(kFinalThreads)
   if (threadIdx.x == 0) *out = s;
 }
 
-// Process-wide scratch for this file's kernels, grown on demand and never returned (leaked on
-// purpose: no teardown-order issues at exit). Every use is ordered on the legacy default stream,
-// so one buffer serves all calls; growing it frees the old one with cudaFree, which waits for
-// the device, so no queued kernel still uses it. Steady state: no allocation, no synchronisation.
-void* scratch(size_t bytes, const char* what) {
-  static std::mutex mu;
-  static DeviceBuffer* buf = new DeviceBuffer();
-  std::lock_guard<std::mutex> lock(mu);
-  if (buf->bytes() < bytes) {
-    *buf = DeviceBuffer();
-    *buf = DeviceBuffer(bytes + bytes / 4, what);
-  }
-  return buf->get();
-}
-
 // Pinned host slot for the sum of squares (the copy back is then a true DMA, not a staged one).
 double* pinned_result() {
   static double* p = [] {
@@ -264,8 +249,9 @@ double sum_squares_multi(std::span<const float* const> xs, std::span<const int64
   if (total_blocks == 0) return 0.0;
   static std::mutex mu;  // guards the pinned result slot until it has been read
   std::lock_guard<std::mutex> lock(mu);
+  static ScratchBuffer* scratch = new ScratchBuffer("sum_squares partials");  // leaked
   double* partial = static_cast<double*>(  // [total_blocks] partials, then the result
-      scratch(size_t(total_blocks + 1) * sizeof(double), "sum_squares partials"));
+      scratch->get(size_t(total_blocks + 1) * sizeof(double)));
   int64_t offset = 0;  // first partial of the current launch
   NormTable tab{};
   auto launch = [&] {

@@ -87,21 +87,6 @@ __device__ __forceinline__ void store_vec(T* p, int64_t i, const float (&in)[kV]
   *reinterpret_cast<Pack<T, kV>*>(p + i) = r;
 }
 
-// Process-wide scratch for this file's kernels, grown on demand and never returned (leaked on
-// purpose: no teardown-order issues at exit). Every use is ordered on the legacy default stream,
-// so one buffer serves all calls; growing it frees the old one with cudaFree, which waits for
-// the device, so no queued kernel still uses it. Steady state: no allocation, no synchronisation.
-void* scratch(size_t bytes, const char* what) {
-  static std::mutex mu;
-  static DeviceBuffer* buf = new DeviceBuffer();
-  std::lock_guard<std::mutex> lock(mu);
-  if (buf->bytes() < bytes) {
-    *buf = DeviceBuffer();
-    *buf = DeviceBuffer(bytes + bytes / 4, what);
-  }
-  return buf->get();
-}
-
 // Largest s in [0, nseg) with cu[s] <= t: the segment of token t (the last of several empty
 // segments sharing a start never owns t, because its end equals its start).
 __device__ __forceinline__ int find_segment(const int32_t* cu, int nseg, int64_t t) {
@@ -382,8 +367,8 @@ void conv1d_bwd(DType dt, const void* x_NC, const void* w_CW, const int32_t* cu_
   check_args("cuda::conv1d_bwd", cu_dev, nseg, N, C, W);
   if (N == 0 || C == 0) return;
   const int64_t tiles = (N + kTileBwd - 1) / kTileBwd;
-  float* part =
-      static_cast<float*>(scratch(size_t(tiles * C * W) * sizeof(float), "conv1d_bwd dw partials"));
+  static ScratchBuffer* scratch = new ScratchBuffer("conv1d_bwd dw partials");  // leaked
+  float* part = static_cast<float*>(scratch->get(size_t(tiles * C * W) * sizeof(float)));
   const int V = channel_vector(dt, C, W, {x_NC, dy_NC, dx_NC});
   const int64_t threads = C / V;
   const dim3 grid(unsigned(tiles), unsigned((threads + kThreads - 1) / kThreads));

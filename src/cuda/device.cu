@@ -54,4 +54,32 @@ void device_free(void* ptr) noexcept {
   if (ptr) (void)cudaFree(ptr);
 }
 
+void* ScratchBuffer::get(size_t bytes) {
+  std::lock_guard<std::mutex> lock(grow_mu_);
+  if (buf_.bytes() < bytes) {
+    if (buf_.get()) DT_CUDA_CHECK(cudaDeviceSynchronize());  // queued kernels may still use it
+    buf_ = DeviceBuffer();
+    buf_ = DeviceBuffer(bytes, what_);
+  }
+  return buf_.get();
+}
+
+size_t ScratchBuffer::bytes() {
+  std::lock_guard<std::mutex> lock(grow_mu_);
+  return buf_.bytes();
+}
+
+void check_device_ptr(const char* op, const char* name, const void* p) {
+  if (!p) return;
+  cudaPointerAttributes attr{};
+  cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    core::fail(op, ": cannot inspect pointer ", name, ": ", cudaGetErrorName(err), " (",
+               cudaGetErrorString(err), ")");
+  }
+  DT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, op, ": ", name,
+           " is not device memory");
+}
+
 }  // namespace deltatron::cuda

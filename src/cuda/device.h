@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <mutex>
 
 namespace deltatron::cuda {
 
@@ -50,6 +51,30 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// A grow-only device buffer that one op family reuses across calls (create it once, e.g. a
+// function-local `static ScratchBuffer* s = new ScratchBuffer("...")`, leaked so exit order does
+// not matter). Reuse needs no synchronisation: every user queues on the legacy default stream,
+// so a later call's kernels run after the earlier call's. Growing waits for the device, frees
+// the old buffer first (the peak is the new size alone), then allocates exactly `bytes`.
+// get() is thread-safe; `mu` is for callers that must hold the buffer for a whole call.
+class ScratchBuffer {
+ public:
+  explicit ScratchBuffer(const char* what) : what_(what) {}
+  void* get(size_t bytes);
+  size_t bytes();  // the size held now
+  std::mutex mu;
+
+ private:
+  const char* what_;
+  std::mutex grow_mu_;
+  DeviceBuffer buf_;
+};
+
+// Throws core::Error "<op>: <name> is not device memory" for a host pointer (an asynchronous
+// illegal-address error later otherwise), or when the pointer cannot be inspected; also refuses
+// every pointer when no device is usable. nullptr passes (skipped outputs).
+void check_device_ptr(const char* op, const char* name, const void* p);
 
 }  // namespace deltatron::cuda
 

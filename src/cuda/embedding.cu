@@ -167,21 +167,6 @@ __global__ void __launch_bounds__(kLongWarps * 32) embedding_bwd_long_kernel(
   }
 }
 
-// Process-wide scratch for this file's kernels, grown on demand and never returned (leaked on
-// purpose: no teardown-order issues at exit). Every use is ordered on the legacy default stream,
-// so one buffer serves all calls; growing it frees the old one with cudaFree, which waits for
-// the device, so no queued kernel still uses it. Steady state: no allocation, no synchronisation.
-void* scratch(size_t bytes, const char* what) {
-  static std::mutex mu;
-  static DeviceBuffer* buf = new DeviceBuffer();
-  std::lock_guard<std::mutex> lock(mu);
-  if (buf->bytes() < bytes) {
-    *buf = DeviceBuffer();
-    *buf = DeviceBuffer(bytes + bytes / 4, what);
-  }
-  return buf->get();
-}
-
 // Carves 256-byte aligned pieces out of one allocation.
 struct Carver {
   char* base = nullptr;
@@ -233,8 +218,9 @@ void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t 
   const size_t N_ = size_t(n);
   auto rounded = [](size_t b) { return (b + 255) / 256 * 256; };
   const size_t total = 8 * rounded(N_ * 4) + rounded(N_) + 2 * 256 + rounded(temp_bytes);
+  static ScratchBuffer* scratch = new ScratchBuffer("embedding_bwd workspace");  // leaked
   Carver ws;
-  ws.base = static_cast<char*>(scratch(total, "embedding_bwd workspace"));
+  ws.base = static_cast<char*>(scratch->get(total));
   uint32_t* keys_in = ws.take<uint32_t>(N_);
   uint32_t* keys = ws.take<uint32_t>(N_);
   int32_t* pos_in = ws.take<int32_t>(N_);  // 0..N-1, also the run indices to select from

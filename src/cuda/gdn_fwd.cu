@@ -492,12 +492,8 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
     o_dq = reserve(N_ * G * K * 4);
     o_dk = reserve(N_ * G * K * 4);
   }
-  static DeviceBuffer cache;  // grown on demand; cudaFree waits for kernels still using it
-  if (cache.bytes() < off) {
-    cache = DeviceBuffer();
-    cache = DeviceBuffer(off, "gdn chunk workspace");
-  }
-  char* base = static_cast<char*>(cache.get());
+  static ScratchBuffer* cache = new ScratchBuffer("gdn chunk workspace");  // leaked
+  char* base = static_cast<char*>(cache->get(off));
   DT_CUDA_CHECK(cudaMemcpyAsync(base + o_int, ints.data(), ints.size() * sizeof(int),
                                 cudaMemcpyHostToDevice, 0));
   const int* ip = reinterpret_cast<const int*>(base + o_int);

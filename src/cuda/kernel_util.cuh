@@ -1,5 +1,6 @@
-// Device-side helpers every CUDA kernel shares: fp32 load/store for either storage type, the
-// dtype dispatch macro, and launch-error checks. Include only from .cu files.
+// Device-side helpers every CUDA kernel shares: fp32 load/store for either storage type, vector
+// load/store, sigmoid, the dtype dispatch macro, and launch-error checks. Include only from .cu
+// files.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,18 +21,41 @@ __device__ __forceinline__ void store_f32(__nv_bfloat16* p, int64_t i, float v) 
   p[i] = __float2bfloat16_rn(v);
 }
 
+// V elements of T, aligned for one access of up to 16 bytes (two for 8 fp32).
+template <typename T, int V>
+struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) VecPack {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ void load_vec(const T* p, float (&o)[V]) {
+  const VecPack<T, V> pk = *reinterpret_cast<const VecPack<T, V>*>(p);
+#pragma unroll
+  for (int i = 0; i < V; ++i) o[i] = load_f32(pk.v, i);
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void store_vec(T* p, const float (&o)[V]) {
+  VecPack<T, V> pk;
+#pragma unroll
+  for (int i = 0; i < V; ++i) store_f32(pk.v, i, o[i]);
+  *reinterpret_cast<VecPack<T, V>*>(p) = pk;
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+
 }  // namespace deltatron::cuda
 
 // DT_DISPATCH_DTYPE(dt, T, body): runs `body` with `T` = float or __nv_bfloat16.
-#define DT_DISPATCH_DTYPE(dt, T, ...)                   \
-  do {                                                  \
-    if ((dt) == ::deltatron::cuda::DType::bf16) {       \
-      using T = __nv_bfloat16;                          \
-      __VA_ARGS__;                                      \
-    } else {                                            \
-      using T = float;                                  \
-      __VA_ARGS__;                                      \
-    }                                                   \
+#define DT_DISPATCH_DTYPE(dt, T, ...)             \
+  do {                                            \
+    if ((dt) == ::deltatron::cuda::DType::bf16) { \
+      using T = __nv_bfloat16;                    \
+      __VA_ARGS__;                                \
+    } else {                                      \
+      using T = float;                            \
+      __VA_ARGS__;                                \
+    }                                             \
   } while (0)
 
 // After a kernel launch: turns a launch failure into core::Error naming the kernel.

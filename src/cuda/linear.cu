@@ -117,8 +117,9 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
     cublasLtMatrixLayoutDestroy(p.b);
     cublasLtMatrixLayoutDestroy(p.c);
     cublasLtMatmulDescDestroy(p.op);
-    core::fail("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k,
-               " in ", dtype_name(key.in), " out ", dtype_name(key.out), " (", cublasLtGetStatusName(st), ")");
+    core::fail("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k, " in ",
+               dtype_name(key.in), " out ", dtype_name(key.out), " (", cublasLtGetStatusName(st),
+               ")");
   }
   p.algo = result.algo;
   return ctx.plans.emplace(key, p).first->second;
@@ -133,8 +134,8 @@ void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const v
     DT_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
     ctx.workspace = DeviceBuffer(kWorkspaceBytes, "cuBLASLt workspace");
   }
-  PlanKey key{m,  n,          k,  lda, ldb,          m,            ta,
-              tb, accumulate, in, out, alignment(A), alignment(B), alignment(C)};
+  PlanKey key{m,          n,  k,   lda,          ldb,          m,           ta, tb,
+              accumulate, in, out, alignment(A), alignment(B), alignment(C)};
   const Plan& p = get_plan(ctx, key);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
@@ -143,22 +144,6 @@ void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const v
 
 void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {
   DT_CHECK(N >= 0 && I >= 0 && O >= 0, op, ": negative shape N=", N, " I=", I, " O=", O);
-}
-
-// A host pointer handed to the CUDA path is a caller bug that would otherwise surface later as
-// an asynchronous illegal-address error; refuse it here (also refuses every pointer when no
-// device is usable). nullptr passes (skipped outputs).
-void check_device_ptr(const char* op, const char* name, const void* p) {
-  if (!p) return;
-  cudaPointerAttributes attr{};
-  cudaError_t err = cudaPointerGetAttributes(&attr, p);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    core::fail(op, ": cannot inspect pointer ", name, ": ", cudaGetErrorName(err), " (",
-               cudaGetErrorString(err), ")");
-  }
-  DT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, op, ": ", name,
-           " is not device memory");
 }
 
 }  // namespace

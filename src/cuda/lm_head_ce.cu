@@ -233,28 +233,10 @@ __global__ void __launch_bounds__(kThreads)
   if (tid < head) store_f32(drow, tid, grad(row[tid], tid));
 }
 
-// Process-wide workspace: grown, never shrunk; the mutex is held for a whole call.
-struct Workspace {
-  std::mutex mu;
-  DeviceBuffer buf;
-};
-
-Workspace& workspace() {
-  static Workspace* ws = new Workspace();  // leaked on purpose: no teardown order issues at exit
+// Process-wide workspace (chunk logits and logit gradients); held for a whole call.
+ScratchBuffer& workspace() {
+  static ScratchBuffer* ws = new ScratchBuffer("linear_cross_entropy workspace (chunk logits)");
   return *ws;
-}
-
-void check_device_ptr(const char* name, const void* p) {
-  if (!p) return;
-  cudaPointerAttributes attr{};
-  cudaError_t err = cudaPointerGetAttributes(&attr, p);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    core::fail("cuda::linear_cross_entropy: cannot inspect pointer ", name, ": ",
-               cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
-  }
-  DT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
-           "cuda::linear_cross_entropy: ", name, " is not device memory");
 }
 
 }  // namespace
@@ -272,11 +254,7 @@ int64_t linear_cross_entropy_group_rows(int64_t V, int64_t chunk_rows) {
   return std::max<int64_t>(1, rows / chunk_rows) * chunk_rows;
 }
 
-size_t linear_cross_entropy_workspace_bytes() {
-  Workspace& ws = workspace();
-  std::lock_guard<std::mutex> lock(ws.mu);
-  return ws.buf.bytes();
-}
+size_t linear_cross_entropy_workspace_bytes() { return workspace().bytes(); }
 
 void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const int32_t* targets_N,
                           const float* dloss_N, int64_t N, int64_t D, int64_t V, float* loss_N,
@@ -287,10 +265,10 @@ void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const in
   DT_CHECK(dloss_N || (!dx_ND && !dW_VD),
            "cuda::linear_cross_entropy: dx_ND or dW_VD given without dloss_N");
   DT_CHECK(loss_N, "cuda::linear_cross_entropy: loss_N is required");
-  check_device_ptr("targets_N", targets_N);
-  check_device_ptr("dloss_N", dloss_N);
-  check_device_ptr("loss_N", loss_N);
-  check_device_ptr("correct_N", correct_N);
+  check_device_ptr("cuda::linear_cross_entropy", "targets_N", targets_N);
+  check_device_ptr("cuda::linear_cross_entropy", "dloss_N", dloss_N);
+  check_device_ptr("cuda::linear_cross_entropy", "loss_N", loss_N);
+  check_device_ptr("cuda::linear_cross_entropy", "correct_N", correct_N);
   if (N == 0) return;
   const bool bwd = dx_ND || dW_VD;
   // C rows of fp32 logits per sub-chunk; G rows (a multiple of C) per backward GEMM group.
@@ -306,15 +284,11 @@ void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const in
   const bool separate_dl = bwd && dt == DType::bf16;  // f32 mode: dlogits in place, G == C
   const size_t need = separate_dl ? dl_offset + size_t(G * V) * esz : logits_bytes;
 
-  Workspace& ws = workspace();
+  ScratchBuffer& ws = workspace();
   std::lock_guard<std::mutex> lock(ws.mu);
-  if (ws.buf.bytes() < need) {
-    DT_CUDA_CHECK(cudaDeviceSynchronize());  // earlier calls' kernels may still use the old one
-    ws.buf = DeviceBuffer();                 // free first: the peak is the new size alone
-    ws.buf = DeviceBuffer(need, "linear_cross_entropy workspace (chunk logits)");
-  }
-  float* logits = static_cast<float*>(ws.buf.get());
-  void* dlogits = separate_dl ? static_cast<char*>(ws.buf.get()) + dl_offset : ws.buf.get();
+  void* base = ws.get(need);
+  float* logits = static_cast<float*>(base);
+  void* dlogits = separate_dl ? static_cast<char*>(base) + dl_offset : base;
 
   for (int64_t g0 = 0; g0 < N; g0 += G) {
     const int64_t Mg = std::min(G, N - g0);

@@ -103,26 +103,6 @@ void check_router_dims(const char* op, int64_t N, int64_t E, int64_t K) {
            " exceeds the int32 index range");
 }
 
-// A grow-only device buffer reused across calls of one op. Safe without syncs because all users
-// are stream-0 work: a later call's copies and kernels queue behind the earlier call's. Growing
-// synchronises first, so no queued kernel still reads the freed buffer.
-class Scratch {
- public:
-  explicit Scratch(const char* what) : what_(what) {}
-  void* get(size_t bytes) {
-    if (bytes > buf_.bytes()) {
-      DT_CUDA_CHECK(cudaDeviceSynchronize());
-      buf_ = DeviceBuffer(std::max(bytes, 2 * buf_.bytes()), what_);
-    }
-    return buf_.get();
-  }
-  std::mutex mu;
-
- private:
-  const char* what_;
-  DeviceBuffer buf_;
-};
-
 // Offsets into one scratch allocation, each rounded up to 16 bytes.
 struct Layout {
   size_t bytes = 0;
@@ -575,8 +555,9 @@ void moe_router_bwd(const float* probs_NE, const int32_t* topk_idx_NK, const flo
 
 namespace {
 
-Scratch& loss_scratch() {
-  static Scratch* s = new Scratch("MoE router-loss scratch");  // leaked: no exit-order issues
+ScratchBuffer& loss_scratch() {
+  static ScratchBuffer* s =
+      new ScratchBuffer("MoE router-loss scratch");  // leaked: no exit-order issues
   return *s;
 }
 
@@ -586,7 +567,7 @@ template <typename Launch>
 std::pair<double, int32_t> reduce_tokens(int64_t N, const std::vector<const void*>& host,
                                          const std::vector<size_t>& host_bytes,
                                          std::vector<void*>& staged, Launch launch) {
-  Scratch& sc = loss_scratch();
+  ScratchBuffer& sc = loss_scratch();
   std::lock_guard<std::mutex> lock(sc.mu);
   Layout lay;
   const size_t o_res = lay.add(16), o_contrib = lay.add(size_t(N) * sizeof(double));
@@ -649,7 +630,7 @@ void moe_aux_loss_bwd(const int32_t* group_N, int64_t N, int64_t E, int64_t G,
   DT_CHECK(G >= 0, "cuda::moe_aux_loss_bwd: negative number of groups ", G);
   DT_CHECK(N >= 0 && E > 0 && G <= INT32_MAX, "cuda::moe_aux_loss_bwd: bad shape N=", N, " E=", E);
   if (N == 0) return;
-  Scratch& sc = loss_scratch();
+  ScratchBuffer& sc = loss_scratch();
   std::lock_guard<std::mutex> lock(sc.mu);
   Layout lay;
   const size_t oF = lay.add(size_t(G * E) * 8), oc = lay.add(size_t(G) * 8);
@@ -694,7 +675,7 @@ void moe_count_routes(const int32_t* topk_idx_NK, const int32_t* group_N, int64_
   DT_CHECK(G > 0, "moe_count_routes: need at least one group, got ", G);
   DT_CHECK(N >= 0 && K > 0 && E > 0 && N * K <= INT32_MAX && G * E <= INT32_MAX,
            "cuda::moe_count_routes: bad shape N=", N, " K=", K, " E=", E, " G=", G);
-  Scratch& sc = loss_scratch();
+  ScratchBuffer& sc = loss_scratch();
   std::lock_guard<std::mutex> lock(sc.mu);
   Layout lay;
   const size_t o_bad = lay.add(8), o_tok = lay.add(size_t(G) * 8),
@@ -740,7 +721,7 @@ void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
   check_router_dims("cuda::moe_permute", N, E, K);
   DT_CHECK(E <= kMaxPermuteExperts, "cuda::moe_permute: at most ", kMaxPermuteExperts,
            " experts, got ", E);
-  static Scratch* scratch = new Scratch("MoE permute scratch");
+  static ScratchBuffer* scratch = new ScratchBuffer("MoE permute scratch");
   std::lock_guard<std::mutex> lock(scratch->mu);
   const int64_t P = N * K, chunks = ceil_div(P, kChunk);
   Layout lay;
@@ -1157,11 +1138,8 @@ void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_de
   DT_CUDA_LAUNCH_CHECK("grouped_gemm_kernel");
 }
 
-struct GemmScratch {
-  Scratch sc{"grouped GEMM tile tables"};
-};
-GemmScratch& gemm_scratch() {
-  static GemmScratch* s = new GemmScratch();
+ScratchBuffer& gemm_scratch() {
+  static ScratchBuffer* s = new ScratchBuffer("grouped GEMM tile tables");  // leaked
   return *s;
 }
 
@@ -1180,9 +1158,9 @@ void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI,
   check_offsets("cuda::grouped_linear_fwd", offsets_E1_host, E, I, O);
   if (!use_grouped_kernel(dt, I, O, {x_RI, W_EOI, y_RO}))
     return grouped_linear_fwd_loop(dt, x_RI, W_EOI, offsets_E1_host, E, I, O, y_RO);
-  GemmScratch& g = gemm_scratch();
-  std::lock_guard<std::mutex> lock(g.sc.mu);
-  int64_t* table = static_cast<int64_t*>(g.sc.get(size_t(2 * (E + 1)) * 8));
+  ScratchBuffer& g = gemm_scratch();
+  std::lock_guard<std::mutex> lock(g.mu);
+  int64_t* table = static_cast<int64_t*>(g.get(size_t(2 * (E + 1)) * 8));
   GemmArgs a{};
   a.A = static_cast<const __nv_bfloat16*>(x_RI), a.a_row = I, a.a_exp = 0, a.lda = I;
   a.B = static_cast<const __nv_bfloat16*>(W_EOI), a.b_row = 0, a.b_exp = O * I, a.ldb = I;
@@ -1197,9 +1175,9 @@ void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const voi
   check_offsets("cuda::grouped_linear_bwd", offsets_E1_host, E, I, O);
   if (!use_grouped_kernel(dt, I, O, {x_RI, W_EOI, dy_RO, dx_RI, dW_EOI}))
     return grouped_linear_bwd_loop(dt, x_RI, W_EOI, dy_RO, offsets_E1_host, E, I, O, dx_RI, dW_EOI);
-  GemmScratch& g = gemm_scratch();
-  std::lock_guard<std::mutex> lock(g.sc.mu);
-  int64_t* tables = static_cast<int64_t*>(g.sc.get(size_t(4 * (E + 1)) * 8));
+  ScratchBuffer& g = gemm_scratch();
+  std::lock_guard<std::mutex> lock(g.mu);
+  int64_t* tables = static_cast<int64_t*>(g.get(size_t(4 * (E + 1)) * 8));
   const auto* dy = static_cast<const __nv_bfloat16*>(dy_RO);
   if (dx_RI) {
     GemmArgs a{};

@@ -52,29 +52,6 @@ int64_t max_parts(int64_t D) { return D <= 512 ? 1024 : 512; }
 
 // ---- device helpers ------------------------------------------------------------------------
 
-// V elements of T, aligned for one access of up to 16 bytes (two for 8 fp32).
-template <typename T, int V>
-struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
-  T v[V];
-};
-
-template <int V, typename T>
-__device__ __forceinline__ void load_vec(const T* p, float (&o)[V]) {
-  const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-  for (int i = 0; i < V; ++i) o[i] = load_f32(pk.v, i);
-}
-
-template <int V, typename T>
-__device__ __forceinline__ void store_vec(T* p, const float (&o)[V]) {
-  Pack<T, V> pk;
-#pragma unroll
-  for (int i = 0; i < V; ++i) store_f32(pk.v, i, o[i]);
-  *reinterpret_cast<Pack<T, V>*>(p) = pk;
-}
-
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
-
 // Sum of v over the team (result identical in every thread of it). `red`: 32 shared floats.
 __device__ __forceinline__ float team_sum(float v, int team, float* red) {
   const int width = team < 32 ? team : 32;
@@ -309,15 +286,15 @@ __global__ void __launch_bounds__(kMaxThreads)
     const bool valid = n < rc.end;
     // Raw storage-type copies (bf16 pairs take half the registers of fp32 values); the
     // sigmoid is recomputed in the second loop rather than kept.
-    Pack<T, V> xr[KMAX], zr[KMAX], gr[KMAX];
+    VecPack<T, V> xr[KMAX], zr[KMAX], gr[KMAX];
     float gx = 0.0f;
 #pragma unroll
     for (int k = 0; k < KMAX; ++k) {
       const int c = chunk_col(k, team, rc.lane, V);
       if (valid && c < D) {
-        xr[k] = *reinterpret_cast<const Pack<T, V>*>(x + n * D + c);
-        zr[k] = *reinterpret_cast<const Pack<T, V>*>(z + n * D + c);
-        gr[k] = *reinterpret_cast<const Pack<T, V>*>(dy + n * D + c);
+        xr[k] = *reinterpret_cast<const VecPack<T, V>*>(x + n * D + c);
+        zr[k] = *reinterpret_cast<const VecPack<T, V>*>(z + n * D + c);
+        gr[k] = *reinterpret_cast<const VecPack<T, V>*>(dy + n * D + c);
       } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) {
@@ -475,23 +452,10 @@ void check_shape(const char* op, int64_t N, int64_t D) {
   DT_CHECK(D >= 1 && D <= kMaxD, op, ": width D=", D, " outside [1, ", kMaxD, "]");
 }
 
-// Grow-only fp32 scratch for the weight-gradient partials, one per device. All work is on the
-// legacy default stream, so a kernel that reads it finishes before the next op's kernels start.
-// Growing waits for the device first (queued kernels may still use the old buffer); that
-// happens only on the first calls, while the largest shape is not yet seen. One host thread.
+// Scratch for the weight-gradient partials (see cuda::ScratchBuffer).
 float* partials(int64_t n) {
-  static std::mutex mu;
-  static auto* bufs = new std::map<int, DeviceBuffer>();  // leaked: no teardown-order issues
-  int dev = 0;
-  DT_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  DeviceBuffer& b = (*bufs)[dev];
-  const size_t bytes = size_t(n) * sizeof(float);
-  if (b.bytes() < bytes) {
-    if (b.get()) DT_CUDA_CHECK(cudaDeviceSynchronize());
-    b = DeviceBuffer(bytes, "norm weight-gradient partials");
-  }
-  return static_cast<float*>(b.get());
+  static ScratchBuffer* s = new ScratchBuffer("norm weight-gradient partials");  // leaked
+  return static_cast<float*>(s->get(size_t(n) * sizeof(float)));
 }
 
 // Calls f(integral_constant V, integral_constant CAP) for the planned vector width and register

@@ -39,28 +39,6 @@ constexpr int kRopeTable = 4096;                  // cos/sin entries per block (
 
 // ---- device helpers ------------------------------------------------------------------------
 
-// V elements of T, aligned for one access of up to 16 bytes (two for 8 fp32).
-template <typename T, int V>
-struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
-  T v[V];
-};
-
-template <int V, typename T>
-__device__ __forceinline__ void load_vec(const T* p, float (&o)[V]) {
-  const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-  for (int i = 0; i < V; ++i) o[i] = load_f32(pk.v, i);
-}
-
-template <int V, typename T>
-__device__ __forceinline__ void store_vec(T* p, const float (&o)[V]) {
-  Pack<T, V> pk;
-#pragma unroll
-  for (int i = 0; i < V; ++i) store_f32(pk.v, i, o[i]);
-  *reinterpret_cast<Pack<T, V>*>(p) = pk;
-}
-
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 __device__ __forceinline__ int64_t thread_index() {
@@ -183,8 +161,8 @@ __global__ void copy_cols_kernel(const U* src, int64_t src_ld, U* dst, int64_t d
   if (ch >= chunks) return;
   for (int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
        r += int64_t(gridDim.y) * blockDim.y) {
-    *reinterpret_cast<Pack<U, V>*>(dst + r * dst_ld + ch * V) =
-        *reinterpret_cast<const Pack<U, V>*>(src + r * src_ld + ch * V);
+    *reinterpret_cast<VecPack<U, V>*>(dst + r * dst_ld + ch * V) =
+        *reinterpret_cast<const VecPack<U, V>*>(src + r * src_ld + ch * V);
   }
 }
 
@@ -339,21 +317,10 @@ void launch_map(const char* name, DType dt, int64_t n, std::initializer_list<con
   DT_CUDA_LAUNCH_CHECK(name);
 }
 
-// Grow-only fp32 scratch for the GDN gate partial sums, one per device (as in norms.cu: all
-// work is on the legacy default stream; growing waits for the device before freeing).
+// Scratch for the GDN gate partial sums (see cuda::ScratchBuffer).
 float* gate_partials(int64_t n) {
-  static std::mutex mu;
-  static auto* bufs = new std::map<int, DeviceBuffer>();  // leaked: no teardown-order issues
-  int dev = 0;
-  DT_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  DeviceBuffer& b = (*bufs)[dev];
-  const size_t bytes = size_t(n) * sizeof(float);
-  if (b.bytes() < bytes) {
-    if (b.get()) DT_CUDA_CHECK(cudaDeviceSynchronize());
-    b = DeviceBuffer(bytes, "GDN gate partial sums");
-  }
-  return static_cast<float*>(b.get());
+  static ScratchBuffer* s = new ScratchBuffer("GDN gate partial sums");  // leaked
+  return static_cast<float*>(s->get(size_t(n) * sizeof(float)));
 }
 
 void rope(const char* name, DType dt, void* x_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
