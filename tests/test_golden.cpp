@@ -13,6 +13,7 @@
 #include "io/hf_layout.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "golden_fixture.h"
 #include "test_util.h"
 
 using namespace deltatron;
@@ -36,41 +37,15 @@ class Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
   const fs::path dir = fs::path(DT_TEST_DATA) / "golden" / GetParam();
-  const io::Checkpoint ck = io::load_checkpoint(dir.string());
-  const auto samples =
-      data::read_token_jsonl((dir / "samples.jsonl").string(), ck.config.vocab_size);
-
-  // Optional golden.json: {"mtp_scale": s}; grads are then d(sum loss + s * sum mtp_loss).
-  double mtp_scale = 0.0;
-  if (fs::exists(dir / "golden.json")) {
-    std::ifstream meta(dir / "golden.json");
-    mtp_scale = nlohmann::json::parse(meta).value("mtp_scale", 0.0);
-  }
-  std::vector<double> want_loss, want_mtp;
-  std::vector<int64_t> want_n, want_mtp_n;
-  std::ifstream in(dir / "expected.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty()) continue;
-    auto j = nlohmann::json::parse(line);
-    ASSERT_EQ(j["index"].get<size_t>(), want_loss.size());
-    want_loss.push_back(j["loss_sum"].get<double>());
-    want_n.push_back(j["n_tokens"].get<int64_t>());
-    if (j.contains("mtp_loss_sum")) {
-      want_mtp.push_back(j["mtp_loss_sum"].get<double>());
-      want_mtp_n.push_back(j["mtp_n_tokens"].get<int64_t>());
-    }
-  }
-  ASSERT_EQ(!want_mtp.empty(), ck.config.mtp_enabled) << "fixture and config disagree on MTP";
-  ASSERT_EQ(want_loss.size(), samples.size());
-
-  // Every sample in one pack, in reverse order, with alignment padding between samples.
-  std::vector<const data::Sample*> members;
-  std::vector<int64_t> index;
-  for (int64_t i = static_cast<int64_t>(samples.size()) - 1; i >= 0; --i) {
-    members.push_back(&samples[i]);
-    index.push_back(i);
-  }
-  const data::Pack pack = data::make_pack(members, index, 8);
+  dt_test::GoldenFixture g;
+  dt_test::load_golden(dir, g);
+  if (HasFatalFailure()) return;
+  const io::Checkpoint& ck = g.ck;
+  const auto& samples = g.samples;
+  const double mtp_scale = g.mtp_scale;
+  const auto &want_loss = g.want_loss, &want_mtp = g.want_mtp;
+  const auto &want_n = g.want_n, &want_mtp_n = g.want_mtp_n;
+  const data::Pack& pack = g.pack;
   model::TensorMap grads = model::zeros_like(ck.params);
   model::ModelOptions opt;
   opt.mtp_ce_scale = static_cast<float>(mtp_scale);

@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "cuda/adamw.h"
 #include "cuda/device.h"
+#include "bf16_util.h"
 #include "test_util.h"
 #include "train/optimizer.h"
 
@@ -32,12 +33,7 @@ using dt::train::TensorMap;
 
 namespace {
 
-uint16_t to_bf16(float f) {  // round to nearest even (finite inputs)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
+using dt_test::to_bf16;
 
 dt::cuda::DeviceBuffer upload(const std::vector<float>& v) {
   dt::cuda::DeviceBuffer b(std::max<size_t>(v.size(), 1) * 4, "tensor");

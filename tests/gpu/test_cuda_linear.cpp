@@ -18,6 +18,7 @@
 #include "cuda/device.h"
 #include "cuda/linear.h"
 #include "ops/linear.h"
+#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -26,18 +27,8 @@ using dt::cuda::DType;
 namespace {
 
 // float -> bfloat16 bits, round to nearest even (inputs here are finite).
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-float from_bf16(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using dt_test::to_bf16;
+using dt_test::from_bf16;
 
 // A host float32 tensor on the device, as float32 or bf16, at an element offset (to exercise
 // misaligned pointers). `host` holds the values the device sees (bf16-rounded if bf16).

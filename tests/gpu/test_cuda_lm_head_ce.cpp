@@ -29,6 +29,7 @@
 #include "cuda/linear.h"
 #include "cuda/lm_head_ce.h"
 #include "ops/cross_entropy.h"
+#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -44,18 +45,8 @@ bool small_only() {
 }
 
 // float <-> bfloat16 bits, round to nearest even (inputs here are finite).
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-float from_bf16(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using dt_test::to_bf16;
+using dt_test::from_bf16;
 
 // Uniform in [-scale, scale) from a hash of (seed, i): fast and parallel for the 508M-element W.
 std::vector<float> uniform_hash(size_t n, uint64_t seed, double scale) {

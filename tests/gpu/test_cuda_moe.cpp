@@ -25,6 +25,7 @@
 #include "cpu/moe.h"
 #include "cuda/device.h"
 #include "cuda/moe.h"
+#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -38,18 +39,8 @@ namespace {
 
 // ---- host <-> device helpers ------------------------------------------------------------------
 
-uint16_t to_bf16(float f) {  // round to nearest even (finite inputs)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-float from_bf16(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using dt_test::to_bf16;
+using dt_test::from_bf16;
 float round_bf16(float f) { return from_bf16(to_bf16(f)); }
 VecF rounded(VecF v) {
   for (float& x : v) x = round_bf16(x);

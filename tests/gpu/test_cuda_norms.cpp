@@ -26,6 +26,7 @@
 #include "cpu/rmsnorm.h"
 #include "cuda/device.h"
 #include "cuda/norms.h"
+#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -33,18 +34,8 @@ using dt::cuda::DType;
 
 namespace {
 
-uint16_t to_bf16(float f) {  // round to nearest even (finite inputs)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-float from_bf16(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using dt_test::to_bf16;
+using dt_test::from_bf16;
 
 // A device tensor of n elements of type t at an element offset (to misalign it); `host` holds
 // exactly the values the device was given (bf16-rounded for bf16).

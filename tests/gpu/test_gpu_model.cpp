@@ -23,6 +23,7 @@
 #include "data/pack.h"
 #include "data/sample.h"
 #include "gpu/model.h"
+#include "golden_fixture.h"
 #include "gpu_model_fixture.h"
 #include "io/checkpoint.h"
 #include "io/hf_layout.h"
@@ -78,38 +79,15 @@ TEST_P(GpuGolden, PackedLossesAndGradientsMatchHuggingFace) {
   const bool f32 = k.dt == gpu::DType::f32;
   const double loss_tol = f32 ? kLossF32 : kLossBf16, grad_tol = f32 ? kGradF32 : kGradBf16;
   const fs::path dir = dt_gpu_test::test_data_dir() / "golden" / k.fixture;
-  const io::Checkpoint ck = io::load_checkpoint(dir.string());
-  const auto samples =
-      data::read_token_jsonl((dir / "samples.jsonl").string(), ck.config.vocab_size);
-  double mtp_scale = 0.0;
-  if (fs::exists(dir / "golden.json")) {
-    std::ifstream meta(dir / "golden.json");
-    mtp_scale = nlohmann::json::parse(meta).value("mtp_scale", 0.0);
-  }
-  std::vector<double> want_loss, want_mtp;
-  std::vector<int64_t> want_n, want_mtp_n;
-  std::ifstream in(dir / "expected.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty()) continue;
-    auto j = nlohmann::json::parse(line);
-    ASSERT_EQ(j["index"].get<size_t>(), want_loss.size());
-    want_loss.push_back(j["loss_sum"].get<double>());
-    want_n.push_back(j["n_tokens"].get<int64_t>());
-    if (j.contains("mtp_loss_sum")) {
-      want_mtp.push_back(j["mtp_loss_sum"].get<double>());
-      want_mtp_n.push_back(j["mtp_n_tokens"].get<int64_t>());
-    }
-  }
-  ASSERT_EQ(!want_mtp.empty(), ck.config.mtp_enabled) << "fixture and config disagree on MTP";
-  ASSERT_EQ(want_loss.size(), samples.size());
-
-  std::vector<const data::Sample*> members;
-  std::vector<int64_t> index;
-  for (int64_t i = static_cast<int64_t>(samples.size()) - 1; i >= 0; --i) {
-    members.push_back(&samples[i]);
-    index.push_back(i);
-  }
-  const data::Pack pack = data::make_pack(members, index, 8);
+  dt_test::GoldenFixture g;
+  dt_test::load_golden(dir, g);
+  if (HasFatalFailure()) return;
+  const io::Checkpoint& ck = g.ck;
+  const auto& samples = g.samples;
+  const double mtp_scale = g.mtp_scale;
+  const auto &want_loss = g.want_loss, &want_mtp = g.want_mtp;
+  const auto &want_n = g.want_n, &want_mtp_n = g.want_mtp_n;
+  const data::Pack& pack = g.pack;
   model::ModelOptions opt;
   opt.mtp_ce_scale = static_cast<float>(mtp_scale);
   gpu::Model m(ck.config, ck.params, k.dt);
