@@ -106,6 +106,12 @@ Buf upload_f32(const float* host, int64_t n, DType dt, const char* what) {
   return b;
 }
 
+Buf copy_f32(const float* x, int64_t n, const char* what) {
+  Buf b(n, DType::f32, what);
+  if (n) DT_CUDA_CHECK(cudaMemcpyAsync(b.get(), x, size_t(n) * 4, cudaMemcpyDeviceToDevice, 0));
+  return b;
+}
+
 void copy_to_host(const Buf& b, float* host) {
   if (!b.n()) return;
   if (b.dt() == DType::f32) {

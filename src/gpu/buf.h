@@ -48,6 +48,8 @@ class Buf {
 Buf upload_i32(const int32_t* host, int64_t n, const char* what);
 // float32 host -> device buffer of dt (rounded to bf16 when dt is bf16).
 Buf upload_f32(const float* host, int64_t n, DType dt, const char* what);
+// A new float32 device buffer holding a copy of n floats of device memory x (async).
+Buf copy_f32(const float* x, int64_t n, const char* what);
 void copy_to_host(const Buf& b, float* host);        // any dt -> float32 host (syncs)
 void copy_to_host_i32(const Buf& b, int32_t* host);  // syncs
 

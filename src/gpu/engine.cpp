@@ -25,8 +25,8 @@ class GpuEngine final : public train::Engine {
     v_.zero();
     if (opt && opt->step_count() > 0) {  // resumed: moments from the checkpoint
       step_ = opt->step_count();
-      upload_named(opt->exp_avg(), m_);
-      upload_named(opt->exp_avg_sq(), v_);
+      model_.params().to_flat(opt->exp_avg(), m_.f32(), "AdamW exp_avg");
+      model_.params().to_flat(opt->exp_avg_sq(), v_.f32(), "AdamW exp_avg_sq");
     }
   }
 
@@ -84,29 +84,12 @@ class GpuEngine final : public train::Engine {
     Params& p = model_.params();
     p.download(params);
     model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
-    download_named(m_, m);
-    download_named(v_, v);
+    p.from_flat(m_.f32(), m, "AdamW exp_avg");
+    p.from_flat(v_.f32(), v, "AdamW exp_avg_sq");
     opt.set_state(step_, std::move(m), std::move(v));
   }
 
  private:
-  void upload_named(const model::TensorMap& host, Buf& dst) {
-    Params& p = model_.params();
-    for (const auto& [name, t] : host) {
-      const auto& e = p.entry(name);
-      DT_CUDA_CHECK(
-          cudaMemcpy(dst.f32() + e.offset, t.ptr(), size_t(e.numel) * 4, cudaMemcpyHostToDevice));
-    }
-  }
-  void download_named(const Buf& src, model::TensorMap& host) {
-    Params& p = model_.params();
-    for (auto& [name, t] : host) {
-      const auto& e = p.entry(name);
-      DT_CUDA_CHECK(
-          cudaMemcpy(t.ptr(), src.f32() + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
-    }
-  }
-
   Model model_;
   Buf m_, v_;
   int64_t step_ = 0;

@@ -1,22 +1,11 @@
 // GPU decoder layer forward and backward (same order as src/model/decoder_layer.cpp).
 #include "gpu/layer.h"
 
-#include <cuda_runtime_api.h>
-
-#include "cuda/device.h"
 #include "cuda/norms.h"
 #include "cuda/pointwise.h"
 #include "gpu/profile.h"
 
 namespace deltatron::gpu {
-
-namespace {
-Buf copy_f32(const float* x, int64_t n, const char* what) {
-  Buf b(n, DType::f32, what);
-  if (n) DT_CUDA_CHECK(cudaMemcpyAsync(b.get(), x, size_t(n) * 4, cudaMemcpyDeviceToDevice, 0));
-  return b;
-}
-}  // namespace
 
 void Layer::fwd(const Ctx& cx, float* x, LayerSaved& s) const {
   const DType dt = cx.dt();

@@ -2,8 +2,6 @@
 // losses, and the reverse pass in exactly the opposite order (mirrors src/model/model.cpp).
 #include "gpu/model.h"
 
-#include <cuda_runtime_api.h>
-
 #include <algorithm>
 #include <memory>
 #include <sstream>
@@ -27,23 +25,6 @@ Layer trunk_layer(const model::Config& c, int64_t i) {
 }
 Layer mtp_layer() { return Layer{"mtp.layers.0.", model::LayerType::full_attention}; }
 
-// Per-sample sums of per-token losses (label tokens only), as model::model_fwd_bwd reports them.
-void per_sample(const data::Pack& pack, const std::vector<float>& loss_N,
-                const std::vector<int32_t>& targets_N, std::vector<double>& sum,
-                std::vector<int64_t>& count) {
-  for (int s = 0; s < pack.num_samples(); ++s) {
-    double acc = 0;
-    int64_t n = 0;
-    for (int32_t t = pack.cu_seqlens_padded[s]; t < pack.cu_seqlens_padded[s + 1]; ++t) {
-      if (targets_N[t] == data::kIgnoreIndex) continue;
-      acc += loss_N[t];
-      ++n;
-    }
-    sum.push_back(acc);
-    count.push_back(n);
-  }
-}
-
 // Input ids for the embedding backward: padding_idx rows (HF's pad_token_id) get no gradient
 // through the lookup, so those positions are marked -1 (skipped by the kernel).
 Buf grad_ids(const model::Config& c, const std::vector<int32_t>& ids) {
@@ -54,10 +35,11 @@ Buf grad_ids(const model::Config& c, const std::vector<int32_t>& ids) {
   return upload_i32(out.data(), int64_t(out.size()), "embedding gradient ids");
 }
 
-// LM head + CE on hidden states h (dt): per-token losses to the host; with grads, dh (dt,
+// LM head + CE on hidden states h (dt): per-token losses to the host (as double, the CPU
+// head's type); with grads, dh (dt,
 // overwritten) and the head weight's gradient (scaled by `scale`).
-std::vector<float> head_loss(const Ctx& cx, const void* h, const Buf& targets, float scale,
-                             bool with_grads, void* dh, std::vector<uint8_t>* correct) {
+std::vector<double> head_loss(const Ctx& cx, const void* h, const Buf& targets, float scale,
+                              bool with_grads, void* dh, std::vector<uint8_t>* correct) {
   const model::Config& c = cx.c;
   const int64_t N = cx.N(), D = c.hidden_size;
   const std::string head = model::lm_head_name(c);
@@ -73,15 +55,15 @@ std::vector<float> head_loss(const Ctx& cx, const void* h, const Buf& targets, f
                              with_grads ? dloss.f32() : nullptr, N, D, c.vocab_size, loss.f32(),
                              correct ? corr.i32() : nullptr, with_grads ? dh : nullptr, false,
                              with_grads ? cx.p.g(head) : nullptr);
-  std::vector<float> out(N);
-  copy_to_host(loss, out.data());
+  std::vector<float> loss_h(N);
+  copy_to_host(loss, loss_h.data());
   if (correct) {
     std::vector<int32_t> cc(N);
     copy_to_host_i32(corr, cc.data());
     correct->assign(N, 0);
     for (int64_t n = 0; n < N; ++n) (*correct)[n] = cc[n] != 0;
   }
-  return out;
+  return std::vector<double>(loss_h.begin(), loss_h.end());
 }
 
 // MTP head input (spec 3.2): e = embed(rolled ids); cat = [RMSNorm_e(e) | RMSNorm_h(hf)].
@@ -120,9 +102,7 @@ void keep_only_input(LayerSaved& s) {
 }
 
 void recompute_layer(const Ctx& cx, const Layer& layer, LayerSaved& s) {
-  const int64_t n = cx.N() * cx.c.hidden_size;
-  Buf x = cx.f32(n, "recomputed layer input");
-  DT_CUDA_CHECK(cudaMemcpyAsync(x.get(), s.x_in.get(), size_t(n) * 4, cudaMemcpyDeviceToDevice, 0));
+  Buf x = copy_f32(s.x_in.f32(), cx.N() * cx.c.hidden_size, "recomputed layer input");
   LayerSaved full;
   layer.fwd(cx, x.f32(), full);
   full.moe.terms = std::move(s.moe.terms);
@@ -209,10 +189,10 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
   // LM head (its backward runs right away; dhf collects the hidden gradient).
   Buf dhf = with_grads ? cx.act(N * D, "final norm output gradient") : Buf();
   std::vector<uint8_t> correct;
-  per_sample(pack,
-             head_loss(cx, hf.get(), pk.targets, opt.ce_scale, with_grads, dhf.get(),
-                       opt.want_correct ? &correct : nullptr),
-             pack.targets, out.loss_sum, out.n_tokens);
+  model::sum_per_sample(pack,
+                        head_loss(cx, hf.get(), pk.targets, opt.ce_scale, with_grads, dhf.get(),
+                                  opt.want_correct ? &correct : nullptr),
+                        pack.targets, out.loss_sum, out.n_tokens);
   for (int s = 0; s < pack.num_samples() && opt.want_correct; ++s)
     out.exact.push_back(std::all_of(correct.begin() + pack.cu_seqlens_padded[s],
                                     correct.begin() + pack.cu_seqlens_padded[s + 1],
@@ -236,8 +216,9 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
     cuda::rmsnorm_fwd(DType::f32, r.get(), dt, params_.w("mtp.norm.weight"), N, D, c.rms_norm_eps,
                       m.get(), rstd_m.f32());
     Buf dm = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buf();
-    per_sample(pack, head_loss(cx, m.get(), tgt_d, opt.mtp_ce_scale, with_grads, dm.get(), nullptr),
-               targets, out.mtp_loss_sum, out.mtp_n_tokens);
+    model::sum_per_sample(
+        pack, head_loss(cx, m.get(), tgt_d, opt.mtp_ce_scale, with_grads, dm.get(), nullptr),
+        targets, out.mtp_loss_sum, out.mtp_n_tokens);
     if (with_grads) {
       Buf dr = cx.f32(N * D, "MTP residual gradient");
       cuda::rmsnorm_bwd(DType::f32, r.get(), dt, params_.w("mtp.norm.weight"), rstd_m.f32(),

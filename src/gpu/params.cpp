@@ -43,33 +43,35 @@ const void* Params::w(const std::string& name) const {
 float* Params::g(const std::string& name) { return grad_.f32() + entry(name).offset; }
 float* Params::master(const std::string& name) { return master_.f32() + entry(name).offset; }
 
-void Params::upload(const model::TensorMap& host) {
+void Params::to_flat(const model::TensorMap& host, float* flat, const char* what) const {
   for (const auto& [name, t] : host) {
     const Entry& e = entry(name);
-    DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
+    DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
     DT_CUDA_CHECK(
-        cudaMemcpy(master_.f32() + e.offset, t.ptr(), size_t(e.numel) * 4, cudaMemcpyHostToDevice));
+        cudaMemcpy(flat + e.offset, t.ptr(), size_t(e.numel) * 4, cudaMemcpyHostToDevice));
   }
+}
+
+void Params::from_flat(const float* flat, model::TensorMap& host, const char* what) const {
+  for (auto& [name, t] : host) {
+    const Entry& e = entry(name);
+    DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
+             e.numel);
+    DT_CUDA_CHECK(
+        cudaMemcpy(t.ptr(), flat + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
+  }
+}
+
+void Params::upload(const model::TensorMap& host) {
+  to_flat(host, master_.f32(), "parameter");
   sync_compute();
 }
 
-void Params::download(model::TensorMap& host) const {
-  for (auto& [name, t] : host) {
-    const Entry& e = entry(name);
-    DT_CHECK(t.numel() == e.numel, "parameter ", name, " size mismatch on download");
-    DT_CUDA_CHECK(
-        cudaMemcpy(t.ptr(), master_.f32() + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
-  }
-}
+void Params::download(model::TensorMap& host) const { from_flat(master_.f32(), host, "parameter"); }
 
 void Params::download_grads(model::TensorMap& host) const {
-  for (auto& [name, t] : host) {
-    const Entry& e = entry(name);
-    DT_CHECK(t.numel() == e.numel, "gradient ", name, " size mismatch on download");
-    DT_CUDA_CHECK(
-        cudaMemcpy(t.ptr(), grad_.f32() + e.offset, size_t(e.numel) * 4, cudaMemcpyDeviceToHost));
-  }
+  from_flat(grad_.f32(), host, "gradient");
 }
 
 void Params::zero_grads() { grad_.zero(); }

@@ -35,6 +35,10 @@ class Params {
   void upload(const model::TensorMap& host);          // masters <- host, then sync_compute()
   void download(model::TensorMap& host) const;        // host <- masters (same names/shapes)
   void download_grads(model::TensorMap& host) const;  // host (zeros_like params) <- gradients
+  // Named host tensors to / from a flat fp32 device buffer laid out like the parameters (masters,
+  // gradients, AdamW moments); `what` names the tensors in the size-mismatch error.
+  void to_flat(const model::TensorMap& host, float* flat, const char* what) const;
+  void from_flat(const float* flat, model::TensorMap& host, const char* what) const;
   void zero_grads();
   void sync_compute();  // compute copies <- masters (round to bf16)
 

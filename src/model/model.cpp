@@ -18,23 +18,6 @@ DecoderLayer trunk_layer(const Config& c, int64_t i) {
   return DecoderLayer{c.name("layers." + std::to_string(i) + "."), c.layer_types[i]};
 }
 
-// Sums per-token values over each sample's span.
-void per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
-                const std::vector<int32_t>& targets_N, std::vector<double>& sum,
-                std::vector<int64_t>& count) {
-  for (int s = 0; s < pack.num_samples(); ++s) {
-    double acc = 0;
-    int64_t n = 0;
-    for (int32_t t = pack.cu_seqlens_padded[s]; t < pack.cu_seqlens_padded[s + 1]; ++t) {
-      if (targets_N[t] == data::kIgnoreIndex) continue;
-      acc += loss_N[t];
-      ++n;
-    }
-    sum.push_back(acc);
-    count.push_back(n);
-  }
-}
-
 void check_supported(const Config& c) {
   DT_CHECK(!c.mtp_enabled || c.mtp_num_hidden_layers == 1, "mtp_num_hidden_layers = ",
            c.mtp_num_hidden_layers, " is not supported (Qwen3.5 uses 1)");
@@ -54,6 +37,22 @@ void add_router_terms(const Config& c, const ModelOptions& opt, const data::Pack
 }
 
 }  // namespace
+
+void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
+                    const std::vector<int32_t>& targets_N, std::vector<double>& sum,
+                    std::vector<int64_t>& count) {
+  for (int s = 0; s < pack.num_samples(); ++s) {
+    double acc = 0;
+    int64_t n = 0;
+    for (int32_t t = pack.cu_seqlens_padded[s]; t < pack.cu_seqlens_padded[s + 1]; ++t) {
+      if (targets_N[t] == data::kIgnoreIndex) continue;
+      acc += loss_N[t];
+      ++n;
+    }
+    sum.push_back(acc);
+    count.push_back(n);
+  }
+}
 
 PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
                        const data::Pack& pack, TensorMap* g, const ModelOptions& opt) {
@@ -79,7 +78,7 @@ PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
   // Language-model head (its backward runs right away; dhf collects the hidden gradient).
   std::vector<float> dhf(g ? N * D : 0);
   std::vector<uint8_t> correct(opt.want_correct ? N : 0, 1);
-  per_sample(pack,
+  sum_per_sample(pack,
              lm_head_loss(dev, c, p, g, N, pack.targets.data(), hf.data(), dhf.data(),
                           opt.ce_scale, opt.want_correct ? correct.data() : nullptr),
              pack.targets, out.loss_sum, out.n_tokens);
@@ -95,7 +94,7 @@ PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
     mtp.fwd(dev, c, p, pack, hf.data(), *ms);
     add_router_terms(c, opt, pack, mtp.layer(), ms->layer, out.router_loss);
     std::vector<float> dm(g ? N * D : 0);
-    per_sample(pack,
+    sum_per_sample(pack,
                lm_head_loss(dev, c, p, g, N, ms->targets_N.data(), ms->m_ND.data(), dm.data(),
                             opt.mtp_ce_scale),
                ms->targets_N, out.mtp_loss_sum, out.mtp_n_tokens);

@@ -42,6 +42,12 @@ struct PackLoss {
   std::vector<uint8_t> exact;
 };
 
+// Appends, per sample of the pack in pack order, the sum of loss_N over its label tokens
+// (targets_N != -100) and their count: PackLoss's loss_sum / n_tokens (and the MTP pair).
+void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
+                    const std::vector<int32_t>& targets_N, std::vector<double>& sum,
+                    std::vector<int64_t>& count);
+
 // Forward and, when grads != nullptr, backward (spec 2-5). Parameter gradients ACCUMULATE into
 // grads, which must hold a zero-initialised buffer for every parameter (see zeros_like). The
 // backward is the forward loop reversed, written out by hand. Logits are never materialised
