@@ -193,10 +193,7 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
                         head_loss(cx, hf.get(), pk.targets, opt.ce_scale, with_grads, dhf.get(),
                                   opt.want_correct ? &correct : nullptr),
                         pack.targets, out.loss_sum, out.n_tokens);
-  for (int s = 0; s < pack.num_samples() && opt.want_correct; ++s)
-    out.exact.push_back(std::all_of(correct.begin() + pack.cu_seqlens_padded[s],
-                                    correct.begin() + pack.cu_seqlens_padded[s + 1],
-                                    [](uint8_t v) { return v != 0; }));
+  if (opt.want_correct) out.exact = model::exact_per_sample(pack, pack.targets, correct);
 
   // MTP head (spec 3.2): inputs and labels rolled inside each sample.
   if (c.mtp_enabled) {

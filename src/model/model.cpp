@@ -54,6 +54,18 @@ void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
   }
 }
 
+std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<int32_t>& targets_N,
+                                      const std::vector<uint8_t>& correct_N) {
+  std::vector<uint8_t> exact;
+  for (int s = 0; s < pack.num_samples(); ++s) {
+    bool all = true;
+    for (int32_t t = pack.cu_seqlens_padded[s]; t < pack.cu_seqlens_padded[s + 1]; ++t)
+      all = all && (targets_N[t] == data::kIgnoreIndex || correct_N[t] != 0);
+    exact.push_back(all);
+  }
+  return exact;
+}
+
 PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
                        const data::Pack& pack, TensorMap* g, const ModelOptions& opt) {
   check_supported(c);
@@ -79,13 +91,10 @@ PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
   std::vector<float> dhf(g ? N * D : 0);
   std::vector<uint8_t> correct(opt.want_correct ? N : 0, 1);
   sum_per_sample(pack,
-             lm_head_loss(dev, c, p, g, N, pack.targets.data(), hf.data(), dhf.data(),
-                          opt.ce_scale, opt.want_correct ? correct.data() : nullptr),
-             pack.targets, out.loss_sum, out.n_tokens);
-  for (int s = 0; s < pack.num_samples() && opt.want_correct; ++s)
-    out.exact.push_back(std::all_of(correct.begin() + pack.cu_seqlens_padded[s],
-                                    correct.begin() + pack.cu_seqlens_padded[s + 1],
-                                    [](uint8_t x) { return x != 0; }));
+                 lm_head_loss(dev, c, p, g, N, pack.targets.data(), hf.data(), dhf.data(),
+                              opt.ce_scale, opt.want_correct ? correct.data() : nullptr),
+                 pack.targets, out.loss_sum, out.n_tokens);
+  if (opt.want_correct) out.exact = exact_per_sample(pack, pack.targets, correct);
 
   // MTP head: forward, its loss, and its backward (adding into dhf).
   if (c.mtp_enabled) {
@@ -95,9 +104,9 @@ PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
     add_router_terms(c, opt, pack, mtp.layer(), ms->layer, out.router_loss);
     std::vector<float> dm(g ? N * D : 0);
     sum_per_sample(pack,
-               lm_head_loss(dev, c, p, g, N, ms->targets_N.data(), ms->m_ND.data(), dm.data(),
-                            opt.mtp_ce_scale),
-               ms->targets_N, out.mtp_loss_sum, out.mtp_n_tokens);
+                   lm_head_loss(dev, c, p, g, N, ms->targets_N.data(), ms->m_ND.data(), dm.data(),
+                                opt.mtp_ce_scale),
+                   ms->targets_N, out.mtp_loss_sum, out.mtp_n_tokens);
     if (g) mtp.bwd(dev, c, p, *g, pack, *ms, dm.data(), opt.router_scale, dhf.data());
   }
   if (!g) return out;

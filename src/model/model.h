@@ -36,7 +36,7 @@ struct PackLoss {
   std::vector<int64_t> n_tokens;     // number of those tokens
   std::vector<double> mtp_loss_sum;  // summed MTP CE (empty when the model has no MTP)
   std::vector<int64_t> mtp_n_tokens;
-  double router_loss = 0.0;          // R for this pack (unscaled)
+  double router_loss = 0.0;  // R for this pack (unscaled)
   // With want_correct: 1 if the argmax prediction is right at every label token of the sample
   // (equivalently, greedy decoding from the sample's prompt reproduces its labels exactly).
   std::vector<uint8_t> exact;
@@ -47,6 +47,11 @@ struct PackLoss {
 void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
                     const std::vector<int32_t>& targets_N, std::vector<double>& sum,
                     std::vector<int64_t>& count);
+
+// Per sample of the pack in pack order: 1 if correct_N (argmax == target flags, [N]) is nonzero
+// at every label token of the sample (targets_N != -100; other rows are not looked at).
+std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<int32_t>& targets_N,
+                                      const std::vector<uint8_t>& correct_N);
 
 // Forward and, when grads != nullptr, backward (spec 2-5). Parameter gradients ACCUMULATE into
 // grads, which must hold a zero-initialised buffer for every parameter (see zeros_like). The

@@ -15,6 +15,7 @@
 // sweep's random GDN models use the same rule in fp32 with one-ulp noise (up to 2.4e-4).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -22,8 +23,8 @@
 
 #include "data/pack.h"
 #include "data/sample.h"
-#include "gpu/model.h"
 #include "golden_fixture.h"
+#include "gpu/model.h"
 #include "gpu_model_fixture.h"
 #include "io/checkpoint.h"
 #include "io/hf_layout.h"
@@ -505,6 +506,24 @@ TEST(GpuModel, FwdBwdIsBitwiseDeterministic) {
   }
 }
 
+// Teacher-forced exact match (eval accuracy): per sample, every label token's argmax must equal
+// its target; rows without a label do not count. A length-1 sample has no label token, so it
+// is vacuously exact: the GPU flags must match the CPU's there too.
+TEST(GpuModel, ExactMatchFlagsMatchCpu) {
+  const model::Config c =
+      model::parse_config(dt_test::tiny_config_json(nlohmann::json::object()), "tiny");
+  const model::TensorMap p = dt_test::random_params(c, 19);
+  const auto samples = dt_test::make_samples({1, 2, 3, 5, 64, 65, 130}, c.vocab_size, 6, 3);
+  const data::Pack pack = dt_test::pack_of(samples, {5, 0, 6, 3, 1, 4, 2}, 8);
+  model::ModelOptions opt;
+  opt.want_correct = true;
+  const model::PackLoss want = model::model_fwd_bwd(core::Device::cpu, c, p, pack, nullptr, opt);
+  ASSERT_GT(std::count(want.exact.begin(), want.exact.end(), 1), 0) << "no exact sample";
+  gpu::Model m(c, p, gpu::DType::f32);
+  const model::PackLoss got = m.fwd_bwd(pack, false, opt);
+  EXPECT_EQ(got.exact, want.exact);
+}
+
 // Activation recomputation reruns each layer's forward from its saved input: with deterministic
 // kernels the losses and gradients must equal the stored-activation run bitwise (MoE + MTP,
 // router losses with running global counts, which the rerun must not count twice).
@@ -536,8 +555,8 @@ TEST(GpuModel, RecomputeGivesBitwiseEqualGradients) {
     for (const auto& [name, t] : r[0].grads) {
       const auto& u = r[1].grads.at(name).data;
       EXPECT_EQ(std::memcmp(t.data.data(), u.data(), u.size() * sizeof(float)), 0)
-          << mode_name(dt) << ": gradient " << name << " differs with recomputation: "
-          << dt_test::compare(u, t.data).str();
+          << mode_name(dt) << ": gradient " << name
+          << " differs with recomputation: " << dt_test::compare(u, t.data).str();
     }
   }
 }
