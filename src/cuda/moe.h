@@ -1,6 +1,6 @@
 // CUDA Mixture-of-Experts ops: router, router losses, expert-major permutation, gather/combine,
-// slot-weight backward, shared-expert gate and the grouped expert GEMMs. Contracts as
-// ops/moe.h, with storage types (cuda/dtype.h) and device pointers.
+// slot-weight backward and shared-expert gate (the grouped expert GEMMs are in grouped_linear.h).
+// Contracts as ops/moe.h, with storage types (cuda/dtype.h) and device pointers.
 //
 // Shape suffixes: N tokens, D hidden, E experts, K experts per token (top-k), F FFN width,
 // G router-loss groups, I / O input / output features of an expert GEMM, P = N*K routing slots
@@ -141,35 +141,5 @@ void moe_shared_gate_fwd(DType dt, const void* o_ND, const float* g_N, int64_t N
 //   dy_ND);  dg_N [N] fp32 out, OVERWRITTEN. One block per token, fixed-order block reduction.
 void moe_shared_gate_bwd(DType dt, const void* o_ND, const float* g_N, const void* dy_ND, int64_t N,
                          int64_t D, void* do_ND, float* dg_N);
-
-// ---- grouped expert GEMMs ------------------------------------------------------------------
-// Rows [off[e], off[e+1]) of the permuted order belong to expert e and use its weight slice
-// W[e] ([O, I] at W_EOI + e*O*I). offsets_E1_host [E+1] host int64, off[0] = 0, non-decreasing;
-// R = off[E] rows in all. Experts without rows are skipped. bf16 uses this file's grouped GEMM
-// kernel (one launch per product for all experts) when I and O are multiples of 8 and the
-// pointers 16-byte aligned, else (and in f32 mode) one cuBLASLt call per non-empty expert.
-// fp32 accumulation either way; deterministic (no split-K).
-
-// y[r,:] = x[r,:] W[e]^T for r in expert e's rows.  x_RI [R, I] dt in;  W_EOI [E, O, I] dt in;
-// y_RO [R, O] dt out, overwritten.
-void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        void* y_RO);
-
-// dx[r,:] = dy[r,:] W[e] (dt, OVERWRITTEN; dx_RI == nullptr skips);
-// dW[e] += dy_e^T x_e over expert e's rows (fp32, ACCUMULATED; dW_EOI == nullptr skips).
-//   x_RI [R, I] dt in;  W_EOI [E, O, I] dt in;  dy_RO [R, O] dt in;  dW_EOI [E, O, I] fp32 inout.
-void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        void* dx_RI, float* dW_EOI);
-
-// The same products as one cuBLASLt call per non-empty expert (the fallback above), exposed
-// for the parity tests and timings of the grouped kernel.
-void grouped_linear_fwd_loop(DType dt, const void* x_RI, const void* W_EOI,
-                             const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                             void* y_RO);
-void grouped_linear_bwd_loop(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
-                             const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                             void* dx_RI, float* dW_EOI);
 
 }  // namespace deltatron::cuda

@@ -7,6 +7,7 @@
 
 #include "cuda/device.h"
 #include "cuda/linear.h"
+#include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
 #include "cuda/pointwise.h"
 #include "model/moe_block.h"

@@ -24,6 +24,7 @@
 #include "cpu/linear.h"
 #include "cpu/moe.h"
 #include "cuda/device.h"
+#include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
 #include "bf16_util.h"
 #include "test_util.h"
