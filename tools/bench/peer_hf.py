@@ -8,6 +8,7 @@
 #              unset: make_lengths.py's defaults (8 steps, log-normal median 600 sigma 0.8,
 #              clipped to [64, 2048], <= 8192 tokens a step)
 #   SIZE       2b (dense, 24 layers) | moe (Qwen3.5-35B-A3B layer shapes, 8 layers) | tiny
+#   LAYERS     override the number of layers (e.g. 4 to match `deltatron bench --layers 4`)
 #   FLA        1 (default): import fla from PEER_DIR (default ./.peer, filled by fetch_peer.sh) | 0
 #   MODES      comma list of packed | packed_cu | padded (default packed). packed: (1, sum L) with
 #              position_ids (what HF's padding-free collator sends by default); packed_cu: also
@@ -83,6 +84,7 @@ if FLA and not IMPL.startswith("fla"):
 dev = "cuda"
 OUT = os.environ.get("OUT", "/tmp")
 SIZE = os.environ.get("SIZE", "2b")
+LAYERS = os.environ.get("LAYERS")
 
 
 def cfg(size):
@@ -176,6 +178,16 @@ res.update(micro_batch_tokens=MBT, steps=len(STEPS), samples=sum(len(s) for s in
 
 # ---- model ----
 c = cfg(SIZE)
+if LAYERS:
+    n = int(LAYERS)
+    if n < 1:
+        sys.exit(f"LAYERS must be >= 1, got {LAYERS}")
+    # the same 3 GDN : 1 attention pattern as the presets, cut to n layers
+    every = getattr(c, "full_attention_interval", None) or 4
+    c.layer_types = ["full_attention" if (i + 1) % every == 0 else "linear_attention"
+                     for i in range(n)]
+    c.num_hidden_layers = n
+res["layers"] = c.num_hidden_layers
 c._attn_implementation = "sdpa"
 torch.manual_seed(0)
 if SIZE == "moe":
@@ -267,7 +279,7 @@ if isinstance(first, dict):
     res.update(mode=modes[0], tok_per_s=first["tok_per_s"], step_s_median=first["step_s_median"],
                peak_gib=first["peak_gib"])
 os.makedirs(OUT, exist_ok=True)
-name = f"peer_hf_{SIZE}_fla{int(FLA)}{'_gc' if res['gc'] else ''}.json"
+name = f"peer_hf_{SIZE}_L{c.num_hidden_layers}_fla{int(FLA)}{'_gc' if res['gc'] else ''}.json"
 with open(os.path.join(OUT, name), "w") as f:
     json.dump(res, f, indent=1)
 print(json.dumps(res), flush=True)

@@ -8,7 +8,9 @@
 #
 # Environment: PARTS (default "tests memcheck train bench-2b peer-2b bench-moe peer-moe"; one
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
-# default tools/bench/lengths_ln600_s0.8_8x8192.json). Writes JSON results to OUT_DIR (default
+# default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
+# on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
+# weights, gradients and AdamW moments). Writes JSON results to OUT_DIR (default
 # $OUT or /tmp/dt-run).
 set -uo pipefail
 rt=${1:-build/runtime.tar.xz}
@@ -36,10 +38,10 @@ bench() {  # name, bench args...
   echo "== deltatron bench $name"
   "$rt/deltatron" bench "$@" --lengths "$lengths" --json "$out/bench_$name.json" || status=1
 }
-peer() {  # name, peer SIZE
-  local name=$1 size=$2
+peer() {  # name, peer SIZE, [layers]
+  local name=$1 size=$2 layers=${3:-}
   echo "== peer: HF transformers + FLA, same batches ($name)"
-  (cd "$repo" && LENGTHS="$lengths" SIZE=$size OUT="$out" PYTHONUNBUFFERED=1 \
+  (cd "$repo" && LENGTHS="$lengths" SIZE=$size LAYERS=$layers OUT="$out" PYTHONUNBUFFERED=1 \
      python3 tools/bench/peer_hf.py | tee "$out/peer_$name.log") || { status=1; return; }
   [[ -f $out/bench_$name.json ]] || return
   python3 - "$out/bench_$name.json" "$out/peer_$name.log" <<'PY'
@@ -54,7 +56,8 @@ PY
 }
 has bench-2b && bench 2b --preset 2b
 has peer-2b && peer 2b 2b
-has bench-moe && bench moe --preset 35b-a3b --layers 8
-has peer-moe && peer moe moe
+moe_layers=${MOE_LAYERS:-4}
+has bench-moe && bench moe --preset 35b-a3b --layers "$moe_layers"
+has peer-moe && peer moe moe "$moe_layers"
 echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status
