@@ -18,12 +18,9 @@ class GpuEngine final : public train::Engine {
   GpuEngine(bool fp32, const model::Config& c, const model::TensorMap& params,
             const train::AdamW* opt)
       : model_(c, params, fp32 ? DType::f32 : DType::bf16) {
-    Params& p = model_.params();
-    m_ = Buf(p.total(), DType::f32, "AdamW exp_avg");
-    v_ = Buf(p.total(), DType::f32, "AdamW exp_avg_sq");
-    m_.zero();
-    v_.zero();
-    if (opt && opt->step_count() > 0) {  // resumed: moments from the checkpoint
+    if (!opt) return;  // scoring (or the bench): the moments come with the first step
+    alloc_moments();
+    if (opt->step_count() > 0) {  // resumed: moments from the checkpoint
       step_ = opt->step_count();
       model_.params().to_flat(opt->exp_avg(), m_.f32(), "AdamW exp_avg");
       model_.params().to_flat(opt->exp_avg_sq(), v_.f32(), "AdamW exp_avg_sq");
@@ -54,6 +51,7 @@ class GpuEngine final : public train::Engine {
 
   void step(train::AdamW& opt, double lr) override {
     Params& p = model_.params();
+    if (!m_.get()) alloc_moments();
     const auto& o = opt.options();
     cuda::AdamWStepArgs args;
     args.lr = lr;
@@ -84,12 +82,23 @@ class GpuEngine final : public train::Engine {
     Params& p = model_.params();
     p.download(params);
     model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
-    p.from_flat(m_.f32(), m, "AdamW exp_avg");
-    p.from_flat(v_.f32(), v, "AdamW exp_avg_sq");
+    if (m_.get()) {  // else never stepped: the moments stay zero
+      p.from_flat(m_.f32(), m, "AdamW exp_avg");
+      p.from_flat(v_.f32(), v, "AdamW exp_avg_sq");
+    }
     opt.set_state(step_, std::move(m), std::move(v));
   }
 
  private:
+  void alloc_moments() {
+    const int64_t n = model_.params().total();
+    set_oom_hint(model_.params().state_hint());
+    m_ = Buf(n, DType::f32, "AdamW exp_avg");
+    v_ = Buf(n, DType::f32, "AdamW exp_avg_sq");
+    m_.zero();
+    v_.zero();
+  }
+
   Model model_;
   Buf m_, v_;
   int64_t step_ = 0;

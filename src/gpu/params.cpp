@@ -3,6 +3,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <sstream>
+
 #include "core/error.h"
 #include "cuda/device.h"
 #include "cuda/pointwise.h"
@@ -20,12 +22,28 @@ Params::Params(const model::TensorMap& host, DType dt) : dt_(dt) {
     index_[name] = Entry{total_, t.numel(), t.shape};
     total_ += (t.numel() + kAlign - 1) / kAlign * kAlign;
   }
+  set_oom_hint(state_hint());
   master_ = Buf(total_, DType::f32, "fp32 master weights");
   grad_ = Buf(total_, DType::f32, "fp32 gradients");
   if (dt_ != DType::f32) compute_ = Buf(total_, dt_, "compute copies of the weights");
   master_.zero();
   grad_.zero();
   upload(host);
+}
+
+std::string Params::state_hint() const {
+  // fp32 master + fp32 gradient (+ bf16 copy) + two fp32 AdamW moments when training
+  const double gib = double(total_) / double(1ull << 30);
+  const double held = dt_ == DType::f32 ? 8 : 10, train = held + 8;
+  std::ostringstream hint;
+  hint.precision(3);
+  hint << "the model's " << double(total_) / 1e9 << "B parameters need " << held * gib
+       << " GiB on the device for weights and gradients and " << train * gib
+       << " GiB with the AdamW moments (fp32 master weights, gradients and moments"
+       << (dt_ == DType::f32 ? "" : ", bf16 compute copies")
+       << "), before any activations: this model does not fit this GPU; use fewer layers, a "
+          "smaller model or a GPU with more memory";
+  return hint.str();
 }
 
 const Params::Entry& Params::entry(const std::string& name) const {

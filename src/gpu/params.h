@@ -24,6 +24,9 @@ class Params {
   const std::vector<std::string>& names() const { return names_; }
   const Entry& entry(const std::string& name) const;
   int64_t total() const { return total_; }
+  // The out-of-memory hint for the parameter state: its size in GiB with and without the AdamW
+  // moments, and what to change when it alone does not fit.
+  std::string state_hint() const;
 
   const void* w(const std::string& name) const;  // compute copy (dt)
   float* g(const std::string& name);             // gradient (fp32)

@@ -230,10 +230,11 @@ class CudaGdn : public ::testing::TestWithParam<DType> {
 }  // namespace
 
 // Odd head dims, H = G, short and partial chunks, an empty segment; K > 128 (the KP = 256
-// kernels) with V just above one value tile.
+// kernels) with V just above one value tile; G = 3H (the 27b preset's 16 key / 48 value heads).
 TEST_P(CudaGdn, SmallOddShapes) {
   run_case({{1, 3, 63, 64, 65, 130, 0}, 3, 3, 7, 5, Gates::mixed, 100}, GetParam());
   run_case({{70, 0, 5}, 2, 2, 129, 33, Gates::mild, 110}, GetParam());
+  run_case({{1, 66, 0, 130}, 2, 6, 24, 40, Gates::mixed, 120}, GetParam());
 }
 
 // The mixed pack {1, 3, 63, 64, 65, 130, 4096} (+ empty) with G = 2H at the real head dims, and
