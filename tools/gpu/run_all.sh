@@ -6,7 +6,7 @@
 #   tools/bench/fetch_peer.sh                                                          # here, once
 #   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
 #
-# Environment: PARTS (default "tests memcheck train presets bench-2b peer-2b bench-moe peer-moe"; one
+# Environment: PARTS (default "tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe"; one
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
@@ -25,13 +25,17 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=PASSIVE DT_TEST_DATA_DIR="$repo/tests/data"
 status=0
-parts=" ${PARTS:-tests memcheck train presets bench-2b peer-2b bench-moe peer-moe} "
+parts=" ${PARTS:-tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe} "
 lengths=${LENGTHS:-$repo/tools/bench/lengths_ln600_s0.8_8x8192.json}
 has() { [[ $parts == *" $1 "* ]]; }
 
 if has tests; then NO_MEMCHECK=1 "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1; fi
 if has memcheck; then NO_CTEST=1 "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1; fi
 if has train; then "$repo/tools/gpu/check_train.sh" "$rt/deltatron" "$out/train" || status=1; fi
+if has score; then
+  echo "== deltatron score --device cuda on every golden fixture (tools/gpu/check_score.sh)"
+  "$repo/tools/gpu/check_score.sh" "$rt/deltatron" "$out/score" || status=1
+fi
 if has presets; then
   echo "== every preset, a few layers (tools/gpu/preset_sweep.sh)"
   "$repo/tools/gpu/preset_sweep.sh" "$rt/deltatron" "$out/presets" || status=1
