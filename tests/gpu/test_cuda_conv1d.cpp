@@ -22,7 +22,7 @@
 #include "cpu/conv1d.h"
 #include "cuda/conv1d.h"
 #include "cuda/device.h"
-#include "bf16_util.h"
+#include "dev_tensor.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -30,64 +30,11 @@ using dt::cuda::DType;
 
 namespace {
 
-using dt_test::to_bf16;
-using dt_test::from_bf16;
-
-// A tensor on the device in dtype t, starting `off` elements into its buffer (off = 1 makes the
-// rows misaligned for vector accesses); `host` holds exactly the values the device sees.
-struct DevTensor {
-  std::vector<float> host;
-  dt::cuda::DeviceBuffer buf;
-  DType t = DType::f32;
-  size_t off = 0;
-  void* ptr() const { return static_cast<char*>(buf.get()) + off * dt::cuda::dtype_size(t); }
-};
-
-DevTensor upload(std::vector<float> v, DType t, size_t off = 0) {
-  DevTensor d;
-  d.t = t;
-  d.off = off;
-  d.buf = dt::cuda::DeviceBuffer((v.size() + off + 1) * dt::cuda::dtype_size(t), "input");
-  if (t == DType::bf16) {
-    std::vector<uint16_t> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-      h[i] = to_bf16(v[i]);
-      v[i] = from_bf16(h[i]);
-    }
-    DT_CUDA_CHECK(cudaMemcpy(d.ptr(), h.data(), h.size() * 2, cudaMemcpyHostToDevice));
-  } else {
-    DT_CUDA_CHECK(cudaMemcpy(d.ptr(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
-  }
-  d.host = std::move(v);
-  return d;
-}
-
-// Output of n elements in dtype t, every byte 0xFF (NaN in both f32 and bf16).
-DevTensor poisoned(size_t n, DType t, size_t off = 0) {
-  DevTensor d;
-  d.t = t;
-  d.off = off;
-  d.buf = dt::cuda::DeviceBuffer((n + off + 1) * dt::cuda::dtype_size(t), "output");
-  DT_CUDA_CHECK(cudaMemset(d.buf.get(), 0xFF, (n + off + 1) * dt::cuda::dtype_size(t)));
-  d.host.resize(n);
-  return d;
-}
-
-std::vector<float> download(const DevTensor& d) {
-  const size_t n = d.host.size();
-  std::vector<float> out(n);
-  DT_CUDA_CHECK(cudaDeviceSynchronize());
-  if (d.t == DType::bf16) {
-    std::vector<uint16_t> h(n);
-    DT_CUDA_CHECK(cudaMemcpy(h.data(), d.ptr(), n * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; ++i) out[i] = from_bf16(h[i]);
-  } else {
-    DT_CUDA_CHECK(cudaMemcpy(out.data(), d.ptr(), n * 4, cudaMemcpyDeviceToHost));
-  }
-  return out;
-}
-
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+using dt_test::DevTensor;
+using dt_test::download;
+using dt_test::poisoned;
+using dt_test::to_double;
+using dt_test::upload;
 
 // Cheap approximately normal values (Irwin-Hall of 4 uniforms from a splitmix64 hash of the index,
 // mean 0, standard deviation `scale`): tens of millions of inputs without seconds of mt19937.
@@ -158,9 +105,9 @@ Result run_case(const std::vector<int>& lengths, int64_t C, int64_t W, DType t, 
   DevTensor y = poisoned(N * C, t, off), dx = poisoned(N * C, t, off);
   const std::vector<float> dw0 = noise(C * W, seed + 4);
   DevTensor dw = upload(dw0, DType::f32);
-  dt::cuda::conv1d_fwd(t, x.ptr(), w.ptr(), cu_d, nseg, N, C, W, y.ptr());
-  dt::cuda::conv1d_bwd(t, x.ptr(), w.ptr(), cu_d, nseg, dy.ptr(), N, C, W, dx.ptr(),
-                       static_cast<float*>(dw.ptr()));
+  dt::cuda::conv1d_fwd(t, x.ptr, w.ptr, cu_d, nseg, N, C, W, y.ptr);
+  dt::cuda::conv1d_bwd(t, x.ptr, w.ptr, cu_d, nseg, dy.ptr, N, C, W, dx.ptr,
+                       static_cast<float*>(dw.ptr));
   Result r{download(y), download(dx), download(dw)};
   if (!check_values) return r;
 
@@ -243,9 +190,9 @@ TEST_F(CudaConv1d, NonFiniteInputStaysInItsSegment) {
   const auto* cu_d = static_cast<const int32_t*>(cu_dev.get());
   DevTensor y = poisoned(N * C, DType::f32), dx = poisoned(N * C, DType::f32);
   DevTensor dw = poisoned(C * W, DType::f32);
-  dt::cuda::conv1d_fwd(DType::f32, x.ptr(), w.ptr(), cu_d, 3, N, C, W, y.ptr());
-  dt::cuda::conv1d_bwd(DType::f32, x.ptr(), w.ptr(), cu_d, 3, dy.ptr(), N, C, W, dx.ptr(),
-                       static_cast<float*>(dw.ptr()));
+  dt::cuda::conv1d_fwd(DType::f32, x.ptr, w.ptr, cu_d, 3, N, C, W, y.ptr);
+  dt::cuda::conv1d_bwd(DType::f32, x.ptr, w.ptr, cu_d, 3, dy.ptr, N, C, W, dx.ptr,
+                       static_cast<float*>(dw.ptr));
   const std::vector<float> yh = download(y), dxh = download(dx);
   for (int64_t t = 0; t < N; ++t) {
     if (t >= 5 && t < 9) continue;
@@ -265,7 +212,7 @@ TEST_F(CudaConv1d, EmptyPackAndBadWidth) {
   const auto* cu_d = static_cast<const int32_t*>(cu_dev.get());
   dt::cuda::conv1d_fwd(DType::bf16, nullptr, nullptr, cu_d, 0, 0, 1, 4, nullptr);
   dt::cuda::conv1d_bwd(DType::bf16, nullptr, nullptr, cu_d, 0, nullptr, 0, 1, 4, nullptr,
-                       static_cast<float*>(dw.ptr()));
+                       static_cast<float*>(dw.ptr));
   EXPECT_EQ(download(dw), dw_host) << "N = 0 must leave dw untouched";
   dt_test::expect_error(
       [&] { dt::cuda::conv1d_fwd(DType::bf16, nullptr, nullptr, cu_d, 1, 1, 1, 9, nullptr); },
@@ -299,10 +246,10 @@ TEST_F(CudaConv1d, RealShapeTiming) {
     DevTensor x = upload(xv, DType::bf16, off), dy = upload(dyv, DType::bf16, off);
     DevTensor y = poisoned(N * C, DType::bf16, off), dx = poisoned(N * C, DType::bf16, off);
     const double fwd = time_us(
-        [&] { dt::cuda::conv1d_fwd(DType::bf16, x.ptr(), w.ptr(), cu_d, nseg, N, C, W, y.ptr()); });
+        [&] { dt::cuda::conv1d_fwd(DType::bf16, x.ptr, w.ptr, cu_d, nseg, N, C, W, y.ptr); });
     const double bwd = time_us([&] {
-      dt::cuda::conv1d_bwd(DType::bf16, x.ptr(), w.ptr(), cu_d, nseg, dy.ptr(), N, C, W, dx.ptr(),
-                           static_cast<float*>(dw.ptr()));
+      dt::cuda::conv1d_bwd(DType::bf16, x.ptr, w.ptr, cu_d, nseg, dy.ptr, N, C, W, dx.ptr,
+                           static_cast<float*>(dw.ptr));
     });
     const double mb = double(N * C * 2) / 1e6;  // one bf16 [N, C] tensor
     std::printf(

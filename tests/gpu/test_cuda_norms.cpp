@@ -26,7 +26,7 @@
 #include "cpu/rmsnorm.h"
 #include "cuda/device.h"
 #include "cuda/norms.h"
-#include "bf16_util.h"
+#include "dev_tensor.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -34,109 +34,17 @@ using dt::cuda::DType;
 
 namespace {
 
-using dt_test::to_bf16;
-using dt_test::from_bf16;
+using dt_test::bytes_of;
+using dt_test::check;
+using dt_test::DevTensor;
+using dt_test::download;
+using dt_test::poisoned;
+using dt_test::to_double;
+using dt_test::tol_for;
+using dt_test::upload;
 
-// A device tensor of n elements of type t at an element offset (to misalign it); `host` holds
-// exactly the values the device was given (bf16-rounded for bf16).
-struct DevTensor {
-  std::vector<float> host;
-  dt::cuda::DeviceBuffer buf;
-  DType t = DType::f32;
-  size_t n = 0;
-  void* ptr = nullptr;
-  float* f32() const { return static_cast<float*>(ptr); }
-};
-
-DevTensor alloc(size_t n, DType t, size_t offset) {
-  DevTensor d;
-  d.t = t;
-  d.n = n;
-  const size_t es = dt::cuda::dtype_size(t);
-  d.buf = dt::cuda::DeviceBuffer((n + offset + 1) * es, "test tensor");
-  d.ptr = static_cast<char*>(d.buf.get()) + offset * es;
-  return d;
-}
-
-DevTensor upload(std::vector<float> v, DType t, size_t offset = 0) {
-  DevTensor d = alloc(v.size(), t, offset);
-  if (t == DType::bf16) {
-    std::vector<uint16_t> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-      h[i] = to_bf16(v[i]);
-      v[i] = from_bf16(h[i]);
-    }
-    DT_CUDA_CHECK(cudaMemcpy(d.ptr, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
-  } else {
-    DT_CUDA_CHECK(cudaMemcpy(d.ptr, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
-  }
-  d.host = std::move(v);
-  return d;
-}
-
-// NaN-filled output (0xFF bytes are NaN in fp32 and bf16).
-DevTensor poisoned(size_t n, DType t, size_t offset = 0) {
-  DevTensor d = alloc(n, t, offset);
-  DT_CUDA_CHECK(cudaMemset(d.buf.get(), 0xFF, d.buf.bytes()));
-  return d;
-}
-
-std::vector<uint8_t> bytes_of(const DevTensor& d) {
-  std::vector<uint8_t> b(d.n * dt::cuda::dtype_size(d.t));
-  DT_CUDA_CHECK(cudaDeviceSynchronize());
-  if (!b.empty()) DT_CUDA_CHECK(cudaMemcpy(b.data(), d.ptr, b.size(), cudaMemcpyDeviceToHost));
-  return b;
-}
-
-std::vector<float> download(const DevTensor& d) {
-  const std::vector<uint8_t> b = bytes_of(d);
-  std::vector<float> v(d.n);
-  for (size_t i = 0; i < d.n; ++i) {
-    if (d.t == DType::bf16) {
-      uint16_t h;
-      std::memcpy(&h, b.data() + 2 * i, 2);
-      v[i] = from_bf16(h);
-    } else {
-      std::memcpy(&v[i], b.data() + 4 * i, 4);
-    }
-  }
-  return v;
-}
-
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
-
-double tol_for(DType stored, bool bwd) { return stored == DType::f32 ? 1e-5 : (bwd ? 1e-2 : 5e-3); }
-
-// Worst relative RMS per "op output storage-mode", printed at the end of the run.
-std::map<std::string, std::pair<double, double>>& worst() {
-  static std::map<std::string, std::pair<double, double>> w;
-  return w;
-}
-
-struct PrintWorst : ::testing::Environment {
-  void TearDown() override {
-    std::printf("\nmeasured worst (relative RMS, max abs) per op output:\n");
-    for (auto& [k, v] : worst())
-      std::printf("  %-40s rel_rms=%.3e max_abs=%.3e\n", k.c_str(), v.first, v.second);
-  }
-};
-[[maybe_unused]] auto* const kPrintWorst = ::testing::AddGlobalTestEnvironment(new PrintWorst);
-
-// Expects finite values and rel RMS <= tol; prints the measurement; records the worst under key.
-void check(const std::vector<float>& got, const std::vector<double>& want, double tol,
-           const std::string& key, const std::string& where) {
-  size_t bad = 0;
-  for (float g : got) bad += !std::isfinite(g);
-  EXPECT_EQ(bad, 0u) << key << " " << where << ": " << bad << " non-finite (unwritten?) elements";
-  if (got.empty()) return;
-  const auto r = dt_test::compare(got, want);
-  EXPECT_LE(r.rel_rms, tol) << key << " " << where << ": " << r.str();
-  std::printf("  %-34s %-24s rel_rms=%.3e max_abs=%.3e (tol %.0e)\n", key.c_str(), where.c_str(),
-              r.rel_rms, r.max_abs, tol);
-  auto& w = worst()[key];
-  w.first = std::max(w.first, r.rel_rms);
-  w.second = std::max(w.second, r.max_abs);
-}
+[[maybe_unused]] auto* const kPrintWorst =
+    ::testing::AddGlobalTestEnvironment(new dt_test::PrintWorst);
 
 std::string mode_name(DType xt, DType t) {
   if (xt != t) return std::string("x:") + dt::cuda::dtype_name(xt) + "/" + dt::cuda::dtype_name(t);
