@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/device.h"
+#include "cuda/mma.cuh"
 
 namespace deltatron::cuda::attn {
 
@@ -102,45 +103,6 @@ constexpr int kDkvRows = 64;  // key rows per dK/dV tile
 
 // ---- device building blocks -------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy global -> shared; src_bytes = 0 writes zeros (src is not read).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// ldmatrix x4 (optionally transposed) at a shared-memory address.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c[16x8] += a[16x16] b[16x8], bf16 operands, fp32 accumulate. Fragments (g = lane/4,
-// t = lane%4): a = {(g, 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)}, b = {(k 2t.., n g),
-// (k 2t+8.., n g)}, c = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -165,11 +127,11 @@ __device__ __forceinline__ void mma_abt(float (&acc)[kNT][4], const bf16* sA, in
 #pragma unroll kUnroll
   for (int ks = 0; ks < kKd / 16; ++ks) {
     uint32_t a[4];
-    ldsm_x4(a, pa + ks * 32);
+    ldsm_x4<false>(a, pa + ks * 32);
 #pragma unroll
     for (int np = 0; np < kNT / 2; ++np) {
       uint32_t b[4];
-      ldsm_x4(b, pb + (np * 16 * ldb + ks * 16) * 2);
+      ldsm_x4<false>(b, pb + (np * 16 * ldb + ks * 16) * 2);
       mma16816(acc[2 * np], a, b[0], b[1]);
       mma16816(acc[2 * np + 1], a, b[2], b[3]);
     }
@@ -188,7 +150,7 @@ __device__ __forceinline__ void mma_ab_reg(float (&acc)[kNT][4], const uint32_t 
 #pragma unroll
     for (int np = 0; np < kNT / 2; ++np) {
       uint32_t b[4];
-      ldsm_x4_t(b, pb + (ks * 16 * ldb + np * 16) * 2);
+      ldsm_x4<true>(b, pb + (ks * 16 * ldb + np * 16) * 2);
       mma16816(acc[2 * np], a[ks], b[0], b[1]);
       mma16816(acc[2 * np + 1], a[ks], b[2], b[3]);
     }
@@ -207,11 +169,11 @@ __device__ __forceinline__ void mma_ab_smem(float (&acc)[kMT][kNT][4], const bf1
   for (int ks = 0; ks < kKS; ++ks) {
     uint32_t a[kMT][4];
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) ldsm_x4(a[mt], pa + (mt * 16 * lda + ks * 16) * 2);
+    for (int mt = 0; mt < kMT; ++mt) ldsm_x4<false>(a[mt], pa + (mt * 16 * lda + ks * 16) * 2);
 #pragma unroll
     for (int np = 0; np < kNT / 2; ++np) {
       uint32_t b[4];
-      ldsm_x4_t(b, pb + (ks * 16 * ldb + np * 16) * 2);
+      ldsm_x4<true>(b, pb + (ks * 16 * ldb + np * 16) * 2);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
@@ -246,7 +208,7 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t ld, in
     for (int c = threadIdx.x; c < kRows * kPerRow; c += kThreads) {
       const int r = c / kPerRow, col = (c % kPerRow) * 8;
       const bool ok = r < nrows && col < K;
-      cp_async16(s + r * kLd + col, ok ? g + r * ld + col : g, ok ? 16 : 0);
+      cp_async16(s + r * kLd + col, ok ? g + r * ld + col : g, ok);
     }
   } else {
 #pragma unroll 1

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "cuda/kernel_util.cuh"
+#include "cuda/mma.cuh"
 
 // Legend (see cuda/gdn.h): N tokens, H key heads, G value heads (R = G / H), K key dim, V value
 // dim; KP = K padded (128 or 256, a template parameter), VP = V rounded up to kBV. A "chunk-head"
@@ -102,18 +103,6 @@ struct Carve {
 // the caller commits them as a group (cp_async_commit) and waits (cp_async_wait<n>) before the
 // __syncthreads that publishes the tile. Otherwise it copies synchronously (8 loads in flight
 // per thread), which the same wait + __syncthreads also covers.
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most n of this thread's committed groups are still in flight.
-template <int n>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
-}
 
 template <typename E>
 __device__ void load_tile(E* dst, int ldd, const E* src, int64_t lds, int rows, int cols, int rv,
@@ -253,18 +242,6 @@ __device__ __forceinline__ void load_pair(const Opnd<float, KC>& o, int r, int k
   split_bf16x2<N>(x.x, x.y, out);
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  if (trans)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
 // A fragment of the 16 x 16 tile at (m0, k0) from a bf16 matrix: a[reg][term] for `term`.
 // Lane l addresses row (l & 7) of 8 x 8 matrix q = l >> 3; matrix q is register q of the PTX
 // A fragment: (m + 0, k + 0), (m + 8, k + 0), (m + 0, k + 8), (m + 8, k + 8).
@@ -274,9 +251,9 @@ __device__ __forceinline__ void ldsm_a(const __nv_bfloat16* p, int ld, int m0, i
   const int lane = threadIdx.x & 31, q = lane >> 3, rr = lane & 7;
   uint32_t r[4];
   if constexpr (KC)
-    ldsm_x4(r, p + (m0 + rr + 8 * (q & 1)) * ld + k0 + 8 * (q >> 1), false);
+    ldsm_x4<false>(r, smem_u32(p + (m0 + rr + 8 * (q & 1)) * ld + k0 + 8 * (q >> 1)));
   else
-    ldsm_x4(r, p + (k0 + rr + 8 * (q >> 1)) * ld + m0 + 8 * (q & 1), true);
+    ldsm_x4<true>(r, smem_u32(p + (k0 + rr + 8 * (q >> 1)) * ld + m0 + 8 * (q & 1)));
 #pragma unroll
   for (int i = 0; i < 4; ++i) a[i][term] = r[i];
 }
@@ -289,9 +266,9 @@ __device__ __forceinline__ void ldsm_b2(const __nv_bfloat16* p, int ld, int n0, 
   const int lane = threadIdx.x & 31, q = lane >> 3, rr = lane & 7;
   uint32_t r[4];
   if constexpr (KC)
-    ldsm_x4(r, p + (n0 + rr + 8 * (q >> 1)) * ld + k0 + 8 * (q & 1), false);
+    ldsm_x4<false>(r, smem_u32(p + (n0 + rr + 8 * (q >> 1)) * ld + k0 + 8 * (q & 1)));
   else
-    ldsm_x4(r, p + (k0 + rr + 8 * (q & 1)) * ld + n0 + 8 * (q >> 1), true);
+    ldsm_x4<true>(r, smem_u32(p + (k0 + rr + 8 * (q & 1)) * ld + n0 + 8 * (q >> 1)));
   b0[0][term] = r[0];
   b0[1][term] = r[1];
   b1[0][term] = r[2];
@@ -339,11 +316,8 @@ __device__ __forceinline__ void frag_b2(const Planes<NP, KC>& o, int n0, int k0,
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  const uint32_t a[4] = {a0, a1, a2, a3};
+  cuda::mma16816(d, a, b0, b1);  // the shared one (cuda/mma.cuh)
 }
 
 // acc[mi][ni] += A[m0 + 16 mi + 0..15, 0..kdim) B[0..kdim, n0 + 8 ni + 0..7], kdim % 16 == 0,

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "cuda/kernel_util.cuh"
 #include "cuda/linear.h"
+#include "cuda/mma.cuh"
 
 namespace deltatron::cuda {
 
@@ -112,38 +113,6 @@ struct GemmArgs {
   int E;
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-template <bool kTrans>
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  if constexpr (kTrans)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Byte offset of 16-byte chunk `c` of row `r` in a swizzled tile.
 __device__ __forceinline__ uint32_t kmajor_off(int r, int c) {
   return uint32_t(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
@@ -230,25 +199,25 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(GemmArgs p) 
       for (int i = 0; i < 4; ++i) {
         const int m = wm * 64 + i * 16;
         if constexpr (kAKMajor)
-          ldmatrix_x4<false>(a[i], at + kmajor_off(m + r8 + (q & 1) * 8, kk * 2 + (q >> 1)));
+          ldsm_x4<false>(a[i], at + kmajor_off(m + r8 + (q & 1) * 8, kk * 2 + (q >> 1)));
         else
-          ldmatrix_x4<true>(a[i],
-                            at + mnmajor_off(kk * 16 + r8 + (q >> 1) * 8, (m >> 3) + (q & 1)));
+          ldsm_x4<true>(a[i],
+                        at + mnmajor_off(kk * 16 + r8 + (q >> 1) * 8, (m >> 3) + (q & 1)));
       }
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
         const int n = wn * 32 + jj * 16;
         uint32_t r[4];
         if constexpr (kBKMajor)
-          ldmatrix_x4<false>(r, bt + kmajor_off(n + r8 + (q >> 1) * 8, kk * 2 + (q & 1)));
+          ldsm_x4<false>(r, bt + kmajor_off(n + r8 + (q >> 1) * 8, kk * 2 + (q & 1)));
         else
-          ldmatrix_x4<true>(r, bt + mnmajor_off(kk * 16 + r8 + (q & 1) * 8, (n >> 3) + (q >> 1)));
+          ldsm_x4<true>(r, bt + mnmajor_off(kk * 16 + r8 + (q & 1) * 8, (n >> 3) + (q >> 1)));
         b[jj * 2][0] = r[0], b[jj * 2][1] = r[1], b[jj * 2 + 1][0] = r[2], b[jj * 2 + 1][1] = r[3];
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) mma_bf16(acc[i][j], a[i], b[j][0], b[j][1]);
+        for (int j = 0; j < 4; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
     }
   }
   cp_async_wait<0>();
