@@ -66,18 +66,27 @@ std::vector<double> head_loss(const Ctx& cx, const void* h, const Buf& targets, 
   return std::vector<double>(loss_h.begin(), loss_h.end());
 }
 
-// MTP head input (spec 3.2): e = embed(rolled ids); cat = [RMSNorm_e(e) | RMSNorm_h(hf)].
+// MTP head input (spec 3.2): ids rolled inside each sample, e = embed(ids),
+// cat = [RMSNorm_e(e) | RMSNorm_h(hf)], r = fc(cat) (the MTP layer's residual stream input).
 struct MtpInput {
-  Buf e, cat, rstd_e, rstd_h;
+  std::vector<int32_t> ids;
+  Buf e, cat, rstd_e, rstd_h, r;
 };
-MtpInput mtp_input(const Ctx& cx, const Buf& ids, const void* hf) {
+MtpInput mtp_input(const Ctx& cx, const data::Pack& pack, const void* hf) {
   const model::Config& c = cx.c;
   const DType dt = cx.dt();
   const int64_t N = cx.N(), D = c.hidden_size;
-  MtpInput m{cx.f32(N * D, "MTP embedding"), cx.act(N * 2 * D, "MTP concat"),
-             cx.f32(N, "MTP embedding norm rstd"), cx.f32(N, "MTP hidden norm rstd")};
-  cuda::embedding_fwd(dt, ids.i32(), cx.p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D,
-                      m.e.f32());
+  MtpInput m{data::roll_within_segments(pack.input_ids, pack.cu_seqlens_padded, 0),
+             cx.f32(N * D, "MTP embedding"),
+             cx.act(N * 2 * D, "MTP concat"),
+             cx.f32(N, "MTP embedding norm rstd"),
+             cx.f32(N, "MTP hidden norm rstd"),
+             cx.f32(N * D, "MTP residual stream")};
+  {
+    Buf ids_d = upload_i32(m.ids.data(), N, "MTP input ids");
+    cuda::embedding_fwd(dt, ids_d.i32(), cx.p.w(c.name("embed_tokens.weight")), N, c.vocab_size,
+                        D, m.e.f32());
+  }
   Buf ne = cx.act(N * D, "MTP normed embedding"), nh = cx.act(N * D, "MTP normed hidden");
   cuda::rmsnorm_fwd(DType::f32, m.e.get(), dt, cx.p.w("mtp.pre_fc_norm_embedding.weight"), N, D,
                     c.rms_norm_eps, ne.get(), m.rstd_e.f32());
@@ -85,6 +94,8 @@ MtpInput mtp_input(const Ctx& cx, const Buf& ids, const void* hf) {
                     nh.get(), m.rstd_h.f32());
   cuda::copy_cols(dt, ne.get(), D, 0, m.cat.get(), 2 * D, 0, N, D);  // embedding first
   cuda::copy_cols(dt, nh.get(), D, 0, m.cat.get(), 2 * D, D, N, D);
+  cuda::linear_fwd(dt, m.cat.get(), cx.p.w("mtp.fc.weight"), N, 2 * D, D, DType::f32, m.r.get(),
+                   false);
   return m;
 }
 
@@ -197,15 +208,11 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
 
   // MTP head (spec 3.2): inputs and labels rolled inside each sample.
   if (c.mtp_enabled) {
-    const auto ids = data::roll_within_segments(pack.input_ids, pack.cu_seqlens_padded, 0);
     const auto targets =
         data::roll_within_segments(pack.targets, pack.cu_seqlens_padded, data::kIgnoreIndex);
-    Buf ids_d = upload_i32(ids.data(), N, "MTP input ids");
     Buf tgt_d = upload_i32(targets.data(), N, "MTP targets");
-    MtpInput in = mtp_input(cx, ids_d, hf.get());
-    Buf r = cx.f32(N * D, "MTP residual stream");
-    cuda::linear_fwd(dt, in.cat.get(), params_.w("mtp.fc.weight"), N, 2 * D, D, DType::f32, r.get(),
-                     false);
+    MtpInput in = mtp_input(cx, pack, hf.get());
+    const Buf& r = in.r;
     LayerSaved ms;
     mtp_layer().fwd(cx, r.f32(), ms);
     add_router_terms(cx, opt, mtp_layer().moe_prefix(), ms.moe, out.router_loss);
@@ -238,7 +245,7 @@ model::PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads,
       cuda::rmsnorm_bwd(DType::f32, in.e.get(), dt, params_.w("mtp.pre_fc_norm_embedding.weight"),
                         in.rstd_e.f32(), dne.get(), N, D, de.get(), false,
                         params_.g("mtp.pre_fc_norm_embedding.weight"));
-      Buf gids = grad_ids(c, ids);
+      Buf gids = grad_ids(c, in.ids);
       cuda::embedding_bwd(gids.i32(), de.f32(), N, D, c.vocab_size, params_.g(embed));
     }
   }
@@ -281,14 +288,9 @@ void Model::count_routes(const data::Pack& pack, model::GlobalRouterCounts& coun
   Buf hf = cx.act(N * D, "final norm output"), rstd = cx.f32(N, "final norm rstd");
   cuda::rmsnorm_fwd(DType::f32, x.get(), dt, params_.w(c.name("norm.weight")), N, D, c.rms_norm_eps,
                     hf.get(), rstd.f32());
-  const auto ids = data::roll_within_segments(pack.input_ids, pack.cu_seqlens_padded, 0);
-  Buf ids_d = upload_i32(ids.data(), N, "MTP input ids");
-  MtpInput in = mtp_input(cx, ids_d, hf.get());
-  Buf r = cx.f32(N * D, "MTP residual stream");
-  cuda::linear_fwd(dt, in.cat.get(), params_.w("mtp.fc.weight"), N, 2 * D, D, DType::f32, r.get(),
-                   false);
+  MtpInput in = mtp_input(cx, pack, hf.get());
   LayerSaved ms;
-  mtp_layer().fwd(cx, r.f32(), ms);
+  mtp_layer().fwd(cx, in.r.f32(), ms);
   moe_count(cx, mtp_layer().moe_prefix(), ms.moe, counts);
 }
 
