@@ -19,24 +19,17 @@ out=$build/runtime
 rm -rf "$out"
 mkdir -p "$out/lib"
 bins=()
-if [[ -x $build/deltatron ]]; then cp -f "$build/deltatron" "$out/deltatron"; bins+=("$build/deltatron"); fi
+if [[ -x $build/deltatron ]]; then bins+=("$build/deltatron"); fi
 : >"$out/CTestTestfile.cmake"
 while read -r t; do
   [[ -n $t ]] || continue
   [[ -x $build/$t ]] || { echo "pack_runtime: $build/$t not built" >&2; exit 1; }
-  cp -f "$build/$t" "$out/$t"
   bins+=("$build/$t")
   printf 'add_test(%s "./%s")\nset_tests_properties(%s PROPERTIES LABELS "gpu" RUN_SERIAL ON)\n' \
     "$t" "$t" "$t" >>"$out/CTestTestfile.cmake"
 done <"$build/gpu_tests.txt"
-skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s)\.so'
-skip_cuda='^(libcuda|libcudart|libcublas|libcublasLt|libnvidia-|libnvrtc|libnvJitLink)\.so'
-ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
-  while read -r name path; do
-    if [[ $name =~ $skip || $name =~ $skip_cuda ]]; then continue; fi
-    cp -L -f "$path" "$out/lib/$name"
-    echo "packed $name <- $path"
-  done
+# the executables and the non-system shared libraries they need
+"$(dirname "${BASH_SOURCE[0]}")/bundle.sh" "$out" "${bins[@]}" >/dev/null
 strip "$out"/test_* "$out"/deltatron 2>/dev/null || true
 # The GPU machine receives at most 64 MiB per call: also pack the folder as BUILD/runtime.tar.xz
 # (carry that; tools/gpu/run_all.sh unpacks it).
