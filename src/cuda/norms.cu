@@ -83,6 +83,47 @@ __device__ __forceinline__ int chunk_col(int k, int team, int lane, int V) {
   return (k * team + lane) * V;
 }
 
+// This lane's chunks of row n of a row-major [*, D] tensor into v, as fp32; chunks past D, and
+// every chunk when !valid, are left as they are (callers zero-initialise v).
+template <int V, int KMAX, typename T>
+__device__ __forceinline__ void load_row(const T* p, int64_t n, int D, bool valid, int team,
+                                         int lane, float (&v)[KMAX][V]) {
+#pragma unroll
+  for (int k = 0; k < KMAX; ++k) {
+    const int c = chunk_col(k, team, lane, V);
+    if (valid && c < D) load_vec<V>(p + n * D + c, v[k]);
+  }
+}
+
+// The weight of this lane's columns (kPlusOne: 1 + w, Qwen3.5's RMSNorm scale) into the
+// zero-initialised v.
+template <bool kPlusOne, int V, int KMAX, typename T>
+__device__ __forceinline__ void load_weight(const T* w, int D, int team, int lane,
+                                            float (&v)[KMAX][V]) {
+#pragma unroll
+  for (int k = 0; k < KMAX; ++k) {
+    const int c = chunk_col(k, team, lane, V);
+    if (c < D) {
+      load_vec<V>(w + c, v[k]);
+      if constexpr (kPlusOne) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) v[k][i] += 1.0f;
+      }
+    }
+  }
+}
+
+// Sum over this lane's values of a * b, chunk by chunk in order.
+template <int V, int KMAX>
+__device__ __forceinline__ float lane_dot(const float (&a)[KMAX][V], const float (&b)[KMAX][V]) {
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < KMAX; ++k)
+#pragma unroll
+    for (int i = 0; i < V; ++i) s += a[k][i] * b[k][i];
+  return s;
+}
+
 // part[blockIdx.x, c] = sum over the block's teams t (in order) of sbuf[t, c].
 __device__ void reduce_partials(const RowCursor& rc, int D, const float* sbuf, float* part) {
   __syncthreads();
@@ -118,28 +159,13 @@ __global__ void __launch_bounds__(kMaxThreads)
   __shared__ float red[32];
   const RowCursor rc(team, N, rows_per_part);
   float w1[KMAX][V] = {};  // 1 + w of this thread's columns
-#pragma unroll
-  for (int k = 0; k < KMAX; ++k) {
-    const int c = chunk_col(k, team, rc.lane, V);
-    if (c < D) {
-      load_vec<V>(w + c, w1[k]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) w1[k][i] += 1.0f;
-    }
-  }
+  load_weight<true>(w, D, team, rc.lane, w1);
   for (int64_t base = rc.begin; base < rc.end; base += rc.rows_per_block) {
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float xv[KMAX][V] = {};
-    float ss = 0.0f;
-#pragma unroll
-    for (int k = 0; k < KMAX; ++k) {
-      const int c = chunk_col(k, team, rc.lane, V);
-      if (valid && c < D) load_vec<V>(x + n * D + c, xv[k]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) ss += xv[k][i] * xv[k][i];
-    }
-    ss = team_sum(ss, team, red);
+    load_row(x, n, D, valid, team, rc.lane, xv);
+    const float ss = team_sum(lane_dot(xv, xv), team, red);
     const float r = rsqrtf(ss / float(D) + eps);
     if (!valid) continue;  // after the last collective of the iteration
     if (rc.lane == 0) rstd[n] = r;
@@ -165,30 +191,18 @@ __global__ void __launch_bounds__(kMaxThreads)
   __shared__ float red[32];
   const RowCursor rc(team, N, rows_per_part);
   float w1[KMAX][V] = {}, acc[KMAX][V] = {};
-#pragma unroll
-  for (int k = 0; k < KMAX; ++k) {
-    const int c = chunk_col(k, team, rc.lane, V);
-    if (c < D) {
-      load_vec<V>(w + c, w1[k]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) w1[k][i] += 1.0f;
-    }
-  }
+  load_weight<true>(w, D, team, rc.lane, w1);
   for (int64_t base = rc.begin; base < rc.end; base += rc.rows_per_block) {
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float xv[KMAX][V] = {}, gv[KMAX][V] = {};
+    load_row(x, n, D, valid, team, rc.lane, xv);
+    load_row(dy, n, D, valid, team, rc.lane, gv);
     float gx = 0.0f;
 #pragma unroll
-    for (int k = 0; k < KMAX; ++k) {
-      const int c = chunk_col(k, team, rc.lane, V);
-      if (valid && c < D) {
-        load_vec<V>(x + n * D + c, xv[k]);
-        load_vec<V>(dy + n * D + c, gv[k]);
-      }
+    for (int k = 0; k < KMAX; ++k)
 #pragma unroll
       for (int i = 0; i < V; ++i) gx += gv[k][i] * w1[k][i] * xv[k][i];
-    }
     gx = team_sum(gx, team, red);
     if (!valid) continue;
     const float r = rstd[n];
@@ -219,27 +233,14 @@ __global__ void __launch_bounds__(kMaxThreads)
   __shared__ float red[32];
   const RowCursor rc(team, N, rows_per_part);
   float wv[KMAX][V] = {};
-#pragma unroll
-  for (int k = 0; k < KMAX; ++k) {
-    const int c = chunk_col(k, team, rc.lane, V);
-    if (c < D) load_vec<V>(w + c, wv[k]);
-  }
+  load_weight<false>(w, D, team, rc.lane, wv);
   for (int64_t base = rc.begin; base < rc.end; base += rc.rows_per_block) {
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float xv[KMAX][V] = {}, zv[KMAX][V] = {};  // z loaded with x: twice the bytes in flight
-    float ss = 0.0f;
-#pragma unroll
-    for (int k = 0; k < KMAX; ++k) {
-      const int c = chunk_col(k, team, rc.lane, V);
-      if (valid && c < D) {
-        load_vec<V>(x + n * D + c, xv[k]);
-        load_vec<V>(z + n * D + c, zv[k]);
-      }
-#pragma unroll
-      for (int i = 0; i < V; ++i) ss += xv[k][i] * xv[k][i];
-    }
-    ss = team_sum(ss, team, red);
+    load_row(x, n, D, valid, team, rc.lane, xv);
+    load_row(z, n, D, valid, team, rc.lane, zv);
+    const float ss = team_sum(lane_dot(xv, xv), team, red);
     const float r = rsqrtf(ss / float(D) + eps);
     if (!valid) continue;
     if (rc.lane == 0) rstd[n] = r;
@@ -347,15 +348,8 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float xv[KMAX][V] = {};
-    float ss = 0.0f;
-#pragma unroll
-    for (int k = 0; k < KMAX; ++k) {
-      const int c = chunk_col(k, team, rc.lane, V);
-      if (valid && c < D) load_vec<V>(x + n * D + c, xv[k]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) ss += xv[k][i] * xv[k][i];
-    }
-    ss = team_sum(ss, team, red);
+    load_row(x, n, D, valid, team, rc.lane, xv);
+    const float ss = team_sum(lane_dot(xv, xv), team, red);
     const float r = rsqrtf(ss + eps);
     if (!valid) continue;
     if (rc.lane == 0) rstd[n] = r;
@@ -382,18 +376,9 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float yv[KMAX][V] = {}, gv[KMAX][V] = {};
-    float p = 0.0f;
-#pragma unroll
-    for (int k = 0; k < KMAX; ++k) {
-      const int c = chunk_col(k, team, rc.lane, V);
-      if (valid && c < D) {
-        load_vec<V>(y + n * D + c, yv[k]);
-        load_vec<V>(dy + n * D + c, gv[k]);
-      }
-#pragma unroll
-      for (int i = 0; i < V; ++i) p += yv[k][i] * gv[k][i];
-    }
-    p = team_sum(p, team, red);
+    load_row(y, n, D, valid, team, rc.lane, yv);
+    load_row(dy, n, D, valid, team, rc.lane, gv);
+    const float p = team_sum(lane_dot(yv, gv), team, red);
     if (!valid) continue;
     const float r = rstd[n];
 #pragma unroll
