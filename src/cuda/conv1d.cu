@@ -49,42 +49,13 @@ constexpr int kMaxW = 8;       // largest kernel width compiled
 template <int kV>
 inline constexpr int kGroupOf = kV == 1 ? 8 : 4;
 
-__device__ __forceinline__ float sigmoid_f(float x) {
+__device__ __forceinline__ float fast_sigmoid(float x) {
   return __fdividef(1.f, 1.f + __expf(-x));  // 1/(inf) = 0 for x < -88: saturates, never NaN
 }
-__device__ __forceinline__ float silu_f(float x) { return x * sigmoid_f(x); }
+__device__ __forceinline__ float silu_f(float x) { return x * fast_sigmoid(x); }
 __device__ __forceinline__ float silu_grad_f(float x) {
-  const float s = sigmoid_f(x);
+  const float s = fast_sigmoid(x);
   return s * (1.f + x * (1.f - s));
-}
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>)
-    return v;
-  else
-    return __float2bfloat16_rn(v);
-}
-
-// kV consecutive elements as one aligned vector access.
-template <typename T, int kV>
-struct alignas(sizeof(T) * kV) Pack {
-  T v[kV];
-};
-template <typename T, int kV>
-__device__ __forceinline__ void load_vec(const T* p, int64_t i, float (&out)[kV]) {
-  const Pack<T, kV> r = *reinterpret_cast<const Pack<T, kV>*>(p + i);
-#pragma unroll
-  for (int k = 0; k < kV; ++k) out[k] = to_f32(r.v[k]);
-}
-template <typename T, int kV>
-__device__ __forceinline__ void store_vec(T* p, int64_t i, const float (&in)[kV]) {
-  Pack<T, kV> r;
-#pragma unroll
-  for (int k = 0; k < kV; ++k) r.v[k] = from_f32<T>(in[k]);
-  *reinterpret_cast<Pack<T, kV>*>(p + i) = r;
 }
 
 // Largest s in [0, nseg) with cu[s] <= t: the segment of token t (the last of several empty
@@ -124,6 +95,40 @@ struct SegmentCursor {
   }
 };
 
+// The weights of channels [c0, c0 + kV) (w is [C, W]) and the window before t0: x rows
+// t0-(W-1) .. t0-1 (zeros before row 0; out-of-segment entries stay unused).
+template <typename T, int W, int kV>
+__device__ __forceinline__ void load_weights_and_window(const T* x, const T* w, int64_t C,
+                                                        int64_t c0, int64_t t0,
+                                                        float (&wr)[W][kV], float (&xw)[W][kV]) {
+#pragma unroll
+  for (int i = 0; i < W; ++i)
+#pragma unroll
+    for (int k = 0; k < kV; ++k) wr[i][k] = load_f32(w, (c0 + k) * W + i);
+#pragma unroll
+  for (int i = 0; i < W - 1; ++i) {
+    const int64_t u = t0 - (W - 1) + i;
+    if (u >= 0)
+      load_vec<kV>(x + u * C + c0, xw[i]);
+    else
+#pragma unroll
+      for (int k = 0; k < kV; ++k) xw[i][k] = 0.f;
+  }
+}
+
+// Rows tb .. tb + kGroup - 1 of channels [c0, c0 + kV) of p, zeros from row `end` on.
+template <int kGroup, int kV, typename T>
+__device__ __forceinline__ void load_rows(const T* p, int64_t tb, int64_t end, int64_t C,
+                                          int64_t c0, float (&r)[kGroup][kV]) {
+#pragma unroll
+  for (int j = 0; j < kGroup; ++j)
+    if (tb + j < end)
+      load_vec<kV>(p + (tb + j) * C + c0, r[j]);
+    else
+#pragma unroll
+      for (int k = 0; k < kV; ++k) r[j][k] = 0.f;
+}
+
 template <typename T, int W, int kV>
 __global__ void __launch_bounds__(kThreads)
     conv1d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const int32_t* cu, int nseg,
@@ -134,29 +139,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t t0 = int64_t(blockIdx.x) * kTileFwd;
   const int64_t t1 = t0 + kTileFwd < N ? t0 + kTileFwd : N;
   float wr[W][kV], xw[W][kV];
-#pragma unroll
-  for (int i = 0; i < W; ++i)
-#pragma unroll
-    for (int k = 0; k < kV; ++k) wr[i][k] = load_f32(w, (c0 + k) * W + i);
-#pragma unroll
-  for (int i = 0; i < W - 1; ++i) {  // window before t0; out-of-segment entries stay unused
-    const int64_t u = t0 - (W - 1) + i;
-    if (u >= 0)
-      load_vec<T, kV>(x, u * C + c0, xw[i]);
-    else
-#pragma unroll
-      for (int k = 0; k < kV; ++k) xw[i][k] = 0.f;
-  }
+  load_weights_and_window(x, w, C, c0, t0, wr, xw);
   SegmentCursor seg(cu, nseg, t0);
   for (int64_t tb = t0; tb < t1; tb += kGroup) {
     float xr[kGroup][kV];
-#pragma unroll
-    for (int j = 0; j < kGroup; ++j)
-      if (tb + j < t1)
-        load_vec<T, kV>(x, (tb + j) * C + c0, xr[j]);
-      else
-#pragma unroll
-        for (int k = 0; k < kV; ++k) xr[j][k] = 0.f;
+    load_rows(x, tb, t1, C, c0, xr);
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
       const int64_t t = tb + j;
@@ -174,7 +161,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int i = 0; i < W - 1; ++i) xw[i][k] = xw[i + 1][k];
       }
-      store_vec<T, kV>(y, t * C + c0, out);
+      store_vec<kV>(y + t * C + c0, out);
     }
   }
 }
@@ -190,37 +177,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t t0 = int64_t(blockIdx.x) * kTileBwd;
   const int64_t t1 = t0 + kTileBwd < N ? t0 + kTileBwd : N;
   const int64_t tend = t1 + (W - 1) < N ? t1 + (W - 1) : N;  // the halo finishes dx[t1-1]
-  float wr[W][kV], xw[W][kV], dxa[W][kV], dwa[W][kV];
-#pragma unroll
-  for (int i = 0; i < W; ++i)
-#pragma unroll
-    for (int k = 0; k < kV; ++k) {
-      wr[i][k] = load_f32(w, (c0 + k) * W + i);
-      dxa[i][k] = 0.f;
-      dwa[i][k] = 0.f;
-    }
-#pragma unroll
-  for (int i = 0; i < W - 1; ++i) {
-    const int64_t u = t0 - (W - 1) + i;
-    if (u >= 0)
-      load_vec<T, kV>(x, u * C + c0, xw[i]);
-    else
-#pragma unroll
-      for (int k = 0; k < kV; ++k) xw[i][k] = 0.f;
-  }
+  float wr[W][kV], xw[W][kV], dxa[W][kV] = {}, dwa[W][kV] = {};
+  load_weights_and_window(x, w, C, c0, t0, wr, xw);
   SegmentCursor seg(cu, nseg, t0);
   for (int64_t tb = t0; tb < tend; tb += kGroup) {
     float xr[kGroup][kV], dyr[kGroup][kV];
-#pragma unroll
-    for (int j = 0; j < kGroup; ++j) {
-      if (tb + j < tend) {
-        load_vec<T, kV>(x, (tb + j) * C + c0, xr[j]);
-        load_vec<T, kV>(dy, (tb + j) * C + c0, dyr[j]);
-      } else {
-#pragma unroll
-        for (int k = 0; k < kV; ++k) xr[j][k] = dyr[j][k] = 0.f;
-      }
-    }
+    load_rows(x, tb, tend, C, c0, xr);
+    load_rows(dy, tb, tend, C, c0, dyr);
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
       const int64_t t = tb + j;
@@ -251,14 +214,14 @@ __global__ void __launch_bounds__(kThreads)
         dxa[W - 1][k] = 0.f;
       }
       const int64_t u = t - (W - 1);
-      if (u >= t0) store_vec<T, kV>(dx, u * C + c0, out);
+      if (u >= t0) store_vec<kV>(dx + u * C + c0, out);
     }
   }
   // Pack end inside the halo: the last W-1 window tokens never left it.
 #pragma unroll
   for (int i = 0; i < W - 1; ++i) {
     const int64_t u = tend - (W - 1) + i;
-    if (u >= t0 && u < t1) store_vec<T, kV>(dx, u * C + c0, dxa[i]);
+    if (u >= t0 && u < t1) store_vec<kV>(dx + u * C + c0, dxa[i]);
   }
   float* p = part_TCW + (int64_t(blockIdx.x) * C + c0) * W;
 #pragma unroll

@@ -70,16 +70,6 @@ struct Work {
 // e^x for x <= 0, flushed to 0 below e^-60 like the CPU reference (no subnormal operands).
 __device__ __forceinline__ float exp_nonpos(double x) { return x < -60.0 ? 0.f : expf(float(x)); }
 
-template <typename E>
-__device__ __forceinline__ E from_f32(float x) {
-  if constexpr (std::is_same_v<E, float>)
-    return x;
-  else
-    return __float2bfloat16_rn(x);
-}
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // Carves 16-byte aligned arrays out of dynamic shared memory; with base == nullptr (host) it

@@ -6,10 +6,23 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "cuda/device.h"
 #include "cuda/dtype.h"
 
 namespace deltatron::cuda {
+
+// One value of either storage type to and from fp32 (device code; bf16 rounds to nearest even).
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float x) {
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else
+    return __float2bfloat16_rn(x);
+}
 
 // Element load/store in fp32 for either storage type (device code).
 __device__ __forceinline__ float load_f32(const float* p, int64_t i) { return p[i]; }
