@@ -23,6 +23,7 @@
 #include "cuda/attention.h"
 #include "cuda/device.h"
 #include "bf16_util.h"
+#include "gpu_timer.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -324,27 +325,12 @@ TEST_F(CudaAttention, RealShapeTimings) {
     double pairs = 0;
     for (int32_t L : kReal) pairs += 0.5 * double(L) * double(L + 1);
     const double fwd_flops = 4.0 * pairs * double(H) * 256.0;
-    cudaEvent_t e0, e1;
-    DT_CUDA_CHECK(cudaEventCreate(&e0));
-    DT_CUDA_CHECK(cudaEventCreate(&e1));
-    auto time_ms = [&](auto&& fn) {
-      for (int i = 0; i < 3; ++i) fn();
-      constexpr int kReps = 20;
-      DT_CUDA_CHECK(cudaEventRecord(e0, 0));
-      for (int i = 0; i < kReps; ++i) fn();
-      DT_CUDA_CHECK(cudaEventRecord(e1, 0));
-      DT_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      DT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      return double(ms) / kReps;
-    };
+    auto time_ms = [](auto&& fn) { return dt_test::gpu_time_ms(fn, 3, 20); };
     const double fwd_ms = time_ms([&] { run_fwd(p, d, DType::bf16); });
     const double bwd_ms = time_ms([&] { run_bwd(p, d, DType::bf16); });
     std::printf(
         "timing bf16 N=8192 segs=12 (100..2048) H=%lld J=2 K=256: fwd %.3f ms (%.0f "
         "TFLOP/s), bwd %.3f ms (%.0f TFLOP/s)\n",
         (long long)H, fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9);
-    DT_CUDA_CHECK(cudaEventDestroy(e0));
-    DT_CUDA_CHECK(cudaEventDestroy(e1));
   }
 }

@@ -30,6 +30,7 @@
 #include "cuda/lm_head_ce.h"
 #include "ops/cross_entropy.h"
 #include "bf16_util.h"
+#include "gpu_timer.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -452,18 +453,8 @@ TEST_F(CudaLmHeadCe, TimingRealShape) {
   auto dx = poisoned(N * D * 2);
   dt::cuda::DeviceBuffer dW(size_t(V * D) * 4, "dW");
   DT_CUDA_CHECK(cudaMemset(dW.get(), 0, size_t(V * D) * 4));
-  cudaEvent_t e0, e1;
-  DT_CUDA_CHECK(cudaEventCreate(&e0));
-  DT_CUDA_CHECK(cudaEventCreate(&e1));
-  auto time_ms = [&](auto&& f, int reps) {
-    f();  // warm-up (workspace, cuBLASLt plans)
-    DT_CUDA_CHECK(cudaEventRecord(e0, 0));
-    for (int i = 0; i < reps; ++i) f();
-    DT_CUDA_CHECK(cudaEventRecord(e1, 0));
-    DT_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    DT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    return double(ms) / reps;
+  auto time_ms = [](auto&& f, int reps) {
+    return dt_test::gpu_time_ms(f, 1, reps);  // warm-up: workspace, cuBLASLt plans
   };
   auto call = [&](bool bwd, int64_t chunk, int64_t group) {
     dt::cuda::linear_cross_entropy(t, x.ptr(), W.ptr(), static_cast<const int32_t*>(tg.get()),
@@ -517,8 +508,6 @@ TEST_F(CudaLmHeadCe, TimingRealShape) {
                 (long long)chunk, (long long)group, ms,
                 V * (chunk * 4.0 + group * 2.0) / 1048576.0);
   }
-  DT_CUDA_CHECK(cudaEventDestroy(e0));
-  DT_CUDA_CHECK(cudaEventDestroy(e1));
   auto loss_h = download(loss.get(), N, DType::f32);
   size_t bad = 0;
   for (float v : loss_h) bad += !std::isfinite(v);

@@ -27,6 +27,7 @@
 #include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
 #include "bf16_util.h"
+#include "gpu_timer.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -686,20 +687,8 @@ TEST_F(CudaMoe, GroupedLinearTimingReal) {
     DT_CUDA_CHECK(cudaMemset(dy.p(), 0x3c, R * O * 2));
     DT_CUDA_CHECK(cudaMemset(dW.p(), 0, E * O * I * 4));
     const double flops = 2.0 * double(R) * double(I) * double(O);
-    cudaEvent_t a, b;
-    DT_CUDA_CHECK(cudaEventCreate(&a));
-    DT_CUDA_CHECK(cudaEventCreate(&b));
     auto time = [&](const char* what, double fl, auto&& fn) {
-      fn();  // warm-up (plans, tables)
-      DT_CUDA_CHECK(cudaDeviceSynchronize());
-      const int reps = 5;
-      DT_CUDA_CHECK(cudaEventRecord(a, 0));
-      for (int i = 0; i < reps; ++i) fn();
-      DT_CUDA_CHECK(cudaEventRecord(b, 0));
-      DT_CUDA_CHECK(cudaEventSynchronize(b));
-      float ms = 0;
-      DT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      ms /= reps;
+      const double ms = dt_test::gpu_time_ms(fn, 1, 5);  // warm-up: plans, tables
       std::printf("  TIMING %-8s %-28s %8.3f ms  %6.1f TFLOP/s\n", s.name, what, ms,
                   fl / (ms * 1e-3) / 1e12);
     };
@@ -731,8 +720,6 @@ TEST_F(CudaMoe, GroupedLinearTimingReal) {
       dt::cuda::grouped_linear_bwd_loop(bf, x.p(), W.p(), dy.p(), off.data(), E, I, O, nullptr,
                                         dW.as<float>());
     });
-    DT_CUDA_CHECK(cudaEventDestroy(a));
-    DT_CUDA_CHECK(cudaEventDestroy(b));
   }
 }
 

@@ -27,6 +27,7 @@
 #include "cuda/device.h"
 #include "cuda/norms.h"
 #include "dev_tensor.h"
+#include "gpu_timer.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -295,22 +296,7 @@ TEST_F(CudaNorms, BadShapesAreOneLineErrors) {
 
 // Achieved bandwidth at the real sizes (information only: printed, not asserted).
 TEST_F(CudaNorms, Bandwidth) {
-  auto time_ms = [](auto&& f) {
-    for (int i = 0; i < 3; ++i) f();
-    cudaEvent_t a, b;
-    DT_CUDA_CHECK(cudaEventCreate(&a));
-    DT_CUDA_CHECK(cudaEventCreate(&b));
-    const int iters = 20;
-    DT_CUDA_CHECK(cudaEventRecord(a, 0));
-    for (int i = 0; i < iters; ++i) f();
-    DT_CUDA_CHECK(cudaEventRecord(b, 0));
-    DT_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    DT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    DT_CUDA_CHECK(cudaEventDestroy(a));
-    DT_CUDA_CHECK(cudaEventDestroy(b));
-    return double(ms) / iters;
-  };
+  auto time_ms = [](auto&& f) { return dt_test::gpu_time_ms(f, 3, 20); };
   auto report = [](const char* what, double ms, double bytes) {
     std::printf("  %-52s %8.1f us %7.0f GB/s\n", what, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
   };
