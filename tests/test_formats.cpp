@@ -97,14 +97,14 @@ TEST(ChatTemplate, MultiTurnLossOnAssistant) {
   data::FormatOptions opt;
   Sample s = one(kConversation, opt);
   expect_ids(s.input_ids, kChatIds, "input_ids");
-  // Both assistant bodies + <|im_end|>; the "\n\n" token (339) straddling the header's "\n" and
-  // the content's leading "\n" is trained; the "\n" after <|im_end|> is not.
+  // Both assistant bodies + <|im_end|> + "\n" (as TRL's training templates mark them); the "\n\n"
+  // token (339) straddling the header's "\n" and the content's leading "\n" is trained.
   const int32_t X = data::kIgnoreIndex;
   expect_ids(s.labels,
              {X,   X,  X,  X,   X,   X,   X,  X,   X,   X,  X,   X,   X,  X,  X,  X,   X,  X,
               X,   X,  X,  X,   X,   X,   X,  X,   X,   X,  X,   X,   X,  X,  17, 10,  17, 283,
-              220, 19, 13, 386, X,   X,   X,  X,   X,   X,  X,   X,   X,  X,  X,  X,   X,  X,
-              339, 16, 17, 11,  379, 220, 19, 341, 220, 18, 283, 220, 16, 17, 13, 386, X},
+              220, 19, 13, 386, 198, X,   X,  X,   X,   X,  X,   X,   X,  X,  X,  X,   X,  X,
+              339, 16, 17, 11,  379, 220, 19, 341, 220, 18, 283, 220, 16, 17, 13, 386, 198},
              "labels");
 }
 
@@ -114,7 +114,7 @@ TEST(ChatTemplate, MultiTurnLossOnLastAssistant) {
   Sample s = one(kConversation, opt);
   expect_ids(s.input_ids, kChatIds, "input_ids");
   std::vector<int32_t> want(kChatIds.size(), data::kIgnoreIndex);
-  for (size_t t = 54; t < 70; ++t) want[t] = kChatIds[t];  // "\n\n12, since ... 12." <|im_end|>
+  for (size_t t = 54; t < 71; ++t) want[t] = kChatIds[t];  // "\n\n12, ... 12." <|im_end|> "\n"
   expect_ids(s.labels, want, "labels");
 }
 
@@ -138,8 +138,8 @@ TEST(ChatTemplate, MultiTurnRealQwen3Tokenizer) {
   Sample s = one(kConversation, opt, tok);
   expect_ids(s.input_ids, ids, "input_ids");
   std::vector<int32_t> want(ids.size(), data::kIgnoreIndex);
-  for (size_t t = 26; t < 34; ++t) want[t] = ids[t];  // "2+2 = 4." <|im_end|>
-  for (size_t t = 47; t < 63; ++t) want[t] = ids[t];  // "\n\n12, since ... 12." <|im_end|>
+  for (size_t t = 26; t < 35; ++t) want[t] = ids[t];  // "2+2 = 4." <|im_end|> "\n"
+  for (size_t t = 47; t < 64; ++t) want[t] = ids[t];  // "\n\n12, since ... 12." <|im_end|> "\n"
   expect_ids(s.labels, want, "labels");
 }
 
@@ -164,23 +164,23 @@ TEST(ChatTemplate, Qwen3ThinkModeMatchesShippedTemplate) {
       16,  17,  198, 388, 198, 387, 198, 83,  86,  68,  75,  85,  68,  198, 388, 386, 198,
       385, 299, 198, 389, 339, 390, 339, 40,  83,  268, 220, 16,  17,  13,  386, 198};
   data::FormatOptions opt;
-  opt.chat.think = data::Think::qwen3;
+  opt.chat.format = data::ChatFormat::qwen3;
   Sample s = one(conv, opt);
   expect_ids(s.input_ids, ids, "input_ids");
   std::vector<int32_t> want(ids.size(), data::kIgnoreIndex);
-  for (size_t t = 32; t < 40; ++t) want[t] = ids[t];
-  for (size_t t = 55; t < 79; ++t) want[t] = ids[t];
-  for (size_t t = 105; t < 117; ++t) want[t] = ids[t];
+  for (size_t t = 32; t < 41; ++t) want[t] = ids[t];
+  for (size_t t = 55; t < 80; ++t) want[t] = ids[t];
+  for (size_t t = 105; t < 118; ++t) want[t] = ids[t];
   expect_ids(s.labels, want, "labels");
 
-  // Verbatim mode: the same content keeps "<think>" as plain text (no 389/390 ids), and an
-  // explicit reasoning_content becomes a think block.
+  // Plain ChatML: the content is not parsed: "<think>" typed in it stays where it is (as the
+  // added token: this tokenizer's <think> is not special, so HF and the model produce the id),
+  // and an explicit reasoning_content becomes a think block.
   data::FormatOptions verb;
   Sample v = one(conv, verb);
-  for (int32_t id : v.input_ids) {
-    ASSERT_NE(id, 389);
-    ASSERT_NE(id, 390);
-  }
+  EXPECT_EQ(std::count(v.input_ids.begin(), v.input_ids.end(), 389), 2);
+  EXPECT_NE(fixture().decode(v.input_ids).find("<think>\nadd them\n</think>\n\n2+2 = 4."),
+            std::string::npos);
   Sample r = one(R"({"messages": [{"role": "user", "content": "hi"},
       {"role": "assistant", "content": "\n\nIt is 12.", "reasoning_content": "add them"}]})",
                  verb);
@@ -292,9 +292,9 @@ TEST(Formats, SkipsAndCounts) {
       R"({"messages": []})"
       "\n"  // 4 empty
       R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null}]})"
-      "\n"  // 5 content
+      "\n"  // 5 bad (chatml content must be a string)
       R"({"messages": [{"role": "user", "content": ["hi"]}]})"
-      "\n"  // 6 content
+      "\n"  // 6 bad
       R"({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]})"
       "\n"      // 7 labels
       "  \r\n"  // 8 blank
@@ -313,9 +313,8 @@ TEST(Formats, SkipsAndCounts) {
   EXPECT_EQ(st.lines, 10);
   EXPECT_EQ(st.blank_lines, 1);
   EXPECT_EQ(st.samples, 2);
-  EXPECT_EQ(st.skipped[int(data::SkipReason::bad_line)], 2);
+  EXPECT_EQ(st.skipped[int(data::SkipReason::bad_line)], 4);
   EXPECT_EQ(st.skipped[int(data::SkipReason::empty)], 2);
-  EXPECT_EQ(st.skipped[int(data::SkipReason::non_string_content)], 2);
   EXPECT_EQ(st.skipped[int(data::SkipReason::no_labels)], 1);
   EXPECT_EQ(st.skipped_total(), 7);
   EXPECT_EQ(lines, (std::vector<int64_t>{1, 10}));
@@ -328,7 +327,7 @@ TEST(Formats, SkipsAndCounts) {
   EXPECT_EQ(st.tokens, tokens);
   EXPECT_EQ(st.label_tokens, label_tokens);
   EXPECT_HAS(st.first_bad_line, path + ":2: malformed JSON");
-  EXPECT_HAS(st.summary(), "skipped 7 (bad line: 2, empty: 2, non-string content: 2, no label");
+  EXPECT_HAS(st.summary(), "skipped 7 (bad line: 4, empty: 2, no label");
 }
 
 namespace {

@@ -1,9 +1,9 @@
-// ChatML rendering (Qwen flavour) of chat messages into a TokenPlan with per-run loss flags.
+// Chat rendering common to every format: token plans, format names and detection, the row parser,
+// the output builder, plain ChatML, and the split of rendered segments on added tokens.
 #include "data/chat_template.h"
 
-#include <nlohmann/json.hpp>
-
 #include "core/error.h"
+#include "data/chat_render.h"
 #include "data/tokenizer.h"
 
 namespace deltatron::data {
@@ -25,198 +25,263 @@ void TokenPlan::add_text(std::string text, bool train) {
     runs.push_back(TokenPlan::Run{std::move(text), train});
 }
 
-ChatSpecials ChatSpecials::from(const Tokenizer& tok) {
-  ChatSpecials sp;
-  auto need = [&](const char* s) {
-    std::optional<int32_t> id = tok.token_to_id(s);
-    DT_CHECK(id.has_value(), "chat template: the tokenizer has no ", s, " token");
-    return *id;
-  };
-  sp.im_start = need("<|im_start|>");
-  sp.im_end = need("<|im_end|>");
-  sp.think_open = tok.token_to_id("<think>");
-  sp.think_close = tok.token_to_id("</think>");
-  sp.tool_response_open = tok.token_to_id("<tool_response>");
-  sp.tool_response_close = tok.token_to_id("</tool_response>");
-  return sp;
+namespace {
+
+struct FormatName {
+  const char* name;
+  ChatFormat format;
+  bool training;
+};
+constexpr FormatName kFormatNames[] = {
+    {"chatml", ChatFormat::chatml, false},
+    {"qwen3", ChatFormat::qwen3, false},
+    {"qwen3_training", ChatFormat::qwen3, true},
+    {"qwen3_5", ChatFormat::qwen3_5, false},
+    {"qwen3_5_think", ChatFormat::qwen3_5, false},
+    {"qwen3_5_nothink", ChatFormat::qwen3_5, false},
+    {"qwen3_5_training", ChatFormat::qwen3_5, true},
+    {"qwen3_5_think_training", ChatFormat::qwen3_5, true},
+    {"qwen3_5_nothink_training", ChatFormat::qwen3_5, true},
+    {"qwen3_6", ChatFormat::qwen3_6, false},
+    {"qwen3_6_training", ChatFormat::qwen3_6, true},
+    {"qwen3_8", ChatFormat::qwen3_8, false},
+    {"qwen3_8_training", ChatFormat::qwen3_8, true},
+};
+
+bool contains(const std::string& s, const char* p) { return s.find(p) != std::string::npos; }
+
+}  // namespace
+
+bool parse_chat_format(const std::string& name, ChatFormat& format, bool& training_variant) {
+  for (const FormatName& f : kFormatNames)
+    if (name == f.name) {
+      format = f.format;
+      training_variant = f.training;
+      return true;
+    }
+  return false;
+}
+
+const char* chat_format_name(ChatFormat f) {
+  switch (f) {
+    case ChatFormat::chatml: return "chatml";
+    case ChatFormat::qwen3: return "qwen3";
+    case ChatFormat::qwen3_5: return "qwen3_5";
+    case ChatFormat::qwen3_6: return "qwen3_6";
+    case ChatFormat::qwen3_8: return "qwen3_8";
+  }
+  return "?";
+}
+
+const char* chat_format_names() {
+  return "chatml, qwen3, qwen3_5 (= qwen3_5_think, qwen3_5_nothink), qwen3_6, qwen3_8, or one of "
+         "these with _training (TRL's training variants: a think block on every assistant turn)";
+}
+
+std::optional<ChatFormat> detect_chat_format(const std::string& j, bool& training_variant) {
+  // Every Qwen3-family template finds the last user query; the formats differ in tool-call syntax
+  // (JSON vs XML parameters), in how parameter values print, and in the 3.8 reasoning effort.
+  training_variant = contains(j, "generation %}");
+  if (!contains(j, "<|im_start|>") || !contains(j, "last_query_index")) return std::nullopt;
+  if (contains(j, "render_content")) {
+    if (contains(j, "reasoning_effort")) return ChatFormat::qwen3_8;
+    if (contains(j, "args_value | string if args_value is string")) return ChatFormat::qwen3_6;
+    if (contains(j, "args_value is mapping or")) return ChatFormat::qwen3_5;
+    return std::nullopt;
+  }
+  if (contains(j, "<function-name>") && contains(j, "reasoning_content")) return ChatFormat::qwen3;
+  return std::nullopt;
+}
+
+std::string chat_options_key(const ChatOptions& o) {
+  auto tri = [](const std::optional<bool>& b) { return b ? (*b ? "1" : "0") : "-"; };
+  return std::string(chat_format_name(o.format)) + (o.training_variant ? "_training/" : "/") + tri(o.enable_thinking) + tri(o.preserve_thinking) +
+         "/" + (o.reasoning_effort ? "=" + *o.reasoning_effort : "-") + "/" +
+         (o.special_tokens_in_content ? "1" : "0");
+}
+
+std::string RenderedChat::text() const {
+  std::string s;
+  for (const ChatSegment& seg : segments) s += seg.text;
+  return s;
+}
+
+namespace chat {
+
+void fail(const std::string& what) { throw ChatError(what); }
+void fail_at(size_t i, const std::string& what) {
+  throw ChatError("messages[" + std::to_string(i) + "]: " + what);
+}
+
+void ChatOut::begin_generation(int64_t i) {
+  in_generation_ = loss_on_ == LossOn::assistant ||
+                   (loss_on_ == LossOn::last_assistant && i == last_assistant_);
+}
+
+void ChatOut::add(const std::string& s, bool user) {
+  if (s.empty()) return;
+  const bool train = loss_on_ == LossOn::all || in_generation_;
+  if (!segs_.empty() && segs_.back().user == user && segs_.back().train == train)
+    segs_.back().text += s;
+  else
+    segs_.push_back(ChatSegment{s, user, train});
+}
+
+const OrderedJson* ChatRow::get(size_t i, const char* key) const {
+  const OrderedJson& m = msg(i);
+  auto it = m.find(key);
+  return it == m.end() ? nullptr : &*it;
+}
+
+const OrderedJson* ChatRow::tool_calls(size_t i) const {
+  const OrderedJson* tc = get(i, "tool_calls");
+  if (tc == nullptr || tc->is_null() || (tc->is_array() && tc->empty())) return nullptr;
+  if (!tc->is_array()) fail_at(i, "\"tool_calls\" must be an array");
+  return tc;
+}
+
+bool split_think(std::string& content, std::string& reasoning) {
+  const size_t first = content.find("</think>");
+  if (first == std::string::npos) return false;
+  const std::string before = py_rstrip_char(std::string_view(content).substr(0, first), '\n');
+  const size_t open = before.rfind("<think>");
+  reasoning = py_lstrip_char(open == std::string::npos ? before : before.substr(open + 7), '\n');
+  content = py_lstrip_char(std::string_view(content).substr(content.rfind("</think>") + 8), '\n');
+  return true;
 }
 
 namespace {
 
-enum class Role { system, user, assistant, tool };
-
-// Python's str.strip/lstrip/rstrip('\n').
-std::string lstrip_nl(const std::string& s) {
-  size_t b = s.find_first_not_of('\n');
-  return b == std::string::npos ? std::string() : s.substr(b);
-}
-std::string rstrip_nl(const std::string& s) {
-  size_t e = s.find_last_not_of('\n');
-  return e == std::string::npos ? std::string() : s.substr(0, e + 1);
-}
-std::string strip_nl(const std::string& s) { return lstrip_nl(rstrip_nl(s)); }
-
-bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
-
-// A tag token (<think>, <tool_response>, ...): its id when the tokenizer has one, else its text.
-void add_tag(TokenPlan& plan, const std::optional<int32_t>& id, const char* text, bool train) {
-  if (id)
-    plan.add_id(*id, train);
-  else
-    plan.add_text(text, train);
+void apply_kwargs(const OrderedJson& kw, ChatOptions& opt) {
+  if (!kw.is_object()) fail("\"chat_template_kwargs\" must be an object");
+  for (auto it = kw.begin(); it != kw.end(); ++it) {
+    const std::string& k = it.key();
+    if (k == "enable_thinking" || k == "preserve_thinking") {
+      if (!it->is_boolean()) fail("chat_template_kwargs." + k + " must be true or false");
+      (k == "enable_thinking" ? opt.enable_thinking : opt.preserve_thinking) = it->get<bool>();
+    } else if (k == "reasoning_effort") {
+      if (!it->is_string()) fail("chat_template_kwargs.reasoning_effort must be a string");
+      opt.reasoning_effort = it->get<std::string>();
+    } else {
+      fail("chat_template_kwargs: unknown key \"" + k +
+           "\" (known: enable_thinking, preserve_thinking, reasoning_effort)");
+    }
+  }
 }
 
-struct Message {
-  Role role;
-  std::string content;
-  std::optional<std::string> reasoning;  // "reasoning_content"
-};
+ChatRow parse_row(const OrderedJson& row, const ChatOptions& opt) {
+  ChatRow r;
+  r.opt = opt;
+  auto m = row.find("messages");
+  if (m == row.end() || !m->is_array()) fail("\"messages\" must be an array");
+  r.messages = &*m;
+  for (size_t i = 0; i < m->size(); ++i) {
+    const OrderedJson& msg = (*m)[i];
+    if (!msg.is_object()) fail_at(i, "expected an object");
+    auto role = msg.find("role");
+    if (role == msg.end() || !role->is_string()) fail_at(i, "missing or non-string \"role\"");
+    const std::string& name = role->get_ref<const std::string&>();
+    if (name != "system" && name != "user" && name != "assistant" && name != "tool")
+      fail_at(i, "unknown role \"" + name + "\" (expected system, user, assistant or tool)");
+    if (name == "assistant") r.last_assistant = static_cast<int64_t>(i);
+    r.roles.push_back(name);
+  }
+  if (auto t = row.find("tools"); t != row.end() && !t->is_null()) {
+    const OrderedJson* tools = &*t;
+    if (t->is_string()) {  // some datasets store the list as a JSON string
+      try {
+        r.tools_parsed = OrderedJson::parse(t->get_ref<const std::string&>());
+      } catch (const nlohmann::json::exception&) {
+        fail("\"tools\" is a string that is not a JSON list");
+      }
+      tools = &r.tools_parsed;
+    }
+    if (!tools->is_array()) fail("\"tools\" must be a list of function schemas");
+    if (!tools->empty()) r.tools = tools;
+  }
+  if (auto kw = row.find("chat_template_kwargs"); kw != row.end() && !kw->is_null())
+    apply_kwargs(*kw, r.opt);
+  return r;
+}
+
+// Plain ChatML: every turn "<|im_start|>{role}\n{content}<|im_end|>\n"; consecutive tool results
+// form one user turn of <tool_response> blocks (as the Qwen templates); "reasoning_content"
+// becomes "<think>\n{reasoning}\n</think>\n\n" before the content.
+void render_chatml(const ChatRow& row, ChatOut& out) {
+  const size_t n = row.size();
+  if (row.tools) fail("\"tools\" needs a template with tool support (qwen3, qwen3_5, ...)");
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& role = row.roles[i];
+    const OrderedJson* c = row.get(i, "content");
+    if (c == nullptr || !c->is_string()) fail_at(i, "\"content\" must be a string");
+    const std::string& content = c->get_ref<const std::string&>();
+    if (row.tool_calls(i)) fail_at(i, "the chatml format has no tool calls (choose a qwen format)");
+    if (role == "tool") {
+      if (i == 0 || row.roles[i - 1] != "tool") out.tmpl("<|im_start|>user");
+      out.tmpl("\n<tool_response>\n");
+      out.data(content);
+      out.tmpl("\n</tool_response>");
+      if (i + 1 == n || row.roles[i + 1] != "tool") out.tmpl("<|im_end|>\n");
+      continue;
+    }
+    out.tmpl("<|im_start|>" + role + "\n");
+    if (role != "assistant") {
+      out.data(content);
+      out.tmpl("<|im_end|>\n");
+      continue;
+    }
+    out.begin_generation(static_cast<int64_t>(i));
+    if (const OrderedJson* rc = row.get(i, "reasoning_content"); rc && !rc->is_null()) {
+      if (!rc->is_string()) fail_at(i, "\"reasoning_content\" must be a string");
+      out.tmpl("<think>\n");
+      out.data(py_strip_char(rc->get_ref<const std::string&>(), '\n'));
+      out.tmpl("\n</think>\n\n");
+    }
+    out.data(content);
+    out.tmpl("<|im_end|>\n");
+    out.end_generation();
+  }
+}
 
 }  // namespace
+}  // namespace chat
 
-RenderedChat render_chat(const nlohmann::json& messages, const ChatOptions& opt,
-                         const ChatSpecials& sp) {
+RenderedChat render_chat(const OrderedJson& row, const ChatOptions& opt) {
   RenderedChat out;
-  auto error = [&](size_t i, const std::string& what) {
-    out.status = ChatStatus::error;
-    out.error = "messages[" + std::to_string(i) + "]: " + what;
-    return out;
-  };
-  if (!messages.is_array()) {
-    out.status = ChatStatus::error;
-    out.error = "\"messages\" must be an array";
-    return out;
-  }
-  if (messages.empty()) {
-    out.status = ChatStatus::empty;
-    return out;
-  }
-
-  // Validate everything first: structural errors win over reasons to skip.
-  std::vector<Message> msgs;
-  bool non_string_content = false;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    const nlohmann::json& m = messages[i];
-    if (!m.is_object()) return error(i, "expected an object");
-    auto r = m.find("role");
-    if (r == m.end() || !r->is_string()) return error(i, "missing or non-string \"role\"");
-    const std::string& role = r->get_ref<const std::string&>();
-    Message msg;
-    if (role == "system")
-      msg.role = Role::system;
-    else if (role == "user")
-      msg.role = Role::user;
-    else if (role == "assistant")
-      msg.role = Role::assistant;
-    else if (role == "tool")
-      msg.role = Role::tool;
-    else
-      return error(i, "unknown role \"" + role + "\" (expected system, user, assistant or tool)");
-    auto tc = m.find("tool_calls");
-    if (tc != m.end() && !tc->is_null() && !(tc->is_array() && tc->empty()))
-      return error(i, "\"tool_calls\" is not supported (write the call into \"content\")");
-    auto rc = m.find("reasoning_content");
-    if (rc != m.end() && !rc->is_null()) {
-      if (!rc->is_string()) return error(i, "\"reasoning_content\" must be a string");
-      msg.reasoning = rc->get<std::string>();
+  try {
+    chat::ChatRow r = chat::parse_row(row, opt);
+    if (r.size() == 0) {
+      out.empty = true;
+      return out;
     }
-    auto c = m.find("content");
-    if (c == m.end() || !c->is_string())
-      non_string_content = true;
-    else
-      msg.content = c->get<std::string>();
-    msgs.push_back(std::move(msg));
-  }
-  if (non_string_content) {
-    out.status = ChatStatus::non_string_content;
-    return out;
-  }
-
-  const int64_t n = static_cast<int64_t>(msgs.size());
-  int64_t last_assistant = -1;
-  for (int64_t i = 0; i < n; ++i)
-    if (msgs[i].role == Role::assistant) last_assistant = i;
-  // Qwen3 template: the last user message that is not a wrapped tool response.
-  int64_t last_query = n - 1;
-  for (int64_t i = n - 1; i >= 0; --i) {
-    const Message& m = msgs[i];
-    if (m.role == Role::user &&
-        !(starts_with(m.content, "<tool_response>") && ends_with(m.content, "</tool_response>"))) {
-      last_query = i;
-      break;
+    chat::ChatOut o(opt.loss_on, r.last_assistant);
+    switch (opt.format) {
+      case ChatFormat::chatml: chat::render_chatml(r, o); break;
+      case ChatFormat::qwen3: chat::render_qwen3(r, o); break;
+      case ChatFormat::qwen3_5:
+      case ChatFormat::qwen3_6:
+      case ChatFormat::qwen3_8: chat::render_qwen35(r, o); break;
     }
-  }
-
-  const bool all = opt.loss_on == LossOn::all;
-  TokenPlan& plan = out.plan;
-  for (int64_t i = 0; i < n; ++i) {
-    const Message& m = msgs[i];
-    switch (m.role) {
-      case Role::system:
-      case Role::user:
-        plan.add_id(sp.im_start, all);
-        plan.add_text(m.role == Role::system ? "system\n" : "user\n", all);
-        plan.add_text(m.content, all);
-        plan.add_id(sp.im_end, all);
-        plan.add_text("\n", all);
-        break;
-      case Role::tool: {
-        const bool first = i == 0 || msgs[i - 1].role != Role::tool;
-        const bool last = i == n - 1 || msgs[i + 1].role != Role::tool;
-        if (first) {
-          plan.add_id(sp.im_start, all);
-          plan.add_text("user", all);
-        }
-        plan.add_text("\n", all);
-        add_tag(plan, sp.tool_response_open, "<tool_response>", all);
-        plan.add_text("\n" + m.content + "\n", all);
-        add_tag(plan, sp.tool_response_close, "</tool_response>", all);
-        if (last) {
-          plan.add_id(sp.im_end, all);
-          plan.add_text("\n", all);
-        }
-        break;
-      }
-      case Role::assistant: {
-        const bool train = all || opt.loss_on == LossOn::assistant || i == last_assistant;
-        std::string content = m.content;
-        std::optional<std::string> reasoning;  // rendered as a think block when set
-        if (opt.think == Think::verbatim) {
-          if (m.reasoning) reasoning = strip_nl(*m.reasoning);
-        } else {
-          std::string r;
-          if (m.reasoning) {
-            r = *m.reasoning;
-          } else if (size_t close = content.find("</think>"); close != std::string::npos) {
-            std::string before = rstrip_nl(content.substr(0, close));
-            size_t open = before.rfind("<think>");
-            r = lstrip_nl(open == std::string::npos ? before : before.substr(open + 7));
-            content = lstrip_nl(content.substr(content.rfind("</think>") + 8));
-          }
-          if (i > last_query && (i == n - 1 || !r.empty())) {
-            reasoning = strip_nl(r);
-            content = lstrip_nl(content);
-          }
-        }
-        plan.add_id(sp.im_start, all);
-        plan.add_text("assistant\n", all);
-        if (reasoning) {
-          add_tag(plan, sp.think_open, "<think>", train);
-          plan.add_text("\n" + *reasoning + "\n", train);
-          add_tag(plan, sp.think_close, "</think>", train);
-          plan.add_text("\n\n", train);
-        }
-        plan.add_text(content, train);
-        plan.add_id(sp.im_end, train);
-        plan.add_text("\n", all);
-        break;
-      }
-    }
+    out.segments = o.take();
+  } catch (const chat::ChatError& e) {
+    out.ok = false;
+    out.error = e.what();
   }
   return out;
+}
+
+TokenPlan chat_token_plan(const std::vector<ChatSegment>& segments, const Tokenizer& tok,
+                          bool special_tokens_in_content) {
+  TokenPlan plan;
+  for (const ChatSegment& seg : segments) {
+    for (Tokenizer::AddedPiece& p : tok.split_added(seg.text, !seg.user || special_tokens_in_content)) {
+      if (p.id >= 0)
+        plan.add_id(p.id, seg.train);
+      else
+        plan.add_text(std::move(p.text), seg.train);
+    }
+  }
+  return plan;
 }
 
 }  // namespace deltatron::data

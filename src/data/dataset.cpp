@@ -24,7 +24,7 @@ namespace {
 
 // Bump whenever the cache layout or the meaning of any stored value changes (tokenisation rules,
 // templates, skip rules): old caches then miss instead of being misread.
-constexpr uint32_t kCacheVersion = 1;
+constexpr uint32_t kCacheVersion = 2;  // 2: chat rendered by the checkpoints' templates
 constexpr char kMagic[8] = {'D', 'T', 'D', 'S', 'C', 'A', 'C', 'H'};
 constexpr uint32_t kFlagExplicitLabels = 1;
 
@@ -170,9 +170,9 @@ struct CacheHeader {
   uint64_t checksum[2];  // hash of the whole image with this field zeroed
   uint64_t num_samples, num_tokens, note_bytes;
   int64_t lines, blank_lines, samples, tokens, label_tokens;
-  int64_t skipped[4];
+  int64_t skipped[3];
 };
-static_assert(kNumSkipReasons == 4, "CacheHeader stores 4 skip counters: bump kCacheVersion");
+static_assert(kNumSkipReasons == 3, "CacheHeader stores 3 skip counters: bump kCacheVersion");
 static_assert(sizeof(CacheHeader) % 8 == 0);
 
 size_t words(size_t bytes) { return (bytes + 7) / 8; }
@@ -379,9 +379,9 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
   std::ostringstream k;
   k << "deltatron dataset cache v" << kCacheVersion << "|data " << hex(content.lo)
     << hex(content.hi) << ":" << data->size() << "|tokenizer " << tok.content_hash() << "|format "
-    << static_cast<int>(f.format) << "|loss_on " << static_cast<int>(f.chat.loss_on) << "|think "
-    << static_cast<int>(f.chat.think) << "|eos " << ctx.eos_id << "|append_eos " << f.append_eos
-    << "|skip_bad_lines " << f.skip_bad_lines;
+    << static_cast<int>(f.format) << "|loss_on " << static_cast<int>(f.chat.loss_on)
+    << "|chat " << chat_options_key(f.chat) << "|no_chat " << f.no_chat_template << "|eos "
+    << ctx.eos_id << "|append_eos " << f.append_eos << "|skip_bad_lines " << f.skip_bad_lines;
   const std::string key_text = k.str();
   const Hash128 kh = hash_bytes(key_text.data(), key_text.size(), 7);
   const uint64_t key[2] = {kh.lo, kh.hi};

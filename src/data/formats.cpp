@@ -16,8 +16,6 @@ const char* skip_reason_name(SkipReason r) {
       return "bad line";
     case SkipReason::empty:
       return "empty";
-    case SkipReason::non_string_content:
-      return "non-string content";
     case SkipReason::no_labels:
       return "no label tokens";
     case SkipReason::count:
@@ -63,9 +61,9 @@ std::string DataStats::summary() const {
 FormatContext FormatContext::make(const Tokenizer& tok, const FormatOptions& opt) {
   FormatContext ctx;
   ctx.vocab_size = tok.vocab_size();
-  // The chat specials are only required when a chat line shows up; look them up lazily there.
-  auto im_start = tok.token_to_id("<|im_start|>");
-  if (im_start && tok.token_to_id("<|im_end|>")) ctx.specials = ChatSpecials::from(tok);
+  ctx.tok = &tok;
+  // Only required when a chat line shows up (checked there).
+  ctx.has_chatml_tokens = tok.token_to_id("<|im_start|>") && tok.token_to_id("<|im_end|>");
   if (opt.eos_id >= 0) {
     DT_CHECK(opt.eos_id < ctx.vocab_size, "EOS id ", opt.eos_id, " is outside the vocabulary [0, ",
              ctx.vocab_size, ")");
@@ -102,7 +100,7 @@ Parsed make_skip(SkipReason r) {
 }
 
 // Reads "input_ids"/"labels" as read_token_jsonl does; returns an error message or "".
-std::string read_ids(const nlohmann::json& j, const char* key, int64_t vocab, bool allow_ignore,
+std::string read_ids(const OrderedJson& j, const char* key, int64_t vocab, bool allow_ignore,
                      std::vector<int32_t>& out) {
   if (!j.is_array()) return std::string("\"") + key + "\" must be an array of integers";
   out.reserve(j.size());
@@ -120,7 +118,7 @@ std::string read_ids(const nlohmann::json& j, const char* key, int64_t vocab, bo
   return "";
 }
 
-const nlohmann::json* find_string(const nlohmann::json& j, const char* key, std::string& err) {
+const OrderedJson* find_string(const OrderedJson& j, const char* key, std::string& err) {
   auto it = j.find(key);
   if (it == j.end()) {
     err = std::string("missing \"") + key + "\"";
@@ -135,9 +133,9 @@ const nlohmann::json* find_string(const nlohmann::json& j, const char* key, std:
 
 Parsed parse_line(std::string_view line, const FormatOptions& opt, const FormatContext& ctx) {
   if (line.find_first_not_of(" \t\r") == std::string_view::npos) return Parsed{};
-  nlohmann::json j;
+  OrderedJson j;
   try {
-    j = nlohmann::json::parse(line);
+    j = OrderedJson::parse(line);
   } catch (const nlohmann::json::exception& e) {
     return make_error(std::string("malformed JSON (") + e.what() + ")");
   }
@@ -168,20 +166,13 @@ Parsed parse_line(std::string_view line, const FormatOptions& opt, const FormatC
     case Format::chat: {
       auto it = j.find("messages");
       if (it == j.end()) return make_error("missing \"messages\"");
-      if (ctx.specials.im_start < 0)
+      if (!opt.no_chat_template.empty()) return make_error(opt.no_chat_template);
+      if (!ctx.has_chatml_tokens)
         return make_error("chat sample, but the tokenizer has no <|im_start|>/<|im_end|>");
-      RenderedChat r = render_chat(*it, opt.chat, ctx.specials);
-      switch (r.status) {
-        case ChatStatus::ok:
-          p.plan = std::move(r.plan);
-          break;
-        case ChatStatus::empty:
-          return make_skip(SkipReason::empty);
-        case ChatStatus::non_string_content:
-          return make_skip(SkipReason::non_string_content);
-        case ChatStatus::error:
-          return make_error(r.error);
-      }
+      RenderedChat r = render_chat(j, opt.chat);
+      if (!r.ok) return make_error(r.error);
+      if (r.empty) return make_skip(SkipReason::empty);
+      p.plan = chat_token_plan(r.segments, *ctx.tok, opt.chat.special_tokens_in_content);
       break;
     }
     case Format::tokens: {
@@ -205,9 +196,9 @@ Parsed parse_line(std::string_view line, const FormatOptions& opt, const FormatC
       break;
     }
     case Format::prompt_completion: {
-      const nlohmann::json* prompt = find_string(j, "prompt", err);
+      const OrderedJson* prompt = find_string(j, "prompt", err);
       if (!prompt) return make_error(err);
-      const nlohmann::json* completion = find_string(j, "completion", err);
+      const OrderedJson* completion = find_string(j, "completion", err);
       if (!completion) return make_error(err);
       const auto& ps = prompt->get_ref<const std::string&>();
       const auto& cs = completion->get_ref<const std::string&>();
@@ -221,7 +212,7 @@ Parsed parse_line(std::string_view line, const FormatOptions& opt, const FormatC
       break;
     }
     case Format::text: {
-      const nlohmann::json* text = find_string(j, "text", err);
+      const OrderedJson* text = find_string(j, "text", err);
       if (!text) return make_error(err);
       const auto& ts = text->get_ref<const std::string&>();
       if (ts.empty()) return make_skip(SkipReason::empty);
@@ -276,15 +267,26 @@ std::vector<Sample> tokenize_plans(const std::vector<const TokenPlan*>& plans,
         continue;
       }
       const std::vector<int32_t>& ids = enc[e++];
-      // Token boundary of run k: the common prefix with the encoded text before run k.
-      std::vector<size_t> start(part.runs.size() + 1, 0);
-      start[part.runs.size()] = ids.size();
-      for (size_t k = 1; k < part.runs.size(); ++k)
-        start[k] = std::max(start[k - 1], common_prefix(ids, enc[e++]));
-      for (size_t k = 0; k < part.runs.size(); ++k)
+      // Token boundary of run k: the common prefix with the encoded text before run k. When the
+      // text before run k does not encode to a prefix of the whole, its last token merged with
+      // run k's first characters: that straddling token is trained if either run is (HF marks
+      // every token that overlaps a trained character span).
+      const size_t nruns = part.runs.size();
+      std::vector<size_t> start(nruns + 1, 0);
+      std::vector<bool> straddle(nruns, false);
+      start[nruns] = ids.size();
+      for (size_t k = 1; k < nruns; ++k) {
+        const std::vector<int32_t>& before = enc[e++];
+        const size_t c = common_prefix(ids, before);
+        start[k] = std::max(start[k - 1], c);
+        straddle[k] = c < before.size();
+      }
+      for (size_t k = 0; k < nruns; ++k)
         for (size_t t = start[k]; t < start[k + 1]; ++t) {  // start is nondecreasing
+          const bool train = part.runs[k].train ||
+                             (t == start[k] && straddle[k] && part.runs[k - 1].train);
           smp.input_ids.push_back(ids[t]);
-          smp.labels.push_back(part.runs[k].train ? ids[t] : kIgnoreIndex);
+          smp.labels.push_back(train ? ids[t] : kIgnoreIndex);
         }
     }
   }

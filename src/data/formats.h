@@ -15,7 +15,9 @@ namespace deltatron::data {
 class Tokenizer;
 
 // One sample per JSONL line. auto_detect decides per line by its keys, in this order:
-//   "messages"                 chat: ChatML (chat_template.h), loss per ChatOptions
+//   "messages"                 chat: rendered with the chat format of ChatOptions (chat_template.h;
+//                              "tools" and "chat_template_kwargs" of the row are used), loss
+//                              per ChatOptions
 //   "input_ids" [+ "labels"]   tokens: pre-tokenised, as read_token_jsonl (sample.h)
 //   "prompt" and "completion"  prompt_completion: the two strings concatenated with no template
 //                              (encoded together, as HF would), loss on the completion, then EOS
@@ -24,10 +26,9 @@ enum class Format { auto_detect, chat, tokens, prompt_completion, text };
 
 // Why a line produced no sample. bad_line only occurs with skip_bad_lines (otherwise it throws).
 enum class SkipReason {
-  bad_line,            // malformed JSON, unknown role, wrong types, unrecognised format, ...
-  empty,               // empty "messages" array, empty "text" / "prompt"+"completion"
-  non_string_content,  // a chat message whose content is missing, null or not a string
-  no_labels,           // nothing to train on (e.g. a chat without an assistant turn)
+  bad_line,   // malformed JSON, a conversation the chat template refuses, wrong types, ...
+  empty,      // empty "messages" array, empty "text" / "prompt"+"completion"
+  no_labels,  // nothing to train on (e.g. a chat without an assistant turn)
   count,
 };
 constexpr int kNumSkipReasons = static_cast<int>(SkipReason::count);
@@ -36,6 +37,9 @@ const char* skip_reason_name(SkipReason r);
 struct FormatOptions {
   Format format = Format::auto_detect;
   ChatOptions chat;
+  // When not empty, there is no chat format: a chat line is an error with this message (which
+  // says how to choose a format).
+  std::string no_chat_template;
   int32_t eos_id = -1;  // EOS appended to text and completions; -1: the tokenizer's <|endoftext|>
   bool append_eos = true;       // append (and train) EOS after "text" and after a completion
   bool skip_bad_lines = false;  // bad lines are counted and skipped instead of thrown
@@ -58,7 +62,8 @@ struct DataStats {
 
 // What the converter needs from the tokenizer, resolved once.
 struct FormatContext {
-  ChatSpecials specials;
+  const Tokenizer* tok = nullptr;
+  bool has_chatml_tokens = false;  // <|im_start|> and <|im_end|> exist
   int32_t eos_id = -1;
   int64_t vocab_size = 0;
   static FormatContext make(const Tokenizer& tok, const FormatOptions& opt);

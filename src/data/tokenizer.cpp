@@ -196,6 +196,42 @@ std::vector<int32_t> Tokenizer::encode_with_special(std::string_view text) const
   return tok::encode_text(*model_, text, true, tok::thread_workspace(*model_));
 }
 
+std::vector<Tokenizer::AddedPiece> Tokenizer::split_added(std::string_view text,
+                                                          bool special) const {
+  const tok::TokenizerModel& m = *model_;
+  tok::Workspace& ws = tok::thread_workspace(m);
+  std::string clean;
+  if (!tok::is_valid_utf8(text)) {
+    tok::append_utf8_lossy(text, clean);
+    text = clean;
+  }
+  std::vector<AddedPiece> out;
+  auto add_text = [&](std::string_view t) {
+    if (t.empty()) return;
+    if (out.empty() || out.back().id >= 0) out.emplace_back();
+    out.back().text.append(t);
+  };
+  // The same two stages as encode_text: raw tokens, NFC, normalized tokens.
+  tok::split_on_added(m, special ? m.match_raw : m.match_raw_plain, text, ws.raw_pieces);
+  const std::vector<tok::Workspace::Piece> raw_pieces = ws.raw_pieces;
+  for (const tok::Workspace::Piece& raw : raw_pieces) {
+    if (raw.id >= 0) {
+      out.push_back({raw.id, {}});
+      continue;
+    }
+    const std::string norm(tok::normalize(m, text.substr(raw.begin, raw.end - raw.begin), ws));
+    tok::split_on_added(m, special ? m.match_normalized : m.match_normalized_plain, norm,
+                        ws.norm_pieces);
+    for (const tok::Workspace::Piece& p : ws.norm_pieces) {
+      if (p.id >= 0)
+        out.push_back({p.id, {}});
+      else
+        add_text(std::string_view(norm).substr(p.begin, p.end - p.begin));
+    }
+  }
+  return out;
+}
+
 std::vector<std::vector<int32_t>> Tokenizer::encode_batch(
     const std::vector<std::string>& texts) const {
   std::vector<std::vector<int32_t>> out(texts.size());

@@ -48,6 +48,16 @@ class Tokenizer {
   // Added tokens (special or not) are recognised like HF's default `encode`: leftmost-longest
   // match, honouring single_word / lstrip / rstrip / normalized.
   std::vector<int32_t> encode_with_special(std::string_view text) const;
+  // The first stage of encode_with_special: `text` cut into added tokens and the text between
+  // them (NFC-normalised when the tokenizer normalises), as HF's AddedVocabulary splits it. With
+  // special = false only non-special added tokens (e.g. "<think>") are cut out; special ones
+  // ("<|im_start|>") stay text. encode() of each text piece completes the encoding.
+  struct AddedPiece {
+    int32_t id = -1;   // >= 0: this added token
+    std::string text;  // otherwise: text to encode()
+  };
+  std::vector<AddedPiece> split_added(std::string_view text, bool special) const;
+
   // encode() of many texts on all OpenMP threads; results in input order.
   std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string>& texts) const;
 

@@ -203,20 +203,24 @@ struct Loader {
       if (t.special) m.special_contents.insert(t.content);
       by_id[t.id] = t;
     }
-    std::vector<std::pair<std::string, int32_t>> raw, normalized;
+    std::vector<std::pair<std::string, int32_t>> raw, normalized, raw_plain, normalized_plain;
     for (auto& [id, t] : by_id) {
       const auto index = static_cast<int32_t>(m.added.size());
       if (t.normalized) {
         std::string form = t.content;
         if (m.nfc) nfc(t.content, form);
-        normalized.emplace_back(form, index);
+        if (!t.special) normalized_plain.emplace_back(form, index);
+        normalized.emplace_back(std::move(form), index);
       } else {
+        if (!t.special) raw_plain.emplace_back(t.content, index);
         raw.emplace_back(t.content, index);
       }
       m.added.push_back(std::move(t));
     }
     m.match_raw.build(std::move(raw));
     m.match_normalized.build(std::move(normalized));
+    m.match_raw_plain.build(std::move(raw_plain));
+    m.match_normalized_plain.build(std::move(normalized_plain));
   }
 
   // Decode tables: the bytes of every id, as HF's decode + ByteLevel decoder produce them.

@@ -65,6 +65,7 @@ struct TokenizerModel {
   std::unordered_set<std::string, StringHash, std::equal_to<>> special_contents;
   AddedMatcher match_raw;         // tokens with normalized = false, matched before NFC
   AddedMatcher match_normalized;  // tokens with normalized = true, matched after NFC
+  AddedMatcher match_raw_plain, match_normalized_plain;  // the same, non-special tokens only
 
   // Decoding: bytes of each id (empty and absent when the id has no token).
   std::vector<std::string> id_bytes;

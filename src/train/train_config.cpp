@@ -24,6 +24,10 @@ Setter set(T TrainConfig::*field) {
       auto v = n.value<std::string>();
       DT_CHECK(v.has_value(), c.source, ": ", key, " must be a string");
       c.*field = *v;
+    } else if constexpr (std::is_same_v<T, std::optional<bool>>) {
+      auto v = n.value<bool>();
+      DT_CHECK(v.has_value(), c.source, ": ", key, " must be true or false");
+      c.*field = *v;
     } else if constexpr (std::is_same_v<T, bool>) {
       auto v = n.value<bool>();
       DT_CHECK(v.has_value(), c.source, ": ", key, " must be true or false");
@@ -53,6 +57,11 @@ const std::map<std::string, Setter>& setters() {
       {"data.format", set(&TrainConfig::format)},
       {"data.tokenizer", set(&TrainConfig::tokenizer)},
       {"data.loss_on", set(&TrainConfig::loss_on)},
+      {"data.chat_template", set(&TrainConfig::chat_template)},
+      {"data.enable_thinking", set(&TrainConfig::enable_thinking)},
+      {"data.preserve_thinking", set(&TrainConfig::preserve_thinking)},
+      {"data.reasoning_effort", set(&TrainConfig::reasoning_effort)},
+      {"data.special_tokens_in_content", set(&TrainConfig::special_tokens_in_content)},
       {"data.skip_bad_lines", set(&TrainConfig::skip_bad_lines)},
       {"data.truncate", set(&TrainConfig::truncate)},
       {"data.cache_dir", set(&TrainConfig::cache_dir)},

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,15 @@ struct TrainConfig {
   std::string format = "auto";         // auto | chat | prompt_completion | text | tokens
   std::string tokenizer;               // default: <model_path>/tokenizer.json
   std::string loss_on = "assistant";   // assistant | all | last_assistant (chat)
+  // Chat rendering (data/chat_template.h): "auto" = the checkpoint's own template (its
+  // chat_template.jinja or tokenizer_config.json), or chatml | qwen3 | qwen3_5 | qwen3_6 |
+  // qwen3_8 (+ "_training" for TRL's training variants). The template variables below are unset
+  // (the template's default) unless given; a row's "chat_template_kwargs" overrides them.
+  std::string chat_template = "auto";
+  std::optional<bool> enable_thinking;
+  std::optional<bool> preserve_thinking;
+  std::string reasoning_effort;            // "" = unset (qwen3_8: xhigh)
+  bool special_tokens_in_content = false;  // true: "<|im_start|>" typed in data is the token (HF)
   bool skip_bad_lines = false;
   bool truncate = false;
   std::string cache_dir;               // default: next to the data file

@@ -2,6 +2,8 @@
 #include "train/train_data.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
 #include <random>
 
 #include "core/error.h"
@@ -10,7 +12,7 @@ namespace deltatron::train {
 
 namespace {
 
-data::DatasetOptions dataset_options(const TrainConfig& cfg) {
+data::DatasetOptions dataset_options(const TrainConfig& cfg, const data::ChatChoice& chat) {
   data::DatasetOptions o;
   static const std::map<std::string, data::Format> formats = {
       {"auto", data::Format::auto_detect},
@@ -30,6 +32,14 @@ data::DatasetOptions dataset_options(const TrainConfig& cfg) {
   DT_CHECK(l != loss_on.end(), cfg.source,
            ": data.loss_on must be assistant, last_assistant or all, got '", cfg.loss_on, "'");
   o.format.chat.loss_on = l->second;
+  o.format.chat.enable_thinking = cfg.enable_thinking;
+  o.format.chat.preserve_thinking = cfg.preserve_thinking;
+  if (!cfg.reasoning_effort.empty()) o.format.chat.reasoning_effort = cfg.reasoning_effort;
+  o.format.chat.special_tokens_in_content = cfg.special_tokens_in_content;
+  if (chat.found)
+    data::apply_chat_choice(chat, o.format.chat);
+  else
+    o.format.no_chat_template = chat.missing;
   o.format.skip_bad_lines = cfg.skip_bad_lines;
   o.cache_dir = cfg.cache_dir;
   return o;
@@ -47,8 +57,16 @@ std::unique_ptr<data::Dataset> load_set(const std::string& path, const data::Tok
 }  // namespace
 
 TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size) {
-  const data::DatasetOptions o = dataset_options(cfg);
   TrainData d;
+  // The checkpoint's template: next to the tokenizer in use, then in the model directory.
+  const std::string tok_dir =
+      cfg.tokenizer.empty() ? "" : std::filesystem::path(cfg.tokenizer).parent_path().string();
+  d.chat = data::choose_chat_format(cfg.chat_template, {tok_dir, cfg.model_path});
+  const data::DatasetOptions o = dataset_options(cfg, d.chat);
+  if (d.chat.found)
+    std::fprintf(stderr, "chat format: %s%s (%s)\n", data::chat_format_name(d.chat.format),
+                 o.format.chat.training_variant ? " (training variant)" : "",
+                 d.chat.source.c_str());
   d.train_set = load_set(cfg.train_path, tok, o, vocab_size);
   std::vector<int64_t> all(d.train_set->size());
   for (int64_t i = 0; i < d.train_set->size(); ++i) all[i] = i;

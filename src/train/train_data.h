@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "data/chat_select.h"
 #include "data/dataset.h"
 #include "data/packing.h"
 #include "data/tokenizer.h"
@@ -16,6 +17,7 @@ struct TrainData {
   std::unique_ptr<data::Dataset> train_set, eval_set;  // eval_set may equal train_set (split)
   std::vector<int64_t> train_index, eval_index;        // sample ids used for each role
   std::vector<int64_t> train_lengths;                  // lengths of train_index, in order
+  data::ChatChoice chat;                               // the chat format chat lines get
 };
 
 // Loads (or builds and caches) the tokenised datasets, splits off eval_fraction if no eval

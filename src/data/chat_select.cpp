@@ -1,0 +1,89 @@
+// Chat format selection from the config or the checkpoint's template files.
+#include "data/chat_select.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace deltatron::data {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  DT_CHECK(in.good(), p.string(), ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The template text of tokenizer_config.json, or "" when it has none.
+std::string config_template(const fs::path& p) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(p));
+  } catch (const nlohmann::json::exception& e) {
+    core::fail(p.string(), ": malformed JSON (", e.what(), ")");
+  }
+  auto t = j.find("chat_template");
+  if (t == j.end() || t->is_null()) return "";
+  if (t->is_string()) return t->get<std::string>();
+  if (t->is_array())
+    for (const auto& e : *t)
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+          e["template"].is_string())
+        return e["template"].get<std::string>();
+  core::fail(p.string(), ": \"chat_template\" is neither a string nor a list with a \"default\"");
+}
+
+}  // namespace
+
+ChatChoice choose_chat_format(const std::string& name, const std::vector<std::string>& dirs) {
+  ChatChoice c;
+  if (name != "auto") {
+    DT_CHECK(parse_chat_format(name, c.format, c.training_variant), "data.chat_template: unknown ",
+             "format '", name, "'; known: auto (the checkpoint's template), ", chat_format_names());
+    c.found = true;
+    c.source = "data.chat_template = \"" + name + "\"";
+    return c;
+  }
+  for (const std::string& d : dirs) {
+    if (d.empty()) continue;
+    std::string text, file;
+    if (const fs::path j = fs::path(d) / "chat_template.jinja"; fs::is_regular_file(j)) {
+      text = read_file(j);
+      file = j.string();
+    } else if (const fs::path t = fs::path(d) / "tokenizer_config.json"; fs::is_regular_file(t)) {
+      text = config_template(t);
+      file = t.string() + " (chat_template)";
+    }
+    if (text.empty()) continue;
+    const std::optional<ChatFormat> f = detect_chat_format(text, c.training_variant);
+    DT_CHECK(f.has_value(), file, ": this chat template is not one deltatron renders exactly (it ",
+             "knows the Qwen3, Qwen3.5, 3.6 and 3.8 templates); name the format the data should ",
+             "get with data.chat_template = ", chat_format_names());
+    c.found = true;
+    c.format = *f;
+    c.source = file;
+    return c;
+  }
+  std::string where;
+  for (const std::string& d : dirs)
+    if (!d.empty()) where += (where.empty() ? "" : ", ") + d;
+  c.missing = "chat data needs a chat template, and " + (where.empty() ? "no checkpoint" : where) +
+              " has none (no chat_template.jinja or tokenizer_config.json \"chat_template\"); set "
+              "data.chat_template = " + chat_format_names();
+  return c;
+}
+
+void apply_chat_choice(const ChatChoice& c, ChatOptions& opt) {
+  opt.format = c.format;
+  opt.training_variant = c.training_variant;
+}
+
+}  // namespace deltatron::data
