@@ -7,6 +7,7 @@
 #include "train/convert.h"
 #include "train/init_cmd.h"
 #include "train/presets.h"
+#include "train/render_cmd.h"
 #include "train/score.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
@@ -149,6 +150,27 @@ int main(int argc, char** argv) {
   tk->add_option("--in", tk_in, "JSONL of strings")->required();
   tk->add_option("--out", tk_out, "output: ids per line")->required();
 
+  train::RenderOptions render;
+  CLI::App* rd = app.add_subcommand(
+      "render", "Show samples as the model will see them: text with the trained spans marked, "
+                "or ids and assistant mask as JSONL");
+  rd->add_option("--model", render.model_dir,
+                 "checkpoint directory (its tokenizer.json and chat template)");
+  rd->add_option("--tokenizer", render.tokenizer, "tokenizer.json (default: <model>/tokenizer.json)");
+  rd->add_option("--data", render.data_path, "JSONL (chat, prompt/completion, text or tokens)")
+      ->required();
+  rd->add_option("--chat-template", render.chat_template,
+                 "auto (the checkpoint's), chatml, qwen3, qwen3_5, qwen3_6, qwen3_8 (+ _training)");
+  rd->add_option("--loss-on", render.loss_on, "assistant (default), last_assistant or all");
+  rd->add_option("--enable-thinking", render.enable_thinking, "template variable (true/false)");
+  rd->add_option("--preserve-thinking", render.preserve_thinking, "template variable (true/false)");
+  rd->add_option("--reasoning-effort", render.reasoning_effort, "template variable (qwen3_8)");
+  rd->add_flag("--special-tokens-in-content", render.special_tokens_in_content,
+               "special-token text in the data becomes the token (HF's ids) instead of text");
+  rd->add_flag("--jsonl", render.jsonl, "print {line, text, input_ids, assistant_mask} per sample");
+  rd->add_option("--color", render.color, "auto (default), always or never");
+  rd->add_option("--limit", render.limit, "only the first N samples");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -171,6 +193,7 @@ int main(int argc, char** argv) {
 #endif
     }
     if (in->parsed()) train::run_init(init);
+    if (rd->parsed()) train::run_render(render);
     if (tk->parsed()) {
       const data::Tokenizer tok = data::Tokenizer::load(tk_tokenizer);
       std::ifstream in(tk_in);

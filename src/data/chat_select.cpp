@@ -66,7 +66,7 @@ ChatChoice choose_chat_format(const std::string& name, const std::vector<std::st
     const std::optional<ChatFormat> f = detect_chat_format(text, c.training_variant);
     DT_CHECK(f.has_value(), file, ": this chat template is not one deltatron renders exactly (it ",
              "knows the Qwen3, Qwen3.5, 3.6 and 3.8 templates); name the format the data should ",
-             "get with data.chat_template = ", chat_format_names());
+             "get with data.chat_template (render: --chat-template) = ", chat_format_names());
     c.found = true;
     c.format = *f;
     c.source = file;
@@ -77,7 +77,7 @@ ChatChoice choose_chat_format(const std::string& name, const std::vector<std::st
     if (!d.empty()) where += (where.empty() ? "" : ", ") + d;
   c.missing = "chat data needs a chat template, and " + (where.empty() ? "no checkpoint" : where) +
               " has none (no chat_template.jinja or tokenizer_config.json \"chat_template\"); set "
-              "data.chat_template = " + chat_format_names();
+              "data.chat_template (render: --chat-template) = " + chat_format_names();
   return c;
 }
 

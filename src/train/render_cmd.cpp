@@ -1,0 +1,101 @@
+// `deltatron render`: the data pipeline of `train` (same formats, template and options), printed.
+#include "train/render_cmd.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "data/chat_select.h"
+#include "data/formats.h"
+#include "data/sample.h"
+#include "data/tokenizer.h"
+
+namespace deltatron::train {
+
+namespace {
+
+data::LossOn parse_loss_on(const std::string& s) {
+  if (s == "assistant") return data::LossOn::assistant;
+  if (s == "last_assistant") return data::LossOn::last_assistant;
+  DT_CHECK(s == "all", "--loss-on must be assistant, last_assistant or all, got '", s, "'");
+  return data::LossOn::all;
+}
+
+// The sample's text with each maximal run of trained tokens between the markers.
+std::string marked_text(const data::Tokenizer& tok, const data::Sample& s, const char* open,
+                        const char* close) {
+  std::string out;
+  size_t t = 0;
+  while (t < s.input_ids.size()) {
+    const bool train = s.labels[t] != data::kIgnoreIndex;
+    size_t e = t;
+    while (e < s.input_ids.size() && (s.labels[e] != data::kIgnoreIndex) == train) ++e;
+    const std::string piece =
+        tok.decode(std::vector<int32_t>(s.input_ids.begin() + t, s.input_ids.begin() + e));
+    out += train ? open + piece + close : piece;
+    t = e;
+  }
+  return out;
+}
+
+}  // namespace
+
+void run_render(const RenderOptions& opt) {
+  DT_CHECK(!opt.model_dir.empty() || !opt.tokenizer.empty(), "render: give --model (a checkpoint ",
+           "directory) or --tokenizer");
+  const std::string tok_path =
+      opt.tokenizer.empty() ? opt.model_dir + "/tokenizer.json" : opt.tokenizer;
+  const data::Tokenizer tok = data::Tokenizer::load(tok_path);
+
+  data::FormatOptions f;
+  f.chat.loss_on = parse_loss_on(opt.loss_on);
+  f.chat.enable_thinking = opt.enable_thinking;
+  f.chat.preserve_thinking = opt.preserve_thinking;
+  if (!opt.reasoning_effort.empty()) f.chat.reasoning_effort = opt.reasoning_effort;
+  f.chat.special_tokens_in_content = opt.special_tokens_in_content;
+  const std::string tok_dir = std::filesystem::path(tok_path).parent_path().string();
+  const data::ChatChoice choice = data::choose_chat_format(opt.chat_template, {tok_dir, opt.model_dir});
+  if (choice.found)
+    data::apply_chat_choice(choice, f.chat);
+  else
+    f.no_chat_template = choice.missing;
+
+  std::vector<int64_t> lines;
+  data::DataStats stats;
+  const std::vector<data::Sample> samples = data::read_jsonl(opt.data_path, tok, f, &stats, &lines);
+  const bool color =
+      opt.color == "always" || (opt.color == "auto" && ::isatty(STDOUT_FILENO) != 0);
+  DT_CHECK(opt.color == "always" || opt.color == "never" || opt.color == "auto",
+           "--color must be auto, always or never, got '", opt.color, "'");
+  if (!opt.jsonl && choice.found)
+    std::printf("# chat format: %s%s (%s); trained spans %s\n",
+                data::chat_format_name(f.chat.format),
+                f.chat.training_variant ? " (training variant)" : "", choice.source.c_str(),
+                color ? "in green" : "between [TRAIN] and [/TRAIN]");
+  const size_t n = opt.limit > 0 ? std::min<size_t>(samples.size(), opt.limit) : samples.size();
+  for (size_t i = 0; i < n; ++i) {
+    const data::Sample& s = samples[i];
+    if (opt.jsonl) {
+      std::vector<int> mask(s.labels.size());
+      for (size_t t = 0; t < mask.size(); ++t) mask[t] = s.labels[t] != data::kIgnoreIndex;
+      const nlohmann::ordered_json j = {{"line", lines[i]},
+                                {"text", tok.decode(s.input_ids)},
+                                {"input_ids", s.input_ids},
+                                {"assistant_mask", mask}};
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
+      continue;
+    }
+    std::printf("### %s:%lld: %zu tokens, %lld trained\n", opt.data_path.c_str(),
+                static_cast<long long>(lines[i]), s.input_ids.size(),
+                static_cast<long long>(data::count_label_tokens(s)));
+    const std::string text = color ? marked_text(tok, s, "\x1b[42;30m", "\x1b[0m")
+                                   : marked_text(tok, s, "[TRAIN]", "[/TRAIN]");
+    std::printf("%s\n", text.c_str());
+  }
+  std::fprintf(stderr, "render: %s\n", stats.summary().c_str());
+}
+
+}  // namespace deltatron::train
