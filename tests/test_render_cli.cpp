@@ -45,10 +45,11 @@ class RenderCli : public ::testing::Test {
   }
 };
 
-nlohmann::json fixture(const std::string& config, int conversation) {
+// Ordered: the row is written back with its keys in their original order (the order tools print).
+nlohmann::ordered_json fixture(const std::string& config, int conversation) {
   std::ifstream in(std::string(DT_TEST_DATA) + "/chat/fixtures.jsonl");
   for (std::string line; std::getline(in, line);) {
-    nlohmann::json j = nlohmann::json::parse(line);
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(line);
     if (j["config"] == config && j["conversation"] == conversation) return j;
   }
   ADD_FAILURE() << "no fixture " << config << " " << conversation;
@@ -57,12 +58,12 @@ nlohmann::json fixture(const std::string& config, int conversation) {
 
 TEST_F(RenderCli, UsesTheCheckpointTemplateLikeHuggingFace) {
   set_template(read_file(fs::path(DT_TEST_DATA) / "chat/qwen3_tokenizer_config_template.jinja"));
-  const nlohmann::json fx = fixture("qwen3", 22);  // tool call, tool result, final answer
+  const nlohmann::ordered_json fx = fixture("qwen3", 22);  // tool call, tool result, final answer
   ASSERT_TRUE(fx["ok"].get<bool>());
   write_file(tmp_.path / "data.jsonl", fx["row"].dump() + "\n");
   const CmdResult r = render("--data " + (tmp_.path / "data.jsonl").string() + " --jsonl");
   ASSERT_EQ(r.code, 0) << r.err;
-  const nlohmann::json got = nlohmann::json::parse(r.out);
+  const nlohmann::ordered_json got = nlohmann::ordered_json::parse(r.out);
   EXPECT_EQ(got["line"], 1);
   EXPECT_EQ(got["text"], fx["text"]);
   EXPECT_EQ(got["input_ids"], fx["input_ids"]);
