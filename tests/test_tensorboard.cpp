@@ -1,6 +1,6 @@
 // TensorBoard event files: CRC-32C known answers, exact protobuf bytes, a write/read round trip
 // through an independent reader (both CRCs of every record checked; any flipped byte detected),
-// the file name and write errors.
+// the file name, write errors, and the trainer-side mapping of metrics records to tags.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -14,6 +14,7 @@
 #include "io/tensorboard_writer.h"
 #include "test_util.h"
 #include "tfevents_reader.h"
+#include "train/tensorboard_log.h"
 
 using namespace deltatron;
 namespace fs = std::filesystem;
@@ -152,6 +153,42 @@ TEST(TensorBoardEvent, WriteFailureNamesTheFile) {
   dt_test::expect_error([] { io::EventFileWriter w("/dev/full"); }, {"/dev/full"});
   dt_test::expect_error([] { io::EventFileWriter w("/nonexistent-dir/events.out.tfevents.1"); },
                         {"/nonexistent-dir/events.out.tfevents.1"});
+}
+
+TEST(TensorBoardLog, NumericFieldsOfARecordBecomeTaggedScalars) {
+  const dt_test::TempDir tmp("tb");
+  {
+    train::TensorBoardLog log(tmp.path.string(), true, 3);
+    EXPECT_EQ(fs::path(log.path()).parent_path(), tmp.path / train::kTensorBoardDir);
+    log.log({{"step", 3},
+             {"loss", 2.5},
+             {"lr", 1e-3},
+             {"skipped", false},
+             {"tokens", 100},
+             {"router_loss", 0.125}});
+    log.log({{"step", 3}, {"eval_loss", 1.0 / 3.0}, {"eval_accuracy", 0.25}});
+  }
+  const auto files = dt_test::tfevents_files(tmp.path / train::kTensorBoardDir);
+  ASSERT_EQ(files.size(), 1u);
+  const auto ev = dt_test::read_tfevents(files[0]);
+  ASSERT_EQ(ev.size(), 4u);
+  EXPECT_TRUE(ev[1].session_start);
+  EXPECT_EQ(ev[1].step, 3);
+  using Scalars = std::vector<std::pair<std::string, float>>;
+  EXPECT_EQ(ev[2].step, 3);
+  EXPECT_EQ(ev[2].scalars, (Scalars{{"train/loss", 2.5f},
+                                    {"train/lr", float(1e-3)},
+                                    {"train/router_loss", 0.125f},
+                                    {"train/tokens", 100.0f}}));
+  EXPECT_EQ(ev[3].step, 3);
+  EXPECT_EQ(ev[3].scalars, (Scalars{{"eval/accuracy", 0.25f}, {"eval/loss", float(1.0 / 3.0)}}));
+
+  // Disabled: nothing is created.
+  const dt_test::TempDir off("tb-off");
+  train::TensorBoardLog none(off.path.string(), false, 1);
+  none.log({{"step", 1}, {"loss", 1.0}});
+  EXPECT_EQ(none.path(), "");
+  EXPECT_FALSE(fs::exists(off.path / train::kTensorBoardDir));
 }
 
 }  // namespace
