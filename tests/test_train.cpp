@@ -184,7 +184,8 @@ TbView events_view(const std::vector<fs::path>& files) {
   TbView v;
   for (const auto& f : files)
     for (const auto& e : dt_test::read_tfevents(f)) {
-      if (e.session_start) std::erase_if(v, [&](const auto& kv) { return kv.first.second >= e.step; });
+      if (e.session_start)
+        std::erase_if(v, [&](const auto& kv) { return kv.first.second >= e.step; });
       for (const auto& [tag, x] : e.scalars) v[{tag, e.step}] = x;
     }
   return v;

@@ -34,10 +34,11 @@ def metrics_view(path):
     """{tag: {step: float32 value}} from metrics.jsonl, later records replacing earlier ones."""
     view = {}
     with open(path) as f:
-        for n, line in enumerate(f, 1):
+        for line in f:
             rec = json.loads(line)
             for key, x in rec.items():
-                if key == "step" or isinstance(x, bool) or not (x is None or isinstance(x, (int, float))):
+                numeric = x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+                if key == "step" or not numeric:
                     continue
                 tag = "eval/" + key[5:] if key.startswith("eval_") else "train/" + key
                 view.setdefault(tag, {})[rec["step"]] = f32(x)
@@ -73,7 +74,8 @@ def main():
             problems.append(f"{len(steps) - len(set(steps))} step(s) appear more than once")
         if tag in got and tag in want and sorted(set(steps)) != sorted(w):
             problems.append(f"steps {sorted(set(steps) ^ set(w))[:10]} differ")
-        bad = [(e.step, e.value, w[e.step]) for e in events if e.step in w and not same(e.value, w[e.step])]
+        bad = [(e.step, e.value, w[e.step]) for e in events
+               if e.step in w and not same(e.value, w[e.step])]
         if bad:
             problems.append(f"{len(bad)} value(s) differ, first: step {bad[0][0]} "
                             f"event {bad[0][1]!r} vs metrics {bad[0][2]!r}")
@@ -82,8 +84,8 @@ def main():
             print(f"FAIL {tag}: " + "; ".join(problems))
         else:
             first, last = events[0], events[-1]
-            print(f"ok   {tag}: {len(events)} step(s) {first.step}..{last.step} equal metrics.jsonl "
-                  f"as float32 (first {first.value:.6g}, last {last.value:.6g})")
+            print(f"ok   {tag}: {len(events)} step(s) {first.step}..{last.step} equal "
+                  f"metrics.jsonl as float32 (first {first.value:.6g}, last {last.value:.6g})")
     print("all equal" if errors == 0 else f"{errors} tag(s) differ")
     return 1 if errors else 0
 
