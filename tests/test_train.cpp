@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "data/pack.h"
@@ -18,9 +19,11 @@
 #include "model/model.h"
 #include "model_fixture.h"
 #include "test_util.h"
+#include "tfevents_reader.h"
 #include "train/checkpoint_dir.h"
 #include "train/objective.h"
 #include "train/presets.h"
+#include "train/tensorboard_log.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -155,6 +158,107 @@ TEST_F(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
   }
   EXPECT_TRUE(fs::exists(a / "tokenizer.json"));
   EXPECT_TRUE(fs::exists(a / train::kCompleteMarker));
+}
+
+// (tag, step) -> value as TensorBoard shows it: records in order, a later one replacing an
+// earlier one at the same step.
+using TbView = std::map<std::pair<std::string, int64_t>, float>;
+
+// The view of metrics.jsonl: numeric fields as float32 under the trainer's tags.
+TbView metrics_view(const fs::path& metrics) {
+  TbView v;
+  std::istringstream in(read_file(metrics));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    for (const auto& [key, x] : j.items())
+      if (key != "step" && x.is_number())
+        v[{key.rfind("eval_", 0) == 0 ? "eval/" + key.substr(5) : "train/" + key,
+           j["step"].get<int64_t>()}] = float(x.get<double>());
+  }
+  return v;
+}
+
+// The view of a folder's event files, read in name order as TensorBoard does; a SessionLog
+// START at step s drops what was read before at steps >= s.
+TbView events_view(const std::vector<fs::path>& files) {
+  TbView v;
+  for (const auto& f : files)
+    for (const auto& e : dt_test::read_tfevents(f)) {
+      if (e.session_start)
+        std::erase_if(v, [&](const auto& kv) { return kv.first.second >= e.step; });
+      for (const auto& [tag, x] : e.scalars) v[{tag, e.step}] = x;
+    }
+  return v;
+}
+
+// TensorBoard event files mirror metrics.jsonl: every step's train/loss (and every other number)
+// as float32, eval loss and accuracy, the MTP and router losses of this MoE + MTP model; a resume
+// adds a second file that opens with a SessionLog START at its first step, so the steps the first
+// run logged after the checkpoint are replaced; a dense model has no MTP or router tags;
+// training.tensorboard = false writes no events.
+TEST_F(Trainer, TensorBoardEventsMirrorMetricsAcrossResume) {
+  const std::vector<std::string> ov = {"training.steps=4", "training.save_every=2",
+                                       "training.eval_every=2"};
+  train::run_train(config("tb", ov), false);
+  const fs::path out = dir_ / "tb", tb = out / train::kTensorBoardDir;
+  const std::vector<double> first_losses = losses(out / "metrics.jsonl");
+  ASSERT_EQ(first_losses.size(), 4u);
+  {
+    const auto files = dt_test::tfevents_files(tb);
+    ASSERT_EQ(files.size(), 1u);
+    const auto ev = dt_test::read_tfevents(files[0]);
+    ASSERT_GE(ev.size(), 2u);
+    EXPECT_EQ(ev[0].file_version, "brain.Event:2");
+    EXPECT_TRUE(ev[1].session_start);
+    EXPECT_EQ(ev[1].step, 1);
+    std::vector<int64_t> loss_steps;
+    for (const auto& e : ev)
+      for (const auto& [tag, x] : e.scalars)
+        if (tag == "train/loss") {
+          loss_steps.push_back(e.step);
+          EXPECT_EQ(x, float(first_losses.at(size_t(e.step - 1)))) << "step " << e.step;
+        }
+    EXPECT_EQ(loss_steps, (std::vector<int64_t>{1, 2, 3, 4}));
+  }
+  TbView view = events_view(dt_test::tfevents_files(tb));
+  EXPECT_EQ(view, metrics_view(out / "metrics.jsonl"));
+  for (const char* tag : {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                          "train/mtp_loss", "train/router_loss"})
+    EXPECT_TRUE(view.count({tag, 4})) << tag;
+  for (const char* tag : {"eval/loss", "eval/accuracy"}) {
+    EXPECT_TRUE(view.count({tag, 2})) << tag;
+    EXPECT_TRUE(view.count({tag, 4})) << tag;
+  }
+
+  // Resume from step 2: steps 3 and 4 are logged again, into a new file.
+  fs::remove_all(out / train::checkpoint_dir_name(4));
+  train::run_train(config("tb", ov), true);
+  const auto files = dt_test::tfevents_files(tb);
+  ASSERT_EQ(files.size(), 2u);
+  const auto ev = dt_test::read_tfevents(files[1]);
+  ASSERT_GE(ev.size(), 3u);
+  EXPECT_TRUE(ev[1].session_start);
+  EXPECT_EQ(ev[1].step, 3);
+  EXPECT_EQ(ev[2].step, 3);
+  view = events_view(files);
+  EXPECT_EQ(view, metrics_view(out / "metrics.jsonl"));
+  EXPECT_EQ(view.at({"train/loss", 4}), float(losses(out / "metrics.jsonl").back()));
+
+  // A dense model without MTP logs no MTP or router loss.
+  const std::vector<std::string> one = {"model.preset=\"tiny\"", "training.steps=1",
+                                        "training.warmup_steps=0"};
+  train::run_train(config("dense", one), false);
+  view = events_view(dt_test::tfevents_files(dir_ / "dense" / train::kTensorBoardDir));
+  EXPECT_EQ(view, metrics_view(dir_ / "dense" / "metrics.jsonl"));
+  EXPECT_TRUE(view.count({"train/loss", 1}));
+  EXPECT_FALSE(view.count({"train/mtp_loss", 1}));
+  EXPECT_FALSE(view.count({"train/router_loss", 1}));
+
+  std::vector<std::string> off = one;
+  off.push_back("training.tensorboard=false");
+  train::run_train(config("off", off), false);
+  EXPECT_TRUE(fs::exists(dir_ / "off" / "metrics.jsonl"));
+  EXPECT_FALSE(fs::exists(dir_ / "off" / train::kTensorBoardDir));
 }
 
 TEST_F(Trainer, UnwritableOutputDirFailsBeforeTraining) {

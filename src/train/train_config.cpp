@@ -85,6 +85,7 @@ const std::map<std::string, Setter>& setters() {
       {"training.keep_last", set(&TrainConfig::keep_last)},
       {"training.eval_every", set(&TrainConfig::eval_every)},
       {"training.log_every", set(&TrainConfig::log_every)},
+      {"training.tensorboard", set(&TrainConfig::tensorboard)},
       {"training.max_bad_steps", set(&TrainConfig::max_bad_steps)},
       {"training.mtp_scale", set(&TrainConfig::mtp_scale)},
       {"training.router_aux_coef", set(&TrainConfig::router_aux_coef)},

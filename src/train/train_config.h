@@ -52,6 +52,7 @@ struct TrainConfig {
   int64_t keep_last = 2;
   int64_t eval_every = 0;  // 0: only at the end
   int64_t log_every = 10;
+  bool tensorboard = true;  // also write every metrics.jsonl record to out_dir/tensorboard/
   int64_t max_bad_steps = 10;
   double mtp_scale = 0.1;
   double router_aux_coef = -1.0;      // < 0: the model config's router_aux_loss_coef

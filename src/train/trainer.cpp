@@ -25,6 +25,7 @@
 #include "train/optimizer.h"
 #include "train/presets.h"
 #include "train/schedule.h"
+#include "train/tensorboard_log.h"
 #include "train/train_data.h"
 #include "train/train_state.h"
 
@@ -220,6 +221,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
                    "run (use --resume to continue it instead)\n", cfg.out_dir.c_str(), old.size());
     for (const auto& e : old) fs::remove_all(e.path);
   }
+  TensorBoardLog tensorboard(cfg.out_dir, cfg.tensorboard, st.step + 1);
   const bool tty = ::isatty(STDERR_FILENO);
   TrainResult result;
   int64_t bad_steps = 0;
@@ -285,6 +287,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     if (c.mtp_enabled) m["mtp_loss"] = mtp_loss;
     if (c.is_moe()) m["router_loss"] = router;
     metrics << m.dump() << "\n" << std::flush;
+    tensorboard.log(m);
     char line[256];
     std::snprintf(line, sizeof line,
                   "step %lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s",
@@ -302,9 +305,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
         std::fprintf(stderr, "%seval at step %lld: loss %.4f, exact-match accuracy %.1f%% (%lld samples)\n",
                      tty ? "\n" : "", static_cast<long long>(st.step), e.loss, 100 * e.accuracy,
                      static_cast<long long>(e.samples));
-        metrics << nlohmann::json{{"step", st.step}, {"eval_loss", e.loss},
-                                  {"eval_accuracy", e.accuracy}}.dump()
-                << "\n" << std::flush;
+        const nlohmann::json em = {{"step", st.step}, {"eval_loss", e.loss},
+                                   {"eval_accuracy", e.accuracy}};
+        metrics << em.dump() << "\n" << std::flush;
+        tensorboard.log(em);
         result.final_eval_loss = e.loss;
         result.final_eval_accuracy = e.accuracy;
       }
