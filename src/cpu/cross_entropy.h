@@ -3,10 +3,11 @@
 
 #include <cstdint>
 
+#include "core/constants.h"
+
 namespace deltatron::cpu {
 
-// Targets equal to this are ignored (HF / PyTorch ignore_index).
-constexpr int32_t kIgnoreIndex = -100;
+using core::kIgnoreIndex;  // core/constants.h
 
 // lse[n] = logsumexp(logits[n,:]); loss[n] = lse[n] - logits[n, target[n]], 0 when ignored.
 template <typename T>

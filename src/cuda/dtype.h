@@ -6,14 +6,13 @@
 // state) stay fp32 whatever the storage type. Parameter gradients are always fp32.
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
+#include "core/dtype.h"
 
 namespace deltatron::cuda {
 
-enum class DType { f32, bf16 };
-
-inline size_t dtype_size(DType t) { return t == DType::bf16 ? 2 : 4; }
-inline const char* dtype_name(DType t) { return t == DType::bf16 ? "bf16" : "f32"; }
+// The engine's one element type (core/dtype.h); CUDA storage uses f32 and bf16.
+using core::DType;
+using core::dtype_name;
+using core::dtype_size;
 
 }  // namespace deltatron::cuda

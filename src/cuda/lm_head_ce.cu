@@ -30,10 +30,10 @@
 #include <cmath>
 #include <mutex>
 
+#include "core/constants.h"
 #include "core/error.h"
 #include "cuda/kernel_util.cuh"
 #include "cuda/linear.h"
-#include "ops/cross_entropy.h"
 
 namespace deltatron::cuda {
 
@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
 
   if (t < 0 || t >= V) {  // ignored (or invalid: never used as an index)
     if (tid == 0) {
-      loss_C[r] = t == ops::kIgnoreIndex ? 0.f : NAN;
+      loss_C[r] = t == core::kIgnoreIndex ? 0.f : NAN;
       if (correct_C) correct_C[r] = 0;
     }
     if constexpr (kBackward) {

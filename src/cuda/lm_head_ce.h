@@ -36,7 +36,7 @@ constexpr int64_t kLmHeadDlogitsGroupBytes = int64_t(1) << 30;
 //                 (bf16; f32 is the debug mode of the same kernels)
 //   x_ND          [N, D] in (dt)
 //   W_VD          [V, D] in (dt)
-//   targets_N     [N] in, int32: a class id in [0, V) or -100 (ops::kIgnoreIndex: loss 0, correct
+//   targets_N     [N] in, int32: a class id in [0, V) or -100 (core::kIgnoreIndex: loss 0, correct
 //                 0, zero gradient row). The caller validates targets on the host; any other
 //                 value is never used as an index: that token gets loss NaN, correct 0 and a zero
 //                 gradient row.

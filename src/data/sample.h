@@ -5,9 +5,11 @@
 #include <string>
 #include <vector>
 
+#include "core/constants.h"
+
 namespace deltatron::data {
 
-constexpr int32_t kIgnoreIndex = -100;
+using core::kIgnoreIndex;  // core/constants.h
 
 // One training/scoring sample in the Hugging Face convention: labels are aligned with
 // input_ids, position t is trained to predict labels[t + 1] of the same sample, and the last

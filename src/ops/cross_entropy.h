@@ -8,12 +8,13 @@
 
 #include <cstdint>
 
+#include "core/constants.h"
+
 #include "core/device.h"
 
 namespace deltatron::ops {
 
-// Target value that marks a token without loss (HF / PyTorch ignore_index).
-constexpr int32_t kIgnoreIndex = -100;
+using core::kIgnoreIndex;  // core/constants.h
 
 // Forward:
 //   lse[n]  = log sum_v exp(logits[n,v])                (max-subtracted, summed in double)

@@ -1,0 +1,22 @@
+// Element types of tensors on any device (views, buffers, CUDA storage types).
+//
+// Precision policy of the CUDA backend (docs/gpu-model.md): activations and compute copies of
+// parameters are stored in bf16 (or f32 in the fp32 debug mode of the same kernels); every kernel
+// computes and accumulates in fp32; parameter gradients are fp32. The CPU backend is float32 only
+// (a bf16 view on the CPU is an error). Integer tensors (ids, targets, positions, segment bounds)
+// are i32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace deltatron::core {
+
+enum class DType { f32, bf16, i32 };
+
+inline size_t dtype_size(DType t) { return t == DType::bf16 ? 2 : 4; }
+inline const char* dtype_name(DType t) {
+  return t == DType::bf16 ? "bf16" : t == DType::i32 ? "i32" : "f32";
+}
+
+}  // namespace deltatron::core
