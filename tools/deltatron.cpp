@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
   cv->add_option("--max-shard-mb", conv.max_shard_mb, "largest shard in MB (default 5000)")
       ->check(CLI::PositiveNumber);
   cv->add_flag("--ignore-mtp", conv.ignore_mtp, "keep mtp.* as opaque bytes");
+  cv->add_flag("--overwrite", conv.overwrite,
+               "write into a non-empty directory not written by deltatron (its checkpoint files "
+               "are replaced, other files kept)");
 
   train::InitOptions init;
   CLI::App* in = app.add_subcommand("init", "Write a random-initialised checkpoint for a preset");
@@ -95,6 +98,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"F32", "BF16", "F16"}));
   in->add_option("--tokenizer", init.tokenizer, "tokenizer.json to copy into the checkpoint");
   in->add_flag("--config-only", init.config_only, "write config.json only");
+  in->add_flag("--overwrite", init.overwrite,
+               "write into a non-empty directory not written by deltatron (its checkpoint files "
+               "are replaced, other files kept)");
 
   std::string train_config;
   bool resume = false;
