@@ -177,10 +177,13 @@ TEST(Checkpoint, SaveReplacesExistingDirectoryOnlyOnSuccess) {
   expect_error([&] { io::save_checkpoint(dir, broken); }, {"junk.weight"});
   EXPECT_EQ(dir_entries(d.path), std::vector<std::string>{"ck"});
 
-  // A successful save replaces the whole directory (one file now; index and stale file gone).
+  // A successful save replaces the checkpoint's files (one weight file now; the index and the
+  // shards are gone) and keeps every other file (stale.txt is not the checkpoint's to delete).
   ck.params.at("model.norm.weight").data.assign(8, 0.5f);
   io::save_checkpoint(dir, ck);
-  EXPECT_EQ(dir_entries(dir), (std::vector<std::string>{"config.json", "model.safetensors"}));
+  EXPECT_EQ(dir_entries(dir),
+            (std::vector<std::string>{"config.json", "model.safetensors", "stale.txt"}));
+  EXPECT_EQ(read_file(dir + "/stale.txt"), "old");
   EXPECT_EQ(dir_entries(d.path), std::vector<std::string>{"ck"});
   EXPECT_EQ(io::load_checkpoint(dir).params.at("model.norm.weight").data,
             std::vector<float>(8, 0.5f));

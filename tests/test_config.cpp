@@ -213,6 +213,22 @@ TEST(Config, MissingAndInvalidFields) {
   expect_error([&] { model::parse_config(json::array(), kSrc); }, {kSrc});
 }
 
+// The model computes SiLU; another hidden_act must not be trained as SiLU silently.
+TEST(Config, HiddenActOtherThanSiluIsRefused) {
+  json j = small_text();
+  j["hidden_act"] = "gelu";
+  expect_error([&] { parse(j); }, {kSrc, "hidden_act", "gelu", "silu"});
+  json m = small_mm();
+  m["text_config"]["hidden_act"] = "relu";
+  expect_error([&] { parse(m); }, {kSrc, "text_config.hidden_act", "relu"});
+  for (const char* ok : {"silu", "swish"}) {
+    j["hidden_act"] = ok;
+    EXPECT_NO_THROW(parse(j)) << ok;
+  }
+  j.erase("hidden_act");
+  EXPECT_NO_THROW(parse(j));
+}
+
 // A small MoE text config: E=4, k=2, F=6, Fs=5.
 json small_moe() {
   json j = small_text();

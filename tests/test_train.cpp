@@ -6,12 +6,11 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <thread>
-
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "data/pack.h"
 #include "io/checkpoint.h"
@@ -24,6 +23,7 @@
 #include "train/objective.h"
 #include "train/presets.h"
 #include "train/tensorboard_log.h"
+#include "train/run_dir.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -275,27 +275,161 @@ TEST_F(Trainer, UnknownSettingIsNamed) {
   }
 }
 
-TEST_F(Trainer, NonFiniteLossSkipsStepsThenStops) {
-  // A checkpoint whose final norm is NaN: every step's loss is NaN.
+// Negative counts, scales and thresholds are errors naming the key and the value (0 keeps its
+// documented meaning).
+TEST_F(Trainer, NegativeSettingsAreNamed) {
+  for (const char* key : {"training.save_every", "training.keep_last", "training.grad_clip",
+                          "training.eval_every", "training.max_bad_steps", "training.mtp_scale"}) {
+    dt_test::expect_error([&] { config("x", {std::string(key) + "=-1"}); }, {key, "-1", ">= 0"});
+    EXPECT_NO_THROW(config("x", {std::string(key) + "=0"})) << key;
+  }
+}
+
+// A checkpoint whose final norm holds a NaN.
+fs::path nan_model(const fs::path& dir) {
   io::Checkpoint ck;
   const nlohmann::json j = train::preset_config("tiny");
   ck.config = model::parse_config(j, "cfg");
   ck.config.raw = j;
   ck.params = dt_test::random_params(ck.config, 1);
   ck.params.at(ck.config.name("norm.weight")).data[0] = std::nanf("");
-  io::save_checkpoint((dir_ / "nan_model").string(), ck);
-  train::TrainConfig cfg =
-      config("nan", {"model.preset=\"\"", "model.path=\"" + (dir_ / "nan_model").string() + "\"",
-                     "data.tokenizer=\"" + (kExamples / "tokenizer" / "tokenizer.json").string() +
-                         "\"",
-                     "training.max_bad_steps=2"});
+  io::save_checkpoint((dir / "nan_model").string(), ck);
+  return dir / "nan_model";
+}
+
+// Non-finite starting weights are refused up front (naming the tensor): skipping steps could
+// never repair them, and the run must not end with exit 0 and a NaN checkpoint.
+TEST_F(Trainer, NonFiniteStartingWeightsAreRefused) {
+  const fs::path m = nan_model(dir_);
+  const std::string tok =
+      "data.tokenizer=\"" + (kExamples / "tokenizer" / "tokenizer.json").string() + "\"";
+  for (const char* max_bad : {"training.max_bad_steps=2", "training.max_bad_steps=100"})
+    dt_test::expect_error(
+        [&] {
+          train::run_train(config("nan", {"model.preset=\"\"", "model.path=\"" + m.string() + "\"",
+                                          tok, max_bad}),
+                           false);
+        },
+        {m.string(), "model.norm.weight[0] = nan", "non-finite"});
+  EXPECT_FALSE(train::latest_complete_checkpoint((dir_ / "nan").string()).has_value());
+}
+
+// Finite weights whose steps overflow (an absurd learning rate; the dense preset, as the MoE
+// router refuses non-finite logits outright): each non-finite step is skipped and counted, and
+// the run stops after max_bad_steps, without a checkpoint.
+TEST_F(Trainer, NonFiniteLossSkipsStepsThenStops) {
   try {
-    train::run_train(cfg, false);
+    train::run_train(
+        config("nan", {"model.preset=\"tiny\"", "training.lr=1e30", "training.min_lr=1e30",
+                       "training.warmup_steps=0", "training.weight_decay=0",
+                       "training.max_bad_steps=2", "training.save_every=0"}),
+        false);
     FAIL() << "no error";
   } catch (const core::Error& e) {
     EXPECT_NE(std::string(e.what()).find("max_bad_steps"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(train::latest_complete_checkpoint((dir_ / "nan").string()).has_value());
+}
+
+// A step that turns the weights infinite (learning rate beyond float's range): the skipped steps
+// stay within max_bad_steps, but the final save refuses to write them and the run fails.
+TEST_F(Trainer, NonFiniteWeightsAreNeverSaved) {
+  dt_test::expect_error(
+      [&] {
+        train::run_train(
+            config("inf", {"model.preset=\"tiny\"", "training.lr=1e39", "training.min_lr=1e39",
+                           "training.warmup_steps=0", "training.max_bad_steps=100",
+                           "training.save_every=0", "training.steps=3"}),
+            false);
+      },
+      {"step 3", "non-finite", "no checkpoint written"});
+  EXPECT_FALSE(train::latest_complete_checkpoint((dir_ / "inf").string()).has_value());
+}
+
+// A fresh run never silently deletes an earlier run's checkpoints: refused, unless --overwrite,
+// which removes them only after its own first checkpoint (a fresh run that fails first keeps
+// them all).
+TEST_F(Trainer, FreshRunRefusesEarlierCheckpointsUnlessOverwrite) {
+  train::run_train(config("r"), false);
+  const fs::path out = dir_ / "r";
+  const auto before = dt_test::dir_entries(out);
+  dt_test::expect_error([&] { train::run_train(config("r"), false); },
+                        {out.string(), "2 checkpoint(s)", "--resume", "--overwrite"});
+  EXPECT_EQ(dt_test::dir_entries(out), before);
+  // A fresh --overwrite run that fails before its first save leaves the earlier checkpoints.
+  EXPECT_THROW(
+      train::run_train(config("r", {"data.train=\"" + (dir_ / "nope.jsonl").string() + "\""}),
+                       false, true),
+      core::Error);
+  EXPECT_TRUE(fs::exists(out / train::checkpoint_dir_name(6)));
+  EXPECT_TRUE(fs::exists(out / train::checkpoint_dir_name(3)));
+  // One that saves replaces them.
+  EXPECT_EQ(train::run_train(config("r", {"training.steps=2"}), false, true).steps_done, 2);
+  const auto all = train::complete_checkpoints(out.string());
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].step, 2);
+}
+
+// model.path inside a checkpoint directory of out_dir: refused (that directory would be replaced
+// or pruned), and the checkpoint is left alone.
+TEST_F(Trainer, ModelPathInsideOutDirCheckpointIsRefused) {
+  train::run_train(config("r", {"training.steps=3"}), false);
+  const fs::path ck = dir_ / "r" / train::checkpoint_dir_name(3);
+  for (bool overwrite : {false, true})
+    dt_test::expect_error(
+        [&] {
+          train::run_train(config("r", {"model.preset=\"\"", "model.path=\"" + ck.string() + "\""}),
+                           false, overwrite);
+        },
+        {"model.path", ck.string(), "training.out_dir"});
+  EXPECT_TRUE(fs::exists(ck / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(ck / train::kCompleteMarker));
+}
+
+// Two runs on one out_dir: the second is refused naming the holder's pid, and does not touch
+// the first one's temporaries; leftovers of a dead run are removed by the next run that holds
+// the lock.
+TEST_F(Trainer, OutDirLockAndStaleTemporaries) {
+  const fs::path out = dir_ / "r";
+  fs::create_directories(out / ".tmp-checkpoint-3-999999999");
+  fs::create_directories(out / "..tmp-checkpoint-3-999999999.tmp-999999999");
+  {
+    const train::OutDirLock held(out.string());
+    dt_test::expect_error([&] { train::run_train(config("r", {"training.steps=2"}), false); },
+                          {out.string(), "in use", "pid " + std::to_string(::getpid())});
+    EXPECT_TRUE(fs::exists(out / ".tmp-checkpoint-3-999999999"));
+  }
+  EXPECT_EQ(train::run_train(config("r", {"training.steps=2"}), false).steps_done, 2);
+  EXPECT_FALSE(fs::exists(out / ".tmp-checkpoint-3-999999999"));
+  EXPECT_FALSE(fs::exists(out / "..tmp-checkpoint-3-999999999.tmp-999999999"));
+}
+
+// --resume refuses a run that is not the checkpoint's (another preset, data file or batch
+// shape), naming the setting and both values; a finished run resumed has nothing to do and
+// reports the checkpoint's last loss; a checkpoint whose trainer_state.json step disagrees with
+// its directory name is an error naming the file.
+TEST_F(Trainer, ResumeChecksTheRunItContinues) {
+  train::run_train(config("r"), false);
+  dt_test::expect_error([&] { train::run_train(config("r", {"model.preset=\"tiny\""}), true); },
+                        {"trainer_state.json", "model.preset", "\"tiny-moe\"", "\"tiny\""});
+  const fs::path other = dir_ / "other.jsonl";
+  fs::copy_file(kExamples / "addition" / "eval.jsonl", other);
+  dt_test::expect_error(
+      [&] { train::run_train(config("r", {"data.train=\"" + other.string() + "\""}), true); },
+      {"data.train", "other.jsonl", "train.jsonl"});
+  dt_test::expect_error(
+      [&] { train::run_train(config("r", {"training.micro_batch_tokens=512"}), true); },
+      {"training.micro_batch_tokens", "256", "512"});
+
+  const auto done = train::run_train(config("r"), true);
+  EXPECT_TRUE(done.nothing_to_do);
+  EXPECT_EQ(done.steps_done, 6);
+  EXPECT_EQ(done.final_loss, losses(dir_ / "r" / "metrics.jsonl").back());
+
+  fs::copy(dir_ / "r" / train::checkpoint_dir_name(6), dir_ / "r" / train::checkpoint_dir_name(9),
+           fs::copy_options::recursive);
+  dt_test::expect_error([&] { train::run_train(config("r", {"training.steps=12"}), true); },
+                        {train::checkpoint_dir_name(9), "trainer_state.json", "step 6", "step 9"});
 }
 
 // SIGINT finishes the running step, saves a checkpoint for it and exits with 130; --resume
@@ -372,11 +506,16 @@ TEST_F(Trainer, BadDataLinesAndOverLongSamples) {
   } catch (const core::Error& e) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl:23"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(train::run_train(config("d", {train, noeval, "data.skip_bad_lines=true",
-                                          "data.format=\"auto\"", "data.truncate=true"}),
-                             false)
-                .steps_done,
-            6);
+  ::testing::internal::CaptureStderr();
+  const auto d = train::run_train(config("d", {train, noeval, "data.skip_bad_lines=true",
+                                               "data.format=\"auto\"", "data.truncate=true"}),
+                                  false);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(d.steps_done, 6);
+  // Truncated samples are counted in the data summary.
+  EXPECT_NE(log.find("truncated 1 of 21 training samples to micro_batch_tokens = 256"),
+            std::string::npos)
+      << log;
 }
 
 }  // namespace

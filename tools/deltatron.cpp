@@ -1,9 +1,13 @@
 // deltatron command-line entry point: subcommand parsing and one-line error reporting.
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 
 #include "core/error.h"
+#include "data/synthetic.h"
+#include "data/tokenizer.h"
+#include "io/file_util.h"
 #include "train/convert.h"
 #include "train/init_cmd.h"
 #include "train/presets.h"
@@ -11,9 +15,6 @@
 #include "train/score.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
-#include "data/synthetic.h"
-#include "data/tokenizer.h"
-#include "io/file_util.h"
 #ifdef DT_HAVE_CUDA
 #include "gpu/bench.h"
 #endif
@@ -85,6 +86,9 @@ int main(int argc, char** argv) {
   cv->add_option("--max-shard-mb", conv.max_shard_mb, "largest shard in MB (default 5000)")
       ->check(CLI::PositiveNumber);
   cv->add_flag("--ignore-mtp", conv.ignore_mtp, "keep mtp.* as opaque bytes");
+  cv->add_flag("--overwrite", conv.overwrite,
+               "write into a non-empty directory not written by deltatron (its checkpoint files "
+               "are replaced, other files kept)");
 
   train::InitOptions init;
   CLI::App* in = app.add_subcommand("init", "Write a random-initialised checkpoint for a preset");
@@ -96,6 +100,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"F32", "BF16", "F16"}));
   in->add_option("--tokenizer", init.tokenizer, "tokenizer.json to copy into the checkpoint");
   in->add_flag("--config-only", init.config_only, "write config.json only");
+  in->add_flag("--overwrite", init.overwrite,
+               "write into a non-empty directory not written by deltatron (its checkpoint files "
+               "are replaced, other files kept)");
 
   std::string train_config;
   bool resume = false;
@@ -103,6 +110,10 @@ int main(int argc, char** argv) {
       "train", "Train: deltatron train CONFIG.toml [--resume] [--section.key=value ...]");
   tr->add_option("config", train_config, "TOML training configuration")->required();
   tr->add_flag("--resume", resume, "continue from the newest complete checkpoint in out_dir");
+  bool train_overwrite = false;
+  tr->add_flag("--overwrite", train_overwrite,
+               "start fresh in an out_dir holding an earlier run's checkpoints (removed once this "
+               "run has saved its first checkpoint)");
   bool skip_bad = false, truncate = false;
   tr->add_flag("--skip-bad-lines", skip_bad, "count and skip malformed data lines");
   tr->add_flag("--truncate", truncate, "truncate samples longer than a micro-batch");
@@ -221,8 +232,14 @@ int main(int argc, char** argv) {
       if (skip_bad) overrides.push_back("data.skip_bad_lines=true");
       if (truncate) overrides.push_back("data.truncate=true");
       const train::TrainConfig cfg = train::load_train_config(train_config, overrides);
-      const train::TrainResult r = train::run_train(cfg, resume);
-      std::fprintf(stderr, "train: done: %lld steps, final loss %.4f", 
+      const train::TrainResult r = train::run_train(cfg, resume, train_overwrite);
+      if (r.nothing_to_do) {
+        if (std::isfinite(r.final_loss))
+          std::fprintf(stderr, "train: already finished: %lld steps, last loss %.4f\n",
+                       static_cast<long long>(r.steps_done), r.final_loss);
+        return 0;
+      }
+      std::fprintf(stderr, "train: done: %lld steps, final loss %.4f",
                    static_cast<long long>(r.steps_done), r.final_loss);
       if (r.final_eval_loss >= 0)
         std::fprintf(stderr, ", held-out loss %.4f, held-out answer accuracy %.1f%%",

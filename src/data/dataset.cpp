@@ -388,6 +388,7 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
 
   Dataset ds;
   ds.path_ = path;
+  ds.content_key_ = hex(kh.lo) + hex(kh.hi);
   if (opt.use_cache) {
     const fs::path dir = opt.cache_dir.empty()
                              ? fs::absolute(fs::path(path)).parent_path() / ".deltatron-cache"

@@ -52,9 +52,12 @@ class Dataset {
   const std::string& path() const { return path_; }
   const std::string& cache_path() const { return cache_path_; }  // "" when not cached
   bool from_cache() const { return from_cache_; }                // loaded, not built
+  // The cache key in hex: a hash of the data file's bytes, the tokenizer and every option that
+  // changes the samples. Equal keys mean equal tokenised datasets.
+  const std::string& content_key() const { return content_key_; }
 
  private:
-  std::string path_, cache_path_;
+  std::string path_, cache_path_, content_key_;
   bool from_cache_ = false;
   DataStats stats_;
   int64_t num_samples_ = 0, num_tokens_ = 0;

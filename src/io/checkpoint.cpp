@@ -1,16 +1,14 @@
 // Checkpoint load (validate names/shapes/dtypes, convert to float32) and atomic directory save.
 #include "io/checkpoint.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <set>
-#include <system_error>
 
 #include "core/error.h"
 #include "io/file_util.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 
 namespace deltatron::io {
@@ -182,62 +180,27 @@ std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const
   return views;
 }
 
-// std::filesystem throws filesystem_error; turn failures into one-line core::Errors.
-void fs_check(const std::error_code& ec, const std::string& what) {
-  if (ec) core::fail(what, ": ", ec.message());
-}
-
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {
+void write_checkpoint_files(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {
   if (!ck.config.raw.is_object())
     core::fail(dir, ": cannot save: config.raw is not the config.json object");
   std::map<std::string, core::Tensor> owned;  // per-expert pieces split from fused parameters
   const std::map<std::string, TensorView> views = checkpoint_views(dir, ck, owned);
+  write_safetensors_sharded(dir, views, {{"format", "pt"}}, max_shard_bytes);
+  write_file_atomic((fs::path(dir) / "config.json").string(), ck.config.raw.dump(2) + "\n");
+}
 
-  fs::path target = fs::path(dir).lexically_normal();
-  if (target.filename().empty()) target = target.parent_path();  // "a/b/" -> "a/b"
-  DT_CHECK(!target.filename().empty() && target.filename() != "." && target.filename() != "..", dir,
-           ": cannot save: not a usable directory name");
-  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
-  const std::string base = target.filename().string(), pid = std::to_string(::getpid());
-  const fs::path tmp = parent / ("." + base + ".tmp-" + pid);
-  const fs::path old = parent / ("." + base + ".old-" + pid);
-
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  fs_check(ec, parent.string() + ": cannot create directory");
-  if (fs::exists(target) && !fs::is_directory(target))
-    core::fail(dir, ": cannot save: exists and is not a directory");
-  fs::remove_all(tmp, ec);
-  fs_check(ec, tmp.string() + ": cannot remove stale temporary directory");
-  fs::create_directory(tmp, ec);
-  fs_check(ec, tmp.string() + ": cannot create temporary directory");
-
-  bool moved_old = false;
-  try {
-    write_safetensors_sharded(tmp.string(), views, {{"format", "pt"}}, max_shard_bytes);
-    write_file_atomic((tmp / "config.json").string(), ck.config.raw.dump(2) + "\n");
-    fsync_dir(tmp.string());
-    if (fs::exists(target)) {
-      fs::remove_all(old, ec);
-      fs::rename(target, old, ec);
-      fs_check(ec, dir + ": cannot move the existing directory aside");
-      moved_old = true;
-    }
-    fs::rename(tmp, target, ec);
-    fs_check(ec, dir + ": cannot rename " + tmp.string() + " into place");
-    fsync_dir(parent.string());
-  } catch (...) {
-    std::error_code ignore;
-    if (moved_old && !fs::exists(target)) fs::rename(old, target, ignore);
-    fs::remove_all(tmp, ignore);
-    throw;
+void save_checkpoint(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {
+  if (!ck.config.raw.is_object())
+    core::fail(dir, ": cannot save: config.raw is not the config.json object");
+  {  // Validate before creating anything.
+    std::map<std::string, core::Tensor> owned;
+    checkpoint_views(dir, ck, owned);
   }
-  if (moved_old) {
-    fs::remove_all(old, ec);
-    fs_check(ec, old.string() + ": cannot remove the replaced checkpoint");
-  }
+  StagedOutput staged(dir);
+  write_checkpoint_files(staged.path(), ck, max_shard_bytes);
+  staged.install("");
 }
 
 void save_tensors_f32(const std::string& path, const std::map<std::string, core::Tensor>& t) {

@@ -61,11 +61,17 @@ Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt);
 // when they fit), each parameter in param_dtypes[name] (F32 when absent; BF16 rounds to nearest
 // even) and in the layout of expert_formats (per-expert tensors in their recorded dtypes),
 // pass-through tensors byte for byte, and config.raw as config.json. What load_checkpoint read
-// is written back under the same names, dtypes and bytes. Atomic: everything is
-// built and fsynced in a sibling temporary directory, which is renamed into place; an existing
-// dir is replaced (as a whole, other files included) only after that succeeded.
+// is written back under the same names, dtypes and bytes. Everything is built and fsynced in a
+// sibling staging directory first (io/output_dir.h), so a failure leaves dir as it was; a new
+// dir appears whole by one rename, an existing one has its checkpoint files (config.json and
+// the weight files) replaced and every other file kept.
 void save_checkpoint(const std::string& dir, const Checkpoint& ck,
                      int64_t max_shard_bytes = 5'000'000'000);
+
+// The same files written straight into the existing directory dir (not atomic: for a directory
+// that is itself being staged, like a training checkpoint's or StagedOutput's).
+void write_checkpoint_files(const std::string& dir, const Checkpoint& ck,
+                            int64_t max_shard_bytes = 5'000'000'000);
 
 // Atomic single-file F32 safetensors of named tensors (used for gradient dumps; pass canonical
 // maps through to_checkpoint_names first to get the checkpoint's names and expert layout).

@@ -22,4 +22,13 @@ void check_writable_parent(const std::string& path) {
            " is not writable");
 }
 
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  if (std::filesystem::exists(a, ec) && std::filesystem::exists(b, ec))
+    return std::filesystem::equivalent(a, b, ec) && !ec;
+  const auto ca = std::filesystem::weakly_canonical(a, ec);
+  if (ec) return false;
+  return ca == std::filesystem::weakly_canonical(b, ec) && !ec;
+}
+
 }  // namespace deltatron::io

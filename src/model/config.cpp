@@ -218,6 +218,13 @@ Config parse_config(const json& j, const std::string& source) {
 
   parse_rope(f, c);
 
+  // The MLP, MoE experts and MTP layers compute SiLU (swish): any other activation would be
+  // trained as SiLU without a word, so it is refused.
+  const std::string act = f.opt_str("hidden_act", "silu");
+  if (act != "silu" && act != "swish")
+    core::fail(source, ": field ", f.field("hidden_act"), " = '", act,
+               "' is not supported (deltatron implements silu)");
+
   // The top-level flag is authoritative for the multimodal wrapper (text_config's may be a
   // stale inherited default).
   c.tie_word_embeddings = f.opt_bool("tie_word_embeddings", false);

@@ -194,8 +194,11 @@ std::vector<std::string> remove_stale_checkpoint_temps(const std::string& out_di
   std::vector<fs::path> stale;
   for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string fname = it->path().filename().string();
+    // "." + kTmpPrefix: the staging directory io::save_checkpoint made beside a checkpoint's
+    // temporary directory when the trainer still saved through it (a SIGKILL leaked it).
     const bool ours_kind = fname.rfind(kTmpPrefix, 0) == 0 || fname.rfind(kOldPrefix, 0) == 0 ||
-                           fname.rfind(kDeletingPrefix, 0) == 0;
+                           fname.rfind(kDeletingPrefix, 0) == 0 ||
+                           fname.rfind("." + kTmpPrefix, 0) == 0;
     const bool this_pid = fname.size() >= own.size() &&
                           fname.compare(fname.size() - own.size(), own.size(), own) == 0;
     if (ours_kind && !this_pid) stale.push_back(it->path());

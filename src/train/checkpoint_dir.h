@@ -50,9 +50,11 @@ std::optional<std::string> latest_complete_checkpoint(const std::string& out_dir
 std::vector<std::string> prune_checkpoints(const std::string& out_dir, int64_t keep_last);
 
 // Removes what interrupted saves and prunes of earlier processes left in out_dir: directories
-// named .tmp-checkpoint-*, .old-checkpoint-* and .deleting-checkpoint-* not carrying this
-// process's pid. Call once at start-up, only when this process is the one writing to out_dir.
-// Returns the paths removed.
+// named .tmp-checkpoint-*, .old-checkpoint-*, .deleting-checkpoint-* (and ..tmp-checkpoint-*,
+// the staging an older trainer nested inside a save) not carrying this process's pid. The
+// checkpoint's contents must be written straight into the temporary directory that
+// save_training_checkpoint passes, never staged beside it. Call once at start-up, only while
+// holding out_dir's lock (run_dir.h: no live run is writing them). Returns the paths removed.
 std::vector<std::string> remove_stale_checkpoint_temps(const std::string& out_dir);
 
 // Creates out_dir (and parents) if missing, then creates, syncs and removes a probe file in it.

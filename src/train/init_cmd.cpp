@@ -1,4 +1,4 @@
-// `deltatron init`: preset config -> HF init -> atomic checkpoint directory.
+// `deltatron init`: preset config -> HF init -> staged, then installed checkpoint directory.
 #include "train/init_cmd.h"
 
 #include <unistd.h>
@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/file_util.h"
+#include "io/output_dir.h"
 #include "model/init.h"
 #include "train/presets.h"
 
@@ -25,9 +26,12 @@ void run_init(const InitOptions& opt) {
   if (!opt.tokenizer.empty())
     DT_CHECK(std::filesystem::is_regular_file(opt.tokenizer), opt.tokenizer,
              ": tokenizer file not found");
+  io::check_output_dir(opt.out_dir, opt.overwrite);
+  io::remove_stale_staging(opt.out_dir);
   if (opt.config_only) {
-    std::filesystem::create_directories(opt.out_dir);
-    io::write_file_atomic(opt.out_dir + "/config.json", cfg.dump(2) + "\n");
+    io::StagedOutput out(opt.out_dir);
+    io::write_file_atomic(out.path() + "/config.json", cfg.dump(2) + "\n");
+    out.install("init");
     std::fprintf(stderr, "init: wrote %s/config.json (preset %s)\n", opt.out_dir.c_str(),
                  opt.preset.c_str());
     return;
@@ -41,10 +45,11 @@ void run_init(const InitOptions& opt) {
            ram / 1e9, " GB (use --config-only to write its config.json alone)");
   ck.params = model::init_params(ck.config, opt.seed);
   for (const auto& [name, t] : ck.params) ck.param_dtypes[name] = opt.dtype;
-  io::save_checkpoint(opt.out_dir, ck);
+  io::StagedOutput out(opt.out_dir);
+  io::write_checkpoint_files(out.path(), ck);
   if (!opt.tokenizer.empty())
-    std::filesystem::copy_file(opt.tokenizer, opt.out_dir + "/tokenizer.json",
-                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(opt.tokenizer, out.path() + "/tokenizer.json");
+  out.install("init");
   std::fprintf(stderr, "init: preset %s, %lld parameters, %s, written to %s\n",
                opt.preset.c_str(), static_cast<long long>(n), opt.dtype.c_str(),
                opt.out_dir.c_str());

@@ -2,7 +2,9 @@
 #include "train/score.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "data/pack.h"
@@ -13,10 +15,13 @@
 #include "io/output_check.h"
 #include "model/model.h"
 #include "train/engine.h"
+#include "train/finite_check.h"
 
 namespace deltatron::train {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 std::vector<data::Pack> make_packs(const std::vector<data::Sample>& samples,
                                    const ScoreOptions& opt) {
@@ -31,9 +36,54 @@ std::vector<data::Pack> make_packs(const std::vector<data::Sample>& samples,
   return packs;
 }
 
+// Throws when an output path names an input (or the other output): the data, a file of the
+// model directory, or --output and --grad-out the same file.
+void check_outputs_are_not_inputs(const ScoreOptions& opt) {
+  std::vector<std::pair<std::string, std::string>> inputs = {{"--data", opt.data_path}};
+  std::error_code ec;
+  for (fs::directory_iterator it(opt.model_dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_regular_file(ec)) inputs.push_back({"--model", it->path().string()});
+  std::vector<std::pair<std::string, std::string>> outputs = {{"--output", opt.output_path}};
+  if (!opt.grad_out.empty()) {
+    outputs.push_back({"--grad-out", opt.grad_out});
+    inputs.push_back({"--output", opt.output_path});
+  }
+  for (const auto& [oflag, out] : outputs)
+    for (const auto& [iflag, in] : inputs) {
+      if (oflag == iflag) continue;
+      if (io::same_file(in, out))
+        core::fail(oflag, " ", out, " is the same file as ", iflag, " ", in,
+                   ": it would be overwritten; choose another output path");
+    }
+}
+
+// Throws when a sample's loss is NaN or infinite, naming the samples (and a non-finite weight,
+// when there is one, as the likely cause), before anything is written.
+void check_finite_losses(const std::vector<double>& loss_sum, const std::vector<double>& mtp_sum,
+                         double router_loss, const io::Checkpoint& ck, const ScoreOptions& opt) {
+  std::vector<size_t> bad;
+  for (size_t i = 0; i < loss_sum.size(); ++i)
+    if (!std::isfinite(loss_sum[i]) || !std::isfinite(mtp_sum[i])) bad.push_back(i);
+  if (bad.empty() && std::isfinite(router_loss)) return;
+  std::string which;
+  for (size_t k = 0; k < bad.size() && k < 5; ++k)
+    which += (k ? ", " : "") + std::to_string(bad[k]);
+  if (bad.size() > 5) which += ", ...";
+  const auto weight = find_non_finite(ck.params);
+  const std::string cause =
+      weight ? "; the model holds a non-finite weight: " + describe(*weight) : "";
+  if (bad.empty())
+    core::fail(opt.data_path, ": the router loss is not finite", cause, "; nothing written");
+  core::fail(opt.data_path, ": ", bad.size(), " of ", loss_sum.size(),
+             " samples have a non-finite loss (index ", which, ")", cause, "; nothing written");
+}
+
 }  // namespace
 
 void run_score(const ScoreOptions& opt) {
+  DT_CHECK(std::isfinite(opt.mtp_scale) && opt.mtp_scale >= 0, "--mtp-scale must be >= 0, got ",
+           opt.mtp_scale);
+  check_outputs_are_not_inputs(opt);
   io::check_writable_parent(opt.output_path);
   if (!opt.grad_out.empty()) io::check_writable_parent(opt.grad_out);
   io::LoadOptions load_opt;
@@ -83,6 +133,8 @@ void run_score(const ScoreOptions& opt) {
   if (!opt.quiet && opt.router.active())
     std::fprintf(stderr, "score: router loss (sum over MoE layers) %.9g\n", router_loss);
 
+  check_finite_losses(loss_sum, mtp_loss_sum, router_loss, ck, opt);
+
   std::string out;
   for (size_t i = 0; i < S; ++i) {
     nlohmann::json j = {{"index", i}, {"loss_sum", loss_sum[i]}, {"n_tokens", n_tokens[i]}};
@@ -95,6 +147,9 @@ void run_score(const ScoreOptions& opt) {
   if (with_grads) {
     model::TensorMap grads = model::zeros_like(ck.params);
     engine->grads_to_host(grads);
+    if (const auto nf = find_non_finite(grads))
+      core::fail(opt.model_dir, ": the gradient is not finite: ", describe(*nf),
+                 "; nothing written");
     io::save_tensors_f32(opt.grad_out, io::to_checkpoint_names(ck, grads));
   }
   io::write_file_atomic(opt.output_path, out);

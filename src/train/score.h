@@ -33,7 +33,9 @@ struct ScoreOptions {
 // of the whole dataset (a counting pass runs first), seq_aux sums its per-sample terms, z-loss
 // sums lse^2 over real tokens; so no number depends on how samples are packed, except the
 // micro_batch aux loss, whose definition is per pack. Everything is validated and computed
-// before anything is written.
+// before anything is written: an output that is the same file as an input (--data, a file of
+// --model) or as the other output is refused up front, and a non-finite loss of any sample (or
+// a non-finite gradient) is an error naming the samples, with nothing written.
 void run_score(const ScoreOptions& opt);
 
 }  // namespace deltatron::train

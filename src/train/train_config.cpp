@@ -1,10 +1,12 @@
 // TOML training configuration: parse, override, validate, resolve paths.
 #include "train/train_config.h"
 
+#include <toml++/toml.h>
+
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
-#include <toml++/toml.h>
 
 #include "core/error.h"
 
@@ -176,6 +178,28 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
            path, ": training.router_aux_type must be global, seq or micro_batch");
   DT_CHECK(c.schedule == "cosine" || c.schedule == "constant", path,
            ": training.schedule must be cosine or constant");
+  // Counts and scales where 0 has a documented meaning (train_config.h) but a negative value
+  // has none: named with the value instead of silently acting like 0 or worse.
+  auto non_negative = [&](const char* key, double v) {
+    DT_CHECK(v >= 0, path, ": ", key, " must be >= 0, got ", v);
+  };
+  non_negative("training.save_every", double(c.save_every));
+  non_negative("training.keep_last", double(c.keep_last));
+  non_negative("training.eval_every", double(c.eval_every));
+  non_negative("training.log_every", double(c.log_every));
+  non_negative("training.max_bad_steps", double(c.max_bad_steps));
+  non_negative("training.warmup_steps", double(c.warmup_steps));
+  non_negative("training.shuffle_window", double(c.shuffle_window));
+  non_negative("training.weight_decay", c.weight_decay);
+  non_negative("training.z_loss_coef", c.z_loss_coef);
+  DT_CHECK(std::isfinite(c.grad_clip) && c.grad_clip >= 0, path,
+           ": training.grad_clip must be >= 0 (0: no clipping), got ", c.grad_clip);
+  DT_CHECK(std::isfinite(c.mtp_scale) && c.mtp_scale >= 0, path,
+           ": training.mtp_scale must be >= 0 (0: the MTP loss does not train), got ", c.mtp_scale);
+  DT_CHECK(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1, path,
+           ": training.beta1 and training.beta2 must be in [0, 1), got ", c.beta1, " and ",
+           c.beta2);
+  DT_CHECK(c.eps > 0, path, ": training.eps must be positive, got ", c.eps);
   DT_CHECK(c.save_dtype.empty() || c.save_dtype == "F32" || c.save_dtype == "BF16" ||
                c.save_dtype == "F16",
            path, ": training.save_dtype must be F32, BF16 or F16");

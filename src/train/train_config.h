@@ -9,7 +9,8 @@
 namespace deltatron::train {
 
 // Every key, its section and its default. Unknown sections or keys are errors (typos must not
-// pass silently). Paths in the file are relative to the file's directory.
+// pass silently), and so are negative counts, scales and thresholds. Paths in the file are
+// relative to the file's directory.
 struct TrainConfig {
   // [model]
   std::string model_path;    // HF checkpoint directory, or
@@ -46,15 +47,15 @@ struct TrainConfig {
   int64_t warmup_steps = 0;
   std::string schedule = "cosine";  // cosine | constant
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  double grad_clip = 1.0;
+  double grad_clip = 1.0;  // global-norm clipping threshold; 0: no clipping
   uint64_t seed = 1234;
   int64_t save_every = 0;  // 0: only at the end
-  int64_t keep_last = 2;
+  int64_t keep_last = 2;   // checkpoints kept in out_dir; 0: all
   int64_t eval_every = 0;  // 0: only at the end
   int64_t log_every = 10;
   bool tensorboard = true;  // also write every metrics.jsonl record to out_dir/tensorboard/
-  int64_t max_bad_steps = 10;
-  double mtp_scale = 0.1;
+  int64_t max_bad_steps = 10;         // skipped non-finite steps tolerated; 0: stop at the first
+  double mtp_scale = 0.1;             // weight of the MTP loss; 0: reported, not trained
   double router_aux_coef = -1.0;      // < 0: the model config's router_aux_loss_coef
   std::string router_aux_type = "global";  // global | seq | micro_batch
   double z_loss_coef = 0.0;

@@ -54,6 +54,26 @@ std::unique_ptr<data::Dataset> load_set(const std::string& path, const data::Tok
   return ds;
 }
 
+// Counts the samples longer than a micro-batch and says what happens to them.
+void report_truncation(const TrainConfig& cfg, TrainData& d) {
+  const int64_t budget = cfg.micro_batch_tokens;
+  for (int64_t len : d.train_lengths) d.train_truncated += len > budget;
+  const data::Dataset& eval = d.eval_set ? *d.eval_set : *d.train_set;
+  for (int64_t i : d.eval_index) d.eval_truncated += eval.length(i) > budget;
+  if (cfg.truncate && d.train_truncated > 0)
+    std::fprintf(stderr,
+                 "data: truncated %lld of %zu training samples to micro_batch_tokens = %lld "
+                 "(data.truncate); their later tokens are not trained on\n",
+                 static_cast<long long>(d.train_truncated), d.train_lengths.size(),
+                 static_cast<long long>(budget));
+  if (d.eval_truncated > 0)
+    std::fprintf(stderr,
+                 "data: truncated %lld of %zu held-out samples to micro_batch_tokens = %lld for "
+                 "evaluation\n",
+                 static_cast<long long>(d.eval_truncated), d.eval_index.size(),
+                 static_cast<long long>(budget));
+}
+
 }  // namespace
 
 TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size) {
@@ -89,6 +109,7 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
     d.train_index = all;
   }
   for (int64_t i : d.train_index) d.train_lengths.push_back(d.train_set->length(i));
+  report_truncation(cfg, d);
   return d;
 }
 

@@ -18,10 +18,14 @@ struct TrainData {
   std::vector<int64_t> train_index, eval_index;        // sample ids used for each role
   std::vector<int64_t> train_lengths;                  // lengths of train_index, in order
   data::ChatChoice chat;                               // the chat format chat lines get
+  // Samples longer than micro_batch_tokens: training ones are truncated to it (data.truncate;
+  // without it they are an error when packing), held-out ones always are.
+  int64_t train_truncated = 0, eval_truncated = 0;
 };
 
 // Loads (or builds and caches) the tokenised datasets, splits off eval_fraction if no eval
-// file is given (deterministic for cfg.seed), and prints a one-line summary of each set.
+// file is given (deterministic for cfg.seed), and prints a one-line summary of each set and,
+// when any sample is truncated, how many.
 TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size);
 
 // Eval micro-batches: eval samples in order, greedy in-order packs of at most budget tokens.

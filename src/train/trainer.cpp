@@ -21,9 +21,12 @@
 #include "model/model.h"
 #include "train/checkpoint_dir.h"
 #include "train/engine.h"
+#include "train/finite_check.h"
 #include "train/objective.h"
 #include "train/optimizer.h"
 #include "train/presets.h"
+#include "train/run_dir.h"
+#include "train/run_identity.h"
 #include "train/schedule.h"
 #include "train/tensorboard_log.h"
 #include "train/train_data.h"
@@ -107,12 +110,18 @@ EvalResult evaluate(const TrainConfig& cfg, Engine& engine, const TrainData& d) 
 
 // ---- checkpoints -------------------------------------------------------------------------
 
+// Never writes non-finite weights; after the first save of a fresh --overwrite run, the earlier
+// run's checkpoints go (run_dir.h), then pruning.
 void save(const TrainConfig& cfg, io::Checkpoint& ck, const TrainState& st, const AdamW& opt,
-          const std::vector<fs::path>& tok_files) {
+          const std::vector<fs::path>& tok_files, RunStart& start) {
+  if (const auto nf = find_non_finite(ck.params))
+    core::fail("step ", st.step, ": the weights hold non-finite values (", describe(*nf),
+               "); no checkpoint written",
+               start.earlier.empty() ? "" : "; the earlier run's checkpoints are kept");
   if (!cfg.save_dtype.empty())
     for (auto& [name, dt] : ck.param_dtypes) dt = cfg.save_dtype;
   const std::string dir = save_training_checkpoint(cfg.out_dir, st.step, [&](const std::string& tmp) {
-    io::save_checkpoint(tmp, ck);
+    io::write_checkpoint_files(tmp, ck);  // straight into tmp: no staging the cleanup misses
     for (const auto& f : tok_files)
       fs::copy_file(f, fs::path(tmp) / f.filename(), fs::copy_options::overwrite_existing);
     const std::string state_dir = tmp + "/training_state";
@@ -123,6 +132,7 @@ void save(const TrainConfig& cfg, io::Checkpoint& ck, const TrainState& st, cons
     for (const auto& [name, t] : ck.params) views[name] = io::TensorView{"F32", t.shape, t.ptr(), {}};
     io::write_safetensors(state_dir + "/master_weights.safetensors", views);
   });
+  remove_earlier_checkpoints(start, dir);
   prune_checkpoints(cfg.out_dir, cfg.keep_last);
   std::fprintf(stderr, "\ncheckpoint: %s\n", dir.c_str());
 }
@@ -150,17 +160,14 @@ std::string fmt_duration(double s) {
 
 }  // namespace
 
-TrainResult run_train(const TrainConfig& cfg, bool resume) {
-  // 1. Output directory first: an unwritable one fails before any work.
+TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
+  // 1. Output directory first: an unwritable or busy one fails before any work; leftovers of
+  // interrupted saves are removed only under the lock (no live run is writing them).
   check_output_dir_writable(cfg.out_dir);
+  const OutDirLock lock(cfg.out_dir);
   remove_stale_checkpoint_temps(cfg.out_dir);
-  std::string resume_dir;
-  if (resume) {
-    auto latest = latest_complete_checkpoint(cfg.out_dir);
-    if (latest) resume_dir = *latest;
-    else std::fprintf(stderr, "train: --resume: no complete checkpoint in %s, starting fresh\n",
-                      cfg.out_dir.c_str());
-  }
+  RunStart start = plan_run_start(cfg, resume, overwrite);
+  const std::string resume_dir = start.resume_dir;
 
   // 2. Model, tokenizer, data.
   io::Checkpoint ck = load_or_init_model(cfg, resume_dir);
@@ -190,8 +197,32 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
   if (!resume_dir.empty()) {
     load_train_state(resume_dir + "/training_state", st, opt);
     restore_master_weights(resume_dir, ck);
+    check_resumed_step(start, st.step);
+    check_run_identity(st.extra.contains("run") ? st.extra["run"] : nlohmann::json(),
+                       run_identity(cfg, d),
+                       resume_dir + "/training_state/" + kTrainerStateFileName);
     std::fprintf(stderr, "train: resumed from %s at step %lld\n", resume_dir.c_str(),
                  static_cast<long long>(st.step));
+  }
+  st.extra["run"] = run_identity(cfg, d);
+  if (const auto nf = find_non_finite(ck.params))
+    core::fail(resume_dir.empty()
+                   ? (cfg.model_path.empty() ? "preset " + cfg.model_preset : cfg.model_path)
+                   : resume_dir,
+               ": the starting weights hold non-finite values (", describe(*nf),
+               "); training cannot recover from them");
+  TrainResult result;
+  if (st.step >= cfg.steps) {  // a finished run resumed: nothing to train
+    result.steps_done = st.step;
+    result.nothing_to_do = true;
+    const nlohmann::json last = st.extra.value("last_loss", nlohmann::json());
+    result.final_loss = last.is_number() ? last.get<double>() : std::nan("");
+    std::fprintf(stderr,
+                 "train: %s is at step %lld, training.steps = %lld: nothing to do "
+                 "(raise training.steps to train further)\n",
+                 resume_dir.c_str(), static_cast<long long>(st.step),
+                 static_cast<long long>(cfg.steps));
+    return result;
   }
   const auto engine = make_engine(cfg.device, cfg.precision, c, ck.params, &opt, cfg.recompute);
   data::PackingOptions po;
@@ -213,17 +244,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
   // it resumed from appear again).
   std::ofstream metrics(cfg.out_dir + "/metrics.jsonl",
                         resume_dir.empty() ? std::ios::trunc : std::ios::app);
-  if (resume_dir.empty()) {
-    // A fresh run must not leave an earlier run's checkpoints for a later --resume to pick up.
-    const auto old = complete_checkpoints(cfg.out_dir);
-    if (!old.empty())
-      std::fprintf(stderr, "train: starting fresh in %s: removing %zu checkpoint(s) of an earlier "
-                   "run (use --resume to continue it instead)\n", cfg.out_dir.c_str(), old.size());
-    for (const auto& e : old) fs::remove_all(e.path);
-  }
   TensorBoardLog tensorboard(cfg.out_dir, cfg.tensorboard, st.step + 1);
   const bool tty = ::isatty(STDERR_FILENO);
-  TrainResult result;
   int64_t bad_steps = 0;
   const auto t_start = std::chrono::steady_clock::now();
   const int64_t first_step = st.step;
@@ -274,6 +296,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     st.epoch = batches.epoch();
     st.data_cursor = batches.cursor();
     result.final_loss = loss;
+    if (std::isfinite(loss)) st.extra["last_loss"] = loss;
 
     // Log.
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -316,7 +339,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume) {
     if ((cfg.save_every > 0 && st.step % cfg.save_every == 0) || last || stop)
     {
       engine->sync_to_host(ck.params, opt);
-      save(cfg, ck, st, opt, tok_files);
+      save(cfg, ck, st, opt, tok_files, start);
     }
     if (stop && !last) {
       std::fprintf(stderr, "train: stopped by signal %d after step %lld; resume with --resume\n",

@@ -9,11 +9,17 @@ struct TrainResult {
   int64_t steps_done = 0;
   double final_loss = 0, final_eval_loss = -1, final_eval_accuracy = -1;
   bool interrupted = false;
+  bool nothing_to_do =
+      false;  // resumed at step >= steps; final_loss is the checkpoint's (NaN if unknown)
 };
 
 // Runs (or, with resume, continues from the newest complete checkpoint in out_dir) the
 // training described by cfg. Writes checkpoints (HF directory + training state), metrics.jsonl
-// and progress to stderr.
-TrainResult run_train(const TrainConfig& cfg, bool resume);
+// and progress to stderr. out_dir is locked for the run (run_dir.h). A fresh run refuses an
+// out_dir holding an earlier run's checkpoints unless overwrite, which removes them once the
+// new run has saved its first checkpoint. A resume must match the checkpoint's run identity
+// (run_identity.h). Non-finite starting weights are an error, and a checkpoint is never written
+// with non-finite weights (an error instead).
+TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite = false);
 
 }  // namespace deltatron::train
