@@ -9,7 +9,8 @@
 #                        driver and toolkit libraries (on the GPU machine in /usr/local/cuda/lib64)
 #   deltatron            the CLI (bench, score/train --device cuda)
 #   test_* (gpu tests)   copies of the executables listed in BUILD/gpu_tests.txt
-#   CTestTestfile.cmake  those tests with label gpu and relative paths (the folder can move)
+#   CTestTestfile.cmake  those tests with their labels (gpu and the level) and relative paths (the
+#                        folder can move)
 # and BUILD/runtime.tar.xz, the same folder compressed (what travels to the GPU machine).
 set -euo pipefail
 build=${1:-build}
@@ -21,12 +22,13 @@ mkdir -p "$out/lib"
 bins=()
 if [[ -x $build/deltatron ]]; then bins+=("$build/deltatron"); fi
 : >"$out/CTestTestfile.cmake"
-while read -r t; do
+# gpu_tests.txt: "name labels" per line (labels "gpu;<levels>"; "gpu" when a line has none)
+while read -r t labels; do
   [[ -n $t ]] || continue
   [[ -x $build/$t ]] || { echo "pack_runtime: $build/$t not built" >&2; exit 1; }
   bins+=("$build/$t")
-  printf 'add_test(%s "./%s")\nset_tests_properties(%s PROPERTIES LABELS "gpu" RUN_SERIAL ON)\n' \
-    "$t" "$t" "$t" >>"$out/CTestTestfile.cmake"
+  printf 'add_test(%s "./%s")\nset_tests_properties(%s PROPERTIES LABELS "%s" RUN_SERIAL ON)\n' \
+    "$t" "$t" "$t" "${labels:-gpu}" >>"$out/CTestTestfile.cmake"
 done <"$build/gpu_tests.txt"
 # the executables and the non-system shared libraries they need
 "$(dirname "${BASH_SOURCE[0]}")/bundle.sh" "$out" "${bins[@]}" >/dev/null
