@@ -232,7 +232,7 @@ TEST(Checkpoint, LoadErrorsNameTheTensor) {
   {
     fs::remove_all(dir);
     write_raw_checkpoint(dir, cfg, {});
-    std::map<std::string, io::TensorView> v;
+    std::map<std::string, io::TensorRecord> v;
     for (const auto& [name, t] : ck.params) v[name] = {"F32", t.shape, t.ptr(), {}};
     std::vector<uint8_t> ints(8 * 4);
     v["model.norm.weight"] = {"I32", {8}, nullptr, ints};

@@ -125,7 +125,7 @@ void write_hf(const std::string& dir, const json& cfg, const Files& files,
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::ofstream(dir + "/config.json") << cfg.dump(2);
-  std::map<std::string, io::TensorView> views;
+  std::map<std::string, io::TensorRecord> views;
   for (const auto& [n, t] : files) views[n] = {t.dtype, t.shape, t.v.data(), {}};
   for (const auto& [n, r] : raw) views[n] = {r.dtype, r.shape, nullptr, {r.bytes}};
   io::write_safetensors_sharded(dir, views, {{"format", "pt"}}, max_shard_bytes);

@@ -14,7 +14,7 @@
 
 namespace fs = std::filesystem;
 using namespace deltatron;
-using io::TensorView;
+using io::TensorRecord;
 using nlohmann::json;
 
 namespace {
@@ -102,7 +102,7 @@ TEST(Safetensors, RoundTripF32Bf16F16AndRaw) {
              c = dt_test::randn<float>(11, 3);
   std::vector<int32_t> ints = {1, -2, 3, 1 << 30, -7};
   std::span<const uint8_t> ib(reinterpret_cast<const uint8_t*>(ints.data()), ints.size() * 4);
-  std::map<std::string, TensorView> t = {
+  std::map<std::string, TensorRecord> t = {
       {"w.f32", {"F32", {7, 13}, a.data(), {}}}, {"w.bf16", {"BF16", {5, 3}, b.data(), {}}},
       {"a.f16", {"F16", {11}, c.data(), {}}},    {"ids", {"I32", {5}, nullptr, ib}},
       {"empty", {"BF16", {0, 4}, nullptr, {}}},
@@ -149,7 +149,7 @@ TEST(Safetensors, RoundTripF32Bf16F16AndRaw) {
 TEST(Safetensors, ShardedRoundTrip) {
   TempDir d;
   std::map<std::string, std::vector<float>> data;
-  std::map<std::string, TensorView> t;
+  std::map<std::string, TensorRecord> t;
   for (int i = 0; i < 9; ++i) {
     const std::string name = "layer." + std::to_string(i) + ".w";
     data[name] = dt_test::randn<float>(10 * (i + 1), 100 + i);
@@ -289,7 +289,7 @@ TEST(Safetensors, ShardedIndexErrors) {
 TEST(Safetensors, WriterIsAtomic) {
   TempDir d;
   const auto a = dt_test::randn<float>(1 << 18, 1);  // 1 MiB of F32
-  const std::map<std::string, TensorView> t = {{"x", {"F32", {1 << 18}, a.data(), {}}}};
+  const std::map<std::string, TensorRecord> t = {{"x", {"F32", {1 << 18}, a.data(), {}}}};
 
   // Directory that does not exist: error, nothing created.
   const std::string nodir = d / "no/such/dir/t.safetensors";

@@ -17,6 +17,7 @@
 #include "train/trainer.h"
 #ifdef DT_HAVE_CUDA
 #include "gpu/bench.h"
+#include "gpu/engine.h"
 #endif
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,9 @@ struct BenchArgs {
 #endif
 
 int main(int argc, char** argv) {
+#ifdef DT_HAVE_CUDA
+  gpu::install_engine();  // train::make_engine("cuda", ...)
+#endif
   CLI::App app{"deltatron: train and fine-tune Qwen3.5 models"};
   app.require_subcommand(1);
 
@@ -226,7 +230,8 @@ int main(int argc, char** argv) {
       }
       io::write_file_atomic(tk_out, out);
     }
-    if (gd->parsed()) data::write_addition_jsonl(gen_out, gen_n, gen_digits, gen_seed, gen_fixed);
+    if (gd->parsed())
+      io::write_file_atomic(gen_out, data::addition_jsonl(gen_n, gen_digits, gen_seed, gen_fixed));
     if (tr->parsed()) {
       std::vector<std::string> overrides = tr->remaining();
       if (skip_bad) overrides.push_back("data.skip_bad_lines=true");

@@ -5,7 +5,6 @@
 #include <random>
 
 #include "core/error.h"
-#include "io/file_util.h"
 
 namespace deltatron::data {
 
@@ -17,8 +16,7 @@ std::string padded(int64_t v, int width) {
 }
 }  // namespace
 
-void write_addition_jsonl(const std::string& path, int64_t n, int max_digits, uint64_t seed,
-                          bool fixed_width) {
+std::string addition_jsonl(int64_t n, int max_digits, uint64_t seed, bool fixed_width) {
   DT_CHECK(n > 0 && max_digits >= 1 && max_digits <= 9, "addition data: n > 0 and 1 <= digits <= 9");
   std::mt19937_64 rng(seed);
   auto operand = [&]() {
@@ -39,7 +37,7 @@ void write_addition_jsonl(const std::string& path, int64_t n, int max_digits, ui
           {{"role", "assistant"}, {"content", padded(a + b, w ? w + 1 : 0)}}}}};
     out += j.dump() + "\n";
   }
-  io::write_file_atomic(path, out);
+  return out;
 }
 
 }  // namespace deltatron::data

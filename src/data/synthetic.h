@@ -10,10 +10,10 @@ namespace deltatron::data {
 //   {"messages": [{"role": "user", "content": "What is 47 + 385?"},
 //                 {"role": "assistant", "content": "432"}]}
 // Operands have 1..max_digits digits (digit count uniform, then value uniform). Deterministic
-// for (n, max_digits, seed); written atomically. fixed_width: operands zero-padded to
-// max_digits and the sum to max_digits + 1 ("What is 047 + 385?" -> "0432"), which lets a
-// small model align digits by position and learn the task in a few hundred steps.
-void write_addition_jsonl(const std::string& path, int64_t n, int max_digits, uint64_t seed,
-                          bool fixed_width = false);
+// for (n, max_digits, seed). fixed_width: operands zero-padded to max_digits and the sum to
+// max_digits + 1 ("What is 047 + 385?" -> "0432"), which lets a small model align digits by
+// position and learn the task in a few hundred steps. Returns the JSONL text (the CLI writes it
+// atomically).
+std::string addition_jsonl(int64_t n, int max_digits, uint64_t seed, bool fixed_width = false);
 
 }  // namespace deltatron::data

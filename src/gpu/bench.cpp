@@ -24,6 +24,7 @@
 #include "cuda/device.h"
 #include "data/pack.h"
 #include "gpu/buf.h"
+#include "gpu/engine.h"
 #include "gpu/profile.h"
 #include "model/config.h"
 #include "train/engine.h"
@@ -206,7 +207,7 @@ void run_bench(const BenchOptions& o) {
   train::AdamWOptions ao;
   ao.weight_decay = 0.1;
   train::AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
-  auto engine = train::make_engine("cuda", o.precision, c, params, nullptr, o.recompute);
+  auto engine = make_gpu_engine(o.precision == "fp32", c, params, nullptr, o.recompute);
   params.clear();
 
   std::fprintf(

@@ -121,7 +121,7 @@ namespace {
 // The tensors of a checkpoint as writer views under the checkpoint's names and layout, after
 // checking them against the config. Per-expert pieces are split into `owned` (map nodes are
 // stable, so the views' pointers stay valid while `owned` lives).
-std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const Checkpoint& ck,
+std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, const Checkpoint& ck,
                                                    std::map<std::string, core::Tensor>& owned) {
   std::vector<ParamSource> plan;
   try {
@@ -133,7 +133,7 @@ std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const
     auto d = ck.param_dtypes.find(name);
     return d == ck.param_dtypes.end() ? "F32" : d->second;
   };
-  std::map<std::string, TensorView> views;
+  std::map<std::string, TensorRecord> views;
   std::set<std::string> param_names;
   for (const ParamSource& src : plan) {
     const model::ParamSpec& s = src.param;
@@ -163,7 +163,7 @@ std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const
                    ", expected F32, BF16 or F16");
       const float* data = t.ptr();
       if (fmt) data = owned.insert_or_assign(fname, std::move(parts[k])).first->second.ptr();
-      views.emplace(fname, TensorView{dtype, src.files[k].shape, data, {}});
+      views.emplace(fname, TensorRecord{dtype, src.files[k].shape, data, {}});
     }
   }
   for (const auto& kv : ck.params)
@@ -175,7 +175,7 @@ std::map<std::string, TensorView> checkpoint_views(const std::string& dir, const
     if (!is_passthrough_name(name, ck.config))
       core::fail(dir, ": cannot save: pass-through '", name,
                  "' is an MTP tensor but config.mtp_enabled is set (MTP tensors are parameters)");
-    views.emplace(name, TensorView{r.dtype, r.shape, nullptr, {r.bytes.data(), r.bytes.size()}});
+    views.emplace(name, TensorRecord{r.dtype, r.shape, nullptr, {r.bytes.data(), r.bytes.size()}});
   }
   return views;
 }
@@ -186,7 +186,7 @@ void write_checkpoint_files(const std::string& dir, const Checkpoint& ck, int64_
   if (!ck.config.raw.is_object())
     core::fail(dir, ": cannot save: config.raw is not the config.json object");
   std::map<std::string, core::Tensor> owned;  // per-expert pieces split from fused parameters
-  const std::map<std::string, TensorView> views = checkpoint_views(dir, ck, owned);
+  const std::map<std::string, TensorRecord> views = checkpoint_views(dir, ck, owned);
   write_safetensors_sharded(dir, views, {{"format", "pt"}}, max_shard_bytes);
   write_file_atomic((fs::path(dir) / "config.json").string(), ck.config.raw.dump(2) + "\n");
 }
@@ -204,12 +204,12 @@ void save_checkpoint(const std::string& dir, const Checkpoint& ck, int64_t max_s
 }
 
 void save_tensors_f32(const std::string& path, const std::map<std::string, core::Tensor>& t) {
-  std::map<std::string, TensorView> views;
+  std::map<std::string, TensorRecord> views;
   for (const auto& [name, x] : t) {
     if (x.numel() != core::numel(x.shape))
       core::fail(path, ": tensor '", name, "' has ", x.numel(), " values for shape ",
                  core::shape_str(x.shape));
-    views.emplace(name, TensorView{"F32", x.shape, x.ptr(), {}});
+    views.emplace(name, TensorRecord{"F32", x.shape, x.ptr(), {}});
   }
   write_safetensors(path, views);
 }

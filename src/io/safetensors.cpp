@@ -267,7 +267,7 @@ core::Tensor SafetensorsFile::to_float(const std::string& name) const {
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-int64_t stored_bytes(const TensorView& t) {
+int64_t stored_bytes(const TensorRecord& t) {
   uint64_t n = 0;
   if (!checked_bytes(t.shape, dtype_size(t.dtype), n)) core::fail("tensor size overflows");
   return static_cast<int64_t>(n);
@@ -275,7 +275,7 @@ int64_t stored_bytes(const TensorView& t) {
 
 namespace {
 
-void check_view(const std::string& path, const std::string& name, const TensorView& t) {
+void check_view(const std::string& path, const std::string& name, const TensorRecord& t) {
   const std::string where = path + ": tensor '" + name + "'";
   if (name.empty() || name == "__metadata__")
     core::fail(path, ": invalid tensor name '", name, "'");
@@ -293,7 +293,7 @@ void check_view(const std::string& path, const std::string& name, const TensorVi
   }
 }
 
-void write_view_data(OutFile& f, const TensorView& t) {
+void write_view_data(OutFile& f, const TensorRecord& t) {
   if (t.f32 == nullptr) {
     f.write(t.bytes.data(), t.bytes.size());
     return;
@@ -317,7 +317,7 @@ void write_view_data(OutFile& f, const TensorView& t) {
 
 }  // namespace
 
-void write_safetensors(const std::string& path, const std::map<std::string, TensorView>& tensors,
+void write_safetensors(const std::string& path, const std::map<std::string, TensorRecord>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json h = json::object();
   uint64_t off = 0;
@@ -398,11 +398,11 @@ const SafetensorsFile& SafetensorsSet::file_of(const std::string& name) const {
 }
 
 std::vector<std::string> write_safetensors_sharded(
-    const std::string& dir, const std::map<std::string, TensorView>& tensors,
+    const std::string& dir, const std::map<std::string, TensorRecord>& tensors,
     const std::map<std::string, std::string>& metadata, int64_t max_shard_bytes) {
   DT_CHECK(max_shard_bytes > 0, dir, ": max shard size must be positive, got ", max_shard_bytes);
   // Greedy in name order: a new shard starts when the next tensor would overflow this one.
-  std::vector<std::map<std::string, TensorView>> shards(1);
+  std::vector<std::map<std::string, TensorRecord>> shards(1);
   int64_t cur = 0, total = 0;
   for (const auto& [name, t] : tensors) {
     check_view(dir, name, t);

@@ -63,24 +63,24 @@ class SafetensorsFile {
   std::map<std::string, TensorInfo> tensors_;
 };
 
-// What the writer stores for one tensor: dtype and shape as they go into the file, and exactly
+// A write record: what the writer stores for one tensor (not a core::View): dtype and shape as they go into the file, and exactly
 // one data source: f32 (numel floats, converted to dtype, which must be F32/BF16/F16) or bytes
 // (numel * dtype_size bytes, written unchanged). The pointed-to data must outlive the call.
-struct TensorView {
+struct TensorRecord {
   std::string dtype;
   core::Shape shape;
   const float* f32 = nullptr;
   std::span<const uint8_t> bytes;
 };
 
-// Byte size of a view's data in the file (numel * dtype_size).
-int64_t stored_bytes(const TensorView& t);
+// Byte size of a record's data in the file (numel * dtype_size).
+int64_t stored_bytes(const TensorRecord& t);
 
 // Writes one safetensors file atomically (path.tmp-<pid>, fsync, rename, fsync of the directory).
 // Tensors are laid out in name order; the header is padded with spaces to a multiple of 8 bytes.
 // metadata, when not empty, is stored as "__metadata__". On failure no file appears at path and
 // an existing one is left untouched.
-void write_safetensors(const std::string& path, const std::map<std::string, TensorView>& tensors,
+void write_safetensors(const std::string& path, const std::map<std::string, TensorRecord>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 inline constexpr const char* kSingleWeightsName = "model.safetensors";
@@ -117,7 +117,7 @@ class SafetensorsSet {
 // and weight_map. One shard is written as model.safetensors with no index. Returns the file
 // names written (relative to dir). Every file is written atomically.
 std::vector<std::string> write_safetensors_sharded(
-    const std::string& dir, const std::map<std::string, TensorView>& tensors,
+    const std::string& dir, const std::map<std::string, TensorRecord>& tensors,
     const std::map<std::string, std::string>& metadata, int64_t max_shard_bytes);
 
 }  // namespace deltatron::io

@@ -1,10 +1,7 @@
-// The CPU engine, and the switch to the GPU one (src/gpu/engine.cpp) when CUDA is built.
+// The CPU engine, and the switch to the registered CUDA one (src/gpu/engine.cpp).
 #include "train/engine.h"
 
 #include "core/error.h"
-#ifdef DT_HAVE_CUDA
-#include "gpu/engine.h"
-#endif
 
 namespace deltatron::train {
 
@@ -37,7 +34,11 @@ class CpuEngine final : public Engine {
   model::TensorMap grads_;
 };
 
+CudaEngineFactory g_cuda_engine = nullptr;
+
 }  // namespace
+
+void register_cuda_engine(CudaEngineFactory make) { g_cuda_engine = make; }
 
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
@@ -46,15 +47,10 @@ std::unique_ptr<Engine> make_engine(const std::string& device, const std::string
   DT_CHECK(device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
-#ifdef DT_HAVE_CUDA
-  return gpu::make_gpu_engine(precision == "fp32", c, params, opt, recompute);
-#else
-  (void)opt;
-  (void)recompute;
-  core::fail(
-      "--device cuda: this build has no CUDA backend (configure with nvcc available and "
-      "-DDT_CUDA=ON); use --device cpu");
-#endif
+  DT_CHECK(g_cuda_engine != nullptr,
+           "--device cuda: this build has no CUDA backend (configure with nvcc available and "
+           "-DDT_CUDA=ON); use --device cpu");
+  return g_cuda_engine(precision == "fp32", c, params, opt, recompute);
 }
 
 }  // namespace deltatron::train

@@ -31,6 +31,13 @@ class Engine {
   virtual void sync_to_host(model::TensorMap& params, AdamW& opt) = 0;
 };
 
+// The CUDA engine's constructor. train/ never includes a backend: the CUDA build's composition
+// root (the CLI, a GPU test) registers it with gpu::install_engine().
+using CudaEngineFactory = std::unique_ptr<Engine> (*)(bool fp32, const model::Config& c,
+                                                      model::TensorMap& params, const AdamW* opt,
+                                                      bool recompute);
+void register_cuda_engine(CudaEngineFactory make);
+
 // device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32". The engine keeps references to
 // `params` (cpu) or uploads them (cuda; `opt`'s moments too, for a resumed run). A clear error
 // when CUDA is unavailable: not built, no GPU, or not a Hopper GPU.

@@ -74,11 +74,11 @@ int64_t int_field(const json& j, const std::string& path, const char* key) {
 }  // namespace
 
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer) {
-  std::map<std::string, io::TensorView> views;
+  std::map<std::string, io::TensorRecord> views;
   for (const auto& [name, m] : optimizer.exp_avg())
-    views.emplace(kExpAvg + name, io::TensorView{"F32", m.shape, m.ptr(), {}});
+    views.emplace(kExpAvg + name, io::TensorRecord{"F32", m.shape, m.ptr(), {}});
   for (const auto& [name, v] : optimizer.exp_avg_sq())
-    views.emplace(kExpAvgSq + name, io::TensorView{"F32", v.shape, v.ptr(), {}});
+    views.emplace(kExpAvgSq + name, io::TensorRecord{"F32", v.shape, v.ptr(), {}});
   const AdamWOptions& o = optimizer.options();
   const std::map<std::string, std::string> meta = {
       {"format", kOptimizerFormat},   {"step", std::to_string(optimizer.step_count())},

@@ -128,8 +128,8 @@ void save(const TrainConfig& cfg, io::Checkpoint& ck, const TrainState& st, cons
     fs::create_directories(state_dir);
     save_train_state(state_dir, st, opt);
     // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
-    std::map<std::string, io::TensorView> views;
-    for (const auto& [name, t] : ck.params) views[name] = io::TensorView{"F32", t.shape, t.ptr(), {}};
+    std::map<std::string, io::TensorRecord> views;
+    for (const auto& [name, t] : ck.params) views[name] = io::TensorRecord{"F32", t.shape, t.ptr(), {}};
     io::write_safetensors(state_dir + "/master_weights.safetensors", views);
   });
   remove_earlier_checkpoints(start, dir);

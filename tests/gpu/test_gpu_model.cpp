@@ -24,6 +24,7 @@
 #include "data/pack.h"
 #include "data/sample.h"
 #include "golden_fixture.h"
+#include "gpu/engine.h"
 #include "gpu/model.h"
 #include "gpu_model_fixture.h"
 #include "io/checkpoint.h"
@@ -595,6 +596,7 @@ EngineRun train_steps(const std::string& device, const std::string& precision) {
   ao.beta2 = 0.95;
   ao.weight_decay = 0.1;
   train::AdamW adamw(r.params, ao);
+  gpu::install_engine();
   const auto engine = train::make_engine(device, precision, c, r.params, &adamw);
   for (int64_t step = 0; step < 3; ++step) {
     const int64_t b = 4 * step;
