@@ -26,8 +26,7 @@ inline nlohmann::json tiny_config_json(const nlohmann::json& overrides = nlohman
       {"num_key_value_heads", 2},
       {"head_dim", 16},
       {"rms_norm_eps", 1e-6},
-      {"layer_types",
-       {"linear_attention", "full_attention", "linear_attention", "full_attention"}},
+      {"layer_types", {"linear_attention", "full_attention", "linear_attention", "full_attention"}},
       {"linear_conv_kernel_dim", 4},
       {"linear_key_head_dim", 8},
       {"linear_value_head_dim", 6},
@@ -47,8 +46,7 @@ inline nlohmann::json tiny_config_json(const nlohmann::json& overrides = nlohman
 
 // Random parameters far from init: matrices N(0, 0.3/sqrt(fan_in)·3), norm offsets N(0, 0.2),
 // gated-norm weights around 1, A_log = log U(1, 8), dt_bias N(0.5, 0.3).
-inline deltatron::model::TensorMap random_params(const deltatron::model::Config& c,
-                                                 uint64_t seed) {
+inline deltatron::model::TensorMap random_params(const deltatron::model::Config& c, uint64_t seed) {
   deltatron::model::TensorMap p;
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
@@ -62,12 +60,18 @@ inline deltatron::model::TensorMap random_params(const deltatron::model::Config&
     double fan_in = spec.shape.size() >= 2 ? double(spec.shape.back()) : 1.0;
     for (auto& v : t.data) {
       double x;
-      if (ends("A_log")) x = std::log(ud(rng));
-      else if (ends("dt_bias")) x = 0.5 + 0.3 * nd(rng);
-      else if (ends("linear_attn.norm.weight")) x = 1.0 + 0.2 * nd(rng);
-      else if (spec.shape.size() == 1) x = 0.2 * nd(rng);
-      else if (ends("conv1d.weight")) x = 0.4 * nd(rng);
-      else x = 0.9 / std::sqrt(fan_in) * nd(rng);
+      if (ends("A_log"))
+        x = std::log(ud(rng));
+      else if (ends("dt_bias"))
+        x = 0.5 + 0.3 * nd(rng);
+      else if (ends("linear_attn.norm.weight"))
+        x = 1.0 + 0.2 * nd(rng);
+      else if (spec.shape.size() == 1)
+        x = 0.2 * nd(rng);
+      else if (ends("conv1d.weight"))
+        x = 0.4 * nd(rng);
+      else
+        x = 0.9 / std::sqrt(fan_in) * nd(rng);
       v = static_cast<float>(x);
     }
     p.emplace(n, std::move(t));

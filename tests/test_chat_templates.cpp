@@ -2,14 +2,14 @@
 // tools/chat/make_fixtures.py with transformers and the original Qwen templates) must give the
 // same text, ids and assistant mask, or be refused where the template refuses it.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <string>
-#include <unistd.h>
-#include <algorithm>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "data/chat_select.h"
 #include "data/chat_template.h"
@@ -40,8 +40,8 @@ std::vector<OrderedJson> fixtures() {
 
 data::ChatOptions options(const OrderedJson& fx) {
   data::ChatOptions opt;
-  EXPECT_TRUE(data::parse_chat_format(fx["template"].get<std::string>(), opt.format,
-                                      opt.training_variant));
+  EXPECT_TRUE(
+      data::parse_chat_format(fx["template"].get<std::string>(), opt.format, opt.training_variant));
   const OrderedJson& kw = fx["kwargs"];
   if (kw.contains("enable_thinking")) opt.enable_thinking = kw["enable_thinking"].get<bool>();
   if (kw.contains("preserve_thinking")) opt.preserve_thinking = kw["preserve_thinking"].get<bool>();
@@ -103,10 +103,9 @@ TEST(ChatTemplates, MatchHuggingFaceOnEveryFixture) {
     // HF's; with some, they still decode to the same text.
     const data::Sample safe = tokenize(r, tok, false);
     const std::string row = fx["row"].dump();
-    const bool tags_in_data = row.find("<|") != std::string::npos ||
-                              row.find("think>") != std::string::npos ||
-                              row.find("<tool_") != std::string::npos ||
-                              row.find("</tool_") != std::string::npos;
+    const bool tags_in_data =
+        row.find("<|") != std::string::npos || row.find("think>") != std::string::npos ||
+        row.find("<tool_") != std::string::npos || row.find("</tool_") != std::string::npos;
     if (!tags_in_data)
       EXPECT_EQ(safe.input_ids, ids) << where;
     else
@@ -114,9 +113,10 @@ TEST(ChatTemplates, MatchHuggingFaceOnEveryFixture) {
     ++same;
     ++per_config[fx["config"].get<std::string>()];
   }
-  std::printf("chat fixtures: %d identical to HF (text, ids, mask), %d refused like HF, %d refused "
-              "by design\n",
-              same, refused_both, stricter);
+  std::printf(
+      "chat fixtures: %d identical to HF (text, ids, mask), %d refused like HF, %d refused "
+      "by design\n",
+      same, refused_both, stricter);
   for (const auto& [c, n] : per_config) std::printf("  %-24s %d identical\n", c.c_str(), n);
 }
 
@@ -148,10 +148,11 @@ TEST(ChatTemplates, DetectsTheTemplateFiles) {
   EXPECT_FALSE(training);
   EXPECT_EQ(data::detect_chat_format("{{ messages }}", training), std::nullopt);
   // Qwen2.5's format (no think blocks, no last-query logic) is not one of ours.
-  EXPECT_EQ(data::detect_chat_format(
-                "{%- for message in messages %}<|im_start|>{{ message.role }}<|im_end|>{% endfor %}",
-                training),
-            std::nullopt);
+  EXPECT_EQ(
+      data::detect_chat_format(
+          "{%- for message in messages %}<|im_start|>{{ message.role }}<|im_end|>{% endfor %}",
+          training),
+      std::nullopt);
 }
 
 TEST(ChatTemplates, ChoosesFromTheCheckpointOrTheConfig) {

@@ -1,7 +1,6 @@
 // End-to-end checks of `deltatron score`: results, packing options, and bad-input handling
 // (one-line error naming the culprit, non-zero exit, nothing written).
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,8 +51,8 @@ class ScoreCli : public ::testing::Test {
 
   CliResult score(const std::string& args, const fs::path& model = {}) {
     const fs::path m = model.empty() ? model_ : model;
-    std::string cmd = std::string(DT_BINARY) + " score --quiet --model " + m.string() + " " +
-                      args + " 2> " + (dir_ / "stderr.txt").string();
+    std::string cmd = std::string(DT_BINARY) + " score --quiet --model " + m.string() + " " + args +
+                      " 2> " + (dir_ / "stderr.txt").string();
     int rc = std::system(cmd.c_str());
     return {WEXITSTATUS(rc), read_file(dir_ / "stderr.txt")};
   }
@@ -145,9 +144,7 @@ TEST_F(ScoreCli, HeaderLengthPastEndOfFile) {
   expect_error(score(out_args()), "model.safetensors");
 }
 
-TEST_F(ScoreCli, MissingModelDirectory) {
-  expect_error(score(out_args(), dir_ / "nope"), "nope");
-}
+TEST_F(ScoreCli, MissingModelDirectory) { expect_error(score(out_args(), dir_ / "nope"), "nope"); }
 
 }  // namespace
 
@@ -166,9 +163,9 @@ CliResult run_cli(const std::string& args, const fs::path& err_file) {
 // style MoE checkpoint (fused trunk experts, per-expert MTP experts, visual tower, BF16, shards).
 TEST_F(ScoreCli, ConvertRoundTripIsByteIdentical) {
   const fs::path src = kGolden / "moe_vlm_mtp", out = dir_ / "converted";
-  CliResult r = run_cli("convert --model " + src.string() + " --out " + out.string() +
-                            " --max-shard-mb 1",
-                        dir_ / "err.txt");
+  CliResult r =
+      run_cli("convert --model " + src.string() + " --out " + out.string() + " --max-shard-mb 1",
+              dir_ / "err.txt");
   ASSERT_EQ(r.code, 0) << r.err;
   io::SafetensorsSet a(src.string()), b(out.string());
   ASSERT_EQ(a.names(), b.names());

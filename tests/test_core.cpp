@@ -11,8 +11,8 @@
 #include "ops/cross_entropy.h"
 
 using namespace deltatron;
-using core::DType;
 using core::Device;
+using core::DType;
 
 namespace {
 
@@ -42,7 +42,9 @@ TEST(CoreView, TypedAccessorsRowsAndReshape) {
   EXPECT_EQ(r.f32()[5], 8.f);
   EXPECT_NE(error_of([&] { v.rows(3, 5); }).find("rows [3, 5)"), std::string::npos);
   EXPECT_EQ(v.reshaped({2, 6}).shape, (core::Shape{2, 6}));
-  EXPECT_NE(error_of([&] { v.reshaped({5, 2}); }).find("cannot view [4, 3] as [5, 2]"),
+  EXPECT_NE(error_of([&] {
+              v.reshaped({5, 2});
+            }).find("cannot view [4, 3] as [5, 2]"),
             std::string::npos);
 }
 
@@ -50,9 +52,13 @@ TEST(CoreView, ExpectNamesOpTensorAndBothDescriptions) {
   core::Tensor t({2, 5});
   const core::View v = core::View::of(t);
   core::expect(v, DType::f32, Device::cpu, {2, 5}, "rmsnorm_fwd", "x_ND");  // no error
-  EXPECT_EQ(error_of([&] { core::expect(v, DType::bf16, Device::cpu, {2, 5}, "op", "x_ND"); }),
+  EXPECT_EQ(error_of([&] {
+              core::expect(v, DType::bf16, Device::cpu, {2, 5}, "op", "x_ND");
+            }),
             "op: x_ND is f32 [2, 5] on cpu, expected bf16 [2, 5] on cpu");
-  EXPECT_EQ(error_of([&] { core::expect(v, DType::f32, Device::cuda, {2, 4}, "op", "w"); }),
+  EXPECT_EQ(error_of([&] {
+              core::expect(v, DType::f32, Device::cuda, {2, 4}, "op", "w");
+            }),
             "op: w is f32 [2, 5] on cpu, expected f32 [2, 4] on cuda");
   const core::View null(nullptr, DType::f32, Device::cpu, {3});
   EXPECT_EQ(error_of([&] { core::expect(null, DType::f32, Device::cpu, {3}, "op", "y"); }),
@@ -70,8 +76,9 @@ TEST(CoreBuffer, HostAllocationsAreAlignedAndMovable) {
   EXPECT_EQ(c.view().i32()[20], 5);
   core::Buffer empty(Device::cpu, DType::f32, {0, 4}, "nothing");
   EXPECT_EQ(empty.data(), nullptr);
-  EXPECT_NE(error_of([] { core::Buffer(Device::cpu, DType::f32, {-1}, "bad"); })
-                .find("negative dimension in the shape of bad"),
+  EXPECT_NE(error_of([] {
+              core::Buffer(Device::cpu, DType::f32, {-1}, "bad");
+            }).find("negative dimension in the shape of bad"),
             std::string::npos);
 }
 
@@ -93,8 +100,9 @@ class CountingAllocator final : public core::Allocator {
 };
 
 TEST(CoreBuffer, BackendAllocatorRegistry) {
-  EXPECT_NE(error_of([] { core::Buffer(Device::cuda, DType::bf16, {8}, "w"); })
-                .find("no allocator for device cuda"),
+  EXPECT_NE(error_of([] {
+              core::Buffer(Device::cuda, DType::bf16, {8}, "w");
+            }).find("no allocator for device cuda"),
             std::string::npos);
   CountingAllocator a;
   core::register_allocator(Device::cuda, &a);

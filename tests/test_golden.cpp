@@ -9,11 +9,11 @@
 
 #include "data/pack.h"
 #include "data/sample.h"
+#include "golden_fixture.h"
 #include "io/checkpoint.h"
 #include "io/hf_layout.h"
 #include "io/safetensors.h"
 #include "model/model.h"
-#include "golden_fixture.h"
 #include "test_util.h"
 
 using namespace deltatron;
@@ -57,8 +57,8 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
   for (int s = 0; s < pack.num_samples(); ++s) {
     const int64_t i = pack.sample_index[s];
     EXPECT_EQ(got.n_tokens[s], want_n[i]) << "sample " << i;
-    const double err = std::abs(got.loss_sum[s] - want_loss[i]) /
-                       std::max(std::abs(want_loss[i]), 1e-30);
+    const double err =
+        std::abs(got.loss_sum[s] - want_loss[i]) / std::max(std::abs(want_loss[i]), 1e-30);
     if (want_n[i] == 0) {
       EXPECT_EQ(got.loss_sum[s], 0.0) << "sample " << i;
       continue;
@@ -76,8 +76,8 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
     }
     const double err = std::abs(got.mtp_loss_sum[s] - want_mtp[i]) / std::abs(want_mtp[i]);
     worst_loss = std::max(worst_loss, err);
-    EXPECT_LE(err, kLossRelTol) << "MTP sample " << i << ": got " << got.mtp_loss_sum[s]
-                                << " want " << want_mtp[i];
+    EXPECT_LE(err, kLossRelTol) << "MTP sample " << i << ": got " << got.mtp_loss_sum[s] << " want "
+                                << want_mtp[i];
   }
 
   // Gradients in the checkpoint's own names and expert layout, as --grad-out writes them.
@@ -96,8 +96,7 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
     EXPECT_LE(r.rel_rms, kGradRelRmsTol) << name << ": " << r.str();
   }
   std::printf("golden %s: %zu samples, worst loss rel err %.3g, worst grad rel RMS %.3g (%s)\n",
-              GetParam().c_str(), samples.size(), worst_loss, worst_grad,
-              worst_grad_name.c_str());
+              GetParam().c_str(), samples.size(), worst_loss, worst_grad, worst_grad_name.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(golden_cases()),

@@ -66,8 +66,8 @@ TEST_P(PackInvariance, LossesAndGradientsMatchSamplesAlone) {
   for (size_t k = 0; k < order.size(); ++k) {
     const double e = rel_err(packed.loss[k], alone_loss[order[k]]);
     worst_loss = std::max(worst_loss, e);
-    EXPECT_LE(e, 1e-5) << "sample " << order[k] << " (len " << lengths[order[k]]
-                       << "): packed " << packed.loss[k] << " alone " << alone_loss[order[k]];
+    EXPECT_LE(e, 1e-5) << "sample " << order[k] << " (len " << lengths[order[k]] << "): packed "
+                       << packed.loss[k] << " alone " << alone_loss[order[k]];
   }
   for (const auto& [name, t] : alone_grads) {
     auto r = dt_test::compare(packed.grads.at(name).data, t.data);

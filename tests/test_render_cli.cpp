@@ -2,7 +2,6 @@
 // to Hugging Face's fixture), and clear errors without a template, with an unknown one, or on a
 // bad line.
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -33,8 +32,9 @@ class RenderCli : public ::testing::Test {
     fs::copy_file(DT_QWEN3_TOKENIZER_JSON, model_ / "tokenizer.json");
   }
   void set_template(const std::string& jinja) {
-    write_file(model_ / "tokenizer_config.json",
-               nlohmann::json{{"chat_template", jinja}, {"tokenizer_class", "Qwen2Tokenizer"}}.dump());
+    write_file(
+        model_ / "tokenizer_config.json",
+        nlohmann::json{{"chat_template", jinja}, {"tokenizer_class", "Qwen2Tokenizer"}}.dump());
   }
   CmdResult render(const std::string& args) {
     const fs::path out = tmp_.path / "out.txt", err = tmp_.path / "err.txt";
@@ -80,13 +80,15 @@ TEST_F(RenderCli, UsesTheCheckpointTemplateLikeHuggingFace) {
 }
 
 TEST_F(RenderCli, ClearErrors) {
-  write_file(tmp_.path / "data.jsonl",
-             R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"
-             "\n");
+  write_file(
+      tmp_.path / "data.jsonl",
+      R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"
+      "\n");
   // No template in the checkpoint: say how to choose one.
   CmdResult r = render("--data " + (tmp_.path / "data.jsonl").string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("data.jsonl:1: chat data needs a chat template"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("data.jsonl:1: chat data needs a chat template"), std::string::npos)
+      << r.err;
   EXPECT_NE(r.err.find("--chat-template"), std::string::npos) << r.err;
   // Naming one works without a template file.
   r = render("--data " + (tmp_.path / "data.jsonl").string() + " --chat-template qwen3_5 --jsonl");
@@ -99,11 +101,12 @@ TEST_F(RenderCli, ClearErrors) {
             std::string::npos)
       << r.err;
   // A conversation the template refuses: the file, the line and the template's reason.
-  write_file(tmp_.path / "bad.jsonl",
-             R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"
-             "\n"
-             R"({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]})"
-             "\n");
+  write_file(
+      tmp_.path / "bad.jsonl",
+      R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"
+      "\n"
+      R"({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]})"
+      "\n");
   r = render("--data " + (tmp_.path / "bad.jsonl").string() + " --chat-template qwen3_6");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("bad.jsonl:2: messages[1]: System message must be at the beginning."),

@@ -22,8 +22,8 @@
 #include "train/checkpoint_dir.h"
 #include "train/objective.h"
 #include "train/presets.h"
-#include "train/tensorboard_log.h"
 #include "train/run_dir.h"
+#include "train/tensorboard_log.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -73,15 +73,15 @@ model::TensorMap step_grads(const train::TrainConfig& cfg, const model::Config& 
 }
 
 TEST(Objective, PackingAndMicroBatchingDoNotChangeTheGradient) {
-  model::Config c = model::parse_config(
-      dt_test::tiny_config_json({{"model_type", "qwen3_5_moe_text"},
-                                 {"intermediate_size", nullptr},
-                                 {"num_experts", 4},
-                                 {"num_experts_per_tok", 2},
-                                 {"moe_intermediate_size", 12},
-                                 {"shared_expert_intermediate_size", 10},
-                                 {"mtp_num_hidden_layers", 1}}),
-      "tiny");
+  model::Config c =
+      model::parse_config(dt_test::tiny_config_json({{"model_type", "qwen3_5_moe_text"},
+                                                     {"intermediate_size", nullptr},
+                                                     {"num_experts", 4},
+                                                     {"num_experts_per_tok", 2},
+                                                     {"moe_intermediate_size", 12},
+                                                     {"shared_expert_intermediate_size", 10},
+                                                     {"mtp_num_hidden_layers", 1}}),
+                          "tiny");
   c.mtp_enabled = true;
   const model::TensorMap p = dt_test::random_params(c, 5);
   const auto samples = samples_of({7, 65, 3, 30, 130, 12, 1}, c.vocab_size);
@@ -480,8 +480,10 @@ TEST_F(Trainer, BadDataLinesAndOverLongSamples) {
     std::ofstream out(data);
     for (int i = 0; i < 20; ++i)
       out << R"({"messages": [{"role": "user", "content": "What is 01 + 02?"}, )"
-          << R"({"role": "assistant", "content": "003"}]})" << "\n";
-    out << R"({"messages": [{"role": "user", "content": "no assistant"}]})" << "\n";
+          << R"({"role": "assistant", "content": "003"}]})"
+          << "\n";
+    out << R"({"messages": [{"role": "user", "content": "no assistant"}]})"
+        << "\n";
     out << R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "conte)"
         << "\n";
   }
@@ -497,11 +499,12 @@ TEST_F(Trainer, BadDataLinesAndOverLongSamples) {
   EXPECT_EQ(r.steps_done, 6);
   {
     std::ofstream out(data, std::ios::app);
-    out << R"({"text": ")" << std::string(400, 'a') << R"("})" << "\n";
+    out << R"({"text": ")" << std::string(400, 'a') << R"("})"
+        << "\n";
   }
   try {
-    train::run_train(config("c", {train, noeval, "data.skip_bad_lines=true", "data.format=\"auto\""}),
-                     false);
+    train::run_train(
+        config("c", {train, noeval, "data.skip_bad_lines=true", "data.format=\"auto\""}), false);
     FAIL() << "no error for an over-long sample";
   } catch (const core::Error& e) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl:23"), std::string::npos) << e.what();

@@ -17,11 +17,10 @@ TEST(EndToEnd, BundledAdditionExampleLearns) {
   const fs::path examples = fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
   const fs::path out = fs::temp_directory_path() / ("dt_e2e_" + std::to_string(::getpid()));
   fs::remove_all(out);
-  const std::string cmd = std::string(DT_BINARY) + " train " +
-                          (examples / "addition" / "train.toml").string() +
-                          " --training.out_dir=" + (out / "run").string() +
-                          " --data.cache_dir=" + (out / "cache").string() + " 2> " +
-                          (out.string() + ".log");
+  const std::string cmd =
+      std::string(DT_BINARY) + " train " + (examples / "addition" / "train.toml").string() +
+      " --training.out_dir=" + (out / "run").string() +
+      " --data.cache_dir=" + (out / "cache").string() + " 2> " + (out.string() + ".log");
   const int rc = std::system(cmd.c_str());
   std::ifstream log_in(out.string() + ".log");
   std::stringstream log;

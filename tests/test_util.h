@@ -48,8 +48,8 @@ struct ErrReport {
   double a_worst = 0, b_worst = 0;
   std::string str() const {
     return "rel_rms=" + std::to_string(rel_rms) + " max_abs=" + std::to_string(max_abs) +
-           " worst[" + std::to_string(worst) + "]: got " + std::to_string(a_worst) +
-           " expected " + std::to_string(b_worst);
+           " worst[" + std::to_string(worst) + "]: got " + std::to_string(a_worst) + " expected " +
+           std::to_string(b_worst);
   }
 };
 
@@ -79,10 +79,10 @@ ErrReport compare(const std::vector<A>& a, const std::vector<B>& b) {
 }
 
 // Expect rel_rms(got, want) <= tol, printing the worst element on failure.
-#define DT_EXPECT_CLOSE(got, want, tol, what)                                  \
-  do {                                                                         \
-    auto _r = ::dt_test::compare(got, want);                                   \
-    EXPECT_LE(_r.rel_rms, (tol)) << (what) << ": " << _r.str();                \
+#define DT_EXPECT_CLOSE(got, want, tol, what)                   \
+  do {                                                          \
+    auto _r = ::dt_test::compare(got, want);                    \
+    EXPECT_LE(_r.rel_rms, (tol)) << (what) << ": " << _r.str(); \
   } while (0)
 
 // Central finite differences of a scalar function f(params) w.r.t. every element of x.

@@ -49,8 +49,7 @@ int main(int argc, char** argv) {
   CLI::App* sc = app.add_subcommand(
       "score", "Score a tokenised dataset: per-sample summed cross-entropy, optional gradients");
   sc->add_option("--model", score.model_dir, "Hugging Face checkpoint directory")->required();
-  sc->add_option("--data", score.data_path, "JSONL with input_ids and optional labels")
-      ->required();
+  sc->add_option("--data", score.data_path, "JSONL with input_ids and optional labels")->required();
   sc->add_option("--output", score.output_path, "output JSONL (index, loss_sum, n_tokens)")
       ->required();
   sc->add_option("--grad-out", score.grad_out,
@@ -96,7 +95,8 @@ int main(int argc, char** argv) {
 
   train::InitOptions init;
   CLI::App* in = app.add_subcommand("init", "Write a random-initialised checkpoint for a preset");
-  in->add_option("--preset", init.preset, "0.8b, 2b, 4b, 9b, 27b, 35b-a3b, 122b-a10b, 397b-a17b, tiny, tiny-moe")
+  in->add_option("--preset", init.preset,
+                 "0.8b, 2b, 4b, 9b, 27b, 35b-a3b, 122b-a10b, 397b-a17b, tiny, tiny-moe")
       ->required();
   in->add_option("--out", init.out_dir, "output checkpoint directory")->required();
   in->add_option("--seed", init.seed, "random seed (default 0)");
@@ -167,11 +167,13 @@ int main(int argc, char** argv) {
 
   train::RenderOptions render;
   CLI::App* rd = app.add_subcommand(
-      "render", "Show samples as the model will see them: text with the trained spans marked, "
-                "or ids and assistant mask as JSONL");
+      "render",
+      "Show samples as the model will see them: text with the trained spans marked, "
+      "or ids and assistant mask as JSONL");
   rd->add_option("--model", render.model_dir,
                  "checkpoint directory (its tokenizer.json and chat template)");
-  rd->add_option("--tokenizer", render.tokenizer, "tokenizer.json (default: <model>/tokenizer.json)");
+  rd->add_option("--tokenizer", render.tokenizer,
+                 "tokenizer.json (default: <model>/tokenizer.json)");
   rd->add_option("--data", render.data_path, "JSONL (chat, prompt/completion, text or tokens)")
       ->required();
   rd->add_option("--chat-template", render.chat_template,
@@ -193,7 +195,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (sc->parsed()) {
-      score.router.aux_type = aux_type == "seq"          ? model::AuxLossType::seq
+      score.router.aux_type = aux_type == "seq"           ? model::AuxLossType::seq
                               : aux_type == "micro_batch" ? model::AuxLossType::micro_batch
                                                           : model::AuxLossType::global;
       train::run_score(score);
@@ -203,8 +205,9 @@ int main(int argc, char** argv) {
 #ifdef DT_HAVE_CUDA
       gpu::run_bench(bench);
 #else
-      core::fail("bench needs the CUDA backend; this build has none (configure with nvcc "
-                 "available and -DDT_CUDA=ON)");
+      core::fail(
+          "bench needs the CUDA backend; this build has none (configure with nvcc "
+          "available and -DDT_CUDA=ON)");
 #endif
     }
     if (in->parsed()) train::run_init(init);

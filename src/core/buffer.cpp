@@ -37,8 +37,7 @@ Allocator& allocator(Device d) {
 
 void register_allocator(Device d, Allocator* a) { registry()[static_cast<size_t>(d)] = a; }
 
-Buffer::Buffer(Device d, DType t, Shape s, const char* what)
-    : view_(nullptr, t, d, std::move(s)) {
+Buffer::Buffer(Device d, DType t, Shape s, const char* what) : view_(nullptr, t, d, std::move(s)) {
   for (int64_t n : view_.shape) DT_CHECK(n >= 0, "negative dimension in the shape of ", what);
   if (view_.numel() == 0) return;
   alloc_ = &allocator(d);

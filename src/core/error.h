@@ -34,7 +34,7 @@ template <typename... Parts>
 }  // namespace deltatron::core
 
 // DT_CHECK(cond, parts...): throws core::Error with the concatenated parts when cond is false.
-#define DT_CHECK(cond, ...)                                \
-  do {                                                     \
-    if (!(cond)) ::deltatron::core::fail(__VA_ARGS__);     \
+#define DT_CHECK(cond, ...)                            \
+  do {                                                 \
+    if (!(cond)) ::deltatron::core::fail(__VA_ARGS__); \
   } while (0)

@@ -29,7 +29,8 @@ struct Tensor {
   std::vector<float> data;
 
   Tensor() = default;
-  explicit Tensor(Shape s) : shape(std::move(s)), data(static_cast<size_t>(core::numel(shape)), 0.f) {}
+  explicit Tensor(Shape s)
+      : shape(std::move(s)), data(static_cast<size_t>(core::numel(shape)), 0.f) {}
 
   int64_t numel() const { return static_cast<int64_t>(data.size()); }
   float* ptr() { return data.data(); }

@@ -16,12 +16,11 @@
 // (fixed pairing) and a fixed combine of the 8 warp sums give the block's partial, written to
 // partial[b]. A second kernel (one block of 1024 threads) sums the partials the same way. No
 // atomics: the result depends only on the element counts and values.
-#include "cuda/adamw.h"
-
 #include <mutex>
 #include <vector>
 
 #include "core/error.h"
+#include "cuda/adamw.h"
 #include "cuda/kernel_util.cuh"
 
 namespace deltatron::cuda {

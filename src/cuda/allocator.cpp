@@ -41,9 +41,9 @@ class PoolAllocator final : public core::Allocator {
         hint = g_hint;
       }
       core::fail("out of GPU memory: allocating ", what, " (", gib(double(bytes)), ") with ",
-                 gib(double(g_live.load())), " already held by the model (device: ",
-                 gib(double(free_b)), " free of ", gib(double(total_b)), ")",
-                 hint.empty() ? "" : "; ", hint);
+                 gib(double(g_live.load())),
+                 " already held by the model (device: ", gib(double(free_b)), " free of ",
+                 gib(double(total_b)), ")", hint.empty() ? "" : "; ", hint);
     }
     const int64_t live = g_live.fetch_add(int64_t(bytes)) + int64_t(bytes);
     int64_t peak = g_peak.load();

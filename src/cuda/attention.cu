@@ -8,12 +8,11 @@
 // queries) are visited in order; sums over them are two-level (chunks of 32 added into a
 // total) so the fp32 rounding error grows like sqrt(32) + sqrt(n/32) rather than sqrt(n).
 // The forward rescales both levels when the running max grows (online softmax).
-#include "cuda/attention.h"
-
 #include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
+#include "cuda/attention.h"
 #include "cuda/attention_common.cuh"
 #include "cuda/kernel_util.cuh"
 

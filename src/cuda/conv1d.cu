@@ -26,14 +26,13 @@
 // Numerics: fp32 throughout; sigmoid(x) = 1 / (1 + e^-x) with the fast intrinsics __expf and
 // __fdividef (relative error ~1e-6 for |x| < 10, far below bf16's 4e-3; exact 0/1 saturation,
 // never NaN for finite x).
-#include "cuda/conv1d.h"
-
 #include <cstdint>
 #include <initializer_list>
 #include <mutex>
 #include <type_traits>
 
 #include "core/error.h"
+#include "cuda/conv1d.h"
 #include "cuda/kernel_util.cuh"
 
 namespace deltatron::cuda {
@@ -99,8 +98,8 @@ struct SegmentCursor {
 // t0-(W-1) .. t0-1 (zeros before row 0; out-of-segment entries stay unused).
 template <typename T, int W, int kV>
 __device__ __forceinline__ void load_weights_and_window(const T* x, const T* w, int64_t C,
-                                                        int64_t c0, int64_t t0,
-                                                        float (&wr)[W][kV], float (&xw)[W][kV]) {
+                                                        int64_t c0, int64_t t0, float (&wr)[W][kV],
+                                                        float (&xw)[W][kV]) {
 #pragma unroll
   for (int i = 0; i < W; ++i)
 #pragma unroll

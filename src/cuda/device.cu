@@ -1,7 +1,6 @@
 // CUDA device checks, error checks and allocation (see device.h).
-#include "cuda/device.h"
-
 #include "core/error.h"
+#include "cuda/device.h"
 
 namespace deltatron::cuda {
 

@@ -19,8 +19,6 @@
 //      memory (32 x 128 floats = 16 KiB) and thread j < 128 adds them in warp order.
 //   Every dtable element has exactly one writer, and every sum a fixed order.
 // Numerics: fp32 sums; the result depends only on the ids and dx (bitwise reproducible).
-#include "cuda/embedding.h"
-
 #include <algorithm>
 #include <bit>
 #include <cub/device/device_radix_sort.cuh>
@@ -30,6 +28,7 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "cuda/embedding.h"
 #include "cuda/kernel_util.cuh"
 
 namespace deltatron::cuda {

@@ -1,7 +1,5 @@
 // Grouped expert GEMMs (see grouped_linear.h): a per-expert cuBLASLt loop and one bf16
 // tensor-core kernel for all experts.
-#include "cuda/grouped_linear.h"
-
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -11,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cuda/grouped_linear.h"
 #include "cuda/kernel_util.cuh"
 #include "cuda/linear.h"
 #include "cuda/mma.cuh"
@@ -201,8 +200,7 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(GemmArgs p) 
         if constexpr (kAKMajor)
           ldsm_x4<false>(a[i], at + kmajor_off(m + r8 + (q & 1) * 8, kk * 2 + (q >> 1)));
         else
-          ldsm_x4<true>(a[i],
-                        at + mnmajor_off(kk * 16 + r8 + (q >> 1) * 8, (m >> 3) + (q & 1)));
+          ldsm_x4<true>(a[i], at + mnmajor_off(kk * 16 + r8 + (q >> 1) * 8, (m >> 3) + (q & 1)));
       }
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {

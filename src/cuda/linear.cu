@@ -8,8 +8,6 @@
 // (X' is the column-major view of row-major X). beta = 0 overwrites, beta = 1 accumulates.
 // A plan (descriptors + the heuristic's algorithm) depends on the shapes, transposes, dtype,
 // beta and the pointers' alignment, so all of these form the cache key.
-#include "cuda/linear.h"
-
 #include <cublasLt.h>
 
 #include <map>
@@ -18,6 +16,7 @@
 
 #include "core/error.h"
 #include "cuda/device.h"
+#include "cuda/linear.h"
 
 #define DT_CUBLAS_CHECK(call)                                                   \
   do {                                                                          \

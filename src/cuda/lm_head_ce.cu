@@ -23,8 +23,6 @@
 // element is ~10 instructions (one MUFU ex2), well below the HBM rate on H100/H200. Measured
 // (ncu, H200, 512 rows x V = 248,320): 123 us forward only (4.0 TB/s, 84% of peak DRAM
 // throughput), 320 us with bf16 backward (3.7 TB/s, 78%).
-#include "cuda/lm_head_ce.h"
-
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -34,6 +32,7 @@
 #include "core/error.h"
 #include "cuda/kernel_util.cuh"
 #include "cuda/linear.h"
+#include "cuda/lm_head_ce.h"
 
 namespace deltatron::cuda {
 

@@ -36,13 +36,12 @@ std::string content_of(const ChatRow& row, size_t i, bool must_be_string) {
 void render_tool_call(const ChatRow& row, size_t i, const OrderedJson& entry, ChatOut& out) {
   const OrderedJson* call = &entry;
   if (!call->is_object()) fail_at(i, "every entry of \"tool_calls\" must be an object");
-  if (auto f = call->find("function"); f != call->end() && !f->is_null() &&
-                                       !(f->is_object() && f->empty()))
+  if (auto f = call->find("function");
+      f != call->end() && !f->is_null() && !(f->is_object() && f->empty()))
     call = &*f;
   if (!call->is_object()) fail_at(i, "a tool call's \"function\" must be an object");
   auto name = call->find("name");
-  if (name == call->end() || !name->is_string())
-    fail_at(i, "a tool call needs a string \"name\"");
+  if (name == call->end() || !name->is_string()) fail_at(i, "a tool call needs a string \"name\"");
   auto args = call->find("arguments");
   if (args == call->end()) fail_at(i, "a tool call needs \"arguments\"");
   out.tmpl("<tool_call>\n{\"name\": \"");
@@ -100,8 +99,8 @@ void render_qwen3(const ChatRow& row, ChatOut& out) {
         reasoning = rc->get<std::string>();
       else
         split_think(content, reasoning);
-      const bool think = row.opt.training_variant ||
-                         (i > last_query && (i + 1 == n || !reasoning.empty()));
+      const bool think =
+          row.opt.training_variant || (i > last_query && (i + 1 == n || !reasoning.empty()));
       out.tmpl("<|im_start|>assistant\n");
       out.begin_generation(static_cast<int64_t>(i));
       if (think) {

@@ -115,8 +115,7 @@ void render_system(const ChatRow& row, const std::string& effort_text, ChatOut& 
 // One parameter value: 3.5 prints mappings and lists as JSON and scalars with Python's str();
 // 3.6 and 3.8 print strings as they are and everything else as JSON.
 std::string parameter_value(ChatFormat f, const OrderedJson& v) {
-  if (f == ChatFormat::qwen3_5)
-    return v.is_object() || v.is_array() ? py_json_dumps(v) : py_str(v);
+  if (f == ChatFormat::qwen3_5) return v.is_object() || v.is_array() ? py_json_dumps(v) : py_str(v);
   return v.is_string() ? v.get<std::string>() : py_json_dumps(v);
 }
 
@@ -135,7 +134,8 @@ void render_tool_calls(const ChatRow& row, size_t i, const std::string& content,
     if (k > 0)
       out.tmpl("\n<tool_call>\n<function=");
     else
-      out.tmpl(py_strip(content).empty() ? "<tool_call>\n<function=" : "\n\n<tool_call>\n<function=");
+      out.tmpl(py_strip(content).empty() ? "<tool_call>\n<function="
+                                         : "\n\n<tool_call>\n<function=");
     out.data(name->get<std::string>());
     out.tmpl(">\n");
     auto args = call->find("arguments");
@@ -144,7 +144,8 @@ void render_tool_calls(const ChatRow& row, size_t i, const std::string& content,
     if (!skip) {
       if (!args->is_object())
         fail_at(i, std::string("a tool call's \"arguments\" must be an object for the ") +
-                       chat_format_name(f) + " template (HF: Can only get item pairs from a mapping.)");
+                       chat_format_name(f) +
+                       " template (HF: Can only get item pairs from a mapping.)");
       for (auto a = args->begin(); a != args->end(); ++a) {
         out.tmpl("<parameter=");
         out.data(a.key());

@@ -77,7 +77,8 @@ ChatChoice choose_chat_format(const std::string& name, const std::vector<std::st
     if (!d.empty()) where += (where.empty() ? "" : ", ") + d;
   c.missing = "chat data needs a chat template, and " + (where.empty() ? "no checkpoint" : where) +
               " has none (no chat_template.jinja or tokenizer_config.json \"chat_template\"); set "
-              "data.chat_template (render: --chat-template) = " + chat_format_names();
+              "data.chat_template (render: --chat-template) = " +
+              chat_format_names();
   return c;
 }
 

@@ -64,11 +64,16 @@ bool parse_chat_format(const std::string& name, ChatFormat& format, bool& traini
 
 const char* chat_format_name(ChatFormat f) {
   switch (f) {
-    case ChatFormat::chatml: return "chatml";
-    case ChatFormat::qwen3: return "qwen3";
-    case ChatFormat::qwen3_5: return "qwen3_5";
-    case ChatFormat::qwen3_6: return "qwen3_6";
-    case ChatFormat::qwen3_8: return "qwen3_8";
+    case ChatFormat::chatml:
+      return "chatml";
+    case ChatFormat::qwen3:
+      return "qwen3";
+    case ChatFormat::qwen3_5:
+      return "qwen3_5";
+    case ChatFormat::qwen3_6:
+      return "qwen3_6";
+    case ChatFormat::qwen3_8:
+      return "qwen3_8";
   }
   return "?";
 }
@@ -95,8 +100,9 @@ std::optional<ChatFormat> detect_chat_format(const std::string& j, bool& trainin
 
 std::string chat_options_key(const ChatOptions& o) {
   auto tri = [](const std::optional<bool>& b) { return b ? (*b ? "1" : "0") : "-"; };
-  return std::string(chat_format_name(o.format)) + (o.training_variant ? "_training/" : "/") + tri(o.enable_thinking) + tri(o.preserve_thinking) +
-         "/" + (o.reasoning_effort ? "=" + *o.reasoning_effort : "-") + "/" +
+  return std::string(chat_format_name(o.format)) + (o.training_variant ? "_training/" : "/") +
+         tri(o.enable_thinking) + tri(o.preserve_thinking) + "/" +
+         (o.reasoning_effort ? "=" + *o.reasoning_effort : "-") + "/" +
          (o.special_tokens_in_content ? "1" : "0");
 }
 
@@ -114,8 +120,8 @@ void fail_at(size_t i, const std::string& what) {
 }
 
 void ChatOut::begin_generation(int64_t i) {
-  in_generation_ = loss_on_ == LossOn::assistant ||
-                   (loss_on_ == LossOn::last_assistant && i == last_assistant_);
+  in_generation_ =
+      loss_on_ == LossOn::assistant || (loss_on_ == LossOn::last_assistant && i == last_assistant_);
 }
 
 void ChatOut::add(const std::string& s, bool user) {
@@ -256,11 +262,17 @@ RenderedChat render_chat(const OrderedJson& row, const ChatOptions& opt) {
     }
     chat::ChatOut o(opt.loss_on, r.last_assistant);
     switch (opt.format) {
-      case ChatFormat::chatml: chat::render_chatml(r, o); break;
-      case ChatFormat::qwen3: chat::render_qwen3(r, o); break;
+      case ChatFormat::chatml:
+        chat::render_chatml(r, o);
+        break;
+      case ChatFormat::qwen3:
+        chat::render_qwen3(r, o);
+        break;
       case ChatFormat::qwen3_5:
       case ChatFormat::qwen3_6:
-      case ChatFormat::qwen3_8: chat::render_qwen35(r, o); break;
+      case ChatFormat::qwen3_8:
+        chat::render_qwen35(r, o);
+        break;
     }
     out.segments = o.take();
   } catch (const chat::ChatError& e) {
@@ -274,7 +286,8 @@ TokenPlan chat_token_plan(const std::vector<ChatSegment>& segments, const Tokeni
                           bool special_tokens_in_content) {
   TokenPlan plan;
   for (const ChatSegment& seg : segments) {
-    for (Tokenizer::AddedPiece& p : tok.split_added(seg.text, !seg.user || special_tokens_in_content)) {
+    for (Tokenizer::AddedPiece& p :
+         tok.split_added(seg.text, !seg.user || special_tokens_in_content)) {
       if (p.id >= 0)
         plan.add_id(p.id, seg.train);
       else

@@ -379,9 +379,9 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
   std::ostringstream k;
   k << "deltatron dataset cache v" << kCacheVersion << "|data " << hex(content.lo)
     << hex(content.hi) << ":" << data->size() << "|tokenizer " << tok.content_hash() << "|format "
-    << static_cast<int>(f.format) << "|loss_on " << static_cast<int>(f.chat.loss_on)
-    << "|chat " << chat_options_key(f.chat) << "|no_chat " << f.no_chat_template << "|eos "
-    << ctx.eos_id << "|append_eos " << f.append_eos << "|skip_bad_lines " << f.skip_bad_lines;
+    << static_cast<int>(f.format) << "|loss_on " << static_cast<int>(f.chat.loss_on) << "|chat "
+    << chat_options_key(f.chat) << "|no_chat " << f.no_chat_template << "|eos " << ctx.eos_id
+    << "|append_eos " << f.append_eos << "|skip_bad_lines " << f.skip_bad_lines;
   const std::string key_text = k.str();
   const Hash128 kh = hash_bytes(key_text.data(), key_text.size(), 7);
   const uint64_t key[2] = {kh.lo, kh.hi};

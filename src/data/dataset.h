@@ -29,11 +29,11 @@ struct DatasetOptions {
 // Cache: one file per (data content, tokenizer, options) in the cache directory, named
 // "<data file name>.<key>.dtcache", key = 128-bit hash of: cache format version, the data file's
 // bytes, the tokenizer's content_hash(), and every option that changes the result (format, loss
-// mask mode, chat format and its options, resolved EOS id, append_eos, skip_bad_lines). Written to a temporary file
-// and renamed, so readers never see a partial file. On load the header (magic, version, key),
-// the exact file size implied by the header, and a checksum of the payload are verified; any
-// mismatch (truncated, corrupt, other version) rebuilds the cache. Stale files of other keys are
-// left alone. An unwritable cache directory only warns.
+// mask mode, chat format and its options, resolved EOS id, append_eos, skip_bad_lines). Written to
+// a temporary file and renamed, so readers never see a partial file. On load the header (magic,
+// version, key), the exact file size implied by the header, and a checksum of the payload are
+// verified; any mismatch (truncated, corrupt, other version) rebuilds the cache. Stale files of
+// other keys are left alone. An unwritable cache directory only warns.
 class Dataset {
  public:
   // Loads `path` (JSONL, formats.h), from the cache when a valid one exists.

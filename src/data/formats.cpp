@@ -283,8 +283,8 @@ std::vector<Sample> tokenize_plans(const std::vector<const TokenPlan*>& plans,
       }
       for (size_t k = 0; k < nruns; ++k)
         for (size_t t = start[k]; t < start[k + 1]; ++t) {  // start is nondecreasing
-          const bool train = part.runs[k].train ||
-                             (t == start[k] && straddle[k] && part.runs[k - 1].train);
+          const bool train =
+              part.runs[k].train || (t == start[k] && straddle[k] && part.runs[k - 1].train);
           smp.input_ids.push_back(ids[t]);
           smp.labels.push_back(train ? ids[t] : kIgnoreIndex);
         }

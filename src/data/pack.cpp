@@ -16,7 +16,8 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
            index.size(), " indices");
   Pack p;
   int64_t total = 0;
-  for (const Sample* s : samples) total += round_up(static_cast<int64_t>(s->input_ids.size()), align);
+  for (const Sample* s : samples)
+    total += round_up(static_cast<int64_t>(s->input_ids.size()), align);
   DT_CHECK(total < (int64_t(1) << 31), "pack of ", total, " tokens exceeds the int32 range");
   p.N = total;
   p.input_ids.assign(total, 0);
@@ -55,8 +56,7 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
 
 std::vector<int32_t> roll_within_segments(const std::vector<int32_t>& values,
                                           const std::vector<int32_t>& cu, int32_t fill) {
-  DT_CHECK(!cu.empty() && cu.front() == 0 &&
-               cu.back() == static_cast<int32_t>(values.size()),
+  DT_CHECK(!cu.empty() && cu.front() == 0 && cu.back() == static_cast<int32_t>(values.size()),
            "roll_within_segments: boundaries do not cover the ", values.size(), " values");
   std::vector<int32_t> out(values.size(), fill);
   for (size_t s = 0; s + 1 < cu.size(); ++s)

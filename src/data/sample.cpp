@@ -16,8 +16,9 @@ int64_t count_label_tokens(const Sample& s) {
 
 namespace {
 
-std::vector<int32_t> read_int_array(const nlohmann::json& j, const char* key, const std::string& where,
-                                    int64_t vocab_size, bool allow_ignore) {
+std::vector<int32_t> read_int_array(const nlohmann::json& j, const char* key,
+                                    const std::string& where, int64_t vocab_size,
+                                    bool allow_ignore) {
   DT_CHECK(j.is_array(), where, ": \"", key, "\" must be an array of integers");
   std::vector<int32_t> out;
   out.reserve(j.size());

@@ -17,7 +17,8 @@ std::string padded(int64_t v, int width) {
 }  // namespace
 
 std::string addition_jsonl(int64_t n, int max_digits, uint64_t seed, bool fixed_width) {
-  DT_CHECK(n > 0 && max_digits >= 1 && max_digits <= 9, "addition data: n > 0 and 1 <= digits <= 9");
+  DT_CHECK(n > 0 && max_digits >= 1 && max_digits <= 9,
+           "addition data: n > 0 and 1 <= digits <= 9");
   std::mt19937_64 rng(seed);
   auto operand = [&]() {
     const int digits = static_cast<int>(rng() % max_digits) + 1;
@@ -32,8 +33,7 @@ std::string addition_jsonl(int64_t n, int max_digits, uint64_t seed, bool fixed_
     const int64_t a = operand(), b = operand();
     nlohmann::json j = {
         {"messages",
-         {{{"role", "user"},
-           {"content", "What is " + padded(a, w) + " + " + padded(b, w) + "?"}},
+         {{{"role", "user"}, {"content", "What is " + padded(a, w) + " + " + padded(b, w) + "?"}},
           {{"role", "assistant"}, {"content", padded(a + b, w ? w + 1 : 0)}}}}};
     out += j.dump() + "\n";
   }

@@ -84,8 +84,8 @@ MtpInput mtp_input(const Ctx& cx, const data::Pack& pack, const void* hf) {
              cx.f32(N * D, "MTP residual stream")};
   {
     Buf ids_d = upload_i32(m.ids.data(), N, "MTP input ids");
-    cuda::embedding_fwd(dt, ids_d.i32(), cx.p.w(c.name("embed_tokens.weight")), N, c.vocab_size,
-                        D, m.e.f32());
+    cuda::embedding_fwd(dt, ids_d.i32(), cx.p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D,
+                        m.e.f32());
   }
   Buf ne = cx.act(N * D, "MTP normed embedding"), nh = cx.act(N * D, "MTP normed hidden");
   cuda::rmsnorm_fwd(DType::f32, m.e.get(), dt, cx.p.w("mtp.pre_fc_norm_embedding.weight"), N, D,

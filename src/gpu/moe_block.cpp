@@ -6,8 +6,8 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/device.h"
-#include "cuda/linear.h"
 #include "cuda/grouped_linear.h"
+#include "cuda/linear.h"
 #include "cuda/moe.h"
 #include "cuda/pointwise.h"
 #include "model/moe_block.h"

@@ -122,7 +122,7 @@ namespace {
 // checking them against the config. Per-expert pieces are split into `owned` (map nodes are
 // stable, so the views' pointers stay valid while `owned` lives).
 std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, const Checkpoint& ck,
-                                                   std::map<std::string, core::Tensor>& owned) {
+                                                     std::map<std::string, core::Tensor>& owned) {
   std::vector<ParamSource> plan;
   try {
     plan = layout_plan(ck.config, ck.expert_formats);

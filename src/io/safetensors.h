@@ -63,9 +63,10 @@ class SafetensorsFile {
   std::map<std::string, TensorInfo> tensors_;
 };
 
-// A write record: what the writer stores for one tensor (not a core::View): dtype and shape as they go into the file, and exactly
-// one data source: f32 (numel floats, converted to dtype, which must be F32/BF16/F16) or bytes
-// (numel * dtype_size bytes, written unchanged). The pointed-to data must outlive the call.
+// A write record: what the writer stores for one tensor (not a core::View): dtype and shape as they
+// go into the file, and exactly one data source: f32 (numel floats, converted to dtype, which must
+// be F32/BF16/F16) or bytes (numel * dtype_size bytes, written unchanged). The pointed-to data must
+// outlive the call.
 struct TensorRecord {
   std::string dtype;
   core::Shape shape;

@@ -29,8 +29,8 @@ struct AttnWeights {
 
 void AttnBlock::fwd(core::Device dev, const Config& c, const TensorMap& params,
                     const data::Pack& pack, const float* x_ND, float* y_ND, AttnSaved& s) const {
-  const int64_t N = pack.N, D = c.hidden_size, H = c.num_attention_heads,
-                J = c.num_key_value_heads, K = c.head_dim;
+  const int64_t N = pack.N, D = c.hidden_size, H = c.num_attention_heads, J = c.num_key_value_heads,
+                K = c.head_dim;
   const AttnWeights w(params, prefix);
 
   s.x_ND.assign(x_ND, x_ND + N * D);
@@ -66,8 +66,8 @@ void AttnBlock::fwd(core::Device dev, const Config& c, const TensorMap& params,
   s.a_NHK.resize(N * H * K);
   s.lse_NH.resize(N * H);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)));
-  ops::attention_fwd(dev, s.q_NHK.data(), s.k_NJK.data(), s.v_NJK.data(), pack.segments(), N, H,
-                     J, K, scale, s.a_NHK.data(), s.lse_NH.data());
+  ops::attention_fwd(dev, s.q_NHK.data(), s.k_NJK.data(), s.v_NJK.data(), pack.segments(), N, H, J,
+                     K, scale, s.a_NHK.data(), s.lse_NH.data());
   s.gated_NHK.resize(N * H * K);
   ops::sigmoid_mul_fwd(dev, s.a_NHK.data(), s.gate_NHK.data(), N * H * K, s.gated_NHK.data());
   ops::linear_fwd(dev, s.gated_NHK.data(), w.Wo, N, H * K, D, y_ND);
@@ -76,15 +76,15 @@ void AttnBlock::fwd(core::Device dev, const Config& c, const TensorMap& params,
 void AttnBlock::bwd(core::Device dev, const Config& c, const TensorMap& params, TensorMap& grads,
                     const data::Pack& pack, const AttnSaved& s, const float* dy_ND,
                     float* dx_ND) const {
-  const int64_t N = pack.N, D = c.hidden_size, H = c.num_attention_heads,
-                J = c.num_key_value_heads, K = c.head_dim;
+  const int64_t N = pack.N, D = c.hidden_size, H = c.num_attention_heads, J = c.num_key_value_heads,
+                K = c.head_dim;
   const AttnWeights w(params, prefix);
 
   std::vector<float> dgated(N * H * K), da(N * H * K), dgate(N * H * K);
   ops::linear_bwd(dev, s.gated_NHK.data(), w.Wo, dy_ND, N, H * K, D, dgated.data(), false,
                   grad(grads, prefix + "o_proj.weight"));
-  ops::sigmoid_mul_bwd(dev, s.a_NHK.data(), s.gate_NHK.data(), dgated.data(), N * H * K,
-                       da.data(), dgate.data());
+  ops::sigmoid_mul_bwd(dev, s.a_NHK.data(), s.gate_NHK.data(), dgated.data(), N * H * K, da.data(),
+                       dgate.data());
 
   std::vector<float> dq(N * H * K), dk(N * J * K), dv(N * J * K);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)));

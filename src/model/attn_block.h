@@ -18,12 +18,12 @@ namespace deltatron::model {
 //   q, k = partial RoPE(positions); a = causal-softmax attention inside each segment (GQA)
 //   y = (a * sigmoid(gate)) o_proj^T
 struct AttnSaved {
-  std::vector<float> x_ND;                       // block input
-  std::vector<float> q_raw_NHK, k_raw_NJK;       // before q_norm / k_norm
+  std::vector<float> x_ND;                  // block input
+  std::vector<float> q_raw_NHK, k_raw_NJK;  // before q_norm / k_norm
   std::vector<float> rstd_q_NH, rstd_k_NJ;
-  std::vector<float> q_NHK, k_NJK, v_NJK;        // after norm + RoPE (attention inputs)
-  std::vector<float> gate_NHK, a_NHK, lse_NH;    // output gate logits, attention output, lse
-  std::vector<float> gated_NHK;                  // o_proj input
+  std::vector<float> q_NHK, k_NJK, v_NJK;      // after norm + RoPE (attention inputs)
+  std::vector<float> gate_NHK, a_NHK, lse_NH;  // output gate logits, attention output, lse
+  std::vector<float> gated_NHK;                // o_proj input
 };
 
 struct AttnBlock {

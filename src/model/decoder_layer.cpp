@@ -22,8 +22,8 @@ void DecoderLayer::fwd(core::Device dev, const Config& c, const TensorMap& p,
   s.h_ND = x_ND;
   s.n2_ND.resize(N * D);
   s.rstd2_N.resize(N);
-  ops::rmsnorm_fwd(dev, x_ND.data(), weight(p, prefix + "post_attention_layernorm.weight").ptr(),
-                   N, D, c.rms_norm_eps, s.n2_ND.data(), s.rstd2_N.data());
+  ops::rmsnorm_fwd(dev, x_ND.data(), weight(p, prefix + "post_attention_layernorm.weight").ptr(), N,
+                   D, c.rms_norm_eps, s.n2_ND.data(), s.rstd2_N.data());
   if (c.is_moe())
     MoeBlock{moe_prefix()}.fwd(dev, c, p, N, s.n2_ND.data(), mix.data(), s.moe);
   else
@@ -38,8 +38,7 @@ void DecoderLayer::bwd(core::Device dev, const Config& c, const TensorMap& p, Te
   std::vector<float> dn(N * D), dres(N * D);
   if (c.is_moe())
     MoeBlock{moe_prefix()}.bwd(dev, c, p, g, N, s.moe, dx_ND.data(),
-                               s.has_router_terms ? &s.router : nullptr, router_scale,
-                               dn.data());
+                               s.has_router_terms ? &s.router : nullptr, router_scale, dn.data());
   else
     MlpBlock{moe_prefix()}.bwd(dev, c, p, g, N, s.mlp, dx_ND.data(), dn.data());
   ops::rmsnorm_bwd(dev, s.h_ND.data(), weight(p, prefix + "post_attention_layernorm.weight").ptr(),

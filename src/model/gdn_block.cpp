@@ -18,8 +18,12 @@ constexpr double kL2NormEps = 1e-6;  // FLA / HF l2norm eps
 struct Dims {
   int64_t N, D, H, G, K, V, C, W;
   Dims(const Config& c, int64_t n)
-      : N(n), D(c.hidden_size), H(c.linear_num_key_heads), G(c.linear_num_value_heads),
-        K(c.linear_key_head_dim), V(c.linear_value_head_dim),
+      : N(n),
+        D(c.hidden_size),
+        H(c.linear_num_key_heads),
+        G(c.linear_num_value_heads),
+        K(c.linear_key_head_dim),
+        V(c.linear_value_head_dim),
         C(2 * c.linear_num_key_heads * c.linear_key_head_dim +
           c.linear_num_value_heads * c.linear_value_head_dim),
         W(c.linear_conv_kernel_dim) {}
@@ -77,8 +81,8 @@ void GdnBlock::fwd(core::Device dev, const Config& c, const TensorMap& params,
   s.yn_NGV.resize(N * GV);
   s.rstd_o_NG.resize(N * d.G);
   ops::rmsnorm_gated_fwd(dev, s.o_NGV.data(), s.z_NGV.data(),
-                         weight(params, prefix + "norm.weight").ptr(), N * d.G, d.V,
-                         c.rms_norm_eps, s.yn_NGV.data(), s.rstd_o_NG.data());
+                         weight(params, prefix + "norm.weight").ptr(), N * d.G, d.V, c.rms_norm_eps,
+                         s.yn_NGV.data(), s.rstd_o_NG.data());
   ops::linear_fwd(dev, s.yn_NGV.data(), weight(params, prefix + "out_proj.weight").ptr(), N, GV,
                   d.D, y_ND);
 }
@@ -90,8 +94,8 @@ void GdnBlock::bwd(core::Device dev, const Config& c, const TensorMap& params, T
   const int64_t N = d.N, HK = d.H * d.K, GV = d.G * d.V;
 
   std::vector<float> dyn(N * GV), do_(N * GV), dz(N * GV);
-  ops::linear_bwd(dev, s.yn_NGV.data(), weight(params, prefix + "out_proj.weight").ptr(), dy_ND,
-                  N, GV, d.D, dyn.data(), false, grad(grads, prefix + "out_proj.weight"));
+  ops::linear_bwd(dev, s.yn_NGV.data(), weight(params, prefix + "out_proj.weight").ptr(), dy_ND, N,
+                  GV, d.D, dyn.data(), false, grad(grads, prefix + "out_proj.weight"));
   ops::rmsnorm_gated_bwd(dev, s.o_NGV.data(), s.z_NGV.data(),
                          weight(params, prefix + "norm.weight").ptr(), s.rstd_o_NG.data(),
                          dyn.data(), N * d.G, d.V, do_.data(), dz.data(),
@@ -100,8 +104,8 @@ void GdnBlock::bwd(core::Device dev, const Config& c, const TensorMap& params, T
   std::vector<float> dq(N * HK), dk(N * HK), dv(N * GV), dg(N * d.G), dbeta(N * d.G);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.K)));
   ops::gdn_chunk_bwd(dev, s.q_NHK.data(), s.k_NHK.data(), s.v_NGV.data(), s.g_NG.data(),
-                     s.beta_NG.data(), pack.segments(), N, d.H, d.G, d.K, d.V, scale,
-                     do_.data(), dq.data(), dk.data(), dv.data(), dg.data(), dbeta.data());
+                     s.beta_NG.data(), pack.segments(), N, d.H, d.G, d.K, d.V, scale, do_.data(),
+                     dq.data(), dk.data(), dv.data(), dg.data(), dbeta.data());
 
   std::vector<float> db(N * d.G), da(N * d.G);
   ops::gdn_gates_bwd(dev, s.b_NG.data(), s.a_NG.data(), weight(params, prefix + "A_log").ptr(),
@@ -110,10 +114,8 @@ void GdnBlock::bwd(core::Device dev, const Config& c, const TensorMap& params, T
                      grad(grads, prefix + "dt_bias"));
 
   std::vector<float> dq_raw(N * HK), dk_raw(N * HK);
-  ops::l2norm_bwd(dev, s.q_NHK.data(), s.rstd_q_NH.data(), dq.data(), N * d.H, d.K,
-                  dq_raw.data());
-  ops::l2norm_bwd(dev, s.k_NHK.data(), s.rstd_k_NH.data(), dk.data(), N * d.H, d.K,
-                  dk_raw.data());
+  ops::l2norm_bwd(dev, s.q_NHK.data(), s.rstd_q_NH.data(), dq.data(), N * d.H, d.K, dq_raw.data());
+  ops::l2norm_bwd(dev, s.k_NHK.data(), s.rstd_k_NH.data(), dk.data(), N * d.H, d.K, dk_raw.data());
 
   std::vector<float> dc(N * d.C), dqkv(N * d.C);
   for (int64_t n = 0; n < N; ++n) {
@@ -127,14 +129,14 @@ void GdnBlock::bwd(core::Device dev, const Config& c, const TensorMap& params, T
                   grad(grads, prefix + "conv1d.weight"));
 
   const float* x = s.x_ND.data();
-  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_qkv.weight").ptr(), dqkv.data(), N,
-                  d.D, d.C, dx_ND, false, grad(grads, prefix + "in_proj_qkv.weight"));
-  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_z.weight").ptr(), dz.data(), N, d.D,
-                  GV, dx_ND, true, grad(grads, prefix + "in_proj_z.weight"));
-  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_b.weight").ptr(), db.data(), N, d.D,
-                  d.G, dx_ND, true, grad(grads, prefix + "in_proj_b.weight"));
-  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_a.weight").ptr(), da.data(), N, d.D,
-                  d.G, dx_ND, true, grad(grads, prefix + "in_proj_a.weight"));
+  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_qkv.weight").ptr(), dqkv.data(), N, d.D,
+                  d.C, dx_ND, false, grad(grads, prefix + "in_proj_qkv.weight"));
+  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_z.weight").ptr(), dz.data(), N, d.D, GV,
+                  dx_ND, true, grad(grads, prefix + "in_proj_z.weight"));
+  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_b.weight").ptr(), db.data(), N, d.D, d.G,
+                  dx_ND, true, grad(grads, prefix + "in_proj_b.weight"));
+  ops::linear_bwd(dev, x, weight(params, prefix + "in_proj_a.weight").ptr(), da.data(), N, d.D, d.G,
+                  dx_ND, true, grad(grads, prefix + "in_proj_a.weight"));
 }
 
 }  // namespace deltatron::model

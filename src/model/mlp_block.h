@@ -19,11 +19,11 @@ struct MlpSaved {
 struct MlpBlock {
   std::string prefix;  // e.g. "model.layers.0.mlp."
 
-  void fwd(core::Device dev, const Config& c, const TensorMap& params, int64_t N,
-           const float* x_ND, float* y_ND, MlpSaved& s) const;
+  void fwd(core::Device dev, const Config& c, const TensorMap& params, int64_t N, const float* x_ND,
+           float* y_ND, MlpSaved& s) const;
   // dx_ND is overwritten; parameter gradients accumulate into grads.
-  void bwd(core::Device dev, const Config& c, const TensorMap& params, TensorMap& grads,
-           int64_t N, const MlpSaved& s, const float* dy_ND, float* dx_ND) const;
+  void bwd(core::Device dev, const Config& c, const TensorMap& params, TensorMap& grads, int64_t N,
+           const MlpSaved& s, const float* dy_ND, float* dx_ND) const;
 };
 
 }  // namespace deltatron::model

@@ -19,8 +19,9 @@ DecoderLayer trunk_layer(const Config& c, int64_t i) {
 }
 
 void check_supported(const Config& c) {
-  DT_CHECK(!c.mtp_enabled || c.mtp_num_hidden_layers == 1, "mtp_num_hidden_layers = ",
-           c.mtp_num_hidden_layers, " is not supported (Qwen3.5 uses 1)");
+  DT_CHECK(!c.mtp_enabled || c.mtp_num_hidden_layers == 1,
+           "mtp_num_hidden_layers = ", c.mtp_num_hidden_layers,
+           " is not supported (Qwen3.5 uses 1)");
 }
 
 void add_router_terms(const Config& c, const ModelOptions& opt, const data::Pack& pack,
@@ -113,8 +114,8 @@ PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
 
   // Trunk backward: final norm, layers in reverse, embedding.
   std::vector<float> dx(N * D);
-  ops::rmsnorm_bwd(dev, x.data(), weight(p, norm).ptr(), rstd_f.data(), dhf.data(), N, D,
-                   dx.data(), grad(*g, norm));
+  ops::rmsnorm_bwd(dev, x.data(), weight(p, norm).ptr(), rstd_f.data(), dhf.data(), N, D, dx.data(),
+                   grad(*g, norm));
   for (int64_t i = L - 1; i >= 0; --i) {
     trunk_layer(c, i).bwd(dev, c, p, *g, pack, *saved[i], opt.router_scale, dx);
     saved[i].reset();
@@ -134,8 +135,8 @@ void model_count_routes(core::Device dev, const Config& c, const TensorMap& p,
   if (!c.is_moe()) return;
   const int64_t N = pack.N, D = c.hidden_size;
   std::vector<float> x(N * D);
-  ops::embedding_fwd(dev, pack.input_ids.data(), weight(p, c.name("embed_tokens.weight")).ptr(),
-                     N, c.vocab_size, D, x.data());
+  ops::embedding_fwd(dev, pack.input_ids.data(), weight(p, c.name("embed_tokens.weight")).ptr(), N,
+                     c.vocab_size, D, x.data());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerSaved s;
     trunk_layer(c, i).fwd(dev, c, p, pack, x, s);

@@ -44,12 +44,12 @@ void MtpBlock::bwd(core::Device dev, const Config& c, const TensorMap& p, Tensor
                    double router_scale, float* dh_ND) const {
   const int64_t N = pack.N, D = c.hidden_size;
   std::vector<float> dr(N * D);
-  ops::rmsnorm_bwd(dev, s.r_ND.data(), weight(p, "mtp.norm.weight").ptr(), s.rstd_m_N.data(),
-                   dm_ND, N, D, dr.data(), grad(g, "mtp.norm.weight"));
+  ops::rmsnorm_bwd(dev, s.r_ND.data(), weight(p, "mtp.norm.weight").ptr(), s.rstd_m_N.data(), dm_ND,
+                   N, D, dr.data(), grad(g, "mtp.norm.weight"));
   layer().bwd(dev, c, p, g, pack, s.layer, router_scale, dr);
   std::vector<float> dcat(N * 2 * D), dne(N * D), dnh(N * D), tmp(N * D);
-  ops::linear_bwd(dev, s.cat_N2D.data(), weight(p, "mtp.fc.weight").ptr(), dr.data(), N, 2 * D,
-                  D, dcat.data(), false, grad(g, "mtp.fc.weight"));
+  ops::linear_bwd(dev, s.cat_N2D.data(), weight(p, "mtp.fc.weight").ptr(), dr.data(), N, 2 * D, D,
+                  dcat.data(), false, grad(g, "mtp.fc.weight"));
   for (int64_t n = 0; n < N; ++n) {
     std::copy(&dcat[n * 2 * D], &dcat[n * 2 * D + D], &dne[n * D]);
     std::copy(&dcat[n * 2 * D + D], &dcat[(n + 1) * 2 * D], &dnh[n * D]);

@@ -30,8 +30,7 @@ void GlobalRouterCounts::add(const std::string& moe_prefix, const MoeSaved& s,
 
 RouterLossTerms make_router_terms(const RouterLossOptions& opt, const Config& c,
                                   const data::Pack& pack, const MoeSaved& s,
-                                  const std::string& moe_prefix,
-                                  const GlobalRouterCounts* global) {
+                                  const std::string& moe_prefix, const GlobalRouterCounts* global) {
   const int64_t E = c.num_experts, k = c.num_experts_per_tok;
   RouterLossTerms t;
   const bool per_sample = opt.aux_type == AuxLossType::seq;

@@ -27,7 +27,7 @@ struct RouterLossOptions {
   AuxLossType aux_type = AuxLossType::global;
   double seq_weight = 1.0;  // seq: multiplies each sample's term (training: 1 / samples in step)
   double z_coef = 0.0;
-  double z_weight = 1.0;    // training: 1 / real tokens in the step (a mean); scoring: 1 (a sum)
+  double z_weight = 1.0;  // training: 1 / real tokens in the step (a mean); scoring: 1 (a sum)
   bool active() const { return aux_coef != 0.0 || z_coef != 0.0; }
 };
 
@@ -46,7 +46,6 @@ struct GlobalRouterCounts {
 // The loss terms of one MoE layer for one pack. global must be non-null for AuxLossType::global.
 RouterLossTerms make_router_terms(const RouterLossOptions& opt, const Config& c,
                                   const data::Pack& pack, const MoeSaved& s,
-                                  const std::string& moe_prefix,
-                                  const GlobalRouterCounts* global);
+                                  const std::string& moe_prefix, const GlobalRouterCounts* global);
 
 }  // namespace deltatron::model

@@ -9,7 +9,6 @@
 #include <cstdint>
 
 #include "core/constants.h"
-
 #include "core/device.h"
 
 namespace deltatron::ops {

@@ -7,13 +7,13 @@
 namespace deltatron::ops {
 
 // Every op below: the CPU runs the cpu:: call spelled out in `cpu_call`; CUDA is not built yet.
-#define DT_DISPATCH(name, cpu_call)                \
-  switch (dev) {                                   \
-    case core::Device::cpu:                        \
-      return cpu_call;                             \
-    case core::Device::cuda:                       \
+#define DT_DISPATCH(name, cpu_call)                                                  \
+  switch (dev) {                                                                     \
+    case core::Device::cpu:                                                          \
+      return cpu_call;                                                               \
+    case core::Device::cuda:                                                         \
       core::fail(name ": host-pointer op, no CUDA path (the GPU model is src/gpu)"); \
-  }                                                \
+  }                                                                                  \
   core::fail(name ": unknown device")
 
 void moe_router_fwd(core::Device dev, const float* logits_NE, int64_t N, int64_t E, int64_t K,

@@ -41,8 +41,9 @@ void run_init(const InitOptions& opt) {
   const double need = 4.0 * double(n);
   const double ram = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
   DT_CHECK(need < 0.6 * ram, "preset ", opt.preset, " has ", n,
-           " parameters; initialising it needs about ", need / 1e9, " GB of RAM but this machine has ",
-           ram / 1e9, " GB (use --config-only to write its config.json alone)");
+           " parameters; initialising it needs about ", need / 1e9,
+           " GB of RAM but this machine has ", ram / 1e9,
+           " GB (use --config-only to write its config.json alone)");
   ck.params = model::init_params(ck.config, opt.seed);
   for (const auto& [name, t] : ck.params) ck.param_dtypes[name] = opt.dtype;
   io::StagedOutput out(opt.out_dir);
@@ -50,9 +51,8 @@ void run_init(const InitOptions& opt) {
   if (!opt.tokenizer.empty())
     std::filesystem::copy_file(opt.tokenizer, out.path() + "/tokenizer.json");
   out.install("init");
-  std::fprintf(stderr, "init: preset %s, %lld parameters, %s, written to %s\n",
-               opt.preset.c_str(), static_cast<long long>(n), opt.dtype.c_str(),
-               opt.out_dir.c_str());
+  std::fprintf(stderr, "init: preset %s, %lld parameters, %s, written to %s\n", opt.preset.c_str(),
+               static_cast<long long>(n), opt.dtype.c_str(), opt.out_dir.c_str());
 }
 
 }  // namespace deltatron::train

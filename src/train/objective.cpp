@@ -12,8 +12,8 @@ StepCounts count_step(const std::vector<data::Pack>& packs, bool mtp) {
     for (uint8_t pad : p.is_pad) s.real_tokens += !pad;
     s.samples += p.num_samples();
     if (mtp)
-      for (int32_t t : data::roll_within_segments(p.targets, p.cu_seqlens_padded,
-                                                  data::kIgnoreIndex))
+      for (int32_t t :
+           data::roll_within_segments(p.targets, p.cu_seqlens_padded, data::kIgnoreIndex))
         s.mtp_tokens += t != data::kIgnoreIndex;
   }
   return s;

@@ -57,7 +57,8 @@ void run_render(const RenderOptions& opt) {
   if (!opt.reasoning_effort.empty()) f.chat.reasoning_effort = opt.reasoning_effort;
   f.chat.special_tokens_in_content = opt.special_tokens_in_content;
   const std::string tok_dir = std::filesystem::path(tok_path).parent_path().string();
-  const data::ChatChoice choice = data::choose_chat_format(opt.chat_template, {tok_dir, opt.model_dir});
+  const data::ChatChoice choice =
+      data::choose_chat_format(opt.chat_template, {tok_dir, opt.model_dir});
   if (choice.found)
     data::apply_chat_choice(choice, f.chat);
   else
@@ -66,8 +67,7 @@ void run_render(const RenderOptions& opt) {
   std::vector<int64_t> lines;
   data::DataStats stats;
   const std::vector<data::Sample> samples = data::read_jsonl(opt.data_path, tok, f, &stats, &lines);
-  const bool color =
-      opt.color == "always" || (opt.color == "auto" && ::isatty(STDOUT_FILENO) != 0);
+  const bool color = opt.color == "always" || (opt.color == "auto" && ::isatty(STDOUT_FILENO) != 0);
   DT_CHECK(opt.color == "always" || opt.color == "never" || opt.color == "auto",
            "--color must be auto, always or never, got '", opt.color, "'");
   if (!opt.jsonl && choice.found)
@@ -82,10 +82,11 @@ void run_render(const RenderOptions& opt) {
       std::vector<int> mask(s.labels.size());
       for (size_t t = 0; t < mask.size(); ++t) mask[t] = s.labels[t] != data::kIgnoreIndex;
       const nlohmann::ordered_json j = {{"line", lines[i]},
-                                {"text", tok.decode(s.input_ids)},
-                                {"input_ids", s.input_ids},
-                                {"assistant_mask", mask}};
-      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
+                                        {"text", tok.decode(s.input_ids)},
+                                        {"input_ids", s.input_ids},
+                                        {"assistant_mask", mask}};
+      std::printf("%s\n",
+                  j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
       continue;
     }
     std::printf("### %s:%lld: %zu tokens, %lld trained\n", opt.data_path.c_str(),

@@ -17,9 +17,9 @@ struct RenderOptions {
   std::optional<bool> enable_thinking, preserve_thinking;
   std::string reasoning_effort;
   bool special_tokens_in_content = false;
-  bool jsonl = false;         // {"line", "text", "input_ids", "assistant_mask"} per sample
+  bool jsonl = false;          // {"line", "text", "input_ids", "assistant_mask"} per sample
   std::string color = "auto";  // trained spans: auto (colour on a terminal) | always | never
-  int64_t limit = 0;          // first N samples (0: all)
+  int64_t limit = 0;           // first N samples (0: all)
 };
 
 // Writes to stdout; errors (bad lines, unknown template) throw core::Error naming file and line.

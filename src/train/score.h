@@ -13,14 +13,14 @@ struct ScoreOptions {
   std::string model_dir;
   std::string data_path;
   std::string output_path;
-  std::string grad_out;        // empty: no gradients
-  int64_t pack_tokens = 8192;  // token budget per pack
-  int64_t pad_multiple = 1;    // align every sample's span to this multiple
-  double mtp_scale = 0.1;      // weight of the MTP loss in the gradient objective
+  std::string grad_out;             // empty: no gradients
+  int64_t pack_tokens = 8192;       // token budget per pack
+  int64_t pad_multiple = 1;         // align every sample's span to this multiple
+  double mtp_scale = 0.1;           // weight of the MTP loss in the gradient objective
   model::RouterLossOptions router;  // off by default (coefficients 0)
-  bool ignore_mtp = false;     // score a checkpoint whose config declares MTP without using it
-  std::string device = "cpu";     // cpu | cuda
-  std::string precision = "bf16";  // cuda: bf16 | fp32 (debug mode of the same kernels)
+  bool ignore_mtp = false;          // score a checkpoint whose config declares MTP without using it
+  std::string device = "cpu";       // cpu | cuda
+  std::string precision = "bf16";   // cuda: bf16 | fp32 (debug mode of the same kernels)
   bool quiet = false;
 };
 

@@ -154,16 +154,16 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   for (const auto& ov : overrides) apply_override(c, ov);
 
   const fs::path base = fs::path(path).parent_path();
-  for (std::string* p : {&c.model_path, &c.train_path, &c.eval_path, &c.tokenizer, &c.cache_dir,
-                         &c.out_dir})
+  for (std::string* p :
+       {&c.model_path, &c.train_path, &c.eval_path, &c.tokenizer, &c.cache_dir, &c.out_dir})
     *p = resolve(base, *p);
 
   DT_CHECK(c.model_path.empty() != c.model_preset.empty(), path,
            ": set exactly one of model.path and model.preset");
   DT_CHECK(!c.train_path.empty(), path, ": data.train is required");
   DT_CHECK(!c.out_dir.empty(), path, ": training.out_dir is required");
-  DT_CHECK(c.device == "cpu" || c.device == "cuda", path, ": training.device must be cpu or cuda, got '",
-           c.device, "'");
+  DT_CHECK(c.device == "cpu" || c.device == "cuda", path,
+           ": training.device must be cpu or cuda, got '", c.device, "'");
   DT_CHECK(c.precision == "bf16" || c.precision == "fp32", path,
            ": training.precision must be bf16 or fp32, got '", c.precision, "'");
   DT_CHECK(c.steps > 0, path, ": training.steps must be positive");

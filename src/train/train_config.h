@@ -19,11 +19,11 @@ struct TrainConfig {
   bool ignore_mtp = false;
   // [data]
   std::string train_path;
-  std::string eval_path;       // optional held-out file
-  double eval_fraction = 0.0;  // held-out split of train_path when eval_path is empty
-  std::string format = "auto";         // auto | chat | prompt_completion | text | tokens
-  std::string tokenizer;               // default: <model_path>/tokenizer.json
-  std::string loss_on = "assistant";   // assistant | all | last_assistant (chat)
+  std::string eval_path;              // optional held-out file
+  double eval_fraction = 0.0;         // held-out split of train_path when eval_path is empty
+  std::string format = "auto";        // auto | chat | prompt_completion | text | tokens
+  std::string tokenizer;              // default: <model_path>/tokenizer.json
+  std::string loss_on = "assistant";  // assistant | all | last_assistant (chat)
   // Chat rendering (data/chat_template.h): "auto" = the checkpoint's own template (its
   // chat_template.jinja or tokenizer_config.json), or chatml | qwen3 | qwen3_5 | qwen3_6 |
   // qwen3_8 (+ "_training" for TRL's training variants). The template variables below are unset
@@ -35,7 +35,7 @@ struct TrainConfig {
   bool special_tokens_in_content = false;  // true: "<|im_start|>" typed in data is the token (HF)
   bool skip_bad_lines = false;
   bool truncate = false;
-  std::string cache_dir;               // default: next to the data file
+  std::string cache_dir;  // default: next to the data file
   // [training]
   std::string out_dir;
   int64_t steps = 100;
@@ -53,14 +53,14 @@ struct TrainConfig {
   int64_t keep_last = 2;   // checkpoints kept in out_dir; 0: all
   int64_t eval_every = 0;  // 0: only at the end
   int64_t log_every = 10;
-  bool tensorboard = true;  // also write every metrics.jsonl record to out_dir/tensorboard/
-  int64_t max_bad_steps = 10;         // skipped non-finite steps tolerated; 0: stop at the first
-  double mtp_scale = 0.1;             // weight of the MTP loss; 0: reported, not trained
-  double router_aux_coef = -1.0;      // < 0: the model config's router_aux_loss_coef
+  bool tensorboard = true;        // also write every metrics.jsonl record to out_dir/tensorboard/
+  int64_t max_bad_steps = 10;     // skipped non-finite steps tolerated; 0: stop at the first
+  double mtp_scale = 0.1;         // weight of the MTP loss; 0: reported, not trained
+  double router_aux_coef = -1.0;  // < 0: the model config's router_aux_loss_coef
   std::string router_aux_type = "global";  // global | seq | micro_batch
   double z_loss_coef = 0.0;
-  bool answer_accuracy = true;  // report exact-match accuracy of held-out label spans
-  std::string save_dtype = "";  // "" = the dtypes of the loaded checkpoint (F32 for presets)
+  bool answer_accuracy = true;     // report exact-match accuracy of held-out label spans
+  std::string save_dtype = "";     // "" = the dtypes of the loaded checkpoint (F32 for presets)
   std::string device = "cpu";      // cpu | cuda
   std::string precision = "bf16";  // cuda only: bf16 (activations, compute copies) | fp32 (debug)
   bool recompute = false;          // cuda only: recompute each layer's activations in the backward

@@ -3,7 +3,6 @@
 // log / eval / checkpoint; SIGINT and SIGTERM finish the step, save and stop.
 #include "train/trainer.h"
 
-
 #include <unistd.h>
 
 #include <atomic>
@@ -93,8 +92,8 @@ EvalResult evaluate(const TrainConfig& cfg, Engine& engine, const TrainData& d) 
   model::ModelOptions o;
   o.want_correct = cfg.answer_accuracy;
   for (const auto& batch : eval_batches(d, cfg.micro_batch_tokens, cfg.divisible_by)) {
-    const data::Pack pack = data::make_dataset_pack(ds, batch, cfg.divisible_by,
-                                                    cfg.micro_batch_tokens);
+    const data::Pack pack =
+        data::make_dataset_pack(ds, batch, cfg.divisible_by, cfg.micro_batch_tokens);
     const model::PackLoss l = engine.fwd_bwd(pack, false, o);
     for (int s = 0; s < pack.num_samples(); ++s) {
       loss += l.loss_sum[s];
@@ -120,18 +119,20 @@ void save(const TrainConfig& cfg, io::Checkpoint& ck, const TrainState& st, cons
                start.earlier.empty() ? "" : "; the earlier run's checkpoints are kept");
   if (!cfg.save_dtype.empty())
     for (auto& [name, dt] : ck.param_dtypes) dt = cfg.save_dtype;
-  const std::string dir = save_training_checkpoint(cfg.out_dir, st.step, [&](const std::string& tmp) {
-    io::write_checkpoint_files(tmp, ck);  // straight into tmp: no staging the cleanup misses
-    for (const auto& f : tok_files)
-      fs::copy_file(f, fs::path(tmp) / f.filename(), fs::copy_options::overwrite_existing);
-    const std::string state_dir = tmp + "/training_state";
-    fs::create_directories(state_dir);
-    save_train_state(state_dir, st, opt);
-    // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
-    std::map<std::string, io::TensorRecord> views;
-    for (const auto& [name, t] : ck.params) views[name] = io::TensorRecord{"F32", t.shape, t.ptr(), {}};
-    io::write_safetensors(state_dir + "/master_weights.safetensors", views);
-  });
+  const std::string dir =
+      save_training_checkpoint(cfg.out_dir, st.step, [&](const std::string& tmp) {
+        io::write_checkpoint_files(tmp, ck);  // straight into tmp: no staging the cleanup misses
+        for (const auto& f : tok_files)
+          fs::copy_file(f, fs::path(tmp) / f.filename(), fs::copy_options::overwrite_existing);
+        const std::string state_dir = tmp + "/training_state";
+        fs::create_directories(state_dir);
+        save_train_state(state_dir, st, opt);
+        // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
+        std::map<std::string, io::TensorRecord> views;
+        for (const auto& [name, t] : ck.params)
+          views[name] = io::TensorRecord{"F32", t.shape, t.ptr(), {}};
+        io::write_safetensors(state_dir + "/master_weights.safetensors", views);
+      });
   remove_earlier_checkpoints(start, dir);
   prune_checkpoints(cfg.out_dir, cfg.keep_last);
   std::fprintf(stderr, "\ncheckpoint: %s\n", dir.c_str());
@@ -153,8 +154,10 @@ void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck) {
 std::string fmt_duration(double s) {
   char buf[32];
   const int64_t t = int64_t(s);
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", long(t / 3600), long(t % 3600 / 60));
-  else std::snprintf(buf, sizeof buf, "%ldm%02lds", long(t / 60), long(t % 60));
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", long(t / 3600), long(t % 3600 / 60));
+  else
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", long(t / 60), long(t % 60));
   return buf;
 }
 
@@ -231,12 +234,17 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   po.seed = cfg.seed;
   po.window = cfg.shuffle_window;
   po.truncate = cfg.truncate;
-  data::EpochIterator batches(d.train_lengths, po,
-                              [&](int64_t i) { return d.train_set->where(d.train_index[i]); },
-                              st.epoch, st.data_cursor);
-  std::fprintf(stderr, "train: %lld parameters, packing efficiency %.1f%% (%lld-token micro-batches)\n",
-               [&] { long long n = 0; for (auto& [k, t] : ck.params) n += t.numel(); return n; }(),
-               100.0 * batches.efficiency(), static_cast<long long>(cfg.micro_batch_tokens));
+  data::EpochIterator batches(
+      d.train_lengths, po, [&](int64_t i) { return d.train_set->where(d.train_index[i]); },
+      st.epoch, st.data_cursor);
+  std::fprintf(
+      stderr, "train: %lld parameters, packing efficiency %.1f%% (%lld-token micro-batches)\n",
+      [&] {
+        long long n = 0;
+        for (auto& [k, t] : ck.params) n += t.numel();
+        return n;
+      }(),
+      100.0 * batches.efficiency(), static_cast<long long>(cfg.micro_batch_tokens));
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -285,7 +293,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
       engine->step(opt, lr);
     } else {
       ++bad_steps;
-      std::fprintf(stderr, "\ntrain: step %lld has a non-finite loss or gradient; skipped (%lld/%lld)\n",
+      std::fprintf(stderr,
+                   "\ntrain: step %lld has a non-finite loss or gradient; skipped (%lld/%lld)\n",
                    static_cast<long long>(st.step), static_cast<long long>(bad_steps),
                    static_cast<long long>(cfg.max_bad_steps));
       DT_CHECK(bad_steps <= cfg.max_bad_steps, "stopping: ", bad_steps,
@@ -304,9 +313,9 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const double tps = double(tokens_seen) / std::max(elapsed, 1e-9);
     const double eta = elapsed / double(st.step - first_step) * double(cfg.steps - st.step);
-    nlohmann::json m = {{"step", st.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
-                        {"tokens", n.real_tokens}, {"tokens_per_s", tps}, {"step_s", dt},
-                        {"skipped", !finite}};
+    nlohmann::json m = {
+        {"step", st.step},         {"loss", loss},        {"lr", lr},     {"grad_norm", gnorm},
+        {"tokens", n.real_tokens}, {"tokens_per_s", tps}, {"step_s", dt}, {"skipped", !finite}};
     if (c.mtp_enabled) m["mtp_loss"] = mtp_loss;
     if (c.is_moe()) m["router_loss"] = router;
     metrics << m.dump() << "\n" << std::flush;
@@ -316,7 +325,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
                   "step %lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s",
                   static_cast<long long>(st.step), static_cast<long long>(cfg.steps), loss, lr,
                   gnorm, tps, fmt_duration(eta).c_str());
-    if (tty) std::fprintf(stderr, "\r%s\033[K", line);
+    if (tty)
+      std::fprintf(stderr, "\r%s\033[K", line);
     else if (st.step % std::max<int64_t>(1, cfg.log_every) == 0 || st.step == cfg.steps)
       std::fprintf(stderr, "%s\n", line);
 
@@ -325,19 +335,19 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     if ((cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last) {
       const EvalResult e = evaluate(cfg, *engine, d);
       if (e.samples > 0) {
-        std::fprintf(stderr, "%seval at step %lld: loss %.4f, exact-match accuracy %.1f%% (%lld samples)\n",
+        std::fprintf(stderr,
+                     "%seval at step %lld: loss %.4f, exact-match accuracy %.1f%% (%lld samples)\n",
                      tty ? "\n" : "", static_cast<long long>(st.step), e.loss, 100 * e.accuracy,
                      static_cast<long long>(e.samples));
-        const nlohmann::json em = {{"step", st.step}, {"eval_loss", e.loss},
-                                   {"eval_accuracy", e.accuracy}};
+        const nlohmann::json em = {
+            {"step", st.step}, {"eval_loss", e.loss}, {"eval_accuracy", e.accuracy}};
         metrics << em.dump() << "\n" << std::flush;
         tensorboard.log(em);
         result.final_eval_loss = e.loss;
         result.final_eval_accuracy = e.accuracy;
       }
     }
-    if ((cfg.save_every > 0 && st.step % cfg.save_every == 0) || last || stop)
-    {
+    if ((cfg.save_every > 0 && st.step % cfg.save_every == 0) || last || stop) {
       engine->sync_to_host(ck.params, opt);
       save(cfg, ck, st, opt, tok_files, start);
     }

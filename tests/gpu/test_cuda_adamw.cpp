@@ -20,10 +20,10 @@
 #include <string>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "cuda/adamw.h"
 #include "cuda/device.h"
-#include "bf16_util.h"
 #include "test_util.h"
 #include "train/optimizer.h"
 

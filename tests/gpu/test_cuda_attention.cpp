@@ -17,12 +17,12 @@
 #include <string>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "core/segments.h"
 #include "cpu/attention.h"
 #include "cuda/attention.h"
 #include "cuda/device.h"
-#include "bf16_util.h"
 #include "gpu_timer.h"
 #include "test_util.h"
 
@@ -32,8 +32,8 @@ using dt::cuda::DType;
 namespace {
 
 // float -> bfloat16 bits, round to nearest even (inputs here are finite).
-using dt_test::to_bf16;
 using dt_test::from_bf16;
+using dt_test::to_bf16;
 
 std::vector<float> round_bf16(std::vector<float> v) {
   for (auto& x : v) x = from_bf16(to_bf16(x));

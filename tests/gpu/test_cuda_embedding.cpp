@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "cpu/embedding.h"
 #include "cuda/device.h"
 #include "cuda/embedding.h"
-#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -30,8 +30,8 @@ using dt::cuda::DType;
 
 namespace {
 
-using dt_test::to_bf16;
 using dt_test::from_bf16;
+using dt_test::to_bf16;
 
 // Uploads v in dtype t; v is replaced by the values the device sees.
 dt::cuda::DeviceBuffer upload(std::vector<float>& v, DType t) {

@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "cpu/gdn.h"
 #include "cuda/device.h"
 #include "cuda/gdn.h"
-#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -28,8 +28,8 @@ using dt::cuda::DType;
 
 namespace {
 
-using dt_test::to_bf16;
 using dt_test::from_bf16;
+using dt_test::to_bf16;
 
 // Host values -> device buffer in dtype t; rounds `v` in place to what the device holds.
 dt::cuda::DeviceBuffer upload(std::vector<double>& v, DType t) {

@@ -13,12 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "cpu/linear.h"
 #include "cuda/device.h"
 #include "cuda/linear.h"
 #include "ops/linear.h"
-#include "bf16_util.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -27,8 +27,8 @@ using dt::cuda::DType;
 namespace {
 
 // float -> bfloat16 bits, round to nearest even (inputs here are finite).
-using dt_test::to_bf16;
 using dt_test::from_bf16;
+using dt_test::to_bf16;
 
 // A host float32 tensor on the device, as float32 or bf16, at an element offset (to exercise
 // misaligned pointers). `host` holds the values the device sees (bf16-rounded if bf16).

@@ -22,15 +22,15 @@
 #include <string>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "cpu/cross_entropy.h"
 #include "cpu/linear.h"
 #include "cuda/device.h"
 #include "cuda/linear.h"
 #include "cuda/lm_head_ce.h"
-#include "ops/cross_entropy.h"
-#include "bf16_util.h"
 #include "gpu_timer.h"
+#include "ops/cross_entropy.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -46,8 +46,8 @@ bool small_only() {
 }
 
 // float <-> bfloat16 bits, round to nearest even (inputs here are finite).
-using dt_test::to_bf16;
 using dt_test::from_bf16;
+using dt_test::to_bf16;
 
 // Uniform in [-scale, scale) from a hash of (seed, i): fast and parallel for the 508M-element W.
 std::vector<float> uniform_hash(size_t n, uint64_t seed, double scale) {

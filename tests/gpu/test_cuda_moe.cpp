@@ -20,13 +20,13 @@
 #include <tuple>
 #include <vector>
 
+#include "bf16_util.h"
 #include "core/error.h"
 #include "cpu/linear.h"
 #include "cpu/moe.h"
 #include "cuda/device.h"
 #include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
-#include "bf16_util.h"
 #include "gpu_timer.h"
 #include "test_util.h"
 
@@ -41,8 +41,8 @@ namespace {
 
 // ---- host <-> device helpers ------------------------------------------------------------------
 
-using dt_test::to_bf16;
 using dt_test::from_bf16;
+using dt_test::to_bf16;
 float round_bf16(float f) { return from_bf16(to_bf16(f)); }
 VecF rounded(VecF v) {
   for (float& x : v) x = round_bf16(x);
