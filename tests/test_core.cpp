@@ -9,6 +9,7 @@
 #include "core/view.h"
 #include "data/sample.h"
 #include "ops/cross_entropy.h"
+#include "test_util.h"
 
 using namespace deltatron;
 using core::Device;
@@ -16,14 +17,7 @@ using core::DType;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const core::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using dt_test::error_of;
 
 TEST(CoreView, TypedAccessorsRowsAndReshape) {
   core::Tensor t({4, 3});

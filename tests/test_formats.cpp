@@ -73,14 +73,7 @@ void expect_ids(const std::vector<int32_t>& got, const std::vector<int32_t>& wan
     ASSERT_EQ(got[t], want[t]) << what << ": first mismatch at position " << t;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const core::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using dt_test::error_of;
 
 #define EXPECT_HAS(haystack, needle) \
   EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)

@@ -125,6 +125,16 @@ void expect_error(F&& f, const std::vector<std::string>& parts) {
   ADD_FAILURE() << "expected core::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
 }
 
+// The message of the core::Error that f throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const deltatron::core::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 // ---- files ---------------------------------------------------------------------------------
 
 // The whole file as bytes ("" if it cannot be opened).

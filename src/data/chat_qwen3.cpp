@@ -16,11 +16,6 @@ const char* const kToolsFooter =
     "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
     "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n";
 
-bool is_tool_response(const std::string& s) {
-  return s.rfind("<tool_response>", 0) == 0 && s.size() >= 16 &&
-         s.compare(s.size() - 16, 16, "</tool_response>") == 0;
-}
-
 // The template prints `message.content` when it is a string and '' otherwise. A list or object
 // would silently render as nothing: refused. The first system message is concatenated with
 // '+', which fails in Jinja for anything but a string.
@@ -93,12 +88,7 @@ void render_qwen3(const ChatRow& row, ChatOut& out) {
       out.data(content);
       out.tmpl("<|im_end|>\n");
     } else if (role == "assistant") {
-      std::string reasoning;
-      const OrderedJson* rc = row.get(i, "reasoning_content");
-      if (rc && rc->is_string())
-        reasoning = rc->get<std::string>();
-      else
-        split_think(content, reasoning);
+      const std::string reasoning = reasoning_of(row, i, content, true);
       const bool think =
           row.opt.training_variant || (i > last_query && (i + 1 == n || !reasoning.empty()));
       out.tmpl("<|im_start|>assistant\n");
@@ -120,11 +110,7 @@ void render_qwen3(const ChatRow& row, ChatOut& out) {
       out.tmpl("<|im_end|>\n");
       out.end_generation();
     } else if (role == "tool") {
-      if (i == 0 || row.roles[i - 1] != "tool") out.tmpl("<|im_start|>user");
-      out.tmpl("\n<tool_response>\n");
-      out.data(content);
-      out.tmpl("\n</tool_response>");
-      if (i + 1 == n || row.roles[i + 1] != "tool") out.tmpl("<|im_end|>\n");
+      render_tool_message(row, i, content, true, out);
     }
   }
 }

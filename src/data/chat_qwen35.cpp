@@ -59,11 +59,6 @@ std::string content_text(const ChatRow& row, size_t i, bool is_system) {
   return py_strip(s);
 }
 
-bool is_tool_response(const std::string& s) {
-  return s.rfind("<tool_response>", 0) == 0 && s.size() >= 16 &&
-         s.compare(s.size() - 16, 16, "</tool_response>") == 0;
-}
-
 // The 3.8 system text for the reasoning effort ('' for medium or with thinking disabled).
 std::string reasoning_instructions(const ChatOptions& opt) {
   if (opt.enable_thinking.has_value() && !*opt.enable_thinking) return "";
@@ -187,13 +182,8 @@ void render_qwen35(const ChatRow& row, ChatOut& out) {
       out.data(content);
       out.tmpl("<|im_end|>\n");
     } else if (role == "assistant") {
-      std::string reasoning;
-      const OrderedJson* rc = row.get(i, "reasoning_content");
-      if (rc && rc->is_string())
-        reasoning = rc->get<std::string>();
-      else if (f != ChatFormat::qwen3_8)
-        split_think(content, reasoning);
-      reasoning = py_strip(reasoning);
+      const std::string reasoning =
+          py_strip(reasoning_of(row, i, content, f != ChatFormat::qwen3_8));
       const std::optional<bool> preserve = row.opt.preserve_thinking;
       const bool think = row.opt.training_variant || i > last_query ||
                          (f == ChatFormat::qwen3_6 && preserve.value_or(false)) ||
@@ -210,11 +200,7 @@ void render_qwen35(const ChatRow& row, ChatOut& out) {
       out.tmpl("<|im_end|>\n");
       out.end_generation();
     } else {  // tool
-      if (i > 0 && row.roles[i - 1] != "tool") out.tmpl("<|im_start|>user");
-      out.tmpl("\n<tool_response>\n");
-      out.data(content);
-      out.tmpl("\n</tool_response>");
-      if (i + 1 == n || row.roles[i + 1] != "tool") out.tmpl("<|im_end|>\n");
+      render_tool_message(row, i, content, false, out);
     }
   }
 }

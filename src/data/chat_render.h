@@ -61,6 +61,19 @@ struct ChatRow {
 // left-stripped of '\n'. Returns false (nothing changed) when there is no "</think>".
 bool split_think(std::string& content, std::string& reasoning);
 
+// The templates' multi-step-tool test: a user message that is a wrapped tool response.
+bool is_tool_response(const std::string& s);
+
+// A message's reasoning: its "reasoning_content" when that is a string, else (when
+// parse_content) what split_think takes out of `content`, else "".
+std::string reasoning_of(const ChatRow& row, size_t i, std::string& content, bool parse_content);
+
+// Tool message i: consecutive tool messages form one user turn of <tool_response> blocks. The
+// turn's "<|im_start|>user" opens before the first of a run (qwen3.5+: not when it is message 0,
+// which has no previous item in their templates), "<|im_end|>\n" closes after the last.
+void render_tool_message(const ChatRow& row, size_t i, const std::string& content,
+                         bool header_at_start, ChatOut& out);
+
 void render_qwen3(const ChatRow& row, ChatOut& out);
 void render_qwen35(const ChatRow& row, ChatOut& out);  // qwen3_5, qwen3_6, qwen3_8
 

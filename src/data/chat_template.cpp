@@ -156,6 +156,32 @@ bool split_think(std::string& content, std::string& reasoning) {
   return true;
 }
 
+bool is_tool_response(const std::string& s) {
+  static const std::string open = "<tool_response>", close = "</tool_response>";
+  return s.size() >= open.size() && s.compare(0, open.size(), open) == 0 &&
+         s.size() >= close.size() && s.compare(s.size() - close.size(), close.size(), close) == 0;
+}
+
+std::string reasoning_of(const ChatRow& row, size_t i, std::string& content, bool parse_content) {
+  std::string reasoning;
+  const OrderedJson* rc = row.get(i, "reasoning_content");
+  if (rc && rc->is_string())
+    reasoning = rc->get<std::string>();
+  else if (parse_content)
+    split_think(content, reasoning);
+  return reasoning;
+}
+
+void render_tool_message(const ChatRow& row, size_t i, const std::string& content,
+                         bool header_at_start, ChatOut& out) {
+  const bool first_of_run = i == 0 ? header_at_start : row.roles[i - 1] != "tool";
+  if (first_of_run) out.tmpl("<|im_start|>user");
+  out.tmpl("\n<tool_response>\n");
+  out.data(content);
+  out.tmpl("\n</tool_response>");
+  if (i + 1 == row.size() || row.roles[i + 1] != "tool") out.tmpl("<|im_end|>\n");
+}
+
 namespace {
 
 void apply_kwargs(const OrderedJson& kw, ChatOptions& opt) {
@@ -223,11 +249,7 @@ void render_chatml(const ChatRow& row, ChatOut& out) {
     const std::string& content = c->get_ref<const std::string&>();
     if (row.tool_calls(i)) fail_at(i, "the chatml format has no tool calls (choose a qwen format)");
     if (role == "tool") {
-      if (i == 0 || row.roles[i - 1] != "tool") out.tmpl("<|im_start|>user");
-      out.tmpl("\n<tool_response>\n");
-      out.data(content);
-      out.tmpl("\n</tool_response>");
-      if (i + 1 == n || row.roles[i + 1] != "tool") out.tmpl("<|im_end|>\n");
+      render_tool_message(row, i, content, true, out);
       continue;
     }
     out.tmpl("<|im_start|>" + role + "\n");
