@@ -1,0 +1,46 @@
+// A training run's set-up: the model (checkpoint, preset or resume), the tokenizer, optimizer and
+// schedule options, the state a run starts from and the stream of training micro-batches.
+#pragma once
+
+#include <string>
+
+#include "data/packing.h"
+#include "io/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/run_dir.h"
+#include "train/schedule.h"
+#include "train/train_config.h"
+#include "train/train_data.h"
+#include "train/train_state.h"
+#include "train/trainer.h"
+
+namespace deltatron::train {
+
+// The checkpoint resume_dir when set, else model.path, else a preset initialised with
+// cfg.init_seed (F32 parameters).
+io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir);
+
+// data.tokenizer, else model.path/tokenizer.json (an error for a preset model without one).
+std::string tokenizer_path(const TrainConfig& cfg);
+
+AdamWOptions adamw_options(const TrainConfig& cfg);
+
+// The learning-rate schedule of cfg, validated (validate_schedule).
+ScheduleOptions schedule_options(const TrainConfig& cfg);
+
+// The state the run starts from: step 0 and the RNG seeded with cfg.seed, or, when resuming
+// (start.resume_dir), the checkpoint's training state, optimizer moments and fp32 master weights
+// (into opt and ck.params), after checking its step and run identity (run_identity.h). The run
+// identity of cfg and d is stored in extra["run"]. Non-finite starting weights are an error.
+TrainState start_state(const TrainConfig& cfg, const RunStart& start, const TrainData& d,
+                       io::Checkpoint& ck, AdamW& opt);
+
+// A resumed run already at cfg.steps or past it: says so and returns nothing_to_do with the
+// checkpoint's last loss (NaN when it has none).
+TrainResult finished_run(const TrainConfig& cfg, const RunStart& start, const TrainState& st);
+
+// The training micro-batches (packing.h) from the state's data position.
+data::EpochIterator training_batches(const TrainConfig& cfg, const TrainData& d,
+                                     const TrainState& st);
+
+}  // namespace deltatron::train

@@ -1,0 +1,66 @@
+// A training run's checkpoints: save and the master weights of a resume (train_checkpoint.h).
+#include "train/train_checkpoint.h"
+
+#include <cstdio>
+#include <map>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "train/checkpoint_dir.h"
+#include "train/finite_check.h"
+
+namespace deltatron::train {
+
+namespace fs = std::filesystem;
+
+std::vector<fs::path> tokenizer_files(const std::string& tok_json) {
+  std::vector<fs::path> out;
+  const fs::path dir = fs::path(tok_json).parent_path();
+  out.push_back(tok_json);
+  for (const char* f : {"tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                        "vocab.json", "merges.txt", "generation_config.json"})
+    if (fs::exists(dir / f)) out.push_back(dir / f);
+  return out;
+}
+
+void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
+                     const TrainState& st, AdamW& opt, const std::vector<fs::path>& tok_files,
+                     RunStart& start) {
+  engine.sync_to_host(ck.params, opt);
+  if (const auto nf = find_non_finite(ck.params))
+    core::fail("step ", st.step, ": the weights hold non-finite values (", describe(*nf),
+               "); no checkpoint written",
+               start.earlier.empty() ? "" : "; the earlier run's checkpoints are kept");
+  if (!cfg.save_dtype.empty())
+    for (auto& [name, dt] : ck.param_dtypes) dt = cfg.save_dtype;
+  const std::string dir =
+      save_training_checkpoint(cfg.out_dir, st.step, [&](const std::string& tmp) {
+        io::write_checkpoint_files(tmp, ck);  // straight into tmp: no staging the cleanup misses
+        for (const auto& f : tok_files)
+          fs::copy_file(f, fs::path(tmp) / f.filename(), fs::copy_options::overwrite_existing);
+        const std::string state_dir = tmp + "/training_state";
+        fs::create_directories(state_dir);
+        save_train_state(state_dir, st, opt);
+        // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
+        std::map<std::string, io::TensorRecord> views;
+        for (const auto& [name, t] : ck.params)
+          views[name] = io::TensorRecord{"F32", t.shape, t.ptr(), {}};
+        io::write_safetensors(state_dir + "/master_weights.safetensors", views);
+      });
+  remove_earlier_checkpoints(start, dir);
+  prune_checkpoints(cfg.out_dir, cfg.keep_last);
+  std::fprintf(stderr, "\ncheckpoint: %s\n", dir.c_str());
+}
+
+void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck) {
+  const io::SafetensorsFile f(ckpt_dir + "/training_state/master_weights.safetensors");
+  for (auto& [name, t] : ck.params) {
+    DT_CHECK(f.contains(name), f.path(), ": missing master weight ", name);
+    core::Tensor m = f.to_float(name);
+    DT_CHECK(m.shape == t.shape, f.path(), ": master weight ", name, " has shape ",
+             core::shape_str(m.shape), ", expected ", core::shape_str(t.shape));
+    t = std::move(m);
+  }
+}
+
+}  // namespace deltatron::train

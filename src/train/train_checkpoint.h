@@ -1,0 +1,38 @@
+// A training run's checkpoints: what a save writes (the HF checkpoint, the tokenizer files, the
+// training state, fp32 master weights) and the master weights a resume reads back.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "train/engine.h"
+#include "train/optimizer.h"
+#include "train/run_dir.h"
+#include "train/train_config.h"
+#include "train/train_state.h"
+
+namespace deltatron::train {
+
+// Tokenizer files that travel with every saved checkpoint: tok_json and whichever of
+// tokenizer_config.json, special_tokens_map.json, chat_template.jinja, vocab.json, merges.txt,
+// generation_config.json exist beside it.
+std::vector<std::filesystem::path> tokenizer_files(const std::string& tok_json);
+
+// Saves out_dir/checkpoint-<st.step> (checkpoint_dir.h: atomic, COMPLETE marker): first makes
+// ck.params and opt current from the engine, then writes the HF files of ck (every parameter in
+// cfg.save_dtype when set), tok_files, and training_state/ (save_train_state and
+// master_weights.safetensors, the fp32 weights, so a resume is bitwise even when the HF files
+// are bf16). Non-finite weights are an error and nothing is written. After the first save of a
+// fresh --overwrite run the earlier run's checkpoints go (run_dir.h); then all but
+// cfg.keep_last checkpoints are pruned. Prints the checkpoint's path.
+void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
+                     const TrainState& st, AdamW& opt,
+                     const std::vector<std::filesystem::path>& tok_files, RunStart& start);
+
+// Replaces ck.params with the fp32 master weights of the checkpoint ckpt_dir; every parameter
+// must be there with its shape (else a one-line core::Error naming the file and the parameter).
+void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck);
+
+}  // namespace deltatron::train

@@ -1,0 +1,53 @@
+// One optimizer step of the trainer: the step's micro-batches, forward/backward of the objective
+// over them, clipping, the skip of a non-finite step, the learning rate and the AdamW update.
+#pragma once
+
+#include <cstdint>
+
+#include "data/packing.h"
+#include "model/config.h"
+#include "train/engine.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+#include "train/train_config.h"
+#include "train/train_data.h"
+#include "train/train_state.h"
+
+namespace deltatron::train {
+
+// What every step reads or advances, set up once by run_train.
+struct StepContext {
+  const TrainConfig& cfg;
+  const model::Config& model;
+  const TrainData& data;
+  const ScheduleOptions& schedule;
+  data::EpochIterator& batches;  // the training micro-batches, in order; advanced by each step
+  Engine& engine;
+  AdamW& opt;
+};
+
+// What one step did, for the log (metrics.jsonl, TensorBoard, the progress line).
+struct StepResult {
+  int64_t step = 0;     // optimizer steps completed after this one (the step's number in the log)
+  double loss = 0;      // sum CE / label tokens over the step's micro-batches
+  double mtp_loss = 0;  // sum MTP CE / MTP tokens (0 when the model has no MTP)
+  double router_loss = 0;  // the MoE router losses summed over the micro-batches (0: dense)
+  double grad_norm = 0;    // global gradient norm before clipping
+  double lr = 0;           // the learning rate of the update (also of a skipped step)
+  int64_t tokens = 0;      // real (non-padding) tokens of the step
+  bool skipped = false;    // non-finite loss, router loss or gradient norm: no update
+  double seconds = 0;      // wall time of the step
+};
+
+// One optimizer step, counted from st.step:
+//  1. the next cfg.grad_accum micro-batches of ctx.batches, packed;
+//  2. zeroed gradients, then forward/backward of every micro-batch with the objective's scales
+//     for the whole step (objective.h), so packing and micro-batching never change it;
+//  3. the gradient norm, clipped to cfg.grad_clip, and the step's learning rate;
+//  4. the AdamW update, or, when the loss, router loss or gradient norm is not finite, no update:
+//     the step is skipped, counted in bad_steps and reported on stderr, and a core::Error is
+//     thrown once bad_steps exceeds cfg.max_bad_steps;
+//  5. st advanced: step + 1, the data position, and extra["last_loss"] when the loss is finite.
+StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps);
+
+}  // namespace deltatron::train
