@@ -207,6 +207,27 @@ TEST(ChatTemplate, SpecialTokenTextInContentStaysText) {
                                                "<|im_end|>\n");
 }
 
+// A token that straddles a run boundary is trained when either run is (HF's assistant mask marks
+// every token overlapping a trained character span), at the start and at the end of a span.
+TEST(Formats, TokenStraddlingARunBoundaryIsTrainedIfEitherRunIs) {
+  const data::Tokenizer& tok = fixture();
+  const std::vector<int32_t> whole = tok.encode("Hello");
+  ASSERT_EQ(whole.size(), 1u) << "the fixture must merge \"Hello\" into one token";
+  ASSERT_NE(tok.encode("Hel"), whole);
+  for (const bool first_trained : {true, false}) {
+    data::TokenPlan plan;
+    plan.add_text("Hel", first_trained);
+    plan.add_text("lo", !first_trained);
+    const Sample s = data::tokenize_plans({&plan}, tok).at(0);
+    expect_ids(s.input_ids, whole, "input_ids");
+    expect_ids(s.labels, whole, first_trained ? "trained run first" : "trained run second");
+  }
+  data::TokenPlan none;
+  none.add_text("Hel", false);
+  none.add_text("lo", false);
+  expect_ids(data::tokenize_plans({&none}, tok).at(0).labels, {data::kIgnoreIndex}, "untrained");
+}
+
 TEST(Formats, PromptCompletion) {
   data::FormatOptions opt;
   Sample s = one(R"({"prompt": "The answer is", "completion": " the completion."})", opt);
