@@ -176,13 +176,15 @@ int main(int argc, char** argv) {
                  "tokenizer.json (default: <model>/tokenizer.json)");
   rd->add_option("--data", render.data_path, "JSONL (chat, prompt/completion, text or tokens)")
       ->required();
-  rd->add_option("--chat-template", render.chat_template,
+  rd->add_option("--chat-template", render.chat.chat_template,
                  "auto (the checkpoint's), chatml, qwen3, qwen3_5, qwen3_6, qwen3_8 (+ _training)");
   rd->add_option("--loss-on", render.loss_on, "assistant (default), last_assistant or all");
-  rd->add_option("--enable-thinking", render.enable_thinking, "template variable (true/false)");
-  rd->add_option("--preserve-thinking", render.preserve_thinking, "template variable (true/false)");
-  rd->add_option("--reasoning-effort", render.reasoning_effort, "template variable (qwen3_8)");
-  rd->add_flag("--special-tokens-in-content", render.special_tokens_in_content,
+  rd->add_option("--enable-thinking", render.chat.enable_thinking,
+                 "template variable (true/false)");
+  rd->add_option("--preserve-thinking", render.chat.preserve_thinking,
+                 "template variable (true/false)");
+  rd->add_option("--reasoning-effort", render.chat.reasoning_effort, "template variable (qwen3_8)");
+  rd->add_flag("--special-tokens-in-content", render.chat.special_tokens_in_content,
                "special-token text in the data becomes the token (HF's ids) instead of text");
   rd->add_flag("--jsonl", render.jsonl, "print {line, text, input_ids, assistant_mask} per sample");
   rd->add_option("--color", render.color, "auto (default), always or never");

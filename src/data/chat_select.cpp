@@ -49,7 +49,7 @@ ChatChoice choose_chat_format(const std::string& name, const std::vector<std::st
     DT_CHECK(parse_chat_format(name, c.format, c.training_variant), "data.chat_template: unknown ",
              "format '", name, "'; known: auto (the checkpoint's template), ", chat_format_names());
     c.found = true;
-    c.source = "data.chat_template = \"" + name + "\"";
+    c.source = "named \"" + name + "\" in the settings";
     return c;
   }
   for (const std::string& d : dirs) {
@@ -85,6 +85,37 @@ ChatChoice choose_chat_format(const std::string& name, const std::vector<std::st
 void apply_chat_choice(const ChatChoice& c, ChatOptions& opt) {
   opt.format = c.format;
   opt.training_variant = c.training_variant;
+}
+
+std::string ChatChoice::describe() const {
+  return std::string(chat_format_name(format)) + (training_variant ? " (training variant)" : "") +
+         " (" + source + ")";
+}
+
+bool parse_loss_on(const std::string& name, LossOn& out) {
+  if (name == "assistant")
+    out = LossOn::assistant;
+  else if (name == "last_assistant")
+    out = LossOn::last_assistant;
+  else if (name == "all")
+    out = LossOn::all;
+  else
+    return false;
+  return true;
+}
+
+ChatChoice configure_chat(const ChatSettings& s, const std::vector<std::string>& dirs,
+                          FormatOptions& f) {
+  f.chat.enable_thinking = s.enable_thinking;
+  f.chat.preserve_thinking = s.preserve_thinking;
+  if (!s.reasoning_effort.empty()) f.chat.reasoning_effort = s.reasoning_effort;
+  f.chat.special_tokens_in_content = s.special_tokens_in_content;
+  const ChatChoice c = choose_chat_format(s.chat_template, dirs);
+  if (c.found)
+    apply_chat_choice(c, f.chat);
+  else
+    f.no_chat_template = c.missing;
+  return c;
 }
 
 }  // namespace deltatron::data

@@ -17,13 +17,6 @@ namespace deltatron::train {
 
 namespace {
 
-data::LossOn parse_loss_on(const std::string& s) {
-  if (s == "assistant") return data::LossOn::assistant;
-  if (s == "last_assistant") return data::LossOn::last_assistant;
-  DT_CHECK(s == "all", "--loss-on must be assistant, last_assistant or all, got '", s, "'");
-  return data::LossOn::all;
-}
-
 // The sample's text with each maximal run of trained tokens between the markers.
 std::string marked_text(const data::Tokenizer& tok, const data::Sample& s, const char* open,
                         const char* close) {
@@ -51,18 +44,10 @@ void run_render(const RenderOptions& opt) {
   const data::Tokenizer tok = data::Tokenizer::load(tok_path);
 
   data::FormatOptions f;
-  f.chat.loss_on = parse_loss_on(opt.loss_on);
-  f.chat.enable_thinking = opt.enable_thinking;
-  f.chat.preserve_thinking = opt.preserve_thinking;
-  if (!opt.reasoning_effort.empty()) f.chat.reasoning_effort = opt.reasoning_effort;
-  f.chat.special_tokens_in_content = opt.special_tokens_in_content;
+  DT_CHECK(data::parse_loss_on(opt.loss_on, f.chat.loss_on),
+           "--loss-on must be assistant, last_assistant or all, got '", opt.loss_on, "'");
   const std::string tok_dir = std::filesystem::path(tok_path).parent_path().string();
-  const data::ChatChoice choice =
-      data::choose_chat_format(opt.chat_template, {tok_dir, opt.model_dir});
-  if (choice.found)
-    data::apply_chat_choice(choice, f.chat);
-  else
-    f.no_chat_template = choice.missing;
+  const data::ChatChoice choice = data::configure_chat(opt.chat, {tok_dir, opt.model_dir}, f);
 
   std::vector<int64_t> lines;
   data::DataStats stats;
@@ -71,9 +56,7 @@ void run_render(const RenderOptions& opt) {
   DT_CHECK(opt.color == "always" || opt.color == "never" || opt.color == "auto",
            "--color must be auto, always or never, got '", opt.color, "'");
   if (!opt.jsonl && choice.found)
-    std::printf("# chat format: %s%s (%s); trained spans %s\n",
-                data::chat_format_name(f.chat.format),
-                f.chat.training_variant ? " (training variant)" : "", choice.source.c_str(),
+    std::printf("# chat format: %s; trained spans %s\n", choice.describe().c_str(),
                 color ? "in green" : "between [TRAIN] and [/TRAIN]");
   const size_t n = opt.limit > 0 ? std::min<size_t>(samples.size(), opt.limit) : samples.size();
   for (size_t i = 0; i < n; ++i) {

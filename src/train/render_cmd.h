@@ -3,8 +3,9 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
 #include <string>
+
+#include "data/chat_select.h"
 
 namespace deltatron::train {
 
@@ -12,14 +13,11 @@ struct RenderOptions {
   std::string model_dir;  // checkpoint directory: tokenizer.json and its chat template
   std::string tokenizer;  // default: <model_dir>/tokenizer.json
   std::string data_path;
-  std::string chat_template = "auto";  // as data.chat_template
-  std::string loss_on = "assistant";   // as data.loss_on
-  std::optional<bool> enable_thinking, preserve_thinking;
-  std::string reasoning_effort;
-  bool special_tokens_in_content = false;
-  bool jsonl = false;          // {"line", "text", "input_ids", "assistant_mask"} per sample
-  std::string color = "auto";  // trained spans: auto (colour on a terminal) | always | never
-  int64_t limit = 0;           // first N samples (0: all)
+  data::ChatSettings chat;            // as data.chat_template, data.enable_thinking, ...
+  std::string loss_on = "assistant";  // as data.loss_on
+  bool jsonl = false;                 // {"line", "text", "input_ids", "assistant_mask"} per sample
+  std::string color = "auto";         // trained spans: auto (colour on a terminal) | always | never
+  int64_t limit = 0;                  // first N samples (0: all)
 };
 
 // Writes to stdout; errors (bad lines, unknown template) throw core::Error naming file and line.

@@ -12,7 +12,7 @@ namespace deltatron::train {
 
 namespace {
 
-data::DatasetOptions dataset_options(const TrainConfig& cfg, const data::ChatChoice& chat) {
+data::DatasetOptions dataset_options(const TrainConfig& cfg) {
   data::DatasetOptions o;
   static const std::map<std::string, data::Format> formats = {
       {"auto", data::Format::auto_detect},
@@ -24,22 +24,8 @@ data::DatasetOptions dataset_options(const TrainConfig& cfg, const data::ChatCho
   DT_CHECK(f != formats.end(), cfg.source, ": data.format must be auto, chat, tokens, ",
            "prompt_completion or text, got '", cfg.format, "'");
   o.format.format = f->second;
-  static const std::map<std::string, data::LossOn> loss_on = {
-      {"assistant", data::LossOn::assistant},
-      {"last_assistant", data::LossOn::last_assistant},
-      {"all", data::LossOn::all}};
-  auto l = loss_on.find(cfg.loss_on);
-  DT_CHECK(l != loss_on.end(), cfg.source,
+  DT_CHECK(data::parse_loss_on(cfg.loss_on, o.format.chat.loss_on), cfg.source,
            ": data.loss_on must be assistant, last_assistant or all, got '", cfg.loss_on, "'");
-  o.format.chat.loss_on = l->second;
-  o.format.chat.enable_thinking = cfg.enable_thinking;
-  o.format.chat.preserve_thinking = cfg.preserve_thinking;
-  if (!cfg.reasoning_effort.empty()) o.format.chat.reasoning_effort = cfg.reasoning_effort;
-  o.format.chat.special_tokens_in_content = cfg.special_tokens_in_content;
-  if (chat.found)
-    data::apply_chat_choice(chat, o.format.chat);
-  else
-    o.format.no_chat_template = chat.missing;
   o.format.skip_bad_lines = cfg.skip_bad_lines;
   o.cache_dir = cfg.cache_dir;
   return o;
@@ -81,12 +67,11 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
   // The checkpoint's template: next to the tokenizer in use, then in the model directory.
   const std::string tok_dir =
       cfg.tokenizer.empty() ? "" : std::filesystem::path(cfg.tokenizer).parent_path().string();
-  d.chat = data::choose_chat_format(cfg.chat_template, {tok_dir, cfg.model_path});
-  const data::DatasetOptions o = dataset_options(cfg, d.chat);
-  if (d.chat.found)
-    std::fprintf(stderr, "chat format: %s%s (%s)\n", data::chat_format_name(d.chat.format),
-                 o.format.chat.training_variant ? " (training variant)" : "",
-                 d.chat.source.c_str());
+  data::DatasetOptions o = dataset_options(cfg);
+  const data::ChatSettings chat{cfg.chat_template, cfg.enable_thinking, cfg.preserve_thinking,
+                                cfg.reasoning_effort, cfg.special_tokens_in_content};
+  d.chat = data::configure_chat(chat, {tok_dir, cfg.model_path}, o.format);
+  if (d.chat.found) std::fprintf(stderr, "chat format: %s\n", d.chat.describe().c_str());
   d.train_set = load_set(cfg.train_path, tok, o, vocab_size);
   std::vector<int64_t> all(d.train_set->size());
   for (int64_t i = 0; i < d.train_set->size(); ++i) all[i] = i;
