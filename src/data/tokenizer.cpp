@@ -213,8 +213,7 @@ std::vector<Tokenizer::AddedPiece> Tokenizer::split_added(std::string_view text,
   };
   // The same two stages as encode_text: raw tokens, NFC, normalized tokens.
   tok::split_on_added(m, special ? m.match_raw : m.match_raw_plain, text, ws.raw_pieces);
-  const std::vector<tok::Workspace::Piece> raw_pieces = ws.raw_pieces;
-  for (const tok::Workspace::Piece& raw : raw_pieces) {
+  for (const tok::Workspace::Piece& raw : ws.raw_pieces) {
     if (raw.id >= 0) {
       out.push_back({raw.id, {}});
       continue;
