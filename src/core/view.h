@@ -44,6 +44,9 @@ struct View {
   float* f32() const { return static_cast<float*>(typed(DType::f32)); }
   int32_t* i32() const { return static_cast<int32_t*>(typed(DType::i32)); }
   uint16_t* bf16() const { return static_cast<uint16_t*>(typed(DType::bf16)); }
+  double* f64() const { return static_cast<double*>(typed(DType::f64)); }
+  // An absent optional argument of an op (the contract's "may be empty").
+  bool empty() const { return data == nullptr; }
 
   // Rows [begin, end) of the first dimension (a contiguous sub-view).
   View rows(int64_t begin, int64_t end) const {
