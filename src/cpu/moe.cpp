@@ -239,6 +239,34 @@ void moe_scatter_add(const T* src_RD, const int32_t* rows_R, const T* w_NK, int6
 }
 
 template <typename T>
+void moe_scatter_add(const T* src_PD, const int32_t* pos_NK, const T* w_NK, int64_t N, int64_t K,
+                     int64_t D, T* y_ND, bool accumulate) {
+  DT_CHECK(N >= 0 && K > 0 && D >= 0, "moe_scatter_add: need N >= 0, K > 0, D >= 0, got N=", N,
+           " K=", K, " D=", D);
+  for (int64_t i = 0; i < N * K; ++i)
+    DT_CHECK(pos_NK[i] >= 0 && pos_NK[i] < N * K, "moe_scatter_add: permuted row ", pos_NK[i],
+             " of slot ", i, " is outside [0, ", N * K, ")");
+#pragma omp parallel if (N * K * D > kParallelMin)
+  {
+    std::vector<int64_t> slots(K);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      // The token's slots in ascending permuted row (= ascending expert) order.
+      for (int64_t j = 0; j < K; ++j) slots[j] = n * K + j;
+      std::sort(slots.begin(), slots.end(),
+                [pos_NK](int64_t a, int64_t b) { return pos_NK[a] < pos_NK[b]; });
+      T* y = y_ND + n * D;
+      if (!accumulate) std::fill(y, y + D, T(0));
+      for (int64_t i : slots) {
+        const T* s = src_PD + int64_t(pos_NK[i]) * D;
+        const T w = w_NK ? w_NK[i] : T(1);
+        for (int64_t d = 0; d < D; ++d) y[d] += w * s[d];
+      }
+    }
+  }
+}
+
+template <typename T>
 void moe_expert_weight_bwd(const T* h_RF, const T* g_RF, const int32_t* rows_R, const T* w_NK,
                            int64_t R, int64_t K, int64_t F, T* dw_NK, T* dh_RF) {
 #pragma omp parallel for schedule(static) if (R * F > kParallelMin)
@@ -289,6 +317,8 @@ void moe_shared_gate_bwd(const T* o_ND, const T* g_N, const T* dy_ND, int64_t N,
   template void moe_gather<T>(const T*, const int32_t*, const T*, int64_t, int64_t, int64_t, T*); \
   template void moe_scatter_add<T>(const T*, const int32_t*, const T*, int64_t, int64_t, int64_t, \
                                    T*);                                                           \
+  template void moe_scatter_add<T>(const T*, const int32_t*, const T*, int64_t, int64_t, int64_t, \
+                                   T*, bool);                                                     \
   template void moe_expert_weight_bwd<T>(const T*, const T*, const int32_t*, const T*, int64_t,   \
                                          int64_t, int64_t, T*, T*);                               \
   template void moe_shared_gate_fwd<T>(const T*, const T*, int64_t, int64_t, T*);                 \

@@ -59,6 +59,13 @@ template <typename T>
 void moe_scatter_add(const T* src_RD, const int32_t* rows_R, const T* w_NK, int64_t R, int64_t K,
                      int64_t D, T* y_ND);
 
+// Combine over all experts: per token n, acc = (accumulate ? y[n] : 0), then for its K rows in
+// ascending permuted row order acc += (w_NK ? w_NK[n*K+j] : 1) * src[pos[n*K+j]]; y[n] = acc.
+// The same sums as moe_scatter_add once per expert in ascending expert order (bitwise).
+template <typename T>
+void moe_scatter_add(const T* src_PD, const int32_t* pos_NK, const T* w_NK, int64_t N, int64_t K,
+                     int64_t D, T* y_ND, bool accumulate);
+
 // dw_NK[rows[r]] = g[r] . h[r] (overwritten at those slots); dh[r] = w_NK[rows[r]] * g[r].
 template <typename T>
 void moe_expert_weight_bwd(const T* h_RF, const T* g_RF, const int32_t* rows_R, const T* w_NK,
