@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/view.h"
+#include "ops/adamw.h"
 
 namespace deltatron::train {
 
@@ -78,33 +80,26 @@ void AdamW::step(TensorMap& params, const TensorMap& grads, double lr) {
   check_same_layout(m_, params, "AdamW step: parameters");
   check_same_layout(m_, grads, "AdamW step: gradients");
   ++step_;
-  const double t = static_cast<double>(step_);
-  const double bias_correction1 = 1.0 - std::pow(opt_.beta1, t);
-  const double bias_correction2 = 1.0 - std::pow(opt_.beta2, t);
-  const float beta1 = static_cast<float>(opt_.beta1), beta2 = static_cast<float>(opt_.beta2);
-  const float one_minus_beta1 = static_cast<float>(1.0 - opt_.beta1);
-  const float one_minus_beta2 = static_cast<float>(1.0 - opt_.beta2);
-  const float step_size = static_cast<float>(lr / bias_correction1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const float eps = static_cast<float>(opt_.eps);
-
+  // The per-element update is ops::adamw_step_multi's (cpu::adamw_step on host tensors), the
+  // formula documented in optimizer.h.
+  ops::AdamWArgs args;
+  args.lr = lr;
+  args.beta1 = opt_.beta1;
+  args.beta2 = opt_.beta2;
+  args.eps = opt_.eps;
+  args.step = step_;
+  std::vector<ops::AdamWTensor> tensors;
+  tensors.reserve(m_.size());
   for (auto& [name, m] : m_) {
-    core::Tensor& v = v_.at(name);
-    float* p = params.at(name).ptr();
-    const float* g = grads.at(name).ptr();
-    float* m_p = m.ptr();
-    float* v_p = v.ptr();
-    const int64_t n = m.numel();
-    const float decay = static_cast<float>(1.0 - lr * (decay_.at(name) ? opt_.weight_decay : 0.0));
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) {
-      p[i] *= decay;
-      m_p[i] = beta1 * m_p[i] + one_minus_beta1 * g[i];
-      v_p[i] = beta2 * v_p[i] + one_minus_beta2 * (g[i] * g[i]);
-      const float denom = std::sqrt(v_p[i]) / bc2_sqrt + eps;
-      p[i] -= step_size * (m_p[i] / denom);
-    }
+    ops::AdamWTensor t;
+    t.master = core::View::of(params.at(name));
+    t.m = core::View::of(m);
+    t.v = core::View::of(v_.at(name));
+    t.grad = core::View::of(grads.at(name));
+    t.weight_decay = decay_.at(name) ? opt_.weight_decay : 0.0;
+    tensors.push_back(t);
   }
+  ops::adamw_step_multi(tensors, args);
 }
 
 void AdamW::set_state(int64_t step, TensorMap exp_avg, TensorMap exp_avg_sq) {
