@@ -669,8 +669,9 @@ void moe_z_loss_bwd(const float* lse_N, const int32_t* group_N, int64_t N, doubl
   DT_CUDA_LAUNCH_CHECK("z_bwd_kernel");
 }
 
-void moe_count_routes(const int32_t* topk_idx_NK, const int32_t* group_N, int64_t N, int64_t K,
-                      int64_t E, int64_t G, double* counts_GE_host, double* tokens_G_host) {
+void moe_count_routes_to_host(const int32_t* topk_idx_NK, const int32_t* group_N, int64_t N,
+                              int64_t K, int64_t E, int64_t G, double* counts_GE_host,
+                              double* tokens_G_host) {
   DT_CHECK(G > 0, "moe_count_routes: need at least one group, got ", G);
   DT_CHECK(N >= 0 && K > 0 && E > 0 && N * K <= INT32_MAX && G * E <= INT32_MAX,
            "cuda::moe_count_routes: bad shape N=", N, " K=", K, " E=", E, " G=", G);

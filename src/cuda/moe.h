@@ -79,13 +79,15 @@ double moe_z_loss_fwd(const float* lse_N, const int32_t* group_N, int64_t N, dou
 void moe_z_loss_bwd(const float* lse_N, const int32_t* group_N, int64_t N, double z_coef,
                     double scale, float* dlse_N);
 
-// Routing statistics (ops::moe_count_routes), padding excluded. SYNCS.
+// Routing statistics into host accumulators (ops::moe_count_routes), padding excluded. SYNCS.
+// The device-resident form, without a sync, is cuda::moe_count_routes (cuda/router_loss.h).
 //   counts_GE_host[g*E + e] += #{t : group_N[t] == g, e in idx[t,:]};  tokens_G_host[g] += #{t in
 //   g} topk_idx_NK [N, K] int32 in;  group_N [N] int32 in (or nullptr);  G > 0. counts_GE_host
 //   [G*E], tokens_G_host [G] host doubles inout, ACCUMULATED. Counted with integer atomics (exact,
 //   order-independent). An id out of range throws core::Error before anything is accumulated.
-void moe_count_routes(const int32_t* topk_idx_NK, const int32_t* group_N, int64_t N, int64_t K,
-                      int64_t E, int64_t G, double* counts_GE_host, double* tokens_G_host);
+void moe_count_routes_to_host(const int32_t* topk_idx_NK, const int32_t* group_N, int64_t N,
+                              int64_t K, int64_t E, int64_t G, double* counts_GE_host,
+                              double* tokens_G_host);
 
 // ---- permutation, gather, combine -----------------------------------------------------------
 

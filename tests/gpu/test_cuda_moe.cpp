@@ -321,8 +321,8 @@ void losses_case(const Routing& r, const VecI& group, int64_t N, int64_t E, int6
     Vec counts = dt_test::uniform<double>(G * E, seed + 2, 0, 5), tokens(G, 3.0);
     for (double& x : counts) x = std::round(x);
     Vec counts_ref = counts, tokens_ref = tokens;
-    dt::cuda::moe_count_routes(r.d_idx.as<int32_t>(), g_dev, N, K, E, G, counts.data(),
-                               tokens.data());
+    dt::cuda::moe_count_routes_to_host(r.d_idx.as<int32_t>(), g_dev, N, K, E, G, counts.data(),
+                                       tokens.data());
     dt::cpu::moe_count_routes(r.idx.data(), g_host, N, K, E, G, counts_ref.data(),
                               tokens_ref.data());
     EXPECT_EQ(counts, counts_ref) << what << ": counts";
@@ -362,8 +362,8 @@ TEST_F(CudaMoe, RouterLossesSmall) {
       {"moe_aux_loss_fwd", "group id 3", "token 2"});
   dt_test::expect_error(
       [&] {
-        dt::cuda::moe_count_routes(r.d_idx.as<int32_t>(), d_bad.as<int32_t>(), N, K, E, 3,
-                                   counts.data(), tokens.data());
+        dt::cuda::moe_count_routes_to_host(r.d_idx.as<int32_t>(), d_bad.as<int32_t>(), N, K, E, 3,
+                                           counts.data(), tokens.data());
       },
       {"moe_count_routes", "group id 3", "token 2"});
   EXPECT_EQ(tokens, Vec(3, 0.0)) << "nothing accumulated on error";
@@ -376,8 +376,8 @@ TEST_F(CudaMoe, RouterLossesSmall) {
   Dev d_ids = dev_copy(ids);
   dt_test::expect_error(
       [&] {
-        dt::cuda::moe_count_routes(d_ids.as<int32_t>(), nullptr, 2, 2, 5, 1, counts.data(),
-                                   tokens.data());
+        dt::cuda::moe_count_routes_to_host(d_ids.as<int32_t>(), nullptr, 2, 2, 5, 1, counts.data(),
+                                           tokens.data());
       },
       {"moe_count_routes", "expert id 9", "token 1"});
 }
@@ -777,7 +777,8 @@ std::vector<uint64_t> routed_pass(DType t, int64_t N, int64_t E, int64_t K, int6
                                dWu.as<float>());
   dt::cuda::moe_scatter_add(t, dxe.p(), pos.as<int32_t>(), nullptr, N, K, D, t, dx.p(), false);
   std::vector<double> counts(E), tokens(1);
-  dt::cuda::moe_count_routes(idx.as<int32_t>(), nullptr, N, K, E, 1, counts.data(), tokens.data());
+  dt::cuda::moe_count_routes_to_host(idx.as<int32_t>(), nullptr, N, K, E, 1, counts.data(),
+                                     tokens.data());
   Vec c = {1e-3 * double(E) / (double(K) * double(N) * double(N))};
   const double aux =
       dt::cuda::moe_aux_loss_fwd(probs.as<float>(), nullptr, N, E, 1, counts.data(), c.data());
