@@ -412,9 +412,8 @@ TEST(RouterLoss, ViewChecks) {
       {"ops::moe_z_loss_fwd", "lse_N is f32 [4]", "expected f32 with 5 elements"});
   // Mixed devices: a view on another device than the op's.
   const View group_cuda(group.data(), DType::i32, Device::cuda, {N});
-  dt_test::expect_error(
-      [&] { ops::moe_z_loss_bwd(f32(lse), group_cuda, N, 1.0, 1.0, f32(lse)); },
-      {"ops::moe_z_loss_bwd", "group_N is i32 [4] on cuda", "expected i32 with 4 elements on cpu"});
+  dt_test::expect_error([&] { ops::moe_z_loss_bwd(f32(lse), group_cuda, N, 1.0, 1.0, f32(lse)); },
+                        {"ops::moe_z_loss_bwd", "group_N is on cuda but lse_N is on cpu"});
   // G must be positive for counts and non-negative for the aux loss.
   dt_test::expect_error(
       [&] { ops::moe_count_routes(i32(idx), i32(group), N, K, E, 0, View{}, View{}); },

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "cpu/moe.h"
 #include "cpu/router_loss.h"
+#include "ops/check_views.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/moe.h"
 #include "cuda/router_loss.h"
@@ -21,25 +22,27 @@ namespace {
 using core::Device;
 using core::DType;
 
-// One argument's check: dtype, device and element count ("<op>: <name> is f32 [6] on cpu,
-// expected f64 with 12 elements on cpu"). n == 0 also accepts an empty view.
-void expect_n(const View& v, DType t, Device dev, int64_t n, const char* op, const char* name) {
-  if (n == 0 && v.empty()) return;
-  if (v.dtype == t && v.device == dev && v.numel() == n && (v.data || n == 0)) return;
-  core::fail(op, ": ", name, " is ", v.data || v.numel() == 0 ? v.describe() : "a null view",
-             ", expected ", core::dtype_name(t), " with ", n, " elements on ",
-             core::device_name(dev));
+// group_N: empty (every token in group 0) or i32 [N] on dev; the pointer for the kernels.
+const int32_t* groups(const char* op, const View& group_N, Device dev, int64_t N) {
+  check::optional(op, "group_N", group_N, dev, N, DType::i32);
+  return group_N.empty() ? nullptr : group_N.i32();
 }
 
-// group_N: empty (every token in group 0) or i32 [N] on dev; the pointer for the kernels.
-const int32_t* groups(const View& group_N, Device dev, int64_t N, const char* op) {
-  if (group_N.empty()) return nullptr;
-  expect_n(group_N, DType::i32, dev, N, op, "group_N");
-  return group_N.i32();
+// counts_GE [G*E] and tokens_G [G] f64 on dev; with G == 0 they may be empty views.
+void statistics(const char* op, const View& counts_GE, const View& tokens_G, Device dev, int64_t G,
+                int64_t E) {
+  if (G == 0) {
+    check::optional(op, "counts_GE", counts_GE, dev, 0, DType::f64);
+    check::optional(op, "tokens_G", tokens_G, dev, 0, DType::f64);
+  } else {
+    check::view(op, "counts_GE", counts_GE, dev, G * E, DType::f64);
+    check::view(op, "tokens_G", tokens_G, dev, G, DType::f64);
+  }
 }
 
 [[noreturn]] void no_cuda(const char* op) {
-  core::fail(op, ": a CUDA view, but this build has no CUDA backend (configure with DT_CUDA=ON)");
+  core::fail("ops::", op,
+             ": a CUDA view, but this build has no CUDA backend (configure with DT_CUDA=ON)");
 }
 
 // Pointer of a view that may be empty when its element count is 0.
@@ -52,14 +55,16 @@ T* ptr(const View& v) {
 
 void moe_count_routes(const View& topk_idx_NK, const View& group_N, int64_t N, int64_t K, int64_t E,
                       int64_t G, const View& counts_GE, const View& tokens_G) {
-  constexpr const char* op = "ops::moe_count_routes";
-  DT_CHECK(N >= 0 && K > 0 && E > 0 && G > 0, op, ": need N >= 0, K > 0, E > 0, G > 0, got N=", N,
-           " K=", K, " E=", E, " G=", G);
-  const Device dev = topk_idx_NK.device;
-  expect_n(topk_idx_NK, DType::i32, dev, N * K, op, "topk_idx_NK");
-  const int32_t* grp = groups(group_N, dev, N, op);
-  expect_n(counts_GE, DType::f64, dev, G * E, op, "counts_GE");
-  expect_n(tokens_G, DType::f64, dev, G, op, "tokens_G");
+  constexpr const char* op = "moe_count_routes";
+  DT_CHECK(N >= 0 && K > 0 && E > 0 && G > 0, "ops::", op,
+           ": need N >= 0, K > 0, E > 0, G > 0, got N=", N, " K=", K, " E=", E, " G=", G);
+  const Device dev = check::device_of(op, {{"topk_idx_NK", topk_idx_NK},
+                                           {"group_N", group_N},
+                                           {"counts_GE", counts_GE},
+                                           {"tokens_G", tokens_G}});
+  check::view(op, "topk_idx_NK", topk_idx_NK, dev, N * K, DType::i32);
+  const int32_t* grp = groups(op, group_N, dev, N);
+  statistics(op, counts_GE, tokens_G, dev, G, E);
   switch (dev) {
     case Device::cpu:
       return cpu::moe_count_routes(ptr<int32_t>(topk_idx_NK), grp, N, K, E, G, counts_GE.f64(),
@@ -72,21 +77,24 @@ void moe_count_routes(const View& topk_idx_NK, const View& group_N, int64_t N, i
       no_cuda(op);
 #endif
   }
-  core::fail(op, ": unknown device");
+  core::fail("ops::", op, ": unknown device");
 }
 
 void moe_aux_loss_fwd(const View& probs_NE, const View& group_N, int64_t N, int64_t E, int64_t G,
                       const View& counts_GE, const View& tokens_G, const AuxCoef& coef,
                       const View& loss_1) {
-  constexpr const char* op = "ops::moe_aux_loss_fwd";
-  DT_CHECK(N >= 0 && E > 0 && G >= 0, op, ": need N >= 0, E > 0, G >= 0, got N=", N, " E=", E,
-           " G=", G);
-  const Device dev = probs_NE.device;
-  expect_n(probs_NE, DType::f32, dev, N * E, op, "probs_NE");
-  const int32_t* grp = groups(group_N, dev, N, op);
-  expect_n(counts_GE, DType::f64, dev, G * E, op, "counts_GE");
-  expect_n(tokens_G, DType::f64, dev, G, op, "tokens_G");
-  expect_n(loss_1, DType::f64, dev, 1, op, "loss_1");
+  constexpr const char* op = "moe_aux_loss_fwd";
+  DT_CHECK(N >= 0 && E > 0 && G >= 0, "ops::", op, ": need N >= 0, E > 0, G >= 0, got N=", N,
+           " E=", E, " G=", G);
+  const Device dev = check::device_of(op, {{"probs_NE", probs_NE},
+                                           {"group_N", group_N},
+                                           {"counts_GE", counts_GE},
+                                           {"tokens_G", tokens_G},
+                                           {"loss_1", loss_1}});
+  check::view(op, "probs_NE", probs_NE, dev, N * E, DType::f32);
+  const int32_t* grp = groups(op, group_N, dev, N);
+  statistics(op, counts_GE, tokens_G, dev, G, E);
+  check::view(op, "loss_1", loss_1, dev, 1, DType::f64);
   switch (dev) {
     case Device::cpu: {
       std::vector<double> c_G(G);
@@ -105,20 +113,22 @@ void moe_aux_loss_fwd(const View& probs_NE, const View& group_N, int64_t N, int6
       no_cuda(op);
 #endif
   }
-  core::fail(op, ": unknown device");
+  core::fail("ops::", op, ": unknown device");
 }
 
 void moe_aux_loss_bwd(const View& group_N, int64_t N, int64_t E, int64_t G, const View& counts_GE,
                       const View& tokens_G, const AuxCoef& coef, double scale,
                       const View& dprobs_NE) {
-  constexpr const char* op = "ops::moe_aux_loss_bwd";
-  DT_CHECK(N >= 0 && E > 0 && G >= 0, op, ": need N >= 0, E > 0, G >= 0, got N=", N, " E=", E,
-           " G=", G);
-  const Device dev = dprobs_NE.device;
-  expect_n(dprobs_NE, DType::f32, dev, N * E, op, "dprobs_NE");
-  const int32_t* grp = groups(group_N, dev, N, op);
-  expect_n(counts_GE, DType::f64, dev, G * E, op, "counts_GE");
-  expect_n(tokens_G, DType::f64, dev, G, op, "tokens_G");
+  constexpr const char* op = "moe_aux_loss_bwd";
+  DT_CHECK(N >= 0 && E > 0 && G >= 0, "ops::", op, ": need N >= 0, E > 0, G >= 0, got N=", N,
+           " E=", E, " G=", G);
+  const Device dev = check::device_of(op, {{"dprobs_NE", dprobs_NE},
+                                           {"group_N", group_N},
+                                           {"counts_GE", counts_GE},
+                                           {"tokens_G", tokens_G}});
+  check::view(op, "dprobs_NE", dprobs_NE, dev, N * E, DType::f32);
+  const int32_t* grp = groups(op, group_N, dev, N);
+  statistics(op, counts_GE, tokens_G, dev, G, E);
   switch (dev) {
     case Device::cpu: {
       std::vector<double> c_G(G);
@@ -136,17 +146,18 @@ void moe_aux_loss_bwd(const View& group_N, int64_t N, int64_t E, int64_t G, cons
       no_cuda(op);
 #endif
   }
-  core::fail(op, ": unknown device");
+  core::fail("ops::", op, ": unknown device");
 }
 
 void moe_z_loss_fwd(const View& lse_N, const View& group_N, int64_t N, double z_coef,
                     const View& loss_1) {
-  constexpr const char* op = "ops::moe_z_loss_fwd";
-  DT_CHECK(N >= 0, op, ": need N >= 0, got N=", N);
-  const Device dev = lse_N.device;
-  expect_n(lse_N, DType::f32, dev, N, op, "lse_N");
-  const int32_t* grp = groups(group_N, dev, N, op);
-  expect_n(loss_1, DType::f64, dev, 1, op, "loss_1");
+  constexpr const char* op = "moe_z_loss_fwd";
+  DT_CHECK(N >= 0, "ops::", op, ": need N >= 0, got N=", N);
+  const Device dev =
+      check::device_of(op, {{"lse_N", lse_N}, {"group_N", group_N}, {"loss_1", loss_1}});
+  check::view(op, "lse_N", lse_N, dev, N, DType::f32);
+  const int32_t* grp = groups(op, group_N, dev, N);
+  check::view(op, "loss_1", loss_1, dev, 1, DType::f64);
   switch (dev) {
     case Device::cpu:
       loss_1.f64()[0] += cpu::moe_z_loss_fwd<float>(ptr<float>(lse_N), grp, N, z_coef);
@@ -158,17 +169,18 @@ void moe_z_loss_fwd(const View& lse_N, const View& group_N, int64_t N, double z_
       no_cuda(op);
 #endif
   }
-  core::fail(op, ": unknown device");
+  core::fail("ops::", op, ": unknown device");
 }
 
 void moe_z_loss_bwd(const View& lse_N, const View& group_N, int64_t N, double z_coef, double scale,
                     const View& dlse_N) {
-  constexpr const char* op = "ops::moe_z_loss_bwd";
-  DT_CHECK(N >= 0, op, ": need N >= 0, got N=", N);
-  const Device dev = lse_N.device;
-  expect_n(lse_N, DType::f32, dev, N, op, "lse_N");
-  const int32_t* grp = groups(group_N, dev, N, op);
-  expect_n(dlse_N, DType::f32, dev, N, op, "dlse_N");
+  constexpr const char* op = "moe_z_loss_bwd";
+  DT_CHECK(N >= 0, "ops::", op, ": need N >= 0, got N=", N);
+  const Device dev =
+      check::device_of(op, {{"lse_N", lse_N}, {"group_N", group_N}, {"dlse_N", dlse_N}});
+  check::view(op, "lse_N", lse_N, dev, N, DType::f32);
+  const int32_t* grp = groups(op, group_N, dev, N);
+  check::view(op, "dlse_N", dlse_N, dev, N, DType::f32);
   switch (dev) {
     case Device::cpu:
       return cpu::moe_z_loss_bwd<float>(ptr<float>(lse_N), grp, N, z_coef, scale,
@@ -180,7 +192,7 @@ void moe_z_loss_bwd(const View& lse_N, const View& group_N, int64_t N, double z_
       no_cuda(op);
 #endif
   }
-  core::fail(op, ": unknown device");
+  core::fail("ops::", op, ": unknown device");
 }
 
 }  // namespace deltatron::ops
