@@ -110,7 +110,8 @@ class Args {
     if (!ok) {
       std::string types;
       for (core::DType t : allowed)
-        types += (types.empty() ? "" : " or ") + std::string(dtype_name(t));
+        if (want_dev != core::Device::cpu || t != core::DType::bf16)
+          types += (types.empty() ? "" : " or ") + std::string(dtype_name(t));
       core::fail("ops::", op_, ": ", name, " is ",
                  v.data || v.numel() == 0 ? v.describe() : "a null view", ", expected ", types,
                  " with ", n, " elements on ", core::device_name(want_dev));
