@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -33,5 +34,15 @@ void sigmoid_mul_fwd(core::Device dev, const float* a, const float* g, int64_t n
 //   a, g, dout [n] in;  da, dg [n] out, OVERWRITTEN (dout may alias either one).
 void sigmoid_mul_bwd(core::Device dev, const float* a, const float* g, const float* dout, int64_t n,
                      float* da, float* dg);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// Every tensor [n] in one dtype: f32 or bf16 on CUDA, f32 on the CPU. The backward's dh / dout
+// may alias either output.
+void swiglu_fwd(const core::View& gate, const core::View& up, int64_t n, const core::View& h);
+void swiglu_bwd(const core::View& gate, const core::View& up, const core::View& dh, int64_t n,
+                const core::View& dgate, const core::View& dup);
+void sigmoid_mul_fwd(const core::View& a, const core::View& g, int64_t n, const core::View& out);
+void sigmoid_mul_bwd(const core::View& a, const core::View& g, const core::View& dout, int64_t n,
+                     const core::View& da, const core::View& dg);
 
 }  // namespace deltatron::ops

@@ -9,6 +9,7 @@
 
 #include "core/device.h"
 #include "core/segments.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -39,5 +40,18 @@ void attention_bwd(core::Device dev, const float* q_NHK, const float* k_NJK, con
                    const float* o_NHK, const float* lse_NH, const float* do_NHK, core::Segments seg,
                    int64_t N, int64_t H, int64_t J, int64_t K, float scale, float* dq_NHK,
                    float* dk_NJK, float* dv_NJK);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// q, k, v, o, do, dq, dk, dv: dt (f32 or bf16 on CUDA, f32 on the CPU); lse f32. cu: the
+// [seg.n + 1] i32 bounds on the ops' device (on the CPU it may view seg.cu); seg: the same
+// bounds on the host.
+void attention_fwd(const core::View& q_NHK, const core::View& k_NJK, const core::View& v_NJK,
+                   const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,
+                   int64_t K, float scale, const core::View& o_NHK, const core::View& lse_NH);
+void attention_bwd(const core::View& q_NHK, const core::View& k_NJK, const core::View& v_NJK,
+                   const core::View& o_NHK, const core::View& lse_NH, const core::View& do_NHK,
+                   const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,
+                   int64_t K, float scale, const core::View& dq_NHK, const core::View& dk_NJK,
+                   const core::View& dv_NJK);
 
 }  // namespace deltatron::ops

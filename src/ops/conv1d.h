@@ -8,6 +8,7 @@
 
 #include "core/device.h"
 #include "core/segments.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -33,5 +34,14 @@ void conv1d_fwd(core::Device dev, const float* x_NC, const float* w_CW, core::Se
 //   dw_CW [C, W]  inout  ACCUMULATED; summed over tokens in a fixed order (deterministic)
 void conv1d_bwd(core::Device dev, const float* x_NC, const float* w_CW, core::Segments seg,
                 const float* dy_NC, int64_t N, int64_t C, int64_t W, float* dx_NC, float* dw_CW);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// x, w, y, dy, dx: dt (f32 or bf16 on CUDA, f32 on the CPU); dw f32 ACCUMULATED. cu: the
+// [seg.n + 1] i32 bounds on the ops' device; seg: the same on the host. CUDA takes W <= 8 only.
+void conv1d_fwd(const core::View& x_NC, const core::View& w_CW, const core::View& cu,
+                core::Segments seg, int64_t N, int64_t C, int64_t W, const core::View& y_NC);
+void conv1d_bwd(const core::View& x_NC, const core::View& w_CW, const core::View& cu,
+                core::Segments seg, const core::View& dy_NC, int64_t N, int64_t C, int64_t W,
+                const core::View& dx_NC, const core::View& dw_CW);
 
 }  // namespace deltatron::ops

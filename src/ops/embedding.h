@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -25,5 +26,15 @@ void embedding_fwd(core::Device dev, const int32_t* ids_N, const float* table_VD
 // No padding_idx handling: released configs have pad_token_id = None (spec 2.1).
 void embedding_bwd(core::Device dev, const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D,
                    float* dtable_VD);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// ids_N i32; table_VD dt (f32 or bf16 on CUDA, f32 on the CPU); x_ND, dx_ND, dtable_VD f32.
+// Forward: on the CPU an id outside [0, V) is a core::Error naming its position (on CUDA the ids
+// stay on the device: the caller validates them; such a row of x is zeros).
+// Backward: ids outside [0, V) (e.g. negative padding ids) are skipped on both devices.
+void embedding_fwd(const core::View& ids_N, const core::View& table_VD, int64_t N, int64_t V,
+                   int64_t D, const core::View& x_ND);
+void embedding_bwd(const core::View& ids_N, const core::View& dx_ND, int64_t N, int64_t D,
+                   int64_t V, const core::View& dtable_VD);
 
 }  // namespace deltatron::ops

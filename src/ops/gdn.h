@@ -5,6 +5,7 @@
 
 #include "core/device.h"
 #include "core/segments.h"
+#include "core/view.h"
 
 // Shape suffixes (row-major, float32):
 //   N tokens in the pack, H key/query heads, G value heads (G % H == 0, R = G / H),
@@ -62,5 +63,20 @@ void gdn_chunk_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, con
                    const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
                    int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,
                    float* dq_NHK, float* dk_NHK, float* dv_NGV, float* dg_NG, float* dbeta_NG);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// q, k, v, o, do, dq, dk, dv: dt (f32 or bf16 on CUDA, f32 on the CPU); g, beta, dg, dbeta and
+// state f32. state_SGKV [seg.n * G * K * V] may be empty. cu: the [seg.n + 1] i32 bounds on the
+// ops' device; seg: the same on the host.
+void gdn_chunk_fwd(const core::View& q_NHK, const core::View& k_NHK, const core::View& v_NGV,
+                   const core::View& g_NG, const core::View& beta_NG, const core::View& cu,
+                   core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
+                   float scale, const core::View& o_NGV, const core::View& state_SGKV);
+void gdn_chunk_bwd(const core::View& q_NHK, const core::View& k_NHK, const core::View& v_NGV,
+                   const core::View& g_NG, const core::View& beta_NG, const core::View& cu,
+                   core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
+                   float scale, const core::View& do_NGV, const core::View& dq_NHK,
+                   const core::View& dk_NHK, const core::View& dv_NGV, const core::View& dg_NG,
+                   const core::View& dbeta_NG);
 
 }  // namespace deltatron::ops

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -31,5 +32,16 @@ void gdn_gates_fwd(core::Device dev, const float* b_NG, const float* a_NG, const
 void gdn_gates_bwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
                    const float* dt_bias_G, const float* dbeta_NG, const float* dg_NG, int64_t N,
                    int64_t G, float* db_NG, float* da_NG, float* dA_log_G, float* ddt_bias_G);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// b, a, A_log, dt_bias, db, da: dt (f32 or bf16 on CUDA, f32 on the CPU); beta, g, dbeta, dg,
+// dA_log, ddt_bias: f32. db, da OVERWRITTEN; dA_log, ddt_bias ACCUMULATED.
+void gdn_gates_fwd(const core::View& b_NG, const core::View& a_NG, const core::View& A_log_G,
+                   const core::View& dt_bias_G, int64_t N, int64_t G, const core::View& beta_NG,
+                   const core::View& g_NG);
+void gdn_gates_bwd(const core::View& b_NG, const core::View& a_NG, const core::View& A_log_G,
+                   const core::View& dt_bias_G, const core::View& dbeta_NG, const core::View& dg_NG,
+                   int64_t N, int64_t G, const core::View& db_NG, const core::View& da_NG,
+                   const core::View& dA_log_G, const core::View& ddt_bias_G);
 
 }  // namespace deltatron::ops

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -23,5 +24,12 @@ void l2norm_fwd(core::Device dev, const float* x_ND, int64_t N, int64_t D, doubl
 //   dx_ND [N, D]  out  OVERWRITTEN (may alias dy_ND)
 void l2norm_bwd(core::Device dev, const float* y_ND, const float* rstd_N, const float* dy_ND,
                 int64_t N, int64_t D, float* dx_ND);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// x, y, dy, dx: dt (f32 or bf16 on CUDA, f32 on the CPU); rstd f32. dx may alias dy.
+void l2norm_fwd(const core::View& x_ND, int64_t N, int64_t D, double eps, const core::View& y_ND,
+                const core::View& rstd_N);
+void l2norm_bwd(const core::View& y_ND, const core::View& rstd_N, const core::View& dy_ND,
+                int64_t N, int64_t D, const core::View& dx_ND);
 
 }  // namespace deltatron::ops

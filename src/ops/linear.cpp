@@ -1,8 +1,12 @@
 // Device dispatch for the bias-free linear layer op family.
 #include "ops/linear.h"
 
+#include <vector>
+
 #include "core/error.h"
 #include "cpu/linear.h"
+#include "cpu/tensor.h"
+#include "ops/check.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/linear.h"
 #endif
@@ -38,6 +42,86 @@ void linear_bwd(core::Device dev, const float* x_NI, const float* W_OI, const fl
 #endif
   }
   core::fail("linear_bwd: unknown device");
+}
+
+}  // namespace deltatron::ops
+
+// ---- view forms ----------------------------------------------------------------------------
+
+namespace deltatron::ops {
+
+void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_t O,
+                const View& y_NO, bool accumulate) {
+  Args a("linear_fwd");
+  a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
+  a.need(x_NI, "x_NI", dtypes::act, N * I);
+  a.need(W_OI, "W_OI", dtypes::act, O * I);
+  a.same_dtype(x_NI, "x_NI", W_OI, "W_OI");
+  a.need(y_NO, "y_NO", dtypes::act, N * O);
+  switch (a.device()) {
+    case core::Device::cpu: {
+      a.cpu_f32();
+      if (!accumulate) return cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, y_NO.f32());
+      std::vector<float> t(size_t(N * O));
+      cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, t.data());
+      return cpu::add_inplace(y_NO.f32(), t.data(), N * O);
+    }
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::linear_fwd(x_NI.dtype, x_NI.data, W_OI.data, N, I, O, y_NO.dtype, y_NO.data,
+                              accumulate);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, int64_t O,
+                   const View& dx_NI, bool accumulate) {
+  Args a("linear_bwd_dx");
+  a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
+  a.need(dy_NO, "dy_NO", dtypes::act, N * O);
+  a.need(W_OI, "W_OI", dtypes::act, O * I);
+  a.same_dtype(dy_NO, "dy_NO", W_OI, "W_OI");
+  a.need(dx_NI, "dx_NI", dtypes::act, N * I);
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      return cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, dx_NI.f32(),
+                                    accumulate, nullptr);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::linear_bwd_dx(dy_NO.dtype, dy_NO.data, W_OI.data, N, I, O, dx_NI.dtype,
+                                 dx_NI.data, accumulate);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, int64_t O,
+                   const View& dW_OI) {
+  Args a("linear_bwd_dw");
+  a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
+  a.need(x_NI, "x_NI", dtypes::act, N * I);
+  a.need(dy_NO, "dy_NO", dtypes::act, N * O);
+  a.same_dtype(x_NI, "x_NI", dy_NO, "dy_NO");
+  a.need(dW_OI, "dW_OI", dtypes::f32, O * I);
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
+                                    dW_OI.f32());
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::linear_bwd_dw(x_NI.dtype, x_NI.data, dy_NO.data, N, I, O, dW_OI.f32());
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
 }
 
 }  // namespace deltatron::ops

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -48,5 +49,26 @@ void rmsnorm_gated_fwd(core::Device dev, const float* x_ND, const float* z_ND, c
 void rmsnorm_gated_bwd(core::Device dev, const float* x_ND, const float* z_ND, const float* w_D,
                        const float* rstd_N, const float* dy_ND, int64_t N, int64_t D, float* dx_ND,
                        float* dz_ND, float* dw_D);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// Storage: xt (x, dx of the plain norm) and dt (w, y, dy, z, ...) are f32 or bf16 on CUDA, f32
+// on the CPU; rstd and dw are f32.
+
+// y = x rstd (1 + w).  x_ND xt;  w_D, y_ND dt;  rstd_N f32.
+void rmsnorm_fwd(const core::View& x_ND, const core::View& w_D, int64_t N, int64_t D, double eps,
+                 const core::View& y_ND, const core::View& rstd_N);
+// dx_ND (xt) OVERWRITTEN, or ACCUMULATED when accumulate_dx (the residual gradient); may alias
+// dy_ND when x and dy share a dtype.  dw_D (f32) ACCUMULATED; an empty view skips it.
+void rmsnorm_bwd(const core::View& x_ND, const core::View& w_D, const core::View& rstd_N,
+                 const core::View& dy_ND, int64_t N, int64_t D, const core::View& dx_ND,
+                 bool accumulate_dx, const core::View& dw_D);
+// y = x rstd w silu(z).  x, z, w, y dt;  rstd f32.
+void rmsnorm_gated_fwd(const core::View& x_ND, const core::View& z_ND, const core::View& w_D,
+                       int64_t N, int64_t D, double eps, const core::View& y_ND,
+                       const core::View& rstd_N);
+// dx_ND, dz_ND (dt) OVERWRITTEN (either may alias dy_ND);  dw_D (f32) ACCUMULATED, may be empty.
+void rmsnorm_gated_bwd(const core::View& x_ND, const core::View& z_ND, const core::View& w_D,
+                       const core::View& rstd_N, const core::View& dy_ND, int64_t N, int64_t D,
+                       const core::View& dx_ND, const core::View& dz_ND, const core::View& dw_D);
 
 }  // namespace deltatron::ops

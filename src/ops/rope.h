@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/view.h"
 
 namespace deltatron::ops {
 
@@ -33,5 +34,13 @@ void rope_fwd(core::Device dev, float* x_NHK, const int32_t* pos_3N, int64_t N, 
 //   dx'[j + R/2] = dx[j + R/2] c - dx[j] s
 void rope_bwd(core::Device dev, float* dx_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
               int64_t K, int64_t R, double theta, const int mrope_section[3]);
+
+// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
+// IN PLACE on x_NHK / dx_NHK (f32 or bf16 on CUDA, f32 on the CPU); pos_3N i32 [3 * N] on the
+// same device; mrope_section a host array.
+void rope_fwd(const core::View& x_NHK, const core::View& pos_3N, int64_t N, int64_t H, int64_t K,
+              int64_t R, double theta, const int mrope_section[3]);
+void rope_bwd(const core::View& dx_NHK, const core::View& pos_3N, int64_t N, int64_t H, int64_t K,
+              int64_t R, double theta, const int mrope_section[3]);
 
 }  // namespace deltatron::ops

@@ -1,0 +1,44 @@
+// CPU plain tensor helpers (see tensor.h).
+#include "cpu/tensor.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace deltatron::cpu {
+
+void cast(const float* src, float* dst, int64_t n) {
+  if (n > 0 && src != dst) std::memmove(dst, src, sizeof(float) * size_t(n));
+}
+
+template <typename T>
+void copy_cols(const T* src, int64_t src_ld, int64_t src_col0, T* dst, int64_t dst_ld,
+               int64_t dst_col0, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * dst_ld + dst_col0, src + r * src_ld + src_col0, sizeof(T) * size_t(cols));
+}
+
+template <typename T>
+void fill(T* x, T value, int64_t n) {
+  if (n > 0) std::fill(x, x + n, value);
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 262144)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+double sum_squares(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+
+template void copy_cols<float>(const float*, int64_t, int64_t, float*, int64_t, int64_t, int64_t,
+                               int64_t);
+template void copy_cols<int32_t>(const int32_t*, int64_t, int64_t, int32_t*, int64_t, int64_t,
+                                 int64_t, int64_t);
+template void fill<float>(float*, float, int64_t);
+template void fill<int32_t>(int32_t*, int32_t, int64_t);
+
+}  // namespace deltatron::cpu

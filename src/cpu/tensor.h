@@ -1,0 +1,23 @@
+// CPU plain tensor helpers (float32): copy, column-block copy, fill, add, sum of squares.
+#pragma once
+
+#include <cstdint>
+
+namespace deltatron::cpu {
+
+// dst = src, [n] each (the CPU has one floating-point type: cast is a copy).
+void cast(const float* src, float* dst, int64_t n);
+// dst[r, dst_col0 + c] = src[r, src_col0 + c] for r < rows, c < cols (row-major, leading
+// dimensions in elements). No overlap. T = float or int32_t.
+template <typename T>
+void copy_cols(const T* src, int64_t src_ld, int64_t src_col0, T* dst, int64_t dst_ld,
+               int64_t dst_col0, int64_t rows, int64_t cols);
+// x[i] = value, [n].
+template <typename T>
+void fill(T* x, T value, int64_t n);
+// y += x, [n] each.
+void add_inplace(float* y, const float* x, int64_t n);
+// sum_i x[i]^2, summed in double in index order (deterministic).
+double sum_squares(const float* x, int64_t n);
+
+}  // namespace deltatron::cpu

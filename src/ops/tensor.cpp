@@ -1,0 +1,208 @@
+// Device dispatch for the plain tensor helpers (contracts in ops/tensor.h).
+#include "ops/tensor.h"
+
+#include <cstring>
+#include <initializer_list>
+
+#include "core/error.h"
+#include "cpu/tensor.h"
+#include "ops/check.h"
+#ifdef DT_HAVE_CUDA
+#include "cuda/adamw.h"
+#include "cuda/memory.h"
+#include "cuda/pointwise.h"
+#endif
+
+namespace deltatron::ops {
+
+namespace {
+
+constexpr std::initializer_list<core::DType> kCopyable = {core::DType::f32, core::DType::bf16,
+                                                          core::DType::i32};
+constexpr std::initializer_list<core::DType> kAny = {core::DType::f32, core::DType::bf16,
+                                                     core::DType::i32, core::DType::f64};
+
+}  // namespace
+
+void cast(const View& src, const View& dst, int64_t n) {
+  Args a("cast");
+  a.nonneg(n, "n");
+  a.need(src, "src", dtypes::act, n);
+  a.need(dst, "dst", dtypes::act, n);
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      return cpu::cast(src.f32(), dst.f32(), n);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::cast(src.dtype, src.data, dst.dtype, dst.data, n);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void copy_cols(const View& src, int64_t src_ld, int64_t src_col0, const View& dst, int64_t dst_ld,
+               int64_t dst_col0, int64_t rows, int64_t cols) {
+  Args a("copy_cols");
+  a.nonneg(rows, "rows"), a.nonneg(cols, "cols"), a.nonneg(src_col0, "src_col0"),
+      a.nonneg(dst_col0, "dst_col0");
+  if (src_col0 + cols > src_ld || dst_col0 + cols > dst_ld)
+    core::fail("ops::copy_cols: columns [", src_col0, ", ", src_col0 + cols, ") of rows of ",
+               src_ld, " into columns [", dst_col0, ", ", dst_col0 + cols, ") of rows of ", dst_ld,
+               " do not fit");
+  a.need(src, "src", kCopyable, rows * src_ld);
+  a.need(dst, "dst", kCopyable, rows * dst_ld);
+  a.same_dtype(src, "src", dst, "dst");
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      if (src.dtype == core::DType::i32)
+        return cpu::copy_cols<int32_t>(src.i32(), src_ld, src_col0, dst.i32(), dst_ld, dst_col0,
+                                       rows, cols);
+      return cpu::copy_cols<float>(src.f32(), src_ld, src_col0, dst.f32(), dst_ld, dst_col0, rows,
+                                   cols);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::copy_cols(src.dtype, src.data, src_ld, src_col0, dst.data, dst_ld, dst_col0,
+                             rows, cols);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void fill(const View& x, float value, int64_t n) {
+  Args a("fill");
+  a.nonneg(n, "n");
+  a.need(x, "x", kCopyable, n);
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      if (x.dtype == core::DType::i32) return cpu::fill<int32_t>(x.i32(), int32_t(value), n);
+      return cpu::fill<float>(x.f32(), value, n);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      if (x.dtype == core::DType::i32) return cuda::fill_i32(x.i32(), int32_t(value), n);
+      return cuda::fill(x.dtype, x.data, value, n);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void zero(const View& x) {
+  if (x.empty()) return;
+  Args a("zero");
+  a.need(x, "x", kAny, x.numel());
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      if (x.bytes() > 0) std::memset(x.data, 0, x.bytes());
+      return;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::zero(x.data, x.bytes());
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void add_inplace(const View& y, const View& x, int64_t n) {
+  Args a("add_inplace");
+  a.nonneg(n, "n");
+  a.need(y, "y", dtypes::f32, n);
+  a.need(x, "x", dtypes::act, n);
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      return cpu::add_inplace(y.f32(), x.f32(), n);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::add_inplace_dt(y.f32(), x.dtype, x.data, n);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+double sum_squares(const View& x, int64_t n) {
+  Args a("sum_squares");
+  a.nonneg(n, "n");
+  a.need(x, "x", dtypes::f32, n);
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::sum_squares(x.f32(), n);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::sum_squares(x.f32(), n);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void copy_from_host(const View& dst, const void* src_host) {
+  if (dst.empty()) return;
+  Args a("copy_from_host");
+  a.need(dst, "dst", kAny, dst.numel());
+  if (dst.bytes() > 0 && src_host == nullptr)
+    core::fail("ops::copy_from_host: src_host is null for a ", dst.describe(), " destination");
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      if (dst.bytes() > 0 && dst.data != src_host) std::memcpy(dst.data, src_host, dst.bytes());
+      return;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::copy_from_host(dst.data, src_host, dst.bytes());
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void copy_to_host(const View& src, void* dst_host) {
+  if (src.empty()) return;
+  Args a("copy_to_host");
+  a.need(src, "src", kAny, src.numel());
+  if (src.bytes() > 0 && dst_host == nullptr)
+    core::fail("ops::copy_to_host: dst_host is null for a ", src.describe(), " source");
+  switch (a.device()) {
+    case core::Device::cpu:
+      a.cpu_f32();
+      if (src.bytes() > 0 && src.data != dst_host) std::memcpy(dst_host, src.data, src.bytes());
+      return;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::copy_to_host(dst_host, src.data, src.bytes());
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void synchronize(core::Device dev) {
+  switch (dev) {
+    case core::Device::cpu:
+      return;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::synchronize();
+#else
+      core::fail("ops::synchronize: a cuda device, but this binary was built without CUDA");
+#endif
+  }
+  core::fail("ops::synchronize: unknown device");
+}
+
+}  // namespace deltatron::ops

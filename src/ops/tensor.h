@@ -1,0 +1,46 @@
+// Contract for the plain tensor helpers over views: dtype casts, column-block copies, fills,
+// residual adds, sums of squares, host transfers and device synchronisation.
+//
+// One device per call (all views of a call on one device); the CPU computes in float32 only (a
+// bf16 view on the CPU is an error), CUDA stores f32 or bf16 (cuda/pointwise.h). n is a flat
+// element count checked against every view's numel.
+#pragma once
+
+#include <cstdint>
+
+#include "core/device.h"
+#include "core/view.h"
+
+namespace deltatron::ops {
+
+// dst = src converted (f32 <-> bf16 rounds to nearest even on CUDA); equal dtypes copy. [n] each.
+void cast(const core::View& src, const core::View& dst, int64_t n);
+
+// dst[r, dst_col0 + c] = src[r, src_col0 + c] for r < rows, c < cols (row-major, leading
+// dimensions src_ld / dst_ld in elements): splits and concatenates column blocks.
+//   src [rows * src_ld], dst [rows * dst_ld], one dtype (f32 or bf16; i32 on the CPU too);
+//   src_col0 + cols <= src_ld, dst_col0 + cols <= dst_ld. No overlap.
+void copy_cols(const core::View& src, int64_t src_ld, int64_t src_col0, const core::View& dst,
+               int64_t dst_ld, int64_t dst_col0, int64_t rows, int64_t cols);
+
+// x[i] = value (rounded to x's dtype: f32, bf16 or i32), [n].
+void fill(const core::View& x, float value, int64_t n);
+
+// Every byte of x = 0 (any dtype; an empty view does nothing).
+void zero(const core::View& x);
+
+// y (f32) += x (f32, or bf16 on CUDA), [n] each.
+void add_inplace(const core::View& y, const core::View& x, int64_t n);
+
+// sum_i x[i]^2 in double (x f32 [n]); synchronises with the device. Deterministic.
+double sum_squares(const core::View& x, int64_t n);
+
+// dst = the dst.bytes() bytes at src_host; returns when the copy is done.
+void copy_from_host(const core::View& dst, const void* src_host);
+// The src.bytes() bytes of src to dst_host; waits for the work queued before it.
+void copy_to_host(const core::View& src, void* dst_host);
+
+// Waits for all work queued on dev (nothing to wait for on the CPU).
+void synchronize(core::Device dev);
+
+}  // namespace deltatron::ops
