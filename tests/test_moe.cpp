@@ -7,18 +7,25 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/device.h"
 #include "core/error.h"
 #include "cpu/moe.h"
+#include "data/pack.h"
+#include "model/blocks.h"
 #include "model/config.h"
-#include "model/mlp_block.h"
+#include "model/context.h"
 #include "model/moe_block.h"
+#include "model/params.h"
 #include "ops/moe.h"
+#include "ops/router_loss.h"
+#include "ops/tensor.h"
 #include "test_util.h"
 
 namespace {
@@ -355,10 +362,21 @@ Vec to_vec(const core::Tensor& t) { return Vec(t.data.begin(), t.data.end()); }
 
 double silu_d(double v) { return v / (1 + std::exp(-v)); }
 
+// Router-loss terms on the host, the way the block receives them (model::RouterTerms): groups,
+// counts F, token totals T and c_g = numer / (k T_g^2) (0 for an empty group), z_coef.
+struct HostTerms {
+  VecI group_N;  // empty: every token in group 0
+  int64_t num_groups = 0;
+  std::vector<double> F_GE, T_G;
+  double numer = 0, k = 1;
+  double z_coef = 0;
+  double c(int64_t g) const { return T_G[g] > 0 ? numer / (k * (T_G[g] * T_G[g])) : 0.0; }
+};
+
 // Naive per-token double reference of the block (spec 2.10) plus its router losses. Returns
 // dot(P, y) + loss_scale (L_aux + L_z); y, probs written when non-null.
 double reference(const model::Config& c, const ParamsD& pd, int64_t N, const Vec& x, const Vec& P,
-                 const model::RouterLossTerms* terms, double loss_scale, Vec* y_out = nullptr,
+                 const HostTerms* terms, double loss_scale, Vec* y_out = nullptr,
                  Vec* probs_out = nullptr) {
   const int64_t D = c.hidden_size, E = c.num_experts, K = c.num_experts_per_tok,
                 F = c.moe_intermediate_size, S = c.shared_expert_intermediate_size;
@@ -417,7 +435,7 @@ double reference(const model::Config& c, const ParamsD& pd, int64_t N, const Vec
       if (g >= 0) {
         rloss += terms->z_coef * lse * lse;
         for (int64_t e = 0; e < E && terms->num_groups > 0; ++e)
-          rloss += terms->c_G[g] * terms->F_GE[g * E + e] * p[e];
+          rloss += terms->c(g) * terms->F_GE[g * E + e] * p[e];
       }
     }
   }
@@ -426,24 +444,125 @@ double reference(const model::Config& c, const ParamsD& pd, int64_t N, const Vec
   return dot(P, y) + loss_scale * rloss;
 }
 
+// A host buffer holding v.
+template <class T>
+core::Buffer host_buffer(const std::vector<T>& v, core::DType dt) {
+  core::Buffer b(kCpu, dt, {int64_t(v.size())}, "test tensor");
+  if (!v.empty()) ops::copy_from_host(b, v.data());
+  return b;
+}
+
+template <class T>
+std::vector<T> to_host(const core::View& v) {
+  std::vector<T> out(v.numel());
+  if (!out.empty()) ops::copy_to_host(v, out.data());
+  return out;
+}
+
+// One sample of N tokens (ids 0): the pack the block's context is built on.
+data::Pack one_sample_pack(int64_t N) {
+  data::Sample smp;
+  smp.input_ids.assign(N, 0);
+  smp.labels.assign(N, -100);
+  return data::make_pack({&smp}, {0}, 1);
+}
+
+model::Config with_vocab(model::Config c) {
+  c.vocab_size = std::max<int64_t>(c.vocab_size, 8);
+  return c;
+}
+
 struct BlockRun {
   VecF y;
-  model::MoeSaved saved;
+  VecI topk_idx;
   VecF dx;
   model::TensorMap grads;
   double rloss = 0;
+  HostTerms terms;  // the router-loss terms used
 };
 
-BlockRun run_block(const model::Config& c, const model::TensorMap& params, int64_t N, const VecF& x,
-                   const VecF& dy, const model::RouterLossTerms* terms, double loss_scale) {
-  model::MoeBlock blk{kPrefix};
+// Builds the router-loss terms from the forward's routing (top-k ids [N*K]); none: no losses.
+using TermsFn = std::function<std::optional<HostTerms>(const VecI& topk_idx)>;
+
+// The block on the CPU: y = MoE(x) (added to a zero residual stream), the router losses of
+// `terms` (if any), then the backward for the output gradient dy.
+BlockRun run_block_fn(const model::Config& c0, const model::TensorMap& params, int64_t N,
+                      const VecF& x, const VecF& dy, const TermsFn& make_terms, double loss_scale) {
+  const model::Config c = with_vocab(c0);
+  const int64_t D = c.hidden_size;
+  model::Params P(kCpu, core::DType::f32, params);
+  const data::Pack pack = one_sample_pack(N);
+  const model::Batch b(c, pack, kCpu);
+  const model::Ctx cx{c, P, b};
   BlockRun r;
-  r.y.resize(N * c.hidden_size);
-  r.dx.assign(N * c.hidden_size, 77.f);  // must be overwritten
-  blk.fwd(kCpu, c, params, N, x.data(), r.y.data(), r.saved);
-  if (terms) r.rloss = blk.router_loss(r.saved, *terms);
+  core::Buffer xb = host_buffer(x, core::DType::f32);
+  core::Buffer y = host_buffer(VecF(N * D, 0.f), core::DType::f32);
+  model::MoeSaved s;
+  model::moe_fwd(cx, kPrefix, xb, y, s);
+  r.y = to_host<float>(y);
+  r.topk_idx = to_host<int32_t>(s.topk_idx);
+  core::Buffer group;
+  const std::optional<HostTerms> made = make_terms(r.topk_idx);
+  if (made) {
+    const HostTerms* terms = &*made;
+    r.terms = *made;
+    group = host_buffer(terms->group_N.empty() ? VecI(N, 0) : terms->group_N, core::DType::i32);
+    model::RouterTerms& t = s.terms;
+    t.group_N = group;
+    t.num_groups = terms->num_groups;
+    t.own_counts = host_buffer(terms->F_GE, core::DType::f64);
+    t.own_tokens = host_buffer(terms->T_G, core::DType::f64);
+    t.counts_GE = t.own_counts;
+    t.tokens_G = t.own_tokens;
+    t.coef = ops::AuxCoef{terms->numer, terms->k, 0.0};
+    t.z_coef = terms->z_coef;
+    core::Buffer loss = host_buffer(std::vector<double>{0.0}, core::DType::f64);
+    if (t.num_groups > 0)
+      ops::moe_aux_loss_fwd(s.probs, t.group_N, N, c.num_experts, t.num_groups, t.counts_GE,
+                            t.tokens_G, t.coef, loss);
+    if (t.z_coef != 0) ops::moe_z_loss_fwd(s.lse, t.group_N, N, t.z_coef, loss);
+    r.rloss = to_host<double>(loss)[0];
+    s.has_terms = true;
+    s.loss_scale = loss_scale;
+  }
+  core::Buffer dyb = host_buffer(dy, core::DType::f32);
+  core::Buffer dx = host_buffer(VecF(N * D, 77.f), core::DType::f32);  // must be overwritten
+  model::moe_bwd(cx, kPrefix, s, dyb, dx);
+  r.dx = to_host<float>(dx);
   r.grads = model::zeros_like(params);
-  blk.bwd(kCpu, c, params, r.grads, N, r.saved, dy.data(), terms, loss_scale, r.dx.data());
+  P.download_grads(r.grads);
+  return r;
+}
+
+BlockRun run_block(const model::Config& c, const model::TensorMap& params, int64_t N, const VecF& x,
+                   const VecF& dy, const HostTerms* terms, double loss_scale) {
+  return run_block_fn(
+      c, params, N, x, dy,
+      [&](const VecI&) { return terms ? std::optional<HostTerms>(*terms) : std::nullopt; },
+      loss_scale);
+}
+
+// The dense MLP block on the CPU (y = MLP(x) on a zero residual stream, then its backward).
+BlockRun run_mlp(const model::Config& c0, const model::TensorMap& params, int64_t N, const VecF& x,
+                 const VecF& dy) {
+  const model::Config c = with_vocab(c0);
+  const int64_t D = c.hidden_size;
+  model::Params P(kCpu, core::DType::f32, params);
+  const data::Pack pack = one_sample_pack(N);
+  const model::Batch b(c, pack, kCpu);
+  const model::Ctx cx{c, P, b};
+  BlockRun r;
+  core::Buffer xb = host_buffer(x, core::DType::f32);
+  core::Buffer y = host_buffer(VecF(N * D, 0.f), core::DType::f32);
+  model::MlpSaved s;
+  model::mlp_fwd(cx, "mlp.", xb, y, s);
+  r.y = to_host<float>(y);
+  core::Buffer dyb = host_buffer(dy, core::DType::f32);
+  core::Buffer dx = host_buffer(VecF(N * D, 77.f), core::DType::f32);
+  model::mlp_bwd(cx, "mlp.", s, dyb, dx);
+  r.dx = to_host<float>(dx);
+  r.grads = model::zeros_like(params);
+  P.download_grads(r.grads);
   return r;
 }
 
@@ -455,11 +574,13 @@ struct BlockCase {
 TEST(MoeBlock, ForwardAndBackwardMatchDoubleReferenceAndFiniteDiff) {
   const int64_t N = 11, D = 13, F = 6;
   const double loss_scale = 0.7;
-  model::RouterLossTerms terms;
+  HostTerms terms;
   terms.group_N = {0, 0, 0, -1, 1, 1, 1, 1, -1, 1, 0};
   terms.num_groups = 2;
   terms.z_coef = 0.05;
-  terms.c_G = {0.2, 0.3};
+  terms.T_G = {2.0, 1.5};  // c = {0.2, 0.3 x 4/9 x 1.5} with numer 1.6, k 2
+  terms.numer = 1.6;
+  terms.k = 2.0;
   for (const BlockCase& bc :
        {BlockCase{"E5 k2 shared", 5, 2, 7}, BlockCase{"E4 k4 (k==E)", 4, 4, 0},
         BlockCase{"E6 k1 shared", 6, 1, 3}}) {
@@ -513,12 +634,9 @@ TEST(MoeBlock, OneExpertTopOneEqualsDenseMlp) {
   put(ep, kPrefix + "experts.gate_up_proj", {1, 2 * F, D}, gu);
   put(ep, kPrefix + "experts.down_proj", {1, D, F}, down);
 
-  model::MlpBlock mlp{"mlp."};
-  model::MlpSaved ms;
-  VecF y_mlp(N * D), dx_mlp(N * D);
-  mlp.fwd(kCpu, c, mp, N, x.data(), y_mlp.data(), ms);
-  model::TensorMap mg = model::zeros_like(mp);
-  mlp.bwd(kCpu, c, mp, mg, N, ms, dy.data(), dx_mlp.data());
+  const BlockRun mlp = run_mlp(c, mp, N, x, dy);
+  const VecF &y_mlp = mlp.y, &dx_mlp = mlp.dx;
+  const model::TensorMap& mg = mlp.grads;
 
   BlockRun r = run_block(c, ep, N, x, dy, nullptr, 1.0);
   auto report = [](const char* what, const VecF& got, const VecF& want) {
@@ -541,19 +659,26 @@ TEST(MoeBlock, OneExpertTopOneEqualsDenseMlp) {
 // Padding: group -1 tokens leave every router statistic and its gradients unchanged.
 
 // Router-loss terms the way the driver builds per-sample aux (seq_aux): F = top-k counts of the
-// group, c = coeff E / (K T_g^2), plus a z-loss averaged over the counted tokens.
-model::RouterLossTerms seq_aux_terms(const model::MoeSaved& s, const VecI& group_N, int64_t G) {
-  model::RouterLossTerms t;
+// group (ops::moe_count_routes), c = coeff E / (K T_g^2), plus a z-loss averaged over the
+// counted tokens.
+HostTerms seq_aux_terms(const VecI& topk_idx, const VecI& group_N, int64_t G, int64_t E,
+                        int64_t K) {
+  const int64_t N = int64_t(group_N.size());
+  core::Buffer idx = host_buffer(topk_idx, core::DType::i32);
+  core::Buffer grp = host_buffer(group_N, core::DType::i32);
+  core::Buffer cnt = host_buffer(std::vector<double>(G * E, 0.0), core::DType::f64);
+  core::Buffer tok = host_buffer(std::vector<double>(G, 0.0), core::DType::f64);
+  ops::moe_count_routes(idx, grp, N, K, E, G, cnt, tok);
+  HostTerms t;
   t.group_N = group_N;
   t.num_groups = G;
-  std::vector<double> tokens;
-  model::MoeBlock::count_routes(s, group_N, G, s.E, t.F_GE, tokens);
+  t.F_GE = to_host<double>(cnt);
+  t.T_G = to_host<double>(tok);
   const double coeff = 0.05;
+  t.numer = coeff * double(E);
+  t.k = double(K);
   double total = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    t.c_G.push_back(tokens[g] > 0 ? coeff * s.E / (s.K * tokens[g] * tokens[g]) : 0.0);
-    total += tokens[g];
-  }
+  for (double T : t.T_G) total += T;
   t.z_coef = 0.01 / std::max(1.0, total);
   return t;
 }
@@ -583,39 +708,35 @@ TEST(MoeBlock, PaddingTokensChangeNothingButUnlabelledRealTokensDo) {
     pos.push_back(t);
     ++i;
   }
-
-  model::MoeBlock blk{kPrefix};
-  model::MoeSaved sr, sp;
-  VecF yr(Nr * D), yp(Np * D);
-  blk.fwd(kCpu, c, params, Nr, xr.data(), yr.data(), sr);
-  blk.fwd(kCpu, c, params, Np, xp.data(), yp.data(), sp);
-  const model::RouterLossTerms tr = seq_aux_terms(sr, gr, G), tp = seq_aux_terms(sp, gp, G);
-  EXPECT_EQ(tp.F_GE, tr.F_GE) << "route counts";
-  EXPECT_EQ(tp.c_G, tr.c_G);
-  EXPECT_EQ(tp.z_coef, tr.z_coef);
-  const double Lr = blk.router_loss(sr, tr), Lp = blk.router_loss(sp, tp);
-  EXPECT_NEAR(Lp, Lr, 1e-6 * Lr) << "router loss";
-  std::printf("  %-44s rel %.2e\n", "padded vs unpadded router loss", std::abs(Lp - Lr) / Lr);
+  auto seq = [&](const VecI& groups) -> TermsFn {
+    return [=](const VecI& idx) { return std::optional(seq_aux_terms(idx, groups, G, E, K)); };
+  };
 
   // Backward twice: router losses alone (dy = 0), and with the real tokens' output gradient.
   for (bool with_dy : {false, true}) {
     SCOPED_TRACE(with_dy ? "router loss + dy" : "router loss only");
-    VecF dr = with_dy ? dyr : VecF(Nr * D, 0.f), dp = with_dy ? dyp : VecF(Np * D, 0.f);
-    model::TensorMap gr_r = model::zeros_like(params), gr_p = model::zeros_like(params);
-    VecF dxr(Nr * D), dxp(Np * D);
-    blk.bwd(kCpu, c, params, gr_r, Nr, sr, dr.data(), &tr, 1.0, dxr.data());
-    blk.bwd(kCpu, c, params, gr_p, Np, sp, dp.data(), &tp, 1.0, dxp.data());
+    const BlockRun rr =
+        run_block_fn(c, params, Nr, xr, with_dy ? dyr : VecF(Nr * D, 0.f), seq(gr), 1.0);
+    const BlockRun rp =
+        run_block_fn(c, params, Np, xp, with_dy ? dyp : VecF(Np * D, 0.f), seq(gp), 1.0);
+    EXPECT_EQ(rp.terms.F_GE, rr.terms.F_GE) << "route counts";
+    EXPECT_EQ(rp.terms.T_G, rr.terms.T_G);
+    EXPECT_EQ(rp.terms.z_coef, rr.terms.z_coef);
+    EXPECT_NEAR(rp.rloss, rr.rloss, 1e-6 * rr.rloss) << "router loss";
+    std::printf("  %-44s rel %.2e\n", "padded vs unpadded router loss",
+                std::abs(rp.rloss - rr.rloss) / rr.rloss);
     VecF dx_real(Nr * D);
     for (int64_t i = 0; i < Nr; ++i)
-      std::copy(dxp.begin() + pos[i] * D, dxp.begin() + (pos[i] + 1) * D, dx_real.begin() + i * D);
-    auto e = compare(dx_real, dxr);
+      std::copy(rp.dx.begin() + pos[i] * D, rp.dx.begin() + (pos[i] + 1) * D,
+                dx_real.begin() + i * D);
+    auto e = compare(dx_real, rr.dx);
     EXPECT_LE(e.rel_rms, 1e-6) << "dx of real tokens: " << e.str();
     std::printf("  %-44s rel_rms %.2e\n",
                 with_dy ? "padded dx (real rows), +dy" : "padded dx (real rows)", e.rel_rms);
     for (int t : pad_at)
-      for (int64_t d = 0; d < D; ++d) EXPECT_EQ(dxp[t * D + d], 0.f) << "pad token " << t;
-    for (const auto& [name, g] : gr_r) {
-      auto eg = compare(gr_p.at(name).data, g.data);
+      for (int64_t d = 0; d < D; ++d) EXPECT_EQ(rp.dx[t * D + d], 0.f) << "pad token " << t;
+    for (const auto& [name, g] : rr.grads) {
+      auto eg = compare(rp.grads.at(name).data, g.data);
       EXPECT_LE(eg.rel_rms, 1e-6) << name << ": " << eg.str();
       std::printf("  %-44s rel_rms %.2e\n", ("padded d" + name.substr(kPrefix.size())).c_str(),
                   eg.rel_rms);
@@ -626,46 +747,46 @@ TEST(MoeBlock, PaddingTokensChangeNothingButUnlabelledRealTokensDo) {
   // they are counted, so counts, losses and router gradients change.
   VecI gu = gp;
   for (int t : pad_at) gu[t] = t < 6 ? 0 : 1;
-  const model::RouterLossTerms tu = seq_aux_terms(sp, gu, G);
-  EXPECT_NE(tu.F_GE, tr.F_GE);
-  const double Lu = blk.router_loss(sp, tu);
-  EXPECT_GT(std::abs(Lu - Lr), 1e-3 * Lr) << "unlabelled real tokens must change the router loss";
-  model::TensorMap gr_r = model::zeros_like(params), gr_u = model::zeros_like(params);
-  VecF dxr(Nr * D), dxu(Np * D), zr(Nr * D, 0.f), zp(Np * D, 0.f);
-  blk.bwd(kCpu, c, params, gr_r, Nr, sr, zr.data(), &tr, 1.0, dxr.data());
-  blk.bwd(kCpu, c, params, gr_u, Np, sp, zp.data(), &tu, 1.0, dxu.data());
-  auto eu = compare(gr_u.at(kPrefix + "gate.weight").data, gr_r.at(kPrefix + "gate.weight").data);
+  const BlockRun rr = run_block_fn(c, params, Nr, xr, VecF(Nr * D, 0.f), seq(gr), 1.0);
+  const BlockRun ru = run_block_fn(c, params, Np, xp, VecF(Np * D, 0.f), seq(gu), 1.0);
+  EXPECT_NE(ru.terms.F_GE, rr.terms.F_GE);
+  EXPECT_GT(std::abs(ru.rloss - rr.rloss), 1e-3 * rr.rloss)
+      << "unlabelled real tokens must change the router loss";
+  auto eu =
+      compare(ru.grads.at(kPrefix + "gate.weight").data, rr.grads.at(kPrefix + "gate.weight").data);
   EXPECT_GT(eu.rel_rms, 1e-2) << "unlabelled real tokens must change the router gradient";
 }
 
 TEST(MoeBlock, CountRoutesWithGroupsAccumulates) {
-  model::MoeSaved s;
-  s.N = 6, s.E = 4, s.K = 2;
-  s.topk_idx_NK = {0, 1, /**/ 1, 3, /**/ 2, 0, /**/ 3, 1, /**/ 0, 2, /**/ 1, 0};
+  const VecI idx = {0, 1, /**/ 1, 3, /**/ 2, 0, /**/ 3, 1, /**/ 0, 2, /**/ 1, 0};
   const VecI group_N = {1, 0, -1, 1, 2, 1};
-  std::vector<double> counts, tokens;
-  model::MoeBlock::count_routes(s, group_N, 3, 4, counts, tokens);
-  EXPECT_EQ(counts, (std::vector<double>{0, 1, 0, 1, /**/ 2, 3, 0, 1, /**/ 1, 0, 1, 0}));
-  EXPECT_EQ(tokens, (std::vector<double>{1, 3, 1}));
-  model::MoeBlock::count_routes(s, group_N, 3, 4, counts, tokens);  // accumulates
-  EXPECT_EQ(counts, (std::vector<double>{0, 2, 0, 2, /**/ 4, 6, 0, 2, /**/ 2, 0, 2, 0}));
-  EXPECT_EQ(tokens, (std::vector<double>{2, 6, 2}));
-  std::vector<double> all_c, all_t;  // empty group_N: every token in group 0
-  model::MoeBlock::count_routes(s, {}, 1, 4, all_c, all_t);
-  EXPECT_EQ(all_c, (std::vector<double>{4, 4, 2, 2}));
-  EXPECT_EQ(all_t, (std::vector<double>{6}));
-  std::vector<double> wrong(5), t1;
-  EXPECT_THROW(model::MoeBlock::count_routes(s, group_N, 3, 4, wrong, t1), core::Error);
-  EXPECT_THROW(model::MoeBlock::count_routes(s, group_N, 2, 4, all_c, all_t), core::Error);
+  core::Buffer ib = host_buffer(idx, core::DType::i32), gb = host_buffer(group_N, core::DType::i32);
+  core::Buffer counts = host_buffer(std::vector<double>(12, 0.0), core::DType::f64);
+  core::Buffer tokens = host_buffer(std::vector<double>(3, 0.0), core::DType::f64);
+  ops::moe_count_routes(ib, gb, 6, 2, 4, 3, counts, tokens);
+  EXPECT_EQ(to_host<double>(counts),
+            (std::vector<double>{0, 1, 0, 1, /**/ 2, 3, 0, 1, /**/ 1, 0, 1, 0}));
+  EXPECT_EQ(to_host<double>(tokens), (std::vector<double>{1, 3, 1}));
+  ops::moe_count_routes(ib, gb, 6, 2, 4, 3, counts, tokens);  // accumulates
+  EXPECT_EQ(to_host<double>(counts),
+            (std::vector<double>{0, 2, 0, 2, /**/ 4, 6, 0, 2, /**/ 2, 0, 2, 0}));
+  EXPECT_EQ(to_host<double>(tokens), (std::vector<double>{2, 6, 2}));
+  core::Buffer all = host_buffer(VecI(6, 0), core::DType::i32);  // every token in group 0
+  core::Buffer all_c = host_buffer(std::vector<double>(4, 0.0), core::DType::f64);
+  core::Buffer all_t = host_buffer(std::vector<double>(1, 0.0), core::DType::f64);
+  ops::moe_count_routes(ib, all, 6, 2, 4, 1, all_c, all_t);
+  EXPECT_EQ(to_host<double>(all_c), (std::vector<double>{4, 4, 2, 2}));
+  EXPECT_EQ(to_host<double>(all_t), (std::vector<double>{6}));
+  core::Buffer wrong = host_buffer(std::vector<double>(5, 0.0), core::DType::f64);
+  EXPECT_THROW(ops::moe_count_routes(ib, gb, 6, 2, 4, 3, wrong, tokens), core::Error);
+  EXPECT_THROW(ops::moe_count_routes(ib, gb, 6, 2, 4, 2, all_c, all_t), core::Error);
 }
 
 TEST(MoeBlock, WrongParameterShapeThrows) {
   const model::Config c = moe_config(5, 3, 2, 4, 0);
   model::TensorMap params = to_tensors(c, make_params(c, 300));
   params.at(kPrefix + "experts.down_proj") = core::Tensor({3, 4, 5});  // transposed experts
-  model::MoeSaved s;
-  VecF x(2 * 5, 0.1f), y(2 * 5);
-  EXPECT_THROW(model::MoeBlock{kPrefix}.fwd(kCpu, c, params, 2, x.data(), y.data(), s),
+  EXPECT_THROW(run_block(c, params, 2, VecF(2 * 5, 0.1f), VecF(2 * 5, 0.f), nullptr, 1.0),
                core::Error);
 }
 
@@ -675,11 +796,12 @@ TEST(MoeBlock, ResultsDoNotDependOnTheThreadCount) {
   const model::Config c = moe_config(D, E, K, F, S);
   const model::TensorMap params = to_tensors(c, make_params(c, 400));
   VecF x = randn<float>(N * D, 80), dy = randn<float>(N * D, 81);
-  model::RouterLossTerms terms;
+  HostTerms terms;
   terms.z_coef = 1e-3;
   terms.num_groups = 1;
   terms.F_GE.assign(E, 10.0);
-  terms.c_G = {1e-3};
+  terms.T_G = {10.0};
+  terms.numer = 0.1;  // c = 1e-3
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
   BlockRun a = run_block(c, params, N, x, dy, &terms, 1.0);

@@ -1,5 +1,5 @@
 // Tests of ops/router_loss (router statistics and losses on f64 views) on the CPU against today's
-// host computation, bitwise: model::MoeBlock::count_routes, make_router_terms +
+// host computation, bitwise: ref::MoeBlock::count_routes, make_router_terms +
 // MoeBlock::router_loss and the pointer forms ops::moe_aux_loss_bwd / moe_z_loss_bwd, for the
 // micro-batch, per-sample (seq) and global (running and final counts) recipes, with padding and a
 // padding-only sample, accumulation across calls, G == 0, and the errors (bad ids, dtypes, sizes,
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,103 @@ data::Pack make_pack(const std::vector<std::pair<int, int>>& samples, int tail) 
   return p;
 }
 
+// ---- the host reference: the router-loss code of the host-vector model (before the one model),
+// kept here as the specification the device-resident ops are held to ---------------------------
+namespace ref {
+
+struct MoeSaved {
+  int64_t N = 0, E = 0, K = 0;
+  std::vector<float> logits_NE, probs_NE, lse_N, topk_w_NK;
+  std::vector<int32_t> topk_idx_NK;
+};
+
+struct RouterLossTerms {
+  std::vector<int32_t> group_N;
+  int64_t num_groups = 0;
+  std::vector<double> F_GE, c_G;
+  double z_coef = 0;
+};
+
+const int32_t* groups_ptr(const std::vector<int32_t>& g) { return g.empty() ? nullptr : g.data(); }
+
+struct MoeBlock {
+  std::string prefix;
+  static void count_routes(const MoeSaved& s, const std::vector<int32_t>& group_N,
+                           int64_t num_groups, int64_t E, std::vector<double>& counts_GE,
+                           std::vector<double>& tokens_G) {
+    if (counts_GE.empty()) counts_GE.assign(num_groups * E, 0.0);
+    if (tokens_G.empty()) tokens_G.assign(num_groups, 0.0);
+    ops::moe_count_routes(core::Device::cpu, s.topk_idx_NK.data(), groups_ptr(group_N), s.N, s.K, E,
+                          num_groups, counts_GE.data(), tokens_G.data());
+  }
+  double router_loss(const MoeSaved& s, const RouterLossTerms& t) const {
+    const int32_t* g = groups_ptr(t.group_N);
+    double loss = 0;
+    if (t.num_groups > 0)
+      loss += ops::moe_aux_loss_fwd(core::Device::cpu, s.probs_NE.data(), g, s.N, s.E, t.num_groups,
+                                    t.F_GE.data(), t.c_G.data());
+    if (t.z_coef != 0)
+      loss += ops::moe_z_loss_fwd(core::Device::cpu, s.lse_N.data(), g, s.N, t.z_coef);
+    return loss;
+  }
+};
+
+std::vector<int32_t> token_groups(const data::Pack& pack, bool per_sample) {
+  std::vector<int32_t> g(pack.N, -1);
+  for (int s = 0; s < pack.num_samples(); ++s)
+    for (int32_t t = pack.cu_seqlens_padded[s]; t < pack.cu_seqlens_padded[s + 1]; ++t)
+      if (!pack.is_pad[t]) g[t] = per_sample ? s : 0;
+  return g;
+}
+
+struct GlobalRouterCounts {
+  std::map<std::string, std::vector<double>> counts_E;
+  std::map<std::string, double> tokens;
+  double step_tokens = 0.0;
+  void add(const std::string& moe_prefix, const MoeSaved& s, const data::Pack& pack, int64_t E) {
+    std::vector<double> counts, tokens_G;
+    MoeBlock::count_routes(s, token_groups(pack, false), 1, E, counts, tokens_G);
+    auto& acc = counts_E[moe_prefix];
+    acc.resize(E, 0.0);
+    for (int64_t e = 0; e < E; ++e) acc[e] += counts[e];
+    tokens[moe_prefix] += tokens_G[0];
+  }
+};
+
+RouterLossTerms make_router_terms(const model::RouterLossOptions& opt, const model::Config& c,
+                                  const data::Pack& pack, const MoeSaved& s,
+                                  const std::string& moe_prefix, const GlobalRouterCounts* global) {
+  const int64_t E = c.num_experts, k = c.num_experts_per_tok;
+  RouterLossTerms t;
+  const bool per_sample = opt.aux_type == model::AuxLossType::seq;
+  t.group_N = token_groups(pack, per_sample);
+  t.num_groups = per_sample ? pack.num_samples() : 1;
+  t.z_coef = opt.z_coef * opt.z_weight;
+  t.F_GE.assign(t.num_groups * E, 0.0);
+  t.c_G.assign(t.num_groups, 0.0);
+  if (opt.aux_coef == 0.0) return t;
+  std::vector<double> counts, tokens_G;
+  double step_tokens = 0.0;
+  if (opt.aux_type == model::AuxLossType::global) {
+    counts = global->counts_E.at(moe_prefix);
+    tokens_G = {global->tokens.at(moe_prefix)};
+    step_tokens = global->step_tokens;
+  } else {
+    MoeBlock::count_routes(s, t.group_N, t.num_groups, E, counts, tokens_G);
+  }
+  const double w = per_sample ? opt.seq_weight : 1.0;
+  for (int64_t g = 0; g < t.num_groups; ++g) {
+    const double T = tokens_G[g];
+    if (T <= 0) continue;
+    const double T2 = step_tokens > 0 ? T * step_tokens : T * T;
+    t.c_G[g] = w * opt.aux_coef * double(E) / (double(k) * T2);
+    for (int64_t e = 0; e < E; ++e) t.F_GE[g * E + e] = counts[g * E + e];
+  }
+  return t;
+}
+
+}  // namespace ref
+
 model::Config moe_config(int64_t E, int64_t K) {
   model::Config c;
   c.num_experts = E;
@@ -66,8 +164,8 @@ model::Config moe_config(int64_t E, int64_t K) {
 }
 
 // The router outputs of random logits (the saved state the host code reads).
-model::MoeSaved routed(int64_t N, int64_t E, int64_t K, uint64_t seed) {
-  model::MoeSaved s;
+ref::MoeSaved routed(int64_t N, int64_t E, int64_t K, uint64_t seed) {
+  ref::MoeSaved s;
   s.N = N, s.E = E, s.K = K;
   s.logits_NE = dt_test::randn<float>(N * E, seed, 1.5);
   s.probs_NE.resize(N * E);
@@ -115,11 +213,11 @@ void expect_bitwise(double got, double want, const std::string& what) {
 TEST(RouterLoss, CountRoutesMatchesMoeBlock) {
   const int64_t E = 7, K = 3;
   const data::Pack pack = make_pack({{5, 6}, {0, 3}, {9, 9}, {4, 8}}, 2);
-  const model::MoeSaved s = routed(pack.N, E, K, 11);
+  const ref::MoeSaved s = routed(pack.N, E, K, 11);
   VecI idx = s.topk_idx_NK;
   for (const auto type : {model::AuxLossType::micro_batch, model::AuxLossType::seq}) {
-    const auto terms = model::make_router_terms(options(type, 0.01, 0), moe_config(E, K), pack, s,
-                                                kPrefix, nullptr);
+    const auto terms =
+        ref::make_router_terms(options(type, 0.01, 0), moe_config(E, K), pack, s, kPrefix, nullptr);
     VecI group = terms.group_N;
     const int64_t G = terms.num_groups;
     // Accumulated onto existing values, twice.
@@ -128,7 +226,7 @@ TEST(RouterLoss, CountRoutesMatchesMoeBlock) {
     Vec counts_ref = counts, tokens_ref = tokens;
     for (int rep = 0; rep < 2; ++rep) {
       ops::moe_count_routes(i32(idx), i32(group), pack.N, K, E, G, f64(counts), f64(tokens));
-      model::MoeBlock::count_routes(s, group, G, E, counts_ref, tokens_ref);
+      ref::MoeBlock::count_routes(s, group, G, E, counts_ref, tokens_ref);
     }
     const std::string what = type == model::AuxLossType::seq ? "seq groups" : "one group";
     expect_bitwise(counts, counts_ref, what + ": counts");
@@ -138,7 +236,7 @@ TEST(RouterLoss, CountRoutesMatchesMoeBlock) {
   Vec counts(E), tokens(1), counts_ref, tokens_ref;
   VecI none;
   ops::moe_count_routes(i32(idx), View{}, pack.N, K, E, 1, f64(counts), f64(tokens));
-  model::MoeBlock::count_routes(s, none, 1, E, counts_ref, tokens_ref);
+  ref::MoeBlock::count_routes(s, none, 1, E, counts_ref, tokens_ref);
   expect_bitwise(counts, counts_ref, "no groups: counts");
   expect_bitwise(tokens, Vec{double(pack.N)}, "no groups: tokens");
 }
@@ -147,13 +245,13 @@ TEST(RouterLoss, CountRoutesMatchesMoeBlock) {
 
 // One pack's loss and gradients both ways; `counts`/`tokens` are the statistics the new path
 // uses (filled by the caller for the global recipe, else counted here from zero).
-void check_pack(const model::RouterLossOptions& opt, const data::Pack& pack,
-                const model::MoeSaved& s, const model::GlobalRouterCounts* global, Vec* counts_in,
-                Vec* tokens_in, double step_tokens, const std::string& what) {
+void check_pack(const model::RouterLossOptions& opt, const data::Pack& pack, const ref::MoeSaved& s,
+                const ref::GlobalRouterCounts* global, Vec* counts_in, Vec* tokens_in,
+                double step_tokens, const std::string& what) {
   const int64_t E = s.E, K = s.K, N = s.N;
   const double scale = 0.625;
-  const model::MoeBlock block{kPrefix};
-  const auto terms = model::make_router_terms(opt, moe_config(E, K), pack, s, kPrefix, global);
+  const ref::MoeBlock block{kPrefix};
+  const auto terms = ref::make_router_terms(opt, moe_config(E, K), pack, s, kPrefix, global);
   const double loss_ref = block.router_loss(s, terms);
   VecF dprobs_ref(N * E), dlse_ref(N);
   const int32_t* grp = terms.group_N.data();
@@ -188,7 +286,7 @@ TEST(RouterLoss, MicroBatchAndSeqMatchHostTerms) {
   const int64_t E = 9, K = 3;
   // A padding-only sample (an empty group for seq aux), padding inside samples and at the end.
   const data::Pack pack = make_pack({{6, 8}, {0, 4}, {11, 11}, {3, 5}}, 3);
-  const model::MoeSaved s = routed(pack.N, E, K, 21);
+  const ref::MoeSaved s = routed(pack.N, E, K, 21);
   using model::AuxLossType;
   for (const auto type : {AuxLossType::micro_batch, AuxLossType::seq}) {
     const std::string name = type == AuxLossType::seq ? "seq" : "micro_batch";
@@ -203,7 +301,7 @@ TEST(RouterLoss, GlobalRunningAndFinalCountsMatchHostTerms) {
   const std::vector<data::Pack> packs = {make_pack({{7, 8}, {2, 4}}, 1),
                                          make_pack({{5, 5}, {0, 2}, {9, 10}}, 0),
                                          make_pack({{12, 12}}, 4)};
-  std::vector<model::MoeSaved> saved;
+  std::vector<ref::MoeSaved> saved;
   double step_tokens = 0;
   for (size_t i = 0; i < packs.size(); ++i) {
     saved.push_back(routed(packs[i].N, E, K, 31 + i));
@@ -212,14 +310,14 @@ TEST(RouterLoss, GlobalRunningAndFinalCountsMatchHostTerms) {
   const auto opt = options(model::AuxLossType::global, 0.05, 2e-3);
 
   // Running counts: each pack's counts join the step's before its loss (the trainer's order).
-  model::GlobalRouterCounts running;
+  ref::GlobalRouterCounts running;
   running.step_tokens = step_tokens;
   Vec counts(E, 0.0), tokens(1, 0.0);
   for (size_t i = 0; i < packs.size(); ++i) {
     running.add(kPrefix, saved[i], packs[i], E);
     VecI idx = saved[i].topk_idx_NK;
     VecI group =
-        model::make_router_terms(opt, moe_config(E, K), packs[i], saved[i], kPrefix, &running)
+        ref::make_router_terms(opt, moe_config(E, K), packs[i], saved[i], kPrefix, &running)
             .group_N;
     ops::moe_count_routes(i32(idx), i32(group), packs[i].N, K, E, 1, f64(counts), f64(tokens));
     expect_bitwise(counts, running.counts_E.at(kPrefix), "running counts");
@@ -228,7 +326,7 @@ TEST(RouterLoss, GlobalRunningAndFinalCountsMatchHostTerms) {
                "global running, pack " + std::to_string(i));
   }
   // Final counts (step_tokens = 0): the whole step's totals.
-  model::GlobalRouterCounts final_counts = running;
+  ref::GlobalRouterCounts final_counts = running;
   final_counts.step_tokens = 0;
   for (size_t i = 0; i < packs.size(); ++i)
     check_pack(opt, packs[i], saved[i], &final_counts, &counts, &tokens, 0,
@@ -244,15 +342,15 @@ TEST(RouterLoss, AuxCoefficientMatchesMakeRouterTerms) {
     for (const double aux_coef : {0.01, 0.037, 1e-3})
       for (const double step : {0.0, 97.0, 1234.0, 65536.0})
         for (int T = 0; T <= 150; T += T < 20 ? 1 : 7) {
-          model::MoeSaved s;
+          ref::MoeSaved s;
           s.N = 1, s.E = E, s.K = K;
-          model::GlobalRouterCounts global;
+          ref::GlobalRouterCounts global;
           global.counts_E[kPrefix] = Vec(E, 1.0);
           global.tokens[kPrefix] = T;
           global.step_tokens = step;
           const auto opt = options(model::AuxLossType::global, aux_coef, 0);
           const auto terms =
-              model::make_router_terms(opt, moe_config(E, K), pack, s, kPrefix, &global);
+              ref::make_router_terms(opt, moe_config(E, K), pack, s, kPrefix, &global);
           VecF probs(E, 0.f);
           probs[0] = 1.f;
           VecI group = {0};
@@ -272,7 +370,7 @@ TEST(RouterLoss, AuxCoefficientMatchesMakeRouterTerms) {
 TEST(RouterLoss, LossAccumulatesAcrossCalls) {
   const int64_t E = 5, K = 2;
   const data::Pack pack = make_pack({{4, 6}, {7, 7}}, 1);
-  const model::MoeSaved s = routed(pack.N, E, K, 41);
+  const ref::MoeSaved s = routed(pack.N, E, K, 41);
   VecI group(pack.N), idx = s.topk_idx_NK;
   for (int64_t t = 0; t < pack.N; ++t) group[t] = pack.is_pad[t] ? -1 : t < 6 ? 0 : 1;
   VecF probs = s.probs_NE, lse = s.lse_N;
@@ -296,7 +394,7 @@ TEST(RouterLoss, LossAccumulatesAcrossCalls) {
 
 TEST(RouterLoss, NoGroupsAndEmptyGroupView) {
   const int64_t E = 4, K = 2, N = 6;
-  const model::MoeSaved s = routed(N, E, K, 51);
+  const ref::MoeSaved s = routed(N, E, K, 51);
   VecF probs = s.probs_NE, lse = s.lse_N;
   VecI idx = s.topk_idx_NK;
   // G == 0: no aux loss, zero gradient, and the (empty) statistics views are not read.

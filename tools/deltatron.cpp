@@ -3,11 +3,14 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
 #include "io/file_util.h"
+#include "train/bench.h"
 #include "train/convert.h"
 #include "train/init_cmd.h"
 #include "train/presets.h"
@@ -15,33 +18,10 @@
 #include "train/score.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
-#ifdef DT_HAVE_CUDA
-#include "gpu/bench.h"
-#include "gpu/engine.h"
-#endif
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 using namespace deltatron;
 
-#ifdef DT_HAVE_CUDA
-using BenchArgs = gpu::BenchOptions;
-#else
-// Same fields as gpu::BenchOptions, so the command line parses the same without CUDA.
-struct BenchArgs {
-  std::string preset = "2b";
-  int64_t layers = 0, micro_batch_tokens = 8192, warmup = 3, steps = 10;
-  std::string precision = "bf16";
-  bool mtp = false, recompute = false;
-  uint64_t seed = 1;
-  std::string lengths_in, lengths_out, json_out;
-};
-#endif
-
 int main(int argc, char** argv) {
-#ifdef DT_HAVE_CUDA
-  gpu::install_engine();  // train::make_engine("cuda", ...)
-#endif
   CLI::App app{"deltatron: train and fine-tune Qwen3.5 models"};
   app.require_subcommand(1);
 
@@ -135,9 +115,11 @@ int main(int argc, char** argv) {
   bool gen_fixed = false;
   gd->add_flag("--fixed-width", gen_fixed, "zero-pad operands and sums to a fixed width");
 
-  BenchArgs bench;
+  train::BenchOptions bench;
   CLI::App* bn = app.add_subcommand(
       "bench", "Training-step throughput of a preset on one GPU (packed SFT-like batches)");
+  bn->add_option("--device", bench.device, "cuda (default) or cpu (a smoke run)")
+      ->check(CLI::IsMember({"cuda", "cpu"}));
   bn->add_option("--preset", bench.preset, "model preset (default 2b)");
   bn->add_option("--layers", bench.layers, "override the number of layers (e.g. 8 for 35b-a3b)")
       ->check(CLI::PositiveNumber);
@@ -204,13 +186,7 @@ int main(int argc, char** argv) {
     }
     if (cv->parsed()) train::run_convert(conv);
     if (bn->parsed()) {
-#ifdef DT_HAVE_CUDA
-      gpu::run_bench(bench);
-#else
-      core::fail(
-          "bench needs the CUDA backend; this build has none (configure with nvcc "
-          "available and -DDT_CUDA=ON)");
-#endif
+      train::run_bench(bench);
     }
     if (in->parsed()) train::run_init(init);
     if (rd->parsed()) train::run_render(render);

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
 
 #include "core/view.h"
 
@@ -16,6 +18,12 @@ class Allocator {
   // `bytes` > 0. Errors (out of memory) throw core::Error naming `what`.
   virtual void* allocate(size_t bytes, const char* what) = 0;
   virtual void deallocate(void* p, size_t bytes) noexcept = 0;
+  // Text appended to out-of-memory errors (what the caller plans to hold); bytes held by live
+  // allocations now and at most since the last reset. The host allocator keeps no accounts.
+  virtual void set_oom_hint(std::string) {}
+  virtual int64_t live_bytes() const { return 0; }
+  virtual int64_t peak_live_bytes() const { return 0; }
+  virtual void reset_peak_live_bytes() {}
 };
 
 // The allocator of a device. The host one always exists; another device's is the one its backend
@@ -39,6 +47,8 @@ class Buffer {
   ~Buffer();
 
   const View& view() const { return view_; }
+  // A buffer passes as its view to every op.
+  operator const View&() const { return view_; }  // NOLINT(google-explicit-constructor)
   void* data() const { return view_.data; }
   DType dtype() const { return view_.dtype; }
   Device device() const { return view_.device; }

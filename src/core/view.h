@@ -57,6 +57,12 @@ struct View {
     const size_t row = static_cast<size_t>(numel() / std::max<int64_t>(shape[0], 1));
     return View(static_cast<char*>(data) + begin * row * dtype_size(dtype), dtype, device, s);
   }
+  // Elements [offset, offset + n) of a contiguous view, as a flat view of n elements.
+  View slice(int64_t offset, int64_t n) const {
+    DT_CHECK(0 <= offset && 0 <= n && offset + n <= numel(), "elements [", offset, ", ", offset + n,
+             ") of a view of ", numel(), " elements");
+    return View(static_cast<char*>(data) + size_t(offset) * dtype_size(dtype), dtype, device, {n});
+  }
   // The same elements with another shape of the same element count.
   View reshaped(Shape s) const {
     DT_CHECK(core::numel(s) == numel(), "cannot view ", shape_str(shape), " as ", shape_str(s));

@@ -55,6 +55,10 @@ class PoolAllocator final : public core::Allocator {
     (void)cudaFreeAsync(p, 0);
     g_live.fetch_sub(int64_t(bytes));
   }
+  void set_oom_hint(std::string hint) override { cuda::set_oom_hint(std::move(hint)); }
+  int64_t live_bytes() const override { return cuda::live_bytes(); }
+  int64_t peak_live_bytes() const override { return cuda::peak_live_bytes(); }
+  void reset_peak_live_bytes() override { cuda::reset_peak_live_bytes(); }
 };
 
 }  // namespace

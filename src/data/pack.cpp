@@ -51,6 +51,8 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
     p.cu_seqlens_padded.push_back(static_cast<int32_t>(off));
     p.sample_index.push_back(index[i]);
   }
+  p.mtp_input_ids = roll_within_segments(p.input_ids, p.cu_seqlens_padded, 0);
+  p.mtp_targets = roll_within_segments(p.targets, p.cu_seqlens_padded, kIgnoreIndex);
   return p;
 }
 

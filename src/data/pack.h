@@ -21,12 +21,16 @@ namespace deltatron::data {
 //   position_ids [3N]  three MRoPE rows (T, H, W), equal for text; restart at 0 in every sample
 //   cu_seqlens  [S+1]  cumulative real lengths (no padding)
 //   cu_seqlens_padded [S+1] physical boundaries: the segments every token-mixing op sees
+//   mtp_input_ids [N]  the MTP head's inputs and labels (spec 3.2): input_ids and targets rolled
+//   mtp_targets   [N]  left by one inside each physical segment (roll_within_segments), with 0
+//                      and -100 at each segment's last slot; rolled once, here
 //   is_pad      [N]    1 on padding slots (excluded from router statistics), 0 on real tokens
 //   sample_index [S]   caller's index of each sample (e.g. its line in the dataset)
 struct Pack {
   int64_t N = 0;
   std::vector<int32_t> input_ids, labels, targets, position_ids;
   std::vector<int32_t> cu_seqlens, cu_seqlens_padded;
+  std::vector<int32_t> mtp_input_ids, mtp_targets;
   std::vector<uint8_t> is_pad;
   std::vector<int64_t> sample_index;
 

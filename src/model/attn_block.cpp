@@ -1,120 +1,111 @@
-// Gated full-attention mixer: forward and hand-written backward over a pack.
-#include "model/attn_block.h"
-
+// Gated full-attention mixer: forward and hand-written backward (see blocks.h).
 #include <cmath>
 
+#include "model/blocks.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/tensor.h"
 
 namespace deltatron::model {
 
 namespace {
-
-// The block's six weights, looked up once per fwd / bwd call.
-struct AttnWeights {
-  const float *Wq, *Wk, *Wv, *Wo, *wqn, *wkn;
-  AttnWeights(const TensorMap& params, const std::string& prefix)
-      : Wq(weight(params, prefix + "q_proj.weight").ptr()),
-        Wk(weight(params, prefix + "k_proj.weight").ptr()),
-        Wv(weight(params, prefix + "v_proj.weight").ptr()),
-        Wo(weight(params, prefix + "o_proj.weight").ptr()),
-        wqn(weight(params, prefix + "q_norm.weight").ptr()),
-        wkn(weight(params, prefix + "k_norm.weight").ptr()) {}
+struct Dims {
+  int64_t N, D, H, J, K, R;
+  float scale;
+  int sec[3];
+  explicit Dims(const Ctx& cx)
+      : N(cx.N()),
+        D(cx.c.hidden_size),
+        H(cx.c.num_attention_heads),
+        J(cx.c.num_key_value_heads),
+        K(cx.c.head_dim),
+        R(cx.c.rotary_dim()),
+        scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(cx.c.head_dim)))),
+        sec{cx.c.mrope_section[0], cx.c.mrope_section[1], cx.c.mrope_section[2]} {}
 };
-
 }  // namespace
 
-void AttnBlock::fwd(core::Device dev, const Config& c, const TensorMap& params,
-                    const data::Pack& pack, const float* x_ND, float* y_ND, AttnSaved& s) const {
-  const int64_t N = pack.N, D = c.hidden_size, H = c.num_attention_heads, J = c.num_key_value_heads,
-                K = c.head_dim;
-  const AttnWeights w(params, prefix);
+void attn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& resid,
+              AttnSaved& s) {
+  const Dims d(cx);
+  const int64_t N = d.N, H = d.H, J = d.J, K = d.K;
+  const Params& p = cx.p;
+  s.x = x;
+  {
+    // q_proj rows are per-head interleaved: head h owns [2hK, 2hK+K) query, then K gate columns.
+    Buffer qg = cx.act(N * H * 2 * K, "attention q/gate projection");
+    ops::linear_fwd(x, p.w(pf + "q_proj.weight"), N, d.D, H * 2 * K, qg, false);
+    s.q_raw = cx.act(N * H * K, "attention q");
+    s.gate = cx.act(N * H * K, "attention gate");
+    ops::copy_cols(qg, 2 * K, 0, s.q_raw, K, 0, N * H, K);
+    ops::copy_cols(qg, 2 * K, K, s.gate, K, 0, N * H, K);
+  }
+  s.k_raw = cx.act(N * J * K, "attention k");
+  s.v = cx.act(N * J * K, "attention v");
+  ops::linear_fwd(x, p.w(pf + "k_proj.weight"), N, d.D, J * K, s.k_raw, false);
+  ops::linear_fwd(x, p.w(pf + "v_proj.weight"), N, d.D, J * K, s.v, false);
 
-  s.x_ND.assign(x_ND, x_ND + N * D);
-  // q_proj rows are per-head interleaved: head h owns [2hK, 2hK+K) query, [2hK+K, 2(h+1)K) gate.
-  std::vector<float> qg(N * H * 2 * K);
-  ops::linear_fwd(dev, x_ND, w.Wq, N, D, H * 2 * K, qg.data());
-  s.q_raw_NHK.resize(N * H * K);
-  s.gate_NHK.resize(N * H * K);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* src = &qg[(n * H + h) * 2 * K];
-      std::copy(src, src + K, &s.q_raw_NHK[(n * H + h) * K]);
-      std::copy(src + K, src + 2 * K, &s.gate_NHK[(n * H + h) * K]);
-    }
-  s.k_raw_NJK.resize(N * J * K);
-  s.v_NJK.resize(N * J * K);
-  ops::linear_fwd(dev, x_ND, w.Wk, N, D, J * K, s.k_raw_NJK.data());
-  ops::linear_fwd(dev, x_ND, w.Wv, N, D, J * K, s.v_NJK.data());
+  s.q = cx.act(N * H * K, "attention q (normed)");
+  s.k = cx.act(N * J * K, "attention k (normed)");
+  s.rstd_q = cx.f32(N * H, "attention q rstd");
+  s.rstd_k = cx.f32(N * J, "attention k rstd");
+  ops::rmsnorm_fwd(s.q_raw, p.w(pf + "q_norm.weight"), N * H, K, cx.c.rms_norm_eps, s.q, s.rstd_q);
+  ops::rmsnorm_fwd(s.k_raw, p.w(pf + "k_norm.weight"), N * J, K, cx.c.rms_norm_eps, s.k, s.rstd_k);
+  ops::rope_fwd(s.q, cx.b.pos3, N, H, K, d.R, cx.c.rope_theta, d.sec);
+  ops::rope_fwd(s.k, cx.b.pos3, N, J, K, d.R, cx.c.rope_theta, d.sec);
 
-  s.q_NHK.resize(N * H * K);
-  s.k_NJK.resize(N * J * K);
-  s.rstd_q_NH.resize(N * H);
-  s.rstd_k_NJ.resize(N * J);
-  ops::rmsnorm_fwd(dev, s.q_raw_NHK.data(), w.wqn, N * H, K, c.rms_norm_eps, s.q_NHK.data(),
-                   s.rstd_q_NH.data());
-  ops::rmsnorm_fwd(dev, s.k_raw_NJK.data(), w.wkn, N * J, K, c.rms_norm_eps, s.k_NJK.data(),
-                   s.rstd_k_NJ.data());
-  const int sec[3] = {c.mrope_section[0], c.mrope_section[1], c.mrope_section[2]};
-  const int64_t R = c.rotary_dim();
-  ops::rope_fwd(dev, s.q_NHK.data(), pack.position_ids.data(), N, H, K, R, c.rope_theta, sec);
-  ops::rope_fwd(dev, s.k_NJK.data(), pack.position_ids.data(), N, J, K, R, c.rope_theta, sec);
-
-  s.a_NHK.resize(N * H * K);
-  s.lse_NH.resize(N * H);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)));
-  ops::attention_fwd(dev, s.q_NHK.data(), s.k_NJK.data(), s.v_NJK.data(), pack.segments(), N, H, J,
-                     K, scale, s.a_NHK.data(), s.lse_NH.data());
-  s.gated_NHK.resize(N * H * K);
-  ops::sigmoid_mul_fwd(dev, s.a_NHK.data(), s.gate_NHK.data(), N * H * K, s.gated_NHK.data());
-  ops::linear_fwd(dev, s.gated_NHK.data(), w.Wo, N, H * K, D, y_ND);
+  s.a = cx.act(N * H * K, "attention output");
+  s.lse = cx.f32(N * H, "attention lse");
+  ops::attention_fwd(s.q, s.k, s.v, cx.b.cu, cx.b.seg, N, H, J, K, d.scale, s.a, s.lse);
+  s.gated = cx.act(N * H * K, "attention gated output");
+  ops::sigmoid_mul_fwd(s.a, s.gate, N * H * K, s.gated);
+  ops::linear_fwd(s.gated, p.w(pf + "o_proj.weight"), N, H * K, d.D, resid, true);
 }
 
-void AttnBlock::bwd(core::Device dev, const Config& c, const TensorMap& params, TensorMap& grads,
-                    const data::Pack& pack, const AttnSaved& s, const float* dy_ND,
-                    float* dx_ND) const {
-  const int64_t N = pack.N, D = c.hidden_size, H = c.num_attention_heads, J = c.num_key_value_heads,
-                K = c.head_dim;
-  const AttnWeights w(params, prefix);
+void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const View& dy,
+              const View& dx) {
+  const Dims d(cx);
+  const int64_t N = d.N, H = d.H, J = d.J, K = d.K;
+  const Params& p = cx.p;
 
-  std::vector<float> dgated(N * H * K), da(N * H * K), dgate(N * H * K);
-  ops::linear_bwd(dev, s.gated_NHK.data(), w.Wo, dy_ND, N, H * K, D, dgated.data(), false,
-                  grad(grads, prefix + "o_proj.weight"));
-  ops::sigmoid_mul_bwd(dev, s.a_NHK.data(), s.gate_NHK.data(), dgated.data(), N * H * K, da.data(),
-                       dgate.data());
+  Buffer da = cx.act(N * H * K, "attention d(output)");
+  Buffer dgate = cx.act(N * H * K, "attention d(gate)");
+  {
+    Buffer dgated = cx.act(N * H * K, "attention d(gated)");
+    ops::linear_bwd_dx(dy, p.w(pf + "o_proj.weight"), N, H * K, d.D, dgated, false);
+    ops::linear_bwd_dw(s.gated, dy, N, H * K, d.D, p.g(pf + "o_proj.weight"));
+    ops::sigmoid_mul_bwd(s.a, s.gate, dgated, N * H * K, da, dgate);
+  }
+  Buffer dq = cx.act(N * H * K, "attention dq");
+  Buffer dk = cx.act(N * J * K, "attention dk");
+  Buffer dv = cx.act(N * J * K, "attention dv");
+  ops::attention_bwd(s.q, s.k, s.v, s.a, s.lse, da, cx.b.cu, cx.b.seg, N, H, J, K, d.scale, dq, dk,
+                     dv);
+  da = Buffer();
+  ops::rope_bwd(dq, cx.b.pos3, N, H, K, d.R, cx.c.rope_theta, d.sec);
+  ops::rope_bwd(dk, cx.b.pos3, N, J, K, d.R, cx.c.rope_theta, d.sec);
 
-  std::vector<float> dq(N * H * K), dk(N * J * K), dv(N * J * K);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)));
-  ops::attention_bwd(dev, s.q_NHK.data(), s.k_NJK.data(), s.v_NJK.data(), s.a_NHK.data(),
-                     s.lse_NH.data(), da.data(), pack.segments(), N, H, J, K, scale, dq.data(),
-                     dk.data(), dv.data());
-  const int sec[3] = {c.mrope_section[0], c.mrope_section[1], c.mrope_section[2]};
-  const int64_t R = c.rotary_dim();
-  ops::rope_bwd(dev, dq.data(), pack.position_ids.data(), N, H, K, R, c.rope_theta, sec);
-  ops::rope_bwd(dev, dk.data(), pack.position_ids.data(), N, J, K, R, c.rope_theta, sec);
+  Buffer dqg = cx.act(N * H * 2 * K, "attention d(q/gate projection)");
+  {
+    Buffer dq_raw = cx.act(N * H * K, "attention dq (raw)");
+    ops::rmsnorm_bwd(s.q_raw, p.w(pf + "q_norm.weight"), s.rstd_q, dq, N * H, K, dq_raw, false,
+                     p.g(pf + "q_norm.weight"));
+    ops::copy_cols(dq_raw, K, 0, dqg, 2 * K, 0, N * H, K);
+    ops::copy_cols(dgate, K, 0, dqg, 2 * K, K, N * H, K);
+  }
+  Buffer dk_raw = cx.act(N * J * K, "attention dk (raw)");
+  ops::rmsnorm_bwd(s.k_raw, p.w(pf + "k_norm.weight"), s.rstd_k, dk, N * J, K, dk_raw, false,
+                   p.g(pf + "k_norm.weight"));
 
-  std::vector<float> dq_raw(N * H * K), dk_raw(N * J * K);
-  ops::rmsnorm_bwd(dev, s.q_raw_NHK.data(), w.wqn, s.rstd_q_NH.data(), dq.data(), N * H, K,
-                   dq_raw.data(), grad(grads, prefix + "q_norm.weight"));
-  ops::rmsnorm_bwd(dev, s.k_raw_NJK.data(), w.wkn, s.rstd_k_NJ.data(), dk.data(), N * J, K,
-                   dk_raw.data(), grad(grads, prefix + "k_norm.weight"));
-
-  std::vector<float> dqg(N * H * 2 * K);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t h = 0; h < H; ++h) {
-      float* dst = &dqg[(n * H + h) * 2 * K];
-      std::copy(&dq_raw[(n * H + h) * K], &dq_raw[(n * H + h + 1) * K], dst);
-      std::copy(&dgate[(n * H + h) * K], &dgate[(n * H + h + 1) * K], dst + K);
-    }
-  ops::linear_bwd(dev, s.x_ND.data(), w.Wq, dqg.data(), N, D, H * 2 * K, dx_ND, false,
-                  grad(grads, prefix + "q_proj.weight"));
-  ops::linear_bwd(dev, s.x_ND.data(), w.Wk, dk_raw.data(), N, D, J * K, dx_ND, true,
-                  grad(grads, prefix + "k_proj.weight"));
-  ops::linear_bwd(dev, s.x_ND.data(), w.Wv, dv.data(), N, D, J * K, dx_ND, true,
-                  grad(grads, prefix + "v_proj.weight"));
+  ops::linear_bwd_dx(dqg, p.w(pf + "q_proj.weight"), N, d.D, H * 2 * K, dx, false);
+  ops::linear_bwd_dw(s.x, dqg, N, d.D, H * 2 * K, p.g(pf + "q_proj.weight"));
+  ops::linear_bwd_dx(dk_raw, p.w(pf + "k_proj.weight"), N, d.D, J * K, dx, true);
+  ops::linear_bwd_dw(s.x, dk_raw, N, d.D, J * K, p.g(pf + "k_proj.weight"));
+  ops::linear_bwd_dx(dv, p.w(pf + "v_proj.weight"), N, d.D, J * K, dx, true);
+  ops::linear_bwd_dw(s.x, dv, N, d.D, J * K, p.g(pf + "v_proj.weight"));
 }
 
 }  // namespace deltatron::model

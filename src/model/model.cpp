@@ -1,40 +1,103 @@
-// Qwen3.5 model driver: embedding, decoder stack, final norm, LM head, MTP head, router losses,
-// and the hand-written reverse pass in exactly the opposite order.
+// Qwen3.5 model driver: embedding, decoder stack, final norm, fused LM head + CE, MTP head,
+// router losses, and the reverse pass in exactly the opposite order.
 #include "model/model.h"
 
-#include <algorithm>
 #include <memory>
+#include <sstream>
 
-#include "model/decoder_layer.h"
-#include "model/mtp_block.h"
+#include "model/layer.h"
+#include "model/lm_head.h"
+#include "ops/device.h"
 #include "ops/embedding.h"
+#include "ops/linear.h"
 #include "ops/rmsnorm.h"
+#include "ops/tensor.h"
 
 namespace deltatron::model {
 
 namespace {
 
-DecoderLayer trunk_layer(const Config& c, int64_t i) {
-  return DecoderLayer{c.name("layers." + std::to_string(i) + "."), c.layer_types[i]};
+Layer trunk_layer(const Config& c, int64_t i) {
+  return Layer{c.name("layers." + std::to_string(i) + "."), c.layer_types[i]};
+}
+Layer mtp_layer() { return Layer{"mtp.layers.0.", LayerType::full_attention}; }
+
+// MTP head input (spec 3.2), from the pack's rolled ids: e = embed(ids),
+// cat = [RMSNorm_e(e) | RMSNorm_h(hf)], r = fc(cat) (the MTP layer's residual stream input).
+struct MtpInput {
+  Buffer e, cat, rstd_e, rstd_h, r;
+};
+MtpInput mtp_input(const Ctx& cx, const View& hf) {
+  const Config& c = cx.c;
+  const int64_t N = cx.N(), D = c.hidden_size;
+  const Params& p = cx.p;
+  MtpInput m{cx.f32(N * D, "MTP embedding"), cx.act(N * 2 * D, "MTP concat"),
+             cx.f32(N, "MTP embedding norm rstd"), cx.f32(N, "MTP hidden norm rstd"),
+             cx.f32(N * D, "MTP residual stream")};
+  ops::embedding_fwd(cx.b.mtp_ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, m.e);
+  Buffer ne = cx.act(N * D, "MTP normed embedding"), nh = cx.act(N * D, "MTP normed hidden");
+  ops::rmsnorm_fwd(m.e, p.w("mtp.pre_fc_norm_embedding.weight"), N, D, c.rms_norm_eps, ne,
+                   m.rstd_e);
+  ops::rmsnorm_fwd(hf, p.w("mtp.pre_fc_norm_hidden.weight"), N, D, c.rms_norm_eps, nh, m.rstd_h);
+  ops::copy_cols(ne, D, 0, m.cat, 2 * D, 0, N, D);  // embedding first
+  ops::copy_cols(nh, D, 0, m.cat, 2 * D, D, N, D);
+  ops::linear_fwd(m.cat, p.w("mtp.fc.weight"), N, 2 * D, D, m.r, false);
+  return m;
 }
 
-void check_supported(const Config& c) {
-  DT_CHECK(!c.mtp_enabled || c.mtp_num_hidden_layers == 1,
-           "mtp_num_hidden_layers = ", c.mtp_num_hidden_layers,
-           " is not supported (Qwen3.5 uses 1)");
+// Activation recomputation: after a layer's forward only its f32 input (and the router-loss
+// terms, which depend on running counts and must not be rebuilt) is kept; the backward reruns
+// the layer's forward from that input first. The kernels are deterministic, so the rerun
+// reproduces the dropped activations bitwise and the gradients equal the stored-activation ones.
+void keep_only_input(LayerSaved& s) {
+  LayerSaved slim;
+  slim.x_in = std::move(s.x_in);
+  slim.moe.terms = std::move(s.moe.terms);
+  slim.moe.has_terms = s.moe.has_terms;
+  slim.moe.loss_scale = s.moe.loss_scale;
+  s = std::move(slim);
 }
 
-void add_router_terms(const Config& c, const ModelOptions& opt, const data::Pack& pack,
-                      const DecoderLayer& layer, LayerSaved& s, double& router_loss) {
-  if (!c.is_moe() || !opt.router.active()) return;
-  const GlobalRouterCounts* global = opt.global_counts;
-  if (opt.running_counts && opt.router.aux_type == AuxLossType::global) {
-    opt.running_counts->add(layer.moe_prefix(), s.moe, pack, c.num_experts);
-    global = opt.running_counts;
-  }
-  s.router = make_router_terms(opt.router, c, pack, s.moe, layer.moe_prefix(), global);
-  s.has_router_terms = true;
-  router_loss += MoeBlock{layer.moe_prefix()}.router_loss(s.moe, s.router);
+void recompute_layer(const Ctx& cx, const Layer& layer, LayerSaved& s) {
+  Buffer x = cx.f32(cx.N() * cx.c.hidden_size, "recomputed layer input");
+  ops::cast(s.x_in, x, x.numel());
+  LayerSaved full;
+  layer.fwd(cx, x, full);
+  full.moe.terms = std::move(s.moe.terms);
+  full.moe.has_terms = s.moe.has_terms;
+  full.moe.loss_scale = s.moe.loss_scale;
+  s = std::move(full);
+}
+
+// Rough activation bytes of one pack (what the forward keeps for the backward), for the
+// out-of-memory message.
+double planned_activation_bytes(const Config& c, int64_t N, core::DType dt) {
+  const double e = double(core::dtype_size(dt)), D = double(c.hidden_size);
+  double per_layer = N * D * (8 + 2 * e);  // x_in, h (f32), n1, n2
+  const double gdn = N *
+                     (2.0 * (2 * c.linear_num_key_heads * c.linear_key_head_dim +
+                             c.linear_num_value_heads * c.linear_value_head_dim) +
+                      4.0 * c.linear_num_value_heads * c.linear_value_head_dim) *
+                     e;
+  const double attn =
+      N * (6.0 * c.num_attention_heads + 3.0 * c.num_key_value_heads) * c.head_dim * e;
+  const double ffn = c.is_moe()
+                         ? N * double(c.num_experts_per_tok) * 3.0 * c.moe_intermediate_size * e
+                         : N * 3.0 * c.intermediate_size * e;
+  double total = 0;
+  for (auto t : c.layer_types)
+    total += per_layer + ffn + (t == LayerType::full_attention ? attn : gdn);
+  return total;
+}
+
+void set_activation_hint(const Config& c, const Params& p, int64_t N) {
+  std::ostringstream hint;
+  hint.precision(3);
+  hint << "this pack has " << N << " tokens and its activations need about "
+       << planned_activation_bytes(c, N, p.dt()) / double(1ull << 30)
+       << " GiB; lower the micro-batch token budget (training.micro_batch_tokens, "
+          "--pack-tokens) or set training.recompute = true to fit";
+  core::allocator(p.device()).set_oom_hint(hint.str());
 }
 
 }  // namespace
@@ -67,89 +130,143 @@ std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<
   return exact;
 }
 
-PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& p,
-                       const data::Pack& pack, TensorMap* g, const ModelOptions& opt) {
-  check_supported(c);
+Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params)
+    : c_(c), params_((ops::check_device(dev), dev), dt, host_params) {
+  DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1,
+           "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
+           " is not supported (Qwen3.5 uses 1)");
+}
+
+PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOptions& opt) {
+  const Config& c = c_;
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
+  set_activation_hint(c, params_, N);
+  const Batch b(c, pack, params_.device());
+  const Ctx cx{c, params_, b};
+  const Params& p = params_;
   const std::string embed = c.name("embed_tokens.weight"), norm = c.name("norm.weight");
   PackLoss out;
+  Buffer router_loss(cx.dev(), core::DType::f64, {1}, "router loss");
+  ops::zero(router_loss);
 
-  // Trunk forward.
-  std::vector<float> x(N * D);
-  ops::embedding_fwd(dev, pack.input_ids.data(), weight(p, embed).ptr(), N, c.vocab_size, D,
-                     x.data());
+  // Trunk forward on the f32 residual stream.
+  Buffer x = cx.f32(N * D, "residual stream");
+  ops::embedding_fwd(b.ids, p.w(embed), N, c.vocab_size, D, x);
   std::vector<std::unique_ptr<LayerSaved>> saved(L);
   for (int64_t i = 0; i < L; ++i) {
     saved[i] = std::make_unique<LayerSaved>();
-    trunk_layer(c, i).fwd(dev, c, p, pack, x, *saved[i]);
-    add_router_terms(c, opt, pack, trunk_layer(c, i), *saved[i], out.router_loss);
+    trunk_layer(c, i).fwd(cx, x, *saved[i]);
+    add_router_terms(cx, opt, trunk_layer(c, i).moe_prefix(), saved[i]->moe, router_loss);
+    if (recompute_ && with_grads) keep_only_input(*saved[i]);
   }
-  std::vector<float> hf(N * D), rstd_f(N);
-  ops::rmsnorm_fwd(dev, x.data(), weight(p, norm).ptr(), N, D, c.rms_norm_eps, hf.data(),
-                   rstd_f.data());
+  Buffer hf = cx.act(N * D, "final norm output");
+  Buffer rstd_f = cx.f32(N, "final norm rstd");
+  ops::rmsnorm_fwd(x, p.w(norm), N, D, c.rms_norm_eps, hf, rstd_f);
 
-  // Language-model head (its backward runs right away; dhf collects the hidden gradient).
-  std::vector<float> dhf(g ? N * D : 0);
-  std::vector<uint8_t> correct(opt.want_correct ? N : 0, 1);
+  // LM head (its backward runs right away; dhf collects the hidden gradient).
+  Buffer dhf = with_grads ? cx.act(N * D, "final norm output gradient") : Buffer();
+  std::vector<uint8_t> correct;
   sum_per_sample(pack,
-                 lm_head_loss(dev, c, p, g, N, pack.targets.data(), hf.data(), dhf.data(),
-                              opt.ce_scale, opt.want_correct ? correct.data() : nullptr),
+                 head_loss(cx, hf, b.targets, opt.ce_scale, with_grads, dhf,
+                           opt.want_correct ? &correct : nullptr),
                  pack.targets, out.loss_sum, out.n_tokens);
   if (opt.want_correct) out.exact = exact_per_sample(pack, pack.targets, correct);
 
-  // MTP head: forward, its loss, and its backward (adding into dhf).
+  // MTP head (spec 3.2): inputs and labels rolled inside each sample (when the pack was built).
   if (c.mtp_enabled) {
-    MtpBlock mtp;
-    auto ms = std::make_unique<MtpSaved>();
-    mtp.fwd(dev, c, p, pack, hf.data(), *ms);
-    add_router_terms(c, opt, pack, mtp.layer(), ms->layer, out.router_loss);
-    std::vector<float> dm(g ? N * D : 0);
-    sum_per_sample(pack,
-                   lm_head_loss(dev, c, p, g, N, ms->targets_N.data(), ms->m_ND.data(), dm.data(),
-                                opt.mtp_ce_scale),
-                   ms->targets_N, out.mtp_loss_sum, out.mtp_n_tokens);
-    if (g) mtp.bwd(dev, c, p, *g, pack, *ms, dm.data(), opt.router_scale, dhf.data());
+    MtpInput in = mtp_input(cx, hf);
+    const Buffer& r = in.r;
+    LayerSaved ms;
+    mtp_layer().fwd(cx, r, ms);
+    add_router_terms(cx, opt, mtp_layer().moe_prefix(), ms.moe, router_loss);
+    Buffer m = cx.act(N * D, "MTP norm output"), rstd_m = cx.f32(N, "MTP norm rstd");
+    ops::rmsnorm_fwd(r, p.w("mtp.norm.weight"), N, D, c.rms_norm_eps, m, rstd_m);
+    Buffer dm = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buffer();
+    sum_per_sample(pack, head_loss(cx, m, b.mtp_targets, opt.mtp_ce_scale, with_grads, dm, nullptr),
+                   pack.mtp_targets, out.mtp_loss_sum, out.mtp_n_tokens);
+    if (with_grads) {
+      Buffer dr = cx.f32(N * D, "MTP residual gradient");
+      ops::rmsnorm_bwd(r, p.w("mtp.norm.weight"), rstd_m, dm, N, D, dr, false,
+                       p.g("mtp.norm.weight"));
+      mtp_layer().bwd(cx, ms, dr);
+      Buffer dr_dt = cx.act(N * D, "MTP residual gradient (compute dtype)");
+      ops::cast(dr, dr_dt, N * D);
+      Buffer dcat = cx.act(N * 2 * D, "MTP concat gradient");
+      ops::linear_bwd_dx(dr_dt, p.w("mtp.fc.weight"), N, 2 * D, D, dcat, false);
+      ops::linear_bwd_dw(in.cat, dr_dt, N, 2 * D, D, p.g("mtp.fc.weight"));
+      Buffer dne = cx.act(N * D, "MTP d(normed embedding)");
+      Buffer dnh = cx.act(N * D, "MTP d(normed hidden)");
+      ops::copy_cols(dcat, 2 * D, 0, dne, D, 0, N, D);
+      ops::copy_cols(dcat, 2 * D, D, dnh, D, 0, N, D);
+      ops::rmsnorm_bwd(hf, p.w("mtp.pre_fc_norm_hidden.weight"), in.rstd_h, dnh, N, D, dhf, true,
+                       p.g("mtp.pre_fc_norm_hidden.weight"));
+      Buffer de = cx.f32(N * D, "MTP embedding gradient");
+      ops::rmsnorm_bwd(in.e, p.w("mtp.pre_fc_norm_embedding.weight"), in.rstd_e, dne, N, D, de,
+                       false, p.g("mtp.pre_fc_norm_embedding.weight"));
+      ops::embedding_bwd(b.mtp_grad_ids, de, N, D, c.vocab_size, p.g(embed));
+    }
   }
-  if (!g) return out;
+  if (c.is_moe() && opt.router.active()) ops::copy_to_host(router_loss, &out.router_loss);
+  if (!with_grads) return out;
 
   // Trunk backward: final norm, layers in reverse, embedding.
-  std::vector<float> dx(N * D);
-  ops::rmsnorm_bwd(dev, x.data(), weight(p, norm).ptr(), rstd_f.data(), dhf.data(), N, D, dx.data(),
-                   grad(*g, norm));
+  Buffer dx = cx.f32(N * D, "residual gradient");
+  ops::rmsnorm_bwd(x, p.w(norm), rstd_f, dhf, N, D, dx, false, p.g(norm));
+  dhf = Buffer();
+  hf = Buffer();
   for (int64_t i = L - 1; i >= 0; --i) {
-    trunk_layer(c, i).bwd(dev, c, p, *g, pack, *saved[i], opt.router_scale, dx);
+    if (recompute_) recompute_layer(cx, trunk_layer(c, i), *saved[i]);
+    trunk_layer(c, i).bwd(cx, *saved[i], dx);
     saved[i].reset();
   }
-  // HF builds embed_tokens with padding_idx = pad_token_id: that row gets no gradient through
-  // the lookup (a tied lm_head still contributes to it).
-  if (c.pad_token_id)
-    for (int64_t n = 0; n < N; ++n)
-      if (pack.input_ids[n] == *c.pad_token_id) std::fill(&dx[n * D], &dx[(n + 1) * D], 0.f);
-  ops::embedding_bwd(dev, pack.input_ids.data(), dx.data(), N, D, grad(*g, embed));
+  ops::embedding_bwd(b.grad_ids, dx, N, D, c.vocab_size, p.g(embed));
   return out;
 }
 
-void model_count_routes(core::Device dev, const Config& c, const TensorMap& p,
-                        const data::Pack& pack, GlobalRouterCounts& counts) {
-  check_supported(c);
+void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
+  const Config& c = c_;
   if (!c.is_moe()) return;
   const int64_t N = pack.N, D = c.hidden_size;
-  std::vector<float> x(N * D);
-  ops::embedding_fwd(dev, pack.input_ids.data(), weight(p, c.name("embed_tokens.weight")).ptr(), N,
-                     c.vocab_size, D, x.data());
+  const Batch b(c, pack, params_.device());
+  const Ctx cx{c, params_, b};
+  const Params& p = params_;
+  Buffer x = cx.f32(N * D, "residual stream");
+  ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerSaved s;
-    trunk_layer(c, i).fwd(dev, c, p, pack, x, s);
-    counts.add(trunk_layer(c, i).moe_prefix(), s.moe, pack, c.num_experts);
+    trunk_layer(c, i).fwd(cx, x, s);
+    moe_count(cx, trunk_layer(c, i).moe_prefix(), s.moe, counts);
   }
   if (!c.mtp_enabled) return;
-  std::vector<float> hf(N * D), rstd(N);
-  ops::rmsnorm_fwd(dev, x.data(), weight(p, c.name("norm.weight")).ptr(), N, D, c.rms_norm_eps,
-                   hf.data(), rstd.data());
-  MtpBlock mtp;
-  MtpSaved ms;
-  mtp.fwd(dev, c, p, pack, hf.data(), ms);
-  counts.add(mtp.layer().moe_prefix(), ms.layer.moe, pack, c.num_experts);
+  // The MTP layer's routes: rerun the head's forward (inputs as in fwd_bwd).
+  Buffer hf = cx.act(N * D, "final norm output"), rstd = cx.f32(N, "final norm rstd");
+  ops::rmsnorm_fwd(x, p.w(c.name("norm.weight")), N, D, c.rms_norm_eps, hf, rstd);
+  MtpInput in = mtp_input(cx, hf);
+  LayerSaved ms;
+  mtp_layer().fwd(cx, in.r, ms);
+  moe_count(cx, mtp_layer().moe_prefix(), ms.moe, counts);
+}
+
+PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& params,
+                       const data::Pack& pack, TensorMap* grads, const ModelOptions& opt) {
+  Model m(dev, core::DType::f32, c, params);
+  const PackLoss out = m.fwd_bwd(pack, grads != nullptr, opt);
+  if (grads) {
+    TensorMap g = zeros_like(params);
+    m.params().download_grads(g);
+    for (auto& [name, t] : g) {
+      float* dst = grad(*grads, name);
+      const float* src = t.ptr();
+      for (int64_t i = 0; i < t.numel(); ++i) dst[i] += src[i];
+    }
+  }
+  return out;
+}
+
+void model_count_routes(core::Device dev, const Config& c, const TensorMap& params,
+                        const data::Pack& pack, GlobalRouterCounts& counts) {
+  Model m(dev, core::DType::f32, c, params);
+  m.count_routes(pack, counts);
 }
 
 }  // namespace deltatron::model

@@ -1,4 +1,5 @@
-// The Qwen3.5 text model over a pack: forward, losses (LM, MTP, router), explicit backward.
+// The Qwen3.5 text model over a pack, on one device: forward, losses (LM, MTP, router) and the
+// explicit backward; one implementation for every device (the ops dispatch).
 #pragma once
 
 #include <cstdint>
@@ -7,7 +8,7 @@
 #include "core/device.h"
 #include "data/pack.h"
 #include "model/config.h"
-#include "model/lm_head.h"
+#include "model/params.h"
 #include "model/router_loss.h"
 #include "model/weights.h"
 
@@ -53,15 +54,38 @@ void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
 std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<int32_t>& targets_N,
                                       const std::vector<uint8_t>& correct_N);
 
-// Forward and, when grads != nullptr, backward (spec 2-5). Parameter gradients ACCUMULATE into
-// grads, which must hold a zero-initialised buffer for every parameter (see zeros_like). The
-// backward is the forward loop reversed, written out by hand. Logits are never materialised
-// for the whole pack.
+class Model {
+ public:
+  // Copies `host_params` to `dev`; dt is the compute / activation storage type (bf16 on CUDA,
+  // f32 for its debug mode; the CPU computes in f32).
+  Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params);
+
+  // Forward and, with_grads, backward (spec 2-5): the objective's parameter gradients are
+  // ADDED into params().g(...) (zero them with params().zero_grads()). The backward is the
+  // forward loop reversed, written out by hand. Logits are never materialised for the pack.
+  PackLoss fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOptions& opt = {});
+  // Forward only, adding every MoE layer's top-k counts over the pack's real tokens to
+  // `counts` (the first pass of an exact global aux loss).
+  void count_routes(const data::Pack& pack, GlobalRouterCounts& counts);
+
+  // Activation recomputation per layer: the forward keeps only each layer's input, the backward
+  // reruns the layer's forward first (about one extra trunk forward; bitwise-equal gradients).
+  void set_recompute(bool on) { recompute_ = on; }
+
+  Params& params() { return params_; }
+  const Config& config() const { return c_; }
+
+ private:
+  Config c_;
+  Params params_;
+  bool recompute_ = false;
+};
+
+// Host-tensor conveniences (tests and tools): the model on `dev` in f32 with `params` copied
+// in. Gradients ACCUMULATE into *grads, which must hold a buffer for every parameter
+// (zeros_like); grads == nullptr: forward only.
 PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& params,
                        const data::Pack& pack, TensorMap* grads, const ModelOptions& opt = {});
-
-// Forward only, accumulating every MoE layer's top-k counts over the pack's real tokens (the
-// first pass of an exact global aux loss).
 void model_count_routes(core::Device dev, const Config& c, const TensorMap& params,
                         const data::Pack& pack, GlobalRouterCounts& counts);
 

@@ -1,13 +1,13 @@
-// Router auxiliary losses of MoE layers: options, and the per-layer terms built from a pack.
+// Router auxiliary losses of MoE layers: options, the step's routing counts (on the model's
+// device) and the per-layer terms built from a pack. The formulas are ops/router_loss.h's.
 #pragma once
 
 #include <map>
 #include <string>
 #include <vector>
 
-#include "data/pack.h"
-#include "model/config.h"
-#include "model/moe_block.h"
+#include "core/buffer.h"
+#include "ops/router_loss.h"
 
 namespace deltatron::model {
 
@@ -31,21 +31,38 @@ struct RouterLossOptions {
   bool active() const { return aux_coef != 0.0 || z_coef != 0.0; }
 };
 
-// Top-k selection counts of real tokens per MoE layer, keyed by the layer's "...mlp." prefix.
+// Top-k selection counts of real tokens per MoE layer, keyed by the layer's "...mlp." prefix,
+// held on the model's device (f64: counts [E] and the token total [1]); the model adds to them
+// without copying anything to the host.
 struct GlobalRouterCounts {
-  std::map<std::string, std::vector<double>> counts_E;
-  std::map<std::string, double> tokens;
+  struct Layer {
+    core::Buffer counts_E, tokens_1;
+  };
+  std::map<std::string, Layer> layers;
   // Real tokens of the whole step when the counts are running (accumulated so far): each pack's
   // coefficient is then coeff*E/(k*tokens_so_far*step_tokens), so the terms of the step's
   // packs add up to the global loss. 0: the counts are final and tokens is the total.
   double step_tokens = 0.0;
-  void add(const std::string& moe_prefix, const MoeSaved& s, const data::Pack& pack,
-           int64_t num_experts);
+
+  // The layer's counts, created zeroed on `dev` on first use.
+  Layer& at(const std::string& moe_prefix, core::Device dev, int64_t num_experts);
+  // The layer's counts; an error when the layer has none.
+  const Layer& get(const std::string& moe_prefix) const;
+  // Host copies (tests, logs): one layer's, or every layer's keyed by prefix.
+  std::vector<double> counts(const std::string& moe_prefix) const;
+  double tokens(const std::string& moe_prefix) const;
+  std::map<std::string, std::vector<double>> host_counts() const;
+  std::map<std::string, double> host_tokens() const;
 };
 
-// The loss terms of one MoE layer for one pack. global must be non-null for AuxLossType::global.
-RouterLossTerms make_router_terms(const RouterLossOptions& opt, const Config& c,
-                                  const data::Pack& pack, const MoeSaved& s,
-                                  const std::string& moe_prefix, const GlobalRouterCounts* global);
+// The loss terms of one MoE layer for one pack: groups, counts and coefficients on the device.
+struct RouterTerms {
+  core::View group_N;              // i32 [N]: -1 padding, else the token's group
+  int64_t num_groups = 0;          // 0 = no L_aux
+  core::View counts_GE, tokens_G;  // f64, the counts the coefficients use
+  ops::AuxCoef coef;
+  double z_coef = 0;                    // 0 = no L_z
+  core::Buffer own_counts, own_tokens;  // this pack's counts (micro_batch, seq)
+};
 
 }  // namespace deltatron::model

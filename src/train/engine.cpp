@@ -1,56 +1,124 @@
-// The CPU engine, and the switch to the registered CUDA one (src/gpu/engine.cpp).
+// The engine: model::Model on one device, its AdamW moments beside the parameters (one fused
+// step over all tensors, a deterministic global gradient norm); host copies only when asked.
 #include "train/engine.h"
 
+#include <cmath>
+#include <vector>
+
 #include "core/error.h"
+#include "ops/adamw.h"
+#include "ops/tensor.h"
 
 namespace deltatron::train {
 
 namespace {
 
-class CpuEngine final : public Engine {
+class ModelEngine final : public Engine {
  public:
-  CpuEngine(const model::Config& c, model::TensorMap& params) : c_(c), params_(params) {}
+  ModelEngine(core::Device dev, core::DType dt, const model::Config& c,
+              const model::TensorMap& params, const AdamW* opt)
+      : model_(dev, dt, c, params) {
+    if (!opt) return;  // scoring (or the bench): the moments come with the first step
+    alloc_moments();
+    if (opt->step_count() > 0) {  // resumed: moments from the checkpoint
+      step_ = opt->step_count();
+      model_.params().to_flat(opt->exp_avg(), m_, "AdamW exp_avg");
+      model_.params().to_flat(opt->exp_avg_sq(), v_, "AdamW exp_avg_sq");
+    }
+  }
+
   model::PackLoss fwd_bwd(const data::Pack& pack, bool with_grads,
                           const model::ModelOptions& opt) override {
-    if (with_grads && grads_.empty()) grads_ = model::zeros_like(params_);
-    return model::model_fwd_bwd(core::Device::cpu, c_, params_, pack,
-                                with_grads ? &grads_ : nullptr, opt);
+    return model_.fwd_bwd(pack, with_grads, opt);
   }
   void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) override {
-    model::model_count_routes(core::Device::cpu, c_, params_, pack, counts);
+    model_.count_routes(pack, counts);
   }
-  void zero_grads() override { grads_ = model::zeros_like(params_); }
-  void grads_to_host(model::TensorMap& grads) override {
-    if (grads_.empty()) grads_ = model::zeros_like(params_);
-    for (auto& [name, t] : grads) t = model::weight(grads_, name);
+  void set_recompute(bool on) { model_.set_recompute(on); }
+  void zero_grads() override { model_.params().zero_grads(); }
+  void grads_to_host(model::TensorMap& grads) override { model_.params().download_grads(grads); }
+
+  double clip(double max_norm) override {
+    const model::Params& p = model_.params();
+    const double norm = std::sqrt(ops::sum_squares(p.grad_flat(), p.total()));
+    grad_scale_ = 1.0f;
+    if (std::isfinite(norm) && max_norm > 0) {
+      const double coef = max_norm / (norm + 1e-6);
+      if (coef < 1.0) grad_scale_ = static_cast<float>(coef);
+    }
+    return norm;
   }
-  double clip(double max_norm) override { return clip_grad_norm(grads_, max_norm); }
-  void step(AdamW& opt, double lr) override { opt.step(params_, grads_, lr); }
-  void sync_to_host(model::TensorMap&, AdamW&) override {}
+
+  void step(AdamW& opt, double lr) override {
+    model::Params& p = model_.params();
+    if (m_.numel() == 0) alloc_moments();
+    const auto& o = opt.options();
+    ops::AdamWArgs args;
+    args.lr = lr;
+    args.beta1 = o.beta1;
+    args.beta2 = o.beta2;
+    args.eps = o.eps;
+    args.step = ++step_;
+    args.grad_scale = grad_scale_;
+    std::vector<ops::AdamWTensor> ts;
+    for (const auto& name : p.names()) {
+      const auto& e = p.entry(name);
+      ops::AdamWTensor t;
+      t.master = p.master_flat().slice(e.offset, e.numel);
+      t.m = m_.view().slice(e.offset, e.numel);
+      t.v = v_.view().slice(e.offset, e.numel);
+      t.grad = p.grad_flat().slice(e.offset, e.numel);
+      if (p.dt() != core::DType::f32) t.compute_copy = p.compute_flat().slice(e.offset, e.numel);
+      t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;
+      ts.push_back(t);
+    }
+    ops::adamw_step_multi(ts, args);
+    grad_scale_ = 1.0f;
+  }
+
+  void sync_to_host(model::TensorMap& params, AdamW& opt) override {
+    model::Params& p = model_.params();
+    p.download(params);
+    model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
+    if (m_.numel() > 0) {  // else never stepped: the moments stay zero
+      p.from_flat(m_, m, "AdamW exp_avg");
+      p.from_flat(v_, v, "AdamW exp_avg_sq");
+    }
+    opt.set_state(step_, std::move(m), std::move(v));
+  }
 
  private:
-  const model::Config& c_;
-  model::TensorMap& params_;
-  model::TensorMap grads_;
+  void alloc_moments() {
+    model::Params& p = model_.params();
+    const core::Device dev = p.device();
+    core::allocator(dev).set_oom_hint(p.state_hint());
+    m_ = core::Buffer(dev, core::DType::f32, {p.total()}, "AdamW exp_avg");
+    v_ = core::Buffer(dev, core::DType::f32, {p.total()}, "AdamW exp_avg_sq");
+    ops::zero(m_);
+    ops::zero(v_);
+  }
+
+  model::Model model_;
+  core::Buffer m_, v_;
+  int64_t step_ = 0;
+  float grad_scale_ = 1.0f;
 };
 
-CudaEngineFactory g_cuda_engine = nullptr;
-
 }  // namespace
-
-void register_cuda_engine(CudaEngineFactory make) { g_cuda_engine = make; }
 
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt, bool recompute) {
-  if (device == "cpu") return std::make_unique<CpuEngine>(c, params);
-  DT_CHECK(device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
+  DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device,
+           "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
-  DT_CHECK(g_cuda_engine != nullptr,
-           "--device cuda: this build has no CUDA backend (configure with nvcc available and "
-           "-DDT_CUDA=ON); use --device cpu");
-  return g_cuda_engine(precision == "fp32", c, params, opt, recompute);
+  const bool cuda = device == "cuda";
+  const core::DType dt = cuda && precision == "bf16" ? core::DType::bf16 : core::DType::f32;
+  auto e = std::make_unique<ModelEngine>(cuda ? core::Device::cuda : core::Device::cpu, dt, c,
+                                         params, opt);
+  e->set_recompute(recompute);
+  return e;
 }
 
 }  // namespace deltatron::train

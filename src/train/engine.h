@@ -1,5 +1,5 @@
-// Where the model runs for score and train: the CPU reference (host tensors) or one GPU
-// (parameters, gradients and optimizer state resident on the device).
+// Where the model runs for score and train: one engine over model::Model on a device (the CPU
+// reference, or one GPU), with its gradients and AdamW state resident on that device.
 #pragma once
 
 #include <memory>
@@ -15,15 +15,15 @@ namespace deltatron::train {
 class Engine {
  public:
   virtual ~Engine() = default;
-  // model::model_fwd_bwd on this engine; with_grads accumulates into the engine's gradients.
+  // model::Model::fwd_bwd on this engine; with_grads accumulates into the engine's gradients.
   virtual model::PackLoss fwd_bwd(const data::Pack& pack, bool with_grads,
                                   const model::ModelOptions& opt) = 0;
   virtual void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) = 0;
   virtual void zero_grads() = 0;
   // Copies the gradients into `grads` (shaped like the parameters, e.g. model::zeros_like).
   virtual void grads_to_host(model::TensorMap& grads) = 0;
-  // Global gradient norm before clipping; scales the gradients to max_norm when larger
-  // (train::clip_grad_norm semantics; max_norm <= 0: no clipping).
+  // Global gradient norm before clipping; the next step scales the gradients to max_norm when
+  // the norm is larger (train::clip_grad_norm semantics; max_norm <= 0: no clipping).
   virtual double clip(double max_norm) = 0;
   // One AdamW update with the optimizer's options and decay groups (its step count advances).
   virtual void step(AdamW& opt, double lr) = 0;
@@ -31,17 +31,10 @@ class Engine {
   virtual void sync_to_host(model::TensorMap& params, AdamW& opt) = 0;
 };
 
-// The CUDA engine's constructor. train/ never includes a backend: the CUDA build's composition
-// root (the CLI, a GPU test) registers it with gpu::install_engine().
-using CudaEngineFactory = std::unique_ptr<Engine> (*)(bool fp32, const model::Config& c,
-                                                      model::TensorMap& params, const AdamW* opt,
-                                                      bool recompute);
-void register_cuda_engine(CudaEngineFactory make);
-
-// device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32". The engine keeps references to
-// `params` (cpu) or uploads them (cuda; `opt`'s moments too, for a resumed run). A clear error
+// device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32" (the CPU computes in fp32). The
+// engine copies `params` (and `opt`'s moments, for a resumed run) to the device. A clear error
 // when CUDA is unavailable: not built, no GPU, or not a Hopper GPU.
-// recompute (cuda): activation recomputation per layer (gpu::Model::set_recompute).
+// recompute: activation recomputation per layer (model::Model::set_recompute).
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt = nullptr, bool recompute = false);

@@ -1,5 +1,6 @@
 // Helpers of the GPU model-level tests: the test data directory on either machine, scoring a pack
-// with gpu::Model or the CPU reference, and worst-error bookkeeping that names the culprit.
+// with model::Model on CUDA or the CPU reference, and worst-error bookkeeping that names the
+// culprit.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -15,7 +16,6 @@
 #include <string>
 
 #include "data/pack.h"
-#include "gpu/model.h"
 #include "model/model.h"
 #include "test_util.h"
 
@@ -34,8 +34,8 @@ inline std::filesystem::path test_data_dir() {
 #endif
 }
 
-inline const char* mode_name(dt::gpu::DType dt) {
-  return dt == dt::gpu::DType::f32 ? "f32" : "bf16";
+inline const char* mode_name(dt::core::DType dt) {
+  return dt == dt::core::DType::f32 ? "f32" : "bf16";
 }
 
 // The tiny MoE + MTP variant of model_fixture.h's dense config (as test_model_moe_mtp.cpp).
@@ -55,7 +55,7 @@ struct Scored {
 };
 
 // One pack on the GPU model, gradients from zero (downloaded into a map shaped like `like`).
-inline Scored score_gpu(dt::gpu::Model& m, const dt::model::TensorMap& like,
+inline Scored score_gpu(dt::model::Model& m, const dt::model::TensorMap& like,
                         const dt::data::Pack& pack, const dt::model::ModelOptions& opt) {
   m.params().zero_grads();
   Scored r;

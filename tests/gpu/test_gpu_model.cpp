@@ -1,5 +1,5 @@
-// GPU model-level parity (label gpu): gpu::Model against the Hugging Face golden fixtures, pack
-// invariance on the GPU, gpu::Model against the CPU reference model with router losses, a mixer
+// GPU model-level parity (label gpu): the CUDA model against the Hugging Face golden fixtures, pack
+// invariance on the GPU, the CUDA model against the CPU reference model with router losses, a mixer
 // shape sweep against the CPU model, and the CUDA engine's optimizer steps against the CPU engine
 // (plus bitwise run-to-run determinism of the model and of bf16 training steps).
 //
@@ -24,8 +24,6 @@
 #include "data/pack.h"
 #include "data/sample.h"
 #include "golden_fixture.h"
-#include "gpu/engine.h"
-#include "gpu/model.h"
 #include "gpu_model_fixture.h"
 #include "io/checkpoint.h"
 #include "io/hf_layout.h"
@@ -55,7 +53,7 @@ constexpr double kPackLossBf16 = 1e-2;                // pack invariance, bf16 m
 
 struct GoldenCase {
   std::string fixture;
-  gpu::DType dt;
+  core::DType dt;
 };
 void PrintTo(const GoldenCase& k, std::ostream* os) { *os << k.fixture << " " << mode_name(k.dt); }
 
@@ -68,7 +66,7 @@ std::vector<GoldenCase> golden_cases() {
         names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   std::vector<GoldenCase> out;
-  for (auto dt : {gpu::DType::f32, gpu::DType::bf16})
+  for (auto dt : {core::DType::f32, core::DType::bf16})
     for (const auto& n : names) out.push_back({n, dt});
   return out;
 }
@@ -78,7 +76,7 @@ class GpuGolden : public ::testing::TestWithParam<GoldenCase> {};
 // The same pack and objective as test_golden.cpp (every sample, reverse order, alignment 8).
 TEST_P(GpuGolden, PackedLossesAndGradientsMatchHuggingFace) {
   const GoldenCase& k = GetParam();
-  const bool f32 = k.dt == gpu::DType::f32;
+  const bool f32 = k.dt == core::DType::f32;
   const double loss_tol = f32 ? kLossF32 : kLossBf16, grad_tol = f32 ? kGradF32 : kGradBf16;
   const fs::path dir = dt_gpu_test::test_data_dir() / "golden" / k.fixture;
   dt_test::GoldenFixture g;
@@ -92,7 +90,7 @@ TEST_P(GpuGolden, PackedLossesAndGradientsMatchHuggingFace) {
   const data::Pack& pack = g.pack;
   model::ModelOptions opt;
   opt.mtp_ce_scale = static_cast<float>(mtp_scale);
-  gpu::Model m(ck.config, ck.params, k.dt);
+  model::Model m(core::Device::cuda, k.dt, ck.config, ck.params);
   const Scored got = dt_gpu_test::score_gpu(m, ck.params, pack, opt);
 
   Worst loss;
@@ -170,7 +168,7 @@ struct PackCase {
   std::string name;
   bool moe;  // MoE + MTP with seq aux and z-loss; else the dense config without MTP
   int64_t align;
-  gpu::DType dt;
+  core::DType dt;
 };
 void PrintTo(const PackCase& k, std::ostream* os) { *os << k.name; }
 
@@ -179,7 +177,7 @@ class GpuPackInvariance : public ::testing::TestWithParam<PackCase> {};
 // The models, samples and orders of test_model_pack.cpp (dense) and test_model_moe_mtp.cpp (MoE).
 TEST_P(GpuPackInvariance, PackedEqualsSamplesAlone) {
   const PackCase& k = GetParam();
-  const bool f32 = k.dt == gpu::DType::f32;
+  const bool f32 = k.dt == core::DType::f32;
   model::Config c =
       model::parse_config(dt_test::tiny_config_json(k.moe ? dt_gpu_test::moe_mtp_overrides()
                                                           : nlohmann::json::object()),
@@ -197,7 +195,7 @@ TEST_P(GpuPackInvariance, PackedEqualsSamplesAlone) {
     opt.router.aux_type = model::AuxLossType::seq;
     opt.router.z_coef = 0.01;
   }
-  gpu::Model m(c, p, k.dt);
+  model::Model m(core::Device::cuda, k.dt, c, p);
 
   // Alone: one pack per sample; the model accumulates their gradients (never zeroed between).
   const int64_t S = static_cast<int64_t>(samples.size());
@@ -253,7 +251,7 @@ TEST_P(GpuPackInvariance, PackedEqualsSamplesAlone) {
 
 std::vector<PackCase> pack_cases() {
   std::vector<PackCase> out;
-  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
+  for (auto dt : {core::DType::f32, core::DType::bf16}) {
     const std::string d = mode_name(dt);
     out.push_back({"dense_align8_" + d, false, 8, dt});
     out.push_back({"dense_align64_" + d, false, 64, dt});
@@ -298,7 +296,7 @@ TEST_P(GpuVsCpu, LossesRouterLossesAndGradientsMatch) {
   model::GlobalRouterCounts run_cpu, run_gpu;
   run_cpu.step_tokens = run_gpu.step_tokens = 287;
 
-  gpu::Model m(c, p, gpu::DType::f32);
+  model::Model m(core::Device::cuda, core::DType::f32, c, p);
   m.params().zero_grads();
   model::TensorMap cpu_grads = model::zeros_like(p);
   Worst loss, router;
@@ -339,16 +337,16 @@ TEST_P(GpuVsCpu, LossesRouterLossesAndGradientsMatch) {
 
   if (k.aux == model::AuxLossType::global) {
     // The running counts are integers (top-k selections of real tokens): equal exactly.
-    EXPECT_EQ(run_gpu.counts_E, run_cpu.counts_E);
-    EXPECT_EQ(run_gpu.tokens, run_cpu.tokens);
-    EXPECT_GE(run_cpu.counts_E.size(), size_t(c.num_hidden_layers));
+    EXPECT_EQ(run_gpu.host_counts(), run_cpu.host_counts());
+    EXPECT_EQ(run_gpu.host_tokens(), run_cpu.host_tokens());
+    EXPECT_GE(run_cpu.layers.size(), size_t(c.num_hidden_layers));
     model::GlobalRouterCounts count_cpu, count_gpu;
     for (const auto& pack : packs) {
       model::model_count_routes(core::Device::cpu, c, p, pack, count_cpu);
       m.count_routes(pack, count_gpu);
     }
-    EXPECT_EQ(count_gpu.counts_E, count_cpu.counts_E);
-    EXPECT_EQ(count_gpu.tokens, count_cpu.tokens);
+    EXPECT_EQ(count_gpu.host_counts(), count_cpu.host_counts());
+    EXPECT_EQ(count_gpu.host_tokens(), count_cpu.host_tokens());
   } else {
     // Forward only gives the same losses as forward + backward, bit for bit.
     const model::PackLoss a = m.fwd_bwd(packs[1], false, opt);
@@ -371,7 +369,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // One mixer type at a time on the golden fixtures' shapes (dense_text_tied's config: head_dim 32,
 // GDN K = 16, V = 8) and on the real preset head sizes, random weights, samples that cross the
-// 64-token chunk and attention tile boundaries: gpu::Model vs the CPU model in both modes. The
+// 64-token chunk and attention tile boundaries: the CUDA model vs the CPU model in both modes. The
 // random weights make the GDN models ill-conditioned, so each gradient bound also covers 3x the
 // CPU's own gradient change under one-ulp (f32) or bf16-level (bf16) weight perturbations.
 struct ShapeCase {
@@ -403,9 +401,9 @@ TEST_P(GpuMixerShapes, MatchesCpuModel) {
   const auto samples = dt_test::make_samples(lengths, c.vocab_size, 8, 4);
   const data::Pack pack = dt_test::pack_of(samples, {0, 1, 2, 3, 4, 5, 6, 7}, 8);
   const Scored want = dt_gpu_test::score_cpu(c, p, pack, {});
-  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
-    const bool f32 = dt == gpu::DType::f32;
-    gpu::Model m(c, p, dt);
+  for (auto dt : {core::DType::f32, core::DType::bf16}) {
+    const bool f32 = dt == core::DType::f32;
+    model::Model m(core::Device::cuda, dt, c, p);
     const Scored got = dt_gpu_test::score_gpu(m, p, pack, {});
     Worst loss;
     for (size_t s = 0; s < lengths.size(); ++s) {
@@ -482,11 +480,11 @@ TEST(GpuModel, FwdBwdIsBitwiseDeterministic) {
   opt.router.aux_coef = 0.05;
   opt.router.aux_type = model::AuxLossType::seq;
   opt.router.z_coef = 0.01;
-  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
-    gpu::Model m(c, p, dt);
+  for (auto dt : {core::DType::f32, core::DType::bf16}) {
+    model::Model m(core::Device::cuda, dt, c, p);
     const Scored a = dt_gpu_test::score_gpu(m, p, pack, opt);
     const Scored b = dt_gpu_test::score_gpu(m, p, pack, opt);
-    gpu::Model m2(c, p, dt);
+    model::Model m2(core::Device::cuda, dt, c, p);
     const Scored d = dt_gpu_test::score_gpu(m2, p, pack, opt);
     size_t differing = 0;
     for (const Scored* x : {&b, &d}) {
@@ -520,7 +518,7 @@ TEST(GpuModel, ExactMatchFlagsMatchCpu) {
   opt.want_correct = true;
   const model::PackLoss want = model::model_fwd_bwd(core::Device::cpu, c, p, pack, nullptr, opt);
   ASSERT_GT(std::count(want.exact.begin(), want.exact.end(), 1), 0) << "no exact sample";
-  gpu::Model m(c, p, gpu::DType::f32);
+  model::Model m(core::Device::cuda, core::DType::f32, c, p);
   const model::PackLoss got = m.fwd_bwd(pack, false, opt);
   EXPECT_EQ(got.exact, want.exact);
 }
@@ -535,7 +533,7 @@ TEST(GpuModel, RecomputeGivesBitwiseEqualGradients) {
   const model::TensorMap p = dt_test::random_params(c, 17);
   const auto samples = dt_test::make_samples({1, 2, 3, 5, 64, 65, 130}, c.vocab_size, 6, 3);
   const data::Pack pack = dt_test::pack_of(samples, {5, 0, 6, 3, 1, 4, 2}, 8);
-  for (auto dt : {gpu::DType::f32, gpu::DType::bf16}) {
+  for (auto dt : {core::DType::f32, core::DType::bf16}) {
     Scored r[2];
     for (int recompute = 0; recompute < 2; ++recompute) {
       model::GlobalRouterCounts running;
@@ -546,7 +544,7 @@ TEST(GpuModel, RecomputeGivesBitwiseEqualGradients) {
       opt.router.aux_type = model::AuxLossType::global;
       opt.router.z_coef = 0.01;
       opt.running_counts = &running;
-      gpu::Model m(c, p, dt);
+      model::Model m(core::Device::cuda, dt, c, p);
       m.set_recompute(recompute == 1);
       r[recompute] = dt_gpu_test::score_gpu(m, p, pack, opt);
     }
@@ -596,7 +594,6 @@ EngineRun train_steps(const std::string& device, const std::string& precision) {
   ao.beta2 = 0.95;
   ao.weight_decay = 0.1;
   train::AdamW adamw(r.params, ao);
-  gpu::install_engine();
   const auto engine = train::make_engine(device, precision, c, r.params, &adamw);
   for (int64_t step = 0; step < 3; ++step) {
     const int64_t b = 4 * step;

@@ -1,11 +1,11 @@
-// Optional per-stage GPU timing for `deltatron bench`: CUDA events around named stages, summed
-// per name. Off by default (then a Stage costs nothing but a flag test).
+// Optional per-stage GPU timing for `deltatron bench` (through ops/profile.h): CUDA events around
+// named stages, summed per name. Off by default (then a Stage costs nothing but a flag test).
 #pragma once
 
 #include <map>
 #include <string>
 
-namespace deltatron::gpu {
+namespace deltatron::cuda {
 
 void profile_enable(bool on);
 // Milliseconds per stage name since the last collect (synchronises the device), then resets.
@@ -24,4 +24,4 @@ class Stage {
   int slot_ = -1;
 };
 
-}  // namespace deltatron::gpu
+}  // namespace deltatron::cuda

@@ -1,5 +1,5 @@
 // Per-stage GPU timing with CUDA events (see profile.h).
-#include "gpu/profile.h"
+#include "cuda/profile.h"
 
 #include <cuda_runtime_api.h>
 
@@ -7,7 +7,7 @@
 
 #include "cuda/device.h"
 
-namespace deltatron::gpu {
+namespace deltatron::cuda {
 
 namespace {
 struct Rec {
@@ -50,4 +50,4 @@ std::map<std::string, double> profile_collect() {
   return out;
 }
 
-}  // namespace deltatron::gpu
+}  // namespace deltatron::cuda

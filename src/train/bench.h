@@ -1,18 +1,20 @@
-// `deltatron bench`: training-step throughput of a preset on one GPU, on packed batches drawn
+// `deltatron bench`: training-step throughput of a preset on one device (a GPU, or the CPU for a
+// smoke run), on packed batches drawn
 // from a realistic SFT length distribution.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-namespace deltatron::gpu {
+namespace deltatron::train {
 
 struct BenchOptions {
   std::string preset = "2b";
   int64_t layers = 0;  // > 0: override num_hidden_layers (e.g. 35b-a3b with 8)
   int64_t micro_batch_tokens = 8192;
   int64_t warmup = 3, steps = 10;  // untimed, timed optimizer steps (one micro-batch each)
-  std::string precision = "bf16";  // bf16 | fp32
+  std::string device = "cuda";     // cuda | cpu
+  std::string precision = "bf16";  // bf16 | fp32 (cuda)
   bool mtp = false;                // keep the preset's MTP head (off by default, like the peer)
   bool recompute = false;          // activation recomputation per layer
   double median_len = 600, sigma = 0.8;
@@ -25,4 +27,4 @@ struct BenchOptions {
 
 void run_bench(const BenchOptions& opt);
 
-}  // namespace deltatron::gpu
+}  // namespace deltatron::train

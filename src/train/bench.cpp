@@ -8,9 +8,7 @@
 // + 3 * 6 * G * dk * dv * T    per Gated DeltaNet layer (state read, write and output per token
 //                               and value head, in the recurrent form)
 // MFU = model FLOP/s / 989.4e12 (H100/H200 SXM dense bf16 peak).
-#include "gpu/bench.h"
-
-#include <cuda_runtime_api.h>
+#include "train/bench.h"
 
 #include <algorithm>
 #include <chrono>
@@ -21,17 +19,16 @@
 #include <random>
 
 #include "core/error.h"
-#include "cuda/device.h"
 #include "data/pack.h"
-#include "gpu/buf.h"
-#include "gpu/engine.h"
-#include "gpu/profile.h"
 #include "model/config.h"
+#include "ops/device.h"
+#include "ops/profile.h"
+#include "ops/tensor.h"
 #include "train/engine.h"
 #include "train/optimizer.h"
 #include "train/presets.h"
 
-namespace deltatron::gpu {
+namespace deltatron::train {
 
 namespace {
 
@@ -150,8 +147,10 @@ void run_bench(const BenchOptions& o) {
   DT_CHECK(o.steps > 0 && o.warmup >= 0, "bench: --steps must be > 0 and --warmup >= 0");
   DT_CHECK(o.micro_batch_tokens >= o.max_len, "bench: --tokens (", o.micro_batch_tokens,
            ") must be at least the longest sample (", o.max_len, ")");
-  cuda::require_hopper();
-  nlohmann::json cj = train::preset_config(o.preset);
+  DT_CHECK(o.device == "cuda" || o.device == "cpu", "bench: unknown device '", o.device, "'");
+  const core::Device dev = o.device == "cuda" ? core::Device::cuda : core::Device::cpu;
+  ops::check_device(dev);
+  nlohmann::json cj = preset_config(o.preset);
   if (o.layers > 0) {
     cj["num_hidden_layers"] = o.layers;
     cj.erase("layer_types");
@@ -198,16 +197,14 @@ void run_bench(const BenchOptions& o) {
     std::ofstream(o.lengths_out) << lj.dump() << "\n";
   }
 
-  size_t free0 = 0, total = 0;
-  DT_CUDA_CHECK(cudaFree(nullptr));
-  DT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+  const size_t free0 = ops::memory_info(dev).free;
   model::TensorMap params = bench_params(c, o.seed);
   int64_t nparams = 0;
   for (const auto& [k, t] : params) nparams += t.numel();
-  train::AdamWOptions ao;
+  AdamWOptions ao;
   ao.weight_decay = 0.1;
-  train::AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
-  auto engine = make_gpu_engine(o.precision == "fp32", c, params, nullptr, o.recompute);
+  AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
+  auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute);
   params.clear();
 
   std::fprintf(
@@ -221,8 +218,8 @@ void run_bench(const BenchOptions& o) {
     const bool timed = s >= o.warmup && s < o.warmup + timed_steps;
     const bool profiled = s == o.warmup + timed_steps;  // one extra step with stage events
     const data::Pack pack = make_random_pack(lens[s], c.vocab_size, o.seed * 7919 + uint64_t(s));
-    profile_enable(profiled);
-    DT_CUDA_CHECK(cudaDeviceSynchronize());
+    ops::profile_enable(dev, profiled);
+    ops::synchronize(dev);
     const auto t0 = std::chrono::steady_clock::now();
     engine->zero_grads();
     model::ModelOptions mo;
@@ -234,15 +231,15 @@ void run_bench(const BenchOptions& o) {
     last_loss = lsum / double(std::max<int64_t>(1, lcount));
     DT_CHECK(std::isfinite(last_loss), "bench: step ", s, " has a non-finite loss");
     {
-      Stage st("optimizer (clip + fused AdamW)");
+      ops::Stage st(dev, "optimizer (clip + fused AdamW)");
       engine->clip(1.0);
       engine->step(opt, 1e-5);
     }
-    DT_CUDA_CHECK(cudaDeviceSynchronize());
+    ops::synchronize(dev);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (profiled) {
-      stages = profile_collect();
-      profile_enable(false);
+      stages = ops::profile_collect(dev);
+      ops::profile_enable(dev, false);
       double sum = 0;
       for (auto& [k, v] : stages) sum += v;
       stages["other (norms, residual, embedding, casts)"] = dt * 1e3 - sum;
@@ -253,8 +250,7 @@ void run_bench(const BenchOptions& o) {
     tokens.push_back(double(pack.N));
     flops.push_back(step_flops(c, lens[s]));
   }
-  size_t free1 = 0;
-  DT_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+  const size_t free1 = ops::memory_info(dev).free;
   std::vector<double> sorted = times;
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
@@ -262,14 +258,11 @@ void run_bench(const BenchOptions& o) {
   for (size_t i = 0; i < times.size(); ++i) tok += tokens[i], fl += flops[i], tsum += times[i];
   const double tps = tok / tsum, tflops = fl / tsum / 1e12;
   const double peak = gib(double(free0 - free1));
-  int dev = 0;
-  cudaDeviceProp prop{};
-  DT_CUDA_CHECK(cudaGetDevice(&dev));
-  DT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  const std::string device_name = ops::device_name(dev);
 
   std::printf(
       "bench %s: %s, %.3fB params, %lld timed steps of <= %lld tokens (%.0f real tokens/step)\n",
-      o.preset.c_str(), prop.name, double(nparams) / 1e9, static_cast<long long>(times.size()),
+      o.preset.c_str(), device_name.c_str(), double(nparams) / 1e9, static_cast<long long>(times.size()),
       static_cast<long long>(o.micro_batch_tokens), tok / double(times.size()));
   if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
@@ -277,7 +270,7 @@ void run_bench(const BenchOptions& o) {
   std::printf("  real tokens/s        %.0f\n", tps);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf(
-      "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in src/gpu/bench.cpp)\n",
+      "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in src/train/bench.cpp)\n",
       tflops, 100.0 * tflops * 1e12 / kPeakFlops);
   std::printf("  peak GPU memory      %.1f GiB (device memory taken by the run, cudaMemGetInfo)\n",
               peak);
@@ -286,7 +279,7 @@ void run_bench(const BenchOptions& o) {
   if (!o.json_out.empty()) {
     nlohmann::json j = {{"preset", o.preset},
                         {"layers", c.num_hidden_layers},
-                        {"gpu", prop.name},
+                        {"gpu", device_name},
                         {"params", nparams},
                         {"precision", o.precision},
                         {"real_tok_per_s", tps},
@@ -299,4 +292,4 @@ void run_bench(const BenchOptions& o) {
   }
 }
 
-}  // namespace deltatron::gpu
+}  // namespace deltatron::train

@@ -1,0 +1,49 @@
+// What every block needs: the config, the parameters, the pack on the model's device, and
+// buffers for activations in the compute dtype.
+#pragma once
+
+#include <string>
+
+#include "core/buffer.h"
+#include "data/pack.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace deltatron::model {
+
+using core::Buffer;
+using core::View;
+
+// A pack's index tensors on the model's device, built once per pack. The token ids and
+// targets are validated here against the vocabulary (an error names the position); segment
+// bounds are kept on the host too, for launch plans.
+struct Batch {
+  const data::Pack& host;
+  int64_t N;
+  int nseg;
+  core::Segments seg;  // host bounds (pack.cu_seqlens_padded)
+  Buffer ids, targets, pos3, cu;
+  Buffer grad_ids;               // ids with HF's padding_idx rows set to -1 (no embedding grad)
+  Buffer mtp_ids, mtp_targets, mtp_grad_ids;  // the pack's rolled MTP inputs (MTP models)
+  Buffer group_all, group_seq;  // router-loss groups (MoE models): one group / one per sample,
+                                // -1 on padding
+  Batch(const Config& c, const data::Pack& p, core::Device dev);
+};
+
+struct Ctx {
+  const Config& c;
+  Params& p;
+  const Batch& b;
+  core::Device dev() const { return p.device(); }
+  core::DType dt() const { return p.dt(); }
+  int64_t N() const { return b.N; }
+  Buffer act(int64_t n, const char* what) const { return Buffer(dev(), dt(), {n}, what); }
+  Buffer f32(int64_t n, const char* what) const {
+    return Buffer(dev(), core::DType::f32, {n}, what);
+  }
+  Buffer i32(int64_t n, const char* what) const {
+    return Buffer(dev(), core::DType::i32, {n}, what);
+  }
+};
+
+}  // namespace deltatron::model

@@ -1,0 +1,32 @@
+// Decoder layer: x = x + Mixer(RMSNorm_in(x)); x = x + FFN(RMSNorm_post(x)) (spec 2.3), on the
+// f32 residual stream, with its explicit backward.
+#pragma once
+
+#include <string>
+
+#include "model/blocks.h"
+#include "model/moe_block.h"
+
+namespace deltatron::model {
+
+struct LayerSaved {
+  Buffer x_in, rstd1, n1, h, rstd2, n2;  // x_in, h f32 (residual); n1, n2 in dt
+  AttnSaved attn;
+  GdnSaved gdn;
+  MlpSaved mlp;
+  MoeSaved moe;
+};
+
+struct Layer {
+  std::string prefix;  // "model.layers.3." or "mtp.layers.0."
+  LayerType type;
+  std::string moe_prefix() const { return prefix + "mlp."; }
+
+  // x_ND (f32): in = layer input, out = layer output.
+  void fwd(const Ctx& cx, const View& x_ND, LayerSaved& s) const;
+  // dx_ND (f32): in = gradient of the layer output, out = of its input. The MoE router-loss
+  // gradient (s.moe.terms, if attached) enters here.
+  void bwd(const Ctx& cx, const LayerSaved& s, const View& dx_ND) const;
+};
+
+}  // namespace deltatron::model
