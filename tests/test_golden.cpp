@@ -14,6 +14,7 @@
 #include "io/hf_layout.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "test_device.h"
 #include "test_util.h"
 
 using namespace deltatron;
@@ -50,7 +51,7 @@ TEST_P(Golden, PackedLossesAndGradientsMatchHuggingFace) {
   model::ModelOptions opt;
   opt.mtp_ce_scale = static_cast<float>(mtp_scale);
   const model::PackLoss got =
-      model::model_fwd_bwd(core::Device::cpu, ck.config, ck.params, pack, &grads, opt);
+      model::model_fwd_bwd(dt_test::test_device(), ck.config, ck.params, pack, &grads, opt);
 
   double worst_loss = 0, worst_grad = 0;
   std::string worst_grad_name;

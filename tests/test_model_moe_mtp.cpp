@@ -5,6 +5,7 @@
 #include "data/pack.h"
 #include "model/model.h"
 #include "model_fixture.h"
+#include "test_device.h"
 #include "test_util.h"
 
 using namespace deltatron;
@@ -44,7 +45,7 @@ Result run(const model::Config& c, const model::TensorMap& p, const data::Pack& 
            model::ModelOptions opt) {
   Result r;
   r.grads = model::zeros_like(p);
-  r.loss = model::model_fwd_bwd(core::Device::cpu, c, p, pack, &r.grads, opt);
+  r.loss = model::model_fwd_bwd(dt_test::test_device(), c, p, pack, &r.grads, opt);
   return r;
 }
 
@@ -52,7 +53,7 @@ void expect_grads_close(const model::TensorMap& got, const model::TensorMap& wan
                         const std::string& what) {
   for (const auto& [name, t] : want) {
     auto r = dt_test::compare(got.at(name).data, t.data);
-    EXPECT_LE(r.rel_rms, tol) << what << " " << name << ": " << r.str();
+    EXPECT_LE(r.rel_rms, dt_test::grad_tol(tol)) << what << " " << name << ": " << r.str();
   }
 }
 
@@ -93,9 +94,9 @@ TEST_P(PackedEqualsAlone, LossesRouterLossesAndGradients) {
   model::GlobalRouterCounts global;
   if (k.moe && k.aux == model::AuxLossType::global) {
     for (int64_t i = 0; i < 7; ++i)
-      model::model_count_routes(core::Device::cpu, c, p, pack_of(samples, {i}, 1), global);
+      model::model_count_routes(dt_test::test_device(), c, p, pack_of(samples, {i}, 1), global);
     model::GlobalRouterCounts packed_counts;
-    model::model_count_routes(core::Device::cpu, c, p, pack_of(samples, order, k.align),
+    model::model_count_routes(dt_test::test_device(), c, p, pack_of(samples, order, k.align),
                               packed_counts);
     EXPECT_FALSE(global.layers.empty());
     EXPECT_EQ(global.host_counts(), packed_counts.host_counts());
