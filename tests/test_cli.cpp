@@ -232,3 +232,25 @@ TEST_F(ScoreCli, TopKLargerThanExpertCount) {
 }
 
 }  // namespace
+
+namespace {
+
+// `deltatron bench --device cpu` runs the one engine end to end (random weights, fresh AdamW
+// moments created by the first step) and writes its JSON: the smoke test of the bench command,
+// whose CUDA runs CI cannot make.
+TEST(BenchCli, CpuSmokeRunWritesResults) {
+  const dt_test::TempDir tmp("bench");
+  const fs::path json = tmp.path / "bench.json";
+  const CliResult r = run_cli(
+      "bench --device cpu --preset tiny-moe --mtp --tokens 2048 --warmup 1 "
+      "--steps 1 --json " +
+          json.string() + " > /dev/null",
+      tmp.path / "err.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(read_file(json));
+  EXPECT_EQ(j["preset"], "tiny-moe");
+  EXPECT_EQ(j["gpu"], "cpu");
+  EXPECT_GT(j["real_tok_per_s"].get<double>(), 0.0);
+}
+
+}  // namespace

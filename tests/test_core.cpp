@@ -68,6 +68,9 @@ TEST(CoreBuffer, HostAllocationsAreAlignedAndMovable) {
   core::Buffer c = std::move(b);
   EXPECT_EQ(b.data(), nullptr);
   EXPECT_EQ(c.view().i32()[20], 5);
+  // A default (or moved-from) buffer holds no elements: numel 0, not the 1 of a scalar shape.
+  EXPECT_EQ(core::Buffer().numel(), 0);
+  EXPECT_EQ(core::Buffer().bytes(), 0u);
   core::Buffer empty(Device::cpu, DType::f32, {0, 4}, "nothing");
   EXPECT_EQ(empty.data(), nullptr);
   EXPECT_NE(error_of([] {

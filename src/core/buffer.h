@@ -58,7 +58,7 @@ class Buffer {
 
  private:
   void swap(Buffer& o) noexcept;
-  View view_;
+  View view_{nullptr, DType::f32, Device::cpu, {0}};  // empty: no elements
   Allocator* alloc_ = nullptr;
 };
 

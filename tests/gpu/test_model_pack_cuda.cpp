@@ -1,4 +1,4 @@
-// test_model_pack on CUDA (label gpu): the same test body as tests/test_model_pack.cpp, with the model on
-// Device::cuda in fp32 (tests/test_device.h).
+// test_model_pack on CUDA (label gpu): the same test body as tests/test_model_pack.cpp, with the
+// model on Device::cuda in fp32 (tests/test_device.h).
 #define DT_TEST_ON_CUDA 1
 #include "test_model_pack.cpp"  // NOLINT(bugprone-suspicious-include)
