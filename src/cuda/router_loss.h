@@ -1,7 +1,7 @@
 // CUDA router statistics and losses resident on the device (ops/router_loss.h): route counts,
 // token totals and loss sums are f64 device memory, and no function waits for the device.
 // Device-pointer overloads of the cuda/moe.h loss names (whose host-coefficient forms, SYNCS,
-// serve src/gpu until it is folded into model/; the host-accumulator route count is
+// serve the older tests; the host-accumulator route count is
 // cuda::moe_count_routes_to_host there). moe_z_loss_bwd is cuda/moe.h's, already asynchronous.
 //
 // Shape suffixes: N tokens, E experts, K experts per token, G router-loss groups. Row-major,
