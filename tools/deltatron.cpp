@@ -132,6 +132,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "fp32"}));
   bn->add_flag("--mtp", bench.mtp, "keep the preset's MTP head");
   bn->add_flag("--recompute", bench.recompute, "activation recomputation per layer");
+  bn->add_option("--master", bench.master,
+                 "fp32 (default) or remainder: the master as bf16 weight + 16-bit remainder")
+      ->check(CLI::IsMember({"fp32", "remainder"}));
+  bn->add_option("--moments", bench.moments, "AdamW moments: fp32 (default) or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   bn->add_option("--seed", bench.seed, "seed of lengths, tokens and weights (default 1)");
   bn->add_option("--lengths", bench.lengths_in,
                  "time these batches: JSON {\"steps\": [[len, ...], ...]} (e.g. "

@@ -9,6 +9,13 @@
 // elements j, j+256, ... (coalesced), loading all 8 before computing so that each thread keeps
 // 32 loads in flight. The element arithmetic uses __fmul_rn/__fadd_rn/__fdiv_rn/__fsqrt_rn so
 // nvcc cannot contract a*b+c into an FMA: each operation rounds as the CPU's does.
+// The storage of the state is a template parameter of the kernel (one form per launch): the
+// master as fp32 (with an f32, bf16 or no compute copy) or the lean bf16 weight + u16 remainder,
+// and fp32 or bf16 moments. The bit-level conversions (join/split of the pair, bf16 copies with
+// ties away from zero, stochastic rounding and its counter-based bits) are core/bf16.h's, the
+// functions the CPU reference calls. With the lean pair and bf16 moments a step moves 14 bytes
+// per element (2 + 2 + 2 + 2 read and written, 4 gradient) instead of 30 with an fp32 master,
+// fp32 moments and a bf16 copy.
 //
 // Sum of squares: a block of 256 threads owns kNormChunk = 65536 consecutive elements of one
 // tensor; thread j sums x^2 in fp64 over elements j, j+256, ... in order (loading 16 ahead; the
@@ -16,9 +23,11 @@
 // (fixed pairing) and a fixed combine of the 8 warp sums give the block's partial, written to
 // partial[b]. A second kernel (one block of 1024 threads) sums the partials the same way. No
 // atomics: the result depends only on the element counts and values.
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "cuda/adamw.h"
 #include "cuda/kernel_util.cuh"
@@ -32,25 +41,32 @@ constexpr int kAdamPerThread = 8;
 constexpr int64_t kAdamChunk = int64_t(kThreads) * kAdamPerThread;  // 2048
 constexpr int64_t kNormChunk = 65536;
 constexpr int kNormBatch = 16;
-constexpr int kMaxAdamW = 48;  // 48 x (5 pointers + n + decay + start) ~ 2.7 KiB of parameters
+// 48 x (6 pointers + n + index + decay + start) ~ 3.5 KiB of parameters (under 4 KiB)
+constexpr int kMaxAdamW = 48;
 constexpr int kMaxNorm = 128;  // 128 x (pointer + n + start) ~ 2.6 KiB
 constexpr int kFinalThreads = 1024;
 
 struct AdamWScalars {
   float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, grad_scale;
+  uint64_t random_key;  // core::random_key(seed, step)
 };
 
 struct AdamWTable {
   int count;
   int start[kMaxAdamW + 1];  // block prefix
   float* master[kMaxAdamW];
-  float* m[kMaxAdamW];
-  float* v[kMaxAdamW];
+  void* m[kMaxAdamW];
+  void* v[kMaxAdamW];
   const float* grad[kMaxAdamW];
   void* copy[kMaxAdamW];
+  uint16_t* rem[kMaxAdamW];
   int64_t n[kMaxAdamW];
+  int64_t index[kMaxAdamW];
   float decay[kMaxAdamW];
 };
+
+// The master's storage in one launch: fp32 with an f32 / bf16 / no compute copy, or the pair.
+enum class MasterForm { f32_copy, bf16_copy, pair };
 
 struct NormTable {
   int count;
@@ -72,7 +88,7 @@ __device__ __forceinline__ int table_index(const int* start, int count, int b) {
   return lo;
 }
 
-template <typename T>
+template <MasterForm kForm, bool kBf16Moments>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const __grid_constant__ AdamWTable tab, const AdamWScalars s) {
   const int b = blockIdx.x;
@@ -80,19 +96,26 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = tab.n[k];
   const int64_t base = int64_t(b - tab.start[k]) * kAdamChunk + threadIdx.x;
   float* __restrict__ p = tab.master[k];
-  float* __restrict__ m = tab.m[k];
-  float* __restrict__ v = tab.v[k];
   const float* __restrict__ grad = tab.grad[k];
-  T* __restrict__ copy = static_cast<T*>(tab.copy[k]);
+  void* const copy = tab.copy[k];
+  uint16_t* __restrict__ rem = tab.rem[k];
   const float decay = tab.decay[k];
   float pr[kAdamPerThread], mr[kAdamPerThread], vr[kAdamPerThread], gr[kAdamPerThread];
 #pragma unroll
   for (int j = 0; j < kAdamPerThread; ++j) {
     const int64_t i = base + int64_t(j) * kThreads;
     if (i < n) {
-      pr[j] = p[i];
-      mr[j] = m[i];
-      vr[j] = v[i];
+      if constexpr (kForm == MasterForm::pair)
+        pr[j] = core::master_join(static_cast<const uint16_t*>(copy)[i], rem[i]);
+      else
+        pr[j] = p[i];
+      if constexpr (kBf16Moments) {
+        mr[j] = core::bf16_to_f32(static_cast<const uint16_t*>(tab.m[k])[i]);
+        vr[j] = core::bf16_to_f32(static_cast<const uint16_t*>(tab.v[k])[i]);
+      } else {
+        mr[j] = static_cast<const float*>(tab.m[k])[i];
+        vr[j] = static_cast<const float*>(tab.v[k])[i];
+      }
       gr[j] = grad[i];
     }
   }
@@ -107,11 +130,37 @@ __global__ void __launch_bounds__(kThreads)
         __fadd_rn(__fmul_rn(s.beta2, vr[j]), __fmul_rn(s.one_minus_beta2, __fmul_rn(g, g)));
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
     pi = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
-    p[i] = pi;
-    m[i] = mi;
-    v[i] = vi;
-    if (copy) store_f32(copy, i, pi);
+    if constexpr (kForm == MasterForm::pair) {
+      uint16_t w, r;
+      core::master_split(pi, w, r);
+      static_cast<uint16_t*>(copy)[i] = w;
+      rem[i] = r;
+      if (p) p[i] = pi;
+    } else {
+      p[i] = pi;
+      if (copy) {
+        if constexpr (kForm == MasterForm::bf16_copy)
+          static_cast<uint16_t*>(copy)[i] = core::bf16_round_ties_away(pi);
+        else
+          static_cast<float*>(copy)[i] = pi;
+      }
+    }
+    if constexpr (kBf16Moments) {
+      const uint64_t bits = core::random_bits(s.random_key, uint64_t(tab.index[k] + i));
+      static_cast<uint16_t*>(tab.m[k])[i] = core::bf16_round_stochastic(mi, uint32_t(bits));
+      static_cast<uint16_t*>(tab.v[k])[i] = core::bf16_round_stochastic(vi, uint32_t(bits >> 16));
+    } else {
+      static_cast<float*>(tab.m[k])[i] = mi;
+      static_cast<float*>(tab.v[k])[i] = vi;
+    }
   }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    compute_copy_kernel(const float* __restrict__ master, uint16_t* __restrict__ copy, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kThreads)
+    copy[i] = core::bf16_round_ties_away(master[i]);
 }
 
 // Fixed-order sum of one double per thread over the block (blockDim.x = kWarps * 32); the result
@@ -187,12 +236,33 @@ AdamWScalars host_scalars(const AdamWStepArgs& a) {
   s.bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
   s.eps = static_cast<float>(a.eps);
   s.grad_scale = a.grad_scale;
+  s.random_key = core::random_key(a.seed, uint64_t(a.step));
   return s;
 }
 
-void launch_adamw(const AdamWTable& tab, const AdamWScalars& s, DType dt) {
+template <MasterForm kForm>
+void launch_form(const AdamWTable& tab, const AdamWScalars& s, bool bf16_moments) {
+  const unsigned blocks = unsigned(tab.start[tab.count]);
+  if (bf16_moments)
+    adamw_kernel<kForm, true><<<blocks, kThreads>>>(tab, s);
+  else
+    adamw_kernel<kForm, false><<<blocks, kThreads>>>(tab, s);
+}
+
+void launch_adamw(const AdamWTable& tab, const AdamWScalars& s, MasterForm form,
+                  bool bf16_moments) {
   if (tab.count == 0) return;
-  DT_DISPATCH_DTYPE(dt, T, adamw_kernel<T><<<unsigned(tab.start[tab.count]), kThreads>>>(tab, s));
+  switch (form) {
+    case MasterForm::f32_copy:
+      launch_form<MasterForm::f32_copy>(tab, s, bf16_moments);
+      break;
+    case MasterForm::bf16_copy:
+      launch_form<MasterForm::bf16_copy>(tab, s, bf16_moments);
+      break;
+    case MasterForm::pair:
+      launch_form<MasterForm::pair>(tab, s, bf16_moments);
+      break;
+  }
   DT_CUDA_LAUNCH_CHECK("adamw_kernel");
 }
 
@@ -200,20 +270,35 @@ constexpr int64_t kMaxBlocksPerLaunch = (int64_t(1) << 31) - 1;
 
 }  // namespace
 
-void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt) {
+void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt,
+                      DType moment_dt) {
   const AdamWScalars s = host_scalars(args);
+  DT_CHECK(dt == DType::f32 || dt == DType::bf16, "cuda::adamw_step: compute copies in ",
+           dtype_name(dt), " (f32 or bf16)");
+  DT_CHECK(moment_dt == DType::f32 || moment_dt == DType::bf16, "cuda::adamw_step: moments in ",
+           dtype_name(moment_dt), " (f32 or bf16)");
+  const bool pair = !tensors.empty() && tensors[0].remainder != nullptr;
+  DT_CHECK(!pair || dt == DType::bf16,
+           "cuda::adamw_step: the lean master (remainder) needs a bf16 compute copy");
+  const MasterForm form = pair                ? MasterForm::pair
+                          : dt == DType::bf16 ? MasterForm::bf16_copy
+                                              : MasterForm::f32_copy;
+  const bool bf16_moments = moment_dt == DType::bf16;
   AdamWTable tab{};
   for (size_t k = 0; k < tensors.size(); ++k) {
     const AdamWTensor& t = tensors[k];
     DT_CHECK(t.n >= 0, "cuda::adamw_step: tensor ", k, " has n=", t.n);
+    DT_CHECK(
+        (t.remainder != nullptr) == pair, "cuda::adamw_step: tensor ", k,
+        pair ? " has no remainder but tensor 0 has one" : " has a remainder but tensor 0 has none");
     if (t.n == 0) continue;
-    DT_CHECK(t.master && t.m && t.v && t.grad, "cuda::adamw_step: tensor ", k,
-             " lacks a master, moment or gradient pointer");
+    DT_CHECK((pair ? t.compute_copy != nullptr : t.master != nullptr) && t.m && t.v && t.grad,
+             "cuda::adamw_step: tensor ", k, " lacks a master, moment or gradient pointer");
     const int64_t blocks = (t.n + kAdamChunk - 1) / kAdamChunk;
     DT_CHECK(blocks <= kMaxBlocksPerLaunch, "cuda::adamw_step: tensor ", k, " too large (n=", t.n,
              ")");
     if (tab.count == kMaxAdamW || tab.start[tab.count] + blocks > kMaxBlocksPerLaunch) {
-      launch_adamw(tab, s, dt);
+      launch_adamw(tab, s, form, bf16_moments);
       tab = AdamWTable{};
     }
     const int c = tab.count++;
@@ -222,11 +307,27 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs&
     tab.v[c] = t.v;
     tab.grad[c] = t.grad;
     tab.copy[c] = t.compute_copy;
+    tab.rem[c] = t.remainder;
     tab.n[c] = t.n;
+    tab.index[c] = t.index;
     tab.decay[c] = static_cast<float>(1.0 - args.lr * t.weight_decay);
     tab.start[c + 1] = tab.start[c] + int(blocks);
   }
-  launch_adamw(tab, s, dt);
+  launch_adamw(tab, s, form, bf16_moments);
+}
+
+void adamw_compute_copy(const float* master, DType dt, void* copy, int64_t n) {
+  DT_CHECK(n >= 0, "cuda::adamw_compute_copy: n=", n);
+  if (n == 0) return;
+  if (dt == DType::f32) {
+    DT_CUDA_CHECK(cudaMemcpyAsync(copy, master, size_t(n) * 4, cudaMemcpyDeviceToDevice, 0));
+    return;
+  }
+  DT_CHECK(dt == DType::bf16, "cuda::adamw_compute_copy: copy in ", dtype_name(dt),
+           " (f32 or bf16)");
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 65536);
+  compute_copy_kernel<<<unsigned(blocks), kThreads>>>(master, static_cast<uint16_t*>(copy), n);
+  DT_CUDA_LAUNCH_CHECK("compute_copy_kernel");
 }
 
 void adamw_step(float* master, float* m, float* v, const float* grad, int64_t n,

@@ -1,5 +1,6 @@
-// CUDA AdamW update (fp32 master, fp32 moments, optional bf16 compute copy) and the deterministic
-// sum of squares behind the global gradient norm: the same arithmetic as train/optimizer.cpp.
+// CUDA AdamW update (fp32 master or the lean bf16 weight + remainder, fp32 or bf16 moments,
+// optional compute copy) and the deterministic sum of squares behind the global gradient norm:
+// the same arithmetic as cpu/adamw.cpp (the storage forms are ops/adamw.h's).
 //
 // Every pointer is device memory unless marked host. Updates are queued on the legacy default
 // stream, asynchronous to the host; sum_squares* synchronise (they return a host value).
@@ -25,18 +26,24 @@ struct AdamWStepArgs {
   // train::clip_grad_norm scales the gradients in place: pass grad_clip_scale(norm, max_norm).
   // 1.0f leaves the gradient exactly as it is.
   float grad_scale = 1.0f;
+  // Keys the stochastic rounding of bf16 moments: core::random_key(seed, step).
+  uint64_t seed = 0;
 };
 
 // One parameter tensor of a multi-tensor step.
 struct AdamWTensor {
-  float* master = nullptr;       // [n] fp32  inout  master weights p
-  float* m = nullptr;            // [n] fp32  inout  exp_avg
-  float* v = nullptr;            // [n] fp32  inout  exp_avg_sq
+  float* master = nullptr;       // [n] fp32  inout  master weights p (with a remainder: out, the
+                                 //                  new p, or nullptr)
+  void* m = nullptr;             // [n] moment_dt  inout  exp_avg
+  void* v = nullptr;             // [n] moment_dt  inout  exp_avg_sq
   const float* grad = nullptr;   // [n] fp32  in     gradient (unscaled; see grad_scale)
-  void* compute_copy = nullptr;  // [n] dt    out    p after the step rounded (RNE) to dt;
-                                 //                  nullptr skips it
+  void* compute_copy = nullptr;  // [n] dt    out    p after the step (bf16: rounded with ties
+                                 //                  away from zero); nullptr skips it. With a
+                                 //                  remainder: the pair's bf16 weight, inout
   int64_t n = 0;
-  double weight_decay = 0;  // the decaying group's weight_decay, 0 for a no-decay tensor
+  double weight_decay = 0;        // the decaying group's weight_decay, 0 for a no-decay tensor
+  uint16_t* remainder = nullptr;  // [n] u16 inout: the lean master (core/bf16.h), or nullptr
+  int64_t index = 0;              // element i's stochastic-rounding counter is index + i
 };
 
 // AdamW step, bitwise the CPU's (train::AdamW::step, torch.optim.AdamW single-tensor path).
@@ -51,15 +58,24 @@ struct AdamWTensor {
 //   m  = beta1 * m + (1 - beta1) * g
 //   v  = beta2 * v + (1 - beta2) * (g * g)
 //   p  = p - step_size * (m / (sqrt(v) / bc2_sqrt + eps))
-//   compute_copy = round_to_dt(p)   (when not nullptr)
+//   compute_copy = round_to_dt(p)   (when not nullptr; bf16: core::bf16_round_ties_away)
 // With the CPU built without FMA contraction (the x86-64 default), results are bitwise equal.
+// The lean master and bf16 moments are read and written as cpu::adamw_step(AdamWStorage) does
+// (ops/adamw.h): p = master_join(weight, remainder) before, master_split(p) after; bf16 m and v
+// read exactly, stored with core::bf16_round_stochastic and core::random_bits(key, index + i).
 void adamw_step(float* master, float* m, float* v, const float* grad, int64_t n,
                 const AdamWStepArgs& args, double weight_decay, DType dt, void* compute_copy);
 
 // The same update over many tensors with few launches (up to 48 tensors per launch, passed as
 // kernel parameters; no host->device copies). tensors is a host span; empty tensors are skipped.
-// dt is the storage type of every compute copy.
-void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt);
+// dt is the storage type of every compute copy, moment_dt (f32 or bf16) that of every moment;
+// either every tensor has a remainder (then dt is bf16) or none has.
+void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt,
+                      DType moment_dt = DType::f32);
+
+// copy[i] = master[i] (dt f32) or core::bf16_round_ties_away(master[i]) (dt bf16), [n] each:
+// the compute copy of an fp32 master, rounded as the lean pair's weight.
+void adamw_compute_copy(const float* master, DType dt, void* copy, int64_t n);
 
 // sum_i x[i]^2 in fp64, returned to the host (synchronises). Deterministic: fixed blocks of 64 Ki
 // elements (each: 256 threads with strided fp64 sums, then a fixed shuffle tree), block sums added

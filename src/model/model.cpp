@@ -130,8 +130,9 @@ std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<
   return exact;
 }
 
-Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params)
-    : c_(c), params_((ops::check_device(dev), dev), dt, host_params) {
+Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
+             const StateOptions& state)
+    : c_(c), params_((ops::check_device(dev), dev), dt, host_params, state) {
   DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1,
            "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
            " is not supported (Qwen3.5 uses 1)");

@@ -57,8 +57,10 @@ std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<
 class Model {
  public:
   // Copies `host_params` to `dev`; dt is the compute / activation storage type (bf16 on CUDA,
-  // f32 for its debug mode; the CPU computes in f32).
-  Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params);
+  // f32 for its debug mode; the CPU computes in f32); state: how the parameter store keeps the
+  // masters (model/params.h).
+  Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
+        const StateOptions& state = {});
 
   // Forward and, with_grads, backward (spec 2-5): the objective's parameter gradients are
   // ADDED into params().g(...) (zero them with params().zero_grads()). The backward is the

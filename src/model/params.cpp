@@ -3,6 +3,7 @@
 
 #include <sstream>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "ops/tensor.h"
 
@@ -11,37 +12,82 @@ namespace deltatron::model {
 namespace {
 // Every tensor starts on a 256-byte boundary (cuBLASLt picks kernels by alignment).
 constexpr int64_t kAlign = 64;
+int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 }  // namespace
 
-Params::Params(core::Device dev, core::DType dt, const TensorMap& host) : dev_(dev), dt_(dt) {
+std::string master_name(const StateOptions& o) { return o.master_remainder ? "remainder" : "fp32"; }
+std::string moments_name(const StateOptions& o) {
+  return o.moments == core::DType::bf16 ? "bf16" : "fp32";
+}
+
+StateBytes state_bytes(core::DType dt, const StateOptions& o) {
+  const bool f32 = dt == core::DType::f32;
+  StateBytes b;
+  b.held = 4;  // gradient
+  if (o.master_remainder)
+    b.held += 2 + 2 + (f32 ? 4 : 0);
+  else
+    b.held += 4 + (f32 ? 0 : 2);
+  b.train = b.held + (o.moments == core::DType::bf16 ? 4 : 8);
+  return b;
+}
+
+bool keeps_f32_weight(const std::string& name) { return name.ends_with("mlp.gate.weight"); }
+
+Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt)
+    : dev_(dev), dt_(dt), opt_(opt) {
   DT_CHECK(dev == core::Device::cuda || dt == core::DType::f32,
            "the CPU computes in float32 only (compute dtype ", core::dtype_name(dt), ")");
+  DT_CHECK(opt.moments == core::DType::f32 || opt.moments == core::DType::bf16, "AdamW moments in ",
+           core::dtype_name(opt.moments), " (f32 or bf16)");
   for (const auto& [name, t] : host) {
     names_.push_back(name);
-    index_[name] = Entry{total_, t.numel(), t.shape};
-    total_ += (t.numel() + kAlign - 1) / kAlign * kAlign;
+    Entry e{total_, t.numel(), t.shape, -1};
+    if (!opt_.master_remainder || dt_ == core::DType::f32) {
+      e.f32_offset = total_;  // every tensor, laid out as the others
+    } else if (keeps_f32_weight(name)) {
+      e.f32_offset = f32_total_;
+      f32_total_ += aligned(t.numel());
+    }
+    index_[name] = e;
+    total_ += aligned(t.numel());
   }
+  if (!opt_.master_remainder || dt_ == core::DType::f32) f32_total_ = total_;
   core::allocator(dev_).set_oom_hint(state_hint());
-  master_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 master weights");
+  if (opt_.master_remainder) {
+    compute_ = core::Buffer(dev_, core::DType::bf16, {total_}, "bf16 weights (lean masters)");
+    remainder_ = core::Buffer(dev_, core::DType::u16, {total_}, "master remainders");
+    ops::adamw_state_zero(compute_);
+    ops::adamw_state_zero(remainder_);
+    if (f32_total_ > 0)
+      master_ = core::Buffer(dev_, core::DType::f32, {f32_total_},
+                             dt_ == core::DType::f32 ? "f32 weights" : "f32 router weights");
+  } else {
+    master_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 master weights");
+    if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "compute copies");
+  }
   grad_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 gradients");
-  if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "compute copies");
-  ops::zero(master_);
+  if (master_.numel() > 0) ops::zero(master_);
   ops::zero(grad_);
   upload(host);
 }
 
 std::string Params::state_hint() const {
-  // fp32 master + fp32 gradient (+ bf16 copy) + two fp32 AdamW moments when training
+  const StateBytes b = state_bytes(dt_, opt_);
   const double gib = double(total_) / double(1ull << 30);
-  const double held = dt_ == core::DType::f32 ? 8 : 10, train = held + 8;
   std::ostringstream hint;
   hint.precision(3);
-  hint << "the model's " << double(total_) / 1e9 << "B parameters need " << held * gib
-       << " GiB on the device for weights and gradients and " << train * gib
-       << " GiB with the AdamW moments (fp32 master weights, gradients and moments"
-       << (dt_ == core::DType::f32 ? "" : ", bf16 compute copies")
+  hint << "the model's " << double(total_) / 1e9 << "B parameters need " << b.held * gib
+       << " GiB on the device for weights and gradients and " << b.train * gib
+       << " GiB with the AdamW moments (" << b.train
+       << " bytes per parameter: training.master = " << master_name(opt_)
+       << ", training.moments = " << moments_name(opt_)
+       << (dt_ == core::DType::f32 ? ", f32 compute" : ", bf16 compute")
        << "), before any activations: this model does not fit this device; use fewer layers, a "
-          "smaller model or a device with more memory";
+          "smaller model, a device with more memory";
+  if (dt_ != core::DType::f32 && !(opt_.master_remainder && opt_.moments == core::DType::bf16))
+    hint << " or training.master = remainder and training.moments = bf16 (12 bytes per "
+            "parameter)";
   return hint.str();
 }
 
@@ -56,18 +102,49 @@ core::View Params::at(const core::Buffer& b, const std::string& name) const {
   return b.view().slice(e.offset, e.numel).reshaped(e.shape);
 }
 
+core::View Params::at_f32(const std::string& name) const {
+  const Entry& e = entry(name);
+  DT_CHECK(e.f32_offset >= 0, "model parameter ", name,
+           " has no f32 weights with training.master = remainder and bf16 compute (only the "
+           "tensors model::keeps_f32_weight names keep them)");
+  return master_.view().slice(e.f32_offset, e.numel).reshaped(e.shape);
+}
+
 core::View Params::w(const std::string& name) const {
-  return at(dt_ == core::DType::f32 ? master_ : compute_, name);
+  return dt_ == core::DType::f32 ? at_f32(name) : at(compute_, name);
 }
 core::View Params::g(const std::string& name) const { return at(grad_, name); }
-core::View Params::master(const std::string& name) const { return at(master_, name); }
+core::View Params::master(const std::string& name) const { return at_f32(name); }
+
+ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
+  const Entry& e = entry(name);
+  ops::AdamWTensor t;
+  t.grad = grad_.view().slice(e.offset, e.numel);
+  t.index = e.offset;
+  if (e.f32_offset >= 0) t.master = master_.view().slice(e.f32_offset, e.numel);
+  if (opt_.master_remainder) {
+    t.compute_copy = compute_.view().slice(e.offset, e.numel);
+    t.remainder = remainder_.view().slice(e.offset, e.numel);
+  } else if (dt_ != core::DType::f32) {
+    t.compute_copy = compute_.view().slice(e.offset, e.numel);
+  }
+  return t;
+}
 
 void Params::to_flat(const TensorMap& host, const core::View& flat, const char* what) const {
   for (const auto& [name, t] : host) {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
-    ops::copy_from_host(flat.slice(e.offset, e.numel), t.ptr());
+    if (flat.dtype == core::DType::bf16) {
+      std::vector<uint16_t> h(static_cast<size_t>(e.numel));
+      const float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < e.numel; ++i) h[i] = core::bf16_round_nearest_even(x[i]);
+      ops::adamw_state_from_host(flat.slice(e.offset, e.numel), h.data());
+    } else {
+      ops::copy_from_host(flat.slice(e.offset, e.numel), t.ptr());
+    }
   }
 }
 
@@ -76,21 +153,59 @@ void Params::from_flat(const core::View& flat, TensorMap& host, const char* what
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
-    ops::copy_to_host(flat.slice(e.offset, e.numel), t.ptr());
+    if (flat.dtype == core::DType::bf16) {
+      std::vector<uint16_t> h(static_cast<size_t>(e.numel));
+      ops::adamw_state_to_host(flat.slice(e.offset, e.numel), h.data());
+      float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < e.numel; ++i) x[i] = core::bf16_to_f32(h[i]);
+    } else {
+      ops::copy_to_host(flat.slice(e.offset, e.numel), t.ptr());
+    }
   }
 }
 
 void Params::upload(const TensorMap& host) {
-  to_flat(host, master_, "parameter");
-  sync_compute();
+  for (const auto& [name, t] : host) {
+    const Entry& e = entry(name);
+    DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
+             e.numel);
+    if (e.f32_offset >= 0)
+      ops::copy_from_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
+    if (!opt_.master_remainder) continue;
+    // The lean pair, split on the host (exact; core/bf16.h).
+    std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
+    const float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < e.numel; ++i) core::master_split(x[i], wt[i], rem[i]);
+    ops::adamw_state_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+    ops::adamw_state_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
+  }
+  // fp32 masters: the bf16 compute copies, rounded as the pair's weights (ties away from zero).
+  if (!opt_.master_remainder && dt_ != core::DType::f32)
+    ops::adamw_compute_copy(master_, compute_, total_);
 }
 
-void Params::download(TensorMap& host) const { from_flat(master_, host, "parameter"); }
+void Params::download(TensorMap& host) const {
+  for (auto& [name, t] : host) {
+    const Entry& e = entry(name);
+    DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
+             e.numel);
+    if (!opt_.master_remainder) {
+      ops::copy_to_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
+      continue;
+    }
+    // The lean pair, joined on the host (exact).
+    std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
+    ops::adamw_state_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
+    ops::adamw_state_to_host(remainder_.view().slice(e.offset, e.numel), rem.data());
+    float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < e.numel; ++i) x[i] = core::master_join(wt[i], rem[i]);
+  }
+}
+
 void Params::download_grads(TensorMap& host) const { from_flat(grad_, host, "gradient"); }
 void Params::zero_grads() { ops::zero(grad_); }
-
-void Params::sync_compute() {
-  if (dt_ != core::DType::f32) ops::cast(master_, compute_, total_);
-}
 
 }  // namespace deltatron::model

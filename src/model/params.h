@@ -1,6 +1,6 @@
-// The model's parameters on its device: fp32 master weights, their compute copies (bf16 on CUDA,
-// or the masters themselves when the compute dtype is f32, always so on the CPU) and fp32
-// gradients, each one flat buffer; tensors are addressed by HF name.
+// The model's parameters on its device: the masters (fp32, or the lean pair of a bf16 weight and
+// a 16-bit remainder: training.master), the compute copies (bf16 on CUDA, or f32 weights, always
+// so on the CPU) and fp32 gradients, each one flat buffer; tensors are addressed by HF name.
 #pragma once
 
 #include <map>
@@ -9,56 +9,94 @@
 
 #include "core/buffer.h"
 #include "model/weights.h"
+#include "ops/adamw.h"
 
 namespace deltatron::model {
+
+// How the training state is stored (training.master, training.moments; ops/adamw.h).
+struct StateOptions {
+  // false ("fp32"): an fp32 master per parameter, and a bf16 compute copy when the model
+  // computes in bf16. true ("remainder"): no fp32 master; the bf16 weight and a u16 remainder
+  // (core/bf16.h) hold it exactly. A model computing in f32 (the CPU, CUDA in fp32 precision)
+  // keeps f32 weights beside the pair (the master joined after every step: no saving there, the
+  // reference of the CUDA path), and a bf16 model keeps f32 copies only of the tensors it reads
+  // in f32 (keeps_f32_weight).
+  bool master_remainder = false;
+  core::DType moments = core::DType::f32;  // AdamW exp_avg / exp_avg_sq: f32 or bf16
+};
+
+// "fp32" / "remainder" and "fp32" / "bf16", the config spellings.
+std::string master_name(const StateOptions& o);
+std::string moments_name(const StateOptions& o);
+
+// Bytes per parameter on the device: weights and gradients (held), and with the AdamW moments
+// (train). dt = the compute dtype. fp32 master: 4 + 4 gradient (+ 2 bf16 copy); remainder:
+// 2 + 2 + 4 gradient (+ 4 f32 weights when dt is f32); moments 8 (fp32) or 4 (bf16). For bf16:
+// 18 (fp32, fp32) -> 16 (remainder) -> 12 (remainder, bf16 moments).
+struct StateBytes {
+  double held = 0, train = 0;
+};
+StateBytes state_bytes(core::DType dt, const StateOptions& o);
+
+// The tensors a bf16 model reads in f32 from the master (Params::master): the MoE routers
+// ("...mlp.gate.weight", model/moe_block.cpp computes the router logits in fp32).
+bool keeps_f32_weight(const std::string& name);
 
 class Params {
  public:
   struct Entry {
     int64_t offset = 0, numel = 0;
     core::Shape shape;
+    int64_t f32_offset = -1;  // in the f32 buffer (masters or f32 weights), -1: none
   };
   // Copies `host` (every tensor, keyed by HF name) to `dev`. dt = compute / activation storage
   // type (f32 on the CPU).
-  Params(core::Device dev, core::DType dt, const TensorMap& host);
+  Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt = {});
 
   core::Device device() const { return dev_; }
   core::DType dt() const { return dt_; }
+  const StateOptions& options() const { return opt_; }
   const std::vector<std::string>& names() const { return names_; }
   const Entry& entry(const std::string& name) const;
   bool has(const std::string& name) const { return index_.count(name) != 0; }
   int64_t total() const { return total_; }
-  // The out-of-memory hint for the parameter state: its size in GiB with and without the AdamW
-  // moments, and what to change when it alone does not fit.
+  // The out-of-memory hint for the parameter state: bytes per parameter for the options, its
+  // size in GiB with and without the AdamW moments, and what to change when it alone does not
+  // fit.
   std::string state_hint() const;
 
-  core::View w(const std::string& name) const;       // compute copy (dt)
-  core::View g(const std::string& name) const;       // gradient (f32)
-  core::View master(const std::string& name) const;  // f32 master
-  const core::View& master_flat() const { return master_.view(); }
+  core::View w(const std::string& name) const;  // compute weights (dt)
+  core::View g(const std::string& name) const;  // gradient (f32)
+  // The f32 master (master "fp32"), or with "remainder" its f32 copy (every tensor when dt is
+  // f32, else only keeps_f32_weight's); an error for a tensor without one.
+  core::View master(const std::string& name) const;
   const core::View& grad_flat() const { return grad_.view(); }
-  const core::View& compute_flat() const {
-    return dt_ == core::DType::f32 ? master_.view() : compute_.view();
-  }
+  // The parameter views of the tensor's AdamW step (master, compute_copy, remainder, grad and
+  // the stochastic-rounding counter index = its offset in the store); m and v are the caller's.
+  ops::AdamWTensor adamw_tensor(const std::string& name) const;
 
-  void upload(const TensorMap& host);          // masters <- host, then sync_compute()
-  void download(TensorMap& host) const;        // host <- masters (same names/shapes)
+  void upload(const TensorMap& host);          // masters <- host (exact), compute copies
+  void download(TensorMap& host) const;        // host <- masters (exact; same names/shapes)
   void download_grads(TensorMap& host) const;  // host (zeros_like params) <- gradients
-  // Named host tensors to / from a flat f32 buffer laid out like the parameters (masters,
-  // gradients, AdamW moments); `what` names the tensors in the size-mismatch error.
+  // Named host f32 tensors to / from a flat buffer laid out like the parameters (gradients,
+  // AdamW moments): an f32 flat is copied, a bf16 one converted (to bf16 rounding to nearest
+  // even, so bf16 values round-trip exactly); `what` names the tensors in the size error.
   void to_flat(const TensorMap& host, const core::View& flat, const char* what) const;
   void from_flat(const core::View& flat, TensorMap& host, const char* what) const;
   void zero_grads();
-  void sync_compute();  // compute copies <- masters (rounded to bf16)
 
  private:
   core::View at(const core::Buffer& b, const std::string& name) const;
+  core::View at_f32(const std::string& name) const;
   core::Device dev_;
   core::DType dt_;
+  StateOptions opt_;
   std::vector<std::string> names_;
   std::map<std::string, Entry> index_;
-  int64_t total_ = 0;
-  core::Buffer master_, compute_, grad_;
+  int64_t total_ = 0, f32_total_ = 0;
+  // master_: f32 masters (fp32) or f32 weights (remainder); compute_: bf16 compute copies
+  // (fp32, dt bf16) or the pair's weights (remainder); remainder_: u16 (remainder).
+  core::Buffer master_, compute_, remainder_, grad_;
 };
 
 }  // namespace deltatron::model

@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "data/pack.h"
 #include "model/config.h"
+#include "model/params.h"
 #include "ops/device.h"
 #include "ops/profile.h"
 #include "ops/tensor.h"
@@ -201,16 +202,30 @@ void run_bench(const BenchOptions& o) {
   model::TensorMap params = bench_params(c, o.seed);
   int64_t nparams = 0;
   for (const auto& [k, t] : params) nparams += t.numel();
+  DT_CHECK(o.master == "fp32" || o.master == "remainder",
+           "bench: --master must be fp32 or remainder, got '", o.master, "'");
+  DT_CHECK(o.moments == "fp32" || o.moments == "bf16",
+           "bench: --moments must be fp32 or bf16, got '", o.moments, "'");
+  model::StateOptions state;
+  state.master_remainder = o.master == "remainder";
+  state.moments = o.moments == "bf16" ? core::DType::bf16 : core::DType::f32;
+  const core::DType compute_dt =
+      dev == core::Device::cuda && o.precision == "bf16" ? core::DType::bf16 : core::DType::f32;
+  const model::StateBytes state_bytes = model::state_bytes(compute_dt, state);
   AdamWOptions ao;
   ao.weight_decay = 0.1;
+  ao.bf16_moments = state.moments == core::DType::bf16;
   AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
-  auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute);
+  auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state);
   params.clear();
 
   std::fprintf(
-      stderr, "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches\n", o.preset.c_str(),
-      o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
-      double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens));
+      stderr,
+      "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
+      "%s (%g bytes of state per parameter)\n",
+      o.preset.c_str(), o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
+      double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens),
+      o.master.c_str(), o.moments.c_str(), state_bytes.train);
   std::vector<double> times, tokens, flops;
   std::map<std::string, double> stages;
   double last_loss = 0;
@@ -268,6 +283,11 @@ void run_bench(const BenchOptions& o) {
   if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
               last_loss, std::log(double(c.vocab_size)));
+  std::printf(
+      "  training state       master %s, moments %s: %g bytes per parameter (%g weights and "
+      "gradient + %g AdamW moments), %.2f GiB\n",
+      o.master.c_str(), o.moments.c_str(), state_bytes.train, state_bytes.held,
+      state_bytes.train - state_bytes.held, gib(state_bytes.train * double(nparams)));
   std::printf("  real tokens/s        %.0f\n", tps);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf(
@@ -279,17 +299,13 @@ void run_bench(const BenchOptions& o) {
   std::printf("  stages of one step (ms):\n");
   for (auto& [k, v] : stages) std::printf("    %-45s %8.1f\n", k.c_str(), v);
   if (!o.json_out.empty()) {
-    nlohmann::json j = {{"preset", o.preset},
-                        {"layers", c.num_hidden_layers},
-                        {"gpu", device_name},
-                        {"params", nparams},
-                        {"precision", o.precision},
-                        {"real_tok_per_s", tps},
-                        {"step_s_median", med},
-                        {"tflops", tflops},
-                        {"mfu", tflops * 1e12 / kPeakFlops},
-                        {"peak_gib", peak},
-                        {"stages_ms", stages}};
+    nlohmann::json j = {{"preset", o.preset},       {"layers", c.num_hidden_layers},
+                        {"gpu", device_name},       {"params", nparams},
+                        {"precision", o.precision}, {"master", o.master},
+                        {"moments", o.moments},     {"state_bytes_per_param", state_bytes.train},
+                        {"real_tok_per_s", tps},    {"step_s_median", med},
+                        {"tflops", tflops},         {"mfu", tflops * 1e12 / kPeakFlops},
+                        {"peak_gib", peak},         {"stages_ms", stages}};
     std::ofstream(o.json_out) << j.dump(1) << "\n";
   }
 }

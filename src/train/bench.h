@@ -17,6 +17,8 @@ struct BenchOptions {
   std::string precision = "bf16";  // bf16 | fp32 (cuda)
   bool mtp = false;                // keep the preset's MTP head (off by default, like the peer)
   bool recompute = false;          // activation recomputation per layer
+  std::string master = "fp32";     // fp32 | remainder (training.master)
+  std::string moments = "fp32";    // fp32 | bf16 (training.moments)
   double median_len = 600, sigma = 0.8;
   int64_t min_len = 64, max_len = 2048;
   uint64_t seed = 1;

@@ -1,5 +1,7 @@
 // The engine: model::Model on one device, its AdamW moments beside the parameters (one fused
 // step over all tensors, a deterministic global gradient norm); host copies only when asked.
+// The state's storage (training.master, training.moments) is the parameter store's
+// (model::StateOptions); the moments here are f32 or bf16 buffers laid out like the parameters.
 #include "train/engine.h"
 
 #include <cmath>
@@ -16,8 +18,8 @@ namespace {
 class ModelEngine final : public Engine {
  public:
   ModelEngine(core::Device dev, core::DType dt, const model::Config& c,
-              const model::TensorMap& params, const AdamW* opt)
-      : model_(dev, dt, c, params) {
+              const model::TensorMap& params, const AdamW* opt, const model::StateOptions& state)
+      : model_(dev, dt, c, params, state) {
     if (!opt) return;  // scoring (or the bench): the moments come with the first step
     alloc_moments();
     if (opt->step_count() > 0) {  // resumed: moments from the checkpoint
@@ -63,12 +65,9 @@ class ModelEngine final : public Engine {
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
-      ops::AdamWTensor t;
-      t.master = p.master_flat().slice(e.offset, e.numel);
+      ops::AdamWTensor t = p.adamw_tensor(name);  // master (or the lean pair), grad
       t.m = m_.view().slice(e.offset, e.numel);
       t.v = v_.view().slice(e.offset, e.numel);
-      t.grad = p.grad_flat().slice(e.offset, e.numel);
-      if (p.dt() != core::DType::f32) t.compute_copy = p.compute_flat().slice(e.offset, e.numel);
       t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;
       ts.push_back(t);
     }
@@ -92,10 +91,11 @@ class ModelEngine final : public Engine {
     model::Params& p = model_.params();
     const core::Device dev = p.device();
     core::allocator(dev).set_oom_hint(p.state_hint());
-    m_ = core::Buffer(dev, core::DType::f32, {p.total()}, "AdamW exp_avg");
-    v_ = core::Buffer(dev, core::DType::f32, {p.total()}, "AdamW exp_avg_sq");
-    ops::zero(m_);
-    ops::zero(v_);
+    const core::DType dt = p.options().moments;  // f32 or bf16 (training.moments)
+    m_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg");
+    v_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg_sq");
+    ops::adamw_state_zero(m_);
+    ops::adamw_state_zero(v_);
   }
 
   model::Model model_;
@@ -108,14 +108,15 @@ class ModelEngine final : public Engine {
 
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
-                                    const AdamW* opt, bool recompute) {
+                                    const AdamW* opt, bool recompute,
+                                    const model::StateOptions& state) {
   DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
   const bool cuda = device == "cuda";
   const core::DType dt = cuda && precision == "bf16" ? core::DType::bf16 : core::DType::f32;
   auto e = std::make_unique<ModelEngine>(cuda ? core::Device::cuda : core::Device::cpu, dt, c,
-                                         params, opt);
+                                         params, opt, state);
   e->set_recompute(recompute);
   return e;
 }

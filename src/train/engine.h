@@ -34,9 +34,13 @@ class Engine {
 // device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32" (the CPU computes in fp32). The
 // engine copies `params` (and `opt`'s moments, for a resumed run) to the device. A clear error
 // when CUDA is unavailable: not built, no GPU, or not a Hopper GPU.
-// recompute: activation recomputation per layer (model::Model::set_recompute).
+// recompute: activation recomputation per layer (model::Model::set_recompute). state: how the
+// masters and moments are stored (training.master, training.moments; model::StateOptions): a
+// resumed run's f32 moments are converted to bf16 moments exactly when they are bf16 values
+// (as saved by a bf16-moment run), else rounded to nearest even.
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
-                                    const AdamW* opt = nullptr, bool recompute = false);
+                                    const AdamW* opt = nullptr, bool recompute = false,
+                                    const model::StateOptions& state = {});
 
 }  // namespace deltatron::train

@@ -79,6 +79,8 @@ std::vector<std::string> AdamW::names() const {
 void AdamW::step(TensorMap& params, const TensorMap& grads, double lr) {
   check_same_layout(m_, params, "AdamW step: parameters");
   check_same_layout(m_, grads, "AdamW step: gradients");
+  DT_CHECK(!opt_.bf16_moments,
+           "AdamW step: host tensors keep fp32 moments; bf16 moments are the engine's");
   ++step_;
   // The per-element update is ops::adamw_step_multi's (cpu::adamw_step on host tensors), the
   // formula documented in optimizer.h.

@@ -36,6 +36,10 @@ struct AdamWOptions {
   bool decay_embeddings = false;  // see default_weight_decay
   // Replaces default_weight_decay when set (decay_embeddings is then unused).
   DecayPredicate decay_predicate;
+  // training.moments = "bf16": the engine keeps the moments in bf16 (model::StateOptions) and a
+  // checkpoint stores them as BF16 (train_state.h). The host tensors below stay f32 (holding bf16
+  // values exactly); step() on host tensors keeps fp32 moments and refuses this option.
+  bool bf16_moments = false;
 };
 
 // AdamW as torch.optim.AdamW (single-tensor path, amsgrad=False, maximize=False), with one step

@@ -28,8 +28,10 @@ void print_run_start(const TrainConfig& cfg, const model::TensorMap& params,
   long long n = 0;
   for (const auto& [k, t] : params) n += t.numel();
   std::fprintf(stderr,
-               "train: %lld parameters, packing efficiency %.1f%% (%lld-token micro-batches)\n", n,
-               100.0 * batches.efficiency(), static_cast<long long>(cfg.micro_batch_tokens));
+               "train: %lld parameters, packing efficiency %.1f%% (%lld-token micro-batches); "
+               "state: master %s, moments %s\n",
+               n, 100.0 * batches.efficiency(), static_cast<long long>(cfg.micro_batch_tokens),
+               cfg.master.c_str(), cfg.moments.c_str());
 }
 
 RunLog::RunLog(const TrainConfig& cfg, const model::Config& c, bool resumed, int64_t first_step)

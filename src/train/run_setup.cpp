@@ -41,7 +41,15 @@ AdamWOptions adamw_options(const TrainConfig& cfg) {
   ao.beta2 = cfg.beta2;
   ao.eps = cfg.eps;
   ao.weight_decay = cfg.weight_decay;
+  ao.bf16_moments = cfg.moments == "bf16";
   return ao;
+}
+
+model::StateOptions state_options(const TrainConfig& cfg) {
+  model::StateOptions so;
+  so.master_remainder = cfg.master == "remainder";
+  so.moments = cfg.moments == "bf16" ? core::DType::bf16 : core::DType::f32;
+  return so;
 }
 
 ScheduleOptions schedule_options(const TrainConfig& cfg) {

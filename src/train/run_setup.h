@@ -6,6 +6,7 @@
 
 #include "data/packing.h"
 #include "io/checkpoint.h"
+#include "model/params.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
 #include "train/schedule.h"
@@ -24,6 +25,9 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
 std::string tokenizer_path(const TrainConfig& cfg);
 
 AdamWOptions adamw_options(const TrainConfig& cfg);
+
+// training.master and training.moments as the parameter store's options.
+model::StateOptions state_options(const TrainConfig& cfg);
 
 // The learning-rate schedule of cfg, validated (validate_schedule).
 ScheduleOptions schedule_options(const TrainConfig& cfg);

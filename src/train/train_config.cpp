@@ -98,6 +98,8 @@ const std::map<std::string, Setter>& setters() {
       {"training.device", set(&TrainConfig::device)},
       {"training.precision", set(&TrainConfig::precision)},
       {"training.recompute", set(&TrainConfig::recompute)},
+      {"training.master", set(&TrainConfig::master)},
+      {"training.moments", set(&TrainConfig::moments)},
   };
   return s;
 }
@@ -166,6 +168,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
            ": training.device must be cpu or cuda, got '", c.device, "'");
   DT_CHECK(c.precision == "bf16" || c.precision == "fp32", path,
            ": training.precision must be bf16 or fp32, got '", c.precision, "'");
+  DT_CHECK(
+      c.master == "fp32" || c.master == "remainder", path,
+      ": training.master must be fp32 or remainder (the bf16 weight + 16-bit remainder), got '",
+      c.master, "'");
+  DT_CHECK(c.moments == "fp32" || c.moments == "bf16", path,
+           ": training.moments must be fp32 or bf16, got '", c.moments, "'");
   DT_CHECK(c.steps > 0, path, ": training.steps must be positive");
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");

@@ -64,6 +64,12 @@ struct TrainConfig {
   std::string device = "cpu";      // cpu | cuda
   std::string precision = "bf16";  // cuda only: bf16 (activations, compute copies) | fp32 (debug)
   bool recompute = false;          // cuda only: recompute each layer's activations in the backward
+  // The training state's storage (model::StateOptions, ops/adamw.h): fp32 masters, or "remainder"
+  // (the bf16 weight + a 16-bit remainder hold each master exactly: training is bitwise the same,
+  // 2 bytes per parameter less with bf16 compute); fp32 AdamW moments, or "bf16" (stochastically
+  // rounded: 4 bytes per parameter less, saved as BF16 in the checkpoint).
+  std::string master = "fp32";   // fp32 | remainder
+  std::string moments = "fp32";  // fp32 | bf16
 
   std::string source;  // the config file, for messages
 };

@@ -4,11 +4,14 @@
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "io/file_util.h"
 #include "io/safetensors.h"
@@ -49,7 +52,8 @@ TensorMap read_moments(const io::SafetensorsFile& f, const std::string& prefix,
     DT_CHECK(f.contains(key), f.path(), ": no '", key, "' for parameter '", name,
              "' (the checkpoint was saved for a different parameter set)");
     const io::TensorInfo& ti = f.info(key);
-    DT_CHECK(ti.dtype == "F32", f.path(), ": '", key, "' has dtype ", ti.dtype, ", expected F32");
+    DT_CHECK(ti.dtype == "F32" || ti.dtype == "BF16", f.path(), ": '", key, "' has dtype ",
+             ti.dtype, ", expected F32 or BF16");
     DT_CHECK(ti.shape == ref.shape, f.path(), ": '", key, "' has shape ", core::shape_str(ti.shape),
              " but parameter '", name, "' has shape ", core::shape_str(ref.shape));
     out.emplace(name, f.to_float(key));
@@ -74,16 +78,34 @@ int64_t int_field(const json& j, const std::string& path, const char* key) {
 }  // namespace
 
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer) {
-  std::map<std::string, io::TensorRecord> views;
-  for (const auto& [name, m] : optimizer.exp_avg())
-    views.emplace(kExpAvg + name, io::TensorRecord{"F32", m.shape, m.ptr(), {}});
-  for (const auto& [name, v] : optimizer.exp_avg_sq())
-    views.emplace(kExpAvgSq + name, io::TensorRecord{"F32", v.shape, v.ptr(), {}});
   const AdamWOptions& o = optimizer.options();
-  const std::map<std::string, std::string> meta = {
-      {"format", kOptimizerFormat},   {"step", std::to_string(optimizer.step_count())},
-      {"beta1", exact_text(o.beta1)}, {"beta2", exact_text(o.beta2)},
-      {"eps", exact_text(o.eps)},     {"weight_decay", exact_text(o.weight_decay)}};
+  std::map<std::string, io::TensorRecord> views;
+  std::vector<std::vector<uint8_t>> bf16_bytes;  // the BF16 moments' bytes, alive until written
+  const auto add = [&](const std::string& key, const core::Tensor& t) {
+    if (!o.bf16_moments) {
+      views.emplace(key, io::TensorRecord{"F32", t.shape, t.ptr(), {}});
+      return;
+    }
+    std::vector<uint8_t>& bytes = bf16_bytes.emplace_back(size_t(t.numel()) * 2);
+    const float* x = t.ptr();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const uint16_t h = core::bf16_round_nearest_even(x[i]);
+      DT_CHECK(core::bf16_to_f32(h) == x[i] || x[i] != x[i], "AdamW state '", key,
+               "' holds a value that is not a bf16 value (", x[i],
+               ") with training.moments = bf16");
+      std::memcpy(bytes.data() + 2 * i, &h, 2);
+    }
+    views.emplace(key, io::TensorRecord{"BF16", t.shape, nullptr, bytes});
+  };
+  for (const auto& [name, m] : optimizer.exp_avg()) add(kExpAvg + name, m);
+  for (const auto& [name, v] : optimizer.exp_avg_sq()) add(kExpAvgSq + name, v);
+  const std::map<std::string, std::string> meta = {{"format", kOptimizerFormat},
+                                                   {"step", std::to_string(optimizer.step_count())},
+                                                   {"beta1", exact_text(o.beta1)},
+                                                   {"beta2", exact_text(o.beta2)},
+                                                   {"eps", exact_text(o.eps)},
+                                                   {"weight_decay", exact_text(o.weight_decay)},
+                                                   {"moments", o.bf16_moments ? "bf16" : "fp32"}};
   io::write_safetensors((fs::path(dir) / kOptimizerFileName).string(), views, meta);
 
   std::ostringstream rng;

@@ -23,9 +23,11 @@ struct TrainState {
 };
 
 // Writes into the existing directory dir (each file atomically):
-//  - optimizer.safetensors: for every parameter p, "exp_avg/<p>" and "exp_avg_sq/<p>" as F32
-//    with p's shape; __metadata__ {"format": "deltatron-adamw", "step": optimizer step count,
-//    "beta1", "beta2", "eps", "weight_decay" (informational, as text)}.
+//  - optimizer.safetensors: for every parameter p, "exp_avg/<p>" and "exp_avg_sq/<p>" with p's
+//    shape, as F32, or as BF16 with optimizer.options().bf16_moments (the state as trained: the
+//    host tensors then hold bf16 values, each converted exactly; any other value is an error);
+//    __metadata__ {"format": "deltatron-adamw", "step": optimizer step count, "beta1", "beta2",
+//    "eps", "weight_decay", "moments" ("fp32" or "bf16") (informational, as text)}.
 //  - trainer_state.json: {"format": "deltatron-trainer-state", "version": 1, "step",
 //    "rng_seed", "rng_state" (the std::mt19937_64 in its operator<< text form), "epoch",
 //    "data_cursor", "extra"}.
@@ -35,7 +37,8 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
 // counters, the RNG (its next outputs equal those the saved one would have produced). optimizer
 // must have been built over the same parameters. Errors are one-line core::Errors naming the
 // file and, where there is one, the parameter or field: a missing file, a parameter without
-// moments, moments of a parameter the optimizer lacks, a shape or dtype mismatch, a bad field.
+// moments, moments of a parameter the optimizer lacks, a shape or dtype mismatch (F32 and BF16
+// moments are read, into f32 exactly, whatever the run's training.moments), a bad field.
 // On error neither state nor optimizer is modified. Hyperparameters are not compared: the run's
 // current options apply.
 void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer);

@@ -52,8 +52,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   if (st.step >= cfg.steps) return finished_run(cfg, start, st);  // nothing to train
 
   // 3. The engine, the micro-batch stream, the log.
-  const auto engine =
-      make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt, cfg.recompute);
+  const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
+                                  cfg.recompute, state_options(cfg));
   data::EpochIterator batches = training_batches(cfg, d, st);
   print_run_start(cfg, ck.params, batches);
   std::signal(SIGINT, on_signal);

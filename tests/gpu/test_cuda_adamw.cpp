@@ -5,8 +5,11 @@
 // some steps run on the CPU optimizer and on the GPU from the same values. Bounds: master, exp_avg
 // and exp_avg_sq within 1e-6 relative per element (the kernel repeats the CPU's fp32 operations
 // one by one, so the measured difference is expected to be 0; the number of bitwise differences
-// is printed); the bf16 compute copy equals the round-to-nearest-even of the GPU master exactly;
-// the fp64 sum of squares within 1e-12 relative of the CPU's and bitwise reproducible.
+// is printed); the bf16 compute copy equals the GPU master rounded to nearest with ties away from
+// zero exactly (core::bf16_round_ties_away, the rounding of the lean pair's weight); the fp64 sum
+// of squares within 1e-12 relative of the CPU's and bitwise reproducible. Every storage of the
+// state (fp32 master or the lean bf16 weight + remainder, fp32 or bf16 moments) steps bitwise as
+// the CPU branch of ops::adamw_step_multi (the reference) does.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -21,9 +24,11 @@
 #include <vector>
 
 #include "bf16_util.h"
+#include "core/bf16.h"
 #include "core/error.h"
 #include "cuda/adamw.h"
 #include "cuda/device.h"
+#include "ops/adamw.h"
 #include "test_util.h"
 #include "train/optimizer.h"
 
@@ -32,8 +37,6 @@ using dt::cuda::DType;
 using dt::train::TensorMap;
 
 namespace {
-
-using dt_test::to_bf16;
 
 dt::cuda::DeviceBuffer upload(const std::vector<float>& v) {
   dt::cuda::DeviceBuffer b(std::max<size_t>(v.size(), 1) * 4, "tensor");
@@ -171,7 +174,8 @@ void run_steps(const std::vector<std::pair<std::string, dt::core::Shape>>& spec,
       step_diff.add(download<float>(d.m, d.n), cpu.exp_avg().at(name).data);
       step_diff.add(download<float>(d.v, d.n), cpu.exp_avg_sq().at(name).data);
       const auto copy = download<uint16_t>(d.copy, d.n);
-      for (int64_t i = 0; i < d.n; ++i) copy_wrong += copy[i] != to_bf16(master[i]);
+      for (int64_t i = 0; i < d.n; ++i)
+        copy_wrong += copy[i] != dt::core::bf16_round_ties_away(master[i]);
     }
     EXPECT_LE(step_diff.max_rel, 1e-6) << "step " << s + 1 << ": " << step_diff.str();
     EXPECT_EQ(copy_wrong, 0) << "step " << s + 1 << ": bf16 copy is not the rounded master";
@@ -247,6 +251,142 @@ TEST_F(CudaAdamW, SingleTensorCopies) {
     const auto ch = download<float>(copy, n);
     EXPECT_EQ(ch, with_copy ? mh : std::vector<float>(n, -1.f));
   }
+}
+
+// Every storage of the state: fp32 master (bf16 copy) or the lean pair (with and without an f32
+// master out), fp32 or bf16 moments. The CUDA step and the CPU branch of ops::adamw_step_multi
+// (cpu::adamw_step, the reference) run from the same bits for 8 steps with clipping, both decay
+// groups and stochastic counters offset per tensor; every stored bit must agree.
+TEST_F(CudaAdamW, LeanStoragesMatchCpuReferenceBitwise) {
+  using dt::core::View;
+  const std::vector<int64_t> sizes = {1, 2047, 2049, 300000, 7};
+  for (bool pair : {false, true})
+    for (bool bf16_moments : {false, true}) {
+      SCOPED_TRACE(std::string(pair ? "remainder" : "fp32") + " master, " +
+                   (bf16_moments ? "bf16" : "fp32") + " moments");
+      // host state (the CPU reference) and the same on the device
+      struct State {
+        std::vector<float> master, out, mf, vf;
+        std::vector<uint16_t> weight, rem, mb, vb;
+        dt::cuda::DeviceBuffer d_master, d_out, d_m, d_v, d_weight, d_rem, d_grad;
+        int64_t n = 0, index = 0;
+      };
+      std::vector<State> st(sizes.size());
+      int64_t index = 0;
+      for (size_t k = 0; k < sizes.size(); ++k) {
+        State& s = st[k];
+        s.n = sizes[k];
+        s.index = index;
+        index += s.n + 64;
+        s.master = dt_test::randn<float>(s.n, 50 + k, 0.05);
+        s.out.assign(s.n, 0.f);
+        s.mf.assign(s.n, 0.f);
+        s.vf.assign(s.n, 0.f);
+        s.weight.resize(s.n);
+        s.rem.resize(s.n);
+        for (int64_t i = 0; i < s.n; ++i)
+          dt::core::master_split(s.master[i], s.weight[i], s.rem[i]);
+        s.mb.assign(s.n, 0);
+        s.vb.assign(s.n, 0);
+        s.d_master = upload(s.master);
+        s.d_out = upload(s.out);
+        s.d_m = upload(std::vector<float>(s.n, 0.f));  // zero bytes: fp32 or bf16 zeros
+        s.d_v = upload(std::vector<float>(s.n, 0.f));
+        s.d_weight = dt::cuda::DeviceBuffer(std::max<int64_t>(s.n, 1) * 2, "weight");
+        s.d_rem = dt::cuda::DeviceBuffer(std::max<int64_t>(s.n, 1) * 2, "remainder");
+        DT_CUDA_CHECK(
+            cudaMemcpy(s.d_weight.get(), s.weight.data(), s.n * 2, cudaMemcpyHostToDevice));
+        DT_CUDA_CHECK(cudaMemcpy(s.d_rem.get(), s.rem.data(), s.n * 2, cudaMemcpyHostToDevice));
+      }
+      for (int step = 1; step <= 8; ++step) {
+        dt::ops::AdamWArgs a;
+        a.lr = 1e-3 * (1 + step % 3);
+        a.beta1 = 0.9;
+        a.beta2 = 0.95;
+        a.step = step;
+        a.grad_scale = step % 3 == 0 ? 0.25f : 1.0f;
+        a.seed = 12345;
+        std::vector<dt::ops::AdamWTensor> host;
+        std::vector<dt::cuda::AdamWTensor> dev;
+        std::vector<std::vector<float>> grads;
+        for (size_t k = 0; k < st.size(); ++k) {
+          State& s = st[k];
+          grads.push_back(dt_test::randn<float>(s.n, 700 * step + k, k == 3 ? 1e-3 : 1.0));
+          s.d_grad = upload(grads.back());
+          const double wd = k % 2 ? 0.1 : 0.0;
+          const bool out = pair && k % 2;  // the lean pair with an f32 master out
+          dt::ops::AdamWTensor h;
+          h.grad = View(grads.back().data(), DType::f32, dt::core::Device::cpu, {s.n});
+          if (pair) {
+            h.compute_copy = View(s.weight.data(), DType::bf16, dt::core::Device::cpu, {s.n});
+            h.remainder = View(s.rem.data(), DType::u16, dt::core::Device::cpu, {s.n});
+            if (out) h.master = View(s.out.data(), DType::f32, dt::core::Device::cpu, {s.n});
+          } else {
+            h.master = View(s.master.data(), DType::f32, dt::core::Device::cpu, {s.n});
+          }
+          if (bf16_moments) {
+            h.m = View(s.mb.data(), DType::bf16, dt::core::Device::cpu, {s.n});
+            h.v = View(s.vb.data(), DType::bf16, dt::core::Device::cpu, {s.n});
+          } else {
+            h.m = View(s.mf.data(), DType::f32, dt::core::Device::cpu, {s.n});
+            h.v = View(s.vf.data(), DType::f32, dt::core::Device::cpu, {s.n});
+          }
+          h.weight_decay = wd;
+          h.index = s.index;
+          host.push_back(h);
+          dt::cuda::AdamWTensor d;
+          d.master = pair ? (out ? static_cast<float*>(s.d_out.get()) : nullptr)
+                          : static_cast<float*>(s.d_master.get());
+          d.m = s.d_m.get();
+          d.v = s.d_v.get();
+          d.grad = static_cast<const float*>(s.d_grad.get());
+          d.compute_copy = s.d_weight.get();  // the pair's weight, or the fp32 master's bf16 copy
+          d.n = s.n;
+          d.weight_decay = wd;
+          d.remainder = pair ? static_cast<uint16_t*>(s.d_rem.get()) : nullptr;
+          d.index = s.index;
+          dev.push_back(d);
+        }
+        dt::ops::adamw_step_multi(host, a);  // the CPU reference
+        dt::cuda::AdamWStepArgs ca;
+        ca.lr = a.lr;
+        ca.beta1 = a.beta1;
+        ca.beta2 = a.beta2;
+        ca.eps = a.eps;
+        ca.step = a.step;
+        ca.grad_scale = a.grad_scale;
+        ca.seed = a.seed;
+        dt::cuda::adamw_step_multi(dev, ca, DType::bf16, bf16_moments ? DType::bf16 : DType::f32);
+        for (size_t k = 0; k < st.size(); ++k) {
+          State& s = st[k];
+          int64_t bad_master = 0, bad_weight = 0, bad_m = 0;
+          if (pair) {
+            const auto rem = download<uint16_t>(s.d_rem, s.n);
+            bad_master += rem != s.rem;
+            if (k % 2) bad_master += download<float>(s.d_out, s.n) != s.out;
+          } else {
+            const auto m = download<float>(s.d_master, s.n);
+            bad_master += std::memcmp(m.data(), s.master.data(), s.n * 4) != 0;
+          }
+          const auto w = download<uint16_t>(s.d_weight, s.n);
+          for (int64_t i = 0; i < s.n; ++i)
+            bad_weight +=
+                w[i] != (pair ? s.weight[i] : dt::core::bf16_round_ties_away(s.master[i]));
+          if (bf16_moments) {
+            bad_m += download<uint16_t>(s.d_m, s.n) != s.mb;
+            bad_m += download<uint16_t>(s.d_v, s.n) != s.vb;
+          } else {
+            const auto m = download<float>(s.d_m, s.n), v = download<float>(s.d_v, s.n);
+            bad_m += std::memcmp(m.data(), s.mf.data(), s.n * 4) != 0;
+            bad_m += std::memcmp(v.data(), s.vf.data(), s.n * 4) != 0;
+          }
+          EXPECT_EQ(bad_master, 0)
+              << "master (or remainder / f32 out), tensor " << k << " step " << step;
+          EXPECT_EQ(bad_weight, 0) << "bf16 weight, tensor " << k << " step " << step;
+          EXPECT_EQ(bad_m, 0) << "moments, tensor " << k << " step " << step;
+        }
+      }
+    }
 }
 
 TEST_F(CudaAdamW, SumSquaresMatchesDoubleAndIsDeterministic) {

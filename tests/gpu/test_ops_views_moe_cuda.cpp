@@ -6,7 +6,8 @@
 // (loss 1e-4 in bf16 mode: fp32 logits of bf16 inputs summed in another order); bf16 storage
 // 5e-3 forward, 1e-2 backward; routing decisions, permutations and offsets exact; AdamW within
 // 1e-6 relative per element (the kernel repeats the CPU's operations; bitwise differences are
-// printed), its bf16 compute copy the round-to-nearest-even of the GPU master exactly.
+// printed), its bf16 compute copy the GPU master rounded to nearest with ties away from zero
+// exactly (core::bf16_round_ties_away, the rounding of the lean master's weight, core/bf16.h).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "bf16_util.h"
+#include "core/bf16.h"
 #include "core/constants.h"
 #include "core/error.h"
 #include "core/view.h"
@@ -273,7 +275,8 @@ TEST(OpsViewsCuda, AdamWStepMulti) {
       for (size_t i = 0; i < master.size(); ++i) {
         uint16_t c;
         std::memcpy(&c, copy.data() + 2 * i, 2);
-        ASSERT_EQ(c, dt_test::to_bf16(master[i])) << "compute copy " << k << " element " << i;
+        ASSERT_EQ(c, dt::core::bf16_round_ties_away(master[i]))
+            << "compute copy " << k << " element " << i;
       }
     }
   }
