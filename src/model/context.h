@@ -23,7 +23,7 @@ struct Batch {
   int nseg;
   core::Segments seg;  // host bounds (pack.cu_seqlens_padded)
   Buffer ids, targets, pos3, cu;
-  Buffer grad_ids;               // ids with HF's padding_idx rows set to -1 (no embedding grad)
+  Buffer grad_ids;  // ids with HF's padding_idx rows set to -1 (no embedding grad)
   Buffer mtp_ids, mtp_targets, mtp_grad_ids;  // the pack's rolled MTP inputs (MTP models)
   Buffer group_all, group_seq;  // router-loss groups (MoE models): one group / one per sample,
                                 // -1 on padding

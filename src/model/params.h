@@ -32,8 +32,8 @@ class Params {
   // moments, and what to change when it alone does not fit.
   std::string state_hint() const;
 
-  core::View w(const std::string& name) const;  // compute copy (dt)
-  core::View g(const std::string& name) const;  // gradient (f32)
+  core::View w(const std::string& name) const;       // compute copy (dt)
+  core::View g(const std::string& name) const;       // gradient (f32)
   core::View master(const std::string& name) const;  // f32 master
   const core::View& master_flat() const { return master_.view(); }
   const core::View& grad_flat() const { return grad_.view(); }

@@ -262,15 +262,17 @@ void run_bench(const BenchOptions& o) {
 
   std::printf(
       "bench %s: %s, %.3fB params, %lld timed steps of <= %lld tokens (%.0f real tokens/step)\n",
-      o.preset.c_str(), device_name.c_str(), double(nparams) / 1e9, static_cast<long long>(times.size()),
-      static_cast<long long>(o.micro_batch_tokens), tok / double(times.size()));
+      o.preset.c_str(), device_name.c_str(), double(nparams) / 1e9,
+      static_cast<long long>(times.size()), static_cast<long long>(o.micro_batch_tokens),
+      tok / double(times.size()));
   if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
               last_loss, std::log(double(c.vocab_size)));
   std::printf("  real tokens/s        %.0f\n", tps);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf(
-      "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in src/train/bench.cpp)\n",
+      "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
+      "src/train/bench.cpp)\n",
       tflops, 100.0 * tflops * 1e12 / kPeakFlops);
   std::printf("  peak GPU memory      %.1f GiB (device memory taken by the run, cudaMemGetInfo)\n",
               peak);

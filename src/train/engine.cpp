@@ -109,8 +109,7 @@ class ModelEngine final : public Engine {
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt, bool recompute) {
-  DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device,
-           "' (use cpu or cuda)");
+  DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
   const bool cuda = device == "cuda";
