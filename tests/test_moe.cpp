@@ -92,7 +92,7 @@ TEST(MoeRouter, ForwardMatchesFormulaAndFloatAgrees) {
   }
   VecF lf(l.begin(), l.end()), pf(N * E), lsef(N), wf(N * K);
   VecI idxf(N * K);
-  ops::moe_router_fwd(kCpu, lf.data(), N, E, K, pf.data(), lsef.data(), idxf.data(), wf.data());
+  cpu::moe_router_fwd<float>(lf.data(), N, E, K, pf.data(), lsef.data(), idxf.data(), wf.data());
   EXPECT_EQ(idxf, idx);
   DT_EXPECT_CLOSE(pf, p, 1e-6, "float probs");
   DT_EXPECT_CLOSE(wf, w, 1e-6, "float weights");
@@ -188,10 +188,10 @@ TEST(MoeRouter, NonFiniteLogitsThrow) {
   VecF l = {0.f, NAN, 1.f, 2.f}, p(4), lse(1), w(2);
   VecI idx(2);
   EXPECT_THROW(
-      ops::moe_router_fwd(kCpu, l.data(), 1, 4, 2, p.data(), lse.data(), idx.data(), w.data()),
+      cpu::moe_router_fwd<float>(l.data(), 1, 4, 2, p.data(), lse.data(), idx.data(), w.data()),
       core::Error);
   EXPECT_THROW(
-      ops::moe_router_fwd(kCpu, l.data(), 1, 4, 5, p.data(), lse.data(), idx.data(), w.data()),
+      cpu::moe_router_fwd<float>(l.data(), 1, 4, 5, p.data(), lse.data(), idx.data(), w.data()),
       core::Error);  // K > E
 }
 
@@ -286,13 +286,14 @@ TEST(MoeRouterLoss, BadGroupIdsThrow) {
   std::vector<double> F(2 * 2, 1.0), c(2, 1.0), counts(4), tokens(2);
   VecI bad = {0, 2, 1}, bad_neg = {0, -2, 1};
   VecI idx = {0, 1, 1};
-  EXPECT_THROW(ops::moe_aux_loss_fwd(kCpu, p.data(), bad.data(), 3, 2, 2, F.data(), c.data()),
+  EXPECT_THROW(cpu::moe_aux_loss_fwd<float>(p.data(), bad.data(), 3, 2, 2, F.data(), c.data()),
                core::Error);
-  EXPECT_THROW(ops::moe_aux_loss_bwd(kCpu, bad.data(), 3, 2, 2, F.data(), c.data(), 1.0, dp.data()),
-               core::Error);
-  EXPECT_THROW(ops::moe_z_loss_fwd(kCpu, lse.data(), bad_neg.data(), 3, 1.0), core::Error);
   EXPECT_THROW(
-      ops::moe_count_routes(kCpu, idx.data(), bad.data(), 3, 1, 2, 2, counts.data(), tokens.data()),
+      cpu::moe_aux_loss_bwd<float>(bad.data(), 3, 2, 2, F.data(), c.data(), 1.0, dp.data()),
+      core::Error);
+  EXPECT_THROW(cpu::moe_z_loss_fwd<float>(lse.data(), bad_neg.data(), 3, 1.0), core::Error);
+  EXPECT_THROW(
+      cpu::moe_count_routes(idx.data(), bad.data(), 3, 1, 2, 2, counts.data(), tokens.data()),
       core::Error);
 }
 

@@ -1,7 +1,7 @@
 // Tests of the view forms of the LM head + cross-entropy, MoE and AdamW ops on the CPU: the fused
 // linear_cross_entropy against a double reference (one weight for every token, the chunked path,
-// per-token dloss weights, correct flags, accumulation); every MoE view op against its host-pointer
-// form (bitwise); the all-experts moe_scatter_add against the per-expert scatter; grouped_linear
+// per-token dloss weights, correct flags, accumulation); every MoE view op against its cpu:: kernel
+// (bitwise); the all-experts moe_scatter_add against the per-expert scatter; grouped_linear
 // against one linear per expert; adamw_step_multi against the pre-op train::AdamW::step loop and
 // train::AdamW::step with clip_grad_norm (bitwise); and the argument checks' errors.
 #include <algorithm>
@@ -16,6 +16,8 @@
 #include "core/constants.h"
 #include "core/error.h"
 #include "core/view.h"
+#include "cpu/linear.h"
+#include "cpu/moe.h"
 #include "model/config.h"
 #include "ops/adamw.h"
 #include "ops/linear.h"
@@ -137,7 +139,7 @@ TEST(LinearCrossEntropy, CorrectFlagsWhereTargetIsArgmax) {
   HeadCase h = make_head(9, 5, 23, 3);
   // Make half the label rows' targets the argmax of their logits.
   VecF logits(h.N * h.V);
-  ops::linear_fwd(kCpu, h.x.data(), h.W.data(), h.N, h.D, h.V, logits.data());
+  cpu::linear_fwd<float>(h.x.data(), h.W.data(), h.N, h.D, h.V, logits.data());
   for (int64_t n = 0; n < h.N; n += 2)
     if (h.targets[n] != core::kIgnoreIndex)
       h.targets[n] =
@@ -243,7 +245,7 @@ TEST(LinearCrossEntropy, Errors) {
         ops::linear_cross_entropy(vf(h.x), vf(h.W), vi(h.targets), View{}, 4, 3, 5, loss_cuda,
                                   View{}, View{}, false, View{});
       },
-      {"ops::linear_cross_entropy", "loss_N is on cuda", "x_ND is on cpu"});
+      {"ops::linear_cross_entropy", "loss_N is f32 [4] on cuda", "on cpu like x_ND"});
   VecI bad = h.targets;
   bad[0] = 5;
   expect_error(
@@ -280,15 +282,15 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
   Routing r = route(N, E, K, 11);
   VecF probs(N * E), lse(N), w(N * K);
   VecI idx(N * K);
-  ops::moe_router_fwd(kCpu, r.logits.data(), N, E, K, probs.data(), lse.data(), idx.data(),
-                      w.data());
+  cpu::moe_router_fwd<float>(r.logits.data(), N, E, K, probs.data(), lse.data(), idx.data(),
+                             w.data());
   expect_bitwise(r.probs, probs, "probs");
   expect_bitwise(r.lse, lse, "lse");
   expect_bitwise(r.w, w, "topk_w");
   EXPECT_EQ(r.idx, idx);
   VecL off(E + 1);
   VecI rows(N * K);
-  ops::moe_permute(kCpu, idx.data(), N, K, E, off.data(), rows.data());
+  cpu::moe_permute(idx.data(), N, K, E, off.data(), rows.data());
   EXPECT_EQ(r.off, off);
   EXPECT_EQ(r.rows, rows);
   for (int64_t i = 0; i < N * K; ++i) EXPECT_EQ(r.rows[r.pos[i]], i);
@@ -309,9 +311,9 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
     ops::moe_router_bwd(vf(r.probs), vi(r.idx), vf(r.w), mask & 1 ? vf(dw) : View{},
                         mask & 2 ? vf(dprobs) : View{}, mask & 4 ? vf(dlse) : View{}, N, E, K,
                         vf(got));
-    ops::moe_router_bwd(kCpu, r.probs.data(), r.idx.data(), r.w.data(),
-                        mask & 1 ? dw.data() : nullptr, mask & 2 ? dprobs.data() : nullptr,
-                        mask & 4 ? dlse.data() : nullptr, N, E, K, want.data());
+    cpu::moe_router_bwd<float>(r.probs.data(), r.idx.data(), r.w.data(),
+                               mask & 1 ? dw.data() : nullptr, mask & 2 ? dprobs.data() : nullptr,
+                               mask & 4 ? dlse.data() : nullptr, N, E, K, want.data());
     expect_bitwise(got, want, "dlogits, mask " + std::to_string(mask));
   }
 }
@@ -344,15 +346,15 @@ TEST(MoeViews, GatherAndExpertWeightBwdMatchHostOps) {
     for (bool weighted : {false, true}) {
       VecF got(R * D, -1.f), want(R * D, -2.f);
       ops::moe_gather(vf(x), vi(rows), weighted ? vf(r.w) : View{}, R, K, D, vf(got));
-      ops::moe_gather(kCpu, x.data(), rows.data(), weighted ? r.w.data() : nullptr, R, K, D,
-                      want.data());
+      cpu::moe_gather<float>(x.data(), rows.data(), weighted ? r.w.data() : nullptr, R, K, D,
+                             want.data());
       expect_bitwise(got, want, "gather");
     }
     VecF h = randn<float>(R * F, 33 + e), g = randn<float>(R * F, 43 + e);
     VecF dw_got(N * K, 0.f), dw_want(N * K, 0.f), dh_got(R * F), dh_want(R * F);
     ops::moe_expert_weight_bwd(vf(h), vf(g), vi(rows), vf(r.w), R, K, F, vf(dw_got), vf(dh_got));
-    ops::moe_expert_weight_bwd(kCpu, h.data(), g.data(), rows.data(), r.w.data(), R, K, F,
-                               dw_want.data(), dh_want.data());
+    cpu::moe_expert_weight_bwd<float>(h.data(), g.data(), rows.data(), r.w.data(), R, K, F,
+                                      dw_want.data(), dh_want.data());
     expect_bitwise(dw_got, dw_want, "expert dw");
     expect_bitwise(dh_got, dh_want, "expert dh");
   }
@@ -372,9 +374,9 @@ TEST(MoeViews, ScatterAddCombineEqualsPerExpertScatter) {
     for (bool accumulate : {false, true}) {
       VecF want = accumulate ? y0 : VecF(N * D, 0.f);
       for (int64_t e = 0; e < E; ++e)
-        ops::moe_scatter_add(kCpu, src.data() + r.off[e] * D, r.rows.data() + r.off[e],
-                             weighted ? r.w.data() : nullptr, r.off[e + 1] - r.off[e], K, D,
-                             want.data());
+        cpu::moe_scatter_add<float>(src.data() + r.off[e] * D, r.rows.data() + r.off[e],
+                                    weighted ? r.w.data() : nullptr, r.off[e + 1] - r.off[e], K, D,
+                                    want.data());
       VecF got = accumulate ? y0 : VecF(N * D, NAN);
       ops::moe_scatter_add(vf(src), vi(r.pos), weighted ? vf(r.w) : View{}, N, K, D, vf(got),
                            accumulate);
@@ -389,12 +391,12 @@ TEST(MoeViews, SharedGateMatchesHostOps) {
   VecF o = randn<float>(N * D, 61), g = randn<float>(N, 62), dy = randn<float>(N * D, 63);
   VecF y_got = randn<float>(N * D, 64), y_want = y_got;
   ops::moe_shared_gate_fwd(vf(o), vf(g), N, D, vf(y_got));
-  ops::moe_shared_gate_fwd(kCpu, o.data(), g.data(), N, D, y_want.data());
+  cpu::moe_shared_gate_fwd<float>(o.data(), g.data(), N, D, y_want.data());
   expect_bitwise(y_got, y_want, "shared gate y");
   VecF do_got(N * D), do_want(N * D), dg_got(N), dg_want(N);
   ops::moe_shared_gate_bwd(vf(o), vf(g), vf(dy), N, D, vf(do_got), vf(dg_got));
-  ops::moe_shared_gate_bwd(kCpu, o.data(), g.data(), dy.data(), N, D, do_want.data(),
-                           dg_want.data());
+  cpu::moe_shared_gate_bwd<float>(o.data(), g.data(), dy.data(), N, D, do_want.data(),
+                                  dg_want.data());
   expect_bitwise(do_got, do_want, "shared gate do");
   expect_bitwise(dg_got, dg_want, "shared gate dg");
 }
@@ -412,10 +414,10 @@ TEST(MoeViews, GroupedLinearEqualsPerExpertLinear) {
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n == 0) continue;
-    ops::linear_fwd(kCpu, x.data() + off[e] * I, W.data() + e * O * I, n, I, O,
-                    y_want.data() + off[e] * O);
-    ops::linear_bwd(kCpu, x.data() + off[e] * I, W.data() + e * O * I, dy.data() + off[e] * O, n, I,
-                    O, dx_want.data() + off[e] * I, false, dW_want.data() + e * O * I);
+    cpu::linear_fwd<float>(x.data() + off[e] * I, W.data() + e * O * I, n, I, O,
+                           y_want.data() + off[e] * O);
+    cpu::linear_bwd<float>(x.data() + off[e] * I, W.data() + e * O * I, dy.data() + off[e] * O, n,
+                           I, O, dx_want.data() + off[e] * I, false, dW_want.data() + e * O * I);
   }
   expect_bitwise(y_got, y_want, "grouped y");
   VecF dx_got(R * I, NAN), dW_got = dW0;
@@ -458,10 +460,10 @@ TEST(MoeViews, Errors) {
   VecF g(N);
   const View y_cuda(y.data(), DType::f32, core::Device::cuda, {N * 2});
   expect_error([&] { ops::moe_shared_gate_fwd(vf(y), vf(g), N, 2, y_cuda); },
-               {"ops::moe_shared_gate_fwd", "y_ND is on cuda", "o_ND is on cpu"});
+               {"ops::moe_shared_gate_fwd", "y_ND is f32 [6] on cuda", "on cpu like o_ND"});
   expect_error(
       [&] { ops::moe_router_fwd(View{}, N, E, K, vf(probs), vf(lse), vi(idx), vf(w), View{}); },
-      {"ops::moe_router_fwd", "logits_NE is an empty view"});
+      {"ops::moe_router_fwd", "logits_NE is a null view"});
 }
 
 // ---- AdamW ---------------------------------------------------------------------------------
@@ -585,8 +587,9 @@ TEST(AdamWViews, Errors) {
   ts = {
       {vf(p), vf(m), vf(v), vf(g), View{}, 0.0},
       {View(p2.data(), DType::f32, core::Device::cuda, {3}), vf(m2), vf(v2), vf(g2), View{}, 0.0}};
-  expect_error([&] { ops::adamw_step_multi(ts, args); },
-               {"ops::adamw_step_multi", "tensor 1 is on cuda"});
+  expect_error(
+      [&] { ops::adamw_step_multi(ts, args); },
+      {"ops::adamw_step_multi", "tensor 1 master is f32 [3] on cuda", "like tensor 0 master"});
   ops::adamw_step_multi({}, args);  // nothing to do
 }
 

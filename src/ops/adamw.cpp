@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "cpu/adamw.h"
-#include "ops/check_views.h"
+#include "ops/check.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/adamw.h"
 #endif
@@ -15,45 +15,22 @@ namespace deltatron::ops {
 
 using core::DType;
 
-namespace {
-
-// The one device of every view of every tensor.
-core::Device device_of_tensors(const char* op, std::span<const AdamWTensor> ts) {
-  const core::Device dev = check::device_of(op, {{"master", ts[0].master},
-                                                 {"m", ts[0].m},
-                                                 {"v", ts[0].v},
-                                                 {"grad", ts[0].grad},
-                                                 {"compute_copy", ts[0].compute_copy}});
-  for (size_t k = 0; k < ts.size(); ++k) {
-    const AdamWTensor& t = ts[k];
-    for (const core::View* v : {&t.master, &t.m, &t.v, &t.grad, &t.compute_copy})
-      DT_CHECK(v->empty() || v->device == dev, "ops::", op, ": tensor ", k, " is on ",
-               core::device_name(v->device), " but tensor 0 is on ", core::device_name(dev),
-               " (all tensors of one call must be on one device)");
-  }
-  return dev;
-}
-
-}  // namespace
-
 void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& args) {
-  constexpr const char* op = "adamw_step_multi";
+  Args c("adamw_step_multi");
   if (tensors.empty()) return;
-  DT_CHECK(args.step >= 1, "ops::", op, ": step must be >= 1 (1-based), got ", args.step);
-  const core::Device dev = device_of_tensors(op, tensors);
-  const check::Types copy_types =
-      dev == core::Device::cpu ? check::Types(DType::f32) : check::Types(DType::f32, DType::bf16);
+  DT_CHECK(args.step >= 1, "ops::", c.op(), ": step must be >= 1 (1-based), got ", args.step);
+  // Every view of every tensor on the device of tensor 0's master; names are "tensor k m", ...
   for (size_t k = 0; k < tensors.size(); ++k) {
     const AdamWTensor& t = tensors[k];
     const std::string tag = "tensor " + std::to_string(k) + " ";
     const int64_t n = t.master.numel();
-    check::view(op, (tag + "master").c_str(), t.master, dev, n, DType::f32);
-    check::view(op, (tag + "m").c_str(), t.m, dev, n, DType::f32);
-    check::view(op, (tag + "v").c_str(), t.v, dev, n, DType::f32);
-    check::view(op, (tag + "grad").c_str(), t.grad, dev, n, DType::f32);
-    check::optional(op, (tag + "compute_copy").c_str(), t.compute_copy, dev, n, copy_types);
+    c.need(t.master, (tag + "master").c_str(), dtypes::f32, n);
+    c.need(t.m, (tag + "m").c_str(), dtypes::f32, n);
+    c.need(t.v, (tag + "v").c_str(), dtypes::f32, n);
+    c.need(t.grad, (tag + "grad").c_str(), dtypes::f32, n);
+    c.maybe(t.compute_copy, (tag + "compute_copy").c_str(), dtypes::act, n);
   }
-  switch (dev) {
+  switch (c.device()) {
     case core::Device::cpu: {
       const cpu::AdamWStepArgs a{args.lr,  args.beta1, args.beta2,
                                  args.eps, args.step,  args.grad_scale};
@@ -85,11 +62,11 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& arg
       }
       return;
 #else
-      core::fail("ops::", op, ": this build has no CUDA backend");
+      c.no_cuda();
 #endif
     }
   }
-  core::fail("ops::", op, ": unknown device");
+  c.bad_device();
 }
 
 }  // namespace deltatron::ops
