@@ -1,12 +1,14 @@
 // Device dispatch for the Mixture-of-Experts op family.
 #include "ops/moe.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
 #include "cpu/grouped_linear.h"
 #include "cpu/moe.h"
 #include "ops/check_views.h"
+#include "ops/tensor.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
@@ -118,7 +120,7 @@ using core::View;
 
 const float* f32_or_null(const View& v) { return v.empty() ? nullptr : v.f32(); }
 float* f32_out_or_null(const View& v) { return v.empty() ? nullptr : v.f32(); }
-const int32_t* i32_or_null(const View& v) { return v.empty() ? nullptr : v.i32(); }
+int32_t* i32_out_or_null(const View& v) { return v.empty() ? nullptr : v.i32(); }
 
 // rows_R (a slice of moe_permute's rows) on the host: each in [0, P).
 void check_rows(const char* op, const View& rows_R, int64_t R, int64_t P) {
@@ -133,35 +135,38 @@ void check_rows(const char* op, const View& rows_R, int64_t R, int64_t P) {
   core::fail("moe_router_fwd: router logits of token ", n, " are not finite");
 }
 
+// moe_permute's error for an expert id outside [0, E) (as cpu::moe_permute throws it).
+[[noreturn]] void fail_bad_expert(int32_t e, int32_t n, int64_t E) {
+  core::fail("moe_permute: expert id ", e, " of token ", n, " is outside [0, ", E, ")");
+}
+
 }  // namespace
 
 void moe_router_fwd(const View& logits_NE, int64_t N, int64_t E, int64_t K, const View& probs_NE,
                     const View& lse_N, const View& topk_idx_NK, const View& topk_w_NK,
-                    const View& bad_token_1) {
+                    const View& bad_3) {
   constexpr const char* op = "moe_router_fwd";
   const core::Device dev = check::device_of(op, {{"logits_NE", logits_NE},
                                                  {"probs_NE", probs_NE},
                                                  {"lse_N", lse_N},
                                                  {"topk_idx_NK", topk_idx_NK},
                                                  {"topk_w_NK", topk_w_NK},
-                                                 {"bad_token_1", bad_token_1}});
+                                                 {"bad_3", bad_3}});
   check::dims(op, {N, E, K});
   check::view(op, "logits_NE", logits_NE, dev, N * E, DType::f32);
   check::view(op, "probs_NE", probs_NE, dev, N * E, DType::f32);
   check::view(op, "lse_N", lse_N, dev, N, DType::f32);
   check::view(op, "topk_idx_NK", topk_idx_NK, dev, N * K, DType::i32);
   check::view(op, "topk_w_NK", topk_w_NK, dev, N * K, DType::f32);
-  check::optional(op, "bad_token_1", bad_token_1, dev, 1, DType::i32);
+  check::optional(op, "bad_3", bad_3, dev, kMoeBadWords, DType::i32);
   switch (dev) {
     case core::Device::cpu:
-      cpu::moe_router_fwd<float>(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
-                                 topk_idx_NK.i32(), topk_w_NK.f32());  // throws on a bad token
-      if (!bad_token_1.empty()) *bad_token_1.i32() = kNoBadToken;
-      return;
+      return cpu::moe_router_fwd<float>(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
+                                        topk_idx_NK.i32(), topk_w_NK.f32());  // throws on a bad row
     case core::Device::cuda:
       DT_CUDA_BRANCH(cuda::moe_router_fwd(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
                                           topk_idx_NK.i32(), topk_w_NK.f32(),
-                                          bad_token_1.empty() ? nullptr : bad_token_1.i32()));
+                                          i32_out_or_null(bad_3)));
   }
   core::fail("ops::", op, ": unknown device");
 }
@@ -198,32 +203,48 @@ void moe_router_bwd(const View& probs_NE, const View& topk_idx_NK, const View& t
   core::fail("ops::", op, ": unknown device");
 }
 
-void moe_permute(const View& topk_idx_NK, int64_t N, int64_t K, int64_t E, const View& bad_token_1,
-                 int64_t* offsets_E1_host, const View& rows_P, const View& pos_NK) {
+void moe_check_bad(const View& bad_3, int64_t E) {
+  constexpr const char* op = "moe_check_bad";
+  const core::Device dev = check::device_of(op, {{"bad_3", bad_3}});
+  check::view(op, "bad_3", bad_3, dev, kMoeBadWords, DType::i32);
+  int32_t w[kMoeBadWords];
+  copy_to_host(bad_3, w);
+  if (w[0] != kNoBadToken) fail_bad_token(w[0]);
+  if (w[1] != kNoBadToken) fail_bad_expert(w[2], w[1], E);
+}
+
+void moe_permute(const View& topk_idx_NK, int64_t N, int64_t K, int64_t E, const View& bad_3,
+                 const View& offsets_E1, int64_t* offsets_E1_host, const View& rows_P,
+                 const View& pos_NK) {
   constexpr const char* op = "moe_permute";
   const core::Device dev = check::device_of(op, {{"topk_idx_NK", topk_idx_NK},
-                                                 {"bad_token_1", bad_token_1},
+                                                 {"bad_3", bad_3},
+                                                 {"offsets_E1", offsets_E1},
                                                  {"rows_P", rows_P},
                                                  {"pos_NK", pos_NK}});
   check::dims(op, {N, K, E});
   check::view(op, "topk_idx_NK", topk_idx_NK, dev, N * K, DType::i32);
-  check::optional(op, "bad_token_1", bad_token_1, dev, 1, DType::i32);
+  check::optional(op, "bad_3", bad_3, dev, kMoeBadWords, DType::i32);
+  check::view(op, "offsets_E1", offsets_E1, dev, E + 1, DType::i64);
   check::view(op, "rows_P", rows_P, dev, N * K, DType::i32);
   check::view(op, "pos_NK", pos_NK, dev, N * K, DType::i32);
-  DT_CHECK(offsets_E1_host, "ops::", op, ": offsets_E1_host is null");
   switch (dev) {
     case core::Device::cpu: {
-      if (!bad_token_1.empty() && *bad_token_1.i32() != kNoBadToken)
-        fail_bad_token(*bad_token_1.i32());
+      if (!bad_3.empty() && *bad_3.i32() != kNoBadToken) fail_bad_token(*bad_3.i32());
       int32_t* rows = rows_P.i32();
       int32_t* pos = pos_NK.i32();
-      cpu::moe_permute(topk_idx_NK.i32(), N, K, E, offsets_E1_host, rows);
+      int64_t* off = offsets_E1.i64();
+      cpu::moe_permute(topk_idx_NK.i32(), N, K, E, off, rows);
       for (int64_t r = 0; r < N * K; ++r) pos[rows[r]] = int32_t(r);
+      if (offsets_E1_host) std::copy(off, off + E + 1, offsets_E1_host);
       return;
     }
     case core::Device::cuda:
-      DT_CUDA_BRANCH(cuda::moe_permute(topk_idx_NK.i32(), N, K, E, i32_or_null(bad_token_1),
-                                       nullptr, offsets_E1_host, rows_P.i32(), pos_NK.i32()));
+      DT_CHECK(offsets_E1_host || !bad_3.empty(), "ops::", op,
+               ": on CUDA without offsets_E1_host, bad_3 is required (errors are recorded there)");
+      DT_CUDA_BRANCH(cuda::moe_permute(topk_idx_NK.i32(), N, K, E, i32_out_or_null(bad_3),
+                                       offsets_E1.i64(), offsets_E1_host, rows_P.i32(),
+                                       pos_NK.i32()));
   }
   core::fail("ops::", op, ": unknown device");
 }
@@ -362,35 +383,81 @@ int64_t grouped_rows(const char* op, const int64_t* off, int64_t E) {
 
 }  // namespace
 
-void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const int64_t* offsets_E1_host,
-                        int64_t E, int64_t I, int64_t O, const View& y_RO) {
+namespace {
+
+// The rows R of a grouped_linear call: off[E] of the host offsets (checked) when the CPU or the
+// host-offset CUDA path runs, else the bound x_RI.numel() / I of the device-offset CUDA path.
+// Sets *host to the offsets the CPU or the host-offset path reads (nullptr: device offsets).
+int64_t grouped_rows(const char* op, core::Device dev, const View& x_RI, const View& offsets_E1,
+                     const int64_t* offsets_E1_host, int64_t E, int64_t I, const int64_t** host) {
+  check::optional(op, "offsets_E1", offsets_E1, dev, E + 1, DType::i64);
+  *host = offsets_E1_host;
+  if (!*host && dev == core::Device::cpu) {
+    DT_CHECK(!offsets_E1.empty(), "ops::", op, ": no offsets (offsets_E1 empty, host null)");
+    *host = offsets_E1.i64();
+  }
+  if (*host) return grouped_rows(op, *host, E);
+  DT_CHECK(!offsets_E1.empty(), "ops::", op, ": no offsets (offsets_E1 empty, host null)");
+  DT_CHECK(I > 0, "ops::", op, ": device offsets need I > 0, got ", I);
+  return x_RI.numel() / I;
+}
+
+}  // namespace
+
+bool grouped_linear_needs_host_offsets(core::Device dev, core::DType dt, int64_t I, int64_t O) {
+  switch (dev) {
+    case core::Device::cpu:
+      return false;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return !cuda::grouped_linear_device_offsets_ok(dt, I, O);
+#else
+      (void)dt, (void)I, (void)O;
+      return true;
+#endif
+  }
+  core::fail("ops::grouped_linear_needs_host_offsets: unknown device");
+}
+
+void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const View& offsets_E1,
+                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
+                        const View& y_RO) {
   constexpr const char* op = "grouped_linear_fwd";
-  const core::Device dev = check::device_of(op, {{"x_RI", x_RI}, {"W_EOI", W_EOI}, {"y_RO", y_RO}});
+  const core::Device dev = check::device_of(
+      op, {{"x_RI", x_RI}, {"W_EOI", W_EOI}, {"offsets_E1", offsets_E1}, {"y_RO", y_RO}});
   check::dims(op, {E, I, O});
-  const int64_t R = grouped_rows(op, offsets_E1_host, E);
+  const int64_t* host = nullptr;
+  const int64_t R = grouped_rows(op, dev, x_RI, offsets_E1, offsets_E1_host, E, I, &host);
   check::view(op, "x_RI", x_RI, dev, R * I, check::activation_types(dev));
   check::view(op, "W_EOI", W_EOI, dev, E * O * I, x_RI.dtype);
   check::view(op, "y_RO", y_RO, dev, R * O, x_RI.dtype);
   switch (dev) {
     case core::Device::cpu:
-      return cpu::grouped_linear_fwd<float>(x_RI.f32(), W_EOI.f32(), offsets_E1_host, E, I, O,
-                                            y_RO.f32());
+      return cpu::grouped_linear_fwd<float>(x_RI.f32(), W_EOI.f32(), host, E, I, O, y_RO.f32());
     case core::Device::cuda:
-      DT_CUDA_BRANCH(cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data, offsets_E1_host, E,
-                                              I, O, y_RO.data));
+      if (host)
+        DT_CUDA_BRANCH(
+            cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data, host, E, I, O, y_RO.data));
+      DT_CUDA_BRANCH(cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data,
+                                              cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
+                                              y_RO.data));
   }
   core::fail("ops::", op, ": unknown device");
 }
 
 void grouped_linear_bwd(const View& x_RI, const View& W_EOI, const View& dy_RO,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        const View& dx_RI, const View& dW_EOI) {
+                        const View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
+                        int64_t I, int64_t O, const View& dx_RI, const View& dW_EOI) {
   constexpr const char* op = "grouped_linear_bwd";
-  const core::Device dev = check::device_of(
-      op,
-      {{"x_RI", x_RI}, {"W_EOI", W_EOI}, {"dy_RO", dy_RO}, {"dx_RI", dx_RI}, {"dW_EOI", dW_EOI}});
+  const core::Device dev = check::device_of(op, {{"x_RI", x_RI},
+                                                 {"W_EOI", W_EOI},
+                                                 {"dy_RO", dy_RO},
+                                                 {"offsets_E1", offsets_E1},
+                                                 {"dx_RI", dx_RI},
+                                                 {"dW_EOI", dW_EOI}});
   check::dims(op, {E, I, O});
-  const int64_t R = grouped_rows(op, offsets_E1_host, E);
+  const int64_t* host = nullptr;
+  const int64_t R = grouped_rows(op, dev, x_RI, offsets_E1, offsets_E1_host, E, I, &host);
   check::view(op, "x_RI", x_RI, dev, R * I, check::activation_types(dev));
   check::view(op, "W_EOI", W_EOI, dev, E * O * I, x_RI.dtype);
   check::view(op, "dy_RO", dy_RO, dev, R * O, x_RI.dtype);
@@ -398,13 +465,15 @@ void grouped_linear_bwd(const View& x_RI, const View& W_EOI, const View& dy_RO,
   check::optional(op, "dW_EOI", dW_EOI, dev, E * O * I, DType::f32);
   switch (dev) {
     case core::Device::cpu:
-      return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), offsets_E1_host,
-                                            E, I, O, f32_out_or_null(dx_RI),
-                                            f32_out_or_null(dW_EOI));
+      return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), host, E, I, O,
+                                            f32_out_or_null(dx_RI), f32_out_or_null(dW_EOI));
     case core::Device::cuda:
+      if (host)
+        DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data, host,
+                                                E, I, O, dx_RI.data, f32_out_or_null(dW_EOI)));
       DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data,
-                                              offsets_E1_host, E, I, O, dx_RI.data,
-                                              f32_out_or_null(dW_EOI)));
+                                              cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
+                                              dx_RI.data, f32_out_or_null(dW_EOI)));
   }
   core::fail("ops::", op, ": unknown device");
 }
