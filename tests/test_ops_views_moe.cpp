@@ -41,6 +41,8 @@ constexpr core::Device kCpu = core::Device::cpu;
 
 View vf(VecF& v) { return View(v.data(), DType::f32, kCpu, {int64_t(v.size())}); }
 View vi(VecI& v) { return View(v.data(), DType::i32, kCpu, {int64_t(v.size())}); }
+View vl(VecL& v) { return View(v.data(), DType::i64, kCpu, {int64_t(v.size())}); }
+VecI no_bad() { return VecI(ops::kMoeBadWords, ops::kNoBadToken); }
 
 // Bitwise equality of two float vectors, naming the first difference.
 void expect_bitwise(const VecF& got, const VecF& want, const std::string& what) {
@@ -270,10 +272,11 @@ Routing route(int64_t N, int64_t E, int64_t K, uint64_t seed) {
   Routing r{N,           E,           K,           randn<float>(N * E, seed),
             VecF(N * E), VecF(N),     VecF(N * K), VecI(N * K),
             VecL(E + 1), VecI(N * K), VecI(N * K)};
-  VecI bad(1, 0);
+  VecI bad = no_bad();
   ops::moe_router_fwd(vf(r.logits), N, E, K, vf(r.probs), vf(r.lse), vi(r.idx), vf(r.w), vi(bad));
-  EXPECT_EQ(bad[0], ops::kNoBadToken);
-  ops::moe_permute(vi(r.idx), N, K, E, vi(bad), r.off.data(), vi(r.rows), vi(r.pos));
+  EXPECT_EQ(bad, no_bad());  // the CPU throws instead of recording
+  ops::moe_permute(vi(r.idx), N, K, E, vi(bad), vl(r.off), nullptr, vi(r.rows), vi(r.pos));
+  EXPECT_EQ(bad, no_bad());
   return r;
 }
 
@@ -295,12 +298,15 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
   EXPECT_EQ(r.rows, rows);
   for (int64_t i = 0; i < N * K; ++i) EXPECT_EQ(r.rows[r.pos[i]], i);
 
-  // bad_token may be empty.
+  // bad_3 may be empty; the host copy of the offsets equals the offsets view.
   VecF probs2(N * E), lse2(N), w2(N * K);
   VecI idx2(N * K), rows2(N * K), pos2(N * K);
   ops::moe_router_fwd(vf(r.logits), N, E, K, vf(probs2), vf(lse2), vi(idx2), vf(w2), View{});
-  expect_bitwise(probs2, probs, "probs without bad_token");
-  ops::moe_permute(vi(idx2), N, K, E, View{}, off.data(), vi(rows2), vi(pos2));
+  expect_bitwise(probs2, probs, "probs without bad_3");
+  VecL off2(E + 1, -1), off2_host(E + 1, -1);
+  ops::moe_permute(vi(idx2), N, K, E, View{}, vl(off2), off2_host.data(), vi(rows2), vi(pos2));
+  EXPECT_EQ(off2, off);
+  EXPECT_EQ(off2_host, off);
   EXPECT_EQ(rows2, rows);
   EXPECT_EQ(pos2, r.pos);
 
@@ -321,19 +327,54 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
 TEST(MoeViews, RouterNonFiniteAndBadToken) {
   const int64_t N = 4, E = 5, K = 2;
   VecF logits = randn<float>(N * E, 21), probs(N * E), lse(N), w(N * K);
-  VecI idx(N * K), bad(1, 0), rows(N * K), pos(N * K);
+  VecI idx(N * K), bad = no_bad(), rows(N * K), pos(N * K);
   logits[2 * E + 1] = NAN;
   expect_error(
       [&] {
         ops::moe_router_fwd(vf(logits), N, E, K, vf(probs), vf(lse), vi(idx), vf(w), vi(bad));
       },
       {"moe_router_fwd", "router logits of token 2 are not finite"});
+  EXPECT_EQ(bad, no_bad());
   // A device router's bad token (here written by hand) makes moe_permute throw the same error.
   for (int64_t i = 0; i < N * K; ++i) idx[i] = int32_t(i % K);
   bad[0] = 3;
-  VecL off(E + 1);
-  expect_error([&] { ops::moe_permute(vi(idx), N, K, E, vi(bad), off.data(), vi(rows), vi(pos)); },
-               {"router logits of token 3 are not finite"});
+  VecL off(E + 1), off_host(E + 1);
+  expect_error(
+      [&] {
+        ops::moe_permute(vi(idx), N, K, E, vi(bad), vl(off), off_host.data(), vi(rows), vi(pos));
+      },
+      {"router logits of token 3 are not finite"});
+  // The CPU refuses an out-of-range expert id at once, with or without host offsets.
+  VecI bad_idx = idx;
+  bad_idx[3] = 7;
+  VecI clean = no_bad();
+  for (int64_t* host : {static_cast<int64_t*>(nullptr), off_host.data()})
+    expect_error(
+        [&] {
+          ops::moe_permute(vi(bad_idx), N, K, E, vi(clean), vl(off), host, vi(rows), vi(pos));
+        },
+        {"moe_permute", "expert id 7", "token 1", "outside [0, 5)"});
+  EXPECT_EQ(clean, no_bad());
+}
+
+// moe_check_bad throws the first recorded error with the text of the op that found it.
+TEST(MoeViews, CheckBadWords) {
+  VecI none = no_bad();
+  ops::moe_check_bad(vi(none), 5);
+  VecI router = no_bad();
+  router[0] = 6;
+  expect_error([&] { ops::moe_check_bad(vi(router), 5); },
+               {"moe_router_fwd: router logits of token 6 are not finite"});
+  VecI expert = no_bad();
+  expert[1] = 2, expert[2] = 9;
+  expect_error([&] { ops::moe_check_bad(vi(expert), 5); },
+               {"moe_permute: expert id 9 of token 2 is outside [0, 5)"});
+  VecI both = expert;
+  both[0] = 4;
+  expect_error([&] { ops::moe_check_bad(vi(both), 5); }, {"router logits of token 4"});
+  VecI short_words(2, ops::kNoBadToken);
+  expect_error([&] { ops::moe_check_bad(vi(short_words), 5); },
+               {"ops::moe_check_bad", "bad_3", "expected i32 with 3 elements"});
 }
 
 TEST(MoeViews, GatherAndExpertWeightBwdMatchHostOps) {
@@ -401,14 +442,15 @@ TEST(MoeViews, SharedGateMatchesHostOps) {
   expect_bitwise(dg_got, dg_want, "shared gate dg");
 }
 
-// grouped_linear = one linear per expert slice; an expert without rows is skipped.
+// grouped_linear = one linear per expert slice; an expert without rows is skipped. The offsets
+// view alone (host pointer null) and the host pointer give the same results.
 TEST(MoeViews, GroupedLinearEqualsPerExpertLinear) {
   const int64_t E = 4, I = 6, O = 5;
-  const VecL off = {0, 3, 3, 8, 10};
+  VecL off = {0, 3, 3, 8, 10};
   const int64_t R = off[E];
   VecF x = randn<float>(R * I, 71), W = randn<float>(E * O * I, 72), dy = randn<float>(R * O, 73);
   VecF y_got(R * O, NAN), y_want(R * O);
-  ops::grouped_linear_fwd(vf(x), vf(W), off.data(), E, I, O, vf(y_got));
+  ops::grouped_linear_fwd(vf(x), vf(W), View{}, off.data(), E, I, O, vf(y_got));
   const VecF dW0 = randn<float>(E * O * I, 74);
   VecF dx_want(R * I), dW_want = dW0;
   for (int64_t e = 0; e < E; ++e) {
@@ -420,22 +462,38 @@ TEST(MoeViews, GroupedLinearEqualsPerExpertLinear) {
                            I, O, dx_want.data() + off[e] * I, false, dW_want.data() + e * O * I);
   }
   expect_bitwise(y_got, y_want, "grouped y");
-  VecF dx_got(R * I, NAN), dW_got = dW0;
-  ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), off.data(), E, I, O, vf(dx_got), vf(dW_got));
-  expect_bitwise(dx_got, dx_want, "grouped dx");
-  expect_bitwise(dW_got, dW_want, "grouped dW");
-  VecF dx_only(R * I, NAN), dW_only = dW0;
-  ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), off.data(), E, I, O, vf(dx_only), View{});
-  expect_bitwise(dx_only, dx_want, "grouped dx without dW");
-  ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), off.data(), E, I, O, View{}, vf(dW_only));
-  expect_bitwise(dW_only, dW_want, "grouped dW without dx");
+  VecF y_view(R * O, NAN);
+  ops::grouped_linear_fwd(vf(x), vf(W), vl(off), nullptr, E, I, O, vf(y_view));
+  expect_bitwise(y_view, y_want, "grouped y from the offsets view");
+  for (bool host : {true, false}) {
+    const int64_t* off_host = host ? off.data() : nullptr;
+    const std::string how = host ? " (host offsets)" : " (offsets view)";
+    VecF dx_got(R * I, NAN), dW_got = dW0;
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, vf(dx_got),
+                            vf(dW_got));
+    expect_bitwise(dx_got, dx_want, "grouped dx" + how);
+    expect_bitwise(dW_got, dW_want, "grouped dW" + how);
+    VecF dx_only(R * I, NAN), dW_only = dW0;
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, vf(dx_only), View{});
+    expect_bitwise(dx_only, dx_want, "grouped dx without dW" + how);
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, View{}, vf(dW_only));
+    expect_bitwise(dW_only, dW_want, "grouped dW without dx" + how);
+  }
+  EXPECT_FALSE(ops::grouped_linear_needs_host_offsets(kCpu, DType::f32, I, O));
 
-  const VecL bad_off = {0, 3, 2, 8, 10};
-  expect_error([&] { ops::grouped_linear_fwd(vf(x), vf(W), bad_off.data(), E, I, O, vf(y_got)); },
-               {"ops::grouped_linear_fwd", "decrease at expert 1"});
+  VecL bad_off = {0, 3, 2, 8, 10};
+  expect_error(
+      [&] { ops::grouped_linear_fwd(vf(x), vf(W), View{}, bad_off.data(), E, I, O, vf(y_got)); },
+      {"ops::grouped_linear_fwd", "decrease at expert 1"});
+  expect_error(
+      [&] { ops::grouped_linear_fwd(vf(x), vf(W), vl(bad_off), nullptr, E, I, O, vf(y_got)); },
+      {"ops::grouped_linear_fwd", "decrease at expert 1"});
+  expect_error([&] { ops::grouped_linear_fwd(vf(x), vf(W), View{}, nullptr, E, I, O, vf(y_got)); },
+               {"ops::grouped_linear_fwd", "no offsets"});
   VecF short_W(E * O * I - 1);
-  expect_error([&] { ops::grouped_linear_fwd(vf(x), vf(short_W), off.data(), E, I, O, vf(y_got)); },
-               {"ops::grouped_linear_fwd", "W_EOI", "expected f32 with 120 elements"});
+  expect_error(
+      [&] { ops::grouped_linear_fwd(vf(x), vf(short_W), vl(off), nullptr, E, I, O, vf(y_got)); },
+      {"ops::grouped_linear_fwd", "W_EOI", "expected f32 with 120 elements"});
 }
 
 TEST(MoeViews, Errors) {

@@ -5,6 +5,7 @@
 // computes and accumulates in fp32; parameter gradients are fp32. The CPU backend is float32 only
 // (a bf16 view on the CPU is an error). Integer tensors (ids, targets, positions, segment bounds)
 // are i32. f64 holds statistics that must stay exact (router counts and loss sums on a device).
+// i64 holds row offsets that index more than 2^31 elements (the MoE experts' row offsets).
 #pragma once
 
 #include <cstddef>
@@ -12,11 +13,17 @@
 
 namespace deltatron::core {
 
-enum class DType { f32, bf16, i32, f64 };
+enum class DType { f32, bf16, i32, f64, i64 };
 
-inline size_t dtype_size(DType t) { return t == DType::bf16 ? 2 : t == DType::f64 ? 8 : 4; }
+inline size_t dtype_size(DType t) {
+  return t == DType::bf16 ? 2 : t == DType::f64 || t == DType::i64 ? 8 : 4;
+}
 inline const char* dtype_name(DType t) {
-  return t == DType::bf16 ? "bf16" : t == DType::i32 ? "i32" : t == DType::f64 ? "f64" : "f32";
+  return t == DType::bf16  ? "bf16"
+         : t == DType::i32 ? "i32"
+         : t == DType::f64 ? "f64"
+         : t == DType::i64 ? "i64"
+                           : "f32";
 }
 
 }  // namespace deltatron::core

@@ -30,6 +30,7 @@ inline constexpr std::initializer_list<core::DType> f32 = {core::DType::f32};
 inline constexpr std::initializer_list<core::DType> f64 = {core::DType::f64};
 inline constexpr std::initializer_list<core::DType> act = {core::DType::f32, core::DType::bf16};
 inline constexpr std::initializer_list<core::DType> i32 = {core::DType::i32};
+inline constexpr std::initializer_list<core::DType> i64 = {core::DType::i64};
 }  // namespace dtypes
 
 class Args {

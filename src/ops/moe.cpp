@@ -1,12 +1,14 @@
 // Device dispatch for the Mixture-of-Experts op family.
 #include "ops/moe.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
 #include "cpu/grouped_linear.h"
 #include "cpu/moe.h"
 #include "ops/check.h"
+#include "ops/tensor.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
@@ -28,7 +30,7 @@ using core::View;
 
 const float* f32_or_null(const View& v) { return v.empty() ? nullptr : v.f32(); }
 float* f32_out_or_null(const View& v) { return v.empty() ? nullptr : v.f32(); }
-[[maybe_unused]] const int32_t* i32_or_null(const View& v) { return v.empty() ? nullptr : v.i32(); }
+[[maybe_unused]] int32_t* i32_out_or_null(const View& v) { return v.empty() ? nullptr : v.i32(); }
 
 // rows_R (a slice of moe_permute's rows) on the host: each in [0, P).
 void check_rows(const char* op, const View& rows_R, int64_t R, int64_t P) {
@@ -43,11 +45,16 @@ void check_rows(const char* op, const View& rows_R, int64_t R, int64_t P) {
   core::fail("moe_router_fwd: router logits of token ", n, " are not finite");
 }
 
+// moe_permute's error for an expert id outside [0, E) (as cpu::moe_permute throws it).
+[[noreturn]] void fail_bad_expert(int32_t e, int32_t n, int64_t E) {
+  core::fail("moe_permute: expert id ", e, " of token ", n, " is outside [0, ", E, ")");
+}
+
 }  // namespace
 
 void moe_router_fwd(const View& logits_NE, int64_t N, int64_t E, int64_t K, const View& probs_NE,
                     const View& lse_N, const View& topk_idx_NK, const View& topk_w_NK,
-                    const View& bad_token_1) {
+                    const View& bad_3) {
   Args a("moe_router_fwd");
   a.nonneg(N, "N"), a.nonneg(E, "E"), a.nonneg(K, "K");
   a.need(logits_NE, "logits_NE", dtypes::f32, N * E);
@@ -55,17 +62,16 @@ void moe_router_fwd(const View& logits_NE, int64_t N, int64_t E, int64_t K, cons
   a.need(lse_N, "lse_N", dtypes::f32, N);
   a.need(topk_idx_NK, "topk_idx_NK", dtypes::i32, N * K);
   a.need(topk_w_NK, "topk_w_NK", dtypes::f32, N * K);
-  a.maybe(bad_token_1, "bad_token_1", dtypes::i32, 1);
-  switch (a.device()) {
+  a.maybe(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
+  const core::Device dev = a.device();
+  switch (dev) {
     case core::Device::cpu:
-      cpu::moe_router_fwd<float>(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
-                                 topk_idx_NK.i32(), topk_w_NK.f32());  // throws on a bad token
-      if (!bad_token_1.empty()) *bad_token_1.i32() = kNoBadToken;
-      return;
+      return cpu::moe_router_fwd<float>(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
+                                        topk_idx_NK.i32(), topk_w_NK.f32());  // throws on a bad row
     case core::Device::cuda:
       DT_CUDA_BRANCH(cuda::moe_router_fwd(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
                                           topk_idx_NK.i32(), topk_w_NK.f32(),
-                                          bad_token_1.empty() ? nullptr : bad_token_1.i32()));
+                                          i32_out_or_null(bad_3)));
   }
   a.bad_device();
 }
@@ -95,28 +101,43 @@ void moe_router_bwd(const View& probs_NE, const View& topk_idx_NK, const View& t
   a.bad_device();
 }
 
-void moe_permute(const View& topk_idx_NK, int64_t N, int64_t K, int64_t E, const View& bad_token_1,
-                 int64_t* offsets_E1_host, const View& rows_P, const View& pos_NK) {
+void moe_check_bad(const View& bad_3, int64_t E) {
+  Args a("moe_check_bad");
+  a.need(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
+  int32_t w[kMoeBadWords];
+  copy_to_host(bad_3, w);
+  if (w[0] != kNoBadToken) fail_bad_token(w[0]);
+  if (w[1] != kNoBadToken) fail_bad_expert(w[2], w[1], E);
+}
+
+void moe_permute(const View& topk_idx_NK, int64_t N, int64_t K, int64_t E, const View& bad_3,
+                 const View& offsets_E1, int64_t* offsets_E1_host, const View& rows_P,
+                 const View& pos_NK) {
   Args a("moe_permute");
   a.nonneg(N, "N"), a.nonneg(K, "K"), a.nonneg(E, "E");
   a.need(topk_idx_NK, "topk_idx_NK", dtypes::i32, N * K);
-  a.maybe(bad_token_1, "bad_token_1", dtypes::i32, 1);
+  a.maybe(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
+  a.need(offsets_E1, "offsets_E1", dtypes::i64, E + 1);
   a.need(rows_P, "rows_P", dtypes::i32, N * K);
   a.need(pos_NK, "pos_NK", dtypes::i32, N * K);
-  DT_CHECK(offsets_E1_host, "ops::", a.op(), ": offsets_E1_host is null");
-  switch (a.device()) {
+  const core::Device dev = a.device();
+  switch (dev) {
     case core::Device::cpu: {
-      if (!bad_token_1.empty() && *bad_token_1.i32() != kNoBadToken)
-        fail_bad_token(*bad_token_1.i32());
+      if (!bad_3.empty() && *bad_3.i32() != kNoBadToken) fail_bad_token(*bad_3.i32());
       int32_t* rows = rows_P.i32();
       int32_t* pos = pos_NK.i32();
-      cpu::moe_permute(topk_idx_NK.i32(), N, K, E, offsets_E1_host, rows);
+      int64_t* off = offsets_E1.i64();
+      cpu::moe_permute(topk_idx_NK.i32(), N, K, E, off, rows);
       for (int64_t r = 0; r < N * K; ++r) pos[rows[r]] = int32_t(r);
+      if (offsets_E1_host) std::copy(off, off + E + 1, offsets_E1_host);
       return;
     }
     case core::Device::cuda:
-      DT_CUDA_BRANCH(cuda::moe_permute(topk_idx_NK.i32(), N, K, E, i32_or_null(bad_token_1),
-                                       nullptr, offsets_E1_host, rows_P.i32(), pos_NK.i32()));
+      DT_CHECK(offsets_E1_host || !bad_3.empty(), "ops::", a.op(),
+               ": on CUDA without offsets_E1_host, bad_3 is required (errors are recorded there)");
+      DT_CUDA_BRANCH(cuda::moe_permute(topk_idx_NK.i32(), N, K, E, i32_out_or_null(bad_3),
+                                       offsets_E1.i64(), offsets_E1_host, rows_P.i32(),
+                                       pos_NK.i32()));
   }
   a.bad_device();
 }
@@ -241,45 +262,91 @@ int64_t grouped_rows(const char* op, const int64_t* off, int64_t E) {
 
 }  // namespace
 
-void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const int64_t* offsets_E1_host,
-                        int64_t E, int64_t I, int64_t O, const View& y_RO) {
+namespace {
+
+// The rows R of a grouped_linear call: off[E] of the host offsets (checked) when the CPU or the
+// host-offset CUDA path runs, else the bound x_RI.numel() / I of the device-offset CUDA path.
+// Sets *host to the offsets the CPU or the host-offset path reads (nullptr: device offsets).
+int64_t grouped_rows(Args& a, const View& x_RI, const View& offsets_E1,
+                     const int64_t* offsets_E1_host, int64_t E, int64_t I, const int64_t** host) {
+  a.maybe(offsets_E1, "offsets_E1", dtypes::i64, E + 1);
+  *host = offsets_E1_host;
+  if (!*host && offsets_E1.device == core::Device::cpu) {
+    DT_CHECK(!offsets_E1.empty(), "ops::", a.op(), ": no offsets (offsets_E1 empty, host null)");
+    *host = offsets_E1.i64();
+  }
+  if (*host) return grouped_rows(a.op(), *host, E);
+  DT_CHECK(!offsets_E1.empty(), "ops::", a.op(), ": no offsets (offsets_E1 empty, host null)");
+  DT_CHECK(I > 0, "ops::", a.op(), ": device offsets need I > 0, got ", I);
+  return x_RI.numel() / I;
+}
+
+}  // namespace
+
+bool grouped_linear_needs_host_offsets(core::Device dev, core::DType dt, int64_t I, int64_t O) {
+  switch (dev) {
+    case core::Device::cpu:
+      return false;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return !cuda::grouped_linear_device_offsets_ok(dt, I, O);
+#else
+      (void)dt, (void)I, (void)O;
+      return true;
+#endif
+  }
+  core::fail("ops::grouped_linear_needs_host_offsets: unknown device");
+}
+
+void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const View& offsets_E1,
+                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
+                        const View& y_RO) {
   Args a("grouped_linear_fwd");
   a.nonneg(E, "E"), a.nonneg(I, "I"), a.nonneg(O, "O");
-  const int64_t R = grouped_rows(a.op(), offsets_E1_host, E);
+  const int64_t* host = nullptr;
+  const int64_t R = grouped_rows(a, x_RI, offsets_E1, offsets_E1_host, E, I, &host);
   a.need(x_RI, "x_RI", dtypes::act, R * I);
   a.need(W_EOI, "W_EOI", {x_RI.dtype}, E * O * I);
   a.need(y_RO, "y_RO", {x_RI.dtype}, R * O);
-  switch (a.device()) {
+  const core::Device dev = a.device();
+  switch (dev) {
     case core::Device::cpu:
-      return cpu::grouped_linear_fwd<float>(x_RI.f32(), W_EOI.f32(), offsets_E1_host, E, I, O,
-                                            y_RO.f32());
+      return cpu::grouped_linear_fwd<float>(x_RI.f32(), W_EOI.f32(), host, E, I, O, y_RO.f32());
     case core::Device::cuda:
-      DT_CUDA_BRANCH(cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data, offsets_E1_host, E,
-                                              I, O, y_RO.data));
+      if (host)
+        DT_CUDA_BRANCH(
+            cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data, host, E, I, O, y_RO.data));
+      DT_CUDA_BRANCH(cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data,
+                                              cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
+                                              y_RO.data));
   }
   a.bad_device();
 }
 
 void grouped_linear_bwd(const View& x_RI, const View& W_EOI, const View& dy_RO,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        const View& dx_RI, const View& dW_EOI) {
+                        const View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
+                        int64_t I, int64_t O, const View& dx_RI, const View& dW_EOI) {
   Args a("grouped_linear_bwd");
   a.nonneg(E, "E"), a.nonneg(I, "I"), a.nonneg(O, "O");
-  const int64_t R = grouped_rows(a.op(), offsets_E1_host, E);
+  const int64_t* host = nullptr;
+  const int64_t R = grouped_rows(a, x_RI, offsets_E1, offsets_E1_host, E, I, &host);
   a.need(x_RI, "x_RI", dtypes::act, R * I);
   a.need(W_EOI, "W_EOI", {x_RI.dtype}, E * O * I);
   a.need(dy_RO, "dy_RO", {x_RI.dtype}, R * O);
   a.maybe(dx_RI, "dx_RI", {x_RI.dtype}, R * I);
   a.maybe(dW_EOI, "dW_EOI", dtypes::f32, E * O * I);
-  switch (a.device()) {
+  const core::Device dev = a.device();
+  switch (dev) {
     case core::Device::cpu:
-      return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), offsets_E1_host,
-                                            E, I, O, f32_out_or_null(dx_RI),
-                                            f32_out_or_null(dW_EOI));
+      return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), host, E, I, O,
+                                            f32_out_or_null(dx_RI), f32_out_or_null(dW_EOI));
     case core::Device::cuda:
+      if (host)
+        DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data, host,
+                                                E, I, O, dx_RI.data, f32_out_or_null(dW_EOI)));
       DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data,
-                                              offsets_E1_host, E, I, O, dx_RI.data,
-                                              f32_out_or_null(dW_EOI)));
+                                              cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
+                                              dx_RI.data, f32_out_or_null(dW_EOI)));
   }
   a.bad_device();
 }

@@ -24,9 +24,15 @@
 
 namespace deltatron::ops {
 
-// Value of bad_token_1 after moe_router_fwd when every row of logits is finite
-// (cuda::kNoBadToken).
+// The MoE ops' error words, bad_3: [3] i32 on the ops' device, each kNoBadToken (=
+// cuda::kNoBadToken) until an error is recorded; the caller sets them once (e.g. per pack) and
+// reads them once with moe_check_bad, so a device needs no per-layer copy to the host:
+//   [0] the smallest token with a non-finite router logit (moe_router_fwd, any layer);
+//   [1] the smallest token with an expert id outside [0, E) (moe_permute without host offsets),
+//   [2] that expert id.
+// The CPU throws at once instead, and never writes the words.
 constexpr int32_t kNoBadToken = 0x7f7f7f7f;
+constexpr int64_t kMoeBadWords = 3;
 
 // Router forward (spec 2.10; fp32 as Megatron's moe_router_dtype=fp32):
 //   lse[n]     = log sum_e exp(logits[n,e])          (max-subtracted)
@@ -36,14 +42,21 @@ constexpr int32_t kNoBadToken = 0x7f7f7f7f;
 //                selected logits)
 //   logits_NE [N, E] in (x W_gate^T);  probs_NE [N, E], lse_N [N], topk_idx_NK [N, K] (i32),
 //   topk_w_NK [N, K] out, overwritten. Requires 0 < K <= E.
-//   bad_token_1 [1] i32 out or empty: CUDA stores the smallest token with a non-finite logit there
-//   (kNoBadToken when none) and moe_permute throws; the CPU throws here (core::Error
-//   "moe_router_fwd: router logits of token n are not finite") and otherwise stores kNoBadToken.
+//   bad_3 [3] i32 inout or empty. CPU: a token with a non-finite logit throws core::Error
+//   "moe_router_fwd: router logits of token n are not finite". CUDA: the smallest such token is
+//   recorded in bad_3[0] (atomicMin: kept across calls, order-independent), its row gets p = 0,
+//   lse = 0, idx = 0..K-1, w = 0 (as the CPU computes before throwing), and the error is raised
+//   later by moe_permute with host offsets or by moe_check_bad.
 // Saved for backward: probs_NE, lse_N, topk_idx_NK, topk_w_NK.
 void moe_router_fwd(const core::View& logits_NE, int64_t N, int64_t E, int64_t K,
                     const core::View& probs_NE, const core::View& lse_N,
                     const core::View& topk_idx_NK, const core::View& topk_w_NK,
-                    const core::View& bad_token_1);
+                    const core::View& bad_3);
+
+// Throws the first recorded error of bad_3 ([3] i32, see above) with the text of the op that
+// found it ("moe_router_fwd: router logits of token n are not finite", else "moe_permute: expert
+// id e of token n is outside [0, E)"). One 12-byte copy to the host: SYNCS on CUDA.
+void moe_check_bad(const core::View& bad_3, int64_t E);
 
 // Router backward. Three optional incoming gradients, summed into dlogits:
 //   from the routed path (dw = dL/dw[n,j]): only the selected logits receive gradient,
@@ -58,16 +71,17 @@ void moe_router_bwd(const core::View& probs_NE, const core::View& topk_idx_NK,
                     const core::View& dprobs_NE, const core::View& dlse_N, int64_t N, int64_t E,
                     int64_t K, const core::View& dlogits_NE);
 
-// Expert-major permutation of the routing slots (deterministic: a stable counting sort):
-//   rows_P[offsets[e] .. offsets[e+1]) = the slots n*K+j with idx[n,j] == e, ascending n;
-//   pos_NK[rows_P[r]] = r (the inverse).
-//   A token selects distinct experts, so the rows of one expert belong to distinct tokens.
-//   topk_idx_NK [N*K] i32 in;  offsets_E1_host [E+1] host int64 out;  rows_P, pos_NK [N*K] i32
-//   out.  bad_token_1 [1] i32 in (from moe_router_fwd) or empty: a token other than kNoBadToken
-//   throws the router's error. SYNCS on CUDA.
+// Expert-major permutation: offsets_E1 [E+1] i64 out on the ops' device (on the CPU: host
+// memory, enough for grouped_linear); rows_P [N*K] i32 out; pos_NK [N*K] i32 out, the inverse
+// (pos[rows_P[r]] = r). bad_3 [3] i32 (see above) or empty.
+//   offsets_E1_host [E+1] host int64 out, or nullptr. CPU: when given, a copy of offsets_E1;
+//   an out-of-range expert id or a token in bad_3[0] throws. CUDA with offsets_E1_host: SYNCS
+//   to copy the offsets to the host (the grouped GEMMs' host-offset path), and throws as the
+//   CPU. CUDA with nullptr: no host copy, no sync, no throw; an out-of-range expert id is
+//   recorded in bad_3[1], [2] (required then), its slots left out of rows_P.
 void moe_permute(const core::View& topk_idx_NK, int64_t N, int64_t K, int64_t E,
-                 const core::View& bad_token_1, int64_t* offsets_E1_host, const core::View& rows_P,
-                 const core::View& pos_NK);
+                 const core::View& bad_3, const core::View& offsets_E1, int64_t* offsets_E1_host,
+                 const core::View& rows_P, const core::View& pos_NK);
 
 // Gather the tokens of (a slice of) the permuted order, optionally scaled by the slot weight:
 //   out[r,:] = s * x[rows[r] / K, :],  s = w_NK[rows[r]], or 1 when w_NK is empty.
@@ -111,18 +125,32 @@ void moe_shared_gate_bwd(const core::View& o_ND, const core::View& g_N, const co
                          int64_t N, int64_t D, const core::View& do_ND, const core::View& dg_N);
 
 // Grouped expert GEMMs: rows [off[e], off[e+1]) of the permuted order times W[e] ([O, I] at
-// element e*O*I of W_EOI). offsets_E1_host [E+1] host int64, off[0] = 0, non-decreasing;
-// R = off[E].
+// W_EOI + e*O*I). off[0] = 0, non-decreasing; R = off[E] (host offsets) or x_RI.numel() / I.
 //   fwd: y[r,:] = x[r,:] W[e]^T.  x_RI [R*I], W_EOI [E*O*I], y_RO [R*O], one activation dtype;
 //        y overwritten.
 //   bwd: dx[r,:] = dy[r,:] W[e] (x's dtype, OVERWRITTEN, or empty to skip);
 //        dW[e] += dy_e^T x_e (f32, ACCUMULATED, or empty to skip).
+// The offsets: offsets_E1 [E+1] i64 on the ops' device (from moe_permute) and offsets_E1_host
+// [E+1] host int64 or nullptr, the same values.
+//   With offsets_E1_host: R = off[E] (checked); offsets_E1 may be empty.
+//   Without: CPU reads offsets_E1 (host memory; R = off[E], checked). CUDA runs the bf16
+//   grouped kernel from the device offsets (no host copy, no sync; the offsets are trusted) with
+//   R = x_RI.numel() / I rows at most (the views are sized for that bound, off[E] <= R; rows past
+//   off[E] are not written); a shape it cannot run (grouped_linear_needs_host_offsets) is an
+//   error. Bitwise the same results as with host offsets.
 // CPU: one cpu::linear_* call per non-empty expert.
 void grouped_linear_fwd(const core::View& x_RI, const core::View& W_EOI,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        const core::View& y_RO);
+                        const core::View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
+                        int64_t I, int64_t O, const core::View& y_RO);
 void grouped_linear_bwd(const core::View& x_RI, const core::View& W_EOI, const core::View& dy_RO,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        const core::View& dx_RI, const core::View& dW_EOI);
+                        const core::View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
+                        int64_t I, int64_t O, const core::View& dx_RI, const core::View& dW_EOI);
+
+// Whether grouped_linear on `dev` with activation dtype dt and these I, O needs
+// offsets_E1_host (so the caller must ask moe_permute for them). CPU: never (the offsets view is
+// host memory). CUDA: unless the bf16 grouped kernel runs it (dt bf16, I and O positive
+// multiples of 8); the fp32 debug mode and odd shapes use one cuBLASLt call per expert, which
+// needs the offsets on the host.
+bool grouped_linear_needs_host_offsets(core::Device dev, core::DType dt, int64_t I, int64_t O);
 
 }  // namespace deltatron::ops
