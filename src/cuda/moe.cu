@@ -109,20 +109,6 @@ void check_router_dims(const char* op, int64_t N, int64_t E, int64_t K) {
            " exceeds the int32 index range");
 }
 
-// Offsets into one scratch allocation, each rounded up to 16 bytes.
-struct Layout {
-  size_t bytes = 0;
-  size_t add(size_t n) {
-    const size_t at = bytes;
-    bytes += (n + 15) / 16 * 16;
-    return at;
-  }
-};
-template <typename T>
-T* at(void* base, size_t off) {
-  return reinterpret_cast<T*>(static_cast<char*>(base) + off);
-}
-
 // ---- router ---------------------------------------------------------------------------------
 
 __global__ void router_fwd_kernel(const float* __restrict__ logits, int64_t N, int E, int K,
