@@ -473,6 +473,22 @@ model::Config with_vocab(model::Config c) {
   return c;
 }
 
+// A block's context on the CPU: its parameters, a one-sample pack of N tokens and the Ctx over
+// them.
+struct BlockEnv {
+  model::Config c;
+  model::Params P;
+  data::Pack pack;
+  model::Batch b;
+  model::Ctx cx;
+  BlockEnv(const model::Config& c0, const model::TensorMap& params, int64_t N)
+      : c(with_vocab(c0)),
+        P(kCpu, core::DType::f32, params),
+        pack(one_sample_pack(N)),
+        b(c, pack, kCpu),
+        cx{c, P, b} {}
+};
+
 struct BlockRun {
   VecF y;
   VecI topk_idx;
@@ -489,12 +505,10 @@ using TermsFn = std::function<std::optional<HostTerms>(const VecI& topk_idx)>;
 // `terms` (if any), then the backward for the output gradient dy.
 BlockRun run_block_fn(const model::Config& c0, const model::TensorMap& params, int64_t N,
                       const VecF& x, const VecF& dy, const TermsFn& make_terms, double loss_scale) {
-  const model::Config c = with_vocab(c0);
+  BlockEnv env(c0, params, N);
+  const model::Config& c = env.c;
+  const model::Ctx& cx = env.cx;
   const int64_t D = c.hidden_size;
-  model::Params P(kCpu, core::DType::f32, params);
-  const data::Pack pack = one_sample_pack(N);
-  const model::Batch b(c, pack, kCpu);
-  const model::Ctx cx{c, P, b};
   BlockRun r;
   core::Buffer xb = host_buffer(x, core::DType::f32);
   core::Buffer y = host_buffer(VecF(N * D, 0.f), core::DType::f32);
@@ -531,7 +545,7 @@ BlockRun run_block_fn(const model::Config& c0, const model::TensorMap& params, i
   model::moe_bwd(cx, kPrefix, s, dyb, dx);
   r.dx = to_host<float>(dx);
   r.grads = model::zeros_like(params);
-  P.download_grads(r.grads);
+  env.P.download_grads(r.grads);
   return r;
 }
 
@@ -546,12 +560,10 @@ BlockRun run_block(const model::Config& c, const model::TensorMap& params, int64
 // The dense MLP block on the CPU (y = MLP(x) on a zero residual stream, then its backward).
 BlockRun run_mlp(const model::Config& c0, const model::TensorMap& params, int64_t N, const VecF& x,
                  const VecF& dy) {
-  const model::Config c = with_vocab(c0);
+  BlockEnv env(c0, params, N);
+  const model::Config& c = env.c;
+  const model::Ctx& cx = env.cx;
   const int64_t D = c.hidden_size;
-  model::Params P(kCpu, core::DType::f32, params);
-  const data::Pack pack = one_sample_pack(N);
-  const model::Batch b(c, pack, kCpu);
-  const model::Ctx cx{c, P, b};
   BlockRun r;
   core::Buffer xb = host_buffer(x, core::DType::f32);
   core::Buffer y = host_buffer(VecF(N * D, 0.f), core::DType::f32);
@@ -563,7 +575,7 @@ BlockRun run_mlp(const model::Config& c0, const model::TensorMap& params, int64_
   model::mlp_bwd(cx, "mlp.", s, dyb, dx);
   r.dx = to_host<float>(dx);
   r.grads = model::zeros_like(params);
-  P.download_grads(r.grads);
+  env.P.download_grads(r.grads);
   return r;
 }
 

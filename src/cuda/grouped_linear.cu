@@ -246,6 +246,24 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(GemmArgs p) 
       }
 }
 
+// Launches the grouped kernel over `tiles` CTAs with the tile table at table_dev ([0..E] first
+// tiles, [E+1..2E+1] row offsets); CTAs past table[E] exit at once.
+template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
+void launch_grouped_kernel(GemmArgs p, int64_t E, const int64_t* table_dev, int64_t tiles) {
+  p.tile_start = table_dev;
+  p.row_off = table_dev + E + 1;
+  p.E = int(E);
+  auto kernel = grouped_gemm_kernel<kAKMajor, kBKMajor, TC, kAccumulate>;
+  static const bool configured = [&] {
+    DT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmem));
+    return true;
+  }();
+  (void)configured;
+  kernel<<<unsigned(tiles), kGemmThreads, kGemmSmem>>>(p);
+  DT_CUDA_LAUNCH_CHECK("grouped_gemm_kernel");
+}
+
 // Per-expert tile counts -> table [tile_start E+1][row_off E+1] in the scratch; launches.
 template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
 void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_dev) {
@@ -262,18 +280,7 @@ void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_de
   DT_CHECK(tiles <= INT32_MAX, "grouped GEMM: too many tiles ", tiles);
   DT_CUDA_CHECK(cudaMemcpyAsync(table_dev, table.data(), table.size() * 8, cudaMemcpyHostToDevice,
                                 0));  // pageable source: staged before this call returns
-  p.tile_start = table_dev;
-  p.row_off = table_dev + E + 1;
-  p.E = int(E);
-  auto kernel = grouped_gemm_kernel<kAKMajor, kBKMajor, TC, kAccumulate>;
-  static const bool configured = [&] {
-    DT_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmem));
-    return true;
-  }();
-  (void)configured;
-  kernel<<<unsigned(tiles), kGemmThreads, kGemmSmem>>>(p);
-  DT_CUDA_LAUNCH_CHECK("grouped_gemm_kernel");
+  launch_grouped_kernel<kAKMajor, kBKMajor, TC, kAccumulate>(p, E, table_dev, tiles);
 }
 
 // The table of launch_grouped on the device: table[0..E] = each expert's first tile (exclusive
@@ -314,18 +321,7 @@ void launch_grouped_device(GemmArgs p, DeviceOffsets off, int64_t E, int64_t* ta
   DT_CHECK(E <= INT32_MAX, "grouped GEMM: too many experts ", E);
   grouped_table_kernel<<<1, kTableThreads>>>(off.offsets_E1, int(E), p.M, p.n_tiles, table_dev);
   DT_CUDA_LAUNCH_CHECK("grouped_table_kernel");
-  p.tile_start = table_dev;
-  p.row_off = table_dev + E + 1;
-  p.E = int(E);
-  auto kernel = grouped_gemm_kernel<kAKMajor, kBKMajor, TC, kAccumulate>;
-  static const bool configured = [&] {
-    DT_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmem));
-    return true;
-  }();
-  (void)configured;
-  kernel<<<unsigned(tiles), kGemmThreads, kGemmSmem>>>(p);
-  DT_CUDA_LAUNCH_CHECK("grouped_gemm_kernel");
+  launch_grouped_kernel<kAKMajor, kBKMajor, TC, kAccumulate>(p, E, table_dev, tiles);
 }
 
 ScratchBuffer& gemm_scratch() {
