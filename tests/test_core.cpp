@@ -7,8 +7,8 @@
 #include "core/buffer.h"
 #include "core/constants.h"
 #include "core/view.h"
+#include "cpu/cross_entropy.h"
 #include "data/sample.h"
-#include "ops/cross_entropy.h"
 #include "test_util.h"
 
 using namespace deltatron;
@@ -115,7 +115,7 @@ TEST(CoreBuffer, BackendAllocatorRegistry) {
 
 TEST(CoreConstants, OneIgnoreIndexEverywhere) {
   static_assert(&data::kIgnoreIndex == &core::kIgnoreIndex);
-  static_assert(&ops::kIgnoreIndex == &core::kIgnoreIndex);
+  static_assert(&cpu::kIgnoreIndex == &core::kIgnoreIndex);
   EXPECT_EQ(core::kIgnoreIndex, -100);
 }
 

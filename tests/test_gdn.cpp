@@ -300,19 +300,31 @@ TEST(Gdn, BadShapesThrow) {
       deltatron::core::Error);
 }
 
-// The ops:: dispatch reaches the CPU code; CUDA is not built.
+// The ops:: dispatch (host views) reaches the CPU chunked kernel, bitwise; a cuda view is refused
+// by a build without CUDA.
 TEST(Gdn, OpsDispatch) {
+  using dt_test::host_view;
   const Problem<float> p = cast<float>(make_problem({9, 66}, 1, 2, 4, 3, 950));
   const Result<float> want = forward(p, Algo::chunk);
-  std::vector<float> o(want.o.size());
-  deltatron::ops::gdn_chunk_fwd(deltatron::core::Device::cpu, p.q.data(), p.k.data(), p.v.data(),
-                                p.g.data(), p.beta.data(), p.seg(), p.N, p.H, p.G, p.K, p.V,
-                                p.scale, o.data(), nullptr);
+  std::vector<float> o(want.o.size()), state(want.state.size());
+  deltatron::ops::gdn_chunk_fwd(host_view(p.q), host_view(p.k), host_view(p.v), host_view(p.g),
+                                host_view(p.beta), host_view(p.cu), p.seg(), p.N, p.H, p.G, p.K,
+                                p.V, p.scale, host_view(o), host_view(state));
   EXPECT_EQ(o, want.o);
-  EXPECT_THROW(deltatron::ops::gdn_chunk_fwd(deltatron::core::Device::cuda, p.q.data(), p.k.data(),
-                                             p.v.data(), p.g.data(), p.beta.data(), p.seg(), p.N,
-                                             p.H, p.G, p.K, p.V, p.scale, o.data(), nullptr),
+  EXPECT_EQ(state, want.state);
+#ifndef DT_HAVE_CUDA
+  auto on_cuda = [](const std::vector<float>& x) {
+    deltatron::core::View v = host_view(x);
+    v.device = deltatron::core::Device::cuda;
+    return v;
+  };
+  deltatron::core::View cu_cuda = host_view(p.cu);
+  cu_cuda.device = deltatron::core::Device::cuda;
+  EXPECT_THROW(deltatron::ops::gdn_chunk_fwd(on_cuda(p.q), on_cuda(p.k), on_cuda(p.v), on_cuda(p.g),
+                                             on_cuda(p.beta), cu_cuda, p.seg(), p.N, p.H, p.G, p.K,
+                                             p.V, p.scale, on_cuda(o), deltatron::core::View{}),
                deltatron::core::Error);
+#endif
 }
 
 // The chunked backward is bitwise reproducible and independent of the thread count.

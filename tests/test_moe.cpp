@@ -92,7 +92,7 @@ TEST(MoeRouter, ForwardMatchesFormulaAndFloatAgrees) {
   }
   VecF lf(l.begin(), l.end()), pf(N * E), lsef(N), wf(N * K);
   VecI idxf(N * K);
-  ops::moe_router_fwd(kCpu, lf.data(), N, E, K, pf.data(), lsef.data(), idxf.data(), wf.data());
+  cpu::moe_router_fwd<float>(lf.data(), N, E, K, pf.data(), lsef.data(), idxf.data(), wf.data());
   EXPECT_EQ(idxf, idx);
   DT_EXPECT_CLOSE(pf, p, 1e-6, "float probs");
   DT_EXPECT_CLOSE(wf, w, 1e-6, "float weights");
@@ -188,10 +188,10 @@ TEST(MoeRouter, NonFiniteLogitsThrow) {
   VecF l = {0.f, NAN, 1.f, 2.f}, p(4), lse(1), w(2);
   VecI idx(2);
   EXPECT_THROW(
-      ops::moe_router_fwd(kCpu, l.data(), 1, 4, 2, p.data(), lse.data(), idx.data(), w.data()),
+      cpu::moe_router_fwd<float>(l.data(), 1, 4, 2, p.data(), lse.data(), idx.data(), w.data()),
       core::Error);
   EXPECT_THROW(
-      ops::moe_router_fwd(kCpu, l.data(), 1, 4, 5, p.data(), lse.data(), idx.data(), w.data()),
+      cpu::moe_router_fwd<float>(l.data(), 1, 4, 5, p.data(), lse.data(), idx.data(), w.data()),
       core::Error);  // K > E
 }
 
@@ -286,13 +286,14 @@ TEST(MoeRouterLoss, BadGroupIdsThrow) {
   std::vector<double> F(2 * 2, 1.0), c(2, 1.0), counts(4), tokens(2);
   VecI bad = {0, 2, 1}, bad_neg = {0, -2, 1};
   VecI idx = {0, 1, 1};
-  EXPECT_THROW(ops::moe_aux_loss_fwd(kCpu, p.data(), bad.data(), 3, 2, 2, F.data(), c.data()),
+  EXPECT_THROW(cpu::moe_aux_loss_fwd<float>(p.data(), bad.data(), 3, 2, 2, F.data(), c.data()),
                core::Error);
-  EXPECT_THROW(ops::moe_aux_loss_bwd(kCpu, bad.data(), 3, 2, 2, F.data(), c.data(), 1.0, dp.data()),
-               core::Error);
-  EXPECT_THROW(ops::moe_z_loss_fwd(kCpu, lse.data(), bad_neg.data(), 3, 1.0), core::Error);
   EXPECT_THROW(
-      ops::moe_count_routes(kCpu, idx.data(), bad.data(), 3, 1, 2, 2, counts.data(), tokens.data()),
+      cpu::moe_aux_loss_bwd<float>(bad.data(), 3, 2, 2, F.data(), c.data(), 1.0, dp.data()),
+      core::Error);
+  EXPECT_THROW(cpu::moe_z_loss_fwd<float>(lse.data(), bad_neg.data(), 3, 1.0), core::Error);
+  EXPECT_THROW(
+      cpu::moe_count_routes(idx.data(), bad.data(), 3, 1, 2, 2, counts.data(), tokens.data()),
       core::Error);
 }
 
@@ -472,6 +473,22 @@ model::Config with_vocab(model::Config c) {
   return c;
 }
 
+// A block's context on the CPU: its parameters, a one-sample pack of N tokens and the Ctx over
+// them.
+struct BlockEnv {
+  model::Config c;
+  model::Params P;
+  data::Pack pack;
+  model::Batch b;
+  model::Ctx cx;
+  BlockEnv(const model::Config& c0, const model::TensorMap& params, int64_t N)
+      : c(with_vocab(c0)),
+        P(kCpu, core::DType::f32, params),
+        pack(one_sample_pack(N)),
+        b(c, pack, kCpu),
+        cx{c, P, b} {}
+};
+
 struct BlockRun {
   VecF y;
   VecI topk_idx;
@@ -488,12 +505,10 @@ using TermsFn = std::function<std::optional<HostTerms>(const VecI& topk_idx)>;
 // `terms` (if any), then the backward for the output gradient dy.
 BlockRun run_block_fn(const model::Config& c0, const model::TensorMap& params, int64_t N,
                       const VecF& x, const VecF& dy, const TermsFn& make_terms, double loss_scale) {
-  const model::Config c = with_vocab(c0);
+  BlockEnv env(c0, params, N);
+  const model::Config& c = env.c;
+  const model::Ctx& cx = env.cx;
   const int64_t D = c.hidden_size;
-  model::Params P(kCpu, core::DType::f32, params);
-  const data::Pack pack = one_sample_pack(N);
-  const model::Batch b(c, pack, kCpu);
-  const model::Ctx cx{c, P, b};
   BlockRun r;
   core::Buffer xb = host_buffer(x, core::DType::f32);
   core::Buffer y = host_buffer(VecF(N * D, 0.f), core::DType::f32);
@@ -530,7 +545,7 @@ BlockRun run_block_fn(const model::Config& c0, const model::TensorMap& params, i
   model::moe_bwd(cx, kPrefix, s, dyb, dx);
   r.dx = to_host<float>(dx);
   r.grads = model::zeros_like(params);
-  P.download_grads(r.grads);
+  env.P.download_grads(r.grads);
   return r;
 }
 
@@ -545,12 +560,10 @@ BlockRun run_block(const model::Config& c, const model::TensorMap& params, int64
 // The dense MLP block on the CPU (y = MLP(x) on a zero residual stream, then its backward).
 BlockRun run_mlp(const model::Config& c0, const model::TensorMap& params, int64_t N, const VecF& x,
                  const VecF& dy) {
-  const model::Config c = with_vocab(c0);
+  BlockEnv env(c0, params, N);
+  const model::Config& c = env.c;
+  const model::Ctx& cx = env.cx;
   const int64_t D = c.hidden_size;
-  model::Params P(kCpu, core::DType::f32, params);
-  const data::Pack pack = one_sample_pack(N);
-  const model::Batch b(c, pack, kCpu);
-  const model::Ctx cx{c, P, b};
   BlockRun r;
   core::Buffer xb = host_buffer(x, core::DType::f32);
   core::Buffer y = host_buffer(VecF(N * D, 0.f), core::DType::f32);
@@ -562,7 +575,7 @@ BlockRun run_mlp(const model::Config& c0, const model::TensorMap& params, int64_
   model::mlp_bwd(cx, "mlp.", s, dyb, dx);
   r.dx = to_host<float>(dx);
   r.grads = model::zeros_like(params);
-  P.download_grads(r.grads);
+  env.P.download_grads(r.grads);
   return r;
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/device.h"
 #include "core/error.h"
+#include "core/view.h"
 #include "cpu/activation.h"
 #include "cpu/cross_entropy.h"
 #include "cpu/embedding.h"
@@ -17,7 +18,6 @@
 #include "cpu/linear.h"
 #include "cpu/rmsnorm.h"
 #include "ops/activation.h"
-#include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/gdn_gates.h"
 #include "ops/l2norm.h"
@@ -36,7 +36,17 @@ using dt_test::uniform;
 using Vec = std::vector<double>;
 using VecF = std::vector<float>;
 
-constexpr core::Device kCpu = core::Device::cpu;
+// Host views of test vectors for the ops:: (view) dispatch.
+core::View h(VecF& x) {
+  return core::View(x.data(), core::DType::f32, core::Device::cpu, {int64_t(x.size())});
+}
+core::View h(std::vector<int32_t>& x) {
+  return core::View(x.data(), core::DType::i32, core::Device::cpu, {int64_t(x.size())});
+}
+// The same memory claimed to be on the GPU (never dereferenced: the op refuses it first).
+core::View on_cuda(VecF& x) {
+  return core::View(x.data(), core::DType::f32, core::Device::cuda, {int64_t(x.size())});
+}
 
 // Central differences in double with h = 1e-6 are good to ~1e-9 relative here.
 constexpr double kGradTol = 1e-7;
@@ -86,7 +96,8 @@ TEST(Embedding, OutOfRangeIdThrows) {
   VecF table(V * D, 1.f), x(2 * D);
   for (int32_t bad : {int32_t(V), int32_t(-1), int32_t(1 << 30)}) {
     std::vector<int32_t> ids = {2, bad};
-    EXPECT_THROW(ops::embedding_fwd(kCpu, ids.data(), table.data(), 2, V, D, x.data()), core::Error)
+    EXPECT_THROW(cpu::embedding_fwd<float>(ids.data(), table.data(), 2, V, D, x.data()),
+                 core::Error)
         << "id " << bad;
   }
 }
@@ -214,7 +225,7 @@ void check_linear_exact(int64_t N, int64_t I, int64_t O) {
   SCOPED_TRACE("N=" + std::to_string(N) + " I=" + std::to_string(I) + " O=" + std::to_string(O));
   VecF x = int_valued(N * I, 60), W = int_valued(O * I, 61), dy = int_valued(N * O, 62);
   VecF y(N * O, 1e30f);
-  ops::linear_fwd(kCpu, x.data(), W.data(), N, I, O, y.data());
+  cpu::linear_fwd<float>(x.data(), W.data(), N, I, O, y.data());
   VecF y_ref(N * O, 0.f), dx_ref(N * I, 0.f), dW_ref(O * I, 0.f);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t o = 0; o < O; ++o)
@@ -228,7 +239,7 @@ void check_linear_exact(int64_t N, int64_t I, int64_t O) {
 
   // Overwrite dx (garbage before), accumulate dW onto integer-valued prior contents.
   VecF dx(N * I, std::nanf("")), dW0 = int_valued(O * I, 63), dW = dW0;
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), N, I, O, dx.data(), false, dW.data());
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, dx.data(), false, dW.data());
   r = compare(dx, dx_ref);
   EXPECT_EQ(r.max_abs, 0.0) << "linear dx overwrite: " << r.str();
   VecF dW_want(O * I);
@@ -239,13 +250,13 @@ void check_linear_exact(int64_t N, int64_t I, int64_t O) {
   // accumulate_dx, dW skipped.
   VecF dx0 = int_valued(N * I, 64), dxa = dx0, dx_want(N * I);
   for (int64_t k = 0; k < N * I; ++k) dx_want[k] = dx0[k] + dx_ref[k];
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), N, I, O, dxa.data(), true, nullptr);
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, dxa.data(), true, nullptr);
   r = compare(dxa, dx_want);
   EXPECT_EQ(r.max_abs, 0.0) << "linear dx accumulate: " << r.str();
 
   // dx skipped, dW only.
   VecF dW2 = dW0;
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), N, I, O, nullptr, false, dW2.data());
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, nullptr, false, dW2.data());
   r = compare(dW2, dW_want);
   EXPECT_EQ(r.max_abs, 0.0) << "linear dW only: " << r.str();
 }
@@ -258,11 +269,11 @@ TEST(Linear, ExactAgainstNaiveLoopOnIntegerData) {
 
 TEST(Linear, EmptyShapes) {
   VecF x(7 * 3, 1.f), W(5 * 3, 1.f), y(7 * 5, 1.f), dy(7 * 5, 1.f), dx(7 * 3, 1.f);
-  ops::linear_fwd(kCpu, x.data(), W.data(), 7, 0, 5, y.data());  // I = 0: y = 0
+  cpu::linear_fwd<float>(x.data(), W.data(), 7, 0, 5, y.data());  // I = 0: y = 0
   for (float v : y) EXPECT_EQ(v, 0.f);
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), 7, 3, 0, dx.data(), false, nullptr);
-  for (float v : dx) EXPECT_EQ(v, 0.f);                          // O = 0: dx = 0
-  ops::linear_fwd(kCpu, x.data(), W.data(), 0, 3, 5, y.data());  // N = 0: nothing to do
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), 7, 3, 0, dx.data(), false, nullptr);
+  for (float v : dx) EXPECT_EQ(v, 0.f);                           // O = 0: dx = 0
+  cpu::linear_fwd<float>(x.data(), W.data(), 0, 3, 5, y.data());  // N = 0: nothing to do
 }
 
 TEST(Linear, BackwardMatchesFiniteDiff) {
@@ -307,8 +318,8 @@ TEST(Activation, SwigluAndSigmoidMulBackwardMatchFiniteDiff) {
 TEST(Activation, StableForLargeMagnitudes) {
   VecF g = {-1e4f, -200.f, -88.f, 88.f, 200.f, 1e4f}, u(g.size(), 2.f), h(g.size()), dg(g.size()),
        du(g.size()), dh(g.size(), 1.f);
-  ops::swiglu_fwd(kCpu, g.data(), u.data(), int64_t(g.size()), h.data());
-  ops::swiglu_bwd(kCpu, g.data(), u.data(), dh.data(), int64_t(g.size()), dg.data(), du.data());
+  cpu::swiglu_fwd<float>(g.data(), u.data(), int64_t(g.size()), h.data());
+  cpu::swiglu_bwd<float>(g.data(), u.data(), dh.data(), int64_t(g.size()), dg.data(), du.data());
   for (size_t i = 0; i < g.size(); ++i) {
     ASSERT_TRUE(std::isfinite(h[i]) && std::isfinite(dg[i]) && std::isfinite(du[i])) << g[i];
     if (g[i] > 100) {
@@ -318,7 +329,7 @@ TEST(Activation, StableForLargeMagnitudes) {
       EXPECT_EQ(h[i], 0.f) << g[i];
     }
   }
-  ops::sigmoid_mul_fwd(kCpu, u.data(), g.data(), int64_t(g.size()), h.data());
+  cpu::sigmoid_mul_fwd<float>(u.data(), g.data(), int64_t(g.size()), h.data());
   EXPECT_EQ(h.front(), 0.f);
   EXPECT_EQ(h.back(), 2.f);
   EXPECT_EQ(cpu::sigmoid(-1000.0), 0.0);
@@ -428,11 +439,11 @@ TEST(CrossEntropy, StableForLargeLogits) {
   }
   std::vector<int32_t> t = {2, 9, 0};
   VecF loss(N), lse(N), loss_s(N), lse_s(N), dloss(N, 1.f), dl(N * V), dl_s(N * V);
-  ops::cross_entropy_fwd(kCpu, logits.data(), t.data(), N, V, loss.data(), lse.data());
-  ops::cross_entropy_fwd(kCpu, shifted.data(), t.data(), N, V, loss_s.data(), lse_s.data());
-  ops::cross_entropy_bwd(kCpu, logits.data(), t.data(), lse.data(), dloss.data(), N, V, dl.data());
-  ops::cross_entropy_bwd(kCpu, shifted.data(), t.data(), lse_s.data(), dloss.data(), N, V,
-                         dl_s.data());
+  cpu::cross_entropy_fwd<float>(logits.data(), t.data(), N, V, loss.data(), lse.data());
+  cpu::cross_entropy_fwd<float>(shifted.data(), t.data(), N, V, loss_s.data(), lse_s.data());
+  cpu::cross_entropy_bwd<float>(logits.data(), t.data(), lse.data(), dloss.data(), N, V, dl.data());
+  cpu::cross_entropy_bwd<float>(shifted.data(), t.data(), lse_s.data(), dloss.data(), N, V,
+                                dl_s.data());
   EXPECT_NEAR(lse_s[0], lse[0] + 1e4f, 2e-3);  // float spacing at 1e4 is ~1e-3
   EXPECT_NEAR(lse_s[2], lse[2] - 1e4f, 2e-3);
   for (int64_t n = 0; n < N; ++n) EXPECT_NEAR(loss_s[n], loss[n], 2e-3) << "row " << n;
@@ -448,18 +459,18 @@ TEST(CrossEntropy, BadTargetThrows) {
   for (int32_t bad : {int32_t(V), int32_t(-1), int32_t(-99), int32_t(-101)}) {
     std::vector<int32_t> t = {1, bad, -100};
     EXPECT_THROW(
-        ops::cross_entropy_fwd(kCpu, logits.data(), t.data(), N, V, loss.data(), lse.data()),
+        cpu::cross_entropy_fwd<float>(logits.data(), t.data(), N, V, loss.data(), lse.data()),
         core::Error)
         << "target " << bad;
-    EXPECT_THROW(ops::cross_entropy_bwd(kCpu, logits.data(), t.data(), lse.data(), dloss.data(), N,
-                                        V, dl.data()),
+    EXPECT_THROW(cpu::cross_entropy_bwd<float>(logits.data(), t.data(), lse.data(), dloss.data(), N,
+                                               V, dl.data()),
                  core::Error)
         << "target " << bad;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// float (through the ops:: dispatch) vs double forward agreement, and CUDA refusal
+// float (through the ops:: dispatch on host views) vs double forward agreement, and CUDA refusal
 
 TEST(FloatVsDouble, ForwardAgreement) {
   const int64_t N = 37, D = 29, V = 23, G = 6;
@@ -478,26 +489,26 @@ TEST(FloatVsDouble, ForwardAgreement) {
     Vec y(N * D), r(N);
     VecF yf(N * D), rf(N);
     cpu::rmsnorm_fwd(xr.data(), wr.data(), N, D, eps, y.data(), r.data());
-    ops::rmsnorm_fwd(kCpu, xf.data(), wf.data(), N, D, eps, yf.data(), rf.data());
+    ops::rmsnorm_fwd(h(xf), h(wf), N, D, eps, h(yf), h(rf));
     check(yf, y, "rmsnorm y");
     check(rf, r, "rmsnorm rstd");
     cpu::rmsnorm_gated_fwd(xr.data(), zr.data(), wr.data(), N, D, eps, y.data(), r.data());
-    ops::rmsnorm_gated_fwd(kCpu, xf.data(), zf.data(), wf.data(), N, D, eps, yf.data(), rf.data());
+    ops::rmsnorm_gated_fwd(h(xf), h(zf), h(wf), N, D, eps, h(yf), h(rf));
     check(yf, y, "rmsnorm_gated y");
     cpu::l2norm_fwd(xr.data(), N, D, eps, y.data(), r.data());
-    ops::l2norm_fwd(kCpu, xf.data(), N, D, eps, yf.data(), rf.data());
+    ops::l2norm_fwd(h(xf), N, D, eps, h(yf), h(rf));
     check(yf, y, "l2norm y");
     cpu::swiglu_fwd(xr.data(), zr.data(), N * D, y.data());
-    ops::swiglu_fwd(kCpu, xf.data(), zf.data(), N * D, yf.data());
+    ops::swiglu_fwd(h(xf), h(zf), N * D, h(yf));
     check(yf, y, "swiglu h");
     cpu::sigmoid_mul_fwd(xr.data(), zr.data(), N * D, y.data());
-    ops::sigmoid_mul_fwd(kCpu, xf.data(), zf.data(), N * D, yf.data());
+    ops::sigmoid_mul_fwd(h(xf), h(zf), N * D, h(yf));
     check(yf, y, "sigmoid_mul out");
     // linear: [N, D] x [V, D]^T
     Vec Wr(zr.begin(), zr.begin() + V * D), yl(N * V);
     VecF Wf(zf.begin(), zf.begin() + V * D), ylf(N * V);
     cpu::linear_fwd(xr.data(), Wr.data(), N, D, V, yl.data());
-    ops::linear_fwd(kCpu, xf.data(), Wf.data(), N, D, V, ylf.data());
+    ops::linear_fwd(h(xf), h(Wf), N, D, V, h(ylf), false);
     check(ylf, yl, "linear y");
     // cross-entropy on those logits
     std::vector<int32_t> t(N);
@@ -505,7 +516,7 @@ TEST(FloatVsDouble, ForwardAgreement) {
     Vec ylr(ylf.begin(), ylf.end()), loss(N), lse(N);
     VecF lossf(N), lsef(N);
     cpu::cross_entropy_fwd(ylr.data(), t.data(), N, V, loss.data(), lse.data());
-    ops::cross_entropy_fwd(kCpu, ylf.data(), t.data(), N, V, lossf.data(), lsef.data());
+    cpu::cross_entropy_fwd<float>(ylf.data(), t.data(), N, V, lossf.data(), lsef.data());
     check(lossf, loss, "cross_entropy loss");
     check(lsef, lse, "cross_entropy lse");
     // gates: b = x[:N*G], a = z[:N*G]
@@ -514,8 +525,8 @@ TEST(FloatVsDouble, ForwardAgreement) {
     Vec beta(N * G), g(N * G);
     VecF betaf(N * G), gf(N * G);
     cpu::gdn_gates_fwd(xr.data(), zr.data(), A_log.data(), dtb.data(), N, G, beta.data(), g.data());
-    ops::gdn_gates_fwd(kCpu, xf.data(), zf.data(), A_logf.data(), dtbf.data(), N, G, betaf.data(),
-                       gf.data());
+    ops::gdn_gates_fwd(h(xf).slice(0, N * G), h(zf).slice(0, N * G), h(A_logf), h(dtbf), N, G,
+                       h(betaf), h(gf));
     check(betaf, beta, "gdn_gates beta");
     check(gf, g, "gdn_gates g");
     // embedding
@@ -523,18 +534,20 @@ TEST(FloatVsDouble, ForwardAgreement) {
     for (int64_t n = 0; n < N; ++n) ids[n] = int32_t((3 * n + 1) % V);
     VecF table(V * D), xe(N * D);
     for (int64_t k = 0; k < V * D; ++k) table[k] = zf[k];
-    ops::embedding_fwd(kCpu, ids.data(), table.data(), N, V, D, xe.data());
+    ops::embedding_fwd(h(ids), h(table), N, V, D, h(xe));
     for (int64_t n = 0; n < N; ++n) EXPECT_EQ(xe[n * D + 4], table[ids[n] * D + 4]);
   }
 }
 
 TEST(OpsBasicDispatch, CudaIsRefusedWithAnError) {
+#ifdef DT_HAVE_CUDA
+  GTEST_SKIP() << "this binary has a CUDA backend";
+#else
   VecF x(4, 1.f), y(4), r(1);
-  EXPECT_THROW(
-      ops::rmsnorm_fwd(core::Device::cuda, x.data(), x.data(), 1, 4, 1e-6, y.data(), r.data()),
-      core::Error);
-  EXPECT_THROW(ops::linear_fwd(core::Device::cuda, x.data(), x.data(), 2, 2, 2, y.data()),
+  EXPECT_THROW(ops::rmsnorm_fwd(on_cuda(x), on_cuda(x), 1, 4, 1e-6, on_cuda(y), on_cuda(r)),
                core::Error);
+  EXPECT_THROW(ops::linear_fwd(on_cuda(x), on_cuda(x), 2, 2, 2, on_cuda(y), false), core::Error);
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,14 +566,14 @@ TEST(OpsBasicDeterminism, ParameterGradientsIndependentOfThreadCount) {
     omp_set_num_threads(threads);
     std::vector<VecF> out;
     VecF dw(D, 0.f), dwg(D, 0.f), dtable(V * D, 0.f), dA(G, 0.f), ddt(G, 0.f);
-    ops::rmsnorm_fwd(kCpu, x.data(), w.data(), N, D, 1e-6, y.data(), rstd.data());
-    ops::rmsnorm_bwd(kCpu, x.data(), w.data(), rstd.data(), dy.data(), N, D, dx.data(), dw.data());
-    ops::rmsnorm_gated_fwd(kCpu, x.data(), z.data(), w.data(), N, D, 1e-6, y.data(), rstd.data());
-    ops::rmsnorm_gated_bwd(kCpu, x.data(), z.data(), w.data(), rstd.data(), dy.data(), N, D,
-                           dx.data(), dz.data(), dwg.data());
-    ops::embedding_bwd(kCpu, ids.data(), dy.data(), N, D, dtable.data());
-    ops::gdn_gates_bwd(kCpu, b.data(), a.data(), A_log.data(), dtb.data(), dbeta.data(), dg.data(),
-                       N, G, db.data(), da.data(), dA.data(), ddt.data());
+    cpu::rmsnorm_fwd<float>(x.data(), w.data(), N, D, 1e-6, y.data(), rstd.data());
+    cpu::rmsnorm_bwd<float>(x.data(), w.data(), rstd.data(), dy.data(), N, D, dx.data(), dw.data());
+    cpu::rmsnorm_gated_fwd<float>(x.data(), z.data(), w.data(), N, D, 1e-6, y.data(), rstd.data());
+    cpu::rmsnorm_gated_bwd<float>(x.data(), z.data(), w.data(), rstd.data(), dy.data(), N, D,
+                                  dx.data(), dz.data(), dwg.data());
+    cpu::embedding_bwd<float>(ids.data(), dy.data(), N, D, dtable.data());
+    cpu::gdn_gates_bwd<float>(b.data(), a.data(), A_log.data(), dtb.data(), dbeta.data(), dg.data(),
+                              N, G, db.data(), da.data(), dA.data(), ddt.data());
     return std::vector<VecF>{dw, dwg, dtable, dA, ddt};
   };
   const int saved = omp_get_max_threads();

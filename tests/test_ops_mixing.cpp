@@ -18,6 +18,7 @@ namespace dt = deltatron;
 using dt_test::compare;
 using dt_test::dot;
 using dt_test::finite_diff;
+using dt_test::host_view;
 using dt_test::randn;
 
 namespace {
@@ -120,7 +121,7 @@ TEST(Rope, EqualRowsIsNeoxRope) {
   const std::vector<float> xf = cast<float>(xd);
 
   std::vector<float> yf = xf;
-  dt::ops::rope_fwd(dt::core::Device::cpu, yf.data(), pos3.data(), N, H, K, R, theta, sec);
+  dt::ops::rope_fwd(host_view(yf), host_view(pos3), N, H, K, R, theta, sec);
   const std::vector<float> want_hf = neox_rope_hf(xf, p1, N, H, K, R, theta);
   expect_bitwise(yf.data(), want_hf.data(), yf.size(), "float rope vs HF-recipe NeoX");
 
@@ -145,7 +146,7 @@ TEST(Rope, InterleavedSectionsAndPassThrough) {
       x[(n * H) * K + j + half] = 0.0f;
     }
   std::vector<float> y = x;
-  dt::ops::rope_fwd(dt::core::Device::cpu, y.data(), pos3.data(), N, H, K, R, theta, sec);
+  dt::ops::rope_fwd(host_view(y), host_view(pos3), N, H, K, R, theta, sec);
   const std::string rows = "THW";
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t j = 0; j < half; ++j) {
@@ -217,8 +218,8 @@ void check_attention_fwd(const AttnCase& c, uint64_t seed) {
 
   const auto qf = cast<float>(q), kf = cast<float>(k), vf = cast<float>(v);
   std::vector<float> of(N * H * K), lsef(N * H);
-  dt::ops::attention_fwd(dt::core::Device::cpu, qf.data(), kf.data(), vf.data(), segments(c.cu), N,
-                         H, J, K, float(scale), of.data(), lsef.data());
+  dt::ops::attention_fwd(host_view(qf), host_view(kf), host_view(vf), host_view(c.cu),
+                         segments(c.cu), N, H, J, K, float(scale), host_view(of), host_view(lsef));
   DT_EXPECT_CLOSE(of, o_ref, 2e-6, "float o vs naive");
   DT_EXPECT_CLOSE(lsef, lse_ref, 2e-6, "float lse vs naive");
 }
@@ -365,8 +366,8 @@ void check_conv1d_fwd(const std::vector<int32_t>& cu, int64_t C, int64_t W, uint
   DT_EXPECT_CLOSE(y, want, 1e-14, "double conv1d vs naive");
   const auto xf = cast<float>(x), wf = cast<float>(w);
   std::vector<float> yf(N * C);
-  dt::ops::conv1d_fwd(dt::core::Device::cpu, xf.data(), wf.data(), segments(cu), N, C, W,
-                      yf.data());
+  dt::ops::conv1d_fwd(host_view(xf), host_view(wf), host_view(cu), segments(cu), N, C, W,
+                      host_view(yf));
   DT_EXPECT_CLOSE(yf, want, 1e-6, "float conv1d vs naive");
 }
 

@@ -1,5 +1,5 @@
-// Tests of the view forms of the ops (docs/ops-views.md) on the CPU: each equals the host-pointer
-// op bitwise where the same kernel runs; accumulate flags add; empty optional views skip; a bf16
+// Tests of the view forms of the ops (docs/ops-views.md) on the CPU: each equals the cpu:: kernel
+// bitwise where the same kernel runs; accumulate flags add; empty optional views skip; a bf16
 // view on the CPU, a wrong element count and a mixed-device call are core::Errors naming the op.
 #include <cstdint>
 #include <cstring>
@@ -8,6 +8,16 @@
 
 #include "core/segments.h"
 #include "core/view.h"
+#include "cpu/activation.h"
+#include "cpu/attention.h"
+#include "cpu/conv1d.h"
+#include "cpu/embedding.h"
+#include "cpu/gdn.h"
+#include "cpu/gdn_gates.h"
+#include "cpu/l2norm.h"
+#include "cpu/linear.h"
+#include "cpu/rmsnorm.h"
+#include "cpu/rope.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/conv1d.h"
@@ -78,7 +88,7 @@ TEST(OpsViews, Linear) {
   const int64_t N = 5, I = 7, O = 3;
   VecF x = rnd(N * I, 1), W = rnd(O * I, 2), dy = rnd(N * O, 3);
   VecF y_ref(N * O), y(N * O);
-  ops::linear_fwd(kCpu, x.data(), W.data(), N, I, O, y_ref.data());
+  cpu::linear_fwd<float>(x.data(), W.data(), N, I, O, y_ref.data());
   ops::linear_fwd(v(x), v(W), N, I, O, v(y), false);
   expect_same(y, y_ref, "y");
   VecF y0 = rnd(N * O, 4), ya = y0;
@@ -86,16 +96,16 @@ TEST(OpsViews, Linear) {
   expect_same(ya, plus(y0, y_ref), "y accumulated");
 
   VecF dx_ref(N * I), dx(N * I);
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), N, I, O, dx_ref.data(), false, nullptr);
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, dx_ref.data(), false, nullptr);
   ops::linear_bwd_dx(v(dy), v(W), N, I, O, v(dx), false);
   expect_same(dx, dx_ref, "dx");
   VecF dx0 = rnd(N * I, 5), dxa_ref = dx0, dxa = dx0;
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), N, I, O, dxa_ref.data(), true, nullptr);
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, dxa_ref.data(), true, nullptr);
   ops::linear_bwd_dx(v(dy), v(W), N, I, O, v(dxa), true);
   expect_same(dxa, dxa_ref, "dx accumulated");
 
   VecF dW0 = rnd(O * I, 6), dW_ref = dW0, dW = dW0;
-  ops::linear_bwd(kCpu, x.data(), W.data(), dy.data(), N, I, O, nullptr, false, dW_ref.data());
+  cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, nullptr, false, dW_ref.data());
   ops::linear_bwd_dw(v(x), v(dy), N, I, O, v(dW));
   expect_same(dW, dW_ref, "dW (accumulated)");
 
@@ -128,14 +138,14 @@ TEST(OpsViews, RMSNorm) {
   const double eps = 1e-6;
   VecF x = rnd(N * D, 10), w = rnd(D, 11, 0.1), dy = rnd(N * D, 12);
   VecF y_ref(N * D), r_ref(N), y(N * D), r(N);
-  ops::rmsnorm_fwd(kCpu, x.data(), w.data(), N, D, eps, y_ref.data(), r_ref.data());
+  cpu::rmsnorm_fwd<float>(x.data(), w.data(), N, D, eps, y_ref.data(), r_ref.data());
   ops::rmsnorm_fwd(v(x), v(w), N, D, eps, v(y), v(r));
   expect_same(y, y_ref, "y");
   expect_same(r, r_ref, "rstd");
 
   VecF dw0 = rnd(D, 13), dx_ref(N * D), dw_ref = dw0;
-  ops::rmsnorm_bwd(kCpu, x.data(), w.data(), r.data(), dy.data(), N, D, dx_ref.data(),
-                   dw_ref.data());
+  cpu::rmsnorm_bwd<float>(x.data(), w.data(), r.data(), dy.data(), N, D, dx_ref.data(),
+                          dw_ref.data());
   VecF dx(N * D), dw = dw0;
   ops::rmsnorm_bwd(v(x), v(w), v(r), v(dy), N, D, v(dx), false, v(dw));
   expect_same(dx, dx_ref, "dx");
@@ -167,13 +177,14 @@ TEST(OpsViews, RMSNormGated) {
   const double eps = 1e-6;
   VecF x = rnd(N * D, 20), z = rnd(N * D, 21), w = rnd(D, 22), dy = rnd(N * D, 23);
   VecF y_ref(N * D), r_ref(N), y(N * D), r(N);
-  ops::rmsnorm_gated_fwd(kCpu, x.data(), z.data(), w.data(), N, D, eps, y_ref.data(), r_ref.data());
+  cpu::rmsnorm_gated_fwd<float>(x.data(), z.data(), w.data(), N, D, eps, y_ref.data(),
+                                r_ref.data());
   ops::rmsnorm_gated_fwd(v(x), v(z), v(w), N, D, eps, v(y), v(r));
   expect_same(y, y_ref, "y");
   expect_same(r, r_ref, "rstd");
   VecF dw0 = rnd(D, 24), dx_ref(N * D), dz_ref(N * D), dw_ref = dw0;
-  ops::rmsnorm_gated_bwd(kCpu, x.data(), z.data(), w.data(), r.data(), dy.data(), N, D,
-                         dx_ref.data(), dz_ref.data(), dw_ref.data());
+  cpu::rmsnorm_gated_bwd<float>(x.data(), z.data(), w.data(), r.data(), dy.data(), N, D,
+                                dx_ref.data(), dz_ref.data(), dw_ref.data());
   VecF dx(N * D), dz(N * D), dw = dw0;
   ops::rmsnorm_gated_bwd(v(x), v(z), v(w), v(r), v(dy), N, D, v(dx), v(dz), v(dw));
   expect_same(dx, dx_ref, "dx");
@@ -208,12 +219,12 @@ TEST(OpsViews, L2Norm) {
   const int64_t N = 5, D = 6;
   VecF x = rnd(N * D, 30), dy = rnd(N * D, 31);
   VecF y_ref(N * D), r_ref(N), y(N * D), r(N);
-  ops::l2norm_fwd(kCpu, x.data(), N, D, 1e-6, y_ref.data(), r_ref.data());
+  cpu::l2norm_fwd<float>(x.data(), N, D, 1e-6, y_ref.data(), r_ref.data());
   ops::l2norm_fwd(v(x), N, D, 1e-6, v(y), v(r));
   expect_same(y, y_ref, "y");
   expect_same(r, r_ref, "rstd");
   VecF dx_ref(N * D), dx = dy;  // dx aliasing dy
-  ops::l2norm_bwd(kCpu, y.data(), r.data(), dy.data(), N, D, dx_ref.data());
+  cpu::l2norm_bwd<float>(y.data(), r.data(), dy.data(), N, D, dx_ref.data());
   ops::l2norm_bwd(v(y), v(r), v(dx), N, D, v(dx));
   expect_same(dx, dx_ref, "dx");
   std::vector<uint16_t> s;
@@ -234,21 +245,21 @@ TEST(OpsViews, Activation) {
   const int64_t n = 37;
   VecF g = rnd(n, 40), u = rnd(n, 41), dh = rnd(n, 42);
   VecF h_ref(n), h(n);
-  ops::swiglu_fwd(kCpu, g.data(), u.data(), n, h_ref.data());
+  cpu::swiglu_fwd<float>(g.data(), u.data(), n, h_ref.data());
   ops::swiglu_fwd(v(g), v(u), n, v(h));
   expect_same(h, h_ref, "swiglu h");
   VecF dg_ref(n), du_ref(n), dg(n), du = dh;  // dh aliasing dup
-  ops::swiglu_bwd(kCpu, g.data(), u.data(), dh.data(), n, dg_ref.data(), du_ref.data());
+  cpu::swiglu_bwd<float>(g.data(), u.data(), dh.data(), n, dg_ref.data(), du_ref.data());
   ops::swiglu_bwd(v(g), v(u), v(du), n, v(dg), v(du));
   expect_same(dg, dg_ref, "swiglu dgate");
   expect_same(du, du_ref, "swiglu dup");
 
   VecF o_ref(n), o(n);
-  ops::sigmoid_mul_fwd(kCpu, u.data(), g.data(), n, o_ref.data());
+  cpu::sigmoid_mul_fwd<float>(u.data(), g.data(), n, o_ref.data());
   ops::sigmoid_mul_fwd(v(u), v(g), n, v(o));
   expect_same(o, o_ref, "sigmoid_mul out");
   VecF da_ref(n), dgg_ref(n), da = dh, dgg(n);  // dout aliasing da
-  ops::sigmoid_mul_bwd(kCpu, u.data(), g.data(), dh.data(), n, da_ref.data(), dgg_ref.data());
+  cpu::sigmoid_mul_bwd<float>(u.data(), g.data(), dh.data(), n, da_ref.data(), dgg_ref.data());
   ops::sigmoid_mul_bwd(v(u), v(g), v(da), n, v(da), v(dgg));
   expect_same(da, da_ref, "sigmoid_mul da");
   expect_same(dgg, dgg_ref, "sigmoid_mul dg");
@@ -278,15 +289,15 @@ TEST(OpsViews, GdnGates) {
   const int64_t N = 5, G = 3;
   VecF b = rnd(N * G, 50), a = rnd(N * G, 51), A = rnd(G, 52, 0.5), dt = rnd(G, 53);
   VecF beta_ref(N * G), g_ref(N * G), beta(N * G), g(N * G);
-  ops::gdn_gates_fwd(kCpu, b.data(), a.data(), A.data(), dt.data(), N, G, beta_ref.data(),
-                     g_ref.data());
+  cpu::gdn_gates_fwd<float>(b.data(), a.data(), A.data(), dt.data(), N, G, beta_ref.data(),
+                            g_ref.data());
   ops::gdn_gates_fwd(v(b), v(a), v(A), v(dt), N, G, v(beta), v(g));
   expect_same(beta, beta_ref, "beta");
   expect_same(g, g_ref, "g");
   VecF dbeta = rnd(N * G, 54), dg = rnd(N * G, 55), dA0 = rnd(G, 56), ddt0 = rnd(G, 57);
   VecF db_ref(N * G), da_ref(N * G), dA_ref = dA0, ddt_ref = ddt0;
-  ops::gdn_gates_bwd(kCpu, b.data(), a.data(), A.data(), dt.data(), dbeta.data(), dg.data(), N, G,
-                     db_ref.data(), da_ref.data(), dA_ref.data(), ddt_ref.data());
+  cpu::gdn_gates_bwd<float>(b.data(), a.data(), A.data(), dt.data(), dbeta.data(), dg.data(), N, G,
+                            db_ref.data(), da_ref.data(), dA_ref.data(), ddt_ref.data());
   VecF db(N * G), da(N * G), dA = dA0, ddt = ddt0;
   ops::gdn_gates_bwd(v(b), v(a), v(A), v(dt), v(dbeta), v(dg), N, G, v(db), v(da), v(dA), v(ddt));
   expect_same(db, db_ref, "db");
@@ -322,11 +333,11 @@ TEST(OpsViews, Rope) {
   VecI pos(3 * N);
   for (int64_t i = 0; i < 3 * N; ++i) pos[i] = int32_t(i % N + i / N);
   VecF x = rnd(N * H * K, 60), x_ref = x;
-  ops::rope_fwd(kCpu, x_ref.data(), pos.data(), N, H, K, R, 1e6, sec);
+  cpu::rope_fwd<float>(x_ref.data(), pos.data(), N, H, K, R, 1e6, sec);
   ops::rope_fwd(v(x), v(pos), N, H, K, R, 1e6, sec);
   expect_same(x, x_ref, "rope_fwd in place");
   VecF dx = rnd(N * H * K, 61), dx_ref = dx;
-  ops::rope_bwd(kCpu, dx_ref.data(), pos.data(), N, H, K, R, 1e6, sec);
+  cpu::rope_bwd<float>(dx_ref.data(), pos.data(), N, H, K, R, 1e6, sec);
   ops::rope_bwd(v(dx), v(pos), N, H, K, R, 1e6, sec);
   expect_same(dx, dx_ref, "rope_bwd in place");
   std::vector<uint16_t> s;
@@ -414,16 +425,16 @@ TEST(OpsViews, Attention) {
   const float scale = 0.4f;
   VecF q = rnd(N * H * K, 80), k = rnd(N * J * K, 81), vv = rnd(N * J * K, 82);
   VecF o_ref(N * H * K), lse_ref(N * H), o(N * H * K), lse(N * H);
-  ops::attention_fwd(kCpu, q.data(), k.data(), vv.data(), seg, N, H, J, K, scale, o_ref.data(),
-                     lse_ref.data());
+  cpu::attention_fwd<float>(q.data(), k.data(), vv.data(), seg, N, H, J, K, scale, o_ref.data(),
+                            lse_ref.data());
   VecI cu_copy = cu;  // a separate copy of the bounds, as a device would hold
   ops::attention_fwd(v(q), v(k), v(vv), v(cu_copy), seg, N, H, J, K, scale, v(o), v(lse));
   expect_same(o, o_ref, "o");
   expect_same(lse, lse_ref, "lse");
   VecF d_o = rnd(N * H * K, 83);
   VecF dq_ref(N * H * K), dk_ref(N * J * K), dv_ref(N * J * K);
-  ops::attention_bwd(kCpu, q.data(), k.data(), vv.data(), o.data(), lse.data(), d_o.data(), seg, N,
-                     H, J, K, scale, dq_ref.data(), dk_ref.data(), dv_ref.data());
+  cpu::attention_bwd<float>(q.data(), k.data(), vv.data(), o.data(), lse.data(), d_o.data(), seg, N,
+                            H, J, K, scale, dq_ref.data(), dk_ref.data(), dv_ref.data());
   VecF dq(N * H * K), dk(N * J * K), dv(N * J * K);
   ops::attention_bwd(v(q), v(k), v(vv), v(o), v(lse), v(d_o), v(cu), seg, N, H, J, K, scale, v(dq),
                      v(dk), v(dv));
@@ -478,11 +489,11 @@ TEST(OpsViews, Conv1d) {
   const int64_t N = 8, C = 5, W = 4;
   VecF x = rnd(N * C, 90), w = rnd(C * W, 91), dy = rnd(N * C, 92);
   VecF y_ref(N * C), y(N * C);
-  ops::conv1d_fwd(kCpu, x.data(), w.data(), seg, N, C, W, y_ref.data());
+  cpu::conv1d_fwd<float>(x.data(), w.data(), seg, N, C, W, y_ref.data());
   ops::conv1d_fwd(v(x), v(w), v(cu), seg, N, C, W, v(y));
   expect_same(y, y_ref, "y");
   VecF dw0 = rnd(C * W, 93), dx_ref(N * C), dw_ref = dw0, dx(N * C), dw = dw0;
-  ops::conv1d_bwd(kCpu, x.data(), w.data(), seg, dy.data(), N, C, W, dx_ref.data(), dw_ref.data());
+  cpu::conv1d_bwd<float>(x.data(), w.data(), seg, dy.data(), N, C, W, dx_ref.data(), dw_ref.data());
   ops::conv1d_bwd(v(x), v(w), v(cu), seg, v(dy), N, C, W, v(dx), v(dw));
   expect_same(dx, dx_ref, "dx");
   expect_same(dw, dw_ref, "dw (accumulated)");
@@ -512,8 +523,8 @@ TEST(OpsViews, GdnChunk) {
   VecF g = dt_test::uniform<float>(N * G, 103, -0.5, 0.0);
   VecF beta = dt_test::uniform<float>(N * G, 104, 0.1, 0.9);
   VecF o_ref(N * G * V), st_ref(3 * G * K * V), o(N * G * V), st(3 * G * K * V);
-  ops::gdn_chunk_fwd(kCpu, q.data(), k.data(), vv.data(), g.data(), beta.data(), seg, N, H, G, K, V,
-                     scale, o_ref.data(), st_ref.data());
+  cpu::gdn_chunk_fwd<float>(q.data(), k.data(), vv.data(), g.data(), beta.data(), seg, N, H, G, K,
+                            V, scale, o_ref.data(), st_ref.data());
   ops::gdn_chunk_fwd(v(q), v(k), v(vv), v(g), v(beta), v(cu), seg, N, H, G, K, V, scale, v(o),
                      v(st));
   expect_same(o, o_ref, "o");
@@ -525,9 +536,9 @@ TEST(OpsViews, GdnChunk) {
 
   VecF d_o = rnd(N * G * V, 105);
   VecF dq_ref(N * H * K), dk_ref(N * H * K), dv_ref(N * G * V), dg_ref(N * G), db_ref(N * G);
-  ops::gdn_chunk_bwd(kCpu, q.data(), k.data(), vv.data(), g.data(), beta.data(), seg, N, H, G, K, V,
-                     scale, d_o.data(), dq_ref.data(), dk_ref.data(), dv_ref.data(), dg_ref.data(),
-                     db_ref.data());
+  cpu::gdn_chunk_bwd<float>(q.data(), k.data(), vv.data(), g.data(), beta.data(), seg, N, H, G, K,
+                            V, scale, d_o.data(), dq_ref.data(), dk_ref.data(), dv_ref.data(),
+                            dg_ref.data(), db_ref.data());
   VecF dq(N * H * K), dk(N * H * K), dv(N * G * V), dg(N * G), db(N * G);
   ops::gdn_chunk_bwd(v(q), v(k), v(vv), v(g), v(beta), v(cu), seg, N, H, G, K, V, scale, v(d_o),
                      v(dq), v(dk), v(dv), v(dg), v(db));
@@ -576,7 +587,7 @@ TEST(OpsViews, Embedding) {
   const int64_t N = 6, V = 5, D = 4;
   VecI ids = {3, 0, 3, 4, 1, 3};
   VecF table = rnd(V * D, 110), x_ref(N * D), x(N * D);
-  ops::embedding_fwd(kCpu, ids.data(), table.data(), N, V, D, x_ref.data());
+  cpu::embedding_fwd<float>(ids.data(), table.data(), N, V, D, x_ref.data());
   ops::embedding_fwd(v(ids), v(table), N, V, D, v(x));
   expect_same(x, x_ref, "x");
   VecI bad_ids = {3, 0, 5, 1, 1, 1};
@@ -584,16 +595,16 @@ TEST(OpsViews, Embedding) {
                {"ops::embedding_fwd", "ids_N[2]", "5"});
 
   VecF dx = rnd(N * D, 111), dt0 = rnd(V * D, 112), dt_ref = dt0, dt = dt0;
-  ops::embedding_bwd(kCpu, ids.data(), dx.data(), N, D, dt_ref.data());
+  cpu::embedding_bwd<float>(ids.data(), dx.data(), N, D, dt_ref.data());
   ops::embedding_bwd(v(ids), v(dx), N, D, V, v(dt));
   expect_same(dt, dt_ref, "dtable");
-  // Negative ids (padding) are skipped: the same as the pointer op over the other tokens.
+  // Negative ids (padding) are skipped: the same as the cpu:: kernel over the other tokens.
   VecI pad_ids = {3, -1, 3, -100, 1, 3};
   VecI kept_ids = {3, 3, 1, 3};
   VecF kept_dx;
   for (int64_t n : {0, 2, 4, 5}) kept_dx.insert(kept_dx.end(), &dx[n * D], &dx[(n + 1) * D]);
   VecF dtp_ref = dt0, dtp = dt0;
-  ops::embedding_bwd(kCpu, kept_ids.data(), kept_dx.data(), 4, D, dtp_ref.data());
+  cpu::embedding_bwd<float>(kept_ids.data(), kept_dx.data(), 4, D, dtp_ref.data());
   ops::embedding_bwd(v(pad_ids), v(dx), N, D, V, v(dtp));
   expect_same(dtp, dtp_ref, "dtable (negative ids skipped)");
 

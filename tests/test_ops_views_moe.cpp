@@ -1,7 +1,7 @@
 // Tests of the view forms of the LM head + cross-entropy, MoE and AdamW ops on the CPU: the fused
 // linear_cross_entropy against a double reference (one weight for every token, the chunked path,
-// per-token dloss weights, correct flags, accumulation); every MoE view op against its host-pointer
-// form (bitwise); the all-experts moe_scatter_add against the per-expert scatter; grouped_linear
+// per-token dloss weights, correct flags, accumulation); every MoE view op against its cpu:: kernel
+// (bitwise); the all-experts moe_scatter_add against the per-expert scatter; grouped_linear
 // against one linear per expert; adamw_step_multi against the pre-op train::AdamW::step loop and
 // train::AdamW::step with clip_grad_norm (bitwise); and the argument checks' errors.
 #include <algorithm>
@@ -16,6 +16,8 @@
 #include "core/constants.h"
 #include "core/error.h"
 #include "core/view.h"
+#include "cpu/linear.h"
+#include "cpu/moe.h"
 #include "model/config.h"
 #include "ops/adamw.h"
 #include "ops/linear.h"
@@ -39,6 +41,8 @@ constexpr core::Device kCpu = core::Device::cpu;
 
 View vf(VecF& v) { return View(v.data(), DType::f32, kCpu, {int64_t(v.size())}); }
 View vi(VecI& v) { return View(v.data(), DType::i32, kCpu, {int64_t(v.size())}); }
+View vl(VecL& v) { return View(v.data(), DType::i64, kCpu, {int64_t(v.size())}); }
+VecI no_bad() { return VecI(ops::kMoeBadWords, ops::kNoBadToken); }
 
 // Bitwise equality of two float vectors, naming the first difference.
 void expect_bitwise(const VecF& got, const VecF& want, const std::string& what) {
@@ -137,7 +141,7 @@ TEST(LinearCrossEntropy, CorrectFlagsWhereTargetIsArgmax) {
   HeadCase h = make_head(9, 5, 23, 3);
   // Make half the label rows' targets the argmax of their logits.
   VecF logits(h.N * h.V);
-  ops::linear_fwd(kCpu, h.x.data(), h.W.data(), h.N, h.D, h.V, logits.data());
+  cpu::linear_fwd<float>(h.x.data(), h.W.data(), h.N, h.D, h.V, logits.data());
   for (int64_t n = 0; n < h.N; n += 2)
     if (h.targets[n] != core::kIgnoreIndex)
       h.targets[n] =
@@ -243,7 +247,7 @@ TEST(LinearCrossEntropy, Errors) {
         ops::linear_cross_entropy(vf(h.x), vf(h.W), vi(h.targets), View{}, 4, 3, 5, loss_cuda,
                                   View{}, View{}, false, View{});
       },
-      {"ops::linear_cross_entropy", "loss_N is on cuda", "x_ND is on cpu"});
+      {"ops::linear_cross_entropy", "loss_N is f32 [4] on cuda", "on cpu like x_ND"});
   VecI bad = h.targets;
   bad[0] = 5;
   expect_error(
@@ -268,10 +272,11 @@ Routing route(int64_t N, int64_t E, int64_t K, uint64_t seed) {
   Routing r{N,           E,           K,           randn<float>(N * E, seed),
             VecF(N * E), VecF(N),     VecF(N * K), VecI(N * K),
             VecL(E + 1), VecI(N * K), VecI(N * K)};
-  VecI bad(1, 0);
+  VecI bad = no_bad();
   ops::moe_router_fwd(vf(r.logits), N, E, K, vf(r.probs), vf(r.lse), vi(r.idx), vf(r.w), vi(bad));
-  EXPECT_EQ(bad[0], ops::kNoBadToken);
-  ops::moe_permute(vi(r.idx), N, K, E, vi(bad), r.off.data(), vi(r.rows), vi(r.pos));
+  EXPECT_EQ(bad, no_bad());  // the CPU throws instead of recording
+  ops::moe_permute(vi(r.idx), N, K, E, vi(bad), vl(r.off), nullptr, vi(r.rows), vi(r.pos));
+  EXPECT_EQ(bad, no_bad());
   return r;
 }
 
@@ -280,25 +285,28 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
   Routing r = route(N, E, K, 11);
   VecF probs(N * E), lse(N), w(N * K);
   VecI idx(N * K);
-  ops::moe_router_fwd(kCpu, r.logits.data(), N, E, K, probs.data(), lse.data(), idx.data(),
-                      w.data());
+  cpu::moe_router_fwd<float>(r.logits.data(), N, E, K, probs.data(), lse.data(), idx.data(),
+                             w.data());
   expect_bitwise(r.probs, probs, "probs");
   expect_bitwise(r.lse, lse, "lse");
   expect_bitwise(r.w, w, "topk_w");
   EXPECT_EQ(r.idx, idx);
   VecL off(E + 1);
   VecI rows(N * K);
-  ops::moe_permute(kCpu, idx.data(), N, K, E, off.data(), rows.data());
+  cpu::moe_permute(idx.data(), N, K, E, off.data(), rows.data());
   EXPECT_EQ(r.off, off);
   EXPECT_EQ(r.rows, rows);
   for (int64_t i = 0; i < N * K; ++i) EXPECT_EQ(r.rows[r.pos[i]], i);
 
-  // bad_token may be empty.
+  // bad_3 may be empty; the host copy of the offsets equals the offsets view.
   VecF probs2(N * E), lse2(N), w2(N * K);
   VecI idx2(N * K), rows2(N * K), pos2(N * K);
   ops::moe_router_fwd(vf(r.logits), N, E, K, vf(probs2), vf(lse2), vi(idx2), vf(w2), View{});
-  expect_bitwise(probs2, probs, "probs without bad_token");
-  ops::moe_permute(vi(idx2), N, K, E, View{}, off.data(), vi(rows2), vi(pos2));
+  expect_bitwise(probs2, probs, "probs without bad_3");
+  VecL off2(E + 1, -1), off2_host(E + 1, -1);
+  ops::moe_permute(vi(idx2), N, K, E, View{}, vl(off2), off2_host.data(), vi(rows2), vi(pos2));
+  EXPECT_EQ(off2, off);
+  EXPECT_EQ(off2_host, off);
   EXPECT_EQ(rows2, rows);
   EXPECT_EQ(pos2, r.pos);
 
@@ -309,9 +317,9 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
     ops::moe_router_bwd(vf(r.probs), vi(r.idx), vf(r.w), mask & 1 ? vf(dw) : View{},
                         mask & 2 ? vf(dprobs) : View{}, mask & 4 ? vf(dlse) : View{}, N, E, K,
                         vf(got));
-    ops::moe_router_bwd(kCpu, r.probs.data(), r.idx.data(), r.w.data(),
-                        mask & 1 ? dw.data() : nullptr, mask & 2 ? dprobs.data() : nullptr,
-                        mask & 4 ? dlse.data() : nullptr, N, E, K, want.data());
+    cpu::moe_router_bwd<float>(r.probs.data(), r.idx.data(), r.w.data(),
+                               mask & 1 ? dw.data() : nullptr, mask & 2 ? dprobs.data() : nullptr,
+                               mask & 4 ? dlse.data() : nullptr, N, E, K, want.data());
     expect_bitwise(got, want, "dlogits, mask " + std::to_string(mask));
   }
 }
@@ -319,19 +327,54 @@ TEST(MoeViews, RouterAndPermuteMatchHostOps) {
 TEST(MoeViews, RouterNonFiniteAndBadToken) {
   const int64_t N = 4, E = 5, K = 2;
   VecF logits = randn<float>(N * E, 21), probs(N * E), lse(N), w(N * K);
-  VecI idx(N * K), bad(1, 0), rows(N * K), pos(N * K);
+  VecI idx(N * K), bad = no_bad(), rows(N * K), pos(N * K);
   logits[2 * E + 1] = NAN;
   expect_error(
       [&] {
         ops::moe_router_fwd(vf(logits), N, E, K, vf(probs), vf(lse), vi(idx), vf(w), vi(bad));
       },
       {"moe_router_fwd", "router logits of token 2 are not finite"});
+  EXPECT_EQ(bad, no_bad());
   // A device router's bad token (here written by hand) makes moe_permute throw the same error.
   for (int64_t i = 0; i < N * K; ++i) idx[i] = int32_t(i % K);
   bad[0] = 3;
-  VecL off(E + 1);
-  expect_error([&] { ops::moe_permute(vi(idx), N, K, E, vi(bad), off.data(), vi(rows), vi(pos)); },
-               {"router logits of token 3 are not finite"});
+  VecL off(E + 1), off_host(E + 1);
+  expect_error(
+      [&] {
+        ops::moe_permute(vi(idx), N, K, E, vi(bad), vl(off), off_host.data(), vi(rows), vi(pos));
+      },
+      {"router logits of token 3 are not finite"});
+  // The CPU refuses an out-of-range expert id at once, with or without host offsets.
+  VecI bad_idx = idx;
+  bad_idx[3] = 7;
+  VecI clean = no_bad();
+  for (int64_t* host : {static_cast<int64_t*>(nullptr), off_host.data()})
+    expect_error(
+        [&] {
+          ops::moe_permute(vi(bad_idx), N, K, E, vi(clean), vl(off), host, vi(rows), vi(pos));
+        },
+        {"moe_permute", "expert id 7", "token 1", "outside [0, 5)"});
+  EXPECT_EQ(clean, no_bad());
+}
+
+// moe_check_bad throws the first recorded error with the text of the op that found it.
+TEST(MoeViews, CheckBadWords) {
+  VecI none = no_bad();
+  ops::moe_check_bad(vi(none), 5);
+  VecI router = no_bad();
+  router[0] = 6;
+  expect_error([&] { ops::moe_check_bad(vi(router), 5); },
+               {"moe_router_fwd: router logits of token 6 are not finite"});
+  VecI expert = no_bad();
+  expert[1] = 2, expert[2] = 9;
+  expect_error([&] { ops::moe_check_bad(vi(expert), 5); },
+               {"moe_permute: expert id 9 of token 2 is outside [0, 5)"});
+  VecI both = expert;
+  both[0] = 4;
+  expect_error([&] { ops::moe_check_bad(vi(both), 5); }, {"router logits of token 4"});
+  VecI short_words(2, ops::kNoBadToken);
+  expect_error([&] { ops::moe_check_bad(vi(short_words), 5); },
+               {"ops::moe_check_bad", "bad_3", "expected i32 with 3 elements"});
 }
 
 TEST(MoeViews, GatherAndExpertWeightBwdMatchHostOps) {
@@ -344,15 +387,15 @@ TEST(MoeViews, GatherAndExpertWeightBwdMatchHostOps) {
     for (bool weighted : {false, true}) {
       VecF got(R * D, -1.f), want(R * D, -2.f);
       ops::moe_gather(vf(x), vi(rows), weighted ? vf(r.w) : View{}, R, K, D, vf(got));
-      ops::moe_gather(kCpu, x.data(), rows.data(), weighted ? r.w.data() : nullptr, R, K, D,
-                      want.data());
+      cpu::moe_gather<float>(x.data(), rows.data(), weighted ? r.w.data() : nullptr, R, K, D,
+                             want.data());
       expect_bitwise(got, want, "gather");
     }
     VecF h = randn<float>(R * F, 33 + e), g = randn<float>(R * F, 43 + e);
     VecF dw_got(N * K, 0.f), dw_want(N * K, 0.f), dh_got(R * F), dh_want(R * F);
     ops::moe_expert_weight_bwd(vf(h), vf(g), vi(rows), vf(r.w), R, K, F, vf(dw_got), vf(dh_got));
-    ops::moe_expert_weight_bwd(kCpu, h.data(), g.data(), rows.data(), r.w.data(), R, K, F,
-                               dw_want.data(), dh_want.data());
+    cpu::moe_expert_weight_bwd<float>(h.data(), g.data(), rows.data(), r.w.data(), R, K, F,
+                                      dw_want.data(), dh_want.data());
     expect_bitwise(dw_got, dw_want, "expert dw");
     expect_bitwise(dh_got, dh_want, "expert dh");
   }
@@ -372,9 +415,9 @@ TEST(MoeViews, ScatterAddCombineEqualsPerExpertScatter) {
     for (bool accumulate : {false, true}) {
       VecF want = accumulate ? y0 : VecF(N * D, 0.f);
       for (int64_t e = 0; e < E; ++e)
-        ops::moe_scatter_add(kCpu, src.data() + r.off[e] * D, r.rows.data() + r.off[e],
-                             weighted ? r.w.data() : nullptr, r.off[e + 1] - r.off[e], K, D,
-                             want.data());
+        cpu::moe_scatter_add<float>(src.data() + r.off[e] * D, r.rows.data() + r.off[e],
+                                    weighted ? r.w.data() : nullptr, r.off[e + 1] - r.off[e], K, D,
+                                    want.data());
       VecF got = accumulate ? y0 : VecF(N * D, NAN);
       ops::moe_scatter_add(vf(src), vi(r.pos), weighted ? vf(r.w) : View{}, N, K, D, vf(got),
                            accumulate);
@@ -389,51 +432,68 @@ TEST(MoeViews, SharedGateMatchesHostOps) {
   VecF o = randn<float>(N * D, 61), g = randn<float>(N, 62), dy = randn<float>(N * D, 63);
   VecF y_got = randn<float>(N * D, 64), y_want = y_got;
   ops::moe_shared_gate_fwd(vf(o), vf(g), N, D, vf(y_got));
-  ops::moe_shared_gate_fwd(kCpu, o.data(), g.data(), N, D, y_want.data());
+  cpu::moe_shared_gate_fwd<float>(o.data(), g.data(), N, D, y_want.data());
   expect_bitwise(y_got, y_want, "shared gate y");
   VecF do_got(N * D), do_want(N * D), dg_got(N), dg_want(N);
   ops::moe_shared_gate_bwd(vf(o), vf(g), vf(dy), N, D, vf(do_got), vf(dg_got));
-  ops::moe_shared_gate_bwd(kCpu, o.data(), g.data(), dy.data(), N, D, do_want.data(),
-                           dg_want.data());
+  cpu::moe_shared_gate_bwd<float>(o.data(), g.data(), dy.data(), N, D, do_want.data(),
+                                  dg_want.data());
   expect_bitwise(do_got, do_want, "shared gate do");
   expect_bitwise(dg_got, dg_want, "shared gate dg");
 }
 
-// grouped_linear = one linear per expert slice; an expert without rows is skipped.
+// grouped_linear = one linear per expert slice; an expert without rows is skipped. The offsets
+// view alone (host pointer null) and the host pointer give the same results.
 TEST(MoeViews, GroupedLinearEqualsPerExpertLinear) {
   const int64_t E = 4, I = 6, O = 5;
-  const VecL off = {0, 3, 3, 8, 10};
+  VecL off = {0, 3, 3, 8, 10};
   const int64_t R = off[E];
   VecF x = randn<float>(R * I, 71), W = randn<float>(E * O * I, 72), dy = randn<float>(R * O, 73);
   VecF y_got(R * O, NAN), y_want(R * O);
-  ops::grouped_linear_fwd(vf(x), vf(W), off.data(), E, I, O, vf(y_got));
+  ops::grouped_linear_fwd(vf(x), vf(W), View{}, off.data(), E, I, O, vf(y_got));
   const VecF dW0 = randn<float>(E * O * I, 74);
   VecF dx_want(R * I), dW_want = dW0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n == 0) continue;
-    ops::linear_fwd(kCpu, x.data() + off[e] * I, W.data() + e * O * I, n, I, O,
-                    y_want.data() + off[e] * O);
-    ops::linear_bwd(kCpu, x.data() + off[e] * I, W.data() + e * O * I, dy.data() + off[e] * O, n, I,
-                    O, dx_want.data() + off[e] * I, false, dW_want.data() + e * O * I);
+    cpu::linear_fwd<float>(x.data() + off[e] * I, W.data() + e * O * I, n, I, O,
+                           y_want.data() + off[e] * O);
+    cpu::linear_bwd<float>(x.data() + off[e] * I, W.data() + e * O * I, dy.data() + off[e] * O, n,
+                           I, O, dx_want.data() + off[e] * I, false, dW_want.data() + e * O * I);
   }
   expect_bitwise(y_got, y_want, "grouped y");
-  VecF dx_got(R * I, NAN), dW_got = dW0;
-  ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), off.data(), E, I, O, vf(dx_got), vf(dW_got));
-  expect_bitwise(dx_got, dx_want, "grouped dx");
-  expect_bitwise(dW_got, dW_want, "grouped dW");
-  VecF dx_only(R * I, NAN), dW_only = dW0;
-  ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), off.data(), E, I, O, vf(dx_only), View{});
-  expect_bitwise(dx_only, dx_want, "grouped dx without dW");
-  ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), off.data(), E, I, O, View{}, vf(dW_only));
-  expect_bitwise(dW_only, dW_want, "grouped dW without dx");
+  VecF y_view(R * O, NAN);
+  ops::grouped_linear_fwd(vf(x), vf(W), vl(off), nullptr, E, I, O, vf(y_view));
+  expect_bitwise(y_view, y_want, "grouped y from the offsets view");
+  for (bool host : {true, false}) {
+    const int64_t* off_host = host ? off.data() : nullptr;
+    const std::string how = host ? " (host offsets)" : " (offsets view)";
+    VecF dx_got(R * I, NAN), dW_got = dW0;
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, vf(dx_got),
+                            vf(dW_got));
+    expect_bitwise(dx_got, dx_want, "grouped dx" + how);
+    expect_bitwise(dW_got, dW_want, "grouped dW" + how);
+    VecF dx_only(R * I, NAN), dW_only = dW0;
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, vf(dx_only), View{});
+    expect_bitwise(dx_only, dx_want, "grouped dx without dW" + how);
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, View{}, vf(dW_only));
+    expect_bitwise(dW_only, dW_want, "grouped dW without dx" + how);
+  }
+  EXPECT_FALSE(ops::grouped_linear_needs_host_offsets(kCpu, DType::f32, I, O));
 
-  const VecL bad_off = {0, 3, 2, 8, 10};
-  expect_error([&] { ops::grouped_linear_fwd(vf(x), vf(W), bad_off.data(), E, I, O, vf(y_got)); },
-               {"ops::grouped_linear_fwd", "decrease at expert 1"});
+  VecL bad_off = {0, 3, 2, 8, 10};
+  expect_error(
+      [&] { ops::grouped_linear_fwd(vf(x), vf(W), View{}, bad_off.data(), E, I, O, vf(y_got)); },
+      {"ops::grouped_linear_fwd", "decrease at expert 1"});
+  expect_error(
+      [&] { ops::grouped_linear_fwd(vf(x), vf(W), vl(bad_off), nullptr, E, I, O, vf(y_got)); },
+      {"ops::grouped_linear_fwd", "decrease at expert 1"});
+  expect_error([&] { ops::grouped_linear_fwd(vf(x), vf(W), View{}, nullptr, E, I, O, vf(y_got)); },
+               {"ops::grouped_linear_fwd", "no offsets"});
   VecF short_W(E * O * I - 1);
-  expect_error([&] { ops::grouped_linear_fwd(vf(x), vf(short_W), off.data(), E, I, O, vf(y_got)); },
-               {"ops::grouped_linear_fwd", "W_EOI", "expected f32 with 120 elements"});
+  expect_error(
+      [&] { ops::grouped_linear_fwd(vf(x), vf(short_W), vl(off), nullptr, E, I, O, vf(y_got)); },
+      {"ops::grouped_linear_fwd", "W_EOI", "expected f32 with 120 elements"});
 }
 
 TEST(MoeViews, Errors) {
@@ -458,10 +518,10 @@ TEST(MoeViews, Errors) {
   VecF g(N);
   const View y_cuda(y.data(), DType::f32, core::Device::cuda, {N * 2});
   expect_error([&] { ops::moe_shared_gate_fwd(vf(y), vf(g), N, 2, y_cuda); },
-               {"ops::moe_shared_gate_fwd", "y_ND is on cuda", "o_ND is on cpu"});
+               {"ops::moe_shared_gate_fwd", "y_ND is f32 [6] on cuda", "on cpu like o_ND"});
   expect_error(
       [&] { ops::moe_router_fwd(View{}, N, E, K, vf(probs), vf(lse), vi(idx), vf(w), View{}); },
-      {"ops::moe_router_fwd", "logits_NE is an empty view"});
+      {"ops::moe_router_fwd", "logits_NE is a null view"});
 }
 
 // ---- AdamW ---------------------------------------------------------------------------------
@@ -585,8 +645,9 @@ TEST(AdamWViews, Errors) {
   ts = {
       {vf(p), vf(m), vf(v), vf(g), View{}, 0.0},
       {View(p2.data(), DType::f32, core::Device::cuda, {3}), vf(m2), vf(v2), vf(g2), View{}, 0.0}};
-  expect_error([&] { ops::adamw_step_multi(ts, args); },
-               {"ops::adamw_step_multi", "tensor 1 is on cuda"});
+  expect_error(
+      [&] { ops::adamw_step_multi(ts, args); },
+      {"ops::adamw_step_multi", "tensor 1 master is f32 [3] on cuda", "like tensor 0 master"});
   ops::adamw_step_multi({}, args);  // nothing to do
 }
 

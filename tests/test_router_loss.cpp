@@ -1,6 +1,6 @@
 // Tests of ops/router_loss (router statistics and losses on f64 views) on the CPU against today's
 // host computation, bitwise: ref::MoeBlock::count_routes, make_router_terms +
-// MoeBlock::router_loss and the pointer forms ops::moe_aux_loss_bwd / moe_z_loss_bwd, for the
+// MoeBlock::router_loss and the CPU kernels cpu::moe_aux_loss_bwd / moe_z_loss_bwd, for the
 // micro-batch, per-sample (seq) and global (running and final counts) recipes, with padding and a
 // padding-only sample, accumulation across calls, G == 0, and the errors (bad ids, dtypes, sizes,
 // devices) that leave the accumulators untouched.
@@ -15,6 +15,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "core/view.h"
+#include "cpu/moe.h"
 #include "data/pack.h"
 #include "model/config.h"
 #include "model/moe_block.h"
@@ -85,17 +86,16 @@ struct MoeBlock {
                            std::vector<double>& tokens_G) {
     if (counts_GE.empty()) counts_GE.assign(num_groups * E, 0.0);
     if (tokens_G.empty()) tokens_G.assign(num_groups, 0.0);
-    ops::moe_count_routes(core::Device::cpu, s.topk_idx_NK.data(), groups_ptr(group_N), s.N, s.K, E,
-                          num_groups, counts_GE.data(), tokens_G.data());
+    cpu::moe_count_routes(s.topk_idx_NK.data(), groups_ptr(group_N), s.N, s.K, E, num_groups,
+                          counts_GE.data(), tokens_G.data());
   }
   double router_loss(const MoeSaved& s, const RouterLossTerms& t) const {
     const int32_t* g = groups_ptr(t.group_N);
     double loss = 0;
     if (t.num_groups > 0)
-      loss += ops::moe_aux_loss_fwd(core::Device::cpu, s.probs_NE.data(), g, s.N, s.E, t.num_groups,
-                                    t.F_GE.data(), t.c_G.data());
-    if (t.z_coef != 0)
-      loss += ops::moe_z_loss_fwd(core::Device::cpu, s.lse_N.data(), g, s.N, t.z_coef);
+      loss += cpu::moe_aux_loss_fwd<float>(s.probs_NE.data(), g, s.N, s.E, t.num_groups,
+                                           t.F_GE.data(), t.c_G.data());
+    if (t.z_coef != 0) loss += cpu::moe_z_loss_fwd<float>(s.lse_N.data(), g, s.N, t.z_coef);
     return loss;
   }
 };
@@ -172,8 +172,8 @@ ref::MoeSaved routed(int64_t N, int64_t E, int64_t K, uint64_t seed) {
   s.lse_N.resize(N);
   s.topk_idx_NK.resize(N * K);
   s.topk_w_NK.resize(N * K);
-  ops::moe_router_fwd(kCpu, s.logits_NE.data(), N, E, K, s.probs_NE.data(), s.lse_N.data(),
-                      s.topk_idx_NK.data(), s.topk_w_NK.data());
+  cpu::moe_router_fwd<float>(s.logits_NE.data(), N, E, K, s.probs_NE.data(), s.lse_N.data(),
+                             s.topk_idx_NK.data(), s.topk_w_NK.data());
   return s;
 }
 
@@ -255,9 +255,9 @@ void check_pack(const model::RouterLossOptions& opt, const data::Pack& pack, con
   const double loss_ref = block.router_loss(s, terms);
   VecF dprobs_ref(N * E), dlse_ref(N);
   const int32_t* grp = terms.group_N.data();
-  ops::moe_aux_loss_bwd(kCpu, grp, N, E, terms.num_groups, terms.F_GE.data(), terms.c_G.data(),
-                        scale, dprobs_ref.data());
-  ops::moe_z_loss_bwd(kCpu, s.lse_N.data(), grp, N, terms.z_coef, scale, dlse_ref.data());
+  cpu::moe_aux_loss_bwd<float>(grp, N, E, terms.num_groups, terms.F_GE.data(), terms.c_G.data(),
+                               scale, dprobs_ref.data());
+  cpu::moe_z_loss_bwd<float>(s.lse_N.data(), grp, N, terms.z_coef, scale, dlse_ref.data());
 
   VecI group = terms.group_N, idx = s.topk_idx_NK;
   VecF probs = s.probs_NE, lse = s.lse_N;
@@ -511,7 +511,7 @@ TEST(RouterLoss, ViewChecks) {
   // Mixed devices: a view on another device than the op's.
   const View group_cuda(group.data(), DType::i32, Device::cuda, {N});
   dt_test::expect_error([&] { ops::moe_z_loss_bwd(f32(lse), group_cuda, N, 1.0, 1.0, f32(lse)); },
-                        {"ops::moe_z_loss_bwd", "group_N is on cuda but lse_N is on cpu"});
+                        {"ops::moe_z_loss_bwd", "group_N is i32 [4] on cuda", "on cpu like lse_N"});
   // G must be positive for counts and non-negative for the aux loss.
   dt_test::expect_error(
       [&] { ops::moe_count_routes(i32(idx), i32(group), N, K, E, 0, View{}, View{}); },
@@ -525,7 +525,7 @@ TEST(RouterLoss, ViewChecks) {
   const View lse_cuda(lse.data(), DType::f32, Device::cuda, {N});
   const View loss_cuda(loss.data(), DType::f64, Device::cuda, {1});
   dt_test::expect_error([&] { ops::moe_z_loss_fwd(lse_cuda, View{}, N, 1.0, loss_cuda); },
-                        {"ops::moe_z_loss_fwd", "no CUDA backend"});
+                        {"ops::moe_z_loss_fwd", "without CUDA"});
 #endif
 }
 

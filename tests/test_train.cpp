@@ -135,31 +135,6 @@ std::vector<double> losses(const fs::path& metrics) {
   return out;
 }
 
-TEST_F(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
-  train::run_train(config("straight"), false);
-  // Second run: the same 6 steps, then drop its last checkpoint and resume from step 3.
-  train::run_train(config("resumed"), false);
-  fs::remove_all(dir_ / "resumed" / train::checkpoint_dir_name(6));
-  std::vector<double> before = losses(dir_ / "resumed" / "metrics.jsonl");
-  train::run_train(config("resumed"), true);
-  const auto straight = losses(dir_ / "straight" / "metrics.jsonl");
-  const auto resumed = losses(dir_ / "resumed" / "metrics.jsonl");
-  ASSERT_EQ(straight.size(), 6u);
-  ASSERT_EQ(resumed.size(), 9u);  // 6 + 3 resumed steps (steps 4-6 logged twice)
-  for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;
-
-  const fs::path a = dir_ / "straight" / train::checkpoint_dir_name(6);
-  const fs::path b = dir_ / "resumed" / train::checkpoint_dir_name(6);
-  const io::Checkpoint ca = io::load_checkpoint(a.string()), cb = io::load_checkpoint(b.string());
-  const io::SafetensorsFile master((a / "training_state" / "master_weights.safetensors").string());
-  for (const auto& [name, t] : ca.params) {
-    EXPECT_EQ(t.data, cb.params.at(name).data) << "resumed weights differ: " << name;
-    EXPECT_EQ(t.data, master.to_float(name).data) << "HF checkpoint != master weights: " << name;
-  }
-  EXPECT_TRUE(fs::exists(a / "tokenizer.json"));
-  EXPECT_TRUE(fs::exists(a / train::kCompleteMarker));
-}
-
 // (tag, step) -> value as TensorBoard shows it: records in order, a later one replacing an
 // earlier one at the same step.
 using TbView = std::map<std::pair<std::string, int64_t>, float>;

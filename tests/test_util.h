@@ -17,11 +17,27 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
+#include "core/view.h"
 
 namespace dt_test {
+
+// A flat host view of a test vector (f32, f64 or i32) for the ops:: view forms on the CPU. A const
+// vector is fine for an op's inputs (the ops do not write through them).
+template <typename T>
+deltatron::core::View host_view(const std::vector<T>& x) {
+  using deltatron::core::DType;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                std::is_same_v<T, int32_t>);
+  const DType t = std::is_same_v<T, float>    ? DType::f32
+                  : std::is_same_v<T, double> ? DType::f64
+                                              : DType::i32;
+  return deltatron::core::View(const_cast<T*>(x.data()), t, deltatron::core::Device::cpu,
+                               {int64_t(x.size())});
+}
 
 template <typename T>
 std::vector<T> randn(size_t n, uint64_t seed, double scale = 1.0) {

@@ -45,6 +45,7 @@ struct View {
   int32_t* i32() const { return static_cast<int32_t*>(typed(DType::i32)); }
   uint16_t* bf16() const { return static_cast<uint16_t*>(typed(DType::bf16)); }
   double* f64() const { return static_cast<double*>(typed(DType::f64)); }
+  int64_t* i64() const { return static_cast<int64_t*>(typed(DType::i64)); }
   uint16_t* u16() const { return static_cast<uint16_t*>(typed(DType::u16)); }
   // An absent optional argument of an op (the contract's "may be empty").
   bool empty() const { return data == nullptr; }

@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "cuda/adamw.h"
 #include "cuda/kernel_util.cuh"
+#include "cuda/memory.h"
 
 namespace deltatron::cuda {
 
@@ -374,6 +375,7 @@ double sum_squares_multi(std::span<const float* const> xs, std::span<const int64
   sum_partials_kernel<<<1, kFinalThreads>>>(partial, total_blocks, partial + total_blocks);
   DT_CUDA_LAUNCH_CHECK("sum_partials_kernel");
   double* result = pinned_result();
+  note_device_to_host_copy();
   DT_CUDA_CHECK(
       cudaMemcpyAsync(result, partial + total_blocks, sizeof(double), cudaMemcpyDeviceToHost, 0));
   DT_CUDA_CHECK(cudaStreamSynchronize(0));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cub/block/block_scan.cuh>
 #include <initializer_list>
 #include <mutex>
 #include <type_traits>
@@ -78,8 +79,10 @@ void grouped_linear_bwd_loop(DType dt, const void* x_RI, const void* W_EOI, cons
 //   fwd  y  = x W^T    A = x rows  (K-major)  B = W[e] rows (K-major)   M = R_e  N = O  K = I
 //   dx   dx = dy W     A = dy rows (K-major)  B = W[e]      (N-major)   M = R_e  N = I  K = O
 //   dW   dW += dy^T x  A = dy rows (M-major)  B = x rows    (N-major)   M = O    N = I  K = R_e
-// Tiles are listed expert by expert (a host-built table of each expert's first tile, uploaded
-// with the row offsets); a CTA finds its expert by binary search. K is walked in 32-wide slices
+// Tiles are listed expert by expert (a table of each expert's first tile, with the row offsets:
+// built on the host and uploaded, or built on the device by grouped_table_kernel from device
+// offsets); a CTA finds its expert by binary search. CTAs past the last tile (the worst-case grid
+// of the device-offset form) exit at once. K is walked in 32-wide slices
 // through a 4-stage cp.async pipeline (16 KiB a stage: A and B tiles of 128 x 32 bf16, 64 KiB of
 // dynamic shared memory). Shared-memory tiles are XOR-swizzled in 16-byte chunks so that the
 // ldmatrix reads (8 rows of one chunk column) hit 8 distinct bank groups:
@@ -147,6 +150,7 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(GemmArgs p) 
   extern __shared__ __align__(128) unsigned char smem[];
   // Expert of this tile: the last e with tile_start[e] <= tile (empty experts own no tiles).
   const int64_t tile = blockIdx.x;
+  if (tile >= p.tile_start[p.E]) return;  // past the last tile (device-offset grid)
   int lo = 0, hi = p.E - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) >> 1;
@@ -242,6 +246,24 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(GemmArgs p) 
       }
 }
 
+// Launches the grouped kernel over `tiles` CTAs with the tile table at table_dev ([0..E] first
+// tiles, [E+1..2E+1] row offsets); CTAs past table[E] exit at once.
+template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
+void launch_grouped_kernel(GemmArgs p, int64_t E, const int64_t* table_dev, int64_t tiles) {
+  p.tile_start = table_dev;
+  p.row_off = table_dev + E + 1;
+  p.E = int(E);
+  auto kernel = grouped_gemm_kernel<kAKMajor, kBKMajor, TC, kAccumulate>;
+  static const bool configured = [&] {
+    DT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmem));
+    return true;
+  }();
+  (void)configured;
+  kernel<<<unsigned(tiles), kGemmThreads, kGemmSmem>>>(p);
+  DT_CUDA_LAUNCH_CHECK("grouped_gemm_kernel");
+}
+
 // Per-expert tile counts -> table [tile_start E+1][row_off E+1] in the scratch; launches.
 template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
 void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_dev) {
@@ -258,18 +280,48 @@ void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_de
   DT_CHECK(tiles <= INT32_MAX, "grouped GEMM: too many tiles ", tiles);
   DT_CUDA_CHECK(cudaMemcpyAsync(table_dev, table.data(), table.size() * 8, cudaMemcpyHostToDevice,
                                 0));  // pageable source: staged before this call returns
-  p.tile_start = table_dev;
-  p.row_off = table_dev + E + 1;
-  p.E = int(E);
-  auto kernel = grouped_gemm_kernel<kAKMajor, kBKMajor, TC, kAccumulate>;
-  static const bool configured = [&] {
-    DT_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmem));
-    return true;
-  }();
-  (void)configured;
-  kernel<<<unsigned(tiles), kGemmThreads, kGemmSmem>>>(p);
-  DT_CUDA_LAUNCH_CHECK("grouped_gemm_kernel");
+  launch_grouped_kernel<kAKMajor, kBKMajor, TC, kAccumulate>(p, E, table_dev, tiles);
+}
+
+// The table of launch_grouped on the device: table[0..E] = each expert's first tile (exclusive
+// scan of tiles(e) = ceil(M_e / kBM) * n_tiles, M_e = 0 for an empty expert, else the fixed M or
+// the expert's rows), table[E+1..2E+1] = the row offsets. One block; scans in expert order.
+constexpr int kTableThreads = 256;
+__global__ void grouped_table_kernel(const int64_t* __restrict__ off, int E, int64_t M_fixed,
+                                     int64_t n_tiles, int64_t* __restrict__ table) {
+  using Scan = cub::BlockScan<int64_t, kTableThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  int64_t carry = 0;
+  for (int e0 = 0; e0 < E; e0 += kTableThreads) {
+    const int e = e0 + int(threadIdx.x);
+    int64_t tiles = 0;
+    if (e < E) {
+      const int64_t rows = off[e + 1] - off[e];
+      const int64_t M = rows == 0 ? 0 : M_fixed >= 0 ? M_fixed : rows;
+      tiles = (M + kBM - 1) / kBM * n_tiles;
+    }
+    int64_t ex, agg;
+    Scan(tmp).ExclusiveSum(tiles, ex, agg);
+    if (e < E) table[e] = carry + ex;
+    carry += agg;
+    __syncthreads();  // tmp is reused
+  }
+  if (threadIdx.x == 0) table[E] = carry;
+  for (int e = int(threadIdx.x); e <= E; e += kTableThreads) table[E + 1 + e] = off[e];
+}
+
+// launch_grouped with device offsets: the table built on the device, a worst-case grid.
+template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
+void launch_grouped_device(GemmArgs p, DeviceOffsets off, int64_t E, int64_t* table_dev) {
+  const int64_t busy = std::min(E, off.rows_max);  // experts that can own rows
+  const int64_t tiles = p.M >= 0 ? busy * ceil_div(p.M, kBM) * p.n_tiles
+                                 : (ceil_div(off.rows_max, kBM) + busy) * p.n_tiles;
+  if (tiles == 0) return;
+  DT_CHECK(tiles <= INT32_MAX, "grouped GEMM: too many tiles ", tiles);
+  DT_CHECK(E <= INT32_MAX, "grouped GEMM: too many experts ", E);
+  grouped_table_kernel<<<1, kTableThreads>>>(off.offsets_E1, int(E), p.M, p.n_tiles, table_dev);
+  DT_CUDA_LAUNCH_CHECK("grouped_table_kernel");
+  launch_grouped_kernel<kAKMajor, kBKMajor, TC, kAccumulate>(p, E, table_dev, tiles);
 }
 
 ScratchBuffer& gemm_scratch() {
@@ -286,6 +338,47 @@ bool use_grouped_kernel(DType dt, int64_t I, int64_t O, std::initializer_list<co
 
 }  // namespace
 
+namespace {
+
+// The three products' arguments (see the kernel's header comment).
+GemmArgs fwd_args(const void* x_RI, const void* W_EOI, int64_t I, int64_t O, void* y_RO) {
+  GemmArgs a{};
+  a.A = static_cast<const __nv_bfloat16*>(x_RI), a.a_row = I, a.a_exp = 0, a.lda = I;
+  a.B = static_cast<const __nv_bfloat16*>(W_EOI), a.b_row = 0, a.b_exp = O * I, a.ldb = I;
+  a.C = y_RO, a.c_row = O, a.c_exp = 0, a.ldc = O;
+  a.M = -1, a.K = I, a.N = O, a.n_tiles = ceil_div(O, kBN);
+  return a;
+}
+GemmArgs dx_args(const void* W_EOI, const void* dy_RO, int64_t I, int64_t O, void* dx_RI) {
+  GemmArgs a{};
+  a.A = static_cast<const __nv_bfloat16*>(dy_RO), a.a_row = O, a.a_exp = 0, a.lda = O;
+  a.B = static_cast<const __nv_bfloat16*>(W_EOI), a.b_row = 0, a.b_exp = O * I, a.ldb = I;
+  a.C = dx_RI, a.c_row = I, a.c_exp = 0, a.ldc = I;
+  a.M = -1, a.K = O, a.N = I, a.n_tiles = ceil_div(I, kBN);
+  return a;
+}
+GemmArgs dw_args(const void* x_RI, const void* dy_RO, int64_t I, int64_t O, float* dW_EOI) {
+  GemmArgs a{};
+  a.A = static_cast<const __nv_bfloat16*>(dy_RO), a.a_row = O, a.a_exp = 0, a.lda = O;
+  a.B = static_cast<const __nv_bfloat16*>(x_RI), a.b_row = I, a.b_exp = 0, a.ldb = I;
+  a.C = dW_EOI, a.c_row = 0, a.c_exp = O * I, a.ldc = I;
+  a.M = O, a.K = -1, a.N = I, a.n_tiles = ceil_div(I, kBN);
+  return a;
+}
+
+void check_device_offsets(const char* op, DType dt, DeviceOffsets off, int64_t E, int64_t I,
+                          int64_t O, std::initializer_list<const void*> ptrs) {
+  DT_CHECK(E > 0 && I >= 0 && O >= 0 && off.rows_max >= 0, op, ": bad shape E=", E, " I=", I,
+           " O=", O, " rows_max=", off.rows_max);
+  DT_CHECK(off.offsets_E1 != nullptr, op, ": offsets_E1 is null");
+  DT_CHECK(use_grouped_kernel(dt, I, O, ptrs), op,
+           ": device row offsets need the bf16 grouped kernel (I, O multiples of 8, 16-byte "
+           "aligned pointers), got ",
+           dtype_name(dt), " I=", I, " O=", O, "; pass host offsets instead");
+}
+
+}  // namespace
+
 void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI,
                         const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
                         void* y_RO) {
@@ -295,12 +388,8 @@ void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI,
   ScratchBuffer& g = gemm_scratch();
   std::lock_guard<std::mutex> lock(g.mu);
   int64_t* table = static_cast<int64_t*>(g.get(size_t(2 * (E + 1)) * 8));
-  GemmArgs a{};
-  a.A = static_cast<const __nv_bfloat16*>(x_RI), a.a_row = I, a.a_exp = 0, a.lda = I;
-  a.B = static_cast<const __nv_bfloat16*>(W_EOI), a.b_row = 0, a.b_exp = O * I, a.ldb = I;
-  a.C = y_RO, a.c_row = O, a.c_exp = 0, a.ldc = O;
-  a.M = -1, a.K = I, a.N = O, a.n_tiles = ceil_div(O, kBN);
-  launch_grouped<true, true, __nv_bfloat16, false>(a, offsets_E1_host, E, table);
+  launch_grouped<true, true, __nv_bfloat16, false>(fwd_args(x_RI, W_EOI, I, O, y_RO),
+                                                   offsets_E1_host, E, table);
 }
 
 void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
@@ -312,23 +401,42 @@ void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const voi
   ScratchBuffer& g = gemm_scratch();
   std::lock_guard<std::mutex> lock(g.mu);
   int64_t* tables = static_cast<int64_t*>(g.get(size_t(4 * (E + 1)) * 8));
-  const auto* dy = static_cast<const __nv_bfloat16*>(dy_RO);
-  if (dx_RI) {
-    GemmArgs a{};
-    a.A = dy, a.a_row = O, a.a_exp = 0, a.lda = O;
-    a.B = static_cast<const __nv_bfloat16*>(W_EOI), a.b_row = 0, a.b_exp = O * I, a.ldb = I;
-    a.C = dx_RI, a.c_row = I, a.c_exp = 0, a.ldc = I;
-    a.M = -1, a.K = O, a.N = I, a.n_tiles = ceil_div(I, kBN);
-    launch_grouped<true, false, __nv_bfloat16, false>(a, offsets_E1_host, E, tables);
-  }
-  if (dW_EOI) {
-    GemmArgs a{};
-    a.A = dy, a.a_row = O, a.a_exp = 0, a.lda = O;
-    a.B = static_cast<const __nv_bfloat16*>(x_RI), a.b_row = I, a.b_exp = 0, a.ldb = I;
-    a.C = dW_EOI, a.c_row = 0, a.c_exp = O * I, a.ldc = I;
-    a.M = O, a.K = -1, a.N = I, a.n_tiles = ceil_div(I, kBN);
-    launch_grouped<false, false, float, true>(a, offsets_E1_host, E, tables + 2 * (E + 1));
-  }
+  if (dx_RI)
+    launch_grouped<true, false, __nv_bfloat16, false>(dx_args(W_EOI, dy_RO, I, O, dx_RI),
+                                                      offsets_E1_host, E, tables);
+  if (dW_EOI)
+    launch_grouped<false, false, float, true>(dw_args(x_RI, dy_RO, I, O, dW_EOI), offsets_E1_host,
+                                              E, tables + 2 * (E + 1));
+}
+
+bool grouped_linear_device_offsets_ok(DType dt, int64_t I, int64_t O) {
+  return use_grouped_kernel(dt, I, O, {});
+}
+
+void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI, DeviceOffsets off, int64_t E,
+                        int64_t I, int64_t O, void* y_RO) {
+  check_device_offsets("cuda::grouped_linear_fwd", dt, off, E, I, O, {x_RI, W_EOI, y_RO});
+  ScratchBuffer& g = gemm_scratch();
+  std::lock_guard<std::mutex> lock(g.mu);
+  int64_t* table = static_cast<int64_t*>(g.get(size_t(2 * (E + 1)) * 8));
+  launch_grouped_device<true, true, __nv_bfloat16, false>(fwd_args(x_RI, W_EOI, I, O, y_RO), off, E,
+                                                          table);
+}
+
+void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
+                        DeviceOffsets off, int64_t E, int64_t I, int64_t O, void* dx_RI,
+                        float* dW_EOI) {
+  check_device_offsets("cuda::grouped_linear_bwd", dt, off, E, I, O,
+                       {x_RI, W_EOI, dy_RO, dx_RI, dW_EOI});
+  ScratchBuffer& g = gemm_scratch();
+  std::lock_guard<std::mutex> lock(g.mu);
+  int64_t* tables = static_cast<int64_t*>(g.get(size_t(4 * (E + 1)) * 8));
+  if (dx_RI)
+    launch_grouped_device<true, false, __nv_bfloat16, false>(dx_args(W_EOI, dy_RO, I, O, dx_RI),
+                                                             off, E, tables);
+  if (dW_EOI)
+    launch_grouped_device<false, false, float, true>(dw_args(x_RI, dy_RO, I, O, dW_EOI), off, E,
+                                                     tables + 2 * (E + 1));
 }
 
 }  // namespace deltatron::cuda

@@ -30,6 +30,31 @@ void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const voi
                         const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
                         void* dx_RI, float* dW_EOI);
 
+// ---- the same products with the row offsets on the device -----------------------------------
+// offsets_E1 [E+1] int64 in device memory (as moe_permute writes them), rows_max >= off[E] an
+// upper bound on the rows (the MoE block passes P = N*K): no host copy and no sync. A small
+// kernel builds the tile table on the device (each expert's first tile: an exclusive scan of the
+// per-expert tile counts in expert order, the values the host path computes) and the grouped
+// kernel runs over a worst-case grid whose CTAs past the last tile exit at once:
+//   fwd, dx (M = the expert's rows): (ceil(rows_max / 128) + min(E, rows_max)) * ceil(N / 128)
+//   dW (M = O, K = the expert's rows): min(E, rows_max) * ceil(O / 128) * ceil(I / 128)
+// The tiles and the per-element K order are those of the host-offset kernel: bitwise the same
+// results. Only the bf16 kernel path runs this way (grouped_linear_device_offsets_ok: I and O
+// multiples of 8, 16-byte aligned pointers); anything else is a core::Error (the caller passes
+// host offsets instead). The offsets are trusted (off[0] = 0, non-decreasing, off[E] <=
+// rows_max), since they cannot be checked without a copy.
+struct DeviceOffsets {
+  const int64_t* offsets_E1;  // [E+1] device
+  int64_t rows_max;           // >= offsets_E1[E]
+};
+// Whether the device-offset form supports (dt, I, O) (pointer alignment is checked per call).
+bool grouped_linear_device_offsets_ok(DType dt, int64_t I, int64_t O);
+void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI, DeviceOffsets off, int64_t E,
+                        int64_t I, int64_t O, void* y_RO);
+void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
+                        DeviceOffsets off, int64_t E, int64_t I, int64_t O, void* dx_RI,
+                        float* dW_EOI);
+
 // The same products as one cuBLASLt call per non-empty expert (the fallback above), exposed
 // for the parity tests and timings of the grouped kernel.
 void grouped_linear_fwd_loop(DType dt, const void* x_RI, const void* W_EOI,

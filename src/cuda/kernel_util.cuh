@@ -57,6 +57,20 @@ __device__ __forceinline__ void store_vec(T* p, const float (&o)[V]) {
 
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// Offsets into one scratch allocation, each rounded up to 16 bytes.
+struct Layout {
+  size_t bytes = 0;
+  size_t add(size_t n) {
+    const size_t at = bytes;
+    bytes += (n + 15) / 16 * 16;
+    return at;
+  }
+};
+template <typename T>
+T* at(void* base, size_t off) {
+  return reinterpret_cast<T*>(static_cast<char*>(base) + off);
+}
+
 }  // namespace deltatron::cuda
 
 // DT_DISPATCH_DTYPE(dt, T, body): runs `body` with `T` = float or __nv_bfloat16.

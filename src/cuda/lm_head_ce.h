@@ -3,7 +3,7 @@
 //
 // Shape suffixes: N tokens, D hidden, V vocabulary. Row-major; W stored [V, D] (lm_head.weight
 // or the tied embedding). Pointers are device memory. Per token the math is the contract of
-// ops/cross_entropy.h composed with ops/linear.h:
+// cpu/cross_entropy.h composed with ops/linear.h:
 //   logits[n,:] = x[n,:] W^T                                   (fp32, cuBLASLt, fp32 accumulate)
 //   lse[n]      = log sum_v exp(logits[n,v])                   (fp32 online max/sum)
 //   loss[n]     = lse[n] - logits[n, t_n]   (0 when t_n == -100)

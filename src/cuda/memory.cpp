@@ -3,12 +3,20 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <vector>
 
 #include "core/error.h"
 #include "cuda/device.h"
 
 namespace deltatron::cuda {
+
+namespace {
+std::atomic<int64_t> g_device_to_host_copies{0};
+}  // namespace
+
+int64_t device_to_host_copies() { return g_device_to_host_copies.load(); }
+void note_device_to_host_copy() { g_device_to_host_copies.fetch_add(1); }
 
 void copy_from_host(void* dst, const void* src_host, size_t bytes) {
   if (bytes == 0) return;
@@ -17,6 +25,7 @@ void copy_from_host(void* dst, const void* src_host, size_t bytes) {
 
 void copy_to_host(void* dst_host, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  note_device_to_host_copy();
   DT_CUDA_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost));
 }
 

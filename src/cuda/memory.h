@@ -19,4 +19,11 @@ void fill_i32(int32_t* x, int32_t value, int64_t n);
 // Waits for all work queued on the current device.
 void synchronize();
 
+// Process-wide count of device -> host copies made by the CUDA backend (copy_to_host, the host
+// path of moe_permute, the SYNCS functions of cuda/moe.h, the optimizer's norm read-back), for
+// the tests that hold the model to a per-pack constant number of them. Thread-safe.
+int64_t device_to_host_copies();
+// Adds one to that count (called by each such copy).
+void note_device_to_host_copy();
+
 }  // namespace deltatron::cuda

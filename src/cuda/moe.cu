@@ -25,6 +25,7 @@
 
 #include "core/error.h"
 #include "cuda/kernel_util.cuh"
+#include "cuda/memory.h"
 #include "cuda/moe.h"
 
 namespace deltatron::cuda {
@@ -91,6 +92,12 @@ __device__ __forceinline__ void store_vec(T* p, const float (&v)[kVec<T>]) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// A counted device -> host copy (cuda/memory.h); waits for the queued work.
+void copy_d2h(void* dst_host, const void* src, size_t bytes) {
+  note_device_to_host_copy();
+  DT_CUDA_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost));
+}
+
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 unsigned row_blocks(int64_t rows) { return unsigned(ceil_div(rows, kWarpsPerBlock)); }
@@ -100,20 +107,6 @@ void check_router_dims(const char* op, int64_t N, int64_t E, int64_t K) {
            " E=", E, " K=", K);
   DT_CHECK(E <= INT32_MAX && N * K <= INT32_MAX, op, ": N*K = ", N * K, " or E = ", E,
            " exceeds the int32 index range");
-}
-
-// Offsets into one scratch allocation, each rounded up to 16 bytes.
-struct Layout {
-  size_t bytes = 0;
-  size_t add(size_t n) {
-    const size_t at = bytes;
-    bytes += (n + 15) / 16 * 16;
-    return at;
-  }
-};
-template <typename T>
-T* at(void* base, size_t off) {
-  return reinterpret_cast<T*>(static_cast<char*>(base) + off);
 }
 
 // ---- router ---------------------------------------------------------------------------------
@@ -353,11 +346,15 @@ __global__ void permute_chunk_scan_kernel(const int32_t* __restrict__ counts, in
   if (threadIdx.x == 0) total[e] = carry;
 }
 
-// offsets[0] = 0, offsets[e+1] = offsets[e] + total[e] (one block); also copies the router's
-// bad-token word next to the offsets so that one host copy brings everything back.
+// offsets[0] = 0, offsets[e+1] = offsets[e] + total[e] (one block). Host path: also copies the
+// router's bad-token word next to the offsets so that one host copy brings everything back.
+// Device path (flag_3 != nullptr): merges this call's smallest bad slot (*slot_bad) into the
+// caller's flag, flag_3[1] = its token and flag_3[2] = its expert id when that token is smaller
+// than the one recorded (one thread, in stream order: deterministic across layers).
 __global__ void permute_offsets_kernel(const int64_t* __restrict__ total, int E,
                                        int64_t* __restrict__ offsets, const int32_t* router_bad,
-                                       int32_t* router_bad_copy) {
+                                       int32_t* router_bad_copy, const int32_t* slot_bad,
+                                       const int32_t* idx, int K, int32_t* flag_3) {
   using Scan = cub::BlockScan<int64_t, kChunk>;
   __shared__ typename Scan::TempStorage tmp;
   int64_t carry = 0;
@@ -373,6 +370,11 @@ __global__ void permute_offsets_kernel(const int64_t* __restrict__ total, int E,
   if (threadIdx.x == 0) {
     offsets[E] = carry;
     *router_bad_copy = router_bad ? *router_bad : kNoBadToken;
+    const int32_t slot = *slot_bad;
+    if (flag_3 && slot != kNoBadToken && slot / K < flag_3[1]) {
+      flag_3[1] = slot / K;
+      flag_3[2] = idx[slot];
+    }
   }
 }
 
@@ -533,7 +535,6 @@ constexpr int kRowThreads = 256;  // gather / combine / shared gate: threads per
 void moe_router_fwd(const float* logits_NE, int64_t N, int64_t E, int64_t K, float* probs_NE,
                     float* lse_N, int32_t* topk_idx_NK, float* topk_w_NK, int32_t* bad_token_1) {
   check_router_dims("cuda::moe_router_fwd", N, E, K);
-  if (bad_token_1) DT_CUDA_CHECK(cudaMemsetAsync(bad_token_1, 0x7f, sizeof(int32_t), 0));
   if (N == 0) return;
   router_fwd_kernel<<<row_blocks(N), kWarpsPerBlock * 32>>>(
       logits_NE, N, int(E), int(K), probs_NE, lse_N, topk_idx_NK, topk_w_NK, bad_token_1);
@@ -594,7 +595,7 @@ std::pair<double, int32_t> reduce_tokens(int64_t N, const std::vector<const void
     int32_t bad;
   } out;
   static_assert(sizeof(out) == 16);
-  DT_CUDA_CHECK(cudaMemcpy(&out, res, 12, cudaMemcpyDeviceToHost));
+  copy_d2h(&out, res, 12);
   return {out.sum, out.bad};
 }
 
@@ -617,7 +618,7 @@ double moe_aux_loss_fwd(const float* probs_NE, const int32_t* group_N, int64_t N
                     });
   if (bad != kNoBadToken) {
     int32_t g = 0;
-    DT_CUDA_CHECK(cudaMemcpy(&g, group_N + bad, 4, cudaMemcpyDeviceToHost));
+    copy_d2h(&g, group_N + bad, 4);
     core::fail("moe_aux_loss_fwd: group id ", g, " of token ", bad, " is outside [-1, ", G, ")");
   }
   return sum;
@@ -655,7 +656,7 @@ double moe_z_loss_fwd(const float* lse_N, const int32_t* group_N, int64_t N, dou
   });
   if (bad != kNoBadToken) {
     int32_t g = 0;
-    DT_CUDA_CHECK(cudaMemcpy(&g, group_N + bad, 4, cudaMemcpyDeviceToHost));
+    copy_d2h(&g, group_N + bad, 4);
     core::fail("moe_z_loss_fwd: group id ", g, " of token ", bad, " is outside [-1, -1)");
   }
   return z_coef * sum;
@@ -690,18 +691,17 @@ void moe_count_routes_to_host(const int32_t* topk_idx_NK, const int32_t* group_N
     DT_CUDA_LAUNCH_CHECK("count_routes_kernel");
   }
   std::vector<unsigned long long> host(lay.bytes / 8);
-  DT_CUDA_CHECK(cudaMemcpy(host.data(), base, lay.bytes, cudaMemcpyDeviceToHost));
+  copy_d2h(host.data(), base, lay.bytes);
   int32_t bad[2];
   std::memcpy(bad, host.data(), 8);
   if (bad[0] != kNoBadToken) {
     int32_t g = 0;
-    DT_CUDA_CHECK(cudaMemcpy(&g, group_N + bad[0], 4, cudaMemcpyDeviceToHost));
+    copy_d2h(&g, group_N + bad[0], 4);
     core::fail("moe_count_routes: group id ", g, " of token ", bad[0], " is outside [-1, ", G, ")");
   }
   if (bad[1] != kNoBadToken) {
     std::vector<int32_t> ids(K);
-    DT_CUDA_CHECK(
-        cudaMemcpy(ids.data(), topk_idx_NK + int64_t(bad[1]) * K, K * 4, cudaMemcpyDeviceToHost));
+    copy_d2h(ids.data(), topk_idx_NK + int64_t(bad[1]) * K, K * 4);
     int32_t e = ids[0];
     for (int32_t v : ids)
       if (v < 0 || v >= E) e = v;
@@ -715,12 +715,14 @@ void moe_count_routes_to_host(const int32_t* topk_idx_NK, const int32_t* group_N
 
 // ---- permutation ----------------------------------------------------------------------------
 
-void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
-                 const int32_t* bad_token_1, int64_t* offsets_E1, int64_t* offsets_E1_host,
-                 int32_t* rows_P, int32_t* pos_NK) {
+void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E, int32_t* bad_3,
+                 int64_t* offsets_E1, int64_t* offsets_E1_host, int32_t* rows_P, int32_t* pos_NK) {
   check_router_dims("cuda::moe_permute", N, E, K);
   DT_CHECK(E <= kMaxPermuteExperts, "cuda::moe_permute: at most ", kMaxPermuteExperts,
            " experts, got ", E);
+  const bool to_host = offsets_E1_host != nullptr;
+  DT_CHECK(to_host || (offsets_E1 && bad_3),
+           "cuda::moe_permute: without offsets_E1_host, offsets_E1 and bad_3 are required");
   static ScratchBuffer* scratch = new ScratchBuffer("MoE permute scratch");
   std::lock_guard<std::mutex> lock(scratch->mu);
   const int64_t P = N * K, chunks = ceil_div(P, kChunk);
@@ -732,6 +734,10 @@ void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
   int64_t* off = at<int64_t>(base, o_off);
   int32_t* bad = at<int32_t>(base, o_bad);  // [0] bad expert slot, [1] router's bad token
   DT_CUDA_CHECK(cudaMemsetAsync(bad, 0x7f, 8, 0));
+  if (!to_host && P > 0) {  // a slot with a bad expert id is not placed: keep its row in range
+    DT_CUDA_CHECK(cudaMemsetAsync(rows_P, 0, size_t(P) * 4, 0));
+    DT_CUDA_CHECK(cudaMemsetAsync(pos_NK, 0, size_t(P) * 4, 0));
+  }
   if (P > 0) {
     permute_count_kernel<<<unsigned(chunks), kChunk, size_t(E) * 4>>>(
         topk_idx_NK, P, int(E), at<int32_t>(base, o_cnt), bad);
@@ -743,8 +749,8 @@ void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
   } else {
     DT_CUDA_CHECK(cudaMemsetAsync(at<int64_t>(base, o_tot), 0, size_t(E) * 8, 0));
   }
-  permute_offsets_kernel<<<1, kChunk>>>(at<int64_t>(base, o_tot), int(E), off, bad_token_1,
-                                        bad + 1);
+  permute_offsets_kernel<<<1, kChunk>>>(at<int64_t>(base, o_tot), int(E), off, bad_3, bad + 1, bad,
+                                        topk_idx_NK, int(K), to_host ? nullptr : bad_3);
   DT_CUDA_LAUNCH_CHECK("permute_offsets_kernel");
   if (P > 0) {
     permute_scatter_kernel<<<unsigned(chunks), kChunk>>>(topk_idx_NK, P, int(E), off,
@@ -753,15 +759,16 @@ void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
   }
   if (offsets_E1)
     DT_CUDA_CHECK(cudaMemcpyAsync(offsets_E1, off, size_t(E + 1) * 8, cudaMemcpyDeviceToDevice, 0));
+  if (!to_host) return;
   std::vector<int64_t> host((o_bad + 8) / 8);  // the offsets, then the two bad words
-  DT_CUDA_CHECK(cudaMemcpy(host.data(), off, o_bad + 8, cudaMemcpyDeviceToHost));
+  copy_d2h(host.data(), off, o_bad + 8);
   int32_t bads[2];
   std::memcpy(bads, reinterpret_cast<const char*>(host.data()) + o_bad, 8);
   if (bads[1] != kNoBadToken)
     core::fail("moe_router_fwd: router logits of token ", bads[1], " are not finite");
   if (bads[0] != kNoBadToken) {
     int32_t e = 0;
-    DT_CUDA_CHECK(cudaMemcpy(&e, topk_idx_NK + bads[0], 4, cudaMemcpyDeviceToHost));
+    copy_d2h(&e, topk_idx_NK + bads[0], 4);
     core::fail("moe_permute: expert id ", e, " of token ", bads[0] / K, " is outside [0, ", E, ")");
   }
   std::copy(host.begin(), host.begin() + E + 1, offsets_E1_host);

@@ -15,7 +15,8 @@
 // route counts). Expert ids, group ids and row indices are int32.
 // Pointers are device memory unless the name ends in `_host`. Work is queued on the legacy
 // default stream and is asynchronous, except the functions marked SYNCS, which wait for the
-// device because they return host values. Results are bitwise deterministic: no float atomics,
+// device because they return host values (each such copy is counted by
+// cuda::device_to_host_copies, cuda/memory.h). Results are bitwise deterministic: no float atomics,
 // every sum has a fixed order (integer atomics only where the result is order-independent).
 // Groups: group_N[t] in [-1, G), -1 = padding (excluded from every statistic); group_N ==
 // nullptr means every token is in group 0.
@@ -37,10 +38,12 @@ constexpr int32_t kNoBadToken = 0x7f7f7f7f;
 //   descending, equal p: lower expert id first;  w[n,j] = p[idx[n,j]] / sum_j' p[idx[n,j']].
 //   logits_NE [N, E] fp32 in;  probs_NE [N, E], lse_N [N], topk_w_NK [N, K] fp32 out;
 //   topk_idx_NK [N, K] int32 out; all overwritten. Requires 0 < K <= E.
-//   bad_token_1 [1] int32 out (nullptr: unchecked): the CPU throws on a non-finite logit, which
-//   the device cannot do without a sync, so the smallest such token is stored here (kNoBadToken
-//   when every row is finite) and moe_permute (which syncs anyway) throws the CPU's error. A bad
-//   row gets p = 0, lse = 0, idx = 0..K-1, w = 0, as on the CPU.
+//   bad_token_1 [1] int32 inout (nullptr: unchecked), ACCUMULATED: the CPU throws on a
+//   non-finite logit, which the device cannot do without a sync, so the smallest such token is
+//   recorded here with an integer atomicMin (order-independent; the caller initialises the word
+//   to kNoBadToken, e.g. once per pack, so one word collects every layer's router). moe_permute
+//   with host offsets throws the CPU's error from it; the model reads it once per pack
+//   (ops::moe_check_bad). A bad row gets p = 0, lse = 0, idx = 0..K-1, w = 0, as on the CPU.
 //   One warp per token: softmax sums and the K arg-max passes are warp reductions (fixed order).
 void moe_router_fwd(const float* logits_NE, int64_t N, int64_t E, int64_t K, float* probs_NE,
                     float* lse_N, int32_t* topk_idx_NK, float* topk_w_NK, int32_t* bad_token_1);
@@ -94,17 +97,24 @@ void moe_count_routes_to_host(const int32_t* topk_idx_NK, const int32_t* group_N
 // Expert-major permutation of the routing slots (ops::moe_permute), a stable counting sort:
 //   rows_P[off[e] .. off[e+1]) = the slots n*K+j with idx[n,j] == e, ascending slot order;
 //   pos_NK[rows_P[r]] = r (the inverse permutation, used by moe_scatter_add).
-//   topk_idx_NK [N, K] int32 in;  bad_token_1 [1] int32 in from moe_router_fwd (or nullptr).
-//   offsets_E1 [E+1] int64 device out (or nullptr);  offsets_E1_host [E+1] int64 host out (the
-//   grouped GEMMs need them on the host);  rows_P [N*K], pos_NK [N*K] int32 out. Overwritten.
-//   SYNCS (to copy the offsets). Throws core::Error for an expert id outside [0, E) or when
-//   bad_token_1 names a token with non-finite router logits. Needs E <= 12288.
-//   Kernels: per-chunk expert counts (256 slots a block, shared-memory histogram), per-expert
-//   exclusive scan over chunks, scan over experts, then each slot's rank among the earlier
-//   slots of its chunk with the same expert.
-void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
-                 const int32_t* bad_token_1, int64_t* offsets_E1, int64_t* offsets_E1_host,
-                 int32_t* rows_P, int32_t* pos_NK);
+//   topk_idx_NK [N, K] int32 in;  rows_P [N*K], pos_NK [N*K] int32 out, overwritten.
+//   offsets_E1 [E+1] int64 device out (may be nullptr only with offsets_E1_host).
+//   bad_3 [3] int32 (or nullptr with offsets_E1_host): the per-pack error words of the MoE
+//   ops (ops/moe.h): [0] the router's smallest token with non-finite logits (moe_router_fwd),
+//   [1] the smallest token with an expert id outside [0, E), [2] that id.
+//   With offsets_E1_host [E+1] (host int64 out): SYNCS to copy the offsets (the per-expert
+//   cuBLASLt loop of grouped_linear needs them) and throws core::Error when bad_3[0] names a
+//   token or an expert id is outside [0, E) (bad_3 not written).
+//   With offsets_E1_host == nullptr: no host copy and no sync; this call's smallest bad token is
+//   merged into bad_3[1], [2] in stream order (kept when not smaller than the one recorded), its
+//   slots are left out of rows_P (rows_P and pos_NK are zeroed first, so every index stays in
+//   range) and the caller checks the words later.
+//   Needs E <= 12288. Kernels: per-chunk expert counts (256 slots a block, shared-memory
+//   histogram), per-expert exclusive scan over chunks, scan over experts (which also merges the
+//   error words), then each slot's rank among the earlier slots of its chunk with the same
+//   expert.
+void moe_permute(const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E, int32_t* bad_3,
+                 int64_t* offsets_E1, int64_t* offsets_E1_host, int32_t* rows_P, int32_t* pos_NK);
 
 // Gather (ops::moe_gather): out[r,:] = s x[rows[r] / K, :], s = w_NK[rows[r]] or 1 (nullptr).
 //   x_ND [N, D] dt in;  rows_R [R] int32 in;  w_NK [N*K] fp32 in or nullptr;

@@ -38,20 +38,6 @@ ScratchBuffer& scratch() {
   return *s;
 }
 
-// Offsets into one scratch allocation, each rounded up to 16 bytes.
-struct Layout {
-  size_t bytes = 0;
-  size_t add(size_t n) {
-    const size_t at = bytes;
-    bytes += (n + 15) / 16 * 16;
-    return at;
-  }
-};
-template <typename T>
-T* at(void* base, size_t off) {
-  return reinterpret_cast<T*>(static_cast<char*>(base) + off);
-}
-
 __device__ __forceinline__ int32_t group_of(const int32_t* group, int64_t t) {
   return group ? group[t] : 0;
 }

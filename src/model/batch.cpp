@@ -2,6 +2,7 @@
 #include "core/constants.h"
 #include "core/error.h"
 #include "model/context.h"
+#include "ops/moe.h"
 #include "ops/tensor.h"
 
 namespace deltatron::model {
@@ -66,6 +67,8 @@ Batch::Batch(const Config& c, const data::Pack& p, core::Device dev)
   if (c.is_moe()) {
     group_all = upload(dev, token_groups(p, false), "router-loss groups");
     group_seq = upload(dev, token_groups(p, true), "router-loss groups per sample");
+    moe_bad =
+        upload(dev, std::vector<int32_t>(ops::kMoeBadWords, ops::kNoBadToken), "MoE error words");
   }
 }
 

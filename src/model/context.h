@@ -27,6 +27,10 @@ struct Batch {
   Buffer mtp_ids, mtp_targets, mtp_grad_ids;  // the pack's rolled MTP inputs (MTP models)
   Buffer group_all, group_seq;  // router-loss groups (MoE models): one group / one per sample,
                                 // -1 on padding
+  // The pack's MoE error words (ops/moe.h, bad_3; MoE models): every MoE layer's router and
+  // permutation record a non-finite router logit or a bad expert id there on the device, and
+  // the model reads them once, after the forward (check_moe_errors), instead of once per layer.
+  Buffer moe_bad;
   Batch(const Config& c, const data::Pack& p, core::Device dev);
 };
 

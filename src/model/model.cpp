@@ -160,6 +160,8 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
     add_router_terms(cx, opt, trunk_layer(c, i).moe_prefix(), saved[i]->moe, router_loss);
     if (recompute_ && with_grads) keep_only_input(*saved[i]);
   }
+  // The MoE layers' device-side errors, read once per pack (with the MTP layer's, below).
+  if (!c.mtp_enabled) check_moe_errors(cx);
   Buffer hf = cx.act(N * D, "final norm output");
   Buffer rstd_f = cx.f32(N, "final norm rstd");
   ops::rmsnorm_fwd(x, p.w(norm), N, D, c.rms_norm_eps, hf, rstd_f);
@@ -180,6 +182,7 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
     LayerSaved ms;
     mtp_layer().fwd(cx, r, ms);
     add_router_terms(cx, opt, mtp_layer().moe_prefix(), ms.moe, router_loss);
+    check_moe_errors(cx);
     Buffer m = cx.act(N * D, "MTP norm output"), rstd_m = cx.f32(N, "MTP norm rstd");
     ops::rmsnorm_fwd(r, p.w("mtp.norm.weight"), N, D, c.rms_norm_eps, m, rstd_m);
     Buffer dm = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buffer();
@@ -238,7 +241,7 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
     trunk_layer(c, i).fwd(cx, x, s);
     moe_count(cx, trunk_layer(c, i).moe_prefix(), s.moe, counts);
   }
-  if (!c.mtp_enabled) return;
+  if (!c.mtp_enabled) return check_moe_errors(cx);
   // The MTP layer's routes: rerun the head's forward (inputs as in fwd_bwd).
   Buffer hf = cx.act(N * D, "final norm output"), rstd = cx.f32(N, "final norm rstd");
   ops::rmsnorm_fwd(x, p.w(c.name("norm.weight")), N, D, c.rms_norm_eps, hf, rstd);
@@ -246,6 +249,7 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   LayerSaved ms;
   mtp_layer().fwd(cx, in.r, ms);
   moe_count(cx, mtp_layer().moe_prefix(), ms.moe, counts);
+  check_moe_errors(cx);
 }
 
 PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& params,

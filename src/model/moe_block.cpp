@@ -35,6 +35,13 @@ void check_shape(const Params& p, const std::string& name, const core::Shape& sh
            ", expected ", core::shape_str(shape));
 }
 
+int64_t* host_offsets_of(MoeSaved& s) {
+  return s.offsets_host.empty() ? nullptr : s.offsets_host.data();
+}
+const int64_t* host_offsets_of(const MoeSaved& s) {
+  return s.offsets_host.empty() ? nullptr : s.offsets_host.data();
+}
+
 Buffer to_f32(const Ctx& cx, const View& x, int64_t n, const char* what) {
   Buffer b = cx.f32(n, what);
   ops::cast(x, b, n);
@@ -61,12 +68,18 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.lse = cx.f32(d.N, "router lse");
   s.topk_idx = cx.i32(d.N * d.K, "router top-k experts");
   s.topk_w = cx.f32(d.N * d.K, "router top-k weights");
-  Buffer bad = cx.i32(1, "router bad-token flag");
-  ops::moe_router_fwd(s.logits, d.N, d.E, d.K, s.probs, s.lse, s.topk_idx, s.topk_w, bad);
-  s.offsets_E1.assign(d.E + 1, 0);
+  ops::moe_router_fwd(s.logits, d.N, d.E, d.K, s.probs, s.lse, s.topk_idx, s.topk_w, cx.b.moe_bad);
+  // Expert row offsets on the device; a host copy (a sync per layer) only where the grouped
+  // GEMMs cannot run from device offsets (CUDA's fp32 debug mode, widths not multiples of 8).
+  s.offsets = Buffer(cx.dev(), core::DType::i64, {d.E + 1}, "expert row offsets");
+  const bool host_offsets =
+      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), d.D, 2 * d.F) ||
+      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), d.F, d.D);
+  s.offsets_host.assign(host_offsets ? d.E + 1 : 0, 0);
   s.rows_P = cx.i32(d.P, "expert-major slot order");
   s.pos = cx.i32(d.P, "slot positions");
-  ops::moe_permute(s.topk_idx, d.N, d.K, d.E, bad, s.offsets_E1.data(), s.rows_P, s.pos);
+  ops::moe_permute(s.topk_idx, d.N, d.K, d.E, cx.b.moe_bad, s.offsets, host_offsets_of(s), s.rows_P,
+                   s.pos);
 
   // Routed experts.
   s.gate = cx.act(d.P * d.F, "expert gate");
@@ -76,16 +89,16 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
     Buffer xg = cx.act(d.P * d.D, "gathered expert inputs");
     ops::moe_gather(x, s.rows_P, View{}, d.P, d.K, d.D, xg);
     Buffer gu = cx.act(d.P * 2 * d.F, "expert gate/up");
-    ops::grouped_linear_fwd(xg, p.w(pf + "experts.gate_up_proj"), s.offsets_E1.data(), d.E, d.D,
-                            2 * d.F, gu);
+    ops::grouped_linear_fwd(xg, p.w(pf + "experts.gate_up_proj"), s.offsets, host_offsets_of(s),
+                            d.E, d.D, 2 * d.F, gu);
     ops::copy_cols(gu, 2 * d.F, 0, s.gate, d.F, 0, d.P, d.F);
     ops::copy_cols(gu, 2 * d.F, d.F, s.up, d.F, 0, d.P, d.F);
   }
   ops::swiglu_fwd(s.gate, s.up, d.P * d.F, h);
   {
     Buffer out = cx.act(d.P * d.D, "expert outputs");
-    ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), s.offsets_E1.data(), d.E, d.F, d.D,
-                            out);
+    ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), s.offsets, host_offsets_of(s), d.E,
+                            d.F, d.D, out);
     ops::moe_scatter_add(out, s.pos, s.topk_w, d.N, d.K, d.D, resid, true);
   }
 
@@ -121,11 +134,11 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
     {
       Buffer dye = cx.act(d.P * d.D, "gathered output gradients");
       ops::moe_gather(dy, s.rows_P, View{}, d.P, d.K, d.D, dye);
-      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets_E1.data(), d.E, d.F,
-                              d.D, g, View{});
+      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets, host_offsets_of(s),
+                              d.E, d.F, d.D, g, View{});
       ops::moe_gather(dy, s.rows_P, s.topk_w, d.P, d.K, d.D, dye);
-      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets_E1.data(), d.E, d.F,
-                              d.D, View{}, p.g(pf + "experts.down_proj"));
+      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets, host_offsets_of(s),
+                              d.E, d.F, d.D, View{}, p.g(pf + "experts.down_proj"));
     }
     ops::moe_expert_weight_bwd(h, g, s.rows_P, s.topk_w, d.P, d.K, d.F, dw, g);
     Buffer dgu = cx.act(d.P * 2 * d.F, "expert gate/up gradient");
@@ -139,8 +152,9 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
     Buffer xg = cx.act(d.P * d.D, "gathered expert inputs");
     ops::moe_gather(s.x, s.rows_P, View{}, d.P, d.K, d.D, xg);
     Buffer dxg = cx.act(d.P * d.D, "gathered input gradients");
-    ops::grouped_linear_bwd(xg, p.w(pf + "experts.gate_up_proj"), dgu, s.offsets_E1.data(), d.E,
-                            d.D, 2 * d.F, dxg, p.g(pf + "experts.gate_up_proj"));
+    ops::grouped_linear_bwd(xg, p.w(pf + "experts.gate_up_proj"), dgu, s.offsets,
+                            host_offsets_of(s), d.E, d.D, 2 * d.F, dxg,
+                            p.g(pf + "experts.gate_up_proj"));
     ops::moe_scatter_add(dxg, s.pos, View{}, d.N, d.K, d.D, dx32, false);
   }
 
@@ -190,6 +204,11 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
     ops::linear_bwd_dw(x32, dlogits, d.N, d.D, d.E, p.g(pf + "gate.weight"));
   }
   ops::cast(dx32, dx, d.N * d.D);
+}
+
+void check_moe_errors(const Ctx& cx) {
+  if (!cx.c.is_moe()) return;
+  ops::moe_check_bad(cx.b.moe_bad, cx.c.num_experts);
 }
 
 void moe_count(const Ctx& cx, const std::string& pf, const MoeSaved& s,

@@ -29,10 +29,12 @@ struct ModelOptions;
 struct MoeSaved {
   View x;
   Buffer logits, probs, lse, topk_idx, topk_w;  // router (f32; topk_idx i32)
-  std::vector<int64_t> offsets_E1;              // host: expert e owns rows [off[e], off[e+1])
-  Buffer rows_P, pos;               // permuted row -> slot n*K + j, and its inverse (i32)
-  Buffer gate, up;                  // routed expert pre-activations (dt)
-  Buffer sgate, sup, sout, slogit;  // shared expert (dt; slogit f32)
+  Buffer offsets;                               // i64 [E+1]: expert e owns rows [off[e], off[e+1])
+  std::vector<int64_t> offsets_host;  // the same on the host, only where the grouped GEMMs need
+                                      // them (ops::grouped_linear_needs_host_offsets), else empty
+  Buffer rows_P, pos;                 // permuted row -> slot n*K + j, and its inverse (i32)
+  Buffer gate, up;                    // routed expert pre-activations (dt)
+  Buffer sgate, sup, sout, slogit;    // shared expert (dt; slogit f32)
   // This layer's router-loss terms, attached by add_router_terms after the forward (kept when
   // a recomputed forward replaces the activations).
   RouterTerms terms;
@@ -46,6 +48,10 @@ void moe_fwd(const Ctx& cx, const std::string& prefix, const View& x_ND, const V
              MoeSaved& s);
 void moe_bwd(const Ctx& cx, const std::string& prefix, const MoeSaved& s, const View& dy_ND,
              const View& dx_ND);
+// Throws the first MoE error the pack's forward recorded on the device (cx.b.moe_bad: a
+// non-finite router logit, a bad expert id), with the text the CPU throws at once. One small
+// copy to the host; call once per pack, after the forward. No-op for dense models.
+void check_moe_errors(const Ctx& cx);
 // Adds the saved routing's top-k counts over the pack's real tokens to `counts`.
 void moe_count(const Ctx& cx, const std::string& prefix, const MoeSaved& s,
                GlobalRouterCounts& counts);

@@ -13,54 +13,6 @@
 
 namespace deltatron::ops {
 
-void swiglu_fwd(core::Device dev, const float* gate_NF, const float* up_NF, int64_t n, float* h) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::swiglu_fwd<float>(gate_NF, up_NF, n, h);
-    case core::Device::cuda:
-      core::fail("swiglu_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("swiglu_fwd: unknown device");
-}
-
-void swiglu_bwd(core::Device dev, const float* gate, const float* up, const float* dh, int64_t n,
-                float* dgate, float* dup) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::swiglu_bwd<float>(gate, up, dh, n, dgate, dup);
-    case core::Device::cuda:
-      core::fail("swiglu_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("swiglu_bwd: unknown device");
-}
-
-void sigmoid_mul_fwd(core::Device dev, const float* a, const float* g, int64_t n, float* out) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::sigmoid_mul_fwd<float>(a, g, n, out);
-    case core::Device::cuda:
-      core::fail("sigmoid_mul_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("sigmoid_mul_fwd: unknown device");
-}
-
-void sigmoid_mul_bwd(core::Device dev, const float* a, const float* g, const float* dout, int64_t n,
-                     float* da, float* dg) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::sigmoid_mul_bwd<float>(a, g, dout, n, da, dg);
-    case core::Device::cuda:
-      core::fail("sigmoid_mul_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("sigmoid_mul_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 namespace {
 
 // Every tensor of an elementwise op: [n] in the dtype of the first one.
@@ -84,7 +36,6 @@ void swiglu_fwd(const View& gate, const View& up, int64_t n, const View& h) {
   check_elementwise(a, n, {{&gate, "gate"}, {&up, "up"}, {&h, "h"}});
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::swiglu_fwd<float>(gate.f32(), up.f32(), n, h.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -103,7 +54,6 @@ void swiglu_bwd(const View& gate, const View& up, const View& dh, int64_t n, con
                     {{&gate, "gate"}, {&up, "up"}, {&dh, "dh"}, {&dgate, "dgate"}, {&dup, "dup"}});
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::swiglu_bwd<float>(gate.f32(), up.f32(), dh.f32(), n, dgate.f32(), dup.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -120,7 +70,6 @@ void sigmoid_mul_fwd(const View& a_, const View& g, int64_t n, const View& out) 
   check_elementwise(a, n, {{&a_, "a"}, {&g, "g"}, {&out, "out"}});
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::sigmoid_mul_fwd<float>(a_.f32(), g.f32(), n, out.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -138,7 +87,6 @@ void sigmoid_mul_bwd(const View& a_, const View& g, const View& dout, int64_t n,
   check_elementwise(a, n, {{&a_, "a"}, {&g, "g"}, {&dout, "dout"}, {&da, "da"}, {&dg, "dg"}});
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::sigmoid_mul_bwd<float>(a_.f32(), g.f32(), dout.f32(), n, da.f32(), dg.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA

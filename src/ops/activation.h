@@ -1,47 +1,35 @@
 // Contract for the elementwise activation op family: SwiGLU and the sigmoid output gate.
 //
 // Shape suffixes: N tokens, F FFN width. These ops are elementwise, so they take a flat element
-// count n (= N*F for SwiGLU; any shape for sigmoid_mul). Contiguous float32.
+// count n (= N*F for SwiGLU; any shape for sigmoid_mul). Views (docs/ops-views.md), one device
+// per call: every tensor [n] in one dtype, f32 or bf16 on CUDA, f32 on the CPU.
 #pragma once
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/view.h"
 
 namespace deltatron::ops {
 
 // SwiGLU (spec 2.9, 2.10): h = silu(gate) * up, silu(x) = x * sigmoid(x).
-//   gate_NF [n]  in   gate_proj(x)
-//   up_NF   [n]  in   up_proj(x)
-//   h       [n]  out  overwritten
+//   gate [n] in (gate_proj(x));  up [n] in (up_proj(x));  h [n] out, overwritten.
 // Saved for backward: gate and up (the inputs).
-void swiglu_fwd(core::Device dev, const float* gate_NF, const float* up_NF, int64_t n, float* h);
+void swiglu_fwd(const core::View& gate, const core::View& up, int64_t n, const core::View& h);
 
 // SwiGLU backward:
 //   dgate = dh * up * silu'(gate),  silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
 //   dup   = dh * silu(gate)
 //   gate, up [n] in;  dh [n] in;  dgate, dup [n] out, OVERWRITTEN (dh may alias either one).
-void swiglu_bwd(core::Device dev, const float* gate, const float* up, const float* dh, int64_t n,
-                float* dgate, float* dup);
+void swiglu_bwd(const core::View& gate, const core::View& up, const core::View& dh, int64_t n,
+                const core::View& dgate, const core::View& dup);
 
 // Sigmoid gate (attention output gate, MoE shared-expert gate): out = a * sigmoid(g).
 //   a [n] in;  g [n] in (pre-sigmoid gate logits);  out [n] out, overwritten.
 // Saved for backward: a and g.
-void sigmoid_mul_fwd(core::Device dev, const float* a, const float* g, int64_t n, float* out);
+void sigmoid_mul_fwd(const core::View& a, const core::View& g, int64_t n, const core::View& out);
 
 // Sigmoid gate backward: da = dout * s, dg = dout * a * s (1 - s), s = sigmoid(g).
 //   a, g, dout [n] in;  da, dg [n] out, OVERWRITTEN (dout may alias either one).
-void sigmoid_mul_bwd(core::Device dev, const float* a, const float* g, const float* dout, int64_t n,
-                     float* da, float* dg);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// Every tensor [n] in one dtype: f32 or bf16 on CUDA, f32 on the CPU. The backward's dh / dout
-// may alias either output.
-void swiglu_fwd(const core::View& gate, const core::View& up, int64_t n, const core::View& h);
-void swiglu_bwd(const core::View& gate, const core::View& up, const core::View& dh, int64_t n,
-                const core::View& dgate, const core::View& dup);
-void sigmoid_mul_fwd(const core::View& a, const core::View& g, int64_t n, const core::View& out);
 void sigmoid_mul_bwd(const core::View& a, const core::View& g, const core::View& dout, int64_t n,
                      const core::View& da, const core::View& dg);
 

@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 #include "cpu/adamw.h"
-#include "ops/check_views.h"
+#include "ops/check.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/adamw.h"
 #include "cuda/memory.h"
@@ -18,61 +18,35 @@ namespace deltatron::ops {
 
 using core::DType;
 
-namespace {
-
-// The one device of every view of every tensor.
-core::Device device_of_tensors(const char* op, std::span<const AdamWTensor> ts) {
-  const core::Device dev = check::device_of(op, {{"master", ts[0].master},
-                                                 {"m", ts[0].m},
-                                                 {"v", ts[0].v},
-                                                 {"grad", ts[0].grad},
-                                                 {"compute_copy", ts[0].compute_copy},
-                                                 {"remainder", ts[0].remainder}});
-  for (size_t k = 0; k < ts.size(); ++k) {
-    const AdamWTensor& t = ts[k];
-    for (const core::View* v : {&t.master, &t.m, &t.v, &t.grad, &t.compute_copy, &t.remainder})
-      DT_CHECK(v->empty() || v->device == dev, "ops::", op, ": tensor ", k, " is on ",
-               core::device_name(v->device), " but tensor 0 is on ", core::device_name(dev),
-               " (all tensors of one call must be on one device)");
-  }
-  return dev;
-}
-
-// One tensor's views: n elements each (the master's, or the remainder's for the lean pair).
-void check_tensor(const char* op, size_t k, const AdamWTensor& t, core::Device dev) {
-  const std::string tag = "tensor " + std::to_string(k) + " ";
-  const bool pair = !t.remainder.empty();
-  const int64_t n = pair ? t.remainder.numel() : t.master.numel();
-  const check::Types moment_types(DType::f32, DType::bf16);
-  if (pair) {
-    check::view(op, (tag + "remainder").c_str(), t.remainder, dev, n, DType::u16);
-    check::optional(op, (tag + "master").c_str(), t.master, dev, n, DType::f32);
-  } else {
-    check::view(op, (tag + "master").c_str(), t.master, dev, n, DType::f32);
-  }
-  check::view(op, (tag + "m").c_str(), t.m, dev, n, moment_types);
-  check::view(op, (tag + "v").c_str(), t.v, dev, n, t.m.dtype);
-  check::view(op, (tag + "grad").c_str(), t.grad, dev, n, DType::f32);
-  if (pair) {
-    DT_CHECK(!t.compute_copy.empty(), "ops::", op, ": ", tag,
-             "has a remainder but no compute_copy (the pair's bf16 weight)");
-    check::view(op, (tag + "compute_copy").c_str(), t.compute_copy, dev, n, DType::bf16);
-  } else {
-    const check::Types copy_types =
-        dev == core::Device::cpu ? check::Types(DType::f32) : check::Types(DType::f32, DType::bf16);
-    check::optional(op, (tag + "compute_copy").c_str(), t.compute_copy, dev, n, copy_types);
-  }
-}
-
-}  // namespace
-
 void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& args) {
-  constexpr const char* op = "adamw_step_multi";
+  Args c("adamw_step_multi");
   if (tensors.empty()) return;
-  DT_CHECK(args.step >= 1, "ops::", op, ": step must be >= 1 (1-based), got ", args.step);
-  const core::Device dev = device_of_tensors(op, tensors);
-  for (size_t k = 0; k < tensors.size(); ++k) check_tensor(op, k, tensors[k], dev);
-  switch (dev) {
+  DT_CHECK(args.step >= 1, "ops::", c.op(), ": step must be >= 1 (1-based), got ", args.step);
+  // Every view of every tensor on one device; names are "tensor k m", ... The state may be
+  // stored in bf16 / u16 on the CPU too (its arithmetic is f32).
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const AdamWTensor& t = tensors[k];
+    const std::string tag = "tensor " + std::to_string(k) + " ";
+    const bool pair = !t.remainder.empty();
+    const int64_t n = pair ? t.remainder.numel() : t.master.numel();
+    if (pair) {
+      c.need_stored(t.remainder, (tag + "remainder").c_str(), dtypes::u16, n);
+      c.maybe(t.master, (tag + "master").c_str(), dtypes::f32, n);
+    } else {
+      c.need(t.master, (tag + "master").c_str(), dtypes::f32, n);
+    }
+    c.need_stored(t.m, (tag + "m").c_str(), dtypes::act, n);
+    c.need_stored(t.v, (tag + "v").c_str(), {t.m.dtype}, n);
+    c.need(t.grad, (tag + "grad").c_str(), dtypes::f32, n);
+    if (pair) {
+      DT_CHECK(!t.compute_copy.empty(), "ops::", c.op(), ": ", tag,
+               "has a remainder but no compute_copy (the pair's bf16 weight)");
+      c.need_stored(t.compute_copy, (tag + "compute_copy").c_str(), {DType::bf16}, n);
+    } else {
+      c.maybe(t.compute_copy, (tag + "compute_copy").c_str(), dtypes::act, n);
+    }
+  }
+  switch (c.device()) {
     case core::Device::cpu: {
       const cpu::AdamWStepArgs a{args.lr,   args.beta1,      args.beta2, args.eps,
                                  args.step, args.grad_scale, args.seed};
@@ -144,20 +118,19 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& arg
       }
       return;
 #else
-      core::fail("ops::", op, ": this build has no CUDA backend");
+      c.no_cuda();
 #endif
     }
   }
-  core::fail("ops::", op, ": unknown device");
+  c.bad_device();
 }
 
 void adamw_compute_copy(const core::View& master, const core::View& copy, int64_t n) {
-  constexpr const char* op = "adamw_compute_copy";
-  DT_CHECK(n >= 0, "ops::", op, ": n must be >= 0, got ", n);
-  const core::Device dev = check::device_of(op, {{"master", master}, {"copy", copy}});
-  check::view(op, "master", master, dev, n, DType::f32);
-  check::view(op, "copy", copy, dev, n, check::Types(DType::f32, DType::bf16));
-  switch (dev) {
+  Args c("adamw_compute_copy");
+  c.nonneg(n, "n");
+  c.need(master, "master", dtypes::f32, n);
+  c.need_stored(copy, "copy", dtypes::act, n);
+  switch (c.device()) {
     case core::Device::cpu:
       if (copy.dtype == DType::f32) {
         for (int64_t i = 0; i < n; ++i) copy.f32()[i] = master.f32()[i];
@@ -168,10 +141,10 @@ void adamw_compute_copy(const core::View& master, const core::View& copy, int64_
 #ifdef DT_HAVE_CUDA
       return cuda::adamw_compute_copy(master.f32(), copy.dtype, copy.data, n);
 #else
-      core::fail("ops::", op, ": this build has no CUDA backend");
+      c.no_cuda();
 #endif
   }
-  core::fail("ops::", op, ": unknown device");
+  c.bad_device();
 }
 
 void adamw_state_zero(const core::View& x) {

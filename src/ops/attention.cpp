@@ -10,38 +10,6 @@
 
 namespace deltatron::ops {
 
-void attention_fwd(core::Device dev, const float* q_NHK, const float* k_NJK, const float* v_NJK,
-                   core::Segments seg, int64_t N, int64_t H, int64_t J, int64_t K, float scale,
-                   float* o_NHK, float* lse_NH) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::attention_fwd<float>(q_NHK, k_NJK, v_NJK, seg, N, H, J, K, scale, o_NHK, lse_NH);
-    case core::Device::cuda:
-      core::fail("attention_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("attention_fwd: unknown device");
-}
-
-void attention_bwd(core::Device dev, const float* q_NHK, const float* k_NJK, const float* v_NJK,
-                   const float* o_NHK, const float* lse_NH, const float* do_NHK, core::Segments seg,
-                   int64_t N, int64_t H, int64_t J, int64_t K, float scale, float* dq_NHK,
-                   float* dk_NJK, float* dv_NJK) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::attention_bwd<float>(q_NHK, k_NJK, v_NJK, o_NHK, lse_NH, do_NHK, seg, N, H, J, K,
-                                       scale, dq_NHK, dk_NJK, dv_NJK);
-    case core::Device::cuda:
-      core::fail("attention_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("attention_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void attention_fwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, const View& cu,
                    core::Segments seg, int64_t N, int64_t H, int64_t J, int64_t K, float scale,
                    const View& o_NHK, const View& lse_NH) {
@@ -58,7 +26,6 @@ void attention_fwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
   a.need(lse_NH, "lse_NH", dtypes::f32, N * H);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       a.cpu_segments(cu, seg);
       return cpu::attention_fwd<float>(q_NHK.f32(), k_NJK.f32(), v_NJK.f32(), seg, N, H, J, K,
                                        scale, o_NHK.f32(), lse_NH.f32());
@@ -97,7 +64,6 @@ void attention_bwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
   a.segments(cu, seg, N);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       a.cpu_segments(cu, seg);
       return cpu::attention_bwd<float>(q_NHK.f32(), k_NJK.f32(), v_NJK.f32(), o_NHK.f32(),
                                        lse_NH.f32(), do_NHK.f32(), seg, N, H, J, K, scale,

@@ -1,13 +1,16 @@
 // Contract for the attention core: varlen causal GQA softmax attention over a pack (spec 2.4, 5).
 //
 // Shape suffixes: N tokens in the pack, H query heads, J kv heads (H % J == 0), K head dim.
-// Contiguous row-major float32. The q/k norms, RoPE and the sigmoid output gate of the gated
-// full attention are separate ops; this is only a = softmax(q k^T * scale) v.
+// The q/k norms, RoPE and the sigmoid output gate of the gated full attention are separate ops;
+// this is only a = softmax(q k^T * scale) v.
+// Views (docs/ops-views.md), one device per call: q, k, v, o, do, dq, dk, dv one storage type dt
+// (f32 or bf16 on CUDA, f32 on the CPU); lse f32. cu: the [seg.n + 1] i32 bounds on the ops'
+// device (on the CPU it may view seg.cu); seg: the same bounds on the host, physical segments
+// covering [0, N).
 #pragma once
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/segments.h"
 #include "core/view.h"
 
@@ -19,14 +22,14 @@ namespace deltatron::ops {
 //   lse[n,h] = log sum_{m in W(n)} exp(s[n,h,m])       (softmax in float32)
 //   o[n,h,:] = sum_{m in W(n)} exp(s[n,h,m] - lse[n,h]) v[m,j,:]
 // No token reads across a segment start; a segment of length 1 returns its own v.
-//   q_NHK [N, H, K]  in;   k_NJK, v_NJK [N, J, K]  in;   seg  physical segments covering [0, N)
+//   q_NHK [N, H, K]  in;   k_NJK, v_NJK [N, J, K]  in
 //   scale            1/sqrt(K) for Qwen3.5
 //   o_NHK  [N, H, K] out  overwritten
 //   lse_NH [N, H]    out  overwritten; saved for backward
 // Saved for backward: q, k, v, o, lse (no N x N matrix is kept or formed).
-void attention_fwd(core::Device dev, const float* q_NHK, const float* k_NJK, const float* v_NJK,
-                   core::Segments seg, int64_t N, int64_t H, int64_t J, int64_t K, float scale,
-                   float* o_NHK, float* lse_NH);
+void attention_fwd(const core::View& q_NHK, const core::View& k_NJK, const core::View& v_NJK,
+                   const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,
+                   int64_t K, float scale, const core::View& o_NHK, const core::View& lse_NH);
 
 // Backward. With P = exp(s - lse) recomputed, D[n,h] = do[n,h,:] . o[n,h,:] and
 // ds[n,h,m] = P[n,h,m] (do[n,h,:] . v[m,j,:] - D[n,h]):
@@ -36,18 +39,6 @@ void attention_fwd(core::Device dev, const float* q_NHK, const float* k_NJK, con
 //   q_NHK, k_NJK, v_NJK, o_NHK, lse_NH (as saved by attention_fwd), do_NHK [N, H, K]  in
 //   dq_NHK [N, H, K], dk_NJK [N, J, K], dv_NJK [N, J, K]  out  OVERWRITTEN
 // Deterministic: the result does not depend on the thread count.
-void attention_bwd(core::Device dev, const float* q_NHK, const float* k_NJK, const float* v_NJK,
-                   const float* o_NHK, const float* lse_NH, const float* do_NHK, core::Segments seg,
-                   int64_t N, int64_t H, int64_t J, int64_t K, float scale, float* dq_NHK,
-                   float* dk_NJK, float* dv_NJK);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// q, k, v, o, do, dq, dk, dv: dt (f32 or bf16 on CUDA, f32 on the CPU); lse f32. cu: the
-// [seg.n + 1] i32 bounds on the ops' device (on the CPU it may view seg.cu); seg: the same
-// bounds on the host.
-void attention_fwd(const core::View& q_NHK, const core::View& k_NJK, const core::View& v_NJK,
-                   const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,
-                   int64_t K, float scale, const core::View& o_NHK, const core::View& lse_NH);
 void attention_bwd(const core::View& q_NHK, const core::View& k_NJK, const core::View& v_NJK,
                    const core::View& o_NHK, const core::View& lse_NH, const core::View& do_NHK,
                    const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,

@@ -4,15 +4,19 @@
 // `args.device()`. A failed check throws core::Error in one line naming the op and the argument:
 //   "ops::linear_fwd: y_NO is bf16 [64] on cpu, expected f32 with 128 elements on cpu"
 // The first tensor seen fixes the call's device; a later tensor on another device fails with the
-// same sentence (its expected device is the first one's). `cpu_f32()` then rejects the storage
-// types the CPU backend does not compute in (bf16: the CPU is float32 only).
+// same sentence, naming the first one:
+//   "ops::linear_fwd: y_NO is f32 [128] on cuda, expected f32 with 128 elements on cpu like x_NI
+//    (one device per call)"
+// The CPU backend computes in float32 only: a bf16 tensor on the CPU fails at once, whatever the
+// op's CUDA contract allows ("..., expected f32 with 64 elements on cpu (the CPU backend computes
+// in float32 only)").
 #pragma once
 
 #include <cstdint>
 #include <initializer_list>
 #include <string>
-#include <vector>
 
+#include "core/error.h"
 #include "core/segments.h"
 #include "core/view.h"
 
@@ -20,19 +24,22 @@ namespace deltatron::ops {
 
 using core::View;
 
-// Allowed-dtype sets of the op contracts.
+// Allowed-dtype sets of the op contracts (an op may also pass its own, e.g. {x.dtype}).
 namespace dtypes {
 inline constexpr std::initializer_list<core::DType> f32 = {core::DType::f32};
+inline constexpr std::initializer_list<core::DType> f64 = {core::DType::f64};
 inline constexpr std::initializer_list<core::DType> act = {core::DType::f32, core::DType::bf16};
 inline constexpr std::initializer_list<core::DType> i32 = {core::DType::i32};
+inline constexpr std::initializer_list<core::DType> i64 = {core::DType::i64};
+inline constexpr std::initializer_list<core::DType> u16 = {core::DType::u16};
 }  // namespace dtypes
 
 class Args {
  public:
   explicit Args(const char* op) : op_(op) {}
 
-  // A required tensor of exactly n elements of one of `allowed` on the call's device. Its data
-  // may be null only when n == 0.
+  // A required tensor of exactly n elements of one of `allowed` on the call's device (bf16 only
+  // on CUDA). Its data may be null only when n == 0.
   const View& need(const View& v, const char* name, std::initializer_list<core::DType> allowed,
                    int64_t n) {
     check(v, name, allowed, n);
@@ -44,6 +51,19 @@ class Args {
              int64_t n) {
     if (v.empty()) return false;
     check(v, name, allowed, n);
+    return true;
+  }
+  // Stored state (the optimizer's lean moments, masters and remainders): as `need` / `maybe`, but
+  // bf16 is allowed on the CPU too, where it is only a storage form (the arithmetic is f32).
+  const View& need_stored(const View& v, const char* name,
+                          std::initializer_list<core::DType> allowed, int64_t n) {
+    check(v, name, allowed, n, true);
+    return v;
+  }
+  bool maybe_stored(const View& v, const char* name, std::initializer_list<core::DType> allowed,
+                    int64_t n) {
+    if (v.empty()) return false;
+    check(v, name, allowed, n, true);
     return true;
   }
   // b has a's dtype (e.g. x and W of a linear layer).
@@ -80,13 +100,6 @@ class Args {
   }
   // The device of the call (that of the first tensor seen; cpu when none was given).
   core::Device device() const { return have_device_ ? device_ : core::Device::cpu; }
-  // On the CPU every floating-point tensor must be f32.
-  void cpu_f32() const {
-    for (const Seen& s : seen_)
-      if (s.view->dtype == core::DType::bf16)
-        core::fail("ops::", op_, ": ", s.name, " is ", s.view->describe(),
-                   ", expected f32 on cpu (the CPU backend computes in float32 only)");
-  }
   // The error of a device without a backend in this build.
   [[noreturn]] void no_cuda() const {
     core::fail("ops::", op_, ": a cuda view, but this binary was built without CUDA");
@@ -95,38 +108,43 @@ class Args {
   const char* op() const { return op_; }
 
  private:
-  struct Seen {
-    const View* view;
-    const char* name;
-  };
-
-  void check(const View& v, const char* name, std::initializer_list<core::DType> allowed,
-             int64_t n) {
+  void check(const View& v, const char* name, std::initializer_list<core::DType> allowed, int64_t n,
+             bool stored = false) {
     if (v.empty() && n == 0) return;  // nothing to read or write
     const core::Device want_dev = have_device_ ? device_ : v.device;
+    const bool on_cpu = want_dev == core::Device::cpu && !stored;
     bool dtype_ok = false;
-    for (core::DType t : allowed) dtype_ok = dtype_ok || v.dtype == t;
+    for (core::DType t : allowed)
+      dtype_ok = dtype_ok || (v.dtype == t && !(on_cpu && t == core::DType::bf16));
     const bool ok = dtype_ok && v.device == want_dev && v.numel() == n && (v.data || n == 0);
     if (!ok) {
       std::string types;
-      for (core::DType t : allowed)
-        if (want_dev != core::Device::cpu || t != core::DType::bf16)
-          types += (types.empty() ? "" : " or ") + std::string(dtype_name(t));
+      for (core::DType t : allowed) {
+        const std::string s = core::dtype_name(t);
+        if ((on_cpu && t == core::DType::bf16) ||
+            (" " + types + " ").find(" " + s + " ") != std::string::npos)
+          continue;
+        types += (types.empty() ? "" : " or ") + s;
+      }
+      const bool other_device = have_device_ && v.device != want_dev;
+      const bool bf16_on_cpu = on_cpu && v.dtype == core::DType::bf16;
       core::fail("ops::", op_, ": ", name, " is ",
                  v.data || v.numel() == 0 ? v.describe() : "a null view", ", expected ", types,
-                 " with ", n, " elements on ", core::device_name(want_dev));
+                 " with ", n, " elements on ", core::device_name(want_dev),
+                 other_device ? " like " + first_ + " (one device per call)" : "",
+                 bf16_on_cpu && !other_device ? " (the CPU backend computes in float32 only)" : "");
     }
     if (!have_device_) {
       device_ = v.device;
+      first_ = name;
       have_device_ = true;
     }
-    seen_.push_back({&v, name});
   }
 
   const char* op_;
   bool have_device_ = false;
   core::Device device_ = core::Device::cpu;
-  std::vector<Seen> seen_;
+  std::string first_;  // the name of the tensor that fixed the device
 };
 
 }  // namespace deltatron::ops

@@ -10,34 +10,6 @@
 
 namespace deltatron::ops {
 
-void conv1d_fwd(core::Device dev, const float* x_NC, const float* w_CW, core::Segments seg,
-                int64_t N, int64_t C, int64_t W, float* y_NC) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::conv1d_fwd<float>(x_NC, w_CW, seg, N, C, W, y_NC);
-    case core::Device::cuda:
-      core::fail("conv1d_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("conv1d_fwd: unknown device");
-}
-
-void conv1d_bwd(core::Device dev, const float* x_NC, const float* w_CW, core::Segments seg,
-                const float* dy_NC, int64_t N, int64_t C, int64_t W, float* dx_NC, float* dw_CW) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::conv1d_bwd<float>(x_NC, w_CW, seg, dy_NC, N, C, W, dx_NC, dw_CW);
-    case core::Device::cuda:
-      core::fail("conv1d_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("conv1d_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void conv1d_fwd(const View& x_NC, const View& w_CW, const View& cu, core::Segments seg, int64_t N,
                 int64_t C, int64_t W, const View& y_NC) {
   Args a("conv1d_fwd");
@@ -50,7 +22,6 @@ void conv1d_fwd(const View& x_NC, const View& w_CW, const View& cu, core::Segmen
   a.same_dtype(x_NC, "x_NC", y_NC, "y_NC");
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       a.cpu_segments(cu, seg);
       return cpu::conv1d_fwd<float>(x_NC.f32(), w_CW.f32(), seg, N, C, W, y_NC.f32());
     case core::Device::cuda:
@@ -80,7 +51,6 @@ void conv1d_bwd(const View& x_NC, const View& w_CW, const View& cu, core::Segmen
   a.need(dw_CW, "dw_CW", dtypes::f32, C * W);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       a.cpu_segments(cu, seg);
       return cpu::conv1d_bwd<float>(x_NC.f32(), w_CW.f32(), seg, dy_NC.f32(), N, C, W, dx_NC.f32(),
                                     dw_CW.f32());

@@ -12,34 +12,6 @@
 
 namespace deltatron::ops {
 
-void embedding_fwd(core::Device dev, const int32_t* ids_N, const float* table_VD, int64_t N,
-                   int64_t V, int64_t D, float* x_ND) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::embedding_fwd<float>(ids_N, table_VD, N, V, D, x_ND);
-    case core::Device::cuda:
-      core::fail("embedding_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("embedding_fwd: unknown device");
-}
-
-void embedding_bwd(core::Device dev, const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D,
-                   float* dtable_VD) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::embedding_bwd<float>(ids_N, dx_ND, N, D, dtable_VD);
-    case core::Device::cuda:
-      core::fail("embedding_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("embedding_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void embedding_fwd(const View& ids_N, const View& table_VD, int64_t N, int64_t V, int64_t D,
                    const View& x_ND) {
   Args a("embedding_fwd");
@@ -49,7 +21,6 @@ void embedding_fwd(const View& ids_N, const View& table_VD, int64_t N, int64_t V
   a.need(x_ND, "x_ND", dtypes::f32, N * D);
   switch (a.device()) {
     case core::Device::cpu: {
-      a.cpu_f32();
       const int32_t* ids = ids_N.i32();
       for (int64_t n = 0; n < N; ++n)
         if (ids[n] < 0 || ids[n] >= V)

@@ -1,39 +1,32 @@
-// Contract for the token embedding op family (dispatches to cpu:: or cuda::).
+// Contract for the token embedding op family.
 //
-// Shape suffixes: N tokens in the pack, V vocabulary size, D hidden size.
-// All tensors are contiguous row-major float32; ids are int32.
+// Shape suffixes: N tokens in the pack, V vocabulary size, D hidden size. Views
+// (docs/ops-views.md), one device per call: ids_N i32; table_VD dt (f32 or bf16 on CUDA, f32 on
+// the CPU); x_ND, dx_ND, dtable_VD f32.
 #pragma once
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/view.h"
 
 namespace deltatron::ops {
 
 // Forward: x[n, :] = table[ids[n], :]   (no scaling; spec 2.1)
-//   ids_N    [N]     in   token ids; each must lie in [0, V), else core::Error
+//   ids_N    [N]     in   token ids in [0, V): on the CPU an id outside [0, V) is a core::Error
+//                         naming its position; on CUDA the ids stay on the device, so the caller
+//                         validates them (such a row of x is zeros)
 //   table_VD [V, D]  in   embed_tokens.weight
 //   x_ND     [N, D]  out  overwritten
 // Saved for backward: ids_N only.
-void embedding_fwd(core::Device dev, const int32_t* ids_N, const float* table_VD, int64_t N,
-                   int64_t V, int64_t D, float* x_ND);
+void embedding_fwd(const core::View& ids_N, const core::View& table_VD, int64_t N, int64_t V,
+                   int64_t D, const core::View& x_ND);
 
 // Backward: dtable[ids[n], :] += dx[n, :] for every n (repeated ids sum).
-//   ids_N     [N]     in     the ids given to embedding_fwd (already range-checked there)
+//   ids_N     [N]     in     the ids given to embedding_fwd; ids outside [0, V) (e.g. negative
+//                            padding ids) are skipped on both devices
 //   dx_ND     [N, D]  in     gradient of the looked-up rows
 //   dtable_VD [V, D]  inout  parameter gradient, ACCUMULATED; rows not looked up are untouched
 // No padding_idx handling: released configs have pad_token_id = None (spec 2.1).
-void embedding_bwd(core::Device dev, const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D,
-                   float* dtable_VD);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// ids_N i32; table_VD dt (f32 or bf16 on CUDA, f32 on the CPU); x_ND, dx_ND, dtable_VD f32.
-// Forward: on the CPU an id outside [0, V) is a core::Error naming its position (on CUDA the ids
-// stay on the device: the caller validates them; such a row of x is zeros).
-// Backward: ids outside [0, V) (e.g. negative padding ids) are skipped on both devices.
-void embedding_fwd(const core::View& ids_N, const core::View& table_VD, int64_t N, int64_t V,
-                   int64_t D, const core::View& x_ND);
 void embedding_bwd(const core::View& ids_N, const core::View& dx_ND, int64_t N, int64_t D,
                    int64_t V, const core::View& dtable_VD);
 

@@ -10,64 +10,6 @@
 
 namespace deltatron::ops {
 
-void gdn_recurrent_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                       const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                       int64_t H, int64_t G, int64_t K, int64_t V, float scale, float* o_NGV,
-                       float* state_SGKV) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::gdn_recurrent_fwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
-                                           scale, o_NGV, state_SGKV);
-    case core::Device::cuda:
-      core::fail("gdn_recurrent_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-}
-
-void gdn_chunk_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                   const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                   int64_t H, int64_t G, int64_t K, int64_t V, float scale, float* o_NGV,
-                   float* state_SGKV) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::gdn_chunk_fwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
-                                       scale, o_NGV, state_SGKV);
-    case core::Device::cuda:
-      core::fail("gdn_chunk_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-}
-
-void gdn_recurrent_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                       const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                       int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,
-                       float* dq_NHK, float* dk_NHK, float* dv_NGV, float* dg_NG, float* dbeta_NG) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::gdn_recurrent_bwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
-                                           scale, do_NGV, dq_NHK, dk_NHK, dv_NGV, dg_NG, dbeta_NG);
-    case core::Device::cuda:
-      core::fail("gdn_recurrent_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-}
-
-void gdn_chunk_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                   const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                   int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,
-                   float* dq_NHK, float* dk_NHK, float* dv_NGV, float* dg_NG, float* dbeta_NG) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::gdn_chunk_bwd<float>(q_NHK, k_NHK, v_NGV, g_NG, beta_NG, seg, N, H, G, K, V,
-                                       scale, do_NGV, dq_NHK, dk_NHK, dv_NGV, dg_NG, dbeta_NG);
-    case core::Device::cuda:
-      core::fail("gdn_chunk_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void gdn_chunk_fwd(const View& q_NHK, const View& k_NHK, const View& v_NGV, const View& g_NG,
                    const View& beta_NG, const View& cu, core::Segments seg, int64_t N, int64_t H,
                    int64_t G, int64_t K, int64_t V, float scale, const View& o_NGV,
@@ -88,7 +30,6 @@ void gdn_chunk_fwd(const View& q_NHK, const View& k_NHK, const View& v_NGV, cons
   float* state = has_state ? state_SGKV.f32() : nullptr;
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       a.cpu_segments(cu, seg);
       return cpu::gdn_chunk_fwd<float>(q_NHK.f32(), k_NHK.f32(), v_NGV.f32(), g_NG.f32(),
                                        beta_NG.f32(), seg, N, H, G, K, V, scale, o_NGV.f32(),
@@ -132,7 +73,6 @@ void gdn_chunk_bwd(const View& q_NHK, const View& k_NHK, const View& v_NGV, cons
   a.segments(cu, seg, N);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       a.cpu_segments(cu, seg);
       return cpu::gdn_chunk_bwd<float>(q_NHK.f32(), k_NHK.f32(), v_NGV.f32(), g_NG.f32(),
                                        beta_NG.f32(), seg, N, H, G, K, V, scale, do_NGV.f32(),

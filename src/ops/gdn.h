@@ -3,11 +3,10 @@
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/segments.h"
 #include "core/view.h"
 
-// Shape suffixes (row-major, float32):
+// Shape suffixes (row-major):
 //   N tokens in the pack, H key/query heads, G value heads (G % H == 0, R = G / H),
 //   K key head dim, V value head dim, S physical segments (seg.n).
 // Head map: value head j reads key/query head h = j / R (repeat_interleave, not tiling).
@@ -27,26 +26,26 @@
 //   u_t = S'^T k_t;   delta_t = beta_t (v_t - u_t);   S_t = S' + k_t delta_t^T
 //   o_t = S_t^T (scale q_t)                              (uses the updated state)
 //
-// Two algorithms with identical contracts: gdn_recurrent_* (per token; the test oracle) and
-// gdn_chunk_* (chunked WY / UT-transform form of spec 2.7, chunk C = 64 restarting at every
-// segment start, the last chunk of a segment may be short; parallel over (segment, value head);
-// the one to use for real shapes). Backward derivation: docs/ops/gdn.md.
+// Two algorithms compute this contract: cpu::gdn_recurrent_* (per token, host pointers; the test
+// oracle, cpu/gdn.h) and the op below, gdn_chunk_* (chunked WY / UT-transform form of spec 2.7,
+// chunk C = 64 restarting at every segment start, the last chunk of a segment may be short;
+// parallel over (segment, value head)). Backward derivation: docs/ops/gdn.md.
+//
+// Views (docs/ops-views.md), one device per call: q, k, v, o, do, dq, dk, dv one storage type dt
+// (f32 or bf16 on CUDA, f32 on the CPU); g, beta, dg, dbeta and state f32. cu: the [seg.n + 1]
+// i32 bounds on the ops' device; seg: the same on the host.
 
 namespace deltatron::ops {
 
 // Forward.
 //   o_NGV       out, overwritten: o_t per value head.
-//   state_SGKV  out, overwritten, may be nullptr: final state S of each segment [S, G, K, V]
+//   state_SGKV  out, overwritten, may be empty: final state S of each segment [S, G, K, V]
 //               (zeros for an empty segment).
 // Saved for backward: nothing beyond the inputs (the backward recomputes the chunk states).
-void gdn_recurrent_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                       const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                       int64_t H, int64_t G, int64_t K, int64_t V, float scale, float* o_NGV,
-                       float* state_SGKV);
-void gdn_chunk_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                   const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                   int64_t H, int64_t G, int64_t K, int64_t V, float scale, float* o_NGV,
-                   float* state_SGKV);
+void gdn_chunk_fwd(const core::View& q_NHK, const core::View& k_NHK, const core::View& v_NGV,
+                   const core::View& g_NG, const core::View& beta_NG, const core::View& cu,
+                   core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
+                   float scale, const core::View& o_NGV, const core::View& state_SGKV);
 
 // Backward of the forward above for the loss gradient do_NGV (in). No gradient flows into the
 // final states (they are not trained through). All outputs `out`, OVERWRITTEN:
@@ -54,24 +53,7 @@ void gdn_chunk_fwd(core::Device dev, const float* q_NHK, const float* k_NHK, con
 //            that read key head h;
 //   dk_NHK   dL/dk, summed the same way;
 //   dv_NGV, dg_NG, dbeta_NG   per value head.
-// The chunked version is deterministic (fixed summation order over value heads).
-void gdn_recurrent_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                       const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                       int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,
-                       float* dq_NHK, float* dk_NHK, float* dv_NGV, float* dg_NG, float* dbeta_NG);
-void gdn_chunk_bwd(core::Device dev, const float* q_NHK, const float* k_NHK, const float* v_NGV,
-                   const float* g_NG, const float* beta_NG, core::Segments seg, int64_t N,
-                   int64_t H, int64_t G, int64_t K, int64_t V, float scale, const float* do_NGV,
-                   float* dq_NHK, float* dk_NHK, float* dv_NGV, float* dg_NG, float* dbeta_NG);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// q, k, v, o, do, dq, dk, dv: dt (f32 or bf16 on CUDA, f32 on the CPU); g, beta, dg, dbeta and
-// state f32. state_SGKV [seg.n * G * K * V] may be empty. cu: the [seg.n + 1] i32 bounds on the
-// ops' device; seg: the same on the host.
-void gdn_chunk_fwd(const core::View& q_NHK, const core::View& k_NHK, const core::View& v_NGV,
-                   const core::View& g_NG, const core::View& beta_NG, const core::View& cu,
-                   core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,
-                   float scale, const core::View& o_NGV, const core::View& state_SGKV);
+// Deterministic (fixed summation order over value heads).
 void gdn_chunk_bwd(const core::View& q_NHK, const core::View& k_NHK, const core::View& v_NGV,
                    const core::View& g_NG, const core::View& beta_NG, const core::View& cu,
                    core::Segments seg, int64_t N, int64_t H, int64_t G, int64_t K, int64_t V,

@@ -10,36 +10,6 @@
 
 namespace deltatron::ops {
 
-void gdn_gates_fwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
-                   const float* dt_bias_G, int64_t N, int64_t G, float* beta_NG, float* g_NG) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::gdn_gates_fwd<float>(b_NG, a_NG, A_log_G, dt_bias_G, N, G, beta_NG, g_NG);
-    case core::Device::cuda:
-      core::fail("gdn_gates_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("gdn_gates_fwd: unknown device");
-}
-
-void gdn_gates_bwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
-                   const float* dt_bias_G, const float* dbeta_NG, const float* dg_NG, int64_t N,
-                   int64_t G, float* db_NG, float* da_NG, float* dA_log_G, float* ddt_bias_G) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::gdn_gates_bwd<float>(b_NG, a_NG, A_log_G, dt_bias_G, dbeta_NG, dg_NG, N, G, db_NG,
-                                       da_NG, dA_log_G, ddt_bias_G);
-    case core::Device::cuda:
-      core::fail("gdn_gates_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("gdn_gates_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void gdn_gates_fwd(const View& b_NG, const View& a_NG, const View& A_log_G, const View& dt_bias_G,
                    int64_t N, int64_t G, const View& beta_NG, const View& g_NG) {
   Args a("gdn_gates_fwd");
@@ -55,7 +25,6 @@ void gdn_gates_fwd(const View& b_NG, const View& a_NG, const View& A_log_G, cons
   a.need(g_NG, "g_NG", dtypes::f32, N * G);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::gdn_gates_fwd<float>(b_NG.f32(), a_NG.f32(), A_log_G.f32(), dt_bias_G.f32(), N, G,
                                        beta_NG.f32(), g_NG.f32());
     case core::Device::cuda:
@@ -91,7 +60,6 @@ void gdn_gates_bwd(const View& b_NG, const View& a_NG, const View& A_log_G, cons
   a.need(ddt_bias_G, "ddt_bias_G", dtypes::f32, G);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::gdn_gates_bwd<float>(b_NG.f32(), a_NG.f32(), A_log_G.f32(), dt_bias_G.f32(),
                                        dbeta_NG.f32(), dg_NG.f32(), N, G, db_NG.f32(), da_NG.f32(),
                                        dA_log_G.f32(), ddt_bias_G.f32());

@@ -1,12 +1,13 @@
 // Contract for the Gated DeltaNet gate op family: beta (write strength), g (log-decay); spec 2.6.
 //
-// Shape suffixes: N tokens, G value heads (linear_num_value_heads). Contiguous float32; the gates
-// run in fp32 in HF as well (spec 2.0).
+// Shape suffixes: N tokens, G value heads (linear_num_value_heads). Views (docs/ops-views.md),
+// one device per call: b, a, A_log, dt_bias, db, da one storage type dt (f32 or bf16 on CUDA, f32
+// on the CPU); beta, g, dbeta, dg, dA_log, ddt_bias f32. The gates are computed in fp32, as in HF
+// (spec 2.0).
 #pragma once
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/view.h"
 
 namespace deltatron::ops {
@@ -19,8 +20,9 @@ namespace deltatron::ops {
 //   A_log_G [G] in (linear_attn.A_log);  dt_bias_G [G] in (linear_attn.dt_bias)
 //   beta_NG, g_NG [N, G] out, overwritten
 // Saved for backward: the inputs b_NG, a_NG (gates are recomputed).
-void gdn_gates_fwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
-                   const float* dt_bias_G, int64_t N, int64_t G, float* beta_NG, float* g_NG);
+void gdn_gates_fwd(const core::View& b_NG, const core::View& a_NG, const core::View& A_log_G,
+                   const core::View& dt_bias_G, int64_t N, int64_t G, const core::View& beta_NG,
+                   const core::View& g_NG);
 
 // Backward, with u = a + dt_bias and s = sigmoid:
 //   db[n,h]      = dbeta * s(b) (1 - s(b))                     [N, G] out OVERWRITTEN
@@ -29,16 +31,6 @@ void gdn_gates_fwd(core::Device dev, const float* b_NG, const float* a_NG, const
 //   dA_log[h]   += sum_n dg * g                                 [G] inout ACCUMULATED
 //   ddt_bias[h] += sum_n da[n,h]                                [G] inout ACCUMULATED
 //   dbeta_NG, dg_NG [N, G] in. Head sums run in a fixed token order (deterministic).
-void gdn_gates_bwd(core::Device dev, const float* b_NG, const float* a_NG, const float* A_log_G,
-                   const float* dt_bias_G, const float* dbeta_NG, const float* dg_NG, int64_t N,
-                   int64_t G, float* db_NG, float* da_NG, float* dA_log_G, float* ddt_bias_G);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// b, a, A_log, dt_bias, db, da: dt (f32 or bf16 on CUDA, f32 on the CPU); beta, g, dbeta, dg,
-// dA_log, ddt_bias: f32. db, da OVERWRITTEN; dA_log, ddt_bias ACCUMULATED.
-void gdn_gates_fwd(const core::View& b_NG, const core::View& a_NG, const core::View& A_log_G,
-                   const core::View& dt_bias_G, int64_t N, int64_t G, const core::View& beta_NG,
-                   const core::View& g_NG);
 void gdn_gates_bwd(const core::View& b_NG, const core::View& a_NG, const core::View& A_log_G,
                    const core::View& dt_bias_G, const core::View& dbeta_NG, const core::View& dg_NG,
                    int64_t N, int64_t G, const core::View& db_NG, const core::View& da_NG,

@@ -10,34 +10,6 @@
 
 namespace deltatron::ops {
 
-void l2norm_fwd(core::Device dev, const float* x_ND, int64_t N, int64_t D, double eps, float* y_ND,
-                float* rstd_N) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::l2norm_fwd<float>(x_ND, N, D, eps, y_ND, rstd_N);
-    case core::Device::cuda:
-      core::fail("l2norm_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("l2norm_fwd: unknown device");
-}
-
-void l2norm_bwd(core::Device dev, const float* y_ND, const float* rstd_N, const float* dy_ND,
-                int64_t N, int64_t D, float* dx_ND) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::l2norm_bwd<float>(y_ND, rstd_N, dy_ND, N, D, dx_ND);
-    case core::Device::cuda:
-      core::fail("l2norm_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("l2norm_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void l2norm_fwd(const View& x_ND, int64_t N, int64_t D, double eps, const View& y_ND,
                 const View& rstd_N) {
   Args a("l2norm_fwd");
@@ -48,7 +20,6 @@ void l2norm_fwd(const View& x_ND, int64_t N, int64_t D, double eps, const View& 
   a.need(rstd_N, "rstd_N", dtypes::f32, N);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::l2norm_fwd<float>(x_ND.f32(), N, D, eps, y_ND.f32(), rstd_N.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -72,7 +43,6 @@ void l2norm_bwd(const View& y_ND, const View& rstd_N, const View& dy_ND, int64_t
   a.same_dtype(y_ND, "y_ND", dx_ND, "dx_ND");
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::l2norm_bwd<float>(y_ND.f32(), rstd_N.f32(), dy_ND.f32(), N, D, dx_ND.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA

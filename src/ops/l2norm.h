@@ -1,11 +1,12 @@
 // Contract for the L2 normalisation op family (GDN q and k, spec 2.2 item 3 and 2.6).
 //
-// Shape suffixes: N rows (tokens x key heads), D normalised width (dk). Contiguous float32.
+// Shape suffixes: N rows (tokens x key heads), D normalised width (dk). Views
+// (docs/ops-views.md), one device per call: x, y, dy, dx one storage type dt (f32 or bf16 on
+// CUDA, f32 on the CPU); rstd f32.
 #pragma once
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/view.h"
 
 namespace deltatron::ops {
@@ -16,19 +17,12 @@ namespace deltatron::ops {
 //   y_ND   [N, D]  out  overwritten; saved for backward
 //   rstd_N [N]     out  overwritten; saved for backward
 // Saved for backward: y_ND and rstd_N (x is not needed).
-void l2norm_fwd(core::Device dev, const float* x_ND, int64_t N, int64_t D, double eps, float* y_ND,
-                float* rstd_N);
+void l2norm_fwd(const core::View& x_ND, int64_t N, int64_t D, double eps, const core::View& y_ND,
+                const core::View& rstd_N);
 
 // Backward: dx[n,:] = rstd[n] * (dy[n,:] - y[n,:] * (y[n,:] . dy[n,:])).
 //   y_ND, rstd_N (from l2norm_fwd), dy_ND [N, D]  in
 //   dx_ND [N, D]  out  OVERWRITTEN (may alias dy_ND)
-void l2norm_bwd(core::Device dev, const float* y_ND, const float* rstd_N, const float* dy_ND,
-                int64_t N, int64_t D, float* dx_ND);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// x, y, dy, dx: dt (f32 or bf16 on CUDA, f32 on the CPU); rstd f32. dx may alias dy.
-void l2norm_fwd(const core::View& x_ND, int64_t N, int64_t D, double eps, const core::View& y_ND,
-                const core::View& rstd_N);
 void l2norm_bwd(const core::View& y_ND, const core::View& rstd_N, const core::View& dy_ND,
                 int64_t N, int64_t D, const core::View& dx_ND);
 

@@ -13,43 +13,6 @@
 
 namespace deltatron::ops {
 
-void linear_fwd(core::Device dev, const float* x_NI, const float* W_OI, int64_t N, int64_t I,
-                int64_t O, float* y_NO) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::linear_fwd<float>(x_NI, W_OI, N, I, O, y_NO);
-    case core::Device::cuda:
-#ifdef DT_HAVE_CUDA
-      return cuda::linear_fwd(cuda::DType::f32, x_NI, W_OI, N, I, O, y_NO);
-#else
-      core::fail("linear_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-#endif
-  }
-  core::fail("linear_fwd: unknown device");
-}
-
-void linear_bwd(core::Device dev, const float* x_NI, const float* W_OI, const float* dy_NO,
-                int64_t N, int64_t I, int64_t O, float* dx_NI, bool accumulate_dx, float* dW_OI) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::linear_bwd<float>(x_NI, W_OI, dy_NO, N, I, O, dx_NI, accumulate_dx, dW_OI);
-    case core::Device::cuda:
-#ifdef DT_HAVE_CUDA
-      return cuda::linear_bwd(cuda::DType::f32, x_NI, W_OI, dy_NO, N, I, O, dx_NI, accumulate_dx,
-                              dW_OI);
-#else
-      core::fail("linear_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-#endif
-  }
-  core::fail("linear_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_t O,
                 const View& y_NO, bool accumulate) {
   Args a("linear_fwd");
@@ -60,7 +23,6 @@ void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_
   a.need(y_NO, "y_NO", dtypes::act, N * O);
   switch (a.device()) {
     case core::Device::cpu: {
-      a.cpu_f32();
       if (!accumulate) return cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, y_NO.f32());
       std::vector<float> t(size_t(N * O));
       cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, t.data());
@@ -87,7 +49,6 @@ void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, in
   a.need(dx_NI, "dx_NI", dtypes::act, N * I);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, dx_NI.f32(),
                                     accumulate, nullptr);
     case core::Device::cuda:
@@ -111,7 +72,6 @@ void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, in
   a.need(dW_OI, "dW_OI", dtypes::f32, O * I);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
                                     dW_OI.f32());
     case core::Device::cuda:

@@ -2,7 +2,7 @@
 // and the two backward GEMMs, chunked over tokens so the [N, V] logits are never materialised.
 //
 // Shape suffixes: N tokens, D hidden, V vocabulary. W is stored [V, D] (lm_head.weight or the
-// tied embedding). Per token, ops/cross_entropy.h composed with ops/linear.h:
+// tied embedding). Per token, cpu/cross_entropy.h composed with ops/linear.h:
 //   logits[n,:] = x[n,:] W^T
 //   loss[n]     = logsumexp(logits[n,:]) - logits[n, t_n]      (0 when t_n == -100)
 //   dlogits[n,v]= dloss[n] (softmax(logits[n,:])_v - [v == t_n]) (0 rows when t_n == -100)

@@ -1,12 +1,14 @@
 // Device dispatch for the Mixture-of-Experts op family.
 #include "ops/moe.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
 #include "cpu/grouped_linear.h"
 #include "cpu/moe.h"
-#include "ops/check_views.h"
+#include "ops/check.h"
+#include "ops/tensor.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/grouped_linear.h"
 #include "cuda/moe.h"
@@ -14,101 +16,11 @@
 
 namespace deltatron::ops {
 
-// Every op below: the CPU runs the cpu:: call spelled out in `cpu_call`; CUDA is not built yet.
-#define DT_DISPATCH(name, cpu_call)                                                  \
-  switch (dev) {                                                                     \
-    case core::Device::cpu:                                                          \
-      return cpu_call;                                                               \
-    case core::Device::cuda:                                                         \
-      core::fail(name ": host-pointer op, no CUDA path (the GPU model is src/gpu)"); \
-  }                                                                                  \
-  core::fail(name ": unknown device")
-
-void moe_router_fwd(core::Device dev, const float* logits_NE, int64_t N, int64_t E, int64_t K,
-                    float* probs_NE, float* lse_N, int32_t* topk_idx_NK, float* topk_w_NK) {
-  DT_DISPATCH("moe_router_fwd", cpu::moe_router_fwd<float>(logits_NE, N, E, K, probs_NE, lse_N,
-                                                           topk_idx_NK, topk_w_NK));
-}
-
-void moe_router_bwd(core::Device dev, const float* probs_NE, const int32_t* topk_idx_NK,
-                    const float* topk_w_NK, const float* dw_NK, const float* dprobs_NE,
-                    const float* dlse_N, int64_t N, int64_t E, int64_t K, float* dlogits_NE) {
-  DT_DISPATCH("moe_router_bwd", cpu::moe_router_bwd<float>(probs_NE, topk_idx_NK, topk_w_NK, dw_NK,
-                                                           dprobs_NE, dlse_N, N, E, K, dlogits_NE));
-}
-
-double moe_aux_loss_fwd(core::Device dev, const float* probs_NE, const int32_t* group_N, int64_t N,
-                        int64_t E, int64_t G, const double* F_GE, const double* c_G) {
-  DT_DISPATCH("moe_aux_loss_fwd",
-              cpu::moe_aux_loss_fwd<float>(probs_NE, group_N, N, E, G, F_GE, c_G));
-}
-
-void moe_aux_loss_bwd(core::Device dev, const int32_t* group_N, int64_t N, int64_t E, int64_t G,
-                      const double* F_GE, const double* c_G, double scale, float* dprobs_NE) {
-  DT_DISPATCH("moe_aux_loss_bwd",
-              cpu::moe_aux_loss_bwd<float>(group_N, N, E, G, F_GE, c_G, scale, dprobs_NE));
-}
-
-double moe_z_loss_fwd(core::Device dev, const float* lse_N, const int32_t* group_N, int64_t N,
-                      double z_coef) {
-  DT_DISPATCH("moe_z_loss_fwd", cpu::moe_z_loss_fwd<float>(lse_N, group_N, N, z_coef));
-}
-
-void moe_z_loss_bwd(core::Device dev, const float* lse_N, const int32_t* group_N, int64_t N,
-                    double z_coef, double scale, float* dlse_N) {
-  DT_DISPATCH("moe_z_loss_bwd",
-              cpu::moe_z_loss_bwd<float>(lse_N, group_N, N, z_coef, scale, dlse_N));
-}
-
-void moe_count_routes(core::Device dev, const int32_t* topk_idx_NK, const int32_t* group_N,
-                      int64_t N, int64_t K, int64_t E, int64_t G, double* counts_GE,
-                      double* tokens_G) {
-  DT_DISPATCH("moe_count_routes",
-              cpu::moe_count_routes(topk_idx_NK, group_N, N, K, E, G, counts_GE, tokens_G));
-}
-
-void moe_permute(core::Device dev, const int32_t* topk_idx_NK, int64_t N, int64_t K, int64_t E,
-                 int64_t* offsets_E1, int32_t* rows_P) {
-  DT_DISPATCH("moe_permute", cpu::moe_permute(topk_idx_NK, N, K, E, offsets_E1, rows_P));
-}
-
-void moe_gather(core::Device dev, const float* x_ND, const int32_t* rows_R, const float* w_NK,
-                int64_t R, int64_t K, int64_t D, float* out_RD) {
-  DT_DISPATCH("moe_gather", cpu::moe_gather<float>(x_ND, rows_R, w_NK, R, K, D, out_RD));
-}
-
-void moe_scatter_add(core::Device dev, const float* src_RD, const int32_t* rows_R,
-                     const float* w_NK, int64_t R, int64_t K, int64_t D, float* y_ND) {
-  DT_DISPATCH("moe_scatter_add", cpu::moe_scatter_add<float>(src_RD, rows_R, w_NK, R, K, D, y_ND));
-}
-
-void moe_expert_weight_bwd(core::Device dev, const float* h_RF, const float* g_RF,
-                           const int32_t* rows_R, const float* w_NK, int64_t R, int64_t K,
-                           int64_t F, float* dw_NK, float* dh_RF) {
-  DT_DISPATCH("moe_expert_weight_bwd",
-              cpu::moe_expert_weight_bwd<float>(h_RF, g_RF, rows_R, w_NK, R, K, F, dw_NK, dh_RF));
-}
-
-void moe_shared_gate_fwd(core::Device dev, const float* o_ND, const float* g_N, int64_t N,
-                         int64_t D, float* y_ND) {
-  DT_DISPATCH("moe_shared_gate_fwd", cpu::moe_shared_gate_fwd<float>(o_ND, g_N, N, D, y_ND));
-}
-
-void moe_shared_gate_bwd(core::Device dev, const float* o_ND, const float* g_N, const float* dy_ND,
-                         int64_t N, int64_t D, float* do_ND, float* dg_N) {
-  DT_DISPATCH("moe_shared_gate_bwd",
-              cpu::moe_shared_gate_bwd<float>(o_ND, g_N, dy_ND, N, D, do_ND, dg_N));
-}
-
-#undef DT_DISPATCH
-
-// ---- device forms over views ---------------------------------------------------------------
-
 #ifdef DT_HAVE_CUDA
 static_assert(kNoBadToken == cuda::kNoBadToken);
 #define DT_CUDA_BRANCH(call) return call
 #else
-#define DT_CUDA_BRANCH(call) core::fail("ops::", op, ": this build has no CUDA backend")
+#define DT_CUDA_BRANCH(call) a.no_cuda()
 #endif
 
 namespace {
@@ -118,7 +30,7 @@ using core::View;
 
 const float* f32_or_null(const View& v) { return v.empty() ? nullptr : v.f32(); }
 float* f32_out_or_null(const View& v) { return v.empty() ? nullptr : v.f32(); }
-const int32_t* i32_or_null(const View& v) { return v.empty() ? nullptr : v.i32(); }
+[[maybe_unused]] int32_t* i32_out_or_null(const View& v) { return v.empty() ? nullptr : v.i32(); }
 
 // rows_R (a slice of moe_permute's rows) on the host: each in [0, P).
 void check_rows(const char* op, const View& rows_R, int64_t R, int64_t P) {
@@ -133,59 +45,50 @@ void check_rows(const char* op, const View& rows_R, int64_t R, int64_t P) {
   core::fail("moe_router_fwd: router logits of token ", n, " are not finite");
 }
 
+// moe_permute's error for an expert id outside [0, E) (as cpu::moe_permute throws it).
+[[noreturn]] void fail_bad_expert(int32_t e, int32_t n, int64_t E) {
+  core::fail("moe_permute: expert id ", e, " of token ", n, " is outside [0, ", E, ")");
+}
+
 }  // namespace
 
 void moe_router_fwd(const View& logits_NE, int64_t N, int64_t E, int64_t K, const View& probs_NE,
                     const View& lse_N, const View& topk_idx_NK, const View& topk_w_NK,
-                    const View& bad_token_1) {
-  constexpr const char* op = "moe_router_fwd";
-  const core::Device dev = check::device_of(op, {{"logits_NE", logits_NE},
-                                                 {"probs_NE", probs_NE},
-                                                 {"lse_N", lse_N},
-                                                 {"topk_idx_NK", topk_idx_NK},
-                                                 {"topk_w_NK", topk_w_NK},
-                                                 {"bad_token_1", bad_token_1}});
-  check::dims(op, {N, E, K});
-  check::view(op, "logits_NE", logits_NE, dev, N * E, DType::f32);
-  check::view(op, "probs_NE", probs_NE, dev, N * E, DType::f32);
-  check::view(op, "lse_N", lse_N, dev, N, DType::f32);
-  check::view(op, "topk_idx_NK", topk_idx_NK, dev, N * K, DType::i32);
-  check::view(op, "topk_w_NK", topk_w_NK, dev, N * K, DType::f32);
-  check::optional(op, "bad_token_1", bad_token_1, dev, 1, DType::i32);
+                    const View& bad_3) {
+  Args a("moe_router_fwd");
+  a.nonneg(N, "N"), a.nonneg(E, "E"), a.nonneg(K, "K");
+  a.need(logits_NE, "logits_NE", dtypes::f32, N * E);
+  a.need(probs_NE, "probs_NE", dtypes::f32, N * E);
+  a.need(lse_N, "lse_N", dtypes::f32, N);
+  a.need(topk_idx_NK, "topk_idx_NK", dtypes::i32, N * K);
+  a.need(topk_w_NK, "topk_w_NK", dtypes::f32, N * K);
+  a.maybe(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
+  const core::Device dev = a.device();
   switch (dev) {
     case core::Device::cpu:
-      cpu::moe_router_fwd<float>(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
-                                 topk_idx_NK.i32(), topk_w_NK.f32());  // throws on a bad token
-      if (!bad_token_1.empty()) *bad_token_1.i32() = kNoBadToken;
-      return;
+      return cpu::moe_router_fwd<float>(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
+                                        topk_idx_NK.i32(), topk_w_NK.f32());  // throws on a bad row
     case core::Device::cuda:
       DT_CUDA_BRANCH(cuda::moe_router_fwd(logits_NE.f32(), N, E, K, probs_NE.f32(), lse_N.f32(),
                                           topk_idx_NK.i32(), topk_w_NK.f32(),
-                                          bad_token_1.empty() ? nullptr : bad_token_1.i32()));
+                                          i32_out_or_null(bad_3)));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 void moe_router_bwd(const View& probs_NE, const View& topk_idx_NK, const View& topk_w_NK,
                     const View& dw_NK, const View& dprobs_NE, const View& dlse_N, int64_t N,
                     int64_t E, int64_t K, const View& dlogits_NE) {
-  constexpr const char* op = "moe_router_bwd";
-  const core::Device dev = check::device_of(op, {{"probs_NE", probs_NE},
-                                                 {"topk_idx_NK", topk_idx_NK},
-                                                 {"topk_w_NK", topk_w_NK},
-                                                 {"dw_NK", dw_NK},
-                                                 {"dprobs_NE", dprobs_NE},
-                                                 {"dlse_N", dlse_N},
-                                                 {"dlogits_NE", dlogits_NE}});
-  check::dims(op, {N, E, K});
-  check::view(op, "probs_NE", probs_NE, dev, N * E, DType::f32);
-  check::view(op, "topk_idx_NK", topk_idx_NK, dev, N * K, DType::i32);
-  check::view(op, "topk_w_NK", topk_w_NK, dev, N * K, DType::f32);
-  check::optional(op, "dw_NK", dw_NK, dev, N * K, DType::f32);
-  check::optional(op, "dprobs_NE", dprobs_NE, dev, N * E, DType::f32);
-  check::optional(op, "dlse_N", dlse_N, dev, N, DType::f32);
-  check::view(op, "dlogits_NE", dlogits_NE, dev, N * E, DType::f32);
-  switch (dev) {
+  Args a("moe_router_bwd");
+  a.nonneg(N, "N"), a.nonneg(E, "E"), a.nonneg(K, "K");
+  a.need(probs_NE, "probs_NE", dtypes::f32, N * E);
+  a.need(topk_idx_NK, "topk_idx_NK", dtypes::i32, N * K);
+  a.need(topk_w_NK, "topk_w_NK", dtypes::f32, N * K);
+  a.maybe(dw_NK, "dw_NK", dtypes::f32, N * K);
+  a.maybe(dprobs_NE, "dprobs_NE", dtypes::f32, N * E);
+  a.maybe(dlse_N, "dlse_N", dtypes::f32, N);
+  a.need(dlogits_NE, "dlogits_NE", dtypes::f32, N * E);
+  switch (a.device()) {
     case core::Device::cpu:
       return cpu::moe_router_bwd<float>(probs_NE.f32(), topk_idx_NK.i32(), topk_w_NK.f32(),
                                         f32_or_null(dw_NK), f32_or_null(dprobs_NE),
@@ -195,77 +98,83 @@ void moe_router_bwd(const View& probs_NE, const View& topk_idx_NK, const View& t
                                           f32_or_null(dw_NK), f32_or_null(dprobs_NE),
                                           f32_or_null(dlse_N), N, E, K, dlogits_NE.f32()));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
-void moe_permute(const View& topk_idx_NK, int64_t N, int64_t K, int64_t E, const View& bad_token_1,
-                 int64_t* offsets_E1_host, const View& rows_P, const View& pos_NK) {
-  constexpr const char* op = "moe_permute";
-  const core::Device dev = check::device_of(op, {{"topk_idx_NK", topk_idx_NK},
-                                                 {"bad_token_1", bad_token_1},
-                                                 {"rows_P", rows_P},
-                                                 {"pos_NK", pos_NK}});
-  check::dims(op, {N, K, E});
-  check::view(op, "topk_idx_NK", topk_idx_NK, dev, N * K, DType::i32);
-  check::optional(op, "bad_token_1", bad_token_1, dev, 1, DType::i32);
-  check::view(op, "rows_P", rows_P, dev, N * K, DType::i32);
-  check::view(op, "pos_NK", pos_NK, dev, N * K, DType::i32);
-  DT_CHECK(offsets_E1_host, "ops::", op, ": offsets_E1_host is null");
+void moe_check_bad(const View& bad_3, int64_t E) {
+  Args a("moe_check_bad");
+  a.need(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
+  int32_t w[kMoeBadWords];
+  copy_to_host(bad_3, w);
+  if (w[0] != kNoBadToken) fail_bad_token(w[0]);
+  if (w[1] != kNoBadToken) fail_bad_expert(w[2], w[1], E);
+}
+
+void moe_permute(const View& topk_idx_NK, int64_t N, int64_t K, int64_t E, const View& bad_3,
+                 const View& offsets_E1, int64_t* offsets_E1_host, const View& rows_P,
+                 const View& pos_NK) {
+  Args a("moe_permute");
+  a.nonneg(N, "N"), a.nonneg(K, "K"), a.nonneg(E, "E");
+  a.need(topk_idx_NK, "topk_idx_NK", dtypes::i32, N * K);
+  a.maybe(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
+  a.need(offsets_E1, "offsets_E1", dtypes::i64, E + 1);
+  a.need(rows_P, "rows_P", dtypes::i32, N * K);
+  a.need(pos_NK, "pos_NK", dtypes::i32, N * K);
+  const core::Device dev = a.device();
   switch (dev) {
     case core::Device::cpu: {
-      if (!bad_token_1.empty() && *bad_token_1.i32() != kNoBadToken)
-        fail_bad_token(*bad_token_1.i32());
+      if (!bad_3.empty() && *bad_3.i32() != kNoBadToken) fail_bad_token(*bad_3.i32());
       int32_t* rows = rows_P.i32();
       int32_t* pos = pos_NK.i32();
-      cpu::moe_permute(topk_idx_NK.i32(), N, K, E, offsets_E1_host, rows);
+      int64_t* off = offsets_E1.i64();
+      cpu::moe_permute(topk_idx_NK.i32(), N, K, E, off, rows);
       for (int64_t r = 0; r < N * K; ++r) pos[rows[r]] = int32_t(r);
+      if (offsets_E1_host) std::copy(off, off + E + 1, offsets_E1_host);
       return;
     }
     case core::Device::cuda:
-      DT_CUDA_BRANCH(cuda::moe_permute(topk_idx_NK.i32(), N, K, E, i32_or_null(bad_token_1),
-                                       nullptr, offsets_E1_host, rows_P.i32(), pos_NK.i32()));
+      DT_CHECK(offsets_E1_host || !bad_3.empty(), "ops::", a.op(),
+               ": on CUDA without offsets_E1_host, bad_3 is required (errors are recorded there)");
+      DT_CUDA_BRANCH(cuda::moe_permute(topk_idx_NK.i32(), N, K, E, i32_out_or_null(bad_3),
+                                       offsets_E1.i64(), offsets_E1_host, rows_P.i32(),
+                                       pos_NK.i32()));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 void moe_gather(const View& x_ND, const View& rows_R, const View& w_NK, int64_t R, int64_t K,
                 int64_t D, const View& out_RD) {
-  constexpr const char* op = "moe_gather";
-  const core::Device dev = check::device_of(
-      op, {{"x_ND", x_ND}, {"rows_R", rows_R}, {"w_NK", w_NK}, {"out_RD", out_RD}});
-  check::dims(op, {R, D});
-  DT_CHECK(K > 0, "ops::", op, ": need K > 0, got ", K);
-  DT_CHECK(D > 0 || R == 0, "ops::", op, ": D = 0 with ", R, " rows");
+  Args a("moe_gather");
+  a.nonneg(R, "R"), a.nonneg(D, "D");
+  DT_CHECK(K > 0, "ops::", a.op(), ": need K > 0, got ", K);
+  DT_CHECK(D > 0 || R == 0, "ops::", a.op(), ": D = 0 with ", R, " rows");
   const int64_t N = D > 0 ? x_ND.numel() / D : 0;
-  check::view(op, "x_ND", x_ND, dev, N * D, check::activation_types(dev));
-  check::view(op, "rows_R", rows_R, dev, R, DType::i32);
-  check::optional(op, "w_NK", w_NK, dev, N * K, DType::f32);
-  check::view(op, "out_RD", out_RD, dev, R * D, x_ND.dtype);
-  switch (dev) {
+  a.need(x_ND, "x_ND", dtypes::act, N * D);
+  a.need(rows_R, "rows_R", dtypes::i32, R);
+  a.maybe(w_NK, "w_NK", dtypes::f32, N * K);
+  a.need(out_RD, "out_RD", {x_ND.dtype}, R * D);
+  switch (a.device()) {
     case core::Device::cpu:
-      check_rows(op, rows_R, R, N * K);
+      check_rows(a.op(), rows_R, R, N * K);
       return cpu::moe_gather<float>(x_ND.f32(), rows_R.i32(), f32_or_null(w_NK), R, K, D,
                                     out_RD.f32());
     case core::Device::cuda:
       DT_CUDA_BRANCH(cuda::moe_gather(x_ND.dtype, x_ND.data, rows_R.i32(), f32_or_null(w_NK), R, K,
                                       D, out_RD.data));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 void moe_scatter_add(const View& src_PD, const View& pos_NK, const View& w_NK, int64_t N, int64_t K,
                      int64_t D, const View& y_ND, bool accumulate) {
-  constexpr const char* op = "moe_scatter_add";
-  const core::Device dev = check::device_of(
-      op, {{"src_PD", src_PD}, {"pos_NK", pos_NK}, {"w_NK", w_NK}, {"y_ND", y_ND}});
-  check::dims(op, {N, D});
-  DT_CHECK(K > 0, "ops::", op, ": need K > 0, got ", K);
-  const check::Types act = check::activation_types(dev);
-  check::view(op, "src_PD", src_PD, dev, N * K * D, act);
-  check::view(op, "pos_NK", pos_NK, dev, N * K, DType::i32);
-  check::optional(op, "w_NK", w_NK, dev, N * K, DType::f32);
-  check::view(op, "y_ND", y_ND, dev, N * D, check::Types(DType::f32, src_PD.dtype));
-  switch (dev) {
+  Args a("moe_scatter_add");
+  a.nonneg(N, "N"), a.nonneg(D, "D");
+  DT_CHECK(K > 0, "ops::", a.op(), ": need K > 0, got ", K);
+  a.need(src_PD, "src_PD", dtypes::act, N * K * D);
+  a.need(pos_NK, "pos_NK", dtypes::i32, N * K);
+  a.maybe(w_NK, "w_NK", dtypes::f32, N * K);
+  a.need(y_ND, "y_ND", {DType::f32, src_PD.dtype}, N * D);
+  switch (a.device()) {
     case core::Device::cpu:
       return cpu::moe_scatter_add<float>(src_PD.f32(), pos_NK.i32(), f32_or_null(w_NK), N, K, D,
                                          y_ND.f32(), accumulate);
@@ -274,69 +183,60 @@ void moe_scatter_add(const View& src_PD, const View& pos_NK, const View& w_NK, i
                                            f32_or_null(w_NK), N, K, D, y_ND.dtype, y_ND.data,
                                            accumulate));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 void moe_expert_weight_bwd(const View& h_RF, const View& g_RF, const View& rows_R, const View& w_NK,
                            int64_t R, int64_t K, int64_t F, const View& dw_NK, const View& dh_RF) {
-  constexpr const char* op = "moe_expert_weight_bwd";
-  const core::Device dev = check::device_of(op, {{"h_RF", h_RF},
-                                                 {"g_RF", g_RF},
-                                                 {"rows_R", rows_R},
-                                                 {"w_NK", w_NK},
-                                                 {"dw_NK", dw_NK},
-                                                 {"dh_RF", dh_RF}});
-  check::dims(op, {R, F});
-  DT_CHECK(K > 0, "ops::", op, ": need K > 0, got ", K);
+  Args a("moe_expert_weight_bwd");
+  a.nonneg(R, "R"), a.nonneg(F, "F");
+  DT_CHECK(K > 0, "ops::", a.op(), ": need K > 0, got ", K);
   const int64_t P = w_NK.numel();
-  check::view(op, "h_RF", h_RF, dev, R * F, check::activation_types(dev));
-  check::view(op, "g_RF", g_RF, dev, R * F, h_RF.dtype);
-  check::view(op, "rows_R", rows_R, dev, R, DType::i32);
-  check::view(op, "w_NK", w_NK, dev, P - P % K, DType::f32);
-  check::view(op, "dw_NK", dw_NK, dev, P, DType::f32);
-  check::view(op, "dh_RF", dh_RF, dev, R * F, h_RF.dtype);
-  switch (dev) {
+  a.need(h_RF, "h_RF", dtypes::act, R * F);
+  a.need(g_RF, "g_RF", {h_RF.dtype}, R * F);
+  a.need(rows_R, "rows_R", dtypes::i32, R);
+  a.need(w_NK, "w_NK", dtypes::f32, P - P % K);
+  a.need(dw_NK, "dw_NK", dtypes::f32, P);
+  a.need(dh_RF, "dh_RF", {h_RF.dtype}, R * F);
+  switch (a.device()) {
     case core::Device::cpu:
-      check_rows(op, rows_R, R, P);
+      check_rows(a.op(), rows_R, R, P);
       return cpu::moe_expert_weight_bwd<float>(h_RF.f32(), g_RF.f32(), rows_R.i32(), w_NK.f32(), R,
                                                K, F, dw_NK.f32(), dh_RF.f32());
     case core::Device::cuda:
       DT_CUDA_BRANCH(cuda::moe_expert_weight_bwd(h_RF.dtype, h_RF.data, g_RF.data, rows_R.i32(),
                                                  w_NK.f32(), R, K, F, dw_NK.f32(), dh_RF.data));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 void moe_shared_gate_fwd(const View& o_ND, const View& g_N, int64_t N, int64_t D,
                          const View& y_ND) {
-  constexpr const char* op = "moe_shared_gate_fwd";
-  const core::Device dev = check::device_of(op, {{"o_ND", o_ND}, {"g_N", g_N}, {"y_ND", y_ND}});
-  check::dims(op, {N, D});
-  check::view(op, "o_ND", o_ND, dev, N * D, check::activation_types(dev));
-  check::view(op, "g_N", g_N, dev, N, DType::f32);
-  check::view(op, "y_ND", y_ND, dev, N * D, check::Types(DType::f32, o_ND.dtype));
-  switch (dev) {
+  Args a("moe_shared_gate_fwd");
+  a.nonneg(N, "N"), a.nonneg(D, "D");
+  a.need(o_ND, "o_ND", dtypes::act, N * D);
+  a.need(g_N, "g_N", dtypes::f32, N);
+  a.need(y_ND, "y_ND", {DType::f32, o_ND.dtype}, N * D);
+  switch (a.device()) {
     case core::Device::cpu:
       return cpu::moe_shared_gate_fwd<float>(o_ND.f32(), g_N.f32(), N, D, y_ND.f32());
     case core::Device::cuda:
       DT_CUDA_BRANCH(
           cuda::moe_shared_gate_fwd(o_ND.dtype, o_ND.data, g_N.f32(), N, D, y_ND.dtype, y_ND.data));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 void moe_shared_gate_bwd(const View& o_ND, const View& g_N, const View& dy_ND, int64_t N, int64_t D,
                          const View& do_ND, const View& dg_N) {
-  constexpr const char* op = "moe_shared_gate_bwd";
-  const core::Device dev = check::device_of(
-      op, {{"o_ND", o_ND}, {"g_N", g_N}, {"dy_ND", dy_ND}, {"do_ND", do_ND}, {"dg_N", dg_N}});
-  check::dims(op, {N, D});
-  check::view(op, "o_ND", o_ND, dev, N * D, check::activation_types(dev));
-  check::view(op, "g_N", g_N, dev, N, DType::f32);
-  check::view(op, "dy_ND", dy_ND, dev, N * D, o_ND.dtype);
-  check::view(op, "do_ND", do_ND, dev, N * D, o_ND.dtype);
-  check::view(op, "dg_N", dg_N, dev, N, DType::f32);
-  switch (dev) {
+  Args a("moe_shared_gate_bwd");
+  a.nonneg(N, "N"), a.nonneg(D, "D");
+  a.need(o_ND, "o_ND", dtypes::act, N * D);
+  a.need(g_N, "g_N", dtypes::f32, N);
+  a.need(dy_ND, "dy_ND", {o_ND.dtype}, N * D);
+  a.need(do_ND, "do_ND", {o_ND.dtype}, N * D);
+  a.need(dg_N, "dg_N", dtypes::f32, N);
+  switch (a.device()) {
     case core::Device::cpu:
       return cpu::moe_shared_gate_bwd<float>(o_ND.f32(), g_N.f32(), dy_ND.f32(), N, D, do_ND.f32(),
                                              dg_N.f32());
@@ -344,7 +244,7 @@ void moe_shared_gate_bwd(const View& o_ND, const View& g_N, const View& dy_ND, i
       DT_CUDA_BRANCH(cuda::moe_shared_gate_bwd(o_ND.dtype, o_ND.data, g_N.f32(), dy_ND.data, N, D,
                                                do_ND.data, dg_N.f32()));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 namespace {
@@ -362,51 +262,93 @@ int64_t grouped_rows(const char* op, const int64_t* off, int64_t E) {
 
 }  // namespace
 
-void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const int64_t* offsets_E1_host,
-                        int64_t E, int64_t I, int64_t O, const View& y_RO) {
-  constexpr const char* op = "grouped_linear_fwd";
-  const core::Device dev = check::device_of(op, {{"x_RI", x_RI}, {"W_EOI", W_EOI}, {"y_RO", y_RO}});
-  check::dims(op, {E, I, O});
-  const int64_t R = grouped_rows(op, offsets_E1_host, E);
-  check::view(op, "x_RI", x_RI, dev, R * I, check::activation_types(dev));
-  check::view(op, "W_EOI", W_EOI, dev, E * O * I, x_RI.dtype);
-  check::view(op, "y_RO", y_RO, dev, R * O, x_RI.dtype);
+namespace {
+
+// The rows R of a grouped_linear call: off[E] of the host offsets (checked) when the CPU or the
+// host-offset CUDA path runs, else the bound x_RI.numel() / I of the device-offset CUDA path.
+// Sets *host to the offsets the CPU or the host-offset path reads (nullptr: device offsets).
+int64_t grouped_rows(Args& a, const View& x_RI, const View& offsets_E1,
+                     const int64_t* offsets_E1_host, int64_t E, int64_t I, const int64_t** host) {
+  a.maybe(offsets_E1, "offsets_E1", dtypes::i64, E + 1);
+  *host = offsets_E1_host;
+  if (!*host && offsets_E1.device == core::Device::cpu) {
+    DT_CHECK(!offsets_E1.empty(), "ops::", a.op(), ": no offsets (offsets_E1 empty, host null)");
+    *host = offsets_E1.i64();
+  }
+  if (*host) return grouped_rows(a.op(), *host, E);
+  DT_CHECK(!offsets_E1.empty(), "ops::", a.op(), ": no offsets (offsets_E1 empty, host null)");
+  DT_CHECK(I > 0, "ops::", a.op(), ": device offsets need I > 0, got ", I);
+  return x_RI.numel() / I;
+}
+
+}  // namespace
+
+bool grouped_linear_needs_host_offsets(core::Device dev, core::DType dt, int64_t I, int64_t O) {
   switch (dev) {
     case core::Device::cpu:
-      return cpu::grouped_linear_fwd<float>(x_RI.f32(), W_EOI.f32(), offsets_E1_host, E, I, O,
-                                            y_RO.f32());
+      return false;
     case core::Device::cuda:
-      DT_CUDA_BRANCH(cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data, offsets_E1_host, E,
-                                              I, O, y_RO.data));
+#ifdef DT_HAVE_CUDA
+      return !cuda::grouped_linear_device_offsets_ok(dt, I, O);
+#else
+      (void)dt, (void)I, (void)O;
+      return true;
+#endif
   }
-  core::fail("ops::", op, ": unknown device");
+  core::fail("ops::grouped_linear_needs_host_offsets: unknown device");
+}
+
+void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const View& offsets_E1,
+                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
+                        const View& y_RO) {
+  Args a("grouped_linear_fwd");
+  a.nonneg(E, "E"), a.nonneg(I, "I"), a.nonneg(O, "O");
+  const int64_t* host = nullptr;
+  const int64_t R = grouped_rows(a, x_RI, offsets_E1, offsets_E1_host, E, I, &host);
+  a.need(x_RI, "x_RI", dtypes::act, R * I);
+  a.need(W_EOI, "W_EOI", {x_RI.dtype}, E * O * I);
+  a.need(y_RO, "y_RO", {x_RI.dtype}, R * O);
+  const core::Device dev = a.device();
+  switch (dev) {
+    case core::Device::cpu:
+      return cpu::grouped_linear_fwd<float>(x_RI.f32(), W_EOI.f32(), host, E, I, O, y_RO.f32());
+    case core::Device::cuda:
+      if (host)
+        DT_CUDA_BRANCH(
+            cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data, host, E, I, O, y_RO.data));
+      DT_CUDA_BRANCH(cuda::grouped_linear_fwd(x_RI.dtype, x_RI.data, W_EOI.data,
+                                              cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
+                                              y_RO.data));
+  }
+  a.bad_device();
 }
 
 void grouped_linear_bwd(const View& x_RI, const View& W_EOI, const View& dy_RO,
-                        const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        const View& dx_RI, const View& dW_EOI) {
-  constexpr const char* op = "grouped_linear_bwd";
-  const core::Device dev = check::device_of(
-      op,
-      {{"x_RI", x_RI}, {"W_EOI", W_EOI}, {"dy_RO", dy_RO}, {"dx_RI", dx_RI}, {"dW_EOI", dW_EOI}});
-  check::dims(op, {E, I, O});
-  const int64_t R = grouped_rows(op, offsets_E1_host, E);
-  check::view(op, "x_RI", x_RI, dev, R * I, check::activation_types(dev));
-  check::view(op, "W_EOI", W_EOI, dev, E * O * I, x_RI.dtype);
-  check::view(op, "dy_RO", dy_RO, dev, R * O, x_RI.dtype);
-  check::optional(op, "dx_RI", dx_RI, dev, R * I, x_RI.dtype);
-  check::optional(op, "dW_EOI", dW_EOI, dev, E * O * I, DType::f32);
+                        const View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
+                        int64_t I, int64_t O, const View& dx_RI, const View& dW_EOI) {
+  Args a("grouped_linear_bwd");
+  a.nonneg(E, "E"), a.nonneg(I, "I"), a.nonneg(O, "O");
+  const int64_t* host = nullptr;
+  const int64_t R = grouped_rows(a, x_RI, offsets_E1, offsets_E1_host, E, I, &host);
+  a.need(x_RI, "x_RI", dtypes::act, R * I);
+  a.need(W_EOI, "W_EOI", {x_RI.dtype}, E * O * I);
+  a.need(dy_RO, "dy_RO", {x_RI.dtype}, R * O);
+  a.maybe(dx_RI, "dx_RI", {x_RI.dtype}, R * I);
+  a.maybe(dW_EOI, "dW_EOI", dtypes::f32, E * O * I);
+  const core::Device dev = a.device();
   switch (dev) {
     case core::Device::cpu:
-      return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), offsets_E1_host,
-                                            E, I, O, f32_out_or_null(dx_RI),
-                                            f32_out_or_null(dW_EOI));
+      return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), host, E, I, O,
+                                            f32_out_or_null(dx_RI), f32_out_or_null(dW_EOI));
     case core::Device::cuda:
+      if (host)
+        DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data, host,
+                                                E, I, O, dx_RI.data, f32_out_or_null(dW_EOI)));
       DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data,
-                                              offsets_E1_host, E, I, O, dx_RI.data,
-                                              f32_out_or_null(dW_EOI)));
+                                              cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
+                                              dx_RI.data, f32_out_or_null(dW_EOI)));
   }
-  core::fail("ops::", op, ": unknown device");
+  a.bad_device();
 }
 
 #undef DT_CUDA_BRANCH

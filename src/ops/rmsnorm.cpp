@@ -13,58 +13,6 @@
 
 namespace deltatron::ops {
 
-void rmsnorm_fwd(core::Device dev, const float* x_ND, const float* w_D, int64_t N, int64_t D,
-                 double eps, float* y_ND, float* rstd_N) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::rmsnorm_fwd<float>(x_ND, w_D, N, D, eps, y_ND, rstd_N);
-    case core::Device::cuda:
-      core::fail("rmsnorm_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("rmsnorm_fwd: unknown device");
-}
-
-void rmsnorm_bwd(core::Device dev, const float* x_ND, const float* w_D, const float* rstd_N,
-                 const float* dy_ND, int64_t N, int64_t D, float* dx_ND, float* dw_D) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::rmsnorm_bwd<float>(x_ND, w_D, rstd_N, dy_ND, N, D, dx_ND, dw_D);
-    case core::Device::cuda:
-      core::fail("rmsnorm_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("rmsnorm_bwd: unknown device");
-}
-
-void rmsnorm_gated_fwd(core::Device dev, const float* x_ND, const float* z_ND, const float* w_D,
-                       int64_t N, int64_t D, double eps, float* y_ND, float* rstd_N) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::rmsnorm_gated_fwd<float>(x_ND, z_ND, w_D, N, D, eps, y_ND, rstd_N);
-    case core::Device::cuda:
-      core::fail("rmsnorm_gated_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("rmsnorm_gated_fwd: unknown device");
-}
-
-void rmsnorm_gated_bwd(core::Device dev, const float* x_ND, const float* z_ND, const float* w_D,
-                       const float* rstd_N, const float* dy_ND, int64_t N, int64_t D, float* dx_ND,
-                       float* dz_ND, float* dw_D) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::rmsnorm_gated_bwd<float>(x_ND, z_ND, w_D, rstd_N, dy_ND, N, D, dx_ND, dz_ND,
-                                           dw_D);
-    case core::Device::cuda:
-      core::fail("rmsnorm_gated_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("rmsnorm_gated_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 void rmsnorm_fwd(const View& x_ND, const View& w_D, int64_t N, int64_t D, double eps,
                  const View& y_ND, const View& rstd_N) {
   Args a("rmsnorm_fwd");
@@ -76,7 +24,6 @@ void rmsnorm_fwd(const View& x_ND, const View& w_D, int64_t N, int64_t D, double
   a.need(rstd_N, "rstd_N", dtypes::f32, N);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::rmsnorm_fwd<float>(x_ND.f32(), w_D.f32(), N, D, eps, y_ND.f32(), rstd_N.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -103,7 +50,6 @@ void rmsnorm_bwd(const View& x_ND, const View& w_D, const View& rstd_N, const Vi
   const bool has_dw = a.maybe(dw_D, "dw_D", dtypes::f32, D);
   switch (a.device()) {
     case core::Device::cpu: {
-      a.cpu_f32();
       // The CPU kernel overwrites dx and always accumulates dw: compose the other cases.
       std::vector<float> dw_skip, dx_tmp;
       float* dw = has_dw ? dw_D.f32() : (dw_skip.assign(size_t(D), 0.f), dw_skip.data());
@@ -137,7 +83,6 @@ void rmsnorm_gated_fwd(const View& x_ND, const View& z_ND, const View& w_D, int6
   a.need(rstd_N, "rstd_N", dtypes::f32, N);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::rmsnorm_gated_fwd<float>(x_ND.f32(), z_ND.f32(), w_D.f32(), N, D, eps, y_ND.f32(),
                                            rstd_N.f32());
     case core::Device::cuda:
@@ -171,7 +116,6 @@ void rmsnorm_gated_bwd(const View& x_ND, const View& z_ND, const View& w_D, cons
   const bool has_dw = a.maybe(dw_D, "dw_D", dtypes::f32, D);
   switch (a.device()) {
     case core::Device::cpu: {
-      a.cpu_f32();
       std::vector<float> dw_skip;
       float* dw = has_dw ? dw_D.f32() : (dw_skip.assign(size_t(D), 0.f), dw_skip.data());
       return cpu::rmsnorm_gated_bwd<float>(x_ND.f32(), z_ND.f32(), w_D.f32(), rstd_N.f32(),

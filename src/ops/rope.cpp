@@ -10,34 +10,6 @@
 
 namespace deltatron::ops {
 
-void rope_fwd(core::Device dev, float* x_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
-              int64_t K, int64_t R, double theta, const int mrope_section[3]) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::rope_fwd<float>(x_NHK, pos_3N, N, H, K, R, theta, mrope_section);
-    case core::Device::cuda:
-      core::fail("rope_fwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("rope_fwd: unknown device");
-}
-
-void rope_bwd(core::Device dev, float* dx_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
-              int64_t K, int64_t R, double theta, const int mrope_section[3]) {
-  switch (dev) {
-    case core::Device::cpu:
-      return cpu::rope_bwd<float>(dx_NHK, pos_3N, N, H, K, R, theta, mrope_section);
-    case core::Device::cuda:
-      core::fail("rope_bwd: host-pointer op, no CUDA path (the GPU model is src/gpu)");
-  }
-  core::fail("rope_bwd: unknown device");
-}
-
-}  // namespace deltatron::ops
-
-// ---- view forms ----------------------------------------------------------------------------
-
-namespace deltatron::ops {
-
 namespace {
 
 void rope_view(const char* op, bool backward, const View& x_NHK, const View& pos_3N, int64_t N,
@@ -49,7 +21,6 @@ void rope_view(const char* op, bool backward, const View& x_NHK, const View& pos
   DT_CHECK(mrope_section != nullptr, "ops::", op, ": mrope_section is null");
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       if (backward)
         return cpu::rope_bwd<float>(x_NHK.f32(), pos_3N.i32(), N, H, K, R, theta, mrope_section);
       return cpu::rope_fwd<float>(x_NHK.f32(), pos_3N.i32(), N, H, K, R, theta, mrope_section);

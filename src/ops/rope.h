@@ -1,19 +1,19 @@
 // Contract for the rotary embedding op: partial, interleaved-MRoPE RoPE on q/k heads (spec 2.5).
 //
 // Shape suffixes: N tokens in the pack, H heads (query heads, or kv heads when applied to k),
-// K head dim. Contiguous row-major float32; positions int32.
+// K head dim. Views (docs/ops-views.md), one device per call: x / dx f32 or bf16 on CUDA, f32 on
+// the CPU; positions i32 on the same device; mrope_section a host array.
 #pragma once
 
 #include <cstdint>
 
-#include "core/device.h"
 #include "core/view.h"
 
 namespace deltatron::ops {
 
 // Rotary embedding, IN PLACE on x_NHK:
 //   x_NHK  [N, H, K]  inout  rotated in place
-//   pos_3N [3, N]     in     position rows T, H, W (row r at pos_3N + r*N); text-only tokens have
+//   pos_3N [3, N]     in     position rows T, H, W (row r at element r*N); text-only tokens have
 //                            three equal rows = the position inside their document
 //   R                        rotary dim (even, <= K); dims [R, K) of every head are untouched
 //   theta                    rope_theta;  mrope_section[3]: HF mrope_section, e.g. {11, 11, 10}
@@ -25,21 +25,13 @@ namespace deltatron::ops {
 //   x'[j]       = x[j] c - x[j + R/2] s
 //   x'[j + R/2] = x[j + R/2] c + x[j] s                                (rotate-half convention)
 // Nothing is saved: the backward recomputes the angles from the positions.
-void rope_fwd(core::Device dev, float* x_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
-              int64_t K, int64_t R, double theta, const int mrope_section[3]);
+void rope_fwd(const core::View& x_NHK, const core::View& pos_3N, int64_t N, int64_t H, int64_t K,
+              int64_t R, double theta, const int mrope_section[3]);
 
 // Backward, IN PLACE on dx_NHK [N, H, K]: applies the transpose of rope_fwd's rotation (the
 // rotation by -angle), turning d(rotated) into d(input). Same other arguments as rope_fwd.
 //   dx'[j]       = dx[j] c + dx[j + R/2] s
 //   dx'[j + R/2] = dx[j + R/2] c - dx[j] s
-void rope_bwd(core::Device dev, float* dx_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
-              int64_t K, int64_t R, double theta, const int mrope_section[3]);
-
-// ---- view forms (docs/ops-views.md): one device switch, the CUDA contract on both devices ----
-// IN PLACE on x_NHK / dx_NHK (f32 or bf16 on CUDA, f32 on the CPU); pos_3N i32 [3 * N] on the
-// same device; mrope_section a host array.
-void rope_fwd(const core::View& x_NHK, const core::View& pos_3N, int64_t N, int64_t H, int64_t K,
-              int64_t R, double theta, const int mrope_section[3]);
 void rope_bwd(const core::View& dx_NHK, const core::View& pos_3N, int64_t N, int64_t H, int64_t K,
               int64_t R, double theta, const int mrope_section[3]);
 

@@ -1,6 +1,6 @@
 // Contract for the router statistics and losses of MoE layers resident on the ops' device: route
 // counts, token totals and loss sums are f64 views on that device, so the model never copies
-// per-layer router data to the host (the host-pointer forms are in ops/moe.h).
+// per-layer router data to the host (the CPU kernels are cpu/moe.h and cpu/router_loss.h).
 //
 // Shape suffixes: N tokens in the pack, E experts, K experts per token (top-k), G router-loss
 // groups. Dtypes: probs_NE, lse_N and their gradients f32; topk_idx_NK, group_N i32; counts_GE,
@@ -21,7 +21,7 @@
 // [0, E) anywhere in the call), the loss forwards add NaN to loss_1, and the backwards write a NaN
 // row (aux: group id outside [-1, G) with G > 0; z: group id below -1).
 //
-// Determinism: the CPU sums serially in token order (as ops/moe.h's host forms, bitwise); CUDA
+// Determinism: the CPU sums serially in token order (as the cpu::moe_* kernels, bitwise); CUDA
 // sums per token, then in a fixed tree (no float atomics): the same on every run, within a few
 // ulps of the CPU. Counts and the backwards are bitwise equal on both devices.
 #pragma once

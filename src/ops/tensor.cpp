@@ -31,7 +31,6 @@ void cast(const View& src, const View& dst, int64_t n) {
   a.need(dst, "dst", dtypes::act, n);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::cast(src.f32(), dst.f32(), n);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -57,7 +56,6 @@ void copy_cols(const View& src, int64_t src_ld, int64_t src_col0, const View& ds
   a.same_dtype(src, "src", dst, "dst");
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       if (src.dtype == core::DType::i32)
         return cpu::copy_cols<int32_t>(src.i32(), src_ld, src_col0, dst.i32(), dst_ld, dst_col0,
                                        rows, cols);
@@ -80,7 +78,6 @@ void fill(const View& x, float value, int64_t n) {
   a.need(x, "x", kCopyable, n);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       if (x.dtype == core::DType::i32) return cpu::fill<int32_t>(x.i32(), int32_t(value), n);
       return cpu::fill<float>(x.f32(), value, n);
     case core::Device::cuda:
@@ -100,7 +97,6 @@ void zero(const View& x) {
   a.need(x, "x", kAny, x.numel());
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       if (x.bytes() > 0) std::memset(x.data, 0, x.bytes());
       return;
     case core::Device::cuda:
@@ -120,7 +116,6 @@ void add_inplace(const View& y, const View& x, int64_t n) {
   a.need(x, "x", dtypes::act, n);
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       return cpu::add_inplace(y.f32(), x.f32(), n);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
@@ -157,7 +152,6 @@ void copy_from_host(const View& dst, const void* src_host) {
     core::fail("ops::copy_from_host: src_host is null for a ", dst.describe(), " destination");
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       if (dst.bytes() > 0 && dst.data != src_host) std::memcpy(dst.data, src_host, dst.bytes());
       return;
     case core::Device::cuda:
@@ -178,7 +172,6 @@ void copy_to_host(const View& src, void* dst_host) {
     core::fail("ops::copy_to_host: dst_host is null for a ", src.describe(), " source");
   switch (a.device()) {
     case core::Device::cpu:
-      a.cpu_f32();
       if (src.bytes() > 0 && src.data != dst_host) std::memcpy(dst_host, src.data, src.bytes());
       return;
     case core::Device::cuda:

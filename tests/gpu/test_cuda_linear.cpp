@@ -15,6 +15,7 @@
 
 #include "bf16_util.h"
 #include "core/error.h"
+#include "core/view.h"
 #include "cpu/linear.h"
 #include "cuda/device.h"
 #include "cuda/linear.h"
@@ -163,14 +164,17 @@ TEST_F(CudaLinear, Bf16InputsMatchCpuOnRoundedInputs) {
   run_case({1000, 2048, 6144, DType::bf16, 0}, 230);
 }
 
-// ops::linear_* with Device::cuda reaches the cuBLASLt path (float32, device pointers).
+// ops::linear_fwd on cuda views reaches the cuBLASLt path (float32, device pointers).
 TEST_F(CudaLinear, OpsDispatchUsesCuda) {
   const int64_t N = 5, I = 9, O = 3;
   DevInput x = upload(dt_test::randn<float>(N * I, 300), DType::f32, 0);
   DevInput W = upload(dt_test::randn<float>(O * I, 301), DType::f32, 0);
   auto y = output(N * O, {});
-  dt::ops::linear_fwd(dt::core::Device::cuda, static_cast<const float*>(x.ptr),
-                      static_cast<const float*>(W.ptr), N, I, O, static_cast<float*>(y.get()));
+  const auto on_gpu = [](const void* p, int64_t n) {
+    return dt::core::View(const_cast<void*>(p), DType::f32, dt::core::Device::cuda, {n});
+  };
+  dt::ops::linear_fwd(on_gpu(x.ptr, N * I), on_gpu(W.ptr, O * I), N, I, O, on_gpu(y.get(), N * O),
+                      false);
   std::vector<double> y_ref(N * O), x_d = to_double(x.host), W_d = to_double(W.host);
   dt::cpu::linear_fwd<double>(x_d.data(), W_d.data(), N, I, O, y_ref.data());
   check(download(y, N * O), y_ref, 1e-5, "ops dispatch y");

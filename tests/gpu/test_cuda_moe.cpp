@@ -26,6 +26,7 @@
 #include "cpu/moe.h"
 #include "cuda/device.h"
 #include "cuda/grouped_linear.h"
+#include "cuda/memory.h"
 #include "cuda/moe.h"
 #include "gpu_timer.h"
 #include "test_util.h"
@@ -103,6 +104,9 @@ Dev dev_poison(size_t bytes, size_t offset_bytes = 0) {
   return d;
 }
 
+// The MoE error words (cuda/moe.h bad_3), each kNoBadToken: what a pack starts from.
+Dev dev_no_bad() { return dev_copy(VecI(3, dt::cuda::kNoBadToken)); }
+
 template <typename T>
 std::vector<T> get(const void* p, size_t n) {
   std::vector<T> h(n);
@@ -155,7 +159,7 @@ Routing route(VecF logits, int64_t N, int64_t E, int64_t K, const std::string& w
   r.d_lse = dev_poison(N * 4);
   r.d_idx = dev_poison(N * K * 4);
   r.d_w = dev_poison(N * K * 4);
-  r.d_bad = dev_poison(4);
+  r.d_bad = dev_no_bad();
   dt::cuda::moe_router_fwd(r.d_logits.as<float>(), N, E, K, r.d_probs.as<float>(),
                            r.d_lse.as<float>(), r.d_idx.as<int32_t>(), r.d_w.as<float>(),
                            r.d_bad.as<int32_t>());
@@ -250,7 +254,7 @@ TEST_F(CudaMoe, RouterNonFiniteSmall) {
   l[3 * E + 2] = NAN;
   l[5 * E + 0] = INFINITY;
   Dev d_l = dev_copy(l), p = dev_poison(N * E * 4), lse = dev_poison(N * 4),
-      idx = dev_poison(N * K * 4), w = dev_poison(N * K * 4), bad = dev_poison(4);
+      idx = dev_poison(N * K * 4), w = dev_poison(N * K * 4), bad = dev_no_bad();
   dt::cuda::moe_router_fwd(d_l.as<float>(), N, E, K, p.as<float>(), lse.as<float>(),
                            idx.as<int32_t>(), w.as<float>(), bad.as<int32_t>());
   EXPECT_EQ(get<int32_t>(bad.p(), 1)[0], 3);
@@ -618,6 +622,45 @@ void grouped_case(DType t, const VecL& off, int64_t E, int64_t I, int64_t O, siz
   check(gdx, rdx, tol_bwd(t), what + " dx (=)");
   check(gdW, rdW, kTolF32, what + " dW (+=)");
 
+  // Device row offsets (no host copy): bitwise the host-offset kernel (same kernel, same tiles),
+  // also with a looser row bound (more CTAs that exit at once), and no device -> host copy.
+  if (misalign == 0 && dt::cuda::grouped_linear_device_offsets_ok(t, I, O)) {
+    Dev d_off = dev_copy(off);
+    const bool small = E * O * I <= (int64_t(1) << 24);  // the real sizes: one bound only
+    for (int64_t rows_max : small ? std::vector<int64_t>{R, R + 300} : std::vector<int64_t>{R}) {
+      const std::string how = what + " device offsets rows_max=" + std::to_string(rows_max);
+      Dev y3 = dev_poison(R * O * es), dx3 = dev_poison(R * I * es), dW3 = dev_dt(dW0, DType::f32);
+      const int64_t copies = dt::cuda::device_to_host_copies();
+      const dt::cuda::DeviceOffsets doff{d_off.as<int64_t>(), rows_max};
+      dt::cuda::grouped_linear_fwd(t, d_x.p(), d_W.p(), doff, E, I, O, y3.p());
+      dt::cuda::grouped_linear_bwd(t, d_x.p(), d_W.p(), d_dy.p(), doff, E, I, O, dx3.p(),
+                                   dW3.as<float>());
+      EXPECT_EQ(dt::cuda::device_to_host_copies(), copies) << how;
+      EXPECT_EQ(get<uint16_t>(y3.p(), R * O), get<uint16_t>(y.p(), R * O)) << how << " y";
+      EXPECT_EQ(get<uint16_t>(dx3.p(), R * I), get<uint16_t>(dx.p(), R * I)) << how << " dx";
+      EXPECT_EQ(get<uint32_t>(dW3.p(), E * O * I), get<uint32_t>(dW.p(), E * O * I))
+          << how << " dW";
+      // dx and dW alone.
+      Dev dx4 = dev_poison(R * I * es), dW4 = dev_dt(dW0, DType::f32);
+      dt::cuda::grouped_linear_bwd(t, d_x.p(), d_W.p(), d_dy.p(), doff, E, I, O, dx4.p(), nullptr);
+      dt::cuda::grouped_linear_bwd(t, d_x.p(), d_W.p(), d_dy.p(), doff, E, I, O, nullptr,
+                                   dW4.as<float>());
+      EXPECT_EQ(get<uint16_t>(dx4.p(), R * I), get<uint16_t>(dx.p(), R * I)) << how << " dx only";
+      EXPECT_EQ(get<uint32_t>(dW4.p(), E * O * I), get<uint32_t>(dW.p(), E * O * I))
+          << how << " dW only";
+    }
+    std::printf("  %-58s bitwise\n", (what + " device offsets").c_str());
+  } else if (E > 0) {
+    Dev d_off = dev_copy(off), y3 = dev_poison(R * O * es);
+    dt_test::expect_error(
+        [&] {
+          dt::cuda::grouped_linear_fwd(t, d_x.p(), d_W.p(),
+                                       dt::cuda::DeviceOffsets{d_off.as<int64_t>(), R}, E, I, O,
+                                       y3.p());
+        },
+        {"cuda::grouped_linear_fwd", "pass host offsets"});
+  }
+
   // The grouped kernel against the cuBLASLt loop on every row.
   if (t == DType::bf16) {
     Dev y2 = dev_poison(R * O * es), dx2 = dev_poison(R * I * es);
@@ -668,6 +711,98 @@ TEST_F(CudaMoe, GroupedLinearReal) {
   const VecI idx16 = random_routing(1024, 8, 16, 113);
   const VecL off16 = offsets_of(idx16, 1024, 8, 16);
   grouped_case(DType::f32, off16, 16, 2048, 1024, 0, 114, {0, 7, 15}, "f32 E=16 I=2048 O=1024");
+}
+
+// Many experts, ragged sizes, many empty experts: the device-offset kernel (inside
+// grouped_case) against the host-offset one, bitwise.
+TEST_F(CudaMoe, GroupedLinearDeviceOffsetsRagged) {
+  const int64_t E = 300;
+  VecL off(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = e % 7 == 0 ? 0 : e % 11 == 3 ? 129 : (e * 37) % 23;
+    off[e + 1] = off[e] + n;
+  }
+  grouped_case(DType::bf16, off, E, 64, 40, 0, 140, {0, 1, 3, 7, 14, 146, 299},
+               "bf16 E=300 ragged I=64 O=40");
+  grouped_case(DType::bf16, {0, 0, 0, 0}, 3, 16, 8, 0, 141, {}, "bf16 E=3 no rows");
+  grouped_case(DType::bf16, {0, 0, 0, 200}, 3, 24, 136, 0, 142, {}, "bf16 E=3 last expert only");
+}
+
+// moe_permute without host offsets: the same permutation as the host path, no device -> host
+// copy, the error words untouched.
+TEST_F(CudaMoe, PermuteWithoutHostCopy) {
+  for (auto [N, K, E] :
+       {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {37, 3, 5}, {700, 8, 64}, {8192, 8, 256}}) {
+    const std::string what =
+        "N=" + std::to_string(N) + " K=" + std::to_string(K) + " E=" + std::to_string(E);
+    const VecI idx = random_routing(N, K, E, 150 + N);
+    Dev d_idx = dev_copy(idx);
+    Perm ref = permute(d_idx, idx, N, K, E, what);
+    Dev bad = dev_no_bad(), d_off = dev_poison((E + 1) * 8), rows = dev_poison(N * K * 4),
+        pos = dev_poison(N * K * 4);
+    const int64_t copies = dt::cuda::device_to_host_copies();
+    dt::cuda::moe_permute(d_idx.as<int32_t>(), N, K, E, bad.as<int32_t>(), d_off.as<int64_t>(),
+                          nullptr, rows.as<int32_t>(), pos.as<int32_t>());
+    EXPECT_EQ(dt::cuda::device_to_host_copies(), copies) << what;
+    EXPECT_EQ(get<int64_t>(d_off.p(), E + 1), ref.off) << what << ": offsets";
+    EXPECT_EQ(get<int32_t>(rows.p(), N * K), ref.rows) << what << ": rows";
+    EXPECT_EQ(get<int32_t>(pos.p(), N * K), ref.pos) << what << ": pos";
+    EXPECT_EQ(get<int32_t>(bad.p(), 3), VecI(3, dt::cuda::kNoBadToken)) << what;
+  }
+}
+
+// The error words collect the smallest bad token over calls, whatever their order: non-finite
+// router rows in [0], out-of-range expert ids in [1] with the id in [2]; no host copy.
+TEST_F(CudaMoe, BadTokenWordsKeepTheSmallest) {
+  const int64_t N = 9, E = 5, K = 2;
+  Dev bad = dev_no_bad();
+  const int64_t copies = dt::cuda::device_to_host_copies();
+  auto router = [&](std::vector<int64_t> nan_tokens) {
+    VecF l = dt_test::randn<float>(N * E, 160);
+    for (int64_t n : nan_tokens) l[n * E + 1] = NAN;
+    Dev d_l = dev_copy(l), p = dev_poison(N * E * 4), lse = dev_poison(N * 4),
+        idx = dev_poison(N * K * 4), w = dev_poison(N * K * 4);
+    dt::cuda::moe_router_fwd(d_l.as<float>(), N, E, K, p.as<float>(), lse.as<float>(),
+                             idx.as<int32_t>(), w.as<float>(), bad.as<int32_t>());
+  };
+  router({});
+  router({7, 5});
+  router({6, 8});
+  EXPECT_EQ(get<int32_t>(bad.p(), 3), (VecI{5, dt::cuda::kNoBadToken, dt::cuda::kNoBadToken}));
+  router({2});
+  auto permute_bad = [&](std::vector<std::pair<int64_t, int32_t>> bad_slots) {
+    VecI ids(N * K);
+    for (int64_t i = 0; i < N * K; ++i) ids[i] = int32_t(i % K);
+    for (auto [slot, e] : bad_slots) ids[slot] = e;
+    Dev d_ids = dev_copy(ids), off = dev_poison((E + 1) * 8), rows = dev_poison(N * K * 4),
+        pos = dev_poison(N * K * 4);
+    dt::cuda::moe_permute(d_ids.as<int32_t>(), N, K, E, bad.as<int32_t>(), off.as<int64_t>(),
+                          nullptr, rows.as<int32_t>(), pos.as<int32_t>());
+    // The bad slots are left out; every row and position stays in range.
+    for (int32_t r : get<int32_t>(rows.p(), N * K)) EXPECT_TRUE(r >= 0 && r < N * K) << r;
+    for (int32_t q : get<int32_t>(pos.p(), N * K)) EXPECT_TRUE(q >= 0 && q < N * K) << q;
+    EXPECT_EQ(get<int64_t>(off.p(), E + 1)[E], N * K - int64_t(bad_slots.size()));
+  };
+  permute_bad({});
+  permute_bad({{2 * 8 + 1, 9}, {2 * 6, -3}});  // tokens 8 and 6: token 6 (id -3) is kept
+  EXPECT_EQ(get<int32_t>(bad.p(), 3), (VecI{2, 6, -3}));
+  permute_bad({{2 * 7, 11}});                       // token 7: not smaller
+  permute_bad({{2 * 4 + 1, 12}, {2 * 3 + 1, 13}});  // tokens 4 and 3: token 3 (id 13)
+  EXPECT_EQ(get<int32_t>(bad.p(), 3), (VecI{2, 3, 13}));
+  EXPECT_EQ(dt::cuda::device_to_host_copies(), copies);
+  // With host offsets the same words make moe_permute throw (the router's token first).
+  VecI ids(N * K);
+  for (int64_t i = 0; i < N * K; ++i) ids[i] = int32_t(i % K);
+  Dev d_ids = dev_copy(ids), off = dev_poison((E + 1) * 8), rows = dev_poison(N * K * 4),
+      pos = dev_poison(N * K * 4);
+  VecL off_h(E + 1);
+  dt_test::expect_error(
+      [&] {
+        dt::cuda::moe_permute(d_ids.as<int32_t>(), N, K, E, bad.as<int32_t>(), off.as<int64_t>(),
+                              off_h.data(), rows.as<int32_t>(), pos.as<int32_t>());
+      },
+      {"moe_router_fwd", "token 2", "not finite"});
+  EXPECT_GT(dt::cuda::device_to_host_copies(), copies);
 }
 
 // Timings of the grouped GEMMs at Qwen3.5-35B-A3B size (printed, not checked).
@@ -748,7 +883,7 @@ std::vector<uint64_t> routed_pass(DType t, int64_t N, int64_t E, int64_t K, int6
   Dev d_l = dev_copy(logits), d_x = dev_dt(x, t), d_Wu = dev_dt(Wu, t), d_Wd = dev_dt(Wd, t),
       d_dy = dev_dt(dy, t);
   Dev probs = dev_poison(N * E * 4), lse = dev_poison(N * 4), idx = dev_poison(P * 4),
-      w = dev_poison(P * 4), bad = dev_poison(4), off = dev_poison((E + 1) * 8),
+      w = dev_poison(P * 4), bad = dev_no_bad(), off = dev_poison((E + 1) * 8),
       rows = dev_poison(P * 4), pos = dev_poison(P * 4), xe = dev_poison(P * D * es),
       h = dev_poison(P * F * es), ye = dev_poison(P * D * es), y = dev_poison(N * D * 4);
   VecL off_h(E + 1);

@@ -71,6 +71,29 @@ DevI upload_i(const VecI& v) {
 
 DevI alloc_i(size_t n) { return upload_i(VecI(n, -12345)); }
 
+// An int64 device tensor (expert row offsets).
+struct DevL {
+  dt::cuda::DeviceBuffer buf;
+  size_t n = 0;
+  View view() const { return View(buf.get(), DType::i64, kCuda, {int64_t(n)}); }
+};
+
+DevL alloc_l(size_t n) {
+  DevL d{dt::cuda::DeviceBuffer(std::max<size_t>(n, 1) * 8, "test int64s"), n};
+  DT_CUDA_CHECK(cudaMemset(d.buf.get(), 0xA5, std::max<size_t>(n, 1) * 8));
+  return d;
+}
+
+VecL download_l(const DevL& d) {
+  VecL v(d.n);
+  DT_CUDA_CHECK(cudaDeviceSynchronize());
+  if (d.n) DT_CUDA_CHECK(cudaMemcpy(v.data(), d.buf.get(), d.n * 8, cudaMemcpyDeviceToHost));
+  return v;
+}
+
+View vl(VecL& v) { return View(v.data(), DType::i64, kCpu, {int64_t(v.size())}); }
+VecI no_bad() { return VecI(dt::ops::kMoeBadWords, dt::ops::kNoBadToken); }
+
 VecI download_i(const DevI& d) {
   VecI v(d.n);
   DT_CUDA_CHECK(cudaDeviceSynchronize());
@@ -126,25 +149,37 @@ TEST(OpsViewsCuda, RouterPermuteAndCombine) {
   DevTensor logits_d = upload(logits, DType::f32);
   DevTensor probs_d = poisoned(N * E, DType::f32), lse_d = poisoned(N, DType::f32),
             w_d = poisoned(N * K, DType::f32);
-  DevI idx_d = alloc_i(N * K), bad_d = alloc_i(1), rows_d = alloc_i(N * K), pos_d = alloc_i(N * K);
+  DevI idx_d = alloc_i(N * K), bad_d = upload_i(no_bad()), rows_d = alloc_i(N * K),
+       pos_d = alloc_i(N * K);
   dt::ops::moe_router_fwd(dv(logits_d), N, E, K, dv(probs_d), dv(lse_d), idx_d.view(), dv(w_d),
                           bad_d.view());
-  VecL off_d(E + 1);
-  dt::ops::moe_permute(idx_d.view(), N, K, E, bad_d.view(), off_d.data(), rows_d.view(),
+  // Device offsets only (no host copy), then the host path: the same permutation.
+  DevL off_dev = alloc_l(E + 1);
+  dt::ops::moe_permute(idx_d.view(), N, K, E, bad_d.view(), off_dev.view(), nullptr, rows_d.view(),
                        pos_d.view());
+  VecL off_d(E + 1, -1);
+  DevL off_dev2 = alloc_l(E + 1);
+  DevI rows2_d = alloc_i(N * K), pos2_d = alloc_i(N * K);
+  dt::ops::moe_permute(idx_d.view(), N, K, E, bad_d.view(), off_dev2.view(), off_d.data(),
+                       rows2_d.view(), pos2_d.view());
   VecF probs(N * E), lse(N), w(N * K);
-  VecI idx(N * K), bad(1), rows(N * K), pos(N * K);
+  VecI idx(N * K), bad = no_bad(), rows(N * K), pos(N * K);
   dt::ops::moe_router_fwd(vf(logits), N, E, K, vf(probs), vf(lse), vi(idx), vf(w), vi(bad));
   VecL off(E + 1);
-  dt::ops::moe_permute(vi(idx), N, K, E, vi(bad), off.data(), vi(rows), vi(pos));
+  dt::ops::moe_permute(vi(idx), N, K, E, vi(bad), vl(off), nullptr, vi(rows), vi(pos));
   check(probs_d, probs, 1e-5, "router probs");
   check(lse_d, lse, 1e-5, "router lse");
   check(w_d, w, 1e-5, "router topk_w");
   EXPECT_EQ(download_i(idx_d), idx);
-  EXPECT_EQ(download_i(bad_d), VecI{dt::ops::kNoBadToken});
+  EXPECT_EQ(download_i(bad_d), no_bad());
+  EXPECT_EQ(download_l(off_dev), off);
+  EXPECT_EQ(download_l(off_dev2), off);
   EXPECT_EQ(off_d, off);
   EXPECT_EQ(download_i(rows_d), rows);
   EXPECT_EQ(download_i(pos_d), pos);
+  EXPECT_EQ(download_i(rows2_d), rows);
+  EXPECT_EQ(download_i(pos2_d), pos);
+  dt::ops::moe_check_bad(bad_d.view(), E);  // nothing recorded
 
   VecF dw = randn<float>(N * K, 12), dprobs = randn<float>(N * E, 13);
   DevTensor dw_d = upload(dw, DType::f32), dprobs_d = upload(dprobs, DType::f32);
@@ -201,22 +236,43 @@ TEST(OpsViewsCuda, RouterPermuteAndCombine) {
 
 TEST(OpsViewsCuda, GroupedLinear) {
   const int64_t E = 5, I = 32, O = 48;
-  const VecL off = {0, 7, 7, 30, 31, 64};
+  VecL off = {0, 7, 7, 30, 31, 64};
   const int64_t R = off[E];
+  DevL off_dev = alloc_l(E + 1);
+  DT_CUDA_CHECK(cudaMemcpy(off_dev.buf.get(), off.data(), (E + 1) * 8, cudaMemcpyHostToDevice));
   for (DType st : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(name(st));
     DevTensor x = upload(randn<float>(R * I, 31), st), W = upload(randn<float>(E * O * I, 32), st),
               dy = upload(randn<float>(R * O, 33), st);
     const VecF dW0 = randn<float>(E * O * I, 34);
     DevTensor y_d = poisoned(R * O, st), dx_d = poisoned(R * I, st), dW_d = upload(dW0, DType::f32);
-    dt::ops::grouped_linear_fwd(dv(x), dv(W), off.data(), E, I, O, dv(y_d));
-    dt::ops::grouped_linear_bwd(dv(x), dv(W), dv(dy), off.data(), E, I, O, dv(dx_d), dv(dW_d));
+    dt::ops::grouped_linear_fwd(dv(x), dv(W), off_dev.view(), off.data(), E, I, O, dv(y_d));
+    dt::ops::grouped_linear_bwd(dv(x), dv(W), dv(dy), off_dev.view(), off.data(), E, I, O, dv(dx_d),
+                                dv(dW_d));
     VecF xh = x.host, Wh = W.host, dyh = dy.host, y(R * O), dx(R * I), dW = dW0;
-    dt::ops::grouped_linear_fwd(vf(xh), vf(Wh), off.data(), E, I, O, vf(y));
-    dt::ops::grouped_linear_bwd(vf(xh), vf(Wh), vf(dyh), off.data(), E, I, O, vf(dx), vf(dW));
+    dt::ops::grouped_linear_fwd(vf(xh), vf(Wh), vl(off), nullptr, E, I, O, vf(y));
+    dt::ops::grouped_linear_bwd(vf(xh), vf(Wh), vf(dyh), vl(off), nullptr, E, I, O, vf(dx), vf(dW));
     check(y_d, y, tol_for(st, false), "grouped_linear_fwd");
     check(dx_d, dx, tol_for(st, true), "grouped_linear_bwd dx");
     check(dW_d, dW, 1e-5, "grouped_linear_bwd dW");
+    const bool needs_host = dt::ops::grouped_linear_needs_host_offsets(kCuda, st, I, O);
+    EXPECT_EQ(needs_host, st == DType::f32);
+    if (needs_host) {  // the fp32 debug mode runs per expert from host offsets only
+      dt_test::expect_error(
+          [&] {
+            dt::ops::grouped_linear_fwd(dv(x), dv(W), off_dev.view(), nullptr, E, I, O, dv(y_d));
+          },
+          {"grouped_linear_fwd", "pass host offsets"});
+      continue;
+    }
+    // Device offsets: bitwise the host-offset results (same kernel, same tiles).
+    DevTensor y2 = poisoned(R * O, st), dx2 = poisoned(R * I, st), dW2 = upload(dW0, DType::f32);
+    dt::ops::grouped_linear_fwd(dv(x), dv(W), off_dev.view(), nullptr, E, I, O, dv(y2));
+    dt::ops::grouped_linear_bwd(dv(x), dv(W), dv(dy), off_dev.view(), nullptr, E, I, O, dv(dx2),
+                                dv(dW2));
+    EXPECT_EQ(download(y2), download(y_d)) << "y, device offsets";
+    EXPECT_EQ(download(dx2), download(dx_d)) << "dx, device offsets";
+    EXPECT_EQ(download(dW2), download(dW_d)) << "dW, device offsets";
   }
 }
 

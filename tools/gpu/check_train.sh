@@ -9,6 +9,10 @@
 #     per-step losses and gradient norms, identical checkpoint files); and the resume check of 2.
 #     with remainder masters and bf16 moments.
 # Usage: tools/gpu/check_train.sh DELTATRON_BINARY OUT_DIR
+# CPU_REF=DIR: use DIR/metrics.jsonl (a CPU run of the same command made beforehand, e.g. on the
+# build machine: `deltatron train examples/addition/train.toml --training.steps=200
+# --training.eval_every=0 --training.save_every=0 --training.log_every=50 --training.device=cpu`)
+# instead of running the CPU reference here; it costs GPU-machine time and does not need a GPU.
 set -uo pipefail
 bin=$1
 out=$2
@@ -26,7 +30,12 @@ run() {  # name, extra args...
     status=1
   echo "   ($((SECONDS - t0)) s)"
 }
-run cpu --training.device=cpu
+if [[ -n ${CPU_REF:-} ]]; then
+  echo "== train cpu: the reference run in $CPU_REF"
+  mkdir -p "$out/cpu" && cp "$CPU_REF/metrics.jsonl" "$out/cpu/" || status=1
+else
+  run cpu --training.device=cpu
+fi
 run gpu_bf16 --training.device=cuda --training.precision=bf16
 run gpu_fp32 --training.device=cuda --training.precision=fp32
 

@@ -1,0 +1,85 @@
+// Bitwise resume of the trainer, on the device the test runs on (tests/test_device.h): the CPU in
+// CI; tests/gpu/test_resume_cuda.cpp compiles this file with the model on CUDA. 6 steps straight
+// vs 6 steps, last checkpoint dropped and resumed from step 3: identical losses for steps 4-6,
+// identical weights, and the HF checkpoint equals the fp32 master weights.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "test_device.h"
+#include "test_util.h"
+#include "train/checkpoint_dir.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+using namespace deltatron;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The repository's examples: $DT_TEST_DATA_DIR/../../examples on the GPU machine, where the
+// repository lives elsewhere.
+fs::path examples_dir() {
+  if (const char* e = std::getenv("DT_TEST_DATA_DIR"); e && *e)
+    return fs::path(e) / ".." / ".." / "examples";
+  return fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
+}
+
+// A short run of the bundled example (tiny-moe preset: GDN, attention, MoE, MTP).
+train::TrainConfig config(const fs::path& dir, const std::string& out) {
+  std::vector<std::string> ov = {"training.out_dir=\"" + (dir / out).string() + "\"",
+                                 "training.steps=6",
+                                 "training.warmup_steps=2",
+                                 "training.micro_batch_tokens=256",
+                                 "training.grad_accum=2",
+                                 "training.save_every=3",
+                                 "training.keep_last=5",
+                                 "training.eval_every=0",
+                                 "data.cache_dir=\"" + (dir / "cache").string() + "\""};
+  if (dt_test::kOnCuda) ov.push_back("training.device=\"cuda\"");
+  return train::load_train_config((examples_dir() / "addition" / "train_moe.toml").string(), ov);
+}
+
+std::vector<double> losses(const fs::path& metrics) {
+  std::vector<double> out;
+  std::istringstream in(dt_test::read_file(metrics));
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+TEST(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
+  const dt_test::TempDir tmp("resume");
+  const fs::path dir = tmp.path;
+  train::run_train(config(dir, "straight"), false);
+  // Second run: the same 6 steps, then drop its last checkpoint and resume from step 3.
+  train::run_train(config(dir, "resumed"), false);
+  fs::remove_all(dir / "resumed" / train::checkpoint_dir_name(6));
+  train::run_train(config(dir, "resumed"), true);
+  const auto straight = losses(dir / "straight" / "metrics.jsonl");
+  const auto resumed = losses(dir / "resumed" / "metrics.jsonl");
+  ASSERT_EQ(straight.size(), 6u);
+  ASSERT_EQ(resumed.size(), 9u);  // 6 + 3 resumed steps (steps 4-6 logged twice)
+  for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;
+
+  const fs::path a = dir / "straight" / train::checkpoint_dir_name(6);
+  const fs::path b = dir / "resumed" / train::checkpoint_dir_name(6);
+  const io::Checkpoint ca = io::load_checkpoint(a.string()), cb = io::load_checkpoint(b.string());
+  const io::SafetensorsFile master((a / "training_state" / "master_weights.safetensors").string());
+  for (const auto& [name, t] : ca.params) {
+    EXPECT_EQ(t.data, cb.params.at(name).data) << "resumed weights differ: " << name;
+    EXPECT_EQ(t.data, master.to_float(name).data) << "HF checkpoint != master weights: " << name;
+  }
+  EXPECT_TRUE(fs::exists(a / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(a / train::kCompleteMarker));
+}
+
+}  // namespace
