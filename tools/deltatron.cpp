@@ -137,6 +137,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fp32", "remainder"}));
   bn->add_option("--moments", bench.moments, "AdamW moments: fp32 (default) or bf16")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  bn->add_option("--offload", bench.offload,
+                 "none (default), moments or master+moments: that state in pinned host memory")
+      ->check(CLI::IsMember({"none", "moments", "master+moments"}));
   bn->add_option("--seed", bench.seed, "seed of lengths, tokens and weights (default 1)");
   bn->add_option("--lengths", bench.lengths_in,
                  "time these batches: JSON {\"steps\": [[len, ...], ...]} (e.g. "

@@ -20,10 +20,19 @@ class HostAllocator final : public Allocator {
   void deallocate(void* p, size_t) noexcept override { std::free(p); }
 };
 
-std::array<Allocator*, 2>& registry() {
+HostAllocator& host_allocator() {
   static HostAllocator host;
-  static std::array<Allocator*, 2> r = {&host, nullptr};
+  return host;
+}
+
+std::array<Allocator*, 2>& registry() {
+  static std::array<Allocator*, 2> r = {&host_allocator(), nullptr};
   return r;
+}
+
+Allocator*& pinned_registry() {
+  static Allocator* a = nullptr;
+  return a;
 }
 
 }  // namespace
@@ -37,11 +46,26 @@ Allocator& allocator(Device d) {
 
 void register_allocator(Device d, Allocator* a) { registry()[static_cast<size_t>(d)] = a; }
 
-Buffer::Buffer(Device d, DType t, Shape s, const char* what) : view_(nullptr, t, d, std::move(s)) {
+Allocator& pinned_host_allocator() {
+  Allocator* a = pinned_registry();
+  return a ? *a : host_allocator();
+}
+
+void register_pinned_host_allocator(Allocator* a) { pinned_registry() = a; }
+
+Buffer::Buffer(Device d, DType t, Shape s, const char* what)
+    : Buffer(allocator(d), d, t, std::move(s), what) {}
+
+Buffer::Buffer(Allocator& a, Device d, DType t, Shape s, const char* what)
+    : view_(nullptr, t, d, std::move(s)) {
   for (int64_t n : view_.shape) DT_CHECK(n >= 0, "negative dimension in the shape of ", what);
   if (view_.numel() == 0) return;
-  alloc_ = &allocator(d);
+  alloc_ = &a;
   view_.data = alloc_->allocate(view_.bytes(), what);
+}
+
+Buffer Buffer::pinned_host(DType t, Shape s, const char* what) {
+  return Buffer(pinned_host_allocator(), Device::cpu, t, std::move(s), what);
 }
 
 Buffer::~Buffer() {

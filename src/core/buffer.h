@@ -31,11 +31,19 @@ class Allocator {
 Allocator& allocator(Device d);
 void register_allocator(Device d, Allocator* a);
 
+// Host memory that a device can copy to and from asynchronously (page-locked: the offloaded
+// training state). The CUDA backend registers its pinned allocator; without one this is the plain
+// host allocator (the CPU engine, where "offloaded" state is where it would be anyway).
+Allocator& pinned_host_allocator();
+void register_pinned_host_allocator(Allocator* a);
+
 // Memory for one tensor, freed on destruction; move-only. Contents are uninitialised.
 class Buffer {
  public:
   Buffer() = default;
   Buffer(Device d, DType t, Shape s, const char* what);
+  // Host memory from pinned_host_allocator().
+  static Buffer pinned_host(DType t, Shape s, const char* what);
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   Buffer(Buffer&& o) noexcept { swap(o); }
@@ -57,6 +65,7 @@ class Buffer {
   size_t bytes() const { return view_.bytes(); }
 
  private:
+  Buffer(Allocator& a, Device d, DType t, Shape s, const char* what);
   void swap(Buffer& o) noexcept;
   View view_{nullptr, DType::f32, Device::cpu, {0}};  // empty: no elements
   Allocator* alloc_ = nullptr;

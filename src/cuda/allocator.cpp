@@ -61,6 +61,24 @@ class PoolAllocator final : public core::Allocator {
   void reset_peak_live_bytes() override { cuda::reset_peak_live_bytes(); }
 };
 
+// Page-locked host memory (cudaHostAlloc): the offloaded training state, which the AdamW step
+// streams through the GPU with asynchronous copies.
+class PinnedHostAllocator final : public core::Allocator {
+ public:
+  void* allocate(size_t bytes, const char* what) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      core::fail("out of pinned host memory: allocating ", what, " (",
+                 double(bytes) / double(1ull << 30), " GiB): ", cudaGetErrorString(e),
+                 "; offload less state (training.offload) or free host memory");
+    }
+    return p;
+  }
+  void deallocate(void* p, size_t) noexcept override { (void)cudaFreeHost(p); }
+};
+
 }  // namespace
 
 void install_allocator() {
@@ -74,6 +92,8 @@ void install_allocator() {
     DT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
     static PoolAllocator allocator;
     core::register_allocator(core::Device::cuda, &allocator);
+    static PinnedHostAllocator pinned;
+    core::register_pinned_host_allocator(&pinned);
   });
 }
 

@@ -5,6 +5,7 @@
 #include <memory>
 #include <sstream>
 
+#include "model/footprint.h"
 #include "model/layer.h"
 #include "model/lm_head.h"
 #include "ops/device.h"
@@ -69,32 +70,11 @@ void recompute_layer(const Ctx& cx, const Layer& layer, LayerSaved& s) {
   s = std::move(full);
 }
 
-// Rough activation bytes of one pack (what the forward keeps for the backward), for the
-// out-of-memory message.
-double planned_activation_bytes(const Config& c, int64_t N, core::DType dt) {
-  const double e = double(core::dtype_size(dt)), D = double(c.hidden_size);
-  double per_layer = N * D * (8 + 2 * e);  // x_in, h (f32), n1, n2
-  const double gdn = N *
-                     (2.0 * (2 * c.linear_num_key_heads * c.linear_key_head_dim +
-                             c.linear_num_value_heads * c.linear_value_head_dim) +
-                      4.0 * c.linear_num_value_heads * c.linear_value_head_dim) *
-                     e;
-  const double attn =
-      N * (6.0 * c.num_attention_heads + 3.0 * c.num_key_value_heads) * c.head_dim * e;
-  const double ffn = c.is_moe()
-                         ? N * double(c.num_experts_per_tok) * 3.0 * c.moe_intermediate_size * e
-                         : N * 3.0 * c.intermediate_size * e;
-  double total = 0;
-  for (auto t : c.layer_types)
-    total += per_layer + ffn + (t == LayerType::full_attention ? attn : gdn);
-  return total;
-}
-
-void set_activation_hint(const Config& c, const Params& p, int64_t N) {
+void set_activation_hint(const Config& c, const Params& p, int64_t N, bool recompute) {
   std::ostringstream hint;
   hint.precision(3);
   hint << "this pack has " << N << " tokens and its activations need about "
-       << planned_activation_bytes(c, N, p.dt()) / double(1ull << 30)
+       << activation_bytes(c, N, p.dt(), recompute) / double(1ull << 30)
        << " GiB; lower the micro-batch token budget (training.micro_batch_tokens, "
           "--pack-tokens) or set training.recompute = true to fit";
   core::allocator(p.device()).set_oom_hint(hint.str());
@@ -141,7 +121,7 @@ Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap&
 PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOptions& opt) {
   const Config& c = c_;
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
-  set_activation_hint(c, params_, N);
+  set_activation_hint(c, params_, N, recompute_ && with_grads);
   const Batch b(c, pack, params_.device());
   const Ctx cx{c, params_, b};
   const Params& p = params_;

@@ -19,16 +19,41 @@ std::string master_name(const StateOptions& o) { return o.master_remainder ? "re
 std::string moments_name(const StateOptions& o) {
   return o.moments == core::DType::bf16 ? "bf16" : "fp32";
 }
+std::string offload_name(const StateOptions& o) {
+  return o.offload_master ? "master+moments" : o.offload_moments ? "moments" : "none";
+}
+
+StateOptions parse_state_options(const std::string& master, const std::string& moments,
+                                 const std::string& offload, const std::string& where) {
+  DT_CHECK(
+      master == "fp32" || master == "remainder", where,
+      ": training.master must be fp32 or remainder (the bf16 weight + 16-bit remainder), got '",
+      master, "'");
+  DT_CHECK(moments == "fp32" || moments == "bf16", where,
+           ": training.moments must be fp32 or bf16, got '", moments, "'");
+  DT_CHECK(offload == "none" || offload == "moments" || offload == "master+moments", where,
+           ": training.offload must be none, moments or master+moments, got '", offload, "'");
+  StateOptions o;
+  o.master_remainder = master == "remainder";
+  o.moments = moments == "bf16" ? core::DType::bf16 : core::DType::f32;
+  o.offload_moments = offload != "none";
+  o.offload_master = offload == "master+moments";
+  return o;
+}
 
 StateBytes state_bytes(core::DType dt, const StateOptions& o) {
   const bool f32 = dt == core::DType::f32;
   StateBytes b;
   b.held = 4;  // gradient
+  const double master = o.master_remainder ? 2 : 4;
   if (o.master_remainder)
-    b.held += 2 + 2 + (f32 ? 4 : 0);
+    b.held += 2 + (f32 ? 4 : 0);
   else
-    b.held += 4 + (f32 ? 0 : 2);
-  b.train = b.held + (o.moments == core::DType::bf16 ? 4 : 8);
+    b.held += f32 ? 0 : 2;
+  (o.offload_master ? b.host : b.held) += master;
+  const double moments = o.moments == core::DType::bf16 ? 4 : 8;
+  b.train = b.held + (o.offload_moments ? 0 : moments);
+  if (o.offload_moments) b.host += moments;
   return b;
 }
 
@@ -40,6 +65,14 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
            "the CPU computes in float32 only (compute dtype ", core::dtype_name(dt), ")");
   DT_CHECK(opt.moments == core::DType::f32 || opt.moments == core::DType::bf16, "AdamW moments in ",
            core::dtype_name(opt.moments), " (f32 or bf16)");
+  DT_CHECK(!opt.offload_master || opt.offload_moments,
+           "training.offload: the masters are offloaded only with the moments (master+moments)");
+  DT_CHECK(!opt.offload_master || opt.master_remainder || dt != core::DType::f32,
+           "training.offload = master+moments with training.master = fp32 needs bf16 compute "
+           "(with f32 compute the f32 weights are the masters the model reads); use "
+           "training.master = remainder to offload the remainders");
+  const bool host_masters = opt.offload_master && !opt.master_remainder;
+  int64_t router_total = 0;
   for (const auto& [name, t] : host) {
     names_.push_back(name);
     Entry e{total_, t.numel(), t.shape, -1};
@@ -49,6 +82,10 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
       e.f32_offset = f32_total_;
       f32_total_ += aligned(t.numel());
     }
+    if (host_masters && keeps_f32_weight(name)) {
+      e.router_offset = router_total;
+      router_total += aligned(t.numel());
+    }
     index_[name] = e;
     total_ += aligned(t.numel());
   }
@@ -56,15 +93,22 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
   core::allocator(dev_).set_oom_hint(state_hint());
   if (opt_.master_remainder) {
     compute_ = core::Buffer(dev_, core::DType::bf16, {total_}, "bf16 weights (lean masters)");
-    remainder_ = core::Buffer(dev_, core::DType::u16, {total_}, "master remainders");
+    remainder_ =
+        opt_.offload_master
+            ? core::Buffer::pinned_host(core::DType::u16, {total_}, "offloaded master remainders")
+            : core::Buffer(dev_, core::DType::u16, {total_}, "master remainders");
     ops::adamw_state_zero(compute_);
     ops::adamw_state_zero(remainder_);
     if (f32_total_ > 0)
       master_ = core::Buffer(dev_, core::DType::f32, {f32_total_},
                              dt_ == core::DType::f32 ? "f32 weights" : "f32 router weights");
   } else {
-    master_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 master weights");
+    master_ = host_masters ? core::Buffer::pinned_host(core::DType::f32, {total_},
+                                                       "offloaded fp32 master weights")
+                           : core::Buffer(dev_, core::DType::f32, {total_}, "fp32 master weights");
     if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "compute copies");
+    if (router_total > 0)
+      router_ = core::Buffer(dev_, core::DType::f32, {router_total}, "fp32 router masters");
   }
   grad_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 gradients");
   if (master_.numel() > 0) ops::zero(master_);
@@ -82,12 +126,15 @@ std::string Params::state_hint() const {
        << " GiB with the AdamW moments (" << b.train
        << " bytes per parameter: training.master = " << master_name(opt_)
        << ", training.moments = " << moments_name(opt_)
+       << ", training.offload = " << offload_name(opt_)
        << (dt_ == core::DType::f32 ? ", f32 compute" : ", bf16 compute")
        << "), before any activations: this model does not fit this device; use fewer layers, a "
           "smaller model, a device with more memory";
   if (dt_ != core::DType::f32 && !(opt_.master_remainder && opt_.moments == core::DType::bf16))
-    hint << " or training.master = remainder and training.moments = bf16 (12 bytes per "
+    hint << ", training.master = remainder and training.moments = bf16 (12 bytes per "
             "parameter)";
+  if (dt_ != core::DType::f32 && !opt_.offload_master)
+    hint << ", or training.offload = master+moments (6 bytes per parameter on the device)";
   return hint.str();
 }
 
@@ -104,6 +151,7 @@ core::View Params::at(const core::Buffer& b, const std::string& name) const {
 
 core::View Params::at_f32(const std::string& name) const {
   const Entry& e = entry(name);
+  if (e.router_offset >= 0) return router_.view().slice(e.router_offset, e.numel).reshaped(e.shape);
   DT_CHECK(e.f32_offset >= 0, "model parameter ", name,
            " has no f32 weights with training.master = remainder and bf16 compute (only the "
            "tensors model::keeps_f32_weight names keep them)");
@@ -121,7 +169,10 @@ ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
   ops::AdamWTensor t;
   t.grad = grad_.view().slice(e.offset, e.numel);
   t.index = e.offset;
-  if (e.f32_offset >= 0) t.master = master_.view().slice(e.f32_offset, e.numel);
+  if (e.router_offset >= 0)
+    t.master = router_.view().slice(e.router_offset, e.numel);
+  else if (e.f32_offset >= 0)
+    t.master = master_.view().slice(e.f32_offset, e.numel);
   if (opt_.master_remainder) {
     t.compute_copy = compute_.view().slice(e.offset, e.numel);
     t.remainder = remainder_.view().slice(e.offset, e.numel);
@@ -172,6 +223,16 @@ void Params::upload(const TensorMap& host) {
              e.numel);
     if (e.f32_offset >= 0)
       ops::copy_from_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
+    if (e.router_offset >= 0)
+      ops::copy_from_host(router_.view().slice(e.router_offset, e.numel), t.ptr());
+    if (!opt_.master_remainder && master_.device() != dev_) {
+      // Offloaded fp32 masters: the compute copy made on the host, as adamw_compute_copy does.
+      std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
+      const float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
+      ops::adamw_state_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+    }
     if (!opt_.master_remainder) continue;
     // The lean pair, split on the host (exact; core/bf16.h).
     std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
@@ -182,7 +243,7 @@ void Params::upload(const TensorMap& host) {
     ops::adamw_state_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
   }
   // fp32 masters: the bf16 compute copies, rounded as the pair's weights (ties away from zero).
-  if (!opt_.master_remainder && dt_ != core::DType::f32)
+  if (!opt_.master_remainder && dt_ != core::DType::f32 && master_.device() == dev_)
     ops::adamw_compute_copy(master_, compute_, total_);
 }
 
@@ -192,7 +253,7 @@ void Params::download(TensorMap& host) const {
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
     if (!opt_.master_remainder) {
-      ops::copy_to_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
+      ops::copy_to_host(at_f32(name), t.ptr());
       continue;
     }
     // The lean pair, joined on the host (exact).

@@ -23,18 +23,29 @@ struct StateOptions {
   // in f32 (keeps_f32_weight).
   bool master_remainder = false;
   core::DType moments = core::DType::f32;  // AdamW exp_avg / exp_avg_sq: f32 or bf16
+  // training.offload: which state lives in (pinned) host memory, streamed through the device by
+  // the step (ops::adamw_step_offloaded). The moments (the engine's); the masters: the fp32
+  // masters (which needs bf16 compute: with f32 compute the f32 weights are the masters; the MoE
+  // routers' stay on the device, where the model reads them) or the remainders.
+  bool offload_moments = false, offload_master = false;
 };
 
 // "fp32" / "remainder" and "fp32" / "bf16", the config spellings.
 std::string master_name(const StateOptions& o);
 std::string moments_name(const StateOptions& o);
+std::string offload_name(const StateOptions& o);  // none | moments | master+moments
+// The options from their config spellings; an error naming `where` and the key for a bad one.
+StateOptions parse_state_options(const std::string& master, const std::string& moments,
+                                 const std::string& offload, const std::string& where);
 
 // Bytes per parameter on the device: weights and gradients (held), and with the AdamW moments
-// (train). dt = the compute dtype. fp32 master: 4 + 4 gradient (+ 2 bf16 copy); remainder:
-// 2 + 2 + 4 gradient (+ 4 f32 weights when dt is f32); moments 8 (fp32) or 4 (bf16). For bf16:
-// 18 (fp32, fp32) -> 16 (remainder) -> 12 (remainder, bf16 moments).
+// (train); and in host memory (offloaded state). dt = the compute dtype. fp32 master: 4 + 4
+// gradient (+ 2 bf16 copy); remainder: 2 + 2 + 4 gradient (+ 4 f32 weights when dt is f32);
+// moments 8 (fp32) or 4 (bf16). For bf16: 18 (fp32, fp32) -> 16 (remainder) -> 12 (remainder,
+// bf16 moments) -> 8 (offloaded moments) -> 6 (offloaded masters too). The MoE routers' f32
+// weights (a few per mille of a model) are not counted.
 struct StateBytes {
-  double held = 0, train = 0;
+  double held = 0, train = 0, host = 0;
 };
 StateBytes state_bytes(core::DType dt, const StateOptions& o);
 
@@ -47,7 +58,8 @@ class Params {
   struct Entry {
     int64_t offset = 0, numel = 0;
     core::Shape shape;
-    int64_t f32_offset = -1;  // in the f32 buffer (masters or f32 weights), -1: none
+    int64_t f32_offset = -1;     // in the f32 buffer (masters or f32 weights), -1: none
+    int64_t router_offset = -1;  // in router_ (offloaded fp32 masters, MoE routers), -1: none
   };
   // Copies `host` (every tensor, keyed by HF name) to `dev`. dt = compute / activation storage
   // type (f32 on the CPU).
@@ -96,7 +108,8 @@ class Params {
   int64_t total_ = 0, f32_total_ = 0;
   // master_: f32 masters (fp32) or f32 weights (remainder); compute_: bf16 compute copies
   // (fp32, dt bf16) or the pair's weights (remainder); remainder_: u16 (remainder).
-  core::Buffer master_, compute_, remainder_, grad_;
+  // router_: with offloaded fp32 masters, the device f32 masters of keeps_f32_weight's tensors.
+  core::Buffer master_, compute_, remainder_, grad_, router_;
 };
 
 }  // namespace deltatron::model

@@ -73,6 +73,28 @@ struct AdamWTensor {
 // nothing). Asynchronous on CUDA (a few launches for all tensors).
 void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& args);
 
+// training.offload: state that lives in host memory (pinned on CUDA) and is streamed through the
+// device for the step. `moments`: every tensor's m and v are host views. `master`: the masters
+// are host views (master "fp32": `master`, inout; "remainder": `remainder`) except those whose
+// view is on the device (the MoE routers' f32 masters, which the model reads), used in place.
+struct AdamWOffload {
+  bool moments = false, master = false;
+  int64_t chunk = int64_t(1) << 24;  // elements per staging slot (two slots on the device)
+};
+
+// adamw_step_multi over offloaded state, with the same result bit for bit: the tensors are cut
+// into chunks of at most off.chunk elements; each chunk's host state is copied into one of two
+// device staging slots, stepped there, and copied back, the copies of the next and previous
+// chunks overlapping the step of this one (cuda/offload.h). On the CPU the chunks are staged
+// with plain copies (the reference of the chunking). Returns when the host state is current.
+void adamw_step_offloaded(std::span<const AdamWTensor> tensors, const AdamWArgs& args,
+                          const AdamWOffload& off);
+
+// Bytes of the two device staging slots of adamw_step_offloaded for `off` and moments of
+// `moment_dt` (0 when nothing is offloaded); master_bytes = 4 (fp32 master) or 2 (remainder).
+int64_t adamw_offload_staging_bytes(const AdamWOffload& off, core::DType moment_dt,
+                                    int master_bytes);
+
 // The compute copy of an f32 master (master "fp32"): copy = master (f32) or master rounded to
 // bf16 with ties away from zero (core::bf16_round_ties_away), n elements each, one device.
 void adamw_compute_copy(const core::View& master, const core::View& copy, int64_t n);

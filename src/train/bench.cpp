@@ -26,6 +26,7 @@
 #include "ops/profile.h"
 #include "ops/tensor.h"
 #include "train/engine.h"
+#include "train/memory_plan.h"
 #include "train/optimizer.h"
 #include "train/presets.h"
 
@@ -198,20 +199,24 @@ void run_bench(const BenchOptions& o) {
     std::ofstream(o.lengths_out) << lj.dump() << "\n";
   }
 
+  const model::StateOptions state =
+      model::parse_state_options(o.master, o.moments, o.offload, "bench");
+  const core::DType compute_dt =
+      dev == core::Device::cuda && o.precision == "bf16" ? core::DType::bf16 : core::DType::f32;
+  const model::StateBytes state_bytes = model::state_bytes(compute_dt, state);
+  PlanInput plan_in;
+  plan_in.device = dev;
+  plan_in.compute = compute_dt;
+  plan_in.state = state;
+  plan_in.micro_batch_tokens = o.micro_batch_tokens;
+  plan_in.recompute = o.recompute;
+  plan_in.saves_checkpoints = false;
+  check_memory_plan(c, plan_in, available_memory(dev), "bench");
+  const MemoryPlan plan = plan_memory(c, plan_in);
   const size_t free0 = ops::memory_info(dev).free;
   model::TensorMap params = bench_params(c, o.seed);
   int64_t nparams = 0;
   for (const auto& [k, t] : params) nparams += t.numel();
-  DT_CHECK(o.master == "fp32" || o.master == "remainder",
-           "bench: --master must be fp32 or remainder, got '", o.master, "'");
-  DT_CHECK(o.moments == "fp32" || o.moments == "bf16",
-           "bench: --moments must be fp32 or bf16, got '", o.moments, "'");
-  model::StateOptions state;
-  state.master_remainder = o.master == "remainder";
-  state.moments = o.moments == "bf16" ? core::DType::bf16 : core::DType::f32;
-  const core::DType compute_dt =
-      dev == core::Device::cuda && o.precision == "bf16" ? core::DType::bf16 : core::DType::f32;
-  const model::StateBytes state_bytes = model::state_bytes(compute_dt, state);
   AdamWOptions ao;
   ao.weight_decay = 0.1;
   ao.bf16_moments = state.moments == core::DType::bf16;
@@ -219,13 +224,15 @@ void run_bench(const BenchOptions& o) {
   auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state);
   params.clear();
 
-  std::fprintf(
-      stderr,
-      "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
-      "%s (%g bytes of state per parameter)\n",
-      o.preset.c_str(), o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
-      double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens),
-      o.master.c_str(), o.moments.c_str(), state_bytes.train);
+  std::fprintf(stderr,
+               "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
+               "%s, offload %s (%g bytes of state per parameter on the device, %g in host memory)\n"
+               "bench: memory plan: %s\n",
+               o.preset.c_str(),
+               o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
+               double(nparams) / 1e9, o.precision.c_str(),
+               static_cast<long long>(o.micro_batch_tokens), o.master.c_str(), o.moments.c_str(),
+               o.offload.c_str(), state_bytes.train, state_bytes.host, describe(plan).c_str());
   std::vector<double> times, tokens, flops;
   std::map<std::string, double> stages;
   double last_loss = 0;
@@ -284,10 +291,13 @@ void run_bench(const BenchOptions& o) {
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
               last_loss, std::log(double(c.vocab_size)));
   std::printf(
-      "  training state       master %s, moments %s: %g bytes per parameter (%g weights and "
-      "gradient + %g AdamW moments), %.2f GiB\n",
-      o.master.c_str(), o.moments.c_str(), state_bytes.train, state_bytes.held,
-      state_bytes.train - state_bytes.held, gib(state_bytes.train * double(nparams)));
+      "  training state       master %s, moments %s, offload %s: %g bytes per parameter on the "
+      "device (%g weights and gradient + %g AdamW moments), %.2f GiB; %g bytes per parameter "
+      "in host memory, %.2f GiB\n",
+      o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.held,
+      state_bytes.train - state_bytes.held, gib(state_bytes.train * double(nparams)),
+      state_bytes.host, gib(state_bytes.host * double(nparams)));
+  std::printf("  memory plan          %s\n", describe(plan).c_str());
   std::printf("  real tokens/s        %.0f\n", tps);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf(
@@ -299,13 +309,23 @@ void run_bench(const BenchOptions& o) {
   std::printf("  stages of one step (ms):\n");
   for (auto& [k, v] : stages) std::printf("    %-45s %8.1f\n", k.c_str(), v);
   if (!o.json_out.empty()) {
-    nlohmann::json j = {{"preset", o.preset},       {"layers", c.num_hidden_layers},
-                        {"gpu", device_name},       {"params", nparams},
-                        {"precision", o.precision}, {"master", o.master},
-                        {"moments", o.moments},     {"state_bytes_per_param", state_bytes.train},
-                        {"real_tok_per_s", tps},    {"step_s_median", med},
-                        {"tflops", tflops},         {"mfu", tflops * 1e12 / kPeakFlops},
-                        {"peak_gib", peak},         {"stages_ms", stages}};
+    nlohmann::json j = {{"preset", o.preset},
+                        {"layers", c.num_hidden_layers},
+                        {"gpu", device_name},
+                        {"params", nparams},
+                        {"precision", o.precision},
+                        {"master", o.master},
+                        {"moments", o.moments},
+                        {"state_bytes_per_param", state_bytes.train},
+                        {"offload", o.offload},
+                        {"host_state_bytes_per_param", state_bytes.host},
+                        {"planned_device_gib", gib(plan.device_total())},
+                        {"real_tok_per_s", tps},
+                        {"step_s_median", med},
+                        {"tflops", tflops},
+                        {"mfu", tflops * 1e12 / kPeakFlops},
+                        {"peak_gib", peak},
+                        {"stages_ms", stages}};
     std::ofstream(o.json_out) << j.dump(1) << "\n";
   }
 }

@@ -19,6 +19,7 @@ struct BenchOptions {
   bool recompute = false;          // activation recomputation per layer
   std::string master = "fp32";     // fp32 | remainder (training.master)
   std::string moments = "fp32";    // fp32 | bf16 (training.moments)
+  std::string offload = "none";    // none | moments | master+moments (training.offload)
   double median_len = 600, sigma = 0.8;
   int64_t min_len = 64, max_len = 2048;
   uint64_t seed = 1;

@@ -71,7 +71,15 @@ class ModelEngine final : public Engine {
       t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;
       ts.push_back(t);
     }
-    ops::adamw_step_multi(ts, args);
+    const model::StateOptions& so = p.options();
+    if (so.offload_moments || so.offload_master) {
+      ops::AdamWOffload off;
+      off.moments = so.offload_moments;
+      off.master = so.offload_master;
+      ops::adamw_step_offloaded(ts, args, off);
+    } else {
+      ops::adamw_step_multi(ts, args);
+    }
     grad_scale_ = 1.0f;
   }
 
@@ -92,8 +100,13 @@ class ModelEngine final : public Engine {
     const core::Device dev = p.device();
     core::allocator(dev).set_oom_hint(p.state_hint());
     const core::DType dt = p.options().moments;  // f32 or bf16 (training.moments)
-    m_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg");
-    v_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg_sq");
+    if (p.options().offload_moments) {           // pinned host memory, streamed through the device
+      m_ = core::Buffer::pinned_host(dt, {p.total()}, "offloaded AdamW exp_avg");
+      v_ = core::Buffer::pinned_host(dt, {p.total()}, "offloaded AdamW exp_avg_sq");
+    } else {
+      m_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg");
+      v_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg_sq");
+    }
     ops::adamw_state_zero(m_);
     ops::adamw_state_zero(v_);
   }

@@ -24,14 +24,15 @@ constexpr int64_t kParallelMin = 1 << 15;
 constexpr int64_t kNormBlock = 1 << 16;
 
 // Checks that `m` has exactly the names and shapes of `ref`; names the first difference.
-void check_same_layout(const TensorMap& ref, const TensorMap& m, const char* what) {
-  for (const auto& [name, t] : ref) {
+void check_same_layout(const std::map<std::string, core::Shape>& ref, const TensorMap& m,
+                       const char* what) {
+  for (const auto& [name, shape] : ref) {
     auto it = m.find(name);
     DT_CHECK(it != m.end(), what, ": parameter '", name, "' is missing");
-    DT_CHECK(it->second.shape == t.shape, what, ": parameter '", name, "' has shape ",
-             core::shape_str(it->second.shape), ", expected ", core::shape_str(t.shape));
-    DT_CHECK(it->second.numel() == core::numel(t.shape), what, ": parameter '", name, "' has ",
-             it->second.numel(), " values for shape ", core::shape_str(t.shape));
+    DT_CHECK(it->second.shape == shape, what, ": parameter '", name, "' has shape ",
+             core::shape_str(it->second.shape), ", expected ", core::shape_str(shape));
+    DT_CHECK(it->second.numel() == core::numel(shape), what, ": parameter '", name, "' has ",
+             it->second.numel(), " values for shape ", core::shape_str(shape));
   }
   if (m.size() != ref.size())
     for (const auto& [name, t] : m)
@@ -55,8 +56,7 @@ AdamW::AdamW(const TensorMap& params, AdamWOptions opt) : opt_(std::move(opt)) {
   DT_CHECK(opt_.eps >= 0, "AdamW: eps must be >= 0, got ", opt_.eps);
   DT_CHECK(opt_.weight_decay >= 0, "AdamW: weight_decay must be >= 0, got ", opt_.weight_decay);
   for (const auto& [name, p] : params) {
-    m_.emplace(name, core::Tensor(p.shape));
-    v_.emplace(name, core::Tensor(p.shape));
+    shapes_[name] = p.shape;
     decay_[name] = opt_.decay_predicate
                        ? opt_.decay_predicate(name, p.shape)
                        : default_weight_decay(name, p.shape, opt_.decay_embeddings);
@@ -71,16 +71,36 @@ bool AdamW::decays(const std::string& name) const {
 
 std::vector<std::string> AdamW::names() const {
   std::vector<std::string> out;
-  out.reserve(m_.size());
-  for (const auto& kv : m_) out.push_back(kv.first);
+  out.reserve(shapes_.size());
+  for (const auto& kv : shapes_) out.push_back(kv.first);
   return out;
 }
 
+const TensorMap& AdamW::exp_avg() const {
+  allocate_moments();
+  return m_;
+}
+
+const TensorMap& AdamW::exp_avg_sq() const {
+  allocate_moments();
+  return v_;
+}
+
+void AdamW::allocate_moments() const {
+  if (moments_allocated_) return;
+  for (const auto& [name, shape] : shapes_) {
+    m_.emplace(name, core::Tensor(shape));
+    v_.emplace(name, core::Tensor(shape));
+  }
+  moments_allocated_ = true;
+}
+
 void AdamW::step(TensorMap& params, const TensorMap& grads, double lr) {
-  check_same_layout(m_, params, "AdamW step: parameters");
-  check_same_layout(m_, grads, "AdamW step: gradients");
+  check_same_layout(shapes_, params, "AdamW step: parameters");
+  check_same_layout(shapes_, grads, "AdamW step: gradients");
   DT_CHECK(!opt_.bf16_moments,
            "AdamW step: host tensors keep fp32 moments; bf16 moments are the engine's");
+  allocate_moments();
   ++step_;
   // The per-element update is ops::adamw_step_multi's (cpu::adamw_step on host tensors), the
   // formula documented in optimizer.h.
@@ -106,11 +126,12 @@ void AdamW::step(TensorMap& params, const TensorMap& grads, double lr) {
 
 void AdamW::set_state(int64_t step, TensorMap exp_avg, TensorMap exp_avg_sq) {
   DT_CHECK(step >= 0, "AdamW: step count must be >= 0, got ", step);
-  check_same_layout(m_, exp_avg, "AdamW state: exp_avg");
-  check_same_layout(m_, exp_avg_sq, "AdamW state: exp_avg_sq");
+  check_same_layout(shapes_, exp_avg, "AdamW state: exp_avg");
+  check_same_layout(shapes_, exp_avg_sq, "AdamW state: exp_avg_sq");
   step_ = step;
   m_ = std::move(exp_avg);
   v_ = std::move(exp_avg_sq);
+  moments_allocated_ = true;
 }
 
 double grad_norm(const TensorMap& grads) {

@@ -55,7 +55,8 @@ struct AdamWOptions {
 // do not depend on the number of OpenMP threads.
 class AdamW {
  public:
-  // Zero moments shaped like params; the decay group of every name is decided here.
+  // Zero moments shaped like params (allocated when first needed); the decay group of every name
+  // is decided here.
   AdamW(const TensorMap& params, AdamWOptions opt);
 
   // One update of every parameter. params and grads must hold exactly the optimizer's names
@@ -67,8 +68,10 @@ class AdamW {
   int64_t step_count() const { return step_; }  // updates done so far (t of the last update)
   bool decays(const std::string& name) const;   // throws for a name the optimizer lacks
   std::vector<std::string> names() const;       // sorted
-  const TensorMap& exp_avg() const { return m_; }
-  const TensorMap& exp_avg_sq() const { return v_; }
+  // The host moments, allocated (zero) on first use: an engine keeps its own on its device, so a
+  // run that never reads these (no resume, no checkpoint yet) holds no host copy of them.
+  const TensorMap& exp_avg() const;
+  const TensorMap& exp_avg_sq() const;
 
   // Replaces step count and moments (resume). Names and shapes must equal the current ones;
   // on error nothing changes.
@@ -77,7 +80,10 @@ class AdamW {
  private:
   AdamWOptions opt_;
   int64_t step_ = 0;
-  TensorMap m_, v_;
+  void allocate_moments() const;
+  std::map<std::string, core::Shape> shapes_;
+  mutable TensorMap m_, v_;
+  mutable bool moments_allocated_ = false;
   std::map<std::string, bool> decay_;
 };
 

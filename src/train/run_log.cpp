@@ -29,9 +29,9 @@ void print_run_start(const TrainConfig& cfg, const model::TensorMap& params,
   for (const auto& [k, t] : params) n += t.numel();
   std::fprintf(stderr,
                "train: %lld parameters, packing efficiency %.1f%% (%lld-token micro-batches); "
-               "state: master %s, moments %s\n",
+               "state: master %s, moments %s, offload %s\n",
                n, 100.0 * batches.efficiency(), static_cast<long long>(cfg.micro_batch_tokens),
-               cfg.master.c_str(), cfg.moments.c_str());
+               cfg.master.c_str(), cfg.moments.c_str(), cfg.offload.c_str());
 }
 
 RunLog::RunLog(const TrainConfig& cfg, const model::Config& c, bool resumed, int64_t first_step)

@@ -6,7 +6,9 @@
 
 #include "core/error.h"
 #include "model/init.h"
+#include "ops/device.h"
 #include "train/finite_check.h"
+#include "train/memory_plan.h"
 #include "train/presets.h"
 #include "train/run_identity.h"
 #include "train/train_checkpoint.h"
@@ -28,6 +30,26 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
   return ck;
 }
 
+void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
+  const std::string dir = !resume_dir.empty() ? resume_dir : cfg.model_path;
+  model::Config c;
+  if (!dir.empty()) {
+    c = model::load_config(dir + "/config.json");
+  } else {
+    c = model::parse_config(preset_config(cfg.model_preset), "preset " + cfg.model_preset);
+  }
+  c.mtp_enabled = c.mtp_num_hidden_layers > 0 && !cfg.ignore_mtp;
+  PlanInput in;
+  const bool cuda = cfg.device == "cuda";
+  in.device = cuda ? core::Device::cuda : core::Device::cpu;
+  if (cuda) ops::check_device(in.device);
+  in.compute = cuda && cfg.precision == "bf16" ? core::DType::bf16 : core::DType::f32;
+  in.state = state_options(cfg);
+  in.micro_batch_tokens = cfg.micro_batch_tokens;
+  in.recompute = cfg.recompute;
+  check_memory_plan(c, in, available_memory(in.device), cfg.source);
+}
+
 std::string tokenizer_path(const TrainConfig& cfg) {
   if (!cfg.tokenizer.empty()) return cfg.tokenizer;
   DT_CHECK(!cfg.model_path.empty(), cfg.source,
@@ -46,10 +68,7 @@ AdamWOptions adamw_options(const TrainConfig& cfg) {
 }
 
 model::StateOptions state_options(const TrainConfig& cfg) {
-  model::StateOptions so;
-  so.master_remainder = cfg.master == "remainder";
-  so.moments = cfg.moments == "bf16" ? core::DType::bf16 : core::DType::f32;
-  return so;
+  return model::parse_state_options(cfg.master, cfg.moments, cfg.offload, cfg.source);
 }
 
 ScheduleOptions schedule_options(const TrainConfig& cfg) {

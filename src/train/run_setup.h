@@ -26,7 +26,12 @@ std::string tokenizer_path(const TrainConfig& cfg);
 
 AdamWOptions adamw_options(const TrainConfig& cfg);
 
-// training.master and training.moments as the parameter store's options.
+// The memory plan of the run (train/memory_plan.h), from the model's config alone (the
+// checkpoint's config.json or the preset): stops with one line naming the numbers and the
+// options that would fit before any weight is loaded or allocated.
+void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir);
+
+// training.master, training.moments and training.offload as the parameter store's options.
 model::StateOptions state_options(const TrainConfig& cfg);
 
 // The learning-rate schedule of cfg, validated (validate_schedule).

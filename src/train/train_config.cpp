@@ -9,6 +9,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "model/params.h"
 
 namespace deltatron::train {
 
@@ -100,6 +101,7 @@ const std::map<std::string, Setter>& setters() {
       {"training.recompute", set(&TrainConfig::recompute)},
       {"training.master", set(&TrainConfig::master)},
       {"training.moments", set(&TrainConfig::moments)},
+      {"training.offload", set(&TrainConfig::offload)},
   };
   return s;
 }
@@ -168,12 +170,13 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
            ": training.device must be cpu or cuda, got '", c.device, "'");
   DT_CHECK(c.precision == "bf16" || c.precision == "fp32", path,
            ": training.precision must be bf16 or fp32, got '", c.precision, "'");
+  const model::StateOptions so = model::parse_state_options(c.master, c.moments, c.offload, path);
   DT_CHECK(
-      c.master == "fp32" || c.master == "remainder", path,
-      ": training.master must be fp32 or remainder (the bf16 weight + 16-bit remainder), got '",
-      c.master, "'");
-  DT_CHECK(c.moments == "fp32" || c.moments == "bf16", path,
-           ": training.moments must be fp32 or bf16, got '", c.moments, "'");
+      !so.offload_master || so.master_remainder || (c.device == "cuda" && c.precision == "bf16"),
+      path,
+      ": training.offload = master+moments with training.master = fp32 needs bf16 compute on "
+      "cuda (with f32 compute the f32 weights are the masters the model reads); use "
+      "training.master = remainder");
   DT_CHECK(c.steps > 0, path, ": training.steps must be positive");
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");

@@ -70,6 +70,9 @@ struct TrainConfig {
   // rounded: 4 bytes per parameter less, saved as BF16 in the checkpoint).
   std::string master = "fp32";   // fp32 | remainder
   std::string moments = "fp32";  // fp32 | bf16
+  // Which state lives in (pinned) host memory, streamed through the GPU by each step: none,
+  // moments, or master+moments (the fp32 masters or, with master = remainder, the remainders).
+  std::string offload = "none";  // none | moments | master+moments
 
   std::string source;  // the config file, for messages
 };

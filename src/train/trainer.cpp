@@ -40,7 +40,9 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   remove_stale_checkpoint_temps(cfg.out_dir);
   RunStart start = plan_run_start(cfg, resume, overwrite);
 
-  // 2. Model, tokenizer, data; optimizer, schedule and state (the checkpoint's on a resume).
+  // 2. The memory plan (nothing allocated yet); model, tokenizer, data; optimizer, schedule and
+  // state (the checkpoint's on a resume).
+  check_run_memory(cfg, start.resume_dir);
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir);
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);

@@ -4,10 +4,8 @@
 #     the CPU (same data, init, schedule): per-step losses must track the CPU curve.
 #  2. Resume on the GPU is bitwise: 10 steps straight vs 5 steps + --resume to 10 (constant lr),
 #     same GPU: identical losses for steps 6-10 and identical fp32 master weights.
-#  3. The lean state (issue 12): training.master = remainder trains bitwise as fp32 masters on the
-#     GPU, 200 steps of the dense and the MoE example, with fp32 and with bf16 moments (identical
-#     per-step losses and gradient norms, identical checkpoint files); and the resume check of 2.
-#     with remainder masters and bf16 moments.
+# The lean state's checks (issue 12: remainder = fp32 bitwise, offload bitwise, bf16 moments' loss
+# curve) are tools/gpu/check_lean.sh.
 # Usage: tools/gpu/check_train.sh DELTATRON_BINARY OUT_DIR
 # CPU_REF=DIR: use DIR/metrics.jsonl (a CPU run of the same command made beforehand, e.g. on the
 # build machine: `deltatron train examples/addition/train.toml --training.steps=200
@@ -87,53 +85,5 @@ same = all(a[s] == b[s] for s in range(6, 11))
 print("   losses of steps 6-10:", "identical" if same else f"differ {a} {b}")
 sys.exit(0 if same else 1)
 PY
-echo "== lean state on the GPU: master remainder vs fp32, 200 steps (bitwise)"
-lean=(--training.device=cuda --training.steps=200 --training.eval_every=0 --training.save_every=0
-      --training.log_every=50)
-for example in train train_moe; do
-  for moments in fp32 bf16; do
-    for master in fp32 remainder; do
-      "$bin" train "$repo/examples/addition/$example.toml" "${lean[@]}" \
-        --training.moments=$moments --training.master=$master \
-        --training.out_dir="$out/lean_${example}_${moments}_${master}" 2>/dev/null || status=1
-    done
-    a=$out/lean_${example}_${moments}_fp32
-    b=$out/lean_${example}_${moments}_remainder
-    same=1
-    for f in model.safetensors training_state/master_weights.safetensors \
-             training_state/optimizer.safetensors; do
-      cmp -s "$(ls -d "$a"/checkpoint-* | tail -1)/$f" "$(ls -d "$b"/checkpoint-* | tail -1)/$f" ||
-        { echo "   $example, moments $moments: $f differs"; same=0; }
-    done
-    python3 - "$a" "$b" <<'PY' || same=0
-import json, sys
-def steps(d):
-    return [(j["step"], j["loss"], j["grad_norm"]) for j in map(json.loads, open(f"{d}/metrics.jsonl")) if "loss" in j]
-a, b = steps(sys.argv[1]), steps(sys.argv[2])
-ok = len(a) == 200 and a == b
-first = next((x for x, y in zip(a, b) if x != y), None)
-print(f"   per-step loss and grad norm: {'identical' if ok else f'differ (first: {first})'}")
-sys.exit(0 if ok else 1)
-PY
-    echo "   $example, moments $moments: $([[ $same == 1 ]] && echo "bitwise identical" || echo DIFFER)"
-    [[ $same == 1 ]] || status=1
-  done
-done
-
-echo "== resume on the GPU with master remainder and bf16 moments (bitwise)"
-lr=("${rc[@]}" --training.master=remainder --training.moments=bf16)
-"$bin" train "$cfg" "${lr[@]}" --training.steps=10 --training.out_dir="$out/lean_straight" \
-  2>/dev/null || status=1
-"$bin" train "$cfg" "${lr[@]}" --training.steps=5 --training.out_dir="$out/lean_resumed" \
-  2>/dev/null || status=1
-"$bin" train "$cfg" "${lr[@]}" --training.steps=10 --training.out_dir="$out/lean_resumed" --resume \
-  2>/dev/null || status=1
-for f in training_state/master_weights.safetensors training_state/optimizer.safetensors; do
-  if cmp -s "$(ls -d "$out"/lean_straight/checkpoint-* | tail -1)/$f" \
-            "$(ls -d "$out"/lean_resumed/checkpoint-* | tail -1)/$f"; then
-    echo "   $f after 10 steps: bitwise identical"
-  else echo "   $f differs"; status=1; fi
-done
-
 echo "== check_train: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status

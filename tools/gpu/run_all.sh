@@ -6,7 +6,8 @@
 #   tools/bench/fetch_peer.sh                                                          # here, once
 #   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
 #
-# Environment: PARTS (default "tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe"; one
+# Environment: PARTS (default "tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe";
+# the lean state's: "lean lean-curve bench-moe-lean bench-moe-offload bench-4b bench-9b"; one
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
@@ -32,6 +33,10 @@ has() { [[ $parts == *" $1 "* ]]; }
 if has tests; then NO_MEMCHECK=1 "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1; fi
 if has memcheck; then NO_CTEST=1 "$repo/tools/gpu/run_gpu_tests.sh" "$rt" || status=1; fi
 if has train; then "$repo/tools/gpu/check_train.sh" "$rt/deltatron" "$out/train" || status=1; fi
+if has lean; then PARTS=bitwise "$repo/tools/gpu/check_lean.sh" "$rt/deltatron" "$out/lean" || status=1; fi
+if has lean-curve; then
+  PARTS=curve "$repo/tools/gpu/check_lean.sh" "$rt/deltatron" "$out/lean" || status=1
+fi
 if has score; then
   echo "== deltatron score --device cuda on every golden fixture (tools/gpu/check_score.sh)"
   "$repo/tools/gpu/check_score.sh" "$rt/deltatron" "$out/score" || status=1
@@ -67,5 +72,13 @@ has peer-2b && peer 2b 2b
 moe_layers=${MOE_LAYERS:-4}
 has bench-moe && bench moe --preset 35b-a3b --layers "$moe_layers"
 has peer-moe && peer moe moe "$moe_layers"
+# The lean state (issue 12): the MoE slice with 12 and 8 bytes of state per parameter (the peer
+# above keeps bf16 weights and bf16 AdamW state), the 4b and 9b presets fully fine-tuned on one GPU.
+lean=(--master remainder --moments bf16)
+has bench-moe-lean && bench moe_lean --preset 35b-a3b --layers "$moe_layers" "${lean[@]}"
+has bench-moe-offload && bench moe_offload --preset 35b-a3b --layers "$moe_layers" "${lean[@]}" \
+  --offload moments
+has bench-4b && bench 4b_lean --preset 4b "${lean[@]}" --recompute
+has bench-9b && bench 9b_lean --preset 9b "${lean[@]}" --recompute --offload "${OFFLOAD_9B:-none}"
 echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status

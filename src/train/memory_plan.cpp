@@ -1,0 +1,178 @@
+// The memory plan of a run (memory_plan.h).
+#include "train/memory_plan.h"
+
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+#include <vector>
+
+#include "core/error.h"
+#include "model/footprint.h"
+#include "ops/adamw.h"
+#include "ops/device.h"
+
+namespace deltatron::train {
+
+namespace {
+
+constexpr double kGiB = double(1ull << 30);
+// CUDA workspaces besides the pool's tensors: the LM head's chunk logits (512 MiB) and dlogits
+// group (1 GiB, cuda/lm_head_ce.h), cuBLASLt and scratch buffers, and room for fragmentation.
+constexpr double kCudaWorkspace = 2.5 * kGiB;
+// The host's share not planned here (the process, the tokenizer, the data index, the page cache
+// the loader needs): the plan must leave this much of the available memory.
+constexpr double kHostReserve = 2.0 * kGiB;
+
+std::string gib(double b) {
+  std::ostringstream s;
+  s.precision(3);
+  s << b / kGiB << " GiB";
+  return s.str();
+}
+
+// The options a user can change, as config text.
+std::string options_text(const PlanInput& in) {
+  std::string s = "training.master = " + model::master_name(in.state) +
+                  ", training.moments = " + model::moments_name(in.state) +
+                  ", training.offload = " + model::offload_name(in.state);
+  if (in.device == core::Device::cuda)
+    s += std::string(", training.recompute = ") + (in.recompute ? "true" : "false");
+  return s + ", training.micro_batch_tokens = " + std::to_string(in.micro_batch_tokens);
+}
+
+bool fits(const MemoryPlan& p, const Available& a) {
+  if (p.device == core::Device::cpu) return p.host_total() + kHostReserve <= a.host;
+  return p.device_total() <= a.device && p.host_total() + kHostReserve <= a.host;
+}
+
+}  // namespace
+
+double MemoryPlan::host_total() const {
+  const double dev = device == core::Device::cpu ? device_total() : 0;
+  return host_weights + host_state + host_save + dev;
+}
+
+MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
+  MemoryPlan p;
+  p.device = in.device;
+  p.params = model::param_count(c);
+  p.per_param = model::state_bytes(in.compute, in.state);
+  const double n = double(p.params);
+  p.state = (in.training ? p.per_param.train : p.per_param.held) * n;
+  const double moments = in.state.moments == core::DType::bf16 ? 4 : 8;
+  p.host_state = (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * n;
+  if (in.training && (in.state.offload_moments || in.state.offload_master)) {
+    ops::AdamWOffload off;
+    off.moments = in.state.offload_moments;
+    off.master = in.state.offload_master;
+    p.staging = double(
+        ops::adamw_offload_staging_bytes(off, in.state.moments, in.state.master_remainder ? 2 : 4));
+  }
+  p.activations = model::activation_bytes(c, in.micro_batch_tokens, in.compute,
+                                          in.recompute && in.device == core::Device::cuda);
+  const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);
+  p.workspace = 6 * N * D * 4 + (in.device == core::Device::cuda ? kCudaWorkspace : 0);
+  p.host_weights = 4 * n;
+  p.host_save = in.training && in.saves_checkpoints ? 8 * n : 0;
+  return p;
+}
+
+std::string describe(const MemoryPlan& p) {
+  std::ostringstream s;
+  s.precision(3);
+  s << double(p.params) / 1e9 << "B parameters; on " << core::device_name(p.device) << ": state "
+    << p.per_param.train << " B/param = " << gib(p.state) << ", activations "
+    << gib(p.activations) << ", workspace " << gib(p.workspace + p.staging);
+  if (p.device != core::Device::cpu) s << ", total " << gib(p.device_total());
+  s << "; host: weights " << gib(p.host_weights);
+  if (p.host_state > 0) s << ", offloaded state " << gib(p.host_state);
+  if (p.host_save > 0) s << ", checkpoint saves " << gib(p.host_save);
+  s << ", total " << gib(p.host_total());
+  return s.str();
+}
+
+Available available_memory(core::Device dev) {
+  Available a;
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") a.host = kb * 1024.0;
+  if (a.host == 0)
+    a.host = double(::sysconf(_SC_AVPHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  a.device = dev == core::Device::cpu ? a.host : double(ops::memory_info(dev).free);
+  return a;
+}
+
+void check_memory_plan(const model::Config& c, const PlanInput& in, const Available& avail,
+                       const std::string& what) {
+  const MemoryPlan p = plan_memory(c, in);
+  if (fits(p, avail)) return;
+  // What would fit: the lean options first (no cost, or a little rounding), then recomputation
+  // (a third more compute), then offloading (PCIe time every step), each with recomputation.
+  std::vector<std::string> ways;
+  const bool bf16 = in.compute == core::DType::bf16;
+  const bool cuda = in.device == core::Device::cuda;
+  PlanInput t = in;
+  std::string text;
+  const auto add = [&](const std::string& s) { text += (text.empty() ? "" : ", ") + s; };
+  if (bf16 && !t.state.master_remainder) {
+    t.state.master_remainder = true;
+    add("training.master = remainder");
+  }
+  if (t.state.moments != core::DType::bf16) {
+    t.state.moments = core::DType::bf16;
+    add("training.moments = bf16");
+  }
+  std::vector<std::pair<PlanInput, std::string>> tries;
+  const auto with_recompute = [&] {
+    if (!text.empty()) tries.push_back({t, text});
+    if (cuda && !t.recompute) {
+      PlanInput r = t;
+      r.recompute = true;
+      tries.push_back({r, text + (text.empty() ? "" : ", ") + "training.recompute = true"});
+    }
+  };
+  with_recompute();
+  if (cuda && !t.state.offload_moments) {
+    t.state.offload_moments = true;
+    const std::string before = text;
+    add("training.offload = moments");
+    with_recompute();
+    text = before;
+  }
+  if (cuda && bf16 && !t.state.offload_master) {
+    t.state.offload_moments = t.state.offload_master = true;
+    add("training.offload = master+moments");
+    with_recompute();
+  }
+  for (const auto& [opt, way] : tries)
+    if (fits(plan_memory(c, opt), avail)) {
+      ways.push_back(way);
+      break;
+    }
+  for (int64_t m = in.micro_batch_tokens / 2; m >= 256; m /= 2) {
+    PlanInput s = in;
+    s.micro_batch_tokens = m;
+    if (fits(plan_memory(c, s), avail)) {
+      ways.push_back("training.micro_batch_tokens = " + std::to_string(m));
+      break;
+    }
+  }
+  std::ostringstream msg;
+  msg << what << ": this run does not fit in memory: " << describe(p) << "; free: ";
+  if (in.device != core::Device::cpu) msg << gib(avail.device) << " on the device, ";
+  msg << gib(avail.host) << " of host memory (" << gib(kHostReserve)
+      << " kept for the rest of the process) with " << options_text(in) << "; ";
+  if (ways.empty())
+    msg << "no training option makes it fit: use a smaller model or fewer layers, or a machine "
+           "with more memory";
+  else {
+    msg << "it would fit with ";
+    for (size_t i = 0; i < ways.size(); ++i) msg << (i ? ", or with " : "") << ways[i];
+  }
+  core::fail(msg.str());
+}
+
+}  // namespace deltatron::train

@@ -1,0 +1,59 @@
+// The memory plan of a run, made before anything is allocated: the training state's bytes per
+// parameter for the chosen options (model::state_bytes), the activations of one micro-batch
+// (model::activation_bytes), the workspaces, on the device and in host memory. When the plan does
+// not fit what the machine has free, the run stops at once with one line giving the numbers and
+// the options that would make it fit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+#include "model/params.h"
+
+namespace deltatron::train {
+
+struct PlanInput {
+  core::Device device = core::Device::cpu;
+  core::DType compute = core::DType::f32;  // bf16 or f32 (the CPU: f32)
+  model::StateOptions state;
+  int64_t micro_batch_tokens = 0;
+  bool recompute = false;
+  // A training run: the AdamW moments exist (the bench's, scoring's engine has none until its
+  // first step) and a checkpoint save holds f32 host copies of them for a moment.
+  bool training = true, saves_checkpoints = true;
+};
+
+struct MemoryPlan {
+  int64_t params = 0;
+  model::StateBytes per_param;
+  // Bytes on the device (for the CPU engine: host memory, added into host_total).
+  double state = 0, staging = 0, activations = 0, workspace = 0;
+  // Bytes in host memory: the f32 host copy of the weights (loaded or initialised, and the
+  // checkpoint's), offloaded state, the moments' host copies while a checkpoint is saved.
+  double host_weights = 0, host_state = 0, host_save = 0;
+  double device_total() const { return state + staging + activations + workspace; }
+  double host_total() const;
+  core::Device device = core::Device::cpu;
+};
+
+MemoryPlan plan_memory(const model::Config& c, const PlanInput& in);
+
+// One line: "state 12 B/param x 4.38B = 48.9 GiB, activations 6.1 GiB, ... on cuda; host ...".
+std::string describe(const MemoryPlan& p);
+
+// Free memory the plan is checked against (bytes): the device's now (ops::memory_info; the CPU:
+// host memory available), and the host's (MemAvailable).
+struct Available {
+  double device = 0, host = 0;
+};
+Available available_memory(core::Device dev);
+
+// Throws core::Error, one line, when the plan does not fit `avail`: what is needed and free, and
+// which of these would fit: training.master = remainder, training.moments = bf16,
+// training.offload = moments / master+moments, training.recompute = true, a smaller
+// training.micro_batch_tokens. `what` starts the message (the config file, "bench").
+void check_memory_plan(const model::Config& c, const PlanInput& in, const Available& avail,
+                       const std::string& what);
+
+}  // namespace deltatron::train

@@ -1,0 +1,113 @@
+// The memory plan (train/memory_plan.h): its numbers follow the options, a run that does not fit
+// stops at once with one line naming what it needs, what is free and the options that would fit,
+// and the trainer makes the plan before it allocates anything (a 397B preset on the CPU).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+#include "model/config.h"
+#include "model/footprint.h"
+#include "test_util.h"
+#include "train/memory_plan.h"
+#include "train/presets.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+using namespace deltatron;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kGiB = double(1ull << 30);
+
+model::Config preset(const std::string& name) {
+  model::Config c = model::parse_config(train::preset_config(name), "preset " + name);
+  c.mtp_enabled = false;
+  return c;
+}
+
+train::PlanInput cuda_input(const std::string& master, const std::string& moments,
+                            const std::string& offload, int64_t tokens, bool recompute) {
+  train::PlanInput in;
+  in.device = core::Device::cuda;
+  in.compute = core::DType::bf16;
+  in.state = model::parse_state_options(master, moments, offload, "test");
+  in.micro_batch_tokens = tokens;
+  in.recompute = recompute;
+  return in;
+}
+
+}  // namespace
+
+TEST(MemoryPlan, NumbersFollowTheOptions) {
+  const model::Config c = preset("4b");
+  const int64_t n = model::param_count(c);
+  EXPECT_GT(n, int64_t(4e9));
+  EXPECT_LT(n, int64_t(6e9));
+  const auto full = train::plan_memory(c, cuda_input("fp32", "fp32", "none", 8192, false));
+  const auto lean = train::plan_memory(c, cuda_input("remainder", "bf16", "none", 8192, false));
+  const auto off =
+      train::plan_memory(c, cuda_input("remainder", "bf16", "master+moments", 8192, false));
+  EXPECT_EQ(full.params, n);
+  EXPECT_DOUBLE_EQ(full.state, 18.0 * double(n));
+  EXPECT_DOUBLE_EQ(lean.state, 12.0 * double(n));
+  EXPECT_DOUBLE_EQ(off.state, 6.0 * double(n));
+  EXPECT_DOUBLE_EQ(off.host_state, 6.0 * double(n));
+  EXPECT_GT(off.staging, 0.0);
+  EXPECT_EQ(full.staging, 0.0);
+  EXPECT_DOUBLE_EQ(full.host_weights, 4.0 * double(n));
+  EXPECT_DOUBLE_EQ(full.device_total(),
+                   full.state + full.staging + full.activations + full.workspace);
+  // Activations grow with the tokens; recomputation keeps one layer's.
+  const auto rec = train::plan_memory(c, cuda_input("fp32", "fp32", "none", 8192, true));
+  const auto half = train::plan_memory(c, cuda_input("fp32", "fp32", "none", 4096, false));
+  EXPECT_LT(rec.activations, full.activations / 4);
+  EXPECT_NEAR(half.activations, full.activations / 2, 1.0);
+  EXPECT_GT(full.activations, 1.0 * kGiB);
+  const std::string d = train::describe(full);
+  for (const char* part : {"B parameters", "state 18 B/param", "activations", "host"})
+    EXPECT_NE(d.find(part), std::string::npos) << d;
+}
+
+// The 9b preset on an 80 GB card: fp32 state does not fit; the message names the numbers and
+// the lean options that fit; with them the check passes.
+TEST(MemoryPlan, RefusalNamesNeedFreeAndOptionsThatFit) {
+  const model::Config c = preset("9b");
+  const train::Available h100{79.0 * kGiB, 250.0 * kGiB};
+  dt_test::expect_error(
+      [&] {
+        train::check_memory_plan(c, cuda_input("fp32", "fp32", "none", 8192, false), h100,
+                                 "run.toml");
+      },
+      {"run.toml: this run does not fit in memory", "state 18 B/param", "79 GiB on the device",
+       "training.master = fp32, training.moments = fp32, training.offload = none",
+       "it would fit with training.master = remainder, training.moments = bf16, "
+       "training.offload = moments, training.recompute = true"});
+  train::check_memory_plan(c, cuda_input("remainder", "bf16", "master+moments", 8192, true), h100,
+                           "run.toml");
+  // Nothing fits a tiny card: the message says so.
+  dt_test::expect_error(
+      [&] {
+        train::check_memory_plan(c, cuda_input("fp32", "fp32", "none", 8192, false),
+                                 {4.0 * kGiB, 250.0 * kGiB}, "run.toml");
+      },
+      {"does not fit", "no training option makes it fit"});
+  // Too little host memory for the host copy of the weights: so says the plan, on the CPU too.
+  train::PlanInput cpu;
+  cpu.micro_batch_tokens = 1024;
+  dt_test::expect_error(
+      [&] { train::check_memory_plan(c, cpu, {16.0 * kGiB, 16.0 * kGiB}, "cpu.toml"); },
+      {"cpu.toml: this run does not fit in memory", "on cpu", "16 GiB of host memory"});
+}
+
+// `train` with the 397B preset stops at the plan, before initialising any weight.
+TEST(MemoryPlan, TrainerRefusesBeforeAllocating) {
+  const dt_test::TempDir tmp("plan");
+  const fs::path examples = fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
+  const train::TrainConfig cfg = train::load_train_config(
+      (examples / "addition" / "train.toml").string(),
+      {"training.out_dir=\"" + (tmp.path / "o").string() + "\"", "model.preset=\"397b-a17b\""});
+  dt_test::expect_error([&] { train::run_train(cfg, false); },
+                        {"does not fit in memory", "B parameters", "host"});
+}
