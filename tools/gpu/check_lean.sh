@@ -106,7 +106,7 @@ if [[ $parts == *" curve "* ]]; then
   mkdir -p "$data"
   python3 "$repo/tools/gpu/make_doc_chat.py" "$data/train.jsonl" 2>/dev/null | grep make_doc_chat
   tar -xJf "$repo/tests/data/tokenizer/qwen35_tokenizer.tar.xz" -C "$data"
-  tok=$(find "$data" -name tokenizer.json | head -1)
+  tok=$data/qwen35_tokenizer.json
   cat > "$data/curve.toml" <<TOML
 [model]
 preset = "0.8b"
