@@ -44,6 +44,21 @@ inline nlohmann::json tiny_config_json(const nlohmann::json& overrides = nlohman
   return j;
 }
 
+// The tiny config as a MoE (4 experts, top-2, a shared expert) with an MTP head, enabled.
+inline deltatron::model::Config tiny_moe_mtp_config() {
+  deltatron::model::Config c =
+      deltatron::model::parse_config(tiny_config_json({{"model_type", "qwen3_5_moe_text"},
+                                                       {"intermediate_size", nullptr},
+                                                       {"num_experts", 4},
+                                                       {"num_experts_per_tok", 2},
+                                                       {"moe_intermediate_size", 12},
+                                                       {"shared_expert_intermediate_size", 10},
+                                                       {"mtp_num_hidden_layers", 1}}),
+                                     "tiny");
+  c.mtp_enabled = true;
+  return c;
+}
+
 // Random parameters far from init: matrices N(0, 0.3/sqrt(fan_in)·3), norm offsets N(0, 0.2),
 // gated-norm weights around 1, A_log = log U(1, 8), dt_bias N(0.5, 0.3).
 inline deltatron::model::TensorMap random_params(const deltatron::model::Config& c, uint64_t seed) {

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "core/bf16.h"
+#include "engine_run.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/params.h"
@@ -265,44 +266,6 @@ TEST(LeanAdamW, Errors) {
 
 // ---- the engine: remainder = fp32, bitwise, over 200 steps ---------------------------------
 
-struct EngineRun {
-  std::vector<double> losses;
-  model::TensorMap params, m, v;
-};
-
-EngineRun run_engine(const model::Config& c, const model::TensorMap& init,
-                     const std::vector<data::Pack>& packs, int steps, bool remainder,
-                     bool bf16_moments) {
-  model::TensorMap params = init;
-  train::AdamWOptions ao;
-  ao.beta2 = 0.95;
-  ao.weight_decay = 0.1;
-  ao.bf16_moments = bf16_moments;
-  train::AdamW opt(params, ao);
-  model::StateOptions so;
-  so.master_remainder = remainder;
-  so.moments = bf16_moments ? core::DType::bf16 : core::DType::f32;
-  auto engine = train::make_engine("cpu", "fp32", c, params, &opt, false, so);
-  EngineRun r;
-  for (int s = 0; s < steps; ++s) {
-    const data::Pack& pack = packs[size_t(s) % packs.size()];
-    engine->zero_grads();
-    model::ModelOptions mo;
-    mo.ce_scale = 1.f / float(pack.N);
-    const model::PackLoss pl = engine->fwd_bwd(pack, true, mo);
-    double loss = 0;
-    for (double x : pl.loss_sum) loss += x;
-    r.losses.push_back(loss);
-    engine->clip(1.0);
-    engine->step(opt, 3e-3 * (1.0 + 0.5 * std::cos(double(s))));
-  }
-  engine->sync_to_host(params, opt);
-  r.params = params;
-  r.m = opt.exp_avg();
-  r.v = opt.exp_avg_sq();
-  return r;
-}
-
 void expect_bitwise(const model::TensorMap& a, const model::TensorMap& b, const std::string& what) {
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, t] : a) {
@@ -316,16 +279,7 @@ void expect_bitwise(const model::TensorMap& a, const model::TensorMap& b, const 
 // with fp32 and with bf16 moments: training with the lean pair is bitwise training with fp32
 // masters.
 TEST(LeanEngine, RemainderIsBitwiseFp32Over200Steps) {
-  model::Config c =
-      model::parse_config(dt_test::tiny_config_json({{"model_type", "qwen3_5_moe_text"},
-                                                     {"intermediate_size", nullptr},
-                                                     {"num_experts", 4},
-                                                     {"num_experts_per_tok", 2},
-                                                     {"moe_intermediate_size", 12},
-                                                     {"shared_expert_intermediate_size", 10},
-                                                     {"mtp_num_hidden_layers", 1}}),
-                          "tiny");
-  c.mtp_enabled = true;
+  const model::Config c = dt_test::tiny_moe_mtp_config();
   const model::TensorMap init = dt_test::random_params(c, 11);
   const auto samples = dt_test::make_samples({9, 23, 5, 17, 30, 12}, c.vocab_size, 4, 3);
   const std::vector<data::Pack> packs = {dt_test::pack_of(samples, {0, 1}, 1),
@@ -334,8 +288,11 @@ TEST(LeanEngine, RemainderIsBitwiseFp32Over200Steps) {
   for (bool bf16_moments : {false, true}) {
     SCOPED_TRACE(bf16_moments ? "bf16 moments" : "fp32 moments");
     const int steps = 200;
-    const EngineRun a = run_engine(c, init, packs, steps, false, bf16_moments);
-    const EngineRun b = run_engine(c, init, packs, steps, true, bf16_moments);
+    const char* moments = bf16_moments ? "bf16" : "fp32";
+    const dt_test::EngineRun a = dt_test::run_engine(
+        c, init, packs, steps, model::parse_state_options("fp32", moments, "none", "test"));
+    const dt_test::EngineRun b = dt_test::run_engine(
+        c, init, packs, steps, model::parse_state_options("remainder", moments, "none", "test"));
     ASSERT_EQ(a.losses.size(), size_t(steps));
     for (size_t s = 0; s < a.losses.size(); ++s)
       ASSERT_EQ(a.losses[s], b.losses[s]) << "step " << s + 1;

@@ -97,7 +97,9 @@ TEST(MemoryPlan, RefusalNamesNeedFreeAndOptionsThatFit) {
   train::PlanInput cpu;
   cpu.micro_batch_tokens = 1024;
   dt_test::expect_error(
-      [&] { train::check_memory_plan(c, cpu, {16.0 * kGiB, 16.0 * kGiB}, "cpu.toml"); },
+      [&] {
+        train::check_memory_plan(c, cpu, {16.0 * kGiB, 16.0 * kGiB}, "cpu.toml");
+      },
       {"cpu.toml: this run does not fit in memory", "on cpu", "16 GiB of host memory"});
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "engine_run.h"
 #include "model/params.h"
 #include "model_fixture.h"
 #include "ops/adamw.h"
@@ -97,8 +98,8 @@ TEST(OffloadOp, ChunkedStepIsBitwiseTheDirectStep) {
           off.chunk = chunk;
           SCOPED_TRACE(std::string(remainder ? "remainder" : "fp32") + " master, " +
                        (bf16_moments ? "bf16" : "fp32") + " moments, offload " +
-                       (off.moments ? "moments " : "") + (off.master ? "master " : "") +
-                       "chunk " + std::to_string(chunk));
+                       (off.moments ? "moments " : "") + (off.master ? "master " : "") + "chunk " +
+                       std::to_string(chunk));
           Store a = make_store(sizes, cs), b = make_store(sizes, cs);
           for (int step = 1; step <= 4; ++step) {
             ops::AdamWArgs args;
@@ -146,55 +147,12 @@ TEST(OffloadOp, Errors) {
 // The CPU engine with offloaded state trains bit for bit as without (a tiny MoE + MTP model,
 // whose router masters are read in f32), and resumes from the state it hands back.
 TEST(OffloadEngine, OffloadedRunsAreBitwise) {
-  model::Config c =
-      model::parse_config(dt_test::tiny_config_json({{"model_type", "qwen3_5_moe_text"},
-                                                     {"intermediate_size", nullptr},
-                                                     {"num_experts", 4},
-                                                     {"num_experts_per_tok", 2},
-                                                     {"moe_intermediate_size", 12},
-                                                     {"shared_expert_intermediate_size", 10},
-                                                     {"mtp_num_hidden_layers", 1}}),
-                          "tiny");
-  c.mtp_enabled = true;
+  const model::Config c = dt_test::tiny_moe_mtp_config();
   const model::TensorMap init = dt_test::random_params(c, 5);
   const auto samples = dt_test::make_samples({9, 23, 5, 17, 30, 12}, c.vocab_size, 4, 3);
   const std::vector<data::Pack> packs = {dt_test::pack_of(samples, {0, 1}, 1),
                                          dt_test::pack_of(samples, {2, 3, 4}, 1),
                                          dt_test::pack_of(samples, {5}, 1)};
-  struct Run {
-    std::vector<double> losses;
-    model::TensorMap params, m, v;
-  };
-  const auto run = [&](const model::StateOptions& so, int steps, int split) {
-    model::TensorMap params = init;
-    train::AdamWOptions ao;
-    ao.weight_decay = 0.1;
-    ao.bf16_moments = so.moments == core::DType::bf16;
-    train::AdamW opt(params, ao);
-    Run r;
-    auto engine = train::make_engine("cpu", "fp32", c, params, &opt, false, so);
-    for (int s = 0; s < steps; ++s) {
-      if (s == split) {  // hand the state back and start a new engine from it (a resume)
-        engine->sync_to_host(params, opt);
-        engine = train::make_engine("cpu", "fp32", c, params, &opt, false, so);
-      }
-      const data::Pack& pack = packs[size_t(s) % packs.size()];
-      engine->zero_grads();
-      model::ModelOptions mo;
-      mo.ce_scale = 1.f / float(pack.N);
-      const model::PackLoss pl = engine->fwd_bwd(pack, true, mo);
-      double loss = 0;
-      for (double x : pl.loss_sum) loss += x;
-      r.losses.push_back(loss);
-      engine->clip(1.0);
-      engine->step(opt, 2e-3);
-    }
-    engine->sync_to_host(params, opt);
-    r.params = params;
-    r.m = opt.exp_avg();
-    r.v = opt.exp_avg_sq();
-    return r;
-  };
   const auto same = [](const model::TensorMap& x, const model::TensorMap& y) {
     for (const auto& [name, t] : x)
       if (std::memcmp(t.ptr(), y.at(name).ptr(), size_t(t.numel()) * 4) != 0) return false;
@@ -203,14 +161,14 @@ TEST(OffloadEngine, OffloadedRunsAreBitwise) {
   for (const char* master : {"fp32", "remainder"})
     for (const char* moments : {"fp32", "bf16"}) {
       const model::StateOptions base = model::parse_state_options(master, moments, "none", "t");
-      const Run ref = run(base, 30, -1);
+      const dt_test::EngineRun ref = dt_test::run_engine(c, init, packs, 30, base);
       EXPECT_LT(ref.losses.back(), ref.losses.front());
       for (const char* offload : {"moments", "master+moments"}) {
         // The CPU computes in f32: fp32 masters are the weights it reads and cannot move.
         if (std::string(offload) == "master+moments" && std::string(master) == "fp32") continue;
         SCOPED_TRACE(std::string(master) + " / " + moments + " / " + offload);
         const model::StateOptions so = model::parse_state_options(master, moments, offload, "t");
-        const Run r = run(so, 30, 13);
+        const dt_test::EngineRun r = dt_test::run_engine(c, init, packs, 30, so, 13);
         EXPECT_EQ(r.losses, ref.losses);
         EXPECT_TRUE(same(r.params, ref.params));
         EXPECT_TRUE(same(r.m, ref.m));
@@ -228,9 +186,9 @@ TEST(OffloadEngine, OffloadedRunsAreBitwise) {
 }
 
 TEST(OffloadOptions, SpellingsAndBytes) {
-  dt_test::expect_error([] { model::parse_state_options("fp32", "fp32", "all", "x.toml"); },
-                        {"x.toml", "training.offload must be none, moments or master+moments",
-                         "'all'"});
+  dt_test::expect_error(
+      [] { model::parse_state_options("fp32", "fp32", "all", "x.toml"); },
+      {"x.toml", "training.offload must be none, moments or master+moments", "'all'"});
   const auto o = model::parse_state_options("remainder", "bf16", "master+moments", "x");
   EXPECT_TRUE(o.offload_master && o.offload_moments && o.master_remainder);
   EXPECT_EQ(model::offload_name(o), "master+moments");

@@ -73,16 +73,7 @@ model::TensorMap step_grads(const train::TrainConfig& cfg, const model::Config& 
 }
 
 TEST(Objective, PackingAndMicroBatchingDoNotChangeTheGradient) {
-  model::Config c =
-      model::parse_config(dt_test::tiny_config_json({{"model_type", "qwen3_5_moe_text"},
-                                                     {"intermediate_size", nullptr},
-                                                     {"num_experts", 4},
-                                                     {"num_experts_per_tok", 2},
-                                                     {"moe_intermediate_size", 12},
-                                                     {"shared_expert_intermediate_size", 10},
-                                                     {"mtp_num_hidden_layers", 1}}),
-                          "tiny");
-  c.mtp_enabled = true;
+  const model::Config c = dt_test::tiny_moe_mtp_config();
   const model::TensorMap p = dt_test::random_params(c, 5);
   const auto samples = samples_of({7, 65, 3, 30, 130, 12, 1}, c.vocab_size);
   train::TrainConfig cfg;

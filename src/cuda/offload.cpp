@@ -70,7 +70,9 @@ void OffloadPipeline::copy_out(void* dst, const void* src, size_t bytes) {
   if (bytes) DT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st(out_)));
 }
 
-void OffloadPipeline::end_drain(int s) { DT_CUDA_CHECK(cudaEventRecord(ev(drained_[s]), st(out_))); }
+void OffloadPipeline::end_drain(int s) {
+  DT_CUDA_CHECK(cudaEventRecord(ev(drained_[s]), st(out_)));
+}
 
 void OffloadPipeline::finish() {
   DT_CUDA_CHECK(cudaStreamSynchronize(st(out_)));

@@ -97,8 +97,8 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
         opt_.offload_master
             ? core::Buffer::pinned_host(core::DType::u16, {total_}, "offloaded master remainders")
             : core::Buffer(dev_, core::DType::u16, {total_}, "master remainders");
-    ops::adamw_state_zero(compute_);
-    ops::adamw_state_zero(remainder_);
+    ops::zero(compute_);
+    ops::zero(remainder_);
     if (f32_total_ > 0)
       master_ = core::Buffer(dev_, core::DType::f32, {f32_total_},
                              dt_ == core::DType::f32 ? "f32 weights" : "f32 router weights");
@@ -192,7 +192,7 @@ void Params::to_flat(const TensorMap& host, const core::View& flat, const char* 
       const float* x = t.ptr();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < e.numel; ++i) h[i] = core::bf16_round_nearest_even(x[i]);
-      ops::adamw_state_from_host(flat.slice(e.offset, e.numel), h.data());
+      ops::copy_from_host(flat.slice(e.offset, e.numel), h.data());
     } else {
       ops::copy_from_host(flat.slice(e.offset, e.numel), t.ptr());
     }
@@ -206,7 +206,7 @@ void Params::from_flat(const core::View& flat, TensorMap& host, const char* what
              e.numel);
     if (flat.dtype == core::DType::bf16) {
       std::vector<uint16_t> h(static_cast<size_t>(e.numel));
-      ops::adamw_state_to_host(flat.slice(e.offset, e.numel), h.data());
+      ops::copy_to_host(flat.slice(e.offset, e.numel), h.data());
       float* x = t.ptr();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < e.numel; ++i) x[i] = core::bf16_to_f32(h[i]);
@@ -231,7 +231,7 @@ void Params::upload(const TensorMap& host) {
       const float* x = t.ptr();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
-      ops::adamw_state_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+      ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
     }
     if (!opt_.master_remainder) continue;
     // The lean pair, split on the host (exact; core/bf16.h).
@@ -239,8 +239,8 @@ void Params::upload(const TensorMap& host) {
     const float* x = t.ptr();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < e.numel; ++i) core::master_split(x[i], wt[i], rem[i]);
-    ops::adamw_state_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
-    ops::adamw_state_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
+    ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+    ops::copy_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
   }
   // fp32 masters: the bf16 compute copies, rounded as the pair's weights (ties away from zero).
   if (!opt_.master_remainder && dt_ != core::DType::f32 && master_.device() == dev_)
@@ -258,8 +258,8 @@ void Params::download(TensorMap& host) const {
     }
     // The lean pair, joined on the host (exact).
     std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
-    ops::adamw_state_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
-    ops::adamw_state_to_host(remainder_.view().slice(e.offset, e.numel), rem.data());
+    ops::copy_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
+    ops::copy_to_host(remainder_.view().slice(e.offset, e.numel), rem.data());
     float* x = t.ptr();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < e.numel; ++i) x[i] = core::master_join(wt[i], rem[i]);

@@ -99,11 +99,4 @@ int64_t adamw_offload_staging_bytes(const AdamWOffload& off, core::DType moment_
 // bf16 with ties away from zero (core::bf16_round_ties_away), n elements each, one device.
 void adamw_compute_copy(const core::View& master, const core::View& copy, int64_t n);
 
-// The optimizer state's storage, byte for byte (any dtype; unlike ops::zero and the ops::copy_*
-// helpers, bf16 and u16 views on the CPU too, where the lean state keeps them): zero it, or copy
-// it from / to host memory of x.bytes() bytes (synchronous).
-void adamw_state_zero(const core::View& x);
-void adamw_state_from_host(const core::View& dst, const void* src_host);
-void adamw_state_to_host(const core::View& src, void* dst_host);
-
 }  // namespace deltatron::ops

@@ -19,8 +19,10 @@ namespace {
 
 constexpr std::initializer_list<core::DType> kCopyable = {core::DType::f32, core::DType::bf16,
                                                           core::DType::i32};
+// Byte operations take every dtype, bf16 and u16 on the CPU too (stored state, not arithmetic).
 constexpr std::initializer_list<core::DType> kAny = {core::DType::f32, core::DType::bf16,
-                                                     core::DType::i32, core::DType::f64};
+                                                     core::DType::i32, core::DType::f64,
+                                                     core::DType::i64, core::DType::u16};
 
 }  // namespace
 
@@ -94,7 +96,7 @@ void fill(const View& x, float value, int64_t n) {
 void zero(const View& x) {
   if (x.empty()) return;
   Args a("zero");
-  a.need(x, "x", kAny, x.numel());
+  a.need_stored(x, "x", kAny, x.numel());
   switch (a.device()) {
     case core::Device::cpu:
       if (x.bytes() > 0) std::memset(x.data, 0, x.bytes());
@@ -147,7 +149,7 @@ double sum_squares(const View& x, int64_t n) {
 void copy_from_host(const View& dst, const void* src_host) {
   if (dst.empty()) return;
   Args a("copy_from_host");
-  a.need(dst, "dst", kAny, dst.numel());
+  a.need_stored(dst, "dst", kAny, dst.numel());
   if (dst.bytes() > 0 && src_host == nullptr)
     core::fail("ops::copy_from_host: src_host is null for a ", dst.describe(), " destination");
   switch (a.device()) {
@@ -167,7 +169,7 @@ void copy_from_host(const View& dst, const void* src_host) {
 void copy_to_host(const View& src, void* dst_host) {
   if (src.empty()) return;
   Args a("copy_to_host");
-  a.need(src, "src", kAny, src.numel());
+  a.need_stored(src, "src", kAny, src.numel());
   if (src.bytes() > 0 && dst_host == nullptr)
     core::fail("ops::copy_to_host: dst_host is null for a ", src.describe(), " source");
   switch (a.device()) {

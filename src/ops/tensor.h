@@ -26,7 +26,8 @@ void copy_cols(const core::View& src, int64_t src_ld, int64_t src_col0, const co
 // x[i] = value (rounded to x's dtype: f32, bf16 or i32), [n].
 void fill(const core::View& x, float value, int64_t n);
 
-// Every byte of x = 0 (any dtype; an empty view does nothing).
+// Every byte of x = 0 (any dtype, bf16 and u16 on the CPU too: these three move stored bytes, no
+// arithmetic; an empty view does nothing).
 void zero(const core::View& x);
 
 // y (f32) += x (f32, or bf16 on CUDA), [n] each.

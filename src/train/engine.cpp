@@ -107,8 +107,8 @@ class ModelEngine final : public Engine {
       m_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg");
       v_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg_sq");
     }
-    ops::adamw_state_zero(m_);
-    ops::adamw_state_zero(v_);
+    ops::zero(m_);
+    ops::zero(v_);
   }
 
   model::Model model_;

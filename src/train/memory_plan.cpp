@@ -1,9 +1,10 @@
 // The memory plan of a run (memory_plan.h).
 #include "train/memory_plan.h"
 
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
-#include <unistd.h>
 #include <vector>
 
 #include "core/error.h"
@@ -81,8 +82,8 @@ std::string describe(const MemoryPlan& p) {
   std::ostringstream s;
   s.precision(3);
   s << double(p.params) / 1e9 << "B parameters; on " << core::device_name(p.device) << ": state "
-    << p.per_param.train << " B/param = " << gib(p.state) << ", activations "
-    << gib(p.activations) << ", workspace " << gib(p.workspace + p.staging);
+    << p.per_param.train << " B/param = " << gib(p.state) << ", activations " << gib(p.activations)
+    << ", workspace " << gib(p.workspace + p.staging);
   if (p.device != core::Device::cpu) s << ", total " << gib(p.device_total());
   s << "; host: weights " << gib(p.host_weights);
   if (p.host_state > 0) s << ", offloaded state " << gib(p.host_state);
@@ -99,8 +100,7 @@ Available available_memory(core::Device dev) {
   std::string unit;
   while (f >> key >> kb >> unit)
     if (key == "MemAvailable:") a.host = kb * 1024.0;
-  if (a.host == 0)
-    a.host = double(::sysconf(_SC_AVPHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  if (a.host == 0) a.host = double(::sysconf(_SC_AVPHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
   a.device = dev == core::Device::cpu ? a.host : double(ops::memory_info(dev).free);
   return a;
 }

@@ -75,7 +75,8 @@ TEST(OffloadCuda, StreamedStepIsBitwiseTheDeviceStep) {
             const int64_t n = sizes[k];
             const std::vector<float> p = dt_test::randn<float>(size_t(n), 7 + k, 0.05);
             std::vector<uint16_t> w(static_cast<size_t>(n)), r(static_cast<size_t>(n));
-            for (int64_t i = 0; i < n; ++i) core::master_split(p[size_t(i)], w[size_t(i)], r[size_t(i)]);
+            for (int64_t i = 0; i < n; ++i)
+              core::master_split(p[size_t(i)], w[size_t(i)], r[size_t(i)]);
             std::vector<uint16_t> zero16(static_cast<size_t>(n), 0);
             std::vector<float> zero32(static_cast<size_t>(n), 0.f);
             for (State* s : {&dev, &host}) {
