@@ -1,0 +1,164 @@
+// PEFT LoRA adapter files (peft_adapter.h).
+#include "io/peft_adapter.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.h"
+#include "io/file_util.h"
+#include "io/safetensors.h"
+
+namespace deltatron::io {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kPrefix = "base_model.model.";
+constexpr const char* kA = ".lora_A.weight";
+constexpr const char* kB = ".lora_B.weight";
+
+std::string last_part(const std::string& module) {
+  const size_t dot = module.rfind('.');
+  return dot == std::string::npos ? module : module.substr(dot + 1);
+}
+
+}  // namespace
+
+std::string peft_a_name(const std::string& module) { return kPrefix + module + kA; }
+std::string peft_b_name(const std::string& module) { return kPrefix + module + kB; }
+
+void save_peft_adapter(const std::string& dir, const PeftAdapter& ad) {
+  DT_CHECK(fs::is_directory(dir), dir, ": not a directory (cannot save the adapter)");
+  std::set<std::string> targets;
+  std::map<std::string, TensorRecord> rec;
+  for (const auto& [module, a] : ad.a) {
+    DT_CHECK(ad.b.count(module), dir, ": adapter module ", module, " has lora_A but no lora_B");
+    const core::Tensor& b = ad.b.at(module);
+    DT_CHECK(a.shape.size() == 2 && a.shape[0] == ad.options.r && b.shape.size() == 2 &&
+                 b.shape[1] == ad.options.r,
+             dir, ": adapter module ", module, " has lora_A ", core::shape_str(a.shape),
+             " and lora_B ", core::shape_str(b.shape), " for r = ", ad.options.r);
+    rec.emplace(peft_a_name(module), TensorRecord{"F32", a.shape, a.ptr(), {}});
+    rec.emplace(peft_b_name(module), TensorRecord{"F32", b.shape, b.ptr(), {}});
+    targets.insert(last_part(module));
+  }
+  DT_CHECK(ad.b.size() == ad.a.size(), dir, ": adapter has ", ad.b.size(), " lora_B for ",
+           ad.a.size(), " lora_A tensors");
+  nlohmann::json j = {
+      {"peft_type", "LORA"},
+      {"task_type", "CAUSAL_LM"},
+      {"base_model_name_or_path",
+       ad.base_model.empty() ? nlohmann::json(nullptr) : nlohmann::json(ad.base_model)},
+      {"r", ad.options.r},
+      {"lora_alpha", ad.options.alpha},
+      {"lora_dropout", ad.options.dropout},
+      {"use_rslora", ad.options.rslora},
+      {"target_modules", std::vector<std::string>(targets.begin(), targets.end())},
+      {"bias", "none"},
+      {"fan_in_fan_out", false},
+      {"inference_mode", true},
+      {"init_lora_weights", true},
+      {"use_dora", false},
+      {"modules_to_save", nullptr},
+      {"layers_to_transform", nullptr},
+      {"layers_pattern", nullptr},
+      {"rank_pattern", nlohmann::json::object()},
+      {"alpha_pattern", nlohmann::json::object()},
+      {"revision", nullptr},
+  };
+  write_safetensors((fs::path(dir) / kAdapterWeightsName).string(), rec, {{"format", "pt"}});
+  write_file_atomic((fs::path(dir) / kAdapterConfigName).string(), j.dump(2) + "\n");
+}
+
+PeftAdapter load_peft_adapter(const std::string& dir) {
+  const std::string cfg_path = (fs::path(dir) / kAdapterConfigName).string();
+  const std::string w_path = (fs::path(dir) / kAdapterWeightsName).string();
+  DT_CHECK(fs::is_regular_file(cfg_path), cfg_path, ": not found (a PEFT adapter directory has ",
+           kAdapterConfigName, " and ", kAdapterWeightsName, ")");
+  DT_CHECK(fs::is_regular_file(w_path), w_path, ": not found");
+  nlohmann::json j;
+  {
+    std::ifstream in(cfg_path);
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      core::fail(cfg_path, ": not valid JSON (", e.what(), ")");
+    }
+  }
+  DT_CHECK(j.is_object(), cfg_path, ": not a JSON object");
+  DT_CHECK(j.value("peft_type", std::string()) == "LORA", cfg_path, ": peft_type is ",
+           j.contains("peft_type") ? j["peft_type"].dump() : "missing", ", expected \"LORA\"");
+  const auto num = [&](const char* k) {
+    DT_CHECK(j.contains(k) && j[k].is_number(), cfg_path, ": ", k, " must be a number");
+    return j[k].get<double>();
+  };
+  const auto off = [&](const char* k, const nlohmann::json& ok) {
+    DT_CHECK(!j.contains(k) || j[k].is_null() || j[k] == ok, cfg_path, ": ", k, " = ",
+             j[k].dump(), " is not supported (deltatron applies plain LoRA)");
+  };
+  off("use_dora", false);
+  off("bias", "none");
+  off("fan_in_fan_out", false);
+  off("rank_pattern", nlohmann::json::object());
+  off("alpha_pattern", nlohmann::json::object());
+  off("modules_to_save", nlohmann::json::array());
+  off("layers_to_transform", nlohmann::json::array());
+  PeftAdapter ad;
+  const double r = num("r");
+  DT_CHECK(r >= 1 && r == double(int64_t(r)), cfg_path, ": r = ", r, " must be a positive integer");
+  ad.options.r = int64_t(r);
+  ad.options.alpha = num("lora_alpha");
+  ad.options.dropout = j.contains("lora_dropout") ? num("lora_dropout") : 0.0;
+  ad.options.rslora = j.value("use_rslora", false);
+  if (j.contains("target_modules") && j["target_modules"].is_array())
+    for (const auto& t : j["target_modules"]) ad.options.targets.push_back(t.get<std::string>());
+  else if (j.contains("target_modules") && j["target_modules"].is_string())
+    ad.options.targets.push_back(j["target_modules"].get<std::string>());
+  if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
+    ad.base_model = j["base_model_name_or_path"].get<std::string>();
+
+  const SafetensorsFile f(w_path);
+  const size_t plen = std::string(kPrefix).size();
+  for (const std::string& name : f.names()) {
+    const bool is_a = name.ends_with(kA), is_b = name.ends_with(kB);
+    DT_CHECK(name.starts_with(kPrefix) && (is_a || is_b), w_path, ": tensor '", name,
+             "' is not a LoRA weight (base_model.model.<module>.lora_A.weight / lora_B.weight)");
+    const std::string module =
+        name.substr(plen, name.size() - plen - std::string(is_a ? kA : kB).size());
+    core::Tensor t = f.to_float(name);
+    DT_CHECK(t.shape.size() == 2 && t.shape[is_a ? 0 : 1] == ad.options.r, w_path, ": tensor '",
+             name, "' has shape ", core::shape_str(t.shape), ", expected ",
+             is_a ? "[r, in]" : "[out, r]", " with r = ", ad.options.r);
+    (is_a ? ad.a : ad.b).emplace(module, std::move(t));
+  }
+  for (const auto& [m, t] : ad.a)
+    DT_CHECK(ad.b.count(m), w_path, ": module ", m, " has lora_A but no lora_B");
+  for (const auto& [m, t] : ad.b)
+    DT_CHECK(ad.a.count(m), w_path, ": module ", m, " has lora_B but no lora_A");
+  DT_CHECK(!ad.a.empty(), w_path, ": holds no LoRA weights");
+  return ad;
+}
+
+void check_adapter_matches(const PeftAdapter& ad, const std::vector<model::LoraModule>& mods,
+                           const std::string& where) {
+  std::set<std::string> names;
+  for (const model::LoraModule& m : mods) {
+    names.insert(m.name);
+    DT_CHECK(ad.a.count(m.name), where, ": has no adapter for module ", m.name,
+             " (adapted by the options)");
+    const core::Shape want_a{ad.options.r, m.in}, want_b{m.out, ad.options.r};
+    DT_CHECK(ad.a.at(m.name).shape == want_a && ad.b.at(m.name).shape == want_b, where,
+             ": module ", m.name, " has lora_A ", core::shape_str(ad.a.at(m.name).shape),
+             " and lora_B ", core::shape_str(ad.b.at(m.name).shape), ", expected ",
+             core::shape_str(want_a), " and ", core::shape_str(want_b));
+  }
+  for (const auto& [m, t] : ad.a)
+    DT_CHECK(names.count(m), where, ": adapts module ", m,
+             ", which is not a linear layer this model adapts (check the base model and targets)");
+}
+
+}  // namespace deltatron::io
