@@ -88,8 +88,9 @@ TEST(LoraTargets, NamedOnlyModulesAndExplicitLists) {
   EXPECT_EQ(model::lora_modules(moe, o, "t").size(), model::lora_modules(moe, {}, "t").size() + 40);
   const auto lines = model::lora_report(model::lora_modules(moe, {}, "t"));
   ASSERT_EQ(lines.size(), 3u);
-  EXPECT_EQ(lines[0], "linear_attention: 150 modules in 30 layers (in_proj_qkv in_proj_z "
-                      "in_proj_b in_proj_a out_proj)");
+  EXPECT_EQ(lines[0],
+            "linear_attention: 150 modules in 30 layers (in_proj_qkv in_proj_z "
+            "in_proj_b in_proj_a out_proj)");
   EXPECT_EQ(lines[1], "full_attention: 40 modules in 10 layers (q_proj k_proj v_proj o_proj)");
   EXPECT_EQ(lines[2], "shared_expert: 120 modules in 40 layers (gate_proj up_proj down_proj)");
 }
@@ -119,7 +120,6 @@ TEST(LoraTargets, ScaleAndErrors) {
   bad = {};
   bad.experts = true;
   err(bad, {"no routed experts"});
-  dt_test::expect_error(
-      [&] { model::lora_modules(preset("35b-a3b"), bad, "run.toml"); },
-      {"lora.experts", "not implemented yet"});
+  dt_test::expect_error([&] { model::lora_modules(preset("35b-a3b"), bad, "run.toml"); },
+                        {"lora.experts", "not implemented yet"});
 }

@@ -62,10 +62,9 @@ TEST(PeftAdapter, RoundTripAndPeftNames) {
   EXPECT_EQ(j["r"], 4);
   EXPECT_EQ(j["lora_alpha"], 16.0);
   EXPECT_EQ(j["task_type"], "CAUSAL_LM");
-  EXPECT_EQ(j["target_modules"],
-            nlohmann::json({"down_proj", "gate_proj", "in_proj_a", "in_proj_b", "in_proj_qkv",
-                            "in_proj_z", "k_proj", "o_proj", "out_proj", "q_proj", "up_proj",
-                            "v_proj"}));
+  EXPECT_EQ(j["target_modules"], nlohmann::json({"down_proj", "gate_proj", "in_proj_a", "in_proj_b",
+                                                 "in_proj_qkv", "in_proj_z", "k_proj", "o_proj",
+                                                 "out_proj", "q_proj", "up_proj", "v_proj"}));
   // Back, bit for bit; the stored target names resolve to the same modules.
   const io::PeftAdapter back = io::load_peft_adapter(tmp.path.string());
   EXPECT_EQ(back.options.r, 4);
@@ -111,15 +110,14 @@ TEST(PeftAdapter, ErrorsNameFileAndTensor) {
     core::Tensor t({2});
     io::write_safetensors((tmp.path / io::kAdapterWeightsName).string(),
                           {{"base_model.model.x.weight", {"F32", {2}, t.ptr(), {}}}});
-    dt_test::expect_error([&] { io::load_peft_adapter(dir); },
-                          {"adapter_model.safetensors", "'base_model.model.x.weight'",
-                           "is not a LoRA weight"});
+    dt_test::expect_error(
+        [&] { io::load_peft_adapter(dir); },
+        {"adapter_model.safetensors", "'base_model.model.x.weight'", "is not a LoRA weight"});
   }
   fresh();
-  io::write_safetensors(
-      (tmp.path / io::kAdapterWeightsName).string(),
-      {{"base_model.model.model.layers.0.linear_attn.out_proj.lora_A.weight",
-        {"F32", {4, 12}, random_adapter(mods, 4).a.begin()->second.ptr(), {}}}});
+  io::write_safetensors((tmp.path / io::kAdapterWeightsName).string(),
+                        {{"base_model.model.model.layers.0.linear_attn.out_proj.lora_A.weight",
+                          {"F32", {4, 12}, random_adapter(mods, 4).a.begin()->second.ptr(), {}}}});
   dt_test::expect_error([&] { io::load_peft_adapter(dir); },
                         {"module model.layers.0.linear_attn.out_proj has lora_A but no lora_B"});
   dt_test::expect_error([&] { io::load_peft_adapter((tmp.path / "none").string()); },

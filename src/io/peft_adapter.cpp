@@ -97,8 +97,8 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     return j[k].get<double>();
   };
   const auto off = [&](const char* k, const nlohmann::json& ok) {
-    DT_CHECK(!j.contains(k) || j[k].is_null() || j[k] == ok, cfg_path, ": ", k, " = ",
-             j[k].dump(), " is not supported (deltatron applies plain LoRA)");
+    DT_CHECK(!j.contains(k) || j[k].is_null() || j[k] == ok, cfg_path, ": ", k, " = ", j[k].dump(),
+             " is not supported (deltatron applies plain LoRA)");
   };
   off("use_dora", false);
   off("bias", "none");
@@ -151,10 +151,10 @@ void check_adapter_matches(const PeftAdapter& ad, const std::vector<model::LoraM
     DT_CHECK(ad.a.count(m.name), where, ": has no adapter for module ", m.name,
              " (adapted by the options)");
     const core::Shape want_a{ad.options.r, m.in}, want_b{m.out, ad.options.r};
-    DT_CHECK(ad.a.at(m.name).shape == want_a && ad.b.at(m.name).shape == want_b, where,
-             ": module ", m.name, " has lora_A ", core::shape_str(ad.a.at(m.name).shape),
-             " and lora_B ", core::shape_str(ad.b.at(m.name).shape), ", expected ",
-             core::shape_str(want_a), " and ", core::shape_str(want_b));
+    DT_CHECK(ad.a.at(m.name).shape == want_a && ad.b.at(m.name).shape == want_b, where, ": module ",
+             m.name, " has lora_A ", core::shape_str(ad.a.at(m.name).shape), " and lora_B ",
+             core::shape_str(ad.b.at(m.name).shape), ", expected ", core::shape_str(want_a),
+             " and ", core::shape_str(want_b));
   }
   for (const auto& [m, t] : ad.a)
     DT_CHECK(names.count(m), where, ": adapts module ", m,

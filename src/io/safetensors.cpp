@@ -283,7 +283,9 @@ void check_view(const std::string& path, const std::string& name, const TensorRe
   for (int64_t d : t.shape)
     if (d < 0) core::fail(where, ": negative dimension in shape ", core::shape_str(t.shape));
   const int64_t nbytes = stored_bytes(t);
-  if (t.f32 != nullptr) {
+  if (t.fill) {
+    if (t.f32 != nullptr || !t.bytes.empty()) core::fail(where, ": a fill function and data given");
+  } else if (t.f32 != nullptr) {
     if (!t.bytes.empty()) core::fail(where, ": both float data and raw bytes given");
     if (!dtype_is_float(t.dtype))
       core::fail(where, ": float data cannot be stored as ", t.dtype, " (only F32, BF16, F16)");
@@ -294,6 +296,12 @@ void check_view(const std::string& path, const std::string& name, const TensorRe
 }
 
 void write_view_data(OutFile& f, const TensorRecord& t) {
+  if (t.fill) {
+    std::vector<uint8_t> buf(static_cast<size_t>(stored_bytes(t)));
+    t.fill(buf.data());
+    f.write(buf.data(), buf.size());
+    return;
+  }
   if (t.f32 == nullptr) {
     f.write(t.bytes.data(), t.bytes.size());
     return;

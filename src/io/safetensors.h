@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -72,6 +73,10 @@ struct TensorRecord {
   core::Shape shape;
   const float* f32 = nullptr;
   std::span<const uint8_t> bytes;
+  // Or produced when written (nothing else set): fills dst with the numel * dtype_size bytes, so a
+  // file of many tensors holds one tensor in memory at a time (the optimizer state of a large
+  // model kept on the device).
+  std::function<void(uint8_t* dst)> fill = nullptr;
 };
 
 // Byte size of a record's data in the file (numel * dtype_size).

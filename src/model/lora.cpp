@@ -14,9 +14,8 @@ namespace deltatron::model {
 namespace {
 
 bool matches(const std::string& module, const std::string& target) {
-  return module == target ||
-         (module.size() > target.size() && module.ends_with(target) &&
-          module[module.size() - target.size() - 1] == '.');
+  return module == target || (module.size() > target.size() && module.ends_with(target) &&
+                              module[module.size() - target.size() - 1] == '.');
 }
 
 // Adapted only when a target names them (PEFT's "all-linear" would take the router too).
@@ -72,9 +71,9 @@ double LoraOptions::scale() const {
 }
 
 const std::vector<std::string>& lora_default_targets() {
-  static const std::vector<std::string> t = {
-      "q_proj",     "k_proj",    "v_proj",    "o_proj",    "in_proj_qkv", "in_proj_z",
-      "in_proj_a",  "in_proj_b", "out_proj",  "gate_proj", "up_proj",     "down_proj"};
+  static const std::vector<std::string> t = {"q_proj",      "k_proj",    "v_proj",    "o_proj",
+                                             "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b",
+                                             "out_proj",    "gate_proj", "up_proj",   "down_proj"};
   return t;
 }
 

@@ -34,7 +34,8 @@ struct LoraOptions {
 
 const std::vector<std::string>& lora_default_targets();
 
-// One adapted linear layer y = x W^T (W [out, in]): y += scale * (x A^T) B^T, A [r, in], B [out, r].
+// One adapted linear layer y = x W^T (W [out, in]): y += scale * (x A^T) B^T, A [r, in], B [out,
+// r].
 struct LoraModule {
   std::string name;    // the HF module path, "model.layers.3.self_attn.q_proj"
   std::string weight;  // its weight parameter, name + ".weight"
@@ -46,7 +47,8 @@ struct LoraModule {
 
 // The adapted modules in parameter order; `where` names the options in errors. Checks r >= 1,
 // alpha > 0, 0 <= dropout < 1 and every target.
-std::vector<LoraModule> lora_modules(const Config& c, const LoraOptions& o, const std::string& where);
+std::vector<LoraModule> lora_modules(const Config& c, const LoraOptions& o,
+                                     const std::string& where);
 
 // Trainable adapter parameters: sum of r * (in + out).
 int64_t lora_param_count(const std::vector<LoraModule>& mods, int64_t r);

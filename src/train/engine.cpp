@@ -4,9 +4,11 @@
 // (model::StateOptions); the moments here are f32 or bf16 buffers laid out like the parameters.
 #include "train/engine.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "ops/adamw.h"
 #include "ops/tensor.h"
@@ -92,6 +94,25 @@ class ModelEngine final : public Engine {
       p.from_flat(v_, v, "AdamW exp_avg_sq");
     }
     opt.set_state(step_, std::move(m), std::move(v));
+  }
+
+  void sync_weights(model::TensorMap& params, AdamW& opt) override {
+    model_.params().download(params);
+    opt.set_step_count(step_);
+  }
+
+  void read_moment(const std::string& name, bool second, float* out) override {
+    const model::Params& p = model_.params();
+    const model::Params::Entry& e = p.entry(name);
+    if (m_.numel() == 0) {  // never stepped
+      std::fill(out, out + e.numel, 0.f);
+      return;
+    }
+    const core::View flat = (second ? v_ : m_).view().slice(e.offset, e.numel);
+    if (flat.dtype == core::DType::f32) return ops::copy_to_host(flat, out);
+    std::vector<uint16_t> h(static_cast<size_t>(e.numel));
+    ops::copy_to_host(flat, h.data());
+    for (int64_t i = 0; i < e.numel; ++i) out[i] = core::bf16_to_f32(h[size_t(i)]);
   }
 
  private:

@@ -29,6 +29,12 @@ class Engine {
   virtual void step(AdamW& opt, double lr) = 0;
   // Makes the host parameters and `opt`'s state current (before saving a checkpoint).
   virtual void sync_to_host(model::TensorMap& params, AdamW& opt) = 0;
+  // The host parameters and `opt`'s step count only; the moments stay here, read one tensor at a
+  // time by read_moment (what a checkpoint save writes without a host copy of all of them).
+  virtual void sync_weights(model::TensorMap& params, AdamW& opt) = 0;
+  // One parameter's exp_avg (second: exp_avg_sq) in f32 (bf16 moments widen exactly; zeros
+  // before the first step) into out, numel floats.
+  virtual void read_moment(const std::string& name, bool second, float* out) = 0;
 };
 
 // device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32" (the CPU computes in fp32). The

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -74,7 +75,15 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);
   p.workspace = 6 * N * D * 4 + (in.device == core::Device::cuda ? kCudaWorkspace : 0);
   p.host_weights = 4 * n;
-  p.host_save = in.training && in.saves_checkpoints ? 8 * n : 0;
+  int64_t largest = 0;
+  for (const model::ParamSpec& s : model::param_specs(c))
+    largest = std::max(largest, core::numel(s.shape));
+  if (in.training && in.resuming)
+    p.host_save = 8 * n;
+  else if (in.training && in.saves_checkpoints)
+    p.host_save = 8 * double(largest);  // one tensor's moments at a time
+  else
+    p.host_save = 0;
   return p;
 }
 
@@ -87,7 +96,7 @@ std::string describe(const MemoryPlan& p) {
   if (p.device != core::Device::cpu) s << ", total " << gib(p.device_total());
   s << "; host: weights " << gib(p.host_weights);
   if (p.host_state > 0) s << ", offloaded state " << gib(p.host_state);
-  if (p.host_save > 0) s << ", checkpoint saves " << gib(p.host_save);
+  if (p.host_save > 0) s << ", moments being saved or resumed " << gib(p.host_save);
   s << ", total " << gib(p.host_total());
   return s.str();
 }

@@ -20,8 +20,9 @@ struct PlanInput {
   int64_t micro_batch_tokens = 0;
   bool recompute = false;
   // A training run: the AdamW moments exist (the bench's, scoring's engine has none until its
-  // first step) and a checkpoint save holds f32 host copies of them for a moment.
-  bool training = true, saves_checkpoints = true;
+  // first step); a checkpoint save streams them one tensor at a time; a resume reads all of them
+  // into host memory (f32) before the engine takes them.
+  bool training = true, saves_checkpoints = true, resuming = false;
 };
 
 struct MemoryPlan {
@@ -30,7 +31,8 @@ struct MemoryPlan {
   // Bytes on the device (for the CPU engine: host memory, added into host_total).
   double state = 0, staging = 0, activations = 0, workspace = 0;
   // Bytes in host memory: the f32 host copy of the weights (loaded or initialised, and the
-  // checkpoint's), offloaded state, the moments' host copies while a checkpoint is saved.
+  // checkpoint's), offloaded state, and the moments' host copies of a save (one tensor) or of a
+  // resume (all of them, f32, until the engine has taken them).
   double host_weights = 0, host_state = 0, host_save = 0;
   double device_total() const { return state + staging + activations + workspace; }
   double host_total() const;

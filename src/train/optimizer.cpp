@@ -134,6 +134,17 @@ void AdamW::set_state(int64_t step, TensorMap exp_avg, TensorMap exp_avg_sq) {
   moments_allocated_ = true;
 }
 
+void AdamW::set_step_count(int64_t step) {
+  DT_CHECK(step >= 0, "AdamW: step count must be >= 0, got ", step);
+  step_ = step;
+}
+
+void AdamW::release_host_moments() {
+  m_.clear();
+  v_.clear();
+  moments_allocated_ = false;
+}
+
 double grad_norm(const TensorMap& grads) {
   // Blocks (tensor, begin, end) in name order; each summed sequentially in double.
   struct Block {

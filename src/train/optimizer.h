@@ -76,6 +76,11 @@ class AdamW {
   // Replaces step count and moments (resume). Names and shapes must equal the current ones;
   // on error nothing changes.
   void set_state(int64_t step, TensorMap exp_avg, TensorMap exp_avg_sq);
+  // Replaces the step count alone (an engine that keeps the moments: Engine::sync_weights); the
+  // host moments, if any, are then stale and must not be read.
+  void set_step_count(int64_t step);
+  // Frees the host moments (an engine has taken them); reading them afterwards gives zeros.
+  void release_host_moments();
 
  private:
   AdamWOptions opt_;

@@ -47,6 +47,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
   in.state = state_options(cfg);
   in.micro_batch_tokens = cfg.micro_batch_tokens;
   in.recompute = cfg.recompute;
+  in.resuming = !resume_dir.empty();
   check_memory_plan(c, in, available_memory(in.device), cfg.source);
 }
 

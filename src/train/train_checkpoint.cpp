@@ -26,7 +26,7 @@ std::vector<fs::path> tokenizer_files(const std::string& tok_json) {
 void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
                      const TrainState& st, AdamW& opt, const std::vector<fs::path>& tok_files,
                      RunStart& start) {
-  engine.sync_to_host(ck.params, opt);
+  engine.sync_weights(ck.params, opt);  // the moments go to the file one tensor at a time
   if (const auto nf = find_non_finite(ck.params))
     core::fail("step ", st.step, ": the weights hold non-finite values (", describe(*nf),
                "); no checkpoint written",
@@ -40,7 +40,10 @@ void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
           fs::copy_file(f, fs::path(tmp) / f.filename(), fs::copy_options::overwrite_existing);
         const std::string state_dir = tmp + "/training_state";
         fs::create_directories(state_dir);
-        save_train_state(state_dir, st, opt);
+        save_train_state(state_dir, st, opt, ck.params,
+                         [&](const std::string& name, bool second, float* out) {
+                           engine.read_moment(name, second, out);
+                         });
         // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
         std::map<std::string, io::TensorRecord> views;
         for (const auto& [name, t] : ck.params)

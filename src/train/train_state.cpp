@@ -78,27 +78,39 @@ int64_t int_field(const json& j, const std::string& path, const char* key) {
 }  // namespace
 
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer) {
+  save_train_state(dir, state, optimizer, optimizer.exp_avg(),
+                   [&](const std::string& name, bool second, float* out) {
+                     const core::Tensor& t =
+                         (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).at(name);
+                     std::memcpy(out, t.ptr(), size_t(t.numel()) * 4);
+                   });
+}
+
+void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer,
+                      const model::TensorMap& shapes, const MomentSource& moment) {
   const AdamWOptions& o = optimizer.options();
   std::map<std::string, io::TensorRecord> views;
-  std::vector<std::vector<uint8_t>> bf16_bytes;  // the BF16 moments' bytes, alive until written
-  const auto add = [&](const std::string& key, const core::Tensor& t) {
-    if (!o.bf16_moments) {
-      views.emplace(key, io::TensorRecord{"F32", t.shape, t.ptr(), {}});
-      return;
-    }
-    std::vector<uint8_t>& bytes = bf16_bytes.emplace_back(size_t(t.numel()) * 2);
-    const float* x = t.ptr();
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      const uint16_t h = core::bf16_round_nearest_even(x[i]);
-      DT_CHECK(core::bf16_to_f32(h) == x[i] || x[i] != x[i], "AdamW state '", key,
-               "' holds a value that is not a bf16 value (", x[i],
-               ") with training.moments = bf16");
-      std::memcpy(bytes.data() + 2 * i, &h, 2);
-    }
-    views.emplace(key, io::TensorRecord{"BF16", t.shape, nullptr, bytes});
+  const auto add = [&](const std::string& key, const std::string& name, const core::Shape& shape,
+                       bool second) {
+    io::TensorRecord r;
+    r.dtype = o.bf16_moments ? "BF16" : "F32";
+    r.shape = shape;
+    r.fill = [&moment, &o, key, name, second, n = core::numel(shape)](uint8_t* dst) {
+      if (!o.bf16_moments) return moment(name, second, reinterpret_cast<float*>(dst));
+      std::vector<float> x(static_cast<size_t>(n));
+      moment(name, second, x.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = core::bf16_round_nearest_even(x[size_t(i)]);
+        DT_CHECK(core::bf16_to_f32(h) == x[size_t(i)] || x[size_t(i)] != x[size_t(i)],
+                 "AdamW state '", key, "' holds a value that is not a bf16 value (", x[size_t(i)],
+                 ") with training.moments = bf16");
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+    };
+    views.emplace(key, std::move(r));
   };
-  for (const auto& [name, m] : optimizer.exp_avg()) add(kExpAvg + name, m);
-  for (const auto& [name, v] : optimizer.exp_avg_sq()) add(kExpAvgSq + name, v);
+  for (const auto& [name, t] : shapes) add(kExpAvg + name, name, t.shape, false);
+  for (const auto& [name, t] : shapes) add(kExpAvgSq + name, name, t.shape, true);
   const std::map<std::string, std::string> meta = {{"format", kOptimizerFormat},
                                                    {"step", std::to_string(optimizer.step_count())},
                                                    {"beta1", exact_text(o.beta1)},

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -32,6 +33,14 @@ struct TrainState {
 //    "rng_seed", "rng_state" (the std::mt19937_64 in its operator<< text form), "epoch",
 //    "data_cursor", "extra"}.
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer);
+
+// The same files, the moments read one tensor at a time from `moment` (name, second: exp_avg_sq,
+// out: the tensor's values in f32) as the file is written, for the parameters of `shapes` (names
+// and shapes; the values are not read): an engine's moments reach the file without a host copy of
+// all of them. optimizer gives the options and the step count.
+using MomentSource = std::function<void(const std::string& name, bool second, float* out)>;
+void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer,
+                      const model::TensorMap& shapes, const MomentSource& moment);
 
 // Reads what save_train_state wrote and restores it exactly: the moments bit for bit, the step
 // counters, the RNG (its next outputs equal those the saved one would have produced). optimizer

@@ -56,6 +56,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // 3. The engine, the micro-batch stream, the log.
   const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
                                   cfg.recompute, state_options(cfg));
+  opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
   print_run_start(cfg, ck.params, batches);
   std::signal(SIGINT, on_signal);
