@@ -1,7 +1,6 @@
 // Device dispatch for the optimizer's AdamW step over many tensors.
 #include "ops/adamw.h"
 
-#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -11,7 +10,6 @@
 #include "ops/check.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/adamw.h"
-#include "cuda/memory.h"
 #endif
 
 namespace deltatron::ops {

@@ -86,13 +86,10 @@ class ModelEngine final : public Engine {
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
-    model::Params& p = model_.params();
-    p.download(params);
+    model_.params().download(params);
     model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
-    if (m_.numel() > 0) {  // else never stepped: the moments stay zero
-      p.from_flat(m_, m, "AdamW exp_avg");
-      p.from_flat(v_, v, "AdamW exp_avg_sq");
-    }
+    for (auto& [name, t] : m) read_moment(name, false, t.ptr());
+    for (auto& [name, t] : v) read_moment(name, true, t.ptr());
     opt.set_state(step_, std::move(m), std::move(v));
   }
 
