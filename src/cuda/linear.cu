@@ -124,9 +124,10 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
   return ctx.plans.emplace(key, p).first->second;
 }
 
-// C (m x n, ld = m) = beta * C + op(A) op(B), column-major; see the table at the top.
+// C (m x n, ld = m) = beta * C + alpha op(A) op(B), column-major; see the table at the top.
+// alpha is a host scalar of the call, not part of the plan.
 void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
-            const void* B, int64_t ldb, bool accumulate, DType out, void* C) {
+            const void* B, int64_t ldb, bool accumulate, DType out, void* C, float alpha) {
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   if (!ctx.handle) {
@@ -136,7 +137,7 @@ void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const v
   PlanKey key{m,          n,  k,   lda,          ldb,          m,           ta, tb,
               accumulate, in, out, alignment(A), alignment(B), alignment(C)};
   const Plan& p = get_plan(ctx, key);
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  const float beta = accumulate ? 1.0f : 0.0f;
   DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
                                  &p.algo, ctx.workspace.get(), kWorkspaceBytes, 0));
 }
@@ -148,7 +149,7 @@ void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {
 }  // namespace
 
 void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,
-                DType out, void* y_NO, bool accumulate) {
+                DType out, void* y_NO, bool accumulate, float alpha) {
   check_dims("cuda::linear_fwd", N, I, O);
   check_device_ptr("cuda::linear_fwd", "x_NI", x_NI);
   check_device_ptr("cuda::linear_fwd", "W_OI", W_OI);
@@ -158,30 +159,30 @@ void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t
     if (!accumulate) DT_CUDA_CHECK(cudaMemsetAsync(y_NO, 0, size_t(N * O) * dtype_size(out), 0));
     return;
   }
-  matmul(in, true, false, O, N, I, W_OI, I, x_NI, I, accumulate, out, y_NO);
+  matmul(in, true, false, O, N, I, W_OI, I, x_NI, I, accumulate, out, y_NO, alpha);
 }
 
 void linear_bwd_dx(DType in, const void* dy_NO, const void* W_OI, int64_t N, int64_t I, int64_t O,
-                   DType out, void* dx_NI, bool accumulate) {
+                   DType out, void* dx_NI, bool accumulate, float alpha) {
   check_dims("cuda::linear_bwd_dx", N, I, O);
   check_device_ptr("cuda::linear_bwd_dx", "dy_NO", dy_NO);
   check_device_ptr("cuda::linear_bwd_dx", "W_OI", W_OI);
   check_device_ptr("cuda::linear_bwd_dx", "dx_NI", dx_NI);
   if (!dx_NI || N == 0 || I == 0) return;
   if (O > 0)
-    matmul(in, false, false, I, N, O, W_OI, I, dy_NO, O, accumulate, out, dx_NI);
+    matmul(in, false, false, I, N, O, W_OI, I, dy_NO, O, accumulate, out, dx_NI, alpha);
   else if (!accumulate)
     DT_CUDA_CHECK(cudaMemsetAsync(dx_NI, 0, size_t(N * I) * dtype_size(out), 0));
 }
 
 void linear_bwd_dw(DType in, const void* x_NI, const void* dy_NO, int64_t N, int64_t I, int64_t O,
-                   float* dW_OI) {
+                   float* dW_OI, float alpha) {
   check_dims("cuda::linear_bwd_dw", N, I, O);
   check_device_ptr("cuda::linear_bwd_dw", "x_NI", x_NI);
   check_device_ptr("cuda::linear_bwd_dw", "dy_NO", dy_NO);
   check_device_ptr("cuda::linear_bwd_dw", "dW_OI", dW_OI);
   if (dW_OI && O > 0 && I > 0 && N > 0)
-    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, true, DType::f32, dW_OI);
+    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, true, DType::f32, dW_OI, alpha);
 }
 
 void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,

@@ -13,15 +13,15 @@
 
 namespace deltatron::cuda {
 
-// y_NO (= or += when accumulate) x_NI W_OI^T; y stored in `out`.
+// y_NO (= or += when accumulate) alpha x_NI W_OI^T; y stored in `out`.
 void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,
-                DType out, void* y_NO, bool accumulate);
-// dx_NI (= or += when accumulate) dy_NO W_OI; dx stored in `out`.
+                DType out, void* y_NO, bool accumulate, float alpha = 1.0f);
+// dx_NI (= or += when accumulate) alpha dy_NO W_OI; dx stored in `out`.
 void linear_bwd_dx(DType in, const void* dy_NO, const void* W_OI, int64_t N, int64_t I, int64_t O,
-                   DType out, void* dx_NI, bool accumulate);
-// dW_OI += dy_NO^T x_NI (float32).
+                   DType out, void* dx_NI, bool accumulate, float alpha = 1.0f);
+// dW_OI += alpha dy_NO^T x_NI (float32).
 void linear_bwd_dw(DType in, const void* x_NI, const void* dy_NO, int64_t N, int64_t I, int64_t O,
-                   float* dW_OI);
+                   float* dW_OI, float alpha = 1.0f);
 
 // The float32-output forms used by ops/linear.cpp:
 

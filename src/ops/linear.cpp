@@ -13,8 +13,15 @@
 
 namespace deltatron::ops {
 
+namespace {
+// y = alpha t, or y += alpha t (the CPU branch's scaled products).
+void store_scaled(float* y, const float* t, int64_t n, float alpha, bool accumulate) {
+  for (int64_t i = 0; i < n; ++i) y[i] = accumulate ? y[i] + alpha * t[i] : alpha * t[i];
+}
+}  // namespace
+
 void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_t O,
-                const View& y_NO, bool accumulate) {
+                const View& y_NO, bool accumulate, float alpha) {
   Args a("linear_fwd");
   a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
   a.need(x_NI, "x_NI", dtypes::act, N * I);
@@ -23,15 +30,17 @@ void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_
   a.need(y_NO, "y_NO", dtypes::act, N * O);
   switch (a.device()) {
     case core::Device::cpu: {
-      if (!accumulate) return cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, y_NO.f32());
+      if (!accumulate && alpha == 1.0f)
+        return cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, y_NO.f32());
       std::vector<float> t(size_t(N * O));
       cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, t.data());
-      return cpu::add_inplace(y_NO.f32(), t.data(), N * O);
+      if (alpha == 1.0f) return cpu::add_inplace(y_NO.f32(), t.data(), N * O);
+      return store_scaled(y_NO.f32(), t.data(), N * O, alpha, accumulate);
     }
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::linear_fwd(x_NI.dtype, x_NI.data, W_OI.data, N, I, O, y_NO.dtype, y_NO.data,
-                              accumulate);
+                              accumulate, alpha);
 #else
       a.no_cuda();
 #endif
@@ -40,7 +49,7 @@ void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_
 }
 
 void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, int64_t O,
-                   const View& dx_NI, bool accumulate) {
+                   const View& dx_NI, bool accumulate, float alpha) {
   Args a("linear_bwd_dx");
   a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
   a.need(dy_NO, "dy_NO", dtypes::act, N * O);
@@ -48,13 +57,18 @@ void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, in
   a.same_dtype(dy_NO, "dy_NO", W_OI, "W_OI");
   a.need(dx_NI, "dx_NI", dtypes::act, N * I);
   switch (a.device()) {
-    case core::Device::cpu:
-      return cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, dx_NI.f32(),
-                                    accumulate, nullptr);
+    case core::Device::cpu: {
+      if (alpha == 1.0f)
+        return cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, dx_NI.f32(),
+                                      accumulate, nullptr);
+      std::vector<float> t(size_t(N * I));
+      cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, t.data(), false, nullptr);
+      return store_scaled(dx_NI.f32(), t.data(), N * I, alpha, accumulate);
+    }
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::linear_bwd_dx(dy_NO.dtype, dy_NO.data, W_OI.data, N, I, O, dx_NI.dtype,
-                                 dx_NI.data, accumulate);
+                                 dx_NI.data, accumulate, alpha);
 #else
       a.no_cuda();
 #endif
@@ -63,7 +77,7 @@ void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, in
 }
 
 void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, int64_t O,
-                   const View& dW_OI) {
+                   const View& dW_OI, float alpha) {
   Args a("linear_bwd_dw");
   a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
   a.need(x_NI, "x_NI", dtypes::act, N * I);
@@ -71,12 +85,17 @@ void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, in
   a.same_dtype(x_NI, "x_NI", dy_NO, "dy_NO");
   a.need(dW_OI, "dW_OI", dtypes::f32, O * I);
   switch (a.device()) {
-    case core::Device::cpu:
-      return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
-                                    dW_OI.f32());
+    case core::Device::cpu: {
+      if (alpha == 1.0f)
+        return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
+                                      dW_OI.f32());
+      std::vector<float> t(size_t(O * I), 0.f);
+      cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false, t.data());
+      return store_scaled(dW_OI.f32(), t.data(), O * I, alpha, true);
+    }
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
-      return cuda::linear_bwd_dw(x_NI.dtype, x_NI.data, dy_NO.data, N, I, O, dW_OI.f32());
+      return cuda::linear_bwd_dw(x_NI.dtype, x_NI.data, dy_NO.data, N, I, O, dW_OI.f32(), alpha);
 #else
       a.no_cuda();
 #endif

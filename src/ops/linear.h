@@ -13,23 +13,26 @@
 
 namespace deltatron::ops {
 
+// Every product may be scaled by alpha (default 1: exactly the unscaled op), applied in fp32 to
+// the accumulated product before it is stored or added (a LoRA adapter's alpha / r).
+//
 // Forward: y = x W^T, y[n,o] = sum_i x[n,i] W[o,i].
 //   x_NI [N, I] in;  W_OI [O, I] in;
 //   y_NO [N, O] out: OVERWRITTEN, or ACCUMULATED (+=) when accumulate (a residual-add epilogue).
 // Saved for backward: x_NI (and W_OI).
 void linear_fwd(const core::View& x_NI, const core::View& W_OI, int64_t N, int64_t I, int64_t O,
-                const core::View& y_NO, bool accumulate);
+                const core::View& y_NO, bool accumulate, float alpha = 1.0f);
 
 // Backward, input gradient: dx = dy W, dx[n,i] = sum_o dy[n,o] W[o,i].
 //   dy_NO [N, O], W_OI [O, I] in;
 //   dx_NI [N, I] out: OVERWRITTEN, or ACCUMULATED (+=) when accumulate (use it to sum several
 //   projections of one input, e.g. q/k/v or gate/up).
 void linear_bwd_dx(const core::View& dy_NO, const core::View& W_OI, int64_t N, int64_t I, int64_t O,
-                   const core::View& dx_NI, bool accumulate);
+                   const core::View& dx_NI, bool accumulate, float alpha = 1.0f);
 
 // Backward, weight gradient: dW += dy^T x, dW[o,i] += sum_n dy[n,o] x[n,i].
 //   x_NI [N, I], dy_NO [N, O] in;  dW_OI [O, I] f32 inout, ACCUMULATED.
 void linear_bwd_dw(const core::View& x_NI, const core::View& dy_NO, int64_t N, int64_t I, int64_t O,
-                   const core::View& dW_OI);
+                   const core::View& dW_OI, float alpha = 1.0f);
 
 }  // namespace deltatron::ops

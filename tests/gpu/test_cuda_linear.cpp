@@ -180,6 +180,38 @@ TEST_F(CudaLinear, OpsDispatchUsesCuda) {
   check(download(y, N * O), y_ref, 1e-5, "ops dispatch y");
 }
 
+// alpha (the LoRA scale) scales each product on the GPU as on the CPU: overwrite, accumulate, dW.
+TEST_F(CudaLinear, AlphaScalesEveryProduct) {
+  const int64_t N = 6, I = 10, O = 7;
+  const float alpha = -1.75f;
+  DevInput x = upload(dt_test::randn<float>(N * I, 310), DType::f32, 0);
+  DevInput W = upload(dt_test::randn<float>(O * I, 311), DType::f32, 0);
+  DevInput dy = upload(dt_test::randn<float>(N * O, 312), DType::f32, 0);
+  const auto on_gpu = [](const void* p, int64_t n) {
+    return dt::core::View(const_cast<void*>(p), DType::f32, dt::core::Device::cuda, {n});
+  };
+  std::vector<double> x_d = to_double(x.host), W_d = to_double(W.host), dy_d = to_double(dy.host);
+  std::vector<double> y_ref(N * O), dx_ref(N * I, 0.0), dW_ref(O * I, 0.0);
+  dt::cpu::linear_fwd<double>(x_d.data(), W_d.data(), N, I, O, y_ref.data());
+  dt::cpu::linear_bwd<double>(x_d.data(), W_d.data(), dy_d.data(), N, I, O, dx_ref.data(), false,
+                              dW_ref.data());
+  for (double& t : y_ref) t *= alpha;
+  for (double& t : dx_ref) t *= alpha;
+  for (double& t : dW_ref) t *= alpha;
+  auto y = output(N * O, {});
+  dt::ops::linear_fwd(on_gpu(x.ptr, N * I), on_gpu(W.ptr, O * I), N, I, O, on_gpu(y.get(), N * O),
+                      false, alpha);
+  check(download(y, N * O), y_ref, 1e-5, "alpha y");
+  auto dx = output(N * I, {});
+  dt::ops::linear_bwd_dx(on_gpu(dy.ptr, N * O), on_gpu(W.ptr, O * I), N, I, O,
+                         on_gpu(dx.get(), N * I), false, alpha);
+  check(download(dx, N * I), dx_ref, 1e-5, "alpha dx");
+  auto dW = output(O * I, std::vector<float>(size_t(O * I), 0.f));
+  dt::ops::linear_bwd_dw(on_gpu(x.ptr, N * I), on_gpu(dy.ptr, N * O), N, I, O,
+                         on_gpu(dW.get(), O * I), alpha);
+  check(download(dW, O * I), dW_ref, 1e-5, "alpha dW");
+}
+
 // The second call with the same shape reuses the cached plan.
 TEST_F(CudaLinear, PlansAreCachedByShape) {
   const int64_t N = 17, I = 19, O = 23;
