@@ -16,7 +16,9 @@ using core::View;
 
 namespace {
 
-View v(std::vector<float>& x) { return View(x.data(), DType::f32, core::Device::cpu, {int64_t(x.size())}); }
+View v(std::vector<float>& x) {
+  return View(x.data(), DType::f32, core::Device::cpu, {int64_t(x.size())});
+}
 
 struct Case {
   int64_t N = 7, I = 12, O = 9, r = 3;
@@ -25,11 +27,13 @@ struct Case {
 };
 
 // y (the adapter's share only) in float64.
-std::vector<double> ref_y(const Case& c, const std::vector<double>& A, const std::vector<double>& B) {
+std::vector<double> ref_y(const Case& c, const std::vector<double>& A,
+                          const std::vector<double>& B) {
   std::vector<double> h(size_t(c.N * c.r), 0.0), y(size_t(c.N * c.O), 0.0);
   for (int64_t n = 0; n < c.N; ++n)
     for (int64_t k = 0; k < c.r; ++k)
-      for (int64_t i = 0; i < c.I; ++i) h[size_t(n * c.r + k)] += c.x[size_t(n * c.I + i)] * A[size_t(k * c.I + i)];
+      for (int64_t i = 0; i < c.I; ++i)
+        h[size_t(n * c.r + k)] += c.x[size_t(n * c.I + i)] * A[size_t(k * c.I + i)];
   for (int64_t n = 0; n < c.N; ++n)
     for (int64_t o = 0; o < c.O; ++o)
       for (int64_t k = 0; k < c.r; ++k)
@@ -66,7 +70,8 @@ TEST(LoraLinear, ForwardAndBackwardMatchFloat64AndFiniteDifferences) {
   const model::LoraShape d{c.N, c.I, c.O, c.r, float(c.s)};
   model::lora_fwd(d, v(x), v(A), v(B), v(h), v(y));
   const auto yr = ref_y(c, c.A, c.B);
-  for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], 0.25 + yr[i], 1e-5 * (1 + std::abs(yr[i]))) << i;
+  for (size_t i = 0; i < y.size(); ++i)
+    ASSERT_NEAR(y[i], 0.25 + yr[i], 1e-5 * (1 + std::abs(yr[i]))) << i;
 
   std::vector<float> dx(size_t(c.N * c.I), 1.0f), dA(A.size(), 0.5f), dB(B.size(), -0.5f);
   model::lora_bwd(d, v(x), v(g), v(A), v(B), v(h), v(dh), v(dx), v(dA), v(dB));
@@ -82,12 +87,9 @@ TEST(LoraLinear, ForwardAndBackwardMatchFloat64AndFiniteDifferences) {
     which[i] = keep;
     return (up - down) / (2 * eps);
   };
-  for (size_t i = 0; i < dA.size(); ++i)
-    EXPECT_NEAR(dA[i] - 0.5, fd(c.A, i), 1e-4) << "dA " << i;
-  for (size_t i = 0; i < dB.size(); ++i)
-    EXPECT_NEAR(dB[i] + 0.5, fd(c.B, i), 1e-4) << "dB " << i;
-  for (size_t i = 0; i < dx.size(); ++i)
-    EXPECT_NEAR(dx[i] - 1.0, fd(c.x, i), 1e-4) << "dx " << i;
+  for (size_t i = 0; i < dA.size(); ++i) EXPECT_NEAR(dA[i] - 0.5, fd(c.A, i), 1e-4) << "dA " << i;
+  for (size_t i = 0; i < dB.size(); ++i) EXPECT_NEAR(dB[i] + 0.5, fd(c.B, i), 1e-4) << "dB " << i;
+  for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(dx[i] - 1.0, fd(c.x, i), 1e-4) << "dx " << i;
 }
 
 // alpha scales each product of the linear op family: equal to the unscaled product times alpha,
