@@ -5,21 +5,12 @@
 
 #include <cstdint>
 
+#include "core/adamw_args.h"
+
 namespace deltatron::cpu {
 
-// The per-step scalars (cuda::AdamWStepArgs): step t is 1-based (the first update has t = 1);
-// grad_scale multiplies every gradient element in fp32 before use, as train::clip_grad_norm
-// scales the gradients in place (1 leaves them exactly as they are); seed keys the stochastic
-// rounding of bf16 moments (core::random_key(seed, step)).
-struct AdamWStepArgs {
-  double lr = 0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  int64_t step = 1;
-  float grad_scale = 1.0f;
-  uint64_t seed = 0;
-};
+// The per-step scalars (core/adamw_args.h).
+using AdamWStepArgs = core::AdamWArgs;
 
 // One tensor of n elements, torch.optim.AdamW's single-tensor path. Scalars in double, rounded to
 // float once: bc1 = 1 - beta1^t, bc2 = 1 - beta2^t, step_size = float(lr / bc1), bc2_sqrt =

@@ -10,25 +10,13 @@
 #include <cstdint>
 #include <span>
 
+#include "core/adamw_args.h"
 #include "cuda/dtype.h"
 
 namespace deltatron::cuda {
 
-// The per-step scalars of train::AdamW::step. t = step is 1-based: the optimizer's step count
-// after the increment (the first update has step = 1).
-struct AdamWStepArgs {
-  double lr = 0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  int64_t step = 1;
-  // Multiplied into every gradient element in fp32 before use (g = grad * grad_scale), as
-  // train::clip_grad_norm scales the gradients in place: pass grad_clip_scale(norm, max_norm).
-  // 1.0f leaves the gradient exactly as it is.
-  float grad_scale = 1.0f;
-  // Keys the stochastic rounding of bf16 moments: core::random_key(seed, step).
-  uint64_t seed = 0;
-};
+// The per-step scalars of train::AdamW::step (core/adamw_args.h).
+using AdamWStepArgs = core::AdamWArgs;
 
 // One parameter tensor of a multi-tensor step.
 struct AdamWTensor {

@@ -46,8 +46,6 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& arg
   }
   switch (c.device()) {
     case core::Device::cpu: {
-      const cpu::AdamWStepArgs a{args.lr,   args.beta1,      args.beta2, args.eps,
-                                 args.step, args.grad_scale, args.seed};
       for (const AdamWTensor& t : tensors) {
         cpu::AdamWStorage s;
         s.n = t.grad.numel();
@@ -69,20 +67,12 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& arg
         }
         s.counter = t.index;
         s.weight_decay = t.weight_decay;
-        cpu::adamw_step(s, a);
+        cpu::adamw_step(s, args);
       }
       return;
     }
     case core::Device::cuda: {
 #ifdef DT_HAVE_CUDA
-      cuda::AdamWStepArgs a;
-      a.lr = args.lr;
-      a.beta1 = args.beta1;
-      a.beta2 = args.beta2;
-      a.eps = args.eps;
-      a.step = args.step;
-      a.grad_scale = args.grad_scale;
-      a.seed = args.seed;
       // cuda::adamw_step_multi takes one storage per call (compute-copy dtype, master form,
       // moment dtype): one call per storage present (tensors without a copy go with bf16).
       using Storage = std::tuple<DType, bool, DType>;
@@ -112,7 +102,7 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWArgs& arg
           c.index = t.index;
           ts.push_back(c);
         }
-        cuda::adamw_step_multi(ts, a, std::get<0>(st), std::get<2>(st));
+        cuda::adamw_step_multi(ts, args, std::get<0>(st), std::get<2>(st));
       }
       return;
 #else

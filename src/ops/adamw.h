@@ -40,23 +40,14 @@
 #include <cstdint>
 #include <span>
 
+#include "core/adamw_args.h"
 #include "core/view.h"
 
 namespace deltatron::ops {
 
-// The per-step scalars. step = the optimizer's step count after the increment (first update 1).
-struct AdamWArgs {
-  double lr = 0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  int64_t step = 1;
-  // Multiplied into every gradient element in fp32 before use, as train::clip_grad_norm scales
-  // the gradients in place; 1 leaves them exactly as they are.
-  float grad_scale = 1.0f;
-  // Keys the stochastic rounding of bf16 moments (with step; see the top of the file).
-  uint64_t seed = 0;
-};
+// The per-step scalars (core/adamw_args.h); seed keys the stochastic rounding of bf16 moments
+// (see the top of the file).
+using AdamWArgs = core::AdamWArgs;
 
 // One parameter tensor, views of one element count n on one device. Master "fp32": master f32
 // inout; compute_copy out or empty, f32 or bf16. Master "remainder": remainder u16 and

@@ -348,15 +348,7 @@ TEST_F(CudaAdamW, LeanStoragesMatchCpuReferenceBitwise) {
           dev.push_back(d);
         }
         dt::ops::adamw_step_multi(host, a);  // the CPU reference
-        dt::cuda::AdamWStepArgs ca;
-        ca.lr = a.lr;
-        ca.beta1 = a.beta1;
-        ca.beta2 = a.beta2;
-        ca.eps = a.eps;
-        ca.step = a.step;
-        ca.grad_scale = a.grad_scale;
-        ca.seed = a.seed;
-        dt::cuda::adamw_step_multi(dev, ca, DType::bf16, bf16_moments ? DType::bf16 : DType::f32);
+        dt::cuda::adamw_step_multi(dev, a, DType::bf16, bf16_moments ? DType::bf16 : DType::f32);
         for (size_t k = 0; k < st.size(); ++k) {
           State& s = st[k];
           int64_t bad_master = 0, bad_weight = 0, bad_m = 0;
