@@ -12,6 +12,7 @@
 
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "short_run.h"
 #include "test_device.h"
 #include "test_util.h"
 #include "train/checkpoint_dir.h"
@@ -33,15 +34,7 @@ fs::path examples_dir() {
 
 // A short run of the bundled example (tiny-moe preset: GDN, attention, MoE, MTP).
 train::TrainConfig config(const fs::path& dir, const std::string& out) {
-  std::vector<std::string> ov = {"training.out_dir=\"" + (dir / out).string() + "\"",
-                                 "training.steps=6",
-                                 "training.warmup_steps=2",
-                                 "training.micro_batch_tokens=256",
-                                 "training.grad_accum=2",
-                                 "training.save_every=3",
-                                 "training.keep_last=5",
-                                 "training.eval_every=0",
-                                 "data.cache_dir=\"" + (dir / "cache").string() + "\""};
+  std::vector<std::string> ov = dt_test::short_run_overrides(dir, out);
   if (dt_test::kOnCuda) ov.push_back("training.device=\"cuda\"");
   return train::load_train_config((examples_dir() / "addition" / "train_moe.toml").string(), ov);
 }

@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model_fixture.h"
+#include "short_run.h"
 #include "test_util.h"
 #include "tfevents_reader.h"
 #include "train/checkpoint_dir.h"
@@ -102,15 +103,7 @@ class Trainer : public ::testing::Test {
 
   // A short run of the bundled example (tiny-moe preset: GDN, attention, MoE, MTP).
   train::TrainConfig config(const std::string& out, std::vector<std::string> extra = {}) {
-    std::vector<std::string> ov = {"training.out_dir=\"" + (dir_ / out).string() + "\"",
-                                   "training.steps=6",
-                                   "training.warmup_steps=2",
-                                   "training.micro_batch_tokens=256",
-                                   "training.grad_accum=2",
-                                   "training.save_every=3",
-                                   "training.keep_last=5",
-                                   "training.eval_every=0",
-                                   "data.cache_dir=\"" + (dir_ / "cache").string() + "\""};
+    std::vector<std::string> ov = dt_test::short_run_overrides(dir_, out);
     ov.insert(ov.end(), extra.begin(), extra.end());
     return train::load_train_config((kExamples / "addition" / "train_moe.toml").string(), ov);
   }

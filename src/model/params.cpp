@@ -204,16 +204,17 @@ void Params::from_flat(const core::View& flat, TensorMap& host, const char* what
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
-    if (flat.dtype == core::DType::bf16) {
-      std::vector<uint16_t> h(static_cast<size_t>(e.numel));
-      ops::copy_to_host(flat.slice(e.offset, e.numel), h.data());
-      float* x = t.ptr();
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < e.numel; ++i) x[i] = core::bf16_to_f32(h[i]);
-    } else {
-      ops::copy_to_host(flat.slice(e.offset, e.numel), t.ptr());
-    }
+    flat_to_host(flat, name, t.ptr());
   }
+}
+
+void Params::flat_to_host(const core::View& flat, const std::string& name, float* out) const {
+  const Entry& e = entry(name);
+  if (flat.dtype != core::DType::bf16) return ops::copy_to_host(flat.slice(e.offset, e.numel), out);
+  std::vector<uint16_t> h(static_cast<size_t>(e.numel));
+  ops::copy_to_host(flat.slice(e.offset, e.numel), h.data());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < e.numel; ++i) out[i] = core::bf16_to_f32(h[i]);
 }
 
 void Params::upload(const TensorMap& host) {

@@ -95,6 +95,8 @@ class Params {
   // even, so bf16 values round-trip exactly); `what` names the tensors in the size error.
   void to_flat(const TensorMap& host, const core::View& flat, const char* what) const;
   void from_flat(const core::View& flat, TensorMap& host, const char* what) const;
+  // One tensor of such a flat buffer to host floats (entry(name).numel of them).
+  void flat_to_host(const core::View& flat, const std::string& name, float* out) const;
   void zero_grads();
 
  private:

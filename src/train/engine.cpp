@@ -8,7 +8,6 @@
 #include <cmath>
 #include <vector>
 
-#include "core/bf16.h"
 #include "core/error.h"
 #include "ops/adamw.h"
 #include "ops/tensor.h"
@@ -100,16 +99,11 @@ class ModelEngine final : public Engine {
 
   void read_moment(const std::string& name, bool second, float* out) override {
     const model::Params& p = model_.params();
-    const model::Params::Entry& e = p.entry(name);
     if (m_.numel() == 0) {  // never stepped
-      std::fill(out, out + e.numel, 0.f);
+      std::fill(out, out + p.entry(name).numel, 0.f);
       return;
     }
-    const core::View flat = (second ? v_ : m_).view().slice(e.offset, e.numel);
-    if (flat.dtype == core::DType::f32) return ops::copy_to_host(flat, out);
-    std::vector<uint16_t> h(static_cast<size_t>(e.numel));
-    ops::copy_to_host(flat, h.data());
-    for (int64_t i = 0; i < e.numel; ++i) out[i] = core::bf16_to_f32(h[size_t(i)]);
+    p.flat_to_host(second ? v_ : m_, name, out);
   }
 
  private:
