@@ -161,4 +161,29 @@ void check_adapter_matches(const PeftAdapter& ad, const std::vector<model::LoraM
              ", which is not a linear layer this model adapts (check the base model and targets)");
 }
 
+model::LoraSetup to_lora_setup(const PeftAdapter& ad) {
+  model::LoraSetup s;
+  s.options = ad.options;
+  s.options.targets.clear();
+  for (const auto& [module, a] : ad.a) {
+    s.options.targets.push_back(module);
+    s.adapters.emplace(model::lora_a_key(module), a);
+    s.adapters.emplace(model::lora_b_key(module), ad.b.at(module));
+  }
+  return s;
+}
+
+PeftAdapter to_peft_adapter(const model::LoraOptions& options, const model::TensorMap& adapters,
+                            const std::vector<model::LoraModule>& mods,
+                            const std::string& base_model) {
+  PeftAdapter ad;
+  ad.options = options;
+  ad.base_model = base_model;
+  for (const model::LoraModule& m : mods) {
+    ad.a.emplace(m.name, adapters.at(model::lora_a_key(m.name)));
+    ad.b.emplace(m.name, adapters.at(model::lora_b_key(m.name)));
+  }
+  return ad;
+}
+
 }  // namespace deltatron::io

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "model/adapters.h"
 #include "model/lora.h"
 #include "model/weights.h"
 
@@ -42,5 +43,15 @@ PeftAdapter load_peft_adapter(const std::string& dir);
 // and the adapter has no other module. `where` names the adapter in errors.
 void check_adapter_matches(const PeftAdapter& adapter, const std::vector<model::LoraModule>& mods,
                            const std::string& where);
+
+// The adapter as a model's LoRA set-up (model/adapters.h): its options, with targets = the full
+// names of its modules (so a model adapts exactly these, whatever target_modules said), and its
+// tensors keyed by model::lora_a_key / lora_b_key.
+model::LoraSetup to_lora_setup(const PeftAdapter& adapter);
+
+// A model's adapters (keyed as model/adapters.h) as a PEFT adapter of `mods`.
+PeftAdapter to_peft_adapter(const model::LoraOptions& options, const model::TensorMap& adapters,
+                            const std::vector<model::LoraModule>& mods,
+                            const std::string& base_model);
 
 }  // namespace deltatron::io

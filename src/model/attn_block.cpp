@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "model/blocks.h"
+#include "model/proj.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
@@ -37,7 +38,7 @@ void attn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& r
   {
     // q_proj rows are per-head interleaved: head h owns [2hK, 2hK+K) query, then K gate columns.
     Buffer qg = cx.act(N * H * 2 * K, "attention q/gate projection");
-    ops::linear_fwd(x, p.w(pf + "q_proj.weight"), N, d.D, H * 2 * K, qg, false);
+    proj_fwd(cx, pf + "q_proj.weight", x, d.D, H * 2 * K, qg, false);
     s.q_raw = cx.act(N * H * K, "attention q");
     s.gate = cx.act(N * H * K, "attention gate");
     ops::copy_cols(qg, 2 * K, 0, s.q_raw, K, 0, N * H, K);
@@ -45,8 +46,8 @@ void attn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& r
   }
   s.k_raw = cx.act(N * J * K, "attention k");
   s.v = cx.act(N * J * K, "attention v");
-  ops::linear_fwd(x, p.w(pf + "k_proj.weight"), N, d.D, J * K, s.k_raw, false);
-  ops::linear_fwd(x, p.w(pf + "v_proj.weight"), N, d.D, J * K, s.v, false);
+  proj_fwd(cx, pf + "k_proj.weight", x, d.D, J * K, s.k_raw, false);
+  proj_fwd(cx, pf + "v_proj.weight", x, d.D, J * K, s.v, false);
 
   s.q = cx.act(N * H * K, "attention q (normed)");
   s.k = cx.act(N * J * K, "attention k (normed)");
@@ -62,7 +63,7 @@ void attn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& r
   ops::attention_fwd(s.q, s.k, s.v, cx.b.cu, cx.b.seg, N, H, J, K, d.scale, s.a, s.lse);
   s.gated = cx.act(N * H * K, "attention gated output");
   ops::sigmoid_mul_fwd(s.a, s.gate, N * H * K, s.gated);
-  ops::linear_fwd(s.gated, p.w(pf + "o_proj.weight"), N, H * K, d.D, resid, true);
+  proj_fwd(cx, pf + "o_proj.weight", s.gated, H * K, d.D, resid, true);
 }
 
 void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const View& dy,
@@ -75,8 +76,7 @@ void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const Vi
   Buffer dgate = cx.act(N * H * K, "attention d(gate)");
   {
     Buffer dgated = cx.act(N * H * K, "attention d(gated)");
-    ops::linear_bwd_dx(dy, p.w(pf + "o_proj.weight"), N, H * K, d.D, dgated, false);
-    ops::linear_bwd_dw(s.gated, dy, N, H * K, d.D, p.g(pf + "o_proj.weight"));
+    proj_bwd(cx, pf + "o_proj.weight", s.gated, dy, H * K, d.D, dgated, false);
     ops::sigmoid_mul_bwd(s.a, s.gate, dgated, N * H * K, da, dgate);
   }
   Buffer dq = cx.act(N * H * K, "attention dq");
@@ -100,12 +100,9 @@ void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const Vi
   ops::rmsnorm_bwd(s.k_raw, p.w(pf + "k_norm.weight"), s.rstd_k, dk, N * J, K, dk_raw, false,
                    p.g(pf + "k_norm.weight"));
 
-  ops::linear_bwd_dx(dqg, p.w(pf + "q_proj.weight"), N, d.D, H * 2 * K, dx, false);
-  ops::linear_bwd_dw(s.x, dqg, N, d.D, H * 2 * K, p.g(pf + "q_proj.weight"));
-  ops::linear_bwd_dx(dk_raw, p.w(pf + "k_proj.weight"), N, d.D, J * K, dx, true);
-  ops::linear_bwd_dw(s.x, dk_raw, N, d.D, J * K, p.g(pf + "k_proj.weight"));
-  ops::linear_bwd_dx(dv, p.w(pf + "v_proj.weight"), N, d.D, J * K, dx, true);
-  ops::linear_bwd_dw(s.x, dv, N, d.D, J * K, p.g(pf + "v_proj.weight"));
+  proj_bwd(cx, pf + "q_proj.weight", s.x, dqg, d.D, H * 2 * K, dx, false);
+  proj_bwd(cx, pf + "k_proj.weight", s.x, dk_raw, d.D, J * K, dx, true);
+  proj_bwd(cx, pf + "v_proj.weight", s.x, dv, d.D, J * K, dx, true);
 }
 
 }  // namespace deltatron::model

@@ -14,6 +14,8 @@ namespace deltatron::model {
 using core::Buffer;
 using core::View;
 
+class Adapters;
+
 // A pack's index tensors on the model's device, built once per pack. The token ids and
 // targets are validated here against the vocabulary (an error names the position); segment
 // bounds are kept on the host too, for launch plans.
@@ -38,6 +40,7 @@ struct Ctx {
   const Config& c;
   Params& p;
   const Batch& b;
+  const Adapters* lora = nullptr;  // a LoRA run's adapters (model/proj.h applies them)
   core::Device dev() const { return p.device(); }
   core::DType dt() const { return p.dt(); }
   int64_t N() const { return b.N; }

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "model/blocks.h"
+#include "model/proj.h"
 #include "ops/conv1d.h"
 #include "ops/gdn.h"
 #include "ops/gdn_gates.h"
@@ -39,7 +40,7 @@ void gdn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   const Params& p = cx.p;
   s.x = x;
   s.qkv = cx.act(N * d.C, "GDN qkv projection");
-  ops::linear_fwd(x, p.w(pf + "in_proj_qkv.weight"), N, d.D, d.C, s.qkv, false);
+  proj_fwd(cx, pf + "in_proj_qkv.weight", x, d.D, d.C, s.qkv, false);
   {
     Buffer c = cx.act(N * d.C, "GDN conv output");
     ops::conv1d_fwd(s.qkv, p.w(pf + "conv1d.weight"), cx.b.cu, cx.b.seg, N, d.C, d.W, c);
@@ -59,9 +60,9 @@ void gdn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.z = cx.act(N * d.GV, "GDN z");
   s.b = cx.act(N * d.G, "GDN b");
   s.a = cx.act(N * d.G, "GDN a");
-  ops::linear_fwd(x, p.w(pf + "in_proj_z.weight"), N, d.D, d.GV, s.z, false);
-  ops::linear_fwd(x, p.w(pf + "in_proj_b.weight"), N, d.D, d.G, s.b, false);
-  ops::linear_fwd(x, p.w(pf + "in_proj_a.weight"), N, d.D, d.G, s.a, false);
+  proj_fwd(cx, pf + "in_proj_z.weight", x, d.D, d.GV, s.z, false);
+  proj_fwd(cx, pf + "in_proj_b.weight", x, d.D, d.G, s.b, false);
+  proj_fwd(cx, pf + "in_proj_a.weight", x, d.D, d.G, s.a, false);
   s.beta = cx.f32(N * d.G, "GDN beta");
   s.g = cx.f32(N * d.G, "GDN g");
   ops::gdn_gates_fwd(s.b, s.a, p.w(pf + "A_log"), p.w(pf + "dt_bias"), N, d.G, s.beta, s.g);
@@ -72,7 +73,7 @@ void gdn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.rstd_o = cx.f32(N * d.G, "GDN norm rstd");
   ops::rmsnorm_gated_fwd(s.o, s.z, p.w(pf + "norm.weight"), N * d.G, d.V, cx.c.rms_norm_eps, s.yn,
                          s.rstd_o);
-  ops::linear_fwd(s.yn, p.w(pf + "out_proj.weight"), N, d.GV, d.D, resid, true);
+  proj_fwd(cx, pf + "out_proj.weight", s.yn, d.GV, d.D, resid, true);
 }
 
 void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View& dy,
@@ -85,8 +86,7 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View
   Buffer dz = cx.act(N * d.GV, "GDN dz");
   {
     Buffer dyn = cx.act(N * d.GV, "GDN d(norm output)");
-    ops::linear_bwd_dx(dy, p.w(pf + "out_proj.weight"), N, d.GV, d.D, dyn, false);
-    ops::linear_bwd_dw(s.yn, dy, N, d.GV, d.D, p.g(pf + "out_proj.weight"));
+    proj_bwd(cx, pf + "out_proj.weight", s.yn, dy, d.GV, d.D, dyn, false);
     ops::rmsnorm_gated_bwd(s.o, s.z, p.w(pf + "norm.weight"), s.rstd_o, dyn, N * d.G, d.V, do_, dz,
                            p.g(pf + "norm.weight"));
   }
@@ -102,8 +102,10 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View
     ops::gdn_chunk_bwd(s.q, s.k, s.v, s.g, s.beta, cx.b.cu, cx.b.seg, N, d.H, d.G, d.K, d.V,
                        d.scale, do_, dq, dk, dv, dg, dbeta);
     do_ = Buffer();
+    Buffer scratch_a, scratch_dt;
     ops::gdn_gates_bwd(s.b, s.a, p.w(pf + "A_log"), p.w(pf + "dt_bias"), dbeta, dg, N, d.G, db, da,
-                       p.g(pf + "A_log"), p.g(pf + "dt_bias"));
+                       grad_or_scratch(cx, pf + "A_log", scratch_a),
+                       grad_or_scratch(cx, pf + "dt_bias", scratch_dt));
     Buffer dq_raw = cx.act(N * d.HK, "GDN dq (raw)");
     Buffer dk_raw = cx.act(N * d.HK, "GDN dk (raw)");
     ops::l2norm_bwd(s.q, s.rstd_q, dq, N * d.H, d.K, dq_raw);
@@ -113,17 +115,14 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View
     ops::copy_cols(dv, d.GV, 0, dc, d.C, 2 * d.HK, N, d.GV);
   }
   Buffer dqkv = cx.act(N * d.C, "GDN d(qkv projection)");
+  Buffer scratch_conv;
   ops::conv1d_bwd(s.qkv, p.w(pf + "conv1d.weight"), cx.b.cu, cx.b.seg, dc, N, d.C, d.W, dqkv,
-                  p.g(pf + "conv1d.weight"));
+                  grad_or_scratch(cx, pf + "conv1d.weight", scratch_conv));
   dc = Buffer();
-  ops::linear_bwd_dx(dqkv, p.w(pf + "in_proj_qkv.weight"), N, d.D, d.C, dx, false);
-  ops::linear_bwd_dw(s.x, dqkv, N, d.D, d.C, p.g(pf + "in_proj_qkv.weight"));
-  ops::linear_bwd_dx(dz, p.w(pf + "in_proj_z.weight"), N, d.D, d.GV, dx, true);
-  ops::linear_bwd_dw(s.x, dz, N, d.D, d.GV, p.g(pf + "in_proj_z.weight"));
-  ops::linear_bwd_dx(db, p.w(pf + "in_proj_b.weight"), N, d.D, d.G, dx, true);
-  ops::linear_bwd_dw(s.x, db, N, d.D, d.G, p.g(pf + "in_proj_b.weight"));
-  ops::linear_bwd_dx(da, p.w(pf + "in_proj_a.weight"), N, d.D, d.G, dx, true);
-  ops::linear_bwd_dw(s.x, da, N, d.D, d.G, p.g(pf + "in_proj_a.weight"));
+  proj_bwd(cx, pf + "in_proj_qkv.weight", s.x, dqkv, d.D, d.C, dx, false);
+  proj_bwd(cx, pf + "in_proj_z.weight", s.x, dz, d.D, d.GV, dx, true);
+  proj_bwd(cx, pf + "in_proj_b.weight", s.x, db, d.D, d.G, dx, true);
+  proj_bwd(cx, pf + "in_proj_a.weight", s.x, da, d.D, d.G, dx, true);
 }
 
 }  // namespace deltatron::model

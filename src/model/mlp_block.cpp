@@ -1,5 +1,6 @@
 // Dense SwiGLU feed-forward block (see blocks.h).
 #include "model/blocks.h"
+#include "model/proj.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
 
@@ -12,10 +13,10 @@ void mlp_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.gate = cx.act(N * F, "MLP gate");
   s.up = cx.act(N * F, "MLP up");
   s.h = cx.act(N * F, "MLP hidden");
-  ops::linear_fwd(x, p.w(pf + "gate_proj.weight"), N, D, F, s.gate, false);
-  ops::linear_fwd(x, p.w(pf + "up_proj.weight"), N, D, F, s.up, false);
+  proj_fwd(cx, pf + "gate_proj.weight", x, D, F, s.gate, false);
+  proj_fwd(cx, pf + "up_proj.weight", x, D, F, s.up, false);
   ops::swiglu_fwd(s.gate, s.up, N * F, s.h);
-  ops::linear_fwd(s.h, p.w(pf + "down_proj.weight"), N, F, D, resid, true);
+  proj_fwd(cx, pf + "down_proj.weight", s.h, F, D, resid, true);
 }
 
 void mlp_bwd(const Ctx& cx, const std::string& pf, const MlpSaved& s, const View& dy,
@@ -26,14 +27,11 @@ void mlp_bwd(const Ctx& cx, const std::string& pf, const MlpSaved& s, const View
   Buffer dup = cx.act(N * F, "MLP d(up)");
   {
     Buffer dh = cx.act(N * F, "MLP d(hidden)");
-    ops::linear_bwd_dx(dy, p.w(pf + "down_proj.weight"), N, F, D, dh, false);
-    ops::linear_bwd_dw(s.h, dy, N, F, D, p.g(pf + "down_proj.weight"));
+    proj_bwd(cx, pf + "down_proj.weight", s.h, dy, F, D, dh, false);
     ops::swiglu_bwd(s.gate, s.up, dh, N * F, dgate, dup);
   }
-  ops::linear_bwd_dx(dgate, p.w(pf + "gate_proj.weight"), N, D, F, dx, false);
-  ops::linear_bwd_dw(s.x, dgate, N, D, F, p.g(pf + "gate_proj.weight"));
-  ops::linear_bwd_dx(dup, p.w(pf + "up_proj.weight"), N, D, F, dx, true);
-  ops::linear_bwd_dw(s.x, dup, N, D, F, p.g(pf + "up_proj.weight"));
+  proj_bwd(cx, pf + "gate_proj.weight", s.x, dgate, D, F, dx, false);
+  proj_bwd(cx, pf + "up_proj.weight", s.x, dup, D, F, dx, true);
 }
 
 }  // namespace deltatron::model

@@ -110,9 +110,24 @@ std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<
   return exact;
 }
 
+namespace {
+StateOptions frozen_state() {
+  StateOptions s;
+  s.frozen = true;
+  return s;
+}
+}  // namespace
+
 Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
-             const StateOptions& state)
-    : c_(c), params_((ops::check_device(dev), dev), dt, host_params, state) {
+             const StateOptions& state, const LoraSetup* lora)
+    : c_(c),
+      params_((ops::check_device(dev), dev), dt, host_params, lora ? frozen_state() : state) {
+  if (lora) {
+    DT_CHECK(!state.offload_moments && !state.master_remainder,
+             "a LoRA run keeps its adapters' state on the device in fp32 (training.master = "
+             "fp32, training.offload = none); the frozen base holds no training state");
+    adapters_ = std::make_unique<Adapters>(dev, dt, c_, *lora, state.moments);
+  }
   DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1,
            "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
            " is not supported (Qwen3.5 uses 1)");
@@ -123,7 +138,7 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
   set_activation_hint(c, params_, N, recompute_ && with_grads);
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b};
+  const Ctx cx{c, params_, b, adapters_.get()};
   const Params& p = params_;
   const std::string embed = c.name("embed_tokens.weight"), norm = c.name("norm.weight");
   PackLoss out;
@@ -177,17 +192,19 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
       ops::cast(dr, dr_dt, N * D);
       Buffer dcat = cx.act(N * 2 * D, "MTP concat gradient");
       ops::linear_bwd_dx(dr_dt, p.w("mtp.fc.weight"), N, 2 * D, D, dcat, false);
-      ops::linear_bwd_dw(in.cat, dr_dt, N, 2 * D, D, p.g("mtp.fc.weight"));
+      if (!p.frozen()) ops::linear_bwd_dw(in.cat, dr_dt, N, 2 * D, D, p.g("mtp.fc.weight"));
       Buffer dne = cx.act(N * D, "MTP d(normed embedding)");
       Buffer dnh = cx.act(N * D, "MTP d(normed hidden)");
       ops::copy_cols(dcat, 2 * D, 0, dne, D, 0, N, D);
       ops::copy_cols(dcat, 2 * D, D, dnh, D, 0, N, D);
       ops::rmsnorm_bwd(hf, p.w("mtp.pre_fc_norm_hidden.weight"), in.rstd_h, dnh, N, D, dhf, true,
                        p.g("mtp.pre_fc_norm_hidden.weight"));
-      Buffer de = cx.f32(N * D, "MTP embedding gradient");
-      ops::rmsnorm_bwd(in.e, p.w("mtp.pre_fc_norm_embedding.weight"), in.rstd_e, dne, N, D, de,
-                       false, p.g("mtp.pre_fc_norm_embedding.weight"));
-      ops::embedding_bwd(b.mtp_grad_ids, de, N, D, c.vocab_size, p.g(embed));
+      if (!p.frozen()) {  // the embedding branch reaches parameters only
+        Buffer de = cx.f32(N * D, "MTP embedding gradient");
+        ops::rmsnorm_bwd(in.e, p.w("mtp.pre_fc_norm_embedding.weight"), in.rstd_e, dne, N, D, de,
+                         false, p.g("mtp.pre_fc_norm_embedding.weight"));
+        ops::embedding_bwd(b.mtp_grad_ids, de, N, D, c.vocab_size, p.g(embed));
+      }
     }
   }
   if (c.is_moe() && opt.router.active()) ops::copy_to_host(router_loss, &out.router_loss);
@@ -203,7 +220,7 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
     trunk_layer(c, i).bwd(cx, *saved[i], dx);
     saved[i].reset();
   }
-  ops::embedding_bwd(b.grad_ids, dx, N, D, c.vocab_size, p.g(embed));
+  if (!p.frozen()) ops::embedding_bwd(b.grad_ids, dx, N, D, c.vocab_size, p.g(embed));
   return out;
 }
 
@@ -212,7 +229,7 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   if (!c.is_moe()) return;
   const int64_t N = pack.N, D = c.hidden_size;
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b};
+  const Ctx cx{c, params_, b, adapters_.get()};
   const Params& p = params_;
   Buffer x = cx.f32(N * D, "residual stream");
   ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/device.h"
 #include "data/pack.h"
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "model/router_loss.h"
@@ -59,8 +61,10 @@ class Model {
   // Copies `host_params` to `dev`; dt is the compute / activation storage type (bf16 on CUDA,
   // f32 for its debug mode; the CPU computes in f32); state: how the parameter store keeps the
   // masters (model/params.h).
+  // lora: a LoRA run (model/adapters.h): the base is frozen (its weights alone, no gradients)
+  // and the adapters are the trainable parameters (their moments as state.moments).
   Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
-        const StateOptions& state = {});
+        const StateOptions& state = {}, const LoraSetup* lora = nullptr);
 
   // Forward and, with_grads, backward (spec 2-5): the objective's parameter gradients are
   // ADDED into params().g(...) (zero them with params().zero_grads()). The backward is the
@@ -74,12 +78,16 @@ class Model {
   // reruns the layer's forward first (about one extra trunk forward; bitwise-equal gradients).
   void set_recompute(bool on) { recompute_ = on; }
 
-  Params& params() { return params_; }
+  Params& params() { return params_; }  // the base model's
+  // What the optimizer trains: the adapters' store in a LoRA run, else params().
+  Params& trainable() { return adapters_ ? adapters_->params() : params_; }
+  const Adapters* adapters() const { return adapters_.get(); }
   const Config& config() const { return c_; }
 
  private:
   Config c_;
   Params params_;
+  std::unique_ptr<Adapters> adapters_;
   bool recompute_ = false;
 };
 

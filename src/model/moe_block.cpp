@@ -9,6 +9,7 @@
 #include "model/moe_block.h"
 
 #include "model/model.h"
+#include "model/proj.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
@@ -62,7 +63,7 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.logits = cx.f32(d.N * d.E, "router logits");
   {
     Buffer x32 = to_f32(cx, x, d.N * d.D, "router input (fp32)");
-    ops::linear_fwd(x32, p.master(pf + "gate.weight"), d.N, d.D, d.E, s.logits, false);
+    proj_fwd(cx, pf + "gate.weight", p.master(pf + "gate.weight"), x32, d.D, d.E, s.logits, false);
   }
   s.probs = cx.f32(d.N * d.E, "router probabilities");
   s.lse = cx.f32(d.N, "router lse");
@@ -110,11 +111,11 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
     s.sout = cx.act(d.N * d.D, "shared expert output");
     s.slogit = cx.f32(d.N, "shared expert gate logit");
     Buffer hs = cx.act(d.N * d.S, "shared expert hidden");
-    ops::linear_fwd(x, p.w(sp + "gate_proj.weight"), d.N, d.D, d.S, s.sgate, false);
-    ops::linear_fwd(x, p.w(sp + "up_proj.weight"), d.N, d.D, d.S, s.sup, false);
+    proj_fwd(cx, sp + "gate_proj.weight", x, d.D, d.S, s.sgate, false);
+    proj_fwd(cx, sp + "up_proj.weight", x, d.D, d.S, s.sup, false);
     ops::swiglu_fwd(s.sgate, s.sup, d.N * d.S, hs);
-    ops::linear_fwd(hs, p.w(sp + "down_proj.weight"), d.N, d.S, d.D, s.sout, false);
-    ops::linear_fwd(x, p.w(pf + "shared_expert_gate.weight"), d.N, d.D, 1, s.slogit, false);
+    proj_fwd(cx, sp + "down_proj.weight", hs, d.S, d.D, s.sout, false);
+    proj_fwd(cx, pf + "shared_expert_gate.weight", x, d.D, 1, s.slogit, false);
     ops::moe_shared_gate_fwd(s.sout, s.slogit, d.N, d.D, resid);
   }
 }
@@ -136,9 +137,12 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
       ops::moe_gather(dy, s.rows_P, View{}, d.P, d.K, d.D, dye);
       ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets, host_offsets_of(s),
                               d.E, d.F, d.D, g, View{});
-      ops::moe_gather(dy, s.rows_P, s.topk_w, d.P, d.K, d.D, dye);
-      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets, host_offsets_of(s),
-                              d.E, d.F, d.D, View{}, p.g(pf + "experts.down_proj"));
+      if (!p.frozen()) {
+        ops::moe_gather(dy, s.rows_P, s.topk_w, d.P, d.K, d.D, dye);
+        ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets,
+                                host_offsets_of(s), d.E, d.F, d.D, View{},
+                                p.g(pf + "experts.down_proj"));
+      }
     }
     ops::moe_expert_weight_bwd(h, g, s.rows_P, s.topk_w, d.P, d.K, d.F, dw, g);
     Buffer dgu = cx.act(d.P * 2 * d.F, "expert gate/up gradient");
@@ -166,20 +170,16 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
     ops::moe_shared_gate_bwd(s.sout, s.slogit, dy, d.N, d.D, dout, dlogit);
     Buffer dlogit_dt = cx.act(d.N, "shared gate logit gradient (compute dtype)");
     ops::cast(dlogit, dlogit_dt, d.N);
-    ops::linear_bwd_dx(dlogit_dt, p.w(pf + "shared_expert_gate.weight"), d.N, d.D, 1, dx32, true);
-    ops::linear_bwd_dw(s.x, dlogit_dt, d.N, d.D, 1, p.g(pf + "shared_expert_gate.weight"));
+    proj_bwd(cx, pf + "shared_expert_gate.weight", s.x, dlogit_dt, d.D, 1, dx32, true);
     Buffer hs = cx.act(d.N * d.S, "shared expert hidden");
     ops::swiglu_fwd(s.sgate, s.sup, d.N * d.S, hs);
     Buffer dh = cx.act(d.N * d.S, "shared expert hidden gradient");
-    ops::linear_bwd_dx(dout, p.w(sp + "down_proj.weight"), d.N, d.S, d.D, dh, false);
-    ops::linear_bwd_dw(hs, dout, d.N, d.S, d.D, p.g(sp + "down_proj.weight"));
+    proj_bwd(cx, sp + "down_proj.weight", hs, dout, d.S, d.D, dh, false);
     Buffer dgs = cx.act(d.N * d.S, "shared expert gate gradient");
     Buffer dus = cx.act(d.N * d.S, "shared expert up gradient");
     ops::swiglu_bwd(s.sgate, s.sup, dh, d.N * d.S, dgs, dus);
-    ops::linear_bwd_dx(dgs, p.w(sp + "gate_proj.weight"), d.N, d.D, d.S, dx32, true);
-    ops::linear_bwd_dw(s.x, dgs, d.N, d.D, d.S, p.g(sp + "gate_proj.weight"));
-    ops::linear_bwd_dx(dus, p.w(sp + "up_proj.weight"), d.N, d.D, d.S, dx32, true);
-    ops::linear_bwd_dw(s.x, dus, d.N, d.D, d.S, p.g(sp + "up_proj.weight"));
+    proj_bwd(cx, sp + "gate_proj.weight", s.x, dgs, d.D, d.S, dx32, true);
+    proj_bwd(cx, sp + "up_proj.weight", s.x, dus, d.D, d.S, dx32, true);
   }
 
   // Router (f32): routed path through the renormalised weights, plus the router losses.
@@ -198,10 +198,10 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
   }
   Buffer dlogits = cx.f32(d.N * d.E, "router logit gradient");
   ops::moe_router_bwd(s.probs, s.topk_idx, s.topk_w, dw, dprobs, dlse, d.N, d.E, d.K, dlogits);
-  ops::linear_bwd_dx(dlogits, p.master(pf + "gate.weight"), d.N, d.D, d.E, dx32, true);
   {
     Buffer x32 = to_f32(cx, s.x, d.N * d.D, "router input (fp32)");
-    ops::linear_bwd_dw(x32, dlogits, d.N, d.D, d.E, p.g(pf + "gate.weight"));
+    proj_bwd(cx, pf + "gate.weight", p.master(pf + "gate.weight"), x32, dlogits, d.D, d.E, dx32,
+             true);
   }
   ops::cast(dx32, dx, d.N * d.D);
 }

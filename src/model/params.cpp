@@ -44,6 +44,10 @@ StateOptions parse_state_options(const std::string& master, const std::string& m
 StateBytes state_bytes(core::DType dt, const StateOptions& o) {
   const bool f32 = dt == core::DType::f32;
   StateBytes b;
+  if (o.frozen) {  // the weights alone
+    b.held = b.train = f32 ? 4 : 2;
+    return b;
+  }
   b.held = 4;  // gradient
   const double master = o.master_remainder ? 2 : 4;
   if (o.master_remainder)
@@ -71,12 +75,15 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
            "training.offload = master+moments with training.master = fp32 needs bf16 compute "
            "(with f32 compute the f32 weights are the masters the model reads); use "
            "training.master = remainder to offload the remainders");
+  DT_CHECK(!opt.frozen || (!opt.offload_moments && !opt.master_remainder),
+           "a frozen parameter store has no training state to offload or split");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
   int64_t router_total = 0;
   for (const auto& [name, t] : host) {
     names_.push_back(name);
     Entry e{total_, t.numel(), t.shape, -1};
-    if (!opt_.master_remainder || dt_ == core::DType::f32) {
+    const bool lean_layout = opt_.master_remainder || opt_.frozen;
+    if (!lean_layout || dt_ == core::DType::f32) {
       e.f32_offset = total_;  // every tensor, laid out as the others
     } else if (keeps_f32_weight(name)) {
       e.f32_offset = f32_total_;
@@ -89,9 +96,16 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
     index_[name] = e;
     total_ += aligned(t.numel());
   }
-  if (!opt_.master_remainder || dt_ == core::DType::f32) f32_total_ = total_;
+  const bool lean_layout = opt_.master_remainder || opt_.frozen;
+  if (!lean_layout || dt_ == core::DType::f32) f32_total_ = total_;
   core::allocator(dev_).set_oom_hint(state_hint());
-  if (opt_.master_remainder) {
+  if (opt_.frozen) {
+    if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "frozen weights");
+    if (f32_total_ > 0)
+      master_ = core::Buffer(
+          dev_, core::DType::f32, {f32_total_},
+          dt_ == core::DType::f32 ? "frozen f32 weights" : "frozen f32 router weights");
+  } else if (opt_.master_remainder) {
     compute_ = core::Buffer(dev_, core::DType::bf16, {total_}, "bf16 weights (lean masters)");
     remainder_ =
         opt_.offload_master
@@ -110,9 +124,9 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
     if (router_total > 0)
       router_ = core::Buffer(dev_, core::DType::f32, {router_total}, "fp32 router masters");
   }
-  grad_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 gradients");
+  if (!opt_.frozen) grad_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 gradients");
   if (master_.numel() > 0) ops::zero(master_);
-  ops::zero(grad_);
+  if (grad_.numel() > 0) ops::zero(grad_);
   upload(host);
 }
 
@@ -161,11 +175,14 @@ core::View Params::at_f32(const std::string& name) const {
 core::View Params::w(const std::string& name) const {
   return dt_ == core::DType::f32 ? at_f32(name) : at(compute_, name);
 }
-core::View Params::g(const std::string& name) const { return at(grad_, name); }
+core::View Params::g(const std::string& name) const {
+  return opt_.frozen ? core::View{} : at(grad_, name);
+}
 core::View Params::master(const std::string& name) const { return at_f32(name); }
 
 ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
   const Entry& e = entry(name);
+  DT_CHECK(!opt_.frozen, "model parameter ", name, " is frozen: it has no optimizer step");
   ops::AdamWTensor t;
   t.grad = grad_.view().slice(e.offset, e.numel);
   t.index = e.offset;
@@ -226,6 +243,15 @@ void Params::upload(const TensorMap& host) {
       ops::copy_from_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
     if (e.router_offset >= 0)
       ops::copy_from_host(router_.view().slice(e.router_offset, e.numel), t.ptr());
+    if (opt_.frozen) {
+      if (dt_ == core::DType::f32) continue;  // the f32 weights above are all there is
+      std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
+      const float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
+      ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+      continue;
+    }
     if (!opt_.master_remainder && master_.device() != dev_) {
       // Offloaded fp32 masters: the compute copy made on the host, as adamw_compute_copy does.
       std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
@@ -244,7 +270,7 @@ void Params::upload(const TensorMap& host) {
     ops::copy_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
   }
   // fp32 masters: the bf16 compute copies, rounded as the pair's weights (ties away from zero).
-  if (!opt_.master_remainder && dt_ != core::DType::f32 && master_.device() == dev_)
+  if (!opt_.frozen && !opt_.master_remainder && dt_ != core::DType::f32 && master_.device() == dev_)
     ops::adamw_compute_copy(master_, compute_, total_);
 }
 
@@ -253,8 +279,16 @@ void Params::download(TensorMap& host) const {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
-    if (!opt_.master_remainder) {
+    if (!opt_.master_remainder && !(opt_.frozen && e.f32_offset < 0)) {
       ops::copy_to_host(at_f32(name), t.ptr());
+      continue;
+    }
+    if (opt_.frozen) {  // bf16 weights, widened (exact)
+      std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
+      ops::copy_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
+      float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < e.numel; ++i) x[i] = core::bf16_to_f32(wt[i]);
       continue;
     }
     // The lean pair, joined on the host (exact).
@@ -267,7 +301,12 @@ void Params::download(TensorMap& host) const {
   }
 }
 
-void Params::download_grads(TensorMap& host) const { from_flat(grad_, host, "gradient"); }
-void Params::zero_grads() { ops::zero(grad_); }
+void Params::download_grads(TensorMap& host) const {
+  DT_CHECK(!opt_.frozen, "the frozen parameters have no gradients");
+  from_flat(grad_, host, "gradient");
+}
+void Params::zero_grads() {
+  if (grad_.numel() > 0) ops::zero(grad_);
+}
 
 }  // namespace deltatron::model

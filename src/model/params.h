@@ -28,6 +28,10 @@ struct StateOptions {
   // masters (which needs bf16 compute: with f32 compute the f32 weights are the masters; the MoE
   // routers' stay on the device, where the model reads them) or the remainders.
   bool offload_moments = false, offload_master = false;
+  // A frozen store (the base model of a LoRA run): only the weights the model reads (the compute
+  // copies, and f32 copies of keeps_f32_weight's tensors in a bf16 model), no master, gradient or
+  // moments; g() gives empty views, which the blocks take as "no gradient wanted".
+  bool frozen = false;
 };
 
 // "fp32" / "remainder" and "fp32" / "bf16", the config spellings.
@@ -78,7 +82,8 @@ class Params {
   std::string state_hint() const;
 
   core::View w(const std::string& name) const;  // compute weights (dt)
-  core::View g(const std::string& name) const;  // gradient (f32)
+  core::View g(const std::string& name) const;  // gradient (f32); empty when frozen
+  bool frozen() const { return opt_.frozen; }
   // The f32 master (master "fp32"), or with "remainder" its f32 copy (every tensor when dt is
   // f32, else only keeps_f32_weight's); an error for a tensor without one.
   core::View master(const std::string& name) const;

@@ -19,14 +19,15 @@ namespace {
 class ModelEngine final : public Engine {
  public:
   ModelEngine(core::Device dev, core::DType dt, const model::Config& c,
-              const model::TensorMap& params, const AdamW* opt, const model::StateOptions& state)
-      : model_(dev, dt, c, params, state) {
+              const model::TensorMap& params, const AdamW* opt, const model::StateOptions& state,
+              const model::LoraSetup* lora)
+      : model_(dev, dt, c, params, state, lora) {
     if (!opt) return;  // scoring (or the bench): the moments come with the first step
     alloc_moments();
     if (opt->step_count() > 0) {  // resumed: moments from the checkpoint
       step_ = opt->step_count();
-      model_.params().to_flat(opt->exp_avg(), m_, "AdamW exp_avg");
-      model_.params().to_flat(opt->exp_avg_sq(), v_, "AdamW exp_avg_sq");
+      model_.trainable().to_flat(opt->exp_avg(), m_, "AdamW exp_avg");
+      model_.trainable().to_flat(opt->exp_avg_sq(), v_, "AdamW exp_avg_sq");
     }
   }
 
@@ -38,11 +39,11 @@ class ModelEngine final : public Engine {
     model_.count_routes(pack, counts);
   }
   void set_recompute(bool on) { model_.set_recompute(on); }
-  void zero_grads() override { model_.params().zero_grads(); }
-  void grads_to_host(model::TensorMap& grads) override { model_.params().download_grads(grads); }
+  void zero_grads() override { model_.trainable().zero_grads(); }
+  void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
 
   double clip(double max_norm) override {
-    const model::Params& p = model_.params();
+    const model::Params& p = model_.trainable();
     const double norm = std::sqrt(ops::sum_squares(p.grad_flat(), p.total()));
     grad_scale_ = 1.0f;
     if (std::isfinite(norm) && max_norm > 0) {
@@ -53,7 +54,7 @@ class ModelEngine final : public Engine {
   }
 
   void step(AdamW& opt, double lr) override {
-    model::Params& p = model_.params();
+    model::Params& p = model_.trainable();
     if (m_.numel() == 0) alloc_moments();
     const auto& o = opt.options();
     ops::AdamWArgs args;
@@ -85,7 +86,7 @@ class ModelEngine final : public Engine {
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
-    model_.params().download(params);
+    model_.trainable().download(params);
     model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
     for (auto& [name, t] : m) read_moment(name, false, t.ptr());
     for (auto& [name, t] : v) read_moment(name, true, t.ptr());
@@ -93,12 +94,12 @@ class ModelEngine final : public Engine {
   }
 
   void sync_weights(model::TensorMap& params, AdamW& opt) override {
-    model_.params().download(params);
+    model_.trainable().download(params);
     opt.set_step_count(step_);
   }
 
   void read_moment(const std::string& name, bool second, float* out) override {
-    const model::Params& p = model_.params();
+    const model::Params& p = model_.trainable();
     if (m_.numel() == 0) {  // never stepped
       std::fill(out, out + p.entry(name).numel, 0.f);
       return;
@@ -108,7 +109,7 @@ class ModelEngine final : public Engine {
 
  private:
   void alloc_moments() {
-    model::Params& p = model_.params();
+    model::Params& p = model_.trainable();
     const core::Device dev = p.device();
     core::allocator(dev).set_oom_hint(p.state_hint());
     const core::DType dt = p.options().moments;  // f32 or bf16 (training.moments)
@@ -134,14 +135,15 @@ class ModelEngine final : public Engine {
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt, bool recompute,
-                                    const model::StateOptions& state) {
+                                    const model::StateOptions& state,
+                                    const model::LoraSetup* lora) {
   DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
   const bool cuda = device == "cuda";
   const core::DType dt = cuda && precision == "bf16" ? core::DType::bf16 : core::DType::f32;
   auto e = std::make_unique<ModelEngine>(cuda ? core::Device::cuda : core::Device::cpu, dt, c,
-                                         params, opt, state);
+                                         params, opt, state, lora);
   e->set_recompute(recompute);
   return e;
 }

@@ -20,14 +20,16 @@ class Engine {
                                   const model::ModelOptions& opt) = 0;
   virtual void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) = 0;
   virtual void zero_grads() = 0;
-  // Copies the gradients into `grads` (shaped like the parameters, e.g. model::zeros_like).
+  // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
+  // (shaped like them, e.g. model::zeros_like).
   virtual void grads_to_host(model::TensorMap& grads) = 0;
   // Global gradient norm before clipping; the next step scales the gradients to max_norm when
   // the norm is larger (train::clip_grad_norm semantics; max_norm <= 0: no clipping).
   virtual double clip(double max_norm) = 0;
   // One AdamW update with the optimizer's options and decay groups (its step count advances).
   virtual void step(AdamW& opt, double lr) = 0;
-  // Makes the host parameters and `opt`'s state current (before saving a checkpoint).
+  // Makes the host copies of the trainable parameters (the adapters in a LoRA run) and `opt`'s
+  // state current (before saving a checkpoint).
   virtual void sync_to_host(model::TensorMap& params, AdamW& opt) = 0;
   // The host parameters and `opt`'s step count only; the moments stay here, read one tensor at a
   // time by read_moment (what a checkpoint save writes without a host copy of all of them).
@@ -43,10 +45,12 @@ class Engine {
 // recompute: activation recomputation per layer (model::Model::set_recompute). state: how the
 // masters and moments are stored (training.master, training.moments; model::StateOptions): a
 // resumed run's f32 moments are converted to bf16 moments exactly when they are bf16 values
-// (as saved by a bf16-moment run), else rounded to nearest even.
+// (as saved by a bf16-moment run), else rounded to nearest even. lora: a LoRA run (params is the
+// frozen base; the optimizer, gradients and moments are the adapters', keyed as in lora->adapters).
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt = nullptr, bool recompute = false,
-                                    const model::StateOptions& state = {});
+                                    const model::StateOptions& state = {},
+                                    const model::LoraSetup* lora = nullptr);
 
 }  // namespace deltatron::train

@@ -1,0 +1,63 @@
+// A LoRA run's adapters on the model's device (issue 13, docs/lora.md): the adapted modules
+// (model/lora.h), their scale, and one trainable parameter store (model/params.h) of the
+// lora_A [r, in] and lora_B [out, r] tensors, keyed "<module>.lora_A.weight" and
+// "<module>.lora_B.weight" (PEFT's names without the "base_model.model." prefix). The adapters
+// train in fp32 (fp32 masters; on CUDA in bf16 compute, their bf16 compute copies feed the
+// GEMMs); the base model's store is frozen.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/lora.h"
+#include "model/params.h"
+#include "model/weights.h"
+
+namespace deltatron::model {
+
+// The adapter store's keys of a module.
+std::string lora_a_key(const std::string& module);
+std::string lora_b_key(const std::string& module);
+
+// PEFT's initialisation (init_lora_weights = True): A Kaiming-uniform with a = sqrt(5), i.e.
+// uniform in [-1/sqrt(in), 1/sqrt(in)), B zero; deterministic in `seed` (one counter-based stream
+// per module, so the values do not depend on the order or number of modules).
+TensorMap lora_init(const std::vector<LoraModule>& mods, int64_t r, uint64_t seed);
+
+// What a LoRA model needs besides the base weights: the options and the adapters' host values
+// (lora_init's, a PEFT adapter's, or a checkpoint's), keyed as above.
+struct LoraSetup {
+  LoraOptions options;
+  TensorMap adapters;
+};
+
+class Adapters {
+ public:
+  // Checks that `s.adapters` has exactly the modules' tensors with their shapes (an error names
+  // the tensor); lora.dropout > 0 is refused (not implemented), as are lm_head adapters (the LM
+  // head is fused with the loss). state: the adapters' AdamW moments (training.moments); their
+  // masters are fp32.
+  Adapters(core::Device dev, core::DType dt, const Config& c, const LoraSetup& s,
+           core::DType moments = core::DType::f32);
+
+  const std::vector<LoraModule>& modules() const { return mods_; }
+  const LoraOptions& options() const { return opt_; }
+  int64_t r() const { return opt_.r; }
+  float scale() const { return scale_; }
+  // The module whose weight parameter is `weight` ("...q_proj.weight"), or nullptr.
+  const LoraModule* find(const std::string& weight) const;
+  Params& params() { return params_; }
+  const Params& params() const { return params_; }
+
+ private:
+  LoraOptions opt_;
+  std::vector<LoraModule> mods_;
+  std::map<std::string, size_t> by_weight_;
+  float scale_;
+  Params params_;
+};
+
+}  // namespace deltatron::model

@@ -1,0 +1,76 @@
+// Block projections with LoRA adapters and frozen bases (proj.h).
+#include "model/proj.h"
+
+#include "model/adapters.h"
+#include "model/lora_linear.h"
+#include "ops/linear.h"
+#include "ops/tensor.h"
+
+namespace deltatron::model {
+
+namespace {
+
+struct Adapter {
+  LoraShape d;
+  View A, B;
+};
+
+// The adapter of `weight` for an input of x's dtype, or nothing.
+bool adapter_of(const Ctx& cx, const std::string& weight, const View& x, int64_t I, int64_t O,
+                Adapter& a) {
+  if (!cx.lora) return false;
+  const LoraModule* m = cx.lora->find(weight);
+  if (!m) return false;
+  const Params& p = cx.lora->params();
+  const bool f32_in = x.dtype == core::DType::f32 && p.dt() != core::DType::f32;
+  const std::string ka = lora_a_key(m->name), kb = lora_b_key(m->name);
+  a.A = f32_in ? p.master(ka) : p.w(ka);
+  a.B = f32_in ? p.master(kb) : p.w(kb);
+  a.d = LoraShape{cx.N(), I, O, cx.lora->r(), cx.lora->scale()};
+  return true;
+}
+
+}  // namespace
+
+void proj_fwd(const Ctx& cx, const std::string& weight, const View& x, int64_t I, int64_t O,
+              const View& y, bool accumulate) {
+  proj_fwd(cx, weight, cx.p.w(weight), x, I, O, y, accumulate);
+}
+
+void proj_fwd(const Ctx& cx, const std::string& weight, const View& W, const View& x, int64_t I,
+              int64_t O, const View& y, bool accumulate) {
+  ops::linear_fwd(x, W, cx.N(), I, O, y, accumulate);
+  Adapter a;
+  if (!adapter_of(cx, weight, x, I, O, a)) return;
+  const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
+  lora_fwd(a.d, x, a.A, a.B, h, y);
+}
+
+void proj_bwd(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
+              int64_t O, const View& dx, bool accumulate) {
+  proj_bwd(cx, weight, cx.p.w(weight), x, dy, I, O, dx, accumulate);
+}
+
+void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const View& x,
+              const View& dy, int64_t I, int64_t O, const View& dx, bool accumulate) {
+  ops::linear_bwd_dx(dy, W, cx.N(), I, O, dx, accumulate);
+  const View gw = cx.p.g(weight);
+  if (!gw.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw);
+  Adapter a;
+  if (!adapter_of(cx, weight, x, I, O, a)) return;
+  const Params& p = cx.lora->params();
+  const LoraModule& m = *cx.lora->find(weight);
+  const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
+  const Buffer dh(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden gradient");
+  lora_bwd(a.d, x, dy, a.A, a.B, h, dh, dx, p.g(lora_a_key(m.name)), p.g(lora_b_key(m.name)));
+}
+
+View grad_or_scratch(const Ctx& cx, const std::string& name, Buffer& scratch) {
+  const View g = cx.p.g(name);
+  if (!g.empty()) return g;
+  scratch = cx.f32(cx.p.entry(name).numel, "frozen weight gradient (discarded)");
+  ops::zero(scratch);
+  return scratch.view().reshaped(cx.p.entry(name).shape);
+}
+
+}  // namespace deltatron::model

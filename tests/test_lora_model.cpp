@@ -1,0 +1,232 @@
+// LoRA in the model (model/adapters.h, model/proj.h): the adapted model is the merged model.
+// With W' = W + s B A for every adapted module, the adapted model's loss equals the merged
+// model's, and the chain rule gives the adapters' exact gradients from the merged model's weight
+// gradient G = dL/dW': dA = s B^T G, dB = s G A^T. This holds for every block type, the MoE
+// router (adapted in f32) and the MTP loss's share. Also: the base gets no gradient, a pack
+// equals its samples alone, the training step moves only the adapters, and bad set-ups fail.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "model/adapters.h"
+#include "model/model.h"
+#include "model_fixture.h"
+#include "test_util.h"
+#include "train/engine.h"
+#include "train/optimizer.h"
+
+using namespace deltatron;
+
+namespace {
+
+double rel_rms(const std::vector<double>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// Options adapting every linear layer of the decoder (and, for MoE, the router and the shared
+// expert's gate), with random non-zero B so that every gradient is non-zero.
+model::LoraSetup random_setup(const model::Config& c, int64_t r, double alpha, bool rslora) {
+  model::LoraSetup s;
+  s.options.r = r;
+  s.options.alpha = alpha;
+  s.options.rslora = rslora;
+  s.options.targets = {"all-linear"};
+  if (c.is_moe()) s.options.targets = {"all-linear", "gate", "shared_expert_gate"};
+  const auto mods = model::lora_modules(c, s.options, "test");
+  s.adapters = model::lora_init(mods, r, 5);
+  std::mt19937_64 rng(9);
+  std::normal_distribution<double> nd(0.0, 0.3);
+  for (const auto& m : mods)
+    for (float& v : s.adapters.at(model::lora_b_key(m.name)).data) v = float(nd(rng));
+  return s;
+}
+
+// W + s B A in double, rounded once.
+model::TensorMap merged(const model::Config& c, const model::TensorMap& base,
+                        const model::LoraSetup& s) {
+  model::TensorMap out = base;
+  const double sc = s.options.scale();
+  const int64_t r = s.options.r;
+  for (const auto& m : model::lora_modules(c, s.options, "test")) {
+    const auto& A = s.adapters.at(model::lora_a_key(m.name)).data;
+    const auto& B = s.adapters.at(model::lora_b_key(m.name)).data;
+    auto& W = out.at(m.weight).data;
+    for (int64_t o = 0; o < m.out; ++o)
+      for (int64_t i = 0; i < m.in; ++i) {
+        double acc = 0;
+        for (int64_t k = 0; k < r; ++k) acc += double(B[o * r + k]) * A[k * m.in + i];
+        W[o * m.in + i] = float(double(W[o * m.in + i]) + sc * acc);
+      }
+  }
+  return out;
+}
+
+void check_merged_identity(const model::Config& c, bool rslora) {
+  const model::TensorMap base = dt_test::random_params(c, 3);
+  const model::LoraSetup s = random_setup(c, 3, 5.0, rslora);
+  const auto samples = dt_test::make_samples({5, 40, 70}, c.vocab_size, 17, 4);
+  const data::Pack pack = dt_test::pack_of(samples, {0, 1, 2}, 8);
+  model::ModelOptions mo;
+  mo.mtp_ce_scale = 0.3f;
+
+  model::Model lora(core::Device::cpu, core::DType::f32, c, base, {}, &s);
+  const model::PackLoss got = lora.fwd_bwd(pack, true, mo);
+  model::TensorMap g_ad = model::zeros_like(s.adapters);
+  lora.trainable().download_grads(g_ad);
+  EXPECT_TRUE(lora.params().frozen());
+  EXPECT_TRUE(lora.params().g(c.name("embed_tokens.weight")).empty());
+
+  const model::TensorMap mp = merged(c, base, s);
+  model::Model full(core::Device::cpu, core::DType::f32, c, mp);
+  const model::PackLoss want = full.fwd_bwd(pack, true, mo);
+  model::TensorMap g_full = model::zeros_like(mp);
+  full.params().download_grads(g_full);
+
+  for (size_t i = 0; i < want.loss_sum.size(); ++i)
+    EXPECT_NEAR(got.loss_sum[i], want.loss_sum[i], 2e-5 * std::abs(want.loss_sum[i])) << i;
+  for (size_t i = 0; i < want.mtp_loss_sum.size(); ++i)
+    EXPECT_NEAR(got.mtp_loss_sum[i], want.mtp_loss_sum[i], 2e-5 * std::abs(want.mtp_loss_sum[i]));
+
+  const double sc = s.options.scale();
+  const int64_t r = s.options.r;
+  int checked = 0;
+  for (const auto& m : model::lora_modules(c, s.options, "test")) {
+    const auto& A = s.adapters.at(model::lora_a_key(m.name)).data;
+    const auto& B = s.adapters.at(model::lora_b_key(m.name)).data;
+    const auto& G = g_full.at(m.weight).data;
+    std::vector<double> wa(size_t(r * m.in), 0.0), wb(size_t(m.out * r), 0.0), ga, gb;
+    for (int64_t o = 0; o < m.out; ++o)
+      for (int64_t i = 0; i < m.in; ++i)
+        for (int64_t k = 0; k < r; ++k) {
+          wa[k * m.in + i] += sc * B[o * r + k] * G[o * m.in + i];
+          wb[o * r + k] += sc * G[o * m.in + i] * A[k * m.in + i];
+        }
+    for (float v : g_ad.at(model::lora_a_key(m.name)).data) ga.push_back(v);
+    for (float v : g_ad.at(model::lora_b_key(m.name)).data) gb.push_back(v);
+    EXPECT_LT(rel_rms(ga, wa), 2e-4) << m.name << " lora_A";
+    EXPECT_LT(rel_rms(gb, wb), 2e-4) << m.name << " lora_B";
+    ++checked;
+  }
+  EXPECT_EQ(checked * 2, static_cast<int>(s.adapters.size()));
+}
+
+bool same(const model::TensorMap& a, const model::TensorMap& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [name, t] : a)
+    if (!b.count(name) || b.at(name).data != t.data) return false;
+  return true;
+}
+
+model::Config dense() { return model::parse_config(dt_test::tiny_config_json(), "tiny"); }
+
+}  // namespace
+
+TEST(LoraModel, DenseEqualsMergedModel) { check_merged_identity(dense(), false); }
+TEST(LoraModel, MoeMtpRouterEqualsMergedModel) {
+  check_merged_identity(dt_test::tiny_moe_mtp_config(), true);
+}
+
+TEST(LoraModel, PackEqualsSamplesAlone) {
+  const model::Config c = dt_test::tiny_moe_mtp_config();
+  const model::TensorMap base = dt_test::random_params(c, 4);
+  const model::LoraSetup s = random_setup(c, 2, 4.0, false);
+  const auto samples = dt_test::make_samples({3, 64, 66}, c.vocab_size, 21, 3);
+  model::Model m(core::Device::cpu, core::DType::f32, c, base, {}, &s);
+  model::ModelOptions mo;
+  const model::PackLoss packed = m.fwd_bwd(dt_test::pack_of(samples, {2, 0, 1}, 16), true, mo);
+  model::TensorMap g_pack = model::zeros_like(s.adapters);
+  m.trainable().download_grads(g_pack);
+  m.trainable().zero_grads();
+  std::vector<double> alone;
+  for (int64_t i = 0; i < 3; ++i)
+    alone.push_back(m.fwd_bwd(dt_test::pack_of(samples, {i}, 1), true, mo).loss_sum[0]);
+  model::TensorMap g_alone = model::zeros_like(s.adapters);
+  m.trainable().download_grads(g_alone);
+  EXPECT_NEAR(packed.loss_sum[1], alone[0], 1e-5 * std::abs(alone[0]));
+  EXPECT_NEAR(packed.loss_sum[2], alone[1], 1e-5 * std::abs(alone[1]));
+  EXPECT_NEAR(packed.loss_sum[0], alone[2], 1e-5 * std::abs(alone[2]));
+  for (const auto& [name, t] : g_pack) {
+    std::vector<double> a(t.data.begin(), t.data.end());
+    std::vector<double> b(g_alone.at(name).data.begin(), g_alone.at(name).data.end());
+    EXPECT_LT(rel_rms(a, b), 1e-5) << name;
+  }
+}
+
+TEST(LoraModel, StepMovesOnlyTheAdapters) {
+  const model::Config c = dense();
+  model::TensorMap base = dt_test::random_params(c, 5);
+  model::LoraSetup s;
+  s.options.r = 4;
+  s.adapters = model::lora_init(model::lora_modules(c, s.options, "test"), 4, 1);
+  const model::TensorMap base0 = base, ad0 = s.adapters;
+  model::TensorMap ad = s.adapters;
+  train::AdamW opt(ad, train::AdamWOptions{});
+  auto e = train::make_engine("cpu", "bf16", c, base, &opt, false, {}, &s);
+  const auto samples = dt_test::make_samples({30, 50}, c.vocab_size, 2, 4);
+  for (int step = 0; step < 2; ++step) {
+    e->zero_grads();
+    e->fwd_bwd(dt_test::pack_of(samples, {0, 1}, 1), true, {});
+    EXPECT_TRUE(std::isfinite(e->clip(1.0)));
+    e->step(opt, 1e-2);
+  }
+  e->sync_to_host(ad, opt);
+  EXPECT_EQ(opt.step_count(), 2);
+  // B starts at zero (PEFT's init) and moves; A moves from the second step on.
+  for (const auto& [name, t] : ad) EXPECT_NE(t.data, ad0.at(name).data) << name;
+  EXPECT_TRUE(same(base, base0));
+}
+
+TEST(LoraModel, BadSetupsFailClearly) {
+  const model::Config c = dense();
+  const model::TensorMap base = dt_test::random_params(c, 6);
+  model::LoraSetup s;
+  s.options.r = 2;
+  const auto mods = model::lora_modules(c, s.options, "test");
+  s.adapters = model::lora_init(mods, 2, 1);
+  const auto make = [&](const model::LoraSetup& x, const model::StateOptions& st = {}) {
+    model::Model m(core::Device::cpu, core::DType::f32, c, base, st, &x);
+  };
+  model::LoraSetup drop = s;
+  drop.options.dropout = 0.1;
+  EXPECT_NE(dt_test::error_of([&] { make(drop); }).find("lora.dropout"), std::string::npos);
+  model::LoraSetup head = s;
+  head.options.targets = {"lm_head"};
+  head.adapters = model::lora_init(model::lora_modules(c, head.options, "test"), 2, 1);
+  EXPECT_NE(dt_test::error_of([&] { make(head); }).find("lm_head"), std::string::npos);
+  model::LoraSetup shape = s;
+  shape.adapters.at(model::lora_a_key(mods[0].name)) = core::Tensor({3, mods[0].in});
+  EXPECT_NE(dt_test::error_of([&] { make(shape); }).find(model::lora_a_key(mods[0].name)),
+            std::string::npos);
+  model::LoraSetup missing = s;
+  missing.adapters.erase(model::lora_b_key(mods[1].name));
+  EXPECT_NE(dt_test::error_of([&] { make(missing); }).find("missing"), std::string::npos);
+  model::StateOptions off;
+  off.offload_moments = true;
+  EXPECT_NE(dt_test::error_of([&] { make(s, off); }).find("LoRA"), std::string::npos);
+}
+
+TEST(LoraModel, InitIsPeftKaimingUniformAndZeroB) {
+  const model::Config c = dense();
+  model::LoraOptions o;
+  o.r = 8;
+  const auto mods = model::lora_modules(c, o, "test");
+  const model::TensorMap a = model::lora_init(mods, 8, 3);
+  EXPECT_TRUE(same(a, model::lora_init(mods, 8, 3)));
+  EXPECT_FALSE(same(a, model::lora_init(mods, 8, 4)));
+  for (const auto& m : mods) {
+    const auto& A = a.at(model::lora_a_key(m.name)).data;
+    const double bound = 1.0 / std::sqrt(double(m.in));
+    double mx = 0;
+    for (float v : A) {
+      EXPECT_LE(std::abs(v), bound);
+      mx = std::max(mx, double(std::abs(v)));
+    }
+    EXPECT_GT(mx, 0.8 * bound) << m.name;
+    for (float v : a.at(model::lora_b_key(m.name)).data) EXPECT_EQ(v, 0.f);
+  }
+}
