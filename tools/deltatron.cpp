@@ -1,4 +1,5 @@
 // deltatron command-line entry point: subcommand parsing and one-line error reporting.
+#include <filesystem>
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -101,6 +102,9 @@ int main(int argc, char** argv) {
   bool skip_bad = false, truncate = false;
   tr->add_flag("--skip-bad-lines", skip_bad, "count and skip malformed data lines");
   tr->add_flag("--truncate", truncate, "truncate samples longer than a micro-batch");
+  std::string train_adapter;
+  tr->add_option("--adapter", train_adapter,
+                 "LoRA: start from this PEFT adapter directory (sets lora.adapter; docs/lora.md)");
   tr->allow_extras();
 
   std::string gen_out;
@@ -137,6 +141,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fp32", "remainder"}));
   bn->add_option("--moments", bench.moments, "AdamW moments: fp32 (default) or bf16")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  bn->add_flag("--lora", bench.lora,
+               "LoRA: the base frozen, adapters (--lora-r, --lora-alpha, --lora-targets) trained");
+  bn->add_option("--lora-r", bench.lora_r, "LoRA rank (default 16)")->check(CLI::PositiveNumber);
+  bn->add_option("--lora-alpha", bench.lora_alpha, "LoRA alpha (default 32)");
+  bn->add_option("--lora-targets", bench.lora_targets,
+                 "comma list of module names, or all-linear (default: docs/lora.md)");
   bn->add_option("--offload", bench.offload,
                  "none (default), moments or master+moments: that state in pinned host memory")
       ->check(CLI::IsMember({"none", "moments", "master+moments"}));
@@ -225,6 +235,11 @@ int main(int argc, char** argv) {
       std::vector<std::string> overrides = tr->remaining();
       if (skip_bad) overrides.push_back("data.skip_bad_lines=true");
       if (truncate) overrides.push_back("data.truncate=true");
+      if (!train_adapter.empty())  // relative to the working directory, unlike the file's paths
+        overrides.push_back(
+            "lora.adapter=" +
+            nlohmann::json(std::filesystem::absolute(train_adapter).lexically_normal().string())
+                .dump());
       const train::TrainConfig cfg = train::load_train_config(train_config, overrides);
       const train::TrainResult r = train::run_train(cfg, resume, train_overwrite);
       if (r.nothing_to_do) {

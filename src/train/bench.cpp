@@ -15,11 +15,14 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "core/error.h"
 #include "data/pack.h"
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "ops/device.h"
@@ -110,7 +113,9 @@ data::Pack make_random_pack(const std::vector<int64_t>& lens, int64_t vocab, uin
   return data::make_pack(ptrs, index, 1);
 }
 
-double step_flops(const model::Config& c, const std::vector<int64_t>& lens) {
+// weight_grads = false (LoRA): the projections' forward and input-gradient GEMMs only (4 T per
+// weight instead of 6); the adapters' own GEMMs (rank r) are not counted.
+double step_flops(const model::Config& c, const std::vector<int64_t>& lens, bool weight_grads) {
   double T = 0, pairs = 0;
   for (int64_t L : lens) {
     T += double(L);
@@ -138,7 +143,7 @@ double step_flops(const model::Config& c, const std::vector<int64_t>& lens) {
     else
       pm += 3.0 * D * c.intermediate_size;
   }
-  return 6.0 * T * pm + extra;
+  return (weight_grads ? 6.0 : 4.0) * T * pm + extra;
 }
 
 double gib(double b) { return b / double(1ull << 30); }
@@ -204,10 +209,25 @@ void run_bench(const BenchOptions& o) {
   const core::DType compute_dt =
       dev == core::Device::cuda && o.precision == "bf16" ? core::DType::bf16 : core::DType::f32;
   const model::StateBytes state_bytes = model::state_bytes(compute_dt, state);
+  std::optional<model::LoraSetup> lora;
+  std::vector<model::LoraModule> lora_mods;
+  if (o.lora) {
+    lora.emplace();
+    lora->options.r = o.lora_r;
+    lora->options.alpha = o.lora_alpha;
+    for (size_t b = 0; b < o.lora_targets.size();) {
+      size_t e = o.lora_targets.find(',', b);
+      if (e == std::string::npos) e = o.lora_targets.size();
+      if (e > b) lora->options.targets.push_back(o.lora_targets.substr(b, e - b));
+      b = e + 1;
+    }
+    lora_mods = model::lora_modules(c, lora->options, "bench");
+  }
   PlanInput plan_in;
   plan_in.device = dev;
   plan_in.compute = compute_dt;
   plan_in.state = state;
+  plan_in.lora_params = o.lora ? model::lora_param_count(lora_mods, o.lora_r) : -1;
   plan_in.micro_batch_tokens = o.micro_batch_tokens;
   plan_in.recompute = o.recompute;
   plan_in.saves_checkpoints = false;
@@ -220,9 +240,17 @@ void run_bench(const BenchOptions& o) {
   AdamWOptions ao;
   ao.weight_decay = 0.1;
   ao.bf16_moments = state.moments == core::DType::bf16;
-  AdamW opt(params, ao);  // decay groups by name (its host moments stay unused)
-  auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state);
+  if (lora) lora->adapters = model::lora_init(lora_mods, o.lora_r, o.seed);
+  AdamW opt(lora ? lora->adapters : params, ao);  // decay groups by name (host moments unused)
+  auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state,
+                            lora ? &*lora : nullptr);
   params.clear();
+  if (lora) {
+    lora->adapters.clear();
+    for (const std::string& line : model::lora_report(lora_mods))
+      std::fprintf(stderr, "bench: LoRA r %lld, %s\n", static_cast<long long>(o.lora_r),
+                   line.c_str());
+  }
 
   std::fprintf(stderr,
                "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
@@ -270,7 +298,7 @@ void run_bench(const BenchOptions& o) {
     if (!timed) continue;
     times.push_back(dt);
     tokens.push_back(double(pack.N));
-    flops.push_back(step_flops(c, lens[s]));
+    flops.push_back(step_flops(c, lens[s], !o.lora));
   }
   const size_t free1 = ops::memory_info(dev).free;
   std::vector<double> sorted = times;
@@ -290,14 +318,23 @@ void run_bench(const BenchOptions& o) {
   if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
               last_loss, std::log(double(c.vocab_size)));
-  std::printf(
-      "  training state       master %s, moments %s, offload %s: %g bytes per parameter on the "
-      "device (%g weights and gradient + %g AdamW moments), %.2f GiB; %g bytes per parameter "
-      "in host memory, %.2f GiB\n",
-      o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.held,
-      state_bytes.train - state_bytes.held, gib(state_bytes.train * double(nparams)),
-      state_bytes.host, gib(state_bytes.host * double(nparams)));
+  if (!lora)
+    std::printf(
+        "  training state       master %s, moments %s, offload %s: %g bytes per parameter on the "
+        "device (%g weights and gradient + %g AdamW moments), %.2f GiB; %g bytes per parameter "
+        "in host memory, %.2f GiB\n",
+        o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.held,
+        state_bytes.train - state_bytes.held, gib(state_bytes.train * double(nparams)),
+        state_bytes.host, gib(state_bytes.host * double(nparams)));
   std::printf("  memory plan          %s\n", describe(plan).c_str());
+  if (lora)
+    std::printf(
+        "  LoRA                 r %lld, alpha %g, %zu modules, %lld trainable parameters "
+        "(fp32 masters + AdamW), the base frozen in %s (its weights alone); MFU counts "
+        "forward + input-gradient GEMMs\n",
+        static_cast<long long>(o.lora_r), o.lora_alpha, lora_mods.size(),
+        static_cast<long long>(model::lora_param_count(lora_mods, o.lora_r)),
+        core::dtype_name(compute_dt));
   std::printf("  real tokens/s        %.0f\n", tps);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf(
@@ -318,6 +355,10 @@ void run_bench(const BenchOptions& o) {
                         {"moments", o.moments},
                         {"state_bytes_per_param", state_bytes.train},
                         {"offload", o.offload},
+                        {"lora", o.lora},
+                        {"lora_r", o.lora ? o.lora_r : 0},
+                        {"lora_modules", lora_mods.size()},
+                        {"lora_params", o.lora ? model::lora_param_count(lora_mods, o.lora_r) : 0},
                         {"host_state_bytes_per_param", state_bytes.host},
                         {"planned_device_gib", gib(plan.device_total())},
                         {"real_tok_per_s", tps},

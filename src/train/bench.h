@@ -20,6 +20,12 @@ struct BenchOptions {
   std::string master = "fp32";     // fp32 | remainder (training.master)
   std::string moments = "fp32";    // fp32 | bf16 (training.moments)
   std::string offload = "none";    // none | moments | master+moments (training.offload)
+  // LoRA (docs/lora.md): the base frozen in the compute dtype, adapters of rank lora_r on
+  // lora_targets (comma list; empty: the defaults) trained with AdamW.
+  bool lora = false;
+  int64_t lora_r = 16;
+  double lora_alpha = 32;
+  std::string lora_targets;
   double median_len = 600, sigma = 0.8;
   int64_t min_len = 64, max_len = 2048;
   uint64_t seed = 1;

@@ -75,6 +75,21 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);
   p.workspace = 6 * N * D * 4 + (in.device == core::Device::cuda ? kCudaWorkspace : 0);
   p.host_weights = 4 * n;
+  if (in.lora_params >= 0) {  // the frozen base + the adapters' state
+    model::StateOptions frozen;
+    frozen.frozen = true;
+    model::StateOptions adapters;
+    adapters.moments = in.state.moments;
+    const model::StateBytes fb = model::state_bytes(in.compute, frozen);
+    const model::StateBytes ab = model::state_bytes(in.compute, adapters);
+    const double na = double(in.lora_params);
+    p.per_param = fb;
+    p.state = fb.held * n + (in.training ? ab.train : ab.held) * na;
+    p.host_state = 0;
+    p.staging = 0;
+    p.host_save = in.training && (in.resuming || in.saves_checkpoints) ? 8 * na : 0;
+    return p;
+  }
   int64_t largest = 0;
   for (const model::ParamSpec& s : model::param_specs(c))
     largest = std::max(largest, core::numel(s.shape));

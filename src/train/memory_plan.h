@@ -23,6 +23,9 @@ struct PlanInput {
   // first step); a checkpoint save streams them one tensor at a time; a resume reads all of them
   // into host memory (f32) before the engine takes them.
   bool training = true, saves_checkpoints = true, resuming = false;
+  // A LoRA run: the adapters' parameter count (>= 0); the base is frozen (its weights alone) and
+  // the adapters hold the training state (fp32 masters, their compute copies, gradients, moments).
+  int64_t lora_params = -1;
 };
 
 struct MemoryPlan {

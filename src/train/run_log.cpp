@@ -34,6 +34,18 @@ void print_run_start(const TrainConfig& cfg, const model::TensorMap& params,
                cfg.master.c_str(), cfg.moments.c_str(), cfg.offload.c_str());
 }
 
+void print_lora_start(const model::LoraSetup& lora, const model::Config& c) {
+  const model::LoraOptions& o = lora.options;
+  const auto mods = model::lora_modules(c, o, "lora");
+  std::fprintf(stderr,
+               "train: LoRA r %lld, alpha %g%s (scale %g), %zu modules, %lld trainable parameters; "
+               "the base is frozen\n",
+               static_cast<long long>(o.r), o.alpha, o.rslora ? ", rslora" : "", o.scale(),
+               mods.size(), static_cast<long long>(model::lora_param_count(mods, o.r)));
+  for (const std::string& line : model::lora_report(mods))
+    std::fprintf(stderr, "train: LoRA %s\n", line.c_str());
+}
+
 RunLog::RunLog(const TrainConfig& cfg, const model::Config& c, bool resumed, int64_t first_step)
     : cfg_(cfg),
       mtp_(c.mtp_enabled),

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "data/packing.h"
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "train/evaluate.h"
@@ -19,6 +20,10 @@ namespace deltatron::train {
 // The start-up line: parameter count and packing efficiency of the first epoch's micro-batches.
 void print_run_start(const TrainConfig& cfg, const model::TensorMap& params,
                      const data::EpochIterator& batches);
+
+// A LoRA run's start-up lines: rank, alpha, scale, the adapted modules per layer type
+// (model::lora_report) and the trainable parameters, so an omitted layer type shows at once.
+void print_lora_start(const model::LoraSetup& lora, const model::Config& c);
 
 class RunLog {
  public:

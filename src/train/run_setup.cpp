@@ -1,10 +1,12 @@
 // A training run's set-up (run_setup.h).
 #include "train/run_setup.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
 #include "core/error.h"
+#include "io/peft_adapter.h"
 #include "model/init.h"
 #include "ops/device.h"
 #include "train/finite_check.h"
@@ -18,7 +20,7 @@ namespace deltatron::train {
 io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir) {
   io::LoadOptions lo;
   lo.ignore_mtp = cfg.ignore_mtp;
-  if (!resume_dir.empty()) return io::load_checkpoint(resume_dir, lo);
+  if (!resume_dir.empty() && !cfg.lora) return io::load_checkpoint(resume_dir, lo);
   if (!cfg.model_path.empty()) return io::load_checkpoint(cfg.model_path, lo);
   io::Checkpoint ck;
   const nlohmann::json j = preset_config(cfg.model_preset);
@@ -30,8 +32,68 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
   return ck;
 }
 
+model::LoraOptions lora_options(const TrainConfig& cfg) {
+  model::LoraOptions o;
+  o.r = cfg.lora_r;
+  o.alpha = cfg.lora_alpha;
+  o.dropout = cfg.lora_dropout;
+  o.targets = cfg.lora_targets;
+  o.experts = cfg.lora_experts;
+  o.rslora = cfg.lora_rslora;
+  if (cfg.lora_adapter.empty()) return o;
+  const model::LoraOptions a = io::load_peft_adapter(cfg.lora_adapter).options;
+  const auto set = [&](const char* key) {
+    return std::find(cfg.lora_keys_set.begin(), cfg.lora_keys_set.end(), key) !=
+           cfg.lora_keys_set.end();
+  };
+  const auto agree = [&](const char* key, bool same, const std::string& ours,
+                         const std::string& theirs) {
+    DT_CHECK(!set(key) || same, cfg.source, ": ", key, " = ", ours, " disagrees with the adapter ",
+             cfg.lora_adapter, " (", theirs, "); leave it out to train the adapter as it is");
+  };
+  agree("lora.r", o.r == a.r, std::to_string(o.r), "r = " + std::to_string(a.r));
+  agree("lora.alpha", o.alpha == a.alpha, std::to_string(o.alpha),
+        "lora_alpha = " + std::to_string(a.alpha));
+  agree("lora.rslora", o.rslora == a.rslora, o.rslora ? "true" : "false",
+        std::string("use_rslora = ") + (a.rslora ? "true" : "false"));
+  agree("lora.targets", !set("lora.targets"), "(given)", "its own modules");
+  o.r = a.r;
+  o.alpha = a.alpha;
+  o.rslora = a.rslora;
+  if (!set("lora.dropout")) o.dropout = a.dropout;
+  o.targets.clear();  // the adapter's modules (lora_setup)
+  return o;
+}
+
+model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
+                            const std::string& resume_dir) {
+  const model::LoraOptions want = lora_options(cfg);  // [lora]'s, or lora.adapter's
+  const std::string from = !resume_dir.empty() ? resume_dir : cfg.lora_adapter;
+  model::LoraSetup s;
+  if (from.empty()) {
+    s.options = want;
+    s.adapters =
+        model::lora_init(model::lora_modules(c, s.options, cfg.source), s.options.r, cfg.seed);
+    return s;
+  }
+  const io::PeftAdapter ad = io::load_peft_adapter(from);
+  DT_CHECK(
+      ad.options.r == want.r && ad.options.alpha == want.alpha && ad.options.rslora == want.rslora,
+      from, ": the adapter has r = ", ad.options.r, ", lora_alpha = ", ad.options.alpha,
+      ", use_rslora = ", ad.options.rslora, "; the run asks for r = ", want.r,
+      ", alpha = ", want.alpha, ", rslora = ", want.rslora);
+  // A resumed run adapts the modules its config names: the checkpoint must hold exactly those.
+  if (cfg.lora_adapter.empty())
+    io::check_adapter_matches(ad, model::lora_modules(c, want, cfg.source), from);
+  s = io::to_lora_setup(ad);
+  s.options.dropout = want.dropout;
+  // Every module of the adapter is a linear layer of this model, with the adapter's shapes.
+  io::check_adapter_matches(ad, model::lora_modules(c, s.options, from), from);
+  return s;
+}
+
 void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
-  const std::string dir = !resume_dir.empty() ? resume_dir : cfg.model_path;
+  const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
   model::Config c;
   if (!dir.empty()) {
     c = model::load_config(dir + "/config.json");
@@ -48,6 +110,17 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
   in.micro_batch_tokens = cfg.micro_batch_tokens;
   in.recompute = cfg.recompute;
   in.resuming = !resume_dir.empty();
+  if (cfg.lora) {
+    const model::LoraOptions lo = lora_options(cfg);
+    int64_t n = 0;
+    if (cfg.lora_adapter.empty()) {
+      n = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+    } else {
+      const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
+      for (const auto& [m, a] : ad.a) n += a.numel() + ad.b.at(m).numel();
+    }
+    in.lora_params = n;
+  }
   check_memory_plan(c, in, available_memory(in.device), cfg.source);
 }
 
@@ -91,7 +164,7 @@ TrainState start_state(const TrainConfig& cfg, const RunStart& start, const Trai
   st.rng.seed(cfg.seed);
   if (!resume_dir.empty()) {
     load_train_state(resume_dir + "/training_state", st, opt);
-    restore_master_weights(resume_dir, ck);
+    if (!cfg.lora) restore_master_weights(resume_dir, ck);
     check_resumed_step(start, st.step);
     check_run_identity(st.extra.contains("run") ? st.extra["run"] : nlohmann::json(),
                        run_identity(cfg, d),

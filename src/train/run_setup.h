@@ -6,6 +6,7 @@
 
 #include "data/packing.h"
 #include "io/checkpoint.h"
+#include "model/adapters.h"
 #include "model/params.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
@@ -17,9 +18,19 @@
 
 namespace deltatron::train {
 
-// The checkpoint resume_dir when set, else model.path, else a preset initialised with
-// cfg.init_seed (F32 parameters).
+// The checkpoint resume_dir when set (not for LoRA: its checkpoints hold the adapters alone),
+// else model.path, else a preset initialised with cfg.init_seed (F32 parameters).
 io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir);
+
+// A LoRA run's options (cfg.lora): [lora]'s keys, or, with lora.adapter, the adapter's own
+// (adapter_config.json); a [lora] key that disagrees with the adapter is an error naming both.
+model::LoraOptions lora_options(const TrainConfig& cfg);
+
+// A LoRA run's adapters: the resumed checkpoint's PEFT files, else lora.adapter's, else PEFT's
+// initialisation seeded with training.seed; checked against the model's modules (an error names
+// the adapter file and the module).
+model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
+                            const std::string& resume_dir);
 
 // data.tokenizer, else model.path/tokenizer.json (an error for a preset model without one).
 std::string tokenizer_path(const TrainConfig& cfg);
@@ -39,7 +50,8 @@ ScheduleOptions schedule_options(const TrainConfig& cfg);
 
 // The state the run starts from: step 0 and the RNG seeded with cfg.seed, or, when resuming
 // (start.resume_dir), the checkpoint's training state, optimizer moments and fp32 master weights
-// (into opt and ck.params), after checking its step and run identity (run_identity.h). The run
+// (into opt and ck.params; a LoRA run's adapters come with lora_setup), after checking its step
+// and run identity (run_identity.h). The run
 // identity of cfg and d is stored in extra["run"]. Non-finite starting weights are an error.
 TrainState start_state(const TrainConfig& cfg, const RunStart& start, const TrainData& d,
                        io::Checkpoint& ck, AdamW& opt);

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "train/checkpoint_dir.h"
 #include "train/finite_check.h"
@@ -25,31 +26,47 @@ std::vector<fs::path> tokenizer_files(const std::string& tok_json) {
 
 void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
                      const TrainState& st, AdamW& opt, const std::vector<fs::path>& tok_files,
-                     RunStart& start) {
-  engine.sync_weights(ck.params, opt);  // the moments go to the file one tensor at a time
-  if (const auto nf = find_non_finite(ck.params))
+                     RunStart& start, model::LoraSetup* lora) {
+  model::TensorMap& weights = lora ? lora->adapters : ck.params;
+  engine.sync_weights(weights, opt);  // the moments go to the file one tensor at a time
+  if (const auto nf = find_non_finite(weights))
     core::fail("step ", st.step, ": the weights hold non-finite values (", describe(*nf),
                "); no checkpoint written",
                start.earlier.empty() ? "" : "; the earlier run's checkpoints are kept");
   if (!cfg.save_dtype.empty())
     for (auto& [name, dt] : ck.param_dtypes) dt = cfg.save_dtype;
+  const auto moment = [&](const std::string& name, bool second, float* out) {
+    engine.read_moment(name, second, out);
+  };
   const std::string dir =
-      save_training_checkpoint(cfg.out_dir, st.step, [&](const std::string& tmp) {
-        io::write_checkpoint_files(tmp, ck);  // straight into tmp: no staging the cleanup misses
-        for (const auto& f : tok_files)
-          fs::copy_file(f, fs::path(tmp) / f.filename(), fs::copy_options::overwrite_existing);
-        const std::string state_dir = tmp + "/training_state";
-        fs::create_directories(state_dir);
-        save_train_state(state_dir, st, opt, ck.params,
-                         [&](const std::string& name, bool second, float* out) {
-                           engine.read_moment(name, second, out);
-                         });
-        // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
-        std::map<std::string, io::TensorRecord> views;
-        for (const auto& [name, t] : ck.params)
-          views[name] = io::TensorRecord{"F32", t.shape, t.ptr(), {}};
-        io::write_safetensors(state_dir + "/master_weights.safetensors", views);
-      });
+      lora ? save_training_checkpoint(
+                 cfg.out_dir, st.step,
+                 [&](const std::string& tmp) {
+                   const auto mods = model::lora_modules(ck.config, lora->options, "lora");
+                   io::save_peft_adapter(tmp, io::to_peft_adapter(lora->options, lora->adapters,
+                                                                  mods, cfg.model_path));
+                   for (const auto& f : tok_files)
+                     fs::copy_file(f, fs::path(tmp) / f.filename(),
+                                   fs::copy_options::overwrite_existing);
+                   const std::string state_dir = tmp + "/training_state";
+                   fs::create_directories(state_dir);
+                   save_train_state(state_dir, st, opt, lora->adapters, moment);
+                 })
+           : save_training_checkpoint(cfg.out_dir, st.step, [&](const std::string& tmp) {
+               io::write_checkpoint_files(tmp,
+                                          ck);  // straight into tmp: no staging the cleanup misses
+               for (const auto& f : tok_files)
+                 fs::copy_file(f, fs::path(tmp) / f.filename(),
+                               fs::copy_options::overwrite_existing);
+               const std::string state_dir = tmp + "/training_state";
+               fs::create_directories(state_dir);
+               save_train_state(state_dir, st, opt, ck.params, moment);
+               // fp32 master weights, so a resume is bitwise even when the HF files are bf16.
+               std::map<std::string, io::TensorRecord> views;
+               for (const auto& [name, t] : ck.params)
+                 views[name] = io::TensorRecord{"F32", t.shape, t.ptr(), {}};
+               io::write_safetensors(state_dir + "/master_weights.safetensors", views);
+             });
   remove_earlier_checkpoints(start, dir);
   prune_checkpoints(cfg.out_dir, cfg.keep_last);
   std::fprintf(stderr, "\ncheckpoint: %s\n", dir.c_str());

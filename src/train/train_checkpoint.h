@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "io/checkpoint.h"
+#include "model/adapters.h"
 #include "train/engine.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
@@ -27,9 +28,14 @@ std::vector<std::filesystem::path> tokenizer_files(const std::string& tok_json);
 // are bf16). Non-finite weights are an error and nothing is written. After the first save of a
 // fresh --overwrite run the earlier run's checkpoints go (run_dir.h); then all but
 // cfg.keep_last checkpoints are pruned. Prints the checkpoint's path.
+// A LoRA run (lora != nullptr) saves its adapters instead of the HF checkpoint: PEFT's
+// adapter_config.json and adapter_model.safetensors (F32: the fp32 masters exactly, so a resume is
+// bitwise), the tokenizer files and training_state/ over the adapters' names; the base model is
+// the user's model.path, untouched.
 void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
                      const TrainState& st, AdamW& opt,
-                     const std::vector<std::filesystem::path>& tok_files, RunStart& start);
+                     const std::vector<std::filesystem::path>& tok_files, RunStart& start,
+                     model::LoraSetup* lora = nullptr);
 
 // Replaces ck.params with the fp32 master weights of the checkpoint ckpt_dir; every parameter
 // must be there with its shape (else a one-line core::Error naming the file and the parameter).

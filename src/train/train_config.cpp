@@ -35,6 +35,20 @@ Setter set(T TrainConfig::*field) {
       auto v = n.value<bool>();
       DT_CHECK(v.has_value(), c.source, ": ", key, " must be true or false");
       c.*field = *v;
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      std::vector<std::string> out;
+      if (auto one = n.value<std::string>()) {
+        out.push_back(*one);
+      } else {
+        const toml::array* a = n.as_array();
+        DT_CHECK(a != nullptr, c.source, ": ", key, " must be a string or a list of strings");
+        for (const toml::node& e : *a) {
+          auto v = e.value<std::string>();
+          DT_CHECK(v.has_value(), c.source, ": ", key, " must be a list of strings");
+          out.push_back(*v);
+        }
+      }
+      c.*field = out;
     } else if constexpr (std::is_floating_point_v<T>) {
       auto v = n.value<double>();
       DT_CHECK(v.has_value(), c.source, ": ", key, " must be a number");
@@ -102,6 +116,14 @@ const std::map<std::string, Setter>& setters() {
       {"training.master", set(&TrainConfig::master)},
       {"training.moments", set(&TrainConfig::moments)},
       {"training.offload", set(&TrainConfig::offload)},
+      {"lora.enabled", set(&TrainConfig::lora)},
+      {"lora.r", set(&TrainConfig::lora_r)},
+      {"lora.alpha", set(&TrainConfig::lora_alpha)},
+      {"lora.dropout", set(&TrainConfig::lora_dropout)},
+      {"lora.targets", set(&TrainConfig::lora_targets)},
+      {"lora.experts", set(&TrainConfig::lora_experts)},
+      {"lora.rslora", set(&TrainConfig::lora_rslora)},
+      {"lora.adapter", set(&TrainConfig::lora_adapter)},
   };
   return s;
 }
@@ -111,12 +133,14 @@ void apply_table(TrainConfig& c, const toml::table& root) {
     const std::string sec(section.str());
     const toml::table* t = node.as_table();
     DT_CHECK(t != nullptr, c.source, ": top-level key '", sec,
-             "' must be a section ([model], [data] or [training])");
+             "' must be a section ([model], [data], [training] or [lora])");
+    if (sec == "lora") c.lora = true;  // the section turns LoRA on (lora.enabled may say no)
     for (const auto& [k, v] : *t) {
       const std::string key = sec + "." + std::string(k.str());
       auto it = setters().find(key);
       DT_CHECK(it != setters().end(), c.source, ": unknown setting '", key, "'");
       it->second(c, v, key);
+      if (sec == "lora") c.lora_keys_set.push_back(key);
     }
   }
 }
@@ -135,6 +159,10 @@ void apply_override(TrainConfig& c, const std::string& ov) {
     parsed = toml::table{{"v", value}};  // a bare string
   }
   it->second(c, *parsed.get("v"), key);
+  if (key.starts_with("lora.")) {
+    c.lora_keys_set.push_back(key);
+    if (key != "lora.enabled") c.lora = true;  // any other lora.* override turns LoRA on
+  }
 }
 
 std::string resolve(const fs::path& base, const std::string& p) {
@@ -158,8 +186,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   for (const auto& ov : overrides) apply_override(c, ov);
 
   const fs::path base = fs::path(path).parent_path();
-  for (std::string* p :
-       {&c.model_path, &c.train_path, &c.eval_path, &c.tokenizer, &c.cache_dir, &c.out_dir})
+  for (std::string* p : {&c.model_path, &c.train_path, &c.eval_path, &c.tokenizer, &c.cache_dir,
+                         &c.out_dir, &c.lora_adapter})
     *p = resolve(base, *p);
 
   DT_CHECK(c.model_path.empty() != c.model_preset.empty(), path,
@@ -214,6 +242,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.save_dtype.empty() || c.save_dtype == "F32" || c.save_dtype == "BF16" ||
                c.save_dtype == "F16",
            path, ": training.save_dtype must be F32, BF16 or F16");
+  if (c.lora) {
+    DT_CHECK(c.lora_r >= 1, path, ": lora.r must be >= 1, got ", c.lora_r);
+    DT_CHECK(c.lora_alpha > 0, path, ": lora.alpha must be > 0, got ", c.lora_alpha);
+    DT_CHECK(c.lora_dropout >= 0 && c.lora_dropout < 1, path,
+             ": lora.dropout must be in [0, 1), got ", c.lora_dropout);
+    DT_CHECK(c.master == "fp32" && c.offload == "none", path,
+             ": a LoRA run trains only its adapters (fp32 on the device) and keeps no state for "
+             "the frozen base: leave training.master = fp32 and training.offload = none");
+  }
   return c;
 }
 

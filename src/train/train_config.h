@@ -74,6 +74,19 @@ struct TrainConfig {
   // moments, or master+moments (the fp32 masters or, with master = remainder, the remainders).
   std::string offload = "none";  // none | moments | master+moments
 
+  // [lora] (issue 13, docs/lora.md): a LoRA run when the section is present (or lora.enabled):
+  // the base is frozen in its compute dtype, the adapters train (fp32, AdamW), checkpoints hold
+  // PEFT adapter files. lora.adapter: start from an existing PEFT adapter directory (its
+  // adapter_config.json gives r, alpha, rslora and the targets; lora.r etc. must not say
+  // otherwise).
+  bool lora = false;
+  int64_t lora_r = 16;
+  double lora_alpha = 32, lora_dropout = 0;
+  std::vector<std::string> lora_targets;  // empty: the defaults (model/lora.h)
+  bool lora_experts = false, lora_rslora = false;
+  std::string lora_adapter;
+  std::vector<std::string> lora_keys_set;  // the lora.* keys the file or overrides gave
+
   std::string source;  // the config file, for messages
 };
 

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <optional>
 #include <vector>
 
 #include "data/tokenizer.h"
@@ -48,17 +49,24 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);
   const TrainData d = load_train_data(cfg, tok, ck.config.vocab_size);
-  AdamW opt(ck.params, adamw_options(cfg));
+  // A LoRA run trains its adapters (model/adapters.h); the base is frozen.
+  std::optional<model::LoraSetup> lora;
+  if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
+  AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
   TrainState st = start_state(cfg, start, d, ck, opt);
   if (st.step >= cfg.steps) return finished_run(cfg, start, st);  // nothing to train
 
   // 3. The engine, the micro-batch stream, the log.
   const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
-                                  cfg.recompute, state_options(cfg));
+                                  cfg.recompute, state_options(cfg), lora ? &*lora : nullptr);
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
   print_run_start(cfg, ck.params, batches);
+  if (lora) {
+    print_lora_start(*lora, ck.config);
+    ck.params.clear();  // the frozen base lives on the device alone
+  }
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   RunLog log(cfg, ck.config, !start.resume_dir.empty(), st.step);
@@ -72,7 +80,9 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     result.final_eval_loss = e.loss;
     result.final_eval_accuracy = e.accuracy;
   };
-  const auto save = [&] { save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start); };
+  const auto save = [&] {
+    save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+  };
 
   // 4. The loop.
   while (st.step < cfg.steps) {
