@@ -1,4 +1,5 @@
-// HF layouts of MoE/MTP checkpoints: fused and per-expert experts, consumption, round trip, errors.
+// HF layouts of MoE/MTP checkpoints: fused and per-expert experts, consumption, round trip,
+// errors; adapter module names in the text and multimodal layouts.
 
 #include <algorithm>
 #include <filesystem>
@@ -543,4 +544,22 @@ TEST(HfLayout, LoadErrorsNameTheTensor) {
   // The base itself loads.
   with([](Files&) {}, cfg);
   EXPECT_NO_THROW(load());
+}
+
+// Adapter module names: either layout's spelling of a language-model module names this
+// checkpoint's tensor; the vision tower, MTP and lm_head keep their names.
+TEST(HfLayout, AdapterModuleWeightTakesEitherLayout) {
+  const model::Config text = model::parse_config(moe_config(false, false, 6), "text");
+  const model::Config vlm = model::parse_config(moe_config(true, false, 6), "vlm");
+  ASSERT_EQ(vlm.prefix, "model.language_model.");
+  for (const std::string m :
+       {"model.layers.1.self_attn.q_proj", "model.language_model.layers.1.self_attn.q_proj"}) {
+    EXPECT_EQ(io::adapter_module_weight(text, m), "model.layers.1.self_attn.q_proj.weight") << m;
+    EXPECT_EQ(io::adapter_module_weight(vlm, m),
+              "model.language_model.layers.1.self_attn.q_proj.weight")
+        << m;
+  }
+  for (const model::Config* c : {&text, &vlm})
+    for (const std::string m : {"lm_head", "model.visual.blocks.0.attn.qkv", "mtp.fc"})
+      EXPECT_EQ(io::adapter_module_weight(*c, m), m + ".weight") << m;
 }

@@ -1,9 +1,9 @@
 // deltatron command-line entry point: subcommand parsing and one-line error reporting.
-#include <filesystem>
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +14,7 @@
 #include "train/bench.h"
 #include "train/convert.h"
 #include "train/init_cmd.h"
+#include "train/merge_cmd.h"
 #include "train/presets.h"
 #include "train/render_cmd.h"
 #include "train/score.h"
@@ -71,6 +72,21 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   cv->add_flag("--ignore-mtp", conv.ignore_mtp, "keep mtp.* as opaque bytes");
   cv->add_flag("--overwrite", conv.overwrite,
+               "write into a non-empty directory not written by deltatron (its checkpoint files "
+               "are replaced, other files kept)");
+
+  train::MergeOptions merge;
+  CLI::App* mg = app.add_subcommand(
+      "merge", "Merge a PEFT LoRA adapter into its base checkpoint (W + s B A) and write it");
+  mg->add_option("--model", merge.model_dir, "base checkpoint directory")->required();
+  mg->add_option("--adapter", merge.adapter_dir,
+                 "PEFT adapter directory (adapter_config.json, adapter_model.safetensors)")
+      ->required();
+  mg->add_option("--out", merge.out_dir, "output checkpoint directory")->required();
+  mg->add_option("--max-shard-mb", merge.max_shard_mb, "largest shard in MB (default 5000)")
+      ->check(CLI::PositiveNumber);
+  mg->add_flag("--ignore-mtp", merge.ignore_mtp, "keep mtp.* as opaque bytes");
+  mg->add_flag("--overwrite", merge.overwrite,
                "write into a non-empty directory not written by deltatron (its checkpoint files "
                "are replaced, other files kept)");
 
@@ -203,6 +219,7 @@ int main(int argc, char** argv) {
       train::run_score(score);
     }
     if (cv->parsed()) train::run_convert(conv);
+    if (mg->parsed()) train::run_merge(merge);
     if (bn->parsed()) {
       train::run_bench(bench);
     }

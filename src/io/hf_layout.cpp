@@ -195,4 +195,15 @@ std::map<std::string, core::Tensor> to_checkpoint_names(
   return out;
 }
 
+std::string adapter_module_weight(const model::Config& c, const std::string& module) {
+  static const std::string text = "model.", vlm = "model.language_model.", visual = "model.visual.";
+  std::string name = module;
+  if (c.prefix == vlm && starts_with(module, text) && !starts_with(module, vlm) &&
+      !starts_with(module, visual))
+    name = vlm + module.substr(text.size());
+  else if (c.prefix == text && starts_with(module, vlm))
+    name = text + module.substr(vlm.size());
+  return name + ".weight";
+}
+
 }  // namespace deltatron::io

@@ -9,6 +9,9 @@
 // Per-expert modules are converted as HF's conversion mapping does: stack on dim 0, gate || up on
 // dim 1. Each module's layout (and each per-expert tensor's dtype) is remembered in the
 // Checkpoint so that a save writes back exactly the layout and dtypes that were read.
+// LoRA adapters name modules by their PEFT module path, which differs from the checkpoint's names
+// only in the language model's prefix when the adapter was trained on the other of the text and
+// multimodal layouts (adapter_module_weight).
 // Legend: E experts, F expert FFN width, D hidden.
 #pragma once
 
@@ -86,5 +89,15 @@ std::string explain_unknown_tensor(const model::Config& c, const ExpertsFormats&
 // parameter of ck.config with the parameter's shape (core::Error naming it otherwise).
 std::map<std::string, core::Tensor> to_checkpoint_names(
     const Checkpoint& ck, const std::map<std::string, core::Tensor>& canonical);
+
+// The weight an adapter module (a PEFT module path) adapts: "<module>.weight" under this
+// checkpoint's names. The language model's modules are "model.layers.N..." in a text model
+// (Qwen3_5ForCausalLM, config prefix "model.") and "model.language_model.layers.N..." in a
+// multimodal one (Qwen3_5ForConditionalGeneration), and its checkpoints name the tensors the same
+// way; a module spelled for the other layout is renamed to this one's prefix
+// ("model.layers.3.mlp.up_proj" -> "model.language_model.layers.3.mlp.up_proj.weight" under a
+// multimodal config, and back). model.visual.*, mtp.*, lm_head and every other name only get
+// ".weight". The name need not exist: the caller checks.
+std::string adapter_module_weight(const model::Config& c, const std::string& module);
 
 }  // namespace deltatron::io

@@ -7,7 +7,8 @@
 #   LENGTHS    JSON {"micro_batch_tokens": N, "steps": [[len, ...], ...]} (make_lengths.py);
 #              unset: make_lengths.py's defaults (8 steps, log-normal median 600 sigma 0.8,
 #              clipped to [64, 2048], <= 8192 tokens a step)
-#   SIZE       2b (dense, 24 layers) | moe (Qwen3.5-35B-A3B layer shapes, 8 layers) | tiny
+#   SIZE       0.8b | 2b | 4b | 9b | 27b (dense, the shapes of src/train/presets.cpp) | moe
+#              (Qwen3.5-35B-A3B layer shapes, 8 layers) | 35b-a3b (the same, 40 layers) | tiny
 #   LAYERS     override the number of layers (e.g. 4 to match `deltatron bench --layers 4`)
 #   FLA        1 (default): import fla from PEER_DIR (default ./.peer, filled by fetch_peer.sh) | 0
 #   MODES      comma list of packed | packed_cu | padded (default packed). packed: (1, sum L) with
@@ -17,7 +18,11 @@
 #   GC=1       activation checkpointing     WARMUP untimed steps (default: one pass, >= 3)
 #   REPEAT     timed passes over the step list (default 1)
 #   PACKCHECK=1  also measure HF's packing exactness on a tiny fp32 model (per-sample max |diff|)
-#   OUT        folder for peer_hf_<size>_fla<0|1>[_gc].json (default /tmp)
+#   LORA=1     PEFT LoRA instead of full fine-tuning: the bf16 base frozen, adapters (PEFT's
+#              default: f32) on LORA_TARGETS, fused AdamW over the adapters only. LORA_R (default
+#              16), LORA_ALPHA (32), LORA_TARGETS (comma list; default deltatron's: every
+#              attention, GDN and MLP / shared-expert projection), dropout 0
+#   OUT        folder for peer_hf_<size>_L<layers>_fla<0|1>[_gc][_lora].json (default /tmp)
 # Last stdout line: one JSON object (the same as the file).
 import json
 import os
@@ -85,13 +90,32 @@ dev = "cuda"
 OUT = os.environ.get("OUT", "/tmp")
 SIZE = os.environ.get("SIZE", "2b")
 LAYERS = os.environ.get("LAYERS")
+LORA = os.environ.get("LORA") == "1"
+# deltatron's default LoRA targets (model::lora_default_targets): all attention projections, all
+# five Gated DeltaNet projections, the dense MLP's (and the shared expert's) projections
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkv", "in_proj_z",
+                        "in_proj_a", "in_proj_b", "out_proj", "gate_proj", "up_proj", "down_proj"]
+
+# Dense shapes of deltatron's presets (src/train/presets.cpp): layers, hidden_size,
+# intermediate_size, num_attention_heads, num_key_value_heads, linear_num_key_heads,
+# linear_num_value_heads, tie_word_embeddings. head_dim 256, linear key/value head dims 128.
+DENSE = {
+    "0.8b": (24, 1024, 3584, 8, 2, 16, 16, True),
+    "2b": (24, 2048, 6144, 8, 2, 16, 16, True),
+    "4b": (32, 2560, 9216, 16, 4, 16, 32, True),
+    "9b": (32, 4096, 12288, 16, 4, 16, 32, False),
+    "27b": (64, 5120, 17408, 24, 4, 16, 48, False),
+}
+MOE_SIZES = {"moe": 8, "35b-a3b": 40}  # Qwen3.5-35B-A3B layer shapes, this many layers
+IS_MOE = SIZE in MOE_SIZES
 
 
 def cfg(size):
-    if size == "moe":
+    if size in MOE_SIZES:
         from transformers import Qwen3_5MoeTextConfig
-        # Qwen3.5-35B-A3B layer shapes, 8 layers instead of 40
-        return Qwen3_5MoeTextConfig(vocab_size=248320, hidden_size=2048, num_hidden_layers=8,
+        # Qwen3.5-35B-A3B layer shapes (moe: 8 layers instead of 40)
+        return Qwen3_5MoeTextConfig(vocab_size=248320, hidden_size=2048,
+                                    num_hidden_layers=MOE_SIZES[size],
                                     num_attention_heads=16, num_key_value_heads=2, head_dim=256,
                                     linear_num_key_heads=16, linear_num_value_heads=32,
                                     linear_key_head_dim=128, linear_value_head_dim=128,
@@ -104,14 +128,15 @@ def cfg(size):
                                  head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
                                  linear_key_head_dim=32, linear_value_head_dim=32,
                                  tie_word_embeddings=True)
-    if size != "2b":
-        sys.exit(f"SIZE must be 2b, moe or tiny, got {size}")
-    # Qwen3.5-2B-like text config (shapes close to the published small models)
-    return Qwen3_5TextConfig(vocab_size=248320, hidden_size=2048, intermediate_size=6144,
-                             num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2,
-                             head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
+    if size not in DENSE:
+        sys.exit(f"SIZE must be one of {', '.join([*DENSE, *MOE_SIZES, 'tiny'])}, got {size}")
+    layers, hidden, ffn, heads, kv_heads, lin_k, lin_v, tied = DENSE[size]
+    return Qwen3_5TextConfig(vocab_size=248320, hidden_size=hidden, intermediate_size=ffn,
+                             num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=kv_heads, head_dim=256,
+                             linear_num_key_heads=lin_k, linear_num_value_heads=lin_v,
                              linear_key_head_dim=128, linear_value_head_dim=128,
-                             tie_word_embeddings=True)
+                             tie_word_embeddings=tied)
 
 
 def cu_kwargs(lens):
@@ -126,7 +151,7 @@ def positions(lens):
 res = {"peer": "hf_transformers", "size": SIZE, "fla": FLA, "fla_version": fla_version,
        "fla_guard_640_disabled": fla_patched, "gdn_impl": IMPL,
        "transformers": transformers.__version__, "torch": torch.__version__,
-       "gpu": torch.cuda.get_device_name(0), "gc": os.environ.get("GC") == "1"}
+       "gpu": torch.cuda.get_device_name(0), "gc": os.environ.get("GC") == "1", "lora": LORA}
 
 # ---- optional: packing exactness (standalone vs packed, per-sample logits, tiny fp32 model) ----
 if os.environ.get("PACKCHECK") == "1":
@@ -190,7 +215,7 @@ if LAYERS:
 res["layers"] = c.num_hidden_layers
 c._attn_implementation = "sdpa"
 torch.manual_seed(0)
-if SIZE == "moe":
+if IS_MOE:
     from transformers import Qwen3_5MoeForCausalLM as LM
     try:
         c._experts_implementation = "grouped_mm"
@@ -207,12 +232,60 @@ with torch.device(dev):
 torch.set_default_dtype(torch.float32)
 m = m.to(torch.bfloat16).train()
 if res["gc"]:
-    m.gradient_checkpointing_enable()
+    # LoRA: non-reentrant, which needs no input that requires grad (the frozen base gives none)
+    m.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False} if LORA else None)
 res["params"] = sum(p.numel() for p in m.parameters())
-opt = torch.optim.AdamW(m.parameters(), lr=1e-5, fused=True)
+
+
+def wrap_lora(model):
+    """PEFT LoRA on the targets: returns the PeftModel and its trainable (adapter) parameters."""
+    import peft  # only here: the full mode runs where PEFT is not installed
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    r = int(os.environ.get("LORA_R", "16"))
+    alpha = float(os.environ.get("LORA_ALPHA", "32"))
+    env_targets = os.environ.get("LORA_TARGETS")
+    targets = [t for t in env_targets.split(",") if t] if env_targets else LORA_DEFAULT_TARGETS
+    lc = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
+                    bias="none", task_type="CAUSAL_LM")
+    # get_peft_model freezes every base parameter and adds lora_A / lora_B (cast to f32 over a
+    # bf16 base: autocast_adapter_dtype, PEFT's default) to each module a target matches
+    pm = get_peft_model(model, lc)
+    trainable = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+    stray = [n for n, _ in trainable if ".lora_A." not in n and ".lora_B." not in n]
+    if stray:
+        sys.exit(f"LORA=1: trainable parameters that are not adapters: {stray[:5]}")
+    modules = [n for n, mod in pm.named_modules() if isinstance(mod, LoraLayer)]
+    by_kind = {}
+    for n in modules:
+        k = n.rsplit(".", 1)[-1]
+        by_kind[k] = by_kind.get(k, 0) + 1
+    res["lora"] = dict(peft=peft.__version__, r=r, alpha=alpha, dropout=0.0, targets=targets,
+                       modules=len(modules), modules_by_kind=by_kind,
+                       trainable_params=sum(p.numel() for _, p in trainable),
+                       adapter_dtypes=sorted({str(p.dtype) for _, p in trainable}),
+                       base_dtypes=sorted({str(p.dtype) for p in pm.parameters()
+                                           if not p.requires_grad}))
+    return pm, [p for _, p in trainable]
+
+
+if LORA:
+    m, train_params = wrap_lora(m)
+    m.train()
+    lo = res["lora"]
+    print(f"# LoRA (peft {lo['peft']}): r={lo['r']} alpha={lo['alpha']:g} modules={lo['modules']} "
+          f"{lo['modules_by_kind']} trainable={lo['trainable_params'] / 1e6:.2f}M "
+          f"adapters {','.join(lo['adapter_dtypes'])} base {','.join(lo['base_dtypes'])}",
+          flush=True)
+else:
+    train_params = list(m.parameters())
+res["trainable_params"] = sum(p.numel() for p in train_params)
+opt = torch.optim.AdamW(train_params, lr=1e-5, fused=True)
 gen = torch.Generator(device=dev).manual_seed(1)
-print(f"# {SIZE}: params={res['params'] / 1e9:.3f}B steps={len(STEPS)} samples={res['samples']} "
-      f"real_tokens={res['real_tokens']} micro_batch_tokens={MBT}", flush=True)
+print(f"# {SIZE}: params={res['params'] / 1e9:.3f}B trainable={res['trainable_params'] / 1e9:.4f}B "
+      f"steps={len(STEPS)} samples={res['samples']} real_tokens={res['real_tokens']} "
+      f"micro_batch_tokens={MBT}", flush=True)
 
 
 def step(mode, lens):
@@ -279,7 +352,8 @@ if isinstance(first, dict):
     res.update(mode=modes[0], tok_per_s=first["tok_per_s"], step_s_median=first["step_s_median"],
                peak_gib=first["peak_gib"])
 os.makedirs(OUT, exist_ok=True)
-name = f"peer_hf_{SIZE}_L{c.num_hidden_layers}_fla{int(FLA)}{'_gc' if res['gc'] else ''}.json"
+name = (f"peer_hf_{SIZE}_L{c.num_hidden_layers}_fla{int(FLA)}{'_gc' if res['gc'] else ''}"
+        f"{'_lora' if LORA else ''}.json")
 with open(os.path.join(OUT, name), "w") as f:
     json.dump(res, f, indent=1)
 print(json.dumps(res), flush=True)
