@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "test_device.h"
 #include "test_util.h"
+#include "train/merge_cmd.h"
 
 using namespace deltatron;
 namespace fs = std::filesystem;
@@ -111,6 +112,46 @@ TEST_P(GoldenLora, PackedLossesAndAdapterGradientsMatchPeft) {
       "golden_lora %s: %zu modules, worst loss rel err %.3g, worst adapter grad rel RMS "
       "%.3g (%s)\n",
       GetParam().c_str(), mods.size(), worst_loss, worst_grad, worst_name.c_str());
+}
+
+// deltatron merge's arithmetic against PEFT's merge_and_unload() (float64, rounded once to F32):
+// every merged tensor within one rounding to the base's dtype (PEFT's fixture keeps F32; deltatron
+// writes the base's dtype, F16 for varied_rslora).
+TEST_P(GoldenLora, MergeMatchesPeftMergeAndUnload) {
+  if (dt_test::kOnCuda) GTEST_SKIP() << "merge runs on the host";
+  const fs::path dir = fs::path(DT_TEST_DATA) / "golden_lora" / GetParam();
+  nlohmann::json meta;
+  {
+    std::ifstream in(dir / "golden.json");
+    meta = nlohmann::json::parse(in);
+  }
+  if (!meta["target_parameters"].is_null())
+    GTEST_SKIP() << "routed-expert adapters (PEFT target_parameters) are not implemented yet";
+  io::Checkpoint ck = io::load_checkpoint(
+      (fs::path(DT_TEST_DATA) / "golden" / meta["base"].get<std::string>()).string());
+  const io::PeftAdapter ad = io::load_peft_adapter((dir / "adapter").string());
+  const train::MergeReport rep = train::merge_adapter(ck, ad, "adapter");
+  const io::SafetensorsFile want((dir / "merged.safetensors").string());
+  EXPECT_EQ(rep.modules, static_cast<int64_t>(want.names().size()));
+  const auto named = io::to_checkpoint_names(ck, ck.params);
+  double worst = 0;
+  for (const std::string& name : want.names()) {
+    ASSERT_TRUE(named.count(name)) << name;
+    const core::Tensor w = want.to_float(name);
+    const auto& got = named.at(name).data;
+    ASSERT_EQ(got.size(), w.data.size()) << name;
+    const std::string dtype = ck.param_dtypes.at(name);
+    const double rel = dtype == "F32" ? 0x1p-23 : dtype == "F16" ? 0x1p-10 : 0x1p-7;
+    const double tiny = dtype == "F16" ? 0x1p-24 : 1e-38;  // F16 subnormal spacing
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double err = std::abs(double(got[i]) - w.data[i]);
+      const double ulp = std::max(std::abs(double(w.data[i])) * rel, tiny);
+      worst = std::max(worst, err / ulp);
+      ASSERT_LE(err, ulp) << name << "[" << i << "]: " << got[i] << " vs " << w.data[i];
+    }
+  }
+  std::printf("golden_lora %s merge: %lld modules, worst difference %.2f ulp of the base dtype\n",
+              GetParam().c_str(), static_cast<long long>(rep.modules), worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenLora, ::testing::ValuesIn(lora_cases()),
