@@ -16,6 +16,7 @@
 #include "test_device.h"
 #include "test_util.h"
 #include "train/merge_cmd.h"
+#include "train/score.h"
 
 using namespace deltatron;
 namespace fs = std::filesystem;
@@ -152,6 +153,38 @@ TEST_P(GoldenLora, MergeMatchesPeftMergeAndUnload) {
   }
   std::printf("golden_lora %s merge: %lld modules, worst difference %.2f ulp of the base dtype\n",
               GetParam().c_str(), static_cast<long long>(rep.modules), worst);
+}
+
+// `deltatron score --adapter DIR --grad-out G`: the adapter gradients under the adapter file's
+// own names, as the fixture holds them.
+TEST_P(GoldenLora, ScoreWritesAdapterGradientsUnderPeftNames) {
+  const fs::path dir = fs::path(DT_TEST_DATA) / "golden_lora" / GetParam();
+  nlohmann::json meta;
+  {
+    std::ifstream in(dir / "golden.json");
+    meta = nlohmann::json::parse(in);
+  }
+  if (!meta["target_parameters"].is_null())
+    GTEST_SKIP() << "routed-expert adapters (PEFT target_parameters) are not implemented yet";
+  const dt_test::TempDir tmp("score_lora");
+  const fs::path base = fs::path(DT_TEST_DATA) / "golden" / meta["base"].get<std::string>();
+  train::ScoreOptions so;
+  so.model_dir = base.string();
+  so.adapter_dir = (dir / "adapter").string();
+  so.data_path = (base / "samples.jsonl").string();
+  so.output_path = (tmp.path / "scores.jsonl").string();
+  so.grad_out = (tmp.path / "grads.safetensors").string();
+  so.mtp_scale = 0;
+  so.quiet = true;
+  so.device = dt_test::kOnCuda ? "cuda" : "cpu";
+  so.precision = "fp32";
+  train::run_score(so);
+  const io::SafetensorsFile got(so.grad_out), want((dir / "grads.safetensors").string());
+  ASSERT_EQ(got.names(), want.names());
+  for (const std::string& name : want.names()) {
+    const auto r = dt_test::compare(got.to_float(name).data, want.to_float(name).data);
+    EXPECT_LE(r.rel_rms, kGradRelRmsTol) << name << ": " << r.str();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenLora, ::testing::ValuesIn(lora_cases()),

@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
       ->required();
   sc->add_option("--grad-out", score.grad_out,
                  "write d(sum of loss_sum)/d(parameter) as F32 safetensors (HF names)");
+  sc->add_option("--adapter", score.adapter_dir,
+                 "a PEFT LoRA adapter directory to apply (--grad-out: the adapter's gradients)");
   sc->add_option("--pack-tokens", score.pack_tokens, "token budget per pack (default 8192)")
       ->check(CLI::PositiveNumber);
   sc->add_option("--pad-multiple", score.pad_multiple,

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "data/pack.h"
 #include "data/sample.h"
@@ -13,6 +15,7 @@
 #include "io/file_util.h"
 #include "io/hf_layout.h"
 #include "io/output_check.h"
+#include "io/peft_adapter.h"
 #include "model/model.h"
 #include "train/engine.h"
 #include "train/finite_check.h"
@@ -43,6 +46,9 @@ void check_outputs_are_not_inputs(const ScoreOptions& opt) {
   std::error_code ec;
   for (fs::directory_iterator it(opt.model_dir, ec), end; !ec && it != end; it.increment(ec))
     if (it->is_regular_file(ec)) inputs.push_back({"--model", it->path().string()});
+  if (!opt.adapter_dir.empty())
+    for (fs::directory_iterator it(opt.adapter_dir, ec), end; !ec && it != end; it.increment(ec))
+      if (it->is_regular_file(ec)) inputs.push_back({"--adapter", it->path().string()});
   std::vector<std::pair<std::string, std::string>> outputs = {{"--output", opt.output_path}};
   if (!opt.grad_out.empty()) {
     outputs.push_back({"--grad-out", opt.grad_out});
@@ -92,7 +98,16 @@ void run_score(const ScoreOptions& opt) {
   const model::Config& c = ck.config;
   const std::vector<data::Sample> samples = data::read_token_jsonl(opt.data_path, c.vocab_size);
   const std::vector<data::Pack> packs = make_packs(samples, opt);
-  const auto engine = make_engine(opt.device, opt.precision, c, ck.params);
+  std::optional<model::LoraSetup> lora;
+  if (!opt.adapter_dir.empty()) {
+    const io::PeftAdapter ad = io::load_peft_adapter(opt.adapter_dir);
+    lora = io::to_lora_setup(ad);
+    lora->options.dropout = 0;  // scoring: no dropout
+    io::check_adapter_matches(ad, model::lora_modules(c, lora->options, opt.adapter_dir),
+                              opt.adapter_dir);
+  }
+  const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
+                                  lora ? &*lora : nullptr);
 
   model::ModelOptions mopt;
   mopt.mtp_ce_scale = static_cast<float>(opt.mtp_scale);
@@ -145,12 +160,21 @@ void run_score(const ScoreOptions& opt) {
     out += j.dump() + "\n";
   }
   if (with_grads) {
-    model::TensorMap grads = model::zeros_like(ck.params);
+    model::TensorMap grads = model::zeros_like(lora ? lora->adapters : ck.params);
     engine->grads_to_host(grads);
     if (const auto nf = find_non_finite(grads))
-      core::fail(opt.model_dir, ": the gradient is not finite: ", describe(*nf),
-                 "; nothing written");
-    io::save_tensors_f32(opt.grad_out, io::to_checkpoint_names(ck, grads));
+      core::fail(lora ? opt.adapter_dir : opt.model_dir,
+                 ": the gradient is not finite: ", describe(*nf), "; nothing written");
+    if (lora) {  // under the adapter file's own names
+      std::map<std::string, core::Tensor> named;
+      for (const auto& m : model::lora_modules(c, lora->options, opt.adapter_dir)) {
+        named.emplace(io::peft_a_name(m.name), std::move(grads.at(model::lora_a_key(m.name))));
+        named.emplace(io::peft_b_name(m.name), std::move(grads.at(model::lora_b_key(m.name))));
+      }
+      io::save_tensors_f32(opt.grad_out, named);
+    } else {
+      io::save_tensors_f32(opt.grad_out, io::to_checkpoint_names(ck, grads));
+    }
   }
   io::write_file_atomic(opt.output_path, out);
 }

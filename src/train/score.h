@@ -13,7 +13,10 @@ struct ScoreOptions {
   std::string model_dir;
   std::string data_path;
   std::string output_path;
-  std::string grad_out;             // empty: no gradients
+  std::string grad_out;  // empty: no gradients
+  // A PEFT LoRA adapter directory (docs/lora.md): score the base with it applied; grad_out then
+  // holds the gradient of every adapter tensor under the adapter file's own names.
+  std::string adapter_dir;
   int64_t pack_tokens = 8192;       // token budget per pack
   int64_t pad_multiple = 1;         // align every sample's span to this multiple
   double mtp_scale = 0.1;           // weight of the MTP loss in the gradient objective
@@ -27,7 +30,8 @@ struct ScoreOptions {
 // Loads the checkpoint and data, scores every sample (packed in input order), then writes
 // output_path (JSONL: {"index", "loss_sum", "n_tokens"[, "mtp_loss_sum", "mtp_n_tokens"]} per
 // input line, in order) and, if asked, grad_out (F32 safetensors, the checkpoint's tensor
-// names and expert layout) holding the gradient of
+// names and expert layout; with adapter_dir, the adapter's tensors under PEFT's names) holding the
+// gradient of
 //   sum_i loss_sum_i + mtp_scale * sum_i mtp_loss_sum_i + sum over MoE layers of router losses.
 // Router losses are sums over the scored dataset: the global aux loss uses the routing counts
 // of the whole dataset (a counting pass runs first), seq_aux sums its per-sample terms, z-loss
