@@ -51,9 +51,9 @@ bench() {  # name, bench args...
   echo "== deltatron bench $name"
   "$rt/deltatron" bench "$@" --lengths "$lengths" --json "$out/bench_$name.json" || status=1
 }
-peer() {  # name, peer SIZE, [layers]
+peer() {  # name, peer SIZE, [layers]; env LORA=1 (HF + PEFT + FLA), GC=1
   local name=$1 size=$2 layers=${3:-}
-  echo "== peer: HF transformers + FLA, same batches ($name)"
+  echo "== peer: HF transformers + FLA$([[ ${LORA:-0} == 1 ]] && echo ' + PEFT LoRA'), same batches ($name)"
   (cd "$repo" && LENGTHS="$lengths" SIZE=$size LAYERS=$layers OUT="$out" PYTHONUNBUFFERED=1 \
      python3 tools/bench/peer_hf.py | tee "$out/peer_$name.log") || { status=1; return; }
   [[ -f $out/bench_$name.json ]] || return
@@ -80,5 +80,14 @@ has bench-moe-offload && bench moe_offload --preset 35b-a3b --layers "$moe_layer
   --offload moments
 has bench-4b && bench 4b_lean --preset 4b "${lean[@]}" --recompute
 has bench-9b && bench 9b_lean --preset 9b "${lean[@]}" --recompute --offload "${OFFLOAD_9B:-none}"
+# LoRA (issue 13): r 16, alpha 32, the default targets on both sides; PEFT loads our adapters.
+if has peft-load; then
+  echo "== PEFT loads deltatron's LoRA checkpoints (tools/gpu/check_peft_load.sh)"
+  "$repo/tools/gpu/check_peft_load.sh" "$rt/deltatron" "$out/peft" || status=1
+fi
+has bench-2b-lora && bench 2b_lora --preset 2b --lora
+has peer-2b-lora && LORA=1 peer 2b_lora 2b
+has bench-27b-lora && bench 27b_lora --preset 27b --lora --recompute
+has peer-27b-lora && LORA=1 GC=1 peer 27b_lora 27b
 echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status
