@@ -44,8 +44,6 @@ TEST_P(GoldenLora, PackedLossesAndAdapterGradientsMatchPeft) {
     std::ifstream in(dir / "golden.json");
     meta = nlohmann::json::parse(in);
   }
-  if (!meta["target_parameters"].is_null())
-    GTEST_SKIP() << "routed-expert adapters (PEFT target_parameters) are not implemented yet";
   dt_test::GoldenFixture g;
   dt_test::load_golden(fs::path(DT_TEST_DATA) / "golden" / meta["base"].get<std::string>(), g);
   if (HasFatalFailure()) return;
@@ -69,11 +67,15 @@ TEST_P(GoldenLora, PackedLossesAndAdapterGradientsMatchPeft) {
   EXPECT_NEAR(ad.options.scale(), meta["scaling"].get<double>(), 1e-15);
   // The adapter's own target_modules resolve, in deltatron, to exactly the modules PEFT adapted.
   model::LoraOptions by_targets = ad.options;
+  by_targets.experts = !ad.target_parameters.empty();
   const auto mods = model::lora_modules(g.ck.config, by_targets, "adapter_config.json");
-  std::set<std::string> ours, peft;
-  for (const auto& m : mods) ours.insert(m.name);
+  std::set<std::string> ours, peft, ours_p, peft_p;
+  for (const auto& m : mods) (m.experts ? ours_p : ours).insert(m.name);
   for (const auto& m : meta["adapted_modules"]) peft.insert(m.get<std::string>());
+  if (meta.contains("adapted_parameters"))
+    for (const auto& m : meta["adapted_parameters"]) peft_p.insert(m.get<std::string>());
   EXPECT_EQ(ours, peft);
+  EXPECT_EQ(ours_p, peft_p);  // routed experts (target_parameters)
 
   const model::LoraSetup setup = io::to_lora_setup(ad);
   model::Model m(dt_test::test_device(), core::DType::f32, g.ck.config, g.ck.params, {}, &setup);
@@ -92,12 +94,15 @@ TEST_P(GoldenLora, PackedLossesAndAdapterGradientsMatchPeft) {
   }
   model::TensorMap grads = model::zeros_like(setup.adapters);
   m.trainable().download_grads(grads);
+  // In PEFT's layout and names (the experts' tensors are laid out differently).
+  const io::PeftAdapter gp = io::to_peft_adapter(setup.options, grads, mods, "");
   const io::SafetensorsFile want((dir / "grads.safetensors").string());
   EXPECT_EQ(want.names().size(), grads.size());
-  for (const auto& mod : mods) {
+  EXPECT_EQ(2 * gp.a.size(), grads.size());
+  for (const auto& [module, ga] : gp.a) {
     for (const bool a : {true, false}) {
-      const std::string peft_name = a ? io::peft_a_name(mod.name) : io::peft_b_name(mod.name);
-      const auto& got_g = grads.at(a ? model::lora_a_key(mod.name) : model::lora_b_key(mod.name));
+      const std::string peft_name = a ? io::peft_a_name(module) : io::peft_b_name(module);
+      const auto& got_g = a ? ga : gp.b.at(module);
       ASSERT_TRUE(want.contains(peft_name)) << peft_name;
       const core::Tensor w = want.to_float(peft_name);
       ASSERT_EQ(w.shape, got_g.shape) << peft_name;
@@ -126,8 +131,6 @@ TEST_P(GoldenLora, MergeMatchesPeftMergeAndUnload) {
     std::ifstream in(dir / "golden.json");
     meta = nlohmann::json::parse(in);
   }
-  if (!meta["target_parameters"].is_null())
-    GTEST_SKIP() << "routed-expert adapters (PEFT target_parameters) are not implemented yet";
   io::Checkpoint ck = io::load_checkpoint(
       (fs::path(DT_TEST_DATA) / "golden" / meta["base"].get<std::string>()).string());
   const io::PeftAdapter ad = io::load_peft_adapter((dir / "adapter").string());
@@ -164,8 +167,6 @@ TEST_P(GoldenLora, ScoreWritesAdapterGradientsUnderPeftNames) {
     std::ifstream in(dir / "golden.json");
     meta = nlohmann::json::parse(in);
   }
-  if (!meta["target_parameters"].is_null())
-    GTEST_SKIP() << "routed-expert adapters (PEFT target_parameters) are not implemented yet";
   const dt_test::TempDir tmp("score_lora");
   const fs::path base = fs::path(DT_TEST_DATA) / "golden" / meta["base"].get<std::string>();
   train::ScoreOptions so;
@@ -191,3 +192,25 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenLora, ::testing::ValuesIn(lora_cases())
                          [](const auto& info) { return info.param; });
 
 }  // namespace
+
+// PEFT's routed-expert layout to the model's and back: bit for bit, under the same names.
+TEST(GoldenLoraLayout, ExpertAdapterRoundTripsThroughTheModelLayout) {
+  const fs::path dir = fs::path(DT_TEST_DATA) / "golden_lora" / "moe_experts" / "adapter";
+  const io::PeftAdapter ad = io::load_peft_adapter(dir.string());
+  ASSERT_EQ(ad.target_parameters.size(), 2u);
+  const model::LoraSetup s = io::to_lora_setup(ad);
+  EXPECT_TRUE(s.options.experts);
+  const io::Checkpoint ck =
+      io::load_checkpoint((fs::path(DT_TEST_DATA) / "golden" / "moe_text_fused_tied").string());
+  const io::PeftAdapter back = io::to_peft_adapter(
+      s.options, s.adapters, model::lora_modules(ck.config, s.options, "test"), "");
+  ASSERT_EQ(back.a.size(), ad.a.size());
+  for (const auto& [m, a] : ad.a) {
+    ASSERT_TRUE(back.a.count(m)) << m;
+    EXPECT_EQ(back.a.at(m).shape, a.shape) << m;
+    EXPECT_EQ(back.a.at(m).data, a.data) << m;
+    EXPECT_EQ(back.b.at(m).shape, ad.b.at(m).shape) << m;
+    EXPECT_EQ(back.b.at(m).data, ad.b.at(m).data) << m;
+  }
+  EXPECT_EQ(back.target_parameters, ad.target_parameters);
+}

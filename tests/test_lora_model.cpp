@@ -37,7 +37,10 @@ model::LoraSetup random_setup(const model::Config& c, int64_t r, double alpha, b
   s.options.alpha = alpha;
   s.options.rslora = rslora;
   s.options.targets = {"all-linear"};
-  if (c.is_moe()) s.options.targets = {"all-linear", "gate", "shared_expert_gate"};
+  if (c.is_moe()) {
+    s.options.targets = {"all-linear", "gate", "shared_expert_gate"};
+    s.options.experts = true;
+  }
   const auto mods = model::lora_modules(c, s.options, "test");
   s.adapters = model::lora_init(mods, r, 5);
   std::mt19937_64 rng(9);
@@ -54,15 +57,19 @@ model::TensorMap merged(const model::Config& c, const model::TensorMap& base,
   const double sc = s.options.scale();
   const int64_t r = s.options.r;
   for (const auto& m : model::lora_modules(c, s.options, "test")) {
-    const auto& A = s.adapters.at(model::lora_a_key(m.name)).data;
-    const auto& B = s.adapters.at(model::lora_b_key(m.name)).data;
-    auto& W = out.at(m.weight).data;
-    for (int64_t o = 0; o < m.out; ++o)
-      for (int64_t i = 0; i < m.in; ++i) {
-        double acc = 0;
-        for (int64_t k = 0; k < r; ++k) acc += double(B[o * r + k]) * A[k * m.in + i];
-        W[o * m.in + i] = float(double(W[o * m.in + i]) + sc * acc);
-      }
+    const float* A0 = s.adapters.at(model::lora_a_key(m.name)).ptr();
+    const float* B0 = s.adapters.at(model::lora_b_key(m.name)).ptr();
+    float* W0 = out.at(m.weight).ptr();
+    for (int64_t e = 0; e < std::max<int64_t>(m.experts, 1); ++e) {  // expert e's slices
+      const float *A = A0 + e * r * m.in, *B = B0 + e * m.out * r;
+      float* W = W0 + e * m.out * m.in;
+      for (int64_t o = 0; o < m.out; ++o)
+        for (int64_t i = 0; i < m.in; ++i) {
+          double acc = 0;
+          for (int64_t k = 0; k < r; ++k) acc += double(B[o * r + k]) * A[k * m.in + i];
+          W[o * m.in + i] = float(double(W[o * m.in + i]) + sc * acc);
+        }
+    }
   }
   return out;
 }
@@ -97,16 +104,21 @@ void check_merged_identity(const model::Config& c, bool rslora) {
   const int64_t r = s.options.r;
   int checked = 0;
   for (const auto& m : model::lora_modules(c, s.options, "test")) {
-    const auto& A = s.adapters.at(model::lora_a_key(m.name)).data;
-    const auto& B = s.adapters.at(model::lora_b_key(m.name)).data;
-    const auto& G = g_full.at(m.weight).data;
-    std::vector<double> wa(size_t(r * m.in), 0.0), wb(size_t(m.out * r), 0.0), ga, gb;
-    for (int64_t o = 0; o < m.out; ++o)
-      for (int64_t i = 0; i < m.in; ++i)
-        for (int64_t k = 0; k < r; ++k) {
-          wa[k * m.in + i] += sc * B[o * r + k] * G[o * m.in + i];
-          wb[o * r + k] += sc * G[o * m.in + i] * A[k * m.in + i];
-        }
+    const int64_t E = std::max<int64_t>(m.experts, 1);
+    const float* A0 = s.adapters.at(model::lora_a_key(m.name)).ptr();
+    const float* B0 = s.adapters.at(model::lora_b_key(m.name)).ptr();
+    const float* G0 = g_full.at(m.weight).ptr();
+    std::vector<double> wa(size_t(E * r * m.in), 0.0), wb(size_t(E * m.out * r), 0.0), ga, gb;
+    for (int64_t e = 0; e < E; ++e) {
+      const float *A = A0 + e * r * m.in, *B = B0 + e * m.out * r, *G = G0 + e * m.out * m.in;
+      double *a = wa.data() + e * r * m.in, *b = wb.data() + e * m.out * r;
+      for (int64_t o = 0; o < m.out; ++o)
+        for (int64_t i = 0; i < m.in; ++i)
+          for (int64_t k = 0; k < r; ++k) {
+            a[k * m.in + i] += sc * B[o * r + k] * G[o * m.in + i];
+            b[o * r + k] += sc * G[o * m.in + i] * A[k * m.in + i];
+          }
+    }
     for (float v : g_ad.at(model::lora_a_key(m.name)).data) ga.push_back(v);
     for (float v : g_ad.at(model::lora_b_key(m.name)).data) gb.push_back(v);
     EXPECT_LT(rel_rms(ga, wa), dt_test::grad_tol(2e-4)) << m.name << " lora_A";
@@ -128,7 +140,7 @@ model::Config dense() { return model::parse_config(dt_test::tiny_config_json(), 
 }  // namespace
 
 TEST(LoraModel, DenseEqualsMergedModel) { check_merged_identity(dense(), false); }
-TEST(LoraModel, MoeMtpRouterEqualsMergedModel) {
+TEST(LoraModel, MoeMtpRouterExpertsEqualsMergedModel) {
   check_merged_identity(dt_test::tiny_moe_mtp_config(), true);
 }
 

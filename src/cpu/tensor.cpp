@@ -28,6 +28,11 @@ void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+void axpy(float* y, const float* x, float alpha, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 262144)
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
 double sum_squares(const float* x, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);

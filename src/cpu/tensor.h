@@ -17,6 +17,8 @@ template <typename T>
 void fill(T* x, T value, int64_t n);
 // y += x, [n] each.
 void add_inplace(float* y, const float* x, int64_t n);
+// y[i] += alpha * x[i] (float arithmetic).
+void axpy(float* y, const float* x, float alpha, int64_t n);
 // sum_i x[i]^2, summed in double in index order (deterministic).
 double sum_squares(const float* x, int64_t n);
 

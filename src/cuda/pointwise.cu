@@ -456,6 +456,24 @@ void cast(DType from, const void* src, DType to, void* dst, int64_t n) {
 
 void add_inplace(float* y, const float* x, int64_t n) { add_inplace_dt(y, DType::f32, x, n); }
 
+namespace {
+template <typename T>
+__global__ void axpy_kernel(T* y, const T* x, float alpha, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += thread_count())
+    store_f32(y, i, load_f32(y, i) + alpha * load_f32(x, i));
+}
+}  // namespace
+
+void axpy(DType dt, void* y, const void* x, float alpha, int64_t n) {
+  check_n("cuda::axpy", n);
+  if (n == 0) return;
+  DT_DISPATCH_DTYPE(dt, T, {
+    axpy_kernel<T>
+        <<<blocks_for(n), kThreads>>>(static_cast<T*>(y), static_cast<const T*>(x), alpha, n);
+  });
+  DT_CUDA_LAUNCH_CHECK("axpy");
+}
+
 void add_inplace_dt(float* y, DType xt, const void* x, int64_t n) {
   check_n("cuda::add_inplace", n);
   if (n == 0) return;

@@ -1,6 +1,7 @@
 // PEFT LoRA adapter files (peft_adapter.h).
 #include "io/peft_adapter.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -26,7 +27,39 @@ std::string last_part(const std::string& module) {
   return dot == std::string::npos ? module : module.substr(dot + 1);
 }
 
+// PEFT's module of a fused expert parameter ("<layer>.mlp.experts.gate_up_proj"), both targeted.
+std::string peft_expert_module(const std::string& param) {
+  const std::string layer = param.substr(0, param.rfind(".mlp.experts.") + 12);  // ...mlp.experts
+  return param.ends_with(".gate_up_proj") ? layer + ".base_layer" : layer;
+}
+
 }  // namespace
+
+bool is_expert_module(const std::string& module) {
+  return module.ends_with(".mlp.experts") || module.ends_with(".mlp.experts.base_layer");
+}
+
+std::string expert_param_of(const std::string& module) {
+  return module.ends_with(".base_layer") ? module.substr(0, module.size() - 11) + ".gate_up_proj"
+                                         : module + ".down_proj";
+}
+
+core::Tensor expert_b_to_model(const core::Tensor& b, int64_t r, int64_t E) {
+  const int64_t out = b.shape[0];
+  core::Tensor t({E, out, r});
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < r; ++k) t.data[(e * out + o) * r + k] = b.data[o * r * E + k * E + e];
+  return t;
+}
+core::Tensor expert_b_to_peft(const core::Tensor& t) {
+  const int64_t E = t.shape[0], out = t.shape[1], r = t.shape[2];
+  core::Tensor b({out, r * E});
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < r; ++k) b.data[o * r * E + k * E + e] = t.data[(e * out + o) * r + k];
+  return b;
+}
 
 std::string peft_a_name(const std::string& module) { return kPrefix + module + kA; }
 std::string peft_b_name(const std::string& module) { return kPrefix + module + kB; }
@@ -38,13 +71,15 @@ void save_peft_adapter(const std::string& dir, const PeftAdapter& ad) {
   for (const auto& [module, a] : ad.a) {
     DT_CHECK(ad.b.count(module), dir, ": adapter module ", module, " has lora_A but no lora_B");
     const core::Tensor& b = ad.b.at(module);
-    DT_CHECK(a.shape.size() == 2 && a.shape[0] == ad.options.r && b.shape.size() == 2 &&
-                 b.shape[1] == ad.options.r,
+    const bool ex = is_expert_module(module);
+    DT_CHECK(a.shape.size() == 2 && b.shape.size() == 2 &&
+                 (ex ? a.shape[0] % ad.options.r == 0 && b.shape[1] == a.shape[0]
+                     : a.shape[0] == ad.options.r && b.shape[1] == ad.options.r),
              dir, ": adapter module ", module, " has lora_A ", core::shape_str(a.shape),
              " and lora_B ", core::shape_str(b.shape), " for r = ", ad.options.r);
     rec.emplace(peft_a_name(module), TensorRecord{"F32", a.shape, a.ptr(), {}});
     rec.emplace(peft_b_name(module), TensorRecord{"F32", b.shape, b.ptr(), {}});
-    targets.insert(last_part(module));
+    if (!is_expert_module(module)) targets.insert(last_part(module));
   }
   DT_CHECK(ad.b.size() == ad.a.size(), dir, ": adapter has ", ad.b.size(), " lora_B for ",
            ad.a.size(), " lora_A tensors");
@@ -70,6 +105,7 @@ void save_peft_adapter(const std::string& dir, const PeftAdapter& ad) {
       {"alpha_pattern", nlohmann::json::object()},
       {"revision", nullptr},
   };
+  if (!ad.target_parameters.empty()) j["target_parameters"] = ad.target_parameters;
   write_safetensors((fs::path(dir) / kAdapterWeightsName).string(), rec, {{"format", "pt"}});
   write_file_atomic((fs::path(dir) / kAdapterConfigName).string(), j.dump(2) + "\n");
 }
@@ -118,6 +154,9 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     for (const auto& t : j["target_modules"]) ad.options.targets.push_back(t.get<std::string>());
   else if (j.contains("target_modules") && j["target_modules"].is_string())
     ad.options.targets.push_back(j["target_modules"].get<std::string>());
+  if (j.contains("target_parameters") && j["target_parameters"].is_array())
+    for (const auto& t : j["target_parameters"])
+      ad.target_parameters.push_back(t.get<std::string>());
   if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
     ad.base_model = j["base_model_name_or_path"].get<std::string>();
 
@@ -130,9 +169,14 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     const std::string module =
         name.substr(plen, name.size() - plen - std::string(is_a ? kA : kB).size());
     core::Tensor t = f.to_float(name);
-    DT_CHECK(t.shape.size() == 2 && t.shape[is_a ? 0 : 1] == ad.options.r, w_path, ": tensor '",
-             name, "' has shape ", core::shape_str(t.shape), ", expected ",
-             is_a ? "[r, in]" : "[out, r]", " with r = ", ad.options.r);
+    const int64_t rr = t.shape.size() == 2 ? t.shape[is_a ? 0 : 1] : 0;
+    const bool ok =
+        is_expert_module(module) ? rr > 0 && rr % ad.options.r == 0 : rr == ad.options.r;
+    DT_CHECK(t.shape.size() == 2 && ok, w_path, ": tensor '", name, "' has shape ",
+             core::shape_str(t.shape), ", expected ",
+             is_expert_module(module) ? (is_a ? "[r E, in]" : "[out, r E]")
+                                      : (is_a ? "[r, in]" : "[out, r]"),
+             " with r = ", ad.options.r);
     (is_a ? ad.a : ad.b).emplace(module, std::move(t));
   }
   for (const auto& [m, t] : ad.a)
@@ -147,6 +191,7 @@ void check_adapter_matches(const PeftAdapter& ad, const std::vector<model::LoraM
                            const std::string& where) {
   std::set<std::string> names;
   for (const model::LoraModule& m : mods) {
+    if (m.experts) continue;  // checked by model::Adapters (their layout differs from PEFT's)
     names.insert(m.name);
     DT_CHECK(ad.a.count(m.name), where, ": has no adapter for module ", m.name,
              " (adapted by the options)");
@@ -157,7 +202,7 @@ void check_adapter_matches(const PeftAdapter& ad, const std::vector<model::LoraM
              " and ", core::shape_str(want_b));
   }
   for (const auto& [m, t] : ad.a)
-    DT_CHECK(names.count(m), where, ": adapts module ", m,
+    DT_CHECK(names.count(m) || is_expert_module(m), where, ": adapts module ", m,
              ", which is not a linear layer this model adapts (check the base model and targets)");
 }
 
@@ -165,10 +210,30 @@ model::LoraSetup to_lora_setup(const PeftAdapter& ad) {
   model::LoraSetup s;
   s.options = ad.options;
   s.options.targets.clear();
+  const auto& tp = ad.target_parameters;
+  const auto has = [&](const char* p) { return std::find(tp.begin(), tp.end(), p) != tp.end(); };
+  const bool experts = has("mlp.experts.gate_up_proj") && has("mlp.experts.down_proj");
+  DT_CHECK(tp.empty() || (experts && tp.size() == 2), "PEFT adapter target_parameters ",
+           nlohmann::json(tp).dump(),
+           ": deltatron adapts the routed experts' two fused parameters together "
+           "([\"mlp.experts.gate_up_proj\", \"mlp.experts.down_proj\"]) or not at all");
+  s.options.experts = experts;
   for (const auto& [module, a] : ad.a) {
-    s.options.targets.push_back(module);
-    s.adapters.emplace(model::lora_a_key(module), a);
-    s.adapters.emplace(model::lora_b_key(module), ad.b.at(module));
+    const core::Tensor& b = ad.b.at(module);
+    if (!is_expert_module(module)) {
+      s.options.targets.push_back(module);
+      s.adapters.emplace(model::lora_a_key(module), a);
+      s.adapters.emplace(model::lora_b_key(module), b);
+      continue;
+    }
+    DT_CHECK(experts, "PEFT adapter module ", module,
+             " adapts routed experts but target_parameters does not name them");
+    const std::string param = expert_param_of(module);
+    const int64_t r = s.options.r, E = a.shape[0] / r;
+    core::Tensor am = a;
+    am.shape = {E, r, a.shape[1]};  // expert e's rows [e r, (e+1) r): the same values
+    s.adapters.emplace(model::lora_a_key(param), std::move(am));
+    s.adapters.emplace(model::lora_b_key(param), expert_b_to_model(b, r, E));
   }
   return s;
 }
@@ -180,8 +245,18 @@ PeftAdapter to_peft_adapter(const model::LoraOptions& options, const model::Tens
   ad.options = options;
   ad.base_model = base_model;
   for (const model::LoraModule& m : mods) {
-    ad.a.emplace(m.name, adapters.at(model::lora_a_key(m.name)));
-    ad.b.emplace(m.name, adapters.at(model::lora_b_key(m.name)));
+    const core::Tensor& a = adapters.at(model::lora_a_key(m.name));
+    const core::Tensor& b = adapters.at(model::lora_b_key(m.name));
+    if (!m.experts) {
+      ad.a.emplace(m.name, a);
+      ad.b.emplace(m.name, b);
+      continue;
+    }
+    core::Tensor ap = a;
+    ap.shape = {a.shape[0] * a.shape[1], a.shape[2]};
+    ad.a.emplace(peft_expert_module(m.name), std::move(ap));
+    ad.b.emplace(peft_expert_module(m.name), expert_b_to_peft(b));
+    ad.target_parameters = {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"};
   }
   return ad;
 }

@@ -22,8 +22,23 @@ inline constexpr const char* kAdapterWeightsName = "adapter_model.safetensors";
 struct PeftAdapter {
   model::LoraOptions options;  // targets: target_modules as stored
   std::string base_model;      // base_model_name_or_path ("" writes null)
-  model::TensorMap a, b;       // by module name: lora_A [r, in], lora_B [out, r], f32
+  // By PEFT module name: lora_A [r, in], lora_B [out, r], f32. Routed experts (PEFT 0.21's
+  // target_parameters on the fused expert tensors, lora.ParamWrapper): lora_A [r E, in] (expert e
+  // owns rows [e r, (e+1) r)), lora_B [out, r E] (expert e owns columns k E + e, k < r); with both
+  // expert parameters targeted, gate_up_proj's module is "<layer>.mlp.experts.base_layer" and
+  // down_proj's "<layer>.mlp.experts" (PEFT nests the wrappers in registration order).
+  model::TensorMap a, b;
+  std::vector<std::string> target_parameters;  // as stored (empty: none)
 };
+
+// Whether a PEFT module name is a routed-expert wrapper ("<layer>.mlp.experts[.base_layer]"), and
+// the fused parameter it adapts when both expert parameters are targeted
+// ("<layer>.mlp.experts.gate_up_proj" for ".base_layer", else "...down_proj").
+bool is_expert_module(const std::string& module);
+std::string expert_param_of(const std::string& module);
+// lora_B of an expert module, [out, r E] (expert e: columns k E + e), as [E, out, r], and back.
+core::Tensor expert_b_to_model(const core::Tensor& b, int64_t r, int64_t E);
+core::Tensor expert_b_to_peft(const core::Tensor& t);
 
 // The PEFT tensor names of a module.
 std::string peft_a_name(const std::string& module);
@@ -45,8 +60,9 @@ void check_adapter_matches(const PeftAdapter& adapter, const std::vector<model::
                            const std::string& where);
 
 // The adapter as a model's LoRA set-up (model/adapters.h): its options, with targets = the full
-// names of its modules (so a model adapts exactly these, whatever target_modules said), and its
-// tensors keyed by model::lora_a_key / lora_b_key.
+// names of its linear modules (so a model adapts exactly these, whatever target_modules said) and
+// experts = true for routed-expert adapters (both fused parameters; one alone is refused), and
+// its tensors keyed by model::lora_a_key / lora_b_key in the model's layout.
 model::LoraSetup to_lora_setup(const PeftAdapter& adapter);
 
 // A model's adapters (keyed as model/adapters.h) as a PEFT adapter of `mods`.

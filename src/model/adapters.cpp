@@ -1,6 +1,7 @@
 // A LoRA run's adapters (adapters.h).
 #include "model/adapters.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -17,8 +18,10 @@ uint64_t fnv1a(const std::string& s, uint64_t h) {
 
 void check_adapters(const std::vector<LoraModule>& mods, int64_t r, const TensorMap& host) {
   for (const LoraModule& m : mods) {
-    for (const auto& [key, shape] : {std::pair{lora_a_key(m.name), core::Shape{r, m.in}},
-                                     std::pair{lora_b_key(m.name), core::Shape{m.out, r}}}) {
+    const core::Shape sa = m.experts ? core::Shape{m.experts, r, m.in} : core::Shape{r, m.in};
+    const core::Shape sb = m.experts ? core::Shape{m.experts, m.out, r} : core::Shape{m.out, r};
+    for (const auto& [key, shape] :
+         {std::pair{lora_a_key(m.name), sa}, std::pair{lora_b_key(m.name), sb}}) {
       auto it = host.find(key);
       DT_CHECK(it != host.end(), "LoRA adapter tensor ", key, " is missing");
       DT_CHECK(it->second.shape == shape, "LoRA adapter tensor ", key, " has shape ",
@@ -44,7 +47,8 @@ std::string lora_b_key(const std::string& module) { return module + ".lora_B.wei
 TensorMap lora_init(const std::vector<LoraModule>& mods, int64_t r, uint64_t seed) {
   TensorMap out;
   for (const LoraModule& m : mods) {
-    core::Tensor a({r, m.in});
+    const int64_t E = std::max<int64_t>(m.experts, 1);
+    core::Tensor a(m.experts ? core::Shape{E, r, m.in} : core::Shape{r, m.in});
     std::mt19937_64 rng(fnv1a(m.name, 0x6c6f7261ull ^ seed));
     const double bound = 1.0 / std::sqrt(double(m.in));
     for (float& v : a.data) {
@@ -52,7 +56,8 @@ TensorMap lora_init(const std::vector<LoraModule>& mods, int64_t r, uint64_t see
       v = static_cast<float>((2.0 * u - 1.0) * bound);
     }
     out.emplace(lora_a_key(m.name), std::move(a));
-    out.emplace(lora_b_key(m.name), core::Tensor({m.out, r}));
+    out.emplace(lora_b_key(m.name),
+                core::Tensor(m.experts ? core::Shape{E, m.out, r} : core::Shape{m.out, r}));
   }
   return out;
 }

@@ -18,7 +18,8 @@
 
 namespace deltatron::model {
 
-// The adapter store's keys of a module.
+// The adapter store's keys of a module. An expert module's tensors are A [E, r, in] and
+// B [E, out, r] (expert e's A_e and B_e contiguous; io/peft_adapter converts PEFT's layout).
 std::string lora_a_key(const std::string& module);
 std::string lora_b_key(const std::string& module);
 

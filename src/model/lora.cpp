@@ -85,8 +85,6 @@ std::vector<LoraModule> lora_modules(const Config& c, const LoraOptions& o,
            o.dropout);
   DT_CHECK(!o.experts || c.is_moe(), where,
            ": lora.experts = true but this model has no routed experts");
-  DT_CHECK(!o.experts, where,
-           ": lora.experts (routed-expert adapters) is not implemented yet; set it to false");
   const std::vector<Linear> linears = linear_layers(c);
   const std::vector<std::string>& targets = o.targets.empty() ? lora_default_targets() : o.targets;
   const bool all_linear = std::find(targets.begin(), targets.end(), "all-linear") != targets.end();
@@ -114,19 +112,38 @@ std::vector<LoraModule> lora_modules(const Config& c, const LoraOptions& o,
     if (hit.empty()) continue;
     out.push_back({l.module, l.module + ".weight", hit, l.block, l.layer, l.in, l.out});
   }
+  if (o.experts) {  // both fused expert parameters of every MoE decoder layer
+    const std::string layers = c.name("layers.");
+    for (const ParamSpec& s : param_specs(c)) {
+      if (!s.name.starts_with(layers) || s.shape.size() != 3) continue;
+      if (!s.name.ends_with(".mlp.experts.gate_up_proj") &&
+          !s.name.ends_with(".mlp.experts.down_proj"))
+        continue;
+      LoraModule m;
+      m.name = m.weight = s.name;
+      m.target = "experts";
+      m.block = "experts";
+      m.layer = std::stoll(s.name.substr(layers.size()));
+      m.experts = s.shape[0];
+      m.out = s.shape[1];
+      m.in = s.shape[2];
+      out.push_back(m);
+    }
+  }
   DT_CHECK(!out.empty(), where, ": lora.targets adapt no layer of this model");
   return out;
 }
 
 int64_t lora_param_count(const std::vector<LoraModule>& mods, int64_t r) {
   int64_t n = 0;
-  for (const LoraModule& m : mods) n += r * (m.in + m.out);
+  for (const LoraModule& m : mods) n += r * (m.in + m.out) * std::max<int64_t>(m.experts, 1);
   return n;
 }
 
 std::vector<std::string> lora_report(const std::vector<LoraModule>& mods) {
   std::vector<std::string> lines;
-  for (const char* block : {"linear_attention", "full_attention", "mlp", "shared_expert", "head"}) {
+  for (const char* block :
+       {"linear_attention", "full_attention", "mlp", "shared_expert", "experts", "head"}) {
     std::set<int64_t> layers;
     std::vector<std::string> parts;  // module kinds in first-seen order
     int64_t count = 0;

@@ -8,6 +8,9 @@
 // losses' dprobs and dlse.
 #include "model/moe_block.h"
 
+#include <tuple>
+
+#include "model/expert_lora.h"
 #include "model/model.h"
 #include "model/proj.h"
 #include "ops/activation.h"
@@ -73,14 +76,20 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   // Expert row offsets on the device; a host copy (a sync per layer) only where the grouped
   // GEMMs cannot run from device offsets (CUDA's fp32 debug mode, widths not multiples of 8).
   s.offsets = Buffer(cx.dev(), core::DType::i64, {d.E + 1}, "expert row offsets");
-  const bool host_offsets =
-      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), d.D, 2 * d.F) ||
-      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), d.F, d.D);
+  bool host_offsets = ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), d.D, 2 * d.F) ||
+                      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), d.F, d.D);
+  for (const auto& [param, I, O] : {std::tuple{pf + "experts.gate_up_proj", d.D, 2 * d.F},
+                                    std::tuple{pf + "experts.down_proj", d.F, d.D}})
+    if (const int64_t r = expert_lora_rank(cx, param))  // the adapters' rank-r GEMMs
+      host_offsets = host_offsets ||
+                     ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), I, r) ||
+                     ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), r, O);
   s.offsets_host.assign(host_offsets ? d.E + 1 : 0, 0);
   s.rows_P = cx.i32(d.P, "expert-major slot order");
   s.pos = cx.i32(d.P, "slot positions");
   ops::moe_permute(s.topk_idx, d.N, d.K, d.E, cx.b.moe_bad, s.offsets, host_offsets_of(s), s.rows_P,
                    s.pos);
+  const ExpertRows rows{s.offsets, host_offsets_of(s), d.E, d.P};
 
   // Routed experts.
   s.gate = cx.act(d.P * d.F, "expert gate");
@@ -92,6 +101,7 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
     Buffer gu = cx.act(d.P * 2 * d.F, "expert gate/up");
     ops::grouped_linear_fwd(xg, p.w(pf + "experts.gate_up_proj"), s.offsets, host_offsets_of(s),
                             d.E, d.D, 2 * d.F, gu);
+    expert_lora_fwd(cx, pf + "experts.gate_up_proj", rows, xg, d.D, 2 * d.F, gu);
     ops::copy_cols(gu, 2 * d.F, 0, s.gate, d.F, 0, d.P, d.F);
     ops::copy_cols(gu, 2 * d.F, d.F, s.up, d.F, 0, d.P, d.F);
   }
@@ -100,6 +110,7 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
     Buffer out = cx.act(d.P * d.D, "expert outputs");
     ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), s.offsets, host_offsets_of(s), d.E,
                             d.F, d.D, out);
+    expert_lora_fwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, out);
     ops::moe_scatter_add(out, s.pos, s.topk_w, d.N, d.K, d.D, resid, true);
   }
 
@@ -126,6 +137,7 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
   const Params& p = cx.p;
   Buffer dx32 = cx.f32(d.N * d.D, "MoE input gradient (fp32)");
   Buffer dw = cx.f32(d.N * d.K, "top-k weight gradient");
+  const ExpertRows rows{s.offsets, host_offsets_of(s), d.E, d.P};
 
   // Routed experts.
   {
@@ -137,11 +149,16 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
       ops::moe_gather(dy, s.rows_P, View{}, d.P, d.K, d.D, dye);
       ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets, host_offsets_of(s),
                               d.E, d.F, d.D, g, View{});
-      if (!p.frozen()) {
-        ops::moe_gather(dy, s.rows_P, s.topk_w, d.P, d.K, d.D, dye);
-        ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets,
-                                host_offsets_of(s), d.E, d.F, d.D, View{},
-                                p.g(pf + "experts.down_proj"));
+      // The adapter's share of the unweighted hidden gradient (before the slot weights' split).
+      expert_lora_bwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, dye, g, View{});
+      const bool adapted = expert_lora_rank(cx, pf + "experts.down_proj") > 0;
+      if (!p.frozen() || adapted) {
+        ops::moe_gather(dy, s.rows_P, s.topk_w, d.P, d.K, d.D, dye);  // now slot-weighted
+        if (!p.frozen())
+          ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets,
+                                  host_offsets_of(s), d.E, d.F, d.D, View{},
+                                  p.g(pf + "experts.down_proj"));
+        expert_lora_bwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, View{}, View{}, dye);
       }
     }
     ops::moe_expert_weight_bwd(h, g, s.rows_P, s.topk_w, d.P, d.K, d.F, dw, g);
@@ -159,6 +176,7 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
     ops::grouped_linear_bwd(xg, p.w(pf + "experts.gate_up_proj"), dgu, s.offsets,
                             host_offsets_of(s), d.E, d.D, 2 * d.F, dxg,
                             p.g(pf + "experts.gate_up_proj"));
+    expert_lora_bwd(cx, pf + "experts.gate_up_proj", rows, xg, d.D, 2 * d.F, dgu, dxg, dgu);
     ops::moe_scatter_add(dxg, s.pos, View{}, d.N, d.K, d.D, dx32, false);
   }
 

@@ -129,6 +129,25 @@ void add_inplace(const View& y, const View& x, int64_t n) {
   a.bad_device();
 }
 
+void axpy(const View& y, const View& x, float alpha, int64_t n) {
+  Args a("axpy");
+  a.nonneg(n, "n");
+  a.need(y, "y", dtypes::act, n);
+  a.need(x, "x", dtypes::act, n);
+  a.same_dtype(y, "y", x, "x");
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::axpy(y.f32(), x.f32(), alpha, n);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::axpy(y.dtype, y.data, x.data, alpha, n);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
 double sum_squares(const View& x, int64_t n) {
   Args a("sum_squares");
   a.nonneg(n, "n");

@@ -33,6 +33,9 @@ void zero(const core::View& x);
 // y (f32) += x (f32, or bf16 on CUDA), [n] each.
 void add_inplace(const core::View& y, const core::View& x, int64_t n);
 
+// y += alpha * x, y and x of one dtype (f32, or bf16 on CUDA: f32 arithmetic, one rounding), [n].
+void axpy(const core::View& y, const core::View& x, float alpha, int64_t n);
+
 // sum_i x[i]^2 in double (x f32 [n]); synchronises with the device. Deterministic.
 double sum_squares(const core::View& x, int64_t n);
 

@@ -115,10 +115,27 @@ MergeReport merge_adapter(io::Checkpoint& ck, const io::PeftAdapter& ad, const s
   const model::Config& c = ck.config;
   MergeReport rep;
   // Resolve and check every module before a parameter changes.
-  std::map<std::string, std::string> param_of;   // adapter module -> base parameter
-  std::map<std::string, std::string> module_of;  // base parameter -> adapter module
+  std::map<std::string, std::string> param_of;         // adapter module -> base parameter
+  std::map<std::string, std::string> module_of;        // base parameter -> adapter module
+  std::map<std::string, std::string> expert_param_of;  // expert module -> fused parameter
   for (const auto& [module, a] : ad.a) {
     const core::Tensor& b = ad.b.at(module);  // load_peft_adapter pairs every A with a B
+    if (io::is_expert_module(module)) {       // routed experts: W[e] += s B_e A_e
+      DT_CHECK(ad.target_parameters.size() == 2, where, ": module ", module,
+               ": routed-expert adapters merge when both fused parameters are targeted");
+      const std::string w = io::adapter_module_weight(c, io::expert_param_of(module));
+      const std::string param = w.substr(0, w.size() - 7);  // no ".weight" on a fused tensor
+      auto it = ck.params.find(param);
+      DT_CHECK(it != ck.params.end(), where, ": module ", module, " is not in the base model: it ",
+               "has no tensor '", param, "'");
+      const core::Shape& ws = it->second.shape;
+      DT_CHECK(ws.size() == 3 && a.shape[0] == ad.options.r * ws[0] && a.shape[1] == ws[2] &&
+                   b.shape[0] == ws[1] && b.shape[1] == a.shape[0],
+               where, ": module ", module, " has lora_A ", core::shape_str(a.shape), " and lora_B ",
+               core::shape_str(b.shape), ", but ", param, " is ", core::shape_str(ws));
+      expert_param_of.emplace(module, param);
+      continue;
+    }
     const std::string param = io::adapter_module_weight(c, module);
     const bool renamed = param != module + ".weight";
     if (io::is_passthrough_name(param))
@@ -172,6 +189,22 @@ MergeReport merge_adapter(io::Checkpoint& ck, const io::PeftAdapter& ad, const s
     auto d = ck.param_dtypes.find(param);
     merge_lora_weight(ck.params.at(param), d == ck.param_dtypes.end() ? "F32" : d->second,
                       ad.a.at(module), ad.b.at(module), scale, where + ": module " + module);
+    ++rep.modules;
+  }
+  for (const auto& [module, param] : expert_param_of) {
+    core::Tensor& W = ck.params.at(param);
+    const int64_t E = W.shape[0], O = W.shape[1], I = W.shape[2], r = ad.options.r;
+    const core::Tensor B = io::expert_b_to_model(ad.b.at(module), r, E);  // [E, O, r]
+    auto d = ck.param_dtypes.find(param);
+    for (int64_t e = 0; e < E; ++e) {
+      core::Tensor w({O, I}), a({r, I}), b({O, r});
+      std::copy_n(W.ptr() + e * O * I, O * I, w.ptr());
+      std::copy_n(ad.a.at(module).ptr() + e * r * I, r * I, a.ptr());
+      std::copy_n(B.ptr() + e * O * r, O * r, b.ptr());
+      merge_lora_weight(w, d == ck.param_dtypes.end() ? "F32" : d->second, a, b, scale,
+                        where + ": module " + module + " expert " + std::to_string(e));
+      std::copy_n(w.ptr(), O * I, W.ptr() + e * O * I);
+    }
     ++rep.modules;
   }
   return rep;

@@ -166,10 +166,12 @@ void run_score(const ScoreOptions& opt) {
       core::fail(lora ? opt.adapter_dir : opt.model_dir,
                  ": the gradient is not finite: ", describe(*nf), "; nothing written");
     if (lora) {  // under the adapter file's own names
+      const io::PeftAdapter g = io::to_peft_adapter(
+          lora->options, grads, model::lora_modules(c, lora->options, opt.adapter_dir), "");
       std::map<std::string, core::Tensor> named;
-      for (const auto& m : model::lora_modules(c, lora->options, opt.adapter_dir)) {
-        named.emplace(io::peft_a_name(m.name), std::move(grads.at(model::lora_a_key(m.name))));
-        named.emplace(io::peft_b_name(m.name), std::move(grads.at(model::lora_b_key(m.name))));
+      for (const auto& [module, a] : g.a) {
+        named.emplace(io::peft_a_name(module), a);
+        named.emplace(io::peft_b_name(module), g.b.at(module));
       }
       io::save_tensors_f32(opt.grad_out, named);
     } else {
