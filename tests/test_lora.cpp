@@ -120,6 +120,17 @@ TEST(LoraTargets, ScaleAndErrors) {
   bad = {};
   bad.experts = true;
   err(bad, {"no routed experts"});
-  dt_test::expect_error([&] { model::lora_modules(preset("35b-a3b"), bad, "run.toml"); },
-                        {"lora.experts", "not implemented yet"});
+  // Implemented: both fused expert tensors of every MoE decoder layer (not the MTP layer's).
+  const model::Config moe = preset("35b-a3b");
+  int64_t gate_up = 0, down = 0;
+  for (const auto& m : model::lora_modules(moe, bad, "run.toml")) {
+    if (!m.experts) continue;
+    EXPECT_EQ(m.experts, moe.num_experts) << m.name;
+    EXPECT_EQ(m.block, "experts");
+    gate_up += m.name.ends_with(".mlp.experts.gate_up_proj");
+    down += m.name.ends_with(".mlp.experts.down_proj");
+    EXPECT_EQ(m.name.find("mtp."), std::string::npos);
+  }
+  EXPECT_EQ(gate_up, moe.num_hidden_layers);
+  EXPECT_EQ(down, moe.num_hidden_layers);
 }

@@ -28,12 +28,14 @@ fs::path examples_dir() {
   return fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
 }
 
-// The short run of the bundled MoE + MTP example with rank-4 adapters on the default targets.
+// The short run of the bundled MoE + MTP example with rank-4 adapters on the default targets and
+// the routed experts.
 train::TrainConfig config(const fs::path& dir, const std::string& out,
                           std::vector<std::string> extra = {}) {
   std::vector<std::string> ov = dt_test::short_run_overrides(dir, out);
   ov.push_back("lora.r=4");
   ov.push_back("lora.alpha=8");
+  ov.push_back("lora.experts=true");
   if (dt_test::kOnCuda) ov.push_back("training.device=\"cuda\"");
   for (auto& e : extra) ov.push_back(e);
   return train::load_train_config((examples_dir() / "addition" / "train_moe.toml").string(), ov);
@@ -73,6 +75,7 @@ TEST(LoraTrain, PeftCheckpointsAndBitwiseResume) {
   EXPECT_FALSE(fs::exists(a / "model.safetensors"));  // the frozen base is not copied
   const io::PeftAdapter ad = io::load_peft_adapter(a.string());
   EXPECT_EQ(ad.options.r, 4);
+  EXPECT_EQ(ad.target_parameters.size(), 2u);  // routed experts, PEFT 0.21's layout
   EXPECT_EQ(ad.options.alpha, 8);
   // Default targets on the MoE example: 4 per attention layer, 5 per GDN layer, 3 per shared
   // expert; every lora_B has moved off PEFT's zero init.

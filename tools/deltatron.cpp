@@ -163,6 +163,8 @@ int main(int argc, char** argv) {
                "LoRA: the base frozen, adapters (--lora-r, --lora-alpha, --lora-targets) trained");
   bn->add_option("--lora-r", bench.lora_r, "LoRA rank (default 16)")->check(CLI::PositiveNumber);
   bn->add_option("--lora-alpha", bench.lora_alpha, "LoRA alpha (default 32)");
+  bn->add_flag("--lora-experts", bench.lora_experts,
+               "LoRA on the routed experts too (per-expert adapters, PEFT target_parameters)");
   bn->add_option("--lora-targets", bench.lora_targets,
                  "comma list of module names, or all-linear (default: docs/lora.md)");
   bn->add_option("--offload", bench.offload,

@@ -29,8 +29,8 @@ int64_t expert_lora_rank(const Ctx& cx, const std::string& param) {
   return module_of(cx, param) ? cx.lora->r() : 0;
 }
 
-void expert_lora_fwd(const Ctx& cx, const std::string& param, const ExpertRows& rows,
-                     const View& x, int64_t I, int64_t O, const View& y) {
+void expert_lora_fwd(const Ctx& cx, const std::string& param, const ExpertRows& rows, const View& x,
+                     int64_t I, int64_t O, const View& y) {
   const LoraModule* m = module_of(cx, param);
   if (!m) return;
   const Params& p = cx.lora->params();
@@ -42,8 +42,8 @@ void expert_lora_fwd(const Ctx& cx, const std::string& param, const ExpertRows& 
   ops::axpy(y, t, cx.lora->scale(), P * O);
 }
 
-void expert_lora_bwd(const Ctx& cx, const std::string& param, const ExpertRows& rows,
-                     const View& x, int64_t I, int64_t O, const View& dy_dx, const View& dx,
+void expert_lora_bwd(const Ctx& cx, const std::string& param, const ExpertRows& rows, const View& x,
+                     int64_t I, int64_t O, const View& dy_dx, const View& dx,
                      const View& dy_params) {
   const LoraModule* m = module_of(cx, param);
   if (!m) return;
@@ -64,8 +64,7 @@ void expert_lora_bwd(const Ctx& cx, const std::string& param, const ExpertRows& 
                             one ? gB : View{});
     const Buffer dhs = scaled(cx, dh, P * r, s, "expert LoRA hidden gradient (scaled)");
     Buffer t(cx.dev(), x.dtype, {P * I}, "expert LoRA input gradient");
-    ops::grouped_linear_bwd(x, A, dhs, rows.offsets, rows.host, rows.E, I, r, t,
-                            one ? gA : View{});
+    ops::grouped_linear_bwd(x, A, dhs, rows.offsets, rows.host, rows.E, I, r, t, one ? gA : View{});
     ops::axpy(dx, t, 1.0f, P * I);
   }
   if (!dy_params.empty() && !one) {

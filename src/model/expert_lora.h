@@ -23,15 +23,15 @@ struct ExpertRows {
 int64_t expert_lora_rank(const Ctx& cx, const std::string& param);
 
 // y [P, O] += s (x A^T) B^T per expert; nothing when `param` is not adapted.
-void expert_lora_fwd(const Ctx& cx, const std::string& param, const ExpertRows& rows,
-                     const View& x, int64_t I, int64_t O, const View& y);
+void expert_lora_fwd(const Ctx& cx, const std::string& param, const ExpertRows& rows, const View& x,
+                     int64_t I, int64_t O, const View& y);
 
 // Backward of the adapter's share. dy_dx (or empty): the output gradient whose input gradient
 // dx [P, I] ACCUMULATES s dy B A per expert. dy_params (or empty): the output gradient of the
 // adapter's own gradients, dB_e += s dy_e^T (x_e A_e^T), dA_e += s (dy_e B_e)^T x_e. (The MoE
 // down projection passes the unweighted and the slot-weighted gradients; gate/up one gradient.)
-void expert_lora_bwd(const Ctx& cx, const std::string& param, const ExpertRows& rows,
-                     const View& x, int64_t I, int64_t O, const View& dy_dx, const View& dx,
+void expert_lora_bwd(const Ctx& cx, const std::string& param, const ExpertRows& rows, const View& x,
+                     int64_t I, int64_t O, const View& dy_dx, const View& dx,
                      const View& dy_params);
 
 }  // namespace deltatron::model

@@ -122,6 +122,19 @@ Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap&
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
       params_((ops::check_device(dev), dev), dt, host_params, lora ? frozen_state() : state) {
+  init(state, lora);
+}
+
+Model::Model(core::Device dev, core::DType dt, const Config& c, const ParamSource& host_params,
+             const StateOptions& state, const LoraSetup* lora)
+    : c_(c),
+      params_((ops::check_device(dev), dev), dt, host_params, lora ? frozen_state() : state) {
+  init(state, lora);
+}
+
+void Model::init(const StateOptions& state, const LoraSetup* lora) {
+  const core::Device dev = params_.device();
+  const core::DType dt = params_.dt();
   if (lora) {
     DT_CHECK(!state.offload_moments && !state.master_remainder,
              "a LoRA run keeps its adapters' state on the device in fp32 (training.master = "

@@ -65,6 +65,9 @@ class Model {
   // and the adapters are the trainable parameters (their moments as state.moments).
   Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
         const StateOptions& state = {}, const LoraSetup* lora = nullptr);
+  // The same with the parameters made one host tensor at a time (model/params.h).
+  Model(core::Device dev, core::DType dt, const Config& c, const ParamSource& host_params,
+        const StateOptions& state = {}, const LoraSetup* lora = nullptr);
 
   // Forward and, with_grads, backward (spec 2-5): the objective's parameter gradients are
   // ADDED into params().g(...) (zero them with params().zero_grads()). The backward is the
@@ -85,6 +88,7 @@ class Model {
   const Config& config() const { return c_; }
 
  private:
+  void init(const StateOptions& state, const LoraSetup* lora);
   Config c_;
   Params params_;
   std::unique_ptr<Adapters> adapters_;

@@ -1,6 +1,7 @@
 // The model's parameters on its device (see params.h).
 #include "model/params.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "core/bf16.h"
@@ -63,8 +64,30 @@ StateBytes state_bytes(core::DType dt, const StateOptions& o) {
 
 bool keeps_f32_weight(const std::string& name) { return name.ends_with("mlp.gate.weight"); }
 
+namespace {
+std::vector<ParamSpec> specs_of(const TensorMap& host) {
+  std::vector<ParamSpec> out;
+  for (const auto& [name, t] : host) out.push_back({name, t.shape});
+  return out;
+}
+}  // namespace
+
 Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt)
+    : Params(dev, dt, specs_of(host), opt) {
+  upload(host);
+}
+
+Params::Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt)
+    : Params(dev, dt, src.specs, opt) {
+  for (const ParamSpec& s : src.specs) upload_tensor(s.name, src.make(s));
+  finish_upload();
+}
+
+Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
+               const StateOptions& opt)
     : dev_(dev), dt_(dt), opt_(opt) {
+  std::sort(specs.begin(), specs.end(),
+            [](const ParamSpec& a, const ParamSpec& b) { return a.name < b.name; });
   DT_CHECK(dev == core::Device::cuda || dt == core::DType::f32,
            "the CPU computes in float32 only (compute dtype ", core::dtype_name(dt), ")");
   DT_CHECK(opt.moments == core::DType::f32 || opt.moments == core::DType::bf16, "AdamW moments in ",
@@ -79,22 +102,25 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
            "a frozen parameter store has no training state to offload or split");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
   int64_t router_total = 0;
-  for (const auto& [name, t] : host) {
+  for (const ParamSpec& spec : specs) {
+    const std::string& name = spec.name;
+    const int64_t numel = core::numel(spec.shape);
+    DT_CHECK(!index_.count(name), "model parameter ", name, " is given twice");
     names_.push_back(name);
-    Entry e{total_, t.numel(), t.shape, -1};
+    Entry e{total_, numel, spec.shape, -1};
     const bool lean_layout = opt_.master_remainder || opt_.frozen;
     if (!lean_layout || dt_ == core::DType::f32) {
       e.f32_offset = total_;  // every tensor, laid out as the others
     } else if (keeps_f32_weight(name)) {
       e.f32_offset = f32_total_;
-      f32_total_ += aligned(t.numel());
+      f32_total_ += aligned(numel);
     }
     if (host_masters && keeps_f32_weight(name)) {
       e.router_offset = router_total;
-      router_total += aligned(t.numel());
+      router_total += aligned(numel);
     }
     index_[name] = e;
-    total_ += aligned(t.numel());
+    total_ += aligned(numel);
   }
   const bool lean_layout = opt_.master_remainder || opt_.frozen;
   if (!lean_layout || dt_ == core::DType::f32) f32_total_ = total_;
@@ -127,7 +153,6 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
   if (!opt_.frozen) grad_ = core::Buffer(dev_, core::DType::f32, {total_}, "fp32 gradients");
   if (master_.numel() > 0) ops::zero(master_);
   if (grad_.numel() > 0) ops::zero(grad_);
-  upload(host);
 }
 
 std::string Params::state_hint() const {
@@ -235,7 +260,12 @@ void Params::flat_to_host(const core::View& flat, const std::string& name, float
 }
 
 void Params::upload(const TensorMap& host) {
-  for (const auto& [name, t] : host) {
+  for (const auto& [name, t] : host) upload_tensor(name, t);
+  finish_upload();
+}
+
+void Params::upload_tensor(const std::string& name, const core::Tensor& t) {
+  {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
@@ -244,13 +274,13 @@ void Params::upload(const TensorMap& host) {
     if (e.router_offset >= 0)
       ops::copy_from_host(router_.view().slice(e.router_offset, e.numel), t.ptr());
     if (opt_.frozen) {
-      if (dt_ == core::DType::f32) continue;  // the f32 weights above are all there is
+      if (dt_ == core::DType::f32) return;  // the f32 weights above are all there is
       std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
       const float* x = t.ptr();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
       ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
-      continue;
+      return;
     }
     if (!opt_.master_remainder && master_.device() != dev_) {
       // Offloaded fp32 masters: the compute copy made on the host, as adamw_compute_copy does.
@@ -260,7 +290,7 @@ void Params::upload(const TensorMap& host) {
       for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
       ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
     }
-    if (!opt_.master_remainder) continue;
+    if (!opt_.master_remainder) return;
     // The lean pair, split on the host (exact; core/bf16.h).
     std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
     const float* x = t.ptr();
@@ -269,6 +299,9 @@ void Params::upload(const TensorMap& host) {
     ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
     ops::copy_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
   }
+}
+
+void Params::finish_upload() {
   // fp32 masters: the bf16 compute copies, rounded as the pair's weights (ties away from zero).
   if (!opt_.frozen && !opt_.master_remainder && dt_ != core::DType::f32 && master_.device() == dev_)
     ops::adamw_compute_copy(master_, compute_, total_);

@@ -3,15 +3,24 @@
 // so on the CPU) and fp32 gradients, each one flat buffer; tensors are addressed by HF name.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "core/buffer.h"
+#include "model/config.h"
 #include "model/weights.h"
 #include "ops/adamw.h"
 
 namespace deltatron::model {
+
+// Parameters made one host tensor at a time: the names and shapes, and a function giving a
+// tensor's f32 values.
+struct ParamSource {
+  std::vector<ParamSpec> specs;
+  std::function<core::Tensor(const ParamSpec&)> make;
+};
 
 // How the training state is stored (training.master, training.moments; ops/adamw.h).
 struct StateOptions {
@@ -68,6 +77,9 @@ class Params {
   // Copies `host` (every tensor, keyed by HF name) to `dev`. dt = compute / activation storage
   // type (f32 on the CPU).
   Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt = {});
+  // The same from a source that makes one host tensor at a time (freed once uploaded): a model
+  // whose f32 host copy would not fit in host memory.
+  Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt = {});
 
   core::Device device() const { return dev_; }
   core::DType dt() const { return dt_; }
@@ -105,6 +117,9 @@ class Params {
   void zero_grads();
 
  private:
+  Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs, const StateOptions& opt);
+  void upload_tensor(const std::string& name, const core::Tensor& t);
+  void finish_upload();
   core::View at(const core::Buffer& b, const std::string& name) const;
   core::View at_f32(const std::string& name) const;
   core::Device dev_;

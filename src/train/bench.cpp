@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -24,6 +25,7 @@
 #include "data/pack.h"
 #include "model/adapters.h"
 #include "model/config.h"
+#include "model/footprint.h"
 #include "model/params.h"
 #include "ops/device.h"
 #include "ops/profile.h"
@@ -40,20 +42,18 @@ namespace {
 constexpr double kPeakFlops = 989.4e12;
 
 // Fast random weights (speed does not depend on the values): HF-like scales, parallel per
-// tensor chunk, counter-based so the result does not depend on the thread count.
-model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
-  model::TensorMap out;
-  for (const model::ParamSpec& spec : model::param_specs(c))
-    out.emplace(spec.name, core::Tensor(spec.shape));
-  uint64_t tensor_id = 0;
-  for (auto& [name, t] : out) {
+// tensor chunk, counter-based so the result does not depend on the thread count. One tensor's
+// values; tensor_id: its 1-based position in name order.
+core::Tensor bench_tensor(const model::ParamSpec& spec, uint64_t tensor_id, uint64_t seed) {
+  core::Tensor t(spec.shape);
+  const std::string& name = spec.name;
+  {
     const bool ones = name.ends_with("linear_attn.norm.weight") || name.ends_with("dt_bias");
     const bool alog = name.ends_with("A_log");
     const bool zero = !ones && !alog && t.shape.size() == 1;
     float* p = t.ptr();
     const int64_t n = t.numel();
-    const uint64_t base =
-        (seed + 1) * 0x9E3779B97F4A7C15ull + (++tensor_id) * 0xBF58476D1CE4E5B9ull;
+    const uint64_t base = (seed + 1) * 0x9E3779B97F4A7C15ull + tensor_id * 0xBF58476D1CE4E5B9ull;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       uint64_t z = base + uint64_t(i) * 0x94D049BB133111EBull;
@@ -74,7 +74,34 @@ model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
         p[i] = float(0.02 * nrm);
     }
   }
+  return t;
+}
+
+// The parameters in name order (std::map), as one host map, or one tensor at a time.
+std::vector<model::ParamSpec> sorted_specs(const model::Config& c) {
+  std::vector<model::ParamSpec> specs = model::param_specs(c);
+  std::sort(specs.begin(), specs.end(),
+            [](const model::ParamSpec& a, const model::ParamSpec& b) { return a.name < b.name; });
+  return specs;
+}
+
+model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
+  model::TensorMap out;
+  uint64_t id = 0;
+  for (const model::ParamSpec& spec : sorted_specs(c))
+    out.emplace(spec.name, bench_tensor(spec, ++id, seed));
   return out;
+}
+
+model::ParamSource bench_source(const model::Config& c, uint64_t seed) {
+  model::ParamSource src;
+  src.specs = sorted_specs(c);
+  auto ids = std::make_shared<std::map<std::string, uint64_t>>();
+  for (const model::ParamSpec& spec : src.specs) ids->emplace(spec.name, ids->size() + 1);
+  src.make = [ids, seed](const model::ParamSpec& spec) {
+    return bench_tensor(spec, ids->at(spec.name), seed);
+  };
+  return src;
 }
 
 // Steps of sample lengths: log-normal (median, sigma) clipped to [min, max], packed greedily in
@@ -215,6 +242,7 @@ void run_bench(const BenchOptions& o) {
     lora.emplace();
     lora->options.r = o.lora_r;
     lora->options.alpha = o.lora_alpha;
+    lora->options.experts = o.lora_experts;
     for (size_t b = 0; b < o.lora_targets.size();) {
       size_t e = o.lora_targets.find(',', b);
       if (e == std::string::npos) e = o.lora_targets.size();
@@ -228,22 +256,26 @@ void run_bench(const BenchOptions& o) {
   plan_in.compute = compute_dt;
   plan_in.state = state;
   plan_in.lora_params = o.lora ? model::lora_param_count(lora_mods, o.lora_r) : -1;
+  plan_in.streamed_weights = o.lora;
   plan_in.micro_batch_tokens = o.micro_batch_tokens;
   plan_in.recompute = o.recompute;
   plan_in.saves_checkpoints = false;
   check_memory_plan(c, plan_in, available_memory(dev), "bench");
   const MemoryPlan plan = plan_memory(c, plan_in);
   const size_t free0 = ops::memory_info(dev).free;
-  model::TensorMap params = bench_params(c, o.seed);
-  int64_t nparams = 0;
-  for (const auto& [k, t] : params) nparams += t.numel();
+  // A LoRA run's frozen base is made one tensor at a time (no f32 host copy of the model: the
+  // 35b-a3b preset's would not fit a 128 GiB host); full training keeps the host map (the
+  // optimizer's decay groups are built from it).
+  model::TensorMap params = lora ? model::TensorMap{} : bench_params(c, o.seed);
+  const int64_t nparams = model::param_count(c);
   AdamWOptions ao;
   ao.weight_decay = 0.1;
   ao.bf16_moments = state.moments == core::DType::bf16;
   if (lora) lora->adapters = model::lora_init(lora_mods, o.lora_r, o.seed);
   AdamW opt(lora ? lora->adapters : params, ao);  // decay groups by name (host moments unused)
-  auto engine = make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state,
-                            lora ? &*lora : nullptr);
+  auto engine = lora ? make_engine(o.device, o.precision, c, bench_source(c, o.seed), nullptr,
+                                   o.recompute, state, &*lora)
+                     : make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state);
   params.clear();
   if (lora) {
     lora->adapters.clear();

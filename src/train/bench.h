@@ -26,6 +26,7 @@ struct BenchOptions {
   int64_t lora_r = 16;
   double lora_alpha = 32;
   std::string lora_targets;
+  bool lora_experts = false;  // adapters on the routed experts too
   double median_len = 600, sigma = 0.8;
   int64_t min_len = 64, max_len = 2048;
   uint64_t seed = 1;

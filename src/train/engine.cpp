@@ -18,9 +18,9 @@ namespace {
 
 class ModelEngine final : public Engine {
  public:
-  ModelEngine(core::Device dev, core::DType dt, const model::Config& c,
-              const model::TensorMap& params, const AdamW* opt, const model::StateOptions& state,
-              const model::LoraSetup* lora)
+  template <typename Source>
+  ModelEngine(core::Device dev, core::DType dt, const model::Config& c, const Source& params,
+              const AdamW* opt, const model::StateOptions& state, const model::LoraSetup* lora)
       : model_(dev, dt, c, params, state, lora) {
     if (!opt) return;  // scoring (or the bench): the moments come with the first step
     alloc_moments();
@@ -132,11 +132,12 @@ class ModelEngine final : public Engine {
 
 }  // namespace
 
-std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
-                                    const model::Config& c, model::TensorMap& params,
-                                    const AdamW* opt, bool recompute,
-                                    const model::StateOptions& state,
-                                    const model::LoraSetup* lora) {
+namespace {
+template <typename Source>
+std::unique_ptr<Engine> make(const std::string& device, const std::string& precision,
+                             const model::Config& c, const Source& params, const AdamW* opt,
+                             bool recompute, const model::StateOptions& state,
+                             const model::LoraSetup* lora) {
   DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
@@ -146,6 +147,23 @@ std::unique_ptr<Engine> make_engine(const std::string& device, const std::string
                                          params, opt, state, lora);
   e->set_recompute(recompute);
   return e;
+}
+}  // namespace
+
+std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
+                                    const model::Config& c, model::TensorMap& params,
+                                    const AdamW* opt, bool recompute,
+                                    const model::StateOptions& state,
+                                    const model::LoraSetup* lora) {
+  return make(device, precision, c, params, opt, recompute, state, lora);
+}
+
+std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
+                                    const model::Config& c, const model::ParamSource& params,
+                                    const AdamW* opt, bool recompute,
+                                    const model::StateOptions& state,
+                                    const model::LoraSetup* lora) {
+  return make(device, precision, c, params, opt, recompute, state, lora);
 }
 
 }  // namespace deltatron::train

@@ -52,5 +52,12 @@ std::unique_ptr<Engine> make_engine(const std::string& device, const std::string
                                     const AdamW* opt = nullptr, bool recompute = false,
                                     const model::StateOptions& state = {},
                                     const model::LoraSetup* lora = nullptr);
+// The same with the parameters made one host tensor at a time (model::ParamSource: a model whose
+// f32 host copy would not fit in host memory).
+std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
+                                    const model::Config& c, const model::ParamSource& params,
+                                    const AdamW* opt = nullptr, bool recompute = false,
+                                    const model::StateOptions& state = {},
+                                    const model::LoraSetup* lora = nullptr);
 
 }  // namespace deltatron::train

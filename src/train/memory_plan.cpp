@@ -75,6 +75,12 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);
   p.workspace = 6 * N * D * 4 + (in.device == core::Device::cuda ? kCudaWorkspace : 0);
   p.host_weights = 4 * n;
+  if (in.streamed_weights) {
+    int64_t largest = 0;
+    for (const model::ParamSpec& s : model::param_specs(c))
+      largest = std::max(largest, core::numel(s.shape));
+    p.host_weights = 6 * double(largest);  // the f32 tensor and its bf16 copy
+  }
   if (in.lora_params >= 0) {  // the frozen base + the adapters' state
     model::StateOptions frozen;
     frozen.frozen = true;

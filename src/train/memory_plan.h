@@ -26,6 +26,9 @@ struct PlanInput {
   // A LoRA run: the adapters' parameter count (>= 0); the base is frozen (its weights alone) and
   // the adapters hold the training state (fp32 masters, their compute copies, gradients, moments).
   int64_t lora_params = -1;
+  // The weights are made one host tensor at a time (model::ParamSource): host memory holds the
+  // largest tensor, not an f32 copy of the model.
+  bool streamed_weights = false;
 };
 
 struct MemoryPlan {

@@ -41,7 +41,9 @@ model::LoraOptions lora_options(const TrainConfig& cfg) {
   o.experts = cfg.lora_experts;
   o.rslora = cfg.lora_rslora;
   if (cfg.lora_adapter.empty()) return o;
-  const model::LoraOptions a = io::load_peft_adapter(cfg.lora_adapter).options;
+  const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
+  const model::LoraOptions& a = ad.options;
+  const bool experts = !ad.target_parameters.empty();
   const auto set = [&](const char* key) {
     return std::find(cfg.lora_keys_set.begin(), cfg.lora_keys_set.end(), key) !=
            cfg.lora_keys_set.end();
@@ -57,6 +59,9 @@ model::LoraOptions lora_options(const TrainConfig& cfg) {
   agree("lora.rslora", o.rslora == a.rslora, o.rslora ? "true" : "false",
         std::string("use_rslora = ") + (a.rslora ? "true" : "false"));
   agree("lora.targets", !set("lora.targets"), "(given)", "its own modules");
+  agree("lora.experts", o.experts == experts, o.experts ? "true" : "false",
+        experts ? "routed-expert adapters" : "no routed-expert adapters");
+  o.experts = experts;
   o.r = a.r;
   o.alpha = a.alpha;
   o.rslora = a.rslora;
@@ -83,6 +88,9 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
       ", use_rslora = ", ad.options.rslora, "; the run asks for r = ", want.r,
       ", alpha = ", want.alpha, ", rslora = ", want.rslora);
   // A resumed run adapts the modules its config names: the checkpoint must hold exactly those.
+  DT_CHECK(want.experts == !ad.target_parameters.empty(), from, ": the adapter has ",
+           ad.target_parameters.empty() ? "no " : "", "routed-expert adapters; the run has ",
+           "lora.experts = ", want.experts ? "true" : "false");
   if (cfg.lora_adapter.empty())
     io::check_adapter_matches(ad, model::lora_modules(c, want, cfg.source), from);
   s = io::to_lora_setup(ad);

@@ -7,7 +7,8 @@
 #   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
 #
 # Environment: PARTS (default "tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe";
-# the lean state's: "lean lean-curve bench-moe-lean bench-moe-offload bench-4b bench-9b"; one
+# the lean state's: "lean lean-curve bench-moe-lean bench-moe-offload bench-4b bench-9b"; LoRA's:
+# "peft-load bench-2b-lora peer-2b-lora bench-27b-lora peer-27b-lora bench-35b-lora"; one
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
@@ -89,5 +90,7 @@ has bench-2b-lora && bench 2b_lora --preset 2b --lora
 has peer-2b-lora && LORA=1 peer 2b_lora 2b
 has bench-27b-lora && bench 27b_lora --preset 27b --lora --recompute
 has peer-27b-lora && LORA=1 GC=1 peer 27b_lora 27b
+# 35b-a3b, all 40 layers, routed-expert adapters on: an H200 (run with needs_h200).
+has bench-35b-lora && bench 35b_a3b_lora --preset 35b-a3b --lora --lora-experts --recompute
 echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status
