@@ -8,6 +8,7 @@
 
 #include <random>
 
+#include "core/bf16.h"
 #include "model/adapters.h"
 #include "model/model.h"
 #include "model_fixture.h"
@@ -245,27 +246,40 @@ TEST(LoraModel, InitIsPeftKaimingUniformAndZeroB) {
   }
 }
 
-// On CUDA in bf16 (the adapters' bf16 compute copies feed the GEMMs): close to the f32 model.
+// On CUDA in bf16 (the adapters' bf16 compute copies feed the GEMMs): close to the f32 model. The
+// bound per adapter tensor is the repository's conditioned bf16 bound (docs/tolerances.md):
+// max(5e-2, 3 x the fp32 gradient's own change when the base weights are rounded to bf16), since a
+// random tiny model's gradients can be that sensitive to bf16-level weight changes.
 TEST(LoraModel, Bf16TracksFp32) {
   if (!dt_test::kOnCuda) GTEST_SKIP() << "bf16 compute is CUDA's";
-  const model::Config c = dt_test::tiny_moe_mtp_config();
+  const model::Config c = dense();
   const model::TensorMap base = dt_test::random_params(c, 8);
-  const model::LoraSetup s = random_setup(c, 4, 8.0, false);
+  model::TensorMap rounded = base;
+  for (auto& [name, t] : rounded)
+    for (float& v : t.data) v = core::bf16_to_f32(core::bf16_round_nearest_even(v));
+  const model::LoraSetup s = random_setup(c, 8, 16.0, false);
   const auto samples = dt_test::make_samples({20, 90}, c.vocab_size, 5, 4);
   const data::Pack pack = dt_test::pack_of(samples, {0, 1}, 8);
-  std::vector<double> loss[2];
-  model::TensorMap g[2] = {model::zeros_like(s.adapters), model::zeros_like(s.adapters)};
-  for (int k = 0; k < 2; ++k) {
-    model::Model m(core::Device::cuda, k ? core::DType::bf16 : core::DType::f32, c, base, {}, &s);
-    loss[k] = m.fwd_bwd(pack, true, {}).loss_sum;
-    m.trainable().download_grads(g[k]);
-  }
-  for (size_t i = 0; i < loss[0].size(); ++i)
-    EXPECT_NEAR(loss[1][i], loss[0][i], 2e-2 * std::abs(loss[0][i]));
-  std::vector<double> a, b;
-  for (const auto& [name, t] : g[0]) {
-    a.assign(g[1].at(name).data.begin(), g[1].at(name).data.end());
-    b.assign(t.data.begin(), t.data.end());
-    EXPECT_LT(rel_rms(a, b), 6e-2) << name;
+  struct Run {
+    std::vector<double> loss;
+    model::TensorMap g;
+  };
+  const auto run = [&](core::DType dt, const model::TensorMap& w) {
+    Run r{{}, model::zeros_like(s.adapters)};
+    model::Model m(core::Device::cuda, dt, c, w, {}, &s);
+    r.loss = m.fwd_bwd(pack, true, {}).loss_sum;
+    m.trainable().download_grads(r.g);
+    return r;
+  };
+  const Run f32 = run(core::DType::f32, base), f32r = run(core::DType::f32, rounded),
+            bf16 = run(core::DType::bf16, base);
+  for (size_t i = 0; i < f32.loss.size(); ++i)
+    EXPECT_NEAR(bf16.loss[i], f32.loss[i], 2e-2 * std::abs(f32.loss[i]));
+  const auto vec = [](const core::Tensor& t) {
+    return std::vector<double>(t.data.begin(), t.data.end());
+  };
+  for (const auto& [name, t] : f32.g) {
+    const double sens = rel_rms(vec(f32r.g.at(name)), vec(t));
+    EXPECT_LT(rel_rms(vec(bf16.g.at(name)), vec(t)), std::max(5e-2, 3 * sens)) << name;
   }
 }
