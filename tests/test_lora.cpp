@@ -4,6 +4,7 @@
 // shared_expert_gate and lm_head only when named), and bad options are named.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <map>
 #include <set>
 #include <string>
@@ -69,6 +70,19 @@ TEST(LoraTargets, DefaultsCoverEveryProjectionOfEveryPreset) {
     ASSERT_EQ(mall.size(), mods.size());
     for (size_t i = 0; i < mods.size(); ++i) EXPECT_EQ(mall[i].name, mods[i].name);
     EXPECT_EQ(model::lora_param_count(mods, 16) % 16, 0);
+    // The module-count table (docs/lora.md): the defaults, and with the routed experts.
+    model::LoraOptions ex;
+    ex.experts = c.is_moe();
+    const auto mex = model::lora_modules(c, ex, "test");
+    std::printf("lora modules %-10s", name.c_str());
+    for (const char* b :
+         {"linear_attention", "full_attention", "mlp", "shared_expert", "experts"}) {
+      const auto nb = per_block(mex);
+      std::printf(" %s %lld", b, static_cast<long long>(nb.count(b) ? nb.at(b) : 0));
+    }
+    std::printf(" | r16 params %lld (with experts %lld)\n",
+                static_cast<long long>(model::lora_param_count(mods, 16)),
+                static_cast<long long>(model::lora_param_count(mex, 16)));
   }
 }
 
