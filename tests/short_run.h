@@ -3,11 +3,35 @@
 // the trainer and resume tests' common run.
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "test_util.h"
+
 namespace dt_test {
+
+// The repository's examples: $DT_TEST_DATA_DIR/../../examples on the GPU machine, where the
+// repository lives elsewhere.
+inline std::filesystem::path examples_dir() {
+  if (const char* e = std::getenv("DT_TEST_DATA_DIR"); e && *e)
+    return std::filesystem::path(e) / ".." / ".." / "examples";
+  return std::filesystem::path(DT_TEST_DATA) / ".." / ".." / "examples";
+}
+
+// The "loss" of every step record of a run's metrics.jsonl, in order.
+inline std::vector<double> metric_losses(const std::filesystem::path& metrics) {
+  std::vector<double> out;
+  std::istringstream in(read_file(metrics));
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
 
 inline std::vector<std::string> short_run_overrides(const std::filesystem::path& dir,
                                                     const std::string& out) {

@@ -45,13 +45,6 @@ json config_json(bool multimodal, bool tied) {
               {"vision_config", {{"depth", 1}}}};
 }
 
-std::vector<uint8_t> random_bytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<uint8_t> b(n);
-  for (auto& x : b) x = static_cast<uint8_t>(rng());
-  return b;
-}
-
 // A checkpoint with random parameters in mixed dtypes and a few pass-through tensors (mtp.* are
 // pass-through: the config declares no MTP layers).
 io::Checkpoint make_checkpoint(bool multimodal, bool tied) {
@@ -68,11 +61,12 @@ io::Checkpoint make_checkpoint(bool multimodal, bool tied) {
     ck.param_dtypes[s.name] = f32 ? "F32" : f16 ? "F16" : "BF16";
     ck.params.emplace(s.name, std::move(t));
   }
-  ck.passthrough["mtp.fc.weight"] = {"BF16", {8, 16}, random_bytes(8 * 16 * 2, 100)};
+  ck.passthrough["mtp.fc.weight"] = {"BF16", {8, 16}, dt_test::random_bytes(8 * 16 * 2, 100)};
   ck.passthrough["mtp.layers.0.mlp.experts.3.up_proj.weight"] = {
-      "F8_E4M3", {3, 5}, random_bytes(15, 101)};
+      "F8_E4M3", {3, 5}, dt_test::random_bytes(15, 101)};
   if (multimodal)
-    ck.passthrough["model.visual.patch_embed.proj.weight"] = {"F32", {2, 3}, random_bytes(24, 102)};
+    ck.passthrough["model.visual.patch_embed.proj.weight"] = {
+        "F32", {2, 3}, dt_test::random_bytes(24, 102)};
   return ck;
 }
 
@@ -291,7 +285,8 @@ io::Checkpoint make_mtp_checkpoint(bool multimodal) {
     ck.params.emplace(s.name, std::move(t));
   }
   if (multimodal)
-    ck.passthrough["model.visual.blocks.0.attn.qkv.weight"] = {"BF16", {3, 2}, random_bytes(12, 5)};
+    ck.passthrough["model.visual.blocks.0.attn.qkv.weight"] = {
+        "BF16", {3, 2}, dt_test::random_bytes(12, 5)};
   return ck;
 }
 

@@ -22,12 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path examples_dir() {
-  if (const char* e = std::getenv("DT_TEST_DATA_DIR"); e && *e)
-    return fs::path(e) / ".." / ".." / "examples";
-  return fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
-}
-
 // The short run of the bundled MoE + MTP example with rank-4 adapters on the default targets and
 // the routed experts.
 train::TrainConfig config(const fs::path& dir, const std::string& out,
@@ -38,17 +32,8 @@ train::TrainConfig config(const fs::path& dir, const std::string& out,
   ov.push_back("lora.experts=true");
   if (dt_test::kOnCuda) ov.push_back("training.device=\"cuda\"");
   for (auto& e : extra) ov.push_back(e);
-  return train::load_train_config((examples_dir() / "addition" / "train_moe.toml").string(), ov);
-}
-
-std::vector<double> losses(const fs::path& metrics) {
-  std::vector<double> out;
-  std::istringstream in(dt_test::read_file(metrics));
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
+  return train::load_train_config(
+      (dt_test::examples_dir() / "addition" / "train_moe.toml").string(), ov);
 }
 
 TEST(LoraTrain, PeftCheckpointsAndBitwiseResume) {
@@ -58,8 +43,8 @@ TEST(LoraTrain, PeftCheckpointsAndBitwiseResume) {
   train::run_train(config(dir, "resumed"), false);
   fs::remove_all(dir / "resumed" / train::checkpoint_dir_name(6));
   train::run_train(config(dir, "resumed"), true);
-  const auto straight = losses(dir / "straight" / "metrics.jsonl");
-  const auto resumed = losses(dir / "resumed" / "metrics.jsonl");
+  const auto straight = dt_test::metric_losses(dir / "straight" / "metrics.jsonl");
+  const auto resumed = dt_test::metric_losses(dir / "resumed" / "metrics.jsonl");
   ASSERT_EQ(straight.size(), 6u);
   ASSERT_EQ(resumed.size(), 9u);
   for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;

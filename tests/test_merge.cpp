@@ -16,6 +16,7 @@
 #include "io/output_dir.h"
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
+#include "lora_fixture.h"
 #include "model/lora.h"
 #include "model_fixture.h"
 #include "test_util.h"
@@ -70,28 +71,10 @@ nlohmann::json vlm_config_json() {
           {"vision_config", {{"depth", 1}}}};
 }
 
-std::vector<uint8_t> random_bytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<uint8_t> b(n);
-  for (auto& x : b) x = static_cast<uint8_t>(rng());
-  return b;
-}
-
 // A random adapter for the given modules (B nonzero, unlike a fresh PEFT adapter).
 io::PeftAdapter random_adapter(const std::vector<model::LoraModule>& mods, int64_t r,
                                double alpha) {
-  io::PeftAdapter ad;
-  ad.options.r = r;
-  ad.options.alpha = alpha;
-  uint64_t seed = 100;
-  for (const auto& m : mods) {
-    core::Tensor a({r, m.in}), b({m.out, r});
-    a.data = dt_test::randn<float>(size_t(r * m.in), seed++, 0.3);
-    b.data = dt_test::randn<float>(size_t(m.out * r), seed++, 0.3);
-    ad.a.emplace(m.name, std::move(a));
-    ad.b.emplace(m.name, std::move(b));
-  }
-  return ad;
+  return dt_test::random_peft_adapter(mods, r, alpha, 0.3, 100);
 }
 
 class Merge : public ::testing::Test {
@@ -109,10 +92,10 @@ class Merge : public ::testing::Test {
       const bool lm = n.starts_with(ck.config.prefix);  // all but lm_head
       ck.param_dtypes[n] = dtype_for(lm ? "model." + n.substr(ck.config.prefix.size()) : n);
     }
-    ck.passthrough["mtp.fc.weight"] = {"BF16", {4, 6}, random_bytes(4 * 6 * 2, 1)};
+    ck.passthrough["mtp.fc.weight"] = {"BF16", {4, 6}, dt_test::random_bytes(4 * 6 * 2, 1)};
     if (multimodal)
       ck.passthrough["model.visual.patch_embed.proj.weight"] = {
-          "F32", {3, 5}, random_bytes(3 * 5 * 4, 2)};
+          "F32", {3, 5}, dt_test::random_bytes(3 * 5 * 4, 2)};
     const fs::path p = dir_ / name;
     io::save_checkpoint(p.string(), ck, shard_bytes);
     write_file(p / "tokenizer.json", "{\"tok\": 1}");

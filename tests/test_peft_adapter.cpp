@@ -9,6 +9,7 @@
 
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
+#include "lora_fixture.h"
 #include "model/lora.h"
 #include "model_fixture.h"
 #include "test_util.h"
@@ -19,19 +20,9 @@ namespace fs = std::filesystem;
 namespace {
 
 io::PeftAdapter random_adapter(const std::vector<model::LoraModule>& mods, int64_t r) {
-  io::PeftAdapter ad;
-  ad.options.r = r;
-  ad.options.alpha = 16;
+  io::PeftAdapter ad = dt_test::random_peft_adapter(mods, r, 16, 0.1, 1);
   ad.options.dropout = 0.05;
   ad.base_model = "Qwen/Qwen3.5-tiny";
-  uint64_t seed = 1;
-  for (const auto& m : mods) {
-    core::Tensor a({r, m.in}), b({m.out, r});
-    a.data = dt_test::randn<float>(size_t(r * m.in), seed++, 0.1);
-    b.data = dt_test::randn<float>(size_t(m.out * r), seed++, 0.1);
-    ad.a.emplace(m.name, std::move(a));
-    ad.b.emplace(m.name, std::move(b));
-  }
   return ad;
 }
 

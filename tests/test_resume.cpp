@@ -24,29 +24,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The repository's examples: $DT_TEST_DATA_DIR/../../examples on the GPU machine, where the
-// repository lives elsewhere.
-fs::path examples_dir() {
-  if (const char* e = std::getenv("DT_TEST_DATA_DIR"); e && *e)
-    return fs::path(e) / ".." / ".." / "examples";
-  return fs::path(DT_TEST_DATA) / ".." / ".." / "examples";
-}
-
 // A short run of the bundled example (tiny-moe preset: GDN, attention, MoE, MTP).
 train::TrainConfig config(const fs::path& dir, const std::string& out) {
   std::vector<std::string> ov = dt_test::short_run_overrides(dir, out);
   if (dt_test::kOnCuda) ov.push_back("training.device=\"cuda\"");
-  return train::load_train_config((examples_dir() / "addition" / "train_moe.toml").string(), ov);
-}
-
-std::vector<double> losses(const fs::path& metrics) {
-  std::vector<double> out;
-  std::istringstream in(dt_test::read_file(metrics));
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
+  return train::load_train_config(
+      (dt_test::examples_dir() / "addition" / "train_moe.toml").string(), ov);
 }
 
 TEST(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
@@ -57,8 +40,8 @@ TEST(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
   train::run_train(config(dir, "resumed"), false);
   fs::remove_all(dir / "resumed" / train::checkpoint_dir_name(6));
   train::run_train(config(dir, "resumed"), true);
-  const auto straight = losses(dir / "straight" / "metrics.jsonl");
-  const auto resumed = losses(dir / "resumed" / "metrics.jsonl");
+  const auto straight = dt_test::metric_losses(dir / "straight" / "metrics.jsonl");
+  const auto resumed = dt_test::metric_losses(dir / "resumed" / "metrics.jsonl");
   ASSERT_EQ(straight.size(), 6u);
   ASSERT_EQ(resumed.size(), 9u);  // 6 + 3 resumed steps (steps 4-6 logged twice)
   for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;

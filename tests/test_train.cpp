@@ -109,15 +109,7 @@ class Trainer : public ::testing::Test {
   }
 };
 
-std::vector<double> losses(const fs::path& metrics) {
-  std::vector<double> out;
-  std::istringstream in(read_file(metrics));
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
+std::vector<double> losses(const fs::path& metrics) { return dt_test::metric_losses(metrics); }
 
 // (tag, step) -> value as TensorBoard shows it: records in order, a later one replacing an
 // earlier one at the same step.

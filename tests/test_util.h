@@ -120,6 +120,14 @@ inline std::vector<double> finite_diff(std::vector<double>& x, const std::functi
 
 // Sum of w[i] * y[i]: a random projection that turns an op output into a scalar loss whose
 // gradient w.r.t. y is w.
+// n random bytes from seed (opaque tensor payloads).
+inline std::vector<uint8_t> random_bytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint8_t> b(n);
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  return b;
+}
+
 inline double dot(const std::vector<double>& w, const std::vector<double>& y) {
   double s = 0;
   for (size_t i = 0; i < w.size(); ++i) s += w[i] * y[i];
