@@ -742,17 +742,31 @@ def check_environment(allow_other_versions):
         print("warning:", msg)
 
 
+def prepare_run(out):
+    """Deterministic float64 kernels on one thread (a fixed reduction order), quiet HF, `out`."""
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # fixed reduction order in float64 BLAS/ATen kernels
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def cases_digest(out, names):
+    """sha256 over the files (relative path + bytes) of the case directories `names` in `out`."""
+    digest = hashlib.sha256()
+    for name in names:
+        for path in sorted(p for p in (out / name).rglob("*") if p.is_file()):
+            digest.update(path.relative_to(out).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="fixture root, e.g. tests/data/golden")
     ap.add_argument("--allow-other-versions", action="store_true")
     args = ap.parse_args()
     check_environment(args.allow_other_versions)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)  # fixed reduction order in float64 BLAS/ATen kernels
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepare_run(args.out)
     summaries = [generate_case(case, args.out) for case in CASES]
     for s in summaries:
         print(json.dumps(s, indent=1))

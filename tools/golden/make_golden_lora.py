@@ -18,7 +18,6 @@ produced float64, and the unmodified HF + PEFT path must agree to float32 accura
 import argparse
 import copy
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -41,6 +40,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft.tuners.lora.layer import LoraLayer, ParamWrapper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_golden  # noqa: E402  (same directory)
 from make_golden import (  # noqa: E402  (same directory)
     Float64Everywhere,
     OnlyFloat64,
@@ -511,22 +511,15 @@ def main():
         if not args.allow_other_versions:
             sys.exit(msg + " (pass --allow-other-versions to go on)")
         print("warning:", msg)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_golden.prepare_run(args.out)
     cases = [c for c in CASES if not args.case or c.name in args.case]
     summaries = [generate_case(case, args.out) for case in cases]
     for s in summaries:
         print(json.dumps(s, indent=1))
-    digest = hashlib.sha256()
-    for case in cases:
-        for path in sorted(p for p in (args.out / case.name).rglob("*") if p.is_file()):
-            digest.update(path.relative_to(args.out).as_posix().encode() + path.read_bytes())
+    digest = make_golden.cases_digest(args.out, [case.name for case in cases])
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
           f"safetensors {importlib.metadata.version('safetensors')}, python {sys.version.split()[0]}; "
-          f"total bytes {sum(s['bytes'] for s in summaries)}; fixtures sha256 {digest.hexdigest()}")
+          f"total bytes {sum(s['bytes'] for s in summaries)}; fixtures sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ and the unmodified HF path must agree to float32 accuracy.
 import argparse
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -752,22 +751,15 @@ def main():
     ap.add_argument("--allow-other-versions", action="store_true")
     args = ap.parse_args()
     check_environment(args.allow_other_versions)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_golden.prepare_run(args.out)
     cases = [c for c in CASES if not args.case or c.name in args.case]
     summaries = [generate_case(case, args.out) for case in cases]
     for s in summaries:
         print(json.dumps(s, indent=1))
-    digest = hashlib.sha256()
-    for case in cases:
-        for path in sorted(p for p in (args.out / case.name).rglob("*") if p.is_file()):
-            digest.update(path.relative_to(args.out).as_posix().encode() + path.read_bytes())
+    digest = make_golden.cases_digest(args.out, [case.name for case in cases])
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"python {sys.version.split()[0]}; total bytes "
-          f"{sum(s['bytes'] for s in summaries)}; fixtures sha256 {digest.hexdigest()}")
+          f"{sum(s['bytes'] for s in summaries)}; fixtures sha256 {digest}")
 
 
 if __name__ == "__main__":
