@@ -10,8 +10,10 @@
 
 #include "core/bf16.h"
 #include "model/adapters.h"
+#include "model/init.h"
 #include "model/model.h"
 #include "model_fixture.h"
+#include "ops/tensor.h"
 #include "test_device.h"
 #include "test_util.h"
 #include "train/engine.h"
@@ -207,7 +209,7 @@ TEST(LoraModel, BadSetupsFailClearly) {
     model::Model m(core::Device::cpu, core::DType::f32, c, base, st, &x);
   };
   model::LoraSetup drop = s;
-  drop.options.dropout = 0.1;
+  drop.options.dropout = 1.0;
   EXPECT_NE(dt_test::error_of([&] { make(drop); }).find("lora.dropout"), std::string::npos);
   model::LoraSetup head = s;
   head.options.targets = {"lm_head"};
@@ -244,6 +246,76 @@ TEST(LoraModel, InitIsPeftKaimingUniformAndZeroB) {
     EXPECT_GT(mx, 0.8 * bound) << m.name;
     for (float v : a.at(model::lora_b_key(m.name)).data) EXPECT_EQ(v, 0.f);
   }
+}
+
+// lora.dropout (PEFT's: the adapter sees dropout(x), the base x): with a fixed mask key the loss is
+// a deterministic function of the adapters, and the backward's gradient (the mask regenerated from
+// its key on the input and the input gradient) matches its central differences along a random
+// direction. Same key: bitwise the same; no gradients (evaluation): no dropout.
+TEST(LoraModel, DropoutGradientMatchesFiniteDifferences) {
+  const model::Config c = dense();
+  const model::TensorMap base = model::init_params(c, 12, 0.1);  // smooth enough for differences
+  model::LoraSetup s = random_setup(c, 3, 6.0, false);
+  s.options.dropout = 0.3;
+  for (auto& [name, t] : s.adapters)  // a gentle adapter: the loss stays smooth at eps
+    if (name.ends_with("lora_B.weight"))
+      for (float& v : t.data) v *= 0.1f;
+  const auto samples = dt_test::make_samples({17, 70}, c.vocab_size, 3, 4);
+  const data::Pack pack = dt_test::pack_of(samples, {0, 1}, 8);
+  model::ModelOptions mo;
+  mo.dropout_key = 0x1234567;
+  const auto loss_of = [&](const model::LoraSetup& x, bool grads, model::TensorMap* g) {
+    model::Model m(dt_test::test_device(), core::DType::f32, c, base, {}, &x);
+    const auto pl = m.fwd_bwd(pack, grads, mo);
+    if (g) m.trainable().download_grads(*g);
+    double sum = 0;
+    for (double v : pl.loss_sum) sum += v;
+    return sum;
+  };
+  model::TensorMap g = model::zeros_like(s.adapters);
+  const double l0 = loss_of(s, true, &g);
+  EXPECT_EQ(loss_of(s, true, nullptr), l0);  // the same key, the same masks
+  model::LoraSetup plain = s;
+  plain.options.dropout = 0;
+  const double l_plain = loss_of(plain, true, nullptr);
+  EXPECT_NE(l0, l_plain);
+  EXPECT_EQ(loss_of(s, false, nullptr), loss_of(plain, false, nullptr));  // evaluation
+
+  std::mt19937_64 rng(4);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  model::TensorMap dir = model::zeros_like(s.adapters);
+  double want = 0;
+  for (auto& [name, t] : dir)
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      t.data[i] = float(nd(rng));
+      want += double(t.data[i]) * g.at(name).data[i];
+    }
+  const double eps = 1e-4;  // the tiny model is strongly curved along a random direction
+  model::LoraSetup plus = s, minus = s;
+  for (auto& [name, t] : dir)
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      plus.adapters.at(name).data[i] += float(eps * t.data[i]);
+      minus.adapters.at(name).data[i] -= float(eps * t.data[i]);
+    }
+  const double fd = (loss_of(plus, true, nullptr) - loss_of(minus, true, nullptr)) / (2 * eps);
+  EXPECT_NEAR(fd, want, 5e-3 * std::abs(want)) << "fd " << fd << " backward " << want;
+}
+
+TEST(LoraModel, DropoutMaskKeepsOneMinusPScaled) {
+  const int64_t n = 200000;
+  core::Tensor x({n});
+  std::fill(x.data.begin(), x.data.end(), 1.f);
+  core::Tensor y({n});
+  ops::dropout(core::View::of(x), core::View::of(y), 0.25, 99, n);
+  int64_t kept = 0;
+  for (float v : y.data) {
+    EXPECT_TRUE(v == 0.f || v == float(1.0 / 0.75));
+    kept += v != 0.f;
+  }
+  EXPECT_NEAR(double(kept) / double(n), 0.75, 5e-3);
+  core::Tensor z({n});
+  ops::dropout(core::View::of(x), core::View::of(z), 0.25, 100, n);
+  EXPECT_NE(y.data, z.data);
 }
 
 // On CUDA in bf16 (the adapters' bf16 compute copies feed the GEMMs): close to the f32 model. The

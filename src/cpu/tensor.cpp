@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/bf16.h"
+
 namespace deltatron::cpu {
 
 void cast(const float* src, float* dst, int64_t n) {
@@ -26,6 +28,12 @@ void fill(T* x, T value, int64_t n) {
 void add_inplace(float* y, const float* x, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 262144)
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void dropout(const float* x, float* y, uint32_t keep_below, float scale, uint64_t key, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 262144)
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = uint32_t(core::random_bits(key, uint64_t(i)) >> 40) < keep_below ? x[i] * scale : 0.f;
 }
 
 void axpy(float* y, const float* x, float alpha, int64_t n) {

@@ -17,6 +17,9 @@ template <typename T>
 void fill(T* x, T value, int64_t n);
 // y += x, [n] each.
 void add_inplace(float* y, const float* x, int64_t n);
+// Dropout with a counter-based mask (ops::dropout): y[i] = keep_i ? x[i] * scale : 0, keep_i =
+// (core::random_bits(key, i) >> 40) < keep_below. y may be x.
+void dropout(const float* x, float* y, uint32_t keep_below, float scale, uint64_t key, int64_t n);
 // y[i] += alpha * x[i] (float arithmetic).
 void axpy(float* y, const float* x, float alpha, int64_t n);
 // sum_i x[i]^2, summed in double in index order (deterministic).

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <type_traits>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "cuda/kernel_util.cuh"
 #include "cuda/pointwise.h"
@@ -463,6 +464,28 @@ __global__ void axpy_kernel(T* y, const T* x, float alpha, int64_t n) {
     store_f32(y, i, load_f32(y, i) + alpha * load_f32(x, i));
 }
 }  // namespace
+
+namespace {
+template <typename T>
+__global__ void dropout_kernel(const T* x, T* y, uint32_t keep_below, float scale, uint64_t key,
+                               int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += thread_count()) {
+    const bool keep = uint32_t(core::random_bits(key, uint64_t(i)) >> 40) < keep_below;
+    store_f32(y, i, keep ? load_f32(x, i) * scale : 0.f);
+  }
+}
+}  // namespace
+
+void dropout(DType dt, const void* x, void* y, uint32_t keep_below, float scale, uint64_t key,
+             int64_t n) {
+  check_n("cuda::dropout", n);
+  if (n == 0) return;
+  DT_DISPATCH_DTYPE(dt, T, {
+    dropout_kernel<T><<<blocks_for(n), kThreads>>>(static_cast<const T*>(x), static_cast<T*>(y),
+                                                   keep_below, scale, key, n);
+  });
+  DT_CUDA_LAUNCH_CHECK("dropout");
+}
 
 void axpy(DType dt, void* y, const void* x, float alpha, int64_t n) {
   check_n("cuda::axpy", n);

@@ -69,8 +69,11 @@ Adapters::Adapters(core::Device dev, core::DType dt, const Config& c, const Lora
       scale_(static_cast<float>(s.options.scale())),
       params_((check_adapters(mods_, s.options.r, s.adapters), dev), dt, s.adapters,
               adapter_state(moments)) {
-  DT_CHECK(opt_.dropout == 0, "lora.dropout = ", opt_.dropout,
-           " is not implemented yet (use 0, PEFT's default)");
+  DT_CHECK(opt_.dropout >= 0 && opt_.dropout < 1, "lora.dropout = ", opt_.dropout,
+           " is not in [0, 1)");
+  DT_CHECK(opt_.dropout == 0 || !opt_.experts, "lora.dropout = ", opt_.dropout,
+           " with lora.experts = true is not implemented yet (dropout applies to the linear "
+           "modules' adapters only); use lora.dropout = 0 or lora.experts = false");
   for (size_t i = 0; i < mods_.size(); ++i) {
     DT_CHECK(mods_[i].block != "head", "lora.targets: lm_head adapters are not implemented yet ",
              "(the LM head is fused with the loss); adapt the decoder layers");

@@ -38,9 +38,9 @@ struct LoraSetup {
 class Adapters {
  public:
   // Checks that `s.adapters` has exactly the modules' tensors with their shapes (an error names
-  // the tensor); lora.dropout > 0 is refused (not implemented), as are lm_head adapters (the LM
-  // head is fused with the loss). state: the adapters' AdamW moments (training.moments); their
-  // masters are fp32.
+  // the tensor); lm_head adapters are refused (the LM head is fused with the loss), and
+  // lora.dropout > 0 with routed-expert adapters (not implemented). state: the adapters' AdamW
+  // moments (training.moments); their masters are fp32.
   Adapters(core::Device dev, core::DType dt, const Config& c, const LoraSetup& s,
            core::DType moments = core::DType::f32);
 
@@ -50,6 +50,8 @@ class Adapters {
   float scale() const { return scale_; }
   // The module whose weight parameter is `weight` ("...q_proj.weight"), or nullptr.
   const LoraModule* find(const std::string& weight) const;
+  // A module's position in modules() (it keys the module's dropout masks).
+  int64_t index(const LoraModule* m) const { return m - mods_.data(); }
   Params& params() { return params_; }
   const Params& params() const { return params_; }
 

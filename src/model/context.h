@@ -41,6 +41,7 @@ struct Ctx {
   Params& p;
   const Batch& b;
   const Adapters* lora = nullptr;  // a LoRA run's adapters (model/proj.h applies them)
+  uint64_t dropout_key = 0;        // LoRA dropout's masks for this pack; 0: none
   core::Device dev() const { return p.device(); }
   core::DType dt() const { return p.dt(); }
   int64_t N() const { return b.N; }

@@ -151,7 +151,7 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
   set_activation_hint(c, params_, N, recompute_ && with_grads);
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get()};
+  const Ctx cx{c, params_, b, adapters_.get(), with_grads ? opt.dropout_key : 0};
   const Params& p = params_;
   const std::string embed = c.name("embed_tokens.weight"), norm = c.name("norm.weight");
   PackLoss out;

@@ -31,6 +31,9 @@ struct ModelOptions {
   const GlobalRouterCounts* global_counts = nullptr;
   GlobalRouterCounts* running_counts = nullptr;
   bool want_correct = false;  // fill PackLoss::exact (teacher-forced exact match per sample)
+  // LoRA dropout (lora.dropout > 0): the key of this pack's masks (model/proj.h); 0: no dropout
+  // (scoring, evaluation). Applied only with gradients.
+  uint64_t dropout_key = 0;
 };
 
 // Per-sample results of one pack, in pack order (pack.sample_index maps to the dataset).

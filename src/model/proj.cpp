@@ -1,6 +1,7 @@
 // Block projections with LoRA adapters and frozen bases (proj.h).
 #include "model/proj.h"
 
+#include "core/bf16.h"
 #include "model/adapters.h"
 #include "model/lora_linear.h"
 #include "ops/linear.h"
@@ -13,6 +14,8 @@ namespace {
 struct Adapter {
   LoraShape d;
   View A, B;
+  double p = 0;      // dropout probability on the adapter's input (0: none)
+  uint64_t key = 0;  // the module's mask key for this pack
 };
 
 // The adapter of `weight` for an input of x's dtype, or nothing.
@@ -27,6 +30,10 @@ bool adapter_of(const Ctx& cx, const std::string& weight, const View& x, int64_t
   a.A = f32_in ? p.master(ka) : p.w(ka);
   a.B = f32_in ? p.master(kb) : p.w(kb);
   a.d = LoraShape{cx.N(), I, O, cx.lora->r(), cx.lora->scale()};
+  if (cx.dropout_key != 0 && cx.lora->options().dropout > 0) {
+    a.p = cx.lora->options().dropout;
+    a.key = core::hash64(cx.dropout_key + uint64_t(cx.lora->index(m) + 1) * 0xD1B54A32D192ED03ull);
+  }
   return true;
 }
 
@@ -43,7 +50,11 @@ void proj_fwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
   Adapter a;
   if (!adapter_of(cx, weight, x, I, O, a)) return;
   const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
-  lora_fwd(a.d, x, a.A, a.B, h, y);
+  if (a.p == 0) return lora_fwd(a.d, x, a.A, a.B, h, y);
+  // PEFT's lora_dropout: the adapter sees dropout(x); the base sees x.
+  const Buffer xd(cx.dev(), x.dtype, {cx.N() * I}, "LoRA input (dropout)");
+  ops::dropout(x, xd, a.p, a.key, cx.N() * I);
+  lora_fwd(a.d, xd, a.A, a.B, h, y);
 }
 
 void proj_bwd(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
@@ -62,7 +73,20 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
   const LoraModule& m = *cx.lora->find(weight);
   const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
   const Buffer dh(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden gradient");
-  lora_bwd(a.d, x, dy, a.A, a.B, h, dh, dx, p.g(lora_a_key(m.name)), p.g(lora_b_key(m.name)));
+  const View gA = p.g(lora_a_key(m.name)), gB = p.g(lora_b_key(m.name));
+  if (a.p == 0) return lora_bwd(a.d, x, dy, a.A, a.B, h, dh, dx, gA, gB);
+  // Dropout: the same mask regenerated from its key, on the input and on the input gradient.
+  const int64_t n = cx.N() * I;
+  const Buffer xd(cx.dev(), x.dtype, {n}, "LoRA input (dropout)");
+  ops::dropout(x, xd, a.p, a.key, n);
+  const Buffer dxd(cx.dev(), x.dtype, {n}, "LoRA input gradient (dropout)");
+  ops::zero(dxd);
+  lora_bwd(a.d, xd, dy, a.A, a.B, h, dh, dxd, gA, gB);
+  ops::dropout(dxd, dxd, a.p, a.key, n);
+  if (dx.dtype == core::DType::f32)
+    ops::add_inplace(dx, dxd, n);
+  else
+    ops::axpy(dx, dxd, 1.0f, n);
 }
 
 View grad_or_scratch(const Ctx& cx, const std::string& name, Buffer& scratch) {

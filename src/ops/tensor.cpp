@@ -1,6 +1,7 @@
 // Device dispatch for the plain tensor helpers (contracts in ops/tensor.h).
 #include "ops/tensor.h"
 
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 
@@ -122,6 +123,28 @@ void add_inplace(const View& y, const View& x, int64_t n) {
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::add_inplace_dt(y.f32(), x.dtype, x.data, n);
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
+void dropout(const View& x, const View& y, double p, uint64_t key, int64_t n) {
+  Args a("dropout");
+  a.nonneg(n, "n");
+  a.need(x, "x", dtypes::act, n);
+  a.need(y, "y", dtypes::act, n);
+  a.same_dtype(x, "x", y, "y");
+  DT_CHECK(p >= 0 && p < 1, "ops::dropout: p = ", p, " is not in [0, 1)");
+  const uint32_t keep_below = uint32_t(std::llround((1.0 - p) * double(1u << 24)));
+  const float scale = float(1.0 / (1.0 - p));
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::dropout(x.f32(), y.f32(), keep_below, scale, key, n);
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::dropout(x.dtype, x.data, y.data, keep_below, scale, key, n);
 #else
       a.no_cuda();
 #endif

@@ -33,6 +33,12 @@ void zero(const core::View& x);
 // y (f32) += x (f32, or bf16 on CUDA), [n] each.
 void add_inplace(const core::View& y, const core::View& x, int64_t n);
 
+// Dropout (a LoRA adapter's input): y = x * mask / (1 - p) with mask_i = 1 with probability 1 - p,
+// decided by core::random_bits(key, i) (counter-based: the same key gives the same mask on every
+// device, so a backward pass regenerates it instead of storing it). x, y [n] of one dtype (f32, or
+// bf16 on CUDA); y may be x. 0 <= p < 1.
+void dropout(const core::View& x, const core::View& y, double p, uint64_t key, int64_t n);
+
 // y += alpha * x, y and x of one dtype (f32, or bf16 on CUDA: f32 arithmetic, one rounding), [n].
 void axpy(const core::View& y, const core::View& x, float alpha, int64_t n);
 

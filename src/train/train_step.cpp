@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "data/pack.h"
 #include "model/model.h"
@@ -58,7 +59,11 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
   // 2. Gradients of the objective, accumulated over the micro-batches.
   ctx.engine.zero_grads();
   double ce = 0, mtp = 0, router = 0;
-  for (const auto& pack : packs) {
+  for (size_t m = 0; m < packs.size(); ++m) {
+    const data::Pack& pack = packs[m];
+    // LoRA dropout's masks (lora.dropout > 0): counter-based in (seed, step, micro-batch), so a
+    // resumed run draws the same ones.
+    mo.dropout_key = core::random_key(cfg.seed ^ 0x4c6f5241ull, uint64_t(st.step) * 65536 + m) | 1;
     const model::PackLoss l = ctx.engine.fwd_bwd(pack, true, mo);
     for (double x : l.loss_sum) ce += x;
     for (double x : l.mtp_loss_sum) mtp += x;
