@@ -110,7 +110,7 @@ void save_peft_adapter(const std::string& dir, const PeftAdapter& ad) {
   write_file_atomic((fs::path(dir) / kAdapterConfigName).string(), j.dump(2) + "\n");
 }
 
-PeftAdapter load_peft_adapter(const std::string& dir) {
+PeftAdapter load_peft_config(const std::string& dir) {
   const std::string cfg_path = (fs::path(dir) / kAdapterConfigName).string();
   const std::string w_path = (fs::path(dir) / kAdapterWeightsName).string();
   DT_CHECK(fs::is_regular_file(cfg_path), cfg_path, ": not found (a PEFT adapter directory has ",
@@ -160,6 +160,12 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
   if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
     ad.base_model = j["base_model_name_or_path"].get<std::string>();
 
+  return ad;
+}
+
+PeftAdapter load_peft_adapter(const std::string& dir) {
+  PeftAdapter ad = load_peft_config(dir);
+  const std::string w_path = (fs::path(dir) / kAdapterWeightsName).string();
   const SafetensorsFile f(w_path);
   const size_t plen = std::string(kPrefix).size();
   for (const std::string& name : f.names()) {

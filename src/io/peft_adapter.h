@@ -53,6 +53,8 @@ void save_peft_adapter(const std::string& dir, const PeftAdapter& adapter);
 // per-module ranks, fan_in_fan_out), a tensor that is not lora_A / lora_B of a module, a module
 // with only one of the two, a shape that disagrees with r.
 PeftAdapter load_peft_adapter(const std::string& dir);
+// The same without the tensors (a and b empty): adapter_config.json alone, checked as above.
+PeftAdapter load_peft_config(const std::string& dir);
 
 // The adapter fits the model's adapted modules exactly: every module has A [r, in] and B [out, r]
 // and the adapter has no other module. `where` names the adapter in errors.

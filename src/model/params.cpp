@@ -265,40 +265,37 @@ void Params::upload(const TensorMap& host) {
 }
 
 void Params::upload_tensor(const std::string& name, const core::Tensor& t) {
-  {
-    const Entry& e = entry(name);
-    DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
-             e.numel);
-    if (e.f32_offset >= 0)
-      ops::copy_from_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
-    if (e.router_offset >= 0)
-      ops::copy_from_host(router_.view().slice(e.router_offset, e.numel), t.ptr());
-    if (opt_.frozen) {
-      if (dt_ == core::DType::f32) return;  // the f32 weights above are all there is
-      std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
-      const float* x = t.ptr();
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
-      ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
-      return;
-    }
-    if (!opt_.master_remainder && master_.device() != dev_) {
-      // Offloaded fp32 masters: the compute copy made on the host, as adamw_compute_copy does.
-      std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
-      const float* x = t.ptr();
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
-      ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
-    }
-    if (!opt_.master_remainder) return;
-    // The lean pair, split on the host (exact; core/bf16.h).
-    std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
+  const Entry& e = entry(name);
+  DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
+           e.numel);
+  if (e.f32_offset >= 0) ops::copy_from_host(master_.view().slice(e.f32_offset, e.numel), t.ptr());
+  if (e.router_offset >= 0)
+    ops::copy_from_host(router_.view().slice(e.router_offset, e.numel), t.ptr());
+  if (opt_.frozen) {
+    if (dt_ == core::DType::f32) return;  // the f32 weights above are all there is
+    std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
     const float* x = t.ptr();
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < e.numel; ++i) core::master_split(x[i], wt[i], rem[i]);
+    for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
     ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
-    ops::copy_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
+    return;
   }
+  if (!opt_.master_remainder && master_.device() != dev_) {
+    // Offloaded fp32 masters: the compute copy made on the host, as adamw_compute_copy does.
+    std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
+    const float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < e.numel; ++i) wt[i] = core::bf16_round_ties_away(x[i]);
+    ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+  }
+  if (!opt_.master_remainder) return;
+  // The lean pair, split on the host (exact; core/bf16.h).
+  std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
+  const float* x = t.ptr();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < e.numel; ++i) core::master_split(x[i], wt[i], rem[i]);
+  ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
+  ops::copy_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
 }
 
 void Params::finish_upload() {

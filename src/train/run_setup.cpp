@@ -41,7 +41,7 @@ model::LoraOptions lora_options(const TrainConfig& cfg) {
   o.experts = cfg.lora_experts;
   o.rslora = cfg.lora_rslora;
   if (cfg.lora_adapter.empty()) return o;
-  const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
+  const io::PeftAdapter ad = io::load_peft_config(cfg.lora_adapter);
   const model::LoraOptions& a = ad.options;
   const bool experts = !ad.target_parameters.empty();
   const auto set = [&](const char* key) {
@@ -119,15 +119,21 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
   in.recompute = cfg.recompute;
   in.resuming = !resume_dir.empty();
   if (cfg.lora) {
-    const model::LoraOptions lo = lora_options(cfg);
-    int64_t n = 0;
+    // An adapter's own modules: its target_modules resolved here (an estimate for the plan; the
+    // modules are checked when the adapter is loaded).
+    model::LoraOptions lo = lora_options(cfg);
     if (cfg.lora_adapter.empty()) {
-      n = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+      in.lora_params = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
     } else {
-      const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
-      for (const auto& [m, a] : ad.a) n += a.numel() + ad.b.at(m).numel();
+      lo.targets = io::load_peft_config(cfg.lora_adapter).options.targets;
+      try {
+        in.lora_params = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+      } catch (const core::Error&) {  // target_modules PEFT spells otherwise (a regex): count
+        const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
+        in.lora_params = 0;
+        for (const auto& [m, a] : ad.a) in.lora_params += a.numel() + ad.b.at(m).numel();
+      }
     }
-    in.lora_params = n;
   }
   check_memory_plan(c, in, available_memory(in.device), cfg.source);
 }
