@@ -12,6 +12,7 @@ namespace deltatron::model {
 namespace {
 
 struct Adapter {
+  const LoraModule* m = nullptr;
   LoraShape d;
   View A, B;
   double p = 0;      // dropout probability on the adapter's input (0: none)
@@ -24,6 +25,7 @@ bool adapter_of(const Ctx& cx, const std::string& weight, const View& x, int64_t
   if (!cx.lora) return false;
   const LoraModule* m = cx.lora->find(weight);
   if (!m) return false;
+  a.m = m;
   const Params& p = cx.lora->params();
   const bool f32_in = x.dtype == core::DType::f32 && p.dt() != core::DType::f32;
   const std::string ka = lora_a_key(m->name), kb = lora_b_key(m->name);
@@ -70,10 +72,9 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
   Adapter a;
   if (!adapter_of(cx, weight, x, I, O, a)) return;
   const Params& p = cx.lora->params();
-  const LoraModule& m = *cx.lora->find(weight);
   const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
   const Buffer dh(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden gradient");
-  const View gA = p.g(lora_a_key(m.name)), gB = p.g(lora_b_key(m.name));
+  const View gA = p.g(lora_a_key(a.m->name)), gB = p.g(lora_b_key(a.m->name));
   if (a.p == 0) return lora_bwd(a.d, x, dy, a.A, a.B, h, dh, dx, gA, gB);
   // Dropout: the same mask regenerated from its key, on the input and on the input gradient.
   const int64_t n = cx.N() * I;
