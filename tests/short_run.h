@@ -8,9 +8,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "test_util.h"
+#include "train/checkpoint_dir.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
 
 namespace dt_test {
 
@@ -44,6 +48,21 @@ inline std::vector<std::string> short_run_overrides(const std::filesystem::path&
           "training.keep_last=5",
           "training.eval_every=0",
           "data.cache_dir=\"" + (dir / "cache").string() + "\""};
+}
+
+// The resume check's two runs: the short run into dir/straight, and again into dir/resumed, whose
+// last checkpoint (step 6) is then dropped and resumed from step 3. Returns the step losses of
+// both metrics.jsonl (6, and 6 + 3: steps 4-6 are logged twice).
+template <typename MakeConfig>
+std::pair<std::vector<double>, std::vector<double>> straight_and_resumed(
+    const std::filesystem::path& dir, const MakeConfig& config) {
+  namespace train = deltatron::train;
+  train::run_train(config(dir, "straight"), false);
+  train::run_train(config(dir, "resumed"), false);
+  std::filesystem::remove_all(dir / "resumed" / train::checkpoint_dir_name(6));
+  train::run_train(config(dir, "resumed"), true);
+  return {metric_losses(dir / "straight" / "metrics.jsonl"),
+          metric_losses(dir / "resumed" / "metrics.jsonl")};
 }
 
 }  // namespace dt_test

@@ -39,12 +39,8 @@ train::TrainConfig config(const fs::path& dir, const std::string& out,
 TEST(LoraTrain, PeftCheckpointsAndBitwiseResume) {
   const dt_test::TempDir tmp("lora_train");
   const fs::path dir = tmp.path;
-  train::run_train(config(dir, "straight"), false);
-  train::run_train(config(dir, "resumed"), false);
-  fs::remove_all(dir / "resumed" / train::checkpoint_dir_name(6));
-  train::run_train(config(dir, "resumed"), true);
-  const auto straight = dt_test::metric_losses(dir / "straight" / "metrics.jsonl");
-  const auto resumed = dt_test::metric_losses(dir / "resumed" / "metrics.jsonl");
+  const auto [straight, resumed] = dt_test::straight_and_resumed(
+      dir, [](const fs::path& d, const std::string& out) { return config(d, out); });
   ASSERT_EQ(straight.size(), 6u);
   ASSERT_EQ(resumed.size(), 9u);
   for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;

@@ -35,13 +35,8 @@ train::TrainConfig config(const fs::path& dir, const std::string& out) {
 TEST(Trainer, ResumeIsBitwiseAndCheckpointsReload) {
   const dt_test::TempDir tmp("resume");
   const fs::path dir = tmp.path;
-  train::run_train(config(dir, "straight"), false);
-  // Second run: the same 6 steps, then drop its last checkpoint and resume from step 3.
-  train::run_train(config(dir, "resumed"), false);
-  fs::remove_all(dir / "resumed" / train::checkpoint_dir_name(6));
-  train::run_train(config(dir, "resumed"), true);
-  const auto straight = dt_test::metric_losses(dir / "straight" / "metrics.jsonl");
-  const auto resumed = dt_test::metric_losses(dir / "resumed" / "metrics.jsonl");
+  // The same 6 steps twice; the second run's last checkpoint dropped and resumed from step 3.
+  const auto [straight, resumed] = dt_test::straight_and_resumed(dir, config);
   ASSERT_EQ(straight.size(), 6u);
   ASSERT_EQ(resumed.size(), 9u);  // 6 + 3 resumed steps (steps 4-6 logged twice)
   for (int s = 3; s < 6; ++s) EXPECT_EQ(resumed[6 + s - 3], straight[s]) << "step " << s + 1;
