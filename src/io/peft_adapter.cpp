@@ -244,6 +244,14 @@ model::LoraSetup to_lora_setup(const PeftAdapter& ad) {
   return s;
 }
 
+model::LoraSetup to_lora_setup(const PeftAdapter& ad, const model::Config& c, double dropout,
+                               const std::string& where) {
+  model::LoraSetup s = to_lora_setup(ad);
+  s.options.dropout = dropout;
+  check_adapter_matches(ad, model::lora_modules(c, s.options, where), where);
+  return s;
+}
+
 PeftAdapter to_peft_adapter(const model::LoraOptions& options, const model::TensorMap& adapters,
                             const std::vector<model::LoraModule>& mods,
                             const std::string& base_model) {

@@ -66,6 +66,10 @@ void check_adapter_matches(const PeftAdapter& adapter, const std::vector<model::
 // experts = true for routed-expert adapters (both fused parameters; one alone is refused), and
 // its tensors keyed by model::lora_a_key / lora_b_key in the model's layout.
 model::LoraSetup to_lora_setup(const PeftAdapter& adapter);
+// The same, held to a model: every module of the adapter is a linear layer of c with the
+// adapter's shapes (check_adapter_matches; `where` names the adapter in errors); dropout as given.
+model::LoraSetup to_lora_setup(const PeftAdapter& adapter, const model::Config& c, double dropout,
+                               const std::string& where);
 
 // A model's adapters (keyed as model/adapters.h) as a PEFT adapter of `mods`.
 PeftAdapter to_peft_adapter(const model::LoraOptions& options, const model::TensorMap& adapters,

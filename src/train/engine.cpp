@@ -130,9 +130,6 @@ class ModelEngine final : public Engine {
   float grad_scale_ = 1.0f;
 };
 
-}  // namespace
-
-namespace {
 template <typename Source>
 std::unique_ptr<Engine> make(const std::string& device, const std::string& precision,
                              const model::Config& c, const Source& params, const AdamW* opt,

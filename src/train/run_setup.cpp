@@ -74,8 +74,8 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
                             const std::string& resume_dir) {
   const model::LoraOptions want = lora_options(cfg);  // [lora]'s, or lora.adapter's
   const std::string from = !resume_dir.empty() ? resume_dir : cfg.lora_adapter;
-  model::LoraSetup s;
   if (from.empty()) {
+    model::LoraSetup s;
     s.options = want;
     s.adapters =
         model::lora_init(model::lora_modules(c, s.options, cfg.source), s.options.r, cfg.seed);
@@ -93,11 +93,8 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
            "lora.experts = ", want.experts ? "true" : "false");
   if (cfg.lora_adapter.empty())
     io::check_adapter_matches(ad, model::lora_modules(c, want, cfg.source), from);
-  s = io::to_lora_setup(ad);
-  s.options.dropout = want.dropout;
   // Every module of the adapter is a linear layer of this model, with the adapter's shapes.
-  io::check_adapter_matches(ad, model::lora_modules(c, s.options, from), from);
-  return s;
+  return io::to_lora_setup(ad, c, want.dropout, from);
 }
 
 void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {

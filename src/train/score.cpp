@@ -100,11 +100,8 @@ void run_score(const ScoreOptions& opt) {
   const std::vector<data::Pack> packs = make_packs(samples, opt);
   std::optional<model::LoraSetup> lora;
   if (!opt.adapter_dir.empty()) {
-    const io::PeftAdapter ad = io::load_peft_adapter(opt.adapter_dir);
-    lora = io::to_lora_setup(ad);
-    lora->options.dropout = 0;  // scoring: no dropout
-    io::check_adapter_matches(ad, model::lora_modules(c, lora->options, opt.adapter_dir),
-                              opt.adapter_dir);
+    lora = io::to_lora_setup(io::load_peft_adapter(opt.adapter_dir), c, /*dropout=*/0,
+                             opt.adapter_dir);  // scoring: no dropout
   }
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr);
