@@ -213,9 +213,11 @@ template <typename T>
 struct DqkSmem2 {
   static constexpr int LD = 72, LDE = 65;
   static constexpr int NF = kFloatTerms<T>, PST = kC * LD;
+  using A = GamAcc<T>;
   T *ks, *qs;
   __nv_bfloat16* tm;  // Tm planes [NF][64][72]
-  float *dqk, *dw, *ws, *es, *redq, *redr, *redb, *rowe, *cole, *frobw, *scal, *eg, *egl, *bs;
+  float *dqk, *dw, *ws, *es, *redb, *eg, *egl, *bs;
+  A *redq, *redr, *rowe, *cole, *frobw, *scal;
   double* gs;
   size_t bytes;
   __host__ __device__ explicit DqkSmem2(unsigned char* base) {
@@ -227,13 +229,13 @@ struct DqkSmem2 {
     dw = c.take<float>(kC * LD);
     ws = c.take<float>(kC * LD);
     es = c.take<float>(kC * LDE);
-    redq = c.take<float>(2 * kC);
-    redr = c.take<float>(2 * kC);
+    redq = c.take<A>(2 * kC);
+    redr = c.take<A>(2 * kC);
     redb = c.take<float>(2 * kC);
-    rowe = c.take<float>(kC);
-    cole = c.take<float>(kC);
-    frobw = c.take<float>(8);
-    scal = c.take<float>(4);
+    rowe = c.take<A>(kC);
+    cole = c.take<A>(kC);
+    frobw = c.take<A>(8);
+    scal = c.take<A>(4);
     eg = c.take<float>(kC);
     egl = c.take<float>(kC);
     bs = c.take<float>(kC);
@@ -252,11 +254,12 @@ __global__ void __launch_bounds__(256, 2)
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci];
   const int64_t qj = int64_t(ci) * d.G + j;
   const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
+  using A = GamAcc<T>;
 
   if (k0 >= d.K) {  // a slice of K padding: every product is zero
     for (int e = tid; e < kC * kC; e += blockDim.x) w.dA[(qj * d.KT + kt) * kC * kC + e] = 0.f;
     if (tid < kC) {
-      w.gpart[(qj * d.KT + kt) * kC + tid] = 0.f;
+      w.gpart[(qj * d.KT + kt) * kC + tid] = 0.0;
       w.bpart[(qj * d.KT + kt) * kC + tid] = 0.f;
     }
     return;
@@ -266,7 +269,7 @@ __global__ void __launch_bounds__(256, 2)
   acc_zero(aK);
   acc_zero(aW);
   acc_zero(aP);
-  float frob = 0.f;
+  A frob = 0;
   {  // phase 1: contractions over V, tiles double-buffered
     using S1 = DqkSmem1<T>;
     constexpr int NF = S1::NF, LD = S1::LD, PS = S1::PS;
@@ -309,7 +312,8 @@ __global__ void __launch_bounds__(256, 2)
       warp_mma<T>(aP, dO, rm, vp, cn, kBV);
       for (int e = tid; e < kC * kBV; e += blockDim.x) {
         const int r = e / kBV, cc = e % kBV;
-        frob += planes_value<NF>(ds_b, PS, r * LD + cc) * planes_value<NF>(sin_b, PS, r * LD + cc);
+        frob += A(planes_value<NF>(ds_b, PS, r * LD + cc)) *
+                A(planes_value<NF>(sin_b, PS, r * LD + cc));
       }
       __syncthreads();
     }
@@ -337,7 +341,7 @@ __global__ void __launch_bounds__(256, 2)
     s.bs[tid] = tid < c ? in.beta[(t0 + tid) * int64_t(d.G) + j] : 0.f;
   }
   {
-    float fr = frob;
+    A fr = frob;
     for (int o = 16; o > 0; o >>= 1) fr += __shfl_xor_sync(0xffffffffu, fr, o);
     if (lane == 0) s.frobw[warp] = fr;
   }
@@ -360,16 +364,16 @@ __global__ void __launch_bounds__(256, 2)
     }
   acc_each(aW, rm, cn, [&](int i, int kk, float& v) { s.dw[i * LD + kk] = -v; });
   {  // dgamma_i += Qs_i . dQs_i;  r_i = Kt_i . dKt_i
-    const float2 pq = acc_row_sums(
-        aQ, rm, cn, [&](int i, int kk, float v) { return to_f32(s.qs[i * LD + kk]) * v; });
-    const float2 pr = acc_row_sums(
-        aK, rm, cn, [&](int i, int kk, float v) { return to_f32(s.ks[i * LD + kk]) * v; });
+    const auto pq = acc_row_sums<A>(
+        aQ, rm, cn, [&](int i, int kk, float v) { return A(to_f32(s.qs[i * LD + kk])) * A(v); });
+    const auto pr = acc_row_sums<A>(
+        aK, rm, cn, [&](int i, int kk, float v) { return A(to_f32(s.ks[i * LD + kk])) * A(v); });
     if ((lane & 3) == 0) {
       const int i0 = rm + g, i1 = rm + g + 8;
-      s.redq[half * kC + i0] = d.scale * s.eg[i0] * pq.x;
-      s.redq[half * kC + i1] = d.scale * s.eg[i1] * pq.y;
-      s.redr[half * kC + i0] = s.egl[i0] * pr.x;
-      s.redr[half * kC + i1] = s.egl[i1] * pr.y;
+      s.redq[half * kC + i0] = A(d.scale * s.eg[i0]) * pq.x;
+      s.redq[half * kC + i1] = A(d.scale * s.eg[i1]) * pq.y;
+      s.redr[half * kC + i0] = A(s.egl[i0]) * pr.x;
+      s.redr[half * kC + i1] = A(s.egl[i1]) * pr.y;
     }
   }
   __syncthreads();
@@ -388,7 +392,7 @@ __global__ void __launch_bounds__(256, 2)
     acc_each(aK, rm, cn, [&](int i, int, float& v) { v *= s.egl[i]; });
     warp_mma<T>(aK, Opnd<float, false>{s.dqk, LD}, rm, Opnd<T, false>{s.qs, LD}, cn, kC);
     warp_mma<T>(aB, Planes<NF, false>{s.tm, LD, PST}, rm, Opnd<float, false>{s.dw, LD}, cn, kC);
-    const float2 pb = acc_row_sums(
+    const auto pb = acc_row_sums(
         aB, rm, cn, [&](int i, int kk, float v) { return to_f32(s.ks[i * LD + kk]) * v; });
     if ((lane & 3) == 0) {
       s.redb[half * kC + rm + g] = s.eg[rm + g] * pb.x;
@@ -409,11 +413,11 @@ __global__ void __launch_bounds__(256, 2)
   __syncthreads();  // every warp is done reading dW
   acc_each(aB, rm, cn, [&](int i, int kk, float& v) { s.dw[i * LD + kk] = v; });
   if (tid < kC) {
-    float acc = 0.f;
+    A acc = 0;
     for (int jj = 0; jj < kC; ++jj) acc += s.es[tid * LDE + jj];
     s.rowe[tid] = acc;
   } else if (tid < 2 * kC) {
-    float acc = 0.f;
+    A acc = 0;
     for (int i = 0; i < kC; ++i) acc += s.es[i * LDE + tid - kC];
     s.cole[tid - kC] = acc;
   }
@@ -427,16 +431,16 @@ __global__ void __launch_bounds__(256, 2)
               [&](int i, int jj, float x0, float x1) { store2(dAq, i * kC + jj, -x0, -x1); });
   }
   if (tid == 0) {
-    float rs = 0.f, fr = 0.f;
+    A rs = 0, fr = 0;
     for (int i = 0; i < kC; ++i) rs += s.redr[i] + s.redr[kC + i];
     for (int x = 0; x < 8; ++x) fr += s.frobw[x];
-    s.scal[0] = rs + s.eg[kC - 1] * fr;
+    s.scal[0] = rs + A(s.eg[kC - 1]) * fr;
   }
   __syncthreads();
   if (tid < kC) {
     const int i = tid;
     const float bsum = s.redb[i] + s.redb[kC + i];
-    float gp = s.redq[i] + s.redq[kC + i] - (s.redr[i] + s.redr[kC + i]) + s.bs[i] * bsum;
+    A gp = s.redq[i] + s.redq[kC + i] - (s.redr[i] + s.redr[kC + i]) + A(s.bs[i]) * A(bsum);
     if (kt == 0) gp += s.rowe[i] - s.cole[i];
     if (i == c - 1) gp += s.scal[0];
     w.gpart[(qj * d.KT + kt) * kC + i] = gp;
@@ -459,7 +463,9 @@ template <typename T, int KP>
 struct WySmem {
   static constexpr int NF = kFloatTerms<T>;
   static constexpr int LD = 72, LDK = KP + 8, LDE = 65, PS = kC * LD;
-  float *eg, *bs, *redb, *redba, *rowe, *cole, *dgam;
+  using A = GamAcc<T>;
+  float *eg, *bs, *redb, *redba;
+  A *rowe, *cole, *dgam;
   double* gs;
   T* ks;
   __nv_bfloat16 *tm, *dvp;  // V loop: planes [NF][64][72]
@@ -473,9 +479,9 @@ struct WySmem {
     bs = c.take<float>(kC);
     redb = c.take<float>(kC);
     redba = c.take<float>(kC);
-    rowe = c.take<float>(kC);
-    cole = c.take<float>(kC);
-    dgam = c.take<float>(kC);
+    rowe = c.take<A>(kC);
+    cole = c.take<A>(kC);
+    dgam = c.take<A>(kC);
     gs = c.take<double>(kC);
     ks = c.take<T>(kC * LDK);
     Carve u = c;
@@ -498,6 +504,7 @@ __global__ void __launch_bounds__(128)
   extern __shared__ __align__(16) unsigned char smem[];
   using S = WySmem<T, KP>;
   constexpr int NF = S::NF, LD = S::LD, LDK = S::LDK, LDE = S::LDE, PS = S::PS;
+  using A = typename S::A;
   S s(smem);
   const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
@@ -538,7 +545,7 @@ __global__ void __launch_bounds__(128)
       if (i < c && v0 + col < d.V) dvq[i * ldv + v0 + col] = from_f32<T>(s.bs[i] * v);
       s.dbu[i * LD + col] = v;
     });
-    const float2 pb = acc_row_sums(
+    const auto pb = acc_row_sums<float>(
         aB, rm, 0, [&](int i, int col, float v) { return to_f32(s.vv[i * LD + col]) * v; });
     bsum0 += pb.x;
     bsum1 += pb.y;
@@ -612,11 +619,11 @@ __global__ void __launch_bounds__(128)
     s.da[i * LD + jj] = s.dd[i * LD + jj] + s.dd[jj * LD + i];
   }
   if (tid < kC) {
-    float acc = 0.f;
+    A acc = 0;
     for (int jj = 0; jj < kC; ++jj) acc += s.es[tid * LDE + jj];
     s.rowe[tid] = acc;
   } else if (tid < 2 * kC) {
-    float acc = 0.f;
+    A acc = 0;
     for (int i = 0; i < kC; ++i) acc += s.es[i * LDE + tid - kC];
     s.cole[tid - kC] = acc;
   }
@@ -636,7 +643,8 @@ __global__ void __launch_bounds__(128)
   }
   if (tid < kC) {
     const int i = tid;
-    float gsum = s.rowe[i] - s.cole[i], bsum = s.redb[i] + s.redba[i];
+    A gsum = s.rowe[i] - s.cole[i];
+    float bsum = s.redb[i] + s.redba[i];
     for (int kt = 0; kt < d.KT; ++kt) {
       gsum += w.gpart[(qj * d.KT + kt) * kC + i];
       bsum += w.bpart[(qj * d.KT + kt) * kC + i];

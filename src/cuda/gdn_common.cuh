@@ -59,7 +59,7 @@ struct Work {
   __nv_bfloat16* dS;   // planes [q][NF][KP][VP] dL/dS_out of the chunk      (backward only)
   __nv_bfloat16* dVp;  // planes [q][NF][64][VP] dL/dV'                      (backward only)
   float* dA;           // [q][KT][64][64] per-slice parts of -dB_w W^T      (backward only)
-  float* gpart;        // [q][KT][64] per-slice parts of dL/dgamma           (backward only)
+  double* gpart;       // [q][KT][64] per-slice parts of dL/dgamma           (backward only)
   float* bpart;        // [q][KT][64] per-slice parts of dL/dbeta            (backward only)
   float* dq;           // [N][G][K] dq per value head                        (backward only)
   float* dk;           // [N][G][K] dk per value head                        (backward only)
@@ -146,6 +146,15 @@ __device__ void load_tile(E* dst, int ldd, const E* src, int64_t lds, int rows, 
 
 template <typename T>
 constexpr int kFloatTerms = std::is_same_v<T, float> ? 3 : 2;
+
+// Accumulator of the dgamma sums in the backward. dL/dgamma_i adds row and column sums of
+// E = dP .* P (and of the WY kernel's E) and per-row dot products whose totals cancel between the
+// rows (-r_i on each row, sum_i r_i on the last); the reverse cumulative sum dg_t keeps only the
+// pairs across t, which a strong decay makes many orders smaller than the terms. f32 mode sums
+// them in double, as the CPU reference does, so that the cancellation is exact and dg keeps fp32
+// accuracy relative to itself; bf16 mode keeps float (its shared memory is at the 2-blocks limit).
+template <typename T>
+using GamAcc = std::conditional_t<std::is_same_v<T, float>, double, float>;
 
 // bf16 terms of an operand of element type E when the storage type is T.
 template <typename T, typename E>
@@ -380,12 +389,17 @@ __device__ __forceinline__ void store2(float* p, int64_t idx, float x0, float x1
   *reinterpret_cast<float2*>(p + idx) = make_float2(x0, x1);
 }
 
-// Sum over this warp's columns of f(row, col, value) for the rows of a [1][NT] accumulator:
-// returns (row m0 + g, row m0 + g + 8) sums, complete in every lane (fixed shuffle order).
-template <int NT, typename F>
-__device__ __forceinline__ float2 acc_row_sums(float (&acc)[1][NT][4], int m0, int n0, F&& f) {
+template <typename A>
+struct RowPair {
+  A x, y;
+};
+
+// Sum over this warp's columns of f(row, col, value) for the rows of a [1][NT] accumulator, in
+// type A: returns (row m0 + g, row m0 + g + 8) sums, complete in every lane (fixed shuffle order).
+template <typename A = float, int NT, typename F>
+__device__ __forceinline__ RowPair<A> acc_row_sums(float (&acc)[1][NT][4], int m0, int n0, F&& f) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t2 = (lane & 3) * 2;
-  float s0 = 0.f, s1 = 0.f;
+  A s0 = 0, s1 = 0;
 #pragma unroll
   for (int ni = 0; ni < NT; ++ni) {
     const int c = n0 + 8 * ni + t2;
@@ -396,7 +410,7 @@ __device__ __forceinline__ float2 acc_row_sums(float (&acc)[1][NT][4], int m0, i
   s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
   s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
   s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
-  return make_float2(s0, s1);
+  return {s0, s1};
 }
 
 // ---- host set-up and launchers shared by the forward and the backward (gdn_fwd.cu) ----------

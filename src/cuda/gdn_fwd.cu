@@ -487,7 +487,7 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
     o_dS = reserve(NQ * KP * VP * pb);
     o_dVp = reserve(NQ * kC * VP * pb);
     o_dA = reserve(NQ * KT * kC * kC * 4);
-    o_gp = reserve(NQ * KT * kC * 4);
+    o_gp = reserve(NQ * KT * kC * sizeof(double));
     o_bp = reserve(NQ * KT * kC * 4);
     o_dq = reserve(N_ * G * K * 4);
     o_dk = reserve(N_ * G * K * 4);
@@ -512,7 +512,7 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
     st.w.dS = b(o_dS);
     st.w.dVp = b(o_dVp);
     st.w.dA = f(o_dA);
-    st.w.gpart = f(o_gp);
+    st.w.gpart = reinterpret_cast<double*>(base + o_gp);
     st.w.bpart = f(o_bp);
     st.w.dq = f(o_dq);
     st.w.dk = f(o_dk);

@@ -7,7 +7,9 @@
 // every pointer aligned to the vector size; otherwise the same kernel runs with V = 1. Every
 // thread loads all of its inputs before it stores, so outputs may alias inputs elementwise.
 // GDN gates bwd: block (32, 8) = 32 heads x 8 row lanes over a contiguous row range of the block;
-// head sums go through shared memory in row-lane order into partial[block, G], then col_sum_add.
+// head sums (in double, as the CPU reference: dA_log and ddt_bias are sums over every token
+// that cancel) go through shared memory in row-lane order into partial[block, G], then the
+// double col_sum_add.
 // RoPE: a block owns a run of tokens; it first fills shared cos/sin tables [tokens, R/2] (one
 // double-precision sincos per (token, frequency), shared by all heads), then rotates the pairs
 // (j, j + R/2) of every head, V pairs per thread.
@@ -185,14 +187,14 @@ __global__ void gdn_gates_fwd_kernel(const T* b, const T* a, const T* A_log, con
 template <typename T>
 __global__ void gdn_gates_bwd_kernel(const T* b, const T* a, const T* A_log, const T* dt_bias,
                                      const float* dbeta, const float* dg, int64_t N, int64_t G,
-                                     int64_t rows_per_part, T* db, T* da, float* part_dA,
-                                     float* part_ddt) {
-  __shared__ float s_dA[8][32], s_ddt[8][32];
+                                     int64_t rows_per_part, T* db, T* da, double* part_dA,
+                                     double* part_ddt) {
+  __shared__ double s_dA[8][32], s_ddt[8][32];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t h = int64_t(blockIdx.x) * 32 + tx;
   const int64_t begin = int64_t(blockIdx.y) * rows_per_part;
   const int64_t end = begin + rows_per_part < N ? begin + rows_per_part : N;
-  float sum_dA = 0.0f, sum_ddt = 0.0f;
+  double sum_dA = 0.0, sum_ddt = 0.0;  // over tokens in double, as the CPU reference
   if (h < G) {
     const float A = expf(load_f32(A_log, h)), bias = load_f32(dt_bias, h);
     for (int64_t n = begin + ty; n < end; n += 8) {
@@ -201,8 +203,8 @@ __global__ void gdn_gates_bwd_kernel(const T* b, const T* a, const T* A_log, con
       const float u = load_f32(a, i) + bias;
       const float dsp = u > 20.0f ? 1.0f : sigmoid_f(u);
       const float dgv = dg[i], du = -dgv * A * dsp;
-      sum_dA += dgv * (-A * softplus_f(u));  // dg * g
-      sum_ddt += du;
+      sum_dA += double(dgv) * double(-A * softplus_f(u));  // dg * g
+      sum_ddt += double(du);
       store_f32(db, i, dbeta[i] * sb * (1.0f - sb));
       store_f32(da, i, du);
     }
@@ -211,7 +213,7 @@ __global__ void gdn_gates_bwd_kernel(const T* b, const T* a, const T* A_log, con
   s_ddt[ty][tx] = sum_ddt;
   __syncthreads();
   if (ty == 0 && h < G) {
-    float s1 = 0.0f, s2 = 0.0f;
+    double s1 = 0.0, s2 = 0.0;
     for (int t = 0; t < 8; ++t) {
       s1 += s_dA[t][tx];
       s2 += s_ddt[t][tx];
@@ -268,19 +270,21 @@ __global__ void rope_kernel(T* x, const int32_t* pos, int64_t N, int H, int K, i
 
 // ---- col_sum_add ---------------------------------------------------------------------------
 
-__global__ void col_sum_add_kernel(const float* x, int64_t rows, int64_t cols, float* y) {
-  __shared__ float s[16][33];
+// S: the partial sums' type, also the accumulator's (double for the GDN gate sums).
+template <typename S>
+__global__ void col_sum_add_kernel(const S* x, int64_t rows, int64_t cols, float* y) {
+  __shared__ S s[16][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * 32 + tx;
-  float acc = 0.0f;
+  S acc = 0;
   if (c < cols)
     for (int64_t r = ty; r < rows; r += 16) acc += x[r * cols + c];
   s[ty][tx] = acc;
   __syncthreads();
   if (ty == 0 && c < cols) {
-    float t = 0.0f;
+    S t = 0;
     for (int i = 0; i < 16; ++i) t += s[i][tx];
-    y[c] += t;
+    y[c] += float(t);
   }
 }
 
@@ -319,9 +323,18 @@ void launch_map(const char* name, DType dt, int64_t n, std::initializer_list<con
 }
 
 // Scratch for the GDN gate partial sums (see cuda::ScratchBuffer).
-float* gate_partials(int64_t n) {
+double* gate_partials(int64_t n) {
   static ScratchBuffer* s = new ScratchBuffer("GDN gate partial sums");  // leaked
-  return static_cast<float*>(s->get(size_t(n) * sizeof(float)));
+  return static_cast<double*>(s->get(size_t(n) * sizeof(double)));
+}
+
+template <typename S>
+void col_sum_add_impl(const S* x_RC, int64_t rows, int64_t cols, float* y_C) {
+  DT_CHECK(rows >= 0 && cols >= 0, "cuda::col_sum_add: negative size rows=", rows, " cols=", cols);
+  if (rows == 0 || cols == 0) return;
+  const dim3 grid(unsigned((cols + 31) / 32)), block(32, 16);
+  col_sum_add_kernel<S><<<grid, block>>>(x_RC, rows, cols, y_C);
+  DT_CUDA_LAUNCH_CHECK("col_sum_add");
 }
 
 void rope(const char* name, DType dt, void* x_NHK, const int32_t* pos_3N, int64_t N, int64_t H,
@@ -408,7 +421,7 @@ void gdn_gates_bwd(DType dt, const void* b_NG, const void* a_NG, const void* A_l
   const int64_t groups = (N + 7) / 8;
   const int64_t rows_per_part = (groups + kGateParts - 1) / kGateParts * 8;
   const int64_t parts = (N + rows_per_part - 1) / rows_per_part;
-  float* part = gate_partials(2 * parts * G);
+  double* part = gate_partials(2 * parts * G);
   const dim3 grid(unsigned((G + 31) / 32), unsigned(parts)), block(32, 8);
   DT_DISPATCH_DTYPE(dt, T, {
     gdn_gates_bwd_kernel<T><<<grid, block>>>(
@@ -417,8 +430,8 @@ void gdn_gates_bwd(DType dt, const void* b_NG, const void* a_NG, const void* A_l
         static_cast<T*>(db_NG), static_cast<T*>(da_NG), part, part + parts * G);
   });
   DT_CUDA_LAUNCH_CHECK("gdn_gates_bwd");
-  col_sum_add(part, parts, G, dA_log_G);
-  col_sum_add(part + parts * G, parts, G, ddt_bias_G);
+  col_sum_add_impl(part, parts, G, dA_log_G);
+  col_sum_add_impl(part + parts * G, parts, G, ddt_bias_G);
 }
 
 // ---- RoPE ----------------------------------------------------------------------------------
@@ -575,11 +588,7 @@ void fill(DType dt, void* x, float value, int64_t n) {
 }
 
 void col_sum_add(const float* x_RC, int64_t rows, int64_t cols, float* y_C) {
-  DT_CHECK(rows >= 0 && cols >= 0, "cuda::col_sum_add: negative size rows=", rows, " cols=", cols);
-  if (rows == 0 || cols == 0) return;
-  const dim3 grid(unsigned((cols + 31) / 32)), block(32, 16);
-  col_sum_add_kernel<<<grid, block>>>(x_RC, rows, cols, y_C);
-  DT_CUDA_LAUNCH_CHECK("col_sum_add");
+  col_sum_add_impl(x_RC, rows, cols, y_C);
 }
 
 }  // namespace deltatron::cuda
