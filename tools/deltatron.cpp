@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
+#include "dist/launch.h"
 #include "io/file_util.h"
 #include "train/bench.h"
 #include "train/convert.h"
@@ -210,12 +211,29 @@ int main(int argc, char** argv) {
   rd->add_option("--color", render.color, "auto (default), always or never");
   rd->add_option("--limit", render.limit, "only the first N samples");
 
+  dist::LaunchOptions launch;
+  CLI::App* la = app.add_subcommand(
+      "launch",
+      "Start N ranks of a command on this host with torchrun's variables (RANK, WORLD_SIZE, "
+      "LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT); stop them all if one fails");
+  la->add_option("--nproc", launch.nproc, "number of ranks")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  la->add_option("--master-addr", launch.master_addr, "MASTER_ADDR (default 127.0.0.1)");
+  la->add_option("--master-port", launch.master_port, "MASTER_PORT (default: a free port)")
+      ->check(CLI::Range(1, 65535));
+  la->add_option("--grace", launch.grace_s,
+                 "seconds from SIGTERM to SIGKILL when stopping the ranks (default 5)")
+      ->check(CLI::NonNegativeNumber);
+  la->add_option("command", launch.command, "the command and its arguments, after --")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
+    if (la->parsed()) return dist::run_launch(launch);
     if (sc->parsed()) {
       score.router.aux_type = aux_type == "seq"           ? model::AuxLossType::seq
                               : aux_type == "micro_batch" ? model::AuxLossType::micro_batch
