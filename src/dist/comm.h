@@ -56,20 +56,27 @@ class Comm {
   virtual std::unique_ptr<Comm> split(int color, int key) = 0;
 };
 
-// A process's place in the job, from the launcher's environment (first match):
+// A process's place in the job, from the launcher's environment (the first launcher whose
+// variables are present; the most specific first, so torchrun or mpirun started inside a Slurm
+// allocation is taken for what it is):
 //   torchrun / deltatron launch: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
-//                                MASTER_PORT
-//   Slurm srun:                  SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
-//                                SLURM_NTASKS_PER_NODE (or SLURM_STEP_TASKS_PER_NODE);
-//                                MASTER_ADDR / MASTER_PORT when set, else the first host of
-//                                SLURM_STEP_NODELIST (or SLURM_NODELIST) and a port derived from
-//                                SLURM_JOB_ID
+//                                MASTER_PORT (present when RANK or WORLD_SIZE is; LOCAL_RANK and
+//                                LOCAL_WORLD_SIZE default to RANK and WORLD_SIZE: one host)
 //   OpenMPI mpirun:              OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE,
 //                                OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_LOCAL_SIZE;
 //                                MASTER_ADDR / MASTER_PORT (default 127.0.0.1:29500)
+//   Slurm srun:                  SLURM_PROCID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS),
+//                                SLURM_LOCALID, SLURM_NTASKS_PER_NODE (or this node's entry,
+//                                SLURM_NODEID, of SLURM_STEP_TASKS_PER_NODE); only inside a job
+//                                step (SLURM_STEP_ID set): a batch script's own environment has
+//                                SLURM_PROCID and SLURM_NTASKS too but is one process.
+//                                MASTER_ADDR / MASTER_PORT when set, else the first host of
+//                                SLURM_STEP_NODELIST (or SLURM_NODELIST) and port
+//                                kSlurmPortBase + SLURM_JOB_ID % kSlurmPortSpan
 //   none of these:               a single rank.
 // Inconsistent or malformed values (RANK >= WORLD_SIZE, a non-number, a size without a rank) are
 // a core::Error naming the variable.
+constexpr int kSlurmPortBase = 20000, kSlurmPortSpan = 20000;
 struct World {
   int rank = 0, size = 1, local_rank = 0, local_size = 1;
   std::string master_addr = "127.0.0.1";
