@@ -6,13 +6,19 @@
 //   - views are contiguous, on the communicator's device (CPU memory for Gloo, device memory for
 //     NCCL); in-place use is allowed where stated, otherwise in and out must not overlap;
 //   - supported dtypes: f32, f64, bf16 (sum in the dtype; bf16 only where a caller asks for it),
-//     i32, i64; another dtype is an error naming the collective and the view;
+//     i32, i64; another dtype is an error naming the collective and the view. bf16 sums: NCCL
+//     adds in bf16 (rounded at every step of its algorithm); Gloo has no bf16 type and reduces
+//     an f32 copy, rounded to the nearest bf16 once (the two may differ in the last bf16 bit);
 //   - CPU backend: the call returns when the result is complete. CUDA backend: the call is
 //     enqueued on the current device's default stream (the engine's stream) and ordered with the
 //     kernels around it; it returns without waiting for completion;
 //   - a peer that died or stopped answering ends the call with core::Error within the
 //     communicator's timeout, naming the collective, this rank and the backend's message: never a
-//     silent hang.
+//     silent hang. CUDA: the call has returned before its kernel waits, so the error comes from
+//     the next barrier() (which waits for the device) or the next call (dist/nccl_comm.cpp).
+//     After such an error the communicator is unusable: every later call is an error saying so;
+//   - argument errors (dtype, device, sizes, overlap, counts, root) are core::Error naming the
+//     backend, the collective, the rank and the view, before anything is sent.
 #pragma once
 
 #include <cstdint>
@@ -44,7 +50,10 @@ class Comm {
   virtual void all_gather(const core::View& in, const core::View& out) = 0;
   // Variable all-to-all: in holds size() consecutive blocks, block p (send_counts[p] elements)
   // for rank p; out receives size() consecutive blocks, block p (recv_counts[p] elements) from
-  // rank p. Counts are in elements; in and out may differ in element count.
+  // rank p. Counts are in elements; in and out may differ in element count. The blocks start at
+  // element 0; elements of in or out past the last block are neither sent nor written. Rank r's
+  // send_counts[p] must equal rank p's recv_counts[r] (not checked: a mismatch fails or hangs
+  // until the timeout).
   virtual void all_to_all_v(const core::View& in, const std::vector<int64_t>& send_counts,
                             const core::View& out, const std::vector<int64_t>& recv_counts) = 0;
   // x = root's x on every rank.
@@ -52,7 +61,9 @@ class Comm {
   // Returns once every rank has called it (CUDA: after the device's pending work).
   virtual void barrier() = 0;
   // A sub-group (collective over this group): the ranks that pass the same color, ordered by
-  // (key, rank) as MPI_Comm_split. Every rank gets its group's communicator.
+  // (key, rank) as MPI_Comm_split. Every rank gets its group's communicator, on the same
+  // backend with the same timeout (Gloo: a group of one rank gets the "self" communicator;
+  // NCCL: colors must be >= 0).
   virtual std::unique_ptr<Comm> split(int color, int key) = 0;
 };
 
@@ -90,9 +101,11 @@ struct CommOptions {
 };
 
 // The communicator of the whole job on `dev` (rank 0 hosts the TCP rendezvous at
-// master_addr:master_port; NCCL's unique id travels through it). size 1: the "self" backend,
-// no network. Errors (unreachable rendezvous within the timeout, a CUDA build missing for
-// Device::cuda, ...) are core::Error with the address and rank.
+// master_addr:master_port; NCCL's unique id travels through it): "gloo" for Device::cpu, "nccl"
+// for Device::cuda on the current CUDA device (the caller selects the rank's GPU first, usually
+// local_rank's). size 1: the "self" backend, no network. Every rank calls it; it returns once all
+// have connected. Errors (unreachable rendezvous within the timeout, a rank that never arrives,
+// a CUDA build missing for Device::cuda, ...) are core::Error with the address and rank.
 std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOptions& opt = {});
 
 // The single-rank communicator (every collective is a copy or nothing).
