@@ -262,6 +262,14 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   check_moe_errors(cx);
 }
 
+std::vector<std::string> Model::moe_prefixes() const {
+  std::vector<std::string> out;
+  if (!c_.is_moe()) return out;
+  for (int64_t i = 0; i < c_.num_hidden_layers; ++i) out.push_back(trunk_layer(c_, i).moe_prefix());
+  if (c_.mtp_enabled) out.push_back(mtp_layer().moe_prefix());
+  return out;
+}
+
 PackLoss model_fwd_bwd(core::Device dev, const Config& c, const TensorMap& params,
                        const data::Pack& pack, TensorMap* grads, const ModelOptions& opt) {
   Model m(dev, core::DType::f32, c, params);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/device.h"
@@ -79,6 +80,9 @@ class Model {
   // Forward only, adding every MoE layer's top-k counts over the pack's real tokens to
   // `counts` (the first pass of an exact global aux loss).
   void count_routes(const data::Pack& pack, GlobalRouterCounts& counts);
+  // The "...mlp." prefixes of every MoE layer, the MTP layer's last (count_routes' keys);
+  // empty for a dense model.
+  std::vector<std::string> moe_prefixes() const;
 
   // Activation recomputation per layer: the forward keeps only each layer's input, the backward
   // reruns the layer's forward first (about one extra trunk forward; bitwise-equal gradients).

@@ -35,6 +35,20 @@ void check_device(core::Device dev) {
   core::fail("unknown device");
 }
 
+void select_device(core::Device dev, int index) {
+  if (dev == core::Device::cpu) return;
+#ifdef DT_HAVE_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+  DT_CHECK(index >= 0 && index < count, "GPU ", index, " (LOCAL_RANK) does not exist: ", count,
+           " CUDA device(s) visible; start at most one rank per GPU on each machine");
+  DT_CUDA_CHECK(cudaSetDevice(index));
+#else
+  check_device(dev);  // the error of a build without CUDA
+  (void)index;
+#endif
+}
+
 MemoryInfo memory_info(core::Device dev) {
   MemoryInfo m;
 #ifdef DT_HAVE_CUDA

@@ -16,6 +16,11 @@ bool has_backend(core::Device dev);
 // name and compute capability), and its pool allocator is registered with core.
 void check_device(core::Device dev);
 
+// Makes GPU `index` the current device of this process (a rank's LOCAL_RANK) before anything
+// is allocated on it; an error naming the index and the GPU count when there is no such GPU.
+// The CPU: nothing.
+void select_device(core::Device dev, int index);
+
 // Free and total memory of the device now (the host: 0, 0), and its name ("cpu" on the host).
 struct MemoryInfo {
   size_t free = 0, total = 0;

@@ -39,7 +39,11 @@ class ModelEngine final : public Engine {
     model_.count_routes(pack, counts);
   }
   void set_recompute(bool on) { model_.set_recompute(on); }
+  std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
   void zero_grads() override { model_.trainable().zero_grads(); }
+  void all_reduce_grads(dist::Comm& comm) override {
+    if (comm.size() > 1) comm.all_reduce(model_.trainable().grad_flat(), dist::ReduceOp::sum);
+  }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
 
   double clip(double max_norm) override {

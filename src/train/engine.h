@@ -4,8 +4,10 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "data/pack.h"
+#include "dist/comm.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "train/optimizer.h"
@@ -19,7 +21,12 @@ class Engine {
   virtual model::PackLoss fwd_bwd(const data::Pack& pack, bool with_grads,
                                   const model::ModelOptions& opt) = 0;
   virtual void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) = 0;
+  // The "...mlp." prefixes of the model's MoE layers (model::Model::moe_prefixes).
+  virtual std::vector<std::string> moe_prefixes() const = 0;
   virtual void zero_grads() = 0;
+  // Sums the trainable parameters' gradients over the ranks of `comm` (data parallel: every
+  // rank then holds the gradient of all the ranks' packs). comm is on the engine's device.
+  virtual void all_reduce_grads(dist::Comm& comm) = 0;
   // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
   // (shaped like them, e.g. model::zeros_like).
   virtual void grads_to_host(model::TensorMap& grads) = 0;

@@ -19,6 +19,7 @@
 #include "model/model.h"
 #include "train/engine.h"
 #include "train/finite_check.h"
+#include "train/parallel.h"
 
 namespace deltatron::train {
 
@@ -92,6 +93,10 @@ void run_score(const ScoreOptions& opt) {
   check_outputs_are_not_inputs(opt);
   io::check_writable_parent(opt.output_path);
   if (!opt.grad_out.empty()) io::check_writable_parent(opt.grad_out);
+  // Several ranks (a launcher's environment): pack i runs on rank i mod ranks; the results and
+  // gradients are summed over the ranks and rank 0 writes them.
+  const Parallel par = setup_parallel(opt.device == "cuda" ? core::Device::cuda : core::Device::cpu,
+                                      "deltatron score");
   io::LoadOptions load_opt;
   load_opt.ignore_mtp = opt.ignore_mtp;
   io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);
@@ -112,7 +117,9 @@ void run_score(const ScoreOptions& opt) {
   model::GlobalRouterCounts global;
   if (c.is_moe() && opt.router.aux_coef != 0.0 &&
       opt.router.aux_type == model::AuxLossType::global) {
-    for (const auto& pack : packs) engine->count_routes(pack, global);
+    for (size_t i = 0; i < packs.size(); ++i)
+      if (par.mine(int64_t(i))) engine->count_routes(packs[i], global);
+    all_reduce_counts(par, global, engine->moe_prefixes(), c.num_experts);
     mopt.global_counts = &global;
   }
 
@@ -124,7 +131,9 @@ void run_score(const ScoreOptions& opt) {
   double router_loss = 0;
   const auto t0 = std::chrono::steady_clock::now();
   size_t done = 0;
-  for (const auto& pack : packs) {
+  for (size_t i = 0; i < packs.size(); ++i) {
+    if (!par.mine(int64_t(i))) continue;
+    const data::Pack& pack = packs[i];
     const model::PackLoss r = engine->fwd_bwd(pack, with_grads, mopt);
     for (int s = 0; s < pack.num_samples(); ++s) {
       const int64_t i = pack.sample_index[s];
@@ -137,16 +146,28 @@ void run_score(const ScoreOptions& opt) {
     }
     router_loss += r.router_loss;
     done += pack.num_samples();
-    if (!opt.quiet) {
+    if (!opt.quiet && par.root()) {
       double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::fprintf(stderr, "score: %zu/%zu samples, %.1f s\n", done, S, sec);
     }
   }
-  if (!opt.quiet && opt.router.active())
+  if (par.size() > 1) {  // each sample's numbers come from one rank: the sums are exact
+    all_reduce_sum(par, loss_sum);
+    all_reduce_sum(par, mtp_loss_sum);
+    all_reduce_sum(par, n_tokens);
+    all_reduce_sum(par, mtp_n_tokens);
+    router_loss = all_reduce_sum(par, router_loss);
+    if (with_grads) engine->all_reduce_grads(*par.comm);
+  }
+  if (!opt.quiet && par.root() && opt.router.active())
     std::fprintf(stderr, "score: router loss (sum over MoE layers) %.9g\n", router_loss);
 
   check_finite_losses(loss_sum, mtp_loss_sum, router_loss, ck, opt);
 
+  if (!par.root()) {  // rank 0 checks and writes the gradients and the scores
+    par.comm->barrier();
+    return;
+  }
   std::string out;
   for (size_t i = 0; i < S; ++i) {
     nlohmann::json j = {{"index", i}, {"loss_sum", loss_sum[i]}, {"n_tokens", n_tokens[i]}};
@@ -176,6 +197,7 @@ void run_score(const ScoreOptions& opt) {
     }
   }
   io::write_file_atomic(opt.output_path, out);
+  par.comm->barrier();
 }
 
 }  // namespace deltatron::train

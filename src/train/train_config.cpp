@@ -116,6 +116,11 @@ const std::map<std::string, Setter>& setters() {
       {"training.master", set(&TrainConfig::master)},
       {"training.moments", set(&TrainConfig::moments)},
       {"training.offload", set(&TrainConfig::offload)},
+      {"parallel.dp", set(&TrainConfig::parallel_dp)},
+      {"parallel.zero", set(&TrainConfig::parallel_zero)},
+      {"parallel.ep", set(&TrainConfig::parallel_ep)},
+      {"parallel.tp", set(&TrainConfig::parallel_tp)},
+      {"parallel.sp", set(&TrainConfig::parallel_sp)},
       {"lora.enabled", set(&TrainConfig::lora)},
       {"lora.r", set(&TrainConfig::lora_r)},
       {"lora.alpha", set(&TrainConfig::lora_alpha)},
@@ -133,7 +138,7 @@ void apply_table(TrainConfig& c, const toml::table& root) {
     const std::string sec(section.str());
     const toml::table* t = node.as_table();
     DT_CHECK(t != nullptr, c.source, ": top-level key '", sec,
-             "' must be a section ([model], [data], [training] or [lora])");
+             "' must be a section ([model], [data], [training], [lora] or [parallel])");
     if (sec == "lora") c.lora = true;  // the section turns LoRA on (lora.enabled may say no)
     for (const auto& [k, v] : *t) {
       const std::string key = sec + "." + std::string(k.str());
@@ -208,6 +213,13 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.steps > 0, path, ": training.steps must be positive");
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");
+  DT_CHECK(c.parallel_dp >= 0, path, ": parallel.dp must be >= 0 (0: every rank of the job)");
+  DT_CHECK(c.parallel_zero == 0, path, ": parallel.zero = ", c.parallel_zero,
+           ": the ZeRO stages are not built yet (0: every data-parallel rank holds the whole "
+           "optimizer state)");
+  DT_CHECK(c.parallel_ep == 1 && c.parallel_tp == 1 && c.parallel_sp == 1, path,
+           ": parallel.ep, parallel.tp and parallel.sp must be 1 (expert, tensor and sequence "
+           "parallelism are not built yet)");
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

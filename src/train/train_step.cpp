@@ -17,11 +17,11 @@ namespace deltatron::train {
 
 namespace {
 
-// The step's cfg.grad_accum micro-batches, drawn from the batch stream and packed.
+// The step's cfg.grad_accum micro-batches per rank, drawn from the batch stream and packed.
 std::vector<data::Pack> next_packs(const TrainConfig& cfg, const TrainData& d,
-                                   data::EpochIterator& batches) {
+                                   data::EpochIterator& batches, int ranks) {
   std::vector<data::Pack> packs;
-  for (int64_t m = 0; m < cfg.grad_accum; ++m) {
+  for (int64_t m = 0; m < cfg.grad_accum * ranks; ++m) {
     std::vector<int64_t> local = batches.next();
     for (auto& i : local) i = d.train_index[i];
     packs.push_back(data::make_dataset_pack(*d.train_set, local, cfg.divisible_by,
@@ -49,7 +49,8 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
   const auto t0 = std::chrono::steady_clock::now();
 
   // 1. The step's micro-batches and the objective's scales over all of them.
-  const std::vector<data::Pack> packs = next_packs(cfg, ctx.data, ctx.batches);
+  const Parallel& par = ctx.par;
+  const std::vector<data::Pack> packs = next_packs(cfg, ctx.data, ctx.batches, par.size());
   const StepCounts n = count_step(packs, ctx.model.mtp_enabled);
   model::ModelOptions mo = step_options(cfg, ctx.model, n);
   model::GlobalRouterCounts running;
@@ -60,6 +61,7 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
   ctx.engine.zero_grads();
   double ce = 0, mtp = 0, router = 0;
   for (size_t m = 0; m < packs.size(); ++m) {
+    if (!par.mine(int64_t(m))) continue;
     const data::Pack& pack = packs[m];
     // LoRA dropout's masks (lora.dropout > 0): counter-based in (seed, step, micro-batch), so a
     // resumed run draws the same ones.
@@ -68,6 +70,12 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
     for (double x : l.loss_sum) ce += x;
     for (double x : l.mtp_loss_sum) mtp += x;
     router += l.router_loss;
+  }
+  if (par.size() > 1) {
+    ctx.engine.all_reduce_grads(*par.comm);
+    std::vector<double> sums = {ce, mtp, router};
+    all_reduce_sum(par, sums);
+    ce = sums[0], mtp = sums[1], router = sums[2];
   }
   StepResult r;
   r.tokens = n.real_tokens;

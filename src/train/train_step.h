@@ -8,6 +8,7 @@
 #include "model/config.h"
 #include "train/engine.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 #include "train/schedule.h"
 #include "train/train_config.h"
 #include "train/train_data.h"
@@ -24,6 +25,7 @@ struct StepContext {
   data::EpochIterator& batches;  // the training micro-batches, in order; advanced by each step
   Engine& engine;
   AdamW& opt;
+  const Parallel& par;  // data parallel: the ranks share each step's micro-batches
 };
 
 // What one step did, for the log (metrics.jsonl, TensorBoard, the progress line).
@@ -40,9 +42,11 @@ struct StepResult {
 };
 
 // One optimizer step, counted from st.step:
-//  1. the next cfg.grad_accum micro-batches of ctx.batches, packed;
-//  2. zeroed gradients, then forward/backward of every micro-batch with the objective's scales
-//     for the whole step (objective.h), so packing and micro-batching never change it;
+//  1. the next cfg.grad_accum x ranks micro-batches of ctx.batches, packed (every rank draws
+//     them all: the data position stays the same on every rank);
+//  2. zeroed gradients, then forward/backward of this rank's micro-batches (m mod ranks = rank)
+//     with the objective's scales for the whole step (objective.h), so packing, micro-batching
+//     and the number of ranks never change it; gradients and losses summed over the ranks;
 //  3. the gradient norm, clipped to cfg.grad_clip, and the step's learning rate;
 //  4. the AdamW update, or, when the loss, router loss or gradient norm is not finite, no update:
 //     the step is skipped, counted in bad_steps and reported on stderr, and a core::Error is

@@ -9,11 +9,14 @@
 #include <optional>
 #include <vector>
 
+#include "core/error.h"
 #include "data/tokenizer.h"
 #include "io/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/engine.h"
 #include "train/evaluate.h"
+#include "train/objective.h"
+#include "train/parallel.h"
 #include "train/run_dir.h"
 #include "train/run_log.h"
 #include "train/run_setup.h"
@@ -28,23 +31,49 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 void on_signal(int sig) { g_stop_signal = sig; }
 
+// [parallel] against the job's ranks, and what data parallelism does not cover yet: the global
+// router aux loss counts routes over the step's micro-batches as they run (objective.h), which
+// ranks running micro-batches side by side would each see differently.
+void check_data_parallel(const TrainConfig& cfg, const model::Config& c, const Parallel& par) {
+  DT_CHECK(cfg.parallel_dp == 0 || cfg.parallel_dp == par.size(), cfg.source,
+           ": parallel.dp = ", cfg.parallel_dp, " but the job has ", par.size(),
+           " rank(s) (data parallelism is the only layout yet: dp is the number of ranks)");
+  if (par.size() == 1 || !c.is_moe()) return;
+  const model::RouterLossOptions ro = step_options(cfg, c, StepCounts{}).router;
+  DT_CHECK(ro.aux_coef == 0.0 || ro.aux_type != model::AuxLossType::global,
+           "deltatron train: ", par.size(),
+           " data-parallel ranks with training.router_aux_type = \"global\" (aux coefficient ",
+           ro.aux_coef, ") are not supported yet; use \"seq\" or \"micro_batch\", or one rank");
+}
+
 // Every `every` steps (every <= 0: never).
 bool due(int64_t every, int64_t step) { return every > 0 && step % every == 0; }
 
 }  // namespace
 
 TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
+  // 0. The ranks of a data-parallel job (a launcher's environment; else one rank). Rank 0 owns
+  // the output directory: it locks it, logs and saves; the others read it once rank 0 has
+  // cleaned it, and every rank computes the same steps from the same checkpoint.
+  const Parallel par = setup_parallel(cfg.device == "cuda" ? core::Device::cuda : core::Device::cpu,
+                                      "deltatron train");
+
   // 1. Output directory first: an unwritable or busy one fails before any work; leftovers of
   // interrupted saves are removed only under the lock (no live run is writing them).
-  check_output_dir_writable(cfg.out_dir);
-  const OutDirLock lock(cfg.out_dir);
-  remove_stale_checkpoint_temps(cfg.out_dir);
+  std::optional<OutDirLock> lock;
+  if (par.root()) {
+    check_output_dir_writable(cfg.out_dir);
+    lock.emplace(cfg.out_dir);
+    remove_stale_checkpoint_temps(cfg.out_dir);
+  }
+  par.comm->barrier();
   RunStart start = plan_run_start(cfg, resume, overwrite);
 
   // 2. The memory plan (nothing allocated yet); model, tokenizer, data; optimizer, schedule and
   // state (the checkpoint's on a resume).
   check_run_memory(cfg, start.resume_dir);
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir);
+  check_data_parallel(cfg, ck.config, par);
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);
@@ -62,39 +91,44 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
                                   cfg.recompute, state_options(cfg), lora ? &*lora : nullptr);
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
-  print_run_start(cfg, ck.params, batches);
+  if (par.root()) print_run_start(cfg, ck.params, batches);
   if (lora) {
-    print_lora_start(*lora, ck.config);
+    if (par.root()) print_lora_start(*lora, ck.config);
     ck.params.clear();  // the frozen base lives on the device alone
   }
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  RunLog log(cfg, ck.config, !start.resume_dir.empty(), st.step);
-  const StepContext step_context{cfg, ck.config, d, schedule, batches, *engine, opt};
+  std::optional<RunLog> log;  // rank 0's
+  if (par.root()) log.emplace(cfg, ck.config, !start.resume_dir.empty(), st.step);
+  const StepContext step_context{cfg, ck.config, d, schedule, batches, *engine, opt, par};
   int64_t bad_steps = 0;
   TrainResult result;
   const auto evaluate_and_log = [&] {
     const EvalResult e = evaluate(cfg, *engine, d);
     if (e.samples == 0) return;  // no held-out set
-    log.eval(st.step, e);
+    if (log) log->eval(st.step, e);
     result.final_eval_loss = e.loss;
     result.final_eval_accuracy = e.accuracy;
   };
-  const auto save = [&] {
-    save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+  const auto save = [&] {  // rank 0 writes (every rank holds the same state)
+    if (par.root())
+      save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+    par.comm->barrier();
   };
 
   // 4. The loop.
   while (st.step < cfg.steps) {
     const StepResult r = train_step(step_context, st, bad_steps);
     result.final_loss = r.loss;
-    log.step(r);
+    if (log) log->step(r);
     if (st.step == cfg.steps) break;  // the last step: evaluated and saved below
-    const bool stop = g_stop_signal != 0;
+    // A signal on any rank stops every rank after the same step.
+    const int64_t signal = all_reduce_max(par, int64_t(g_stop_signal.load()));
+    const bool stop = signal != 0;
     if (due(cfg.eval_every, st.step)) evaluate_and_log();
     if (due(cfg.save_every, st.step) || stop) save();
     if (stop) {
-      log.stopped(g_stop_signal, st.step);
+      if (log) log->stopped(int(signal), st.step);
       result.interrupted = true;
       break;
     }
@@ -105,7 +139,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     evaluate_and_log();
     save();
   }
-  log.finish();
+  if (log) log->finish();
   result.steps_done = st.step;
   return result;
 }

@@ -1,0 +1,75 @@
+// Data parallelism: the job's communicator and host sums over the ranks.
+#include "train/parallel.h"
+
+#include "core/buffer.h"
+#include "core/error.h"
+#include "ops/device.h"
+#include "ops/tensor.h"
+
+namespace deltatron::train {
+
+namespace {
+
+// Sums a host array of n elements of dt in place over the ranks: directly on a CPU
+// communicator, through a device buffer on a CUDA one.
+void host_reduce(const Parallel& p, void* data, core::DType dt, int64_t n, dist::ReduceOp op) {
+  if (p.size() == 1 || n == 0) return;
+  const core::Device dev = p.comm->device();
+  if (dev == core::Device::cpu) {
+    p.comm->all_reduce(core::View(data, dt, dev, {n}), op);
+    return;
+  }
+  core::Buffer b(dev, dt, {n}, "host values summed over the ranks");
+  ops::copy_from_host(b, data);
+  p.comm->all_reduce(b, op);
+  ops::copy_to_host(b, data);
+}
+
+}  // namespace
+
+Parallel setup_parallel(core::Device dev, const char* what) {
+  const dist::World w = dist::world_from_env();
+  if (w.size == 1) return single_rank(dev);
+  if (dev == core::Device::cuda) ops::select_device(dev, w.local_rank);
+  Parallel p;
+  p.comm = dist::connect(w, dev);
+  DT_CHECK(p.comm->size() == w.size, what, ": the communicator has ", p.comm->size(),
+           " ranks, the launcher started ", w.size);
+  return p;
+}
+
+Parallel single_rank(core::Device dev) {
+  Parallel p;
+  p.comm = dist::self_comm(dev);
+  return p;
+}
+
+void all_reduce_sum(const Parallel& p, std::vector<double>& x) {
+  host_reduce(p, x.data(), core::DType::f64, int64_t(x.size()), dist::ReduceOp::sum);
+}
+
+void all_reduce_sum(const Parallel& p, std::vector<int64_t>& x) {
+  host_reduce(p, x.data(), core::DType::i64, int64_t(x.size()), dist::ReduceOp::sum);
+}
+
+double all_reduce_sum(const Parallel& p, double x) {
+  host_reduce(p, &x, core::DType::f64, 1, dist::ReduceOp::sum);
+  return x;
+}
+
+int64_t all_reduce_max(const Parallel& p, int64_t x) {
+  host_reduce(p, &x, core::DType::i64, 1, dist::ReduceOp::max);
+  return x;
+}
+
+void all_reduce_counts(const Parallel& p, model::GlobalRouterCounts& counts,
+                       const std::vector<std::string>& moe_prefixes, int64_t num_experts) {
+  if (p.size() == 1) return;
+  for (const auto& pf : moe_prefixes) {  // map order: the same on every rank
+    model::GlobalRouterCounts::Layer& l = counts.at(pf, p.comm->device(), num_experts);
+    p.comm->all_reduce(l.counts_E, dist::ReduceOp::sum);
+    p.comm->all_reduce(l.tokens_1, dist::ReduceOp::sum);
+  }
+}
+
+}  // namespace deltatron::train
