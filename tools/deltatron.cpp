@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"global", "seq", "micro_batch"}));
   sc->add_option("--z-loss-coef", score.router.z_coef,
                  "router z-loss coefficient (sum of lse^2 over real tokens; default 0)");
+  sc->add_option("--ep", score.ep,
+                 "expert parallelism: groups of this many ranks of a launched job share the "
+                 "routed experts (default 1)")
+      ->check(CLI::PositiveNumber);
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 
   train::ConvertOptions conv;

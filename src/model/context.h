@@ -7,6 +7,7 @@
 #include "core/buffer.h"
 #include "data/pack.h"
 #include "model/config.h"
+#include "model/expert_parallel.h"
 #include "model/params.h"
 
 namespace deltatron::model {
@@ -40,8 +41,9 @@ struct Ctx {
   const Config& c;
   Params& p;
   const Batch& b;
-  const Adapters* lora = nullptr;  // a LoRA run's adapters (model/proj.h applies them)
-  uint64_t dropout_key = 0;        // LoRA dropout's masks for this pack; 0: none
+  const Adapters* lora = nullptr;      // a LoRA run's adapters (model/proj.h applies them)
+  uint64_t dropout_key = 0;            // LoRA dropout's masks for this pack; 0: none
+  const ExpertParallel* ep = nullptr;  // expert parallelism (model/expert_parallel.h); null: off
   core::Device dev() const { return p.device(); }
   core::DType dt() const { return p.dt(); }
   int64_t N() const { return b.N; }

@@ -151,7 +151,7 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
   set_activation_hint(c, params_, N, recompute_ && with_grads);
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get(), with_grads ? opt.dropout_key : 0};
+  const Ctx cx{c, params_, b, adapters_.get(), with_grads ? opt.dropout_key : 0, ep()};
   const Params& p = params_;
   const std::string embed = c.name("embed_tokens.weight"), norm = c.name("norm.weight");
   PackLoss out;
@@ -242,7 +242,7 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   if (!c.is_moe()) return;
   const int64_t N = pack.N, D = c.hidden_size;
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get()};
+  const Ctx cx{c, params_, b, adapters_.get(), 0, ep()};
   const Params& p = params_;
   Buffer x = cx.f32(N * D, "residual stream");
   ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);

@@ -11,6 +11,7 @@
 #include "data/pack.h"
 #include "model/adapters.h"
 #include "model/config.h"
+#include "model/expert_parallel.h"
 #include "model/params.h"
 #include "model/router_loss.h"
 #include "model/weights.h"
@@ -88,6 +89,12 @@ class Model {
   // reruns the layer's forward first (about one extra trunk forward; bitwise-equal gradients).
   void set_recompute(bool on) { recompute_ = on; }
 
+  // Expert parallelism (model/expert_parallel.h): the parameter store then holds this rank's
+  // slices of the routed-expert tensors ([El, ...]), and every MoE layer exchanges rows with
+  // the group. Set before the first pack.
+  void set_expert_parallel(const ExpertParallel& ep) { ep_ = ep; }
+  const ExpertParallel& expert_parallel() const { return ep_; }
+
   Params& params() { return params_; }  // the base model's
   // What the optimizer trains: the adapters' store in a LoRA run, else params().
   Params& trainable() { return adapters_ ? adapters_->params() : params_; }
@@ -99,6 +106,8 @@ class Model {
   Config c_;
   Params params_;
   std::unique_ptr<Adapters> adapters_;
+  ExpertParallel ep_;
+  const ExpertParallel* ep() const { return ep_.on() ? &ep_ : nullptr; }
   bool recompute_ = false;
 };
 

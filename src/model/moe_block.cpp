@@ -12,6 +12,7 @@
 
 #include "model/expert_lora.h"
 #include "model/model.h"
+#include "model/moe_ep.h"
 #include "model/proj.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
@@ -56,9 +57,14 @@ Buffer to_f32(const Ctx& cx, const View& x, int64_t n, const char* what) {
 void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& resid, MoeSaved& s) {
   const Dims d(cx);
   const Params& p = cx.p;
+  const bool ep = cx.ep && cx.ep->on();  // expert parallelism: this rank's experts only
+  const int64_t El = ep ? cx.ep->num_local : d.E;
   check_shape(p, pf + "gate.weight", {d.E, d.D});
-  check_shape(p, pf + "experts.gate_up_proj", {d.E, 2 * d.F, d.D});
-  check_shape(p, pf + "experts.down_proj", {d.E, d.D, d.F});
+  check_shape(p, pf + "experts.gate_up_proj", {El, 2 * d.F, d.D});
+  check_shape(p, pf + "experts.down_proj", {El, d.D, d.F});
+  DT_CHECK(!ep || (expert_lora_rank(cx, pf + "experts.gate_up_proj") == 0 &&
+                   expert_lora_rank(cx, pf + "experts.down_proj") == 0),
+           pf, "experts: routed-expert LoRA adapters under expert parallelism are not built yet");
   s.x = x;
   s.has_terms = false;
 
@@ -84,6 +90,7 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
       host_offsets = host_offsets ||
                      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), I, r) ||
                      ops::grouped_linear_needs_host_offsets(cx.dev(), cx.dt(), r, O);
+  host_offsets = host_offsets || ep;  // the exchange's row counts
   s.offsets_host.assign(host_offsets ? d.E + 1 : 0, 0);
   s.rows_P = cx.i32(d.P, "expert-major slot order");
   s.pos = cx.i32(d.P, "slot positions");
@@ -92,26 +99,30 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   const ExpertRows rows{s.offsets, host_offsets_of(s), d.E, d.P};
 
   // Routed experts.
-  s.gate = cx.act(d.P * d.F, "expert gate");
-  s.up = cx.act(d.P * d.F, "expert up");
-  Buffer h = cx.act(d.P * d.F, "expert hidden");
-  {
-    Buffer xg = cx.act(d.P * d.D, "gathered expert inputs");
-    ops::moe_gather(x, s.rows_P, View{}, d.P, d.K, d.D, xg);
-    Buffer gu = cx.act(d.P * 2 * d.F, "expert gate/up");
-    ops::grouped_linear_fwd(xg, p.w(pf + "experts.gate_up_proj"), s.offsets, host_offsets_of(s),
-                            d.E, d.D, 2 * d.F, gu);
-    expert_lora_fwd(cx, pf + "experts.gate_up_proj", rows, xg, d.D, 2 * d.F, gu);
-    ops::copy_cols(gu, 2 * d.F, 0, s.gate, d.F, 0, d.P, d.F);
-    ops::copy_cols(gu, 2 * d.F, d.F, s.up, d.F, 0, d.P, d.F);
-  }
-  ops::swiglu_fwd(s.gate, s.up, d.P * d.F, h);
-  {
-    Buffer out = cx.act(d.P * d.D, "expert outputs");
-    ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), s.offsets, host_offsets_of(s), d.E,
-                            d.F, d.D, out);
-    expert_lora_fwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, out);
-    ops::moe_scatter_add(out, s.pos, s.topk_w, d.N, d.K, d.D, resid, true);
+  if (ep) {
+    moe_routed_fwd_ep(cx, pf, x, resid, s);
+  } else {
+    s.gate = cx.act(d.P * d.F, "expert gate");
+    s.up = cx.act(d.P * d.F, "expert up");
+    Buffer h = cx.act(d.P * d.F, "expert hidden");
+    {
+      Buffer xg = cx.act(d.P * d.D, "gathered expert inputs");
+      ops::moe_gather(x, s.rows_P, View{}, d.P, d.K, d.D, xg);
+      Buffer gu = cx.act(d.P * 2 * d.F, "expert gate/up");
+      ops::grouped_linear_fwd(xg, p.w(pf + "experts.gate_up_proj"), s.offsets, host_offsets_of(s),
+                              d.E, d.D, 2 * d.F, gu);
+      expert_lora_fwd(cx, pf + "experts.gate_up_proj", rows, xg, d.D, 2 * d.F, gu);
+      ops::copy_cols(gu, 2 * d.F, 0, s.gate, d.F, 0, d.P, d.F);
+      ops::copy_cols(gu, 2 * d.F, d.F, s.up, d.F, 0, d.P, d.F);
+    }
+    ops::swiglu_fwd(s.gate, s.up, d.P * d.F, h);
+    {
+      Buffer out = cx.act(d.P * d.D, "expert outputs");
+      ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), s.offsets, host_offsets_of(s), d.E,
+                              d.F, d.D, out);
+      expert_lora_fwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, out);
+      ops::moe_scatter_add(out, s.pos, s.topk_w, d.N, d.K, d.D, resid, true);
+    }
   }
 
   // Shared expert with its sigmoid gate.
@@ -140,7 +151,9 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
   const ExpertRows rows{s.offsets, host_offsets_of(s), d.E, d.P};
 
   // Routed experts.
-  {
+  if (cx.ep && cx.ep->on()) {
+    moe_routed_bwd_ep(cx, pf, s, dy, dx32, dw);
+  } else {
     Buffer h = cx.act(d.P * d.F, "expert hidden");
     ops::swiglu_fwd(s.gate, s.up, d.P * d.F, h);
     Buffer g = cx.act(d.P * d.F, "expert hidden gradient (unweighted)");

@@ -33,8 +33,19 @@ struct MoeSaved {
   std::vector<int64_t> offsets_host;  // the same on the host, only where the grouped GEMMs need
                                       // them (ops::grouped_linear_needs_host_offsets), else empty
   Buffer rows_P, pos;                 // permuted row -> slot n*K + j, and its inverse (i32)
-  Buffer gate, up;                    // routed expert pre-activations (dt)
+  Buffer gate, up;                    // routed expert pre-activations (dt; with expert
+                                      // parallelism the owner's rows, [ep.R, F])
   Buffer sgate, sup, sout, slogit;    // shared expert (dt; slogit f32)
+  // Expert parallelism (model/expert_parallel.h): this layer's exchange, the owner's side.
+  struct Ep {
+    std::vector<int64_t> send_rows, recv_rows;  // rows to / from each rank of the group
+    std::vector<int64_t> loff_host;             // [El + 1] local expert offsets, expert-major
+    Buffer loff;                                // i64, the same on the device
+    Buffer perm, inv;  // i32 [R]: expert-major row j is received row perm[j]; inv its inverse
+    Buffer iota;       // i32 [R]: 0, 1, ..., R - 1
+    Buffer xe, we;     // the received rows, expert-major (dt [R, D]) and their slot weights (f32)
+    int64_t R = 0;
+  } ep;
   // This layer's router-loss terms, attached by add_router_terms after the forward (kept when
   // a recomputed forward replaces the activations).
   RouterTerms terms;

@@ -41,8 +41,31 @@ class ModelEngine final : public Engine {
   void set_recompute(bool on) { model_.set_recompute(on); }
   std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
   void zero_grads() override { model_.trainable().zero_grads(); }
-  void all_reduce_grads(dist::Comm& comm) override {
-    if (comm.size() > 1) comm.all_reduce(model_.trainable().grad_flat(), dist::ReduceOp::sum);
+  void all_reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
+    const model::Params& p = model_.trainable();
+    if (!model_.expert_parallel().on()) {
+      if (comm.size() > 1) comm.all_reduce(p.grad_flat(), dist::ReduceOp::sum);
+      return;
+    }
+    // Runs of consecutive tensors of one kind (routed-expert slices or not), each summed over
+    // its communicator; every rank walks the same names.
+    const std::vector<std::string>& names = p.names();
+    for (size_t i = 0; i < names.size();) {
+      const bool expert = model::is_routed_expert_tensor(names[i]);
+      const int64_t begin = p.entry(names[i]).offset;
+      int64_t end = begin;  // the run's tensors lie in order (with alignment gaps) in the store
+      for (; i < names.size() && model::is_routed_expert_tensor(names[i]) == expert; ++i) {
+        const auto& e = p.entry(names[i]);
+        DT_CHECK(e.offset >= end, "gradient store: ", names[i], " is out of order");
+        end = e.offset + e.numel;
+      }
+      dist::Comm* c = expert ? experts : &comm;
+      if (c && c->size() > 1 && end > begin)
+        c->all_reduce(p.grad_flat().slice(begin, end - begin), dist::ReduceOp::sum);
+    }
+  }
+  void set_expert_parallel(const model::ExpertParallel& ep) override {
+    model_.set_expert_parallel(ep);
   }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
 

@@ -25,8 +25,13 @@ class Engine {
   virtual std::vector<std::string> moe_prefixes() const = 0;
   virtual void zero_grads() = 0;
   // Sums the trainable parameters' gradients over the ranks of `comm` (data parallel: every
-  // rank then holds the gradient of all the ranks' packs). comm is on the engine's device.
-  virtual void all_reduce_grads(dist::Comm& comm) = 0;
+  // rank then holds the gradient of all the ranks' packs). comm is on the engine's device. With
+  // expert parallelism, the routed-expert tensors (this rank's slices) are summed over
+  // `experts` instead (the ranks owning the same experts; null or one rank: not summed).
+  virtual void all_reduce_grads(dist::Comm& comm, dist::Comm* experts = nullptr) = 0;
+  // Expert parallelism (model/expert_parallel.h): the engine was made from this rank's expert
+  // slices; every MoE layer exchanges rows with ep.comm's group. Before the first pack.
+  virtual void set_expert_parallel(const model::ExpertParallel& ep) = 0;
   // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
   // (shaped like them, e.g. model::zeros_like).
   virtual void grads_to_host(model::TensorMap& grads) = 0;

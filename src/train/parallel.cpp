@@ -2,6 +2,7 @@
 #include "train/parallel.h"
 
 #include "core/buffer.h"
+#include "core/constants.h"
 #include "core/error.h"
 #include "ops/device.h"
 #include "ops/tensor.h"
@@ -35,6 +36,30 @@ Parallel setup_parallel(core::Device dev, const char* what) {
   p.comm = dist::connect(w, dev);
   DT_CHECK(p.comm->size() == w.size, what, ": the communicator has ", p.comm->size(),
            " ranks, the launcher started ", w.size);
+  return p;
+}
+
+std::vector<int64_t> rank_items(const Parallel& p, int64_t n, bool same_count) {
+  std::vector<int64_t> out;
+  for (int64_t i = p.rank(); i < n; i += p.size()) out.push_back(i);
+  if (same_count)
+    while (int64_t(out.size()) < (n + p.size() - 1) / p.size()) out.push_back(-1);
+  return out;
+}
+
+data::Pack idle_pack() {
+  data::Pack p;
+  p.N = 1;
+  p.input_ids = {0};
+  p.labels = {core::kIgnoreIndex};
+  p.targets = {core::kIgnoreIndex};
+  p.position_ids = {0, 0, 0};
+  p.is_pad = {1};
+  p.cu_seqlens = {0, 0};
+  p.cu_seqlens_padded = {0, 1};
+  p.sample_index = {-1};
+  p.mtp_input_ids = {0};
+  p.mtp_targets = {core::kIgnoreIndex};
   return p;
 }
 

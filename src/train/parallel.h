@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "data/pack.h"
 #include "dist/comm.h"
 #include "model/router_loss.h"
 
@@ -21,6 +22,16 @@ struct Parallel {
   // rank walks the same sequence, so the items and their order are those of one rank.
   bool mine(int64_t i) const { return i % size() == rank(); }
 };
+
+// The items of n this rank runs, in order (i mod ranks = rank). same_count (expert parallelism:
+// every rank must run as many packs as the others): padded with -1 up to ceil(n / ranks), for
+// which the rank runs idle_pack().
+std::vector<int64_t> rank_items(const Parallel& p, int64_t n, bool same_count);
+
+// A pack of one padding token in one sample without real tokens: no label, no routing count, no
+// router loss, so it adds exactly nothing to a loss or gradient; it lets a rank without work take
+// part in every MoE layer's exchange.
+data::Pack idle_pack();
 
 // The job's place from the launcher's environment (dist::world_from_env: torchrun, Slurm,
 // mpirun, deltatron launch; a single rank without one) and its communicator on dev. With

@@ -18,6 +18,7 @@
 #include "io/peft_adapter.h"
 #include "model/model.h"
 #include "train/engine.h"
+#include "train/expert_parallel.h"
 #include "train/finite_check.h"
 #include "train/parallel.h"
 
@@ -108,8 +109,18 @@ void run_score(const ScoreOptions& opt) {
     lora = io::to_lora_setup(io::load_peft_adapter(opt.adapter_dir), c, /*dropout=*/0,
                              opt.adapter_dir);  // scoring: no dropout
   }
+  // Expert parallelism: this rank's slices of the routed experts; every rank runs as many
+  // packs as the others (idle packs where it has none left), since each MoE layer is a
+  // collective exchange.
+  const ExpertGroups eg = setup_expert_groups(par, opt.ep, c, "deltatron score --ep");
+  DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
+  keep_local_experts(ck.params, eg);
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr);
+  if (eg.on()) engine->set_expert_parallel(eg.model);
+  const std::vector<int64_t> items = rank_items(par, int64_t(packs.size()), eg.on());
+  const data::Pack idle = idle_pack();
+  const auto pack_of = [&](int64_t i) -> const data::Pack& { return i < 0 ? idle : packs[i]; };
 
   model::ModelOptions mopt;
   mopt.mtp_ce_scale = static_cast<float>(opt.mtp_scale);
@@ -117,8 +128,7 @@ void run_score(const ScoreOptions& opt) {
   model::GlobalRouterCounts global;
   if (c.is_moe() && opt.router.aux_coef != 0.0 &&
       opt.router.aux_type == model::AuxLossType::global) {
-    for (size_t i = 0; i < packs.size(); ++i)
-      if (par.mine(int64_t(i))) engine->count_routes(packs[i], global);
+    for (int64_t i : items) engine->count_routes(pack_of(i), global);
     all_reduce_counts(par, global, engine->moe_prefixes(), c.num_experts);
     mopt.global_counts = &global;
   }
@@ -131,10 +141,10 @@ void run_score(const ScoreOptions& opt) {
   double router_loss = 0;
   const auto t0 = std::chrono::steady_clock::now();
   size_t done = 0;
-  for (size_t i = 0; i < packs.size(); ++i) {
-    if (!par.mine(int64_t(i))) continue;
-    const data::Pack& pack = packs[i];
+  for (int64_t i : items) {
+    const data::Pack& pack = pack_of(i);
     const model::PackLoss r = engine->fwd_bwd(pack, with_grads, mopt);
+    if (i < 0) continue;  // an idle pack: nothing to record
     for (int s = 0; s < pack.num_samples(); ++s) {
       const int64_t i = pack.sample_index[s];
       loss_sum[i] = r.loss_sum[s];
@@ -157,13 +167,19 @@ void run_score(const ScoreOptions& opt) {
     all_reduce_sum(par, n_tokens);
     all_reduce_sum(par, mtp_n_tokens);
     router_loss = all_reduce_sum(par, router_loss);
-    if (with_grads) engine->all_reduce_grads(*par.comm);
+    if (with_grads) engine->all_reduce_grads(*par.comm, eg.same_experts.get());
   }
   if (!opt.quiet && par.root() && opt.router.active())
     std::fprintf(stderr, "score: router loss (sum over MoE layers) %.9g\n", router_loss);
 
   check_finite_losses(loss_sum, mtp_loss_sum, router_loss, ck, opt);
 
+  model::TensorMap grads;
+  if (with_grads) {
+    grads = model::zeros_like(lora ? lora->adapters : ck.params);
+    engine->grads_to_host(grads);
+    gather_experts(grads, eg, par.comm->device());  // the full expert tensors
+  }
   if (!par.root()) {  // rank 0 checks and writes the gradients and the scores
     par.comm->barrier();
     return;
@@ -178,8 +194,6 @@ void run_score(const ScoreOptions& opt) {
     out += j.dump() + "\n";
   }
   if (with_grads) {
-    model::TensorMap grads = model::zeros_like(lora ? lora->adapters : ck.params);
-    engine->grads_to_host(grads);
     if (const auto nf = find_non_finite(grads))
       core::fail(lora ? opt.adapter_dir : opt.model_dir,
                  ": the gradient is not finite: ", describe(*nf), "; nothing written");

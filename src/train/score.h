@@ -25,6 +25,9 @@ struct ScoreOptions {
   std::string device = "cpu";       // cpu | cuda
   std::string precision = "bf16";   // cuda: bf16 | fp32 (debug mode of the same kernels)
   bool quiet = false;
+  // Expert parallelism over groups of `ep` ranks of a launched job (docs/parallel.md): each rank
+  // holds num_experts / ep of every MoE layer's routed experts. 1: off.
+  int64_t ep = 1;
 };
 
 // Loads the checkpoint and data, scores every sample (packed in input order), then writes
