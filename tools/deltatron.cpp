@@ -285,6 +285,7 @@ int main(int argc, char** argv) {
                 .dump());
       const train::TrainConfig cfg = train::load_train_config(train_config, overrides);
       const train::TrainResult r = train::run_train(cfg, resume, train_overwrite);
+      if (!r.root) return r.interrupted ? 130 : 0;  // rank 0 reports
       if (r.nothing_to_do) {
         if (std::isfinite(r.final_loss))
           std::fprintf(stderr, "train: already finished: %lld steps, last loss %.4f\n",

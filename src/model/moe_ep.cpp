@@ -34,9 +34,9 @@ Buffer buf(const Ctx& cx, core::DType dt, int64_t n, const char* what) {
 
 Buffer upload_i32(const Ctx& cx, const std::vector<int32_t>& v, const char* what) {
   Buffer b = buf(cx, core::DType::i32, int64_t(v.size()), what);
-  if (!v.empty()) ops::copy_from_host(core::View(b.data(), core::DType::i32, cx.dev(),
-                                                 {int64_t(v.size())}),
-                                      v.data());
+  if (!v.empty())
+    ops::copy_from_host(core::View(b.data(), core::DType::i32, cx.dev(), {int64_t(v.size())}),
+                        v.data());
   return b;
 }
 
@@ -47,8 +47,8 @@ std::vector<int64_t> times(const std::vector<int64_t>& rows, int64_t width) {
 }
 
 // Rows [rows of each rank] of width `width` from `in` to the owners / back (all_to_all_v).
-void exchange(const Ctx& cx, const View& in, const std::vector<int64_t>& send_rows,
-              const View& out, const std::vector<int64_t>& recv_rows, int64_t width) {
+void exchange(const Ctx& cx, const View& in, const std::vector<int64_t>& send_rows, const View& out,
+              const std::vector<int64_t>& recv_rows, int64_t width) {
   cx.ep->comm->all_to_all_v(in, times(send_rows, width), out, times(recv_rows, width));
 }
 
@@ -176,13 +176,13 @@ void moe_routed_bwd_ep(const Ctx& cx, const std::string& pf, const MoeSaved& s, 
     Buffer h = cx.act(R * d.F, "expert hidden");
     ops::swiglu_fwd(s.gate, s.up, R * d.F, h);
     Buffer g = cx.act(R * d.F, "expert hidden gradient (unweighted)");
-    ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, ep.loff, loff, d.El, d.F, d.D,
-                            g, View{});
+    ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, ep.loff, loff, d.El, d.F, d.D, g,
+                            View{});
     if (!p.frozen()) {
       Buffer dyw = cx.act(R * d.D, "output gradients, slot-weighted");
       ops::moe_gather(dye, ep.iota, ep.we, R, 1, d.D, dyw);
-      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dyw, ep.loff, loff, d.El, d.F,
-                              d.D, View{}, p.g(pf + "experts.down_proj"));
+      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dyw, ep.loff, loff, d.El, d.F, d.D,
+                              View{}, p.g(pf + "experts.down_proj"));
     }
     ops::moe_expert_weight_bwd(h, g, ep.iota, ep.we, R, 1, d.F, dwe, g);
     Buffer dgu = cx.act(R * 2 * d.F, "expert gate/up gradient");
@@ -193,8 +193,8 @@ void moe_routed_bwd_ep(const Ctx& cx, const std::string& pf, const MoeSaved& s, 
       ops::copy_cols(dgate, d.F, 0, dgu, 2 * d.F, 0, R, d.F);
       ops::copy_cols(dup, d.F, 0, dgu, 2 * d.F, d.F, R, d.F);
     }
-    ops::grouped_linear_bwd(ep.xe, p.w(pf + "experts.gate_up_proj"), dgu, ep.loff, loff, d.El,
-                            d.D, 2 * d.F, dxe, p.g(pf + "experts.gate_up_proj"));
+    ops::grouped_linear_bwd(ep.xe, p.w(pf + "experts.gate_up_proj"), dgu, ep.loff, loff, d.El, d.D,
+                            2 * d.F, dxe, p.g(pf + "experts.gate_up_proj"));
   }
 
   // Slot-weight and input-row gradients back to the tokens' ranks.

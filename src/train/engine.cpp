@@ -16,6 +16,38 @@ namespace deltatron::train {
 
 namespace {
 
+// Calls f(expert, begin, end) for the runs of consecutive tensors of one kind (routed-expert
+// slices or not) of the store, [begin, end) in the flat buffers (alignment gaps included).
+template <typename F>
+void for_each_expert_run(const model::Params& p, F&& f) {
+  const std::vector<std::string>& names = p.names();
+  for (size_t i = 0; i < names.size();) {
+    const bool expert = model::is_routed_expert_tensor(names[i]);
+    const int64_t begin = p.entry(names[i]).offset;
+    int64_t end = begin;  // the run's tensors lie in order in the store
+    for (; i < names.size() && model::is_routed_expert_tensor(names[i]) == expert; ++i) {
+      const auto& e = p.entry(names[i]);
+      DT_CHECK(e.offset >= end, "gradient store: ", names[i], " is out of order");
+      end = e.offset + e.numel;
+    }
+    f(expert, begin, end);
+  }
+}
+
+// x summed over the ranks of c (through a device buffer on a CUDA communicator).
+double sum_over(dist::Comm& c, double x) {
+  if (c.size() == 1) return x;
+  if (c.device() == core::Device::cpu) {
+    c.all_reduce(core::View(&x, core::DType::f64, core::Device::cpu, {1}), dist::ReduceOp::sum);
+    return x;
+  }
+  core::Buffer b(c.device(), core::DType::f64, {1}, "gradient norm part");
+  ops::copy_from_host(b, &x);
+  c.all_reduce(b, dist::ReduceOp::sum);
+  ops::copy_to_host(b, &x);
+  return x;
+}
+
 class ModelEngine final : public Engine {
  public:
   template <typename Source>
@@ -47,22 +79,12 @@ class ModelEngine final : public Engine {
       if (comm.size() > 1) comm.all_reduce(p.grad_flat(), dist::ReduceOp::sum);
       return;
     }
-    // Runs of consecutive tensors of one kind (routed-expert slices or not), each summed over
-    // its communicator; every rank walks the same names.
-    const std::vector<std::string>& names = p.names();
-    for (size_t i = 0; i < names.size();) {
-      const bool expert = model::is_routed_expert_tensor(names[i]);
-      const int64_t begin = p.entry(names[i]).offset;
-      int64_t end = begin;  // the run's tensors lie in order (with alignment gaps) in the store
-      for (; i < names.size() && model::is_routed_expert_tensor(names[i]) == expert; ++i) {
-        const auto& e = p.entry(names[i]);
-        DT_CHECK(e.offset >= end, "gradient store: ", names[i], " is out of order");
-        end = e.offset + e.numel;
-      }
+    // Each run of one kind over its communicator; every rank walks the same names.
+    for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
       dist::Comm* c = expert ? experts : &comm;
       if (c && c->size() > 1 && end > begin)
         c->all_reduce(p.grad_flat().slice(begin, end - begin), dist::ReduceOp::sum);
-    }
+    });
   }
   void set_expert_parallel(const model::ExpertParallel& ep) override {
     model_.set_expert_parallel(ep);
@@ -71,7 +93,18 @@ class ModelEngine final : public Engine {
 
   double clip(double max_norm) override {
     const model::Params& p = model_.trainable();
-    const double norm = std::sqrt(ops::sum_squares(p.grad_flat(), p.total()));
+    double sq = 0;
+    if (!model_.expert_parallel().on()) {
+      sq = ops::sum_squares(p.grad_flat(), p.total());
+    } else {  // this rank's expert slices are a part of the model's: summed over the group
+      double dense = 0, experts = 0;
+      for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
+        (expert ? experts : dense) +=
+            ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
+      });
+      sq = dense + sum_over(*model_.expert_parallel().comm, experts);
+    }
+    const double norm = std::sqrt(sq);
     grad_scale_ = 1.0f;
     if (std::isfinite(norm) && max_norm > 0) {
       const double coef = max_norm / (norm + 1e-6);

@@ -34,8 +34,7 @@ void keep_local_experts(model::TensorMap& params, const ExpertGroups& g) {
   for (auto& [name, t] : params) {
     if (!model::is_routed_expert_tensor(name)) continue;
     const int64_t E = t.shape.at(0), per = t.numel() / E;
-    DT_CHECK(E == El * g.group->size(), name, ": ", E, " experts, expected ",
-             El * g.group->size());
+    DT_CHECK(E == El * g.group->size(), name, ": ", E, " experts, expected ", El * g.group->size());
     core::Shape s = t.shape;
     s[0] = El;
     core::Tensor local(s);
@@ -64,6 +63,80 @@ void gather_experts(model::TensorMap& tensors, const ExpertGroups& g, core::Devi
     }
     t = std::move(full);
   }
+}
+
+void keep_local_experts(AdamW& opt, const model::TensorMap& local_params, const ExpertGroups& g) {
+  if (!g.on()) return;
+  AdamW local(local_params, opt.options());
+  if (opt.step_count() > 0) {  // resumed: the checkpoint's moments
+    model::TensorMap m = opt.exp_avg(), v = opt.exp_avg_sq();
+    keep_local_experts(m, g);
+    keep_local_experts(v, g);
+    local.set_state(opt.step_count(), std::move(m), std::move(v));
+  }
+  opt = std::move(local);
+}
+
+GatheredState gather_state(Engine& engine, const model::TensorMap& local_params, AdamW& opt,
+                           const ExpertGroups& g, core::Device dev) {
+  GatheredState s;
+  s.weights = model::zeros_like(local_params);
+  engine.sync_weights(s.weights, opt);
+  s.step = opt.step_count();
+  s.exp_avg = model::zeros_like(local_params);
+  s.exp_avg_sq = model::zeros_like(local_params);
+  for (auto& [name, t] : s.exp_avg) engine.read_moment(name, false, t.ptr());
+  for (auto& [name, t] : s.exp_avg_sq) engine.read_moment(name, true, t.ptr());
+  gather_experts(s.weights, g, dev);
+  gather_experts(s.exp_avg, g, dev);
+  gather_experts(s.exp_avg_sq, g, dev);
+  return s;
+}
+
+namespace {
+
+class SavedStateEngine final : public Engine {
+ public:
+  explicit SavedStateEngine(const GatheredState& s) : s_(s) {}
+  model::PackLoss fwd_bwd(const data::Pack&, bool, const model::ModelOptions&) override {
+    no("fwd_bwd");
+  }
+  void count_routes(const data::Pack&, model::GlobalRouterCounts&) override { no("count_routes"); }
+  std::vector<std::string> moe_prefixes() const override { no("moe_prefixes"); }
+  void zero_grads() override { no("zero_grads"); }
+  void all_reduce_grads(dist::Comm&, dist::Comm*) override { no("all_reduce_grads"); }
+  void set_expert_parallel(const model::ExpertParallel&) override { no("set_expert_parallel"); }
+  void grads_to_host(model::TensorMap&) override { no("grads_to_host"); }
+  double clip(double) override { no("clip"); }
+  void step(AdamW&, double) override { no("step"); }
+  void sync_to_host(model::TensorMap& params, AdamW& opt) override {
+    sync_weights(params, opt);
+    opt.set_state(s_.step, s_.exp_avg, s_.exp_avg_sq);
+  }
+  void sync_weights(model::TensorMap& params, AdamW& opt) override {
+    for (auto& [name, t] : params) {
+      const core::Tensor& w = s_.weights.at(name);
+      DT_CHECK(w.shape == t.shape, "saved state: ", name, " has another shape");
+      std::memcpy(t.ptr(), w.ptr(), size_t(t.numel()) * sizeof(float));
+    }
+    opt.set_step_count(s_.step);
+  }
+  void read_moment(const std::string& name, bool second, float* out) override {
+    const core::Tensor& m = (second ? s_.exp_avg_sq : s_.exp_avg).at(name);
+    std::memcpy(out, m.ptr(), size_t(m.numel()) * sizeof(float));
+  }
+
+ private:
+  [[noreturn]] static void no(const char* what) {
+    core::fail("internal: a saved training state cannot ", what);
+  }
+  const GatheredState& s_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> saved_state_engine(const GatheredState& s) {
+  return std::make_unique<SavedStateEngine>(s);
 }
 
 }  // namespace deltatron::train

@@ -15,14 +15,16 @@
 #include "model/config.h"
 #include "model/expert_parallel.h"
 #include "model/weights.h"
+#include "train/engine.h"
+#include "train/optimizer.h"
 #include "train/parallel.h"
 
 namespace deltatron::train {
 
 struct ExpertGroups {
-  std::unique_ptr<dist::Comm> group;      // the ranks sharing one set of experts among them
+  std::unique_ptr<dist::Comm> group;         // the ranks sharing one set of experts among them
   std::unique_ptr<dist::Comm> same_experts;  // the ranks owning the same experts (rank mod ep)
-  model::ExpertParallel model;            // what the model's MoE layers use
+  model::ExpertParallel model;               // what the model's MoE layers use
   bool on() const { return model.on(); }
 };
 
@@ -40,5 +42,22 @@ void keep_local_experts(model::TensorMap& params, const ExpertGroups& g);
 // routed-expert slice gathered over the group into the full [E, ...] tensor (on every rank of
 // the group). dev: the communicators' device (staged through it for CUDA). Collective.
 void gather_experts(model::TensorMap& tensors, const ExpertGroups& g, core::Device dev);
+
+// The same for an optimizer's host moments (a resumed run's, full): this rank's slices kept.
+void keep_local_experts(AdamW& opt, const model::TensorMap& local_params, const ExpertGroups& g);
+
+// The full training state of an expert-parallel run, gathered from every rank (collective: every
+// rank calls it): the engine's weights and AdamW moments with the routed experts' slices joined.
+// local_params: shaped like the engine's store (this rank's slices).
+struct GatheredState {
+  model::TensorMap weights, exp_avg, exp_avg_sq;
+  int64_t step = 0;
+};
+GatheredState gather_state(Engine& engine, const model::TensorMap& local_params, AdamW& opt,
+                           const ExpertGroups& g, core::Device dev);
+
+// An Engine that only answers what a checkpoint save asks (sync_weights, read_moment) from a
+// GatheredState; every other call is an error.
+std::unique_ptr<Engine> saved_state_engine(const GatheredState& s);
 
 }  // namespace deltatron::train

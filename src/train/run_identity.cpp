@@ -27,7 +27,7 @@ json run_identity(const TrainConfig& cfg, const TrainData& d) {
   j["data.eval_fraction"] = cfg.eval_fraction;
   j["model.ignore_mtp"] = cfg.ignore_mtp;
   j["training.micro_batch_tokens"] = cfg.micro_batch_tokens;
-  j["training.grad_accum"] = cfg.grad_accum;
+  j["training.grad_accum"] = cfg.grad_accum * cfg.data_parallel_ranks;  // per step, all ranks
   j["training.divisible_by"] = cfg.divisible_by;
   j["training.shuffle_window"] = cfg.shuffle_window;
   j["training.seed"] = cfg.seed;

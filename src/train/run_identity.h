@@ -13,7 +13,9 @@ namespace deltatron::train {
 // {"model.preset" | "model.path", "data.train", "data.train content", ["data.eval",
 // "data.eval content"], and the settings that fix the data order and batch shapes:
 // data.format, data.loss_on, data.truncate, data.eval_fraction, model.ignore_mtp,
-// training.micro_batch_tokens, grad_accum, divisible_by, shuffle_window, seed}. Content is the
+// training.micro_batch_tokens, grad_accum, divisible_by, shuffle_window, seed}; grad_accum counts
+// the micro-batches of a step over every data-parallel rank, so a resume may change the number of
+// ranks and grad_accum together. Content is the
 // tokenised data set's key (data::Dataset::content_key): a hash of the file's bytes, the
 // tokenizer and the format options. Learning-rate, schedule, step count, device and logging
 // settings are not part of it: a resume may change those.

@@ -217,9 +217,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_zero == 0, path, ": parallel.zero = ", c.parallel_zero,
            ": the ZeRO stages are not built yet (0: every data-parallel rank holds the whole "
            "optimizer state)");
-  DT_CHECK(c.parallel_ep == 1 && c.parallel_tp == 1 && c.parallel_sp == 1, path,
-           ": parallel.ep, parallel.tp and parallel.sp must be 1 (expert, tensor and sequence "
-           "parallelism are not built yet)");
+  DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
+  DT_CHECK(c.parallel_tp == 1 && c.parallel_sp == 1, path,
+           ": parallel.tp and parallel.sp must be 1 (tensor and sequence parallelism are not "
+           "built yet)");
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

@@ -26,6 +26,9 @@ struct StepContext {
   Engine& engine;
   AdamW& opt;
   const Parallel& par;  // data parallel: the ranks share each step's micro-batches
+  // Expert parallelism: the ranks owning the same routed experts (their gradients are summed
+  // over these only); null without it.
+  dist::Comm* same_experts = nullptr;
 };
 
 // What one step did, for the log (metrics.jsonl, TensorBoard, the progress line).

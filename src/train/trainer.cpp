@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -15,6 +16,7 @@
 #include "train/checkpoint_dir.h"
 #include "train/engine.h"
 #include "train/evaluate.h"
+#include "train/expert_parallel.h"
 #include "train/objective.h"
 #include "train/parallel.h"
 #include "train/run_dir.h"
@@ -51,12 +53,14 @@ bool due(int64_t every, int64_t step) { return every > 0 && step % every == 0; }
 
 }  // namespace
 
-TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
+TrainResult run_train(const TrainConfig& config, bool resume, bool overwrite) {
   // 0. The ranks of a data-parallel job (a launcher's environment; else one rank). Rank 0 owns
   // the output directory: it locks it, logs and saves; the others read it once rank 0 has
   // cleaned it, and every rank computes the same steps from the same checkpoint.
-  const Parallel par = setup_parallel(cfg.device == "cuda" ? core::Device::cuda : core::Device::cpu,
-                                      "deltatron train");
+  const Parallel par = setup_parallel(
+      config.device == "cuda" ? core::Device::cuda : core::Device::cpu, "deltatron train");
+  TrainConfig cfg = config;
+  cfg.data_parallel_ranks = par.size();
 
   // 1. Output directory first: an unwritable or busy one fails before any work; leftovers of
   // interrupted saves are removed only under the lock (no live run is writing them).
@@ -84,11 +88,23 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
   TrainState st = start_state(cfg, start, d, ck, opt);
-  if (st.step >= cfg.steps) return finished_run(cfg, start, st);  // nothing to train
+  // Expert parallelism ([parallel] ep): this rank's slices of the routed experts and of their
+  // moments (a resume's checkpoint holds them all, so the number of ranks may change).
+  const ExpertGroups eg =
+      setup_expert_groups(par, cfg.parallel_ep, ck.config, cfg.source + ": parallel.ep");
+  DT_CHECK(!eg.on() || !lora, cfg.source, ": parallel.ep with LoRA is not supported yet");
+  keep_local_experts(ck.params, eg);
+  keep_local_experts(opt, ck.params, eg);
+  if (st.step >= cfg.steps) {  // nothing to train
+    TrainResult done = finished_run(cfg, start, st);
+    done.root = par.root();
+    return done;
+  }
 
   // 3. The engine, the micro-batch stream, the log.
   const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
                                   cfg.recompute, state_options(cfg), lora ? &*lora : nullptr);
+  if (eg.on()) engine->set_expert_parallel(eg.model);
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
   if (par.root()) print_run_start(cfg, ck.params, batches);
@@ -100,7 +116,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   std::signal(SIGTERM, on_signal);
   std::optional<RunLog> log;  // rank 0's
   if (par.root()) log.emplace(cfg, ck.config, !start.resume_dir.empty(), st.step);
-  const StepContext step_context{cfg, ck.config, d, schedule, batches, *engine, opt, par};
+  const StepContext step_context{
+      cfg, ck.config, d, schedule, batches, *engine, opt, par, eg.same_experts.get()};
   int64_t bad_steps = 0;
   TrainResult result;
   const auto evaluate_and_log = [&] {
@@ -111,8 +128,17 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     result.final_eval_accuracy = e.accuracy;
   };
   const auto save = [&] {  // rank 0 writes (every rank holds the same state)
-    if (par.root())
+    if (eg.on()) {         // the experts' slices gathered from their owners first (collective)
+      const GatheredState g = gather_state(*engine, ck.params, opt, eg, par.comm->device());
+      if (par.root()) {
+        model::TensorMap local = std::exchange(ck.params, model::zeros_like(g.weights));
+        const auto saved = saved_state_engine(g);
+        save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, nullptr);
+        ck.params = std::move(local);
+      }
+    } else if (par.root()) {
       save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+    }
     par.comm->barrier();
   };
 
@@ -141,6 +167,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   }
   if (log) log->finish();
   result.steps_done = st.step;
+  result.root = par.root();
   return result;
 }
 

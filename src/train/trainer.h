@@ -9,6 +9,7 @@ struct TrainResult {
   int64_t steps_done = 0;
   double final_loss = 0, final_eval_loss = -1, final_eval_accuracy = -1;
   bool interrupted = false;
+  bool root = true;  // rank 0 of a launched job (or the only rank): the one that reports
   bool nothing_to_do =
       false;  // resumed at step >= steps; final_loss is the checkpoint's (NaN if unknown)
 };
