@@ -72,7 +72,9 @@ class Comm {
 // allocation is taken for what it is):
 //   torchrun / deltatron launch: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 //                                MASTER_PORT (present when RANK or WORLD_SIZE is; LOCAL_RANK and
-//                                LOCAL_WORLD_SIZE default to RANK and WORLD_SIZE: one host)
+//                                LOCAL_WORLD_SIZE default to RANK and WORLD_SIZE: one host).
+//                                With TORCHELASTIC_USE_AGENT_STORE=True, torchrun's agent holds
+//                                MASTER_PORT (its own store): master_port is MASTER_PORT + 1
 //   OpenMPI mpirun:              OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE,
 //                                OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_LOCAL_SIZE;
 //                                MASTER_ADDR / MASTER_PORT (default 127.0.0.1:29500)
