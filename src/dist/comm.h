@@ -107,7 +107,9 @@ struct CommOptions {
 // for Device::cuda on the current CUDA device (the caller selects the rank's GPU first, usually
 // local_rank's). size 1: the "self" backend, no network. Every rank calls it; it returns once all
 // have connected. Errors (unreachable rendezvous within the timeout, a rank that never arrives,
-// a CUDA build missing for Device::cuda, ...) are core::Error with the address and rank.
+// a CUDA build missing for Device::cuda, ...) are core::Error with the address and rank. For
+// size > 1 it sets SIGPIPE to SIG_IGN unless the program handles it (Gloo writes to sockets
+// without MSG_NOSIGNAL: a dead peer would otherwise kill the process instead of failing the call).
 std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOptions& opt = {});
 
 // The single-rank communicator (every collective is a copy or nothing).
