@@ -295,11 +295,23 @@ void check_collectives(dist::Comm& c, const std::string& tag) {
       return s;
     });
   }
-  {  // barrier: nobody leaves before the last rank arrives (rank 0, 300 ms late)
-    if (R == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    const auto t0 = Clock::now();
+  {  // barrier: nobody leaves before rank 0 (200 ms late) arrives. steady_clock is the host's
+     // CLOCK_MONOTONIC, one clock for every rank.
+    auto now_ns = [] {
+      return int64_t(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+              .count());
+    };
+    int64_t arrived = 0;
+    if (R == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      arrived = now_ns();
+    }
     c.barrier();
-    if (R != 0) require(since(t0) > 0.2, tag, " barrier returned after ", since(t0), " s");
+    const int64_t left = now_ns();
+    c.broadcast(View(&arrived, DType::i64, core::Device::cpu, {1}), 0);
+    require(left >= arrived, tag, " barrier: left ", (arrived - left) / 1e6,
+            " ms before rank 0 arrived");
   }
 }
 

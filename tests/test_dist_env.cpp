@@ -39,7 +39,8 @@ class Env : public ::testing::Test {
                                           "OMPI_COMM_WORLD_RANK",
                                           "OMPI_COMM_WORLD_SIZE",
                                           "OMPI_COMM_WORLD_LOCAL_RANK",
-                                          "OMPI_COMM_WORLD_LOCAL_SIZE"};
+                                          "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                          "TORCHELASTIC_USE_AGENT_STORE"};
   std::map<std::string, std::string> saved_;
 
   void SetUp() override {
@@ -79,6 +80,19 @@ TEST_F(Env, Torchrun) {
        {"MASTER_ADDR", "node7"},
        {"MASTER_PORT", "1234"}});
   expect_world(dist::world_from_env(), "torchrun", 5, 8, 1, 4, "node7", 1234);
+}
+
+TEST_F(Env, TorchrunsAgentStoreKeepsMasterPort) {
+  // torchrun's agent listens on MASTER_PORT itself when it sets TORCHELASTIC_USE_AGENT_STORE.
+  set({{"RANK", "1"},
+       {"WORLD_SIZE", "2"},
+       {"MASTER_PORT", "29500"},
+       {"TORCHELASTIC_USE_AGENT_STORE", "True"}});
+  expect_world(dist::world_from_env(), "torchrun", 1, 2, 1, 2, "127.0.0.1", 29501);
+  set({{"TORCHELASTIC_USE_AGENT_STORE", "False"}});
+  EXPECT_EQ(dist::world_from_env().master_port, 29500);
+  set({{"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"MASTER_PORT", "65535"}});
+  expect_error([] { dist::world_from_env(); }, {"MASTER_PORT=65535", "MASTER_PORT + 1"});
 }
 
 TEST_F(Env, TorchrunWithoutLocalVariablesIsOneHost) {

@@ -109,13 +109,14 @@ TEST_F(Launch, ARankIgnoringSigtermIsKilledAfterTheGracePeriod) {
 }
 
 TEST_F(Launch, SigtermToTheLauncherReachesEveryRank) {
-  const std::string out = tmp_ / "out.txt";
+  const std::string out = tmp_ / "out.txt", err = tmp_ / "err.txt";
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
     const std::string script =
         "trap 'echo term $RANK; exit 7' TERM; echo up $RANK; while :; do sleep 0.05; done";
-    if (!std::freopen(out.c_str(), "w", stdout)) ::_exit(126);
+    if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr))
+      ::_exit(126);
     ::execl(DT_BINARY, DT_BINARY, "launch", "--nproc", "2", "--", "sh", "-c", script.c_str(),
             static_cast<char*>(nullptr));
     ::_exit(127);
@@ -132,6 +133,9 @@ TEST_F(Launch, SigtermToTheLauncherReachesEveryRank) {
   EXPECT_EQ(WEXITSTATUS(status), 7);
   const std::vector<std::string> lines = sorted_lines(dt_test::read_file(out));
   EXPECT_EQ(lines, (std::vector<std::string>{"term 0", "term 1", "up 0", "up 1"}));
+  EXPECT_NE(dt_test::read_file(err).find("launch: got SIGTERM; passing it on to the ranks"),
+            std::string::npos)
+      << dt_test::read_file(err);
 }
 
 TEST_F(Launch, BadUsage) {

@@ -2,6 +2,8 @@
 // argument checks every backend runs before a collective (dist/backend.h).
 #include "dist/comm.h"
 
+#include <signal.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -206,6 +208,12 @@ std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOp
            "cpu device)");
 #endif
   if (world.size == 1) return self_comm(dev);
+  // A peer's closed connection must be an error of the call, not a SIGPIPE that ends this
+  // process: Gloo's TCP transport writes without MSG_NOSIGNAL. Ignored once, unless the program
+  // installed its own handler (Python does the same at start-up).
+  struct sigaction old {};
+  if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL)
+    ::signal(SIGPIPE, SIG_IGN);
   auto store =
       std::make_shared<Rendezvous>(world.master_addr, world.master_port, world.rank, timeout_s);
   return dev == core::Device::cpu ? detail::make_gloo_comm(std::move(store), world, timeout_s)

@@ -72,7 +72,9 @@ class Comm {
 // allocation is taken for what it is):
 //   torchrun / deltatron launch: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 //                                MASTER_PORT (present when RANK or WORLD_SIZE is; LOCAL_RANK and
-//                                LOCAL_WORLD_SIZE default to RANK and WORLD_SIZE: one host)
+//                                LOCAL_WORLD_SIZE default to RANK and WORLD_SIZE: one host).
+//                                With TORCHELASTIC_USE_AGENT_STORE=True, torchrun's agent holds
+//                                MASTER_PORT (its own store): master_port is MASTER_PORT + 1
 //   OpenMPI mpirun:              OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE,
 //                                OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_LOCAL_SIZE;
 //                                MASTER_ADDR / MASTER_PORT (default 127.0.0.1:29500)
@@ -105,7 +107,9 @@ struct CommOptions {
 // for Device::cuda on the current CUDA device (the caller selects the rank's GPU first, usually
 // local_rank's). size 1: the "self" backend, no network. Every rank calls it; it returns once all
 // have connected. Errors (unreachable rendezvous within the timeout, a rank that never arrives,
-// a CUDA build missing for Device::cuda, ...) are core::Error with the address and rank.
+// a CUDA build missing for Device::cuda, ...) are core::Error with the address and rank. For
+// size > 1 it sets SIGPIPE to SIG_IGN unless the program handles it (Gloo writes to sockets
+// without MSG_NOSIGNAL: a dead peer would otherwise kill the process instead of failing the call).
 std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOptions& opt = {});
 
 // The single-rank communicator (every collective is a copy or nothing).

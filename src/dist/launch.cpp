@@ -35,8 +35,14 @@ struct Rank {
 
 // The environment of rank r: the launcher's, without the variables launch sets, plus them.
 std::vector<std::string> rank_env(const LaunchOptions& opt, int port, int r) {
-  static const char* kOwn[] = {
-      "RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT="};
+  // (TORCHELASTIC_USE_AGENT_STORE, from a torchrun around us, would move the port: see comm.h.)
+  static const char* kOwn[] = {"RANK=",
+                               "WORLD_SIZE=",
+                               "LOCAL_RANK=",
+                               "LOCAL_WORLD_SIZE=",
+                               "MASTER_ADDR=",
+                               "MASTER_PORT=",
+                               "TORCHELASTIC_USE_AGENT_STORE="};
   std::vector<std::string> env;
   bool omp = false;
   for (char** e = environ; *e; ++e) {
@@ -159,7 +165,8 @@ int run_launch(const LaunchOptions& opt) {
     siginfo_t info;
     const int sig = ::sigtimedwait(&wanted, &info, &wait);
     if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
-      std::fprintf(stderr, "launch: got %s; passing it on to the ranks\n", strsignal(sig));
+      const char* name = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP";
+      std::fprintf(stderr, "launch: got %s; passing it on to the ranks\n", name);
       stop(sig);
     }
     for (;;) {  // reap every rank that ended

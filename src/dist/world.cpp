@@ -109,6 +109,13 @@ World torchrun_world() {
   w.local_rank = env("LOCAL_RANK") ? env_int("LOCAL_RANK") : w.rank;
   w.local_size = env("LOCAL_WORLD_SIZE") ? env_int("LOCAL_WORLD_SIZE") : w.size;
   master_from_env(w);
+  // torchrun's agent serves its own store (PyTorch's protocol) at MASTER_PORT when it tells its
+  // workers to use it: ours goes one port up.
+  if (const char* a = env("TORCHELASTIC_USE_AGENT_STORE"); a && std::string(a) == "True") {
+    DT_CHECK(w.master_port < 65535, "MASTER_PORT=", w.master_port,
+             ": under torchrun the rendezvous uses MASTER_PORT + 1, which is not a port");
+    w.master_port += 1;
+  }
   check_world(w, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE");
   return w;
 }
