@@ -41,6 +41,9 @@ std::string where(const Comm& c, const char* op);
 // A communicator over Gloo's TCP transport for `world` (world.size > 1), reached through `store`.
 std::unique_ptr<Comm> make_gloo_comm(std::shared_ptr<Rendezvous> store, const World& world,
                                      double timeout_s);
+// Gloo for CUDA views: every collective copies its device views to host memory, runs `host`
+// (a Gloo communicator) and copies the results back (a CPU-only build throws core::Error).
+std::unique_ptr<Comm> make_staged_comm(std::unique_ptr<Comm> host);
 // A communicator over NCCL on the current CUDA device; a CPU-only build throws core::Error.
 std::unique_ptr<Comm> make_nccl_comm(std::shared_ptr<Rendezvous> store, const World& world,
                                      double timeout_s);

@@ -198,6 +198,14 @@ class SelfComm final : public Comm {
 
 std::unique_ptr<Comm> self_comm(core::Device dev) { return std::make_unique<SelfComm>(dev); }
 
+std::string requested_backend(const CommOptions& opt) {
+  std::string b = opt.backend;
+  if (const char* e = std::getenv("DT_DIST_BACKEND"); e && *e) b = e;
+  DT_CHECK(b == "auto" || b == "gloo" || b == "nccl", "DT_DIST_BACKEND='", b,
+           "': use auto, gloo or nccl");
+  return b;
+}
+
 std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOptions& opt) {
   DT_CHECK(world.size >= 1 && world.rank >= 0 && world.rank < world.size, "connect: rank ",
            world.rank, " of a world of ", world.size);
@@ -207,7 +215,11 @@ std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOp
            ": a CUDA communicator needs a CUDA build of deltatron (this one is CPU-only: use the "
            "cpu device)");
 #endif
-  if (world.size == 1) return self_comm(dev);
+  const std::string backend = requested_backend(opt);
+  DT_CHECK(!(backend == "nccl" && dev == core::Device::cpu),
+           "connect: DT_DIST_BACKEND=nccl needs "
+           "the cuda device");
+  if (world.size == 1 && backend != "nccl") return self_comm(dev);
   // A peer's closed connection must be an error of the call, not a SIGPIPE that ends this
   // process: Gloo's TCP transport writes without MSG_NOSIGNAL. Ignored once, unless the program
   // installed its own handler (Python does the same at start-up).
@@ -216,8 +228,10 @@ std::unique_ptr<Comm> connect(const World& world, core::Device dev, const CommOp
     ::signal(SIGPIPE, SIG_IGN);
   auto store =
       std::make_shared<Rendezvous>(world.master_addr, world.master_port, world.rank, timeout_s);
-  return dev == core::Device::cpu ? detail::make_gloo_comm(std::move(store), world, timeout_s)
-                                  : detail::make_nccl_comm(std::move(store), world, timeout_s);
+  if (dev == core::Device::cpu) return detail::make_gloo_comm(std::move(store), world, timeout_s);
+  if (backend == "gloo")
+    return detail::make_staged_comm(detail::make_gloo_comm(std::move(store), world, timeout_s));
+  return detail::make_nccl_comm(std::move(store), world, timeout_s);
 }
 
 }  // namespace deltatron::dist

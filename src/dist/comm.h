@@ -100,7 +100,15 @@ World world_from_env();
 
 struct CommOptions {
   double timeout_s = 300;  // DT_DIST_TIMEOUT (seconds) overrides it when set
+  // "auto": self for one rank, gloo on the CPU, nccl on CUDA. "nccl": NCCL even for one rank.
+  // "gloo": Gloo on either device; CUDA views are staged through host memory (slow: for checks,
+  // e.g. several ranks sharing one GPU, which NCCL refuses). DT_DIST_BACKEND overrides it when
+  // set; another value is an error naming it.
+  std::string backend = "auto";
 };
+
+// The backend CommOptions and DT_DIST_BACKEND ask for ("auto", "gloo" or "nccl").
+std::string requested_backend(const CommOptions& opt = {});
 
 // The communicator of the whole job on `dev` (rank 0 hosts the TCP rendezvous at
 // master_addr:master_port; NCCL's unique id travels through it): "gloo" for Device::cpu, "nccl"

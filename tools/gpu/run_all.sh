@@ -7,6 +7,7 @@
 #   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
 #
 # Environment: PARTS (default "tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe";
+# "parallel": the parallel layouts' CUDA path on one GPU;
 # the lean state's: "lean lean-curve bench-moe-lean bench-moe-offload bench-4b bench-9b"; LoRA's:
 # "peft-load bench-2b-lora peer-2b-lora bench-27b-lora peer-27b-lora bench-35b-lora"; one
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
@@ -41,6 +42,10 @@ fi
 if has score; then
   echo "== deltatron score --device cuda on every golden fixture (tools/gpu/check_score.sh)"
   "$repo/tools/gpu/check_score.sh" "$rt/deltatron" "$out/score" || status=1
+fi
+if has parallel; then
+  echo "== parallel layouts on one GPU (tools/gpu/check_parallel.sh)"
+  "$repo/tools/gpu/check_parallel.sh" "$rt/deltatron" "$out/parallel" || status=1
 fi
 if has presets; then
   echo "== every preset, a few layers (tools/gpu/preset_sweep.sh)"
