@@ -30,7 +30,9 @@ void host_reduce(const Parallel& p, void* data, core::DType dt, int64_t n, dist:
 
 Parallel setup_parallel(core::Device dev, const char* what) {
   const dist::World w = dist::world_from_env();
-  if (w.size == 1) return single_rank(dev);
+  // One rank needs no communicator, unless a backend is asked for (DT_DIST_BACKEND=nccl: NCCL
+  // on one GPU, a check of that path).
+  if (w.size == 1 && dist::requested_backend() == "auto") return single_rank(dev);
   if (dev == core::Device::cuda) ops::select_device(dev, w.local_rank);
   Parallel p;
   p.comm = dist::connect(w, dev);
