@@ -7,7 +7,9 @@ out=$1; shift
 mkdir -p "$out/lib"
 for b in "$@"; do cp -f "$b" "$out/"; done
 skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s)\.so'
-skip_cuda='^(libcuda|libcudart|libcublas|libcublasLt|libnvidia-|libnvrtc|libnvJitLink)\.so'
+# NCCL (200 MB) is not carried: the GPU machine has it (the toolkit's, or PyTorch's
+# nvidia-nccl wheel; tools/gpu/nccl_path.sh finds it).
+skip_cuda='^(libcuda|libcudart|libcublas|libcublasLt|libnvidia-|libnvrtc|libnvJitLink|libnccl)\.so'
 ldd "$@" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
   while read -r name path; do
     if [[ $name =~ $skip || $name =~ $skip_cuda ]]; then continue; fi

@@ -25,7 +25,8 @@ rt=$(cd "$rt" && pwd) || { echo "run_all: no runtime directory" >&2; exit 1; }
 out=${2:-${OUT:-/tmp/dt-run}}
 mkdir -p "$out"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nccl_dir=$("$(dirname "${BASH_SOURCE[0]}")/nccl_path.sh")  # NCCL is the machine's, not carried
+export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${nccl_dir:+:$nccl_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=PASSIVE DT_TEST_DATA_DIR="$repo/tests/data"
 status=0
 parts=" ${PARTS:-tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe} "

@@ -8,7 +8,8 @@
 # skip a part. Exits non-zero if any fails.
 set -uo pipefail
 rt=$(cd "${1:-build/runtime}" && pwd) || { echo "run_gpu_tests: no runtime directory" >&2; exit 1; }
-export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nccl_dir=$("$(dirname "${BASH_SOURCE[0]}")/nccl_path.sh")  # NCCL is the machine's, not carried
+export LD_LIBRARY_PATH="$rt/lib:/usr/local/cuda/lib64${nccl_dir:+:$nccl_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMP_WAIT_POLICY=PASSIVE
 status=0
 
