@@ -86,9 +86,9 @@ struct TrainConfig {
   bool lora_experts = false, lora_rslora = false;
   std::string lora_adapter;
   // [parallel] (docs/parallel.md): the layout of a job started by a launcher. dp: data-parallel
-  // ranks (0: all of the job's ranks); zero: 0 (every rank holds the whole optimizer state;
-  // ZeRO stages 1-3 are not built yet); ep, tp, sp: expert, tensor and sequence parallel sizes
-  // (only 1 yet).
+  // ranks (0: all of the job's ranks); zero: 0 (every rank holds the whole optimizer state),
+  // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered); ep, tp, sp:
+  // expert, tensor and sequence parallel sizes (only 1 yet).
   int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1, parallel_sp = 1;
   std::vector<std::string> lora_keys_set;  // the lora.* keys the file or overrides gave
 

@@ -83,12 +83,13 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
-  TrainState st = start_state(cfg, start, d, ck, opt);
+  TrainState st = start_state(cfg, start, d, ck, opt, par.size());
   if (st.step >= cfg.steps) return finished_run(cfg, start, st);  // nothing to train
 
   // 3. The engine, the micro-batch stream, the log.
   const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
-                                  cfg.recompute, state_options(cfg), lora ? &*lora : nullptr);
+                                  cfg.recompute, state_options(cfg), lora ? &*lora : nullptr,
+                                  ZeroSetup{int(cfg.parallel_zero), par.comm.get()});
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
   if (par.root()) print_run_start(cfg, ck.params, batches);
@@ -110,9 +111,9 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     result.final_eval_loss = e.loss;
     result.final_eval_accuracy = e.accuracy;
   };
-  const auto save = [&] {  // rank 0 writes (every rank holds the same state)
-    if (par.root())
-      save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+  const auto save = [&] {  // rank 0 writes (with ZeRO the others send it their moments)
+    save_checkpoint_ranks(par, cfg, *engine, ck, st, opt, tok_files, start,
+                          lora ? &*lora : nullptr);
     par.comm->barrier();
   };
 
