@@ -24,9 +24,9 @@ namespace {
 // Runs `deltatron ARGS` on `ranks` ranks (1: directly); stderr into err. Returns the exit code.
 int run(int ranks, const std::string& args, const fs::path& err) {
   const std::string bin = DT_BINARY;
-  std::string cmd = ranks == 1 ? bin + " " + args
-                               : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin +
-                                     " " + args;
+  std::string cmd =
+      ranks == 1 ? bin + " " + args
+                 : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin + " " + args;
   cmd += " 2> " + err.string();
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
@@ -75,11 +75,11 @@ TEST(DataParallel, ScoreEqualsOneRank) {
                              (d / "samples.jsonl").string() + " --pack-tokens 64 " + c.flags;
     for (int ranks : {1, 2, 3}) {
       const fs::path o = tmp.path / (c.fixture + "_" + std::to_string(ranks));
-      ASSERT_EQ(run(ranks,
-                    base + " --output " + o.string() + ".jsonl --grad-out " + o.string() +
-                        ".safetensors",
-                    o.string() + ".err"),
-                0)
+      ASSERT_EQ(
+          run(ranks,
+              base + " --output " + o.string() + ".jsonl --grad-out " + o.string() + ".safetensors",
+              o.string() + ".err"),
+          0)
           << c.fixture << " on " << ranks << " ranks: " << dt_test::read_file(o.string() + ".err");
     }
     const fs::path one = tmp.path / (c.fixture + "_1");
@@ -92,8 +92,8 @@ TEST(DataParallel, ScoreEqualsOneRank) {
       for (size_t i = 0; i < want.size(); ++i)  // the same packs, one rank each: bitwise
         EXPECT_EQ(got[i].dump(), want[i].dump()) << c.fixture << " ranks " << ranks;
       std::string name;
-      const double r = worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors",
-                                     name);
+      const double r =
+          worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
       std::printf("  %s on %d ranks: worst gradient rel RMS vs one rank %.2e (%s)\n",
                   c.fixture.c_str(), ranks, r, name.c_str());
       EXPECT_LE(r, 1e-6) << c.fixture << " on " << ranks << " ranks: " << name;
@@ -113,26 +113,27 @@ TEST(DataParallel, TrainTracksOneRank) {
       const std::string out = toml + "_" + std::to_string(ranks);
       std::string args = "train " + (dt_test::examples_dir() / "addition" / toml).string();
       for (std::string o : dt_test::short_run_overrides(tmp.path, out)) {
-        if (o.rfind("training.grad_accum=", 0) == 0) o = "training.grad_accum=" + std::to_string(2 / ranks);
+        if (o.rfind("training.grad_accum=", 0) == 0)
+          o = "training.grad_accum=" + std::to_string(2 / ranks);
         args += " '--" + o + "'";
       }
       args += " '--training.router_aux_type=\"seq\"'";
       const fs::path err = tmp.path / (out + ".err");
-      ASSERT_EQ(run(ranks, args, err), 0) << toml << " on " << ranks << " ranks: "
-                                           << dt_test::read_file(err);
+      ASSERT_EQ(run(ranks, args, err), 0)
+          << toml << " on " << ranks << " ranks: " << dt_test::read_file(err);
       losses[ranks - 1] = dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
       ckpt[ranks - 1] = tmp.path / out / train::checkpoint_dir_name(6);
     }
     ASSERT_EQ(losses[0].size(), 6u);
     ASSERT_EQ(losses[1].size(), 6u);
     for (size_t s = 0; s < 6; ++s)
-      EXPECT_NEAR(losses[1][s], losses[0][s], 1e-5 * std::abs(losses[0][s])) << toml << " step "
-                                                                              << s + 1;
+      EXPECT_NEAR(losses[1][s], losses[0][s], 1e-5 * std::abs(losses[0][s]))
+          << toml << " step " << s + 1;
     std::string name;
-    const double r = worst_rel_rms(ckpt[1] / "model.safetensors", ckpt[0] / "model.safetensors",
-                                   name);
-    std::printf("  %s: 2 ranks vs 1 after 6 steps: worst weight rel RMS %.2e (%s)\n",
-                toml.c_str(), r, name.c_str());
+    const double r =
+        worst_rel_rms(ckpt[1] / "model.safetensors", ckpt[0] / "model.safetensors", name);
+    std::printf("  %s: 2 ranks vs 1 after 6 steps: worst weight rel RMS %.2e (%s)\n", toml.c_str(),
+                r, name.c_str());
     EXPECT_LE(r, 1e-5) << toml << ": " << name;
   }
 }
@@ -140,9 +141,9 @@ TEST(DataParallel, TrainTracksOneRank) {
 // A run the data-parallel trainer does not cover yet is refused on every rank with the reason.
 TEST(DataParallel, GlobalRouterAuxLossIsRefused) {
   const dt_test::TempDir tmp("dp_refuse");
-  std::string args =
-      "train " + (dt_test::examples_dir() / "addition" / "train_moe.toml").string();
-  for (const std::string& o : dt_test::short_run_overrides(tmp.path, "out")) args += " '--" + o + "'";
+  std::string args = "train " + (dt_test::examples_dir() / "addition" / "train_moe.toml").string();
+  for (const std::string& o : dt_test::short_run_overrides(tmp.path, "out"))
+    args += " '--" + o + "'";
   args += " '--training.router_aux_type=\"global\"' --training.router_aux_coef=0.01";
   const fs::path err = tmp.path / "err";
   EXPECT_NE(run(2, args, err), 0);

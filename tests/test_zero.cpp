@@ -28,9 +28,9 @@ namespace {
 // Runs `deltatron ARGS` on `ranks` ranks (1: directly); stderr into err. Returns the exit code.
 int run(int ranks, const std::string& args, const fs::path& err) {
   const std::string bin = DT_BINARY;
-  std::string cmd = ranks == 1 ? bin + " " + args
-                               : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin +
-                                     " " + args;
+  std::string cmd =
+      ranks == 1 ? bin + " " + args
+                 : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin + " " + args;
   cmd += " 2> " + err.string();
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
@@ -39,7 +39,7 @@ int run(int ranks, const std::string& args, const fs::path& err) {
 // The short run (short_run.h) of examples/addition/<toml> into dir/out on `ranks` ranks with
 // grad_accum 6 / ranks and parallel.zero = zero; extra: more arguments (e.g. --resume).
 void train_run(const fs::path& dir, const std::string& toml, const std::string& out, int ranks,
-           int zero, const std::string& extra = "") {
+               int zero, const std::string& extra = "") {
   std::string args = "train " + (dt_test::examples_dir() / "addition" / toml).string();
   for (std::string o : dt_test::short_run_overrides(dir, out)) {
     if (o.rfind("training.grad_accum=", 0) == 0)
@@ -56,11 +56,11 @@ void train_run(const fs::path& dir, const std::string& toml, const std::string& 
     for (int i = 0; i < 600 && std::getline(in, line); ++i) o << line << "\n";
   }
   args += " '--data.train=\"" + data.string() + "\"'";
-  args += " '--data.eval=\"\"' '--training.router_aux_type=\"seq\"' --parallel.zero=" + std::to_string(zero) + " " +
-          extra;
+  args += " '--data.eval=\"\"' '--training.router_aux_type=\"seq\"' --parallel.zero=" +
+          std::to_string(zero) + " " + extra;
   const fs::path err = dir / (out + ".err");
-  ASSERT_EQ(run(ranks, args, err), 0) << toml << " " << out << " on " << ranks
-                                      << " ranks: " << dt_test::read_file(err);
+  ASSERT_EQ(run(ranks, args, err), 0)
+      << toml << " " << out << " on " << ranks << " ranks: " << dt_test::read_file(err);
 }
 
 // Worst relative RMS difference over the tensors of two safetensors files (the same names).
@@ -88,7 +88,8 @@ std::vector<std::string> listing(const fs::path& dir) {
 // got's checkpoint at `step` against want's: the same files, weights and moments within `tol`.
 void expect_checkpoint_near(const fs::path& got, const fs::path& want, int64_t step,
                             const std::string& what, double tol) {
-  const fs::path g = got / train::checkpoint_dir_name(step), w = want / train::checkpoint_dir_name(step);
+  const fs::path g = got / train::checkpoint_dir_name(step),
+                 w = want / train::checkpoint_dir_name(step);
   EXPECT_EQ(listing(g), listing(w)) << what;
   for (const char* file : {"model.safetensors", "training_state/master_weights.safetensors",
                            "training_state/optimizer.safetensors"}) {
@@ -186,7 +187,10 @@ TEST(Zero, ConfigRefusals) {
         train::load_train_config(toml, {"parallel.zero=1", "training.offload=\"moments\""});
       },
       {"parallel.zero = 1", "training.offload", "not supported"});
-  dt_test::expect_error([&] { train::load_train_config(toml, {"parallel.zero=2", "lora.r=4"}); },
-                        {"parallel.zero = 2", "LoRA", "not supported"});
+  dt_test::expect_error(
+      [&] {
+        train::load_train_config(toml, {"parallel.zero=2", "lora.r=4"});
+      },
+      {"parallel.zero = 2", "LoRA", "not supported"});
   EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=2"}).parallel_zero, 2);
 }

@@ -34,8 +34,8 @@ ZeroShards zero_shards(const model::Params& p, int ranks) {
   int next = 1;
   for (const auto& name : p.names()) {
     const auto& e = p.entry(name);
-    const int r = int(std::min<int64_t>(ranks - 1, int64_t(ranks) * (2 * e.offset + e.numel) /
-                                                       std::max<int64_t>(1, 2 * total)));
+    const int r = int(std::min<int64_t>(
+        ranks - 1, int64_t(ranks) * (2 * e.offset + e.numel) / std::max<int64_t>(1, 2 * total)));
     for (; next <= r; ++next) s.bounds[size_t(next)] = e.offset;
   }
   return s;
@@ -52,7 +52,9 @@ void reduce_scatter_shards(dist::Comm& comm, const ZeroShards& s, const core::Vi
                      "ZeRO 2 gradient reduce-scatter staging");
   const core::View in = stage.view().slice(0, int64_t(ranks) * c);
   const core::View out = stage.view().slice(int64_t(ranks) * c, c);
-  const auto piece = [&](int r, int64_t done) { return std::clamp<int64_t>(s.size(r) - done, 0, c); };
+  const auto piece = [&](int r, int64_t done) {
+    return std::clamp<int64_t>(s.size(r) - done, 0, c);
+  };
   for (int64_t done = 0; done < s.largest(); done += c) {
     for (int r = 0; r < ranks; ++r) {
       const int64_t n = piece(r, done);
@@ -105,7 +107,8 @@ struct Span {
 
 void broadcast_shard_weights(dist::Comm& comm, const ZeroShards& s, const model::Params& p) {
   const int ranks = s.ranks();
-  std::vector<std::array<Span, 3>> spans(static_cast<size_t>(ranks));  // master, compute copy, remainder
+  std::vector<std::array<Span, 3>> spans(
+      static_cast<size_t>(ranks));  // master, compute copy, remainder
   for (const auto& name : p.names()) {
     const ops::AdamWTensor t = p.adamw_tensor(name);
     DT_CHECK(t.master.data == nullptr || t.master.device == p.device(),
