@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "ops/adamw.h"
 #include "ops/tensor.h"
+#include "train/zero.h"
 
 namespace deltatron::train {
 
@@ -52,14 +53,33 @@ class ModelEngine final : public Engine {
  public:
   template <typename Source>
   ModelEngine(core::Device dev, core::DType dt, const model::Config& c, const Source& params,
-              const AdamW* opt, const model::StateOptions& state, const model::LoraSetup* lora)
-      : model_(dev, dt, c, params, state, lora) {
+              const AdamW* opt, const model::StateOptions& state, const model::LoraSetup* lora,
+              const ZeroSetup& zero)
+      : model_(dev, dt, c, params, state, lora), zero_(zero) {
+    const model::Params& p = model_.trainable();
+    hi_ = p.total();
+    if (zero.stage > 0 && zero.comm != nullptr && zero.comm->size() > 1) {
+      DT_CHECK(!p.options().offload_moments && !p.options().offload_master,
+               "parallel.zero = ", zero.stage,
+               ": offloaded training state (training.offload) is not supported with ZeRO");
+      DT_CHECK(zero.comm->device() == dev, "ZeRO: the communicator is on ",
+               core::device_name(zero.comm->device()), ", the engine on ", core::device_name(dev));
+      shards_ = zero_shards(p, zero.comm->size());
+      lo_ = shards_.lo(zero.comm->rank());
+      hi_ = shards_.hi(zero.comm->rank());
+      sharded_ = true;
+    }
     if (!opt) return;  // scoring (or the bench): the moments come with the first step
     alloc_moments();
-    if (opt->step_count() > 0) {  // resumed: moments from the checkpoint
+    if (opt->step_count() > 0) {  // resumed: moments from the checkpoint (this rank's shard)
       step_ = opt->step_count();
-      model_.trainable().to_flat(opt->exp_avg(), m_, "AdamW exp_avg");
-      model_.trainable().to_flat(opt->exp_avg_sq(), v_, "AdamW exp_avg_sq");
+      if (!sharded_) {
+        model_.trainable().to_flat(opt->exp_avg(), m_, "AdamW exp_avg");
+        model_.trainable().to_flat(opt->exp_avg_sq(), v_, "AdamW exp_avg_sq");
+      } else {
+        load_shard(opt->exp_avg(), m_, "AdamW exp_avg");
+        load_shard(opt->exp_avg_sq(), v_, "AdamW exp_avg_sq");
+      }
     }
   }
 
@@ -73,38 +93,48 @@ class ModelEngine final : public Engine {
   void set_recompute(bool on) { model_.set_recompute(on); }
   std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
   void zero_grads() override { model_.trainable().zero_grads(); }
-  void all_reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
+  void reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
     const model::Params& p = model_.trainable();
-    if (!model_.expert_parallel().on()) {
-      if (comm.size() > 1) comm.all_reduce(p.grad_flat(), dist::ReduceOp::sum);
+    if (model_.expert_parallel().on()) {  // each run of one kind over its communicator
+      for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
+        dist::Comm* c = expert ? experts : &comm;
+        if (c && c->size() > 1 && end > begin)
+          c->all_reduce(p.grad_flat().slice(begin, end - begin), dist::ReduceOp::sum);
+      });
       return;
     }
-    // Each run of one kind over its communicator; every rank walks the same names.
-    for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
-      dist::Comm* c = expert ? experts : &comm;
-      if (c && c->size() > 1 && end > begin)
-        c->all_reduce(p.grad_flat().slice(begin, end - begin), dist::ReduceOp::sum);
-    });
+    if (comm.size() == 1) return;
+    if (zero_stage() >= 2) {
+      DT_CHECK(&comm == zero_.comm, "ZeRO 2: gradients reduced over another communicator");
+      reduce_scatter_shards(comm, shards_, p.grad_flat());
+    } else {
+      comm.all_reduce(p.grad_flat(), dist::ReduceOp::sum);
+    }
   }
   void set_expert_parallel(const model::ExpertParallel& ep) override {
+    DT_CHECK(zero_stage() == 0, "expert parallelism with ZeRO is not supported yet");
     model_.set_expert_parallel(ep);
   }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
 
   double clip(double max_norm) override {
     const model::Params& p = model_.trainable();
-    double sq = 0;
-    if (!model_.expert_parallel().on()) {
-      sq = ops::sum_squares(p.grad_flat(), p.total());
-    } else {  // this rank's expert slices are a part of the model's: summed over the group
+    double squares = 0;
+    if (model_.expert_parallel().on()) {  // this rank's expert slices: summed over the group
       double dense = 0, experts = 0;
       for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
         (expert ? experts : dense) +=
             ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
       });
-      sq = dense + sum_over(*model_.expert_parallel().comm, experts);
+      squares = dense + sum_over(*model_.expert_parallel().comm, experts);
+    } else if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
+      const double mine =
+          hi_ > lo_ ? ops::sum_squares(p.grad_flat().slice(lo_, hi_ - lo_), hi_ - lo_) : 0.0;
+      squares = sum_over_ranks(*zero_.comm, mine);
+    } else {
+      squares = ops::sum_squares(p.grad_flat(), p.total());
     }
-    const double norm = std::sqrt(sq);
+    const double norm = std::sqrt(squares);
     grad_scale_ = 1.0f;
     if (std::isfinite(norm) && max_norm > 0) {
       const double coef = max_norm / (norm + 1e-6);
@@ -115,7 +145,7 @@ class ModelEngine final : public Engine {
 
   void step(AdamW& opt, double lr) override {
     model::Params& p = model_.trainable();
-    if (m_.numel() == 0) alloc_moments();
+    if (!have_moments_) alloc_moments();
     const auto& o = opt.options();
     ops::AdamWArgs args;
     args.lr = lr;
@@ -127,9 +157,10 @@ class ModelEngine final : public Engine {
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
-      ops::AdamWTensor t = p.adamw_tensor(name);  // master (or the lean pair), grad
-      t.m = m_.view().slice(e.offset, e.numel);
-      t.v = v_.view().slice(e.offset, e.numel);
+      if (e.offset < lo_ || e.offset >= hi_) continue;  // another rank's shard (ZeRO)
+      ops::AdamWTensor t = p.adamw_tensor(name);        // master (or the lean pair), grad
+      t.m = m_.view().slice(e.offset - lo_, e.numel);
+      t.v = v_.view().slice(e.offset - lo_, e.numel);
       t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;
       ts.push_back(t);
     }
@@ -143,6 +174,7 @@ class ModelEngine final : public Engine {
       ops::adamw_step_multi(ts, args);
     }
     grad_scale_ = 1.0f;
+    if (sharded_) broadcast_shard_weights(*zero_.comm, shards_, p);  // every shard's new weights
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
@@ -160,31 +192,70 @@ class ModelEngine final : public Engine {
 
   void read_moment(const std::string& name, bool second, float* out) override {
     const model::Params& p = model_.trainable();
-    if (m_.numel() == 0) {  // never stepped
-      std::fill(out, out + p.entry(name).numel, 0.f);
+    const auto& e = p.entry(name);
+    if (!have_moments_) {  // never stepped (the same on every rank)
+      std::fill(out, out + e.numel, 0.f);
       return;
     }
-    p.flat_to_host(second ? v_ : m_, name, out);
+    if (!sharded_) return p.flat_to_host(second ? v_ : m_, name, out);
+    // ZeRO: the owner's shard, broadcast to every rank.
+    const int owner = shards_.owner(e.offset);
+    core::Buffer recv;
+    core::View x;
+    if (owner == zero_.comm->rank()) {
+      x = (second ? v_ : m_).view().slice(e.offset - lo_, e.numel);
+    } else {
+      recv = core::Buffer(p.device(), m_.view().dtype, {e.numel}, "ZeRO moment being read");
+      x = recv.view();
+    }
+    zero_.comm->broadcast(x, owner);
+    moment_to_host(x, out);
   }
+  bool sharded() const override { return sharded_; }
 
  private:
+  int zero_stage() const { return sharded_ ? zero_.stage : 0; }
+
+  // The moments of [lo_, hi_): every parameter's, or this rank's shard (ZeRO; at least one
+  // element, so a rank owning nothing still has buffers).
   void alloc_moments() {
     model::Params& p = model_.trainable();
     const core::Device dev = p.device();
     core::allocator(dev).set_oom_hint(p.state_hint());
     const core::DType dt = p.options().moments;  // f32 or bf16 (training.moments)
-    if (p.options().offload_moments) {           // pinned host memory, streamed through the device
-      m_ = core::Buffer::pinned_host(dt, {p.total()}, "offloaded AdamW exp_avg");
-      v_ = core::Buffer::pinned_host(dt, {p.total()}, "offloaded AdamW exp_avg_sq");
+    const int64_t n = std::max<int64_t>(1, hi_ - lo_);
+    if (p.options().offload_moments) {  // pinned host memory, streamed through the device
+      m_ = core::Buffer::pinned_host(dt, {n}, "offloaded AdamW exp_avg");
+      v_ = core::Buffer::pinned_host(dt, {n}, "offloaded AdamW exp_avg_sq");
     } else {
-      m_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg");
-      v_ = core::Buffer(dev, dt, {p.total()}, "AdamW exp_avg_sq");
+      m_ = core::Buffer(dev, dt, {n}, sharded_ ? "AdamW exp_avg (ZeRO shard)" : "AdamW exp_avg");
+      v_ = core::Buffer(dev, dt, {n},
+                        sharded_ ? "AdamW exp_avg_sq (ZeRO shard)" : "AdamW exp_avg_sq");
     }
     ops::zero(m_);
     ops::zero(v_);
+    have_moments_ = true;
+  }
+
+  // A resumed run's full host moments: this rank's shard into flat (ZeRO).
+  void load_shard(const model::TensorMap& host, const core::Buffer& flat, const char* what) {
+    const model::Params& p = model_.trainable();
+    for (const auto& name : p.names()) {
+      const auto& e = p.entry(name);
+      if (e.offset < lo_ || e.offset >= hi_) continue;
+      const auto it = host.find(name);
+      DT_CHECK(it != host.end(), what, ": no ", name);
+      DT_CHECK(it->second.numel() == e.numel, what, " ", name, " has ", it->second.numel(),
+               " elements, expected ", e.numel);
+      moment_from_host(it->second.ptr(), flat.view().slice(e.offset - lo_, e.numel));
+    }
   }
 
   model::Model model_;
+  ZeroSetup zero_;
+  bool sharded_ = false, have_moments_ = false;
+  ZeroShards shards_;
+  int64_t lo_ = 0, hi_ = 0;  // the flat range whose moments this engine holds and steps
   core::Buffer m_, v_;
   int64_t step_ = 0;
   float grad_scale_ = 1.0f;
@@ -194,14 +265,14 @@ template <typename Source>
 std::unique_ptr<Engine> make(const std::string& device, const std::string& precision,
                              const model::Config& c, const Source& params, const AdamW* opt,
                              bool recompute, const model::StateOptions& state,
-                             const model::LoraSetup* lora) {
+                             const model::LoraSetup* lora, const ZeroSetup& zero) {
   DT_CHECK(device == "cpu" || device == "cuda", "unknown device '", device, "' (use cpu or cuda)");
   DT_CHECK(precision == "bf16" || precision == "fp32", "unknown precision '", precision,
            "' (use bf16 or fp32)");
   const bool cuda = device == "cuda";
   const core::DType dt = cuda && precision == "bf16" ? core::DType::bf16 : core::DType::f32;
   auto e = std::make_unique<ModelEngine>(cuda ? core::Device::cuda : core::Device::cpu, dt, c,
-                                         params, opt, state, lora);
+                                         params, opt, state, lora, zero);
   e->set_recompute(recompute);
   return e;
 }
@@ -210,17 +281,17 @@ std::unique_ptr<Engine> make(const std::string& device, const std::string& preci
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt, bool recompute,
-                                    const model::StateOptions& state,
-                                    const model::LoraSetup* lora) {
-  return make(device, precision, c, params, opt, recompute, state, lora);
+                                    const model::StateOptions& state, const model::LoraSetup* lora,
+                                    const ZeroSetup& zero) {
+  return make(device, precision, c, params, opt, recompute, state, lora, zero);
 }
 
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, const model::ParamSource& params,
                                     const AdamW* opt, bool recompute,
-                                    const model::StateOptions& state,
-                                    const model::LoraSetup* lora) {
-  return make(device, precision, c, params, opt, recompute, state, lora);
+                                    const model::StateOptions& state, const model::LoraSetup* lora,
+                                    const ZeroSetup& zero) {
+  return make(device, precision, c, params, opt, recompute, state, lora, zero);
 }
 
 }  // namespace deltatron::train

@@ -25,12 +25,15 @@ class Engine {
   virtual std::vector<std::string> moe_prefixes() const = 0;
   virtual void zero_grads() = 0;
   // Sums the trainable parameters' gradients over the ranks of `comm` (data parallel: every
-  // rank then holds the gradient of all the ranks' packs). comm is on the engine's device. With
+  // rank then holds the gradient of all the ranks' packs). comm is on the engine's device.
+  // ZeRO 2 (the engine's ZeroSetup, whose comm this must be): reduce-scattered, each rank holds
+  // the sum of its shard only (the rest of its gradients is undefined until zero_grads). With
   // expert parallelism, the routed-expert tensors (this rank's slices) are summed over
   // `experts` instead (the ranks owning the same experts; null or one rank: not summed).
-  virtual void all_reduce_grads(dist::Comm& comm, dist::Comm* experts = nullptr) = 0;
+  virtual void reduce_grads(dist::Comm& comm, dist::Comm* experts = nullptr) = 0;
   // Expert parallelism (model/expert_parallel.h): the engine was made from this rank's expert
-  // slices; every MoE layer exchanges rows with ep.comm's group. Before the first pack.
+  // slices; every MoE layer exchanges rows with ep.comm's group. Before the first pack; not with
+  // ZeRO.
   virtual void set_expert_parallel(const model::ExpertParallel& ep) = 0;
   // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
   // (shaped like them, e.g. model::zeros_like).
@@ -47,8 +50,24 @@ class Engine {
   // time by read_moment (what a checkpoint save writes without a host copy of all of them).
   virtual void sync_weights(model::TensorMap& params, AdamW& opt) = 0;
   // One parameter's exp_avg (second: exp_avg_sq) in f32 (bf16 moments widen exactly; zeros
-  // before the first step) into out, numel floats.
+  // before the first step) into out, numel floats. With sharded moments (sharded()) a collective
+  // over the ZeroSetup's communicator: every rank calls it with the same name, the owner
+  // broadcasts, every rank gets the values.
   virtual void read_moment(const std::string& name, bool second, float* out) = 0;
+  // Whether the moments are sharded over ranks (ZeRO on more than one rank).
+  virtual bool sharded() const = 0;
+};
+
+// ZeRO (parallel.zero; train/zero.h, docs/parallel.md). stage 0: every rank holds the whole
+// AdamW state. 1: the moments are sharded over the ranks of comm (each rank holds and steps the
+// moments of its shard; gradients all-reduced; the updated weights broadcast from each shard's
+// owner). 2: as 1, with the gradients reduce-scattered (each rank sums its shard only; the
+// gradient norm from the shards' sums of squares). The masters (or remainders) and compute copies
+// stay replicated. comm: the data-parallel group on the engine's device; with one rank the stage
+// changes nothing. Offloaded state is not supported with stage > 0.
+struct ZeroSetup {
+  int stage = 0;
+  dist::Comm* comm = nullptr;
 };
 
 // device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32" (the CPU computes in fp32). The
@@ -63,13 +82,15 @@ std::unique_ptr<Engine> make_engine(const std::string& device, const std::string
                                     const model::Config& c, model::TensorMap& params,
                                     const AdamW* opt = nullptr, bool recompute = false,
                                     const model::StateOptions& state = {},
-                                    const model::LoraSetup* lora = nullptr);
+                                    const model::LoraSetup* lora = nullptr,
+                                    const ZeroSetup& zero = {});
 // The same with the parameters made one host tensor at a time (model::ParamSource: a model whose
 // f32 host copy would not fit in host memory).
 std::unique_ptr<Engine> make_engine(const std::string& device, const std::string& precision,
                                     const model::Config& c, const model::ParamSource& params,
                                     const AdamW* opt = nullptr, bool recompute = false,
                                     const model::StateOptions& state = {},
-                                    const model::LoraSetup* lora = nullptr);
+                                    const model::LoraSetup* lora = nullptr,
+                                    const ZeroSetup& zero = {});
 
 }  // namespace deltatron::train

@@ -89,6 +89,19 @@ int64_t all_reduce_max(const Parallel& p, int64_t x) {
   return x;
 }
 
+void broadcast(const Parallel& p, int64_t& x, int root) {
+  if (p.size() == 1) return;
+  const core::Device dev = p.comm->device();
+  if (dev == core::Device::cpu) {
+    p.comm->broadcast(core::View(&x, core::DType::i64, dev, {1}), root);
+    return;
+  }
+  core::Buffer b(dev, core::DType::i64, {1}, "a value broadcast to the ranks");
+  ops::copy_from_host(b, &x);
+  p.comm->broadcast(b, root);
+  ops::copy_to_host(b, &x);
+}
+
 void all_reduce_counts(const Parallel& p, model::GlobalRouterCounts& counts,
                        const std::vector<std::string>& moe_prefixes, int64_t num_experts) {
   if (p.size() == 1) return;

@@ -48,6 +48,9 @@ double all_reduce_sum(const Parallel& p, double x);
 // The largest value over the ranks (e.g. a stop request).
 int64_t all_reduce_max(const Parallel& p, int64_t x);
 
+// x = root's x on every rank.
+void broadcast(const Parallel& p, int64_t& x, int root);
+
 // Routing counts of the packs each rank ran, summed over the ranks (device f64: exact integer
 // sums). moe_prefixes: every MoE layer's (a rank that ran no pack has no layers yet).
 void all_reduce_counts(const Parallel& p, model::GlobalRouterCounts& counts,

@@ -9,7 +9,7 @@ namespace deltatron::train {
 
 using nlohmann::json;
 
-json run_identity(const TrainConfig& cfg, const TrainData& d) {
+json run_identity(const TrainConfig& cfg, const TrainData& d, int ranks) {
   json j = json::object();
   if (!cfg.model_preset.empty())
     j["model.preset"] = cfg.model_preset;
@@ -27,7 +27,7 @@ json run_identity(const TrainConfig& cfg, const TrainData& d) {
   j["data.eval_fraction"] = cfg.eval_fraction;
   j["model.ignore_mtp"] = cfg.ignore_mtp;
   j["training.micro_batch_tokens"] = cfg.micro_batch_tokens;
-  j["training.grad_accum"] = cfg.grad_accum * cfg.data_parallel_ranks;  // per step, all ranks
+  j["training.grad_accum"] = cfg.grad_accum * ranks;  // micro-batches per step, all ranks
   j["training.divisible_by"] = cfg.divisible_by;
   j["training.shuffle_window"] = cfg.shuffle_window;
   j["training.seed"] = cfg.seed;
@@ -74,6 +74,9 @@ void check_run_identity(const json& saved, const json& now, const std::string& s
     if (shown(saved, key.c_str()) != value.dump())
       core::fail(state_file, ": --resume with a different ", key, ": the checkpoint's run has ",
                  shown(saved, key.c_str()), ", this configuration has ", value.dump(),
+                 key == "training.grad_accum"
+                     ? " (micro-batches per step: grad_accum x data-parallel ranks)"
+                     : "",
                  "; set it back to resume, or start a fresh run in another training.out_dir");
   }
 }

@@ -168,7 +168,7 @@ ScheduleOptions schedule_options(const TrainConfig& cfg) {
 }
 
 TrainState start_state(const TrainConfig& cfg, const RunStart& start, const TrainData& d,
-                       io::Checkpoint& ck, AdamW& opt) {
+                       io::Checkpoint& ck, AdamW& opt, int ranks) {
   const std::string& resume_dir = start.resume_dir;
   TrainState st;
   st.rng_seed = cfg.seed;
@@ -178,12 +178,12 @@ TrainState start_state(const TrainConfig& cfg, const RunStart& start, const Trai
     if (!cfg.lora) restore_master_weights(resume_dir, ck);
     check_resumed_step(start, st.step);
     check_run_identity(st.extra.contains("run") ? st.extra["run"] : nlohmann::json(),
-                       run_identity(cfg, d),
+                       run_identity(cfg, d, ranks),
                        resume_dir + "/training_state/" + kTrainerStateFileName);
     std::fprintf(stderr, "train: resumed from %s at step %lld\n", resume_dir.c_str(),
                  static_cast<long long>(st.step));
   }
-  st.extra["run"] = run_identity(cfg, d);
+  st.extra["run"] = run_identity(cfg, d, ranks);
   if (const auto nf = find_non_finite(ck.params))
     core::fail(resume_dir.empty()
                    ? (cfg.model_path.empty() ? "preset " + cfg.model_preset : cfg.model_path)

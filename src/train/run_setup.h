@@ -53,8 +53,9 @@ ScheduleOptions schedule_options(const TrainConfig& cfg);
 // (into opt and ck.params; a LoRA run's adapters come with lora_setup), after checking its step
 // and run identity (run_identity.h). The run
 // identity of cfg and d is stored in extra["run"]. Non-finite starting weights are an error.
+// ranks: the data-parallel ranks (run_identity).
 TrainState start_state(const TrainConfig& cfg, const RunStart& start, const TrainData& d,
-                       io::Checkpoint& ck, AdamW& opt);
+                       io::Checkpoint& ck, AdamW& opt, int ranks = 1);
 
 // A resumed run already at cfg.steps or past it: says so and returns nothing_to_do with the
 // checkpoint's last loss (NaN when it has none).

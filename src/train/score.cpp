@@ -167,7 +167,7 @@ void run_score(const ScoreOptions& opt) {
     all_reduce_sum(par, n_tokens);
     all_reduce_sum(par, mtp_n_tokens);
     router_loss = all_reduce_sum(par, router_loss);
-    if (with_grads) engine->all_reduce_grads(*par.comm, eg.same_experts.get());
+    if (with_grads) engine->reduce_grads(*par.comm, eg.same_experts.get());
   }
   if (!opt.quiet && par.root() && opt.router.active())
     std::fprintf(stderr, "score: router loss (sum over MoE layers) %.9g\n", router_loss);

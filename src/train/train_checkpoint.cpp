@@ -26,7 +26,7 @@ std::vector<fs::path> tokenizer_files(const std::string& tok_json) {
 
 void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
                      const TrainState& st, AdamW& opt, const std::vector<fs::path>& tok_files,
-                     RunStart& start, model::LoraSetup* lora) {
+                     RunStart& start, model::LoraSetup* lora, const MomentSource* moments) {
   model::TensorMap& weights = lora ? lora->adapters : ck.params;
   engine.sync_weights(weights, opt);  // the moments go to the file one tensor at a time
   if (const auto nf = find_non_finite(weights))
@@ -35,9 +35,10 @@ void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
                start.earlier.empty() ? "" : "; the earlier run's checkpoints are kept");
   if (!cfg.save_dtype.empty())
     for (auto& [name, dt] : ck.param_dtypes) dt = cfg.save_dtype;
-  const auto moment = [&](const std::string& name, bool second, float* out) {
-    engine.read_moment(name, second, out);
-  };
+  const MomentSource moment =
+      moments ? *moments : MomentSource([&](const std::string& name, bool second, float* out) {
+        engine.read_moment(name, second, out);
+      });
   const std::string dir =
       lora ? save_training_checkpoint(
                  cfg.out_dir, st.step,
@@ -70,6 +71,50 @@ void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
   remove_earlier_checkpoints(start, dir);
   prune_checkpoints(cfg.out_dir, cfg.keep_last);
   std::fprintf(stderr, "\ncheckpoint: %s\n", dir.c_str());
+}
+
+void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& engine,
+                           io::Checkpoint& ck, const TrainState& st, AdamW& opt,
+                           const std::vector<fs::path>& tok_files, RunStart& start,
+                           model::LoraSetup* lora) {
+  if (!engine.sharded()) {
+    if (par.root()) save_checkpoint(cfg, engine, ck, st, opt, tok_files, start, lora);
+    return;
+  }
+  const model::TensorMap& weights = lora ? lora->adapters : ck.params;
+  std::vector<std::string> names;
+  for (const auto& [name, t] : weights) names.push_back(name);
+  if (!par.root()) {  // serve rank 0's requests
+    std::vector<float> scratch;
+    for (;;) {
+      int64_t req = 0;
+      broadcast(par, req, 0);
+      if (req < 0) return;
+      DT_CHECK(req / 2 < int64_t(names.size()), "checkpoint save: request ", req, " for one of ",
+               names.size(), " parameters");
+      const std::string& name = names[size_t(req / 2)];
+      scratch.resize(size_t(weights.at(name).numel()));
+      engine.read_moment(name, req % 2 == 1, scratch.data());
+    }
+  }
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < names.size(); ++i) index[names[i]] = int64_t(i);
+  const MomentSource moment = [&](const std::string& name, bool second, float* out) {
+    int64_t req = 2 * index.at(name) + (second ? 1 : 0);
+    broadcast(par, req, 0);
+    engine.read_moment(name, second, out);
+  };
+  int64_t done = -1;
+  try {
+    save_checkpoint(cfg, engine, ck, st, opt, tok_files, start, lora, &moment);
+  } catch (...) {
+    try {
+      broadcast(par, done, 0);  // release the other ranks; this rank's error stops the job
+    } catch (...) {
+    }
+    throw;
+  }
+  broadcast(par, done, 0);
 }
 
 void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck) {

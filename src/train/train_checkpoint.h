@@ -10,6 +10,7 @@
 #include "model/adapters.h"
 #include "train/engine.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 #include "train/run_dir.h"
 #include "train/train_config.h"
 #include "train/train_state.h"
@@ -35,7 +36,18 @@ std::vector<std::filesystem::path> tokenizer_files(const std::string& tok_json);
 void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
                      const TrainState& st, AdamW& opt,
                      const std::vector<std::filesystem::path>& tok_files, RunStart& start,
-                     model::LoraSetup* lora = nullptr);
+                     model::LoraSetup* lora = nullptr, const MomentSource* moments = nullptr);
+// moments: where the moments come from (default: engine.read_moment).
+
+// The save of a data-parallel run; every rank calls it. Without sharded moments rank 0 calls
+// save_checkpoint. With ZeRO (engine.sharded()) reading a moment is a collective: rank 0 writes,
+// and before each tensor's moment it broadcasts a request (2 x the tensor's index in the sorted
+// parameter names + second; -1: done, also when rank 0's save fails), which the other ranks serve
+// by taking part in engine.read_moment for that tensor. The files are those of one rank.
+void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& engine,
+                           io::Checkpoint& ck, const TrainState& st, AdamW& opt,
+                           const std::vector<std::filesystem::path>& tok_files, RunStart& start,
+                           model::LoraSetup* lora = nullptr);
 
 // Replaces ck.params with the fp32 master weights of the checkpoint ckpt_dir; every parameter
 // must be there with its shape (else a one-line core::Error naming the file and the parameter).

@@ -214,10 +214,19 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");
   DT_CHECK(c.parallel_dp >= 0, path, ": parallel.dp must be >= 0 (0: every rank of the job)");
-  DT_CHECK(c.parallel_zero == 0, path, ": parallel.zero = ", c.parallel_zero,
-           ": the ZeRO stages are not built yet (0: every data-parallel rank holds the whole "
-           "optimizer state)");
+  DT_CHECK(c.parallel_zero >= 0 && c.parallel_zero <= 2, path,
+           ": parallel.zero = ", c.parallel_zero,
+           ": must be 0 (every data-parallel rank holds the whole optimizer state), 1 (the AdamW "
+           "moments sharded over the ranks) or 2 (and the gradients reduce-scattered); stage 3 is "
+           "not built yet");
+  DT_CHECK(c.parallel_zero == 0 || c.offload == "none", path, ": parallel.zero = ", c.parallel_zero,
+           " with training.offload = ", c.offload,
+           " is not supported (ZeRO shards the device-resident state; use offload = none)");
+  DT_CHECK(c.parallel_zero == 0 || !c.lora, path, ": parallel.zero = ", c.parallel_zero,
+           " with a LoRA run is not supported (the adapters' state is small; use zero = 0)");
   DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
+  DT_CHECK(c.parallel_zero == 0 || c.parallel_ep == 1, path, ": parallel.zero = ", c.parallel_zero,
+           " with parallel.ep = ", c.parallel_ep, " is not supported yet (use zero = 0)");
   DT_CHECK(c.parallel_tp == 1 && c.parallel_sp == 1, path,
            ": parallel.tp and parallel.sp must be 1 (tensor and sequence parallelism are not "
            "built yet)");

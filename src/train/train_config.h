@@ -86,17 +86,15 @@ struct TrainConfig {
   bool lora_experts = false, lora_rslora = false;
   std::string lora_adapter;
   // [parallel] (docs/parallel.md): the layout of a job started by a launcher. dp: data-parallel
-  // ranks (0: all of the job's ranks); zero: 0 (every rank holds the whole optimizer state;
-  // ZeRO stages 1-3 are not built yet); ep: ranks sharing the routed experts of every MoE
-  // layer (model/expert_parallel.h; a divisor of the ranks and of num_experts); tp, sp: tensor and
-  // sequence parallel sizes (only 1 yet).
+  // ranks (0: all of the job's ranks); zero: 0 (every rank holds the whole optimizer state),
+  // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered); ep: ranks
+  // sharing the routed experts of every MoE layer (model/expert_parallel.h; a divisor of the
+  // ranks and of num_experts; not with zero yet); tp, sp: tensor and sequence parallel sizes
+  // (only 1 yet).
   int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1, parallel_sp = 1;
   std::vector<std::string> lora_keys_set;  // the lora.* keys the file or overrides gave
 
   std::string source;  // the config file, for messages
-  // Set by the trainer, not the file: the data-parallel ranks of the job (a step runs
-  // grad_accum micro-batches on each).
-  int64_t data_parallel_ranks = 1;
 };
 
 // Parses the TOML file, applies overrides ("section.key=value", value parsed as a TOML value,

@@ -72,7 +72,7 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
     router += l.router_loss;
   }
   if (par.size() > 1) {
-    ctx.engine.all_reduce_grads(*par.comm, ctx.same_experts);
+    ctx.engine.reduce_grads(*par.comm, ctx.same_experts);
     std::vector<double> sums = {ce, mtp, router};
     all_reduce_sum(par, sums);
     ce = sums[0], mtp = sums[1], router = sums[2];

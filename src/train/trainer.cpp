@@ -53,14 +53,12 @@ bool due(int64_t every, int64_t step) { return every > 0 && step % every == 0; }
 
 }  // namespace
 
-TrainResult run_train(const TrainConfig& config, bool resume, bool overwrite) {
+TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // 0. The ranks of a data-parallel job (a launcher's environment; else one rank). Rank 0 owns
   // the output directory: it locks it, logs and saves; the others read it once rank 0 has
   // cleaned it, and every rank computes the same steps from the same checkpoint.
-  const Parallel par = setup_parallel(
-      config.device == "cuda" ? core::Device::cuda : core::Device::cpu, "deltatron train");
-  TrainConfig cfg = config;
-  cfg.data_parallel_ranks = par.size();
+  const Parallel par = setup_parallel(cfg.device == "cuda" ? core::Device::cuda : core::Device::cpu,
+                                      "deltatron train");
 
   // 1. Output directory first: an unwritable or busy one fails before any work; leftovers of
   // interrupted saves are removed only under the lock (no live run is writing them).
@@ -87,7 +85,7 @@ TrainResult run_train(const TrainConfig& config, bool resume, bool overwrite) {
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
-  TrainState st = start_state(cfg, start, d, ck, opt);
+  TrainState st = start_state(cfg, start, d, ck, opt, par.size());
   // Expert parallelism ([parallel] ep): this rank's slices of the routed experts and of their
   // moments (a resume's checkpoint holds them all, so the number of ranks may change).
   const ExpertGroups eg =
@@ -103,7 +101,8 @@ TrainResult run_train(const TrainConfig& config, bool resume, bool overwrite) {
 
   // 3. The engine, the micro-batch stream, the log.
   const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
-                                  cfg.recompute, state_options(cfg), lora ? &*lora : nullptr);
+                                  cfg.recompute, state_options(cfg), lora ? &*lora : nullptr,
+                                  ZeroSetup{int(cfg.parallel_zero), par.comm.get()});
   if (eg.on()) engine->set_expert_parallel(eg.model);
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
@@ -127,7 +126,7 @@ TrainResult run_train(const TrainConfig& config, bool resume, bool overwrite) {
     result.final_eval_loss = e.loss;
     result.final_eval_accuracy = e.accuracy;
   };
-  const auto save = [&] {  // rank 0 writes (every rank holds the same state)
+  const auto save = [&] {  // rank 0 writes
     if (eg.on()) {         // the experts' slices gathered from their owners first (collective)
       const GatheredState g = gather_state(*engine, ck.params, opt, eg, par.comm->device());
       if (par.root()) {
@@ -136,8 +135,9 @@ TrainResult run_train(const TrainConfig& config, bool resume, bool overwrite) {
         save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, nullptr);
         ck.params = std::move(local);
       }
-    } else if (par.root()) {
-      save_checkpoint(cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+    } else {  // with ZeRO the other ranks send rank 0 their moments
+      save_checkpoint_ranks(par, cfg, *engine, ck, st, opt, tok_files, start,
+                            lora ? &*lora : nullptr);
     }
     par.comm->barrier();
   };

@@ -1,0 +1,146 @@
+// ZeRO's shards and the collectives of a sharded step (zero.h).
+#include "train/zero.h"
+
+#include <algorithm>
+#include <array>
+
+#include "core/bf16.h"
+#include "core/buffer.h"
+#include "core/error.h"
+#include "ops/tensor.h"
+
+namespace deltatron::train {
+
+int64_t ZeroShards::largest() const {
+  int64_t n = 0;
+  for (int r = 0; r < ranks(); ++r) n = std::max(n, size(r));
+  return n;
+}
+
+int ZeroShards::owner(int64_t offset) const {
+  // The last rank whose range starts at or before offset (empty ranges share their start).
+  const auto it = std::upper_bound(bounds.begin(), bounds.end(), offset);
+  return std::clamp(int(it - bounds.begin()) - 1, 0, ranks() - 1);
+}
+
+ZeroShards zero_shards(const model::Params& p, int ranks) {
+  DT_CHECK(ranks >= 1, "ZeRO: ", ranks, " ranks");
+  const int64_t total = p.total();
+  ZeroShards s;
+  s.bounds.assign(size_t(ranks) + 1, total);
+  s.bounds[0] = 0;
+  // Tensors in offset order; rank of a tensor = floor(ranks * midpoint / total), non-decreasing,
+  // so bounds[r] = the offset of the first tensor of a rank >= r.
+  int next = 1;
+  for (const auto& name : p.names()) {
+    const auto& e = p.entry(name);
+    const int r = int(std::min<int64_t>(
+        ranks - 1, int64_t(ranks) * (2 * e.offset + e.numel) / std::max<int64_t>(1, 2 * total)));
+    for (; next <= r; ++next) s.bounds[size_t(next)] = e.offset;
+  }
+  return s;
+}
+
+void reduce_scatter_shards(dist::Comm& comm, const ZeroShards& s, const core::View& grad_flat,
+                           int64_t chunk) {
+  const int ranks = s.ranks(), me = comm.rank();
+  DT_CHECK(ranks == comm.size(), "ZeRO: shards for ", ranks, " ranks on a communicator of ",
+           comm.size());
+  const int64_t c = std::min(chunk, s.largest());
+  if (c == 0) return;
+  core::Buffer stage(grad_flat.device, core::DType::f32, {int64_t(ranks + 1) * c},
+                     "ZeRO 2 gradient reduce-scatter staging");
+  const core::View in = stage.view().slice(0, int64_t(ranks) * c);
+  const core::View out = stage.view().slice(int64_t(ranks) * c, c);
+  const auto piece = [&](int r, int64_t done) {
+    return std::clamp<int64_t>(s.size(r) - done, 0, c);
+  };
+  for (int64_t done = 0; done < s.largest(); done += c) {
+    for (int r = 0; r < ranks; ++r) {
+      const int64_t n = piece(r, done);
+      if (n > 0) ops::cast(grad_flat.slice(s.lo(r) + done, n), in.slice(r * c, n), n);
+      if (n < c) ops::zero(in.slice(r * c + n, c - n));
+    }
+    comm.reduce_scatter(in, out);
+    const int64_t n = piece(me, done);
+    if (n > 0) ops::cast(out.slice(0, n), grad_flat.slice(s.lo(me) + done, n), n);
+  }
+}
+
+double sum_over_ranks(dist::Comm& comm, double x) {
+  const int ranks = comm.size();
+  if (ranks == 1) return x;
+  core::Buffer b(comm.device(), core::DType::f64, {ranks}, "ZeRO per-rank sums");
+  const core::View mine = b.view().slice(comm.rank(), 1);
+  ops::copy_from_host(mine, &x);
+  comm.all_gather(mine, b);
+  std::vector<double> all(size_t(ranks), 0.0);
+  ops::copy_to_host(b, all.data());
+  double sum = 0;
+  for (double v : all) sum += v;  // rank order, on every rank
+  return sum;
+}
+
+namespace {
+
+// The views of one buffer that the tensors of a shard occupy, spanned from the first tensor's to
+// the end of the last one's (the buffers lay tensors out in offset order).
+struct Span {
+  core::View first, last;
+  void add(const core::View& v) {
+    if (v.data == nullptr || v.numel() == 0) return;
+    if (first.data == nullptr) first = v;
+    last = v;
+  }
+  // The span as one view; u16 (remainders) travels as bf16, the same bytes (broadcast moves
+  // bytes; the communicators' dtype list has no u16).
+  core::View view() const {
+    const size_t es = core::dtype_size(first.dtype);
+    const auto* a = static_cast<const char*>(first.data);
+    const auto* b = static_cast<const char*>(last.data) + last.bytes();
+    const core::DType dt = first.dtype == core::DType::u16 ? core::DType::bf16 : first.dtype;
+    return core::View(first.data, dt, first.device, {int64_t(size_t(b - a) / es)});
+  }
+};
+
+}  // namespace
+
+void broadcast_shard_weights(dist::Comm& comm, const ZeroShards& s, const model::Params& p) {
+  const int ranks = s.ranks();
+  std::vector<std::array<Span, 3>> spans(
+      static_cast<size_t>(ranks));  // master, compute copy, remainder
+  for (const auto& name : p.names()) {
+    const ops::AdamWTensor t = p.adamw_tensor(name);
+    DT_CHECK(t.master.data == nullptr || t.master.device == p.device(),
+             "ZeRO: offloaded master weights are not supported");
+    DT_CHECK(t.remainder.data == nullptr || t.remainder.device == p.device(),
+             "ZeRO: offloaded master remainders are not supported");
+    auto& sp = spans[size_t(s.owner(p.entry(name).offset))];
+    sp[0].add(t.master);
+    sp[1].add(t.compute_copy);
+    sp[2].add(t.remainder);
+  }
+  for (int r = 0; r < ranks; ++r)
+    for (const Span& sp : spans[size_t(r)])
+      if (sp.first.data != nullptr) comm.broadcast(sp.view(), r);
+}
+
+void moment_to_host(const core::View& x, float* out) {
+  if (x.dtype != core::DType::bf16) return ops::copy_to_host(x, out);
+  const int64_t n = x.numel();
+  std::vector<uint16_t> h(static_cast<size_t>(n));
+  ops::copy_to_host(x, h.data());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = core::bf16_to_f32(h[size_t(i)]);
+}
+
+void moment_from_host(const float* in, const core::View& x) {
+  if (x.dtype != core::DType::bf16) return ops::copy_from_host(x, in);
+  const int64_t n = x.numel();
+  std::vector<uint16_t> h(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) h[size_t(i)] = core::bf16_round_nearest_even(in[i]);
+  ops::copy_from_host(x, h.data());
+}
+
+}  // namespace deltatron::train

@@ -1,0 +1,196 @@
+// ZeRO stages 1 and 2 on CPU ranks (Gloo; processes started by `deltatron launch`) against the
+// one-rank run: six steps of the bundled example (dense, and MoE + MTP with the per-sample aux
+// loss) with the same global micro-batches (grad_accum x ranks = 6): step losses, final weights
+// and the saved AdamW moments; a ZeRO 2 run saved at step 3 on 2 ranks resumed on 3 ranks and on
+// one; the shard layout; what the config refuses.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/params.h"
+#include "short_run.h"
+#include "test_util.h"
+#include "train/checkpoint_dir.h"
+#include "train/train_config.h"
+#include "train/zero.h"
+
+namespace fs = std::filesystem;
+using namespace deltatron;
+
+namespace {
+
+// Runs `deltatron ARGS` on `ranks` ranks (1: directly); stderr into err. Returns the exit code.
+int run(int ranks, const std::string& args, const fs::path& err) {
+  const std::string bin = DT_BINARY;
+  std::string cmd =
+      ranks == 1 ? bin + " " + args
+                 : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin + " " + args;
+  cmd += " 2> " + err.string();
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+// The short run (short_run.h) of examples/addition/<toml> into dir/out on `ranks` ranks with
+// grad_accum 6 / ranks and parallel.zero = zero; extra: more arguments (e.g. --resume).
+void train_run(const fs::path& dir, const std::string& toml, const std::string& out, int ranks,
+               int zero, const std::string& extra = "") {
+  std::string args = "train " + (dt_test::examples_dir() / "addition" / toml).string();
+  for (std::string o : dt_test::short_run_overrides(dir, out)) {
+    if (o.rfind("training.grad_accum=", 0) == 0)
+      o = "training.grad_accum=" + std::to_string(6 / ranks);
+    args += " '--" + o + "'";
+  }
+  // The first 600 samples (a short run reads about 250) and no held-out set: tokenising the whole
+  // file and the end-of-run evaluation would be most of a short run's time.
+  const fs::path data = dir / "train.jsonl";
+  if (!fs::exists(data)) {
+    std::istringstream in(dt_test::read_file(dt_test::examples_dir() / "addition" / "train.jsonl"));
+    std::ofstream o(data);
+    std::string line;
+    for (int i = 0; i < 600 && std::getline(in, line); ++i) o << line << "\n";
+  }
+  args += " '--data.train=\"" + data.string() + "\"'";
+  args += " '--data.eval=\"\"' '--training.router_aux_type=\"seq\"' --parallel.zero=" +
+          std::to_string(zero) + " " + extra;
+  const fs::path err = dir / (out + ".err");
+  ASSERT_EQ(run(ranks, args, err), 0)
+      << toml << " " << out << " on " << ranks << " ranks: " << dt_test::read_file(err);
+}
+
+// Worst relative RMS difference over the tensors of two safetensors files (the same names).
+double worst_rel_rms(const fs::path& got, const fs::path& want, std::string& worst_name) {
+  io::SafetensorsFile g(got.string()), w(want.string());
+  EXPECT_EQ(g.names(), w.names()) << got;
+  double worst = 0;
+  for (const auto& name : w.names()) {
+    if (!g.contains(name)) continue;
+    const core::Tensor a = g.to_float(name), b = w.to_float(name);
+    const double r = dt_test::compare(a.ptr(), b.ptr(), size_t(b.numel())).rel_rms;
+    if (r > worst) worst = r, worst_name = name;
+  }
+  return worst;
+}
+
+std::vector<std::string> listing(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    out.push_back(fs::relative(e.path(), dir).string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// got's checkpoint at `step` against want's: the same files, weights and moments within `tol`.
+void expect_checkpoint_near(const fs::path& got, const fs::path& want, int64_t step,
+                            const std::string& what, double tol) {
+  const fs::path g = got / train::checkpoint_dir_name(step),
+                 w = want / train::checkpoint_dir_name(step);
+  EXPECT_EQ(listing(g), listing(w)) << what;
+  for (const char* file : {"model.safetensors", "training_state/master_weights.safetensors",
+                           "training_state/optimizer.safetensors"}) {
+    std::string name;
+    const double r = worst_rel_rms(g / file, w / file, name);
+    std::printf("  %s step %lld %s: worst rel RMS vs one rank %.2e (%s)\n", what.c_str(),
+                static_cast<long long>(step), file, r, name.c_str());
+    EXPECT_LE(r, tol) << what << " " << file << ": " << name;
+  }
+}
+
+void expect_losses_near(const std::vector<double>& got, const std::vector<double>& want,
+                        const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t s = 0; s < want.size(); ++s)
+    EXPECT_NEAR(got[s], want[s], 1e-5 * std::abs(want[s])) << what << " step " << s + 1;
+}
+
+// Zero 1 and 2 on 2 and 3 ranks against one rank, both checkpoints (steps 3 and 6).
+void tracks_one_rank(const fs::path& dir, const std::string& toml) {
+  train_run(dir, toml, "one", 1, 0);
+  const auto want = dt_test::metric_losses(dir / "one" / "metrics.jsonl");
+  ASSERT_EQ(want.size(), 6u);
+  for (int zero : {1, 2})
+    for (int ranks : {2, 3}) {
+      const std::string out = "zero" + std::to_string(zero) + "_ranks" + std::to_string(ranks);
+      train_run(dir, toml, out, ranks, zero);
+      const std::string what = toml + " " + out;
+      expect_losses_near(dt_test::metric_losses(dir / out / "metrics.jsonl"), want, what);
+      for (int64_t step : {3, 6}) expect_checkpoint_near(dir / out, dir / "one", step, what, 1e-5);
+    }
+}
+
+}  // namespace
+
+TEST(Zero, DenseTracksOneRank) {
+  const dt_test::TempDir tmp("zero_dense");
+  tracks_one_rank(tmp.path, "train.toml");
+  if (HasFailure()) return;
+  // The ZeRO 2 run on 2 ranks, resumed from its step-3 checkpoint on 3 ranks (ZeRO 2) and on one
+  // rank (no ZeRO): steps 4-6 as the straight runs.
+  const auto want = dt_test::metric_losses(tmp.path / "one" / "metrics.jsonl");
+  for (const auto& [ranks, zero] : {std::pair{3, 2}, std::pair{1, 0}}) {
+    const std::string out = "resumed_on_" + std::to_string(ranks);
+    fs::copy(tmp.path / "zero2_ranks2", tmp.path / out, fs::copy_options::recursive);
+    fs::remove_all(tmp.path / out / train::checkpoint_dir_name(6));
+    train_run(tmp.path, "train.toml", out, ranks, zero, "--resume");
+    const auto got = dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
+    ASSERT_EQ(got.size(), 9u);  // the straight run's 6, and steps 4-6 again
+    expect_losses_near(std::vector<double>(got.begin() + 6, got.end()),
+                       std::vector<double>(want.begin() + 3, want.end()), out);
+    expect_checkpoint_near(tmp.path / out, tmp.path / "one", 6, out, 1e-5);
+  }
+}
+
+TEST(Zero, MoeTracksOneRank) {
+  const dt_test::TempDir tmp("zero_moe");
+  tracks_one_rank(tmp.path, "train_moe.toml");
+}
+
+// The shards: contiguous, tensor-aligned, covering the flat space, balanced by element count.
+TEST(Zero, ShardsAreTensorAlignedAndBalanced) {
+  model::TensorMap host;
+  const std::vector<int64_t> sizes = {1000, 7, 5000, 13, 2400, 2400, 999, 1, 3000, 64};
+  for (size_t i = 0; i < sizes.size(); ++i)
+    host.emplace("t" + std::to_string(i), core::Tensor({sizes[i]}));
+  const model::Params p(core::Device::cpu, core::DType::f32, host);
+  for (int ranks : {1, 2, 3, 4, 7, 16}) {
+    const train::ZeroShards s = train::zero_shards(p, ranks);
+    ASSERT_EQ(s.ranks(), ranks);
+    EXPECT_EQ(s.lo(0), 0);
+    EXPECT_EQ(s.hi(ranks - 1), p.total());
+    std::vector<int64_t> starts;
+    for (const auto& name : p.names()) starts.push_back(p.entry(name).offset);
+    for (int r = 0; r < ranks; ++r) {
+      EXPECT_LE(s.lo(r), s.hi(r));
+      if (s.size(r) > 0) {  // starts at a tensor; owner() maps its tensors to it
+        EXPECT_NE(std::find(starts.begin(), starts.end(), s.lo(r)), starts.end()) << r;
+        EXPECT_EQ(s.owner(s.lo(r)), r);
+      }
+    }
+    // Balanced: no shard larger than its even share plus the largest tensor.
+    const int64_t share = p.total() / ranks + 5000 + 64;
+    for (int r = 0; r < ranks; ++r) EXPECT_LE(s.size(r), share) << ranks << " ranks, rank " << r;
+  }
+}
+
+// What ZeRO does not cover is refused with the reason.
+TEST(Zero, ConfigRefusals) {
+  const std::string toml = (dt_test::examples_dir() / "addition" / "train.toml").string();
+  dt_test::expect_error([&] { train::load_train_config(toml, {"parallel.zero=3"}); },
+                        {"parallel.zero = 3", "stage 3 is not built"});
+  dt_test::expect_error(
+      [&] {
+        train::load_train_config(toml, {"parallel.zero=1", "training.offload=\"moments\""});
+      },
+      {"parallel.zero = 1", "training.offload", "not supported"});
+  dt_test::expect_error(
+      [&] {
+        train::load_train_config(toml, {"parallel.zero=2", "lora.r=4"});
+      },
+      {"parallel.zero = 2", "LoRA", "not supported"});
+  EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=2"}).parallel_zero, 2);
+}
