@@ -104,7 +104,8 @@ class SavedStateEngine final : public Engine {
   void count_routes(const data::Pack&, model::GlobalRouterCounts&) override { no("count_routes"); }
   std::vector<std::string> moe_prefixes() const override { no("moe_prefixes"); }
   void zero_grads() override { no("zero_grads"); }
-  void all_reduce_grads(dist::Comm&, dist::Comm*) override { no("all_reduce_grads"); }
+  void reduce_grads(dist::Comm&, dist::Comm*) override { no("reduce_grads"); }
+  bool sharded() const override { return false; }
   void set_expert_parallel(const model::ExpertParallel&) override { no("set_expert_parallel"); }
   void grads_to_host(model::TensorMap&) override { no("grads_to_host"); }
   double clip(double) override { no("clip"); }
