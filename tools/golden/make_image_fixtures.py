@@ -7,6 +7,10 @@ byte-identical files. Usage:
 
     /tmp/golden-venv/bin/pip install Pillow numpy      # torch 2.11, transformers 5.17 already
     /tmp/golden-venv/bin/python tools/golden/make_image_fixtures.py --out tests/data/images
+    # optional: the torchvision ("fast") processor's distance to the PIL one (docs/vision.md)
+    /tmp/golden-venv/bin/pip install --no-deps 'torchvision==0.26.*'
+    /tmp/golden-venv/bin/python tools/golden/make_image_fixtures.py --out tests/data/images \
+        --measure-fast
 
 What goes into --out (all small; the whole folder stays well under 1 MB):
 
@@ -180,10 +184,41 @@ SMART = [(448, 448), (720, 1280), (1280, 720), (1080, 1920), (480, 640), (600, 8
 SMART_CONFIGS = [(65536, 16777216), (4096, 16777216), (1024, 2048), (4096, 6144), (3136, 1003520)]
 
 
+def measure_fast(out):
+    """Prints how far the torchvision ("fast") processor, HF's default for Qwen3.5, lies from the
+    PIL one (= Pillow = deltatron) on the fixture cases and a few larger photos-like images.
+    Needs torchvision; writes nothing."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    extra = [("pattern_1280x720", pattern(720, 1280, 3, 21), 65536, 16777216),
+             ("pattern_1000x750", pattern(750, 1000, 3, 22), 65536, 16777216),
+             ("pattern_300x200", pattern(200, 300, 3, 23), 65536, 16777216),
+             ("pattern_3000x2000", pattern(2000, 3000, 3, 24, freq=0.05), 65536, 1003520)]
+    items = []
+    for case, name, min_px, max_px, _, _ in CASES:
+        with Image.open(os.path.join(out, name)) as im:
+            items.append((case, im.convert("RGB"), min_px, max_px))
+    items += [(n, Image.fromarray(a, "RGB"), mn, mx) for n, a, mn, mx in extra]
+    for case, rgb_im, min_px, max_px in items:
+        kw = dict(QWEN35)
+        kw["size"] = {"shortest_edge": min_px, "longest_edge": max_px}
+        fast = Qwen2VLImageProcessor(**kw)(rgb_im, return_tensors="np")["pixel_values"]
+        slow = hf_processor(min_px, max_px)(rgb_im, return_tensors="np")["pixel_values"]
+        d = np.abs(fast.astype(np.float64) - slow)
+        print(f"{case:24s} {rgb_im.width}x{rgb_im.height}: max |fast - PIL| = {d.max():.6f} "
+              f"({d.max() * 127.5:.2f} u8 levels), {np.mean(d > 1e-6) * 100:.3f} % of values "
+              f"differ")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--measure-fast", action="store_true",
+                    help="only print the torchvision processor's distance to the PIL one on the "
+                    "images in --out (needs torchvision)")
     args = ap.parse_args()
+    if args.measure_fast:
+        measure_fast(args.out)
+        return
     os.makedirs(args.out, exist_ok=True)
     notes = make_images(args.out)
 
