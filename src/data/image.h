@@ -12,7 +12,8 @@
 //          their stored colour (Pillow's convert("RGB"), also transformers 5.17's convert_to_rgb).
 //   WebP   libwebp, the first (only) frame; alpha dropped as above. Animated WebP is refused.
 // The format comes from the file's first bytes, never from its name. EXIF orientation is not
-// applied (neither Pillow's open/convert nor transformers' processors apply it).
+// applied (neither Pillow's open/convert nor transformers' processors apply it). Images above
+// 178956970 pixels are refused, as Pillow refuses them (its decompression-bomb error).
 #pragma once
 
 #include <cstdint>

@@ -14,9 +14,9 @@ ImageRGB8 decode_jpeg(std::span<const uint8_t> bytes, const std::string& name);
 ImageRGB8 decode_png(std::span<const uint8_t> bytes, const std::string& name);
 ImageRGB8 decode_webp(std::span<const uint8_t> bytes, const std::string& name);
 
-// The largest width or height and pixel count a decoder accepts (a guard against corrupt
-// headers asking for absurd allocations): 2^16 per side (JPEG's own limit), 2^28 pixels.
-inline constexpr int64_t kMaxImageSide = 65535;
-inline constexpr int64_t kMaxImagePixels = int64_t(1) << 28;
+// The largest pixel count a decoder accepts: Pillow's decompression-bomb error threshold
+// (2 * Image.MAX_IMAGE_PIXELS = 2 * 89478485), where Pillow refuses to open the file. Also a
+// guard against corrupt headers asking for absurd allocations.
+inline constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
 
 }  // namespace deltatron::data

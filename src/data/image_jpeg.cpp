@@ -67,7 +67,7 @@ ImageRGB8 decode_jpeg(std::span<const uint8_t> bytes, const std::string& name) {
   if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
     refusal = "CMYK/YCCK JPEG is not supported yet";
   } else if (int64_t(cinfo.image_width) * cinfo.image_height > kMaxImagePixels) {
-    refusal = "the image is larger than 2^28 pixels";
+    refusal = "the image has more than 178956970 pixels (Pillow's decompression-bomb limit)";
   } else {
     cinfo.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
     jpeg_start_decompress(&cinfo);

@@ -79,7 +79,7 @@ ImageRGB8 decode_png(std::span<const uint8_t> bytes, const std::string& name) {
   bit_depth = png_get_bit_depth(png, info);
   colour = png_get_color_type(png, info);
   if (img.width * img.height > kMaxImagePixels) {
-    refusal = "the image is larger than 2^28 pixels";
+    refusal = "the image has more than 178956970 pixels (Pillow's decompression-bomb limit)";
   } else {
     if (colour == PNG_COLOR_TYPE_PALETTE) {
       png_colorp entries = nullptr;

@@ -45,7 +45,8 @@ ImageRGB8 decode_webp(std::span<const uint8_t> bytes, const std::string& name) {
            ": corrupt or truncated WebP (libwebp: ", status_text(status), ")");
   DT_CHECK(!f.has_animation, "image ", name, ": animated WebP is not supported");
   DT_CHECK(f.width > 0 && f.height > 0 && int64_t(f.width) * f.height <= kMaxImagePixels, "image ",
-           name, ": WebP size ", f.width, "x", f.height, " is out of range");
+           name, ": WebP size ", f.width, "x", f.height,
+           " is out of range (at most 178956970 pixels, Pillow's decompression-bomb limit)");
   ImageRGB8 img;
   img.width = f.width;
   img.height = f.height;
