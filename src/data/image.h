@@ -6,10 +6,11 @@
 //   JPEG   libjpeg-turbo with its defaults (ISLOW IDCT, fancy upsampling), YCbCr -> RGB by the
 //          library; grey expanded to R = G = B. CMYK / YCCK JPEGs are refused (not built yet).
 //   PNG    libpng without gamma or sBIT handling; palette looked up; grey of 1/2/4 bits scaled
-//          to 8 (v * 255 / (2^bits - 1)); 16-bit colour / grey+alpha keeps the high byte, but
-//          16-bit grey clamps to 255 (Pillow opens it as I;16 and its I;16 -> RGB conversion
-//          clips, so 256..65535 become 255); alpha and tRNS are dropped, transparent pixels keep
-//          their stored colour (Pillow's convert("RGB"), also transformers 5.17's convert_to_rgb).
+//          to 8 (v * 255 / (2^bits - 1)); palette indices past the palette give black; 16-bit
+//          colour / grey+alpha keeps the high byte, but 16-bit grey clamps to 255 (Pillow opens it
+//          as I;16 and its I;16 -> RGB conversion clips, so 256..65535 become 255); alpha and tRNS
+//          are dropped, transparent pixels keep their stored colour (Pillow's convert("RGB"), also
+//          transformers 5.17's convert_to_rgb).
 //   WebP   libwebp, the first (only) frame; alpha dropped as above. Animated WebP is refused.
 // The format comes from the file's first bytes, never from its name. EXIF orientation is not
 // applied (neither Pillow's open/convert nor transformers' processors apply it). Images above

@@ -6,7 +6,8 @@
 //   grey 1/2/4/8   L (or "1"), v scaled to 8 bits: v * 255 / (2^bits - 1); then R = G = B
 //   grey 16        I;16, whose conversion to RGB clamps: min(v, 255)
 //   RGB / RGBA / grey+alpha 16   RGB;16B etc.: the high byte of each sample
-//   palette        the PLTE entry (an index past the palette's end is refused)
+//   palette        the PLTE entry; an index past the palette's end gives black (0, 0, 0), as
+//                  Pillow's palette lookup does
 //   alpha, tRNS    dropped (transparent pixels keep their stored colour)
 // The rest of the file after the image data (text chunks, IEND) is not read: Pillow does not
 // require it either.
@@ -53,7 +54,7 @@ ImageRGB8 decode_png(std::span<const uint8_t> bytes, const std::string& name) {
   ImageRGB8 img;
   std::vector<uint8_t> pixels;   // the decoded rows as libpng gives them
   std::vector<png_bytep> rows;   // pointers into pixels
-  std::vector<uint8_t> palette;  // 3 bytes per PLTE entry
+  std::vector<uint8_t> palette;  // 256 entries of 3 bytes
   PngSource src{bytes.data(), bytes.size(), 0, {0}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, on_error, on_warning);
   DT_CHECK(png != nullptr, "image ", name, ": cannot create a PNG reader");
@@ -85,8 +86,12 @@ ImageRGB8 decode_png(std::span<const uint8_t> bytes, const std::string& name) {
       png_colorp entries = nullptr;
       int n = 0;
       if (png_get_PLTE(png, info, &entries, &n) != PNG_INFO_PLTE) png_error(png, "no PLTE chunk");
-      for (int i = 0; i < n; ++i)
-        palette.insert(palette.end(), {entries[i].red, entries[i].green, entries[i].blue});
+      palette.assign(256 * 3, 0);  // entries past the PLTE's are black, as in Pillow
+      for (int i = 0; i < std::min(n, 256); ++i) {
+        palette[size_t(3 * i)] = entries[i].red;
+        palette[size_t(3 * i + 1)] = entries[i].green;
+        palette[size_t(3 * i + 2)] = entries[i].blue;
+      }
     }
     if (bit_depth < 8) png_set_packing(png);
     png_set_interlace_handling(png);
@@ -113,10 +118,7 @@ ImageRGB8 decode_png(std::span<const uint8_t> bytes, const std::string& name) {
     for (int64_t x = 0; x < W; ++x) {
       uint8_t* o = out + 3 * x;
       if (colour == PNG_COLOR_TYPE_PALETTE) {
-        const size_t i = in[x];
-        DT_CHECK(3 * i < palette.size(), "image ", name, ": palette index ", i,
-                 " is past the palette's ", palette.size() / 3, " entries");
-        std::memcpy(o, palette.data() + 3 * i, 3);
+        std::memcpy(o, palette.data() + 3 * size_t(in[x]), 3);
       } else if (colour == PNG_COLOR_TYPE_GRAY && wide) {
         const int v = (in[2 * x] << 8) | in[2 * x + 1];  // I;16 -> RGB clamps
         o[0] = o[1] = o[2] = uint8_t(std::min(v, 255));

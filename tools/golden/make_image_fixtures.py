@@ -81,11 +81,13 @@ def png_chunk(tag, data):
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def write_png_raw(path, rows_bytes, w, h, bit_depth, colour_type):
-    """A minimal PNG writer for what Pillow cannot save (16-bit RGB, 2-bit grey): filter 0."""
+def write_png_raw(path, rows_bytes, w, h, bit_depth, colour_type, plte=None):
+    """A minimal PNG writer for what Pillow cannot save (16-bit RGB, 2-bit grey, palette indices
+    past the palette): filter 0."""
     raw = b"".join(b"\x00" + r for r in rows_bytes)
     data = (b"\x89PNG\r\n\x1a\n" +
             png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0)) +
+            (png_chunk(b"PLTE", plte) if plte else b"") +
             png_chunk(b"IDAT", zlib.compress(raw, 9)) + png_chunk(b"IEND", b""))
     with open(path, "wb") as f:
         f.write(data)
@@ -128,6 +130,10 @@ def make_images(out):
                           for i in range(0, 16, 4)))
     write_png_raw(os.path.join(out, "grey2_13x7.png"), rows, 13, 7, 2, 0)
     notes["grey2_13x7.png"] = "grey 2-bit PNG (own writer)"
+    idx = (np.arange(7 * 5).reshape(5, 7) * 37 % 11).astype(np.uint8)  # indices 0..10
+    write_png_raw(os.path.join(out, "palette_oob_7x5.png"), [idx[y].tobytes() for y in range(5)],
+                  7, 5, 8, 3, plte=bytes(range(10, 10 + 3 * 6)))
+    notes["palette_oob_7x5.png"] = "palette PNG, 6 entries, indices up to 10 (own writer)"
 
     save(Image.fromarray(pattern(61, 97, 3, 11), "RGB"), "photo_97x61.jpg",
          "baseline JPEG 4:2:0 q85", quality=85)
