@@ -4,7 +4,8 @@
 // What "the way Pillow does" means, per input (each checked byte for byte against Pillow 13 by
 // tests/test_image.cpp):
 //   JPEG   libjpeg-turbo with its defaults (ISLOW IDCT, fancy upsampling), YCbCr -> RGB by the
-//          library; grey expanded to R = G = B. CMYK / YCCK JPEGs are refused (not built yet).
+//          library; grey expanded to R = G = B; CMYK / YCCK read as Adobe-inverted CMYK and
+//          converted with Pillow's CMYK -> RGB formula (image_jpeg.cpp).
 //   PNG    libpng without gamma or sBIT handling; palette looked up; grey of 1/2/4 bits scaled
 //          to 8 (v * 255 / (2^bits - 1)); palette indices past the palette give black; 16-bit
 //          colour / grey+alpha keeps the high byte, but 16-bit grey clamps to 255 (Pillow opens it

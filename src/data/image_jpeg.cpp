@@ -2,7 +2,11 @@
 //
 // Pillow decodes with the library defaults (ISLOW integer IDCT, fancy upsampling, no block
 // smoothing changes) and lets libjpeg convert YCbCr to RGB; grey stays one channel until
-// convert("RGB") replicates it. Pillow refuses a truncated file ("image file is truncated"),
+// convert("RGB") replicates it. Four-component files (CMYK, and YCCK, which libjpeg turns into
+// CMYK) are read as Adobe-inverted CMYK (Pillow's rawmode "CMYK;I", assumed for every such file)
+// and converted as Pillow's CMYK -> RGB does: with nk = 255 - K, R = nk - round(C nk / 255),
+// G and B likewise from M and Y, where round(a b / 255) is the integer ((t >> 8) + t) >> 8 with
+// t = a b + 128. Pillow refuses a truncated file ("image file is truncated"),
 // which libjpeg reports only as the warning JWRN_JPEG_EOF (it then pads with grey): that warning
 // is an error here; other warnings (corrupt but decodable data) are ignored, as Pillow does.
 //
@@ -10,6 +14,7 @@
 // decode_jpeg's setjmp. Between the setjmp and any longjmp only C frames (libjpeg's) run, and
 // every C++ object that lives across it (the output vector, the message buffer) is created
 // before the setjmp, so no destructor is skipped.
+#include <algorithm>
 #include <csetjmp>
 #include <cstddef>
 #include <cstdio>
@@ -45,6 +50,16 @@ void on_message(j_common_ptr cinfo, int level) {
   }
 }
 
+// One inverted-CMYK pixel (as Adobe stores it) to RGB, as Pillow's "CMYK;I" unpacking and its
+// CMYK -> RGB conversion do (header comment).
+void inverted_cmyk_to_rgb(const uint8_t* inverted, uint8_t* rgb) {
+  const int nk = inverted[3];  // 255 - K, where K = 255 - stored
+  for (int c = 0; c < 3; ++c) {
+    const int t = (255 - inverted[c]) * nk + 128;
+    rgb[c] = uint8_t(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
+  }
+}
+
 }  // namespace
 
 ImageRGB8 decode_jpeg(std::span<const uint8_t> bytes, const std::string& name) {
@@ -64,12 +79,11 @@ ImageRGB8 decode_jpeg(std::span<const uint8_t> bytes, const std::string& name) {
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
   const bool grey = cinfo.jpeg_color_space == JCS_GRAYSCALE;
-  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
-    refusal = "CMYK/YCCK JPEG is not supported yet";
-  } else if (int64_t(cinfo.image_width) * cinfo.image_height > kMaxImagePixels) {
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  if (int64_t(cinfo.image_width) * cinfo.image_height > kMaxImagePixels) {
     refusal = "the image has more than 178956970 pixels (Pillow's decompression-bomb limit)";
   } else {
-    cinfo.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+    cinfo.out_color_space = grey ? JCS_GRAYSCALE : cmyk ? JCS_CMYK : JCS_RGB;
     jpeg_start_decompress(&cinfo);
     img.width = cinfo.output_width;
     img.height = cinfo.output_height;
@@ -83,6 +97,9 @@ ImageRGB8 decode_jpeg(std::span<const uint8_t> bytes, const std::string& name) {
       if (grey) {
         for (int64_t x = 0; x < img.width; ++x)
           out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = row[x];
+      } else if (cmyk) {
+        for (int64_t x = 0; x < img.width; ++x)
+          inverted_cmyk_to_rgb(row.data() + 4 * x, out + 3 * x);
       } else {
         std::copy(row.begin(), row.end(), out);
       }

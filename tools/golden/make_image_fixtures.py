@@ -142,6 +142,8 @@ def make_images(out):
     save(Image.fromarray(pattern(35, 51, 3, 13), "RGB"), "progressive_51x35.jpg",
          "progressive JPEG 4:2:0 q75", quality=75, progressive=True)
     save(Image.fromarray(pattern(19, 27, 1, 14)[..., 0], "L"), "grey_27x19.jpg", "grey JPEG")
+    save(Image.fromarray(pattern(17, 23, 4, 18), "CMYK"), "cmyk_23x17.jpg",
+         "CMYK JPEG (Adobe, inverted) q90", quality=90)
     save(Image.fromarray(pattern(21, 33, 4, 15), "RGBA"), "lossless_33x21.webp",
          "lossless WebP with alpha", lossless=True)
     save(Image.fromarray(pattern(27, 41, 3, 16), "RGB"), "lossy_41x27.webp", "lossy WebP q80",
