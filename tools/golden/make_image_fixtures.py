@@ -81,12 +81,23 @@ def png_chunk(tag, data):
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def write_png_raw(path, rows_bytes, w, h, bit_depth, colour_type, plte=None):
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2)]  # (x0, y0, dx, dy) of the seven passes
+
+
+def write_png_raw(path, rows_bytes, w, h, bit_depth, colour_type, plte=None, adam7_rgb=None):
     """A minimal PNG writer for what Pillow cannot save (16-bit RGB, 2-bit grey, palette indices
-    past the palette): filter 0."""
+    past the palette, Adam7 interlacing of an 8-bit RGB array given as adam7_rgb): filter 0."""
+    if adam7_rgb is not None:
+        rows_bytes = []
+        for x0, y0, dx, dy in ADAM7:
+            sub = adam7_rgb[y0::dy, x0::dx]
+            if sub.size:
+                rows_bytes += [sub[y].tobytes() for y in range(sub.shape[0])]
     raw = b"".join(b"\x00" + r for r in rows_bytes)
     data = (b"\x89PNG\r\n\x1a\n" +
-            png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0)) +
+            png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0,
+                                           int(adam7_rgb is not None))) +
             (png_chunk(b"PLTE", plte) if plte else b"") +
             png_chunk(b"IDAT", zlib.compress(raw, 9)) + png_chunk(b"IEND", b""))
     with open(path, "wb") as f:
@@ -134,6 +145,9 @@ def make_images(out):
     write_png_raw(os.path.join(out, "palette_oob_7x5.png"), [idx[y].tobytes() for y in range(5)],
                   7, 5, 8, 3, plte=bytes(range(10, 10 + 3 * 6)))
     notes["palette_oob_7x5.png"] = "palette PNG, 6 entries, indices up to 10 (own writer)"
+    write_png_raw(os.path.join(out, "interlaced_19x11.png"), None, 19, 11, 8, 2,
+                  adam7_rgb=pattern(11, 19, 3, 19))
+    notes["interlaced_19x11.png"] = "Adam7-interlaced RGB PNG (own writer)"
 
     save(Image.fromarray(pattern(61, 97, 3, 11), "RGB"), "photo_97x61.jpg",
          "baseline JPEG 4:2:0 q85", quality=85)
