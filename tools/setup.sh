@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libgloo-dev: the CPU ranks' collectives (src/dist/gloo_comm.cpp).
+# libjpeg62-turbo-dev, libpng-dev, libwebp-dev: the image decoders (src/data/image_*.cpp).
 # clang-format-14: the formatter tools/check_format.sh pins (the format_check test).
-PKGS=(cmake g++ make pkg-config python3 libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev libcli11-dev libtomlplusplus-dev libutf8proc-dev libpcre2-dev libgloo-dev clang-format-14)
+PKGS=(cmake g++ make pkg-config python3 libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev libcli11-dev libtomlplusplus-dev libutf8proc-dev libpcre2-dev libgloo-dev libjpeg62-turbo-dev libpng-dev libwebp-dev clang-format-14)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
