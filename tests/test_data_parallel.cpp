@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "ranks_run.h"
 #include "short_run.h"
 #include "test_util.h"
 #include "train/checkpoint_dir.h"
@@ -21,37 +22,12 @@ using namespace deltatron;
 
 namespace {
 
-// Runs `deltatron ARGS` on `ranks` ranks (1: directly); stderr into err. Returns the exit code.
-int run(int ranks, const std::string& args, const fs::path& err) {
-  const std::string bin = DT_BINARY;
-  std::string cmd =
-      ranks == 1 ? bin + " " + args
-                 : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin + " " + args;
-  cmd += " 2> " + err.string();
-  const int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
-}
-
 std::vector<nlohmann::json> jsonl(const fs::path& p) {
   std::vector<nlohmann::json> out;
   std::istringstream in(dt_test::read_file(p));
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));
   return out;
-}
-
-// Worst relative RMS difference over the tensors of two safetensors files (same names).
-double worst_rel_rms(const fs::path& got, const fs::path& want, std::string& worst_name) {
-  io::SafetensorsFile g(got.string()), w(want.string());
-  EXPECT_EQ(g.names(), w.names());
-  double worst = 0;
-  for (const auto& name : w.names()) {
-    if (!g.contains(name)) continue;
-    const core::Tensor a = g.to_float(name), b = w.to_float(name);
-    const double r = dt_test::compare(a.ptr(), b.ptr(), size_t(b.numel())).rel_rms;
-    if (r > worst) worst = r, worst_name = name;
-  }
-  return worst;
 }
 
 struct ScoreCase {
@@ -75,11 +51,11 @@ TEST(DataParallel, ScoreEqualsOneRank) {
                              (d / "samples.jsonl").string() + " --pack-tokens 64 " + c.flags;
     for (int ranks : {1, 2, 3}) {
       const fs::path o = tmp.path / (c.fixture + "_" + std::to_string(ranks));
-      ASSERT_EQ(
-          run(ranks,
-              base + " --output " + o.string() + ".jsonl --grad-out " + o.string() + ".safetensors",
-              o.string() + ".err"),
-          0)
+      ASSERT_EQ(dt_test::run_ranks(ranks,
+                                   base + " --output " + o.string() + ".jsonl --grad-out " +
+                                       o.string() + ".safetensors",
+                                   o.string() + ".err"),
+                0)
           << c.fixture << " on " << ranks << " ranks: " << dt_test::read_file(o.string() + ".err");
     }
     const fs::path one = tmp.path / (c.fixture + "_1");
@@ -93,7 +69,7 @@ TEST(DataParallel, ScoreEqualsOneRank) {
         EXPECT_EQ(got[i].dump(), want[i].dump()) << c.fixture << " ranks " << ranks;
       std::string name;
       const double r =
-          worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
+          dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
       std::printf("  %s on %d ranks: worst gradient rel RMS vs one rank %.2e (%s)\n",
                   c.fixture.c_str(), ranks, r, name.c_str());
       EXPECT_LE(r, 1e-6) << c.fixture << " on " << ranks << " ranks: " << name;
@@ -119,10 +95,10 @@ TEST(DataParallel, ScoreExpertParallelEqualsOneRank) {
       const std::string base = "score --quiet --model " + d.string() + " --data " +
                                (d / "samples.jsonl").string() + " --pack-tokens 64" + mtp + router;
       const fs::path one = tmp.path / (fixture + "_one");
-      ASSERT_EQ(run(1,
-                    base + " --output " + one.string() + ".jsonl --grad-out " + one.string() +
-                        ".safetensors",
-                    one.string() + ".err"),
+      ASSERT_EQ(dt_test::run_ranks(1,
+                                   base + " --output " + one.string() + ".jsonl --grad-out " +
+                                       one.string() + ".safetensors",
+                                   one.string() + ".err"),
                 0)
           << dt_test::read_file(one.string() + ".err");
       const auto want = jsonl(one.string() + ".jsonl");
@@ -131,11 +107,12 @@ TEST(DataParallel, ScoreExpertParallelEqualsOneRank) {
                                  std::to_string(l.ep) + (router.empty() ? "" : ", router losses");
         const fs::path o =
             tmp.path / (fixture + "_" + std::to_string(l.ranks) + "_" + std::to_string(l.ep));
-        ASSERT_EQ(run(l.ranks,
-                      base + " --ep " + std::to_string(l.ep) + " --output " + o.string() +
-                          ".jsonl --grad-out " + o.string() + ".safetensors",
-                      o.string() + ".err"),
-                  0)
+        ASSERT_EQ(
+            dt_test::run_ranks(l.ranks,
+                               base + " --ep " + std::to_string(l.ep) + " --output " + o.string() +
+                                   ".jsonl --grad-out " + o.string() + ".safetensors",
+                               o.string() + ".err"),
+            0)
             << what << ": " << dt_test::read_file(o.string() + ".err");
         const auto got = jsonl(o.string() + ".jsonl");
         ASSERT_EQ(got.size(), want.size());
@@ -145,14 +122,14 @@ TEST(DataParallel, ScoreExpertParallelEqualsOneRank) {
           EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b))) << what << ", sample " << i;
         }
         std::string name;
-        const double r =
-            worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
+        const double r = dt_test::worst_rel_rms(o.string() + ".safetensors",
+                                                one.string() + ".safetensors", name);
         std::printf("  %s: worst gradient rel RMS vs one rank %.2e (%s)\n", what.c_str(), r,
                     name.c_str());
         EXPECT_LE(r, 2e-5) << what << ": " << name;
         if (router.empty()) {  // the fixture's float64 gradients
           const double g =
-              worst_rel_rms(o.string() + ".safetensors", d / "grads.safetensors", name);
+              dt_test::worst_rel_rms(o.string() + ".safetensors", d / "grads.safetensors", name);
           std::printf("  %s: worst gradient rel RMS vs float64 %.2e (%s)\n", what.c_str(), g,
                       name.c_str());
           EXPECT_LE(g, 1e-4) << what << ": " << name;
@@ -180,7 +157,7 @@ TEST(DataParallel, TrainTracksOneRank) {
       }
       args += " '--training.router_aux_type=\"seq\"'";
       const fs::path err = tmp.path / (out + ".err");
-      ASSERT_EQ(run(ranks, args, err), 0)
+      ASSERT_EQ(dt_test::run_ranks(ranks, args, err), 0)
           << toml << " on " << ranks << " ranks: " << dt_test::read_file(err);
       losses[ranks - 1] = dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
       ckpt[ranks - 1] = tmp.path / out / train::checkpoint_dir_name(6);
@@ -192,7 +169,7 @@ TEST(DataParallel, TrainTracksOneRank) {
           << toml << " step " << s + 1;
     std::string name;
     const double r =
-        worst_rel_rms(ckpt[1] / "model.safetensors", ckpt[0] / "model.safetensors", name);
+        dt_test::worst_rel_rms(ckpt[1] / "model.safetensors", ckpt[0] / "model.safetensors", name);
     std::printf("  %s: 2 ranks vs 1 after 6 steps: worst weight rel RMS %.2e (%s)\n", toml.c_str(),
                 r, name.c_str());
     EXPECT_LE(r, 1e-5) << toml << ": " << name;
@@ -207,7 +184,7 @@ TEST(DataParallel, GlobalRouterAuxLossIsRefused) {
     args += " '--" + o + "'";
   args += " '--training.router_aux_type=\"global\"' --training.router_aux_coef=0.01";
   const fs::path err = tmp.path / "err";
-  EXPECT_NE(run(2, args, err), 0);
+  EXPECT_NE(dt_test::run_ranks(2, args, err), 0);
   EXPECT_NE(dt_test::read_file(err).find("router_aux_type = \"global\""), std::string::npos)
       << dt_test::read_file(err);
 }
@@ -235,7 +212,9 @@ TEST(DataParallel, TrainExpertParallelTracksOneRank) {
   };
   const std::vector<Run> runs = {{"one", 1, 4, 1}, {"ep2", 2, 2, 2}, {"ep2dp2", 4, 1, 2}};
   for (const Run& r : runs)
-    ASSERT_EQ(run(r.ranks, args(r.out, r.grad_accum, r.ep), tmp.path / (r.out + ".err")), 0)
+    ASSERT_EQ(
+        dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.ep), tmp.path / (r.out + ".err")),
+        0)
         << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".err"));
   const auto ckpt = [&](const std::string& out) {
     return tmp.path / out / train::checkpoint_dir_name(6);
@@ -252,12 +231,12 @@ TEST(DataParallel, TrainExpertParallelTracksOneRank) {
           << out << " step " << s + 1;
     std::string name;
     const double w =
-        worst_rel_rms(ckpt(out) / "model.safetensors", ref / "model.safetensors", name);
+        dt_test::worst_rel_rms(ckpt(out) / "model.safetensors", ref / "model.safetensors", name);
     std::printf("  %s: weights after 6 steps vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(),
                 w, name.c_str());
     EXPECT_LE(w, 1e-5) << out << ": " << name;
     const fs::path opt = fs::path("training_state") / "optimizer.safetensors";
-    const double m = worst_rel_rms(ckpt(out) / opt, ref / opt, name);
+    const double m = dt_test::worst_rel_rms(ckpt(out) / opt, ref / opt, name);
     std::printf("  %s: AdamW moments vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(), m,
                 name.c_str());
     EXPECT_LE(m, 1e-4) << out << ": " << name;
@@ -269,8 +248,8 @@ TEST(DataParallel, TrainExpertParallelTracksOneRank) {
   const std::vector<Run> resumed = {{"ep2", 1, 4, 1}, {"one", 4, 1, 2}};
   for (const Run& r : resumed) {
     fs::remove_all(ckpt(r.out));
-    ASSERT_EQ(run(r.ranks, args(r.out, r.grad_accum, r.ep) + " --resume",
-                  tmp.path / (r.out + ".resume.err")),
+    ASSERT_EQ(dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.ep) + " --resume",
+                                 tmp.path / (r.out + ".resume.err")),
               0)
         << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".resume.err"));
   }

@@ -14,6 +14,7 @@
 
 #include "io/safetensors.h"
 #include "model/params.h"
+#include "ranks_run.h"
 #include "short_run.h"
 #include "test_util.h"
 #include "train/checkpoint_dir.h"
@@ -24,17 +25,6 @@ namespace fs = std::filesystem;
 using namespace deltatron;
 
 namespace {
-
-// Runs `deltatron ARGS` on `ranks` ranks (1: directly); stderr into err. Returns the exit code.
-int run(int ranks, const std::string& args, const fs::path& err) {
-  const std::string bin = DT_BINARY;
-  std::string cmd =
-      ranks == 1 ? bin + " " + args
-                 : bin + " launch --nproc " + std::to_string(ranks) + " -- " + bin + " " + args;
-  cmd += " 2> " + err.string();
-  const int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
-}
 
 // The short run (short_run.h) of examples/addition/<toml> into dir/out on `ranks` ranks with
 // grad_accum 6 / ranks and parallel.zero = zero; extra: more arguments (e.g. --resume).
@@ -59,22 +49,8 @@ void train_run(const fs::path& dir, const std::string& toml, const std::string& 
   args += " '--data.eval=\"\"' '--training.router_aux_type=\"seq\"' --parallel.zero=" +
           std::to_string(zero) + " " + extra;
   const fs::path err = dir / (out + ".err");
-  ASSERT_EQ(run(ranks, args, err), 0)
+  ASSERT_EQ(dt_test::run_ranks(ranks, args, err), 0)
       << toml << " " << out << " on " << ranks << " ranks: " << dt_test::read_file(err);
-}
-
-// Worst relative RMS difference over the tensors of two safetensors files (the same names).
-double worst_rel_rms(const fs::path& got, const fs::path& want, std::string& worst_name) {
-  io::SafetensorsFile g(got.string()), w(want.string());
-  EXPECT_EQ(g.names(), w.names()) << got;
-  double worst = 0;
-  for (const auto& name : w.names()) {
-    if (!g.contains(name)) continue;
-    const core::Tensor a = g.to_float(name), b = w.to_float(name);
-    const double r = dt_test::compare(a.ptr(), b.ptr(), size_t(b.numel())).rel_rms;
-    if (r > worst) worst = r, worst_name = name;
-  }
-  return worst;
 }
 
 std::vector<std::string> listing(const fs::path& dir) {
@@ -94,7 +70,7 @@ void expect_checkpoint_near(const fs::path& got, const fs::path& want, int64_t s
   for (const char* file : {"model.safetensors", "training_state/master_weights.safetensors",
                            "training_state/optimizer.safetensors"}) {
     std::string name;
-    const double r = worst_rel_rms(g / file, w / file, name);
+    const double r = dt_test::worst_rel_rms(g / file, w / file, name);
     std::printf("  %s step %lld %s: worst rel RMS vs one rank %.2e (%s)\n", what.c_str(),
                 static_cast<long long>(step), file, r, name.c_str());
     EXPECT_LE(r, tol) << what << " " << file << ": " << name;
