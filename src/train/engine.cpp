@@ -35,20 +35,6 @@ void for_each_expert_run(const model::Params& p, F&& f) {
   }
 }
 
-// x summed over the ranks of c (through a device buffer on a CUDA communicator).
-double sum_over(dist::Comm& c, double x) {
-  if (c.size() == 1) return x;
-  if (c.device() == core::Device::cpu) {
-    c.all_reduce(core::View(&x, core::DType::f64, core::Device::cpu, {1}), dist::ReduceOp::sum);
-    return x;
-  }
-  core::Buffer b(c.device(), core::DType::f64, {1}, "gradient norm part");
-  ops::copy_from_host(b, &x);
-  c.all_reduce(b, dist::ReduceOp::sum);
-  ops::copy_to_host(b, &x);
-  return x;
-}
-
 class ModelEngine final : public Engine {
  public:
   template <typename Source>
@@ -126,7 +112,7 @@ class ModelEngine final : public Engine {
         (expert ? experts : dense) +=
             ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
       });
-      squares = dense + sum_over(*model_.expert_parallel().comm, experts);
+      squares = dense + sum_over_ranks(*model_.expert_parallel().comm, experts);
     } else if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
       const double mine =
           hi_ > lo_ ? ops::sum_squares(p.grad_flat().slice(lo_, hi_ - lo_), hi_ - lo_) : 0.0;
