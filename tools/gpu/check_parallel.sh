@@ -16,28 +16,7 @@ shared() {  # N ranks on GPU 0 (LOCAL_RANK forced to 0), staged Gloo
   DT_DIST_BACKEND=gloo "$bin" launch --nproc "$n" -- sh -c 'LOCAL_RANK=0 exec "$@"' sh "$bin" "$@"
 }
 compare() {  # label, reference prefix, prefix, loss tolerance, gradient tolerance
-  python3 - "$@" <<'PY' || status=1
-import json, math, struct, sys
-label, ref, got, ltol, gtol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-def st(path):
-    b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
-    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
-                             b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in h.items() if k != "__metadata__"}
-a = [json.loads(l) for l in open(ref + ".jsonl")]; b = [json.loads(l) for l in open(got + ".jsonl")]
-loss = max(abs(x["loss_sum"] - y["loss_sum"]) / max(abs(x["loss_sum"]), 1.0) for x, y in zip(a, b))
-ga, gb = st(ref + ".safetensors"), st(got + ".safetensors")
-grad, worst = 0.0, ""
-for k, w in ga.items():
-    g = gb[k]
-    num = math.sqrt(sum((p - q) ** 2 for p, q in zip(g, w)) / len(w)); den = math.sqrt(sum(q * q for q in w) / len(w))
-    r = num / den if den > 0 else num
-    if r > grad: grad, worst = r, k
-ok = len(a) == len(b) and loss <= ltol and grad <= gtol
-print(f"   {label}: worst loss rel diff {loss:.2e}, worst grad rel RMS {grad:.2e} ({worst})"
-      + ("" if ok else "  FAIL"))
-sys.exit(0 if ok else 1)
-PY
+  python3 "$repo/tools/gpu/compare_runs.py" score "$@" || status=1
 }
 for fx in dense_text_varied moe_text_fused_tied moe_vlm_mtp; do
   d=$repo/tests/data/golden/$fx
@@ -51,10 +30,10 @@ for fx in dense_text_varied moe_text_fused_tied moe_vlm_mtp; do
     compare "$fx: one rank through NCCL vs plain" "$out/$fx.one" "$out/$fx.nccl1" 0 0
   fi
   run1 dp2 shared 2 "${args[@]}"
-  compare "$fx: dp2 (2 ranks, one GPU) vs one rank" "$out/$fx.one" "$out/$fx.dp2" 0 1e-6
+  compare "$fx: dp2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.dp2" 0 1e-6
   if [[ $fx == moe_* ]]; then
     run1 ep2 shared 2 "${args[@]}" --ep 2
-    compare "$fx: ep2 (2 ranks, one GPU) vs one rank" "$out/$fx.one" "$out/$fx.ep2" 1e-6 2e-5
+    compare "$fx: ep2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.ep2" 1e-6 2e-5
   fi
 done
 # Six training steps of the bundled MoE example in fp32: one rank with 2 micro-batches against 2
@@ -70,31 +49,8 @@ for layout in "zero2 --parallel.zero=2" "ep2 --parallel.ep=2"; do
   read -r name flags <<<"$layout"
   shared 2 "${train_args[@]}" --training.grad_accum=1 $flags "--training.out_dir=\"$out/t_$name\"" \
     >"$out/t_$name.log" 2>&1 || { echo "   train $name FAILED"; tail -3 "$out/t_$name.log"; status=1; continue; }
-  python3 - "$out/t_one" "$out/t_$name" "$name" <<'PY' || status=1
-import glob, json, math, struct, sys
-def st(path):
-    b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
-    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
-                             b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
-def last(d):
-    return sorted(glob.glob(d + "/checkpoint-*"))[-1] + "/model.safetensors"
-def losses(d):
-    return [json.loads(l)["loss"] for l in open(d + "/metrics.jsonl") if '"loss"' in l]
-a, b = st(last(sys.argv[1])), st(last(sys.argv[2]))
-w, worst = 0.0, ""
-for k, x in a.items():
-    y = b[k]
-    num = math.sqrt(sum((p - q) ** 2 for p, q in zip(y, x)) / len(x)); den = math.sqrt(sum(q * q for q in x) / len(x))
-    r = num / den if den > 0 else num
-    if r > w: w, worst = r, k
-la, lb = losses(sys.argv[1]), losses(sys.argv[2])
-l = max(abs(p - q) / abs(p) for p, q in zip(la, lb))
-ok = len(la) == len(lb) == 6 and l <= 1e-5 and w <= 1e-5
-print(f"   train {sys.argv[3]} (2 ranks, one GPU) vs one rank: step losses {l:.2e}, weights {w:.2e} ({worst})"
-      + ("" if ok else "  FAIL"))
-sys.exit(0 if ok else 1)
-PY
+  python3 "$repo/tools/gpu/compare_runs.py" train "train $name (2 ranks, one device) vs one rank" \
+    "$out/t_one" "$out/t_$name" 1e-5 || status=1
 done
 echo "== check_parallel: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status

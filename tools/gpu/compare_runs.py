@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Compares two deltatron runs for tools/gpu/check_parallel.sh (standard library only).
+
+  compare_runs.py score LABEL REF GOT LOSS_TOL GRAD_TOL
+      REF.jsonl / GOT.jsonl (score outputs) and REF.safetensors / GOT.safetensors (--grad-out):
+      worst per-sample loss difference (relative, floor 1) and worst gradient rel RMS.
+  compare_runs.py train LABEL REF_DIR GOT_DIR TOL
+      the step losses of metrics.jsonl (relative) and the last checkpoint's F32 weights (rel RMS).
+Prints one line; exits 1 when a bound is exceeded."""
+import glob
+import json
+import math
+import struct
+import sys
+
+
+def tensors(path):  # F32 tensors of a safetensors file
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__" or v["dtype"] != "F32":
+            continue
+        s, e = v["data_offsets"]
+        out[k] = struct.unpack(f"<{(e - s) // 4}f", b[8 + n + s:8 + n + e])
+    return out
+
+
+def worst_rel_rms(ref, got):
+    worst, name = 0.0, ""
+    for k, w in ref.items():
+        g = got[k]
+        num = math.sqrt(sum((p - q) ** 2 for p, q in zip(g, w)) / len(w))
+        den = math.sqrt(sum(q * q for q in w) / len(w))
+        r = num / den if den > 0 else num
+        if r > worst:
+            worst, name = r, k
+    return worst, name
+
+
+def main():
+    mode, label = sys.argv[1], sys.argv[2]
+    if mode == "score":
+        ref, got, ltol, gtol = sys.argv[3], sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
+        a = [json.loads(l) for l in open(ref + ".jsonl")]
+        b = [json.loads(l) for l in open(got + ".jsonl")]
+        loss = max(abs(x["loss_sum"] - y["loss_sum"]) / max(abs(x["loss_sum"]), 1.0)
+                   for x, y in zip(a, b))
+        grad, name = worst_rel_rms(tensors(ref + ".safetensors"), tensors(got + ".safetensors"))
+        ok = len(a) == len(b) and loss <= ltol and grad <= gtol
+        line = f"worst loss rel diff {loss:.2e}, worst grad rel RMS {grad:.2e} ({name})"
+    else:
+        ref, got, tol = sys.argv[3], sys.argv[4], float(sys.argv[5])
+        last = lambda d: sorted(glob.glob(d + "/checkpoint-*"))[-1] + "/model.safetensors"
+        losses = lambda d: [json.loads(l)["loss"] for l in open(d + "/metrics.jsonl")
+                            if '"loss"' in l]
+        la, lb = losses(ref), losses(got)
+        loss = max(abs(p - q) / abs(p) for p, q in zip(la, lb))
+        w, name = worst_rel_rms(tensors(last(ref)), tensors(last(got)))
+        ok = len(la) == len(lb) and loss <= tol and w <= tol
+        line = f"step losses {loss:.2e}, weights {w:.2e} ({name})"
+    print(f"   {label}: {line}" + ("" if ok else "  FAIL"))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
