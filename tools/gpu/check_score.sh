@@ -32,23 +32,11 @@ for dir in "$repo"/tests/data/golden/*/; do
       echo "   $case $prec $name: deltatron score FAILED"; tail -3 "$o.log" | sed 's/^/      /'
       status=1; continue
     fi
-    python3 - "$dir" "$o" "$prec" "$case $prec $name" <<'PY' || status=1
-import json, math, struct, sys
-from array import array
-d, o, prec, label = sys.argv[1:]
-
-def st(path):  # F32 safetensors -> {name: array('f')}
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == "__metadata__":
-            continue
-        assert v["dtype"] == "F32", (path, k, v["dtype"])
-        s, e = v["data_offsets"]
-        out[k] = array("f", b[8 + n + s:8 + n + e])
-    return out
+    python3 - "$dir" "$o" "$prec" "$case $prec $name" "$repo/tools/gpu" <<'PY' || status=1
+import json, sys
+sys.path.insert(0, sys.argv[5])
+from compare_runs import tensors, worst_rel_rms
+d, o, prec, label = sys.argv[1:5]
 
 def lines(path):
     return [json.loads(l) for l in open(path) if l.strip()]
@@ -61,17 +49,11 @@ for w, g in zip(want, got):
     for key in ("loss_sum", "mtp_loss_sum"):
         if key in w:
             loss = max(loss, abs(g[key] - w[key]) / max(abs(w[key]), 1.0))
-gw, gg = st(d + "/grads.safetensors"), st(o + ".safetensors")
+gw = tensors(d + "/grads.safetensors", only_f32=True)
+gg = tensors(o + ".safetensors", only_f32=True)
 missing = sorted(set(gw) - set(gg))
 assert not missing, f"{label}: gradients missing for {missing[:3]}"
-grad, worst = 0.0, ""
-for k, w in gw.items():
-    g = gg[k]
-    num = math.sqrt(sum((a - b) ** 2 for a, b in zip(g, w)) / len(w))
-    den = math.sqrt(sum(b * b for b in w) / len(w))
-    r = num / den if den > 0 else num
-    if r > grad:
-        grad, worst = r, k
+grad, worst = worst_rel_rms(gw, gg)
 ok = prec != "fp32" or (loss <= 1e-5 and grad <= 1e-4)
 print(f"   {label}: worst loss rel err {loss:.2e}, worst grad rel RMS {grad:.2e} ({worst})"
       + ("" if prec == "fp32" else " [reported]") + ("" if ok else "  FAIL"))

@@ -6,7 +6,8 @@
       worst per-sample loss difference (relative, floor 1) and worst gradient rel RMS.
   compare_runs.py train LABEL REF_DIR GOT_DIR TOL
       the step losses of metrics.jsonl (relative) and the last checkpoint's F32 weights (rel RMS).
-Prints one line; exits 1 when a bound is exceeded."""
+Prints one line; exits 1 when a bound is exceeded. tools/gpu/check_score.sh imports tensors and
+worst_rel_rms."""
 import glob
 import json
 import math
@@ -14,13 +15,17 @@ import struct
 import sys
 
 
-def tensors(path):  # F32 tensors of a safetensors file
+def tensors(path, only_f32=False):
+    """The F32 tensors of a safetensors file; only_f32: any other dtype is an assertion error."""
     b = open(path, "rb").read()
     n = struct.unpack("<Q", b[:8])[0]
     h = json.loads(b[8:8 + n])
     out = {}
     for k, v in h.items():
-        if k == "__metadata__" or v["dtype"] != "F32":
+        if k == "__metadata__":
+            continue
+        assert not only_f32 or v["dtype"] == "F32", (path, k, v["dtype"])
+        if v["dtype"] != "F32":
             continue
         s, e = v["data_offsets"]
         out[k] = struct.unpack(f"<{(e - s) // 4}f", b[8 + n + s:8 + n + e])
@@ -28,6 +33,7 @@ def tensors(path):  # F32 tensors of a safetensors file
 
 
 def worst_rel_rms(ref, got):
+    """The largest relative RMS difference over ref's tensors, and its tensor's name."""
     worst, name = 0.0, ""
     for k, w in ref.items():
         g = got[k]
