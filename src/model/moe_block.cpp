@@ -22,17 +22,7 @@
 namespace deltatron::model {
 
 namespace {
-struct Dims {
-  int64_t N, D, E, K, F, S, P;
-  explicit Dims(const Ctx& cx)
-      : N(cx.N()),
-        D(cx.c.hidden_size),
-        E(cx.c.num_experts),
-        K(cx.c.num_experts_per_tok),
-        F(cx.c.moe_intermediate_size),
-        S(cx.c.shared_expert_intermediate_size),
-        P(cx.N() * cx.c.num_experts_per_tok) {}
-};
+using Dims = MoeDims;
 
 void check_shape(const Params& p, const std::string& name, const core::Shape& shape) {
   const auto& e = p.entry(name);

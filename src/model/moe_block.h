@@ -26,6 +26,19 @@ namespace deltatron::model {
 
 struct ModelOptions;
 
+// The block's sizes (legend above) for the pack in cx.
+struct MoeDims {
+  int64_t N, D, E, K, F, S, P;
+  explicit MoeDims(const Ctx& cx)
+      : N(cx.N()),
+        D(cx.c.hidden_size),
+        E(cx.c.num_experts),
+        K(cx.c.num_experts_per_tok),
+        F(cx.c.moe_intermediate_size),
+        S(cx.c.shared_expert_intermediate_size),
+        P(cx.N() * cx.c.num_experts_per_tok) {}
+};
+
 struct MoeSaved {
   View x;
   Buffer logits, probs, lse, topk_idx, topk_w;  // router (f32; topk_idx i32)

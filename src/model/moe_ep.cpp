@@ -14,17 +14,10 @@ namespace deltatron::model {
 
 namespace {
 
-struct Dims {
-  int64_t N, D, E, K, F, P, El, Q;  // Q ranks in the group
-  explicit Dims(const Ctx& cx)
-      : N(cx.N()),
-        D(cx.c.hidden_size),
-        E(cx.c.num_experts),
-        K(cx.c.num_experts_per_tok),
-        F(cx.c.moe_intermediate_size),
-        P(cx.N() * cx.c.num_experts_per_tok),
-        El(cx.ep->num_local),
-        Q(cx.ep->comm->size()) {}
+// The block's sizes, this rank's experts El and the group's ranks Q.
+struct Dims : MoeDims {
+  int64_t El, Q;
+  explicit Dims(const Ctx& cx) : MoeDims(cx), El(cx.ep->num_local), Q(cx.ep->comm->size()) {}
 };
 
 // A buffer of max(n, 1) elements (the exchange's views may be empty).
