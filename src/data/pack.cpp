@@ -1,6 +1,8 @@
 // Builds packs (THD batches) from samples: boundaries, targets, positions, padding mask.
 #include "data/pack.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace deltatron::data {
@@ -33,11 +35,19 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
     const int64_t len = static_cast<int64_t>(s.input_ids.size());
     DT_CHECK(s.labels.size() == s.input_ids.size(), "sample ", index[i], ": labels length ",
              s.labels.size(), " != input_ids length ", len);
+    const bool own_pos = !s.position_ids.empty();
+    DT_CHECK(!own_pos || static_cast<int64_t>(s.position_ids.size()) == 3 * len, "sample ",
+             index[i], ": position_ids has ", s.position_ids.size(), " values, expected 3 x ", len);
+    int32_t next = 0;  // padding positions continue after the sample's largest one
+    if (own_pos)
+      for (int32_t v : s.position_ids) next = std::max(next, v + 1);
     const int64_t span = round_up(len, align);
     for (int64_t t = 0; t < span; ++t) {
       const int64_t n = off + t;
-      const int32_t pos = static_cast<int32_t>(t);
-      for (int r = 0; r < 3; ++r) p.position_ids[r * total + n] = pos;
+      for (int r = 0; r < 3; ++r)
+        p.position_ids[r * total + n] = !own_pos  ? static_cast<int32_t>(t)
+                                        : t < len ? s.position_ids[r * len + t]
+                                                  : next + static_cast<int32_t>(t - len);
       if (t < len) {
         p.input_ids[n] = s.input_ids[t];
         p.labels[n] = s.labels[t];
@@ -50,6 +60,9 @@ Pack make_pack(const std::vector<const Sample*>& samples, const std::vector<int6
     p.cu_seqlens.push_back(static_cast<int32_t>(real));
     p.cu_seqlens_padded.push_back(static_cast<int32_t>(off));
     p.sample_index.push_back(index[i]);
+    p.pixel_values.insert(p.pixel_values.end(), s.pixel_values.begin(), s.pixel_values.end());
+    p.image_grid_thw.insert(p.image_grid_thw.end(), s.image_grid_thw.begin(),
+                            s.image_grid_thw.end());
   }
   p.mtp_input_ids = roll_within_segments(p.input_ids, p.cu_seqlens_padded, 0);
   p.mtp_targets = roll_within_segments(p.targets, p.cu_seqlens_padded, kIgnoreIndex);

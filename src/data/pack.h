@@ -19,6 +19,10 @@ namespace deltatron::data {
 //                      -100 at each sample's last token and on padding (the loss mask is
 //                      targets != -100)
 //   position_ids [3N]  three MRoPE rows (T, H, W), equal for text; restart at 0 in every sample
+//                      (a sample's own rows when it has them; its padding continues from its
+//                      largest position + 1)
+//   pixel_values [P * patch_dim], image_grid_thw [I * 3]: the samples' images in pack order
+//                      (Sample's fields concatenated; empty for text)
 //   cu_seqlens  [S+1]  cumulative real lengths (no padding)
 //   cu_seqlens_padded [S+1] physical boundaries: the segments every token-mixing op sees
 //   mtp_input_ids [N]  the MTP head's inputs and labels (spec 3.2): input_ids and targets rolled
@@ -29,6 +33,8 @@ namespace deltatron::data {
 struct Pack {
   int64_t N = 0;
   std::vector<int32_t> input_ids, labels, targets, position_ids;
+  std::vector<float> pixel_values;
+  std::vector<int32_t> image_grid_thw;
   std::vector<int32_t> cu_seqlens, cu_seqlens_padded;
   std::vector<int32_t> mtp_input_ids, mtp_targets;
   std::vector<uint8_t> is_pad;

@@ -17,6 +17,13 @@ using core::kIgnoreIndex;  // core/constants.h
 struct Sample {
   std::vector<int32_t> input_ids;
   std::vector<int32_t> labels;  // same length as input_ids
+  // Vision-language samples (docs/vision.md); all three empty for text.
+  //   position_ids   [3, L]  MRoPE rows T, H, W (qwen35-vl spec 5.1); empty: 0..L-1 in each row
+  //   pixel_values   [P, patch_dim]  the patches of the sample's images, in token order
+  //   image_grid_thw [I, 3]  each image's grid (t, h, w) in patches; P = sum of t*h*w
+  std::vector<int32_t> position_ids;
+  std::vector<float> pixel_values;
+  std::vector<int32_t> image_grid_thw;
 };
 
 // Number of label tokens the sample contributes to the loss: t in [1, L) with labels[t] != -100.
