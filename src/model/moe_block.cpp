@@ -254,16 +254,31 @@ void add_router_terms(const Ctx& cx, const ModelOptions& opt, const std::string&
     t.coef.k = double(d.K);
     if (ro.aux_type == AuxLossType::global) {
       const GlobalRouterCounts* global = opt.global_counts;
-      if (opt.running_counts) {
-        GlobalRouterCounts::Layer& l = opt.running_counts->at(pf, cx.dev(), d.E);
-        ops::moe_count_routes(s.topk_idx, cx.b.group_all, d.N, d.K, d.E, 1, l.counts_E, l.tokens_1);
-        global = opt.running_counts;
+      GlobalRouterCounts* running = opt.running_counts;
+      if (running && running->ranks) {  // several ranks: the counts in one rank's order
+        Buffer own_E(cx.dev(), core::DType::f64, {d.E}, "routing counts"),
+            own_1(cx.dev(), core::DType::f64, {1}, "routed token count");
+        ops::zero(own_E);
+        ops::zero(own_1);
+        ops::moe_count_routes(s.topk_idx, cx.b.group_all, d.N, d.K, d.E, 1, own_E, own_1);
+        t.own_counts = Buffer(cx.dev(), core::DType::f64, {d.E}, "routing counts seen");
+        t.own_tokens = Buffer(cx.dev(), core::DType::f64, {1}, "routed token count seen");
+        running->add_in_rank_order(pf, own_E, own_1, t.own_counts, t.own_tokens);
+        t.counts_GE = t.own_counts;
+        t.tokens_G = t.own_tokens;
+      } else {
+        if (running) {
+          GlobalRouterCounts::Layer& l = running->at(pf, cx.dev(), d.E);
+          ops::moe_count_routes(s.topk_idx, cx.b.group_all, d.N, d.K, d.E, 1, l.counts_E,
+                                l.tokens_1);
+          global = running;
+        }
+        DT_CHECK(global != nullptr, "global router aux loss needs the step's routing counts");
+        const GlobalRouterCounts::Layer& l = global->get(pf);
+        t.counts_GE = l.counts_E;
+        t.tokens_G = l.tokens_1;
       }
-      DT_CHECK(global != nullptr, "global router aux loss needs the step's routing counts");
-      const GlobalRouterCounts::Layer& l = global->get(pf);
-      t.counts_GE = l.counts_E;
-      t.tokens_G = l.tokens_1;
-      t.coef.step_tokens = global->step_tokens;
+      t.coef.step_tokens = running ? running->step_tokens : global->step_tokens;
     } else {
       t.own_counts = Buffer(cx.dev(), core::DType::f64, {t.num_groups * d.E}, "routing counts");
       t.own_tokens = Buffer(cx.dev(), core::DType::f64, {t.num_groups}, "routed token counts");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "dist/comm.h"
 #include "ops/router_loss.h"
 
 namespace deltatron::model {
@@ -43,9 +44,22 @@ struct GlobalRouterCounts {
   // coefficient is then coeff*E/(k*tokens_so_far*step_tokens), so the terms of the step's
   // packs add up to the global loss. 0: the counts are final and tokens is the total.
   double step_tokens = 0.0;
+  // Running counts on several data-parallel ranks (training): the ranks run the step's
+  // micro-batches in rounds, micro-batch m = round x ranks + rank (train/parallel.h). null: one
+  // rank. See add_in_rank_order.
+  dist::Comm* ranks = nullptr;
 
   // The layer's counts, created zeroed on `dev` on first use.
   Layer& at(const std::string& moe_prefix, core::Device dev, int64_t num_experts);
+  // Running counts over `ranks`: adds this rank's pack's counts of the layer (own_E, own_1, f64
+  // on the device, the pack's alone) in one rank's order. The ranks' counts of the round are
+  // all-gathered (every rank calls this for the same layers in the same order); the pack sees
+  // (seen_E, seen_1, overwritten) the counts of every micro-batch up to its own in one rank's
+  // order: earlier rounds' (held in the layer) plus the round's ranks <= its own; the layer then
+  // holds every rank's. So each pack's terms, and the step's loss, equal one rank's.
+  void add_in_rank_order(const std::string& moe_prefix, const core::View& own_E,
+                         const core::View& own_1, const core::View& seen_E,
+                         const core::View& seen_1);
   // The layer's counts; an error when the layer has none.
   const Layer& get(const std::string& moe_prefix) const;
   // Host copies (tests, logs): one layer's, or every layer's keyed by prefix.

@@ -56,6 +56,8 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
   model::GlobalRouterCounts running;
   running.step_tokens = double(n.real_tokens);
   mo.running_counts = &running;
+  // Several ranks: each MoE layer's counts are exchanged so every pack sees one rank's counts.
+  if (ctx.par.size() > 1) running.ranks = ctx.par.comm.get();
 
   // 2. Gradients of the objective, accumulated over the micro-batches.
   ctx.engine.zero_grads();

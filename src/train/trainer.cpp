@@ -33,19 +33,11 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 void on_signal(int sig) { g_stop_signal = sig; }
 
-// [parallel] against the job's ranks, and what data parallelism does not cover yet: the global
-// router aux loss counts routes over the step's micro-batches as they run (objective.h), which
-// ranks running micro-batches side by side would each see differently.
-void check_data_parallel(const TrainConfig& cfg, const model::Config& c, const Parallel& par) {
+// [parallel] against the job's ranks.
+void check_data_parallel(const TrainConfig& cfg, const Parallel& par) {
   DT_CHECK(cfg.parallel_dp == 0 || cfg.parallel_dp == par.size(), cfg.source,
            ": parallel.dp = ", cfg.parallel_dp, " but the job has ", par.size(),
            " rank(s) (data parallelism is the only layout yet: dp is the number of ranks)");
-  if (par.size() == 1 || !c.is_moe()) return;
-  const model::RouterLossOptions ro = step_options(cfg, c, StepCounts{}).router;
-  DT_CHECK(ro.aux_coef == 0.0 || ro.aux_type != model::AuxLossType::global,
-           "deltatron train: ", par.size(),
-           " data-parallel ranks with training.router_aux_type = \"global\" (aux coefficient ",
-           ro.aux_coef, ") are not supported yet; use \"seq\" or \"micro_batch\", or one rank");
 }
 
 // Every `every` steps (every <= 0: never).
@@ -75,7 +67,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // state (the checkpoint's on a resume).
   check_run_memory(cfg, start.resume_dir);
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir);
-  check_data_parallel(cfg, ck.config, par);
+  check_data_parallel(cfg, par);
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);

@@ -41,7 +41,7 @@ done
 toml=$repo/examples/addition/train_moe.toml
 train_args=(train "$toml" --training.steps=6 --training.warmup_steps=2
             --training.micro_batch_tokens=256 --training.save_every=6 --training.eval_every=0
-            "--training.device=\"$device\"" --training.precision=fp32 --training.router_aux_type=seq
+            "--training.device=\"$device\"" --training.precision=fp32 --training.router_aux_coef=0.05
             "--data.cache_dir=\"$out/cache\"")
 "$bin" "${train_args[@]}" --training.grad_accum=2 "--training.out_dir=\"$out/t_one\"" \
   >"$out/t_one.log" 2>&1 || { echo "   train one rank FAILED"; tail -3 "$out/t_one.log"; status=1; }
