@@ -198,8 +198,8 @@ TEST(TensorParallel, RefusesWhatItCannotSplit) {
     const fs::path err = tmp.path / "err";
     EXPECT_NE(dt_test::run_ranks(c.ranks,
                                  "score --quiet --model " + d.string() + " --data " +
-                                     (d / "samples.jsonl").string() + " " + c.flags +
-                                     " --output " + (tmp.path / "out.jsonl").string(),
+                                     (d / "samples.jsonl").string() + " " + c.flags + " --output " +
+                                     (tmp.path / "out.jsonl").string(),
                                  err),
               0)
         << c.fixture << " " << c.flags;

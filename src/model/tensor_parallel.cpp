@@ -108,8 +108,8 @@ void check_tensor_parallel(const Config& c, int64_t P, const std::string& where)
   divisible("intermediate_size", c.intermediate_size);
 }
 
-core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full,
-                      int64_t r, int64_t P) {
+core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full, int64_t r,
+                      int64_t P) {
   const TpSplit s = tp_split(c, name);
   if (s.dim < 0 || P == 1) return full;
   core::Shape ls = full.shape;

@@ -62,8 +62,8 @@ bool is_tp_sharded(const Config& c, const std::string& name);
 void check_tensor_parallel(const Config& c, int64_t P, const std::string& where);
 
 // Rank r's slice of the full tensor `full` (shape checked against the split).
-core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full,
-                      int64_t r, int64_t P);
+core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full, int64_t r,
+                      int64_t P);
 // The full tensor from the P ranks' slices, laid end to end in `slices` (rank q's at q numel).
 core::Tensor tp_join(const Config& c, const std::string& name, const float* slices,
                      const core::Shape& local_shape, int64_t P);

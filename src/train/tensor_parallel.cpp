@@ -29,7 +29,8 @@ TensorGroups setup_tensor_groups(const Parallel& par, int64_t tp, bool sp, const
 void keep_local_shards(model::TensorMap& params, const TensorGroups& g, const model::Config& c) {
   if (!g.on()) return;
   for (auto& [name, t] : params)
-    if (model::is_tp_sharded(c, name)) t = model::tp_slice(c, name, t, g.model.rank(), g.model.size());
+    if (model::is_tp_sharded(c, name))
+      t = model::tp_slice(c, name, t, g.model.rank(), g.model.size());
 }
 
 void keep_local_shards(AdamW& opt, const model::TensorMap& local_params, const TensorGroups& g,
