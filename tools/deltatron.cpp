@@ -66,6 +66,12 @@ int main(int argc, char** argv) {
                  "expert parallelism: groups of this many ranks of a launched job share the "
                  "routed experts (default 1)")
       ->check(CLI::PositiveNumber);
+  sc->add_option("--tp", score.tp,
+                 "tensor parallelism: groups of this many consecutive ranks of a launched job "
+                 "share every layer's heads and FFN columns (default 1)")
+      ->check(CLI::PositiveNumber);
+  sc->add_flag("--sp", score.sp,
+               "sequence parallelism inside each tensor-parallel group (needs --tp > 1)");
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 
   train::ConvertOptions conv;

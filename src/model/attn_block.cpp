@@ -3,6 +3,7 @@
 
 #include "model/blocks.h"
 #include "model/proj.h"
+#include "model/tp_exchange.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
@@ -20,8 +21,8 @@ struct Dims {
   explicit Dims(const Ctx& cx)
       : N(cx.N()),
         D(cx.c.hidden_size),
-        H(cx.c.num_attention_heads),
-        J(cx.c.num_key_value_heads),
+        H(cx.local(cx.c.num_attention_heads)),  // this rank's heads (tensor parallel)
+        J(cx.local(cx.c.num_key_value_heads)),
         K(cx.c.head_dim),
         R(cx.c.rotary_dim()),
         scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(cx.c.head_dim)))),
@@ -63,7 +64,7 @@ void attn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& r
   ops::attention_fwd(s.q, s.k, s.v, cx.b.cu, cx.b.seg, N, H, J, K, d.scale, s.a, s.lse);
   s.gated = cx.act(N * H * K, "attention gated output");
   ops::sigmoid_mul_fwd(s.a, s.gate, N * H * K, s.gated);
-  proj_fwd(cx, pf + "o_proj.weight", s.gated, H * K, d.D, resid, true);
+  tp_proj_fwd_sum(cx, pf + "o_proj.weight", s.gated, H * K, d.D, resid);
 }
 
 void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const View& dy,
@@ -92,13 +93,13 @@ void attn_bwd(const Ctx& cx, const std::string& pf, const AttnSaved& s, const Vi
   {
     Buffer dq_raw = cx.act(N * H * K, "attention dq (raw)");
     ops::rmsnorm_bwd(s.q_raw, p.w(pf + "q_norm.weight"), s.rstd_q, dq, N * H, K, dq_raw, false,
-                     p.g(pf + "q_norm.weight"));
+                     cx.g(pf + "q_norm.weight"));
     ops::copy_cols(dq_raw, K, 0, dqg, 2 * K, 0, N * H, K);
     ops::copy_cols(dgate, K, 0, dqg, 2 * K, K, N * H, K);
   }
   Buffer dk_raw = cx.act(N * J * K, "attention dk (raw)");
   ops::rmsnorm_bwd(s.k_raw, p.w(pf + "k_norm.weight"), s.rstd_k, dk, N * J, K, dk_raw, false,
-                   p.g(pf + "k_norm.weight"));
+                   cx.g(pf + "k_norm.weight"));
 
   proj_bwd(cx, pf + "q_proj.weight", s.x, dqg, d.D, H * 2 * K, dx, false);
   proj_bwd(cx, pf + "k_proj.weight", s.x, dk_raw, d.D, J * K, dx, true);

@@ -9,6 +9,7 @@
 #include "model/config.h"
 #include "model/expert_parallel.h"
 #include "model/params.h"
+#include "model/tensor_parallel.h"
 
 namespace deltatron::model {
 
@@ -44,9 +45,27 @@ struct Ctx {
   const Adapters* lora = nullptr;      // a LoRA run's adapters (model/proj.h applies them)
   uint64_t dropout_key = 0;            // LoRA dropout's masks for this pack; 0: none
   const ExpertParallel* ep = nullptr;  // expert parallelism (model/expert_parallel.h); null: off
+  // Tensor parallelism (model/tensor_parallel.h); null: off. tpg: this pack's partial gradients.
+  const TensorParallel* tp = nullptr;
+  const TpGrads* tpg = nullptr;
   core::Device dev() const { return p.device(); }
   core::DType dt() const { return p.dt(); }
+  // N: the pack's tokens, which every mixer and FFN sees (sp: padded to a multiple of the group);
+  // Nl: this rank's rows of the residual stream (N / group size with sp, else N).
   int64_t N() const { return b.N; }
+  int64_t Nl() const { return sp() ? b.N / tp->size() : b.N; }
+  bool sp() const { return tp != nullptr && tp->sp; }
+  // A block's share of `n` heads (or FFN columns) under tensor parallelism.
+  int64_t local(int64_t n) const { return tp ? n / tp->size() : n; }
+  // The gradient a block accumulates into for `name`: this pack's partial store for a replicated
+  // parameter the group sums (TpGrads), else the parameter's gradient (p.g).
+  View g(const std::string& name) const {
+    if (tpg) {
+      const View v = tpg->at(name);
+      if (!v.empty()) return v;
+    }
+    return p.g(name);
+  }
   Buffer act(int64_t n, const char* what) const { return Buffer(dev(), dt(), {n}, what); }
   Buffer f32(int64_t n, const char* what) const {
     return Buffer(dev(), core::DType::f32, {n}, what);

@@ -3,6 +3,7 @@
 
 #include "model/blocks.h"
 #include "model/proj.h"
+#include "model/tp_exchange.h"
 #include "ops/conv1d.h"
 #include "ops/gdn.h"
 #include "ops/gdn_gates.h"
@@ -22,8 +23,8 @@ struct Dims {
   explicit Dims(const Ctx& cx)
       : N(cx.N()),
         D(cx.c.hidden_size),
-        H(cx.c.linear_num_key_heads),
-        G(cx.c.linear_num_value_heads),
+        H(cx.local(cx.c.linear_num_key_heads)),  // this rank's heads (tensor parallel)
+        G(cx.local(cx.c.linear_num_value_heads)),
         K(cx.c.linear_key_head_dim),
         V(cx.c.linear_value_head_dim),
         C(2 * H * K + G * V),
@@ -73,7 +74,7 @@ void gdn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.rstd_o = cx.f32(N * d.G, "GDN norm rstd");
   ops::rmsnorm_gated_fwd(s.o, s.z, p.w(pf + "norm.weight"), N * d.G, d.V, cx.c.rms_norm_eps, s.yn,
                          s.rstd_o);
-  proj_fwd(cx, pf + "out_proj.weight", s.yn, d.GV, d.D, resid, true);
+  tp_proj_fwd_sum(cx, pf + "out_proj.weight", s.yn, d.GV, d.D, resid);
 }
 
 void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View& dy,
@@ -88,7 +89,7 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View
     Buffer dyn = cx.act(N * d.GV, "GDN d(norm output)");
     proj_bwd(cx, pf + "out_proj.weight", s.yn, dy, d.GV, d.D, dyn, false);
     ops::rmsnorm_gated_bwd(s.o, s.z, p.w(pf + "norm.weight"), s.rstd_o, dyn, N * d.G, d.V, do_, dz,
-                           p.g(pf + "norm.weight"));
+                           cx.g(pf + "norm.weight"));
   }
   Buffer dc = cx.act(N * d.C, "GDN d(conv output)");
   Buffer db = cx.act(N * d.G, "GDN db");

@@ -1,6 +1,7 @@
 // Decoder layer forward and backward (see layer.h).
 #include "model/layer.h"
 
+#include "model/tp_exchange.h"
 #include "ops/profile.h"
 #include "ops/rmsnorm.h"
 #include "ops/tensor.h"
@@ -16,57 +17,71 @@ Buffer copy_f32(const Ctx& cx, const View& x, int64_t n, const char* what) {
 }  // namespace
 
 void Layer::fwd(const Ctx& cx, const View& x, LayerSaved& s) const {
-  const int64_t N = cx.N(), D = cx.c.hidden_size;
+  const int64_t N = cx.Nl(), D = cx.c.hidden_size;
   const Params& p = cx.p;
   s.x_in = copy_f32(cx, x, N * D, "layer input (saved)");
   s.n1 = cx.act(N * D, "input_layernorm output");
   s.rstd1 = cx.f32(N, "input_layernorm rstd");
   ops::rmsnorm_fwd(x, p.w(prefix + "input_layernorm.weight"), N, D, cx.c.rms_norm_eps, s.n1,
                    s.rstd1);
+  const View n1 = tp_gather_tokens(cx, s.n1, D, s.n1_all, "input_layernorm output (all tokens)");
   if (type == LayerType::full_attention) {
     ops::Stage st(cx.dev(), "attention fwd");
-    attn_fwd(cx, prefix + "self_attn.", s.n1, x, s.attn);
+    attn_fwd(cx, prefix + "self_attn.", n1, x, s.attn);
   } else {
     ops::Stage st(cx.dev(), "gated deltanet fwd");
-    gdn_fwd(cx, prefix + "linear_attn.", s.n1, x, s.gdn);
+    gdn_fwd(cx, prefix + "linear_attn.", n1, x, s.gdn);
   }
   s.h = copy_f32(cx, x, N * D, "residual after the mixer (saved)");
   s.n2 = cx.act(N * D, "post_attention_layernorm output");
   s.rstd2 = cx.f32(N, "post_attention_layernorm rstd");
   ops::rmsnorm_fwd(x, p.w(prefix + "post_attention_layernorm.weight"), N, D, cx.c.rms_norm_eps,
                    s.n2, s.rstd2);
+  const View n2 =
+      tp_gather_tokens(cx, s.n2, D, s.n2_all, "post_attention_layernorm output (all tokens)");
   ops::Stage st(cx.dev(), cx.c.is_moe() ? "moe fwd" : "mlp fwd");
   if (cx.c.is_moe())
-    moe_fwd(cx, moe_prefix(), s.n2, x, s.moe);
+    moe_fwd(cx, moe_prefix(), n2, x, s.moe);
   else
-    mlp_fwd(cx, moe_prefix(), s.n2, x, s.mlp);
+    mlp_fwd(cx, moe_prefix(), n2, x, s.mlp);
 }
 
 void Layer::bwd(const Ctx& cx, const LayerSaved& s, const View& dx) const {
-  const int64_t N = cx.N(), D = cx.c.hidden_size;
+  const int64_t N = cx.Nl(), D = cx.c.hidden_size;
   const Params& p = cx.p;
   Buffer dy = cx.act(N * D, "layer output gradient (compute dtype)");
   Buffer dn = cx.act(N * D, "norm output gradient");
+  // Sequence parallel: the blocks take every token's output gradient and give every token's
+  // (partial) input gradient, reduce-scattered back to this rank's rows.
+  Buffer dy_all, dn_all;
+  if (cx.sp()) dn_all = cx.act(cx.N() * D, "norm output gradient (all tokens, partial)");
+  const View dnb = cx.sp() ? dn_all.view() : dn.view();
   ops::cast(dx, dy, N * D);
   {
+    const View dyb = tp_gather_tokens(cx, dy, D, dy_all, "layer output gradient (all tokens)");
     ops::Stage st(cx.dev(), cx.c.is_moe() ? "moe bwd" : "mlp bwd");
     if (cx.c.is_moe())
-      moe_bwd(cx, moe_prefix(), s.moe, dy, dn);
+      moe_bwd(cx, moe_prefix(), s.moe, dyb, dnb);
     else
-      mlp_bwd(cx, moe_prefix(), s.mlp, dy, dn);
+      mlp_bwd(cx, moe_prefix(), s.mlp, dyb, dnb);
   }
+  tp_reduce_tokens(cx, dnb, dn, D);
   ops::rmsnorm_bwd(s.h, p.w(prefix + "post_attention_layernorm.weight"), s.rstd2, dn, N, D, dx,
-                   true, p.g(prefix + "post_attention_layernorm.weight"));
+                   true, cx.g(prefix + "post_attention_layernorm.weight"));
   ops::cast(dx, dy, N * D);
-  if (type == LayerType::full_attention) {
-    ops::Stage st(cx.dev(), "attention bwd");
-    attn_bwd(cx, prefix + "self_attn.", s.attn, dy, dn);
-  } else {
-    ops::Stage st(cx.dev(), "gated deltanet bwd");
-    gdn_bwd(cx, prefix + "linear_attn.", s.gdn, dy, dn);
+  {
+    const View dyb = tp_gather_tokens(cx, dy, D, dy_all, "layer output gradient (all tokens)");
+    if (type == LayerType::full_attention) {
+      ops::Stage st(cx.dev(), "attention bwd");
+      attn_bwd(cx, prefix + "self_attn.", s.attn, dyb, dnb);
+    } else {
+      ops::Stage st(cx.dev(), "gated deltanet bwd");
+      gdn_bwd(cx, prefix + "linear_attn.", s.gdn, dyb, dnb);
+    }
   }
+  tp_reduce_tokens(cx, dnb, dn, D);
   ops::rmsnorm_bwd(s.x_in, p.w(prefix + "input_layernorm.weight"), s.rstd1, dn, N, D, dx, true,
-                   p.g(prefix + "input_layernorm.weight"));
+                   cx.g(prefix + "input_layernorm.weight"));
 }
 
 }  // namespace deltatron::model

@@ -11,6 +11,7 @@ namespace deltatron::model {
 
 struct LayerSaved {
   Buffer x_in, rstd1, n1, h, rstd2, n2;  // x_in, h f32 (residual); n1, n2 in dt
+  Buffer n1_all, n2_all;  // sequence parallel: n1, n2 gathered over the group (the blocks' input)
   AttnSaved attn;
   GdnSaved gdn;
   MlpSaved mlp;
@@ -22,7 +23,9 @@ struct Layer {
   LayerType type;
   std::string moe_prefix() const { return prefix + "mlp."; }
 
-  // x_ND (f32): in = layer input, out = layer output.
+  // x_ND (f32, this rank's rows of the residual stream: Ctx::Nl): in = layer input, out = layer
+  // output. Tensor parallel: the mixer and FFN run this rank's heads on every token
+  // (model/tp_exchange.h).
   void fwd(const Ctx& cx, const View& x_ND, LayerSaved& s) const;
   // dx_ND (f32): in = gradient of the layer output, out = of its input. The MoE router-loss
   // gradient (s.moe.terms, if attached) enters here.

@@ -1,13 +1,14 @@
 // Dense SwiGLU feed-forward block (see blocks.h).
 #include "model/blocks.h"
 #include "model/proj.h"
+#include "model/tp_exchange.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
 
 namespace deltatron::model {
 
 void mlp_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& resid, MlpSaved& s) {
-  const int64_t N = cx.N(), D = cx.c.hidden_size, F = cx.c.intermediate_size;
+  const int64_t N = cx.N(), D = cx.c.hidden_size, F = cx.local(cx.c.intermediate_size);
   const Params& p = cx.p;
   s.x = x;
   s.gate = cx.act(N * F, "MLP gate");
@@ -16,12 +17,12 @@ void mlp_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   proj_fwd(cx, pf + "gate_proj.weight", x, D, F, s.gate, false);
   proj_fwd(cx, pf + "up_proj.weight", x, D, F, s.up, false);
   ops::swiglu_fwd(s.gate, s.up, N * F, s.h);
-  proj_fwd(cx, pf + "down_proj.weight", s.h, F, D, resid, true);
+  tp_proj_fwd_sum(cx, pf + "down_proj.weight", s.h, F, D, resid);
 }
 
 void mlp_bwd(const Ctx& cx, const std::string& pf, const MlpSaved& s, const View& dy,
              const View& dx) {
-  const int64_t N = cx.N(), D = cx.c.hidden_size, F = cx.c.intermediate_size;
+  const int64_t N = cx.N(), D = cx.c.hidden_size, F = cx.local(cx.c.intermediate_size);
   const Params& p = cx.p;
   Buffer dgate = cx.act(N * F, "MLP d(gate)");
   Buffer dup = cx.act(N * F, "MLP d(up)");

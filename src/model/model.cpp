@@ -8,6 +8,7 @@
 #include "model/footprint.h"
 #include "model/layer.h"
 #include "model/lm_head.h"
+#include "model/tp_exchange.h"
 #include "ops/device.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -30,12 +31,12 @@ struct MtpInput {
 };
 MtpInput mtp_input(const Ctx& cx, const View& hf) {
   const Config& c = cx.c;
-  const int64_t N = cx.N(), D = c.hidden_size;
+  const int64_t N = cx.Nl(), D = c.hidden_size;
   const Params& p = cx.p;
   MtpInput m{cx.f32(N * D, "MTP embedding"), cx.act(N * 2 * D, "MTP concat"),
              cx.f32(N, "MTP embedding norm rstd"), cx.f32(N, "MTP hidden norm rstd"),
              cx.f32(N * D, "MTP residual stream")};
-  ops::embedding_fwd(cx.b.mtp_ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, m.e);
+  tp_embed(cx, cx.b.mtp_ids, m.e);
   Buffer ne = cx.act(N * D, "MTP normed embedding"), nh = cx.act(N * D, "MTP normed hidden");
   ops::rmsnorm_fwd(m.e, p.w("mtp.pre_fc_norm_embedding.weight"), N, D, c.rms_norm_eps, ne,
                    m.rstd_e);
@@ -60,7 +61,7 @@ void keep_only_input(LayerSaved& s) {
 }
 
 void recompute_layer(const Ctx& cx, const Layer& layer, LayerSaved& s) {
-  Buffer x = cx.f32(cx.N() * cx.c.hidden_size, "recomputed layer input");
+  Buffer x = cx.f32(cx.Nl() * cx.c.hidden_size, "recomputed layer input");
   ops::cast(s.x_in, x, x.numel());
   LayerSaved full;
   layer.fwd(cx, x, full);
@@ -146,21 +147,28 @@ void Model::init(const StateOptions& state, const LoraSetup* lora) {
            " is not supported (Qwen3.5 uses 1)");
 }
 
-PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOptions& opt) {
+PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOptions& opt) {
   const Config& c = c_;
+  // Sequence parallel: a pack of a multiple of the group's size (padding slots at the end).
+  const data::Pack padded = tp() && tp_.sp ? tp_pad_pack(given, tp_.size()) : data::Pack{};
+  const data::Pack& pack = tp() && tp_.sp ? padded : given;
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
   set_activation_hint(c, params_, N, recompute_ && with_grads);
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get(), with_grads ? opt.dropout_key : 0, ep()};
+  std::unique_ptr<TpGrads> tpg;
+  if (tp() && with_grads && !params_.frozen()) tpg = std::make_unique<TpGrads>(c, params_, tp_);
+  const Ctx cx{c,    params_, b,        adapters_.get(), with_grads ? opt.dropout_key : 0,
+               ep(), tp(),    tpg.get()};
+  const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
-  const std::string embed = c.name("embed_tokens.weight"), norm = c.name("norm.weight");
+  const std::string norm = c.name("norm.weight");
   PackLoss out;
   Buffer router_loss(cx.dev(), core::DType::f64, {1}, "router loss");
   ops::zero(router_loss);
 
   // Trunk forward on the f32 residual stream.
-  Buffer x = cx.f32(N * D, "residual stream");
-  ops::embedding_fwd(b.ids, p.w(embed), N, c.vocab_size, D, x);
+  Buffer x = cx.f32(Nl * D, "residual stream");
+  tp_embed(cx, b.ids, x);
   std::vector<std::unique_ptr<LayerSaved>> saved(L);
   for (int64_t i = 0; i < L; ++i) {
     saved[i] = std::make_unique<LayerSaved>();
@@ -170,17 +178,23 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
   }
   // The MoE layers' device-side errors, read once per pack (with the MTP layer's, below).
   if (!c.mtp_enabled) check_moe_errors(cx);
-  Buffer hf = cx.act(N * D, "final norm output");
-  Buffer rstd_f = cx.f32(N, "final norm rstd");
-  ops::rmsnorm_fwd(x, p.w(norm), N, D, c.rms_norm_eps, hf, rstd_f);
+  Buffer hf = cx.act(Nl * D, "final norm output");
+  Buffer rstd_f = cx.f32(Nl, "final norm rstd");
+  ops::rmsnorm_fwd(x, p.w(norm), Nl, D, c.rms_norm_eps, hf, rstd_f);
 
-  // LM head (its backward runs right away; dhf collects the hidden gradient).
-  Buffer dhf = with_grads ? cx.act(N * D, "final norm output gradient") : Buffer();
+  // LM head (its backward runs right away; dhf collects the hidden gradient). Sequence
+  // parallel: the head runs on every token (gathered), each rank keeps its rows' gradient.
+  Buffer dhf_all = with_grads ? cx.act(N * D, "final norm output gradient") : Buffer();
   std::vector<uint8_t> correct;
-  sum_per_sample(pack,
-                 head_loss(cx, hf, b.targets, opt.ce_scale, with_grads, dhf,
-                           opt.want_correct ? &correct : nullptr),
-                 pack.targets, out.loss_sum, out.n_tokens);
+  {
+    Buffer hf_all;
+    const View h = tp_gather_tokens(cx, hf, D, hf_all, "final norm output (all tokens)");
+    sum_per_sample(pack,
+                   head_loss(cx, h, b.targets, opt.ce_scale, with_grads, dhf_all,
+                             opt.want_correct ? &correct : nullptr),
+                   pack.targets, out.loss_sum, out.n_tokens);
+  }
+  const View dhf = with_grads ? tp_local_rows(cx, dhf_all, D) : View{};
   if (opt.want_correct) out.exact = exact_per_sample(pack, pack.targets, correct);
 
   // MTP head (spec 3.2): inputs and labels rolled inside each sample (when the pack was built).
@@ -191,32 +205,38 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
     mtp_layer().fwd(cx, r, ms);
     add_router_terms(cx, opt, mtp_layer().moe_prefix(), ms.moe, router_loss);
     check_moe_errors(cx);
-    Buffer m = cx.act(N * D, "MTP norm output"), rstd_m = cx.f32(N, "MTP norm rstd");
-    ops::rmsnorm_fwd(r, p.w("mtp.norm.weight"), N, D, c.rms_norm_eps, m, rstd_m);
-    Buffer dm = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buffer();
-    sum_per_sample(pack, head_loss(cx, m, b.mtp_targets, opt.mtp_ce_scale, with_grads, dm, nullptr),
-                   pack.mtp_targets, out.mtp_loss_sum, out.mtp_n_tokens);
+    Buffer m = cx.act(Nl * D, "MTP norm output"), rstd_m = cx.f32(Nl, "MTP norm rstd");
+    ops::rmsnorm_fwd(r, p.w("mtp.norm.weight"), Nl, D, c.rms_norm_eps, m, rstd_m);
+    Buffer dm_all = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buffer();
+    {
+      Buffer m_all;
+      const View mh = tp_gather_tokens(cx, m, D, m_all, "MTP norm output (all tokens)");
+      sum_per_sample(
+          pack, head_loss(cx, mh, b.mtp_targets, opt.mtp_ce_scale, with_grads, dm_all, nullptr),
+          pack.mtp_targets, out.mtp_loss_sum, out.mtp_n_tokens);
+    }
     if (with_grads) {
-      Buffer dr = cx.f32(N * D, "MTP residual gradient");
-      ops::rmsnorm_bwd(r, p.w("mtp.norm.weight"), rstd_m, dm, N, D, dr, false,
-                       p.g("mtp.norm.weight"));
+      const View dm = tp_local_rows(cx, dm_all, D);
+      Buffer dr = cx.f32(Nl * D, "MTP residual gradient");
+      ops::rmsnorm_bwd(r, p.w("mtp.norm.weight"), rstd_m, dm, Nl, D, dr, false,
+                       cx.g("mtp.norm.weight"));
       mtp_layer().bwd(cx, ms, dr);
-      Buffer dr_dt = cx.act(N * D, "MTP residual gradient (compute dtype)");
-      ops::cast(dr, dr_dt, N * D);
-      Buffer dcat = cx.act(N * 2 * D, "MTP concat gradient");
-      ops::linear_bwd_dx(dr_dt, p.w("mtp.fc.weight"), N, 2 * D, D, dcat, false);
-      if (!p.frozen()) ops::linear_bwd_dw(in.cat, dr_dt, N, 2 * D, D, p.g("mtp.fc.weight"));
-      Buffer dne = cx.act(N * D, "MTP d(normed embedding)");
-      Buffer dnh = cx.act(N * D, "MTP d(normed hidden)");
-      ops::copy_cols(dcat, 2 * D, 0, dne, D, 0, N, D);
-      ops::copy_cols(dcat, 2 * D, D, dnh, D, 0, N, D);
-      ops::rmsnorm_bwd(hf, p.w("mtp.pre_fc_norm_hidden.weight"), in.rstd_h, dnh, N, D, dhf, true,
-                       p.g("mtp.pre_fc_norm_hidden.weight"));
+      Buffer dr_dt = cx.act(Nl * D, "MTP residual gradient (compute dtype)");
+      ops::cast(dr, dr_dt, Nl * D);
+      Buffer dcat = cx.act(Nl * 2 * D, "MTP concat gradient");
+      ops::linear_bwd_dx(dr_dt, p.w("mtp.fc.weight"), Nl, 2 * D, D, dcat, false);
+      if (!p.frozen()) ops::linear_bwd_dw(in.cat, dr_dt, Nl, 2 * D, D, cx.g("mtp.fc.weight"));
+      Buffer dne = cx.act(Nl * D, "MTP d(normed embedding)");
+      Buffer dnh = cx.act(Nl * D, "MTP d(normed hidden)");
+      ops::copy_cols(dcat, 2 * D, 0, dne, D, 0, Nl, D);
+      ops::copy_cols(dcat, 2 * D, D, dnh, D, 0, Nl, D);
+      ops::rmsnorm_bwd(hf, p.w("mtp.pre_fc_norm_hidden.weight"), in.rstd_h, dnh, Nl, D, dhf, true,
+                       cx.g("mtp.pre_fc_norm_hidden.weight"));
       if (!p.frozen()) {  // the embedding branch reaches parameters only
-        Buffer de = cx.f32(N * D, "MTP embedding gradient");
-        ops::rmsnorm_bwd(in.e, p.w("mtp.pre_fc_norm_embedding.weight"), in.rstd_e, dne, N, D, de,
-                         false, p.g("mtp.pre_fc_norm_embedding.weight"));
-        ops::embedding_bwd(b.mtp_grad_ids, de, N, D, c.vocab_size, p.g(embed));
+        Buffer de = cx.f32(Nl * D, "MTP embedding gradient");
+        ops::rmsnorm_bwd(in.e, p.w("mtp.pre_fc_norm_embedding.weight"), in.rstd_e, dne, Nl, D, de,
+                         false, cx.g("mtp.pre_fc_norm_embedding.weight"));
+        tp_embed_bwd(cx, b.mtp_grad_ids, de);
       }
     }
   }
@@ -224,16 +244,17 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
   if (!with_grads) return out;
 
   // Trunk backward: final norm, layers in reverse, embedding.
-  Buffer dx = cx.f32(N * D, "residual gradient");
-  ops::rmsnorm_bwd(x, p.w(norm), rstd_f, dhf, N, D, dx, false, p.g(norm));
-  dhf = Buffer();
+  Buffer dx = cx.f32(Nl * D, "residual gradient");
+  ops::rmsnorm_bwd(x, p.w(norm), rstd_f, dhf, Nl, D, dx, false, cx.g(norm));
+  dhf_all = Buffer();
   hf = Buffer();
   for (int64_t i = L - 1; i >= 0; --i) {
     if (recompute_) recompute_layer(cx, trunk_layer(c, i), *saved[i]);
     trunk_layer(c, i).bwd(cx, *saved[i], dx);
     saved[i].reset();
   }
-  if (!p.frozen()) ops::embedding_bwd(b.grad_ids, dx, N, D, c.vocab_size, p.g(embed));
+  if (!p.frozen()) tp_embed_bwd(cx, b.grad_ids, dx);
+  if (tpg) tpg->reduce_into(p);  // the replicated parameters' partial gradients, summed
   return out;
 }
 

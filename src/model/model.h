@@ -14,6 +14,7 @@
 #include "model/expert_parallel.h"
 #include "model/params.h"
 #include "model/router_loss.h"
+#include "model/tensor_parallel.h"
 #include "model/weights.h"
 
 namespace deltatron::model {
@@ -94,6 +95,12 @@ class Model {
   // the group. Set before the first pack.
   void set_expert_parallel(const ExpertParallel& ep) { ep_ = ep; }
   const ExpertParallel& expert_parallel() const { return ep_; }
+  // Tensor (and sequence) parallelism (model/tensor_parallel.h): the parameter store holds this
+  // rank's slices (tp_slice) and every pack runs on every rank of tp.comm's group, each with its
+  // share of the heads; the replicated parameters' gradients are whole on every rank after each
+  // pack. Set before the first pack.
+  void set_tensor_parallel(const TensorParallel& tp) { tp_ = tp; }
+  const TensorParallel& tensor_parallel() const { return tp_; }
 
   Params& params() { return params_; }  // the base model's
   // What the optimizer trains: the adapters' store in a LoRA run, else params().
@@ -108,6 +115,8 @@ class Model {
   std::unique_ptr<Adapters> adapters_;
   ExpertParallel ep_;
   const ExpertParallel* ep() const { return ep_.on() ? &ep_ : nullptr; }
+  TensorParallel tp_;
+  const TensorParallel* tp() const { return tp_.on() ? &tp_ : nullptr; }
   bool recompute_ = false;
 };
 

@@ -17,22 +17,27 @@ namespace deltatron::train {
 
 namespace {
 
-// Calls f(expert, begin, end) for the runs of consecutive tensors of one kind (routed-expert
-// slices or not) of the store, [begin, end) in the flat buffers (alignment gaps included).
-template <typename F>
-void for_each_expert_run(const model::Params& p, F&& f) {
+// Calls f(kind, begin, end) for the runs of consecutive tensors of one kind (kind(name): e.g.
+// routed-expert slices or not) of the store, [begin, end) in the flat buffers (alignment gaps
+// included).
+template <typename Kind, typename F>
+void for_each_run(const model::Params& p, Kind&& kind, F&& f) {
   const std::vector<std::string>& names = p.names();
   for (size_t i = 0; i < names.size();) {
-    const bool expert = model::is_routed_expert_tensor(names[i]);
+    const bool expert = kind(names[i]);
     const int64_t begin = p.entry(names[i]).offset;
     int64_t end = begin;  // the run's tensors lie in order in the store
-    for (; i < names.size() && model::is_routed_expert_tensor(names[i]) == expert; ++i) {
+    for (; i < names.size() && kind(names[i]) == expert; ++i) {
       const auto& e = p.entry(names[i]);
       DT_CHECK(e.offset >= end, "gradient store: ", names[i], " is out of order");
       end = e.offset + e.numel;
     }
     f(expert, begin, end);
   }
+}
+template <typename F>
+void for_each_expert_run(const model::Params& p, F&& f) {
+  for_each_run(p, model::is_routed_expert_tensor, f);
 }
 
 class ModelEngine final : public Engine {
@@ -101,6 +106,14 @@ class ModelEngine final : public Engine {
     DT_CHECK(zero_stage() == 0, "expert parallelism with ZeRO is not supported yet");
     model_.set_expert_parallel(ep);
   }
+  void set_tensor_parallel(const model::TensorParallel& tp) override {
+    DT_CHECK(zero_stage() == 0, "tensor parallelism with ZeRO is not supported yet");
+    DT_CHECK(!model_.expert_parallel().on(),
+             "tensor parallelism with expert parallelism is not "
+             "supported yet");
+    DT_CHECK(!model_.adapters(), "tensor parallelism with LoRA adapters is not supported yet");
+    model_.set_tensor_parallel(tp);
+  }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
 
   double clip(double max_norm) override {
@@ -113,6 +126,16 @@ class ModelEngine final : public Engine {
             ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
       });
       squares = dense + sum_over_ranks(*model_.expert_parallel().comm, experts);
+    } else if (model_.tensor_parallel().on()) {  // this rank's shards: summed over the group
+      double whole = 0, shards = 0;
+      const model::Config& c = model_.config();
+      for_each_run(
+          p, [&](const std::string& name) { return model::is_tp_sharded(c, name); },
+          [&](bool sharded, int64_t begin, int64_t end) {
+            (sharded ? shards : whole) +=
+                ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
+          });
+      squares = whole + sum_over_ranks(*model_.tensor_parallel().comm, shards);
     } else if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
       const double mine =
           hi_ > lo_ ? ops::sum_squares(p.grad_flat().slice(lo_, hi_ - lo_), hi_ - lo_) : 0.0;

@@ -21,6 +21,7 @@
 #include "train/expert_parallel.h"
 #include "train/finite_check.h"
 #include "train/parallel.h"
+#include "train/tensor_parallel.h"
 
 namespace deltatron::train {
 
@@ -115,10 +116,18 @@ void run_score(const ScoreOptions& opt) {
   const ExpertGroups eg = setup_expert_groups(par, opt.ep, c, "deltatron score --ep");
   DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
   keep_local_experts(ck.params, eg);
+  // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
+  // them (dp: the data-parallel ranks).
+  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora),
+           "deltatron score: --tp with --ep or --adapter is not supported yet");
+  const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c, "deltatron score --tp");
+  const Parallel& dp = tg.data(par);
+  keep_local_shards(ck.params, tg, c);
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr);
   if (eg.on()) engine->set_expert_parallel(eg.model);
-  const std::vector<int64_t> items = rank_items(par, int64_t(packs.size()), eg.on());
+  if (tg.on()) engine->set_tensor_parallel(tg.model);
+  const std::vector<int64_t> items = rank_items(dp, int64_t(packs.size()), eg.on());
   const data::Pack idle = idle_pack();
   const auto pack_of = [&](int64_t i) -> const data::Pack& { return i < 0 ? idle : packs[i]; };
 
@@ -129,7 +138,7 @@ void run_score(const ScoreOptions& opt) {
   if (c.is_moe() && opt.router.aux_coef != 0.0 &&
       opt.router.aux_type == model::AuxLossType::global) {
     for (int64_t i : items) engine->count_routes(pack_of(i), global);
-    all_reduce_counts(par, global, engine->moe_prefixes(), c.num_experts);
+    all_reduce_counts(dp, global, engine->moe_prefixes(), c.num_experts);
     mopt.global_counts = &global;
   }
 
@@ -161,13 +170,13 @@ void run_score(const ScoreOptions& opt) {
       std::fprintf(stderr, "score: %zu/%zu samples, %.1f s\n", done, S, sec);
     }
   }
-  if (par.size() > 1) {  // each sample's numbers come from one rank: the sums are exact
-    all_reduce_sum(par, loss_sum);
-    all_reduce_sum(par, mtp_loss_sum);
-    all_reduce_sum(par, n_tokens);
-    all_reduce_sum(par, mtp_n_tokens);
-    router_loss = all_reduce_sum(par, router_loss);
-    if (with_grads) engine->reduce_grads(*par.comm, eg.same_experts.get());
+  if (dp.size() > 1) {  // each sample's numbers come from one (data-parallel) rank: exact sums
+    all_reduce_sum(dp, loss_sum);
+    all_reduce_sum(dp, mtp_loss_sum);
+    all_reduce_sum(dp, n_tokens);
+    all_reduce_sum(dp, mtp_n_tokens);
+    router_loss = all_reduce_sum(dp, router_loss);
+    if (with_grads) engine->reduce_grads(*dp.comm, eg.same_experts.get());
   }
   if (!opt.quiet && par.root() && opt.router.active())
     std::fprintf(stderr, "score: router loss (sum over MoE layers) %.9g\n", router_loss);
@@ -178,7 +187,8 @@ void run_score(const ScoreOptions& opt) {
   if (with_grads) {
     grads = model::zeros_like(lora ? lora->adapters : ck.params);
     engine->grads_to_host(grads);
-    gather_experts(grads, eg, par.comm->device());  // the full expert tensors
+    gather_experts(grads, eg, par.comm->device());    // the full expert tensors
+    gather_shards(grads, tg, c, par.comm->device());  // the full tensor-parallel tensors
   }
   if (!par.root()) {  // rank 0 checks and writes the gradients and the scores
     par.comm->barrier();

@@ -28,6 +28,11 @@ struct ScoreOptions {
   // Expert parallelism over groups of `ep` ranks of a launched job (docs/parallel.md): each rank
   // holds num_experts / ep of every MoE layer's routed experts. 1: off.
   int64_t ep = 1;
+  // Tensor parallelism over groups of `tp` consecutive ranks (each rank holds its share of every
+  // layer's heads and FFN columns; the groups are data parallel); sp: sequence parallelism inside
+  // each group. 1 / false: off.
+  int64_t tp = 1;
+  bool sp = false;
 };
 
 // Loads the checkpoint and data, scores every sample (packed in input order), then writes

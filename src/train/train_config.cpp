@@ -227,9 +227,14 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
   DT_CHECK(c.parallel_zero == 0 || c.parallel_ep == 1, path, ": parallel.zero = ", c.parallel_zero,
            " with parallel.ep = ", c.parallel_ep, " is not supported yet (use zero = 0)");
-  DT_CHECK(c.parallel_tp == 1 && c.parallel_sp == 1, path,
-           ": parallel.tp and parallel.sp must be 1 (tensor and sequence parallelism are not "
-           "built yet)");
+  DT_CHECK(c.parallel_tp >= 1, path, ": parallel.tp must be >= 1");
+  DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,
+           ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
+           "over a tensor-parallel group)");
+  DT_CHECK(c.parallel_tp == 1 || (c.parallel_zero == 0 && c.parallel_ep == 1 && !c.lora), path,
+           ": parallel.tp = ", c.parallel_tp,
+           " is not supported with parallel.zero, parallel.ep or LoRA yet (use zero = 0, ep = 1, "
+           "no [lora])");
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

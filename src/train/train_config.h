@@ -89,9 +89,11 @@ struct TrainConfig {
   // ranks (0: all of the job's ranks); zero: 0 (every rank holds the whole optimizer state),
   // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered); ep: ranks
   // sharing the routed experts of every MoE layer (model/expert_parallel.h; a divisor of the
-  // ranks and of num_experts; not with zero yet); tp, sp: tensor and sequence parallel sizes
-  // (only 1 yet).
-  int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1, parallel_sp = 1;
+  // ranks and of num_experts; not with zero yet); tp: ranks sharing every layer's heads and FFN
+  // columns (train/tensor_parallel.h; a divisor of the ranks; dense models; not with zero, ep or
+  // LoRA yet); sp: sequence parallelism inside each tensor-parallel group (needs tp > 1).
+  int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1;
+  bool parallel_sp = false;
   std::vector<std::string> lora_keys_set;  // the lora.* keys the file or overrides gave
 
   std::string source;  // the config file, for messages

@@ -22,6 +22,7 @@
 #include "train/run_dir.h"
 #include "train/run_log.h"
 #include "train/run_setup.h"
+#include "train/tensor_parallel.h"
 #include "train/train_checkpoint.h"
 #include "train/train_data.h"
 #include "train/train_step.h"
@@ -37,7 +38,7 @@ void on_signal(int sig) { g_stop_signal = sig; }
 void check_data_parallel(const TrainConfig& cfg, const Parallel& par) {
   DT_CHECK(cfg.parallel_dp == 0 || cfg.parallel_dp == par.size(), cfg.source,
            ": parallel.dp = ", cfg.parallel_dp, " but the job has ", par.size(),
-           " rank(s) (data parallelism is the only layout yet: dp is the number of ranks)");
+           " data-parallel rank(s) (the job's ranks / parallel.tp)");
 }
 
 // Every `every` steps (every <= 0: never).
@@ -67,7 +68,12 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // state (the checkpoint's on a resume).
   check_run_memory(cfg, start.resume_dir);
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir);
-  check_data_parallel(cfg, par);
+  // Tensor parallelism ([parallel] tp, sp): groups of tp ranks run the same micro-batches, the
+  // groups are data parallel (dp: those ranks; the job's ranks without tp).
+  const TensorGroups tg = setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, ck.config,
+                                              cfg.source + ": parallel.tp");
+  const Parallel& dp = tg.data(par);
+  check_data_parallel(cfg, dp);
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);
@@ -77,7 +83,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
-  TrainState st = start_state(cfg, start, d, ck, opt, par.size());
+  TrainState st = start_state(cfg, start, d, ck, opt, dp.size());
   // Expert parallelism ([parallel] ep): this rank's slices of the routed experts and of their
   // moments (a resume's checkpoint holds them all, so the number of ranks may change).
   const ExpertGroups eg =
@@ -85,6 +91,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   DT_CHECK(!eg.on() || !lora, cfg.source, ": parallel.ep with LoRA is not supported yet");
   keep_local_experts(ck.params, eg);
   keep_local_experts(opt, ck.params, eg);
+  keep_local_shards(ck.params, tg, ck.config);  // this rank's shards (tp) and their moments
+  keep_local_shards(opt, ck.params, tg, ck.config);
   if (st.step >= cfg.steps) {  // nothing to train
     TrainResult done = finished_run(cfg, start, st);
     done.root = par.root();
@@ -96,6 +104,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
                                   cfg.recompute, state_options(cfg), lora ? &*lora : nullptr,
                                   ZeroSetup{int(cfg.parallel_zero), par.comm.get()});
   if (eg.on()) engine->set_expert_parallel(eg.model);
+  if (tg.on()) engine->set_tensor_parallel(tg.model);
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
   data::EpochIterator batches = training_batches(cfg, d, st);
   if (par.root()) print_run_start(cfg, ck.params, batches);
@@ -108,7 +117,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   std::optional<RunLog> log;  // rank 0's
   if (par.root()) log.emplace(cfg, ck.config, !start.resume_dir.empty(), st.step);
   const StepContext step_context{
-      cfg, ck.config, d, schedule, batches, *engine, opt, par, eg.same_experts.get()};
+      cfg, ck.config, d, schedule, batches, *engine, opt, dp, eg.same_experts.get()};
   int64_t bad_steps = 0;
   TrainResult result;
   const auto evaluate_and_log = [&] {
@@ -118,9 +127,11 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     result.final_eval_loss = e.loss;
     result.final_eval_accuracy = e.accuracy;
   };
-  const auto save = [&] {  // rank 0 writes
-    if (eg.on()) {         // the experts' slices gathered from their owners first (collective)
-      const GatheredState g = gather_state(*engine, ck.params, opt, eg, par.comm->device());
+  const auto save = [&] {      // rank 0 writes
+    if (eg.on() || tg.on()) {  // the experts' and shards' slices gathered first (collective)
+      GatheredState g = gather_state(*engine, ck.params, opt, eg, par.comm->device());
+      for (model::TensorMap* t : {&g.weights, &g.exp_avg, &g.exp_avg_sq})
+        gather_shards(*t, tg, ck.config, par.comm->device());
       if (par.root()) {
         model::TensorMap local = std::exchange(ck.params, model::zeros_like(g.weights));
         const auto saved = saved_state_engine(g);

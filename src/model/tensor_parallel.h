@@ -1,0 +1,92 @@
+// Tensor and sequence parallelism (issue 15, Megatron-style): which parameters a group of ranks
+// splits and how, this rank's slice of a full tensor and the full tensor back from every rank's
+// slice, and the gradients of replicated parameters that each rank only holds a part of.
+//
+// Rank r of a group of P ranks holds (heads, FFN columns split in P contiguous equal parts):
+//   attention  q_proj [H 2K, D], k_proj, v_proj [J K, D]: rows of heads [r H/P, (r+1) H/P) (and
+//              kv heads [r J/P, ...)); q_proj's rows are per-head interleaved (query K, gate K),
+//              so a head's 2K rows stay together. o_proj [D, H K]: the same heads' columns.
+//   GDN        in_proj_qkv [2HK + GV, D] and conv1d.weight [2HK + GV, 1, W]: the q, k (key heads)
+//              and v (value heads) segments each split, the local tensor their concatenation;
+//              in_proj_z [GV, D], in_proj_b, in_proj_a [G, D], A_log, dt_bias [G]: value heads;
+//              out_proj [D, GV]: the value heads' columns. Value head j reads key head j / (G/H)
+//              (repeat_interleave), so a rank's value heads read its own key heads.
+//   dense MLP  gate_proj, up_proj [F, D]: rows; down_proj [D, F]: columns.
+//   the rest   replicated: embeddings, lm_head, every RMSNorm weight (q_norm, k_norm and the GDN
+//              gated norm are per head dim: every rank's heads use them), MTP fc.
+// Each mixer and FFN is a column-parallel input (no communication) and a row-parallel output
+// whose partial sums are all-reduced (or, with sp, reduce-scattered to the token shards); the
+// backward all-reduces (reduce-scatters) the input gradient (model/tp_exchange.h).
+//
+// Replicated parameters whose gradient a rank only partly computes are "partial": q_norm, k_norm
+// and linear_attn.norm (the rank's heads only); with sp also every other replicated parameter
+// that sees the token shards (the layer norms, the final norm, the MTP norms and fc). Their
+// per-pack gradients go to a TpGrads store and are summed over the group at the end of the
+// backward; the embedding and lm_head run on every token (gathered) and are complete.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/tensor.h"
+#include "dist/comm.h"
+#include "model/config.h"
+
+namespace deltatron::model {
+
+class Params;
+
+struct TensorParallel {
+  dist::Comm* comm = nullptr;  // the tensor-parallel group; null: off
+  bool sp = false;             // sequence parallel: the residual stream split by tokens
+  bool on() const { return comm != nullptr && comm->size() > 1; }
+  int64_t size() const { return on() ? comm->size() : 1; }
+  int64_t rank() const { return on() ? comm->rank() : 0; }
+};
+
+// How `name` is split over the group: dim -1 replicated; 0 its rows (the first dimension);
+// 1 its columns (the last dimension of a 2-D tensor). Along that dimension the tensor is a run of
+// `segments` (lengths), each split in P equal contiguous pieces; rank r's tensor is piece r of
+// every segment, concatenated.
+struct TpSplit {
+  int dim = -1;
+  std::vector<int64_t> segments;
+};
+TpSplit tp_split(const Config& c, const std::string& name);
+bool is_tp_sharded(const Config& c, const std::string& name);
+
+// An error naming `where` unless the model can be split over P ranks: a dense text model whose
+// attention heads, kv heads, GDN key and value heads and intermediate_size divide by P.
+void check_tensor_parallel(const Config& c, int64_t P, const std::string& where);
+
+// Rank r's slice of the full tensor `full` (shape checked against the split).
+core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full, int64_t r,
+                      int64_t P);
+// The full tensor from the P ranks' slices, laid end to end in `slices` (rank q's at q numel).
+core::Tensor tp_join(const Config& c, const std::string& name, const float* slices,
+                     const core::Shape& local_shape, int64_t P);
+
+// Whether `name`'s gradient is partial on each rank (summed over the group per pack).
+bool tp_partial_grad(const Config& c, const std::string& name, bool sp);
+
+// One pack's partial gradients: a zeroed f32 buffer per partial parameter (one flat buffer),
+// summed over the group and added to the parameters' gradients by reduce_into.
+class TpGrads {
+ public:
+  TpGrads(const Config& c, const Params& p, const TensorParallel& tp);
+  // The store's view for `name` (shaped like it), or an empty view when it is not partial.
+  core::View at(const std::string& name) const;
+  // all_reduce over the group, then p.g(name) += the sum, for every partial parameter.
+  void reduce_into(const Params& p) const;
+
+ private:
+  const TensorParallel& tp_;
+  std::vector<std::string> names_;
+  std::vector<int64_t> offsets_;
+  std::vector<core::Shape> shapes_;
+  core::Buffer flat_;
+};
+
+}  // namespace deltatron::model
