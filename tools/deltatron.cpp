@@ -66,6 +66,10 @@ int main(int argc, char** argv) {
                  "expert parallelism: groups of this many ranks of a launched job share the "
                  "routed experts (default 1)")
       ->check(CLI::PositiveNumber);
+  sc->add_option("--zero", score.zero,
+                 "3: ZeRO 3 over the ranks of a launched job (each rank holds a shard of the "
+                 "weights and gradients, each layer gathered while it runs); default 0")
+      ->check(CLI::IsMember({0, 3}));
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 
   train::ConvertOptions conv;

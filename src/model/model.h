@@ -12,6 +12,7 @@
 #include "model/adapters.h"
 #include "model/config.h"
 #include "model/expert_parallel.h"
+#include "model/param_gather.h"
 #include "model/params.h"
 #include "model/router_loss.h"
 #include "model/weights.h"
@@ -95,6 +96,12 @@ class Model {
   void set_expert_parallel(const ExpertParallel& ep) { ep_ = ep; }
   const ExpertParallel& expert_parallel() const { return ep_; }
 
+  // ZeRO 3 (model/param_gather.h): a store made with StateOptions::gathered holds no weights;
+  // `g` binds each unit's gathered parameters before it runs and releases them after. Null: the
+  // store holds every parameter (the default). Set before the first pack; g outlives the model's
+  // use of it.
+  void set_param_gather(ParamGather* g) { gather_ = g; }
+
   Params& params() { return params_; }  // the base model's
   // What the optimizer trains: the adapters' store in a LoRA run, else params().
   Params& trainable() { return adapters_ ? adapters_->params() : params_; }
@@ -109,6 +116,7 @@ class Model {
   ExpertParallel ep_;
   const ExpertParallel* ep() const { return ep_.on() ? &ep_ : nullptr; }
   bool recompute_ = false;
+  ParamGather* gather_ = nullptr;
 };
 
 // Host-tensor conveniences (tests and tools): the model on `dev` in f32 with `params` copied

@@ -115,10 +115,18 @@ void run_score(const ScoreOptions& opt) {
   const ExpertGroups eg = setup_expert_groups(par, opt.ep, c, "deltatron score --ep");
   DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
   keep_local_experts(ck.params, eg);
-  const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
-                                  lora ? &*lora : nullptr);
+  // ZeRO 3: every layer is gathered over the ranks (a collective), so, as with --ep, every
+  // rank runs as many packs as the others.
+  DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
+           ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
+  DT_CHECK(opt.zero == 0 || (!eg.on() && !lora),
+           "deltatron score --zero 3 with --ep or --adapter is not supported yet");
+  const auto engine =
+      make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
+                  lora ? &*lora : nullptr, ZeroSetup{int(opt.zero), par.comm.get()});
   if (eg.on()) engine->set_expert_parallel(eg.model);
-  const std::vector<int64_t> items = rank_items(par, int64_t(packs.size()), eg.on());
+  const std::vector<int64_t> items =
+      rank_items(par, int64_t(packs.size()), eg.on() || opt.zero == 3);
   const data::Pack idle = idle_pack();
   const auto pack_of = [&](int64_t i) -> const data::Pack& { return i < 0 ? idle : packs[i]; };
 

@@ -28,6 +28,10 @@ struct ScoreOptions {
   // Expert parallelism over groups of `ep` ranks of a launched job (docs/parallel.md): each rank
   // holds num_experts / ep of every MoE layer's routed experts. 1: off.
   int64_t ep = 1;
+  // ZeRO 3 over the ranks of a launched job (docs/parallel.md): each rank holds a shard of every
+  // weight and gradient, each layer gathered while it runs. 0: off (every rank holds the model);
+  // 3: on (stages 1 and 2 shard optimizer state, which scoring does not have).
+  int64_t zero = 0;
 };
 
 // Loads the checkpoint and data, scores every sample (packed in input order), then writes
