@@ -115,9 +115,9 @@ TEST(Zero3, DenseTracksOneRank) {
     std::string from, out;
     int ranks, zero;
   };
-  for (const Resume& r : {Resume{"zero3_ranks2", "z3r2_on_z3r3", 3, 3},
-                          Resume{"zero3_ranks2", "z3r2_on_one", 1, 0},
-                          Resume{"zero1_ranks2", "z1r2_on_z3r2", 2, 3}}) {
+  for (const Resume& r :
+       {Resume{"zero3_ranks2", "z3r2_on_z3r3", 3, 3}, Resume{"zero3_ranks2", "z3r2_on_one", 1, 0},
+        Resume{"zero1_ranks2", "z1r2_on_z3r2", 2, 3}}) {
     fs::copy(dir / r.from, dir / r.out, fs::copy_options::recursive);
     fs::remove_all(dir / r.out / train::checkpoint_dir_name(6));
     train_run(dir, toml, r.out, r.ranks, r.zero, "--resume");
@@ -251,8 +251,14 @@ TEST(Zero3, ConfigRefusals) {
         train::load_train_config(toml, {"parallel.zero=3", "training.offload=\"moments\""});
       },
       {"parallel.zero = 3", "training.offload", "not supported"});
-  dt_test::expect_error([&] { train::load_train_config(toml, {"parallel.zero=3", "lora.r=4"}); },
-                        {"parallel.zero = 3", "LoRA", "not supported"});
-  dt_test::expect_error([&] { train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"}); },
-                        {"parallel.zero = 3", "parallel.ep = 2", "not supported"});
+  dt_test::expect_error(
+      [&] {
+        train::load_train_config(toml, {"parallel.zero=3", "lora.r=4"});
+      },
+      {"parallel.zero = 3", "LoRA", "not supported"});
+  dt_test::expect_error(
+      [&] {
+        train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"});
+      },
+      {"parallel.zero = 3", "parallel.ep = 2", "not supported"});
 }

@@ -24,8 +24,8 @@ namespace train = deltatron::train;
 
 // The short run (short_run.h) of examples/addition/<toml> into dir/out on `ranks` ranks with
 // grad_accum 6 / ranks and parallel.zero = zero; extra: more arguments (e.g. --resume).
-inline void train_run(const fs::path& dir, const std::string& toml, const std::string& out, int ranks,
-               int zero, const std::string& extra = "") {
+inline void train_run(const fs::path& dir, const std::string& toml, const std::string& out,
+                      int ranks, int zero, const std::string& extra = "") {
   std::string args = "train " + (examples_dir() / "addition" / toml).string();
   for (std::string o : short_run_overrides(dir, out)) {
     if (o.rfind("training.grad_accum=", 0) == 0)
@@ -59,7 +59,7 @@ inline std::vector<std::string> listing(const fs::path& dir) {
 
 // got's checkpoint at `step` against want's: the same files, weights and moments within `tol`.
 inline void expect_checkpoint_near(const fs::path& got, const fs::path& want, int64_t step,
-                            const std::string& what, double tol) {
+                                   const std::string& what, double tol) {
   const fs::path g = got / train::checkpoint_dir_name(step),
                  w = want / train::checkpoint_dir_name(step);
   EXPECT_EQ(listing(g), listing(w)) << what;
@@ -74,7 +74,7 @@ inline void expect_checkpoint_near(const fs::path& got, const fs::path& want, in
 }
 
 inline void expect_losses_near(const std::vector<double>& got, const std::vector<double>& want,
-                        const std::string& what) {
+                               const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t s = 0; s < want.size(); ++s)
     EXPECT_NEAR(got[s], want[s], 1e-5 * std::abs(want[s])) << what << " step " << s + 1;

@@ -87,6 +87,27 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
   ops_zero(master_);
   ops_zero(compute_);
   ops_zero(grad_);
+  int64_t piece = 1;
+  for (size_t u = 0; u < l_.units.size(); ++u) {
+    piece = std::max(piece, l_.units[u].piece);
+    if (u > 0) largest_layer_ = std::max(largest_layer_, l_.units[u].piece * l_.ranks);
+  }
+  piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
+}
+
+core::Buffer Zero3Store::take(int u, core::DType dt, int64_t n, const char* what) {
+  auto& pool = pool_[u == 0 ? 0 : 1];
+  for (auto it = pool.begin(); it != pool.end(); ++it)
+    if (it->view().dtype == dt && it->numel() >= n) {
+      core::Buffer b = std::move(*it);
+      pool.erase(it);
+      return b;
+    }
+  return core::Buffer(p_.device(), dt, {u == 0 ? n : std::max(n, largest_layer_)}, what);
+}
+
+void Zero3Store::give(int u, core::Buffer&& b) {
+  if (b.numel() > 0) pool_[u == 0 ? 0 : 1].push_back(std::move(b));
 }
 
 namespace {
@@ -134,10 +155,10 @@ void Zero3Store::load_moment(const std::string& name, bool second, const float* 
 void Zero3Store::read(const std::string& name, Part part, float* out) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
-  const core::Buffer& src = part == Part::weight     ? master_
-                            : part == Part::grad     ? grad_
-                            : part == Part::exp_avg  ? m_
-                                                     : v_;
+  const core::Buffer& src = part == Part::weight    ? master_
+                            : part == Part::grad    ? grad_
+                            : part == Part::exp_avg ? m_
+                                                    : v_;
   DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": no AdamW moments yet");
   if (t.numel == 0) return;
   core::Buffer recv(p_.device(), src.view().dtype, {t.numel}, "ZeRO 3 tensor being read");
@@ -177,15 +198,14 @@ std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
 
 Zero3Store::Gathered Zero3Store::gather_weights(int u) {
   const auto& unit = l_.units[size_t(u)];
-  const core::Device dev = p_.device();
   const int64_t full = unit.piece * l_.ranks;
   Gathered g;
   const core::View& mine = compute_.numel() > 0 ? compute_.view() : master_.view();
-  g.w = core::Buffer(dev, p_.dt(), {full}, "ZeRO 3 gathered weights");
-  comm_.all_gather(mine.slice(unit.local, unit.piece), g.w);
+  g.w = take(u, p_.dt(), full, "ZeRO 3 gathered weights");
+  comm_.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
   if (compute_.numel() > 0 && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
-    g.f32 = core::Buffer(dev, core::DType::f32, {full}, "ZeRO 3 gathered f32 weights");
-    comm_.all_gather(master_.view().slice(unit.local, unit.piece), g.f32);
+    g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
+    comm_.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
   }
   return g;
 }
@@ -203,15 +223,14 @@ void Zero3Store::gather(int model_unit, bool grads) {
     g = gather_weights(u);
   }
   if (grads) {
-    g.g = core::Buffer(p_.device(), core::DType::f32, {unit.piece * l_.ranks},
-                       "ZeRO 3 gathered gradients");
-    ops::zero(g.g);
+    g.g = take(u, core::DType::f32, unit.piece * l_.ranks, "ZeRO 3 gathered gradients");
+    ops::zero(g.g.view().slice(0, unit.piece * l_.ranks));
   }
   const bool f32_model = p_.dt() == core::DType::f32;
   for (size_t i : unit.tensors) {
     const auto& t = l_.tensors[i];
     const core::View w = g.w.view().slice(t.offset, t.numel);
-    const core::View f32 = f32_model ? w
+    const core::View f32 = f32_model    ? w
                            : t.f32_read ? g.f32.view().slice(t.offset, t.numel)
                                         : core::View{};
     p_.bind(t.name, w, f32, grads ? g.g.view().slice(t.offset, t.numel) : core::View{});
@@ -237,10 +256,13 @@ void Zero3Store::release(int model_unit, bool grads) {
   if (grads) {  // the sum over the ranks of this rank's piece, added to its shard's gradient
     DT_CHECK(it->second.g.numel() > 0, "ZeRO 3: unit ", model_unit,
              " released with gradients but gathered without");
-    core::Buffer sum(p_.device(), core::DType::f32, {unit.piece}, "ZeRO 3 gradient piece");
-    comm_.reduce_scatter(it->second.g, sum);
+    const core::View sum = piece_sum_.view().slice(0, unit.piece);
+    comm_.reduce_scatter(it->second.g.view().slice(0, unit.piece * l_.ranks), sum);
     ops::add_inplace(grad_.view().slice(unit.local, unit.piece), sum, unit.piece);
   }
+  give(u, std::move(it->second.w));
+  give(u, std::move(it->second.f32));
+  give(u, std::move(it->second.g));
   live_.erase(it);
 }
 

@@ -31,8 +31,8 @@ namespace deltatron::train {
 struct Zero3Layout {
   struct Tensor {
     std::string name;
-    int unit = 0;           // index into units (0: outer, 1 + i: layer i)
-    int64_t offset = 0;     // in its unit's space
+    int unit = 0;        // index into units (0: outer, 1 + i: layer i)
+    int64_t offset = 0;  // in its unit's space
     int64_t numel = 0;
     int64_t one_rank = 0;   // model::Params offset (the AdamW stochastic-rounding counter)
     bool f32_read = false;  // the model reads its f32 weight (model::keeps_f32_weight)
@@ -48,7 +48,7 @@ struct Zero3Layout {
   std::vector<Tensor> tensors;  // Params::names() order
   std::map<std::string, size_t> index;
   std::vector<Unit> units;
-  int64_t shard = 0;  // elements in this rank's shard
+  int64_t shard = 0;                                             // elements in this rank's shard
   static int unit_of(int model_unit) { return model_unit + 1; }  // kOuterUnit -> 0
   const Tensor& tensor(const std::string& name) const;
 };
@@ -98,8 +98,16 @@ class Zero3Store final : public model::ParamGather {
   struct Gathered {
     core::Buffer w, f32, g;  // the unit's weights (dt), f32 weights (bf16 models), gradients
   };
-  Gathered gather_weights(int u);
+  Gathered gather_weights(int u);  // the weights' all_gathers
   static void ops_zero(const core::Buffer& b);
+  // The gather buffers are reused (no allocation per layer): released ones wait in a pool per
+  // kind of unit (0: the outer unit, 1: layers, whose buffers all have the largest layer's
+  // size); take gives one of dtype dt and at least n elements from it, or a new one.
+  core::Buffer take(int u, core::DType dt, int64_t n, const char* what);
+  void give(int u, core::Buffer&& b);
+  int64_t largest_layer_ = 0;  // elements of the largest gathered layer (ranks x piece)
+  std::vector<core::Buffer> pool_[2];
+  core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
   model::Params& p_;
   dist::Comm& comm_;
   Zero3Layout l_;

@@ -41,8 +41,8 @@ class Zero3Engine final : public Engine {
     store_.alloc_moments(moments_);
     step_ = opt->step_count();
     if (step_ == 0) return;
-    for (const auto& [what, host] : {std::pair{false, &opt->exp_avg()},
-                                     std::pair{true, &opt->exp_avg_sq()}}) {
+    for (const auto& [what, host] :
+         {std::pair{false, &opt->exp_avg()}, std::pair{true, &opt->exp_avg_sq()}}) {
       for (const auto& t : store_.layout().tensors) {  // resumed: this rank's pieces
         const auto it = host->find(t.name);
         DT_CHECK(it != host->end(), "AdamW ", what ? "exp_avg_sq" : "exp_avg", ": no ", t.name);
