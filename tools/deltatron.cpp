@@ -72,6 +72,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   sc->add_flag("--sp", score.sp,
                "sequence parallelism inside each tensor-parallel group (needs --tp > 1)");
+  sc->add_option("--zero", score.zero,
+                 "3: ZeRO 3 over the ranks of a launched job (each rank holds a shard of the "
+                 "weights and gradients, each layer gathered while it runs); default 0")
+      ->check(CLI::IsMember({0, 3}));
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 
   train::ConvertOptions conv;

@@ -71,6 +71,21 @@ void recompute_layer(const Ctx& cx, const Layer& layer, LayerSaved& s) {
   s = std::move(full);
 }
 
+// The calls of model/param_gather.h; no-ops without a gatherer (the store holds everything).
+struct Gather {
+  ParamGather* g;
+  void gather(int unit, bool grads) const {
+    if (g) g->gather(unit, grads);
+  }
+  void prefetch(int unit) const {
+    if (g) g->prefetch(unit);
+  }
+  void release(int unit, bool grads) const {
+    if (g) g->release(unit, grads);
+  }
+};
+constexpr int kOuter = ParamGather::kOuterUnit;
+
 void set_activation_hint(const Config& c, const Params& p, int64_t N, bool recompute) {
   std::ostringstream hint;
   hint.precision(3);
@@ -162,6 +177,8 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
   const std::string norm = c.name("norm.weight");
+  const Gather pg{gather_};
+  pg.gather(kOuter, with_grads && !p.frozen());
   PackLoss out;
   Buffer router_loss(cx.dev(), core::DType::f64, {1}, "router loss");
   ops::zero(router_loss);
@@ -172,7 +189,10 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   std::vector<std::unique_ptr<LayerSaved>> saved(L);
   for (int64_t i = 0; i < L; ++i) {
     saved[i] = std::make_unique<LayerSaved>();
+    pg.gather(int(i), false);
+    if (i + 1 < L) pg.prefetch(int(i + 1));
     trunk_layer(c, i).fwd(cx, x, *saved[i]);
+    pg.release(int(i), false);
     add_router_terms(cx, opt, trunk_layer(c, i).moe_prefix(), saved[i]->moe, router_loss);
     if (recompute_ && with_grads) keep_only_input(*saved[i]);
   }
@@ -241,7 +261,10 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     }
   }
   if (c.is_moe() && opt.router.active()) ops::copy_to_host(router_loss, &out.router_loss);
-  if (!with_grads) return out;
+  if (!with_grads) {
+    pg.release(kOuter, false);
+    return out;
+  }
 
   // Trunk backward: final norm, layers in reverse, embedding.
   Buffer dx = cx.f32(Nl * D, "residual gradient");
@@ -249,12 +272,16 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   dhf_all = Buffer();
   hf = Buffer();
   for (int64_t i = L - 1; i >= 0; --i) {
+    pg.gather(int(i), !p.frozen());  // again (ZeRO 3): released after the forward
+    if (i > 0) pg.prefetch(int(i - 1));
     if (recompute_) recompute_layer(cx, trunk_layer(c, i), *saved[i]);
     trunk_layer(c, i).bwd(cx, *saved[i], dx);
     saved[i].reset();
+    pg.release(int(i), !p.frozen());
   }
   if (!p.frozen()) tp_embed_bwd(cx, b.grad_ids, dx);
   if (tpg) tpg->reduce_into(p);  // the replicated parameters' partial gradients, summed
+  pg.release(kOuter, !p.frozen());
   return out;
 }
 
@@ -265,14 +292,23 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   const Batch b(c, pack, params_.device());
   const Ctx cx{c, params_, b, adapters_.get(), 0, ep()};
   const Params& p = params_;
+  const Gather pg{gather_};
+  pg.gather(kOuter, false);
   Buffer x = cx.f32(N * D, "residual stream");
   ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+  const int64_t L = c.num_hidden_layers;
+  for (int64_t i = 0; i < L; ++i) {
     LayerSaved s;
+    pg.gather(int(i), false);
+    if (i + 1 < L) pg.prefetch(int(i + 1));
     trunk_layer(c, i).fwd(cx, x, s);
+    pg.release(int(i), false);
     moe_count(cx, trunk_layer(c, i).moe_prefix(), s.moe, counts);
   }
-  if (!c.mtp_enabled) return check_moe_errors(cx);
+  if (!c.mtp_enabled) {
+    pg.release(kOuter, false);
+    return check_moe_errors(cx);
+  }
   // The MTP layer's routes: rerun the head's forward (inputs as in fwd_bwd).
   Buffer hf = cx.act(N * D, "final norm output"), rstd = cx.f32(N, "final norm rstd");
   ops::rmsnorm_fwd(x, p.w(c.name("norm.weight")), N, D, c.rms_norm_eps, hf, rstd);
@@ -280,6 +316,7 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   LayerSaved ms;
   mtp_layer().fwd(cx, in.r, ms);
   moe_count(cx, mtp_layer().moe_prefix(), ms.moe, counts);
+  pg.release(kOuter, false);
   check_moe_errors(cx);
 }
 

@@ -12,6 +12,7 @@
 #include "model/adapters.h"
 #include "model/config.h"
 #include "model/expert_parallel.h"
+#include "model/param_gather.h"
 #include "model/params.h"
 #include "model/router_loss.h"
 #include "model/tensor_parallel.h"
@@ -102,6 +103,12 @@ class Model {
   void set_tensor_parallel(const TensorParallel& tp) { tp_ = tp; }
   const TensorParallel& tensor_parallel() const { return tp_; }
 
+  // ZeRO 3 (model/param_gather.h): a store made with StateOptions::gathered holds no weights;
+  // `g` binds each unit's gathered parameters before it runs and releases them after. Null: the
+  // store holds every parameter (the default). Set before the first pack; g outlives the model's
+  // use of it.
+  void set_param_gather(ParamGather* g) { gather_ = g; }
+
   Params& params() { return params_; }  // the base model's
   // What the optimizer trains: the adapters' store in a LoRA run, else params().
   Params& trainable() { return adapters_ ? adapters_->params() : params_; }
@@ -118,6 +125,7 @@ class Model {
   TensorParallel tp_;
   const TensorParallel* tp() const { return tp_.on() ? &tp_ : nullptr; }
   bool recompute_ = false;
+  ParamGather* gather_ = nullptr;
 };
 
 // Host-tensor conveniences (tests and tools): the model on `dev` in f32 with `params` copied

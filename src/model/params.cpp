@@ -79,6 +79,7 @@ Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const St
 
 Params::Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt)
     : Params(dev, dt, src.specs, opt) {
+  if (opt.gathered) return;  // nothing held here (ZeRO 3: the shards are the engine's)
   for (const ParamSpec& s : src.specs) upload_tensor(s.name, src.make(s));
   finish_upload();
 }
@@ -100,6 +101,8 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
            "training.master = remainder to offload the remainders");
   DT_CHECK(!opt.frozen || (!opt.offload_moments && !opt.master_remainder),
            "a frozen parameter store has no training state to offload or split");
+  DT_CHECK(!opt.gathered || (!opt.frozen && !opt.offload_moments && !opt.master_remainder),
+           "a gathered parameter store (ZeRO 3) is not frozen, offloaded or split into remainders");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
   int64_t router_total = 0;
   for (const ParamSpec& spec : specs) {
@@ -125,6 +128,7 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
   const bool lean_layout = opt_.master_remainder || opt_.frozen;
   if (!lean_layout || dt_ == core::DType::f32) f32_total_ = total_;
   core::allocator(dev_).set_oom_hint(state_hint());
+  if (opt_.gathered) return;  // the layout alone; the views are bound by the shards' owner
   if (opt_.frozen) {
     if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "frozen weights");
     if (f32_total_ > 0)
@@ -197,17 +201,58 @@ core::View Params::at_f32(const std::string& name) const {
   return master_.view().slice(e.f32_offset, e.numel).reshaped(e.shape);
 }
 
+namespace {
+const core::View& bound(const Params::Entry& e, const core::View& v, const std::string& name,
+                        const char* what) {
+  DT_CHECK(v.data != nullptr || e.numel == 0, "model parameter ", name, ": its ", what,
+           " is not gathered (ZeRO 3: the tensor's unit is not bound while it is used)");
+  return v;
+}
+}  // namespace
+
 core::View Params::w(const std::string& name) const {
+  if (opt_.gathered) return bound(entry(name), entry(name).bound_w, name, "weight");
   return dt_ == core::DType::f32 ? at_f32(name) : at(compute_, name);
 }
 core::View Params::g(const std::string& name) const {
+  if (opt_.gathered) return entry(name).bound_g;  // empty: no gradient wanted
   return opt_.frozen ? core::View{} : at(grad_, name);
 }
-core::View Params::master(const std::string& name) const { return at_f32(name); }
+core::View Params::master(const std::string& name) const {
+  if (opt_.gathered) return bound(entry(name), entry(name).bound_f32, name, "f32 weight");
+  return at_f32(name);
+}
+
+void Params::bind(const std::string& name, const core::View& w, const core::View& f32,
+                  const core::View& g) {
+  DT_CHECK(opt_.gathered, "model parameter ", name, ": bind needs a gathered store (ZeRO 3)");
+  auto it = index_.find(name);
+  DT_CHECK(it != index_.end(), "model parameter ", name, " is missing");
+  Entry& e = it->second;
+  const auto check = [&](const core::View& v, core::DType dt, const char* what) {
+    DT_CHECK(v.data == nullptr || (v.numel() == e.numel && v.dtype == dt && v.device == dev_),
+             "model parameter ", name, ": bound ", what, " is ", v.describe(), ", expected ",
+             core::dtype_name(dt), " ", core::shape_str(e.shape), " on ", core::device_name(dev_));
+  };
+  check(w, dt_, "weight");
+  check(f32, core::DType::f32, "f32 weight");
+  check(g, core::DType::f32, "gradient");
+  e.bound_w = w.data ? w.reshaped(e.shape) : w;
+  e.bound_f32 = f32.data ? f32.reshaped(e.shape) : f32;
+  e.bound_g = g.data ? g.reshaped(e.shape) : g;
+}
+
+void Params::unbind(const std::string& name) {
+  auto it = index_.find(name);
+  DT_CHECK(it != index_.end(), "model parameter ", name, " is missing");
+  it->second.bound_w = it->second.bound_f32 = it->second.bound_g = core::View{};
+}
 
 ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
   const Entry& e = entry(name);
   DT_CHECK(!opt_.frozen, "model parameter ", name, " is frozen: it has no optimizer step");
+  DT_CHECK(!opt_.gathered, "model parameter ", name,
+           ": a gathered store (ZeRO 3) has no flat state; the shards' owner steps it");
   ops::AdamWTensor t;
   t.grad = grad_.view().slice(e.offset, e.numel);
   t.index = e.offset;
@@ -265,6 +310,7 @@ void Params::upload(const TensorMap& host) {
 }
 
 void Params::upload_tensor(const std::string& name, const core::Tensor& t) {
+  if (opt_.gathered) return;  // nothing held here (ZeRO 3: the shards are the engine's)
   const Entry& e = entry(name);
   DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
            e.numel);
@@ -300,11 +346,13 @@ void Params::upload_tensor(const std::string& name, const core::Tensor& t) {
 
 void Params::finish_upload() {
   // fp32 masters: the bf16 compute copies, rounded as the pair's weights (ties away from zero).
-  if (!opt_.frozen && !opt_.master_remainder && dt_ != core::DType::f32 && master_.device() == dev_)
+  if (!opt_.gathered && !opt_.frozen && !opt_.master_remainder && dt_ != core::DType::f32 &&
+      master_.device() == dev_)
     ops::adamw_compute_copy(master_, compute_, total_);
 }
 
 void Params::download(TensorMap& host) const {
+  DT_CHECK(!opt_.gathered, "a gathered store (ZeRO 3) holds no weights to download");
   for (auto& [name, t] : host) {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
@@ -332,7 +380,9 @@ void Params::download(TensorMap& host) const {
 }
 
 void Params::download_grads(TensorMap& host) const {
-  DT_CHECK(!opt_.frozen, "the frozen parameters have no gradients");
+  DT_CHECK(!opt_.frozen && !opt_.gathered,
+           opt_.frozen ? "the frozen parameters have no gradients"
+                       : "a gathered store (ZeRO 3) holds no gradients to download");
   from_flat(grad_, host, "gradient");
 }
 void Params::zero_grads() {

@@ -41,6 +41,11 @@ struct StateOptions {
   // copies, and f32 copies of keeps_f32_weight's tensors in a bf16 model), no master, gradient or
   // moments; g() gives empty views, which the blocks take as "no gradient wanted".
   bool frozen = false;
+  // ZeRO 3 (train/zero3.h): the store holds no buffers, only the layout (names, shapes, the
+  // one-rank offsets); the owner of the shards binds each tensor's gathered views (bind) while
+  // its unit runs (model/param_gather.h) and unbinds them after. w, master and g of an unbound
+  // tensor are errors; the flat-buffer methods (adamw_tensor, download, ...) are not available.
+  bool gathered = false;
 };
 
 // "fp32" / "remainder" and "fp32" / "bf16", the config spellings.
@@ -73,6 +78,8 @@ class Params {
     core::Shape shape;
     int64_t f32_offset = -1;     // in the f32 buffer (masters or f32 weights), -1: none
     int64_t router_offset = -1;  // in router_ (offloaded fp32 masters, MoE routers), -1: none
+    // StateOptions::gathered: the views bound by bind() (empty: not bound).
+    core::View bound_w, bound_f32, bound_g;
   };
   // Copies `host` (every tensor, keyed by HF name) to `dev`. dt = compute / activation storage
   // type (f32 on the CPU).
@@ -115,6 +122,14 @@ class Params {
   // One tensor of such a flat buffer to host floats (entry(name).numel of them).
   void flat_to_host(const core::View& flat, const std::string& name, float* out) const;
   void zero_grads();
+
+  // StateOptions::gathered only: the views w(name), master(name) and g(name) return until
+  // unbind(name) (f32: the f32 weights, w itself when dt is f32; g: empty when no gradient is
+  // wanted). Shapes and dtypes are checked against the entry.
+  bool gathered() const { return opt_.gathered; }
+  void bind(const std::string& name, const core::View& w, const core::View& f32,
+            const core::View& g);
+  void unbind(const std::string& name);
 
  private:
   Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs, const StateOptions& opt);

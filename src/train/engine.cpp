@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "ops/adamw.h"
 #include "ops/tensor.h"
 #include "train/zero.h"
+#include "train/zero3.h"
 
 namespace deltatron::train {
 
@@ -280,8 +282,15 @@ std::unique_ptr<Engine> make(const std::string& device, const std::string& preci
            "' (use bf16 or fp32)");
   const bool cuda = device == "cuda";
   const core::DType dt = cuda && precision == "bf16" ? core::DType::bf16 : core::DType::f32;
-  auto e = std::make_unique<ModelEngine>(cuda ? core::Device::cuda : core::Device::cpu, dt, c,
-                                         params, opt, state, lora, zero);
+  const core::Device dev = cuda ? core::Device::cuda : core::Device::cpu;
+  if (zero.stage == 3) {
+    DT_CHECK(!lora, "parallel.zero = 3 with a LoRA run is not supported");
+    if constexpr (std::is_same_v<Source, model::ParamSource>)
+      return make_zero3_engine(dev, dt, c, nullptr, &params, opt, recompute, state, zero);
+    else
+      return make_zero3_engine(dev, dt, c, &params, nullptr, opt, recompute, state, zero);
+  }
+  auto e = std::make_unique<ModelEngine>(dev, dt, c, params, opt, state, lora, zero);
   e->set_recompute(recompute);
   return e;
 }

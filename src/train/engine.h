@@ -58,17 +58,22 @@ class Engine {
   // over the ZeroSetup's communicator: every rank calls it with the same name, the owner
   // broadcasts, every rank gets the values.
   virtual void read_moment(const std::string& name, bool second, float* out) = 0;
-  // Whether the moments are sharded over ranks (ZeRO on more than one rank).
+  // Whether the moments are sharded over ranks (ZeRO on more than one rank; ZeRO 3 always).
   virtual bool sharded() const = 0;
+  // Whether the weights are sharded too (ZeRO 3): sync_weights, sync_to_host and grads_to_host
+  // are then collectives over the ZeroSetup's communicator (every rank calls them alike).
+  virtual bool gathers_weights() const { return false; }
 };
 
-// ZeRO (parallel.zero; train/zero.h, docs/parallel.md). stage 0: every rank holds the whole
-// AdamW state. 1: the moments are sharded over the ranks of comm (each rank holds and steps the
-// moments of its shard; gradients all-reduced; the updated weights broadcast from each shard's
-// owner). 2: as 1, with the gradients reduce-scattered (each rank sums its shard only; the
-// gradient norm from the shards' sums of squares). The masters (or remainders) and compute copies
-// stay replicated. comm: the data-parallel group on the engine's device; with one rank the stage
-// changes nothing. Offloaded state is not supported with stage > 0.
+// ZeRO (parallel.zero; train/zero.h, train/zero3.h, docs/parallel.md). stage 0: every rank
+// holds the whole AdamW state. 1: the moments are sharded over the ranks of comm (each rank holds
+// and steps the moments of its shard; gradients all-reduced; the updated weights broadcast from
+// each shard's owner). 2: as 1, with the gradients reduce-scattered (each rank sums its shard only;
+// the gradient norm from the shards' sums of squares). The masters (or remainders) and compute
+// copies stay replicated. comm: the data-parallel group on the engine's device; with one rank the
+// stage changes nothing. 3: every parameter's state (weights, masters, gradients, moments) sharded
+// by flat element range per layer, each layer gathered while it runs (train/zero3.h; also for
+// scoring, and with one rank: one shard). Offloaded state is not supported with stage > 0.
 struct ZeroSetup {
   int stage = 0;
   dist::Comm* comm = nullptr;

@@ -117,17 +117,24 @@ void run_score(const ScoreOptions& opt) {
   DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
   keep_local_experts(ck.params, eg);
   // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
-  // them (dp: the data-parallel ranks).
-  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora),
-           "deltatron score: --tp with --ep or --adapter is not supported yet");
+  // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the ranks (a
+  // collective), so, as with --ep, every rank runs as many packs as the others.
+  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora && opt.zero == 0),
+           "deltatron score: --tp with --ep, --zero or --adapter is not supported yet");
+  DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
+           ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
+  DT_CHECK(opt.zero == 0 || (!eg.on() && !lora),
+           "deltatron score --zero 3 with --ep or --adapter is not supported yet");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c, "deltatron score --tp");
   const Parallel& dp = tg.data(par);
   keep_local_shards(ck.params, tg, c);
-  const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
-                                  lora ? &*lora : nullptr);
+  const auto engine =
+      make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
+                  lora ? &*lora : nullptr, ZeroSetup{int(opt.zero), par.comm.get()});
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);
-  const std::vector<int64_t> items = rank_items(dp, int64_t(packs.size()), eg.on());
+  const std::vector<int64_t> items =
+      rank_items(dp, int64_t(packs.size()), eg.on() || opt.zero == 3);
   const data::Pack idle = idle_pack();
   const auto pack_of = [&](int64_t i) -> const data::Pack& { return i < 0 ? idle : packs[i]; };
 

@@ -33,6 +33,10 @@ struct ScoreOptions {
   // each group. 1 / false: off.
   int64_t tp = 1;
   bool sp = false;
+  // ZeRO 3 over the ranks of a launched job (docs/parallel.md): each rank holds a shard of every
+  // weight and gradient, each layer gathered while it runs. 0: off (every rank holds the model);
+  // 3: on (stages 1 and 2 shard optimizer state, which scoring does not have).
+  int64_t zero = 0;
 };
 
 // Loads the checkpoint and data, scores every sample (packed in input order), then writes

@@ -81,10 +81,12 @@ void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& 
     if (par.root()) save_checkpoint(cfg, engine, ck, st, opt, tok_files, start, lora);
     return;
   }
-  const model::TensorMap& weights = lora ? lora->adapters : ck.params;
+  model::TensorMap& weights = lora ? lora->adapters : ck.params;
   std::vector<std::string> names;
   for (const auto& [name, t] : weights) names.push_back(name);
   if (!par.root()) {  // serve rank 0's requests
+    // ZeRO 3: the weights are gathered first (rank 0's save_checkpoint starts with them).
+    if (engine.gathers_weights()) engine.sync_weights(weights, opt);
     std::vector<float> scratch;
     for (;;) {
       int64_t req = 0;

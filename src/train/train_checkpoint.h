@@ -43,7 +43,9 @@ void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
 // save_checkpoint. With ZeRO (engine.sharded()) reading a moment is a collective: rank 0 writes,
 // and before each tensor's moment it broadcasts a request (2 x the tensor's index in the sorted
 // parameter names + second; -1: done, also when rank 0's save fails), which the other ranks serve
-// by taking part in engine.read_moment for that tensor. The files are those of one rank.
+// by taking part in engine.read_moment for that tensor. With ZeRO 3 (engine.gathers_weights())
+// every rank first takes part in engine.sync_weights (the weights gathered, as rank 0's
+// save_checkpoint reads them first). The files are those of one rank.
 void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& engine,
                            io::Checkpoint& ck, const TrainState& st, AdamW& opt,
                            const std::vector<std::filesystem::path>& tok_files, RunStart& start,

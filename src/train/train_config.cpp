@@ -214,11 +214,14 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");
   DT_CHECK(c.parallel_dp >= 0, path, ": parallel.dp must be >= 0 (0: every rank of the job)");
-  DT_CHECK(c.parallel_zero >= 0 && c.parallel_zero <= 2, path,
+  DT_CHECK(c.parallel_zero >= 0 && c.parallel_zero <= 3, path,
            ": parallel.zero = ", c.parallel_zero,
            ": must be 0 (every data-parallel rank holds the whole optimizer state), 1 (the AdamW "
-           "moments sharded over the ranks) or 2 (and the gradients reduce-scattered); stage 3 is "
-           "not built yet");
+           "moments sharded over the ranks), 2 (and the gradients reduce-scattered) or 3 (and the "
+           "weights: each layer gathered while it runs)");
+  DT_CHECK(c.parallel_zero != 3 || so.master_remainder == false, path,
+           ": parallel.zero = 3 with training.master = remainder is not supported yet (use fp32 "
+           "masters: ZeRO 3 divides them over the ranks)");
   DT_CHECK(c.parallel_zero == 0 || c.offload == "none", path, ": parallel.zero = ", c.parallel_zero,
            " with training.offload = ", c.offload,
            " is not supported (ZeRO shards the device-resident state; use offload = none)");

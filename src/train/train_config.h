@@ -87,7 +87,8 @@ struct TrainConfig {
   std::string lora_adapter;
   // [parallel] (docs/parallel.md): the layout of a job started by a launcher. dp: data-parallel
   // ranks (0: all of the job's ranks); zero: 0 (every rank holds the whole optimizer state),
-  // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered); ep: ranks
+  // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered), 3 (and the
+  // weights: each layer gathered while it runs; train/zero3.h); ep: ranks
   // sharing the routed experts of every MoE layer (model/expert_parallel.h; a divisor of the
   // ranks and of num_experts; not with zero yet); tp: ranks sharing every layer's heads and FFN
   // columns (train/tensor_parallel.h; a divisor of the ranks; dense models; not with zero, ep or

@@ -1,0 +1,269 @@
+// ZeRO 3's layout and shard store: the pieces a rank holds, the gathers and gradient reductions
+// of model::ParamGather, and the collective reads of one tensor (zero3.h).
+#include "train/zero3.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "ops/tensor.h"
+#include "train/zero.h"
+
+namespace deltatron::train {
+
+namespace {
+constexpr int64_t kAlign = 64;  // elements: 256 bytes of f32, as model::Params aligns tensors
+int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// The model unit of a tensor: i for one under "layers.<i>.", else the outer unit.
+int model_unit(const model::Config& c, const std::string& name) {
+  const std::string prefix = c.name("layers.");
+  if (name.rfind(prefix, 0) != 0) return model::ParamGather::kOuterUnit;
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return model::ParamGather::kOuterUnit;
+  const std::string digits = name.substr(prefix.size(), dot - prefix.size());
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit))
+    return model::ParamGather::kOuterUnit;
+  const int64_t i = std::stoll(digits);
+  DT_CHECK(i < c.num_hidden_layers, "ZeRO 3: parameter ", name, " of layer ", i, " (the model has ",
+           c.num_hidden_layers, " layers)");
+  return int(i);
+}
+}  // namespace
+
+const Zero3Layout::Tensor& Zero3Layout::tensor(const std::string& name) const {
+  const auto it = index.find(name);
+  DT_CHECK(it != index.end(), "ZeRO 3: model parameter ", name, " is missing");
+  return tensors[it->second];
+}
+
+Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ranks, int rank) {
+  DT_CHECK(ranks >= 1 && rank >= 0 && rank < ranks, "ZeRO 3: rank ", rank, " of ", ranks);
+  Zero3Layout l;
+  l.ranks = ranks;
+  l.rank = rank;
+  l.units.resize(size_t(c.num_hidden_layers) + 1);
+  const bool bf16 = p.dt() != core::DType::f32;
+  for (const auto& name : p.names()) {
+    const auto& e = p.entry(name);
+    Zero3Layout::Tensor t;
+    t.name = name;
+    t.unit = Zero3Layout::unit_of(model_unit(c, name));
+    t.numel = e.numel;
+    t.one_rank = e.offset;
+    t.f32_read = bf16 && model::keeps_f32_weight(name);
+    Zero3Layout::Unit& u = l.units[size_t(t.unit)];
+    t.offset = u.numel;
+    u.numel += aligned(t.numel);
+    u.f32_read = u.f32_read || t.f32_read;
+    u.tensors.push_back(l.tensors.size());
+    l.index[name] = l.tensors.size();
+    l.tensors.push_back(std::move(t));
+  }
+  for (auto& u : l.units) {
+    u.piece = aligned((u.numel + ranks - 1) / ranks);
+    u.local = l.shard;
+    l.shard += u.piece;
+  }
+  return l;
+}
+
+void Zero3Store::ops_zero(const core::Buffer& b) {
+  if (b.numel() > 0) ops::zero(b);
+}
+
+Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm)
+    : p_(params), comm_(comm), l_(zero3_layout(params, c, comm.size(), comm.rank())) {
+  DT_CHECK(p_.gathered(), "ZeRO 3: the model's parameter store must be a gathered one");
+  DT_CHECK(comm.device() == p_.device(), "ZeRO 3: the communicator is on ",
+           core::device_name(comm.device()), ", the model on ", core::device_name(p_.device()));
+  const int64_t n = std::max<int64_t>(1, l_.shard);
+  const core::Device dev = p_.device();
+  master_ = core::Buffer(dev, core::DType::f32, {n},
+                         p_.dt() == core::DType::f32 ? "f32 weights (ZeRO 3 shard)"
+                                                     : "fp32 master weights (ZeRO 3 shard)");
+  if (p_.dt() != core::DType::f32)
+    compute_ = core::Buffer(dev, p_.dt(), {n}, "compute copies (ZeRO 3 shard)");
+  grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
+  ops_zero(master_);
+  ops_zero(compute_);
+  ops_zero(grad_);
+  int64_t piece = 1;
+  for (size_t u = 0; u < l_.units.size(); ++u) {
+    piece = std::max(piece, l_.units[u].piece);
+    if (u > 0) largest_layer_ = std::max(largest_layer_, l_.units[u].piece * l_.ranks);
+  }
+  piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
+}
+
+core::Buffer Zero3Store::take(int u, core::DType dt, int64_t n, const char* what) {
+  auto& pool = pool_[u == 0 ? 0 : 1];
+  for (auto it = pool.begin(); it != pool.end(); ++it)
+    if (it->view().dtype == dt && it->numel() >= n) {
+      core::Buffer b = std::move(*it);
+      pool.erase(it);
+      return b;
+    }
+  return core::Buffer(p_.device(), dt, {u == 0 ? n : std::max(n, largest_layer_)}, what);
+}
+
+void Zero3Store::give(int u, core::Buffer&& b) {
+  if (b.numel() > 0) pool_[u == 0 ? 0 : 1].push_back(std::move(b));
+}
+
+namespace {
+// The part of [offset, offset + numel) of a unit's space in rank r's piece: [a, b) (a >= b:
+// none).
+struct Overlap {
+  int64_t a = 0, b = 0;
+  int64_t size() const { return std::max<int64_t>(0, b - a); }
+};
+Overlap overlap(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel) {
+  return {std::max(offset, r * u.piece), std::min(offset + numel, (r + 1) * u.piece)};
+}
+}  // namespace
+
+void Zero3Store::load_weight(const std::string& name, const float* host) {
+  const auto& t = l_.tensor(name);
+  const auto& u = l_.units[size_t(t.unit)];
+  const Overlap o = overlap(u, l_.rank, t.offset, t.numel);
+  if (o.size() > 0)
+    ops::copy_from_host(master_.view().slice(u.local + o.a - l_.rank * u.piece, o.size()),
+                        host + (o.a - t.offset));
+}
+
+void Zero3Store::finish_load() {
+  if (compute_.numel() > 0) ops::adamw_compute_copy(master_, compute_, master_.numel());
+}
+
+void Zero3Store::alloc_moments(core::DType dt) {
+  const int64_t n = std::max<int64_t>(1, l_.shard);
+  m_ = core::Buffer(p_.device(), dt, {n}, "AdamW exp_avg (ZeRO 3 shard)");
+  v_ = core::Buffer(p_.device(), dt, {n}, "AdamW exp_avg_sq (ZeRO 3 shard)");
+  ops_zero(m_);
+  ops_zero(v_);
+}
+
+void Zero3Store::load_moment(const std::string& name, bool second, const float* host) {
+  const auto& t = l_.tensor(name);
+  const auto& u = l_.units[size_t(t.unit)];
+  const Overlap o = overlap(u, l_.rank, t.offset, t.numel);
+  if (o.size() > 0)
+    moment_from_host(host + (o.a - t.offset),
+                     (second ? v_ : m_).view().slice(u.local + o.a - l_.rank * u.piece, o.size()));
+}
+
+void Zero3Store::read(const std::string& name, Part part, float* out) {
+  const auto& t = l_.tensor(name);
+  const auto& u = l_.units[size_t(t.unit)];
+  const core::Buffer& src = part == Part::weight    ? master_
+                            : part == Part::grad    ? grad_
+                            : part == Part::exp_avg ? m_
+                                                    : v_;
+  DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": no AdamW moments yet");
+  if (t.numel == 0) return;
+  core::Buffer recv(p_.device(), src.view().dtype, {t.numel}, "ZeRO 3 tensor being read");
+  for (int r = 0; r < l_.ranks; ++r) {
+    const Overlap o = overlap(u, r, t.offset, t.numel);
+    if (o.size() == 0) continue;
+    const core::View dst = recv.view().slice(o.a - t.offset, o.size());
+    if (r == l_.rank)
+      ops::cast(src.view().slice(u.local + o.a - r * u.piece, o.size()), dst, o.size());
+    comm_.broadcast(dst, r);
+  }
+  moment_to_host(recv, out);  // f32 copied, bf16 widened exactly
+}
+
+std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
+  std::vector<Piece> out;
+  for (size_t i = 0; i < l_.tensors.size(); ++i) {
+    const auto& t = l_.tensors[i];
+    const auto& u = l_.units[size_t(t.unit)];
+    const Overlap o = overlap(u, l_.rank, t.offset, t.numel);
+    if (o.size() == 0) continue;
+    const int64_t at = u.local + o.a - l_.rank * u.piece, n = o.size();
+    Piece pc;
+    pc.tensor = i;
+    pc.t.master = master_.view().slice(at, n);
+    if (compute_.numel() > 0) pc.t.compute_copy = compute_.view().slice(at, n);
+    pc.t.grad = grad_.view().slice(at, n);
+    if (m_.numel() > 0) {
+      pc.t.m = m_.view().slice(at, n);
+      pc.t.v = v_.view().slice(at, n);
+    }
+    pc.t.index = t.one_rank + (o.a - t.offset);  // the one-rank run's counters
+    out.push_back(pc);
+  }
+  return out;
+}
+
+Zero3Store::Gathered Zero3Store::gather_weights(int u) {
+  const auto& unit = l_.units[size_t(u)];
+  const int64_t full = unit.piece * l_.ranks;
+  Gathered g;
+  const core::View& mine = compute_.numel() > 0 ? compute_.view() : master_.view();
+  g.w = take(u, p_.dt(), full, "ZeRO 3 gathered weights");
+  comm_.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
+  if (compute_.numel() > 0 && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
+    g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
+    comm_.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
+  }
+  return g;
+}
+
+void Zero3Store::gather(int model_unit, bool grads) {
+  const int u = Zero3Layout::unit_of(model_unit);
+  DT_CHECK(u >= 0 && u < int(l_.units.size()), "ZeRO 3: no unit ", model_unit);
+  DT_CHECK(!live_.count(u), "ZeRO 3: unit ", model_unit, " gathered twice");
+  const auto& unit = l_.units[size_t(u)];
+  Gathered g;
+  if (auto it = ready_.find(u); it != ready_.end()) {  // prefetched
+    g = std::move(it->second);
+    ready_.erase(it);
+  } else {
+    g = gather_weights(u);
+  }
+  if (grads) {
+    g.g = take(u, core::DType::f32, unit.piece * l_.ranks, "ZeRO 3 gathered gradients");
+    ops::zero(g.g.view().slice(0, unit.piece * l_.ranks));
+  }
+  const bool f32_model = p_.dt() == core::DType::f32;
+  for (size_t i : unit.tensors) {
+    const auto& t = l_.tensors[i];
+    const core::View w = g.w.view().slice(t.offset, t.numel);
+    const core::View f32 = f32_model    ? w
+                           : t.f32_read ? g.f32.view().slice(t.offset, t.numel)
+                                        : core::View{};
+    p_.bind(t.name, w, f32, grads ? g.g.view().slice(t.offset, t.numel) : core::View{});
+  }
+  live_[u] = std::move(g);
+}
+
+void Zero3Store::prefetch(int model_unit) {
+  // Issued now, taken by gather(). On the CPU (Gloo) the all_gather completes here; on CUDA it
+  // is queued on the default stream with the kernels (dist/comm.h), so it does not overlap them
+  // yet: a side stream for it is future work (docs/parallel.md).
+  const int u = Zero3Layout::unit_of(model_unit);
+  if (u < 0 || u >= int(l_.units.size()) || live_.count(u) || ready_.count(u)) return;
+  ready_[u] = gather_weights(u);
+}
+
+void Zero3Store::release(int model_unit, bool grads) {
+  const int u = Zero3Layout::unit_of(model_unit);
+  const auto it = live_.find(u);
+  DT_CHECK(it != live_.end(), "ZeRO 3: unit ", model_unit, " released but not gathered");
+  const auto& unit = l_.units[size_t(u)];
+  for (size_t i : unit.tensors) p_.unbind(l_.tensors[i].name);
+  if (grads) {  // the sum over the ranks of this rank's piece, added to its shard's gradient
+    DT_CHECK(it->second.g.numel() > 0, "ZeRO 3: unit ", model_unit,
+             " released with gradients but gathered without");
+    const core::View sum = piece_sum_.view().slice(0, unit.piece);
+    comm_.reduce_scatter(it->second.g.view().slice(0, unit.piece * l_.ranks), sum);
+    ops::add_inplace(grad_.view().slice(unit.local, unit.piece), sum, unit.piece);
+  }
+  give(u, std::move(it->second.w));
+  give(u, std::move(it->second.f32));
+  give(u, std::move(it->second.g));
+  live_.erase(it);
+}
+
+}  // namespace deltatron::train

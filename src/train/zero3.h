@@ -1,0 +1,126 @@
+// ZeRO stage 3 (parallel.zero = 3, docs/parallel.md): every parameter's state (the f32 weights or
+// fp32 masters, the bf16 compute copies, the gradients, the AdamW moments) sharded over the
+// data-parallel ranks by flat element range per unit, and each unit gathered onto every rank
+// only while the model runs it (model/param_gather.h).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/buffer.h"
+#include "dist/comm.h"
+#include "model/config.h"
+#include "model/param_gather.h"
+#include "model/params.h"
+#include "ops/adamw.h"
+#include "train/engine.h"
+
+namespace deltatron::train {
+
+// The layout. Units: trunk layer i (the tensors under c.name("layers.<i>.")) and the outer unit
+// (all other tensors), as model::ParamGather. A unit's tensors (in Params::names() order) lie
+// in its own flat space at 64-element aligned offsets, n elements in all; the space is cut into
+// `ranks` equal pieces of p = ceil(n / ranks) rounded up to 64 elements (zero padding at the
+// end), and rank r holds piece r: [r p, (r + 1) p). A rank's shard is its pieces of every unit
+// one after the other (units in order: outer, layer 0, 1, ...). So gathering a unit is one
+// all_gather of equal blocks and reducing its gradient one reduce_scatter; a tensor may lie in
+// the pieces of several ranks.
+struct Zero3Layout {
+  struct Tensor {
+    std::string name;
+    int unit = 0;        // index into units (0: outer, 1 + i: layer i)
+    int64_t offset = 0;  // in its unit's space
+    int64_t numel = 0;
+    int64_t one_rank = 0;   // model::Params offset (the AdamW stochastic-rounding counter)
+    bool f32_read = false;  // the model reads its f32 weight (model::keeps_f32_weight)
+  };
+  struct Unit {
+    std::vector<size_t> tensors;  // into Zero3Layout::tensors
+    int64_t numel = 0;            // the unit space's extent (aligned tensors)
+    int64_t piece = 0;            // elements per rank
+    int64_t local = 0;            // this rank's piece in the shard
+    bool f32_read = false;        // holds a tensor read in f32
+  };
+  int ranks = 1, rank = 0;
+  std::vector<Tensor> tensors;  // Params::names() order
+  std::map<std::string, size_t> index;
+  std::vector<Unit> units;
+  int64_t shard = 0;                                             // elements in this rank's shard
+  static int unit_of(int model_unit) { return model_unit + 1; }  // kOuterUnit -> 0
+  const Tensor& tensor(const std::string& name) const;
+};
+Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ranks, int rank);
+
+// This rank's shard and the gathers of model::ParamGather. The store binds the gathered views
+// into `params` (a StateOptions::gathered store of the same layout). The buffers are on comm's
+// device: master (f32 [shard]: the f32 weights of an f32-computing model, else the fp32
+// masters), compute (bf16 [shard] when the model computes in bf16), grad (f32 [shard]) and the
+// moments (f32 or bf16 [shard], alloc_moments).
+class Zero3Store final : public model::ParamGather {
+ public:
+  Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm);
+
+  const Zero3Layout& layout() const { return l_; }
+  dist::Comm& comm() const { return comm_; }
+
+  // The host values of one tensor (every rank gives every tensor; each keeps its pieces); then
+  // finish_load once (the bf16 compute copies, rounded as model::Params rounds them).
+  void load_weight(const std::string& name, const float* host);
+  void finish_load();
+  void alloc_moments(core::DType dt);
+  bool has_moments() const { return m_.numel() > 0; }
+  void load_moment(const std::string& name, bool second, const float* host);
+
+  // Collective (every rank, the same name): the tensor's values from the ranks holding its
+  // pieces (a broadcast per piece), on every rank, as host f32 (bf16 moments widened exactly).
+  enum class Part { weight, grad, exp_avg, exp_avg_sq };
+  void read(const std::string& name, Part part, float* out);
+
+  // The AdamW views of this rank's pieces of every tensor (a piece: the part of a tensor in the
+  // rank's shard; index = its one-rank counter); m and v set, weight_decay the caller's.
+  struct Piece {
+    ops::AdamWTensor t;
+    size_t tensor = 0;  // into layout().tensors
+  };
+  std::vector<Piece> pieces() const;
+  const core::Buffer& grad() const { return grad_; }
+  void zero_grads() { ops_zero(grad_); }
+
+  // model::ParamGather.
+  void gather(int unit, bool grads) override;
+  void prefetch(int unit) override;
+  void release(int unit, bool grads) override;
+
+ private:
+  struct Gathered {
+    core::Buffer w, f32, g;  // the unit's weights (dt), f32 weights (bf16 models), gradients
+  };
+  Gathered gather_weights(int u);  // the weights' all_gathers
+  static void ops_zero(const core::Buffer& b);
+  // The gather buffers are reused (no allocation per layer): released ones wait in a pool per
+  // kind of unit (0: the outer unit, 1: layers, whose buffers all have the largest layer's
+  // size); take gives one of dtype dt and at least n elements from it, or a new one.
+  core::Buffer take(int u, core::DType dt, int64_t n, const char* what);
+  void give(int u, core::Buffer&& b);
+  int64_t largest_layer_ = 0;  // elements of the largest gathered layer (ranks x piece)
+  std::vector<core::Buffer> pool_[2];
+  core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
+  model::Params& p_;
+  dist::Comm& comm_;
+  Zero3Layout l_;
+  core::Buffer master_, compute_, grad_, m_, v_;
+  std::map<int, Gathered> live_, ready_;  // bound units; prefetched ones (by layout unit)
+};
+
+// The engine of parallel.zero = 3 (engine.h's make_engine dispatches here): model::Model over a
+// gathered store, a Zero3Store over zero.comm (one rank: one shard holding everything).
+std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, const model::Config& c,
+                                          const model::TensorMap* params,
+                                          const model::ParamSource* source, const AdamW* opt,
+                                          bool recompute, const model::StateOptions& state,
+                                          const ZeroSetup& zero);
+
+}  // namespace deltatron::train

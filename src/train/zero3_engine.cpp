@@ -1,0 +1,155 @@
+// The engine of ZeRO 3 (zero3.h): model::Model over a gathered parameter store whose units a
+// Zero3Store gathers while they run; the optimizer steps this rank's pieces, the gradient norm
+// is the sum of the shards' squares, and every read of a whole tensor is a collective.
+#include <cmath>
+
+#include "core/error.h"
+#include "ops/adamw.h"
+#include "ops/tensor.h"
+#include "train/zero.h"
+#include "train/zero3.h"
+
+namespace deltatron::train {
+
+namespace {
+
+model::StateOptions gathered(model::StateOptions s) {
+  s.gathered = true;
+  return s;
+}
+
+class Zero3Engine final : public Engine {
+ public:
+  Zero3Engine(core::Device dev, core::DType dt, const model::Config& c,
+              const model::TensorMap* params, const model::ParamSource* source, const AdamW* opt,
+              const model::StateOptions& state, dist::Comm& comm)
+      : model_(params ? model::Model(dev, dt, c, *params, gathered(state))
+                      : model::Model(dev, dt, c, *source, gathered(state))),
+        store_(model_.params(), c, comm),
+        moments_(state.moments) {
+    model_.set_param_gather(&store_);
+    if (params) {
+      for (const auto& [name, t] : *params) store_.load_weight(name, t.ptr());
+    } else {
+      for (const model::ParamSpec& s : source->specs) {
+        const core::Tensor t = source->make(s);
+        store_.load_weight(s.name, t.ptr());
+      }
+    }
+    store_.finish_load();
+    if (!opt) return;  // scoring: no moments
+    store_.alloc_moments(moments_);
+    step_ = opt->step_count();
+    if (step_ == 0) return;
+    for (const auto& [what, host] :
+         {std::pair{false, &opt->exp_avg()}, std::pair{true, &opt->exp_avg_sq()}}) {
+      for (const auto& t : store_.layout().tensors) {  // resumed: this rank's pieces
+        const auto it = host->find(t.name);
+        DT_CHECK(it != host->end(), "AdamW ", what ? "exp_avg_sq" : "exp_avg", ": no ", t.name);
+        DT_CHECK(it->second.numel() == t.numel, "AdamW moment ", t.name, " has ",
+                 it->second.numel(), " elements, expected ", t.numel);
+        store_.load_moment(t.name, what, it->second.ptr());
+      }
+    }
+  }
+
+  model::PackLoss fwd_bwd(const data::Pack& pack, bool with_grads,
+                          const model::ModelOptions& opt) override {
+    return model_.fwd_bwd(pack, with_grads, opt);  // each unit's gradient reduced as it ends
+  }
+  void count_routes(const data::Pack& pack, model::GlobalRouterCounts& counts) override {
+    model_.count_routes(pack, counts);
+  }
+  void set_recompute(bool on) { model_.set_recompute(on); }
+  std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
+  void zero_grads() override { store_.zero_grads(); }
+  void reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
+    // Already summed: every unit's gradient is reduce-scattered when the model releases it.
+    DT_CHECK(&comm == &store_.comm() && (experts == nullptr || experts->size() == 1),
+             "ZeRO 3: gradients reduced over another communicator");
+  }
+  void set_expert_parallel(const model::ExpertParallel&) override {
+    core::fail("expert parallelism with ZeRO is not supported yet");
+  }
+  void grads_to_host(model::TensorMap& grads) override {  // collective
+    for (auto& [name, t] : grads) store_.read(name, Zero3Store::Part::grad, t.ptr());
+  }
+
+  double clip(double max_norm) override {
+    const core::Buffer& g = store_.grad();  // padding and gaps hold zeros
+    const double norm = std::sqrt(sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel())));
+    grad_scale_ = 1.0f;
+    if (std::isfinite(norm) && max_norm > 0) {
+      const double coef = max_norm / (norm + 1e-6);
+      if (coef < 1.0) grad_scale_ = static_cast<float>(coef);
+    }
+    return norm;
+  }
+
+  void step(AdamW& opt, double lr) override {
+    if (!store_.has_moments()) store_.alloc_moments(moments_);
+    const auto& o = opt.options();
+    ops::AdamWArgs args;
+    args.lr = lr;
+    args.beta1 = o.beta1;
+    args.beta2 = o.beta2;
+    args.eps = o.eps;
+    args.step = ++step_;
+    args.grad_scale = grad_scale_;
+    std::vector<ops::AdamWTensor> ts;
+    for (Zero3Store::Piece& pc : store_.pieces()) {
+      pc.t.weight_decay = opt.decays(store_.layout().tensors[pc.tensor].name) ? o.weight_decay : 0;
+      ts.push_back(pc.t);
+    }
+    ops::adamw_step_multi(ts, args);  // this rank's pieces; they stay here (nothing broadcast)
+    grad_scale_ = 1.0f;
+  }
+
+  void sync_to_host(model::TensorMap& params, AdamW& opt) override {
+    sync_weights(params, opt);
+    model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
+    for (auto& [name, t] : m) read_moment(name, false, t.ptr());
+    for (auto& [name, t] : v) read_moment(name, true, t.ptr());
+    opt.set_state(step_, std::move(m), std::move(v));
+  }
+  void sync_weights(model::TensorMap& params, AdamW& opt) override {  // collective
+    for (auto& [name, t] : params) store_.read(name, Zero3Store::Part::weight, t.ptr());
+    opt.set_step_count(step_);
+  }
+  void read_moment(const std::string& name, bool second, float* out) override {
+    if (!store_.has_moments()) {  // never stepped (the same on every rank)
+      std::fill(out, out + store_.layout().tensor(name).numel, 0.f);
+      return;
+    }
+    store_.read(name, second ? Zero3Store::Part::exp_avg_sq : Zero3Store::Part::exp_avg, out);
+  }
+  bool sharded() const override { return true; }
+  bool gathers_weights() const override { return true; }
+
+ private:
+  model::Model model_;
+  Zero3Store store_;
+  core::DType moments_;
+  int64_t step_ = 0;
+  float grad_scale_ = 1.0f;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, const model::Config& c,
+                                          const model::TensorMap* params,
+                                          const model::ParamSource* source, const AdamW* opt,
+                                          bool recompute, const model::StateOptions& state,
+                                          const ZeroSetup& zero) {
+  DT_CHECK(zero.stage == 3 && zero.comm != nullptr, "ZeRO 3: no communicator");
+  DT_CHECK(!state.offload_moments && !state.offload_master,
+           "parallel.zero = 3: offloaded training state (training.offload) is not supported");
+  DT_CHECK(!state.master_remainder,
+           "parallel.zero = 3 with training.master = remainder is not supported yet (use fp32: "
+           "ZeRO 3 divides the masters over the ranks)");
+  auto e = std::make_unique<Zero3Engine>(dev, dt, c, params, source, opt, state, *zero.comm);
+  e->set_recompute(recompute);
+  return e;
+}
+
+}  // namespace deltatron::train
