@@ -71,6 +71,9 @@ class Zero3Engine final : public Engine {
   void set_expert_parallel(const model::ExpertParallel&) override {
     core::fail("expert parallelism with ZeRO is not supported yet");
   }
+  void set_tensor_parallel(const model::TensorParallel&) override {
+    core::fail("tensor parallelism with ZeRO is not supported yet");
+  }
   void grads_to_host(model::TensorMap& grads) override {  // collective
     for (auto& [name, t] : grads) store_.read(name, Zero3Store::Part::grad, t.ptr());
   }
