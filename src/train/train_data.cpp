@@ -72,6 +72,15 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
                                 cfg.reasoning_effort, cfg.special_tokens_in_content};
   d.chat = data::configure_chat(chat, {tok_dir, cfg.model_path}, o.format);
   if (d.chat.found) std::fprintf(stderr, "chat format: %s\n", d.chat.describe().c_str());
+  // Images in chat rows: a checkpoint with a vision_config, its preprocessor_config.json.
+  o.format.vision = data::vision_options_from_model(cfg.model_path, tok);
+  if (o.format.vision.enabled) {
+    const data::ImageProcessorConfig& p = o.format.vision.processor;
+    std::fprintf(stderr, "images: patch %lld, merge %lld, %lld..%lld pixels (%s)\n",
+                 static_cast<long long>(p.patch_size), static_cast<long long>(p.merge_size),
+                 static_cast<long long>(p.min_pixels), static_cast<long long>(p.max_pixels),
+                 cfg.model_path.c_str());
+  }
   d.train_set = load_set(cfg.train_path, tok, o, vocab_size);
   std::vector<int64_t> all(d.train_set->size());
   for (int64_t i = 0; i < d.train_set->size(); ++i) all[i] = i;
