@@ -15,6 +15,7 @@
 #include "data/formats.h"
 #include "data/tokenizer.h"
 #include "data/vision_data.h"
+#include "train/train_data.h"
 
 using namespace deltatron;
 namespace fs = std::filesystem;
@@ -167,15 +168,14 @@ TEST(VlData, RendersTheTemplateText) {
 TEST(VlData, ThreeInputFormsGiveIdenticalSamples) {
   TempDir dir("forms");
   const std::string a = kImages + "/photo_97x61.jpg", b = kImages + "/lossy_41x27.webp";
-  const std::string tail =
-      R"(, {"role": "assistant", "content": "Two pictures."}]})";
+  const std::string tail = R"(, {"role": "assistant", "content": "Two pictures."}]})";
   const std::vector<std::pair<std::string, std::string>> forms = {
       {"parts", R"({"messages": [{"role": "user", "content": [{"type": "image", "image": ")" + a +
                     R"("}, {"type": "image", "path": ")" + b +
                     R"("}, {"type": "text", "text": "Compare them."}]})" + tail},
-      {"tags", R"({"images": [")" + a + R"(", ")" + b +
-                   R"("], "messages": [{"role": "user", "content": "<image><image>Compare them."})" +
-                   tail},
+      {"tags",
+       R"({"images": [")" + a + R"(", ")" + b +
+           R"("], "messages": [{"role": "user", "content": "<image><image>Compare them."})" + tail},
       {"trl_parts", R"({"images": [")" + a + R"(", ")" + b +
                         R"("], "messages": [{"role": "user", "content": [{"type": "image"}, )"
                         R"({"type": "image"}, {"type": "text", "text": "Compare them."}]})" +
@@ -360,8 +360,8 @@ TEST(VlData, PacksRestartPositionsPerSample) {
     int32_t next = 0;
     for (int64_t t = 0; t < len; ++t)
       for (int r = 0; r < 3; ++r) {
-        const int32_t want = smp.position_ids.empty() ? static_cast<int32_t>(t)
-                                                      : smp.position_ids[r * len + t];
+        const int32_t want =
+            smp.position_ids.empty() ? static_cast<int32_t>(t) : smp.position_ids[r * len + t];
         ASSERT_EQ(p.position_ids[r * p.N + b + t], want) << "sample " << s << " t " << t;
         next = std::max(next, want + 1);
       }
@@ -436,8 +436,9 @@ TEST(VlData, VisionOptionsFromTheCheckpoint) {
   dir.write("config.json", R"({"model_type": "qwen3_5_text"})");
   EXPECT_FALSE(data::vision_options_from_model(dir.path.string(), tok()).enabled);
   // vision_config without a preprocessor file: Qwen3.5's defaults.
-  dir.write("config.json",
-            R"({"vision_config": {"depth": 2}, "image_token_id": 248056, "vision_start_token_id": 248053, "vision_end_token_id": 248054, "video_token_id": 248057})");
+  dir.write(
+      "config.json",
+      R"({"vision_config": {"depth": 2}, "image_token_id": 248056, "vision_start_token_id": 248053, "vision_end_token_id": 248054, "video_token_id": 248057})");
   data::VisionDataOptions v = data::vision_options_from_model(dir.path.string(), tok());
   EXPECT_TRUE(v.enabled);
   EXPECT_EQ(v.processor.min_pixels, 65536);
@@ -451,6 +452,34 @@ TEST(VlData, VisionOptionsFromTheCheckpoint) {
       error_of([&] { data::vision_options_from_model(dir.path.string(), tok()); });
   EXPECT_NE(e.find("image_token_id"), std::string::npos) << e;
   EXPECT_NE(e.find("248056"), std::string::npos) << e;
+}
+
+// The trainer's data wiring: the checkpoint's vision settings; images refused until the model
+// consumes them.
+TEST(VlData, TrainDataReadsTheCheckpointsVisionSettings) {
+  TempDir dir("train");
+  dir.write("config.json",
+            R"({"vision_config": {}, "image_token_id": 248056, "vision_start_token_id": 248053})");
+  fs::copy_file(kDir + "/preprocessor_config.json", dir.path / "preprocessor_config.json");
+  train::TrainConfig cfg;
+  cfg.model_path = dir.path.string();
+  cfg.train_path = kDir + "/samples.jsonl";
+  cfg.chat_template = "qwen3_5";
+  cfg.cache_dir = (dir.path / "cache").string();
+  cfg.micro_batch_tokens = 256;
+  const train::TrainData d = train::load_train_data(cfg, tok(), tok().vocab_size(), true);
+  EXPECT_EQ(d.image_samples, 4);
+  EXPECT_EQ(d.images, 7);
+  EXPECT_EQ(d.train_set->sample(0).image_grid_thw, (std::vector<int32_t>{1, 4, 6}));  // min 4096
+  const std::string e =
+      error_of([&] { train::load_train_data(cfg, tok(), tok().vocab_size(), false); });
+  EXPECT_NE(e.find("7 images in 4 samples"), std::string::npos) << e;
+  // A text-only checkpoint: the rows with images are bad lines naming the line.
+  fs::remove(dir.path / "config.json");
+  const std::string e2 =
+      error_of([&] { train::load_train_data(cfg, tok(), tok().vocab_size(), true); });
+  EXPECT_NE(e2.find("samples.jsonl:1: "), std::string::npos) << e2;
+  EXPECT_NE(e2.find("vision_config"), std::string::npos) << e2;
 }
 
 }  // namespace

@@ -66,8 +66,8 @@ LoadedImage load_sample_image(const std::string& data_path, const std::string& s
 void load_pixel_values(Sample& s, const std::string& data_path,
                        const ImageProcessorConfig& processor) {
   s.pixel_values.clear();
-  DT_CHECK(s.image_grid_thw.size() == 3 * s.images.size(), "load_pixel_values: ",
-           s.images.size(), " images but ", s.image_grid_thw.size() / 3, " grids");
+  DT_CHECK(s.image_grid_thw.size() == 3 * s.images.size(), "load_pixel_values: ", s.images.size(),
+           " images but ", s.image_grid_thw.size() / 3, " grids");
   for (size_t i = 0; i < s.images.size(); ++i) {
     const ImageRef& want = s.images[i];
     LoadedImage got = load_sample_image(data_path, want.path, processor, true);
@@ -77,8 +77,8 @@ void load_pixel_values(Sample& s, const std::string& data_path,
              " bytes); load the dataset again to rebuild its cache");
     const int32_t* g = &s.image_grid_thw[3 * i];
     DT_CHECK(got.grid_thw[0] == g[0] && got.grid_thw[1] == g[1] && got.grid_thw[2] == g[2],
-             "image ", path, ": grid ", got.grid_thw[0], "x", got.grid_thw[1], "x",
-             got.grid_thw[2], " but the sample was built for ", g[0], "x", g[1], "x", g[2]);
+             "image ", path, ": grid ", got.grid_thw[0], "x", got.grid_thw[1], "x", got.grid_thw[2],
+             " but the sample was built for ", g[0], "x", g[1], "x", g[2]);
     s.pixel_values.insert(s.pixel_values.end(), got.pixel_values.begin(), got.pixel_values.end());
   }
 }

@@ -62,8 +62,8 @@ VisionDataOptions vision_options_from_model(const std::string& model_dir, const 
   for (const auto& [key, id] : keys) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) continue;
-    DT_CHECK(it->is_number_integer() && it->get<int64_t>() == id, config.string(), ": ", key,
-             " = ", it->dump(), " but the tokenizer's id is ", id,
+    DT_CHECK(it->is_number_integer() && it->get<int64_t>() == id, config.string(), ": ", key, " = ",
+             it->dump(), " but the tokenizer's id is ", id,
              " (the tokenizer does not belong to this checkpoint)");
   }
   return o;
@@ -172,8 +172,7 @@ std::vector<std::string> take_row_images(OrderedJson& row) {
     if (c == m.end() || !c->is_array()) continue;
     for (OrderedJson& part : *c) {
       if (!part.is_object()) continue;
-      for (auto k = part.begin(); k != part.end();)
-        k = k->is_null() ? part.erase(k) : std::next(k);
+      for (auto k = part.begin(); k != part.end();) k = k->is_null() ? part.erase(k) : std::next(k);
     }
   }
 

@@ -40,8 +40,8 @@ void expand_image_tokens(Sample& s, std::vector<LoadedImage> images, const Visio
     LoadedImage& im = images[next++];
     int32_t thw[3];
     for (int k = 0; k < 3; ++k) thw[k] = static_cast<int32_t>(im.grid_thw[k]);
-    DT_CHECK(thw[1] % merge_size == 0 && thw[2] % merge_size == 0, "image ", im.ref.path,
-             ": grid ", thw[1], " x ", thw[2], " is not a multiple of merge_size ", merge_size);
+    DT_CHECK(thw[1] % merge_size == 0 && thw[2] % merge_size == 0, "image ", im.ref.path, ": grid ",
+             thw[1], " x ", thw[2], " is not a multiple of merge_size ", merge_size);
     const int64_t n = tokens_of(thw, merge_size);
     ids_out.insert(ids_out.end(), n, ids.image_pad);
     labels_out.insert(labels_out.end(), n, kIgnoreIndex);
@@ -118,8 +118,8 @@ void truncate_sample(Sample& s, int64_t max_len, const VisionTokenIds& ids, int6
     }
     size_t total_patches = 0;
     for (size_t i = 0; i < s.image_grid_thw.size(); i += 3)
-      total_patches +=
-          static_cast<size_t>(s.image_grid_thw[i]) * s.image_grid_thw[i + 1] * s.image_grid_thw[i + 2];
+      total_patches += static_cast<size_t>(s.image_grid_thw[i]) * s.image_grid_thw[i + 1] *
+                       s.image_grid_thw[i + 2];
     const size_t patch_dim = total_patches ? s.pixel_values.size() / total_patches : 0;
     s.image_grid_thw.resize(3 * kept_images);
     if (s.images.size() > kept_images) s.images.resize(kept_images);
