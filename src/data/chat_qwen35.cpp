@@ -31,8 +31,8 @@ const char* const kEffortLow =
     "conclusion without unnecessary elaboration.";
 
 // render_content(content)|trim: a string, or a list of {"text": ...} parts; null or absent is ''.
-// Image and video parts are refused until the vision tower exists (the template would insert
-// placeholders that nothing fills).
+// An image part is kImageMark (the output writes the template's placeholder for it; the data
+// path checks that the images exist and expands them, vision_data.h). Video parts are refused.
 std::string content_text(const ChatRow& row, size_t i, bool is_system) {
   const OrderedJson* c = row.get(i, "content");
   if (c == nullptr || c->is_null()) return "";
@@ -45,11 +45,12 @@ std::string content_text(const ChatRow& row, size_t i, bool is_system) {
     const bool typed = type != item.end() && type->is_string();
     if (item.contains("image") || item.contains("image_url") || (typed && *type == "image")) {
       if (is_system) fail_at(i, "System message cannot contain images.");
-      fail_at(i, "image content parts are not supported yet (text-only training)");
+      s += kImageMark;
+      continue;
     }
     if (item.contains("video") || (typed && *type == "video")) {
       if (is_system) fail_at(i, "System message cannot contain videos.");
-      fail_at(i, "video content parts are not supported");
+      fail_at(i, "video content parts are not supported (images only)");
     }
     auto text = item.find("text");
     if (text == item.end()) fail_at(i, "Unexpected item type in content.");

@@ -18,6 +18,12 @@ struct ChatError : std::runtime_error {
 [[noreturn]] void fail(const std::string& what);
 [[noreturn]] void fail_at(size_t i, const std::string& what);
 
+// An image part in rendered content: one byte that valid UTF-8 (all JSON text) never holds, so it
+// survives |trim, the think split and the tool-response test as one non-space character, as the
+// template's placeholder does. ChatOut::data writes it as kImagePlaceholder, template text.
+constexpr char kImageMark = '\xFF';
+inline constexpr const char* kImagePlaceholder = "<|vision_start|><|image_pad|><|vision_end|>";
+
 // The rendered string as segments. Template text and data text are kept apart (data text may not
 // inject special tokens); the trained flag is on inside a generation span that the loss covers.
 class ChatOut {
@@ -25,7 +31,7 @@ class ChatOut {
   explicit ChatOut(LossOn loss_on, int64_t last_assistant)
       : loss_on_(loss_on), last_assistant_(last_assistant) {}
   void tmpl(const std::string& s) { add(s, false); }
-  void data(const std::string& s) { add(s, true); }
+  void data(const std::string& s);  // kImageMark becomes kImagePlaceholder
   // {% generation %} ... {% endgeneration %} around assistant message i.
   void begin_generation(int64_t i);
   void end_generation() { in_generation_ = false; }

@@ -124,6 +124,15 @@ void ChatOut::begin_generation(int64_t i) {
       loss_on_ == LossOn::assistant || (loss_on_ == LossOn::last_assistant && i == last_assistant_);
 }
 
+void ChatOut::data(const std::string& s) {
+  size_t pos = 0;
+  for (size_t k; (k = s.find(kImageMark, pos)) != std::string::npos; pos = k + 1) {
+    add(s.substr(pos, k - pos), true);
+    add(kImagePlaceholder, false);
+  }
+  add(s.substr(pos), true);
+}
+
 void ChatOut::add(const std::string& s, bool user) {
   if (s.empty()) return;
   const bool train = loss_on_ == LossOn::all || in_generation_;

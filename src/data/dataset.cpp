@@ -14,7 +14,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "data/hash.h"
 #include "data/tokenizer.h"
+#include "data/vision_data.h"
 
 namespace deltatron::data {
 
@@ -24,71 +26,9 @@ namespace {
 
 // Bump whenever the cache layout or the meaning of any stored value changes (tokenisation rules,
 // templates, skip rules): old caches then miss instead of being misread.
-constexpr uint32_t kCacheVersion = 2;  // 2: chat rendered by the checkpoints' templates
+constexpr uint32_t kCacheVersion = 3;  // 2: chat rendered by the checkpoints' templates; 3: images
 constexpr char kMagic[8] = {'D', 'T', 'D', 'S', 'C', 'A', 'C', 'H'};
 constexpr uint32_t kFlagExplicitLabels = 1;
-
-// ---- hashing: a 128-bit non-cryptographic hash, parallel over 1 MiB blocks ----------------
-
-constexpr uint64_t kP1 = 0x9E3779B185EBCA87ULL, kP2 = 0xC2B2AE3D27D4EB4FULL;
-constexpr size_t kBlock = size_t(1) << 20;
-
-uint64_t fmix(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return x;
-}
-
-struct Hash128 {
-  uint64_t lo = 0, hi = 0;
-};
-
-// One block: four lanes of acc = rotl(acc + w * P2, 31) * P1 over 8-byte words (word k goes to
-// lane k % 4), a zero-padded tail, then the lanes folded into two words with the block length.
-Hash128 hash_block(const uint8_t* p, size_t n, uint64_t seed) {
-  uint64_t acc[4] = {seed + kP1, seed ^ kP2, seed + 0x165667B19E3779F9ULL, seed - kP1};
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    for (int l = 0; l < 4; ++l) {
-      uint64_t w;
-      std::memcpy(&w, p + i + 8 * l, 8);
-      acc[l] = std::rotl(acc[l] + w * kP2, 31) * kP1;
-    }
-  for (int l = 0; i < n; ++l, i += 8) {
-    uint64_t w = 0;
-    std::memcpy(&w, p + i, std::min<size_t>(8, n - i));
-    acc[l] = std::rotl(acc[l] + w * kP2, 31) * kP1;
-  }
-  // Both output words depend on all four lanes.
-  const uint64_t a = fmix(acc[0] ^ std::rotl(acc[2], 31)), b = fmix(acc[1] ^ std::rotl(acc[3], 27));
-  return Hash128{fmix((a + b) ^ n), fmix(a ^ std::rotl(b, 32) ^ ~n)};
-}
-
-Hash128 hash_bytes(const void* data, size_t n, uint64_t seed = 0) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  const int64_t nb = static_cast<int64_t>((n + kBlock - 1) / kBlock);
-  std::vector<Hash128> blocks(nb);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; ++b) {
-    const size_t off = static_cast<size_t>(b) * kBlock;
-    blocks[b] = hash_block(p + off, std::min(kBlock, n - off), seed + static_cast<uint64_t>(b));
-  }
-  Hash128 h{fmix(seed ^ n ^ kP1), fmix(seed + n + kP2)};
-  for (const Hash128& b : blocks) {
-    h.lo = fmix(h.lo ^ b.lo) + h.hi;
-    h.hi = fmix(h.hi + b.hi) ^ h.lo;
-  }
-  return h;
-}
-
-std::string hex(uint64_t x) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
-  return buf;
-}
 
 // ---- files ------------------------------------------------------------------------------
 
@@ -138,7 +78,7 @@ class MappedFile {
 std::string write_atomically(const std::string& path, const void* data, size_t n) {
   const std::string tmp =
       path + ".tmp." + std::to_string(::getpid()) + "." +
-      hex(static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+      hex64(static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return tmp + ": " + std::strerror(errno);
   const auto* p = static_cast<const uint8_t*>(data);
@@ -171,15 +111,32 @@ struct CacheHeader {
   uint64_t num_samples, num_tokens, note_bytes;
   int64_t lines, blank_lines, samples, tokens, label_tokens;
   int64_t skipped[3];
+  uint64_t num_images, path_bytes;  // image files of the samples, and their paths' total length
 };
 static_assert(kNumSkipReasons == 3, "CacheHeader stores 3 skip counters: bump kCacheVersion");
 static_assert(sizeof(CacheHeader) % 8 == 0);
+
+}  // namespace
+
+// One image file of a sample (the pixels are recomputed from it when the sample is taken).
+struct DatasetImageRecord {
+  int32_t grid_thw[3];
+  uint32_t reserved;
+  uint64_t size;
+  int64_t mtime_ns;
+  uint64_t hash[2];
+  uint64_t path_offset, path_bytes;  // into the paths section
+};
+static_assert(sizeof(DatasetImageRecord) == 64);
+
+namespace {
+using ImageRecord = DatasetImageRecord;
 
 size_t words(size_t bytes) { return (bytes + 7) / 8; }
 
 // Byte offsets of the sections after the header, all 8-aligned.
 struct Layout {
-  size_t note, offsets, lines, tokens, labels, total;
+  size_t note, offsets, lines, tokens, labels, image_offsets, images, paths, total;
   explicit Layout(const CacheHeader& h) {
     const uint64_t S = h.num_samples, N = h.num_tokens;
     note = sizeof(CacheHeader);
@@ -187,7 +144,11 @@ struct Layout {
     lines = offsets + 8 * (S + 1);
     tokens = lines + 8 * S;
     labels = tokens + 8 * words(4 * N);
-    total = labels + ((h.flags & kFlagExplicitLabels) ? 8 * words(4 * N) : 8 * ((N + 63) / 64));
+    image_offsets =
+        labels + ((h.flags & kFlagExplicitLabels) ? 8 * words(4 * N) : 8 * ((N + 63) / 64));
+    images = image_offsets + (h.num_images ? 8 * (S + 1) : 0);
+    paths = images + sizeof(ImageRecord) * h.num_images;
+    total = paths + 8 * words(h.path_bytes);
   }
 };
 
@@ -197,7 +158,7 @@ Hash128 image_checksum(const uint8_t* data, size_t n) {
   h.checksum[0] = h.checksum[1] = 0;
   Hash128 a = hash_bytes(&h, sizeof h, 1);
   Hash128 b = hash_bytes(data + sizeof h, n - sizeof h, 2);
-  return Hash128{fmix(a.lo ^ b.lo), fmix(a.hi + b.hi)};
+  return Hash128{hash_mix(a.lo ^ b.lo), hash_mix(a.hi + b.hi)};
 }
 
 // Everything a build collects before it becomes an image.
@@ -206,6 +167,9 @@ struct Flat {
   std::vector<int32_t> labels;
   std::vector<uint64_t> offsets{0}, lines;
   DataStats stats;
+  std::vector<uint64_t> image_offsets{0};  // images of sample s: [image_offsets[s], [s+1])
+  std::vector<ImageRecord> images;
+  std::string paths;
 };
 
 std::shared_ptr<std::vector<uint64_t>> make_image(const Flat& f, const uint64_t key[2]) {
@@ -226,6 +190,8 @@ std::shared_ptr<std::vector<uint64_t>> make_image(const Flat& f, const uint64_t 
   h.lines = s.lines, h.blank_lines = s.blank_lines, h.samples = s.samples, h.tokens = s.tokens;
   h.label_tokens = s.label_tokens;
   for (int r = 0; r < kNumSkipReasons; ++r) h.skipped[r] = s.skipped[r];
+  h.num_images = f.images.size();
+  h.path_bytes = f.paths.size();
 
   const Layout L(h);
   auto img = std::make_shared<std::vector<uint64_t>>(L.total / 8, 0);
@@ -240,6 +206,11 @@ std::shared_ptr<std::vector<uint64_t>> make_image(const Flat& f, const uint64_t 
     auto* bits = reinterpret_cast<uint64_t*>(b + L.labels);
     for (size_t t = 0; t < f.tokens.size(); ++t)
       if (f.labels[t] != kIgnoreIndex) bits[t / 64] |= uint64_t(1) << (t % 64);
+  }
+  if (h.num_images) {
+    std::memcpy(b + L.image_offsets, f.image_offsets.data(), 8 * f.image_offsets.size());
+    std::memcpy(b + L.images, f.images.data(), sizeof(ImageRecord) * f.images.size());
+    std::memcpy(b + L.paths, f.paths.data(), f.paths.size());
   }
   std::memcpy(b, &h, sizeof h);
   Hash128 c = image_checksum(b, L.total);
@@ -328,6 +299,20 @@ bool Dataset::attach(const void* data, size_t size, const uint64_t key[2], std::
     label_bits_ = reinterpret_cast<const uint64_t*>(b + L.labels);
   if (offsets_[0] != 0 || offsets_[h.num_samples] != h.num_tokens)
     return reject("offsets do not cover the tokens");
+  image_offsets_ = nullptr;
+  images_ = nullptr;
+  paths_ = nullptr;
+  num_images_ = static_cast<int64_t>(h.num_images);
+  if (h.num_images) {
+    image_offsets_ = reinterpret_cast<const uint64_t*>(b + L.image_offsets);
+    images_ = reinterpret_cast<const ImageRecord*>(b + L.images);
+    paths_ = reinterpret_cast<const char*>(b + L.paths);
+    if (image_offsets_[0] != 0 || image_offsets_[h.num_samples] != h.num_images)
+      return reject("image offsets do not cover the images");
+    for (uint64_t k = 0; k < h.num_images; ++k)
+      if (images_[k].path_offset + images_[k].path_bytes > h.path_bytes)
+        return reject("image path outside the paths section");
+  }
   num_samples_ = static_cast<int64_t>(h.num_samples);
   num_tokens_ = static_cast<int64_t>(h.num_tokens);
   stats_ = DataStats{};
@@ -344,11 +329,27 @@ std::vector<int64_t> Dataset::lengths() const {
   return out;
 }
 
-Sample Dataset::sample(int64_t i, int64_t max_len) const {
+int64_t Dataset::num_images(int64_t i) const {
+  return image_offsets_ ? static_cast<int64_t>(image_offsets_[i + 1] - image_offsets_[i]) : 0;
+}
+
+ImageRef Dataset::image_ref(int64_t k) const {
+  const ImageRecord& r = images_[k];
+  ImageRef ref;
+  ref.path.assign(paths_ + r.path_offset, r.path_bytes);
+  ref.size = r.size;
+  ref.mtime_ns = r.mtime_ns;
+  ref.hash[0] = r.hash[0];
+  ref.hash[1] = r.hash[1];
+  return ref;
+}
+
+Sample Dataset::sample(int64_t i, int64_t max_len, bool pixels) const {
   DT_CHECK(i >= 0 && i < num_samples_, "sample index ", i, " outside [0, ", num_samples_, ")");
   const uint64_t b = offsets_[i];
+  const bool vl = num_images(i) > 0;
   int64_t n = length(i);
-  if (max_len >= 0) n = std::min(n, max_len);
+  if (max_len >= 0 && !vl) n = std::min(n, max_len);  // VL: cut below, never inside an image
   Sample s;
   s.input_ids.resize(n);
   s.labels.resize(n);
@@ -360,10 +361,69 @@ Sample Dataset::sample(int64_t i, int64_t max_len) const {
     else
       s.labels[t] = (label_bits_[k / 64] >> (k % 64)) & 1 ? s.input_ids[t] : kIgnoreIndex;
   }
+  if (!vl) return s;
+  for (uint64_t k = image_offsets_[i]; k < image_offsets_[i + 1]; ++k) {
+    s.image_grid_thw.insert(s.image_grid_thw.end(), images_[k].grid_thw, images_[k].grid_thw + 3);
+    s.images.push_back(image_ref(static_cast<int64_t>(k)));
+  }
+  const int64_t merge = vision_.processor.merge_size;
+  s.position_ids = mrope_positions(s.input_ids, s.image_grid_thw, vision_ids_.image_pad, merge);
+  truncate_sample(s, max_len, vision_ids_, merge);
+  if (pixels) {
+    try {
+      load_pixel_values(s, path_, vision_.processor);
+    } catch (const core::Error& e) {
+      core::fail(where(i), ": ", e.what());
+    }
+  }
   return s;
 }
 
 std::string Dataset::where(int64_t i) const { return path_ + ":" + std::to_string(line(i)); }
+
+bool Dataset::images_unchanged(std::string& why) const {
+  // Size and modification time as recorded: unchanged. Otherwise the content decides (a copy or
+  // a touch keeps the hash).
+  std::vector<std::string> problem(static_cast<size_t>(num_images_));
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t k = 0; k < num_images_; ++k) {
+    const ImageRecord& r = images_[k];
+    const std::string file =
+        resolve_image_path(path_, std::string(paths_ + r.path_offset, r.path_bytes));
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0) {
+      problem[k] = "image " + file + " is missing";
+      continue;
+    }
+    const int64_t mtime = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    if (static_cast<uint64_t>(st.st_size) == r.size && mtime == r.mtime_ns) continue;
+    std::string why_open;
+    std::shared_ptr<MappedFile> m = MappedFile::open(file, why_open);
+    if (!m) {
+      problem[k] = "image " + file + " is unreadable (" + why_open + ")";
+      continue;
+    }
+    const Hash128 h = hash_bytes(m->data(), m->size(), kImageHashSeed);
+    if (h.lo != r.hash[0] || h.hi != r.hash[1]) problem[k] = "image " + file + " changed";
+  }
+  for (const std::string& p : problem)
+    if (!p.empty()) {
+      why = p;
+      return false;
+    }
+  return true;
+}
+
+void Dataset::set_content_key(const Hash128& kh) {
+  // The options' key, extended by the content of every image (equal keys: equal samples, pixels
+  // included).
+  Hash128 k = kh;
+  for (int64_t i = 0; i < num_images_; ++i) {
+    k.lo = hash_mix(k.lo ^ images_[i].hash[0]) + k.hi;
+    k.hi = hash_mix(k.hi + images_[i].hash[1]) ^ k.lo;
+  }
+  content_key_ = hex64(k.lo) + hex64(k.hi);
+}
 
 Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const DatasetOptions& opt) {
   namespace fs = std::filesystem;
@@ -377,29 +437,33 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
   const Hash128 content = hash_bytes(data->data(), data->size());
   const FormatOptions& f = opt.format;
   std::ostringstream k;
-  k << "deltatron dataset cache v" << kCacheVersion << "|data " << hex(content.lo)
-    << hex(content.hi) << ":" << data->size() << "|tokenizer " << tok.content_hash() << "|format "
+  k << "deltatron dataset cache v" << kCacheVersion << "|data " << hex64(content.lo)
+    << hex64(content.hi) << ":" << data->size() << "|tokenizer " << tok.content_hash() << "|format "
     << static_cast<int>(f.format) << "|loss_on " << static_cast<int>(f.chat.loss_on) << "|chat "
     << chat_options_key(f.chat) << "|no_chat " << f.no_chat_template << "|eos " << ctx.eos_id
-    << "|append_eos " << f.append_eos << "|skip_bad_lines " << f.skip_bad_lines;
+    << "|append_eos " << f.append_eos << "|skip_bad_lines " << f.skip_bad_lines << "|vision "
+    << f.vision.key() << "|vision_ids " << ctx.vision_ids.image_pad << ","
+    << ctx.vision_ids.vision_start << "," << ctx.vision_ids.vision_end;
   const std::string key_text = k.str();
   const Hash128 kh = hash_bytes(key_text.data(), key_text.size(), 7);
   const uint64_t key[2] = {kh.lo, kh.hi};
 
   Dataset ds;
   ds.path_ = path;
-  ds.content_key_ = hex(kh.lo) + hex(kh.hi);
+  ds.vision_ = f.vision;
+  ds.vision_ids_ = ctx.vision_ids;
   if (opt.use_cache) {
     const fs::path dir = opt.cache_dir.empty()
                              ? fs::absolute(fs::path(path)).parent_path() / ".deltatron-cache"
                              : fs::path(opt.cache_dir);
     ds.cache_path_ =
-        (dir / (fs::path(path).filename().string() + "." + hex(kh.lo) + ".dtcache")).string();
+        (dir / (fs::path(path).filename().string() + "." + hex64(kh.lo) + ".dtcache")).string();
     std::error_code ec;
     if (fs::exists(ds.cache_path_, ec)) {
       std::shared_ptr<MappedFile> m = MappedFile::open(ds.cache_path_, why);
-      if (m && ds.attach(m->data(), m->size(), key, why)) {
+      if (m && ds.attach(m->data(), m->size(), key, why) && ds.images_unchanged(why)) {
         ds.storage_ = m;
+        ds.set_content_key(kh);
         ds.from_cache_ = true;
         if (opt.progress)
           std::fprintf(stderr, "data %s: %s (cache %s)\n", path.c_str(),
@@ -412,6 +476,9 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
   }
 
   // Build: chunks of lines, each parsed in parallel and tokenised with one encode_batch call.
+  // Images are decoded (checked, sized) but their pixels are left to sample().
+  FormatOptions build_format = opt.format;
+  build_format.load_pixels = false;
   Flat flat;
   Progress progress(opt.progress, fs::path(path).filename().string(), data->size());
   const char* p = reinterpret_cast<const char*>(data->data());
@@ -433,9 +500,23 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
     }
     samples.clear();
     sample_lines.clear();
-    convert_lines(lines, first, path, tok, opt.format, ctx, samples, sample_lines, flat.stats);
+    convert_lines(lines, first, path, tok, build_format, ctx, samples, sample_lines, flat.stats);
     for (size_t i = 0; i < samples.size(); ++i) {
       const Sample& s = samples[i];
+      for (size_t k = 0; k < s.images.size(); ++k) {
+        const ImageRef& r = s.images[k];
+        ImageRecord rec{};
+        std::copy_n(&s.image_grid_thw[3 * k], 3, rec.grid_thw);
+        rec.size = r.size;
+        rec.mtime_ns = r.mtime_ns;
+        rec.hash[0] = r.hash[0];
+        rec.hash[1] = r.hash[1];
+        rec.path_offset = flat.paths.size();
+        rec.path_bytes = r.path.size();
+        flat.paths += r.path;
+        flat.images.push_back(rec);
+      }
+      flat.image_offsets.push_back(flat.images.size());
       flat.tokens.insert(flat.tokens.end(), s.input_ids.begin(), s.input_ids.end());
       flat.labels.insert(flat.labels.end(), s.labels.begin(), s.labels.end());
       flat.offsets.push_back(flat.tokens.size());
@@ -450,6 +531,7 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
   const size_t bytes = 8 * img->size();
   DT_CHECK(ds.attach(img->data(), bytes, key, why), "dataset cache image invalid: ", why);
   ds.storage_ = img;
+  ds.set_content_key(kh);
   if (opt.use_cache) {
     std::error_code ec;
     fs::create_directories(fs::path(ds.cache_path_).parent_path(), ec);
@@ -467,9 +549,22 @@ Dataset Dataset::load(const std::string& path, const Tokenizer& tok, const Datas
 
 Pack make_dataset_pack(const Dataset& ds, const std::vector<int64_t>& batch, int64_t align,
                        int64_t max_len) {
-  std::vector<Sample> samples;
-  samples.reserve(batch.size());
-  for (int64_t i : batch) samples.push_back(ds.sample(i, max_len));
+  // Samples with images read and preprocess their image files: in parallel.
+  const int64_t n = static_cast<int64_t>(batch.size());
+  std::vector<Sample> samples(batch.size());
+  std::vector<std::string> errors(batch.size());
+  bool images = false;
+  for (int64_t i : batch) images = images || ds.num_images(i) > 0;
+#pragma omp parallel for schedule(dynamic, 1) if (images)
+  for (int64_t k = 0; k < n; ++k) {
+    try {
+      samples[k] = ds.sample(batch[k], max_len);
+    } catch (const std::exception& e) {  // never let it escape the region
+      errors[k] = e.what();
+    }
+  }
+  for (const std::string& e : errors)
+    if (!e.empty()) throw core::Error(e);
   std::vector<const Sample*> ptrs;
   for (const Sample& s : samples) ptrs.push_back(&s);
   return make_pack(ptrs, batch, align);

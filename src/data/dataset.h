@@ -13,6 +13,8 @@
 namespace deltatron::data {
 
 class Tokenizer;
+struct DatasetImageRecord;
+struct Hash128;
 
 struct DatasetOptions {
   FormatOptions format;
@@ -25,6 +27,11 @@ struct DatasetOptions {
 // Tokenised samples, stored flat: tokens u32 [N], offsets u64 [S+1], source line u64 [S], and
 // labels either as a bitmask (bit t set: labels[t] = tokens[t], else -100; used when every sample
 // has only such labels, always true for text formats) or as i32 [N].
+//
+// Vision-language samples (chat rows with images, vision_data.h) store their expanded tokens and,
+// per image, its grid and file (path as written, size, mtime, content hash); positions are
+// recomputed and pixels re-read from the files by sample(). A cache whose image files are
+// missing or changed (size or mtime differ and so does the content hash) is rebuilt.
 //
 // Cache: one file per (data content, tokenizer, options) in the cache directory, named
 // "<data file name>.<key>.dtcache", key = 128-bit hash of: cache format version, the data file's
@@ -43,8 +50,12 @@ class Dataset {
   int64_t num_tokens() const { return num_tokens_; }
   int64_t length(int64_t i) const { return static_cast<int64_t>(offsets_[i + 1] - offsets_[i]); }
   std::vector<int64_t> lengths() const;
-  // Sample i, truncated to its first max_len tokens when max_len >= 0.
-  Sample sample(int64_t i, int64_t max_len = -1) const;
+  // Sample i, truncated to its first max_len tokens when max_len >= 0 (a vision-language sample
+  // to fewer when the cut would split an image: truncate_sample, vision_data.h). A sample with
+  // images has its image_grid_thw, images and position_ids, and its pixel_values when `pixels`
+  // (the image files are read, checked against their recorded hash and preprocessed now).
+  Sample sample(int64_t i, int64_t max_len = -1, bool pixels = true) const;
+  int64_t num_images(int64_t i) const;                                       // images of sample i
   int64_t line(int64_t i) const { return static_cast<int64_t>(lines_[i]); }  // 1-based
   std::string where(int64_t i) const;                                        // "path:line"
 
@@ -52,8 +63,8 @@ class Dataset {
   const std::string& path() const { return path_; }
   const std::string& cache_path() const { return cache_path_; }  // "" when not cached
   bool from_cache() const { return from_cache_; }                // loaded, not built
-  // The cache key in hex: a hash of the data file's bytes, the tokenizer and every option that
-  // changes the samples. Equal keys mean equal tokenised datasets.
+  // The cache key in hex: a hash of the data file's bytes, the tokenizer, every option that
+  // changes the samples and the content of every image file. Equal keys mean equal samples.
   const std::string& content_key() const { return content_key_; }
 
  private:
@@ -64,9 +75,20 @@ class Dataset {
   const uint64_t* offsets_ = nullptr;
   const uint64_t* lines_ = nullptr;
   const uint32_t* tokens_ = nullptr;
-  const uint64_t* label_bits_ = nullptr;  // bitmask labels, or
-  const int32_t* labels_ = nullptr;       // explicit labels
-  std::shared_ptr<const void> storage_;   // owns the bytes the pointers above look into
+  const uint64_t* label_bits_ = nullptr;        // bitmask labels, or
+  const int32_t* labels_ = nullptr;             // explicit labels
+  const uint64_t* image_offsets_ = nullptr;     // [S+1], or null without images
+  const DatasetImageRecord* images_ = nullptr;  // [num_images_]
+  const char* paths_ = nullptr;                 // the images' paths, as the data gives them
+  int64_t num_images_ = 0;
+  VisionDataOptions vision_;
+  VisionTokenIds vision_ids_;
+  std::shared_ptr<const void> storage_;  // owns the bytes the pointers above look into
+
+  ImageRef image_ref(int64_t k) const;
+  // False (and why) when an image file is missing or its content differs from the record.
+  bool images_unchanged(std::string& why) const;
+  void set_content_key(const Hash128& options_key);
 
   // Points the members into a cache image of `size` bytes at `data`; false (and why) when the
   // image is not a valid cache for `key`.

@@ -64,6 +64,7 @@ FormatContext FormatContext::make(const Tokenizer& tok, const FormatOptions& opt
   ctx.tok = &tok;
   // Only required when a chat line shows up (checked there).
   ctx.has_chatml_tokens = tok.token_to_id("<|im_start|>") && tok.token_to_id("<|im_end|>");
+  ctx.vision_ids = VisionTokenIds::from(tok);
   if (opt.eos_id >= 0) {
     DT_CHECK(opt.eos_id < ctx.vocab_size, "EOS id ", opt.eos_id, " is outside the vocabulary [0, ",
              ctx.vocab_size, ")");
@@ -81,6 +82,7 @@ struct Parsed {
   enum class Kind { blank, plan, sample, skip, error } kind = Kind::blank;
   TokenPlan plan;                            // Kind::plan
   Sample sample;                             // Kind::sample (pre-tokenised)
+  std::vector<LoadedImage> images;           // Kind::plan of a chat row with images
   SkipReason reason = SkipReason::bad_line;  // Kind::skip
   std::string error;                         // Kind::error
 };
@@ -131,7 +133,12 @@ const OrderedJson* find_string(const OrderedJson& j, const char* key, std::strin
   return &*it;
 }
 
-Parsed parse_line(std::string_view line, const FormatOptions& opt, const FormatContext& ctx) {
+bool renders_images(ChatFormat f) {
+  return f == ChatFormat::qwen3_5 || f == ChatFormat::qwen3_6 || f == ChatFormat::qwen3_8;
+}
+
+Parsed parse_line(std::string_view line, const std::string& path, const FormatOptions& opt,
+                  const FormatContext& ctx) {
   if (line.find_first_not_of(" \t\r") == std::string_view::npos) return Parsed{};
   OrderedJson j;
   try {
@@ -169,10 +176,23 @@ Parsed parse_line(std::string_view line, const FormatOptions& opt, const FormatC
       if (!opt.no_chat_template.empty()) return make_error(opt.no_chat_template);
       if (!ctx.has_chatml_tokens)
         return make_error("chat sample, but the tokenizer has no <|im_start|>/<|im_end|>");
+      const std::vector<std::string> sources = take_row_images(j);
+      if (!sources.empty()) {
+        if (!opt.vision.enabled)
+          return make_error(std::to_string(sources.size()) +
+                            " image(s), but the model has no vision tower (no \"vision_config\" "
+                            "in its config.json): images need a vision-language checkpoint");
+        if (!renders_images(opt.chat.format))
+          return make_error(std::string("images need a Qwen3.5-family chat format (qwen3_5, "
+                                        "qwen3_6, qwen3_8), not ") +
+                            chat_format_name(opt.chat.format));
+      }
       RenderedChat r = render_chat(j, opt.chat);
       if (!r.ok) return make_error(r.error);
       if (r.empty) return make_skip(SkipReason::empty);
       p.plan = chat_token_plan(r.segments, *ctx.tok, opt.chat.special_tokens_in_content);
+      for (const std::string& src : sources)
+        p.images.push_back(load_sample_image(path, src, opt.vision.processor, opt.load_pixels));
       break;
     }
     case Format::tokens: {
@@ -302,7 +322,7 @@ void convert_lines(const std::vector<std::string_view>& lines, int64_t first_lin
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
     try {
-      parsed[i] = parse_line(lines[i], opt, ctx);
+      parsed[i] = parse_line(lines[i], path, opt, ctx);
     } catch (const std::exception& e) {  // e.g. bad_alloc; never let it escape the region
       parsed[i] = make_error(e.what());
     }
@@ -328,9 +348,20 @@ void convert_lines(const std::vector<std::string_view>& lines, int64_t first_lin
   for (int64_t i = 0; i < n; ++i) {
     Parsed& p = parsed[i];
     Sample s;
-    if (p.kind == Parsed::Kind::plan)
+    if (p.kind == Parsed::Kind::plan) {
       s = std::move(encoded[next_plan++]);
-    else if (p.kind == Parsed::Kind::sample)
+      if (!p.images.empty()) {
+        try {
+          expand_image_tokens(s, std::move(p.images), ctx.vision_ids,
+                              opt.vision.processor.merge_size);
+        } catch (const core::Error& e) {
+          DT_CHECK(opt.skip_bad_lines, where(i), ": ", e.what());
+          if (stats.first_bad_line.empty()) stats.first_bad_line = where(i) + ": " + e.what();
+          ++stats.skipped[static_cast<int>(SkipReason::bad_line)];
+          continue;
+        }
+      }
+    } else if (p.kind == Parsed::Kind::sample)
       s = std::move(p.sample);
     else {
       if (p.kind == Parsed::Kind::skip) ++stats.skipped[static_cast<int>(p.reason)];

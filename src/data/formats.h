@@ -9,6 +9,7 @@
 
 #include "data/chat_template.h"
 #include "data/sample.h"
+#include "data/vision_data.h"
 
 namespace deltatron::data {
 
@@ -17,7 +18,8 @@ class Tokenizer;
 // One sample per JSONL line. auto_detect decides per line by its keys, in this order:
 //   "messages"                 chat: rendered with the chat format of ChatOptions (chat_template.h;
 //                              "tools" and "chat_template_kwargs" of the row are used), loss
-//                              per ChatOptions
+//                              per ChatOptions; images per vision_data.h (parts, "<image>"
+//                              tags + "images", TRL's "images"), with VisionDataOptions
 //   "input_ids" [+ "labels"]   tokens: pre-tokenised, as read_token_jsonl (sample.h)
 //   "prompt" and "completion"  prompt_completion: the two strings concatenated with no template
 //                              (encoded together, as HF would), loss on the completion, then EOS
@@ -43,6 +45,10 @@ struct FormatOptions {
   int32_t eos_id = -1;  // EOS appended to text and completions; -1: the tokenizer's <|endoftext|>
   bool append_eos = true;       // append (and train) EOS after "text" and after a completion
   bool skip_bad_lines = false;  // bad lines are counted and skipped instead of thrown
+  VisionDataOptions vision;     // images in chat rows (off: a row with images is a bad line)
+  // Fill Sample::pixel_values while reading (off: only grids and image refs; the pixels are
+  // computed when a sample is taken, load_pixel_values; the Dataset does that).
+  bool load_pixels = true;
 };
 
 // Summary of reading a data file.
@@ -66,14 +72,17 @@ struct FormatContext {
   bool has_chatml_tokens = false;  // <|im_start|> and <|im_end|> exist
   int32_t eos_id = -1;
   int64_t vocab_size = 0;
+  VisionTokenIds vision_ids;
   static FormatContext make(const Tokenizer& tok, const FormatOptions& opt);
 };
 
 // Converts JSONL lines into samples. lines[i] is line number first_line + i of `path` (1-based,
-// used in messages). Texts are encoded with tok.encode_batch (one call for all lines, parallel),
-// JSON is parsed in parallel with OpenMP. Appends the samples and their line numbers to
-// `samples`/`sample_lines` in line order and accumulates into `stats`. Errors throw core::Error
-// "path:line: ..." (the first bad line in file order) unless opt.skip_bad_lines.
+// used in messages; image paths are relative to its directory). Image files are read, hashed and
+// decoded in the parallel parse; a missing, unreadable, truncated or corrupt one makes the line
+// bad ("path:line: image FILE: reason"). Texts are encoded with tok.encode_batch (one call for all
+// lines, parallel), JSON is parsed in parallel with OpenMP. Appends the samples and their line
+// numbers to `samples`/`sample_lines` in line order and accumulates into `stats`. Errors throw
+// core::Error "path:line: ..." (the first bad line in file order) unless opt.skip_bad_lines.
 void convert_lines(const std::vector<std::string_view>& lines, int64_t first_line,
                    const std::string& path, const Tokenizer& tok, const FormatOptions& opt,
                    const FormatContext& ctx, std::vector<Sample>& samples,

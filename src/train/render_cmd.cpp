@@ -34,6 +34,24 @@ std::string marked_text(const data::Tokenizer& tok, const data::Sample& s, const
   return out;
 }
 
+// An image's run of <|image_pad|> tokens as "<|image_pad|>*N".
+std::string collapse_image_pads(const std::string& text) {
+  static const std::string pad = "<|image_pad|>";
+  std::string out;
+  size_t pos = 0;
+  for (size_t k; (k = text.find(pad, pos)) != std::string::npos;) {
+    out += text.substr(pos, k - pos);
+    size_t n = 0;
+    while (text.compare(k, pad.size(), pad) == 0) {
+      k += pad.size();
+      ++n;
+    }
+    out += pad + (n > 1 ? "*" + std::to_string(n) : "");
+    pos = k;
+  }
+  return out + text.substr(pos);
+}
+
 }  // namespace
 
 void run_render(const RenderOptions& opt) {
@@ -48,6 +66,8 @@ void run_render(const RenderOptions& opt) {
            "--loss-on must be assistant, last_assistant or all, got '", opt.loss_on, "'");
   const std::string tok_dir = std::filesystem::path(tok_path).parent_path().string();
   const data::ChatChoice choice = data::configure_chat(opt.chat, {tok_dir, opt.model_dir}, f);
+  f.vision = data::vision_options_from_model(opt.model_dir, tok);  // images: grids, no pixels
+  f.load_pixels = false;
 
   std::vector<int64_t> lines;
   data::DataStats stats;
@@ -64,10 +84,11 @@ void run_render(const RenderOptions& opt) {
     if (opt.jsonl) {
       std::vector<int> mask(s.labels.size());
       for (size_t t = 0; t < mask.size(); ++t) mask[t] = s.labels[t] != data::kIgnoreIndex;
-      const nlohmann::ordered_json j = {{"line", lines[i]},
-                                        {"text", tok.decode(s.input_ids)},
-                                        {"input_ids", s.input_ids},
-                                        {"assistant_mask", mask}};
+      nlohmann::ordered_json j = {{"line", lines[i]},
+                                  {"text", tok.decode(s.input_ids)},
+                                  {"input_ids", s.input_ids},
+                                  {"assistant_mask", mask}};
+      if (!s.image_grid_thw.empty()) j["image_grid_thw"] = s.image_grid_thw;
       std::printf("%s\n",
                   j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
       continue;
@@ -77,7 +98,7 @@ void run_render(const RenderOptions& opt) {
                 static_cast<long long>(data::count_label_tokens(s)));
     const std::string text = color ? marked_text(tok, s, "\x1b[42;30m", "\x1b[0m")
                                    : marked_text(tok, s, "[TRAIN]", "[/TRAIN]");
-    std::printf("%s\n", text.c_str());
+    std::printf("%s\n", collapse_image_pads(text).c_str());
   }
   std::fprintf(stderr, "render: %s\n", stats.summary().c_str());
 }

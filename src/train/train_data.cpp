@@ -60,9 +60,29 @@ void report_truncation(const TrainConfig& cfg, TrainData& d) {
                  static_cast<long long>(budget));
 }
 
+// Counts the samples with images; refuses them when the model does not take images.
+void count_images(TrainData& d, bool model_takes_images) {
+  auto add = [&](const data::Dataset& ds, const std::vector<int64_t>& index) {
+    for (int64_t i : index) {
+      const int64_t n = ds.num_images(i);
+      d.image_samples += n > 0;
+      d.images += n;
+    }
+  };
+  add(*d.train_set, d.train_index);
+  add(d.eval_set ? *d.eval_set : *d.train_set, d.eval_index);
+  if (d.images == 0) return;
+  std::fprintf(stderr, "data: %lld samples with %lld images\n",
+               static_cast<long long>(d.image_samples), static_cast<long long>(d.images));
+  DT_CHECK(model_takes_images, "the data has ", d.images, " images in ", d.image_samples,
+           " samples, but this model does not consume images yet (no vision tower); remove the "
+           "images or train a vision-language model");
+}
+
 }  // namespace
 
-TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size) {
+TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, int64_t vocab_size,
+                          bool model_takes_images) {
   TrainData d;
   // The checkpoint's template: next to the tokenizer in use, then in the model directory.
   const std::string tok_dir =
@@ -72,6 +92,15 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
                                 cfg.reasoning_effort, cfg.special_tokens_in_content};
   d.chat = data::configure_chat(chat, {tok_dir, cfg.model_path}, o.format);
   if (d.chat.found) std::fprintf(stderr, "chat format: %s\n", d.chat.describe().c_str());
+  // Images in chat rows: a checkpoint with a vision_config, its preprocessor_config.json.
+  o.format.vision = data::vision_options_from_model(cfg.model_path, tok);
+  if (o.format.vision.enabled) {
+    const data::ImageProcessorConfig& p = o.format.vision.processor;
+    std::fprintf(stderr, "images: patch %lld, merge %lld, %lld..%lld pixels (%s)\n",
+                 static_cast<long long>(p.patch_size), static_cast<long long>(p.merge_size),
+                 static_cast<long long>(p.min_pixels), static_cast<long long>(p.max_pixels),
+                 cfg.model_path.c_str());
+  }
   d.train_set = load_set(cfg.train_path, tok, o, vocab_size);
   std::vector<int64_t> all(d.train_set->size());
   for (int64_t i = 0; i < d.train_set->size(); ++i) all[i] = i;
@@ -95,6 +124,7 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
   }
   for (int64_t i : d.train_index) d.train_lengths.push_back(d.train_set->length(i));
   report_truncation(cfg, d);
+  count_images(d, model_takes_images);
   return d;
 }
 
