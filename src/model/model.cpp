@@ -8,6 +8,7 @@
 #include "model/footprint.h"
 #include "model/layer.h"
 #include "model/lm_head.h"
+#include "model/vision_tower.h"
 #include "ops/device.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -144,6 +145,7 @@ void Model::init(const StateOptions& state, const LoraSetup* lora) {
   DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1,
            "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
            " is not supported (Qwen3.5 uses 1)");
+  if (c_.vision_mode != VisionMode::off) check_vision(c_, "model config");
 }
 
 PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOptions& opt) {
@@ -158,9 +160,13 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
   Buffer router_loss(cx.dev(), core::DType::f64, {1}, "router loss");
   ops::zero(router_loss);
 
-  // Trunk forward on the f32 residual stream.
+  // Trunk forward on the f32 residual stream; a pack with images gets the vision tower's merged
+  // tokens at its image-pad positions (vision spec 4). Text-only packs skip all of it.
   Buffer x = cx.f32(N * D, "residual stream");
   ops::embedding_fwd(b.ids, p.w(embed), N, c.vocab_size, D, x);
+  const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
+  VisionSaved vsaved;
+  if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, with_grads, vsaved), x);
   std::vector<std::unique_ptr<LayerSaved>> saved(L);
   for (int64_t i = 0; i < L; ++i) {
     saved[i] = std::make_unique<LayerSaved>();
@@ -233,6 +239,7 @@ PackLoss Model::fwd_bwd(const data::Pack& pack, bool with_grads, const ModelOpti
     trunk_layer(c, i).bwd(cx, *saved[i], dx);
     saved[i].reset();
   }
+  if (vsaved.merger) vision_bwd(cx, vb, vsaved, vision_gather_grad(cx, vb, dx));
   if (!p.frozen()) ops::embedding_bwd(b.grad_ids, dx, N, D, c.vocab_size, p.g(embed));
   return out;
 }
@@ -246,6 +253,9 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   const Params& p = params_;
   Buffer x = cx.f32(N * D, "residual stream");
   ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);
+  const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
+  VisionSaved vsaved;
+  if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, false, vsaved), x);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerSaved s;
     trunk_layer(c, i).fwd(cx, x, s);
