@@ -6,8 +6,9 @@
 // three training modes' gradient sets, the text-only path, and the errors.
 #include <gtest/gtest.h>
 
-#include <filesystem>
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test_util.h"
+#include "train/score.h"
 
 using namespace deltatron;
 namespace fs = std::filesystem;
@@ -197,7 +199,8 @@ TEST(GoldenVl, TextOnlyPackTakesTheTextPath) {
   const data::Pack pack = data::make_pack({&text[0], &text[1], &text[2]}, {0, 1, 2}, 8);
   model::TensorMap g_on = model::zeros_like(on.ck.params), g_off = model::zeros_like(off.ck.params);
   const auto a = model::model_fwd_bwd(core::Device::cpu, on.ck.config, on.ck.params, pack, &g_on);
-  const auto b = model::model_fwd_bwd(core::Device::cpu, off.ck.config, off.ck.params, pack, &g_off);
+  const auto b =
+      model::model_fwd_bwd(core::Device::cpu, off.ck.config, off.ck.params, pack, &g_off);
   for (int s = 0; s < 3; ++s) EXPECT_EQ(a.loss_sum[s], b.loss_sum[s]) << "sample " << s;
   for (const auto& [name, g] : g_off) {
     const core::Tensor& h = g_on.at(name);
@@ -232,9 +235,47 @@ TEST(GoldenVl, ErrorsNameTheProblem) {
       {"pixel_values has"});
   io::LoadOptions lo;
   lo.vision = model::VisionMode::full;
-  dt_test::expect_error([&] { io::load_checkpoint((fs::path(DT_TEST_DATA) / "golden" /
-                                                   "dense_text_tied").string(), lo); },
-                        {"vision_config"});
+  dt_test::expect_error(
+      [&] {
+        io::load_checkpoint((fs::path(DT_TEST_DATA) / "golden" / "dense_text_tied").string(), lo);
+      },
+      {"vision_config"});
+}
+
+}  // namespace
+
+namespace {
+
+// `deltatron score` wiring (train::run_score): --vision loads model.visual.* as parameters and
+// --grad-out writes the trained part's gradients only. The data here is text (the JSONL reader of
+// images is the data side's); images reach the same Model::fwd_bwd as the tests above.
+TEST(GoldenVl, ScoreVisionOption) {
+  const dt_test::TempDir dir("golden_vl_score");
+  const fs::path data = dir.path / "text.jsonl";
+  {
+    std::ofstream out(data);
+    out << R"({"input_ids": [1, 2, 3, 4, 5, 6], "labels": [1, 2, 3, 4, 5, 6]})"
+        << "\n";
+  }
+  auto score = [&](const std::string& vision) {
+    train::ScoreOptions o;
+    o.model_dir = kDir.string();
+    o.data_path = data.string();
+    o.output_path = (dir.path / ("scores_" + vision + ".jsonl")).string();
+    o.grad_out = (dir.path / ("grads_" + vision + ".safetensors")).string();
+    o.vision = vision;
+    o.quiet = true;
+    train::run_score(o);
+    return io::SafetensorsFile(o.grad_out).names();
+  };
+  auto count_visual = [](const std::vector<std::string>& names) {
+    return std::count_if(names.begin(), names.end(), is_visual);
+  };
+  EXPECT_EQ(count_visual(score("auto")), 0);  // no images: off
+  EXPECT_EQ(count_visual(score("frozen")), 0);
+  EXPECT_EQ(count_visual(score("merger")), 6);
+  EXPECT_EQ(count_visual(score("full")), 33);
+  EXPECT_THROW(score("sometimes"), core::Error);
 }
 
 }  // namespace

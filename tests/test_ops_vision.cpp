@@ -75,21 +75,20 @@ TEST(LayerNorm, ForwardMatchesFormulaAndBackwardMatchesFiniteDiff) {
 
   const Vec P = randn<double>(N * D, 4);
   auto loss = [&] {
-    cpu::layernorm_fwd(x.data(), w.data(), b.data(), N, D, eps, y.data(), mean.data(),
-                       rstd.data());
+    cpu::layernorm_fwd(x.data(), w.data(), b.data(), N, D, eps, y.data(), mean.data(), rstd.data());
     return dot(P, y);
   };
   const Vec fx = finite_diff(x, loss), fw = finite_diff(w, loss), fb = finite_diff(b, loss);
   loss();
   Vec dx(N * D, 5.0), dw0 = randn<double>(D, 5), db0 = randn<double>(D, 6), dw = dw0, db = db0;
-  cpu::layernorm_bwd(x.data(), w.data(), mean.data(), rstd.data(), P.data(), N, D, dx.data(),
-                     false, dw.data(), db.data());
+  cpu::layernorm_bwd(x.data(), w.data(), mean.data(), rstd.data(), P.data(), N, D, dx.data(), false,
+                     dw.data(), db.data());
   expect_grad(dx, fx, "layernorm dx");
   expect_grad(minus(dw, dw0), fw, "layernorm dw (accumulated)");
   expect_grad(minus(db, db0), fb, "layernorm db (accumulated)");
   Vec dx2(N * D, 1.0);  // accumulate_dx adds onto what is there
-  cpu::layernorm_bwd(x.data(), w.data(), mean.data(), rstd.data(), P.data(), N, D, dx2.data(),
-                     true, (double*)nullptr, (double*)nullptr);
+  cpu::layernorm_bwd(x.data(), w.data(), mean.data(), rstd.data(), P.data(), N, D, dx2.data(), true,
+                     (double*)nullptr, (double*)nullptr);
   for (auto& v : dx2) v -= 1.0;
   DT_EXPECT_CLOSE(dx2, dx, 1e-15, "layernorm accumulate_dx");
 
@@ -115,9 +114,9 @@ TEST(Gelu, BothFormsMatchFormulaAndFiniteDiff) {
     cpu::gelu_fwd(x.data(), n, y.data(), tanh_form);
     for (int64_t i = 0; i < n; ++i) {
       const double v = x[i];
-      want[i] = tanh_form ? 0.5 * v *
-                                (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)))
-                          : 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+      want[i] = tanh_form
+                    ? 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)))
+                    : 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
     }
     DT_EXPECT_CLOSE(y, want, 1e-15, tanh_form ? "gelu tanh y" : "gelu erf y");
     const Vec P = randn<double>(n, 11);
@@ -162,7 +161,8 @@ TEST(Bias, AddAndGradient) {
 
 TEST(EmbeddingBag, WeightedRowsAndScatterAddBackward) {
   const int64_t N = 6, B = 4, V = 9, D = 7;
-  std::vector<int32_t> idx = {0, 1, 3, 4, 4, 4, 4, 4, 8, 8, 2, 2, 5, 6, 7, 8, 1, 1, 1, 1, 3, 0, 8, 2};
+  std::vector<int32_t> idx = {0, 1, 3, 4, 4, 4, 4, 4, 8, 8, 2, 2,
+                              5, 6, 7, 8, 1, 1, 1, 1, 3, 0, 8, 2};
   Vec table = randn<double>(V * D, 30), w = randn<double>(N * B, 31);
   Vec x(N * D);
   cpu::embedding_bag_fwd(idx.data(), w.data(), table.data(), N, B, V, D, x.data(), false);
@@ -297,8 +297,8 @@ void check_bidir(const std::vector<int32_t>& cu, int64_t H, int64_t J, int64_t K
 }
 
 TEST(AttentionBidirectional, MatchesNaiveAndFiniteDiff) {
-  check_bidir({0, 4, 4, 11}, 4, 2, 5, 50, true);      // segments 4, 0, 7
-  check_bidir({0, 70, 71, 141}, 2, 1, 3, 60, true);   // several row blocks, length 1
+  check_bidir({0, 4, 4, 11}, 4, 2, 5, 50, true);     // segments 4, 0, 7
+  check_bidir({0, 70, 71, 141}, 2, 1, 3, 60, true);  // several row blocks, length 1
   check_bidir({0, 130, 131, 150}, 3, 3, 8, 70, false);
 }
 

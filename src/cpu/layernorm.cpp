@@ -78,10 +78,10 @@ void layernorm_bwd(const T* x_ND, const T* w_D, const T* mean_N, const T* rstd_N
   }
 }
 
-#define DT_INSTANTIATE(T)                                                                  \
-  template void layernorm_fwd<T>(const T*, const T*, const T*, int64_t, int64_t, double, T*, \
-                                 T*, T*);                                                  \
-  template void layernorm_bwd<T>(const T*, const T*, const T*, const T*, const T*, int64_t, \
+#define DT_INSTANTIATE(T)                                                                        \
+  template void layernorm_fwd<T>(const T*, const T*, const T*, int64_t, int64_t, double, T*, T*, \
+                                 T*);                                                            \
+  template void layernorm_bwd<T>(const T*, const T*, const T*, const T*, const T*, int64_t,      \
                                  int64_t, T*, bool, T*, T*);
 DT_INSTANTIATE(float)
 DT_INSTANTIATE(double)

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <utility>
 
 #include "core/error.h"
 
@@ -142,30 +143,23 @@ void parse_vision(const Fields& top, Config& c) {
   if (!vj.is_object()) core::fail(top.source, ": field vision_config must be an object");
   const Fields v{vj, top.source, "vision_config."};
   VisionConfig& vc = c.vision;
-  vc.depth = v.req_int("depth");
-  vc.hidden_size = v.req_int("hidden_size");
-  vc.intermediate_size = v.req_int("intermediate_size");
-  vc.num_heads = v.has("num_heads") ? v.as_int("num_heads") : v.req_int("num_attention_heads");
-  vc.out_hidden_size = v.req_int("out_hidden_size");
+  // HF's class defaults (not a published size: the engine reads the file's values) for
+  // absent keys; the values are checked by check_vision, when the tower is used.
+  vc.depth = v.opt_int("depth", 27);
+  vc.hidden_size = v.opt_int("hidden_size", 1152);
+  vc.intermediate_size = v.opt_int("intermediate_size", 4304);
+  vc.num_heads = v.has("num_heads") ? v.as_int("num_heads") : v.opt_int("num_attention_heads", 16);
+  vc.out_hidden_size = v.opt_int("out_hidden_size", 3584);
   vc.in_channels = v.opt_int("in_channels", 3);
   vc.patch_size = v.opt_int("patch_size", 16);
   vc.temporal_patch_size = v.opt_int("temporal_patch_size", 2);
   vc.spatial_merge_size = v.opt_int("spatial_merge_size", 2);
   vc.num_position_embeddings = v.opt_int("num_position_embeddings", 2304);
   vc.hidden_act = v.opt_str("hidden_act", "gelu_pytorch_tanh");
-  if (v.has("rope_parameters")) {
-    if (!vj["rope_parameters"].is_object())
-      core::fail(top.source, ": field vision_config.rope_parameters must be an object");
+  if (v.has("rope_parameters") && vj["rope_parameters"].is_object()) {
     const Fields rp{vj["rope_parameters"], top.source, "vision_config.rope_parameters."};
     vc.rope_theta = rp.opt_num("rope_theta", 10000.0);
   }
-  if (vc.depth < 0) v.positive("depth", vc.depth);
-  for (const char* k : {"hidden_size", "intermediate_size", "out_hidden_size"})
-    v.positive(k, v.as_int(k));
-  v.positive("num_heads", vc.num_heads);
-  for (const char* k : {"in_channels", "patch_size", "temporal_patch_size", "spatial_merge_size",
-                        "num_position_embeddings"})
-    if (v.has(k)) v.positive(k, v.as_int(k));
   c.image_token_id = top.opt_int("image_token_id", c.image_token_id);
   c.video_token_id = top.opt_int("video_token_id", c.video_token_id);
   c.vision_start_token_id = top.opt_int("vision_start_token_id", c.vision_start_token_id);
@@ -206,6 +200,19 @@ void check_vision(const Config& c, const std::string& source) {
                ": the vision tower needs a multimodal config with a vision_config (model_type "
                "qwen3_5 or qwen3_5_moe)");
   const VisionConfig& v = c.vision;
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"depth", v.depth + 1},  // depth 0 is allowed
+      {"hidden_size", v.hidden_size},
+      {"intermediate_size", v.intermediate_size},
+      {"num_heads", v.num_heads},
+      {"out_hidden_size", v.out_hidden_size},
+      {"in_channels", v.in_channels},
+      {"patch_size", v.patch_size},
+      {"temporal_patch_size", v.temporal_patch_size},
+      {"spatial_merge_size", v.spatial_merge_size},
+      {"num_position_embeddings", v.num_position_embeddings}};
+  for (const auto& [k, n] : sizes)
+    if (n <= 0) core::fail(source, ": vision_config.", k, " must be positive");
   if (v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0)
     core::fail(source, ": vision_config.hidden_size ", v.hidden_size, " / num_heads ", v.num_heads,
                " must give a head dim that is a multiple of 4 (the 2-D rotary embedding)");

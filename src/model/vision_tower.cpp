@@ -84,8 +84,8 @@ void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
   s.n1 = cx.f32(P * D, "vision norm1 output");
   s.mean1 = cx.f32(P, "vision norm1 mean");
   s.rstd1 = cx.f32(P, "vision norm1 rstd");
-  ops::layernorm_fwd(x, p.w(b + "norm1.weight"), p.w(b + "norm1.bias"), P, D, kLnEps, s.n1,
-                     s.mean1, s.rstd1);
+  ops::layernorm_fwd(x, p.w(b + "norm1.weight"), p.w(b + "norm1.bias"), P, D, kLnEps, s.n1, s.mean1,
+                     s.rstd1);
   {
     Buffer qkv = cx.f32(P * 3 * D, "vision qkv");
     linear_bias_fwd(cx, b + "attn.qkv", s.n1, P, D, 3 * D, qkv, false);
@@ -109,8 +109,8 @@ void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
   s.n2 = cx.f32(P * D, "vision norm2 output");
   s.mean2 = cx.f32(P, "vision norm2 mean");
   s.rstd2 = cx.f32(P, "vision norm2 rstd");
-  ops::layernorm_fwd(x, p.w(b + "norm2.weight"), p.w(b + "norm2.bias"), P, D, kLnEps, s.n2,
-                     s.mean2, s.rstd2);
+  ops::layernorm_fwd(x, p.w(b + "norm2.weight"), p.w(b + "norm2.bias"), P, D, kLnEps, s.n2, s.mean2,
+                     s.rstd2);
   s.f1 = cx.f32(P * I, "vision MLP fc1 output");
   s.g1 = cx.f32(P * I, "vision MLP activation");
   linear_bias_fwd(cx, b + "mlp.linear_fc1", s.n2, P, D, I, s.f1, false);
@@ -165,8 +165,8 @@ VisionBatch make_vision_batch(const Config& c, const data::Pack& pack, core::Dev
            "tower: model.vision = frozen, merger or full)");
   const VisionConfig& v = c.vision;
   const int64_t m = v.spatial_merge_size, U = v.merge_unit(), G = v.grid_side();
-  DT_CHECK(pack.image_grid_thw.size() % 3 == 0, "image_grid_thw has ",
-           pack.image_grid_thw.size(), " values, not 3 per image");
+  DT_CHECK(pack.image_grid_thw.size() % 3 == 0, "image_grid_thw has ", pack.image_grid_thw.size(),
+           " values, not 3 per image");
   const int64_t nimg = int64_t(pack.image_grid_thw.size() / 3);
   std::vector<int32_t> rc_r, rc_c, idx;
   std::vector<float> w;
@@ -209,8 +209,8 @@ VisionBatch make_vision_batch(const Config& c, const data::Pack& pack, core::Dev
   for (int64_t n = 0; n < pack.N; ++n)
     if (pack.input_ids[n] == c.image_token_id && !pack.is_pad[n]) tok.push_back(int32_t(n));
   DT_CHECK(int64_t(tok.size()) == vb.M, "the pack has ", tok.size(), " image-pad tokens (id ",
-           c.image_token_id, ") but its ", nimg, " images give ", vb.M,
-           " merged tokens (t h w / ", U, " each)");
+           c.image_token_id, ") but its ", nimg, " images give ", vb.M, " merged tokens (t h w / ",
+           U, " each)");
   std::vector<int32_t> rc = rc_r;
   rc.insert(rc.end(), rc_c.begin(), rc_c.end());
   vb.seg = core::Segments{vb.cu_host.data(), int(vb.cu_host.size()) - 1};
@@ -234,8 +234,8 @@ Buffer vision_fwd(const Ctx& cx, const VisionBatch& vb, bool with_grads, VisionS
   Buffer x = cx.f32(d.P * d.D, "vision residual stream");
   ops::linear_fwd(vb.pixels, p.w(kV + "patch_embed.proj.weight"), d.P, d.C, d.D, x, false);
   ops::bias_add(x, p.w(kV + "patch_embed.proj.bias"), d.P, d.D);
-  ops::embedding_bag_fwd(vb.pos_idx, vb.pos_w, p.w(kV + "pos_embed.weight"), d.P, 4, d.G * d.G,
-                         d.D, x, true);
+  ops::embedding_bag_fwd(vb.pos_idx, vb.pos_w, p.w(kV + "pos_embed.weight"), d.P, 4, d.G * d.G, d.D,
+                         x, true);
   const int64_t depth = cx.c.vision.depth;
   s.blocks.clear();
   s.blocks.resize(size_t(s.tower ? depth : 0));

@@ -21,11 +21,11 @@ struct VisionBatch {
   int64_t P = 0, M = 0;
   std::vector<int32_t> cu_host;  // attention segments: one per image and temporal group
   core::Segments seg;
-  Buffer cu;                    // [seg.n + 1] i32
-  Buffer pixels;                // [P, C] f32
-  Buffer pos_rc;                // [2, P] i32: each patch's row and column in its grid (rotary)
-  Buffer pos_idx, pos_w;        // [P, 4] i32 / f32: bilinear taps into pos_embed (spec 3.3)
-  Buffer token_idx;             // [M] i32: the pack positions of the image-pad tokens, in order
+  Buffer cu;              // [seg.n + 1] i32
+  Buffer pixels;          // [P, C] f32
+  Buffer pos_rc;          // [2, P] i32: each patch's row and column in its grid (rotary)
+  Buffer pos_idx, pos_w;  // [P, 4] i32 / f32: bilinear taps into pos_embed (spec 3.3)
+  Buffer token_idx;       // [M] i32: the pack positions of the image-pad tokens, in order
   bool empty() const { return P == 0; }
 };
 // Empty (P = 0) for a pack without images. Errors: images with config.vision_mode off, a grid

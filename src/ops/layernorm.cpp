@@ -42,10 +42,10 @@ void layernorm_bwd(const View& x_ND, const View& w_D, const View& mean_N, const 
   const bool has_db = a.maybe(db_D, "db_D", dtypes::f32, D);
   switch (a.device()) {
     case core::Device::cpu:
-      return cpu::layernorm_bwd<float>(
-          x_ND.f32(), w_D.f32(), mean_N.f32(), rstd_N.f32(), dy_ND.f32(), N, D,
-          has_dx ? dx_ND.f32() : nullptr, accumulate_dx, has_dw ? dw_D.f32() : nullptr,
-          has_db ? db_D.f32() : nullptr);
+      return cpu::layernorm_bwd<float>(x_ND.f32(), w_D.f32(), mean_N.f32(), rstd_N.f32(),
+                                       dy_ND.f32(), N, D, has_dx ? dx_ND.f32() : nullptr,
+                                       accumulate_dx, has_dw ? dw_D.f32() : nullptr,
+                                       has_db ? db_D.f32() : nullptr);
     case core::Device::cuda:
       a.cuda_not_implemented();
   }
