@@ -53,6 +53,10 @@ int main(int argc, char** argv) {
                  "weight of the MTP loss in the gradient objective (default 0.1)");
   sc->add_flag("--ignore-mtp", score.ignore_mtp,
                "score without the MTP head even if the config declares one");
+  sc->add_option("--vision", score.vision,
+                 "vision tower: auto (default: frozen when the data has images), off, frozen, "
+                 "merger or full (--grad-out: model.visual.* gradients of the trained part)")
+      ->check(CLI::IsMember({"auto", "off", "frozen", "merger", "full"}));
   sc->add_option("--router-aux-coef", score.router.aux_coef,
                  "load-balancing loss coefficient per MoE layer (default 0: off)");
   std::string aux_type = "global";

@@ -44,4 +44,13 @@ void sigmoid_mul_fwd(const T* a, const T* g, int64_t n, T* out);
 template <typename T>
 void sigmoid_mul_bwd(const T* a, const T* g, const T* dout, int64_t n, T* da, T* dg);
 
+// GELU, exact (tanh_approx = false: 0.5 x (1 + erf(x / sqrt 2))) or the tanh approximation;
+// y overwritten.
+template <typename T>
+void gelu_fwd(const T* x, int64_t n, T* y, bool tanh_approx);
+
+// dx = dy * gelu'(x), overwritten (dy may alias dx).
+template <typename T>
+void gelu_bwd(const T* x, const T* dy, int64_t n, T* dx, bool tanh_approx);
+
 }  // namespace deltatron::cpu

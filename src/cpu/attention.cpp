@@ -1,7 +1,8 @@
-// CPU reference for the varlen causal GQA softmax attention core of the gated full attention.
+// CPU reference for the varlen GQA softmax attention core: causal (the gated full attention) or
+// bidirectional (the vision tower, one segment per image).
 //
 // Per segment [a, a + L) and query head h (kv head j = h / (H/J)), with rows local to the
-// segment, S = scale Q K^T, causal mask c <= r, and
+// segment, S = scale Q K^T, causal mask c <= r (none when bidirectional), and
 //   forward:  P = softmax_row(S),  O = P V,  lse_r = m_r + log sum_c exp(S_rc - m_r)
 //   backward: P = exp(S - lse) (recomputed),  D_r = sum_k dO_rk O_rk,
 //             dV = P^T dO,  dP = dO V^T,  dS = P .* (dP - D),  dQ = scale dS K,  dK = scale dS^T Q
@@ -93,14 +94,15 @@ int64_t max_segment(core::Segments seg) {
 
 // Row blocks of every (segment, head), heaviest first. Query blocks (by_keys = false) cost
 // ~ rows * visible keys; key blocks (by_keys = true) cost ~ rows * queries that see them.
-std::vector<Item> row_items(core::Segments seg, int64_t heads, bool by_keys) {
+std::vector<Item> row_items(core::Segments seg, int64_t heads, bool by_keys, bool causal) {
   std::vector<Item> items;
   for (int s = 0; s < seg.n; ++s) {
     const int64_t a = seg.cu[s], L = seg.cu[s + 1] - a;
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t r0 = 0; r0 < L; r0 += kBlock) {
         const int64_t r1 = std::min(L, r0 + kBlock);
-        items.push_back({a, L, h, r0, r1, double(r1 - r0) * double(by_keys ? L - r0 : r1)});
+        const int64_t seen = !causal ? L : by_keys ? L - r0 : r1;
+        items.push_back({a, L, h, r0, r1, double(r1 - r0) * double(seen)});
       }
   }
   std::stable_sort(items.begin(), items.end(),
@@ -126,20 +128,21 @@ void run_items(const std::vector<Item>& items, size_t scratch, const Body& body)
 
 template <typename T>
 void attention_fwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, core::Segments seg, int64_t N,
-                   int64_t H, int64_t J, int64_t K, T scale, T* o_NHK, T* lse_NH) {
+                   int64_t H, int64_t J, int64_t K, T scale, T* o_NHK, T* lse_NH, bool causal) {
   check_args("attention_fwd", seg, N, H, J, K);
   const int64_t G = H / J, Lmax = max_segment(seg);
-  const auto items = row_items(seg, H, false);
+  const auto items = row_items(seg, H, false, causal);
   run_items<T>(items, size_t(kBlock * Lmax), [&](const Item& it, T* S) {
     const int64_t a = it.a, h = it.head, j = h / G, r0 = it.r0;
-    const int64_t nq = it.r1 - r0, nk = it.r1;  // rows r0..r1-1 see keys 0..r1-1
+    // causal: rows r0..r1-1 see keys 0..r1-1; bidirectional: every key of the segment
+    const int64_t nq = it.r1 - r0, nk = causal ? it.r1 : it.L;
     const T* q = q_NHK + ((a + r0) * H + h) * K;
     const T* k = k_NJK + (a * J + j) * K;
     const T* v = v_NJK + (a * J + j) * K;
     gemm(false, true, nq, nk, K, scale, q, H * K, k, J * K, T(0), S, nk);  // S = scale Q K^T
     for (int64_t i = 0; i < nq; ++i) {
       T* s = S + i * nk;
-      const int64_t nv = r0 + i + 1;  // visible keys: 0..r0+i
+      const int64_t nv = causal ? r0 + i + 1 : nk;  // visible keys: 0..r0+i (causal)
       T m = s[0];
       for (int64_t c = 1; c < nv; ++c) m = std::max(m, s[c]);
       T sum = 0;
@@ -160,7 +163,7 @@ void attention_fwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, core::Segment
 template <typename T>
 void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NHK, const T* lse_NH,
                    const T* do_NHK, core::Segments seg, int64_t N, int64_t H, int64_t J, int64_t K,
-                   T scale, T* dq_NHK, T* dk_NJK, T* dv_NJK) {
+                   T scale, T* dq_NHK, T* dk_NJK, T* dv_NJK, bool causal) {
   check_args("attention_bwd", seg, N, H, J, K);
   const int64_t G = H / J, Lmax = max_segment(seg);
 
@@ -176,10 +179,10 @@ void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NH
   }
 
   // Pass 1, dQ: a block of query rows against the keys it sees.
-  const auto qitems = row_items(seg, H, false);
+  const auto qitems = row_items(seg, H, false, causal);
   run_items<T>(qitems, size_t(2 * kBlock * Lmax), [&](const Item& it, T* buf) {
     const int64_t a = it.a, h = it.head, j = h / G, r0 = it.r0;
-    const int64_t nq = it.r1 - r0, nk = it.r1;
+    const int64_t nq = it.r1 - r0, nk = causal ? it.r1 : it.L;
     T* S = buf;             // [nq, nk]: scores, then P, then dS
     T* dP = buf + nq * nk;  // [nq, nk]
     const int64_t qoff = ((a + r0) * H + h) * K;
@@ -188,7 +191,7 @@ void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NH
     gemm(false, true, nq, nk, K, scale, q_NHK + qoff, H * K, k, J * K, T(0), S, nk);
     gemm(false, true, nq, nk, K, T(1), do_NHK + qoff, H * K, v, J * K, T(0), dP, nk);
     for (int64_t i = 0; i < nq; ++i) {
-      const int64_t n = a + r0 + i, nv = r0 + i + 1;
+      const int64_t n = a + r0 + i, nv = causal ? r0 + i + 1 : nk;
       const T lse = lse_NH[n * H + h], Dr = D_NH[n * H + h];
       T* s = S + i * nk;
       const T* dp = dP + i * nk;
@@ -199,30 +202,33 @@ void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NH
   });
 
   // Pass 2, dK and dV: a block of key rows against the queries (of all G heads) that see it.
-  const auto kitems = row_items(seg, J, true);
+  const auto kitems = row_items(seg, J, true, causal);
   run_items<T>(kitems, size_t(2 * kBlock * Lmax + 2 * Lmax), [&](const Item& it, T* buf) {
     const int64_t a = it.a, j = it.head, c0 = it.r0;
-    const int64_t nk = it.r1 - c0, nq = it.L - c0;  // queries c0..L-1 can see keys c0..r1-1
-    T* St = buf;                                    // [nk, nq]: scores^T, then P^T, then dS^T
-    T* dPt = buf + nk * nq;                         // [nk, nq]
-    T* lse = dPt + nk * nq;                         // [nq]
-    T* Dq = lse + nq;                               // [nq]
+    // causal: queries c0..L-1 can see keys c0..r1-1; bidirectional: queries 0..L-1 (q0 = 0)
+    const int64_t q0 = causal ? c0 : 0;
+    const int64_t nk = it.r1 - c0, nq = it.L - q0;
+    T* St = buf;             // [nk, nq]: scores^T, then P^T, then dS^T
+    T* dPt = buf + nk * nq;  // [nk, nq]
+    T* lse = dPt + nk * nq;  // [nq]
+    T* Dq = lse + nq;        // [nq]
     const int64_t koff = ((a + c0) * J + j) * K;
     for (int64_t g = 0; g < G; ++g) {
       const int64_t h = j * G + g;
-      const int64_t qoff = ((a + c0) * H + h) * K;
+      const int64_t qoff = ((a + q0) * H + h) * K;
       for (int64_t x = 0; x < nq; ++x) {
-        lse[x] = lse_NH[(a + c0 + x) * H + h];
-        Dq[x] = D_NH[(a + c0 + x) * H + h];
+        lse[x] = lse_NH[(a + q0 + x) * H + h];
+        Dq[x] = D_NH[(a + q0 + x) * H + h];
       }
       gemm(false, true, nk, nq, K, scale, k_NJK + koff, J * K, q_NHK + qoff, H * K, T(0), St, nq);
       gemm(false, true, nk, nq, K, T(1), v_NJK + koff, J * K, do_NHK + qoff, H * K, T(0), dPt, nq);
       for (int64_t r = 0; r < nk; ++r) {  // key c0 + r is seen by queries c0 + r .. L - 1
         T* st = St + r * nq;
         T* dpt = dPt + r * nq;
-        std::fill(st, st + r, T(0));
-        std::fill(dpt, dpt + r, T(0));
-        for (int64_t x = r; x < nq; ++x) {
+        const int64_t x0 = causal ? r : 0;  // bidirectional: by every query
+        std::fill(st, st + x0, T(0));
+        std::fill(dpt, dpt + x0, T(0));
+        for (int64_t x = x0; x < nq; ++x) {
           const T p = std::exp(st[x] - lse[x]);
           st[x] = p;
           dpt[x] = p * (dpt[x] - Dq[x]);
@@ -239,10 +245,10 @@ void attention_bwd(const T* q_NHK, const T* k_NJK, const T* v_NJK, const T* o_NH
 
 #define DT_INSTANTIATE(T)                                                                        \
   template void attention_fwd<T>(const T*, const T*, const T*, core::Segments, int64_t, int64_t, \
-                                 int64_t, int64_t, T, T*, T*);                                   \
+                                 int64_t, int64_t, T, T*, T*, bool);                             \
   template void attention_bwd<T>(const T*, const T*, const T*, const T*, const T*, const T*,     \
                                  core::Segments, int64_t, int64_t, int64_t, int64_t, T, T*, T*,  \
-                                 T*);
+                                 T*, bool);
 DT_INSTANTIATE(float)
 DT_INSTANTIATE(double)
 #undef DT_INSTANTIATE

@@ -14,4 +14,15 @@ void embedding_fwd(const int32_t* ids_N, const T* table_VD, int64_t N, int64_t V
 template <typename T>
 void embedding_bwd(const int32_t* ids_N, const T* dx_ND, int64_t N, int64_t D, T* dtable_VD);
 
+// x_ND[n] (= or +=) sum_b w_NB[n,b] table_VD[idx_NB[n,b]]. Throws core::Error for an index
+// outside [0, V).
+template <typename T>
+void embedding_bag_fwd(const int32_t* idx_NB, const T* w_NB, const T* table_VD, int64_t N,
+                       int64_t B, int64_t V, int64_t D, T* x_ND, bool accumulate);
+
+// dtable_VD[idx_NB[n,b]] += w_NB[n,b] dx_ND[n] (rows in order, deterministic).
+template <typename T>
+void embedding_bag_bwd(const int32_t* idx_NB, const T* w_NB, const T* dx_ND, int64_t N, int64_t B,
+                       int64_t V, int64_t D, T* dtable_VD);
+
 }  // namespace deltatron::cpu

@@ -67,6 +67,27 @@ void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t
     gemm(CblasTrans, CblasNoTrans, O, I, N, dy_NO, O, x_NI, I, T(1), dW_OI, I);
 }
 
+template <typename T>
+void bias_add(T* y_NO, const T* b_O, int64_t N, int64_t O) {
+#pragma omp parallel for schedule(static) if (N * O > (1 << 15))
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o) y_NO[n * O + o] += b_O[o];
+}
+
+template <typename T>
+void bias_bwd(const T* dy_NO, int64_t N, int64_t O, T* db_O) {
+#pragma omp parallel for schedule(static) if (N * O > (1 << 15))
+  for (int64_t o = 0; o < O; ++o) {
+    double s = 0;
+    for (int64_t n = 0; n < N; ++n) s += double(dy_NO[n * O + o]);
+    db_O[o] += T(s);
+  }
+}
+
+template void bias_add<float>(float*, const float*, int64_t, int64_t);
+template void bias_add<double>(double*, const double*, int64_t, int64_t);
+template void bias_bwd<float>(const float*, int64_t, int64_t, float*);
+template void bias_bwd<double>(const double*, int64_t, int64_t, double*);
 template void linear_fwd<float>(const float*, const float*, int64_t, int64_t, int64_t, float*);
 template void linear_fwd<double>(const double*, const double*, int64_t, int64_t, int64_t, double*);
 template void linear_bwd<float>(const float*, const float*, const float*, int64_t, int64_t, int64_t,

@@ -14,4 +14,12 @@ template <typename T>
 void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t I, int64_t O,
                 T* dx_NI, bool accumulate_dx, T* dW_OI);
 
+// y_NO[n] += b_O (every row).
+template <typename T>
+void bias_add(T* y_NO, const T* b_O, int64_t N, int64_t O);
+
+// db_O += sum_n dy_NO[n] (rows in order).
+template <typename T>
+void bias_bwd(const T* dy_NO, int64_t N, int64_t O, T* db_O);
+
 }  // namespace deltatron::cpu

@@ -93,6 +93,42 @@ void rope_bwd(T* dx_NHK, const int32_t* pos_3N, int64_t N, int64_t H, int64_t K,
   rope_apply(dx_NHK, pos_3N, N, H, K, R, theta, mrope_section, -1);
 }
 
+template <typename T>
+void rope_vision(T* x_NHK, const int32_t* pos_2N, int64_t N, int64_t H, int64_t K, double theta,
+                 int sign) {
+  DT_CHECK(N >= 0 && H >= 0 && K > 0 && K % 4 == 0, "rope_vision: bad sizes N=", N, " H=", H,
+           " K=", K, " (K must be a multiple of 4)");
+  DT_CHECK(N == 0 || pos_2N != nullptr, "rope_vision: positions are null");
+  const int64_t half = K / 2, quarter = K / 4;
+  std::vector<double> inv(quarter);
+  for (int64_t j = 0; j < quarter; ++j)
+    inv[j] = 1.0 / std::pow(theta, double(2 * j) / double(half));
+#pragma omp parallel if (N * H * K > kParallelMin)
+  {
+    std::vector<T> cs(half), sn(half);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t j = 0; j < half; ++j) {
+        const double p = j < quarter ? double(pos_2N[n]) : double(pos_2N[N + n]);
+        const double angle = p * inv[j % quarter];
+        cs[j] = T(std::cos(angle));
+        sn[j] = T(sign) * T(std::sin(angle));
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        T* x = x_NHK + (n * H + h) * K;
+        for (int64_t j = 0; j < half; ++j) {
+          const T a = x[j], b = x[j + half];
+          x[j] = a * cs[j] - b * sn[j];
+          x[j + half] = b * cs[j] + a * sn[j];
+        }
+      }
+    }
+  }
+}
+
+template void rope_vision<float>(float*, const int32_t*, int64_t, int64_t, int64_t, double, int);
+template void rope_vision<double>(double*, const int32_t*, int64_t, int64_t, int64_t, double, int);
+
 #define DT_INSTANTIATE(T)                                                                   \
   template void rope_fwd<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double, \
                             const int[3]);                                                  \

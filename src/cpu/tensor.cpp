@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/bf16.h"
+#include "core/error.h"
 
 namespace deltatron::cpu {
 
@@ -18,6 +19,28 @@ void copy_cols(const T* src, int64_t src_ld, int64_t src_col0, T* dst, int64_t d
   if (rows <= 0 || cols <= 0) return;
   for (int64_t r = 0; r < rows; ++r)
     std::memcpy(dst + r * dst_ld + dst_col0, src + r * src_ld + src_col0, sizeof(T) * size_t(cols));
+}
+
+namespace {
+void check_row_index(const char* op, const int32_t* idx_M, int64_t R, int64_t M) {
+  for (int64_t m = 0; m < M; ++m)
+    DT_CHECK(idx_M[m] >= 0 && idx_M[m] < R, op, ": idx[", m, "] = ", idx_M[m],
+             " is outside the rows [0, ", R, ")");
+}
+}  // namespace
+
+void gather_rows(const float* src, const int32_t* idx_M, int64_t R, int64_t M, int64_t D,
+                 float* dst) {
+  check_row_index("gather_rows", idx_M, R, M);
+  for (int64_t m = 0; m < M; ++m)
+    std::memcpy(dst + m * D, src + int64_t(idx_M[m]) * D, sizeof(float) * size_t(D));
+}
+
+void scatter_rows(const float* src, const int32_t* idx_M, int64_t R, int64_t M, int64_t D,
+                  float* dst) {
+  check_row_index("scatter_rows", idx_M, R, M);
+  for (int64_t m = 0; m < M; ++m)
+    std::memcpy(dst + int64_t(idx_M[m]) * D, src + m * D, sizeof(float) * size_t(D));
 }
 
 template <typename T>

@@ -12,6 +12,12 @@ void cast(const float* src, float* dst, int64_t n);
 template <typename T>
 void copy_cols(const T* src, int64_t src_ld, int64_t src_col0, T* dst, int64_t dst_ld,
                int64_t dst_col0, int64_t rows, int64_t cols);
+// dst[m] = src[idx[m]] (gather) / dst[idx[m]] = src[m] (scatter), rows of D; every idx in
+// [0, R) (a core::Error otherwise).
+void gather_rows(const float* src, const int32_t* idx_M, int64_t R, int64_t M, int64_t D,
+                 float* dst);
+void scatter_rows(const float* src, const int32_t* idx_M, int64_t R, int64_t M, int64_t D,
+                  float* dst);
 // x[i] = value, [n].
 template <typename T>
 void fill(T* x, T value, int64_t n);

@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -32,6 +33,74 @@ std::vector<int32_t> read_int_array(const nlohmann::json& j, const char* key,
     out.push_back(static_cast<int32_t>(x));
   }
   return out;
+}
+
+// A flat array of numbers, or an array of equal-length arrays (rows) flattened: HF processors
+// write image_grid_thw as [[t, h, w], ...], pixel_values as [[...], ...], position_ids as
+// [[T...], [H...], [W...]]. cols: the row length found (0 when flat).
+template <typename T>
+std::vector<T> read_flat(const nlohmann::json& j, const char* key, const std::string& where,
+                         int64_t& cols) {
+  DT_CHECK(j.is_array(), where, ": \"", key, "\" must be an array");
+  std::vector<T> out;
+  cols = 0;
+  const auto take = [&](const nlohmann::json& v, size_t i) {
+    if constexpr (std::is_integral_v<T>)
+      DT_CHECK(v.is_number_integer(), where, ": \"", key, "\"[", i, "] is not an integer");
+    else
+      DT_CHECK(v.is_number(), where, ": \"", key, "\"[", i, "] is not a number");
+    out.push_back(v.get<T>());
+  };
+  for (size_t i = 0; i < j.size(); ++i) {
+    if (!j[i].is_array()) {
+      DT_CHECK(cols == 0, where, ": \"", key, "\" mixes numbers and arrays");
+      take(j[i], i);
+      continue;
+    }
+    DT_CHECK(i == 0 || cols > 0, where, ": \"", key, "\" mixes numbers and arrays");
+    DT_CHECK(i == 0 ? !j[i].empty() : int64_t(j[i].size()) == cols, where, ": \"", key, "\"[", i,
+             "] has ", j[i].size(), " values; every row must have the first row's ", cols);
+    cols = int64_t(j[i].size());
+    for (const auto& v : j[i]) take(v, i);
+  }
+  return out;
+}
+
+// Optional vision-language fields (docs/vision.md): MRoPE rows and the sample's images as an HF
+// processor gives them. The patch width (pixel_values per patch) is checked by the model against
+// its vision config.
+void read_vision_fields(const nlohmann::json& j, const std::string& where, Sample& s) {
+  const int64_t L = int64_t(s.input_ids.size());
+  int64_t cols = 0;
+  if (j.contains("position_ids") && !j["position_ids"].is_null()) {
+    s.position_ids = read_flat<int32_t>(j["position_ids"], "position_ids", where, cols);
+    DT_CHECK(int64_t(s.position_ids.size()) == 3 * L, where, ": \"position_ids\" has ",
+             s.position_ids.size(), " values; MRoPE needs 3 rows (T, H, W) of ", L);
+    for (size_t i = 0; i < s.position_ids.size(); ++i)
+      DT_CHECK(s.position_ids[i] >= 0, where, ": \"position_ids\" value ", i, " is negative");
+  }
+  const bool grid = j.contains("image_grid_thw") && !j["image_grid_thw"].is_null();
+  const bool pix = j.contains("pixel_values") && !j["pixel_values"].is_null();
+  DT_CHECK(grid == pix, where, ": \"", grid ? "image_grid_thw" : "pixel_values", "\" without \"",
+           grid ? "pixel_values" : "image_grid_thw", "\"");
+  if (!grid) return;
+  s.image_grid_thw = read_flat<int32_t>(j["image_grid_thw"], "image_grid_thw", where, cols);
+  DT_CHECK(!s.image_grid_thw.empty() && s.image_grid_thw.size() % 3 == 0, where,
+           ": \"image_grid_thw\" must hold (t, h, w) per image, got ", s.image_grid_thw.size(),
+           " values");
+  int64_t patches = 0;
+  for (size_t i = 0; i < s.image_grid_thw.size(); ++i) {
+    DT_CHECK(s.image_grid_thw[i] > 0, where, ": \"image_grid_thw\" value ", i, " is ",
+             s.image_grid_thw[i], "; grids are positive");
+    if (i % 3 == 2)
+      patches += int64_t(s.image_grid_thw[i - 2]) * s.image_grid_thw[i - 1] * s.image_grid_thw[i];
+  }
+  s.pixel_values = read_flat<float>(j["pixel_values"], "pixel_values", where, cols);
+  DT_CHECK(!s.pixel_values.empty() && int64_t(s.pixel_values.size()) % patches == 0 &&
+               (cols == 0 || int64_t(s.pixel_values.size()) / cols == patches),
+           where, ": \"pixel_values\" has ", s.pixel_values.size(), " values",
+           cols ? " in rows of " + std::to_string(cols) : std::string(), "; the grids give ",
+           patches, " patches");
 }
 
 }  // namespace
@@ -64,6 +133,7 @@ std::vector<Sample> read_token_jsonl(const std::string& path, int64_t vocab_size
     } else {
       s.labels = s.input_ids;
     }
+    read_vision_fields(j, where, s);
     samples.push_back(std::move(s));
   }
   DT_CHECK(in.eof(), path, ": read error after line ", line_no);

@@ -44,8 +44,10 @@ int64_t count_label_tokens(const Sample& s);
 
 // Reads pre-tokenised JSONL. Each non-blank line is an object with "input_ids" (non-empty array
 // of integers in [0, vocab_size)) and optional "labels" (same length; integers in
-// [0, vocab_size) or -100; defaults to input_ids). Any violation throws core::Error naming
-// "path:line" and the problem.
+// [0, vocab_size) or -100; defaults to input_ids). Vision-language samples may add, as an HF
+// processor writes them (flat or as rows): "position_ids" (3 MRoPE rows of the sample's length),
+// "image_grid_thw" ((t, h, w) per image) with "pixel_values" (the images' patches). Any violation
+// throws core::Error naming "path:line" and the problem.
 std::vector<Sample> read_token_jsonl(const std::string& path, int64_t vocab_size);
 
 }  // namespace deltatron::data

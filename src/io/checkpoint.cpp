@@ -22,6 +22,7 @@ bool is_passthrough_name(const std::string& name) {
 }
 
 bool is_passthrough_name(const std::string& name, const model::Config& c) {
+  if (name.rfind("model.visual.", 0) == 0) return c.vision_mode == model::VisionMode::off;
   return is_passthrough_name(name) && !(c.mtp_enabled && is_mtp_name(name));
 }
 
@@ -74,6 +75,8 @@ Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
   model::Config& c = ck.config;
   const SafetensorsSet w(dir);
   resolve_mtp(dir, w, opt, c);
+  c.vision_mode = opt.vision;
+  if (opt.vision != model::VisionMode::off) model::check_vision(c, dir + "/config.json");
   ck.expert_formats = detect_expert_formats(c, w.names(), dir);
   const std::vector<ParamSource> plan = layout_plan(c, ck.expert_formats);
 
@@ -92,7 +95,8 @@ Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
     if (!why.empty()) core::fail(dir, ": unexpected tensor '", name, "': ", why);
     core::fail(dir, ": unexpected tensor '", name, "': not a parameter of this config (prefix '",
                c.prefix, "'", c.mtp_enabled ? ", MTP enabled" : "", ") nor a pass-through (",
-               c.mtp_enabled ? "" : "mtp.*, ", "model.visual.*)");
+               c.mtp_enabled ? "" : "mtp.*, ",
+               c.vision_mode == model::VisionMode::off ? "model.visual.*)" : "nothing else)");
   }
 
   for (const ParamSource& src : plan) {
@@ -174,7 +178,8 @@ std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, con
       core::fail(dir, ": cannot save: '", name, "' is not a pass-through tensor name");
     if (!is_passthrough_name(name, ck.config))
       core::fail(dir, ": cannot save: pass-through '", name,
-                 "' is an MTP tensor but config.mtp_enabled is set (MTP tensors are parameters)");
+                 "' is an MTP or vision tensor but config.mtp_enabled or config.vision_mode is "
+                 "set (those tensors are parameters then)");
     views.emplace(name, TensorRecord{r.dtype, r.shape, nullptr, {r.bytes.data(), r.bytes.size()}});
   }
   return views;

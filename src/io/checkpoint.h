@@ -33,7 +33,8 @@ struct Checkpoint {
 
 // True for the names that may be carried through unchanged: "mtp.*" and "model.visual.*".
 bool is_passthrough_name(const std::string& name);
-// Pass-through under this config: model.visual.* always, mtp.* unless c.mtp_enabled.
+// Pass-through under this config: model.visual.* unless c.vision_mode is on, mtp.* unless
+// c.mtp_enabled.
 bool is_passthrough_name(const std::string& name, const model::Config& c);
 bool is_mtp_name(const std::string& name);  // "mtp.*"
 
@@ -41,6 +42,10 @@ struct LoadOptions {
   // Train without the MTP head: mtp.* stay pass-through bytes and config.mtp_enabled is false
   // (one warning line on stderr when the config declares MTP layers).
   bool ignore_mtp = false;
+  // The vision tower (model/config.h VisionMode): off keeps model.visual.* pass-through bytes;
+  // frozen, merger or full make them parameters (config.vision_mode is set; the config must have
+  // a vision_config the engine supports, model::check_vision).
+  model::VisionMode vision = model::VisionMode::off;
 };
 
 // Reads dir/config.json and the weights (model.safetensors or the sharded index). Every check is
@@ -53,7 +58,8 @@ struct LoadOptions {
 //    >= num_experts.
 //  - MTP: when config.mtp_num_hidden_layers > 0 (and not opt.ignore_mtp) the mtp.* tensors are
 //    parameters and config.mtp_enabled is set; a checkpoint without any mtp.* tensor is an error
-//    that suggests --ignore-mtp. Otherwise mtp.* are pass-through. model.visual.* always are.
+//    that suggests --ignore-mtp. Otherwise mtp.* are pass-through. model.visual.* are
+//    pass-through unless opt.vision is on (then parameters, config.vision_mode = opt.vision).
 Checkpoint load_checkpoint(const std::string& dir);
 Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt);
 

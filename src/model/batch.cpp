@@ -26,10 +26,15 @@ void check_ids(const Config& c, const std::vector<int32_t>& ids, const char* wha
 
 // Embedding-gradient ids: padding_idx rows (HF's pad_token_id) get no gradient through the
 // lookup, so those positions are marked -1 (skipped by ops::embedding_bwd).
-std::vector<int32_t> grad_ids(const Config& c, std::vector<int32_t> ids) {
+// With images, the image-pad rows are replaced by the vision tower's output (vision spec 4), so
+// the <|image_pad|> embedding row gets no gradient from them either.
+std::vector<int32_t> grad_ids(const Config& c, std::vector<int32_t> ids, bool images) {
   if (c.pad_token_id)
     for (auto& id : ids)
       if (id == *c.pad_token_id) id = -1;
+  if (images)
+    for (auto& id : ids)
+      if (id == c.image_token_id) id = -1;
   return ids;
 }
 
@@ -56,13 +61,15 @@ Batch::Batch(const Config& c, const data::Pack& p, core::Device dev)
   targets = upload(dev, p.targets, "pack targets");
   pos3 = upload(dev, p.position_ids, "pack position_ids");
   cu = upload(dev, p.cu_seqlens_padded, "pack cu_seqlens");
-  grad_ids = upload(dev, model::grad_ids(c, p.input_ids), "embedding gradient ids");
+  const bool images = c.vision_mode != VisionMode::off && !p.image_grid_thw.empty();
+  grad_ids = upload(dev, model::grad_ids(c, p.input_ids, images), "embedding gradient ids");
   if (c.mtp_enabled) {
     DT_CHECK(int64_t(p.mtp_input_ids.size()) == N && int64_t(p.mtp_targets.size()) == N,
              "the pack has no MTP inputs (build it with data::make_pack)");
     mtp_ids = upload(dev, p.mtp_input_ids, "MTP input ids");
     mtp_targets = upload(dev, p.mtp_targets, "MTP targets");
-    mtp_grad_ids = upload(dev, model::grad_ids(c, p.mtp_input_ids), "MTP embedding grad ids");
+    mtp_grad_ids =
+        upload(dev, model::grad_ids(c, p.mtp_input_ids, false), "MTP embedding grad ids");
   }
   if (c.is_moe()) {
     group_all = upload(dev, token_groups(p, false), "router-loss groups");

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <utility>
 
 #include "core/error.h"
 
@@ -135,7 +136,99 @@ void parse_rope(const Fields& f, Config& c) {
   }
 }
 
+// vision_config of a multimodal config (spec 1.1).
+void parse_vision(const Fields& top, Config& c) {
+  if (!top.has("vision_config")) return;
+  const json& vj = top.j["vision_config"];
+  if (!vj.is_object()) core::fail(top.source, ": field vision_config must be an object");
+  const Fields v{vj, top.source, "vision_config."};
+  VisionConfig& vc = c.vision;
+  // HF's class defaults (not a published size: the engine reads the file's values) for
+  // absent keys; the values are checked by check_vision, when the tower is used.
+  vc.depth = v.opt_int("depth", 27);
+  vc.hidden_size = v.opt_int("hidden_size", 1152);
+  vc.intermediate_size = v.opt_int("intermediate_size", 4304);
+  vc.num_heads = v.has("num_heads") ? v.as_int("num_heads") : v.opt_int("num_attention_heads", 16);
+  vc.out_hidden_size = v.opt_int("out_hidden_size", 3584);
+  vc.in_channels = v.opt_int("in_channels", 3);
+  vc.patch_size = v.opt_int("patch_size", 16);
+  vc.temporal_patch_size = v.opt_int("temporal_patch_size", 2);
+  vc.spatial_merge_size = v.opt_int("spatial_merge_size", 2);
+  vc.num_position_embeddings = v.opt_int("num_position_embeddings", 2304);
+  vc.hidden_act = v.opt_str("hidden_act", "gelu_pytorch_tanh");
+  if (v.has("rope_parameters") && vj["rope_parameters"].is_object()) {
+    const Fields rp{vj["rope_parameters"], top.source, "vision_config.rope_parameters."};
+    vc.rope_theta = rp.opt_num("rope_theta", 10000.0);
+  }
+  c.image_token_id = top.opt_int("image_token_id", c.image_token_id);
+  c.video_token_id = top.opt_int("video_token_id", c.video_token_id);
+  c.vision_start_token_id = top.opt_int("vision_start_token_id", c.vision_start_token_id);
+  c.vision_end_token_id = top.opt_int("vision_end_token_id", c.vision_end_token_id);
+  c.has_vision = true;
+}
+
 }  // namespace
+
+const char* vision_mode_name(VisionMode m) {
+  switch (m) {
+    case VisionMode::off:
+      return "off";
+    case VisionMode::frozen:
+      return "frozen";
+    case VisionMode::merger:
+      return "merger";
+    case VisionMode::full:
+      return "full";
+  }
+  return "?";
+}
+
+VisionMode parse_vision_mode(const std::string& s, const std::string& where) {
+  for (VisionMode m : {VisionMode::off, VisionMode::frozen, VisionMode::merger, VisionMode::full})
+    if (s == vision_mode_name(m)) return m;
+  core::fail(where, ": vision mode must be off, frozen, merger or full, got '", s, "'");
+}
+
+int64_t VisionConfig::grid_side() const {
+  int64_t g = static_cast<int64_t>(std::llround(std::sqrt(double(num_position_embeddings))));
+  return g * g == num_position_embeddings ? g : 0;
+}
+
+void check_vision(const Config& c, const std::string& source) {
+  if (!c.has_vision)
+    core::fail(source,
+               ": the vision tower needs a multimodal config with a vision_config (model_type "
+               "qwen3_5 or qwen3_5_moe)");
+  const VisionConfig& v = c.vision;
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"depth", v.depth + 1},  // depth 0 is allowed
+      {"hidden_size", v.hidden_size},
+      {"intermediate_size", v.intermediate_size},
+      {"num_heads", v.num_heads},
+      {"out_hidden_size", v.out_hidden_size},
+      {"in_channels", v.in_channels},
+      {"patch_size", v.patch_size},
+      {"temporal_patch_size", v.temporal_patch_size},
+      {"spatial_merge_size", v.spatial_merge_size},
+      {"num_position_embeddings", v.num_position_embeddings}};
+  for (const auto& [k, n] : sizes)
+    if (n <= 0) core::fail(source, ": vision_config.", k, " must be positive");
+  if (v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0)
+    core::fail(source, ": vision_config.hidden_size ", v.hidden_size, " / num_heads ", v.num_heads,
+               " must give a head dim that is a multiple of 4 (the 2-D rotary embedding)");
+  if (v.hidden_act != "gelu_pytorch_tanh")
+    core::fail(source, ": vision_config.hidden_act = '", v.hidden_act,
+               "' is not supported (deltatron implements gelu_pytorch_tanh)");
+  if (v.grid_side() == 0)
+    core::fail(source, ": vision_config.num_position_embeddings = ", v.num_position_embeddings,
+               " is not a square");
+  if (v.out_hidden_size != c.hidden_size)
+    core::fail(source, ": vision_config.out_hidden_size = ", v.out_hidden_size,
+               " differs from the text hidden_size ", c.hidden_size);
+  if (c.image_token_id < 0 || c.image_token_id >= c.vocab_size)
+    core::fail(source, ": image_token_id ", c.image_token_id,
+               " is outside [0, vocab_size = ", c.vocab_size, ")");
+}
 
 int64_t Config::rotary_dim() const {
   return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor);
@@ -264,6 +357,7 @@ Config parse_config(const json& j, const std::string& source) {
     core::fail(source, ": field ", mtp_f.field("mtp_num_hidden_layers"), " = ",
                c.mtp_num_hidden_layers, " must be >= 0");
   c.mtp_enabled = false;
+  if (c.layout == CheckpointLayout::multimodal) parse_vision(top, c);
   return c;
 }
 
@@ -339,6 +433,46 @@ std::string mtp_layer(int64_t j) { return "mtp.layers." + std::to_string(j) + ".
 
 }  // namespace
 
+std::vector<ParamSpec> vision_param_specs(const Config& c) {
+  std::vector<ParamSpec> out;
+  if (c.vision_mode == VisionMode::off) return out;
+  const VisionConfig& v = c.vision;
+  const int64_t D = v.hidden_size, I = v.intermediate_size, UD = v.merge_unit() * D;
+  const std::string V = "model.visual.";
+  out.push_back({V + "patch_embed.proj.weight",
+                 {D, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size}});
+  out.push_back({V + "patch_embed.proj.bias", {D}});
+  out.push_back({V + "pos_embed.weight", {v.num_position_embeddings, D}});
+  for (int64_t i = 0; i < v.depth; ++i) {
+    const std::string b = V + "blocks." + std::to_string(i) + ".";
+    for (const char* n : {"norm1.", "norm2."}) {
+      out.push_back({b + n + "weight", {D}});
+      out.push_back({b + n + "bias", {D}});
+    }
+    out.push_back({b + "attn.qkv.weight", {3 * D, D}});
+    out.push_back({b + "attn.qkv.bias", {3 * D}});
+    out.push_back({b + "attn.proj.weight", {D, D}});
+    out.push_back({b + "attn.proj.bias", {D}});
+    out.push_back({b + "mlp.linear_fc1.weight", {I, D}});
+    out.push_back({b + "mlp.linear_fc1.bias", {I}});
+    out.push_back({b + "mlp.linear_fc2.weight", {D, I}});
+    out.push_back({b + "mlp.linear_fc2.bias", {D}});
+  }
+  out.push_back({V + "merger.norm.weight", {D}});
+  out.push_back({V + "merger.norm.bias", {D}});
+  out.push_back({V + "merger.linear_fc1.weight", {UD, UD}});
+  out.push_back({V + "merger.linear_fc1.bias", {UD}});
+  out.push_back({V + "merger.linear_fc2.weight", {v.out_hidden_size, UD}});
+  out.push_back({V + "merger.linear_fc2.bias", {v.out_hidden_size}});
+  return out;
+}
+
+bool vision_trains(const Config& c, const std::string& name) {
+  if (name.rfind("model.visual.", 0) != 0) return true;
+  if (c.vision_mode == VisionMode::full) return true;
+  return c.vision_mode == VisionMode::merger && name.rfind("model.visual.merger.", 0) == 0;
+}
+
 std::vector<ParamSpec> mlp_param_specs(const Config& c, const std::string& mlp_prefix) {
   std::vector<ParamSpec> out;
   append_mlp(c, mlp_prefix, out);
@@ -386,6 +520,7 @@ std::vector<ParamSpec> param_specs(const Config& c) {
     }
     out.push_back({"mtp.norm.weight", {D}});
   }
+  for (ParamSpec& s : vision_param_specs(c)) out.push_back(std::move(s));
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include "model/layer.h"
 #include "model/lm_head.h"
 #include "model/tp_exchange.h"
+#include "model/vision_tower.h"
 #include "ops/device.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -160,6 +161,7 @@ void Model::init(const StateOptions& state, const LoraSetup* lora) {
   DT_CHECK(!c_.mtp_enabled || c_.mtp_num_hidden_layers == 1,
            "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
            " is not supported (Qwen3.5 uses 1)");
+  if (c_.vision_mode != VisionMode::off) check_vision(c_, "model config");
 }
 
 PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOptions& opt) {
@@ -183,9 +185,15 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   Buffer router_loss(cx.dev(), core::DType::f64, {1}, "router loss");
   ops::zero(router_loss);
 
-  // Trunk forward on the f32 residual stream.
+  // Trunk forward on the f32 residual stream; a pack with images gets the vision tower's merged
+  // tokens at its image-pad positions (vision spec 4). Text-only packs skip all of it.
   Buffer x = cx.f32(Nl * D, "residual stream");
   tp_embed(cx, b.ids, x);
+  const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
+  DT_CHECK(vb.empty() || cx.tp == nullptr,
+           "a pack with images under tensor parallelism: not supported yet");
+  VisionSaved vsaved;
+  if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, with_grads, vsaved), x);
   std::vector<std::unique_ptr<LayerSaved>> saved(L);
   for (int64_t i = 0; i < L; ++i) {
     saved[i] = std::make_unique<LayerSaved>();
@@ -279,6 +287,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     saved[i].reset();
     pg.release(int(i), !p.frozen());
   }
+  if (vsaved.merger) vision_bwd(cx, vb, vsaved, vision_gather_grad(cx, vb, dx));
   if (!p.frozen()) tp_embed_bwd(cx, b.grad_ids, dx);
   if (tpg) tpg->reduce_into(p);  // the replicated parameters' partial gradients, summed
   pg.release(kOuter, !p.frozen());
@@ -297,6 +306,9 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
   Buffer x = cx.f32(N * D, "residual stream");
   ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);
   const int64_t L = c.num_hidden_layers;
+  const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
+  VisionSaved vsaved;
+  if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, false, vsaved), x);
   for (int64_t i = 0; i < L; ++i) {
     LayerSaved s;
     pg.gather(int(i), false);

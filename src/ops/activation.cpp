@@ -98,4 +98,33 @@ void sigmoid_mul_bwd(const View& a_, const View& g, const View& dout, int64_t n,
   a.bad_device();
 }
 
+void gelu_fwd(const View& x, int64_t n, const View& y, Gelu kind) {
+  Args a("gelu_fwd");
+  a.nonneg(n, "n");
+  a.need(x, "x", dtypes::f32, n);
+  a.need(y, "y", dtypes::f32, n);
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::gelu_fwd<float>(x.f32(), n, y.f32(), kind == Gelu::tanh);
+    case core::Device::cuda:
+      a.cuda_not_implemented();
+  }
+  a.bad_device();
+}
+
+void gelu_bwd(const View& x, const View& dy, int64_t n, const View& dx, Gelu kind) {
+  Args a("gelu_bwd");
+  a.nonneg(n, "n");
+  a.need(x, "x", dtypes::f32, n);
+  a.need(dy, "dy", dtypes::f32, n);
+  a.need(dx, "dx", dtypes::f32, n);
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::gelu_bwd<float>(x.f32(), dy.f32(), n, dx.f32(), kind == Gelu::tanh);
+    case core::Device::cuda:
+      a.cuda_not_implemented();
+  }
+  a.bad_device();
+}
+
 }  // namespace deltatron::ops

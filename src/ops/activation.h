@@ -1,4 +1,4 @@
-// Contract for the elementwise activation op family: SwiGLU and the sigmoid output gate.
+// Contract for the elementwise activation op family: SwiGLU, the sigmoid output gate and GELU.
 //
 // Shape suffixes: N tokens, F FFN width. These ops are elementwise, so they take a flat element
 // count n (= N*F for SwiGLU; any shape for sigmoid_mul). Views (docs/ops-views.md), one device
@@ -32,5 +32,21 @@ void sigmoid_mul_fwd(const core::View& a, const core::View& g, int64_t n, const 
 //   a, g, dout [n] in;  da, dg [n] out, OVERWRITTEN (dout may alias either one).
 void sigmoid_mul_bwd(const core::View& a, const core::View& g, const core::View& dout, int64_t n,
                      const core::View& da, const core::View& dg);
+
+// GELU, the vision tower's activations (spec 3.5, 3.6): the exact form (torch nn.GELU(), the
+// patch merger) and the tanh approximation (gelu_pytorch_tanh, the blocks' MLP):
+//   erf:  y = 0.5 x (1 + erf(x / sqrt 2))
+//   tanh: y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//   x [n] in;  y [n] out, overwritten. f32 (CUDA: not implemented yet, an error).
+// Saved for backward: x.
+enum class Gelu { erf, tanh };
+void gelu_fwd(const core::View& x, int64_t n, const core::View& y, Gelu kind);
+
+// GELU backward: dx = dy * gelu'(x), with
+//   erf:  gelu'(x) = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+//   tanh: gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)
+//   x, dy [n] in;  dx [n] out, OVERWRITTEN (may alias dy).
+void gelu_bwd(const core::View& x, const core::View& dy, int64_t n, const core::View& dx,
+              Gelu kind);
 
 }  // namespace deltatron::ops

@@ -12,7 +12,7 @@ namespace deltatron::ops {
 
 void attention_fwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, const View& cu,
                    core::Segments seg, int64_t N, int64_t H, int64_t J, int64_t K, float scale,
-                   const View& o_NHK, const View& lse_NH) {
+                   const View& o_NHK, const View& lse_NH, bool causal) {
   Args a("attention_fwd");
   a.nonneg(N, "N"), a.nonneg(H, "H"), a.nonneg(J, "J"), a.nonneg(K, "K");
   a.need(q_NHK, "q_NHK", dtypes::act, N * H * K);
@@ -28,8 +28,9 @@ void attention_fwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
     case core::Device::cpu:
       a.cpu_segments(cu, seg);
       return cpu::attention_fwd<float>(q_NHK.f32(), k_NJK.f32(), v_NJK.f32(), seg, N, H, J, K,
-                                       scale, o_NHK.f32(), lse_NH.f32());
+                                       scale, o_NHK.f32(), lse_NH.f32(), causal);
     case core::Device::cuda:
+      if (!causal) a.cuda_not_implemented("bidirectional (causal = false) attention");
 #ifdef DT_HAVE_CUDA
       return cuda::attention_fwd(q_NHK.dtype, q_NHK.data, k_NJK.data, v_NJK.data, cu.i32(), seg.cu,
                                  seg.n, N, H, J, K, scale, o_NHK.data, lse_NH.f32());
@@ -43,7 +44,7 @@ void attention_fwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
 void attention_bwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, const View& o_NHK,
                    const View& lse_NH, const View& do_NHK, const View& cu, core::Segments seg,
                    int64_t N, int64_t H, int64_t J, int64_t K, float scale, const View& dq_NHK,
-                   const View& dk_NJK, const View& dv_NJK) {
+                   const View& dk_NJK, const View& dv_NJK, bool causal) {
   Args a("attention_bwd");
   a.nonneg(N, "N"), a.nonneg(H, "H"), a.nonneg(J, "J"), a.nonneg(K, "K");
   a.need(q_NHK, "q_NHK", dtypes::act, N * H * K);
@@ -67,8 +68,9 @@ void attention_bwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
       a.cpu_segments(cu, seg);
       return cpu::attention_bwd<float>(q_NHK.f32(), k_NJK.f32(), v_NJK.f32(), o_NHK.f32(),
                                        lse_NH.f32(), do_NHK.f32(), seg, N, H, J, K, scale,
-                                       dq_NHK.f32(), dk_NJK.f32(), dv_NJK.f32());
+                                       dq_NHK.f32(), dk_NJK.f32(), dv_NJK.f32(), causal);
     case core::Device::cuda:
+      if (!causal) a.cuda_not_implemented("bidirectional (causal = false) attention");
 #ifdef DT_HAVE_CUDA
       return cuda::attention_bwd(q_NHK.dtype, q_NHK.data, k_NJK.data, v_NJK.data, o_NHK.data,
                                  lse_NH.f32(), do_NHK.data, cu.i32(), seg.cu, seg.n, N, H, J, K,

@@ -1,4 +1,5 @@
-// Contract for the attention core: varlen causal GQA softmax attention over a pack (spec 2.4, 5).
+// Contract for the attention core: varlen GQA softmax attention over a pack, causal (the text
+// model, spec 2.4, 5) or bidirectional inside each segment (the vision tower, vision spec 3.5).
 //
 // Shape suffixes: N tokens in the pack, H query heads, J kv heads (H % J == 0), K head dim.
 // The q/k norms, RoPE and the sigmoid output gate of the gated full attention are separate ops;
@@ -17,7 +18,8 @@
 namespace deltatron::ops {
 
 // Forward. For token n in segment [a, b) of seg and query head h, with kv head j = h / (H/J)
-// (GQA, repeat_interleave mapping) and the causal window W(n) = [a, n]:
+// (GQA, repeat_interleave mapping) and the causal window W(n) = [a, n] (causal = true) or the
+// whole segment W(n) = [a, b) (causal = false; CUDA: not implemented yet, an error):
 //   s[n,h,m] = scale * q[n,h,:] . k[m,j,:]            for m in W(n)
 //   lse[n,h] = log sum_{m in W(n)} exp(s[n,h,m])       (softmax in float32)
 //   o[n,h,:] = sum_{m in W(n)} exp(s[n,h,m] - lse[n,h]) v[m,j,:]
@@ -29,7 +31,8 @@ namespace deltatron::ops {
 // Saved for backward: q, k, v, o, lse (no N x N matrix is kept or formed).
 void attention_fwd(const core::View& q_NHK, const core::View& k_NJK, const core::View& v_NJK,
                    const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,
-                   int64_t K, float scale, const core::View& o_NHK, const core::View& lse_NH);
+                   int64_t K, float scale, const core::View& o_NHK, const core::View& lse_NH,
+                   bool causal = true);
 
 // Backward. With P = exp(s - lse) recomputed, D[n,h] = do[n,h,:] . o[n,h,:] and
 // ds[n,h,m] = P[n,h,m] (do[n,h,:] . v[m,j,:] - D[n,h]):
@@ -43,6 +46,6 @@ void attention_bwd(const core::View& q_NHK, const core::View& k_NJK, const core:
                    const core::View& o_NHK, const core::View& lse_NH, const core::View& do_NHK,
                    const core::View& cu, core::Segments seg, int64_t N, int64_t H, int64_t J,
                    int64_t K, float scale, const core::View& dq_NHK, const core::View& dk_NJK,
-                   const core::View& dv_NJK);
+                   const core::View& dv_NJK, bool causal = true);
 
 }  // namespace deltatron::ops

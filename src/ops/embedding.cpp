@@ -73,4 +73,40 @@ void embedding_bwd(const View& ids_N, const View& dx_ND, int64_t N, int64_t D, i
   a.bad_device();
 }
 
+void embedding_bag_fwd(const View& idx_NB, const View& w_NB, const View& table_VD, int64_t N,
+                       int64_t B, int64_t V, int64_t D, const View& x_ND, bool accumulate) {
+  Args a("embedding_bag_fwd");
+  a.nonneg(N, "N"), a.nonneg(B, "B"), a.nonneg(V, "V"), a.nonneg(D, "D");
+  a.need(idx_NB, "idx_NB", dtypes::i32, N * B);
+  a.need(w_NB, "w_NB", dtypes::f32, N * B);
+  a.need(table_VD, "table_VD", dtypes::f32, V * D);
+  a.need(x_ND, "x_ND", dtypes::f32, N * D);
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::embedding_bag_fwd<float>(idx_NB.i32(), w_NB.f32(), table_VD.f32(), N, B, V, D,
+                                           x_ND.f32(), accumulate);
+    case core::Device::cuda:
+      a.cuda_not_implemented();
+  }
+  a.bad_device();
+}
+
+void embedding_bag_bwd(const View& idx_NB, const View& w_NB, const View& dx_ND, int64_t N,
+                       int64_t B, int64_t V, int64_t D, const View& dtable_VD) {
+  Args a("embedding_bag_bwd");
+  a.nonneg(N, "N"), a.nonneg(B, "B"), a.nonneg(V, "V"), a.nonneg(D, "D");
+  a.need(idx_NB, "idx_NB", dtypes::i32, N * B);
+  a.need(w_NB, "w_NB", dtypes::f32, N * B);
+  a.need(dx_ND, "dx_ND", dtypes::f32, N * D);
+  a.need(dtable_VD, "dtable_VD", dtypes::f32, V * D);
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::embedding_bag_bwd<float>(idx_NB.i32(), w_NB.f32(), dx_ND.f32(), N, B, V, D,
+                                           dtable_VD.f32());
+    case core::Device::cuda:
+      a.cuda_not_implemented();
+  }
+  a.bad_device();
+}
+
 }  // namespace deltatron::ops

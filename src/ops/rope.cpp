@@ -50,4 +50,32 @@ void rope_bwd(const View& dx_NHK, const View& pos_3N, int64_t N, int64_t H, int6
   rope_view("rope_bwd", true, dx_NHK, pos_3N, N, H, K, R, theta, mrope_section);
 }
 
+namespace {
+void rope_vision_view(const char* op, int sign, const View& x_NHK, const View& pos_2N, int64_t N,
+                      int64_t H, int64_t K, double theta) {
+  Args a(op);
+  a.nonneg(N, "N"), a.nonneg(H, "H"), a.nonneg(K, "K");
+  DT_CHECK(K % 4 == 0, "ops::", op, ": head dim K = ", K, " is not a multiple of 4");
+  a.need(x_NHK, sign > 0 ? "x_NHK" : "dx_NHK", dtypes::f32, N * H * K);
+  a.need(pos_2N, "pos_2N", dtypes::i32, 2 * N);
+  switch (a.device()) {
+    case core::Device::cpu:
+      return cpu::rope_vision<float>(x_NHK.f32(), pos_2N.i32(), N, H, K, theta, sign);
+    case core::Device::cuda:
+      a.cuda_not_implemented();
+  }
+  a.bad_device();
+}
+}  // namespace
+
+void rope_vision_fwd(const View& x_NHK, const View& pos_2N, int64_t N, int64_t H, int64_t K,
+                     double theta) {
+  rope_vision_view("rope_vision_fwd", +1, x_NHK, pos_2N, N, H, K, theta);
+}
+
+void rope_vision_bwd(const View& dx_NHK, const View& pos_2N, int64_t N, int64_t H, int64_t K,
+                     double theta) {
+  rope_vision_view("rope_vision_bwd", -1, dx_NHK, pos_2N, N, H, K, theta);
+}
+
 }  // namespace deltatron::ops

@@ -35,4 +35,23 @@ void rope_fwd(const core::View& x_NHK, const core::View& pos_3N, int64_t N, int6
 void rope_bwd(const core::View& dx_NHK, const core::View& pos_3N, int64_t N, int64_t H, int64_t K,
               int64_t R, double theta, const int mrope_section[3]);
 
+// 2-D rotary embedding of the vision tower (spec 3.4), IN PLACE on x_NHK:
+//   x_NHK  [N, H, K]  inout  patches' q or k heads; K % 4 == 0
+//   pos_2N [2, N]     in     i32: row 0 the patch's row r, row 1 its column c in its image's
+//                            patch grid (merge order, spec 2.6)
+//   theta                    10000 for Qwen3.5
+// With Q = K/4 frequencies inv_j = theta^(-4j/K) (HF: 1 / theta^(2j / (K/2)), dim = K/2) and the
+// K/2 angles  a_j = r inv_j,  a_{Q+j} = c inv_j  (rows first, then columns), over the full head
+// (rotate-half convention, no pass-through dims), for i < K/2:
+//   x'[i]       = x[i] cos a_i - x[i + K/2] sin a_i
+//   x'[i + K/2] = x[i + K/2] cos a_i + x[i] sin a_i
+// Angles, cos and sin in double on the CPU, then float32. Nothing is saved.
+// (CUDA: not implemented yet, an error.)
+void rope_vision_fwd(const core::View& x_NHK, const core::View& pos_2N, int64_t N, int64_t H,
+                     int64_t K, double theta);
+
+// Backward, IN PLACE on dx_NHK: the transpose rotation (by -a_i). Arguments as the forward.
+void rope_vision_bwd(const core::View& dx_NHK, const core::View& pos_2N, int64_t N, int64_t H,
+                     int64_t K, double theta);
+
 }  // namespace deltatron::ops

@@ -75,6 +75,35 @@ void copy_cols(const View& src, int64_t src_ld, int64_t src_col0, const View& ds
   a.bad_device();
 }
 
+namespace {
+void rows_op(const char* op, bool scatter, const View& src, const View& idx_M, int64_t R, int64_t M,
+             int64_t D, const View& dst) {
+  Args a(op);
+  a.nonneg(R, "R"), a.nonneg(M, "M"), a.nonneg(D, "D");
+  a.need(src, "src", dtypes::f32, (scatter ? M : R) * D);
+  a.need(idx_M, "idx_M", dtypes::i32, M);
+  a.need(dst, "dst", dtypes::f32, (scatter ? R : M) * D);
+  switch (a.device()) {
+    case core::Device::cpu:
+      if (scatter) return cpu::scatter_rows(src.f32(), idx_M.i32(), R, M, D, dst.f32());
+      return cpu::gather_rows(src.f32(), idx_M.i32(), R, M, D, dst.f32());
+    case core::Device::cuda:
+      a.cuda_not_implemented();
+  }
+  a.bad_device();
+}
+}  // namespace
+
+void gather_rows(const View& src, const View& idx_M, int64_t R, int64_t M, int64_t D,
+                 const View& dst) {
+  rows_op("gather_rows", false, src, idx_M, R, M, D, dst);
+}
+
+void scatter_rows(const View& src, const View& idx_M, int64_t R, int64_t M, int64_t D,
+                  const View& dst) {
+  rows_op("scatter_rows", true, src, idx_M, R, M, D, dst);
+}
+
 void fill(const View& x, float value, int64_t n) {
   Args a("fill");
   a.nonneg(n, "n");

@@ -23,6 +23,17 @@ void cast(const core::View& src, const core::View& dst, int64_t n);
 void copy_cols(const core::View& src, int64_t src_ld, int64_t src_col0, const core::View& dst,
                int64_t dst_ld, int64_t dst_col0, int64_t rows, int64_t cols);
 
+// Row moves by index (the vision tower's output into the image-pad positions of the text
+// embedding, and the gradient back): rows of D elements, idx_M [M] i32 on the same device.
+// gather_rows:  dst[m, :] = src[idx[m], :]   src [R, D] in, dst [M, D] out (overwritten)
+// scatter_rows: dst[idx[m], :] = src[m, :]   src [M, D] in, dst [R, D] inout (other rows kept);
+//               the indices must be distinct.
+// Every idx in [0, R) (checked on the CPU: a core::Error). f32 (CUDA: not implemented yet).
+void gather_rows(const core::View& src, const core::View& idx_M, int64_t R, int64_t M, int64_t D,
+                 const core::View& dst);
+void scatter_rows(const core::View& src, const core::View& idx_M, int64_t R, int64_t M, int64_t D,
+                  const core::View& dst);
+
 // x[i] = value (rounded to x's dtype: f32, bf16 or i32), [n].
 void fill(const core::View& x, float value, int64_t n);
 

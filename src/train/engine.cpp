@@ -168,8 +168,9 @@ class ModelEngine final : public Engine {
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
-      if (e.offset < lo_ || e.offset >= hi_) continue;  // another rank's shard (ZeRO)
-      ops::AdamWTensor t = p.adamw_tensor(name);        // master (or the lean pair), grad
+      if (e.offset < lo_ || e.offset >= hi_) continue;             // another rank's shard (ZeRO)
+      if (!model::vision_trains(model_.config(), name)) continue;  // a frozen vision tensor
+      ops::AdamWTensor t = p.adamw_tensor(name);  // master (or the lean pair), grad
       t.m = m_.view().slice(e.offset - lo_, e.numel);
       t.v = v_.view().slice(e.offset - lo_, e.numel);
       t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;

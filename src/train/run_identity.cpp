@@ -26,6 +26,7 @@ json run_identity(const TrainConfig& cfg, const TrainData& d, int ranks) {
   j["data.truncate"] = cfg.truncate;
   j["data.eval_fraction"] = cfg.eval_fraction;
   j["model.ignore_mtp"] = cfg.ignore_mtp;
+  if (cfg.vision != "off") j["model.vision"] = cfg.vision;  // older runs: absent = off
   j["training.micro_batch_tokens"] = cfg.micro_batch_tokens;
   j["training.grad_accum"] = cfg.grad_accum * ranks;  // micro-batches per step, all ranks
   j["training.divisible_by"] = cfg.divisible_by;

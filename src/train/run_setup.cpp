@@ -20,6 +20,7 @@ namespace deltatron::train {
 io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir) {
   io::LoadOptions lo;
   lo.ignore_mtp = cfg.ignore_mtp;
+  lo.vision = model::parse_vision_mode(cfg.vision, cfg.source + ": model.vision");
   if (!resume_dir.empty() && !cfg.lora) return io::load_checkpoint(resume_dir, lo);
   if (!cfg.model_path.empty()) return io::load_checkpoint(cfg.model_path, lo);
   io::Checkpoint ck;
@@ -106,6 +107,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
     c = model::parse_config(preset_config(cfg.model_preset), "preset " + cfg.model_preset);
   }
   c.mtp_enabled = c.mtp_num_hidden_layers > 0 && !cfg.ignore_mtp;
+  c.vision_mode = model::parse_vision_mode(cfg.vision, cfg.source + ": model.vision");
   PlanInput in;
   const bool cuda = cfg.device == "cuda";
   in.device = cuda ? core::Device::cuda : core::Device::cpu;

@@ -1,6 +1,7 @@
 // `deltatron score`: load, pack in order, run forward (+ backward), write results atomically.
 #include "train/score.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -101,9 +102,18 @@ void run_score(const ScoreOptions& opt) {
                                       "deltatron score");
   io::LoadOptions load_opt;
   load_opt.ignore_mtp = opt.ignore_mtp;
+  // The data first (its vocabulary check needs only the config): whether it has images decides
+  // the vision tower's default mode.
+  const std::vector<data::Sample> samples = data::read_token_jsonl(
+      opt.data_path,
+      model::load_config((fs::path(opt.model_dir) / "config.json").string()).vocab_size);
+  const bool images = std::any_of(samples.begin(), samples.end(),
+                                  [](const data::Sample& s) { return !s.image_grid_thw.empty(); });
+  load_opt.vision = opt.vision == "auto"
+                        ? (images ? model::VisionMode::frozen : model::VisionMode::off)
+                        : model::parse_vision_mode(opt.vision, "deltatron score --vision");
   io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);
   const model::Config& c = ck.config;
-  const std::vector<data::Sample> samples = data::read_token_jsonl(opt.data_path, c.vocab_size);
   const std::vector<data::Pack> packs = make_packs(samples, opt);
   std::optional<model::LoraSetup> lora;
   if (!opt.adapter_dir.empty()) {
@@ -193,6 +203,8 @@ void run_score(const ScoreOptions& opt) {
   model::TensorMap grads;
   if (with_grads) {
     grads = model::zeros_like(lora ? lora->adapters : ck.params);
+    if (!lora)  // the frozen part of the vision tower has no gradient to write
+      std::erase_if(grads, [&](const auto& kv) { return !model::vision_trains(c, kv.first); });
     engine->grads_to_host(grads);
     gather_experts(grads, eg, par.comm->device());    // the full expert tensors
     gather_shards(grads, tg, c, par.comm->device());  // the full tensor-parallel tensors

@@ -22,8 +22,11 @@ struct ScoreOptions {
   double mtp_scale = 0.1;           // weight of the MTP loss in the gradient objective
   model::RouterLossOptions router;  // off by default (coefficients 0)
   bool ignore_mtp = false;          // score a checkpoint whose config declares MTP without using it
-  std::string device = "cpu";       // cpu | cuda
-  std::string precision = "bf16";   // cuda: bf16 | fp32 (debug mode of the same kernels)
+  // The vision tower (docs/vision.md): auto (frozen when a sample has images, else off), off,
+  // frozen (images embedded, no model.visual.* gradients), merger or full (their gradients too).
+  std::string vision = "auto";
+  std::string device = "cpu";      // cpu | cuda
+  std::string precision = "bf16";  // cuda: bf16 | fp32 (debug mode of the same kernels)
   bool quiet = false;
   // Expert parallelism over groups of `ep` ranks of a launched job (docs/parallel.md): each rank
   // holds num_experts / ep of every MoE layer's routed experts. 1: off.

@@ -68,6 +68,7 @@ const std::map<std::string, Setter>& setters() {
       {"model.preset", set(&TrainConfig::model_preset)},
       {"model.init_seed", set(&TrainConfig::init_seed)},
       {"model.ignore_mtp", set(&TrainConfig::ignore_mtp)},
+      {"model.vision", set(&TrainConfig::vision)},
       {"data.train", set(&TrainConfig::train_path)},
       {"data.eval", set(&TrainConfig::eval_path)},
       {"data.eval_fraction", set(&TrainConfig::eval_fraction)},

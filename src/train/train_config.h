@@ -17,6 +17,10 @@ struct TrainConfig {
   std::string model_preset;  // a preset (random init, see `deltatron init`)
   uint64_t init_seed = 0;
   bool ignore_mtp = false;
+  // The vision tower of a multimodal checkpoint (docs/vision.md): off (model.visual.* carried
+  // through, no images), frozen (images embedded by the tower, which is not trained), merger
+  // (only model.visual.merger.* trained) or full.
+  std::string vision = "off";
   // [data]
   std::string train_path;
   std::string eval_path;              // optional held-out file

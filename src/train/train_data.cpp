@@ -75,8 +75,9 @@ void count_images(TrainData& d, bool model_takes_images) {
   std::fprintf(stderr, "data: %lld samples with %lld images\n",
                static_cast<long long>(d.image_samples), static_cast<long long>(d.images));
   DT_CHECK(model_takes_images, "the data has ", d.images, " images in ", d.image_samples,
-           " samples, but this model does not consume images yet (no vision tower); remove the "
-           "images or train a vision-language model");
+           " samples, but the vision tower is off ([model] vision = \"off\"): set [model] vision = "
+           "\"frozen\" (or \"merger\", \"full\") with a vision-language checkpoint, or remove the "
+           "images");
 }
 
 }  // namespace

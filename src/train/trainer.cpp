@@ -77,7 +77,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);
-  const TrainData d = load_train_data(cfg, tok, ck.config.vocab_size);
+  const TrainData d = load_train_data(cfg, tok, ck.config.vocab_size, cfg.vision != "off");
   // A LoRA run trains its adapters (model/adapters.h); the base is frozen.
   std::optional<model::LoraSetup> lora;
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
