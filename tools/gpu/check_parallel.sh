@@ -18,7 +18,7 @@ shared() {  # N ranks on GPU 0 (LOCAL_RANK forced to 0), staged Gloo
 compare() {  # label, reference prefix, prefix, loss tolerance, gradient tolerance
   python3 "$repo/tools/gpu/compare_runs.py" score "$@" || status=1
 }
-for fx in dense_text_varied moe_text_fused_tied moe_vlm_mtp; do
+for fx in dense_text_varied dense_text_mtp moe_text_fused_tied moe_vlm_mtp; do
   d=$repo/tests/data/golden/$fx
   args=(score --quiet --model "$d" --data "$d/samples.jsonl" --pack-tokens 64 --device "$device"
         --precision fp32 --router-aux-coef 0.01)
@@ -31,6 +31,15 @@ for fx in dense_text_varied moe_text_fused_tied moe_vlm_mtp; do
   fi
   run1 dp2 shared 2 "${args[@]}"
   compare "$fx: dp2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.dp2" 0 1e-6
+  run1 zero3 shared 2 "${args[@]}" --zero 3
+  compare "$fx: zero 3 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.zero3" 0 1e-6
+  if [[ $fx == dense_text_mtp ]]; then  # heads divisible by 2 (dense_text_varied has 3)
+    run1 tp2 shared 2 "${args[@]}" --tp 2
+    compare "$fx: tp2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.tp2" 1e-6 5e-5
+    run1 tp2sp shared 2 "${args[@]}" --tp 2 --sp
+    compare "$fx: tp2 + sp (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.tp2sp" \
+      1e-6 5e-5
+  fi
   if [[ $fx == moe_* ]]; then
     run1 ep2 shared 2 "${args[@]}" --ep 2
     compare "$fx: ep2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.ep2" 1e-6 2e-5
@@ -52,5 +61,23 @@ for layout in "zero2 --parallel.zero=2" "ep2 --parallel.ep=2"; do
   python3 "$repo/tools/gpu/compare_runs.py" train "train $name (2 ranks, one device) vs one rank" \
     "$out/t_one" "$out/t_$name" 1e-5 || status=1
 done
+# The dense example with ZeRO 3 (2 ranks x 1 micro-batch vs 1 x 2) and with tensor + sequence
+# parallelism (one group of 2 ranks runs the same micro-batch: vs one rank with 1).
+dense_args=("${train_args[@]}")
+dense_args[1]=$repo/examples/addition/train.toml
+train1() {  # name, ranks, flags...: one run into $out/d_NAME
+  local name=$1 n=$2; shift 2
+  local run=("$bin"); [[ $n == 2 ]] && run=(shared 2)
+  "${run[@]}" "${dense_args[@]}" "$@" "--training.out_dir=\"$out/d_$name\"" >"$out/d_$name.log" \
+    2>&1 || { echo "   train dense $name FAILED"; tail -3 "$out/d_$name.log"; status=1; }
+}
+train1 one_ga2 1 --training.grad_accum=2
+train1 one_ga1 1 --training.grad_accum=1
+train1 zero3 2 --training.grad_accum=1 --parallel.zero=3
+train1 tp2sp 2 --training.grad_accum=1 --parallel.tp=2 --parallel.sp=true
+python3 "$repo/tools/gpu/compare_runs.py" train "train dense zero 3 (2 ranks, one device) vs one rank" \
+  "$out/d_one_ga2" "$out/d_zero3" 1e-5 || status=1
+python3 "$repo/tools/gpu/compare_runs.py" train "train dense tp2 + sp (2 ranks, one device) vs one rank" \
+  "$out/d_one_ga1" "$out/d_tp2sp" 1e-4 || status=1
 echo "== check_parallel: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status
