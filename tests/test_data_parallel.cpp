@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "layout_runs.h"
 #include "ranks_run.h"
 #include "short_run.h"
 #include "test_util.h"
@@ -184,63 +185,17 @@ TEST(DataParallel, TrainTracksOneRank) {
 // change.
 TEST(DataParallel, TrainExpertParallelTracksOneRank) {
   const dt_test::TempDir tmp("ep_train");
-  const std::string toml = (dt_test::examples_dir() / "addition" / "train_moe.toml").string();
-  const auto args = [&](const std::string& out, int grad_accum, int ep) {
-    std::string a = "train " + toml;
-    for (std::string o : dt_test::short_run_overrides(tmp.path, out)) {
-      if (o.rfind("training.grad_accum=", 0) == 0)
-        o = "training.grad_accum=" + std::to_string(grad_accum);
-      a += " '--" + o + "'";
-    }
-    return a + " --training.router_aux_coef=0.05 --parallel.ep=" + std::to_string(ep);
-  };
-  struct Run {
-    std::string out;
-    int ranks, grad_accum, ep;
-  };
-  const std::vector<Run> runs = {{"one", 1, 4, 1}, {"ep2", 2, 2, 2}, {"ep2dp2", 4, 1, 2}};
-  for (const Run& r : runs)
-    ASSERT_EQ(
-        dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.ep), tmp.path / (r.out + ".err")),
-        0)
-        << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".err"));
-  const auto ckpt = [&](const std::string& out) {
-    return tmp.path / out / train::checkpoint_dir_name(6);
-  };
-  const std::vector<double> want = dt_test::metric_losses(tmp.path / "one" / "metrics.jsonl");
-  ASSERT_EQ(want.size(), 6u);
-  const fs::path ref = tmp.path / "one_step6";  // the one-rank run's last checkpoint, kept
-  fs::copy(ckpt("one"), ref, fs::copy_options::recursive);
-  const auto check = [&](const std::string& out, size_t first_loss) {
-    const std::vector<double> got = dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
-    ASSERT_EQ(got.size(), first_loss + 6 - (first_loss ? 3 : 0)) << out;
-    for (size_t s = first_loss ? 3 : 0; s < 6; ++s)
-      EXPECT_NEAR(got[first_loss + s - (first_loss ? 3 : 0)], want[s], 1e-6 * want[s])
-          << out << " step " << s + 1;
-    std::string name;
-    const double w =
-        dt_test::worst_rel_rms(ckpt(out) / "model.safetensors", ref / "model.safetensors", name);
-    std::printf("  %s: weights after 6 steps vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(),
-                w, name.c_str());
-    EXPECT_LE(w, 1e-5) << out << ": " << name;
-    const fs::path opt = fs::path("training_state") / "optimizer.safetensors";
-    const double m = dt_test::worst_rel_rms(ckpt(out) / opt, ref / opt, name);
-    std::printf("  %s: AdamW moments vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(), m,
-                name.c_str());
-    EXPECT_LE(m, 1e-4) << out << ": " << name;
-  };
-  check("ep2", 0);
-  check("ep2dp2", 0);
-
+  dt_test::LayoutRuns runs(tmp.path,
+                           (dt_test::examples_dir() / "addition" / "train_moe.toml").string(),
+                           "--training.router_aux_coef=0.05", 1e-6, 1e-5, 1e-4);
+  const std::string ep2 = "--parallel.ep=2";
+  ASSERT_TRUE(
+      runs.run({{"one", 1, 4, "--parallel.ep=1"}, {"ep2", 2, 2, ep2}, {"ep2dp2", 4, 1, ep2}}));
+  runs.keep_reference();
+  runs.check("ep2", 0);
+  runs.check("ep2dp2", 0);
   // Resumed on another layout from the step-3 checkpoint.
-  const std::vector<Run> resumed = {{"ep2", 1, 4, 1}, {"one", 4, 1, 2}};
-  for (const Run& r : resumed) {
-    fs::remove_all(ckpt(r.out));
-    ASSERT_EQ(dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.ep) + " --resume",
-                                 tmp.path / (r.out + ".resume.err")),
-              0)
-        << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".resume.err"));
-  }
-  check("ep2", 6);  // 6 steps, then steps 4-6 again
-  check("one", 6);
+  ASSERT_TRUE(runs.run({{"ep2", 1, 4, "--parallel.ep=1"}, {"one", 4, 1, ep2}}, true));
+  runs.check("ep2", 6);  // 6 steps, then steps 4-6 again
+  runs.check("one", 6);
 }

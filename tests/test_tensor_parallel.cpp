@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "layout_runs.h"
 #include "ranks_run.h"
 #include "short_run.h"
 #include "test_util.h"
@@ -110,74 +111,24 @@ TEST(TensorParallel, ScoreEqualsOneRank) {
 // plain full one, so the layout may change.
 TEST(TensorParallel, TrainTracksOneRank) {
   const dt_test::TempDir tmp("tp_train");
-  const std::string toml = (dt_test::examples_dir() / "addition" / "train.toml").string();
-  const auto args = [&](const std::string& out, int grad_accum, const std::string& layout) {
-    std::string a = "train " + toml;
-    for (std::string o : dt_test::short_run_overrides(tmp.path, out)) {
-      if (o.rfind("training.grad_accum=", 0) == 0)
-        o = "training.grad_accum=" + std::to_string(grad_accum);
-      a += " '--" + o + "'";
-    }
-    return a + " " + layout;
-  };
-  struct Run {
-    std::string out;
-    int ranks, grad_accum;
-    std::string layout;
-  };
+  // Weights: measured 6.8e-5 (a zero-centred k_norm weight: its values are a few learning rates
+  // after six steps, so fp32 rounding of its updates is large relative to them); 1e-7 when only
+  // steps 4-6 ran tensor parallel.
+  dt_test::LayoutRuns runs(tmp.path, (dt_test::examples_dir() / "addition" / "train.toml").string(),
+                           "", 1e-5, 1e-4, 1e-4);
   const std::string tp2 = "--parallel.tp=2", sp = " --parallel.sp=true";
-  const std::vector<Run> runs = {{"one", 1, 2, ""},
-                                 {"tp2", 2, 2, tp2},
-                                 {"tp2_sp", 2, 2, tp2 + sp},
-                                 {"tp2_sp_dp2", 4, 1, tp2 + sp}};
-  for (const Run& r : runs)
-    ASSERT_EQ(dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.layout),
-                                 tmp.path / (r.out + ".err")),
-              0)
-        << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".err"));
-  const auto ckpt = [&](const std::string& out) {
-    return tmp.path / out / train::checkpoint_dir_name(6);
-  };
-  const std::vector<double> want = dt_test::metric_losses(tmp.path / "one" / "metrics.jsonl");
-  ASSERT_EQ(want.size(), 6u);
-  const fs::path ref = tmp.path / "one_step6";  // the one-rank run's last checkpoint, kept
-  fs::copy(ckpt("one"), ref, fs::copy_options::recursive);
-  const auto check = [&](const std::string& out, size_t first_loss) {
-    const std::vector<double> got = dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
-    ASSERT_EQ(got.size(), first_loss + 6 - (first_loss ? 3 : 0)) << out;
-    for (size_t s = first_loss ? 3 : 0; s < 6; ++s)
-      EXPECT_NEAR(got[first_loss + s - (first_loss ? 3 : 0)], want[s], 1e-5 * want[s])
-          << out << " step " << s + 1;
-    std::string name;
-    const double w =
-        dt_test::worst_rel_rms(ckpt(out) / "model.safetensors", ref / "model.safetensors", name);
-    std::printf("  %s: weights after 6 steps vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(),
-                w, name.c_str());
-    // Measured 6.8e-5 (a zero-centred k_norm weight: its values are a few learning rates after
-    // six steps, so fp32 rounding of its updates is large relative to them); 1e-7 when only
-    // steps 4-6 ran tensor parallel.
-    EXPECT_LE(w, 1e-4) << out << ": " << name;
-    const fs::path opt = fs::path("training_state") / "optimizer.safetensors";
-    const double m = dt_test::worst_rel_rms(ckpt(out) / opt, ref / opt, name);
-    std::printf("  %s: AdamW moments vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(), m,
-                name.c_str());
-    EXPECT_LE(m, 1e-4) << out << ": " << name;
-  };
-  check("tp2", 0);
-  check("tp2_sp", 0);
-  check("tp2_sp_dp2", 0);
-
+  ASSERT_TRUE(runs.run({{"one", 1, 2, ""},
+                        {"tp2", 2, 2, tp2},
+                        {"tp2_sp", 2, 2, tp2 + sp},
+                        {"tp2_sp_dp2", 4, 1, tp2 + sp}}));
+  runs.keep_reference();
+  runs.check("tp2", 0);
+  runs.check("tp2_sp", 0);
+  runs.check("tp2_sp_dp2", 0);
   // Resumed on another layout from the step-3 checkpoint.
-  const std::vector<Run> resumed = {{"tp2", 1, 2, ""}, {"one", 4, 1, tp2 + sp}};
-  for (const Run& r : resumed) {
-    fs::remove_all(ckpt(r.out));
-    ASSERT_EQ(dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.layout) + " --resume",
-                                 tmp.path / (r.out + ".resume.err")),
-              0)
-        << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".resume.err"));
-  }
-  check("tp2", 6);  // 6 steps, then steps 4-6 again
-  check("one", 6);
+  ASSERT_TRUE(runs.run({{"tp2", 1, 2, ""}, {"one", 4, 1, tp2 + sp}}, true));
+  runs.check("tp2", 6);  // 6 steps, then steps 4-6 again
+  runs.check("one", 6);
 }
 
 // What cannot be split is refused on every rank with the reason.

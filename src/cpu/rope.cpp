@@ -25,6 +25,20 @@ namespace deltatron::cpu {
 
 namespace {
 
+// The rotate-half rotation of one token's H heads (x_HK [H, K]) by the angles whose cos and
+// (signed) sin are cs, sn [half]: pairs (j, j + half).
+template <typename T>
+void rotate_heads(T* x_HK, int64_t H, int64_t K, int64_t half, const T* cs, const T* sn) {
+  for (int64_t h = 0; h < H; ++h) {
+    T* x = x_HK + h * K;
+    for (int64_t j = 0; j < half; ++j) {
+      const T a = x[j], b = x[j + half];
+      x[j] = a * cs[j] - b * sn[j];
+      x[j + half] = b * cs[j] + a * sn[j];
+    }
+  }
+}
+
 constexpr int64_t kParallelMin = 16384;  // rotated elements below which one thread is faster
 
 // Position row (0 = T, 1 = H, 2 = W) that frequency j takes its angle from.
@@ -65,14 +79,7 @@ void rope_apply(T* x_NHK, const int32_t* pos_3N, int64_t N, int64_t H, int64_t K
         cs[j] = T(std::cos(angle));
         sn[j] = T(sign) * T(std::sin(angle));
       }
-      for (int64_t h = 0; h < H; ++h) {
-        T* x = x_NHK + (n * H + h) * K;
-        for (int64_t j = 0; j < half; ++j) {
-          const T a = x[j], b = x[j + half];
-          x[j] = a * cs[j] - b * sn[j];
-          x[j + half] = b * cs[j] + a * sn[j];
-        }
-      }
+      rotate_heads(x_NHK + n * H * K, H, K, half, cs.data(), sn.data());
     }
   }
 }
@@ -114,14 +121,7 @@ void rope_vision(T* x_NHK, const int32_t* pos_2N, int64_t N, int64_t H, int64_t 
         cs[j] = T(std::cos(angle));
         sn[j] = T(sign) * T(std::sin(angle));
       }
-      for (int64_t h = 0; h < H; ++h) {
-        T* x = x_NHK + (n * H + h) * K;
-        for (int64_t j = 0; j < half; ++j) {
-          const T a = x[j], b = x[j + half];
-          x[j] = a * cs[j] - b * sn[j];
-          x[j + half] = b * cs[j] + a * sn[j];
-        }
-      }
+      rotate_heads(x_NHK + n * H * K, H, K, half, cs.data(), sn.data());
     }
   }
 }
