@@ -246,8 +246,9 @@ std::vector<double> metric_router_losses(const fs::path& metrics) {
 
 // Six steps of the bundled MoE + MTP example (8 experts, top-2, shared expert; the global load-
 // balancing loss over the step's running counts) on tp2 + sp (2 micro-batches) and tp2 + sp x
-// dp2 (4 ranks, 1 micro-batch each: the running counts exchanged over the data-parallel ranks)
-// against one rank with 2 micro-batches: the step losses, the router losses, the weights and the
+// dp2 (4 ranks, 1 micro-batch each: the running counts exchanged over the data-parallel ranks;
+// with activation recomputation, which reruns each layer's exchanges) against one rank with 2
+// micro-batches: the step losses, the router losses, the weights and the
 // AdamW moments.
 TEST(TensorParallel, MoeTrainTracksOneRank) {
   const dt_test::TempDir tmp("tp_moe_train");
@@ -267,8 +268,9 @@ TEST(TensorParallel, MoeTrainTracksOneRank) {
     std::string layout;
   };
   const std::string tp2_sp = "--parallel.tp=2 --parallel.sp=true";
-  const std::vector<Run> runs = {
-      {"one", 1, 2, ""}, {"tp2_sp", 2, 2, tp2_sp}, {"tp2_sp_dp2", 4, 1, tp2_sp}};
+  const std::vector<Run> runs = {{"one", 1, 2, ""},
+                                 {"tp2_sp", 2, 2, tp2_sp},
+                                 {"tp2_sp_dp2", 4, 1, tp2_sp + " --training.recompute=true"}};
   for (const Run& r : runs)
     ASSERT_EQ(dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.layout),
                                  tmp.path / (r.out + ".err")),
@@ -310,6 +312,13 @@ TEST(TensorParallel, MoeTrainTracksOneRank) {
                 name.c_str());
     EXPECT_LE(m, 1e-4) << out << ": " << name;
   }
+
+  // Expert and tensor parallelism together: refused with the reason.
+  const fs::path err = tmp.path / "tp_ep.err";
+  EXPECT_NE(dt_test::run_ranks(4, args("tp_ep", 1, "--parallel.tp=2 --parallel.ep=2"), err), 0);
+  EXPECT_NE(dt_test::read_file(err).find("is not supported with parallel.zero, parallel.ep"),
+            std::string::npos)
+      << dt_test::read_file(err);
 }
 
 // The MoE tensors' split: rank r holds columns [r F/P, (r+1) F/P) of every expert's gate rows,
