@@ -65,13 +65,13 @@ class LayoutRuns {
       EXPECT_NEAR(got[first_loss + s - from], want_[s], loss_tol_ * want_[s])
           << out << " step " << s + 1;
     std::string name;
-    const double w = worst_rel_rms(ckpt(out) / "model.safetensors", ref() / "model.safetensors",
-                                   name);
+    const double w =
+        worst_rel_rms(ckpt(out) / "model.safetensors", ref() / "model.safetensors", name);
     std::printf("  %s: weights after 6 steps vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(),
                 w, name.c_str());
     EXPECT_LE(w, weight_tol_) << out << ": " << name;
-    const std::filesystem::path opt = std::filesystem::path("training_state") /
-                                      "optimizer.safetensors";
+    const std::filesystem::path opt =
+        std::filesystem::path("training_state") / "optimizer.safetensors";
     const double m = worst_rel_rms(ckpt(out) / opt, ref() / opt, name);
     std::printf("  %s: AdamW moments vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(), m,
                 name.c_str());

@@ -1,7 +1,8 @@
 // Tensor and sequence parallelism on CPU ranks (Gloo; processes started by `deltatron launch`):
-// `score` and `train` with tp2, tp2 + sp and tp2 x dp2 against the one-rank run (issue 15). A
-// group's ranks each run their share of the heads and FFN columns and sum the row-parallel
-// outputs, so losses and gradients agree with one rank to fp32 rounding, not bitwise.
+// `score` and `train` with tp2, tp2 + sp and tp2 x dp2 against the one-rank run (issue 15), for
+// dense and MoE models. A group's ranks each run their share of the heads and FFN columns (and
+// of every routed expert's) and sum the row-parallel outputs, so losses and gradients agree with
+// one rank to fp32 rounding, not bitwise.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,8 @@
 #include <vector>
 
 #include "layout_runs.h"
+#include "model/config.h"
+#include "model/tensor_parallel.h"
 #include "ranks_run.h"
 #include "short_run.h"
 #include "test_util.h"
@@ -43,66 +46,117 @@ const std::vector<Layout> kLayouts = {{2, "--tp 2", "tp2"},
 
 }  // namespace
 
-// Dense fixtures mixing GDN and attention layers (one with MTP, one with tied embeddings and two
-// attention layers), in packs of odd lengths (sequence parallelism pads them to a multiple of 2):
-// every per-sample loss and every gradient against one rank and against Hugging Face's float64.
-TEST(TensorParallel, ScoreEqualsOneRank) {
-  const dt_test::TempDir tmp("tp_score");
-  for (const std::string fixture : {"dense_text_mtp", "dense_text_tied"}) {
-    const fs::path d = fs::path(DT_TEST_DATA) / "golden" / fixture;
-    const std::string mtp = fixture == "dense_text_mtp" ? " --mtp-scale 0.3" : "";
-    const std::string base = "score --quiet --model " + d.string() + " --data " +
-                             (d / "samples.jsonl").string() + " --pack-tokens 64" + mtp;
-    const auto run = [&](int ranks, const std::string& flags, const fs::path& o) {
-      ASSERT_EQ(dt_test::run_ranks(ranks,
-                                   base + " " + flags + " --output " + o.string() +
-                                       ".jsonl --grad-out " + o.string() + ".safetensors",
-                                   o.string() + ".err"),
-                0)
-          << fixture << " " << flags << ": " << dt_test::read_file(o.string() + ".err");
-    };
-    const fs::path one = tmp.path / (fixture + "_one");
-    run(1, "", one);
-    const auto want = jsonl(one.string() + ".jsonl");
-    ASSERT_GE(want.size(), 3u);
+namespace {
+
+// The router loss a score run reports on stderr (rank 0; without --quiet), or NaN.
+double router_loss_of(const fs::path& err) {
+  const std::string text = dt_test::read_file(err), key = "router loss (sum over MoE layers) ";
+  const size_t at = text.find(key);
+  return at == std::string::npos ? std::nan("") : std::stod(text.substr(at + key.size()));
+}
+
+// `score` of a golden fixture with `flags` (packs of 64 tokens, so odd lengths: sequence
+// parallelism pads them to a multiple of 2) on every layout against one rank: every per-sample
+// loss, the router loss (when `router`) and every gradient; against Hugging Face's float64 too
+// when `vs_f64` (the objective the fixture's gradients hold). Gradient bound: fp32 rounding,
+// amplified by the GDN gates' conditioning (docs/ops/gdn.md): the one-rank runs themselves are
+// about 2e-5 from float64.
+void score_vs_one_rank(const fs::path& tmp, const std::string& fixture, const std::string& flags,
+                       const std::string& tag, bool router, bool vs_f64) {
+  const fs::path d = fs::path(DT_TEST_DATA) / "golden" / fixture;
+  const std::string base = "score --model " + d.string() + " --data " +
+                           (d / "samples.jsonl").string() + " --pack-tokens 64 " + flags;
+  const auto run = [&](int ranks, const std::string& layout, const fs::path& o) {
+    ASSERT_EQ(dt_test::run_ranks(ranks,
+                                 base + " " + layout + " --output " + o.string() +
+                                     ".jsonl --grad-out " + o.string() + ".safetensors",
+                                 o.string() + ".err"),
+              0)
+        << tag << " " << layout << ": " << dt_test::read_file(o.string() + ".err");
+  };
+  const fs::path one = tmp / (tag + "_one");
+  run(1, "", one);
+  const auto want = jsonl(one.string() + ".jsonl");
+  ASSERT_GE(want.size(), 3u);
+  const double router_want = router_loss_of(one.string() + ".err");
+  if (router) {
+    ASSERT_TRUE(std::isfinite(router_want))
+        << tag << ": " << dt_test::read_file(one.string() + ".err");
+    std::printf("  %s one rank: router loss %.9g\n", tag.c_str(), router_want);
+  }
+  if (vs_f64) {
     std::string name1;
     const double one64 =
         dt_test::worst_rel_rms(one.string() + ".safetensors", d / "grads.safetensors", name1);
-    std::printf("  %s one rank: worst gradient rel RMS vs float64 %.2e (%s)\n", fixture.c_str(),
-                one64, name1.c_str());
-    for (const Layout& l : kLayouts) {
-      const std::string what = fixture + " " + l.name;
-      const fs::path o = tmp.path / (fixture + "_" + l.name);
-      run(l.ranks, l.flags, o);
-      const auto got = jsonl(o.string() + ".jsonl");
-      ASSERT_EQ(got.size(), want.size()) << what;
-      double worst = 0;
-      for (size_t i = 0; i < want.size(); ++i) {
-        EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << what << ", sample " << i;
-        for (const char* key : {"loss_sum", "mtp_loss_sum"}) {
-          if (!want[i].contains(key)) continue;
-          const double a = got[i][key], b = want[i][key];
-          worst = std::max(worst, std::abs(a - b) / std::max(1.0, std::abs(b)));
-          EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b)))
-              << what << ", sample " << i << " " << key;
-        }
+    std::printf("  %s one rank: worst gradient rel RMS vs float64 %.2e (%s)\n", tag.c_str(), one64,
+                name1.c_str());
+  }
+  for (const Layout& l : kLayouts) {
+    const std::string what = tag + " " + l.name;
+    const fs::path o = tmp / (tag + "_" + l.name);
+    run(l.ranks, l.flags, o);
+    const auto got = jsonl(o.string() + ".jsonl");
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << what << ", sample " << i;
+      for (const char* key : {"loss_sum", "mtp_loss_sum"}) {
+        if (!want[i].contains(key)) continue;
+        const double a = got[i][key], b = want[i][key];
+        worst = std::max(worst, std::abs(a - b) / std::max(1.0, std::abs(b)));
+        EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b)))
+            << what << ", sample " << i << " " << key;
       }
-      std::string name;
-      const double r =
-          dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
+    }
+    std::string name;
+    const double r =
+        dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
+    std::printf("  %s: losses %.2e; worst gradient rel RMS vs one rank %.2e (%s)", what.c_str(),
+                worst, r, name.c_str());
+    if (router) {  // counted once per group: one rank's value
+      const double a = router_loss_of(o.string() + ".err");
+      const double rel = std::abs(a - router_want) / std::abs(router_want);
+      std::printf(", router loss %.2e", rel);
+      EXPECT_LE(rel, 1e-6) << what << ": router loss " << a << ", one rank " << router_want;
+    }
+    EXPECT_LE(r, 5e-5) << what << ": " << name;
+    if (vs_f64) {
       std::string name64;
       const double g =
           dt_test::worst_rel_rms(o.string() + ".safetensors", d / "grads.safetensors", name64);
-      std::printf(
-          "  %s: losses %.2e; worst gradient rel RMS vs one rank %.2e (%s), vs float64 %.2e "
-          "(%s)\n",
-          what.c_str(), worst, r, name.c_str(), g, name64.c_str());
-      // fp32 rounding, amplified by the GDN gates' conditioning (docs/ops/gdn.md): the one-rank
-      // run itself is 1.8e-5 and 2.1e-5 from float64.
-      EXPECT_LE(r, 5e-5) << what << ": " << name;
+      std::printf(", vs float64 %.2e (%s)", g, name64.c_str());
       EXPECT_LE(g, 5e-5) << what << ": " << name64;
     }
+    std::printf("\n");
   }
+}
+
+}  // namespace
+
+// Dense fixtures mixing GDN and attention layers (one with MTP, one with tied embeddings and two
+// attention layers): every per-sample loss and every gradient against one rank and against
+// Hugging Face's float64.
+TEST(TensorParallel, ScoreEqualsOneRank) {
+  const dt_test::TempDir tmp("tp_score");
+  score_vs_one_rank(tmp.path, "dense_text_mtp", "--quiet --mtp-scale 0.3", "dense_text_mtp", false,
+                    true);
+  score_vs_one_rank(tmp.path, "dense_text_tied", "--quiet", "dense_text_tied", false, true);
+}
+
+// MoE fixtures (4 experts, top-2, shared expert; one with tied embeddings and fused experts, one
+// with an MoE MTP layer): each routed expert's FFN columns and the shared expert split over the
+// group, the router replicated. Without router losses also against float64; with the load-
+// balancing loss (global counts over the whole dataset, and per sample) and the z-loss, the
+// router loss must be one rank's (each group counts its routing once) and so every gradient.
+TEST(TensorParallel, MoeScoreEqualsOneRank) {
+  const dt_test::TempDir tmp("tp_moe_score");
+  const std::string router = "--router-aux-coef 0.01 --z-loss-coef 0.001";
+  score_vs_one_rank(tmp.path, "moe_text_fused_tied", "--quiet", "moe_fused", false, true);
+  score_vs_one_rank(tmp.path, "moe_text_fused_tied", router, "moe_fused_router", true, false);
+  score_vs_one_rank(tmp.path, "moe_vlm_mtp", router + " --mtp-scale 0.3", "moe_mtp_router", true,
+                    false);
+  score_vs_one_rank(tmp.path, "moe_vlm_mtp", router + " --router-aux-type seq --mtp-scale 0.3",
+                    "moe_mtp_router_seq", true, false);
 }
 
 // Six steps of the bundled dense example on tp2 (2 micro-batches), tp2 + sp, and tp2 + sp x dp2
@@ -131,6 +185,150 @@ TEST(TensorParallel, TrainTracksOneRank) {
   runs.check("one", 6);
 }
 
+namespace {
+// The "router_loss" of every step record of a run's metrics.jsonl, in order.
+std::vector<double> metric_router_losses(const fs::path& metrics) {
+  std::vector<double> out;
+  for (const nlohmann::json& j : jsonl(metrics))
+    if (j.contains("router_loss")) out.push_back(j["router_loss"].get<double>());
+  return out;
+}
+}  // namespace
+
+// Six steps of the bundled MoE + MTP example (8 experts, top-2, shared expert; the global load-
+// balancing loss over the step's running counts) on tp2 + sp (2 micro-batches) and tp2 + sp x
+// dp2 (4 ranks, 1 micro-batch each: the running counts exchanged over the data-parallel ranks;
+// with activation recomputation, which reruns each layer's exchanges) against one rank with 2
+// micro-batches: the step losses, the router losses, the weights and the
+// AdamW moments.
+TEST(TensorParallel, MoeTrainTracksOneRank) {
+  const dt_test::TempDir tmp("tp_moe_train");
+  const std::string toml = (dt_test::examples_dir() / "addition" / "train_moe.toml").string();
+  const auto args = [&](const std::string& out, int grad_accum, const std::string& layout) {
+    std::string a = "train " + toml;
+    for (std::string o : dt_test::short_run_overrides(tmp.path, out)) {
+      if (o.rfind("training.grad_accum=", 0) == 0)
+        o = "training.grad_accum=" + std::to_string(grad_accum);
+      a += " '--" + o + "'";
+    }
+    return a + " " + layout;
+  };
+  struct Run {
+    std::string out;
+    int ranks, grad_accum;
+    std::string layout;
+  };
+  const std::string tp2_sp = "--parallel.tp=2 --parallel.sp=true";
+  const std::vector<Run> runs = {{"one", 1, 2, ""},
+                                 {"tp2_sp", 2, 2, tp2_sp},
+                                 {"tp2_sp_dp2", 4, 1, tp2_sp + " --training.recompute=true"}};
+  for (const Run& r : runs)
+    ASSERT_EQ(dt_test::run_ranks(r.ranks, args(r.out, r.grad_accum, r.layout),
+                                 tmp.path / (r.out + ".err")),
+              0)
+        << r.out << ": " << dt_test::read_file(tmp.path / (r.out + ".err"));
+  const auto ckpt = [&](const std::string& out) {
+    return tmp.path / out / train::checkpoint_dir_name(6);
+  };
+  const fs::path metrics = "metrics.jsonl";
+  const std::vector<double> want = dt_test::metric_losses(tmp.path / "one" / metrics);
+  const std::vector<double> want_router = metric_router_losses(tmp.path / "one" / metrics);
+  ASSERT_EQ(want.size(), 6u);
+  ASSERT_EQ(want_router.size(), 6u);
+  for (const std::string out : {"tp2_sp", "tp2_sp_dp2"}) {
+    const std::vector<double> got = dt_test::metric_losses(tmp.path / out / metrics);
+    const std::vector<double> got_router = metric_router_losses(tmp.path / out / metrics);
+    ASSERT_EQ(got.size(), 6u) << out;
+    ASSERT_EQ(got_router.size(), 6u) << out;
+    double worst = 0, worst_router = 0;
+    for (size_t s = 0; s < 6; ++s) {
+      worst = std::max(worst, std::abs(got[s] - want[s]) / want[s]);
+      worst_router =
+          std::max(worst_router, std::abs(got_router[s] - want_router[s]) / want_router[s]);
+      EXPECT_NEAR(got[s], want[s], 1e-5 * want[s]) << out << " step " << s + 1;
+      EXPECT_NEAR(got_router[s], want_router[s], 1e-5 * want_router[s])
+          << out << " step " << s + 1 << " router loss";
+    }
+    std::string name;
+    const double w = dt_test::worst_rel_rms(ckpt(out) / "model.safetensors",
+                                            ckpt("one") / "model.safetensors", name);
+    std::printf(
+        "  %s: step losses %.2e, router losses %.2e; weights after 6 steps vs one rank: "
+        "worst rel RMS %.2e (%s)\n",
+        out.c_str(), worst, worst_router, w, name.c_str());
+    EXPECT_LE(w, 1e-4) << out << ": " << name;  // the dense test's bound (zero-centred norms)
+    const fs::path opt = fs::path("training_state") / "optimizer.safetensors";
+    const double m = dt_test::worst_rel_rms(ckpt(out) / opt, ckpt("one") / opt, name);
+    std::printf("  %s: AdamW moments vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(), m,
+                name.c_str());
+    EXPECT_LE(m, 1e-4) << out << ": " << name;
+  }
+
+  // Expert and tensor parallelism together: refused with the reason.
+  const fs::path err = tmp.path / "tp_ep.err";
+  EXPECT_NE(dt_test::run_ranks(4, args("tp_ep", 1, "--parallel.tp=2 --parallel.ep=2"), err), 0);
+  EXPECT_NE(dt_test::read_file(err).find("is not supported with parallel.zero, parallel.ep"),
+            std::string::npos)
+      << dt_test::read_file(err);
+}
+
+// The MoE tensors' split: rank r holds columns [r F/P, (r+1) F/P) of every expert's gate rows,
+// of its up rows (the fused [E, 2F, D] gate_up_proj's halves each split) and of its down_proj
+// [E, D, F]; the shared expert's like the dense MLP's; the router and the shared expert gate
+// replicated with partial gradients. The slices joined give the full tensor back.
+TEST(TensorParallel, MoeSplitTakesEachExpertsColumns) {
+  const model::Config c = model::load_config(
+      (fs::path(DT_TEST_DATA) / "golden" / "moe_text_fused_tied" / "config.json").string());
+  const int64_t E = c.num_experts, F = c.moe_intermediate_size, D = c.hidden_size, P = 2;
+  const int64_t Fl = F / P, S = c.shared_expert_intermediate_size;
+  const auto filled = [](const core::Shape& shape) {
+    core::Tensor t(shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.ptr()[i] = float(i);
+    return t;
+  };
+  const std::string pf = "model.layers.1.mlp.";
+  const core::Tensor gu = filled({E, 2 * F, D}), down = filled({E, D, F});
+  for (int64_t r = 0; r < P; ++r) {
+    const core::Tensor lgu = model::tp_slice(c, pf + "experts.gate_up_proj", gu, r, P);
+    ASSERT_EQ(lgu.shape, (core::Shape{E, 2 * Fl, D}));
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t j = 0; j < 2 * Fl; ++j)
+        for (int64_t k = 0; k < D; ++k) {
+          const int64_t row = j < Fl ? r * Fl + j : F + r * Fl + (j - Fl);  // gate, then up
+          ASSERT_EQ(lgu.ptr()[(e * 2 * Fl + j) * D + k], gu.ptr()[(e * 2 * F + row) * D + k])
+              << "rank " << r << " expert " << e << " local row " << j << " column " << k;
+        }
+    const core::Tensor ldown = model::tp_slice(c, pf + "experts.down_proj", down, r, P);
+    ASSERT_EQ(ldown.shape, (core::Shape{E, D, Fl}));
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t k = 0; k < D; ++k)
+        for (int64_t j = 0; j < Fl; ++j)
+          ASSERT_EQ(ldown.ptr()[(e * D + k) * Fl + j], down.ptr()[(e * D + k) * F + r * Fl + j])
+              << "rank " << r << " expert " << e << " row " << k << " local column " << j;
+  }
+  for (const auto& [name, full] :
+       {std::pair{pf + "experts.gate_up_proj", gu}, std::pair{pf + "experts.down_proj", down},
+        std::pair{pf + "shared_expert.gate_proj.weight", filled({S, D})},
+        std::pair{pf + "shared_expert.down_proj.weight", filled({D, S})}}) {
+    std::vector<float> slices;
+    core::Shape local;
+    for (int64_t r = 0; r < P; ++r) {
+      const core::Tensor t = model::tp_slice(c, name, full, r, P);
+      local = t.shape;
+      slices.insert(slices.end(), t.ptr(), t.ptr() + t.numel());
+    }
+    const core::Tensor back = model::tp_join(c, name, slices.data(), local, P);
+    ASSERT_EQ(back.shape, full.shape) << name;
+    for (int64_t i = 0; i < full.numel(); ++i)
+      ASSERT_EQ(back.ptr()[i], full.ptr()[i]) << name << " element " << i;
+  }
+  for (const std::string n : {"gate.weight", "shared_expert_gate.weight"}) {
+    EXPECT_FALSE(model::is_tp_sharded(c, pf + n)) << n;
+    EXPECT_TRUE(model::tp_partial_grad(c, pf + n, false)) << n;
+  }
+  EXPECT_TRUE(model::is_tp_sharded(c, "mtp.layers.0.mlp.experts.down_proj"));
+}
+
 // What cannot be split is refused on every rank with the reason.
 TEST(TensorParallel, RefusesWhatItCannotSplit) {
   const dt_test::TempDir tmp("tp_refuse");
@@ -140,7 +338,7 @@ TEST(TensorParallel, RefusesWhatItCannotSplit) {
   };
   const std::vector<Case> cases = {
       {"dense_text_varied", "--tp 2", "num_attention_heads (3)", 2},
-      {"moe_text_fused_tied", "--tp 2", "MoE model", 2},
+      {"moe_text_fused_tied", "--tp 2 --ep 2", "--tp with --ep", 4},
       {"dense_text_mtp", "--sp", "needs tp > 1", 1},
       {"dense_text_mtp", "--tp 2", "multiple of 2 ranks", 3},
   };

@@ -11,7 +11,6 @@
 #include "model/tp_exchange.h"
 #include "model/vision_tower.h"
 #include "ops/device.h"
-#include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/tensor.h"
@@ -294,19 +293,26 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   return out;
 }
 
-void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
+void Model::count_routes(const data::Pack& given, GlobalRouterCounts& counts) {
   const Config& c = c_;
   if (!c.is_moe()) return;
-  const int64_t N = pack.N, D = c.hidden_size;
+  // Tensor parallel: the forward as in fwd_bwd (sequence parallel: padded, this rank's rows);
+  // every rank of the group routes every token, so each counts the group's routes once.
+  const data::Pack padded = tp() && tp_.sp ? tp_pad_pack(given, tp_.size()) : data::Pack{};
+  const data::Pack& pack = tp() && tp_.sp ? padded : given;
+  const int64_t D = c.hidden_size;
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get(), 0, ep()};
+  const Ctx cx{c, params_, b, adapters_.get(), 0, ep(), tp()};
+  const int64_t Nl = cx.Nl();
   const Params& p = params_;
   const Gather pg{gather_};
   pg.gather(kOuter, false);
-  Buffer x = cx.f32(N * D, "residual stream");
-  ops::embedding_fwd(b.ids, p.w(c.name("embed_tokens.weight")), N, c.vocab_size, D, x);
+  Buffer x = cx.f32(Nl * D, "residual stream");
+  tp_embed(cx, b.ids, x);
   const int64_t L = c.num_hidden_layers;
   const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
+  DT_CHECK(vb.empty() || cx.tp == nullptr,
+           "a pack with images under tensor parallelism: not supported yet");
   VisionSaved vsaved;
   if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, false, vsaved), x);
   for (int64_t i = 0; i < L; ++i) {
@@ -322,8 +328,8 @@ void Model::count_routes(const data::Pack& pack, GlobalRouterCounts& counts) {
     return check_moe_errors(cx);
   }
   // The MTP layer's routes: rerun the head's forward (inputs as in fwd_bwd).
-  Buffer hf = cx.act(N * D, "final norm output"), rstd = cx.f32(N, "final norm rstd");
-  ops::rmsnorm_fwd(x, p.w(c.name("norm.weight")), N, D, c.rms_norm_eps, hf, rstd);
+  Buffer hf = cx.act(Nl * D, "final norm output"), rstd = cx.f32(Nl, "final norm rstd");
+  ops::rmsnorm_fwd(x, p.w(c.name("norm.weight")), Nl, D, c.rms_norm_eps, hf, rstd);
   MtpInput in = mtp_input(cx, hf);
   LayerSaved ms;
   mtp_layer().fwd(cx, in.r, ms);

@@ -14,6 +14,7 @@
 #include "model/model.h"
 #include "model/moe_ep.h"
 #include "model/proj.h"
+#include "model/tp_exchange.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
@@ -55,6 +56,8 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   DT_CHECK(!ep || (expert_lora_rank(cx, pf + "experts.gate_up_proj") == 0 &&
                    expert_lora_rank(cx, pf + "experts.down_proj") == 0),
            pf, "experts: routed-expert LoRA adapters under expert parallelism are not built yet");
+  DT_CHECK(!ep || !cx.tp, pf,
+           "experts: expert parallelism combined with tensor parallelism is not built yet");
   s.x = x;
   s.has_terms = false;
 
@@ -87,6 +90,14 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   ops::moe_permute(s.topk_idx, d.N, d.K, d.E, cx.b.moe_bad, s.offsets, host_offsets_of(s), s.rows_P,
                    s.pos);
   const ExpertRows rows{s.offsets, host_offsets_of(s), d.E, d.P};
+  // Tensor parallel: the routed and shared outputs are this rank's partial sums, collected over
+  // every token and summed over the group into resid in one exchange.
+  Buffer partial;
+  if (cx.tp) {
+    partial = cx.f32(d.N * d.D, "MoE partial output (this rank's FFN columns)");
+    ops::zero(partial);
+  }
+  const View out_ND = cx.tp ? partial.view() : resid;
 
   // Routed experts.
   if (ep) {
@@ -111,7 +122,7 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
       ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), s.offsets, host_offsets_of(s), d.E,
                               d.F, d.D, out);
       expert_lora_fwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, out);
-      ops::moe_scatter_add(out, s.pos, s.topk_w, d.N, d.K, d.D, resid, true);
+      ops::moe_scatter_add(out, s.pos, s.topk_w, d.N, d.K, d.D, out_ND, true);
     }
   }
 
@@ -128,8 +139,9 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
     ops::swiglu_fwd(s.sgate, s.sup, d.N * d.S, hs);
     proj_fwd(cx, sp + "down_proj.weight", hs, d.S, d.D, s.sout, false);
     proj_fwd(cx, pf + "shared_expert_gate.weight", x, d.D, 1, s.slogit, false);
-    ops::moe_shared_gate_fwd(s.sout, s.slogit, d.N, d.D, resid);
+    ops::moe_shared_gate_fwd(s.sout, s.slogit, d.N, d.D, out_ND);
   }
+  if (cx.tp) tp_sum_into(cx, partial, d.D, resid);
 }
 
 void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View& dy,
@@ -204,8 +216,10 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
   }
 
   // Router (f32): routed path through the renormalised weights, plus the router losses.
+  // Tensor parallel: the routed path's dw is this rank's share (its FFN columns), the router
+  // losses' gradient is whole on every rank: rank 0 of the group alone adds it.
   Buffer dprobs, dlse;
-  if (s.has_terms) {
+  if (s.has_terms && (!cx.tp || cx.tp->rank() == 0)) {
     const RouterTerms& t = s.terms;
     if (t.num_groups > 0) {
       dprobs = cx.f32(d.N * d.E, "router probability gradient");

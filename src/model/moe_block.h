@@ -26,7 +26,8 @@ namespace deltatron::model {
 
 struct ModelOptions;
 
-// The block's sizes (legend above) for the pack in cx.
+// The block's sizes (legend above) for the pack in cx; F and S this rank's share under tensor
+// parallelism (model/tensor_parallel.h).
 struct MoeDims {
   int64_t N, D, E, K, F, S, P;
   explicit MoeDims(const Ctx& cx)
@@ -34,8 +35,8 @@ struct MoeDims {
         D(cx.c.hidden_size),
         E(cx.c.num_experts),
         K(cx.c.num_experts_per_tok),
-        F(cx.c.moe_intermediate_size),
-        S(cx.c.shared_expert_intermediate_size),
+        F(cx.local(cx.c.moe_intermediate_size)),
+        S(cx.local(cx.c.shared_expert_intermediate_size)),
         P(cx.N() * cx.c.num_experts_per_tok) {}
 };
 
@@ -67,7 +68,11 @@ struct MoeSaved {
 };
 
 // resid_ND (f32) += MoE(x_ND); dx_ND (dt) overwritten. Router-loss gradients (if s.has_terms)
-// enter the router logits' gradient, scaled by s.loss_scale.
+// enter the router logits' gradient, scaled by s.loss_scale. Tensor parallel: x_ND and dy_ND are
+// every token's (gathered with sp), resid this rank's rows (Nl); the routed and shared outputs are
+// this rank's partial sums, summed over the group in one exchange (tp_sum_into); dx_ND is this
+// rank's partial input gradient (the layer sums it), and the router losses' gradient enters on
+// the group's rank 0 alone (every rank routes identically; the sum counts it once).
 void moe_fwd(const Ctx& cx, const std::string& prefix, const View& x_ND, const View& resid_ND,
              MoeSaved& s);
 void moe_bwd(const Ctx& cx, const std::string& prefix, const MoeSaved& s, const View& dy_ND,

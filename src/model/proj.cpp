@@ -67,7 +67,7 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& x, const Vie
 void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const View& x,
               const View& dy, int64_t I, int64_t O, const View& dx, bool accumulate) {
   ops::linear_bwd_dx(dy, W, cx.N(), I, O, dx, accumulate);
-  const View gw = cx.p.g(weight);
+  const View gw = cx.g(weight);  // a replicated weight's partial store under tensor parallelism
   if (!gw.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw);
   Adapter a;
   if (!adapter_of(cx, weight, x, I, O, a)) return;

@@ -17,7 +17,8 @@ void proj_fwd(const Ctx& cx, const std::string& weight, const View& x, int64_t I
 void proj_fwd(const Ctx& cx, const std::string& weight, const View& W, const View& x, int64_t I,
               int64_t O, const View& y, bool accumulate);
 
-// dx (+)= dy W (+ the adapter's share); dW += dy^T x unless the base is frozen; the adapter's
+// dx (+)= dy W (+ the adapter's share); dW += dy^T x unless the base is frozen (into cx.g: the
+// group's partial store for a replicated weight under tensor parallelism); the adapter's
 // dA, dB accumulate into the adapter store's gradients.
 void proj_bwd(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
               int64_t O, const View& dx, bool accumulate);

@@ -18,37 +18,31 @@ bool ends_with(const std::string& s, const std::string& tail) {
 }
 
 // Calls f(full_offset, local_offset, n) for every contiguous run of floats rank r's slice takes
-// from the full tensor of shape `full` (local runs in order).
+// from the full tensor of shape `full` (local runs in order). The tensor is read as
+// [outer, along, inner] around the split axis: each outer index holds one piece of every segment.
 template <typename F>
 void for_each_run(const TpSplit& s, const core::Shape& full, int64_t r, int64_t P,
                   const std::string& name, F&& f) {
-  const int64_t along = s.dim == 0 ? full.at(0) : full.back();
+  DT_CHECK(s.dim < int(full.size()), name, ": shape ", core::shape_str(full), " has no axis ",
+           s.dim, " to split for tensor parallelism");
+  const int64_t along = full.at(s.dim);
   int64_t sum = 0;
   for (int64_t len : s.segments) {
     DT_CHECK(len % P == 0, name, ": a segment of ", len, " is not divisible by ", P, " ranks");
     sum += len;
   }
-  DT_CHECK(sum == along && (s.dim == 0 || full.size() == 2), name, ": shape ",
-           core::shape_str(full), " does not match its tensor-parallel split");
-  const int64_t total = core::numel(full);
-  if (s.dim == 0) {  // rows: each piece is contiguous
-    const int64_t inner = total / along;
-    int64_t seg0 = 0, local = 0;
+  DT_CHECK(sum == along, name, ": shape ", core::shape_str(full),
+           " does not match its tensor-parallel split");
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < s.dim; ++i) outer *= full[i];
+  for (int i = s.dim + 1; i < int(full.size()); ++i) inner *= full[i];
+  int64_t local = 0;
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t seg0 = 0;
     for (int64_t len : s.segments) {
-      const int64_t rows = len / P;
-      f((seg0 + r * rows) * inner, local, rows * inner);
-      local += rows * inner;
-      seg0 += len;
-    }
-    return;
-  }
-  const int64_t R = full.at(0), C = along, Cl = C / P;  // columns: one run per row and segment
-  for (int64_t i = 0; i < R; ++i) {
-    int64_t seg0 = 0, local = i * Cl;
-    for (int64_t len : s.segments) {
-      const int64_t cols = len / P;
-      f(i * C + seg0 + r * cols, local, cols);
-      local += cols;
+      const int64_t piece = len / P;
+      f((o * along + seg0 + r * piece) * inner, local, piece * inner);
+      local += piece * inner;
       seg0 += len;
     }
   }
@@ -73,7 +67,8 @@ TpSplit tp_split(const Config& c, const std::string& name) {
   const int64_t H = c.num_attention_heads, J = c.num_key_value_heads, K = c.head_dim;
   const int64_t HK = c.linear_num_key_heads * c.linear_key_head_dim;
   const int64_t G = c.linear_num_value_heads, GV = G * c.linear_value_head_dim;
-  const int64_t F = c.intermediate_size;
+  const int64_t F = c.intermediate_size, Fe = c.moe_intermediate_size;
+  const int64_t S = c.shared_expert_intermediate_size;
   if (s == "self_attn.q_proj.weight") return {0, {2 * H * K}};
   if (s == "self_attn.k_proj.weight" || s == "self_attn.v_proj.weight") return {0, {J * K}};
   if (s == "self_attn.o_proj.weight") return {1, {H * K}};
@@ -86,6 +81,13 @@ TpSplit tp_split(const Config& c, const std::string& name) {
   if (s == "linear_attn.out_proj.weight") return {1, {GV}};
   if (s == "mlp.gate_proj.weight" || s == "mlp.up_proj.weight") return {0, {F}};
   if (s == "mlp.down_proj.weight") return {1, {F}};
+  // MoE: every routed expert's FFN columns (Megatron's expert tensor parallelism), the gate and
+  // up halves of the fused [E, 2F, D] tensor each split; the shared expert like the dense MLP.
+  if (s == "mlp.experts.gate_up_proj") return {1, {Fe, Fe}};
+  if (s == "mlp.experts.down_proj") return {2, {Fe}};
+  if (s == "mlp.shared_expert.gate_proj.weight" || s == "mlp.shared_expert.up_proj.weight")
+    return {0, {S}};
+  if (s == "mlp.shared_expert.down_proj.weight") return {1, {S}};
   return {};
 }
 
@@ -94,9 +96,6 @@ bool is_tp_sharded(const Config& c, const std::string& name) { return tp_split(c
 void check_tensor_parallel(const Config& c, int64_t P, const std::string& where) {
   DT_CHECK(P >= 1, where, ": the tensor-parallel size must be >= 1, got ", P);
   if (P == 1) return;
-  DT_CHECK(!c.is_moe(), where, ": tensor parallelism (", P,
-           ") with a MoE model is not built yet (the experts' FFN split, the router and the "
-           "expert-parallel exchange under tp); use tp = 1 (expert parallelism: ep)");
   const auto divisible = [&](const char* what, int64_t n) {
     DT_CHECK(n % P == 0, where, ": tensor parallelism over ", P, " ranks splits ", what, " (", n,
              ") into equal parts; it is not divisible by ", P);
@@ -105,7 +104,10 @@ void check_tensor_parallel(const Config& c, int64_t P, const std::string& where)
   divisible("num_key_value_heads", c.num_key_value_heads);
   divisible("linear_num_key_heads", c.linear_num_key_heads);
   divisible("linear_num_value_heads", c.linear_num_value_heads);
-  divisible("intermediate_size", c.intermediate_size);
+  if (!c.is_moe()) return divisible("intermediate_size", c.intermediate_size);
+  divisible("moe_intermediate_size", c.moe_intermediate_size);
+  if (c.shared_expert_intermediate_size > 0)
+    divisible("shared_expert_intermediate_size", c.shared_expert_intermediate_size);
 }
 
 core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full, int64_t r,
@@ -113,7 +115,7 @@ core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tens
   const TpSplit s = tp_split(c, name);
   if (s.dim < 0 || P == 1) return full;
   core::Shape ls = full.shape;
-  (s.dim == 0 ? ls[0] : ls.back()) /= P;
+  ls.at(s.dim) /= P;
   core::Tensor local(ls);
   for_each_run(s, full.shape, r, P, name, [&](int64_t fo, int64_t lo, int64_t n) {
     std::memcpy(local.ptr() + lo, full.ptr() + fo, size_t(n) * sizeof(float));
@@ -125,7 +127,7 @@ core::Tensor tp_join(const Config& c, const std::string& name, const float* slic
                      const core::Shape& local_shape, int64_t P) {
   const TpSplit s = tp_split(c, name);
   core::Shape fs = local_shape;
-  if (s.dim >= 0) (s.dim == 0 ? fs[0] : fs.back()) *= P;
+  if (s.dim >= 0) fs.at(s.dim) *= P;
   core::Tensor full(fs);
   const int64_t nl = core::numel(local_shape);
   if (s.dim < 0 || P == 1) {  // replicated: rank 0's
@@ -144,6 +146,9 @@ bool tp_partial_grad(const Config& c, const std::string& name, bool sp) {
   if (s == "self_attn.q_norm.weight" || s == "self_attn.k_norm.weight" ||
       s == "linear_attn.norm.weight")
     return true;
+  // MoE: the router's and the shared expert gate's logit gradients are partial (each rank's
+  // routed experts' FFN columns, its shared-expert columns), so their weights' gradients are.
+  if (s == "mlp.gate.weight" || s == "mlp.shared_expert_gate.weight") return true;
   if (!sp || is_tp_sharded(c, name)) return false;
   // Sequence parallel: every replicated tensor but the embedding and the LM head (which run on
   // the gathered tokens) sees this rank's token shard only.

@@ -12,14 +12,26 @@
 //              out_proj [D, GV]: the value heads' columns. Value head j reads key head j / (G/H)
 //              (repeat_interleave), so a rank's value heads read its own key heads.
 //   dense MLP  gate_proj, up_proj [F, D]: rows; down_proj [D, F]: columns.
+//   MoE        every routed expert's FFN columns (Megatron's expert tensor parallelism):
+//              experts.gate_up_proj [E, 2F, D] its gate rows [0, F) and up rows [F, 2F) of each
+//              expert split (axis 1, two segments); experts.down_proj [E, D, F]: axis 2. The
+//              shared expert like the dense MLP. The router (mlp.gate) and shared_expert_gate are
+//              replicated: every rank routes every token of the pack (gathered with sp) on the
+//              same logits, so the top-k and the router losses are one rank's on each.
 //   the rest   replicated: embeddings, lm_head, every RMSNorm weight (q_norm, k_norm and the GDN
 //              gated norm are per head dim: every rank's heads use them), MTP fc.
 // Each mixer and FFN is a column-parallel input (no communication) and a row-parallel output
 // whose partial sums are all-reduced (or, with sp, reduce-scattered to the token shards); the
 // backward all-reduces (reduce-scatters) the input gradient (model/tp_exchange.h).
 //
+// The routed experts' outputs (slot-weighted, each rank's FFN columns) and the shared expert's
+// (gated) are partial sums added into one buffer, reduced in one all-reduce (reduce-scatter).
+//
 // Replicated parameters whose gradient a rank only partly computes are "partial": q_norm, k_norm
-// and linear_attn.norm (the rank's heads only); with sp also every other replicated parameter
+// and linear_attn.norm (the rank's heads only); the MoE router and shared_expert_gate (their
+// logits' gradients are sums over the FFN columns: each rank has its columns' share; the router
+// losses' gradient enters on the group's rank 0 alone, so the group's sum counts it once); with
+// sp also every other replicated parameter
 // that sees the token shards (the layer norms, the final norm, the MTP norms and fc). Their
 // per-pack gradients go to a TpGrads store and are summed over the group at the end of the
 // backward; the embedding and lm_head run on every token (gathered) and are complete.
@@ -46,10 +58,10 @@ struct TensorParallel {
   int64_t rank() const { return on() ? comm->rank() : 0; }
 };
 
-// How `name` is split over the group: dim -1 replicated; 0 its rows (the first dimension);
-// 1 its columns (the last dimension of a 2-D tensor). Along that dimension the tensor is a run of
-// `segments` (lengths), each split in P equal contiguous pieces; rank r's tensor is piece r of
-// every segment, concatenated.
+// How `name` is split over the group: dim -1 replicated, else the axis split (0 rows, 1 the
+// columns of a 2-D tensor, 1 or 2 for the [E, ., .] expert tensors). Along that axis the tensor
+// is a run of `segments` (lengths), each split in P equal contiguous pieces; rank r's tensor is
+// piece r of every segment, concatenated (for every index of the axes before it).
 struct TpSplit {
   int dim = -1;
   std::vector<int64_t> segments;
@@ -57,8 +69,9 @@ struct TpSplit {
 TpSplit tp_split(const Config& c, const std::string& name);
 bool is_tp_sharded(const Config& c, const std::string& name);
 
-// An error naming `where` unless the model can be split over P ranks: a dense text model whose
-// attention heads, kv heads, GDN key and value heads and intermediate_size divide by P.
+// An error naming `where` unless the model can be split over P ranks: attention heads, kv heads,
+// GDN key and value heads and the FFN widths (intermediate_size; a MoE model's
+// moe_intermediate_size and shared_expert_intermediate_size) divide by P.
 void check_tensor_parallel(const Config& c, int64_t P, const std::string& where);
 
 // Rank r's slice of the full tensor `full` (shape checked against the split).

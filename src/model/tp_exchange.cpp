@@ -28,20 +28,24 @@ void tp_reduce_tokens(const Ctx& cx, const View& dx_full, const View& dx_local, 
   cx.tp->comm->reduce_scatter(dx_full.slice(0, cx.N() * D), dx_local.slice(0, cx.Nl() * D));
 }
 
-void tp_proj_fwd_sum(const Ctx& cx, const std::string& weight, const View& x, int64_t I, int64_t O,
-                     const View& resid) {
-  if (!cx.tp) return proj_fwd(cx, weight, x, I, O, resid, true);
+void tp_sum_into(const Ctx& cx, const View& y, int64_t O, const View& resid) {
   const int64_t N = cx.N(), Nl = cx.Nl();
-  const Buffer y = cx.f32(N * O, "row-parallel partial output");
-  proj_fwd(cx, weight, x, I, O, y, false);
   if (!cx.sp()) {
-    cx.tp->comm->all_reduce(y, dist::ReduceOp::sum);
+    cx.tp->comm->all_reduce(y.slice(0, N * O), dist::ReduceOp::sum);
     ops::add_inplace(resid, y, N * O);
     return;
   }
   const Buffer yl = cx.f32(Nl * O, "row-parallel output (this rank's tokens)");
-  cx.tp->comm->reduce_scatter(y, yl);
+  cx.tp->comm->reduce_scatter(y.slice(0, N * O), yl);
   ops::add_inplace(resid, yl, Nl * O);
+}
+
+void tp_proj_fwd_sum(const Ctx& cx, const std::string& weight, const View& x, int64_t I, int64_t O,
+                     const View& resid) {
+  if (!cx.tp) return proj_fwd(cx, weight, x, I, O, resid, true);
+  const Buffer y = cx.f32(cx.N() * O, "row-parallel partial output");
+  proj_fwd(cx, weight, x, I, O, y, false);
+  tp_sum_into(cx, y, O, resid);
 }
 
 View tp_local_rows(const Ctx& cx, const View& full, int64_t D) {

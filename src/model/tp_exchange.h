@@ -25,6 +25,11 @@ View tp_gather_tokens(const Ctx& cx, const View& x_local, int64_t D, Buffer& sto
 // reduce-scattered into dx_local [Nl, D].
 void tp_reduce_tokens(const Ctx& cx, const View& dx_full, const View& dx_local, int64_t D);
 
+// resid_local [Nl, O] (f32) += the sum over the group of y [N, O] (f32, this rank's partial sums;
+// overwritten): all-reduced, or with sp reduce-scattered to the token shards. Tensor parallel
+// only (cx.tp set).
+void tp_sum_into(const Ctx& cx, const View& y, int64_t O, const View& resid);
+
 // A row-parallel projection into the f32 residual stream: resid_local [Nl, O] += the sum over the
 // group of x [N, I] W^T. One rank: proj_fwd accumulating into resid.
 void tp_proj_fwd_sum(const Ctx& cx, const std::string& weight, const View& x, int64_t I, int64_t O,

@@ -10,3 +10,6 @@ for t in old_lora_test test_lora_model_cuda; do
 done
 echo "== test_dist_cuda"
 timeout 120 /tmp/new/runtime/test_dist_cuda 2>&1 | tail -40
+for t in test_golden_cuda test_gpu_model test_model_pack_cuda test_model_moe_mtp_cuda test_resume_cuda test_golden_lora_cuda; do
+  timeout 120 /tmp/new/runtime/$t > /tmp/$t.log 2>&1 && echo "== $t PASS" || { echo "== $t FAIL"; grep -E "Failure|FAILED|rror" /tmp/$t.log | head -12; }
+done
