@@ -134,7 +134,7 @@ TEST_F(CudaVision, LayerNormMatchesCpu) {
       run_layernorm(0, 16, xt, t, 20);
       run_layernorm(130, 16, xt, t, 30);     // the golden's tower
       run_layernorm(1000, 1152, xt, t, 40);  // Qwen3.5's tower
-      run_layernorm(3, 5000, xt, t, 50);     // a wide row, more parts than rows
+      run_layernorm(3, 5000, xt, t, 50);     // wide rows (157 columns per lane)
     }
   }
 }
