@@ -1,5 +1,6 @@
-// CUDA varlen causal GQA attention (see attention.h): argument checks, grid planning, the fp32
-// SIMT path of the f32 debug mode, D = rowsum(dO * O), and the split-sum of partial dK/dV.
+// CUDA varlen GQA attention, causal or bidirectional (see attention.h): argument checks, grid
+// planning, the fp32 SIMT path of the f32 debug mode, D = rowsum(dO * O), and the split-sum of
+// partial dK/dV.
 // The bf16 tensor-core kernels are in attention_fwd.cu and attention_bwd.cu.
 //
 // f32 SIMT kernels: one warp per output row ((n, h) for o, lse and dq; (m, j) for dk and dv);
@@ -7,7 +8,8 @@
 // per-lane partial sums then an xor butterfly, which gives every lane the same bits. Keys (or
 // queries) are visited in order; sums over them are two-level (chunks of 32 added into a
 // total) so the fp32 rounding error grows like sqrt(32) + sqrt(n/32) rather than sqrt(n).
-// The forward rescales both levels when the running max grows (online softmax).
+// The forward rescales both levels when the running max grows (online softmax). Causal: query n
+// sees keys [start, n]; bidirectional: every key of its segment [start, end).
 #include <algorithm>
 #include <cmath>
 
@@ -70,6 +72,7 @@ struct SimtArgs {
   int64_t N;
   int H, J, K;
   float scale;
+  bool causal;
 };
 
 __global__ void __launch_bounds__(kSimtThreads) attention_fwd_simt(const SimtArgs p) {
@@ -85,7 +88,8 @@ __global__ void __launch_bounds__(kSimtThreads) attention_fwd_simt(const SimtArg
   for (int i = 0; i < kLaneRegs; ++i) o_tot[i] = o_chk[i] = 0.f;
   float mx = -INFINITY, l_tot = 0.f, l_chk = 0.f;
   int cnt = 0;
-  for (int m = a; m <= n; ++m) {
+  const int last = p.causal ? n : b - 1;  // the last key query n sees
+  for (int m = a; m <= last; ++m) {
     const int64_t kv = (int64_t(m) * p.J + j) * p.K;
     const float s = dot_row(q, p.k + kv, p.K, lane) * p.scale;
     if (s > mx) {  // warp-uniform
@@ -104,7 +108,7 @@ __global__ void __launch_bounds__(kSimtThreads) attention_fwd_simt(const SimtArg
 #pragma unroll
     for (int i = 0; i < kLaneRegs; ++i)
       if (lane + 32 * i < p.K) o_chk[i] += pe * p.v[kv + lane + 32 * i];
-    if (++cnt == kChunk || m == n) {
+    if (++cnt == kChunk || m == last) {
       cnt = 0;
       l_tot += l_chk;
       l_chk = 0.f;
@@ -136,14 +140,15 @@ __global__ void __launch_bounds__(kSimtThreads) attention_dq_simt(const SimtArgs
   for (int i = 0; i < kLaneRegs; ++i) tot[i] = chk[i] = 0.f;
   const float lse = p.lse[w], Dr = p.D[w];
   int cnt = 0;
-  for (int m = a; m <= n; ++m) {
+  const int last = p.causal ? n : b - 1;
+  for (int m = a; m <= last; ++m) {
     const int64_t kv = (int64_t(m) * p.J + j) * p.K;
     const float pe = expf(dot_row(q, p.k + kv, p.K, lane) * p.scale - lse);
     const float ds = pe * (dot_row(dO, p.v + kv, p.K, lane) - Dr);
 #pragma unroll
     for (int i = 0; i < kLaneRegs; ++i)
       if (lane + 32 * i < p.K) chk[i] += ds * p.k[kv + lane + 32 * i];
-    if (++cnt == kChunk || m == n) {
+    if (++cnt == kChunk || m == last) {
       cnt = 0;
 #pragma unroll
       for (int i = 0; i < kLaneRegs; ++i) {
@@ -173,7 +178,7 @@ __global__ void __launch_bounds__(kSimtThreads) attention_dkdv_simt(const SimtAr
   int cnt = 0;
   for (int gh = 0; gh < G; ++gh) {
     const int h = j * G + gh;
-    for (int n = m; n < b; ++n) {
+    for (int n = p.causal ? m : a; n < b; ++n) {
       const int64_t nh = int64_t(n) * p.H + h, qo = nh * p.K;
       const float pe = expf(dot_row(kr, p.q + qo, p.K, lane) * p.scale - p.lse[nh]);
       const float ds = pe * (dot_row(vr, p.dout + qo, p.K, lane) - p.D[nh]);
@@ -287,14 +292,15 @@ unsigned simt_blocks(int64_t rows) {
 
 // Head splits s (a divisor of G) for dK/dV: the smallest s for which the longest block (G/s
 // heads x the query tiles of the longest segment) is no longer than the average load of the
-// kSlots SMs; only one long segment among short ones needs more than 1.
-int dkdv_splits(const int32_t* cu_host, int nseg, int64_t H, int64_t J) {
+// kSlots SMs; only one long segment among short ones needs more than 1. Units: (key tile, query
+// tile) pairs, nt (nt + 1) / 2 per causal segment of nt tiles, nt^2 per bidirectional one.
+int dkdv_splits(const int32_t* cu_host, int nseg, int64_t H, int64_t J, bool causal) {
   const int64_t G = H / J;
   int64_t nt_max = 0, units = 0;
   for (int s = 0; s < nseg; ++s) {
     const int64_t nt = (cu_host[s + 1] - cu_host[s] + 63) / 64;
     nt_max = std::max(nt_max, nt);
-    units += nt * (nt + 1) / 2;
+    units += causal ? nt * (nt + 1) / 2 : nt * nt;
   }
   for (int64_t d = 1; d < G; ++d)
     if (G % d == 0 && (G / d) * nt_max * kSlots <= units * H) return int(d);
@@ -305,7 +311,7 @@ int dkdv_splits(const int32_t* cu_host, int nseg, int64_t H, int64_t J) {
 
 void attention_fwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v_NJK,
                    const int32_t* cu_dev, const int32_t* cu_host, int nseg, int64_t N, int64_t H,
-                   int64_t J, int64_t K, float scale, void* o_NHK, float* lse_NH) {
+                   int64_t J, int64_t K, float scale, void* o_NHK, float* lse_NH, bool causal) {
   const char* op = "cuda::attention_fwd";
   check_args(op, cu_host, nseg, N, H, J, K);
   if (N == 0) return;
@@ -327,6 +333,7 @@ void attention_fwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v
     p.N = N;
     p.H = int(H), p.J = int(J), p.K = int(K);
     p.scale = scale;
+    p.causal = causal;
     attention_fwd_simt<<<simt_blocks(N * H), kSimtThreads>>>(p);
     DT_CUDA_CHECK(cudaGetLastError());
     return;
@@ -342,13 +349,16 @@ void attention_fwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v
   p.scale = scale;
   p.vec =
       K % 8 == 0 && aligned16(q_NHK) && aligned16(k_NJK) && aligned16(v_NJK) && aligned16(o_NHK);
-  attn::launch_fwd_tc(padded_dim(K), attn::plan_tiles(cu_host, nseg, attn::kFwdRows, false), p);
+  p.causal = causal;
+  attn::launch_fwd_tc(padded_dim(K), attn::plan_tiles(cu_host, nseg, attn::kFwdRows, false, causal),
+                      p);
 }
 
 void attention_bwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v_NJK,
                    const void* o_NHK, const float* lse_NH, const void* do_NHK,
                    const int32_t* cu_dev, const int32_t* cu_host, int nseg, int64_t N, int64_t H,
-                   int64_t J, int64_t K, float scale, void* dq_NHK, void* dk_NJK, void* dv_NJK) {
+                   int64_t J, int64_t K, float scale, void* dq_NHK, void* dk_NJK, void* dv_NJK,
+                   bool causal) {
   const char* op = "cuda::attention_bwd";
   check_args(op, cu_host, nseg, N, H, J, K);
   if (N == 0) return;
@@ -380,6 +390,7 @@ void attention_bwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v
     p.N = N;
     p.H = int(H), p.J = int(J), p.K = int(K);
     p.scale = scale;
+    p.causal = causal;
     attention_dkdv_simt<<<simt_blocks(N * J), kSimtThreads>>>(p);
     DT_CUDA_CHECK(cudaGetLastError());
     attention_dq_simt<<<simt_blocks(N * H), kSimtThreads>>>(p);
@@ -388,7 +399,7 @@ void attention_bwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v
   }
 
   const int Kp = padded_dim(K);
-  const int splits = dkdv_splits(cu_host, nseg, H, J);
+  const int splits = dkdv_splits(cu_host, nseg, H, J, causal);
   StreamBuffer part(splits > 1 ? 2 * size_t(splits) * size_t(N * J) * Kp * sizeof(float) : 0,
                     "partial dK/dV");
   attn::BwdArgs p{};
@@ -409,7 +420,8 @@ void attention_bwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v
   p.scale = scale;
   p.vec = K % 8 == 0 && aligned16(q_NHK) && aligned16(k_NJK) && aligned16(v_NJK) &&
           aligned16(do_NHK) && aligned16(dq_NHK) && aligned16(dk_NJK) && aligned16(dv_NJK);
-  attn::launch_dkdv_tc(Kp, attn::plan_tiles(cu_host, nseg, attn::kDkvRows, true), p);
+  p.causal = causal;
+  attn::launch_dkdv_tc(Kp, attn::plan_tiles(cu_host, nseg, attn::kDkvRows, true, causal), p);
   if (splits > 1) {
     const int64_t total = N * J * K;
     const unsigned blocks = unsigned(std::min<int64_t>((total + 255) / 256, 132 * 16));
@@ -417,7 +429,7 @@ void attention_bwd(DType dt, const void* q_NHK, const void* k_NJK, const void* v
                                           p.dv);
     DT_CUDA_CHECK(cudaGetLastError());
   }
-  attn::launch_dq_tc(Kp, attn::plan_tiles(cu_host, nseg, attn::kDqRows, false), p);
+  attn::launch_dq_tc(Kp, attn::plan_tiles(cu_host, nseg, attn::kDqRows, false, causal), p);
 }
 
 }  // namespace deltatron::cuda

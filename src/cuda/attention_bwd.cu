@@ -1,4 +1,5 @@
-// bf16 tensor-core backward of the varlen causal GQA attention: a dQ kernel and a dK/dV kernel,
+// bf16 tensor-core backward of the varlen GQA attention, causal or bidirectional inside each
+// segment (BwdArgs::causal): a dQ kernel and a dK/dV kernel,
 // both recomputing P = exp2(scale*log2(e) q.k - lse*log2(e)) from the saved lse, with
 // D = rowsum(dO * O) precomputed (attention.cu). No atomics: each block owns its output rows.
 //
@@ -6,13 +7,16 @@
 // 16w..16w+15 and keeps dQ[16 x Kp] as C fragments (Kp/2 floats). Per key tile (in order):
 // dP = dO V^T, then per half of 32 keys S = Q K^T, dS = P (dP - D) -> bf16 A fragments,
 // dQ += dS K (halves keep S next to dQ and dP within the register budget). Finally dQ *= scale.
+// Bidirectional: every key tile of the segment, keys past its end masked (their zero-filled K
+// rows would give P = exp(-lse) != 0).
 // Shared memory: Q, dO [128][Kp + 8], K, V [64][Kp + 8] bf16 = 202,752 B at Kp = 256.
 // Sync points: the V[kb+1] load is issued once K[kb] is ready and overlaps S and dQ += dS K; the
 // K[kb+1] load is issued after dQ += dS K and overlaps the next dP = dO V^T.
 //
 // dK/dV kernel: one block of 8 warps per (64-key tile, kv head j, head split); the block loops over
 // the query heads h of its share of the group (in order) and the 64-row query tiles that see its
-// keys (in order). Warp w computes S^T = K Q^T and dP^T = V dO^T for keys 16(w%4).. and queries
+// keys (in order: causal, the tiles from its first key on; bidirectional, every tile of the
+// segment from row 0). Warp w computes S^T = K Q^T and dP^T = V dO^T for keys 16(w%4).. and queries
 // 32(w/4).., writes P^T and dS^T = P^T (dP^T - D) as bf16 to shared memory, then accumulates
 // dV += P^T dO and dK += dS^T Q for keys 32(w%2)..+31 and head dims (Kp/4)(w/2).. in registers
 // (Kp/4 floats each; 32-row warp tiles feed each dO / Q fragment to two products, which cuts
@@ -57,7 +61,8 @@ __global__ void __launch_bounds__(256, 1)
   const int a = p.cu[seg], L = p.cu[seg + 1] - a;
   const int j = h / (p.H / p.J);
   const int nq = min(C::kRows, L - r0);
-  const int nkt = (r0 + nq + kBlockKeys - 1) / kBlockKeys;
+  const int nkt = ((p.causal ? r0 + nq : L) + kBlockKeys - 1) / kBlockKeys;
+  const int key_end = p.causal ? INT_MAX : L;  // keys at or past this are masked (bidirectional)
   const int64_t ldq = int64_t(p.H) * p.K, ldk = int64_t(p.J) * p.K;
   const int64_t qoff = (int64_t(a + r0) * p.H + h) * p.K;
   const bf16* k = p.k + (int64_t(a) * p.J + j) * p.K;
@@ -115,7 +120,8 @@ __global__ void __launch_bounds__(256, 1)
         for (int e = 0; e < 4; ++e) {
           const int col = kb * kBlockKeys + hh * 32 + n * 8 + 2 * t + (e & 1);
           const int row = row0 + (e >> 1) * 8;
-          const float pe = col > row ? 0.f : exp2f(s[n][e] * c2 - lse2[e >> 1]);
+          const bool masked = p.causal ? col > row : col >= key_end;
+          const float pe = masked ? 0.f : exp2f(s[n][e] * c2 - lse2[e >> 1]);
           s[n][e] = pe * (dp[hh * 4 + n][e] - Dr[e >> 1]);
         }
       uint32_t da[2][4];
@@ -174,14 +180,15 @@ __global__ void __launch_bounds__(256, 1)
   const int seg = tl.seg[ti], c0 = tl.row[ti];
   const int a = p.cu[seg], L = p.cu[seg + 1] - a;
   const int nk = min(C::kKeys, L - c0);
-  const int nqt = (L - c0 + C::kRows - 1) / C::kRows;  // query tiles c0 + 64i that see the keys
+  const int q0 = p.causal ? c0 : 0;                    // first query row that sees the keys
+  const int nqt = (L - q0 + C::kRows - 1) / C::kRows;  // query tiles q0 + 64i that see the keys
   const int T = Gs * nqt;
   const int64_t ldq = int64_t(p.H) * p.K, ldk = int64_t(p.J) * p.K;
   const int64_t koff = (int64_t(a + c0) * p.J + j) * p.K;
 
   // Stage `st` <- Q, dO, lse, D of step `it` (head h0 + it / nqt, query tile it % nqt).
   auto load_step = [&](int st, int it) {
-    const int h = h0 + it / nqt, qr0 = c0 + (it % nqt) * C::kRows;
+    const int h = h0 + it / nqt, qr0 = q0 + (it % nqt) * C::kRows;
     const int nr = min(C::kRows, L - qr0);
     const int64_t qoff = (int64_t(a + qr0) * p.H + h) * p.K;
     load_tile<C::kRows, kKp, C::kThreads>(sQ + st * C::kTile, p.q + qoff, ldq, nr, p.K, p.vec);
@@ -226,7 +233,7 @@ __global__ void __launch_bounds__(256, 1)
     const bf16* dO = sdO + st * C::kTile;
     const float* lse2 = sL + st * 64;
     const float* Dq = sD + st * 64;
-    const int qr0 = c0 + (it % nqt) * C::kRows;
+    const int qr0 = q0 + (it % nqt) * C::kRows;
 
     float s[4][4], dp[4][4];
 #pragma unroll
@@ -242,7 +249,9 @@ __global__ void __launch_bounds__(256, 1)
       for (int e = 0; e < 4; ++e) {
         const int col = qc + n * 8 + 2 * t + (e & 1);  // query column within the tile
         const int qrow = qr0 + col, key = key0 + (e >> 1) * 8;
-        pv[e] = (qrow >= key && qrow < L) ? exp2f(s[n][e] * c2 - lse2[col]) : 0.f;
+        // Keys past the segment end (rows of a partial tile) are never stored: not masked.
+        const bool seen = (!p.causal || qrow >= key) && qrow < L;
+        pv[e] = seen ? exp2f(s[n][e] * c2 - lse2[col]) : 0.f;
         dsv[e] = pv[e] * (dp[n][e] - Dq[col]);
       }
       const int off = (kr + g) * kLdP + qc + n * 8 + 2 * t;

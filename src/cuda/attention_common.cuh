@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <vector>
 
@@ -39,14 +40,16 @@ struct TileList {
 
 // Tiles of `rows` rows of every segment, most expensive first (longest-processing-time order, so
 // the long causal rows do not start last). Query tiles (by_keys = false) cost the key tiles they
-// see; key tiles (by_keys = true) cost the query rows that see them, in units of 64.
-inline std::vector<Tile> plan_tiles(const int32_t* cu_host, int nseg, int rows, bool by_keys) {
+// see; key tiles (by_keys = true) cost the query rows that see them, in units of 64. Without the
+// causal mask every tile of a segment sees the whole segment (cost L / 64).
+inline std::vector<Tile> plan_tiles(const int32_t* cu_host, int nseg, int rows, bool by_keys,
+                                    bool causal = true) {
   std::vector<Tile> tiles;
   for (int s = 0; s < nseg; ++s) {
     const int L = cu_host[s + 1] - cu_host[s];
     for (int r0 = 0; r0 < L; r0 += rows) {
       const int r1 = std::min(L, r0 + rows);
-      const int64_t cost = by_keys ? (L - r0 + 63) / 64 : (r1 + 63) / 64;
+      const int64_t cost = !causal ? (L + 63) / 64 : by_keys ? (L - r0 + 63) / 64 : (r1 + 63) / 64;
       tiles.push_back({s, r0, cost});
     }
   }
@@ -78,7 +81,8 @@ struct FwdArgs {
   const int32_t* cu;
   int H, J, K;
   float scale;
-  bool vec;  // K % 8 == 0 and every pointer 16-byte aligned: 16-byte cp.async / stores
+  bool vec;     // K % 8 == 0 and every pointer 16-byte aligned: 16-byte cp.async / stores
+  bool causal;  // false: every key of the segment (the vision tower's bidirectional attention)
 };
 
 struct BwdArgs {
@@ -91,6 +95,7 @@ struct BwdArgs {
   int H, J, K, splits;
   float scale;
   bool vec;
+  bool causal;  // false: every query of the segment sees every key of it
 };
 
 // Launchers (one instantiation per padded head dim Kp in {64, 128, 256}).

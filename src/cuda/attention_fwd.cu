@@ -1,9 +1,12 @@
-// bf16 tensor-core forward of the varlen causal GQA attention (flash-attention 2 style).
+// bf16 tensor-core forward of the varlen GQA attention (flash-attention 2 style), causal or
+// bidirectional inside each segment (FwdArgs::causal).
 //
 // Parallel mapping: one block of 4 warps per (64-row query tile of a segment, query head h);
 // warp w owns query rows 16w..16w+15 of the tile and keeps, per thread, the running row max m,
 // the partial row sum l and the output accumulator o[16 x Kp] as mma C fragments (Kp/2 floats,
 // 128 at Kp = 256). The block walks the key tiles 0..(last row)/64 of the segment in order.
+// Without the causal mask (the vision tower) the block walks every key tile of the segment and
+// masks only the keys past its end (key >= L -> -inf: their zero-filled K rows would give s = 0).
 // Per key tile: S = Q K^T (mma, fp32), scale and causal mask (key > row -> -inf), online softmax
 // in base 2 (exp2 of scale*log2(e)*s - m), P rounded to bf16 A fragments, O += P V.
 // Shared memory: Q, K, V tiles [64][Kp + 8] bf16 = 3 x 33,792 B at Kp = 256 (2 blocks per SM).
@@ -39,7 +42,8 @@ __global__ void __launch_bounds__(128, 2)
   const int a = p.cu[seg], L = p.cu[seg + 1] - a;
   const int j = h / (p.H / p.J);
   const int nq = min(C::kRows, L - r0);
-  const int nkt = (r0 + nq + kBlockKeys - 1) / kBlockKeys;
+  const int nkt = ((p.causal ? r0 + nq : L) + kBlockKeys - 1) / kBlockKeys;
+  const int key_end = p.causal ? INT_MAX : L;  // keys at or past this are masked (bidirectional)
   const int64_t ldq = int64_t(p.H) * p.K, ldk = int64_t(p.J) * p.K;
   const bf16* q = p.q + (int64_t(a + r0) * p.H + h) * p.K;
   const bf16* k = p.k + (int64_t(a) * p.J + j) * p.K;
@@ -74,7 +78,7 @@ __global__ void __launch_bounds__(128, 2)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = kb * kBlockKeys + n * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
-        const float x = col > row ? -INFINITY : s[n][e] * c2;
+        const float x = (p.causal ? col > row : col >= key_end) ? -INFINITY : s[n][e] * c2;
         s[n][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }

@@ -1,12 +1,18 @@
-// CUDA kernels of the token embedding lookup and its deterministic backward (see embedding.h).
+// CUDA kernels of the token embedding lookup, the weighted bag of rows (the vision tower's
+// interpolated position embedding) and their deterministic backward (see embedding.h).
 //
 // Forward: one block of 256 threads per token row; thread d copies columns d, d+256, ... of the
-// table row to the fp32 output (coalesced; rows are independent, no sync).
+// table row to the fp32 output (coalesced; rows are independent, no sync). The bag forward is
+// the same with each thread adding its columns of the B weighted rows in order, in fp32.
 //
+// Backward of both: the bag's N x B entries (n, b) are scattered like N * B looked-up rows, entry
+// e = n B + b adding w[e] dx[n, :] to its table row (the lookup is B = 1 with w = 1, the same
+// kernels instantiated without the weight):
 // Backward, a pipeline of stream-ordered steps with no atomics:
-//   1. keys[n] = ids[n] (or V for an id outside [0, V): sorts last and is skipped), vals[n] = n;
+//   1. keys[e] = ids[e] (or V for an id outside [0, V): sorts last and is skipped), vals[e] = e;
 //   2. cub::DeviceRadixSort::SortPairs over the low bit_width(V) bits: stable, so within one id
-//      the positions stay in ascending order -- the fixed summation order;
+//      the entries stay in ascending order -- the fixed summation order (rows n, then b, as the
+//      CPU reference);
 //   3. cub::DeviceRunLengthEncode::Encode -> distinct ids, run lengths, run count (device);
 //      cub::DeviceScan::ExclusiveSum of the lengths -> run starts;
 //   4. runs of at most kLong = 64 rows: embedding_bwd_short_kernel, one warp per (run, column
@@ -26,6 +32,7 @@
 #include <cub/device/device_scan.cuh>
 #include <cub/device/device_select.cuh>
 #include <mutex>
+#include <type_traits>
 
 #include "core/error.h"
 #include "cuda/embedding.h"
@@ -60,6 +67,24 @@ __global__ void __launch_bounds__(kFwdThreads)
   for (int64_t d = threadIdx.x; d < D; d += kFwdThreads) row[d] = load_f32(src, d);
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kFwdThreads)
+    embedding_bag_fwd_kernel(const int32_t* __restrict__ idx, const float* __restrict__ w,
+                             const T* __restrict__ table, int64_t B, int64_t V, int64_t D,
+                             float* __restrict__ x, bool accumulate) {
+  const int64_t n = blockIdx.x;
+  float* row = x + n * D;
+  for (int64_t d = threadIdx.x; d < D; d += kFwdThreads) {
+    float s = accumulate ? row[d] : 0.f;
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t id = idx[n * B + b];
+      if (id < 0 || id >= V) continue;  // the caller validates; never read outside the table
+      s += w[n * B + b] * load_f32(table, int64_t(id) * D + d);
+    }
+    row[d] = s;
+  }
+}
+
 __global__ void embedding_keys_kernel(const int32_t* __restrict__ ids, int64_t N, int64_t V,
                                       uint32_t* __restrict__ keys, int32_t* __restrict__ vals) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -69,21 +94,32 @@ __global__ void embedding_keys_kernel(const int32_t* __restrict__ ids, int64_t N
   vals[n] = int32_t(n);
 }
 
-// acc[j] += dx[pos[k], col0 + lane + 32 j] for k = first, first + step, ... < len, in this order;
-// kBatch rows are loaded before they are added so that several loads are in flight.
+// The weights of a bag's entries (kWeighted): entry e reads row e / B of dx, scaled by w[e].
+struct BagWeights {
+  const float* w;
+  int64_t B;
+};
+
+// acc[j] += w_e dx[row(e), col0 + lane + 32 j] for the entries e = pos[k], k = first, first + step,
+// ... < len, in this order (kWeighted false: row(e) = e, w_e = 1); kBatch rows are loaded before
+// they are added so that several loads are in flight.
+template <bool kWeighted>
 __device__ __forceinline__ void add_rows(const int32_t* __restrict__ pos, int first, int len,
                                          int step, const float* __restrict__ dx, int64_t D,
-                                         int64_t col0, int lane, float (&acc)[kPerLane]) {
+                                         int64_t col0, int lane, float (&acc)[kPerLane],
+                                         BagWeights bw) {
   int k = first;
   for (; k + (kBatch - 1) * step < len; k += kBatch * step) {
     float v[kBatch][kPerLane];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
-      const float* row = dx + int64_t(pos[k + b * step]) * D;
+      const int64_t e = pos[k + b * step];
+      const float* row = dx + (kWeighted ? e / bw.B : e) * D;
+      const float we = kWeighted ? bw.w[e] : 1.f;
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int64_t col = col0 + lane + 32 * j;
-        v[b][j] = col < D ? row[col] : 0.f;
+        v[b][j] = col < D ? (kWeighted ? we * row[col] : row[col]) : 0.f;
       }
     }
 #pragma unroll
@@ -92,22 +128,25 @@ __device__ __forceinline__ void add_rows(const int32_t* __restrict__ pos, int fi
       for (int j = 0; j < kPerLane; ++j) acc[j] += v[b][j];
   }
   for (; k < len; k += step) {
-    const float* row = dx + int64_t(pos[k]) * D;
+    const int64_t e = pos[k];
+    const float* row = dx + (kWeighted ? e / bw.B : e) * D;
+    const float we = kWeighted ? bw.w[e] : 1.f;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t col = col0 + lane + 32 * j;
-      if (col < D) acc[j] += row[col];
+      if (col < D) acc[j] += kWeighted ? we * row[col] : row[col];
     }
   }
 }
 
+template <bool kWeighted>
 __global__ void __launch_bounds__(kShortWarps * 32)
     embedding_bwd_short_kernel(const uint32_t* __restrict__ run_id,
                                const int32_t* __restrict__ run_len,
                                const int32_t* __restrict__ run_start,
                                const int32_t* __restrict__ num_runs,
                                const int32_t* __restrict__ pos, const float* __restrict__ dx,
-                               int64_t D, int64_t V, float* __restrict__ dtable) {
+                               int64_t D, int64_t V, float* __restrict__ dtable, BagWeights bw) {
   const int runs = *num_runs;
   const int lane = threadIdx.x % 32;
   const int64_t col0 = int64_t(blockIdx.y) * kSlice;
@@ -119,7 +158,7 @@ __global__ void __launch_bounds__(kShortWarps * 32)
     float acc[kPerLane];
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) acc[j] = 0.f;
-    add_rows(pos + run_start[r], 0, len, 1, dx, D, col0, lane, acc);
+    add_rows<kWeighted>(pos + run_start[r], 0, len, 1, dx, D, col0, lane, acc, bw);
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t col = col0 + lane + 32 * j;
@@ -137,11 +176,15 @@ __global__ void embedding_long_flags_kernel(const uint32_t* __restrict__ run_id,
   flags[r] = r < *num_runs && run_len[r] > kLong && run_id[r] < uint64_t(V);
 }
 
-__global__ void __launch_bounds__(kLongWarps * 32) embedding_bwd_long_kernel(
-    const int32_t* __restrict__ long_runs, const int32_t* __restrict__ num_long,
-    const uint32_t* __restrict__ run_id, const int32_t* __restrict__ run_len,
-    const int32_t* __restrict__ run_start, const int32_t* __restrict__ pos,
-    const float* __restrict__ dx, int64_t D, float* __restrict__ dtable) {
+template <bool kWeighted>
+__global__ void __launch_bounds__(kLongWarps * 32)
+    embedding_bwd_long_kernel(const int32_t* __restrict__ long_runs,
+                              const int32_t* __restrict__ num_long,
+                              const uint32_t* __restrict__ run_id,
+                              const int32_t* __restrict__ run_len,
+                              const int32_t* __restrict__ run_start,
+                              const int32_t* __restrict__ pos, const float* __restrict__ dx,
+                              int64_t D, float* __restrict__ dtable, BagWeights bw) {
   if (int(blockIdx.x) >= *num_long) return;
   const int r = long_runs[blockIdx.x];
   const uint32_t id = run_id[r];
@@ -150,7 +193,7 @@ __global__ void __launch_bounds__(kLongWarps * 32) embedding_bwd_long_kernel(
   float acc[kPerLane];
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) acc[j] = 0.f;
-  add_rows(pos + run_start[r], warp, run_len[r], kLongWarps, dx, D, col0, lane, acc);
+  add_rows<kWeighted>(pos + run_start[r], warp, run_len[r], kLongWarps, dx, D, col0, lane, acc, bw);
   __shared__ float part[kLongWarps][kSlice];
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) part[warp][lane + 32 * j] = acc[j];
@@ -191,11 +234,15 @@ void embedding_fwd(DType dt, const int32_t* ids_N, const void* table_VD, int64_t
   DT_CUDA_LAUNCH_CHECK("embedding_fwd_kernel");
 }
 
-void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D, int64_t V,
-                   float* dtable_VD) {
-  DT_CHECK(N >= 0 && V >= 0 && D >= 0, "cuda::embedding_bwd: bad sizes N=", N, " V=", V, " D=", D);
+namespace {
+
+// The sorted scatter-add of both backwards: N entries (ids_N), entry e adding w[e] dx[e / B, :]
+// (bw.w null: dx[e, :]) to dtable[ids[e], :].
+void scatter_add_sorted(const char* op, const int32_t* ids_N, BagWeights bw, const float* dx_ND,
+                        int64_t N, int64_t D, int64_t V, float* dtable_VD) {
+  DT_CHECK(N >= 0 && V >= 0 && D >= 0, op, ": bad sizes N=", N, " V=", V, " D=", D);
   DT_CHECK(N < (int64_t(1) << 31) && V < (int64_t(1) << 31) && (D + kSlice - 1) / kSlice <= 65535,
-           "cuda::embedding_bwd: sizes too large (N=", N, " V=", V, " D=", D, ")");
+           op, ": sizes too large (N=", N, " V=", V, " D=", D, ")");
   if (N == 0 || D == 0 || V == 0) return;
   const int n = int(N);
   const int end_bit = std::bit_width(uint32_t(V));  // keys are in [0, V]
@@ -251,13 +298,47 @@ void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t 
 
   const unsigned slices = unsigned((D + kSlice - 1) / kSlice);
   const int short_blocks = std::min((n + kShortWarps - 1) / kShortWarps, kShortBlocks);
-  embedding_bwd_short_kernel<<<dim3(unsigned(short_blocks), slices), kShortWarps * 32>>>(
-      run_id, run_len, run_start, num_runs, pos, dx_ND, D, V, dtable_VD);
-  DT_CUDA_LAUNCH_CHECK("embedding_bwd_short_kernel");
   const int max_long = std::max(1, n / (kLong + 1));
-  embedding_bwd_long_kernel<<<dim3(unsigned(max_long), slices), kLongWarps * 32>>>(
-      long_runs, num_long, run_id, run_len, run_start, pos, dx_ND, D, dtable_VD);
-  DT_CUDA_LAUNCH_CHECK("embedding_bwd_long_kernel");
+  auto launch = [&](auto weighted) {
+    constexpr bool kW = decltype(weighted)::value;
+    embedding_bwd_short_kernel<kW><<<dim3(unsigned(short_blocks), slices), kShortWarps * 32>>>(
+        run_id, run_len, run_start, num_runs, pos, dx_ND, D, V, dtable_VD, bw);
+    DT_CUDA_LAUNCH_CHECK("embedding_bwd_short_kernel");
+    embedding_bwd_long_kernel<kW><<<dim3(unsigned(max_long), slices), kLongWarps * 32>>>(
+        long_runs, num_long, run_id, run_len, run_start, pos, dx_ND, D, dtable_VD, bw);
+    DT_CUDA_LAUNCH_CHECK("embedding_bwd_long_kernel");
+  };
+  if (bw.w)
+    launch(std::true_type{});
+  else
+    launch(std::false_type{});
+}
+
+}  // namespace
+
+void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D, int64_t V,
+                   float* dtable_VD) {
+  scatter_add_sorted("cuda::embedding_bwd", ids_N, BagWeights{nullptr, 1}, dx_ND, N, D, V,
+                     dtable_VD);
+}
+
+void embedding_bag_fwd(DType dt, const int32_t* idx_NB, const float* w_NB, const void* table_VD,
+                       int64_t N, int64_t B, int64_t V, int64_t D, float* x_ND, bool accumulate) {
+  DT_CHECK(N >= 0 && B >= 0 && V >= 0 && D >= 0, "cuda::embedding_bag_fwd: bad sizes N=", N,
+           " B=", B, " V=", V, " D=", D);
+  DT_CHECK(N < (int64_t(1) << 31), "cuda::embedding_bag_fwd: N=", N, " too large for the grid");
+  if (N == 0 || D == 0) return;
+  DT_DISPATCH_DTYPE(dt, T,
+                    embedding_bag_fwd_kernel<T><<<unsigned(N), kFwdThreads>>>(
+                        idx_NB, w_NB, static_cast<const T*>(table_VD), B, V, D, x_ND, accumulate));
+  DT_CUDA_LAUNCH_CHECK("embedding_bag_fwd_kernel");
+}
+
+void embedding_bag_bwd(const int32_t* idx_NB, const float* w_NB, const float* dx_ND, int64_t N,
+                       int64_t B, int64_t V, int64_t D, float* dtable_VD) {
+  DT_CHECK(N >= 0 && B >= 1, "cuda::embedding_bag_bwd: bad sizes N=", N, " B=", B);
+  scatter_add_sorted("cuda::embedding_bag_bwd", idx_NB, BagWeights{w_NB, B}, dx_ND, N * B, D, V,
+                     dtable_VD);
 }
 
 }  // namespace deltatron::cuda

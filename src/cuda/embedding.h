@@ -33,4 +33,19 @@ void embedding_fwd(DType dt, const int32_t* ids_N, const void* table_VD, int64_t
 void embedding_bwd(const int32_t* ids_N, const float* dx_ND, int64_t N, int64_t D, int64_t V,
                    float* dtable_VD);
 
+// Weighted bag of rows (ops::embedding_bag_fwd; the vision tower's bilinear position embedding):
+//   x[n, :] (= or +=) sum_b w[n,b] table[idx[n,b], :], the B rows added in order in fp32
+//   idx_NB [N, B] int32, w_NB [N, B] fp32 in (the caller validates idx: an index outside [0, V) is
+//   skipped, never read);  table_VD [V, D] dt in;  x_ND [N, D] fp32 OVERWRITTEN or ACCUMULATED
+void embedding_bag_fwd(DType dt, const int32_t* idx_NB, const float* w_NB, const void* table_VD,
+                       int64_t N, int64_t B, int64_t V, int64_t D, float* x_ND, bool accumulate);
+
+// Backward: dtable[idx[n,b], :] += w[n,b] dx[n, :]. The N * B entries go through embedding_bwd's
+// sorted pipeline (entry e = n B + b reads row e / B of dx, scaled by w[e]): each table row's
+// entries are summed in entry order (n, then b) and added once. Deterministic, no atomics; the
+// same workspace as embedding_bwd (about 33 N B bytes).
+//   idx_NB, w_NB as the forward;  dx_ND [N, D] fp32 in;  dtable_VD [V, D] fp32 inout ACCUMULATED
+void embedding_bag_bwd(const int32_t* idx_NB, const float* w_NB, const float* dx_ND, int64_t N,
+                       int64_t B, int64_t V, int64_t D, float* dtable_VD);
+
 }  // namespace deltatron::cuda

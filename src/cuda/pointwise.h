@@ -1,4 +1,5 @@
-// CUDA elementwise ops (SwiGLU, sigmoid gate, GDN gates, RoPE) and plain tensor helpers (cast,
+// CUDA elementwise ops (SwiGLU, sigmoid gate, GDN gates, RoPE; the vision tower's GELU, bias,
+// 2-D RoPE and row moves in pointwise_vision.cu) and plain tensor helpers (cast,
 // add, column-block copy, fill, deterministic column sums). Contracts: ops/activation.h,
 // ops/gdn_gates.h, ops/rope.h, here with storage types (cuda/dtype.h) and device pointers.
 //
@@ -64,6 +65,39 @@ void rope_fwd(DType dt, void* x_NHK, const int32_t* pos_3N, int64_t N, int64_t H
 // Transpose of rope_fwd (rotation by -angle), IN PLACE on dx_NHK [N, H, K] (dt).
 void rope_bwd(DType dt, void* dx_NHK, const int32_t* pos_3N, int64_t N, int64_t H, int64_t K,
               int64_t R, double theta, const int mrope_section[3]);
+
+// ---- vision tower (pointwise_vision.cu) ----------------------------------------------------
+
+// GELU (ops::gelu_fwd): exact (tanh_approx false) y = 0.5 x (1 + erf(x / sqrt 2)), or the tanh
+// form y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y [n] dt; y may alias x.
+void gelu_fwd(DType dt, const void* x, int64_t n, void* y, bool tanh_approx);
+// dx = dy gelu'(x) (ops::gelu_bwd).  x, dy [n] dt in;  dx [n] dt out OVERWRITTEN (may alias dy).
+void gelu_bwd(DType dt, const void* x, const void* dy, int64_t n, void* dx, bool tanh_approx);
+
+// y[r, o] += b[o] (ops::bias_add).  y_NO [N, O] yt inout;  b_O [O] bt in (yt and bt may differ:
+// an fp32 residual stream plus a bf16 bias).
+void bias_add(DType yt, void* y_NO, DType bt, const void* b_O, int64_t N, int64_t O);
+// db[o] += sum_n dy[n, o] (ops::bias_bwd), deterministic: per-part column sums over fixed row
+// ranges, then col_sum_add in part order.  dy_NO [N, O] dt in;  db_O [O] fp32 inout ACCUMULATED.
+void bias_bwd(DType dt, const void* dy_NO, int64_t N, int64_t O, float* db_O);
+
+// 2-D rotary embedding of the vision tower (ops::rope_vision_fwd), IN PLACE on x_NHK [N, H, K]
+// (dt), K % 4 == 0, K <= 256; pos_2N [2, N] int32 device (rows, then columns). sign = +1 forward,
+// -1 backward (the transpose rotation). inv_j = theta^(-4j/K) in double on the host; angles,
+// cos and sin in double on the device (as the CPU), rounded to fp32; the rotation in fp32.
+void rope_vision(DType dt, void* x_NHK, const int32_t* pos_2N, int64_t N, int64_t H, int64_t K,
+                 double theta, int sign);
+
+// Row moves by index (ops::gather_rows / scatter_rows), src and dst of one dtype dt:
+//   gather:  dst[m, :] = src[idx[m], :]   src [R, D], dst [M, D] (overwritten)
+//   scatter: dst[idx[m], :] = src[m, :]   src [M, D], dst [R, D] (other rows kept; idx distinct)
+// idx_M [M] int32 device: the indices stay on the device, so the caller validates them (the model
+// builds them on the host); an index outside [0, R) is never dereferenced (gather writes a zero
+// row, scatter skips it).
+void gather_rows(DType dt, const void* src, const int32_t* idx_M, int64_t R, int64_t M, int64_t D,
+                 void* dst);
+void scatter_rows(DType dt, const void* src, const int32_t* idx_M, int64_t R, int64_t M, int64_t D,
+                  void* dst);
 
 // ---- plain helpers -------------------------------------------------------------------------
 

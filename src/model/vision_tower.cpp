@@ -8,6 +8,10 @@
 // merge order, so the reshape is free); y = gelu_erf(mn Wfc1^T + b) Wfc2^T + b.
 // The backward is that loop reversed; the residual gradient dx_PD accumulates the norms' input
 // gradients (layernorm_bwd with accumulate_dx).
+// Precision (as the text blocks): the residual stream x, its gradient, the norm statistics, the
+// merger output and every parameter gradient are f32; the norm outputs, q/k/v, attention output,
+// MLP activations and their gradients are in the compute dtype (bf16 on CUDA in bf16 mode, else
+// f32), so every GEMM reads compute-dtype operands (pixels and the residual gradient are cast).
 #include "model/vision_tower.h"
 
 #include <cmath>
@@ -37,6 +41,14 @@ Buffer upload_f32(core::Device dev, const std::vector<float>& v, const char* wha
   Buffer b(dev, core::DType::f32, {int64_t(v.size())}, what);
   if (!v.empty()) ops::copy_from_host(b, v.data());
   return b;
+}
+
+// v in the compute dtype: v itself when it already is, else a cast copy held in tmp.
+View in_dt(const Ctx& cx, const View& v, int64_t n, Buffer& tmp, const char* what) {
+  if (v.dtype == cx.dt()) return v;
+  tmp = cx.act(n, what);
+  ops::cast(v, tmp, n);
+  return tmp;
 }
 
 struct Dims {
@@ -81,24 +93,24 @@ void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
     s.x_in = cx.f32(P * D, "vision block input (saved)");
     ops::cast(x, s.x_in, P * D);
   }
-  s.n1 = cx.f32(P * D, "vision norm1 output");
+  s.n1 = cx.act(P * D, "vision norm1 output");
   s.mean1 = cx.f32(P, "vision norm1 mean");
   s.rstd1 = cx.f32(P, "vision norm1 rstd");
   ops::layernorm_fwd(x, p.w(b + "norm1.weight"), p.w(b + "norm1.bias"), P, D, kLnEps, s.n1, s.mean1,
                      s.rstd1);
   {
-    Buffer qkv = cx.f32(P * 3 * D, "vision qkv");
+    Buffer qkv = cx.act(P * 3 * D, "vision qkv");
     linear_bias_fwd(cx, b + "attn.qkv", s.n1, P, D, 3 * D, qkv, false);
-    s.q = cx.f32(P * D, "vision q");
-    s.k = cx.f32(P * D, "vision k");
-    s.v = cx.f32(P * D, "vision v");
+    s.q = cx.act(P * D, "vision q");
+    s.k = cx.act(P * D, "vision k");
+    s.v = cx.act(P * D, "vision v");
     ops::copy_cols(qkv, 3 * D, 0, s.q, D, 0, P, D);
     ops::copy_cols(qkv, 3 * D, D, s.k, D, 0, P, D);
     ops::copy_cols(qkv, 3 * D, 2 * D, s.v, D, 0, P, D);
   }
   ops::rope_vision_fwd(s.q, vb.pos_rc, P, H, K, cx.c.vision.rope_theta);
   ops::rope_vision_fwd(s.k, vb.pos_rc, P, H, K, cx.c.vision.rope_theta);
-  s.a = cx.f32(P * D, "vision attention output");
+  s.a = cx.act(P * D, "vision attention output");
   s.lse = cx.f32(P * H, "vision attention lse");
   ops::attention_fwd(s.q, s.k, s.v, vb.cu, vb.seg, P, H, H, K, scale, s.a, s.lse, false);
   linear_bias_fwd(cx, b + "attn.proj", s.a, P, D, D, x, true);
@@ -106,13 +118,13 @@ void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
     s.h = cx.f32(P * D, "vision residual after attention (saved)");
     ops::cast(x, s.h, P * D);
   }
-  s.n2 = cx.f32(P * D, "vision norm2 output");
+  s.n2 = cx.act(P * D, "vision norm2 output");
   s.mean2 = cx.f32(P, "vision norm2 mean");
   s.rstd2 = cx.f32(P, "vision norm2 rstd");
   ops::layernorm_fwd(x, p.w(b + "norm2.weight"), p.w(b + "norm2.bias"), P, D, kLnEps, s.n2, s.mean2,
                      s.rstd2);
-  s.f1 = cx.f32(P * I, "vision MLP fc1 output");
-  s.g1 = cx.f32(P * I, "vision MLP activation");
+  s.f1 = cx.act(P * I, "vision MLP fc1 output");
+  s.g1 = cx.act(P * I, "vision MLP activation");
   linear_bias_fwd(cx, b + "mlp.linear_fc1", s.n2, P, D, I, s.f1, false);
   ops::gelu_fwd(s.f1, P * I, s.g1, ops::Gelu::tanh);
   linear_bias_fwd(cx, b + "mlp.linear_fc2", s.g1, P, I, D, x, true);
@@ -126,20 +138,24 @@ void block_bwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
   const Params& p = cx.p;
   const float scale = static_cast<float>(1.0 / std::sqrt(double(K)));
   {  // MLP
-    Buffer dg = cx.f32(P * I, "vision MLP d(activation)");
-    linear_bias_bwd(cx, b + "mlp.linear_fc2", s.g1, dx, P, I, D, dg, false);
+    Buffer dx_tmp;
+    const View dy = in_dt(cx, dx, P * D, dx_tmp, "vision residual gradient (compute dtype)");
+    Buffer dg = cx.act(P * I, "vision MLP d(activation)");
+    linear_bias_bwd(cx, b + "mlp.linear_fc2", s.g1, dy, P, I, D, dg, false);
     ops::gelu_bwd(s.f1, dg, P * I, dg, ops::Gelu::tanh);
-    Buffer dn2 = cx.f32(P * D, "vision d(norm2 output)");
+    Buffer dn2 = cx.act(P * D, "vision d(norm2 output)");
     linear_bias_bwd(cx, b + "mlp.linear_fc1", s.n2, dg, P, D, I, dn2, false);
     ops::layernorm_bwd(s.h, p.w(b + "norm2.weight"), s.mean2, s.rstd2, dn2, P, D, dx, true,
                        p.g(b + "norm2.weight"), p.g(b + "norm2.bias"));
   }
-  Buffer dqkv = cx.f32(P * 3 * D, "vision d(qkv)");
+  Buffer dqkv = cx.act(P * 3 * D, "vision d(qkv)");
   {  // attention
-    Buffer da = cx.f32(P * D, "vision d(attention output)");
-    linear_bias_bwd(cx, b + "attn.proj", s.a, dx, P, D, D, da, false);
-    Buffer dq = cx.f32(P * D, "vision dq"), dk = cx.f32(P * D, "vision dk"),
-           dv = cx.f32(P * D, "vision dv");
+    Buffer dx_tmp;
+    const View dy = in_dt(cx, dx, P * D, dx_tmp, "vision residual gradient (compute dtype)");
+    Buffer da = cx.act(P * D, "vision d(attention output)");
+    linear_bias_bwd(cx, b + "attn.proj", s.a, dy, P, D, D, da, false);
+    Buffer dq = cx.act(P * D, "vision dq"), dk = cx.act(P * D, "vision dk"),
+           dv = cx.act(P * D, "vision dv");
     ops::attention_bwd(s.q, s.k, s.v, s.a, s.lse, da, vb.cu, vb.seg, P, H, H, K, scale, dq, dk, dv,
                        false);
     ops::rope_vision_bwd(dq, vb.pos_rc, P, H, K, cx.c.vision.rope_theta);
@@ -148,7 +164,7 @@ void block_bwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
     ops::copy_cols(dk, D, 0, dqkv, 3 * D, D, P, D);
     ops::copy_cols(dv, D, 0, dqkv, 3 * D, 2 * D, P, D);
   }
-  Buffer dn1 = cx.f32(P * D, "vision d(norm1 output)");
+  Buffer dn1 = cx.act(P * D, "vision d(norm1 output)");
   linear_bias_bwd(cx, b + "attn.qkv", s.n1, dqkv, P, D, 3 * D, dn1, false);
   ops::layernorm_bwd(s.x_in, p.w(b + "norm1.weight"), s.mean1, s.rstd1, dn1, P, D, dx, true,
                      p.g(b + "norm1.weight"), p.g(b + "norm1.bias"));
@@ -232,7 +248,11 @@ Buffer vision_fwd(const Ctx& cx, const VisionBatch& vb, bool with_grads, VisionS
   s.merger = train && (mode == VisionMode::full || mode == VisionMode::merger);
 
   Buffer x = cx.f32(d.P * d.D, "vision residual stream");
-  ops::linear_fwd(vb.pixels, p.w(kV + "patch_embed.proj.weight"), d.P, d.C, d.D, x, false);
+  {
+    Buffer pix_tmp;
+    const View pix = in_dt(cx, vb.pixels, d.P * d.C, pix_tmp, "pixel_values (compute dtype)");
+    ops::linear_fwd(pix, p.w(kV + "patch_embed.proj.weight"), d.P, d.C, d.D, x, false);
+  }
   ops::bias_add(x, p.w(kV + "patch_embed.proj.bias"), d.P, d.D);
   ops::embedding_bag_fwd(vb.pos_idx, vb.pos_w, p.w(kV + "pos_embed.weight"), d.P, 4, d.G * d.G, d.D,
                          x, true);
@@ -244,13 +264,13 @@ Buffer vision_fwd(const Ctx& cx, const VisionBatch& vb, bool with_grads, VisionS
     block_fwd(cx, vb, d, block(i), x, s.tower ? s.blocks[size_t(i)] : tmp, s.tower);
   }
   const std::string mg = kV + "merger.";
-  Buffer mn = cx.f32(d.P * d.D, "merger norm output");
+  Buffer mn = cx.act(d.P * d.D, "merger norm output");
   Buffer mean = cx.f32(d.P, "merger norm mean"), rstd = cx.f32(d.P, "merger norm rstd");
   ops::layernorm_fwd(x, p.w(mg + "norm.weight"), p.w(mg + "norm.bias"), d.P, d.D, kLnEps, mn, mean,
                      rstd);
-  Buffer m1 = cx.f32(d.M * d.UD, "merger fc1 output");
+  Buffer m1 = cx.act(d.M * d.UD, "merger fc1 output");
   linear_bias_fwd(cx, mg + "linear_fc1", mn, d.M, d.UD, d.UD, m1, false);
-  Buffer g = cx.f32(d.M * d.UD, "merger activation");
+  Buffer g = cx.act(d.M * d.UD, "merger activation");
   ops::gelu_fwd(m1, d.M * d.UD, g, ops::Gelu::erf);
   Buffer y = cx.f32(d.M * d.O, "merger output");
   linear_bias_fwd(cx, mg + "linear_fc2", g, d.M, d.UD, d.O, y, false);
@@ -270,10 +290,14 @@ void vision_bwd(const Ctx& cx, const VisionBatch& vb, VisionSaved& s, const View
   const Dims d(cx.c, vb);
   const Params& p = cx.p;
   const std::string mg = kV + "merger.";
-  Buffer dg = cx.f32(d.M * d.UD, "merger d(activation)");
-  linear_bias_bwd(cx, mg + "linear_fc2", s.mg, dy, d.M, d.UD, d.O, dg, false);
+  Buffer dg = cx.act(d.M * d.UD, "merger d(activation)");
+  {
+    Buffer dy_tmp;
+    const View dyc = in_dt(cx, dy, d.M * d.O, dy_tmp, "merged-token gradient (compute dtype)");
+    linear_bias_bwd(cx, mg + "linear_fc2", s.mg, dyc, d.M, d.UD, d.O, dg, false);
+  }
   ops::gelu_bwd(s.m1, dg, d.M * d.UD, dg, ops::Gelu::erf);
-  Buffer dmn = cx.f32(d.P * d.D, "merger d(norm output)");
+  Buffer dmn = cx.act(d.P * d.D, "merger d(norm output)");
   linear_bias_bwd(cx, mg + "linear_fc1", s.mn, dg, d.M, d.UD, d.UD, dmn, false);
   dg = Buffer();
   Buffer dx = s.tower ? cx.f32(d.P * d.D, "vision residual gradient") : Buffer();
@@ -288,7 +312,12 @@ void vision_bwd(const Ctx& cx, const VisionBatch& vb, VisionSaved& s, const View
     block_bwd(cx, vb, d, block(i), s.blocks[size_t(i)], dx);
   ops::embedding_bag_bwd(vb.pos_idx, vb.pos_w, dx, d.P, 4, d.G * d.G, d.D,
                          p.g(kV + "pos_embed.weight"));
-  ops::linear_bwd_dw(vb.pixels, dx, d.P, d.C, d.D, p.g(kV + "patch_embed.proj.weight"));
+  {
+    Buffer pix_tmp, dx_tmp;
+    const View pix = in_dt(cx, vb.pixels, d.P * d.C, pix_tmp, "pixel_values (compute dtype)");
+    const View dxc = in_dt(cx, dx, d.P * d.D, dx_tmp, "vision residual gradient (compute dtype)");
+    ops::linear_bwd_dw(pix, dxc, d.P, d.C, d.D, p.g(kV + "patch_embed.proj.weight"));
+  }
   ops::bias_bwd(dx, d.P, d.D, p.g(kV + "patch_embed.proj.bias"));
 }
 

@@ -1,7 +1,7 @@
 // The Qwen3.5 vision tower (patch embedding, learned position embedding, ViT blocks, 2x2 patch
 // merger) over a pack's images, its hand-written backward, and the injection of its output into
-// the text embedding at the image-pad positions (qwen35-vl spec 3, 4, 6). CPU only so far: its
-// new ops raise "not implemented on CUDA yet" on a CUDA model.
+// the text embedding at the image-pad positions (qwen35-vl spec 3, 4, 6). CPU and CUDA (fp32, and
+// bf16 compute with an f32 residual stream, as the text blocks).
 //
 // Shape suffixes: P patches of the pack (pixel_values rows), C patch_dim columns, D vision
 // hidden, H heads, K = D / H head dim, I MLP width, U = spatial_merge_size^2, M = P / U merged

@@ -100,29 +100,32 @@ void sigmoid_mul_bwd(const View& a_, const View& g, const View& dout, int64_t n,
 
 void gelu_fwd(const View& x, int64_t n, const View& y, Gelu kind) {
   Args a("gelu_fwd");
-  a.nonneg(n, "n");
-  a.need(x, "x", dtypes::f32, n);
-  a.need(y, "y", dtypes::f32, n);
+  check_elementwise(a, n, {{&x, "x"}, {&y, "y"}});
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::gelu_fwd<float>(x.f32(), n, y.f32(), kind == Gelu::tanh);
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::gelu_fwd(x.dtype, x.data, n, y.data, kind == Gelu::tanh);
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }
 
 void gelu_bwd(const View& x, const View& dy, int64_t n, const View& dx, Gelu kind) {
   Args a("gelu_bwd");
-  a.nonneg(n, "n");
-  a.need(x, "x", dtypes::f32, n);
-  a.need(dy, "dy", dtypes::f32, n);
-  a.need(dx, "dx", dtypes::f32, n);
+  check_elementwise(a, n, {{&x, "x"}, {&dy, "dy"}, {&dx, "dx"}});
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::gelu_bwd<float>(x.f32(), dy.f32(), n, dx.f32(), kind == Gelu::tanh);
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::gelu_bwd(x.dtype, x.data, dy.data, n, dx.data, kind == Gelu::tanh);
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }

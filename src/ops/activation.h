@@ -37,7 +37,7 @@ void sigmoid_mul_bwd(const core::View& a, const core::View& g, const core::View&
 // patch merger) and the tanh approximation (gelu_pytorch_tanh, the blocks' MLP):
 //   erf:  y = 0.5 x (1 + erf(x / sqrt 2))
 //   tanh: y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
-//   x [n] in;  y [n] out, overwritten. f32 (CUDA: not implemented yet, an error).
+//   x [n] in;  y [n] out, overwritten (may alias x).
 // Saved for backward: x.
 enum class Gelu { erf, tanh };
 void gelu_fwd(const core::View& x, int64_t n, const core::View& y, Gelu kind);

@@ -30,10 +30,9 @@ void attention_fwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
       return cpu::attention_fwd<float>(q_NHK.f32(), k_NJK.f32(), v_NJK.f32(), seg, N, H, J, K,
                                        scale, o_NHK.f32(), lse_NH.f32(), causal);
     case core::Device::cuda:
-      if (!causal) a.cuda_not_implemented("bidirectional (causal = false) attention");
 #ifdef DT_HAVE_CUDA
       return cuda::attention_fwd(q_NHK.dtype, q_NHK.data, k_NJK.data, v_NJK.data, cu.i32(), seg.cu,
-                                 seg.n, N, H, J, K, scale, o_NHK.data, lse_NH.f32());
+                                 seg.n, N, H, J, K, scale, o_NHK.data, lse_NH.f32(), causal);
 #else
       a.no_cuda();
 #endif
@@ -70,11 +69,10 @@ void attention_bwd(const View& q_NHK, const View& k_NJK, const View& v_NJK, cons
                                        lse_NH.f32(), do_NHK.f32(), seg, N, H, J, K, scale,
                                        dq_NHK.f32(), dk_NJK.f32(), dv_NJK.f32(), causal);
     case core::Device::cuda:
-      if (!causal) a.cuda_not_implemented("bidirectional (causal = false) attention");
 #ifdef DT_HAVE_CUDA
       return cuda::attention_bwd(q_NHK.dtype, q_NHK.data, k_NJK.data, v_NJK.data, o_NHK.data,
                                  lse_NH.f32(), do_NHK.data, cu.i32(), seg.cu, seg.n, N, H, J, K,
-                                 scale, dq_NHK.data, dk_NJK.data, dv_NJK.data);
+                                 scale, dq_NHK.data, dk_NJK.data, dv_NJK.data, causal);
 #else
       a.no_cuda();
 #endif

@@ -19,7 +19,7 @@ namespace deltatron::ops {
 
 // Forward. For token n in segment [a, b) of seg and query head h, with kv head j = h / (H/J)
 // (GQA, repeat_interleave mapping) and the causal window W(n) = [a, n] (causal = true) or the
-// whole segment W(n) = [a, b) (causal = false; CUDA: not implemented yet, an error):
+// whole segment W(n) = [a, b) (causal = false, the vision tower; CPU and CUDA):
 //   s[n,h,m] = scale * q[n,h,:] . k[m,j,:]            for m in W(n)
 //   lse[n,h] = log sum_{m in W(n)} exp(s[n,h,m])       (softmax in float32)
 //   o[n,h,:] = sum_{m in W(n)} exp(s[n,h,m] - lse[n,h]) v[m,j,:]

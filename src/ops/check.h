@@ -109,7 +109,7 @@ class Args {
   // fallback to the CPU.
   [[noreturn]] void cuda_not_implemented(const char* what = nullptr) const {
     core::fail("ops::", op_, ": ", what ? what : "this op",
-               " is not implemented on CUDA yet (CPU only; the vision tower runs on the CPU)");
+               " is not implemented on CUDA yet (CPU only)");
   }
   const char* op() const { return op_; }
 

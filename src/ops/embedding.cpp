@@ -79,14 +79,19 @@ void embedding_bag_fwd(const View& idx_NB, const View& w_NB, const View& table_V
   a.nonneg(N, "N"), a.nonneg(B, "B"), a.nonneg(V, "V"), a.nonneg(D, "D");
   a.need(idx_NB, "idx_NB", dtypes::i32, N * B);
   a.need(w_NB, "w_NB", dtypes::f32, N * B);
-  a.need(table_VD, "table_VD", dtypes::f32, V * D);
+  a.need(table_VD, "table_VD", dtypes::act, V * D);
   a.need(x_ND, "x_ND", dtypes::f32, N * D);
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::embedding_bag_fwd<float>(idx_NB.i32(), w_NB.f32(), table_VD.f32(), N, B, V, D,
                                            x_ND.f32(), accumulate);
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::embedding_bag_fwd(table_VD.dtype, idx_NB.i32(), w_NB.f32(), table_VD.data, N, B,
+                                     V, D, x_ND.f32(), accumulate);
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }
@@ -104,7 +109,12 @@ void embedding_bag_bwd(const View& idx_NB, const View& w_NB, const View& dx_ND, 
       return cpu::embedding_bag_bwd<float>(idx_NB.i32(), w_NB.f32(), dx_ND.f32(), N, B, V, D,
                                            dtable_VD.f32());
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::embedding_bag_bwd(idx_NB.i32(), w_NB.f32(), dx_ND.f32(), N, B, V, D,
+                                     dtable_VD.f32());
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }

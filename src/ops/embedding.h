@@ -33,16 +33,19 @@ void embedding_bwd(const core::View& ids_N, const core::View& dx_ND, int64_t N, 
 // Weighted bag of rows (the vision tower's learned position embedding, interpolated bilinearly:
 // spec 3.3, B = 4 corners): for every row n
 //   x[n, :] (+)= sum_b w[n,b] * table[idx[n,b], :]
-//   idx_NB [N, B] i32 in: rows of table, each in [0, V) (checked on the CPU: a core::Error)
+//   idx_NB [N, B] i32 in: rows of table, each in [0, V) (checked on the CPU: a core::Error; on
+//                         CUDA the indices stay on the device, so the caller validates them: an
+//                         index outside [0, V) is skipped)
 //   w_NB   [N, B] f32 in: their weights
-//   table_VD [V, D] f32 in;  x_ND [N, D] f32: OVERWRITTEN, or ACCUMULATED when accumulate
-// Saved for backward: idx_NB, w_NB. (CUDA: not implemented yet, an error.)
+//   table_VD [V, D] dt in (f32, or bf16 on CUDA);  x_ND [N, D] f32: OVERWRITTEN, or ACCUMULATED
+//   when accumulate
+// Saved for backward: idx_NB, w_NB.
 void embedding_bag_fwd(const core::View& idx_NB, const core::View& w_NB, const core::View& table_VD,
                        int64_t N, int64_t B, int64_t V, int64_t D, const core::View& x_ND,
                        bool accumulate);
 
 // Backward: dtable[idx[n,b], :] += w[n,b] * dx[n, :] for every n, b (rows in order: the sums
-// do not depend on the thread count).
+// do not depend on the thread count; CUDA: a stable sort by row, no atomics, cuda/embedding.h).
 //   idx_NB, w_NB as given to the forward;  dx_ND [N, D] f32 in;
 //   dtable_VD [V, D] f32 inout, ACCUMULATED.
 void embedding_bag_bwd(const core::View& idx_NB, const core::View& w_NB, const core::View& dx_ND,

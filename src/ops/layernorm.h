@@ -1,8 +1,9 @@
 // Contract for the LayerNorm op family (weight and bias): the vision tower's norms (spec 3.5, 3.6).
 //
 // Shape suffixes: N rows (patches), D normalised width. Views (docs/ops-views.md), one device per
-// call: x, w, b, y, dy, dx f32 (the CPU computes in float32; CUDA: not implemented yet, an error);
-// mean, rstd, dw, db f32. Row statistics are accumulated in double on the CPU.
+// call. Storage: xt (x, dx) and dt (w, b, y, dy) are f32 or bf16 on CUDA, f32 on the CPU; mean,
+// rstd, dw, db are f32. Row statistics are accumulated in double on the CPU, in fp32 (two-pass)
+// on CUDA (cuda/layernorm.h).
 #pragma once
 
 #include <cstdint>

@@ -9,6 +9,7 @@
 #include "ops/check.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/linear.h"
+#include "cuda/pointwise.h"
 #endif
 
 namespace deltatron::ops {
@@ -106,13 +107,17 @@ void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, in
 void bias_add(const View& y_NO, const View& b_O, int64_t N, int64_t O) {
   Args a("bias_add");
   a.nonneg(N, "N"), a.nonneg(O, "O");
-  a.need(y_NO, "y_NO", dtypes::f32, N * O);
-  a.need(b_O, "b_O", dtypes::f32, O);
+  a.need(y_NO, "y_NO", dtypes::act, N * O);
+  a.need(b_O, "b_O", dtypes::act, O);
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::bias_add<float>(y_NO.f32(), b_O.f32(), N, O);
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::bias_add(y_NO.dtype, y_NO.data, b_O.dtype, b_O.data, N, O);
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }
@@ -120,13 +125,17 @@ void bias_add(const View& y_NO, const View& b_O, int64_t N, int64_t O) {
 void bias_bwd(const View& dy_NO, int64_t N, int64_t O, const View& db_O) {
   Args a("bias_bwd");
   a.nonneg(N, "N"), a.nonneg(O, "O");
-  a.need(dy_NO, "dy_NO", dtypes::f32, N * O);
+  a.need(dy_NO, "dy_NO", dtypes::act, N * O);
   a.need(db_O, "db_O", dtypes::f32, O);
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::bias_bwd<float>(dy_NO.f32(), N, O, db_O.f32());
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::bias_bwd(dy_NO.dtype, dy_NO.data, N, O, db_O.f32());
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }

@@ -36,11 +36,12 @@ void linear_bwd_dw(const core::View& x_NI, const core::View& dy_NO, int64_t N, i
                    const core::View& dW_OI, float alpha = 1.0f);
 
 // Bias (the vision tower's projections, nn.Linear with bias): y[n,o] += b[o].
-//   y_NO [N, O] f32 inout;  b_O [O] f32 in.  (CUDA: not implemented yet, an error.)
+//   y_NO [N, O] inout;  b_O [O] in: each f32, or bf16 on CUDA (they may differ: an f32 residual
+//   stream plus a bf16 bias, rounded once into y's type).
 void bias_add(const core::View& y_NO, const core::View& b_O, int64_t N, int64_t O);
 
 // Bias gradient: db[o] += sum_n dy[n,o], summed over rows in order (deterministic).
-//   dy_NO [N, O] f32 in;  db_O [O] f32 inout, ACCUMULATED.
+//   dy_NO [N, O] in (f32, or bf16 on CUDA);  db_O [O] f32 inout, ACCUMULATED.
 void bias_bwd(const core::View& dy_NO, int64_t N, int64_t O, const core::View& db_O);
 
 }  // namespace deltatron::ops

@@ -56,13 +56,17 @@ void rope_vision_view(const char* op, int sign, const View& x_NHK, const View& p
   Args a(op);
   a.nonneg(N, "N"), a.nonneg(H, "H"), a.nonneg(K, "K");
   DT_CHECK(K % 4 == 0, "ops::", op, ": head dim K = ", K, " is not a multiple of 4");
-  a.need(x_NHK, sign > 0 ? "x_NHK" : "dx_NHK", dtypes::f32, N * H * K);
+  a.need(x_NHK, sign > 0 ? "x_NHK" : "dx_NHK", dtypes::act, N * H * K);
   a.need(pos_2N, "pos_2N", dtypes::i32, 2 * N);
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::rope_vision<float>(x_NHK.f32(), pos_2N.i32(), N, H, K, theta, sign);
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      return cuda::rope_vision(x_NHK.dtype, x_NHK.data, pos_2N.i32(), N, H, K, theta, sign);
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }

@@ -45,8 +45,8 @@ void rope_bwd(const core::View& dx_NHK, const core::View& pos_3N, int64_t N, int
 // (rotate-half convention, no pass-through dims), for i < K/2:
 //   x'[i]       = x[i] cos a_i - x[i + K/2] sin a_i
 //   x'[i + K/2] = x[i + K/2] cos a_i + x[i] sin a_i
-// Angles, cos and sin in double on the CPU, then float32. Nothing is saved.
-// (CUDA: not implemented yet, an error.)
+// Angles, cos and sin in double (CPU and CUDA), then float32. Nothing is saved. x: f32, or bf16
+// on CUDA (K <= 256 there).
 void rope_vision_fwd(const core::View& x_NHK, const core::View& pos_2N, int64_t N, int64_t H,
                      int64_t K, double theta);
 

@@ -80,15 +80,21 @@ void rows_op(const char* op, bool scatter, const View& src, const View& idx_M, i
              int64_t D, const View& dst) {
   Args a(op);
   a.nonneg(R, "R"), a.nonneg(M, "M"), a.nonneg(D, "D");
-  a.need(src, "src", dtypes::f32, (scatter ? M : R) * D);
+  a.need(src, "src", dtypes::act, (scatter ? M : R) * D);
   a.need(idx_M, "idx_M", dtypes::i32, M);
-  a.need(dst, "dst", dtypes::f32, (scatter ? R : M) * D);
+  a.need(dst, "dst", dtypes::act, (scatter ? R : M) * D);
+  a.same_dtype(src, "src", dst, "dst");
   switch (a.device()) {
     case core::Device::cpu:
       if (scatter) return cpu::scatter_rows(src.f32(), idx_M.i32(), R, M, D, dst.f32());
       return cpu::gather_rows(src.f32(), idx_M.i32(), R, M, D, dst.f32());
     case core::Device::cuda:
-      a.cuda_not_implemented();
+#ifdef DT_HAVE_CUDA
+      if (scatter) return cuda::scatter_rows(src.dtype, src.data, idx_M.i32(), R, M, D, dst.data);
+      return cuda::gather_rows(src.dtype, src.data, idx_M.i32(), R, M, D, dst.data);
+#else
+      a.no_cuda();
+#endif
   }
   a.bad_device();
 }

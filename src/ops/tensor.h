@@ -28,7 +28,9 @@ void copy_cols(const core::View& src, int64_t src_ld, int64_t src_col0, const co
 // gather_rows:  dst[m, :] = src[idx[m], :]   src [R, D] in, dst [M, D] out (overwritten)
 // scatter_rows: dst[idx[m], :] = src[m, :]   src [M, D] in, dst [R, D] inout (other rows kept);
 //               the indices must be distinct.
-// Every idx in [0, R) (checked on the CPU: a core::Error). f32 (CUDA: not implemented yet).
+// Every idx in [0, R) (checked on the CPU: a core::Error; on CUDA the indices stay on the device,
+// so the caller validates them: an index outside [0, R) is never dereferenced). src and dst of
+// one dtype: f32, or bf16 on CUDA.
 void gather_rows(const core::View& src, const core::View& idx_M, int64_t R, int64_t M, int64_t D,
                  const core::View& dst);
 void scatter_rows(const core::View& src, const core::View& idx_M, int64_t R, int64_t M, int64_t D,

@@ -1,5 +1,6 @@
-// GPU parity of the CUDA varlen causal GQA attention (cuda::attention_*) against the CPU
-// reference (label gpu), plus determinism and timings on the Qwen3.5 shape.
+// GPU parity of the CUDA varlen GQA attention (cuda::attention_*), causal and bidirectional (the
+// vision tower's), against the CPU reference (label gpu), plus determinism and timings on the
+// Qwen3.5 shape.
 //
 // Reference: cpu::attention_* in double on the bf16-rounded inputs (both storage types get the
 // same bf16-representable values, so one reference serves both); the backward reference uses
@@ -121,13 +122,15 @@ struct Problem {
   int nseg = 0;
   int64_t N = 0, H = 0, J = 0, K = 0;
   float scale = 0;
+  bool causal = true;
   std::vector<float> q, k, v, dout;
   std::vector<double> o, lse, dq, dk, dv;
 };
 
 Problem make_problem(const std::vector<int32_t>& lens, int64_t H, int64_t J, int64_t K,
-                     uint64_t seed, bool reference = true) {
+                     uint64_t seed, bool reference = true, bool causal = true) {
   Problem p;
+  p.causal = causal;
   p.cu = boundaries(lens);
   p.nseg = int(lens.size());
   p.N = p.cu.back();
@@ -147,10 +150,10 @@ Problem make_problem(const std::vector<int32_t>& lens, int64_t H, int64_t J, int
   p.dv.resize(p.N * J * K);
   const dt::core::Segments seg{p.cu.data(), p.nseg};
   dt::cpu::attention_fwd<double>(q.data(), k.data(), v.data(), seg, p.N, H, J, K, p.scale,
-                                 p.o.data(), p.lse.data());
+                                 p.o.data(), p.lse.data(), causal);
   dt::cpu::attention_bwd<double>(q.data(), k.data(), v.data(), p.o.data(), p.lse.data(),
                                  dout.data(), seg, p.N, H, J, K, p.scale, p.dq.data(), p.dk.data(),
-                                 p.dv.data());
+                                 p.dv.data(), causal);
   return p;
 }
 
@@ -178,19 +181,20 @@ DevProblem to_device(const Problem& p, DType t, size_t offset = 0) {
 void run_fwd(const Problem& p, DevProblem& d, DType t) {
   dt::cuda::attention_fwd(t, d.q.ptr, d.k.ptr, d.v.ptr, static_cast<const int32_t*>(d.cu.ptr),
                           p.cu.data(), p.nseg, p.N, p.H, p.J, p.K, p.scale, d.o.ptr,
-                          static_cast<float*>(d.lse.ptr));
+                          static_cast<float*>(d.lse.ptr), p.causal);
 }
 void run_bwd(const Problem& p, DevProblem& d, DType t) {
   dt::cuda::attention_bwd(t, d.q.ptr, d.k.ptr, d.v.ptr, d.o.ptr,
                           static_cast<const float*>(d.lse.ptr), d.dout.ptr,
                           static_cast<const int32_t*>(d.cu.ptr), p.cu.data(), p.nseg, p.N, p.H, p.J,
-                          p.K, p.scale, d.dq.ptr, d.dk.ptr, d.dv.ptr);
+                          p.K, p.scale, d.dq.ptr, d.dk.ptr, d.dv.ptr, p.causal);
 }
 
 std::string name(const Problem& p, DType t, size_t offset) {
   std::string s = std::string(t == DType::bf16 ? "bf16" : "f32 ") + " N=" + std::to_string(p.N) +
                   " segs=" + std::to_string(p.nseg) + " H=" + std::to_string(p.H) +
-                  " J=" + std::to_string(p.J) + " K=" + std::to_string(p.K);
+                  " J=" + std::to_string(p.J) + " K=" + std::to_string(p.K) +
+                  (p.causal ? "" : " bidirectional");
   return offset ? s + " off=" + std::to_string(offset) : s;
 }
 
@@ -245,6 +249,35 @@ TEST_F(CudaAttention, MixedPackWithLongSegmentMatchesCpu) {
   check_both(make_problem(kMixed, 8, 2, 256, 200));  // H = 4J, head dim of Qwen3.5
   check_both(make_problem(kMixed, 4, 2, 24, 210));
   check_both(make_problem(kMixed, 3, 3, 72, 220));  // H = J
+}
+
+// Bidirectional (causal = false, the vision tower: every key of the image): the vision head dims
+// (8 and 16 of the golden's tiny tower, 72 = 1152 / 16 of Qwen3.5's, 80), odd K on the scalar
+// path, every boundary around the 64-row tiles, an empty segment, a long segment (all key tiles
+// for every query tile), GQA (not used by the tower, but the same kernels), a misaligned pointer.
+TEST_F(CudaAttention, BidirectionalMatchesCpu) {
+  const std::vector<int32_t> vis = {4, 0, 7, 1, 63, 64, 65, 130, 200};
+  for (int64_t K : {8, 16, 72, 80})
+    check_both(make_problem(vis, 2, 2, K, 800 + uint64_t(K), true, false));
+  check_both(make_problem(vis, 3, 3, 13, 830, true, false));                // scalar path
+  check_both(make_problem({1024, 16, 256}, 16, 16, 72, 840, true, false));  // Qwen3.5 tower
+  check_both(make_problem(vis, 4, 2, 24, 850, true, false));                // GQA
+  check_both(make_problem({2048, 64}, 4, 1, 128, 855, true, false));  // dK/dV in 4 head splits
+  const Problem p = make_problem(vis, 2, 2, 72, 860, true, false);
+  check_case(p, DType::bf16, 1);  // misaligned pointers: scalar path
+  check_case(p, DType::f32, 1);
+  // Bitwise repeatable.
+  for (DType t : {DType::bf16, DType::f32}) {
+    DevProblem a = to_device(p, t), b = to_device(p, t);
+    run_fwd(p, a, t);
+    run_bwd(p, a, t);
+    run_fwd(p, b, t);
+    run_bwd(p, b, t);
+    EXPECT_EQ(download_bytes(a.o), download_bytes(b.o)) << "o " << dt::cuda::dtype_name(t);
+    EXPECT_EQ(download_bytes(a.dq), download_bytes(b.dq)) << "dq " << dt::cuda::dtype_name(t);
+    EXPECT_EQ(download_bytes(a.dk), download_bytes(b.dk)) << "dk " << dt::cuda::dtype_name(t);
+    EXPECT_EQ(download_bytes(a.dv), download_bytes(b.dv)) << "dv " << dt::cuda::dtype_name(t);
+  }
 }
 
 // Qwen3.5 shape: dK/dV split over 2 head groups (fp32 partials summed in order).
