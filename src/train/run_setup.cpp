@@ -28,6 +28,10 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
   ck.config = model::parse_config(j, "preset " + cfg.model_preset);
   ck.config.raw = j;
   ck.config.mtp_enabled = ck.config.mtp_num_hidden_layers > 0 && !cfg.ignore_mtp;
+  ck.config.vision_mode = lo.vision;  // a preset with a vision_config: model.visual.* too
+  if (lo.vision != model::VisionMode::off)
+    model::check_vision(ck.config, "preset " + cfg.model_preset);
+  ck.preprocessor = preset_preprocessor_config(cfg.model_preset);
   ck.params = model::init_params(ck.config, cfg.init_seed);
   for (const auto& [name, t] : ck.params) ck.param_dtypes[name] = "F32";
   return ck;
