@@ -144,10 +144,11 @@ TEST(VisionTrain, EachModeTrainsItsPartAndSavesAnHfCheckpoint) {
     }
     EXPECT_GT(changed_text, 20);
     if (mode == "full") EXPECT_EQ(changed_visual, 27) << "every tower tensor trains";
-    std::printf("vision = %s: losses %.4f %.4f %.4f, held-out %.4f; changed: %d text, %d tower, %d "
-                "merger tensors\n",
-                mode.c_str(), losses.back()[0], losses.back()[1], losses.back()[2],
-                r.final_eval_loss, changed_text, changed_visual, changed_merger);
+    std::printf(
+        "vision = %s: losses %.4f %.4f %.4f, held-out %.4f; changed: %d text, %d tower, %d "
+        "merger tensors\n",
+        mode.c_str(), losses.back()[0], losses.back()[1], losses.back()[2], r.final_eval_loss,
+        changed_text, changed_visual, changed_merger);
   }
   // Step 1's forward is the same model on the same pack in every mode.
   EXPECT_EQ(losses[0][0], losses[1][0]);
@@ -182,8 +183,18 @@ TEST(VisionTrain, ResumeWithImagesIsBitwise) {
     EXPECT_EQ(t.data, cb.params.at(name).data) << "resumed weights differ: " << name;
   }
   EXPECT_EQ(visual, 33);
-  std::printf("resume: steps 3-4 losses %.6f %.6f (straight) = %.6f %.6f (resumed)\n",
-              straight[2], straight[3], resumed[4], resumed[5]);
+  // Resuming with another vision mode is refused (other tensors train; their moments differ);
+  // with the tower off, the images themselves are.
+  train::TrainConfig c = cfg(tmp.path, "resumed");
+  c.steps = 6;
+  c.vision = "merger";
+  dt_test::expect_error([&] { train::run_train(c, true); },
+                        {"--resume with a different model.vision", "\"full\"", "\"merger\""});
+  c.vision = "off";
+  dt_test::expect_error([&] { train::run_train(c, true); },
+                        {"images in", "the vision tower is off"});
+  std::printf("resume: steps 3-4 losses %.6f %.6f (straight) = %.6f %.6f (resumed)\n", straight[2],
+              straight[3], resumed[4], resumed[5]);
 }
 
 TEST(VisionTrain, PackedImageSamplesScoreAsAlone) {

@@ -102,7 +102,8 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
   return io::to_lora_setup(ad, c, want.dropout, from);
 }
 
-void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
+void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
+                      double image_patches_per_token) {
   const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
   model::Config c;
   if (!dir.empty()) {
@@ -121,6 +122,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
   in.micro_batch_tokens = cfg.micro_batch_tokens;
   in.recompute = cfg.recompute;
   in.resuming = !resume_dir.empty();
+  in.image_patches_per_token = image_patches_per_token;
   if (cfg.lora) {
     // An adapter's own modules: its target_modules resolved here (an estimate for the plan; the
     // modules are checked when the adapter is loaded).

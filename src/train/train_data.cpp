@@ -62,13 +62,19 @@ void report_truncation(const TrainConfig& cfg, TrainData& d) {
                  static_cast<long long>(budget));
 }
 
-// Counts the samples with images; refuses them when the model does not take images.
-void count_images(TrainData& d, bool model_takes_images) {
+// Counts the samples with images and their densest sample in patches per token; refuses them
+// when the model does not take images.
+void count_images(TrainData& d, bool model_takes_images, int64_t budget, int64_t merge) {
   auto add = [&](const data::Dataset& ds, const std::vector<int64_t>& index) {
     for (int64_t i : index) {
       const int64_t n = ds.num_images(i);
       d.image_samples += n > 0;
       d.images += n;
+      if (n == 0) continue;
+      const int64_t len = ds.length(i);
+      const double density =
+          len > budget ? double(merge * merge) : double(ds.num_patches(i)) / double(len);
+      d.image_patches_per_token = std::max(d.image_patches_per_token, density);
     }
   };
   add(*d.train_set, d.train_index);
@@ -136,7 +142,7 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
   }
   for (int64_t i : d.train_index) d.train_lengths.push_back(d.train_set->length(i));
   report_truncation(cfg, d);
-  count_images(d, model_takes_images);
+  count_images(d, model_takes_images, cfg.micro_batch_tokens, o.format.vision.processor.merge_size);
   return d;
 }
 
