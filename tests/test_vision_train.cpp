@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -155,6 +156,24 @@ TEST(VisionTrain, EachModeTrainsItsPartAndSavesAnHfCheckpoint) {
   EXPECT_EQ(losses[0][0], losses[2][0]);
   // The modes train different parameters: step 2 differs.
   EXPECT_NE(losses[0][1], losses[2][1]);
+}
+
+// With the tower off, a tiny-vl run still starts from (and saves) a whole VL model: the tower's
+// tensors are pass-through bytes equal to the weights it has when on.
+TEST(VisionTrain, PresetWithTheTowerOffKeepsIt) {
+  const dt_test::TempDir tmp("vision-off");
+  const train::TrainConfig cfg = config(tmp.path, "off", "off");
+  const io::Checkpoint ck = train::load_or_init_model(cfg, "");
+  const model::TensorMap on = start_weights(cfg);
+  ASSERT_EQ(ck.passthrough.size(), 33u);
+  for (const auto& [name, raw] : ck.passthrough) {
+    const core::Tensor& t = on.at(name);
+    ASSERT_EQ(raw.dtype, "F32");
+    EXPECT_EQ(raw.shape, t.shape) << name;
+    ASSERT_EQ(raw.bytes.size(), t.data.size() * sizeof(float)) << name;
+    EXPECT_EQ(std::memcmp(raw.bytes.data(), t.data.data(), raw.bytes.size()), 0) << name;
+  }
+  for (const auto& [name, t] : ck.params) EXPECT_FALSE(is_visual(name)) << name;
 }
 
 TEST(VisionTrain, ResumeWithImagesIsBitwise) {

@@ -33,6 +33,18 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
     model::check_vision(ck.config, "preset " + cfg.model_preset);
   ck.preprocessor = preset_preprocessor_config(cfg.model_preset);
   ck.params = model::init_params(ck.config, cfg.init_seed);
+  if (ck.config.has_vision && lo.vision == model::VisionMode::off) {
+    // The tower is not trained, but the checkpoint keeps it (pass-through bytes, as a loaded
+    // checkpoint's): initialised as with the tower on, so the saved directory is a whole VL model.
+    model::Config with_tower = ck.config;
+    with_tower.vision_mode = model::VisionMode::frozen;
+    for (auto& [name, t] : model::init_params(with_tower, cfg.init_seed)) {
+      if (ck.params.count(name)) continue;
+      const auto* b = reinterpret_cast<const uint8_t*>(t.data.data());
+      ck.passthrough.emplace(name,
+                             io::RawTensor{"F32", t.shape, {b, b + t.data.size() * sizeof(float)}});
+    }
+  }
   for (const auto& [name, t] : ck.params) ck.param_dtypes[name] = "F32";
   return ck;
 }
