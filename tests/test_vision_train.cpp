@@ -5,6 +5,7 @@
 // image samples packed together score as they do alone.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -14,14 +15,18 @@
 #include <string>
 #include <vector>
 
+#include "data/image.h"
+#include "data/image_preprocess.h"
 #include "data/pack.h"
 #include "data/tokenizer.h"
+#include "data/vision_data.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "short_run.h"
 #include "test_util.h"
 #include "train/checkpoint_dir.h"
+#include "train/presets.h"
 #include "train/run_setup.h"
 #include "train/train_config.h"
 #include "train/train_data.h"
@@ -227,6 +232,24 @@ TEST(VisionTrain, PackedImageSamplesScoreAsAlone) {
   const data::Pack packed = data::make_dataset_pack(ds, batch, 16);
   ASSERT_EQ(packed.num_samples(), 6);
   ASSERT_EQ(packed.image_grid_thw.size(), 6u * 3);
+  // The pack's pixels are the images' own, in pack order: each image file decoded and
+  // preprocessed alone with the preset's settings (and two different images differ).
+  const data::ImageProcessorConfig proc = data::ImageProcessorConfig::from_json(
+      train::preset_preprocessor_config("tiny-vl"), "tiny-vl");
+  const size_t per_image = 16 * 1536;  // 4 x 4 patches of 3 * 2 * 16 * 16
+  ASSERT_EQ(packed.pixel_values.size(), 6 * per_image);
+  for (size_t k = 0; k < 6; ++k) {
+    const data::Sample smp = ds.sample(batch[k], -1, false);
+    ASSERT_EQ(smp.images.size(), 1u);
+    const std::string path = data::resolve_image_path(ds.path(), smp.images[0].path);
+    const data::ImagePatches want = data::preprocess_image(data::load_image(path), proc);
+    ASSERT_EQ(want.pixel_values_NK.size(), per_image);
+    EXPECT_TRUE(std::equal(want.pixel_values_NK.begin(), want.pixel_values_NK.end(),
+                           packed.pixel_values.begin() + k * per_image))
+        << "pixels of " << path;
+  }
+  EXPECT_FALSE(std::equal(packed.pixel_values.begin(), packed.pixel_values.begin() + per_image,
+                          packed.pixel_values.begin() + per_image));
   const model::PackLoss all =
       model::model_fwd_bwd(core::Device::cpu, ck.config, ck.params, packed, nullptr);
   double worst = 0;
