@@ -3,11 +3,13 @@
 background, and chat rows asking its colour or the quadrant it is in.
 
     python3 examples/vision/make_data.py            # needs Pillow; writes images/, *.jsonl
+    python3 examples/vision/make_data.py --size 32 --out DIR   # another size, elsewhere
 
 Deterministic (fixed seeds): two runs write identical files. Each image is asked both
 questions, so the model must read the pixels (colour) and where the image tokens are (quadrant:
 a 64 x 64 image is 4 x 4 patches of 16, merged 2 x 2 into 4 image tokens, one per quadrant).
 """
+import argparse
 import json
 import os
 import random
@@ -29,23 +31,24 @@ QUESTIONS = {
 def draw(rng):
     colour = rng.choice(sorted(COLOURS))
     quadrant = rng.randrange(4)
-    side = rng.randrange(12, 25)
-    qx, qy = (quadrant % 2) * 32, (quadrant // 2) * 32
-    x = qx + rng.randrange(0, 32 - side + 1)
-    y = qy + rng.randrange(0, 32 - side + 1)
+    half = SIZE // 2
+    side = rng.randrange(half * 3 // 8, half * 3 // 4 + 1)
+    qx, qy = (quadrant % 2) * half, (quadrant // 2) * half
+    x = qx + rng.randrange(0, half - side + 1)
+    y = qy + rng.randrange(0, half - side + 1)
     img = Image.new("RGB", (SIZE, SIZE), rng.choice(BACKGROUNDS))
     ImageDraw.Draw(img).rectangle([x, y, x + side - 1, y + side - 1], fill=COLOURS[colour])
     return img, colour, QUADRANTS[quadrant]
 
 
-def make(split, n_images, seed):
+def make(split, n_images, seed, out=HERE):
     rng = random.Random(seed)
-    os.makedirs(os.path.join(HERE, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rows = []
     for i in range(n_images):
         img, colour, quadrant = draw(rng)
         name = f"images/{split}_{i:03d}.png"
-        img.save(os.path.join(HERE, name), optimize=True)
+        img.save(os.path.join(out, name), optimize=True)
         for kind, answer in (("colour", colour), ("quadrant", quadrant)):
             question = rng.choice(QUESTIONS[kind])
             # The structured-parts form; the tag form ("<image>" + "images") and TRL's work too.
@@ -54,13 +57,18 @@ def make(split, n_images, seed):
                                              {"type": "text", "text": question}]},
                 {"role": "assistant", "content": answer}]})
     rng.shuffle(rows)
-    with open(os.path.join(HERE, f"{split}.jsonl"), "w") as f:
+    with open(os.path.join(out, f"{split}.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r, separators=(",", ":")) + "\n")
     return len(rows)
 
 
 if __name__ == "__main__":
-    n_train = make("train", 200, seed=1)
-    n_eval = make("eval", 24, seed=2)
-    print(f"wrote {n_train} training rows and {n_eval} held-out rows under {HERE}")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=SIZE)
+    ap.add_argument("--out", default=HERE)
+    a = ap.parse_args()
+    SIZE = a.size
+    n_train = make("train", 200, seed=1, out=a.out)
+    n_eval = make("eval", 24, seed=2, out=a.out)
+    print(f"wrote {n_train} training rows and {n_eval} held-out rows under {a.out}")
