@@ -65,4 +65,18 @@ std::pair<std::vector<double>, std::vector<double>> straight_and_resumed(
           metric_losses(dir / "resumed" / "metrics.jsonl")};
 }
 
+// The same with `steps` steps, resumed from step `from` (the run must save there).
+template <typename MakeConfig>
+std::pair<std::vector<double>, std::vector<double>> straight_and_resumed_at(
+    const std::filesystem::path& dir, const MakeConfig& config, int64_t steps, int64_t from) {
+  namespace train = deltatron::train;
+  train::run_train(config(dir, "straight"), false);
+  train::run_train(config(dir, "resumed"), false);
+  for (int64_t s = from + 1; s <= steps; ++s)
+    std::filesystem::remove_all(dir / "resumed" / train::checkpoint_dir_name(s));
+  train::run_train(config(dir, "resumed"), true);
+  return {metric_losses(dir / "straight" / "metrics.jsonl"),
+          metric_losses(dir / "resumed" / "metrics.jsonl")};
+}
+
 }  // namespace dt_test

@@ -113,3 +113,42 @@ TEST(MemoryPlan, TrainerRefusesBeforeAllocating) {
   dt_test::expect_error([&] { train::run_train(cfg, false); },
                         {"does not fit in memory", "B parameters", "host"});
 }
+
+// The vision tower's activations: what each mode keeps for P patches, by hand for tiny-vl (D 64,
+// I 128, 4 heads, depth 2, 1536 values per patch), and a refusal that names model.vision =
+// "merger" when the tower's blocks are what does not fit.
+TEST(MemoryPlan, VisionTowerActivations) {
+  model::Config c = preset("tiny-vl");
+  ASSERT_TRUE(c.has_vision);
+  const auto bytes = [&](model::VisionMode m, int64_t P) {
+    c.vision_mode = m;
+    return model::vision_activation_bytes(c, P);
+  };
+  // Per patch in floats: a block 8*64 + 2*128 + 4 + 4 = 776, the merger 4*64 + 2 = 258, the
+  // transient 1536 + 64 + 2*(776 + 3*64) = 3536.
+  EXPECT_EQ(bytes(model::VisionMode::off, 1000), 0.0);
+  EXPECT_EQ(bytes(model::VisionMode::full, 0), 0.0);
+  EXPECT_EQ(bytes(model::VisionMode::frozen, 1000), 4.0 * 1000 * 3536);
+  EXPECT_EQ(bytes(model::VisionMode::merger, 1000), 4.0 * 1000 * (3536 + 258));
+  EXPECT_EQ(bytes(model::VisionMode::full, 1000), 4.0 * 1000 * (3536 + 258 + 2 * 776));
+  EXPECT_EQ(bytes(model::VisionMode::full, 3000), 3 * bytes(model::VisionMode::full, 1000));
+
+  // The plan adds them for micro_batch_tokens * image_patches_per_token patches.
+  c.vision_mode = model::VisionMode::full;
+  train::PlanInput in;
+  in.micro_batch_tokens = 4096;
+  const double text = train::plan_memory(c, in).activations;
+  in.image_patches_per_token = 4.0;  // every token an image token (merge 2)
+  const train::MemoryPlan full = train::plan_memory(c, in);
+  EXPECT_EQ(full.activations - text, model::vision_activation_bytes(c, 4 * 4096));
+  model::Config merger_c = c;
+  merger_c.vision_mode = model::VisionMode::merger;
+  const train::MemoryPlan merger = train::plan_memory(merger_c, in);
+  ASSERT_LT(merger.host_total(), full.host_total());
+  const double between = 2.0 * kGiB + (merger.host_total() + full.host_total()) / 2;
+  dt_test::expect_error(
+      [&] {
+        train::check_memory_plan(c, in, {between, between}, "vl.toml");
+      },
+      {"vl.toml: this run does not fit in memory", "model.vision = \"merger\""});
+}

@@ -333,6 +333,14 @@ int64_t Dataset::num_images(int64_t i) const {
   return image_offsets_ ? static_cast<int64_t>(image_offsets_[i + 1] - image_offsets_[i]) : 0;
 }
 
+int64_t Dataset::num_patches(int64_t i) const {
+  int64_t n = 0;
+  for (int64_t k = image_offsets_ ? int64_t(image_offsets_[i]) : 0;
+       image_offsets_ && k < int64_t(image_offsets_[i + 1]); ++k)
+    n += int64_t(images_[k].grid_thw[0]) * images_[k].grid_thw[1] * images_[k].grid_thw[2];
+  return n;
+}
+
 ImageRef Dataset::image_ref(int64_t k) const {
   const ImageRecord& r = images_[k];
   ImageRef ref;

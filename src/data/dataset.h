@@ -55,7 +55,8 @@ class Dataset {
   // images has its image_grid_thw, images and position_ids, and its pixel_values when `pixels`
   // (the image files are read, checked against their recorded hash and preprocessed now).
   Sample sample(int64_t i, int64_t max_len = -1, bool pixels = true) const;
-  int64_t num_images(int64_t i) const;                                       // images of sample i
+  int64_t num_images(int64_t i) const;   // images of sample i
+  int64_t num_patches(int64_t i) const;  // vision patches of sample i: sum of t*h*w of its grids
   int64_t line(int64_t i) const { return static_cast<int64_t>(lines_[i]); }  // 1-based
   std::string where(int64_t i) const;                                        // "path:line"
 

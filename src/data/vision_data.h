@@ -52,6 +52,12 @@ struct VisionDataOptions {
 // A directory without config.json gives enabled = false.
 VisionDataOptions vision_options_from_model(const std::string& model_dir, const Tokenizer& tok);
 
+// The same from a config.json object and a preprocessor_config.json object (null: Qwen3.5's
+// values), e.g. a preset's (train/presets.h); `where` names them in errors.
+VisionDataOptions vision_options_from_config(const nlohmann::json& config,
+                                             const nlohmann::json& preprocessor,
+                                             const Tokenizer& tok, const std::string& where);
+
 // Rewrites the row's image forms into structured parts (see the top of this file) and returns
 // the image sources in order of appearance (the order the placeholders render in). Rows without
 // images are left alone and give an empty list. Throws core::Error on: a URL, a non-string

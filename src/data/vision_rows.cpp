@@ -34,12 +34,34 @@ std::string VisionDataOptions::key() const {
   return k.str();
 }
 
+VisionDataOptions vision_options_from_config(const nlohmann::json& config,
+                                             const nlohmann::json& preprocessor,
+                                             const Tokenizer& tok, const std::string& where) {
+  VisionDataOptions o;
+  if (!config.is_object() || !config.contains("vision_config")) return o;
+  o.enabled = true;
+  if (preprocessor.is_object())
+    o.processor = ImageProcessorConfig::from_json(preprocessor, where + " preprocessor config");
+  const VisionTokenIds ids = VisionTokenIds::from(tok);
+  const std::pair<const char*, int32_t> keys[] = {{"image_token_id", ids.image_pad},
+                                                  {"vision_start_token_id", ids.vision_start},
+                                                  {"vision_end_token_id", ids.vision_end},
+                                                  {"video_token_id", ids.video_pad}};
+  for (const auto& [key, id] : keys) {
+    auto it = config.find(key);
+    if (it == config.end() || it->is_null()) continue;
+    DT_CHECK(it->is_number_integer() && it->get<int64_t>() == id, where, ": ", key, " = ",
+             it->dump(), " but the tokenizer's id is ", id,
+             " (the tokenizer does not belong to this checkpoint)");
+  }
+  return o;
+}
+
 VisionDataOptions vision_options_from_model(const std::string& model_dir, const Tokenizer& tok) {
   namespace fs = std::filesystem;
-  VisionDataOptions o;
   const fs::path config = fs::path(model_dir) / "config.json";
   std::error_code ec;
-  if (model_dir.empty() || !fs::exists(config, ec)) return o;
+  if (model_dir.empty() || !fs::exists(config, ec)) return VisionDataOptions{};
   nlohmann::json j;
   {
     std::ifstream in(config);
@@ -50,22 +72,10 @@ VisionDataOptions vision_options_from_model(const std::string& model_dir, const 
       core::fail(config.string(), ": not valid JSON (", e.what(), ")");
     }
   }
-  if (!j.is_object() || !j.contains("vision_config")) return o;
-  o.enabled = true;
+  if (!j.is_object() || !j.contains("vision_config")) return VisionDataOptions{};
+  VisionDataOptions o = vision_options_from_config(j, nullptr, tok, config.string());
   const fs::path pre = fs::path(model_dir) / "preprocessor_config.json";
   if (fs::exists(pre, ec)) o.processor = ImageProcessorConfig::load(pre.string());
-  const VisionTokenIds ids = VisionTokenIds::from(tok);
-  const std::pair<const char*, int32_t> keys[] = {{"image_token_id", ids.image_pad},
-                                                  {"vision_start_token_id", ids.vision_start},
-                                                  {"vision_end_token_id", ids.vision_end},
-                                                  {"video_token_id", ids.video_pad}};
-  for (const auto& [key, id] : keys) {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) continue;
-    DT_CHECK(it->is_number_integer() && it->get<int64_t>() == id, config.string(), ": ", key, " = ",
-             it->dump(), " but the tokenizer's id is ", id,
-             " (the tokenizer does not belong to this checkpoint)");
-  }
   return o;
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "core/error.h"
@@ -117,6 +118,15 @@ Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
     const auto b = w.bytes(name);
     ck.passthrough.emplace(name, RawTensor{ti.dtype, ti.shape, {b.begin(), b.end()}});
   }
+  const fs::path pre = fs::path(dir) / "preprocessor_config.json";
+  if (fs::exists(pre)) {
+    std::ifstream in(pre);
+    try {
+      ck.preprocessor = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      core::fail(pre.string(), ": not valid JSON (", e.what(), ")");
+    }
+  }
   return ck;
 }
 
@@ -194,6 +204,9 @@ void write_checkpoint_files(const std::string& dir, const Checkpoint& ck, int64_
   const std::map<std::string, TensorRecord> views = checkpoint_views(dir, ck, owned);
   write_safetensors_sharded(dir, views, {{"format", "pt"}}, max_shard_bytes);
   write_file_atomic((fs::path(dir) / "config.json").string(), ck.config.raw.dump(2) + "\n");
+  if (ck.preprocessor.is_object())
+    write_file_atomic((fs::path(dir) / "preprocessor_config.json").string(),
+                      ck.preprocessor.dump(2) + "\n");
 }
 
 void save_checkpoint(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ struct Checkpoint {
   // Per MoE module as read (io/hf_layout.h): fused or per-expert, with per-expert dtypes. A save
   // writes each module back in this layout; modules without an entry are written fused.
   ExpertsFormats expert_formats;
+  // preprocessor_config.json of a vision-language checkpoint (null when there is none): read
+  // with the checkpoint, written back beside config.json when it is an object.
+  nlohmann::json preprocessor;
 };
 
 // True for the names that may be carried through unchanged: "mtp.*" and "model.visual.*".

@@ -18,4 +18,10 @@ int64_t param_count(const Config& c);
 // only its input, and one layer's activations are alive at a time in the backward.
 double activation_bytes(const Config& c, int64_t N, core::DType dt, bool recompute);
 
+// Bytes the vision tower needs for P patches (model/vision_tower.cpp, f32 on every device): what
+// its forward keeps for the backward under c.vision_mode (full: every block's activations and
+// the merger's; merger: the merger's; frozen or off: nothing) plus the pixels and one block's
+// temporaries, alive while it runs. 0 when vision_mode is off or P = 0.
+double vision_activation_bytes(const Config& c, int64_t P);
+
 }  // namespace deltatron::model

@@ -31,6 +31,10 @@ TensorMap init_params(const Config& c, uint64_t seed, double std_dev) {
     } else if (ends_with(n, "A_log")) {
       std::uniform_real_distribution<double> u(0.01, 16.0);
       for (auto& v : t.data) v = static_cast<float>(std::log(u(rng)));
+    } else if (n.rfind("model.visual.", 0) == 0 && spec.shape.size() == 1) {
+      // the vision tower's LayerNorms are plain (weight 1, bias 0); its biases start at 0
+      if (n.find("norm") != std::string::npos && ends_with(n, ".weight"))
+        std::fill(t.data.begin(), t.data.end(), 1.f);
     } else if (spec.shape.size() == 1) {
       // every other 1-D parameter is a zero-centred RMSNorm weight: (1 + w) with w = 0
     } else {

@@ -23,6 +23,10 @@ void run_init(const InitOptions& opt) {
   ck.config = model::parse_config(cfg, "preset " + opt.preset);
   ck.config.raw = cfg;
   ck.config.mtp_enabled = ck.config.mtp_num_hidden_layers > 0;
+  if (ck.config.has_vision) {  // a vision-language preset: the tower's weights and preprocessor
+    ck.config.vision_mode = model::VisionMode::full;
+    ck.preprocessor = preset_preprocessor_config(opt.preset);
+  }
   if (!opt.tokenizer.empty())
     DT_CHECK(std::filesystem::is_regular_file(opt.tokenizer), opt.tokenizer,
              ": tokenizer file not found");
@@ -31,6 +35,9 @@ void run_init(const InitOptions& opt) {
   if (opt.config_only) {
     io::StagedOutput out(opt.out_dir);
     io::write_file_atomic(out.path() + "/config.json", cfg.dump(2) + "\n");
+    if (ck.preprocessor.is_object())
+      io::write_file_atomic(out.path() + "/preprocessor_config.json",
+                            ck.preprocessor.dump(2) + "\n");
     out.install("init");
     std::fprintf(stderr, "init: wrote %s/config.json (preset %s)\n", opt.out_dir.c_str(),
                  opt.preset.c_str());

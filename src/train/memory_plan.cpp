@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -72,6 +73,8 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   }
   p.activations = model::activation_bytes(c, in.micro_batch_tokens, in.compute,
                                           in.recompute && in.device == core::Device::cuda);
+  p.activations += model::vision_activation_bytes(
+      c, int64_t(std::ceil(in.image_patches_per_token * double(in.micro_batch_tokens))));
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);
   p.workspace = 6 * N * D * 4 + (in.device == core::Device::cuda ? kCudaWorkspace : 0);
   p.host_weights = 4 * n;
@@ -182,6 +185,11 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
       ways.push_back(way);
       break;
     }
+  if (c.vision_mode == model::VisionMode::full && in.image_patches_per_token > 0) {
+    model::Config merger = c;  // the tower's blocks keep nothing
+    merger.vision_mode = model::VisionMode::merger;
+    if (fits(plan_memory(merger, in), avail)) ways.push_back("model.vision = \"merger\"");
+  }
   for (int64_t m = in.micro_batch_tokens / 2; m >= 256; m /= 2) {
     PlanInput s = in;
     s.micro_batch_tokens = m;

@@ -29,6 +29,10 @@ struct PlanInput {
   // The weights are made one host tensor at a time (model::ParamSource): host memory holds the
   // largest tensor, not an f32 copy of the model.
   bool streamed_weights = false;
+  // Images (a vision tower that is on): the most vision patches per token of a micro-batch, so
+  // one micro-batch holds at most micro_batch_tokens * this many patches (the data's densest
+  // sample; train/train_data.h). 0: no images (or not known yet).
+  double image_patches_per_token = 0;
 };
 
 struct MemoryPlan {

@@ -121,6 +121,76 @@ nlohmann::json tiny(bool moe) {
   return j;
 }
 
+// A tiny vision-language model on the real Qwen3.5 vocabulary (248320 ids, the vision special
+// tokens at Qwen3.5's ids, spec 1.1): the multimodal wrapper (Qwen3_5ForConditionalGeneration)
+// with a 4-layer text model (hidden 64) and a 2-block vision tower (hidden 64, 4 heads) whose
+// patch 16, temporal patch 2 and merge 2 are Qwen3.5's, so real images go through the real
+// preprocessor. An 8 x 8 learned position grid (Qwen3.5: 48 x 48), interpolated to each image.
+nlohmann::json tiny_vl() {
+  nlohmann::json text = {
+      {"model_type", "qwen3_5_text"},
+      {"vocab_size", 248320},
+      {"hidden_size", 64},
+      {"intermediate_size", 192},
+      {"num_hidden_layers", 4},
+      {"num_attention_heads", 4},
+      {"num_key_value_heads", 2},
+      {"head_dim", 32},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", 1e-6},
+      {"max_position_embeddings", 4096},
+      {"initializer_range", 0.02},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"full_attention_interval", 4},
+      {"layer_types",
+       {"linear_attention", "linear_attention", "linear_attention", "full_attention"}},
+      {"linear_conv_kernel_dim", 4},
+      {"linear_key_head_dim", 32},
+      {"linear_value_head_dim", 32},
+      {"linear_num_key_heads", 2},
+      {"linear_num_value_heads", 4},
+      {"rope_parameters",
+       {{"rope_type", "default"},
+        {"rope_theta", 10000.0},
+        {"partial_rotary_factor", 0.25},
+        {"mrope_section", {2, 1, 1}},
+        {"mrope_interleaved", true}}},
+      {"tie_word_embeddings", true},
+      {"mtp_num_hidden_layers", 0},
+      {"eos_token_id", 248044},
+      {"dtype", "float32"},
+  };
+  nlohmann::json vision = {
+      {"model_type", "qwen3_5_vision"},
+      {"depth", 2},
+      {"hidden_size", 64},
+      {"intermediate_size", 128},
+      {"num_heads", 4},
+      {"out_hidden_size", 64},
+      {"in_channels", 3},
+      {"patch_size", 16},
+      {"temporal_patch_size", 2},
+      {"spatial_merge_size", 2},
+      {"num_position_embeddings", 64},
+      {"hidden_act", "gelu_pytorch_tanh"},
+      {"initializer_range", 0.02},
+      {"rope_parameters", {{"rope_type", "axial"}, {"rope_theta", 10000.0}}},
+  };
+  return {
+      {"model_type", "qwen3_5"},
+      {"architectures", {"Qwen3_5ForConditionalGeneration"}},
+      {"text_config", text},
+      {"vision_config", vision},
+      {"image_token_id", 248056},
+      {"video_token_id", 248057},
+      {"vision_start_token_id", 248053},
+      {"vision_end_token_id", 248054},
+      {"tie_word_embeddings", true},
+      {"dtype", "float32"},
+  };
+}
+
 }  // namespace
 
 std::vector<std::string> preset_names() {
@@ -128,6 +198,7 @@ std::vector<std::string> preset_names() {
   for (const auto& p : kPresets) out.push_back(p.name);
   out.push_back("tiny");
   out.push_back("tiny-moe");
+  out.push_back("tiny-vl");
   return out;
 }
 
@@ -136,9 +207,29 @@ nlohmann::json preset_config(const std::string& name) {
     if (name == p.name) return published(p);
   if (name == "tiny") return tiny(false);
   if (name == "tiny-moe") return tiny(true);
+  if (name == "tiny-vl") return tiny_vl();
   std::string names;
   for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
   core::fail("unknown preset '", name, "' (known: ", names, ")");
+}
+
+}  // namespace deltatron::train
+
+namespace deltatron::train {
+
+nlohmann::json preset_preprocessor_config(const std::string& name) {
+  const nlohmann::json c = preset_config(name);  // an unknown name fails there
+  if (!c.contains("vision_config")) return nullptr;
+  // Qwen3.5's published preprocessor_config.json, with 64^2..256^2 pixels instead of
+  // 256^2..4096^2 so small images stay small (a 64 x 64 image is 4 x 4 patches, 4 tokens).
+  return {{"size", {{"shortest_edge", 4096}, {"longest_edge", 65536}}},
+          {"patch_size", 16},
+          {"temporal_patch_size", 2},
+          {"merge_size", 2},
+          {"image_mean", {0.5, 0.5, 0.5}},
+          {"image_std", {0.5, 0.5, 0.5}},
+          {"processor_class", "Qwen3VLProcessor"},
+          {"image_processor_type", "Qwen2VLImageProcessorFast"}};
 }
 
 }  // namespace deltatron::train

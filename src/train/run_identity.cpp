@@ -68,7 +68,17 @@ void check_run_identity(const json& saved, const json& now, const std::string& s
                  "); resume with the same data and tokenizer, or start a fresh run in another "
                  "training.out_dir");
   }
+  // The vision mode, absent = off in both (a mode switched off is a key only the saved run has).
+  const auto vision = [](const json& j) {
+    return j.contains("model.vision") ? j.at("model.vision").get<std::string>() : "off";
+  };
+  if (vision(saved) != vision(now))
+    core::fail(state_file, ": --resume with a different model.vision: the checkpoint's run has \"",
+               vision(saved), "\", this configuration has \"", vision(now),
+               "\" (the trained tensors and their optimizer state differ); set it back to resume, "
+               "or start a fresh run in another training.out_dir");
   for (const auto& [key, value] : now.items()) {
+    if (key == "model.vision") continue;
     if (key.rfind("model.p", 0) == 0 || key.rfind("data.train", 0) == 0 ||
         (key.rfind("data.eval", 0) == 0 && key != "data.eval_fraction"))
       continue;

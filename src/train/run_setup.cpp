@@ -28,7 +28,23 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
   ck.config = model::parse_config(j, "preset " + cfg.model_preset);
   ck.config.raw = j;
   ck.config.mtp_enabled = ck.config.mtp_num_hidden_layers > 0 && !cfg.ignore_mtp;
+  ck.config.vision_mode = lo.vision;  // a preset with a vision_config: model.visual.* too
+  if (lo.vision != model::VisionMode::off)
+    model::check_vision(ck.config, "preset " + cfg.model_preset);
+  ck.preprocessor = preset_preprocessor_config(cfg.model_preset);
   ck.params = model::init_params(ck.config, cfg.init_seed);
+  if (ck.config.has_vision && lo.vision == model::VisionMode::off) {
+    // The tower is not trained, but the checkpoint keeps it (pass-through bytes, as a loaded
+    // checkpoint's): initialised as with the tower on, so the saved directory is a whole VL model.
+    model::Config with_tower = ck.config;
+    with_tower.vision_mode = model::VisionMode::frozen;
+    for (auto& [name, t] : model::init_params(with_tower, cfg.init_seed)) {
+      if (ck.params.count(name)) continue;
+      const auto* b = reinterpret_cast<const uint8_t*>(t.data.data());
+      ck.passthrough.emplace(name,
+                             io::RawTensor{"F32", t.shape, {b, b + t.data.size() * sizeof(float)}});
+    }
+  }
   for (const auto& [name, t] : ck.params) ck.param_dtypes[name] = "F32";
   return ck;
 }
@@ -98,7 +114,8 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
   return io::to_lora_setup(ad, c, want.dropout, from);
 }
 
-void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
+void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
+                      double image_patches_per_token) {
   const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
   model::Config c;
   if (!dir.empty()) {
@@ -117,6 +134,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir) {
   in.micro_batch_tokens = cfg.micro_batch_tokens;
   in.recompute = cfg.recompute;
   in.resuming = !resume_dir.empty();
+  in.image_patches_per_token = image_patches_per_token;
   if (cfg.lora) {
     // An adapter's own modules: its target_modules resolved here (an estimate for the plan; the
     // modules are checked when the adapter is loaded).

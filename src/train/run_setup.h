@@ -40,7 +40,10 @@ AdamWOptions adamw_options(const TrainConfig& cfg);
 // The memory plan of the run (train/memory_plan.h), from the model's config alone (the
 // checkpoint's config.json or the preset): stops with one line naming the numbers and the
 // options that would fit before any weight is loaded or allocated.
-void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir);
+// image_patches_per_token: the data's (TrainData), once it is read: the vision tower's
+// activations for that many patches per micro-batch token are planned too.
+void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
+                      double image_patches_per_token = 0);
 
 // training.master, training.moments and training.offload as the parameter store's options.
 model::StateOptions state_options(const TrainConfig& cfg);

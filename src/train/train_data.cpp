@@ -7,6 +7,8 @@
 #include <random>
 
 #include "core/error.h"
+#include "data/vision_data.h"
+#include "train/presets.h"
 
 namespace deltatron::train {
 
@@ -60,13 +62,19 @@ void report_truncation(const TrainConfig& cfg, TrainData& d) {
                  static_cast<long long>(budget));
 }
 
-// Counts the samples with images; refuses them when the model does not take images.
-void count_images(TrainData& d, bool model_takes_images) {
+// Counts the samples with images and their densest sample in patches per token; refuses them
+// when the model does not take images.
+void count_images(TrainData& d, bool model_takes_images, int64_t budget, int64_t merge) {
   auto add = [&](const data::Dataset& ds, const std::vector<int64_t>& index) {
     for (int64_t i : index) {
       const int64_t n = ds.num_images(i);
       d.image_samples += n > 0;
       d.images += n;
+      if (n == 0) continue;
+      const int64_t len = ds.length(i);
+      const double density =
+          len > budget ? double(merge * merge) : double(ds.num_patches(i)) / double(len);
+      d.image_patches_per_token = std::max(d.image_patches_per_token, density);
     }
   };
   add(*d.train_set, d.train_index);
@@ -93,14 +101,23 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
                                 cfg.reasoning_effort, cfg.special_tokens_in_content};
   d.chat = data::configure_chat(chat, {tok_dir, cfg.model_path}, o.format);
   if (d.chat.found) std::fprintf(stderr, "chat format: %s\n", d.chat.describe().c_str());
-  // Images in chat rows: a checkpoint with a vision_config, its preprocessor_config.json.
-  o.format.vision = data::vision_options_from_model(cfg.model_path, tok);
+  // Images in chat rows: a checkpoint with a vision_config, its preprocessor_config.json; or a
+  // preset with a vision_config and its preprocessor settings.
+  std::string vision_source = cfg.model_path;
+  if (!cfg.model_path.empty()) {
+    o.format.vision = data::vision_options_from_model(cfg.model_path, tok);
+  } else if (!cfg.model_preset.empty()) {
+    vision_source = "preset " + cfg.model_preset;
+    o.format.vision = data::vision_options_from_config(preset_config(cfg.model_preset),
+                                                       preset_preprocessor_config(cfg.model_preset),
+                                                       tok, vision_source);
+  }
   if (o.format.vision.enabled) {
     const data::ImageProcessorConfig& p = o.format.vision.processor;
     std::fprintf(stderr, "images: patch %lld, merge %lld, %lld..%lld pixels (%s)\n",
                  static_cast<long long>(p.patch_size), static_cast<long long>(p.merge_size),
                  static_cast<long long>(p.min_pixels), static_cast<long long>(p.max_pixels),
-                 cfg.model_path.c_str());
+                 vision_source.c_str());
   }
   d.train_set = load_set(cfg.train_path, tok, o, vocab_size);
   std::vector<int64_t> all(d.train_set->size());
@@ -125,7 +142,7 @@ TrainData load_train_data(const TrainConfig& cfg, const data::Tokenizer& tok, in
   }
   for (int64_t i : d.train_index) d.train_lengths.push_back(d.train_set->length(i));
   report_truncation(cfg, d);
-  count_images(d, model_takes_images);
+  count_images(d, model_takes_images, cfg.micro_batch_tokens, o.format.vision.processor.merge_size);
   return d;
 }
 

@@ -23,6 +23,9 @@ struct TrainData {
   int64_t train_truncated = 0, eval_truncated = 0;
   // Samples with images (vision-language chat rows) and their images, over both roles.
   int64_t image_samples = 0, images = 0;
+  // The most vision patches per token of any sample (a truncated one counts as merge^2, all
+  // image tokens): a micro-batch of N tokens holds at most N times this many (the memory plan).
+  double image_patches_per_token = 0;
 };
 
 // Loads (or builds and caches) the tokenised datasets, splits off eval_fraction if no eval

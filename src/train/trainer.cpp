@@ -78,6 +78,8 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);
   const TrainData d = load_train_data(cfg, tok, ck.config.vocab_size, cfg.vision != "off");
+  // Images: the plan again, with the vision tower's activations for the data's densest sample.
+  if (d.images > 0) check_run_memory(cfg, start.resume_dir, d.image_patches_per_token);
   // A LoRA run trains its adapters (model/adapters.h); the base is frozen.
   std::optional<model::LoraSetup> lora;
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
