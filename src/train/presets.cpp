@@ -75,13 +75,10 @@ nlohmann::json published(const Preset& p) {
   return j;
 }
 
-// Tiny models for CPU training on the bundled byte-level tokenizer (259 ids, padded to 264).
-nlohmann::json tiny(bool moe) {
-  nlohmann::json j = {
-      {"model_type", moe ? "qwen3_5_moe_text" : "qwen3_5_text"},
-      {"architectures", {moe ? "Qwen3_5MoeForCausalLM" : "Qwen3_5ForCausalLM"}},
-      {"vocab_size", 264},
-      {"hidden_size", 96},
+// The layout every tiny preset shares: 4 layers (3 Gated DeltaNet + 1 gated attention), small
+// heads, partial interleaved MRoPE, tied embeddings, f32.
+nlohmann::json tiny_layers() {
+  return {
       {"num_hidden_layers", 4},
       {"num_attention_heads", 4},
       {"num_key_value_heads", 2},
@@ -105,10 +102,21 @@ nlohmann::json tiny(bool moe) {
         {"mrope_section", {2, 1, 1}},
         {"mrope_interleaved", true}}},
       {"tie_word_embeddings", true},
-      {"mtp_num_hidden_layers", moe ? 1 : 0},
-      {"eos_token_id", 256},
       {"dtype", "float32"},
   };
+}
+
+// Tiny models for CPU training on the bundled byte-level tokenizer (259 ids, padded to 264).
+nlohmann::json tiny(bool moe) {
+  nlohmann::json j = {
+      {"model_type", moe ? "qwen3_5_moe_text" : "qwen3_5_text"},
+      {"architectures", {moe ? "Qwen3_5MoeForCausalLM" : "Qwen3_5ForCausalLM"}},
+      {"vocab_size", 264},
+      {"hidden_size", 96},
+      {"mtp_num_hidden_layers", moe ? 1 : 0},
+      {"eos_token_id", 256},
+  };
+  j.update(tiny_layers());
   if (moe) {
     j["num_experts"] = 8;
     j["num_experts_per_tok"] = 2;
@@ -127,40 +135,17 @@ nlohmann::json tiny(bool moe) {
 // patch 16, temporal patch 2 and merge 2 are Qwen3.5's, so real images go through the real
 // preprocessor. An 8 x 8 learned position grid (Qwen3.5: 48 x 48), interpolated to each image.
 nlohmann::json tiny_vl() {
-  nlohmann::json text = {
+  nlohmann::json text = tiny_layers();
+  text.update(nlohmann::json{
       {"model_type", "qwen3_5_text"},
       {"vocab_size", 248320},
       {"hidden_size", 64},
       {"intermediate_size", 192},
-      {"num_hidden_layers", 4},
-      {"num_attention_heads", 4},
-      {"num_key_value_heads", 2},
-      {"head_dim", 32},
-      {"hidden_act", "silu"},
-      {"rms_norm_eps", 1e-6},
-      {"max_position_embeddings", 4096},
-      {"initializer_range", 0.02},
       {"attention_bias", false},
       {"attention_dropout", 0.0},
-      {"full_attention_interval", 4},
-      {"layer_types",
-       {"linear_attention", "linear_attention", "linear_attention", "full_attention"}},
-      {"linear_conv_kernel_dim", 4},
-      {"linear_key_head_dim", 32},
-      {"linear_value_head_dim", 32},
-      {"linear_num_key_heads", 2},
-      {"linear_num_value_heads", 4},
-      {"rope_parameters",
-       {{"rope_type", "default"},
-        {"rope_theta", 10000.0},
-        {"partial_rotary_factor", 0.25},
-        {"mrope_section", {2, 1, 1}},
-        {"mrope_interleaved", true}}},
-      {"tie_word_embeddings", true},
       {"mtp_num_hidden_layers", 0},
       {"eos_token_id", 248044},
-      {"dtype", "float32"},
-  };
+  });
   nlohmann::json vision = {
       {"model_type", "qwen3_5_vision"},
       {"depth", 2},
