@@ -22,6 +22,7 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -200,6 +201,14 @@ class NcclComm final : public Comm {
     ncclComm_t sub = nullptr;
     ncclConfig_t config = nonblocking_config();
     call("split", [&] { return ncclCommSplit(comm_, color, key, &sub, &config); });
+    // Non-blocking: the new communicator's handle may be stored only once NCCL's split job has
+    // run (on one H100, ncclCommGetAsyncError on it right after the call reported "comm argument
+    // is NULL"), so wait for the handle before polling its state.
+    const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    while (std::atomic_ref<ncclComm_t>(sub).load() == nullptr) {
+      if (Clock::now() >= deadline) fail("split", "no communicator within the timeout");
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
     int sub_rank = 0, sub_size = 0;
     wait_ready("split", sub);
     ncclCommUserRank(sub, &sub_rank);
