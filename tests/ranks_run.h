@@ -7,7 +7,10 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -23,6 +26,15 @@ inline int run_ranks(int ranks, const std::string& args, const std::filesystem::
   cmd += " 2> " + err.string();
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+// The JSON objects of a JSONL file (score outputs), blank lines skipped.
+inline std::vector<nlohmann::json> jsonl(const std::filesystem::path& p) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(read_file(p));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
 }
 
 // Worst relative RMS difference over the tensors of two safetensors files (the same names).

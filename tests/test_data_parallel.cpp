@@ -23,14 +23,6 @@ using namespace deltatron;
 
 namespace {
 
-std::vector<nlohmann::json> jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(dt_test::read_file(p));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
 struct ScoreCase {
   std::string fixture, flags;
 };
@@ -60,11 +52,11 @@ TEST(DataParallel, ScoreEqualsOneRank) {
           << c.fixture << " on " << ranks << " ranks: " << dt_test::read_file(o.string() + ".err");
     }
     const fs::path one = tmp.path / (c.fixture + "_1");
-    const auto want = jsonl(one.string() + ".jsonl");
+    const auto want = dt_test::jsonl(one.string() + ".jsonl");
     ASSERT_GE(want.size(), 3u);
     for (int ranks : {2, 3}) {
       const fs::path o = tmp.path / (c.fixture + "_" + std::to_string(ranks));
-      const auto got = jsonl(o.string() + ".jsonl");
+      const auto got = dt_test::jsonl(o.string() + ".jsonl");
       ASSERT_EQ(got.size(), want.size());
       for (size_t i = 0; i < want.size(); ++i)  // the same packs, one rank each: bitwise
         EXPECT_EQ(got[i].dump(), want[i].dump()) << c.fixture << " ranks " << ranks;
@@ -102,7 +94,7 @@ TEST(DataParallel, ScoreExpertParallelEqualsOneRank) {
                                    one.string() + ".err"),
                 0)
           << dt_test::read_file(one.string() + ".err");
-      const auto want = jsonl(one.string() + ".jsonl");
+      const auto want = dt_test::jsonl(one.string() + ".jsonl");
       for (const Layout l : {Layout{2, 2}, Layout{4, 2}, Layout{4, 4}}) {
         const std::string what = fixture + " on " + std::to_string(l.ranks) + " ranks, ep " +
                                  std::to_string(l.ep) + (router.empty() ? "" : ", router losses");
@@ -115,7 +107,7 @@ TEST(DataParallel, ScoreExpertParallelEqualsOneRank) {
                                o.string() + ".err"),
             0)
             << what << ": " << dt_test::read_file(o.string() + ".err");
-        const auto got = jsonl(o.string() + ".jsonl");
+        const auto got = dt_test::jsonl(o.string() + ".jsonl");
         ASSERT_EQ(got.size(), want.size());
         for (size_t i = 0; i < want.size(); ++i) {
           EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << what;

@@ -26,14 +26,6 @@ using namespace deltatron;
 
 namespace {
 
-std::vector<nlohmann::json> jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(dt_test::read_file(p));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
 struct Layout {
   int ranks;
   std::string flags, name;
@@ -76,7 +68,7 @@ void score_vs_one_rank(const fs::path& tmp, const std::string& fixture, const st
   };
   const fs::path one = tmp / (tag + "_one");
   run(1, "", one);
-  const auto want = jsonl(one.string() + ".jsonl");
+  const auto want = dt_test::jsonl(one.string() + ".jsonl");
   ASSERT_GE(want.size(), 3u);
   const double router_want = router_loss_of(one.string() + ".err");
   if (router) {
@@ -95,7 +87,7 @@ void score_vs_one_rank(const fs::path& tmp, const std::string& fixture, const st
     const std::string what = tag + " " + l.name;
     const fs::path o = tmp / (tag + "_" + l.name);
     run(l.ranks, l.flags, o);
-    const auto got = jsonl(o.string() + ".jsonl");
+    const auto got = dt_test::jsonl(o.string() + ".jsonl");
     ASSERT_EQ(got.size(), want.size()) << what;
     double worst = 0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -189,7 +181,7 @@ namespace {
 // The "router_loss" of every step record of a run's metrics.jsonl, in order.
 std::vector<double> metric_router_losses(const fs::path& metrics) {
   std::vector<double> out;
-  for (const nlohmann::json& j : jsonl(metrics))
+  for (const nlohmann::json& j : dt_test::jsonl(metrics))
     if (j.contains("router_loss")) out.push_back(j["router_loss"].get<double>());
   return out;
 }

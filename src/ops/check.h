@@ -105,12 +105,6 @@ class Args {
     core::fail("ops::", op_, ": a cuda view, but this binary was built without CUDA");
   }
   [[noreturn]] void bad_device() const { core::fail("ops::", op_, ": unknown device"); }
-  // The error of an op (or a mode of one) that has only the CPU reference so far: never a silent
-  // fallback to the CPU.
-  [[noreturn]] void cuda_not_implemented(const char* what = nullptr) const {
-    core::fail("ops::", op_, ": ", what ? what : "this op",
-               " is not implemented on CUDA yet (CPU only)");
-  }
   const char* op() const { return op_; }
 
  private:

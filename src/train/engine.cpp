@@ -146,11 +146,7 @@ class ModelEngine final : public Engine {
       squares = ops::sum_squares(p.grad_flat(), p.total());
     }
     const double norm = std::sqrt(squares);
-    grad_scale_ = 1.0f;
-    if (std::isfinite(norm) && max_norm > 0) {
-      const double coef = max_norm / (norm + 1e-6);
-      if (coef < 1.0) grad_scale_ = static_cast<float>(coef);
-    }
+    grad_scale_ = clip_scale(norm, max_norm);
     return norm;
   }
 

@@ -2,6 +2,7 @@
 // reference, or one GPU), with its gradients and AdamW state resident on that device.
 #pragma once
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,14 @@
 #include "train/optimizer.h"
 
 namespace deltatron::train {
+
+// The factor the next step scales the gradients by after Engine::clip found `norm`: max_norm /
+// (norm + 1e-6) when that is below 1, else 1 (also for a non-finite norm or max_norm <= 0).
+inline float clip_scale(double norm, double max_norm) {
+  if (!std::isfinite(norm) || max_norm <= 0) return 1.0f;
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1.0 ? static_cast<float>(coef) : 1.0f;
+}
 
 class Engine {
  public:

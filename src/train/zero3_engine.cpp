@@ -81,11 +81,7 @@ class Zero3Engine final : public Engine {
   double clip(double max_norm) override {
     const core::Buffer& g = store_.grad();  // padding and gaps hold zeros
     const double norm = std::sqrt(sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel())));
-    grad_scale_ = 1.0f;
-    if (std::isfinite(norm) && max_norm > 0) {
-      const double coef = max_norm / (norm + 1e-6);
-      if (coef < 1.0) grad_scale_ = static_cast<float>(coef);
-    }
+    grad_scale_ = clip_scale(norm, max_norm);
     return norm;
   }
 
