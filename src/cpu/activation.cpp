@@ -58,11 +58,11 @@ void gelu_fwd(const T* x, int64_t n, T* y, bool tanh_approx) {
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const T v = x[i];
-    if (tanh_approx) {
-      const T t = std::tanh(T(kSqrt2OverPi) * (v + T(kGeluC) * v * v * v));
-      y[i] = T(0.5) * v * (T(1) + t);
-    } else {
-      y[i] = T(0.5) * v * (T(1) + std::erf(v * T(kInvSqrt2)));
+    if (tanh_approx) {  // 0.5 (1 + tanh u) = sigmoid(2u): no cancellation for negative x
+      const T u = T(kSqrt2OverPi) * (v + T(kGeluC) * v * v * v);
+      y[i] = v / (T(1) + std::exp(T(-2) * u));
+    } else {  // 1 + erf(x / sqrt 2) = erfc(-x / sqrt 2)
+      y[i] = T(0.5) * v * std::erfc(-v * T(kInvSqrt2));
     }
   }
 }
@@ -73,13 +73,12 @@ void gelu_bwd(const T* x, const T* dy, int64_t n, T* dx, bool tanh_approx) {
   for (int64_t i = 0; i < n; ++i) {
     const T v = x[i], g = dy[i];
     T d;
-    if (tanh_approx) {
-      const T t = std::tanh(T(kSqrt2OverPi) * (v + T(kGeluC) * v * v * v));
-      d = T(0.5) * (T(1) + t) +
-          T(0.5) * v * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluC) * v * v);
+    if (tanh_approx) {  // s = sigmoid(2u) = 0.5 (1 + t), 1 - t^2 = 4 s (1 - s)
+      const T u = T(kSqrt2OverPi) * (v + T(kGeluC) * v * v * v);
+      const T s = T(1) / (T(1) + std::exp(T(-2) * u)), sn = T(1) / (T(1) + std::exp(T(2) * u));
+      d = s + T(2) * v * s * sn * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluC) * v * v);
     } else {
-      d = T(0.5) * (T(1) + std::erf(v * T(kInvSqrt2))) +
-          v * T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
+      d = T(0.5) * std::erfc(-v * T(kInvSqrt2)) + v * T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
     }
     dx[i] = g * d;
   }

@@ -47,18 +47,20 @@ __device__ __forceinline__ int64_t thread_count() { return int64_t(gridDim.x) * 
 
 // ---- GELU ----------------------------------------------------------------------------------
 
+// Cancellation-free forms (as the CPU reference): 1 + erf(v / sqrt 2) = erfc(-v / sqrt 2);
+// 0.5 (1 + tanh u) = sigmoid(2u) and 1 - tanh^2 u = 4 sigmoid(2u) sigmoid(-2u).
 __device__ __forceinline__ float gelu_f(float v, bool tanh_approx) {
-  if (tanh_approx) return 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + kGeluC * v * v * v)));
-  return 0.5f * v * (1.f + erff(v * kInvSqrt2));
+  if (tanh_approx) return v / (1.f + expf(-2.f * kSqrt2OverPi * (v + kGeluC * v * v * v)));
+  return 0.5f * v * erfcf(-v * kInvSqrt2);
 }
 
 __device__ __forceinline__ float gelu_grad_f(float v, bool tanh_approx) {
   if (tanh_approx) {
-    const float t = tanhf(kSqrt2OverPi * (v + kGeluC * v * v * v));
-    return 0.5f * (1.f + t) +
-           0.5f * v * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * kGeluC * v * v);
+    const float u = kSqrt2OverPi * (v + kGeluC * v * v * v);
+    const float s = 1.f / (1.f + expf(-2.f * u)), sn = 1.f / (1.f + expf(2.f * u));
+    return s + 2.f * v * s * sn * kSqrt2OverPi * (1.f + 3.f * kGeluC * v * v);
   }
-  return 0.5f * (1.f + erff(v * kInvSqrt2)) + v * kInvSqrt2Pi * expf(-0.5f * v * v);
+  return 0.5f * erfcf(-v * kInvSqrt2) + v * kInvSqrt2Pi * expf(-0.5f * v * v);
 }
 
 template <typename T>

@@ -13,7 +13,8 @@
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
-# weights, gradients and AdamW moments). Writes JSON results to OUT_DIR (default
+# weights, gradients and AdamW moments); "bench-2b-lean" (12 bytes of state per parameter),
+# "trace-2b" (the bench's GPU timeline: idle gaps by cause; tools/gpu/trace). Writes JSON results to OUT_DIR (default
 # $OUT or /tmp/dt-run).
 set -uo pipefail
 rt=${1:-build/runtime.tar.xz}
@@ -75,13 +76,24 @@ print(f"== ratio {ours['preset']}: deltatron {ours['real_tok_per_s']:.0f} tok/s,
 PY
 }
 has bench-2b && bench 2b --preset 2b
+lean=(--master remainder --moments bf16)
+has bench-2b-lean && bench 2b_lean --preset 2b "${lean[@]}"
+# The GPU timeline of the 2b bench (CUPTI through CUDA_INJECTION64_PATH; TRACE_LIB: the folder
+# tools/gpu/trace/build.sh made, default build/trace): idle gaps and their causes per step.
+if has trace-2b; then
+  tlib=$(cd "${TRACE_LIB:-$repo/build/trace}" && pwd)/libdt_trace.so
+  echo "== GPU timeline of deltatron bench 2b (tools/gpu/trace/gaps.py)"
+  CUDA_INJECTION64_PATH=$tlib DT_TRACE_OUT=$out/trace_2b.csv "$rt/deltatron" bench --preset 2b \
+    ${TRACE_ARGS:-} --lengths "$lengths" --json "$out/bench_2b_traced.json" | tail -3 || status=1
+  python3 "$repo/tools/gpu/trace/gaps.py" "$out/trace_2b.csv" --steps 1:-1 | tee "$out/gaps_2b.txt"
+  xz -9 "$out/trace_2b.csv"
+fi
 has peer-2b && peer 2b 2b
 moe_layers=${MOE_LAYERS:-4}
 has bench-moe && bench moe --preset 35b-a3b --layers "$moe_layers"
 has peer-moe && peer moe moe "$moe_layers"
 # The lean state (issue 12): the MoE slice with 12 and 8 bytes of state per parameter (the peer
 # above keeps bf16 weights and bf16 AdamW state), the 4b and 9b presets fully fine-tuned on one GPU.
-lean=(--master remainder --moments bf16)
 has bench-moe-lean && bench moe_lean --preset 35b-a3b --layers "$moe_layers" "${lean[@]}"
 has bench-moe-offload && bench moe_offload --preset 35b-a3b --layers "$moe_layers" "${lean[@]}" \
   --offload moments
