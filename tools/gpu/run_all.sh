@@ -14,7 +14,7 @@
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
 # weights, gradients and AdamW moments); "bench-2b-lean" (12 bytes of state per parameter),
-# "trace-2b" (the bench's GPU timeline: idle gaps by cause; tools/gpu/trace). Writes JSON results to OUT_DIR (default
+# "bench-2b-32k" / "peer-2b-32k" (one 32k-token sequence a step), "trace-2b" (the bench's GPU timeline: idle gaps by cause; tools/gpu/trace). Writes JSON results to OUT_DIR (default
 # $OUT or /tmp/dt-run).
 set -uo pipefail
 rt=${1:-build/runtime.tar.xz}
@@ -78,6 +78,12 @@ PY
 has bench-2b && bench 2b --preset 2b
 lean=(--master remainder --moments bf16)
 has bench-2b-lean && bench 2b_lean --preset 2b "${lean[@]}"
+# Long context: one 32,768-token sequence a step (tools/bench/lengths_1x32768.json), both sides
+# with activation recomputation (the peer's HF gradient checkpointing; without it HF + FLA does
+# not fit 80 GB at this length), deltatron with the lean state.
+l32=$repo/tools/bench/lengths_1x32768.json
+has bench-2b-32k && lengths=$l32 bench 2b_32k --preset 2b --tokens 32768 --recompute "${lean[@]}"
+has peer-2b-32k && lengths=$l32 GC=1 peer 2b_32k 2b
 # The GPU timeline of the 2b bench (CUPTI through CUDA_INJECTION64_PATH; TRACE_LIB: the folder
 # tools/gpu/trace/build.sh made, default build/trace): idle gaps and their causes per step.
 if has trace-2b; then
