@@ -25,6 +25,20 @@
 
 namespace deltatron::cuda {
 
+// Which launch layout gdn_chunk_* use (kept selectable for A/B timing in one process; both give
+// the same values, bitwise up to the sign of zeros; docs/ops/gdn.md, "CUDA kernels"):
+//   v2 (default)  the dq/dk kernel's K slices of one chunk-head run next to each other (their
+//                 shared tiles come from L2); with one value head per key head (G == H) dq and
+//                 dk are written in the storage type directly, without the fp32 per-value-head
+//                 scratch and the summing pass; the backward's state recompute prefetches K,
+//                 U and gamma one chunk further (one sync per chunk less);
+//   v1            the previous layout.
+// The first call reads the environment variable DT_GDN_KERNELS ("v1" or "v2"; anything else is an
+// error); gdn_set_kernels overrides it (tests, benchmarks).
+enum class GdnKernels { v1, v2 };
+GdnKernels gdn_kernels();
+void gdn_set_kernels(GdnKernels k);
+
 // o_NGV (out, overwritten) = the gated delta rule output per value head, with q scaled by
 // `scale` inside; state_SGKV (out, overwritten, may be nullptr): final fp32 state [nseg, G, K, V]
 // of each segment (zeros for an empty one).

@@ -9,6 +9,8 @@
 //                              of 7-8 and slice partials of dgamma, dbeta and dA
 //   gdn_wy_kernel              per chunk-head: dB_u (7-8), dA and step 9, dg (10)
 //   gdn_sum_heads_kernel       dq, dk summed over the R value heads of each key head, in order
+//                              (not launched in the v2 layout with R = 1: dqk writes dq and wy
+//                              writes dk in the storage type directly; cuda/gdn.h GdnKernels)
 #include <algorithm>
 
 #include "core/error.h"
@@ -178,7 +180,9 @@ __global__ void __launch_bounds__(128)
 }
 
 // ---- gdn_dqk_kernel --------------------------------------------------------------------------
-// One block (8 warps) per (chunk, value head, 64-column slice kt of K); warp w owns rows
+// One block (8 warps) per (chunk, value head, 64-column slice kt of K): grid (nch KT, G) with the
+// slice fastest in the v2 layout, so the slices of a chunk-head share their V', dV', dO, P, Tm
+// reads through L2; (nch, G, KT) in v1. Warp w owns rows
 // 16 (w & 3).. and columns 32 (w >> 2).. of each 64 x 64 product.
 // Phase 1, over V in tiles of 32 (contraction over V):
 //   dQs = dO S_in^T, dKt = V' dS^T, dW = -dV' S_in^T (column slice kt), dP = dO V'^T,
@@ -246,9 +250,12 @@ struct DqkSmem2 {
 
 template <typename T, int KP>
 __global__ void __launch_bounds__(256, 2)
-    gdn_dqk_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
+    gdn_dqk_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w, T* dq_out) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int ci = blockIdx.x, j = blockIdx.y, kt = blockIdx.z, k0 = 64 * kt, h = j / d.R;
+  // v2: grid (nch KT, G), the K slices of a chunk-head adjacent; v1: grid (nch, G, KT)
+  const int ci = d.v2 ? int(blockIdx.x) / d.KT : int(blockIdx.x);
+  const int kt = d.v2 ? int(blockIdx.x) % d.KT : int(blockIdx.z);
+  const int j = blockIdx.y, k0 = 64 * kt, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   const int rm = 16 * (warp & 3), half = warp >> 2, cn = 32 * half;
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci];
@@ -381,10 +388,17 @@ __global__ void __launch_bounds__(256, 2)
   {  // dQ = diag(scale e^gamma) dQs + dQK K
     acc_each(aQ, rm, cn, [&](int i, int, float& v) { v *= d.scale * s.eg[i]; });
     warp_mma<T>(aQ, Opnd<float, true>{s.dqk, LD}, rm, Opnd<T, false>{s.ks, LD}, cn, kC);
-    float* dq = w.dq + (int64_t(t0) * d.G + j) * d.K + k0;
-    acc_each(aQ, rm, cn, [&](int i, int kk, float& v) {
-      if (i < c && k0 + kk < d.K) dq[i * ldk + kk] = v;
-    });
+    if (dq_out) {  // G == H: the final dq (ldk = H K)
+      T* dq = dq_out + (int64_t(t0) * d.G + j) * d.K + k0;
+      acc_each(aQ, rm, cn, [&](int i, int kk, float& v) {
+        if (i < c && k0 + kk < d.K) dq[i * ldk + kk] = from_f32<T>(v);
+      });
+    } else {
+      float* dq = w.dq + (int64_t(t0) * d.G + j) * d.K + k0;
+      acc_each(aQ, rm, cn, [&](int i, int kk, float& v) {
+        if (i < c && k0 + kk < d.K) dq[i * ldk + kk] = v;
+      });
+    }
   }
   float aB[1][4][4];  // dB_w = Tm^T dW
   acc_zero(aB);
@@ -499,8 +513,8 @@ struct WySmem {
 };
 
 template <typename T, int KP>
-__global__ void __launch_bounds__(128)
-    gdn_wy_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* dv, float* dg, float* dbeta) {
+__global__ void __launch_bounds__(128) gdn_wy_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* dv,
+                                                     float* dg, float* dbeta, T* dk_out) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = WySmem<T, KP>;
   constexpr int NF = S::NF, LD = S::LD, LDK = S::LDK, LDE = S::LDE, PS = S::PS;
@@ -636,9 +650,16 @@ __global__ void __launch_bounds__(128)
       acc_each(acc, rm, n0,
                [&](int i, int kk, float& v) { v = (i < c && kk < d.K) ? dk[i * ldk + kk] : 0.f; });
       warp_mma<T>(acc, Opnd<float, true>{s.da, LD}, rm, Opnd<T, false>{s.ks, LDK}, n0, cd);
-      acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
-        if (i < c && kk < d.K) dk[i * ldk + kk] = v;
-      });
+      if (dk_out) {  // G == H: the final dk (ldk = H K)
+        T* dko = dk_out + (int64_t(t0) * d.G + j) * d.K;
+        acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
+          if (i < c && kk < d.K) dko[i * ldk + kk] = from_f32<T>(v);
+        });
+      } else {
+        acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
+          if (i < c && kk < d.K) dk[i * ldk + kk] = v;
+        });
+      }
     }
   }
   if (tid < kC) {
@@ -692,6 +713,9 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   const Plan& plan = st.plan;
   const Dims& d = st.d;
   const Work& w = st.w;
+  // v2 with one value head per key head: dq and dk go straight into the outputs (setup then
+  // reserves no dq scratch)
+  const bool direct = w.dq == nullptr;
   launch_prep<T, KP>(in, plan, d, w, true);
   launch_states<T, KP>(in, plan, d, w, nullptr, nullptr);
   {
@@ -704,17 +728,21 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
     const size_t s1 = 2 * DqkSmem1<T>(nullptr).bytes, s2 = DqkSmem2<T>(nullptr).bytes;
     const size_t smem = std::max(s1, s2);
     set_smem(gdn_dqk_kernel<T, KP>, smem);
-    gdn_dqk_kernel<T, KP><<<dim3(plan.nch, d.G, d.KT), 256, smem>>>(in, dout, plan, d, w);
+    const dim3 grid = d.v2 ? dim3(unsigned(plan.nch) * d.KT, d.G) : dim3(plan.nch, d.G, d.KT);
+    gdn_dqk_kernel<T, KP><<<grid, 256, smem>>>(in, dout, plan, d, w, direct ? dq : nullptr);
     DT_CUDA_CHECK(cudaGetLastError());
   }
   {
     const size_t smem = WySmem<T, KP>(nullptr).bytes;
     set_smem(gdn_wy_kernel<T, KP>, smem);
-    gdn_wy_kernel<T, KP><<<dim3(plan.nch, d.G), 128, smem>>>(in, plan, d, w, dv, dg, dbeta);
+    gdn_wy_kernel<T, KP>
+        <<<dim3(plan.nch, d.G), 128, smem>>>(in, plan, d, w, dv, dg, dbeta, direct ? dk : nullptr);
     DT_CUDA_CHECK(cudaGetLastError());
   }
-  gdn_sum_heads_kernel<T><<<dim3(unsigned(d.N), 2), 256>>>(w.dq, dq, w.dk, dk, d.H, d.R, d.K);
-  DT_CUDA_CHECK(cudaGetLastError());
+  if (!direct) {
+    gdn_sum_heads_kernel<T><<<dim3(unsigned(d.N), 2), 256>>>(w.dq, dq, w.dk, dk, d.H, d.R, d.K);
+    DT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace

@@ -38,6 +38,7 @@ struct Dims {
   int64_t N;
   int H, G, R, K, V, VP, KT;  // KT = KP / 64 column slices of the backward dq/dk kernel
   float scale;
+  bool v2;  // launch layout GdnKernels::v2 (cuda/gdn.h)
 };
 
 template <typename T>
@@ -61,7 +62,7 @@ struct Work {
   float* dA;           // [q][KT][64][64] per-slice parts of -dB_w W^T      (backward only)
   double* gpart;       // [q][KT][64] per-slice parts of dL/dgamma           (backward only)
   float* bpart;        // [q][KT][64] per-slice parts of dL/dbeta            (backward only)
-  float* dq;           // [N][G][K] dq per value head                        (backward only)
+  float* dq;           // [N][G][K] dq per value head (null: v2 with G == H)  (backward only)
   float* dk;           // [N][G][K] dk per value head                        (backward only)
 };
 

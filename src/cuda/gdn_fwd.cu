@@ -1,6 +1,9 @@
 // CUDA chunked gated delta rule, forward: chunk plan and workspace, the per-chunk WY preparation
 // kernel and the sequential state kernel (also used by the backward to recompute the states).
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -214,15 +217,24 @@ __global__ void __launch_bounds__(128)
 // Shared memory (bf16, KP = 128): W/K [64][136] fp32, S planes 2 x [32][136], V' and V'' planes
 // 2 x [32][72] each, Q [64][136] and P [64][72] (forward) or K [64][136] (recompute): 107 KB /
 // 80 KB, 2 blocks per SM. Four syncs per chunk.
+// Recompute mode in the v2 layout (d.v2; cuda/gdn.h GdnKernels), bf16 storage only, prefetches
+// one chunk further: K goes through two buffers (the second, qk2, after everything else: 97 KB
+// for KP = 128, still 2 blocks per SM; f32 mode would drop to 1 block or, with KP = 256, exceed
+// the 227 KB a block may have) and K of chunk n + 2 is issued after (d) of chunk n; U and gamma of
+// chunk n + 1 are read into registers after (b) of chunk n. The wait before (a) then leaves the
+// newest group (K of chunk n + 1) in flight, and (d) needs no wait or sync of its own: three syncs
+// per chunk. Same arithmetic, same results.
 template <typename T, int KP, bool kFwd>
 struct StatesSmem {
   static constexpr int NF = kFloatTerms<T>;
   static constexpr int LDB = KP + 8, LDQ = KP + 8, LDT = KP + 8, LDV = 72, LDP = 72;
-  static constexpr int PST = kBV * LDT, PSV = kBV * LDV;  // plane strides
+  static constexpr int PST = kBV * LDT, PSV = kBV * LDV;      // plane strides
+  static constexpr bool kPrefetch = !kFwd && sizeof(T) == 2;  // qk2 exists (v2 layout)
   float *wk, *ps, *eg, *egl;
   __nv_bfloat16 *st, *vt, *vt2;
-  T* qk;  // forward: Q; recompute: K
-  size_t bytes;
+  T* qk;                   // forward: Q; recompute: K (of even chunks in the v2 layout)
+  T* qk2;                  // recompute, v2 layout: K of odd chunks
+  size_t bytes, bytes_v1;  // with / without qk2
   __host__ __device__ explicit StatesSmem(unsigned char* base) {
     Carve c{base};
     wk = c.take<float>(kC * LDB);
@@ -233,6 +245,8 @@ struct StatesSmem {
     ps = kFwd ? c.take<float>(kC * LDP) : nullptr;
     eg = c.take<float>(kC);
     egl = c.take<float>(kC);
+    bytes_v1 = c.off;
+    qk2 = kPrefetch ? c.take<T>(kC * LDQ) : nullptr;
     bytes = c.off;
   }
 };
@@ -263,12 +277,33 @@ __global__ void __launch_bounds__(128)
   auto load_p = [&](int ci) {
     load_tile(s.ps, LDP, w.P + (int64_t(ci) * d.G + j) * kC * kC, kC, kC, kC, kC, kC);
   };
+  const bool pf = S::kPrefetch && d.v2;  // recompute mode, bf16, v2 layout: prefetch (see above)
+  auto kbuf = [&](int n) { return pf && (n & 1) ? s.qk2 : s.qk; };
+  auto load_k_pf = [&](int n) {  // K of the n-th chunk of the segment into its buffer
+    load_tile(kbuf(n), LDQ, qk_src(in.k, ch0 + n), ldqk, kC, KP, plan.chunk_len[ch0 + n], d.K);
+  };
+  float unext[1][4][4];          // pf: U of the next chunk at this lane's V' positions
+  double gnext = 0, glnext = 0;  // pf, tid < 64: gamma_tid and gamma_63 of the next chunk
+  auto fetch_u_gam = [&](int ci) {
+    const int64_t q = int64_t(ci) * d.G + j;
+    const float* Uq = w.U + q * kC * d.VP + v0;
+    acc_each(unext, 16 * warp, 0, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
+    if (tid < kC) {
+      gnext = w.gam[q * kC + tid];
+      glnext = w.gam[q * kC + kC - 1];
+    }
+  };
   if (nch > 0) {
     load_w(ch0);
     load_qk(ch0);
     if constexpr (kFwd) load_p(ch0);
+    if (pf) fetch_u_gam(ch0);
   }
   cp_async_commit();
+  if (pf) {
+    if (nch > 1) load_k_pf(1);
+    cp_async_commit();
+  }
   float accS[KP / 64][4][4];
   acc_zero(accS);
   for (int n = 0; n < nch; ++n) {
@@ -277,7 +312,12 @@ __global__ void __launch_bounds__(128)
     const bool more = n + 1 < nch;
     // (a)
     float ureg[1][4][4];  // U at this lane's V' positions
-    {
+    if (pf) {
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ureg[0][ni][e] = unext[0][ni][e];
+    } else {
       const float* Uq = w.U + qj * kC * d.VP + v0;
       acc_each(ureg, 16 * warp, 0, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
     }
@@ -291,10 +331,14 @@ __global__ void __launch_bounds__(128)
     }
     if (tid < kC) {
       const double* gq = w.gam + qj * kC;
-      s.eg[tid] = exp_nonpos(gq[tid]);
-      s.egl[tid] = exp_nonpos(gq[kC - 1] - gq[tid]);
+      const double gi = pf ? gnext : gq[tid], gl = pf ? glnext : gq[kC - 1];
+      s.eg[tid] = exp_nonpos(gi);
+      s.egl[tid] = exp_nonpos(gl - gi);
     }
-    cp_async_wait<0>();
+    if (pf)
+      cp_async_wait<1>();  // all but K of chunk n + 1
+    else
+      cp_async_wait<0>();
     __syncthreads();
     const Planes<NF, true> sop{s.st, LDT, PST};
     {  // (b) V' = U - W S
@@ -319,6 +363,7 @@ __global__ void __launch_bounds__(128)
         });
       }
     }
+    if (pf && more) fetch_u_gam(ci + 1);
     __syncthreads();  // W reads done; V', V'' complete
     const T* kt;      // K tile for (d)
     if constexpr (kFwd) {
@@ -345,17 +390,21 @@ __global__ void __launch_bounds__(128)
     } else {
       if (more) load_w(ci + 1);
       cp_async_commit();
-      kt = s.qk;
+      kt = kbuf(n);
     }
     // (d) S = e^{gamma_last} S + K^T V''
-    cp_async_wait<1>();  // forward: K landed (the next Q, P may be in flight)
-    __syncthreads();
+    if (!pf) {             // pf: K of this chunk was waited for before (b)
+      cp_async_wait<1>();  // forward: K landed (the next Q, P may be in flight)
+      __syncthreads();
+    }
     const float el = s.eg[kC - 1];
     acc_each(accS, sm0, 0, [&](int, int, float& v) { v *= el; });
     warp_mma<T>(accS, Opnd<T, false>{kt, kFwd ? LDB : LDQ}, sm0, Planes<NF, true>{s.vt2, LDV, PSV},
                 0, cd);
     __syncthreads();  // K and V'' reads done
-    if (more) {
+    if (pf) {
+      if (n + 2 < nch) load_k_pf(n + 2);  // into this chunk's K buffer, free now
+    } else if (more) {
       if constexpr (kFwd) load_w(ci + 1);
       if constexpr (!kFwd) load_qk(ci + 1);
     }
@@ -397,7 +446,8 @@ void launch_states(const Inputs<T>& in, const Plan& plan, const Dims& d, const W
     set_smem(gdn_states_kernel<T, KP, true>, smem);
     gdn_states_kernel<T, KP, true><<<grid, 128, smem>>>(in, plan, d, w, o, state);
   } else {
-    const size_t smem = StatesSmem<T, KP, false>(nullptr).bytes;
+    const StatesSmem<T, KP, false> layout(nullptr);
+    const size_t smem = d.v2 ? layout.bytes : layout.bytes_v1;
     set_smem(gdn_states_kernel<T, KP, false>, smem);
     gdn_states_kernel<T, KP, false><<<grid, 128, smem>>>(in, plan, d, w, nullptr, nullptr);
   }
@@ -434,7 +484,9 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
   Setup st{};
   st.KP = K <= 128 ? 128 : 256;
   const int KP = st.KP, VP = round_up(int(V), kBV), KT = KP / 64;
-  st.d = Dims{N, int(H), int(G), int(G / H), int(K), int(V), VP, KT, scale};
+  const bool v2 = gdn_kernels() == GdnKernels::v2;
+  st.d = Dims{N, int(H), int(G), int(G / H), int(K), int(V), VP, KT, scale, v2};
+  const bool dq_scratch = !(v2 && G == H);  // v2 with G == H: dq straight into dq_NHK
 
   // chunks in segment order; segments longest first for the sequential kernels
   std::vector<int> t0s, lens, ch0(nseg), nchs(nseg);
@@ -452,6 +504,7 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
     return cu_host[a + 1] - cu_host[a] > cu_host[b + 1] - cu_host[b];
   });
   const int nch = int(t0s.size());
+  DT_CHECK(int64_t(nch) * KT < (int64_t(1) << 31), what, ": too many chunks (", nch, ")");
   std::vector<int> ints;
   ints.reserve(2 * nch + 3 * nseg);
   ints.insert(ints.end(), t0s.begin(), t0s.end());
@@ -489,7 +542,7 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
     o_dA = reserve(NQ * KT * kC * kC * 4);
     o_gp = reserve(NQ * KT * kC * sizeof(double));
     o_bp = reserve(NQ * KT * kC * 4);
-    o_dq = reserve(N_ * G * K * 4);
+    if (dq_scratch) o_dq = reserve(N_ * G * K * 4);
     o_dk = reserve(N_ * G * K * 4);
   }
   static ScratchBuffer* cache = new ScratchBuffer("gdn chunk workspace");  // leaked
@@ -514,7 +567,7 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
     st.w.dA = f(o_dA);
     st.w.gpart = reinterpret_cast<double*>(base + o_gp);
     st.w.bpart = f(o_bp);
-    st.w.dq = f(o_dq);
+    st.w.dq = dq_scratch ? f(o_dq) : nullptr;
     st.w.dk = f(o_dk);
   }
   return st;
@@ -523,6 +576,27 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
 }  // namespace deltatron::cuda::gdn
 
 namespace deltatron::cuda {
+
+namespace {
+std::atomic<int> g_kernels{-1};  // -1: not read from the environment yet
+}  // namespace
+
+GdnKernels gdn_kernels() {
+  int k = g_kernels.load();
+  if (k < 0) {
+    const char* e = std::getenv("DT_GDN_KERNELS");
+    k = int(GdnKernels::v2);
+    if (e && *e) {
+      DT_CHECK(std::strcmp(e, "v1") == 0 || std::strcmp(e, "v2") == 0,
+               "DT_GDN_KERNELS: expected v1 or v2, got '", e, "'");
+      k = std::strcmp(e, "v1") == 0 ? int(GdnKernels::v1) : int(GdnKernels::v2);
+    }
+    g_kernels.store(k);
+  }
+  return GdnKernels(k);
+}
+
+void gdn_set_kernels(GdnKernels k) { g_kernels.store(int(k)); }
 
 void gdn_chunk_fwd(DType dt, const void* q_NHK, const void* k_NHK, const void* v_NGV,
                    const float* g_NG, const float* beta_NG, const int32_t* /*cu_dev*/,

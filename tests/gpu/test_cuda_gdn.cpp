@@ -4,8 +4,9 @@
 // bf16 in bf16 mode; g, beta are fp32 in both modes). Outputs are poisoned with NaN before each
 // call so unwritten elements fail. Bounds (relative RMS): bf16 forward 5e-3, backward 1e-2 (the
 // bf16 outputs carry their own rounding, ~1e-3); the fp32 outputs of bf16 mode (final state,
-// dg, dbeta) 1e-3; f32 debug mode 1e-5 everywhere. Also: bitwise determinism, and the fwd / bwd
-// time of the real Qwen3.5 GDN shape (N = 8192, H = 16, G = 32, K = V = 128, 14 segments).
+// dg, dbeta) 1e-3; f32 debug mode 1e-5 everywhere. Every case runs both kernel layouts
+// (cuda::GdnKernels v2 and v1). Also: bitwise determinism, v1 and v2 giving the same values, and
+// the fwd / bwd time of the real Qwen3.5 GDN shapes (GdnTiming.*: printed, never asserted).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -21,6 +22,7 @@
 #include "cpu/gdn.h"
 #include "cuda/device.h"
 #include "cuda/gdn.h"
+#include "gpu_timer.h"
 #include "test_util.h"
 
 namespace dt = deltatron;
@@ -90,6 +92,21 @@ double check(const std::vector<float>& got, const std::vector<double>& want, dou
               tol);
   return r.rel_rms;
 }
+
+using dt::cuda::GdnKernels;
+
+const char* kernels_name(GdnKernels k) { return k == GdnKernels::v1 ? "v1" : "v2"; }
+
+// Selects a kernel layout for its lifetime, then restores the previous one.
+struct KernelsScope {
+  GdnKernels prev;
+  explicit KernelsScope(GdnKernels k) : prev(dt::cuda::gdn_kernels()) {
+    dt::cuda::gdn_set_kernels(k);
+  }
+  ~KernelsScope() { dt::cuda::gdn_set_kernels(prev); }
+  KernelsScope(const KernelsScope&) = delete;
+  KernelsScope& operator=(const KernelsScope&) = delete;
+};
 
 enum class Gates { mixed, mild, strong };
 
@@ -209,15 +226,19 @@ void run_case(const Case& c, DType t) {
   dt::cpu::gdn_chunk_bwd<double>(p.q.data(), p.k.data(), p.v.data(), p.g.data(), p.beta.data(), seg,
                                  p.N, p.H, p.G, p.K, p.V, p.scale, p.dout.data(), dq.data(),
                                  dk.data(), dv.data(), dg.data(), dbeta.data());
-  Outputs out = run_gpu(p, t, true);
   const size_t esz = dt::cuda::dtype_size(t);
-  check(download(out.o, o.size(), esz), o, tol_fwd, "o");
-  check(download(out.state, st.size(), 4), st, tol_f32out, "final state");
-  check(download(out.dq, dq.size(), esz), dq, tol_bwd, "dq");
-  check(download(out.dk, dk.size(), esz), dk, tol_bwd, "dk");
-  check(download(out.dv, dv.size(), esz), dv, tol_bwd, "dv");
-  check(download(out.dg, dg.size(), 4), dg, tol_f32out, "dg");
-  check(download(out.dbeta, dbeta.size(), 4), dbeta, tol_f32out, "dbeta");
+  for (GdnKernels kv : {GdnKernels::v2, GdnKernels::v1}) {
+    const KernelsScope scope(kv);
+    const std::string pre = std::string(kernels_name(kv)) + " ";
+    Outputs out = run_gpu(p, t, true);
+    check(download(out.o, o.size(), esz), o, tol_fwd, pre + "o");
+    check(download(out.state, st.size(), 4), st, tol_f32out, pre + "final state");
+    check(download(out.dq, dq.size(), esz), dq, tol_bwd, pre + "dq");
+    check(download(out.dk, dk.size(), esz), dk, tol_bwd, pre + "dk");
+    check(download(out.dv, dv.size(), esz), dv, tol_bwd, pre + "dv");
+    check(download(out.dg, dg.size(), 4), dg, tol_f32out, pre + "dg");
+    check(download(out.dbeta, dbeta.size(), 4), dbeta, tol_f32out, pre + "dbeta");
+  }
 }
 
 const std::vector<int> kMixed = {65, 1, 4096, 0, 63, 130, 3, 64};
@@ -283,9 +304,10 @@ TEST(CudaGdnEdge, EmptyPackAndBadShapes) {
       {"cuda::gdn_chunk_fwd", "N=5"});
 }
 
-// Two runs of forward and backward give the same bytes.
+// Two runs of forward and backward give the same bytes (the default layout, v2).
 TEST(CudaGdnEdge, Deterministic) {
   dt::cuda::require_hopper();
+  const KernelsScope scope(GdnKernels::v2);
   for (DType t : {DType::bf16, DType::f32}) {
     Problem p = make_problem({kMixed, 2, 4, 128, 128, Gates::mild, 500}, t);
     Outputs a = run_gpu(p, t, true), b = run_gpu(p, t, true);
@@ -352,4 +374,95 @@ TEST(CudaGdnEdge, RealShapeTiming) {
   DT_CUDA_CHECK(cudaEventDestroy(e0));
   DT_CUDA_CHECK(cudaEventDestroy(e1));
   DT_CUDA_CHECK(cudaEventDestroy(e2));
+}
+
+// The v2 layout computes the same values as v1 (it moves blocks and outputs, not arithmetic):
+// every output equal as a float (so +0 and -0 match), for G == H (v2 writes dq, dk directly) and
+// G = 2H, in both precisions.
+TEST(CudaGdnEdge, KernelLayoutsAgree) {
+  dt::cuda::require_hopper();
+  for (DType t : {DType::bf16, DType::f32})
+    for (int64_t G : {2, 4}) {
+      Problem p = make_problem({kMixed, 2, G, 128, 128, Gates::mixed, 700}, t);
+      Outputs a, b;
+      {
+        const KernelsScope scope(GdnKernels::v1);
+        a = run_gpu(p, t, true);
+      }
+      {
+        const KernelsScope scope(GdnKernels::v2);
+        b = run_gpu(p, t, true);
+      }
+      const size_t esz = dt::cuda::dtype_size(t);
+      auto same = [&](const dt::cuda::DeviceBuffer& x, const dt::cuda::DeviceBuffer& y, size_t n,
+                      size_t e, const char* what) {
+        const std::vector<float> vx = download(x, n, e), vy = download(y, n, e);
+        size_t diff = 0, first = n;
+        for (size_t i = 0; i < n; ++i)
+          if (!(vx[i] == vy[i])) {
+            if (!diff) first = i;
+            ++diff;
+          }
+        EXPECT_EQ(diff, 0u) << dt::cuda::dtype_name(t) << " G=" << G << " " << what << ": " << diff
+                            << " elements differ between v1 and v2, first at " << first << ": "
+                            << (diff ? vx[first] : 0.f) << " vs " << (diff ? vy[first] : 0.f);
+      };
+      same(a.o, b.o, p.N * p.G * p.V, esz, "o");
+      same(a.state, b.state, size_t(p.nseg()) * p.G * p.K * p.V, 4, "state");
+      same(a.dq, b.dq, p.N * p.H * p.K, esz, "dq");
+      same(a.dk, b.dk, p.N * p.H * p.K, esz, "dk");
+      same(a.dv, b.dv, p.N * p.G * p.V, esz, "dv");
+      same(a.dg, b.dg, p.N * p.G, 4, "dg");
+      same(a.dbeta, b.dbeta, p.N * p.G, 4, "dbeta");
+    }
+}
+
+// Forward / backward time of both kernel layouts on the Qwen3.5 GDN shapes, bf16, K = V = 128,
+// N = 8192: the 2b preset (H = G = 16) and the 35b-a3b preset (H = 16, G = 32), each as the
+// 14-segment pack of RealShapeTiming and as one 8192-token sequence. Printed, never asserted;
+// the layouts alternate call by call so that clocks and caches treat them alike.
+TEST(GdnTiming, Layouts) {
+  dt::cuda::require_hopper();
+  const std::vector<int> pack = {300, 2048, 90,   512, 64,  1024, 180,
+                                 700, 68,   1536, 250, 400, 120,  900};  // sum 8192
+  struct Shape {
+    const char* name;
+    int64_t H, G;
+    std::vector<int> lens;
+  };
+  const std::vector<Shape> shapes = {{"2b      H=16 G=16 14 segs", 16, 16, pack},
+                                     {"2b      H=16 G=16 1 x 8192", 16, 16, {8192}},
+                                     {"35b-a3b H=16 G=32 14 segs", 16, 32, pack},
+                                     {"35b-a3b H=16 G=32 1 x 8192", 16, 32, {8192}}};
+  std::printf("GdnTiming: bf16, N=8192, K=V=128, mean ms of 20 calls after 3 warm-ups\n");
+  for (const Shape& sh : shapes) {
+    Problem p = make_problem({sh.lens, sh.H, sh.G, 128, 128, Gates::mixed, 800}, DType::bf16);
+    Outputs out = run_gpu(p, DType::bf16, true);  // buffers
+    const auto* cu_d = static_cast<const int32_t*>(p.cu_d.get());
+    const auto* g = static_cast<const float*>(p.g_d.get());
+    const auto* beta = static_cast<const float*>(p.beta_d.get());
+    const int nseg = p.nseg();
+    auto fwd = [&] {
+      dt::cuda::gdn_chunk_fwd(DType::bf16, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d,
+                              p.cu.data(), nseg, p.N, p.H, p.G, p.K, p.V, float(p.scale),
+                              out.o.get(), nullptr);
+    };
+    auto bwd = [&] {
+      dt::cuda::gdn_chunk_bwd(
+          DType::bf16, p.q_d.get(), p.k_d.get(), p.v_d.get(), g, beta, cu_d, p.cu.data(), nseg, p.N,
+          p.H, p.G, p.K, p.V, float(p.scale), p.dout_d.get(), out.dq.get(), out.dk.get(),
+          out.dv.get(), static_cast<float*>(out.dg.get()), static_cast<float*>(out.dbeta.get()));
+    };
+    double ms[2][2] = {{0, 0}, {0, 0}};  // [layout v1, v2][fwd, bwd]
+    const int rounds = 4, reps = 5;
+    for (int r = 0; r < rounds; ++r)
+      for (int l = 0; l < 2; ++l) {
+        const KernelsScope scope(l ? GdnKernels::v2 : GdnKernels::v1);
+        ms[l][0] += dt_test::gpu_time_ms(fwd, r == 0 ? 3 : 1, reps) / rounds;
+        ms[l][1] += dt_test::gpu_time_ms(bwd, r == 0 ? 3 : 1, reps) / rounds;
+      }
+    std::printf("  %-28s fwd v1 %7.3f v2 %7.3f (x%.2f) | bwd v1 %7.3f v2 %7.3f (x%.2f) ms\n",
+                sh.name, ms[0][0], ms[1][0], ms[0][0] / ms[1][0], ms[0][1], ms[1][1],
+                ms[0][1] / ms[1][1]);
+  }
 }
