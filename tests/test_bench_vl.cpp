@@ -170,9 +170,11 @@ TEST(BenchVl, TowerFlopsByHand) {
 
 // The towers of the VL presets have qwen35-vl spec 1.2's parameter counts (0.1 M rounding).
 TEST(BenchVl, VlPresetsHaveTheSpecsTowers) {
-  const std::pair<const char*, double> want[] = {
-      {"0.8b-vl", 100.6e6}, {"2b-vl", 331.4e6}, {"4b-vl", 333.5e6}, {"9b-vl", 456.0e6},
-      {"27b-vl", 460.7e6}};
+  const std::pair<const char*, double> want[] = {{"0.8b-vl", 100.6e6},
+                                                 {"2b-vl", 331.4e6},
+                                                 {"4b-vl", 333.5e6},
+                                                 {"9b-vl", 456.0e6},
+                                                 {"27b-vl", 460.7e6}};
   for (const auto& [name, count] : want) {
     const model::Config c = vl_config(name, model::VisionMode::full);
     model::check_vision(c, name);

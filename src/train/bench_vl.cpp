@@ -50,7 +50,7 @@ std::pair<int64_t, int64_t> draw_source_size(std::mt19937_64& rng) {
     const double w = 400 + 500 * u(rng), ar = 1.5 + 2.0 * u(rng);
     return {int64_t(w * ar), int64_t(w)};
   }
-  static constexpr int64_t kScreens[][2] = {{720, 1280}, {768, 1366},  {900, 1440},
+  static constexpr int64_t kScreens[][2] = {{720, 1280},  {768, 1366}, {900, 1440},
                                             {1080, 1920}, {768, 1024}, {1792, 828}};
   const auto& s = kScreens[std::min<size_t>(size_t(u(rng) * 6), 5)];
   return {s[0], s[1]};
@@ -128,7 +128,8 @@ std::vector<VlStep> read_vl_steps(const nlohmann::json& j, const model::Config& 
                                   int64_t micro_batch_tokens, const std::string& where) {
   const int64_t merge = c.vision.spatial_merge_size, unit = merge * merge;
   DT_CHECK(j.is_object() && j.contains("steps") && j["steps"].is_array() && !j["steps"].empty(),
-           where, ": expected {\"steps\": [[{\"text\": [...], \"grids\": [[t, h, w]]}, ...], ...]}");
+           where,
+           ": expected {\"steps\": [[{\"text\": [...], \"grids\": [[t, h, w]]}, ...], ...]}");
   if (j.contains("vision")) {
     const auto& v = j["vision"];
     const auto same = [&](const char* key, int64_t ours) {
@@ -202,8 +203,8 @@ data::Pack make_vl_pack(const VlStep& step, const model::Config& c, uint64_t see
       s.labels.resize(s.input_ids.size(), data::kIgnoreIndex);
       for (int64_t v : g) s.image_grid_thw.push_back(int32_t(v));
     }
-    DT_CHECK(int64_t(s.input_ids.size()) == vs.tokens(unit), "make_vl_pack: sample ", i,
-             " has ", s.input_ids.size(), " tokens, expected ", vs.tokens(unit));
+    DT_CHECK(int64_t(s.input_ids.size()) == vs.tokens(unit), "make_vl_pack: sample ", i, " has ",
+             s.input_ids.size(), " tokens, expected ", vs.tokens(unit));
     s.position_ids =
         data::mrope_positions(s.input_ids, s.image_grid_thw, int32_t(c.image_token_id), merge);
     // Pixel values: counter-based, so the pack does not depend on the thread count.
@@ -213,7 +214,8 @@ data::Pack make_vl_pack(const VlStep& step, const model::Config& c, uint64_t see
     const uint64_t base = mix((seed + 1) * 0x9E3779B97F4A7C15ull + i);
 #pragma omp parallel for schedule(static)
     for (int64_t e = 0; e < n; ++e)
-      px[e] = float(double(mix(base + uint64_t(e) * 0x94D049BB133111EBull) >> 11) * 0x1.0p-52 - 1.0);
+      px[e] =
+          float(double(mix(base + uint64_t(e) * 0x94D049BB133111EBull) >> 11) * 0x1.0p-52 - 1.0);
     ptrs.push_back(&s);
     index.push_back(int64_t(i));
   }
@@ -237,10 +239,14 @@ double vision_step_flops(const model::Config& c, const VlStep& step) {
   const double F = 2.0 * P * (C * D + B * (4.0 * D * D + 2.0 * D * I) + merger);
   const double A = B * 4.0 * D * sq;
   switch (c.vision_mode) {
-    case model::VisionMode::frozen: return F + A;
-    case model::VisionMode::merger: return F + A + 4.0 * P * merger;
-    case model::VisionMode::full: return 3.0 * F - 2.0 * P * C * D + 3.0 * A;
-    case model::VisionMode::off: break;
+    case model::VisionMode::frozen:
+      return F + A;
+    case model::VisionMode::merger:
+      return F + A + 4.0 * P * merger;
+    case model::VisionMode::full:
+      return 3.0 * F - 2.0 * P * C * D + 3.0 * A;
+    case model::VisionMode::off:
+      break;
   }
   return 0;
 }
