@@ -196,6 +196,18 @@ int main(int argc, char** argv) {
   bn->add_option("--lengths-out", bench.lengths_out,
                  "write the sample lengths of every step (JSON, for tools/bench/peer_hf.py)");
   bn->add_option("--json", bench.json_out, "write the results as JSON");
+  bn->add_option("--vision", bench.vision,
+                 "off (default), frozen, merger or full: image-text batches (a preset with a "
+                 "vision tower, e.g. 2b-vl) and what the tower trains")
+      ->check(CLI::IsMember({"off", "frozen", "merger", "full"}));
+  bn->add_option("--text-median", bench.vl.median_text,
+                 "--vision: median text tokens of a sample (default 256, log-normal sigma 0.8)");
+  bn->add_option("--max-pixels", bench.vl.max_pixels,
+                 "--vision: smart_resize's max_pixels (default 2097152: <= 2048 image tokens)")
+      ->check(CLI::PositiveNumber);
+  bn->add_option("--min-pixels", bench.vl.min_pixels,
+                 "--vision: smart_resize's min_pixels (default 65536)")
+      ->check(CLI::PositiveNumber);
 
   std::string tk_tokenizer, tk_in, tk_out;
   CLI::App* tk = app.add_subcommand(

@@ -7,6 +7,7 @@
 // + 3 * 4 * H * hd * sum_s L_s (L_s + 1) / 2 per full-attention layer (QK^T and PV, causal)
 // + 3 * 6 * G * dk * dv * T    per Gated DeltaNet layer (state read, write and output per token
 //                               and value head, in the recurrent form)
+// + the vision tower's, with --vision (formula in bench_vl.cpp; T then counts image tokens too)
 // MFU = model FLOP/s / 989.4e12 (H100/H200 SXM dense bf16 peak).
 #include "train/bench.h"
 
@@ -48,7 +49,12 @@ core::Tensor bench_tensor(const model::ParamSpec& spec, uint64_t tensor_id, uint
   core::Tensor t(spec.shape);
   const std::string& name = spec.name;
   {
-    const bool ones = name.ends_with("linear_attn.norm.weight") || name.ends_with("dt_bias");
+    // RMSNorm weights are 1 + w (zero here); the vision tower's LayerNorms scale by w (one).
+    const bool vis_norm = name.starts_with("model.visual.") &&
+                          (name.ends_with("norm1.weight") || name.ends_with("norm2.weight") ||
+                           name.ends_with("norm.weight"));
+    const bool ones =
+        name.ends_with("linear_attn.norm.weight") || name.ends_with("dt_bias") || vis_norm;
     const bool alog = name.ends_with("A_log");
     const bool zero = !ones && !alog && t.shape.size() == 1;
     float* p = t.ptr();
@@ -179,20 +185,57 @@ double gib(double b) { return b / double(1ull << 30); }
 
 void run_bench(const BenchOptions& o) {
   DT_CHECK(o.steps > 0 && o.warmup >= 0, "bench: --steps must be > 0 and --warmup >= 0");
-  DT_CHECK(o.micro_batch_tokens >= o.max_len, "bench: --tokens (", o.micro_batch_tokens,
-           ") must be at least the longest sample (", o.max_len, ")");
+  DT_CHECK(o.vision != "off" || o.micro_batch_tokens >= o.max_len, "bench: --tokens (",
+           o.micro_batch_tokens, ") must be at least the longest sample (", o.max_len, ")");
   DT_CHECK(o.device == "cuda" || o.device == "cpu", "bench: unknown device '", o.device, "'");
   const core::Device dev = o.device == "cuda" ? core::Device::cuda : core::Device::cpu;
   ops::check_device(dev);
   nlohmann::json cj = preset_config(o.preset);
+  nlohmann::json& tj = cj.contains("text_config") ? cj["text_config"] : cj;  // VL: the LM's
   if (o.layers > 0) {
-    cj["num_hidden_layers"] = o.layers;
-    cj.erase("layer_types");
+    tj["num_hidden_layers"] = o.layers;
+    tj.erase("layer_types");
   }
-  if (!o.mtp) cj["mtp_num_hidden_layers"] = 0;
-  const model::Config c = model::parse_config(cj, "preset " + o.preset);
+  if (!o.mtp) tj["mtp_num_hidden_layers"] = 0;
+  model::Config c = model::parse_config(cj, "preset " + o.preset);
+  c.vision_mode = model::parse_vision_mode(o.vision, "bench --vision");
+  const bool vl = c.vision_mode != model::VisionMode::off;
+  if (vl) model::check_vision(c, "preset " + o.preset + " (bench --vision " + o.vision + ")");
+  VlDrawOptions vo = o.vl;
+  vo.micro_batch_tokens = o.micro_batch_tokens;
+  vo.seed = o.seed;
+  if (vl) {
+    vo.patch_size = c.vision.patch_size;
+    vo.merge_size = c.vision.spatial_merge_size;
+  }
+  const int64_t merge_unit = vl ? c.vision.merge_unit() : 1;
   std::vector<std::vector<int64_t>> lens;
-  if (!o.lengths_in.empty()) {
+  std::vector<VlStep> vl_steps;  // with --vision: the samples of each step (lens: their tokens)
+  if (vl) {
+    std::vector<VlStep> file_steps;
+    if (!o.lengths_in.empty()) {
+      std::ifstream in(o.lengths_in);
+      DT_CHECK(in.good(), o.lengths_in, ": cannot open");
+      nlohmann::json lj;
+      try {
+        lj = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        core::fail(o.lengths_in, ": not valid JSON (", e.what(), ")");
+      }
+      file_steps = read_vl_steps(lj, c, o.micro_batch_tokens, o.lengths_in);
+      // As the text file: its steps are the timed ones, warm-up and profiling reuse them.
+      const int64_t n = int64_t(file_steps.size());
+      for (int64_t s = 0; s < o.warmup; ++s) vl_steps.push_back(file_steps[s % n]);
+      for (int64_t s = 0; s < n; ++s) vl_steps.push_back(file_steps[s]);
+      vl_steps.push_back(file_steps[0]);
+    } else {
+      vl_steps = draw_vl_steps(vo, o.warmup + o.steps + 1);
+    }
+    for (const VlStep& st : vl_steps) {
+      lens.emplace_back();
+      for (const VlSample& smp : st) lens.back().push_back(smp.tokens(merge_unit));
+    }
+  } else if (!o.lengths_in.empty()) {
     // A lengths file (tools/bench/make_lengths.py, or --lengths-out): its steps are the timed
     // ones; warm-up and the profiled step reuse them from the start, as the peer script does.
     std::ifstream in(o.lengths_in);
@@ -223,7 +266,11 @@ void run_bench(const BenchOptions& o) {
     lens = draw_lengths(o, o.warmup + o.steps + 1);
   }
   const int64_t timed_steps = int64_t(lens.size()) - o.warmup - 1;
-  if (!o.lengths_out.empty()) {
+  if (vl && !o.lengths_out.empty()) {
+    const std::vector<VlStep> timed(vl_steps.begin() + o.warmup,
+                                    vl_steps.begin() + o.warmup + timed_steps);
+    std::ofstream(o.lengths_out) << vl_steps_json(timed, vo).dump() << "\n";
+  } else if (!o.lengths_out.empty()) {
     // The timed steps only: the peer times exactly these batches.
     const std::vector<std::vector<int64_t>> timed(lens.begin() + o.warmup,
                                                   lens.begin() + o.warmup + timed_steps);
@@ -260,6 +307,12 @@ void run_bench(const BenchOptions& o) {
   plan_in.micro_batch_tokens = o.micro_batch_tokens;
   plan_in.recompute = o.recompute;
   plan_in.saves_checkpoints = false;
+  for (const VlStep& st : vl_steps) {  // the densest step bounds the tower's activations
+    int64_t patches = 0;
+    for (const VlSample& smp : st) patches += smp.patches();
+    plan_in.image_patches_per_token =
+        std::max(plan_in.image_patches_per_token, double(patches) / double(o.micro_batch_tokens));
+  }
   check_memory_plan(c, plan_in, available_memory(dev), "bench");
   const MemoryPlan plan = plan_memory(c, plan_in);
   const size_t free0 = ops::memory_info(dev).free;
@@ -293,13 +346,15 @@ void run_bench(const BenchOptions& o) {
                double(nparams) / 1e9, o.precision.c_str(),
                static_cast<long long>(o.micro_batch_tokens), o.master.c_str(), o.moments.c_str(),
                o.offload.c_str(), state_bytes.train, state_bytes.host, describe(plan).c_str());
-  std::vector<double> times, tokens, flops;
+  std::vector<double> times, tokens, flops, patches, image_tokens, vflops;
   std::map<std::string, double> stages;
   double last_loss = 0;
   for (int64_t s = 0; s < o.warmup + timed_steps + 1; ++s) {
     const bool timed = s >= o.warmup && s < o.warmup + timed_steps;
     const bool profiled = s == o.warmup + timed_steps;  // one extra step with stage events
-    const data::Pack pack = make_random_pack(lens[s], c.vocab_size, o.seed * 7919 + uint64_t(s));
+    const data::Pack pack =
+        vl ? make_vl_pack(vl_steps[s], c, o.seed * 7919 + uint64_t(s))
+           : make_random_pack(lens[s], c.vocab_size, o.seed * 7919 + uint64_t(s));
     ops::profile_enable(dev, profiled);
     ops::synchronize(dev);
     const auto t0 = std::chrono::steady_clock::now();
@@ -330,14 +385,27 @@ void run_bench(const BenchOptions& o) {
     if (!timed) continue;
     times.push_back(dt);
     tokens.push_back(double(pack.N));
-    flops.push_back(step_flops(c, lens[s], !o.lora));
+    const double vf = vl ? vision_step_flops(c, vl_steps[s]) : 0.0;
+    flops.push_back(step_flops(c, lens[s], !o.lora) + vf);
+    vflops.push_back(vf);
+    double P = 0, img = 0;
+    if (vl)
+      for (const VlSample& smp : vl_steps[s]) {
+        P += double(smp.patches());
+        img += double(smp.patches() / merge_unit);
+      }
+    patches.push_back(P);
+    image_tokens.push_back(img);
   }
   const size_t free1 = ops::memory_info(dev).free;
   std::vector<double> sorted = times;
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
-  double tok = 0, fl = 0, tsum = 0;
-  for (size_t i = 0; i < times.size(); ++i) tok += tokens[i], fl += flops[i], tsum += times[i];
+  double tok = 0, fl = 0, tsum = 0, npatch = 0, nimg = 0, vfl = 0;
+  for (size_t i = 0; i < times.size(); ++i) {
+    tok += tokens[i], fl += flops[i], tsum += times[i];
+    npatch += patches[i], nimg += image_tokens[i], vfl += vflops[i];
+  }
   const double tps = tok / tsum, tflops = fl / tsum / 1e12;
   const double peak = gib(double(free0 - free1));
   const std::string device_name = ops::device_name(dev);
@@ -348,6 +416,13 @@ void run_bench(const BenchOptions& o) {
       static_cast<long long>(times.size()), static_cast<long long>(o.micro_batch_tokens),
       tok / double(times.size()));
   if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
+  if (vl)
+    std::printf(
+        "  vision               %s (tower depth %lld, hidden %lld): %.0f image tokens (%.0f%% of "
+        "the tokens) and %.0f patches a step; tower %.1f%% of the model FLOPs\n",
+        o.vision.c_str(), static_cast<long long>(c.vision.depth),
+        static_cast<long long>(c.vision.hidden_size), nimg / double(times.size()),
+        100.0 * nimg / tok, npatch / double(times.size()), 100.0 * vfl / fl);
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
               last_loss, std::log(double(c.vocab_size)));
   if (!lora)
@@ -367,7 +442,8 @@ void run_bench(const BenchOptions& o) {
         static_cast<long long>(o.lora_r), o.lora_alpha, lora_mods.size(),
         static_cast<long long>(model::lora_param_count(lora_mods, o.lora_r)),
         core::dtype_name(compute_dt));
-  std::printf("  real tokens/s        %.0f\n", tps);
+  std::printf("  real tokens/s        %.0f%s\n", tps, vl ? " (text + image tokens)" : "");
+  if (vl) std::printf("  image patches/s      %.0f\n", npatch / tsum);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf(
       "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
@@ -399,6 +475,15 @@ void run_bench(const BenchOptions& o) {
                         {"mfu", tflops * 1e12 / kPeakFlops},
                         {"peak_gib", peak},
                         {"stages_ms", stages}};
+    if (vl) {
+      j["vision"] = o.vision;
+      j["vision_depth"] = c.vision.depth;
+      j["image_tokens"] = nimg;
+      j["text_tokens"] = tok - nimg;
+      j["image_patches"] = npatch;
+      j["image_patches_per_s"] = npatch / tsum;
+      j["vision_tflops_share"] = vfl / fl;
+    }
     std::ofstream(o.json_out) << j.dump(1) << "\n";
   }
 }

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "train/bench_vl.h"
+
 namespace deltatron::train {
 
 struct BenchOptions {
@@ -33,6 +35,12 @@ struct BenchOptions {
   std::string lengths_in;   // read the steps' sample lengths (JSON) instead of drawing
   std::string lengths_out;  // write the per-step sample lengths (JSON) for the peer
   std::string json_out;     // write the results (JSON)
+  // Images (bench_vl.h): off (text batches) | frozen | merger | full (what the tower trains; a
+  // preset with a vision_config, e.g. 2b-vl). The samples then come from `vl` (its
+  // micro_batch_tokens and seed are set from the fields above), lengths_in / lengths_out are
+  // VL batch files.
+  std::string vision = "off";
+  VlDrawOptions vl;
 };
 
 void run_bench(const BenchOptions& opt);

@@ -176,11 +176,60 @@ nlohmann::json tiny_vl() {
   };
 }
 
+// The vision towers of the published dense sizes (qwen35-vl spec 1.2: depth, hidden, heads,
+// intermediate; out_hidden_size = the text hidden size; patch 16, temporal 2, merge 2, a 48 x 48
+// position grid, tanh GELU). The 2b row comes from Megatron-LM's table only (spec 10.1).
+struct VisionPreset {
+  const char* text;  // the text preset it wraps
+  int depth, hidden, heads, intermediate;
+};
+constexpr VisionPreset kVisionPresets[] = {
+    {"0.8b", 12, 768, 12, 3072}, {"2b", 24, 1024, 16, 4096},  {"4b", 24, 1024, 16, 4096},
+    {"9b", 27, 1152, 16, 4304},  {"27b", 27, 1152, 16, 4304},
+};
+
+// "<size>-vl": Qwen3_5ForConditionalGeneration with the text preset as text_config and the
+// size's vision tower (bench --vision; the checkpoints' layout, model.language_model.*).
+nlohmann::json published_vl(const Preset& p, const VisionPreset& v) {
+  nlohmann::json text = published(p);
+  text.erase("architectures");
+  const bool tied = text["tie_word_embeddings"].get<bool>();
+  nlohmann::json vision = {
+      {"model_type", "qwen3_5_vision"},
+      {"depth", v.depth},
+      {"hidden_size", v.hidden},
+      {"intermediate_size", v.intermediate},
+      {"num_heads", v.heads},
+      {"out_hidden_size", p.hidden},
+      {"in_channels", 3},
+      {"patch_size", 16},
+      {"temporal_patch_size", 2},
+      {"spatial_merge_size", 2},
+      {"num_position_embeddings", 2304},
+      {"hidden_act", "gelu_pytorch_tanh"},
+      {"initializer_range", 0.02},
+      {"deepstack_visual_indexes", nlohmann::json::array()},
+  };
+  return {
+      {"model_type", "qwen3_5"},
+      {"architectures", {"Qwen3_5ForConditionalGeneration"}},
+      {"text_config", text},
+      {"vision_config", vision},
+      {"image_token_id", 248056},
+      {"video_token_id", 248057},
+      {"vision_start_token_id", 248053},
+      {"vision_end_token_id", 248054},
+      {"tie_word_embeddings", tied},
+      {"dtype", "bfloat16"},
+  };
+}
+
 }  // namespace
 
 std::vector<std::string> preset_names() {
   std::vector<std::string> out;
   for (const auto& p : kPresets) out.push_back(p.name);
+  for (const auto& v : kVisionPresets) out.push_back(std::string(v.text) + "-vl");
   out.push_back("tiny");
   out.push_back("tiny-moe");
   out.push_back("tiny-vl");
@@ -190,6 +239,10 @@ std::vector<std::string> preset_names() {
 nlohmann::json preset_config(const std::string& name) {
   for (const auto& p : kPresets)
     if (name == p.name) return published(p);
+  for (const auto& v : kVisionPresets)
+    if (name == std::string(v.text) + "-vl")
+      for (const auto& p : kPresets)
+        if (std::string(p.name) == v.text) return published_vl(p, v);
   if (name == "tiny") return tiny(false);
   if (name == "tiny-moe") return tiny(true);
   if (name == "tiny-vl") return tiny_vl();
@@ -205,6 +258,15 @@ namespace deltatron::train {
 nlohmann::json preset_preprocessor_config(const std::string& name) {
   const nlohmann::json c = preset_config(name);  // an unknown name fails there
   if (!c.contains("vision_config")) return nullptr;
+  if (name != "tiny-vl")  // a published size: Qwen3.5's file (spec 1.3), 256^2..4096^2 pixels
+    return {{"size", {{"shortest_edge", 65536}, {"longest_edge", 16777216}}},
+            {"patch_size", 16},
+            {"temporal_patch_size", 2},
+            {"merge_size", 2},
+            {"image_mean", {0.5, 0.5, 0.5}},
+            {"image_std", {0.5, 0.5, 0.5}},
+            {"processor_class", "Qwen3VLProcessor"},
+            {"image_processor_type", "Qwen2VLImageProcessorFast"}};
   // Qwen3.5's published preprocessor_config.json, with 64^2..256^2 pixels instead of
   // 256^2..4096^2 so small images stay small (a 64 x 64 image is 4 x 4 patches, 4 tokens).
   return {{"size", {{"shortest_edge", 4096}, {"longest_edge", 65536}}},

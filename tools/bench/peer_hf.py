@@ -22,7 +22,17 @@
 #              default: f32) on LORA_TARGETS, fused AdamW over the adapters only. LORA_R (default
 #              16), LORA_ALPHA (32), LORA_TARGETS (comma list; default deltatron's: every
 #              attention, GDN and MLP / shared-expert projection), dropout 0
-#   OUT        folder for peer_hf_<size>_L<layers>_fla<0|1>[_gc][_lora].json (default /tmp)
+#   VISION     frozen | merger | full: the vision-language model instead (docs/vision.md,
+#              "Benchmark"): HF Qwen3_5ForConditionalGeneration with SIZE's text model (or
+#              SIZE=tiny-vl, deltatron's tiny-vl) and the size's published vision tower, the
+#              batches of a VL file (LENGTHS from make_lengths.py --vision or deltatron bench
+#              --vision --lengths-out; unset: vl_batches.py's defaults), packed as one row with
+#              4-row position_ids (text positions + MRoPE), pixel_values and image_grid_thw per
+#              step; the tower frozen (frozen), only model.visual.merger trained (merger) or all
+#              trained (full); MODES packed | packed_cu only
+#   DEVICE     cuda (default) | cpu: a SMOKE TEST only (tiny sizes; timings and memory meaningless)
+#   OUT        folder for peer_hf_<size>_L<layers>_fla<0|1>[_gc][_lora][_vl<mode>].json (default
+#              /tmp)
 # Last stdout line: one JSON object (the same as the file).
 import json
 import os
@@ -43,6 +53,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import transformers.utils.import_utils as iu  # noqa: E402
 from make_lengths import lognormal_steps  # noqa: E402
+import vl_batches  # noqa: E402
 
 fla_version, fla_patched = None, None
 if FLA:
@@ -86,7 +97,22 @@ print(f"# transformers {transformers.__version__} torch {torch.__version__} FLA=
 if FLA and not IMPL.startswith("fla"):
     sys.exit("FLA=1 but transformers did not pick up fla's chunk_gated_delta_rule: check PEER_DIR")
 
-dev = "cuda"
+dev = os.environ.get("DEVICE", "cuda")
+if dev not in ("cuda", "cpu"):
+    sys.exit(f"DEVICE must be cuda or cpu, got {dev}")
+CUDA = dev == "cuda"
+if not CUDA:
+    print("# SMOKE TEST: DEVICE=cpu, timings and memory are meaningless", flush=True)
+VISION = os.environ.get("VISION") or None
+if VISION not in (None, "frozen", "merger", "full"):
+    sys.exit(f"VISION must be frozen, merger or full, got {VISION}")
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
 OUT = os.environ.get("OUT", "/tmp")
 SIZE = os.environ.get("SIZE", "2b")
 LAYERS = os.environ.get("LAYERS")
@@ -122,6 +148,16 @@ def cfg(size):
                                     num_experts=256, num_experts_per_tok=8,
                                     moe_intermediate_size=512, shared_expert_intermediate_size=512,
                                     tie_word_embeddings=False)
+    if size == "tiny-vl":  # deltatron's tiny-vl text model (src/train/presets.cpp)
+        return Qwen3_5TextConfig(vocab_size=248320, hidden_size=64, intermediate_size=192,
+                                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                 head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+                                 linear_key_head_dim=32, linear_value_head_dim=32,
+                                 rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                      partial_rotary_factor=0.25,
+                                                      mrope_section=[2, 1, 1],
+                                                      mrope_interleaved=True),
+                                 tie_word_embeddings=True)
     if size == "tiny":
         return Qwen3_5TextConfig(vocab_size=512, hidden_size=128, intermediate_size=256,
                                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -139,6 +175,34 @@ def cfg(size):
                              tie_word_embeddings=tied)
 
 
+# The published vision towers (qwen35-vl spec 1.2, deltatron's <size>-vl presets): depth, hidden,
+# heads, intermediate; patch 16, temporal 2, merge 2, a 48 x 48 position grid, tanh GELU.
+VISION_TOWERS = {"0.8b": (12, 768, 12, 3072), "2b": (24, 1024, 16, 4096),
+                 "4b": (24, 1024, 16, 4096), "9b": (27, 1152, 16, 4304),
+                 "27b": (27, 1152, 16, 4304), "tiny-vl": (2, 64, 4, 128)}
+
+
+def vl_cfg(text):
+    """Qwen3_5Config: SIZE's text config and its vision tower, Qwen3.5's token ids."""
+    from transformers import Qwen3_5Config
+    key = SIZE if SIZE == "tiny-vl" else SIZE.removesuffix("-vl")
+    if key not in VISION_TOWERS:
+        sys.exit(f"VISION: SIZE must be one of {', '.join(VISION_TOWERS)}, got {SIZE}")
+    depth, hidden, heads, inter = VISION_TOWERS[key]
+    vision = dict(depth=depth, hidden_size=hidden, num_heads=heads, intermediate_size=inter,
+                  out_hidden_size=text.hidden_size, in_channels=3, patch_size=16,
+                  temporal_patch_size=2, spatial_merge_size=2, hidden_act="gelu_pytorch_tanh",
+                  num_position_embeddings=64 if SIZE == "tiny-vl" else 2304)
+    vc = Qwen3_5Config(text_config=text.to_dict(), vision_config=vision,
+                       image_token_id=vl_batches.IMAGE_PAD, video_token_id=248057,
+                       vision_start_token_id=vl_batches.VISION_START,
+                       vision_end_token_id=vl_batches.VISION_END,
+                       tie_word_embeddings=text.tie_word_embeddings)
+    for cc in (vc, vc.text_config, vc.vision_config):
+        cc._attn_implementation = "sdpa"
+    return vc
+
+
 def cu_kwargs(lens):
     cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(dev)
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
@@ -151,7 +215,9 @@ def positions(lens):
 res = {"peer": "hf_transformers", "size": SIZE, "fla": FLA, "fla_version": fla_version,
        "fla_guard_640_disabled": fla_patched, "gdn_impl": IMPL,
        "transformers": transformers.__version__, "torch": torch.__version__,
-       "gpu": torch.cuda.get_device_name(0), "gc": os.environ.get("GC") == "1", "lora": LORA}
+       "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu (SMOKE TEST)",
+       "gc": os.environ.get("GC") == "1", "lora": LORA, "vision": VISION,
+       "smoke_test": not CUDA}
 
 # ---- optional: packing exactness (standalone vs packed, per-sample logits, tiny fp32 model) ----
 if os.environ.get("PACKCHECK") == "1":
@@ -182,18 +248,37 @@ if os.environ.get("PACKCHECK") == "1":
     print("# packing max|diff| per sample, position_ids:", res["pack_maxdiff_position_ids"],
           "cu_seq_lens kwargs:", res["pack_maxdiff_cu_seqlens"], flush=True)
     del m
-    torch.cuda.empty_cache()
+    if CUDA:
+        torch.cuda.empty_cache()
 
 # ---- batches ----
 if os.environ.get("LENGTHS"):
     with open(os.environ["LENGTHS"]) as f:
         spec = json.load(f)
     res["lengths_file"] = os.environ["LENGTHS"]
+elif VISION:
+    steps, spec = vl_batches.vl_steps()
+    spec["steps"] = steps
+    res["lengths_file"] = None
 else:
     spec = {"micro_batch_tokens": 8192, "steps": lognormal_steps()}
     res["lengths_file"] = None
 MBT = int(spec["micro_batch_tokens"])
-STEPS = [[int(n) for n in s] for s in spec["steps"]]
+if VISION:
+    try:
+        VL_STEPS = vl_batches.check_steps(spec)
+    except (ValueError, KeyError, TypeError) as e:
+        sys.exit(f"lengths: not a vision-language batches file ({e})")
+    STEPS = [[vl_batches.sample_tokens(x) for x in st] for st in VL_STEPS]
+    res.update(image_tokens=sum(sum(vl_batches.sample_patches(x) // 4 for x in st)
+                                for st in VL_STEPS),
+               image_patches=sum(sum(vl_batches.sample_patches(x) for x in st)
+                                 for st in VL_STEPS))
+else:
+    try:
+        STEPS = [[int(n) for n in s] for s in spec["steps"]]
+    except TypeError:
+        sys.exit("lengths: a vision-language batches file; set VISION=frozen|merger|full")
 for i, s in enumerate(STEPS):
     if not s or min(s) < 1 or sum(s) > MBT:
         sys.exit(f"lengths: step {i} is empty, has a length < 1, or sums to {sum(s)} > {MBT}")
@@ -202,7 +287,7 @@ res.update(micro_batch_tokens=MBT, steps=len(STEPS), samples=sum(len(s) for s in
            real_tokens=sum(sum(s) for s in STEPS))
 
 # ---- model ----
-c = cfg(SIZE)
+c = cfg(SIZE.removesuffix("-vl") if SIZE != "tiny-vl" else SIZE)
 if LAYERS:
     n = int(LAYERS)
     if n < 1:
@@ -214,8 +299,16 @@ if LAYERS:
     c.num_hidden_layers = n
 res["layers"] = c.num_hidden_layers
 c._attn_implementation = "sdpa"
+text_layers = c.num_hidden_layers
 torch.manual_seed(0)
-if IS_MOE:
+if VISION:
+    if IS_MOE or LORA:
+        sys.exit("VISION: dense sizes only, without LORA")
+    from transformers import Qwen3_5ForConditionalGeneration as LM
+    c = vl_cfg(c)
+    res["vision_config"] = {k: getattr(c.vision_config, k) for k in (
+        "depth", "hidden_size", "num_heads", "intermediate_size", "out_hidden_size")}
+elif IS_MOE:
     from transformers import Qwen3_5MoeForCausalLM as LM
     try:
         c._experts_implementation = "grouped_mm"
@@ -236,6 +329,18 @@ if res["gc"]:
     m.gradient_checkpointing_enable(
         gradient_checkpointing_kwargs={"use_reentrant": False} if LORA else None)
 res["params"] = sum(p.numel() for p in m.parameters())
+if VISION:
+    res["vision_params"] = sum(p.numel() for n, p in m.named_parameters() if ".visual." in n
+                               or n.startswith("visual."))
+    res["attn_impl"] = {"text": m.config.text_config._attn_implementation,
+                        "vision": m.model.visual.config._attn_implementation}
+
+
+def vision_trains(name):
+    """deltatron's model::vision_trains: which parameters train under VISION."""
+    if ".visual." not in "." + name:
+        return True
+    return VISION == "full" or (VISION == "merger" and ".visual.merger." in "." + name)
 
 
 def wrap_lora(model):
@@ -278,18 +383,50 @@ if LORA:
           f"{lo['modules_by_kind']} trainable={lo['trainable_params'] / 1e6:.2f}M "
           f"adapters {','.join(lo['adapter_dtypes'])} base {','.join(lo['base_dtypes'])}",
           flush=True)
+elif VISION:
+    train_params = []
+    for n, p in m.named_parameters():
+        p.requires_grad_(vision_trains(n))
+        if p.requires_grad:
+            train_params.append(p)
+    res["frozen_params"] = sum(p.numel() for p in m.parameters() if not p.requires_grad)
 else:
     train_params = list(m.parameters())
 res["trainable_params"] = sum(p.numel() for p in train_params)
 opt = torch.optim.AdamW(train_params, lr=1e-5, fused=True)
+if VISION:
+    # Host batches, made once per step of the file (random ids below the special tokens, random
+    # pixels); each step copies its batch to the device inside the timed region, as deltatron
+    # uploads its pack inside the step.
+    VL_HOST = [vl_batches.host_batch(st, min(c.text_config.vocab_size, 248000), seed=1000 + i)
+               for i, st in enumerate(VL_STEPS)]
+    for hb in VL_HOST:
+        hb["pixel_values"] = hb["pixel_values"].to(torch.bfloat16)
+        if CUDA:
+            hb.update({k: v.pin_memory() for k, v in hb.items() if torch.is_tensor(v)})
 gen = torch.Generator(device=dev).manual_seed(1)
 print(f"# {SIZE}: params={res['params'] / 1e9:.3f}B trainable={res['trainable_params'] / 1e9:.4f}B "
       f"steps={len(STEPS)} samples={res['samples']} real_tokens={res['real_tokens']} "
       f"micro_batch_tokens={MBT}", flush=True)
 
 
-def step(mode, lens):
+def step_vl(mode, i):
+    hb = VL_HOST[i]
+    kw = {k: hb[k].to(dev, non_blocking=True) for k in ("input_ids", "labels", "position_ids",
+                                                       "pixel_values", "image_grid_thw")}
+    if mode == "packed_cu":
+        kw.update(cu_kwargs(hb["lens"]))
+    out = m(**kw)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return out.loss.detach()
+
+
+def step(mode, lens, i=0):
     real = sum(lens)
+    if VISION:
+        return step_vl(mode, i)
     if mode == "padded":
         if max(lens) > PAD_TO:
             raise ValueError(f"sample of {max(lens)} tokens > PAD_TO={PAD_TO}")
@@ -315,30 +452,38 @@ REPEAT = int(os.environ.get("REPEAT", "1"))
 modes = [x for x in os.environ.get("MODES", "packed").split(",") if x]
 res["results"] = {}
 for mode in modes:
-    if mode not in ("packed", "packed_cu", "padded"):
-        sys.exit(f"unknown mode {mode}")
+    if mode not in ("packed", "packed_cu", "padded") or (VISION and mode == "padded"):
+        sys.exit(f"unknown mode {mode}" + (" with VISION (packed or packed_cu)" if VISION else ""))
     try:
-        torch.cuda.reset_peak_memory_stats()
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
         for i in range(WARMUP):
-            step(mode, STEPS[i % len(STEPS)])
-        torch.cuda.synchronize()
+            step(mode, STEPS[i % len(STEPS)], i % len(STEPS))
+        sync()
         warm_s = time.time() - t0
-        ts, toks = [], 0
+        ts, toks, patches = [], 0, 0
         for _ in range(REPEAT):
-            for lens in STEPS:
+            for i, lens in enumerate(STEPS):
                 t = time.perf_counter()
-                step(mode, lens)
-                torch.cuda.synchronize()
+                loss = step(mode, lens, i)
+                sync()
                 ts.append(time.perf_counter() - t)
                 toks += sum(lens)
+                patches += VL_HOST[i]["patches"] if VISION else 0
         med = sorted(ts)[len(ts) // 2]
         r = dict(tok_per_s=toks / sum(ts), step_s_median=med, step_s_min=min(ts),
                  step_s_max=max(ts), timed_steps=len(ts), warmup_s=warm_s,
                  step_s=[round(t, 5) for t in ts],
-                 peak_gib=torch.cuda.max_memory_allocated() / 2**30)
-        print(f"# {mode}: {r['tok_per_s']:.0f} real tok/s, median step {med * 1e3:.1f} ms "
-              f"(min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f}), peak {r['peak_gib']:.1f} GiB, "
+                 peak_gib=torch.cuda.max_memory_allocated() / 2**30 if CUDA else None)
+        if VISION:
+            r["image_patches_per_s"] = patches / sum(ts)
+            r["last_loss"] = float(loss)  # random weights and tokens: about ln(vocab)
+        peak = f"{r['peak_gib']:.1f} GiB" if CUDA else "n/a (cpu)"
+        print(f"# {mode}: {r['tok_per_s']:.0f} real tok/s"
+              f"{' (text + image tokens), %.0f image patches/s' % r['image_patches_per_s'] if VISION else ''}"
+              f", median step {med * 1e3:.1f} ms "
+              f"(min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f}), peak {peak}, "
               f"warmup {warm_s:.1f} s", flush=True)
     except torch.OutOfMemoryError:
         r = "OOM"
@@ -351,9 +496,11 @@ first = res["results"].get(modes[0]) if modes else None
 if isinstance(first, dict):
     res.update(mode=modes[0], tok_per_s=first["tok_per_s"], step_s_median=first["step_s_median"],
                peak_gib=first["peak_gib"])
+    if VISION:
+        res["image_patches_per_s"] = first["image_patches_per_s"]
 os.makedirs(OUT, exist_ok=True)
-name = (f"peer_hf_{SIZE}_L{c.num_hidden_layers}_fla{int(FLA)}{'_gc' if res['gc'] else ''}"
-        f"{'_lora' if LORA else ''}.json")
+name = (f"peer_hf_{SIZE}_L{text_layers}_fla{int(FLA)}{'_gc' if res['gc'] else ''}"
+        f"{'_lora' if LORA else ''}{'_vl' + VISION if VISION else ''}.json")
 with open(os.path.join(OUT, name), "w") as f:
     json.dump(res, f, indent=1)
 print(json.dumps(res), flush=True)

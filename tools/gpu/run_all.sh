@@ -14,8 +14,14 @@
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
 # weights, gradients and AdamW moments); "bench-2b-lean" (12 bytes of state per parameter),
-# "bench-2b-32k" / "peer-2b-32k" (one 32k-token sequence a step), "trace-2b" (the bench's GPU timeline: idle gaps by cause; tools/gpu/trace). Writes JSON results to OUT_DIR (default
-# $OUT or /tmp/dt-run).
+# "bench-2b-32k" / "peer-2b-32k" (one 32k-token sequence a step), "trace-2b" (the bench's GPU
+# timeline: idle gaps by cause; tools/gpu/trace). Vision (issue 17, docs/vision.md "Benchmark"): parts
+# "bench-vl-frozen peer-vl-frozen bench-vl-merger peer-vl-merger bench-vl-full peer-vl-full" on
+# the VL_PRESET-vl preset (default 2b) and its HF peer, batches VL_LENGTHS (frozen, merger; default
+# tools/bench/lengths_vl_docs_8x8192.json) and VL_LENGTHS_FULL (full; default
+# tools/bench/lengths_vl_docs_8x4096.json: the 2b tower's activations for 8192-token packs of
+# documents do not fit an H100's plan next to the training state). Writes JSON results to OUT_DIR
+# (default $OUT or /tmp/dt-run).
 set -uo pipefail
 rt=${1:-build/runtime.tar.xz}
 if [[ $rt == *.tar.xz ]]; then  # the compressed bundle made by pack_runtime.sh
@@ -54,25 +60,33 @@ if has presets; then
   "$repo/tools/gpu/preset_sweep.sh" "$rt/deltatron" "$out/presets" || status=1
 fi
 
-bench() {  # name, bench args...
+bench() {  # name, bench args...; env BATCHES: another lengths file
   local name=$1; shift
   echo "== deltatron bench $name"
-  "$rt/deltatron" bench "$@" --lengths "$lengths" --json "$out/bench_$name.json" || status=1
+  "$rt/deltatron" bench "$@" --lengths "${BATCHES:-$lengths}" --json "$out/bench_$name.json" ||
+    status=1
 }
-peer() {  # name, peer SIZE, [layers]; env LORA=1 (HF + PEFT + FLA), GC=1
+peer() {  # name, peer SIZE, [layers]; env LORA=1 (HF + PEFT + FLA), GC=1, VISION, BATCHES
   local name=$1 size=$2 layers=${3:-}
-  echo "== peer: HF transformers + FLA$([[ ${LORA:-0} == 1 ]] && echo ' + PEFT LoRA'), same batches ($name)"
-  (cd "$repo" && LENGTHS="$lengths" SIZE=$size LAYERS=$layers OUT="$out" PYTHONUNBUFFERED=1 \
+  echo "== peer: HF transformers + FLA$([[ ${LORA:-0} == 1 ]] && echo ' + PEFT LoRA')$([[ -n ${VISION:-} ]] && echo ", vision $VISION"), same batches ($name)"
+  (cd "$repo" && LENGTHS="${BATCHES:-$lengths}" SIZE=$size LAYERS=$layers OUT="$out" \
+     VISION=${VISION:-} PYTHONUNBUFFERED=1 \
      python3 tools/bench/peer_hf.py | tee "$out/peer_$name.log") || { status=1; return; }
   [[ -f $out/bench_$name.json ]] || return
   python3 - "$out/bench_$name.json" "$out/peer_$name.log" <<'PY'
 import json, sys
 ours = json.load(open(sys.argv[1]))
 peer = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
-ptps, pmem = peer["tok_per_s"], peer["peak_gib"]
+ptps, pmem = peer["tok_per_s"], peer["peak_gib"] or float("nan")  # None: a CPU smoke run
 print(f"== ratio {ours['preset']}: deltatron {ours['real_tok_per_s']:.0f} tok/s, "
       f"{ours['peak_gib']:.1f} GiB | peer {ptps:.0f} tok/s, {pmem:.1f} GiB | "
       f"speed x{ours['real_tok_per_s'] / ptps:.2f}, memory x{ours['peak_gib'] / pmem:.2f}")
+if "image_patches_per_s" in ours and "image_patches_per_s" in peer:
+    print(f"== ratio {ours['preset']} vision {ours['vision']}: deltatron "
+          f"{ours['image_patches_per_s']:.0f} image patches/s, MFU {100 * ours['mfu']:.1f}% "
+          f"(tower {100 * ours['vision_tflops_share']:.0f}% of the FLOPs) | peer "
+          f"{peer['image_patches_per_s']:.0f} patches/s | speed "
+          f"x{ours['image_patches_per_s'] / peer['image_patches_per_s']:.2f}")
 PY
 }
 has bench-2b && bench 2b --preset 2b
@@ -116,5 +130,17 @@ has bench-27b-lora && bench 27b_lora --preset 27b --lora --recompute
 has peer-27b-lora && LORA=1 GC=1 peer 27b_lora 27b
 # 35b-a3b, all 40 layers, routed-expert adapters on: an H200 (run with needs_h200).
 has bench-35b-lora && bench 35b_a3b_lora --preset 35b-a3b --lora --lora-experts --recompute
+# Vision-language SFT (issue 17): packed document/receipt images + text, the tower frozen, merger
+# only, or trained; HF Qwen3_5ForConditionalGeneration + FLA on the same batches.
+vl=${VL_PRESET:-2b}
+vl_len=${VL_LENGTHS:-$repo/tools/bench/lengths_vl_docs_8x8192.json}
+vl_len_full=${VL_LENGTHS_FULL:-$repo/tools/bench/lengths_vl_docs_8x4096.json}
+has bench-vl-frozen && BATCHES=$vl_len bench vl_frozen --preset "$vl-vl" --vision frozen
+has peer-vl-frozen && BATCHES=$vl_len VISION=frozen peer vl_frozen "$vl"
+has bench-vl-merger && BATCHES=$vl_len bench vl_merger --preset "$vl-vl" --vision merger
+has peer-vl-merger && BATCHES=$vl_len VISION=merger peer vl_merger "$vl"
+has bench-vl-full && BATCHES=$vl_len_full bench vl_full --preset "$vl-vl" --vision full \
+  --tokens "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["micro_batch_tokens"])' "$vl_len_full")"
+has peer-vl-full && BATCHES=$vl_len_full VISION=full peer vl_full "$vl"
 echo "== run_all: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
 exit $status
