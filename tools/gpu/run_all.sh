@@ -96,8 +96,8 @@ has bench-2b-lean && bench 2b_lean --preset 2b "${lean[@]}"
 # with activation recomputation (the peer's HF gradient checkpointing; without it HF + FLA does
 # not fit 80 GB at this length), deltatron with the lean state.
 l32=$repo/tools/bench/lengths_1x32768.json
-has bench-2b-32k && lengths=$l32 bench 2b_32k --preset 2b --tokens 32768 --recompute "${lean[@]}"
-has peer-2b-32k && lengths=$l32 GC=1 peer 2b_32k 2b
+has bench-2b-32k && BATCHES=$l32 bench 2b_32k --preset 2b --tokens 32768 --recompute "${lean[@]}"
+has peer-2b-32k && BATCHES=$l32 GC=1 peer 2b_32k 2b
 # The GPU timeline of the 2b bench (CUPTI through CUDA_INJECTION64_PATH; TRACE_LIB: the folder
 # tools/gpu/trace/build.sh made, default build/trace): idle gaps and their causes per step.
 if has trace-2b; then
