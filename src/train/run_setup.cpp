@@ -133,6 +133,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
   in.state = state_options(cfg);
   in.micro_batch_tokens = cfg.micro_batch_tokens;
   in.recompute = cfg.recompute;
+  in.recompute_selective = cfg.recompute_selective;
   in.resuming = !resume_dir.empty();
   in.image_patches_per_token = image_patches_per_token;
   if (cfg.lora) {
