@@ -73,9 +73,7 @@ std::string str(const std::map<std::string, int64_t>& m) {
   return s;
 }
 
-model::Config dense_config() {
-  return model::parse_config(dt_test::tiny_config_json(), "tiny");
-}
+model::Config dense_config() { return model::parse_config(dt_test::tiny_config_json(), "tiny"); }
 
 struct RunResult {
   model::PackLoss loss;
@@ -83,7 +81,7 @@ struct RunResult {
 };
 
 RunResult run(const model::Config& c, const model::TensorMap& p, const data::Pack& pack,
-        const model::ModelOptions& opt, bool selective, bool recompute) {
+              const model::ModelOptions& opt, bool selective, bool recompute) {
   model::Model m(core::Device::cpu, core::DType::f32, c, p);
   m.set_recompute_selective(selective);
   m.set_recompute(recompute);
@@ -212,10 +210,11 @@ TEST_P(ActivationAccount, MatchesTheLayersAllocations) {
     layer.bwd(cx, s, dx);
     const double bwd_peak = double(count.a.peak_live_bytes() - live1);
     EXPECT_EQ(bwd_peak, acc.bwd) << "layer " << i << ": backward peak (measured vs account)";
-    std::printf("%s layer %lld: kept %.0f B (account %.0f), forward peak %.0f B (account %.0f), "
-                "backward peak %.0f B (account %.0f)\n",
-                k.name.c_str(), static_cast<long long>(i), double(live1 - live0), acc.kept,
-                fwd_peak, acc.fwd, bwd_peak, acc.bwd);
+    std::printf(
+        "%s layer %lld: kept %.0f B (account %.0f), forward peak %.0f B (account %.0f), "
+        "backward peak %.0f B (account %.0f)\n",
+        k.name.c_str(), static_cast<long long>(i), double(live1 - live0), acc.kept, fwd_peak,
+        acc.fwd, bwd_peak, acc.bwd);
   }
 }
 

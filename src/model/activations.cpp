@@ -58,10 +58,10 @@ struct Sizes {
 double attn_bwd_peak(const Sizes& s, bool sel) {
   const double r = sel ? s.a_r : 0;
   const double q = sel ? s.hk + s.jk : 0;
-  return std::max({(sel ? 4 : 3) * s.hk,                  // da, dgate, [gated], dgated
-                   3 * s.hk + 2 * s.jk + q + r,           // + [q, k, rstd], dq, dk, dv
-                   5 * s.hk + 2 * s.jk + r,               // dgate, dq, dk, dv, dqg, dq_raw
-                   4 * s.hk + 3 * s.jk + r});             // dgate, dq, dk, dv, dqg, dk_raw
+  return std::max({(sel ? 4 : 3) * s.hk,         // da, dgate, [gated], dgated
+                   3 * s.hk + 2 * s.jk + q + r,  // + [q, k, rstd], dq, dk, dv
+                   5 * s.hk + 2 * s.jk + r,      // dgate, dq, dk, dv, dqg, dq_raw
+                   4 * s.hk + 3 * s.jk + r});    // dgate, dq, dk, dv, dqg, dk_raw
 }
 
 double gdn_bwd_peak(const Sizes& s, bool sel) {
@@ -99,9 +99,9 @@ double mixer_fwd_peak(const Config& c, LayerType t, const Sizes& s, int64_t N, D
 
 double ffn_fwd_peak(const Config& c, const Sizes& s, int64_t N, DType dt) {
   const double all = all_bytes(ffn_tensors(c, N, dt));
-  if (!c.is_moe()) return all;                                    // gate, up, h
-  double extra = std::max(s.ne4 + 4 * s.N * s.D,                  // logits, x32
-                          s.pf + s.pd + 2 * s.pf);                // h, xg, gu
+  if (!c.is_moe()) return all;                                               // gate, up, h
+  double extra = std::max(s.ne4 + 4 * s.N * s.D,                             // logits, x32
+                          s.pf + s.pd + 2 * s.pf);                           // h, xg, gu
   if (c.shared_expert_intermediate_size > 0) extra = std::max(extra, s.ns);  // hs
   return all + extra;
 }
@@ -175,17 +175,13 @@ std::vector<SavedTensor> layer_norm_tensors(const Config& c, int64_t N, DType dt
 
 std::vector<SavedTensor> attention_tensors(const Config& c, int64_t N, DType dt) {
   const int64_t H = c.num_attention_heads, J = c.num_key_value_heads, K = c.head_dim;
-  return {{"attention q", N * H * K, dt, false},
-          {"attention gate", N * H * K, dt, false},
-          {"attention k", N * J * K, dt, false},
-          {"attention v", N * J * K, dt, false},
-          {"attention q (normed)", N * H * K, dt, true},
-          {"attention k (normed)", N * J * K, dt, true},
-          {"attention q rstd", N * H, f32, true},
-          {"attention k rstd", N * J, f32, true},
-          {"attention output", N * H * K, dt, false},
-          {"attention lse", N * H, f32, false},
-          {"attention gated output", N * H * K, dt, true}};
+  return {
+      {"attention q", N * H * K, dt, false},          {"attention gate", N * H * K, dt, false},
+      {"attention k", N * J * K, dt, false},          {"attention v", N * J * K, dt, false},
+      {"attention q (normed)", N * H * K, dt, true},  {"attention k (normed)", N * J * K, dt, true},
+      {"attention q rstd", N * H, f32, true},         {"attention k rstd", N * J, f32, true},
+      {"attention output", N * H * K, dt, false},     {"attention lse", N * H, f32, false},
+      {"attention gated output", N * H * K, dt, true}};
 }
 
 std::vector<SavedTensor> gdn_tensors(const Config& c, int64_t N, DType dt) {
@@ -293,14 +289,14 @@ ActivationAccount activation_account(const Config& c, int64_t N, DType dt,
   for (int64_t i = L - 1; i >= 0; --i) {
     prefix -= o.recompute ? nd4 : lp[i].kept;
     const double at = base + n4 + nd4 + prefix;
-    if (o.recompute) track(a, at + nd4 + lp[i].fwd, "recomputed forward of layer " + std::to_string(i));
+    if (o.recompute)
+      track(a, at + nd4 + lp[i].fwd, "recomputed forward of layer " + std::to_string(i));
     track(a, at + lp[i].kept + lp[i].bwd, "backward of layer " + std::to_string(i));
   }
   return a;
 }
 
-std::string describe_activations(const Config& c, int64_t N, DType dt,
-                                 const ActivationOptions& o) {
+std::string describe_activations(const Config& c, int64_t N, DType dt, const ActivationOptions& o) {
   const ActivationAccount a = activation_account(c, N, dt, o);
   std::ostringstream s;
   int64_t n[2] = {0, 0};
@@ -313,8 +309,9 @@ std::string describe_activations(const Config& c, int64_t N, DType dt,
     if (n[i] == 0) continue;
     s << "    " << names[i] << " x" << n[i] << ": keeps " << mib(a.layer_kept[i]);
     if (o.selective)
-      s << " (" << mib(a.layer_all[i]) << " without selective recomputation: "
-        << mib(a.layer_all[i] - a.layer_kept[i]) << " recomputed)";
+      s << " (" << mib(a.layer_all[i])
+        << " without selective recomputation: " << mib(a.layer_all[i] - a.layer_kept[i])
+        << " recomputed)";
     s << "\n";
   }
   s << "    kept by every layer" << (c.mtp_enabled ? " and the MTP layer" : "") << ": "
