@@ -173,6 +173,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "fp32"}));
   bn->add_flag("--mtp", bench.mtp, "keep the preset's MTP head");
   bn->add_flag("--recompute", bench.recompute, "activation recomputation per layer");
+  bn->add_flag("--recompute-selective,!--no-recompute-selective", bench.recompute_selective,
+               "recompute the cheap intermediates in the backward (default on; bitwise the same "
+               "gradients, training.recompute_selective)");
   bn->add_option("--master", bench.master,
                  "fp32 (default) or remainder: the master as bf16 weight + 16-bit remainder")
       ->check(CLI::IsMember({"fp32", "remainder"}));

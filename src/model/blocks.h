@@ -14,18 +14,23 @@ namespace deltatron::model {
 // K gate columns); q, k = RMSNorm_zc(q; q_norm), RMSNorm_zc(x k_proj^T; k_norm); v = x v_proj^T;
 // partial MRoPE on q, k; a = causal softmax attention inside each segment (GQA);
 // y = (a * sigmoid(gate)) o_proj^T.
+// Saved: x, q_raw, gate, k_raw, v, a, lse; without selective recomputation (Ctx::selective)
+// also q, k (normed, rotated), their rstd and gated, which the backward otherwise recomputes.
 struct AttnSaved {
-  View x;  // block input (owned by the layer)
+  View x;  // block input (owned by the layer; with selective recomputation set by Layer::bwd)
   Buffer q_raw, gate, k_raw, v, q, k, rstd_q, rstd_k, a, lse, gated;
 };
 // Gated DeltaNet (spec 2.5-2.8): qkv = conv1d+SiLU(x in_proj_qkv^T) split into q, k (L2-normed)
 // and v; z, b, a projections; beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias);
 // o = gated delta rule (chunked); y = RMSNormGated(o, z) out_proj^T.
+// Saved: x, qkv (before the conv), z, b, a, o; without selective recomputation also q, k, v
+// (conv + SiLU, L2-normed), their rstd, beta, g, yn and its rstd.
 struct GdnSaved {
   View x;
   Buffer qkv, q, k, v, rstd_q, rstd_k, z, b, a, beta, g, o, yn, rstd_o;
 };
 // Dense SwiGLU: y = (silu(x gate^T) * x up^T) down^T.
+// Saved: x, gate, up; without selective recomputation also h = silu(gate) * up.
 struct MlpSaved {
   View x;
   Buffer gate, up, h;

@@ -48,6 +48,11 @@ struct Ctx {
   // Tensor parallelism (model/tensor_parallel.h); null: off. tpg: this pack's partial gradients.
   const TensorParallel* tp = nullptr;
   const TpGrads* tpg = nullptr;
+  // Selective recomputation (docs/perf.md, "Activation memory"): the blocks keep only the tensors
+  // that are expensive to rebuild and recompute the cheap ones (norm outputs, SwiGLU products,
+  // the GDN conv outputs and gates, attention's normed q/k and gated output) in the backward with
+  // the forward's own ops, so the gradients are bitwise the same. false: keep everything.
+  bool selective = false;
   core::Device dev() const { return p.device(); }
   core::DType dt() const { return p.dt(); }
   // N: the pack's tokens, which every mixer and FFN sees (sp: padded to a multiple of the group);

@@ -11,43 +11,8 @@ int64_t param_count(const Config& c) {
   return n;
 }
 
-namespace {
-
-// One layer of type t on N tokens, everything its forward keeps.
-double layer_bytes(const Config& c, LayerType t, double N, double e) {
-  const double D = double(c.hidden_size);
-  double b = N * D * (8 + 2 * e);  // x_in, h (f32), the two norms' outputs
-  if (t == LayerType::full_attention) {
-    b += N * (6.0 * c.num_attention_heads + 3.0 * c.num_key_value_heads) * c.head_dim * e;
-  } else {
-    const double qk = 2.0 * c.linear_num_key_heads * c.linear_key_head_dim;
-    const double vv = double(c.linear_num_value_heads) * c.linear_value_head_dim;
-    b += N * (2.0 * (qk + vv) + 4.0 * vv) * e;
-  }
-  if (c.is_moe()) {
-    const double k = double(c.num_experts_per_tok);
-    b += N * k * (3.0 * c.moe_intermediate_size + 2.0 * D) * e;  // expert rows, permuted in/out
-    b += N * (3.0 * c.shared_expert_intermediate_size) * e;
-    b += N * double(c.num_experts) * 4 * 2;  // f32 router logits and probabilities
-  } else {
-    b += N * 3.0 * c.intermediate_size * e;
-  }
-  return b;
-}
-
-}  // namespace
-
-double activation_bytes(const Config& c, int64_t N, core::DType dt, bool recompute) {
-  const double e = double(core::dtype_size(dt)), n = double(N), D = double(c.hidden_size);
-  double total = 0, largest = 0;
-  for (LayerType t : c.layer_types) {
-    const double b = layer_bytes(c, t, n, e);
-    largest = std::max(largest, b);
-    total += recompute ? n * D * e : b;
-  }
-  if (recompute) total += largest;
-  if (c.mtp_enabled) total += layer_bytes(c, LayerType::full_attention, n, e) + 4 * n * D * e;
-  return total;
+double activation_bytes(const Config& c, int64_t N, core::DType dt, const ActivationOptions& o) {
+  return activation_account(c, N, dt, o).peak;
 }
 
 double vision_activation_bytes(const Config& c, int64_t P) {

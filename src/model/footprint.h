@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "model/activations.h"
 #include "model/config.h"
 
 namespace deltatron::model {
@@ -12,11 +13,11 @@ namespace deltatron::model {
 // Elements of every trained tensor (param_specs).
 int64_t param_count(const Config& c);
 
-// Bytes the forward of an N-token pack keeps for the backward, in compute dtype dt (an upper
-// estimate from the block shapes: residual streams, norms, projections, the GDN or attention
-// internals, the MLP or the routed experts' rows, the MTP layer). recompute: each layer keeps
-// only its input, and one layer's activations are alive at a time in the backward.
-double activation_bytes(const Config& c, int64_t N, core::DType dt, bool recompute);
+// Bytes of activation buffers an N-token pack needs at most at once in its forward and backward,
+// compute dtype dt: the peak of the activation account (model/activations.h: every layer's kept
+// tensors plus the largest phase's temporaries; o.recompute: each layer keeps only its input,
+// o.selective: the cheap intermediates are recomputed in the backward).
+double activation_bytes(const Config& c, int64_t N, core::DType dt, const ActivationOptions& o);
 
 // Bytes the vision tower needs for P patches (model/vision_tower.cpp, f32 on every device): what
 // its forward keeps for the backward under c.vision_mode (full: every block's activations and

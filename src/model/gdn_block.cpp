@@ -33,48 +33,80 @@ struct Dims {
         GV(G * V),
         scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)))) {}
 };
-}  // namespace
-
-void gdn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& resid, GdnSaved& s) {
-  const Dims d(cx);
+// The GDN block's cheap intermediates: q, k, v = split(conv1d+SiLU(qkv)) with q, k L2-normed
+// (and their rstd); beta, g = gates(b, a). Run by the forward and, under selective recomputation,
+// again by the backward (the same ops on the same saved inputs: the same bits).
+struct Inner {
+  Buffer q, k, v, rstd_q, rstd_k, beta, g;
+};
+Inner gdn_inner(const Ctx& cx, const Dims& d, const std::string& pf, const GdnSaved& s) {
   const int64_t N = d.N;
   const Params& p = cx.p;
-  s.x = x;
-  s.qkv = cx.act(N * d.C, "GDN qkv projection");
-  proj_fwd(cx, pf + "in_proj_qkv.weight", x, d.D, d.C, s.qkv, false);
+  Inner r;
   {
     Buffer c = cx.act(N * d.C, "GDN conv output");
     ops::conv1d_fwd(s.qkv, p.w(pf + "conv1d.weight"), cx.b.cu, cx.b.seg, N, d.C, d.W, c);
     Buffer q_raw = cx.act(N * d.HK, "GDN q (raw)");
     Buffer k_raw = cx.act(N * d.HK, "GDN k (raw)");
-    s.v = cx.act(N * d.GV, "GDN v");
+    r.v = cx.act(N * d.GV, "GDN v");
     ops::copy_cols(c, d.C, 0, q_raw, d.HK, 0, N, d.HK);
     ops::copy_cols(c, d.C, d.HK, k_raw, d.HK, 0, N, d.HK);
-    ops::copy_cols(c, d.C, 2 * d.HK, s.v, d.GV, 0, N, d.GV);
-    s.q = cx.act(N * d.HK, "GDN q");
-    s.k = cx.act(N * d.HK, "GDN k");
-    s.rstd_q = cx.f32(N * d.H, "GDN q rstd");
-    s.rstd_k = cx.f32(N * d.H, "GDN k rstd");
-    ops::l2norm_fwd(q_raw, N * d.H, d.K, kL2NormEps, s.q, s.rstd_q);
-    ops::l2norm_fwd(k_raw, N * d.H, d.K, kL2NormEps, s.k, s.rstd_k);
+    ops::copy_cols(c, d.C, 2 * d.HK, r.v, d.GV, 0, N, d.GV);
+    c = Buffer();
+    r.q = cx.act(N * d.HK, "GDN q");
+    r.k = cx.act(N * d.HK, "GDN k");
+    r.rstd_q = cx.f32(N * d.H, "GDN q rstd");
+    r.rstd_k = cx.f32(N * d.H, "GDN k rstd");
+    ops::l2norm_fwd(q_raw, N * d.H, d.K, kL2NormEps, r.q, r.rstd_q);
+    ops::l2norm_fwd(k_raw, N * d.H, d.K, kL2NormEps, r.k, r.rstd_k);
   }
+  r.beta = cx.f32(N * d.G, "GDN beta");
+  r.g = cx.f32(N * d.G, "GDN g");
+  ops::gdn_gates_fwd(s.b, s.a, p.w(pf + "A_log"), p.w(pf + "dt_bias"), N, d.G, r.beta, r.g);
+  return r;
+}
+
+// yn = RMSNormGated(o, z) and its rstd (the forward's, or recomputed in the backward).
+struct GatedNorm {
+  Buffer yn, rstd_o;
+};
+GatedNorm gdn_gated_norm(const Ctx& cx, const Dims& d, const std::string& pf, const GdnSaved& s) {
+  GatedNorm r{cx.act(d.N * d.GV, "GDN gated norm output"), cx.f32(d.N * d.G, "GDN norm rstd")};
+  ops::rmsnorm_gated_fwd(s.o, s.z, cx.p.w(pf + "norm.weight"), d.N * d.G, d.V, cx.c.rms_norm_eps,
+                         r.yn, r.rstd_o);
+  return r;
+}
+
+}  // namespace
+
+void gdn_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& resid, GdnSaved& s) {
+  const Dims d(cx);
+  const int64_t N = d.N;
+  s.x = x;
+  s.qkv = cx.act(N * d.C, "GDN qkv projection");
+  proj_fwd(cx, pf + "in_proj_qkv.weight", x, d.D, d.C, s.qkv, false);
   s.z = cx.act(N * d.GV, "GDN z");
   s.b = cx.act(N * d.G, "GDN b");
   s.a = cx.act(N * d.G, "GDN a");
   proj_fwd(cx, pf + "in_proj_z.weight", x, d.D, d.GV, s.z, false);
   proj_fwd(cx, pf + "in_proj_b.weight", x, d.D, d.G, s.b, false);
   proj_fwd(cx, pf + "in_proj_a.weight", x, d.D, d.G, s.a, false);
-  s.beta = cx.f32(N * d.G, "GDN beta");
-  s.g = cx.f32(N * d.G, "GDN g");
-  ops::gdn_gates_fwd(s.b, s.a, p.w(pf + "A_log"), p.w(pf + "dt_bias"), N, d.G, s.beta, s.g);
+  Inner in = gdn_inner(cx, d, pf, s);
   s.o = cx.act(N * d.GV, "GDN core output");
-  ops::gdn_chunk_fwd(s.q, s.k, s.v, s.g, s.beta, cx.b.cu, cx.b.seg, N, d.H, d.G, d.K, d.V, d.scale,
-                     s.o, View{});
-  s.yn = cx.act(N * d.GV, "GDN gated norm output");
-  s.rstd_o = cx.f32(N * d.G, "GDN norm rstd");
-  ops::rmsnorm_gated_fwd(s.o, s.z, p.w(pf + "norm.weight"), N * d.G, d.V, cx.c.rms_norm_eps, s.yn,
-                         s.rstd_o);
-  tp_proj_fwd_sum(cx, pf + "out_proj.weight", s.yn, d.GV, d.D, resid);
+  ops::gdn_chunk_fwd(in.q, in.k, in.v, in.g, in.beta, cx.b.cu, cx.b.seg, N, d.H, d.G, d.K, d.V,
+                     d.scale, s.o, View{});
+  GatedNorm gn = gdn_gated_norm(cx, d, pf, s);
+  tp_proj_fwd_sum(cx, pf + "out_proj.weight", gn.yn, d.GV, d.D, resid);
+  if (cx.selective) return;  // the backward recomputes the intermediates
+  s.q = std::move(in.q);
+  s.k = std::move(in.k);
+  s.v = std::move(in.v);
+  s.rstd_q = std::move(in.rstd_q);
+  s.rstd_k = std::move(in.rstd_k);
+  s.beta = std::move(in.beta);
+  s.g = std::move(in.g);
+  s.yn = std::move(gn.yn);
+  s.rstd_o = std::move(gn.rstd_o);
 }
 
 void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View& dy,
@@ -82,35 +114,46 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View
   const Dims d(cx);
   const int64_t N = d.N;
   const Params& p = cx.p;
+  const bool re = s.q.numel() == 0 && N > 0;  // selective recomputation (see gdn_fwd)
 
   Buffer do_ = cx.act(N * d.GV, "GDN d(core output)");
   Buffer dz = cx.act(N * d.GV, "GDN dz");
   {
+    GatedNorm gn = re ? gdn_gated_norm(cx, d, pf, s) : GatedNorm{};
     Buffer dyn = cx.act(N * d.GV, "GDN d(norm output)");
-    proj_bwd(cx, pf + "out_proj.weight", s.yn, dy, d.GV, d.D, dyn, false);
-    ops::rmsnorm_gated_bwd(s.o, s.z, p.w(pf + "norm.weight"), s.rstd_o, dyn, N * d.G, d.V, do_, dz,
+    proj_bwd(cx, pf + "out_proj.weight", re ? gn.yn.view() : s.yn.view(), dy, d.GV, d.D, dyn,
+             false);
+    ops::rmsnorm_gated_bwd(s.o, s.z, p.w(pf + "norm.weight"),
+                           re ? gn.rstd_o.view() : s.rstd_o.view(), dyn, N * d.G, d.V, do_, dz,
                            cx.g(pf + "norm.weight"));
   }
   Buffer dc = cx.act(N * d.C, "GDN d(conv output)");
   Buffer db = cx.act(N * d.G, "GDN db");
   Buffer da = cx.act(N * d.G, "GDN da");
   {
+    Inner in = re ? gdn_inner(cx, d, pf, s) : Inner{};
+    const View& q = re ? in.q.view() : s.q.view();
+    const View& k = re ? in.k.view() : s.k.view();
+    const View& v = re ? in.v.view() : s.v.view();
+    const View& beta = re ? in.beta.view() : s.beta.view();
+    const View& g = re ? in.g.view() : s.g.view();
     Buffer dq = cx.act(N * d.HK, "GDN dq");
     Buffer dk = cx.act(N * d.HK, "GDN dk");
     Buffer dv = cx.act(N * d.GV, "GDN dv");
     Buffer dg = cx.f32(N * d.G, "GDN dg");
     Buffer dbeta = cx.f32(N * d.G, "GDN dbeta");
-    ops::gdn_chunk_bwd(s.q, s.k, s.v, s.g, s.beta, cx.b.cu, cx.b.seg, N, d.H, d.G, d.K, d.V,
-                       d.scale, do_, dq, dk, dv, dg, dbeta);
+    ops::gdn_chunk_bwd(q, k, v, g, beta, cx.b.cu, cx.b.seg, N, d.H, d.G, d.K, d.V, d.scale, do_, dq,
+                       dk, dv, dg, dbeta);
     do_ = Buffer();
+    in.v = Buffer();
     Buffer scratch_a, scratch_dt;
     ops::gdn_gates_bwd(s.b, s.a, p.w(pf + "A_log"), p.w(pf + "dt_bias"), dbeta, dg, N, d.G, db, da,
                        grad_or_scratch(cx, pf + "A_log", scratch_a),
                        grad_or_scratch(cx, pf + "dt_bias", scratch_dt));
     Buffer dq_raw = cx.act(N * d.HK, "GDN dq (raw)");
     Buffer dk_raw = cx.act(N * d.HK, "GDN dk (raw)");
-    ops::l2norm_bwd(s.q, s.rstd_q, dq, N * d.H, d.K, dq_raw);
-    ops::l2norm_bwd(s.k, s.rstd_k, dk, N * d.H, d.K, dk_raw);
+    ops::l2norm_bwd(q, re ? in.rstd_q.view() : s.rstd_q.view(), dq, N * d.H, d.K, dq_raw);
+    ops::l2norm_bwd(k, re ? in.rstd_k.view() : s.rstd_k.view(), dk, N * d.H, d.K, dk_raw);
     ops::copy_cols(dq_raw, d.HK, 0, dc, d.C, 0, N, d.HK);
     ops::copy_cols(dk_raw, d.HK, 0, dc, d.C, d.HK, N, d.HK);
     ops::copy_cols(dv, d.GV, 0, dc, d.C, 2 * d.HK, N, d.GV);

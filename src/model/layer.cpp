@@ -14,6 +14,19 @@ Buffer copy_f32(const Ctx& cx, const View& x, int64_t n, const char* what) {
   ops::cast(x, b, n);
   return b;
 }
+
+// Selective recomputation of a norm output: whether the layer drops it after the block's forward.
+bool drops_norms(const Ctx& cx) { return cx.selective && !cx.sp(); }
+
+// The norm output again, from the saved f32 input (the forward's op: the same bits; its rstd
+// equals the saved one and is discarded).
+Buffer norm_again(const Ctx& cx, const View& x, const std::string& weight, const char* what) {
+  const int64_t N = cx.Nl(), D = cx.c.hidden_size;
+  Buffer n = cx.act(N * D, what);
+  Buffer rstd = cx.f32(N, "norm rstd (recomputed)");
+  ops::rmsnorm_fwd(x, cx.p.w(weight), N, D, cx.c.rms_norm_eps, n, rstd);
+  return n;
+}
 }  // namespace
 
 void Layer::fwd(const Ctx& cx, const View& x, LayerSaved& s) const {
@@ -32,6 +45,7 @@ void Layer::fwd(const Ctx& cx, const View& x, LayerSaved& s) const {
     ops::Stage st(cx.dev(), "gated deltanet fwd");
     gdn_fwd(cx, prefix + "linear_attn.", n1, x, s.gdn);
   }
+  if (drops_norms(cx)) s.n1 = Buffer();
   s.h = copy_f32(cx, x, N * D, "residual after the mixer (saved)");
   s.n2 = cx.act(N * D, "post_attention_layernorm output");
   s.rstd2 = cx.f32(N, "post_attention_layernorm rstd");
@@ -44,9 +58,10 @@ void Layer::fwd(const Ctx& cx, const View& x, LayerSaved& s) const {
     moe_fwd(cx, moe_prefix(), n2, x, s.moe);
   else
     mlp_fwd(cx, moe_prefix(), n2, x, s.mlp);
+  if (drops_norms(cx)) s.n2 = Buffer();
 }
 
-void Layer::bwd(const Ctx& cx, const LayerSaved& s, const View& dx) const {
+void Layer::bwd(const Ctx& cx, LayerSaved& s, const View& dx) const {
   const int64_t N = cx.Nl(), D = cx.c.hidden_size;
   const Params& p = cx.p;
   Buffer dy = cx.act(N * D, "layer output gradient (compute dtype)");
@@ -58,6 +73,12 @@ void Layer::bwd(const Ctx& cx, const LayerSaved& s, const View& dx) const {
   const View dnb = cx.sp() ? dn_all.view() : dn.view();
   ops::cast(dx, dy, N * D);
   {
+    Buffer n2;
+    if (drops_norms(cx) && s.n2.numel() == 0) {
+      n2 = norm_again(cx, s.h, prefix + "post_attention_layernorm.weight",
+                      "post_attention_layernorm output (recomputed)");
+      s.mlp.x = s.moe.x = n2.view();
+    }
     const View dyb = tp_gather_tokens(cx, dy, D, dy_all, "layer output gradient (all tokens)");
     ops::Stage st(cx.dev(), cx.c.is_moe() ? "moe bwd" : "mlp bwd");
     if (cx.c.is_moe())
@@ -70,6 +91,12 @@ void Layer::bwd(const Ctx& cx, const LayerSaved& s, const View& dx) const {
                    true, cx.g(prefix + "post_attention_layernorm.weight"));
   ops::cast(dx, dy, N * D);
   {
+    Buffer n1;
+    if (drops_norms(cx) && s.n1.numel() == 0) {
+      n1 = norm_again(cx, s.x_in, prefix + "input_layernorm.weight",
+                      "input_layernorm output (recomputed)");
+      s.attn.x = s.gdn.x = n1.view();
+    }
     const View dyb = tp_gather_tokens(cx, dy, D, dy_all, "layer output gradient (all tokens)");
     if (type == LayerType::full_attention) {
       ops::Stage st(cx.dev(), "attention bwd");

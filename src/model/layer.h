@@ -9,6 +9,9 @@
 
 namespace deltatron::model {
 
+// n1, n2: the norms' outputs, the blocks' inputs; with selective recomputation (Ctx::selective,
+// not under sequence parallelism) dropped after each block's forward and recomputed by bwd from
+// x_in, h (the forward's op on the same f32 input: the same bits).
 struct LayerSaved {
   Buffer x_in, rstd1, n1, h, rstd2, n2;  // x_in, h f32 (residual); n1, n2 in dt
   Buffer n1_all, n2_all;  // sequence parallel: n1, n2 gathered over the group (the blocks' input)
@@ -28,8 +31,9 @@ struct Layer {
   // (model/tp_exchange.h).
   void fwd(const Ctx& cx, const View& x_ND, LayerSaved& s) const;
   // dx_ND (f32): in = gradient of the layer output, out = of its input. The MoE router-loss
-  // gradient (s.moe.terms, if attached) enters here.
-  void bwd(const Ctx& cx, const LayerSaved& s, const View& dx_ND) const;
+  // gradient (s.moe.terms, if attached) enters here. s: the blocks' input views are pointed at
+  // the recomputed norm outputs (selective recomputation).
+  void bwd(const Ctx& cx, LayerSaved& s, const View& dx_ND) const;
 };
 
 }  // namespace deltatron::model

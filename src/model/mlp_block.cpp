@@ -13,11 +13,12 @@ void mlp_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.x = x;
   s.gate = cx.act(N * F, "MLP gate");
   s.up = cx.act(N * F, "MLP up");
-  s.h = cx.act(N * F, "MLP hidden");
+  Buffer h = cx.act(N * F, "MLP hidden");
   proj_fwd(cx, pf + "gate_proj.weight", x, D, F, s.gate, false);
   proj_fwd(cx, pf + "up_proj.weight", x, D, F, s.up, false);
-  ops::swiglu_fwd(s.gate, s.up, N * F, s.h);
-  tp_proj_fwd_sum(cx, pf + "down_proj.weight", s.h, F, D, resid);
+  ops::swiglu_fwd(s.gate, s.up, N * F, h);
+  tp_proj_fwd_sum(cx, pf + "down_proj.weight", h, F, D, resid);
+  if (!cx.selective) s.h = std::move(h);  // else recomputed in the backward
 }
 
 void mlp_bwd(const Ctx& cx, const std::string& pf, const MlpSaved& s, const View& dy,
@@ -27,8 +28,14 @@ void mlp_bwd(const Ctx& cx, const std::string& pf, const MlpSaved& s, const View
   Buffer dgate = cx.act(N * F, "MLP d(gate)");
   Buffer dup = cx.act(N * F, "MLP d(up)");
   {
+    Buffer h_re;  // selective recomputation: h = silu(gate) * up again, the forward's op
+    if (s.h.numel() == 0) {
+      h_re = cx.act(N * F, "MLP hidden (recomputed)");
+      ops::swiglu_fwd(s.gate, s.up, N * F, h_re);
+    }
+    const View& h = s.h.numel() == 0 ? h_re.view() : s.h.view();
     Buffer dh = cx.act(N * F, "MLP d(hidden)");
-    proj_bwd(cx, pf + "down_proj.weight", s.h, dy, F, D, dh, false);
+    proj_bwd(cx, pf + "down_proj.weight", h, dy, F, D, dh, false);
     ops::swiglu_bwd(s.gate, s.up, dh, N * F, dgate, dup);
   }
   proj_bwd(cx, pf + "gate_proj.weight", s.x, dgate, D, F, dx, false);

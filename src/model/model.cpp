@@ -86,11 +86,11 @@ struct Gather {
 };
 constexpr int kOuter = ParamGather::kOuterUnit;
 
-void set_activation_hint(const Config& c, const Params& p, int64_t N, bool recompute) {
+void set_activation_hint(const Config& c, const Params& p, int64_t N, const ActivationOptions& o) {
   std::ostringstream hint;
   hint.precision(3);
   hint << "this pack has " << N << " tokens and its activations need about "
-       << activation_bytes(c, N, p.dt(), recompute) / double(1ull << 30)
+       << activation_bytes(c, N, p.dt(), o) / double(1ull << 30)
        << " GiB; lower the micro-batch token budget (training.micro_batch_tokens, "
           "--pack-tokens) or set training.recompute = true to fit";
   core::allocator(p.device()).set_oom_hint(hint.str());
@@ -169,12 +169,12 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   const data::Pack padded = tp() && tp_.sp ? tp_pad_pack(given, tp_.size()) : data::Pack{};
   const data::Pack& pack = tp() && tp_.sp ? padded : given;
   const int64_t N = pack.N, D = c.hidden_size, L = c.num_hidden_layers;
-  set_activation_hint(c, params_, N, recompute_ && with_grads);
+  set_activation_hint(c, params_, N, {recompute_ && with_grads, selective_});
   const Batch b(c, pack, params_.device());
   std::unique_ptr<TpGrads> tpg;
   if (tp() && with_grads && !params_.frozen()) tpg = std::make_unique<TpGrads>(c, params_, tp_);
-  const Ctx cx{c,    params_, b,        adapters_.get(), with_grads ? opt.dropout_key : 0,
-               ep(), tp(),    tpg.get()};
+  const Ctx cx{c,    params_, b,         adapters_.get(), with_grads ? opt.dropout_key : 0,
+               ep(), tp(),    tpg.get(), selective_};
   const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
   const std::string norm = c.name("norm.weight");
@@ -302,7 +302,7 @@ void Model::count_routes(const data::Pack& given, GlobalRouterCounts& counts) {
   const data::Pack& pack = tp() && tp_.sp ? padded : given;
   const int64_t D = c.hidden_size;
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get(), 0, ep(), tp()};
+  const Ctx cx{c, params_, b, adapters_.get(), 0, ep(), tp(), nullptr, selective_};
   const int64_t Nl = cx.Nl();
   const Params& p = params_;
   const Gather pg{gather_};

@@ -90,6 +90,10 @@ class Model {
   // Activation recomputation per layer: the forward keeps only each layer's input, the backward
   // reruns the layer's forward first (about one extra trunk forward; bitwise-equal gradients).
   void set_recompute(bool on) { recompute_ = on; }
+  // Selective recomputation (on by default; Ctx::selective, docs/perf.md "Activation memory"):
+  // the cheap intermediates are recomputed in the backward instead of kept (bitwise-equal
+  // gradients).
+  void set_recompute_selective(bool on) { selective_ = on; }
 
   // Expert parallelism (model/expert_parallel.h): the parameter store then holds this rank's
   // slices of the routed-expert tensors ([El, ...]), and every MoE layer exchanges rows with
@@ -125,6 +129,7 @@ class Model {
   TensorParallel tp_;
   const TensorParallel* tp() const { return tp_.on() ? &tp_ : nullptr; }
   bool recompute_ = false;
+  bool selective_ = true;
   ParamGather* gather_ = nullptr;
 };
 

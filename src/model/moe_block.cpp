@@ -62,16 +62,19 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   s.has_terms = false;
 
   // Router (f32).
-  s.logits = cx.f32(d.N * d.E, "router logits");
   {
-    Buffer x32 = to_f32(cx, x, d.N * d.D, "router input (fp32)");
-    proj_fwd(cx, pf + "gate.weight", p.master(pf + "gate.weight"), x32, d.D, d.E, s.logits, false);
+    // The logits are not kept: the backward needs the probabilities, lse and top-k alone.
+    Buffer logits = cx.f32(d.N * d.E, "router logits");
+    {
+      Buffer x32 = to_f32(cx, x, d.N * d.D, "router input (fp32)");
+      proj_fwd(cx, pf + "gate.weight", p.master(pf + "gate.weight"), x32, d.D, d.E, logits, false);
+    }
+    s.probs = cx.f32(d.N * d.E, "router probabilities");
+    s.lse = cx.f32(d.N, "router lse");
+    s.topk_idx = cx.i32(d.N * d.K, "router top-k experts");
+    s.topk_w = cx.f32(d.N * d.K, "router top-k weights");
+    ops::moe_router_fwd(logits, d.N, d.E, d.K, s.probs, s.lse, s.topk_idx, s.topk_w, cx.b.moe_bad);
   }
-  s.probs = cx.f32(d.N * d.E, "router probabilities");
-  s.lse = cx.f32(d.N, "router lse");
-  s.topk_idx = cx.i32(d.N * d.K, "router top-k experts");
-  s.topk_w = cx.f32(d.N * d.K, "router top-k weights");
-  ops::moe_router_fwd(s.logits, d.N, d.E, d.K, s.probs, s.lse, s.topk_idx, s.topk_w, cx.b.moe_bad);
   // Expert row offsets on the device; a host copy (a sync per layer) only where the grouped
   // GEMMs cannot run from device offsets (CUDA's fp32 debug mode, widths not multiples of 8).
   s.offsets = Buffer(cx.dev(), core::DType::i64, {d.E + 1}, "expert row offsets");

@@ -42,14 +42,14 @@ struct MoeDims {
 
 struct MoeSaved {
   View x;
-  Buffer logits, probs, lse, topk_idx, topk_w;  // router (f32; topk_idx i32)
-  Buffer offsets;                               // i64 [E+1]: expert e owns rows [off[e], off[e+1])
-  std::vector<int64_t> offsets_host;  // the same on the host, only where the grouped GEMMs need
-                                      // them (ops::grouped_linear_needs_host_offsets), else empty
-  Buffer rows_P, pos;                 // permuted row -> slot n*K + j, and its inverse (i32)
-  Buffer gate, up;                    // routed expert pre-activations (dt; with expert
-                                      // parallelism the owner's rows, [ep.R, F])
-  Buffer sgate, sup, sout, slogit;    // shared expert (dt; slogit f32)
+  Buffer probs, lse, topk_idx, topk_w;  // router (f32; topk_idx i32); the logits are not kept
+  Buffer offsets;                       // i64 [E+1]: expert e owns rows [off[e], off[e+1])
+  std::vector<int64_t> offsets_host;    // the same on the host, only where the grouped GEMMs need
+                                        // them (ops::grouped_linear_needs_host_offsets), else empty
+  Buffer rows_P, pos;                   // permuted row -> slot n*K + j, and its inverse (i32)
+  Buffer gate, up;                      // routed expert pre-activations (dt; with expert
+                                        // parallelism the owner's rows, [ep.R, F])
+  Buffer sgate, sup, sout, slogit;      // shared expert (dt; slogit f32)
   // Expert parallelism (model/expert_parallel.h): this layer's exchange, the owner's side.
   struct Ep {
     std::vector<int64_t> send_rows, recv_rows;  // rows to / from each rank of the group

@@ -306,6 +306,7 @@ void run_bench(const BenchOptions& o) {
   plan_in.streamed_weights = o.lora;
   plan_in.micro_batch_tokens = o.micro_batch_tokens;
   plan_in.recompute = o.recompute;
+  plan_in.recompute_selective = o.recompute_selective;
   plan_in.saves_checkpoints = false;
   for (const VlStep& st : vl_steps) {  // the densest step bounds the tower's activations
     int64_t patches = 0;
@@ -329,6 +330,7 @@ void run_bench(const BenchOptions& o) {
   auto engine = lora ? make_engine(o.device, o.precision, c, bench_source(c, o.seed), nullptr,
                                    o.recompute, state, &*lora)
                      : make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state);
+  engine->set_recompute_selective(o.recompute_selective);
   params.clear();
   if (lora) {
     lora->adapters.clear();
@@ -337,15 +339,15 @@ void run_bench(const BenchOptions& o) {
                    line.c_str());
   }
 
-  std::fprintf(stderr,
-               "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
-               "%s, offload %s (%g bytes of state per parameter on the device, %g in host memory)\n"
-               "bench: memory plan: %s\n",
-               o.preset.c_str(),
-               o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
-               double(nparams) / 1e9, o.precision.c_str(),
-               static_cast<long long>(o.micro_batch_tokens), o.master.c_str(), o.moments.c_str(),
-               o.offload.c_str(), state_bytes.train, state_bytes.host, describe(plan).c_str());
+  std::fprintf(
+      stderr,
+      "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
+      "%s, offload %s (%g bytes of state per parameter on the device, %g in host memory)\n"
+      "bench: memory plan: %s\nbench: %s\n",
+      o.preset.c_str(), o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
+      double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens),
+      o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.host,
+      describe(plan).c_str(), plan.activation_detail.c_str());
   std::vector<double> times, tokens, flops, patches, image_tokens, vflops;
   std::map<std::string, double> stages;
   double last_loss = 0;
@@ -469,6 +471,9 @@ void run_bench(const BenchOptions& o) {
                         {"lora_params", o.lora ? model::lora_param_count(lora_mods, o.lora_r) : 0},
                         {"host_state_bytes_per_param", state_bytes.host},
                         {"planned_device_gib", gib(plan.device_total())},
+                        {"planned_activations_gib", gib(plan.activations)},
+                        {"recompute", o.recompute},
+                        {"recompute_selective", o.recompute_selective},
                         {"real_tok_per_s", tps},
                         {"step_s_median", med},
                         {"tflops", tflops},

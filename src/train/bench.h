@@ -14,14 +14,15 @@ struct BenchOptions {
   std::string preset = "2b";
   int64_t layers = 0;  // > 0: override num_hidden_layers (e.g. 35b-a3b with 8)
   int64_t micro_batch_tokens = 8192;
-  int64_t warmup = 3, steps = 10;  // untimed, timed optimizer steps (one micro-batch each)
-  std::string device = "cuda";     // cuda | cpu
-  std::string precision = "bf16";  // bf16 | fp32 (cuda)
-  bool mtp = false;                // keep the preset's MTP head (off by default, like the peer)
-  bool recompute = false;          // activation recomputation per layer
-  std::string master = "fp32";     // fp32 | remainder (training.master)
-  std::string moments = "fp32";    // fp32 | bf16 (training.moments)
-  std::string offload = "none";    // none | moments | master+moments (training.offload)
+  int64_t warmup = 3, steps = 10;   // untimed, timed optimizer steps (one micro-batch each)
+  std::string device = "cuda";      // cuda | cpu
+  std::string precision = "bf16";   // bf16 | fp32 (cuda)
+  bool mtp = false;                 // keep the preset's MTP head (off by default, like the peer)
+  bool recompute = false;           // activation recomputation per layer
+  bool recompute_selective = true;  // cheap intermediates recomputed (model/activations.h)
+  std::string master = "fp32";      // fp32 | remainder (training.master)
+  std::string moments = "fp32";     // fp32 | bf16 (training.moments)
+  std::string offload = "none";     // none | moments | master+moments (training.offload)
   // LoRA (docs/lora.md): the base frozen in the compute dtype, adapters of rank lora_r on
   // lora_targets (comma list; empty: the defaults) trained with AdamW.
   bool lora = false;

@@ -84,6 +84,7 @@ class ModelEngine final : public Engine {
     model_.count_routes(pack, counts);
   }
   void set_recompute(bool on) { model_.set_recompute(on); }
+  void set_recompute_selective(bool on) override { model_.set_recompute_selective(on); }
   std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
   void zero_grads() override { model_.trainable().zero_grads(); }
   void reduce_grads(dist::Comm& comm, dist::Comm* experts) override {

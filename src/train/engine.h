@@ -72,6 +72,9 @@ class Engine {
   // Whether the weights are sharded too (ZeRO 3): sync_weights, sync_to_host and grads_to_host
   // are then collectives over the ZeroSetup's communicator (every rank calls them alike).
   virtual bool gathers_weights() const { return false; }
+  // Selective recomputation (training.recompute_selective; model::Model::set_recompute_selective):
+  // on by default; off keeps every intermediate (the same losses and gradients, more memory).
+  virtual void set_recompute_selective(bool on) = 0;
 };
 
 // ZeRO (parallel.zero; train/zero.h, train/zero3.h, docs/parallel.md). stage 0: every rank

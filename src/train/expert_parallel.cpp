@@ -108,6 +108,7 @@ class SavedStateEngine final : public Engine {
   bool sharded() const override { return false; }
   void set_expert_parallel(const model::ExpertParallel&) override { no("set_expert_parallel"); }
   void set_tensor_parallel(const model::TensorParallel&) override { no("set_tensor_parallel"); }
+  void set_recompute_selective(bool) override {}
   void grads_to_host(model::TensorMap&) override { no("grads_to_host"); }
   double clip(double) override { no("clip"); }
   void step(AdamW&, double) override { no("step"); }

@@ -71,8 +71,10 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
     p.staging = double(
         ops::adamw_offload_staging_bytes(off, in.state.moments, in.state.master_remainder ? 2 : 4));
   }
-  p.activations = model::activation_bytes(c, in.micro_batch_tokens, in.compute,
-                                          in.recompute && in.device == core::Device::cuda);
+  const model::ActivationOptions ao{in.recompute && in.device == core::Device::cuda,
+                                    in.recompute_selective};
+  p.activations = model::activation_bytes(c, in.micro_batch_tokens, in.compute, ao);
+  p.activation_detail = model::describe_activations(c, in.micro_batch_tokens, in.compute, ao);
   p.activations += model::vision_activation_bytes(
       c, int64_t(std::ceil(in.image_patches_per_token * double(in.micro_batch_tokens))));
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);

@@ -19,6 +19,7 @@ struct PlanInput {
   model::StateOptions state;
   int64_t micro_batch_tokens = 0;
   bool recompute = false;
+  bool recompute_selective = true;  // training.recompute_selective (model/activations.h)
   // A training run: the AdamW moments exist (the bench's, scoring's engine has none until its
   // first step); a checkpoint save streams them one tensor at a time; a resume reads all of them
   // into host memory (f32) before the engine takes them.
@@ -44,6 +45,9 @@ struct MemoryPlan {
   // checkpoint's), offloaded state, and the moments' host copies of a save (one tensor) or of a
   // resume (all of them, f32, until the engine has taken them).
   double host_weights = 0, host_state = 0, host_save = 0;
+  // The activation account's lines (model::describe_activations): per layer type what is kept
+  // and recomputed, and the peak's phase.
+  std::string activation_detail;
   double device_total() const { return state + staging + activations + workspace; }
   double host_total() const;
   core::Device device = core::Device::cpu;

@@ -114,8 +114,8 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
   return io::to_lora_setup(ad, c, want.dropout, from);
 }
 
-void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
-                      double image_patches_per_token) {
+MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
+                            double image_patches_per_token) {
   const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
   model::Config c;
   if (!dir.empty()) {
@@ -133,6 +133,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
   in.state = state_options(cfg);
   in.micro_batch_tokens = cfg.micro_batch_tokens;
   in.recompute = cfg.recompute;
+  in.recompute_selective = cfg.recompute_selective;
   in.resuming = !resume_dir.empty();
   in.image_patches_per_token = image_patches_per_token;
   if (cfg.lora) {
@@ -153,6 +154,7 @@ void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
     }
   }
   check_memory_plan(c, in, available_memory(in.device), cfg.source);
+  return plan_memory(c, in);
 }
 
 std::string tokenizer_path(const TrainConfig& cfg) {

@@ -8,6 +8,7 @@
 #include "io/checkpoint.h"
 #include "model/adapters.h"
 #include "model/params.h"
+#include "train/memory_plan.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
 #include "train/schedule.h"
@@ -41,9 +42,9 @@ AdamWOptions adamw_options(const TrainConfig& cfg);
 // checkpoint's config.json or the preset): stops with one line naming the numbers and the
 // options that would fit before any weight is loaded or allocated.
 // image_patches_per_token: the data's (TrainData), once it is read: the vision tower's
-// activations for that many patches per micro-batch token are planned too.
-void check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
-                      double image_patches_per_token = 0);
+// activations for that many patches per micro-batch token are planned too. Returns the plan.
+MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
+                            double image_patches_per_token = 0);
 
 // training.master, training.moments and training.offload as the parameter store's options.
 model::StateOptions state_options(const TrainConfig& cfg);

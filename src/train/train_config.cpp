@@ -114,6 +114,7 @@ const std::map<std::string, Setter>& setters() {
       {"training.device", set(&TrainConfig::device)},
       {"training.precision", set(&TrainConfig::precision)},
       {"training.recompute", set(&TrainConfig::recompute)},
+      {"training.recompute_selective", set(&TrainConfig::recompute_selective)},
       {"training.master", set(&TrainConfig::master)},
       {"training.moments", set(&TrainConfig::moments)},
       {"training.offload", set(&TrainConfig::offload)},

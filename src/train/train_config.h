@@ -68,6 +68,10 @@ struct TrainConfig {
   std::string device = "cpu";      // cpu | cuda
   std::string precision = "bf16";  // cuda only: bf16 (activations, compute copies) | fp32 (debug)
   bool recompute = false;          // cuda only: recompute each layer's activations in the backward
+  // Selective recomputation (docs/perf.md, "Activation memory"): the cheap intermediates (norm
+  // outputs, SwiGLU products, GDN conv outputs and gates, attention's normed q/k and gated
+  // output) are recomputed in the backward instead of kept; bitwise the same gradients.
+  bool recompute_selective = true;
   // The training state's storage (model::StateOptions, ops/adamw.h): fp32 masters, or "remainder"
   // (the bf16 weight + a 16-bit remainder hold each master exactly: training is bitwise the same,
   // 2 bytes per parameter less with bf16 compute); fp32 AdamW moments, or "bf16" (stochastically

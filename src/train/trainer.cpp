@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "train/engine.h"
 #include "train/evaluate.h"
 #include "train/expert_parallel.h"
+#include "train/memory_plan.h"
 #include "train/objective.h"
 #include "train/parallel.h"
 #include "train/run_dir.h"
@@ -66,7 +68,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
 
   // 2. The memory plan (nothing allocated yet); model, tokenizer, data; optimizer, schedule and
   // state (the checkpoint's on a resume).
-  check_run_memory(cfg, start.resume_dir);
+  const MemoryPlan plan = check_run_memory(cfg, start.resume_dir);
+  if (par.root())
+    std::fprintf(stderr, "train: memory plan: %s\ntrain: %s\n", describe(plan).c_str(),
+                 plan.activation_detail.c_str());
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir);
   // Tensor parallelism ([parallel] tp, sp): groups of tp ranks run the same micro-batches, the
   // groups are data parallel (dp: those ranks; the job's ranks without tp).
@@ -105,6 +110,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
                                   cfg.recompute, state_options(cfg), lora ? &*lora : nullptr,
                                   ZeroSetup{int(cfg.parallel_zero), par.comm.get()});
+  engine->set_recompute_selective(cfg.recompute_selective);
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);
   opt.release_host_moments();  // the engine holds them now (a resume's copy is freed here)
