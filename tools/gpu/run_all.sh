@@ -13,7 +13,7 @@
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
-# weights, gradients and AdamW moments); "bench-2b-lean" (12 bytes of state per parameter),
+# weights, gradients and AdamW moments); "bench-2b-lean" (12 bytes of state per parameter), "bench-2b-keep" (no selective recomputation),
 # "bench-2b-32k" / "peer-2b-32k" (one 32k-token sequence a step), "trace-2b" (the bench's GPU
 # timeline: idle gaps by cause; tools/gpu/trace). Vision (issue 17, docs/vision.md "Benchmark"): parts
 # "bench-vl-frozen peer-vl-frozen bench-vl-merger peer-vl-merger bench-vl-full peer-vl-full" on
@@ -92,6 +92,7 @@ PY
 has bench-2b && bench 2b --preset 2b
 lean=(--master remainder --moments bf16)
 has bench-2b-lean && bench 2b_lean --preset 2b "${lean[@]}"
+has bench-2b-keep && bench 2b_keep --preset 2b --no-recompute-selective  # every activation kept
 # Long context: one 32,768-token sequence a step (tools/bench/lengths_1x32768.json), both sides
 # with activation recomputation (the peer's HF gradient checkpointing; without it HF + FLA does
 # not fit 80 GB at this length), deltatron with the lean state.
