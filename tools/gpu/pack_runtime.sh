@@ -12,6 +12,7 @@
 #   CTestTestfile.cmake  those tests with their labels (gpu and the level) and relative paths (the
 #                        folder can move)
 # and BUILD/runtime.tar.xz, the same folder compressed (what travels to the GPU machine).
+# ONLY="test_a test_b": bundle only these gpu tests (a smaller bundle, when a call carries more).
 set -euo pipefail
 build=${1:-build}
 [[ -f $build/gpu_tests.txt ]] ||
@@ -25,6 +26,7 @@ if [[ -x $build/deltatron ]]; then bins+=("$build/deltatron"); fi
 # gpu_tests.txt: "name labels" per line (labels "gpu;<levels>"; "gpu" when a line has none)
 while read -r t labels; do
   [[ -n $t ]] || continue
+  [[ -z ${ONLY:-} || " $ONLY " == *" $t "* ]] || continue
   [[ -x $build/$t ]] || { echo "pack_runtime: $build/$t not built" >&2; exit 1; }
   bins+=("$build/$t")
   printf 'add_test(%s "./%s")\nset_tests_properties(%s PROPERTIES LABELS "%s" RUN_SERIAL ON)\n' \
