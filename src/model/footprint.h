@@ -11,6 +11,10 @@ namespace deltatron::model {
 
 // Elements of every trained tensor (param_specs).
 int64_t param_count(const Config& c);
+// Of those, the elements of the tensors the run does not train (model.vision = frozen: the
+// tower and merger; merger: the tower without the merger), which model::Model holds apart as
+// compute-dtype weights alone (model/model.h); 0 otherwise.
+int64_t frozen_param_count(const Config& c);
 
 // Bytes the forward of an N-token pack keeps for the backward, in compute dtype dt (an upper
 // estimate from the block shapes: residual streams, norms, projections, the GDN or attention
