@@ -4,9 +4,9 @@
 // gradient G = dL/dW': dA = s B^T G, dB = s G A^T. This holds for every block type, the MoE
 // router (adapted in f32) and the MTP loss's share. Also: the base gets no gradient, a pack
 // equals its samples alone, the training step moves only the adapters, and bad set-ups fail.
-#include <cstdio>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <random>
 
 #include "core/bf16.h"
@@ -365,7 +365,8 @@ TEST(LoraModel, Bf16TracksFp32) {
                   rel_rms(vec(g16.at(name)), vec(t)));
   }
   for (const auto& [name, t] : f32.g) {
-    const double sens = rel_rms(vec(f32r.g.at(name)), vec(t)), err = rel_rms(vec(bf16.g.at(name)), vec(t));
+    const double sens = rel_rms(vec(f32r.g.at(name)), vec(t)),
+                 err = rel_rms(vec(bf16.g.at(name)), vec(t));
     std::printf("  %-60s bf16 %.3e  f32 with bf16-rounded base %.3e\n", name.c_str(), err, sens);
     EXPECT_LT(err, std::max(5e-2, 3 * sens)) << name;
   }

@@ -1,6 +1,7 @@
 // The memory plan (train/memory_plan.h): its numbers follow the options, a run that does not fit
 // stops at once with one line naming what it needs, what is free and the options that would fit,
-// and the trainer makes the plan before it allocates anything (a 397B preset on the CPU).
+// and the trainer makes the plan before it allocates anything (a 397B preset on the CPU); a
+// vision tower the run does not train counts its compute weights alone.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -180,4 +181,53 @@ TEST(MemoryPlan, VisionTowerActivations) {
         train::check_memory_plan(c, in, {between, between}, "vl.toml");
       },
       {"vl.toml: this run does not fit in memory", "model.vision = \"merger\""});
+}
+
+// model.vision = frozen / merger: the tower's tensors the run does not train are held as bf16
+// weights alone (model/model.h), so the state drops by their training state: on the 2b-vl preset
+// (a ~0.3B tower) 16 B/param of the 18 (fp32 master and moments) or 10 of the 12 (remainder, bf16
+// moments).
+TEST(MemoryPlan, FrozenVisionTowerHoldsWeightsAlone) {
+  model::Config c = preset("2b-vl");
+  ASSERT_TRUE(c.has_vision);
+  c.vision_mode = model::VisionMode::full;
+  int64_t tower = 0, merger = 0;
+  for (const model::ParamSpec& s : model::vision_param_specs(c))
+    (s.name.rfind("model.visual.merger.", 0) == 0 ? merger : tower) += core::numel(s.shape);
+  ASSERT_GT(tower, 100'000'000);
+  EXPECT_EQ(model::frozen_param_count(c), 0);
+  for (const auto& [master, moments] :
+       {std::pair{"fp32", "fp32"}, std::pair{"remainder", "bf16"}}) {
+    const train::PlanInput in = cuda_input(master, moments, "none", 8192, false);
+    c.vision_mode = model::VisionMode::full;
+    const train::MemoryPlan full = train::plan_memory(c, in);
+    EXPECT_EQ(full.frozen, 0);
+    for (const model::VisionMode m : {model::VisionMode::frozen, model::VisionMode::merger}) {
+      c.vision_mode = m;
+      const int64_t frozen = m == model::VisionMode::frozen ? tower + merger : tower;
+      EXPECT_EQ(model::frozen_param_count(c), frozen);
+      const train::MemoryPlan p = train::plan_memory(c, in);
+      EXPECT_EQ(p.params, full.params);
+      EXPECT_EQ(p.frozen, frozen);
+      EXPECT_EQ(p.frozen_per_param, 2.0);  // bf16 weights
+      EXPECT_EQ(p.per_param.train, full.per_param.train);
+      // The state drops by the frozen tensors' training state, weights kept.
+      const double before = full.per_param.train * double(full.params);
+      EXPECT_EQ(full.state, before);
+      EXPECT_EQ(before - p.state, (p.per_param.train - 2.0) * double(frozen));
+      const std::string text = train::describe(p);
+      EXPECT_NE(text.find("B/param x "), std::string::npos) << text;
+      EXPECT_NE(text.find("B frozen (weights alone)"), std::string::npos) << text;
+      std::printf(
+          "2b-vl, vision %s, master %s, moments %s: %.4fB frozen; state %.3f GiB before (the "
+          "tower with training state), %.3f GiB now (-%.3f GiB); device total %.3f GiB\n  %s\n",
+          model::vision_mode_name(m), master, moments, double(frozen) / 1e9, before / kGiB,
+          p.state / kGiB, (before - p.state) / kGiB, p.device_total() / kGiB, text.c_str());
+    }
+  }
+  // A LoRA run's base is frozen whole: nothing more is held apart.
+  c.vision_mode = model::VisionMode::frozen;
+  train::PlanInput lora = cuda_input("fp32", "fp32", "none", 8192, false);
+  lora.lora_params = 1000;
+  EXPECT_EQ(train::plan_memory(c, lora).frozen, 0);
 }

@@ -1,8 +1,10 @@
 // `deltatron train` on image chat data, end to end on the CPU: the tiny-vl preset (real Qwen3.5
 // vocabulary, a 2-block vision tower) on rows of the bundled vision example (64 x 64 PNGs through
 // the real decoder, preprocessor, template and MRoPE positions). Each vision mode trains exactly
-// its part; a resume with images is bitwise; the checkpoint is an HF vision-language checkpoint;
-// image samples packed together score as they do alone.
+// its part; a tower that is not trained is held apart with no training state, bitwise as when it
+// was kept (never stepped) in the trainable store; a resume with images is bitwise; the
+// checkpoint is an HF vision-language checkpoint; image samples packed together score as they do
+// alone.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,10 +24,13 @@
 #include "data/vision_data.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "model/footprint.h"
 #include "model/model.h"
 #include "short_run.h"
 #include "test_util.h"
 #include "train/checkpoint_dir.h"
+#include "train/engine.h"
+#include "train/optimizer.h"
 #include "train/presets.h"
 #include "train/run_setup.h"
 #include "train/train_config.h"
@@ -219,6 +224,134 @@ TEST(VisionTrain, ResumeWithImagesIsBitwise) {
                         {"images in", "the vision tower is off"});
   std::printf("resume: steps 3-4 losses %.6f %.6f (straight) = %.6f %.6f (resumed)\n", straight[2],
               straight[3], resumed[4], resumed[5]);
+}
+
+// Three steps of the engine on the example's image packs, with the frozen part of the tower held
+// apart (the default) or kept in the trainable store and skipped by the optimizer (the layout
+// before issue 17): the trainable store holds exactly the trained tensors, and the losses,
+// gradient norms, weights and moments are bitwise the same.
+struct EngineRun {
+  std::vector<double> loss, norm;
+  model::TensorMap weights, exp_avg, exp_avg_sq;
+  int64_t store = 0, held_apart = 0;
+  std::vector<std::string> names;
+};
+
+EngineRun engine_run(const train::TrainConfig& cfg, const io::Checkpoint& ck,
+                     const data::Dataset& ds, bool apart) {
+  model::StateOptions state = train::state_options(cfg);
+  state.frozen_apart = apart;
+  model::TensorMap params = ck.params;
+  train::AdamW opt(params, train::adamw_options(cfg));
+  const auto engine = train::make_engine("cpu", "fp32", ck.config, params, &opt, false, state);
+  EngineRun r;
+  const std::vector<std::vector<int64_t>> steps = {{0, 1, 2}, {3, 4, 5}, {6, 7, 8}};
+  for (const auto& batch : steps) {
+    const data::Pack pack = data::make_dataset_pack(ds, batch, 16);
+    engine->zero_grads();
+    model::ModelOptions mo;
+    mo.ce_scale = 1.f / 64;
+    const model::PackLoss pl = engine->fwd_bwd(pack, true, mo);
+    double sum = 0;
+    for (double l : pl.loss_sum) sum += l;
+    r.loss.push_back(sum);
+    r.norm.push_back(engine->clip(0.5));
+    engine->step(opt, 3e-3);
+  }
+  engine->sync_weights(params, opt);  // the trained tensors; the frozen ones stay as given
+  r.weights = params;
+  r.exp_avg = model::zeros_like(params);
+  r.exp_avg_sq = model::zeros_like(params);
+  for (auto& [name, t] : r.exp_avg) engine->read_moment(name, false, t.ptr());
+  for (auto& [name, t] : r.exp_avg_sq) engine->read_moment(name, true, t.ptr());
+  // The stores, from a model made as the engine makes it.
+  model::Model m(core::Device::cpu, core::DType::f32, ck.config, ck.params, state);
+  const model::Params& p = m.params();
+  for (const auto& name : p.names()) r.store += p.entry(name).numel;
+  r.names = p.names();
+  if (m.frozen_params())
+    for (const auto& name : m.frozen_params()->names())
+      r.held_apart += m.frozen_params()->entry(name).numel;
+  return r;
+}
+
+// Bitwise equality of two tensor maps; the first differing element printed.
+void expect_same(const model::TensorMap& a, const model::TensorMap& b, const char* what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (const auto& [name, t] : a) {
+    const core::Tensor& u = b.at(name);
+    ASSERT_EQ(t.numel(), u.numel()) << what << " " << name;
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (std::memcmp(&t.data[i], &u.data[i], sizeof(float)) != 0) {
+        ADD_FAILURE() << what << " " << name << "[" << i << "]: held apart " << t.data[i]
+                      << ", kept in the store " << u.data[i];
+        break;
+      }
+  }
+}
+
+TEST(VisionTrain, FrozenTowerIsHeldApartBitwise) {
+  const dt_test::TempDir tmp("vision-apart");
+  for (const std::string mode : {"frozen", "merger"}) {
+    for (const std::string moments : {"fp32", "bf16"}) {
+      SCOPED_TRACE("vision = " + mode + ", moments = " + moments);
+      const train::TrainConfig cfg =
+          config(tmp.path, "run", mode, {"training.moments=\"" + moments + "\""});
+      const data::Tokenizer tok = data::Tokenizer::load(train::tokenizer_path(cfg));
+      const io::Checkpoint ck = train::load_or_init_model(cfg, "");
+      const train::TrainData d = train::load_train_data(cfg, tok, ck.config.vocab_size, true);
+      const EngineRun a = engine_run(cfg, ck, *d.train_set, true);
+      const EngineRun b = engine_run(cfg, ck, *d.train_set, false);
+
+      // The trainable store: exactly the trained tensors (no tower; in merger mode the merger).
+      const int64_t all = model::param_count(ck.config);
+      const int64_t frozen = model::frozen_param_count(ck.config);
+      int64_t tower = 0, merger = 0;
+      for (const model::ParamSpec& s : model::vision_param_specs(ck.config))
+        (is_merger(s.name) ? merger : tower) += core::numel(s.shape);
+      EXPECT_EQ(frozen, mode == "frozen" ? tower + merger : tower);
+      EXPECT_EQ(a.store, all - frozen);
+      EXPECT_EQ(a.held_apart, frozen);
+      EXPECT_EQ(b.store, all);
+      EXPECT_EQ(b.held_apart, 0);
+      for (const std::string& name : a.names) {
+        EXPECT_TRUE(!is_visual(name) || (mode == "merger" && is_merger(name)))
+            << name << " is in the trainable store";
+      }
+
+      // Training: bitwise the same losses, norms, weights and moments.
+      for (size_t s = 0; s < 3; ++s) {
+        EXPECT_EQ(a.loss[s], b.loss[s]) << "step " << s + 1;
+        EXPECT_EQ(a.norm[s], b.norm[s]) << "step " << s + 1;
+      }
+      expect_same(a.weights, b.weights, "weight");
+      expect_same(a.exp_avg, b.exp_avg, "exp_avg");
+      expect_same(a.exp_avg_sq, b.exp_avg_sq, "exp_avg_sq");
+      // The frozen tensors are the loaded ones, with zero moments; the trained ones moved.
+      int moved = 0;
+      for (const auto& [name, t] : a.weights) {
+        const bool trains = model::vision_trains(ck.config, name);
+        const bool same = t.data == ck.params.at(name).data;
+        if (!trains) {
+          EXPECT_TRUE(same) << name;
+          for (float v : a.exp_avg.at(name).data) ASSERT_EQ(v, 0.f) << name;
+        }
+        moved += trains && !same;
+      }
+      EXPECT_GT(moved, 20);
+      std::printf(
+          "vision = %s, moments %s: trainable store %lld of %lld parameters (%lld held apart); "
+          "losses %.9g %.9g %.9g, bitwise as with the tower in the store\n",
+          mode.c_str(), moments.c_str(), static_cast<long long>(a.store),
+          static_cast<long long>(all), static_cast<long long>(a.held_apart), a.loss[0], a.loss[1],
+          a.loss[2]);
+    }
+  }
+  // LoRA keeps the whole base frozen, the tower included: a mode that trains part of it is
+  // refused rather than silently not trained.
+  const train::TrainConfig lora = config(tmp.path, "lora", "merger", {"lora.enabled=true"});
+  dt_test::expect_error([&] { train::run_train(lora, false); },
+                        {"model.vision = \"merger\" with LoRA is not supported", "frozen base"});
 }
 
 TEST(VisionTrain, PackedImageSamplesScoreAsAlone) {

@@ -53,6 +53,14 @@ struct Ctx {
   // the GDN conv outputs and gates, attention's normed q/k and gated output) in the backward with
   // the forward's own ops, so the gradients are bitwise the same. false: keep everything.
   bool selective = false;
+  // The parameters held apart from p in a frozen store (model/model.h: the vision tower's that
+  // model.vision does not train); null: p holds every parameter.
+  const Params* apart = nullptr;
+  // The store holding `name` (p, or apart for a tensor p holds apart), and its compute weight.
+  const Params& store(const std::string& name) const {
+    return apart != nullptr && p.held_apart(name) ? *apart : p;
+  }
+  View w(const std::string& name) const { return store(name).w(name); }
   core::Device dev() const { return p.device(); }
   core::DType dt() const { return p.dt(); }
   // N: the pack's tokens, which every mixer and FFN sees (sp: padded to a multiple of the group);

@@ -11,6 +11,13 @@ int64_t param_count(const Config& c) {
   return n;
 }
 
+int64_t frozen_param_count(const Config& c) {
+  int64_t n = 0;
+  for (const ParamSpec& s : vision_param_specs(c))
+    if (!vision_trains(c, s.name)) n += core::numel(s.shape);
+  return n;
+}
+
 double activation_bytes(const Config& c, int64_t N, core::DType dt, const ActivationOptions& o) {
   return activation_account(c, N, dt, o).peak;
 }

@@ -12,6 +12,10 @@ namespace deltatron::model {
 
 // Elements of every trained tensor (param_specs).
 int64_t param_count(const Config& c);
+// Of those, the elements of the tensors the run does not train (model.vision = frozen: the
+// tower and merger; merger: the tower without the merger), which model::Model holds apart as
+// compute-dtype weights alone (model/model.h); 0 otherwise.
+int64_t frozen_param_count(const Config& c);
 
 // Bytes of activation buffers an N-token pack needs at most at once in its forward and backward,
 // compute dtype dt: the peak of the activation account (model/activations.h: every layer's kept

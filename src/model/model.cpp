@@ -132,19 +132,46 @@ StateOptions frozen_state() {
   s.frozen = true;
   return s;
 }
+
+// Whether the run holds the vision tensors it does not train apart (model.h). A LoRA run's whole
+// base is frozen already.
+bool holds_apart(const Config& c, const StateOptions& state, const LoraSetup* lora) {
+  return !lora && state.frozen_apart &&
+         (c.vision_mode == VisionMode::frozen || c.vision_mode == VisionMode::merger);
+}
+
+// The main store's tensors: the trained ones when the others are held apart, else all.
+NameFilter trained(const Config& c, const StateOptions& state, const LoraSetup* lora) {
+  if (!holds_apart(c, state, lora)) return {};
+  return [&c](const std::string& name) { return vision_trains(c, name); };
+}
+
+// The frozen store of the tensors held apart (their compute weights alone), or null.
+template <typename Source>
+std::unique_ptr<Params> frozen_apart(core::Device dev, core::DType dt, const Config& c,
+                                     const Source& host, const StateOptions& state,
+                                     const LoraSetup* lora) {
+  ops::check_device(dev);
+  if (!holds_apart(c, state, lora)) return nullptr;
+  return std::make_unique<Params>(dev, dt, host, frozen_state(), [&c](const std::string& name) {
+    return !vision_trains(c, name);
+  });
+}
 }  // namespace
 
 Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
-      params_((ops::check_device(dev), dev), dt, host_params, lora ? frozen_state() : state) {
+      frozen_(frozen_apart(dev, dt, c, host_params, state, lora)),
+      params_(dev, dt, host_params, lora ? frozen_state() : state, trained(c, state, lora)) {
   init(state, lora);
 }
 
 Model::Model(core::Device dev, core::DType dt, const Config& c, const ParamSource& host_params,
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
-      params_((ops::check_device(dev), dev), dt, host_params, lora ? frozen_state() : state) {
+      frozen_(frozen_apart(dev, dt, c, host_params, state, lora)),
+      params_(dev, dt, host_params, lora ? frozen_state() : state, trained(c, state, lora)) {
   init(state, lora);
 }
 
@@ -174,7 +201,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   std::unique_ptr<TpGrads> tpg;
   if (tp() && with_grads && !params_.frozen()) tpg = std::make_unique<TpGrads>(c, params_, tp_);
   const Ctx cx{c,    params_, b,         adapters_.get(), with_grads ? opt.dropout_key : 0,
-               ep(), tp(),    tpg.get(), selective_};
+               ep(), tp(),    tpg.get(), selective_, frozen_.get()};
   const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
   const std::string norm = c.name("norm.weight");
@@ -302,7 +329,7 @@ void Model::count_routes(const data::Pack& given, GlobalRouterCounts& counts) {
   const data::Pack& pack = tp() && tp_.sp ? padded : given;
   const int64_t D = c.hidden_size;
   const Batch b(c, pack, params_.device());
-  const Ctx cx{c, params_, b, adapters_.get(), 0, ep(), tp(), nullptr, selective_};
+  const Ctx cx{c, params_, b, adapters_.get(), 0, ep(), tp(), nullptr, selective_, frozen_.get()};
   const int64_t Nl = cx.Nl();
   const Params& p = params_;
   const Gather pg{gather_};

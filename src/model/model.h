@@ -70,6 +70,10 @@ class Model {
   // masters (model/params.h).
   // lora: a LoRA run (model/adapters.h): the base is frozen (its weights alone, no gradients)
   // and the adapters are the trainable parameters (their moments as state.moments).
+  // A vision tower that is not trained (config.vision_mode frozen: the tower and merger; merger:
+  // the tower without the merger) is held apart (state.frozen_apart, the default): its tensors
+  // are in a frozen store of their own (frozen_params(): their compute weights alone, as a LoRA
+  // run's base), and params() holds the others; their backward never runs.
   Model(core::Device dev, core::DType dt, const Config& c, const TensorMap& host_params,
         const StateOptions& state = {}, const LoraSetup* lora = nullptr);
   // The same with the parameters made one host tensor at a time (model/params.h).
@@ -113,7 +117,10 @@ class Model {
   // use of it.
   void set_param_gather(ParamGather* g) { gather_ = g; }
 
-  Params& params() { return params_; }  // the base model's
+  // The base model's; without the tensors held apart (params().held_apart names them).
+  Params& params() { return params_; }
+  // The frozen store of the tensors held apart (see the constructor), or null.
+  const Params* frozen_params() const { return frozen_.get(); }
   // What the optimizer trains: the adapters' store in a LoRA run, else params().
   Params& trainable() { return adapters_ ? adapters_->params() : params_; }
   const Adapters* adapters() const { return adapters_.get(); }
@@ -122,6 +129,7 @@ class Model {
  private:
   void init(const StateOptions& state, const LoraSetup* lora);
   Config c_;
+  std::unique_ptr<Params> frozen_;  // made first: params_'s out-of-memory hint is the one left
   Params params_;
   std::unique_ptr<Adapters> adapters_;
   ExpertParallel ep_;

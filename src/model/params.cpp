@@ -72,23 +72,41 @@ std::vector<ParamSpec> specs_of(const TensorMap& host) {
 }
 }  // namespace
 
-Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt)
-    : Params(dev, dt, specs_of(host), opt) {
+Params::Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt,
+               const NameFilter& keep)
+    : Params(dev, dt, specs_of(host), opt, keep) {
   upload(host);
 }
 
-Params::Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt)
-    : Params(dev, dt, src.specs, opt) {
+Params::Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt,
+               const NameFilter& keep)
+    : Params(dev, dt, src.specs, opt, keep) {
   if (opt.gathered) return;  // nothing held here (ZeRO 3: the shards are the engine's)
-  for (const ParamSpec& s : src.specs) upload_tensor(s.name, src.make(s));
+  for (const ParamSpec& s : src.specs)
+    if (!held_apart(s.name)) upload_tensor(s.name, src.make(s));
   finish_upload();
 }
 
 Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
-               const StateOptions& opt)
+               const StateOptions& opt, const NameFilter& keep)
     : dev_(dev), dt_(dt), opt_(opt) {
   std::sort(specs.begin(), specs.end(),
             [](const ParamSpec& a, const ParamSpec& b) { return a.name < b.name; });
+  // The tensors held apart: out of the layout, but counted in the counters' (Entry::counter).
+  int64_t counter = 0;
+  std::vector<ParamSpec> kept;
+  std::vector<int64_t> counters;
+  for (ParamSpec& spec : specs) {
+    const int64_t at = counter;
+    counter += aligned(core::numel(spec.shape));
+    if (keep && !keep(spec.name)) {
+      DT_CHECK(apart_.insert(spec.name).second, "model parameter ", spec.name, " is given twice");
+      continue;
+    }
+    counters.push_back(at);
+    kept.push_back(std::move(spec));
+  }
+  specs = std::move(kept);
   DT_CHECK(dev == core::Device::cuda || dt == core::DType::f32,
            "the CPU computes in float32 only (compute dtype ", core::dtype_name(dt), ")");
   DT_CHECK(opt.moments == core::DType::f32 || opt.moments == core::DType::bf16, "AdamW moments in ",
@@ -105,12 +123,17 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
            "a gathered parameter store (ZeRO 3) is not frozen, offloaded or split into remainders");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
   int64_t router_total = 0;
-  for (const ParamSpec& spec : specs) {
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const ParamSpec& spec = specs[k];
     const std::string& name = spec.name;
     const int64_t numel = core::numel(spec.shape);
     DT_CHECK(!index_.count(name), "model parameter ", name, " is given twice");
     names_.push_back(name);
-    Entry e{total_, numel, spec.shape, -1};
+    Entry e;
+    e.offset = total_;
+    e.numel = numel;
+    e.shape = spec.shape;
+    e.counter = counters[k];
     const bool lean_layout = opt_.master_remainder || opt_.frozen;
     if (!lean_layout || dt_ == core::DType::f32) {
       e.f32_offset = total_;  // every tensor, laid out as the others
@@ -183,7 +206,9 @@ std::string Params::state_hint() const {
 
 const Params::Entry& Params::entry(const std::string& name) const {
   auto it = index_.find(name);
-  DT_CHECK(it != index_.end(), "model parameter ", name, " is missing");
+  DT_CHECK(
+      it != index_.end(), "model parameter ", name,
+      held_apart(name) ? " is frozen: it is held apart from this parameter store" : " is missing");
   return it->second;
 }
 
@@ -255,7 +280,7 @@ ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
            ": a gathered store (ZeRO 3) has no flat state; the shards' owner steps it");
   ops::AdamWTensor t;
   t.grad = grad_.view().slice(e.offset, e.numel);
-  t.index = e.offset;
+  t.index = e.counter;
   if (e.router_offset >= 0)
     t.master = router_.view().slice(e.router_offset, e.numel);
   else if (e.f32_offset >= 0)
@@ -271,6 +296,7 @@ ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
 
 void Params::to_flat(const TensorMap& host, const core::View& flat, const char* what) const {
   for (const auto& [name, t] : host) {
+    if (held_apart(name)) continue;
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
@@ -288,6 +314,10 @@ void Params::to_flat(const TensorMap& host, const core::View& flat, const char* 
 
 void Params::from_flat(const core::View& flat, TensorMap& host, const char* what) const {
   for (auto& [name, t] : host) {
+    if (held_apart(name)) {  // frozen: no gradient, no moments
+      t.zero();
+      continue;
+    }
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, what, " ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
@@ -305,7 +335,8 @@ void Params::flat_to_host(const core::View& flat, const std::string& name, float
 }
 
 void Params::upload(const TensorMap& host) {
-  for (const auto& [name, t] : host) upload_tensor(name, t);
+  for (const auto& [name, t] : host)
+    if (!held_apart(name)) upload_tensor(name, t);
   finish_upload();
 }
 
@@ -354,6 +385,7 @@ void Params::finish_upload() {
 void Params::download(TensorMap& host) const {
   DT_CHECK(!opt_.gathered, "a gathered store (ZeRO 3) holds no weights to download");
   for (auto& [name, t] : host) {
+    if (held_apart(name)) continue;  // another store's (frozen: as loaded)
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
              e.numel);

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,11 @@ struct StateOptions {
   // its unit runs (model/param_gather.h) and unbinds them after. w, master and g of an unbound
   // tensor are errors; the flat-buffer methods (adamw_tensor, download, ...) are not available.
   bool gathered = false;
+  // model::Model: a vision tower the run does not train (model.vision = frozen, merger) is held
+  // apart in a frozen store (its compute weights alone: no master, gradient or moments). false:
+  // it stays in this store with the whole training state and is never stepped (the layout before
+  // issue 17; the reference of the equivalence test, tests/test_vision_train.cpp).
+  bool frozen_apart = true;
 };
 
 // "fp32" / "remainder" and "fp32" / "bf16", the config spellings.
@@ -71,22 +77,34 @@ StateBytes state_bytes(core::DType dt, const StateOptions& o);
 // ("...mlp.gate.weight", model/moe_block.cpp computes the router logits in fp32).
 bool keeps_f32_weight(const std::string& name);
 
+// Which parameters a store holds (model/model.h: a run that trains part of the model keeps the
+// rest in a frozen store of its own); empty: every one.
+using NameFilter = std::function<bool(const std::string& name)>;
+
 class Params {
  public:
   struct Entry {
     int64_t offset = 0, numel = 0;
     core::Shape shape;
+    // The tensor's offset in the layout of every given parameter, the ones held apart included
+    // (= offset when none is): the AdamW stochastic-rounding counter (ops/adamw.h), so a store
+    // without the frozen tensors draws the bits the whole store draws.
+    int64_t counter = 0;
     int64_t f32_offset = -1;     // in the f32 buffer (masters or f32 weights), -1: none
     int64_t router_offset = -1;  // in router_ (offloaded fp32 masters, MoE routers), -1: none
     // StateOptions::gathered: the views bound by bind() (empty: not bound).
     core::View bound_w, bound_f32, bound_g;
   };
   // Copies `host` (every tensor, keyed by HF name) to `dev`. dt = compute / activation storage
-  // type (f32 on the CPU).
-  Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt = {});
+  // type (f32 on the CPU). keep: the tensors this store holds (empty: all); the others are held
+  // apart (held_apart): the host-map methods below skip them (upload, download, to_flat) or give
+  // them zeros (download_grads, from_flat: a frozen tensor's gradient), and entry() refuses them.
+  Params(core::Device dev, core::DType dt, const TensorMap& host, const StateOptions& opt = {},
+         const NameFilter& keep = {});
   // The same from a source that makes one host tensor at a time (freed once uploaded): a model
-  // whose f32 host copy would not fit in host memory.
-  Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt = {});
+  // whose f32 host copy would not fit in host memory. Only the kept tensors are made.
+  Params(core::Device dev, core::DType dt, const ParamSource& src, const StateOptions& opt = {},
+         const NameFilter& keep = {});
 
   core::Device device() const { return dev_; }
   core::DType dt() const { return dt_; }
@@ -94,6 +112,8 @@ class Params {
   const std::vector<std::string>& names() const { return names_; }
   const Entry& entry(const std::string& name) const;
   bool has(const std::string& name) const { return index_.count(name) != 0; }
+  // A given parameter this store does not hold (the constructor's keep said no).
+  bool held_apart(const std::string& name) const { return apart_.count(name) != 0; }
   int64_t total() const { return total_; }
   // The out-of-memory hint for the parameter state: bytes per parameter for the options, its
   // size in GiB with and without the AdamW moments, and what to change when it alone does not
@@ -111,6 +131,7 @@ class Params {
   // the stochastic-rounding counter index = its offset in the store); m and v are the caller's.
   ops::AdamWTensor adamw_tensor(const std::string& name) const;
 
+  // Every method taking a host map accepts the names held apart (see the constructor).
   void upload(const TensorMap& host);          // masters <- host (exact), compute copies
   void download(TensorMap& host) const;        // host <- masters (exact; same names/shapes)
   void download_grads(TensorMap& host) const;  // host (zeros_like params) <- gradients
@@ -132,7 +153,8 @@ class Params {
   void unbind(const std::string& name);
 
  private:
-  Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs, const StateOptions& opt);
+  Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs, const StateOptions& opt,
+         const NameFilter& keep);
   void upload_tensor(const std::string& name, const core::Tensor& t);
   void finish_upload();
   core::View at(const core::Buffer& b, const std::string& name) const;
@@ -142,6 +164,7 @@ class Params {
   StateOptions opt_;
   std::vector<std::string> names_;
   std::map<std::string, Entry> index_;
+  std::set<std::string> apart_;
   int64_t total_ = 0, f32_total_ = 0;
   // master_: f32 masters (fp32) or f32 weights (remainder); compute_: bf16 compute copies
   // (fp32, dt bf16) or the pair's weights (remainder); remainder_: u16 (remainder).

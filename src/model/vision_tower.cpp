@@ -12,6 +12,9 @@
 // merger output and every parameter gradient are f32; the norm outputs, q/k/v, attention output,
 // MLP activations and their gradients are in the compute dtype (bf16 on CUDA in bf16 mode, else
 // f32), so every GEMM reads compute-dtype operands (pixels and the residual gradient are cast).
+// The forward reads its weights through cx.w: under model.vision = frozen or merger the tensors it
+// does not train are held apart in a frozen store (model/model.h); the backward runs only over
+// trained tensors (cx.p).
 #include "model/vision_tower.h"
 
 #include <cmath>
@@ -70,8 +73,8 @@ struct Dims {
 // y_NO = x W^T + b (fresh) or y += x W^T + b (accumulate: a residual add).
 void linear_bias_fwd(const Ctx& cx, const std::string& w, const View& x, int64_t N, int64_t I,
                      int64_t O, const View& y, bool accumulate) {
-  ops::linear_fwd(x, cx.p.w(w + ".weight"), N, I, O, y, accumulate);
-  ops::bias_add(y, cx.p.w(w + ".bias"), N, O);
+  ops::linear_fwd(x, cx.w(w + ".weight"), N, I, O, y, accumulate);
+  ops::bias_add(y, cx.w(w + ".bias"), N, O);
 }
 
 // dx (= or +=) dy W, dW += dy^T x, db += sum dy; dx empty: no input gradient.
@@ -87,7 +90,6 @@ std::string block(int64_t i) { return kV + "blocks." + std::to_string(i) + "."; 
 void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::string& b,
                const View& x, VisionBlockSaved& s, bool keep) {
   const int64_t P = d.P, D = d.D, H = d.H, K = d.K, I = d.I;
-  const Params& p = cx.p;
   const float scale = static_cast<float>(1.0 / std::sqrt(double(K)));
   if (keep) {
     s.x_in = cx.f32(P * D, "vision block input (saved)");
@@ -96,8 +98,8 @@ void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
   s.n1 = cx.act(P * D, "vision norm1 output");
   s.mean1 = cx.f32(P, "vision norm1 mean");
   s.rstd1 = cx.f32(P, "vision norm1 rstd");
-  ops::layernorm_fwd(x, p.w(b + "norm1.weight"), p.w(b + "norm1.bias"), P, D, kLnEps, s.n1, s.mean1,
-                     s.rstd1);
+  ops::layernorm_fwd(x, cx.w(b + "norm1.weight"), cx.w(b + "norm1.bias"), P, D, kLnEps, s.n1,
+                     s.mean1, s.rstd1);
   {
     Buffer qkv = cx.act(P * 3 * D, "vision qkv");
     linear_bias_fwd(cx, b + "attn.qkv", s.n1, P, D, 3 * D, qkv, false);
@@ -121,8 +123,8 @@ void block_fwd(const Ctx& cx, const VisionBatch& vb, const Dims& d, const std::s
   s.n2 = cx.act(P * D, "vision norm2 output");
   s.mean2 = cx.f32(P, "vision norm2 mean");
   s.rstd2 = cx.f32(P, "vision norm2 rstd");
-  ops::layernorm_fwd(x, p.w(b + "norm2.weight"), p.w(b + "norm2.bias"), P, D, kLnEps, s.n2, s.mean2,
-                     s.rstd2);
+  ops::layernorm_fwd(x, cx.w(b + "norm2.weight"), cx.w(b + "norm2.bias"), P, D, kLnEps, s.n2,
+                     s.mean2, s.rstd2);
   s.f1 = cx.act(P * I, "vision MLP fc1 output");
   s.g1 = cx.act(P * I, "vision MLP activation");
   linear_bias_fwd(cx, b + "mlp.linear_fc1", s.n2, P, D, I, s.f1, false);
@@ -251,11 +253,11 @@ Buffer vision_fwd(const Ctx& cx, const VisionBatch& vb, bool with_grads, VisionS
   {
     Buffer pix_tmp;
     const View pix = in_dt(cx, vb.pixels, d.P * d.C, pix_tmp, "pixel_values (compute dtype)");
-    ops::linear_fwd(pix, p.w(kV + "patch_embed.proj.weight"), d.P, d.C, d.D, x, false);
+    ops::linear_fwd(pix, cx.w(kV + "patch_embed.proj.weight"), d.P, d.C, d.D, x, false);
   }
-  ops::bias_add(x, p.w(kV + "patch_embed.proj.bias"), d.P, d.D);
-  ops::embedding_bag_fwd(vb.pos_idx, vb.pos_w, p.w(kV + "pos_embed.weight"), d.P, 4, d.G * d.G, d.D,
-                         x, true);
+  ops::bias_add(x, cx.w(kV + "patch_embed.proj.bias"), d.P, d.D);
+  ops::embedding_bag_fwd(vb.pos_idx, vb.pos_w, cx.w(kV + "pos_embed.weight"), d.P, 4, d.G * d.G,
+                         d.D, x, true);
   const int64_t depth = cx.c.vision.depth;
   s.blocks.clear();
   s.blocks.resize(size_t(s.tower ? depth : 0));
@@ -266,8 +268,8 @@ Buffer vision_fwd(const Ctx& cx, const VisionBatch& vb, bool with_grads, VisionS
   const std::string mg = kV + "merger.";
   Buffer mn = cx.act(d.P * d.D, "merger norm output");
   Buffer mean = cx.f32(d.P, "merger norm mean"), rstd = cx.f32(d.P, "merger norm rstd");
-  ops::layernorm_fwd(x, p.w(mg + "norm.weight"), p.w(mg + "norm.bias"), d.P, d.D, kLnEps, mn, mean,
-                     rstd);
+  ops::layernorm_fwd(x, cx.w(mg + "norm.weight"), cx.w(mg + "norm.bias"), d.P, d.D, kLnEps, mn,
+                     mean, rstd);
   Buffer m1 = cx.act(d.M * d.UD, "merger fc1 output");
   linear_bias_fwd(cx, mg + "linear_fc1", mn, d.M, d.UD, d.UD, m1, false);
   Buffer g = cx.act(d.M * d.UD, "merger activation");

@@ -285,6 +285,10 @@ void run_bench(const BenchOptions& o) {
   const model::StateBytes state_bytes = model::state_bytes(compute_dt, state);
   std::optional<model::LoraSetup> lora;
   std::vector<model::LoraModule> lora_mods;
+  DT_CHECK(!o.lora || c.vision_mode == model::VisionMode::off ||
+               c.vision_mode == model::VisionMode::frozen,
+           "bench: --lora with --vision ", o.vision,
+           " is not supported: the vision tower is part of the frozen base (use --vision frozen)");
   if (o.lora) {
     lora.emplace();
     lora->options.r = o.lora_r;
@@ -322,6 +326,9 @@ void run_bench(const BenchOptions& o) {
   // optimizer's decay groups are built from it).
   model::TensorMap params = lora ? model::TensorMap{} : bench_params(c, o.seed);
   const int64_t nparams = model::param_count(c);
+  // A vision tower the bench does not train (--vision frozen / merger): held apart as compute-
+  // dtype weights alone (model/model.h); the training state is the other parameters'.
+  const int64_t nfrozen = plan.frozen, ntrained = nparams - nfrozen;
   AdamWOptions ao;
   ao.weight_decay = 0.1;
   ao.bf16_moments = state.moments == core::DType::bf16;
@@ -433,8 +440,16 @@ void run_bench(const BenchOptions& o) {
         "device (%g weights and gradient + %g AdamW moments), %.2f GiB; %g bytes per parameter "
         "in host memory, %.2f GiB\n",
         o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.held,
-        state_bytes.train - state_bytes.held, gib(state_bytes.train * double(nparams)),
-        state_bytes.host, gib(state_bytes.host * double(nparams)));
+        state_bytes.train - state_bytes.held, gib(state_bytes.train * double(ntrained)),
+        state_bytes.host, gib(state_bytes.host * double(ntrained)));
+  if (nfrozen > 0)
+    std::printf(
+        "  frozen               %.3fB parameters (the vision tower%s, --vision %s): %g bytes per "
+        "parameter (%s weights alone, no master, gradient or moments), %.2f GiB\n",
+        double(nfrozen) / 1e9,
+        c.vision_mode == model::VisionMode::merger ? " without its merger" : "", o.vision.c_str(),
+        plan.frozen_per_param, core::dtype_name(compute_dt),
+        gib(plan.frozen_per_param * double(nfrozen)));
   std::printf("  memory plan          %s\n", describe(plan).c_str());
   if (lora)
     std::printf(
@@ -460,6 +475,7 @@ void run_bench(const BenchOptions& o) {
                         {"layers", c.num_hidden_layers},
                         {"gpu", device_name},
                         {"params", nparams},
+                        {"frozen_params", nfrozen},
                         {"precision", o.precision},
                         {"master", o.master},
                         {"moments", o.moments},

@@ -165,8 +165,10 @@ class ModelEngine final : public Engine {
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
-      if (e.offset < lo_ || e.offset >= hi_) continue;             // another rank's shard (ZeRO)
-      if (!model::vision_trains(model_.config(), name)) continue;  // a frozen vision tensor
+      if (e.offset < lo_ || e.offset >= hi_) continue;  // another rank's shard (ZeRO)
+      // A frozen vision tensor kept in this store (StateOptions::frozen_apart = false; by
+      // default the model holds them apart).
+      if (!model::vision_trains(model_.config(), name)) continue;
       ops::AdamWTensor t = p.adamw_tensor(name);  // master (or the lean pair), grad
       t.m = m_.view().slice(e.offset - lo_, e.numel);
       t.v = v_.view().slice(e.offset - lo_, e.numel);
@@ -201,6 +203,11 @@ class ModelEngine final : public Engine {
 
   void read_moment(const std::string& name, bool second, float* out) override {
     const model::Params& p = model_.trainable();
+    if (p.held_apart(name)) {  // frozen (held apart): no moments, zeros in the checkpoint
+      const int64_t n = model_.frozen_params()->entry(name).numel;
+      std::fill(out, out + n, 0.f);
+      return;
+    }
     const auto& e = p.entry(name);
     if (!have_moments_) {  // never stepped (the same on every rank)
       std::fill(out, out + e.numel, 0.f);

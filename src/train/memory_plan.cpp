@@ -61,9 +61,15 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   p.params = model::param_count(c);
   p.per_param = model::state_bytes(in.compute, in.state);
   const double n = double(p.params);
-  p.state = (in.training ? p.per_param.train : p.per_param.held) * n;
+  // A frozen vision tower: its compute weights alone (model::Model holds it apart).
+  p.frozen = in.lora_params >= 0 ? 0 : model::frozen_param_count(c);
+  model::StateOptions frozen;
+  frozen.frozen = true;
+  p.frozen_per_param = p.frozen > 0 ? model::state_bytes(in.compute, frozen).held : 0;
+  const double nt = double(p.params - p.frozen), nf = double(p.frozen);
+  p.state = (in.training ? p.per_param.train : p.per_param.held) * nt + p.frozen_per_param * nf;
   const double moments = in.state.moments == core::DType::bf16 ? 4 : 8;
-  p.host_state = (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * n;
+  p.host_state = (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * nt;
   if (in.training && (in.state.offload_moments || in.state.offload_master)) {
     ops::AdamWOffload off;
     off.moments = in.state.offload_moments;
@@ -87,8 +93,6 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
     p.host_weights = 6 * double(largest);  // the f32 tensor and its bf16 copy
   }
   if (in.lora_params >= 0) {  // the frozen base + the adapters' state
-    model::StateOptions frozen;
-    frozen.frozen = true;
     model::StateOptions adapters;
     adapters.moments = in.state.moments;
     const model::StateBytes fb = model::state_bytes(in.compute, frozen);
@@ -117,8 +121,12 @@ std::string describe(const MemoryPlan& p) {
   std::ostringstream s;
   s.precision(3);
   s << double(p.params) / 1e9 << "B parameters; on " << core::device_name(p.device) << ": state "
-    << p.per_param.train << " B/param = " << gib(p.state) << ", activations " << gib(p.activations)
-    << ", workspace " << gib(p.workspace + p.staging);
+    << p.per_param.train << " B/param";
+  if (p.frozen > 0)
+    s << " x " << double(p.params - p.frozen) / 1e9 << "B trained + " << p.frozen_per_param
+      << " B/param x " << double(p.frozen) / 1e9 << "B frozen (weights alone)";
+  s << " = " << gib(p.state) << ", activations " << gib(p.activations) << ", workspace "
+    << gib(p.workspace + p.staging);
   if (p.device != core::Device::cpu) s << ", total " << gib(p.device_total());
   s << "; host: weights " << gib(p.host_weights);
   if (p.host_state > 0) s << ", offloaded state " << gib(p.host_state);

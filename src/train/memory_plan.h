@@ -38,7 +38,11 @@ struct PlanInput {
 
 struct MemoryPlan {
   int64_t params = 0;
-  model::StateBytes per_param;
+  model::StateBytes per_param;  // of the trained parameters
+  // Of params, those the run does not train (model::frozen_param_count: a frozen vision tower),
+  // held as compute-dtype weights alone: frozen_per_param bytes each (2 in bf16, 4 in f32).
+  int64_t frozen = 0;
+  double frozen_per_param = 0;
   // Bytes on the device (for the CPU engine: host memory, added into host_total).
   double state = 0, staging = 0, activations = 0, workspace = 0;
   // Bytes in host memory: the f32 host copy of the weights (loaded or initialised, and the
@@ -55,7 +59,9 @@ struct MemoryPlan {
 
 MemoryPlan plan_memory(const model::Config& c, const PlanInput& in);
 
-// One line: "state 12 B/param x 4.38B = 48.9 GiB, activations 6.1 GiB, ... on cuda; host ...".
+// One line: "state 12 B/param x 4.38B = 48.9 GiB, activations 6.1 GiB, ... on cuda; host ...";
+// with frozen parameters the state says both parts ("16 B/param x 1.9B trained + 2 B/param x
+// 0.33B frozen (weights alone)").
 std::string describe(const MemoryPlan& p);
 
 // Free memory the plan is checked against (bytes): the device's now (ops::memory_info; the CPU:

@@ -65,6 +65,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   }
   par.comm->barrier();
   RunStart start = plan_run_start(cfg, resume, overwrite);
+  DT_CHECK(!cfg.lora || cfg.vision == "off" || cfg.vision == "frozen", cfg.source,
+           ": model.vision = \"", cfg.vision,
+           "\" with LoRA is not supported: the vision tower is part of the frozen base (use "
+           "model.vision = \"frozen\")");
 
   // 2. The memory plan (nothing allocated yet); model, tokenizer, data; optimizer, schedule and
   // state (the checkpoint's on a resume).

@@ -49,7 +49,7 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
     t.name = name;
     t.unit = Zero3Layout::unit_of(model_unit(c, name));
     t.numel = e.numel;
-    t.one_rank = e.offset;
+    t.one_rank = e.counter;
     t.f32_read = bf16 && model::keeps_f32_weight(name);
     Zero3Layout::Unit& u = l.units[size_t(t.unit)];
     t.offset = u.numel;

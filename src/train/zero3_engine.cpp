@@ -1,6 +1,7 @@
 // The engine of ZeRO 3 (zero3.h): model::Model over a gathered parameter store whose units a
 // Zero3Store gathers while they run; the optimizer steps this rank's pieces, the gradient norm
 // is the sum of the shards' squares, and every read of a whole tensor is a collective.
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -28,10 +29,14 @@ class Zero3Engine final : public Engine {
         store_(model_.params(), c, comm),
         moments_(state.moments) {
     model_.set_param_gather(&store_);
+    // The tensors the model holds apart (a frozen vision tower) are its own, replicated.
+    const model::Params& p = model_.params();
     if (params) {
-      for (const auto& [name, t] : *params) store_.load_weight(name, t.ptr());
+      for (const auto& [name, t] : *params)
+        if (!p.held_apart(name)) store_.load_weight(name, t.ptr());
     } else {
       for (const model::ParamSpec& s : source->specs) {
+        if (p.held_apart(s.name)) continue;
         const core::Tensor t = source->make(s);
         store_.load_weight(s.name, t.ptr());
       }
@@ -76,7 +81,12 @@ class Zero3Engine final : public Engine {
     core::fail("tensor parallelism with ZeRO is not supported yet");
   }
   void grads_to_host(model::TensorMap& grads) override {  // collective
-    for (auto& [name, t] : grads) store_.read(name, Zero3Store::Part::grad, t.ptr());
+    for (auto& [name, t] : grads) {
+      if (apart(name))
+        t.zero();  // frozen: no gradient
+      else
+        store_.read(name, Zero3Store::Part::grad, t.ptr());
+    }
   }
 
   double clip(double max_norm) override {
@@ -113,10 +123,16 @@ class Zero3Engine final : public Engine {
     opt.set_state(step_, std::move(m), std::move(v));
   }
   void sync_weights(model::TensorMap& params, AdamW& opt) override {  // collective
-    for (auto& [name, t] : params) store_.read(name, Zero3Store::Part::weight, t.ptr());
+    for (auto& [name, t] : params)  // a frozen tensor held apart: the host's, as loaded
+      if (!apart(name)) store_.read(name, Zero3Store::Part::weight, t.ptr());
     opt.set_step_count(step_);
   }
   void read_moment(const std::string& name, bool second, float* out) override {
+    if (apart(name)) {  // frozen: no moments (zeros in the checkpoint)
+      const int64_t n = model_.frozen_params()->entry(name).numel;
+      std::fill(out, out + n, 0.f);
+      return;
+    }
     if (!store_.has_moments()) {  // never stepped (the same on every rank)
       std::fill(out, out + store_.layout().tensor(name).numel, 0.f);
       return;
@@ -127,6 +143,7 @@ class Zero3Engine final : public Engine {
   bool gathers_weights() const override { return true; }
 
  private:
+  bool apart(const std::string& name) { return model_.params().held_apart(name); }
   model::Model model_;
   Zero3Store store_;
   core::DType moments_;
@@ -144,6 +161,10 @@ std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, cons
   DT_CHECK(zero.stage == 3 && zero.comm != nullptr, "ZeRO 3: no communicator");
   DT_CHECK(!state.offload_moments && !state.offload_master,
            "parallel.zero = 3: offloaded training state (training.offload) is not supported");
+  DT_CHECK(state.frozen_apart || c.vision_mode == model::VisionMode::off ||
+               c.vision_mode == model::VisionMode::full,
+           "parallel.zero = 3 steps every tensor of its store: a vision tower that is not trained "
+           "must be held apart (model::StateOptions::frozen_apart)");
   DT_CHECK(!state.master_remainder,
            "parallel.zero = 3 with training.master = remainder is not supported yet (use fp32: "
            "ZeRO 3 divides the masters over the ranks)");

@@ -51,24 +51,24 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buf, size_t, size_t
       }
       case CUPTI_ACTIVITY_KIND_MEMCPY: {
         auto* m = reinterpret_cast<CUpti_ActivityMemcpy6*>(rec);
-        got.push_back({'C', m->start, m->end, m->correlationId,
-                       "memcpy kind " + std::to_string(m->copyKind) + " bytes " +
-                           std::to_string(m->bytes)});
+        got.push_back(
+            {'C', m->start, m->end, m->correlationId,
+             "memcpy kind " + std::to_string(m->copyKind) + " bytes " + std::to_string(m->bytes)});
         break;
       }
       case CUPTI_ACTIVITY_KIND_MEMSET: {
         auto* m = reinterpret_cast<CUpti_ActivityMemset4*>(rec);
-        got.push_back({'S', m->start, m->end, m->correlationId,
-                       "memset bytes " + std::to_string(m->bytes)});
+        got.push_back(
+            {'S', m->start, m->end, m->correlationId, "memset bytes " + std::to_string(m->bytes)});
         break;
       }
       case CUPTI_ACTIVITY_KIND_RUNTIME:
       case CUPTI_ACTIVITY_KIND_DRIVER: {
         auto* a = reinterpret_cast<CUpti_ActivityAPI*>(rec);
         const bool rt = rec->kind == CUPTI_ACTIVITY_KIND_RUNTIME;
-        got.push_back({rt ? 'R' : 'D', a->start, a->end, a->correlationId,
-                       api_name(rt ? CUPTI_CB_DOMAIN_RUNTIME_API : CUPTI_CB_DOMAIN_DRIVER_API,
-                                a->cbid)});
+        got.push_back(
+            {rt ? 'R' : 'D', a->start, a->end, a->correlationId,
+             api_name(rt ? CUPTI_CB_DOMAIN_RUNTIME_API : CUPTI_CB_DOMAIN_DRIVER_API, a->cbid)});
         break;
       }
       default:
