@@ -201,7 +201,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   std::unique_ptr<TpGrads> tpg;
   if (tp() && with_grads && !params_.frozen()) tpg = std::make_unique<TpGrads>(c, params_, tp_);
   const Ctx cx{c,    params_, b,         adapters_.get(), with_grads ? opt.dropout_key : 0,
-               ep(), tp(),    tpg.get(), selective_, frozen_.get()};
+               ep(), tp(),    tpg.get(), selective_,      frozen_.get()};
   const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
   const std::string norm = c.name("norm.weight");
