@@ -110,6 +110,17 @@ model::ParamSource bench_source(const model::Config& c, uint64_t seed) {
   return src;
 }
 
+// A batches file (JSON), or an error naming it.
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  DT_CHECK(in.good(), path, ": cannot open");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    core::fail(path, ": not valid JSON (", e.what(), ")");
+  }
+}
+
 // Steps of sample lengths: log-normal (median, sigma) clipped to [min, max], packed greedily in
 // draw order into micro-batches of at most `budget` tokens.
 std::vector<std::vector<int64_t>> draw_lengths(const BenchOptions& o, int64_t nsteps) {
@@ -214,14 +225,7 @@ void run_bench(const BenchOptions& o) {
   if (vl) {
     std::vector<VlStep> file_steps;
     if (!o.lengths_in.empty()) {
-      std::ifstream in(o.lengths_in);
-      DT_CHECK(in.good(), o.lengths_in, ": cannot open");
-      nlohmann::json lj;
-      try {
-        lj = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
-        core::fail(o.lengths_in, ": not valid JSON (", e.what(), ")");
-      }
+      const nlohmann::json lj = read_json_file(o.lengths_in);
       file_steps = read_vl_steps(lj, c, o.micro_batch_tokens, o.lengths_in);
       // As the text file: its steps are the timed ones, warm-up and profiling reuse them.
       const int64_t n = int64_t(file_steps.size());
@@ -238,14 +242,7 @@ void run_bench(const BenchOptions& o) {
   } else if (!o.lengths_in.empty()) {
     // A lengths file (tools/bench/make_lengths.py, or --lengths-out): its steps are the timed
     // ones; warm-up and the profiled step reuse them from the start, as the peer script does.
-    std::ifstream in(o.lengths_in);
-    DT_CHECK(in.good(), o.lengths_in, ": cannot open");
-    nlohmann::json lj;
-    try {
-      lj = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      core::fail(o.lengths_in, ": not valid JSON (", e.what(), ")");
-    }
+    const nlohmann::json lj = read_json_file(o.lengths_in);
     DT_CHECK(lj.contains("steps") && lj["steps"].is_array() && !lj["steps"].empty(), o.lengths_in,
              ": expected {\"steps\": [[len, ...], ...]}");
     const auto file_steps = lj["steps"].get<std::vector<std::vector<int64_t>>>();

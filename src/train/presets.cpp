@@ -134,6 +134,23 @@ nlohmann::json tiny(bool moe) {
 // with a 4-layer text model (hidden 64) and a 2-block vision tower (hidden 64, 4 heads) whose
 // patch 16, temporal patch 2 and merge 2 are Qwen3.5's, so real images go through the real
 // preprocessor. An 8 x 8 learned position grid (Qwen3.5: 48 x 48), interpolated to each image.
+// Qwen3_5ForConditionalGeneration around a text and a vision config (the published token ids).
+nlohmann::json vl_config(const nlohmann::json& text, const nlohmann::json& vision, bool tied,
+                         const char* dtype) {
+  return {
+      {"model_type", "qwen3_5"},
+      {"architectures", {"Qwen3_5ForConditionalGeneration"}},
+      {"text_config", text},
+      {"vision_config", vision},
+      {"image_token_id", 248056},
+      {"video_token_id", 248057},
+      {"vision_start_token_id", 248053},
+      {"vision_end_token_id", 248054},
+      {"tie_word_embeddings", tied},
+      {"dtype", dtype},
+  };
+}
+
 nlohmann::json tiny_vl() {
   nlohmann::json text = tiny_layers();
   text.update(nlohmann::json{
@@ -162,18 +179,7 @@ nlohmann::json tiny_vl() {
       {"initializer_range", 0.02},
       {"rope_parameters", {{"rope_type", "axial"}, {"rope_theta", 10000.0}}},
   };
-  return {
-      {"model_type", "qwen3_5"},
-      {"architectures", {"Qwen3_5ForConditionalGeneration"}},
-      {"text_config", text},
-      {"vision_config", vision},
-      {"image_token_id", 248056},
-      {"video_token_id", 248057},
-      {"vision_start_token_id", 248053},
-      {"vision_end_token_id", 248054},
-      {"tie_word_embeddings", true},
-      {"dtype", "float32"},
-  };
+  return vl_config(text, vision, true, "float32");
 }
 
 // The vision towers of the published dense sizes (qwen35-vl spec 1.2: depth, hidden, heads,
@@ -210,18 +216,7 @@ nlohmann::json published_vl(const Preset& p, const VisionPreset& v) {
       {"initializer_range", 0.02},
       {"deepstack_visual_indexes", nlohmann::json::array()},
   };
-  return {
-      {"model_type", "qwen3_5"},
-      {"architectures", {"Qwen3_5ForConditionalGeneration"}},
-      {"text_config", text},
-      {"vision_config", vision},
-      {"image_token_id", 248056},
-      {"video_token_id", 248057},
-      {"vision_start_token_id", 248053},
-      {"vision_end_token_id", 248054},
-      {"tie_word_embeddings", tied},
-      {"dtype", "bfloat16"},
-  };
+  return vl_config(text, vision, tied, "bfloat16");
 }
 
 }  // namespace
