@@ -4,10 +4,14 @@ background, and chat rows asking its colour or the quadrant it is in.
 
     python3 examples/vision/make_data.py            # needs Pillow; writes images/, *.jsonl
     python3 examples/vision/make_data.py --size 32 --out DIR   # another size, elsewhere
+    python3 examples/vision/make_data.py --side 0.375 0.75 --images 200 24 --out DIR
+        # the first version's data (12-24 px squares), which the tiny model did not learn to read
 
 Deterministic (fixed seeds): two runs write identical files. Each image is asked both
 questions, so the model must read the pixels (colour) and where the image tokens are (quadrant:
 a 64 x 64 image is 4 x 4 patches of 16, merged 2 x 2 into 4 image tokens, one per quadrant).
+The square's side is 20-32 px of a quadrant's 32, so it fills most of the image token that holds
+it: with 12-24 px squares the tiny preset stays at the answers' prior (docs/vision.md).
 """
 import argparse
 import json
@@ -18,6 +22,7 @@ from PIL import Image, ImageDraw
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE = 64
+SIDE = (5 / 8, 1)  # the square's side, as fractions of a quadrant's (20-32 px of 32)
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
            "yellow": (235, 200, 20)}
 BACKGROUNDS = [(245, 245, 245), (225, 225, 225), (250, 240, 225), (230, 240, 250)]
@@ -32,7 +37,7 @@ def draw(rng):
     colour = rng.choice(sorted(COLOURS))
     quadrant = rng.randrange(4)
     half = SIZE // 2
-    side = rng.randrange(half * 3 // 8, half * 3 // 4 + 1)
+    side = rng.randrange(int(half * SIDE[0]), int(half * SIDE[1]) + 1)
     qx, qy = (quadrant % 2) * half, (quadrant // 2) * half
     x = qx + rng.randrange(0, half - side + 1)
     y = qy + rng.randrange(0, half - side + 1)
@@ -66,9 +71,14 @@ def make(split, n_images, seed, out=HERE):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=SIZE)
+    ap.add_argument("--side", type=float, nargs=2, default=SIDE,
+                    help="the square's smallest and largest side, fractions of a quadrant's")
+    ap.add_argument("--images", type=int, nargs=2, default=(400, 100),
+                    help="training and held-out images (each asked both questions)")
     ap.add_argument("--out", default=HERE)
     a = ap.parse_args()
     SIZE = a.size
-    n_train = make("train", 200, seed=1, out=a.out)
-    n_eval = make("eval", 24, seed=2, out=a.out)
+    SIDE = tuple(a.side)
+    n_train = make("train", a.images[0], seed=1, out=a.out)
+    n_eval = make("eval", a.images[1], seed=2, out=a.out)
     print(f"wrote {n_train} training rows and {n_eval} held-out rows under {a.out}")
