@@ -130,9 +130,9 @@ TEST(ZeroExpertParallel, TrainTracksOneRank) {
   for (int zero : {2, 3}) {  // the same layout: bitwise
     const std::string from = "zero" + std::to_string(zero) + "_ep2_ranks4";
     copy_for_resume(tmp.path, from, from + "_again");
-    ASSERT_TRUE(runs.run({{from + "_again", 4, 1,
-                           "--parallel.ep=2 --parallel.zero=" + std::to_string(zero)}},
-                         true));
+    ASSERT_TRUE(runs.run(
+        {{from + "_again", 4, 1, "--parallel.ep=2 --parallel.zero=" + std::to_string(zero)}},
+        true));
     expect_bitwise_checkpoints(tmp.path / (from + "_again"), tmp.path / from,
                                from + " resumed on its own layout");
   }
@@ -197,8 +197,8 @@ TEST(ZeroExpertParallel, Zero3LayoutHasExpertUnits) {
   const model::Params p(core::Device::cpu, core::DType::f32, ck.params);
   const int L = int(ck.config.num_hidden_layers);
   for (const auto& [ranks, expert_ranks] : {std::pair{2, 1}, std::pair{4, 2}, std::pair{6, 3}}) {
-    const train::Zero3Layout l = train::zero3_layout(p, ck.config, ranks, ranks - 1, expert_ranks,
-                                                     expert_ranks - 1);
+    const train::Zero3Layout l =
+        train::zero3_layout(p, ck.config, ranks, ranks - 1, expert_ranks, expert_ranks - 1);
     ASSERT_EQ(l.units.size(), size_t(2 * (L + 1)));
     int64_t shard = 0;
     std::set<std::string> seen;
