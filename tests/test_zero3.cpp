@@ -262,7 +262,9 @@ TEST(Zero3, ConfigRefusals) {
       {"parallel.zero = 3", "LoRA", "not supported"});
   dt_test::expect_error(
       [&] {
-        train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"});
+        train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2"});
       },
-      {"parallel.zero = 3", "parallel.ep = 2", "not supported"});
+      {"parallel.tp = 2", "parallel.zero", "not supported"});
+  // ZeRO with expert parallelism is built (test_zero_ep).
+  EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"}).parallel_ep, 2);
 }

@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
                "sequence parallelism inside each tensor-parallel group (needs --tp > 1)");
   sc->add_option("--zero", score.zero,
                  "3: ZeRO 3 over the ranks of a launched job (each rank holds a shard of the "
-                 "weights and gradients, each layer gathered while it runs); default 0")
+                 "weights and gradients, each layer gathered while it runs; with --ep the "
+                 "routed experts' over the ranks holding the same experts); default 0")
       ->check(CLI::IsMember({0, 3}));
   sc->add_flag("--quiet", score.quiet, "no progress lines");
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <type_traits>
 #include <vector>
 
@@ -50,16 +51,33 @@ class ModelEngine final : public Engine {
               const ZeroSetup& zero)
       : model_(dev, dt, c, params, state, lora), zero_(zero) {
     const model::Params& p = model_.trainable();
-    hi_ = p.total();
     if (zero.stage > 0 && zero.comm != nullptr && zero.comm->size() > 1) {
       DT_CHECK(!p.options().offload_moments && !p.options().offload_master,
                "parallel.zero = ", zero.stage,
                ": offloaded training state (training.offload) is not supported with ZeRO");
-      DT_CHECK(zero.comm->device() == dev, "ZeRO: the communicator is on ",
-               core::device_name(zero.comm->device()), ", the engine on ", core::device_name(dev));
-      shards_ = zero_shards(p, zero.comm->size());
-      lo_ = shards_.lo(zero.comm->rank());
-      hi_ = shards_.hi(zero.comm->rank());
+      for (dist::Comm* comm : {zero.comm, zero.experts})
+        DT_CHECK(comm == nullptr || comm->device() == dev, "ZeRO: the communicator is on ",
+                 core::device_name(comm->device()), ", the engine on ", core::device_name(dev));
+      if (zero.experts == nullptr) {
+        groups_.push_back({zero.comm, zero_shards(p, zero.comm->size()), {}});
+      } else {  // the routed-expert slices over the ranks holding the same experts
+        const TensorFilter dense = [](const std::string& n) {
+          return !model::is_routed_expert_tensor(n);
+        };
+        const TensorFilter experts = model::is_routed_expert_tensor;
+        groups_.push_back({zero.comm, zero_shards(p, zero.comm->size(), dense), dense});
+        groups_.push_back({zero.experts, zero_shards(p, zero.experts->size(), experts), experts});
+      }
+      // This rank's moments: its runs of each group, one after the other.
+      for (const ZeroGroup& g : groups_)
+        for (const ZeroShards::Run& run : g.shards.runs[size_t(g.comm->rank())]) {
+          for (const auto& name : p.names()) {
+            const int64_t o = p.entry(name).offset;
+            if (o >= run.begin && o < run.end && (!g.covers || g.covers(name)))
+              held_[name] = held_total_ + (o - run.begin);
+          }
+          held_total_ += run.size();
+        }
       sharded_ = true;
     }
     if (!opt) return;  // scoring (or the bench): the moments come with the first step
@@ -89,6 +107,13 @@ class ModelEngine final : public Engine {
   void zero_grads() override { model_.trainable().zero_grads(); }
   void reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
     const model::Params& p = model_.trainable();
+    if (zero_stage() >= 2) {  // each group's shards reduce-scattered over its ranks
+      DT_CHECK(&comm == zero_.comm && experts == zero_.experts,
+               "ZeRO 2: gradients reduced over another communicator");
+      for (const ZeroGroup& g : groups_)
+        if (g.comm->size() > 1) reduce_scatter_shards(*g.comm, g.shards, p.grad_flat());
+      return;
+    }
     if (model_.expert_parallel().on()) {  // each run of one kind over its communicator
       for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
         dist::Comm* c = expert ? experts : &comm;
@@ -97,16 +122,12 @@ class ModelEngine final : public Engine {
       });
       return;
     }
-    if (comm.size() == 1) return;
-    if (zero_stage() >= 2) {
-      DT_CHECK(&comm == zero_.comm, "ZeRO 2: gradients reduced over another communicator");
-      reduce_scatter_shards(comm, shards_, p.grad_flat());
-    } else {
-      comm.all_reduce(p.grad_flat(), dist::ReduceOp::sum);
-    }
+    if (comm.size() > 1) comm.all_reduce(p.grad_flat(), dist::ReduceOp::sum);
   }
   void set_expert_parallel(const model::ExpertParallel& ep) override {
-    DT_CHECK(zero_stage() == 0, "expert parallelism with ZeRO is not supported yet");
+    DT_CHECK(zero_stage() == 0 || zero_.experts != nullptr,
+             "internal: expert parallelism with ZeRO needs the engine made with the same-experts "
+             "communicator (ZeroSetup::experts)");
     model_.set_expert_parallel(ep);
   }
   void set_tensor_parallel(const model::TensorParallel& tp) override {
@@ -122,7 +143,14 @@ class ModelEngine final : public Engine {
   double clip(double max_norm) override {
     const model::Params& p = model_.trainable();
     double squares = 0;
-    if (model_.expert_parallel().on()) {  // this rank's expert slices: summed over the group
+    if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
+      // Every element is in one shard of one rank: the data-parallel ranks partition the
+      // replicated tensors, and each expert slice is partitioned among the ranks holding it.
+      double mine = 0;
+      for (const ZeroGroup& g : groups_)
+        mine += shard_sum_squares(g.shards, g.comm->rank(), p.grad_flat());
+      squares = sum_over_ranks(*zero_.comm, mine);
+    } else if (model_.expert_parallel().on()) {  // this rank's expert slices: summed over the group
       double dense = 0, experts = 0;
       for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
         (expert ? experts : dense) +=
@@ -139,10 +167,6 @@ class ModelEngine final : public Engine {
                 ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
           });
       squares = whole + sum_over_ranks(*model_.tensor_parallel().comm, shards);
-    } else if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
-      const double mine =
-          hi_ > lo_ ? ops::sum_squares(p.grad_flat().slice(lo_, hi_ - lo_), hi_ - lo_) : 0.0;
-      squares = sum_over_ranks(*zero_.comm, mine);
     } else {
       squares = ops::sum_squares(p.grad_flat(), p.total());
     }
@@ -165,13 +189,12 @@ class ModelEngine final : public Engine {
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
-      if (e.offset < lo_ || e.offset >= hi_) continue;  // another rank's shard (ZeRO)
-      // A frozen vision tensor kept in this store (StateOptions::frozen_apart = false; by
-      // default the model holds them apart).
-      if (!model::vision_trains(model_.config(), name)) continue;
+      const int64_t at = moment_at(name);
+      if (at < 0) continue;                                        // another rank's shard (ZeRO)
+      if (!model::vision_trains(model_.config(), name)) continue;  // a frozen vision tensor
       ops::AdamWTensor t = p.adamw_tensor(name);  // master (or the lean pair), grad
-      t.m = m_.view().slice(e.offset - lo_, e.numel);
-      t.v = v_.view().slice(e.offset - lo_, e.numel);
+      t.m = m_.view().slice(at, e.numel);
+      t.v = v_.view().slice(at, e.numel);
       t.weight_decay = opt.decays(name) ? o.weight_decay : 0.0;
       ts.push_back(t);
     }
@@ -185,7 +208,8 @@ class ModelEngine final : public Engine {
       ops::adamw_step_multi(ts, args);
     }
     grad_scale_ = 1.0f;
-    if (sharded_) broadcast_shard_weights(*zero_.comm, shards_, p);  // every shard's new weights
+    for (const ZeroGroup& g : groups_)  // every shard's new weights (ZeRO)
+      if (g.comm->size() > 1) broadcast_shard_weights(*g.comm, g.shards, p, g.covers);
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
@@ -214,17 +238,18 @@ class ModelEngine final : public Engine {
       return;
     }
     if (!sharded_) return p.flat_to_host(second ? v_ : m_, name, out);
-    // ZeRO: the owner's shard, broadcast to every rank.
-    const int owner = shards_.owner(e.offset);
+    // ZeRO: the owner's shard, broadcast to every rank of the tensor's group.
+    const ZeroGroup& g = group_of(name);
+    const int owner = g.shards.owner(e.offset);
     core::Buffer recv;
     core::View x;
-    if (owner == zero_.comm->rank()) {
-      x = (second ? v_ : m_).view().slice(e.offset - lo_, e.numel);
+    if (owner == g.comm->rank()) {
+      x = (second ? v_ : m_).view().slice(moment_at(name), e.numel);
     } else {
       recv = core::Buffer(p.device(), m_.view().dtype, {e.numel}, "ZeRO moment being read");
       x = recv.view();
     }
-    zero_.comm->broadcast(x, owner);
+    g.comm->broadcast(x, owner);
     moment_to_host(x, out);
   }
   bool sharded() const override { return sharded_; }
@@ -232,14 +257,35 @@ class ModelEngine final : public Engine {
  private:
   int zero_stage() const { return sharded_ ? zero_.stage : 0; }
 
-  // The moments of [lo_, hi_): every parameter's, or this rank's shard (ZeRO; at least one
-  // element, so a rank owning nothing still has buffers).
+  // Where a tensor's moments are in m_ and v_: its flat offset (not sharded), its place among
+  // this rank's runs (ZeRO), or -1 (another rank's shard).
+  int64_t moment_at(const std::string& name) {
+    if (!sharded_) return model_.trainable().entry(name).offset;
+    const auto it = held_.find(name);
+    return it == held_.end() ? -1 : it->second;
+  }
+  // ZeRO's sharding: the data-parallel ranks (every tensor; with expert parallelism every tensor
+  // but the routed-expert slices) and, with expert parallelism, the ranks holding the same
+  // experts (the slices; Megatron's and DeepSpeed's expert-data-parallel group).
+  struct ZeroGroup {
+    dist::Comm* comm = nullptr;
+    ZeroShards shards;
+    TensorFilter covers;  // empty: every tensor
+  };
+  const ZeroGroup& group_of(const std::string& name) const {
+    for (const ZeroGroup& g : groups_)
+      if (!g.covers || g.covers(name)) return g;
+    core::fail("internal: ZeRO: no group holds ", name);
+  }
+
+  // The moments of every parameter, laid out as the parameters, or of this rank's shards (ZeRO;
+  // at least one element, so a rank owning nothing still has buffers).
   void alloc_moments() {
     model::Params& p = model_.trainable();
     const core::Device dev = p.device();
     core::allocator(dev).set_oom_hint(p.state_hint());
     const core::DType dt = p.options().moments;  // f32 or bf16 (training.moments)
-    const int64_t n = std::max<int64_t>(1, hi_ - lo_);
+    const int64_t n = std::max<int64_t>(1, sharded_ ? held_total_ : p.total());
     if (p.options().offload_moments) {  // pinned host memory, streamed through the device
       m_ = core::Buffer::pinned_host(dt, {n}, "offloaded AdamW exp_avg");
       v_ = core::Buffer::pinned_host(dt, {n}, "offloaded AdamW exp_avg_sq");
@@ -258,20 +304,22 @@ class ModelEngine final : public Engine {
     const model::Params& p = model_.trainable();
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
-      if (e.offset < lo_ || e.offset >= hi_) continue;
+      const int64_t at = moment_at(name);
+      if (at < 0) continue;
       const auto it = host.find(name);
       DT_CHECK(it != host.end(), what, ": no ", name);
       DT_CHECK(it->second.numel() == e.numel, what, " ", name, " has ", it->second.numel(),
                " elements, expected ", e.numel);
-      moment_from_host(it->second.ptr(), flat.view().slice(e.offset - lo_, e.numel));
+      moment_from_host(it->second.ptr(), flat.view().slice(at, e.numel));
     }
   }
 
   model::Model model_;
   ZeroSetup zero_;
   bool sharded_ = false, have_moments_ = false;
-  ZeroShards shards_;
-  int64_t lo_ = 0, hi_ = 0;  // the flat range whose moments this engine holds and steps
+  std::vector<ZeroGroup> groups_;        // ZeRO on several ranks
+  std::map<std::string, int64_t> held_;  // ZeRO: the tensors whose moments this rank holds
+  int64_t held_total_ = 0;               // and the elements of its runs
   core::Buffer m_, v_;
   int64_t step_ = 0;
   float grad_scale_ = 1.0f;

@@ -35,14 +35,15 @@ class Engine {
   virtual void zero_grads() = 0;
   // Sums the trainable parameters' gradients over the ranks of `comm` (data parallel: every
   // rank then holds the gradient of all the ranks' packs). comm is on the engine's device.
-  // ZeRO 2 (the engine's ZeroSetup, whose comm this must be): reduce-scattered, each rank holds
-  // the sum of its shard only (the rest of its gradients is undefined until zero_grads). With
-  // expert parallelism, the routed-expert tensors (this rank's slices) are summed over
+  // With expert parallelism, the routed-expert tensors (this rank's slices) are summed over
   // `experts` instead (the ranks owning the same experts; null or one rank: not summed).
+  // ZeRO 2 (the engine's ZeroSetup, whose comm and experts these must be): reduce-scattered, each
+  // rank holds the sum of its shards only (the rest of its gradients is undefined until
+  // zero_grads). ZeRO 3: already reduced as each layer's backward ended (a no-op).
   virtual void reduce_grads(dist::Comm& comm, dist::Comm* experts = nullptr) = 0;
   // Expert parallelism (model/expert_parallel.h): the engine was made from this rank's expert
-  // slices; every MoE layer exchanges rows with ep.comm's group. Before the first pack; not with
-  // ZeRO.
+  // slices; every MoE layer exchanges rows with ep.comm's group. Before the first pack; with ZeRO
+  // the engine must have been made with ZeroSetup::experts.
   virtual void set_expert_parallel(const model::ExpertParallel& ep) = 0;
   // Tensor parallelism (model/tensor_parallel.h): the engine was made from this rank's shards
   // (train/tensor_parallel.h); every pack runs on every rank of tp.comm's group. The gradient
@@ -86,9 +87,14 @@ class Engine {
 // stage changes nothing. 3: every parameter's state (weights, masters, gradients, moments) sharded
 // by flat element range per layer, each layer gathered while it runs (train/zero3.h; also for
 // scoring, and with one rank: one shard). Offloaded state is not supported with stage > 0.
+// experts: with expert parallelism (the engine is made from this rank's expert slices and gets
+// set_expert_parallel), the ranks holding the same experts (ExpertGroups::same_experts): the
+// routed-expert slices' state is sharded over them, every other tensor's over comm (Megatron's
+// and DeepSpeed's expert-data-parallel group). Null without expert parallelism.
 struct ZeroSetup {
   int stage = 0;
   dist::Comm* comm = nullptr;
+  dist::Comm* experts = nullptr;
 };
 
 // device: "cpu" or "cuda"; precision (cuda): "bf16" or "fp32" (the CPU computes in fp32). The

@@ -13,6 +13,7 @@
 #include "model/footprint.h"
 #include "ops/adamw.h"
 #include "ops/device.h"
+#include "train/rank_state.h"
 
 namespace deltatron::train {
 
@@ -43,9 +44,21 @@ std::string options_text(const PlanInput& in) {
   return s + ", training.micro_batch_tokens = " + std::to_string(in.micro_batch_tokens);
 }
 
+// The device holds one rank's plan; the host, every local rank's.
 bool fits(const MemoryPlan& p, const Available& a) {
-  if (p.device == core::Device::cpu) return p.host_total() + kHostReserve <= a.host;
-  return p.device_total() <= a.device && p.host_total() + kHostReserve <= a.host;
+  const double host = p.host_total() * double(std::max<int64_t>(1, p.layout.local_ranks));
+  if (p.device == core::Device::cpu) return host + kHostReserve <= a.host;
+  return p.device_total() <= a.device && host + kHostReserve <= a.host;
+}
+
+// The run's layout in a few words ("dp 8, zero 3, ep 8"); empty for one rank.
+std::string layout_text(const PlanLayout& l) {
+  if (!l.on()) return "";
+  std::string s = "dp " + std::to_string(l.dp);
+  if (l.zero > 0) s += ", zero " + std::to_string(l.zero);
+  if (l.ep > 1) s += ", ep " + std::to_string(l.ep);
+  if (l.tp > 1) s += ", tp " + std::to_string(l.tp) + (l.sp ? " + sp" : "");
+  return s;
 }
 
 }  // namespace
@@ -58,7 +71,9 @@ double MemoryPlan::host_total() const {
 MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   MemoryPlan p;
   p.device = in.device;
+  p.layout = in.layout;
   p.params = model::param_count(c);
+  p.local_params = p.params;
   p.per_param = model::state_bytes(in.compute, in.state);
   const double n = double(p.params);
   // A frozen vision tower: its compute weights alone (model::Model holds it apart).
@@ -66,15 +81,26 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   model::StateOptions frozen;
   frozen.frozen = true;
   p.frozen_per_param = p.frozen > 0 ? model::state_bytes(in.compute, frozen).held : 0;
-  const double nt = double(p.params - p.frozen), nf = double(p.frozen);
-  p.state = (in.training ? p.per_param.train : p.per_param.held) * nt + p.frozen_per_param * nf;
+  double trained = double(p.params - p.frozen);
+  p.state = (in.training ? p.per_param.train : p.per_param.held) * trained +
+            p.frozen_per_param * double(p.frozen);
+  if (in.layout.on() && in.lora_params < 0) {  // one rank's share (train/rank_state.h)
+    const RankState rs = rank_state(c, in);  // (a frozen tower counted as trained: an upper bound)
+    p.frozen = 0;
+    p.local_params = rs.params;
+    trained = double(rs.params);
+    p.state = rs.state + rs.gathered;
+    p.gathered = rs.gathered;
+    p.staging = rs.staging;
+  }
   const double moments = in.state.moments == core::DType::bf16 ? 4 : 8;
-  p.host_state = (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * nt;
+  p.host_state =
+      (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * trained;
   if (in.training && (in.state.offload_moments || in.state.offload_master)) {
     ops::AdamWOffload off;
     off.moments = in.state.offload_moments;
     off.master = in.state.offload_master;
-    p.staging = double(
+    p.staging += double(
         ops::adamw_offload_staging_bytes(off, in.state.moments, in.state.master_remainder ? 2 : 4));
   }
   const model::ActivationOptions ao{in.recompute && in.device == core::Device::cuda,
@@ -114,24 +140,32 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
     p.host_save = 8 * double(largest);  // one tensor's moments at a time
   else
     p.host_save = 0;
+  // ep, tp: a save gathers the whole weights and moments on every rank (train/expert_parallel.h).
+  if (in.training && in.saves_checkpoints && (in.layout.ep > 1 || in.layout.tp > 1))
+    p.host_save = std::max(p.host_save, 12 * n);
   return p;
 }
 
 std::string describe(const MemoryPlan& p) {
   std::ostringstream s;
   s.precision(3);
-  s << double(p.params) / 1e9 << "B parameters; on " << core::device_name(p.device) << ": state "
-    << p.per_param.train << " B/param";
+  s << double(p.params) / 1e9 << "B parameters";
+  const std::string layout = layout_text(p.layout);
+  if (!layout.empty()) s << " (" << layout << "; per rank " << double(p.local_params) / 1e9 << "B)";
+  s << "; on " << core::device_name(p.device) << ": state " << p.per_param.train << " B/param";
+  if (!layout.empty()) s << ", this rank's share";
   if (p.frozen > 0)
     s << " x " << double(p.params - p.frozen) / 1e9 << "B trained + " << p.frozen_per_param
       << " B/param x " << double(p.frozen) / 1e9 << "B frozen (weights alone)";
-  s << " = " << gib(p.state) << ", activations " << gib(p.activations) << ", workspace "
-    << gib(p.workspace + p.staging);
+  s << " = " << gib(p.state);
+  if (p.gathered > 0) s << " (gathered layers " << gib(p.gathered) << ")";
+  s << ", activations " << gib(p.activations) << ", workspace " << gib(p.workspace + p.staging);
   if (p.device != core::Device::cpu) s << ", total " << gib(p.device_total());
   s << "; host: weights " << gib(p.host_weights);
   if (p.host_state > 0) s << ", offloaded state " << gib(p.host_state);
   if (p.host_save > 0) s << ", moments being saved or resumed " << gib(p.host_save);
   s << ", total " << gib(p.host_total());
+  if (p.layout.local_ranks > 1) s << " per rank x " << p.layout.local_ranks << " on this host";
   return s.str();
 }
 
@@ -160,7 +194,8 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
   PlanInput t = in;
   std::string text;
   const auto add = [&](const std::string& s) { text += (text.empty() ? "" : ", ") + s; };
-  if (bf16 && !t.state.master_remainder) {
+  // Not suggested where the layout refuses them: the lean pair with ZeRO 3, offloading with ZeRO.
+  if (bf16 && !t.state.master_remainder && in.layout.zero != 3) {
     t.state.master_remainder = true;
     add("training.master = remainder");
   }
@@ -178,14 +213,15 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
     }
   };
   with_recompute();
-  if (cuda && !t.state.offload_moments) {
+  const bool offload = in.layout.zero == 0;
+  if (cuda && offload && !t.state.offload_moments) {
     t.state.offload_moments = true;
     const std::string before = text;
     add("training.offload = moments");
     with_recompute();
     text = before;
   }
-  if (cuda && bf16 && !t.state.offload_master) {
+  if (cuda && offload && bf16 && !t.state.offload_master) {
     t.state.offload_moments = t.state.offload_master = true;
     add("training.offload = master+moments");
     with_recompute();

@@ -13,6 +13,17 @@
 
 namespace deltatron::train {
 
+// The parallel layout of a run ([parallel], docs/parallel.md) as one rank sees it: the plan's
+// device state is one rank's (train/rank_state.h).
+struct PlanLayout {
+  int64_t dp = 1;           // data-parallel ranks (the job's ranks / tp)
+  int zero = 0;             // parallel.zero: 0, 1, 2, 3
+  int64_t ep = 1, tp = 1;   // expert- and tensor-parallel group sizes
+  bool sp = false;          // sequence parallel (inside each tensor-parallel group)
+  int64_t local_ranks = 1;  // the job's ranks on this host: they share its host memory
+  bool on() const { return dp > 1 || zero > 0 || ep > 1 || tp > 1; }
+};
+
 struct PlanInput {
   core::Device device = core::Device::cpu;
   core::DType compute = core::DType::f32;  // bf16 or f32 (the CPU: f32)
@@ -34,6 +45,7 @@ struct PlanInput {
   // one micro-batch holds at most micro_batch_tokens * this many patches (the data's densest
   // sample; train/train_data.h). 0: no images (or not known yet).
   double image_patches_per_token = 0;
+  PlanLayout layout;
 };
 
 struct MemoryPlan {
@@ -43,11 +55,15 @@ struct MemoryPlan {
   // held as compute-dtype weights alone: frozen_per_param bytes each (2 in bf16, 4 in f32).
   int64_t frozen = 0;
   double frozen_per_param = 0;
+  int64_t local_params = 0;  // the parameters one rank computes with (its expert slices, shards)
+  PlanLayout layout;
+  double gathered = 0;  // ZeRO 3: the gathered units' buffers (part of state)
   // Bytes on the device (for the CPU engine: host memory, added into host_total).
   double state = 0, staging = 0, activations = 0, workspace = 0;
-  // Bytes in host memory: the f32 host copy of the weights (loaded or initialised, and the
-  // checkpoint's), offloaded state, and the moments' host copies of a save (one tensor) or of a
-  // resume (all of them, f32, until the engine has taken them).
+  // Bytes in host memory, per rank: the f32 host copy of the weights (loaded or initialised, and
+  // the checkpoint's), offloaded state, and the moments' host copies of a save (one tensor; with
+  // ep or tp every rank gathers the whole weights and moments) or of a resume (all of them, f32,
+  // until the engine has taken them). The fit check multiplies it by layout.local_ranks.
   double host_weights = 0, host_state = 0, host_save = 0;
   // The activation account's lines (model::describe_activations): per layer type what is kept
   // and recomputed, and the peak's phase.

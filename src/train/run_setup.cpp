@@ -114,8 +114,19 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
   return io::to_lora_setup(ad, c, want.dropout, from);
 }
 
+PlanLayout run_layout(const TrainConfig& cfg, int64_t ranks, int64_t local_ranks) {
+  PlanLayout l;
+  l.tp = std::max<int64_t>(1, cfg.parallel_tp);
+  l.sp = cfg.parallel_sp;
+  l.dp = std::max<int64_t>(1, ranks / l.tp);
+  l.zero = int(cfg.parallel_zero);
+  l.ep = std::max<int64_t>(1, cfg.parallel_ep);
+  l.local_ranks = std::max<int64_t>(1, local_ranks);
+  return l;
+}
+
 MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
-                            double image_patches_per_token) {
+                            double image_patches_per_token, const PlanLayout& layout) {
   const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
   model::Config c;
   if (!dir.empty()) {
@@ -136,6 +147,7 @@ MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_di
   in.recompute_selective = cfg.recompute_selective;
   in.resuming = !resume_dir.empty();
   in.image_patches_per_token = image_patches_per_token;
+  in.layout = layout;
   if (cfg.lora) {
     // An adapter's own modules: its target_modules resolved here (an estimate for the plan; the
     // modules are checked when the adapter is loaded).

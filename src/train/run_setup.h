@@ -42,9 +42,14 @@ AdamWOptions adamw_options(const TrainConfig& cfg);
 // checkpoint's config.json or the preset): stops with one line naming the numbers and the
 // options that would fit before any weight is loaded or allocated.
 // image_patches_per_token: the data's (TrainData), once it is read: the vision tower's
-// activations for that many patches per micro-batch token are planned too. Returns the plan.
+// activations for that many patches per micro-batch token are planned too. layout: the run's
+// parallel layout (run_layout): the device state is one rank's share of it. Returns the plan.
 MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
-                            double image_patches_per_token = 0);
+                            double image_patches_per_token = 0, const PlanLayout& layout = {});
+
+// The memory plan's layout of a run of cfg ([parallel]) on `ranks` ranks of the job,
+// `local_ranks` of them on this host.
+PlanLayout run_layout(const TrainConfig& cfg, int64_t ranks, int64_t local_ranks);
 
 // training.master, training.moments and training.offload as the parameter store's options.
 model::StateOptions state_options(const TrainConfig& cfg);

@@ -133,14 +133,13 @@ void run_score(const ScoreOptions& opt) {
            "deltatron score: --tp with --ep, --zero or --adapter is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
-  DT_CHECK(opt.zero == 0 || (!eg.on() && !lora),
-           "deltatron score --zero 3 with --ep or --adapter is not supported yet");
+  DT_CHECK(opt.zero == 0 || !lora, "deltatron score --zero 3 with --adapter is not supported yet");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c, "deltatron score --tp");
   const Parallel& dp = tg.data(par);
   keep_local_shards(ck.params, tg, c);
-  const auto engine =
-      make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
-                  lora ? &*lora : nullptr, ZeroSetup{int(opt.zero), par.comm.get()});
+  const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
+                                  lora ? &*lora : nullptr,
+                                  ZeroSetup{int(opt.zero), par.comm.get(), eg.same_experts.get()});
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);
   const std::vector<int64_t> items =

@@ -230,8 +230,6 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_zero == 0 || !c.lora, path, ": parallel.zero = ", c.parallel_zero,
            " with a LoRA run is not supported (the adapters' state is small; use zero = 0)");
   DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
-  DT_CHECK(c.parallel_zero == 0 || c.parallel_ep == 1, path, ": parallel.zero = ", c.parallel_zero,
-           " with parallel.ep = ", c.parallel_ep, " is not supported yet (use zero = 0)");
   DT_CHECK(c.parallel_tp >= 1, path, ": parallel.tp must be >= 1");
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,
            ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "

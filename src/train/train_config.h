@@ -98,7 +98,8 @@ struct TrainConfig {
   // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered), 3 (and the
   // weights: each layer gathered while it runs; train/zero3.h); ep: ranks
   // sharing the routed experts of every MoE layer (model/expert_parallel.h; a divisor of the
-  // ranks and of num_experts; not with zero yet); tp: ranks sharing every layer's heads and FFN
+  // ranks and of num_experts; with zero, the experts' state is sharded over the ranks holding the
+  // same experts); tp: ranks sharing every layer's heads and FFN
   // columns (train/tensor_parallel.h; a divisor of the ranks; dense models; not with zero, ep or
   // LoRA yet); sp: sequence parallelism inside each tensor-parallel group (needs tp > 1).
   int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1;

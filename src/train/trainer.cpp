@@ -72,7 +72,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
 
   // 2. The memory plan (nothing allocated yet); model, tokenizer, data; optimizer, schedule and
   // state (the checkpoint's on a resume).
-  const MemoryPlan plan = check_run_memory(cfg, start.resume_dir);
+  // One rank's share of the state under the run's layout ([parallel]).
+  const PlanLayout layout =
+      run_layout(cfg, par.size(), par.size() > 1 ? dist::world_from_env().local_size : 1);
+  const MemoryPlan plan = check_run_memory(cfg, start.resume_dir, 0, layout);
   if (par.root())
     std::fprintf(stderr, "train: memory plan: %s\ntrain: %s\n", describe(plan).c_str(),
                  plan.activation_detail.c_str());
@@ -88,7 +91,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const std::vector<std::filesystem::path> tok_files = tokenizer_files(tok_json);
   const TrainData d = load_train_data(cfg, tok, ck.config.vocab_size, cfg.vision != "off");
   // Images: the plan again, with the vision tower's activations for the data's densest sample.
-  if (d.images > 0) check_run_memory(cfg, start.resume_dir, d.image_patches_per_token);
+  if (d.images > 0) check_run_memory(cfg, start.resume_dir, d.image_patches_per_token, layout);
   // A LoRA run trains its adapters (model/adapters.h); the base is frozen.
   std::optional<model::LoraSetup> lora;
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
@@ -111,9 +114,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   }
 
   // 3. The engine, the micro-batch stream, the log.
-  const auto engine = make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt,
-                                  cfg.recompute, state_options(cfg), lora ? &*lora : nullptr,
-                                  ZeroSetup{int(cfg.parallel_zero), par.comm.get()});
+  const auto engine =
+      make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt, cfg.recompute,
+                  state_options(cfg), lora ? &*lora : nullptr,
+                  ZeroSetup{int(cfg.parallel_zero), par.comm.get(), eg.same_experts.get()});
   engine->set_recompute_selective(cfg.recompute_selective);
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);

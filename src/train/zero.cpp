@@ -11,6 +11,12 @@
 
 namespace deltatron::train {
 
+int64_t ZeroShards::size(int r) const {
+  int64_t n = 0;
+  for (const Run& run : runs[size_t(r)]) n += run.size();
+  return n;
+}
+
 int64_t ZeroShards::largest() const {
   int64_t n = 0;
   for (int r = 0; r < ranks(); ++r) n = std::max(n, size(r));
@@ -23,22 +29,62 @@ int ZeroShards::owner(int64_t offset) const {
   return std::clamp(int(it - bounds.begin()) - 1, 0, ranks() - 1);
 }
 
-ZeroShards zero_shards(const model::Params& p, int ranks) {
+ZeroShards zero_shards(const model::Params& p, int ranks, const TensorFilter& covers) {
   DT_CHECK(ranks >= 1, "ZeRO: ", ranks, " ranks");
-  const int64_t total = p.total();
+  const auto covered = [&](const std::string& name) { return !covers || covers(name); };
+  int64_t total = 0;
+  for (const auto& name : p.names())
+    if (covered(name)) total += p.entry(name).numel;
   ZeroShards s;
-  s.bounds.assign(size_t(ranks) + 1, total);
+  s.bounds.assign(size_t(ranks) + 1, p.total());
   s.bounds[0] = 0;
-  // Tensors in offset order; rank of a tensor = floor(ranks * midpoint / total), non-decreasing,
-  // so bounds[r] = the offset of the first tensor of a rank >= r.
+  s.runs.resize(size_t(ranks));
+  // Covered tensors in offset order; rank of a tensor = floor(ranks * midpoint / total),
+  // non-decreasing, so bounds[r] = the offset of the first covered tensor of a rank >= r.
   int next = 1;
+  int64_t before = 0;  // covered elements before this tensor
+  int last = -1;       // the previous tensor's rank (-1: it was not covered)
   for (const auto& name : p.names()) {
     const auto& e = p.entry(name);
+    if (!covered(name)) {
+      last = -1;
+      continue;
+    }
     const int r = int(std::min<int64_t>(
-        ranks - 1, int64_t(ranks) * (2 * e.offset + e.numel) / std::max<int64_t>(1, 2 * total)));
+        ranks - 1, int64_t(ranks) * (2 * before + e.numel) / std::max<int64_t>(1, 2 * total)));
+    before += e.numel;
     for (; next <= r; ++next) s.bounds[size_t(next)] = e.offset;
+    auto& runs = s.runs[size_t(r)];
+    if (r == last)  // the run goes on (with the alignment gap before this tensor)
+      runs.back().end = e.offset + e.numel;
+    else
+      runs.push_back({e.offset, e.offset + e.numel});
+    last = r;
   }
   return s;
+}
+
+namespace {
+
+// Calls f(flat, at, n) for the parts of elements [from, from + n) of the concatenation of runs:
+// the part's flat offset, its position in [0, n) and its length.
+template <typename F>
+void for_each_part(const std::vector<ZeroShards::Run>& runs, int64_t from, int64_t n, F&& f) {
+  int64_t pos = 0;  // the run's start in the concatenation
+  for (const ZeroShards::Run& run : runs) {
+    const int64_t a = std::max(from, pos), b = std::min(from + n, pos + run.size());
+    if (a < b) f(run.begin + (a - pos), a - from, b - a);
+    pos += run.size();
+  }
+}
+
+}  // namespace
+
+double shard_sum_squares(const ZeroShards& s, int r, const core::View& grad_flat) {
+  double sum = 0;
+  for (const ZeroShards::Run& run : s.runs[size_t(r)])
+    if (run.size() > 0) sum += ops::sum_squares(grad_flat.slice(run.begin, run.size()), run.size());
+  return sum;
 }
 
 void reduce_scatter_shards(dist::Comm& comm, const ZeroShards& s, const core::View& grad_flat,
@@ -58,12 +104,16 @@ void reduce_scatter_shards(dist::Comm& comm, const ZeroShards& s, const core::Vi
   for (int64_t done = 0; done < s.largest(); done += c) {
     for (int r = 0; r < ranks; ++r) {
       const int64_t n = piece(r, done);
-      if (n > 0) ops::cast(grad_flat.slice(s.lo(r) + done, n), in.slice(r * c, n), n);
+      for_each_part(s.runs[size_t(r)], done, n, [&](int64_t flat, int64_t at, int64_t k) {
+        ops::cast(grad_flat.slice(flat, k), in.slice(r * c + at, k), k);
+      });
       if (n < c) ops::zero(in.slice(r * c + n, c - n));
     }
     comm.reduce_scatter(in, out);
-    const int64_t n = piece(me, done);
-    if (n > 0) ops::cast(out.slice(0, n), grad_flat.slice(s.lo(me) + done, n), n);
+    for_each_part(s.runs[size_t(me)], done, piece(me, done),
+                  [&](int64_t flat, int64_t at, int64_t k) {
+                    ops::cast(out.slice(at, k), grad_flat.slice(flat, k), k);
+                  });
   }
 }
 
@@ -105,24 +155,36 @@ struct Span {
 
 }  // namespace
 
-void broadcast_shard_weights(dist::Comm& comm, const ZeroShards& s, const model::Params& p) {
-  const int ranks = s.ranks();
-  std::vector<std::array<Span, 3>> spans(
-      static_cast<size_t>(ranks));  // master, compute copy, remainder
+void broadcast_shard_weights(dist::Comm& comm, const ZeroShards& s, const model::Params& p,
+                             const TensorFilter& covers) {
+  // Tensors in offset order; a run of consecutive covered tensors of one owner is one span per
+  // buffer (master, compute copy, remainder), broadcast from the owner when the run ends.
+  std::array<Span, 3> spans;
+  int owner = -1;
+  const auto flush = [&] {
+    for (Span& sp : spans)
+      if (owner >= 0 && sp.first.data != nullptr) comm.broadcast(sp.view(), owner);
+    spans = {};
+    owner = -1;
+  };
   for (const auto& name : p.names()) {
+    if (covers && !covers(name)) {
+      flush();
+      continue;
+    }
     const ops::AdamWTensor t = p.adamw_tensor(name);
     DT_CHECK(t.master.data == nullptr || t.master.device == p.device(),
              "ZeRO: offloaded master weights are not supported");
     DT_CHECK(t.remainder.data == nullptr || t.remainder.device == p.device(),
              "ZeRO: offloaded master remainders are not supported");
-    auto& sp = spans[size_t(s.owner(p.entry(name).offset))];
-    sp[0].add(t.master);
-    sp[1].add(t.compute_copy);
-    sp[2].add(t.remainder);
+    const int r = s.owner(p.entry(name).offset);
+    if (r != owner) flush();
+    owner = r;
+    spans[0].add(t.master);
+    spans[1].add(t.compute_copy);
+    spans[2].add(t.remainder);
   }
-  for (int r = 0; r < ranks; ++r)
-    for (const Span& sp : spans[size_t(r)])
-      if (sp.first.data != nullptr) comm.broadcast(sp.view(), r);
+  flush();
 }
 
 void moment_to_host(const core::View& x, float* out) {

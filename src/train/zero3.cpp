@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "model/expert_parallel.h"
 #include "ops/tensor.h"
 #include "train/zero.h"
 
@@ -13,9 +14,11 @@ namespace deltatron::train {
 namespace {
 constexpr int64_t kAlign = 64;  // elements: 256 bytes of f32, as model::Params aligns tensors
 int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+}  // namespace
 
-// The model unit of a tensor: i for one under "layers.<i>.", else the outer unit.
-int model_unit(const model::Config& c, const std::string& name) {
+int64_t zero3_aligned(int64_t n) { return aligned(n); }
+
+int zero3_model_unit(const model::Config& c, const std::string& name) {
   const std::string prefix = c.name("layers.");
   if (name.rfind(prefix, 0) != 0) return model::ParamGather::kOuterUnit;
   const size_t dot = name.find('.', prefix.size());
@@ -28,7 +31,6 @@ int model_unit(const model::Config& c, const std::string& name) {
            c.num_hidden_layers, " layers)");
   return int(i);
 }
-}  // namespace
 
 const Zero3Layout::Tensor& Zero3Layout::tensor(const std::string& name) const {
   const auto it = index.find(name);
@@ -36,18 +38,27 @@ const Zero3Layout::Tensor& Zero3Layout::tensor(const std::string& name) const {
   return tensors[it->second];
 }
 
-Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ranks, int rank) {
+Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ranks, int rank,
+                         int expert_ranks, int expert_rank) {
   DT_CHECK(ranks >= 1 && rank >= 0 && rank < ranks, "ZeRO 3: rank ", rank, " of ", ranks);
+  DT_CHECK(expert_ranks == 0 || (expert_rank >= 0 && expert_rank < expert_ranks),
+           "ZeRO 3: expert rank ", expert_rank, " of ", expert_ranks);
   Zero3Layout l;
   l.ranks = ranks;
   l.rank = rank;
-  l.units.resize(size_t(c.num_hidden_layers) + 1);
+  l.expert_ranks = expert_ranks;
+  l.expert_rank = expert_rank;
+  l.model_units = int(c.num_hidden_layers) + 1;
+  l.units.resize(size_t(l.model_units) * (expert_ranks > 0 ? 2 : 1));
+  for (size_t u = size_t(l.model_units); u < l.units.size(); ++u) l.units[u].expert = true;
   const bool bf16 = p.dt() != core::DType::f32;
   for (const auto& name : p.names()) {
     const auto& e = p.entry(name);
     Zero3Layout::Tensor t;
     t.name = name;
-    t.unit = Zero3Layout::unit_of(model_unit(c, name));
+    const int mu = zero3_model_unit(c, name);
+    t.unit = expert_ranks > 0 && model::is_routed_expert_tensor(name) ? l.expert_unit_of(mu)
+                                                                      : Zero3Layout::unit_of(mu);
     t.numel = e.numel;
     t.one_rank = e.counter;
     t.f32_read = bf16 && model::keeps_f32_weight(name);
@@ -60,7 +71,8 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
     l.tensors.push_back(std::move(t));
   }
   for (auto& u : l.units) {
-    u.piece = aligned((u.numel + ranks - 1) / ranks);
+    const int n = l.ranks_of(u);
+    u.piece = aligned((u.numel + n - 1) / n);
     u.local = l.shard;
     l.shard += u.piece;
   }
@@ -71,11 +83,18 @@ void Zero3Store::ops_zero(const core::Buffer& b) {
   if (b.numel() > 0) ops::zero(b);
 }
 
-Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm)
-    : p_(params), comm_(comm), l_(zero3_layout(params, c, comm.size(), comm.rank())) {
+Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
+                       dist::Comm* experts)
+    : p_(params),
+      comm_(comm),
+      experts_(experts),
+      l_(zero3_layout(params, c, comm.size(), comm.rank(), experts ? experts->size() : 0,
+                      experts ? experts->rank() : 0)) {
   DT_CHECK(p_.gathered(), "ZeRO 3: the model's parameter store must be a gathered one");
-  DT_CHECK(comm.device() == p_.device(), "ZeRO 3: the communicator is on ",
-           core::device_name(comm.device()), ", the model on ", core::device_name(p_.device()));
+  for (const dist::Comm* cm :
+       {static_cast<const dist::Comm*>(&comm), static_cast<const dist::Comm*>(experts)})
+    DT_CHECK(cm == nullptr || cm->device() == p_.device(), "ZeRO 3: the communicator is on ",
+             core::device_name(cm->device()), ", the model on ", core::device_name(p_.device()));
   const int64_t n = std::max<int64_t>(1, l_.shard);
   const core::Device dev = p_.device();
   master_ = core::Buffer(dev, core::DType::f32, {n},
@@ -89,25 +108,45 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
   ops_zero(grad_);
   int64_t piece = 1;
   for (size_t u = 0; u < l_.units.size(); ++u) {
-    piece = std::max(piece, l_.units[u].piece);
-    if (u > 0) largest_layer_ = std::max(largest_layer_, l_.units[u].piece * l_.ranks);
+    const auto& unit = l_.units[u];
+    piece = std::max(piece, unit.piece);
+    if (pool_of(int(u)) % 2 == 1) {  // a layer unit
+      int64_t& largest = largest_layer_[unit.expert ? 1 : 0];
+      largest = std::max(largest, unit.piece * l_.ranks_of(unit));
+    }
   }
   piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
 }
 
+int Zero3Store::pool_of(int u) const {
+  const auto& unit = l_.units[size_t(u)];
+  const bool outer = u % l_.model_units == 0;  // 0 and model_units: the outer units
+  return (unit.expert ? 2 : 0) + (outer ? 0 : 1);
+}
+
+std::vector<int> Zero3Store::units_of(int model_unit) const {
+  std::vector<int> out = {Zero3Layout::unit_of(model_unit)};
+  DT_CHECK(out[0] >= 0 && out[0] < l_.model_units, "ZeRO 3: no unit ", model_unit);
+  const int e = l_.expert_unit_of(model_unit);
+  if (e >= 0 && l_.units[size_t(e)].numel > 0) out.push_back(e);
+  return out;
+}
+
 core::Buffer Zero3Store::take(int u, core::DType dt, int64_t n, const char* what) {
-  auto& pool = pool_[u == 0 ? 0 : 1];
+  const int kind = pool_of(u);
+  auto& pool = pool_[kind];
   for (auto it = pool.begin(); it != pool.end(); ++it)
     if (it->view().dtype == dt && it->numel() >= n) {
       core::Buffer b = std::move(*it);
       pool.erase(it);
       return b;
     }
-  return core::Buffer(p_.device(), dt, {u == 0 ? n : std::max(n, largest_layer_)}, what);
+  const int64_t size = kind % 2 == 0 ? n : std::max(n, largest_layer_[kind / 2]);
+  return core::Buffer(p_.device(), dt, {size}, what);
 }
 
 void Zero3Store::give(int u, core::Buffer&& b) {
-  if (b.numel() > 0) pool_[u == 0 ? 0 : 1].push_back(std::move(b));
+  if (b.numel() > 0) pool_[pool_of(u)].push_back(std::move(b));
 }
 
 namespace {
@@ -125,9 +164,10 @@ Overlap overlap(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel
 void Zero3Store::load_weight(const std::string& name, const float* host) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
-  const Overlap o = overlap(u, l_.rank, t.offset, t.numel);
+  const int rank = l_.rank_of(u);
+  const Overlap o = overlap(u, rank, t.offset, t.numel);
   if (o.size() > 0)
-    ops::copy_from_host(master_.view().slice(u.local + o.a - l_.rank * u.piece, o.size()),
+    ops::copy_from_host(master_.view().slice(u.local + o.a - rank * u.piece, o.size()),
                         host + (o.a - t.offset));
 }
 
@@ -146,10 +186,11 @@ void Zero3Store::alloc_moments(core::DType dt) {
 void Zero3Store::load_moment(const std::string& name, bool second, const float* host) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
-  const Overlap o = overlap(u, l_.rank, t.offset, t.numel);
+  const int rank = l_.rank_of(u);
+  const Overlap o = overlap(u, rank, t.offset, t.numel);
   if (o.size() > 0)
     moment_from_host(host + (o.a - t.offset),
-                     (second ? v_ : m_).view().slice(u.local + o.a - l_.rank * u.piece, o.size()));
+                     (second ? v_ : m_).view().slice(u.local + o.a - rank * u.piece, o.size()));
 }
 
 void Zero3Store::read(const std::string& name, Part part, float* out) {
@@ -162,13 +203,14 @@ void Zero3Store::read(const std::string& name, Part part, float* out) {
   DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": no AdamW moments yet");
   if (t.numel == 0) return;
   core::Buffer recv(p_.device(), src.view().dtype, {t.numel}, "ZeRO 3 tensor being read");
-  for (int r = 0; r < l_.ranks; ++r) {
+  dist::Comm& comm = comm_of(u);  // the unit's ranks (an expert unit: the same experts')
+  for (int r = 0; r < l_.ranks_of(u); ++r) {
     const Overlap o = overlap(u, r, t.offset, t.numel);
     if (o.size() == 0) continue;
     const core::View dst = recv.view().slice(o.a - t.offset, o.size());
-    if (r == l_.rank)
+    if (r == l_.rank_of(u))
       ops::cast(src.view().slice(u.local + o.a - r * u.piece, o.size()), dst, o.size());
-    comm_.broadcast(dst, r);
+    comm.broadcast(dst, r);
   }
   moment_to_host(recv, out);  // f32 copied, bf16 widened exactly
 }
@@ -178,9 +220,10 @@ std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
   for (size_t i = 0; i < l_.tensors.size(); ++i) {
     const auto& t = l_.tensors[i];
     const auto& u = l_.units[size_t(t.unit)];
-    const Overlap o = overlap(u, l_.rank, t.offset, t.numel);
+    const int rank = l_.rank_of(u);
+    const Overlap o = overlap(u, rank, t.offset, t.numel);
     if (o.size() == 0) continue;
-    const int64_t at = u.local + o.a - l_.rank * u.piece, n = o.size();
+    const int64_t at = u.local + o.a - rank * u.piece, n = o.size();
     Piece pc;
     pc.tensor = i;
     pc.t.master = master_.view().slice(at, n);
@@ -198,72 +241,77 @@ std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
 
 Zero3Store::Gathered Zero3Store::gather_weights(int u) {
   const auto& unit = l_.units[size_t(u)];
-  const int64_t full = unit.piece * l_.ranks;
+  const int64_t full = unit.piece * l_.ranks_of(unit);
+  dist::Comm& comm = comm_of(unit);
   Gathered g;
   const core::View& mine = compute_.numel() > 0 ? compute_.view() : master_.view();
   g.w = take(u, p_.dt(), full, "ZeRO 3 gathered weights");
-  comm_.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
+  comm.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
   if (compute_.numel() > 0 && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
     g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
-    comm_.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
+    comm.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
   }
   return g;
 }
 
 void Zero3Store::gather(int model_unit, bool grads) {
-  const int u = Zero3Layout::unit_of(model_unit);
-  DT_CHECK(u >= 0 && u < int(l_.units.size()), "ZeRO 3: no unit ", model_unit);
-  DT_CHECK(!live_.count(u), "ZeRO 3: unit ", model_unit, " gathered twice");
-  const auto& unit = l_.units[size_t(u)];
-  Gathered g;
-  if (auto it = ready_.find(u); it != ready_.end()) {  // prefetched
-    g = std::move(it->second);
-    ready_.erase(it);
-  } else {
-    g = gather_weights(u);
+  for (const int u : units_of(model_unit)) {
+    DT_CHECK(!live_.count(u), "ZeRO 3: unit ", model_unit, " gathered twice");
+    const auto& unit = l_.units[size_t(u)];
+    const int64_t full = unit.piece * l_.ranks_of(unit);
+    Gathered g;
+    if (auto it = ready_.find(u); it != ready_.end()) {  // prefetched
+      g = std::move(it->second);
+      ready_.erase(it);
+    } else {
+      g = gather_weights(u);
+    }
+    if (grads) {
+      g.g = take(u, core::DType::f32, full, "ZeRO 3 gathered gradients");
+      ops::zero(g.g.view().slice(0, full));
+    }
+    const bool f32_model = p_.dt() == core::DType::f32;
+    for (size_t i : unit.tensors) {
+      const auto& t = l_.tensors[i];
+      const core::View w = g.w.view().slice(t.offset, t.numel);
+      const core::View f32 = f32_model    ? w
+                             : t.f32_read ? g.f32.view().slice(t.offset, t.numel)
+                                          : core::View{};
+      p_.bind(t.name, w, f32, grads ? g.g.view().slice(t.offset, t.numel) : core::View{});
+    }
+    live_[u] = std::move(g);
   }
-  if (grads) {
-    g.g = take(u, core::DType::f32, unit.piece * l_.ranks, "ZeRO 3 gathered gradients");
-    ops::zero(g.g.view().slice(0, unit.piece * l_.ranks));
-  }
-  const bool f32_model = p_.dt() == core::DType::f32;
-  for (size_t i : unit.tensors) {
-    const auto& t = l_.tensors[i];
-    const core::View w = g.w.view().slice(t.offset, t.numel);
-    const core::View f32 = f32_model    ? w
-                           : t.f32_read ? g.f32.view().slice(t.offset, t.numel)
-                                        : core::View{};
-    p_.bind(t.name, w, f32, grads ? g.g.view().slice(t.offset, t.numel) : core::View{});
-  }
-  live_[u] = std::move(g);
 }
 
 void Zero3Store::prefetch(int model_unit) {
   // Issued now, taken by gather(). On the CPU (Gloo) the all_gather completes here; on CUDA it
   // is queued on the default stream with the kernels (dist/comm.h), so it does not overlap them
   // yet: a side stream for it is future work (docs/parallel.md).
-  const int u = Zero3Layout::unit_of(model_unit);
-  if (u < 0 || u >= int(l_.units.size()) || live_.count(u) || ready_.count(u)) return;
-  ready_[u] = gather_weights(u);
+  const int u0 = Zero3Layout::unit_of(model_unit);
+  if (u0 < 0 || u0 >= l_.model_units) return;
+  for (const int u : units_of(model_unit))
+    if (!live_.count(u) && !ready_.count(u)) ready_[u] = gather_weights(u);
 }
 
 void Zero3Store::release(int model_unit, bool grads) {
-  const int u = Zero3Layout::unit_of(model_unit);
-  const auto it = live_.find(u);
-  DT_CHECK(it != live_.end(), "ZeRO 3: unit ", model_unit, " released but not gathered");
-  const auto& unit = l_.units[size_t(u)];
-  for (size_t i : unit.tensors) p_.unbind(l_.tensors[i].name);
-  if (grads) {  // the sum over the ranks of this rank's piece, added to its shard's gradient
-    DT_CHECK(it->second.g.numel() > 0, "ZeRO 3: unit ", model_unit,
-             " released with gradients but gathered without");
-    const core::View sum = piece_sum_.view().slice(0, unit.piece);
-    comm_.reduce_scatter(it->second.g.view().slice(0, unit.piece * l_.ranks), sum);
-    ops::add_inplace(grad_.view().slice(unit.local, unit.piece), sum, unit.piece);
+  for (const int u : units_of(model_unit)) {
+    const auto it = live_.find(u);
+    DT_CHECK(it != live_.end(), "ZeRO 3: unit ", model_unit, " released but not gathered");
+    const auto& unit = l_.units[size_t(u)];
+    for (size_t i : unit.tensors) p_.unbind(l_.tensors[i].name);
+    if (grads) {  // the sum over the unit's ranks of this rank's piece, added to its shard's
+      DT_CHECK(it->second.g.numel() > 0, "ZeRO 3: unit ", model_unit,
+               " released with gradients but gathered without");
+      const core::View sum = piece_sum_.view().slice(0, unit.piece);
+      comm_of(unit).reduce_scatter(it->second.g.view().slice(0, unit.piece * l_.ranks_of(unit)),
+                                   sum);
+      ops::add_inplace(grad_.view().slice(unit.local, unit.piece), sum, unit.piece);
+    }
+    give(u, std::move(it->second.w));
+    give(u, std::move(it->second.f32));
+    give(u, std::move(it->second.g));
+    live_.erase(it);
   }
-  give(u, std::move(it->second.w));
-  give(u, std::move(it->second.f32));
-  give(u, std::move(it->second.g));
-  live_.erase(it);
 }
 
 }  // namespace deltatron::train

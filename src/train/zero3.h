@@ -28,6 +28,11 @@ namespace deltatron::train {
 // one after the other (units in order: outer, layer 0, 1, ...). So gathering a unit is one
 // all_gather of equal blocks and reducing its gradient one reduce_scatter; a tensor may lie in
 // the pieces of several ranks.
+// Expert parallelism (expert_ranks > 0): the routed-expert slices of each model unit form a unit
+// of their own (the expert units, after the others: outer, layer 0, 1, ...; empty for a layer
+// without routed experts), cut into expert_ranks pieces over the ranks holding the same experts
+// (rank expert_rank among them), as Megatron and DeepSpeed shard expert state over the
+// expert-data-parallel group; the other units are cut over the data-parallel ranks.
 struct Zero3Layout {
   struct Tensor {
     std::string name;
@@ -43,28 +48,48 @@ struct Zero3Layout {
     int64_t piece = 0;            // elements per rank
     int64_t local = 0;            // this rank's piece in the shard
     bool f32_read = false;        // holds a tensor read in f32
+    bool expert = false;          // an expert unit (over the same-experts ranks)
   };
-  int ranks = 1, rank = 0;
-  std::vector<Tensor> tensors;  // Params::names() order
+  int ranks = 1, rank = 0;                // the data-parallel ranks
+  int expert_ranks = 0, expert_rank = 0;  // the same-experts ranks (0: no expert units)
+  int model_units = 0;                    // the model's units: num_hidden_layers + 1
+  std::vector<Tensor> tensors;            // Params::names() order
   std::map<std::string, size_t> index;
   std::vector<Unit> units;
   int64_t shard = 0;                                             // elements in this rank's shard
   static int unit_of(int model_unit) { return model_unit + 1; }  // kOuterUnit -> 0
+  // The expert unit of a model unit; -1 without expert units.
+  int expert_unit_of(int model_unit) const {
+    return expert_ranks > 0 ? model_units + model_unit + 1 : -1;
+  }
+  int ranks_of(const Unit& u) const { return u.expert ? expert_ranks : ranks; }
+  int rank_of(const Unit& u) const { return u.expert ? expert_rank : rank; }
   const Tensor& tensor(const std::string& name) const;
 };
-Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ranks, int rank);
+// The model unit of a tensor (model::ParamGather): i for one under c.name("layers.<i>."), else
+// kOuterUnit; and a unit-space extent: n elements rounded up to the 64-element alignment.
+int zero3_model_unit(const model::Config& c, const std::string& name);
+int64_t zero3_aligned(int64_t n);
+
+// expert_ranks > 0: expert parallelism (the store holds this rank's expert slices), the
+// routed-expert tensors in expert units over expert_ranks ranks.
+Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ranks, int rank,
+                         int expert_ranks = 0, int expert_rank = 0);
 
 // This rank's shard and the gathers of model::ParamGather. The store binds the gathered views
 // into `params` (a StateOptions::gathered store of the same layout). The buffers are on comm's
 // device: master (f32 [shard]: the f32 weights of an f32-computing model, else the fp32
 // masters), compute (bf16 [shard] when the model computes in bf16), grad (f32 [shard]) and the
-// moments (f32 or bf16 [shard], alloc_moments).
+// moments (f32 or bf16 [shard], alloc_moments). experts: with expert parallelism, the ranks
+// holding the same experts (the expert units' communicator); null: none.
 class Zero3Store final : public model::ParamGather {
  public:
-  Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm);
+  Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
+             dist::Comm* experts = nullptr);
 
   const Zero3Layout& layout() const { return l_; }
   dist::Comm& comm() const { return comm_; }
+  dist::Comm* experts() const { return experts_; }
 
   // The host values of one tensor (every rank gives every tensor; each keeps its pieces); then
   // finish_load once (the bf16 compute copies, rounded as model::Params rounds them).
@@ -99,24 +124,31 @@ class Zero3Store final : public model::ParamGather {
     core::Buffer w, f32, g;  // the unit's weights (dt), f32 weights (bf16 models), gradients
   };
   Gathered gather_weights(int u);  // the weights' all_gathers
+  dist::Comm& comm_of(const Zero3Layout::Unit& u) const { return u.expert ? *experts_ : comm_; }
+  // The layout units of a model unit that hold tensors (its unit; its expert unit if not empty).
+  std::vector<int> units_of(int model_unit) const;
   static void ops_zero(const core::Buffer& b);
   // The gather buffers are reused (no allocation per layer): released ones wait in a pool per
   // kind of unit (0: the outer unit, 1: layers, whose buffers all have the largest layer's
-  // size); take gives one of dtype dt and at least n elements from it, or a new one.
+  // size; 2, 3: the same for expert units); take gives one of dtype dt and at least n elements
+  // from it, or a new one.
+  int pool_of(int u) const;
   core::Buffer take(int u, core::DType dt, int64_t n, const char* what);
   void give(int u, core::Buffer&& b);
-  int64_t largest_layer_ = 0;  // elements of the largest gathered layer (ranks x piece)
-  std::vector<core::Buffer> pool_[2];
+  int64_t largest_layer_[2] = {0, 0};  // elements of the largest gathered layer unit (x expert)
+  std::vector<core::Buffer> pool_[4];
   core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
   model::Params& p_;
   dist::Comm& comm_;
+  dist::Comm* experts_ = nullptr;
   Zero3Layout l_;
   core::Buffer master_, compute_, grad_, m_, v_;
   std::map<int, Gathered> live_, ready_;  // bound units; prefetched ones (by layout unit)
 };
 
 // The engine of parallel.zero = 3 (engine.h's make_engine dispatches here): model::Model over a
-// gathered store, a Zero3Store over zero.comm (one rank: one shard holding everything).
+// gathered store, a Zero3Store over zero.comm (one rank: one shard holding everything) and, with
+// expert parallelism, zero.experts.
 std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, const model::Config& c,
                                           const model::TensorMap* params,
                                           const model::ParamSource* source, const AdamW* opt,

@@ -23,10 +23,10 @@ class Zero3Engine final : public Engine {
  public:
   Zero3Engine(core::Device dev, core::DType dt, const model::Config& c,
               const model::TensorMap* params, const model::ParamSource* source, const AdamW* opt,
-              const model::StateOptions& state, dist::Comm& comm)
+              const model::StateOptions& state, dist::Comm& comm, dist::Comm* experts)
       : model_(params ? model::Model(dev, dt, c, *params, gathered(state))
                       : model::Model(dev, dt, c, *source, gathered(state))),
-        store_(model_.params(), c, comm),
+        store_(model_.params(), c, comm, experts),
         moments_(state.moments) {
     model_.set_param_gather(&store_);
     // The tensors the model holds apart (a frozen vision tower) are its own, replicated.
@@ -70,12 +70,18 @@ class Zero3Engine final : public Engine {
   std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
   void zero_grads() override { store_.zero_grads(); }
   void reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
-    // Already summed: every unit's gradient is reduce-scattered when the model releases it.
-    DT_CHECK(&comm == &store_.comm() && (experts == nullptr || experts->size() == 1),
+    // Already summed: every unit's gradient is reduce-scattered when the model releases it
+    // (an expert unit's over the ranks holding the same experts).
+    DT_CHECK(&comm == &store_.comm() &&
+                 (experts == store_.experts() ||
+                  (store_.experts() == nullptr && (experts == nullptr || experts->size() == 1))),
              "ZeRO 3: gradients reduced over another communicator");
   }
-  void set_expert_parallel(const model::ExpertParallel&) override {
-    core::fail("expert parallelism with ZeRO is not supported yet");
+  void set_expert_parallel(const model::ExpertParallel& ep) override {
+    DT_CHECK(store_.experts() != nullptr,
+             "internal: expert parallelism with ZeRO 3 needs the engine made with the "
+             "same-experts communicator (ZeroSetup::experts)");
+    model_.set_expert_parallel(ep);
   }
   void set_tensor_parallel(const model::TensorParallel&) override {
     core::fail("tensor parallelism with ZeRO is not supported yet");
@@ -90,6 +96,8 @@ class Zero3Engine final : public Engine {
   }
 
   double clip(double max_norm) override {
+    // Every element is in one rank's shard: the data-parallel ranks partition the replicated
+    // units, and each expert slice's units are partitioned among the ranks holding it.
     const core::Buffer& g = store_.grad();  // padding and gaps hold zeros
     const double norm = std::sqrt(sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel())));
     grad_scale_ = clip_scale(norm, max_norm);
@@ -168,7 +176,8 @@ std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, cons
   DT_CHECK(!state.master_remainder,
            "parallel.zero = 3 with training.master = remainder is not supported yet (use fp32: "
            "ZeRO 3 divides the masters over the ranks)");
-  auto e = std::make_unique<Zero3Engine>(dev, dt, c, params, source, opt, state, *zero.comm);
+  auto e = std::make_unique<Zero3Engine>(dev, dt, c, params, source, opt, state, *zero.comm,
+                                         zero.experts);
   e->set_recompute(recompute);
   return e;
 }
