@@ -110,6 +110,18 @@ model::ParamSource bench_source(const model::Config& c, uint64_t seed) {
   return src;
 }
 
+// A batches file's steps as the run's: warm-up steps cycling through them, the file's steps (the
+// timed ones), then its first again (the stage-profiled step), as the peer script does.
+template <typename Step>
+std::vector<Step> with_warmup(const std::vector<Step>& file_steps, int64_t warmup) {
+  std::vector<Step> out;
+  const int64_t n = int64_t(file_steps.size());
+  for (int64_t s = 0; s < warmup; ++s) out.push_back(file_steps[s % n]);
+  out.insert(out.end(), file_steps.begin(), file_steps.end());
+  out.push_back(file_steps[0]);
+  return out;
+}
+
 // A batches file (JSON), or an error naming it.
 nlohmann::json read_json_file(const std::string& path) {
   std::ifstream in(path);
@@ -228,10 +240,7 @@ void run_bench(const BenchOptions& o) {
       const nlohmann::json lj = read_json_file(o.lengths_in);
       file_steps = read_vl_steps(lj, c, o.micro_batch_tokens, o.lengths_in);
       // As the text file: its steps are the timed ones, warm-up and profiling reuse them.
-      const int64_t n = int64_t(file_steps.size());
-      for (int64_t s = 0; s < o.warmup; ++s) vl_steps.push_back(file_steps[s % n]);
-      for (int64_t s = 0; s < n; ++s) vl_steps.push_back(file_steps[s]);
-      vl_steps.push_back(file_steps[0]);
+      vl_steps = with_warmup(file_steps, o.warmup);
     } else {
       vl_steps = draw_vl_steps(vo, o.warmup + o.steps + 1);
     }
@@ -255,10 +264,7 @@ void run_bench(const BenchOptions& o) {
       DT_CHECK(sum <= o.micro_batch_tokens, o.lengths_in, ": a step has ", sum,
                " tokens, more than --tokens ", o.micro_batch_tokens);
     }
-    const int64_t n = int64_t(file_steps.size());
-    for (int64_t s = 0; s < o.warmup; ++s) lens.push_back(file_steps[s % n]);
-    for (int64_t s = 0; s < n; ++s) lens.push_back(file_steps[s]);
-    lens.push_back(file_steps[0]);
+    lens = with_warmup(file_steps, o.warmup);
   } else {
     lens = draw_lengths(o, o.warmup + o.steps + 1);
   }

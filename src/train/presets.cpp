@@ -253,25 +253,18 @@ namespace deltatron::train {
 nlohmann::json preset_preprocessor_config(const std::string& name) {
   const nlohmann::json c = preset_config(name);  // an unknown name fails there
   if (!c.contains("vision_config")) return nullptr;
-  if (name != "tiny-vl")  // a published size: Qwen3.5's file (spec 1.3), 256^2..4096^2 pixels
-    return {{"size", {{"shortest_edge", 65536}, {"longest_edge", 16777216}}},
-            {"patch_size", 16},
-            {"temporal_patch_size", 2},
-            {"merge_size", 2},
-            {"image_mean", {0.5, 0.5, 0.5}},
-            {"image_std", {0.5, 0.5, 0.5}},
-            {"processor_class", "Qwen3VLProcessor"},
-            {"image_processor_type", "Qwen2VLImageProcessorFast"}};
-  // Qwen3.5's published preprocessor_config.json, with 64^2..256^2 pixels instead of
-  // 256^2..4096^2 so small images stay small (a 64 x 64 image is 4 x 4 patches, 4 tokens).
-  return {{"size", {{"shortest_edge", 4096}, {"longest_edge", 65536}}},
-          {"patch_size", 16},
-          {"temporal_patch_size", 2},
-          {"merge_size", 2},
-          {"image_mean", {0.5, 0.5, 0.5}},
-          {"image_std", {0.5, 0.5, 0.5}},
-          {"processor_class", "Qwen3VLProcessor"},
-          {"image_processor_type", "Qwen2VLImageProcessorFast"}};
+  // Qwen3.5's published preprocessor_config.json (spec 1.3: 256^2..4096^2 pixels); tiny-vl's with
+  // 64^2..256^2 pixels so small images stay small (a 64 x 64 image is 4 x 4 patches, 4 tokens).
+  const bool tiny = name == "tiny-vl";
+  return {
+      {"size", {{"shortest_edge", tiny ? 4096 : 65536}, {"longest_edge", tiny ? 65536 : 16777216}}},
+      {"patch_size", 16},
+      {"temporal_patch_size", 2},
+      {"merge_size", 2},
+      {"image_mean", {0.5, 0.5, 0.5}},
+      {"image_std", {0.5, 0.5, 0.5}},
+      {"processor_class", "Qwen3VLProcessor"},
+      {"image_processor_type", "Qwen2VLImageProcessorFast"}};
 }
 
 }  // namespace deltatron::train
