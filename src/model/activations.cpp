@@ -131,10 +131,11 @@ LayerPeaks layer_peaks(const Config& c, LayerType t, int64_t N, DType dt, bool s
   return p;
 }
 
-void track(ActivationAccount& a, double bytes, const std::string& phase) {
+// A new peak takes the phase's name (with the layer's index when layer >= 0), built only then.
+void track(ActivationAccount& a, double bytes, const char* phase, int64_t layer = -1) {
   if (bytes > a.peak) {
     a.peak = bytes;
-    a.peak_phase = phase;
+    a.peak_phase = layer < 0 ? phase : phase + std::to_string(layer);
   }
 }
 
@@ -246,11 +247,17 @@ ActivationAccount activation_account(const Config& c, int64_t N, DType dt,
   const bool sel = o.selective;
   const Sizes s(c, N, dt);
   const double nd_e = s.N * s.D * s.e, nd4 = 4 * s.N * s.D, n4 = 4 * s.N;
+  // Every layer of a type keeps and peaks alike: each type's peaks once ([0] GDN, [1] attention).
+  LayerPeaks per_type[2];
   for (int i = 0; i < 2; ++i) {
     const LayerType t = i == 0 ? LayerType::linear_attention : LayerType::full_attention;
-    a.layer_kept[i] = layer_peaks(c, t, N, dt, sel).kept;
-    a.layer_all[i] = layer_peaks(c, t, N, dt, false).kept;
+    per_type[i] = layer_peaks(c, t, N, dt, sel);
+    a.layer_kept[i] = per_type[i].kept;
+    a.layer_all[i] = sel ? layer_peaks(c, t, N, dt, false).kept : per_type[i].kept;
   }
+  const auto peaks_of = [&](LayerType t) -> const LayerPeaks& {
+    return per_type[t == LayerType::full_attention ? 1 : 0];
+  };
   // Always alive: the residual stream and the pack's index tensors (ids, targets, positions x3,
   // embedding-gradient ids; MTP: its ids, targets, gradient ids; MoE: two router-loss groups).
   // kSmall: the buffers of a few bytes (cu_seqlens, the router loss, the MoE error words).
@@ -258,12 +265,11 @@ ActivationAccount activation_account(const Config& c, int64_t N, DType dt,
   const double base = nd4 + n4 * (6 + (c.mtp_enabled ? 3 : 0) + (c.is_moe() ? 2 : 0)) + kSmall;
   // Forward, layer by layer; under whole-layer recomputation a layer keeps only its input.
   const int64_t L = c.num_hidden_layers;
-  std::vector<LayerPeaks> lp;
   double prefix = 0;
   for (int64_t i = 0; i < L; ++i) {
-    lp.push_back(layer_peaks(c, c.layer_types[i], N, dt, sel));
-    track(a, base + prefix + lp.back().fwd, "forward of layer " + std::to_string(i));
-    prefix += o.recompute ? nd4 : lp.back().kept;
+    const LayerPeaks& lp = peaks_of(c.layer_types[i]);
+    track(a, base + prefix + lp.fwd, "forward of layer ", i);
+    prefix += o.recompute ? nd4 : lp.kept;
   }
   const double trunk = prefix;
   // Final norm, then the LM head: hf, rstd, the head's gradient (all tokens), its losses.
@@ -273,7 +279,7 @@ ActivationAccount activation_account(const Config& c, int64_t N, DType dt,
   if (c.mtp_enabled) {
     // Its input (e, cat, two rstd, r; ne and nh while it is made), its layer, its head, its
     // backward (dr, the layer's, then dr in dt, dcat, dne, dnh, de).
-    const LayerPeaks m = layer_peaks(c, LayerType::full_attention, N, dt, sel);
+    const LayerPeaks& m = peaks_of(LayerType::full_attention);
     const double in = nd4 + 2 * nd_e + 2 * n4 + nd4;
     const double at = base + trunk + head;
     track(a, at + in + 2 * nd_e, "MTP input");
@@ -287,17 +293,17 @@ ActivationAccount activation_account(const Config& c, int64_t N, DType dt,
   a.kept = trunk + mtp_kept;
   // Backward: the final norm's rstd and dx (f32) besides the layers still kept.
   for (int64_t i = L - 1; i >= 0; --i) {
-    prefix -= o.recompute ? nd4 : lp[i].kept;
+    const LayerPeaks& lp = peaks_of(c.layer_types[i]);
+    prefix -= o.recompute ? nd4 : lp.kept;
     const double at = base + n4 + nd4 + prefix;
-    if (o.recompute)
-      track(a, at + nd4 + lp[i].fwd, "recomputed forward of layer " + std::to_string(i));
-    track(a, at + lp[i].kept + lp[i].bwd, "backward of layer " + std::to_string(i));
+    if (o.recompute) track(a, at + nd4 + lp.fwd, "recomputed forward of layer ", i);
+    track(a, at + lp.kept + lp.bwd, "backward of layer ", i);
   }
   return a;
 }
 
-std::string describe_activations(const Config& c, int64_t N, DType dt, const ActivationOptions& o) {
-  const ActivationAccount a = activation_account(c, N, dt, o);
+std::string describe_activations(const Config& c, int64_t N, DType dt, const ActivationOptions& o,
+                                 const ActivationAccount& a) {
   std::ostringstream s;
   int64_t n[2] = {0, 0};
   for (LayerType t : c.layer_types) ++n[t == LayerType::full_attention ? 1 : 0];

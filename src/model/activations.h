@@ -66,8 +66,9 @@ ActivationAccount activation_account(const Config& c, int64_t N, core::DType dt,
                                      const ActivationOptions& o);
 
 // A few lines for the plan's printout: per layer type the bytes kept (and, with selective
-// recomputation, the bytes it saves), the whole stack's, and the peak with its phase.
+// recomputation, the bytes it saves), the whole stack's, and the peak with its phase; a: the
+// account activation_account(c, N, dt, o) made.
 std::string describe_activations(const Config& c, int64_t N, core::DType dt,
-                                 const ActivationOptions& o);
+                                 const ActivationOptions& o, const ActivationAccount& a);
 
 }  // namespace deltatron::model

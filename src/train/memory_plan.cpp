@@ -105,19 +105,19 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   }
   const model::ActivationOptions ao{in.recompute && in.device == core::Device::cuda,
                                     in.recompute_selective};
-  p.activations = model::activation_bytes(c, in.micro_batch_tokens, in.compute, ao);
-  p.activation_detail = model::describe_activations(c, in.micro_batch_tokens, in.compute, ao);
+  const model::ActivationAccount acc =
+      model::activation_account(c, in.micro_batch_tokens, in.compute, ao);
+  p.activations = acc.peak;
+  p.activation_detail = model::describe_activations(c, in.micro_batch_tokens, in.compute, ao, acc);
   p.activations += model::vision_activation_bytes(
       c, int64_t(std::ceil(in.image_patches_per_token * double(in.micro_batch_tokens))));
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);
   p.workspace = 6 * N * D * 4 + (in.device == core::Device::cuda ? kCudaWorkspace : 0);
-  p.host_weights = 4 * n;
-  if (in.streamed_weights) {
-    int64_t largest = 0;
-    for (const model::ParamSpec& s : model::param_specs(c))
-      largest = std::max(largest, core::numel(s.shape));
-    p.host_weights = 6 * double(largest);  // the f32 tensor and its bf16 copy
-  }
+  int64_t largest = 0;  // the largest tensor's elements
+  for (const model::ParamSpec& s : model::param_specs(c))
+    largest = std::max(largest, core::numel(s.shape));
+  // Streamed: the f32 tensor being made and its bf16 copy.
+  p.host_weights = in.streamed_weights ? 6 * double(largest) : 4 * n;
   if (in.lora_params >= 0) {  // the frozen base + the adapters' state
     model::StateOptions adapters;
     adapters.moments = in.state.moments;
@@ -131,9 +131,6 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
     p.host_save = in.training && (in.resuming || in.saves_checkpoints) ? 8 * na : 0;
     return p;
   }
-  int64_t largest = 0;
-  for (const model::ParamSpec& s : model::param_specs(c))
-    largest = std::max(largest, core::numel(s.shape));
   if (in.training && in.resuming)
     p.host_save = 8 * n;
   else if (in.training && in.saves_checkpoints)
