@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fills the git-ignored .peer/ with flash-linear-attention's fla/ package (MIT) for peer_hf.py.
+# Fills the git-ignored .peer/ with flash-linear-attention's fla/ package (MIT) and liger-kernel
+# (BSD-2-Clause) for peer_hf.py.
 #
 # transformers 5.17's qwen3_5 module imports `fla` at import time and takes
 # fla.ops.gated_delta_rule.{chunk,fused_recurrent}_gated_delta_rule (needs fla >= 0.2.2, by the
@@ -61,4 +62,14 @@ EOF
 elif grep -q "see #640" "$F"; then
   echo "WARNING: $F has a #640 guard this script does not recognise; left as is" >&2
 fi
-echo "fla $VER in $DEST ($(du -sh "$DEST" | cut -f1)); carry it: run(carry=[\".peer\"])"
+
+# liger-kernel (BSD-2-Clause; pure Python + Triton, needs torch and triton: in the GPU image) for
+# peer_hf.py's LIGER=1 (HF + FLA + Liger, the memory-lean peer): the wheel's package and its
+# dist-info, unpacked beside fla/.
+LIGER_VER="${LIGER_VERSION:-0.8.5}"
+"$PY" -m pip download -q --no-deps --only-binary=:all: -d "$TMP" "liger-kernel==$LIGER_VER"
+mkdir -p "$TMP/l"
+"$PY" -m zipfile -e "$TMP"/liger_kernel-"$LIGER_VER"-*.whl "$TMP/l"
+rm -rf "$DEST/liger_kernel" "$DEST"/liger_kernel-*.dist-info
+cp -r "$TMP/l/liger_kernel" "$TMP/l/liger_kernel-$LIGER_VER.dist-info" "$DEST/"
+echo "fla $VER and liger-kernel $LIGER_VER in $DEST ($(du -sh "$DEST" | cut -f1)); carry it: run(carry=[\".peer\"])"

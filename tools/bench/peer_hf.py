@@ -30,6 +30,10 @@
 #              4-row position_ids (text positions + MRoPE), pixel_values and image_grid_thw per
 #              step; the tower frozen (frozen), only model.visual.merger trained (merger) or all
 #              trained (full); MODES packed | packed_cu only
+#   LIGER=1    Liger kernels (liger-kernel from PEER_DIR, filled by fetch_peer.sh; 0.8.5):
+#              apply_liger_kernel_to_qwen3_5 / _qwen3_5_moe with their defaults (RMSNorm, SwiGLU,
+#              fused linear cross-entropy: the logits are never materialised), patched on the
+#              classes before the model is built
 #   DEVICE     cuda (default) | cpu: a SMOKE TEST only (tiny sizes; timings and memory meaningless)
 #   OUT        folder for peer_hf_<size>_L<layers>_fla<0|1>[_gc][_lora][_vl<mode>].json (default
 #              /tmp)
@@ -67,6 +71,24 @@ if FLA:
         print("# WARNING: carried FLA has its Hopper/Triton<3.7.1 guard on chunk_bwd_dqkwg "
               "disabled (FLA issue #640): gradients may be wrong; numbers are for TIMING ONLY",
               flush=True)
+LIGER = os.environ.get("LIGER") == "1"
+liger_version = None
+if LIGER:
+    # before the model classes are imported by name: the patch replaces module attributes
+    sys.path.append(PEER)
+    import liger_kernel  # noqa: E402
+    import liger_kernel.transformers as lt  # noqa: E402
+    from importlib.metadata import version as dist_version  # noqa: E402
+    try:
+        liger_version = dist_version("liger-kernel")
+    except Exception:
+        liger_version = getattr(liger_kernel, "__version__", "unknown")
+    if os.environ.get("SIZE", "2b") in ("moe", "35b-a3b"):
+        lt.apply_liger_kernel_to_qwen3_5_moe()
+    else:
+        lt.apply_liger_kernel_to_qwen3_5()
+    print(f"# liger-kernel {liger_version} from {os.path.dirname(liger_kernel.__file__)}: RMSNorm, "
+          "SwiGLU and fused linear cross-entropy patched", flush=True)
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig  # noqa: E402
 import transformers.models.qwen3_5.modeling_qwen3_5 as mq  # noqa: E402
 
@@ -217,7 +239,7 @@ res = {"peer": "hf_transformers", "size": SIZE, "fla": FLA, "fla_version": fla_v
        "transformers": transformers.__version__, "torch": torch.__version__,
        "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu (SMOKE TEST)",
        "gc": os.environ.get("GC") == "1", "lora": LORA, "vision": VISION,
-       "smoke_test": not CUDA}
+       "liger": liger_version, "smoke_test": not CUDA}
 
 # ---- optional: packing exactness (standalone vs packed, per-sample logits, tiny fp32 model) ----
 if os.environ.get("PACKCHECK") == "1":
@@ -500,7 +522,7 @@ if isinstance(first, dict):
         res["image_patches_per_s"] = first["image_patches_per_s"]
 os.makedirs(OUT, exist_ok=True)
 name = (f"peer_hf_{SIZE}_L{text_layers}_fla{int(FLA)}{'_gc' if res['gc'] else ''}"
-        f"{'_lora' if LORA else ''}{'_vl' + VISION if VISION else ''}.json")
+        f"{'_lora' if LORA else ''}{'_liger' if LIGER else ''}{'_vl' + VISION if VISION else ''}.json")
 with open(os.path.join(OUT, name), "w") as f:
     json.dump(res, f, indent=1)
 print(json.dumps(res), flush=True)

@@ -14,7 +14,8 @@
 # default tools/bench/lengths_ln600_s0.8_8x8192.json), MOE_LAYERS (layers of the 35b-a3b preset
 # on both sides, default 4: 8 layers, 7.7B parameters, do not fit one H200 with fp32 master
 # weights, gradients and AdamW moments); "bench-2b-lean" (12 bytes of state per parameter), "bench-2b-keep" (no selective recomputation),
-# "bench-2b-32k" / "peer-2b-32k" (one 32k-token sequence a step), "trace-2b" (the bench's GPU
+# "peer-2b-liger" / "peer-2b-lean-liger" / "peer-moe-liger" (HF + FLA + Liger against bench-2b /
+# bench-2b-lean / bench-moe-lean of the same call), "bench-2b-32k" / "peer-2b-32k" (one 32k-token sequence a step), "trace-2b" (the bench's GPU
 # timeline: idle gaps by cause; tools/gpu/trace). Vision (issue 17, docs/vision.md "Benchmark"): parts
 # "bench-vl-frozen peer-vl-frozen bench-vl-merger peer-vl-merger bench-vl-full peer-vl-full" on
 # the VL_PRESET-vl preset (default 2b) and its HF peer, batches VL_LENGTHS (frozen, merger; default
@@ -66,19 +67,20 @@ bench() {  # name, bench args...; env BATCHES: another lengths file
   "$rt/deltatron" bench "$@" --lengths "${BATCHES:-$lengths}" --json "$out/bench_$name.json" ||
     status=1
 }
-peer() {  # name, peer SIZE, [layers]; env LORA=1 (HF + PEFT + FLA), GC=1, VISION, BATCHES
-  local name=$1 size=$2 layers=${3:-}
-  echo "== peer: HF transformers + FLA$([[ ${LORA:-0} == 1 ]] && echo ' + PEFT LoRA')$([[ -n ${VISION:-} ]] && echo ", vision $VISION"), same batches ($name)"
+peer() {  # name, peer SIZE, [layers]; env LORA=1 (HF + PEFT + FLA), LIGER=1 (HF + FLA + Liger),
+  # GC=1, VISION, BATCHES, OURS (the bench result to compare with; default the same name)
+  local name=$1 size=$2 layers=${3:-} ours=${OURS:-$1}
+  echo "== peer: HF transformers + FLA$([[ ${LORA:-0} == 1 ]] && echo ' + PEFT LoRA')$([[ ${LIGER:-0} == 1 ]] && echo ' + Liger')$([[ -n ${VISION:-} ]] && echo ", vision $VISION"), same batches ($name)"
   (cd "$repo" && LENGTHS="${BATCHES:-$lengths}" SIZE=$size LAYERS=$layers OUT="$out" \
-     VISION=${VISION:-} PYTHONUNBUFFERED=1 \
+     VISION=${VISION:-} LIGER=${LIGER:-0} PYTHONUNBUFFERED=1 \
      python3 tools/bench/peer_hf.py | tee "$out/peer_$name.log") || { status=1; return; }
-  [[ -f $out/bench_$name.json ]] || return
-  python3 - "$out/bench_$name.json" "$out/peer_$name.log" <<'PY'
+  [[ -f $out/bench_$ours.json ]] || return
+  python3 - "$out/bench_$ours.json" "$out/peer_$name.log" <<'PY'
 import json, sys
 ours = json.load(open(sys.argv[1]))
 peer = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
 ptps, pmem = peer["tok_per_s"], peer["peak_gib"] or float("nan")  # None: a CPU smoke run
-print(f"== ratio {ours['preset']}: deltatron {ours['real_tok_per_s']:.0f} tok/s, "
+print(f"== ratio {ours['preset']}{' vs HF + FLA + Liger' if peer.get('liger') else ''}: deltatron {ours['real_tok_per_s']:.0f} tok/s, "
       f"{ours['peak_gib']:.1f} GiB | peer {ptps:.0f} tok/s, {pmem:.1f} GiB | "
       f"speed x{ours['real_tok_per_s'] / ptps:.2f}, memory x{ours['peak_gib'] / pmem:.2f}")
 if "image_patches_per_s" in ours and "image_patches_per_s" in peer:
@@ -110,12 +112,17 @@ if has trace-2b; then
   xz -9 "$out/trace_2b.csv"
 fi
 has peer-2b && peer 2b 2b
+# HF + FLA + Liger (memory-lean peer; liger-kernel carried in .peer by fetch_peer.sh), compared
+# with the same bench run (bench-2b / bench-2b-lean / bench-moe-lean must run first in the call)
+has peer-2b-liger && LIGER=1 OURS=2b peer 2b_liger 2b
+has peer-2b-lean-liger && LIGER=1 OURS=2b_lean peer 2b_lean_liger 2b
 moe_layers=${MOE_LAYERS:-4}
 has bench-moe && bench moe --preset 35b-a3b --layers "$moe_layers"
 has peer-moe && peer moe moe "$moe_layers"
 # The lean state (issue 12): the MoE slice with 12 and 8 bytes of state per parameter (the peer
 # above keeps bf16 weights and bf16 AdamW state), the 4b and 9b presets fully fine-tuned on one GPU.
 has bench-moe-lean && bench moe_lean --preset 35b-a3b --layers "$moe_layers" "${lean[@]}"
+has peer-moe-liger && LIGER=1 OURS=moe_lean peer moe_liger moe "$moe_layers"
 has bench-moe-offload && bench moe_offload --preset 35b-a3b --layers "$moe_layers" "${lean[@]}" \
   --offload moments
 has bench-4b && bench 4b_lean --preset 4b "${lean[@]}" --recompute
