@@ -260,11 +260,13 @@ TEST(Zero3, ConfigRefusals) {
         train::load_train_config(toml, {"parallel.zero=3", "lora.r=4"});
       },
       {"parallel.zero = 3", "LoRA", "not supported"});
+  // ZeRO with expert parallelism (test_zero_ep) and with tensor parallelism (test_zero_tp) is
+  // built; tensor with expert parallelism is not.
+  EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"}).parallel_ep, 2);
+  EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2"}).parallel_tp, 2);
   dt_test::expect_error(
       [&] {
-        train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2"});
+        train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2", "parallel.ep=2"});
       },
-      {"parallel.tp = 2", "parallel.zero", "not supported"});
-  // ZeRO with expert parallelism is built (test_zero_ep).
-  EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"}).parallel_ep, 2);
+      {"parallel.tp = 2", "parallel.ep", "not supported"});
 }
