@@ -1,9 +1,9 @@
 // ZeRO 3 with the lean training state (training.master = remainder: bf16 weights + 16-bit
 // remainders, docs/lean-state.md) sharded like the other state: the shard store on one rank
 // against the flat parameter store (load, gathered weights, AdamW steps, reads: bitwise; in bf16,
-// with the routers' f32 weights, on the GPU: tests/gpu/test_zero3_lean_cuda), and training on CPU ranks: ZeRO 3 with remainder masters is
-// bitwise ZeRO 3 with fp32 masters (the pair is the master, bit for bit), tracks one rank, and
-// resumes bitwise on its own layout and across layouts.
+// with the routers' f32 weights, on the GPU: tests/gpu/test_zero3_lean_cuda), and training on CPU
+// ranks: ZeRO 3 with remainder masters is bitwise ZeRO 3 with fp32 masters (the pair is the master,
+// bit for bit), tracks one rank, and resumes bitwise on its own layout and across layouts.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -47,8 +47,8 @@ TEST(Zero3Lean, RemainderMastersTrainLikeFp32Masters) {
   for (int64_t step : {3, 6}) {
     dt_test::expect_checkpoint_near(tmp.path / "zero3_rem", tmp.path / "zero3_fp32", step,
                                     "zero3 remainder vs fp32 masters", 0.0);
-    dt_test::expect_checkpoint_near(tmp.path / "zero3_rem_bf16", tmp.path / "zero3_fp32_bf16",
-                                    step, "zero3 remainder vs fp32 masters, bf16 moments", 0.0);
+    dt_test::expect_checkpoint_near(tmp.path / "zero3_rem_bf16", tmp.path / "zero3_fp32_bf16", step,
+                                    "zero3 remainder vs fp32 masters, bf16 moments", 0.0);
   }
   dt_test::expect_losses_near(losses("zero3_rem"), losses("one_rem"), "zero3_rem vs one rank");
   dt_test::expect_checkpoint_near(tmp.path / "zero3_rem", tmp.path / "one_rem", 6,

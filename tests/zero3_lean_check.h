@@ -50,8 +50,7 @@ inline void expect_zero3_lean_store_like_flat(deltatron::core::Device dev,
   using zero3_lean::bytes;
   using zero3_lean::fill_pattern;
   const io::Checkpoint ck = io::load_checkpoint(
-      (std::filesystem::path(DT_TEST_DATA) / "golden" / "moe_vlm_mtp").string(),
-      io::LoadOptions{});
+      (std::filesystem::path(DT_TEST_DATA) / "golden" / "moe_vlm_mtp").string(), io::LoadOptions{});
   model::StateOptions lean;
   lean.master_remainder = true;
   model::Params flat(dev, dt, ck.params, lean);
