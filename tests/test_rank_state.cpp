@@ -195,6 +195,47 @@ TEST(RankState, Zero3ShardsEverythingPlusGatheredLayers) {
   }
 }
 
+// ZeRO with tensor parallelism (tp 2 x dp 2): each rank's tp-local tensors (the shards and the
+// replicated ones) have their moments (ZeRO 1, 2) or everything (ZeRO 3) sharded over the 2
+// data-parallel ranks holding the same tp slice, exactly as the engines lay them out; ZeRO 3 with
+// the lean pair (bf16 weights + remainders: 2 + 2 + 4 B, fp32 moments 8) holds 16 B per element
+// of its shard instead of 18.
+TEST(RankState, ZeroWithTensorParallelShardsTheLocalTensors) {
+  const model::Config c = fixture("dense_text_mtp");
+  model::TensorMap host;
+  int64_t local = 0, largest = 0;
+  for (const model::ParamSpec& s : model::param_specs(c)) {
+    core::Shape shape = s.shape;
+    const model::TpSplit split = model::tp_split(c, s.name);
+    if (split.dim >= 0) shape[size_t(split.dim)] /= 2;
+    local += core::numel(shape);
+    largest = std::max(largest, core::numel(shape));
+    host.emplace(s.name, core::Tensor(shape));
+  }
+  const model::Params p(core::Device::cpu, core::DType::f32, host);
+  const int64_t share = ceil_div(local, 2) + largest;
+  const auto z1 = train::plan_memory(c, input(layout(2, 1, 1, 2)));
+  EXPECT_EQ(z1.local_params, local);
+  EXPECT_DOUBLE_EQ(z1.state, 10.0 * double(local) + 8.0 * double(share));
+  EXPECT_LE(train::zero_shards(p, 2).largest(), share);
+  const auto z2 = train::plan_memory(c, input(layout(2, 2, 1, 2)));
+  EXPECT_DOUBLE_EQ(z2.state, z1.state);
+  EXPECT_DOUBLE_EQ(z2.staging, 3.0 * double(std::min<int64_t>(share, 1 << 22)) * 4);
+  model::StateOptions gathered;
+  gathered.gathered = true;
+  const model::Params pg(core::Device::cpu, core::DType::f32, host, gathered);
+  const train::Zero3Layout l = train::zero3_layout(pg, c, 2, 0);
+  const auto z3 = train::plan_memory(c, input(layout(2, 3, 1, 2)));
+  EXPECT_DOUBLE_EQ(z3.state - z3.gathered, 18.0 * double(l.shard));
+  train::PlanInput lean = input(layout(2, 3, 1, 2));
+  lean.state = model::parse_state_options("remainder", "fp32", "none", "test");
+  const auto z3_lean = train::plan_memory(c, lean);
+  EXPECT_DOUBLE_EQ(z3_lean.state - z3_lean.gathered, 16.0 * double(l.shard));
+  EXPECT_DOUBLE_EQ(z3_lean.gathered, z3.gathered);
+  std::printf("  dense_text_mtp, tp 2 x dp 2, zero 3: %s\n  lean: %s\n",
+              train::describe(z3).c_str(), train::describe(z3_lean).c_str());
+}
+
 // The 35B MoE preset, all 40 layers: on one 80 GB card its state (14 B/param with bf16 moments:
 // 450 GiB) is refused; ZeRO 3 with ep 8 on 8 GPUs holds an eighth of it plus the gathered
 // layers, and fits the device. The host: every rank builds the f32 host copy of the whole model

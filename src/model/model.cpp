@@ -311,11 +311,19 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     if (recompute_) recompute_layer(cx, trunk_layer(c, i), *saved[i]);
     trunk_layer(c, i).bwd(cx, *saved[i], dx);
     saved[i].reset();
+    // ZeRO 3: the layer's partial gradients summed over the tensor-parallel group while its
+    // gradient is bound (the release reduces it over the data-parallel ranks).
+    if (tpg && gather_) tpg->reduce_unit_into(p, int(i));
     pg.release(int(i), !p.frozen());
   }
   if (vsaved.merger) vision_bwd(cx, vb, vsaved, vision_gather_grad(cx, vb, dx));
   if (!p.frozen()) tp_embed_bwd(cx, b.grad_ids, dx);
-  if (tpg) tpg->reduce_into(p);  // the replicated parameters' partial gradients, summed
+  if (tpg) {  // the replicated parameters' partial gradients, summed (ZeRO 3: the outer unit's)
+    if (gather_)
+      tpg->reduce_unit_into(p, kOuter);
+    else
+      tpg->reduce_into(p);
+  }
   pg.release(kOuter, !p.frozen());
   return out;
 }

@@ -155,11 +155,26 @@ bool tp_partial_grad(const Config& c, const std::string& name, bool sp) {
   return name != c.name("embed_tokens.weight") && name != lm_head_name(c);
 }
 
+int trunk_layer_of(const Config& c, const std::string& name) {
+  const std::string prefix = c.name("layers.");
+  if (name.compare(0, prefix.size(), prefix) != 0) return -1;
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return -1;
+  int64_t i = 0;
+  for (size_t k = prefix.size(); k < dot; ++k) {
+    if (name[k] < '0' || name[k] > '9') return -1;
+    i = i * 10 + (name[k] - '0');
+  }
+  return int(i);
+}
+
 TpGrads::TpGrads(const Config& c, const Params& p, const TensorParallel& tp) : tp_(tp) {
   int64_t total = 0;
   for (const std::string& name : p.names()) {
-    if (!tp_partial_grad(c, name, tp.sp) || p.g(name).empty()) continue;
+    // A gathered store (ZeRO 3) binds the gradients later; it holds trained tensors only.
+    if (!tp_partial_grad(c, name, tp.sp) || (!p.gathered() && p.g(name).empty())) continue;
     names_.push_back(name);
+    units_.push_back(trunk_layer_of(c, name));
     offsets_.push_back(total);
     shapes_.push_back(p.entry(name).shape);
     total += p.entry(name).numel;
@@ -176,13 +191,30 @@ core::View TpGrads::at(const std::string& name) const {
   return core::View{};
 }
 
-void TpGrads::reduce_into(const Params& p) const {
-  if (names_.empty()) return;
-  const int64_t total = offsets_.back() + core::numel(shapes_.back());
-  tp_.comm->all_reduce(flat_.view().slice(0, total), dist::ReduceOp::sum);
-  for (size_t i = 0; i < names_.size(); ++i) {
+void TpGrads::reduce_range_into(const Params& p, size_t first, size_t last) const {
+  const int64_t begin = offsets_[first];
+  const int64_t end = offsets_[last - 1] + core::numel(shapes_[last - 1]);
+  tp_.comm->all_reduce(flat_.view().slice(begin, end - begin), dist::ReduceOp::sum);
+  for (size_t i = first; i < last; ++i) {
     const int64_t n = core::numel(shapes_[i]);
     ops::add_inplace(p.g(names_[i]), flat_.view().slice(offsets_[i], n), n);
+  }
+}
+
+void TpGrads::reduce_into(const Params& p) const {
+  if (!names_.empty()) reduce_range_into(p, 0, names_.size());
+}
+
+void TpGrads::reduce_unit_into(const Params& p, int unit) const {
+  for (size_t i = 0; i < names_.size();) {
+    if (units_[i] != unit) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < names_.size() && units_[j] == unit) ++j;
+    reduce_range_into(p, i, j);
+    i = j;
   }
 }
 

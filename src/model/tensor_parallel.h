@@ -84,6 +84,10 @@ core::Tensor tp_join(const Config& c, const std::string& name, const float* slic
 // Whether `name`'s gradient is partial on each rank (summed over the group per pack).
 bool tp_partial_grad(const Config& c, const std::string& name, bool sp);
 
+// The trunk layer of a parameter (i for one under c.name("layers.<i>.")), else -1 (the outer
+// unit of model/param_gather.h: embeddings, final norm, heads, the MTP layer).
+int trunk_layer_of(const Config& c, const std::string& name);
+
 // One pack's partial gradients: a zeroed f32 buffer per partial parameter (one flat buffer),
 // summed over the group and added to the parameters' gradients by reduce_into.
 class TpGrads {
@@ -93,10 +97,18 @@ class TpGrads {
   core::View at(const std::string& name) const;
   // all_reduce over the group, then p.g(name) += the sum, for every partial parameter.
   void reduce_into(const Params& p) const;
+  // The same for the partial parameters of one unit only (trunk_layer_of: a layer, or -1 the
+  // outer unit): under ZeRO 3 a layer's gradient is bound only while the layer runs, so its
+  // partial gradients are summed over the group before the layer is released (then reduced over
+  // the data-parallel ranks into their shards). One all_reduce per run of the unit's partial
+  // parameters in the flat buffer (p.names() order: a layer's tensors are one run).
+  void reduce_unit_into(const Params& p, int unit) const;
 
  private:
+  void reduce_range_into(const Params& p, size_t first, size_t last) const;
   const TensorParallel& tp_;
   std::vector<std::string> names_;
+  std::vector<int> units_;  // trunk_layer_of each name
   std::vector<int64_t> offsets_;
   std::vector<core::Shape> shapes_;
   core::Buffer flat_;

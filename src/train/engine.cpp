@@ -131,7 +131,8 @@ class ModelEngine final : public Engine {
     model_.set_expert_parallel(ep);
   }
   void set_tensor_parallel(const model::TensorParallel& tp) override {
-    DT_CHECK(zero_stage() == 0, "tensor parallelism with ZeRO is not supported yet");
+    // With ZeRO the engine was made with the data-parallel ranks holding the same tp slice
+    // (ZeroSetup::comm): its shards cover this rank's tp-local tensors.
     DT_CHECK(!model_.expert_parallel().on(),
              "tensor parallelism with expert parallelism is not "
              "supported yet");
@@ -143,7 +144,19 @@ class ModelEngine final : public Engine {
   double clip(double max_norm) override {
     const model::Params& p = model_.trainable();
     double squares = 0;
-    if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
+    if (zero_stage() >= 2 && model_.tensor_parallel().on()) {
+      // The data-parallel ranks partition this rank's tp-local tensors: the replicated ones'
+      // squares (the same on every rank of the tp group) summed over them, the shards' squares
+      // over them and then over the tp group.
+      double whole = 0, shards = 0;
+      for (const auto& [name, at] : held_) {
+        const auto& e = p.entry(name);
+        (model::is_tp_sharded(model_.config(), name) ? shards : whole) +=
+            ops::sum_squares(p.grad_flat().slice(e.offset, e.numel), e.numel);
+      }
+      squares = sum_over_ranks(*zero_.comm, whole) +
+                sum_over_ranks(*model_.tensor_parallel().comm, sum_over_ranks(*zero_.comm, shards));
+    } else if (zero_stage() >= 2) {  // the shards' sums, added in rank order on every rank
       // Every element is in one shard of one rank: the data-parallel ranks partition the
       // replicated tensors, and each expert slice is partitioned among the ranks holding it.
       double mine = 0;

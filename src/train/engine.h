@@ -47,7 +47,8 @@ class Engine {
   virtual void set_expert_parallel(const model::ExpertParallel& ep) = 0;
   // Tensor parallelism (model/tensor_parallel.h): the engine was made from this rank's shards
   // (train/tensor_parallel.h); every pack runs on every rank of tp.comm's group. The gradient
-  // norm adds the group's shards. Before the first pack; not with ZeRO, ep or LoRA.
+  // norm adds the group's shards. Before the first pack; not with ep or LoRA. With ZeRO the
+  // engine was made with ZeroSetup::comm = the data-parallel ranks holding the same tp slice.
   virtual void set_tensor_parallel(const model::TensorParallel& tp) = 0;
   // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
   // (shaped like them, e.g. model::zeros_like).
@@ -83,8 +84,9 @@ class Engine {
 // and steps the moments of its shard; gradients all-reduced; the updated weights broadcast from
 // each shard's owner). 2: as 1, with the gradients reduce-scattered (each rank sums its shard only;
 // the gradient norm from the shards' sums of squares). The masters (or remainders) and compute
-// copies stay replicated. comm: the data-parallel group on the engine's device; with one rank the
-// stage changes nothing. 3: every parameter's state (weights, masters, gradients, moments) sharded
+// copies stay replicated. comm: the data-parallel group on the engine's device (with tensor
+// parallelism the ranks holding the same tp slice: TensorGroups::dp); with one rank the stage
+// changes nothing. 3: every parameter's state (weights, masters, gradients, moments) sharded
 // by flat element range per layer, each layer gathered while it runs (train/zero3.h; also for
 // scoring, and with one rank: one shard). Offloaded state is not supported with stage > 0.
 // experts: with expert parallelism (the engine is made from this rank's expert slices and gets

@@ -191,8 +191,8 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
   PlanInput t = in;
   std::string text;
   const auto add = [&](const std::string& s) { text += (text.empty() ? "" : ", ") + s; };
-  // Not suggested where the layout refuses them: the lean pair with ZeRO 3, offloading with ZeRO.
-  if (bf16 && !t.state.master_remainder && in.layout.zero != 3) {
+  // Not suggested where the layout refuses them: offloading with ZeRO.
+  if (bf16 && !t.state.master_remainder) {
     t.state.master_remainder = true;
     add("training.master = remainder");
   }

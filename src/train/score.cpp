@@ -127,10 +127,11 @@ void run_score(const ScoreOptions& opt) {
   DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
   keep_local_experts(ck.params, eg);
   // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
-  // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the ranks (a
-  // collective), so, as with --ep, every rank runs as many packs as the others.
-  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora && opt.zero == 0),
-           "deltatron score: --tp with --ep, --zero or --adapter is not supported yet");
+  // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the data-parallel
+  // ranks (a collective; with --tp those holding the same tp slice), so, as with --ep, every
+  // rank runs as many packs as the others.
+  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora),
+           "deltatron score: --tp with --ep or --adapter is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
   DT_CHECK(opt.zero == 0 || !lora, "deltatron score --zero 3 with --adapter is not supported yet");
@@ -139,7 +140,7 @@ void run_score(const ScoreOptions& opt) {
   keep_local_shards(ck.params, tg, c);
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr,
-                                  ZeroSetup{int(opt.zero), par.comm.get(), eg.same_experts.get()});
+                                  ZeroSetup{int(opt.zero), dp.comm.get(), eg.same_experts.get()});
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);
   const std::vector<int64_t> items =

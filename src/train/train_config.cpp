@@ -221,9 +221,6 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
            ": must be 0 (every data-parallel rank holds the whole optimizer state), 1 (the AdamW "
            "moments sharded over the ranks), 2 (and the gradients reduce-scattered) or 3 (and the "
            "weights: each layer gathered while it runs)");
-  DT_CHECK(c.parallel_zero != 3 || so.master_remainder == false, path,
-           ": parallel.zero = 3 with training.master = remainder is not supported yet (use fp32 "
-           "masters: ZeRO 3 divides them over the ranks)");
   DT_CHECK(c.parallel_zero == 0 || c.offload == "none", path, ": parallel.zero = ", c.parallel_zero,
            " with training.offload = ", c.offload,
            " is not supported (ZeRO shards the device-resident state; use offload = none)");
@@ -234,10 +231,9 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,
            ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
            "over a tensor-parallel group)");
-  DT_CHECK(c.parallel_tp == 1 || (c.parallel_zero == 0 && c.parallel_ep == 1 && !c.lora), path,
+  DT_CHECK(c.parallel_tp == 1 || (c.parallel_ep == 1 && !c.lora), path,
            ": parallel.tp = ", c.parallel_tp,
-           " is not supported with parallel.zero, parallel.ep or LoRA yet (use zero = 0, ep = 1, "
-           "no [lora])");
+           " is not supported with parallel.ep or LoRA yet (use ep = 1, no [lora])");
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

@@ -100,8 +100,9 @@ struct TrainConfig {
   // sharing the routed experts of every MoE layer (model/expert_parallel.h; a divisor of the
   // ranks and of num_experts; with zero, the experts' state is sharded over the ranks holding the
   // same experts); tp: ranks sharing every layer's heads and FFN
-  // columns (train/tensor_parallel.h; a divisor of the ranks; dense models; not with zero, ep or
-  // LoRA yet); sp: sequence parallelism inside each tensor-parallel group (needs tp > 1).
+  // columns (train/tensor_parallel.h; a divisor of the ranks; with zero, each tp slice's state
+  // is sharded over the data-parallel ranks holding it; not with ep or LoRA yet); sp: sequence
+  // parallelism inside each tensor-parallel group (needs tp > 1).
   int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1;
   bool parallel_sp = false;
   std::vector<std::string> lora_keys_set;  // the lora.* keys the file or overrides gave

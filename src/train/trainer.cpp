@@ -117,7 +117,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const auto engine =
       make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt, cfg.recompute,
                   state_options(cfg), lora ? &*lora : nullptr,
-                  ZeroSetup{int(cfg.parallel_zero), par.comm.get(), eg.same_experts.get()});
+                  ZeroSetup{int(cfg.parallel_zero), dp.comm.get(), eg.same_experts.get()});
   engine->set_recompute_selective(cfg.recompute_selective);
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);

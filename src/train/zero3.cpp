@@ -3,7 +3,9 @@
 #include "train/zero3.h"
 
 #include <algorithm>
+#include <cstring>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "model/expert_parallel.h"
 #include "ops/tensor.h"
@@ -17,6 +19,31 @@ int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 }  // namespace
 
 int64_t zero3_aligned(int64_t n) { return aligned(n); }
+
+namespace {
+// The part of [offset, offset + numel) of a unit's space in rank r's piece: [a, b) (a >= b:
+// none).
+struct Overlap {
+  int64_t a = 0, b = 0;
+  int64_t size() const { return std::max<int64_t>(0, b - a); }
+};
+Overlap overlap(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel) {
+  return {std::max(offset, r * u.piece), std::min(offset + numel, (r + 1) * u.piece)};
+}
+
+// dst = src, the same dtype and count on one device: bf16 (moments, weights) and u16
+// (remainders, viewed as bf16) too, which the CPU's ops::cast refuses (it computes in f32 only).
+void copy_same(const core::View& src, const core::View& dst) {
+  if (src.device == core::Device::cpu)
+    std::memcpy(dst.data, src.data, src.bytes());
+  else
+    ops::cast(src, dst, src.numel());
+}
+}  // namespace
+
+int64_t Zero3Store::overlap_size(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel) {
+  return overlap(u, r, offset, numel).size();
+}
 
 int zero3_model_unit(const model::Config& c, const std::string& name) {
   const std::string prefix = c.name("layers.");
@@ -85,7 +112,8 @@ void Zero3Store::ops_zero(const core::Buffer& b) {
 
 Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
                        dist::Comm* experts)
-    : p_(params),
+    : lean_(params.options().master_remainder),
+      p_(params),
       comm_(comm),
       experts_(experts),
       l_(zero3_layout(params, c, comm.size(), comm.rank(), experts ? experts->size() : 0,
@@ -97,14 +125,36 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
              core::device_name(cm->device()), ", the model on ", core::device_name(p_.device()));
   const int64_t n = std::max<int64_t>(1, l_.shard);
   const core::Device dev = p_.device();
-  master_ = core::Buffer(dev, core::DType::f32, {n},
-                         p_.dt() == core::DType::f32 ? "f32 weights (ZeRO 3 shard)"
-                                                     : "fp32 master weights (ZeRO 3 shard)");
-  if (p_.dt() != core::DType::f32)
+  const bool f32_model = p_.dt() == core::DType::f32;
+  if (!lean_ || f32_model)
+    master_ = core::Buffer(
+        dev, core::DType::f32, {n},
+        f32_model ? "f32 weights (ZeRO 3 shard)" : "fp32 master weights (ZeRO 3 shard)");
+  if (lean_) {  // the pair: bf16 weights (the compute copies of a bf16 model) and remainders
+    compute_ = core::Buffer(dev, core::DType::bf16, {n}, "bf16 weights (ZeRO 3 shard, lean)");
+    remainder_ = core::Buffer(dev, core::DType::u16, {n}, "master remainders (ZeRO 3 shard)");
+    if (!f32_model) {  // the f32 weights of the tensors a bf16 model reads in f32 (routers)
+      int64_t routers = 0;
+      router_at_.assign(l_.tensors.size(), -1);
+      for (size_t i = 0; i < l_.tensors.size(); ++i) {
+        const auto& t = l_.tensors[i];
+        const auto& u = l_.units[size_t(t.unit)];
+        const int64_t k = overlap_size(u, l_.rank_of(u), t.offset, t.numel);
+        if (!t.f32_read || k == 0) continue;
+        router_at_[i] = routers;
+        routers += k;
+      }
+      if (routers > 0)
+        router_ = core::Buffer(dev, core::DType::f32, {routers}, "f32 router weights (ZeRO 3)");
+    }
+  } else if (!f32_model) {
     compute_ = core::Buffer(dev, p_.dt(), {n}, "compute copies (ZeRO 3 shard)");
+  }
   grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
   ops_zero(master_);
   ops_zero(compute_);
+  ops_zero(remainder_);
+  ops_zero(router_);
   ops_zero(grad_);
   int64_t piece = 1;
   for (size_t u = 0; u < l_.units.size(); ++u) {
@@ -149,30 +199,28 @@ void Zero3Store::give(int u, core::Buffer&& b) {
   if (b.numel() > 0) pool_[pool_of(u)].push_back(std::move(b));
 }
 
-namespace {
-// The part of [offset, offset + numel) of a unit's space in rank r's piece: [a, b) (a >= b:
-// none).
-struct Overlap {
-  int64_t a = 0, b = 0;
-  int64_t size() const { return std::max<int64_t>(0, b - a); }
-};
-Overlap overlap(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel) {
-  return {std::max(offset, r * u.piece), std::min(offset + numel, (r + 1) * u.piece)};
-}
-}  // namespace
-
 void Zero3Store::load_weight(const std::string& name, const float* host) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
   const int rank = l_.rank_of(u);
   const Overlap o = overlap(u, rank, t.offset, t.numel);
-  if (o.size() > 0)
-    ops::copy_from_host(master_.view().slice(u.local + o.a - rank * u.piece, o.size()),
-                        host + (o.a - t.offset));
+  const int64_t n = o.size(), at = u.local + o.a - rank * u.piece;
+  if (n == 0) return;
+  const float* x = host + (o.a - t.offset);
+  if (master_.numel() > 0) ops::copy_from_host(master_.view().slice(at, n), x);
+  if (lean_) {  // the pair, split on the host (exact; core/bf16.h), as model::Params does
+    std::vector<uint16_t> wt(static_cast<size_t>(n)), rem(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) core::master_split(x[i], wt[size_t(i)], rem[size_t(i)]);
+    ops::copy_from_host(compute_.view().slice(at, n), wt.data());
+    ops::copy_from_host(remainder_.view().slice(at, n), rem.data());
+    const int64_t r = router_at_.empty() ? -1 : router_at_[l_.index.at(name)];
+    if (r >= 0) ops::copy_from_host(router_.view().slice(r, n), x);
+  }
 }
 
 void Zero3Store::finish_load() {
-  if (compute_.numel() > 0) ops::adamw_compute_copy(master_, compute_, master_.numel());
+  // fp32 masters of a bf16 model: the compute copies, rounded as the pair's weights.
+  if (!lean_ && compute_.numel() > 0) ops::adamw_compute_copy(master_, compute_, master_.numel());
 }
 
 void Zero3Store::alloc_moments(core::DType dt) {
@@ -196,6 +244,7 @@ void Zero3Store::load_moment(const std::string& name, bool second, const float* 
 void Zero3Store::read(const std::string& name, Part part, float* out) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
+  if (part == Part::weight && master_.numel() == 0) return read_pair(name, out);
   const core::Buffer& src = part == Part::weight    ? master_
                             : part == Part::grad    ? grad_
                             : part == Part::exp_avg ? m_
@@ -208,11 +257,39 @@ void Zero3Store::read(const std::string& name, Part part, float* out) {
     const Overlap o = overlap(u, r, t.offset, t.numel);
     if (o.size() == 0) continue;
     const core::View dst = recv.view().slice(o.a - t.offset, o.size());
-    if (r == l_.rank_of(u))
-      ops::cast(src.view().slice(u.local + o.a - r * u.piece, o.size()), dst, o.size());
+    if (r == l_.rank_of(u)) copy_same(src.view().slice(u.local + o.a - r * u.piece, o.size()), dst);
     comm.broadcast(dst, r);
   }
   moment_to_host(recv, out);  // f32 copied, bf16 widened exactly
+}
+
+void Zero3Store::read_pair(const std::string& name, float* out) {
+  // The lean pair of a bf16 model: the weights and the remainders of every piece broadcast from
+  // their ranks (u16 travels as bf16: the same bytes), joined on the host (exact).
+  const auto& t = l_.tensor(name);
+  const auto& u = l_.units[size_t(t.unit)];
+  if (t.numel == 0) return;
+  core::Buffer wt(p_.device(), core::DType::bf16, {t.numel}, "ZeRO 3 weights being read");
+  core::Buffer rem(p_.device(), core::DType::bf16, {t.numel}, "ZeRO 3 remainders being read");
+  const auto as_bf16 = [](const core::View& v) {
+    return core::View(v.data, core::DType::bf16, v.device, {v.numel()});
+  };
+  dist::Comm& comm = comm_of(u);
+  for (int r = 0; r < l_.ranks_of(u); ++r) {
+    const Overlap o = overlap(u, r, t.offset, t.numel);
+    if (o.size() == 0) continue;
+    const int64_t at = o.a - t.offset, mine = u.local + o.a - r * u.piece;
+    if (r == l_.rank_of(u)) {
+      copy_same(compute_.view().slice(mine, o.size()), wt.view().slice(at, o.size()));
+      copy_same(as_bf16(remainder_.view().slice(mine, o.size())), rem.view().slice(at, o.size()));
+    }
+    comm.broadcast(wt.view().slice(at, o.size()), r);
+    comm.broadcast(rem.view().slice(at, o.size()), r);
+  }
+  std::vector<uint16_t> w(static_cast<size_t>(t.numel)), m(static_cast<size_t>(t.numel));
+  ops::copy_to_host(wt, w.data());
+  ops::copy_to_host(rem, m.data());
+  for (int64_t i = 0; i < t.numel; ++i) out[i] = core::master_join(w[size_t(i)], m[size_t(i)]);
 }
 
 std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
@@ -226,8 +303,12 @@ std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
     const int64_t at = u.local + o.a - rank * u.piece, n = o.size();
     Piece pc;
     pc.tensor = i;
-    pc.t.master = master_.view().slice(at, n);
+    if (master_.numel() > 0)  // the fp32 master (inout), or the lean pair's f32 weights (out)
+      pc.t.master = master_.view().slice(at, n);
+    else if (!router_at_.empty() && router_at_[i] >= 0)  // a router's f32 weights (lean, bf16)
+      pc.t.master = router_.view().slice(router_at_[i], n);
     if (compute_.numel() > 0) pc.t.compute_copy = compute_.view().slice(at, n);
+    if (lean_) pc.t.remainder = remainder_.view().slice(at, n);
     pc.t.grad = grad_.view().slice(at, n);
     if (m_.numel() > 0) {
       pc.t.m = m_.view().slice(at, n);
@@ -244,12 +325,27 @@ Zero3Store::Gathered Zero3Store::gather_weights(int u) {
   const int64_t full = unit.piece * l_.ranks_of(unit);
   dist::Comm& comm = comm_of(unit);
   Gathered g;
-  const core::View& mine = compute_.numel() > 0 ? compute_.view() : master_.view();
+  const bool f32_model = p_.dt() == core::DType::f32;
+  const core::View& mine = f32_model ? master_.view() : compute_.view();
   g.w = take(u, p_.dt(), full, "ZeRO 3 gathered weights");
   comm.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
-  if (compute_.numel() > 0 && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
+  if (!f32_model && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
     g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
-    comm.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
+    if (!lean_) {
+      comm.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
+    } else {  // the routers' f32 weights placed in this rank's block (the rest is never read)
+      const int rank = l_.rank_of(unit);
+      const core::View block = g.f32.view().slice(rank * unit.piece, unit.piece);
+      ops::zero(block);
+      for (size_t i : unit.tensors) {
+        const auto& t = l_.tensors[i];
+        if (router_at_[i] < 0) continue;
+        const Overlap o = overlap(unit, rank, t.offset, t.numel);
+        ops::cast(router_.view().slice(router_at_[i], o.size()),
+                  block.slice(o.a - rank * unit.piece, o.size()), o.size());
+      }
+      comm.all_gather(block, g.f32.view().slice(0, full));  // in place
+    }
   }
   return g;
 }

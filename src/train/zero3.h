@@ -80,8 +80,13 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
 // into `params` (a StateOptions::gathered store of the same layout). The buffers are on comm's
 // device: master (f32 [shard]: the f32 weights of an f32-computing model, else the fp32
 // masters), compute (bf16 [shard] when the model computes in bf16), grad (f32 [shard]) and the
-// moments (f32 or bf16 [shard], alloc_moments). experts: with expert parallelism, the ranks
-// holding the same experts (the expert units' communicator); null: none.
+// moments (f32 or bf16 [shard], alloc_moments). training.master = remainder (the params'
+// StateOptions::master_remainder; docs/lean-state.md): no fp32 master; the pair compute (bf16
+// weights [shard]) and remainder (u16 [shard]), stepped in place by AdamW; master f32 [shard]
+// only for an f32-computing model (its f32 weights, written by the step), and for a bf16 model
+// the f32 weights of the tensors it reads in f32 (the routers' parts of this rank's pieces),
+// placed into the gathered f32 unit by an all_gather of this rank's block. experts: with expert
+// parallelism, the ranks holding the same experts (the expert units' communicator); null: none.
 class Zero3Store final : public model::ParamGather {
  public:
   Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
@@ -128,6 +133,8 @@ class Zero3Store final : public model::ParamGather {
   // The layout units of a model unit that hold tensors (its unit; its expert unit if not empty).
   std::vector<int> units_of(int model_unit) const;
   static void ops_zero(const core::Buffer& b);
+  static int64_t overlap_size(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel);
+  void read_pair(const std::string& name, float* out);  // Part::weight of a lean bf16 store
   // The gather buffers are reused (no allocation per layer): released ones wait in a pool per
   // kind of unit (0: the outer unit, 1: layers, whose buffers all have the largest layer's
   // size; 2, 3: the same for expert units); take gives one of dtype dt and at least n elements
@@ -138,11 +145,13 @@ class Zero3Store final : public model::ParamGather {
   int64_t largest_layer_[2] = {0, 0};  // elements of the largest gathered layer unit (x expert)
   std::vector<core::Buffer> pool_[4];
   core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
+  bool lean_ = false;       // training.master = remainder
   model::Params& p_;
   dist::Comm& comm_;
   dist::Comm* experts_ = nullptr;
   Zero3Layout l_;
-  core::Buffer master_, compute_, grad_, m_, v_;
+  core::Buffer master_, compute_, remainder_, router_, grad_, m_, v_;
+  std::vector<int64_t> router_at_;        // lean bf16: a tensor's piece in router_, or -1
   std::map<int, Gathered> live_, ready_;  // bound units; prefetched ones (by layout unit)
 };
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/tensor_parallel.h"
 #include "ops/adamw.h"
 #include "ops/tensor.h"
 #include "train/zero.h"
@@ -83,8 +84,13 @@ class Zero3Engine final : public Engine {
              "same-experts communicator (ZeroSetup::experts)");
     model_.set_expert_parallel(ep);
   }
-  void set_tensor_parallel(const model::TensorParallel&) override {
-    core::fail("tensor parallelism with ZeRO is not supported yet");
+  void set_tensor_parallel(const model::TensorParallel& tp) override {
+    // The store was made over the data-parallel ranks holding the same tp slice
+    // (ZeroSetup::comm): its units are this rank's tp-local tensors.
+    DT_CHECK(store_.experts() == nullptr,
+             "tensor parallelism with expert parallelism is not supported yet");
+    model_.set_tensor_parallel(tp);
+    tp_ = tp;
   }
   void grads_to_host(model::TensorMap& grads) override {  // collective
     for (auto& [name, t] : grads) {
@@ -99,7 +105,23 @@ class Zero3Engine final : public Engine {
     // Every element is in one rank's shard: the data-parallel ranks partition the replicated
     // units, and each expert slice's units are partitioned among the ranks holding it.
     const core::Buffer& g = store_.grad();  // padding and gaps hold zeros
-    const double norm = std::sqrt(sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel())));
+    double squares = 0;
+    if (tp_.on()) {
+      // This rank's tp-local tensors: the replicated ones' squares (the same on every rank of
+      // the tp group) over the data-parallel ranks, the shards' over them and the tp group.
+      double whole = 0, shards = 0;
+      for (const Zero3Store::Piece& pc : store_.pieces()) {
+        const int64_t n = pc.t.grad.numel();
+        (model::is_tp_sharded(model_.config(), store_.layout().tensors[pc.tensor].name) ? shards
+                                                                                        : whole) +=
+            ops::sum_squares(pc.t.grad, n);
+      }
+      squares = sum_over_ranks(store_.comm(), whole) +
+                sum_over_ranks(*tp_.comm, sum_over_ranks(store_.comm(), shards));
+    } else {
+      squares = sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel()));
+    }
+    const double norm = std::sqrt(squares);
     grad_scale_ = clip_scale(norm, max_norm);
     return norm;
   }
@@ -154,6 +176,7 @@ class Zero3Engine final : public Engine {
   bool apart(const std::string& name) { return model_.params().held_apart(name); }
   model::Model model_;
   Zero3Store store_;
+  model::TensorParallel tp_;  // off unless set_tensor_parallel
   core::DType moments_;
   int64_t step_ = 0;
   float grad_scale_ = 1.0f;
@@ -173,9 +196,6 @@ std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, cons
                c.vision_mode == model::VisionMode::full,
            "parallel.zero = 3 steps every tensor of its store: a vision tower that is not trained "
            "must be held apart (model::StateOptions::frozen_apart)");
-  DT_CHECK(!state.master_remainder,
-           "parallel.zero = 3 with training.master = remainder is not supported yet (use fp32: "
-           "ZeRO 3 divides the masters over the ranks)");
   auto e = std::make_unique<Zero3Engine>(dev, dt, c, params, source, opt, state, *zero.comm,
                                          zero.experts);
   e->set_recompute(recompute);
