@@ -5,8 +5,8 @@
 #include <cstdio>
 
 #include "core/error.h"
-#include "model/footprint.h"
 #include "model/expert_parallel.h"
+#include "model/footprint.h"
 #include "model/tensor_parallel.h"
 
 namespace deltatron::train {
@@ -28,8 +28,8 @@ io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg) {
     io::ParamSlice s;
     s.shape = full;
     if (expert) {
-      DT_CHECK(!full.empty() && full[0] == E, name, ": shape ", core::shape_str(full), ", expected ",
-               E, " experts");
+      DT_CHECK(!full.empty() && full[0] == E, name, ": shape ", core::shape_str(full),
+               ", expected ", E, " experts");
       const int64_t per = core::numel(full) / E;
       s.shape[0] = El;
       s.runs.push_back({e0 * per, El * per});
