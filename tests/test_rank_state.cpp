@@ -238,10 +238,11 @@ TEST(RankState, ZeroWithTensorParallelShardsTheLocalTensors) {
 
 // The 35B MoE preset, all 40 layers: on one 80 GB card its state (14 B/param with bf16 moments:
 // 450 GiB) is refused; ZeRO 3 with ep 8 on 8 GPUs holds an eighth of it plus the gathered
-// layers, and fits the device. The host: every rank builds the f32 host copy of the whole model
-// before it keeps its slices, and an expert-parallel save gathers every expert's weights and
-// moments on every rank (12 B/param), so 8 ranks on one host need 8 of each (the plan counts
-// them): a 560 GiB host is refused, an 8 TiB one is not.
+// layers, and fits the device. The host: every rank reads only its expert slices (its share of
+// the f32 weights plus the loader's staging of two of the largest tensor), but an
+// expert-parallel save still gathers every expert's weights and moments on every rank
+// (12 B/param), so 8 ranks on one host need 8 of those (the plan counts them): a 560 GiB host is
+// refused, an 8 TiB one is not; without checkpoint saves the loaded shares fit the 560 GiB host.
 TEST(RankState, MoePresetRefusedOnOneRankFitsZero3ExpertParallel) {
   model::Config c = model::parse_config(train::preset_config("35b-a3b"), "preset 35b-a3b");
   c.mtp_enabled = false;
@@ -260,12 +261,26 @@ TEST(RankState, MoePresetRefusedOnOneRankFitsZero3ExpertParallel) {
   std::printf("  35b-a3b, dp 8, zero 3, ep 8: %s\n", train::describe(p).c_str());
   EXPECT_LT(p.device_total(), 79.0 * kGiB);
   EXPECT_LT(p.state, 14.0 * double(p.params) / 8 + p.gathered + 14.0 * 64 * 2 * 41);
-  // 8 ranks' f32 host copies do not fit a 560 GiB host.
+  // The host weights: this rank's share (its expert slices, every other tensor whole) in f32 and
+  // the loader's staging, not the whole model.
+  int64_t largest = 0;
+  for (const model::ParamSpec& s : model::param_specs(c))
+    largest = std::max(largest, core::numel(s.shape));
+  EXPECT_DOUBLE_EQ(p.host_weights, 4.0 * double(p.local_params) + 8.0 * double(largest));
+  EXPECT_LT(p.host_weights, 4.0 * double(p.params) / 4);
+  // The save's gathers (12 B/param on every rank) do not fit 8 ranks on a 560 GiB host.
+  EXPECT_DOUBLE_EQ(p.host_save, 12.0 * double(p.params));
   dt_test::expect_error(
       [&] {
         train::check_memory_plan(c, in, {79.0 * kGiB, 560.0 * kGiB}, "35b.toml");
       },
       {"does not fit", "per rank x 8 on this host"});
+  // The loading alone does: 8 ranks' shares fit the 560 GiB host when nothing is saved.
+  train::PlanInput no_save = in;
+  no_save.saves_checkpoints = false;
+  train::check_memory_plan(c, no_save, {79.0 * kGiB, 560.0 * kGiB}, "35b.toml");
+  std::printf("  35b-a3b, dp 8, zero 3, ep 8, no saves: %s\n",
+              train::describe(train::plan_memory(c, no_save)).c_str());
   // ZeRO 1 with ep 8 shards only the moments: the bf16 weights, fp32 masters and gradients of
   // every local tensor stay (10 B x 6.47B), and with the activations do not fit.
   in.layout = layout(8, 1, 8);

@@ -68,6 +68,34 @@ void check_file_tensor(const std::string& dir, const SafetensorsSet& w, const Pa
 
 }  // namespace
 
+core::Tensor take_slice(const core::Tensor& full, const ParamSlice& s, const std::string& name) {
+  core::Tensor t(s.shape);
+  int64_t n = 0;
+  for (const ElementRun& r : s.runs) {
+    DT_CHECK(r.offset >= 0 && r.count >= 0 && r.offset + r.count <= full.numel(), name,
+             ": elements [", r.offset, ", ", r.offset + r.count, ") of a tensor of ", full.numel());
+    DT_CHECK(n + r.count <= t.numel(), name, ": the slice's runs exceed its shape ",
+             core::shape_str(s.shape));
+    std::copy(full.ptr() + r.offset, full.ptr() + r.offset + r.count, t.ptr() + n);
+    n += r.count;
+  }
+  DT_CHECK(n == t.numel(), name, ": a slice of ", n, " elements for shape ",
+           core::shape_str(s.shape));
+  return t;
+}
+
+core::Tensor read_float_slice(const SafetensorsFile& f, const std::string& key,
+                              const std::optional<ParamSlice>& s) {
+  if (!s) return f.to_float(key);
+  core::Tensor t(s->shape);
+  int64_t n = 0;
+  for (const ElementRun& r : s->runs) n += r.count;
+  DT_CHECK(n == t.numel(), f.path(), ": ", key, ": a slice of ", n, " elements for shape ",
+           core::shape_str(s->shape));
+  f.read_float(key, s->runs, t.ptr());
+  return t;
+}
+
 Checkpoint load_checkpoint(const std::string& dir) { return load_checkpoint(dir, LoadOptions{}); }
 
 Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
@@ -101,16 +129,50 @@ Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
   }
 
   for (const ParamSource& src : plan) {
-    std::vector<core::Tensor> files;
+    const std::string& name = src.param.name;
+    const std::optional<ParamSlice> sl =
+        opt.slice ? opt.slice(c, name, src.param.shape) : std::optional<ParamSlice>();
     std::string dtype;  // common dtype of the sources, F32 when they differ
     for (const model::ParamSpec& f : src.files) {
-      files.push_back(w.to_float(f.name));
       const std::string& fd = w.info(f.name).dtype;
       dtype = dtype.empty() || dtype == fd ? fd : "F32";
       if (src.how != Assembly::copy) ck.expert_formats.at(src.module).dtypes[f.name] = fd;
     }
-    ck.params.emplace(src.param.name, assemble_param(src, std::move(files)));
-    ck.param_dtypes.emplace(src.param.name, dtype);
+    core::Tensor t;
+    if (sl && src.how == Assembly::copy) {  // only the slice's bytes
+      t = core::Tensor(sl->shape);
+      int64_t n = 0;
+      for (const ElementRun& r : sl->runs) n += r.count;
+      DT_CHECK(n == t.numel(), dir, ": ", name, ": a slice of ", n, " elements for shape ",
+               core::shape_str(sl->shape));
+      if (opt.stats) opt.stats->add(t.numel() * 4);
+      w.read_float(name, sl->runs, t.ptr());
+    } else {  // the files converted whole (staging), then sliced
+      std::vector<core::Tensor> files;
+      int64_t staged = 0;
+      for (const model::ParamSpec& f : src.files) {
+        files.push_back(w.to_float(f.name));
+        staged += files.back().numel() * 4;
+        if (opt.stats) opt.stats->add(files.back().numel() * 4);
+      }
+      // copy: the file tensor moved through; stacked: a new tensor, then the files freed.
+      t = assemble_param(src, std::move(files));
+      if (opt.stats && src.how != Assembly::copy) {
+        opt.stats->add(t.numel() * 4);
+        opt.stats->sub(staged);
+      }
+      if (sl) {
+        core::Tensor kept = take_slice(t, *sl, dir + ": " + name);
+        if (opt.stats) {
+          opt.stats->add(kept.numel() * 4);
+          opt.stats->sub(t.numel() * 4);
+        }
+        t = std::move(kept);
+      }
+    }
+    if (opt.stats) opt.stats->kept_bytes += t.numel() * 4;
+    ck.params.emplace(name, std::move(t));
+    ck.param_dtypes.emplace(name, dtype);
   }
   for (const std::string& name : w.names()) {
     if (consumed.count(name)) continue;

@@ -1,14 +1,18 @@
 // HF checkpoint directories: load config.json + safetensors weights into float32, save atomically.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
 #include "io/hf_layout.h"
+#include "io/safetensors.h"
 #include "model/config.h"
 
 namespace deltatron::io {
@@ -42,6 +46,34 @@ bool is_passthrough_name(const std::string& name);
 bool is_passthrough_name(const std::string& name, const model::Config& c);
 bool is_mtp_name(const std::string& name);  // "mtp.*"
 
+// What one rank of a parallel layout keeps of a parameter (train/local_slices.h): the slice's
+// shape and the runs of the full tensor's row-major elements it is made of, in order.
+struct ParamSlice {
+  core::Shape shape;
+  std::vector<ElementRun> runs;
+};
+// The slice kept of parameter `name` (full shape `full`, config c as loaded); nullopt: all of it.
+using SliceFn = std::function<std::optional<ParamSlice>(
+    const model::Config& c, const std::string& name, const core::Shape& full)>;
+// The slice's elements of a full host tensor (shape and element counts checked).
+core::Tensor take_slice(const core::Tensor& full, const ParamSlice& s, const std::string& name);
+// File tensor `key` of f in float32: the slice's elements alone (only their bytes read), or the
+// whole tensor without one.
+core::Tensor read_float_slice(const SafetensorsFile& f, const std::string& key,
+                              const std::optional<ParamSlice>& s);
+
+// The loader's host buffers, counted (what a rank allocates for the weights while loading): the
+// bytes of the parameters kept, and the peak of kept + staging (a parameter assembled whole
+// before its slice is taken: per-expert files, or a slice the files cannot give directly).
+struct LoadStats {
+  int64_t kept_bytes = 0, peak_bytes = 0;
+  void add(int64_t b) { live_ += b, peak_bytes = std::max(peak_bytes, live_); }
+  void sub(int64_t b) { live_ -= b; }
+
+ private:
+  int64_t live_ = 0;
+};
+
 struct LoadOptions {
   // Train without the MTP head: mtp.* stay pass-through bytes and config.mtp_enabled is false
   // (one warning line on stderr when the config declares MTP layers).
@@ -50,6 +82,12 @@ struct LoadOptions {
   // frozen, merger or full make them parameters (config.vision_mode is set; the config must have
   // a vision_config the engine supports, model::check_vision).
   model::VisionMode vision = model::VisionMode::off;
+  // A parallel layout's slices: each parameter is read as its slice alone (a copied file tensor:
+  // only the slice's bytes; an assembled one: assembled, sliced, the whole freed), so host
+  // memory holds this rank's share plus one parameter, never the whole model. Empty: whole.
+  SliceFn slice;
+  // Where to count the loader's buffers (null: not counted).
+  LoadStats* stats = nullptr;
 };
 
 // Reads dir/config.json and the weights (model.safetensors or the sharded index). Every check is

@@ -243,17 +243,33 @@ std::span<const uint8_t> SafetensorsFile::bytes(const std::string& name) const {
 
 core::Tensor SafetensorsFile::to_float(const std::string& name) const {
   const TensorInfo& ti = info(name);
+  core::Tensor t(ti.shape);
+  const ElementRun whole{0, t.numel()};
+  read_float(name, std::span<const ElementRun>(&whole, 1), t.ptr());
+  return t;
+}
+
+void SafetensorsFile::read_float(const std::string& name, std::span<const ElementRun> runs,
+                                 float* out) const {
+  const TensorInfo& ti = info(name);
   if (!dtype_is_float(ti.dtype))
     core::fail(path_, ": tensor '", name, "' has dtype ", ti.dtype,
                ", which cannot be converted to float32 (only F32, BF16, F16)");
-  core::Tensor t(ti.shape);
-  const uint8_t* src = map_ + data_start_ + ti.begin;
-  const int64_t n = t.numel();
-  float* dst = t.ptr();
-  if (ti.dtype == "F32") {
-    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-  } else {
-    const bool bf = ti.dtype == "BF16";
+  const int64_t numel = core::numel(ti.shape);
+  const uint8_t* base = map_ + data_start_ + ti.begin;
+  const bool f32 = ti.dtype == "F32", bf = ti.dtype == "BF16";
+  for (const ElementRun& r : runs) {
+    if (r.offset < 0 || r.count < 0 || r.offset + r.count > numel)
+      core::fail(path_, ": tensor '", name, "' (", numel, " elements): elements [", r.offset, ", ",
+                 r.offset + r.count, ") requested");
+    const int64_t n = r.count;
+    float* dst = out;
+    out += n;
+    if (f32) {
+      std::memcpy(dst, base + 4 * r.offset, static_cast<size_t>(n) * 4);
+      continue;
+    }
+    const uint8_t* src = base + 2 * r.offset;
 #pragma omp parallel for schedule(static) if (n > (1 << 18))
     for (int64_t i = 0; i < n; ++i) {
       uint16_t h;
@@ -261,7 +277,6 @@ core::Tensor SafetensorsFile::to_float(const std::string& name) const {
       dst[i] = bf ? bf16_to_float(h) : f16_to_float(h);
     }
   }
-  return t;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ uint16_t float_to_bf16(float f);
 float f16_to_float(uint16_t h);
 uint16_t float_to_f16(float f);
 
+// A contiguous run of a tensor's elements (row-major flat indices [offset, offset + count)).
+struct ElementRun {
+  int64_t offset = 0, count = 0;
+};
+
 // One tensor entry of a header. Offsets are relative to the start of the data section.
 struct TensorInfo {
   std::string dtype;
@@ -54,6 +59,10 @@ class SafetensorsFile {
   std::span<const uint8_t> bytes(const std::string& name) const;
   // The tensor converted to float32; throws unless its dtype is F32, BF16 or F16.
   core::Tensor to_float(const std::string& name) const;
+  // Only the elements of `runs`, converted to float32 one after the other into out (the sum of
+  // the counts): a slice of the tensor reads only its own bytes of the mapping. Throws for a
+  // non-float dtype or a run outside the tensor.
+  void read_float(const std::string& name, std::span<const ElementRun> runs, float* out) const;
 
  private:
   std::string path_;
@@ -108,6 +117,9 @@ class SafetensorsSet {
     return file_of(name).bytes(name);
   }
   core::Tensor to_float(const std::string& name) const { return file_of(name).to_float(name); }
+  void read_float(const std::string& name, std::span<const ElementRun> runs, float* out) const {
+    file_of(name).read_float(name, runs, out);
+  }
   size_t num_files() const { return files_.size(); }
 
  private:

@@ -110,6 +110,20 @@ void check_tensor_parallel(const Config& c, int64_t P, const std::string& where)
     divisible("shared_expert_intermediate_size", c.shared_expert_intermediate_size);
 }
 
+std::vector<std::pair<int64_t, int64_t>> tp_runs(const Config& c, const std::string& name,
+                                                 const core::Shape& full, int64_t r, int64_t P) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  const TpSplit s = tp_split(c, name);
+  if (s.dim < 0 || P == 1) return runs;
+  for_each_run(s, full, r, P, name, [&](int64_t fo, int64_t, int64_t n) {
+    if (!runs.empty() && runs.back().first + runs.back().second == fo)
+      runs.back().second += n;  // adjacent: one run
+    else
+      runs.emplace_back(fo, n);
+  });
+  return runs;
+}
+
 core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full, int64_t r,
                       int64_t P) {
   const TpSplit s = tp_split(c, name);

@@ -39,6 +39,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
@@ -77,6 +78,11 @@ void check_tensor_parallel(const Config& c, int64_t P, const std::string& where)
 // Rank r's slice of the full tensor `full` (shape checked against the split).
 core::Tensor tp_slice(const Config& c, const std::string& name, const core::Tensor& full, int64_t r,
                       int64_t P);
+// The contiguous runs of the full tensor's row-major elements (offset, count) that make rank r's
+// slice, in the slice's order (what tp_slice copies; empty for a replicated tensor): a loader
+// reads only these.
+std::vector<std::pair<int64_t, int64_t>> tp_runs(const Config& c, const std::string& name,
+                                                 const core::Shape& full, int64_t r, int64_t P);
 // The full tensor from the P ranks' slices, laid end to end in `slices` (rank q's at q numel).
 core::Tensor tp_join(const Config& c, const std::string& name, const float* slices,
                      const core::Shape& local_shape, int64_t P);

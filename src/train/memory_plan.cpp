@@ -116,8 +116,14 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   int64_t largest = 0;  // the largest tensor's elements
   for (const model::ParamSpec& s : model::param_specs(c))
     largest = std::max(largest, core::numel(s.shape));
-  // Streamed: the f32 tensor being made and its bf16 copy.
-  p.host_weights = in.streamed_weights ? 6 * double(largest) : 4 * n;
+  // Streamed: the f32 tensor being made and its bf16 copy. Under ep or tp a rank reads only its
+  // slices (train/local_slices.h): its share in f32 plus the loader's staging, at most two of the
+  // largest tensor (a per-expert module's files and the expert tensor assembled from them).
+  const bool sliced = (in.layout.ep > 1 || in.layout.tp > 1) && in.lora_params < 0;
+  const double local = double(p.local_params);
+  p.host_weights = in.streamed_weights ? 6 * double(largest)
+                   : sliced            ? 4 * local + 8 * double(largest)
+                                       : 4 * n;
   if (in.lora_params >= 0) {  // the frozen base + the adapters' state
     model::StateOptions adapters;
     adapters.moments = in.state.moments;
@@ -132,7 +138,7 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
     return p;
   }
   if (in.training && in.resuming)
-    p.host_save = 8 * n;
+    p.host_save = 8 * (sliced ? local : n);  // the moments, read as this rank's slices
   else if (in.training && in.saves_checkpoints)
     p.host_save = 8 * double(largest);  // one tensor's moments at a time
   else

@@ -61,9 +61,11 @@ struct MemoryPlan {
   // Bytes on the device (for the CPU engine: host memory, added into host_total).
   double state = 0, staging = 0, activations = 0, workspace = 0;
   // Bytes in host memory, per rank: the f32 host copy of the weights (loaded or initialised, and
-  // the checkpoint's), offloaded state, and the moments' host copies of a save (one tensor; with
-  // ep or tp every rank gathers the whole weights and moments) or of a resume (all of them, f32,
-  // until the engine has taken them). The fit check multiplies it by layout.local_ranks.
+  // the checkpoint's; under ep or tp this rank's share, read as its slices, plus the loader's
+  // staging of at most two of the largest tensor; ZeRO 3 alone keeps every tensor whole),
+  // offloaded state, and the moments' host copies of a save (one tensor; with ep or tp every rank
+  // gathers the whole weights and moments) or of a resume (all of this rank's share, f32, until
+  // the engine has taken them). The fit check multiplies it by layout.local_ranks.
   double host_weights = 0, host_state = 0, host_save = 0;
   // The activation account's lines (model::describe_activations): per layer type what is kept
   // and recomputed, and the peak's phase.

@@ -68,6 +68,7 @@ class AdamW {
   int64_t step_count() const { return step_; }  // updates done so far (t of the last update)
   bool decays(const std::string& name) const;   // throws for a name the optimizer lacks
   std::vector<std::string> names() const;       // sorted
+  const std::map<std::string, core::Shape>& shapes() const { return shapes_; }  // by name
   // The host moments, allocated (zero) on first use: an engine keeps its own on its device, so a
   // run that never reads these (no resume, no checkpoint yet) holds no host copy of them.
   const TensorMap& exp_avg() const;

@@ -10,6 +10,7 @@
 #include "model/init.h"
 #include "ops/device.h"
 #include "train/finite_check.h"
+#include "train/local_slices.h"
 #include "train/memory_plan.h"
 #include "train/presets.h"
 #include "train/run_identity.h"
@@ -17,9 +18,12 @@
 
 namespace deltatron::train {
 
-io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir) {
+io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir,
+                                  const io::SliceFn& slice, io::LoadStats* stats) {
   io::LoadOptions lo;
   lo.ignore_mtp = cfg.ignore_mtp;
+  lo.slice = slice;
+  lo.stats = stats;
   lo.vision = model::parse_vision_mode(cfg.vision, cfg.source + ": model.vision");
   if (!resume_dir.empty() && !cfg.lora) return io::load_checkpoint(resume_dir, lo);
   if (!cfg.model_path.empty()) return io::load_checkpoint(cfg.model_path, lo);
@@ -46,7 +50,20 @@ io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& res
     }
   }
   for (const auto& [name, t] : ck.params) ck.param_dtypes[name] = "F32";
+  keep_slices(ck.params, slice, ck.config);
+  if (stats)
+    for (const auto& [name, t] : ck.params) stats->kept_bytes += t.numel() * 4;
   return ck;
+}
+
+model::Config run_model_config(const TrainConfig& cfg, const std::string& resume_dir) {
+  const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
+  model::Config c = !dir.empty() ? model::load_config(dir + "/config.json")
+                                 : model::parse_config(preset_config(cfg.model_preset),
+                                                       "preset " + cfg.model_preset);
+  c.mtp_enabled = c.mtp_num_hidden_layers > 0 && !cfg.ignore_mtp;
+  c.vision_mode = model::parse_vision_mode(cfg.vision, cfg.source + ": model.vision");
+  return c;
 }
 
 model::LoraOptions lora_options(const TrainConfig& cfg) {
@@ -127,15 +144,7 @@ PlanLayout run_layout(const TrainConfig& cfg, int64_t ranks, int64_t local_ranks
 
 MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_dir,
                             double image_patches_per_token, const PlanLayout& layout) {
-  const std::string dir = !resume_dir.empty() && !cfg.lora ? resume_dir : cfg.model_path;
-  model::Config c;
-  if (!dir.empty()) {
-    c = model::load_config(dir + "/config.json");
-  } else {
-    c = model::parse_config(preset_config(cfg.model_preset), "preset " + cfg.model_preset);
-  }
-  c.mtp_enabled = c.mtp_num_hidden_layers > 0 && !cfg.ignore_mtp;
-  c.vision_mode = model::parse_vision_mode(cfg.vision, cfg.source + ": model.vision");
+  const model::Config c = run_model_config(cfg, resume_dir);
   PlanInput in;
   const bool cuda = cfg.device == "cuda";
   in.device = cuda ? core::Device::cuda : core::Device::cpu;
@@ -202,14 +211,15 @@ ScheduleOptions schedule_options(const TrainConfig& cfg) {
 }
 
 TrainState start_state(const TrainConfig& cfg, const RunStart& start, const TrainData& d,
-                       io::Checkpoint& ck, AdamW& opt, int ranks) {
+                       io::Checkpoint& ck, AdamW& opt, int ranks, const io::SliceFn& slice) {
   const std::string& resume_dir = start.resume_dir;
   TrainState st;
   st.rng_seed = cfg.seed;
   st.rng.seed(cfg.seed);
   if (!resume_dir.empty()) {
-    load_train_state(resume_dir + "/training_state", st, opt);
-    if (!cfg.lora) restore_master_weights(resume_dir, ck);
+    const LocalSlice local = cfg.lora ? LocalSlice() : local_slice(slice, ck.config);
+    load_train_state(resume_dir + "/training_state", st, opt, local);
+    if (!cfg.lora) restore_master_weights(resume_dir, ck, local);
     check_resumed_step(start, st.step);
     check_run_identity(st.extra.contains("run") ? st.extra["run"] : nlohmann::json(),
                        run_identity(cfg, d, ranks),

@@ -21,7 +21,15 @@ namespace deltatron::train {
 
 // The checkpoint resume_dir when set (not for LoRA: its checkpoints hold the adapters alone),
 // else model.path, else a preset initialised with cfg.init_seed (F32 parameters).
-io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir);
+// slice: a parallel layout's slices (train/local_slices.h): a loaded checkpoint is read as this
+// rank's share (a preset is initialised whole and then sliced); stats: the loader's buffers.
+io::Checkpoint load_or_init_model(const TrainConfig& cfg, const std::string& resume_dir,
+                                  const io::SliceFn& slice = {}, io::LoadStats* stats = nullptr);
+
+// The model's config as the run will load it (the checkpoint's config.json or the preset;
+// mtp_enabled and vision_mode from cfg), before any weight is read: what the layouts' groups
+// need.
+model::Config run_model_config(const TrainConfig& cfg, const std::string& resume_dir);
 
 // A LoRA run's options (cfg.lora): [lora]'s keys, or, with lora.adapter, the adapter's own
 // (adapter_config.json); a [lora] key that disagrees with the adapter is an error naming both.
@@ -63,8 +71,10 @@ ScheduleOptions schedule_options(const TrainConfig& cfg);
 // and run identity (run_identity.h). The run
 // identity of cfg and d is stored in extra["run"]. Non-finite starting weights are an error.
 // ranks: the data-parallel ranks (run_identity).
+// slice: as load_or_init_model's (the masters and moments read as this rank's slices).
 TrainState start_state(const TrainConfig& cfg, const RunStart& start, const TrainData& d,
-                       io::Checkpoint& ck, AdamW& opt, int ranks = 1);
+                       io::Checkpoint& ck, AdamW& opt, int ranks = 1,
+                       const io::SliceFn& slice = {});
 
 // A resumed run already at cfg.steps or past it: says so and returns nothing_to_do with the
 // checkpoint's last loss (NaN when it has none).

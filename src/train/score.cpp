@@ -21,6 +21,7 @@
 #include "train/engine.h"
 #include "train/expert_parallel.h"
 #include "train/finite_check.h"
+#include "train/local_slices.h"
 #include "train/parallel.h"
 #include "train/tensor_parallel.h"
 
@@ -112,32 +113,40 @@ void run_score(const ScoreOptions& opt) {
   load_opt.vision = opt.vision == "auto"
                         ? (images ? model::VisionMode::frozen : model::VisionMode::off)
                         : model::parse_vision_mode(opt.vision, "deltatron score --vision");
+  // The layouts' groups from the config alone, so that each rank reads only its slices.
+  model::Config c0 = model::load_config((fs::path(opt.model_dir) / "config.json").string());
+  c0.mtp_enabled = c0.mtp_num_hidden_layers > 0 && !opt.ignore_mtp;
+  c0.vision_mode = load_opt.vision;
+  // Expert parallelism: this rank's slices of the routed experts; every rank runs as many
+  // packs as the others (idle packs where it has none left), since each MoE layer is a
+  // collective exchange.
+  const ExpertGroups eg = setup_expert_groups(par, opt.ep, c0, "deltatron score --ep");
+  DT_CHECK(!eg.on() || opt.adapter_dir.empty(),
+           "deltatron score: --ep with --adapter is not supported yet");
+  // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
+  // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the data-parallel
+  // ranks (a collective; with --tp those holding the same tp slice), so, as with --ep, every
+  // rank runs as many packs as the others.
+  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && opt.adapter_dir.empty()),
+           "deltatron score: --tp with --ep or --adapter is not supported yet");
+  DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
+           ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
+  DT_CHECK(opt.zero == 0 || opt.adapter_dir.empty(),
+           "deltatron score --zero 3 with --adapter is not supported yet");
+  const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c0, "deltatron score --tp");
+  const Parallel& dp = tg.data(par);
+  load_opt.slice = local_slices(eg, tg);
+  io::LoadStats load_stats;
+  load_opt.stats = &load_stats;
   io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);
   const model::Config& c = ck.config;
+  if (par.size() > 1) print_load_stats("score", par, load_stats, c);
   const std::vector<data::Pack> packs = make_packs(samples, opt);
   std::optional<model::LoraSetup> lora;
   if (!opt.adapter_dir.empty()) {
     lora = io::to_lora_setup(io::load_peft_adapter(opt.adapter_dir), c, /*dropout=*/0,
                              opt.adapter_dir);  // scoring: no dropout
   }
-  // Expert parallelism: this rank's slices of the routed experts; every rank runs as many
-  // packs as the others (idle packs where it has none left), since each MoE layer is a
-  // collective exchange.
-  const ExpertGroups eg = setup_expert_groups(par, opt.ep, c, "deltatron score --ep");
-  DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
-  keep_local_experts(ck.params, eg);
-  // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
-  // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the data-parallel
-  // ranks (a collective; with --tp those holding the same tp slice), so, as with --ep, every
-  // rank runs as many packs as the others.
-  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora),
-           "deltatron score: --tp with --ep or --adapter is not supported yet");
-  DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
-           ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
-  DT_CHECK(opt.zero == 0 || !lora, "deltatron score --zero 3 with --adapter is not supported yet");
-  const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c, "deltatron score --tp");
-  const Parallel& dp = tg.data(par);
-  keep_local_shards(ck.params, tg, c);
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr,
                                   ZeroSetup{int(opt.zero), dp.comm.get(), eg.same_experts.get()});

@@ -119,14 +119,18 @@ void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& 
   broadcast(par, done, 0);
 }
 
-void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck) {
+void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck,
+                            const LocalSlice& local) {
   const io::SafetensorsFile f(ckpt_dir + "/training_state/master_weights.safetensors");
   for (auto& [name, t] : ck.params) {
     DT_CHECK(f.contains(name), f.path(), ": missing master weight ", name);
-    core::Tensor m = f.to_float(name);
-    DT_CHECK(m.shape == t.shape, f.path(), ": master weight ", name, " has shape ",
-             core::shape_str(m.shape), ", expected ", core::shape_str(t.shape));
-    t = std::move(m);
+    const core::Shape& full = f.info(name).shape;
+    const std::optional<io::ParamSlice> sl = local ? local(name, full) : std::nullopt;
+    DT_CHECK((sl ? sl->shape : full) == t.shape, f.path(), ": master weight ", name, " has shape ",
+             core::shape_str(full),
+             sl ? " (this rank's slice " + core::shape_str(sl->shape) + ")" : "", ", expected ",
+             core::shape_str(t.shape));
+    t = io::read_float_slice(f, name, sl);
   }
 }
 

@@ -53,6 +53,9 @@ void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& 
 
 // Replaces ck.params with the fp32 master weights of the checkpoint ckpt_dir; every parameter
 // must be there with its shape (else a one-line core::Error naming the file and the parameter).
-void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck);
+// local: a parallel layout's slices (ck.params holds this rank's; each master is read as its
+// slice alone).
+void restore_master_weights(const std::string& ckpt_dir, io::Checkpoint& ck,
+                            const LocalSlice& local = {});
 
 }  // namespace deltatron::train

@@ -13,6 +13,7 @@
 
 #include "core/bf16.h"
 #include "core/error.h"
+#include "io/checkpoint.h"
 #include "io/file_util.h"
 #include "io/safetensors.h"
 
@@ -45,18 +46,21 @@ std::string existing_file(const std::string& dir, const char* name) {
 
 // The moments of one kind ("exp_avg/" or "exp_avg_sq/") for exactly the optimizer's parameters.
 TensorMap read_moments(const io::SafetensorsFile& f, const std::string& prefix,
-                       const TensorMap& like) {
+                       const std::map<std::string, core::Shape>& like, const LocalSlice& local) {
   TensorMap out;
-  for (const auto& [name, ref] : like) {
+  for (const auto& [name, shape] : like) {
     const std::string key = prefix + name;
     DT_CHECK(f.contains(key), f.path(), ": no '", key, "' for parameter '", name,
              "' (the checkpoint was saved for a different parameter set)");
     const io::TensorInfo& ti = f.info(key);
     DT_CHECK(ti.dtype == "F32" || ti.dtype == "BF16", f.path(), ": '", key, "' has dtype ",
              ti.dtype, ", expected F32 or BF16");
-    DT_CHECK(ti.shape == ref.shape, f.path(), ": '", key, "' has shape ", core::shape_str(ti.shape),
-             " but parameter '", name, "' has shape ", core::shape_str(ref.shape));
-    out.emplace(name, f.to_float(key));
+    const std::optional<io::ParamSlice> sl = local ? local(name, ti.shape) : std::nullopt;
+    DT_CHECK((sl ? sl->shape : ti.shape) == shape, f.path(), ": '", key, "' has shape ",
+             core::shape_str(ti.shape),
+             sl ? " (this rank's slice " + core::shape_str(sl->shape) + ")" : "",
+             " but parameter '", name, "' has shape ", core::shape_str(shape));
+    out.emplace(name, io::read_float_slice(f, key, sl));
   }
   return out;
 }
@@ -129,7 +133,8 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
   io::write_file_atomic((fs::path(dir) / kTrainerStateFileName).string(), j.dump(2) + "\n");
 }
 
-void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer) {
+void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer,
+                      const LocalSlice& local) {
   // Trainer state first (small), into a copy: nothing is modified until everything is read.
   const std::string state_path = existing_file(dir, kTrainerStateFileName);
   json j;
@@ -193,11 +198,12 @@ void load_train_state(const std::string& dir, TrainState& state, AdamW& optimize
       param = key.substr(kExpAvgSq.size());
     else
       core::fail(opt_path, ": unexpected tensor '", key, "' (expected exp_avg/ or exp_avg_sq/)");
-    DT_CHECK(optimizer.exp_avg().count(param) != 0, opt_path, ": has moments for parameter '",
-             param, "', which the model does not have");
+    DT_CHECK(optimizer.shapes().count(param) != 0, opt_path, ": has moments for parameter '", param,
+             "', which the model does not have");
   }
-  TensorMap m = read_moments(f, kExpAvg, optimizer.exp_avg());
-  TensorMap v = read_moments(f, kExpAvgSq, optimizer.exp_avg());
+  // Read against the shapes (not exp_avg(), which would allocate zero moments first).
+  TensorMap m = read_moments(f, kExpAvg, optimizer.shapes(), local);
+  TensorMap v = read_moments(f, kExpAvgSq, optimizer.shapes(), local);
 
   optimizer.set_state(opt_step, std::move(m), std::move(v));
   state = std::move(s);

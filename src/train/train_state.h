@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <string>
 
+#include "io/checkpoint.h"
 #include "train/optimizer.h"
 
 namespace deltatron::train {
@@ -50,6 +52,11 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
 // moments are read, into f32 exactly, whatever the run's training.moments), a bad field.
 // On error neither state nor optimizer is modified. Hyperparameters are not compared: the run's
 // current options apply.
-void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer);
+// local: a parallel layout's slices (train/local_slices.h): each moment is read as the slice the
+// optimizer's parameter is (only its bytes), so a rank holds its share, not the whole moments.
+using LocalSlice =
+    std::function<std::optional<io::ParamSlice>(const std::string& name, const core::Shape& full)>;
+void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer,
+                      const LocalSlice& local = {});
 
 }  // namespace deltatron::train

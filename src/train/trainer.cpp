@@ -18,6 +18,7 @@
 #include "train/engine.h"
 #include "train/evaluate.h"
 #include "train/expert_parallel.h"
+#include "train/local_slices.h"
 #include "train/memory_plan.h"
 #include "train/objective.h"
 #include "train/parallel.h"
@@ -79,11 +80,21 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   if (par.root())
     std::fprintf(stderr, "train: memory plan: %s\ntrain: %s\n", describe(plan).c_str(),
                  plan.activation_detail.c_str());
-  io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir);
-  // Tensor parallelism ([parallel] tp, sp): groups of tp ranks run the same micro-batches, the
-  // groups are data parallel (dp: those ranks; the job's ranks without tp).
-  const TensorGroups tg = setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, ck.config,
-                                              cfg.source + ": parallel.tp");
+  // The layouts' groups from the config alone, so that each rank reads only its slices of the
+  // weights (and of a resume's masters and moments): expert parallelism ([parallel] ep) its
+  // experts, tensor parallelism ([parallel] tp, sp: groups of tp ranks run the same
+  // micro-batches, the groups are data parallel) its shards. A resume's checkpoint holds every
+  // slice, so the number of ranks may change.
+  const model::Config c0 = run_model_config(cfg, start.resume_dir);
+  const TensorGroups tg =
+      setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, c0, cfg.source + ": parallel.tp");
+  const ExpertGroups eg =
+      setup_expert_groups(par, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
+  DT_CHECK(!eg.on() || !cfg.lora, cfg.source, ": parallel.ep with LoRA is not supported yet");
+  const io::SliceFn slices = local_slices(eg, tg);
+  io::LoadStats load_stats;
+  io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir, slices, &load_stats);
+  if (par.size() > 1) print_load_stats("train", par, load_stats, ck.config);
   const Parallel& dp = tg.data(par);
   check_data_parallel(cfg, dp);
   const std::string tok_json = tokenizer_path(cfg);
@@ -97,16 +108,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
-  TrainState st = start_state(cfg, start, d, ck, opt, dp.size());
-  // Expert parallelism ([parallel] ep): this rank's slices of the routed experts and of their
-  // moments (a resume's checkpoint holds them all, so the number of ranks may change).
-  const ExpertGroups eg =
-      setup_expert_groups(par, cfg.parallel_ep, ck.config, cfg.source + ": parallel.ep");
-  DT_CHECK(!eg.on() || !lora, cfg.source, ": parallel.ep with LoRA is not supported yet");
-  keep_local_experts(ck.params, eg);
-  keep_local_experts(opt, ck.params, eg);
-  keep_local_shards(ck.params, tg, ck.config);  // this rank's shards (tp) and their moments
-  keep_local_shards(opt, ck.params, tg, ck.config);
+  TrainState st = start_state(cfg, start, d, ck, opt, dp.size(), slices);
   if (st.step >= cfg.steps) {  // nothing to train
     TrainResult done = finished_run(cfg, start, st);
     done.root = par.root();

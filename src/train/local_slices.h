@@ -1,0 +1,35 @@
+// What one rank keeps of each parameter under expert and tensor parallelism, as the loader's slice
+// function (io::SliceFn): a rank reads only its slices from the files, never the whole model.
+#pragma once
+
+#include "io/checkpoint.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "train/expert_parallel.h"
+#include "train/tensor_parallel.h"
+#include "train/train_state.h"
+
+namespace deltatron::train {
+
+// The slices of this rank: with expert parallelism the rows of its experts
+// [first, first + num_local) of every routed-expert tensor [E, ...] (one run); with tensor
+// parallelism model::tp_runs of every sharded tensor; nullopt for every other tensor (kept
+// whole). Empty (no function) when neither is on. The function holds copies of the groups'
+// numbers, not references. An error names the tensor when its shape does not split.
+io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg);
+
+// The same bound to a config: what load_train_state and restore_master_weights take.
+LocalSlice local_slice(const io::SliceFn& f, const model::Config& c);
+
+// Replaces every tensor of a host map of full tensors by its slice (a preset's initialisation,
+// which is made whole).
+void keep_slices(model::TensorMap& t, const io::SliceFn& f, const model::Config& c);
+
+// One line on stderr per rank (`what`: "train", "score"): the loader's host buffers, so a job's
+// log shows each rank held its share while loading:
+//   "<what>: rank R of N: loaded its share of the weights: kept K bytes, loader peak P bytes
+//   (whole model W bytes in f32)".
+void print_load_stats(const char* what, const Parallel& par, const io::LoadStats& s,
+                      const model::Config& c);
+
+}  // namespace deltatron::train
