@@ -127,9 +127,11 @@ std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<
 }
 
 namespace {
-StateOptions frozen_state() {
+// gathered: the frozen base of a LoRA run under ZeRO 3 (its units gathered while they run).
+StateOptions frozen_state(bool gathered = false) {
   StateOptions s;
   s.frozen = true;
+  s.gathered = gathered;
   return s;
 }
 
@@ -163,7 +165,8 @@ Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap&
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
       frozen_(frozen_apart(dev, dt, c, host_params, state, lora)),
-      params_(dev, dt, host_params, lora ? frozen_state() : state, trained(c, state, lora)) {
+      params_(dev, dt, host_params, lora ? frozen_state(state.gathered) : state,
+              trained(c, state, lora)) {
   init(state, lora);
 }
 
@@ -171,7 +174,8 @@ Model::Model(core::Device dev, core::DType dt, const Config& c, const ParamSourc
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
       frozen_(frozen_apart(dev, dt, c, host_params, state, lora)),
-      params_(dev, dt, host_params, lora ? frozen_state() : state, trained(c, state, lora)) {
+      params_(dev, dt, host_params, lora ? frozen_state(state.gathered) : state,
+              trained(c, state, lora)) {
   init(state, lora);
 }
 
@@ -188,6 +192,16 @@ void Model::init(const StateOptions& state, const LoraSetup* lora) {
            "mtp_num_hidden_layers = ", c_.mtp_num_hidden_layers,
            " is not supported (Qwen3.5 uses 1)");
   if (c_.vision_mode != VisionMode::off) check_vision(c_, "model config");
+}
+
+void Model::set_expert_parallel(const ExpertParallel& ep) {
+  if (adapters_ && ep.on())
+    for (const LoraModule& m : adapters_->modules())
+      DT_CHECK(m.experts == 0 || adapters_->local_experts() == ep.num_local, m.name,
+               ": the routed-expert adapters hold ",
+               adapters_->local_experts() > 0 ? adapters_->local_experts() : m.experts,
+               " experts, this rank owns ", ep.num_local, " (expert parallelism)");
+  ep_ = ep;
 }
 
 PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOptions& opt) {

@@ -119,8 +119,8 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
            "training.master = remainder to offload the remainders");
   DT_CHECK(!opt.frozen || (!opt.offload_moments && !opt.master_remainder),
            "a frozen parameter store has no training state to offload or split");
-  DT_CHECK(!opt.gathered || (!opt.frozen && !opt.offload_moments && !opt.master_remainder),
-           "a gathered parameter store (ZeRO 3) is not frozen, offloaded or split into remainders");
+  DT_CHECK(!opt.gathered || (!opt.offload_moments && !opt.master_remainder),
+           "a gathered parameter store (ZeRO 3) is not offloaded or split into remainders");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
   int64_t router_total = 0;
   for (size_t k = 0; k < specs.size(); ++k) {

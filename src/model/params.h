@@ -46,6 +46,7 @@ struct StateOptions {
   // one-rank offsets); the owner of the shards binds each tensor's gathered views (bind) while
   // its unit runs (model/param_gather.h) and unbinds them after. w, master and g of an unbound
   // tensor are errors; the flat-buffer methods (adamw_tensor, download, ...) are not available.
+  // With frozen (the base of a LoRA run under ZeRO 3): the bound views are the weights alone.
   bool gathered = false;
   // model::Model: a vision tower the run does not train (model.vision = frozen, merger) is held
   // apart in a frozen store (its compute weights alone: no master, gradient or moments). false:

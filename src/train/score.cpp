@@ -124,8 +124,8 @@ void run_score(const ScoreOptions& opt) {
   // packs as the others (idle packs where it has none left), since each MoE layer is a
   // collective exchange.
   const ExpertGroups eg = setup_expert_groups(par, opt.ep, c, "deltatron score --ep");
-  DT_CHECK(!eg.on() || !lora, "deltatron score: --ep with --adapter is not supported yet");
   keep_local_experts(ck.params, eg);
+  if (lora) keep_local_experts(*lora, eg);  // the routed-expert adapters with their experts
   // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
   // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the ranks (a
   // collective), so, as with --ep, every rank runs as many packs as the others.
@@ -133,7 +133,6 @@ void run_score(const ScoreOptions& opt) {
            "deltatron score: --tp with --ep, --zero or --adapter is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
-  DT_CHECK(opt.zero == 0 || !lora, "deltatron score --zero 3 with --adapter is not supported yet");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c, "deltatron score --tp");
   const Parallel& dp = tg.data(par);
   keep_local_shards(ck.params, tg, c);

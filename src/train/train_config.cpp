@@ -227,8 +227,6 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_zero == 0 || c.offload == "none", path, ": parallel.zero = ", c.parallel_zero,
            " with training.offload = ", c.offload,
            " is not supported (ZeRO shards the device-resident state; use offload = none)");
-  DT_CHECK(c.parallel_zero == 0 || !c.lora, path, ": parallel.zero = ", c.parallel_zero,
-           " with a LoRA run is not supported (the adapters' state is small; use zero = 0)");
   DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
   DT_CHECK(c.parallel_tp >= 1, path, ": parallel.tp must be >= 1");
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,

@@ -102,9 +102,13 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // moments (a resume's checkpoint holds them all, so the number of ranks may change).
   const ExpertGroups eg =
       setup_expert_groups(par, cfg.parallel_ep, ck.config, cfg.source + ": parallel.ep");
-  DT_CHECK(!eg.on() || !lora, cfg.source, ": parallel.ep with LoRA is not supported yet");
   keep_local_experts(ck.params, eg);
-  keep_local_experts(opt, ck.params, eg);
+  if (lora) {  // the routed-expert adapters live with their experts (lora.experts)
+    keep_local_experts(*lora, eg);
+    keep_local_experts(opt, lora->adapters, eg);
+  } else {
+    keep_local_experts(opt, ck.params, eg);
+  }
   keep_local_shards(ck.params, tg, ck.config);  // this rank's shards (tp) and their moments
   keep_local_shards(opt, ck.params, tg, ck.config);
   if (st.step >= cfg.steps) {  // nothing to train
@@ -145,14 +149,15 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   };
   const auto save = [&] {      // rank 0 writes
     if (eg.on() || tg.on()) {  // the experts' and shards' slices gathered first (collective)
-      GatheredState g = gather_state(*engine, ck.params, opt, eg, par.comm->device());
+      model::TensorMap& trained = lora ? lora->adapters : ck.params;  // this rank's slices
+      GatheredState g = gather_state(*engine, trained, opt, eg, par.comm->device());
       for (model::TensorMap* t : {&g.weights, &g.exp_avg, &g.exp_avg_sq})
         gather_shards(*t, tg, ck.config, par.comm->device());
       if (par.root()) {
-        model::TensorMap local = std::exchange(ck.params, model::zeros_like(g.weights));
+        model::TensorMap local = std::exchange(trained, model::zeros_like(g.weights));
         const auto saved = saved_state_engine(g);
-        save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, nullptr);
-        ck.params = std::move(local);
+        save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+        trained = std::move(local);
       }
     } else {  // with ZeRO the other ranks send rank 0 their moments
       save_checkpoint_ranks(par, cfg, *engine, ck, st, opt, tok_files, start,

@@ -86,6 +86,7 @@ void Zero3Store::ops_zero(const core::Buffer& b) {
 Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
                        dist::Comm* experts)
     : p_(params),
+      frozen_(params.frozen()),
       comm_(comm),
       experts_(experts),
       l_(zero3_layout(params, c, comm.size(), comm.rank(), experts ? experts->size() : 0,
@@ -102,7 +103,14 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
                                                      : "fp32 master weights (ZeRO 3 shard)");
   if (p_.dt() != core::DType::f32)
     compute_ = core::Buffer(dev, p_.dt(), {n}, "compute copies (ZeRO 3 shard)");
-  grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
+  if (!frozen_) grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
+  if (frozen_ && p_.dt() != core::DType::f32) {  // the f32-read tensors whole, on every rank
+    int64_t total = 0;
+    for (const auto& t : l_.tensors)
+      if (t.f32_read) router_at_[t.name] = total, total += aligned(t.numel);
+    if (total > 0)
+      routers_ = core::Buffer(dev, core::DType::f32, {total}, "frozen f32 router weights (whole)");
+  }
   ops_zero(master_);
   ops_zero(compute_);
   ops_zero(grad_);
@@ -115,7 +123,8 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
       largest = std::max(largest, unit.piece * l_.ranks_of(unit));
     }
   }
-  piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
+  if (!frozen_)
+    piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
 }
 
 int Zero3Store::pool_of(int u) const {
@@ -169,10 +178,14 @@ void Zero3Store::load_weight(const std::string& name, const float* host) {
   if (o.size() > 0)
     ops::copy_from_host(master_.view().slice(u.local + o.a - rank * u.piece, o.size()),
                         host + (o.a - t.offset));
+  if (const auto it = router_at_.find(name); it != router_at_.end())
+    ops::copy_from_host(routers_.view().slice(it->second, t.numel), host);
 }
 
 void Zero3Store::finish_load() {
+  // The compute copies rounded as model::Params rounds them (ties away from zero, frozen or not).
   if (compute_.numel() > 0) ops::adamw_compute_copy(master_, compute_, master_.numel());
+  if (frozen_ && compute_.numel() > 0) master_ = core::Buffer();  // the bf16 weights alone
 }
 
 void Zero3Store::alloc_moments(core::DType dt) {
@@ -200,7 +213,9 @@ void Zero3Store::read(const std::string& name, Part part, float* out) {
                             : part == Part::grad    ? grad_
                             : part == Part::exp_avg ? m_
                                                     : v_;
-  DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": no AdamW moments yet");
+  DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": ",
+           frozen_ ? "a frozen store keeps no gradients, moments or fp32 values"
+                   : "no AdamW moments yet");
   if (t.numel == 0) return;
   core::Buffer recv(p_.device(), src.view().dtype, {t.numel}, "ZeRO 3 tensor being read");
   dist::Comm& comm = comm_of(u);  // the unit's ranks (an expert unit: the same experts')
@@ -216,6 +231,7 @@ void Zero3Store::read(const std::string& name, Part part, float* out) {
 }
 
 std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
+  DT_CHECK(!frozen_, "ZeRO 3: a frozen store has no optimizer step");
   std::vector<Piece> out;
   for (size_t i = 0; i < l_.tensors.size(); ++i) {
     const auto& t = l_.tensors[i];
@@ -247,7 +263,7 @@ Zero3Store::Gathered Zero3Store::gather_weights(int u) {
   const core::View& mine = compute_.numel() > 0 ? compute_.view() : master_.view();
   g.w = take(u, p_.dt(), full, "ZeRO 3 gathered weights");
   comm.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
-  if (compute_.numel() > 0 && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
+  if (compute_.numel() > 0 && unit.f32_read && !frozen_) {  // the f32 weights a bf16 model reads
     g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
     comm.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
   }
@@ -255,6 +271,7 @@ Zero3Store::Gathered Zero3Store::gather_weights(int u) {
 }
 
 void Zero3Store::gather(int model_unit, bool grads) {
+  DT_CHECK(!grads || !frozen_, "ZeRO 3: unit ", model_unit, " of a frozen store has no gradient");
   for (const int u : units_of(model_unit)) {
     DT_CHECK(!live_.count(u), "ZeRO 3: unit ", model_unit, " gathered twice");
     const auto& unit = l_.units[size_t(u)];
@@ -274,9 +291,10 @@ void Zero3Store::gather(int model_unit, bool grads) {
     for (size_t i : unit.tensors) {
       const auto& t = l_.tensors[i];
       const core::View w = g.w.view().slice(t.offset, t.numel);
-      const core::View f32 = f32_model    ? w
-                             : t.f32_read ? g.f32.view().slice(t.offset, t.numel)
-                                          : core::View{};
+      const core::View f32 = f32_model     ? w
+                             : !t.f32_read ? core::View{}
+                             : frozen_     ? routers_.view().slice(router_at_.at(t.name), t.numel)
+                                           : g.f32.view().slice(t.offset, t.numel);
       p_.bind(t.name, w, f32, grads ? g.g.view().slice(t.offset, t.numel) : core::View{});
     }
     live_[u] = std::move(g);

@@ -82,6 +82,11 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
 // masters), compute (bf16 [shard] when the model computes in bf16), grad (f32 [shard]) and the
 // moments (f32 or bf16 [shard], alloc_moments). experts: with expert parallelism, the ranks
 // holding the same experts (the expert units' communicator); null: none.
+// A frozen store (the base of a LoRA run, model::StateOptions::frozen): the weights alone, no
+// gradients or moments (gather and release without grads; read of a weight only in an f32
+// model); in a bf16 model the shard is the compute copies alone (the fp32 values are dropped
+// after finish_load), and the tensors read in f32 (the MoE routers, model::keeps_f32_weight) are
+// kept whole in f32 on every rank (a few per mille of the model) and bound from there.
 class Zero3Store final : public model::ParamGather {
  public:
   Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
@@ -139,6 +144,9 @@ class Zero3Store final : public model::ParamGather {
   std::vector<core::Buffer> pool_[4];
   core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
   model::Params& p_;
+  bool frozen_ = false;
+  core::Buffer routers_;                      // frozen bf16: the f32-read tensors, whole
+  std::map<std::string, int64_t> router_at_;  // and their offsets in it
   dist::Comm& comm_;
   dist::Comm* experts_ = nullptr;
   Zero3Layout l_;
