@@ -1,0 +1,165 @@
+// LoRA under the parallel layouts on CPU ranks (Gloo; `deltatron launch`) against one rank:
+// `score --adapter` with expert parallelism (the routed-expert adapters on their experts' ranks),
+// ZeRO 3 (the frozen base sharded and gathered per layer) and both (per-sample losses, every
+// adapter gradient); six LoRA training steps of the bundled MoE + MTP example with routed-expert
+// adapters per layout (step losses, the saved adapter, the AdamW moments; the PEFT files' layout
+// byte-identical to one rank's); resumes on the same layout (bitwise) and across layouts.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "io/peft_adapter.h"
+#include "layout_runs.h"
+#include "ranks_run.h"
+#include "short_run.h"
+#include "test_util.h"
+#include "train/checkpoint_dir.h"
+#include "train/train_config.h"
+
+namespace fs = std::filesystem;
+using namespace deltatron;
+
+namespace {
+
+// The JSON header of a safetensors file (names, dtypes, shapes and offsets of every tensor).
+std::string safetensors_header(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), sizeof n);
+  EXPECT_TRUE(in && n < (uint64_t(1) << 24)) << p;
+  std::string h(size_t(n), '\0');
+  in.read(h.data(), std::streamsize(n));
+  return h;
+}
+
+}  // namespace
+
+// The MoE fixture with PEFT's routed-expert adapter (tests/data/golden_lora/moe_experts: every
+// linear layer of the default targets and both fused expert tensors, 4 experts): each sample's
+// losses from its rank (float rounding where rows reach the experts grouped otherwise), every
+// adapter gradient summed over the ranks (the expert adapters' over the ranks holding the same
+// experts).
+TEST(LoraParallel, ScoreEqualsOneRank) {
+  const dt_test::TempDir tmp("lora_parallel_score");
+  const fs::path model = fs::path(DT_TEST_DATA) / "golden" / "moe_text_fused_tied";
+  const fs::path adapter = fs::path(DT_TEST_DATA) / "golden_lora" / "moe_experts" / "adapter";
+  const std::string base = "score --quiet --model " + model.string() + " --data " +
+                           (model / "samples.jsonl").string() + " --pack-tokens 64 --adapter " +
+                           adapter.string() + " --router-aux-coef 0.01 --z-loss-coef 0.001";
+  const auto run = [&](const std::string& tag, int ranks, const std::string& flags) {
+    const fs::path o = tmp.path / tag;
+    EXPECT_EQ(dt_test::run_ranks(ranks,
+                                 base + flags + " --output " + o.string() + ".jsonl --grad-out " +
+                                     o.string() + ".safetensors",
+                                 o.string() + ".err"),
+              0)
+        << tag << ": " << dt_test::read_file(o.string() + ".err");
+    return o;
+  };
+  const fs::path one = run("one", 1, "");
+  if (HasFailure()) return;
+  const auto want = dt_test::jsonl(one.string() + ".jsonl");
+  struct Layout {
+    std::string tag;
+    int ranks;
+    std::string flags;
+  };
+  for (const Layout& l : {Layout{"dp2", 2, ""}, Layout{"ep2", 2, " --ep 2"},
+                          Layout{"ep2_dp2", 4, " --ep 2"}, Layout{"ep4", 4, " --ep 4"},
+                          Layout{"zero3_ranks2", 2, " --zero 3"},
+                          Layout{"zero3_ranks3", 3, " --zero 3"},
+                          Layout{"zero3_ep2", 2, " --zero 3 --ep 2"},
+                          Layout{"zero3_ep2_dp2", 4, " --zero 3 --ep 2"}}) {
+    const fs::path o = run(l.tag, l.ranks, l.flags);
+    if (HasFailure()) return;
+    const auto got = dt_test::jsonl(o.string() + ".jsonl");
+    ASSERT_EQ(got.size(), want.size()) << l.tag;
+    double worst_loss = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << l.tag;
+      const double a = got[i]["loss_sum"], b = want[i]["loss_sum"];
+      worst_loss = std::max(worst_loss, std::abs(a - b) / std::max(1.0, std::abs(b)));
+      EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b))) << l.tag << " sample " << i;
+    }
+    std::string name;
+    const double r =
+        dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
+    std::printf("  %s: worst loss rel diff %.2e; worst adapter gradient rel RMS vs one rank %.2e "
+                "(%s)\n",
+                l.tag.c_str(), worst_loss, r, name.c_str());
+    EXPECT_LE(r, 2e-5) << l.tag << ": " << name;
+  }
+}
+
+// Six steps of the MoE + MTP example (8 experts, top-2; the global aux loss 0.05) with rank-4
+// adapters on the default targets and the routed experts, against one rank with 4 micro-batches:
+// plain data parallel, ep2 (2 ranks), ep2 x dp2, ZeRO 2 (the adapters' moments sharded), ZeRO 3
+// (the base sharded) on 2 ranks and with ep2 x dp2. The adapter_config.json of every layout is
+// byte-identical to one rank's, the safetensors headers too (names, dtypes, shapes: PEFT's
+// layout); values within float rounding. Then the ZeRO 3 ep2 x dp2 run resumed at step 3 on its
+// own layout (bitwise: adapter file and moments), on one rank, and the one-rank run on ZeRO 3 ep2.
+TEST(LoraParallel, TrainTracksOneRank) {
+  const dt_test::TempDir tmp("lora_parallel_train");
+  dt_test::LayoutRuns runs(tmp.path,
+                           (dt_test::examples_dir() / "addition" / "train_moe.toml").string(),
+                           "--training.router_aux_coef=0.05 --lora.r=4 --lora.alpha=8 "
+                           "--lora.experts=true",
+                           1e-6, 1e-5, 1e-4, io::kAdapterWeightsName);
+  const std::vector<dt_test::LayoutRun> layouts = {
+      {"one", 1, 4, ""},
+      {"dp2", 2, 2, ""},
+      {"ep2", 2, 2, "--parallel.ep=2"},
+      {"ep2_dp2", 4, 1, "--parallel.ep=2"},
+      {"zero2_ranks2", 2, 2, "--parallel.zero=2"},
+      {"zero3_ranks2", 2, 2, "--parallel.zero=3"},
+      {"zero3_ep2_dp2", 4, 1, "--parallel.ep=2 --parallel.zero=3"}};
+  ASSERT_TRUE(runs.run(layouts));
+  runs.keep_reference();
+  for (size_t i = 1; i < layouts.size(); ++i) {
+    runs.check(layouts[i].out, 0);
+    const fs::path got = runs.ckpt(layouts[i].out), want = runs.ref();
+    EXPECT_EQ(dt_test::read_file(got / io::kAdapterConfigName),
+              dt_test::read_file(want / io::kAdapterConfigName))
+        << layouts[i].out;
+    EXPECT_EQ(safetensors_header(got / io::kAdapterWeightsName),
+              safetensors_header(want / io::kAdapterWeightsName))
+        << layouts[i].out;
+    EXPECT_FALSE(fs::exists(got / "model.safetensors")) << layouts[i].out;
+  }
+  if (HasFailure()) return;
+
+  const auto copy_for_resume = [&](const std::string& from, const std::string& to) {
+    fs::copy(tmp.path / from, tmp.path / to, fs::copy_options::recursive);
+    fs::remove_all(tmp.path / to / train::checkpoint_dir_name(6));
+  };
+  copy_for_resume("zero3_ep2_dp2", "zero3_ep2_dp2_again");
+  copy_for_resume("zero3_ep2_dp2", "zero3_on_one");
+  copy_for_resume("one", "one_on_zero3_ep2");
+  ASSERT_TRUE(runs.run({{"zero3_ep2_dp2_again", 4, 1, "--parallel.ep=2 --parallel.zero=3"},
+                        {"zero3_on_one", 1, 4, ""},
+                        {"one_on_zero3_ep2", 2, 2, "--parallel.ep=2 --parallel.zero=3"}},
+                       true));
+  for (const char* file :
+       {io::kAdapterWeightsName, io::kAdapterConfigName, "training_state/optimizer.safetensors"})
+    EXPECT_EQ(dt_test::read_file(runs.ckpt("zero3_ep2_dp2_again") / file),
+              dt_test::read_file(runs.ckpt("zero3_ep2_dp2") / file))
+        << "resumed on its own layout: " << file;
+  for (const char* out : {"zero3_on_one", "one_on_zero3_ep2"}) runs.check(out, 6);
+}
+
+// LoRA with tensor parallelism is still refused with the reason.
+TEST(LoraParallel, ConfigRefusals) {
+  const std::string toml = (dt_test::examples_dir() / "addition" / "train_moe.toml").string();
+  EXPECT_EQ(train::load_train_config(toml, {"lora.r=4", "parallel.zero=3", "parallel.ep=2"})
+                .parallel_zero,
+            3);
+  dt_test::expect_error(
+      [&] { train::load_train_config(toml, {"lora.r=4", "parallel.tp=2"}); },
+      {"parallel.tp = 2", "LoRA", "not supported"});
+}
