@@ -70,12 +70,11 @@ TEST(LoraParallel, ScoreEqualsOneRank) {
     int ranks;
     std::string flags;
   };
-  for (const Layout& l : {Layout{"dp2", 2, ""}, Layout{"ep2", 2, " --ep 2"},
-                          Layout{"ep2_dp2", 4, " --ep 2"}, Layout{"ep4", 4, " --ep 4"},
-                          Layout{"zero3_ranks2", 2, " --zero 3"},
-                          Layout{"zero3_ranks3", 3, " --zero 3"},
-                          Layout{"zero3_ep2", 2, " --zero 3 --ep 2"},
-                          Layout{"zero3_ep2_dp2", 4, " --zero 3 --ep 2"}}) {
+  for (const Layout& l :
+       {Layout{"dp2", 2, ""}, Layout{"ep2", 2, " --ep 2"}, Layout{"ep2_dp2", 4, " --ep 2"},
+        Layout{"ep4", 4, " --ep 4"}, Layout{"zero3_ranks2", 2, " --zero 3"},
+        Layout{"zero3_ranks3", 3, " --zero 3"}, Layout{"zero3_ep2", 2, " --zero 3 --ep 2"},
+        Layout{"zero3_ep2_dp2", 4, " --zero 3 --ep 2"}}) {
     const fs::path o = run(l.tag, l.ranks, l.flags);
     if (HasFailure()) return;
     const auto got = dt_test::jsonl(o.string() + ".jsonl");
@@ -90,9 +89,10 @@ TEST(LoraParallel, ScoreEqualsOneRank) {
     std::string name;
     const double r =
         dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
-    std::printf("  %s: worst loss rel diff %.2e; worst adapter gradient rel RMS vs one rank %.2e "
-                "(%s)\n",
-                l.tag.c_str(), worst_loss, r, name.c_str());
+    std::printf(
+        "  %s: worst loss rel diff %.2e; worst adapter gradient rel RMS vs one rank %.2e "
+        "(%s)\n",
+        l.tag.c_str(), worst_loss, r, name.c_str());
     EXPECT_LE(r, 2e-5) << l.tag << ": " << name;
   }
 }
@@ -160,6 +160,8 @@ TEST(LoraParallel, ConfigRefusals) {
                 .parallel_zero,
             3);
   dt_test::expect_error(
-      [&] { train::load_train_config(toml, {"lora.r=4", "parallel.tp=2"}); },
+      [&] {
+        train::load_train_config(toml, {"lora.r=4", "parallel.tp=2"});
+      },
       {"parallel.tp = 2", "LoRA", "not supported"});
 }

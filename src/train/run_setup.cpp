@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/peft_adapter.h"
+#include "model/expert_parallel.h"
 #include "model/init.h"
 #include "ops/device.h"
 #include "train/finite_check.h"
@@ -152,16 +153,29 @@ MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_di
     // An adapter's own modules: its target_modules resolved here (an estimate for the plan; the
     // modules are checked when the adapter is loaded).
     model::LoraOptions lo = lora_options(cfg);
+    const auto count = [&](const std::vector<model::LoraModule>& mods) {
+      in.lora_params = model::lora_param_count(mods, lo.r);
+      for (const model::LoraModule& m : mods) {
+        if (m.experts) in.lora_expert_params += model::lora_param_count({m}, lo.r);
+        in.lora_largest = std::max(in.lora_largest,
+                                   std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * lo.r);
+      }
+    };
     if (cfg.lora_adapter.empty()) {
-      in.lora_params = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+      count(model::lora_modules(c, lo, cfg.source));
     } else {
       lo.targets = io::load_peft_config(cfg.lora_adapter).options.targets;
       try {
-        in.lora_params = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+        count(model::lora_modules(c, lo, cfg.source));
       } catch (const core::Error&) {  // target_modules PEFT spells otherwise (a regex): count
         const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
         in.lora_params = 0;
-        for (const auto& [m, a] : ad.a) in.lora_params += a.numel() + ad.b.at(m).numel();
+        for (const auto& [m, a] : ad.a) {
+          const int64_t n = a.numel() + ad.b.at(m).numel();
+          in.lora_params += n;
+          in.lora_largest = std::max({in.lora_largest, a.numel(), ad.b.at(m).numel()});
+          if (model::is_routed_expert_tensor(m)) in.lora_expert_params += n;
+        }
       }
     }
   }
