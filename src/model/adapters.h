@@ -33,16 +33,20 @@ TensorMap lora_init(const std::vector<LoraModule>& mods, int64_t r, uint64_t see
 // Expert parallelism (model/expert_parallel.h): the routed-expert adapters hold this rank's
 // experts only, A [local_experts, r, in] and B [local_experts, out, r] (train::keep_local_experts);
 // 0: every expert.
+// Tensor parallelism (model/tensor_parallel.h): the adapters are this rank's slices of a group
+// of tp ranks (train::keep_local_shards); 1: whole.
 struct LoraSetup {
   LoraOptions options;
   TensorMap adapters;
   int64_t local_experts = 0;
+  int64_t tp = 1;
 };
 
 class Adapters {
  public:
   // Checks that `s.adapters` has exactly the modules' tensors with their shapes (an error names
-  // the tensor; routed-expert adapters with s.local_experts experts when set); lm_head adapters
+  // the tensor; routed-expert adapters with s.local_experts experts when set, split tensors as
+  // this rank's slices of s.tp ranks); lm_head adapters
   // are refused (the LM head is fused with the loss), and lora.dropout > 0 with routed-expert
   // adapters (not implemented). state: the adapters' AdamW moments (training.moments); their
   // masters are fp32.

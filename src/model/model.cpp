@@ -214,8 +214,20 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   const Batch b(c, pack, params_.device());
   std::unique_ptr<TpGrads> tpg;
   if (tp() && with_grads && !params_.frozen()) tpg = std::make_unique<TpGrads>(c, params_, tp_);
-  const Ctx cx{c,    params_, b,         adapters_.get(), with_grads ? opt.dropout_key : 0,
-               ep(), tp(),    tpg.get(), selective_,      frozen_.get()};
+  std::unique_ptr<TpGrads> lora_tpg;  // LoRA: the adapter tensors whose gradients are partial
+  if (tp() && with_grads && adapters_)
+    lora_tpg = std::make_unique<TpGrads>(c, adapters_->params(), tp_);
+  const Ctx cx{c,
+               params_,
+               b,
+               adapters_.get(),
+               with_grads ? opt.dropout_key : 0,
+               ep(),
+               tp(),
+               tpg.get(),
+               selective_,
+               frozen_.get(),
+               lora_tpg.get()};
   const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
   const std::string norm = c.name("norm.weight");
@@ -330,6 +342,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   if (vsaved.merger) vision_bwd(cx, vb, vsaved, vision_gather_grad(cx, vb, dx));
   if (!p.frozen()) tp_embed_bwd(cx, b.grad_ids, dx);
   if (tpg) tpg->reduce_into(p);  // the replicated parameters' partial gradients, summed
+  if (lora_tpg) lora_tpg->reduce_into(adapters_->params());
   pg.release(kOuter, !p.frozen());
   return out;
 }

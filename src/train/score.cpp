@@ -129,13 +129,14 @@ void run_score(const ScoreOptions& opt) {
   // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
   // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the ranks (a
   // collective), so, as with --ep, every rank runs as many packs as the others.
-  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && !lora && opt.zero == 0),
-           "deltatron score: --tp with --ep, --zero or --adapter is not supported yet");
+  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && opt.zero == 0),
+           "deltatron score: --tp with --ep or --zero is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c, "deltatron score --tp");
   const Parallel& dp = tg.data(par);
   keep_local_shards(ck.params, tg, c);
+  if (lora) keep_local_shards(*lora, tg, c);  // the split adapter factors (model/tensor_parallel.h)
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr,
                                   ZeroSetup{int(opt.zero), par.comm.get(), eg.same_experts.get()});

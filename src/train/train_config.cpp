@@ -232,10 +232,13 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,
            ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
            "over a tensor-parallel group)");
-  DT_CHECK(c.parallel_tp == 1 || (c.parallel_zero == 0 && c.parallel_ep == 1 && !c.lora), path,
+  DT_CHECK(c.parallel_tp == 1 || (c.parallel_zero == 0 && c.parallel_ep == 1), path,
            ": parallel.tp = ", c.parallel_tp,
-           " is not supported with parallel.zero, parallel.ep or LoRA yet (use zero = 0, ep = 1, "
-           "no [lora])");
+           " is not supported with parallel.zero or parallel.ep yet (use zero = 0, ep = 1)");
+  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.lora_dropout == 0, path,
+           ": parallel.tp = ", c.parallel_tp, " with lora.dropout = ", c.lora_dropout,
+           " is not supported yet (a row-parallel adapter's input is a rank's columns; use "
+           "lora.dropout = 0)");
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

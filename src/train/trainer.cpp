@@ -103,14 +103,16 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const ExpertGroups eg =
       setup_expert_groups(par, cfg.parallel_ep, ck.config, cfg.source + ": parallel.ep");
   keep_local_experts(ck.params, eg);
-  if (lora) {  // the routed-expert adapters live with their experts (lora.experts)
+  keep_local_shards(ck.params, tg, ck.config);  // this rank's shards (tp) and their moments
+  if (lora) {  // the routed-expert adapters live with their experts (lora.experts); tp slices
     keep_local_experts(*lora, eg);
     keep_local_experts(opt, lora->adapters, eg);
+    keep_local_shards(*lora, tg, ck.config);
+    keep_local_shards(opt, lora->adapters, tg, ck.config);
   } else {
     keep_local_experts(opt, ck.params, eg);
+    keep_local_shards(opt, ck.params, tg, ck.config);
   }
-  keep_local_shards(ck.params, tg, ck.config);  // this rank's shards (tp) and their moments
-  keep_local_shards(opt, ck.params, tg, ck.config);
   if (st.step >= cfg.steps) {  // nothing to train
     TrainResult done = finished_run(cfg, start, st);
     done.root = par.root();
