@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <string>
 
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/expert_parallel.h"
 #include "model/footprint.h"
@@ -245,6 +246,10 @@ train::PlanInput lora_input(const model::Config& c, const train::PlanLayout& l, 
   in.lora_params = model::lora_param_count(mods, r);
   for (const auto& m : mods) {
     if (m.experts) in.lora_expert_params += model::lora_param_count({m}, r);
+    const int64_t E = std::max<int64_t>(m.experts, 1);
+    if (model::is_tp_sharded(c, model::lora_a_key(m.name))) in.lora_tp_split_params += E * m.in * r;
+    if (model::is_tp_sharded(c, model::lora_b_key(m.name)))
+      in.lora_tp_split_params += E * m.out * r;
     in.lora_largest =
         std::max(in.lora_largest, std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * r);
   }
@@ -307,6 +312,16 @@ TEST(RankState, LoraFrozenBaseAndAdapters) {
   EXPECT_DOUBLE_EQ(z3.state - z3.gathered,
                    2.0 * double(l.shard) + routers + 10 * double(local_adapters) + 8 * shard);
   std::printf("  moe_vlm_mtp LoRA r 4, dp 4, zero 3, ep 2: %s\n", train::describe(z3).c_str());
+  // tp 2: the base's shards, the adapters' split factors halved (one of A, B per module).
+  const int64_t split = one.lora_tp_split_params;
+  ASSERT_GT(split, 0);
+  ASSERT_LT(split, na);
+  int64_t base_tp = 0;
+  for (const model::ParamSpec& s : model::param_specs(c))
+    base_tp += core::numel(s.shape) / (model::is_tp_sharded(c, s.name) ? 2 : 1);
+  const train::MemoryPlan t2 = train::plan_memory(c, lora_input(c, layout(1, 0, 1, 2)));
+  EXPECT_EQ(t2.local_params, base_tp);
+  EXPECT_DOUBLE_EQ(t2.state, 2 * double(base_tp) + 18 * double(na - split / 2));
 }
 
 // The large MoE presets with LoRA (r 16, default targets and the routed experts, bf16, moments

@@ -9,6 +9,7 @@
 #include "io/peft_adapter.h"
 #include "model/expert_parallel.h"
 #include "model/init.h"
+#include "model/tensor_parallel.h"
 #include "ops/device.h"
 #include "train/finite_check.h"
 #include "train/memory_plan.h"
@@ -157,6 +158,11 @@ MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_di
       in.lora_params = model::lora_param_count(mods, lo.r);
       for (const model::LoraModule& m : mods) {
         if (m.experts) in.lora_expert_params += model::lora_param_count({m}, lo.r);
+        const int64_t E = std::max<int64_t>(m.experts, 1);
+        if (model::is_tp_sharded(c, model::lora_a_key(m.name)))
+          in.lora_tp_split_params += E * m.in * lo.r;
+        if (model::is_tp_sharded(c, model::lora_b_key(m.name)))
+          in.lora_tp_split_params += E * m.out * lo.r;
         in.lora_largest = std::max(in.lora_largest,
                                    std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * lo.r);
       }
