@@ -234,7 +234,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
            "over a tensor-parallel group)");
   DT_CHECK(c.parallel_tp == 1 || (c.parallel_zero == 0 && c.parallel_ep == 1), path,
            ": parallel.tp = ", c.parallel_tp,
-           " is not supported with parallel.zero or parallel.ep yet (use zero = 0, ep = 1)");
+           " is not supported with parallel.zero, parallel.ep yet (use zero = 0, ep = 1)");
   DT_CHECK(c.parallel_tp == 1 || !c.lora || c.lora_dropout == 0, path,
            ": parallel.tp = ", c.parallel_tp, " with lora.dropout = ", c.lora_dropout,
            " is not supported yet (a row-parallel adapter's input is a rank's columns; use "
