@@ -167,6 +167,21 @@ TEST(LoraParallel, TrainTracksOneRank) {
   for (const char* out : {"zero3_on_one", "one_on_tp2"}) runs.check(out, 6);
 }
 
+// LoRA dropout (0.1; on the linear modules' adapters, lora.experts off) under ZeRO 3 with ep2 x
+// dp2: each micro-batch's masks are keyed by its index in the step, so they are one rank's.
+TEST(LoraParallel, DropoutTracksOneRank) {
+  const dt_test::TempDir tmp("lora_parallel_dropout");
+  dt_test::LayoutRuns runs(tmp.path,
+                           (dt_test::examples_dir() / "addition" / "train_moe.toml").string(),
+                           "--training.router_aux_coef=0.05 --lora.r=4 --lora.alpha=8 "
+                           "--lora.dropout=0.1",
+                           1e-6, 1e-5, 1e-4, io::kAdapterWeightsName);
+  ASSERT_TRUE(
+      runs.run({{"one", 1, 4, ""}, {"zero3_ep2_dp2", 4, 1, "--parallel.ep=2 --parallel.zero=3"}}));
+  runs.keep_reference();
+  runs.check("zero3_ep2_dp2", 0);
+}
+
 // LoRA with every layout is accepted; with tensor parallelism, lora.dropout is refused with the
 // reason (a row-parallel adapter's input is a rank's columns: its masks would not be one rank's).
 TEST(LoraParallel, ConfigRefusals) {
