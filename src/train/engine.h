@@ -91,6 +91,9 @@ class Engine {
 // set_expert_parallel), the ranks holding the same experts (ExpertGroups::same_experts): the
 // routed-expert slices' state is sharded over them, every other tensor's over comm (Megatron's
 // and DeepSpeed's expert-data-parallel group). Null without expert parallelism.
+// A LoRA run: stages 1 and 2 shard the adapters' state (the frozen base has none); stage 3 shards
+// the frozen base's weights, each unit gathered while it runs (weights alone), and the adapters'
+// moments as stage 1 (docs/parallel.md, "LoRA under the layouts").
 struct ZeroSetup {
   int stage = 0;
   dist::Comm* comm = nullptr;
