@@ -26,11 +26,13 @@ class LayoutRuns {
  public:
   // toml: the example; common: flags every run gets; bounds on the step losses (relative), the
   // final weights and the moments (worst tensor rel RMS).
+  // weights: the checkpoint's weights file (a LoRA run's: adapter_model.safetensors).
   LayoutRuns(std::filesystem::path dir, std::string toml, std::string common, double loss_tol,
-             double weight_tol, double moment_tol)
+             double weight_tol, double moment_tol, std::string weights = "model.safetensors")
       : dir_(std::move(dir)),
         toml_(std::move(toml)),
         common_(std::move(common)),
+        weights_(std::move(weights)),
         loss_tol_(loss_tol),
         weight_tol_(weight_tol),
         moment_tol_(moment_tol) {}
@@ -55,6 +57,11 @@ class LayoutRuns {
     ASSERT_EQ(want_.size(), 6u);
     std::filesystem::copy(ckpt("one"), ref(), std::filesystem::copy_options::recursive);
   }
+  // A run's step-6 checkpoint, and the reference's (keep_reference).
+  std::filesystem::path ckpt(const std::string& out) const {
+    return dir_ / out / deltatron::train::checkpoint_dir_name(6);
+  }
+  std::filesystem::path ref() const { return dir_ / "one_step6"; }
   // `out` against the reference; first_loss: 6 when the run resumed (its metrics then hold steps
   // 1-6 and steps 4-6 again).
   void check(const std::string& out, size_t first_loss) const {
@@ -65,8 +72,7 @@ class LayoutRuns {
       EXPECT_NEAR(got[first_loss + s - from], want_[s], loss_tol_ * want_[s])
           << out << " step " << s + 1;
     std::string name;
-    const double w =
-        worst_rel_rms(ckpt(out) / "model.safetensors", ref() / "model.safetensors", name);
+    const double w = worst_rel_rms(ckpt(out) / weights_, ref() / weights_, name);
     std::printf("  %s: weights after 6 steps vs one rank: worst rel RMS %.2e (%s)\n", out.c_str(),
                 w, name.c_str());
     EXPECT_LE(w, weight_tol_) << out << ": " << name;
@@ -79,10 +85,6 @@ class LayoutRuns {
   }
 
  private:
-  std::filesystem::path ckpt(const std::string& out) const {
-    return dir_ / out / deltatron::train::checkpoint_dir_name(6);
-  }
-  std::filesystem::path ref() const { return dir_ / "one_step6"; }
   std::string args(const LayoutRun& r) const {
     std::string a = "train " + toml_;
     for (std::string o : short_run_overrides(dir_, r.out)) {
@@ -94,7 +96,7 @@ class LayoutRuns {
   }
 
   std::filesystem::path dir_;
-  std::string toml_, common_;
+  std::string toml_, common_, weights_;
   double loss_tol_, weight_tol_, moment_tol_;
   std::vector<double> want_;
 };

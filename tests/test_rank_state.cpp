@@ -10,9 +10,11 @@
 #include <filesystem>
 #include <string>
 
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/expert_parallel.h"
 #include "model/footprint.h"
+#include "model/lora.h"
 #include "model/params.h"
 #include "model/tensor_parallel.h"
 #include "test_util.h"
@@ -286,4 +288,127 @@ TEST(RankState, MoePresetRefusedOnOneRankFitsZero3ExpertParallel) {
   in.layout = layout(8, 1, 8);
   const train::MemoryPlan z1 = train::plan_memory(c, in);
   EXPECT_GT(z1.device_total(), 79.0 * kGiB);
+}
+
+namespace {
+
+// A LoRA run's plan input: rank-4 adapters on the default targets and the routed experts.
+train::PlanInput lora_input(const model::Config& c, const train::PlanLayout& l, int64_t r = 4) {
+  train::PlanInput in = input(l);
+  model::LoraOptions o;
+  o.r = r;
+  o.experts = true;
+  const auto mods = model::lora_modules(c, o, "test");
+  in.lora_params = model::lora_param_count(mods, r);
+  for (const auto& m : mods) {
+    if (m.experts) in.lora_expert_params += model::lora_param_count({m}, r);
+    const int64_t E = std::max<int64_t>(m.experts, 1);
+    if (model::is_tp_sharded(c, model::lora_a_key(m.name))) in.lora_tp_split_params += E * m.in * r;
+    if (model::is_tp_sharded(c, model::lora_b_key(m.name)))
+      in.lora_tp_split_params += E * m.out * r;
+    in.lora_largest =
+        std::max(in.lora_largest, std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * r);
+  }
+  return in;
+}
+
+}  // namespace
+
+// LoRA under the layouts: the frozen base is its weights alone (2 B/param in bf16) over the
+// rank's tensors (ep: its expert slices; ZeRO 1/2 shard nothing of it; ZeRO 3: its pieces, the
+// gathered units' weights without gradients or f32 copies, the routers' f32 weights whole); the
+// adapters 10 B (fp32 master, bf16 copy, gradient) whole, the routed-expert ones / ep, and 8 B of
+// moments, sharded over dp (the expert adapters' over the dp / ep ranks holding them) under ZeRO.
+TEST(RankState, LoraFrozenBaseAndAdapters) {
+  const model::Config c = fixture("moe_vlm_mtp");
+  const int64_t dp = 4, ep = 2;
+  const train::PlanInput one = lora_input(c, {});
+  const int64_t na = one.lora_params, ne = one.lora_expert_params, big = one.lora_largest;
+  ASSERT_GT(ne, 0);
+  ASSERT_LT(ne, na);
+  const double n = double(model::param_count(c));
+  EXPECT_DOUBLE_EQ(train::plan_memory(c, one).state, 2 * n + 18 * double(na));
+  // ep 2, no ZeRO: the base's expert slices, the expert adapters' slices.
+  const auto [experts, e_largest] = count(c, model::is_routed_expert_tensor);
+  const int64_t local = int64_t(n) - experts / ep, local_adapters = na - ne + ne / ep;
+  const train::MemoryPlan e2 = train::plan_memory(c, lora_input(c, layout(dp, 0, ep)));
+  EXPECT_EQ(e2.local_params, local);
+  EXPECT_DOUBLE_EQ(e2.state, 2 * double(local) + 18 * double(local_adapters));
+  // ZeRO 1 and 2: the base whole, the adapters' moments sharded (2: and their staging).
+  const double shard = double(std::min(na - ne, ceil_div(na - ne, dp) + big) +
+                              std::min(ne / ep, ceil_div(ne / ep, dp / ep) + big));
+  for (int zero : {1, 2}) {
+    const train::MemoryPlan z = train::plan_memory(c, lora_input(c, layout(dp, zero, ep)));
+    EXPECT_DOUBLE_EQ(z.state, 2 * double(local) + 10 * double(local_adapters) + 8 * shard)
+        << "zero " << zero;
+    EXPECT_EQ(z.staging > 0, zero == 2);
+  }
+  // ZeRO 3: the base's pieces (exactly the frozen store's shard) and its gathered weights.
+  const model::Params p = local_store(c, ep);
+  const train::Zero3Layout l = train::zero3_layout(p, c, int(dp), 0, int(dp / ep));
+  double gathered = 0, routers = 0;
+  for (const bool expert : {false, true}) {
+    int64_t layer = 0;
+    for (size_t u = 0; u < l.units.size(); ++u) {
+      const auto& unit = l.units[u];
+      if (unit.expert != expert || unit.numel == 0) continue;
+      const int64_t full = unit.piece * l.ranks_of(unit);
+      if (int(u) % l.model_units == 0)
+        gathered += 2.0 * double(full);  // bf16 weights only
+      else
+        layer = std::max(layer, full);
+    }
+    gathered += 2 * 2.0 * double(layer);  // the running and the prefetched layer
+  }
+  for (const auto& t : l.tensors)
+    if (model::keeps_f32_weight(t.name)) routers += 4.0 * double(train::zero3_aligned(t.numel));
+  ASSERT_GT(routers, 0);
+  const train::MemoryPlan z3 = train::plan_memory(c, lora_input(c, layout(dp, 3, ep)));
+  EXPECT_DOUBLE_EQ(z3.gathered, gathered);
+  EXPECT_DOUBLE_EQ(z3.state - z3.gathered,
+                   2.0 * double(l.shard) + routers + 10 * double(local_adapters) + 8 * shard);
+  std::printf("  moe_vlm_mtp LoRA r 4, dp 4, zero 3, ep 2: %s\n", train::describe(z3).c_str());
+  // tp 2: the base's shards, the adapters' split factors halved (one of A, B per module).
+  const int64_t split = one.lora_tp_split_params;
+  ASSERT_GT(split, 0);
+  ASSERT_LT(split, na);
+  int64_t base_tp = 0;
+  for (const model::ParamSpec& s : model::param_specs(c))
+    base_tp += core::numel(s.shape) / (model::is_tp_sharded(c, s.name) ? 2 : 1);
+  const train::MemoryPlan t2 = train::plan_memory(c, lora_input(c, layout(1, 0, 1, 2)));
+  EXPECT_EQ(t2.local_params, base_tp);
+  EXPECT_DOUBLE_EQ(t2.state, 2 * double(base_tp) + 18 * double(na - split / 2));
+}
+
+// The large MoE presets with LoRA (r 16, default targets and the routed experts, bf16, moments
+// bf16, recomputation, 4096-token micro-batches): the 122B's frozen base (2 B/param: 228 GiB) is
+// refused on one 80 GB card and fits ZeRO 3 + ep 8 on 8 GPUs; the 35B's fits ep 8 without ZeRO.
+TEST(RankState, LoraLargeMoeFitsZero3ExpertParallel) {
+  const train::Available h100{79.0 * kGiB, 8192.0 * kGiB};
+  for (const char* preset : {"35b-a3b", "122b-a10b"}) {
+    model::Config c = model::parse_config(train::preset_config(preset), preset);
+    c.mtp_enabled = false;
+    train::PlanInput in = lora_input(c, {}, 16);
+    in.state = model::parse_state_options("fp32", "bf16", "none", "test");
+    in.micro_batch_tokens = 4096;
+    in.recompute = true;
+    const train::MemoryPlan p1 = train::plan_memory(c, in);
+    std::printf("  %s LoRA, one rank: %s\n", preset, train::describe(p1).c_str());
+    for (const auto& [zero, ep] : {std::pair{0, 8}, std::pair{3, 8}}) {
+      train::PlanLayout l = layout(8, zero, ep);
+      in.layout = l;
+      const train::MemoryPlan p = train::plan_memory(c, in);
+      std::printf("  %s LoRA, dp 8, zero %d, ep %d: %s\n", preset, zero, ep,
+                  train::describe(p).c_str());
+      if (zero == 3) {
+        EXPECT_LT(p.device_total(), 79.0 * kGiB) << preset;
+        EXPECT_LT(p.state, p1.state / 4) << preset;
+      }
+    }
+    if (std::string(preset) == "122b-a10b") {
+      in.layout = {};
+      dt_test::expect_error([&] { train::check_memory_plan(c, in, h100, "122b.toml"); },
+                            {"122b.toml: this run does not fit in memory"});
+    }
+  }
 }

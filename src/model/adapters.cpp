@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "model/tensor_parallel.h"
 
 namespace deltatron::model {
 
@@ -16,12 +17,15 @@ uint64_t fnv1a(const std::string& s, uint64_t h) {
   return h;
 }
 
-void check_adapters(const std::vector<LoraModule>& mods, int64_t r, const TensorMap& host) {
+void check_adapters(const Config& c, const std::vector<LoraModule>& mods, int64_t r,
+                    const TensorMap& host, int64_t local_experts, int64_t tp) {
   for (const LoraModule& m : mods) {
-    const core::Shape sa = m.experts ? core::Shape{m.experts, r, m.in} : core::Shape{r, m.in};
-    const core::Shape sb = m.experts ? core::Shape{m.experts, m.out, r} : core::Shape{m.out, r};
-    for (const auto& [key, shape] :
+    const int64_t E = local_experts > 0 ? local_experts : m.experts;
+    const core::Shape sa = m.experts ? core::Shape{E, r, m.in} : core::Shape{r, m.in};
+    const core::Shape sb = m.experts ? core::Shape{E, m.out, r} : core::Shape{m.out, r};
+    for (auto [key, shape] :
          {std::pair{lora_a_key(m.name), sa}, std::pair{lora_b_key(m.name), sb}}) {
+      if (const int dim = tp_split(c, key).dim; tp > 1 && dim >= 0) shape[size_t(dim)] /= tp;
       auto it = host.find(key);
       DT_CHECK(it != host.end(), "LoRA adapter tensor ", key, " is missing");
       DT_CHECK(it->second.shape == shape, "LoRA adapter tensor ", key, " has shape ",
@@ -67,8 +71,9 @@ Adapters::Adapters(core::Device dev, core::DType dt, const Config& c, const Lora
     : opt_(s.options),
       mods_(lora_modules(c, s.options, "lora")),
       scale_(static_cast<float>(s.options.scale())),
-      params_((check_adapters(mods_, s.options.r, s.adapters), dev), dt, s.adapters,
-              adapter_state(moments)) {
+      local_experts_(s.local_experts),
+      params_((check_adapters(c, mods_, s.options.r, s.adapters, s.local_experts, s.tp), dev), dt,
+              s.adapters, adapter_state(moments)) {
   DT_CHECK(opt_.dropout >= 0 && opt_.dropout < 1, "lora.dropout = ", opt_.dropout,
            " is not in [0, 1)");
   DT_CHECK(opt_.dropout == 0 || !opt_.experts, "lora.dropout = ", opt_.dropout,

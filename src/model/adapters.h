@@ -30,17 +30,26 @@ TensorMap lora_init(const std::vector<LoraModule>& mods, int64_t r, uint64_t see
 
 // What a LoRA model needs besides the base weights: the options and the adapters' host values
 // (lora_init's, a PEFT adapter's, or a checkpoint's), keyed as above.
+// Expert parallelism (model/expert_parallel.h): the routed-expert adapters hold this rank's
+// experts only, A [local_experts, r, in] and B [local_experts, out, r] (train::keep_local_experts);
+// 0: every expert.
+// Tensor parallelism (model/tensor_parallel.h): the adapters are this rank's slices of a group
+// of tp ranks (train::keep_local_shards); 1: whole.
 struct LoraSetup {
   LoraOptions options;
   TensorMap adapters;
+  int64_t local_experts = 0;
+  int64_t tp = 1;
 };
 
 class Adapters {
  public:
   // Checks that `s.adapters` has exactly the modules' tensors with their shapes (an error names
-  // the tensor); lm_head adapters are refused (the LM head is fused with the loss), and
-  // lora.dropout > 0 with routed-expert adapters (not implemented). state: the adapters' AdamW
-  // moments (training.moments); their masters are fp32.
+  // the tensor; routed-expert adapters with s.local_experts experts when set, split tensors as
+  // this rank's slices of s.tp ranks); lm_head adapters
+  // are refused (the LM head is fused with the loss), and lora.dropout > 0 with routed-expert
+  // adapters (not implemented). state: the adapters' AdamW moments (training.moments); their
+  // masters are fp32.
   Adapters(core::Device dev, core::DType dt, const Config& c, const LoraSetup& s,
            core::DType moments = core::DType::f32);
 
@@ -48,6 +57,8 @@ class Adapters {
   const LoraOptions& options() const { return opt_; }
   int64_t r() const { return opt_.r; }
   float scale() const { return scale_; }
+  // The experts the routed-expert adapters hold (LoraSetup::local_experts; 0: every expert).
+  int64_t local_experts() const { return local_experts_; }
   // The module whose weight parameter is `weight` ("...q_proj.weight"), or nullptr.
   const LoraModule* find(const std::string& weight) const;
   // A module's position in modules() (it keys the module's dropout masks).
@@ -60,6 +71,7 @@ class Adapters {
   std::vector<LoraModule> mods_;
   std::map<std::string, size_t> by_weight_;
   float scale_;
+  int64_t local_experts_;
   Params params_;
 };
 

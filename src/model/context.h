@@ -56,6 +56,9 @@ struct Ctx {
   // The parameters held apart from p in a frozen store (model/model.h: the vision tower's that
   // model.vision does not train); null: p holds every parameter.
   const Params* apart = nullptr;
+  // Tensor parallelism with LoRA: this pack's partial gradients of the adapter tensors the group
+  // sums (model/tensor_parallel.h); null: none.
+  const TpGrads* lora_tpg = nullptr;
   // The store holding `name` (p, or apart for a tensor p holds apart), and its compute weight.
   const Params& store(const std::string& name) const {
     return apart != nullptr && p.held_apart(name) ? *apart : p;
@@ -79,6 +82,8 @@ struct Ctx {
     }
     return p.g(name);
   }
+  // The gradient an adapter tensor accumulates into (lora's store, or its partial store).
+  View lora_g(const std::string& key) const;
   Buffer act(int64_t n, const char* what) const { return Buffer(dev(), dt(), {n}, what); }
   Buffer f32(int64_t n, const char* what) const {
     return Buffer(dev(), core::DType::f32, {n}, what);

@@ -51,7 +51,7 @@ void expert_lora_bwd(const Ctx& cx, const std::string& param, const ExpertRows& 
   const int64_t r = cx.lora->r(), P = rows.P;
   const float s = cx.lora->scale();
   const View A = p.w(lora_a_key(m->name)), B = p.w(lora_b_key(m->name));
-  const View gA = p.g(lora_a_key(m->name)), gB = p.g(lora_b_key(m->name));
+  const View gA = cx.lora_g(lora_a_key(m->name)), gB = cx.lora_g(lora_b_key(m->name));
   Buffer h(cx.dev(), x.dtype, {P * r}, "expert LoRA hidden");
   ops::grouped_linear_fwd(x, A, rows.offsets, rows.host, rows.E, I, r, h);  // recomputed
   const Buffer hs = scaled(cx, h, P * r, s, "expert LoRA hidden (scaled)");

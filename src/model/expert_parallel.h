@@ -40,8 +40,10 @@ struct ExpertParallel {
   bool on() const { return comm != nullptr && comm->size() > 1; }
 };
 
-// Whether `name` is a routed-expert tensor the group shards ("...mlp.experts.gate_up_proj",
-// "...mlp.experts.down_proj").
+// Whether `name` is a routed-expert tensor the group shards along its first axis (experts):
+// "...mlp.experts.gate_up_proj", "...mlp.experts.down_proj", and their LoRA adapters
+// (lora.experts; model/adapters.h: "...mlp.experts.gate_up_proj.lora_A.weight" [E, r, in],
+// "....lora_B.weight" [E, out, r]), which live with their experts on the owning rank.
 bool is_routed_expert_tensor(const std::string& name);
 
 }  // namespace deltatron::model

@@ -9,7 +9,6 @@ namespace deltatron::model {
 
 void mlp_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& resid, MlpSaved& s) {
   const int64_t N = cx.N(), D = cx.c.hidden_size, F = cx.local(cx.c.intermediate_size);
-  const Params& p = cx.p;
   s.x = x;
   s.gate = cx.act(N * F, "MLP gate");
   s.up = cx.act(N * F, "MLP up");
@@ -24,7 +23,6 @@ void mlp_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
 void mlp_bwd(const Ctx& cx, const std::string& pf, const MlpSaved& s, const View& dy,
              const View& dx) {
   const int64_t N = cx.N(), D = cx.c.hidden_size, F = cx.local(cx.c.intermediate_size);
-  const Params& p = cx.p;
   Buffer dgate = cx.act(N * F, "MLP d(gate)");
   Buffer dup = cx.act(N * F, "MLP d(up)");
   {

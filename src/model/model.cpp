@@ -127,9 +127,11 @@ std::vector<uint8_t> exact_per_sample(const data::Pack& pack, const std::vector<
 }
 
 namespace {
-StateOptions frozen_state() {
+// gathered: the frozen base of a LoRA run under ZeRO 3 (its units gathered while they run).
+StateOptions frozen_state(bool gathered = false) {
   StateOptions s;
   s.frozen = true;
+  s.gathered = gathered;
   return s;
 }
 
@@ -163,7 +165,8 @@ Model::Model(core::Device dev, core::DType dt, const Config& c, const TensorMap&
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
       frozen_(frozen_apart(dev, dt, c, host_params, state, lora)),
-      params_(dev, dt, host_params, lora ? frozen_state() : state, trained(c, state, lora)) {
+      params_(dev, dt, host_params, lora ? frozen_state(state.gathered) : state,
+              trained(c, state, lora)) {
   init(state, lora);
 }
 
@@ -171,7 +174,8 @@ Model::Model(core::Device dev, core::DType dt, const Config& c, const ParamSourc
              const StateOptions& state, const LoraSetup* lora)
     : c_(c),
       frozen_(frozen_apart(dev, dt, c, host_params, state, lora)),
-      params_(dev, dt, host_params, lora ? frozen_state() : state, trained(c, state, lora)) {
+      params_(dev, dt, host_params, lora ? frozen_state(state.gathered) : state,
+              trained(c, state, lora)) {
   init(state, lora);
 }
 
@@ -190,6 +194,16 @@ void Model::init(const StateOptions& state, const LoraSetup* lora) {
   if (c_.vision_mode != VisionMode::off) check_vision(c_, "model config");
 }
 
+void Model::set_expert_parallel(const ExpertParallel& ep) {
+  if (adapters_ && ep.on())
+    for (const LoraModule& m : adapters_->modules())
+      DT_CHECK(m.experts == 0 || adapters_->local_experts() == ep.num_local, m.name,
+               ": the routed-expert adapters hold ",
+               adapters_->local_experts() > 0 ? adapters_->local_experts() : m.experts,
+               " experts, this rank owns ", ep.num_local, " (expert parallelism)");
+  ep_ = ep;
+}
+
 PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOptions& opt) {
   const Config& c = c_;
   // Sequence parallel: a pack of a multiple of the group's size (padding slots at the end).
@@ -200,8 +214,20 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   const Batch b(c, pack, params_.device());
   std::unique_ptr<TpGrads> tpg;
   if (tp() && with_grads && !params_.frozen()) tpg = std::make_unique<TpGrads>(c, params_, tp_);
-  const Ctx cx{c,    params_, b,         adapters_.get(), with_grads ? opt.dropout_key : 0,
-               ep(), tp(),    tpg.get(), selective_,      frozen_.get()};
+  std::unique_ptr<TpGrads> lora_tpg;  // LoRA: the adapter tensors whose gradients are partial
+  if (tp() && with_grads && adapters_)
+    lora_tpg = std::make_unique<TpGrads>(c, adapters_->params(), tp_);
+  const Ctx cx{c,
+               params_,
+               b,
+               adapters_.get(),
+               with_grads ? opt.dropout_key : 0,
+               ep(),
+               tp(),
+               tpg.get(),
+               selective_,
+               frozen_.get(),
+               lora_tpg.get()};
   const int64_t Nl = cx.Nl();  // this rank's rows of the residual stream
   const Params& p = params_;
   const std::string norm = c.name("norm.weight");
@@ -324,6 +350,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     else
       tpg->reduce_into(p);
   }
+  if (lora_tpg) lora_tpg->reduce_into(adapters_->params());
   pg.release(kOuter, !p.frozen());
   return out;
 }

@@ -69,7 +69,8 @@ class Model {
   // f32 for its debug mode; the CPU computes in f32); state: how the parameter store keeps the
   // masters (model/params.h).
   // lora: a LoRA run (model/adapters.h): the base is frozen (its weights alone, no gradients)
-  // and the adapters are the trainable parameters (their moments as state.moments).
+  // and the adapters are the trainable parameters (their moments as state.moments); with
+  // state.gathered (ZeRO 3) the frozen base is a gathered store (set_param_gather).
   // A vision tower that is not trained (config.vision_mode frozen: the tower and merger; merger:
   // the tower without the merger) is held apart (state.frozen_apart, the default): its tensors
   // are in a frozen store of their own (frozen_params(): their compute weights alone, as a LoRA
@@ -102,7 +103,8 @@ class Model {
   // Expert parallelism (model/expert_parallel.h): the parameter store then holds this rank's
   // slices of the routed-expert tensors ([El, ...]), and every MoE layer exchanges rows with
   // the group. Set before the first pack.
-  void set_expert_parallel(const ExpertParallel& ep) { ep_ = ep; }
+  // Routed-expert LoRA adapters must hold this rank's experts (LoraSetup::local_experts).
+  void set_expert_parallel(const ExpertParallel& ep);
   const ExpertParallel& expert_parallel() const { return ep_; }
   // Tensor (and sequence) parallelism (model/tensor_parallel.h): the parameter store holds this
   // rank's slices (tp_slice) and every pack runs on every rank of tp.comm's group, each with its

@@ -53,9 +53,6 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   check_shape(p, pf + "gate.weight", {d.E, d.D});
   check_shape(p, pf + "experts.gate_up_proj", {El, 2 * d.F, d.D});
   check_shape(p, pf + "experts.down_proj", {El, d.D, d.F});
-  DT_CHECK(!ep || (expert_lora_rank(cx, pf + "experts.gate_up_proj") == 0 &&
-                   expert_lora_rank(cx, pf + "experts.down_proj") == 0),
-           pf, "experts: routed-expert LoRA adapters under expert parallelism are not built yet");
   DT_CHECK(!ep || !cx.tp, pf,
            "experts: expert parallelism combined with tensor parallelism is not built yet");
   s.x = x;

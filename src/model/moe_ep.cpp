@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/expert_lora.h"
 #include "ops/activation.h"
 #include "ops/moe.h"
 #include "ops/tensor.h"
@@ -124,6 +125,9 @@ void moe_routed_fwd_ep(const Ctx& cx, const std::string& pf, const View& x, cons
 
   const Params& p = cx.p;
   const int64_t* loff = ep.loff_host.data();
+  // The owner's rows of its experts (the adapters of its experts, lora.experts: this rank's slice
+  // of A [El, r, in] and B [El, out, r], model/expert_lora.h).
+  const ExpertRows rows{ep.loff, loff, d.El, R};
   s.gate = buf(cx, cx.dt(), R * d.F, "expert gate");
   s.up = buf(cx, cx.dt(), R * d.F, "expert up");
   Buffer h = buf(cx, cx.dt(), R * d.F, "expert hidden");
@@ -132,10 +136,12 @@ void moe_routed_fwd_ep(const Ctx& cx, const std::string& pf, const View& x, cons
     Buffer gu = cx.act(R * 2 * d.F, "expert gate/up");
     ops::grouped_linear_fwd(ep.xe, p.w(pf + "experts.gate_up_proj"), ep.loff, loff, d.El, d.D,
                             2 * d.F, gu);
+    expert_lora_fwd(cx, pf + "experts.gate_up_proj", rows, ep.xe, d.D, 2 * d.F, gu);
     ops::copy_cols(gu, 2 * d.F, 0, s.gate, d.F, 0, R, d.F);
     ops::copy_cols(gu, 2 * d.F, d.F, s.up, d.F, 0, R, d.F);
     ops::swiglu_fwd(s.gate, s.up, R * d.F, h);
     ops::grouped_linear_fwd(h, p.w(pf + "experts.down_proj"), ep.loff, loff, d.El, d.F, d.D, oe);
+    expert_lora_fwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, oe);
   }
 
   // 4. Outputs back in the received order, to the tokens' ranks; combined as on one rank.
@@ -153,6 +159,7 @@ void moe_routed_bwd_ep(const Ctx& cx, const std::string& pf, const MoeSaved& s, 
   const int64_t R = ep.R;
   const Params& p = cx.p;
   const int64_t* loff = ep.loff_host.data();
+  const ExpertRows rows{ep.loff, loff, d.El, R};
 
   // Output gradients (unweighted) to the owners, expert-major there.
   Buffer dye = buf(cx, cx.dt(), R * d.D, "output gradients, expert-major");
@@ -171,11 +178,16 @@ void moe_routed_bwd_ep(const Ctx& cx, const std::string& pf, const MoeSaved& s, 
     Buffer g = cx.act(R * d.F, "expert hidden gradient (unweighted)");
     ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, ep.loff, loff, d.El, d.F, d.D, g,
                             View{});
-    if (!p.frozen()) {
+    // The adapter's share of the unweighted hidden gradient (before the slot weights' split).
+    expert_lora_bwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, dye, g, View{});
+    const bool adapted = expert_lora_rank(cx, pf + "experts.down_proj") > 0;
+    if (!p.frozen() || adapted) {
       Buffer dyw = cx.act(R * d.D, "output gradients, slot-weighted");
       ops::moe_gather(dye, ep.iota, ep.we, R, 1, d.D, dyw);
-      ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dyw, ep.loff, loff, d.El, d.F, d.D,
-                              View{}, p.g(pf + "experts.down_proj"));
+      if (!p.frozen())
+        ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dyw, ep.loff, loff, d.El, d.F,
+                                d.D, View{}, p.g(pf + "experts.down_proj"));
+      expert_lora_bwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, View{}, View{}, dyw);
     }
     ops::moe_expert_weight_bwd(h, g, ep.iota, ep.we, R, 1, d.F, dwe, g);
     Buffer dgu = cx.act(R * 2 * d.F, "expert gate/up gradient");
@@ -188,6 +200,7 @@ void moe_routed_bwd_ep(const Ctx& cx, const std::string& pf, const MoeSaved& s, 
     }
     ops::grouped_linear_bwd(ep.xe, p.w(pf + "experts.gate_up_proj"), dgu, ep.loff, loff, d.El, d.D,
                             2 * d.F, dxe, p.g(pf + "experts.gate_up_proj"));
+    expert_lora_bwd(cx, pf + "experts.gate_up_proj", rows, ep.xe, d.D, 2 * d.F, dgu, dxe, dgu);
   }
 
   // Slot-weight and input-row gradients back to the tokens' ranks.
@@ -208,11 +221,13 @@ void moe_routed_bwd_ep(const Ctx& cx, const std::string& pf, const MoeSaved& s, 
 }
 
 bool is_routed_expert_tensor(const std::string& name) {
-  const auto ends = [&](const char* suf) {
-    const std::string s(suf);
+  const auto ends = [&](const std::string& s) {
     return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
   };
-  return ends(".mlp.experts.gate_up_proj") || ends(".mlp.experts.down_proj");
+  for (const char* t : {".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"})
+    for (const char* a : {"", ".lora_A.weight", ".lora_B.weight"})
+      if (ends(std::string(t) + a)) return true;
+  return false;
 }
 
 }  // namespace deltatron::model

@@ -119,10 +119,10 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
            "training.master = remainder to offload the remainders");
   DT_CHECK(!opt.frozen || (!opt.offload_moments && !opt.master_remainder),
            "a frozen parameter store has no training state to offload or split");
-  // A gathered store holds no state (master_remainder only tells the shards' owner to keep the
-  // lean pair: train/zero3.h).
-  DT_CHECK(!opt.gathered || (!opt.frozen && !opt.offload_moments && !opt.offload_master),
-           "a gathered parameter store (ZeRO 3) is neither frozen nor offloaded");
+  // A gathered store holds no offloaded state (master_remainder only tells the shards' owner to
+  // keep the lean pair: train/zero3.h; frozen: the base of a LoRA run, weights alone).
+  DT_CHECK(!opt.gathered || (!opt.offload_moments && !opt.offload_master),
+           "a gathered parameter store (ZeRO 3) is not offloaded");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
   int64_t router_total = 0;
   for (size_t k = 0; k < specs.size(); ++k) {

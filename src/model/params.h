@@ -47,6 +47,7 @@ struct StateOptions {
   // its unit runs (model/param_gather.h) and unbinds them after. w, master and g of an unbound
   // tensor are errors; the flat-buffer methods (adamw_tensor, download, ...) are not available.
   // With master_remainder the shards' owner keeps the lean pair (bf16 weights + remainders).
+  // With frozen (the base of a LoRA run under ZeRO 3): the bound views are the weights alone.
   bool gathered = false;
   // model::Model: a vision tower the run does not train (model.vision = frozen, merger) is held
   // apart in a frozen store (its compute weights alone: no master, gradient or moments). false:

@@ -4,6 +4,7 @@
 #include "core/bf16.h"
 #include "model/adapters.h"
 #include "model/lora_linear.h"
+#include "model/tensor_parallel.h"
 #include "ops/linear.h"
 #include "ops/tensor.h"
 
@@ -41,6 +42,14 @@ bool adapter_of(const Ctx& cx, const std::string& weight, const View& x, int64_t
 
 }  // namespace
 
+View Ctx::lora_g(const std::string& key) const {
+  if (lora_tpg) {
+    const View v = lora_tpg->at(key);
+    if (!v.empty()) return v;
+  }
+  return lora->params().g(key);
+}
+
 void proj_fwd(const Ctx& cx, const std::string& weight, const View& x, int64_t I, int64_t O,
               const View& y, bool accumulate) {
   proj_fwd(cx, weight, cx.p.w(weight), x, I, O, y, accumulate);
@@ -71,10 +80,9 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
   if (!gw.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw);
   Adapter a;
   if (!adapter_of(cx, weight, x, I, O, a)) return;
-  const Params& p = cx.lora->params();
   const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
   const Buffer dh(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden gradient");
-  const View gA = p.g(lora_a_key(a.m->name)), gB = p.g(lora_b_key(a.m->name));
+  const View gA = cx.lora_g(lora_a_key(a.m->name)), gB = cx.lora_g(lora_b_key(a.m->name));
   if (a.p == 0) return lora_bwd(a.d, x, dy, a.A, a.B, h, dh, dx, gA, gB);
   // Dropout: the same mask regenerated from its key, on the input and on the input gradient.
   const int64_t n = cx.N() * I;

@@ -61,7 +61,47 @@ std::string layer_suffix(const Config& c, const std::string& name) {
 
 }  // namespace
 
+namespace {
+
+// A LoRA adapter tensor (model/adapters.h: "<module>.lora_A.weight" [.., r, in],
+// "<module>.lora_B.weight" [.., out, r]): its base weight's split and which axis of the base is
+// split. axis: 0 not split, 1 the output axis (column-parallel), 2 the input axis (row-parallel).
+struct AdapterOf {
+  bool adapter = false, a = false;  // an adapter tensor; its lora_A (else lora_B)
+  std::string base;                 // the base weight's name
+  TpSplit split;                    // the base's
+  int axis = 0;
+  int rank = 2;  // the base's axes: 2, or 3 for the routed experts [E, out, in]
+};
+AdapterOf adapter_of(const Config& c, const std::string& name) {
+  AdapterOf o;
+  for (const char* suf : {".lora_A.weight", ".lora_B.weight"})
+    if (ends_with(name, suf)) {
+      o.adapter = true;
+      o.a = suf[6] == 'A';
+      o.base = name.substr(0, name.size() - std::string(suf).size());
+    }
+  if (!o.adapter) return o;
+  o.rank =
+      ends_with(o.base, "mlp.experts.gate_up_proj") || ends_with(o.base, "mlp.experts.down_proj")
+          ? 3
+          : 2;
+  if (o.rank == 2) o.base += ".weight";
+  o.split = tp_split(c, o.base);
+  if (o.split.dim >= 0) o.axis = o.split.dim == o.rank - 2 ? 1 : 2;
+  return o;
+}
+
+}  // namespace
+
 TpSplit tp_split(const Config& c, const std::string& name) {
+  // LoRA: a column-parallel base's lora_B is split as its output rows, a row-parallel base's
+  // lora_A as its input columns; the other factor is replicated (its gradient partial).
+  if (const AdapterOf a = adapter_of(c, name); a.adapter) {
+    if (a.axis == 1 && !a.a) return {a.rank - 2, a.split.segments};
+    if (a.axis == 2 && a.a) return {a.rank - 1, a.split.segments};
+    return {};
+  }
   const std::string s = layer_suffix(c, name);
   if (s.empty()) return {};
   const int64_t H = c.num_attention_heads, J = c.num_key_value_heads, K = c.head_dim;
@@ -156,6 +196,11 @@ core::Tensor tp_join(const Config& c, const std::string& name, const float* slic
 }
 
 bool tp_partial_grad(const Config& c, const std::string& name, bool sp) {
+  // LoRA: the replicated factor of a split base (a column-parallel base's lora_A: dA = dh^T x
+  // with dh = s dy B summed over the rank's rows; a row-parallel base's lora_B: dB = s dy^T h with
+  // h the rank's columns' share), and both factors of a base whose own gradient is partial.
+  if (const AdapterOf a = adapter_of(c, name); a.adapter)
+    return a.axis == 1 ? a.a : a.axis == 2 ? !a.a : tp_partial_grad(c, a.base, sp);
   const std::string s = layer_suffix(c, name);
   if (s == "self_attn.q_norm.weight" || s == "self_attn.k_norm.weight" ||
       s == "linear_attn.norm.weight")

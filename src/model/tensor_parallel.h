@@ -20,6 +20,13 @@
 //              same logits, so the top-k and the router losses are one rank's on each.
 //   the rest   replicated: embeddings, lm_head, every RMSNorm weight (q_norm, k_norm and the GDN
 //              gated norm are per head dim: every rank's heads use them), MTP fc.
+//   LoRA       (model/adapters.h) a column-parallel base's lora_B [out, r] (experts [E, out, r]) is
+//              split as the base's output axis, its lora_A replicated; a row-parallel base's
+//              lora_A [r, in] ([E, r, in]) split as the base's input axis, its lora_B replicated.
+//              So a column-parallel adapter computes h = x A^T whole and its rows of s h B^T; a
+//              row-parallel one its columns' share of h, and s h_r B^T joins the partial output
+//              the group sums. The replicated factor's gradient is partial (below), as are both
+//              factors' of a base whose own gradient is (the router, shared_expert_gate).
 // Each mixer and FFN is a column-parallel input (no communication) and a row-parallel output
 // whose partial sums are all-reduced (or, with sp, reduce-scattered to the token shards); the
 // backward all-reduces (reduce-scatters) the input gradient (model/tp_exchange.h).

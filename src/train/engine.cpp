@@ -103,6 +103,22 @@ class ModelEngine final : public Engine {
   }
   void set_recompute(bool on) { model_.set_recompute(on); }
   void set_recompute_selective(bool on) override { model_.set_recompute_selective(on); }
+  // A LoRA run under ZeRO 3: the frozen base (a gathered store) sharded over zero's ranks and each
+  // unit gathered while it runs (train/zero3.h, weights alone); the adapters stay this engine's.
+  template <typename Source>
+  void shard_frozen_base(const model::Config& c, const Source& params, const ZeroSetup& zero) {
+    base_ = std::make_unique<Zero3Store>(model_.params(), c, *zero.comm, zero.experts);
+    if constexpr (std::is_same_v<Source, model::ParamSource>) {
+      for (const model::ParamSpec& s : params.specs) {
+        const core::Tensor t = params.make(s);
+        base_->load_weight(s.name, t.ptr());
+      }
+    } else {
+      for (const auto& [name, t] : params) base_->load_weight(name, t.ptr());
+    }
+    base_->finish_load();
+    model_.set_param_gather(base_.get());
+  }
   std::vector<std::string> moe_prefixes() const override { return model_.moe_prefixes(); }
   void zero_grads() override { model_.trainable().zero_grads(); }
   void reduce_grads(dist::Comm& comm, dist::Comm* experts) override {
@@ -136,7 +152,9 @@ class ModelEngine final : public Engine {
     DT_CHECK(!model_.expert_parallel().on(),
              "tensor parallelism with expert parallelism is not "
              "supported yet");
-    DT_CHECK(!model_.adapters(), "tensor parallelism with LoRA adapters is not supported yet");
+    DT_CHECK(!model_.adapters() || model_.adapters()->options().dropout == 0,
+             "tensor parallelism with lora.dropout > 0 is not supported yet (a row-parallel "
+             "adapter's input is this rank's columns: its masks would not be one rank's)");
     model_.set_tensor_parallel(tp);
   }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
@@ -328,6 +346,7 @@ class ModelEngine final : public Engine {
   }
 
   model::Model model_;
+  std::unique_ptr<Zero3Store> base_;  // LoRA under ZeRO 3: the frozen base's shards
   ZeroSetup zero_;
   bool sharded_ = false, have_moments_ = false;
   std::vector<ZeroGroup> groups_;        // ZeRO on several ranks
@@ -349,8 +368,19 @@ std::unique_ptr<Engine> make(const std::string& device, const std::string& preci
   const bool cuda = device == "cuda";
   const core::DType dt = cuda && precision == "bf16" ? core::DType::bf16 : core::DType::f32;
   const core::Device dev = cuda ? core::Device::cuda : core::Device::cpu;
+  if (zero.stage == 3 && lora) {
+    // The frozen base sharded and gathered per unit; the adapters' moments sharded as stage 1
+    // does (their gradients all-reduced: small, and whole for score --grad-out).
+    model::StateOptions base = state;
+    base.gathered = true;
+    ZeroSetup adapters = zero;
+    adapters.stage = 1;
+    auto e = std::make_unique<ModelEngine>(dev, dt, c, params, opt, base, lora, adapters);
+    e->shard_frozen_base(c, params, zero);
+    e->set_recompute(recompute);
+    return e;
+  }
   if (zero.stage == 3) {
-    DT_CHECK(!lora, "parallel.zero = 3 with a LoRA run is not supported");
     if constexpr (std::is_same_v<Source, model::ParamSource>)
       return make_zero3_engine(dev, dt, c, nullptr, &params, opt, recompute, state, zero);
     else

@@ -47,7 +47,7 @@ class Engine {
   virtual void set_expert_parallel(const model::ExpertParallel& ep) = 0;
   // Tensor parallelism (model/tensor_parallel.h): the engine was made from this rank's shards
   // (train/tensor_parallel.h); every pack runs on every rank of tp.comm's group. The gradient
-  // norm adds the group's shards. Before the first pack; not with ep or LoRA. With ZeRO the
+  // norm adds the group's shards. Before the first pack; not with ep or LoRA dropout. With ZeRO the
   // engine was made with ZeroSetup::comm = the data-parallel ranks holding the same tp slice.
   virtual void set_tensor_parallel(const model::TensorParallel& tp) = 0;
   // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
@@ -93,6 +93,9 @@ class Engine {
 // set_expert_parallel), the ranks holding the same experts (ExpertGroups::same_experts): the
 // routed-expert slices' state is sharded over them, every other tensor's over comm (Megatron's
 // and DeepSpeed's expert-data-parallel group). Null without expert parallelism.
+// A LoRA run: stages 1 and 2 shard the adapters' state (the frozen base has none); stage 3 shards
+// the frozen base's weights, each unit gathered while it runs (weights alone), and the adapters'
+// moments as stage 1 (docs/parallel.md, "LoRA under the layouts").
 struct ZeroSetup {
   int stage = 0;
   dist::Comm* comm = nullptr;

@@ -43,6 +43,12 @@ void keep_local_experts(model::TensorMap& params, const ExpertGroups& g) {
   }
 }
 
+void keep_local_experts(model::LoraSetup& s, const ExpertGroups& g) {
+  if (!g.on()) return;
+  keep_local_experts(s.adapters, g);
+  s.local_experts = g.model.num_local;
+}
+
 void gather_experts(model::TensorMap& tensors, const ExpertGroups& g, core::Device dev) {
   if (!g.on()) return;
   const int64_t Q = g.group->size();

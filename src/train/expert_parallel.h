@@ -12,6 +12,7 @@
 
 #include "core/device.h"
 #include "dist/comm.h"
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/expert_parallel.h"
 #include "model/weights.h"
@@ -37,6 +38,10 @@ ExpertGroups setup_expert_groups(const Parallel& par, int64_t ep, const model::C
 // Replaces every routed-expert tensor of `params` (full [E, ...]) by this rank's slice
 // [El, ...].
 void keep_local_experts(model::TensorMap& params, const ExpertGroups& g);
+
+// A LoRA run's adapters: the routed-expert adapters' slices [El, ...] (lora.experts; the other
+// adapters are replicated), s.local_experts set.
+void keep_local_experts(model::LoraSetup& s, const ExpertGroups& g);
 
 // The inverse for host tensors shaped like this rank's store (e.g. gradients): every
 // routed-expert slice gathered over the group into the full [E, ...] tensor (on every rank of

@@ -134,7 +134,17 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
     p.state = fb.held * n + (in.training ? ab.train : ab.held) * na;
     p.host_state = 0;
     p.staging = 0;
+    if (in.layout.on()) {  // one rank's share (train/rank_state.h): the base's, the adapters'
+      const RankState rs = rank_state(c, in);
+      p.local_params = rs.params;
+      p.state = rs.state + rs.gathered;
+      p.gathered = rs.gathered;
+      p.staging = rs.staging;
+    }
     p.host_save = in.training && (in.resuming || in.saves_checkpoints) ? 8 * na : 0;
+    // ep: a save gathers the adapters' whole weights and moments on every rank.
+    if (in.training && in.saves_checkpoints && in.layout.ep > 1)
+      p.host_save = std::max(p.host_save, 12 * na);
     return p;
   }
   if (in.training && in.resuming)

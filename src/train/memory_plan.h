@@ -38,6 +38,12 @@ struct PlanInput {
   // A LoRA run: the adapters' parameter count (>= 0); the base is frozen (its weights alone) and
   // the adapters hold the training state (fp32 masters, their compute copies, gradients, moments).
   int64_t lora_params = -1;
+  // Of lora_params, the routed-expert adapters' (lora.experts; sliced over the ep ranks like their
+  // experts), and the largest adapter tensor's elements (a ZeRO 1/2 shard's bound).
+  int64_t lora_expert_params = 0, lora_largest = 0;
+  // Of lora_params, the elements of the adapter tensors tensor parallelism splits
+  // (model::is_tp_sharded: a column-parallel base's lora_B, a row-parallel base's lora_A).
+  int64_t lora_tp_split_params = 0;
   // The weights are made one host tensor at a time (model::ParamSource): host memory holds the
   // largest tensor, not an f32 copy of the model.
   bool streamed_weights = false;

@@ -36,6 +36,34 @@ std::vector<LocalTensor> local_tensors(const model::Config& c, const PlanLayout&
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The adapters of a LoRA run (rank_state.h): weights, masters, gradients whole (the routed-expert
+// adapters / ep), moments sharded as ZeRO 1/2 shards them (ZeRO 3: as stage 1).
+void add_adapters(RankState& r, const PlanInput& in) {
+  const PlanLayout& l = in.layout;
+  model::StateOptions so;
+  so.moments = in.state.moments;
+  const model::StateBytes ab = model::state_bytes(in.compute, so);
+  const double moments = in.training ? ab.train - ab.held : 0;
+  // Without ep one group over every adapter (tp: the split factors' slices); tp with ep is refused.
+  const int64_t split = l.tp > 1 ? in.lora_tp_split_params : 0;
+  const int64_t count[2] = {
+      l.ep > 1 ? in.lora_params - in.lora_expert_params : in.lora_params - split + split / l.tp,
+      l.ep > 1 ? in.lora_expert_params / l.ep : 0};
+  const int64_t ranks[2] = {l.dp, l.dp / l.ep};
+  double shard = 0;
+  for (int g = 0; g < 2; ++g) {
+    if (count[g] == 0) continue;
+    const bool sharded = l.zero > 0 && ranks[g] > 1;
+    const int64_t share =
+        !sharded ? count[g] : std::min(count[g], ceil_div(count[g], ranks[g]) + in.lora_largest);
+    shard += double(share);
+    if (l.zero == 2 && sharded)
+      r.staging = std::max(
+          r.staging, double(ranks[g] + 1) * double(std::min<int64_t>(int64_t(1) << 22, share)) * 4);
+  }
+  r.state += ab.held * double(count[0] + count[1]) + moments * shard;
+}
+
 }  // namespace
 
 RankState rank_state(const model::Config& c, const PlanInput& in) {
@@ -43,19 +71,28 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
   DT_CHECK(l.dp >= 1 && l.ep >= 1 && l.tp >= 1 && l.zero >= 0 && l.zero <= 3,
            "memory plan: a layout of dp ", l.dp, ", zero ", l.zero, ", ep ", l.ep, ", tp ", l.tp);
   DT_CHECK(l.ep == 1 || l.dp % l.ep == 0, "memory plan: ep ", l.ep, " does not divide dp ", l.dp);
-  const model::StateBytes b = model::state_bytes(in.compute, in.state);
-  const double moments = in.training ? b.train - b.held : 0;  // on the device, per element
+  // A LoRA run: the base is a frozen store (its weights alone), the adapters added at the end.
+  const bool lora = in.lora_params >= 0;
+  model::StateOptions base = in.state;
+  if (lora) base = model::StateOptions{}, base.frozen = true;
+  const model::StateBytes b = model::state_bytes(in.compute, base);
+  const double moments = in.training && !lora ? b.train - b.held : 0;  // on the device, per element
   const std::vector<LocalTensor> ts = local_tensors(c, l);
   RankState r;
   for (const LocalTensor& t : ts) r.params += t.numel;
-  r.host = b.host * double(r.params);
+  r.host = lora ? 0 : b.host * double(r.params);
+  const auto done = [&] {
+    if (lora) add_adapters(r, in);
+    return r;
+  };
   // ZeRO's groups: 0, the replicated tensors over the dp ranks; 1, the expert slices over the
   // dp / ep ranks holding the same experts.
   const int64_t ranks[2] = {l.dp, l.dp / l.ep};
 
-  if (l.zero == 0 || (l.zero < 3 && l.dp == 1)) {  // the whole state of every local tensor
+  // The whole state of every local tensor (a LoRA base: ZeRO 1/2 shard only the adapters').
+  if (l.zero == 0 || (l.zero < 3 && (l.dp == 1 || lora))) {
     r.state = (b.held + moments) * double(r.params);
-    return r;
+    return done();
   }
 
   if (l.zero <= 2) {
@@ -77,24 +114,29 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
                                             double(std::min<int64_t>(int64_t(1) << 22, share)) * 4);
     }
     r.state = b.held * double(r.params) + moments * shard;
-    return r;
+    return done();
   }
 
   // ZeRO 3: the units of train/zero3.h (the model's units; with ep their expert slices apart),
-  // each cut into ranks pieces of ceil(n / ranks) rounded up to 64 elements.
+  // each cut into ranks pieces of ceil(n / ranks) rounded up to 64 elements. A frozen base
+  // (LoRA) gathers its weights alone: no gradients, no reduced piece, and in a bf16 model the
+  // routers' f32 weights are held whole on every rank instead of gathered.
   struct Unit {
     int64_t numel = 0;
     bool f32_read = false;  // a bf16 model gathers its f32 weights too (the routers)
   };
   std::map<int, Unit> units[2];
   const bool bf16 = in.compute != core::DType::f32;
+  double routers = 0;  // a frozen bf16 base: the routers' f32 weights, whole
   for (const LocalTensor& t : ts) {
     Unit& u = units[t.expert][zero3_model_unit(c, t.name)];
     u.numel += zero3_aligned(t.numel);
-    u.f32_read = u.f32_read || (bf16 && model::keeps_f32_weight(t.name));
+    const bool f32_read = bf16 && model::keeps_f32_weight(t.name);
+    if (lora && f32_read) routers += 4 * double(zero3_aligned(t.numel));
+    u.f32_read = u.f32_read || (f32_read && !lora);
   }
   const double dt = bf16 ? 2 : 4;
-  const double grads = in.training ? 4 : 0;  // the gathered gradient buffers (f32)
+  const double grads = in.training && !lora ? 4 : 0;  // the gathered gradient buffers (f32)
   int64_t shard = 0, largest_piece = 0;
   for (int g = 0; g < 2; ++g) {
     int64_t layer = 0;  // the largest gathered layer unit
@@ -115,9 +157,9 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
     // pools' buffers all have the largest layer's size.
     r.gathered += double(layer) * (2 * dt + (layer_f32 ? 2 * 4 : 0) + grads);
   }
-  r.gathered += 4 * double(largest_piece);  // a reduce_scatter's result
-  r.state = (b.held + moments) * double(shard);
-  return r;
+  if (!lora) r.gathered += 4 * double(largest_piece);  // a reduce_scatter's result
+  r.state = (b.held + moments) * double(shard) + routers;
+  return done();
 }
 
 }  // namespace deltatron::train

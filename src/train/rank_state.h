@@ -36,6 +36,13 @@ struct RankState {
 };
 
 // in.layout: the run's layout (dp, zero, ep, tp); in.compute, in.state, in.training as the plan.
+// A LoRA run (in.lora_params >= 0): params and state count the frozen base (its weights alone,
+// model::state_bytes of a frozen store per element: with ep its expert slices; with ZeRO 3 its
+// pieces, and the gathered units' weights without gradients or f32 copies, the routers' f32
+// weights whole instead) plus the adapters: their weights, masters and gradients whole (the
+// routed-expert adapters / ep, the factors tp splits / tp), their moments as ZeRO 1/2 shard them
+// (ZeRO 3: as stage 1; an even share plus the largest adapter tensor over the dp ranks, the expert
+// adapters' over the dp / ep ranks holding them), ZeRO 2's staging for them.
 RankState rank_state(const model::Config& c, const PlanInput& in);
 
 }  // namespace deltatron::train

@@ -7,7 +7,9 @@
 
 #include "core/error.h"
 #include "io/peft_adapter.h"
+#include "model/expert_parallel.h"
 #include "model/init.h"
+#include "model/tensor_parallel.h"
 #include "ops/device.h"
 #include "train/finite_check.h"
 #include "train/local_slices.h"
@@ -161,16 +163,34 @@ MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_di
     // An adapter's own modules: its target_modules resolved here (an estimate for the plan; the
     // modules are checked when the adapter is loaded).
     model::LoraOptions lo = lora_options(cfg);
+    const auto count = [&](const std::vector<model::LoraModule>& mods) {
+      in.lora_params = model::lora_param_count(mods, lo.r);
+      for (const model::LoraModule& m : mods) {
+        if (m.experts) in.lora_expert_params += model::lora_param_count({m}, lo.r);
+        const int64_t E = std::max<int64_t>(m.experts, 1);
+        if (model::is_tp_sharded(c, model::lora_a_key(m.name)))
+          in.lora_tp_split_params += E * m.in * lo.r;
+        if (model::is_tp_sharded(c, model::lora_b_key(m.name)))
+          in.lora_tp_split_params += E * m.out * lo.r;
+        in.lora_largest = std::max(in.lora_largest,
+                                   std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * lo.r);
+      }
+    };
     if (cfg.lora_adapter.empty()) {
-      in.lora_params = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+      count(model::lora_modules(c, lo, cfg.source));
     } else {
       lo.targets = io::load_peft_config(cfg.lora_adapter).options.targets;
       try {
-        in.lora_params = model::lora_param_count(model::lora_modules(c, lo, cfg.source), lo.r);
+        count(model::lora_modules(c, lo, cfg.source));
       } catch (const core::Error&) {  // target_modules PEFT spells otherwise (a regex): count
         const io::PeftAdapter ad = io::load_peft_adapter(cfg.lora_adapter);
         in.lora_params = 0;
-        for (const auto& [m, a] : ad.a) in.lora_params += a.numel() + ad.b.at(m).numel();
+        for (const auto& [m, a] : ad.a) {
+          const int64_t n = a.numel() + ad.b.at(m).numel();
+          in.lora_params += n;
+          in.lora_largest = std::max({in.lora_largest, a.numel(), ad.b.at(m).numel()});
+          if (model::is_routed_expert_tensor(m)) in.lora_expert_params += n;
+        }
       }
     }
   }

@@ -121,18 +121,15 @@ void run_score(const ScoreOptions& opt) {
   // packs as the others (idle packs where it has none left), since each MoE layer is a
   // collective exchange.
   const ExpertGroups eg = setup_expert_groups(par, opt.ep, c0, "deltatron score --ep");
-  DT_CHECK(!eg.on() || opt.adapter_dir.empty(),
-           "deltatron score: --ep with --adapter is not supported yet");
   // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
   // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the data-parallel
   // ranks (a collective; with --tp those holding the same tp slice), so, as with --ep, every
   // rank runs as many packs as the others.
-  DT_CHECK(opt.tp == 1 || (opt.ep == 1 && opt.adapter_dir.empty()),
-           "deltatron score: --tp with --ep or --adapter is not supported yet");
+  DT_CHECK(opt.tp == 1 || opt.ep == 1, "deltatron score: --tp with --ep is not supported yet");
+  DT_CHECK(opt.tp == 1 || opt.zero == 0 || opt.adapter_dir.empty(),
+           "deltatron score: --tp with --zero and --adapter is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
-  DT_CHECK(opt.zero == 0 || opt.adapter_dir.empty(),
-           "deltatron score --zero 3 with --adapter is not supported yet");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c0, "deltatron score --tp");
   const Parallel& dp = tg.data(par);
   load_opt.slice = local_slices(eg, tg);
@@ -146,6 +143,10 @@ void run_score(const ScoreOptions& opt) {
   if (!opt.adapter_dir.empty()) {
     lora = io::to_lora_setup(io::load_peft_adapter(opt.adapter_dir), c, /*dropout=*/0,
                              opt.adapter_dir);  // scoring: no dropout
+  }
+  if (lora) {  // the routed-expert adapters with their experts; the split adapter factors (tp)
+    keep_local_experts(*lora, eg);
+    keep_local_shards(*lora, tg, c);
   }
   const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
                                   lora ? &*lora : nullptr,

@@ -46,6 +46,12 @@ void keep_local_shards(AdamW& opt, const model::TensorMap& local_params, const T
   opt = std::move(local);
 }
 
+void keep_local_shards(model::LoraSetup& s, const TensorGroups& g, const model::Config& c) {
+  if (!g.on()) return;
+  keep_local_shards(s.adapters, g, c);
+  s.tp = g.model.size();
+}
+
 void gather_shards(model::TensorMap& tensors, const TensorGroups& g, const model::Config& c,
                    core::Device dev) {
   if (!g.on()) return;

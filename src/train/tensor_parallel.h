@@ -15,6 +15,7 @@
 
 #include "core/device.h"
 #include "dist/comm.h"
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/tensor_parallel.h"
 #include "model/weights.h"
@@ -40,6 +41,8 @@ TensorGroups setup_tensor_groups(const Parallel& par, int64_t tp, bool sp, const
 
 // Replaces every sharded tensor of `params` (full) by this rank's slice (model::tp_slice).
 void keep_local_shards(model::TensorMap& params, const TensorGroups& g, const model::Config& c);
+// A LoRA run's adapters: every split adapter tensor's slice (model/tensor_parallel.h), s.tp set.
+void keep_local_shards(model::LoraSetup& s, const TensorGroups& g, const model::Config& c);
 // The same for an optimizer's host moments (a resumed run's, full).
 void keep_local_shards(AdamW& opt, const model::TensorMap& local_params, const TensorGroups& g,
                        const model::Config& c);

@@ -224,16 +224,20 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.parallel_zero == 0 || c.offload == "none", path, ": parallel.zero = ", c.parallel_zero,
            " with training.offload = ", c.offload,
            " is not supported (ZeRO shards the device-resident state; use offload = none)");
-  DT_CHECK(c.parallel_zero == 0 || !c.lora, path, ": parallel.zero = ", c.parallel_zero,
-           " with a LoRA run is not supported (the adapters' state is small; use zero = 0)");
   DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
   DT_CHECK(c.parallel_tp >= 1, path, ": parallel.tp must be >= 1");
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,
            ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
            "over a tensor-parallel group)");
-  DT_CHECK(c.parallel_tp == 1 || (c.parallel_ep == 1 && !c.lora), path,
-           ": parallel.tp = ", c.parallel_tp,
-           " is not supported with parallel.ep or LoRA yet (use ep = 1, no [lora])");
+  DT_CHECK(c.parallel_tp == 1 || c.parallel_ep == 1, path, ": parallel.tp = ", c.parallel_tp,
+           " is not supported with parallel.ep yet (use ep = 1)");
+  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.parallel_zero == 0, path,
+           ": parallel.tp = ", c.parallel_tp, " with LoRA and parallel.zero = ", c.parallel_zero,
+           " is not supported yet (use zero = 0 with tp, or tp = 1)");
+  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.lora_dropout == 0, path,
+           ": parallel.tp = ", c.parallel_tp, " with lora.dropout = ", c.lora_dropout,
+           " is not supported yet (a row-parallel adapter's input is a rank's columns; use "
+           "lora.dropout = 0)");
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

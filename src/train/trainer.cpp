@@ -90,7 +90,6 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
       setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, c0, cfg.source + ": parallel.tp");
   const ExpertGroups eg =
       setup_expert_groups(par, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
-  DT_CHECK(!eg.on() || !cfg.lora, cfg.source, ": parallel.ep with LoRA is not supported yet");
   const io::SliceFn slices = local_slices(eg, tg);
   io::LoadStats load_stats;
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir, slices, &load_stats);
@@ -109,6 +108,13 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
   const ScheduleOptions schedule = schedule_options(cfg);
   TrainState st = start_state(cfg, start, d, ck, opt, dp.size(), slices);
+  if (lora) {  // the routed-expert adapters live with their experts (lora.experts); tp slices,
+    // and their moments (a LoRA resume reads the adapters' moments whole: start_state)
+    keep_local_experts(*lora, eg);
+    keep_local_experts(opt, lora->adapters, eg);
+    keep_local_shards(*lora, tg, ck.config);
+    keep_local_shards(opt, lora->adapters, tg, ck.config);
+  }
   if (st.step >= cfg.steps) {  // nothing to train
     TrainResult done = finished_run(cfg, start, st);
     done.root = par.root();
@@ -147,14 +153,15 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   };
   const auto save = [&] {      // rank 0 writes
     if (eg.on() || tg.on()) {  // the experts' and shards' slices gathered first (collective)
-      GatheredState g = gather_state(*engine, ck.params, opt, eg, par.comm->device());
+      model::TensorMap& trained = lora ? lora->adapters : ck.params;  // this rank's slices
+      GatheredState g = gather_state(*engine, trained, opt, eg, par.comm->device());
       for (model::TensorMap* t : {&g.weights, &g.exp_avg, &g.exp_avg_sq})
         gather_shards(*t, tg, ck.config, par.comm->device());
       if (par.root()) {
-        model::TensorMap local = std::exchange(ck.params, model::zeros_like(g.weights));
+        model::TensorMap local = std::exchange(trained, model::zeros_like(g.weights));
         const auto saved = saved_state_engine(g);
-        save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, nullptr);
-        ck.params = std::move(local);
+        save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
+        trained = std::move(local);
       }
     } else {  // with ZeRO the other ranks send rank 0 their moments
       save_checkpoint_ranks(par, cfg, *engine, ck, st, opt, tok_files, start,

@@ -113,6 +113,7 @@ void Zero3Store::ops_zero(const core::Buffer& b) {
 Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
                        dist::Comm* experts)
     : lean_(params.options().master_remainder),
+      frozen_(params.frozen()),
       p_(params),
       comm_(comm),
       experts_(experts),
@@ -150,7 +151,15 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
   } else if (!f32_model) {
     compute_ = core::Buffer(dev, p_.dt(), {n}, "compute copies (ZeRO 3 shard)");
   }
-  grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
+  if (!frozen_) grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
+  if (frozen_ && !f32_model) {  // the f32-read tensors whole, on every rank
+    int64_t total = 0;
+    for (const auto& t : l_.tensors)
+      if (t.f32_read) frozen_router_at_[t.name] = total, total += aligned(t.numel);
+    if (total > 0)
+      frozen_routers_ =
+          core::Buffer(dev, core::DType::f32, {total}, "frozen f32 router weights (whole)");
+  }
   ops_zero(master_);
   ops_zero(compute_);
   ops_zero(remainder_);
@@ -165,7 +174,8 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
       largest = std::max(largest, unit.piece * l_.ranks_of(unit));
     }
   }
-  piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
+  if (!frozen_)
+    piece_sum_ = core::Buffer(dev, core::DType::f32, {piece}, "ZeRO 3 reduced gradient piece");
 }
 
 int Zero3Store::pool_of(int u) const {
@@ -204,6 +214,8 @@ void Zero3Store::load_weight(const std::string& name, const float* host) {
   const auto& u = l_.units[size_t(t.unit)];
   const int rank = l_.rank_of(u);
   const Overlap o = overlap(u, rank, t.offset, t.numel);
+  if (const auto it = frozen_router_at_.find(name); it != frozen_router_at_.end())
+    ops::copy_from_host(frozen_routers_.view().slice(it->second, t.numel), host);
   const int64_t n = o.size(), at = u.local + o.a - rank * u.piece;
   if (n == 0) return;
   const float* x = host + (o.a - t.offset);
@@ -221,6 +233,7 @@ void Zero3Store::load_weight(const std::string& name, const float* host) {
 void Zero3Store::finish_load() {
   // fp32 masters of a bf16 model: the compute copies, rounded as the pair's weights.
   if (!lean_ && compute_.numel() > 0) ops::adamw_compute_copy(master_, compute_, master_.numel());
+  if (frozen_ && compute_.numel() > 0) master_ = core::Buffer();  // the bf16 weights alone
 }
 
 void Zero3Store::alloc_moments(core::DType dt) {
@@ -249,7 +262,9 @@ void Zero3Store::read(const std::string& name, Part part, float* out) {
                             : part == Part::grad    ? grad_
                             : part == Part::exp_avg ? m_
                                                     : v_;
-  DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": no AdamW moments yet");
+  DT_CHECK(src.numel() > 0, "ZeRO 3: ", name, ": ",
+           frozen_ ? "a frozen store keeps no gradients, moments or fp32 values"
+                   : "no AdamW moments yet");
   if (t.numel == 0) return;
   core::Buffer recv(p_.device(), src.view().dtype, {t.numel}, "ZeRO 3 tensor being read");
   dist::Comm& comm = comm_of(u);  // the unit's ranks (an expert unit: the same experts')
@@ -293,6 +308,7 @@ void Zero3Store::read_pair(const std::string& name, float* out) {
 }
 
 std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
+  DT_CHECK(!frozen_, "ZeRO 3: a frozen store has no optimizer step");
   std::vector<Piece> out;
   for (size_t i = 0; i < l_.tensors.size(); ++i) {
     const auto& t = l_.tensors[i];
@@ -329,7 +345,7 @@ Zero3Store::Gathered Zero3Store::gather_weights(int u) {
   const core::View& mine = f32_model ? master_.view() : compute_.view();
   g.w = take(u, p_.dt(), full, "ZeRO 3 gathered weights");
   comm.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
-  if (!f32_model && unit.f32_read) {  // the f32 weights a bf16 model reads (routers)
+  if (!f32_model && unit.f32_read && !frozen_) {  // the f32 weights a bf16 model reads (routers)
     g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
     if (!lean_) {
       comm.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
@@ -351,6 +367,7 @@ Zero3Store::Gathered Zero3Store::gather_weights(int u) {
 }
 
 void Zero3Store::gather(int model_unit, bool grads) {
+  DT_CHECK(!grads || !frozen_, "ZeRO 3: unit ", model_unit, " of a frozen store has no gradient");
   for (const int u : units_of(model_unit)) {
     DT_CHECK(!live_.count(u), "ZeRO 3: unit ", model_unit, " gathered twice");
     const auto& unit = l_.units[size_t(u)];
@@ -370,9 +387,11 @@ void Zero3Store::gather(int model_unit, bool grads) {
     for (size_t i : unit.tensors) {
       const auto& t = l_.tensors[i];
       const core::View w = g.w.view().slice(t.offset, t.numel);
-      const core::View f32 = f32_model    ? w
-                             : t.f32_read ? g.f32.view().slice(t.offset, t.numel)
-                                          : core::View{};
+      const core::View f32 =
+          f32_model     ? w
+          : !t.f32_read ? core::View{}
+          : frozen_     ? frozen_routers_.view().slice(frozen_router_at_.at(t.name), t.numel)
+                        : g.f32.view().slice(t.offset, t.numel);
       p_.bind(t.name, w, f32, grads ? g.g.view().slice(t.offset, t.numel) : core::View{});
     }
     live_[u] = std::move(g);

@@ -87,6 +87,11 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
 // the f32 weights of the tensors it reads in f32 (the routers' parts of this rank's pieces),
 // placed into the gathered f32 unit by an all_gather of this rank's block. experts: with expert
 // parallelism, the ranks holding the same experts (the expert units' communicator); null: none.
+// A frozen store (the base of a LoRA run, model::StateOptions::frozen): the weights alone, no
+// gradients or moments (gather and release without grads; read of a weight only in an f32
+// model); in a bf16 model the shard is the compute copies alone (the fp32 values are dropped
+// after finish_load), and the tensors read in f32 (the MoE routers, model::keeps_f32_weight) are
+// kept whole in f32 on every rank (a few per mille of the model) and bound from there.
 class Zero3Store final : public model::ParamGather {
  public:
   Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
@@ -146,12 +151,15 @@ class Zero3Store final : public model::ParamGather {
   std::vector<core::Buffer> pool_[4];
   core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
   bool lean_ = false;       // training.master = remainder
+  bool frozen_ = false;     // the base of a LoRA run: weights alone
   model::Params& p_;
   dist::Comm& comm_;
   dist::Comm* experts_ = nullptr;
   Zero3Layout l_;
   core::Buffer master_, compute_, remainder_, router_, grad_, m_, v_;
-  std::vector<int64_t> router_at_;        // lean bf16: a tensor's piece in router_, or -1
+  std::vector<int64_t> router_at_;  // lean bf16: a tensor's piece in router_, or -1
+  core::Buffer frozen_routers_;     // frozen bf16: the f32-read tensors, whole
+  std::map<std::string, int64_t> frozen_router_at_;  // and their offsets in it
   std::map<int, Gathered> live_, ready_;  // bound units; prefetched ones (by layout unit)
 };
 

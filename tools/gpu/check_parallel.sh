@@ -45,6 +45,26 @@ for fx in dense_text_varied dense_text_mtp moe_text_fused_tied moe_vlm_mtp; do
     compare "$fx: ep2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.ep2" 1e-6 2e-5
   fi
 done
+# LoRA (docs/parallel.md, "LoRA under the layouts"): PEFT's routed-expert adapter on the MoE
+# fixture, fp32 on every layout; bf16 with ZeRO 3 (the frozen base's bf16 shard, the routers' f32
+# weights held whole) against one bf16 rank.
+d=$repo/tests/data/golden/moe_text_fused_tied
+lora_args=(score --quiet --model "$d" --data "$d/samples.jsonl" --pack-tokens 64 --device "$device"
+           --adapter "$repo/tests/data/golden_lora/moe_experts/adapter" --router-aux-coef 0.01)
+lrun() { local o=$out/lora.$1; shift; "$@" --output "$o.jsonl" --grad-out "$o.safetensors"            >"$o.log" 2>&1 || { echo "   lora $o: FAILED"; tail -3 "$o.log"; status=1; }; }
+lrun one "$bin" "${lora_args[@]}" --precision fp32
+for layout in "ep2 --ep 2" "zero3 --zero 3" "zero3ep2 --zero 3 --ep 2" "tp2 --tp 2"; do
+  read -r name flags <<<"$layout"
+  # shellcheck disable=SC2086
+  lrun "$name" shared 2 "${lora_args[@]}" --precision fp32 $flags
+  compare "lora $name (2 ranks, one device) vs one rank" "$out/lora.one" "$out/lora.$name" 1e-6 5e-5
+done
+if [[ $device == cuda ]]; then
+  lrun one_bf16 "$bin" "${lora_args[@]}" --precision bf16
+  lrun zero3_bf16 shared 2 "${lora_args[@]}" --precision bf16 --zero 3
+  compare "lora zero3 bf16 (2 ranks, one device) vs one bf16 rank" "$out/lora.one_bf16" \
+    "$out/lora.zero3_bf16" 1e-6 1e-5
+fi
 # Six training steps of the bundled MoE example in fp32: one rank with 2 micro-batches against 2
 # ranks sharing the GPU with 1 each, with ZeRO 2 and with expert parallelism.
 toml=$repo/examples/addition/train_moe.toml
