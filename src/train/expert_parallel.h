@@ -46,18 +46,4 @@ void gather_experts(model::TensorMap& tensors, const ExpertGroups& g, core::Devi
 // The same for an optimizer's host moments (a resumed run's, full): this rank's slices kept.
 void keep_local_experts(AdamW& opt, const model::TensorMap& local_params, const ExpertGroups& g);
 
-// The full training state of an expert-parallel run, gathered from every rank (collective: every
-// rank calls it): the engine's weights and AdamW moments with the routed experts' slices joined.
-// local_params: shaped like the engine's store (this rank's slices).
-struct GatheredState {
-  model::TensorMap weights, exp_avg, exp_avg_sq;
-  int64_t step = 0;
-};
-GatheredState gather_state(Engine& engine, const model::TensorMap& local_params, AdamW& opt,
-                           const ExpertGroups& g, core::Device dev);
-
-// An Engine that only answers what a checkpoint save asks (sync_weights, read_moment) from a
-// GatheredState; every other call is an error.
-std::unique_ptr<Engine> saved_state_engine(const GatheredState& s);
-
 }  // namespace deltatron::train
