@@ -110,7 +110,8 @@ void expect_same_files(const fs::path& got, const fs::path& want, const std::str
 // and saves at once; writes its counted save peak to <out>.rank<R>.
 TEST(ShardSaveRanks, LoadAndSave) {
   const char* spec = std::getenv("DT_SHARD_SAVE");
-  if (!spec || !std::getenv("RANK")) GTEST_SKIP() << "runs under ShardSave.LayoutsSaveOneRanksBytes";
+  if (!spec || !std::getenv("RANK"))
+    GTEST_SKIP() << "runs under ShardSave.LayoutsSaveOneRanksBytes";
   std::istringstream in(spec);
   std::string src, out;
   int ep = 1, tp = 1, zero = 0;
@@ -152,10 +153,10 @@ TEST(ShardSave, LayoutsSaveOneRanksBytes) {
   const dt_test::TempDir tmp("shard_save");
   const std::string self = fs::read_symlink("/proc/self/exe").string();
   const std::vector<Layout> layouts = {
-      {"one", "moe_vlm_mtp", 1, 1, 1, 0},         {"ep2", "moe_vlm_mtp", 2, 2, 1, 0},
-      {"zero3_dp2", "moe_vlm_mtp", 2, 1, 1, 3},   {"zero3_ep2", "moe_vlm_mtp", 2, 2, 1, 3},
-      {"zero1_dp2", "moe_vlm_mtp", 2, 1, 1, 1},   {"one", "dense_text_mtp", 1, 1, 1, 0},
-      {"tp2", "dense_text_mtp", 2, 1, 2, 0},      {"zero3_dp2", "dense_text_mtp", 2, 1, 1, 3},
+      {"one", "moe_vlm_mtp", 1, 1, 1, 0},        {"ep2", "moe_vlm_mtp", 2, 2, 1, 0},
+      {"zero3_dp2", "moe_vlm_mtp", 2, 1, 1, 3},  {"zero3_ep2", "moe_vlm_mtp", 2, 2, 1, 3},
+      {"zero1_dp2", "moe_vlm_mtp", 2, 1, 1, 1},  {"one", "dense_text_mtp", 1, 1, 1, 0},
+      {"tp2", "dense_text_mtp", 2, 1, 2, 0},     {"zero3_dp2", "dense_text_mtp", 2, 1, 1, 3},
       {"tp2_dp2", "dense_text_mtp", 4, 1, 2, 0},
   };
   std::map<std::string, fs::path> sources;
@@ -168,12 +169,11 @@ TEST(ShardSave, LayoutsSaveOneRanksBytes) {
     const std::string spec = src.string() + " " + out.string() + " " + std::to_string(l.ep) + " " +
                              std::to_string(l.tp) + " " + std::to_string(l.zero);
     const std::string run = self + " --gtest_filter=ShardSaveRanks.*";
-    const std::string cmd =
-        "DT_DIST_TIMEOUT=60 DT_SHARD_SAVE='" + spec + "' " +
-        (l.ranks == 1 ? "RANK=0 WORLD_SIZE=1 " + run
-                      : std::string(DT_BINARY) + " launch --nproc " + std::to_string(l.ranks) +
-                            " -- " + run) +
-        " > " + out.string() + ".log 2>&1";
+    const std::string cmd = "DT_DIST_TIMEOUT=60 DT_SHARD_SAVE='" + spec + "' " +
+                            (l.ranks == 1 ? "RANK=0 WORLD_SIZE=1 " + run
+                                          : std::string(DT_BINARY) + " launch --nproc " +
+                                                std::to_string(l.ranks) + " -- " + run) +
+                            " > " + out.string() + ".log 2>&1";
     const int rc = std::system(cmd.c_str());
     ASSERT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0)
         << l.fixture << " " << l.tag << ": " << dt_test::read_file(out.string() + ".log");
@@ -187,11 +187,13 @@ TEST(ShardSave, LayoutsSaveOneRanksBytes) {
       all += 4 * t.numel();
     }
     for (int r = 0; r < l.ranks; ++r) {
-      const int64_t peak = std::stoll(dt_test::read_file(out.string() + ".rank" + std::to_string(r)));
-      std::printf("  %s rank %d: save buffers peak %lld B (largest tensor %lld B, model %lld B; "
-                  "gathering the whole state would hold %lld B)\n",
-                  what.c_str(), r, static_cast<long long>(peak), static_cast<long long>(largest),
-                  static_cast<long long>(all), static_cast<long long>(3 * all));
+      const int64_t peak =
+          std::stoll(dt_test::read_file(out.string() + ".rank" + std::to_string(r)));
+      std::printf(
+          "  %s rank %d: save buffers peak %lld B (largest tensor %lld B, model %lld B; "
+          "gathering the whole state would hold %lld B)\n",
+          what.c_str(), r, static_cast<long long>(peak), static_cast<long long>(largest),
+          static_cast<long long>(all), static_cast<long long>(3 * all));
       EXPECT_LE(peak, 3 * largest) << what << " rank " << r;
       // Without ZeRO a rank outside the group holding rank 0 takes no part in a save.
       if (l.zero == 0 && r >= std::max(l.ep, l.tp))
