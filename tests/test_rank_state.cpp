@@ -92,6 +92,8 @@ TEST(RankState, ReplicatedExpertAndTensorParallel) {
   const int64_t n = model::param_count(moe);
   const auto [ne, ne_largest] = count(moe, model::is_routed_expert_tensor);
   ASSERT_GT(ne, 0);
+  const int64_t largest = count(moe, [](const std::string&) { return true; }).second;
+  EXPECT_DOUBLE_EQ(train::plan_memory(moe, input({})).host_save, 8.0 * double(largest));
   const auto one = train::plan_memory(moe, input({}));
   EXPECT_DOUBLE_EQ(one.state, 18.0 * double(n));
   EXPECT_DOUBLE_EQ(train::plan_memory(moe, input(layout(4, 0))).state, 18.0 * double(n));
@@ -99,7 +101,8 @@ TEST(RankState, ReplicatedExpertAndTensorParallel) {
     const auto p = train::plan_memory(moe, input(layout(4, 0, ep)));
     EXPECT_EQ(p.local_params, n - ne + ne / ep) << ep;
     EXPECT_DOUBLE_EQ(p.state, 18.0 * double(n - ne + ne / ep)) << ep;
-    EXPECT_DOUBLE_EQ(p.host_save, 12.0 * double(n)) << ep;  // a save gathers every expert
+    // A save streams one tensor at a time to rank 0 (gathering its slices there).
+    EXPECT_DOUBLE_EQ(p.host_save, 12.0 * double(largest)) << ep;
   }
   const model::Config dense = fixture("dense_text_mtp");
   const int64_t nd = model::param_count(dense);
@@ -241,10 +244,10 @@ TEST(RankState, ZeroWithTensorParallelShardsTheLocalTensors) {
 // The 35B MoE preset, all 40 layers: on one 80 GB card its state (14 B/param with bf16 moments:
 // 450 GiB) is refused; ZeRO 3 with ep 8 on 8 GPUs holds an eighth of it plus the gathered
 // layers, and fits the device. The host: every rank reads only its expert slices (its share of
-// the f32 weights plus the loader's staging of two of the largest tensor), but an
-// expert-parallel save still gathers every expert's weights and moments on every rank
-// (12 B/param), so 8 ranks on one host need 8 of those (the plan counts them): a 560 GiB host is
-// refused, an 8 TiB one is not; without checkpoint saves the loaded shares fit the 560 GiB host.
+// the f32 weights plus the loader's staging of two of the largest tensor), and a save streams the
+// state to rank 0 one tensor at a time (train/state_stream.h), so 8 ranks on one 560 GiB host fit;
+// a resume, which reads each rank's moments of its share whole before the engine keeps its ZeRO 3
+// pieces, does not.
 TEST(RankState, MoePresetRefusedOnOneRankFitsZero3ExpertParallel) {
   model::Config c = model::parse_config(train::preset_config("35b-a3b"), "preset 35b-a3b");
   c.mtp_enabled = false;
@@ -270,19 +273,22 @@ TEST(RankState, MoePresetRefusedOnOneRankFitsZero3ExpertParallel) {
     largest = std::max(largest, core::numel(s.shape));
   EXPECT_DOUBLE_EQ(p.host_weights, 4.0 * double(p.local_params) + 8.0 * double(largest));
   EXPECT_LT(p.host_weights, 4.0 * double(p.params) / 4);
-  // The save's gathers (12 B/param on every rank) do not fit 8 ranks on a 560 GiB host.
-  EXPECT_DOUBLE_EQ(p.host_save, 12.0 * double(p.params));
-  dt_test::expect_error(
-      [&] {
-        train::check_memory_plan(c, in, {79.0 * kGiB, 560.0 * kGiB}, "35b.toml");
-      },
-      {"does not fit", "per rank x 8 on this host"});
-  // The loading alone does: 8 ranks' shares fit the 560 GiB host when nothing is saved.
-  train::PlanInput no_save = in;
-  no_save.saves_checkpoints = false;
-  train::check_memory_plan(c, no_save, {79.0 * kGiB, 560.0 * kGiB}, "35b.toml");
-  std::printf("  35b-a3b, dp 8, zero 3, ep 8, no saves: %s\n",
-              train::describe(train::plan_memory(c, no_save)).c_str());
+  // The save streams the state to rank 0 one tensor at a time (12 B x the largest tensor, the
+  // 0.54B-element embedding: 6 GiB) instead of gathering it on every rank (12 B/param, 387 GiB):
+  // 8 ranks' shares and save buffers (34.1 GiB each, 273 GiB) fit a 560 GiB host.
+  EXPECT_DOUBLE_EQ(p.host_save, 12.0 * double(largest));
+  const train::Available host560{79.0 * kGiB, 560.0 * kGiB};
+  train::check_memory_plan(c, in, host560, "35b.toml");
+  EXPECT_LT(8 * p.host_total(), 300.0 * kGiB);
+  // A resume still reads this rank's moments of its ep share in f32 (8 B x 6.47B = 48 GiB) before
+  // the engine keeps its ZeRO 3 pieces: 76.4 GiB per rank, 611 GiB for 8, refused on that host.
+  train::PlanInput resume = in;
+  resume.resuming = true;
+  const train::MemoryPlan pr = train::plan_memory(c, resume);
+  EXPECT_DOUBLE_EQ(pr.host_save, 8.0 * double(pr.local_params));
+  std::printf("  35b-a3b, dp 8, zero 3, ep 8, resumed: %s\n", train::describe(pr).c_str());
+  dt_test::expect_error([&] { train::check_memory_plan(c, resume, host560, "35b.toml"); },
+                        {"does not fit", "per rank x 8 on this host"});
   // ZeRO 1 with ep 8 shards only the moments: the bf16 weights, fp32 masters and gradients of
   // every local tensor stay (10 B x 6.47B), and with the activations do not fit.
   in.layout = layout(8, 1, 8);

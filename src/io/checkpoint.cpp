@@ -194,12 +194,19 @@ Checkpoint load_checkpoint(const std::string& dir, const LoadOptions& opt) {
 
 namespace {
 
-// The tensors of a checkpoint as writer views under the checkpoint's names and layout, after
-// checking them against the config. Per-expert pieces are split into `owned` (map nodes are
-// stable, so the views' pointers stay valid while `owned` lives).
-std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, const Checkpoint& ck,
-                                                     std::map<std::string, core::Tensor>& owned) {
-  std::vector<ParamSource> plan;
+// One file tensor of a parameter: a run of the parameter's elements (the whole of a copied one;
+// expert e's block of a per-expert module: split_param's blocks are consecutive), its dtype and
+// shape in the file.
+struct FileTensor {
+  std::string param, dtype;
+  core::Shape shape;
+  int64_t offset = 0, count = 0;
+};
+
+// The file tensors of the checkpoint's parameters (by file name) under the config's layout and
+// expert formats, their dtypes checked.
+std::map<std::string, FileTensor> param_file_tensors(const std::string& dir, const Checkpoint& ck,
+                                                     std::vector<ParamSource>& plan) {
   try {
     plan = layout_plan(ck.config, ck.expert_formats);
   } catch (const core::Error& e) {
@@ -209,7 +216,50 @@ std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, con
     auto d = ck.param_dtypes.find(name);
     return d == ck.param_dtypes.end() ? "F32" : d->second;
   };
-  std::map<std::string, TensorRecord> views;
+  std::map<std::string, FileTensor> out;
+  for (const ParamSource& src : plan) {
+    const ExpertsFormat* fmt =
+        src.how == Assembly::copy ? nullptr : &ck.expert_formats.at(src.module);
+    int64_t off = 0;
+    for (const model::ParamSpec& f : src.files) {
+      std::string dtype = dtype_of(src.param.name);
+      if (fmt) {
+        auto d = fmt->dtypes.find(f.name);
+        if (d != fmt->dtypes.end()) dtype = d->second;
+      }
+      if (!dtype_is_float(dtype))
+        core::fail(dir, ": cannot save: tensor '", f.name, "' has dtype ", dtype,
+                   ", expected F32, BF16 or F16");
+      const int64_t n = core::numel(f.shape);
+      out.emplace(f.name, FileTensor{src.param.name, dtype, f.shape, off, n});
+      off += n;
+    }
+    DT_CHECK(off == core::numel(src.param.shape), dir, ": cannot save: the file tensors of ",
+             src.param.name, " hold ", off, " values, the parameter ",
+             core::numel(src.param.shape));
+  }
+  return out;
+}
+
+// The pass-through tensors as writer records, checked against the config.
+void add_passthrough(const std::string& dir, const Checkpoint& ck,
+                     std::map<std::string, TensorRecord>& views) {
+  for (const auto& [name, r] : ck.passthrough) {
+    if (!is_passthrough_name(name) || views.count(name))
+      core::fail(dir, ": cannot save: '", name, "' is not a pass-through tensor name");
+    if (!is_passthrough_name(name, ck.config))
+      core::fail(dir, ": cannot save: pass-through '", name,
+                 "' is an MTP or vision tensor but config.mtp_enabled or config.vision_mode is "
+                 "set (those tensors are parameters then)");
+    views.emplace(name, TensorRecord{r.dtype, r.shape, nullptr, {r.bytes.data(), r.bytes.size()}});
+  }
+}
+
+// The tensors of a checkpoint as writer views under the checkpoint's names and layout, after
+// checking ck.params against the config (a per-expert file tensor points into its parameter).
+std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, const Checkpoint& ck) {
+  std::vector<ParamSource> plan;
+  const std::map<std::string, FileTensor> files = param_file_tensors(dir, ck, plan);
   std::set<std::string> param_names;
   for (const ParamSource& src : plan) {
     const model::ParamSpec& s = src.param;
@@ -223,38 +273,23 @@ std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, con
       core::fail(dir, ": cannot save: parameter '", s.name, "' has shape ",
                  core::shape_str(t.shape), " (", t.numel(), " values), expected ",
                  core::shape_str(s.shape));
-    const ExpertsFormat* fmt =
-        src.how == Assembly::copy ? nullptr : &ck.expert_formats.at(src.module);
-    std::vector<core::Tensor> parts;
-    if (fmt) parts = split_param(src, t);
-    for (size_t k = 0; k < src.files.size(); ++k) {
-      const std::string& fname = src.files[k].name;
-      std::string dtype = dtype_of(s.name);
-      if (fmt) {
-        auto d = fmt->dtypes.find(fname);
-        if (d != fmt->dtypes.end()) dtype = d->second;
-      }
-      if (!dtype_is_float(dtype))
-        core::fail(dir, ": cannot save: tensor '", fname, "' has dtype ", dtype,
-                   ", expected F32, BF16 or F16");
-      const float* data = t.ptr();
-      if (fmt) data = owned.insert_or_assign(fname, std::move(parts[k])).first->second.ptr();
-      views.emplace(fname, TensorRecord{dtype, src.files[k].shape, data, {}});
-    }
   }
   for (const auto& kv : ck.params)
     if (!param_names.count(kv.first))
       core::fail(dir, ": cannot save: '", kv.first, "' is not a parameter of this config");
-  for (const auto& [name, r] : ck.passthrough) {
-    if (!is_passthrough_name(name) || views.count(name))
-      core::fail(dir, ": cannot save: '", name, "' is not a pass-through tensor name");
-    if (!is_passthrough_name(name, ck.config))
-      core::fail(dir, ": cannot save: pass-through '", name,
-                 "' is an MTP or vision tensor but config.mtp_enabled or config.vision_mode is "
-                 "set (those tensors are parameters then)");
-    views.emplace(name, TensorRecord{r.dtype, r.shape, nullptr, {r.bytes.data(), r.bytes.size()}});
-  }
+  std::map<std::string, TensorRecord> views;
+  for (const auto& [fname, f] : files)
+    views.emplace(fname,
+                  TensorRecord{f.dtype, f.shape, ck.params.at(f.param).ptr() + f.offset, {}});
+  add_passthrough(dir, ck, views);
   return views;
+}
+
+void write_config_files(const std::string& dir, const Checkpoint& ck) {
+  write_file_atomic((fs::path(dir) / "config.json").string(), ck.config.raw.dump(2) + "\n");
+  if (ck.preprocessor.is_object())
+    write_file_atomic((fs::path(dir) / "preprocessor_config.json").string(),
+                      ck.preprocessor.dump(2) + "\n");
 }
 
 }  // namespace
@@ -262,22 +297,48 @@ std::map<std::string, TensorRecord> checkpoint_views(const std::string& dir, con
 void write_checkpoint_files(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {
   if (!ck.config.raw.is_object())
     core::fail(dir, ": cannot save: config.raw is not the config.json object");
-  std::map<std::string, core::Tensor> owned;  // per-expert pieces split from fused parameters
-  const std::map<std::string, TensorRecord> views = checkpoint_views(dir, ck, owned);
+  const std::map<std::string, TensorRecord> views = checkpoint_views(dir, ck);
   write_safetensors_sharded(dir, views, {{"format", "pt"}}, max_shard_bytes);
-  write_file_atomic((fs::path(dir) / "config.json").string(), ck.config.raw.dump(2) + "\n");
-  if (ck.preprocessor.is_object())
-    write_file_atomic((fs::path(dir) / "preprocessor_config.json").string(),
-                      ck.preprocessor.dump(2) + "\n");
+  write_config_files(dir, ck);
+}
+
+void write_checkpoint_files(const std::string& dir, const Checkpoint& ck, const ParamReader& read,
+                            int64_t max_shard_bytes, SaveStats* stats) {
+  if (!ck.config.raw.is_object())
+    core::fail(dir, ": cannot save: config.raw is not the config.json object");
+  std::vector<ParamSource> plan;
+  const std::map<std::string, FileTensor> files = param_file_tensors(dir, ck, plan);
+  std::map<std::string, TensorRecord> views;
+  for (const auto& [fname, f] : files) {
+    TensorRecord r;
+    r.dtype = f.dtype;
+    r.shape = f.shape;
+    r.fill = [&read, &f, stats](uint8_t* dst) {  // dst: the writer's buffer of this tensor
+      const ElementRun run{f.offset, f.count};
+      const int64_t stored = f.count * dtype_size(f.dtype);
+      if (stats) stats->add(stored);
+      if (f.dtype == "F32") {
+        read(f.param, std::span<const ElementRun>(&run, 1), reinterpret_cast<float*>(dst));
+      } else {
+        std::vector<float> x(static_cast<size_t>(f.count));
+        if (stats) stats->add(f.count * 4);
+        read(f.param, std::span<const ElementRun>(&run, 1), x.data());
+        float_to_dtype(x.data(), f.count, f.dtype, dst);
+        if (stats) stats->sub(f.count * 4);
+      }
+      if (stats) stats->sub(stored);
+    };
+    views.emplace(fname, std::move(r));
+  }
+  add_passthrough(dir, ck, views);
+  write_safetensors_sharded(dir, views, {{"format", "pt"}}, max_shard_bytes);
+  write_config_files(dir, ck);
 }
 
 void save_checkpoint(const std::string& dir, const Checkpoint& ck, int64_t max_shard_bytes) {
   if (!ck.config.raw.is_object())
     core::fail(dir, ": cannot save: config.raw is not the config.json object");
-  {  // Validate before creating anything.
-    std::map<std::string, core::Tensor> owned;
-    checkpoint_views(dir, ck, owned);
-  }
+  checkpoint_views(dir, ck);  // validate before creating anything
   StagedOutput staged(dir);
   write_checkpoint_files(staged.path(), ck, max_shard_bytes);
   staged.install("");

@@ -7,6 +7,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,30 @@ void save_checkpoint(const std::string& dir, const Checkpoint& ck,
 // that is itself being staged, like a training checkpoint's or StagedOutput's).
 void write_checkpoint_files(const std::string& dir, const Checkpoint& ck,
                             int64_t max_shard_bytes = 5'000'000'000);
+
+// Buffers counted while saving (a rank's host memory for the save beyond what it keeps): the
+// peak of the live bytes.
+struct SaveStats {
+  int64_t peak_bytes = 0;
+  void add(int64_t b) { live_ += b, peak_bytes = std::max(peak_bytes, live_); }
+  void sub(int64_t b) { live_ -= b; }
+
+ private:
+  int64_t live_ = 0;
+};
+
+// The values of the elements `runs` (row-major flat indices of the full tensor, in order) of
+// parameter `name` in float32, one run after the other into out.
+using ParamReader =
+    std::function<void(const std::string& name, std::span<const ElementRun> runs, float* out)>;
+
+// The same files with the parameters read from `read` one file tensor at a time, as the writer
+// reaches it (ck.params is not used: the shapes are the config's): a per-expert file tensor is a
+// run of its parameter (io/hf_layout.h), so the writer holds one file tensor (plus its f32 values
+// when stored as BF16 or F16) at a time. The bytes are those of the overload above given the
+// same values. stats: counts those buffers (null: not counted).
+void write_checkpoint_files(const std::string& dir, const Checkpoint& ck, const ParamReader& read,
+                            int64_t max_shard_bytes = 5'000'000'000, SaveStats* stats = nullptr);
 
 // Atomic single-file F32 safetensors of named tensors (used for gradient dumps; pass canonical
 // maps through to_checkpoint_names first to get the checkpoint's names and expert layout).

@@ -282,6 +282,21 @@ void SafetensorsFile::read_float(const std::string& name, std::span<const Elemen
 // ---------------------------------------------------------------------------------------------
 // Writer
 
+void float_to_dtype(const float* src, int64_t n, const std::string& dtype, uint8_t* dst) {
+  if (dtype == "F32") {
+    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+    return;
+  }
+  DT_CHECK(dtype == "BF16" || dtype == "F16", "float data cannot be stored as ", dtype,
+           " (only F32, BF16, F16)");
+  const bool bf = dtype == "BF16";
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = bf ? float_to_bf16(src[i]) : float_to_f16(src[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
 int64_t stored_bytes(const TensorRecord& t) {
   uint64_t n = 0;
   if (!checked_bytes(t.shape, dtype_size(t.dtype), n)) core::fail("tensor size overflows");
@@ -326,14 +341,11 @@ void write_view_data(OutFile& f, const TensorRecord& t) {
     f.write(t.f32, static_cast<size_t>(n) * 4);
     return;
   }
-  const bool bf = t.dtype == "BF16";
   constexpr int64_t kChunk = 1 << 20;
   std::vector<uint16_t> buf(static_cast<size_t>(std::min(n, kChunk)));
   for (int64_t s = 0; s < n; s += kChunk) {
     const int64_t m = std::min(kChunk, n - s);
-    const float* src = t.f32 + s;
-#pragma omp parallel for schedule(static) if (m > (1 << 16))
-    for (int64_t i = 0; i < m; ++i) buf[i] = bf ? float_to_bf16(src[i]) : float_to_f16(src[i]);
+    float_to_dtype(t.f32 + s, m, t.dtype, reinterpret_cast<uint8_t*>(buf.data()));
     f.write(buf.data(), static_cast<size_t>(m) * 2);
   }
 }

@@ -25,6 +25,9 @@ float bf16_to_float(uint16_t h);
 uint16_t float_to_bf16(float f);
 float f16_to_float(uint16_t h);
 uint16_t float_to_f16(float f);
+// n floats stored as dtype (F32, BF16 or F16; the scalar conversions above) into dst
+// (n * dtype_size bytes): what the writer stores for float data.
+void float_to_dtype(const float* src, int64_t n, const std::string& dtype, uint8_t* dst);
 
 // A contiguous run of a tensor's elements (row-major flat indices [offset, offset + count)).
 struct ElementRun {

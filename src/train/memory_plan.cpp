@@ -147,15 +147,16 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
       p.host_save = std::max(p.host_save, 12 * na);
     return p;
   }
-  if (in.training && in.resuming)
-    p.host_save = 8 * (sliced ? local : n);  // the moments, read as this rank's slices
-  else if (in.training && in.saves_checkpoints)
-    p.host_save = 8 * double(largest);  // one tensor's moments at a time
-  else
-    p.host_save = 0;
-  // ep, tp: a save gathers the whole weights and moments on every rank (train/expert_parallel.h).
-  if (in.training && in.saves_checkpoints && (in.layout.ep > 1 || in.layout.tp > 1))
-    p.host_save = std::max(p.host_save, 12 * n);
+  // A resume reads this rank's moments (its slices under ep or tp) into host memory (f32) before
+  // the engine takes them; a save streams the state to rank 0 one tensor at a time
+  // (train/state_stream.h): the writer's buffer and the tensor being read (8 B x the largest
+  // tensor), under a layout also the slices gathered to rank 0 (12 B x the largest; the other
+  // ranks hold one slice). The resume's copies are freed before the first save.
+  const bool layout_save = in.layout.dp > 1 || in.layout.ep > 1 || in.layout.tp > 1;
+  const double resume = in.training && in.resuming ? 8 * (sliced ? local : n) : 0;
+  const double save =
+      in.training && in.saves_checkpoints ? (layout_save ? 12 : 8) * double(largest) : 0;
+  p.host_save = std::max(resume, save);
   return p;
 }
 
@@ -176,7 +177,7 @@ std::string describe(const MemoryPlan& p) {
   if (p.device != core::Device::cpu) s << ", total " << gib(p.device_total());
   s << "; host: weights " << gib(p.host_weights);
   if (p.host_state > 0) s << ", offloaded state " << gib(p.host_state);
-  if (p.host_save > 0) s << ", moments being saved or resumed " << gib(p.host_save);
+  if (p.host_save > 0) s << ", save or resume buffers " << gib(p.host_save);
   s << ", total " << gib(p.host_total());
   if (p.layout.local_ranks > 1) s << " per rank x " << p.layout.local_ranks << " on this host";
   return s.str();

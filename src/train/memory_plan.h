@@ -69,9 +69,10 @@ struct MemoryPlan {
   // Bytes in host memory, per rank: the f32 host copy of the weights (loaded or initialised, and
   // the checkpoint's; under ep or tp this rank's share, read as its slices, plus the loader's
   // staging of at most two of the largest tensor; ZeRO 3 alone keeps every tensor whole),
-  // offloaded state, and the moments' host copies of a save (one tensor; with ep or tp every rank
-  // gathers the whole weights and moments) or of a resume (all of this rank's share, f32, until
-  // the engine has taken them). The fit check multiplies it by layout.local_ranks.
+  // offloaded state, and the host buffers of a save (streamed to rank 0 one tensor at a time:
+  // 8 B x the largest tensor, 12 B under a layout, whose slices are gathered to rank 0) or of a
+  // resume (the moments of this rank's share, f32, until the engine has taken them), whichever is
+  // larger. The fit check multiplies it by layout.local_ranks.
   double host_weights = 0, host_state = 0, host_save = 0;
   // The activation account's lines (model::describe_activations): per layer type what is kept
   // and recomputed, and the peak's phase.

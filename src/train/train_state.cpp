@@ -82,7 +82,7 @@ int64_t int_field(const json& j, const std::string& path, const char* key) {
 }  // namespace
 
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer) {
-  save_train_state(dir, state, optimizer, optimizer.exp_avg(),
+  save_train_state(dir, state, optimizer, optimizer.shapes(),
                    [&](const std::string& name, bool second, float* out) {
                      const core::Tensor& t =
                          (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).at(name);
@@ -91,7 +91,8 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
 }
 
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer,
-                      const model::TensorMap& shapes, const MomentSource& moment) {
+                      const std::map<std::string, core::Shape>& shapes,
+                      const MomentSource& moment) {
   const AdamWOptions& o = optimizer.options();
   std::map<std::string, io::TensorRecord> views;
   const auto add = [&](const std::string& key, const std::string& name, const core::Shape& shape,
@@ -113,8 +114,8 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
     };
     views.emplace(key, std::move(r));
   };
-  for (const auto& [name, t] : shapes) add(kExpAvg + name, name, t.shape, false);
-  for (const auto& [name, t] : shapes) add(kExpAvgSq + name, name, t.shape, true);
+  for (const auto& [name, shape] : shapes) add(kExpAvg + name, name, shape, false);
+  for (const auto& [name, shape] : shapes) add(kExpAvgSq + name, name, shape, true);
   const std::map<std::string, std::string> meta = {{"format", kOptimizerFormat},
                                                    {"step", std::to_string(optimizer.step_count())},
                                                    {"beta1", exact_text(o.beta1)},
@@ -131,6 +132,12 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
       {"rng_seed", state.rng_seed},       {"rng_state", rng.str()},   {"epoch", state.epoch},
       {"data_cursor", state.data_cursor}, {"extra", state.extra}};
   io::write_file_atomic((fs::path(dir) / kTrainerStateFileName).string(), j.dump(2) + "\n");
+}
+
+std::map<std::string, core::Shape> shapes_of(const model::TensorMap& t) {
+  std::map<std::string, core::Shape> out;
+  for (const auto& [name, x] : t) out.emplace(name, x.shape);
+  return out;
 }
 
 void load_train_state(const std::string& dir, TrainState& state, AdamW& optimizer,

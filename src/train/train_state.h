@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -38,11 +39,13 @@ void save_train_state(const std::string& dir, const TrainState& state, const Ada
 
 // The same files, the moments read one tensor at a time from `moment` (name, second: exp_avg_sq,
 // out: the tensor's values in f32) as the file is written, for the parameters of `shapes` (names
-// and shapes; the values are not read): an engine's moments reach the file without a host copy of
-// all of them. optimizer gives the options and the step count.
+// and full shapes): an engine's moments reach the file without a host copy of all of them.
+// optimizer gives the options and the step count.
 using MomentSource = std::function<void(const std::string& name, bool second, float* out)>;
 void save_train_state(const std::string& dir, const TrainState& state, const AdamW& optimizer,
-                      const model::TensorMap& shapes, const MomentSource& moment);
+                      const std::map<std::string, core::Shape>& shapes, const MomentSource& moment);
+// The names and shapes of a tensor map.
+std::map<std::string, core::Shape> shapes_of(const model::TensorMap& t);
 
 // Reads what save_train_state wrote and restores it exactly: the moments bit for bit, the step
 // counters, the RNG (its next outputs equal those the saved one would have produced). optimizer

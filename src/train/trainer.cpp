@@ -25,6 +25,7 @@
 #include "train/run_dir.h"
 #include "train/run_log.h"
 #include "train/run_setup.h"
+#include "train/state_stream.h"
 #include "train/tensor_parallel.h"
 #include "train/train_checkpoint.h"
 #include "train/train_data.h"
@@ -151,22 +152,11 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
     result.final_eval_loss = e.loss;
     result.final_eval_accuracy = e.accuracy;
   };
-  const auto save = [&] {      // rank 0 writes
-    if (eg.on() || tg.on()) {  // the experts' and shards' slices gathered first (collective)
-      model::TensorMap& trained = lora ? lora->adapters : ck.params;  // this rank's slices
-      GatheredState g = gather_state(*engine, trained, opt, eg, par.comm->device());
-      for (model::TensorMap* t : {&g.weights, &g.exp_avg, &g.exp_avg_sq})
-        gather_shards(*t, tg, ck.config, par.comm->device());
-      if (par.root()) {
-        model::TensorMap local = std::exchange(trained, model::zeros_like(g.weights));
-        const auto saved = saved_state_engine(g);
-        save_checkpoint(cfg, *saved, ck, st, opt, tok_files, start, lora ? &*lora : nullptr);
-        trained = std::move(local);
-      }
-    } else {  // with ZeRO the other ranks send rank 0 their moments
-      save_checkpoint_ranks(par, cfg, *engine, ck, st, opt, tok_files, start,
-                            lora ? &*lora : nullptr);
-    }
+  const auto save = [&] {  // rank 0 writes, the state streamed to it one tensor at a time
+    io::SaveStats save_stats;
+    save_checkpoint_ranks(par, cfg, *engine, ck, st, opt, tok_files, start, lora ? &*lora : nullptr,
+                          &eg, &tg, &save_stats);
+    if (par.size() > 1 && !lora) print_save_stats("train", par, st.step, save_stats, ck.config);
     par.comm->barrier();
   };
 
