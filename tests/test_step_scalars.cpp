@@ -6,6 +6,7 @@
 // bitwise clip + step; and a trainer step reads the device exactly once.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -21,6 +22,7 @@
 #include "model/model.h"
 #include "model_fixture.h"
 #include "ops/adamw.h"
+#include "ops/device.h"
 #include "ops/moe.h"
 #include "ops/step_scalars.h"
 #include "ops/tensor.h"
@@ -35,12 +37,19 @@ using namespace deltatron;
 
 namespace {
 
-const core::Device kDev = dt_test::test_device();
+// The test's device, made ready once (on CUDA: the GPU checked, its pool allocator installed).
+core::Device dev() {
+  static const core::Device d = [] {
+    ops::check_device(dt_test::test_device());
+    return dt_test::test_device();
+  }();
+  return d;
+}
 
 // A buffer on the test's device holding `host`.
 template <typename T>
 core::Buffer upload(const std::vector<T>& host, core::DType dt, const char* what) {
-  core::Buffer b(kDev, dt, {int64_t(host.size())}, what);
+  core::Buffer b(dev(), dt, {int64_t(host.size())}, what);
   if (!host.empty()) ops::copy_from_host(b, host.data());
   return b;
 }
@@ -100,8 +109,8 @@ double host_sum(const std::vector<LossPack>& packs) {
 
 TEST(StepScalars, LossSumIsTheTrainersHostSum) {
   // Empty samples, one token, lengths across CUDA's 2048-token tiles, trailing padding.
-  const std::vector<std::vector<int>> shapes = {
-      {5, 0, 17, 1}, {2048}, {2047, 2, 0, 0}, {1000, 3000, 1, 113}, {0}, {4224, 203}};
+  const std::vector<std::vector<int>> shapes = {{5, 0, 17, 1},        {2048}, {2047, 2, 0, 0},
+                                                {1000, 3000, 1, 113}, {0},    {4224, 203}};
   std::vector<LossPack> packs;
   core::Buffer sum = upload(std::vector<double>{0.0}, core::DType::f64, "step sum");
   for (size_t k = 0; k < shapes.size(); ++k) {
@@ -139,7 +148,7 @@ TEST(StepScalars, GateIsClipScaleAndTheSkipRule) {
     h.ce_sum = cs.ce, h.router_sum = cs.router, h.grad_squares = cs.squares;
     h.grad_scale = -5, h.skip = -5, h.grad_norm = -5;  // overwritten
     const double labels = std::max(1.0, cs.labels);
-    core::Buffer b(kDev, core::DType::f64, {core::kStepScalars}, "step scalars");
+    core::Buffer b(dev(), core::DType::f64, {core::kStepScalars}, "step scalars");
     ops::copy_from_host(b, &h);
     ops::step_gate(b, cs.max_norm, labels);
     core::StepScalars got;
@@ -172,7 +181,7 @@ TEST(StepScalars, SumSquaresToIsSumSquares) {
 // throws the error the forward would have.
 TEST(StepScalars, MoeErrorWordsSkipTheStep) {
   const int32_t none = ops::kNoBadToken;
-  core::Buffer sc(kDev, core::DType::f64, {core::kStepScalars}, "step scalars");
+  core::Buffer sc(dev(), core::DType::f64, {core::kStepScalars}, "step scalars");
   ops::zero(sc);
   core::Buffer clean = upload(std::vector<int32_t>{none, none, none}, core::DType::i32, "clean");
   core::Buffer bad = upload(std::vector<int32_t>{none, 5, 9}, core::DType::i32, "bad expert");
@@ -191,8 +200,9 @@ TEST(StepScalars, MoeErrorWordsSkipTheStep) {
   EXPECT_EQ(h.moe_bad[2], 9.0);
   EXPECT_EQ(h.skip, 1.0) << "a step with a MoE error would update";
   const int32_t w[3] = {int32_t(h.moe_bad[0]), int32_t(h.moe_bad[1]), int32_t(h.moe_bad[2])};
-  EXPECT_NE(dt_test::error_of([&] { ops::moe_fail_bad(w, 8); })
-                .find("moe_permute: expert id 9 of token 5 is outside [0, 8)"),
+  EXPECT_NE(dt_test::error_of([&] {
+              ops::moe_fail_bad(w, 8);
+            }).find("moe_permute: expert id 9 of token 5 is outside [0, 8)"),
             std::string::npos);
 }
 
@@ -245,10 +255,10 @@ State make_state(int64_t n, bool lean) {
     mb[size_t(i)] = core::bf16_round_ties_away(m[size_t(i)]);
     vb[size_t(i)] = core::bf16_round_ties_away(v[size_t(i)]);
   }
-  s.copy = core::Buffer(kDev, core::DType::bf16, {n}, "weight");
-  s.rem = core::Buffer(kDev, core::DType::u16, {n}, "remainder");
-  s.m = core::Buffer(kDev, core::DType::bf16, {n}, "m");
-  s.v = core::Buffer(kDev, core::DType::bf16, {n}, "v");
+  s.copy = core::Buffer(dev(), core::DType::bf16, {n}, "weight");
+  s.rem = core::Buffer(dev(), core::DType::u16, {n}, "remainder");
+  s.m = core::Buffer(dev(), core::DType::bf16, {n}, "m");
+  s.v = core::Buffer(dev(), core::DType::bf16, {n}, "v");
   ops::copy_from_host(s.copy, w.data());
   ops::copy_from_host(s.rem, r.data());
   ops::copy_from_host(s.m, mb.data());
@@ -331,7 +341,7 @@ TEST(StepScalars, EngineDeviceStepIsClipAndStep) {
         if (!bad) e->step(*r.opt, lr);
         continue;
       }
-      core::Buffer sc(kDev, core::DType::f64, {core::kStepScalars}, "step scalars");
+      core::Buffer sc(dev(), core::DType::f64, {core::kStepScalars}, "step scalars");
       ops::zero(sc);
       model::ModelOptions dmo = mo;
       dmo.step_scalars = sc.view();

@@ -22,12 +22,10 @@ void step_loss_sum_add(const View& loss_N, const View& targets_N, const View& cu
   a.need(cu_S1, "cu_S1", dtypes::i32, S + 1);
   switch (a.device()) {
     case core::Device::cpu:
-      return cpu::step_loss_sum_add(loss_N.f32(), targets_N.i32(), cu_S1.i32(), S, N,
-                                    sum_1.f64());
+      return cpu::step_loss_sum_add(loss_N.f32(), targets_N.i32(), cu_S1.i32(), S, N, sum_1.f64());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
-      return cuda::step_loss_sum_add(loss_N.f32(), targets_N.i32(), cu_S1.i32(), S, N,
-                                     sum_1.f64());
+      return cuda::step_loss_sum_add(loss_N.f32(), targets_N.i32(), cu_S1.i32(), S, N, sum_1.f64());
 #else
       a.no_cuda();
 #endif
