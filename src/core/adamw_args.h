@@ -17,6 +17,11 @@ struct AdamWArgs {
   // Multiplied into every gradient element in fp32 before use (g = grad * grad_scale), as
   // train::clip_grad_norm scales the gradients in place; 1 leaves them exactly as they are.
   float grad_scale = 1.0f;
+  // Optional: the clip decided on the device (core::StepScalars' grad_scale and skip), [2] f64
+  // in memory on the tensors' device, read by the update in place of grad_scale so the host does
+  // not wait for it: gate[0] the scale (a float value), gate[1] nonzero: no update (nothing is
+  // written). nullptr: grad_scale as above, always an update.
+  const double* gate = nullptr;
   // Keys the stochastic rounding of bf16 moments: core::random_key(seed, step).
   uint64_t seed = 0;
 };

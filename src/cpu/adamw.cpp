@@ -26,6 +26,8 @@ void adamw_step(float* p, float* m_p, float* v_p, const float* g, int64_t n,
 }
 
 void adamw_step(const AdamWStorage& t, const AdamWStepArgs& args) {
+  // The gate (host memory here): a skipped step writes nothing; its scale is a float value.
+  if (args.gate && args.gate[1] != 0) return;
   const double step = static_cast<double>(args.step);
   const double bias_correction1 = 1.0 - std::pow(args.beta1, step);
   const double bias_correction2 = 1.0 - std::pow(args.beta2, step);
@@ -36,7 +38,7 @@ void adamw_step(const AdamWStorage& t, const AdamWStepArgs& args) {
   const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
   const float eps = static_cast<float>(args.eps);
   const float decay = static_cast<float>(1.0 - args.lr * t.weight_decay);
-  const float scale = args.grad_scale;
+  const float scale = args.gate ? static_cast<float>(args.gate[0]) : args.grad_scale;
   const bool scaled = scale != 1.0f;
   const bool pair = t.remainder != nullptr;
   const bool bf16_moments = t.m_bf16 != nullptr;

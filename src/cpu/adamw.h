@@ -46,12 +46,14 @@ struct AdamWStorage {
   double weight_decay = 0;
 };
 
-// The update above on any storage. The master is read (fp32, or joined from the pair) and, after
-// the update, written in the same form (the pair by master_split: its weight is the nearest bf16,
-// ties away from zero). bf16 moments are read exactly, the update uses the fp32 m and v it
-// computes, and they are stored rounded stochastically (core::bf16_round_stochastic) with
-// bits = core::random_bits(core::random_key(args.seed, args.step), counter + i): the low 16 bits
-// round m, the next 16 round v. Elementwise and counter-based: independent of the thread count.
+// The update above on any storage. With args.gate (host memory on the CPU): grad_scale =
+// float(gate[0]), and nothing is written when gate[1] != 0. The master is read (fp32, or joined
+// from the pair) and, after the update, written in the same form (the pair by master_split: its
+// weight is the nearest bf16, ties away from zero). bf16 moments are read exactly, the update uses
+// the fp32 m and v it computes, and they are stored rounded stochastically
+// (core::bf16_round_stochastic) with bits = core::random_bits(core::random_key(args.seed,
+// args.step), counter + i): the low 16 bits round m, the next 16 round v. Elementwise and
+// counter-based: independent of the thread count.
 void adamw_step(const AdamWStorage& t, const AdamWStepArgs& args);
 
 // copy = master rounded to bf16 with ties away from zero (the compute copy of the fp32-master

@@ -50,6 +50,7 @@ constexpr int kFinalThreads = 1024;
 struct AdamWScalars {
   float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, grad_scale;
   uint64_t random_key;  // core::random_key(seed, step)
+  const double* gate;   // nullptr, or {grad_scale, skip} in device memory (core::AdamWArgs)
 };
 
 struct AdamWTable {
@@ -92,6 +93,12 @@ __device__ __forceinline__ int table_index(const int* start, int count, int b) {
 template <MasterForm kForm, bool kBf16Moments>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const __grid_constant__ AdamWTable tab, const AdamWScalars s) {
+  // The device-side gate: a skipped step writes nothing (every block returns here).
+  float grad_scale = s.grad_scale;
+  if (s.gate != nullptr) {
+    if (s.gate[1] != 0.0) return;
+    grad_scale = __double2float_rn(s.gate[0]);  // exact: a float value
+  }
   const int b = blockIdx.x;
   const int k = table_index(tab.start, tab.count, b);
   const int64_t n = tab.n[k];
@@ -124,7 +131,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = 0; j < kAdamPerThread; ++j) {
     const int64_t i = base + int64_t(j) * kThreads;
     if (i >= n) break;
-    const float g = __fmul_rn(gr[j], s.grad_scale);
+    const float g = __fmul_rn(gr[j], grad_scale);
     float pi = __fmul_rn(pr[j], decay);
     const float mi = __fadd_rn(__fmul_rn(s.beta1, mr[j]), __fmul_rn(s.one_minus_beta1, g));
     const float vi =
@@ -238,6 +245,7 @@ AdamWScalars host_scalars(const AdamWStepArgs& a) {
   s.eps = static_cast<float>(a.eps);
   s.grad_scale = a.grad_scale;
   s.random_key = core::random_key(a.seed, uint64_t(a.step));
+  s.gate = a.gate;
   return s;
 }
 
@@ -274,6 +282,7 @@ constexpr int64_t kMaxBlocksPerLaunch = (int64_t(1) << 31) - 1;
 void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs& args, DType dt,
                       DType moment_dt) {
   const AdamWScalars s = host_scalars(args);
+  if (args.gate) check_device_ptr("cuda::adamw_step", "gate", args.gate);
   DT_CHECK(dt == DType::f32 || dt == DType::bf16, "cuda::adamw_step: compute copies in ",
            dtype_name(dt), " (f32 or bf16)");
   DT_CHECK(moment_dt == DType::f32 || moment_dt == DType::bf16, "cuda::adamw_step: moments in ",
@@ -337,9 +346,11 @@ void adamw_step(float* master, float* m, float* v, const float* grad, int64_t n,
   adamw_step_multi(std::span<const AdamWTensor>(&t, 1), args, dt);
 }
 
-double sum_squares_multi(std::span<const float* const> xs, std::span<const int64_t> ns) {
+void sum_squares_multi_to(std::span<const float* const> xs, std::span<const int64_t> ns,
+                          double* out) {
   DT_CHECK(xs.size() == ns.size(), "cuda::sum_squares: ", xs.size(), " pointers but ", ns.size(),
            " sizes");
+  check_device_ptr("cuda::sum_squares_to", "out", out);
   // Block counts of every tensor first: the partial buffer holds one double per block.
   int64_t total_blocks = 0;
   for (size_t k = 0; k < ns.size(); ++k) {
@@ -347,12 +358,17 @@ double sum_squares_multi(std::span<const float* const> xs, std::span<const int64
     DT_CHECK(ns[k] == 0 || xs[k] != nullptr, "cuda::sum_squares: tensor ", k, " is null");
     total_blocks += (ns[k] + kNormChunk - 1) / kNormChunk;
   }
-  if (total_blocks == 0) return 0.0;
-  static std::mutex mu;  // guards the pinned result slot until it has been read
+  if (total_blocks == 0) {  // the sum of nothing: +0.0, all zero bytes
+    DT_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), cudaStreamLegacy));
+    return;
+  }
+  // Reused without waiting: every user queues on the legacy default stream (ScratchBuffer); the
+  // lock keeps two threads' launches from interleaving over it.
+  static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   static ScratchBuffer* scratch = new ScratchBuffer("sum_squares partials");  // leaked
-  double* partial = static_cast<double*>(  // [total_blocks] partials, then the result
-      scratch->get(size_t(total_blocks + 1) * sizeof(double)));
+  double* partial =
+      static_cast<double*>(scratch->get(size_t(total_blocks) * sizeof(double)));  // [blocks]
   int64_t offset = 0;  // first partial of the current launch
   NormTable tab{};
   auto launch = [&] {
@@ -372,14 +388,28 @@ double sum_squares_multi(std::span<const float* const> xs, std::span<const int64
     tab.start[c + 1] = tab.start[c] + int(blocks);
   }
   launch();
-  sum_partials_kernel<<<1, kFinalThreads>>>(partial, total_blocks, partial + total_blocks);
+  sum_partials_kernel<<<1, kFinalThreads>>>(partial, total_blocks, out);
   DT_CUDA_LAUNCH_CHECK("sum_partials_kernel");
+}
+
+double sum_squares_multi(std::span<const float* const> xs, std::span<const int64_t> ns) {
+  bool any = false;
+  for (int64_t n : ns) any = any || n > 0;
+  if (!any && xs.size() == ns.size()) return 0.0;  // nothing to read back
+  static std::mutex mu;  // guards the device and pinned result slots until they have been read
+  std::lock_guard<std::mutex> lock(mu);
+  static DeviceBuffer* slot = new DeviceBuffer(sizeof(double), "sum_squares result");  // leaked
+  double* dev = static_cast<double*>(slot->get());
+  sum_squares_multi_to(xs, ns, dev);
   double* result = pinned_result();
   note_device_to_host_copy();
-  DT_CUDA_CHECK(
-      cudaMemcpyAsync(result, partial + total_blocks, sizeof(double), cudaMemcpyDeviceToHost, 0));
+  DT_CUDA_CHECK(cudaMemcpyAsync(result, dev, sizeof(double), cudaMemcpyDeviceToHost, 0));
   DT_CUDA_CHECK(cudaStreamSynchronize(0));
   return *result;
+}
+
+void sum_squares_to(const float* x, int64_t n, double* out) {
+  sum_squares_multi_to(std::span<const float* const>(&x, 1), std::span<const int64_t>(&n, 1), out);
 }
 
 double sum_squares(const float* x, int64_t n) {

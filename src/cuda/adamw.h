@@ -3,7 +3,9 @@
 // the same arithmetic as cpu/adamw.cpp (the storage forms are ops/adamw.h's).
 //
 // Every pointer is device memory unless marked host. Updates are queued on the legacy default
-// stream, asynchronous to the host; sum_squares* synchronise (they return a host value).
+// stream, asynchronous to the host; sum_squares and sum_squares_multi synchronise (they return a
+// host value), the *_to forms do not. The update's clip may be read from device memory
+// (AdamWStepArgs::gate), so a trainer need not wait for the norm.
 #pragma once
 
 #include <cmath>
@@ -41,7 +43,8 @@ struct AdamWTensor {
 //   beta1, beta2, 1 - beta1, 1 - beta2 each rounded to float.
 // Device, per element in fp32, each operation rounded on its own (no FMA contraction), in this
 // order:
-//   g  = grad * grad_scale
+//   g  = grad * grad_scale          (grad_scale = float(gate[0]) with args.gate; gate[1] != 0:
+//                                    nothing is written)
 //   p  = p * decay
 //   m  = beta1 * m + (1 - beta1) * g
 //   v  = beta2 * v + (1 - beta2) * (g * g)
@@ -72,10 +75,18 @@ void adamw_compute_copy(const float* master, DType dt, void* copy, int64_t n);
 // pinned host slot.
 double sum_squares(const float* x, int64_t n);
 
+// The same sum written to out (one double in device memory) instead of returned: queued on the
+// legacy default stream, no host synchronisation (the trainer's gradient norm, core::StepScalars).
+// Bitwise the value sum_squares returns.
+void sum_squares_to(const float* x, int64_t n, double* out);
+
 // sum over tensors k and elements i of xs[k][i]^2, fp64, one synchronisation for all tensors;
 // xs and ns are host spans of equal length (device pointers, element counts). Deterministic as
 // sum_squares. The global gradient norm is sqrt(sum_squares_multi(grads)).
 double sum_squares_multi(std::span<const float* const> xs, std::span<const int64_t> ns);
+// The same written to out (device memory; asynchronous, as sum_squares_to).
+void sum_squares_multi_to(std::span<const float* const> xs, std::span<const int64_t> ns,
+                          double* out);
 
 // train::clip_grad_norm's factor: float(max_norm / (norm + 1e-6)) when max_norm > 0, the norm is
 // finite and that coefficient is < 1; otherwise 1 (no clipping). A non-finite norm means the

@@ -3,6 +3,7 @@
 
 #include "ops/lm_head_ce.h"
 #include "ops/profile.h"
+#include "ops/step_scalars.h"
 #include "ops/tensor.h"
 
 namespace deltatron::model {
@@ -12,7 +13,8 @@ std::string lm_head_name(const Config& c) {
 }
 
 std::vector<double> head_loss(const Ctx& cx, const View& h, const View& targets, float scale,
-                              bool with_grads, const View& dh, std::vector<uint8_t>* correct) {
+                              bool with_grads, const View& dh, std::vector<uint8_t>* correct,
+                              const View& sum_1) {
   const int64_t N = cx.N(), D = cx.c.hidden_size;
   const std::string head = lm_head_name(cx.c);
   ops::Stage st(cx.dev(), "lm head + cross-entropy fwd+bwd");
@@ -25,6 +27,11 @@ std::vector<double> head_loss(const Ctx& cx, const View& h, const View& targets,
   if (correct) corr = cx.i32(N, "argmax-correct flags");
   ops::linear_cross_entropy(h, cx.p.w(head), targets, dloss, N, D, cx.c.vocab_size, loss, corr,
                             with_grads ? dh : View{}, false, with_grads ? cx.p.g(head) : View{});
+  if (!sum_1.empty()) {  // the step's sum on the device: no host read (ops/step_scalars.h)
+    DT_CHECK(!correct, "head_loss: argmax flags are read on the host, not with a device sum");
+    ops::step_loss_sum_add(loss, targets, cx.b.cu, cx.b.nseg, N, sum_1);
+    return {};
+  }
   std::vector<float> loss_h(N);
   if (N > 0) ops::copy_to_host(loss, loss_h.data());
   if (correct) {

@@ -5,6 +5,7 @@
 #include <memory>
 #include <sstream>
 
+#include "core/step_scalars.h"
 #include "model/footprint.h"
 #include "model/layer.h"
 #include "model/lm_head.h"
@@ -13,6 +14,7 @@
 #include "ops/device.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
+#include "ops/step_scalars.h"
 #include "ops/tensor.h"
 
 namespace deltatron::model {
@@ -101,15 +103,16 @@ void set_activation_hint(const Config& c, const Params& p, int64_t N, const Acti
 void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
                     const std::vector<int32_t>& targets_N, std::vector<double>& sum,
                     std::vector<int64_t>& count) {
+  const bool sums = !loss_N.empty();
   for (int s = 0; s < pack.num_samples(); ++s) {
     double acc = 0;
     int64_t n = 0;
     for (int32_t t = pack.cu_seqlens_padded[s]; t < pack.cu_seqlens_padded[s + 1]; ++t) {
       if (targets_N[t] == data::kIgnoreIndex) continue;
-      acc += loss_N[t];
+      if (sums) acc += loss_N[t];
       ++n;
     }
-    sum.push_back(acc);
+    if (sums) sum.push_back(acc);
     count.push_back(n);
   }
 }
@@ -234,6 +237,12 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   const Gather pg{gather_};
   pg.gather(kOuter, with_grads && !p.frozen());
   PackLoss out;
+  // Training: the losses are added to the step's scalars on the device (no host read).
+  const View& steps = opt.step_scalars;
+  DT_CHECK(steps.empty() || !opt.want_correct,
+           "Model::fwd_bwd: want_correct reads argmax flags on the host; not with step_scalars");
+  const View ce_sum = steps.empty() ? View{} : steps.slice(core::kStepCeSum, 1);
+  const View mtp_sum = steps.empty() ? View{} : steps.slice(core::kStepMtpSum, 1);
   Buffer router_loss(cx.dev(), core::DType::f64, {1}, "router loss");
   ops::zero(router_loss);
 
@@ -257,7 +266,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     if (recompute_ && with_grads) keep_only_input(*saved[i]);
   }
   // The MoE layers' device-side errors, read once per pack (with the MTP layer's, below).
-  if (!c.mtp_enabled) check_moe_errors(cx);
+  if (!c.mtp_enabled) check_moe_errors(cx, steps);
   Buffer hf = cx.act(Nl * D, "final norm output");
   Buffer rstd_f = cx.f32(Nl, "final norm rstd");
   ops::rmsnorm_fwd(x, p.w(norm), Nl, D, c.rms_norm_eps, hf, rstd_f);
@@ -271,7 +280,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     const View h = tp_gather_tokens(cx, hf, D, hf_all, "final norm output (all tokens)");
     sum_per_sample(pack,
                    head_loss(cx, h, b.targets, opt.ce_scale, with_grads, dhf_all,
-                             opt.want_correct ? &correct : nullptr),
+                             opt.want_correct ? &correct : nullptr, ce_sum),
                    pack.targets, out.loss_sum, out.n_tokens);
   }
   const View dhf = with_grads ? tp_local_rows(cx, dhf_all, D) : View{};
@@ -284,7 +293,7 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     LayerSaved ms;
     mtp_layer().fwd(cx, r, ms);
     add_router_terms(cx, opt, mtp_layer().moe_prefix(), ms.moe, router_loss);
-    check_moe_errors(cx);
+    check_moe_errors(cx, steps);
     Buffer m = cx.act(Nl * D, "MTP norm output"), rstd_m = cx.f32(Nl, "MTP norm rstd");
     ops::rmsnorm_fwd(r, p.w("mtp.norm.weight"), Nl, D, c.rms_norm_eps, m, rstd_m);
     Buffer dm_all = with_grads ? cx.act(N * D, "MTP norm output gradient") : Buffer();
@@ -292,7 +301,8 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
       Buffer m_all;
       const View mh = tp_gather_tokens(cx, m, D, m_all, "MTP norm output (all tokens)");
       sum_per_sample(
-          pack, head_loss(cx, mh, b.mtp_targets, opt.mtp_ce_scale, with_grads, dm_all, nullptr),
+          pack,
+          head_loss(cx, mh, b.mtp_targets, opt.mtp_ce_scale, with_grads, dm_all, nullptr, mtp_sum),
           pack.mtp_targets, out.mtp_loss_sum, out.mtp_n_tokens);
     }
     if (with_grads) {
@@ -320,7 +330,12 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
       }
     }
   }
-  if (c.is_moe() && opt.router.active()) ops::copy_to_host(router_loss, &out.router_loss);
+  if (c.is_moe() && opt.router.active()) {
+    if (steps.empty())
+      ops::copy_to_host(router_loss, &out.router_loss);
+    else
+      ops::step_scalar_add(router_loss, steps.slice(core::kStepRouterSum, 1));
+  }
   if (!with_grads) {
     pg.release(kOuter, false);
     return out;

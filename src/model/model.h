@@ -38,6 +38,12 @@ struct ModelOptions {
   // LoRA dropout (lora.dropout > 0): the key of this pack's masks (model/proj.h); 0: no dropout
   // (scoring, evaluation). Applied only with gradients.
   uint64_t dropout_key = 0;
+  // Training (train::train_step): a core::StepScalars on the model's device ([kStepScalars] f64).
+  // When given, the pack's CE and MTP CE sums (per sample, added in pack order) and its router
+  // loss are added to its ce_sum, mtp_sum and router_sum on the device, and the host reads
+  // nothing: PackLoss's loss_sum and mtp_loss_sum stay empty and router_loss 0 (the token counts
+  // are filled). Not with want_correct.
+  core::View step_scalars;
 };
 
 // Per-sample results of one pack, in pack order (pack.sample_index maps to the dataset).
@@ -54,6 +60,7 @@ struct PackLoss {
 
 // Appends, per sample of the pack in pack order, the sum of loss_N over its label tokens
 // (targets_N != -100) and their count: PackLoss's loss_sum / n_tokens (and the MTP pair).
+// An empty loss_N appends the counts alone (the sums were added on the device).
 void sum_per_sample(const data::Pack& pack, const std::vector<double>& loss_N,
                     const std::vector<int32_t>& targets_N, std::vector<double>& sum,
                     std::vector<int64_t>& count);

@@ -18,6 +18,7 @@
 #include "ops/activation.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
+#include "ops/step_scalars.h"
 #include "ops/tensor.h"
 
 namespace deltatron::model {
@@ -241,8 +242,9 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
   ops::cast(dx32, dx, d.N * d.D);
 }
 
-void check_moe_errors(const Ctx& cx) {
+void check_moe_errors(const Ctx& cx, const View& step_scalars) {
   if (!cx.c.is_moe()) return;
+  if (!step_scalars.empty()) return ops::step_moe_errors(cx.b.moe_bad, step_scalars);
   ops::moe_check_bad(cx.b.moe_bad, cx.c.num_experts);
 }
 

@@ -80,7 +80,9 @@ void moe_bwd(const Ctx& cx, const std::string& prefix, const MoeSaved& s, const 
 // Throws the first MoE error the pack's forward recorded on the device (cx.b.moe_bad: a
 // non-finite router logit, a bad expert id), with the text the CPU throws at once. One small
 // copy to the host; call once per pack, after the forward. No-op for dense models.
-void check_moe_errors(const Ctx& cx);
+// step_scalars (a training step's core::StepScalars, model::ModelOptions): no copy; the words go
+// into the step's (ops::step_moe_errors), whose end throws them.
+void check_moe_errors(const Ctx& cx, const View& step_scalars = {});
 // Adds the saved routing's top-k counts over the pack's real tokens to `counts`.
 void moe_count(const Ctx& cx, const std::string& prefix, const MoeSaved& s,
                GlobalRouterCounts& counts);

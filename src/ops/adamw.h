@@ -5,7 +5,9 @@
 //   scalars in double, rounded to float once: step_size = lr / (1 - beta1^t), bc2_sqrt =
 //   sqrt(1 - beta2^t), decay = 1 - lr * weight_decay, eps, beta1, beta2, 1 - beta1, 1 - beta2;
 //   per element in float32, each operation rounded on its own, in this order:
-//     g  = grad * grad_scale          (grad itself when grad_scale == 1)
+//     g  = grad * grad_scale          (grad itself when grad_scale == 1; with args.gate, a
+//                                      device scalar: grad_scale = float(gate[0]), and nothing
+//                                      is written when gate[1] != 0)
 //     p *= decay
 //     m  = beta1 m + (1 - beta1) g
 //     v  = beta2 v + (1 - beta2) (g g)

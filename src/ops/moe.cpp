@@ -106,6 +106,10 @@ void moe_check_bad(const View& bad_3, int64_t E) {
   a.need(bad_3, "bad_3", dtypes::i32, kMoeBadWords);
   int32_t w[kMoeBadWords];
   copy_to_host(bad_3, w);
+  moe_fail_bad(w, E);
+}
+
+void moe_fail_bad(const int32_t* w, int64_t E) {
   if (w[0] != kNoBadToken) fail_bad_token(w[0]);
   if (w[1] != kNoBadToken) fail_bad_expert(w[2], w[1], E);
 }

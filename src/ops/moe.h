@@ -57,6 +57,9 @@ void moe_router_fwd(const core::View& logits_NE, int64_t N, int64_t E, int64_t K
 // found it ("moe_router_fwd: router logits of token n are not finite", else "moe_permute: expert
 // id e of token n is outside [0, E)"). One 12-byte copy to the host: SYNCS on CUDA.
 void moe_check_bad(const core::View& bad_3, int64_t E);
+// The same over words already on the host (bad_3_host [3]): throws the first recorded error, else
+// returns.
+void moe_fail_bad(const int32_t* bad_3_host, int64_t E);
 
 // Router backward. Three optional incoming gradients, summed into dlogits:
 //   from the routed path (dw = dL/dw[n,j]): only the selected logits receive gradient,

@@ -1,6 +1,7 @@
 // Device dispatch for the plain tensor helpers (contracts in ops/tensor.h).
 #include "ops/tensor.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -24,6 +25,8 @@ constexpr std::initializer_list<core::DType> kCopyable = {core::DType::f32, core
 constexpr std::initializer_list<core::DType> kAny = {core::DType::f32, core::DType::bf16,
                                                      core::DType::i32, core::DType::f64,
                                                      core::DType::i64, core::DType::u16};
+
+std::atomic<int64_t> g_cpu_host_reads{0};  // copy_to_host calls on CPU views (host_reads)
 
 }  // namespace
 
@@ -223,6 +226,25 @@ double sum_squares(const View& x, int64_t n) {
   a.bad_device();
 }
 
+void sum_squares_to(const View& x, int64_t n, const View& out_1) {
+  Args a("sum_squares_to");
+  a.nonneg(n, "n");
+  a.need(x, "x", dtypes::f32, n);
+  a.need(out_1, "out_1", dtypes::f64, 1);
+  switch (a.device()) {
+    case core::Device::cpu:
+      out_1.f64()[0] = cpu::sum_squares(x.f32(), n);
+      return;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::sum_squares_to(x.f32(), n, out_1.f64());
+#else
+      a.no_cuda();
+#endif
+  }
+  a.bad_device();
+}
+
 void copy_from_host(const View& dst, const void* src_host) {
   if (dst.empty()) return;
   Args a("copy_from_host");
@@ -251,6 +273,7 @@ void copy_to_host(const View& src, void* dst_host) {
     core::fail("ops::copy_to_host: dst_host is null for a ", src.describe(), " source");
   switch (a.device()) {
     case core::Device::cpu:
+      g_cpu_host_reads.fetch_add(1);
       if (src.bytes() > 0 && src.data != dst_host) std::memcpy(dst_host, src.data, src.bytes());
       return;
     case core::Device::cuda:
@@ -261,6 +284,20 @@ void copy_to_host(const View& src, void* dst_host) {
 #endif
   }
   a.bad_device();
+}
+
+int64_t host_reads(core::Device dev) {
+  switch (dev) {
+    case core::Device::cpu:
+      return g_cpu_host_reads.load();
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::device_to_host_copies();
+#else
+      core::fail("ops::host_reads: a cuda device, but this binary was built without CUDA");
+#endif
+  }
+  core::fail("ops::host_reads: unknown device");
 }
 
 void synchronize(core::Device dev) {

@@ -57,11 +57,20 @@ void axpy(const core::View& y, const core::View& x, float alpha, int64_t n);
 
 // sum_i x[i]^2 in double (x f32 [n]); synchronises with the device. Deterministic.
 double sum_squares(const core::View& x, int64_t n);
+// The same sum written to out_1 ([1] f64 on x's device) instead of returned: no host
+// synchronisation (queued on CUDA). Bitwise the value sum_squares returns.
+void sum_squares_to(const core::View& x, int64_t n, const core::View& out_1);
 
 // dst = the dst.bytes() bytes at src_host; returns when the copy is done.
 void copy_from_host(const core::View& dst, const void* src_host);
 // The src.bytes() bytes of src to dst_host; waits for the work queued before it.
 void copy_to_host(const core::View& src, void* dst_host);
+
+// How many times the host has read dev's memory so far, process-wide: on CUDA every device ->
+// host copy, each a host synchronisation (cuda::device_to_host_copies: copy_to_host, sum_squares,
+// the SYNCS functions of cuda/moe.h); on the CPU the copy_to_host calls, so the CPU path shows
+// the same reads the CUDA path would make. A training step makes one (train::StepResult).
+int64_t host_reads(core::Device dev);
 
 // Waits for all work queued on dev (nothing to wait for on the CPU).
 void synchronize(core::Device dev);

@@ -23,13 +23,16 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/step_scalars.h"
 #include "data/pack.h"
 #include "model/adapters.h"
 #include "model/config.h"
 #include "model/footprint.h"
 #include "model/params.h"
 #include "ops/device.h"
+#include "ops/moe.h"
 #include "ops/profile.h"
+#include "ops/step_scalars.h"
 #include "ops/tensor.h"
 #include "train/engine.h"
 #include "train/memory_plan.h"
@@ -361,6 +364,7 @@ void run_bench(const BenchOptions& o) {
   std::vector<double> times, tokens, flops, patches, image_tokens, vflops;
   std::map<std::string, double> stages;
   double last_loss = 0;
+  int64_t reads = 0;  // the host's reads of the device in the last step (ops::host_reads)
   for (int64_t s = 0; s < o.warmup + timed_steps + 1; ++s) {
     const bool timed = s >= o.warmup && s < o.warmup + timed_steps;
     const bool profiled = s == o.warmup + timed_steps;  // one extra step with stage events
@@ -370,20 +374,34 @@ void run_bench(const BenchOptions& o) {
     ops::profile_enable(dev, profiled);
     ops::synchronize(dev);
     const auto t0 = std::chrono::steady_clock::now();
+    const int64_t reads0 = ops::host_reads(dev);
     engine->zero_grads();
+    // The trainer's step (train_step): losses, norm, clip and skip on the device, one read.
+    core::Buffer scalars(dev, core::DType::f64, {core::kStepScalars}, "step scalars");
+    ops::zero(scalars);
     model::ModelOptions mo;
     mo.ce_scale = 1.f / float(std::max<int64_t>(1, pack.N - pack.num_samples()));
+    mo.step_scalars = scalars.view();
     const model::PackLoss pl = engine->fwd_bwd(pack, true, mo);
-    double lsum = 0;
     int64_t lcount = 0;
-    for (int i = 0; i < pack.num_samples(); ++i) lsum += pl.loss_sum[i], lcount += pl.n_tokens[i];
-    last_loss = lsum / double(std::max<int64_t>(1, lcount));
-    DT_CHECK(std::isfinite(last_loss), "bench: step ", s, " has a non-finite loss");
+    for (int i = 0; i < pack.num_samples(); ++i) lcount += pl.n_tokens[i];
+    const double labels = double(std::max<int64_t>(1, lcount));
     {
       ops::Stage st(dev, "optimizer (clip + fused AdamW)");
-      engine->clip(1.0);
-      engine->step(opt, 1e-5);
+      engine->grad_squares(scalars.view().slice(core::kStepGradSquares, 1));
+      ops::step_gate(scalars, 1.0, labels);
+      engine->step_gated(opt, 1e-5, scalars.view().slice(core::kStepGate, 2));
     }
+    core::StepScalars h;
+    ops::copy_to_host(scalars, &h);
+    engine->end_step(h.skip == 0);
+    if (h.moe_error != 0) {  // a MoE error the forward recorded (ops/moe.h)
+      const int32_t w[3] = {int32_t(h.moe_bad[0]), int32_t(h.moe_bad[1]), int32_t(h.moe_bad[2])};
+      ops::moe_fail_bad(w, c.num_experts);
+    }
+    last_loss = h.ce_sum / labels;
+    DT_CHECK(std::isfinite(last_loss), "bench: step ", s, " has a non-finite loss");
+    reads = ops::host_reads(dev) - reads0;
     ops::synchronize(dev);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (profiled) {
@@ -465,6 +483,8 @@ void run_bench(const BenchOptions& o) {
   std::printf("  real tokens/s        %.0f%s\n", tps, vl ? " (text + image tokens)" : "");
   if (vl) std::printf("  image patches/s      %.0f\n", npatch / tsum);
   std::printf("  median step          %.1f ms\n", med * 1e3);
+  std::printf("  host reads per step  %lld (device -> host copies, each a synchronisation)\n",
+              static_cast<long long>(reads));
   std::printf(
       "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
       "src/train/bench.cpp)\n",
@@ -495,6 +515,7 @@ void run_bench(const BenchOptions& o) {
                         {"recompute_selective", o.recompute_selective},
                         {"real_tok_per_s", tps},
                         {"step_s_median", med},
+                        {"host_reads_per_step", reads},
                         {"tflops", tflops},
                         {"mfu", tflops * 1e12 / kPeakFlops},
                         {"peak_gib", peak},

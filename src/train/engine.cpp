@@ -18,6 +18,13 @@
 
 namespace deltatron::train {
 
+void check_gate(const core::View& gate, core::Device dev) {
+  DT_CHECK(gate.data && gate.dtype == core::DType::f64 && gate.numel() == 2 && gate.device == dev,
+           "the AdamW gate is ", gate.data ? gate.describe() : "a null view",
+           ", expected f64 with 2 elements on ", core::device_name(dev),
+           " (core::StepScalars' grad_scale and skip)");
+}
+
 namespace {
 
 // Calls f(kind, begin, end) for the runs of consecutive tensors of one kind (kind(name): e.g.
@@ -160,6 +167,19 @@ class ModelEngine final : public Engine {
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
 
   double clip(double max_norm) override {
+    const double norm = std::sqrt(grad_squares_host());
+    grad_scale_ = clip_scale(norm, max_norm);
+    return norm;
+  }
+  void grad_squares(const core::View& out) override {
+    const model::Params& p = model_.trainable();
+    if (zero_stage() < 2 && !model_.expert_parallel().on() && !model_.tensor_parallel().on())
+      return ops::sum_squares_to(p.grad_flat(), p.total(), out);  // queued: no host read
+    const double squares = grad_squares_host();  // the layouts' sums over ranks (host values)
+    ops::copy_from_host(out, &squares);
+  }
+  // The gradients' sum of squares over the ranks, on the host.
+  double grad_squares_host() {
     const model::Params& p = model_.trainable();
     double squares = 0;
     if (zero_stage() >= 2 && model_.tensor_parallel().on()) {
@@ -201,12 +221,28 @@ class ModelEngine final : public Engine {
     } else {
       squares = ops::sum_squares(p.grad_flat(), p.total());
     }
-    const double norm = std::sqrt(squares);
-    grad_scale_ = clip_scale(norm, max_norm);
-    return norm;
+    return squares;
   }
 
   void step(AdamW& opt, double lr) override {
+    update(opt, lr, ++step_, grad_scale_, nullptr);
+    grad_scale_ = 1.0f;
+  }
+  void step_gated(AdamW& opt, double lr, const core::View& gate) override {
+    DT_CHECK(!pending_, "internal: step_gated before the previous step's end_step");
+    check_gate(gate, model_.trainable().device());
+    update(opt, lr, step_ + 1, 1.0f, gate.f64());
+    pending_ = true;
+  }
+  void end_step(bool applied) override {
+    DT_CHECK(pending_, "internal: end_step without step_gated");
+    pending_ = false;
+    if (applied) ++step_;
+  }
+
+  // The AdamW update with step count `step`, the gradients scaled by `scale`, or by gate[0] and
+  // skipped when gate[1] != 0 (gate: device memory, or nullptr).
+  void update(AdamW& opt, double lr, int64_t step, float scale, const double* gate) {
     model::Params& p = model_.trainable();
     if (!have_moments_) alloc_moments();
     const auto& o = opt.options();
@@ -215,8 +251,9 @@ class ModelEngine final : public Engine {
     args.beta1 = o.beta1;
     args.beta2 = o.beta2;
     args.eps = o.eps;
-    args.step = ++step_;
-    args.grad_scale = grad_scale_;
+    args.step = step;
+    args.grad_scale = scale;
+    args.gate = gate;
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : p.names()) {
       const auto& e = p.entry(name);
@@ -238,7 +275,6 @@ class ModelEngine final : public Engine {
     } else {
       ops::adamw_step_multi(ts, args);
     }
-    grad_scale_ = 1.0f;
     for (const ZeroGroup& g : groups_)  // every shard's new weights (ZeRO)
       if (g.comm->size() > 1) broadcast_shard_weights(*g.comm, g.shards, p, g.covers);
   }
@@ -355,6 +391,7 @@ class ModelEngine final : public Engine {
   core::Buffer m_, v_;
   int64_t step_ = 0;
   float grad_scale_ = 1.0f;
+  bool pending_ = false;  // step_gated ran, end_step not yet
 };
 
 template <typename Source>

@@ -17,6 +17,7 @@ namespace deltatron::train {
 
 // The factor the next step scales the gradients by after Engine::clip found `norm`: max_norm /
 // (norm + 1e-6) when that is below 1, else 1 (also for a non-finite norm or max_norm <= 0).
+// ops::step_gate computes the same on the device (cpu/step_scalars.cpp).
 inline float clip_scale(double norm, double max_norm) {
   if (!std::isfinite(norm) || max_norm <= 0) return 1.0f;
   const double coef = max_norm / (norm + 1e-6);
@@ -58,6 +59,17 @@ class Engine {
   virtual double clip(double max_norm) = 0;
   // One AdamW update with the optimizer's options and decay groups (its step count advances).
   virtual void step(AdamW& opt, double lr) = 0;
+  // The device-resident form of clip and step (train_step's; docs/perf.md, "Host
+  // synchronisations"). grad_squares: the sum of squares clip takes the root of, into squares_1
+  // ([1] f64 on the engine's device): queued, no host read, on one rank without a parallel layout
+  // (ZeRO 2 and 3, expert and tensor parallelism sum over ranks on the host and copy it in).
+  virtual void grad_squares(const core::View& squares_1) = 0;
+  // step_gated: step with the clip and skip read from the device: gate_2 = core::StepScalars'
+  // {grad_scale, skip} ([2] f64 on the engine's device, from ops::step_gate); a skipped update
+  // writes nothing. The step count advances by end_step(applied), which the caller makes once it
+  // has read the skip (before the next update, a state read or a checkpoint).
+  virtual void step_gated(AdamW& opt, double lr, const core::View& gate_2) = 0;
+  virtual void end_step(bool applied) = 0;
   // Makes the host copies of the trainable parameters (the adapters in a LoRA run) and `opt`'s
   // state current (before saving a checkpoint).
   virtual void sync_to_host(model::TensorMap& params, AdamW& opt) = 0;
@@ -78,6 +90,9 @@ class Engine {
   // on by default; off keeps every intermediate (the same losses and gradients, more memory).
   virtual void set_recompute_selective(bool on) = 0;
 };
+
+// The gate of Engine::step_gated: [2] f64 on `dev`, else a core::Error.
+void check_gate(const core::View& gate_2, core::Device dev);
 
 // ZeRO (parallel.zero; train/zero.h, train/zero3.h, docs/parallel.md). stage 0: every rank
 // holds the whole AdamW state. 1: the moments are sharded over the ranks of comm (each rank holds

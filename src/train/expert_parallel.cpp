@@ -118,6 +118,9 @@ class SavedStateEngine final : public Engine {
   void grads_to_host(model::TensorMap&) override { no("grads_to_host"); }
   double clip(double) override { no("clip"); }
   void step(AdamW&, double) override { no("step"); }
+  void grad_squares(const core::View&) override { no("grad_squares"); }
+  void step_gated(AdamW&, double, const core::View&) override { no("step_gated"); }
+  void end_step(bool) override { no("end_step"); }
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
     sync_weights(params, opt);
     opt.set_state(s_.step, s_.exp_avg, s_.exp_avg_sq);

@@ -1,4 +1,5 @@
-// One optimizer step, top to bottom: micro-batches -> forward/backward -> clip -> AdamW.
+// One optimizer step, top to bottom: micro-batches -> forward/backward -> clip -> AdamW, with
+// the step's scalars on the device and read by the host once, after the update is queued.
 #include "train/train_step.h"
 
 #include <algorithm>
@@ -9,8 +10,12 @@
 
 #include "core/bf16.h"
 #include "core/error.h"
+#include "core/step_scalars.h"
 #include "data/pack.h"
 #include "model/model.h"
+#include "ops/moe.h"
+#include "ops/step_scalars.h"
+#include "ops/tensor.h"
 #include "train/objective.h"
 
 namespace deltatron::train {
@@ -47,6 +52,8 @@ void count_bad_step(const TrainConfig& cfg, int64_t step, int64_t& bad_steps) {
 StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps) {
   const TrainConfig& cfg = ctx.cfg;
   const auto t0 = std::chrono::steady_clock::now();
+  const core::Device dev = cfg.device == "cuda" ? core::Device::cuda : core::Device::cpu;
+  const int64_t reads_before = ops::host_reads(dev);
 
   // 1. The step's micro-batches and the objective's scales over all of them.
   const Parallel& par = ctx.par;
@@ -59,42 +66,49 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
   // Several ranks: each MoE layer's counts are exchanged so every pack sees one rank's counts.
   if (ctx.par.size() > 1) running.ranks = ctx.par.comm.get();
 
-  // 2. Gradients of the objective, accumulated over the micro-batches.
+  // 2. Gradients of the objective, accumulated over the micro-batches; the losses summed on the
+  // device into the step's scalars (core/step_scalars.h), in the order the host summed them.
+  core::Buffer scalars(dev, core::DType::f64, {core::kStepScalars}, "step scalars");
+  ops::zero(scalars);
+  mo.step_scalars = scalars.view();
   ctx.engine.zero_grads();
-  double ce = 0, mtp = 0, router = 0;
   for (size_t m = 0; m < packs.size(); ++m) {
     if (!par.mine(int64_t(m))) continue;
     const data::Pack& pack = packs[m];
     // LoRA dropout's masks (lora.dropout > 0): counter-based in (seed, step, micro-batch), so a
     // resumed run draws the same ones.
     mo.dropout_key = core::random_key(cfg.seed ^ 0x4c6f5241ull, uint64_t(st.step) * 65536 + m) | 1;
-    const model::PackLoss l = ctx.engine.fwd_bwd(pack, true, mo);
-    for (double x : l.loss_sum) ce += x;
-    for (double x : l.mtp_loss_sum) mtp += x;
-    router += l.router_loss;
+    ctx.engine.fwd_bwd(pack, true, mo);
   }
-  if (par.size() > 1) {
+  if (par.size() > 1) {  // the gradients, and the three loss sums as one f64 view
     ctx.engine.reduce_grads(*par.comm, ctx.same_experts);
-    std::vector<double> sums = {ce, mtp, router};
-    all_reduce_sum(par, sums);
-    ce = sums[0], mtp = sums[1], router = sums[2];
+    par.comm->all_reduce(scalars.view().slice(core::kStepCeSum, 3), dist::ReduceOp::sum);
   }
+
+  // 3. Clip, the skip of a non-finite step and the learning rate: the norm, the clip factor and
+  // the skip computed on the device (ops::step_gate), which the update reads there.
+  ctx.engine.grad_squares(scalars.view().slice(core::kStepGradSquares, 1));
+  const double label_tokens = double(std::max<int64_t>(1, n.label_tokens));
+  ops::step_gate(scalars, cfg.grad_clip, label_tokens);
   StepResult r;
   r.tokens = n.real_tokens;
-  r.loss = ce / double(std::max<int64_t>(1, n.label_tokens));
-  r.mtp_loss = mtp / double(std::max<int64_t>(1, n.mtp_tokens));
-  r.router_loss = router;
-
-  // 3. Clip, and the learning rate of this step.
-  r.grad_norm = ctx.engine.clip(cfg.grad_clip);
   r.lr = learning_rate(ctx.schedule, st.step);
 
-  // 4. Update, or skip a non-finite step.
-  r.skipped = !(std::isfinite(r.loss) && std::isfinite(r.grad_norm) && std::isfinite(router));
-  if (!r.skipped)
-    ctx.engine.step(ctx.opt, r.lr);
-  else
-    count_bad_step(cfg, st.step, bad_steps);
+  // 4. The update (nothing written when skipped), then the step's one read of the device.
+  ctx.engine.step_gated(ctx.opt, r.lr, scalars.view().slice(core::kStepGate, 2));
+  core::StepScalars h;
+  ops::copy_to_host(scalars, &h);
+  r.skipped = h.skip != 0;
+  ctx.engine.end_step(!r.skipped);
+  if (h.moe_error != 0) {  // a pack's MoE error (not updated): the error its forward threw before
+    const int32_t words[3] = {int32_t(h.moe_bad[0]), int32_t(h.moe_bad[1]), int32_t(h.moe_bad[2])};
+    ops::moe_fail_bad(words, ctx.model.num_experts);
+  }
+  r.loss = h.ce_sum / label_tokens;
+  r.mtp_loss = h.mtp_sum / double(std::max<int64_t>(1, n.mtp_tokens));
+  r.router_loss = h.router_sum;
+  r.grad_norm = h.grad_norm;
+  if (r.skipped) count_bad_step(cfg, st.step, bad_steps);
 
   // 5. Advance the state.
   st.step += 1;
@@ -102,6 +116,7 @@ StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps
   st.data_cursor = ctx.batches.cursor();
   if (std::isfinite(r.loss)) st.extra["last_loss"] = r.loss;
   r.step = st.step;
+  r.host_reads = ops::host_reads(dev) - reads_before;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

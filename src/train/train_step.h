@@ -42,6 +42,9 @@ struct StepResult {
   int64_t tokens = 0;      // real (non-padding) tokens of the step
   bool skipped = false;    // non-finite loss, router loss or gradient norm: no update
   double seconds = 0;      // wall time of the step
+  // Reads of the device by the host during the step (ops::host_reads): 1, the step's scalars
+  // (more with a parallel layout's host sums or MoE error words; not logged).
+  int64_t host_reads = 0;
 };
 
 // One optimizer step, counted from st.step:
@@ -54,6 +57,9 @@ struct StepResult {
 //  4. the AdamW update, or, when the loss, router loss or gradient norm is not finite, no update:
 //     the step is skipped, counted in bad_steps and reported on stderr, and a core::Error is
 //     thrown once bad_steps exceeds cfg.max_bad_steps;
+//     the losses, norm, clip factor and skip of 2-4 stay on the device (core::StepScalars): the
+//     update reads its clip and skip there, and the host reads them once, after the update is
+//     queued (docs/perf.md, "Host synchronisations");
 //  5. st advanced: step + 1, the data position, and extra["last_loss"] when the loss is finite.
 StepResult train_step(const StepContext& ctx, TrainState& st, int64_t& bad_steps);
 

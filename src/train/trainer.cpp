@@ -164,6 +164,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   while (st.step < cfg.steps) {
     const StepResult r = train_step(step_context, st, bad_steps);
     result.final_loss = r.loss;
+    result.step_host_reads.push_back(r.host_reads);
     if (log) log->step(r);
     if (st.step == cfg.steps) break;  // the last step: evaluated and saved below
     // A signal on any rank stops every rank after the same step.

@@ -1,6 +1,9 @@
 // `deltatron train`: the training loop from a dataset to a fine-tuned HF checkpoint.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "train/train_config.h"
 
 namespace deltatron::train {
@@ -12,6 +15,7 @@ struct TrainResult {
   bool root = true;  // rank 0 of a launched job (or the only rank): the one that reports
   bool nothing_to_do =
       false;  // resumed at step >= steps; final_loss is the checkpoint's (NaN if unknown)
+  std::vector<int64_t> step_host_reads;  // StepResult::host_reads of each step of this run
 };
 
 // Runs (or, with resume, continues from the newest complete checkpoint in out_dir) the

@@ -125,8 +125,30 @@ class Zero3Engine final : public Engine {
     grad_scale_ = clip_scale(norm, max_norm);
     return norm;
   }
+  void grad_squares(const core::View& out) override {
+    const core::Buffer& g = store_.grad();
+    if (store_.comm().size() == 1) return ops::sum_squares_to(g, g.numel(), out);  // no host read
+    const double squares = sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel()));
+    ops::copy_from_host(out, &squares);
+  }
 
   void step(AdamW& opt, double lr) override {
+    update(opt, lr, ++step_, grad_scale_, nullptr);
+    grad_scale_ = 1.0f;
+  }
+  void step_gated(AdamW& opt, double lr, const core::View& gate) override {
+    DT_CHECK(!pending_, "internal: step_gated before the previous step's end_step");
+    check_gate(gate, store_.grad().view().device);
+    update(opt, lr, step_ + 1, 1.0f, gate.f64());
+    pending_ = true;
+  }
+  void end_step(bool applied) override {
+    DT_CHECK(pending_, "internal: end_step without step_gated");
+    pending_ = false;
+    if (applied) ++step_;
+  }
+  // The AdamW update of this rank's pieces (gate: Engine::step_gated's, or nullptr).
+  void update(AdamW& opt, double lr, int64_t step, float scale, const double* gate) {
     if (!store_.has_moments()) store_.alloc_moments(moments_);
     const auto& o = opt.options();
     ops::AdamWArgs args;
@@ -134,15 +156,15 @@ class Zero3Engine final : public Engine {
     args.beta1 = o.beta1;
     args.beta2 = o.beta2;
     args.eps = o.eps;
-    args.step = ++step_;
-    args.grad_scale = grad_scale_;
+    args.step = step;
+    args.grad_scale = scale;
+    args.gate = gate;
     std::vector<ops::AdamWTensor> ts;
     for (Zero3Store::Piece& pc : store_.pieces()) {
       pc.t.weight_decay = opt.decays(store_.layout().tensors[pc.tensor].name) ? o.weight_decay : 0;
       ts.push_back(pc.t);
     }
     ops::adamw_step_multi(ts, args);  // this rank's pieces; they stay here (nothing broadcast)
-    grad_scale_ = 1.0f;
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
@@ -180,6 +202,7 @@ class Zero3Engine final : public Engine {
   core::DType moments_;
   int64_t step_ = 0;
   float grad_scale_ = 1.0f;
+  bool pending_ = false;  // step_gated ran, end_step not yet
 };
 
 }  // namespace
