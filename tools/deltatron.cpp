@@ -13,6 +13,7 @@
 #include "dist/launch.h"
 #include "io/file_util.h"
 #include "train/bench.h"
+#include "train/commbench.h"
 #include "train/convert.h"
 #include "train/init_cmd.h"
 #include "train/merge_cmd.h"
@@ -234,6 +235,30 @@ int main(int argc, char** argv) {
                  "micro-batches per data-parallel rank per step (training.grad_accum, default 1)")
       ->check(CLI::PositiveNumber);
 
+  train::CommBenchOptions commbench;
+  CLI::App* cb = app.add_subcommand(
+      "commbench",
+      "Bus bandwidth of the job's collectives over message sizes, as nccl-tests reports it (run "
+      "under deltatron launch: NCCL between GPUs, Gloo between CPU ranks)");
+  cb->add_option("--device", commbench.device, "cuda (default: NCCL) or cpu (Gloo)")
+      ->check(CLI::IsMember({"cuda", "cpu"}));
+  cb->add_option("--dtype", commbench.dtype, "f32 (default) or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cb->add_option("--min-bytes", commbench.min_bytes, "smallest message (default 1048576: 1 MiB)")
+      ->check(CLI::PositiveNumber);
+  cb->add_option("--max-bytes", commbench.max_bytes, "largest message (default 1073741824: 1 GiB)")
+      ->check(CLI::PositiveNumber);
+  cb->add_option("--factor", commbench.factor, "size step (default 2)")->check(CLI::Range(2, 1024));
+  cb->add_option("--warmup", commbench.warmup, "untimed calls per size (default 5)")
+      ->check(CLI::NonNegativeNumber);
+  cb->add_option("--iters", commbench.iters, "timed calls per size (default 20)")
+      ->check(CLI::PositiveNumber);
+  cb->add_option("--ops", commbench.ops,
+                 "comma list of all_reduce (default), reduce_scatter, all_gather")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"all_reduce", "reduce_scatter", "all_gather"}));
+  cb->add_option("--json", commbench.json_out, "write the results as JSON");
+
   std::string tk_tokenizer, tk_in, tk_out;
   CLI::App* tk = app.add_subcommand(
       "tokenize", "Encode JSON strings (one per line) to space-separated ids, one line each");
@@ -300,6 +325,7 @@ int main(int argc, char** argv) {
     if (bn->parsed()) {
       train::run_bench(bench);
     }
+    if (cb->parsed()) train::run_commbench(commbench);
     if (in->parsed()) train::run_init(init);
     if (rd->parsed()) train::run_render(render);
     if (tk->parsed()) {
