@@ -28,11 +28,11 @@ nlohmann::json bench(const dt_test::TempDir& tmp, const std::string& name, int r
   const fs::path lengths = tmp.path / "lengths.json";
   if (!fs::exists(lengths)) dt_test::write_file(lengths, kLengths);
   const fs::path json = tmp.path / (name + ".json"), err = tmp.path / (name + ".err");
-  const int rc = dt_test::run_ranks(
-      ranks,
-      "bench --device cpu --tokens 128 --warmup 1 --lengths " + lengths.string() + " --json " +
-          json.string() + " " + flags + " > /dev/null",
-      err);
+  const int rc = dt_test::run_ranks(ranks,
+                                    "bench --device cpu --tokens 128 --warmup 1 --lengths " +
+                                        lengths.string() + " --json " + json.string() + " " +
+                                        flags + " > /dev/null",
+                                    err);
   EXPECT_EQ(rc, 0) << name << ": " << dt_test::read_file(err);
   if (rc != 0 || !fs::exists(json)) return nlohmann::json::object();
   return nlohmann::json::parse(dt_test::read_file(json));

@@ -63,11 +63,12 @@ void run_commbench(const CommBenchOptions& o) {
   const core::DType dt = o.dtype == "bf16" ? core::DType::bf16 : core::DType::f32;
   const int64_t esize = o.dtype == "bf16" ? 2 : 4, n = par.size();
   if (par.root())
-    std::printf("commbench: %s, %lld rank(s) on %s, %s, %lld timed calls after %lld\n%-15s %12s "
-                "%12s %11s %11s %12s %12s\n",
-                par.comm->backend(), static_cast<long long>(n), ops::device_name(dev).c_str(),
-                o.dtype.c_str(), static_cast<long long>(o.iters), static_cast<long long>(o.warmup),
-                "operation", "bytes", "elements", "time us", "max us", "algbw GB/s", "busbw GB/s");
+    std::printf(
+        "commbench: %s, %lld rank(s) on %s, %s, %lld timed calls after %lld\n%-15s %12s "
+        "%12s %11s %11s %12s %12s\n",
+        par.comm->backend(), static_cast<long long>(n), ops::device_name(dev).c_str(),
+        o.dtype.c_str(), static_cast<long long>(o.iters), static_cast<long long>(o.warmup),
+        "operation", "bytes", "elements", "time us", "max us", "algbw GB/s", "busbw GB/s");
   nlohmann::json results = nlohmann::json::array();
   std::map<std::string, double> peak, avg;
   for (const std::string& op : o.ops) {
@@ -78,8 +79,8 @@ void run_commbench(const CommBenchOptions& o) {
       core::Buffer buf(dev, dt, {elems}, "commbench buffer");
       ops::zero(buf);  // sums of zeros stay finite
       core::Buffer part(dev, dt, {elems / n}, "commbench block");
-      const core::View block(static_cast<char*>(buf.data()) + (elems / n) * par.rank() * esize,
-                             dt, dev, {elems / n});
+      const core::View block(static_cast<char*>(buf.data()) + (elems / n) * par.rank() * esize, dt,
+                             dev, {elems / n});
       const auto call = [&] {
         if (op == "all_reduce")
           par.comm->all_reduce(buf, dist::ReduceOp::sum);
