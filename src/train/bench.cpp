@@ -279,9 +279,11 @@ void run_bench(const BenchOptions& o) {
     }
     lora_mods = model::lora_modules(c, lora->options, "bench");
   }
-  // LoRA's frozen base and ZeRO 3's shards are made one tensor at a time (no f32 host copy of the
-  // model on every rank: the 35b-a3b preset's would not fit a 128 GiB host once).
-  const bool streamed = o.lora || o.zero == 3;
+  // The weights are made one tensor at a time (no f32 host copy of the model on any rank: the
+  // 35b-a3b preset's would not fit a 128 GiB host once, 8 ranks' 2b copies not a host whose
+  // available memory starts small), except with tensor parallelism, whose shards are cut from
+  // the whole tensors of a host map.
+  const bool streamed = !tg.on();
   PlanInput plan_in;
   plan_in.device = dev;
   plan_in.compute = compute_dt;

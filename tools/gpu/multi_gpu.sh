@@ -23,9 +23,10 @@
 #                                                         the CTest multi_gpu_dry)
 # Environment: PARTS (default "exact curve scale comm moe kill"), NGPU (default: nvidia-smi's
 # count; DEVICE=cpu: 2), LENGTHS (bench batches, default tools/bench/lengths_ln600_s0.8_8x8192.json),
-# BENCH_STEPS (timed steps of each bench, default 8), MOE_LAYERS (default 40), MOE_EP (default
-# NGPU), CURVE_STEPS, KILL_TIMEOUT (DT_DIST_TIMEOUT of the hand-started ranks, default 30),
-# T_<PART> (each part's time limit in seconds, e.g. T_SCALE=150).
+# BENCH_STEPS (timed steps of each 2b bench, default 8), MOE_LAYERS (default 40), MOE_EP (default
+# NGPU), MOE_STEPS (default 4), CURVE_STEPS, FIXTURES (the golden fixtures of part exact),
+# KILL_TIMEOUT (DT_DIST_TIMEOUT of the hand-started ranks, default 30), T_<PART> (each part's time
+# limit in seconds, e.g. T_SCALE=150).
 set -uo pipefail
 bin=$(realpath "${1:?usage: multi_gpu.sh DELTATRON [OUT_DIR]}")
 out=$(mkdir -p "${2:-${OUT:-/tmp/dt-multi}}" && cd "${2:-${OUT:-/tmp/dt-multi}}" && pwd)
@@ -42,6 +43,11 @@ if [[ $device == cpu ]]; then
 else
   n=${NGPU:-$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)}
   dry=0
+  # As run_all.sh: the runtime's libraries (pack_runtime.sh puts them beside the binary), CUDA's,
+  # and the machine's NCCL.
+  nccl_dir=$("$repo/tools/gpu/nccl_path.sh")
+  rt_lib=$(dirname "$bin")/lib
+  export LD_LIBRARY_PATH="$rt_lib:/usr/local/cuda/lib64${nccl_dir:+:$nccl_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 ((n >= 1)) || { echo "multi_gpu: no GPUs" >&2; exit 1; }
 
@@ -126,13 +132,14 @@ part_curve() {
 }
 
 # ---------------------------------------------------------------------------------------------
-bench_args() {  # the batches: the 8 x 8192-token SFT file, or a tiny one for the dry run
+bench_args() {  # timed steps, warm-up steps; the batches: the 8 x 8192-token SFT file, or a
+                # tiny one (and 2 and 1 steps) for the dry run
   if ((dry)); then
     echo '{"steps": [[61, 40], [113], [29, 50, 21], [83], [120], [64, 64]]}' >"$out/lengths_dry.json"
-    echo "--device cpu --tokens 128 --lengths $out/lengths_dry.json --warmup 1 --steps ${BENCH_STEPS:-2}"
+    echo "--device cpu --tokens 128 --lengths $out/lengths_dry.json --steps 2 --warmup 1"
   else
     echo "--device cuda --lengths ${LENGTHS:-$repo/tools/bench/lengths_ln600_s0.8_8x8192.json}" \
-      "--steps ${BENCH_STEPS:-8}"
+      "--steps $1 --warmup $2"
   fi
 }
 
@@ -141,7 +148,7 @@ part_scale() {
   ((dry)) && preset=tiny
   mkdir -p "$o"
   local -a ba
-  read -ra ba <<<"$(bench_args)"
+  read -ra ba <<<"$(bench_args "${BENCH_STEPS:-8}" 3)"
   for k in 1 2 4 8; do
     ((k <= n)) || continue
     local t0=$SECONDS
@@ -189,8 +196,7 @@ part_moe() {
   mkdir -p "$o"
   if ((dry)); then preset=tiny-moe layers=; fi
   local -a ba
-  read -ra ba <<<"$(bench_args)"
-  ((dry)) || ba+=(--warmup 2 --steps "${MOE_STEPS:-4}")
+  read -ra ba <<<"$(bench_args "${MOE_STEPS:-4}" 2)"
   local try=0 ok=0
   for opts in "" "--moments bf16" "--moments bf16 --recompute"; do
     try=$((try + 1))
