@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16 in one command on a multi-GPU machine (docs/parallel.md, "Multi-GPU runs"), every part
 # under its own `timeout`, about 9 minutes in all on 8 GPUs:
-#   exact  `score --precision fp32` on the golden fixtures, one GPU against dp2, dp2 + ZeRO 3,
+#   exact  `score --precision fp32` on 3 golden fixtures, one GPU against dp2, dp2 + ZeRO 3,
 #          ep2, tp2 + sp and the largest layouts on all GPUs (losses 1e-5, gradients 1e-4)
 #   curve  bf16 training of the bundled examples: one GPU with grad_accum 2 (1 for tp) against
 #          2 GPUs with ZeRO 1, ZeRO 3, ep2 (MoE) and tp2 + sp (CURVE_STEPS steps, default 50)
@@ -61,7 +61,9 @@ ranks() {
 part_exact() {
   local o=$out/exact status=0
   mkdir -p "$o"
-  local fixtures=${FIXTURES:-dense_text_varied dense_text_mtp moe_text_fused_tied moe_vlm_mtp}
+  # dense_text_varied (3 heads: dp and ZeRO 3 only) left out by default: about 5 s a run to start
+  # 8 ranks, and the others cover what it would.
+  local fixtures=${FIXTURES:-dense_text_mtp moe_text_fused_tied moe_vlm_mtp}
   for fx in $fixtures; do
     local d=$repo/tests/data/golden/$fx
     local args=(score --quiet --model "$d" --data "$d/samples.jsonl" --pack-tokens 64
@@ -332,13 +334,15 @@ part_kill() {
 
 # One part, run by the script itself under `timeout` (below).
 if [[ -n ${_MULTI_GPU_PART:-} ]]; then
+  rm -rf "${out:?}/$_MULTI_GPU_PART"  # an earlier run's results (the data cache stays)
   "part_$_MULTI_GPU_PART"
   exit $?
 fi
 
 # ---------------------------------------------------------------------------------------------
 parts=${PARTS:-exact curve scale comm moe kill}
-declare -A limit_of=([exact]=100 [curve]=80 [scale]=130 [comm]=30 [moe]=110 [kill]=100)
+# Seconds per part: 530 in all, inside one 10-minute call with the runtime's unpacking.
+declare -A limit_of=([exact]=120 [curve]=80 [scale]=120 [comm]=30 [moe]=110 [kill]=70)
 echo "== multi_gpu: $n $([[ $device == cuda ]] && echo GPU\(s\) || echo CPU rank\(s\)), parts: $parts"
 [[ $device == cuda ]] && nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader |
   sed 's/^/   /'
