@@ -252,10 +252,20 @@ part_kill() {
     >"$o/launch.log" 2>&1 &
   local lpid=$!
   if started "$o/launch" "$lpid"; then
-    local victim=
-    for c in $(pgrep -P "$lpid"); do
-      tr '\0' '\n' <"/proc/$c/environ" 2>/dev/null | grep -qx RANK=1 && victim=$c
-    done
+    local victim  # the launcher's child with RANK=1 in its environment (from /proc: no procps)
+    victim=$(python3 - "$lpid" <<'PY'
+import glob, sys
+for stat in glob.glob("/proc/[0-9]*/stat"):
+    try:
+        pid, ppid = stat.split("/")[2], open(stat).read().rsplit(")", 1)[1].split()[1]
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if ppid == sys.argv[1] and b"RANK=1" in env:
+        print(pid)
+PY
+)
+    [[ -n $victim ]] || { echo "   under launch: no rank 1 found"; kill "$lpid"; wait "$lpid"; return 1; }
     local t0
     t0=$(now)
     kill -9 "$victim"
