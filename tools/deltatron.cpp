@@ -13,6 +13,7 @@
 #include "dist/launch.h"
 #include "io/file_util.h"
 #include "train/bench.h"
+#include "train/commbench.h"
 #include "train/convert.h"
 #include "train/init_cmd.h"
 #include "train/merge_cmd.h"
@@ -159,7 +160,9 @@ int main(int argc, char** argv) {
 
   train::BenchOptions bench;
   CLI::App* bn = app.add_subcommand(
-      "bench", "Training-step throughput of a preset on one GPU (packed SFT-like batches)");
+      "bench",
+      "Training-step throughput of a preset on one GPU, or on the ranks of a launched job under "
+      "a parallel layout (packed SFT-like batches)");
   bn->add_option("--device", bench.device, "cuda (default) or cpu (a smoke run)")
       ->check(CLI::IsMember({"cuda", "cpu"}));
   bn->add_option("--preset", bench.preset, "model preset (default 2b)");
@@ -169,7 +172,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   bn->add_option("--warmup", bench.warmup, "untimed steps (default 3)")
       ->check(CLI::NonNegativeNumber);
-  bn->add_option("--steps", bench.steps, "timed steps (default 10)")->check(CLI::PositiveNumber);
+  bn->add_option("--steps", bench.steps,
+                 "timed steps (default 10; with --lengths, enough to run the file's micro-batches "
+                 "once)")
+      ->check(CLI::PositiveNumber);
   bn->add_option("--precision", bench.precision, "bf16 (default) or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   bn->add_flag("--mtp", bench.mtp, "keep the preset's MTP head");
@@ -196,7 +202,8 @@ int main(int argc, char** argv) {
   bn->add_option("--seed", bench.seed, "seed of lengths, tokens and weights (default 1)");
   bn->add_option("--lengths", bench.lengths_in,
                  "time these batches: JSON {\"steps\": [[len, ...], ...]} (e.g. "
-                 "tools/bench/lengths_ln600_s0.8_8x8192.json); --steps is then ignored");
+                 "tools/bench/lengths_ln600_s0.8_8x8192.json): its steps are micro-batches, "
+                 "taken in order, cyclically, by the run's steps");
   bn->add_option("--lengths-out", bench.lengths_out,
                  "write the sample lengths of every step (JSON, for tools/bench/peer_hf.py)");
   bn->add_option("--json", bench.json_out, "write the results as JSON");
@@ -212,6 +219,45 @@ int main(int argc, char** argv) {
   bn->add_option("--min-pixels", bench.vl.min_pixels,
                  "--vision: smart_resize's min_pixels (default 65536)")
       ->check(CLI::PositiveNumber);
+  bn->add_option("--zero", bench.zero,
+                 "ZeRO stage over the ranks of a launched job (parallel.zero: 0 default, 1, 2, 3)")
+      ->check(CLI::IsMember({0, 1, 2, 3}));
+  bn->add_option("--ep", bench.ep,
+                 "expert parallelism: groups of this many ranks share the routed experts "
+                 "(parallel.ep, default 1)")
+      ->check(CLI::PositiveNumber);
+  bn->add_option("--tp", bench.tp,
+                 "tensor parallelism: groups of this many consecutive ranks (parallel.tp, default "
+                 "1); the data-parallel ranks are the job's / tp")
+      ->check(CLI::PositiveNumber);
+  bn->add_flag("--sp", bench.sp, "sequence parallelism inside each tensor-parallel group");
+  bn->add_option("--accum", bench.accum,
+                 "micro-batches per data-parallel rank per step (training.grad_accum, default 1)")
+      ->check(CLI::PositiveNumber);
+
+  train::CommBenchOptions commbench;
+  CLI::App* cb = app.add_subcommand(
+      "commbench",
+      "Bus bandwidth of the job's collectives over message sizes, as nccl-tests reports it (run "
+      "under deltatron launch: NCCL between GPUs, Gloo between CPU ranks)");
+  cb->add_option("--device", commbench.device, "cuda (default: NCCL) or cpu (Gloo)")
+      ->check(CLI::IsMember({"cuda", "cpu"}));
+  cb->add_option("--dtype", commbench.dtype, "f32 (default) or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cb->add_option("--min-bytes", commbench.min_bytes, "smallest message (default 1048576: 1 MiB)")
+      ->check(CLI::PositiveNumber);
+  cb->add_option("--max-bytes", commbench.max_bytes, "largest message (default 1073741824: 1 GiB)")
+      ->check(CLI::PositiveNumber);
+  cb->add_option("--factor", commbench.factor, "size step (default 2)")->check(CLI::Range(2, 1024));
+  cb->add_option("--warmup", commbench.warmup, "untimed calls per size (default 5)")
+      ->check(CLI::NonNegativeNumber);
+  cb->add_option("--iters", commbench.iters, "timed calls per size (default 20)")
+      ->check(CLI::PositiveNumber);
+  cb->add_option("--ops", commbench.ops,
+                 "comma list of all_reduce (default), reduce_scatter, all_gather")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"all_reduce", "reduce_scatter", "all_gather"}));
+  cb->add_option("--json", commbench.json_out, "write the results as JSON");
 
   std::string tk_tokenizer, tk_in, tk_out;
   CLI::App* tk = app.add_subcommand(
@@ -279,6 +325,7 @@ int main(int argc, char** argv) {
     if (bn->parsed()) {
       train::run_bench(bench);
     }
+    if (cb->parsed()) train::run_commbench(commbench);
     if (in->parsed()) train::run_init(init);
     if (rd->parsed()) train::run_render(render);
     if (tk->parsed()) {

@@ -1,5 +1,6 @@
 // `deltatron bench` (see bench.h). Reports real tokens/s (padding-free: every token is a real
-// token of some sample), model TFLOP/s and MFU, peak GPU memory and a per-stage breakdown.
+// token of some sample), model TFLOP/s and MFU, peak GPU memory and a per-stage breakdown; under
+// a launched job, of every rank's share of the same steps (the job's tokens/s, per GPU too).
 //
 // Model FLOPs per step (stated with the results):
 //   6 * T * P_matmul            every weight matrix a token passes through (projections, active
@@ -8,7 +9,8 @@
 // + 3 * 6 * G * dk * dv * T    per Gated DeltaNet layer (state read, write and output per token
 //                               and value head, in the recurrent form)
 // + the vision tower's, with --vision (formula in bench_vl.cpp; T then counts image tokens too)
-// MFU = model FLOP/s / 989.4e12 (H100/H200 SXM dense bf16 peak).
+// MFU = model FLOP/s / 989.4e12 (H100/H200 SXM dense bf16 peak); with several ranks, per GPU: the
+// job's model FLOP/s / ranks.
 #include "train/bench.h"
 
 #include <algorithm>
@@ -17,7 +19,6 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -25,6 +26,7 @@
 #include "core/error.h"
 #include "core/step_scalars.h"
 #include "data/pack.h"
+#include "dist/comm.h"
 #include "model/adapters.h"
 #include "model/config.h"
 #include "model/footprint.h"
@@ -34,10 +36,16 @@
 #include "ops/profile.h"
 #include "ops/step_scalars.h"
 #include "ops/tensor.h"
+#include "train/bench_weights.h"
 #include "train/engine.h"
+#include "train/expert_parallel.h"
 #include "train/memory_plan.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 #include "train/presets.h"
+#include "train/run_setup.h"
+#include "train/tensor_parallel.h"
+#include "train/train_config.h"
 
 namespace deltatron::train {
 
@@ -45,83 +53,20 @@ namespace {
 
 constexpr double kPeakFlops = 989.4e12;
 
-// Fast random weights (speed does not depend on the values): HF-like scales, parallel per
-// tensor chunk, counter-based so the result does not depend on the thread count. One tensor's
-// values; tensor_id: its 1-based position in name order.
-core::Tensor bench_tensor(const model::ParamSpec& spec, uint64_t tensor_id, uint64_t seed) {
-  core::Tensor t(spec.shape);
-  const std::string& name = spec.name;
-  {
-    // RMSNorm weights are 1 + w (zero here); the vision tower's LayerNorms scale by w (one).
-    const bool vis_norm = name.starts_with("model.visual.") &&
-                          (name.ends_with("norm1.weight") || name.ends_with("norm2.weight") ||
-                           name.ends_with("norm.weight"));
-    const bool ones =
-        name.ends_with("linear_attn.norm.weight") || name.ends_with("dt_bias") || vis_norm;
-    const bool alog = name.ends_with("A_log");
-    const bool zero = !ones && !alog && t.shape.size() == 1;
-    float* p = t.ptr();
-    const int64_t n = t.numel();
-    const uint64_t base = (seed + 1) * 0x9E3779B97F4A7C15ull + tensor_id * 0xBF58476D1CE4E5B9ull;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      uint64_t z = base + uint64_t(i) * 0x94D049BB133111EBull;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
-      // Irwin-Hall(4) on 16-bit parts: mean 2, variance 1/3 -> about N(0, 1).
-      double u = 0;
-      for (int k = 0; k < 4; ++k) u += double((z >> (16 * k)) & 0xFFFF) / 65536.0;
-      const double nrm = (u - 2.0) * std::sqrt(3.0);
-      if (ones)
-        p[i] = 1.f;
-      else if (alog)
-        p[i] = float(std::log(1.0 + 15.0 * (u / 4.0)));
-      else if (zero)
-        p[i] = 0.f;
-      else
-        p[i] = float(0.02 * nrm);
-    }
-  }
-  return t;
-}
-
-// The parameters in name order (std::map), as one host map, or one tensor at a time.
-std::vector<model::ParamSpec> sorted_specs(const model::Config& c) {
-  std::vector<model::ParamSpec> specs = model::param_specs(c);
-  std::sort(specs.begin(), specs.end(),
-            [](const model::ParamSpec& a, const model::ParamSpec& b) { return a.name < b.name; });
-  return specs;
-}
-
-model::TensorMap bench_params(const model::Config& c, uint64_t seed) {
-  model::TensorMap out;
-  uint64_t id = 0;
-  for (const model::ParamSpec& spec : sorted_specs(c))
-    out.emplace(spec.name, bench_tensor(spec, ++id, seed));
-  return out;
-}
-
-model::ParamSource bench_source(const model::Config& c, uint64_t seed) {
-  model::ParamSource src;
-  src.specs = sorted_specs(c);
-  auto ids = std::make_shared<std::map<std::string, uint64_t>>();
-  for (const model::ParamSpec& spec : src.specs) ids->emplace(spec.name, ids->size() + 1);
-  src.make = [ids, seed](const model::ParamSpec& spec) {
-    return bench_tensor(spec, ids->at(spec.name), seed);
-  };
-  return src;
-}
-
-// A batches file's steps as the run's: warm-up steps cycling through them, the file's steps (the
-// timed ones), then its first again (the stage-profiled step), as the peer script does.
-template <typename Step>
-std::vector<Step> with_warmup(const std::vector<Step>& file_steps, int64_t warmup) {
-  std::vector<Step> out;
-  const int64_t n = int64_t(file_steps.size());
-  for (int64_t s = 0; s < warmup; ++s) out.push_back(file_steps[s % n]);
-  out.insert(out.end(), file_steps.begin(), file_steps.end());
-  out.push_back(file_steps[0]);
+// A batches file's micro-batches as the run's steps of M each: warm-up step w takes micro-batches
+// (w M + j) mod F of the file's F, timed step t (t M + j) mod F, the stage-profiled step after
+// them j mod F. With M = 1 and F timed steps: warm-up cycling from the start, the file's steps
+// timed in order, then its first again, as the peer script does.
+template <typename MicroBatch>
+std::vector<MicroBatch> run_micro_batches(const std::vector<MicroBatch>& file, int64_t warmup,
+                                          int64_t timed, int64_t M) {
+  std::vector<MicroBatch> out;
+  const int64_t F = int64_t(file.size());
+  for (int64_t w = 0; w < warmup; ++w)
+    for (int64_t j = 0; j < M; ++j) out.push_back(file[(w * M + j) % F]);
+  for (int64_t t = 0; t < timed; ++t)
+    for (int64_t j = 0; j < M; ++j) out.push_back(file[(t * M + j) % F]);
+  for (int64_t j = 0; j < M; ++j) out.push_back(file[j % F]);
   return out;
 }
 
@@ -136,8 +81,8 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
-// Steps of sample lengths: log-normal (median, sigma) clipped to [min, max], packed greedily in
-// draw order into micro-batches of at most `budget` tokens.
+// Micro-batches of sample lengths: log-normal (median, sigma) clipped to [min, max], packed
+// greedily in draw order into micro-batches of at most `budget` tokens.
 std::vector<std::vector<int64_t>> draw_lengths(const BenchOptions& o, int64_t nsteps) {
   std::mt19937_64 rng(o.seed);
   std::lognormal_distribution<double> ln(std::log(o.median_len), o.sigma);
@@ -210,11 +155,16 @@ double gib(double b) { return b / double(1ull << 30); }
 }  // namespace
 
 void run_bench(const BenchOptions& o) {
-  DT_CHECK(o.steps > 0 && o.warmup >= 0, "bench: --steps must be > 0 and --warmup >= 0");
-  DT_CHECK(o.vision != "off" || o.micro_batch_tokens >= o.max_len, "bench: --tokens (",
-           o.micro_batch_tokens, ") must be at least the longest sample (", o.max_len, ")");
+  DT_CHECK(o.steps >= 0 && o.warmup >= 0, "bench: --steps and --warmup must be >= 0");
+  DT_CHECK(o.accum >= 1, "bench: --accum must be >= 1");
+  DT_CHECK(o.vision != "off" || !o.lengths_in.empty() || o.micro_batch_tokens >= o.max_len,
+           "bench: --tokens (", o.micro_batch_tokens, ") must be at least the longest sample (",
+           o.max_len, ")");
   DT_CHECK(o.device == "cuda" || o.device == "cpu", "bench: unknown device '", o.device, "'");
   const core::Device dev = o.device == "cuda" ? core::Device::cuda : core::Device::cpu;
+  // The job's ranks first (a launcher's environment; else one rank): a rank uses GPU LOCAL_RANK.
+  const Parallel par = setup_parallel(dev, "deltatron bench");
+  const bool root = par.root();
   ops::check_device(dev);
   nlohmann::json cj = preset_config(o.preset);
   nlohmann::json& tj = cj.contains("text_config") ? cj["text_config"] : cj;  // VL: the LM's
@@ -227,6 +177,27 @@ void run_bench(const BenchOptions& o) {
   c.vision_mode = model::parse_vision_mode(o.vision, "bench --vision");
   const bool vl = c.vision_mode != model::VisionMode::off;
   if (vl) model::check_vision(c, "preset " + o.preset + " (bench --vision " + o.vision + ")");
+
+  // The layout: the [parallel] keys of a training config, checked and turned into one rank's
+  // share by the trainer's code (dp = the job's ranks / tp).
+  TrainConfig lc;
+  lc.source = "bench (--zero, --ep, --tp, --sp: parallel.*; --master, --offload, --lora)";
+  lc.parallel_zero = o.zero;
+  lc.parallel_ep = o.ep;
+  lc.parallel_tp = o.tp;
+  lc.parallel_sp = o.sp;
+  lc.master = o.master;
+  lc.offload = o.offload;
+  lc.lora = o.lora;
+  check_parallel(lc);
+  DT_CHECK(!o.lora || o.ep == 1, "bench: --ep with --lora is not supported yet");
+  const ExpertGroups eg = setup_expert_groups(par, o.ep, c, "bench --ep");
+  const TensorGroups tg = setup_tensor_groups(par, o.tp, o.sp, c, "bench --tp");
+  const Parallel& dp = tg.data(par);
+  const PlanLayout layout =
+      run_layout(lc, par.size(), par.size() > 1 ? dist::world_from_env().local_size : 1);
+  const int64_t M = o.accum * dp.size();  // micro-batches of a step
+
   VlDrawOptions vo = o.vl;
   vo.micro_batch_tokens = o.micro_batch_tokens;
   vo.seed = o.seed;
@@ -235,30 +206,33 @@ void run_bench(const BenchOptions& o) {
     vo.merge_size = c.vision.spatial_merge_size;
   }
   const int64_t merge_unit = vl ? c.vision.merge_unit() : 1;
-  std::vector<std::vector<int64_t>> lens;
-  std::vector<VlStep> vl_steps;  // with --vision: the samples of each step (lens: their tokens)
+  // Every micro-batch of the run, step s's M at [s M, (s + 1) M): warm-up, timed, profiled.
+  std::vector<std::vector<int64_t>> lens;  // the samples' tokens of each micro-batch
+  std::vector<VlStep> vl_steps;            // with --vision: the samples of each micro-batch
+  int64_t timed_steps = o.steps > 0 ? o.steps : 10;
   if (vl) {
-    std::vector<VlStep> file_steps;
     if (!o.lengths_in.empty()) {
       const nlohmann::json lj = read_json_file(o.lengths_in);
-      file_steps = read_vl_steps(lj, c, o.micro_batch_tokens, o.lengths_in);
-      // As the text file: its steps are the timed ones, warm-up and profiling reuse them.
-      vl_steps = with_warmup(file_steps, o.warmup);
+      const std::vector<VlStep> file = read_vl_steps(lj, c, o.micro_batch_tokens, o.lengths_in);
+      // As the text file: its micro-batches are the timed ones, warm-up and profiling reuse them.
+      if (o.steps == 0) timed_steps = (int64_t(file.size()) + M - 1) / M;
+      vl_steps = run_micro_batches(file, o.warmup, timed_steps, M);
     } else {
-      vl_steps = draw_vl_steps(vo, o.warmup + o.steps + 1);
+      vl_steps = draw_vl_steps(vo, (o.warmup + timed_steps + 1) * M);
     }
     for (const VlStep& st : vl_steps) {
       lens.emplace_back();
       for (const VlSample& smp : st) lens.back().push_back(smp.tokens(merge_unit));
     }
   } else if (!o.lengths_in.empty()) {
-    // A lengths file (tools/bench/make_lengths.py, or --lengths-out): its steps are the timed
-    // ones; warm-up and the profiled step reuse them from the start, as the peer script does.
+    // A lengths file (tools/bench/make_lengths.py, or --lengths-out): its steps (micro-batches)
+    // are the timed ones; warm-up and the profiled step reuse them from the start, as the peer
+    // script does.
     const nlohmann::json lj = read_json_file(o.lengths_in);
     DT_CHECK(lj.contains("steps") && lj["steps"].is_array() && !lj["steps"].empty(), o.lengths_in,
              ": expected {\"steps\": [[len, ...], ...]}");
-    const auto file_steps = lj["steps"].get<std::vector<std::vector<int64_t>>>();
-    for (const auto& st : file_steps) {
+    const auto file = lj["steps"].get<std::vector<std::vector<int64_t>>>();
+    for (const auto& st : file) {
       int64_t sum = 0;
       for (int64_t L : st) {
         DT_CHECK(L > 0, o.lengths_in, ": sample lengths must be positive");
@@ -267,19 +241,19 @@ void run_bench(const BenchOptions& o) {
       DT_CHECK(sum <= o.micro_batch_tokens, o.lengths_in, ": a step has ", sum,
                " tokens, more than --tokens ", o.micro_batch_tokens);
     }
-    lens = with_warmup(file_steps, o.warmup);
+    if (o.steps == 0) timed_steps = (int64_t(file.size()) + M - 1) / M;
+    lens = run_micro_batches(file, o.warmup, timed_steps, M);
   } else {
-    lens = draw_lengths(o, o.warmup + o.steps + 1);
+    lens = draw_lengths(o, (o.warmup + timed_steps + 1) * M);
   }
-  const int64_t timed_steps = int64_t(lens.size()) - o.warmup - 1;
-  if (vl && !o.lengths_out.empty()) {
-    const std::vector<VlStep> timed(vl_steps.begin() + o.warmup,
-                                    vl_steps.begin() + o.warmup + timed_steps);
+  const int64_t first_timed = o.warmup * M, end_timed = (o.warmup + timed_steps) * M;
+  if (root && vl && !o.lengths_out.empty()) {
+    const std::vector<VlStep> timed(vl_steps.begin() + first_timed, vl_steps.begin() + end_timed);
     std::ofstream(o.lengths_out) << vl_steps_json(timed, vo).dump() << "\n";
-  } else if (!o.lengths_out.empty()) {
-    // The timed steps only: the peer times exactly these batches.
-    const std::vector<std::vector<int64_t>> timed(lens.begin() + o.warmup,
-                                                  lens.begin() + o.warmup + timed_steps);
+  } else if (root && !o.lengths_out.empty()) {
+    // The timed micro-batches only: the peer times exactly these batches.
+    const std::vector<std::vector<int64_t>> timed(lens.begin() + first_timed,
+                                                  lens.begin() + end_timed);
     nlohmann::json lj = {{"micro_batch_tokens", o.micro_batch_tokens}, {"steps", timed}};
     std::ofstream(o.lengths_out) << lj.dump() << "\n";
   }
@@ -308,17 +282,23 @@ void run_bench(const BenchOptions& o) {
     }
     lora_mods = model::lora_modules(c, lora->options, "bench");
   }
+  // The weights are made one tensor at a time (no f32 host copy of the model on any rank: the
+  // 35b-a3b preset's would not fit a 128 GiB host once, 8 ranks' 2b copies not a host whose
+  // available memory starts small), except with tensor parallelism, whose shards are cut from
+  // the whole tensors of a host map.
+  const bool streamed = !tg.on();
   PlanInput plan_in;
   plan_in.device = dev;
   plan_in.compute = compute_dt;
   plan_in.state = state;
   plan_in.lora_params = o.lora ? model::lora_param_count(lora_mods, o.lora_r) : -1;
-  plan_in.streamed_weights = o.lora;
+  plan_in.streamed_weights = streamed;
   plan_in.micro_batch_tokens = o.micro_batch_tokens;
   plan_in.recompute = o.recompute;
   plan_in.recompute_selective = o.recompute_selective;
   plan_in.saves_checkpoints = false;
-  for (const VlStep& st : vl_steps) {  // the densest step bounds the tower's activations
+  plan_in.layout = layout;
+  for (const VlStep& st : vl_steps) {  // the densest micro-batch bounds the tower's activations
     int64_t patches = 0;
     for (const VlSample& smp : st) patches += smp.patches();
     plan_in.image_patches_per_token =
@@ -327,10 +307,6 @@ void run_bench(const BenchOptions& o) {
   check_memory_plan(c, plan_in, available_memory(dev), "bench");
   const MemoryPlan plan = plan_memory(c, plan_in);
   const size_t free0 = ops::memory_info(dev).free;
-  // A LoRA run's frozen base is made one tensor at a time (no f32 host copy of the model: the
-  // 35b-a3b preset's would not fit a 128 GiB host); full training keeps the host map (the
-  // optimizer's decay groups are built from it).
-  model::TensorMap params = lora ? model::TensorMap{} : bench_params(c, o.seed);
   const int64_t nparams = model::param_count(c);
   // A vision tower the bench does not train (--vision frozen / merger): held apart as compute-
   // dtype weights alone (model/model.h); the training state is the other parameters'.
@@ -339,40 +315,67 @@ void run_bench(const BenchOptions& o) {
   ao.weight_decay = 0.1;
   ao.bf16_moments = state.moments == core::DType::bf16;
   if (lora) lora->adapters = model::lora_init(lora_mods, o.lora_r, o.seed);
-  AdamW opt(lora ? lora->adapters : params, ao);  // decay groups by name (host moments unused)
-  auto engine = lora ? make_engine(o.device, o.precision, c, bench_source(c, o.seed), nullptr,
-                                   o.recompute, state, &*lora)
-                     : make_engine(o.device, o.precision, c, params, nullptr, o.recompute, state);
+  // This rank's share of the weights (its expert slices and tensor-parallel shards).
+  model::TensorMap params = streamed ? model::TensorMap{} : bench_params(c, o.seed, eg, tg);
+  const model::ParamSource source = streamed ? bench_source(c, o.seed, eg) : model::ParamSource{};
+  // Decay groups by name (the host moments are never allocated: the engine keeps its own).
+  AdamW opt(lora ? lora->adapters : streamed ? shapes_only(source) : params, ao);
+  const ZeroSetup zero{int(o.zero), par.comm.get(), eg.same_experts.get()};
+  auto engine = streamed ? make_engine(o.device, o.precision, c, source, nullptr, o.recompute,
+                                       state, lora ? &*lora : nullptr, zero)
+                         : make_engine(o.device, o.precision, c, params, nullptr, o.recompute,
+                                       state, nullptr, zero);
   engine->set_recompute_selective(o.recompute_selective);
+  if (eg.on()) engine->set_expert_parallel(eg.model);
+  if (tg.on()) engine->set_tensor_parallel(tg.model);
   params.clear();
   if (lora) {
     lora->adapters.clear();
-    for (const std::string& line : model::lora_report(lora_mods))
-      std::fprintf(stderr, "bench: LoRA r %lld, %s\n", static_cast<long long>(o.lora_r),
-                   line.c_str());
+    if (root)
+      for (const std::string& line : model::lora_report(lora_mods))
+        std::fprintf(stderr, "bench: LoRA r %lld, %s\n", static_cast<long long>(o.lora_r),
+                     line.c_str());
   }
 
-  std::fprintf(
-      stderr,
-      "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
-      "%s, offload %s (%g bytes of state per parameter on the device, %g in host memory)\n"
-      "bench: memory plan: %s\nbench: %s\n",
-      o.preset.c_str(), o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
-      double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens),
-      o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.host,
-      describe(plan).c_str(), plan.activation_detail.c_str());
-  std::vector<double> times, tokens, flops, patches, image_tokens, vflops;
+  const std::string layout_str =
+      "world " + std::to_string(par.size()) + ": dp " + std::to_string(dp.size()) + " x accum " +
+      std::to_string(o.accum) + " micro-batches, zero " + std::to_string(o.zero) + ", ep " +
+      std::to_string(o.ep) + ", tp " + std::to_string(o.tp) + (o.sp ? " + sp" : "");
+  if (root)
+    std::fprintf(
+        stderr,
+        "bench: %s%s, %.3fB parameters, %s, %lld-token micro-batches, master %s, moments "
+        "%s, offload %s (%g bytes of state per parameter on the device, %g in host memory)\n"
+        "bench: layout %s\nbench: memory plan (one rank): %s\nbench: %s\n",
+        o.preset.c_str(),
+        o.layers > 0 ? (" (" + std::to_string(o.layers) + " layers)").c_str() : "",
+        double(nparams) / 1e9, o.precision.c_str(), static_cast<long long>(o.micro_batch_tokens),
+        o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.host,
+        layout_str.c_str(), describe(plan).c_str(), plan.activation_detail.c_str());
+  std::vector<double> times, tokens, flops, patches, image_tokens, vflops, losses;
   std::map<std::string, double> stages;
-  double last_loss = 0;
-  int64_t reads = 0;  // the host's reads of the device in the last step (ops::host_reads)
+  int64_t reads = 0;       // the host's reads of the device in the last step (ops::host_reads)
+  const auto sync = [&] {  // the device's work done, on every rank
+    ops::synchronize(dev);
+    if (par.size() > 1) par.comm->barrier();
+  };
   for (int64_t s = 0; s < o.warmup + timed_steps + 1; ++s) {
     const bool timed = s >= o.warmup && s < o.warmup + timed_steps;
     const bool profiled = s == o.warmup + timed_steps;  // one extra step with stage events
-    const data::Pack pack =
-        vl ? make_vl_pack(vl_steps[s], c, o.seed * 7919 + uint64_t(s))
-           : make_random_pack(lens[s], c.vocab_size, o.seed * 7919 + uint64_t(s));
+    // The step's micro-batches: this rank's (m mod dp ranks = its data-parallel rank, as in
+    // training), the objective's scale over all of them.
+    std::vector<data::Pack> packs;
+    int64_t label_tokens = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t g = s * M + m;
+      for (int64_t L : lens[g]) label_tokens += L - 1;
+      if (!dp.mine(m)) continue;
+      const uint64_t seed = o.seed * 7919 + uint64_t(g);
+      packs.push_back(vl ? make_vl_pack(vl_steps[g], c, seed)
+                         : make_random_pack(lens[g], c.vocab_size, seed));
+    }
     ops::profile_enable(dev, profiled);
-    ops::synchronize(dev);
+    sync();
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t reads0 = ops::host_reads(dev);
     engine->zero_grads();
@@ -380,12 +383,14 @@ void run_bench(const BenchOptions& o) {
     core::Buffer scalars(dev, core::DType::f64, {core::kStepScalars}, "step scalars");
     ops::zero(scalars);
     model::ModelOptions mo;
-    mo.ce_scale = 1.f / float(std::max<int64_t>(1, pack.N - pack.num_samples()));
+    mo.ce_scale = 1.f / float(std::max<int64_t>(1, label_tokens));
     mo.step_scalars = scalars.view();
-    const model::PackLoss pl = engine->fwd_bwd(pack, true, mo);
-    int64_t lcount = 0;
-    for (int i = 0; i < pack.num_samples(); ++i) lcount += pl.n_tokens[i];
-    const double labels = double(std::max<int64_t>(1, lcount));
+    for (const data::Pack& pack : packs) engine->fwd_bwd(pack, true, mo);
+    if (dp.size() > 1) {  // the gradients, and the three loss sums as one f64 view
+      engine->reduce_grads(*dp.comm, eg.same_experts.get());
+      dp.comm->all_reduce(scalars.view().slice(core::kStepCeSum, 3), dist::ReduceOp::sum);
+    }
+    const double labels = double(std::max<int64_t>(1, label_tokens));
     {
       ops::Stage st(dev, "optimizer (clip + fused AdamW)");
       engine->grad_squares(scalars.view().slice(core::kStepGradSquares, 1));
@@ -399,11 +404,11 @@ void run_bench(const BenchOptions& o) {
       const int32_t w[3] = {int32_t(h.moe_bad[0]), int32_t(h.moe_bad[1]), int32_t(h.moe_bad[2])};
       ops::moe_fail_bad(w, c.num_experts);
     }
-    last_loss = h.ce_sum / labels;
-    DT_CHECK(std::isfinite(last_loss), "bench: step ", s, " has a non-finite loss");
     reads = ops::host_reads(dev) - reads0;
-    ops::synchronize(dev);
+    sync();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double step_loss = h.ce_sum / labels;  // the whole step's, every rank's sums
+    DT_CHECK(std::isfinite(step_loss), "bench: step ", s, " has a non-finite loss");
     if (profiled) {
       stages = ops::profile_collect(dev);
       ops::profile_enable(dev, false);
@@ -414,20 +419,32 @@ void run_bench(const BenchOptions& o) {
     }
     if (!timed) continue;
     times.push_back(dt);
-    tokens.push_back(double(pack.N));
-    const double vf = vl ? vision_step_flops(c, vl_steps[s]) : 0.0;
-    flops.push_back(step_flops(c, lens[s], !o.lora) + vf);
-    vflops.push_back(vf);
-    double P = 0, img = 0;
-    if (vl)
-      for (const VlSample& smp : vl_steps[s]) {
-        P += double(smp.patches());
-        img += double(smp.patches() / merge_unit);
-      }
+    losses.push_back(step_loss);
+    double T = 0, F = 0, VF = 0, P = 0, img = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t g = s * M + m;
+      for (int64_t L : lens[g]) T += double(L);
+      const double vf = vl ? vision_step_flops(c, vl_steps[g]) : 0.0;
+      F += step_flops(c, lens[g], !o.lora) + vf;
+      VF += vf;
+      if (vl)
+        for (const VlSample& smp : vl_steps[g]) {
+          P += double(smp.patches());
+          img += double(smp.patches() / merge_unit);
+        }
+    }
+    tokens.push_back(T);
+    flops.push_back(F);
+    vflops.push_back(VF);
     patches.push_back(P);
     image_tokens.push_back(img);
   }
-  const size_t free1 = ops::memory_info(dev).free;
+  // Every rank's device memory taken by the run (the CPU: 0), known to rank 0.
+  std::vector<double> peaks(size_t(par.size()), 0.0);
+  peaks[size_t(par.rank())] = gib(double(free0) - double(ops::memory_info(dev).free));
+  all_reduce_sum(par, peaks);
+  if (!root) return;
+  const double peak = *std::max_element(peaks.begin(), peaks.end());
   std::vector<double> sorted = times;
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
@@ -436,15 +453,17 @@ void run_bench(const BenchOptions& o) {
     tok += tokens[i], fl += flops[i], tsum += times[i];
     npatch += patches[i], nimg += image_tokens[i], vfl += vflops[i];
   }
-  const double tps = tok / tsum, tflops = fl / tsum / 1e12;
-  const double peak = gib(double(free0 - free1));
+  const double ranks = double(par.size());
+  const double tps = tok / tsum, tflops = fl / tsum / 1e12 / ranks;
   const std::string device_name = ops::device_name(dev);
 
   std::printf(
-      "bench %s: %s, %.3fB params, %lld timed steps of <= %lld tokens (%.0f real tokens/step)\n",
+      "bench %s: %s, %.3fB params, %lld timed steps of %lld micro-batch(es) of <= %lld tokens "
+      "(%.0f real tokens/step)\n",
       o.preset.c_str(), device_name.c_str(), double(nparams) / 1e9,
-      static_cast<long long>(times.size()), static_cast<long long>(o.micro_batch_tokens),
-      tok / double(times.size()));
+      static_cast<long long>(times.size()), static_cast<long long>(M),
+      static_cast<long long>(o.micro_batch_tokens), tok / double(times.size()));
+  if (par.size() > 1) std::printf("  layout               %s\n", layout_str.c_str());
   if (!o.lengths_in.empty()) std::printf("  batches from          %s\n", o.lengths_in.c_str());
   if (vl)
     std::printf(
@@ -454,15 +473,16 @@ void run_bench(const BenchOptions& o) {
         static_cast<long long>(c.vision.hidden_size), nimg / double(times.size()),
         100.0 * nimg / tok, npatch / double(times.size()), 100.0 * vfl / fl);
   std::printf("  loss (last step)     %.4f (random weights and tokens: about ln(vocab) = %.2f)\n",
-              last_loss, std::log(double(c.vocab_size)));
+              losses.back(), std::log(double(c.vocab_size)));
   if (!lora)
     std::printf(
         "  training state       master %s, moments %s, offload %s: %g bytes per parameter on the "
-        "device (%g weights and gradient + %g AdamW moments), %.2f GiB; %g bytes per parameter "
+        "device (%g weights and gradient + %g AdamW moments), %.2f GiB%s; %g bytes per parameter "
         "in host memory, %.2f GiB\n",
         o.master.c_str(), o.moments.c_str(), o.offload.c_str(), state_bytes.train, state_bytes.held,
         state_bytes.train - state_bytes.held, gib(state_bytes.train * double(ntrained)),
-        state_bytes.host, gib(state_bytes.host * double(ntrained)));
+        layout.on() ? " for the whole model (one rank's: the memory plan)" : "", state_bytes.host,
+        gib(state_bytes.host * double(ntrained)));
   if (nfrozen > 0)
     std::printf(
         "  frozen               %.3fB parameters (the vision tower%s, --vision %s): %g bytes per "
@@ -480,18 +500,23 @@ void run_bench(const BenchOptions& o) {
         static_cast<long long>(o.lora_r), o.lora_alpha, lora_mods.size(),
         static_cast<long long>(model::lora_param_count(lora_mods, o.lora_r)),
         core::dtype_name(compute_dt));
-  std::printf("  real tokens/s        %.0f%s\n", tps, vl ? " (text + image tokens)" : "");
+  if (par.size() > 1)
+    std::printf("  real tokens/s        %.0f (the job's), %.0f per GPU%s\n", tps, tps / ranks,
+                vl ? " (text + image tokens)" : "");
+  else
+    std::printf("  real tokens/s        %.0f%s\n", tps, vl ? " (text + image tokens)" : "");
   if (vl) std::printf("  image patches/s      %.0f\n", npatch / tsum);
   std::printf("  median step          %.1f ms\n", med * 1e3);
   std::printf("  host reads per step  %lld (device -> host copies, each a synchronisation)\n",
               static_cast<long long>(reads));
   std::printf(
-      "  model TFLOP/s        %.1f   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
+      "  model TFLOP/s        %.1f%s   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
       "src/train/bench.cpp)\n",
-      tflops, 100.0 * tflops * 1e12 / kPeakFlops);
-  std::printf("  peak GPU memory      %.1f GiB (device memory taken by the run, cudaMemGetInfo)\n",
-              peak);
-  std::printf("  stages of one step (ms):\n");
+      tflops, par.size() > 1 ? " per GPU" : "", 100.0 * tflops * 1e12 / kPeakFlops);
+  std::printf(
+      "  peak GPU memory      %.1f GiB%s (device memory taken by the run, cudaMemGetInfo)\n", peak,
+      par.size() > 1 ? ", the largest of the ranks'" : "");
+  std::printf("  stages of one step (ms%s):\n", par.size() > 1 ? ", rank 0" : "");
   for (auto& [k, v] : stages) std::printf("    %-45s %8.1f\n", k.c_str(), v);
   if (!o.json_out.empty()) {
     nlohmann::json j = {{"preset", o.preset},
@@ -513,12 +538,27 @@ void run_bench(const BenchOptions& o) {
                         {"planned_activations_gib", gib(plan.activations)},
                         {"recompute", o.recompute},
                         {"recompute_selective", o.recompute_selective},
+                        {"world_size", par.size()},
+                        {"layout",
+                         {{"dp", dp.size()},
+                          {"accum", o.accum},
+                          {"zero", o.zero},
+                          {"ep", o.ep},
+                          {"tp", o.tp},
+                          {"sp", o.sp}}},
+                        {"micro_batches_per_step", M},
+                        {"steps", times.size()},
                         {"real_tok_per_s", tps},
+                        {"global_tok_per_s", tps},
+                        {"tok_per_s_per_gpu", tps / ranks},
                         {"step_s_median", med},
                         {"host_reads_per_step", reads},
+                        {"step_s", times},
+                        {"losses", losses},
                         {"tflops", tflops},
                         {"mfu", tflops * 1e12 / kPeakFlops},
                         {"peak_gib", peak},
+                        {"peak_gib_ranks", peaks},
                         {"stages_ms", stages}};
     if (vl) {
       j["vision"] = o.vision;

@@ -1,6 +1,7 @@
 // `deltatron bench`: training-step throughput of a preset on one device (a GPU, or the CPU for a
-// smoke run), on packed batches drawn
-// from a realistic SFT length distribution.
+// smoke run), or on the ranks of a launched job under a parallel layout (`deltatron launch --nproc
+// N -- deltatron bench --zero 3 --ep N ...`), on packed batches drawn from a realistic SFT length
+// distribution.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +15,9 @@ struct BenchOptions {
   std::string preset = "2b";
   int64_t layers = 0;  // > 0: override num_hidden_layers (e.g. 35b-a3b with 8)
   int64_t micro_batch_tokens = 8192;
-  int64_t warmup = 3, steps = 10;   // untimed, timed optimizer steps (one micro-batch each)
+  // Untimed and timed optimizer steps; steps 0: 10 drawn steps, or, with lengths_in, as many as
+  // take the file's micro-batches once (ceil(file steps / micro-batches per step)).
+  int64_t warmup = 3, steps = 0;
   std::string device = "cuda";      // cuda | cpu
   std::string precision = "bf16";   // bf16 | fp32 (cuda)
   bool mtp = false;                 // keep the preset's MTP head (off by default, like the peer)
@@ -42,8 +45,19 @@ struct BenchOptions {
   // VL batch files.
   std::string vision = "off";
   VlDrawOptions vl;
+  // The parallel layout of a launched job (docs/parallel.md): the [parallel] keys of a training
+  // config, checked by the same code (train_config.h's check_parallel); the data-parallel ranks
+  // are the job's ranks / tp. A step is accum micro-batches per data-parallel rank (training.
+  // grad_accum): micro-batch m of a step runs on data-parallel rank m mod dp, as in training, so
+  // one rank with accum = dp runs the same steps as dp ranks with accum = 1.
+  int64_t zero = 0, ep = 1, tp = 1;
+  bool sp = false;
+  int64_t accum = 1;
 };
 
+// Rank 0 prints the results (and writes json_out): real tokens/s of the job and per GPU, model
+// TFLOP/s and MFU per GPU, the peak device memory of every rank (the largest reported), each timed
+// step's loss; the other ranks print nothing.
 void run_bench(const BenchOptions& opt);
 
 }  // namespace deltatron::train

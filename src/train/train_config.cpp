@@ -179,6 +179,32 @@ std::string resolve(const fs::path& base, const std::string& p) {
 
 }  // namespace
 
+void check_parallel(const TrainConfig& c) {
+  DT_CHECK(c.parallel_dp >= 0, c.source, ": parallel.dp must be >= 0 (0: every rank of the job)");
+  DT_CHECK(c.parallel_zero >= 0 && c.parallel_zero <= 3, c.source,
+           ": parallel.zero = ", c.parallel_zero,
+           ": must be 0 (every data-parallel rank holds the whole optimizer state), 1 (the AdamW "
+           "moments sharded over the ranks), 2 (and the gradients reduce-scattered) or 3 (and the "
+           "weights: each layer gathered while it runs)");
+  DT_CHECK(c.parallel_zero == 0 || c.offload == "none", c.source,
+           ": parallel.zero = ", c.parallel_zero, " with training.offload = ", c.offload,
+           " is not supported (ZeRO shards the device-resident state; use offload = none)");
+  DT_CHECK(c.parallel_ep >= 1, c.source, ": parallel.ep must be >= 1");
+  DT_CHECK(c.parallel_tp >= 1, c.source, ": parallel.tp must be >= 1");
+  DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, c.source,
+           ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
+           "over a tensor-parallel group)");
+  DT_CHECK(c.parallel_tp == 1 || c.parallel_ep == 1, c.source, ": parallel.tp = ", c.parallel_tp,
+           " is not supported with parallel.ep yet (use ep = 1)");
+  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.parallel_zero == 0, c.source,
+           ": parallel.tp = ", c.parallel_tp, " with LoRA and parallel.zero = ", c.parallel_zero,
+           " is not supported yet (use zero = 0 with tp, or tp = 1)");
+  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.lora_dropout == 0, c.source,
+           ": parallel.tp = ", c.parallel_tp, " with lora.dropout = ", c.lora_dropout,
+           " is not supported yet (a row-parallel adapter's input is a rank's columns; use "
+           "lora.dropout = 0)");
+}
+
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   TrainConfig c;
   c.source = path;
@@ -215,29 +241,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   DT_CHECK(c.steps > 0, path, ": training.steps must be positive");
   DT_CHECK(c.micro_batch_tokens > 0, path, ": training.micro_batch_tokens must be positive");
   DT_CHECK(c.grad_accum > 0, path, ": training.grad_accum must be positive");
-  DT_CHECK(c.parallel_dp >= 0, path, ": parallel.dp must be >= 0 (0: every rank of the job)");
-  DT_CHECK(c.parallel_zero >= 0 && c.parallel_zero <= 3, path,
-           ": parallel.zero = ", c.parallel_zero,
-           ": must be 0 (every data-parallel rank holds the whole optimizer state), 1 (the AdamW "
-           "moments sharded over the ranks), 2 (and the gradients reduce-scattered) or 3 (and the "
-           "weights: each layer gathered while it runs)");
-  DT_CHECK(c.parallel_zero == 0 || c.offload == "none", path, ": parallel.zero = ", c.parallel_zero,
-           " with training.offload = ", c.offload,
-           " is not supported (ZeRO shards the device-resident state; use offload = none)");
-  DT_CHECK(c.parallel_ep >= 1, path, ": parallel.ep must be >= 1");
-  DT_CHECK(c.parallel_tp >= 1, path, ": parallel.tp must be >= 1");
-  DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, path,
-           ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
-           "over a tensor-parallel group)");
-  DT_CHECK(c.parallel_tp == 1 || c.parallel_ep == 1, path, ": parallel.tp = ", c.parallel_tp,
-           " is not supported with parallel.ep yet (use ep = 1)");
-  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.parallel_zero == 0, path,
-           ": parallel.tp = ", c.parallel_tp, " with LoRA and parallel.zero = ", c.parallel_zero,
-           " is not supported yet (use zero = 0 with tp, or tp = 1)");
-  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.lora_dropout == 0, path,
-           ": parallel.tp = ", c.parallel_tp, " with lora.dropout = ", c.lora_dropout,
-           " is not supported yet (a row-parallel adapter's input is a rank's columns; use "
-           "lora.dropout = 0)");
+  check_parallel(c);
   DT_CHECK(c.divisible_by > 0, path, ": training.divisible_by must be positive");
   DT_CHECK(c.lr > 0 && c.min_lr >= 0, path, ": training.lr must be > 0 and min_lr >= 0");
   DT_CHECK(c.eval_fraction >= 0 && c.eval_fraction < 1, path,

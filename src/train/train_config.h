@@ -114,4 +114,10 @@ struct TrainConfig {
 // falling back to a string), validates, and resolves relative paths against the file's dir.
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
 
+// The [parallel] keys against each other and the options they do not support yet (zero with
+// master = remainder, offload or LoRA; tp with zero, ep or LoRA; sp without tp): a core::Error
+// naming c.source and the keys. load_train_config calls it; `deltatron bench` (whose --zero,
+// --ep, --tp, --sp are these keys) too.
+void check_parallel(const TrainConfig& c);
+
 }  // namespace deltatron::train

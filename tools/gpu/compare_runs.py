@@ -6,8 +6,13 @@
       worst per-sample loss difference (relative, floor 1) and worst gradient rel RMS.
   compare_runs.py train LABEL REF_DIR GOT_DIR TOL
       the step losses of metrics.jsonl (relative) and the last checkpoint's F32 weights (rel RMS).
-Prints one line; exits 1 when a bound is exceeded. tools/gpu/check_score.sh imports tensors and
-worst_rel_rms."""
+  compare_runs.py curve LABEL REF_DIR GOT_DIR FIRST_ABS TAIL_REL
+      a bf16 loss curve against another (tools/gpu/multi_gpu.sh): the largest |loss difference|
+      over the first 20 steps (<= FIRST_ABS), and the mean of the last 10 steps' losses
+      (relative difference <= TAIL_REL); the same number of steps.
+Prints one line; exits 1 when a bound is exceeded. With COMPARE_JSONL=FILE, also appends the
+numbers as one JSON line to FILE. tools/gpu/check_score.sh imports tensors and worst_rel_rms."""
+import os
 import glob
 import json
 import math
@@ -56,6 +61,24 @@ def main():
         grad, name = worst_rel_rms(tensors(ref + ".safetensors"), tensors(got + ".safetensors"))
         ok = len(a) == len(b) and loss <= ltol and grad <= gtol
         line = f"worst loss rel diff {loss:.2e}, worst grad rel RMS {grad:.2e} ({name})"
+        rec = {"loss": loss, "grad": grad, "grad_tensor": name}
+    elif mode == "curve":
+        ref, got = sys.argv[3], sys.argv[4]
+        first_tol, tail_tol = float(sys.argv[5]), float(sys.argv[6])
+        losses = lambda d: [json.loads(l)["loss"] for l in open(d + "/metrics.jsonl")
+                            if '"loss"' in l]
+        la, lb = losses(ref), losses(got)
+        n = min(len(la), len(lb))
+        first = max([abs(p - q) for p, q in zip(la[:20], lb[:20])] or [math.inf])
+        k = min(10, n)
+        ta, tb = sum(la[n - k:n]) / max(k, 1), sum(lb[n - k:n]) / max(k, 1)
+        tail = abs(ta - tb) / abs(ta) if k else math.inf
+        ok = len(la) == len(lb) and first <= first_tol and tail <= tail_tol
+        line = (f"{len(lb)} steps: max |loss diff| steps 1-{min(20, n)} {first:.2e} (bound "
+                f"{first_tol:g}); mean of the last {k} {tb:.4f} vs {ta:.4f} (rel {tail:.2e}, bound "
+                f"{tail_tol:g})")
+        rec = {"steps": len(lb), "first_abs": first, "tail_rel": tail,
+               "final_loss": lb[-1] if lb else None}
     else:
         ref, got, tol = sys.argv[3], sys.argv[4], float(sys.argv[5])
         last = lambda d: sorted(glob.glob(d + "/checkpoint-*"))[-1] + "/model.safetensors"
@@ -66,7 +89,11 @@ def main():
         w, name = worst_rel_rms(tensors(last(ref)), tensors(last(got)))
         ok = len(la) == len(lb) and loss <= tol and w <= tol
         line = f"step losses {loss:.2e}, weights {w:.2e} ({name})"
+        rec = {"loss": loss, "weights": w, "weights_tensor": name}
     print(f"   {label}: {line}" + ("" if ok else "  FAIL"))
+    if os.environ.get("COMPARE_JSONL"):
+        with open(os.environ["COMPARE_JSONL"], "a") as f:
+            f.write(json.dumps({"label": label, "mode": mode, "ok": ok, **rec}) + "\n")
     sys.exit(0 if ok else 1)
 
 

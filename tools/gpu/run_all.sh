@@ -7,7 +7,9 @@
 #   tools/gpu/run_all.sh build/runtime.tar.xz [OUT_DIR]   # GPU machine (carry it and .peer)
 #
 # Environment: PARTS (default "tests memcheck train score presets bench-2b peer-2b bench-moe peer-moe";
-# "parallel": the parallel layouts' CUDA path on one GPU;
+# "parallel": the parallel layouts' CUDA path on one GPU; "multi": issue 16 on every GPU of a
+# multi-GPU machine (tools/gpu/multi_gpu.sh: exactness, loss curves, scaling, bus bandwidth, the
+# 35b-a3b preset under ZeRO 3 + ep, a killed rank; ~9 minutes on 8 GPUs: alone in its call);
 # the lean state's: "lean lean-curve bench-moe-lean bench-moe-offload bench-4b bench-9b"; LoRA's:
 # "peft-load bench-2b-lora peer-2b-lora bench-27b-lora peer-27b-lora bench-35b-lora"; one
 # GPU call has 10 minutes, so split them across calls), LENGTHS (batches for both benchmarks,
@@ -55,6 +57,10 @@ fi
 if has parallel; then
   echo "== parallel layouts on one GPU (tools/gpu/check_parallel.sh)"
   "$repo/tools/gpu/check_parallel.sh" "$rt/deltatron" "$out/parallel" || status=1
+fi
+if has multi; then
+  echo "== multi-GPU layouts, scaling and failure (tools/gpu/multi_gpu.sh)"
+  "$repo/tools/gpu/multi_gpu.sh" "$rt/deltatron" "$out/multi" || status=1
 fi
 if has presets; then
   echo "== every preset, a few layers (tools/gpu/preset_sweep.sh)"
