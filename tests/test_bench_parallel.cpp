@@ -113,7 +113,7 @@ TEST_F(BenchParallel, UnsupportedLayoutsAreErrors) {
   dt_test::write_file(tmp.path / "lengths.json", kLengths);
   const std::string base = "bench --device cpu --tokens 128 --lengths " +
                            (tmp.path / "lengths.json").string() + " --preset tiny ";
-  EXPECT_NE(dt_test::run_ranks(1, base + "--tp 2 --zero 1", tmp.path / "a.err"), 0);
+  EXPECT_NE(dt_test::run_ranks(1, base + "--tp 2 --ep 2", tmp.path / "a.err"), 0);
   EXPECT_NE(dt_test::read_file(tmp.path / "a.err").find("parallel.tp = 2 is not supported with"),
             std::string::npos)
       << dt_test::read_file(tmp.path / "a.err");

@@ -102,34 +102,34 @@ class Zero3Engine final : public Engine {
   }
 
   double clip(double max_norm) override {
-    // Every element is in one rank's shard: the data-parallel ranks partition the replicated
-    // units, and each expert slice's units are partitioned among the ranks holding it.
-    const core::Buffer& g = store_.grad();  // padding and gaps hold zeros
-    double squares = 0;
-    if (tp_.on()) {
-      // This rank's tp-local tensors: the replicated ones' squares (the same on every rank of
-      // the tp group) over the data-parallel ranks, the shards' over them and the tp group.
-      double whole = 0, shards = 0;
-      for (const Zero3Store::Piece& pc : store_.pieces()) {
-        const int64_t n = pc.t.grad.numel();
-        (model::is_tp_sharded(model_.config(), store_.layout().tensors[pc.tensor].name) ? shards
-                                                                                        : whole) +=
-            ops::sum_squares(pc.t.grad, n);
-      }
-      squares = sum_over_ranks(store_.comm(), whole) +
-                sum_over_ranks(*tp_.comm, sum_over_ranks(store_.comm(), shards));
-    } else {
-      squares = sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel()));
-    }
-    const double norm = std::sqrt(squares);
+    const double norm = std::sqrt(grad_squares_host());
     grad_scale_ = clip_scale(norm, max_norm);
     return norm;
   }
   void grad_squares(const core::View& out) override {
     const core::Buffer& g = store_.grad();
-    if (store_.comm().size() == 1) return ops::sum_squares_to(g, g.numel(), out);  // no host read
-    const double squares = sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel()));
+    if (store_.comm().size() == 1 && !tp_.on())
+      return ops::sum_squares_to(g, g.numel(), out);  // no host read
+    const double squares = grad_squares_host();       // the layouts' sums over ranks (host values)
     ops::copy_from_host(out, &squares);
+  }
+  // The gradient's squares over the whole model (collective). Every element is in one rank's
+  // shard: the data-parallel ranks partition the replicated units, and each expert slice's units
+  // are partitioned among the ranks holding it.
+  double grad_squares_host() {
+    const core::Buffer& g = store_.grad();  // padding and gaps hold zeros
+    if (!tp_.on()) return sum_over_ranks(store_.comm(), ops::sum_squares(g, g.numel()));
+    // This rank's tp-local tensors: the replicated ones' squares (the same on every rank of the
+    // tp group) over the data-parallel ranks, the shards' over them and the tp group.
+    double whole = 0, shards = 0;
+    for (const Zero3Store::Piece& pc : store_.pieces()) {
+      const int64_t n = pc.t.grad.numel();
+      (model::is_tp_sharded(model_.config(), store_.layout().tensors[pc.tensor].name) ? shards
+                                                                                      : whole) +=
+          ops::sum_squares(pc.t.grad, n);
+    }
+    return sum_over_ranks(store_.comm(), whole) +
+           sum_over_ranks(*tp_.comm, sum_over_ranks(store_.comm(), shards));
   }
 
   void step(AdamW& opt, double lr) override {
