@@ -13,6 +13,7 @@
 #include "io/checkpoint.h"
 #include "model/params.h"
 #include "ops/adamw.h"
+#include "ops/device.h"
 #include "ops/tensor.h"
 #include "train/zero3.h"
 
@@ -49,6 +50,7 @@ inline void expect_zero3_lean_store_like_flat(deltatron::core::Device dev,
   using namespace deltatron;
   using zero3_lean::bytes;
   using zero3_lean::fill_pattern;
+  ops::check_device(dev);  // the device's allocator (a test that builds no model first)
   const io::Checkpoint ck = io::load_checkpoint(
       (std::filesystem::path(DT_TEST_DATA) / "golden" / "moe_vlm_mtp").string(), io::LoadOptions{});
   model::StateOptions lean;
