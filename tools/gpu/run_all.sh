@@ -85,6 +85,10 @@ peer() {  # name, peer SIZE, [layers]; env LORA=1 (HF + PEFT + FLA), LIGER=1 (HF
 import json, sys
 ours = json.load(open(sys.argv[1]))
 peer = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
+if "tok_per_s" not in peer:  # the peer's run failed (e.g. {"packed": "OOM"})
+    print(f"== ratio {ours['preset']}: deltatron {ours['real_tok_per_s']:.0f} tok/s, "
+          f"{ours['peak_gib']:.1f} GiB | peer {peer.get('results')}: no ratio")
+    sys.exit(0)
 ptps, pmem = peer["tok_per_s"], peer["peak_gib"] or float("nan")  # None: a CPU smoke run
 print(f"== ratio {ours['preset']}{' vs HF + FLA + Liger' if peer.get('liger') else ''}: deltatron {ours['real_tok_per_s']:.0f} tok/s, "
       f"{ours['peak_gib']:.1f} GiB | peer {ptps:.0f} tok/s, {pmem:.1f} GiB | "
