@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "core/bf16.h"
+#include "bf16_bound.h"
 #include "golden_fixture.h"
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
@@ -207,9 +207,7 @@ TEST_P(GoldenLora, Bf16TracksFp32OnCuda) {
   if (HasFatalFailure()) return;
   const model::LoraSetup setup =
       io::to_lora_setup(io::load_peft_adapter((dir / "adapter").string()));
-  model::TensorMap rounded = g.ck.params;
-  for (auto& [name, t] : rounded)
-    for (float& v : t.data) v = core::bf16_to_f32(core::bf16_round_nearest_even(v));
+  const model::TensorMap rounded = dt_test::rounded_to_bf16(g.ck.params);
   model::ModelOptions opt;
   opt.mtp_ce_scale = 0.0f;
   struct Run {
@@ -227,18 +225,11 @@ TEST_P(GoldenLora, Bf16TracksFp32OnCuda) {
             bf16 = run(core::DType::bf16, g.ck.params);
   for (size_t i = 0; i < f32.loss.size(); ++i)
     EXPECT_NEAR(bf16.loss[i], f32.loss[i], 2e-2 * std::abs(f32.loss[i])) << "sample " << i;
-  double worst_ratio = 0;
-  std::string worst_name;
-  for (const auto& [name, t] : f32.g) {
-    const double sens = dt_test::compare(f32r.g.at(name).data, t.data).rel_rms;
-    const double err = dt_test::compare(bf16.g.at(name).data, t.data).rel_rms;
-    const double bound = std::max(5e-2, 3 * sens);
-    EXPECT_LT(err, bound) << name << " (fp32 sensitivity to bf16 weights " << sens << ")";
-    if (err / bound > worst_ratio) worst_ratio = err / bound, worst_name = name;
-  }
+  const dt_test::Bf16Worst worst =
+      dt_test::expect_bf16_within_conditioned_bound(f32.g, f32r.g, bf16.g);
   std::printf(
       "golden_lora %s bf16 vs fp32 on CUDA: worst adapter gradient at %.2f of its bound (%s)\n",
-      GetParam().c_str(), worst_ratio, worst_name.c_str());
+      GetParam().c_str(), worst.ratio, worst.name.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenLora, ::testing::ValuesIn(lora_cases()),

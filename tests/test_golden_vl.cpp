@@ -15,7 +15,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
-#include "core/bf16.h"
+#include "bf16_bound.h"
 #include "data/pack.h"
 #include "data/sample.h"
 #include "io/checkpoint.h"
@@ -258,9 +258,7 @@ TEST(GoldenVl, ErrorsNameTheProblem) {
 TEST(GoldenVl, Bf16TracksFp32OnCuda) {
   if (!dt_test::kOnCuda) GTEST_SKIP() << "bf16 compute is CUDA's";
   const Fixture f = load(model::VisionMode::full);
-  model::TensorMap rounded = f.ck.params;
-  for (auto& [name, t] : rounded)
-    for (float& v : t.data) v = core::bf16_to_f32(core::bf16_round_nearest_even(v));
+  const model::TensorMap rounded = dt_test::rounded_to_bf16(f.ck.params);
   const data::Pack pack =
       data::make_pack({&f.samples[2], &f.samples[1], &f.samples[0]}, {2, 1, 0}, 8);
   struct Run {
@@ -278,19 +276,10 @@ TEST(GoldenVl, Bf16TracksFp32OnCuda) {
             bf16 = run(core::DType::bf16, f.ck.params);
   for (size_t i = 0; i < f32.loss.size(); ++i)
     EXPECT_NEAR(bf16.loss[i], f32.loss[i], 2e-2 * std::abs(f32.loss[i])) << "sample " << i;
-  double worst_ratio = 0;
-  std::string worst_name;
-  for (const auto& [name, t] : f32.g) {
-    const double sens = dt_test::compare(f32r.g.at(name).data, t.data).rel_rms;
-    const double err = dt_test::compare(bf16.g.at(name).data, t.data).rel_rms;
-    const double bound = std::max(5e-2, 3 * sens);
-    EXPECT_LT(err, bound) << name << " (fp32 sensitivity to bf16 weights " << sens << ")";
-    if (is_visual(name))
-      std::printf("  bf16 %-48s rel RMS %.3e (bound %.3e)\n", name.c_str(), err, bound);
-    if (err / bound > worst_ratio) worst_ratio = err / bound, worst_name = name;
-  }
+  const dt_test::Bf16Worst worst =
+      dt_test::expect_bf16_within_conditioned_bound(f32.g, f32r.g, bf16.g, is_visual);
   std::printf("golden_vl bf16 vs fp32 on CUDA: worst gradient at %.2f of its bound (%s)\n",
-              worst_ratio, worst_name.c_str());
+              worst.ratio, worst.name.c_str());
 }
 
 }  // namespace

@@ -10,7 +10,7 @@
 #include <map>
 #include <random>
 
-#include "core/bf16.h"
+#include "bf16_bound.h"
 #include "model/adapters.h"
 #include "model/init.h"
 #include "model/model.h"
@@ -333,9 +333,7 @@ TEST(LoraModel, Bf16TracksFp32) {
   if (!dt_test::kOnCuda) GTEST_SKIP() << "bf16 compute is CUDA's";
   const model::Config c = dense();
   const model::TensorMap base = dt_test::random_params(c, 8);
-  model::TensorMap rounded = base;
-  for (auto& [name, t] : rounded)
-    for (float& v : t.data) v = core::bf16_to_f32(core::bf16_round_nearest_even(v));
+  const model::TensorMap rounded = dt_test::rounded_to_bf16(base);
   const model::LoraSetup s = random_setup(c, 8, 16.0, false);
   const auto samples = dt_test::make_samples({20, 90}, c.vocab_size, 5, 4);
   const data::Pack pack = dt_test::pack_of(samples, {0, 1}, 8);

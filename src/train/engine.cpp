@@ -18,11 +18,19 @@
 
 namespace deltatron::train {
 
-void check_gate(const core::View& gate, core::Device dev) {
+int64_t begin_gated_step(const core::View& gate, core::Device dev, int64_t step, bool pending) {
+  DT_CHECK(!pending, "internal: step_gated before the previous step's end_step");
   DT_CHECK(gate.data && gate.dtype == core::DType::f64 && gate.numel() == 2 && gate.device == dev,
            "the AdamW gate is ", gate.data ? gate.describe() : "a null view",
            ", expected f64 with 2 elements on ", core::device_name(dev),
            " (core::StepScalars' grad_scale and skip)");
+  return step + 1;
+}
+
+void end_gated_step(int64_t& step, bool& pending, bool applied) {
+  DT_CHECK(pending, "internal: end_step without step_gated");
+  pending = false;
+  if (applied) ++step;
 }
 
 namespace {
@@ -229,16 +237,11 @@ class ModelEngine final : public Engine {
     grad_scale_ = 1.0f;
   }
   void step_gated(AdamW& opt, double lr, const core::View& gate) override {
-    DT_CHECK(!pending_, "internal: step_gated before the previous step's end_step");
-    check_gate(gate, model_.trainable().device());
-    update(opt, lr, step_ + 1, 1.0f, gate.f64());
+    update(opt, lr, begin_gated_step(gate, model_.trainable().device(), step_, pending_), 1.0f,
+           gate.f64());
     pending_ = true;
   }
-  void end_step(bool applied) override {
-    DT_CHECK(pending_, "internal: end_step without step_gated");
-    pending_ = false;
-    if (applied) ++step_;
-  }
+  void end_step(bool applied) override { end_gated_step(step_, pending_, applied); }
 
   // The AdamW update with step count `step`, the gradients scaled by `scale`, or by gate[0] and
   // skipped when gate[1] != 0 (gate: device memory, or nullptr).

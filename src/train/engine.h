@@ -91,8 +91,12 @@ class Engine {
   virtual void set_recompute_selective(bool on) = 0;
 };
 
-// The gate of Engine::step_gated: [2] f64 on `dev`, else a core::Error.
-void check_gate(const core::View& gate_2, core::Device dev);
+// Engine::step_gated's and end_step's bookkeeping for an engine counting its applied updates in
+// `step` (pending: a gated update queued, its end_step not yet made). begin_gated_step checks the
+// gate ([2] f64 on `dev`) and that none is pending, and returns the step number the update uses;
+// the engine marks it pending after queueing it. end_gated_step advances the count if it applied.
+int64_t begin_gated_step(const core::View& gate_2, core::Device dev, int64_t step, bool pending);
+void end_gated_step(int64_t& step, bool& pending, bool applied);
 
 // ZeRO (parallel.zero; train/zero.h, train/zero3.h, docs/parallel.md). stage 0: every rank
 // holds the whole AdamW state. 1: the moments are sharded over the ranks of comm (each rank holds

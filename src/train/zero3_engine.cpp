@@ -137,16 +137,11 @@ class Zero3Engine final : public Engine {
     grad_scale_ = 1.0f;
   }
   void step_gated(AdamW& opt, double lr, const core::View& gate) override {
-    DT_CHECK(!pending_, "internal: step_gated before the previous step's end_step");
-    check_gate(gate, store_.grad().view().device);
-    update(opt, lr, step_ + 1, 1.0f, gate.f64());
+    update(opt, lr, begin_gated_step(gate, store_.grad().view().device, step_, pending_), 1.0f,
+           gate.f64());
     pending_ = true;
   }
-  void end_step(bool applied) override {
-    DT_CHECK(pending_, "internal: end_step without step_gated");
-    pending_ = false;
-    if (applied) ++step_;
-  }
+  void end_step(bool applied) override { end_gated_step(step_, pending_, applied); }
   // The AdamW update of this rank's pieces (gate: Engine::step_gated's, or nullptr).
   void update(AdamW& opt, double lr, int64_t step, float scale, const double* gate) {
     if (!store_.has_moments()) store_.alloc_moments(moments_);
