@@ -128,7 +128,9 @@ has peer-2b-liger && LIGER=1 OURS=2b peer 2b_liger 2b
 has peer-2b-lean-liger && LIGER=1 OURS=2b_lean peer 2b_lean_liger 2b
 moe_layers=${MOE_LAYERS:-4}
 has bench-moe && bench moe --preset 35b-a3b --layers "$moe_layers"
-has peer-moe && peer moe moe "$moe_layers"
+# compared with bench-moe, or bench-moe-lean where only that ran in the call
+has peer-moe && OURS=$([[ -f $out/bench_moe.json ]] && echo moe || echo moe_lean) \
+  peer moe moe "$moe_layers"
 # The lean state (issue 12): the MoE slice with 12 and 8 bytes of state per parameter (the peer
 # above keeps bf16 weights and bf16 AdamW state), the 4b and 9b presets fully fine-tuned on one GPU.
 has bench-moe-lean && bench moe_lean --preset 35b-a3b --layers "$moe_layers" "${lean[@]}"
