@@ -6,16 +6,17 @@
 // owns a fixed chunk of that tensor. Larger tables are split into several launches.
 //
 // AdamW: a block of 256 threads owns kAdamChunk = 2048 consecutive elements; thread j updates
-// elements j, j+256, ... (coalesced), loading all 8 before computing so that each thread keeps
-// 32 loads in flight. The element arithmetic uses __fmul_rn/__fadd_rn/__fdiv_rn/__fsqrt_rn so
-// nvcc cannot contract a*b+c into an FMA: each operation rounds as the CPU's does.
-// The storage of the state is a template parameter of the kernel (one form per launch): the
-// master as fp32 (with an f32, bf16 or no compute copy) or the lean bf16 weight + u16 remainder,
-// and fp32 or bf16 moments. The bit-level conversions (join/split of the pair, bf16 copies with
-// ties away from zero, stochastic rounding and its counter-based bits) are core/bf16.h's, the
-// functions the CPU reference calls. With the lean pair and bf16 moments a step moves 14 bytes
-// per element (2 + 2 + 2 + 2 read and written, 4 gradient) instead of 30 with an fp32 master,
-// fp32 moments and a bf16 copy.
+// elements 8j .. 8j+7 with 16-byte loads and stores where the tensor's arrays are 16-byte aligned
+// (else elements j, j+256, ..., coalesced), loading all 8 before computing so that each thread
+// keeps its loads in flight. The element arithmetic uses __fmul_rn/__fadd_rn/__fdiv_rn/__fsqrt_rn
+// so nvcc cannot contract a*b+c into an FMA: each operation rounds as the CPU's does. The storage
+// of the state is a template parameter of the kernel (one form per launch): the master as fp32
+// (with an f32, bf16 or no compute copy) or the lean bf16 weight + u16 remainder, and fp32 or bf16
+// moments. The bit-level conversions (join/split of the pair, bf16 copies with ties away from zero,
+// stochastic rounding and its counter-based bits) are core/bf16.h's, the functions the CPU
+// reference calls. With the lean pair and bf16 moments a step moves 14 bytes per element (2 + 2 + 2
+// + 2 read and written, 4 gradient) instead of 30 with an fp32 master, fp32 moments and a bf16
+// copy.
 //
 // Sum of squares: a block of 256 threads owns kNormChunk = 65536 consecutive elements of one
 // tensor; thread j sums x^2 in fp64 over elements j, j+256, ... in order (loading 16 ahead; the
@@ -42,10 +43,13 @@ constexpr int kAdamPerThread = 8;
 constexpr int64_t kAdamChunk = int64_t(kThreads) * kAdamPerThread;  // 2048
 constexpr int64_t kNormChunk = 65536;
 constexpr int kNormBatch = 16;
-// 48 x (6 pointers + n + index + decay + start) ~ 3.5 KiB of parameters (under 4 KiB)
+// 48 x (6 pointers + n + index + decay + vec + start) ~ 3.6 KiB of parameters (under 4 KiB)
 constexpr int kMaxAdamW = 48;
 constexpr int kMaxNorm = 128;  // 128 x (pointer + n + start) ~ 2.6 KiB
 constexpr int kFinalThreads = 1024;
+
+// nullptr counts as aligned (an absent array is not accessed).
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 struct AdamWScalars {
   float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, grad_scale;
@@ -65,6 +69,7 @@ struct AdamWTable {
   int64_t n[kMaxAdamW];
   int64_t index[kMaxAdamW];
   float decay[kMaxAdamW];
+  bool vec[kMaxAdamW];  // every pointer 16-byte aligned: 16-byte accesses (adamw_kernel)
 };
 
 // The master's storage in one launch: fp32 with an f32 / bf16 / no compute copy, or the pair.
@@ -90,6 +95,44 @@ __device__ __forceinline__ int table_index(const int* start, int count, int b) {
   return lo;
 }
 
+// One element's update from its loaded state: the new master pi and moments mi, vi.
+struct AdamWElem {
+  float p, m, v;
+};
+__device__ __forceinline__ AdamWElem adamw_update(const AdamWScalars& s, float grad_scale,
+                                                  float decay, float p, float m, float v,
+                                                  float gr) {
+  const float g = __fmul_rn(gr, grad_scale);
+  float pi = __fmul_rn(p, decay);
+  const float mi = __fadd_rn(__fmul_rn(s.beta1, m), __fmul_rn(s.one_minus_beta1, g));
+  const float vi = __fadd_rn(__fmul_rn(s.beta2, v), __fmul_rn(s.one_minus_beta2, __fmul_rn(g, g)));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
+  pi = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
+  return {pi, mi, vi};
+}
+
+// Element i's new state in its 16-bit storages (the pair, a bf16 copy, bf16 moments).
+template <MasterForm kForm, bool kBf16Moments>
+__device__ __forceinline__ void adamw_round(const AdamWTable& tab, int k, const AdamWScalars& s,
+                                            int64_t i, const AdamWElem& e, uint16_t& w_out,
+                                            uint16_t& r_out, uint16_t& m_out, uint16_t& v_out) {
+  if constexpr (kForm == MasterForm::pair) {
+    core::master_split(e.p, w_out, r_out);
+  } else if constexpr (kForm == MasterForm::bf16_copy) {
+    w_out = core::bf16_round_ties_away(e.p);
+  }
+  if constexpr (kBf16Moments) {
+    const uint64_t bits = core::random_bits(s.random_key, uint64_t(tab.index[k] + i));
+    m_out = core::bf16_round_stochastic(e.m, uint32_t(bits));
+    v_out = core::bf16_round_stochastic(e.v, uint32_t(bits >> 16));
+  }
+}
+
+// A block owns kAdamChunk consecutive elements of one tensor. Where every pointer of the tensor
+// is 16-byte aligned (tab.vec[k]) thread j owns the 8 consecutive elements 8j .. 8j+7 of the
+// chunk and moves them with 16-byte loads and stores (the bf16 / u16 arrays were 2-byte accesses
+// otherwise); elsewhere, and in a tensor's last partial group, thread j takes elements j, j+256,
+// ... one at a time. The arithmetic of an element is the same in both (adamw_update).
 template <MasterForm kForm, bool kBf16Moments>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const __grid_constant__ AdamWTable tab, const AdamWScalars s) {
@@ -102,17 +145,114 @@ __global__ void __launch_bounds__(kThreads)
   const int b = blockIdx.x;
   const int k = table_index(tab.start, tab.count, b);
   const int64_t n = tab.n[k];
-  const int64_t base = int64_t(b - tab.start[k]) * kAdamChunk + threadIdx.x;
+  const int64_t chunk0 = int64_t(b - tab.start[k]) * kAdamChunk;
   float* __restrict__ p = tab.master[k];
   const float* __restrict__ grad = tab.grad[k];
   void* const copy = tab.copy[k];
   uint16_t* __restrict__ rem = tab.rem[k];
   const float decay = tab.decay[k];
-  float pr[kAdamPerThread], mr[kAdamPerThread], vr[kAdamPerThread], gr[kAdamPerThread];
+  constexpr int V = kAdamPerThread;  // 8 elements: 16 bytes of bf16, 32 of f32
+  const int64_t i0 = chunk0 + int64_t(threadIdx.x) * V;
+  if (tab.vec[k] && i0 + V <= n) {
+    float pr[V], mr[V], vr[V], gr[V];
+    {
+      const float4 g0 = reinterpret_cast<const float4*>(grad + i0)[0];
+      const float4 g1 = reinterpret_cast<const float4*>(grad + i0)[1];
+      gr[0] = g0.x, gr[1] = g0.y, gr[2] = g0.z, gr[3] = g0.w;
+      gr[4] = g1.x, gr[5] = g1.y, gr[6] = g1.z, gr[7] = g1.w;
+    }
+    auto load_u16 = [](const void* base, int64_t i, uint16_t(&out)[V]) {
+      const uint4 q = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + i);
+      const uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-  for (int j = 0; j < kAdamPerThread; ++j) {
-    const int64_t i = base + int64_t(j) * kThreads;
-    if (i < n) {
+      for (int j = 0; j < 4; ++j) {
+        out[2 * j] = uint16_t(w[j] & 0xFFFFu);
+        out[2 * j + 1] = uint16_t(w[j] >> 16);
+      }
+    };
+    auto load_f32 = [](const void* base, int64_t i, float(&out)[V]) {
+      const float4 a = reinterpret_cast<const float4*>(static_cast<const float*>(base) + i)[0];
+      const float4 c = reinterpret_cast<const float4*>(static_cast<const float*>(base) + i)[1];
+      out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+      out[4] = c.x, out[5] = c.y, out[6] = c.z, out[7] = c.w;
+    };
+    auto store_u16 = [](void* base, int64_t i, const uint16_t(&in)[V]) {
+      uint4 q;
+      q.x = uint32_t(in[0]) | (uint32_t(in[1]) << 16);
+      q.y = uint32_t(in[2]) | (uint32_t(in[3]) << 16);
+      q.z = uint32_t(in[4]) | (uint32_t(in[5]) << 16);
+      q.w = uint32_t(in[6]) | (uint32_t(in[7]) << 16);
+      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + i) = q;
+    };
+    auto store_f32 = [](void* base, int64_t i, const float(&in)[V]) {
+      float4* o = reinterpret_cast<float4*>(static_cast<float*>(base) + i);
+      o[0] = make_float4(in[0], in[1], in[2], in[3]);
+      o[1] = make_float4(in[4], in[5], in[6], in[7]);
+    };
+    if constexpr (kForm == MasterForm::pair) {
+      uint16_t w[V], r[V];
+      load_u16(copy, i0, w);
+      load_u16(rem, i0, r);
+#pragma unroll
+      for (int j = 0; j < V; ++j) pr[j] = core::master_join(w[j], r[j]);
+    } else {
+      load_f32(p, i0, pr);
+    }
+    if constexpr (kBf16Moments) {
+      uint16_t mb[V], vb[V];
+      load_u16(tab.m[k], i0, mb);
+      load_u16(tab.v[k], i0, vb);
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        mr[j] = core::bf16_to_f32(mb[j]), vr[j] = core::bf16_to_f32(vb[j]);
+    } else {
+      load_f32(tab.m[k], i0, mr);
+      load_f32(tab.v[k], i0, vr);
+    }
+    float po[V], mo[V], vo[V];
+    uint16_t wo[V], ro[V], mbo[V], vbo[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const AdamWElem e = adamw_update(s, grad_scale, decay, pr[j], mr[j], vr[j], gr[j]);
+      po[j] = e.p, mo[j] = e.m, vo[j] = e.v;
+      adamw_round<kForm, kBf16Moments>(tab, k, s, i0 + j, e, wo[j], ro[j], mbo[j], vbo[j]);
+    }
+    if constexpr (kForm == MasterForm::pair) {
+      store_u16(copy, i0, wo);
+      store_u16(rem, i0, ro);
+      if (p) store_f32(p, i0, po);
+    } else {
+      store_f32(p, i0, po);
+      if (copy) {
+        if constexpr (kForm == MasterForm::bf16_copy)
+          store_u16(copy, i0, wo);
+        else
+          store_f32(copy, i0, po);
+      }
+    }
+    if constexpr (kBf16Moments) {
+      store_u16(tab.m[k], i0, mbo);
+      store_u16(tab.v[k], i0, vbo);
+    } else {
+      store_f32(tab.m[k], i0, mo);
+      store_f32(tab.v[k], i0, vo);
+    }
+    return;
+  }
+  // Element by element: unaligned tensors (thread j: elements j, j+256, ... of the chunk), and
+  // an aligned tensor's last partial group of 8 (its thread alone, elements i0 .. n-1).
+  int64_t base = chunk0 + threadIdx.x, stride = kThreads;
+  if (tab.vec[k]) {
+    if (i0 >= n) return;
+    base = i0;
+    stride = 1;
+  }
+  const int64_t stop = n < chunk0 + kAdamChunk ? n : chunk0 + kAdamChunk;
+  float pr[V], mr[V], vr[V], gr[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int64_t i = base + int64_t(j) * stride;
+    if (i < stop) {
       if constexpr (kForm == MasterForm::pair)
         pr[j] = core::master_join(static_cast<const uint16_t*>(copy)[i], rem[i]);
       else
@@ -128,38 +268,31 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 #pragma unroll
-  for (int j = 0; j < kAdamPerThread; ++j) {
-    const int64_t i = base + int64_t(j) * kThreads;
-    if (i >= n) break;
-    const float g = __fmul_rn(gr[j], grad_scale);
-    float pi = __fmul_rn(pr[j], decay);
-    const float mi = __fadd_rn(__fmul_rn(s.beta1, mr[j]), __fmul_rn(s.one_minus_beta1, g));
-    const float vi =
-        __fadd_rn(__fmul_rn(s.beta2, vr[j]), __fmul_rn(s.one_minus_beta2, __fmul_rn(g, g)));
-    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
-    pi = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
+  for (int j = 0; j < V; ++j) {
+    const int64_t i = base + int64_t(j) * stride;
+    if (i >= stop) break;
+    const AdamWElem e = adamw_update(s, grad_scale, decay, pr[j], mr[j], vr[j], gr[j]);
+    uint16_t w = 0, r = 0, mb = 0, vb = 0;
+    adamw_round<kForm, kBf16Moments>(tab, k, s, i, e, w, r, mb, vb);
     if constexpr (kForm == MasterForm::pair) {
-      uint16_t w, r;
-      core::master_split(pi, w, r);
       static_cast<uint16_t*>(copy)[i] = w;
       rem[i] = r;
-      if (p) p[i] = pi;
+      if (p) p[i] = e.p;
     } else {
-      p[i] = pi;
+      p[i] = e.p;
       if (copy) {
         if constexpr (kForm == MasterForm::bf16_copy)
-          static_cast<uint16_t*>(copy)[i] = core::bf16_round_ties_away(pi);
+          static_cast<uint16_t*>(copy)[i] = w;
         else
-          static_cast<float*>(copy)[i] = pi;
+          static_cast<float*>(copy)[i] = e.p;
       }
     }
     if constexpr (kBf16Moments) {
-      const uint64_t bits = core::random_bits(s.random_key, uint64_t(tab.index[k] + i));
-      static_cast<uint16_t*>(tab.m[k])[i] = core::bf16_round_stochastic(mi, uint32_t(bits));
-      static_cast<uint16_t*>(tab.v[k])[i] = core::bf16_round_stochastic(vi, uint32_t(bits >> 16));
+      static_cast<uint16_t*>(tab.m[k])[i] = mb;
+      static_cast<uint16_t*>(tab.v[k])[i] = vb;
     } else {
-      static_cast<float*>(tab.m[k])[i] = mi;
-      static_cast<float*>(tab.v[k])[i] = vi;
+      static_cast<float*>(tab.m[k])[i] = e.m;
+      static_cast<float*>(tab.v[k])[i] = e.v;
     }
   }
 }
@@ -321,6 +454,8 @@ void adamw_step_multi(std::span<const AdamWTensor> tensors, const AdamWStepArgs&
     tab.n[c] = t.n;
     tab.index[c] = t.index;
     tab.decay[c] = static_cast<float>(1.0 - args.lr * t.weight_decay);
+    tab.vec[c] = aligned16(t.master) && aligned16(t.m) && aligned16(t.v) && aligned16(t.grad) &&
+                 aligned16(t.compute_copy) && aligned16(t.remainder);
     tab.start[c + 1] = tab.start[c] + int(blocks);
   }
   launch_adamw(tab, s, form, bf16_moments);
