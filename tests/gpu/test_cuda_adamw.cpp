@@ -418,6 +418,14 @@ TEST_F(CudaAdamW, SumSquaresMatchesDoubleAndIsDeterministic) {
     const double norm = dt::train::grad_norm(m);
     const double want = norm * norm;
     EXPECT_EQ(std::memcmp(&a, &b, 8), 0) << "n=" << n << ": two runs differ";
+    if (n > 1) {  // the same values one element past an aligned address: the same bits
+      const std::vector<float> tail(x.begin() + 1, x.end());
+      auto td = upload(tail);
+      const double at = dt::cuda::sum_squares(static_cast<const float*>(td.get()), n - 1);
+      const double un = dt::cuda::sum_squares(xp + 1, n - 1);
+      EXPECT_EQ(std::memcmp(&at, &un, 8), 0)
+          << "n=" << n << ": aligned " << at << " vs unaligned " << un;
+    }
     EXPECT_LE(std::abs(a - want), 1e-12 * want) << "n=" << n << ": " << a << " vs " << want;
     std::printf("  sum_squares n=%lld: rel diff vs CPU %.3e\n", (long long)n,
                 want > 0 ? std::abs(a - want) / want : std::abs(a));
