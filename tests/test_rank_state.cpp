@@ -154,6 +154,47 @@ TEST(RankState, Zero12ShardsTheMoments) {
   }
 }
 
+// ZeRO 1 and 2 with training.offload: each rank offloads its own shards' moments (and with
+// master+moments its masters) alone, so its host state is the shard's share; the device keeps
+// the weights and gradients whole (bf16 compute, fp32 masters: 2 + 4 B with the masters
+// offloaded). One rank without ZeRO offloads every tensor's. The offloaded masters a store keeps
+// (StateOptions::offload_owned) are never more than the plan's share.
+TEST(RankState, Zero12OffloadsTheShard) {
+  const model::Config c = fixture("moe_vlm_mtp");
+  const int64_t n = model::param_count(c);
+  const int64_t largest = count(c, [](const std::string&) { return true; }).second;
+  const int64_t share = ceil_div(n, 4) + largest;
+  for (int zero : {1, 2}) {
+    train::PlanInput in = input(layout(4, zero));
+    in.state = model::parse_state_options("fp32", "fp32", "moments", "test");
+    const auto moments = train::plan_memory(c, in);
+    EXPECT_DOUBLE_EQ(moments.state, 10.0 * double(n)) << zero;
+    EXPECT_DOUBLE_EQ(moments.host_state, 8.0 * double(share)) << zero;
+    in.state = model::parse_state_options("fp32", "fp32", "master+moments", "test");
+    const auto master = train::plan_memory(c, in);
+    EXPECT_DOUBLE_EQ(master.state, 6.0 * double(n)) << zero;
+    EXPECT_DOUBLE_EQ(master.host_state, 12.0 * double(share)) << zero;
+    EXPECT_GT(master.staging, 0.0);
+    in.layout = {};  // one rank: every tensor's state offloaded
+    EXPECT_DOUBLE_EQ(train::plan_memory(c, in).host_state, 12.0 * double(n)) << zero;
+  }
+  // The stores' offloaded masters (remainders on the CPU) against the plan's share.
+  model::TensorMap host;
+  for (const model::ParamSpec& sp : model::param_specs(c))
+    host.emplace(sp.name, core::Tensor(sp.shape));
+  for (int rank = 0; rank < 4; ++rank) {
+    model::StateOptions so = model::parse_state_options("remainder", "fp32", "master+moments", "t");
+    so.offload_owned = [rank](const std::vector<model::ParamSpec>& ts) {
+      std::vector<bool> out;
+      for (int r : train::zero_owners(ts, 4)) out.push_back(r == rank);
+      return out;
+    };
+    const model::Params p(core::Device::cpu, core::DType::f32, host, so);
+    EXPECT_LE(p.offloaded_master_elements(), share + 64 * int64_t(p.names().size())) << rank;
+    EXPECT_LE(p.offloaded_master_elements(), train::zero_shards(p, 4).size(rank) + 64) << rank;
+  }
+}
+
 // ZeRO 3: this rank's pieces of every unit (exactly the shard train/zero3.h lays out) x 18 B,
 // plus the gathered buffers: the outer unit (bf16 weights, the f32 weights of its routers, f32
 // gradients), two layers' weights (and f32 copies: the layers hold routers) and one layer's

@@ -96,6 +96,7 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   const double moments = in.state.moments == core::DType::bf16 ? 4 : 8;
   p.host_state =
       (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * trained;
+  if (in.layout.on() && in.lora_params < 0) p.host_state = rank_state(c, in).host;  // the share
   if (in.training && (in.state.offload_moments || in.state.offload_master)) {
     ops::AdamWOffload off;
     off.moments = in.state.offload_moments;
@@ -208,7 +209,7 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
   PlanInput t = in;
   std::string text;
   const auto add = [&](const std::string& s) { text += (text.empty() ? "" : ", ") + s; };
-  // Not suggested where the layout refuses them: offloading with ZeRO.
+  // Not suggested where the layout refuses them: offloading with ZeRO 3.
   if (bf16 && !t.state.master_remainder) {
     t.state.master_remainder = true;
     add("training.master = remainder");
@@ -227,7 +228,7 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
     }
   };
   with_recompute();
-  const bool offload = in.layout.zero == 0;
+  const bool offload = in.layout.zero < 3;
   if (cuda && offload && !t.state.offload_moments) {
     t.state.offload_moments = true;
     const std::string before = text;

@@ -31,7 +31,8 @@ struct RankState {
   // ZeRO 2: the gradient reduce-scatter's staging, (ranks + 1) x min(2^22, largest shard) f32 for
   // the larger of the two groups (allocated per reduction, one at a time).
   double staging = 0;
-  // Bytes of offloaded state in host memory (training.offload; not with ZeRO).
+  // Bytes of offloaded state in host memory (training.offload): every local tensor's, with ZeRO
+  // 1 and 2 on several ranks this rank's shards' (the moments and the offloaded masters).
   double host = 0;
 };
 
