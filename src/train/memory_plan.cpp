@@ -120,8 +120,10 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   // Streamed: the f32 tensor being made and its bf16 copy. Under ep or tp a rank reads only its
   // slices (train/local_slices.h): its share in f32 plus the loader's staging, at most two of the
   // largest tensor (a per-expert module's files and the expert tensor assembled from them).
-  const bool sliced = (in.layout.ep > 1 || in.layout.tp > 1) && in.lora_params < 0;
-  const double local = double(p.local_params);
+  // ZeRO 3 (not LoRA): its pieces of those (zero3_slices), the shard's elements.
+  const bool pieces = in.layout.on() && in.layout.zero == 3 && in.lora_params < 0;
+  const bool sliced = (in.layout.ep > 1 || in.layout.tp > 1 || pieces) && in.lora_params < 0;
+  const double local = pieces ? double(rank_state(c, in).shard) : double(p.local_params);
   p.host_weights = in.streamed_weights ? 6 * double(largest)
                    : sliced            ? 4 * local + 8 * double(largest)
                                        : 4 * n;

@@ -164,6 +164,7 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
   }
   if (!lora) r.gathered += 4 * double(largest_piece);  // a reduce_scatter's result
   r.state = (b.held + moments) * double(shard) + routers;
+  r.shard = shard;
   return done();
 }
 
