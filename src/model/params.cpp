@@ -124,6 +124,14 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
   DT_CHECK(!opt.gathered || (!opt.offload_moments && !opt.offload_master),
            "a gathered parameter store (ZeRO 3) is not offloaded");
   const bool host_masters = opt.offload_master && !opt.master_remainder;
+  // ZeRO 1/2: the offloaded masters of this rank's tensors only, laid out one after the other.
+  const bool owners = opt.offload_master && opt.offload_owned;
+  std::vector<bool> owned(specs.size(), true);
+  if (owners) {
+    owned = opt.offload_owned(specs);
+    DT_CHECK(owned.size() == specs.size(), "internal: offload_owned gave ", owned.size(),
+             " answers for ", specs.size(), " tensors");
+  }
   int64_t router_total = 0;
   for (size_t k = 0; k < specs.size(); ++k) {
     const ParamSpec& spec = specs[k];
@@ -147,11 +155,18 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
       e.router_offset = router_total;
       router_total += aligned(numel);
     }
+    if (opt.offload_master && owned[k]) {
+      e.host_offset = owners ? host_total_ : total_;
+      host_total_ += aligned(numel);
+    }
+    if (host_masters) e.f32_offset = e.host_offset;  // the fp32 masters are the host's
     index_[name] = e;
     total_ += aligned(numel);
   }
   const bool lean_layout = opt_.master_remainder || opt_.frozen;
   if (!lean_layout || dt_ == core::DType::f32) f32_total_ = total_;
+  if (!opt.offload_master) host_total_ = 0;
+  const int64_t host_n = std::max<int64_t>(1, host_total_);
   core::allocator(dev_).set_oom_hint(state_hint());
   if (opt_.gathered) return;  // the layout alone; the views are bound by the shards' owner
   if (opt_.frozen) {
@@ -164,7 +179,7 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
     compute_ = core::Buffer(dev_, core::DType::bf16, {total_}, "bf16 weights (lean masters)");
     remainder_ =
         opt_.offload_master
-            ? core::Buffer::pinned_host(core::DType::u16, {total_}, "offloaded master remainders")
+            ? core::Buffer::pinned_host(core::DType::u16, {host_n}, "offloaded master remainders")
             : core::Buffer(dev_, core::DType::u16, {total_}, "master remainders");
     ops::zero(compute_);
     ops::zero(remainder_);
@@ -172,7 +187,7 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
       master_ = core::Buffer(dev_, core::DType::f32, {f32_total_},
                              dt_ == core::DType::f32 ? "f32 weights" : "f32 router weights");
   } else {
-    master_ = host_masters ? core::Buffer::pinned_host(core::DType::f32, {total_},
+    master_ = host_masters ? core::Buffer::pinned_host(core::DType::f32, {host_n},
                                                        "offloaded fp32 master weights")
                            : core::Buffer(dev_, core::DType::f32, {total_}, "fp32 master weights");
     if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "compute copies");
@@ -289,7 +304,8 @@ ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
     t.master = master_.view().slice(e.f32_offset, e.numel);
   if (opt_.master_remainder) {
     t.compute_copy = compute_.view().slice(e.offset, e.numel);
-    t.remainder = remainder_.view().slice(e.offset, e.numel);
+    const int64_t r = opt_.offload_master ? e.host_offset : e.offset;
+    if (r >= 0) t.remainder = remainder_.view().slice(r, e.numel);  // another rank's: none
   } else if (dt_ != core::DType::f32) {
     t.compute_copy = compute_.view().slice(e.offset, e.numel);
   }
@@ -374,7 +390,8 @@ void Params::upload_tensor(const std::string& name, const core::Tensor& t) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < e.numel; ++i) core::master_split(x[i], wt[i], rem[i]);
   ops::copy_from_host(compute_.view().slice(e.offset, e.numel), wt.data());
-  ops::copy_from_host(remainder_.view().slice(e.offset, e.numel), rem.data());
+  const int64_t r = opt_.offload_master ? e.host_offset : e.offset;
+  if (r >= 0) ops::copy_from_host(remainder_.view().slice(r, e.numel), rem.data());
 }
 
 void Params::finish_upload() {
@@ -391,26 +408,38 @@ void Params::download(TensorMap& host) const {
     const Entry& e = entry(name);
     DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(), " elements, expected ",
              e.numel);
-    if (!opt_.master_remainder && !(opt_.frozen && e.f32_offset < 0)) {
-      ops::copy_to_host(at_f32(name), t.ptr());
-      continue;
-    }
-    if (opt_.frozen) {  // bf16 weights, widened (exact)
-      std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
-      ops::copy_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
-      float* x = t.ptr();
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < e.numel; ++i) x[i] = core::bf16_to_f32(wt[i]);
-      continue;
-    }
-    // The lean pair, joined on the host (exact).
-    std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
-    ops::copy_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
-    ops::copy_to_host(remainder_.view().slice(e.offset, e.numel), rem.data());
-    float* x = t.ptr();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < e.numel; ++i) x[i] = core::master_join(wt[i], rem[i]);
+    download_tensor(name, t.ptr());
   }
+}
+
+bool Params::owns_master(const std::string& name) const {
+  return !opt_.offload_master || entry(name).host_offset >= 0;
+}
+
+void Params::download_tensor(const std::string& name, float* x) const {
+  DT_CHECK(!opt_.gathered, "a gathered store (ZeRO 3) holds no weights to download");
+  const Entry& e = entry(name);
+  DT_CHECK(owns_master(name), "model parameter ", name,
+           ": its offloaded master is another rank's (ZeRO with training.offload): read it "
+           "through the engine");
+  if (!opt_.master_remainder && !(opt_.frozen && e.f32_offset < 0)) {
+    ops::copy_to_host(at_f32(name), x);
+    return;
+  }
+  if (opt_.frozen) {  // bf16 weights, widened (exact)
+    std::vector<uint16_t> wt(static_cast<size_t>(e.numel));
+    ops::copy_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < e.numel; ++i) x[i] = core::bf16_to_f32(wt[i]);
+    return;
+  }
+  // The lean pair, joined on the host (exact).
+  std::vector<uint16_t> wt(static_cast<size_t>(e.numel)), rem(static_cast<size_t>(e.numel));
+  ops::copy_to_host(compute_.view().slice(e.offset, e.numel), wt.data());
+  const int64_t r = opt_.offload_master ? e.host_offset : e.offset;
+  ops::copy_to_host(remainder_.view().slice(r, e.numel), rem.data());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < e.numel; ++i) x[i] = core::master_join(wt[i], rem[i]);
 }
 
 void Params::download_grads(TensorMap& host) const {

@@ -38,6 +38,12 @@ struct StateOptions {
   // masters (which needs bf16 compute: with f32 compute the f32 weights are the masters; the MoE
   // routers' stay on the device, where the model reads them) or the remainders.
   bool offload_moments = false, offload_master = false;
+  // ZeRO 1 and 2 with offloaded masters (train/zero.h): which of the store's tensors (given in
+  // store order) this rank owns; only those keep their offloaded masters (fp32, or the
+  // remainders), so the host holds the rank's share. The others' are their owners': the store
+  // gives them no offloaded view (adamw_tensor), and download refuses them (the engine reads them
+  // from their owners). Empty: every tensor's.
+  std::function<std::vector<bool>(const std::vector<ParamSpec>&)> offload_owned;
   // A frozen store (the base model of a LoRA run): only the weights the model reads (the compute
   // copies, and f32 copies of keeps_f32_weight's tensors in a bf16 model), no master, gradient or
   // moments; g() gives empty views, which the blocks take as "no gradient wanted".
@@ -94,6 +100,9 @@ class Params {
     int64_t counter = 0;
     int64_t f32_offset = -1;     // in the f32 buffer (masters or f32 weights), -1: none
     int64_t router_offset = -1;  // in router_ (offloaded fp32 masters, MoE routers), -1: none
+    // In the offloaded masters (offload_master: the fp32 masters or the remainders): = offset
+    // unless StateOptions::offload_owned says another rank keeps them (-1).
+    int64_t host_offset = -1;
     // StateOptions::gathered: the views bound by bind() (empty: not bound).
     core::View bound_w, bound_f32, bound_g;
   };
@@ -134,8 +143,13 @@ class Params {
   ops::AdamWTensor adamw_tensor(const std::string& name) const;
 
   // Every method taking a host map accepts the names held apart (see the constructor).
-  void upload(const TensorMap& host);          // masters <- host (exact), compute copies
-  void download(TensorMap& host) const;        // host <- masters (exact; same names/shapes)
+  void upload(const TensorMap& host);    // masters <- host (exact), compute copies
+  void download(TensorMap& host) const;  // host <- masters (exact; same names/shapes)
+  void download_tensor(const std::string& name, float* out) const;  // one tensor's (entry numel)
+  // Whether this store keeps the tensor's offloaded masters (StateOptions::offload_owned; true
+  // when nothing is offloaded or no owners are given), and the elements it keeps of them.
+  bool owns_master(const std::string& name) const;
+  int64_t offloaded_master_elements() const { return host_total_; }
   void download_grads(TensorMap& host) const;  // host (zeros_like params) <- gradients
   // Named host f32 tensors to / from a flat buffer laid out like the parameters (gradients,
   // AdamW moments): an f32 flat is copied, a bf16 one converted (to bf16 rounding to nearest
@@ -167,7 +181,7 @@ class Params {
   std::vector<std::string> names_;
   std::map<std::string, Entry> index_;
   std::set<std::string> apart_;
-  int64_t total_ = 0, f32_total_ = 0;
+  int64_t total_ = 0, f32_total_ = 0, host_total_ = 0;
   // master_: f32 masters (fp32) or f32 weights (remainder); compute_: bf16 compute copies
   // (fp32, dt bf16) or the pair's weights (remainder); remainder_: u16 (remainder).
   // router_: with offloaded fp32 masters, the device f32 masters of keeps_f32_weight's tensors.

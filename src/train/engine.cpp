@@ -58,18 +58,52 @@ void for_each_expert_run(const model::Params& p, F&& f) {
   for_each_run(p, model::is_routed_expert_tensor, f);
 }
 
+// ZeRO 1 and 2 on several ranks with offloaded masters (training.offload = master+moments): the
+// store keeps the offloaded masters of this rank's shards only (zero_shards' owners, over the
+// data-parallel ranks; with expert parallelism the routed-expert slices' over the ranks holding
+// the same experts), so the host holds this rank's share of them.
+model::StateOptions owned_offload(model::StateOptions s, const ZeroSetup& zero) {
+  if (zero.stage < 1 || zero.stage > 2 || !zero.comm || zero.comm->size() <= 1 || !s.offload_master)
+    return s;
+  const int ranks = zero.comm->size(), rank = zero.comm->rank();
+  const int eranks = zero.experts ? zero.experts->size() : 0;
+  const int erank = zero.experts ? zero.experts->rank() : 0;
+  s.offload_owned = [=](const std::vector<model::ParamSpec>& ts) {
+    std::vector<bool> out(ts.size(), false);
+    if (eranks == 0) {
+      const std::vector<int> o = zero_owners(ts, ranks);
+      for (size_t i = 0; i < ts.size(); ++i) out[i] = o[i] == rank;
+      return out;
+    }
+    const std::vector<int> dense = zero_owners(
+        ts, ranks, [](const std::string& n) { return !model::is_routed_expert_tensor(n); });
+    const std::vector<int> experts = zero_owners(ts, eranks, model::is_routed_expert_tensor);
+    for (size_t i = 0; i < ts.size(); ++i) out[i] = dense[i] == rank || experts[i] == erank;
+    return out;
+  };
+  return s;
+}
+
+// n host floats broadcast from root over comm (staged through the device for CUDA).
+void broadcast_host(dist::Comm& comm, float* x, int64_t n, int root) {
+  if (n == 0) return;
+  if (comm.device() == core::Device::cpu)
+    return comm.broadcast(core::View(x, core::DType::f32, core::Device::cpu, {n}), root);
+  core::Buffer b(comm.device(), core::DType::f32, {n}, "ZeRO weight being read");
+  if (comm.rank() == root) ops::copy_from_host(b, x);
+  comm.broadcast(b, root);
+  ops::copy_to_host(b, x);
+}
+
 class ModelEngine final : public Engine {
  public:
   template <typename Source>
   ModelEngine(core::Device dev, core::DType dt, const model::Config& c, const Source& params,
               const AdamW* opt, const model::StateOptions& state, const model::LoraSetup* lora,
               const ZeroSetup& zero)
-      : model_(dev, dt, c, params, state, lora), zero_(zero) {
+      : model_(dev, dt, c, params, lora ? state : owned_offload(state, zero), lora), zero_(zero) {
     const model::Params& p = model_.trainable();
     if (zero.stage > 0 && zero.comm != nullptr && zero.comm->size() > 1) {
-      DT_CHECK(!p.options().offload_moments && !p.options().offload_master,
-               "parallel.zero = ", zero.stage,
-               ": offloaded training state (training.offload) is not supported with ZeRO");
       for (dist::Comm* comm : {zero.comm, zero.experts})
         DT_CHECK(comm == nullptr || comm->device() == dev, "ZeRO: the communicator is on ",
                  core::device_name(comm->device()), ", the engine on ", core::device_name(dev));
@@ -94,6 +128,7 @@ class ModelEngine final : public Engine {
           held_total_ += run.size();
         }
       sharded_ = true;
+      masters_apart_ = p.options().offload_master;  // this rank's shards' offloaded masters
     }
     if (!opt) return;  // scoring (or the bench): the moments come with the first step
     alloc_moments();
@@ -283,7 +318,7 @@ class ModelEngine final : public Engine {
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
-    model_.trainable().download(params);
+    sync_weights(params, opt);
     model::TensorMap m = model::zeros_like(params), v = model::zeros_like(params);
     for (auto& [name, t] : m) read_moment(name, false, t.ptr());
     for (auto& [name, t] : v) read_moment(name, true, t.ptr());
@@ -291,9 +326,26 @@ class ModelEngine final : public Engine {
   }
 
   void sync_weights(model::TensorMap& params, AdamW& opt) override {
-    model_.trainable().download(params);
+    if (!masters_apart_) {
+      model_.trainable().download(params);
+    } else {  // ZeRO with offloaded masters: each tensor from its owner (collective)
+      const model::Params& p = model_.trainable();
+      for (auto& [name, t] : params) {
+        if (p.held_apart(name)) continue;  // another store's (frozen: as loaded)
+        const auto& e = p.entry(name);
+        DT_CHECK(t.numel() == e.numel, "parameter ", name, " has ", t.numel(),
+                 " elements, expected ", e.numel);
+        const ZeroGroup& g = group_of(name);
+        const int owner = g.shards.owner(e.offset);
+        if (owner == g.comm->rank()) p.download_tensor(name, t.ptr());
+        broadcast_host(*g.comm, t.ptr(), e.numel, owner);
+      }
+    }
     opt.set_step_count(step_);
   }
+  // ZeRO with offloaded masters: a rank keeps its shards' masters only, so reading a weight is a
+  // collective (its owner sends it).
+  bool gathers_weights() const override { return masters_apart_; }
 
   void read_moment(const std::string& name, bool second, float* out) override {
     const model::Params& p = model_.trainable();
@@ -313,11 +365,15 @@ class ModelEngine final : public Engine {
     const int owner = g.shards.owner(e.offset);
     core::Buffer recv;
     core::View x;
-    if (owner == g.comm->rank()) {
+    // Offloaded moments on a GPU travel through a device buffer (the communicator's memory).
+    const bool staged = m_.view().device != p.device();
+    if (owner == g.comm->rank() && !staged) {
       x = (second ? v_ : m_).view().slice(moment_at(name), e.numel);
     } else {
       recv = core::Buffer(p.device(), m_.view().dtype, {e.numel}, "ZeRO moment being read");
       x = recv.view();
+      if (owner == g.comm->rank())
+        ops::copy_from_host(x, (second ? v_ : m_).view().slice(moment_at(name), e.numel).data);
     }
     g.comm->broadcast(x, owner);
     moment_to_host(x, out);
@@ -388,6 +444,7 @@ class ModelEngine final : public Engine {
   std::unique_ptr<Zero3Store> base_;  // LoRA under ZeRO 3: the frozen base's shards
   ZeroSetup zero_;
   bool sharded_ = false, have_moments_ = false;
+  bool masters_apart_ = false;           // ZeRO with offloaded masters: this rank's shards' only
   std::vector<ZeroGroup> groups_;        // ZeRO on several ranks
   std::map<std::string, int64_t> held_;  // ZeRO: the tensors whose moments this rank holds
   int64_t held_total_ = 0;               // and the elements of its runs

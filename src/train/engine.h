@@ -83,8 +83,9 @@ class Engine {
   virtual void read_moment(const std::string& name, bool second, float* out) = 0;
   // Whether the moments are sharded over ranks (ZeRO on more than one rank; ZeRO 3 always).
   virtual bool sharded() const = 0;
-  // Whether the weights are sharded too (ZeRO 3): sync_weights, sync_to_host and grads_to_host
-  // are then collectives over the ZeroSetup's communicator (every rank calls them alike).
+  // Whether the weights are sharded too (ZeRO 3; ZeRO 1/2 with offloaded masters, which each
+  // rank keeps for its shards only): sync_weights and sync_to_host (ZeRO 3: grads_to_host too)
+  // are then collectives over the ZeroSetup's communicators (every rank calls them alike).
   virtual bool gathers_weights() const { return false; }
   // Selective recomputation (training.recompute_selective; model::Model::set_recompute_selective):
   // on by default; off keeps every intermediate (the same losses and gradients, more memory).
@@ -107,7 +108,9 @@ void end_gated_step(int64_t& step, bool& pending, bool applied);
 // parallelism the ranks holding the same tp slice: TensorGroups::dp); with one rank the stage
 // changes nothing. 3: every parameter's state (weights, masters, gradients, moments) sharded
 // by flat element range per layer, each layer gathered while it runs (train/zero3.h; also for
-// scoring, and with one rank: one shard). Offloaded state is not supported with stage > 0.
+// scoring, and with one rank: one shard). training.offload with stages 1 and 2: each rank
+// offloads its shards' moments and (master+moments) masters alone; reading a weight is then a
+// collective (gathers_weights). Offloaded state is not supported with stage 3.
 // experts: with expert parallelism (the engine is made from this rank's expert slices and gets
 // set_expert_parallel), the ranks holding the same experts (ExpertGroups::same_experts): the
 // routed-expert slices' state is sharded over them, every other tensor's over comm (Megatron's

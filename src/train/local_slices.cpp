@@ -3,11 +3,14 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 
 #include "core/error.h"
 #include "model/expert_parallel.h"
 #include "model/footprint.h"
+#include "model/params.h"
 #include "model/tensor_parallel.h"
+#include "train/zero3.h"
 
 namespace deltatron::train {
 
@@ -38,6 +41,59 @@ io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg) {
     s.shape.at(size_t(model::tp_split(c, name).dim)) /= P;
     for (const auto& [offset, count] : model::tp_runs(c, name, full, r, P))
       s.runs.push_back({offset, count});
+    return s;
+  };
+}
+
+std::vector<model::ParamSpec> local_specs(const model::Config& c, const io::SliceFn& base) {
+  std::vector<model::ParamSpec> out;
+  for (model::ParamSpec s : model::param_specs(c)) {
+    if (base)
+      if (const auto sl = base(c, s.name, s.shape)) s.shape = sl->shape;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ranks, int rank,
+                         int expert_ranks, int expert_rank) {
+  // The layout of the engine's store: the local tensors, a vision tower held apart left out
+  // (model::Model holds the tensors it does not train apart).
+  model::NameFilter keep;
+  if (c.vision_mode == model::VisionMode::frozen || c.vision_mode == model::VisionMode::merger)
+    keep = [c](const std::string& name) { return model::vision_trains(c, name); };
+  model::StateOptions layout_only;
+  layout_only.gathered = true;  // names and shapes alone: nothing allocated
+  const model::Params p(core::Device::cpu, core::DType::f32,
+                        model::ParamSource{local_specs(c, base), {}}, layout_only, keep);
+  const auto l = std::make_shared<const Zero3Layout>(
+      zero3_layout(p, c, ranks, rank, expert_ranks, expert_rank));
+  return [l, base](const model::Config& cc, const std::string& name,
+                   const core::Shape& full) -> std::optional<io::ParamSlice> {
+    std::optional<io::ParamSlice> local = base ? base(cc, name, full) : std::nullopt;
+    const auto it = l->index.find(name);
+    if (it == l->index.end()) return local;  // held apart: as base gives it
+    const Zero3Layout::Tensor& t = l->tensors[it->second];
+    const Zero3Layout::Unit& u = l->units[size_t(t.unit)];
+    const int64_t r = l->rank_of(u);
+    const int64_t numel = local ? core::numel(local->shape) : core::numel(full);
+    DT_CHECK(numel == t.numel, name, ": ", numel, " local elements, the ZeRO 3 layout has ",
+             t.numel);
+    const int64_t a = std::max(t.offset, r * u.piece);
+    const int64_t n = std::max<int64_t>(0, std::min(t.offset + t.numel, (r + 1) * u.piece) - a);
+    const int64_t from = a - t.offset;  // the piece: local elements [from, from + n)
+    io::ParamSlice s;
+    s.shape = {n};
+    if (!local) {
+      if (n > 0) s.runs.push_back({from, n});
+      return s;
+    }
+    int64_t pos = 0;  // the local tensor is the concatenation of base's runs
+    for (const io::ElementRun& run : local->runs) {
+      const int64_t lo = std::max(from, pos), hi = std::min(from + n, pos + run.count);
+      if (lo < hi) s.runs.push_back({run.offset + (lo - pos), hi - lo});
+      pos += run.count;
+    }
     return s;
   };
 }

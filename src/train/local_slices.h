@@ -18,6 +18,20 @@ namespace deltatron::train {
 // numbers, not references. An error names the tensor when its shape does not split.
 io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg);
 
+// The parameters (model::param_specs) at this rank's shapes under `base` (its slices; empty:
+// the full shapes).
+std::vector<model::ParamSpec> local_specs(const model::Config& c, const io::SliceFn& base);
+
+// ZeRO 3 (parallel.zero = 3, train/zero3.h): this rank's pieces of its tensors, so a rank reads
+// only them from the files. The store is the local one (base: the ep / tp slices, or none), laid
+// out as Zero3Store lays it out (a vision tower the model holds apart is left out: it keeps
+// base's slice); a tensor's piece is one run of the local tensor's elements, its slice shape
+// [k] (k may be 0), its runs those of the full tensor. ranks, rank: the data-parallel ranks
+// (ZeroSetup::comm); expert_ranks, expert_rank: the ranks holding the same experts
+// (ZeroSetup::experts; 0: none). Zero3Store::load_weight and load_moment take such pieces.
+io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ranks, int rank,
+                         int expert_ranks = 0, int expert_rank = 0);
+
 // The same bound to a config: what load_train_state and restore_master_weights take.
 LocalSlice local_slice(const io::SliceFn& f, const model::Config& c);
 

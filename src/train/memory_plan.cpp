@@ -96,6 +96,7 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   const double moments = in.state.moments == core::DType::bf16 ? 4 : 8;
   p.host_state =
       (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * trained;
+  if (in.layout.on() && in.lora_params < 0) p.host_state = rank_state(c, in).host;  // the share
   if (in.training && (in.state.offload_moments || in.state.offload_master)) {
     ops::AdamWOffload off;
     off.moments = in.state.offload_moments;
@@ -119,8 +120,10 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
   // Streamed: the f32 tensor being made and its bf16 copy. Under ep or tp a rank reads only its
   // slices (train/local_slices.h): its share in f32 plus the loader's staging, at most two of the
   // largest tensor (a per-expert module's files and the expert tensor assembled from them).
-  const bool sliced = (in.layout.ep > 1 || in.layout.tp > 1) && in.lora_params < 0;
-  const double local = double(p.local_params);
+  // ZeRO 3 (not LoRA): its pieces of those (zero3_slices), the shard's elements.
+  const bool pieces = in.layout.on() && in.layout.zero == 3 && in.lora_params < 0;
+  const bool sliced = (in.layout.ep > 1 || in.layout.tp > 1 || pieces) && in.lora_params < 0;
+  const double local = pieces ? double(rank_state(c, in).shard) : double(p.local_params);
   p.host_weights = in.streamed_weights ? 6 * double(largest)
                    : sliced            ? 4 * local + 8 * double(largest)
                                        : 4 * n;
@@ -208,7 +211,7 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
   PlanInput t = in;
   std::string text;
   const auto add = [&](const std::string& s) { text += (text.empty() ? "" : ", ") + s; };
-  // Not suggested where the layout refuses them: offloading with ZeRO.
+  // Not suggested where the layout refuses them: offloading with ZeRO 3.
   if (bf16 && !t.state.master_remainder) {
     t.state.master_remainder = true;
     add("training.master = remainder");
@@ -227,7 +230,7 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
     }
   };
   with_recompute();
-  const bool offload = in.layout.zero == 0;
+  const bool offload = in.layout.zero < 3;
   if (cuda && offload && !t.state.offload_moments) {
     t.state.offload_moments = true;
     const std::string before = text;

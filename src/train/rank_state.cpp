@@ -80,7 +80,11 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
   const std::vector<LocalTensor> ts = local_tensors(c, l);
   RankState r;
   for (const LocalTensor& t : ts) r.params += t.numel;
-  r.host = lora ? 0 : b.host * double(r.params);
+  // Offloaded state per element (host memory): the moments only while training.
+  const double moment_bytes = in.state.moments == core::DType::bf16 ? 4 : 8;
+  const double host =
+      lora ? 0 : b.host - (!in.training && in.state.offload_moments ? moment_bytes : 0);
+  r.host = host * double(r.params);
   const auto done = [&] {
     if (lora) add_adapters(r, in);
     return r;
@@ -114,6 +118,7 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
                                             double(std::min<int64_t>(int64_t(1) << 22, share)) * 4);
     }
     r.state = b.held * double(r.params) + moments * shard;
+    r.host = host * shard;  // each rank offloads its shards' moments and masters alone
     return done();
   }
 
@@ -159,6 +164,7 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
   }
   if (!lora) r.gathered += 4 * double(largest_piece);  // a reduce_scatter's result
   r.state = (b.held + moments) * double(shard) + routers;
+  r.shard = shard;
   return done();
 }
 

@@ -31,7 +31,11 @@ struct RankState {
   // ZeRO 2: the gradient reduce-scatter's staging, (ranks + 1) x min(2^22, largest shard) f32 for
   // the larger of the two groups (allocated per reduction, one at a time).
   double staging = 0;
-  // Bytes of offloaded state in host memory (training.offload; not with ZeRO).
+  // ZeRO 3: the elements of this rank's pieces (what its loader keeps: train/local_slices.h,
+  // zero3_slices); 0 otherwise.
+  int64_t shard = 0;
+  // Bytes of offloaded state in host memory (training.offload): every local tensor's, with ZeRO
+  // 1 and 2 on several ranks this rank's shards' (the moments and the offloaded masters).
   double host = 0;
 };
 

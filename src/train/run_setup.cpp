@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "core/error.h"
 #include "io/peft_adapter.h"
@@ -205,13 +206,22 @@ std::string tokenizer_path(const TrainConfig& cfg) {
   return cfg.model_path + "/tokenizer.json";
 }
 
-AdamWOptions adamw_options(const TrainConfig& cfg) {
+AdamWOptions adamw_options(const TrainConfig& cfg, const std::vector<model::ParamSpec>& shapes) {
   AdamWOptions ao;
   ao.beta1 = cfg.beta1;
   ao.beta2 = cfg.beta2;
   ao.eps = cfg.eps;
   ao.weight_decay = cfg.weight_decay;
   ao.bf16_moments = cfg.moments == "bf16";
+  if (!shapes.empty()) {  // the host tensors are ZeRO 3 pieces: decide by the tensors' shapes
+    std::map<std::string, core::Shape> by_name;
+    for (const model::ParamSpec& s : shapes) by_name[s.name] = s.shape;
+    ao.decay_predicate = [by_name, e = ao.decay_embeddings](const std::string& name,
+                                                            const core::Shape& shape) {
+      const auto it = by_name.find(name);
+      return default_weight_decay(name, it != by_name.end() ? it->second : shape, e);
+    };
+  }
   return ao;
 }
 

@@ -44,7 +44,10 @@ model::LoraSetup lora_setup(const TrainConfig& cfg, const model::Config& c,
 // data.tokenizer, else model.path/tokenizer.json (an error for a preset model without one).
 std::string tokenizer_path(const TrainConfig& cfg);
 
-AdamWOptions adamw_options(const TrainConfig& cfg);
+// shapes: the parameters' shapes when the host tensors are not whole (ZeRO 3 pieces,
+// local_slices.h's zero3_slices): weight decay is decided by these (default_weight_decay).
+AdamWOptions adamw_options(const TrainConfig& cfg,
+                           const std::vector<model::ParamSpec>& shapes = {});
 
 // The memory plan of the run (train/memory_plan.h), from the model's config alone (the
 // checkpoint's config.json or the preset): stops with one line naming the numbers and the

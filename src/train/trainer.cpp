@@ -91,11 +91,18 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
       setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, c0, cfg.source + ": parallel.tp");
   const ExpertGroups eg =
       setup_expert_groups(par, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
-  const io::SliceFn slices = local_slices(eg, tg);
+  const Parallel& dp = tg.data(par);
+  // ZeRO 3 (not LoRA): each rank reads only its pieces of its local tensors (zero3_slices; the
+  // engine is then made from them, and the optimizer decides weight decay by the local shapes).
+  const io::SliceFn local = local_slices(eg, tg);
+  const bool pieces = cfg.parallel_zero == 3 && !cfg.lora;
+  const dist::Comm* same = eg.same_experts.get();
+  const io::SliceFn slices = pieces ? zero3_slices(c0, local, dp.comm->size(), dp.comm->rank(),
+                                                   same ? same->size() : 0, same ? same->rank() : 0)
+                                    : local;
   io::LoadStats load_stats;
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir, slices, &load_stats);
   if (par.size() > 1) print_load_stats("train", par, load_stats, ck.config);
-  const Parallel& dp = tg.data(par);
   check_data_parallel(cfg, dp);
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
@@ -106,7 +113,9 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // A LoRA run trains its adapters (model/adapters.h); the base is frozen.
   std::optional<model::LoraSetup> lora;
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
-  AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg));
+  const std::vector<model::ParamSpec> specs =
+      pieces ? local_specs(ck.config, local) : std::vector<model::ParamSpec>{};
+  AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg, specs));
   const ScheduleOptions schedule = schedule_options(cfg);
   TrainState st = start_state(cfg, start, d, ck, opt, dp.size(), slices);
   if (lora) {  // the routed-expert adapters live with their experts (lora.experts); tp slices,
@@ -123,10 +132,14 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   }
 
   // 3. The engine, the micro-batch stream, the log.
+  const ZeroSetup zero{int(cfg.parallel_zero), dp.comm.get(), eg.same_experts.get()};
+  const model::ParamSource piece_source{
+      specs, [&ck](const model::ParamSpec& s) { return ck.params.at(s.name); }};
   const auto engine =
-      make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt, cfg.recompute,
-                  state_options(cfg), lora ? &*lora : nullptr,
-                  ZeroSetup{int(cfg.parallel_zero), dp.comm.get(), eg.same_experts.get()});
+      pieces ? make_engine(cfg.device, cfg.precision, ck.config, piece_source, &opt, cfg.recompute,
+                           state_options(cfg), nullptr, zero)
+             : make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt, cfg.recompute,
+                           state_options(cfg), lora ? &*lora : nullptr, zero);
   engine->set_recompute_selective(cfg.recompute_selective);
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);

@@ -29,30 +29,45 @@ int ZeroShards::owner(int64_t offset) const {
   return std::clamp(int(it - bounds.begin()) - 1, 0, ranks() - 1);
 }
 
-ZeroShards zero_shards(const model::Params& p, int ranks, const TensorFilter& covers) {
+std::vector<int> zero_owners(const std::vector<model::ParamSpec>& tensors, int ranks,
+                             const TensorFilter& covers) {
   DT_CHECK(ranks >= 1, "ZeRO: ", ranks, " ranks");
   const auto covered = [&](const std::string& name) { return !covers || covers(name); };
   int64_t total = 0;
-  for (const auto& name : p.names())
-    if (covered(name)) total += p.entry(name).numel;
+  for (const model::ParamSpec& t : tensors)
+    if (covered(t.name)) total += core::numel(t.shape);
+  // The rank of a covered tensor: floor(ranks * midpoint / total), non-decreasing in order.
+  std::vector<int> owner(tensors.size(), -1);
+  int64_t before = 0;  // covered elements before this tensor
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!covered(tensors[i].name)) continue;
+    const int64_t n = core::numel(tensors[i].shape);
+    owner[i] = int(std::min<int64_t>(
+        ranks - 1, int64_t(ranks) * (2 * before + n) / std::max<int64_t>(1, 2 * total)));
+    before += n;
+  }
+  return owner;
+}
+
+ZeroShards zero_shards(const model::Params& p, int ranks, const TensorFilter& covers) {
+  std::vector<model::ParamSpec> tensors;
+  for (const auto& name : p.names()) tensors.push_back({name, p.entry(name).shape});
+  const std::vector<int> owner = zero_owners(tensors, ranks, covers);
   ZeroShards s;
   s.bounds.assign(size_t(ranks) + 1, p.total());
   s.bounds[0] = 0;
   s.runs.resize(size_t(ranks));
-  // Covered tensors in offset order; rank of a tensor = floor(ranks * midpoint / total),
-  // non-decreasing, so bounds[r] = the offset of the first covered tensor of a rank >= r.
+  // Covered tensors in offset order, their ranks non-decreasing, so bounds[r] = the offset of the
+  // first covered tensor of a rank >= r.
   int next = 1;
-  int64_t before = 0;  // covered elements before this tensor
-  int last = -1;       // the previous tensor's rank (-1: it was not covered)
-  for (const auto& name : p.names()) {
-    const auto& e = p.entry(name);
-    if (!covered(name)) {
+  int last = -1;  // the previous tensor's rank (-1: it was not covered)
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& e = p.entry(tensors[i].name);
+    const int r = owner[i];
+    if (r < 0) {
       last = -1;
       continue;
     }
-    const int r = int(std::min<int64_t>(
-        ranks - 1, int64_t(ranks) * (2 * before + e.numel) / std::max<int64_t>(1, 2 * total)));
-    before += e.numel;
     for (; next <= r; ++next) s.bounds[size_t(next)] = e.offset;
     auto& runs = s.runs[size_t(r)];
     if (r == last)  // the run goes on (with the alignment gap before this tensor)
@@ -173,16 +188,17 @@ void broadcast_shard_weights(dist::Comm& comm, const ZeroShards& s, const model:
       continue;
     }
     const ops::AdamWTensor t = p.adamw_tensor(name);
-    DT_CHECK(t.master.data == nullptr || t.master.device == p.device(),
-             "ZeRO: offloaded master weights are not supported");
-    DT_CHECK(t.remainder.data == nullptr || t.remainder.device == p.device(),
-             "ZeRO: offloaded master remainders are not supported");
     const int r = s.owner(p.entry(name).offset);
     if (r != owner) flush();
     owner = r;
-    spans[0].add(t.master);
+    // Offloaded masters stay with their owner (the others keep none of them), except the MoE
+    // routers' fp32 masters, which stay on the device where the model reads them. The same
+    // choice on every rank: it depends on the options and the layout alone.
+    const model::StateOptions& o = p.options();
+    const bool host_fp32 = o.offload_master && !o.master_remainder;
+    if (!host_fp32 || p.entry(name).router_offset >= 0) spans[0].add(t.master);
     spans[1].add(t.compute_copy);
-    spans[2].add(t.remainder);
+    if (!o.offload_master) spans[2].add(t.remainder);
   }
   flush();
 }

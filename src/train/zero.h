@@ -42,6 +42,11 @@ struct ZeroShards {
   int owner(int64_t offset) const;
 };
 ZeroShards zero_shards(const model::Params& p, int ranks, const TensorFilter& covers = {});
+// The same rule from the store's tensors alone (in store order, as model::Params lays them out):
+// each tensor's owner among `ranks`, -1 for one the sharding does not cover. What a store made
+// with StateOptions::offload_owned (ZeRO 1/2 with offloaded masters) answers before it exists.
+std::vector<int> zero_owners(const std::vector<model::ParamSpec>& tensors, int ranks,
+                             const TensorFilter& covers = {});
 
 // The sum of squares of rank r's shard of grad_flat (f32 [total]).
 double shard_sum_squares(const ZeroShards& s, int r, const core::View& grad_flat);
@@ -63,7 +68,9 @@ double sum_over_ranks(dist::Comm& comm, double x);
 // After each rank's AdamW step on its shard: every buffer the model reads or the step keeps
 // (masters or f32 weights, compute copies, remainders) of shard r broadcast from rank r (one
 // broadcast per buffer and run), so every rank holds the updated weights of all shards. covers:
-// the sharding's filter (zero_shards). Offloaded state is not supported (refused by the config).
+// the sharding's filter (zero_shards). Offloaded masters (training.offload = master+moments) stay
+// with their owner: the fp32 masters or remainders in host memory are not sent (a rank keeps its
+// shard's only, StateOptions::offload_owned), the MoE routers' device masters are.
 void broadcast_shard_weights(dist::Comm& comm, const ZeroShards& s, const model::Params& p,
                              const TensorFilter& covers = {});
 

@@ -209,16 +209,38 @@ void Zero3Store::give(int u, core::Buffer&& b) {
   if (b.numel() > 0) pool_[pool_of(u)].push_back(std::move(b));
 }
 
-void Zero3Store::load_weight(const std::string& name, const float* host) {
+int64_t Zero3Store::piece_size(const std::string& name) const {
+  const auto& t = l_.tensor(name);
+  const auto& u = l_.units[size_t(t.unit)];
+  return overlap(u, l_.rank_of(u), t.offset, t.numel).size();
+}
+
+namespace {
+// Where this rank's piece starts in host values of `given` elements: the whole tensor's (or -1),
+// or the piece alone.
+int64_t piece_start(const std::string& name, int64_t given, int64_t numel, int64_t piece,
+                    int64_t at, const char* what) {
+  if (given < 0 || given == numel) return at;
+  DT_CHECK(given == piece, "ZeRO 3: ", what, " ", name, " given as ", given,
+           " elements: expected the whole tensor's ", numel, " or this rank's piece of ", piece);
+  return 0;
+}
+}  // namespace
+
+void Zero3Store::load_weight(const std::string& name, const float* host, int64_t given) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
   const int rank = l_.rank_of(u);
   const Overlap o = overlap(u, rank, t.offset, t.numel);
-  if (const auto it = frozen_router_at_.find(name); it != frozen_router_at_.end())
+  const int64_t start = piece_start(name, given, t.numel, o.size(), o.a - t.offset, "weight");
+  if (const auto it = frozen_router_at_.find(name); it != frozen_router_at_.end()) {
+    DT_CHECK(given < 0 || given == t.numel, "ZeRO 3: ", name,
+             ": a frozen bf16 store keeps the routers whole: give the whole tensor");
     ops::copy_from_host(frozen_routers_.view().slice(it->second, t.numel), host);
+  }
   const int64_t n = o.size(), at = u.local + o.a - rank * u.piece;
   if (n == 0) return;
-  const float* x = host + (o.a - t.offset);
+  const float* x = host + start;
   if (master_.numel() > 0) ops::copy_from_host(master_.view().slice(at, n), x);
   if (lean_) {  // the pair, split on the host (exact; core/bf16.h), as model::Params does
     std::vector<uint16_t> wt(static_cast<size_t>(n)), rem(static_cast<size_t>(n));
@@ -244,13 +266,15 @@ void Zero3Store::alloc_moments(core::DType dt) {
   ops_zero(v_);
 }
 
-void Zero3Store::load_moment(const std::string& name, bool second, const float* host) {
+void Zero3Store::load_moment(const std::string& name, bool second, const float* host,
+                             int64_t given) {
   const auto& t = l_.tensor(name);
   const auto& u = l_.units[size_t(t.unit)];
   const int rank = l_.rank_of(u);
   const Overlap o = overlap(u, rank, t.offset, t.numel);
+  const int64_t start = piece_start(name, given, t.numel, o.size(), o.a - t.offset, "moment");
   if (o.size() > 0)
-    moment_from_host(host + (o.a - t.offset),
+    moment_from_host(host + start,
                      (second ? v_ : m_).view().slice(u.local + o.a - rank * u.piece, o.size()));
 }
 

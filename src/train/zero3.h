@@ -102,12 +102,16 @@ class Zero3Store final : public model::ParamGather {
   dist::Comm* experts() const { return experts_; }
 
   // The host values of one tensor (every rank gives every tensor; each keeps its pieces); then
-  // finish_load once (the bf16 compute copies, rounded as model::Params rounds them).
-  void load_weight(const std::string& name, const float* host);
+  // finish_load once (the bf16 compute copies, rounded as model::Params rounds them). n: the
+  // elements at host: the whole tensor's (or -1), or this rank's piece of it alone (what
+  // train/local_slices.h's zero3_slices reads from the files; an error names any other count).
+  void load_weight(const std::string& name, const float* host, int64_t n = -1);
   void finish_load();
   void alloc_moments(core::DType dt);
   bool has_moments() const { return m_.numel() > 0; }
-  void load_moment(const std::string& name, bool second, const float* host);
+  void load_moment(const std::string& name, bool second, const float* host, int64_t n = -1);
+  // The elements of this rank's piece of a tensor (0: none).
+  int64_t piece_size(const std::string& name) const;
 
   // Collective (every rank, the same name): the tensor's values from the ranks holding its
   // pieces (a broadcast per piece), on every rank, as host f32 (bf16 moments widened exactly).

@@ -34,12 +34,12 @@ class Zero3Engine final : public Engine {
     const model::Params& p = model_.params();
     if (params) {
       for (const auto& [name, t] : *params)
-        if (!p.held_apart(name)) store_.load_weight(name, t.ptr());
+        if (!p.held_apart(name)) store_.load_weight(name, t.ptr(), t.numel());
     } else {
       for (const model::ParamSpec& s : source->specs) {
         if (p.held_apart(s.name)) continue;
         const core::Tensor t = source->make(s);
-        store_.load_weight(s.name, t.ptr());
+        store_.load_weight(s.name, t.ptr(), t.numel());  // the whole tensor or the piece
       }
     }
     store_.finish_load();
@@ -52,9 +52,8 @@ class Zero3Engine final : public Engine {
       for (const auto& t : store_.layout().tensors) {  // resumed: this rank's pieces
         const auto it = host->find(t.name);
         DT_CHECK(it != host->end(), "AdamW ", what ? "exp_avg_sq" : "exp_avg", ": no ", t.name);
-        DT_CHECK(it->second.numel() == t.numel, "AdamW moment ", t.name, " has ",
-                 it->second.numel(), " elements, expected ", t.numel);
-        store_.load_moment(t.name, what, it->second.ptr());
+        // The whole tensor, or this rank's piece alone (read so: local_slices.h, zero3_slices).
+        store_.load_moment(t.name, what, it->second.ptr(), it->second.numel());
       }
     }
   }

@@ -1,0 +1,148 @@
+// training.offload with ZeRO (docs/lean-state.md, docs/parallel.md): each rank offloads only its
+// own shard of the state (the moments, and with master+moments the masters' remainders), so a
+// store keeps its share of the offloaded masters; training on CPU ranks is bitwise the same run
+// without offload (step losses, weights, masters, moments), within the ZeRO tests' bounds of one
+// rank, and resumes bitwise on its own layout and across layouts.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "model/params.h"
+#include "model_fixture.h"
+#include "ranks_run.h"
+#include "short_run.h"
+#include "test_util.h"
+#include "train/zero.h"
+#include "zero_run.h"
+
+namespace fs = std::filesystem;
+using namespace deltatron;
+
+namespace {
+const std::string kLean = "'--training.master=\"remainder\"'";
+const std::string kBf16 = " '--training.moments=\"bf16\"'";
+std::string offload(const char* what) {
+  return " '--training.offload=\"" + std::string(what) + "\"'";
+}
+}  // namespace
+
+// A store told which tensors it owns (StateOptions::offload_owned, zero_owners' rule) keeps the
+// offloaded remainders of those alone: over the ranks each tensor once, the host elements the
+// rank's share; its own masters read back exactly, another rank's refused with the reason.
+TEST(ZeroOffload, StoreKeepsItsShareOfTheOffloadedMasters) {
+  const model::Config c = dt_test::tiny_moe_mtp_config();
+  const model::TensorMap init = dt_test::random_params(c, 5);
+  const model::StateOptions base =
+      model::parse_state_options("remainder", "bf16", "master+moments", "t");
+  const model::Params whole(core::Device::cpu, core::DType::f32, init, base);
+  EXPECT_EQ(whole.offloaded_master_elements(), whole.total());
+  for (int ranks : {2, 3}) {
+    std::set<std::string> seen;
+    int64_t kept = 0;
+    for (int rank = 0; rank < ranks; ++rank) {
+      model::StateOptions so = base;
+      so.offload_owned = [&](const std::vector<model::ParamSpec>& ts) {
+        const std::vector<int> o = train::zero_owners(ts, ranks);
+        std::vector<bool> out;
+        for (int r : o) out.push_back(r == rank);
+        return out;
+      };
+      const model::Params p(core::Device::cpu, core::DType::f32, init, so);
+      const train::ZeroShards s = train::zero_shards(p, ranks);
+      // Its shard's tensors, each aligned to 64 elements.
+      EXPECT_LE(p.offloaded_master_elements(), s.size(rank) + 64)
+          << ranks << " ranks, rank " << rank;
+      kept += p.offloaded_master_elements();
+      for (const auto& name : p.names()) {
+        const bool mine = s.owner(p.entry(name).offset) == rank;
+        EXPECT_EQ(p.owns_master(name), mine) << name;
+        std::vector<float> got(size_t(p.entry(name).numel));
+        if (!mine) {
+          dt_test::expect_error([&] { p.download_tensor(name, got.data()); },
+                                {name, "another rank's", "read it through the engine"});
+          continue;
+        }
+        EXPECT_TRUE(seen.insert(name).second) << name << " owned twice";
+        p.download_tensor(name, got.data());
+        const core::Tensor& want = init.at(name);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_EQ(got[i], want.ptr()[i]) << name << " [" << i << "] on rank " << rank;
+        EXPECT_NE(p.adamw_tensor(name).remainder.data, nullptr);
+      }
+    }
+    EXPECT_EQ(seen.size(), whole.names().size()) << ranks << " ranks";
+    EXPECT_EQ(kept, whole.total()) << ranks << " ranks: the shares add up to the whole";
+  }
+}
+
+// Six steps of the MoE + MTP example (remainder masters: the CPU offloads the remainders) with
+// ZeRO 1 and 2 on 2 and 3 ranks: every offload option bitwise the same layout without offload,
+// and within the ZeRO tests' bounds of one rank; bf16 moments (ZeRO 2 on 2 ranks) bitwise too.
+TEST(ZeroOffload, OffloadedShardsTrainBitwise) {
+  const dt_test::TempDir tmp("zero_offload");
+  dt_test::train_run(tmp.path, "train_moe.toml", "one", 1, 0, kLean);
+  const auto losses = [&](const std::string& out) {
+    return dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
+  };
+  for (const auto& [zero, ranks, moments] : {std::tuple{1, 2, ""}, std::tuple{2, 2, ""},
+                                             std::tuple{2, 3, ""}, std::tuple{2, 2, "bf16"}}) {
+    const bool bf16 = std::string(moments) == "bf16";
+    const std::string none =
+        "zero" + std::to_string(zero) + "_ranks" + std::to_string(ranks) + (bf16 ? "_bf16" : "");
+    const std::string state = kLean + (bf16 ? kBf16 : "");
+    dt_test::train_run(tmp.path, "train_moe.toml", none, ranks, zero, state);
+    for (const char* what : {"moments", "master+moments"}) {
+      // Moments alone: ZeRO 2 on 2 ranks (the others differ from it in the masters only).
+      if ((zero == 1 || ranks == 3 || bf16) && std::string(what) == "moments") continue;
+      const std::string out = none + "_" + (std::string(what) == "moments" ? "moments" : "master");
+      dt_test::train_run(tmp.path, "train_moe.toml", out, ranks, zero, state + offload(what));
+      if (HasFailure()) return;
+      EXPECT_EQ(losses(out), losses(none)) << out;
+      for (int64_t step : {3, 6})
+        dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / none, step,
+                                        out + " vs offload none", 0.0);
+    }
+    if (bf16) continue;  // one rank's bf16 moments round other values stochastically
+    dt_test::expect_losses_near(losses(none), losses("one"), none + " vs one rank");
+    dt_test::expect_checkpoint_near(tmp.path / none, tmp.path / "one", 6, none + " vs one rank",
+                                    1e-5);
+  }
+  if (HasFailure()) return;
+  // The ZeRO 2 run with offloaded masters, resumed from step 3: on its own layout (bitwise), on 3
+  // ranks with offloaded masters, on one rank without offload.
+  for (const auto& [out, ranks, zero, what] :
+       {std::tuple{"again", 2, 2, "master+moments"}, std::tuple{"on_3", 3, 2, "master+moments"},
+        std::tuple{"on_one", 1, 0, "none"}}) {
+    const std::string from = "zero2_ranks2_master";
+    fs::copy(tmp.path / from, tmp.path / out, fs::copy_options::recursive);
+    fs::remove_all(tmp.path / out / train::checkpoint_dir_name(6));
+    dt_test::train_run(tmp.path, "train_moe.toml", out, ranks, zero,
+                       kLean + offload(what) + " --resume");
+    if (HasFailure()) return;
+    const std::vector<double> got = losses(out), want = losses(from);
+    ASSERT_EQ(got.size(), 9u) << out;  // 6 steps, then steps 4-6 again
+    dt_test::expect_losses_near(std::vector<double>(got.begin() + 6, got.end()),
+                                std::vector<double>(want.begin() + 3, want.end()), out);
+    dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / from, 6, out,
+                                    std::string(out) == "again" ? 0.0 : 1e-5);
+  }
+}
+
+// With expert parallelism (ep2 on 2 ranks: the routed-expert slices' state over the ranks holding
+// the same experts, the rest over both): ZeRO 2 with offloaded masters bitwise without offload.
+TEST(ZeroOffload, ExpertParallelOffloadIsBitwise) {
+  const dt_test::TempDir tmp("zero_offload_ep");
+  const std::string ep = kLean + kBf16 + " --parallel.ep=2";
+  dt_test::train_run(tmp.path, "train_moe.toml", "none", 2, 2, ep);
+  dt_test::train_run(tmp.path, "train_moe.toml", "master", 2, 2, ep + offload("master+moments"));
+  if (HasFailure()) return;
+  EXPECT_EQ(dt_test::metric_losses(tmp.path / "master" / "metrics.jsonl"),
+            dt_test::metric_losses(tmp.path / "none" / "metrics.jsonl"));
+  for (int64_t step : {3, 6})
+    dt_test::expect_checkpoint_near(tmp.path / "master", tmp.path / "none", step,
+                                    "zero2 ep2 master+moments vs offload none", 0.0);
+}
