@@ -89,13 +89,14 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const model::Config c0 = run_model_config(cfg, start.resume_dir);
   const TensorGroups tg =
       setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, c0, cfg.source + ": parallel.tp");
+  const Parallel& dp = tg.data(par);
+  // The expert-parallel groups among the data-parallel ranks (with tp: those of one tp slice).
   const ExpertGroups eg =
-      setup_expert_groups(par, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
+      setup_expert_groups(dp, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
   const io::SliceFn slices = local_slices(eg, tg);
   io::LoadStats load_stats;
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir, slices, &load_stats);
   if (par.size() > 1) print_load_stats("train", par, load_stats, ck.config);
-  const Parallel& dp = tg.data(par);
   check_data_parallel(cfg, dp);
   const std::string tok_json = tokenizer_path(cfg);
   const data::Tokenizer tok = data::Tokenizer::load(tok_json);
