@@ -84,7 +84,8 @@ inline void score_vs_one_rank(const std::filesystem::path& tmp, const std::strin
       }
     }
     std::string name;
-    const double r = worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
+    const double r =
+        worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
     std::printf("  %s: losses %.2e; worst gradient rel RMS vs one rank %.2e (%s)", what.c_str(),
                 worst, r, name.c_str());
     if (router) {  // counted once per group: one rank's value

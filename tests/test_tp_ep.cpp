@@ -52,10 +52,10 @@ TEST(TensorExpertParallel, TrainTracksOneRank) {
                            "--training.router_aux_coef=0.05 --data.eval=\"\"", 1e-5, 1e-4, 1e-4);
   const std::string tp_ep = "--parallel.tp=2 --parallel.ep=2";
   const std::string sp = " --parallel.sp=true";
-  ASSERT_TRUE(runs.run({{"one", 1, 4, ""},
-                        {"tp2_ep2", 4, 2, tp_ep},
-                        {"zero3_tp2_sp_ep2", 4, 2,
-                         tp_ep + sp + " --parallel.zero=3 --training.recompute=true"}}));
+  ASSERT_TRUE(runs.run(
+      {{"one", 1, 4, ""},
+       {"tp2_ep2", 4, 2, tp_ep},
+       {"zero3_tp2_sp_ep2", 4, 2, tp_ep + sp + " --parallel.zero=3 --training.recompute=true"}}));
   runs.keep_reference();
   runs.check("tp2_ep2", 0);
   runs.check("zero3_tp2_sp_ep2", 0);
@@ -75,10 +75,9 @@ TEST(TensorExpertParallel, RefusesWhatItCannotSplit) {
     int ranks;
   };
   const fs::path d = fs::path(DT_TEST_DATA) / "golden" / "moe_text_fused_tied";  // 4 experts
-  for (const Case& c :
-       {Case{"--tp 2 --ep 2", "needs a multiple of 2 data-parallel ranks (the job's ranks / tp)",
-             2},
-        Case{"--tp 2 --ep 3", "num_experts (4) divisible by 3", 2}}) {
+  for (const Case& c : {Case{"--tp 2 --ep 2",
+                             "needs a multiple of 2 data-parallel ranks (the job's ranks / tp)", 2},
+                        Case{"--tp 2 --ep 3", "num_experts (4) divisible by 3", 2}}) {
     const fs::path err = tmp.path / "err";
     EXPECT_NE(dt_test::run_ranks(c.ranks,
                                  "score --quiet --model " + d.string() + " --data " +
