@@ -94,7 +94,8 @@ TEST_F(BenchParallel, DenseLayoutsEqualOneRank) {
 }
 
 // Expert parallelism alone and with ZeRO 3 (the weights made one tensor at a time, this rank's
-// expert slices only) on the MoE tiny preset.
+// expert slices only) on the MoE tiny preset; with tensor parallelism and ZeRO 2 on 4 ranks (tp2
+// x ep2: the expert-parallel groups among the data-parallel ranks of one tp slice).
 TEST_F(BenchParallel, ExpertLayoutsEqualOneRank) {
   const dt_test::TempDir tmp("bench_moe");
   const nlohmann::json one = bench(tmp, "one", 1, "--preset tiny-moe --accum 2");
@@ -104,6 +105,13 @@ TEST_F(BenchParallel, ExpertLayoutsEqualOneRank) {
     EXPECT_EQ(j["layout"]["ep"], 2);
     expect_same_losses(one, j, flags, 1e-6);
   }
+  const std::string flags = "--tp 2 --sp --ep 2 --zero 2";
+  const nlohmann::json j = bench(tmp, "tp2_ep2", 4, "--preset tiny-moe " + flags);
+  ASSERT_TRUE(j.contains("layout"));
+  EXPECT_EQ(j["layout"]["dp"], 2);
+  EXPECT_EQ(j["layout"]["tp"], 2);
+  EXPECT_EQ(j["layout"]["ep"], 2);
+  expect_same_losses(one, j, flags, 1e-6);
 }
 
 // A layout the trainer refuses is refused here with the same message; a layout that does not
@@ -113,8 +121,8 @@ TEST_F(BenchParallel, UnsupportedLayoutsAreErrors) {
   dt_test::write_file(tmp.path / "lengths.json", kLengths);
   const std::string base = "bench --device cpu --tokens 128 --lengths " +
                            (tmp.path / "lengths.json").string() + " --preset tiny ";
-  EXPECT_NE(dt_test::run_ranks(1, base + "--tp 2 --ep 2", tmp.path / "a.err"), 0);
-  EXPECT_NE(dt_test::read_file(tmp.path / "a.err").find("parallel.tp = 2 is not supported with"),
+  EXPECT_NE(dt_test::run_ranks(1, base + "--tp 2 --lora --zero 1", tmp.path / "a.err"), 0);
+  EXPECT_NE(dt_test::read_file(tmp.path / "a.err").find("parallel.tp = 2 with LoRA and"),
             std::string::npos)
       << dt_test::read_file(tmp.path / "a.err");
   EXPECT_NE(dt_test::run_ranks(1, base + "--ep 2", tmp.path / "b.err"), 0);

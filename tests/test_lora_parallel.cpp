@@ -62,6 +62,8 @@ TEST(LoraParallel, ScoreEqualsOneRank) {
                              Layout{"ep4", 4, " --ep 4"}, Layout{"zero3_ranks3", 3, " --zero 3"},
                              Layout{"zero3_ep2_dp2", 4, " --zero 3 --ep 2"}};
   moe.insert(moe.end(), tp.begin(), tp.end());
+  moe.push_back(Layout{"tp2_sp_ep2", 4, " --tp 2 --sp --ep 2"});  // the expert adapters' ep x tp
+                                                                  // slices
   for (const auto& [fixture, base_model, layouts] :
        {std::tuple{std::string("moe_experts"), "moe_text_fused_tied", moe},
         std::tuple{std::string("dense_tied_default"), "dense_text_tied", tp}}) {
@@ -116,10 +118,11 @@ TEST(LoraParallel, ScoreEqualsOneRank) {
 // adapters on the default targets and the routed experts, against one rank with 4 micro-batches:
 // ep2 (2 ranks), ZeRO 2 on 2 ranks (the adapters' moments sharded), ZeRO 3 with ep2 x dp2 (the
 // base sharded and gathered, the expert slices over the ranks holding them), tp2 + sp x dp2 (the
-// adapters' split factors). The adapter_config.json of every layout is byte-identical to one
-// rank's, the safetensors headers too (names, dtypes, shapes, offsets: PEFT's layout); values
-// within float rounding. Then the ZeRO 3 ep2 x dp2 run resumed at step 3 on its own layout
-// (bitwise: adapter file, config and moments) and on one rank, and the one-rank run on tp2.
+// adapters' split factors), tp2 + sp x ep2 (the expert adapters' ep x tp slices). The
+// adapter_config.json of every layout is byte-identical to one rank's, the safetensors headers too
+// (names, dtypes, shapes, offsets: PEFT's layout); values within float rounding. Then the ZeRO 3
+// ep2 x dp2 run resumed at step 3 on its own layout (bitwise: adapter file, config and moments) and
+// on one rank, and the one-rank run on tp2.
 TEST(LoraParallel, TrainTracksOneRank) {
   const dt_test::TempDir tmp("lora_parallel_train");
   dt_test::LayoutRuns runs(tmp.path,
@@ -132,7 +135,8 @@ TEST(LoraParallel, TrainTracksOneRank) {
       {"ep2", 2, 2, "--parallel.ep=2"},
       {"zero2_ranks2", 2, 2, "--parallel.zero=2"},
       {"zero3_ep2_dp2", 4, 1, "--parallel.ep=2 --parallel.zero=3"},
-      {"tp2_sp_dp2", 4, 2, "--parallel.tp=2 --parallel.sp=true"}};
+      {"tp2_sp_dp2", 4, 2, "--parallel.tp=2 --parallel.sp=true"},
+      {"tp2_sp_ep2", 4, 2, "--parallel.tp=2 --parallel.sp=true --parallel.ep=2"}};
   ASSERT_TRUE(runs.run(layouts));
   runs.keep_reference();
   for (size_t i = 1; i < layouts.size(); ++i) {

@@ -58,15 +58,18 @@ train::PlanLayout layout(int64_t dp, int zero, int64_t ep = 1, int64_t tp = 1) {
   return l;
 }
 
-// A store shaped like one rank's of the layout (its expert slices), f32 zeros.
-model::Params local_store(const model::Config& c, int64_t ep) {
+// A store shaped like one rank's of the layout (its expert slices, its tp shards), f32 zeros.
+model::Params local_store(const model::Config& c, int64_t ep, int64_t tp = 1,
+                          const model::StateOptions& so = {}) {
   model::TensorMap host;
   for (const model::ParamSpec& s : model::param_specs(c)) {
     core::Shape shape = s.shape;
     if (ep > 1 && model::is_routed_expert_tensor(s.name)) shape[0] /= ep;
+    if (const model::TpSplit split = model::tp_split(c, s.name); tp > 1 && split.dim >= 0)
+      shape[size_t(split.dim)] /= tp;
     host.emplace(s.name, core::Tensor(shape));
   }
-  return model::Params(core::Device::cpu, core::DType::f32, host);
+  return model::Params(core::Device::cpu, core::DType::f32, host, so);
 }
 
 // Elements of the spec tensors that pass `pick`, and the largest one.
@@ -282,6 +285,43 @@ TEST(RankState, ZeroWithTensorParallelShardsTheLocalTensors) {
               train::describe(z3).c_str(), train::describe(z3_lean).c_str());
 }
 
+// ZeRO with tensor and expert parallelism (tp 2 x dp 4, ep 2 among the dp ranks: 8 ranks): each
+// rank's tp-local tensors, its routed-expert tensors also its ep slice (E / 2 experts of F / 2
+// columns); the replicated tensors' and tp shards' moments (ZeRO 1, 2) or everything (ZeRO 3)
+// over the 4 data-parallel ranks of its tp slice, the expert slices' over the 2 of them holding
+// the same experts, exactly as the engines lay them out.
+TEST(RankState, ZeroWithTensorAndExpertParallelShardsEachGroup) {
+  const model::Config c = fixture("moe_vlm_mtp");
+  const model::Params p = local_store(c, 2, 2);
+  int64_t nd = 0, ne = 0, dense_largest = 0, expert_largest = 0;
+  for (const std::string& name : p.names()) {
+    const int64_t n = p.entry(name).numel;
+    const bool e = model::is_routed_expert_tensor(name);
+    (e ? ne : nd) += n;
+    int64_t& largest = e ? expert_largest : dense_largest;
+    largest = std::max(largest, n);
+  }
+  ASSERT_GT(ne, 0);
+  EXPECT_EQ(ne * 4, count(c, model::is_routed_expert_tensor).first);  // ep 2 x tp 2
+  const int64_t dense_share = ceil_div(nd, 4) + dense_largest;
+  const int64_t expert_share = ceil_div(ne, 2) + expert_largest;
+  const auto z1 = train::plan_memory(c, input(layout(4, 1, 2, 2)));
+  EXPECT_EQ(z1.local_params, nd + ne);
+  EXPECT_DOUBLE_EQ(z1.state, 10.0 * double(nd + ne) + 8.0 * double(dense_share + expert_share));
+  const train::TensorFilter dense = [](const std::string& name) {
+    return !model::is_routed_expert_tensor(name);
+  };
+  EXPECT_LE(train::zero_shards(p, 4, dense).largest(), dense_share);
+  EXPECT_LE(train::zero_shards(p, 2, model::is_routed_expert_tensor).largest(), expert_share);
+  model::StateOptions gathered;
+  gathered.gathered = true;
+  const train::Zero3Layout l = train::zero3_layout(local_store(c, 2, 2, gathered), c, 4, 0, 2, 0);
+  const auto z3 = train::plan_memory(c, input(layout(4, 3, 2, 2)));
+  EXPECT_DOUBLE_EQ(z3.state - z3.gathered, 18.0 * double(l.shard));
+  std::printf("  moe_vlm_mtp, tp 2 x dp 4, ep 2: zero 1: %s\n  zero 3: %s\n",
+              train::describe(z1).c_str(), train::describe(z3).c_str());
+}
+
 // The 35B MoE preset, all 40 layers: on one 80 GB card its state (14 B/param with bf16 moments:
 // 450 GiB) is refused; ZeRO 3 with ep 8 on 8 GPUs holds an eighth of it plus the gathered
 // layers, and fits the device. The host: every rank reads only its expert slices (its share of
@@ -354,9 +394,11 @@ train::PlanInput lora_input(const model::Config& c, const train::PlanLayout& l, 
   for (const auto& m : mods) {
     if (m.experts) in.lora_expert_params += model::lora_param_count({m}, r);
     const int64_t E = std::max<int64_t>(m.experts, 1);
-    if (model::is_tp_sharded(c, model::lora_a_key(m.name))) in.lora_tp_split_params += E * m.in * r;
-    if (model::is_tp_sharded(c, model::lora_b_key(m.name)))
-      in.lora_tp_split_params += E * m.out * r;
+    int64_t split = 0;
+    if (model::is_tp_sharded(c, model::lora_a_key(m.name))) split += E * m.in * r;
+    if (model::is_tp_sharded(c, model::lora_b_key(m.name))) split += E * m.out * r;
+    in.lora_tp_split_params += split;
+    if (m.experts) in.lora_expert_tp_split_params += split;
     in.lora_largest =
         std::max(in.lora_largest, std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * r);
   }
@@ -370,6 +412,45 @@ train::PlanInput lora_input(const model::Config& c, const train::PlanLayout& l, 
 // gathered units' weights without gradients or f32 copies, the routers' f32 weights whole); the
 // adapters 10 B (fp32 master, bf16 copy, gradient) whole, the routed-expert ones / ep, and 8 B of
 // moments, sharded over dp (the expert adapters' over the dp / ep ranks holding them) under ZeRO.
+// LoRA with tensor and expert parallelism (tp 2 x dp 4, ep 2; no ZeRO, then ZeRO 1): the base's
+// and the adapters' elements on a rank are those of their real slices (an expert adapter's ep
+// slice, then its tp slice where its factor is split), the adapters' moments over the dp ranks
+// (the expert adapters' over the dp / ep ranks holding them; the plan's formula: the trainer
+// still refuses LoRA with tp and ZeRO).
+TEST(RankState, LoraWithTensorAndExpertParallel) {
+  const model::Config c = fixture("moe_vlm_mtp");
+  const int64_t dp = 4, ep = 2, tp = 2;
+  model::LoraOptions o;
+  o.r = 4;
+  o.experts = true;
+  int64_t dense = 0, experts = 0, dense_big = 0, expert_big = 0;
+  for (const auto& [name, t] : model::lora_init(model::lora_modules(c, o, "test"), 4, 0)) {
+    core::Shape shape = t.shape;
+    const bool e = model::is_routed_expert_tensor(name);
+    if (e) shape[0] /= ep;
+    if (const model::TpSplit split = model::tp_split(c, name); split.dim >= 0)
+      shape[size_t(split.dim)] /= tp;
+    (e ? experts : dense) += core::numel(shape);
+    int64_t& big = e ? expert_big : dense_big;
+    big = std::max(big, core::numel(shape));
+  }
+  ASSERT_GT(experts, 0);
+  const model::Params base = local_store(c, ep, tp);
+  int64_t base_local = 0;
+  for (const std::string& name : base.names()) base_local += base.entry(name).numel;
+  const train::MemoryPlan z0 = train::plan_memory(c, lora_input(c, layout(dp, 0, ep, tp)));
+  EXPECT_EQ(z0.local_params, base_local);  // the base's tp x ep slices
+  EXPECT_DOUBLE_EQ(z0.state, 2 * double(z0.local_params) + 18 * double(dense + experts));
+  const train::PlanInput in = lora_input(c, layout(dp, 1, ep, tp));
+  const double shard = double(std::min(dense, ceil_div(dense, dp) + in.lora_largest) +
+                              std::min(experts, ceil_div(experts, dp / ep) + in.lora_largest));
+  const train::MemoryPlan z1 = train::plan_memory(c, in);
+  EXPECT_DOUBLE_EQ(z1.state,
+                   2 * double(z1.local_params) + 10 * double(dense + experts) + 8 * shard);
+  EXPECT_LE(dense_big, in.lora_largest);
+  EXPECT_LE(expert_big, in.lora_largest);
+}
+
 TEST(RankState, LoraFrozenBaseAndAdapters) {
   const model::Config c = fixture("moe_vlm_mtp");
   const int64_t dp = 4, ep = 2;

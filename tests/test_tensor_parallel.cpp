@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "layout_runs.h"
+#include "layout_score.h"
 #include "model/config.h"
 #include "model/tensor_parallel.h"
 #include "ranks_run.h"
@@ -26,101 +27,14 @@ using namespace deltatron;
 
 namespace {
 
-struct Layout {
-  int ranks;
-  std::string flags, name;
-};
+const std::vector<dt_test::ScoreLayout> kLayouts = {{2, "--tp 2", "tp2"},
+                                                    {2, "--tp 2 --sp", "tp2_sp"},
+                                                    {4, "--tp 2", "tp2_dp2"},
+                                                    {4, "--tp 2 --sp", "tp2_sp_dp2"}};
 
-const std::vector<Layout> kLayouts = {{2, "--tp 2", "tp2"},
-                                      {2, "--tp 2 --sp", "tp2_sp"},
-                                      {4, "--tp 2", "tp2_dp2"},
-                                      {4, "--tp 2 --sp", "tp2_sp_dp2"}};
-
-}  // namespace
-
-namespace {
-
-// The router loss a score run reports on stderr (rank 0; without --quiet), or NaN.
-double router_loss_of(const fs::path& err) {
-  const std::string text = dt_test::read_file(err), key = "router loss (sum over MoE layers) ";
-  const size_t at = text.find(key);
-  return at == std::string::npos ? std::nan("") : std::stod(text.substr(at + key.size()));
-}
-
-// `score` of a golden fixture with `flags` (packs of 64 tokens, so odd lengths: sequence
-// parallelism pads them to a multiple of 2) on every layout against one rank: every per-sample
-// loss, the router loss (when `router`) and every gradient; against Hugging Face's float64 too
-// when `vs_f64` (the objective the fixture's gradients hold). Gradient bound: fp32 rounding,
-// amplified by the GDN gates' conditioning (docs/ops/gdn.md): the one-rank runs themselves are
-// about 2e-5 from float64.
 void score_vs_one_rank(const fs::path& tmp, const std::string& fixture, const std::string& flags,
                        const std::string& tag, bool router, bool vs_f64) {
-  const fs::path d = fs::path(DT_TEST_DATA) / "golden" / fixture;
-  const std::string base = "score --model " + d.string() + " --data " +
-                           (d / "samples.jsonl").string() + " --pack-tokens 64 " + flags;
-  const auto run = [&](int ranks, const std::string& layout, const fs::path& o) {
-    ASSERT_EQ(dt_test::run_ranks(ranks,
-                                 base + " " + layout + " --output " + o.string() +
-                                     ".jsonl --grad-out " + o.string() + ".safetensors",
-                                 o.string() + ".err"),
-              0)
-        << tag << " " << layout << ": " << dt_test::read_file(o.string() + ".err");
-  };
-  const fs::path one = tmp / (tag + "_one");
-  run(1, "", one);
-  const auto want = dt_test::jsonl(one.string() + ".jsonl");
-  ASSERT_GE(want.size(), 3u);
-  const double router_want = router_loss_of(one.string() + ".err");
-  if (router) {
-    ASSERT_TRUE(std::isfinite(router_want))
-        << tag << ": " << dt_test::read_file(one.string() + ".err");
-    std::printf("  %s one rank: router loss %.9g\n", tag.c_str(), router_want);
-  }
-  if (vs_f64) {
-    std::string name1;
-    const double one64 =
-        dt_test::worst_rel_rms(one.string() + ".safetensors", d / "grads.safetensors", name1);
-    std::printf("  %s one rank: worst gradient rel RMS vs float64 %.2e (%s)\n", tag.c_str(), one64,
-                name1.c_str());
-  }
-  for (const Layout& l : kLayouts) {
-    const std::string what = tag + " " + l.name;
-    const fs::path o = tmp / (tag + "_" + l.name);
-    run(l.ranks, l.flags, o);
-    const auto got = dt_test::jsonl(o.string() + ".jsonl");
-    ASSERT_EQ(got.size(), want.size()) << what;
-    double worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << what << ", sample " << i;
-      for (const char* key : {"loss_sum", "mtp_loss_sum"}) {
-        if (!want[i].contains(key)) continue;
-        const double a = got[i][key], b = want[i][key];
-        worst = std::max(worst, std::abs(a - b) / std::max(1.0, std::abs(b)));
-        EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b)))
-            << what << ", sample " << i << " " << key;
-      }
-    }
-    std::string name;
-    const double r =
-        dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
-    std::printf("  %s: losses %.2e; worst gradient rel RMS vs one rank %.2e (%s)", what.c_str(),
-                worst, r, name.c_str());
-    if (router) {  // counted once per group: one rank's value
-      const double a = router_loss_of(o.string() + ".err");
-      const double rel = std::abs(a - router_want) / std::abs(router_want);
-      std::printf(", router loss %.2e", rel);
-      EXPECT_LE(rel, 1e-6) << what << ": router loss " << a << ", one rank " << router_want;
-    }
-    EXPECT_LE(r, 5e-5) << what << ": " << name;
-    if (vs_f64) {
-      std::string name64;
-      const double g =
-          dt_test::worst_rel_rms(o.string() + ".safetensors", d / "grads.safetensors", name64);
-      std::printf(", vs float64 %.2e (%s)", g, name64.c_str());
-      EXPECT_LE(g, 5e-5) << what << ": " << name64;
-    }
-    std::printf("\n");
-  }
+  dt_test::score_vs_one_rank(tmp, fixture, flags, tag, router, vs_f64, kLayouts);
 }
 
 }  // namespace
@@ -255,12 +169,6 @@ TEST(TensorParallel, MoeTrainTracksOneRank) {
                 name.c_str());
     EXPECT_LE(m, 1e-4) << out << ": " << name;
   }
-
-  // Expert and tensor parallelism together: refused with the reason.
-  const fs::path err = tmp.path / "tp_ep.err";
-  EXPECT_NE(dt_test::run_ranks(4, args("tp_ep", 1, "--parallel.tp=2 --parallel.ep=2"), err), 0);
-  EXPECT_NE(dt_test::read_file(err).find("is not supported with parallel.ep"), std::string::npos)
-      << dt_test::read_file(err);
 }
 
 // The MoE tensors' split: rank r holds columns [r F/P, (r+1) F/P) of every expert's gate rows,
@@ -329,7 +237,6 @@ TEST(TensorParallel, RefusesWhatItCannotSplit) {
   };
   const std::vector<Case> cases = {
       {"dense_text_varied", "--tp 2", "num_attention_heads (3)", 2},
-      {"moe_text_fused_tied", "--tp 2 --ep 2", "--tp with --ep", 4},
       {"dense_text_mtp", "--sp", "needs tp > 1", 1},
       {"dense_text_mtp", "--tp 2", "multiple of 2 ranks", 3},
   };

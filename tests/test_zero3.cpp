@@ -256,13 +256,17 @@ TEST(Zero3, ConfigRefusals) {
       {"parallel.zero = 3", "training.offload", "not supported"});
   // LoRA with ZeRO 3 is built (test_lora_parallel): the frozen base sharded and gathered.
   EXPECT_TRUE(train::load_train_config(toml, {"parallel.zero=3", "lora.r=4"}).lora);
-  // ZeRO with expert parallelism (test_zero_ep) and with tensor parallelism (test_zero_tp) is
-  // built; tensor with expert parallelism is not.
+  // ZeRO with expert parallelism (test_zero_ep), with tensor parallelism (test_zero_tp) and with
+  // both (test_tp_ep) is built; with tensor parallelism and LoRA together it is not.
   EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"}).parallel_ep, 2);
   EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2"}).parallel_tp, 2);
+  const train::TrainConfig tp_ep =
+      train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2", "parallel.ep=2"});
+  EXPECT_EQ(tp_ep.parallel_tp * tp_ep.parallel_ep, 4);
   dt_test::expect_error(
       [&] {
-        train::load_train_config(toml, {"parallel.zero=3", "parallel.tp=2", "parallel.ep=2"});
+        train::load_train_config(toml,
+                                 {"parallel.zero=3", "parallel.tp=2", "parallel.ep=2", "lora.r=4"});
       },
-      {"parallel.tp = 2", "parallel.ep", "not supported"});
+      {"parallel.tp = 2", "LoRA", "parallel.zero = 3", "not supported"});
 }

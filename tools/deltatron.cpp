@@ -68,8 +68,8 @@ int main(int argc, char** argv) {
   sc->add_option("--z-loss-coef", score.router.z_coef,
                  "router z-loss coefficient (sum of lse^2 over real tokens; default 0)");
   sc->add_option("--ep", score.ep,
-                 "expert parallelism: groups of this many ranks of a launched job share the "
-                 "routed experts (default 1)")
+                 "expert parallelism: groups of this many data-parallel ranks of a launched job "
+                 "share the routed experts (with --tp: ranks of one tp slice; default 1)")
       ->check(CLI::PositiveNumber);
   sc->add_option("--tp", score.tp,
                  "tensor parallelism: groups of this many consecutive ranks of a launched job "
@@ -223,8 +223,8 @@ int main(int argc, char** argv) {
                  "ZeRO stage over the ranks of a launched job (parallel.zero: 0 default, 1, 2, 3)")
       ->check(CLI::IsMember({0, 1, 2, 3}));
   bn->add_option("--ep", bench.ep,
-                 "expert parallelism: groups of this many ranks share the routed experts "
-                 "(parallel.ep, default 1)")
+                 "expert parallelism: groups of this many data-parallel ranks share the routed "
+                 "experts (with --tp: ranks of one tp slice; parallel.ep, default 1)")
       ->check(CLI::PositiveNumber);
   bn->add_option("--tp", bench.tp,
                  "tensor parallelism: groups of this many consecutive ranks (parallel.tp, default "

@@ -21,6 +21,13 @@
 // one rank, so per-sample losses are those of one rank; expert weight gradients sum the ranks'
 // rows in another order (fp32 rounding).
 //
+// With tensor parallelism too (model/tensor_parallel.h), the group is ranks holding the same tp
+// slice, and each owner's experts hold their tp slice of the FFN columns (experts.gate_up_proj
+// [El, 2F/tp, D], down_proj [El, D, F/tp]): the tokens are the tp group's (gathered), routed alike
+// on each of its ranks, and what returns from the owners is this rank's partial sum over its
+// columns, which joins the tp group's reduction of the MoE output (Megatron's expert tensor
+// parallelism inside expert parallelism).
+//
 // Every rank of a group must run the same sequence of layers: a rank with no pack of its own in
 // a round runs an all-padding pack (train::idle_pack), which routes nothing and owns its experts
 // for the others.

@@ -54,8 +54,6 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   check_shape(p, pf + "gate.weight", {d.E, d.D});
   check_shape(p, pf + "experts.gate_up_proj", {El, 2 * d.F, d.D});
   check_shape(p, pf + "experts.down_proj", {El, d.D, d.F});
-  DT_CHECK(!ep || !cx.tp, pf,
-           "experts: expert parallelism combined with tensor parallelism is not built yet");
   s.x = x;
   s.has_terms = false;
 
@@ -100,9 +98,11 @@ void moe_fwd(const Ctx& cx, const std::string& pf, const View& x, const View& re
   }
   const View out_ND = cx.tp ? partial.view() : resid;
 
-  // Routed experts.
+  // Routed experts. Expert and tensor parallelism together: the owner's experts hold this rank's
+  // FFN columns (its ep group is the ranks with the same tp slice), so what comes back is this
+  // rank's partial sum, as without ep.
   if (ep) {
-    moe_routed_fwd_ep(cx, pf, x, resid, s);
+    moe_routed_fwd_ep(cx, pf, x, out_ND, s);
   } else {
     s.gate = cx.act(d.P * d.F, "expert gate");
     s.up = cx.act(d.P * d.F, "expert up");

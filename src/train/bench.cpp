@@ -191,9 +191,9 @@ void run_bench(const BenchOptions& o) {
   lc.lora = o.lora;
   check_parallel(lc);
   DT_CHECK(!o.lora || o.ep == 1, "bench: --ep with --lora is not supported yet");
-  const ExpertGroups eg = setup_expert_groups(par, o.ep, c, "bench --ep");
   const TensorGroups tg = setup_tensor_groups(par, o.tp, o.sp, c, "bench --tp");
   const Parallel& dp = tg.data(par);
+  const ExpertGroups eg = setup_expert_groups(dp, o.ep, c, "bench --ep");  // among dp's ranks
   const PlanLayout layout =
       run_layout(lc, par.size(), par.size() > 1 ? dist::world_from_env().local_size : 1);
   const int64_t M = o.accum * dp.size();  // micro-batches of a step
@@ -320,7 +320,7 @@ void run_bench(const BenchOptions& o) {
   const model::ParamSource source = streamed ? bench_source(c, o.seed, eg) : model::ParamSource{};
   // Decay groups by name (the host moments are never allocated: the engine keeps its own).
   AdamW opt(lora ? lora->adapters : streamed ? shapes_only(source) : params, ao);
-  const ZeroSetup zero{int(o.zero), par.comm.get(), eg.same_experts.get()};
+  const ZeroSetup zero{int(o.zero), dp.comm.get(), eg.same_experts.get()};
   auto engine = streamed ? make_engine(o.device, o.precision, c, source, nullptr, o.recompute,
                                        state, lora ? &*lora : nullptr, zero)
                          : make_engine(o.device, o.precision, c, params, nullptr, o.recompute,

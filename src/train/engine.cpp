@@ -36,21 +36,21 @@ void end_gated_step(int64_t& step, bool& pending, bool applied) {
 namespace {
 
 // Calls f(kind, begin, end) for the runs of consecutive tensors of one kind (kind(name): e.g.
-// routed-expert slices or not) of the store, [begin, end) in the flat buffers (alignment gaps
-// included).
+// routed-expert slices or not; any comparable value) of the store, [begin, end) in the flat buffers
+// (alignment gaps included).
 template <typename Kind, typename F>
 void for_each_run(const model::Params& p, Kind&& kind, F&& f) {
   const std::vector<std::string>& names = p.names();
   for (size_t i = 0; i < names.size();) {
-    const bool expert = kind(names[i]);
+    const auto k = kind(names[i]);
     const int64_t begin = p.entry(names[i]).offset;
     int64_t end = begin;  // the run's tensors lie in order in the store
-    for (; i < names.size() && kind(names[i]) == expert; ++i) {
+    for (; i < names.size() && kind(names[i]) == k; ++i) {
       const auto& e = p.entry(names[i]);
       DT_CHECK(e.offset >= end, "gradient store: ", names[i], " is out of order");
       end = e.offset + e.numel;
     }
-    f(expert, begin, end);
+    f(k, begin, end);
   }
 }
 template <typename F>
@@ -199,9 +199,6 @@ class ModelEngine final : public Engine {
   void set_tensor_parallel(const model::TensorParallel& tp) override {
     // With ZeRO the engine was made with the data-parallel ranks holding the same tp slice
     // (ZeroSetup::comm): its shards cover this rank's tp-local tensors.
-    DT_CHECK(!model_.expert_parallel().on(),
-             "tensor parallelism with expert parallelism is not "
-             "supported yet");
     DT_CHECK(!model_.adapters() || model_.adapters()->options().dropout == 0,
              "tensor parallelism with lora.dropout > 0 is not supported yet (a row-parallel "
              "adapter's input is this rank's columns: its masks would not be one rank's)");
@@ -245,12 +242,24 @@ class ModelEngine final : public Engine {
         mine += shard_sum_squares(g.shards, g.comm->rank(), p.grad_flat());
       squares = sum_over_ranks(*zero_.comm, mine);
     } else if (model_.expert_parallel().on()) {  // this rank's expert slices: summed over the group
-      double dense = 0, experts = 0;
-      for_each_expert_run(p, [&](bool expert, int64_t begin, int64_t end) {
-        (expert ? experts : dense) +=
-            ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
-      });
-      squares = dense + sum_over_ranks(*model_.expert_parallel().comm, experts);
+      // With tp the expert slices are also this rank's tp slice (summed over the ep group, then
+      // with the other shards over the tp group); the replicated tensors are whole everywhere.
+      const model::Config& c = model_.config();
+      const bool tp = model_.tensor_parallel().on();
+      double whole = 0, shards = 0, experts = 0;
+      for_each_run(
+          p,
+          [&](const std::string& name) {
+            return model::is_routed_expert_tensor(name) ? 2 : tp && model::is_tp_sharded(c, name);
+          },
+          [&](int kind, int64_t begin, int64_t end) {
+            (kind == 2   ? experts
+             : kind == 1 ? shards
+                         : whole) +=
+                ops::sum_squares(p.grad_flat().slice(begin, end - begin), end - begin);
+          });
+      shards += sum_over_ranks(*model_.expert_parallel().comm, experts);
+      squares = whole + (tp ? sum_over_ranks(*model_.tensor_parallel().comm, shards) : shards);
     } else if (model_.tensor_parallel().on()) {  // this rank's shards: summed over the group
       double whole = 0, shards = 0;
       const model::Config& c = model_.config();

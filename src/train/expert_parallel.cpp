@@ -15,10 +15,11 @@ ExpertGroups setup_expert_groups(const Parallel& par, int64_t ep, const model::C
   if (ep == 1) return g;
   DT_CHECK(ep > 1, where, ": the expert-parallel size must be >= 1, got ", ep);
   DT_CHECK(c.is_moe(), where, ": expert parallelism (", ep, ") needs a MoE model");
-  DT_CHECK(par.size() % ep == 0, where, ": expert parallelism over ", ep,
-           " ranks needs a multiple of ", ep, " ranks, the job has ", par.size());
   DT_CHECK(c.num_experts % ep == 0, where, ": expert parallelism over ", ep, " ranks needs ",
            "num_experts (", c.num_experts, ") divisible by ", ep);
+  DT_CHECK(par.size() % ep == 0, where, ": expert parallelism over ", ep,
+           " ranks needs a multiple of ", ep, " data-parallel ranks (the job's ranks / tp), there ",
+           par.size() == 1 ? "is " : "are ", par.size());
   const int r = par.rank();
   g.group = par.comm->split(int(r / ep), r);
   g.same_experts = par.comm->split(int(r % ep), r);

@@ -1,10 +1,15 @@
 // Expert parallelism for score and train (model/expert_parallel.h): the groups, this rank's
 // expert slices of a checkpoint's tensors, and the full expert tensors back for an output.
 //
-// With ep ranks per group, consecutive ranks form a group (ranks g ep .. g ep + ep - 1): rank q
-// of a group owns experts [q El, (q+1) El), El = num_experts / ep. Every rank still runs its own
-// packs (data parallel over all ranks); the routed-expert gradients are summed over the ranks
-// that own the same experts (rank mod ep equal), every other gradient over all ranks.
+// The groups are formed among the data-parallel ranks (train/tensor_parallel.h: the job's ranks,
+// or with tensor parallelism the ranks holding the same tp slice, Megatron's layout): with ep
+// ranks per group, consecutive data-parallel ranks form a group (ranks g ep .. g ep + ep - 1):
+// rank q of a group owns experts [q El, (q+1) El), El = num_experts / ep. Every data-parallel
+// rank still runs its own packs; the routed-expert gradients are summed over the ranks that own
+// the same experts (data-parallel rank mod ep equal), every other gradient over all the
+// data-parallel ranks. With tensor parallelism each rank's experts are also its tp slice of their
+// FFN columns (model/tensor_parallel.h), so a group exchanges rows among ranks of one tp slice
+// and an expert tensor is split over ep x tp ranks.
 #pragma once
 
 #include <memory>
@@ -29,9 +34,9 @@ struct ExpertGroups {
   bool on() const { return model.on(); }
 };
 
-// ep == 1: off (nothing split, no communicators). Otherwise the groups over par's ranks; an error
-// naming `where` unless ep divides the job's ranks and the model's num_experts, the model is MoE.
-// Collective over par.
+// ep == 1: off (nothing split, no communicators). Otherwise the groups over par's ranks (the
+// data-parallel ranks: TensorGroups::data); an error naming `where` unless ep divides par's ranks
+// and the model's num_experts, the model is MoE. Collective over par.
 ExpertGroups setup_expert_groups(const Parallel& par, int64_t ep, const model::Config& c,
                                  const std::string& where);
 

@@ -26,21 +26,25 @@ io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg) {
     const bool expert = ep && model::is_routed_expert_tensor(name);
     const bool sharded = tp && model::is_tp_sharded(c, name);
     if (!expert && !sharded) return std::nullopt;
-    DT_CHECK(!(expert && sharded), name,
-             ": expert and tensor parallelism together are not supported yet");
     io::ParamSlice s;
     s.shape = full;
-    if (expert) {
+    int64_t base = 0;  // the first element of this rank's experts
+    if (expert) {      // experts [e0, e0 + El): one run of the [E, ...] tensor
       DT_CHECK(!full.empty() && full[0] == E, name, ": shape ", core::shape_str(full),
                ", expected ", E, " experts");
       const int64_t per = core::numel(full) / E;
       s.shape[0] = El;
-      s.runs.push_back({e0 * per, El * per});
-      return s;
+      base = e0 * per;
+      if (!sharded) {
+        s.runs.push_back({base, El * per});
+        return s;
+      }
     }
+    // tp (with ep: of this rank's experts, a [El, ...] tensor starting at `base`).
+    const core::Shape whole = s.shape;
     s.shape.at(size_t(model::tp_split(c, name).dim)) /= P;
-    for (const auto& [offset, count] : model::tp_runs(c, name, full, r, P))
-      s.runs.push_back({offset, count});
+    for (const auto& [offset, count] : model::tp_runs(c, name, whole, r, P))
+      s.runs.push_back({base + offset, count});
     return s;
   };
 }

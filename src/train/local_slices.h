@@ -13,9 +13,11 @@ namespace deltatron::train {
 
 // The slices of this rank: with expert parallelism the rows of its experts
 // [first, first + num_local) of every routed-expert tensor [E, ...] (one run); with tensor
-// parallelism model::tp_runs of every sharded tensor; nullopt for every other tensor (kept
-// whole). Empty (no function) when neither is on. The function holds copies of the groups'
-// numbers, not references. An error names the tensor when its shape does not split.
+// parallelism model::tp_runs of every sharded tensor; with both, of a routed-expert tensor the
+// tp runs of its experts' [num_local, ...] block (its tp slice of its experts' FFN columns);
+// nullopt for every other tensor (kept whole). Empty (no function) when neither is on. The function
+// holds copies of the groups' numbers, not references. An error names the tensor when its shape
+// does not split.
 io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg);
 
 // The parameters (model::param_specs) at this rank's shapes under `base` (its slices; empty:

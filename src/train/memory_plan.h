@@ -42,8 +42,9 @@ struct PlanInput {
   // experts), and the largest adapter tensor's elements (a ZeRO 1/2 shard's bound).
   int64_t lora_expert_params = 0, lora_largest = 0;
   // Of lora_params, the elements of the adapter tensors tensor parallelism splits
-  // (model::is_tp_sharded: a column-parallel base's lora_B, a row-parallel base's lora_A).
-  int64_t lora_tp_split_params = 0;
+  // (model::is_tp_sharded: a column-parallel base's lora_B, a row-parallel base's lora_A), and of
+  // those the routed-expert adapters' (split over tp and ep together).
+  int64_t lora_tp_split_params = 0, lora_expert_tp_split_params = 0;
   // The weights are made one host tensor at a time (model::ParamSource): host memory holds the
   // largest tensor, not an f32 copy of the model.
   bool streamed_weights = false;

@@ -44,11 +44,13 @@ void add_adapters(RankState& r, const PlanInput& in) {
   so.moments = in.state.moments;
   const model::StateBytes ab = model::state_bytes(in.compute, so);
   const double moments = in.training ? ab.train - ab.held : 0;
-  // Without ep one group over every adapter (tp: the split factors' slices); tp with ep is refused.
+  // Without ep one group over every adapter; with ep the expert adapters' slices apart. tp: the
+  // split factors' slices (an expert adapter's of its ep slice).
   const int64_t split = l.tp > 1 ? in.lora_tp_split_params : 0;
-  const int64_t count[2] = {
-      l.ep > 1 ? in.lora_params - in.lora_expert_params : in.lora_params - split + split / l.tp,
-      l.ep > 1 ? in.lora_expert_params / l.ep : 0};
+  const int64_t esplit = l.tp > 1 ? in.lora_expert_tp_split_params : 0;
+  const int64_t local = in.lora_params - split + split / l.tp;  // every adapter, tp-local
+  const int64_t experts = in.lora_expert_params - esplit + esplit / l.tp;
+  const int64_t count[2] = {l.ep > 1 ? local - experts : local, l.ep > 1 ? experts / l.ep : 0};
   const int64_t ranks[2] = {l.dp, l.dp / l.ep};
   double shard = 0;
   for (int g = 0; g < 2; ++g) {

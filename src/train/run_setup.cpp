@@ -169,10 +169,11 @@ MemoryPlan check_run_memory(const TrainConfig& cfg, const std::string& resume_di
       for (const model::LoraModule& m : mods) {
         if (m.experts) in.lora_expert_params += model::lora_param_count({m}, lo.r);
         const int64_t E = std::max<int64_t>(m.experts, 1);
-        if (model::is_tp_sharded(c, model::lora_a_key(m.name)))
-          in.lora_tp_split_params += E * m.in * lo.r;
-        if (model::is_tp_sharded(c, model::lora_b_key(m.name)))
-          in.lora_tp_split_params += E * m.out * lo.r;
+        int64_t split = 0;
+        if (model::is_tp_sharded(c, model::lora_a_key(m.name))) split += E * m.in * lo.r;
+        if (model::is_tp_sharded(c, model::lora_b_key(m.name))) split += E * m.out * lo.r;
+        in.lora_tp_split_params += split;
+        if (m.experts) in.lora_expert_tp_split_params += split;
         in.lora_largest = std::max(in.lora_largest,
                                    std::max<int64_t>(m.experts, 1) * std::max(m.in, m.out) * lo.r);
       }

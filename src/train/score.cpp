@@ -117,21 +117,20 @@ void run_score(const ScoreOptions& opt) {
   model::Config c0 = model::load_config((fs::path(opt.model_dir) / "config.json").string());
   c0.mtp_enabled = c0.mtp_num_hidden_layers > 0 && !opt.ignore_mtp;
   c0.vision_mode = load_opt.vision;
-  // Expert parallelism: this rank's slices of the routed experts; every rank runs as many
-  // packs as the others (idle packs where it has none left), since each MoE layer is a
-  // collective exchange.
-  const ExpertGroups eg = setup_expert_groups(par, opt.ep, c0, "deltatron score --ep");
   // Tensor parallelism: this rank's shards; a group's ranks run the same packs, the groups split
   // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the data-parallel
   // ranks (a collective; with --tp those holding the same tp slice), so, as with --ep, every
   // rank runs as many packs as the others.
-  DT_CHECK(opt.tp == 1 || opt.ep == 1, "deltatron score: --tp with --ep is not supported yet");
   DT_CHECK(opt.tp == 1 || opt.zero == 0 || opt.adapter_dir.empty(),
            "deltatron score: --tp with --zero and --adapter is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c0, "deltatron score --tp");
   const Parallel& dp = tg.data(par);
+  // Expert parallelism: this rank's slices of the routed experts (with --tp, of its tp slice),
+  // over the data-parallel ranks; every rank runs as many packs as the others (idle packs where
+  // it has none left), since each MoE layer is a collective exchange.
+  const ExpertGroups eg = setup_expert_groups(dp, opt.ep, c0, "deltatron score --ep");
   load_opt.slice = local_slices(eg, tg);
   io::LoadStats load_stats;
   load_opt.stats = &load_stats;

@@ -70,9 +70,28 @@ StateReader::StateReader(const Parallel& par, Engine& engine, const model::Tenso
 }
 
 StateReader::Split StateReader::split_of(const std::string& name) const {
-  if (eg_ && model::is_routed_expert_tensor(name)) return Split::experts;
-  if (tg_ && model::is_tp_sharded(c_, name)) return Split::tp;
+  const bool tp = tg_ && model::is_tp_sharded(c_, name);
+  if (eg_ && model::is_routed_expert_tensor(name)) return tp ? Split::experts_tp : Split::experts;
+  if (tp) return Split::tp;
   return Split::none;
+}
+
+bool StateReader::gathers(Split split) const {
+  // Consecutive groups: the tp group holding rank 0 is ranks [0, tp); the data-parallel rank is
+  // rank / tp, and ep group 0 holds data-parallel ranks [0, ep) (of every tp slice).
+  const int tp = tg_ ? tg_->group->size() : 1;
+  const int ep = eg_ ? eg_->group->size() : 1;
+  switch (split) {
+    case Split::none:
+      return false;
+    case Split::tp:
+      return par_.rank() < tp;
+    case Split::experts:
+      return par_.rank() % tp == 0 && par_.rank() / tp < ep;
+    case Split::experts_tp:
+      return par_.rank() < tp * ep;
+  }
+  return false;
 }
 
 void StateReader::sync_step() {
@@ -85,12 +104,11 @@ void StateReader::read(StatePart part, const std::string& name, float* out) {
   DT_CHECK(sh != shapes_.end(), "checkpoint save: no parameter ", name);
   const core::Shape& full = sh->second;
   const Split split = split_of(name);
-  dist::Comm* group = split == Split::experts ? eg_->group.get()
-                      : split == Split::tp    ? tg_->group.get()
-                                              : nullptr;
+  dist::Comm* group = split == Split::experts                            ? eg_->group.get()
+                      : split == Split::tp || split == Split::experts_tp ? tg_->group.get()
+                                                                         : nullptr;
   if (group && group->size() == 1) group = nullptr;
-  // The group holding global rank 0 is ranks [0, group size) (consecutive groups).
-  const bool gathers = group && par_.rank() < group->size();
+  const bool gathers = group && this->gathers(split);
   const bool weight = part == StatePart::weight;
   const bool engine_collective =
       par_.size() > 1 && (weight ? engine_.gathers_weights() : engine_.sharded());
@@ -145,23 +163,32 @@ void StateReader::read(StatePart part, const std::string& name, float* out) {
     gather_to_root(*group, local.ptr(), n, out, dev, stats_);
     return done();
   }
-  // tp: each rank's slice is runs of the full tensor (model::tp_runs), placed by rank 0.
-  std::vector<float> all(size_t(par_.root() ? P * n : 0));
-  if (stats_) stats_->add(4 * int64_t(all.size()));
+  // tp: each rank's slice is runs of the full tensor (model::tp_runs), placed by the group's
+  // rank 0. With ep too, the tp group's tensor is its experts' block [El, ...], which the tp
+  // ranks 0 of ep group 0 then gather to rank 0 (the experts' blocks one after the other).
+  const bool two_stage = split == Split::experts_tp && eg_->group->size() > 1;
+  const bool tp_root = group->rank() == 0;
+  core::Shape block = full;  // what the tp group's slices make
+  if (two_stage) block[0] = local_shape[0];
+  std::vector<float> all(size_t(tp_root ? P * n : 0));
+  std::vector<float> joined(size_t(two_stage && tp_root ? P * n : 0));
+  float* dst_block = two_stage ? joined.data() : out;
+  if (stats_) stats_->add(4 * int64_t(all.size() + joined.size()));
   gather_to_root(*group, local.ptr(), n, all.data(), dev, stats_);
-  if (par_.root()) {
+  if (tp_root) {
     for (int64_t p = 0; p < P; ++p) {
       const float* src = all.data() + p * n;
       int64_t k = 0;
-      for (const auto& [off, cnt] : model::tp_runs(c_, name, full, p, P)) {
-        std::memcpy(out + off, src + k, size_t(cnt) * 4);
+      for (const auto& [off, cnt] : model::tp_runs(c_, name, block, p, P)) {
+        std::memcpy(dst_block + off, src + k, size_t(cnt) * 4);
         k += cnt;
       }
       DT_CHECK(k == n, "checkpoint save: ", name, ": tp rank ", p, "'s runs hold ", k,
                " elements, its slice ", n);
     }
+    if (two_stage) gather_to_root(*eg_->group, joined.data(), P * n, out, dev, stats_);
   }
-  if (stats_) stats_->sub(4 * int64_t(all.size()));
+  if (stats_) stats_->sub(4 * int64_t(all.size() + joined.size()));
   done();
 }
 

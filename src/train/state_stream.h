@@ -28,6 +28,9 @@ enum class StatePart : int { weight = 0, exp_avg = 1, exp_avg_sq = 2 };
 // tensor the engine holds apart come from the host copy), then gathers the slices of the group
 // holding global rank 0 to rank 0 alone (an all_to_all_v in which only rank 0 receives), so rank 0
 // holds one whole tensor and every other rank at most its slice of one tensor, never the model.
+// A routed-expert tensor under expert and tensor parallelism together is gathered in two stages:
+// over each tp group whose experts are those of ep group 0's ranks (its tp rank 0 assembles the
+// experts' block), then over those tp ranks 0 (ep group 0 of tp slice 0) to rank 0.
 class StateReader {
  public:
   // host: the rank's host parameters (ck.params: the values of the tensors the engine holds
@@ -52,8 +55,11 @@ class StateReader {
   void sync_step();
 
  private:
-  enum class Split { none, experts, tp };
+  enum class Split { none, experts, tp, experts_tp };
   Split split_of(const std::string& name) const;
+  // Whether this rank's slice of a `split` tensor goes to rank 0 (its group is the one holding
+  // global rank 0's copy).
+  bool gathers(Split split) const;
   const Parallel& par_;
   Engine& engine_;
   const model::TensorMap& host_;

@@ -194,8 +194,6 @@ void check_parallel(const TrainConfig& c) {
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, c.source,
            ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
            "over a tensor-parallel group)");
-  DT_CHECK(c.parallel_tp == 1 || c.parallel_ep == 1, c.source, ": parallel.tp = ", c.parallel_tp,
-           " is not supported with parallel.ep yet (use ep = 1)");
   DT_CHECK(c.parallel_tp == 1 || !c.lora || c.parallel_zero == 0, c.source,
            ": parallel.tp = ", c.parallel_tp, " with LoRA and parallel.zero = ", c.parallel_zero,
            " is not supported yet (use zero = 0 with tp, or tp = 1)");

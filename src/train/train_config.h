@@ -98,11 +98,12 @@ struct TrainConfig {
   // 1 (AdamW moments sharded over the ranks), 2 (and gradients reduce-scattered), 3 (and the
   // weights: each layer gathered while it runs; train/zero3.h); ep: ranks
   // sharing the routed experts of every MoE layer (model/expert_parallel.h; a divisor of the
-  // ranks and of num_experts; with zero, the experts' state is sharded over the ranks holding the
-  // same experts); tp: ranks sharing every layer's heads and FFN
-  // columns (train/tensor_parallel.h; a divisor of the ranks; with zero, each tp slice's state
-  // is sharded over the data-parallel ranks holding it; not with ep or LoRA yet); sp: sequence
-  // parallelism inside each tensor-parallel group (needs tp > 1).
+  // data-parallel ranks (the ranks / tp: with tp the groups are among the ranks of one tp slice)
+  // and of num_experts; with zero, the experts' state is sharded over the ranks holding the same
+  // experts); tp: ranks sharing every layer's heads and FFN columns (train/tensor_parallel.h; a
+  // divisor of the ranks; with zero, each tp slice's state is sharded over the data-parallel
+  // ranks holding it; not with LoRA and zero together); sp: sequence parallelism inside each
+  // tensor-parallel group (needs tp > 1).
   int64_t parallel_dp = 0, parallel_zero = 0, parallel_ep = 1, parallel_tp = 1;
   bool parallel_sp = false;
   std::vector<std::string> lora_keys_set;  // the lora.* keys the file or overrides gave
@@ -115,7 +116,7 @@ struct TrainConfig {
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
 
 // The [parallel] keys against each other and the options they do not support yet (zero with
-// master = remainder, offload or LoRA; tp with zero, ep or LoRA; sp without tp): a core::Error
+// offload; tp with LoRA and zero together, or with LoRA dropout; sp without tp): a core::Error
 // naming c.source and the keys. load_train_config calls it; `deltatron bench` (whose --zero,
 // --ep, --tp, --sp are these keys) too.
 void check_parallel(const TrainConfig& c);

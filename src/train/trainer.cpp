@@ -89,9 +89,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   const model::Config c0 = run_model_config(cfg, start.resume_dir);
   const TensorGroups tg =
       setup_tensor_groups(par, cfg.parallel_tp, cfg.parallel_sp, c0, cfg.source + ": parallel.tp");
-  const ExpertGroups eg =
-      setup_expert_groups(par, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
   const Parallel& dp = tg.data(par);
+  // The expert-parallel groups among the data-parallel ranks (with tp: those of one tp slice).
+  const ExpertGroups eg =
+      setup_expert_groups(dp, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
   // ZeRO 3 (not LoRA): each rank reads only its pieces of its local tensors (zero3_slices; the
   // engine is then made from them, and the optimizer decides weight decay by the local shapes).
   const io::SliceFn local = local_slices(eg, tg);

@@ -85,9 +85,8 @@ class Zero3Engine final : public Engine {
   }
   void set_tensor_parallel(const model::TensorParallel& tp) override {
     // The store was made over the data-parallel ranks holding the same tp slice
-    // (ZeroSetup::comm): its units are this rank's tp-local tensors.
-    DT_CHECK(store_.experts() == nullptr,
-             "tensor parallelism with expert parallelism is not supported yet");
+    // (ZeroSetup::comm): its units are this rank's tp-local tensors; with expert parallelism
+    // its expert units over those of them holding the same experts (ZeroSetup::experts).
     model_.set_tensor_parallel(tp);
     tp_ = tp;
   }
