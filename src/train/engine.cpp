@@ -167,9 +167,6 @@ class ModelEngine final : public Engine {
     DT_CHECK(!model_.expert_parallel().on(),
              "tensor parallelism with expert parallelism is not "
              "supported yet");
-    DT_CHECK(!model_.adapters() || model_.adapters()->options().dropout == 0,
-             "tensor parallelism with lora.dropout > 0 is not supported yet (a row-parallel "
-             "adapter's input is this rank's columns: its masks would not be one rank's)");
     model_.set_tensor_parallel(tp);
   }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }
