@@ -114,6 +114,27 @@ TEST_F(BenchParallel, ExpertLayoutsEqualOneRank) {
   expect_same_losses(one, j, flags, 1e-6);
 }
 
+// LoRA (the trainer's engine path: the frozen base, the adapters trained) with expert parallelism
+// on the MoE tiny preset, the routed-expert adapters (--lora-experts) on their experts' ranks,
+// alone and with ZeRO 3; and tp2 + sp with ZeRO 1 on the dense one (the split adapter factors).
+TEST_F(BenchParallel, LoraLayoutsEqualOneRank) {
+  const dt_test::TempDir tmp("bench_lora");
+  const std::string moe = "--preset tiny-moe --lora --lora-r 4 --lora-experts ";
+  const nlohmann::json one = bench(tmp, "one", 1, moe + "--accum 2");
+  for (const std::string flags : {"--ep 2", "--ep 2 --zero 3"}) {
+    const nlohmann::json j = bench(tmp, "ep2", 2, moe + flags);
+    ASSERT_TRUE(j.contains("layout")) << flags;
+    EXPECT_EQ(j["layout"]["ep"], 2);
+    expect_same_losses(one, j, "--lora " + flags, 1e-6);
+  }
+  const std::string dense = "--preset tiny --lora --lora-r 4 ";
+  const nlohmann::json one1 = bench(tmp, "one1", 1, dense);
+  const nlohmann::json tp = bench(tmp, "tp2sp", 2, dense + "--tp 2 --sp --zero 1");
+  ASSERT_TRUE(tp.contains("layout"));
+  EXPECT_EQ(tp["layout"]["tp"], 2);
+  expect_same_losses(one1, tp, "--lora --tp 2 --sp --zero 1", 1e-6);
+}
+
 // A layout the trainer refuses is refused here with the same message; a layout that does not
 // divide the job's ranks names the flag.
 TEST_F(BenchParallel, UnsupportedLayoutsAreErrors) {

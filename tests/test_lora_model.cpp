@@ -320,6 +320,46 @@ TEST(LoraModel, DropoutMaskKeepsOneMinusPScaled) {
   EXPECT_NE(y.data, z.data);
 }
 
+// A window (tensor parallelism: a row-parallel adapter's input is a rank's columns): the pieces
+// of [7, 12] taken as 3 windows of 4 columns are the whole input's masks, column for column; the
+// window covering every column is the whole mask (one rank's, bitwise).
+TEST(LoraModel, DropoutWindowTakesTheWholeMasksColumns) {
+  const int64_t rows = 7, ld = 12, P = 3, cols = ld / P;
+  core::Tensor x({rows * ld}), whole({rows * ld}), same({rows * ld});
+  for (int64_t i = 0; i < rows * ld; ++i) x.data[size_t(i)] = 1.f + float(i);
+  ops::dropout(core::View::of(x), core::View::of(whole), 0.5, 7, rows * ld);
+  ops::dropout(core::View::of(x), core::View::of(same), 0.5, 7, rows * ld,
+               ops::MaskWindow{ld, ld, 0});
+  EXPECT_EQ(same.data, whole.data);
+  int64_t kept = 0, mismatches = 0;
+  for (int64_t q = 0; q < P; ++q) {
+    core::Tensor xq({rows * cols}), yq({rows * cols});
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j)
+        xq.data[size_t(r * cols + j)] = x.data[size_t(r * ld + q * cols + j)];
+    ops::dropout(core::View::of(xq), core::View::of(yq), 0.5, 7, rows * cols,
+                 ops::MaskWindow{cols, ld, q * cols});
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) {
+        const float got = yq.data[size_t(r * cols + j)];
+        const float want = whole.data[size_t(r * ld + q * cols + j)];
+        if (got != want && mismatches++ == 0)
+          ADD_FAILURE() << "rank " << q << " row " << r << " column " << j << ": " << got
+                        << " vs the whole input's " << want;
+        kept += got != 0.f;
+      }
+  }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, rows * ld);  // some of each: the comparison sees the masks
+  core::Tensor bad({rows * cols});
+  EXPECT_NE(dt_test::error_of([&] {
+              ops::dropout(core::View::of(bad), core::View::of(bad), 0.5, 7, rows * cols,
+                           ops::MaskWindow{cols, ld, ld - 1});
+            }).find("does not fit"),
+            std::string::npos);
+}
+
 // On CUDA in bf16 (the adapters' bf16 compute copies feed the GEMMs): close to the f32 model. This
 // random tiny model is badly conditioned for bf16: the same pack's FULL fine-tune gradients differ
 // between bf16 and f32 by up to 9x their size in the first layers (measured on an H100), so the

@@ -510,6 +510,33 @@ TEST(RankState, LoraFrozenBaseAndAdapters) {
   const train::MemoryPlan t2 = train::plan_memory(c, lora_input(c, layout(1, 0, 1, 2)));
   EXPECT_EQ(t2.local_params, base_tp);
   EXPECT_DOUBLE_EQ(t2.state, 2 * double(base_tp) + 18 * double(na - split / 2));
+  // tp 2 x dp 2 with ZeRO: the local adapters' moments sharded over the 2 data-parallel ranks
+  // holding the same slice; ZeRO 3 also the base's tp shards (exactly the frozen store's shard
+  // of the tp-local tensors; the routers, replicated under tp, whole in f32).
+  const int64_t local_tp = na - split / 2;
+  const double shard_tp = double(std::min(local_tp, ceil_div(local_tp, 2) + big));
+  for (int zero : {1, 2}) {
+    const train::MemoryPlan z = train::plan_memory(c, lora_input(c, layout(2, zero, 1, 2)));
+    EXPECT_DOUBLE_EQ(z.state, 2 * double(base_tp) + 10 * double(local_tp) + 8 * shard_tp)
+        << "tp 2 x dp 2, zero " << zero;
+  }
+  model::TensorMap tp_host;
+  double tp_routers = 0;
+  for (const model::ParamSpec& s : model::param_specs(c)) {
+    core::Shape shape = s.shape;
+    const model::TpSplit sp = model::tp_split(c, s.name);
+    if (sp.dim >= 0) shape[size_t(sp.dim)] /= 2;
+    if (model::keeps_f32_weight(s.name))
+      tp_routers += 4.0 * double(train::zero3_aligned(core::numel(shape)));
+    tp_host.emplace(s.name, core::Tensor(shape));
+  }
+  model::StateOptions pieces;
+  pieces.gathered = true;
+  const train::Zero3Layout lt = train::zero3_layout(
+      model::Params(core::Device::cpu, core::DType::f32, tp_host, pieces), c, 2, 0);
+  const train::MemoryPlan z3t = train::plan_memory(c, lora_input(c, layout(2, 3, 1, 2)));
+  EXPECT_DOUBLE_EQ(z3t.state - z3t.gathered,
+                   2.0 * double(lt.shard) + tp_routers + 10 * double(local_tp) + 8 * shard_tp);
 }
 
 // The large MoE presets with LoRA (r 16, default targets and the routed experts, bf16, moments

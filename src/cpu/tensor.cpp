@@ -53,10 +53,13 @@ void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-void dropout(const float* x, float* y, uint32_t keep_below, float scale, uint64_t key, int64_t n) {
+void dropout(const float* x, float* y, uint32_t keep_below, float scale, uint64_t key, int64_t n,
+             int64_t cols, int64_t ld, int64_t col0) {
 #pragma omp parallel for schedule(static) if (n > 262144)
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = uint32_t(core::random_bits(key, uint64_t(i)) >> 40) < keep_below ? x[i] * scale : 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = cols == 0 ? i : (i / cols) * ld + col0 + i % cols;
+    y[i] = uint32_t(core::random_bits(key, uint64_t(k)) >> 40) < keep_below ? x[i] * scale : 0.f;
+  }
 }
 
 void axpy(float* y, const float* x, float alpha, int64_t n) {

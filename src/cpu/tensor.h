@@ -24,8 +24,10 @@ void fill(T* x, T value, int64_t n);
 // y += x, [n] each.
 void add_inplace(float* y, const float* x, int64_t n);
 // Dropout with a counter-based mask (ops::dropout): y[i] = keep_i ? x[i] * scale : 0, keep_i =
-// (core::random_bits(key, i) >> 40) < keep_below. y may be x.
-void dropout(const float* x, float* y, uint32_t keep_below, float scale, uint64_t key, int64_t n);
+// (core::random_bits(key, k_i) >> 40) < keep_below, k_i = i (cols = 0) or, in a window,
+// (i / cols) ld + col0 + i % cols. y may be x.
+void dropout(const float* x, float* y, uint32_t keep_below, float scale, uint64_t key, int64_t n,
+             int64_t cols, int64_t ld, int64_t col0);
 // y[i] += alpha * x[i] (float arithmetic).
 void axpy(float* y, const float* x, float alpha, int64_t n);
 // sum_i x[i]^2, summed in double in index order (deterministic).

@@ -481,21 +481,22 @@ __global__ void axpy_kernel(T* y, const T* x, float alpha, int64_t n) {
 namespace {
 template <typename T>
 __global__ void dropout_kernel(const T* x, T* y, uint32_t keep_below, float scale, uint64_t key,
-                               int64_t n) {
+                               int64_t n, int64_t cols, int64_t ld, int64_t col0) {
   for (int64_t i = thread_index(); i < n; i += thread_count()) {
-    const bool keep = uint32_t(core::random_bits(key, uint64_t(i)) >> 40) < keep_below;
+    const int64_t k = cols == 0 ? i : (i / cols) * ld + col0 + i % cols;
+    const bool keep = uint32_t(core::random_bits(key, uint64_t(k)) >> 40) < keep_below;
     store_f32(y, i, keep ? load_f32(x, i) * scale : 0.f);
   }
 }
 }  // namespace
 
 void dropout(DType dt, const void* x, void* y, uint32_t keep_below, float scale, uint64_t key,
-             int64_t n) {
+             int64_t n, int64_t cols, int64_t ld, int64_t col0) {
   check_n("cuda::dropout", n);
   if (n == 0) return;
   DT_DISPATCH_DTYPE(dt, T, {
     dropout_kernel<T><<<blocks_for(n), kThreads>>>(static_cast<const T*>(x), static_cast<T*>(y),
-                                                   keep_below, scale, key, n);
+                                                   keep_below, scale, key, n, cols, ld, col0);
   });
   DT_CUDA_LAUNCH_CHECK("dropout");
 }

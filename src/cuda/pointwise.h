@@ -111,9 +111,10 @@ void add_inplace(float* y, const float* x, int64_t n);
 void add_inplace_dt(float* y, DType xt, const void* x, int64_t n);
 // y[i] = round_dt(y[i] + alpha * x[i]) in f32 arithmetic; y and x of one dtype dt.
 void axpy(DType dt, void* y, const void* x, float alpha, int64_t n);
-// Dropout with a counter-based mask, as cpu::dropout; x, y of dtype dt (y may be x).
+// Dropout with a counter-based mask, as cpu::dropout (its window: cols, ld, col0); x, y of dtype
+// dt (y may be x).
 void dropout(DType dt, const void* x, void* y, uint32_t keep_below, float scale, uint64_t key,
-             int64_t n);
+             int64_t n, int64_t cols, int64_t ld, int64_t col0);
 
 // dst[r, dst_col0 + c] = src[r, src_col0 + c] for r < rows, c < cols (row-major, leading
 // dimensions src_ld / dst_ld in elements): splits and concatenates column blocks. No overlap.

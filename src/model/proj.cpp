@@ -16,8 +16,9 @@ struct Adapter {
   const LoraModule* m = nullptr;
   LoraShape d;
   View A, B;
-  double p = 0;      // dropout probability on the adapter's input (0: none)
-  uint64_t key = 0;  // the module's mask key for this pack
+  double p = 0;            // dropout probability on the adapter's input (0: none)
+  uint64_t key = 0;        // the module's mask key for this pack
+  ops::MaskWindow window;  // where this rank's input lies in the whole input's masks
 };
 
 // The adapter of `weight` for an input of x's dtype, or nothing.
@@ -36,6 +37,19 @@ bool adapter_of(const Ctx& cx, const std::string& weight, const View& x, int64_t
   if (cx.dropout_key != 0 && cx.lora->options().dropout > 0) {
     a.p = cx.lora->options().dropout;
     a.key = core::hash64(cx.dropout_key + uint64_t(cx.lora->index(m) + 1) * 0xD1B54A32D192ED03ull);
+    // Tensor parallelism: a row-parallel base's input is this rank's contiguous piece of the
+    // whole input's columns (o_proj, out_proj, down_proj: one segment each), so it takes those
+    // columns of the whole input's masks, one rank's; any other adapter's input is whole.
+    if (cx.tp && cx.tp->on()) {
+      const TpSplit split = tp_split(cx.c, weight);
+      if (split.dim == 1) {
+        DT_CHECK(split.segments.size() == 1, weight,
+                 ": LoRA dropout under tensor parallelism needs one contiguous input piece per "
+                 "rank, the split has ",
+                 split.segments.size(), " segments");
+        a.window = ops::MaskWindow{I, I * cx.tp->size(), I * cx.tp->rank()};
+      }
+    }
   }
   return true;
 }
@@ -64,7 +78,7 @@ void proj_fwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
   if (a.p == 0) return lora_fwd(a.d, x, a.A, a.B, h, y);
   // PEFT's lora_dropout: the adapter sees dropout(x); the base sees x.
   const Buffer xd(cx.dev(), x.dtype, {cx.N() * I}, "LoRA input (dropout)");
-  ops::dropout(x, xd, a.p, a.key, cx.N() * I);
+  ops::dropout(x, xd, a.p, a.key, cx.N() * I, a.window);
   lora_fwd(a.d, xd, a.A, a.B, h, y);
 }
 
@@ -87,11 +101,11 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
   // Dropout: the same mask regenerated from its key, on the input and on the input gradient.
   const int64_t n = cx.N() * I;
   const Buffer xd(cx.dev(), x.dtype, {n}, "LoRA input (dropout)");
-  ops::dropout(x, xd, a.p, a.key, n);
+  ops::dropout(x, xd, a.p, a.key, n, a.window);
   const Buffer dxd(cx.dev(), x.dtype, {n}, "LoRA input gradient (dropout)");
   ops::zero(dxd);
   lora_bwd(a.d, xd, dy, a.A, a.B, h, dh, dxd, gA, gB);
-  ops::dropout(dxd, dxd, a.p, a.key, n);
+  ops::dropout(dxd, dxd, a.p, a.key, n, a.window);
   if (dx.dtype == core::DType::f32)
     ops::add_inplace(dx, dxd, n);
   else

@@ -168,21 +168,25 @@ void add_inplace(const View& y, const View& x, int64_t n) {
   a.bad_device();
 }
 
-void dropout(const View& x, const View& y, double p, uint64_t key, int64_t n) {
+void dropout(const View& x, const View& y, double p, uint64_t key, int64_t n, const MaskWindow& w) {
   Args a("dropout");
   a.nonneg(n, "n");
   a.need(x, "x", dtypes::act, n);
   a.need(y, "y", dtypes::act, n);
   a.same_dtype(x, "x", y, "y");
   DT_CHECK(p >= 0 && p < 1, "ops::dropout: p = ", p, " is not in [0, 1)");
+  DT_CHECK(w.cols == 0 || (w.cols > 0 && n % w.cols == 0 && w.col0 >= 0 && w.col0 + w.cols <= w.ld),
+           "ops::dropout: the window of ", w.cols, " columns at ", w.col0, " of ", w.ld,
+           " does not fit ", n, " elements");
   const uint32_t keep_below = uint32_t(std::llround((1.0 - p) * double(1u << 24)));
   const float scale = float(1.0 / (1.0 - p));
   switch (a.device()) {
     case core::Device::cpu:
-      return cpu::dropout(x.f32(), y.f32(), keep_below, scale, key, n);
+      return cpu::dropout(x.f32(), y.f32(), keep_below, scale, key, n, w.cols, w.ld, w.col0);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
-      return cuda::dropout(x.dtype, x.data, y.data, keep_below, scale, key, n);
+      return cuda::dropout(x.dtype, x.data, y.data, keep_below, scale, key, n, w.cols, w.ld,
+                           w.col0);
 #else
       a.no_cuda();
 #endif

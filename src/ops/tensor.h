@@ -50,7 +50,15 @@ void add_inplace(const core::View& y, const core::View& x, int64_t n);
 // decided by core::random_bits(key, i) (counter-based: the same key gives the same mask on every
 // device, so a backward pass regenerates it instead of storing it). x, y [n] of one dtype (f32, or
 // bf16 on CUDA); y may be x. 0 <= p < 1.
-void dropout(const core::View& x, const core::View& y, double p, uint64_t key, int64_t n);
+// A window (tensor parallelism: a row-parallel adapter's input is this rank's columns of the
+// whole [rows, ld] input): x is [n / cols, cols], its element (r, c) taking the mask of the whole
+// input's element (r, col0 + c), i.e. counter r ld + col0 + c, so the ranks' masks are the pieces
+// of one rank's. The default window (cols = 0) is the whole input: counter i.
+struct MaskWindow {
+  int64_t cols = 0, ld = 0, col0 = 0;
+};
+void dropout(const core::View& x, const core::View& y, double p, uint64_t key, int64_t n,
+             const MaskWindow& window = {});
 
 // y += alpha * x, y and x of one dtype (f32, or bf16 on CUDA: f32 arithmetic, one rounding), [n].
 void axpy(const core::View& y, const core::View& x, float alpha, int64_t n);

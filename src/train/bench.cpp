@@ -190,7 +190,6 @@ void run_bench(const BenchOptions& o) {
   lc.offload = o.offload;
   lc.lora = o.lora;
   check_parallel(lc);
-  DT_CHECK(!o.lora || o.ep == 1, "bench: --ep with --lora is not supported yet");
   const TensorGroups tg = setup_tensor_groups(par, o.tp, o.sp, c, "bench --tp");
   const Parallel& dp = tg.data(par);
   const ExpertGroups eg = setup_expert_groups(dp, o.ep, c, "bench --ep");  // among dp's ranks
@@ -314,7 +313,11 @@ void run_bench(const BenchOptions& o) {
   AdamWOptions ao;
   ao.weight_decay = 0.1;
   ao.bf16_moments = state.moments == core::DType::bf16;
-  if (lora) lora->adapters = model::lora_init(lora_mods, o.lora_r, o.seed);
+  if (lora) {  // as the trainer: the routed-expert adapters with their experts, the tp factors
+    lora->adapters = model::lora_init(lora_mods, o.lora_r, o.seed);
+    keep_local_experts(*lora, eg);
+    keep_local_shards(*lora, tg, c);
+  }
   // This rank's share of the weights (its expert slices and tensor-parallel shards).
   model::TensorMap params = streamed ? model::TensorMap{} : bench_params(c, o.seed, eg, tg);
   const model::ParamSource source = streamed ? bench_source(c, o.seed, eg) : model::ParamSource{};
@@ -324,7 +327,7 @@ void run_bench(const BenchOptions& o) {
   auto engine = streamed ? make_engine(o.device, o.precision, c, source, nullptr, o.recompute,
                                        state, lora ? &*lora : nullptr, zero)
                          : make_engine(o.device, o.precision, c, params, nullptr, o.recompute,
-                                       state, nullptr, zero);
+                                       state, lora ? &*lora : nullptr, zero);
   engine->set_recompute_selective(o.recompute_selective);
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);

@@ -199,9 +199,6 @@ class ModelEngine final : public Engine {
   void set_tensor_parallel(const model::TensorParallel& tp) override {
     // With ZeRO the engine was made with the data-parallel ranks holding the same tp slice
     // (ZeroSetup::comm): its shards cover this rank's tp-local tensors.
-    DT_CHECK(!model_.adapters() || model_.adapters()->options().dropout == 0,
-             "tensor parallelism with lora.dropout > 0 is not supported yet (a row-parallel "
-             "adapter's input is this rank's columns: its masks would not be one rank's)");
     model_.set_tensor_parallel(tp);
   }
   void grads_to_host(model::TensorMap& grads) override { model_.trainable().download_grads(grads); }

@@ -48,8 +48,8 @@ class Engine {
   virtual void set_expert_parallel(const model::ExpertParallel& ep) = 0;
   // Tensor parallelism (model/tensor_parallel.h): the engine was made from this rank's shards
   // (train/tensor_parallel.h); every pack runs on every rank of tp.comm's group. The gradient
-  // norm adds the group's shards. Before the first pack; not with LoRA dropout. With ZeRO the
-  // engine was made with ZeroSetup::comm = the data-parallel ranks holding the same tp slice.
+  // norm adds the group's shards. Before the first pack. With ZeRO the engine was made with
+  // ZeroSetup::comm = the data-parallel ranks holding the same tp slice.
   virtual void set_tensor_parallel(const model::TensorParallel& tp) = 0;
   // Copies the gradients of the trainable parameters (the adapters in a LoRA run) into `grads`
   // (shaped like them, e.g. model::zeros_like).

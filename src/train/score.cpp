@@ -121,8 +121,6 @@ void run_score(const ScoreOptions& opt) {
   // them (dp: the data-parallel ranks). ZeRO 3: every layer is gathered over the data-parallel
   // ranks (a collective; with --tp those holding the same tp slice), so, as with --ep, every
   // rank runs as many packs as the others.
-  DT_CHECK(opt.tp == 1 || opt.zero == 0 || opt.adapter_dir.empty(),
-           "deltatron score: --tp with --zero and --adapter is not supported yet");
   DT_CHECK(opt.zero == 0 || opt.zero == 3, "deltatron score --zero ", opt.zero,
            ": 0 or 3 (stages 1 and 2 shard the optimizer state, which scoring does not have)");
   const TensorGroups tg = setup_tensor_groups(par, opt.tp, opt.sp, c0, "deltatron score --tp");

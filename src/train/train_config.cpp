@@ -194,13 +194,6 @@ void check_parallel(const TrainConfig& c) {
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, c.source,
            ": parallel.sp = true needs parallel.tp > 1 (sequence parallelism splits the tokens "
            "over a tensor-parallel group)");
-  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.parallel_zero == 0, c.source,
-           ": parallel.tp = ", c.parallel_tp, " with LoRA and parallel.zero = ", c.parallel_zero,
-           " is not supported yet (use zero = 0 with tp, or tp = 1)");
-  DT_CHECK(c.parallel_tp == 1 || !c.lora || c.lora_dropout == 0, c.source,
-           ": parallel.tp = ", c.parallel_tp, " with lora.dropout = ", c.lora_dropout,
-           " is not supported yet (a row-parallel adapter's input is a rank's columns; use "
-           "lora.dropout = 0)");
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
