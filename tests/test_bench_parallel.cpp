@@ -142,8 +142,9 @@ TEST_F(BenchParallel, UnsupportedLayoutsAreErrors) {
   dt_test::write_file(tmp.path / "lengths.json", kLengths);
   const std::string base = "bench --device cpu --tokens 128 --lengths " +
                            (tmp.path / "lengths.json").string() + " --preset tiny ";
-  EXPECT_NE(dt_test::run_ranks(1, base + "--tp 2 --lora --zero 1", tmp.path / "a.err"), 0);
-  EXPECT_NE(dt_test::read_file(tmp.path / "a.err").find("parallel.tp = 2 with LoRA and"),
+  EXPECT_NE(dt_test::run_ranks(1, base + "--zero 3 --offload moments", tmp.path / "a.err"), 0);
+  EXPECT_NE(dt_test::read_file(tmp.path / "a.err")
+                .find("parallel.zero = 3 with training.offload = moments is not supported"),
             std::string::npos)
       << dt_test::read_file(tmp.path / "a.err");
   EXPECT_NE(dt_test::run_ranks(1, base + "--ep 2", tmp.path / "b.err"), 0);

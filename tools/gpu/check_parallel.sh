@@ -44,6 +44,11 @@ for fx in dense_text_varied dense_text_mtp moe_text_fused_tied moe_vlm_mtp; do
     run1 ep2 shared 2 "${args[@]}" --ep 2
     compare "$fx: ep2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.ep2" 1e-6 2e-5
   fi
+  if [[ $fx == moe_text_fused_tied ]]; then  # tp x ep (the VLM fixture's image packs refuse tp)
+    run1 tp2ep2 shared 4 "${args[@]}" --tp 2 --sp --ep 2
+    compare "$fx: tp2 + sp x ep2 (4 ranks, one device) vs one rank" "$out/$fx.one" \
+      "$out/$fx.tp2ep2" 1e-6 5e-5
+  fi
 done
 # LoRA (docs/parallel.md, "LoRA under the layouts"): PEFT's routed-expert adapter on the MoE
 # fixture, fp32 on every layout; bf16 with ZeRO 3 (the frozen base's bf16 shard, the routers' f32
@@ -53,11 +58,12 @@ lora_args=(score --quiet --model "$d" --data "$d/samples.jsonl" --pack-tokens 64
            --adapter "$repo/tests/data/golden_lora/moe_experts/adapter" --router-aux-coef 0.01)
 lrun() { local o=$out/lora.$1; shift; "$@" --output "$o.jsonl" --grad-out "$o.safetensors"            >"$o.log" 2>&1 || { echo "   lora $o: FAILED"; tail -3 "$o.log"; status=1; }; }
 lrun one "$bin" "${lora_args[@]}" --precision fp32
-for layout in "ep2 --ep 2" "zero3 --zero 3" "zero3ep2 --zero 3 --ep 2" "tp2 --tp 2"; do
-  read -r name flags <<<"$layout"
+for layout in "2 ep2 --ep 2" "2 zero3 --zero 3" "2 zero3ep2 --zero 3 --ep 2" "2 tp2 --tp 2" \
+              "2 tp2zero3 --tp 2 --zero 3" "4 tp2ep2 --tp 2 --sp --ep 2"; do
+  read -r n name flags <<<"$layout"
   # shellcheck disable=SC2086
-  lrun "$name" shared 2 "${lora_args[@]}" --precision fp32 $flags
-  compare "lora $name (2 ranks, one device) vs one rank" "$out/lora.one" "$out/lora.$name" 1e-6 5e-5
+  lrun "$name" shared "$n" "${lora_args[@]}" --precision fp32 $flags
+  compare "lora $name ($n ranks, one device) vs one rank" "$out/lora.one" "$out/lora.$name" 1e-6 5e-5
 done
 if [[ $device == cuda ]]; then
   lrun one_bf16 "$bin" "${lora_args[@]}" --precision bf16
@@ -74,11 +80,16 @@ train_args=(train "$toml" --training.steps=6 --training.warmup_steps=2
             "--data.cache_dir=\"$out/cache\"")
 "$bin" "${train_args[@]}" --training.grad_accum=2 "--training.out_dir=\"$out/t_one\"" \
   >"$out/t_one.log" 2>&1 || { echo "   train one rank FAILED"; tail -3 "$out/t_one.log"; status=1; }
-for layout in "zero2 --parallel.zero=2" "ep2 --parallel.ep=2"; do
-  read -r name flags <<<"$layout"
-  shared 2 "${train_args[@]}" --training.grad_accum=1 $flags "--training.out_dir=\"$out/t_$name\"" \
+# Also ZeRO 2 with the moments offloaded (each rank its shard's, in pinned host memory), and tp2 +
+# sp x ep2 on 4 ranks (2 data-parallel ranks of 1 micro-batch each).
+for layout in "2 zero2 --parallel.zero=2" "2 ep2 --parallel.ep=2" \
+              "2 zero2off --parallel.zero=2 --training.offload=moments" \
+              "4 tp2ep2 --parallel.tp=2 --parallel.sp=true --parallel.ep=2"; do
+  read -r n name flags <<<"$layout"
+  # shellcheck disable=SC2086
+  shared "$n" "${train_args[@]}" --training.grad_accum=1 $flags "--training.out_dir=\"$out/t_$name\"" \
     >"$out/t_$name.log" 2>&1 || { echo "   train $name FAILED"; tail -3 "$out/t_$name.log"; status=1; continue; }
-  python3 "$repo/tools/gpu/compare_runs.py" train "train $name (2 ranks, one device) vs one rank" \
+  python3 "$repo/tools/gpu/compare_runs.py" train "train $name ($n ranks, one device) vs one rank" \
     "$out/t_one" "$out/t_$name" 1e-5 || status=1
 done
 # The dense example with ZeRO 3 (2 ranks x 1 micro-batch vs 1 x 2) and with tensor + sequence
