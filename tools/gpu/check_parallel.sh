@@ -81,16 +81,17 @@ train_args=(train "$toml" --training.steps=6 --training.warmup_steps=2
 "$bin" "${train_args[@]}" --training.grad_accum=2 "--training.out_dir=\"$out/t_one\"" \
   >"$out/t_one.log" 2>&1 || { echo "   train one rank FAILED"; tail -3 "$out/t_one.log"; status=1; }
 # Also ZeRO 2 with the moments offloaded (each rank its shard's, in pinned host memory), and tp2 +
-# sp x ep2 on 4 ranks (2 data-parallel ranks of 1 micro-batch each).
-for layout in "2 zero2 --parallel.zero=2" "2 ep2 --parallel.ep=2" \
-              "2 zero2off --parallel.zero=2 --training.offload=moments" \
-              "4 tp2ep2 --parallel.tp=2 --parallel.sp=true --parallel.ep=2"; do
-  read -r n name flags <<<"$layout"
+# sp x ep2 on 4 ranks (2 data-parallel ranks of 1 micro-batch each; the tensor-parallel partial
+# sums round differently: the bound of dense tp below).
+for layout in "2 zero2 1e-5 --parallel.zero=2" "2 ep2 1e-5 --parallel.ep=2" \
+              "2 zero2off 1e-5 --parallel.zero=2 --training.offload=moments" \
+              "4 tp2ep2 1e-4 --parallel.tp=2 --parallel.sp=true --parallel.ep=2"; do
+  read -r n name tol flags <<<"$layout"
   # shellcheck disable=SC2086
   shared "$n" "${train_args[@]}" --training.grad_accum=1 $flags "--training.out_dir=\"$out/t_$name\"" \
     >"$out/t_$name.log" 2>&1 || { echo "   train $name FAILED"; tail -3 "$out/t_$name.log"; status=1; continue; }
   python3 "$repo/tools/gpu/compare_runs.py" train "train $name ($n ranks, one device) vs one rank" \
-    "$out/t_one" "$out/t_$name" 1e-5 || status=1
+    "$out/t_one" "$out/t_$name" "$tol" || status=1
 done
 # The dense example with ZeRO 3 (2 ranks x 1 micro-batch vs 1 x 2) and with tensor + sequence
 # parallelism (one group of 2 ranks runs the same micro-batch: vs one rank with 1).
