@@ -1,5 +1,6 @@
 // `score` of a golden fixture on parallel layouts against the one-rank run (the layout tests:
-// test_tensor_parallel, test_tp_ep): every per-sample loss, the router loss and every gradient.
+// test_tensor_parallel, test_tp_ep, test_zero_tp): every per-sample loss, the router loss and every
+// gradient.
 #pragma once
 
 #include <gtest/gtest.h>

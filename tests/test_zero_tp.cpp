@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "layout_runs.h"
+#include "layout_score.h"
 #include "ranks_run.h"
 #include "short_run.h"
 #include "test_util.h"
@@ -23,76 +24,17 @@ using namespace deltatron;
 
 namespace {
 
-// The router loss a score run reports on stderr (rank 0; without --quiet), or NaN.
-double router_loss_of(const fs::path& err) {
-  const std::string text = dt_test::read_file(err), key = "router loss (sum over MoE layers) ";
-  const size_t at = text.find(key);
-  return at == std::string::npos ? std::nan("") : std::stod(text.substr(at + key.size()));
-}
-
 // `score` of a golden fixture with `flags` on ZeRO 3 with tp2, tp2 + sp, tp2 x dp2 and
-// tp2 + sp x dp2 against one rank: every per-sample loss, the router loss (when `router`) and
-// every gradient (the tensor-parallel test's bounds: fp32 rounding amplified by the GDN gates'
-// conditioning).
+// tp2 + sp x dp2 against one rank (tests/layout_score.h: every per-sample loss, the router loss
+// when `router`, every gradient within the tensor-parallel test's bound).
 void score_vs_one_rank(const fs::path& tmp, const std::string& fixture, const std::string& flags,
                        const std::string& tag, bool router) {
-  const fs::path d = fs::path(DT_TEST_DATA) / "golden" / fixture;
-  const std::string base = "score --model " + d.string() + " --data " +
-                           (d / "samples.jsonl").string() + " --pack-tokens 64 " + flags;
-  const auto run = [&](int ranks, const std::string& layout, const fs::path& o) {
-    EXPECT_EQ(dt_test::run_ranks(ranks,
-                                 base + " " + layout + " --output " + o.string() +
-                                     ".jsonl --grad-out " + o.string() + ".safetensors",
-                                 o.string() + ".err"),
-              0)
-        << tag << " " << layout << ": " << dt_test::read_file(o.string() + ".err");
-  };
-  const fs::path one = tmp / (tag + "_one");
-  run(1, "", one);
-  if (::testing::Test::HasFailure()) return;
-  const auto want = dt_test::jsonl(one.string() + ".jsonl");
-  ASSERT_GE(want.size(), 3u);
-  const double router_want = router_loss_of(one.string() + ".err");
-  if (router) ASSERT_TRUE(std::isfinite(router_want)) << dt_test::read_file(one.string() + ".err");
-  struct Layout {
-    int ranks;
-    std::string flags, name;
-  };
-  for (const Layout& l : {Layout{2, "--zero 3 --tp 2", "zero3_tp2"},
-                          Layout{2, "--zero 3 --tp 2 --sp", "zero3_tp2_sp"},
-                          Layout{4, "--zero 3 --tp 2", "zero3_tp2_dp2"},
-                          Layout{4, "--zero 3 --tp 2 --sp", "zero3_tp2_sp_dp2"}}) {
-    const std::string what = tag + " " + l.name;
-    const fs::path o = tmp / (tag + "_" + l.name);
-    run(l.ranks, l.flags, o);
-    if (::testing::Test::HasFailure()) return;
-    const auto got = dt_test::jsonl(o.string() + ".jsonl");
-    ASSERT_EQ(got.size(), want.size()) << what;
-    double worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << what << ", sample " << i;
-      for (const char* key : {"loss_sum", "mtp_loss_sum"}) {
-        if (!want[i].contains(key)) continue;
-        const double a = got[i][key], b = want[i][key];
-        worst = std::max(worst, std::abs(a - b) / std::max(1.0, std::abs(b)));
-        EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b)))
-            << what << ", sample " << i << " " << key;
-      }
-    }
-    std::string name;
-    const double r =
-        dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
-    std::printf("  %s: losses %.2e; worst gradient rel RMS vs one rank %.2e (%s)", what.c_str(),
-                worst, r, name.c_str());
-    if (router) {  // counted once per tensor-parallel group: one rank's value
-      const double a = router_loss_of(o.string() + ".err");
-      const double rel = std::abs(a - router_want) / std::abs(router_want);
-      std::printf(", router loss %.2e", rel);
-      EXPECT_LE(rel, 1e-6) << what << ": router loss " << a << ", one rank " << router_want;
-    }
-    std::printf("\n");
-    EXPECT_LE(r, 5e-5) << what << ": " << name;
-  }
+  static const std::vector<dt_test::ScoreLayout> kLayouts = {
+      {2, "--zero 3 --tp 2", "zero3_tp2"},
+      {2, "--zero 3 --tp 2 --sp", "zero3_tp2_sp"},
+      {4, "--zero 3 --tp 2", "zero3_tp2_dp2"},
+      {4, "--zero 3 --tp 2 --sp", "zero3_tp2_sp_dp2"}};
+  dt_test::score_vs_one_rank(tmp, fixture, flags, tag, router, false, kLayouts);
 }
 
 // A run's output directory copied under another name, its step-6 checkpoint removed: resuming it
