@@ -2,7 +2,8 @@
 # Issue 16 in one command on a multi-GPU machine (docs/parallel.md, "Multi-GPU runs"), every part
 # under its own `timeout`, about 9 minutes in all on 8 GPUs:
 #   exact  `score --precision fp32` on 3 golden fixtures, one GPU against dp2, dp2 + ZeRO 3,
-#          ep2, tp2 + sp and the largest layouts on all GPUs (losses 1e-5, gradients 1e-4)
+#          ep2, tp2 + sp and the largest layouts on all GPUs (ZeRO 3 x tp2 + sp x ep2 from 4 GPUs;
+#          losses 1e-5, gradients 1e-4)
 #   curve  bf16 training of the bundled examples: one GPU with grad_accum 2 (1 for tp) against
 #          2 GPUs with ZeRO 1, ZeRO 3, ep2 (MoE) and tp2 + sp (CURVE_STEPS steps, default 50)
 #   scale  `deltatron bench --preset 2b` data parallel on 1, 2, 4, 8 GPUs (as many as present), the
@@ -78,6 +79,10 @@ part_exact() {
       layouts+=("ep2 2 --ep 2")
       local e=$((n < 4 ? n : 4))
       ((n > 2 && n % e == 0)) && layouts+=("dp${n}_zero3_ep$e $n --zero 3 --ep $e")
+      # tensor x expert parallelism (the text fixture: the VLM's image packs refuse tp), ZeRO 3 on
+      # top: tp2 + sp, ep2 among each tp slice's n / 2 data-parallel ranks
+      [[ $fx == moe_text_fused_tied ]] && ((n >= 4 && n % 4 == 0)) &&
+        layouts+=("zero3_tp2sp_ep2 $n --zero 3 --tp 2 --sp --ep 2")
     fi
     "$bin" "${args[@]}" --output "$o/$fx.one.jsonl" --grad-out "$o/$fx.one.safetensors" \
       >"$o/$fx.one.log" 2>&1 || { echo "   $fx one GPU: FAILED"; tail -3 "$o/$fx.one.log"; return 1; }
