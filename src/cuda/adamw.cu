@@ -19,9 +19,8 @@
 // copy.
 //
 // Sum of squares: a block of 256 threads owns kNormChunk = 65536 consecutive elements of one
-// tensor; thread j sums x^2 in fp64 over elements 4j .. 4j+3 of each 1024-element stripe, in
-// order (loading 16 ahead, 16 bytes at a time where aligned; the zeros padding a short last batch
-// add exactly nothing), then a shuffle tree
+// tensor; thread j sums x^2 in fp64 over elements j, j+256, ... in order (loading 16 ahead; the
+// zeros padding a short last batch add exactly nothing), then a shuffle tree
 // (fixed pairing) and a fixed combine of the 8 warp sums give the block's partial, written to
 // partial[b]. A second kernel (one block of 1024 threads) sums the partials the same way. No
 // atomics: the result depends only on the element counts and values.
@@ -327,24 +326,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = int64_t(b - tab.start[k]) * kNormChunk;
   const int64_t end = begin + kNormChunk < tab.n[k] ? begin + kNormChunk : tab.n[k];
   const float* __restrict__ x = tab.x[k];
-  // Stripes of 1024 elements: thread j takes elements 4j .. 4j+3 of each (one 16-byte load where
-  // x is aligned, four loads otherwise: the same elements, so the sum does not depend on the
-  // alignment), kNormBatch / 4 stripes loaded before their squares are added in order, so each
-  // thread keeps several loads in flight while the fp64 adds form one chain.
-  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // kNormBatch loads issued before their squares are added (in element order), so each thread
+  // keeps several loads in flight while the fp64 adds form one chain.
   double acc = 0;
-  for (int64_t s0 = begin; s0 < end; s0 += int64_t(kNormBatch) * kThreads) {
+  for (int64_t i0 = begin + threadIdx.x; i0 < end; i0 += int64_t(kNormBatch) * kThreads) {
     float v[kNormBatch];
 #pragma unroll
-    for (int q = 0; q < kNormBatch / 4; ++q) {
-      const int64_t i = s0 + int64_t(q) * 4 * kThreads + 4 * int64_t(threadIdx.x);
-      if (aligned && i + 4 <= end) {
-        const float4 f = *reinterpret_cast<const float4*>(x + i);
-        v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
-      } else {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) v[4 * q + c] = i + c < end ? x[i + c] : 0.f;
-      }
+    for (int j = 0; j < kNormBatch; ++j) {
+      const int64_t i = i0 + int64_t(j) * kThreads;
+      v[j] = i < end ? x[i] : 0.f;
     }
 #pragma unroll
     for (int j = 0; j < kNormBatch; ++j) acc += double(v[j]) * double(v[j]);
