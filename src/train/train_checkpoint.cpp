@@ -153,6 +153,41 @@ void save_checkpoint(const TrainConfig& cfg, Engine& engine, io::Checkpoint& ck,
 
 namespace {
 
+// The request protocol of a collective save. Rank 0 runs `write`, which calls request(item, part)
+// before each collective read of part `part` of item `item` (of `items` items with `parts` parts
+// each); it broadcasts item x parts + part. Every other rank serves: serve(item, part) for each
+// request, until rank 0 broadcasts -1 (done, also when its write fails: this rank's error stops
+// the job).
+using SaveRequest = std::function<void(int64_t item, int64_t part)>;
+void collective_save(const Parallel& par, int64_t items, int64_t parts, const SaveRequest& serve,
+                     const std::function<void(const SaveRequest& request)>& write) {
+  if (!par.root()) {
+    for (;;) {
+      int64_t req = 0;
+      broadcast(par, req, 0);
+      if (req < 0) return;
+      DT_CHECK(req / parts < items, "checkpoint save: request ", req, " for one of ", items,
+               " parameters");
+      serve(req / parts, req % parts);
+    }
+  }
+  const SaveRequest request = [&](int64_t item, int64_t part) {
+    int64_t req = parts * item + part;
+    broadcast(par, req, 0);
+  };
+  int64_t done = -1;
+  try {
+    write(request);
+  } catch (...) {
+    try {
+      broadcast(par, done, 0);  // release the other ranks; this rank's error stops the job
+    } catch (...) {
+    }
+    throw;
+  }
+  broadcast(par, done, 0);
+}
+
 // The LoRA save of a parallel run. With ep or tp the adapters' slices (small: the base is not
 // saved) are gathered whole on every rank first (collective), then rank 0 writes them; otherwise
 // the adapters are whole on every rank, and with ZeRO the moments are read collectively, as
@@ -187,38 +222,26 @@ void save_lora_ranks(const Parallel& par, const TrainConfig& cfg, Engine& engine
   }
   model::TensorMap& weights = lora->adapters;
   std::vector<std::string> names;
-  for (const auto& [name, t] : weights) names.push_back(name);
-  if (!par.root()) {  // serve rank 0's requests
-    std::vector<float> scratch;
-    for (;;) {
-      int64_t req = 0;
-      broadcast(par, req, 0);
-      if (req < 0) return;
-      DT_CHECK(req / 2 < int64_t(names.size()), "checkpoint save: request ", req, " for one of ",
-               names.size(), " parameters");
-      const std::string& name = names[size_t(req / 2)];
-      scratch.resize(size_t(weights.at(name).numel()));
-      engine.read_moment(name, req % 2 == 1, scratch.data());
-    }
-  }
   std::map<std::string, int64_t> index;
-  for (size_t i = 0; i < names.size(); ++i) index[names[i]] = int64_t(i);
-  const MomentSource moment = [&](const std::string& name, bool second, float* out) {
-    int64_t req = 2 * index.at(name) + (second ? 1 : 0);
-    broadcast(par, req, 0);
-    engine.read_moment(name, second, out);
-  };
-  int64_t done = -1;
-  try {
-    save_checkpoint(cfg, engine, ck, st, opt, tok_files, start, lora, &moment);
-  } catch (...) {
-    try {
-      broadcast(par, done, 0);  // release the other ranks; this rank's error stops the job
-    } catch (...) {
-    }
-    throw;
+  for (const auto& [name, t] : weights) {
+    index[name] = int64_t(names.size());
+    names.push_back(name);
   }
-  broadcast(par, done, 0);
+  std::vector<float> scratch;  // a serving rank's copy of the moment it reads
+  collective_save(
+      par, int64_t(names.size()), 2,
+      [&](int64_t item, int64_t part) {
+        const std::string& name = names[size_t(item)];
+        scratch.resize(size_t(weights.at(name).numel()));
+        engine.read_moment(name, part == 1, scratch.data());
+      },
+      [&](const SaveRequest& request) {
+        const MomentSource moment = [&](const std::string& name, bool second, float* out) {
+          request(index.at(name), second ? 1 : 0);
+          engine.read_moment(name, second, out);
+        };
+        save_checkpoint(cfg, engine, ck, st, opt, tok_files, start, lora, &moment);
+      });
 }
 
 }  // namespace
@@ -251,34 +274,22 @@ void save_checkpoint_ranks(const Parallel& par, const TrainConfig& cfg, Engine& 
     index[name] = int64_t(names.size());
     names.push_back(name);
   }
-  if (!par.root()) {
-    for (;;) {
-      int64_t req = 0;
-      broadcast(par, req, 0);
-      if (req < 0) return;
-      DT_CHECK(req / 3 < int64_t(names.size()), "checkpoint save: request ", req, " for one of ",
-               names.size(), " parameters");
-      reader.read(StatePart(req % 3), names[size_t(req / 3)], nullptr);
-    }
-  }
-  reader.sync_step();
-  const StateGet get = [&](StatePart part, const std::string& name, float* out) {
-    int64_t req = 3 * index.at(name) + int64_t(part);
-    broadcast(par, req, 0);
-    reader.read(part, name, out);
-  };
-  int64_t done = -1;
+  if (par.root()) reader.sync_step();
   std::string dir;
-  try {
-    dir = write_model_checkpoint(cfg, ck, st, opt, tok_files, start, reader.shapes(), get, stats);
-  } catch (...) {
-    try {
-      broadcast(par, done, 0);  // release the other ranks; this rank's error stops the job
-    } catch (...) {
-    }
-    throw;
-  }
-  broadcast(par, done, 0);
+  collective_save(
+      par, int64_t(names.size()), 3,
+      [&](int64_t item, int64_t part) {
+        reader.read(StatePart(part), names[size_t(item)], nullptr);
+      },
+      [&](const SaveRequest& request) {
+        const StateGet get = [&](StatePart part, const std::string& name, float* out) {
+          request(index.at(name), int64_t(part));
+          reader.read(part, name, out);
+        };
+        dir =
+            write_model_checkpoint(cfg, ck, st, opt, tok_files, start, reader.shapes(), get, stats);
+      });
+  if (!par.root()) return;
   finish_save(cfg, start, dir);
 }
 
