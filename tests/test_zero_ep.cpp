@@ -15,6 +15,7 @@
 
 #include "io/checkpoint.h"
 #include "layout_runs.h"
+#include "layout_score.h"
 #include "model/expert_parallel.h"
 #include "model/params.h"
 #include "ranks_run.h"
@@ -34,51 +35,14 @@ using namespace deltatron;
 // experts' GEMMs grouped otherwise), the gradients within the expert-parallel test's bound.
 TEST(ZeroExpertParallel, ScoreEqualsOneRank) {
   const dt_test::TempDir tmp("zero_ep_score");
-  struct Layout {
-    int ranks, ep;
-  };
+  const std::vector<dt_test::ScoreLayout> layouts = {{2, "--zero 3 --ep 2", "zero3_ranks2_ep2"},
+                                                     {4, "--zero 3 --ep 2", "zero3_ranks4_ep2"},
+                                                     {4, "--zero 3 --ep 4", "zero3_ranks4_ep4"}};
   for (const std::string fixture : {"moe_text_fused_tied", "moe_vlm_mtp"}) {
-    const fs::path d = fs::path(DT_TEST_DATA) / "golden" / fixture;
     const std::string mtp = fixture == "moe_vlm_mtp" ? " --mtp-scale 0.3" : "";
-    const std::string base = "score --quiet --model " + d.string() + " --data " +
-                             (d / "samples.jsonl").string() + " --pack-tokens 64" + mtp +
-                             " --router-aux-coef 0.01 --z-loss-coef 0.001";
-    const auto run = [&](const std::string& tag, int ranks, const std::string& flags) {
-      const fs::path o = tmp.path / (fixture + "_" + tag);
-      EXPECT_EQ(dt_test::run_ranks(ranks,
-                                   base + flags + " --output " + o.string() + ".jsonl --grad-out " +
-                                       o.string() + ".safetensors",
-                                   o.string() + ".err"),
-                0)
-          << fixture << " " << tag << ": " << dt_test::read_file(o.string() + ".err");
-      return o;
-    };
-    const fs::path one = run("one", 1, "");
-    if (HasFailure()) return;
-    const auto want = dt_test::jsonl(one.string() + ".jsonl");
-    for (const Layout l : {Layout{2, 2}, Layout{4, 2}, Layout{4, 4}}) {
-      const std::string tag =
-          "zero3_ranks" + std::to_string(l.ranks) + "_ep" + std::to_string(l.ep);
-      const fs::path o = run(tag, l.ranks, " --zero 3 --ep " + std::to_string(l.ep));
-      if (HasFailure()) return;
-      const auto got = dt_test::jsonl(o.string() + ".jsonl");
-      ASSERT_EQ(got.size(), want.size()) << tag;
-      for (size_t i = 0; i < want.size(); ++i) {
-        EXPECT_EQ(got[i]["n_tokens"], want[i]["n_tokens"]) << tag;
-        for (const char* key : {"loss_sum", "mtp_loss_sum"}) {
-          if (!want[i].contains(key)) continue;
-          const double a = got[i][key], b = want[i][key];
-          EXPECT_NEAR(a, b, 1e-6 * std::max(1.0, std::abs(b)))
-              << fixture << " " << tag << " sample " << i << " " << key;
-        }
-      }
-      std::string name;
-      const double r =
-          dt_test::worst_rel_rms(o.string() + ".safetensors", one.string() + ".safetensors", name);
-      std::printf("  %s %s: worst gradient rel RMS vs one rank %.2e (%s)\n", fixture.c_str(),
-                  tag.c_str(), r, name.c_str());
-      EXPECT_LE(r, 2e-5) << fixture << " " << tag << ": " << name;
-    }
+    dt_test::score_vs_one_rank(tmp.path, fixture,
+                               "--router-aux-coef 0.01 --z-loss-coef 0.001" + mtp, fixture, true,
+                               false, layouts, 2e-5);
   }
 }
 
