@@ -4,7 +4,8 @@
 // is made whole on every rank before the tower's backward, so the tower's gradients are one
 // rank's. `score` of vision-language fixtures with images (per-sample losses, the router loss,
 // every gradient, model.visual.* included) on tp2, tp2 + sp, tp2 x dp2 and tp2 x ep2; six training
-// steps of the bundled vision example on tp2 and tp2 + sp, and resumes across layouts.
+// steps of the bundled vision example on tp2 and tp2 + sp, and resumes across layouts; LoRA with
+// the tower frozen on tp2 + sp.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "io/peft_adapter.h"
 #include "layout_runs.h"
 #include "layout_score.h"
 #include "model/config.h"
@@ -150,6 +152,24 @@ TEST(TensorParallelVision, TrainTracksOneRank) {
   ASSERT_TRUE(runs.run({{"tp2", 1, 2, ""}, {"one", 2, 2, tp2_sp}}, true));
   runs.check("tp2", 6);  // 6 steps, then steps 4-6 again
   runs.check("one", 6);
+}
+
+// LoRA on the text model with the tower frozen (held in the frozen base: no tower backward): six
+// steps of the vision example on tp2 + sp against one rank, the adapters and their moments.
+TEST(TensorParallelVision, LoraTrainTracksOneRank) {
+  const dt_test::TempDir tmp("tp_vision_lora_train");
+  const fs::path vision = dt_test::examples_dir() / "vision";
+  write_rows(vision / "train.jsonl", tmp.path / "train.jsonl", 24);
+  const std::string common =
+      "--data.train=\"" + (tmp.path / "train.jsonl").string() +
+      "\" --data.eval=\"\" --model.vision=\"frozen\" --lora.r=4 --lora.alpha=8";
+  // The tensor-parallel test's bounds.
+  dt_test::LayoutRuns runs(tmp.path, (vision / "train.toml").string(), common, 1e-5, 1e-4, 1e-4,
+                           io::kAdapterWeightsName);
+  ASSERT_TRUE(
+      runs.run({{"one", 1, 2, ""}, {"tp2_sp", 2, 2, "--parallel.tp=2 --parallel.sp=true"}}));
+  runs.keep_reference();
+  runs.check("tp2_sp", 0);
 }
 
 // The tower's tensors are replicated and their gradients whole on every rank (never summed over
