@@ -1,6 +1,6 @@
 // `score` of a golden fixture on parallel layouts against the one-rank run (the layout tests:
-// test_tensor_parallel, test_tp_ep, test_zero_tp): every per-sample loss, the router loss and every
-// gradient.
+// test_tensor_parallel, test_tp_ep, test_zero_tp, test_tp_vision): every per-sample loss, the
+// router loss and every gradient.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -36,14 +36,15 @@ inline double router_loss_of(const std::filesystem::path& err) {
 // objective the fixture's gradients hold; the same bound). Gradient bound: fp32 rounding,
 // amplified by the GDN gates' conditioning (docs/ops/gdn.md): the one-rank runs themselves are
 // about 2e-5 from float64.
-inline void score_vs_one_rank(const std::filesystem::path& tmp, const std::string& fixture,
-                              const std::string& flags, const std::string& tag, bool router,
-                              bool vs_f64, const std::vector<ScoreLayout>& layouts,
-                              double grad_tol = 5e-5) {
+// model: the checkpoint directory (vs_f64: its grads.safetensors), data: the token JSONL.
+inline void score_vs_one_rank(const std::filesystem::path& tmp, const std::filesystem::path& model,
+                              const std::filesystem::path& data, const std::string& flags,
+                              const std::string& tag, bool router, bool vs_f64,
+                              const std::vector<ScoreLayout>& layouts, double grad_tol = 5e-5) {
   namespace fs = std::filesystem;
-  const fs::path d = fs::path(DT_TEST_DATA) / "golden" / fixture;
-  const std::string base = "score --model " + d.string() + " --data " +
-                           (d / "samples.jsonl").string() + " --pack-tokens 64 " + flags;
+  const fs::path& d = model;
+  const std::string base =
+      "score --model " + d.string() + " --data " + data.string() + " --pack-tokens 64 " + flags;
   const auto run = [&](int ranks, const std::string& layout, const fs::path& o) {
     ASSERT_EQ(run_ranks(ranks,
                         base + " " + layout + " --output " + o.string() + ".jsonl --grad-out " +
@@ -106,6 +107,15 @@ inline void score_vs_one_rank(const std::filesystem::path& tmp, const std::strin
     }
     std::printf("\n");
   }
+}
+
+// A golden fixture (tests/data/golden/<fixture>) on its samples.jsonl.
+inline void score_vs_one_rank(const std::filesystem::path& tmp, const std::string& fixture,
+                              const std::string& flags, const std::string& tag, bool router,
+                              bool vs_f64, const std::vector<ScoreLayout>& layouts,
+                              double grad_tol = 5e-5) {
+  const std::filesystem::path d = std::filesystem::path(DT_TEST_DATA) / "golden" / fixture;
+  score_vs_one_rank(tmp, d, d / "samples.jsonl", flags, tag, router, vs_f64, layouts, grad_tol);
 }
 
 }  // namespace dt_test

@@ -247,12 +247,11 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
   ops::zero(router_loss);
 
   // Trunk forward on the f32 residual stream; a pack with images gets the vision tower's merged
-  // tokens at its image-pad positions (vision spec 4). Text-only packs skip all of it.
+  // tokens at its image-pad positions (vision spec 4). Text-only packs skip all of it. Tensor
+  // parallel: every rank of the group runs the tower whole; with sp each injects into its rows.
   Buffer x = cx.f32(Nl * D, "residual stream");
   tp_embed(cx, b.ids, x);
   const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
-  DT_CHECK(vb.empty() || cx.tp == nullptr,
-           "a pack with images under tensor parallelism: not supported yet");
   VisionSaved vsaved;
   if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, with_grads, vsaved), x);
   std::vector<std::unique_ptr<LayerSaved>> saved(L);
@@ -357,6 +356,8 @@ PackLoss Model::fwd_bwd(const data::Pack& given, bool with_grads, const ModelOpt
     if (tpg && gather_) tpg->reduce_unit_into(p, int(i));
     pg.release(int(i), !p.frozen());
   }
+  // The merged rows' gradient whole on every rank of a tp group (sp: gathered from the rows), so
+  // the tower's gradients are whole and the same on each (model/vision_tower.h).
   if (vsaved.merger) vision_bwd(cx, vb, vsaved, vision_gather_grad(cx, vb, dx));
   if (!p.frozen()) tp_embed_bwd(cx, b.grad_ids, dx);
   if (tpg) {  // the replicated parameters' partial gradients, summed (ZeRO 3: the outer unit's)
@@ -388,8 +389,6 @@ void Model::count_routes(const data::Pack& given, GlobalRouterCounts& counts) {
   tp_embed(cx, b.ids, x);
   const int64_t L = c.num_hidden_layers;
   const VisionBatch vb = make_vision_batch(c, pack, cx.dev());
-  DT_CHECK(vb.empty() || cx.tp == nullptr,
-           "a pack with images under tensor parallelism: not supported yet");
   VisionSaved vsaved;
   if (!vb.empty()) vision_inject(cx, vb, vision_fwd(cx, vb, false, vsaved), x);
   for (int64_t i = 0; i < L; ++i) {

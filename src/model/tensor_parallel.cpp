@@ -209,6 +209,9 @@ bool tp_partial_grad(const Config& c, const std::string& name, bool sp) {
   // routed experts' FFN columns, its shared-expert columns), so their weights' gradients are.
   if (s == "mlp.gate.weight" || s == "mlp.shared_expert_gate.weight") return true;
   if (!sp || is_tp_sharded(c, name)) return false;
+  // The vision tower runs whole on every rank from the merged rows' whole gradient
+  // (model/vision_tower.h): its gradients are complete on each rank, never summed.
+  if (name.rfind("model.visual.", 0) == 0) return false;
   // Sequence parallel: every replicated tensor but the embedding and the LM head (which run on
   // the gathered tokens) sees this rank's token shard only.
   return name != c.name("embed_tokens.weight") && name != lm_head_name(c);

@@ -19,7 +19,8 @@
 //              replicated: every rank routes every token of the pack (gathered with sp) on the
 //              same logits, so the top-k and the router losses are one rank's on each.
 //   the rest   replicated: embeddings, lm_head, every RMSNorm weight (q_norm, k_norm and the GDN
-//              gated norm are per head dim: every rank's heads use them), MTP fc.
+//              gated norm are per head dim: every rank's heads use them), MTP fc, the vision tower
+//              (model.visual.*: every rank runs it whole on the pack's images).
 //   LoRA       (model/adapters.h) a column-parallel base's lora_B [out, r] (experts [E, out, r]) is
 //              split as the base's output axis, its lora_A replicated; a row-parallel base's
 //              lora_A [r, in] ([E, r, in]) split as the base's input axis, its lora_B replicated.
@@ -41,7 +42,9 @@
 // sp also every other replicated parameter
 // that sees the token shards (the layer norms, the final norm, the MTP norms and fc). Their
 // per-pack gradients go to a TpGrads store and are summed over the group at the end of the
-// backward; the embedding and lm_head run on every token (gathered) and are complete.
+// backward; the embedding and lm_head run on every token (gathered) and are complete, and so is
+// the vision tower (its backward runs whole on every rank from the merged rows' gradient, which
+// with sp is gathered from the ranks' rows first: model/vision_tower.h).
 #pragma once
 
 #include <cstdint>

@@ -17,6 +17,7 @@
 // trained tensors (cx.p).
 #include "model/vision_tower.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -238,6 +239,7 @@ VisionBatch make_vision_batch(const Config& c, const data::Pack& pack, core::Dev
   vb.pos_idx = upload_i32(dev, idx, "vision position-embedding taps");
   vb.pos_w = upload_f32(dev, w, "vision position-embedding weights");
   vb.token_idx = upload_i32(dev, tok, "image-pad positions");
+  vb.token_host = std::move(tok);
   return vb;
 }
 
@@ -323,13 +325,49 @@ void vision_bwd(const Ctx& cx, const VisionBatch& vb, VisionSaved& s, const View
   ops::bias_bwd(dx, d.P, d.D, p.g(kV + "patch_embed.proj.bias"));
 }
 
+namespace {
+
+// Sequence parallel: the merged rows [m0, m1) whose image-pad tokens lie in this rank's rows
+// [r Nl, (r+1) Nl) (token_host ascends), and those tokens' positions among the rank's rows.
+struct LocalTokens {
+  int64_t m0 = 0, m1 = 0;
+  Buffer idx;  // [m1 - m0] i32
+};
+LocalTokens local_tokens(const Ctx& cx, const VisionBatch& vb) {
+  const int64_t Nl = cx.Nl(), lo = cx.tp->rank() * Nl;
+  const std::vector<int32_t>& t = vb.token_host;
+  LocalTokens l;
+  l.m0 = std::lower_bound(t.begin(), t.end(), lo) - t.begin();
+  l.m1 = std::lower_bound(t.begin(), t.end(), lo + Nl) - t.begin();
+  std::vector<int32_t> idx(t.begin() + l.m0, t.begin() + l.m1);
+  for (int32_t& i : idx) i -= int32_t(lo);
+  if (!idx.empty()) l.idx = upload_i32(cx.dev(), idx, "image-pad positions (this rank's rows)");
+  return l;
+}
+
+}  // namespace
+
 void vision_inject(const Ctx& cx, const VisionBatch& vb, const View& y, const View& x) {
-  ops::scatter_rows(y, vb.token_idx, cx.N(), vb.M, cx.c.hidden_size, x);
+  const int64_t O = cx.c.hidden_size;
+  if (!cx.sp()) return ops::scatter_rows(y, vb.token_idx, cx.N(), vb.M, O, x);
+  const LocalTokens l = local_tokens(cx, vb);
+  if (l.m1 > l.m0)
+    ops::scatter_rows(y.slice(l.m0 * O, (l.m1 - l.m0) * O), l.idx, cx.Nl(), l.m1 - l.m0, O, x);
 }
 
 Buffer vision_gather_grad(const Ctx& cx, const VisionBatch& vb, const View& dx) {
-  Buffer dy = cx.f32(vb.M * cx.c.hidden_size, "merged-token gradient");
-  ops::gather_rows(dx, vb.token_idx, cx.N(), vb.M, cx.c.hidden_size, dy);
+  const int64_t O = cx.c.hidden_size;
+  Buffer dy = cx.f32(vb.M * O, "merged-token gradient");
+  if (!cx.sp()) {
+    ops::gather_rows(dx, vb.token_idx, cx.N(), vb.M, O, dy);
+    return dy;
+  }
+  const LocalTokens l = local_tokens(cx, vb);
+  ops::zero(dy);
+  if (l.m1 > l.m0)
+    ops::gather_rows(dx, l.idx, cx.Nl(), l.m1 - l.m0, O,
+                     dy.view().slice(l.m0 * O, (l.m1 - l.m0) * O));
+  cx.tp->comm->all_reduce(dy.view(), dist::ReduceOp::sum);
   return dy;
 }
 

@@ -21,11 +21,12 @@ struct VisionBatch {
   int64_t P = 0, M = 0;
   std::vector<int32_t> cu_host;  // attention segments: one per image and temporal group
   core::Segments seg;
-  Buffer cu;              // [seg.n + 1] i32
-  Buffer pixels;          // [P, C] f32
-  Buffer pos_rc;          // [2, P] i32: each patch's row and column in its grid (rotary)
-  Buffer pos_idx, pos_w;  // [P, 4] i32 / f32: bilinear taps into pos_embed (spec 3.3)
-  Buffer token_idx;       // [M] i32: the pack positions of the image-pad tokens, in order
+  Buffer cu;                        // [seg.n + 1] i32
+  Buffer pixels;                    // [P, C] f32
+  Buffer pos_rc;                    // [2, P] i32: each patch's row and column in its grid (rotary)
+  Buffer pos_idx, pos_w;            // [P, 4] i32 / f32: bilinear taps into pos_embed (spec 3.3)
+  Buffer token_idx;                 // [M] i32: the pack positions of the image-pad tokens, in order
+  std::vector<int32_t> token_host;  // the same on the host
   bool empty() const { return P == 0; }
 };
 // Empty (P = 0) for a pack without images. Errors: images with config.vision_mode off, a grid
@@ -53,9 +54,16 @@ Buffer vision_fwd(const Ctx& cx, const VisionBatch& vb, bool with_grads, VisionS
 // every block, the position embedding and the patch embedding. Parameter gradients accumulate.
 void vision_bwd(const Ctx& cx, const VisionBatch& vb, VisionSaved& s, const View& dy_MO);
 
-// The text embedding x_ND (f32) with the image-pad rows replaced by y_MO (spec 4).
+// The text embedding x_ND (f32) with the image-pad rows replaced by y_MO (spec 4). Tensor
+// parallel: every rank of the group runs the tower whole (its weights replicated) and holds all of
+// y_MO; with sequence parallelism x holds this rank's rows [r Nl, (r+1) Nl) ([Nl, O]) and only the
+// image-pad tokens among them are replaced.
 void vision_inject(const Ctx& cx, const VisionBatch& vb, const View& y_MO, const View& x_ND);
-// The gradient of the injected rows: dy_MO = dx_ND[image-pad positions].
+// The gradient of the injected rows: dy_MO = dx_ND[image-pad positions]. Sequence parallel: dx is
+// this rank's rows; each rank fills the merged rows of its image-pad tokens (zeros elsewhere) and
+// the group sums them (disjoint rows: exact), so dy_MO is whole on every rank, the tower's backward
+// runs whole on each and its gradients are complete and identical on the group's ranks (never
+// summed over it: model/tensor_parallel.h). Without sp, dx_ND is already whole on every rank.
 Buffer vision_gather_grad(const Ctx& cx, const VisionBatch& vb, const View& dx_ND);
 
 }  // namespace deltatron::model

@@ -110,6 +110,7 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
       model::activation_account(c, in.micro_batch_tokens, in.compute, ao);
   p.activations = acc.peak;
   p.activation_detail = model::describe_activations(c, in.micro_batch_tokens, in.compute, ao, acc);
+  // The vision tower's, whole on every rank (under tp each rank of the group runs it whole).
   p.activations += model::vision_activation_bytes(
       c, int64_t(std::ceil(in.image_patches_per_token * double(in.micro_batch_tokens))));
   const double D = double(c.hidden_size), N = double(in.micro_batch_tokens);

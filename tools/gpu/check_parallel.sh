@@ -44,11 +44,26 @@ for fx in dense_text_varied dense_text_mtp moe_text_fused_tied moe_vlm_mtp; do
     run1 ep2 shared 2 "${args[@]}" --ep 2
     compare "$fx: ep2 (2 ranks, one device) vs one rank" "$out/$fx.one" "$out/$fx.ep2" 1e-6 2e-5
   fi
-  if [[ $fx == moe_text_fused_tied ]]; then  # tp x ep (the VLM fixture's image packs refuse tp)
+  if [[ $fx == moe_text_fused_tied ]]; then  # tp x ep
     run1 tp2ep2 shared 4 "${args[@]}" --tp 2 --sp --ep 2
     compare "$fx: tp2 + sp x ep2 (4 ranks, one device) vs one rank" "$out/$fx.one" \
       "$out/$fx.tp2ep2" 1e-6 5e-5
   fi
+done
+# Images under tensor parallelism (docs/parallel.md, "Images"): golden_vl with its tower trained,
+# every rank of the group running the tower whole, on tp2 and tp2 + sp.
+d=$repo/tests/data/golden_vl
+vl_args=(score --quiet --model "$d" --data "$d/samples.jsonl" --pack-tokens 64 --device "$device"
+         --precision fp32 --vision full)
+vrun() { local o=$out/vl.$1; shift; "$@" --output "$o.jsonl" --grad-out "$o.safetensors" \
+           >"$o.log" 2>&1 || { echo "   golden_vl $o: FAILED"; tail -3 "$o.log"; status=1; }; }
+vrun one "$bin" "${vl_args[@]}"
+for layout in "tp2 --tp 2" "tp2sp --tp 2 --sp"; do
+  read -r name flags <<<"$layout"
+  # shellcheck disable=SC2086
+  vrun "$name" shared 2 "${vl_args[@]}" $flags
+  compare "golden_vl with images: $name (2 ranks, one device) vs one rank" "$out/vl.one" \
+    "$out/vl.$name" 1e-6 5e-5
 done
 # LoRA (docs/parallel.md, "LoRA under the layouts"): PEFT's routed-expert adapter on the MoE
 # fixture, fp32 on every layout; bf16 with ZeRO 3 (the frozen base's bf16 shard, the routers' f32
