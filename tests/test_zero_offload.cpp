@@ -135,18 +135,24 @@ TEST(ZeroOffload, OffloadedShardsTrainBitwise) {
 }
 
 // With expert parallelism (ep2 on 2 ranks: the routed-expert slices' state over the ranks holding
-// the same experts, the rest over both): ZeRO 2 with offloaded masters bitwise without offload.
+// the same experts, the rest over both): ZeRO 2 and ZeRO 3 (the expert units' pieces offloaded
+// too) with offloaded masters bitwise without offload.
 TEST(ZeroOffload, ExpertParallelOffloadIsBitwise) {
   const dt_test::TempDir tmp("zero_offload_ep");
   const std::string ep = kLean + kBf16 + " --parallel.ep=2";
-  dt_test::train_run(tmp.path, "train_moe.toml", "none", 2, 2, ep);
-  dt_test::train_run(tmp.path, "train_moe.toml", "master", 2, 2, ep + offload("master+moments"));
-  if (HasFailure()) return;
-  EXPECT_EQ(dt_test::metric_losses(tmp.path / "master" / "metrics.jsonl"),
-            dt_test::metric_losses(tmp.path / "none" / "metrics.jsonl"));
-  for (int64_t step : {3, 6})
-    dt_test::expect_checkpoint_near(tmp.path / "master", tmp.path / "none", step,
-                                    "zero2 ep2 master+moments vs offload none", 0.0);
+  for (int zero : {2, 3}) {
+    const std::string none = "none" + std::to_string(zero),
+                      master = "master" + std::to_string(zero);
+    dt_test::train_run(tmp.path, "train_moe.toml", none, 2, zero, ep);
+    dt_test::train_run(tmp.path, "train_moe.toml", master, 2, zero, ep + offload("master+moments"));
+    if (HasFailure()) return;
+    EXPECT_EQ(dt_test::metric_losses(tmp.path / master / "metrics.jsonl"),
+              dt_test::metric_losses(tmp.path / none / "metrics.jsonl"));
+    for (int64_t step : {3, 6})
+      dt_test::expect_checkpoint_near(
+          tmp.path / master, tmp.path / none, step,
+          "zero" + std::to_string(zero) + " ep2 master+moments vs offload none", 0.0);
+  }
 }
 
 // ZeRO 3's shard store on one rank with its pieces' state offloaded (f32, the CPU's; in bf16 with

@@ -29,10 +29,10 @@ namespace dt_test {
 // model; its weights moved off the bf16 grid) in two gathered stores on one rank (dev, dt, state
 // options `so`): one with nothing offloaded, stepped by adamw_step_multi, one with `so`'s
 // offload, stepped by adamw_step_offloaded in chunks of 4096 elements (many chunks, both slots
-// reused); both loaded with those weights and stepped three times with the same gradients. The offloaded store's
-// moments (and masters, except the routers' f32 masters of a bf16 model) are host views. After
-// each step: every gathered weight (and f32 weight the model reads) and every tensor's weight,
-// exp_avg and exp_avg_sq read back are the device store's bit for bit.
+// reused); both loaded with those weights and stepped three times with the same gradients. The
+// offloaded store's moments (and masters, except the routers' f32 masters of a bf16 model) are host
+// views. After each step: every gathered weight (and f32 weight the model reads) and every tensor's
+// weight, exp_avg and exp_avg_sq read back are the device store's bit for bit.
 inline void expect_zero3_offload_store_like_device(deltatron::core::Device dev,
                                                    deltatron::core::DType dt,
                                                    const deltatron::model::StateOptions& so) {
@@ -74,7 +74,8 @@ inline void expect_zero3_offload_store_like_device(deltatron::core::Device dev,
     ASSERT_EQ(pc.t.v.device, core::Device::cpu) << l.tensors[pc.tensor].name;
     if (!so.offload_master) continue;
     const core::View& master = so.master_remainder ? pc.t.remainder : pc.t.master;
-    const bool router = dt != core::DType::f32 && model::keeps_f32_weight(l.tensors[pc.tensor].name);
+    const bool router =
+        dt != core::DType::f32 && model::keeps_f32_weight(l.tensors[pc.tensor].name);
     // A bf16 model's routers keep their f32 masters on the device (the model reads them).
     ASSERT_EQ(master.device, router && !so.master_remainder ? dev : core::Device::cpu)
         << l.tensors[pc.tensor].name;
@@ -129,7 +130,8 @@ inline void expect_zero3_offload_store_like_device(deltatron::core::Device dev,
         device.read(name, part, want.data());
         host.read(name, part, got.data());
         for (int64_t k = 0; k < t.numel(); ++k)  // bit for bit
-          ASSERT_EQ(std::bit_cast<uint32_t>(got[size_t(k)]), std::bit_cast<uint32_t>(want[size_t(k)]))
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[size_t(k)]),
+                    std::bit_cast<uint32_t>(want[size_t(k)]))
               << name << " part " << int(part) << " element " << k << " step " << step << ": "
               << got[size_t(k)] << " vs " << want[size_t(k)];
       }
