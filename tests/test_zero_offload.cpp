@@ -225,3 +225,19 @@ TEST(ZeroOffload, Zero3OffloadedPiecesTrainBitwise) {
                                     std::string(out) == "again" ? 0.0 : 1e-5);
   }
 }
+
+// With tensor parallelism (tp2 on 2 ranks, the dense example: one data-parallel rank, so the
+// ZeRO 3 store of each tp slice is a single shard of its tp-local tensors, the gradient norm over
+// the group): ZeRO 3 with offloaded remainders and moments bitwise without offload.
+TEST(ZeroOffload, TensorParallelZero3OffloadIsBitwise) {
+  const dt_test::TempDir tmp("zero3_offload_tp");
+  const std::string tp = kLean + " --parallel.tp=2";
+  dt_test::train_run(tmp.path, "train.toml", "none", 2, 3, tp);
+  dt_test::train_run(tmp.path, "train.toml", "master", 2, 3, tp + offload("master+moments"));
+  if (HasFailure()) return;
+  EXPECT_EQ(dt_test::metric_losses(tmp.path / "master" / "metrics.jsonl"),
+            dt_test::metric_losses(tmp.path / "none" / "metrics.jsonl"));
+  for (int64_t step : {3, 6})
+    dt_test::expect_checkpoint_near(tmp.path / "master", tmp.path / "none", step,
+                                    "zero3 tp2 master+moments vs offload none", 0.0);
+}
