@@ -133,6 +133,30 @@ TEST(MemoryPlan, RefusalNamesNeedFreeAndOptionsThatFit) {
       {"cpu.toml: this run does not fit in memory", "on cpu", "16 GiB of host memory"});
 }
 
+// ZeRO 3 offloads its pieces' state (train/zero3.h), so the plan suggests offloading there too:
+// the 9b preset on 2 ranks with ZeRO 3 and the lean state, on a card that holds it only with the
+// moments in host memory.
+TEST(MemoryPlan, Zero3RefusalSuggestsOffloading) {
+  const model::Config c = preset("9b");
+  train::PlanLayout z3;
+  z3.dp = 2;
+  z3.zero = 3;
+  const auto with = [&](const std::string& offload) {
+    train::PlanInput in = cuda_input("remainder", "bf16", offload, 8192, true);
+    in.layout = z3;
+    return in;
+  };
+  const double on_device = train::plan_memory(c, with("none")).device_total();
+  const train::MemoryPlan off = train::plan_memory(c, with("moments"));
+  ASSERT_LT(off.device_total(), on_device);
+  EXPECT_GT(off.host_state, 0.0);
+  const train::Available card{(off.device_total() + on_device) / 2, 250.0 * kGiB};
+  train::check_memory_plan(c, with("moments"), card, "run.toml");
+  dt_test::expect_error([&] { train::check_memory_plan(c, with("none"), card, "run.toml"); },
+                        {"run.toml: this run does not fit in memory", "dp 2, zero 3",
+                         "it would fit with training.offload = moments"});
+}
+
 // `train` with the 397B preset stops at the plan, before initialising any weight.
 TEST(MemoryPlan, TrainerRefusesBeforeAllocating) {
   const dt_test::TempDir tmp("plan");

@@ -244,6 +244,39 @@ TEST(RankState, Zero3ShardsEverythingPlusGatheredLayers) {
   }
 }
 
+// ZeRO 3 with training.offload: each rank offloads its own pieces' moments (and with
+// master+moments its pieces' fp32 masters) alone, so its host state is the shard's share and the
+// device keeps the rest of the shard (bf16 compute, fp32 masters: 10 B per element with the
+// moments offloaded, 6 with the masters too), the gathered buffers unchanged; the step's staging
+// slots are counted. Scoring offloads no moments.
+TEST(RankState, Zero3OffloadsItsPieces) {
+  const model::Config c = fixture("moe_vlm_mtp");
+  const int64_t dp = 4;
+  const model::Params p = local_store(c, 1);
+  const train::Zero3Layout l = train::zero3_layout(p, c, int(dp), 0);
+  const auto none = train::plan_memory(c, input(layout(dp, 3)));
+  EXPECT_DOUBLE_EQ(none.host_state, 0.0);
+  train::PlanInput in = input(layout(dp, 3));
+  in.state = model::parse_state_options("fp32", "fp32", "moments", "test");
+  const auto moments = train::plan_memory(c, in);
+  EXPECT_DOUBLE_EQ(moments.gathered, none.gathered);
+  EXPECT_DOUBLE_EQ(moments.state - moments.gathered, 10.0 * double(l.shard));
+  EXPECT_DOUBLE_EQ(moments.host_state, 8.0 * double(l.shard));
+  EXPECT_GT(moments.staging, none.staging);
+  in.state = model::parse_state_options("fp32", "fp32", "master+moments", "test");
+  const auto master = train::plan_memory(c, in);
+  EXPECT_DOUBLE_EQ(master.state - master.gathered, 6.0 * double(l.shard));
+  EXPECT_DOUBLE_EQ(master.host_state, 12.0 * double(l.shard));
+  // The lean pair with bf16 moments: 2 + 4 B on the device, the remainders and moments (2 + 4 B)
+  // on the host.
+  in.state = model::parse_state_options("remainder", "bf16", "master+moments", "test");
+  const auto lean = train::plan_memory(c, in);
+  EXPECT_DOUBLE_EQ(lean.state - lean.gathered, 6.0 * double(l.shard));
+  EXPECT_DOUBLE_EQ(lean.host_state, 6.0 * double(l.shard));
+  in.training = false;  // scoring: the masters alone
+  EXPECT_DOUBLE_EQ(train::plan_memory(c, in).host_state, 2.0 * double(l.shard));
+}
+
 // ZeRO with tensor parallelism (tp 2 x dp 2): each rank's tp-local tensors (the shards and the
 // replicated ones) have their moments (ZeRO 1, 2) or everything (ZeRO 3) sharded over the 2
 // data-parallel ranks holding the same tp slice, exactly as the engines lay them out; ZeRO 3 with

@@ -249,13 +249,23 @@ TEST(Zero3, ConfigRefusals) {
   EXPECT_TRUE(
       train::load_train_config(toml, {"parallel.zero=3", "training.master=\"remainder\""}).master ==
       "remainder");
+  // Offloaded state: each rank's pieces in host memory (test_zero_offload).
+  EXPECT_EQ(
+      train::load_train_config(toml, {"parallel.zero=3", "training.offload=\"moments\""}).offload,
+      "moments");
+  EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "training.master=\"remainder\"",
+                                            "training.offload=\"master+moments\""})
+                .offload,
+            "master+moments");
+  // LoRA with ZeRO 3 is built (test_lora_parallel): the frozen base sharded and gathered. A LoRA
+  // run has no state to offload (its adapters' is on the device in fp32), with any layout.
+  EXPECT_TRUE(train::load_train_config(toml, {"parallel.zero=3", "lora.r=4"}).lora);
   dt_test::expect_error(
       [&] {
-        train::load_train_config(toml, {"parallel.zero=3", "training.offload=\"moments\""});
+        train::load_train_config(toml,
+                                 {"parallel.zero=3", "lora.r=4", "training.offload=\"moments\""});
       },
-      {"parallel.zero = 3", "training.offload", "not supported"});
-  // LoRA with ZeRO 3 is built (test_lora_parallel): the frozen base sharded and gathered.
-  EXPECT_TRUE(train::load_train_config(toml, {"parallel.zero=3", "lora.r=4"}).lora);
+      {"LoRA", "training.offload = none"});
   // ZeRO with expert parallelism (test_zero_ep), with tensor parallelism (test_zero_tp) and with
   // both (test_tp_ep) is built, with LoRA too (test_lora_parallel).
   EXPECT_EQ(train::load_train_config(toml, {"parallel.zero=3", "parallel.ep=2"}).parallel_ep, 2);

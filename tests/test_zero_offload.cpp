@@ -2,7 +2,8 @@
 // own shard of the state (the moments, and with master+moments the masters' remainders), so a
 // store keeps its share of the offloaded masters; training on CPU ranks is bitwise the same run
 // without offload (step losses, weights, masters, moments), within the ZeRO tests' bounds of one
-// rank, and resumes bitwise on its own layout and across layouts.
+// rank, and resumes bitwise on its own layout and across layouts. ZeRO 3 offloads its pieces
+// (train/zero3.h) the same way.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -17,6 +18,7 @@
 #include "short_run.h"
 #include "test_util.h"
 #include "train/zero.h"
+#include "zero3_offload_check.h"
 #include "zero_run.h"
 
 namespace fs = std::filesystem;
@@ -133,16 +135,109 @@ TEST(ZeroOffload, OffloadedShardsTrainBitwise) {
 }
 
 // With expert parallelism (ep2 on 2 ranks: the routed-expert slices' state over the ranks holding
-// the same experts, the rest over both): ZeRO 2 with offloaded masters bitwise without offload.
+// the same experts, the rest over both): ZeRO 2 and ZeRO 3 (the expert units' pieces offloaded
+// too) with offloaded masters bitwise without offload.
 TEST(ZeroOffload, ExpertParallelOffloadIsBitwise) {
   const dt_test::TempDir tmp("zero_offload_ep");
   const std::string ep = kLean + kBf16 + " --parallel.ep=2";
-  dt_test::train_run(tmp.path, "train_moe.toml", "none", 2, 2, ep);
-  dt_test::train_run(tmp.path, "train_moe.toml", "master", 2, 2, ep + offload("master+moments"));
+  for (int zero : {2, 3}) {
+    const std::string none = "none" + std::to_string(zero),
+                      master = "master" + std::to_string(zero);
+    dt_test::train_run(tmp.path, "train_moe.toml", none, 2, zero, ep);
+    dt_test::train_run(tmp.path, "train_moe.toml", master, 2, zero, ep + offload("master+moments"));
+    if (HasFailure()) return;
+    EXPECT_EQ(dt_test::metric_losses(tmp.path / master / "metrics.jsonl"),
+              dt_test::metric_losses(tmp.path / none / "metrics.jsonl"));
+    for (int64_t step : {3, 6})
+      dt_test::expect_checkpoint_near(
+          tmp.path / master, tmp.path / none, step,
+          "zero" + std::to_string(zero) + " ep2 master+moments vs offload none", 0.0);
+  }
+}
+
+// ZeRO 3's shard store on one rank with its pieces' state offloaded (f32, the CPU's; in bf16 with
+// offloaded fp32 masters: tests/gpu/test_zero3_offload_cuda) steps bitwise as with the state on
+// the device: the f32 weights with offloaded moments, the lean pair with offloaded remainders and
+// moments (fp32 and bf16 moments), the lean pair with offloaded moments alone.
+TEST(ZeroOffload, Zero3StoreStepsLikeTheDeviceStore) {
+  for (const auto& [master, moments, what] :
+       {std::tuple{"fp32", "fp32", "moments"}, std::tuple{"remainder", "fp32", "master+moments"},
+        std::tuple{"remainder", "bf16", "master+moments"},
+        std::tuple{"remainder", "bf16", "moments"}}) {
+    SCOPED_TRACE(std::string(master) + " / " + moments + " / " + what);
+    dt_test::expect_zero3_offload_store_like_device(
+        core::Device::cpu, core::DType::f32,
+        model::parse_state_options(master, moments, what, "test"));
+    if (HasFatalFailure()) return;
+  }
+}
+
+// ZeRO 3 on 2 ranks, six steps of the MoE + MTP example: offloading this rank's pieces (the
+// moments; with master+moments the remainders of the lean pair too) is bitwise the same run as
+// ZeRO 3 without offload (step losses; weights, masters and moments at steps 3 and 6), with the
+// f32 model's fp32 state (offload = moments: its f32 weights are the masters the model reads, so
+// the CPU offloads no masters with fp32) and with remainder masters and fp32 or bf16 moments.
+// Then resumed from step 3: the offloaded run on its own layout (bitwise), on one rank without
+// offload, and the one-rank run on 3 ranks with ZeRO 3 and offloaded masters (uneven pieces).
+TEST(ZeroOffload, Zero3OffloadedPiecesTrainBitwise) {
+  const dt_test::TempDir tmp("zero3_offload");
+  const auto losses = [&](const std::string& out) {
+    return dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
+  };
+  dt_test::train_run(tmp.path, "train_moe.toml", "one", 1, 0, kLean);
+  // {run without offload, its state options, the offload options to hold against it}
+  const std::vector<std::tuple<std::string, std::string, std::vector<const char*>>> cases = {
+      {"z3_fp32", "", {"moments"}},
+      {"z3_lean", kLean, {"master+moments"}},
+      {"z3_lean_bf16", kLean + kBf16, {"moments", "master+moments"}},
+  };
+  for (const auto& [none, state, whats] : cases) {
+    dt_test::train_run(tmp.path, "train_moe.toml", none, 2, 3, state);
+    for (const char* what : whats) {
+      const std::string out = none + "_" + (std::string(what) == "moments" ? "moments" : "master");
+      dt_test::train_run(tmp.path, "train_moe.toml", out, 2, 3, state + offload(what));
+      if (HasFailure()) return;
+      EXPECT_EQ(losses(out), losses(none)) << out;
+      for (int64_t step : {3, 6})
+        dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / none, step,
+                                        out + " vs offload none", 0.0);
+    }
+  }
+  dt_test::expect_losses_near(losses("z3_lean_master"), losses("one"), "z3_lean_master vs one");
+  dt_test::expect_checkpoint_near(tmp.path / "z3_lean_master", tmp.path / "one", 6,
+                                  "z3_lean_master vs one rank", 1e-5);
+  if (HasFailure()) return;
+  // Resumed from step 3 across layouts: {out, from, ranks, zero, offload}.
+  for (const auto& [out, from, ranks, zero, what] :
+       {std::tuple{"again", "z3_lean_master", 2, 3, "master+moments"},
+        std::tuple{"on_one", "z3_lean_master", 1, 0, "none"},
+        std::tuple{"one_on_3", "one", 3, 3, "master+moments"}}) {
+    fs::copy(tmp.path / from, tmp.path / out, fs::copy_options::recursive);
+    fs::remove_all(tmp.path / out / train::checkpoint_dir_name(6));
+    dt_test::train_run(tmp.path, "train_moe.toml", out, ranks, zero,
+                       kLean + offload(what) + " --resume");
+    if (HasFailure()) return;
+    const std::vector<double> got = losses(out), want = losses(from);
+    ASSERT_EQ(got.size(), 9u) << out;  // 6 steps, then steps 4-6 again
+    dt_test::expect_losses_near(std::vector<double>(got.begin() + 6, got.end()),
+                                std::vector<double>(want.begin() + 3, want.end()), out);
+    dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / from, 6, out,
+                                    std::string(out) == "again" ? 0.0 : 1e-5);
+  }
+}
+
+// With tensor parallelism (tp2 on 2 ranks, the dense example: one data-parallel rank, so the
+// ZeRO 3 store of each tp slice is a single shard of its tp-local tensors, the gradient norm over
+// the group): ZeRO 3 with offloaded remainders and moments bitwise without offload.
+TEST(ZeroOffload, TensorParallelZero3OffloadIsBitwise) {
+  const dt_test::TempDir tmp("zero3_offload_tp");
+  const std::string tp = kLean + " --parallel.tp=2";
+  dt_test::train_run(tmp.path, "train.toml", "none", 2, 3, tp);
+  dt_test::train_run(tmp.path, "train.toml", "master", 2, 3, tp + offload("master+moments"));
   if (HasFailure()) return;
   EXPECT_EQ(dt_test::metric_losses(tmp.path / "master" / "metrics.jsonl"),
             dt_test::metric_losses(tmp.path / "none" / "metrics.jsonl"));
   for (int64_t step : {3, 6})
     dt_test::expect_checkpoint_near(tmp.path / "master", tmp.path / "none", step,
-                                    "zero2 ep2 master+moments vs offload none", 0.0);
+                                    "zero3 tp2 master+moments vs offload none", 0.0);
 }

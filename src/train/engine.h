@@ -108,9 +108,9 @@ void end_gated_step(int64_t& step, bool& pending, bool applied);
 // parallelism the ranks holding the same tp slice: TensorGroups::dp); with one rank the stage
 // changes nothing. 3: every parameter's state (weights, masters, gradients, moments) sharded
 // by flat element range per layer, each layer gathered while it runs (train/zero3.h; also for
-// scoring, and with one rank: one shard). training.offload with stages 1 and 2: each rank
-// offloads its shards' moments and (master+moments) masters alone; reading a weight is then a
-// collective (gathers_weights). Offloaded state is not supported with stage 3.
+// scoring, and with one rank: one shard). training.offload: each rank offloads its shards'
+// moments and (master+moments) masters alone (stage 3: its pieces'; the gathered weights stay on
+// the device); with stages 1 and 2 reading a weight is then a collective (gathers_weights).
 // experts: with expert parallelism (the engine is made from this rank's expert slices and gets
 // set_expert_parallel), the ranks holding the same experts (ExpertGroups::same_experts): the
 // routed-expert slices' state is sharded over them, every other tensor's over comm (Megatron's

@@ -212,7 +212,6 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
   PlanInput t = in;
   std::string text;
   const auto add = [&](const std::string& s) { text += (text.empty() ? "" : ", ") + s; };
-  // Not suggested where the layout refuses them: offloading with ZeRO 3.
   if (bf16 && !t.state.master_remainder) {
     t.state.master_remainder = true;
     add("training.master = remainder");
@@ -231,15 +230,14 @@ void check_memory_plan(const model::Config& c, const PlanInput& in, const Availa
     }
   };
   with_recompute();
-  const bool offload = in.layout.zero < 3;
-  if (cuda && offload && !t.state.offload_moments) {
+  if (cuda && !t.state.offload_moments) {
     t.state.offload_moments = true;
     const std::string before = text;
     add("training.offload = moments");
     with_recompute();
     text = before;
   }
-  if (cuda && offload && bf16 && !t.state.offload_master) {
+  if (cuda && bf16 && !t.state.offload_master) {
     t.state.offload_moments = t.state.offload_master = true;
     add("training.offload = master+moments");
     with_recompute();

@@ -166,6 +166,7 @@ RankState rank_state(const model::Config& c, const PlanInput& in) {
   }
   if (!lora) r.gathered += 4 * double(largest_piece);  // a reduce_scatter's result
   r.state = (b.held + moments) * double(shard) + routers;
+  r.host = host * double(shard);  // each rank offloads its pieces' moments and masters alone
   r.shard = shard;
   return done();
 }

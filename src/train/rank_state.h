@@ -35,7 +35,8 @@ struct RankState {
   // zero3_slices); 0 otherwise.
   int64_t shard = 0;
   // Bytes of offloaded state in host memory (training.offload): every local tensor's, with ZeRO
-  // 1 and 2 on several ranks this rank's shards' (the moments and the offloaded masters).
+  // 1 and 2 on several ranks this rank's shards' (the moments and the offloaded masters), with
+  // ZeRO 3 this rank's pieces' (shard elements).
   double host = 0;
 };
 

@@ -186,9 +186,6 @@ void check_parallel(const TrainConfig& c) {
            ": must be 0 (every data-parallel rank holds the whole optimizer state), 1 (the AdamW "
            "moments sharded over the ranks), 2 (and the gradients reduce-scattered) or 3 (and the "
            "weights: each layer gathered while it runs)");
-  DT_CHECK(c.parallel_zero != 3 || c.offload == "none", c.source,
-           ": parallel.zero = ", c.parallel_zero, " with training.offload = ", c.offload,
-           " is not supported (use zero = 1 or 2 with offload, or offload = none)");
   DT_CHECK(c.parallel_ep >= 1, c.source, ": parallel.ep must be >= 1");
   DT_CHECK(c.parallel_tp >= 1, c.source, ": parallel.tp must be >= 1");
   DT_CHECK(c.parallel_tp > 1 || !c.parallel_sp, c.source,

@@ -3,7 +3,6 @@
 #include "train/zero3.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "core/bf16.h"
 #include "core/error.h"
@@ -31,11 +30,12 @@ Overlap overlap(const Zero3Layout::Unit& u, int r, int64_t offset, int64_t numel
   return {std::max(offset, r * u.piece), std::min(offset + numel, (r + 1) * u.piece)};
 }
 
-// dst = src, the same dtype and count on one device: bf16 (moments, weights) and u16
-// (remainders, viewed as bf16) too, which the CPU's ops::cast refuses (it computes in f32 only).
+// dst = src, the same dtype and count: bf16 (moments, weights) and u16 (remainders, viewed as
+// bf16) too, which the CPU's ops::cast refuses (it computes in f32 only). src in host memory (the
+// CPU's, or offloaded state) is copied to dst's device; else both are on one device.
 void copy_same(const core::View& src, const core::View& dst) {
   if (src.device == core::Device::cpu)
-    std::memcpy(dst.data, src.data, src.bytes());
+    ops::copy_from_host(dst, src.data);
   else
     ops::cast(src, dst, src.numel());
 }
@@ -111,9 +111,10 @@ void Zero3Store::ops_zero(const core::Buffer& b) {
 }
 
 Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
-                       dist::Comm* experts)
+                       dist::Comm* experts, const ops::AdamWOffload& offload)
     : lean_(params.options().master_remainder),
       frozen_(params.frozen()),
+      offload_(offload),
       p_(params),
       comm_(comm),
       experts_(experts),
@@ -127,29 +128,45 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
   const int64_t n = std::max<int64_t>(1, l_.shard);
   const core::Device dev = p_.device();
   const bool f32_model = p_.dt() == core::DType::f32;
-  if (!lean_ || f32_model)
-    master_ = core::Buffer(
-        dev, core::DType::f32, {n},
-        f32_model ? "f32 weights (ZeRO 3 shard)" : "fp32 master weights (ZeRO 3 shard)");
+  DT_CHECK(!frozen_ || !offloaded(), "ZeRO 3: a frozen store has no training state to offload");
+  DT_CHECK(!offload_.master || offload_.moments,
+           "ZeRO 3: training.offload: the masters are offloaded only with the moments "
+           "(master+moments)");
+  DT_CHECK(!offload_.master || lean_ || p_.dt() == core::DType::bf16,
+           "ZeRO 3: training.offload = master+moments with training.master = fp32 needs bf16 "
+           "compute (with f32 compute the f32 weights are the masters the model reads); use "
+           "training.master = remainder to offload the remainders");
+  host_master_ = offload_.master && !lean_;
+  routers_apart_ = (lean_ || host_master_) && !f32_model;
+  if (!lean_ || f32_model) {
+    const char* what = f32_model      ? "f32 weights (ZeRO 3 shard)"
+                       : host_master_ ? "offloaded fp32 master weights (ZeRO 3 shard)"
+                                      : "fp32 master weights (ZeRO 3 shard)";
+    master_ = host_master_ ? core::Buffer::pinned_host(core::DType::f32, {n}, what)
+                           : core::Buffer(dev, core::DType::f32, {n}, what);
+  }
   if (lean_) {  // the pair: bf16 weights (the compute copies of a bf16 model) and remainders
     compute_ = core::Buffer(dev, core::DType::bf16, {n}, "bf16 weights (ZeRO 3 shard, lean)");
-    remainder_ = core::Buffer(dev, core::DType::u16, {n}, "master remainders (ZeRO 3 shard)");
-    if (!f32_model) {  // the f32 weights of the tensors a bf16 model reads in f32 (routers)
-      int64_t routers = 0;
-      router_at_.assign(l_.tensors.size(), -1);
-      for (size_t i = 0; i < l_.tensors.size(); ++i) {
-        const auto& t = l_.tensors[i];
-        const auto& u = l_.units[size_t(t.unit)];
-        const int64_t k = overlap_size(u, l_.rank_of(u), t.offset, t.numel);
-        if (!t.f32_read || k == 0) continue;
-        router_at_[i] = routers;
-        routers += k;
-      }
-      if (routers > 0)
-        router_ = core::Buffer(dev, core::DType::f32, {routers}, "f32 router weights (ZeRO 3)");
-    }
+    remainder_ = offload_.master
+                     ? core::Buffer::pinned_host(core::DType::u16, {n},
+                                                 "offloaded master remainders (ZeRO 3 shard)")
+                     : core::Buffer(dev, core::DType::u16, {n}, "master remainders (ZeRO 3 shard)");
   } else if (!f32_model) {
     compute_ = core::Buffer(dev, p_.dt(), {n}, "compute copies (ZeRO 3 shard)");
+  }
+  if (routers_apart_) {  // the f32 weights of the tensors a bf16 model reads in f32 (routers)
+    int64_t routers = 0;
+    router_at_.assign(l_.tensors.size(), -1);
+    for (size_t i = 0; i < l_.tensors.size(); ++i) {
+      const auto& t = l_.tensors[i];
+      const auto& u = l_.units[size_t(t.unit)];
+      const int64_t k = overlap_size(u, l_.rank_of(u), t.offset, t.numel);
+      if (!t.f32_read || k == 0) continue;
+      router_at_[i] = routers;
+      routers += k;
+    }
+    if (routers > 0)
+      router_ = core::Buffer(dev, core::DType::f32, {routers}, "f32 router weights (ZeRO 3)");
   }
   if (!frozen_) grad_ = core::Buffer(dev, core::DType::f32, {n}, "fp32 gradients (ZeRO 3 shard)");
   if (frozen_ && !f32_model) {  // the f32-read tensors whole, on every rank
@@ -242,26 +259,38 @@ void Zero3Store::load_weight(const std::string& name, const float* host, int64_t
   if (n == 0) return;
   const float* x = host + start;
   if (master_.numel() > 0) ops::copy_from_host(master_.view().slice(at, n), x);
+  if (host_master_) {  // the compute copies of host masters, rounded here as finish_load does
+    std::vector<uint16_t> wt(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) wt[size_t(i)] = core::bf16_round_ties_away(x[i]);
+    ops::copy_from_host(compute_.view().slice(at, n), wt.data());
+  }
   if (lean_) {  // the pair, split on the host (exact; core/bf16.h), as model::Params does
     std::vector<uint16_t> wt(static_cast<size_t>(n)), rem(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) core::master_split(x[i], wt[size_t(i)], rem[size_t(i)]);
     ops::copy_from_host(compute_.view().slice(at, n), wt.data());
     ops::copy_from_host(remainder_.view().slice(at, n), rem.data());
-    const int64_t r = router_at_.empty() ? -1 : router_at_[l_.index.at(name)];
-    if (r >= 0) ops::copy_from_host(router_.view().slice(r, n), x);
   }
+  const int64_t r = router_at_.empty() ? -1 : router_at_[l_.index.at(name)];
+  if (r >= 0) ops::copy_from_host(router_.view().slice(r, n), x);
 }
 
 void Zero3Store::finish_load() {
-  // fp32 masters of a bf16 model: the compute copies, rounded as the pair's weights.
-  if (!lean_ && compute_.numel() > 0) ops::adamw_compute_copy(master_, compute_, master_.numel());
+  // fp32 masters of a bf16 model: the compute copies, rounded as the pair's weights (host
+  // masters: rounded by load_weight).
+  if (!lean_ && !host_master_ && compute_.numel() > 0)
+    ops::adamw_compute_copy(master_, compute_, master_.numel());
   if (frozen_ && compute_.numel() > 0) master_ = core::Buffer();  // the bf16 weights alone
 }
 
 void Zero3Store::alloc_moments(core::DType dt) {
   const int64_t n = std::max<int64_t>(1, l_.shard);
-  m_ = core::Buffer(p_.device(), dt, {n}, "AdamW exp_avg (ZeRO 3 shard)");
-  v_ = core::Buffer(p_.device(), dt, {n}, "AdamW exp_avg_sq (ZeRO 3 shard)");
+  if (offload_.moments) {  // pinned host memory, streamed through the device by the step
+    m_ = core::Buffer::pinned_host(dt, {n}, "offloaded AdamW exp_avg (ZeRO 3 shard)");
+    v_ = core::Buffer::pinned_host(dt, {n}, "offloaded AdamW exp_avg_sq (ZeRO 3 shard)");
+  } else {
+    m_ = core::Buffer(p_.device(), dt, {n}, "AdamW exp_avg (ZeRO 3 shard)");
+    v_ = core::Buffer(p_.device(), dt, {n}, "AdamW exp_avg_sq (ZeRO 3 shard)");
+  }
   ops_zero(m_);
   ops_zero(v_);
 }
@@ -290,13 +319,19 @@ void Zero3Store::read(const std::string& name, Part part, float* out) {
            frozen_ ? "a frozen store keeps no gradients, moments or fp32 values"
                    : "no AdamW moments yet");
   if (t.numel == 0) return;
+  // Offloaded fp32 masters: a router's are in router_ (stepped on the device).
+  const int64_t router =
+      part == Part::weight && host_master_ ? router_at_[l_.index.at(name)] : int64_t(-1);
   core::Buffer recv(p_.device(), src.view().dtype, {t.numel}, "ZeRO 3 tensor being read");
   dist::Comm& comm = comm_of(u);  // the unit's ranks (an expert unit: the same experts')
   for (int r = 0; r < l_.ranks_of(u); ++r) {
     const Overlap o = overlap(u, r, t.offset, t.numel);
     if (o.size() == 0) continue;
     const core::View dst = recv.view().slice(o.a - t.offset, o.size());
-    if (r == l_.rank_of(u)) copy_same(src.view().slice(u.local + o.a - r * u.piece, o.size()), dst);
+    if (r == l_.rank_of(u))
+      copy_same(router >= 0 ? router_.view().slice(router, o.size())
+                            : src.view().slice(u.local + o.a - r * u.piece, o.size()),
+                dst);
     comm.broadcast(dst, r);
   }
   moment_to_host(recv, out);  // f32 copied, bf16 widened exactly
@@ -343,10 +378,10 @@ std::vector<Zero3Store::Piece> Zero3Store::pieces() const {
     const int64_t at = u.local + o.a - rank * u.piece, n = o.size();
     Piece pc;
     pc.tensor = i;
-    if (master_.numel() > 0)  // the fp32 master (inout), or the lean pair's f32 weights (out)
-      pc.t.master = master_.view().slice(at, n);
-    else if (!router_at_.empty() && router_at_[i] >= 0)  // a router's f32 weights (lean, bf16)
+    if (routers_apart_ && router_at_[i] >= 0)  // a router's f32 weights (bf16: lean or host)
       pc.t.master = router_.view().slice(router_at_[i], n);
+    else if (master_.numel() > 0)  // the fp32 master (inout), or the lean pair's f32 weights (out)
+      pc.t.master = master_.view().slice(at, n);
     if (compute_.numel() > 0) pc.t.compute_copy = compute_.view().slice(at, n);
     if (lean_) pc.t.remainder = remainder_.view().slice(at, n);
     pc.t.grad = grad_.view().slice(at, n);
@@ -371,7 +406,7 @@ Zero3Store::Gathered Zero3Store::gather_weights(int u) {
   comm.all_gather(mine.slice(unit.local, unit.piece), g.w.view().slice(0, full));
   if (!f32_model && unit.f32_read && !frozen_) {  // the f32 weights a bf16 model reads (routers)
     g.f32 = take(u, core::DType::f32, full, "ZeRO 3 gathered f32 weights");
-    if (!lean_) {
+    if (!routers_apart_) {
       comm.all_gather(master_.view().slice(unit.local, unit.piece), g.f32.view().slice(0, full));
     } else {  // the routers' f32 weights placed in this rank's block (the rest is never read)
       const int rank = l_.rank_of(unit);

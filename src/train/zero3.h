@@ -92,12 +92,21 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
 // model); in a bf16 model the shard is the compute copies alone (the fp32 values are dropped
 // after finish_load), and the tensors read in f32 (the MoE routers, model::keeps_f32_weight) are
 // kept whole in f32 on every rank (a few per mille of the model) and bound from there.
+// training.offload (`offload`, docs/lean-state.md): this rank's shard of the moments (moments),
+// and of the masters (master: the fp32 masters of a bf16 model, or the remainders of the lean
+// pair) in pinned host memory instead, stepped by ops::adamw_step_offloaded; the weights the
+// units gather (the bf16 compute copies, an f32 model's f32 weights) stay on the device. With
+// offloaded fp32 masters the f32 masters of the tensors a bf16 model reads in f32 (the routers'
+// parts of this rank's pieces) stay on the device and are stepped there, as with the lean pair.
 class Zero3Store final : public model::ParamGather {
  public:
   Zero3Store(model::Params& params, const model::Config& c, dist::Comm& comm,
-             dist::Comm* experts = nullptr);
+             dist::Comm* experts = nullptr, const ops::AdamWOffload& offload = {});
 
   const Zero3Layout& layout() const { return l_; }
+  // What lives in host memory (training.offload); nothing when both are off.
+  const ops::AdamWOffload& offload() const { return offload_; }
+  bool offloaded() const { return offload_.moments || offload_.master; }
   dist::Comm& comm() const { return comm_; }
   dist::Comm* experts() const { return experts_; }
 
@@ -156,12 +165,15 @@ class Zero3Store final : public model::ParamGather {
   core::Buffer piece_sum_;  // a reduce_scatter's result (the largest piece)
   bool lean_ = false;       // training.master = remainder
   bool frozen_ = false;     // the base of a LoRA run: weights alone
+  ops::AdamWOffload offload_;
+  bool host_master_ = false;    // the fp32 masters of a bf16 model in host memory (offload_.master)
+  bool routers_apart_ = false;  // the routers' f32 weights in router_ (lean or host masters, bf16)
   model::Params& p_;
   dist::Comm& comm_;
   dist::Comm* experts_ = nullptr;
   Zero3Layout l_;
   core::Buffer master_, compute_, remainder_, router_, grad_, m_, v_;
-  std::vector<int64_t> router_at_;  // lean bf16: a tensor's piece in router_, or -1
+  std::vector<int64_t> router_at_;  // routers_apart_: a tensor's piece in router_, or -1
   core::Buffer frozen_routers_;     // frozen bf16: the f32-read tensors, whole
   std::map<std::string, int64_t> frozen_router_at_;  // and their offsets in it
   std::map<int, Gathered> live_, ready_;  // bound units; prefetched ones (by layout unit)

@@ -15,9 +15,19 @@ namespace deltatron::train {
 
 namespace {
 
+// The model's store: gathered (its views bound by the shard store), no offloaded state (the shard
+// store keeps this rank's share of it: offload_of).
 model::StateOptions gathered(model::StateOptions s) {
   s.gathered = true;
+  s.offload_moments = s.offload_master = false;
   return s;
+}
+
+ops::AdamWOffload offload_of(const model::StateOptions& s) {
+  ops::AdamWOffload off;
+  off.moments = s.offload_moments;
+  off.master = s.offload_master;
+  return off;
 }
 
 class Zero3Engine final : public Engine {
@@ -27,7 +37,7 @@ class Zero3Engine final : public Engine {
               const model::StateOptions& state, dist::Comm& comm, dist::Comm* experts)
       : model_(params ? model::Model(dev, dt, c, *params, gathered(state))
                       : model::Model(dev, dt, c, *source, gathered(state))),
-        store_(model_.params(), c, comm, experts),
+        store_(model_.params(), c, comm, experts, offload_of(state)),
         moments_(state.moments) {
     model_.set_param_gather(&store_);
     // The tensors the model holds apart (a frozen vision tower) are its own, replicated.
@@ -157,7 +167,12 @@ class Zero3Engine final : public Engine {
       pc.t.weight_decay = opt.decays(store_.layout().tensors[pc.tensor].name) ? o.weight_decay : 0;
       ts.push_back(pc.t);
     }
-    ops::adamw_step_multi(ts, args);  // this rank's pieces; they stay here (nothing broadcast)
+    // This rank's pieces; they stay here (nothing broadcast). Offloaded: the host state staged
+    // through the device in chunks, bitwise the same update.
+    if (store_.offloaded())
+      ops::adamw_step_offloaded(ts, args, store_.offload());
+    else
+      ops::adamw_step_multi(ts, args);
   }
 
   void sync_to_host(model::TensorMap& params, AdamW& opt) override {
@@ -206,8 +221,6 @@ std::unique_ptr<Engine> make_zero3_engine(core::Device dev, core::DType dt, cons
                                           bool recompute, const model::StateOptions& state,
                                           const ZeroSetup& zero) {
   DT_CHECK(zero.stage == 3 && zero.comm != nullptr, "ZeRO 3: no communicator");
-  DT_CHECK(!state.offload_moments && !state.offload_master,
-           "parallel.zero = 3: offloaded training state (training.offload) is not supported");
   DT_CHECK(state.frozen_apart || c.vision_mode == model::VisionMode::off ||
                c.vision_mode == model::VisionMode::full,
            "parallel.zero = 3 steps every tensor of its store: a vision tower that is not trained "
