@@ -95,11 +95,12 @@ train_args=(train "$toml" --training.steps=6 --training.warmup_steps=2
             "--data.cache_dir=\"$out/cache\"")
 "$bin" "${train_args[@]}" --training.grad_accum=2 "--training.out_dir=\"$out/t_one\"" \
   >"$out/t_one.log" 2>&1 || { echo "   train one rank FAILED"; tail -3 "$out/t_one.log"; status=1; }
-# Also ZeRO 2 with the moments offloaded (each rank its shard's, in pinned host memory), and tp2 +
+# Also ZeRO 2 and 3 with the moments offloaded (each rank its shard's, in pinned host memory), and tp2 +
 # sp x ep2 on 4 ranks (2 data-parallel ranks of 1 micro-batch each; the tensor-parallel partial
 # sums round differently: the bound of dense tp below).
 for layout in "2 zero2 1e-5 --parallel.zero=2" "2 ep2 1e-5 --parallel.ep=2" \
               "2 zero2off 1e-5 --parallel.zero=2 --training.offload=moments" \
+              "2 zero3off 1e-5 --parallel.zero=3 --training.offload=moments" \
               "4 tp2ep2 1e-4 --parallel.tp=2 --parallel.sp=true --parallel.ep=2"; do
   read -r n name tol flags <<<"$layout"
   # shellcheck disable=SC2086
