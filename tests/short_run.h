@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -24,6 +25,24 @@ inline std::filesystem::path examples_dir() {
   if (const char* e = std::getenv("DT_TEST_DATA_DIR"); e && *e)
     return std::filesystem::path(e) / ".." / ".." / "examples";
   return std::filesystem::path(DT_TEST_DATA) / ".." / ".." / "examples";
+}
+
+// The first n rows of a chat file of the bundled examples (e.g. examples/vision/train.jsonl)
+// written to `to`, the image paths of its first message made absolute (the rows are read from a
+// temporary directory).
+inline void write_example_rows(const std::filesystem::path& from, const std::filesystem::path& to,
+                               int n) {
+  const std::filesystem::path base = from.parent_path();
+  std::istringstream in(read_file(from));
+  std::ofstream out(to);
+  int k = 0;
+  for (std::string line; k < n && std::getline(in, line); ++k) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(line);
+    for (auto& part : j["messages"][0]["content"])
+      if (part["type"] == "image")
+        part["image"] = (base / part["image"].get<std::string>()).lexically_normal().string();
+    out << j.dump() << "\n";
+  }
 }
 
 // The "loss" of every step record of a run's metrics.jsonl, in order.

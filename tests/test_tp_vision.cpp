@@ -82,21 +82,6 @@ fs::path moe_vlm_with_images(const fs::path& dir) {
   return to;
 }
 
-// The first n rows of the bundled vision example's file, the image paths made absolute.
-void write_rows(const fs::path& from, const fs::path& to, int n) {
-  const fs::path base = from.parent_path();
-  std::istringstream in(dt_test::read_file(from));
-  std::ofstream out(to);
-  int k = 0;
-  for (std::string line; k < n && std::getline(in, line); ++k) {
-    nlohmann::ordered_json j = nlohmann::ordered_json::parse(line);
-    for (auto& part : j["messages"][0]["content"])
-      if (part["type"] == "image")
-        part["image"] = (base / part["image"].get<std::string>()).lexically_normal().string();
-    out << j.dump() << "\n";
-  }
-}
-
 }  // namespace
 
 // The dense golden_vl fixture (GDN + attention, a 2-block tower, MRoPE) with its whole tower
@@ -139,7 +124,7 @@ TEST(TensorParallelVision, MoeScoreEqualsOneRank) {
 TEST(TensorParallelVision, TrainTracksOneRank) {
   const dt_test::TempDir tmp("tp_vision_train");
   const fs::path vision = dt_test::examples_dir() / "vision";
-  write_rows(vision / "train.jsonl", tmp.path / "train.jsonl", 24);
+  dt_test::write_example_rows(vision / "train.jsonl", tmp.path / "train.jsonl", 24);
   const std::string common =
       "--data.train=\"" + (tmp.path / "train.jsonl").string() + "\" --data.eval=\"\"";
   // The tensor-parallel test's bounds.
@@ -159,7 +144,7 @@ TEST(TensorParallelVision, TrainTracksOneRank) {
 TEST(TensorParallelVision, LoraTrainTracksOneRank) {
   const dt_test::TempDir tmp("tp_vision_lora_train");
   const fs::path vision = dt_test::examples_dir() / "vision";
-  write_rows(vision / "train.jsonl", tmp.path / "train.jsonl", 24);
+  dt_test::write_example_rows(vision / "train.jsonl", tmp.path / "train.jsonl", 24);
   const std::string common =
       "--data.train=\"" + (tmp.path / "train.jsonl").string() +
       "\" --data.eval=\"\" --model.vision=\"frozen\" --lora.r=4 --lora.alpha=8";

@@ -44,27 +44,12 @@ namespace {
 
 const fs::path kVision = dt_test::examples_dir() / "vision";
 
-// The first n rows of the example's file, with the image paths made absolute (the rows live in a
-// temporary directory).
-void write_rows(const fs::path& from, const fs::path& to, int n) {
-  std::istringstream in(dt_test::read_file(from));
-  std::ofstream out(to);
-  int k = 0;
-  for (std::string line; k < n && std::getline(in, line); ++k) {
-    nlohmann::ordered_json j = nlohmann::ordered_json::parse(line);
-    for (auto& part : j["messages"][0]["content"])
-      if (part["type"] == "image")
-        part["image"] = (kVision / part["image"].get<std::string>()).lexically_normal().string();
-    out << j.dump() << "\n";
-  }
-}
-
 // A short run of the example's train.toml on 24 training rows (and 6 held-out ones).
 train::TrainConfig config(const fs::path& dir, const std::string& out, const std::string& vision,
                           std::vector<std::string> extra = {}) {
   if (!fs::exists(dir / "train.jsonl")) {
-    write_rows(kVision / "train.jsonl", dir / "train.jsonl", 24);
-    write_rows(kVision / "eval.jsonl", dir / "eval.jsonl", 6);
+    dt_test::write_example_rows(kVision / "train.jsonl", dir / "train.jsonl", 24);
+    dt_test::write_example_rows(kVision / "eval.jsonl", dir / "eval.jsonl", 6);
   }
   std::vector<std::string> ov = {"model.vision=\"" + vision + "\"",
                                  "data.train=\"" + (dir / "train.jsonl").string() + "\"",

@@ -30,6 +30,34 @@ const std::string kBf16 = " '--training.moments=\"bf16\"'";
 std::string offload(const char* what) {
   return " '--training.offload=\"" + std::string(what) + "\"'";
 }
+std::vector<double> losses(const fs::path& dir, const std::string& out) {
+  return dt_test::metric_losses(dir / out / "metrics.jsonl");
+}
+
+// A run of train_moe.toml resumed from step 3 (its step-6 checkpoint removed) on another layout:
+// steps 4-6 give the same losses as the run it resumed, and the same checkpoint (bitwise when
+// out is "again", the same layout; within 1e-5 across layouts).
+struct Resume {
+  const char* out;   // the resumed run's folder
+  const char* from;  // the run it copies
+  int ranks, zero;
+  const char* offload;
+};
+void expect_resumes(const fs::path& dir, const std::vector<Resume>& resumes) {
+  for (const Resume& r : resumes) {
+    fs::copy(dir / r.from, dir / r.out, fs::copy_options::recursive);
+    fs::remove_all(dir / r.out / train::checkpoint_dir_name(6));
+    dt_test::train_run(dir, "train_moe.toml", r.out, r.ranks, r.zero,
+                       kLean + offload(r.offload) + " --resume");
+    if (::testing::Test::HasFailure()) return;
+    const std::vector<double> got = losses(dir, r.out), want = losses(dir, r.from);
+    ASSERT_EQ(got.size(), 9u) << r.out;  // 6 steps, then steps 4-6 again
+    dt_test::expect_losses_near(std::vector<double>(got.begin() + 6, got.end()),
+                                std::vector<double>(want.begin() + 3, want.end()), r.out);
+    dt_test::expect_checkpoint_near(dir / r.out, dir / r.from, 6, r.out,
+                                    std::string(r.out) == "again" ? 0.0 : 1e-5);
+  }
+}
 }  // namespace
 
 // A store told which tensors it owns (StateOptions::offload_owned, zero_owners' rule) keeps the
@@ -87,9 +115,6 @@ TEST(ZeroOffload, StoreKeepsItsShareOfTheOffloadedMasters) {
 TEST(ZeroOffload, OffloadedShardsTrainBitwise) {
   const dt_test::TempDir tmp("zero_offload");
   dt_test::train_run(tmp.path, "train_moe.toml", "one", 1, 0, kLean);
-  const auto losses = [&](const std::string& out) {
-    return dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
-  };
   for (const auto& [zero, ranks, moments] : {std::tuple{1, 2, ""}, std::tuple{2, 2, ""},
                                              std::tuple{2, 3, ""}, std::tuple{2, 2, "bf16"}}) {
     const bool bf16 = std::string(moments) == "bf16";
@@ -103,35 +128,23 @@ TEST(ZeroOffload, OffloadedShardsTrainBitwise) {
       const std::string out = none + "_" + (std::string(what) == "moments" ? "moments" : "master");
       dt_test::train_run(tmp.path, "train_moe.toml", out, ranks, zero, state + offload(what));
       if (HasFailure()) return;
-      EXPECT_EQ(losses(out), losses(none)) << out;
+      EXPECT_EQ(losses(tmp.path, out), losses(tmp.path, none)) << out;
       for (int64_t step : {3, 6})
         dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / none, step,
                                         out + " vs offload none", 0.0);
     }
     if (bf16) continue;  // one rank's bf16 moments round other values stochastically
-    dt_test::expect_losses_near(losses(none), losses("one"), none + " vs one rank");
+    dt_test::expect_losses_near(losses(tmp.path, none), losses(tmp.path, "one"),
+                                none + " vs one rank");
     dt_test::expect_checkpoint_near(tmp.path / none, tmp.path / "one", 6, none + " vs one rank",
                                     1e-5);
   }
   if (HasFailure()) return;
   // The ZeRO 2 run with offloaded masters, resumed from step 3: on its own layout (bitwise), on 3
   // ranks with offloaded masters, on one rank without offload.
-  for (const auto& [out, ranks, zero, what] :
-       {std::tuple{"again", 2, 2, "master+moments"}, std::tuple{"on_3", 3, 2, "master+moments"},
-        std::tuple{"on_one", 1, 0, "none"}}) {
-    const std::string from = "zero2_ranks2_master";
-    fs::copy(tmp.path / from, tmp.path / out, fs::copy_options::recursive);
-    fs::remove_all(tmp.path / out / train::checkpoint_dir_name(6));
-    dt_test::train_run(tmp.path, "train_moe.toml", out, ranks, zero,
-                       kLean + offload(what) + " --resume");
-    if (HasFailure()) return;
-    const std::vector<double> got = losses(out), want = losses(from);
-    ASSERT_EQ(got.size(), 9u) << out;  // 6 steps, then steps 4-6 again
-    dt_test::expect_losses_near(std::vector<double>(got.begin() + 6, got.end()),
-                                std::vector<double>(want.begin() + 3, want.end()), out);
-    dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / from, 6, out,
-                                    std::string(out) == "again" ? 0.0 : 1e-5);
-  }
+  expect_resumes(tmp.path, {{"again", "zero2_ranks2_master", 2, 2, "master+moments"},
+                            {"on_3", "zero2_ranks2_master", 3, 2, "master+moments"},
+                            {"on_one", "zero2_ranks2_master", 1, 0, "none"}});
 }
 
 // With expert parallelism (ep2 on 2 ranks: the routed-expert slices' state over the ranks holding
@@ -146,8 +159,7 @@ TEST(ZeroOffload, ExpertParallelOffloadIsBitwise) {
     dt_test::train_run(tmp.path, "train_moe.toml", none, 2, zero, ep);
     dt_test::train_run(tmp.path, "train_moe.toml", master, 2, zero, ep + offload("master+moments"));
     if (HasFailure()) return;
-    EXPECT_EQ(dt_test::metric_losses(tmp.path / master / "metrics.jsonl"),
-              dt_test::metric_losses(tmp.path / none / "metrics.jsonl"));
+    EXPECT_EQ(losses(tmp.path, master), losses(tmp.path, none));
     for (int64_t step : {3, 6})
       dt_test::expect_checkpoint_near(
           tmp.path / master, tmp.path / none, step,
@@ -181,9 +193,6 @@ TEST(ZeroOffload, Zero3StoreStepsLikeTheDeviceStore) {
 // offload, and the one-rank run on 3 ranks with ZeRO 3 and offloaded masters (uneven pieces).
 TEST(ZeroOffload, Zero3OffloadedPiecesTrainBitwise) {
   const dt_test::TempDir tmp("zero3_offload");
-  const auto losses = [&](const std::string& out) {
-    return dt_test::metric_losses(tmp.path / out / "metrics.jsonl");
-  };
   dt_test::train_run(tmp.path, "train_moe.toml", "one", 1, 0, kLean);
   // {run without offload, its state options, the offload options to hold against it}
   const std::vector<std::tuple<std::string, std::string, std::vector<const char*>>> cases = {
@@ -197,33 +206,21 @@ TEST(ZeroOffload, Zero3OffloadedPiecesTrainBitwise) {
       const std::string out = none + "_" + (std::string(what) == "moments" ? "moments" : "master");
       dt_test::train_run(tmp.path, "train_moe.toml", out, 2, 3, state + offload(what));
       if (HasFailure()) return;
-      EXPECT_EQ(losses(out), losses(none)) << out;
+      EXPECT_EQ(losses(tmp.path, out), losses(tmp.path, none)) << out;
       for (int64_t step : {3, 6})
         dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / none, step,
                                         out + " vs offload none", 0.0);
     }
   }
-  dt_test::expect_losses_near(losses("z3_lean_master"), losses("one"), "z3_lean_master vs one");
+  dt_test::expect_losses_near(losses(tmp.path, "z3_lean_master"), losses(tmp.path, "one"),
+                              "z3_lean_master vs one");
   dt_test::expect_checkpoint_near(tmp.path / "z3_lean_master", tmp.path / "one", 6,
                                   "z3_lean_master vs one rank", 1e-5);
   if (HasFailure()) return;
-  // Resumed from step 3 across layouts: {out, from, ranks, zero, offload}.
-  for (const auto& [out, from, ranks, zero, what] :
-       {std::tuple{"again", "z3_lean_master", 2, 3, "master+moments"},
-        std::tuple{"on_one", "z3_lean_master", 1, 0, "none"},
-        std::tuple{"one_on_3", "one", 3, 3, "master+moments"}}) {
-    fs::copy(tmp.path / from, tmp.path / out, fs::copy_options::recursive);
-    fs::remove_all(tmp.path / out / train::checkpoint_dir_name(6));
-    dt_test::train_run(tmp.path, "train_moe.toml", out, ranks, zero,
-                       kLean + offload(what) + " --resume");
-    if (HasFailure()) return;
-    const std::vector<double> got = losses(out), want = losses(from);
-    ASSERT_EQ(got.size(), 9u) << out;  // 6 steps, then steps 4-6 again
-    dt_test::expect_losses_near(std::vector<double>(got.begin() + 6, got.end()),
-                                std::vector<double>(want.begin() + 3, want.end()), out);
-    dt_test::expect_checkpoint_near(tmp.path / out, tmp.path / from, 6, out,
-                                    std::string(out) == "again" ? 0.0 : 1e-5);
-  }
+  // Resumed from step 3 across layouts.
+  expect_resumes(tmp.path, {{"again", "z3_lean_master", 2, 3, "master+moments"},
+                            {"on_one", "z3_lean_master", 1, 0, "none"},
+                            {"one_on_3", "one", 3, 3, "master+moments"}});
 }
 
 // With tensor parallelism (tp2 on 2 ranks, the dense example: one data-parallel rank, so the
@@ -235,8 +232,7 @@ TEST(ZeroOffload, TensorParallelZero3OffloadIsBitwise) {
   dt_test::train_run(tmp.path, "train.toml", "none", 2, 3, tp);
   dt_test::train_run(tmp.path, "train.toml", "master", 2, 3, tp + offload("master+moments"));
   if (HasFailure()) return;
-  EXPECT_EQ(dt_test::metric_losses(tmp.path / "master" / "metrics.jsonl"),
-            dt_test::metric_losses(tmp.path / "none" / "metrics.jsonl"));
+  EXPECT_EQ(losses(tmp.path, "master"), losses(tmp.path, "none"));
   for (int64_t step : {3, 6})
     dt_test::expect_checkpoint_near(tmp.path / "master", tmp.path / "none", step,
                                     "zero3 tp2 master+moments vs offload none", 0.0);
