@@ -1,12 +1,15 @@
 // ZeRO 3 reads its pieces outside the trainer's own store too (train::zero3_slices): `score --zero
 // 3` (3 ranks of dense_text_mtp, ep2 x dp2 of moe_vlm_mtp) and a LoRA run's frozen base under
 // ZeRO 3 (train and score): each rank's loader keeps its pieces alone, counted by the loader
-// (io::LoadStats, the "loaded its share" log line), and the results are the whole-read ones.
+// (io::LoadStats, the "loaded its share" log line), and the results are the whole-read ones (the
+// same ranks without ZeRO 3, or with ZeRO 1): losses and LoRA results byte for byte, the full
+// model's gradients within fp32 summation.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <regex>
 #include <string>
 #include <vector>
@@ -42,8 +45,8 @@ std::vector<Loaded> load_lines(const fs::path& err, const std::string& what, int
                         "bytes \\(whole model (\\d+) bytes in f32\\)");
   std::vector<Loaded> out;
   for (std::sregex_iterator it(log.begin(), log.end(), line), end; it != end; ++it)
-    out.push_back({std::stoi((*it)[1]), std::stoll((*it)[2]), std::stoll((*it)[3]),
-                   std::stoll((*it)[4])});
+    out.push_back(
+        {std::stoi((*it)[1]), std::stoll((*it)[2]), std::stoll((*it)[3]), std::stoll((*it)[4])});
   EXPECT_EQ(out.size(), size_t(ranks)) << log;
   return out;
 }
@@ -129,10 +132,59 @@ TEST(Zero3Read, ScoreReadsItsPieces) {
       EXPECT_EQ(l.kept, share) << k.fixture << " rank " << l.rank;
       EXPECT_LE(l.peak, share + 2 * largest) << k.fixture << " rank " << l.rank;
       EXPECT_LT(l.kept, l.all * 4 / 10) << k.fixture << " rank " << l.rank;
-      std::printf("  %s score --zero 3%s rank %d of %d: kept %lld B, loader peak %lld B, whole "
-                  "model %lld B; gradients vs whole-read %.2e\n",
-                  k.fixture.c_str(), ep.c_str(), l.rank, k.ranks, static_cast<long long>(l.kept),
-                  static_cast<long long>(l.peak), static_cast<long long>(l.all), r);
+      std::printf(
+          "  %s score --zero 3%s rank %d of %d: kept %lld B, loader peak %lld B, whole "
+          "model %lld B; gradients vs whole-read %.2e\n",
+          k.fixture.c_str(), ep.c_str(), l.rank, k.ranks, static_cast<long long>(l.kept),
+          static_cast<long long>(l.peak), static_cast<long long>(l.all), r);
+    }
+  }
+}
+
+// `score --zero 3 --adapter` (the MoE fixture with routed-expert adapters, tests/data/golden_lora)
+// on 3 ranks and ep2 x dp2: each rank's loader keeps exactly its pieces of the frozen base (every
+// tensor in the frozen store; on the CPU the routers are pieces too), and the per-sample losses
+// and every adapter gradient are byte for byte those of the same ranks and layout without ZeRO,
+// which read the base whole (or its ep slices): the adapters' gradients are all-reduced either way.
+TEST(Zero3Read, LoraScoreReadsItsPieces) {
+  const dt_test::TempDir tmp("zero3_read_lora_score");
+  const fs::path d = fixture("moe_text_fused_tied");
+  const fs::path adapter = fs::path(DT_TEST_DATA) / "golden_lora" / "moe_experts" / "adapter";
+  const std::string base = "score --quiet --model " + d.string() + " --data " +
+                           (d / "samples.jsonl").string() + " --pack-tokens 64 --adapter " +
+                           adapter.string() + " --router-aux-coef 0.01 --z-loss-coef 0.001";
+  const auto run = [&](const std::string& tag, int ranks, const std::string& flags) {
+    const fs::path o = tmp.path / tag;
+    EXPECT_EQ(dt_test::run_ranks(ranks,
+                                 base + flags + " --output " + o.string() + ".jsonl --grad-out " +
+                                     o.string() + ".safetensors",
+                                 o.string() + ".err"),
+              0)
+        << tag << ": " << dt_test::read_file(o.string() + ".err");
+    return o;
+  };
+  const io::Checkpoint whole = io::load_checkpoint(d.string());
+  const model::Config& c = whole.config;
+  const std::vector<model::ParamSpec> specs = model::param_specs(c);
+  for (const auto& [ranks, ep] : {std::pair{3, 1}, std::pair{4, 2}}) {
+    const std::string flags = ep > 1 ? " --ep " + std::to_string(ep) : "";
+    const std::string tag = "ranks" + std::to_string(ranks) + "_ep" + std::to_string(ep);
+    const fs::path want = run(tag + "_whole", ranks, flags);
+    const fs::path got = run(tag + "_zero3", ranks, " --zero 3" + flags);
+    if (HasFailure()) return;
+    for (const char* ext : {".jsonl", ".safetensors"})
+      EXPECT_TRUE(dt_test::read_file(got.string() + ext) == dt_test::read_file(want.string() + ext))
+          << tag << ": the ZeRO 3 run's " << ext << " is not the whole-read run's byte for byte";
+    for (const Loaded& l : load_lines(got.string() + ".err", "score", ranks)) {
+      const int64_t share = zero3_share(c, specs, ranks, l.rank, ep, {.lora_base = true});
+      EXPECT_EQ(l.kept, share) << tag << " rank " << l.rank;
+      EXPECT_EQ(l.peak, l.kept) << tag << " rank " << l.rank;  // fused experts: nothing assembled
+      EXPECT_LT(l.kept, l.all * 4 / 10) << tag << " rank " << l.rank;
+      std::printf(
+          "  LoRA score --zero 3%s rank %d of %d: kept %lld B (frozen base pieces), "
+          "loader peak %lld B, whole model %lld B\n",
+          flags.c_str(), l.rank, ranks, static_cast<long long>(l.kept),
+          static_cast<long long>(l.peak), static_cast<long long>(l.all));
     }
   }
 }
@@ -163,11 +215,58 @@ TEST(Zero3Read, LoraBaseReadsItsPieces) {
     const int64_t share = zero3_share(c, specs, 2, l.rank, 1, {.lora_base = true});
     EXPECT_EQ(l.kept, share) << "rank " << l.rank;
     EXPECT_LT(l.kept, l.all * 6 / 10) << "rank " << l.rank;
-    std::printf("  LoRA zero 3 rank %d of 2: kept %lld B (frozen base pieces), loader peak %lld B, "
-                "whole model %lld B\n",
-                l.rank, static_cast<long long>(l.kept), static_cast<long long>(l.peak),
-                static_cast<long long>(l.all));
+    std::printf(
+        "  LoRA zero 3 rank %d of 2: kept %lld B (frozen base pieces), loader peak %lld B, "
+        "whole model %lld B\n",
+        l.rank, static_cast<long long>(l.kept), static_cast<long long>(l.peak),
+        static_cast<long long>(l.all));
   }
   for (const Loaded& l : load_lines(tmp.path / "zero1.err", "train", 2))
     EXPECT_EQ(l.kept, l.all) << "ZeRO 1 reads the base whole, rank " << l.rank;
+}
+
+// What zero3_slices gives per store (moe_vlm_mtp, the vision tower frozen, 3 ranks): the trained
+// store leaves the frozen tower out (read whole: the model holds it apart), a LoRA run's frozen
+// base holds it (pieces); in a bf16 model the frozen base's routers (model::keeps_f32_weight) are
+// read whole (the frozen store keeps them whole on every rank), every other tensor as pieces. The
+// ranks' pieces of each tensor cover it once.
+TEST(Zero3Read, PiecesPerStore) {
+  model::Config c = model::load_config((fixture("moe_vlm_mtp") / "config.json").string());
+  c.mtp_enabled = c.mtp_num_hidden_layers > 0;
+  c.vision_mode = model::VisionMode::frozen;
+  const std::vector<model::ParamSpec> specs = model::param_specs(c);
+  int routers = 0, frozen_tower = 0;
+  for (const model::ParamSpec& s : specs) {
+    routers += model::keeps_f32_weight(s.name) ? 1 : 0;
+    frozen_tower += model::vision_trains(c, s.name) ? 0 : 1;
+  }
+  ASSERT_GT(routers, 0);
+  ASSERT_GT(frozen_tower, 0);
+  const int ranks = 3;
+  for (const auto& [read, what] :
+       {std::pair{train::Zero3Read{}, "trained store"},
+        std::pair{train::Zero3Read{.lora_base = true}, "LoRA base, f32"},
+        std::pair{train::Zero3Read{.lora_base = true, .bf16 = true}, "LoRA base, bf16"}}) {
+    std::map<std::string, int64_t> covered;
+    for (int r = 0; r < ranks; ++r) {
+      const io::SliceFn f = train::zero3_slices(c, {}, ranks, r, 0, 0, read);
+      for (const model::ParamSpec& s : specs) {
+        const auto sl = f(c, s.name, s.shape);
+        const bool whole_router = read.lora_base && read.bf16 && model::keeps_f32_weight(s.name);
+        const bool apart = !read.lora_base && !model::vision_trains(c, s.name);
+        EXPECT_EQ(sl.has_value(), !whole_router && !apart) << what << " " << s.name;
+        if (!sl) continue;
+        ASSERT_EQ(sl->shape.size(), 1u) << what << " " << s.name;
+        int64_t n = 0;
+        for (const io::ElementRun& run : sl->runs) n += run.count;
+        EXPECT_EQ(n, sl->shape[0]) << what << " " << s.name;
+        covered[s.name] += n;
+      }
+    }
+    for (const auto& [name, n] : covered)
+      EXPECT_EQ(n, core::numel(std::find_if(specs.begin(), specs.end(),
+                                            [&](const auto& s) { return s.name == name; })
+                                   ->shape))
+          << what << " " << name;
+  }
 }
