@@ -161,7 +161,7 @@ class ModelEngine final : public Engine {
     if constexpr (std::is_same_v<Source, model::ParamSource>) {
       for (const model::ParamSpec& s : params.specs) {
         const core::Tensor t = params.make(s);
-        base_->load_weight(s.name, t.ptr());
+        base_->load_weight(s.name, t.ptr(), t.numel());  // the whole tensor or the piece
       }
     } else {
       for (const auto& [name, t] : params) base_->load_weight(name, t.ptr());

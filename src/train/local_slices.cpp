@@ -60,23 +60,27 @@ std::vector<model::ParamSpec> local_specs(const model::Config& c, const io::Slic
 }
 
 io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ranks, int rank,
-                         int expert_ranks, int expert_rank) {
+                         int expert_ranks, int expert_rank, const Zero3Read& read) {
   // The layout of the engine's store: the local tensors, a vision tower held apart left out
-  // (model::Model holds the tensors it does not train apart).
+  // (model::Model holds the tensors it does not train apart; a LoRA run's frozen base holds all).
   model::NameFilter keep;
-  if (c.vision_mode == model::VisionMode::frozen || c.vision_mode == model::VisionMode::merger)
+  if (!read.lora_base &&
+      (c.vision_mode == model::VisionMode::frozen || c.vision_mode == model::VisionMode::merger))
     keep = [c](const std::string& name) { return model::vision_trains(c, name); };
+  const bool whole_routers = read.lora_base && read.bf16;
   model::StateOptions layout_only;
   layout_only.gathered = true;  // names and shapes alone: nothing allocated
   const model::Params p(core::Device::cpu, core::DType::f32,
                         model::ParamSource{local_specs(c, base), {}}, layout_only, keep);
   const auto l = std::make_shared<const Zero3Layout>(
       zero3_layout(p, c, ranks, rank, expert_ranks, expert_rank));
-  return [l, base](const model::Config& cc, const std::string& name,
-                   const core::Shape& full) -> std::optional<io::ParamSlice> {
+  return [l, base, whole_routers](const model::Config& cc, const std::string& name,
+                                  const core::Shape& full) -> std::optional<io::ParamSlice> {
     std::optional<io::ParamSlice> local = base ? base(cc, name, full) : std::nullopt;
     const auto it = l->index.find(name);
     if (it == l->index.end()) return local;  // held apart: as base gives it
+    // A frozen bf16 store keeps the routers whole (Zero3Store): the local tensor.
+    if (whole_routers && model::keeps_f32_weight(name)) return local;
     const Zero3Layout::Tensor& t = l->tensors[it->second];
     const Zero3Layout::Unit& u = l->units[size_t(t.unit)];
     const int64_t r = l->rank_of(u);
@@ -100,6 +104,15 @@ io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ra
     }
     return s;
   };
+}
+
+model::ParamSource piece_source(const model::Config& c, const io::SliceFn& local,
+                                const model::TensorMap& params) {
+  return model::ParamSource{local_specs(c, local), [&params](const model::ParamSpec& s) {
+                              const auto it = params.find(s.name);
+                              DT_CHECK(it != params.end(), "the checkpoint has no tensor ", s.name);
+                              return it->second;
+                            }};
 }
 
 LocalSlice local_slice(const io::SliceFn& f, const model::Config& c) {

@@ -24,15 +24,34 @@ io::SliceFn local_slices(const ExpertGroups& eg, const TensorGroups& tg);
 // the full shapes).
 std::vector<model::ParamSpec> local_specs(const model::Config& c, const io::SliceFn& base);
 
+// Which ZeRO 3 store a rank reads its pieces for (zero3_slices).
+struct Zero3Read {
+  // The frozen base of a LoRA run (Zero3Store's frozen mode, model::StateOptions::frozen): every
+  // tensor is in the store (a LoRA run holds no vision tower apart). false: the trained store of
+  // parallel.zero = 3, which leaves out a vision tower the model holds apart.
+  bool lora_base = false;
+  // The model computes in bf16 (CUDA, precision bf16): a frozen bf16 store keeps the tensors the
+  // model reads in f32 (model::keeps_f32_weight: the MoE routers) whole on every rank, so with
+  // lora_base they are read whole (as base gives them).
+  bool bf16 = false;
+};
+
 // ZeRO 3 (parallel.zero = 3, train/zero3.h): this rank's pieces of its tensors, so a rank reads
 // only them from the files. The store is the local one (base: the ep / tp slices, or none), laid
 // out as Zero3Store lays it out (a vision tower the model holds apart is left out: it keeps
 // base's slice); a tensor's piece is one run of the local tensor's elements, its slice shape
 // [k] (k may be 0), its runs those of the full tensor. ranks, rank: the data-parallel ranks
 // (ZeroSetup::comm); expert_ranks, expert_rank: the ranks holding the same experts
-// (ZeroSetup::experts; 0: none). Zero3Store::load_weight and load_moment take such pieces.
+// (ZeroSetup::experts; 0: none). Zero3Store::load_weight and load_moment take such pieces; the
+// trainer and `score --zero 3` read so (of the trained store, or of a LoRA run's frozen base).
 io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ranks, int rank,
-                         int expert_ranks = 0, int expert_rank = 0);
+                         int expert_ranks = 0, int expert_rank = 0, const Zero3Read& read = {});
+
+// The engine's parameter source (model::ParamSource) over tensors read so: the parameters at
+// their local shapes (local_specs of `local`, the ep / tp slices without the pieces), each made
+// from `params` (the pieces read by zero3_slices). params must outlive the source.
+model::ParamSource piece_source(const model::Config& c, const io::SliceFn& local,
+                                const model::TensorMap& params);
 
 // The same bound to a config: what load_train_state and restore_master_weights take.
 LocalSlice local_slice(const io::SliceFn& f, const model::Config& c);

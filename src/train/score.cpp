@@ -129,7 +129,16 @@ void run_score(const ScoreOptions& opt) {
   // over the data-parallel ranks; every rank runs as many packs as the others (idle packs where
   // it has none left), since each MoE layer is a collective exchange.
   const ExpertGroups eg = setup_expert_groups(dp, opt.ep, c0, "deltatron score --ep");
-  load_opt.slice = local_slices(eg, tg);
+  // ZeRO 3: each rank reads only its pieces of its local tensors (zero3_slices, as the trainer;
+  // of a LoRA adapter's frozen base too, whose routers a bf16 model keeps whole), and the
+  // engine is made from them.
+  const io::SliceFn local = local_slices(eg, tg);
+  const dist::Comm* same = eg.same_experts.get();
+  const Zero3Read read{!opt.adapter_dir.empty(), opt.device == "cuda" && opt.precision == "bf16"};
+  load_opt.slice = opt.zero == 3
+                       ? zero3_slices(c0, local, dp.comm->size(), dp.comm->rank(),
+                                      same ? same->size() : 0, same ? same->rank() : 0, read)
+                       : local;
   io::LoadStats load_stats;
   load_opt.stats = &load_stats;
   io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);
@@ -145,9 +154,12 @@ void run_score(const ScoreOptions& opt) {
     keep_local_experts(*lora, eg);
     keep_local_shards(*lora, tg, c);
   }
-  const auto engine = make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
-                                  lora ? &*lora : nullptr,
-                                  ZeroSetup{int(opt.zero), dp.comm.get(), eg.same_experts.get()});
+  const ZeroSetup zero{int(opt.zero), dp.comm.get(), eg.same_experts.get()};
+  const auto engine =
+      opt.zero == 3 ? make_engine(opt.device, opt.precision, c, piece_source(c, local, ck.params),
+                                  nullptr, false, {}, lora ? &*lora : nullptr, zero)
+                    : make_engine(opt.device, opt.precision, c, ck.params, nullptr, false, {},
+                                  lora ? &*lora : nullptr, zero);
   if (eg.on()) engine->set_expert_parallel(eg.model);
   if (tg.on()) engine->set_tensor_parallel(tg.model);
   const std::vector<int64_t> items =
@@ -209,7 +221,11 @@ void run_score(const ScoreOptions& opt) {
 
   model::TensorMap grads;
   if (with_grads) {
-    grads = model::zeros_like(lora ? lora->adapters : ck.params);
+    if (lora) {
+      grads = model::zeros_like(lora->adapters);
+    } else {  // at the local shapes (ck.params holds ZeRO 3 pieces)
+      for (const model::ParamSpec& sp : local_specs(c, local)) grads.emplace(sp.name, sp.shape);
+    }
     if (!lora)  // the frozen part of the vision tower has no gradient to write
       std::erase_if(grads, [&](const auto& kv) { return !model::vision_trains(c, kv.first); });
     engine->grads_to_host(grads);

@@ -93,14 +93,17 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // The expert-parallel groups among the data-parallel ranks (with tp: those of one tp slice).
   const ExpertGroups eg =
       setup_expert_groups(dp, cfg.parallel_ep, c0, cfg.source + ": parallel.ep");
-  // ZeRO 3 (not LoRA): each rank reads only its pieces of its local tensors (zero3_slices; the
-  // engine is then made from them, and the optimizer decides weight decay by the local shapes).
+  // ZeRO 3: each rank reads only its pieces of its local tensors (zero3_slices; the engine is
+  // then made from them, and the optimizer decides weight decay by the local shapes). A LoRA
+  // run's frozen base likewise (its routers whole in a bf16 model: Zero3Store keeps them so).
   const io::SliceFn local = local_slices(eg, tg);
-  const bool pieces = cfg.parallel_zero == 3 && !cfg.lora;
+  const bool pieces = cfg.parallel_zero == 3;
   const dist::Comm* same = eg.same_experts.get();
-  const io::SliceFn slices = pieces ? zero3_slices(c0, local, dp.comm->size(), dp.comm->rank(),
-                                                   same ? same->size() : 0, same ? same->rank() : 0)
-                                    : local;
+  const Zero3Read read{cfg.lora, cfg.device == "cuda" && cfg.precision == "bf16"};
+  const io::SliceFn slices =
+      pieces ? zero3_slices(c0, local, dp.comm->size(), dp.comm->rank(), same ? same->size() : 0,
+                            same ? same->rank() : 0, read)
+             : local;
   io::LoadStats load_stats;
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir, slices, &load_stats);
   if (par.size() > 1) print_load_stats("train", par, load_stats, ck.config);
@@ -115,7 +118,7 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   std::optional<model::LoraSetup> lora;
   if (cfg.lora) lora = lora_setup(cfg, ck.config, start.resume_dir);
   const std::vector<model::ParamSpec> specs =
-      pieces ? local_specs(ck.config, local) : std::vector<model::ParamSpec>{};
+      pieces && !lora ? local_specs(ck.config, local) : std::vector<model::ParamSpec>{};
   AdamW opt(lora ? lora->adapters : ck.params, adamw_options(cfg, specs));
   const ScheduleOptions schedule = schedule_options(cfg);
   TrainState st = start_state(cfg, start, d, ck, opt, dp.size(), slices);
@@ -134,11 +137,10 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
 
   // 3. The engine, the micro-batch stream, the log.
   const ZeroSetup zero{int(cfg.parallel_zero), dp.comm.get(), eg.same_experts.get()};
-  const model::ParamSource piece_source{
-      specs, [&ck](const model::ParamSpec& s) { return ck.params.at(s.name); }};
   const auto engine =
-      pieces ? make_engine(cfg.device, cfg.precision, ck.config, piece_source, &opt, cfg.recompute,
-                           state_options(cfg), nullptr, zero)
+      pieces ? make_engine(cfg.device, cfg.precision, ck.config,
+                           piece_source(ck.config, local, ck.params), &opt, cfg.recompute,
+                           state_options(cfg), lora ? &*lora : nullptr, zero)
              : make_engine(cfg.device, cfg.precision, ck.config, ck.params, &opt, cfg.recompute,
                            state_options(cfg), lora ? &*lora : nullptr, zero);
   engine->set_recompute_selective(cfg.recompute_selective);
