@@ -32,6 +32,17 @@ inline void fill_pattern(const core::View& g, int salt) {
   ops::copy_from_host(g, h.data());
 }
 
+// The AdamW hyperparameters of the checks' step `step` (weight decay set per tensor).
+inline ops::AdamWArgs step_args(int step) {
+  ops::AdamWArgs args;
+  args.lr = 1e-2;
+  args.beta1 = 0.9;
+  args.beta2 = 0.98;
+  args.eps = 1e-8;
+  args.step = step;
+  return args;
+}
+
 // A view's bytes on the host (2 or 4 per element).
 inline std::vector<uint8_t> bytes(const core::View& v) {
   std::vector<uint8_t> out(size_t(v.numel()) * core::dtype_size(v.dtype));
@@ -78,12 +89,7 @@ inline void expect_zero3_lean_store_like_flat(deltatron::core::Device dev,
       store.release(unit, true);
     }
     for (const auto& name : flat.names()) fill_pattern(flat.g(name), step);
-    ops::AdamWArgs args;
-    args.lr = 1e-2;
-    args.beta1 = 0.9;
-    args.beta2 = 0.98;
-    args.eps = 1e-8;
-    args.step = step;
+    const ops::AdamWArgs args = zero3_lean::step_args(step);
     std::vector<ops::AdamWTensor> ts;
     for (const auto& name : flat.names()) {
       ops::AdamWTensor t = flat.adamw_tensor(name);

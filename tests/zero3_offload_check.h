@@ -94,12 +94,7 @@ inline void expect_zero3_offload_store_like_device(deltatron::core::Device dev,
           fill_pattern(p->g(l.tensors[i].name), step);
         s->release(unit, true);
       }
-      ops::AdamWArgs args;
-      args.lr = 1e-2;
-      args.beta1 = 0.9;
-      args.beta2 = 0.98;
-      args.eps = 1e-8;
-      args.step = step;
+      const ops::AdamWArgs args = zero3_lean::step_args(step);
       std::vector<ops::AdamWTensor> ts;
       for (train::Zero3Store::Piece& pc : s->pieces()) {
         pc.t.weight_decay = 0.01;
