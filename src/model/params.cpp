@@ -23,6 +23,12 @@ std::string moments_name(const StateOptions& o) {
 std::string offload_name(const StateOptions& o) {
   return o.offload_master ? "master+moments" : o.offload_moments ? "moments" : "none";
 }
+ops::AdamWOffload adamw_offload(const StateOptions& o) {
+  ops::AdamWOffload off;
+  off.moments = o.offload_moments;
+  off.master = o.offload_master;
+  return off;
+}
 
 StateOptions parse_state_options(const std::string& master, const std::string& moments,
                                  const std::string& offload, const std::string& where) {

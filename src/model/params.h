@@ -66,6 +66,8 @@ struct StateOptions {
 std::string master_name(const StateOptions& o);
 std::string moments_name(const StateOptions& o);
 std::string offload_name(const StateOptions& o);  // none | moments | master+moments
+// The offloaded AdamW step's flags for these options (what training.offload puts in host memory).
+ops::AdamWOffload adamw_offload(const StateOptions& o);
 // The options from their config spellings; an error naming `where` and the key for a bad one.
 StateOptions parse_state_options(const std::string& master, const std::string& moments,
                                  const std::string& offload, const std::string& where);

@@ -312,10 +312,7 @@ class ModelEngine final : public Engine {
     }
     const model::StateOptions& so = p.options();
     if (so.offload_moments || so.offload_master) {
-      ops::AdamWOffload off;
-      off.moments = so.offload_moments;
-      off.master = so.offload_master;
-      ops::adamw_step_offloaded(ts, args, off);
+      ops::adamw_step_offloaded(ts, args, model::adamw_offload(so));
     } else {
       ops::adamw_step_multi(ts, args);
     }

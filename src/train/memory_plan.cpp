@@ -98,11 +98,8 @@ MemoryPlan plan_memory(const model::Config& c, const PlanInput& in) {
       (p.per_param.host - (!in.training && in.state.offload_moments ? moments : 0)) * trained;
   if (in.layout.on() && in.lora_params < 0) p.host_state = rank_state(c, in).host;  // the share
   if (in.training && (in.state.offload_moments || in.state.offload_master)) {
-    ops::AdamWOffload off;
-    off.moments = in.state.offload_moments;
-    off.master = in.state.offload_master;
-    p.staging += double(
-        ops::adamw_offload_staging_bytes(off, in.state.moments, in.state.master_remainder ? 2 : 4));
+    p.staging += double(ops::adamw_offload_staging_bytes(
+        model::adamw_offload(in.state), in.state.moments, in.state.master_remainder ? 2 : 4));
   }
   const model::ActivationOptions ao{in.recompute && in.device == core::Device::cuda,
                                     in.recompute_selective};

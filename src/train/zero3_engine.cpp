@@ -16,18 +16,11 @@ namespace deltatron::train {
 namespace {
 
 // The model's store: gathered (its views bound by the shard store), no offloaded state (the shard
-// store keeps this rank's share of it: offload_of).
+// store keeps this rank's share of it).
 model::StateOptions gathered(model::StateOptions s) {
   s.gathered = true;
   s.offload_moments = s.offload_master = false;
   return s;
-}
-
-ops::AdamWOffload offload_of(const model::StateOptions& s) {
-  ops::AdamWOffload off;
-  off.moments = s.offload_moments;
-  off.master = s.offload_master;
-  return off;
 }
 
 class Zero3Engine final : public Engine {
@@ -37,7 +30,7 @@ class Zero3Engine final : public Engine {
               const model::StateOptions& state, dist::Comm& comm, dist::Comm* experts)
       : model_(params ? model::Model(dev, dt, c, *params, gathered(state))
                       : model::Model(dev, dt, c, *source, gathered(state))),
-        store_(model_.params(), c, comm, experts, offload_of(state)),
+        store_(model_.params(), c, comm, experts, model::adamw_offload(state)),
         moments_(state.moments) {
     model_.set_param_gather(&store_);
     // The tensors the model holds apart (a frozen vision tower) are its own, replicated.
