@@ -210,6 +210,11 @@ TEST(Zero3, StoreGathersAndReleasesUnits) {
   model::Params p(core::Device::cpu, core::DType::f32, ck.params, so);
   const auto comm = dist::self_comm(core::Device::cpu);
   train::Zero3Store store(p, ck.config, *comm);
+  // The out-of-memory hint describes the shard and its options (not the model's whole state).
+  const std::string hint = store.shard_hint();
+  for (const char* want : {"ZeRO 3: this rank's shard", "over 1 ranks", "training.master = fp32",
+                           "training.offload = none", "use more data-parallel ranks"})
+    EXPECT_NE(hint.find(want), std::string::npos) << want << " not in: " << hint;
   for (const auto& [name, t] : ck.params) store.load_weight(name, t.ptr());
   store.finish_load();
   store.zero_grads();

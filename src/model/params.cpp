@@ -173,8 +173,8 @@ Params::Params(core::Device dev, core::DType dt, std::vector<ParamSpec> specs,
   if (!lean_layout || dt_ == core::DType::f32) f32_total_ = total_;
   if (!opt.offload_master) host_total_ = 0;
   const int64_t host_n = std::max<int64_t>(1, host_total_);
+  if (opt_.gathered) return;  // the layout alone; the shards' owner binds the views (its hint)
   core::allocator(dev_).set_oom_hint(state_hint());
-  if (opt_.gathered) return;  // the layout alone; the views are bound by the shards' owner
   if (opt_.frozen) {
     if (dt_ != core::DType::f32) compute_ = core::Buffer(dev_, dt_, {total_}, "frozen weights");
     if (f32_total_ > 0)

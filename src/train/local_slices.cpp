@@ -106,6 +106,14 @@ io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ra
   };
 }
 
+io::SliceFn read_slices(const model::Config& c, const io::SliceFn& local, bool pieces,
+                        const Parallel& dp, const ExpertGroups& eg, const Zero3Read& read) {
+  if (!pieces) return local;
+  const dist::Comm* same = eg.same_experts.get();
+  return zero3_slices(c, local, dp.comm->size(), dp.comm->rank(), same ? same->size() : 0,
+                      same ? same->rank() : 0, read);
+}
+
 model::ParamSource piece_source(const model::Config& c, const io::SliceFn& local,
                                 const model::TensorMap& params) {
   return model::ParamSource{local_specs(c, local), [&params](const model::ParamSpec& s) {

@@ -6,6 +6,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "train/expert_parallel.h"
+#include "train/parallel.h"
 #include "train/tensor_parallel.h"
 #include "train/train_state.h"
 
@@ -46,6 +47,12 @@ struct Zero3Read {
 // trainer and `score --zero 3` read so (of the trained store, or of a LoRA run's frozen base).
 io::SliceFn zero3_slices(const model::Config& c, const io::SliceFn& base, int ranks, int rank,
                          int expert_ranks = 0, int expert_rank = 0, const Zero3Read& read = {});
+
+// The slices a rank reads the model with: `local` (local_slices), or with pieces (ZeRO 3) its
+// zero3_slices of them over dp's ranks and, under expert parallelism, eg's ranks holding the same
+// experts. The trainer and `score` read so.
+io::SliceFn read_slices(const model::Config& c, const io::SliceFn& local, bool pieces,
+                        const Parallel& dp, const ExpertGroups& eg, const Zero3Read& read);
 
 // The engine's parameter source (model::ParamSource) over tensors read so: the parameters at
 // their local shapes (local_specs of `local`, the ep / tp slices without the pieces), each made

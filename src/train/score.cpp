@@ -133,12 +133,9 @@ void run_score(const ScoreOptions& opt) {
   // of a LoRA adapter's frozen base too, whose routers a bf16 model keeps whole), and the
   // engine is made from them.
   const io::SliceFn local = local_slices(eg, tg);
-  const dist::Comm* same = eg.same_experts.get();
-  const Zero3Read read{!opt.adapter_dir.empty(), opt.device == "cuda" && opt.precision == "bf16"};
-  load_opt.slice = opt.zero == 3
-                       ? zero3_slices(c0, local, dp.comm->size(), dp.comm->rank(),
-                                      same ? same->size() : 0, same ? same->rank() : 0, read)
-                       : local;
+  load_opt.slice = read_slices(
+      c0, local, opt.zero == 3, dp, eg,
+      Zero3Read{!opt.adapter_dir.empty(), opt.device == "cuda" && opt.precision == "bf16"});
   io::LoadStats load_stats;
   load_opt.stats = &load_stats;
   io::Checkpoint ck = io::load_checkpoint(opt.model_dir, load_opt);

@@ -98,12 +98,9 @@ TrainResult run_train(const TrainConfig& cfg, bool resume, bool overwrite) {
   // run's frozen base likewise (its routers whole in a bf16 model: Zero3Store keeps them so).
   const io::SliceFn local = local_slices(eg, tg);
   const bool pieces = cfg.parallel_zero == 3;
-  const dist::Comm* same = eg.same_experts.get();
-  const Zero3Read read{cfg.lora, cfg.device == "cuda" && cfg.precision == "bf16"};
   const io::SliceFn slices =
-      pieces ? zero3_slices(c0, local, dp.comm->size(), dp.comm->rank(), same ? same->size() : 0,
-                            same ? same->rank() : 0, read)
-             : local;
+      read_slices(c0, local, pieces, dp, eg,
+                  Zero3Read{cfg.lora, cfg.device == "cuda" && cfg.precision == "bf16"});
   io::LoadStats load_stats;
   io::Checkpoint ck = load_or_init_model(cfg, start.resume_dir, slices, &load_stats);
   if (par.size() > 1) print_load_stats("train", par, load_stats, ck.config);

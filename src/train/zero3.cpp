@@ -3,6 +3,7 @@
 #include "train/zero3.h"
 
 #include <algorithm>
+#include <sstream>
 
 #include "core/bf16.h"
 #include "core/error.h"
@@ -106,6 +107,29 @@ Zero3Layout zero3_layout(const model::Params& p, const model::Config& c, int ran
   return l;
 }
 
+std::string Zero3Store::shard_hint() const {
+  const double gib = double(l_.shard) / double(1ull << 30);
+  const bool f32_model = p_.dt() == core::DType::f32;
+  const double weights = f32_model ? 4 : lean_ ? (offload_.master ? 2 : 4) : host_master_ ? 2 : 6;
+  const double held = weights + (frozen_ ? 0 : 4);  // bytes a parameter of the shard, + gradients
+  std::ostringstream hint;
+  hint.precision(3);
+  hint << "ZeRO 3: this rank's shard (" << double(l_.shard) / 1e9 << "B of the model's "
+       << double(p_.total()) / 1e9 << "B parameters over " << comm_.size() << " ranks) needs about "
+       << held * gib
+       << " GiB on the device for its weights and gradients before the AdamW moments and the "
+          "gathered layers (training.master = "
+       << (lean_ ? "remainder" : "fp32") << ", training.offload = "
+       << (offload_.master    ? "master+moments"
+           : offload_.moments ? "moments"
+                              : "none")
+       << "): use more data-parallel ranks";
+  if (!frozen_ && !lean_ && !f32_model)
+    hint << ", training.master = remainder and training.moments = bf16";
+  if (!frozen_ && !offload_.master && !f32_model) hint << ", or training.offload = master+moments";
+  return hint.str();
+}
+
 void Zero3Store::ops_zero(const core::Buffer& b) {
   if (b.numel() > 0) ops::zero(b);
 }
@@ -138,6 +162,7 @@ Zero3Store::Zero3Store(model::Params& params, const model::Config& c, dist::Comm
            "training.master = remainder to offload the remainders");
   host_master_ = offload_.master && !lean_;
   routers_apart_ = (lean_ || host_master_) && !f32_model;
+  core::allocator(dev).set_oom_hint(shard_hint());
   if (!lean_ || f32_model) {
     const char* what = f32_model      ? "f32 weights (ZeRO 3 shard)"
                        : host_master_ ? "offloaded fp32 master weights (ZeRO 3 shard)"

@@ -107,6 +107,8 @@ class Zero3Store final : public model::ParamGather {
   // What lives in host memory (training.offload); nothing when both are off.
   const ops::AdamWOffload& offload() const { return offload_; }
   bool offloaded() const { return offload_.moments || offload_.master; }
+  // The allocator's out-of-memory hint while the shard's buffers are made: its size and options.
+  std::string shard_hint() const;
   dist::Comm& comm() const { return comm_; }
   dist::Comm* experts() const { return experts_; }
 
