@@ -25,17 +25,21 @@
 
 namespace deltatron::cuda {
 
-// Which launch layout gdn_chunk_* use (kept selectable for A/B timing in one process; both give
+// Which launch layout gdn_chunk_* use (kept selectable for A/B timing in one process; all give
 // the same values, bitwise up to the sign of zeros; docs/ops/gdn.md, "CUDA kernels"):
+//   v3            v2 with 8 warps (instead of 4) per block in the per-chunk prep and WY kernels
+//                 and the sequential ones (the forward's states pass, the backward's recompute
+//                 and dstate passes): twice the warps per block at the same shared memory, half
+//                 the dependent work per warp;
 //   v2 (default)  the dq/dk kernel's K slices of one chunk-head run next to each other (their
 //                 shared tiles come from L2); with one value head per key head (G == H) dq and
 //                 dk are written in the storage type directly, without the fp32 per-value-head
 //                 scratch and the summing pass; the backward's state recompute prefetches K,
 //                 U and gamma one chunk further (one sync per chunk less);
 //   v1            the previous layout.
-// The first call reads the environment variable DT_GDN_KERNELS ("v1" or "v2"; anything else is an
-// error); gdn_set_kernels overrides it (tests, benchmarks).
-enum class GdnKernels { v1, v2 };
+// The first call reads the environment variable DT_GDN_KERNELS ("v1", "v2" or "v3"; anything else
+// is an error); gdn_set_kernels overrides it (tests, benchmarks).
+enum class GdnKernels { v1, v2, v3 };
 GdnKernels gdn_kernels();
 void gdn_set_kernels(GdnKernels k);
 

@@ -21,8 +21,9 @@ namespace deltatron::cuda::gdn {
 namespace {
 
 // ---- gdn_dstate_kernel -----------------------------------------------------------------------
-// Mirror of the states kernel: one block (4 warps) per (value tile of 32, value head, segment),
-// chunks in reverse order, dS[:, tile] (fp32, KP x 32) in registers (warp w: rows w KP/4 ..).
+// Mirror of the states kernel: one block (NW = 4 or 8 warps, SeqTiles) per (value tile of 32,
+// value head, segment), chunks in reverse order, dS[:, tile] (fp32, KP x 32) in registers (warp
+// w: rows w KP/NW ..).
 // Per chunk, with dS = dL/dS_out (0 after the last chunk of the segment):
 //   (a) store dS; dS -> shared split planes [32][KP] (B operand);
 //   (b) dV' = P^T dO + diag(e^{gamma_last - gamma}) K dS (stored; -dV' -> planes [32][64]);
@@ -59,20 +60,22 @@ struct DstateSmem {
   }
 };
 
-template <typename T, int KP>
-__global__ void __launch_bounds__(128)
+template <typename T, int KP, int NW>
+__global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     gdn_dstate_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = DstateSmem<T, KP>;
+  using Tiles = SeqTiles<KP, NW>;
   constexpr int NF = S::NF, LDB = S::LDB, LDQ = S::LDQ, LDT = S::LDT, LDP = S::LDP;
-  constexpr int LDO = S::LDO, LDV = S::LDV, PST = S::PST, PSV = S::PSV;
+  constexpr int LDO = S::LDO, LDV = S::LDV, PST = S::PST, PSV = S::PSV, NTB = Tiles::NTB;
   constexpr bool kQInBig = S::kQInBig;
   S s(smem);
   T* bigT = reinterpret_cast<T*>(s.big);
   const int vt = blockIdx.x, j = blockIdx.y, z = blockIdx.z, h = j / d.R, v0 = vt * kBV;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int ch0 = plan.seg_ch0[z], nch = plan.seg_nch[z];
-  const int kd = round_up(d.K, 16), sm0 = warp * (KP / 4);
+  const int kd = round_up(d.K, 16), sm0 = Tiles::srow(warp);
+  const int rb = Tiles::brow(warp), cb = Tiles::bcol(warp);  // this warp's 64 x 32 tile part
   const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
   auto qk_src = [&](const T* x, int ci) {
     return x + (int64_t(plan.chunk_t0[ci]) * d.H + h) * d.K;
@@ -98,7 +101,7 @@ __global__ void __launch_bounds__(128)
     if constexpr (!kQInBig) load_q(ch0 + nch - 1);
   }
   cp_async_commit();
-  float accD[KP / 64][4][4];
+  float accD[Tiles::MTS][4][4];
   acc_zero(accD);
   for (int n = nch - 1; n >= 0; --n) {
     const int ci = ch0 + n, c = plan.chunk_len[ci], cd = round_up(c, 16);
@@ -118,23 +121,22 @@ __global__ void __launch_bounds__(128)
     cp_async_wait<0>();
     __syncthreads();
     {  // (b)
-      float a1[1][4][4], a2[1][4][4];
+      float a1[1][NTB][4], a2[1][NTB][4];
       acc_zero(a1);
       acc_zero(a2);
-      warp_mma<T>(a1, Opnd<float, false>{s.ps, LDP}, 16 * warp, Opnd<T, false>{s.dos, LDO}, 0, cd);
-      warp_mma<T>(a2, Opnd<T, true>{bigT, LDB}, 16 * warp, Planes<NF, true>{s.dst, LDT, PST}, 0,
-                  kd);
+      warp_mma<T>(a1, Opnd<float, false>{s.ps, LDP}, rb, Opnd<T, false>{s.dos, LDO}, cb, cd);
+      warp_mma<T>(a2, Opnd<T, true>{bigT, LDB}, rb, Planes<NF, true>{s.dst, LDT, PST}, cb, kd);
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
+      for (int ni = 0; ni < NTB; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int i = 16 * warp + (lane >> 2) + 8 * (e >> 1);
-          const int col = 8 * ni + 2 * (lane & 3) + (e & 1);
+          const int i = rb + (lane >> 2) + 8 * (e >> 1);
+          const int col = cb + 8 * ni + 2 * (lane & 3) + (e & 1);
           a1[0][ni][e] += s.egl[i] * a2[0][ni][e];  // dV'
           store_split<NF>(s.dvp, PSV, col * LDV + i, -a1[0][ni][e]);
         }
       __nv_bfloat16* dVq = w.dVp + qj * NF * kC * d.VP + v0;
-      acc_pairs(a1, 16 * warp, 0, [&](int i, int col, float x0, float x1) {
+      acc_pairs(a1, rb, cb, [&](int i, int col, float x0, float x1) {
         store_split2<NF>(dVq, int64_t(kC) * d.VP, i * d.VP + col, x0, x1);
       });
       for (int e = tid; e < kC * kBV; e += blockDim.x) {
@@ -463,7 +465,8 @@ __global__ void __launch_bounds__(256, 2)
 }
 
 // ---- gdn_wy_kernel ---------------------------------------------------------------------------
-// One block (4 warps) per chunk-head; warp w owns rows 16w..16w+15 of every 64-wide product.
+// One block (NW = 4 warps; 8 in layout v3) per chunk-head; warp w owns rows 16 (w & 3) .. + 15
+// and (8 warps) one 32-column half of every 64-wide product; row sums meet by halves.
 //   Over V in 64-column tiles: dB_u = Tm^T dV', dv = diag(beta) dB_u, dbeta += v . dB_u,
 //     dA_u += dB_u U^T;
 //   dA = strict_lower(-dA_u + sum of the dqk kernel's slice parts);
@@ -491,8 +494,8 @@ struct WySmem {
     Carve c{base};
     eg = c.take<float>(kC);
     bs = c.take<float>(kC);
-    redb = c.take<float>(kC);
-    redba = c.take<float>(kC);
+    redb = c.take<float>(2 * kC);  // by 32-column halves
+    redba = c.take<float>(2 * kC);
     rowe = c.take<A>(kC);
     cole = c.take<A>(kC);
     dgam = c.take<A>(kC);
@@ -512,19 +515,23 @@ struct WySmem {
   }
 };
 
-template <typename T, int KP>
-__global__ void __launch_bounds__(128) gdn_wy_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* dv,
-                                                     float* dg, float* dbeta, T* dk_out) {
+template <typename T, int KP, int NW>
+__global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
+    gdn_wy_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* dv, float* dg, float* dbeta,
+                  T* dk_out) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = WySmem<T, KP>;
   constexpr int NF = S::NF, LD = S::LD, LDK = S::LDK, LDE = S::LDE, PS = S::PS;
+  constexpr int NT = 8 / (NW / 4);  // 8-column tiles of a 64-wide product per warp
   using A = typename S::A;
   S s(smem);
   const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   const int t2 = (lane & 3) * 2;
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci], cd = round_up(c, 16);
-  const int kd = round_up(d.K, 16), rm = 16 * warp;
+  // warp w: rows rm .. rm + 15 and columns cn .. cn + 8 NT - 1 of each 64 x 64 product; with 8
+  // warps the two column halves' row sums meet in shared memory (half = 0, 1)
+  const int kd = round_up(d.K, 16), rm = 16 * (warp & 3), half = warp >> 2, cn = 8 * NT * half;
   const int64_t qj = int64_t(ci) * d.G + j;
   const int64_t ldv = int64_t(d.G) * d.V;
   auto load_vtile = [&](int v0) {
@@ -545,86 +552,99 @@ __global__ void __launch_bounds__(128) gdn_wy_kernel(Inputs<T> in, Plan plan, Di
     s.eg[tid] = exp_nonpos(gq[tid]);
     s.bs[tid] = tid < c ? in.beta[(t0 + tid) * int64_t(d.G) + j] : 0.f;
   }
-  float aA[1][8][4];  // dA_u = dB_u U^T
+  float aA[1][NT][4];  // dA_u = dB_u U^T
   acc_zero(aA);
-  float bsum0 = 0.f, bsum1 = 0.f;  // v_i . dB_u,i for rows rm + g, rm + g + 8
+  // v_i . dB_u,i for rows rm + g, rm + g + 8 by 32-column halves of the product (the same order
+  // for either warp count: the layouts agree bitwise)
+  constexpr int NH = NT / 4;  // the halves this warp holds (2 with 4 warps, 1 with 8)
+  float bsum[NH][2] = {};
   T* dvq = dv + (int64_t(t0) * d.G + j) * d.V;
   for (int v0 = 0; v0 < d.VP; v0 += 64) {
     cp_async_wait<0>();
     __syncthreads();
-    float aB[1][8][4];
+    float aB[1][NT][4];
     acc_zero(aB);
-    warp_mma<T>(aB, Planes<NF, false>{s.tm, LD, PS}, rm, Planes<NF, false>{s.dvp, LD, PS}, 0, cd);
-    acc_each(aB, rm, 0, [&](int i, int col, float& v) {
+    warp_mma<T>(aB, Planes<NF, false>{s.tm, LD, PS}, rm, Planes<NF, false>{s.dvp, LD, PS}, cn, cd);
+    acc_each(aB, rm, cn, [&](int i, int col, float& v) {
       if (i < c && v0 + col < d.V) dvq[i * ldv + v0 + col] = from_f32<T>(s.bs[i] * v);
       s.dbu[i * LD + col] = v;
     });
-    const auto pb = acc_row_sums<float>(
-        aB, rm, 0, [&](int i, int col, float v) { return to_f32(s.vv[i * LD + col]) * v; });
-    bsum0 += pb.x;
-    bsum1 += pb.y;
+#pragma unroll
+    for (int k = 0; k < NH; ++k) {
+      const auto pb = acc_row_sums<float>(
+          reinterpret_cast<float(&)[1][4][4]>(aB[0][4 * k]), rm, cn + 32 * k,
+          [&](int i, int col, float v) { return to_f32(s.vv[i * LD + col]) * v; });
+      bsum[k][0] += pb.x;
+      bsum[k][1] += pb.y;
+    }
     __syncthreads();
-    warp_mma<T>(aA, Opnd<float, true>{s.dbu, LD}, rm, Opnd<float, true>{s.us, LD}, 0, 64);
+    warp_mma<T>(aA, Opnd<float, true>{s.dbu, LD}, rm, Opnd<float, true>{s.us, LD}, cn, 64);
     __syncthreads();
     if (v0 + 64 < d.VP) load_vtile(v0 + 64);
     cp_async_commit();
   }
   if ((lane & 3) == 0) {
-    s.redb[rm + g] = bsum0;
-    s.redb[rm + g + 8] = bsum1;
+#pragma unroll
+    for (int k = 0; k < NH; ++k) {
+      s.redb[(half + k) * kC + rm + g] = bsum[k][0];
+      s.redb[(half + k) * kC + rm + g + 8] = bsum[k][1];
+    }
   }
   {  // dA (strict lower) = -dA_u + slice parts (all loads first, then the sums)
     const float* dAp = w.dA + qj * d.KT * kC * kC;
-    float part[8][4];
-    acc_zero(reinterpret_cast<float(&)[1][8][4]>(part));
-    for (int kt = 0; kt < d.KT; ++kt)  // 32 independent loads per slice
+    float part[NT][4];
+    acc_zero(reinterpret_cast<float(&)[1][NT][4]>(part));
+    for (int kt = 0; kt < d.KT; ++kt)  // 4 NT independent loads per slice
 #pragma unroll
-      for (int ni = 0; ni < 8; ++ni)
+      for (int ni = 0; ni < NT; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+          const int i = rm + g + 8 * (e >> 1), jj = cn + 8 * ni + t2 + (e & 1);
           part[ni][e] += dAp[(kt * kC + i) * kC + jj];
         }
 #pragma unroll
-    for (int ni = 0; ni < 8; ++ni)
+    for (int ni = 0; ni < NT; ++ni)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+        const int i = rm + g + 8 * (e >> 1), jj = cn + 8 * ni + t2 + (e & 1);
         aA[0][ni][e] = jj < i ? part[ni][e] - aA[0][ni][e] : 0.f;
       }
   }
   {
-    float aM[1][8][4];
+    float aM[1][NT][4];
     acc_zero(aM);
-    warp_mma<T>(aM, Opnd<T, true>{s.ks, LDK}, rm, Opnd<T, true>{s.ks, LDK}, 0, kd);
-    float p0 = 0.f, p1 = 0.f;
+    warp_mma<T>(aM, Opnd<T, true>{s.ks, LDK}, rm, Opnd<T, true>{s.ks, LDK}, cn, kd);
+    float pr[NH][2] = {};  // by halves, as bsum
 #pragma unroll
-    for (int ni = 0; ni < 8; ++ni)
+    for (int ni = 0; ni < NT; ++ni)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = rm + g + 8 * (e >> 1), jj = 8 * ni + t2 + (e & 1);
+        const int i = rm + g + 8 * (e >> 1), jj = cn + 8 * ni + t2 + (e & 1);
         const float da = aA[0][ni][e];
         float ev = 0.f, dv_ = 0.f;
         if (jj < i) {
           const float gam = exp_nonpos(s.gs[i] - s.gs[jj]);
           const float mg = aM[0][ni][e] * gam;
-          if (e < 2)
-            p0 += da * mg;
-          else
-            p1 += da * mg;
+          pr[ni / 4][e >> 1] += da * mg;
           ev = da * s.bs[i] * mg;
           dv_ = da * s.bs[i] * gam;
         }
         s.es[i * LDE + jj] = ev;
         s.dd[i * LD + jj] = dv_;
       }
-    p0 += __shfl_xor_sync(0xffffffffu, p0, 1);
-    p1 += __shfl_xor_sync(0xffffffffu, p1, 1);
-    p0 += __shfl_xor_sync(0xffffffffu, p0, 2);
-    p1 += __shfl_xor_sync(0xffffffffu, p1, 2);
+#pragma unroll
+    for (int k = 0; k < NH; ++k)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        pr[k][r] += __shfl_xor_sync(0xffffffffu, pr[k][r], 1);
+        pr[k][r] += __shfl_xor_sync(0xffffffffu, pr[k][r], 2);
+      }
     if ((lane & 3) == 0) {
-      s.redba[rm + g] = p0;
-      s.redba[rm + g + 8] = p1;
+#pragma unroll
+      for (int k = 0; k < NH; ++k) {
+        s.redba[(half + k) * kC + rm + g] = pr[k][0];
+        s.redba[(half + k) * kC + rm + g + 8] = pr[k][1];
+      }
     }
   }
   __syncthreads();
@@ -646,17 +666,17 @@ __global__ void __launch_bounds__(128) gdn_wy_kernel(Inputs<T> in, Plan plan, Di
     float* dk = w.dk + (int64_t(t0) * d.G + j) * d.K;
     const int64_t ldk = int64_t(d.G) * d.K;
     for (int n0 = 0; n0 < kd; n0 += 64) {
-      float acc[1][8][4];
-      acc_each(acc, rm, n0,
+      float acc[1][NT][4];
+      acc_each(acc, rm, n0 + cn,
                [&](int i, int kk, float& v) { v = (i < c && kk < d.K) ? dk[i * ldk + kk] : 0.f; });
-      warp_mma<T>(acc, Opnd<float, true>{s.da, LD}, rm, Opnd<T, false>{s.ks, LDK}, n0, cd);
+      warp_mma<T>(acc, Opnd<float, true>{s.da, LD}, rm, Opnd<T, false>{s.ks, LDK}, n0 + cn, cd);
       if (dk_out) {  // G == H: the final dk (ldk = H K)
         T* dko = dk_out + (int64_t(t0) * d.G + j) * d.K;
-        acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
+        acc_each(acc, rm, n0 + cn, [&](int i, int kk, float& v) {
           if (i < c && kk < d.K) dko[i * ldk + kk] = from_f32<T>(v);
         });
       } else {
-        acc_each(acc, rm, n0, [&](int i, int kk, float& v) {
+        acc_each(acc, rm, n0 + cn, [&](int i, int kk, float& v) {
           if (i < c && kk < d.K) dk[i * ldk + kk] = v;
         });
       }
@@ -665,7 +685,7 @@ __global__ void __launch_bounds__(128) gdn_wy_kernel(Inputs<T> in, Plan plan, Di
   if (tid < kC) {
     const int i = tid;
     A gsum = s.rowe[i] - s.cole[i];
-    float bsum = s.redb[i] + s.redba[i];
+    float bsum = s.redb[i] + s.redba[i] + s.redb[kC + i] + s.redba[kC + i];
     for (int kt = 0; kt < d.KT; ++kt) {
       gsum += w.gpart[(qj * d.KT + kt) * kC + i];
       bsum += w.bpart[(qj * d.KT + kt) * kC + i];
@@ -720,8 +740,14 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   launch_states<T, KP>(in, plan, d, w, nullptr, nullptr);
   {
     const size_t smem = DstateSmem<T, KP>(nullptr).bytes;
-    set_smem(gdn_dstate_kernel<T, KP>, smem);
-    gdn_dstate_kernel<T, KP><<<dim3(d.VP / kBV, d.G, plan.nseg), 128, smem>>>(in, dout, plan, d, w);
+    const dim3 grid(d.VP / kBV, d.G, plan.nseg);
+    if (d.v3) {
+      set_smem(gdn_dstate_kernel<T, KP, 8>, smem);
+      gdn_dstate_kernel<T, KP, 8><<<grid, 256, smem>>>(in, dout, plan, d, w);
+    } else {
+      set_smem(gdn_dstate_kernel<T, KP, 4>, smem);
+      gdn_dstate_kernel<T, KP, 4><<<grid, 128, smem>>>(in, dout, plan, d, w);
+    }
     DT_CUDA_CHECK(cudaGetLastError());
   }
   {
@@ -734,9 +760,15 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   }
   {
     const size_t smem = WySmem<T, KP>(nullptr).bytes;
-    set_smem(gdn_wy_kernel<T, KP>, smem);
-    gdn_wy_kernel<T, KP>
-        <<<dim3(plan.nch, d.G), 128, smem>>>(in, plan, d, w, dv, dg, dbeta, direct ? dk : nullptr);
+    const dim3 grid(plan.nch, d.G);
+    T* dk_out = direct ? dk : nullptr;
+    if (d.v3) {
+      set_smem(gdn_wy_kernel<T, KP, 8>, smem);
+      gdn_wy_kernel<T, KP, 8><<<grid, 256, smem>>>(in, plan, d, w, dv, dg, dbeta, dk_out);
+    } else {
+      set_smem(gdn_wy_kernel<T, KP, 4>, smem);
+      gdn_wy_kernel<T, KP, 4><<<grid, 128, smem>>>(in, plan, d, w, dv, dg, dbeta, dk_out);
+    }
     DT_CUDA_CHECK(cudaGetLastError());
   }
   if (!direct) {

@@ -38,7 +38,23 @@ struct Dims {
   int64_t N;
   int H, G, R, K, V, VP, KT;  // KT = KP / 64 column slices of the backward dq/dk kernel
   float scale;
-  bool v2;  // launch layout GdnKernels::v2 (cuda/gdn.h)
+  bool v2;  // launch layout GdnKernels::v2 or v3 (cuda/gdn.h)
+  bool v3;  // layout v3: 8 warps per block in the sequential kernels (SeqTiles)
+};
+
+// How the NW warps (4 or 8) of a sequential kernel's block (states, dstate) share its work: the
+// carried state tile (KP x kBV) by rows, warp w owning rows srow(w) .. srow(w) + 16 MTS; the
+// 64 x kBV chunk products (V', O, dV') by 16-row tiles and, with 8 warps, 16-column halves:
+// warp w owns rows brow(w) .. + 16 and columns bcol(w) .. + 8 NTB. Each output element is
+// accumulated in the same order for either count (same values).
+template <int KP, int NW>
+struct SeqTiles {
+  static_assert(NW == 4 || NW == 8, "4 or 8 warps");
+  static constexpr int MTS = KP / (16 * NW);      // 16-row tiles of the state per warp
+  static constexpr int NTB = kBV / 8 / (NW / 4);  // 8-column tiles of a chunk product per warp
+  __device__ static int srow(int warp) { return warp * (KP / NW); }
+  __device__ static int brow(int warp) { return 16 * (warp & 3); }
+  __device__ static int bcol(int warp) { return 8 * NTB * (warp >> 2); }
 };
 
 template <typename T>

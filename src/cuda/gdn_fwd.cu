@@ -15,8 +15,9 @@ namespace deltatron::cuda::gdn {
 namespace {
 
 // ---- gdn_prep_kernel -------------------------------------------------------------------------
-// One block (4 warps) per chunk-head (grid nch x G). Computes, for the c <= 64 rows of the chunk:
-//   gamma = cumsum(g) (double), M = K K^T and QK = Q K^T (warp w owns rows 16w..16w+15),
+// One block (NW = 4 warps; 8 in layout v3) per chunk-head (grid nch x G). Computes, for the
+// c <= 64 rows of the chunk: gamma = cumsum(g) (double), M = K K^T and QK = Q K^T (warp w owns rows
+// 16 (w & 3) .. + 15 and, with 8 warps, one 32-column half),
 //   A = strict_lower(diag(beta) M .* Gamma), P = scale QK .* Gamma (lower with diagonal),
 //   Tm = (I + A)^-1 by blocks of 16: each warp inverts its diagonal block by forward
 //   substitution, then the off-diagonal blocks T_IJ = -T_II sum_{M=J}^{I-1} A_IM T_MJ by block
@@ -45,15 +46,18 @@ struct PrepSmem {
   }
 };
 
-template <typename T, int KP>
-__global__ void __launch_bounds__(128)
+template <typename T, int KP, int NW>
+__global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     gdn_prep_kernel(Inputs<T> in, Plan plan, Dims d, Work w, bool store_tm) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = PrepSmem<T, KP>;
   constexpr int LDK = S::LDK, LDA = S::LDA, LDX = S::LDX;
+  constexpr int NT = 8 / (NW / 4);  // 8-column tiles of a 64-wide product per warp
   S s(smem);
   const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  // warp w: rows rb .. rb + 15 and columns cb .. cb + 8 NT - 1 of each 64-wide product
+  const int rb = 16 * (warp & 3), cb = 8 * NT * (warp >> 2);
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci];
   const int64_t qj = int64_t(ci) * d.G + j;
   const int kd = round_up(d.K, 16), cd = round_up(c, 16);
@@ -82,17 +86,17 @@ __global__ void __launch_bounds__(128)
     w.gam[qj * kC + tid] = s.gs[tid];
   }
   {  // A and P
-    float am[1][8][4], ap[1][8][4];
+    float am[1][NT][4], ap[1][NT][4];
     acc_zero(am);
     acc_zero(ap);
     const Opnd<T, true> kop{s.ks, LDK}, qop{s.xs, LDK};
-    warp_mma<T>(am, kop, 16 * warp, kop, 0, kd);
-    warp_mma<T>(ap, qop, 16 * warp, kop, 0, kd);
-    acc_each(am, 16 * warp, 0, [&](int i, int jj, float& v) {
+    warp_mma<T>(am, kop, rb, kop, cb, kd);
+    warp_mma<T>(ap, qop, rb, kop, cb, kd);
+    acc_each(am, rb, cb, [&](int i, int jj, float& v) {
       s.as[i * LDA + jj] = jj < i ? s.bs[i] * v * exp_nonpos(s.gs[i] - s.gs[jj]) : 0.f;
     });
     float* Pq = w.P + qj * kC * kC;
-    acc_pairs(ap, 16 * warp, 0, [&](int i, int jj, float v0, float v1) {
+    acc_pairs(ap, rb, cb, [&](int i, int jj, float v0, float v1) {
       const float p0 = jj <= i ? d.scale * v0 * exp_nonpos(s.gs[i] - s.gs[jj]) : 0.f;
       const float p1 = jj + 1 <= i ? d.scale * v1 * exp_nonpos(s.gs[i] - s.gs[jj + 1]) : 0.f;
       store2(Pq, i * kC + jj, p0, p1);
@@ -108,7 +112,7 @@ __global__ void __launch_bounds__(128)
     cp_async_commit();
   };
   load_v(0);
-  {  // diagonal 16x16 blocks of Tm: lane owns column (lane & 15), half of the dot product
+  if (warp < 4) {  // diagonal 16x16 blocks of Tm: lane owns column (lane & 15), half the dot
     const int b0 = 16 * warp, col = lane & 15, half = lane >> 4;
     for (int i = 0; i < 16; ++i) {
       float acc = 0.f;
@@ -165,12 +169,11 @@ __global__ void __launch_bounds__(128)
   {
     float* Wq = w.W + qj * kC * KP;
     for (int n0 = 0; n0 < KP; n0 += 64) {
-      float acc[1][8][4];
+      float acc[1][NT][4];
       acc_zero(acc);
       if (n0 < kd)
-        warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, 16 * warp, Opnd<T, false>{s.ks, LDK}, n0,
-                    cd);
-      acc_pairs(acc, 16 * warp, n0,
+        warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, rb, Opnd<T, false>{s.ks, LDK}, n0 + cb, cd);
+      acc_pairs(acc, rb, n0 + cb,
                 [&](int i, int col, float v0, float v1) { store2(Wq, i * KP + col, v0, v1); });
     }
   }
@@ -189,11 +192,11 @@ __global__ void __launch_bounds__(128)
       cp_async_wait<0>();
     __syncthreads();
     const int v0 = 64 * i;
-    float acc[1][8][4];
+    float acc[1][NT][4];
     acc_zero(acc);
-    warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, 16 * warp,
-                Opnd<T, false>{(i & 1) ? s.ks : s.xs, LDK}, 0, cd);
-    acc_pairs(acc, 16 * warp, 0, [&](int i2, int col, float x0, float x1) {
+    warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, rb, Opnd<T, false>{(i & 1) ? s.ks : s.xs, LDK},
+                cb, cd);
+    acc_pairs(acc, rb, cb, [&](int i2, int col, float x0, float x1) {
       if (v0 + col < d.VP) store2(Uq, i2 * d.VP + v0 + col, x0, x1);
     });
     __syncthreads();
@@ -202,11 +205,12 @@ __global__ void __launch_bounds__(128)
 }
 
 // ---- gdn_states_kernel -----------------------------------------------------------------------
-// One block (4 warps) per (value tile of kBV = 32 columns, value head, segment), segments longest
-// first; it walks the chunks of its segment in order carrying S[:, tile] (fp32, KP x 32) in
-// registers: warp w owns rows w KP/4 .. (w+1) KP/4. Per chunk:
+// One block (NW = 4 warps; 8 in layout v3) per (value tile of kBV = 32 columns, value head,
+// segment), segments longest first; it walks the chunks of its segment in order carrying
+// S[:, tile] (fp32, KP x 32) in
+// registers: warp w owns rows w KP/NW .. (w+1) KP/NW (SeqTiles). Per chunk:
 //   (a) S -> shared as split bf16 planes, transposed ([32][KP]: the B operand, k-contiguous);
-//   (b) V' = U - W S (warp w: rows 16w..16w+15 of the 64 x 32 tile; U read into registers);
+//   (b) V' = U - W S (each warp its SeqTiles part of the 64 x 32 tile; U read into registers);
 //       V' and V'' = diag(e^{gamma_last - gamma}) V' -> shared planes [32][64];
 //   (c) forward only: O = diag(scale e^gamma) Q S + P V';
 //   (d) S = e^{gamma_last} S + K^T V''.
@@ -251,19 +255,21 @@ struct StatesSmem {
   }
 };
 
-template <typename T, int KP, bool kFwd>
-__global__ void __launch_bounds__(128)
+template <typename T, int KP, bool kFwd, int NW>
+__global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     gdn_states_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* o, float* state) {
   extern __shared__ __align__(16) unsigned char smem[];
   using S = StatesSmem<T, KP, kFwd>;
+  using Tiles = SeqTiles<KP, NW>;
   constexpr int NF = S::NF, LDB = S::LDB, LDQ = S::LDQ, LDT = S::LDT, LDV = S::LDV;
-  constexpr int LDP = S::LDP, PST = S::PST, PSV = S::PSV;
+  constexpr int LDP = S::LDP, PST = S::PST, PSV = S::PSV, NTB = Tiles::NTB;
   S s(smem);
   T* wkT = reinterpret_cast<T*>(s.wk);
   const int vt = blockIdx.x, j = blockIdx.y, z = blockIdx.z, h = j / d.R, v0 = vt * kBV;
   const int tid = threadIdx.x, warp = tid >> 5;
   const int ch0 = plan.seg_ch0[z], nch = plan.seg_nch[z];
-  const int kd = round_up(d.K, 16), sm0 = warp * (KP / 4);
+  const int kd = round_up(d.K, 16), sm0 = Tiles::srow(warp);
+  const int rb = Tiles::brow(warp), cb = Tiles::bcol(warp);  // this warp's 64 x 32 tile part
   const int64_t ldqk = int64_t(d.H) * d.K;
   auto qk_src = [&](const T* x, int ci) {
     return x + (int64_t(plan.chunk_t0[ci]) * d.H + h) * d.K;
@@ -282,12 +288,12 @@ __global__ void __launch_bounds__(128)
   auto load_k_pf = [&](int n) {  // K of the n-th chunk of the segment into its buffer
     load_tile(kbuf(n), LDQ, qk_src(in.k, ch0 + n), ldqk, kC, KP, plan.chunk_len[ch0 + n], d.K);
   };
-  float unext[1][4][4];          // pf: U of the next chunk at this lane's V' positions
+  float unext[1][NTB][4];        // pf: U of the next chunk at this lane's V' positions
   double gnext = 0, glnext = 0;  // pf, tid < 64: gamma_tid and gamma_63 of the next chunk
   auto fetch_u_gam = [&](int ci) {
     const int64_t q = int64_t(ci) * d.G + j;
     const float* Uq = w.U + q * kC * d.VP + v0;
-    acc_each(unext, 16 * warp, 0, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
+    acc_each(unext, rb, cb, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
     if (tid < kC) {
       gnext = w.gam[q * kC + tid];
       glnext = w.gam[q * kC + kC - 1];
@@ -304,22 +310,22 @@ __global__ void __launch_bounds__(128)
     if (nch > 1) load_k_pf(1);
     cp_async_commit();
   }
-  float accS[KP / 64][4][4];
+  float accS[Tiles::MTS][4][4];
   acc_zero(accS);
   for (int n = 0; n < nch; ++n) {
     const int ci = ch0 + n, t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci], cd = round_up(c, 16);
     const int64_t qj = int64_t(ci) * d.G + j;
     const bool more = n + 1 < nch;
     // (a)
-    float ureg[1][4][4];  // U at this lane's V' positions
+    float ureg[1][NTB][4];  // U at this lane's V' positions
     if (pf) {
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
+      for (int ni = 0; ni < NTB; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) ureg[0][ni][e] = unext[0][ni][e];
     } else {
       const float* Uq = w.U + qj * kC * d.VP + v0;
-      acc_each(ureg, 16 * warp, 0, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
+      acc_each(ureg, rb, cb, [&](int i, int col, float& v) { v = Uq[i * d.VP + col]; });
     }
     acc_each(accS, sm0, 0,
              [&](int r, int col, float& v) { store_split<NF>(s.st, PST, col * LDT + r, v); });
@@ -342,23 +348,23 @@ __global__ void __launch_bounds__(128)
     __syncthreads();
     const Planes<NF, true> sop{s.st, LDT, PST};
     {  // (b) V' = U - W S
-      float acc[1][4][4];
+      float acc[1][NTB][4];
       acc_zero(acc);
-      warp_mma<T>(acc, Opnd<float, true>{s.wk, LDB}, 16 * warp, sop, 0, kd);
+      warp_mma<T>(acc, Opnd<float, true>{s.wk, LDB}, rb, sop, cb, kd);
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
+      for (int ni = 0; ni < NTB; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int lane = tid & 31;
-          const int i = 16 * warp + (lane >> 2) + 8 * (e >> 1);
-          const int col = 8 * ni + 2 * (lane & 3) + (e & 1);
+          const int i = rb + (lane >> 2) + 8 * (e >> 1);
+          const int col = cb + 8 * ni + 2 * (lane & 3) + (e & 1);
           acc[0][ni][e] = ureg[0][ni][e] - acc[0][ni][e];  // V'
           if constexpr (kFwd) store_split<NF>(s.vt, PSV, col * LDV + i, acc[0][ni][e]);
           store_split<NF>(s.vt2, PSV, col * LDV + i, s.egl[i] * acc[0][ni][e]);
         }
       if constexpr (!kFwd) {
         __nv_bfloat16* Vq = w.Vp + qj * NF * kC * d.VP + v0;
-        acc_pairs(acc, 16 * warp, 0, [&](int i, int col, float x0, float x1) {
+        acc_pairs(acc, rb, cb, [&](int i, int col, float x0, float x1) {
           store_split2<NF>(Vq, int64_t(kC) * d.VP, i * d.VP + col, x0, x1);
         });
       }
@@ -370,14 +376,13 @@ __global__ void __launch_bounds__(128)
       load_tile(wkT, LDB, qk_src(in.k, ci), ldqk, kC, KP, c, d.K);
       cp_async_commit();
       // (c) O = diag(scale e^gamma) Q S + P V'
-      float acc[1][4][4];
+      float acc[1][NTB][4];
       acc_zero(acc);
-      warp_mma<T>(acc, Opnd<T, true>{s.qk, LDQ}, 16 * warp, sop, 0, kd);
-      acc_each(acc, 16 * warp, 0, [&](int i, int, float& v) { v *= d.scale * s.eg[i]; });
-      warp_mma<T>(acc, Opnd<float, true>{s.ps, LDP}, 16 * warp, Planes<NF, true>{s.vt, LDV, PSV}, 0,
-                  cd);
+      warp_mma<T>(acc, Opnd<T, true>{s.qk, LDQ}, rb, sop, cb, kd);
+      acc_each(acc, rb, cb, [&](int i, int, float& v) { v *= d.scale * s.eg[i]; });
+      warp_mma<T>(acc, Opnd<float, true>{s.ps, LDP}, rb, Planes<NF, true>{s.vt, LDV, PSV}, cb, cd);
       T* oq = o + (int64_t(t0) * d.G + j) * d.V + v0;
-      acc_each(acc, 16 * warp, 0, [&](int i, int col, float& v) {
+      acc_each(acc, rb, cb, [&](int i, int col, float& v) {
         if (i < c && v0 + col < d.V) oq[int64_t(i) * d.G * d.V + col] = from_f32<T>(v);
       });
       __syncthreads();  // Q and P reads done
@@ -432,26 +437,41 @@ template <typename T, int KP>
 void launch_prep(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w,
                  bool store_tm) {
   const size_t smem = PrepSmem<T, KP>(nullptr).bytes;
-  set_smem(gdn_prep_kernel<T, KP>, smem);
-  gdn_prep_kernel<T, KP><<<dim3(plan.nch, d.G), 128, smem>>>(in, plan, d, w, store_tm);
+  const dim3 grid(plan.nch, d.G);
+  if (d.v3) {
+    set_smem(gdn_prep_kernel<T, KP, 8>, smem);
+    gdn_prep_kernel<T, KP, 8><<<grid, 256, smem>>>(in, plan, d, w, store_tm);
+  } else {
+    set_smem(gdn_prep_kernel<T, KP, 4>, smem);
+    gdn_prep_kernel<T, KP, 4><<<grid, 128, smem>>>(in, plan, d, w, store_tm);
+  }
+  DT_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T, int KP, int NW>
+void launch_states_nw(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w, T* o,
+                      float* state) {
+  const dim3 grid(d.VP / kBV, d.G, plan.nseg);
+  if (o) {
+    const size_t smem = StatesSmem<T, KP, true>(nullptr).bytes;
+    set_smem(gdn_states_kernel<T, KP, true, NW>, smem);
+    gdn_states_kernel<T, KP, true, NW><<<grid, 32 * NW, smem>>>(in, plan, d, w, o, state);
+  } else {
+    const StatesSmem<T, KP, false> layout(nullptr);
+    const size_t smem = d.v2 ? layout.bytes : layout.bytes_v1;
+    set_smem(gdn_states_kernel<T, KP, false, NW>, smem);
+    gdn_states_kernel<T, KP, false, NW><<<grid, 32 * NW, smem>>>(in, plan, d, w, nullptr, nullptr);
+  }
   DT_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T, int KP>
 void launch_states(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w, T* o,
                    float* state) {
-  const dim3 grid(d.VP / kBV, d.G, plan.nseg);
-  if (o) {
-    const size_t smem = StatesSmem<T, KP, true>(nullptr).bytes;
-    set_smem(gdn_states_kernel<T, KP, true>, smem);
-    gdn_states_kernel<T, KP, true><<<grid, 128, smem>>>(in, plan, d, w, o, state);
-  } else {
-    const StatesSmem<T, KP, false> layout(nullptr);
-    const size_t smem = d.v2 ? layout.bytes : layout.bytes_v1;
-    set_smem(gdn_states_kernel<T, KP, false>, smem);
-    gdn_states_kernel<T, KP, false><<<grid, 128, smem>>>(in, plan, d, w, nullptr, nullptr);
-  }
-  DT_CUDA_CHECK(cudaGetLastError());
+  if (d.v3)
+    launch_states_nw<T, KP, 8>(in, plan, d, w, o, state);
+  else
+    launch_states_nw<T, KP, 4>(in, plan, d, w, o, state);
 }
 
 #define DT_GDN_INSTANTIATE(T, KP)                                                                  \
@@ -484,8 +504,9 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
   Setup st{};
   st.KP = K <= 128 ? 128 : 256;
   const int KP = st.KP, VP = round_up(int(V), kBV), KT = KP / 64;
-  const bool v2 = gdn_kernels() == GdnKernels::v2;
-  st.d = Dims{N, int(H), int(G), int(G / H), int(K), int(V), VP, KT, scale, v2};
+  const GdnKernels layout = gdn_kernels();
+  const bool v2 = layout != GdnKernels::v1, v3 = layout == GdnKernels::v3;
+  st.d = Dims{N, int(H), int(G), int(G / H), int(K), int(V), VP, KT, scale, v2, v3};
   const bool dq_scratch = !(v2 && G == H);  // v2 with G == H: dq straight into dq_NHK
 
   // chunks in segment order; segments longest first for the sequential kernels
@@ -587,9 +608,11 @@ GdnKernels gdn_kernels() {
     const char* e = std::getenv("DT_GDN_KERNELS");
     k = int(GdnKernels::v2);
     if (e && *e) {
-      DT_CHECK(std::strcmp(e, "v1") == 0 || std::strcmp(e, "v2") == 0,
-               "DT_GDN_KERNELS: expected v1 or v2, got '", e, "'");
-      k = std::strcmp(e, "v1") == 0 ? int(GdnKernels::v1) : int(GdnKernels::v2);
+      const char* names[] = {"v1", "v2", "v3"};
+      k = -1;
+      for (int i = 0; i < 3; ++i)
+        if (std::strcmp(e, names[i]) == 0) k = i;
+      DT_CHECK(k >= 0, "DT_GDN_KERNELS: expected v1, v2 or v3, got '", e, "'");
     }
     g_kernels.store(k);
   }

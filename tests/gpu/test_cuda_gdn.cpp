@@ -4,8 +4,8 @@
 // bf16 in bf16 mode; g, beta are fp32 in both modes). Outputs are poisoned with NaN before each
 // call so unwritten elements fail. Bounds (relative RMS): bf16 forward 5e-3, backward 1e-2 (the
 // bf16 outputs carry their own rounding, ~1e-3); the fp32 outputs of bf16 mode (final state,
-// dg, dbeta) 1e-3; f32 debug mode 1e-5 everywhere. Every case runs both kernel layouts
-// (cuda::GdnKernels v2 and v1). Also: bitwise determinism, v1 and v2 giving the same values, and
+// dg, dbeta) 1e-3; f32 debug mode 1e-5 everywhere. Every case runs every kernel layout
+// (cuda::GdnKernels v3, v2, v1). Also: bitwise determinism, the layouts giving the same values, and
 // the fwd / bwd time of the real Qwen3.5 GDN shapes (GdnTiming.*: printed, never asserted).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -95,7 +95,9 @@ double check(const std::vector<float>& got, const std::vector<double>& want, dou
 
 using dt::cuda::GdnKernels;
 
-const char* kernels_name(GdnKernels k) { return k == GdnKernels::v1 ? "v1" : "v2"; }
+const char* kernels_name(GdnKernels k) {
+  return k == GdnKernels::v1 ? "v1" : k == GdnKernels::v2 ? "v2" : "v3";
+}
 
 // Selects a kernel layout for its lifetime, then restores the previous one.
 struct KernelsScope {
@@ -227,7 +229,7 @@ void run_case(const Case& c, DType t) {
                                  p.N, p.H, p.G, p.K, p.V, p.scale, p.dout.data(), dq.data(),
                                  dk.data(), dv.data(), dg.data(), dbeta.data());
   const size_t esz = dt::cuda::dtype_size(t);
-  for (GdnKernels kv : {GdnKernels::v2, GdnKernels::v1}) {
+  for (GdnKernels kv : {GdnKernels::v3, GdnKernels::v2, GdnKernels::v1}) {
     const KernelsScope scope(kv);
     const std::string pre = std::string(kernels_name(kv)) + " ";
     Outputs out = run_gpu(p, t, true);
@@ -304,10 +306,10 @@ TEST(CudaGdnEdge, EmptyPackAndBadShapes) {
       {"cuda::gdn_chunk_fwd", "N=5"});
 }
 
-// Two runs of forward and backward give the same bytes (the default layout, v2).
+// Two runs of forward and backward give the same bytes (the default layout, v3).
 TEST(CudaGdnEdge, Deterministic) {
   dt::cuda::require_hopper();
-  const KernelsScope scope(GdnKernels::v2);
+  const KernelsScope scope(GdnKernels::v3);
   for (DType t : {DType::bf16, DType::f32}) {
     Problem p = make_problem({kMixed, 2, 4, 128, 128, Gates::mild, 500}, t);
     Outputs a = run_gpu(p, t, true), b = run_gpu(p, t, true);
@@ -376,49 +378,52 @@ TEST(CudaGdnEdge, RealShapeTiming) {
   DT_CUDA_CHECK(cudaEventDestroy(e2));
 }
 
-// The v2 layout computes the same values as v1 (it moves blocks and outputs, not arithmetic):
-// every output equal as a float (so +0 and -0 match), for G == H (v2 writes dq, dk directly) and
-// G = 2H, in both precisions.
+// The v2 and v3 layouts compute the same values as v1 (they move blocks, warps and outputs, not
+// arithmetic): every output equal as a float (so +0 and -0 match), for G == H (v2 and v3 write dq,
+// dk directly) and G = 2H, K = V = 128 and K = 200, V = 96, in both precisions.
 TEST(CudaGdnEdge, KernelLayoutsAgree) {
   dt::cuda::require_hopper();
   for (DType t : {DType::bf16, DType::f32})
-    for (int64_t G : {2, 4}) {
-      Problem p = make_problem({kMixed, 2, G, 128, 128, Gates::mixed, 700}, t);
-      Outputs a, b;
-      {
-        const KernelsScope scope(GdnKernels::v1);
-        a = run_gpu(p, t, true);
+    for (int64_t G : {2, 4})
+      for (GdnKernels kv : {GdnKernels::v2, GdnKernels::v3}) {
+        const int64_t K = G == 2 ? 200 : 128, V = G == 2 ? 96 : 128;
+        Problem p = make_problem({kMixed, 2, G, K, V, Gates::mixed, 700}, t);
+        Outputs a, b;
+        {
+          const KernelsScope scope(GdnKernels::v1);
+          a = run_gpu(p, t, true);
+        }
+        {
+          const KernelsScope scope(kv);
+          b = run_gpu(p, t, true);
+        }
+        const size_t esz = dt::cuda::dtype_size(t);
+        auto same = [&](const dt::cuda::DeviceBuffer& x, const dt::cuda::DeviceBuffer& y, size_t n,
+                        size_t e, const char* what) {
+          const std::vector<float> vx = download(x, n, e), vy = download(y, n, e);
+          size_t diff = 0, first = n;
+          for (size_t i = 0; i < n; ++i)
+            if (!(vx[i] == vy[i])) {
+              if (!diff) first = i;
+              ++diff;
+            }
+          EXPECT_EQ(diff, 0u) << dt::cuda::dtype_name(t) << " G=" << G << " " << what << ": "
+                              << diff << " elements differ between v1 and " << kernels_name(kv)
+                              << ", first at " << first << ": " << (diff ? vx[first] : 0.f)
+                              << " vs " << (diff ? vy[first] : 0.f);
+        };
+        same(a.o, b.o, p.N * p.G * p.V, esz, "o");
+        same(a.state, b.state, size_t(p.nseg()) * p.G * p.K * p.V, 4, "state");
+        same(a.dq, b.dq, p.N * p.H * p.K, esz, "dq");
+        same(a.dk, b.dk, p.N * p.H * p.K, esz, "dk");
+        same(a.dv, b.dv, p.N * p.G * p.V, esz, "dv");
+        same(a.dg, b.dg, p.N * p.G, 4, "dg");
+        same(a.dbeta, b.dbeta, p.N * p.G, 4, "dbeta");
       }
-      {
-        const KernelsScope scope(GdnKernels::v2);
-        b = run_gpu(p, t, true);
-      }
-      const size_t esz = dt::cuda::dtype_size(t);
-      auto same = [&](const dt::cuda::DeviceBuffer& x, const dt::cuda::DeviceBuffer& y, size_t n,
-                      size_t e, const char* what) {
-        const std::vector<float> vx = download(x, n, e), vy = download(y, n, e);
-        size_t diff = 0, first = n;
-        for (size_t i = 0; i < n; ++i)
-          if (!(vx[i] == vy[i])) {
-            if (!diff) first = i;
-            ++diff;
-          }
-        EXPECT_EQ(diff, 0u) << dt::cuda::dtype_name(t) << " G=" << G << " " << what << ": " << diff
-                            << " elements differ between v1 and v2, first at " << first << ": "
-                            << (diff ? vx[first] : 0.f) << " vs " << (diff ? vy[first] : 0.f);
-      };
-      same(a.o, b.o, p.N * p.G * p.V, esz, "o");
-      same(a.state, b.state, size_t(p.nseg()) * p.G * p.K * p.V, 4, "state");
-      same(a.dq, b.dq, p.N * p.H * p.K, esz, "dq");
-      same(a.dk, b.dk, p.N * p.H * p.K, esz, "dk");
-      same(a.dv, b.dv, p.N * p.G * p.V, esz, "dv");
-      same(a.dg, b.dg, p.N * p.G, 4, "dg");
-      same(a.dbeta, b.dbeta, p.N * p.G, 4, "dbeta");
-    }
 }
 
-// Forward / backward time of both kernel layouts on the Qwen3.5 GDN shapes, bf16, K = V = 128,
-// N = 8192: the 2b preset (H = G = 16) and the 35b-a3b preset (H = 16, G = 32), each as the
+// Forward / backward time of the kernel layouts v1, v2, v3 on the Qwen3.5 GDN shapes, bf16, K = V =
+// 128, N = 8192: the 2b preset (H = G = 16) and the 35b-a3b preset (H = 16, G = 32), each as the
 // 14-segment pack of RealShapeTiming and as one 8192-token sequence. Printed, never asserted;
 // the layouts alternate call by call so that clocks and caches treat them alike.
 TEST(GdnTiming, Layouts) {
@@ -453,16 +458,19 @@ TEST(GdnTiming, Layouts) {
           p.H, p.G, p.K, p.V, float(p.scale), p.dout_d.get(), out.dq.get(), out.dk.get(),
           out.dv.get(), static_cast<float*>(out.dg.get()), static_cast<float*>(out.dbeta.get()));
     };
-    double ms[2][2] = {{0, 0}, {0, 0}};  // [layout v1, v2][fwd, bwd]
+    double ms[3][2] = {};  // [layout v1, v2, v3][fwd, bwd]
+    const GdnKernels layouts[3] = {GdnKernels::v1, GdnKernels::v2, GdnKernels::v3};
     const int rounds = 4, reps = 5;
     for (int r = 0; r < rounds; ++r)
-      for (int l = 0; l < 2; ++l) {
-        const KernelsScope scope(l ? GdnKernels::v2 : GdnKernels::v1);
+      for (int l = 0; l < 3; ++l) {
+        const KernelsScope scope(layouts[l]);
         ms[l][0] += dt_test::gpu_time_ms(fwd, r == 0 ? 3 : 1, reps) / rounds;
         ms[l][1] += dt_test::gpu_time_ms(bwd, r == 0 ? 3 : 1, reps) / rounds;
       }
-    std::printf("  %-28s fwd v1 %7.3f v2 %7.3f (x%.2f) | bwd v1 %7.3f v2 %7.3f (x%.2f) ms\n",
-                sh.name, ms[0][0], ms[1][0], ms[0][0] / ms[1][0], ms[0][1], ms[1][1],
-                ms[0][1] / ms[1][1]);
+    std::printf(
+        "  %-28s fwd v1 %6.3f v2 %6.3f v3 %6.3f (v3 x%.2f v2) | bwd v1 %6.3f v2 %6.3f v3 %6.3f "
+        "(v3 x%.2f v2) ms\n",
+        sh.name, ms[0][0], ms[1][0], ms[2][0], ms[1][0] / ms[2][0], ms[0][1], ms[1][1], ms[2][1],
+        ms[1][1] / ms[2][1]);
   }
 }
