@@ -27,11 +27,11 @@ namespace deltatron::cuda {
 
 // Which launch layout gdn_chunk_* use (kept selectable for A/B timing in one process; all give
 // the same values, bitwise up to the sign of zeros; docs/ops/gdn.md, "CUDA kernels"):
-//   v3            v2 with 8 warps (instead of 4) per block in the per-chunk prep and WY kernels
+//   v3 (default)  v2 with 8 warps (instead of 4) per block in the per-chunk prep and WY kernels
 //                 and the sequential ones (the forward's states pass, the backward's recompute
 //                 and dstate passes): twice the warps per block at the same shared memory, half
 //                 the dependent work per warp;
-//   v2 (default)  the dq/dk kernel's K slices of one chunk-head run next to each other (their
+//   v2            the dq/dk kernel's K slices of one chunk-head run next to each other (their
 //                 shared tiles come from L2); with one value head per key head (G == H) dq and
 //                 dk are written in the storage type directly, without the fp32 per-value-head
 //                 scratch and the summing pass; the backward's state recompute prefetches K,

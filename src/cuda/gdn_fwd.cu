@@ -606,7 +606,7 @@ GdnKernels gdn_kernels() {
   int k = g_kernels.load();
   if (k < 0) {
     const char* e = std::getenv("DT_GDN_KERNELS");
-    k = int(GdnKernels::v2);
+    k = int(GdnKernels::v3);
     if (e && *e) {
       const char* names[] = {"v1", "v2", "v3"};
       k = -1;

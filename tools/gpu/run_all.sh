@@ -119,6 +119,7 @@ if has trace-2b; then
   CUDA_INJECTION64_PATH=$tlib DT_TRACE_OUT=$out/trace_2b.csv "$rt/deltatron" bench --preset 2b \
     ${TRACE_ARGS:-} --lengths "$lengths" --json "$out/bench_2b_traced.json" | tail -3 || status=1
   python3 "$repo/tools/gpu/trace/gaps.py" "$out/trace_2b.csv" --steps 1:-1 | tee "$out/gaps_2b.txt"
+  python3 "$repo/tools/gpu/trace/kernels.py" "$out/trace_2b.csv" --steps 1:-1 | tee "$out/kernels_2b.txt"
   xz -9 "$out/trace_2b.csv"
 fi
 has peer-2b && peer 2b 2b
