@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU time per kernel of a training run from a dt_trace CSV (cupti_trace.cpp): the kernels'
-durations summed per name over the steps given by --steps (a step ends at each AdamW kernel, as in
-gaps.py) and divided by their number; cuBLASLt GEMMs (nvjet, sm90_xmma, cutlass) as one family
+durations summed per name over the steps given by --steps (a step ends with the last of the
+optimizer's AdamW kernels) and divided by their number; cuBLASLt GEMMs (nvjet, sm90_xmma, cutlass) as one family
 per name. Unlike tools/gpu/kernel_profile.sh (Nsight Compute) the kernels run as in a normal step.
   python3 kernels.py trace.csv [--steps 1:-1] [--top 40]
 """
@@ -26,12 +26,14 @@ def main():
             continue
         kern.append((int(r["start"]), int(r["end"]), r["name"]))
     kern.sort()
-    steps, cur = [], []
-    for k in kern:
-        cur.append(k)
-        if "adamw" in k[2].lower():
-            steps.append(cur)
-            cur = []
+    # a step ends with the last AdamW kernel of a run (the optimizer launches one per parameter
+    # group, a few other kernels apart)
+    opt = [i for i, k in enumerate(kern) if "adamw" in k[2].lower()]
+    ends = [i for i, nxt in zip(opt, opt[1:] + [len(kern) + 1000]) if nxt - i > 50]
+    steps, start = [], 0
+    for e in ends:
+        steps.append(kern[start:e + 1])
+        start = e + 1
     lo, _, hi = a.steps.partition(":")
     sel = steps[int(lo) if lo else None:int(hi) if hi else None]
     if not sel:
