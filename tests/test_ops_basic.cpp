@@ -211,6 +211,50 @@ TEST(L2Norm, ForwardAndBackwardMatchFiniteDiff) {
   EXPECT_EQ(compare(inplace, dx).max_abs, 0.0);
 }
 
+// Rows laid out by a pitch (ops::RowPitch: `heads` rows of D per token at a token pitch ld, the
+// GDN conv output's q / k columns): the same bits as on the rows copied out; the backward writes
+// only the rows and leaves the elements between them as they were; a pitch that does not lay out
+// the rows, or a view of another size, is an error naming the operand.
+TEST(L2Norm, PitchedRowsMatchContiguous) {
+  const int64_t T = 7, H = 3, D = 20, ld = 2 * H * D + 12, N = T * H, col0 = H * D + 4;
+  VecF c = dt_test::randn<float>(size_t(T * ld), 60), dy = dt_test::randn<float>(size_t(N * D), 61);
+  VecF xr(size_t(N * D));  // the rows, copied out
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d) xr[n * D + d] = c[(n / H) * ld + col0 + (n % H) * D + d];
+  VecF y1(N * D), r1(N), y2(N * D), r2(N), dx1(N * D);
+  ops::l2norm_fwd(h(xr), N, D, 1e-6, h(y1), h(r1));
+  const int64_t span = (T - 1) * ld + H * D;
+  const core::View xc = h(c).slice(col0, span);
+  ops::l2norm_fwd(xc, N, D, 1e-6, h(y2), h(r2), {H, ld});
+  EXPECT_EQ(y1, y2);
+  EXPECT_EQ(r1, r2);
+  ops::l2norm_bwd(h(y1), h(r1), h(dy), N, D, h(dx1));
+  VecF dc(size_t(T * ld), 7.f);  // the sentinel between the rows
+  ops::l2norm_bwd(h(y1), h(r1), h(dy), N, D, h(dc).slice(col0, span), {H, ld});
+  for (int64_t e = 0; e < T * ld; ++e) {
+    const int64_t t = e / ld, k = e % ld - col0;
+    if (k >= 0 && k < H * D)
+      ASSERT_EQ(dc[e], dx1[(t * H + k / D) * D + k % D]) << "token " << t << " column " << k;
+    else
+      ASSERT_EQ(dc[e], 7.f) << "element " << e << " between the rows was written";
+  }
+  dt_test::expect_error(
+      [&] {
+        ops::l2norm_fwd(xc, N, D, 1e-6, h(y2), h(r2), {4, ld});
+      },
+      {"l2norm_fwd", "x_ND", "4 heads"});
+  dt_test::expect_error(
+      [&] {
+        ops::l2norm_fwd(xc, N, D, 1e-6, h(y2), h(r2), {H, H * D - 1});
+      },
+      {"l2norm_fwd", "x_ND", "pitch"});
+  dt_test::expect_error(
+      [&] {
+        ops::l2norm_bwd(h(y1), h(r1), h(dy), N, D, h(dc).slice(col0, span - 1), {H, ld});
+      },
+      {"l2norm_bwd", "dx_ND"});
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linear
 

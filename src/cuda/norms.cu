@@ -340,7 +340,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename T, int V, int CAP>
 __global__ void __launch_bounds__(kMaxThreads)
     l2norm_fwd_kernel(const T* x, int64_t N, int D, float eps, int team, int64_t rows_per_part,
-                      T* y, float* rstd) {
+                      T* y, float* rstd, int heads, int64_t ld) {
   constexpr int KMAX = CAP / V;
   __shared__ float red[32];
   const RowCursor rc(team, N, rows_per_part);
@@ -348,7 +348,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float xv[KMAX][V] = {};
-    load_row(x, n, D, valid, team, rc.lane, xv);
+    load_row(x + (n / heads * ld + n % heads * D), 0, D, valid, team, rc.lane, xv);
     const float ss = team_sum(lane_dot(xv, xv), team, red);
     const float r = rsqrtf(ss + eps);
     if (!valid) continue;
@@ -368,7 +368,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename T, int V, int CAP>
 __global__ void __launch_bounds__(kMaxThreads)
     l2norm_bwd_kernel(const T* y, const float* rstd, const T* dy, int64_t N, int D, int team,
-                      int64_t rows_per_part, T* dx) {
+                      int64_t rows_per_part, T* dx, int heads, int64_t ld) {
   constexpr int KMAX = CAP / V;
   __shared__ float red[32];
   const RowCursor rc(team, N, rows_per_part);
@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(kMaxThreads)
       float o[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) o[i] = r * (gv[k][i] - yv[k][i] * p);
-      store_vec<V>(dx + n * D + c, o);
+      store_vec<V>(dx + (n / heads * ld + n % heads * D) + c, o);
     }
   }
 }
@@ -409,10 +409,11 @@ struct RowPlan {
 // tensor pointer with its element size. max_parts: blocks for the weight-gradient partials
 // (0: one block per rows_per_block rows, no partials).
 RowPlan plan_rows(int64_t N, int64_t D, int vec,
-                  std::initializer_list<std::pair<const void*, size_t>> ptrs, int64_t max_parts) {
+                  std::initializer_list<std::pair<const void*, size_t>> ptrs, int64_t max_parts,
+                  int64_t ld = 0) {
   RowPlan p;
   auto fits = [&](int v) {
-    bool ok = D % v == 0;
+    bool ok = D % v == 0 && ld % v == 0;  // ld: a strided operand's token pitch (0: none)
     for (auto [ptr, esize] : ptrs) ok = ok && aligned(ptr, std::min<size_t>(16, esize * v));
     return ok;
   };
@@ -546,33 +547,39 @@ void rmsnorm_gated_bwd(DType dt, const void* x_ND, const void* z_ND, const void*
 }
 
 void l2norm_fwd(DType dt, const void* x_ND, int64_t N, int64_t D, double eps, void* y_ND,
-                float* rstd_N) {
+                float* rstd_N, int64_t heads, int64_t ld) {
   check_shape("cuda::l2norm_fwd", N, D);
+  if (ld == 0) ld = heads * D;
+  DT_CHECK(heads >= 1 && heads <= (1 << 30) && ld >= heads * D, "cuda::l2norm_fwd: x rows of ",
+           heads, " heads at a token pitch of ", ld);
   if (N == 0) return;
   const size_t es = dtype_size(dt);
-  const RowPlan p = plan_rows(N, D, dt == DType::bf16 ? 8 : 4, {{x_ND, es}, {y_ND, es}}, 0);
+  const RowPlan p = plan_rows(N, D, dt == DType::bf16 ? 8 : 4, {{x_ND, es}, {y_ND, es}}, 0, ld);
   DT_DISPATCH_DTYPE(dt, T, with_vec<kAllBf16<T>>(p.V, p.cap, [&](auto v, auto cap) {
                       l2norm_fwd_kernel<T, decltype(v)::value, decltype(cap)::value>
                           <<<p.grid(), p.block>>>(static_cast<const T*>(x_ND), N, int(D),
                                                   float(eps), p.team, p.rows_per_part,
-                                                  static_cast<T*>(y_ND), rstd_N);
+                                                  static_cast<T*>(y_ND), rstd_N, int(heads), ld);
                     }));
   DT_CUDA_LAUNCH_CHECK("l2norm_fwd");
 }
 
 void l2norm_bwd(DType dt, const void* y_ND, const float* rstd_N, const void* dy_ND, int64_t N,
-                int64_t D, void* dx_ND) {
+                int64_t D, void* dx_ND, int64_t heads, int64_t ld) {
   check_shape("cuda::l2norm_bwd", N, D);
+  if (ld == 0) ld = heads * D;
+  DT_CHECK(heads >= 1 && heads <= (1 << 30) && ld >= heads * D, "cuda::l2norm_bwd: dx rows of ",
+           heads, " heads at a token pitch of ", ld);
   if (N == 0) return;
   const size_t es = dtype_size(dt);
   const RowPlan p =
-      plan_rows(N, D, dt == DType::bf16 ? 8 : 4, {{y_ND, es}, {dy_ND, es}, {dx_ND, es}}, 0);
-  DT_DISPATCH_DTYPE(dt, T, with_vec<kAllBf16<T>>(p.V, p.cap, [&](auto v, auto cap) {
-                      l2norm_bwd_kernel<T, decltype(v)::value, decltype(cap)::value>
-                          <<<p.grid(), p.block>>>(static_cast<const T*>(y_ND), rstd_N,
-                                                  static_cast<const T*>(dy_ND), N, int(D), p.team,
-                                                  p.rows_per_part, static_cast<T*>(dx_ND));
-                    }));
+      plan_rows(N, D, dt == DType::bf16 ? 8 : 4, {{y_ND, es}, {dy_ND, es}, {dx_ND, es}}, 0, ld);
+  DT_DISPATCH_DTYPE(
+      dt, T, with_vec<kAllBf16<T>>(p.V, p.cap, [&](auto v, auto cap) {
+        l2norm_bwd_kernel<T, decltype(v)::value, decltype(cap)::value><<<p.grid(), p.block>>>(
+            static_cast<const T*>(y_ND), rstd_N, static_cast<const T*>(dy_ND), N, int(D), p.team,
+            p.rows_per_part, static_cast<T*>(dx_ND), int(heads), ld);
+      }));
   DT_CUDA_LAUNCH_CHECK("l2norm_bwd");
 }
 

@@ -58,15 +58,17 @@ void rmsnorm_gated_bwd(DType dt, const void* x_ND, const void* z_ND, const void*
 
 // L2 norm (GDN q and k), same contract as ops::l2norm_fwd:
 //   rstd[n] = 1 / sqrt(sum_d x[n,d]^2 + eps);  y[n,d] = x[n,d] rstd[n]
-//   x_ND [N, D] dt in;  y_ND [N, D] dt out overwritten;  rstd_N [N] fp32 out overwritten.
+//   x_ND [N, D] dt in, row n at (n / heads) ld + (n % heads) D (ops::RowPitch; ld 0: heads D);
+//   y_ND [N, D] dt out overwritten;  rstd_N [N] fp32 out overwritten.
 //   Saved for backward: y_ND and rstd_N.
 void l2norm_fwd(DType dt, const void* x_ND, int64_t N, int64_t D, double eps, void* y_ND,
-                float* rstd_N);
+                float* rstd_N, int64_t heads = 1, int64_t ld = 0);
 
 // L2 norm backward, same contract as ops::l2norm_bwd:
 //   dx[n,:] = rstd[n] (dy[n,:] - y[n,:] (y[n,:] . dy[n,:]))
-//   y_ND, dy_ND [N, D] dt in;  rstd_N [N] fp32 in;  dx_ND [N, D] dt out OVERWRITTEN (may alias dy)
+//   y_ND, dy_ND [N, D] dt in;  rstd_N [N] fp32 in;  dx_ND [N, D] dt out OVERWRITTEN (may alias dy
+//   when contiguous), rows laid out as x of the forward
 void l2norm_bwd(DType dt, const void* y_ND, const float* rstd_N, const void* dy_ND, int64_t N,
-                int64_t D, void* dx_ND);
+                int64_t D, void* dx_ND, int64_t heads = 1, int64_t ld = 0);
 
 }  // namespace deltatron::cuda

@@ -67,13 +67,12 @@ double attn_bwd_peak(const Sizes& s, bool sel) {
 double gdn_bwd_peak(const Sizes& s, bool sel) {
   const double ph1 = 3 * s.gv + (sel ? s.gv + s.g4 : 0);  // do, dz, [yn, rstd], dyn
   const double base2 = 2 * s.gv + s.ce + 2 * s.ge;        // do, dz, dc, db, da
-  // the recomputed inner tensors: c + q_raw, k_raw, v; then q_raw, k_raw, v, q, k, rstds; kept
-  const double ia = s.ce + 2 * s.qk + s.gv, ib = 4 * s.qk + s.gv + 2 * s.h4;
+  // the recomputed inner tensors: c, v, q, k, rstds (q, k read out of c); then kept
+  const double ia = s.ce + s.gv + 2 * s.qk + 2 * s.h4;
   const double ic = sel ? 2 * s.qk + s.gv + 2 * s.h4 + 2 * s.g4 : 0;
-  const double grads = 2 * s.qk + s.gv + 2 * s.g4;  // dq, dk, dv, dg, dbeta
-  return std::max({ph1, base2 + (sel ? std::max({ia, ib, ic}) : 0), base2 + ic + grads,
-                   base2 - s.gv + (sel ? ic - s.gv : 0) + grads + 2 * s.qk,  // + dq_raw, dk_raw
-                   s.gv + 2 * s.ge + 2 * s.ce});                             // dz, db, da, dc, dqkv
+  const double grads = 2 * s.qk + s.gv + 2 * s.g4;  // dq, dk, dv, dg, dbeta (dq, dk into dc)
+  return std::max({ph1, base2 + (sel ? std::max(ia, ic) : 0), base2 + ic + grads,
+                   s.gv + 2 * s.ge + 2 * s.ce});  // dz, db, da, dc, dqkv
 }
 
 double ffn_bwd_peak(const Config& c, const Sizes& s, bool sel) {
@@ -93,8 +92,8 @@ double ffn_bwd_peak(const Config& c, const Sizes& s, bool sel) {
 double mixer_fwd_peak(const Config& c, LayerType t, const Sizes& s, int64_t N, DType dt) {
   if (t == LayerType::full_attention)
     return std::max(all_bytes(attention_tensors(c, N, dt)), 4 * s.hk);  // or qg, q_raw, gate
-  const double ia = s.ce + 2 * s.qk + s.gv, ib = 4 * s.qk + s.gv + 2 * s.h4;
-  return std::max(all_bytes(gdn_tensors(c, N, dt)), s.ce + s.gv + 2 * s.ge + std::max(ia, ib));
+  const double ia = s.ce + s.gv + 2 * s.qk + 2 * s.h4;                  // c, v, q, k, rstds
+  return std::max(all_bytes(gdn_tensors(c, N, dt)), s.ce + s.gv + 2 * s.ge + ia);
 }
 
 double ffn_fwd_peak(const Config& c, const Sizes& s, int64_t N, DType dt) {

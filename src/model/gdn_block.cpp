@@ -32,7 +32,15 @@ struct Dims {
         HK(H * K),
         GV(G * V),
         scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)))) {}
+  // q's (or k's) H rows of K per token inside a [N, C] conv output (or its gradient).
+  ops::RowPitch qk_pitch() const { return {H, C}; }
 };
+
+// The elements of a [N, C] conv output (or gradient) that q's (col0 = 0) or k's (col0 = HK) rows
+// lie in, laid out by Dims::qk_pitch.
+View qk_cols(const Dims& d, const View& c, int64_t col0) {
+  return c.slice(col0, d.N > 0 ? (d.N - 1) * d.C + d.HK : 0);
+}
 // The GDN block's cheap intermediates: q, k, v = split(conv1d+SiLU(qkv)) with q, k L2-normed
 // (and their rstd); beta, g = gates(b, a). Run by the forward and, under selective recomputation,
 // again by the backward (the same ops on the same saved inputs: the same bits).
@@ -46,19 +54,15 @@ Inner gdn_inner(const Ctx& cx, const Dims& d, const std::string& pf, const GdnSa
   {
     Buffer c = cx.act(N * d.C, "GDN conv output");
     ops::conv1d_fwd(s.qkv, p.w(pf + "conv1d.weight"), cx.b.cu, cx.b.seg, N, d.C, d.W, c);
-    Buffer q_raw = cx.act(N * d.HK, "GDN q (raw)");
-    Buffer k_raw = cx.act(N * d.HK, "GDN k (raw)");
     r.v = cx.act(N * d.GV, "GDN v");
-    ops::copy_cols(c, d.C, 0, q_raw, d.HK, 0, N, d.HK);
-    ops::copy_cols(c, d.C, d.HK, k_raw, d.HK, 0, N, d.HK);
     ops::copy_cols(c, d.C, 2 * d.HK, r.v, d.GV, 0, N, d.GV);
-    c = Buffer();
     r.q = cx.act(N * d.HK, "GDN q");
     r.k = cx.act(N * d.HK, "GDN k");
     r.rstd_q = cx.f32(N * d.H, "GDN q rstd");
     r.rstd_k = cx.f32(N * d.H, "GDN k rstd");
-    ops::l2norm_fwd(q_raw, N * d.H, d.K, kL2NormEps, r.q, r.rstd_q);
-    ops::l2norm_fwd(k_raw, N * d.H, d.K, kL2NormEps, r.k, r.rstd_k);
+    // q and k normalised straight out of the conv output's columns [0, HK) and [HK, 2 HK)
+    ops::l2norm_fwd(qk_cols(d, c, 0), N * d.H, d.K, kL2NormEps, r.q, r.rstd_q, d.qk_pitch());
+    ops::l2norm_fwd(qk_cols(d, c, d.HK), N * d.H, d.K, kL2NormEps, r.k, r.rstd_k, d.qk_pitch());
   }
   r.beta = cx.f32(N * d.G, "GDN beta");
   r.g = cx.f32(N * d.G, "GDN g");
@@ -150,12 +154,11 @@ void gdn_bwd(const Ctx& cx, const std::string& pf, const GdnSaved& s, const View
     ops::gdn_gates_bwd(s.b, s.a, p.w(pf + "A_log"), p.w(pf + "dt_bias"), dbeta, dg, N, d.G, db, da,
                        grad_or_scratch(cx, pf + "A_log", scratch_a),
                        grad_or_scratch(cx, pf + "dt_bias", scratch_dt));
-    Buffer dq_raw = cx.act(N * d.HK, "GDN dq (raw)");
-    Buffer dk_raw = cx.act(N * d.HK, "GDN dk (raw)");
-    ops::l2norm_bwd(q, re ? in.rstd_q.view() : s.rstd_q.view(), dq, N * d.H, d.K, dq_raw);
-    ops::l2norm_bwd(k, re ? in.rstd_k.view() : s.rstd_k.view(), dk, N * d.H, d.K, dk_raw);
-    ops::copy_cols(dq_raw, d.HK, 0, dc, d.C, 0, N, d.HK);
-    ops::copy_cols(dk_raw, d.HK, 0, dc, d.C, d.HK, N, d.HK);
+    // d(conv output): dq and dk through the l2norms straight into its q and k columns
+    ops::l2norm_bwd(q, re ? in.rstd_q.view() : s.rstd_q.view(), dq, N * d.H, d.K, qk_cols(d, dc, 0),
+                    d.qk_pitch());
+    ops::l2norm_bwd(k, re ? in.rstd_k.view() : s.rstd_k.view(), dk, N * d.H, d.K,
+                    qk_cols(d, dc, d.HK), d.qk_pitch());
     ops::copy_cols(dv, d.GV, 0, dc, d.C, 2 * d.HK, N, d.GV);
   }
   Buffer dqkv = cx.act(N * d.C, "GDN d(qkv projection)");

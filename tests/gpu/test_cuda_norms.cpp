@@ -276,6 +276,70 @@ TEST_F(CudaNorms, L2normBf16) {
   for (const auto& s : kRealShapes) run_l2(s.N, s.D, DType::bf16, s.off, seed += 10);
 }
 
+// Rows at a token pitch (the GDN block's q / k columns of its conv output, ops::RowPitch): with
+// a pitch that keeps the rows' vector width (16-byte rows, as the model's), the same bits as the
+// rows copied out, forward and backward; with an odd pitch (scalar loads) within the usual bounds
+// of the CPU reference. The backward leaves the elements between the rows alone.
+TEST_F(CudaNorms, L2normPitchedRowsMatchContiguous) {
+  struct Case {
+    int64_t T, H, D, ld, col0;
+    bool bitwise;
+  };
+  for (const Case& k : {Case{300, 16, 128, 6144, 2048, true}, Case{37, 3, 24, 80, 8, true},
+                        Case{50, 2, 20, 53, 5, false}})
+    for (DType t : {DType::bf16, DType::f32}) {
+      const int64_t N = k.T * k.H;
+      const std::string mode = dt::cuda::dtype_name(t), where = "T=" + std::to_string(k.T) +
+                                                                " D=" + std::to_string(k.D) +
+                                                                " ld=" + std::to_string(k.ld);
+      const std::vector<float> c = dt_test::randn<float>(size_t(k.T * k.ld), 8100);
+      DevTensor xc = upload(c, t);
+      std::vector<float> rows(size_t(N * k.D));  // the rows as the device holds them
+      const std::vector<float> cd = download(xc);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t d = 0; d < k.D; ++d)
+          rows[n * k.D + d] = cd[(n / k.H) * k.ld + k.col0 + (n % k.H) * k.D + d];
+      DevTensor xr = upload(rows, t);
+      DevTensor y1 = poisoned(size_t(N * k.D), t), r1 = poisoned(size_t(N), DType::f32);
+      DevTensor y2 = poisoned(size_t(N * k.D), t), r2 = poisoned(size_t(N), DType::f32);
+      dt::cuda::l2norm_fwd(t, xr.ptr, N, k.D, kEps, y1.ptr, r1.f32());
+      const size_t es = dt::cuda::dtype_size(t);
+      dt::cuda::l2norm_fwd(t, static_cast<char*>(xc.ptr) + k.col0 * es, N, k.D, kEps, y2.ptr,
+                           r2.f32(), k.H, k.ld);
+      DevTensor dy = upload(dt_test::randn<float>(size_t(N * k.D), 8101), t);
+      DevTensor dx1 = poisoned(size_t(N * k.D), t);
+      dt::cuda::l2norm_bwd(t, y2.ptr, r2.f32(), dy.ptr, N, k.D, dx1.ptr);
+      DevTensor dc = upload(std::vector<float>(size_t(k.T * k.ld), 7.f), t);
+      dt::cuda::l2norm_bwd(t, y2.ptr, r2.f32(), dy.ptr, N, k.D,
+                           static_cast<char*>(dc.ptr) + k.col0 * es, k.H, k.ld);
+      const std::vector<float> g2 = download(dc);
+      std::vector<float> g2rows(size_t(N * k.D));
+      for (int64_t e = 0; e < k.T * k.ld; ++e) {
+        const int64_t tok = e / k.ld, col = e % k.ld - k.col0;
+        if (col >= 0 && col < k.H * k.D)
+          g2rows[size_t((tok * k.H + col / k.D) * k.D + col % k.D)] = g2[size_t(e)];
+        else
+          ASSERT_EQ(g2[size_t(e)], 7.f)
+              << "element " << e << " between the rows was written, " << mode << " " << where;
+      }
+      if (k.bitwise) {
+        EXPECT_EQ(bytes_of(y1), bytes_of(y2)) << "y " << mode << " " << where;
+        EXPECT_EQ(bytes_of(r1), bytes_of(r2)) << "rstd " << mode << " " << where;
+        EXPECT_EQ(download(dx1), g2rows) << "dx " << mode << " " << where;
+      } else {  // against the CPU in double on the same rows
+        const auto x_d = to_double(rows), dy_d = to_double(dy.host);
+        std::vector<double> y_ref(size_t(N * k.D)), r_ref(static_cast<size_t>(N)),
+            dx_ref(size_t(N * k.D));
+        dt::cpu::l2norm_fwd<double>(x_d.data(), N, k.D, kEps, y_ref.data(), r_ref.data());
+        check(download(y2), y_ref, tol_for(t, false), "pitched l2norm y " + mode, where);
+        check(download(r2), r_ref, 1e-5, "pitched l2norm rstd " + mode, where);
+        const auto y2_d = to_double(download(y2)), r2_d = to_double(download(r2));
+        dt::cpu::l2norm_bwd<double>(y2_d.data(), r2_d.data(), dy_d.data(), N, k.D, dx_ref.data());
+        check(g2rows, dx_ref, tol_for(t, true), "pitched l2norm dx " + mode, where);
+      }
+    }
+}
+
 TEST_F(CudaNorms, BadShapesAreOneLineErrors) {
   dt_test::expect_error(
       [] {
