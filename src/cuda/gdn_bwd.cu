@@ -740,14 +740,12 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   launch_states<T, KP>(in, plan, d, w, nullptr, nullptr);
   {
     const size_t smem = DstateSmem<T, KP>(nullptr).bytes;
-    const dim3 grid(d.VP / kBV, d.G, plan.nseg);
-    if (d.v3) {
-      set_smem(gdn_dstate_kernel<T, KP, 8>, smem);
-      gdn_dstate_kernel<T, KP, 8><<<grid, 256, smem>>>(in, dout, plan, d, w);
-    } else {
-      set_smem(gdn_dstate_kernel<T, KP, 4>, smem);
-      gdn_dstate_kernel<T, KP, 4><<<grid, 128, smem>>>(in, dout, plan, d, w);
-    }
+    with_warps(d, [&](auto nw) {
+      constexpr int NW = decltype(nw)::value;
+      set_smem(gdn_dstate_kernel<T, KP, NW>, smem);
+      gdn_dstate_kernel<T, KP, NW>
+          <<<dim3(d.VP / kBV, d.G, plan.nseg), 32 * NW, smem>>>(in, dout, plan, d, w);
+    });
     DT_CUDA_CHECK(cudaGetLastError());
   }
   {
@@ -760,15 +758,13 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   }
   {
     const size_t smem = WySmem<T, KP>(nullptr).bytes;
-    const dim3 grid(plan.nch, d.G);
     T* dk_out = direct ? dk : nullptr;
-    if (d.v3) {
-      set_smem(gdn_wy_kernel<T, KP, 8>, smem);
-      gdn_wy_kernel<T, KP, 8><<<grid, 256, smem>>>(in, plan, d, w, dv, dg, dbeta, dk_out);
-    } else {
-      set_smem(gdn_wy_kernel<T, KP, 4>, smem);
-      gdn_wy_kernel<T, KP, 4><<<grid, 128, smem>>>(in, plan, d, w, dv, dg, dbeta, dk_out);
-    }
+    with_warps(d, [&](auto nw) {
+      constexpr int NW = decltype(nw)::value;
+      set_smem(gdn_wy_kernel<T, KP, NW>, smem);
+      gdn_wy_kernel<T, KP, NW>
+          <<<dim3(plan.nch, d.G), 32 * NW, smem>>>(in, plan, d, w, dv, dg, dbeta, dk_out);
+    });
     DT_CUDA_CHECK(cudaGetLastError());
   }
   if (!direct) {

@@ -42,6 +42,16 @@ struct Dims {
   bool v3;  // layout v3: 8 warps per block in the sequential kernels (SeqTiles)
 };
 
+// Calls f(std::integral_constant<int, NW>{}) with the warps a block of the prep, states, dstate
+// and wy kernels has in the launch layout: 8 in v3, else 4.
+template <typename F>
+void with_warps(const Dims& d, F&& f) {
+  if (d.v3)
+    f(std::integral_constant<int, 8>{});
+  else
+    f(std::integral_constant<int, 4>{});
+}
+
 // How the NW warps (4 or 8) of a sequential kernel's block (states, dstate) share its work: the
 // carried state tile (KP x kBV) by rows, warp w owning rows srow(w) .. srow(w) + 16 MTS; the
 // 64 x kBV chunk products (V', O, dV') by 16-row tiles and, with 8 warps, 16-column halves:

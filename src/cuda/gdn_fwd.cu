@@ -437,41 +437,33 @@ template <typename T, int KP>
 void launch_prep(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w,
                  bool store_tm) {
   const size_t smem = PrepSmem<T, KP>(nullptr).bytes;
-  const dim3 grid(plan.nch, d.G);
-  if (d.v3) {
-    set_smem(gdn_prep_kernel<T, KP, 8>, smem);
-    gdn_prep_kernel<T, KP, 8><<<grid, 256, smem>>>(in, plan, d, w, store_tm);
-  } else {
-    set_smem(gdn_prep_kernel<T, KP, 4>, smem);
-    gdn_prep_kernel<T, KP, 4><<<grid, 128, smem>>>(in, plan, d, w, store_tm);
-  }
-  DT_CUDA_CHECK(cudaGetLastError());
-}
-
-template <typename T, int KP, int NW>
-void launch_states_nw(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w, T* o,
-                      float* state) {
-  const dim3 grid(d.VP / kBV, d.G, plan.nseg);
-  if (o) {
-    const size_t smem = StatesSmem<T, KP, true>(nullptr).bytes;
-    set_smem(gdn_states_kernel<T, KP, true, NW>, smem);
-    gdn_states_kernel<T, KP, true, NW><<<grid, 32 * NW, smem>>>(in, plan, d, w, o, state);
-  } else {
-    const StatesSmem<T, KP, false> layout(nullptr);
-    const size_t smem = d.v2 ? layout.bytes : layout.bytes_v1;
-    set_smem(gdn_states_kernel<T, KP, false, NW>, smem);
-    gdn_states_kernel<T, KP, false, NW><<<grid, 32 * NW, smem>>>(in, plan, d, w, nullptr, nullptr);
-  }
+  with_warps(d, [&](auto nw) {
+    constexpr int NW = decltype(nw)::value;
+    set_smem(gdn_prep_kernel<T, KP, NW>, smem);
+    gdn_prep_kernel<T, KP, NW><<<dim3(plan.nch, d.G), 32 * NW, smem>>>(in, plan, d, w, store_tm);
+  });
   DT_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T, int KP>
 void launch_states(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w, T* o,
                    float* state) {
-  if (d.v3)
-    launch_states_nw<T, KP, 8>(in, plan, d, w, o, state);
-  else
-    launch_states_nw<T, KP, 4>(in, plan, d, w, o, state);
+  const dim3 grid(d.VP / kBV, d.G, plan.nseg);
+  with_warps(d, [&](auto nw) {
+    constexpr int NW = decltype(nw)::value;
+    if (o) {
+      const size_t smem = StatesSmem<T, KP, true>(nullptr).bytes;
+      set_smem(gdn_states_kernel<T, KP, true, NW>, smem);
+      gdn_states_kernel<T, KP, true, NW><<<grid, 32 * NW, smem>>>(in, plan, d, w, o, state);
+    } else {
+      const StatesSmem<T, KP, false> layout(nullptr);
+      const size_t smem = d.v2 ? layout.bytes : layout.bytes_v1;
+      set_smem(gdn_states_kernel<T, KP, false, NW>, smem);
+      gdn_states_kernel<T, KP, false, NW>
+          <<<grid, 32 * NW, smem>>>(in, plan, d, w, nullptr, nullptr);
+    }
+  });
+  DT_CUDA_CHECK(cudaGetLastError());
 }
 
 #define DT_GDN_INSTANTIATE(T, KP)                                                                  \
