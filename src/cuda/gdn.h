@@ -27,6 +27,11 @@ namespace deltatron::cuda {
 
 // Which launch layout gdn_chunk_* use (kept selectable for A/B timing in one process; all give
 // the same values, bitwise up to the sign of zeros; docs/ops/gdn.md, "CUDA kernels"):
+//   v4            v3 with W stored pre-split (bf16 storage; f32 as v3): the prep kernel writes
+//                 W = Tm diag(beta e^gamma) K as two bf16 planes in the bytes of the fp32 matrix,
+//                 and the states, dstate and dqk kernels load its fragments with ldmatrix instead
+//                 of splitting fp32 at every fragment load (the same terms: the same products);
+//                 not yet run on a GPU (selectable for the next measurement, not the default);
 //   v3 (default)  v2 with 8 warps (instead of 4) per block in the per-chunk prep and WY kernels
 //                 and the sequential ones (the forward's states pass, the backward's recompute
 //                 and dstate passes): twice the warps per block at the same shared memory, half
@@ -37,9 +42,9 @@ namespace deltatron::cuda {
 //                 scratch and the summing pass; the backward's state recompute prefetches K,
 //                 U and gamma one chunk further (one sync per chunk less);
 //   v1            the previous layout.
-// The first call reads the environment variable DT_GDN_KERNELS ("v1", "v2" or "v3"; anything else
-// is an error); gdn_set_kernels overrides it (tests, benchmarks).
-enum class GdnKernels { v1, v2, v3 };
+// The first call reads the environment variable DT_GDN_KERNELS ("v1" .. "v4"; anything else is an
+// error); gdn_set_kernels overrides it (tests, benchmarks).
+enum class GdnKernels { v1, v2, v3, v4 };
 GdnKernels gdn_kernels();
 void gdn_set_kernels(GdnKernels k);
 

@@ -60,7 +60,7 @@ struct DstateSmem {
   }
 };
 
-template <typename T, int KP, int NW>
+template <typename T, int KP, int NW, bool kWP>
 __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     gdn_dstate_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -87,9 +87,7 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     load_tile(kQInBig ? bigT : s.qb, kQInBig ? LDB : LDQ, qk_src(in.q, ci), ldqk, kC, KP,
               plan.chunk_len[ci], d.K);
   };
-  auto load_w = [&](int ci) {
-    load_tile(s.big, LDB, w.W + (int64_t(ci) * d.G + j) * kC * KP, KP, kC, KP, kC, KP);
-  };
+  auto load_w = [&](int ci) { load_w_tile<kWP, KP>(s.big, w.W, int64_t(ci) * d.G + j); };
   auto load_p_do = [&](int ci) {
     load_tile(s.ps, LDP, w.P + (int64_t(ci) * d.G + j) * kC * kC, kC, kC, kC, kC, kC);
     load_tile(s.dos, LDO, dout + (int64_t(plan.chunk_t0[ci]) * d.G + j) * d.V + v0, ldv, kC, kBV,
@@ -173,8 +171,12 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
       __syncthreads();
     }
     // (d)
-    warp_mma<T>(accD, Opnd<float, false>{s.big, LDB}, sm0, Planes<NF, true>{s.dvp, LDV, PSV}, 0,
-                cd);
+    if constexpr (kWP)  // W as two bf16 planes [2][64][KP + 8] (LDB: the same row pitch)
+      warp_mma<T>(accD, Planes<2, false>{reinterpret_cast<__nv_bfloat16*>(s.big), LDB, kC * LDB},
+                  sm0, Planes<NF, true>{s.dvp, LDV, PSV}, 0, cd);
+    else
+      warp_mma<T>(accD, Opnd<float, false>{s.big, LDB}, sm0, Planes<NF, true>{s.dvp, LDV, PSV}, 0,
+                  cd);
     __syncthreads();  // W reads done
     if (n > 0) load_k(ci - 1);
     cp_async_commit();
@@ -250,7 +252,7 @@ struct DqkSmem2 {
   }
 };
 
-template <typename T, int KP>
+template <typename T, int KP, bool kWP>
 __global__ void __launch_bounds__(256, 2)
     gdn_dqk_kernel(Inputs<T> in, const T* dout, Plan plan, Dims d, Work w, T* dq_out) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -335,7 +337,14 @@ __global__ void __launch_bounds__(256, 2)
   constexpr int NF = DqkSmem2<T>::NF, PST = DqkSmem2<T>::PST;
   for (int i = 0; i < NF; ++i)
     load_tile(s.tm + i * PST, LD, w.Tm + (qj * NF + i) * kC * kC, kC, kC, kC, kC, kC);
-  load_tile(s.ws, LD, w.W + qj * kC * KP + k0, KP, kC, 64, kC, 64);
+  if constexpr (kWP) {  // the W slice's two bf16 planes [2][64][LD] in the fp32 tile's bytes
+    const __nv_bfloat16* Wp = reinterpret_cast<const __nv_bfloat16*>(w.W) + qj * 2 * kC * KP + k0;
+    for (int i = 0; i < 2; ++i)
+      load_tile(reinterpret_cast<__nv_bfloat16*>(s.ws) + i * kC * LD, LD, Wp + i * kC * KP, KP, kC,
+                64, kC, 64);
+  } else {
+    load_tile(s.ws, LD, w.W + qj * kC * KP + k0, KP, kC, 64, kC, 64);
+  }
   cp_async_commit();
   float pv[1][4][4];  // P at this lane's dP positions (loads in flight with the tiles)
   {
@@ -441,7 +450,12 @@ __global__ void __launch_bounds__(256, 2)
   {  // dA slice part = -dB_w W_slice^T
     float aA[1][4][4];
     acc_zero(aA);
-    warp_mma<T>(aA, Opnd<float, true>{s.dw, LD}, rm, Opnd<float, true>{s.ws, LD}, cn, 64);
+    if constexpr (kWP)
+      warp_mma<T>(aA, Opnd<float, true>{s.dw, LD}, rm,
+                  Planes<2, true>{reinterpret_cast<const __nv_bfloat16*>(s.ws), LD, kC * LD}, cn,
+                  64);
+    else
+      warp_mma<T>(aA, Opnd<float, true>{s.dw, LD}, rm, Opnd<float, true>{s.ws, LD}, cn, 64);
     float* dAq = w.dA + (qj * d.KT + kt) * kC * kC;
     acc_pairs(aA, rm, cn,
               [&](int i, int jj, float x0, float x1) { store2(dAq, i * kC + jj, -x0, -x1); });
@@ -740,10 +754,11 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   launch_states<T, KP>(in, plan, d, w, nullptr, nullptr);
   {
     const size_t smem = DstateSmem<T, KP>(nullptr).bytes;
-    with_warps(d, [&](auto nw) {
+    with_warps_w<T>(d, [&](auto nw, auto wp) {
       constexpr int NW = decltype(nw)::value;
-      set_smem(gdn_dstate_kernel<T, KP, NW>, smem);
-      gdn_dstate_kernel<T, KP, NW>
+      constexpr bool WP = decltype(wp)::value;
+      set_smem(gdn_dstate_kernel<T, KP, NW, WP>, smem);
+      gdn_dstate_kernel<T, KP, NW, WP>
           <<<dim3(d.VP / kBV, d.G, plan.nseg), 32 * NW, smem>>>(in, dout, plan, d, w);
     });
     DT_CUDA_CHECK(cudaGetLastError());
@@ -751,9 +766,12 @@ void bwd_impl(const Inputs<T>& in, const T* dout, const Setup& st, T* dq, T* dk,
   {
     const size_t s1 = 2 * DqkSmem1<T>(nullptr).bytes, s2 = DqkSmem2<T>(nullptr).bytes;
     const size_t smem = std::max(s1, s2);
-    set_smem(gdn_dqk_kernel<T, KP>, smem);
     const dim3 grid = d.v2 ? dim3(unsigned(plan.nch) * d.KT, d.G) : dim3(plan.nch, d.G, d.KT);
-    gdn_dqk_kernel<T, KP><<<grid, 256, smem>>>(in, dout, plan, d, w, direct ? dq : nullptr);
+    with_w_planes<T>(d, [&](auto wp) {
+      constexpr bool WP = decltype(wp)::value;
+      set_smem(gdn_dqk_kernel<T, KP, WP>, smem);
+      gdn_dqk_kernel<T, KP, WP><<<grid, 256, smem>>>(in, dout, plan, d, w, direct ? dq : nullptr);
+    });
     DT_CUDA_CHECK(cudaGetLastError());
   }
   {

@@ -38,18 +38,30 @@ struct Dims {
   int64_t N;
   int H, G, R, K, V, VP, KT;  // KT = KP / 64 column slices of the backward dq/dk kernel
   float scale;
-  bool v2;  // launch layout GdnKernels::v2 or v3 (cuda/gdn.h)
-  bool v3;  // layout v3: 8 warps per block in the sequential kernels (SeqTiles)
+  bool v2;  // launch layout GdnKernels::v2, v3 or v4 (cuda/gdn.h)
+  bool v3;  // layout v3 or v4: 8 warps per block in prep, states, dstate, wy (SeqTiles)
+  bool v4;  // layout v4: W stored pre-split in bf16 mode (with_w_planes)
 };
 
 // Calls f(std::integral_constant<int, NW>{}) with the warps a block of the prep, states, dstate
-// and wy kernels has in the launch layout: 8 in v3, else 4.
+// and wy kernels has in the launch layout: 8 in v3 and v4, else 4.
 template <typename F>
 void with_warps(const Dims& d, F&& f) {
   if (d.v3)
     f(std::integral_constant<int, 8>{});
   else
     f(std::integral_constant<int, 4>{});
+}
+
+// with_warps and with_w_planes together: f(NW, WP) for the layouts that exist (4 warps only with
+// W in fp32), so no kernel is compiled for a combination no layout launches.
+template <typename T, typename F>
+void with_warps_w(const Dims& d, F&& f) {
+  if constexpr (sizeof(T) == 2) {
+    if (d.v4) return f(std::integral_constant<int, 8>{}, std::true_type{});
+  }
+  if (d.v3) return f(std::integral_constant<int, 8>{}, std::false_type{});
+  f(std::integral_constant<int, 4>{}, std::false_type{});
 }
 
 // How the NW warps (4 or 8) of a sequential kernel's block (states, dstate) share its work: the
@@ -77,7 +89,7 @@ struct Inputs {
 // (NF = 2 in bf16 mode, 3 in f32 mode; see warp_mma), term i of the matrix at plane i.
 struct Work {
   double* gam;         // [q][64] gamma = in-chunk cumulative sum of g (rows >= c repeat the last)
-  float* W;            // [q][64][KP] W = Tm diag(beta e^gamma) K
+  float* W;            // [q][64][KP] W = Tm diag(beta e^gamma) K (v4, bf16: planes, same bytes)
   float* U;            // [q][64][VP] U = Tm diag(beta) V
   float* P;            // [q][64][64] P = scale (Q K^T) .* Gamma, lower triangle with diagonal
   __nv_bfloat16* Tm;   // planes [q][NF][64][64] (I + A)^-1                 (backward only)
@@ -150,6 +162,33 @@ __device__ void load_tile(E* dst, int ldd, const E* src, int64_t lds, int rows, 
         if (e < n) dst[r * ldd + c] = val[u];
       }
     }
+  }
+}
+
+// Calls f(std::true_type{}) when W lives in the workspace pre-split (layout v4, bf16 storage:
+// two bf16 planes [2][64][KP] in the bytes of the fp32 [64][KP]), else f(std::false_type{}).
+// The kernels then load its fragments with ldmatrix instead of splitting fp32 at every load; the
+// terms, and so every product, are the same.
+template <typename T, typename F>
+void with_w_planes(const Dims& d, F&& f) {
+  if constexpr (sizeof(T) == 2) {
+    if (d.v4) return f(std::true_type{});
+  }
+  f(std::false_type{});
+}
+
+// W of chunk-head q (float index q * 64 * KP) into a shared tile of the fp32 [64][KP + 8]
+// bytes: fp32 rows, or (wp) two bf16 planes [2][64][KP + 8] (plane stride 64 (KP + 8)).
+template <bool kWP, int KP>
+__device__ __forceinline__ void load_w_tile(float* dst, const float* W, int64_t q) {
+  constexpr int LD = KP + 8;
+  if constexpr (kWP) {
+    __nv_bfloat16* b = reinterpret_cast<__nv_bfloat16*>(dst);
+    const __nv_bfloat16* src = reinterpret_cast<const __nv_bfloat16*>(W) + q * 2 * kC * KP;
+    for (int i = 0; i < 2; ++i)
+      load_tile(b + i * kC * LD, LD, src + i * kC * KP, KP, kC, KP, kC, KP);
+  } else {
+    load_tile(dst, LD, W + q * kC * KP, KP, kC, KP, kC, KP);
   }
 }
 

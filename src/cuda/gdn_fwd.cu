@@ -46,7 +46,7 @@ struct PrepSmem {
   }
 };
 
-template <typename T, int KP, int NW>
+template <typename T, int KP, int NW, bool kWP>
 __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     gdn_prep_kernel(Inputs<T> in, Plan plan, Dims d, Work w, bool store_tm) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -167,14 +167,19 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   }
   __syncthreads();
   {
-    float* Wq = w.W + qj * kC * KP;
+    float* Wq = w.W + qj * kC * KP;  // v4 (kWP): two bf16 planes in the same bytes
+    __nv_bfloat16* Wp = reinterpret_cast<__nv_bfloat16*>(w.W) + qj * 2 * kC * KP;
     for (int n0 = 0; n0 < KP; n0 += 64) {
       float acc[1][NT][4];
       acc_zero(acc);
       if (n0 < kd)
         warp_mma<T>(acc, Opnd<float, true>{s.as, LDA}, rb, Opnd<T, false>{s.ks, LDK}, n0 + cb, cd);
-      acc_pairs(acc, rb, n0 + cb,
-                [&](int i, int col, float v0, float v1) { store2(Wq, i * KP + col, v0, v1); });
+      acc_pairs(acc, rb, n0 + cb, [&](int i, int col, float v0, float v1) {
+        if constexpr (kWP)
+          store_split2<2>(Wp, kC * KP, i * KP + col, v0, v1);
+        else
+          store2(Wq, i * KP + col, v0, v1);
+      });
     }
   }
   __syncthreads();  // every warp is done with the K tile
@@ -255,7 +260,7 @@ struct StatesSmem {
   }
 };
 
-template <typename T, int KP, bool kFwd, int NW>
+template <typename T, int KP, bool kFwd, int NW, bool kWP>
 __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     gdn_states_kernel(Inputs<T> in, Plan plan, Dims d, Work w, T* o, float* state) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -274,9 +279,7 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   auto qk_src = [&](const T* x, int ci) {
     return x + (int64_t(plan.chunk_t0[ci]) * d.H + h) * d.K;
   };
-  auto load_w = [&](int ci) {
-    load_tile(s.wk, LDB, w.W + (int64_t(ci) * d.G + j) * kC * KP, KP, kC, KP, kC, KP);
-  };
+  auto load_w = [&](int ci) { load_w_tile<kWP, KP>(s.wk, w.W, int64_t(ci) * d.G + j); };
   auto load_qk = [&](int ci) {  // Q (forward) or K (recompute) into s.qk
     load_tile(s.qk, LDQ, qk_src(kFwd ? in.q : in.k, ci), ldqk, kC, KP, plan.chunk_len[ci], d.K);
   };
@@ -350,7 +353,11 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
     {  // (b) V' = U - W S
       float acc[1][NTB][4];
       acc_zero(acc);
-      warp_mma<T>(acc, Opnd<float, true>{s.wk, LDB}, rb, sop, cb, kd);
+      if constexpr (kWP)  // W as two bf16 planes [2][64][KP + 8] (LDB: the same row pitch)
+        warp_mma<T>(acc, Planes<2, true>{reinterpret_cast<__nv_bfloat16*>(s.wk), LDB, kC * LDB}, rb,
+                    sop, cb, kd);
+      else
+        warp_mma<T>(acc, Opnd<float, true>{s.wk, LDB}, rb, sop, cb, kd);
 #pragma unroll
       for (int ni = 0; ni < NTB; ++ni)
 #pragma unroll
@@ -437,10 +444,12 @@ template <typename T, int KP>
 void launch_prep(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w,
                  bool store_tm) {
   const size_t smem = PrepSmem<T, KP>(nullptr).bytes;
-  with_warps(d, [&](auto nw) {
+  with_warps_w<T>(d, [&](auto nw, auto wp) {
     constexpr int NW = decltype(nw)::value;
-    set_smem(gdn_prep_kernel<T, KP, NW>, smem);
-    gdn_prep_kernel<T, KP, NW><<<dim3(plan.nch, d.G), 32 * NW, smem>>>(in, plan, d, w, store_tm);
+    constexpr bool WP = decltype(wp)::value;
+    set_smem(gdn_prep_kernel<T, KP, NW, WP>, smem);
+    gdn_prep_kernel<T, KP, NW, WP>
+        <<<dim3(plan.nch, d.G), 32 * NW, smem>>>(in, plan, d, w, store_tm);
   });
   DT_CUDA_CHECK(cudaGetLastError());
 }
@@ -449,17 +458,18 @@ template <typename T, int KP>
 void launch_states(const Inputs<T>& in, const Plan& plan, const Dims& d, const Work& w, T* o,
                    float* state) {
   const dim3 grid(d.VP / kBV, d.G, plan.nseg);
-  with_warps(d, [&](auto nw) {
+  with_warps_w<T>(d, [&](auto nw, auto wp) {
     constexpr int NW = decltype(nw)::value;
+    constexpr bool WP = decltype(wp)::value;
     if (o) {
       const size_t smem = StatesSmem<T, KP, true>(nullptr).bytes;
-      set_smem(gdn_states_kernel<T, KP, true, NW>, smem);
-      gdn_states_kernel<T, KP, true, NW><<<grid, 32 * NW, smem>>>(in, plan, d, w, o, state);
+      set_smem(gdn_states_kernel<T, KP, true, NW, WP>, smem);
+      gdn_states_kernel<T, KP, true, NW, WP><<<grid, 32 * NW, smem>>>(in, plan, d, w, o, state);
     } else {
       const StatesSmem<T, KP, false> layout(nullptr);
       const size_t smem = d.v2 ? layout.bytes : layout.bytes_v1;
-      set_smem(gdn_states_kernel<T, KP, false, NW>, smem);
-      gdn_states_kernel<T, KP, false, NW>
+      set_smem(gdn_states_kernel<T, KP, false, NW, WP>, smem);
+      gdn_states_kernel<T, KP, false, NW, WP>
           <<<grid, 32 * NW, smem>>>(in, plan, d, w, nullptr, nullptr);
     }
   });
@@ -497,8 +507,9 @@ Setup setup(const char* what, const int32_t* cu_host, int nseg, int64_t N, int64
   st.KP = K <= 128 ? 128 : 256;
   const int KP = st.KP, VP = round_up(int(V), kBV), KT = KP / 64;
   const GdnKernels layout = gdn_kernels();
-  const bool v2 = layout != GdnKernels::v1, v3 = layout == GdnKernels::v3;
-  st.d = Dims{N, int(H), int(G), int(G / H), int(K), int(V), VP, KT, scale, v2, v3};
+  const bool v2 = layout != GdnKernels::v1, v4 = layout == GdnKernels::v4;
+  const bool v3 = layout == GdnKernels::v3 || v4;
+  st.d = Dims{N, int(H), int(G), int(G / H), int(K), int(V), VP, KT, scale, v2, v3, v4};
   const bool dq_scratch = !(v2 && G == H);  // v2 with G == H: dq straight into dq_NHK
 
   // chunks in segment order; segments longest first for the sequential kernels
@@ -600,11 +611,11 @@ GdnKernels gdn_kernels() {
     const char* e = std::getenv("DT_GDN_KERNELS");
     k = int(GdnKernels::v3);
     if (e && *e) {
-      const char* names[] = {"v1", "v2", "v3"};
+      const char* names[] = {"v1", "v2", "v3", "v4"};
       k = -1;
-      for (int i = 0; i < 3; ++i)
+      for (int i = 0; i < 4; ++i)
         if (std::strcmp(e, names[i]) == 0) k = i;
-      DT_CHECK(k >= 0, "DT_GDN_KERNELS: expected v1, v2 or v3, got '", e, "'");
+      DT_CHECK(k >= 0, "DT_GDN_KERNELS: expected v1, v2, v3 or v4, got '", e, "'");
     }
     g_kernels.store(k);
   }

@@ -5,8 +5,8 @@
 // call so unwritten elements fail. Bounds (relative RMS): bf16 forward 5e-3, backward 1e-2 (the
 // bf16 outputs carry their own rounding, ~1e-3); the fp32 outputs of bf16 mode (final state,
 // dg, dbeta) 1e-3; f32 debug mode 1e-5 everywhere. Every case runs every kernel layout
-// (cuda::GdnKernels v3, v2, v1). Also: bitwise determinism, the layouts giving the same values, and
-// the fwd / bwd time of the real Qwen3.5 GDN shapes (GdnTiming.*: printed, never asserted).
+// (cuda::GdnKernels v4, v3, v2, v1). Also: bitwise determinism, the layouts giving the same values,
+// and the fwd / bwd time of the real Qwen3.5 GDN shapes (GdnTiming.*: printed, never asserted).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -96,7 +96,10 @@ double check(const std::vector<float>& got, const std::vector<double>& want, dou
 using dt::cuda::GdnKernels;
 
 const char* kernels_name(GdnKernels k) {
-  return k == GdnKernels::v1 ? "v1" : k == GdnKernels::v2 ? "v2" : "v3";
+  return k == GdnKernels::v1   ? "v1"
+         : k == GdnKernels::v2 ? "v2"
+         : k == GdnKernels::v3 ? "v3"
+                               : "v4";
 }
 
 // Selects a kernel layout for its lifetime, then restores the previous one.
@@ -229,7 +232,7 @@ void run_case(const Case& c, DType t) {
                                  p.N, p.H, p.G, p.K, p.V, p.scale, p.dout.data(), dq.data(),
                                  dk.data(), dv.data(), dg.data(), dbeta.data());
   const size_t esz = dt::cuda::dtype_size(t);
-  for (GdnKernels kv : {GdnKernels::v3, GdnKernels::v2, GdnKernels::v1}) {
+  for (GdnKernels kv : {GdnKernels::v4, GdnKernels::v3, GdnKernels::v2, GdnKernels::v1}) {
     const KernelsScope scope(kv);
     const std::string pre = std::string(kernels_name(kv)) + " ";
     Outputs out = run_gpu(p, t, true);
@@ -378,14 +381,15 @@ TEST(CudaGdnEdge, RealShapeTiming) {
   DT_CUDA_CHECK(cudaEventDestroy(e2));
 }
 
-// The v2 and v3 layouts compute the same values as v1 (they move blocks, warps and outputs, not
-// arithmetic): every output equal as a float (so +0 and -0 match), for G == H (v2 and v3 write dq,
-// dk directly) and G = 2H, K = V = 128 and K = 200, V = 96, in both precisions.
+// The v2, v3 and v4 layouts compute the same values as v1 (they move blocks, warps, outputs and
+// where an operand is split into bf16 terms, not arithmetic): every output equal as a float (so +0
+// and -0 match), for G == H (v2 and v3 write dq, dk directly) and G = 2H, K = V = 128 and K = 200,
+// V = 96, in both precisions.
 TEST(CudaGdnEdge, KernelLayoutsAgree) {
   dt::cuda::require_hopper();
   for (DType t : {DType::bf16, DType::f32})
     for (int64_t G : {2, 4})
-      for (GdnKernels kv : {GdnKernels::v2, GdnKernels::v3}) {
+      for (GdnKernels kv : {GdnKernels::v2, GdnKernels::v3, GdnKernels::v4}) {
         const int64_t K = G == 2 ? 200 : 128, V = G == 2 ? 96 : 128;
         Problem p = make_problem({kMixed, 2, G, K, V, Gates::mixed, 700}, t);
         Outputs a, b;
@@ -422,7 +426,7 @@ TEST(CudaGdnEdge, KernelLayoutsAgree) {
       }
 }
 
-// Forward / backward time of the kernel layouts v1, v2, v3 on the Qwen3.5 GDN shapes, bf16, K = V =
+// Forward / backward time of the kernel layouts v1 .. v4 on the Qwen3.5 GDN shapes, bf16, K = V =
 // 128, N = 8192: the 2b preset (H = G = 16) and the 35b-a3b preset (H = 16, G = 32), each as the
 // 14-segment pack of RealShapeTiming and as one 8192-token sequence. Printed, never asserted;
 // the layouts alternate call by call so that clocks and caches treat them alike.
@@ -458,19 +462,19 @@ TEST(GdnTiming, Layouts) {
           p.H, p.G, p.K, p.V, float(p.scale), p.dout_d.get(), out.dq.get(), out.dk.get(),
           out.dv.get(), static_cast<float*>(out.dg.get()), static_cast<float*>(out.dbeta.get()));
     };
-    double ms[3][2] = {};  // [layout v1, v2, v3][fwd, bwd]
-    const GdnKernels layouts[3] = {GdnKernels::v1, GdnKernels::v2, GdnKernels::v3};
+    double ms[4][2] = {};  // [layout v1 .. v4][fwd, bwd]
+    const GdnKernels layouts[4] = {GdnKernels::v1, GdnKernels::v2, GdnKernels::v3, GdnKernels::v4};
     const int rounds = 4, reps = 5;
     for (int r = 0; r < rounds; ++r)
-      for (int l = 0; l < 3; ++l) {
+      for (int l = 0; l < 4; ++l) {
         const KernelsScope scope(layouts[l]);
         ms[l][0] += dt_test::gpu_time_ms(fwd, r == 0 ? 3 : 1, reps) / rounds;
         ms[l][1] += dt_test::gpu_time_ms(bwd, r == 0 ? 3 : 1, reps) / rounds;
       }
     std::printf(
-        "  %-28s fwd v1 %6.3f v2 %6.3f v3 %6.3f (v3 x%.2f v2) | bwd v1 %6.3f v2 %6.3f v3 %6.3f "
-        "(v3 x%.2f v2) ms\n",
-        sh.name, ms[0][0], ms[1][0], ms[2][0], ms[1][0] / ms[2][0], ms[0][1], ms[1][1], ms[2][1],
-        ms[1][1] / ms[2][1]);
+        "  %-26s fwd v1 %6.3f v2 %6.3f v3 %6.3f v4 %6.3f | bwd v1 %6.3f v2 %6.3f v3 %6.3f v4 "
+        "%6.3f ms (v3 x%.2f / x%.2f v2, v4 x%.2f / x%.2f v3)\n",
+        sh.name, ms[0][0], ms[1][0], ms[2][0], ms[3][0], ms[0][1], ms[1][1], ms[2][1], ms[3][1],
+        ms[1][0] / ms[2][0], ms[1][1] / ms[2][1], ms[2][0] / ms[3][0], ms[2][1] / ms[3][1]);
   }
 }
