@@ -46,11 +46,7 @@ inline void score_vs_one_rank(const std::filesystem::path& tmp, const std::files
   const std::string base =
       "score --model " + d.string() + " --data " + data.string() + " --pack-tokens 64 " + flags;
   const auto run = [&](int ranks, const std::string& layout, const fs::path& o) {
-    ASSERT_EQ(run_ranks(ranks,
-                        base + " " + layout + " --output " + o.string() + ".jsonl --grad-out " +
-                            o.string() + ".safetensors",
-                        o.string() + ".err"),
-              0)
+    ASSERT_EQ(score_ranks(ranks, base + " " + layout, o), 0)
         << tag << " " << layout << ": " << read_file(o.string() + ".err");
   };
   const fs::path one = tmp / (tag + "_one");

@@ -28,6 +28,14 @@ inline int run_ranks(int ranks, const std::string& args, const std::filesystem::
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
+// `deltatron score ARGS` (args begins with "score") on `ranks` ranks writing OUT.jsonl (the
+// per-sample losses), OUT.safetensors (the gradients) and stderr into OUT.err. The exit code.
+inline int score_ranks(int ranks, const std::string& args, const std::filesystem::path& out) {
+  const std::string o = out.string();
+  return run_ranks(ranks, args + " --output " + o + ".jsonl --grad-out " + o + ".safetensors",
+                   o + ".err");
+}
+
 // The JSON objects of a JSONL file (score outputs), blank lines skipped.
 inline std::vector<nlohmann::json> jsonl(const std::filesystem::path& p) {
   std::vector<nlohmann::json> out;

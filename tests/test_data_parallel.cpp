@@ -44,11 +44,7 @@ TEST(DataParallel, ScoreEqualsOneRank) {
                              (d / "samples.jsonl").string() + " --pack-tokens 64 " + c.flags;
     for (int ranks : {1, 2, 3}) {
       const fs::path o = tmp.path / (c.fixture + "_" + std::to_string(ranks));
-      ASSERT_EQ(dt_test::run_ranks(ranks,
-                                   base + " --output " + o.string() + ".jsonl --grad-out " +
-                                       o.string() + ".safetensors",
-                                   o.string() + ".err"),
-                0)
+      ASSERT_EQ(dt_test::score_ranks(ranks, base, o), 0)
           << c.fixture << " on " << ranks << " ranks: " << dt_test::read_file(o.string() + ".err");
     }
     const fs::path one = tmp.path / (c.fixture + "_1");
@@ -88,24 +84,14 @@ TEST(DataParallel, ScoreExpertParallelEqualsOneRank) {
       const std::string base = "score --quiet --model " + d.string() + " --data " +
                                (d / "samples.jsonl").string() + " --pack-tokens 64" + mtp + router;
       const fs::path one = tmp.path / (fixture + "_one");
-      ASSERT_EQ(dt_test::run_ranks(1,
-                                   base + " --output " + one.string() + ".jsonl --grad-out " +
-                                       one.string() + ".safetensors",
-                                   one.string() + ".err"),
-                0)
-          << dt_test::read_file(one.string() + ".err");
+      ASSERT_EQ(dt_test::score_ranks(1, base, one), 0) << dt_test::read_file(one.string() + ".err");
       const auto want = dt_test::jsonl(one.string() + ".jsonl");
       for (const Layout l : {Layout{2, 2}, Layout{4, 2}, Layout{4, 4}}) {
         const std::string what = fixture + " on " + std::to_string(l.ranks) + " ranks, ep " +
                                  std::to_string(l.ep) + (router.empty() ? "" : ", router losses");
         const fs::path o =
             tmp.path / (fixture + "_" + std::to_string(l.ranks) + "_" + std::to_string(l.ep));
-        ASSERT_EQ(
-            dt_test::run_ranks(l.ranks,
-                               base + " --ep " + std::to_string(l.ep) + " --output " + o.string() +
-                                   ".jsonl --grad-out " + o.string() + ".safetensors",
-                               o.string() + ".err"),
-            0)
+        ASSERT_EQ(dt_test::score_ranks(l.ranks, base + " --ep " + std::to_string(l.ep), o), 0)
             << what << ": " << dt_test::read_file(o.string() + ".err");
         const auto got = dt_test::jsonl(o.string() + ".jsonl");
         ASSERT_EQ(got.size(), want.size());

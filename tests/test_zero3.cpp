@@ -64,11 +64,7 @@ TEST(Zero3, ScoreEqualsOneRank) {
                              (d / "samples.jsonl").string() + " --pack-tokens 64 " + c.flags;
     const auto run = [&](const std::string& tag, int ranks, const std::string& flags) {
       const fs::path o = tmp.path / (c.name + "_" + tag);
-      EXPECT_EQ(dt_test::run_ranks(ranks,
-                                   base + flags + " --output " + o.string() + ".jsonl --grad-out " +
-                                       o.string() + ".safetensors",
-                                   o.string() + ".err"),
-                0)
+      EXPECT_EQ(dt_test::score_ranks(ranks, base + flags, o), 0)
           << c.name << " " << tag << ": " << dt_test::read_file(o.string() + ".err");
       return o;
     };

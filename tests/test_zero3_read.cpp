@@ -104,11 +104,7 @@ TEST(Zero3Read, ScoreReadsItsPieces) {
                              k.flags;
     const auto run = [&](const std::string& tag, int ranks, const std::string& flags) {
       const fs::path o = tmp.path / (k.fixture + "_" + tag);
-      EXPECT_EQ(dt_test::run_ranks(ranks,
-                                   base + flags + " --output " + o.string() + ".jsonl --grad-out " +
-                                       o.string() + ".safetensors",
-                                   o.string() + ".err"),
-                0)
+      EXPECT_EQ(dt_test::score_ranks(ranks, base + flags, o), 0)
           << k.fixture << " " << tag << ": " << dt_test::read_file(o.string() + ".err");
       return o;
     };
@@ -155,11 +151,7 @@ TEST(Zero3Read, LoraScoreReadsItsPieces) {
                            adapter.string() + " --router-aux-coef 0.01 --z-loss-coef 0.001";
   const auto run = [&](const std::string& tag, int ranks, const std::string& flags) {
     const fs::path o = tmp.path / tag;
-    EXPECT_EQ(dt_test::run_ranks(ranks,
-                                 base + flags + " --output " + o.string() + ".jsonl --grad-out " +
-                                     o.string() + ".safetensors",
-                                 o.string() + ".err"),
-              0)
+    EXPECT_EQ(dt_test::score_ranks(ranks, base + flags, o), 0)
         << tag << ": " << dt_test::read_file(o.string() + ".err");
     return o;
   };
