@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   using S = DstateSmem<T, KP>;
   using Tiles = SeqTiles<KP, NW>;
   constexpr int NF = S::NF, LDB = S::LDB, LDQ = S::LDQ, LDT = S::LDT, LDP = S::LDP;
-  constexpr int LDO = S::LDO, LDV = S::LDV, PST = S::PST, PSV = S::PSV, NTB = Tiles::NTB;
+  constexpr int LDO = S::LDO, LDV = S::LDV, PST = S::PST, PSV = S::PSV, NTB = Tiles::NT;
   constexpr bool kQInBig = S::kQInBig;
   S s(smem);
   T* bigT = reinterpret_cast<T*>(s.big);
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int ch0 = plan.seg_ch0[z], nch = plan.seg_nch[z];
   const int kd = round_up(d.K, 16), sm0 = Tiles::srow(warp);
-  const int rb = Tiles::brow(warp), cb = Tiles::bcol(warp);  // this warp's 64 x 32 tile part
+  const int rb = Tiles::row(warp), cb = Tiles::col(warp);  // this warp's 64 x 32 tile part
   const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
   auto qk_src = [&](const T* x, int ci) {
     return x + (int64_t(plan.chunk_t0[ci]) * d.H + h) * d.K;
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(256, 2)
   const int kt = d.v2 ? int(blockIdx.x) % d.KT : int(blockIdx.z);
   const int j = blockIdx.y, k0 = 64 * kt, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
-  const int rm = 16 * (warp & 3), half = warp >> 2, cn = 32 * half;
+  const int rm = WarpTiles<8, 64>::row(warp), half = warp >> 2, cn = WarpTiles<8, 64>::col(warp);
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci];
   const int64_t qj = int64_t(ci) * d.G + j;
   const int64_t ldqk = int64_t(d.H) * d.K, ldv = int64_t(d.G) * d.V;
@@ -536,16 +536,16 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   extern __shared__ __align__(16) unsigned char smem[];
   using S = WySmem<T, KP>;
   constexpr int NF = S::NF, LD = S::LD, LDK = S::LDK, LDE = S::LDE, PS = S::PS;
-  constexpr int NT = 8 / (NW / 4);  // 8-column tiles of a 64-wide product per warp
+  using Tiles = WarpTiles<NW, 64>;  // each 64-wide product
+  constexpr int NT = Tiles::NT;
   using A = typename S::A;
   S s(smem);
   const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   const int t2 = (lane & 3) * 2;
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci], cd = round_up(c, 16);
-  // warp w: rows rm .. rm + 15 and columns cn .. cn + 8 NT - 1 of each 64 x 64 product; with 8
-  // warps the two column halves' row sums meet in shared memory (half = 0, 1)
-  const int kd = round_up(d.K, 16), rm = 16 * (warp & 3), half = warp >> 2, cn = 8 * NT * half;
+  // with 8 warps the two column halves' row sums meet in shared memory (half = 0, 1)
+  const int kd = round_up(d.K, 16), rm = Tiles::row(warp), half = warp >> 2, cn = Tiles::col(warp);
   const int64_t qj = int64_t(ci) * d.G + j;
   const int64_t ldv = int64_t(d.G) * d.V;
   auto load_vtile = [&](int v0) {

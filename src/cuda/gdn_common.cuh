@@ -39,7 +39,7 @@ struct Dims {
   int H, G, R, K, V, VP, KT;  // KT = KP / 64 column slices of the backward dq/dk kernel
   float scale;
   bool v2;  // launch layout GdnKernels::v2, v3 or v4 (cuda/gdn.h)
-  bool v3;  // layout v3 or v4: 8 warps per block in prep, states, dstate, wy (SeqTiles)
+  bool v3;  // layout v3 or v4: 8 warps per block in prep, states, dstate, wy (WarpTiles)
   bool v4;  // layout v4: W stored pre-split in bf16 mode (with_w_planes)
 };
 
@@ -64,19 +64,24 @@ void with_warps_w(const Dims& d, F&& f) {
   f(std::integral_constant<int, 4>{}, std::false_type{});
 }
 
-// How the NW warps (4 or 8) of a sequential kernel's block (states, dstate) share its work: the
-// carried state tile (KP x kBV) by rows, warp w owning rows srow(w) .. srow(w) + 16 MTS; the
-// 64 x kBV chunk products (V', O, dV') by 16-row tiles and, with 8 warps, 16-column halves:
-// warp w owns rows brow(w) .. + 16 and columns bcol(w) .. + 8 NTB. Each output element is
-// accumulated in the same order for either count (same values).
-template <int KP, int NW>
-struct SeqTiles {
+// How the NW warps (4 or 8) of a block share a 64-row chunk product `Width` columns wide: warp w
+// owns rows row(w) .. + 15 and columns col(w) .. + 8 NT - 1 (with 8 warps, one half of the
+// columns). Each output element is accumulated in the same order for either count (same values).
+template <int NW, int Width>
+struct WarpTiles {
   static_assert(NW == 4 || NW == 8, "4 or 8 warps");
-  static constexpr int MTS = KP / (16 * NW);      // 16-row tiles of the state per warp
-  static constexpr int NTB = kBV / 8 / (NW / 4);  // 8-column tiles of a chunk product per warp
+  static constexpr int NT = Width / 8 / (NW / 4);  // 8-column tiles per warp
+  __device__ static int row(int warp) { return 16 * (warp & 3); }
+  __device__ static int col(int warp) { return 8 * NT * (warp >> 2); }
+};
+
+// A sequential kernel's block (states, dstate): its 64 x kBV chunk products (V', O, dV') as
+// WarpTiles, and the carried state tile (KP x kBV) by rows, warp w owning rows srow(w) ..
+// srow(w) + 16 MTS.
+template <int KP, int NW>
+struct SeqTiles : WarpTiles<NW, kBV> {
+  static constexpr int MTS = KP / (16 * NW);  // 16-row tiles of the state per warp
   __device__ static int srow(int warp) { return warp * (KP / NW); }
-  __device__ static int brow(int warp) { return 16 * (warp & 3); }
-  __device__ static int bcol(int warp) { return 8 * NTB * (warp >> 2); }
 };
 
 template <typename T>

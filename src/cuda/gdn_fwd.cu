@@ -52,12 +52,12 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   extern __shared__ __align__(16) unsigned char smem[];
   using S = PrepSmem<T, KP>;
   constexpr int LDK = S::LDK, LDA = S::LDA, LDX = S::LDX;
-  constexpr int NT = 8 / (NW / 4);  // 8-column tiles of a 64-wide product per warp
+  using Tiles = WarpTiles<NW, 64>;  // each 64-wide product
+  constexpr int NT = Tiles::NT;
   S s(smem);
   const int ci = blockIdx.x, j = blockIdx.y, h = j / d.R;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  // warp w: rows rb .. rb + 15 and columns cb .. cb + 8 NT - 1 of each 64-wide product
-  const int rb = 16 * (warp & 3), cb = 8 * NT * (warp >> 2);
+  const int rb = Tiles::row(warp), cb = Tiles::col(warp);
   const int t0 = plan.chunk_t0[ci], c = plan.chunk_len[ci];
   const int64_t qj = int64_t(ci) * d.G + j;
   const int kd = round_up(d.K, 16), cd = round_up(c, 16);
@@ -267,14 +267,14 @@ __global__ void __launch_bounds__(32 * NW, NW == 8 ? 2 : 0)
   using S = StatesSmem<T, KP, kFwd>;
   using Tiles = SeqTiles<KP, NW>;
   constexpr int NF = S::NF, LDB = S::LDB, LDQ = S::LDQ, LDT = S::LDT, LDV = S::LDV;
-  constexpr int LDP = S::LDP, PST = S::PST, PSV = S::PSV, NTB = Tiles::NTB;
+  constexpr int LDP = S::LDP, PST = S::PST, PSV = S::PSV, NTB = Tiles::NT;
   S s(smem);
   T* wkT = reinterpret_cast<T*>(s.wk);
   const int vt = blockIdx.x, j = blockIdx.y, z = blockIdx.z, h = j / d.R, v0 = vt * kBV;
   const int tid = threadIdx.x, warp = tid >> 5;
   const int ch0 = plan.seg_ch0[z], nch = plan.seg_nch[z];
   const int kd = round_up(d.K, 16), sm0 = Tiles::srow(warp);
-  const int rb = Tiles::brow(warp), cb = Tiles::bcol(warp);  // this warp's 64 x 32 tile part
+  const int rb = Tiles::row(warp), cb = Tiles::col(warp);  // this warp's 64 x 32 tile part
   const int64_t ldqk = int64_t(d.H) * d.K;
   auto qk_src = [&](const T* x, int ci) {
     return x + (int64_t(plan.chunk_t0[ci]) * d.H + h) * d.K;

@@ -337,6 +337,12 @@ __global__ void __launch_bounds__(kMaxThreads)
   if (part) reduce_partials(rc, D, sbuf, part);
 }
 
+// Element offset of row n laid out as `heads` rows of D per token at a token pitch ld
+// (ops::RowPitch).
+__device__ __forceinline__ int64_t pitched_row(int64_t n, int D, int heads, int64_t ld) {
+  return n / heads * ld + n % heads * D;
+}
+
 template <typename T, int V, int CAP>
 __global__ void __launch_bounds__(kMaxThreads)
     l2norm_fwd_kernel(const T* x, int64_t N, int D, float eps, int team, int64_t rows_per_part,
@@ -348,7 +354,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int64_t n = base + rc.team_idx;
     const bool valid = n < rc.end;
     float xv[KMAX][V] = {};
-    load_row(x + (n / heads * ld + n % heads * D), 0, D, valid, team, rc.lane, xv);
+    load_row(x + pitched_row(n, D, heads, ld), 0, D, valid, team, rc.lane, xv);
     const float ss = team_sum(lane_dot(xv, xv), team, red);
     const float r = rsqrtf(ss + eps);
     if (!valid) continue;
@@ -388,7 +394,7 @@ __global__ void __launch_bounds__(kMaxThreads)
       float o[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) o[i] = r * (gv[k][i] - yv[k][i] * p);
-      store_vec<V>(dx + (n / heads * ld + n % heads * D) + c, o);
+      store_vec<V>(dx + pitched_row(n, D, heads, ld) + c, o);
     }
   }
 }
@@ -431,6 +437,14 @@ RowPlan plan_rows(int64_t N, int64_t D, int vec,
   p.parts = (N + p.rows_per_part - 1) / p.rows_per_part;
   p.smem = max_parts > 0 ? size_t(rpb * D) * sizeof(float) : 0;
   return p;
+}
+
+// The token pitch of a strided l2norm operand (ld 0: heads D, rows back to back), checked.
+int64_t checked_pitch(const char* op, const char* what, int64_t heads, int64_t D, int64_t ld) {
+  if (ld == 0) ld = heads * D;
+  DT_CHECK(heads >= 1 && heads <= (1 << 30) && ld >= heads * D, op, ": ", what, " rows of ", heads,
+           " heads at a token pitch of ", ld);
+  return ld;
 }
 
 void check_shape(const char* op, int64_t N, int64_t D) {
@@ -549,9 +563,7 @@ void rmsnorm_gated_bwd(DType dt, const void* x_ND, const void* z_ND, const void*
 void l2norm_fwd(DType dt, const void* x_ND, int64_t N, int64_t D, double eps, void* y_ND,
                 float* rstd_N, int64_t heads, int64_t ld) {
   check_shape("cuda::l2norm_fwd", N, D);
-  if (ld == 0) ld = heads * D;
-  DT_CHECK(heads >= 1 && heads <= (1 << 30) && ld >= heads * D, "cuda::l2norm_fwd: x rows of ",
-           heads, " heads at a token pitch of ", ld);
+  ld = checked_pitch("cuda::l2norm_fwd", "x", heads, D, ld);
   if (N == 0) return;
   const size_t es = dtype_size(dt);
   const RowPlan p = plan_rows(N, D, dt == DType::bf16 ? 8 : 4, {{x_ND, es}, {y_ND, es}}, 0, ld);
@@ -567,9 +579,7 @@ void l2norm_fwd(DType dt, const void* x_ND, int64_t N, int64_t D, double eps, vo
 void l2norm_bwd(DType dt, const void* y_ND, const float* rstd_N, const void* dy_ND, int64_t N,
                 int64_t D, void* dx_ND, int64_t heads, int64_t ld) {
   check_shape("cuda::l2norm_bwd", N, D);
-  if (ld == 0) ld = heads * D;
-  DT_CHECK(heads >= 1 && heads <= (1 << 30) && ld >= heads * D, "cuda::l2norm_bwd: dx rows of ",
-           heads, " heads at a token pitch of ", ld);
+  ld = checked_pitch("cuda::l2norm_bwd", "dx", heads, D, ld);
   if (N == 0) return;
   const size_t es = dtype_size(dt);
   const RowPlan p =
