@@ -17,53 +17,21 @@
 // free of atomics and of per-thread [L, K] gradient buffers.
 #include "cpu/attention.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <vector>
 
 #include "core/error.h"
+#include "cpu/gemm.h"
 
 namespace deltatron::cpu {
 
 namespace {
 
 constexpr int64_t kBlock = 64;  // rows per work item (query rows, or key rows for dK/dV)
-
-// Row-major C = alpha op(A) op(B) + beta C.
-inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M),
-              int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
-}
-inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
-                 int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M),
-              int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
-}
-
-// OpenBLAS's pthread build does not notice being called from inside an OpenMP region, so every
-// worker's GEMM would fan out over the whole BLAS pool at once. The parallelism here is over
-// work items, so while one of these is alive each GEMM runs on its calling thread; the previous
-// BLAS thread count is restored afterwards.
-class SerialBlas {
- public:
-  SerialBlas() : saved_(openblas_get_num_threads()) {
-    if (saved_ != 1) openblas_set_num_threads(1);
-  }
-  ~SerialBlas() {
-    if (saved_ != 1) openblas_set_num_threads(saved_);
-  }
-  SerialBlas(const SerialBlas&) = delete;
-  SerialBlas& operator=(const SerialBlas&) = delete;
-
- private:
-  int saved_;
-};
 
 // One unit of parallel work: segment-local rows [r0, r1) of segment [a, a + L), one head.
 struct Item {
@@ -114,8 +82,6 @@ std::vector<Item> row_items(core::Segments seg, int64_t heads, bool by_keys, boo
 template <typename T, typename Body>
 void run_items(const std::vector<Item>& items, size_t scratch, const Body& body) {
   const bool parallel = items.size() > 1 && omp_get_max_threads() > 1;
-  std::optional<SerialBlas> pin;
-  if (parallel && openblas_get_parallel() == 1) pin.emplace();  // 1 = pthread build
 #pragma omp parallel if (parallel)
   {
     std::vector<T> buf(scratch);

@@ -1,5 +1,4 @@
 // CPU gated delta rule, chunked WY / UT-transform form (spec 2.7) and its chunked backward.
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -7,6 +6,7 @@
 #include <vector>
 
 #include "cpu/gdn.h"
+#include "cpu/gemm.h"
 
 // Legend: N tokens, H key heads, G value heads (R = G / H), K key dim, V value dim, C chunk
 // (c <= C rows in the current chunk). Inside a chunk every matrix is row-major and dense:
@@ -18,18 +18,6 @@ namespace deltatron::cpu {
 namespace {
 
 constexpr int64_t C = kGdnChunk;
-
-// Row-major C = alpha op(A) op(B) + beta C with op(A) [m, k], op(B) [k, n].
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float beta, float* Cm, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
-              int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, Cm, int(ldc));
-}
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A,
-          int64_t lda, const double* B, int64_t ldb, double beta, double* Cm, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
-              int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, Cm, int(ldc));
-}
 
 // e^x for x <= 0, flushed to 0 below e^-60 (float) / e^-600 (double). Strong decays (g of -20 and
 // less) otherwise make subnormal chunk entries, and subnormal operands slow the GEMMs down
@@ -64,20 +52,6 @@ void scal(int64_t n, T alpha, T* x) {  // x *= alpha
 #pragma omp simd
   for (int64_t e = 0; e < n; ++e) x[e] *= alpha;
 }
-
-// The chunk GEMMs (e.g. 64x128x128) are above OpenBLAS's threading threshold; called from
-// inside the OpenMP region a threaded OpenBLAS would oversubscribe the cores and serialise on
-// its level-3 lock. Run it single-threaded for the duration of one op, then restore.
-class BlasSerialScope {
- public:
-  BlasSerialScope() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasSerialScope() { openblas_set_num_threads(prev_); }
-  BlasSerialScope(const BlasSerialScope&) = delete;
-  BlasSerialScope& operator=(const BlasSerialScope&) = delete;
-
- private:
-  int prev_;
-};
 
 // Where one (segment, value head) task reads its rows.
 template <typename T>
@@ -211,7 +185,6 @@ void gdn_chunk_fwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG
   gdn_check_shapes("gdn_chunk_fwd", seg, N, H, G, K, V);
   const int64_t R = G / H, tasks = int64_t(seg.n) * G;
   const std::vector<int> order = segments_longest_first(seg);
-  BlasSerialScope blas_serial;
 #pragma omp parallel
   {
     Work<T> w(K, V);
@@ -250,7 +223,6 @@ void gdn_chunk_bwd(const T* q_NHK, const T* k_NHK, const T* v_NGV, const T* g_NG
   const int64_t R = G / H, X = H * (R - 1), tasks = int64_t(seg.n) * G, KV = K * V;
   const std::vector<int> order = segments_longest_first(seg);
   std::vector<T> dq_NXK(N * X * K), dk_NXK(N * X * K);  // value heads r >= 1
-  BlasSerialScope blas_serial;
 #pragma omp parallel
   {
     Work<T> w(K, V);

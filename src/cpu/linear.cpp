@@ -1,42 +1,24 @@
-// CPU reference for the bias-free linear layer y = x W^T (BLAS GEMM, row-major).
+// CPU reference for the bias-free linear layer y = x W^T (cpu::gemm, row-major).
 //
-// All three products are one GEMM each, row-major (CblasRowMajor):
+// All three products are one GEMM each (cpu/gemm.h: float products formed in double), row-major:
 //   fwd:  y[N,O]  = x[N,I] . W[O,I]^T           gemm(NoTrans, Trans,   M=N, N=O, K=I)
 //   dx:   dx[N,I] = dy[N,O] . W[O,I]   (+ dx)    gemm(NoTrans, NoTrans, M=N, N=I, K=O)
 //   dW:   dW[O,I] = dy[N,O]^T . x[N,I] + dW      gemm(Trans,   NoTrans, M=O, N=I, K=N)
-// BLAS ignores C on input when beta = 0, so overwritten outputs need no prior clearing. Empty
-// shapes are handled here so BLAS never sees a zero leading dimension.
+// The GEMM ignores C on input when beta = 0, so overwritten outputs need no prior clearing.
 #include "cpu/linear.h"
 
-#include <cblas.h>
-
 #include <algorithm>
-#include <limits>
 
 #include "core/error.h"
+#include "cpu/gemm.h"
 
 namespace deltatron::cpu {
 
 namespace {
 
 void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {
-  constexpr int64_t kMax = std::numeric_limits<blasint>::max();
-  DT_CHECK(N >= 0 && I >= 0 && O >= 0 && N <= kMax && I <= kMax && O <= kMax, op, ": shape N=", N,
-           " I=", I, " O=", O, " is negative or exceeds the BLAS integer range");
-}
-
-inline void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K,
-                 const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                 int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0f, A, blasint(lda), B,
-              blasint(ldb), beta, C, blasint(ldc));
-}
-
-inline void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K,
-                 const double* A, int64_t lda, const double* B, int64_t ldb, double beta, double* C,
-                 int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0, A, blasint(lda), B,
-              blasint(ldb), beta, C, blasint(ldc));
+  DT_CHECK(N >= 0 && I >= 0 && O >= 0, op, ": shape N=", N, " I=", I, " O=", O,
+           " is negative");  // cpu::gemm checks the BLAS integer range
 }
 
 }  // namespace
@@ -49,7 +31,7 @@ void linear_fwd(const T* x_NI, const T* W_OI, int64_t N, int64_t I, int64_t O, T
     std::fill(y_NO, y_NO + N * O, T(0));
     return;
   }
-  gemm(CblasNoTrans, CblasTrans, N, O, I, x_NI, I, W_OI, I, T(0), y_NO, O);
+  gemm(false, true, N, O, I, T(1), x_NI, I, W_OI, I, T(0), y_NO, O);
 }
 
 template <typename T>
@@ -58,13 +40,12 @@ void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t
   check_dims("linear_bwd", N, I, O);
   if (dx_NI && N > 0 && I > 0) {
     if (O > 0)
-      gemm(CblasNoTrans, CblasNoTrans, N, I, O, dy_NO, O, W_OI, I, accumulate_dx ? T(1) : T(0),
-           dx_NI, I);
+      gemm(false, false, N, I, O, T(1), dy_NO, O, W_OI, I, accumulate_dx ? T(1) : T(0), dx_NI, I);
     else if (!accumulate_dx)
       std::fill(dx_NI, dx_NI + N * I, T(0));
   }
   if (dW_OI && O > 0 && I > 0 && N > 0)
-    gemm(CblasTrans, CblasNoTrans, O, I, N, dy_NO, O, x_NI, I, T(1), dW_OI, I);
+    gemm(true, false, O, I, N, T(1), dy_NO, O, x_NI, I, T(1), dW_OI, I);
 }
 
 template <typename T>
