@@ -6,8 +6,16 @@
 //   dx:  dx[N,I] = dy W      col-major dx'[I,N] = W'[I,O] . dy'[O,N]           m=I n=N k=O
 //   dW:  dW[O,I] += dy^T x   col-major dW'[I,O] = x'[I,N] . op_T(dy'[O,N])     m=I n=O k=N
 // (X' is the column-major view of row-major X). beta = 0 overwrites, beta = 1 accumulates.
-// A plan (descriptors + the heuristic's algorithm) depends on the shapes, transposes, dtype,
-// beta and the pointers' alignment, so all of these form the cache key.
+// A plan (descriptors + an algorithm) depends on the shapes, transposes, dtype, beta and the
+// pointers' alignment, so all of these form the cache key.
+//
+// The token count changes with every pack (a pack holds whole samples, so N is rarely the same
+// twice), and cuBLASLt's heuristic query costs host time that the GPU then waits for. So the
+// heuristic runs once per size class of the token dimension (the dimension that is a column
+// count of every stored matrix it touches: n of the forward and dx products, k of dW; 8 classes
+// an octave, rounded up), and each exact shape takes its class's algorithm after
+// cublasLtMatmulAlgoCheck accepts it for that shape (else its own heuristic query). The
+// algorithm of a shape is thereby a function of the shape alone, whatever ran before.
 #include <cublasLt.h>
 
 #include <map>
@@ -51,12 +59,15 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
 };
 
-// Process-wide handle, workspace and plan cache; plans live until exit.
+// Process-wide handle, workspace, plan cache (exact keys) and algorithm cache (size-class keys);
+// both live until exit.
 struct Context {
   std::mutex mu;
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace;
   std::map<PlanKey, Plan> plans;
+  std::map<PlanKey, cublasLtMatmulAlgo_t> class_algos;
+  int64_t heuristic_queries = 0;
 };
 
 Context& context() {
@@ -74,24 +85,57 @@ int alignment(const void* p) {
 
 cudaDataType_t cuda_type(DType t) { return t == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-const Plan& get_plan(Context& ctx, const PlanKey& key) {
-  auto it = ctx.plans.find(key);
-  if (it != ctx.plans.end()) return it->second;
-  Plan p;
-  DT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+// x rounded up to its size class: exact up to 16, then 8 classes an octave (7571 -> 7680,
+// 6151 -> 6656).
+int64_t size_class(int64_t x) {
+  if (x <= 16) return x;
+  int64_t p = 1;
+  while (p * 2 <= x) p *= 2;
+  const int64_t step = p / 8;
+  return (x + step - 1) / step * step;
+}
+
+// The key whose heuristic answer the exact key uses: the token dimension in its size class (only
+// where it is the column count of every matrix it shapes, so the leading dimensions stay valid).
+PlanKey class_key(PlanKey k) {
+  if (!k.tb) k.n = size_class(k.n);          // B (k x n) and C (m x n): n columns
+  if (!k.ta && k.tb) k.k = size_class(k.k);  // A (m x k) and B^T (n x k): k columns
+  return k;
+}
+
+struct Layouts {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  void destroy() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) cublasLtMatmulDescDestroy(op);
+    *this = Layouts{};
+  }
+};
+
+Layouts make_layouts(const PlanKey& key) {
+  Layouts l;
+  DT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&l.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasOperation_t tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   DT_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+      cublasLtMatmulDescSetAttribute(l.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   DT_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+      cublasLtMatmulDescSetAttribute(l.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   // Stored (not op-applied) shapes: A is m x k (k x m when transposed), B is k x n (n x k).
   const uint64_t a_rows = key.ta ? key.k : key.m, a_cols = key.ta ? key.m : key.k;
   const uint64_t b_rows = key.tb ? key.n : key.k, b_cols = key.tb ? key.k : key.n;
-  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(key.in), a_rows, a_cols, key.lda));
-  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.in), b_rows, b_cols, key.ldb));
-  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(key.out), key.m, key.n, key.ldc));
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l.a, cuda_type(key.in), a_rows, a_cols, key.lda));
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l.b, cuda_type(key.in), b_rows, b_cols, key.ldb));
+  DT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l.c, cuda_type(key.out), key.m, key.n, key.ldc));
+  return l;
+}
 
+// cuBLASLt's heuristic answer for key's shapes, or a one-line error naming the shape.
+cublasLtMatmulAlgo_t heuristic(Context& ctx, const PlanKey& key) {
+  Layouts l = make_layouts(key);
   cublasLtMatmulPreference_t pref = nullptr;
   DT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   size_t ws = kWorkspaceBytes;
@@ -108,19 +152,36 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, p.op, p.a, p.b, p.c, p.c, pref, 1,
+  ++ctx.heuristic_queries;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, l.op, l.a, l.b, l.c, l.c, pref, 1,
                                                      &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.op);
+  l.destroy();
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     core::fail("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k, " in ",
                dtype_name(key.in), " out ", dtype_name(key.out), " (", cublasLtGetStatusName(st),
                ")");
-  }
-  p.algo = result.algo;
+  return result.algo;
+}
+
+// Whether algo computes key's exact shapes within the workspace.
+bool algo_fits(Context& ctx, const Layouts& l, const cublasLtMatmulAlgo_t& algo) {
+  cublasLtMatmulHeuristicResult_t r{};
+  return cublasLtMatmulAlgoCheck(ctx.handle, l.op, l.a, l.b, l.c, l.c, &algo, &r) ==
+             CUBLAS_STATUS_SUCCESS &&
+         r.workspaceSize <= kWorkspaceBytes;
+}
+
+const Plan& get_plan(Context& ctx, const PlanKey& key) {
+  auto it = ctx.plans.find(key);
+  if (it != ctx.plans.end()) return it->second;
+  const PlanKey ck = class_key(key);
+  auto ca = ctx.class_algos.find(ck);
+  if (ca == ctx.class_algos.end()) ca = ctx.class_algos.emplace(ck, heuristic(ctx, ck)).first;
+  Layouts l = make_layouts(key);
+  Plan p{l.op, l.a, l.b, l.c, ca->second};
+  const bool is_class = !(ck < key) && !(key < ck);  // the answer was queried for these shapes
+  if (!is_class && !algo_fits(ctx, l, p.algo)) p.algo = heuristic(ctx, key);
   return ctx.plans.emplace(key, p).first->second;
 }
 
@@ -201,6 +262,12 @@ int64_t linear_plan_count() {
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   return int64_t(ctx.plans.size());
+}
+
+int64_t linear_heuristic_queries() {
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  return ctx.heuristic_queries;
 }
 
 }  // namespace deltatron::cuda

@@ -140,4 +140,20 @@ void bias_bwd(const View& dy_NO, int64_t N, int64_t O, const View& db_O) {
   a.bad_device();
 }
 
+int64_t linear_heuristic_queries(core::Device dev) {
+  switch (dev) {
+    case core::Device::cpu:
+      return 0;
+    case core::Device::cuda:
+#ifdef DT_HAVE_CUDA
+      return cuda::linear_heuristic_queries();
+#else
+      core::fail(
+          "ops::linear_heuristic_queries: a cuda device, but this binary was built without "
+          "CUDA");
+#endif
+  }
+  core::fail("ops::linear_heuristic_queries: unknown device");
+}
+
 }  // namespace deltatron::ops

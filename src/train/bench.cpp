@@ -32,6 +32,7 @@
 #include "model/footprint.h"
 #include "model/params.h"
 #include "ops/device.h"
+#include "ops/linear.h"
 #include "ops/moe.h"
 #include "ops/profile.h"
 #include "ops/step_scalars.h"
@@ -358,6 +359,7 @@ void run_bench(const BenchOptions& o) {
   std::vector<double> times, tokens, flops, patches, image_tokens, vflops, losses;
   std::map<std::string, double> stages;
   int64_t reads = 0;       // the host's reads of the device in the last step (ops::host_reads)
+  int64_t searches = 0;    // GEMM algorithm searches during the timed steps (new shapes)
   const auto sync = [&] {  // the device's work done, on every rank
     ops::synchronize(dev);
     if (par.size() > 1) par.comm->barrier();
@@ -381,6 +383,7 @@ void run_bench(const BenchOptions& o) {
     sync();
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t reads0 = ops::host_reads(dev);
+    const int64_t searches0 = ops::linear_heuristic_queries(dev);
     engine->zero_grads();
     // The trainer's step (train_step): losses, norm, clip and skip on the device, one read.
     core::Buffer scalars(dev, core::DType::f64, {core::kStepScalars}, "step scalars");
@@ -408,6 +411,7 @@ void run_bench(const BenchOptions& o) {
       ops::moe_fail_bad(w, c.num_experts);
     }
     reads = ops::host_reads(dev) - reads0;
+    if (timed) searches += ops::linear_heuristic_queries(dev) - searches0;
     sync();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double step_loss = h.ce_sum / labels;  // the whole step's, every rank's sums
@@ -513,6 +517,10 @@ void run_bench(const BenchOptions& o) {
   std::printf("  host reads per step  %lld (device -> host copies, each a synchronisation)\n",
               static_cast<long long>(reads));
   std::printf(
+      "  GEMM searches        %lld in the timed steps (cuBLASLt heuristic queries for new "
+      "shapes)\n",
+      static_cast<long long>(searches));
+  std::printf(
       "  model TFLOP/s        %.1f%s   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
       "src/train/bench.cpp)\n",
       tflops, par.size() > 1 ? " per GPU" : "", 100.0 * tflops * 1e12 / kPeakFlops);
@@ -556,6 +564,7 @@ void run_bench(const BenchOptions& o) {
                         {"tok_per_s_per_gpu", tps / ranks},
                         {"step_s_median", med},
                         {"host_reads_per_step", reads},
+                        {"gemm_searches_timed", searches},
                         {"step_s", times},
                         {"losses", losses},
                         {"tflops", tflops},

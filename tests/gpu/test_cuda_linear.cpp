@@ -225,6 +225,21 @@ TEST_F(CudaLinear, PlansAreCachedByShape) {
   DT_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+// Token counts change with every pack; those of one size class (8 an octave: 7169..7680 here)
+// share one cuBLASLt heuristic query per product (cuda/linear.cu). The later shapes take the
+// class's algorithm (checked for their own shapes) and still match the CPU reference.
+TEST_F(CudaLinear, TokenCountsOfOneSizeClassShareOneSearch) {
+  const int64_t I = 72, O = 40;
+  const int64_t q0 = dt::cuda::linear_heuristic_queries();
+  run_case({7169, I, O, DType::bf16, 0}, 900);
+  const int64_t q1 = dt::cuda::linear_heuristic_queries();
+  EXPECT_GT(q1, q0);  // the class's searches (forward, dx =, dW +=, dx +=)
+  for (int64_t N : {7333, 7500, 7679, 7680}) run_case({N, I, O, DType::bf16, 0}, 900 + N);
+  EXPECT_EQ(dt::cuda::linear_heuristic_queries(), q1)
+      << "token counts 7333..7680 searched again instead of taking their size class's algorithm";
+  EXPECT_EQ(dt::ops::linear_heuristic_queries(dt::core::Device::cuda), q1);
+}
+
 TEST_F(CudaLinear, OutOfMemoryIsOneLineErrorWithSize) {
   const size_t huge = size_t(1) << 50;  // 1 PiB
   dt_test::expect_error([&] { dt::cuda::DeviceBuffer b(huge, "test tensor"); },
