@@ -72,14 +72,25 @@ void scale_only(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
     for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == T(0) ? T(0) : beta * C[m * ldc + n];
 }
 
+// Checks the shape and does the products with nothing to multiply (M, N or K zero); true when
+// that was all. Otherwise BLAS is set to one thread and the caller multiplies.
+template <typename T>
+bool trivial(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, T beta, T* C) {
+  check(M, N, K, lda, ldb, ldc);
+  if (M == 0 || N == 0) return true;
+  if (K == 0) {
+    scale_only(M, N, beta, C, ldc);
+    return true;
+  }
+  serial_blas();
+  return false;
+}
+
 }  // namespace
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
           int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  check(M, N, K, lda, ldb, ldc);
-  if (M == 0 || N == 0) return;
-  if (K == 0) return scale_only(M, N, beta, C, ldc);
-  serial_blas();
+  if (trivial(M, N, K, lda, ldb, ldc, beta, C)) return;
   for_row_blocks(M, N, K, [&](int64_t m0, int64_t mb) {
     // op(A)'s rows m0..: A's rows (no transpose) or its columns (transposed, stored [K][M]).
     const double* Ab = ta ? A + m0 : A + m0 * lda;
@@ -89,10 +100,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  check(M, N, K, lda, ldb, ldc);
-  if (M == 0 || N == 0) return;
-  if (K == 0) return scale_only(M, N, beta, C, ldc);
-  serial_blas();
+  if (trivial(M, N, K, lda, ldb, ldc, beta, C)) return;
   for (int64_t n0 = 0; n0 < N; n0 += kGemmColBlock) {
     const int64_t nb = std::min(kGemmColBlock, N - n0);
     // op(B)'s columns n0.. widened once: [nb][K] when B is stored transposed, else [K][nb].
