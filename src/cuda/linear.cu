@@ -53,9 +53,22 @@ struct PlanKey {
   bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
 };
 
-struct Plan {
+// The descriptors of one product's shapes (its operation and the A, B, C layouts).
+struct Layouts {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  void destroy() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) cublasLtMatmulDescDestroy(op);
+    *this = Layouts{};
+  }
+};
+
+// A cached plan: an exact shape's descriptors and the algorithm it runs.
+struct Plan {
+  Layouts l;
   cublasLtMatmulAlgo_t algo{};
 };
 
@@ -102,18 +115,6 @@ PlanKey class_key(PlanKey k) {
   if (!k.ta && k.tb) k.k = size_class(k.k);  // A (m x k) and B^T (n x k): k columns
   return k;
 }
-
-struct Layouts {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  void destroy() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (op) cublasLtMatmulDescDestroy(op);
-    *this = Layouts{};
-  }
-};
 
 Layouts make_layouts(const PlanKey& key) {
   Layouts l;
@@ -178,10 +179,9 @@ const Plan& get_plan(Context& ctx, const PlanKey& key) {
   const PlanKey ck = class_key(key);
   auto ca = ctx.class_algos.find(ck);
   if (ca == ctx.class_algos.end()) ca = ctx.class_algos.emplace(ck, heuristic(ctx, ck)).first;
-  Layouts l = make_layouts(key);
-  Plan p{l.op, l.a, l.b, l.c, ca->second};
+  Plan p{make_layouts(key), ca->second};
   const bool is_class = !(ck < key) && !(key < ck);  // the answer was queried for these shapes
-  if (!is_class && !algo_fits(ctx, l, p.algo)) p.algo = heuristic(ctx, key);
+  if (!is_class && !algo_fits(ctx, p.l, p.algo)) p.algo = heuristic(ctx, key);
   return ctx.plans.emplace(key, p).first->second;
 }
 
@@ -199,7 +199,8 @@ void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const v
               accumulate, in, out, alignment(A), alignment(B), alignment(C)};
   const Plan& p = get_plan(ctx, key);
   const float beta = accumulate ? 1.0f : 0.0f;
-  DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
+  const Layouts& l = p.l;
+  DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, l.op, &alpha, A, l.a, B, l.b, &beta, C, l.c, C, l.c,
                                  &p.algo, ctx.workspace.get(), kWorkspaceBytes, 0));
 }
 
