@@ -18,8 +18,10 @@
 // algorithm of a shape is thereby a function of the shape alone, whatever ran before.
 #include <cublasLt.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 #include "core/error.h"
@@ -110,7 +112,14 @@ int64_t size_class(int64_t x) {
 
 // The key whose heuristic answer the exact key uses: the token dimension in its size class (only
 // where it is the column count of every matrix it shapes, so the leading dimensions stay valid).
+// DT_GEMM_SEARCH=exact: every exact shape its own query (the behaviour before size classes; for
+// measuring what the classes save).
 PlanKey class_key(PlanKey k) {
+  static const bool exact = [] {
+    const char* e = std::getenv("DT_GEMM_SEARCH");
+    return e && std::string(e) == "exact";
+  }();
+  if (exact) return k;
   if (!k.tb) k.n = size_class(k.n);          // B (k x n) and C (m x n): n columns
   if (!k.ta && k.tb) k.k = size_class(k.k);  // A (m x k) and B^T (n x k): k columns
   return k;
