@@ -9,19 +9,14 @@
 // A plan (descriptors + an algorithm) depends on the shapes, transposes, dtype, beta and the
 // pointers' alignment, so all of these form the cache key.
 //
-// The token count changes with every pack (a pack holds whole samples, so N is rarely the same
-// twice), and cuBLASLt's heuristic query costs host time that the GPU then waits for. So the
-// heuristic runs once per size class of the token dimension (the dimension that is a column
-// count of every stored matrix it touches: n of the forward and dx products, k of dW; 8 classes
-// an octave, rounded up), and each exact shape takes its class's algorithm after
-// cublasLtMatmulAlgoCheck accepts it for that shape (else its own heuristic query). The
-// algorithm of a shape is thereby a function of the shape alone, whatever ran before.
+// The token count changes with nearly every pack, so a training run meets new shapes for a while
+// and each costs one heuristic query on the host (counted: linear_heuristic_queries). Measured on
+// an H100 (docs/perf.md), sharing one query's algorithm between token counts of a size class
+// halved the bench's queries but ran 1.2% slower than each shape's own answer: plans stay exact.
 #include <cublasLt.h>
 
-#include <cstdlib>
 #include <map>
 #include <mutex>
-#include <string>
 #include <tuple>
 
 #include "core/error.h"
@@ -74,14 +69,12 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
 };
 
-// Process-wide handle, workspace, plan cache (exact keys) and algorithm cache (size-class keys);
-// both live until exit.
+// Process-wide handle, workspace and plan cache (exact keys); plans live until exit.
 struct Context {
   std::mutex mu;
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace;
   std::map<PlanKey, Plan> plans;
-  std::map<PlanKey, cublasLtMatmulAlgo_t> class_algos;
   int64_t heuristic_queries = 0;
 };
 
@@ -99,31 +92,6 @@ int alignment(const void* p) {
 }
 
 cudaDataType_t cuda_type(DType t) { return t == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
-
-// x rounded up to its size class: exact up to 16, then 8 classes an octave (7571 -> 7680,
-// 6151 -> 6656).
-int64_t size_class(int64_t x) {
-  if (x <= 16) return x;
-  int64_t p = 1;
-  while (p * 2 <= x) p *= 2;
-  const int64_t step = p / 8;
-  return (x + step - 1) / step * step;
-}
-
-// The key whose heuristic answer the exact key uses: the token dimension in its size class (only
-// where it is the column count of every matrix it shapes, so the leading dimensions stay valid).
-// DT_GEMM_SEARCH=exact: every exact shape its own query (the behaviour before size classes; for
-// measuring what the classes save).
-PlanKey class_key(PlanKey k) {
-  static const bool exact = [] {
-    const char* e = std::getenv("DT_GEMM_SEARCH");
-    return e && std::string(e) == "exact";
-  }();
-  if (exact) return k;
-  if (!k.tb) k.n = size_class(k.n);          // B (k x n) and C (m x n): n columns
-  if (!k.ta && k.tb) k.k = size_class(k.k);  // A (m x k) and B^T (n x k): k columns
-  return k;
-}
 
 Layouts make_layouts(const PlanKey& key) {
   Layouts l;
@@ -174,24 +142,10 @@ cublasLtMatmulAlgo_t heuristic(Context& ctx, const PlanKey& key) {
   return result.algo;
 }
 
-// Whether algo computes key's exact shapes within the workspace.
-bool algo_fits(Context& ctx, const Layouts& l, const cublasLtMatmulAlgo_t& algo) {
-  cublasLtMatmulHeuristicResult_t r{};
-  return cublasLtMatmulAlgoCheck(ctx.handle, l.op, l.a, l.b, l.c, l.c, &algo, &r) ==
-             CUBLAS_STATUS_SUCCESS &&
-         r.workspaceSize <= kWorkspaceBytes;
-}
-
 const Plan& get_plan(Context& ctx, const PlanKey& key) {
   auto it = ctx.plans.find(key);
   if (it != ctx.plans.end()) return it->second;
-  const PlanKey ck = class_key(key);
-  auto ca = ctx.class_algos.find(ck);
-  if (ca == ctx.class_algos.end()) ca = ctx.class_algos.emplace(ck, heuristic(ctx, ck)).first;
-  Plan p{make_layouts(key), ca->second};
-  const bool is_class = !(ck < key) && !(key < ck);  // the answer was queried for these shapes
-  if (!is_class && !algo_fits(ctx, p.l, p.algo)) p.algo = heuristic(ctx, key);
-  return ctx.plans.emplace(key, p).first->second;
+  return ctx.plans.emplace(key, Plan{make_layouts(key), heuristic(ctx, key)}).first->second;
 }
 
 // C (m x n, ld = m) = beta * C + alpha op(A) op(B), column-major; see the table at the top.

@@ -36,8 +36,7 @@ void linear_bwd(DType in, const void* x_NI, const void* W_OI, const void* dy_NO,
 
 // Number of cached cuBLASLt plans (one per distinct shape, transpose, dtype, alignment, beta).
 int64_t linear_plan_count();
-// Number of cuBLASLt heuristic queries so far: one per size class of the token dimension (see
-// linear.cu), plus one for each exact shape the class's algorithm does not fit.
+// Number of cuBLASLt heuristic queries so far: one per plan (each new shape).
 int64_t linear_heuristic_queries();
 
 }  // namespace deltatron::cuda

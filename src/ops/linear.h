@@ -45,7 +45,7 @@ void bias_add(const core::View& y_NO, const core::View& b_O, int64_t N, int64_t 
 void bias_bwd(const core::View& dy_NO, int64_t N, int64_t O, const core::View& db_O);
 
 // GEMM algorithm searches the process has made on the device (cuBLASLt heuristic queries: one per
-// size class of the token count, cuda/linear.cu); the CPU makes none (0).
+// new shape, cuda/linear.cu); the CPU makes none (0).
 int64_t linear_heuristic_queries(core::Device dev);
 
 }  // namespace deltatron::ops
