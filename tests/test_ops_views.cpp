@@ -1,6 +1,7 @@
 // Tests of the view forms of the ops (docs/ops-views.md) on the CPU: each equals the cpu:: kernel
 // bitwise where the same kernel runs; accumulate flags add; empty optional views skip; a bf16
 // view on the CPU, a wrong element count and a mixed-device call are core::Errors naming the op.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -91,9 +92,17 @@ TEST(OpsViews, Linear) {
   cpu::linear_fwd<float>(x.data(), W.data(), N, I, O, y_ref.data());
   ops::linear_fwd(v(x), v(W), N, I, O, v(y), false);
   expect_same(y, y_ref, "y");
-  VecF y0 = rnd(N * O, 4), ya = y0;
+  // Accumulating (and alpha) round once: y0 + alpha x W^T is formed before the store.
+  VecF y0 = rnd(N * O, 4), ya = y0, ya_ref = y0, ys = y0, ys_ref = y0;
+  cpu::linear_fwd<float>(x.data(), W.data(), N, I, O, ya_ref.data(), true);
   ops::linear_fwd(v(x), v(W), N, I, O, v(ya), true);
-  expect_same(ya, plus(y0, y_ref), "y accumulated");
+  expect_same(ya, ya_ref, "y accumulated");
+  const VecF two_roundings = plus(y0, y_ref);
+  for (size_t i = 0; i < ya.size(); ++i)
+    EXPECT_NEAR(ya[i], two_roundings[i], 4e-7 * (1 + std::abs(two_roundings[i]))) << i;
+  cpu::linear_fwd<float>(x.data(), W.data(), N, I, O, ys_ref.data(), true, -0.5f);
+  ops::linear_fwd(v(x), v(W), N, I, O, v(ys), true, -0.5f);
+  expect_same(ys, ys_ref, "y accumulated with alpha");
 
   VecF dx_ref(N * I), dx(N * I);
   cpu::linear_bwd<float>(x.data(), W.data(), dy.data(), N, I, O, dx_ref.data(), false, nullptr);

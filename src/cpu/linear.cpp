@@ -24,28 +24,29 @@ void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {
 }  // namespace
 
 template <typename T>
-void linear_fwd(const T* x_NI, const T* W_OI, int64_t N, int64_t I, int64_t O, T* y_NO) {
+void linear_fwd(const T* x_NI, const T* W_OI, int64_t N, int64_t I, int64_t O, T* y_NO,
+                bool accumulate, T alpha) {
   check_dims("linear_fwd", N, I, O);
   if (N == 0 || O == 0) return;
   if (I == 0) {
-    std::fill(y_NO, y_NO + N * O, T(0));
+    if (!accumulate) std::fill(y_NO, y_NO + N * O, T(0));
     return;
   }
-  gemm(false, true, N, O, I, T(1), x_NI, I, W_OI, I, T(0), y_NO, O);
+  gemm(false, true, N, O, I, alpha, x_NI, I, W_OI, I, accumulate ? T(1) : T(0), y_NO, O);
 }
 
 template <typename T>
 void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t I, int64_t O,
-                T* dx_NI, bool accumulate_dx, T* dW_OI) {
+                T* dx_NI, bool accumulate_dx, T* dW_OI, T alpha) {
   check_dims("linear_bwd", N, I, O);
   if (dx_NI && N > 0 && I > 0) {
     if (O > 0)
-      gemm(false, false, N, I, O, T(1), dy_NO, O, W_OI, I, accumulate_dx ? T(1) : T(0), dx_NI, I);
+      gemm(false, false, N, I, O, alpha, dy_NO, O, W_OI, I, accumulate_dx ? T(1) : T(0), dx_NI, I);
     else if (!accumulate_dx)
       std::fill(dx_NI, dx_NI + N * I, T(0));
   }
   if (dW_OI && O > 0 && I > 0 && N > 0)
-    gemm(true, false, O, I, N, T(1), dy_NO, O, x_NI, I, T(1), dW_OI, I);
+    gemm(true, false, O, I, N, alpha, dy_NO, O, x_NI, I, T(1), dW_OI, I);
 }
 
 template <typename T>
@@ -69,11 +70,13 @@ template void bias_add<float>(float*, const float*, int64_t, int64_t);
 template void bias_add<double>(double*, const double*, int64_t, int64_t);
 template void bias_bwd<float>(const float*, int64_t, int64_t, float*);
 template void bias_bwd<double>(const double*, int64_t, int64_t, double*);
-template void linear_fwd<float>(const float*, const float*, int64_t, int64_t, int64_t, float*);
-template void linear_fwd<double>(const double*, const double*, int64_t, int64_t, int64_t, double*);
+template void linear_fwd<float>(const float*, const float*, int64_t, int64_t, int64_t, float*, bool,
+                                float);
+template void linear_fwd<double>(const double*, const double*, int64_t, int64_t, int64_t, double*,
+                                 bool, double);
 template void linear_bwd<float>(const float*, const float*, const float*, int64_t, int64_t, int64_t,
-                                float*, bool, float*);
+                                float*, bool, float*, float);
 template void linear_bwd<double>(const double*, const double*, const double*, int64_t, int64_t,
-                                 int64_t, double*, bool, double*);
+                                 int64_t, double*, bool, double*, double);
 
 }  // namespace deltatron::cpu

@@ -1,11 +1,8 @@
 // Device dispatch for the bias-free linear layer op family.
 #include "ops/linear.h"
 
-#include <vector>
-
 #include "core/error.h"
 #include "cpu/linear.h"
-#include "cpu/tensor.h"
 #include "ops/check.h"
 #ifdef DT_HAVE_CUDA
 #include "cuda/linear.h"
@@ -13,13 +10,6 @@
 #endif
 
 namespace deltatron::ops {
-
-namespace {
-// y = alpha t, or y += alpha t (the CPU branch's scaled products).
-void store_scaled(float* y, const float* t, int64_t n, float alpha, bool accumulate) {
-  for (int64_t i = 0; i < n; ++i) y[i] = accumulate ? y[i] + alpha * t[i] : alpha * t[i];
-}
-}  // namespace
 
 void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_t O,
                 const View& y_NO, bool accumulate, float alpha) {
@@ -30,14 +20,8 @@ void linear_fwd(const View& x_NI, const View& W_OI, int64_t N, int64_t I, int64_
   a.same_dtype(x_NI, "x_NI", W_OI, "W_OI");
   a.need(y_NO, "y_NO", dtypes::act, N * O);
   switch (a.device()) {
-    case core::Device::cpu: {
-      if (!accumulate && alpha == 1.0f)
-        return cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, y_NO.f32());
-      std::vector<float> t(size_t(N * O));
-      cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, t.data());
-      if (alpha == 1.0f) return cpu::add_inplace(y_NO.f32(), t.data(), N * O);
-      return store_scaled(y_NO.f32(), t.data(), N * O, alpha, accumulate);
-    }
+    case core::Device::cpu:  // accumulate and alpha inside the one rounding (cpu::gemm)
+      return cpu::linear_fwd<float>(x_NI.f32(), W_OI.f32(), N, I, O, y_NO.f32(), accumulate, alpha);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::linear_fwd(x_NI.dtype, x_NI.data, W_OI.data, N, I, O, y_NO.dtype, y_NO.data,
@@ -58,14 +42,9 @@ void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, in
   a.same_dtype(dy_NO, "dy_NO", W_OI, "W_OI");
   a.need(dx_NI, "dx_NI", dtypes::act, N * I);
   switch (a.device()) {
-    case core::Device::cpu: {
-      if (alpha == 1.0f)
-        return cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, dx_NI.f32(),
-                                      accumulate, nullptr);
-      std::vector<float> t(size_t(N * I));
-      cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, t.data(), false, nullptr);
-      return store_scaled(dx_NI.f32(), t.data(), N * I, alpha, accumulate);
-    }
+    case core::Device::cpu:
+      return cpu::linear_bwd<float>(nullptr, W_OI.f32(), dy_NO.f32(), N, I, O, dx_NI.f32(),
+                                    accumulate, nullptr, alpha);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::linear_bwd_dx(dy_NO.dtype, dy_NO.data, W_OI.data, N, I, O, dx_NI.dtype,
@@ -86,14 +65,9 @@ void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, in
   a.same_dtype(x_NI, "x_NI", dy_NO, "dy_NO");
   a.need(dW_OI, "dW_OI", dtypes::f32, O * I);
   switch (a.device()) {
-    case core::Device::cpu: {
-      if (alpha == 1.0f)
-        return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
-                                      dW_OI.f32());
-      std::vector<float> t(size_t(O * I), 0.f);
-      cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false, t.data());
-      return store_scaled(dW_OI.f32(), t.data(), O * I, alpha, true);
-    }
+    case core::Device::cpu:
+      return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
+                                    dW_OI.f32(), alpha);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::linear_bwd_dw(x_NI.dtype, x_NI.data, dy_NO.data, N, I, O, dW_OI.f32(), alpha);
