@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One binary under two environments, alternated by tools/gpu/compare_builds.sh (same batches, same
-# card): for switches read from the environment (DT_GEMM_SEARCH, DT_GDN_KERNELS). "new" is the
+# card): for switches read from the environment (e.g. DT_GDN_KERNELS). "new" is the
 # first setting, "old" the second. Usage (GPU machine, after session_call.sh unpacked the runtime):
 #   tools/gpu/env_ab.sh "DT_GDN_KERNELS=v4" "DT_GDN_KERNELS=v3" OUT_DIR [bench args]
 set -uo pipefail
