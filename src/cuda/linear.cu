@@ -10,7 +10,7 @@
 // pointers' alignment, so all of these form the cache key.
 //
 // The token count changes with nearly every pack, so a training run meets new shapes for a while
-// and each costs one heuristic query on the host (counted: linear_heuristic_queries). Measured on
+// and each costs one heuristic query on the host (one per plan: linear_plan_count). Measured on
 // an H100 (docs/perf.md), sharing one query's algorithm between token counts of a size class
 // halved the bench's queries but ran 1.2% slower than each shape's own answer: plans stay exact.
 #include <cublasLt.h>
@@ -75,7 +75,6 @@ struct Context {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace;
   std::map<PlanKey, Plan> plans;
-  int64_t heuristic_queries = 0;
 };
 
 Context& context() {
@@ -111,9 +110,11 @@ Layouts make_layouts(const PlanKey& key) {
   return l;
 }
 
-// cuBLASLt's heuristic answer for key's shapes, or a one-line error naming the shape.
-cublasLtMatmulAlgo_t heuristic(Context& ctx, const PlanKey& key) {
-  Layouts l = make_layouts(key);
+// The plan for key's shapes: its descriptors and cuBLASLt's heuristic answer, or a one-line error
+// naming the shape.
+Plan make_plan(Context& ctx, const PlanKey& key) {
+  Plan p{make_layouts(key), {}};
+  const Layouts& l = p.l;
   cublasLtMatmulPreference_t pref = nullptr;
   DT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   size_t ws = kWorkspaceBytes;
@@ -130,22 +131,23 @@ cublasLtMatmulAlgo_t heuristic(Context& ctx, const PlanKey& key) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  ++ctx.heuristic_queries;
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, l.op, l.a, l.b, l.c, l.c, pref, 1,
                                                      &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  l.destroy();
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    p.l.destroy();
     core::fail("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k, " in ",
                dtype_name(key.in), " out ", dtype_name(key.out), " (", cublasLtGetStatusName(st),
                ")");
-  return result.algo;
+  }
+  p.algo = result.algo;
+  return p;
 }
 
 const Plan& get_plan(Context& ctx, const PlanKey& key) {
   auto it = ctx.plans.find(key);
   if (it != ctx.plans.end()) return it->second;
-  return ctx.plans.emplace(key, Plan{make_layouts(key), heuristic(ctx, key)}).first->second;
+  return ctx.plans.emplace(key, make_plan(ctx, key)).first->second;
 }
 
 // C (m x n, ld = m) = beta * C + alpha op(A) op(B), column-major; see the table at the top.
@@ -226,12 +228,6 @@ int64_t linear_plan_count() {
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   return int64_t(ctx.plans.size());
-}
-
-int64_t linear_heuristic_queries() {
-  Context& ctx = context();
-  std::lock_guard<std::mutex> lock(ctx.mu);
-  return ctx.heuristic_queries;
 }
 
 }  // namespace deltatron::cuda

@@ -34,9 +34,8 @@ void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t
 void linear_bwd(DType in, const void* x_NI, const void* W_OI, const void* dy_NO, int64_t N,
                 int64_t I, int64_t O, float* dx_NI, bool accumulate_dx, float* dW_OI);
 
-// Number of cached cuBLASLt plans (one per distinct shape, transpose, dtype, alignment, beta).
+// Number of cached cuBLASLt plans (one per distinct shape, transpose, dtype, alignment, beta);
+// each plan made one heuristic query, so this is also the algorithm searches so far.
 int64_t linear_plan_count();
-// Number of cuBLASLt heuristic queries so far: one per plan (each new shape).
-int64_t linear_heuristic_queries();
 
 }  // namespace deltatron::cuda

@@ -120,7 +120,7 @@ int64_t linear_heuristic_queries(core::Device dev) {
       return 0;
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
-      return cuda::linear_heuristic_queries();
+      return cuda::linear_plan_count();  // one search per plan
 #else
       core::fail(
           "ops::linear_heuristic_queries: a cuda device, but this binary was built without "

@@ -13,8 +13,9 @@
 
 namespace deltatron::ops {
 
-// Every product may be scaled by alpha (default 1: exactly the unscaled op), applied in fp32 to
-// the accumulated product before it is stored or added (a LoRA adapter's alpha / r).
+// Every product may be scaled by alpha (default 1: exactly the unscaled op), applied to the
+// accumulated product before it is stored or added (a LoRA adapter's alpha / r): in fp32 on CUDA,
+// on the CPU in double inside cpu::gemm's one rounding, together with an accumulate.
 //
 // Forward: y = x W^T, y[n,o] = sum_i x[n,i] W[o,i].
 //   x_NI [N, I] in;  W_OI [O, I] in;
