@@ -262,6 +262,13 @@ TEST(OpsViews, Activation) {
   ops::swiglu_bwd(v(g), v(u), v(du), n, v(dg), v(du));
   expect_same(dg, dg_ref, "swiglu dgate");
   expect_same(du, du_ref, "swiglu dup");
+  // With h: the same gradients, and h bitwise swiglu_fwd's (selective recomputation's fused pass)
+  VecF dg2(n), du2 = dh, h2(n, -7.f);
+  ops::swiglu_bwd(v(g), v(u), v(du2), n, v(dg2), v(du2), v(h2));
+  expect_same(dg2, dg_ref, "swiglu dgate (with h)");
+  expect_same(du2, du_ref, "swiglu dup (with h)");
+  expect_same(h2, h_ref, "swiglu h (from the backward)");
+  EXPECT_THROW(ops::swiglu_bwd(v(g), v(u), v(du2), n, v(dg2), v(dh), v(du2)), core::Error);
 
   VecF o_ref(n), o(n);
   cpu::sigmoid_mul_fwd<float>(u.data(), g.data(), n, o_ref.data());

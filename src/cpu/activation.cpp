@@ -15,7 +15,7 @@ void swiglu_fwd(const T* gate, const T* up, int64_t n, T* h) {
 }
 
 template <typename T>
-void swiglu_bwd(const T* gate, const T* up, const T* dh, int64_t n, T* dgate, T* dup) {
+void swiglu_bwd(const T* gate, const T* up, const T* dh, int64_t n, T* dgate, T* dup, T* h) {
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const T x = gate[i], s = sigmoid(x);
@@ -23,6 +23,7 @@ void swiglu_bwd(const T* gate, const T* up, const T* dh, int64_t n, T* dgate, T*
     const T u = up[i];
     dgate[i] = g * u * s * (T(1) + x * (T(1) - s));
     dup[i] = g * x * s;
+    if (h) h[i] = silu(x) * u;  // swiglu_fwd's expression
   }
 }
 
@@ -86,7 +87,7 @@ void gelu_bwd(const T* x, const T* dy, int64_t n, T* dx, bool tanh_approx) {
 
 #define DT_INSTANTIATE(T)                                                          \
   template void swiglu_fwd<T>(const T*, const T*, int64_t, T*);                    \
-  template void swiglu_bwd<T>(const T*, const T*, const T*, int64_t, T*, T*);      \
+  template void swiglu_bwd<T>(const T*, const T*, const T*, int64_t, T*, T*, T*);  \
   template void sigmoid_mul_fwd<T>(const T*, const T*, int64_t, T*);               \
   template void sigmoid_mul_bwd<T>(const T*, const T*, const T*, int64_t, T*, T*); \
   template void gelu_fwd<T>(const T*, int64_t, T*, bool);                          \

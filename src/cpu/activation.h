@@ -32,9 +32,11 @@ inline T silu_grad(T x) {
 template <typename T>
 void swiglu_fwd(const T* gate, const T* up, int64_t n, T* h);
 
-// dgate = dh * up * silu'(gate), dup = dh * silu(gate) (both overwritten).
+// dgate = dh * up * silu'(gate), dup = dh * silu(gate) (both overwritten); h, when not null,
+// = silu(gate) * up as swiglu_fwd writes it (the recomputation fused into the backward).
 template <typename T>
-void swiglu_bwd(const T* gate, const T* up, const T* dh, int64_t n, T* dgate, T* dup);
+void swiglu_bwd(const T* gate, const T* up, const T* dh, int64_t n, T* dgate, T* dup,
+                T* h = nullptr);
 
 // out = a * sigmoid(g), elementwise over n values.
 template <typename T>

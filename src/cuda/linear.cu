@@ -15,6 +15,7 @@
 // halved the bench's queries but ran 1.2% slower than each shape's own answer: plans stay exact.
 #include <cublasLt.h>
 
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -75,6 +76,7 @@ struct Context {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace;
   std::map<PlanKey, Plan> plans;
+  LinearPlanTime time;  // host time of new plans (linear_plan_time)
 };
 
 Context& context() {
@@ -162,11 +164,19 @@ void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const v
   }
   PlanKey key{m,          n,  k,   lda,          ldb,          m,           ta, tb,
               accumulate, in, out, alignment(A), alignment(B), alignment(C)};
+  using Clock = std::chrono::steady_clock;
+  const bool fresh = ctx.plans.find(key) == ctx.plans.end();
+  const auto t0 = Clock::now();
   const Plan& p = get_plan(ctx, key);
+  const auto t1 = Clock::now();
   const float beta = accumulate ? 1.0f : 0.0f;
   const Layouts& l = p.l;
   DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, l.op, &alpha, A, l.a, B, l.b, &beta, C, l.c, C, l.c,
                                  &p.algo, ctx.workspace.get(), kWorkspaceBytes, 0));
+  if (fresh) {  // a new plan's host cost: its search, and its first (possibly module-loading) call
+    ctx.time.search_s += std::chrono::duration<double>(t1 - t0).count();
+    ctx.time.first_call_s += std::chrono::duration<double>(Clock::now() - t1).count();
+  }
 }
 
 void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {
@@ -228,6 +238,12 @@ int64_t linear_plan_count() {
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   return int64_t(ctx.plans.size());
+}
+
+LinearPlanTime linear_plan_time() {
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  return ctx.time;
 }
 
 }  // namespace deltatron::cuda

@@ -38,4 +38,13 @@ void linear_bwd(DType in, const void* x_NI, const void* W_OI, const void* dy_NO,
 // each plan made one heuristic query, so this is also the algorithm searches so far.
 int64_t linear_plan_count();
 
+// Host seconds the process spent on new plans: the heuristic queries (search_s) and the first
+// cublasLtMatmul call of each new plan (first_call_s: includes loading the kernel's module when
+// CUDA loads modules lazily). While these run the host queues nothing, so they become GPU idle
+// time whenever the queue runs dry.
+struct LinearPlanTime {
+  double search_s = 0, first_call_s = 0;
+};
+LinearPlanTime linear_plan_time();
+
 }  // namespace deltatron::cuda

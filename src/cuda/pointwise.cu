@@ -66,6 +66,13 @@ struct SwigluBwd {  // in: gate, up, dh;  out: dgate, dup
     out[1] = in[2] * x * s;
   }
 };
+struct SwigluBwdH {  // in: gate, up, dh;  out: dgate, dup, h (SwigluBwd's and SwigluFwd's values)
+  static constexpr int NI = 3, NO = 3;
+  __device__ void operator()(const float* in, float* out) const {
+    SwigluBwd{}(in, out);
+    SwigluFwd{}(in, out + 2);
+  }
+};
 struct SigmoidMulFwd {  // in: a, g;  out: a sigmoid(g)
   static constexpr int NI = 2, NO = 1;
   __device__ void operator()(const float* in, float* out) const {
@@ -385,8 +392,11 @@ void swiglu_fwd(DType dt, const void* gate, const void* up, int64_t n, void* h) 
 }
 
 void swiglu_bwd(DType dt, const void* gate, const void* up, const void* dh, int64_t n, void* dgate,
-                void* dup) {
-  launch_map<SwigluBwd>("cuda::swiglu_bwd", dt, n, {gate, up, dh}, {dgate, dup});
+                void* dup, void* h) {
+  if (h)
+    launch_map<SwigluBwdH>("cuda::swiglu_bwd", dt, n, {gate, up, dh}, {dgate, dup, h});
+  else
+    launch_map<SwigluBwd>("cuda::swiglu_bwd", dt, n, {gate, up, dh}, {dgate, dup});
 }
 
 void sigmoid_mul_fwd(DType dt, const void* a, const void* g, int64_t n, void* out) {

@@ -22,9 +22,10 @@ namespace deltatron::cuda {
 void swiglu_fwd(DType dt, const void* gate, const void* up, int64_t n, void* h);
 
 // dgate = dh up silu'(gate), dup = dh silu(gate).  gate, up, dh [n] dt in;
-// dgate, dup [n] dt out OVERWRITTEN (dh may alias either one).
+// dgate, dup [n] dt out OVERWRITTEN (dh may alias either one); h [n] dt out or nullptr:
+// silu(gate) up, bitwise swiglu_fwd's (the recomputation fused into the backward).
 void swiglu_bwd(DType dt, const void* gate, const void* up, const void* dh, int64_t n, void* dgate,
-                void* dup);
+                void* dup, void* h = nullptr);
 
 // out = a * sigmoid(g).  a, g [n] dt in;  out [n] dt out overwritten.
 void sigmoid_mul_fwd(DType dt, const void* a, const void* g, int64_t n, void* out);

@@ -112,6 +112,23 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const Vie
     ops::axpy(dx, dxd, 1.0f, n);
 }
 
+bool proj_adapted(const Ctx& cx, const std::string& weight) {
+  return cx.lora && cx.lora->find(weight) != nullptr;
+}
+
+void proj_bwd_dx(const Ctx& cx, const std::string& weight, const View& dy, int64_t I, int64_t O,
+                 const View& dx, bool accumulate) {
+  DT_CHECK(!proj_adapted(cx, weight), "proj_bwd_dx: ", weight, " has a LoRA adapter");
+  ops::linear_bwd_dx(dy, cx.p.w(weight), cx.N(), I, O, dx, accumulate);
+}
+
+void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy,
+                 int64_t I, int64_t O) {
+  DT_CHECK(!proj_adapted(cx, weight), "proj_bwd_dw: ", weight, " has a LoRA adapter");
+  const View gw = cx.g(weight);  // a replicated weight's partial store under tensor parallelism
+  if (!gw.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw);
+}
+
 View grad_or_scratch(const Ctx& cx, const std::string& name, Buffer& scratch) {
   const View g = cx.p.g(name);
   if (!g.empty()) return g;

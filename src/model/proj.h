@@ -25,6 +25,17 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& x, const Vie
 void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const View& x,
               const View& dy, int64_t I, int64_t O, const View& dx, bool accumulate);
 
+// Whether `weight` carries a LoRA adapter in this context.
+bool proj_adapted(const Ctx& cx, const std::string& weight);
+
+// proj_bwd in two halves, for a projection without an adapter (proj_adapted false; checked):
+// dx (+)= dy W first, then dW += dy^T x once the caller has x. Selective recomputation rebuilds
+// the MLP's hidden x in the same pass that turns dx into the gate and up gradients.
+void proj_bwd_dx(const Ctx& cx, const std::string& weight, const View& dy, int64_t I, int64_t O,
+                 const View& dx, bool accumulate);
+void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy,
+                 int64_t I, int64_t O);
+
 // The gradient of `name`, or, when the base is frozen, `scratch` allocated (zeroed) to its size:
 // for the ops whose weight gradient is not optional (tiny tensors: conv1d, the GDN gates).
 View grad_or_scratch(const Ctx& cx, const std::string& name, Buffer& scratch);

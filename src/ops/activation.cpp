@@ -48,16 +48,22 @@ void swiglu_fwd(const View& gate, const View& up, int64_t n, const View& h) {
 }
 
 void swiglu_bwd(const View& gate, const View& up, const View& dh, int64_t n, const View& dgate,
-                const View& dup) {
+                const View& dup, const View& h) {
   Args a("swiglu_bwd");
   check_elementwise(a, n,
                     {{&gate, "gate"}, {&up, "up"}, {&dh, "dh"}, {&dgate, "dgate"}, {&dup, "dup"}});
+  if (!h.empty()) {
+    check_elementwise(a, n, {{&gate, "gate"}, {&h, "h"}});
+    DT_CHECK(h.data != dh.data, "swiglu_bwd: h must not alias dh");
+  }
   switch (a.device()) {
     case core::Device::cpu:
-      return cpu::swiglu_bwd<float>(gate.f32(), up.f32(), dh.f32(), n, dgate.f32(), dup.f32());
+      return cpu::swiglu_bwd<float>(gate.f32(), up.f32(), dh.f32(), n, dgate.f32(), dup.f32(),
+                                    h.empty() ? nullptr : h.f32());
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
-      return cuda::swiglu_bwd(gate.dtype, gate.data, up.data, dh.data, n, dgate.data, dup.data);
+      return cuda::swiglu_bwd(gate.dtype, gate.data, up.data, dh.data, n, dgate.data, dup.data,
+                              h.empty() ? nullptr : h.data);
 #else
       a.no_cuda();
 #endif

@@ -19,9 +19,11 @@ void swiglu_fwd(const core::View& gate, const core::View& up, int64_t n, const c
 // SwiGLU backward:
 //   dgate = dh * up * silu'(gate),  silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
 //   dup   = dh * silu(gate)
-//   gate, up [n] in;  dh [n] in;  dgate, dup [n] out, OVERWRITTEN (dh may alias either one).
+//   gate, up [n] in;  dh [n] in;  dgate, dup [n] out, OVERWRITTEN (dh may alias either one);
+//   h [n] out or empty: silu(gate) * up, bitwise swiglu_fwd's (selective recomputation's h made
+//   in the same pass; it must not alias dh).
 void swiglu_bwd(const core::View& gate, const core::View& up, const core::View& dh, int64_t n,
-                const core::View& dgate, const core::View& dup);
+                const core::View& dgate, const core::View& dup, const core::View& h = {});
 
 // Sigmoid gate (attention output gate, MoE shared-expert gate): out = a * sigmoid(g).
 //   a [n] in;  g [n] in (pre-sigmoid gate logits);  out [n] out, overwritten.

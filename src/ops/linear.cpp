@@ -130,4 +130,20 @@ int64_t linear_heuristic_queries(core::Device dev) {
   core::fail("ops::linear_heuristic_queries: unknown device");
 }
 
+LinearPlanMs linear_plan_ms(core::Device dev) {
+  switch (dev) {
+    case core::Device::cpu:
+      return {};
+    case core::Device::cuda: {
+#ifdef DT_HAVE_CUDA
+      const cuda::LinearPlanTime t = cuda::linear_plan_time();
+      return {t.search_s * 1e3, t.first_call_s * 1e3};
+#else
+      core::fail("ops::linear_plan_ms: a cuda device, but this binary was built without CUDA");
+#endif
+    }
+  }
+  core::fail("ops::linear_plan_ms: unknown device");
+}
+
 }  // namespace deltatron::ops

@@ -49,4 +49,11 @@ void bias_bwd(const core::View& dy_NO, int64_t N, int64_t O, const core::View& d
 // new shape, cuda/linear.cu); the CPU makes none (0).
 int64_t linear_heuristic_queries(core::Device dev);
 
+// Host milliseconds spent so far on new GEMM plans: the searches, and the first call of each new
+// plan (cuda/linear.h LinearPlanTime); the CPU spends none ({0, 0}).
+struct LinearPlanMs {
+  double search = 0, first_call = 0;
+};
+LinearPlanMs linear_plan_ms(core::Device dev);
+
 }  // namespace deltatron::ops

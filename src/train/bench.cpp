@@ -360,6 +360,7 @@ void run_bench(const BenchOptions& o) {
   std::map<std::string, double> stages;
   int64_t reads = 0;       // the host's reads of the device in the last step (ops::host_reads)
   int64_t searches = 0;    // GEMM algorithm searches during the timed steps (new shapes)
+  ops::LinearPlanMs plan_ms;  // their host time (searches, first calls), timed steps
   const auto sync = [&] {  // the device's work done, on every rank
     ops::synchronize(dev);
     if (par.size() > 1) par.comm->barrier();
@@ -384,6 +385,7 @@ void run_bench(const BenchOptions& o) {
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t reads0 = ops::host_reads(dev);
     const int64_t searches0 = ops::linear_heuristic_queries(dev);
+    const ops::LinearPlanMs plan0 = ops::linear_plan_ms(dev);
     engine->zero_grads();
     // The trainer's step (train_step): losses, norm, clip and skip on the device, one read.
     core::Buffer scalars(dev, core::DType::f64, {core::kStepScalars}, "step scalars");
@@ -411,7 +413,12 @@ void run_bench(const BenchOptions& o) {
       ops::moe_fail_bad(w, c.num_experts);
     }
     reads = ops::host_reads(dev) - reads0;
-    if (timed) searches += ops::linear_heuristic_queries(dev) - searches0;
+    if (timed) {
+      searches += ops::linear_heuristic_queries(dev) - searches0;
+      const ops::LinearPlanMs plan1 = ops::linear_plan_ms(dev);
+      plan_ms.search += plan1.search - plan0.search;
+      plan_ms.first_call += plan1.first_call - plan0.first_call;
+    }
     sync();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double step_loss = h.ce_sum / labels;  // the whole step's, every rank's sums
@@ -518,8 +525,8 @@ void run_bench(const BenchOptions& o) {
               static_cast<long long>(reads));
   std::printf(
       "  GEMM searches        %lld in the timed steps (cuBLASLt heuristic queries for new "
-      "shapes)\n",
-      static_cast<long long>(searches));
+      "shapes), host %.1f ms searching + %.1f ms in their first calls\n",
+      static_cast<long long>(searches), plan_ms.search, plan_ms.first_call);
   std::printf(
       "  model TFLOP/s        %.1f%s   (MFU %.1f%% of 989.4 TFLOP/s; formula in "
       "src/train/bench.cpp)\n",
@@ -565,6 +572,8 @@ void run_bench(const BenchOptions& o) {
                         {"step_s_median", med},
                         {"host_reads_per_step", reads},
                         {"gemm_searches_timed", searches},
+                        {"gemm_search_host_ms", plan_ms.search},
+                        {"gemm_first_call_host_ms", plan_ms.first_call},
                         {"step_s", times},
                         {"losses", losses},
                         {"tflops", tflops},

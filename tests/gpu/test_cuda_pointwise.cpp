@@ -90,6 +90,15 @@ void run_swiglu(int64_t n, DType t, size_t off, uint64_t seed) {
   dt::cuda::swiglu_bwd(t, gate.ptr, up.ptr, alias.ptr, n, alias.ptr, dup2.ptr);
   EXPECT_EQ(bytes_of(alias), bytes_of(dgate)) << "swiglu_bwd dh aliasing dgate differs " << where;
   EXPECT_EQ(bytes_of(dup2), bytes_of(dup)) << "swiglu_bwd not repeatable " << where;
+
+  // With h (selective recomputation fused into the backward): the same gradients, and h bitwise
+  // swiglu_fwd's
+  DevTensor dgate3 = poisoned(size_t(n), t, off), dup3 = poisoned(size_t(n), t, off);
+  DevTensor h3 = poisoned(size_t(n), t, off);
+  dt::cuda::swiglu_bwd(t, gate.ptr, up.ptr, dh.ptr, n, dgate3.ptr, dup3.ptr, h3.ptr);
+  EXPECT_EQ(bytes_of(dgate3), bytes_of(dgate)) << "swiglu_bwd with h: dgate differs " << where;
+  EXPECT_EQ(bytes_of(dup3), bytes_of(dup)) << "swiglu_bwd with h: dup differs " << where;
+  EXPECT_EQ(bytes_of(h3), bytes_of(h)) << "swiglu_bwd's h differs from swiglu_fwd's " << where;
 }
 
 void run_sigmoid_mul(int64_t n, DType t, size_t off, uint64_t seed) {
