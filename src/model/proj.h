@@ -33,8 +33,8 @@ bool proj_adapted(const Ctx& cx, const std::string& weight);
 // the MLP's hidden x in the same pass that turns dx into the gate and up gradients.
 void proj_bwd_dx(const Ctx& cx, const std::string& weight, const View& dy, int64_t I, int64_t O,
                  const View& dx, bool accumulate);
-void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy,
-                 int64_t I, int64_t O);
+void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
+                 int64_t O);
 
 // The gradient of `name`, or, when the base is frozen, `scratch` allocated (zeroed) to its size:
 // for the ops whose weight gradient is not optional (tiny tensors: conv1d, the GDN gates).

@@ -358,10 +358,10 @@ void run_bench(const BenchOptions& o) {
         layout_str.c_str(), describe(plan).c_str(), plan.activation_detail.c_str());
   std::vector<double> times, tokens, flops, patches, image_tokens, vflops, losses;
   std::map<std::string, double> stages;
-  int64_t reads = 0;       // the host's reads of the device in the last step (ops::host_reads)
-  int64_t searches = 0;    // GEMM algorithm searches during the timed steps (new shapes)
+  int64_t reads = 0;          // the host's reads of the device in the last step (ops::host_reads)
+  int64_t searches = 0;       // GEMM algorithm searches during the timed steps (new shapes)
   ops::LinearPlanMs plan_ms;  // their host time (searches, first calls), timed steps
-  const auto sync = [&] {  // the device's work done, on every rank
+  const auto sync = [&] {     // the device's work done, on every rank
     ops::synchronize(dev);
     if (par.size() > 1) par.comm->barrier();
   };
