@@ -122,8 +122,8 @@ void proj_bwd_dx(const Ctx& cx, const std::string& weight, const View& dy, int64
   ops::linear_bwd_dx(dy, cx.p.w(weight), cx.N(), I, O, dx, accumulate);
 }
 
-void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy,
-                 int64_t I, int64_t O) {
+void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
+                 int64_t O) {
   DT_CHECK(!proj_adapted(cx, weight), "proj_bwd_dw: ", weight, " has a LoRA adapter");
   const View gw = cx.g(weight);  // a replicated weight's partial store under tensor parallelism
   if (!gw.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw);
