@@ -167,6 +167,18 @@ TEST(OpsViews, RMSNorm) {
   VecF dy_alias = dy;
   ops::rmsnorm_bwd(v(x), v(w), v(r), v(dy_alias), N, D, v(dy_alias), false, View{});
   expect_same(dy_alias, dx_ref, "dx aliasing dy");
+  // The fused extras: x_copy is x, dx_cast is the new dx (f32 on the CPU)
+  VecF y2(N * D), r2(N), x_copy(N * D, -3.f);
+  ops::rmsnorm_fwd(v(x), v(w), N, D, eps, v(y2), v(r2), v(x_copy));
+  expect_same(y2, y_ref, "y (with x_copy)");
+  expect_same(x_copy, x, "x_copy");
+  VecF dxc = dx0, dx_cast(N * D, -3.f);
+  ops::rmsnorm_bwd(v(x), v(w), v(r), v(dy), N, D, v(dxc), true, View{}, v(dx_cast));
+  expect_same(dxc, plus(dx0, dx_ref), "dx accumulated (with dx_cast)");
+  expect_same(dx_cast, dxc, "dx_cast");
+  EXPECT_THROW(ops::rmsnorm_fwd(v(x), v(w), N, D, eps, v(y2), v(r2), v(x)), core::Error);
+  EXPECT_THROW(ops::rmsnorm_bwd(v(x), v(w), v(r), v(dy), N, D, v(dxc), true, View{}, v(dxc)),
+               core::Error);
 
   std::vector<uint16_t> s;
   VecF short_r(N + 1);

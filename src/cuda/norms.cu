@@ -154,7 +154,7 @@ __device__ void write_partials(const float (&acc)[KMAX][V], const RowCursor& rc,
 template <typename TX, typename T, int V, int CAP>
 __global__ void __launch_bounds__(kMaxThreads)
     rmsnorm_fwd_kernel(const TX* x, const T* w, int64_t N, int D, float eps, int team,
-                       int64_t rows_per_part, T* y, float* rstd) {
+                       int64_t rows_per_part, T* y, float* rstd, TX* x_copy) {
   constexpr int KMAX = CAP / V;
   __shared__ float red[32];
   const RowCursor rc(team, N, rows_per_part);
@@ -177,6 +177,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
       for (int i = 0; i < V; ++i) o[i] = xv[k][i] * r * w1[k][i];
       store_vec<V>(y + n * D + c, o);
+      if (x_copy) store_vec<V>(x_copy + n * D + c, xv[k]);  // x as read: exact in TX
     }
   }
 }
@@ -185,7 +186,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename TX, typename T, int V, int CAP>
 __global__ void __launch_bounds__(kMaxThreads)
     rmsnorm_bwd_kernel(const TX* x, const T* w, const float* rstd, const T* dy, int64_t N, int D,
-                       int team, int64_t rows_per_part, TX* dx, bool accumulate, float* part) {
+                       int team, int64_t rows_per_part, TX* dx, bool accumulate, float* part,
+                       T* dx_cast) {
   constexpr int KMAX = CAP / V;
   extern __shared__ float sbuf[];
   __shared__ float red[32];
@@ -220,6 +222,10 @@ __global__ void __launch_bounds__(kMaxThreads)
         acc[k][i] += gv[k][i] * xv[k][i] * r;
       }
       store_vec<V>(dx + n * D + c, o);
+      if (dx_cast) {  // dx rounded to T from its stored value (ops::cast of dx)
+        if constexpr (!std::is_same_v<TX, float>) load_vec<V>(dx + n * D + c, o);
+        store_vec<V>(dx_cast + n * D + c, o);
+      }
     }
   }
   if (part) write_partials<V, KMAX>(acc, rc, team, D, sbuf, part);
@@ -479,33 +485,38 @@ constexpr bool kAllBf16 = (std::is_same_v<Ts, __nv_bfloat16> && ...);
 }  // namespace
 
 void rmsnorm_fwd(DType xt, const void* x_ND, DType dt, const void* w_D, int64_t N, int64_t D,
-                 double eps, void* y_ND, float* rstd_N) {
+                 double eps, void* y_ND, float* rstd_N, void* x_copy) {
   check_shape("cuda::rmsnorm_fwd", N, D);
   if (N == 0) return;
   const int vec = xt == DType::bf16 && dt == DType::bf16 ? 8 : 4;
-  const RowPlan p = plan_rows(
-      N, D, vec, {{x_ND, dtype_size(xt)}, {w_D, dtype_size(dt)}, {y_ND, dtype_size(dt)}}, 0);
+  const RowPlan p = plan_rows(N, D, vec,
+                              {{x_ND, dtype_size(xt)},
+                               {w_D, dtype_size(dt)},
+                               {y_ND, dtype_size(dt)},
+                               {x_copy ? x_copy : x_ND, dtype_size(xt)}},
+                              0);
   DT_DISPATCH_DTYPE(
       xt, TX,
       DT_DISPATCH_DTYPE(dt, T, with_vec<kAllBf16<TX, T>>(p.V, p.cap, [&](auto v, auto cap) {
                           rmsnorm_fwd_kernel<TX, T, decltype(v)::value, decltype(cap)::value>
-                              <<<p.grid(), p.block>>>(static_cast<const TX*>(x_ND),
-                                                      static_cast<const T*>(w_D), N, int(D),
-                                                      float(eps), p.team, p.rows_per_part,
-                                                      static_cast<T*>(y_ND), rstd_N);
+                              <<<p.grid(), p.block>>>(
+                                  static_cast<const TX*>(x_ND), static_cast<const T*>(w_D), N,
+                                  int(D), float(eps), p.team, p.rows_per_part,
+                                  static_cast<T*>(y_ND), rstd_N, static_cast<TX*>(x_copy));
                         })));
   DT_CUDA_LAUNCH_CHECK("rmsnorm_fwd");
 }
 
 void rmsnorm_bwd(DType xt, const void* x_ND, DType dt, const void* w_D, const float* rstd_N,
                  const void* dy_ND, int64_t N, int64_t D, void* dx_ND, bool accumulate_dx,
-                 float* dw_D) {
+                 float* dw_D, void* dx_cast) {
   check_shape("cuda::rmsnorm_bwd", N, D);
   if (N == 0) return;
   const int vec = xt == DType::bf16 && dt == DType::bf16 ? 8 : 4;
   const size_t xs = dtype_size(xt), ds = dtype_size(dt);
-  const RowPlan p = plan_rows(N, D, vec, {{x_ND, xs}, {w_D, ds}, {dy_ND, ds}, {dx_ND, xs}},
-                              dw_D ? max_parts(D) : 0);
+  const RowPlan p = plan_rows(
+      N, D, vec, {{x_ND, xs}, {w_D, ds}, {dy_ND, ds}, {dx_ND, xs}, {dx_cast ? dx_cast : dy_ND, ds}},
+      dw_D ? max_parts(D) : 0);
   float* part = dw_D ? partials(p.parts * D) : nullptr;
   DT_DISPATCH_DTYPE(
       xt, TX,
@@ -514,7 +525,8 @@ void rmsnorm_bwd(DType xt, const void* x_ND, DType dt, const void* w_D, const fl
                               <<<p.grid(), p.block, p.smem>>>(
                                   static_cast<const TX*>(x_ND), static_cast<const T*>(w_D), rstd_N,
                                   static_cast<const T*>(dy_ND), N, int(D), p.team, p.rows_per_part,
-                                  static_cast<TX*>(dx_ND), accumulate_dx, part);
+                                  static_cast<TX*>(dx_ND), accumulate_dx, part,
+                                  static_cast<T*>(dx_cast));
                         })));
   DT_CUDA_LAUNCH_CHECK("rmsnorm_bwd");
   if (dw_D) col_sum_add(part, p.parts, D, dw_D);

@@ -25,8 +25,9 @@ namespace deltatron::cuda {
 //   w_D    [D]    dt in   the HF weight (offset form)
 //   y_ND   [N, D] dt out  overwritten
 //   rstd_N [N]    fp32 out overwritten; saved for backward (with x_ND and w_D)
+//   x_copy [N, D] xt out or nullptr: a copy of x_ND made in the same pass
 void rmsnorm_fwd(DType xt, const void* x_ND, DType dt, const void* w_D, int64_t N, int64_t D,
-                 double eps, void* y_ND, float* rstd_N);
+                 double eps, void* y_ND, float* rstd_N, void* x_copy = nullptr);
 
 // Zero-centred RMSNorm backward, same contract as ops::rmsnorm_bwd (g = dy (1 + w), r = rstd):
 //   dx[n,j] (= or +=) r g_j - (r^3 / D) x_j sum_i g_i x_i
@@ -35,9 +36,11 @@ void rmsnorm_fwd(DType xt, const void* x_ND, DType dt, const void* w_D, int64_t 
 //   dx_ND [N, D] xt out: OVERWRITTEN, or ACCUMULATED when accumulate_dx (the residual gradient);
 //         may alias dy_ND when xt == dt
 //   dw_D  [D] fp32 inout ACCUMULATED (deterministic); nullptr skips it
+//   dx_cast [N, D] dt out or nullptr: the new dx_ND rounded to dt in the same pass (bitwise a
+//         cast of dx_ND afterwards); must not alias dx_ND, x_ND or dy_ND
 void rmsnorm_bwd(DType xt, const void* x_ND, DType dt, const void* w_D, const float* rstd_N,
                  const void* dy_ND, int64_t N, int64_t D, void* dx_ND, bool accumulate_dx,
-                 float* dw_D);
+                 float* dw_D, void* dx_cast = nullptr);
 
 // Gated RMSNorm (GDN output norm), same contract as ops::rmsnorm_gated_fwd:
 //   rstd[n] = 1 / sqrt(mean_d x[n,d]^2 + eps);  y[n,d] = x[n,d] rstd[n] w[d] silu(z[n,d])

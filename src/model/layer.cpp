@@ -9,10 +9,15 @@
 namespace deltatron::model {
 
 namespace {
-Buffer copy_f32(const Ctx& cx, const View& x, int64_t n, const char* what) {
-  Buffer b = cx.f32(n, what);
-  ops::cast(x, b, n);
-  return b;
+// An f32 copy of the residual x and its RMSNorm (y, rstd): one pass when x is already f32 (the
+// norm writes the copy as it reads x), a cast and the norm otherwise.
+void save_and_norm(const Ctx& cx, const View& x, const View& w, Buffer& saved, const char* what,
+                   const View& y, const View& rstd) {
+  const int64_t N = cx.Nl(), D = cx.c.hidden_size;
+  saved = cx.f32(N * D, what);
+  const bool fused = x.dtype == core::DType::f32;
+  if (!fused) ops::cast(x, saved, N * D);
+  ops::rmsnorm_fwd(x, w, N, D, cx.c.rms_norm_eps, y, rstd, fused ? saved.view() : View{});
 }
 
 // Selective recomputation of a norm output: whether the layer drops it after the block's forward.
@@ -32,11 +37,10 @@ Buffer norm_again(const Ctx& cx, const View& x, const std::string& weight, const
 void Layer::fwd(const Ctx& cx, const View& x, LayerSaved& s) const {
   const int64_t N = cx.Nl(), D = cx.c.hidden_size;
   const Params& p = cx.p;
-  s.x_in = copy_f32(cx, x, N * D, "layer input (saved)");
   s.n1 = cx.act(N * D, "input_layernorm output");
   s.rstd1 = cx.f32(N, "input_layernorm rstd");
-  ops::rmsnorm_fwd(x, p.w(prefix + "input_layernorm.weight"), N, D, cx.c.rms_norm_eps, s.n1,
-                   s.rstd1);
+  save_and_norm(cx, x, p.w(prefix + "input_layernorm.weight"), s.x_in, "layer input (saved)", s.n1,
+                s.rstd1);
   const View n1 = tp_gather_tokens(cx, s.n1, D, s.n1_all, "input_layernorm output (all tokens)");
   if (type == LayerType::full_attention) {
     ops::Stage st(cx.dev(), "attention fwd");
@@ -46,11 +50,10 @@ void Layer::fwd(const Ctx& cx, const View& x, LayerSaved& s) const {
     gdn_fwd(cx, prefix + "linear_attn.", n1, x, s.gdn);
   }
   if (drops_norms(cx)) s.n1 = Buffer();
-  s.h = copy_f32(cx, x, N * D, "residual after the mixer (saved)");
   s.n2 = cx.act(N * D, "post_attention_layernorm output");
   s.rstd2 = cx.f32(N, "post_attention_layernorm rstd");
-  ops::rmsnorm_fwd(x, p.w(prefix + "post_attention_layernorm.weight"), N, D, cx.c.rms_norm_eps,
-                   s.n2, s.rstd2);
+  save_and_norm(cx, x, p.w(prefix + "post_attention_layernorm.weight"), s.h,
+                "residual after the mixer (saved)", s.n2, s.rstd2);
   const View n2 =
       tp_gather_tokens(cx, s.n2, D, s.n2_all, "post_attention_layernorm output (all tokens)");
   ops::Stage st(cx.dev(), cx.c.is_moe() ? "moe fwd" : "mlp fwd");
@@ -87,9 +90,9 @@ void Layer::bwd(const Ctx& cx, LayerSaved& s, const View& dx) const {
       mlp_bwd(cx, moe_prefix(), s.mlp, dyb, dnb);
   }
   tp_reduce_tokens(cx, dnb, dn, D);
+  // dx += the norm's input gradient; dy = dx in the compute dtype for the mixer, same pass
   ops::rmsnorm_bwd(s.h, p.w(prefix + "post_attention_layernorm.weight"), s.rstd2, dn, N, D, dx,
-                   true, cx.g(prefix + "post_attention_layernorm.weight"));
-  ops::cast(dx, dy, N * D);
+                   true, cx.g(prefix + "post_attention_layernorm.weight"), dy);
   {
     Buffer n1;
     if (drops_norms(cx) && s.n1.numel() == 0) {

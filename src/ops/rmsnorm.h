@@ -20,9 +20,11 @@ namespace deltatron::ops {
 //   w_D     [D]     in   dt; the HF weight (offset form)
 //   y_ND    [N, D]  out  dt; overwritten
 //   rstd_N  [N]     out  f32; overwritten; saved for backward
+//   x_copy  [N, D]  out  xt, or empty: a copy of x_ND made in the same pass (the decoder layer's
+//                        saved residual); must not alias x_ND
 // Saved for backward: x_ND, rstd_N (and w_D).
 void rmsnorm_fwd(const core::View& x_ND, const core::View& w_D, int64_t N, int64_t D, double eps,
-                 const core::View& y_ND, const core::View& rstd_N);
+                 const core::View& y_ND, const core::View& rstd_N, const core::View& x_copy = {});
 
 // Zero-centred RMSNorm backward, with g = dy * (1 + w), r = rstd[n]:
 //   dx[n,j] = r g_j - (r^3 / D) x_j sum_i g_i x_i
@@ -32,9 +34,12 @@ void rmsnorm_fwd(const core::View& x_ND, const core::View& w_D, int64_t N, int64
 //                        gradient); may alias dy_ND when x and dy share a dtype
 //   dw_D  [D]     inout  f32; ACCUMULATED, summed over rows in a fixed order (deterministic); an
 //                        empty view skips it
+//   dx_cast [N, D] out   dt, or empty: the new dx_ND rounded to dt in the same pass (bitwise a
+//                        cast of dx_ND afterwards: the next block's output gradient); must not
+//                        alias dx_ND, x_ND or dy_ND
 void rmsnorm_bwd(const core::View& x_ND, const core::View& w_D, const core::View& rstd_N,
                  const core::View& dy_ND, int64_t N, int64_t D, const core::View& dx_ND,
-                 bool accumulate_dx, const core::View& dw_D);
+                 bool accumulate_dx, const core::View& dw_D, const core::View& dx_cast = {});
 
 // Gated RMSNorm (Qwen3_5RMSNormGated, linear_attn.norm; norm first, gate second):
 //   rstd[n] = 1 / sqrt(mean_d x[n,d]^2 + eps)

@@ -26,6 +26,7 @@
 #include "cpu/rmsnorm.h"
 #include "cuda/device.h"
 #include "cuda/norms.h"
+#include "cuda/pointwise.h"
 #include "dev_tensor.h"
 #include "gpu_timer.h"
 #include "test_util.h"
@@ -116,6 +117,27 @@ void run_rmsnorm(int64_t N, int64_t D, DType xt, DType t, size_t off, uint64_t s
   EXPECT_EQ(bytes_of(rstd), bytes_of(rstd2)) << "rmsnorm rstd not bitwise repeatable " << where;
   EXPECT_EQ(bytes_of(dx), bytes_of(dx2)) << "rmsnorm dx not bitwise repeatable " << where;
   EXPECT_EQ(bytes_of(dw), bytes_of(dw2)) << "rmsnorm dw not bitwise repeatable " << where;
+
+  // The fused extras (the decoder layer's saved residual, the next block's output gradient): the
+  // same y, rstd, dx, dw, plus x_copy == x and dx_cast == cast(dx) bitwise.
+  DevTensor y3 = poisoned(size_t(N * D), t, off), rstd3 = poisoned(size_t(N), DType::f32);
+  DevTensor x_copy = poisoned(size_t(N * D), xt, off);
+  dt::cuda::rmsnorm_fwd(xt, x.ptr, t, w.ptr, N, D, kEps, y3.ptr, rstd3.f32(), x_copy.ptr);
+  EXPECT_EQ(bytes_of(y3), bytes_of(y)) << "rmsnorm y with x_copy differs " << where;
+  EXPECT_EQ(bytes_of(rstd3), bytes_of(rstd)) << "rmsnorm rstd with x_copy differs " << where;
+  EXPECT_EQ(bytes_of(x_copy), bytes_of(x)) << "rmsnorm x_copy is not x " << where;
+  DevTensor dx3 = upload(dx_acc.host, xt, off), dw3 = upload(dw0, DType::f32);
+  DevTensor dx4 = upload(dx_acc.host, xt, off), dw4 = upload(dw0, DType::f32);
+  DevTensor dx_cast = poisoned(size_t(N * D), t, off),
+            dx_cast_ref = poisoned(size_t(N * D), t, off);
+  dt::cuda::rmsnorm_bwd(xt, x.ptr, t, w.ptr, rstd.f32(), dy.ptr, N, D, dx3.ptr, true, dw3.f32(),
+                        dx_cast.ptr);
+  dt::cuda::rmsnorm_bwd(xt, x.ptr, t, w.ptr, rstd.f32(), dy.ptr, N, D, dx4.ptr, true, dw4.f32());
+  dt::cuda::cast(xt, dx4.ptr, t, dx_cast_ref.ptr, N * D);
+  EXPECT_EQ(bytes_of(dx3), bytes_of(dx4)) << "rmsnorm dx(+=) with dx_cast differs " << where;
+  EXPECT_EQ(bytes_of(dw3), bytes_of(dw4)) << "rmsnorm dw with dx_cast differs " << where;
+  EXPECT_EQ(bytes_of(dx_cast), bytes_of(dx_cast_ref))
+      << "rmsnorm dx_cast is not cast(dx) " << where;
 }
 
 // ---- gated RMSNorm -------------------------------------------------------------------------
