@@ -37,7 +37,7 @@ void linear_fwd(const T* x_NI, const T* W_OI, int64_t N, int64_t I, int64_t O, T
 
 template <typename T>
 void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t I, int64_t O,
-                T* dx_NI, bool accumulate_dx, T* dW_OI, T alpha) {
+                T* dx_NI, bool accumulate_dx, T* dW_OI, T alpha, bool accumulate_dw) {
   check_dims("linear_bwd", N, I, O);
   if (dx_NI && N > 0 && I > 0) {
     if (O > 0)
@@ -45,8 +45,12 @@ void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t
     else if (!accumulate_dx)
       std::fill(dx_NI, dx_NI + N * I, T(0));
   }
-  if (dW_OI && O > 0 && I > 0 && N > 0)
-    gemm(true, false, O, I, N, alpha, dy_NO, O, x_NI, I, T(1), dW_OI, I);
+  if (dW_OI && O > 0 && I > 0) {
+    if (N > 0)
+      gemm(true, false, O, I, N, alpha, dy_NO, O, x_NI, I, accumulate_dw ? T(1) : T(0), dW_OI, I);
+    else if (!accumulate_dw)
+      std::fill(dW_OI, dW_OI + O * I, T(0));
+  }
 }
 
 template <typename T>
@@ -75,8 +79,8 @@ template void linear_fwd<float>(const float*, const float*, int64_t, int64_t, in
 template void linear_fwd<double>(const double*, const double*, int64_t, int64_t, int64_t, double*,
                                  bool, double);
 template void linear_bwd<float>(const float*, const float*, const float*, int64_t, int64_t, int64_t,
-                                float*, bool, float*, float);
+                                float*, bool, float*, float, bool);
 template void linear_bwd<double>(const double*, const double*, const double*, int64_t, int64_t,
-                                 int64_t, double*, bool, double*, double);
+                                 int64_t, double*, bool, double*, double, bool);
 
 }  // namespace deltatron::cpu

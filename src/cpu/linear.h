@@ -11,11 +11,11 @@ template <typename T>
 void linear_fwd(const T* x_NI, const T* W_OI, int64_t N, int64_t I, int64_t O, T* y_NO,
                 bool accumulate = false, T alpha = T(1));
 
-// dx_NI (= or +=) alpha dy_NO W_OI, skipped when nullptr; dW_OI += alpha dy_NO^T x_NI, skipped
-// when nullptr.
+// dx_NI (= or +=) alpha dy_NO W_OI, skipped when nullptr; dW_OI (+= or, without accumulate_dw,
+// =) alpha dy_NO^T x_NI, skipped when nullptr.
 template <typename T>
 void linear_bwd(const T* x_NI, const T* W_OI, const T* dy_NO, int64_t N, int64_t I, int64_t O,
-                T* dx_NI, bool accumulate_dx, T* dW_OI, T alpha = T(1));
+                T* dx_NI, bool accumulate_dx, T* dW_OI, T alpha = T(1), bool accumulate_dw = true);
 
 // y_NO[n] += b_O (every row).
 template <typename T>

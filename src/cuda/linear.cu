@@ -213,13 +213,16 @@ void linear_bwd_dx(DType in, const void* dy_NO, const void* W_OI, int64_t N, int
 }
 
 void linear_bwd_dw(DType in, const void* x_NI, const void* dy_NO, int64_t N, int64_t I, int64_t O,
-                   float* dW_OI, float alpha) {
+                   float* dW_OI, float alpha, bool accumulate) {
   check_dims("cuda::linear_bwd_dw", N, I, O);
   check_device_ptr("cuda::linear_bwd_dw", "x_NI", x_NI);
   check_device_ptr("cuda::linear_bwd_dw", "dy_NO", dy_NO);
   check_device_ptr("cuda::linear_bwd_dw", "dW_OI", dW_OI);
-  if (dW_OI && O > 0 && I > 0 && N > 0)
-    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, true, DType::f32, dW_OI, alpha);
+  if (!dW_OI || O == 0 || I == 0) return;
+  if (N > 0)
+    matmul(in, false, true, I, O, N, x_NI, I, dy_NO, O, accumulate, DType::f32, dW_OI, alpha);
+  else if (!accumulate)
+    DT_CUDA_CHECK(cudaMemsetAsync(dW_OI, 0, size_t(O * I) * sizeof(float), 0));
 }
 
 void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t I, int64_t O,

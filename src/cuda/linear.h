@@ -19,9 +19,10 @@ void linear_fwd(DType in, const void* x_NI, const void* W_OI, int64_t N, int64_t
 // dx_NI (= or += when accumulate) alpha dy_NO W_OI; dx stored in `out`.
 void linear_bwd_dx(DType in, const void* dy_NO, const void* W_OI, int64_t N, int64_t I, int64_t O,
                    DType out, void* dx_NI, bool accumulate, float alpha = 1.0f);
-// dW_OI += alpha dy_NO^T x_NI (float32).
+// dW_OI += alpha dy_NO^T x_NI (float32); = instead of += without accumulate (cuBLASLt beta 0:
+// dW is not read).
 void linear_bwd_dw(DType in, const void* x_NI, const void* dy_NO, int64_t N, int64_t I, int64_t O,
-                   float* dW_OI, float alpha = 1.0f);
+                   float* dW_OI, float alpha = 1.0f, bool accumulate = true);
 
 // The float32-output forms used by ops/linear.cpp:
 

@@ -258,7 +258,7 @@ size_t linear_cross_entropy_workspace_bytes() { return workspace().bytes(); }
 void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const int32_t* targets_N,
                           const float* dloss_N, int64_t N, int64_t D, int64_t V, float* loss_N,
                           int32_t* correct_N, void* dx_ND, bool accumulate_dx, float* dW_VD,
-                          int64_t chunk_rows, int64_t group_rows) {
+                          int64_t chunk_rows, int64_t group_rows, bool accumulate_dw) {
   DT_CHECK(N >= 0 && D >= 0 && V > 0 && V <= INT32_MAX, "cuda::linear_cross_entropy: shape N=", N,
            " D=", D, " V=", V, " is invalid (need N, D >= 0 and 0 < V < 2^31)");
   DT_CHECK(dloss_N || (!dx_ND && !dW_VD),
@@ -268,7 +268,11 @@ void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const in
   check_device_ptr("cuda::linear_cross_entropy", "dloss_N", dloss_N);
   check_device_ptr("cuda::linear_cross_entropy", "loss_N", loss_N);
   check_device_ptr("cuda::linear_cross_entropy", "correct_N", correct_N);
-  if (N == 0) return;
+  if (N == 0) {
+    if (dW_VD && !accumulate_dw && D > 0)
+      DT_CUDA_CHECK(cudaMemsetAsync(dW_VD, 0, size_t(V * D) * sizeof(float), 0));
+    return;
+  }
   const bool bwd = dx_ND || dW_VD;
   // C rows of fp32 logits per sub-chunk; G rows (a multiple of C) per backward GEMM group.
   const int64_t C = std::min(N, chunk_rows > 0 ? chunk_rows : linear_cross_entropy_chunk_rows(V));
@@ -312,7 +316,7 @@ void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const in
     if (dx_ND)
       linear_bwd_dx(dt, dlogits, W_VD, Mg, D, V, dt,
                     static_cast<char*>(dx_ND) + size_t(g0 * D) * esz, accumulate_dx);
-    if (dW_VD) linear_bwd_dw(dt, x_g, dlogits, Mg, D, V, dW_VD);
+    if (dW_VD) linear_bwd_dw(dt, x_g, dlogits, Mg, D, V, dW_VD, 1.0f, accumulate_dw || g0 > 0);
   }
 }
 

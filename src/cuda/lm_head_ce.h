@@ -47,7 +47,8 @@ constexpr int64_t kLmHeadDlogitsGroupBytes = int64_t(1) << 30;
 //                 largest logit (std::max_element's rule, as model/lm_head.cpp) equals the
 //                 target, else 0 (0 for ignored tokens).
 //   dx_ND         [N, D] out (dt) or nullptr: overwritten, or += when accumulate_dx.
-//   dW_VD         [V, D] inout (fp32) or nullptr (frozen head): dW += dlogits^T x.
+//   dW_VD         [V, D] inout (fp32) or nullptr (frozen head): dW += dlogits^T x, or = (not
+//                 read) when accumulate_dw is false (the step's first write of the gradient).
 //   chunk_rows    C: token rows of fp32 logits per chunk; <= 0 picks
 //                 linear_cross_entropy_chunk_rows(V).
 //   group_rows    G: token rows per backward GEMM group in bf16 mode, rounded down to a multiple
@@ -60,7 +61,8 @@ constexpr int64_t kLmHeadDlogitsGroupBytes = int64_t(1) << 30;
 void linear_cross_entropy(DType dt, const void* x_ND, const void* W_VD, const int32_t* targets_N,
                           const float* dloss_N, int64_t N, int64_t D, int64_t V, float* loss_N,
                           int32_t* correct_N, void* dx_ND, bool accumulate_dx, float* dW_VD,
-                          int64_t chunk_rows = 0, int64_t group_rows = 0);
+                          int64_t chunk_rows = 0, int64_t group_rows = 0,
+                          bool accumulate_dw = true);
 
 // Default chunk rows: the largest multiple of 64 rows (or, below 64, any count >= 1) whose fp32
 // logits fit kLmHeadLogitsChunkBytes. V = 248,320 gives 512 rows (485 MiB of logits).

@@ -82,6 +82,15 @@ struct Ctx {
     }
     return p.g(name);
   }
+  // g for a writer that can overwrite (Params::g_target): on the step's first write of `name`
+  // accumulate is false; a partial store always adds.
+  Params::GradTarget g_target(const std::string& name) const {
+    if (tpg) {
+      const View v = tpg->at(name);
+      if (!v.empty()) return {v, true};
+    }
+    return p.g_target(name);
+  }
   // The gradient an adapter tensor accumulates into (lora's store, or its partial store).
   View lora_g(const std::string& key) const;
   Buffer act(int64_t n, const char* what) const { return Buffer(dev(), dt(), {n}, what); }

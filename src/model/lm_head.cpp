@@ -25,8 +25,11 @@ std::vector<double> head_loss(const Ctx& cx, const View& h, const View& targets,
     ops::fill(dloss, scale, N);
   }
   if (correct) corr = cx.i32(N, "argmax-correct flags");
+  // The head's gradient: the step's first write overwrites it (tied: the embedding's backward
+  // adds to it later)
+  const Params::GradTarget dW = with_grads ? cx.p.g_target(head) : Params::GradTarget{};
   ops::linear_cross_entropy(h, cx.p.w(head), targets, dloss, N, D, cx.c.vocab_size, loss, corr,
-                            with_grads ? dh : View{}, false, with_grads ? cx.p.g(head) : View{});
+                            with_grads ? dh : View{}, false, dW.g, dW.accumulate);
   if (!sum_1.empty()) {  // the step's sum on the device: no host read (ops/step_scalars.h)
     DT_CHECK(!correct, "head_loss: argmax flags are read on the host, not with a device sum");
     ops::step_loss_sum_add(loss, targets, cx.b.cu, cx.b.nseg, N, sum_1);

@@ -264,7 +264,17 @@ core::View Params::w(const std::string& name) const {
 }
 core::View Params::g(const std::string& name) const {
   if (opt_.gathered) return entry(name).bound_g;  // empty: no gradient wanted
-  return opt_.frozen ? core::View{} : at(grad_, name);
+  if (opt_.frozen) return core::View{};
+  const core::View v = at(grad_, name);
+  if (!unwritten_.empty() && unwritten_.erase(name) > 0) ops::zero(v);
+  return v;
+}
+
+Params::GradTarget Params::g_target(const std::string& name) const {
+  if (opt_.gathered || opt_.frozen) return {g(name), true};
+  const core::View v = at(grad_, name);
+  const bool first = !unwritten_.empty() && unwritten_.erase(name) > 0;
+  return {v, !first};
 }
 core::View Params::master(const std::string& name) const {
   if (opt_.gathered) return bound(entry(name), entry(name).bound_f32, name, "f32 weight");
@@ -302,6 +312,7 @@ ops::AdamWTensor Params::adamw_tensor(const std::string& name) const {
   DT_CHECK(!opt_.gathered, "model parameter ", name,
            ": a gathered store (ZeRO 3) has no flat state; the shards' owner steps it");
   ops::AdamWTensor t;
+  settle_grads();
   t.grad = grad_.view().slice(e.offset, e.numel);
   t.index = e.counter;
   if (e.router_offset >= 0)
@@ -452,10 +463,24 @@ void Params::download_grads(TensorMap& host) const {
   DT_CHECK(!opt_.frozen && !opt_.gathered,
            opt_.frozen ? "the frozen parameters have no gradients"
                        : "a gathered store (ZeRO 3) holds no gradients to download");
+  settle_grads();
   from_flat(grad_, host, "gradient");
 }
+
 void Params::zero_grads() {
-  if (grad_.numel() > 0) ops::zero(grad_);
+  if (grad_.numel() == 0) return;
+  unwritten_.clear();  // the gradients' values are dropped: none of them is read before written
+  unwritten_.insert(names_.begin(), names_.end());
+}
+
+void Params::settle_grads() const {
+  if (unwritten_.empty()) return;
+  if (unwritten_.size() == names_.size()) {
+    ops::zero(grad_);  // nothing written yet: one memset
+  } else {
+    for (const std::string& n : unwritten_) ops::zero(at(grad_, n));
+  }
+  unwritten_.clear();
 }
 
 }  // namespace deltatron::model

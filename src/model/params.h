@@ -134,12 +134,24 @@ class Params {
   std::string state_hint() const;
 
   core::View w(const std::string& name) const;  // compute weights (dt)
-  core::View g(const std::string& name) const;  // gradient (f32); empty when frozen
+  // The gradient (f32; empty when frozen), zeroed here on the step's first access (zero_grads).
+  core::View g(const std::string& name) const;
+  // The gradient for a writer that can overwrite it (a weight-gradient GEMM): the view and
+  // whether to add to it. On the step's first access (zero_grads left it unwritten) accumulate
+  // is false and the caller must OVERWRITE every element; afterwards it adds.
+  struct GradTarget {
+    core::View g;
+    bool accumulate = true;
+  };
+  GradTarget g_target(const std::string& name) const;
   bool frozen() const { return opt_.frozen; }
   // The f32 master (master "fp32"), or with "remainder" its f32 copy (every tensor when dt is
   // f32, else only keeps_f32_weight's); an error for a tensor without one.
   core::View master(const std::string& name) const;
-  const core::View& grad_flat() const { return grad_.view(); }
+  const core::View& grad_flat() const {  // every gradient (settled: see zero_grads)
+    settle_grads();
+    return grad_.view();
+  }
   // The parameter views of the tensor's AdamW step (master, compute_copy, remainder, grad and
   // the stochastic-rounding counter index = its offset in the store); m and v are the caller's.
   ops::AdamWTensor adamw_tensor(const std::string& name) const;
@@ -160,7 +172,13 @@ class Params {
   void from_flat(const core::View& flat, TensorMap& host, const char* what) const;
   // One tensor of such a flat buffer to host floats (entry(name).numel of them).
   void flat_to_host(const core::View& flat, const std::string& name, float* out) const;
+  // Every gradient to zero for a new step. Lazily: the gradients are only marked unwritten;
+  // g() zeroes one on its first access, g_target() lets its first writer overwrite it, and
+  // settle_grads() zeroes those still unwritten. Every whole-store accessor (grad_flat,
+  // adamw_tensor, download_grads) settles first, so no reader sees an unwritten gradient. This
+  // saves the step's memset of all gradients and the first read of each GEMM-written one.
   void zero_grads();
+  void settle_grads() const;
 
   // StateOptions::gathered only: the views w(name), master(name) and g(name) return until
   // unbind(name) (f32: the f32 weights, w itself when dt is f32; g: empty when no gradient is
@@ -188,6 +206,7 @@ class Params {
   // (fp32, dt bf16) or the pair's weights (remainder); remainder_: u16 (remainder).
   // router_: with offloaded fp32 masters, the device f32 masters of keeps_f32_weight's tensors.
   core::Buffer master_, compute_, remainder_, grad_, router_;
+  mutable std::set<std::string> unwritten_;  // gradients not yet written this step (zero_grads)
 };
 
 }  // namespace deltatron::model

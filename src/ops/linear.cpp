@@ -57,7 +57,7 @@ void linear_bwd_dx(const View& dy_NO, const View& W_OI, int64_t N, int64_t I, in
 }
 
 void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, int64_t O,
-                   const View& dW_OI, float alpha) {
+                   const View& dW_OI, float alpha, bool accumulate) {
   Args a("linear_bwd_dw");
   a.nonneg(N, "N"), a.nonneg(I, "I"), a.nonneg(O, "O");
   a.need(x_NI, "x_NI", dtypes::act, N * I);
@@ -67,10 +67,11 @@ void linear_bwd_dw(const View& x_NI, const View& dy_NO, int64_t N, int64_t I, in
   switch (a.device()) {
     case core::Device::cpu:
       return cpu::linear_bwd<float>(x_NI.f32(), nullptr, dy_NO.f32(), N, I, O, nullptr, false,
-                                    dW_OI.f32(), alpha);
+                                    dW_OI.f32(), alpha, accumulate);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
-      return cuda::linear_bwd_dw(x_NI.dtype, x_NI.data, dy_NO.data, N, I, O, dW_OI.f32(), alpha);
+      return cuda::linear_bwd_dw(x_NI.dtype, x_NI.data, dy_NO.data, N, I, O, dW_OI.f32(), alpha,
+                                 accumulate);
 #else
       a.no_cuda();
 #endif

@@ -32,9 +32,10 @@ void linear_bwd_dx(const core::View& dy_NO, const core::View& W_OI, int64_t N, i
                    const core::View& dx_NI, bool accumulate, float alpha = 1.0f);
 
 // Backward, weight gradient: dW += dy^T x, dW[o,i] += sum_n dy[n,o] x[n,i].
-//   x_NI [N, I], dy_NO [N, O] in;  dW_OI [O, I] f32 inout, ACCUMULATED.
+//   x_NI [N, I], dy_NO [N, O] in;  dW_OI [O, I] f32 inout, ACCUMULATED; or OVERWRITTEN when not
+//   accumulate (the step's first write of a gradient: model::Params::g_target; dW is not read).
 void linear_bwd_dw(const core::View& x_NI, const core::View& dy_NO, int64_t N, int64_t I, int64_t O,
-                   const core::View& dW_OI, float alpha = 1.0f);
+                   const core::View& dW_OI, float alpha = 1.0f, bool accumulate = true);
 
 // Bias (the vision tower's projections, nn.Linear with bias): y[n,o] += b[o].
 //   y_NO [N, O] inout;  b_O [O] in: each f32, or bf16 on CUDA (they may differ: an f32 residual

@@ -1,6 +1,8 @@
 // Device dispatch for the fused LM head + cross-entropy op.
 #include "ops/lm_head_ce.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "cpu/lm_head_ce.h"
 #include "ops/check.h"
@@ -14,7 +16,7 @@ void linear_cross_entropy(const core::View& x_ND, const core::View& W_VD,
                           const core::View& targets_N, const core::View& dloss_N, int64_t N,
                           int64_t D, int64_t V, const core::View& loss_N,
                           const core::View& correct_N, const core::View& dx_ND, bool accumulate_dx,
-                          const core::View& dW_VD) {
+                          const core::View& dW_VD, bool accumulate_dw) {
   Args a("linear_cross_entropy");
   a.nonneg(N, "N"), a.nonneg(D, "D"), a.nonneg(V, "V");
   a.need(x_ND, "x_ND", dtypes::act, N * D);
@@ -32,13 +34,15 @@ void linear_cross_entropy(const core::View& x_ND, const core::View& W_VD,
   const float* dloss = dloss_N.empty() ? nullptr : dloss_N.f32();
   switch (a.device()) {
     case core::Device::cpu:
+      if (dW && !accumulate_dw) std::fill(dW, dW + V * D, 0.f);  // overwrite = add to zeros
       return cpu::linear_cross_entropy<float>(
           x_ND.f32(), W_VD.f32(), targets_N.i32(), dloss, N, D, V, loss_N.f32(), correct,
           dx_ND.empty() ? nullptr : dx_ND.f32(), accumulate_dx, dW);
     case core::Device::cuda:
 #ifdef DT_HAVE_CUDA
       return cuda::linear_cross_entropy(x_ND.dtype, x_ND.data, W_VD.data, targets_N.i32(), dloss, N,
-                                        D, V, loss_N.f32(), correct, dx_ND.data, accumulate_dx, dW);
+                                        D, V, loss_N.f32(), correct, dx_ND.data, accumulate_dx, dW,
+                                        0, 0, accumulate_dw);
 #else
       a.no_cuda();
 #endif

@@ -24,10 +24,12 @@
 
 namespace deltatron::ops {
 
+// accumulate_dw false: dW_VD is OVERWRITTEN instead (not read; the step's first write of the
+// gradient, model::Params::g_target).
 void linear_cross_entropy(const core::View& x_ND, const core::View& W_VD,
                           const core::View& targets_N, const core::View& dloss_N, int64_t N,
                           int64_t D, int64_t V, const core::View& loss_N,
                           const core::View& correct_N, const core::View& dx_ND, bool accumulate_dx,
-                          const core::View& dW_VD);
+                          const core::View& dW_VD, bool accumulate_dw = true);
 
 }  // namespace deltatron::ops
