@@ -212,6 +212,28 @@ TEST_F(CudaLinear, AlphaScalesEveryProduct) {
   check(download(dW, O * I), dW_ref, 1e-5, "alpha dW");
 }
 
+// accumulate = false (a step's first write of a gradient, model::Params::g_target): dW is
+// overwritten without being read (NaN-poisoned here), in bf16 and f32, and N = 0 writes zeros.
+TEST_F(CudaLinear, WeightGradientOverwriteDoesNotReadDw) {
+  for (DType t : {DType::f32, DType::bf16}) {
+    const int64_t N = 37, I = 24, O = 40;
+    DevInput x = upload(dt_test::randn<float>(N * I, 320), t, 0);
+    DevInput dy = upload(dt_test::randn<float>(N * O, 321), t, 0);
+    std::vector<double> dW_ref(O * I, 0.0);
+    dt::cpu::linear_bwd<double>(to_double(x.host).data(), nullptr, to_double(dy.host).data(), N, I,
+                                O, nullptr, false, dW_ref.data());
+    auto dW = output(O * I, {});  // NaN
+    dt::cuda::linear_bwd_dw(t, x.ptr, dy.ptr, N, I, O, static_cast<float*>(dW.get()), 1.0f, false);
+    check(download(dW, O * I), dW_ref, t == DType::f32 ? 1e-5 : 1e-2, "dW overwritten");
+    dt::cuda::linear_bwd_dw(t, x.ptr, dy.ptr, N, I, O, static_cast<float*>(dW.get()));  // then +=
+    for (double& v : dW_ref) v *= 2;
+    check(download(dW, O * I), dW_ref, t == DType::f32 ? 1e-5 : 1e-2, "dW overwritten, then added");
+    auto dW0 = output(O * I, {});
+    dt::cuda::linear_bwd_dw(t, x.ptr, dy.ptr, 0, I, O, static_cast<float*>(dW0.get()), 1.0f, false);
+    EXPECT_EQ(download(dW0, O * I), std::vector<float>(size_t(O * I), 0.f)) << "N = 0 overwrite";
+  }
+}
+
 // The second call with the same shape reuses the cached plan.
 TEST_F(CudaLinear, PlansAreCachedByShape) {
   const int64_t N = 17, I = 19, O = 23;

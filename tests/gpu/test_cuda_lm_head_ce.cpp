@@ -264,8 +264,9 @@ struct Result {
   std::vector<int32_t> correct;
 };
 
+// accumulate_dw false: dW starts NaN-poisoned (dW0 unused) and must be overwritten.
 Result run_gpu(const Case& c, const Problem& p, const std::vector<float>& dW0, bool accumulate_dx,
-               const std::vector<float>& dx0) {
+               const std::vector<float>& dx0, bool accumulate_dw = true) {
   const auto [N, D, V, t, chunk, group, integer, invalid, backward, seed] = c;
   auto targets = to_device(p.targets);
   auto dloss = to_device(p.dloss);
@@ -274,14 +275,14 @@ Result run_gpu(const Case& c, const Problem& p, const std::vector<float>& dW0, b
   dt::cuda::DeviceBuffer dx, dW;
   if (backward) {
     dx = accumulate_dx ? upload(dx0, t).buf : poisoned(N * D * dt::cuda::dtype_size(t));
-    dW = to_device(dW0);
+    dW = accumulate_dw ? to_device(dW0) : poisoned(V * D * 4);
   }
   dt::cuda::linear_cross_entropy(
       t, p.x.ptr(), p.W.ptr(), static_cast<const int32_t*>(targets.get()),
       backward ? static_cast<const float*>(dloss.get()) : nullptr, N, D, V,
       static_cast<float*>(loss.get()), static_cast<int32_t*>(correct.get()),
       backward ? dx.get() : nullptr, accumulate_dx,
-      backward ? static_cast<float*>(dW.get()) : nullptr, chunk, group);
+      backward ? static_cast<float*>(dW.get()) : nullptr, chunk, group, accumulate_dw);
   Result r;
   r.loss = download(loss.get(), N, DType::f32);
   r.correct = download_raw<int32_t>(correct.get(), N);
@@ -359,6 +360,11 @@ void run_case(const Case& c) {
   std::vector<double> dx_want(N * D);
   for (int64_t i = 0; i < N * D; ++i) dx_want[i] = double(dx0_dev.host[i]) + p.dx_ref[i];
   check(r3.dx, dx_want, tol_bwd, name(c) + " dx (+=)");
+
+  // accumulate_dw false (a step's first write of the head's gradient): the first group
+  // overwrites the NaN-poisoned dW, the later ones add.
+  Result r4 = run_gpu(c, p, dW0, false, {}, false);
+  check(r4.dW, p.dW_ref, tol_bwd, name(c) + " dW (=)");
 }
 
 class CudaLmHeadCe : public ::testing::Test {
