@@ -478,6 +478,12 @@ TEST(MoeViews, GroupedLinearEqualsPerExpertLinear) {
     expect_bitwise(dx_only, dx_want, "grouped dx without dW" + how);
     ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, View{}, vf(dW_only));
     expect_bitwise(dW_only, dW_want, "grouped dW without dx" + how);
+    // accumulate_dw false: a NaN-poisoned dW overwritten, an empty expert's slice with zeros
+    VecF dW_over(E * O * I, NAN), dW_sum(E * O * I, 0.f);
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, View{}, vf(dW_over),
+                            false);
+    ops::grouped_linear_bwd(vf(x), vf(W), vf(dy), vl(off), off_host, E, I, O, View{}, vf(dW_sum));
+    expect_bitwise(dW_over, dW_sum, "grouped dW overwritten" + how);
   }
   EXPECT_FALSE(ops::grouped_linear_needs_host_offsets(kCpu, DType::f32, I, O));
 

@@ -15,10 +15,12 @@ template <typename T>
 void grouped_linear_fwd(const T* x_RI, const T* W_EOI, const int64_t* offsets_E1, int64_t E,
                         int64_t I, int64_t O, T* y_RO);
 
-// dx[r,:] = dy[r,:] W[e] (OVERWRITTEN; nullptr skips); dW[e] += dy_e^T x_e (ACCUMULATED; nullptr
-// skips), one cpu::linear_bwd per non-empty expert.
+// dx[r,:] = dy[r,:] W[e] (OVERWRITTEN; nullptr skips); dW[e] += dy_e^T x_e (ACCUMULATED, or
+// OVERWRITTEN without accumulate_dw: an empty expert's dW[e] = 0; nullptr skips), one
+// cpu::linear_bwd per non-empty expert.
 template <typename T>
 void grouped_linear_bwd(const T* x_RI, const T* W_EOI, const T* dy_RO, const int64_t* offsets_E1,
-                        int64_t E, int64_t I, int64_t O, T* dx_RI, T* dW_EOI);
+                        int64_t E, int64_t I, int64_t O, T* dx_RI, T* dW_EOI,
+                        bool accumulate_dw = true);
 
 }  // namespace deltatron::cpu

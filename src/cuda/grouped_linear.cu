@@ -57,17 +57,17 @@ void grouped_linear_fwd_loop(DType dt, const void* x_RI, const void* W_EOI,
 
 void grouped_linear_bwd_loop(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
                              const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                             void* dx_RI, float* dW_EOI) {
+                             void* dx_RI, float* dW_EOI, bool accumulate_dw) {
   check_offsets("cuda::grouped_linear_bwd", offsets_E1_host, E, I, O);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = offsets_E1_host[e], R = offsets_E1_host[e + 1] - r0;
-    if (R == 0) continue;
-    if (dx_RI)
+    if (R > 0 && dx_RI)
       linear_bwd_dx(dt, bytes_at(dy_RO, r0 * O, dt), bytes_at(W_EOI, e * O * I, dt), R, I, O, dt,
                     bytes_at(dx_RI, r0 * I, dt), false);
-    if (dW_EOI)
+    // an empty expert: nothing to add, or (overwriting) zeros written by linear_bwd_dw's N = 0
+    if (dW_EOI && (R > 0 || !accumulate_dw))
       linear_bwd_dw(dt, bytes_at(x_RI, r0 * I, dt), bytes_at(dy_RO, r0 * O, dt), R, I, O,
-                    dW_EOI + e * O * I);
+                    dW_EOI + e * O * I, 1.0f, accumulate_dw);
   }
 }
 
@@ -265,13 +265,16 @@ void launch_grouped_kernel(GemmArgs p, int64_t E, const int64_t* table_dev, int6
 }
 
 // Per-expert tile counts -> table [tile_start E+1][row_off E+1] in the scratch; launches.
+// every_expert: an empty expert gets its tiles too (a fixed M: the dW product, K = 0), so an
+// overwriting product writes its zeros.
 template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
-void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_dev) {
+void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_dev,
+                    bool every_expert = false) {
   std::vector<int64_t> table(2 * (E + 1));
   table[0] = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t rows = off[e + 1] - off[e];
-    const int64_t M = rows == 0 ? 0 : p.M >= 0 ? p.M : rows;
+    const int64_t M = rows == 0 && !every_expert ? 0 : p.M >= 0 ? p.M : rows;
     table[e + 1] = table[e] + ceil_div(M, kBM) * p.n_tiles;
   }
   std::copy(off, off + E + 1, table.begin() + E + 1);
@@ -288,7 +291,8 @@ void launch_grouped(GemmArgs p, const int64_t* off, int64_t E, int64_t* table_de
 // the expert's rows), table[E+1..2E+1] = the row offsets. One block; scans in expert order.
 constexpr int kTableThreads = 256;
 __global__ void grouped_table_kernel(const int64_t* __restrict__ off, int E, int64_t M_fixed,
-                                     int64_t n_tiles, int64_t* __restrict__ table) {
+                                     int64_t n_tiles, int64_t* __restrict__ table,
+                                     bool every_expert) {
   using Scan = cub::BlockScan<int64_t, kTableThreads>;
   __shared__ typename Scan::TempStorage tmp;
   int64_t carry = 0;
@@ -297,7 +301,7 @@ __global__ void grouped_table_kernel(const int64_t* __restrict__ off, int E, int
     int64_t tiles = 0;
     if (e < E) {
       const int64_t rows = off[e + 1] - off[e];
-      const int64_t M = rows == 0 ? 0 : M_fixed >= 0 ? M_fixed : rows;
+      const int64_t M = rows == 0 && !every_expert ? 0 : M_fixed >= 0 ? M_fixed : rows;
       tiles = (M + kBM - 1) / kBM * n_tiles;
     }
     int64_t ex, agg;
@@ -312,14 +316,18 @@ __global__ void grouped_table_kernel(const int64_t* __restrict__ off, int E, int
 
 // launch_grouped with device offsets: the table built on the device, a worst-case grid.
 template <bool kAKMajor, bool kBKMajor, typename TC, bool kAccumulate>
-void launch_grouped_device(GemmArgs p, DeviceOffsets off, int64_t E, int64_t* table_dev) {
-  const int64_t busy = std::min(E, off.rows_max);  // experts that can own rows
+void launch_grouped_device(GemmArgs p, DeviceOffsets off, int64_t E, int64_t* table_dev,
+                           bool every_expert = false) {
+  DT_CHECK(!every_expert || p.M >= 0, "grouped GEMM: every_expert needs a fixed M");
+  // experts that can own tiles
+  const int64_t busy = every_expert ? E : std::min(E, off.rows_max);
   const int64_t tiles = p.M >= 0 ? busy * ceil_div(p.M, kBM) * p.n_tiles
                                  : (ceil_div(off.rows_max, kBM) + busy) * p.n_tiles;
   if (tiles == 0) return;
   DT_CHECK(tiles <= INT32_MAX, "grouped GEMM: too many tiles ", tiles);
   DT_CHECK(E <= INT32_MAX, "grouped GEMM: too many experts ", E);
-  grouped_table_kernel<<<1, kTableThreads>>>(off.offsets_E1, int(E), p.M, p.n_tiles, table_dev);
+  grouped_table_kernel<<<1, kTableThreads>>>(off.offsets_E1, int(E), p.M, p.n_tiles, table_dev,
+                                             every_expert);
   DT_CUDA_LAUNCH_CHECK("grouped_table_kernel");
   launch_grouped_kernel<kAKMajor, kBKMajor, TC, kAccumulate>(p, E, table_dev, tiles);
 }
@@ -394,19 +402,23 @@ void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI,
 
 void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
                         const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        void* dx_RI, float* dW_EOI) {
+                        void* dx_RI, float* dW_EOI, bool accumulate_dw) {
   check_offsets("cuda::grouped_linear_bwd", offsets_E1_host, E, I, O);
   if (!use_grouped_kernel(dt, I, O, {x_RI, W_EOI, dy_RO, dx_RI, dW_EOI}))
-    return grouped_linear_bwd_loop(dt, x_RI, W_EOI, dy_RO, offsets_E1_host, E, I, O, dx_RI, dW_EOI);
+    return grouped_linear_bwd_loop(dt, x_RI, W_EOI, dy_RO, offsets_E1_host, E, I, O, dx_RI, dW_EOI,
+                                   accumulate_dw);
   ScratchBuffer& g = gemm_scratch();
   std::lock_guard<std::mutex> lock(g.mu);
   int64_t* tables = static_cast<int64_t*>(g.get(size_t(4 * (E + 1)) * 8));
   if (dx_RI)
     launch_grouped<true, false, __nv_bfloat16, false>(dx_args(W_EOI, dy_RO, I, O, dx_RI),
                                                       offsets_E1_host, E, tables);
-  if (dW_EOI)
+  if (dW_EOI && accumulate_dw)
     launch_grouped<false, false, float, true>(dw_args(x_RI, dy_RO, I, O, dW_EOI), offsets_E1_host,
                                               E, tables + 2 * (E + 1));
+  else if (dW_EOI)  // overwrite: every expert's tiles, an empty one's with K = 0 (zeros)
+    launch_grouped<false, false, float, false>(dw_args(x_RI, dy_RO, I, O, dW_EOI), offsets_E1_host,
+                                               E, tables + 2 * (E + 1), true);
 }
 
 bool grouped_linear_device_offsets_ok(DType dt, int64_t I, int64_t O) {
@@ -425,7 +437,7 @@ void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI, DeviceOff
 
 void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
                         DeviceOffsets off, int64_t E, int64_t I, int64_t O, void* dx_RI,
-                        float* dW_EOI) {
+                        float* dW_EOI, bool accumulate_dw) {
   check_device_offsets("cuda::grouped_linear_bwd", dt, off, E, I, O,
                        {x_RI, W_EOI, dy_RO, dx_RI, dW_EOI});
   ScratchBuffer& g = gemm_scratch();
@@ -434,9 +446,12 @@ void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const voi
   if (dx_RI)
     launch_grouped_device<true, false, __nv_bfloat16, false>(dx_args(W_EOI, dy_RO, I, O, dx_RI),
                                                              off, E, tables);
-  if (dW_EOI)
+  if (dW_EOI && accumulate_dw)
     launch_grouped_device<false, false, float, true>(dw_args(x_RI, dy_RO, I, O, dW_EOI), off, E,
                                                      tables + 2 * (E + 1));
+  else if (dW_EOI)  // overwrite: every expert's tiles, an empty one's with K = 0 (zeros)
+    launch_grouped_device<false, false, float, false>(dw_args(x_RI, dy_RO, I, O, dW_EOI), off, E,
+                                                      tables + 2 * (E + 1), true);
 }
 
 }  // namespace deltatron::cuda

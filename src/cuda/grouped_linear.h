@@ -24,11 +24,13 @@ void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI,
                         void* y_RO);
 
 // dx[r,:] = dy[r,:] W[e] (dt, OVERWRITTEN; dx_RI == nullptr skips);
-// dW[e] += dy_e^T x_e over expert e's rows (fp32, ACCUMULATED; dW_EOI == nullptr skips).
+// dW[e] += dy_e^T x_e over expert e's rows (fp32, ACCUMULATED; dW_EOI == nullptr skips), or
+// without accumulate_dw OVERWRITTEN, never read (an empty expert's dW[e] = 0; the grouped kernel
+// then gives every expert its dW tiles, K = 0 for an empty one).
 //   x_RI [R, I] dt in;  W_EOI [E, O, I] dt in;  dy_RO [R, O] dt in;  dW_EOI [E, O, I] fp32 inout.
 void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
                         const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                        void* dx_RI, float* dW_EOI);
+                        void* dx_RI, float* dW_EOI, bool accumulate_dw = true);
 
 // ---- the same products with the row offsets on the device -----------------------------------
 // offsets_E1 [E+1] int64 in device memory (as moe_permute writes them), rows_max >= off[E] an
@@ -37,7 +39,8 @@ void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const voi
 // per-expert tile counts in expert order, the values the host path computes) and the grouped
 // kernel runs over a worst-case grid whose CTAs past the last tile exit at once:
 //   fwd, dx (M = the expert's rows): (ceil(rows_max / 128) + min(E, rows_max)) * ceil(N / 128)
-//   dW (M = O, K = the expert's rows): min(E, rows_max) * ceil(O / 128) * ceil(I / 128)
+//   dW (M = O, K = the expert's rows): min(E, rows_max) * ceil(O / 128) * ceil(I / 128), or E
+//   instead of min(E, rows_max) when overwriting (every expert's dW is written)
 // The tiles and the per-element K order are those of the host-offset kernel: bitwise the same
 // results. Only the bf16 kernel path runs this way (grouped_linear_device_offsets_ok: I and O
 // multiples of 8, 16-byte aligned pointers); anything else is a core::Error (the caller passes
@@ -53,7 +56,7 @@ void grouped_linear_fwd(DType dt, const void* x_RI, const void* W_EOI, DeviceOff
                         int64_t I, int64_t O, void* y_RO);
 void grouped_linear_bwd(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
                         DeviceOffsets off, int64_t E, int64_t I, int64_t O, void* dx_RI,
-                        float* dW_EOI);
+                        float* dW_EOI, bool accumulate_dw = true);
 
 // The same products as one cuBLASLt call per non-empty expert (the fallback above), exposed
 // for the parity tests and timings of the grouped kernel.
@@ -62,6 +65,6 @@ void grouped_linear_fwd_loop(DType dt, const void* x_RI, const void* W_EOI,
                              void* y_RO);
 void grouped_linear_bwd_loop(DType dt, const void* x_RI, const void* W_EOI, const void* dy_RO,
                              const int64_t* offsets_E1_host, int64_t E, int64_t I, int64_t O,
-                             void* dx_RI, float* dW_EOI);
+                             void* dx_RI, float* dW_EOI, bool accumulate_dw = true);
 
 }  // namespace deltatron::cuda

@@ -170,10 +170,11 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
       const bool adapted = expert_lora_rank(cx, pf + "experts.down_proj") > 0;
       if (!p.frozen() || adapted) {
         ops::moe_gather(dy, s.rows_P, s.topk_w, d.P, d.K, d.D, dye);  // now slot-weighted
-        if (!p.frozen())
+        if (!p.frozen()) {  // the step's first write overwrites (Params::g_target)
+          const Params::GradTarget gd = p.g_target(pf + "experts.down_proj");
           ops::grouped_linear_bwd(h, p.w(pf + "experts.down_proj"), dye, s.offsets,
-                                  host_offsets_of(s), d.E, d.F, d.D, View{},
-                                  p.g(pf + "experts.down_proj"));
+                                  host_offsets_of(s), d.E, d.F, d.D, View{}, gd.g, gd.accumulate);
+        }
         expert_lora_bwd(cx, pf + "experts.down_proj", rows, h, d.F, d.D, View{}, View{}, dye);
       }
     }
@@ -189,9 +190,9 @@ void moe_bwd(const Ctx& cx, const std::string& pf, const MoeSaved& s, const View
     Buffer xg = cx.act(d.P * d.D, "gathered expert inputs");
     ops::moe_gather(s.x, s.rows_P, View{}, d.P, d.K, d.D, xg);
     Buffer dxg = cx.act(d.P * d.D, "gathered input gradients");
+    const Params::GradTarget ggu = p.g_target(pf + "experts.gate_up_proj");
     ops::grouped_linear_bwd(xg, p.w(pf + "experts.gate_up_proj"), dgu, s.offsets,
-                            host_offsets_of(s), d.E, d.D, 2 * d.F, dxg,
-                            p.g(pf + "experts.gate_up_proj"));
+                            host_offsets_of(s), d.E, d.D, 2 * d.F, dxg, ggu.g, ggu.accumulate);
     expert_lora_bwd(cx, pf + "experts.gate_up_proj", rows, xg, d.D, 2 * d.F, dgu, dxg, dgu);
     ops::moe_scatter_add(dxg, s.pos, View{}, d.N, d.K, d.D, dx32, false);
   }

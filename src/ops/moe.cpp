@@ -329,7 +329,8 @@ void grouped_linear_fwd(const View& x_RI, const View& W_EOI, const View& offsets
 
 void grouped_linear_bwd(const View& x_RI, const View& W_EOI, const View& dy_RO,
                         const View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
-                        int64_t I, int64_t O, const View& dx_RI, const View& dW_EOI) {
+                        int64_t I, int64_t O, const View& dx_RI, const View& dW_EOI,
+                        bool accumulate_dw) {
   Args a("grouped_linear_bwd");
   a.nonneg(E, "E"), a.nonneg(I, "I"), a.nonneg(O, "O");
   const int64_t* host = nullptr;
@@ -343,14 +344,16 @@ void grouped_linear_bwd(const View& x_RI, const View& W_EOI, const View& dy_RO,
   switch (dev) {
     case core::Device::cpu:
       return cpu::grouped_linear_bwd<float>(x_RI.f32(), W_EOI.f32(), dy_RO.f32(), host, E, I, O,
-                                            f32_out_or_null(dx_RI), f32_out_or_null(dW_EOI));
+                                            f32_out_or_null(dx_RI), f32_out_or_null(dW_EOI),
+                                            accumulate_dw);
     case core::Device::cuda:
       if (host)
         DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data, host,
-                                                E, I, O, dx_RI.data, f32_out_or_null(dW_EOI)));
+                                                E, I, O, dx_RI.data, f32_out_or_null(dW_EOI),
+                                                accumulate_dw));
       DT_CUDA_BRANCH(cuda::grouped_linear_bwd(x_RI.dtype, x_RI.data, W_EOI.data, dy_RO.data,
                                               cuda::DeviceOffsets{offsets_E1.i64(), R}, E, I, O,
-                                              dx_RI.data, f32_out_or_null(dW_EOI)));
+                                              dx_RI.data, f32_out_or_null(dW_EOI), accumulate_dw));
   }
   a.bad_device();
 }

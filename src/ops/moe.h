@@ -145,9 +145,12 @@ void moe_shared_gate_bwd(const core::View& o_ND, const core::View& g_N, const co
 void grouped_linear_fwd(const core::View& x_RI, const core::View& W_EOI,
                         const core::View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
                         int64_t I, int64_t O, const core::View& y_RO);
+// accumulate_dw false: dW_EOI is OVERWRITTEN (never read; an empty expert's slice = 0): the
+// step's first write of the gradient (model::Params::g_target).
 void grouped_linear_bwd(const core::View& x_RI, const core::View& W_EOI, const core::View& dy_RO,
                         const core::View& offsets_E1, const int64_t* offsets_E1_host, int64_t E,
-                        int64_t I, int64_t O, const core::View& dx_RI, const core::View& dW_EOI);
+                        int64_t I, int64_t O, const core::View& dx_RI, const core::View& dW_EOI,
+                        bool accumulate_dw = true);
 
 // Whether grouped_linear on `dev` with activation dtype dt and these I, O needs
 // offsets_E1_host (so the caller must ask moe_permute for them). CPU: never (the offsets view is

@@ -661,6 +661,40 @@ void grouped_case(DType t, const VecL& off, int64_t E, int64_t I, int64_t O, siz
         {"cuda::grouped_linear_fwd", "pass host offsets"});
   }
 
+  // Overwriting (accumulate_dw false: a step's first write of the gradient): dW starts
+  // NaN-poisoned; every checked expert's slice is its product alone, every empty expert's zeros;
+  // the device-offset form bitwise the host-offset one.
+  {
+    Dev dW5 = dev_poison(E * O * I * 4);
+    dt::cuda::grouped_linear_bwd(t, d_x.p(), d_W.p(), d_dy.p(), off.data(), E, I, O, nullptr,
+                                 dW5.as<float>(), false);
+    VecF got;
+    Vec want;
+    for (int64_t e : experts) {
+      const int64_t r0 = off[e], n = off[e + 1] - r0;
+      Vec xe(x.begin() + r0 * I, x.begin() + (r0 + n) * I),
+          dye(dy.begin() + r0 * O, dy.begin() + (r0 + n) * O), dWe(O * I, 0.0);
+      dt::cpu::linear_bwd<double>(xe.data(), nullptr, dye.data(), n, I, O, nullptr, false,
+                                  dWe.data());
+      want.insert(want.end(), dWe.begin(), dWe.end());
+      auto g = get<float>(dW5.as<float>() + e * O * I, O * I);
+      got.insert(got.end(), g.begin(), g.end());
+    }
+    check(got, want, kTolF32, what + " dW (=)");
+    for (int64_t e = 0; e < E; ++e)
+      if (off[e + 1] == off[e])
+        EXPECT_EQ(get<float>(dW5.as<float>() + e * O * I, O * I), VecF(size_t(O * I), 0.f))
+            << what << ": empty expert " << e << " overwritten with zeros";
+    if (misalign == 0 && dt::cuda::grouped_linear_device_offsets_ok(t, I, O)) {
+      Dev d_off = dev_copy(off), dW6 = dev_poison(E * O * I * 4);
+      dt::cuda::grouped_linear_bwd(t, d_x.p(), d_W.p(), d_dy.p(),
+                                   dt::cuda::DeviceOffsets{d_off.as<int64_t>(), R}, E, I, O,
+                                   nullptr, dW6.as<float>(), false);
+      EXPECT_EQ(get<uint32_t>(dW6.p(), E * O * I), get<uint32_t>(dW5.p(), E * O * I))
+          << what << " dW (=) device offsets";
+    }
+  }
+
   // The grouped kernel against the cuBLASLt loop on every row.
   if (t == DType::bf16) {
     Dev y2 = dev_poison(R * O * es), dx2 = dev_poison(R * I * es);
