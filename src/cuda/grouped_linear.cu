@@ -64,10 +64,13 @@ void grouped_linear_bwd_loop(DType dt, const void* x_RI, const void* W_EOI, cons
     if (R > 0 && dx_RI)
       linear_bwd_dx(dt, bytes_at(dy_RO, r0 * O, dt), bytes_at(W_EOI, e * O * I, dt), R, I, O, dt,
                     bytes_at(dx_RI, r0 * I, dt), false);
-    // an empty expert: nothing to add, or (overwriting) zeros written by linear_bwd_dw's N = 0
-    if (dW_EOI && (R > 0 || !accumulate_dw))
+    // An empty expert adds nothing; overwritten, its dW is zeros (a memset, not a product call:
+    // its row pointers may lie past the end of x and dy).
+    if (dW_EOI && R > 0)
       linear_bwd_dw(dt, bytes_at(x_RI, r0 * I, dt), bytes_at(dy_RO, r0 * O, dt), R, I, O,
                     dW_EOI + e * O * I, 1.0f, accumulate_dw);
+    else if (dW_EOI && !accumulate_dw)
+      DT_CUDA_CHECK(cudaMemsetAsync(dW_EOI + e * O * I, 0, size_t(O * I) * sizeof(float), 0));
   }
 }
 
