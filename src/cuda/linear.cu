@@ -146,12 +146,6 @@ Plan make_plan(Context& ctx, const PlanKey& key) {
   return p;
 }
 
-const Plan& get_plan(Context& ctx, const PlanKey& key) {
-  auto it = ctx.plans.find(key);
-  if (it != ctx.plans.end()) return it->second;
-  return ctx.plans.emplace(key, make_plan(ctx, key)).first->second;
-}
-
 // C (m x n, ld = m) = beta * C + alpha op(A) op(B), column-major; see the table at the top.
 // alpha is a host scalar of the call, not part of the plan.
 void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
@@ -164,19 +158,23 @@ void matmul(DType in, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const v
   }
   PlanKey key{m,          n,  k,   lda,          ldb,          m,           ta, tb,
               accumulate, in, out, alignment(A), alignment(B), alignment(C)};
+  // A new plan's host cost is timed: its search, and its first (possibly module-loading) call.
   using Clock = std::chrono::steady_clock;
-  const bool fresh = ctx.plans.find(key) == ctx.plans.end();
-  const auto t0 = Clock::now();
-  const Plan& p = get_plan(ctx, key);
-  const auto t1 = Clock::now();
+  auto it = ctx.plans.find(key);
+  const bool fresh = it == ctx.plans.end();
+  Clock::time_point t1;
+  if (fresh) {
+    const auto t0 = Clock::now();
+    it = ctx.plans.emplace(key, make_plan(ctx, key)).first;
+    t1 = Clock::now();
+    ctx.time.search_s += std::chrono::duration<double>(t1 - t0).count();
+  }
+  const Plan& p = it->second;
   const float beta = accumulate ? 1.0f : 0.0f;
   const Layouts& l = p.l;
   DT_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, l.op, &alpha, A, l.a, B, l.b, &beta, C, l.c, C, l.c,
                                  &p.algo, ctx.workspace.get(), kWorkspaceBytes, 0));
-  if (fresh) {  // a new plan's host cost: its search, and its first (possibly module-loading) call
-    ctx.time.search_s += std::chrono::duration<double>(t1 - t0).count();
-    ctx.time.first_call_s += std::chrono::duration<double>(Clock::now() - t1).count();
-  }
+  if (fresh) ctx.time.first_call_s += std::chrono::duration<double>(Clock::now() - t1).count();
 }
 
 void check_dims(const char* op, int64_t N, int64_t I, int64_t O) {

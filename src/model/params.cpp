@@ -266,15 +266,17 @@ core::View Params::g(const std::string& name) const {
   if (opt_.gathered) return entry(name).bound_g;  // empty: no gradient wanted
   if (opt_.frozen) return core::View{};
   const core::View v = at(grad_, name);
-  if (!unwritten_.empty() && unwritten_.erase(name) > 0) ops::zero(v);
+  if (take_unwritten(name)) ops::zero(v);
   return v;
 }
 
 Params::GradTarget Params::g_target(const std::string& name) const {
   if (opt_.gathered || opt_.frozen) return {g(name), true};
-  const core::View v = at(grad_, name);
-  const bool first = !unwritten_.empty() && unwritten_.erase(name) > 0;
-  return {v, !first};
+  return {at(grad_, name), !take_unwritten(name)};
+}
+
+bool Params::take_unwritten(const std::string& name) const {
+  return !unwritten_.empty() && unwritten_.erase(name) > 0;
 }
 core::View Params::master(const std::string& name) const {
   if (opt_.gathered) return bound(entry(name), entry(name).bound_f32, name, "f32 weight");

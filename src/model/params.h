@@ -195,6 +195,8 @@ class Params {
   void finish_upload();
   core::View at(const core::Buffer& b, const std::string& name) const;
   core::View at_f32(const std::string& name) const;
+  // Whether `name` was unwritten this step (zero_grads); it counts as written from now on.
+  bool take_unwritten(const std::string& name) const;
   core::Device dev_;
   core::DType dt_;
   StateOptions opt_;

@@ -54,6 +54,14 @@ bool adapter_of(const Ctx& cx, const std::string& weight, const View& x, int64_t
   return true;
 }
 
+// The base weight's gradient dW (+)= dy^T x: the step's first write overwrites; a replicated
+// weight's partial store under tensor parallelism adds; a frozen base has none.
+void base_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
+             int64_t O) {
+  const Params::GradTarget gw = cx.g_target(weight);
+  if (!gw.g.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw.g, 1.0f, gw.accumulate);
+}
+
 }  // namespace
 
 View Ctx::lora_g(const std::string& key) const {
@@ -90,10 +98,7 @@ void proj_bwd(const Ctx& cx, const std::string& weight, const View& x, const Vie
 void proj_bwd(const Ctx& cx, const std::string& weight, const View& W, const View& x,
               const View& dy, int64_t I, int64_t O, const View& dx, bool accumulate) {
   ops::linear_bwd_dx(dy, W, cx.N(), I, O, dx, accumulate);
-  // the step's first write overwrites; a replicated weight's partial store under tensor
-  // parallelism adds
-  const Params::GradTarget gw = cx.g_target(weight);
-  if (!gw.g.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw.g, 1.0f, gw.accumulate);
+  base_dw(cx, weight, x, dy, I, O);
   Adapter a;
   if (!adapter_of(cx, weight, x, I, O, a)) return;
   const Buffer h(cx.dev(), x.dtype, {cx.N() * a.d.r}, "LoRA hidden");
@@ -127,8 +132,7 @@ void proj_bwd_dx(const Ctx& cx, const std::string& weight, const View& dy, int64
 void proj_bwd_dw(const Ctx& cx, const std::string& weight, const View& x, const View& dy, int64_t I,
                  int64_t O) {
   DT_CHECK(!proj_adapted(cx, weight), "proj_bwd_dw: ", weight, " has a LoRA adapter");
-  const Params::GradTarget gw = cx.g_target(weight);  // as in proj_bwd
-  if (!gw.g.empty()) ops::linear_bwd_dw(x, dy, cx.N(), I, O, gw.g, 1.0f, gw.accumulate);
+  base_dw(cx, weight, x, dy, I, O);
 }
 
 View grad_or_scratch(const Ctx& cx, const std::string& name, Buffer& scratch) {
